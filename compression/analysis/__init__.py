@@ -1,0 +1,1 @@
+"""Analyses of a model: its layer table (and, later, sensitivity and weight statistics)."""

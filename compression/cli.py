@@ -1,0 +1,149 @@
+"""The command line: `compression-lab run|eval|inspect` (bad input: exit code 2, one clear line)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from compression.errors import CompressionLabError, PlanError
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers, e.g. 0.5,0.5,0.5")
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="demo:NAME (lenet300, lenet5, vgg_small), torchvision:ARCH or torchscript:FILE")
+    parser.add_argument("--weights", help="state dict (.pt/.pth) or .safetensors for torchvision:ARCH")
+
+
+def _add_data_args(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--data", required=required, help="digits, imagefolder:DIR, cifar10:DIR or cifar100:DIR")
+    parser.add_argument("--input-size", type=int, help="image side in pixels (default: what the model expects)")
+    parser.add_argument("--mean", type=_floats, help="per-channel mean, e.g. 0.485,0.456,0.406 (ImageNet's default)")
+    parser.add_argument("--std", type=_floats, help="per-channel std, e.g. 0.229,0.224,0.225")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="compression-lab", description="Compress neural networks and measure them.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a recipe on a model; write the compact file and metrics.json")
+    run.add_argument("recipe", type=Path, help="recipe JSON (a Plan)")
+    _add_model_args(run)
+    _add_data_args(run, required=True)
+    run.add_argument("--out", type=Path, required=True, help="output folder")
+    run.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurement")
+    ev = sub.add_parser("eval", help="decode a compact file and measure it")
+    ev.add_argument("file", type=Path)
+    _add_data_args(ev, required=False)
+    ev.add_argument("--base", type=Path, help="the original TorchScript file (for TorchScript models)")
+    ev.add_argument("--split", default="test", choices=["val", "test"])
+    ins = sub.add_parser("inspect", help="per-layer bits of a compact file: positions, indices, codebook")
+    ins.add_argument("file", type=Path)
+    ins.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    return parser
+
+
+def _load_data_for(args, handle):
+    from compression.data import load_data
+
+    size = args.input_size or handle.input_shape[-1]
+    return load_data(args.data, input_size=size, mean=args.mean or handle.mean, std=args.std or handle.std,
+                     in_channels=handle.input_shape[0])
+
+
+def cmd_run(args) -> int:
+    from tqdm import tqdm
+
+    from compression.models.handle import load_model
+    from compression.pipeline import compress
+    from compression.plan import Plan
+
+    if not args.recipe.is_file():
+        raise PlanError(f"recipe {args.recipe} does not exist: check the path")
+    plan = Plan.from_json(args.recipe.read_text())
+    handle = load_model(args.model, args.weights, args.input_size)
+    data = _load_data_for(args, handle)
+    bar = tqdm(total=100, unit="%", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(stage: str, fraction: float, values: dict) -> None:
+        bar.set_description(stage[:40])
+        bar.n = round(100 * fraction)
+        bar.refresh()
+
+    try:
+        result = compress(handle, plan, data, args.out, on_progress=progress,
+                          on_log=lambda message: tqdm.write(message, file=sys.stderr), latency=not args.no_latency)
+    finally:
+        bar.close()
+    m = result.metrics
+    print(json.dumps({"file": str(result.path), "compressed_bytes": m["after"]["compressed_bytes"],
+                      "fp32_bytes": m["before"]["fp32_bytes"], "ratio": round(m["compression_ratio"], 2),
+                      "accuracy_before": m["before"]["accuracy"], "accuracy_after": m["after"]["accuracy"],
+                      "weights_kept": round(m["weights_kept"], 4)}))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from compression import metrics
+    from compression.models.compact import load_compressed
+
+    handle = load_compressed(args.file, args.base)
+    meta = handle.extra["meta"]
+    args.data = args.data or meta.get("data")
+    if not args.data:
+        raise CompressionLabError("the file does not say which dataset it was made on: add --data")
+    data = _load_data_for(args, handle)
+    out = {"file": str(args.file), "compressed_bytes": metrics.file_bytes(args.file), "data": args.data,
+           "split": args.split, "accuracy": metrics.accuracy(handle.model, data.loader(args.split)),
+           **metrics.count_params(handle.model), **metrics.flops(handle.model, handle.input_shape)}
+    print(json.dumps(out))
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from compression.storage import inspect_bytes
+
+    if not args.file.is_file():
+        raise CompressionLabError(f"file {args.file} does not exist: check the path")
+    rows = inspect_bytes(args.file.read_bytes())
+    if args.json:
+        print(json.dumps(rows, default=str))
+        return 0
+    header = f"{'tensor':32} {'encoding':9} {'shape':>16} {'nonzero':>9} {'k':>4} {'pos bits':>9} " \
+             f"{'idx bits':>9} {'cb bits':>8} {'raw bits':>9} {'bytes':>8}"
+    print(header)
+    total = 0
+    for row in rows:
+        total += row["bytes_total"]
+        k = row.get("n_clusters") or ""
+        shape = "x".join(str(s) for s in row.get("shape") or []) or "-"
+        nonzero = row.get("nonzeros")
+        print(f"{row['name'][:32]:32} {row.get('encoding', ''):9} {shape:>16} {'' if nonzero is None else nonzero:>9} "
+              f"{k:>4} {8 * (row.get('bytes_positions') or 0):>9} {8 * (row.get('bytes_indices') or 0):>9} "
+              f"{8 * (row.get('bytes_codebook') or 0):>8} {8 * (row.get('bytes_raw') or 0):>9} {row['bytes_total']:>8}")
+    print(f"total {total} bytes (file {args.file.stat().st_size} bytes)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"run": cmd_run, "eval": cmd_eval, "inspect": cmd_inspect}
+    try:
+        return handlers[args.command](args)
+    except CompressionLabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written in place of earlier results", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Errors a user can cause. Every message names the problem and the fix."""
+
+
+class CompressionLabError(Exception):
+    """Base class: the app shows these with st.error, the CLI with exit code 2 and one line."""
+
+
+class ModelLoadError(CompressionLabError):
+    """A model file is missing, corrupt, untrusted or does not match its architecture."""
+
+
+class DataLoadError(CompressionLabError):
+    """A dataset folder is missing or not in a format we read."""
+
+
+class PlanError(CompressionLabError):
+    """A plan (recipe) is invalid: names the step, the layer and the bad value."""
+
+
+class FormatError(CompressionLabError):
+    """A compact model file is truncated, corrupt or not ours."""

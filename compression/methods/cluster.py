@@ -1,0 +1,133 @@
+"""k-means weight sharing per layer (Deep Compression), with seed 1's dynamic per-layer cluster count.
+
+Each layer's non-zero weights are clustered in one dimension into k shared values (pruned weights
+stay exactly zero and are not clustered). The shared values are then fine-tuned: the weight is a
+parametrization `weight = table[labels]` of the k centroids, so autograd sums the gradients of all
+weights in a cluster into that cluster's value, exactly Deep Compression's centroid update.
+
+k = "auto" is our reading of seed 1 (arXiv 1910.02747), whose exact rule is not in the sources:
+per layer, the smallest k between 2 and 256 (doubling, then bisection) whose effect stays within
+the plan's tolerance: the accuracy drop on a validation subset with only that layer clustered
+(default), or the relative reconstruction error sum((w - q)^2) / sum(w^2) (fast option).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from compression import metrics
+from compression.methods.context import StepContext, get_module
+from compression.methods.finetune import TrainConfig, train
+from compression.methods.kmeans1d import kmeans_1d
+from compression.methods.prune import bake
+from compression.plan import ClusterStep, resolve_all
+
+MAX_CLUSTERS = 256
+
+
+class SharedValues(nn.Module):
+    """centroids [k] -> weight: each position takes its cluster's value; label k means a pruned zero."""
+
+    def __init__(self, labels: torch.Tensor, centroids: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("labels", labels)
+        self.register_buffer("initial", centroids.clone())
+
+    def forward(self, centroids: torch.Tensor) -> torch.Tensor:
+        table = torch.cat([centroids, centroids.new_zeros(1)])
+        return table[self.labels]
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.initial.clone()
+
+
+def cluster_weight(weight: torch.Tensor, n_clusters: int, init: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centroids [k'] float, labels same shape as weight with k' marking zeros) for a layer's non-zero weights."""
+    flat = weight.detach().flatten().cpu().double().numpy()
+    nonzero = flat != 0
+    labels = np.full(flat.shape, -1, dtype=np.int64)
+    if not nonzero.any():
+        return torch.zeros(0, dtype=weight.dtype), torch.zeros_like(weight, dtype=torch.long)
+    centroids, nz_labels = kmeans_1d(flat[nonzero], n_clusters, init=init, seed=seed)
+    labels[nonzero] = nz_labels
+    labels[~nonzero] = len(centroids)
+    return (torch.from_numpy(centroids).to(weight.dtype),
+            torch.from_numpy(labels).view(weight.shape).to(weight.device))
+
+
+def quantized(weight: torch.Tensor, n_clusters: int, init: str, seed: int) -> torch.Tensor:
+    centroids, labels = cluster_weight(weight, n_clusters, init, seed)
+    table = torch.cat([centroids.to(weight.device), weight.new_zeros(1)])
+    return table[labels]
+
+
+@torch.no_grad()
+def choose_n_clusters(model: nn.Module, layer: str, step: ClusterStep, ctx: StepContext,
+                      evaluate, base_accuracy: float) -> int:
+    """Smallest k in [2, 256] whose effect on this layer alone stays within the tolerance."""
+    module = get_module(model, layer)
+    original = module.weight.detach().clone()
+    energy = float((original.double() ** 2).sum()) or 1.0
+    results: dict[int, bool] = {}
+
+    def within(k: int) -> bool:
+        if k not in results:
+            q = quantized(original, k, step.init, step.seed)
+            if step.auto_criterion == "reconstruction":
+                results[k] = float(((original.double() - q.double()) ** 2).sum()) / energy <= step.tolerance
+            else:
+                module.weight.copy_(q)
+                results[k] = base_accuracy - evaluate() <= step.tolerance
+                module.weight.copy_(original)
+        return results[k]
+
+    k = 2
+    while k < MAX_CLUSTERS and not within(k):
+        k *= 2
+    k = min(k, MAX_CLUSTERS)
+    if k == 2 or k == MAX_CLUSTERS and not within(k):
+        return k
+    low, high = k // 2, k  # low fails, high passes
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if within(mid) else (mid, high)
+    return high
+
+
+def run(model: nn.Module, step: ClusterStep, ctx: StepContext) -> dict:
+    """Choose k per layer, cluster every layer, fine-tune the shared values, bake them into the weights."""
+    requested = resolve_all(step.n_clusters, ctx.layers)
+    if not requested:
+        ctx.log("cluster: no layer has n_clusters; nothing to do")
+        return {}
+    chosen: dict[str, int] = {}
+    auto_layers = [layer for layer, k in requested.items() if k == "auto"]
+    if auto_layers:
+        loader = ctx.data.loader("val", size=step.auto_val_size, seed=ctx.seed)
+
+        def evaluate() -> float:
+            return metrics.accuracy(model, loader)
+
+        base = evaluate() if step.auto_criterion == "accuracy" else 1.0
+        for index, layer in enumerate(auto_layers):
+            ctx.emit("choose clusters", index / len(auto_layers), layer=layer)
+            chosen[layer] = choose_n_clusters(model, layer, step, ctx, evaluate, base)
+            ctx.check_cancelled()
+        model.eval()
+    chosen.update({layer: int(k) for layer, k in requested.items() if k != "auto"})
+    ctx.log("cluster: k " + ", ".join(f"{layer}={chosen[layer]}" for layer in requested))
+    bake(model)
+    for layer in requested:
+        module = get_module(model, layer)
+        centroids, labels = cluster_weight(module.weight, chosen[layer], step.init, step.seed)
+        parametrize.register_parametrization(module, "weight", SharedValues(labels, centroids), unsafe=True)
+    config = TrainConfig(epochs=step.finetune_epochs, lr=step.lr, seed=ctx.seed + step.seed + 1000,
+                         batch_size=ctx.batch_size, shift_pixels=ctx.shift_pixels)
+    train(model, ctx.data.train, config, loss_fn=ctx.loss_fn,
+          progress=lambda f, loss: ctx.emit("fine-tune shared values", f, loss=loss), should_stop=ctx.should_stop)
+    ctx.check_cancelled()
+    bake(model)
+    return {"n_clusters": {layer: chosen[layer] for layer in requested}}

@@ -1,0 +1,90 @@
+"""Magnitude pruning (Han et al. 2015) with masks kept through fine-tuning, pruned and re-trained iteratively.
+
+Per layer, the weights of smallest magnitude are set to zero. A fixed fraction per layer (the plan's
+`sparsity`) is the same as Han et al.'s threshold "quality factor x the layer's weight std" with the
+factor chosen to hit that fraction. The mask is a parametrization (weight = original * mask), so
+the pruned weights receive no gradient and stay exactly zero while the rest are fine-tuned.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from compression.methods.context import StepContext, get_module
+from compression.methods.finetune import TrainConfig, train
+from compression.plan import PruneStep, resolve_all
+
+
+class Mask(nn.Module):
+    """weight -> weight * mask (the mask is a buffer, not trained)."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask
+
+
+def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """A 0/1 mask (weight's dtype) that zeroes the round(sparsity * n) smallest |w| (ties broken by position)."""
+    n_prune = int(round(sparsity * weight.numel()))
+    mask = torch.ones_like(weight)
+    if n_prune <= 0:
+        return mask
+    order = torch.argsort(weight.detach().abs().flatten(), stable=True)
+    mask.view(-1)[order[:n_prune]] = 0
+    return mask
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Register a Mask parametrization on each layer's weight (replacing an earlier one)."""
+    for layer, mask in masks.items():
+        module = get_module(model, layer)
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        parametrize.register_parametrization(module, "weight", Mask(mask))
+
+
+def bake(model: nn.Module) -> None:
+    """Remove every parametrization, leaving the constrained weights as plain parameters."""
+    for module in model.modules():
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations.keys()):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+
+
+def run(model: nn.Module, step: PruneStep, ctx: StepContext) -> dict:
+    """Prune to each layer's target in `step.iterations` rounds, fine-tuning with masks after each."""
+    targets = resolve_all(step.sparsity, ctx.layers)
+    targets = {layer: float(s) for layer, s in targets.items() if s > 0}
+    if not targets:
+        ctx.log("prune: no layer has a sparsity above 0; nothing to do")
+        return {}
+    for round_index in range(1, step.iterations + 1):
+        # Sparsity ramps up geometrically in the kept fraction: each round removes the same share of
+        # what is left, which Han et al.'s iterative schedule approximates.
+        fraction = round_index / step.iterations
+        masks = {}
+        for layer, target in targets.items():
+            weight = get_module(model, layer).weight
+            current = 1.0 - (1.0 - target) ** fraction
+            masks[layer] = magnitude_mask(weight, current)
+        bake(model)
+        apply_masks(model, masks)
+        ctx.emit(f"prune round {round_index}/{step.iterations}", 0.0)
+        config = TrainConfig(epochs=step.finetune_epochs, lr=step.lr, seed=ctx.seed + step.seed + round_index,
+                             batch_size=ctx.batch_size, shift_pixels=ctx.shift_pixels)
+        train(model, ctx.data.train, config, loss_fn=ctx.loss_fn,
+              progress=lambda f, loss, r=round_index: ctx.emit(f"prune round {r}/{step.iterations}", f, loss=loss),
+              should_stop=ctx.should_stop)
+        ctx.check_cancelled()
+    bake(model)
+    achieved = {}
+    for layer in targets:
+        weight = get_module(model, layer).weight
+        achieved[layer] = 1.0 - float(torch.count_nonzero(weight)) / weight.numel()
+    ctx.log("prune: sparsity " + ", ".join(f"{k}={v:.3f}" for k, v in achieved.items()))
+    return {"sparsity": achieved}

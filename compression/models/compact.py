@@ -1,0 +1,62 @@
+"""Save a compressed classifier as a compact file and load it back into a working model (no unpickling)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from compression import __version__
+from compression.errors import FormatError, ModelLoadError
+from compression.models.handle import ModelHandle, build_architecture
+from compression.storage import read_file, write_file
+
+
+def save_compressed(handle: ModelHandle, path: str | Path, extra: dict | None = None) -> int:
+    """Encode the handle's model into our compact format; returns the bytes written."""
+    meta = {
+        "producer": f"compression-lab {__version__}",
+        "task": "classify",
+        "architecture": handle.architecture,
+        "input_shape": list(handle.input_shape),
+        "num_classes": handle.num_classes,
+        "label": handle.label,
+        "mean": list(handle.mean) if handle.mean else None,
+        "std": list(handle.std) if handle.std else None,
+        **(extra or {}),
+    }
+    state = {k: v.detach().cpu() for k, v in handle.model.state_dict().items()}
+    return write_file(path, state, meta, handle.layer_kinds())
+
+
+def handle_from_decoded(meta: dict, state: dict[str, torch.Tensor], base_file: str | Path | None = None,
+                        source: str = "file") -> ModelHandle:
+    """Rebuild the recorded architecture and load the decoded tensors into it."""
+    architecture = meta.get("architecture")
+    if not isinstance(architecture, dict):
+        raise FormatError(f"{source} records no architecture: it was not written by Compression Lab's compress")
+    model = build_architecture(architecture, base_file)
+    expected = model.state_dict()
+    if set(expected) != set(state):
+        missing = sorted(set(expected) - set(state))[:3]
+        raise ModelLoadError(f"{source} does not match its architecture (missing {missing}): the file is damaged "
+                             "or was written for another model")
+    for key, tensor in expected.items():
+        if tensor.shape != state[key].shape:
+            raise ModelLoadError(f"{source}: {key} has shape {tuple(state[key].shape)}, the architecture "
+                                 f"expects {tuple(tensor.shape)}: the file was written for another model")
+    model.load_state_dict(state)
+    shape = tuple(meta.get("input_shape", (3, 224, 224)))
+    mean = tuple(meta["mean"]) if meta.get("mean") else None
+    std = tuple(meta["std"]) if meta.get("std") else None
+    return ModelHandle(model.eval(), architecture, shape, int(meta.get("num_classes", 0)),
+                       str(meta.get("label", source)), mean, std, {"meta": meta})
+
+
+def load_compressed(path: str | Path, base_file: str | Path | None = None) -> ModelHandle:
+    """Decode a compact file into a working model (our own parser; nothing is unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"compressed file {path} does not exist: check the path")
+    meta, state = read_file(path)
+    return handle_from_decoded(meta, state, base_file, path.name)

@@ -1,0 +1,212 @@
+"""ModelHandle: a classifier plus how to rebuild it; safe loading of demo, torchvision and TorchScript models.
+
+A model reference string says where a model comes from:
+  demo:NAME                    a built-in demo classifier (weights in assets/)
+  torchvision:ARCH + weights   a torchvision architecture and a state dict (.pt/.pth, read with
+                               torch.load(weights_only=True)) or a .safetensors file; the class count
+                               is read from the weights
+  torchscript:FILE             a TorchScript archive (its own code defines the architecture)
+
+`architecture` is the JSON-friendly record a compact file stores to rebuild the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compression.errors import ModelLoadError
+from compression.metrics import weight_layers
+from compression.models.zoo import DEMO_MODELS
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+
+
+@dataclass
+class ModelHandle:
+    """A loaded classifier, the record that rebuilds its architecture, and the input it expects."""
+
+    model: nn.Module
+    architecture: dict
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    label: str
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    extra: dict = field(default_factory=dict)
+
+    def prunable_layers(self) -> dict[str, torch.Tensor]:
+        """Layer name -> weight (convolutions and linear layers, in definition order)."""
+        return weight_layers(self.model)
+
+    def layer_kinds(self) -> dict[str, str]:
+        """Weight tensor name -> "conv" or "fc" (the compact file's position field width depends on it)."""
+        return {f"{name}.weight": ("conv" if w.dim() > 2 else "fc") for name, w in self.prunable_layers().items()}
+
+    def clone(self) -> ModelHandle:
+        """A deep copy: models cached by the app are shared, so never change one in place."""
+        return ModelHandle(copy.deepcopy(self.model), copy.deepcopy(self.architecture), self.input_shape,
+                           self.num_classes, self.label, self.mean, self.std, dict(self.extra))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a .safetensors file or a .pt/.pth state dict, never unpickling arbitrary objects."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(f"weights file {path} does not exist: check the path")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every reader error means the same thing to a user
+        reason = str(exc).splitlines()[0][:200]
+        raise ModelLoadError(
+            f"cannot read weights file {path.name}: {reason}. It must be a state dict saved with "
+            "torch.save(model.state_dict()) or a .safetensors file; a whole pickled model is refused for safety"
+        ) from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelLoadError(f"{path.name} holds no state dict of tensors: save it with torch.save(model.state_dict())")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def build_architecture(architecture: dict, base_file: str | Path | None = None) -> nn.Module:
+    """An untrained model of the recorded architecture (used by load_model and by the compact decoder)."""
+    kind = architecture.get("kind")
+    if kind == "demo":
+        name = architecture.get("name")
+        if name not in DEMO_MODELS:
+            raise ModelLoadError(f"unknown demo model {name!r}: choose one of {', '.join(DEMO_MODELS)}")
+        return DEMO_MODELS[name].build(int(architecture.get("num_classes", 10)))
+    if kind == "torchvision":
+        import torchvision
+
+        arch = architecture.get("arch")
+        if arch not in torchvision.models.list_models():
+            raise ModelLoadError(
+                f"unknown torchvision architecture {arch!r}: use a name from torchvision.models.list_models(), "
+                "e.g. resnet18, mobilenet_v2, vgg16"
+            )
+        kwargs = dict(architecture.get("kwargs", {}))
+        return torchvision.models.get_model(arch, weights=None, **kwargs)
+    if kind == "torchscript":
+        if base_file is None:
+            raise ModelLoadError(
+                "this file holds a TorchScript model's weights only: pass the original TorchScript file "
+                f"({architecture.get('filename')}) to rebuild it (--base FILE)"
+            )
+        base = Path(base_file)
+        if _sha256(base) != architecture.get("sha256"):
+            raise ModelLoadError(f"{base.name} is not the TorchScript file this model was compressed from "
+                                 "(sha256 differs): pass the original file")
+        return _load_torchscript(base)
+    raise ModelLoadError(f"unknown architecture kind {kind!r}: expected demo, torchvision or torchscript")
+
+
+def _load_torchscript(path: Path) -> nn.Module:
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot read TorchScript file {path.name}: {str(exc).splitlines()[0][:200]}. "
+                             "Export it with torch.jit.script(model).save(path) or torch.jit.trace") from None
+
+
+def _last_linear(model: nn.Module) -> str | None:
+    name = None
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            name = module_name
+    return name
+
+
+def load_model(ref: str, weights: str | Path | None = None, input_size: int | None = None) -> ModelHandle:
+    """Load a classifier from a reference string (see the module docstring)."""
+    kind, _, arg = ref.partition(":")
+    if kind == "demo":
+        if arg not in DEMO_MODELS:
+            raise ModelLoadError(f"unknown demo model {arg!r}: choose one of {', '.join(DEMO_MODELS)}")
+        spec = DEMO_MODELS[arg]
+        architecture = {"kind": "demo", "name": arg, "num_classes": 10}
+        model = build_architecture(architecture)
+        path = ASSETS / spec.weights_file
+        if not path.is_file():
+            raise ModelLoadError(f"demo weights {path} are missing: run `python -m compression.demo.train`")
+        _load_into(model, read_state_dict(path), path.name)
+        from compression.data.digits import DIGITS_MEAN, DIGITS_STD
+
+        return ModelHandle(model.eval(), architecture, spec.input_shape, 10, ref, DIGITS_MEAN, DIGITS_STD)
+    if kind == "torchvision":
+        if weights is None:
+            raise ModelLoadError("a torchvision model needs its weights: add --weights FILE (.pt, .pth or .safetensors)")
+        state = read_state_dict(weights)
+        probe = build_architecture({"kind": "torchvision", "arch": arg})
+        head = _last_linear(probe)
+        num_classes = int(state[f"{head}.weight"].shape[0]) if head and f"{head}.weight" in state else 1000
+        architecture = {"kind": "torchvision", "arch": arg, "kwargs": {"num_classes": num_classes}}
+        model = build_architecture(architecture)
+        _load_into(model, state, Path(weights).name)
+        size = input_size or 224
+        return ModelHandle(model.eval(), architecture, (3, size, size), num_classes, f"{ref} ({Path(weights).name})")
+    if kind == "torchscript":
+        path = Path(arg).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"TorchScript file {path} does not exist: check the path")
+        model = _load_torchscript(path)
+        architecture = {"kind": "torchscript", "filename": path.name, "sha256": _sha256(path)}
+        size = input_size or 224
+        shape = (3, size, size)
+        with torch.no_grad():
+            try:
+                out = model(torch.zeros((1, *shape)))
+            except Exception as exc:  # noqa: BLE001
+                raise ModelLoadError(f"TorchScript model {path.name} failed on a {shape} input: set --input-size "
+                                     f"to what it expects ({str(exc).splitlines()[0][:120]})") from None
+        return ModelHandle(model.eval(), architecture, shape, int(out.shape[-1]), ref, extra={"base_file": str(path)})
+    raise ModelLoadError(f"unknown model reference {ref!r}: use demo:NAME, torchvision:ARCH or torchscript:FILE")
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{source} does not match the architecture: missing {missing[:3]}, unexpected {unexpected[:3]}: "
+            "check the architecture name"
+        )
+    for key, tensor in expected.items():
+        if tensor.shape != state[key].shape:
+            raise ModelLoadError(
+                f"{source}: {key} has shape {tuple(state[key].shape)} but the architecture expects "
+                f"{tuple(tensor.shape)}: check the architecture name and the class count"
+            )
+    model.load_state_dict(state)
+
+
+def check_data_fits(handle: ModelHandle, num_classes: int) -> None:
+    """A model whose head has fewer outputs than the dataset has classes cannot be evaluated on it."""
+    if handle.num_classes != num_classes:
+        raise ModelLoadError(
+            f"the model predicts {handle.num_classes} classes but the dataset has {num_classes}: "
+            "use the dataset the model was trained on, or weights with a matching head"
+        )

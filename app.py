@@ -1,8 +1,21 @@
-"""Compression Lab's Streamlit entry: the navigation over pages/ and the sidebar with the active model."""
+"""Compression Lab's Streamlit entry: the navigation over pages/ and the sidebar with the active model.
+
+    streamlit run app.py [-- --home DIR]     (DIR: where runs are stored; default $COMPRESSION_LAB_HOME)
+"""
 
 import streamlit as st
 
+from compression.app_state import sidebar
+
 st.set_page_config(page_title="Compression Lab", page_icon=":material/compress:", layout="wide")
 
-pages = [st.Page("pages/model.py", title="Model", icon=":material/memory:", default=True)]
-st.navigation(pages).run()
+pages = [
+    st.Page("pages/model.py", title="Model", icon=":material/memory:", default=True),
+    st.Page("pages/sensitivity.py", title="Sensitivity", icon=":material/monitoring:"),
+    st.Page("pages/plan.py", title="Plan", icon=":material/tune:"),
+    st.Page("pages/runs.py", title="Runs", icon=":material/play_circle:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/scatter_plot:"),
+]
+navigation = st.navigation(pages)
+sidebar()
+navigation.run()

@@ -1,6 +1,15 @@
-"""Cached loaders the Streamlit pages share (the cached objects are shared by every session: never mutate)."""
+"""What the Streamlit pages share: the active model/data spec, cached loaders and the engine's data folder.
+
+Cached objects (st.cache_resource) are shared by every session: pages must never change them in
+place (use handle.clone()). Only the small spec dict lives in st.session_state.
+"""
 
 from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
 
 import streamlit as st
 
@@ -8,22 +17,119 @@ from compression.data import DataBundle, load_data
 from compression.models.handle import ModelHandle, load_model
 from compression.models.zoo import DEMO_MODELS
 
+DEFAULT_SPEC = {"model": "demo:lenet5", "weights": None, "data": "digits", "input_size": None,
+                "mean": None, "std": None}
+
+
+def home() -> Path:
+    """The engine's data folder: `streamlit run app.py -- --home DIR`, else $COMPRESSION_LAB_HOME, else per user."""
+    if "--home" in sys.argv[:-1]:
+        return Path(sys.argv[sys.argv.index("--home") + 1]).expanduser()
+    if os.environ.get("COMPRESSION_LAB_HOME"):
+        return Path(os.environ["COMPRESSION_LAB_HOME"]).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("compression-lab"))
+
 
 def demo_choices() -> dict[str, str]:
     return {name: spec.description for name, spec in DEMO_MODELS.items()}
 
 
-@st.cache_resource(show_spinner="Loading the model and data...")
-def load_demo(name: str) -> tuple[ModelHandle, DataBundle]:
-    handle = load_model(f"demo:{name}")
-    data = load_data("digits", input_size=handle.input_shape[-1])
+def active_spec() -> dict:
+    """The model + data the pages work on (the sidebar shows it)."""
+    if "active" not in st.session_state:
+        st.session_state["active"] = dict(DEFAULT_SPEC)
+    return st.session_state["active"]
+
+
+def spec_key(spec: dict) -> str:
+    return json.dumps(spec, sort_keys=True)
+
+
+@st.cache_resource(show_spinner="Loading the model and data...", max_entries=8)
+def _load(key: str) -> tuple[ModelHandle, DataBundle]:
+    spec = json.loads(key)
+    handle = load_model(spec["model"], spec.get("weights"), spec.get("input_size"))
+    data = load_data(spec["data"], input_size=spec.get("input_size") or handle.input_shape[-1],
+                     mean=tuple(spec["mean"]) if spec.get("mean") else handle.mean,
+                     std=tuple(spec["std"]) if spec.get("std") else handle.std, in_channels=handle.input_shape[0])
     return handle, data
 
 
-@st.cache_data(show_spinner="Measuring the model...")
-def measure_baseline(name: str) -> dict:
+def load_active(spec: dict | None = None) -> tuple[ModelHandle, DataBundle]:
+    return _load(spec_key(spec or active_spec()))
+
+
+@st.cache_data(show_spinner="Measuring the model...", max_entries=16)
+def baseline(key: str) -> dict:
     from compression.analysis.layers import layer_table
     from compression.pipeline import measure
 
-    handle, data = load_demo(name)
+    handle, data = _load(key)
     return {**measure(handle, data, "test"), "layers": layer_table(handle)}
+
+
+@st.cache_resource(show_spinner="Preparing the size estimate...", max_entries=8)
+def model_stats(key: str):
+    from compression.analysis.estimate import model_stats as compute
+
+    handle, _ = _load(key)
+    return compute(handle)
+
+
+def sidebar() -> None:
+    spec = active_spec()
+    with st.sidebar:
+        st.caption("Active model")
+        st.markdown(f"**{spec['model']}**  \n{spec['data']}")
+        st.caption(f"Runs are stored in `{home()}`")
+
+
+def sensitivity_job(spec: dict, config: dict) -> dict:
+    return {"kind": "sensitivity", **spec, "config": config}
+
+
+def compress_job(spec: dict, plan: dict) -> dict:
+    return {"kind": "compress", **spec, "plan": plan}
+
+
+def _same_model(job: dict, spec: dict) -> bool:
+    return all(job.get(key) == spec.get(key) for key in ("model", "weights", "data", "input_size"))
+
+
+def latest_sensitivity(spec: dict, any_state: bool = False):
+    """The newest sensitivity run for this model and data: its row (any_state) or its succeeded report."""
+    from compression import engine
+
+    for run in engine.list_runs(root=home(), kind="sensitivity"):
+        if not _same_model(run.get("job", {}), spec):
+            continue
+        if any_state:
+            return run
+        if run["state"] == "succeeded":
+            path = home() / "runs" / run["id"] / "sensitivity.json"
+            if path.is_file():
+                return json.loads(path.read_text())
+    return None
+
+
+@st.cache_resource(max_entries=16, show_spinner="Decoding the compact file...")
+def decoded_run(run_id: str) -> ModelHandle:
+    from compression.models.compact import load_compressed
+
+    return load_compressed(home() / "runs" / run_id / "model.clab")
+
+
+@st.cache_data(max_entries=8, show_spinner="Exporting...")
+def run_exports(run_id: str) -> dict:
+    from compression.errors import CompressionLabError
+    from compression.export import onnx_bytes, torchscript_bytes
+
+    handle = decoded_run(run_id)
+    out = {"torchscript": torchscript_bytes(handle)}
+    try:
+        out["onnx"] = onnx_bytes(handle)
+    except CompressionLabError as exc:
+        out["onnx"], out["onnx_error"] = None, str(exc)
+    return out

@@ -14,7 +14,7 @@ def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers, e.g. 0.5,0.5,0.5")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of numbers, e.g. 0.5,0.5,0.5") from None
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:

@@ -84,7 +84,8 @@ class ClusterStep:
         if self.init not in ("linear", "quantile", "random"):
             raise PlanError(f"{where}: init {self.init!r} is unknown: use linear, quantile or random")
         if self.auto_criterion not in ("accuracy", "reconstruction"):
-            raise PlanError(f"{where}: auto_criterion {self.auto_criterion!r} is unknown: use accuracy or reconstruction")
+            raise PlanError(f"{where}: auto_criterion {self.auto_criterion!r} is unknown: "
+                            "use accuracy or reconstruction")
         _number(where, None, "tolerance", self.tolerance, 0.0, 1.0)
         _integer(where, None, "auto_val_size", self.auto_val_size, 1, 10_000_000)
         _integer(where, None, "finetune_epochs", self.finetune_epochs, 0, 1000)
@@ -123,7 +124,8 @@ class Plan:
                         try:
                             pattern = re.compile(key[len(PATTERN_PREFIX):])
                         except re.error as exc:
-                            raise PlanError(f"{where}: {name} key {key!r} is not a valid regular expression ({exc})")
+                            raise PlanError(
+                                f"{where}: {name} key {key!r} is not a valid regular expression ({exc})") from None
                         if layers is not None and not any(pattern.fullmatch(layer) for layer in layers):
                             raise PlanError(f"{where}: {name} pattern {key!r} matches no layer of this model; "
                                             f"layers are {', '.join(layers[:8])}")
@@ -132,7 +134,8 @@ class Plan:
                                         f"layers are {', '.join(layers[:8])}")
         order = [step.type for step in self.steps]
         if "prune" in order and "cluster" in order and order.index("cluster") < order.index("prune"):
-            raise PlanError("prune must come before cluster: pruning after weight sharing would break the shared values")
+            raise PlanError("prune must come before cluster: "
+                            "pruning after weight sharing would break the shared values")
         return self
 
     def to_dict(self) -> dict:

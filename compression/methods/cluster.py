@@ -7,8 +7,10 @@ weights in a cluster into that cluster's value, exactly Deep Compression's centr
 
 k = "auto" is our reading of seed 1 (arXiv 1910.02747), whose exact rule is not in the sources:
 per layer, the smallest k between 2 and 256 (doubling, then bisection) whose effect stays within
-the plan's tolerance: the accuracy drop on a validation subset with only that layer clustered
-(default), or the relative reconstruction error sum((w - q)^2) / sum(w^2) (fast option).
+the plan's tolerance: by default the accuracy drop on a validation subset, measured with the layers
+before it (in model order) already shared at their chosen k, so that the drops of the layers do not
+add up unseen and the whole model before fine-tuning stays within the tolerance of the original;
+or the layer's relative reconstruction error sum((w - q)^2) / sum(w^2) (fast option).
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ def run(model: nn.Module, step: ClusterStep, ctx: StepContext) -> dict:
         return {}
     chosen: dict[str, int] = {}
     auto_layers = [layer for layer, k in requested.items() if k == "auto"]
+    originals: dict[str, torch.Tensor] = {}
     if auto_layers:
         loader = ctx.data.loader("val", size=step.auto_val_size, seed=ctx.seed)
 
@@ -115,7 +118,14 @@ def run(model: nn.Module, step: ClusterStep, ctx: StepContext) -> dict:
         for index, layer in enumerate(auto_layers):
             ctx.emit("choose clusters", index / len(auto_layers), layer=layer)
             chosen[layer] = choose_n_clusters(model, layer, step, ctx, evaluate, base)
+            with torch.no_grad():  # later layers are judged with this one already shared
+                weight = get_module(model, layer).weight
+                originals.setdefault(layer, weight.detach().clone())
+                weight.copy_(quantized(weight, chosen[layer], step.init, step.seed))
             ctx.check_cancelled()
+        with torch.no_grad():
+            for layer, original in originals.items():
+                get_module(model, layer).weight.copy_(original)
         model.eval()
     chosen.update({layer: int(k) for layer, k in requested.items() if k != "auto"})
     ctx.log("cluster: k " + ", ".join(f"{layer}={chosen[layer]}" for layer in requested))

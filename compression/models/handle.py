@@ -157,7 +157,8 @@ def load_model(ref: str, weights: str | Path | None = None, input_size: int | No
         return ModelHandle(model.eval(), architecture, spec.input_shape, 10, ref, DIGITS_MEAN, DIGITS_STD)
     if kind == "torchvision":
         if weights is None:
-            raise ModelLoadError("a torchvision model needs its weights: add --weights FILE (.pt, .pth or .safetensors)")
+            raise ModelLoadError("a torchvision model needs its weights: add --weights FILE "
+                                 "(.pt, .pth or .safetensors)")
         state = read_state_dict(weights)
         probe = build_architecture({"kind": "torchvision", "arch": arg})
         head = _last_linear(probe)

@@ -1,0 +1,46 @@
+"""Pareto fronts over runs: which runs no other run beats on both accuracy and cost (bytes, FLOPs, latency)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def pareto_mask(costs: list[float], accuracies: list[float]) -> list[bool]:
+    """True for each point not dominated (another point with cost <= and accuracy >=, one strictly)."""
+    points = list(zip(costs, accuracies, strict=True))
+    mask = []
+    for i, (cost, acc) in enumerate(points):
+        dominated = any(
+            (c <= cost and a >= acc) and (c < cost or a > acc) for j, (c, a) in enumerate(points) if j != i
+        )
+        mask.append(not dominated)
+    return mask
+
+
+def runs_table(runs: list[dict]) -> pd.DataFrame:
+    """One row per succeeded compression run with the measured figures the compare page plots."""
+    rows = []
+    for run in runs:
+        m = run.get("metrics") or {}
+        if run.get("state") != "succeeded" or "after" not in m:
+            continue
+        after, before = m["after"], m["before"]
+        steps = m.get("steps", {})
+        family = "+".join(steps) if steps else "none"
+        rows.append({
+            "run": run["id"],
+            "model": m.get("model", run.get("model")),
+            "plan": m.get("plan_name", ""),
+            "method": family,
+            "accuracy": after["accuracy"],
+            "accuracy_before": before["accuracy"],
+            "accuracy_drop_pts": 100 * (before["accuracy"] - after["accuracy"]),
+            "compressed_bytes": after["compressed_bytes"],
+            "fp32_bytes": before["fp32_bytes"],
+            "ratio": m.get("compression_ratio"),
+            "sparse_flops": after.get("sparse_flops"),
+            "flops": after.get("flops"),
+            "latency_ms": after.get("latency_ms"),
+            "weights_kept_pct": 100 * m.get("weights_kept", 1.0),
+        })
+    return pd.DataFrame(rows)

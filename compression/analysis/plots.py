@@ -1,0 +1,77 @@
+"""Plotly figures the pages draw (built here so pages stay thin): sensitivity, Pareto fronts, histograms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from compression.analysis.pareto import pareto_mask
+
+
+def sensitivity_curves(report: dict, axis: str) -> go.Figure:
+    """Accuracy per layer against sparsity (axis="sparsity") or cluster count (axis="clusters")."""
+    fig = go.Figure()
+    for name, row in report["layers"].items():
+        points = sorted(((float(k), v) for k, v in row[axis].items()))
+        fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[100 * p[1] for p in points], mode="lines+markers",
+                                 name=name))
+    fig.add_hline(y=100 * report["base_accuracy"], line_dash="dot", annotation_text="original")
+    fig.update_layout(xaxis_title="sparsity" if axis == "sparsity" else "clusters (k)",
+                      yaxis_title="validation accuracy (%)", height=380, margin={"t": 30})
+    if axis == "clusters":
+        fig.update_xaxes(type="log", tickvals=[2, 4, 8, 16, 32, 64, 128, 256])
+    return fig
+
+
+def sensitivity_heatmap(report: dict) -> go.Figure:
+    """Layer x sparsity heatmap of the accuracy drop in points."""
+    layers = list(report["layers"])
+    sparsities = sorted({float(s) for row in report["layers"].values() for s in row["sparsity"]})
+    base = report["base_accuracy"]
+    z = [[100 * (base - report["layers"][layer]["sparsity"].get(str(s), np.nan)) for s in sparsities]
+         for layer in layers]
+    fig = go.Figure(go.Heatmap(z=z, x=[f"{s:.2f}" for s in sparsities], y=layers, colorscale="Reds",
+                               colorbar={"title": "drop (pts)"}, zmin=0))
+    fig.update_layout(xaxis_title="sparsity", yaxis_title="layer", height=120 + 28 * len(layers), margin={"t": 30})
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def pareto_figure(table: pd.DataFrame, cost: str, cost_title: str) -> go.Figure:
+    """Accuracy against a cost; each method family its own series, dominated runs dimmed, the front joined."""
+    fig = go.Figure()
+    if table.empty:
+        return fig
+    data = table.dropna(subset=[cost]).copy()
+    data["front"] = pareto_mask(list(data[cost]), list(data["accuracy"]))
+    for method, group in data.groupby("method"):
+        fig.add_trace(go.Scatter(
+            x=group[cost], y=100 * group["accuracy"], mode="markers", name=method,
+            marker={"size": 11, "opacity": [1.0 if f else 0.3 for f in group["front"]]},
+            text=group["run"], customdata=group[["plan", "ratio"]],
+            hovertemplate="%{text}<br>%{customdata[0]}<br>" + cost_title + " %{x:,}<br>accuracy %{y:.2f}%"
+                          "<br>ratio %{customdata[1]:.1f}x<extra></extra>"))
+    front = data[data["front"]].sort_values(cost)
+    fig.add_trace(go.Scatter(x=front[cost], y=100 * front["accuracy"], mode="lines", name="Pareto front",
+                             line={"dash": "dash", "color": "black"}, hoverinfo="skip"))
+    fig.update_layout(xaxis_title=cost_title, yaxis_title="test accuracy (%)", height=420, margin={"t": 30})
+    if data[cost].max() > 20 * max(1, data[cost].min()):
+        fig.update_xaxes(type="log")
+    return fig
+
+
+def weight_histogram(before: np.ndarray, after: np.ndarray, layer: str) -> go.Figure:
+    """Histogram of a layer's weights before and after, with the shared values marked."""
+    fig = go.Figure()
+    fig.add_trace(go.Histogram(x=before, name="original", nbinsx=120, opacity=0.55))
+    kept = after[after != 0]
+    fig.add_trace(go.Histogram(x=kept, name="compressed (non-zero)", nbinsx=120, opacity=0.55))
+    shared = np.unique(kept)
+    if 0 < len(shared) <= 64:
+        for value in shared:
+            fig.add_vline(x=float(value), line_width=1, line_color="crimson", opacity=0.6)
+    fig.update_layout(barmode="overlay", title=f"{layer}: {len(shared)} distinct non-zero values, "
+                      f"{100 * (1 - kept.size / max(1, after.size)):.1f}% zeros", height=340, margin={"t": 40},
+                      xaxis_title="weight", yaxis_title="count")
+    return fig

@@ -1,0 +1,107 @@
+"""Sensitivity analysis: how much accuracy each prunable layer loses, alone, to pruning and to weight sharing.
+
+For every layer, with all other layers untouched: accuracy on a validation subset at each sparsity
+of a grid (magnitude pruning, no fine-tuning) and at each cluster count of a grid (k-means weight
+sharing of the layer's weights, no fine-tuning). The report is plain JSON; the plan page turns it
+into suggestions and the target solver (compression/analysis/solver.py) works over it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from compression.data import DataBundle
+from compression.methods.cluster import quantized
+from compression.methods.prune import magnitude_mask
+from compression.models.handle import ModelHandle
+
+DEFAULT_SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+DEFAULT_CLUSTERS = (2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class SensitivityConfig:
+    sparsities: tuple[float, ...] = DEFAULT_SPARSITIES  # pruning levels tried per layer
+    n_clusters: tuple[int, ...] = DEFAULT_CLUSTERS  # weight-sharing cluster counts tried per layer
+    val_size: int = 512  # validation images used (the whole split when larger)
+    seed: int = 0
+
+    def key(self, model_ref: str, data_ref: str, weights_digest: str) -> str:
+        """Cache key: the same model, data and settings give the same report."""
+        text = json.dumps({"model": model_ref, "data": data_ref, "weights": weights_digest, **asdict(self)},
+                          sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def weights_digest(handle: ModelHandle) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in handle.model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+@dataclass
+class SensitivityReport:
+    base_accuracy: float
+    layers: dict[str, dict] = field(default_factory=dict)  # layer -> {params, sparsity: {s: acc}, clusters: {k: acc}}
+    config: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SensitivityReport:
+        return cls(float(data["base_accuracy"]), dict(data["layers"]), dict(data.get("config", {})))
+
+
+@torch.no_grad()
+def analyze(handle: ModelHandle, data: DataBundle, config: SensitivityConfig = SensitivityConfig(), *,
+            on_progress: Callable[[str, float, dict], None] | None = None,
+            cancel_requested: Callable[[], bool] | None = None) -> SensitivityReport:
+    """Measure every layer alone at every grid point (the model given is not changed)."""
+    work = handle.clone()
+    model = work.model.eval()
+    loader = data.loader("val", size=config.val_size, seed=config.seed)
+    # evaluate on tensors held in memory: the grid runs hundreds of evaluations
+    batches = [(x.to(next(model.parameters()).device), y) for x, y in loader]
+
+    def evaluate() -> float:
+        correct = total = 0
+        for x, y in batches:
+            correct += int((model(x).argmax(1).cpu() == y).sum())
+            total += len(y)
+        return correct / max(1, total)
+
+    base = evaluate()
+    report = SensitivityReport(base, {}, {**asdict(config), "base_accuracy": base})
+    layers = work.prunable_layers()
+    total_points = len(layers) * (len(config.sparsities) + len(config.n_clusters))
+    done = 0
+    for name, weight in layers.items():
+        original = weight.detach().clone()
+        row = {"params": weight.numel(), "kind": "conv" if weight.dim() > 2 else "fc", "sparsity": {}, "clusters": {}}
+        for sparsity in config.sparsities:
+            weight.copy_(original * magnitude_mask(original, sparsity))
+            row["sparsity"][str(sparsity)] = evaluate()
+            done += 1
+            if on_progress:
+                on_progress("sensitivity", done / total_points, {"layer": name})
+        for k in config.n_clusters:
+            weight.copy_(quantized(original, k, "linear", config.seed))
+            row["clusters"][str(k)] = evaluate()
+            done += 1
+            if on_progress:
+                on_progress("sensitivity", done / total_points, {"layer": name})
+        weight.copy_(original)
+        report.layers[name] = row
+        if cancel_requested and cancel_requested():
+            from compression.methods.context import Cancelled
+
+            raise Cancelled("the sensitivity analysis was cancelled")
+    return report

@@ -1,0 +1,34 @@
+"""Build a Plan from per-layer UI settings and read per-layer settings back from a Plan (the plan page's glue)."""
+
+from __future__ import annotations
+
+from compression.plan import ClusterStep, Plan, PruneStep, resolve
+
+CLUSTER_CHOICES = ["off", "auto", 2, 4, 8, 16, 32, 64, 128, 256]
+
+
+def plan_from_settings(settings: dict[str, tuple[float, int | str | None]], name: str = "plan",
+                       prune_options: dict | None = None, cluster_options: dict | None = None) -> Plan:
+    """settings: {layer: (sparsity, n_clusters or "auto" or None)} -> a validated Plan (prune, then cluster)."""
+    sparsity = {layer: round(float(s), 4) for layer, (s, _) in settings.items() if s > 0}
+    clusters = {layer: k for layer, (_, k) in settings.items() if k not in (None, "off")}
+    steps = []
+    if sparsity:
+        steps.append(PruneStep(sparsity=sparsity, **(prune_options or {})))
+    if clusters:
+        steps.append(ClusterStep(n_clusters=clusters, **(cluster_options or {})))
+    return Plan(steps=tuple(steps), name=name).validate(list(settings))
+
+
+def settings_from_plan(plan: Plan, layers: list[str]) -> dict[str, tuple[float, int | str | None]]:
+    """The per-layer (sparsity, n_clusters) a plan asks for; layers it does not reach get (0, None)."""
+    out = {}
+    for layer in layers:
+        sparsity, clusters = 0.0, None
+        for step in plan.steps:
+            if step.type == "prune":
+                sparsity = float(resolve(step.sparsity, layer) or 0.0)
+            elif step.type == "cluster":
+                clusters = resolve(step.n_clusters, layer)
+        out[layer] = (sparsity, clusters)
+    return out

@@ -1,0 +1,198 @@
+"""The compact model file: state dict + JSON meta <-> bytes, atomic file I/O, and a per-tensor size report.
+
+Layout (FORMAT.md has the byte-level spec):
+    24-byte header: magic, format version, flags, CRC32 of the payload, payload length
+    payload: varint meta length, meta as UTF-8 JSON, varint section count, one section per tensor
+
+Reading never unpickles anything: the header and sections are parsed with struct and numpy, and
+every length, count and shape is checked against what remains and against fixed caps before
+anything is allocated, so damaged or foreign bytes raise FormatError and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import torch
+
+from compression.errors import FormatError
+from compression.storage._bits import ByteReader, damaged, varint
+from compression.storage.sections import (
+    GAP_BITS_MAX,
+    GAP_BITS_MIN,
+    PAPER_GAP_BITS,
+    decode_section,
+    encode_section,
+)
+
+MAGIC = b"\x89CLAB\r\n\x1a"  # PNG-style: a high-bit byte, CR LF and ^Z catch text-mode transfers
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<8sHHIQ")  # magic, version, flags, crc32(payload), payload length
+HEADER_BYTES = HEADER.size  # 24
+MAX_META_BYTES = 1 << 30
+MIN_SECTION_BYTES = 5  # type, length, name length, dtype, rank
+
+__all__ = ["FORMAT_VERSION", "MAGIC", "decode_state", "encode_state", "inspect_bytes", "inspect_header",
+           "read_file", "write_file"]
+
+
+def _gap_bits_for(name: str, layer_kinds: dict[str, str] | None, gap_bits: int | str) -> int | None:
+    """None = let the encoder choose the width per tensor; otherwise the fixed field width."""
+    if gap_bits == "auto":
+        return None
+    if gap_bits == "paper":  # Han et al.: 8 bits for conv layers, 5 for fc (and anything else)
+        kinds = layer_kinds or {}
+        kind = kinds.get(name) or kinds.get(name.rsplit(".", 1)[0]) or "fc"
+        return PAPER_GAP_BITS.get(kind, PAPER_GAP_BITS["fc"])
+    if isinstance(gap_bits, int) and GAP_BITS_MIN <= gap_bits <= GAP_BITS_MAX:
+        return gap_bits
+    raise ValueError(f"gap_bits must be 'auto', 'paper' or an int in {GAP_BITS_MIN}..{GAP_BITS_MAX}, "
+                     f"got {gap_bits!r}")
+
+
+def encode_state(state: dict[str, torch.Tensor], meta: dict, layer_kinds: dict[str, str] | None = None, *,
+                 gap_bits: int | str = "auto") -> bytes:
+    """Encode an ordered state dict and a JSON-serialisable meta dict into the compact format.
+
+    Each tensor gets the smallest of its possible encodings ("shared", "sparse", "raw"). The
+    relative-index field width of shared/sparse tensors is chosen per tensor for the fewest bytes
+    (gap_bits="auto"), or is Han et al.'s 8 bits for conv / 5 for fc from layer_kinds
+    (gap_bits="paper"), or a fixed int in 2..12. Decoding gives back bit-identical tensors.
+    """
+    if not isinstance(meta, dict):
+        raise FormatError(f"meta must be a dict, got {type(meta).__name__}")
+    try:
+        meta_bytes = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"meta is not JSON-serialisable ({exc}): store only str, numbers, lists and dicts"
+                          ) from None
+    parts = [varint(len(meta_bytes)), meta_bytes, varint(len(state))]
+    for name, tensor in state.items():
+        if not isinstance(name, str):
+            raise FormatError(f"state dict key {name!r} is not a string")
+        parts.append(encode_section(name, tensor, _gap_bits_for(name, layer_kinds, gap_bits)))
+    payload = b"".join(parts)
+    return HEADER.pack(MAGIC, FORMAT_VERSION, 0, zlib.crc32(payload), len(payload)) + payload
+
+
+def _open(data: bytes | bytearray | memoryview) -> tuple[ByteReader, dict, int]:
+    """Check the header and CRC, read meta; returns (reader at the first section, meta, section count)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise FormatError(f"expected the file's bytes, got {type(data).__name__}")
+    view = memoryview(data).cast("B")
+    if bytes(view[:8]) != MAGIC:
+        if len(view) < 8 and len(view) and MAGIC.startswith(bytes(view)):
+            raise damaged(f"file is truncated at byte {len(view)} (the header needs {HEADER_BYTES} bytes)")
+        raise FormatError("not a Compression Lab model file (its first bytes are not the format's magic): "
+                          "pass a file written by `compression-lab run` or storage.write_file")
+    if len(view) < HEADER_BYTES:
+        raise damaged(f"file is truncated at byte {len(view)} (the header needs {HEADER_BYTES} bytes)")
+    _, version, flags, crc, payload_len = HEADER.unpack_from(view, 0)
+    if version > FORMAT_VERSION:
+        raise FormatError(f"the file uses format version {version}, this reader knows up to {FORMAT_VERSION}"
+                          ": "
+                          "it was written by a newer Compression Lab; upgrade compression-lab to read it")
+    if version == 0 or flags != 0:
+        raise damaged(f"header holds format version {version} and flags {flags:#x}")
+    if payload_len != len(view) - HEADER_BYTES:
+        if payload_len > len(view) - HEADER_BYTES:
+            raise damaged(f"file is truncated at byte {len(view)} "
+                          f"(the header says it has {HEADER_BYTES + payload_len})")
+        raise damaged(f"file has {len(view) - HEADER_BYTES - payload_len} extra bytes after its payload")
+    if zlib.crc32(view[HEADER_BYTES:]) != crc:
+        raise damaged("the file's CRC32 does not match its contents")
+    reader = ByteReader(view, HEADER_BYTES, context="header")
+    meta_len = reader.varint("meta length", min(MAX_META_BYTES, reader.remaining()))
+    try:
+        meta = json.loads(bytes(reader.take(meta_len, "meta")).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise damaged("its meta is not valid UTF-8 JSON") from None
+    if not isinstance(meta, dict):
+        raise damaged(f"its meta is a JSON {type(meta).__name__}, not an object")
+    count = reader.varint("section count", reader.remaining() // MIN_SECTION_BYTES)
+    return reader, meta, count
+
+
+def decode_state(data: bytes | bytearray | memoryview) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(meta, state) from bytes written by encode_state; tensors come back bit-exactly, in order."""
+    reader, meta, count = _open(data)
+    state: dict[str, torch.Tensor] = {}
+    for _ in range(count):
+        name, tensor, _, _ = decode_section(reader)
+        if name in state:
+            raise damaged(f"tensor '{name}' appears twice")
+        state[name] = tensor
+    if reader.remaining():
+        raise damaged(f"{reader.remaining()} bytes follow the last section")
+    return meta, state
+
+
+def inspect_header(data: bytes | bytearray | memoryview) -> dict:
+    """{format_version, header_bytes (fixed header + meta + section count), meta_bytes, sections, meta}."""
+    reader, meta, count = _open(data)
+    version = HEADER.unpack_from(memoryview(data).cast("B"), 0)[1]
+    return {"format_version": version, "header_bytes": reader.pos, "meta_bytes": reader.pos - HEADER_BYTES,
+            "sections": count, "meta": meta}
+
+
+def inspect_bytes(data: bytes | bytearray | memoryview) -> list[dict]:
+    """One row per tensor (after a first row named "<header>"); the rows' bytes_total sum to the file size.
+
+    Row keys: name, shape, dtype, encoding, numel, nonzeros, n_clusters, gap_bits, bytes_positions,
+    bytes_indices, bytes_codebook, bytes_raw, bytes_total, raw_compression, streams (a list of
+    {stream: "positions"|"indices", symbols, bytes (incl. its table), entropy_bytes}).
+    """
+    reader, _, count = _open(data)
+    rows = [{"name": "<header>", "shape": None, "dtype": None, "encoding": "header", "numel": 0,
+             "nonzeros": None, "n_clusters": None, "gap_bits": None, "bytes_positions": 0, "bytes_indices": 0,
+             "bytes_codebook": 0, "bytes_raw": 0, "bytes_total": reader.pos, "raw_compression": None,
+             "streams": []}]
+    for _ in range(count):
+        start = reader.pos
+        name, _, described, info = decode_section(reader, want_tensor=False)
+        rows.append({"name": name, **described, "encoding": info.encoding, "nonzeros": info.nonzeros,
+                     "n_clusters": info.n_clusters, "gap_bits": info.gap_bits,
+                     "bytes_positions": info.bytes_positions, "bytes_indices": info.bytes_indices,
+                     "bytes_codebook": info.bytes_codebook, "bytes_raw": info.bytes_raw,
+                     "bytes_total": reader.pos - start, "raw_compression": info.raw_compression,
+                     "streams": info.streams})
+    if reader.remaining():
+        raise damaged(f"{reader.remaining()} bytes follow the last section")
+    return rows
+
+
+def write_file(path: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict,
+               layer_kinds: dict[str, str] | None = None, *, gap_bits: int | str = "auto") -> int:
+    """Encode and write atomically (temporary name in the same folder, then os.replace); returns the size."""
+    path = Path(path)
+    data = encode_state(state, meta, layer_kinds, gap_bits=gap_bits)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return len(data)
+
+
+def read_file(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(meta, state) from a file written by write_file."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FormatError(f"model file {path} does not exist: check the path") from None
+    except OSError as exc:
+        raise FormatError(f"cannot read model file {path} ({exc.strerror}): check the path and permissions"
+                          ) from None
+    try:
+        return decode_state(data)
+    except FormatError as exc:
+        raise FormatError(f"{path}: {exc}") from None

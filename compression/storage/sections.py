@@ -1,0 +1,438 @@
+"""One tensor's section of the compact format: the encodings (raw, shared, sparse) and their checked decoding.
+
+"shared" is Deep Compression's layer (Han et al. 2016, section 3): the distinct non-zero values
+form a codebook, the non-zeros' positions are stored as relative indices (gaps) of a fixed field
+width with filler entries for longer gaps, and both the gaps and the codebook indices are
+entropy coded (ANS here instead of the paper's Huffman). "sparse" keeps the same positions but
+stores the non-zero values raw (a pruned, unclustered layer). "raw" is everything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from compression.errors import FormatError
+from compression.storage import _dtypes
+from compression.storage._bits import ByteReader, damaged, varint
+from compression.storage.entropy import (
+    counts_entropy_bits,
+    decode_from,
+    empirical_entropy_bytes,
+    encode_symbols,
+    estimate_bits,
+)
+
+try:  # zstandard is optional (a test extra): without it we write raw sections uncompressed
+    import zstandard
+except ImportError:  # pragma: no cover - exercised only where zstandard is missing
+    zstandard = None
+
+# Section type ids are part of the file format: never renumber, only append.
+TYPE_RAW, TYPE_SHARED, TYPE_SPARSE = 1, 2, 3
+ENCODINGS = {TYPE_RAW: "raw", TYPE_SHARED: "shared", TYPE_SPARSE: "sparse"}
+
+MAX_RANK = 8
+MAX_NUMEL = 2**31
+MAX_NAME_BYTES = 65535
+MAX_CLUSTERS = 256  # most distinct non-zero values a "shared" tensor may have (8-bit indices in the paper)
+MIN_CODED_NUMEL = 64  # smaller tensors are stored raw: a table would cost more than it saves
+GAP_BITS_MIN, GAP_BITS_MAX = 2, 12
+PAPER_GAP_BITS = {"conv": 8, "fc": 5}  # Han et al.: relative-index field width per layer kind
+
+FLAG_ZSTD, FLAG_SHUFFLE = 1, 2  # raw data flags (raw and sparse sections)
+FLAG_POSITIONS = 1  # shared: the tensor has zeros, so a positions stream is present
+ZSTD_SMALL_BYTES = 1 << 16  # up to this size zstd runs at level 19; above, level 3 (19 is ~60x slower there
+# and gains under 0.1% on float data)
+
+
+@dataclass
+class SectionInfo:
+    """What inspect_bytes reports for one section (sizes in bytes)."""
+
+    encoding: str
+    nonzeros: int | None = None
+    n_clusters: int | None = None
+    gap_bits: int | None = None
+    bytes_positions: int = 0
+    bytes_indices: int = 0
+    bytes_codebook: int = 0
+    bytes_raw: int = 0
+    raw_compression: str | None = None
+    streams: list[dict] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------- raw data
+
+
+def _little_endian(array: np.ndarray) -> bytes:
+    return array.astype(array.dtype.newbyteorder("<")).tobytes()
+
+
+def _from_little_endian(data: bytes | memoryview, bits_type: type) -> np.ndarray:
+    return np.frombuffer(bytes(data), dtype=np.dtype(bits_type).newbyteorder("<")).astype(bits_type)
+
+
+def _shuffle(raw: bytes, size: int) -> bytes:
+    """Byte planes (all first bytes, then all second bytes, ...): zstd finds float exponents this way."""
+    return np.frombuffer(raw, dtype=np.uint8).reshape(-1, size).T.tobytes()
+
+
+def _unshuffle(raw: bytes, size: int) -> bytes:
+    return np.frombuffer(raw, dtype=np.uint8).reshape(size, -1).T.tobytes()
+
+
+def pack_raw(raw: bytes, size: int) -> tuple[int, bytes]:
+    """(flags, data): the raw bytes, zstd-compressed (byte-shuffled where that helps) when that is smaller."""
+    best = (0, raw)
+    if zstandard is None or len(raw) < 64:
+        return best
+    level = 19 if len(raw) <= ZSTD_SMALL_BYTES else 3
+    compressor = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False)
+    options = [FLAG_SHUFFLE] if size > 1 else []
+    if size == 1 or len(raw) <= 1 << 16:
+        options.append(0)
+    for flags in options:
+        packed = compressor.compress(_shuffle(raw, size) if flags & FLAG_SHUFFLE else raw)
+        if len(packed) < len(best[1]):
+            best = (FLAG_ZSTD | flags, packed)
+    return best
+
+
+def unpack_raw(data: memoryview, flags: int, expected: int, size: int, what: str) -> bytes:
+    """Inverse of pack_raw; checks the declared size before allocating anything."""
+    if flags & ~(FLAG_ZSTD | FLAG_SHUFFLE) or (flags & FLAG_SHUFFLE and not flags & FLAG_ZSTD):
+        raise damaged(f"{what}: unknown raw-data flags {flags:#x}")
+    if not flags & FLAG_ZSTD:
+        if len(data) != expected:
+            raise damaged(f"{what}: raw data is {len(data)} bytes, its shape and dtype need {expected}")
+        return bytes(data)
+    if zstandard is None:
+        raise FormatError(f"{what} is zstd-compressed and the zstandard package is not installed: "
+                          "install it (pip install zstandard) to read this file")
+    try:
+        content = zstandard.frame_content_size(bytes(data[:18]))
+    except zstandard.ZstdError:
+        raise damaged(f"{what}: its zstd frame header is invalid") from None
+    if content != expected:
+        raise damaged(f"{what}: its zstd frame holds {content} bytes, its shape and dtype need {expected}")
+    try:
+        out = zstandard.ZstdDecompressor().decompress(bytes(data), max_output_size=expected,
+                                                      allow_extra_data=False)
+    except zstandard.ZstdError as exc:
+        raise damaged(f"{what}: its zstd data is corrupt ({exc})") from None
+    if len(out) != expected:
+        raise damaged(f"{what}: zstd data decompressed to {len(out)} bytes, expected {expected}")
+    return _unshuffle(out, size) if flags & FLAG_SHUFFLE else out
+
+
+# ----------------------------------------------------------------------------------------------- positions
+
+
+def _gaps(nonzero_positions: np.ndarray, numel: int) -> tuple[np.ndarray, int]:
+    """Zeros before each non-zero, and zeros after the last one."""
+    gaps = np.diff(nonzero_positions, prepend=-1) - 1
+    last = int(nonzero_positions[-1]) if nonzero_positions.size else -1
+    return gaps, numel - 1 - last
+
+
+def choose_gap_bits(gaps: np.ndarray, trailing: int, cluster_counts: np.ndarray | None,
+                    value_bits: int) -> int:
+    """The field width in GAP_BITS_MIN..GAP_BITS_MAX that gives the fewest bytes.
+
+    For "shared", cluster_counts are the non-zeros per shared value (fillers add a zero symbol to the
+    index stream); for "sparse" (cluster_counts None) each filler stores a zero of value_bits bits.
+    Widths are tried in order of a lower bound (the streams' entropy, no tables); the exact size
+    estimate (tables included) is computed only while the bound can still beat the best so far.
+    """
+    options = []
+    for bits in range(GAP_BITS_MIN, GAP_BITS_MAX + 1):
+        field = 1 << bits
+        fillers = int((gaps >> bits).sum()) + (trailing >> bits)
+        histogram = np.bincount(gaps & (field - 1), minlength=field)
+        histogram[field - 1] += fillers
+        if cluster_counts is None:
+            index_counts, extra = None, float(fillers * value_bits)
+        else:
+            index_counts, extra = np.concatenate(([fillers], cluster_counts)), 0.0
+        bound = counts_entropy_bits(histogram) + extra
+        if index_counts is not None:
+            bound += counts_entropy_bits(index_counts)
+        options.append((bound, bits, histogram, index_counts, extra))
+    options.sort(key=lambda option: option[0])
+    best_bits, best_cost = options[0][1], float("inf")
+    for bound, bits, histogram, index_counts, extra in options:
+        if bound >= best_cost:
+            break
+        cost = estimate_bits(histogram, curves=False) + extra  # root tables: close, and much faster
+        if index_counts is not None:
+            cost += estimate_bits(index_counts, curves=False)
+        if cost < best_cost:
+            best_bits, best_cost = bits, cost
+    return best_bits
+
+
+def build_entries(gaps: np.ndarray, trailing: int, bits: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(gap symbol of every entry, entry index of each non-zero, number of entries).
+
+    An entry sits 1 + gap_symbol positions after the previous one. A gap longer than the field holds
+    becomes filler entries with symbol 2**bits - 1 (each skips 2**bits - 1 zeros and sits on a zero),
+    as in Han et al.; fillers are also added after the last non-zero until fewer than 2**bits zeros
+    remain, which pins the tensor's size to the stream (a decoder check).
+    """
+    top = (1 << bits) - 1
+    sizes = (gaps >> bits) + 1
+    ends = np.cumsum(sizes) - 1
+    total = int(ends[-1]) + 1 if ends.size else 0
+    total += trailing >> bits
+    symbols = np.full(total, top, dtype=np.int64)
+    symbols[ends] = gaps & top
+    return symbols, ends, total
+
+
+def _stream_info(stream: str, symbols: np.ndarray, nbytes: int, measure: bool) -> dict:
+    return {"stream": stream, "symbols": int(symbols.size), "bytes": nbytes,
+            "entropy_bytes": empirical_entropy_bytes(symbols) if measure else None}
+
+
+def decode_positions(reader: ByteReader, numel: int, bits: int, name: str,
+                     measure: bool) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(gap symbols, entry positions, stream info); checks the entries fit the tensor exactly."""
+    start = reader.pos
+    symbols = decode_from(reader, numel, 1 << bits, f"tensor '{name}' positions stream")
+    positions = np.cumsum(symbols, dtype=np.int64)
+    positions += np.arange(symbols.size)  # entry i sits at sum(gaps[:i+1]) + i
+    last = int(positions[-1]) if positions.size else -1
+    if last >= numel or numel - 1 - last > (1 << bits) - 1:
+        raise damaged(f"tensor '{name}': its positions end at {last}, which does not fit {numel} elements")
+    return symbols, positions, _stream_info("positions", symbols, reader.pos - start, measure)
+
+
+# ----------------------------------------------------------------------------------------------- encoding
+
+
+def _shared_codebook(values: np.ndarray, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray] | None:
+    """(codebook bit patterns sorted by value, 1-based cluster index of each value), or None."""
+    if values.size and np.unique(values[:4096]).size > MAX_CLUSTERS:
+        return None
+    patterns, inverse = np.unique(values, return_inverse=True)
+    if patterns.size > MAX_CLUSTERS:
+        return None
+    floats = _dtypes.float_values(patterns, dtype)
+    if np.isnan(floats).any():
+        return None
+    order = np.argsort(floats, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return patterns[order], rank[inverse.ravel()] + 1
+
+
+def _encode_shared(bits_flat: np.ndarray, nonzero: np.ndarray, dtype: torch.dtype,
+                   gap_bits: int | None) -> tuple[bytes, int] | None:
+    """(shared-section bytes, number of shared values), or None if there are too many values."""
+    codebook, clusters = _shared_codebook(bits_flat[nonzero], dtype) or (None, None)
+    if codebook is None:
+        return None
+    k = codebook.size
+    head = bytearray()
+    if nonzero.size == bits_flat.size:  # dense clustered: no positions stream (flag clear)
+        head += bytes([0]) + varint(k) + _little_endian(codebook)
+        return bytes(head) + encode_symbols(clusters, k + 1), k
+    gaps, trailing = _gaps(nonzero, bits_flat.size)
+    if gap_bits is None:
+        gap_bits = choose_gap_bits(gaps, trailing, np.bincount(clusters, minlength=k + 1)[1:], 0)
+    symbols, ends, total = build_entries(gaps, trailing, gap_bits)
+    indices = np.zeros(total, dtype=np.int64)
+    indices[ends] = clusters
+    head += bytes([FLAG_POSITIONS, gap_bits]) + varint(k) + _little_endian(codebook)
+    return bytes(head) + encode_symbols(symbols, 1 << gap_bits) + encode_symbols(indices, k + 1), k
+
+
+def _encode_sparse(bits_flat: np.ndarray, nonzero: np.ndarray, size: int, gap_bits: int | None) -> bytes:
+    gaps, trailing = _gaps(nonzero, bits_flat.size)
+    if gap_bits is None:
+        gap_bits = choose_gap_bits(gaps, trailing, None, 8 * size)
+    symbols, ends, total = build_entries(gaps, trailing, gap_bits)
+    values = np.zeros(total, dtype=bits_flat.dtype)
+    values[ends] = bits_flat[nonzero]
+    flags, data = pack_raw(_little_endian(values), size)
+    return bytes([flags, gap_bits]) + encode_symbols(symbols, 1 << gap_bits) + data
+
+
+def encode_body(tensor: torch.Tensor, name: str, gap_bits: int | None) -> tuple[int, bytes]:
+    """(type id, encoding-specific bytes) of the smallest encoding for this tensor."""
+    dtype = tensor.dtype
+    size = _dtypes.itemsize(dtype)
+    raw = _dtypes.to_bytes(tensor)
+    flags, data = pack_raw(raw, size)
+    best = (TYPE_RAW, bytes([flags]) + data)
+    if tensor.numel() < MIN_CODED_NUMEL or dtype == torch.bool or dtype.is_complex:
+        return best
+    bits_flat = _dtypes.to_bits(tensor)
+    nonzero = np.flatnonzero(bits_flat)
+    candidates = []
+    shared = _encode_shared(bits_flat, nonzero, dtype, gap_bits) if dtype in _dtypes.FLOATING else None
+    if shared is not None:
+        candidates.append((TYPE_SHARED, shared[0]))
+    # sparse can win when the codebook is a large part of a shared section (few non-zeros per value)
+    few_repeats = shared is None or shared[1] * 8 > nonzero.size
+    if few_repeats and nonzero.size <= 0.75 * bits_flat.size:
+        candidates.append((TYPE_SPARSE, _encode_sparse(bits_flat, nonzero, size, gap_bits)))
+    for candidate in candidates:
+        if len(candidate[1]) < len(best[1]):
+            best = candidate
+    return best
+
+
+def encode_section(name: str, tensor: torch.Tensor, gap_bits: int | None = None) -> bytes:
+    """type id, varint body length, body = name, dtype, shape, then the encoding's bytes."""
+    if not isinstance(tensor, torch.Tensor):
+        raise FormatError(f"state entry '{name}' is a {type(tensor).__name__}, not a tensor: put it in meta")
+    if tensor.dim() > MAX_RANK:
+        raise FormatError(f"tensor '{name}' has {tensor.dim()} dimensions; the compact format stores at most "
+                          f"{MAX_RANK}: reshape it")
+    if tensor.numel() > MAX_NUMEL:
+        raise FormatError(f"tensor '{name}' has {tensor.numel()} elements, more than {MAX_NUMEL}: split it")
+    encoded_name = name.encode("utf-8")
+    if len(encoded_name) > MAX_NAME_BYTES:
+        raise FormatError(f"tensor name '{name[:40]}...' is longer than {MAX_NAME_BYTES} bytes: shorten it")
+    type_id, specific = encode_body(tensor, name, gap_bits)
+    dtype_code = _dtypes.code_of(tensor.dtype, name)
+    body = (varint(len(encoded_name)) + encoded_name + bytes([dtype_code, tensor.dim()])
+            + b"".join(varint(d) for d in tensor.shape) + specific)
+    return bytes([type_id]) + varint(len(body)) + body
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+
+
+def decode_section(reader: ByteReader,
+                   want_tensor: bool = True) -> tuple[str, torch.Tensor | None, dict, SectionInfo]:
+    """Read one section at the reader's position: (name, tensor or None, {shape, dtype, numel}, info)."""
+    section_start = reader.pos
+    type_id = reader.u8("section type")
+    body_len = reader.varint("section length", reader.remaining())
+    body = ByteReader(reader.data, reader.pos, reader.pos + body_len, reader.base,
+                      f"section at byte {section_start}")
+    reader.pos += body_len
+    name_len = body.varint("name length", MAX_NAME_BYTES)
+    try:
+        name = bytes(body.take(name_len, "name")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise damaged(f"section at byte {section_start}: its tensor name is not UTF-8") from None
+    body.context = f"tensor '{name}'"
+    if type_id not in ENCODINGS:
+        raise FormatError(f"tensor '{name}' uses encoding type {type_id}, which this reader does not know: "
+                          "the file was written by a newer Compression Lab; upgrade compression-lab")
+    dtype = _dtypes.dtype_of(body.u8("dtype"), name)
+    rank = body.u8("rank")
+    if rank > MAX_RANK:
+        raise damaged(f"tensor '{name}' claims {rank} dimensions (at most {MAX_RANK})")
+    shape = tuple(body.varint("dimension", MAX_NUMEL) for _ in range(rank))
+    numel = 1
+    for dim in shape:
+        numel *= dim
+        if numel > MAX_NUMEL:
+            raise damaged(f"tensor '{name}' claims shape {shape}, more than {MAX_NUMEL} elements")
+    described = {"shape": list(shape), "dtype": _dtypes.dtype_name(dtype), "numel": numel}
+    size = _dtypes.itemsize(dtype)
+    decoder = {TYPE_RAW: _decode_raw, TYPE_SHARED: _decode_shared, TYPE_SPARSE: _decode_sparse}[type_id]
+    tensor, info = decoder(body, name, dtype, shape, numel, size, want_tensor)
+    if body.remaining():
+        raise damaged(f"tensor '{name}': {body.remaining()} unexplained bytes at the end of its section")
+    return name, tensor, described, info
+
+
+def _decode_raw(body: ByteReader, name, dtype, shape, numel, size, want_tensor):
+    flags = body.u8("raw flags")
+    data = body.take(body.remaining(), "raw data")
+    raw = unpack_raw(data, flags, numel * size, size, f"tensor '{name}'")
+    tensor = _dtypes.from_bytes(raw, dtype, shape, name)
+    nonzeros = None
+    if not want_tensor:  # inspect: count elements with any non-zero byte
+        nonzeros = int(np.frombuffer(raw, dtype=np.uint8).reshape(-1, size).any(axis=1).sum()) if raw else 0
+    info = SectionInfo("raw", nonzeros=nonzeros,
+                       bytes_raw=len(data), raw_compression="zstd" if flags & FLAG_ZSTD else None)
+    return (tensor if want_tensor else None), info
+
+
+def _read_gap_bits(body: ByteReader, name: str) -> int:
+    bits = body.u8("gap field width")
+    if not GAP_BITS_MIN <= bits <= GAP_BITS_MAX:
+        raise damaged(f"tensor '{name}': gap field width {bits} is outside {GAP_BITS_MIN}..{GAP_BITS_MAX}")
+    return bits
+
+
+def _decode_shared(body: ByteReader, name, dtype, shape, numel, size, want_tensor):
+    if dtype not in _dtypes.FLOATING:
+        raise damaged(f"tensor '{name}': a shared section must hold a floating dtype, not {dtype}")
+    flags = body.u8("shared flags")
+    if flags & ~FLAG_POSITIONS:
+        raise damaged(f"tensor '{name}': unknown shared-section flags {flags:#x}")
+    has_positions = bool(flags & FLAG_POSITIONS)
+    gap_bits = _read_gap_bits(body, name) if has_positions else None
+    k = body.varint("codebook size", MAX_CLUSTERS)
+    if not has_positions and (k == 0) != (numel == 0):
+        raise damaged(f"tensor '{name}': a dense shared tensor of {numel} elements with {k} shared values")
+    bits_type = _dtypes.bits_dtype(dtype)
+    codebook = _from_little_endian(body.take(k * size, "codebook"), bits_type)
+    values = _dtypes.float_values(codebook, dtype)
+    if (codebook == 0).any() or not (values[1:] > values[:-1]).all():
+        raise damaged(f"tensor '{name}': its codebook is not a sorted list of distinct non-zero values")
+    book = np.concatenate(([0], codebook)).astype(bits_type)  # index 0 = zero (a filler)
+    streams = []
+    if has_positions:
+        gap_symbols, positions, pos_info = decode_positions(body, numel, gap_bits, name, not want_tensor)
+        streams.append(pos_info)
+        count = gap_symbols.size
+    else:
+        count = numel
+    start = body.pos
+    indices = decode_from(body, count, k + 1, f"tensor '{name}' indices stream")
+    streams.append(_stream_info("indices", indices, body.pos - start, not want_tensor))
+    if indices.size != count:
+        raise damaged(f"tensor '{name}': {indices.size} cluster indices for {count} entries")
+    fillers = np.flatnonzero(indices == 0)
+    if has_positions:
+        if (gap_symbols[fillers] != (1 << gap_bits) - 1).any():
+            raise damaged(f"tensor '{name}': a filler entry does not skip a full gap field")
+    elif fillers.size:
+        raise damaged(f"tensor '{name}': a dense shared tensor holds a filler index")
+    tensor = None
+    if want_tensor:
+        if has_positions:
+            out = np.zeros(numel, dtype=bits_type)
+            out[positions] = book[indices]
+        else:
+            out = book[indices]
+        tensor = _dtypes.from_bits(out, dtype, shape)
+    info = SectionInfo("shared", nonzeros=int(count - fillers.size), n_clusters=k, gap_bits=gap_bits,
+                       bytes_positions=streams[0]["bytes"] if has_positions else 0,
+                       bytes_indices=streams[-1]["bytes"], bytes_codebook=k * size, streams=streams)
+    return tensor, info
+
+
+def _decode_sparse(body: ByteReader, name, dtype, shape, numel, size, want_tensor):
+    flags = body.u8("sparse flags")
+    gap_bits = _read_gap_bits(body, name)
+    gap_symbols, positions, pos_info = decode_positions(body, numel, gap_bits, name, not want_tensor)
+    data = body.take(body.remaining(), "values")
+    bits_type = _dtypes.bits_dtype(dtype)
+    raw = unpack_raw(data, flags, gap_symbols.size * size, size, f"tensor '{name}' values")
+    values = _from_little_endian(raw, bits_type)
+    zero = values == 0
+    if np.any(gap_symbols[zero] != (1 << gap_bits) - 1):
+        raise damaged(f"tensor '{name}': a stored zero is not a filler entry")
+    tensor = None
+    if want_tensor:
+        out = np.zeros(numel, dtype=bits_type)
+        out[positions] = values
+        if dtype == torch.bool and np.any(out > 1):
+            raise damaged(f"tensor '{name}': a bool tensor holds a value other than 0 or 1")
+        tensor = _dtypes.from_bits(out, dtype, shape)
+    info = SectionInfo("sparse", nonzeros=int(values.size - zero.sum()), gap_bits=gap_bits,
+                       bytes_positions=pos_info["bytes"], bytes_raw=len(data),
+                       raw_compression="zstd" if flags & FLAG_ZSTD else None, streams=[pos_info])
+    return tensor, info

@@ -1,0 +1,60 @@
+"""Compare page: Pareto fronts (accuracy vs bytes, FLOPs, latency), the run table, histograms, downloads."""
+
+import json
+
+import streamlit as st
+
+from compression import engine
+from compression.analysis import plots
+from compression.analysis.pareto import runs_table
+from compression.app_state import decoded_run, home, load_active, run_exports
+from compression.errors import CompressionLabError
+
+st.title("Compare")
+runs = engine.list_runs(root=home(), kind="compress")
+table = runs_table(runs)
+if table.empty:
+    st.info("No finished compression runs yet: launch one from the Plan page.")
+    st.stop()
+models = sorted(table["model"].unique())
+model = st.selectbox("Model", models, key="compare_model") if len(models) > 1 else models[0]
+table = table[table["model"] == model]
+tabs = st.tabs(["Accuracy vs bytes", "Accuracy vs FLOPs", "Accuracy vs CPU latency"])
+tabs[0].plotly_chart(plots.pareto_figure(table, "compressed_bytes", "compressed bytes (file on disk)"),
+                     key="pareto_bytes")
+tabs[1].plotly_chart(plots.pareto_figure(table, "sparse_flops", "FLOPs (zero weights skipped)"), key="pareto_flops")
+tabs[2].plotly_chart(plots.pareto_figure(table, "latency_ms", "CPU latency, batch 1 (ms, dense kernels)"),
+                     key="pareto_latency")
+st.caption("Dimmed points are dominated (another run is both smaller and at least as accurate); the dashed line "
+           "joins the Pareto front. Accuracy is measured on the model decoded from each file.")
+st.dataframe(table, hide_index=True, width="stretch", key="compare_table",
+             column_config={"ratio": st.column_config.NumberColumn(format="%.1fx"),
+                            "accuracy": st.column_config.NumberColumn(format="%.4f")})
+
+run_id = st.selectbox("Run", list(table["run"]), key="compare_run")
+try:
+    decoded = decoded_run(run_id)
+except CompressionLabError as exc:
+    st.error(str(exc))
+    st.stop()
+run_dir = home() / "runs" / run_id
+job = json.loads((run_dir / "job.json").read_text())
+original, _ = load_active({k: job.get(k) for k in ("model", "weights", "data", "input_size", "mean", "std")})
+layers = list(decoded.prunable_layers())
+layer = st.selectbox("Layer", layers, key="compare_layer")
+before = original.prunable_layers()[layer].detach().flatten().numpy()
+after = decoded.prunable_layers()[layer].detach().flatten().numpy()
+st.plotly_chart(plots.weight_histogram(before, after, layer), key="compare_hist")
+
+st.subheader("Downloads")
+cols = st.columns(4)
+cols[0].download_button("Compact file (.clab)", (run_dir / "model.clab").read_bytes(), f"{run_id}.clab",
+                        key="dl_clab")
+cols[1].download_button("Recipe (JSON)", (run_dir / "plan.json").read_text(), f"{run_id}-recipe.json",
+                        "application/json", key="dl_recipe")
+exports = run_exports(run_id)
+cols[2].download_button("TorchScript", exports["torchscript"], f"{run_id}.pt", key="dl_ts")
+if exports.get("onnx") is not None:
+    cols[3].download_button("ONNX", exports["onnx"], f"{run_id}.onnx", key="dl_onnx")
+else:
+    cols[3].caption(exports.get("onnx_error", ""))

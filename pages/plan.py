@@ -1,0 +1,139 @@
+"""Plan page: per-layer sliders (sparsity, clusters), a global target, a live size/FLOPs estimate, launch."""
+
+import streamlit as st
+
+from compression import engine
+from compression.analysis.estimate import estimate, layer_bytes
+from compression.analysis.solver import grids_from_report, solve
+from compression.analysis.suggest import suggest
+from compression.app_state import (
+    active_spec,
+    compress_job,
+    home,
+    latest_sensitivity,
+    load_active,
+    model_stats,
+    spec_key,
+)
+from compression.errors import CompressionLabError
+from compression.plan import Plan
+from compression.plan_builder import CLUSTER_CHOICES, plan_from_settings, settings_from_plan
+
+st.title("Plan")
+spec = active_spec()
+handle, data = load_active(spec)
+layers = list(handle.prunable_layers())
+stats = model_stats(spec_key(spec))
+report = latest_sensitivity(spec)
+prefix = f"plan::{spec_key(spec)}::"
+
+
+def set_layers(settings: dict) -> None:
+    for layer, (sparsity, k) in settings.items():
+        st.session_state[prefix + "sp::" + layer] = float(sparsity)
+        st.session_state[prefix + "k::" + layer] = "off" if k is None else k
+
+
+if prefix + "init" not in st.session_state:
+    st.session_state[prefix + "init"] = True
+    set_layers(suggest(report) if report else {layer: (0.5, 32) for layer in layers})
+
+
+def apply_target() -> None:
+    kind = st.session_state["plan_target_kind"]
+    value = st.session_state["plan_target_value"]
+    if kind == "ratio":
+        result = solve(stats, grids, "compressed_bytes", stats.fp32_bytes / value)
+    elif kind == "flops":
+        result = solve(stats, grids, "sparse_flops", stats.flops / value)
+    else:
+        result = solve(stats, grids, "accuracy_drop", value / 100)
+    set_layers(result["settings"])
+    st.session_state["plan_solver_note"] = (
+        f"Solver: predicted accuracy drop {100 * result['predicted_drop']:.2f} pts (layers measured alone), "
+        f"{result['ratio']:.1f}x" + ("" if result["met"] else " - target not reachable on this grid"))
+
+
+def load_recipe() -> None:
+    upload = st.session_state.get("plan_upload")
+    if upload is None:
+        return
+    try:
+        plan = Plan.from_json(upload.getvalue().decode("utf-8", "replace")).validate(layers)
+    except CompressionLabError as exc:
+        st.session_state["plan_load_error"] = str(exc)
+        return
+    st.session_state["plan_load_error"] = None
+    set_layers(settings_from_plan(plan, layers))
+    st.session_state["plan_name"] = plan.name
+
+
+with st.container(border=True):
+    st.markdown("**Global target**")
+    if report is None:
+        st.caption("Run the sensitivity analysis to let the solver choose per-layer settings for a target.")
+    else:
+        grids = grids_from_report(report)
+        cols = st.columns([2, 3, 1])
+        cols[0].selectbox("Target", ["ratio", "flops", "accuracy"], key="plan_target_kind",
+                          format_func={"ratio": "compression ratio (x)", "flops": "FLOPs reduction (x)",
+                                       "accuracy": "accuracy budget (points)"}.get)
+        kind = st.session_state["plan_target_kind"]
+        bounds = {"ratio": (2.0, 100.0, 40.0), "flops": (1.0, 20.0, 3.0), "accuracy": (0.0, 10.0, 1.0)}[kind]
+        cols[1].slider("Target value", bounds[0], bounds[1], bounds[2], key="plan_target_value")
+        cols[2].button("Apply", on_click=apply_target, key="plan_apply", type="primary")
+        if st.session_state.get("plan_solver_note"):
+            st.caption(st.session_state["plan_solver_note"])
+
+settings = {}
+head = st.columns([2, 1, 3, 2, 1])
+for col, title in zip(head, ["layer", "params", "sparsity", "clusters", "est. bytes"], strict=True):
+    col.caption(title)
+for layer in layers:
+    cols = st.columns([2, 1, 3, 2, 1])
+    cols[0].markdown(f"`{layer}`")
+    cols[1].markdown(f"{stats.layers[layer].numel:,}")
+    sparsity = cols[2].slider("sparsity", 0.0, 0.99, step=0.01, key=prefix + "sp::" + layer,
+                              label_visibility="collapsed")
+    k = cols[3].selectbox("clusters", CLUSTER_CHOICES, key=prefix + "k::" + layer, label_visibility="collapsed")
+    settings[layer] = (sparsity, None if k == "off" else k)
+    cols[4].markdown(f"{layer_bytes(stats.layers[layer], sparsity, 32 if k == 'auto' else settings[layer][1]):,.0f}")
+
+numeric = {layer: (s, 32 if k == "auto" else k) for layer, (s, k) in settings.items()}
+est = estimate(stats, numeric)
+with st.container(border=True):
+    cols = st.columns(4)
+    cols[0].metric("Estimated file", f"{est['compressed_bytes']:,} B")
+    cols[1].metric("Estimated ratio", f"{est['ratio']:.1f}x")
+    cols[2].metric("Sparse FLOPs", f"{est['sparse_flops']:,}", f"{est['sparse_flops'] / est['flops'] - 1:.0%}")
+    cols[3].metric("fp32 size", f"{est['fp32_bytes']:,} B")
+    st.caption("Analytic estimate from the weights (no model run); 'auto' clusters are estimated at k=32. "
+               "The run measures the real file.")
+
+with st.expander("Fine-tuning and search settings"):
+    c = st.columns(4)
+    iterations = c[0].number_input("prune rounds", 1, 20, 3, key="plan_iterations")
+    prune_epochs = c[1].number_input("epochs per round", 0, 200, 4, key="plan_prune_epochs")
+    cluster_epochs = c[2].number_input("shared-value epochs", 0, 200, 4, key="plan_cluster_epochs")
+    tolerance = c[3].number_input("auto-k tolerance (acc. drop)", 0.0, 0.2, 0.005, step=0.001, format="%.3f",
+                                  key="plan_tolerance")
+name = st.text_input("Plan name", "my-plan", key="plan_name")
+try:
+    plan = plan_from_settings(settings, name, {"iterations": int(iterations), "finetune_epochs": int(prune_epochs)},
+                              {"finetune_epochs": int(cluster_epochs), "tolerance": float(tolerance)})
+except CompressionLabError as exc:
+    st.error(str(exc))
+    st.stop()
+
+cols = st.columns(3)
+cols[0].download_button("Save recipe (JSON)", plan.to_json(), f"{name}.json", "application/json", key="plan_save")
+cols[1].file_uploader("Load recipe", type=["json"], key="plan_upload", on_change=load_recipe)
+if st.session_state.get("plan_load_error"):
+    st.error(st.session_state["plan_load_error"])
+if cols[2].button("Launch run", type="primary", key="plan_launch"):
+    try:
+        run_id = engine.submit(compress_job(spec, plan.to_dict()), root=home())
+        st.success(f"Run {run_id} queued.")
+        st.page_link("pages/runs.py", label="Follow it on the Runs page", icon=":material/play_circle:")
+    except CompressionLabError as exc:
+        st.error(str(exc))

@@ -1,0 +1,58 @@
+"""Runs page: the engine's queue with live progress, stage, elapsed time, log tail, cancel and re-run."""
+
+import time
+
+import streamlit as st
+
+from compression import engine
+from compression.app_state import home
+from compression.errors import CompressionLabError
+
+st.title("Runs")
+st.caption("Jobs run in background worker processes; closing or reloading this page loses nothing.")
+FINAL = ("succeeded", "failed", "cancelled")
+ICONS = {"queued": ":material/schedule:", "running": ":material/autorenew:", "succeeded": ":material/check_circle:",
+         "failed": ":material/error:", "cancelled": ":material/block:"}
+
+
+def elapsed(run: dict) -> str:
+    start = run.get("started") or run.get("created")
+    end = run.get("finished") or time.time()
+    return f"{max(0.0, end - start):.0f} s" if start else ""
+
+
+@st.fragment(run_every=1.0)
+def run_list() -> None:
+    runs = engine.list_runs(root=home())
+    if not runs:
+        st.info("No runs yet: launch one from the Plan or Sensitivity page.")
+        return
+    for run in runs[:30]:
+        job = run.get("job", {})
+        with st.container(border=True):
+            cols = st.columns([3, 2, 4, 1, 1])
+            cols[0].markdown(f"{ICONS.get(run['state'], '')} **{run['id']}**  \n{run['kind']} · {job.get('model', '')}"
+                             f" · {job.get('plan', {}).get('name', '') if run['kind'] == 'compress' else ''}")
+            progress = run.get("progress") or {}
+            fraction = 1.0 if run["state"] == "succeeded" else float(progress.get("progress", 0.0))
+            cols[2].progress(min(1.0, max(0.0, fraction)),
+                             text=f"{run['state']} · {progress.get('stage', '')} · {elapsed(run)}")
+            metrics = run.get("metrics") or {}
+            if run["state"] == "succeeded" and "after" in metrics:
+                cols[1].markdown(f"acc {metrics['after']['accuracy']:.2%}  \n"
+                                 f"{metrics['after']['compressed_bytes']:,} B · {metrics['compression_ratio']:.1f}x")
+            elif run["state"] == "failed":
+                cols[1].markdown(f":red[{(run.get('error') or 'failed')[:120]}]")
+            if run["state"] not in FINAL:
+                if cols[3].button("Cancel", key=f"cancel_{run['id']}"):
+                    engine.cancel(run["id"], root=home())
+            elif cols[3].button("Re-run", key=f"rerun_{run['id']}"):
+                try:
+                    engine.rerun(run["id"], root=home())
+                except CompressionLabError as exc:
+                    st.error(str(exc))
+            with cols[4].popover("Log"):
+                st.code(engine.log_tail(run["id"], 40, root=home()) or "(empty)")
+
+
+run_list()

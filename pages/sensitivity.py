@@ -1,0 +1,59 @@
+"""Sensitivity page: run the per-layer analysis as an engine job; live progress; curves and heatmap."""
+
+import streamlit as st
+
+from compression import engine
+from compression.analysis import plots
+from compression.app_state import active_spec, home, latest_sensitivity, load_active, sensitivity_job
+from compression.errors import CompressionLabError
+
+st.title("Sensitivity")
+spec = active_spec()
+handle, data = load_active(spec)
+st.caption(f"Each prunable layer of {handle.label} alone: accuracy on a validation subset at every sparsity "
+           "(magnitude pruning) and every cluster count (k-means weight sharing), without fine-tuning.")
+with st.expander("Settings"):
+    val_size = st.number_input("Validation images", 16, 100_000, min(512, len(data.val)), key="sens_val_size")
+    sparsities = st.multiselect("Sparsities", [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98],
+                                default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95],
+                                key="sens_sparsities")
+    clusters = st.multiselect("Cluster counts", [2, 4, 8, 16, 32, 64, 128, 256],
+                              default=[2, 4, 8, 16, 32, 64, 128, 256], key="sens_clusters")
+job = sensitivity_job(spec, {"sparsities": sorted(sparsities), "n_clusters": sorted(clusters),
+                             "val_size": int(val_size), "seed": 0})
+if st.button("Run sensitivity analysis", type="primary", key="sens_launch"):
+    try:
+        st.session_state["sens_run"] = engine.submit(job, root=home())
+    except CompressionLabError as exc:
+        st.error(str(exc))
+
+
+@st.fragment(run_every=1.0)
+def progress() -> None:
+    run = latest_sensitivity(spec, any_state=True)
+    if run is None or run["state"] in ("succeeded", "failed", "cancelled"):
+        if st.session_state.get("sens_waiting"):
+            st.session_state["sens_waiting"] = False
+            st.rerun()
+        return
+    st.session_state["sens_waiting"] = True
+    stage = run.get("progress") or {}
+    st.progress(float(stage.get("progress", 0.0)), text=f"{run['state']}: {stage.get('stage', '')} "
+                f"{stage.get('values', {}).get('layer', '')}")
+
+
+progress()
+run = latest_sensitivity(spec, any_state=True)
+if run is not None and run["state"] == "failed":
+    st.error(f"The last analysis failed: {run.get('error')}")
+report = latest_sensitivity(spec)
+if report is None:
+    st.info("No analysis for this model and data yet: press Run.")
+    st.stop()
+st.session_state["sensitivity_report"] = report
+st.metric("Validation accuracy (original)", f"{report['base_accuracy']:.2%}")
+left, right = st.columns(2)
+left.plotly_chart(plots.sensitivity_curves(report, "sparsity"), key="sens_curve_sparsity")
+right.plotly_chart(plots.sensitivity_curves(report, "clusters"), key="sens_curve_clusters")
+st.subheader("Accuracy drop, layer x sparsity")
+st.plotly_chart(plots.sensitivity_heatmap(report), key="sens_heatmap")

@@ -1,0 +1,30 @@
+"""Shared fixtures: the demo models and data load from assets/ (never retrained); torch is seeded."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("COMPRESSION_LAB_OFFLINE", "1")
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def lenet300():
+    from compression.models.handle import load_model
+
+    return load_model("demo:lenet300")
+
+
+@pytest.fixture(scope="session")
+def lenet5():
+    from compression.models.handle import load_model
+
+    return load_model("demo:lenet5")
+
+
+@pytest.fixture(scope="session")
+def digits28():
+    from compression.data import load_data
+
+    return load_data("digits", input_size=28)

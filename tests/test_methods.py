@@ -1,0 +1,100 @@
+"""Pruning and weight sharing on the demo models: masks hold, shared values stay shared, auto k behaves."""
+
+import pytest
+import torch
+from torch.nn.utils import parametrize
+
+from compression import metrics
+from compression.methods import cluster, prune
+from compression.methods.context import Cancelled, StepContext
+from compression.plan import ClusterStep, PruneStep
+
+
+def context(handle, data, **kwargs):
+    return StepContext(data=data, layers=list(handle.prunable_layers()), **kwargs)
+
+
+def test_magnitude_mask_removes_smallest():
+    weight = torch.tensor([[0.5, -0.1, 0.3], [-0.9, 0.05, 0.2]])
+    mask = prune.magnitude_mask(weight, 0.5)
+    assert mask.tolist() == [[1, 0, 1], [1, 0, 0]]
+    assert prune.magnitude_mask(weight, 0.0).all()
+
+
+def test_pruned_weights_stay_zero_through_finetuning(lenet300, digits28):
+    work = lenet300.clone()
+    step = PruneStep(sparsity={"_default": 0.9, "fc3": 0.5}, iterations=2, finetune_epochs=1)
+    report = prune.run(work.model, step, context(work, digits28))
+    assert report["sparsity"]["fc1"] == pytest.approx(0.9, abs=1e-4)
+    assert report["sparsity"]["fc3"] == pytest.approx(0.5, abs=1e-2)
+    assert not any(parametrize.is_parametrized(m) for m in work.model.modules())
+    fc1 = work.model.fc1.weight.detach().clone()
+    zeros = fc1 == 0
+    # fine-tune again under the same masks: zeros must stay exactly zero, the rest must move
+    prune.apply_masks(work.model, {"fc1": (~zeros).float()})
+    from compression.methods.finetune import TrainConfig, train
+
+    train(work.model, digits28.train, TrainConfig(epochs=1, lr=1e-3))
+    prune.bake(work.model)
+    after = work.model.fc1.weight.detach()
+    assert torch.all(after[zeros] == 0)
+    assert not torch.equal(after[~zeros], fc1[~zeros])
+    # the original model (shared, cached) is untouched
+    assert int(torch.count_nonzero(lenet300.model.fc1.weight)) == lenet300.model.fc1.weight.numel()
+
+
+def test_shared_value_gradient_is_sum_over_cluster():
+    labels = torch.tensor([[0, 1, 2], [1, 0, 2]])  # 2 = pruned zero (k = 2)
+    shared = cluster.SharedValues(labels, torch.tensor([0.5, -0.25]))
+    centroids = torch.tensor([0.5, -0.25], requires_grad=True)
+    weight = shared(centroids)
+    assert weight.tolist() == [[0.5, -0.25, 0.0], [-0.25, 0.5, 0.0]]
+    upstream = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    (weight * upstream).sum().backward()
+    assert centroids.grad.tolist() == [1.0 + 5.0, 2.0 + 4.0]
+
+
+def test_cluster_keeps_zeros_and_at_most_k_values(lenet300, digits28):
+    work = lenet300.clone()
+    prune.run(work.model, PruneStep(sparsity={"_default": 0.8}, iterations=1, finetune_epochs=0),
+              context(work, digits28))
+    zeros_before = {name: (w == 0).clone() for name, w in work.prunable_layers().items()}
+    report = cluster.run(work.model, ClusterStep(n_clusters={"_default": 8, "fc3": 4}, finetune_epochs=1),
+                         context(work, digits28))
+    assert report["n_clusters"] == {"fc1": 8, "fc2": 8, "fc3": 4}
+    for name, weight in work.prunable_layers().items():
+        values = torch.unique(weight[weight != 0])
+        assert len(values) <= report["n_clusters"][name]
+        assert torch.equal(weight == 0, zeros_before[name])
+    assert metrics.accuracy(work.model, digits28.loader("test")) > 0.8
+
+
+def test_auto_k_reconstruction_tolerance_is_monotonic(lenet300, digits28):
+    chosen = []
+    for tolerance in (0.05, 0.01, 0.001):
+        work = lenet300.clone()
+        step = ClusterStep(n_clusters={"fc2": "auto"}, auto_criterion="reconstruction", tolerance=tolerance,
+                           finetune_epochs=0)
+        chosen.append(cluster.run(work.model, step, context(work, digits28))["n_clusters"]["fc2"])
+    assert chosen == sorted(chosen) and chosen[0] < chosen[-1]
+    assert all(2 <= k <= 256 for k in chosen)
+
+
+def test_auto_k_accuracy_criterion_bounds_layer_drop(lenet300, digits28):
+    work = lenet300.clone()
+    step = ClusterStep(n_clusters={"fc1": "auto"}, tolerance=0.0, finetune_epochs=0, auto_val_size=200)
+    k = cluster.run(work.model, step, context(work, digits28))["n_clusters"]["fc1"]
+    loader = digits28.loader("val", size=200)
+    assert metrics.accuracy(work.model, loader) >= metrics.accuracy(lenet300.model, loader)
+    if k > 2:  # one step below the choice must have cost accuracy
+        smaller = lenet300.clone()
+        with torch.no_grad():
+            smaller.model.fc1.weight.copy_(cluster.quantized(smaller.model.fc1.weight, k - 1, "linear", 0))
+        assert metrics.accuracy(smaller.model, loader) < metrics.accuracy(lenet300.model, loader)
+
+
+def test_cancel_stops_a_step(lenet300, digits28):
+    work = lenet300.clone()
+    ctx = context(work, digits28, cancel_requested=lambda: True)
+    with pytest.raises(Cancelled):
+        prune.run(work.model, PruneStep(sparsity={"_default": 0.5}, iterations=2, finetune_epochs=3), ctx)

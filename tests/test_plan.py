@@ -1,0 +1,73 @@
+"""Plan validation, per-layer resolution and the JSON recipe round trip."""
+
+import json
+
+import pytest
+
+from compression.errors import PlanError
+from compression.plan import ClusterStep, Plan, PruneStep, resolve, resolve_all
+
+LAYERS = ["fc1", "fc2", "fc3"]
+
+
+def make_plan(**prune_kwargs) -> Plan:
+    return Plan(steps=(PruneStep(**{"sparsity": {"_default": 0.9, "fc3": 0.5}, **prune_kwargs}),
+                       ClusterStep(n_clusters={"re:fc[12]": "auto", "fc3": 16})), name="p", seed=3)
+
+
+def test_resolve_exact_pattern_default():
+    values = {"fc1": 0.1, "re:fc[23]": 0.2, "_default": 0.3}
+    assert resolve(values, "fc1") == 0.1
+    assert resolve(values, "fc2") == 0.2
+    assert resolve(values, "conv1") == 0.3
+    assert resolve_all({"re:fc.": 1}, ["fc1", "conv1"]) == {"fc1": 1}
+
+
+def test_json_round_trip():
+    plan = make_plan()
+    text = plan.to_json()
+    assert json.loads(text)["schema_version"] == 1
+    again = Plan.from_json(text)
+    assert again == plan
+    assert again.to_json() == text
+
+
+def test_scalar_per_layer_value_means_default():
+    plan = Plan.from_dict({"schema_version": 1, "steps": [{"type": "prune", "sparsity": 0.8}]})
+    assert plan.steps[0].sparsity == {"_default": 0.8}
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"type": "prune", "sparsity": {"fc1": 1.5}}, "step 1 (prune): layer 'fc1': sparsity 1.5 is out of range"),
+    ({"type": "cluster", "n_clusters": {"fc2": 300}}, "step 1 (cluster): layer 'fc2': n_clusters 300 is out of range"),
+    ({"type": "cluster", "n_clusters": {"fc2": 1}}, "n_clusters 1 is out of range"),
+    ({"type": "cluster", "n_clusters": {"_default": "many"}}, "n_clusters 'many' is out of range"),
+    ({"type": "prune", "sparsity": {"_default": 0.5}, "iterations": 0}, "iterations 0 is out of range"),
+    ({"type": "prune", "speed": 3}, "unknown settings ['speed']"),
+    ({"type": "quantise"}, "type 'quantise' is unknown"),
+    ({"type": "prune", "sparsity": {"re:fc[": 0.5}}, "is not a valid regular expression"),
+])
+def test_validation_names_step_layer_value(bad, message):
+    with pytest.raises(PlanError, match=None) as info:
+        Plan.from_dict({"schema_version": 1, "steps": [bad]})
+    assert message in str(info.value)
+
+
+def test_validation_against_model_layers():
+    plan = Plan(steps=(PruneStep(sparsity={"fc9": 0.5}),))
+    with pytest.raises(PlanError, match="layer 'fc9' in sparsity is not a layer of this model"):
+        plan.validate(LAYERS)
+    with pytest.raises(PlanError, match="matches no layer"):
+        Plan(steps=(PruneStep(sparsity={"re:conv.*": 0.5}),)).validate(LAYERS)
+    make_plan().validate(LAYERS)
+
+
+def test_impossible_plans_rejected():
+    with pytest.raises(PlanError, match="no steps"):
+        Plan(steps=()).validate()
+    with pytest.raises(PlanError, match="prune must come before cluster"):
+        Plan(steps=(ClusterStep(n_clusters={"_default": 8}), PruneStep(sparsity={"_default": 0.5}))).validate()
+    with pytest.raises(PlanError, match="schema_version"):
+        Plan.from_dict({"schema_version": 99, "steps": []})
+    with pytest.raises(PlanError, match="not valid JSON"):
+        Plan.from_json("{nope")

@@ -175,13 +175,18 @@ def load_model(ref: str, weights: str | Path | None = None, input_size: int | No
         model = _load_torchscript(path)
         architecture = {"kind": "torchscript", "filename": path.name, "sha256": _sha256(path)}
         size = input_size or 224
-        shape = (3, size, size)
-        with torch.no_grad():
+        out, shape, error = None, (3, size, size), ""
+        for channels in (3, 1):  # a TorchScript file does not say its input: try RGB, then greyscale
             try:
-                out = model(torch.zeros((1, *shape)))
+                with torch.no_grad():
+                    out = model(torch.zeros((1, channels, size, size)))
+                shape = (channels, size, size)
+                break
             except Exception as exc:  # noqa: BLE001
-                raise ModelLoadError(f"TorchScript model {path.name} failed on a {shape} input: set --input-size "
-                                     f"to what it expects ({str(exc).splitlines()[0][:120]})") from None
+                error = str(exc).splitlines()[0][:120]
+        if out is None:
+            raise ModelLoadError(f"TorchScript model {path.name} failed on 3- and 1-channel {size}x{size} inputs: "
+                                 f"set --input-size to what it expects ({error})")
         return ModelHandle(model.eval(), architecture, shape, int(out.shape[-1]), ref, extra={"base_file": str(path)})
     raise ModelLoadError(f"unknown model reference {ref!r}: use demo:NAME, torchvision:ARCH or torchscript:FILE")
 

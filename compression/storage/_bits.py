@@ -41,6 +41,8 @@ class ByteReader:
         self.data = memoryview(data).cast("B")
         self.pos = start
         self.end = len(self.data) if end is None else end
+        if not 0 <= self.pos <= self.end <= len(self.data):
+            raise damaged(f"{context}: bytes {start}..{self.end} lie outside the {len(self.data)} there are")
         self.base = base  # added to positions in messages, so they are file offsets
         self.context = context
 

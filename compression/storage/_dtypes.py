@@ -77,7 +77,8 @@ def float_values(bits: np.ndarray, dtype: torch.dtype) -> np.ndarray:
     if bits.size == 0:
         return np.zeros(0, dtype=np.float64)
     if dtype in _NUMPY_FLOAT:
-        return bits.view(_NUMPY_FLOAT[dtype]).astype(np.float64)
+        with np.errstate(invalid="ignore"):  # NaN payloads in damaged codebooks; the caller rejects them
+            return bits.view(_NUMPY_FLOAT[dtype]).astype(np.float64)
     return torch.from_numpy(np.ascontiguousarray(bits)).view(dtype).to(torch.float64).numpy()
 
 

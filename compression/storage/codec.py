@@ -35,6 +35,9 @@ HEADER = struct.Struct("<8sHHIQ")  # magic, version, flags, crc32(payload), payl
 HEADER_BYTES = HEADER.size  # 24
 MAX_META_BYTES = 1 << 30
 MIN_SECTION_BYTES = 5  # type, length, name length, dtype, rank
+# A few bytes can legitimately describe a huge tensor (a constant or all-zero one), so decoding
+# refuses files whose tensors add up to more than this unless the caller raises the limit.
+MAX_DECODED_BYTES = 2**31
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "decode_state", "encode_state", "inspect_bytes", "inspect_header",
            "read_file", "write_file"]
@@ -117,12 +120,18 @@ def _open(data: bytes | bytearray | memoryview) -> tuple[ByteReader, dict, int]:
     return reader, meta, count
 
 
-def decode_state(data: bytes | bytearray | memoryview) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(meta, state) from bytes written by encode_state; tensors come back bit-exactly, in order."""
+def decode_state(data: bytes | bytearray | memoryview, *,
+                 max_decoded_bytes: int = MAX_DECODED_BYTES) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(meta, state) from bytes written by encode_state; tensors come back bit-exactly, in order.
+
+    Raises FormatError for anything wrong with the bytes, and for files whose tensors need more than
+    max_decoded_bytes of memory (default 2 GiB).
+    """
     reader, meta, count = _open(data)
+    budget = [max_decoded_bytes]
     state: dict[str, torch.Tensor] = {}
     for _ in range(count):
-        name, tensor, _, _ = decode_section(reader)
+        name, tensor, _, _ = decode_section(reader, budget=budget)
         if name in state:
             raise damaged(f"tensor '{name}' appears twice")
         state[name] = tensor
@@ -139,7 +148,8 @@ def inspect_header(data: bytes | bytearray | memoryview) -> dict:
             "sections": count, "meta": meta}
 
 
-def inspect_bytes(data: bytes | bytearray | memoryview) -> list[dict]:
+def inspect_bytes(data: bytes | bytearray | memoryview, *,
+                  max_decoded_bytes: int = MAX_DECODED_BYTES) -> list[dict]:
     """One row per tensor (after a first row named "<header>"); the rows' bytes_total sum to the file size.
 
     Row keys: name, shape, dtype, encoding, numel, nonzeros, n_clusters, gap_bits, bytes_positions,
@@ -147,13 +157,14 @@ def inspect_bytes(data: bytes | bytearray | memoryview) -> list[dict]:
     {stream: "positions"|"indices", symbols, bytes (incl. its table), entropy_bytes}).
     """
     reader, _, count = _open(data)
+    budget = [max_decoded_bytes]
     rows = [{"name": "<header>", "shape": None, "dtype": None, "encoding": "header", "numel": 0,
              "nonzeros": None, "n_clusters": None, "gap_bits": None, "bytes_positions": 0, "bytes_indices": 0,
              "bytes_codebook": 0, "bytes_raw": 0, "bytes_total": reader.pos, "raw_compression": None,
              "streams": []}]
     for _ in range(count):
         start = reader.pos
-        name, _, described, info = decode_section(reader, want_tensor=False)
+        name, _, described, info = decode_section(reader, want_tensor=False, budget=budget)
         rows.append({"name": name, **described, "encoding": info.encoding, "nonzeros": info.nonzeros,
                      "n_clusters": info.n_clusters, "gap_bits": info.gap_bits,
                      "bytes_positions": info.bytes_positions, "bytes_indices": info.bytes_indices,
@@ -183,8 +194,9 @@ def write_file(path: str | os.PathLike, state: dict[str, torch.Tensor], meta: di
     return len(data)
 
 
-def read_file(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(meta, state) from a file written by write_file."""
+def read_file(path: str | os.PathLike, *,
+              max_decoded_bytes: int = MAX_DECODED_BYTES) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(meta, state) from a file written by write_file (see decode_state)."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -193,6 +205,6 @@ def read_file(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
         raise FormatError(f"cannot read model file {path} ({exc.strerror}): check the path and permissions"
                           ) from None
     try:
-        return decode_state(data)
+        return decode_state(data, max_decoded_bytes=max_decoded_bytes)
     except FormatError as exc:
         raise FormatError(f"{path}: {exc}") from None

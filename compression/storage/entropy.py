@@ -5,21 +5,23 @@ above the entropy on skewed streams and ~1-3% on typical ones. We use asymmetric
 (`constriction.stream.stack.AnsCoder` with a `Categorical` model), which codes within a few
 millionths of a bit of the model's cross-entropy, so what remains is (a) the cost of describing
 the model and (b) the model's mismatch with the empirical distribution. Both are minimised
-together: for each symbol the table stores root = round(sqrt(count) / step) (model weight =
-root**2; the square root makes a count's Poisson noise about constant, so one resolution suits
-rare and common symbols alike), predicted from its neighbours and Exp-Golomb coded. The encoder
-tries every step, predictor and code order and keeps the fewest table bits + n * cross-entropy.
+together: the encoder computes, for each way of describing the model, the exact table bits +
+n * cross-entropy(empirical, model) and keeps the cheapest:
+
+- roots: per symbol root = round(sqrt(count) / step), weight root**2 (the square root makes a
+  count's Poisson noise about constant, so one resolution suits rare and common symbols),
+  predicted from its neighbours and Exp-Golomb coded; every step, predictor and code order tried;
+- curve: a log-linear interpolation through a few knots (fitted by maximum likelihood), so a
+  geometric or Gaussian-like histogram costs a handful of numbers and no bits for the sampling
+  noise of rare symbols;
+- uniform: no table at all.
 
 Blob layout (FORMAT.md, "Entropy-coded stream", is the spec):
     varint n                      number of symbols (0 -> nothing follows)
     varint m - 1                  number of distinct symbols used
     varint lo                     smallest used symbol (m == 1 -> nothing follows)
     varint span                   largest used symbol - lo
-    bit table (LSB-first, padded to a byte):
-        only when span + 1 > m: 2 bits set mode: 0 bitmap of used symbols, 1 Exp-Golomb gaps
-            between used symbols, 2 "range": the table covers every symbol lo..hi, unused ones root 0
-        2 bits predictor order p, 2 bits Exp-Golomb order g
-        Exp-Golomb(0) of root_0 - 1, then for each further symbol Exp-Golomb(g) of its residual
+    bit table (LSB-first, padded to a byte): 3 bits mode, then the mode's fields
     varint payload_bytes, payload  the ANS words, little-endian uint32, trailing zero bytes dropped
 """
 
@@ -367,12 +369,16 @@ def decode_symbols(blob: bytes | memoryview, expected_count_cap: int,
     return _decode(reader, expected_count_cap, alphabet_size), reader.pos
 
 
-def decode_from(reader: ByteReader, expected_count_cap: int, alphabet_size: int, what: str) -> np.ndarray:
-    """Decode one stream at the reader's position (the codec uses it: messages keep file offsets)."""
+def decode_from(reader: ByteReader, expected_count_cap: int, alphabet_size: int, what: str,
+                exact: bool = False) -> np.ndarray:
+    """Decode one stream at the reader's position (the codec uses it: messages keep file offsets).
+
+    exact=True: the stream must hold exactly expected_count_cap symbols (checked before allocating).
+    """
     saved = reader.context
     reader.context = what
     try:
-        return _decode(reader, expected_count_cap, alphabet_size)
+        return _decode(reader, expected_count_cap, alphabet_size, exact)
     finally:
         reader.context = saved
 
@@ -423,9 +429,12 @@ def _read_curve(bits: BitReader, span: int, what: str) -> np.ndarray:
     return _curve_weights(span, spacing, resolution, knots)
 
 
-def _decode(reader: ByteReader, expected_count_cap: int, alphabet_size: int) -> np.ndarray:
+def _decode(reader: ByteReader, expected_count_cap: int, alphabet_size: int,
+            exact: bool = False) -> np.ndarray:
     what = reader.context
     n = reader.varint("symbol count", min(int(expected_count_cap), MAX_SYMBOLS))
+    if exact and n != expected_count_cap:
+        raise damaged(f"{what} holds {n} symbols, {expected_count_cap} expected")
     if n == 0:
         return np.zeros(0, dtype=np.int32)
     alphabet_size = min(int(alphabet_size), MAX_ALPHABET)
@@ -480,5 +489,7 @@ def _decode(reader: ByteReader, expected_count_cap: int, alphabet_size: int) -> 
     if not empty or len(decoded) != n:
         raise damaged(f"{what}: the coded data does not end where its {n} symbols do")
     if used is None:  # the model covers lo..hi
-        return (decoded + lo).astype(np.int32, copy=False)
-    return used.astype(np.int32)[decoded]
+        if lo:
+            decoded += np.int32(lo)  # the model covers lo..hi
+        return decoded.astype(np.int32, copy=False)
+    return np.take(used.astype(np.int32), decoded)  # (np.take is faster than fancy indexing)

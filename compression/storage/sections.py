@@ -308,12 +308,17 @@ def encode_section(name: str, tensor: torch.Tensor, gap_bits: int | None = None)
 # ----------------------------------------------------------------------------------------------- decoding
 
 
-def decode_section(reader: ByteReader,
-                   want_tensor: bool = True) -> tuple[str, torch.Tensor | None, dict, SectionInfo]:
-    """Read one section at the reader's position: (name, tensor or None, {shape, dtype, numel}, info)."""
+def decode_section(reader: ByteReader, want_tensor: bool = True,
+                   budget: list[int] | None = None) -> tuple[str, torch.Tensor | None, dict, SectionInfo]:
+    """Read one section at the reader's position: (name, tensor or None, {shape, dtype, numel}, info).
+
+    budget: a one-element list with the tensor bytes still allowed in this file; reduced here, and a
+    section that would exceed it raises FormatError before anything is allocated.
+    """
     section_start = reader.pos
     type_id = reader.u8("section type")
-    body_len = reader.varint("section length", reader.remaining())
+    body_len = reader.varint("section length", MAX_NUMEL * 16)
+    reader.need(body_len, "section body")
     body = ByteReader(reader.data, reader.pos, reader.pos + body_len, reader.base,
                       f"section at byte {section_start}")
     reader.pos += body_len
@@ -338,6 +343,11 @@ def decode_section(reader: ByteReader,
             raise damaged(f"tensor '{name}' claims shape {shape}, more than {MAX_NUMEL} elements")
     described = {"shape": list(shape), "dtype": _dtypes.dtype_name(dtype), "numel": numel}
     size = _dtypes.itemsize(dtype)
+    if budget is not None:
+        budget[0] -= numel * size
+        if budget[0] < 0:
+            raise FormatError(f"tensor '{name}' ({numel * size} bytes) takes the file past its decode limit "
+                              "(max_decoded_bytes): it is damaged, or pass a larger max_decoded_bytes")
     decoder = {TYPE_RAW: _decode_raw, TYPE_SHARED: _decode_shared, TYPE_SPARSE: _decode_sparse}[type_id]
     tensor, info = decoder(body, name, dtype, shape, numel, size, want_tensor)
     if body.remaining():
@@ -390,7 +400,7 @@ def _decode_shared(body: ByteReader, name, dtype, shape, numel, size, want_tenso
     else:
         count = numel
     start = body.pos
-    indices = decode_from(body, count, k + 1, f"tensor '{name}' indices stream")
+    indices = decode_from(body, count, k + 1, f"tensor '{name}' indices stream", exact=True)
     streams.append(_stream_info("indices", indices, body.pos - start, not want_tensor))
     if indices.size != count:
         raise damaged(f"tensor '{name}': {indices.size} cluster indices for {count} entries")
@@ -404,9 +414,9 @@ def _decode_shared(body: ByteReader, name, dtype, shape, numel, size, want_tenso
     if want_tensor:
         if has_positions:
             out = np.zeros(numel, dtype=bits_type)
-            out[positions] = book[indices]
+            out[positions] = np.take(book, indices)
         else:
-            out = book[indices]
+            out = np.take(book, indices)
         tensor = _dtypes.from_bits(out, dtype, shape)
     info = SectionInfo("shared", nonzeros=int(count - fillers.size), n_clusters=k, gap_bits=gap_bits,
                        bytes_positions=streams[0]["bytes"] if has_positions else 0,

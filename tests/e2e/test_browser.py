@@ -1,0 +1,78 @@
+"""The whole flow in a real browser: model -> sensitivity -> plan (slider moves the estimate) -> run ->
+compare (the run on the Pareto plot) -> download the compact file and decode it."""
+
+import re
+
+import pytest
+
+from compression.models.compact import load_compressed
+
+from .conftest import shot
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+def wait_idle(page) -> None:
+    """Streamlit shows a 'running' widget while the script runs; wait until it is gone."""
+    page.wait_for_timeout(300)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000)
+
+
+def goto(page, url: str, title: str) -> None:
+    page.goto(url)
+    page.get_by_role("heading", name=title).first.wait_for()
+    wait_idle(page)
+
+
+def metric(page, label: str) -> str:
+    box = page.locator('[data-testid="stMetric"]', has_text=label).first
+    return box.locator('[data-testid="stMetricValue"]').inner_text()
+
+
+def test_full_flow(page, app_url, tmp_path):
+    url = app_url["url"]
+    goto(page, url, "Model")
+    page.get_by_text("431,080").first.wait_for()  # LeNet-5's parameters, measured
+    shot(page, "1-model")
+
+    goto(page, f"{url}/sensitivity", "Sensitivity")
+    page.get_by_role("button", name="Run sensitivity analysis").click()
+    page.get_by_text("Accuracy drop, layer x sparsity").wait_for(timeout=240_000)
+    wait_idle(page)
+    shot(page, "2-sensitivity")
+
+    goto(page, f"{url}/plan", "Plan")
+    before = metric(page, "Estimated file")
+    slider = page.locator('[role="slider"]').nth(1)  # the first layer's sparsity (0: the target slider)
+    slider.focus()
+    for _ in range(5):
+        page.keyboard.press("ArrowRight")
+    wait_idle(page)
+    page.wait_for_function(
+        "(before) => [...document.querySelectorAll('[data-testid=\"stMetric\"]')].some("
+        "m => m.innerText.includes('Estimated file') && !m.innerText.includes(before))", arg=before)
+    after = metric(page, "Estimated file")
+    assert after != before
+    shot(page, "3-plan")
+    page.get_by_role("button", name="Launch run").click()
+    page.get_by_text(re.compile(r"Run \d{8}-\d{6}-\w+ queued")).wait_for()
+    run_id = re.search(r"Run (\S+) queued", page.get_by_text(re.compile("queued")).first.inner_text()).group(1)
+
+    goto(page, f"{url}/runs", "Runs")
+    page.get_by_text(run_id).first.wait_for()
+    page.locator('[data-testid="stVerticalBlockBorderWrapper"]', has_text=run_id).get_by_text(
+        "succeeded").first.wait_for(timeout=420_000)
+    shot(page, "4-runs")
+
+    goto(page, f"{url}/compare", "Compare")
+    page.locator(".js-plotly-plot").first.wait_for()
+    assert page.locator(".js-plotly-plot .scatterlayer .point").count() >= 1
+    page.get_by_text(run_id).first.wait_for()
+    shot(page, "5-compare")
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="Compact file (.clab)").click()
+    path = tmp_path / "model.clab"
+    download_info.value.save_as(path)
+    decoded = load_compressed(path)
+    assert decoded.num_classes == 10
+    assert path.stat().st_size < 100_000

@@ -23,10 +23,11 @@ import numpy as np
 from compression import metrics
 from compression.models.handle import ModelHandle
 
-HIST_BINS = 1024
+HIST_BINS = 4096
+CALIBRATION_SPARSITIES = np.array([0.3, 0.6, 0.8, 0.9, 0.95, 0.98])
 SECTION_OVERHEAD = 12  # name length, type, shape, flags (plus the name's own bytes)
 STREAM_OVERHEAD = 6  # per coded stream: counts, table header, ANS tail
-TABLE_BYTES_PER_SYMBOL = 0.9  # the coder's table costs about this per used symbol (measured on demo runs)
+TABLE_BYTES_PER_SYMBOL = 0.12  # the coder's table costs about this per alphabet symbol (measured on demo runs)
 GAP_BITS_RANGE = range(2, 13)
 
 
@@ -41,6 +42,7 @@ class LayerStats:
     abs_centers: np.ndarray
     flops: int
     fp32_bytes: int
+    position_factors: tuple[np.ndarray, np.ndarray]  # (sparsities, real / geometric positions bytes)
 
 
 @dataclass
@@ -59,15 +61,16 @@ def model_stats(handle: ModelHandle) -> ModelStats:
     total_flops, per_module = metrics.layer_flops(handle.model, handle.input_shape)
     layers = {}
     for name, weight in handle.prunable_layers().items():
-        values = weight.detach().cpu().flatten().float().numpy()
-        low, high = float(values.min()), float(values.max())
-        if high <= low:
-            high = low + 1e-12
-        counts, edges = np.histogram(values, bins=HIST_BINS, range=(low, high))
-        centers = (edges[:-1] + edges[1:]) / 2
-        layers[name] = LayerStats(name, values.size, "conv" if weight.dim() > 2 else "fc", np.sort(np.abs(values)),
-                                  centers, counts.astype(np.float64), np.abs(centers),
-                                  per_module.get(name, 0), values.size * 4)
+        values = weight.detach().cpu().flatten().double().numpy()
+        # equal-count bins of the sorted weights: resolution follows the density, so even k = 256
+        # clusters see the shape of the distribution
+        groups = np.array_split(np.sort(values), min(HIST_BINS, values.size))
+        centers = np.array([g.mean() for g in groups])
+        counts = np.array([g.size for g in groups], dtype=np.float64)
+        sorted_abs = np.sort(np.abs(values)).astype(np.float32)
+        layers[name] = LayerStats(name, values.size, "conv" if weight.dim() > 2 else "fc", sorted_abs,
+                                  centers, counts, np.abs(centers), per_module.get(name, 0), values.size * 4,
+                                  _position_factors(values))
     weight_keys = {f"{name}.weight" for name in layers}
     rest = {k: v.detach().cpu() for k, v in handle.model.state_dict().items() if k not in weight_keys}
     other = len(encode_state(rest, {"architecture": handle.architecture}))
@@ -82,30 +85,60 @@ def _entropy_bits(weights: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-def _weighted_kmeans_shares(centers: np.ndarray, counts: np.ndarray, k: int, iters: int = 40) -> np.ndarray:
-    """Cluster shares of a weighted 1-D k-means (linear init, Lloyd) over histogram bins."""
+def _weighted_kmeans_shares(centers: np.ndarray, counts: np.ndarray, k: int, iters: int = 200) -> np.ndarray:
+    """Cluster shares of a weighted 1-D k-means (linear init as Deep Compression, Lloyd) over sorted bins.
+
+    Prefix sums make each Lloyd step O(k log bins), so it can run to convergence like the real one.
+    """
     mask = counts > 0
     centers, counts = centers[mask], counts[mask]
     if len(centers) <= k:
         return counts / counts.sum()
-    centroids = np.linspace(centers.min(), centers.max(), k)
+    mass = np.concatenate(([0.0], np.cumsum(counts)))
+    moment = np.concatenate(([0.0], np.cumsum(counts * centers)))
+    centroids = np.linspace(centers[0], centers[-1], k)
+    cuts = None
     for _ in range(iters):
-        bounds = (centroids[1:] + centroids[:-1]) / 2
-        labels = np.searchsorted(bounds, centers)
-        sums = np.bincount(labels, weights=counts * centers, minlength=k)
-        mass = np.bincount(labels, weights=counts, minlength=k)
-        nonempty = mass > 0
-        new = centroids.copy()
-        new[nonempty] = sums[nonempty] / mass[nonempty]
-        new = np.sort(new)
-        if np.allclose(new, centroids):
+        new_cuts = np.searchsorted(centers, (centroids[1:] + centroids[:-1]) / 2)
+        if cuts is not None and np.array_equal(new_cuts, cuts):
             break
-        centroids = new
-    labels = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, centers)
-    return np.bincount(labels, weights=counts, minlength=k) / counts.sum()
+        cuts = new_cuts
+        lo = np.concatenate(([0], cuts))
+        hi = np.concatenate((cuts, [len(centers)]))
+        weight = mass[hi] - mass[lo]
+        nonempty = weight > 0
+        centroids = ((moment[hi] - moment[lo])[nonempty] / weight[nonempty])
+    cuts = np.searchsorted(centers, (centroids[1:] + centroids[:-1]) / 2)
+    bounds = np.concatenate(([0], cuts, [len(centers)]))
+    return np.diff(mass[bounds]) / mass[-1]
 
 
-def _positions_and_fillers(density: float, index_shares: np.ndarray | None, kept: int) -> tuple[float, float]:
+def _gap_entropy_ratio(values: np.ndarray, sparsity: float) -> float:
+    """Entropy of the real mask's gaps over that of random (geometric) gaps at the same density."""
+    n_prune = int(round(sparsity * values.size))
+    kept = values.size - n_prune
+    if kept == 0 or n_prune == 0:
+        return 1.0
+    order = np.argsort(np.abs(values), kind="stable")
+    keep = np.ones(values.size, dtype=bool)
+    keep[order[:n_prune]] = False
+    gaps = np.diff(np.flatnonzero(keep), prepend=-1) - 1
+    real = _entropy_bits(np.bincount(gaps).astype(np.float64))
+    density = kept / values.size
+    q = 1.0 - density
+    geometric = (-(q * np.log2(q)) - density * np.log2(density)) / density
+    return real / geometric if geometric > 0 else 1.0
+
+
+def _position_factors(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Real / geometric positions bytes at a few sparsities: pruned weights cluster (dead inputs, whole
+    filters), which random positions miss; the estimate scales its geometric model by this factor."""
+    factors = [_gap_entropy_ratio(values, sparsity) for sparsity in CALIBRATION_SPARSITIES]
+    return CALIBRATION_SPARSITIES, np.array(factors)
+
+
+def _positions_and_fillers(density: float, index_shares: np.ndarray | None, kept: int,
+                           factor: float) -> tuple[float, float]:
     """Bytes of the positions stream and of the index stream (with fillers) at the best field width."""
     q = 1.0 - density
     best = None
@@ -117,7 +150,7 @@ def _positions_and_fillers(density: float, index_shares: np.ndarray | None, kept
         mix = final.copy()
         mix[-1] += fillers_per_kept
         entries = kept * (1.0 + fillers_per_kept)
-        pos_bytes = entries * _entropy_bits(mix) / 8 + STREAM_OVERHEAD + TABLE_BYTES_PER_SYMBOL * field
+        pos_bytes = factor * entries * _entropy_bits(mix) / 8 + STREAM_OVERHEAD + TABLE_BYTES_PER_SYMBOL * field
         if index_shares is not None:
             idx = np.concatenate(([fillers_per_kept], index_shares))
             idx_bytes = entries * _entropy_bits(idx) / 8
@@ -136,10 +169,11 @@ def layer_bytes(stats: LayerStats, sparsity: float, n_clusters: int | None) -> f
     if kept == 0:
         return header + STREAM_OVERHEAD
     threshold = stats.sorted_abs[n_prune - 1] if n_prune > 0 else -1.0
+    factor = float(np.interp(sparsity, *stats.position_factors))
     if n_clusters is None:
         if n_prune == 0:
             return header + stats.numel * 4
-        pos, fillers = _positions_and_fillers(kept / stats.numel, None, kept)
+        pos, fillers = _positions_and_fillers(kept / stats.numel, None, kept, factor)
         return header + pos + fillers + kept * 4
     counts = np.where(stats.abs_centers > threshold, stats.counts_by_bin, 0.0)
     shares = _weighted_kmeans_shares(stats.centers, counts, n_clusters)
@@ -148,7 +182,7 @@ def layer_bytes(stats: LayerStats, sparsity: float, n_clusters: int | None) -> f
     if n_prune == 0:
         idx = kept * _entropy_bits(shares) / 8 + STREAM_OVERHEAD + TABLE_BYTES_PER_SYMBOL * used
         return header + codebook + idx
-    pos, idx = _positions_and_fillers(kept / stats.numel, shares * 1.0, kept)
+    pos, idx = _positions_and_fillers(kept / stats.numel, shares * 1.0, kept, factor)
     return header + codebook + pos + idx + STREAM_OVERHEAD + TABLE_BYTES_PER_SYMBOL * (used + 1)
 
 

@@ -100,7 +100,9 @@ def compress(handle: ModelHandle, plan: Plan, data: DataBundle, out_dir: str | P
         "layers": [_layer_row(row) for row in rows],
         "seconds": round(time.time() - started, 2),
     }
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    tmp = out_dir / ".metrics.json.tmp"  # written whole, then renamed: never a half-written result
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out_dir / "metrics.json")
     emit("done", 1.0, {"accuracy": after["accuracy"], "compressed_bytes": compressed_bytes})
     return Result(decoded, result, path)
 

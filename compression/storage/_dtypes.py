@@ -72,6 +72,10 @@ def bits_dtype(dtype: torch.dtype) -> type:
     return _BITS_OF_SIZE[itemsize(dtype)]
 
 
+def bits_torch_dtype(dtype: torch.dtype) -> torch.dtype:
+    return _TORCH_BITS_OF_SIZE[itemsize(dtype)]
+
+
 def float_values(bits: np.ndarray, dtype: torch.dtype) -> np.ndarray:
     """The float64 values of floating bit patterns (exact for every floating dtype we store)."""
     if bits.size == 0:

@@ -198,16 +198,41 @@ def _stream_info(stream: str, symbols: np.ndarray, nbytes: int, measure: bool) -
 
 
 def decode_positions(reader: ByteReader, numel: int, bits: int, name: str,
-                     measure: bool) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(gap symbols, entry positions, stream info); checks the entries fit the tensor exactly."""
+                     measure: bool) -> tuple[np.ndarray, dict]:
+    """(gap symbols, stream info); checks that the entries fit the tensor exactly."""
     start = reader.pos
     symbols = decode_from(reader, numel, 1 << bits, f"tensor '{name}' positions stream")
-    positions = np.cumsum(symbols, dtype=np.int64)
-    positions += np.arange(symbols.size)  # entry i sits at sum(gaps[:i+1]) + i
-    last = int(positions[-1]) if positions.size else -1
+    last = int(symbols.sum(dtype=np.int64)) + symbols.size - 1  # where the last entry sits
     if last >= numel or numel - 1 - last > (1 << bits) - 1:
         raise damaged(f"tensor '{name}': its positions end at {last}, which does not fit {numel} elements")
-    return symbols, positions, _stream_info("positions", symbols, reader.pos - start, measure)
+    return symbols, _stream_info("positions", symbols, reader.pos - start, measure)
+
+
+def entry_positions(gap_symbols: np.ndarray) -> np.ndarray:
+    """Entry i sits at sum(gaps[:i+1]) + i (checked to lie inside the tensor by decode_positions)."""
+    positions = np.cumsum(gap_symbols, dtype=np.int64)
+    positions += np.arange(gap_symbols.size)
+    return positions
+
+
+def _build(numel: int, dtype: torch.dtype, shape: tuple[int, ...], gap_symbols: np.ndarray | None,
+           entries: np.ndarray | None = None, book: np.ndarray | None = None,
+           indices: np.ndarray | None = None) -> torch.Tensor:
+    """The tensor from checked streams: entry bit patterns (`entries`, or book[indices]) at their positions.
+
+    The output is allocated by torch (torch.empty, filled by numpy on this thread), not numpy:
+    numpy asks the kernel for transparent huge pages on big arrays, which on some Linux set-ups (THP
+    defrag=madvise) stalls for compaction and made decoding ResNet-18 50% slower; and torch.zeros
+    fills in parallel, waking OpenMP threads that then spin and slow the next entropy decode.
+    """
+    out = torch.empty(numel, dtype=_dtypes.bits_torch_dtype(dtype))
+    view = out.numpy()
+    if gap_symbols is None:
+        np.take(book, indices, out=view)
+    else:
+        view.fill(0)
+        view[entry_positions(gap_symbols)] = entries if entries is not None else np.take(book, indices)
+    return out.view(dtype).reshape(shape)
 
 
 # ----------------------------------------------------------------------------------------------- encoding
@@ -215,11 +240,15 @@ def decode_positions(reader: ByteReader, numel: int, bits: int, name: str,
 
 def _shared_codebook(values: np.ndarray, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray] | None:
     """(codebook bit patterns sorted by value, 1-based cluster index of each value), or None."""
-    if values.size and np.unique(values[:4096]).size > MAX_CLUSTERS:
-        return None
-    patterns, inverse = np.unique(values, return_inverse=True)
+    patterns = np.unique(values[:4096])
     if patterns.size > MAX_CLUSTERS:
         return None
+    inverse = np.searchsorted(patterns, values)  # the sample usually holds every value: no full sort
+    inverse = np.minimum(inverse, max(patterns.size - 1, 0))
+    if values.size and not np.array_equal(patterns[inverse], values):
+        patterns, inverse = np.unique(values, return_inverse=True)
+        if patterns.size > MAX_CLUSTERS:
+            return None
     floats = _dtypes.float_values(patterns, dtype)
     if np.isnan(floats).any():
         return None
@@ -262,34 +291,53 @@ def _encode_sparse(bits_flat: np.ndarray, nonzero: np.ndarray, size: int, gap_bi
 
 
 def encode_body(tensor: torch.Tensor, name: str, gap_bits: int | None) -> tuple[int, bytes]:
-    """(type id, encoding-specific bytes) of the smallest encoding for this tensor."""
+    """(type id, encoding-specific bytes) of the smallest encoding tried for this tensor.
+
+    Tries shared (floating tensors with at most 256 distinct non-zero values), sparse (at least a
+    quarter zeros, unless shared already wins by far) and raw (zstd-compressed when smaller; zstd is
+    skipped when a coded encoding is already under 1/16 of the raw bytes).
+    """
     dtype = tensor.dtype
     size = _dtypes.itemsize(dtype)
     raw = _dtypes.to_bytes(tensor)
+    coded: tuple[int, bytes] | None = None
+    if tensor.numel() >= MIN_CODED_NUMEL and dtype != torch.bool and not dtype.is_complex:
+        coded = _encode_coded(_dtypes.to_bits(tensor), dtype, size, gap_bits)
+    if coded is not None and len(coded[1]) * 16 < len(raw):
+        return coded
     flags, data = pack_raw(raw, size)
     best = (TYPE_RAW, bytes([flags]) + data)
-    if tensor.numel() < MIN_CODED_NUMEL or dtype == torch.bool or dtype.is_complex:
-        return best
-    bits_flat = _dtypes.to_bits(tensor)
+    return coded if coded is not None and len(coded[1]) < len(best[1]) else best
+
+
+def _encode_coded(bits_flat: np.ndarray, dtype: torch.dtype, size: int,
+                  gap_bits: int | None) -> tuple[int, bytes] | None:
+    """The smaller of the shared and sparse encodings that apply, or None."""
+    n_nonzero = int(np.count_nonzero(bits_flat))
+    maybe_sparse = n_nonzero <= 0.75 * bits_flat.size
+    maybe_shared = dtype in _dtypes.FLOATING
+    if maybe_shared:  # a quick look at the first values before the full pass
+        sample = bits_flat[:8192]
+        maybe_shared = np.unique(sample[sample != 0]).size <= MAX_CLUSTERS
+    if not (maybe_shared or maybe_sparse):
+        return None
     nonzero = np.flatnonzero(bits_flat)
     candidates = []
-    shared = _encode_shared(bits_flat, nonzero, dtype, gap_bits) if dtype in _dtypes.FLOATING else None
+    shared = _encode_shared(bits_flat, nonzero, dtype, gap_bits) if maybe_shared else None
     if shared is not None:
         candidates.append((TYPE_SHARED, shared[0]))
     # sparse can win when the codebook is a large part of a shared section (few non-zeros per value)
-    few_repeats = shared is None or shared[1] * 8 > nonzero.size
-    if few_repeats and nonzero.size <= 0.75 * bits_flat.size:
+    if maybe_sparse and (shared is None or shared[1] * 8 > nonzero.size):
         candidates.append((TYPE_SPARSE, _encode_sparse(bits_flat, nonzero, size, gap_bits)))
-    for candidate in candidates:
-        if len(candidate[1]) < len(best[1]):
-            best = candidate
-    return best
+    return min(candidates, key=lambda candidate: len(candidate[1])) if candidates else None
 
 
 def encode_section(name: str, tensor: torch.Tensor, gap_bits: int | None = None) -> bytes:
     """type id, varint body length, body = name, dtype, shape, then the encoding's bytes."""
     if not isinstance(tensor, torch.Tensor):
         raise FormatError(f"state entry '{name}' is a {type(tensor).__name__}, not a tensor: put it in meta")
+    if tensor.layout != torch.strided:
+        raise FormatError(f"tensor '{name}' has layout {tensor.layout}: store tensor.to_dense() instead")
     if tensor.dim() > MAX_RANK:
         raise FormatError(f"tensor '{name}' has {tensor.dim()} dimensions; the compact format stores at most "
                           f"{MAX_RANK}: reshape it")
@@ -394,11 +442,11 @@ def _decode_shared(body: ByteReader, name, dtype, shape, numel, size, want_tenso
     book = np.concatenate(([0], codebook)).astype(bits_type)  # index 0 = zero (a filler)
     streams = []
     if has_positions:
-        gap_symbols, positions, pos_info = decode_positions(body, numel, gap_bits, name, not want_tensor)
+        gap_symbols, pos_info = decode_positions(body, numel, gap_bits, name, not want_tensor)
         streams.append(pos_info)
         count = gap_symbols.size
     else:
-        count = numel
+        gap_symbols, count = None, numel
     start = body.pos
     indices = decode_from(body, count, k + 1, f"tensor '{name}' indices stream", exact=True)
     streams.append(_stream_info("indices", indices, body.pos - start, not want_tensor))
@@ -412,12 +460,7 @@ def _decode_shared(body: ByteReader, name, dtype, shape, numel, size, want_tenso
         raise damaged(f"tensor '{name}': a dense shared tensor holds a filler index")
     tensor = None
     if want_tensor:
-        if has_positions:
-            out = np.zeros(numel, dtype=bits_type)
-            out[positions] = np.take(book, indices)
-        else:
-            out = np.take(book, indices)
-        tensor = _dtypes.from_bits(out, dtype, shape)
+        tensor = _build(numel, dtype, shape, gap_symbols, book=book, indices=indices)
     info = SectionInfo("shared", nonzeros=int(count - fillers.size), n_clusters=k, gap_bits=gap_bits,
                        bytes_positions=streams[0]["bytes"] if has_positions else 0,
                        bytes_indices=streams[-1]["bytes"], bytes_codebook=k * size, streams=streams)
@@ -427,7 +470,7 @@ def _decode_shared(body: ByteReader, name, dtype, shape, numel, size, want_tenso
 def _decode_sparse(body: ByteReader, name, dtype, shape, numel, size, want_tensor):
     flags = body.u8("sparse flags")
     gap_bits = _read_gap_bits(body, name)
-    gap_symbols, positions, pos_info = decode_positions(body, numel, gap_bits, name, not want_tensor)
+    gap_symbols, pos_info = decode_positions(body, numel, gap_bits, name, not want_tensor)
     data = body.take(body.remaining(), "values")
     bits_type = _dtypes.bits_dtype(dtype)
     raw = unpack_raw(data, flags, gap_symbols.size * size, size, f"tensor '{name}' values")
@@ -435,13 +478,11 @@ def _decode_sparse(body: ByteReader, name, dtype, shape, numel, size, want_tenso
     zero = values == 0
     if np.any(gap_symbols[zero] != (1 << gap_bits) - 1):
         raise damaged(f"tensor '{name}': a stored zero is not a filler entry")
+    if dtype == torch.bool and (values.view(np.uint8) > 1).any():
+        raise damaged(f"tensor '{name}': a bool tensor holds a value other than 0 or 1")
     tensor = None
     if want_tensor:
-        out = np.zeros(numel, dtype=bits_type)
-        out[positions] = values
-        if dtype == torch.bool and np.any(out > 1):
-            raise damaged(f"tensor '{name}': a bool tensor holds a value other than 0 or 1")
-        tensor = _dtypes.from_bits(out, dtype, shape)
+        tensor = _build(numel, dtype, shape, gap_symbols, entries=values)
     info = SectionInfo("sparse", nonzeros=int(values.size - zero.sum()), gap_bits=gap_bits,
                        bytes_positions=pos_info["bytes"], bytes_raw=len(data),
                        raw_compression="zstd" if flags & FLAG_ZSTD else None, streams=[pos_info])

@@ -47,6 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="per-layer bits of a compact file: positions, indices, codebook")
     ins.add_argument("file", type=Path)
     ins.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    exp = sub.add_parser("export", help="decode a compact file and export it as TorchScript or ONNX")
+    exp.add_argument("file", type=Path)
+    exp.add_argument("out", type=Path, help="output file: .onnx for ONNX, .pt/.ts for TorchScript")
+    exp.add_argument("--base", type=Path, help="the original TorchScript file (for TorchScript models)")
+    sm = sub.add_parser("submit", help="queue a compression run in the background engine")
+    sm.add_argument("recipe", type=Path)
+    _add_model_args(sm)
+    _add_data_args(sm, required=True)
+    sm.add_argument("--wait", action="store_true", help="wait for the run and print its metrics")
+    sub.add_parser("runs", help="list the engine's runs")
+    cn = sub.add_parser("cancel", help="cancel a queued or running run")
+    cn.add_argument("run_id")
+    for command in (sm, sub.choices["runs"], cn):
+        command.add_argument("--home", type=Path, help="data folder of the run store (default $COMPRESSION_LAB_HOME)")
     return parser
 
 
@@ -132,9 +146,62 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from compression.export import export
+    from compression.models.compact import load_compressed
+
+    size = export(load_compressed(args.file, args.base), args.out)
+    print(json.dumps({"file": str(args.out), "bytes": size}))
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from compression import engine
+    from compression.plan import Plan
+
+    if not args.recipe.is_file():
+        raise PlanError(f"recipe {args.recipe} does not exist: check the path")
+    plan = Plan.from_json(args.recipe.read_text())
+    job = {"kind": "compress", "model": args.model, "weights": args.weights, "data": args.data,
+           "input_size": args.input_size, "mean": args.mean, "std": args.std, "plan": plan.to_dict()}
+    run_id = engine.submit(job, root=args.home)
+    print(run_id)
+    if args.wait:
+        row = engine.wait(run_id, 24 * 3600, root=args.home)
+        print(json.dumps({"state": row["state"], "error": row["error"], "metrics": row["metrics"]}))
+        return 0 if row["state"] == "succeeded" else 1
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from compression import engine
+
+    print(f"{'run':24} {'kind':12} {'state':10} {'model':24} {'progress':>8} {'accuracy':>9} {'bytes':>10} "
+          f"{'ratio':>7}")
+    for row in engine.list_runs(root=args.home):
+        metrics = row.get("metrics") or {}
+        after = metrics.get("after", {})
+        progress = (row.get("progress") or {}).get("progress", 0.0)
+        accuracy = f"{after['accuracy']:.4f}" if "accuracy" in after else ""
+        size = f"{after['compressed_bytes']:,}" if "compressed_bytes" in after else ""
+        ratio = f"{metrics['compression_ratio']:.1f}x" if "compression_ratio" in metrics else ""
+        print(f"{row['id']:24} {row['kind']:12} {row['state']:10} {row['job'].get('model', '')[:24]:24} "
+              f"{100 * progress:7.0f}% {accuracy:>9} {size:>10} {ratio:>7}")
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    from compression import engine
+
+    engine.cancel(args.run_id, root=args.home)
+    print(f"cancel requested for {args.run_id}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": cmd_run, "eval": cmd_eval, "inspect": cmd_inspect}
+    handlers = {"run": cmd_run, "eval": cmd_eval, "inspect": cmd_inspect, "export": cmd_export,
+                "submit": cmd_submit, "runs": cmd_runs, "cancel": cmd_cancel}
     try:
         return handlers[args.command](args)
     except CompressionLabError as exc:

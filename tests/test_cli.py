@@ -143,3 +143,17 @@ def test_console_script_no_traceback(tmp_path):
     proc = subprocess.run([str(exe), "eval", str(tmp_path / "none.clab")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("error:")
+
+
+def test_export_torchscript_and_onnx(run_dir, tmp_path, capsys):
+    import onnx
+
+    from compression.models.compact import load_compressed
+
+    assert main(["export", str(run_dir / "model.clab"), str(tmp_path / "m.pt")]) == 0
+    assert main(["export", str(run_dir / "model.clab"), str(tmp_path / "m.onnx")]) == 0
+    decoded = load_compressed(run_dir / "model.clab")
+    scripted = torch.jit.load(str(tmp_path / "m.pt"))
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.allclose(scripted(x), decoded.model(x))
+    onnx.checker.check_model(onnx.load(str(tmp_path / "m.onnx")))

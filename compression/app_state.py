@@ -133,3 +133,18 @@ def run_exports(run_id: str) -> dict:
     except CompressionLabError as exc:
         out["onnx"], out["onnx_error"] = None, str(exc)
     return out
+
+
+def ensure_app_navigation() -> None:
+    """Make a page opened by its own URL on a fresh server still run through app.py's st.navigation.
+
+    Streamlit treats a pages/ folder as its old automatic multipage mode until the main script has
+    called st.navigation once; a first visit straight to /plan would then run pages/plan.py alone
+    (no sidebar, wrong page list). Pages call this first: it switches the server to app.py's
+    navigation and reruns, which lands on the same page through app.py.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()

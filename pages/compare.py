@@ -7,9 +7,10 @@ import streamlit as st
 from compression import engine
 from compression.analysis import plots
 from compression.analysis.pareto import runs_table
-from compression.app_state import decoded_run, home, load_active, run_exports
+from compression.app_state import decoded_run, ensure_app_navigation, home, load_active, run_exports
 from compression.errors import CompressionLabError
 
+ensure_app_navigation()
 st.title("Compare")
 runs = engine.list_runs(root=home(), kind="compress")
 table = runs_table(runs)

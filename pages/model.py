@@ -4,9 +4,18 @@ import hashlib
 
 import streamlit as st
 
-from compression.app_state import active_spec, baseline, demo_choices, home, load_active, spec_key
+from compression.app_state import (
+    active_spec,
+    baseline,
+    demo_choices,
+    ensure_app_navigation,
+    home,
+    load_active,
+    spec_key,
+)
 from compression.errors import CompressionLabError
 
+ensure_app_navigation()
 st.title("Model")
 spec = active_spec()
 source = st.radio("Model source", ["Demo model", "Upload a file"], horizontal=True, key="model_source")

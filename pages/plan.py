@@ -9,6 +9,7 @@ from compression.analysis.suggest import suggest
 from compression.app_state import (
     active_spec,
     compress_job,
+    ensure_app_navigation,
     home,
     latest_sensitivity,
     load_active,
@@ -19,6 +20,7 @@ from compression.errors import CompressionLabError
 from compression.plan import Plan
 from compression.plan_builder import CLUSTER_CHOICES, plan_from_settings, settings_from_plan
 
+ensure_app_navigation()
 st.title("Plan")
 spec = active_spec()
 handle, data = load_active(spec)

@@ -5,9 +5,10 @@ import time
 import streamlit as st
 
 from compression import engine
-from compression.app_state import home
+from compression.app_state import ensure_app_navigation, home
 from compression.errors import CompressionLabError
 
+ensure_app_navigation()
 st.title("Runs")
 st.caption("Jobs run in background worker processes; closing or reloading this page loses nothing.")
 FINAL = ("succeeded", "failed", "cancelled")

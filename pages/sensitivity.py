@@ -4,9 +4,17 @@ import streamlit as st
 
 from compression import engine
 from compression.analysis import plots
-from compression.app_state import active_spec, home, latest_sensitivity, load_active, sensitivity_job
+from compression.app_state import (
+    active_spec,
+    ensure_app_navigation,
+    home,
+    latest_sensitivity,
+    load_active,
+    sensitivity_job,
+)
 from compression.errors import CompressionLabError
 
+ensure_app_navigation()
 st.title("Sensitivity")
 spec = active_spec()
 handle, data = load_active(spec)

@@ -75,6 +75,7 @@ def page(browser, app_url):
     page = context.new_page()
     page.set_default_timeout(60_000)
     yield page
+    shot(page, "last-state")  # what the page showed when the test ended (kept for a failing run)
     context.close()
 
 

@@ -9,7 +9,7 @@ from compression.models.compact import load_compressed
 
 from .conftest import shot
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
 def wait_idle(page) -> None:
@@ -43,10 +43,11 @@ def test_full_flow(page, app_url, tmp_path):
 
     goto(page, f"{url}/plan", "Plan")
     before = metric(page, "Estimated file")
-    slider = page.locator('[role="slider"]').nth(1)  # the first layer's sparsity (0: the target slider)
+    # the first layer's sparsity (slider 0 is the global target); Streamlit's slider is an <input type=range>
+    slider = page.locator('[data-testid="stSlider"] input[type="range"]').nth(1)
     slider.focus()
     for _ in range(5):
-        page.keyboard.press("ArrowRight")
+        page.keyboard.press("ArrowLeft")
     wait_idle(page)
     page.wait_for_function(
         "(before) => [...document.querySelectorAll('[data-testid=\"stMetric\"]')].some("
@@ -60,8 +61,13 @@ def test_full_flow(page, app_url, tmp_path):
 
     goto(page, f"{url}/runs", "Runs")
     page.get_by_text(run_id).first.wait_for()
-    page.locator('[data-testid="stVerticalBlockBorderWrapper"]', has_text=run_id).get_by_text(
-        "succeeded").first.wait_for(timeout=420_000)
+    shot(page, "4-runs-progress")
+    # the page polls the engine every second: wait until this run's row says succeeded
+    page.wait_for_function(
+        """(id) => [...document.querySelectorAll('[data-testid="stHorizontalBlock"]')].some(
+               row => row.innerText.includes(id) && row.innerText.includes('succeeded'))""",
+        arg=run_id, timeout=540_000)
+    wait_idle(page)
     shot(page, "4-runs")
 
     goto(page, f"{url}/compare", "Compare")

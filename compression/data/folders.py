@@ -1,159 +1,368 @@
-"""Datasets from local folders: ImageFolder directories and CIFAR-10/100 "python version" batches.
+"""Datasets in a user's folder: ImageFolder class directories and CIFAR-10/100 "python version" batches.
 
-CIFAR's python batches are pickles. We never unpickle a file the user did not vouch for, so they
-are read with a restricted unpickler that can build only plain containers and numpy arrays (what
-real CIFAR batches hold); anything else in the file is refused before it can run.
+CIFAR batches are pickles, and the project never unpickles an untrusted file, so they are read with a
+restricted unpickler that can build numpy arrays and nothing else (see `_CifarUnpickler`).
 """
 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, Subset
 
 from compression.data import DataBundle
 from compression.errors import DataLoadError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
-ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-}
+SPLIT_SEED = 0
+# A folder of class folders with no train/val split is split 60% train, 20% val, 20% test.
+FLAT_SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
+# CIFAR has no validation split: the last 10% of a seeded permutation of the training batches is held out.
+CIFAR_VAL_FRACTION = 0.1
+CIFAR_SIDE = 32
+CIFAR_ROW_LENGTH = 3 * CIFAR_SIDE * CIFAR_SIDE  # 1024 red, then 1024 green, then 1024 blue bytes
+
+_LAYOUT_HINT = (
+    "expected class sub-folders like DIR/train/cat/*.jpg and DIR/val/cat/*.jpg (DIR/test optional), "
+    "or DIR/cat/*.jpg, DIR/dog/*.jpg to split 60/20/20"
+)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _channel_stats(values: Sequence[float], in_channels: int, what: str) -> tuple[float, ...]:
+    """Match a mean/std to the channel count: one value is repeated; RGB values average to one grey value."""
+    values = tuple(float(v) for v in values)
+    if len(values) == in_channels:
+        return values
+    if len(values) == 1:
+        return values * in_channels
+    if in_channels == 1:
+        # A grey pixel is (roughly) the mean of its channels, so its mean/std is the average of theirs.
+        return (sum(values) / len(values),)
+    raise DataLoadError(
+        f"{what} has {len(values)} values but the images have {in_channels} channels: "
+        f"give one value per channel"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- ImageFolder
+
+
+def _image_transform(input_size: int, mean: tuple[float, ...], std: tuple[float, ...], in_channels: int):
+    from torchvision import transforms
+
+    steps = [transforms.Resize(input_size), transforms.CenterCrop(input_size)]
+    if in_channels == 1:
+        steps.append(transforms.Grayscale(1))
+    steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    return transforms.Compose(steps)
 
 
 def _class_dirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _has_images(folder: Path) -> bool:
-    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file())
+def _open_imagefolder(folder: Path, transform) -> Dataset:
+    from torchvision.datasets import ImageFolder
+
+    if not _class_dirs(folder):
+        contents = "is empty" if not any(folder.iterdir()) else "has files but no sub-folders"
+        raise DataLoadError(
+            f"image folder {folder} has no class folders with images ({contents}): {_LAYOUT_HINT}"
+        )
+    try:
+        dataset = ImageFolder(str(folder), transform=transform)
+    except FileNotFoundError as exc:
+        # torchvision raises this for a class folder without a single image file.
+        raise DataLoadError(
+            f"image folder {folder}: {exc} Put .jpg/.png images in every class folder "
+            f"(or remove the empty ones); {_LAYOUT_HINT}"
+        ) from exc
+    if len(dataset) == 0:
+        raise DataLoadError(f"image folder {folder} has no class folders with images: {_LAYOUT_HINT}")
+    return dataset
+
+
+def _check_same_classes(splits: dict[str, Any], root: Path) -> list[str]:
+    names = {split: list(ds.classes) for split, ds in splits.items()}
+    reference = names["train"]
+    for split, classes in names.items():
+        if classes == reference:
+            continue
+        only_train = sorted(set(reference) - set(classes))
+        only_here = sorted(set(classes) - set(reference))
+        raise DataLoadError(
+            f"class folders differ between {root / 'train'} and {root / split}: "
+            f"only in train: {only_train or 'none'}; only in {split}: {only_here or 'none'}. "
+            f"every split needs the same class folders (same names), so a label means the same class in each"
+        )
+    return reference
 
 
 def load_imagefolder(folder: Path, input_size: int, mean: tuple[float, ...], std: tuple[float, ...],
                      in_channels: int = 3) -> DataBundle:
-    """DIR/train + DIR/val (+ DIR/test), or one folder of class folders split 60/20/20 with seed 0."""
-    from torchvision import datasets, transforms
+    """Read DIR/train + DIR/val (+ DIR/test) class folders, or one folder of class folders split 60/20/20."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataLoadError(f"image folder {folder} does not exist: {_LAYOUT_HINT}")
+    if in_channels not in (1, 3):
+        raise DataLoadError(f"in_channels must be 1 (grey) or 3 (RGB) for image folders, not {in_channels}")
+    mean = _channel_stats(mean, in_channels, "mean")
+    std = _channel_stats(std, in_channels, "std")
+    transform = _image_transform(input_size, mean, std, in_channels)
 
-    steps = [transforms.Resize(input_size), transforms.CenterCrop(input_size)]
-    if in_channels == 1:
-        steps.append(transforms.Grayscale(1))
-    steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
-    transform = transforms.Compose(steps)
-    expected = (f"expected class sub-folders with images, like {folder}/train/cat/1.jpg and {folder}/val/cat/2.jpg, "
-                f"or {folder}/cat/1.jpg")
-
-    def open_split(path: Path):
-        classes = _class_dirs(path)
-        if not classes or not _has_images(path):
-            raise DataLoadError(f"{path} has no class folders with images: {expected}")
-        try:
-            return datasets.ImageFolder(str(path), transform=transform, allow_empty=True), classes
-        except (OSError, RuntimeError, FileNotFoundError) as exc:
-            raise DataLoadError(f"cannot read images under {path}: {exc}") from None
-
-    if (folder / "train").is_dir() and (folder / "val").is_dir():
-        train, classes = open_split(folder / "train")
-        val, val_classes = open_split(folder / "val")
-        test, test_classes = open_split(folder / "test") if (folder / "test").is_dir() else (val, val_classes)
-        for name, other in (("val", val_classes), ("test", test_classes)):
-            if other != classes:
-                raise DataLoadError(f"{folder}/{name} has classes {other[:5]} but {folder}/train has {classes[:5]}: "
-                                    "every split needs the same class folders")
+    has_train, has_val = (folder / "train").is_dir(), (folder / "val").is_dir()
+    if has_train != has_val:
+        present, missing = ("train", "val") if has_train else ("val", "train")
+        raise DataLoadError(
+            f"image folder {folder} has {present}/ but no {missing}/: add {folder / missing} with the same "
+            f"class sub-folders, or put the class folders directly in {folder} to split them 60/20/20"
+        )
+    if has_train:
+        splits = {"train": _open_imagefolder(folder / "train", transform),
+                  "val": _open_imagefolder(folder / "val", transform)}
+        if (folder / "test").is_dir():
+            splits["test"] = _open_imagefolder(folder / "test", transform)
+        class_names = _check_same_classes(splits, folder)
+        train, val = splits["train"], splits["val"]
+        test = splits.get("test", val)
     else:
-        full, classes = open_split(folder)
-        order = torch.randperm(len(full), generator=torch.Generator().manual_seed(0)).tolist()
-        n_train, n_val = int(0.6 * len(order)), int(0.2 * len(order))
-        from torch.utils.data import Subset
+        dataset = _open_imagefolder(folder, transform)
+        class_names = list(dataset.classes)
+        n_images = len(dataset)
+        if n_images < 3:
+            raise DataLoadError(
+                f"image folder {folder} has {n_images} image(s): splitting 60/20/20 needs at least 3 "
+                f"(add images, or give it train/ and val/ sub-folders)"
+            )
+        n_val = max(1, round(FLAT_SPLIT_FRACTIONS[1] * n_images))
+        n_test = max(1, round(FLAT_SPLIT_FRACTIONS[2] * n_images))
+        n_train = n_images - n_val - n_test
+        order = torch.randperm(n_images, generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
+        train = Subset(dataset, order[:n_train])
+        val = Subset(dataset, order[n_train:n_train + n_val])
+        test = Subset(dataset, order[n_train + n_val:])
 
-        train = Subset(full, order[:n_train])
-        val = Subset(full, order[n_train:n_train + n_val])
-        test = Subset(full, order[n_train + n_val:])
-        if len(val) == 0 or len(test) == 0:
-            raise DataLoadError(f"{folder} has only {len(full)} images: too few to split into train, val and test")
-    return DataBundle(f"imagefolder:{folder}", train, val, test, len(classes), (in_channels, input_size, input_size),
-                      tuple(mean), tuple(std), classes)
+    return DataBundle(
+        ref=f"imagefolder:{folder}",
+        train=train,
+        val=val,
+        test=test,
+        num_classes=len(class_names),
+        input_shape=(in_channels, input_size, input_size),
+        mean=mean,
+        std=std,
+        class_names=class_names,
+    )
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, source: Path) -> None:
-        super().__init__(file, encoding="bytes")
-        self.source = source
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise DataLoadError(f"refusing to load {self.source}: it asks to run code ({module}.{name}); CIFAR batches "
-                            "contain only arrays - is this the right folder?")
+# ---------------------------------------------------------------------------------------------- CIFAR
 
 
-def read_batch(path: Path) -> dict:
-    """One CIFAR python batch, parsed with the restricted unpickler."""
-    if not path.is_file():
-        raise DataLoadError(f"CIFAR file {path} is missing: the folder must hold the 'python version' batches")
+def _numpy_reconstruct():
     try:
-        with open(path, "rb") as f:
-            data = _RestrictedUnpickler(f, path).load()
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+# Everything a CIFAR batch may name: the pieces numpy uses to rebuild an array. Nothing else is callable.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,  # the name Python 2 / numpy 1 wrote
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,  # the name numpy 2 writes
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that can build dicts, lists, bytes and numpy arrays, and refuses every other global."""
+
+    def __init__(self, file, path: Path):
+        super().__init__(file, encoding="bytes")
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        factory = _ALLOWED_GLOBALS.get((module, name))
+        if factory is None:
+            raise DataLoadError(
+                f"refusing to load {self.path}: it asks to run code (GLOBAL {module}.{name}); "
+                f"CIFAR batches contain only arrays — is this the right folder?"
+            )
+        return factory()
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise DataLoadError(
+            f"refusing to load {self.path}: it refers to outside objects, which CIFAR batches never do"
+        )
+
+
+def _read_pickle(path: Path) -> dict:
+    """Unpickle one CIFAR file safely; the result must be a dict (keys decoded from bytes to str)."""
+    try:
+        with open(path, "rb") as handle:
+            obj = _CifarUnpickler(handle, path).load()
     except DataLoadError:
         raise
-    except Exception as exc:  # noqa: BLE001 - truncated or garbage pickles raise many types
-        raise DataLoadError(f"cannot read CIFAR batch {path}: {type(exc).__name__} ({str(exc)[:100]}); "
-                            "the file is damaged or not a CIFAR python batch") from None
-    if not isinstance(data, dict):
-        raise DataLoadError(f"{path} is not a CIFAR batch (expected a dict with data and labels)")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in data.items()}
+    except OSError as exc:
+        raise DataLoadError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # a damaged pickle fails in many ways (EOF, bad opcode, bad state)
+        raise DataLoadError(
+            f"cannot read CIFAR batch {path}: it is truncated or not a CIFAR batch "
+            f"({type(exc).__name__}: {exc}); "
+            f"download the CIFAR 'python version' again and unpack it"
+        ) from exc
+    if not isinstance(obj, dict):
+        raise DataLoadError(f"{path} holds a {type(obj).__name__}, not the dict a CIFAR batch holds")
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
-def _arrays(batch: dict, path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    data, labels = batch.get("data"), batch.get(label_key)
-    if not isinstance(data, np.ndarray) or labels is None:
-        raise DataLoadError(f"{path} lacks 'data' or '{label_key}': not a CIFAR python batch")
-    labels = np.asarray(labels, dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
-        raise DataLoadError(f"{path}: data has shape {data.shape} {data.dtype}, expected N x 3072 uint8 rows")
-    if len(labels) != len(data):
-        raise DataLoadError(f"{path}: {len(data)} images but {len(labels)} labels")
+def _read_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (images uint8 [N, 3, 32, 32], labels int64 [N]) from one batch file, checked."""
+    batch = _read_pickle(path)
+    for key in ("data", label_key):
+        if key not in batch:
+            raise DataLoadError(f"{path} has no {key!r} entry (it has {sorted(map(str, batch))}): "
+                                f"is this a CIFAR-{num_classes} batch?")
+    data = batch["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
+        description = (f"a {data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray)
+                       else f"a {type(data).__name__}")
+        raise DataLoadError(f"{path}: 'data' is {description}, expected N x {CIFAR_ROW_LENGTH} uint8 rows")
+    if data.shape[1] != CIFAR_ROW_LENGTH:
+        raise DataLoadError(
+            f"{path}: rows are {data.shape[1]} bytes long, expected N x {CIFAR_ROW_LENGTH} uint8 rows "
+            f"(3 x 32 x 32 pixels): "
+            f"this is not a CIFAR 'python version' batch"
+        )
+    try:
+        labels = np.asarray(batch[label_key], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DataLoadError(f"{path}: {label_key!r} is not a list of integers ({exc})") from exc
+    if labels.ndim != 1 or len(labels) != len(data):
+        raise DataLoadError(f"{path}: {len(data)} images but {labels.size} {label_key!r}: damaged file")
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise DataLoadError(f"{path}: labels outside 0..{num_classes - 1}")
-    return data, labels
+        raise DataLoadError(
+            f"{path}: labels outside 0..{num_classes - 1} (found {labels.min()}..{labels.max()}): "
+            f"is this CIFAR-{num_classes}?"
+        )
+    return data.reshape(-1, 3, CIFAR_SIDE, CIFAR_SIDE), labels
 
 
-def load_cifar(folder: Path, kind: str, input_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> DataBundle:
-    """CIFAR-10 (data_batch_1..5, test_batch) or CIFAR-100 (train, test) python batches."""
-    inner = folder / ("cifar-10-batches-py" if kind == "cifar10" else "cifar-100-python")
-    if inner.is_dir():
-        folder = inner
-    num_classes = 10 if kind == "cifar10" else 100
-    label_key = "labels" if kind == "cifar10" else "fine_labels"
-    train_files = [folder / f"data_batch_{i}" for i in range(1, 6)] if kind == "cifar10" else [folder / "train"]
-    test_file = folder / ("test_batch" if kind == "cifar10" else "test")
-    parts = [_arrays(read_batch(p), p, label_key, num_classes) for p in train_files]
-    train_x = np.concatenate([p[0] for p in parts])
-    train_y = np.concatenate([p[1] for p in parts])
-    test_x, test_y = _arrays(read_batch(test_file), test_file, label_key, num_classes)
-    names = [str(i) for i in range(num_classes)]
-    meta = folder / ("batches.meta" if kind == "cifar10" else "meta")
-    if meta.is_file():
-        info = read_batch(meta)
-        raw = info.get("label_names" if kind == "cifar10" else "fine_label_names")
-        if isinstance(raw, list) and len(raw) == num_classes:
-            names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw]
-    order = np.random.default_rng(0).permutation(len(train_y))
-    n_val = max(1, len(order) // 10)
-    val_idx, train_idx = order[-n_val:], order[:-n_val]
+def _read_class_names(path: Path, key: str, num_classes: int) -> list[str]:
+    if not path.is_file():
+        return [str(i) for i in range(num_classes)]
+    meta = _read_pickle(path)
+    names = meta.get(key)
+    if not isinstance(names, list | tuple) or len(names) != num_classes:
+        raise DataLoadError(f"{path}: expected {key!r} with {num_classes} class names; the file is damaged")
+    return [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names]
 
-    def tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
-        images = torch.from_numpy(x.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0)
-        if input_size != 32:
-            images = F.interpolate(images, size=(input_size, input_size), mode="bilinear", align_corners=False)
-        m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        return TensorDataset((images - m) / s, torch.from_numpy(y))
 
-    return DataBundle(f"{kind}:{folder}", tensors(train_x[train_idx], train_y[train_idx]),
-                      tensors(train_x[val_idx], train_y[val_idx]), tensors(test_x, test_y), num_classes,
-                      (3, input_size, input_size), tuple(mean), tuple(std), names)
+class CifarImages(Dataset):
+    """CIFAR images kept as uint8 in memory; each item is resized and normalised when it is read.
+
+    Converting lazily keeps memory at one byte per pixel (50,000 float images at 224 px would take 30 GB).
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, input_size: int,
+                 mean: tuple[float, ...], std: tuple[float, ...]):
+        self.images = torch.from_numpy(np.ascontiguousarray(images))
+        self.labels = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+        self.input_size = input_size
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _convert(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = images.to(torch.float32) / 255.0
+        if self.input_size != CIFAR_SIDE:
+            size = (self.input_size, self.input_size)
+            pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
+        return (pixels - self.mean) / self.std
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._convert(self.images[index].unsqueeze(0))[0], self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        # DataLoader fetches a whole batch through this, so a batch is resized in one interpolate call.
+        index = torch.as_tensor(indices, dtype=torch.long)
+        images = self._convert(self.images[index])
+        return list(zip(images, self.labels[index], strict=True))
+
+
+def _cifar_root(folder: Path, expected: str, subfolder: str) -> Path:
+    if (folder / expected).is_file():
+        return folder
+    if (folder / subfolder / expected).is_file():
+        return folder / subfolder
+    return folder
+
+
+def load_cifar(folder: Path, kind: str, input_size: int, mean: tuple[float, ...],
+               std: tuple[float, ...]) -> DataBundle:
+    """Read a CIFAR-10 or CIFAR-100 "python version" folder; kind is "cifar10" or "cifar100"."""
+    folder = Path(folder)
+    if kind == "cifar10":
+        num_classes, label_key, subfolder = 10, "labels", "cifar-10-batches-py"
+        root = _cifar_root(folder, "data_batch_1", subfolder)
+        train_files = [root / f"data_batch_{i}" for i in range(1, 6)]
+        test_file, meta_file, names_key = root / "test_batch", root / "batches.meta", "label_names"
+    elif kind == "cifar100":
+        num_classes, label_key, subfolder = 100, "fine_labels", "cifar-100-python"
+        root = _cifar_root(folder, "train", subfolder)
+        train_files = [root / "train"]
+        test_file, meta_file, names_key = root / "test", root / "meta", "fine_label_names"
+    else:
+        raise DataLoadError(f"unknown CIFAR kind {kind!r}: use 'cifar10' or 'cifar100'")
+    if not folder.is_dir():
+        raise DataLoadError(f"dataset folder {folder} does not exist: check the path after '{kind}:'")
+
+    missing = [p.name for p in [*train_files, test_file] if not p.is_file()]
+    if missing:
+        expected = ", ".join(p.name for p in [*train_files, test_file])
+        raise DataLoadError(
+            f"{root} is missing {', '.join(missing)}: a {kind} folder holds {expected} (the 'python version' "
+            f"download, unpacked; the files may sit in a {subfolder} sub-folder)"
+        )
+    mean = _channel_stats(mean, 3, "mean")
+    std = _channel_stats(std, 3, "std")
+
+    batches = [_read_batch(path, label_key, num_classes) for path in train_files]
+    train_images = np.concatenate([images for images, _ in batches])
+    train_labels = np.concatenate([labels for _, labels in batches])
+    test_images, test_labels = _read_batch(test_file, label_key, num_classes)
+    class_names = _read_class_names(meta_file, names_key, num_classes)
+
+    n_total = len(train_labels)
+    if n_total < 2 or len(test_labels) == 0:
+        raise DataLoadError(f"{root}: {n_total} training and {len(test_labels)} test images are too few "
+                            f"to split into train/val/test")
+    n_val = max(1, int(round(CIFAR_VAL_FRACTION * n_total)))
+    order = torch.randperm(n_total, generator=torch.Generator().manual_seed(SPLIT_SEED)).numpy()
+    train_idx, val_idx = order[:-n_val], order[-n_val:]
+
+    def images(x: np.ndarray, y: np.ndarray) -> CifarImages:
+        return CifarImages(x, y, input_size, mean, std)
+
+    return DataBundle(
+        ref=f"{kind}:{folder}",
+        train=images(train_images[train_idx], train_labels[train_idx]),
+        val=images(train_images[val_idx], train_labels[val_idx]),
+        test=images(test_images, test_labels),
+        num_classes=num_classes,
+        input_shape=(3, input_size, input_size),
+        mean=mean,
+        std=std,
+        class_names=class_names,
+    )

@@ -194,7 +194,8 @@ def cmd_cancel(args) -> int:
     from compression import engine
 
     engine.cancel(args.run_id, root=args.home)
-    print(f"cancel requested for {args.run_id}")
+    state = engine.status(args.run_id, root=args.home)["state"]
+    print(f"{args.run_id}: {state}" + (" (cancel requested: it stops at its next check)" if state == "running" else ""))
     return 0
 
 

@@ -4,81 +4,100 @@
 
 Jobs run in worker processes started by a dispatcher process, never in the caller (the Streamlit
 server). `root` is the data folder (default $COMPRESSION_LAB_HOME, else a per-user data folder).
+Listing and status calls also reap runs whose worker died and restart the dispatcher when runs
+wait, so a crash, a kill or a reboot never leaves a run `running` forever.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
-from compression.engine.dispatcher import kick, reap, try_lock
 from compression.engine.jobs import validate
-from compression.engine.store import FINAL_STATES, RunStore
+from compression.engine.store import FINAL_STATES, STATES, RunStore, default_root
 from compression.errors import CompressionLabError
 
-__all__ = ["FINAL_STATES", "cancel", "events", "list_runs", "log_tail", "rerun", "run_dir", "set_max_workers",
-           "status", "submit", "wait"]
+__all__ = ["FINAL_STATES", "STATES", "cached_sensitivity", "cancel", "default_root", "events", "list_runs",
+           "log_tail", "rerun", "run_dir", "set_max_workers", "settings", "status", "submit", "wait"]
 
 
-def _store(root) -> RunStore:
+def _store(root: str | Path | None) -> RunStore:
     return RunStore(root)
 
 
 def _ensure_dispatcher(store: RunStore) -> None:
     """Reap dead workers; start a dispatcher when runs are queued and none is running."""
+    # imported here, not at the top: `python -m compression.engine.dispatcher` must not find it imported already
+    from compression.engine.dispatcher import kick, reap, try_lock
+
     lock = try_lock(store.root)
-    if lock is not None:
-        reap(store, lock_held=True)
-        queued = bool(store.rows(states=("queued",)))
-        lock.close()
-        if queued:
-            kick(store.root)
-    else:
+    if lock is None:  # a dispatcher is alive: it starts the queued runs; still reap for a fresh view
         reap(store)
+        return
+    try:
+        reap(store, lock_held=True)
+    finally:
+        lock.close()
+    if store.count("queued"):  # checked after letting go, so a dispatcher turned away meanwhile is replaced
+        kick(store.root)
+
+
+def _missing(run_id: str, store: RunStore) -> CompressionLabError:
+    return CompressionLabError(f"no run {run_id!r} in {store.root}: list runs with `compression-lab runs`")
+
+
+def _view(store: RunStore, row: dict) -> dict:
+    row["dir"] = str(store.run_dir(row["id"]))
+    row["model"] = row["job"].get("model")
+    return row
 
 
 def submit(job: dict, root: str | Path | None = None) -> str:
-    """Validate and queue a job; returns its run id. Raises CompressionLabError for a bad job."""
+    """Validate and queue a job; returns its run id. Raises CompressionLabError for a bad job (nothing queued)."""
+    from compression.engine.dispatcher import kick
+
+    job = validate(job)
     store = _store(root)
-    run_id = store.insert(validate(job))
+    run_id = store.insert(job)
     kick(store.root)
     return run_id
 
 
-def _with_progress(store: RunStore, row: dict) -> dict:
-    row["dir"] = str(store.run_dir(row["id"]))
-    return row
-
-
 def status(run_id: str, root: str | Path | None = None) -> dict:
+    """The run's row: state, times, pid, error, job, metrics (summary), progress (the last event), dir."""
     store = _store(root)
     _ensure_dispatcher(store)
     row = store.row(run_id)
     if row is None:
-        raise CompressionLabError(f"no run {run_id!r} in {store.root}: list runs with `compression-lab runs`")
-    return _with_progress(store, row)
+        raise _missing(run_id, store)
+    return _view(store, row)
 
 
 def list_runs(root: str | Path | None = None, kind: str | None = None) -> list[dict]:
+    """Every run, newest first (optionally of one kind)."""
     store = _store(root)
     _ensure_dispatcher(store)
-    return [_with_progress(store, row) for row in store.rows(kind=kind)]
+    return [_view(store, row) for row in store.rows(kind=kind)]
 
 
 def cancel(run_id: str, root: str | Path | None = None) -> None:
+    """Queued: cancelled at once. Running: the job stops at its next check (killed after 30 s if it does not)."""
     store = _store(root)
     if store.row(run_id) is None:
-        raise CompressionLabError(f"no run {run_id!r}: list runs with `compression-lab runs`")
-    store.update(run_id, only_if_state=("queued",), state="cancelled", finished=time.time(),
-                 error="cancelled before it started")
+        raise _missing(run_id, store)
+    if store.update(run_id, only_if_state=("queued",), state="cancelled", finished=time.time(),
+                    error="cancelled before it started"):
+        return
     store.update(run_id, only_if_state=("running",), cancel=time.time())
 
 
 def rerun(run_id: str, root: str | Path | None = None) -> str:
+    """Submit the same job again; returns the new run id."""
     store = _store(root)
     row = store.row(run_id)
     if row is None:
-        raise CompressionLabError(f"no run {run_id!r}: list runs with `compression-lab runs`")
+        raise _missing(run_id, store)
     return submit(row["job"], store.root)
 
 
@@ -86,18 +105,36 @@ def events(run_id: str, root: str | Path | None = None) -> list[dict]:
     return _store(root).events(run_id)
 
 
-def log_tail(run_id: str, lines: int = 50, root: str | Path | None = None) -> str:
-    return _store(root).log_tail(run_id, lines)
+def log_tail(run_id: str, n: int = 50, root: str | Path | None = None) -> str:
+    return _store(root).log_tail(run_id, n)
 
 
 def run_dir(run_id: str, root: str | Path | None = None) -> Path:
     return _store(root).run_dir(run_id)
 
 
+def settings(root: str | Path | None = None, max_workers: int | None = None) -> dict:
+    """The engine settings, after storing `max_workers` when given ($COMPRESSION_LAB_WORKERS overrides it)."""
+    store = _store(root)
+    if max_workers is not None:
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise CompressionLabError(f"max_workers {max_workers!r} must be a whole number of at least 1")
+        store.set_setting("max_workers", str(max_workers))
+    return {"max_workers": store.max_workers(), "root": str(store.root)}
+
+
 def set_max_workers(count: int, root: str | Path | None = None) -> None:
-    if count < 1:
-        raise CompressionLabError("max_workers must be at least 1")
-    _store(root).set_setting("max_workers", str(count))
+    """Store how many jobs may run at once (the next dispatcher pass uses it)."""
+    settings(root, max_workers=count)
+
+
+def cached_sensitivity(job: dict, root: str | Path | None = None) -> dict | None:
+    """The cached sensitivity report for this job (same model, weights, data and settings), or None.
+    Loads the model in the calling process to fingerprint its weights."""
+    from compression.engine.jobs import sensitivity_cache_path
+
+    path = sensitivity_cache_path(job, _store(root).root)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def wait(run_id: str, timeout: float = 600.0, root: str | Path | None = None, poll: float = 0.5) -> dict:
@@ -108,5 +145,6 @@ def wait(run_id: str, timeout: float = 600.0, root: str | Path | None = None, po
         if row["state"] in FINAL_STATES:
             return row
         if time.time() > deadline:
-            raise CompressionLabError(f"run {run_id} still {row['state']} after {timeout:.0f} s")
+            raise CompressionLabError(f"run {run_id} is still {row['state']} after {timeout:.0f} s: "
+                                      "see `compression-lab runs`")
         time.sleep(poll)

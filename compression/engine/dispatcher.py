@@ -3,9 +3,11 @@
 One dispatcher at a time holds ROOT/dispatcher.lock (fcntl). It reaps runs whose worker died,
 claims queued runs oldest first while fewer than max_workers run, starts each in its own process
 (never a fork of the app: CUDA and Streamlit's threads do not survive one), notices exits and
-kills, enforces cancellation, and exits when nothing is queued or running. Every submit starts a
-dispatcher; a second one exits at once, and the holder re-checks the queue after releasing the lock,
-so no queued run is stranded.
+kills, enforces cancellation, and exits when nothing is queued or running.
+
+Every submit starts a dispatcher; one that finds the lock taken exits at once. No queued run is
+stranded because every holder of the lock (a dispatcher leaving, or a status/list call that
+reaps) re-checks the queue after releasing it and starts a dispatcher if runs wait.
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from compression.engine.store import RunStore
 
-POLL = 0.3
-CANCEL_GRACE = 30.0  # seconds a running job gets to stop by itself after cancel, before SIGTERM / SIGKILL
+POLL = 0.3  # seconds between supervision passes
+# seconds a running job gets to stop by itself after cancel, before SIGTERM ($COMPRESSION_LAB_CANCEL_GRACE for tests)
+CANCEL_GRACE = float(os.environ.get("COMPRESSION_LAB_CANCEL_GRACE", "30"))
+KILL_GRACE = 10.0  # further seconds after SIGTERM before SIGKILL
+DIED = ("the worker process died (killed by SIGKILL?, out of memory, or the machine restarted); "
+        "the log is kept; re-run it")
 
 
 def worker_alive(pid: int | None, run_id: str) -> bool:
@@ -32,28 +39,44 @@ def worker_alive(pid: int | None, run_id: str) -> bool:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmdline = f.read().decode(errors="replace")
         with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+            if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):  # a zombie has exited
                 return False
     except OSError:
         return False
     return run_id in cmdline and "compression.engine.worker" in cmdline
 
 
+def _kill_for_cancel(pid: int, cancel_time: float) -> None:
+    waited = time.time() - cancel_time
+    if waited > CANCEL_GRACE:
+        sig = signal.SIGTERM if waited < CANCEL_GRACE + KILL_GRACE else signal.SIGKILL
+        try:
+            os.killpg(pid, sig)  # the worker leads its own session: take its helpers down too
+        except OSError:
+            pass
+
+
 def reap(store: RunStore, own: set[str] = frozenset(), lock_held: bool = False) -> None:
-    """Mark `failed` every running run whose worker is gone (killed, crashed, machine restarted)."""
+    """Mark `failed` every running run whose worker is gone (killed, crashed, machine restarted), and stop
+    workers that ignore a cancel. `own` runs are supervised by the caller. With the dispatcher lock held, a
+    running row without a pid was claimed by a dispatcher that died before starting its worker."""
     for row in store.rows(states=("running",)):
         if row["id"] in own:
             continue
         if row["pid"] is None and not lock_held:
-            continue  # being started by the dispatcher right now
-        if not worker_alive(row["pid"], row["id"]):
-            store.update(row["id"], only_if_state=("running",), state="failed", finished=time.time(),
-                         error="the worker process died (killed by SIGKILL, out of memory, or the machine "
-                               "restarted); see the log; re-run it")
+            continue  # a dispatcher is starting its worker right now
+        if worker_alive(row["pid"], row["id"]):
+            if row["cancel"]:
+                _kill_for_cancel(row["pid"], row["cancel"])
+            continue
+        state, reason = ("cancelled", "cancelled by the user") if row["cancel"] else ("failed", DIED)
+        if store.finish(row["id"], state, reason):
+            store.append_log(row["id"], f"[engine] {reason}")
 
 
 def try_lock(root: Path):
-    handle = open(root / "dispatcher.lock", "a+")
+    """The dispatcher lock as an open file, or None when another process holds it."""
+    handle = open(Path(root) / "dispatcher.lock", "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -63,70 +86,84 @@ def try_lock(root: Path):
 
 
 def kick(root: Path) -> None:
-    """Start a dispatcher in the background (it exits at once if another one is running)."""
+    """Start a dispatcher in the background, detached (it exits at once if another one is running)."""
     root = Path(root)
-    log = open(root / "dispatcher.log", "a")
-    code = "import sys; from compression.engine.dispatcher import serve; serve(sys.argv[1])"
-    subprocess.Popen([sys.executable, "-c", code, str(root)], stdin=subprocess.DEVNULL,
-                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-    log.close()
+    with open(root / "dispatcher.log", "a") as log:
+        subprocess.Popen([sys.executable, "-m", "compression.engine.dispatcher", str(root)],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                         start_new_session=True, close_fds=True)
 
 
-def _signal_name(code: int) -> str:
+def _exit_reason(code: int) -> str:
+    if code >= 0:
+        return f"the worker process exited with code {code} without a result; see the log"
     try:
-        return signal.Signals(-code).name
+        name = signal.Signals(-code).name
     except ValueError:
-        return f"signal {-code}"
+        name = f"signal {-code}"
+    extra = " (killed by a user or by the out-of-memory killer)" if code == -signal.SIGKILL else ""
+    return f"the worker process was killed by {name}{extra}; the log is kept; re-run it"
+
+
+def _start_worker(store: RunStore, run_id: str) -> subprocess.Popen | None:
+    try:
+        with open(store.run_dir(run_id) / "log.txt", "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "compression.engine.worker", str(store.root), run_id],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, close_fds=True)
+    except OSError as exc:
+        store.finish(run_id, "failed", f"could not start a worker process: {exc}")
+        return None
+    store.update(run_id, pid=proc.pid)
+    return proc
+
+
+def _supervise(store: RunStore, children: dict[str, subprocess.Popen]) -> None:
+    """One pass over our workers: enforce cancels, record exits that left the run `running`."""
+    for run_id, proc in list(children.items()):
+        code = proc.poll()
+        row = store.row(run_id)
+        if code is None:
+            if row and row["cancel"]:
+                _kill_for_cancel(proc.pid, row["cancel"])
+            continue
+        del children[run_id]
+        if row and row["cancel"]:
+            state, reason = "cancelled", "cancelled by the user"
+        else:
+            state, reason = "failed", _exit_reason(code)
+        if store.finish(run_id, state, reason):
+            store.append_log(run_id, f"[engine] {reason}")
 
 
 def serve(root: str | Path) -> None:
+    """The dispatcher loop (see the module docstring); returns when nothing is queued or running."""
     store = RunStore(root)
     children: dict[str, subprocess.Popen] = {}
     lock = try_lock(store.root)
     if lock is None:
         return
     try:
-        reap(store, lock_held=True)
         while True:
+            reap(store, own=set(children), lock_held=True)
             while (run_id := store.claim_next(store.max_workers())) is not None:
-                log = open(store.run_dir(run_id) / "log.txt", "ab")
-                proc = subprocess.Popen([sys.executable, "-m", "compression.engine.worker", str(store.root), run_id],
-                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True, close_fds=True)
-                log.close()
-                children[run_id] = proc
-                store.update(run_id, pid=proc.pid)
-            for run_id, proc in list(children.items()):
-                code = proc.poll()
-                row = store.row(run_id)
-                if code is None:
-                    if row and row["cancel"] and time.time() - row["cancel"] > CANCEL_GRACE:
-                        proc.send_signal(signal.SIGTERM if time.time() - row["cancel"] < CANCEL_GRACE + 10
-                                         else signal.SIGKILL)
-                    continue
-                del children[run_id]
-                if code < 0:
-                    reason = f"the worker process was killed by {_signal_name(code)}"
-                    reason += "" if code != -signal.SIGKILL else " (out of memory, or killed by a user)"
-                else:
-                    reason = f"the worker process exited with code {code} without a result"
-                if row and row["cancel"]:
-                    store.update(run_id, only_if_state=("running",), state="cancelled", finished=time.time(),
-                                 error="cancelled by the user")
-                else:
-                    store.update(run_id, only_if_state=("running",), state="failed", finished=time.time(),
-                                 error=reason + "; see the log")
-            reap(store, own=set(children))
-            if not children and not store.rows(states=("queued",)):
+                proc = _start_worker(store, run_id)
+                if proc is not None:
+                    children[run_id] = proc
+            _supervise(store, children)
+            if not children and store.count("queued") == 0 and store.count("running") == 0:
                 fcntl.flock(lock, fcntl.LOCK_UN)
                 lock.close()
                 lock = None
-                if not store.rows(states=("queued",)):
+                if store.count("queued") == 0:
                     return
                 lock = try_lock(store.root)  # a run arrived as we were leaving
                 if lock is None:
-                    return  # and another dispatcher has it
+                    return  # and another process holds the lock: it re-checks the queue when it lets go
+                continue
             time.sleep(POLL)
+    except Exception:  # noqa: BLE001 - log and leave; the next submit or listing starts a new dispatcher
+        traceback.print_exc()
     finally:
         if lock is not None:
             lock.close()
@@ -134,4 +171,3 @@ def serve(root: str | Path) -> None:
 
 if __name__ == "__main__":
     serve(Path(sys.argv[1]))
-    os._exit(0)

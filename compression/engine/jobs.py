@@ -1,9 +1,20 @@
-"""Job kinds: validation at submit time (in the caller's process, cheap) and execution (in a worker process)."""
+"""Job kinds: validation at submit time (in the caller's process, cheap) and execution (in a worker process).
+
+    compress     {"kind": "compress", "model", "weights", "data", "input_size", "mean", "std",
+                  "plan": Plan.to_dict(), "latency": true}
+    sensitivity  {"kind": "sensitivity", "model", ..., "config": {sparsities, n_clusters, val_size, seed}}
+
+A runner is `run(job, run_dir, progress, log, cancelled) -> metrics dict`; it writes its result files
+whole (temporary name, then rename). With COMPRESSION_LAB_TEST_JOBS=1 two more kinds exist for the
+engine's own tests: `test-sleep` ({"seconds"}), `test-hang` (ignores cancel) and `test-crash` (raises).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -12,15 +23,10 @@ from compression.errors import CompressionLabError
 
 MODEL_PREFIXES = ("demo:", "torchvision:", "torchscript:")
 DATA_PREFIXES = ("digits", "imagefolder:", "cifar10:", "cifar100:")
+JOB_KEYS = {"kind", "model", "weights", "data", "input_size", "mean", "std", "plan", "latency", "config", "seconds"}
 
 
-def validate(job: dict) -> dict:
-    """Check a job without loading anything heavy; returns a normalised copy or raises CompressionLabError."""
-    if not isinstance(job, dict):
-        raise CompressionLabError("a job must be a JSON object with a 'kind'")
-    kind = job.get("kind")
-    if kind not in RUNNERS:
-        raise CompressionLabError(f"unknown job kind {kind!r}: use one of {', '.join(RUNNERS)}")
+def _check_source(job: dict) -> dict:
     model = job.get("model")
     if not isinstance(model, str) or not model.startswith(MODEL_PREFIXES):
         raise CompressionLabError(f"job model {model!r} is not a model reference: use demo:NAME, "
@@ -30,8 +36,10 @@ def validate(job: dict) -> dict:
 
         if model[5:] not in DEMO_MODELS:
             raise CompressionLabError(f"unknown demo model {model[5:]!r}: choose one of {', '.join(DEMO_MODELS)}")
+    if model.startswith("torchvision:") and not job.get("weights"):
+        raise CompressionLabError("a torchvision model needs its weights: set 'weights' to a .pt/.pth/.safetensors")
     for path in (job.get("weights"), model[12:] if model.startswith("torchscript:") else None):
-        if path and not Path(path).is_file():
+        if path and not Path(path).expanduser().is_file():
             raise CompressionLabError(f"model file {path} does not exist: check the path")
     data = job.get("data")
     if not isinstance(data, str) or not data.startswith(DATA_PREFIXES):
@@ -39,74 +47,149 @@ def validate(job: dict) -> dict:
                                   "cifar10:DIR or cifar100:DIR")
     if ":" in data and not Path(data.split(":", 1)[1]).expanduser().is_dir():
         raise CompressionLabError(f"dataset folder {data.split(':', 1)[1]} does not exist: check the path")
-    out = {"model": model, "weights": job.get("weights"), "data": data, "input_size": job.get("input_size"),
-           "mean": job.get("mean"), "std": job.get("std"), "kind": kind}
-    if kind == "compress":
-        from compression.plan import Plan
+    size = job.get("input_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096):
+        raise CompressionLabError(f"input_size {size!r} must be an integer number of pixels from 8 to 4096")
+    for key in ("mean", "std"):
+        value = job.get(key)
+        if value is not None and (not isinstance(value, list | tuple) or not value
+                                  or not all(isinstance(v, int | float) for v in value)):
+            raise CompressionLabError(f"{key} {value!r} must be a list of per-channel numbers, e.g. [0.5, 0.5, 0.5]")
+    return {"model": model, "weights": job.get("weights"), "data": data, "input_size": size,
+            "mean": list(job["mean"]) if job.get("mean") else None,
+            "std": list(job["std"]) if job.get("std") else None}
 
-        out["plan"] = Plan.from_dict(job.get("plan")).to_dict()
-        out["latency"] = bool(job.get("latency", True))
-    else:
-        from compression.analysis.sensitivity import SensitivityConfig
 
-        config = job.get("config") or {}
-        known = {f.name for f in fields(SensitivityConfig)}
-        if not isinstance(config, dict) or set(config) - known:
-            raise CompressionLabError(f"sensitivity config keys must be among {sorted(known)}")
-        out["config"] = config
+def sensitivity_config(config: dict):
+    """SensitivityConfig from a job's config dict, or a CompressionLabError naming the bad value."""
+    from compression.analysis.sensitivity import SensitivityConfig
+
+    known = {f.name for f in fields(SensitivityConfig)}
+    if not isinstance(config, dict) or set(config) - known:
+        raise CompressionLabError(f"sensitivity config keys must be among {sorted(known)}")
+    out = SensitivityConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    if not out.sparsities or not all(isinstance(s, int | float) and 0 <= s < 1 for s in out.sparsities):
+        raise CompressionLabError(f"sensitivity sparsities {list(out.sparsities)} must be numbers from 0 to 0.999")
+    if not out.n_clusters or not all(isinstance(k, int) and 2 <= k <= 256 for k in out.n_clusters):
+        raise CompressionLabError(f"sensitivity n_clusters {list(out.n_clusters)} must be integers from 2 to 256")
+    if not isinstance(out.val_size, int) or out.val_size < 1 or not isinstance(out.seed, int):
+        raise CompressionLabError("sensitivity val_size must be a positive integer and seed an integer")
     return out
 
 
-def _load(job: dict):
-    from compression.data import load_data
-    from compression.models.handle import check_data_fits, load_model
+def validate(job: dict) -> dict:
+    """Check a job without loading anything heavy; returns a normalised copy or raises CompressionLabError."""
+    if not isinstance(job, dict):
+        raise CompressionLabError("a job must be a JSON object with a 'kind'")
+    kind = job.get("kind")
+    if kind not in runners():
+        raise CompressionLabError(f"unknown job kind {kind!r}: use one of {', '.join(runners())}")
+    unknown = set(job) - JOB_KEYS
+    if unknown:
+        raise CompressionLabError(f"job has unknown keys {sorted(unknown)}: remove them")
+    if kind.startswith("test-"):
+        return {"kind": kind, "seconds": float(job.get("seconds", 0.0))}
+    out = {"kind": kind, **_check_source(job)}
+    if kind == "compress":
+        from compression.plan import Plan
 
-    handle = load_model(job["model"], job.get("weights"), job.get("input_size"))
+        out["plan"] = Plan.from_dict(job.get("plan")).to_dict()  # an impossible plan never queues
+        out["latency"] = bool(job.get("latency", True))
+    else:
+        config = sensitivity_config(job.get("config") or {})
+        out["config"] = {f.name: (list(v) if isinstance(v := getattr(config, f.name), tuple) else v)
+                         for f in fields(config)}
+    return out
+
+
+def _load_model(job: dict):
+    from compression.models.handle import load_model
+
+    return load_model(job["model"], job.get("weights"), job.get("input_size"))
+
+
+def _load_data(job: dict, handle):
+    from compression.data import load_data
+    from compression.models.handle import check_data_fits
+
     data = load_data(job["data"], input_size=job.get("input_size") or handle.input_shape[-1],
                      mean=tuple(job["mean"]) if job.get("mean") else handle.mean,
                      std=tuple(job["std"]) if job.get("std") else handle.std, in_channels=handle.input_shape[0])
     check_data_fits(handle, data.num_classes)
-    return handle, data
+    return data
 
 
 def run_compress(job: dict, run_dir: Path, progress: Callable, log: Callable, cancelled: Callable) -> dict:
     from compression.pipeline import compress
     from compression.plan import Plan
 
-    handle, data = _load(job)
+    handle = _load_model(job)
+    data = _load_data(job, handle)
     result = compress(handle, Plan.from_dict(job["plan"]), data, run_dir, on_progress=progress, on_log=log,
                       cancel_requested=cancelled, latency=job.get("latency", True))
     return result.metrics
 
 
-def cached_sensitivity_path(job: dict, root: Path, handle=None) -> Path:
-    from compression.analysis.sensitivity import SensitivityConfig, weights_digest
+def sensitivity_cache_path(job: dict, root: str | Path, handle=None) -> Path:
+    """ROOT/cache/sensitivity-<key>.json; the key covers the model, its weights, the data and the settings."""
+    from compression.analysis.sensitivity import weights_digest
 
-    config = SensitivityConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["config"].items()})
-    if handle is None:
-        handle, _ = _load(job)
-    key = config.key(job["model"], job["data"], weights_digest(handle))
+    job = validate(job)
+    handle = handle if handle is not None else _load_model(job)
+    key = sensitivity_config(job["config"]).key(job["model"], job["data"], weights_digest(handle))
     return Path(root) / "cache" / f"sensitivity-{key}.json"
 
 
 def run_sensitivity(job: dict, run_dir: Path, progress: Callable, log: Callable, cancelled: Callable) -> dict:
-    from compression.analysis.sensitivity import SensitivityConfig, analyze
+    from compression.analysis.sensitivity import analyze
     from compression.engine.store import write_atomic
 
-    handle, data = _load(job)
-    cache = cached_sensitivity_path(job, run_dir.parents[1], handle)
-    if cache.exists():
+    handle = _load_model(job)
+    cache = sensitivity_cache_path(job, run_dir.parents[1], handle)
+    cached = cache.exists()
+    if cached:
         log(f"served from the cache ({cache.name})")
-        shutil.copyfile(cache, run_dir / "sensitivity.json")
+        tmp = run_dir / ".sensitivity.json.tmp"
+        shutil.copyfile(cache, tmp)
+        tmp.replace(run_dir / "sensitivity.json")
         report = json.loads(cache.read_text())
     else:
-        config = SensitivityConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["config"].items()})
-        report = analyze(handle, data, config, on_progress=progress, cancel_requested=cancelled).to_dict()
+        data = _load_data(job, handle)
+        report = analyze(handle, data, sensitivity_config(job["config"]), on_progress=progress,
+                         cancel_requested=cancelled).to_dict()
         text = json.dumps(report)
         write_atomic(run_dir / "sensitivity.json", text)
         write_atomic(cache, text)
-    progress("done", 1.0, {})
-    return {"base_accuracy": report["base_accuracy"], "layers": len(report["layers"])}
+    return {"base_accuracy": report["base_accuracy"], "layers": len(report["layers"]),
+            "cached": cached}
 
 
-RUNNERS: dict[str, Callable] = {"compress": run_compress, "sensitivity": run_sensitivity}
+def _test_sleep(job: dict, run_dir: Path, progress: Callable, log: Callable, cancelled: Callable) -> dict:
+    from compression.methods.context import Cancelled
+
+    started = time.time()
+    while (elapsed := time.time() - started) < job["seconds"]:
+        if cancelled():
+            raise Cancelled("cancelled")
+        progress("sleep", elapsed / job["seconds"], {"elapsed": elapsed})
+        time.sleep(0.05)
+    return {"slept": job["seconds"]}
+
+
+def _test_hang(job: dict, run_dir: Path, progress: Callable, log: Callable, cancelled: Callable) -> dict:
+    progress("hang", 0.5, {})
+    time.sleep(job["seconds"])  # never looks at the cancel flag: the dispatcher has to stop it
+    return {"slept": job["seconds"]}
+
+
+def _test_crash(job: dict, run_dir: Path, progress: Callable, log: Callable, cancelled: Callable) -> dict:
+    progress("crash", 0.5, {})
+    raise RuntimeError("test-crash: a deliberate failure\nsecond line")
+
+
+def runners() -> dict[str, Callable]:
+    """Job kind -> runner (the test kinds only with COMPRESSION_LAB_TEST_JOBS=1)."""
+    out: dict[str, Callable] = {"compress": run_compress, "sensitivity": run_sensitivity}
+    if os.environ.get("COMPRESSION_LAB_TEST_JOBS") == "1":
+        out.update({"test-sleep": _test_sleep, "test-hang": _test_hang, "test-crash": _test_crash})
+    return out

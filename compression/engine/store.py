@@ -1,7 +1,8 @@
 """The run store: an SQLite index plus one folder per run, shared safely by the app, CLI, dispatcher and workers.
 
     ROOT/index.sqlite              runs(id, kind, state, created, started, finished, pid, error, cancel,
-                                   job, metrics, progress) and settings(key, value); WAL mode
+                                   job, metrics, progress) and settings(key, value); WAL mode, every
+                                   write one short transaction
     ROOT/runs/<id>/job.json        the whole job (compress runs also get plan.json)
     ROOT/runs/<id>/events.jsonl    append-only progress events (time, stage, progress, values)
     ROOT/runs/<id>/log.txt         the worker's output and log messages
@@ -21,6 +22,7 @@ from pathlib import Path
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
+RESULT_FILES = ("model.clab", "metrics.json", "sensitivity.json")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, created REAL NOT NULL,
@@ -33,6 +35,7 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 
 def default_root() -> Path:
+    """$COMPRESSION_LAB_HOME, else the per-user data folder."""
     if os.environ.get("COMPRESSION_LAB_HOME"):
         return Path(os.environ["COMPRESSION_LAB_HOME"]).expanduser()
     import platformdirs
@@ -41,6 +44,7 @@ def default_root() -> Path:
 
 
 def new_run_id() -> str:
+    """Sortable by time to the second (ties are ordered by the `created` column), e.g. 20261123-081502-ab12cd."""
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
 
@@ -54,6 +58,13 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     os.replace(tmp, path)
 
 
+def summary_metrics(metrics: dict | None) -> dict | None:
+    """What the index keeps for fast listing: everything but the per-layer rows (those stay in metrics.json)."""
+    if metrics is None:
+        return None
+    return {key: value for key, value in metrics.items() if key != "layers"}
+
+
 class RunStore:
     """Thin, process-safe access to the index and the run folders."""
 
@@ -62,15 +73,22 @@ class RunStore:
         self.runs_dir = self.root / "runs"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         (self.root / "cache").mkdir(exist_ok=True)
-        with self.connect() as db:
-            db.executescript(SCHEMA)
+        db = sqlite3.connect(self.root / "index.sqlite", timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout=30000")
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")  # persistent: set once per database file
+            if db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name IN ('runs', 'settings')").fetchone()[0] < 2:
+                db.executescript(SCHEMA)  # only on a new file: DDL takes the write lock
+        finally:
+            db.close()
 
     @contextmanager
     def connect(self, immediate: bool = False):
+        """One short transaction; `immediate` takes the write lock at once (claims, updates)."""
         db = sqlite3.connect(self.root / "index.sqlite", timeout=30, isolation_level=None)
         db.row_factory = sqlite3.Row
         try:
-            db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA busy_timeout=30000")
             db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
             yield db
@@ -87,9 +105,17 @@ class RunStore:
         return self.runs_dir / run_id
 
     def insert(self, job: dict) -> str:
-        run_id = new_run_id()
+        """Create the run folder (job.json, plan.json, empty events and log), then the queued row."""
+        for _ in range(20):
+            run_id = new_run_id()
+            try:
+                self.run_dir(run_id).mkdir()
+                break
+            except FileExistsError:  # the same second and the same 24 random bits: draw again
+                continue
+        else:
+            raise RuntimeError("could not allocate a run id")
         folder = self.run_dir(run_id)
-        folder.mkdir(parents=True)
         write_atomic(folder / "job.json", json.dumps(job, indent=2))
         if job.get("kind") == "compress":
             write_atomic(folder / "plan.json", json.dumps(job["plan"], indent=2))
@@ -106,6 +132,7 @@ class RunStore:
         return self._as_dict(found) if found else None
 
     def rows(self, kind: str | None = None, states: tuple[str, ...] | None = None) -> list[dict]:
+        """Rows, newest first."""
         query, args = "SELECT * FROM runs WHERE 1=1", []
         if kind:
             query += " AND kind = ?"
@@ -116,6 +143,10 @@ class RunStore:
         with self.connect() as db:
             found = db.execute(query + " ORDER BY created DESC, id DESC", args).fetchall()
         return [self._as_dict(r) for r in found]
+
+    def count(self, state: str) -> int:
+        with self.connect() as db:
+            return db.execute("SELECT COUNT(*) FROM runs WHERE state = ?", (state,)).fetchone()[0]
 
     @staticmethod
     def _as_dict(row: sqlite3.Row) -> dict:
@@ -136,6 +167,22 @@ class RunStore:
             args += list(only_if_state)
         with self.connect(immediate=True) as db:
             return db.execute(query, args).rowcount > 0
+
+    def finish(self, run_id: str, state: str, error: str | None = None, metrics: dict | None = None) -> bool:
+        """Move a running run to a final state. Failed and cancelled runs keep no results (only whole files
+        ever exist, but a failed run's model file would be a result nobody measured)."""
+        values = {"state": state, "finished": time.time(), "error": error}
+        if metrics is not None:
+            values["metrics"] = summary_metrics(metrics)
+        changed = self.update(run_id, only_if_state=("running",), **values)
+        if changed and state != "succeeded":
+            self.discard_results(run_id)
+        return changed
+
+    def discard_results(self, run_id: str) -> None:
+        folder = self.run_dir(run_id)
+        for path in [*(folder / name for name in RESULT_FILES), *folder.glob(".*.tmp")]:
+            path.unlink(missing_ok=True)
 
     def claim_next(self, max_workers: int) -> str | None:
         """Atomically move the oldest queued run to running if fewer than max_workers run."""
@@ -161,6 +208,7 @@ class RunStore:
                        (key, value, value))
 
     def max_workers(self) -> int:
+        """$COMPRESSION_LAB_WORKERS, else the stored setting, else 1."""
         value = os.environ.get("COMPRESSION_LAB_WORKERS") or self.get_setting("max_workers", "1")
         try:
             return max(1, int(value))
@@ -169,7 +217,11 @@ class RunStore:
 
     def append_event(self, run_id: str, event: dict) -> None:
         with open(self.run_dir(run_id) / "events.jsonl", "a") as f:
-            f.write(json.dumps(event) + "\n")
+            f.write(json.dumps(event) + "\n")  # one write of one line: appends from one process never interleave
+
+    def append_log(self, run_id: str, message: str) -> None:
+        with open(self.run_dir(run_id) / "log.txt", "a") as f:
+            f.write(message.rstrip("\n") + "\n")
 
     def events(self, run_id: str) -> list[dict]:
         path = self.run_dir(run_id) / "events.jsonl"
@@ -183,12 +235,12 @@ class RunStore:
                 continue
         return out
 
-    def log_tail(self, run_id: str, lines: int = 50) -> str:
+    def log_tail(self, run_id: str, n: int = 50) -> str:
         path = self.run_dir(run_id) / "log.txt"
         if not path.exists():
             return ""
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 200 * lines))
+            f.seek(max(0, f.tell() - 300 * n))
             text = f.read().decode("utf-8", "replace")
-        return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
+        return "\n".join(text.replace("\r", "\n").splitlines()[-n:])

@@ -1,81 +1,136 @@
 """Run one job in its own process: `python -m compression.engine.worker ROOT RUN_ID`.
 
-Progress goes to events.jsonl (throttled) and the index; cancellation is polled from the index;
-the final state is written only after the result files are in place. A crash leaves `failed` with
-the message and the traceback in log.txt; a kill is noticed by the dispatcher (or any later listing).
+Progress goes to events.jsonl (at most ~5 events a second; the first and the last always go) and
+to the index row; cancellation is polled from the index; the final state is written only after the
+result files are in place. A crash leaves `failed` with the message and the traceback in log.txt;
+a kill is noticed by the dispatcher (or by any later listing).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+import threading
 import time
 import traceback
 
 from compression.engine.store import RunStore, write_atomic
 
-EVENT_INTERVAL = 0.2  # seconds between progress events (the first, stage changes and the last always go)
-CANCEL_POLL = 0.5
+EVENT_INTERVAL = 0.2  # seconds between written progress events: at most ~5 a second
+CANCEL_POLL = 0.5  # seconds between reads of the cancel flag
+
+
+class Progress:
+    """The job's on_progress: at most one event per EVENT_INTERVAL; an event held back is written when the
+    interval is over (by a timer, so a job that goes quiet still shows where it is) and never lost."""
+
+    def __init__(self, store: RunStore, run_id: str) -> None:
+        self.store, self.run_id = store, run_id
+        self.lock = threading.Lock()
+        self.last_written = 0.0
+        self.pending: dict | None = None
+        self.timer: threading.Timer | None = None
+        self.last: dict | None = None
+
+    def __call__(self, stage: str, fraction: float, values: dict | None = None) -> None:
+        event = {"time": time.time(), "stage": stage, "progress": min(1.0, max(0.0, float(fraction))),
+                 "values": {k: v for k, v in (values or {}).items() if isinstance(v, int | float | str | bool)}}
+        with self.lock:
+            wait = self.last_written + EVENT_INTERVAL - event["time"]
+            if self.last is None or wait <= 0:
+                self._write(event)
+                return
+            self.pending = event
+            if self.timer is None:
+                self.timer = threading.Timer(wait, self._write_pending)
+                self.timer.daemon = True
+                self.timer.start()
+
+    def _write_pending(self) -> None:
+        with self.lock:
+            self.timer = None
+            if self.pending is not None:
+                self._write(self.pending)
+
+    def _write(self, event: dict) -> None:
+        self.pending, self.last, self.last_written = None, event, time.time()
+        self.store.append_event(self.run_id, event)
+        self.store.update(self.run_id, progress=event)
+
+    def flush(self, final_stage: str | None = None) -> None:
+        """Write the held-back event, then (for a success) a final event at 1.0 unless that was the last one."""
+        with self.lock:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            if self.pending is not None:
+                self._write(self.pending)
+            last = self.last
+            if final_stage and not (last and last["stage"] == final_stage and last["progress"] == 1.0):
+                self._write({"time": time.time(), "stage": final_stage, "progress": 1.0, "values": {}})
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else ""
 
 
 def main(root: str, run_id: str) -> int:
     store = RunStore(root)
     row = store.row(run_id)
-    if row is None:
-        print(f"run {run_id} is not in the store", file=sys.stderr)
+    if row is None or row["state"] != "running":
+        print(f"[worker] run {run_id} is not running in {root}", file=sys.stderr)
         return 2
     job = row["job"]
     run_dir = store.run_dir(run_id)
-    state = {"last": 0.0, "stage": None, "poll": 0.0, "cancel": False}
-
-    def progress(stage: str, fraction: float, values: dict) -> None:
-        now = time.time()
-        if stage == state["stage"] and now - state["last"] < EVENT_INTERVAL and fraction < 1.0:
-            return
-        event = {"time": now, "stage": stage, "progress": float(fraction),
-                 "values": {k: v for k, v in values.items() if isinstance(v, int | float | str)}}
-        state.update(last=now, stage=stage)
-        store.append_event(run_id, event)
-        store.update(run_id, progress=event)
+    progress = Progress(store, run_id)
+    poll = {"time": 0.0, "cancel": False}
 
     def log(message: str) -> None:
         print(message, flush=True)
 
     def cancelled() -> bool:
         now = time.time()
-        if now - state["poll"] >= CANCEL_POLL:
-            state["poll"] = now
+        if now - poll["time"] >= CANCEL_POLL:
+            poll["time"] = now
             current = store.row(run_id)
-            state["cancel"] = bool(current and current["cancel"])
-        return state["cancel"]
+            poll["cancel"] = bool(current is None or current["cancel"])
+        return poll["cancel"]
 
-    from compression.engine.jobs import RUNNERS
+    import torch
+
+    # several workers share the cores: give each its share instead of oversubscribing them
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // store.max_workers()))
+    from compression.engine.jobs import runners
     from compression.errors import CompressionLabError
     from compression.methods.context import Cancelled
 
-    print(f"[worker] run {run_id} ({job['kind']}) started, pid {__import__('os').getpid()}", flush=True)
-    progress("start", 0.0, {})
+    print(f"[worker] run {run_id} ({job['kind']}) started, pid {os.getpid()}", flush=True)
+    progress("start", 0.0)
     try:
-        metrics = RUNNERS[job["kind"]](job, run_dir, progress, log, cancelled)
+        if cancelled():
+            raise Cancelled("cancelled before it started")
+        metrics = runners()[job["kind"]](job, run_dir, progress, log, cancelled)
+        if not (run_dir / "metrics.json").exists():
+            write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     except Cancelled:
-        store.update(run_id, state="cancelled", finished=time.time(), error="cancelled by the user")
-        print("[worker] cancelled", flush=True)
+        progress.flush()
+        store.finish(run_id, "cancelled", "cancelled by the user")
+        print("[worker] cancelled; results discarded", flush=True)
         return 0
-    except CompressionLabError as exc:
+    except CompressionLabError as exc:  # a user-facing message: show it as it is
         traceback.print_exc()
-        store.update(run_id, state="failed", finished=time.time(), error=str(exc))
+        progress.flush()
+        store.finish(run_id, "failed", str(exc))
         return 1
     except BaseException as exc:  # noqa: BLE001 - any crash must leave the run failed, with its log
         traceback.print_exc()
-        store.update(run_id, state="failed", finished=time.time(),
-                     error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''} "
-                           "(see the log)")
+        progress.flush()
+        store.finish(run_id, "failed", f"{type(exc).__name__}: {_one_line(exc)} (see the log)")
         return 1
-    import json
-
-    if not (run_dir / "metrics.json").exists():
-        write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-    progress("done", 1.0, {})
-    store.update(run_id, state="succeeded", finished=time.time(), metrics=metrics)
+    progress.flush("done")
+    store.finish(run_id, "succeeded", metrics=metrics)
     print("[worker] succeeded", flush=True)
     return 0
 

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from compression import metrics
+from compression.methods.kmeans1d import kmeans_1d
 from compression.models.handle import ModelHandle
 
-HIST_BINS = 4096
+HIST_BINS = 2048
 CALIBRATION_SPARSITIES = np.array([0.3, 0.6, 0.8, 0.9, 0.95, 0.98])
 SECTION_OVERHEAD = 12  # name length, type, shape, flags (plus the name's own bytes)
 STREAM_OVERHEAD = 6  # per coded stream: counts, table header, ANS tail
@@ -43,6 +44,7 @@ class LayerStats:
     flops: int
     fp32_bytes: int
     position_factors: tuple[np.ndarray, np.ndarray]  # (sparsities, real / geometric positions bytes)
+    value_bytes: float  # bytes per kept fp32 value as the codec stores unshared values (shuffle + zstd)
 
 
 @dataclass
@@ -70,7 +72,7 @@ def model_stats(handle: ModelHandle) -> ModelStats:
         sorted_abs = np.sort(np.abs(values)).astype(np.float32)
         layers[name] = LayerStats(name, values.size, "conv" if weight.dim() > 2 else "fc", sorted_abs,
                                   centers, counts, np.abs(centers), per_module.get(name, 0), values.size * 4,
-                                  _position_factors(values))
+                                  _position_factors(values), _value_bytes(values))
     weight_keys = {f"{name}.weight" for name in layers}
     rest = {k: v.detach().cpu() for k, v in handle.model.state_dict().items() if k not in weight_keys}
     other = len(encode_state(rest, {"architecture": handle.architecture}))
@@ -130,6 +132,16 @@ def _gap_entropy_ratio(values: np.ndarray, sparsity: float) -> float:
     return real / geometric if geometric > 0 else 1.0
 
 
+def _value_bytes(values: np.ndarray, sparsity: float = 0.9) -> float:
+    """Measured bytes per kept value of a pruned, unshared layer: the codec's own packing of the largest
+    10% of the layer's weights (a sample of at most 100,000)."""
+    from compression.storage.sections import pack_raw
+
+    kept = np.sort(np.abs(values))[int(sparsity * values.size):]
+    sample = values[np.abs(values) >= kept[0]][:100_000].astype(np.float32) if kept.size else values[:1]
+    return len(pack_raw(sample.tobytes(), 4)[1]) / max(1, sample.size)
+
+
 def _position_factors(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Real / geometric positions bytes at a few sparsities: pruned weights cluster (dead inputs, whole
     filters), which random positions miss; the estimate scales its geometric model by this factor."""
@@ -174,9 +186,14 @@ def layer_bytes(stats: LayerStats, sparsity: float, n_clusters: int | None) -> f
         if n_prune == 0:
             return header + stats.numel * 4
         pos, fillers = _positions_and_fillers(kept / stats.numel, None, kept, factor)
-        return header + pos + fillers + kept * 4
-    counts = np.where(stats.abs_centers > threshold, stats.counts_by_bin, 0.0)
-    shares = _weighted_kmeans_shares(stats.centers, counts, n_clusters)
+        return header + pos + fillers * stats.value_bytes / 4 + kept * stats.value_bytes
+    # the bins hold equal counts, so the kept bins' centres are an evenly weighted sample of the kept
+    # weights: run the real k-means on them and read off each cluster's share
+    sample = stats.centers[stats.abs_centers > threshold]
+    if sample.size == 0:
+        sample = stats.centers[-1:]
+    _, labels = kmeans_1d(sample, n_clusters)
+    shares = np.bincount(labels).astype(np.float64) / labels.size
     codebook = 4 * min(n_clusters, kept)
     used = int((shares > 0).sum())
     if n_prune == 0:

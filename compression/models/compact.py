@@ -25,7 +25,10 @@ def save_compressed(handle: ModelHandle, path: str | Path, extra: dict | None = 
         "std": list(handle.std) if handle.std else None,
         **(extra or {}),
     }
-    state = {k: v.detach().cpu() for k, v in handle.model.state_dict().items()}
+    # x + 0.0 == x for every x except -0.0, which becomes +0.0: pruned weights (w * 0) keep the sign bit,
+    # and the bit-exact codec would otherwise have to store every negative zero as a non-zero
+    state = {k: (v.detach().cpu() + 0.0 if v.is_floating_point() else v.detach().cpu())
+             for k, v in handle.model.state_dict().items()}
     return write_file(path, state, meta, handle.layer_kinds())
 
 

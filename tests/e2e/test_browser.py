@@ -73,7 +73,9 @@ def test_full_flow(page, app_url, tmp_path):
     goto(page, f"{url}/compare", "Compare")
     page.locator(".js-plotly-plot").first.wait_for()
     assert page.locator(".js-plotly-plot .scatterlayer .point").count() >= 1
-    page.locator('[data-testid="stSelectbox"]', has_text=run_id).first.wait_for()  # the run picker
+    picker = page.locator('input[aria-label="Run"]')  # the run picker shows the newest run
+    picker.wait_for()
+    assert picker.input_value() == run_id
     shot(page, "5-compare")
     with page.expect_download() as download_info:
         page.get_by_role("button", name="Compact file (.clab)").click()

@@ -1,5 +1,5 @@
 """AppTest tests of every page (Streamlit's headless script runner; the engine runs real jobs in tmp dirs)."""
-
+import json
 from pathlib import Path
 
 import pytest
@@ -63,3 +63,59 @@ def test_sensitivity_and_runs_and_compare_pages_empty_state(home):
     for name in ("sensitivity", "runs", "compare"):
         at = page(name)
         assert at.info, name
+
+
+@pytest.fixture(scope="module")
+def seeded_home(tmp_path_factory):
+    """A data folder holding one finished sensitivity analysis and one finished run on demo:lenet5."""
+    from compression import engine
+
+    home = tmp_path_factory.mktemp("seeded")
+    quick = json.loads((ROOT / "assets" / "recipes" / "quick.json").read_text())
+    base = {"model": "demo:lenet5", "weights": None, "data": "digits", "input_size": None, "mean": None, "std": None}
+    sens = engine.submit({"kind": "sensitivity", **base, "config": {"val_size": 120, "sparsities": [0.0, 0.5, 0.9],
+                                                                     "n_clusters": [2, 8, 32], "seed": 0}}, root=home)
+    run = engine.submit({"kind": "compress", **base, "plan": quick, "latency": False}, root=home)
+    for run_id in (sens, run):
+        assert engine.wait(run_id, 300, root=home)["state"] == "succeeded"
+    return home, run
+
+
+def seeded_page(name, home, monkeypatch):
+    monkeypatch.setenv("COMPRESSION_LAB_HOME", str(home))
+    return page(name)
+
+
+def test_sensitivity_page_draws_the_report(seeded_home, monkeypatch):
+    at = seeded_page("sensitivity", seeded_home[0], monkeypatch)
+    assert not at.info
+    assert any("Accuracy drop" in h.value for h in at.subheader)
+    assert len(at.get("plotly_chart")) == 3
+
+
+def test_plan_page_target_solver_moves_the_sliders(seeded_home, monkeypatch):
+    at = seeded_page("plan", seeded_home[0], monkeypatch)
+    sliders = {s.key: s.value for s in at.slider if "::sp::" in s.key}
+    assert set(k.rsplit("::", 1)[1] for k in sliders) == {"conv1", "conv2", "fc1", "fc2"}
+    at.slider(key="plan_target_value").set_value(80.0).run()
+    at.button(key="plan_apply").click().run()
+    assert not at.exception
+    after = {s.key: s.value for s in at.slider if "::sp::" in s.key}
+    assert after != sliders
+    note = next(c.value for c in at.caption if "Solver" in c.value)
+    assert "predicted accuracy drop" in note
+    ratio = float({m.label: m.value for m in at.metric}["Estimated ratio"].rstrip("x"))
+    assert ratio >= 80 or "not reachable" in note
+
+
+def test_runs_and_compare_pages_show_the_run(seeded_home, monkeypatch):
+    home, run_id = seeded_home
+    at = seeded_page("runs", home, monkeypatch)
+    assert any(run_id in m.value for m in at.markdown)
+    assert any(b.label == "Re-run" for b in at.button)
+    at = seeded_page("compare", home, monkeypatch)
+    table = at.dataframe[0].value
+    assert run_id in table["run"].tolist()
+    size = (home / "runs" / run_id / "model.clab").stat().st_size
+    assert table.loc[table["run"] == run_id, "compressed_bytes"].item() == size
+    assert len(at.get("plotly_chart")) == 4  # three Pareto tabs and the histogram

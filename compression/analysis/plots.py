@@ -44,6 +44,10 @@ def pareto_figure(table: pd.DataFrame, cost: str, cost_title: str) -> go.Figure:
     if table.empty:
         return fig
     data = table.dropna(subset=[cost]).copy()
+    if data.empty:
+        fig.add_annotation(text=f"no run measured {cost_title}", showarrow=False, x=0.5, y=0.5,
+                           xref="paper", yref="paper")
+        return fig
     data["front"] = pareto_mask(list(data[cost]), list(data["accuracy"]))
     for method, group in data.groupby("method"):
         fig.add_trace(go.Scatter(

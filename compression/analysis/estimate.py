@@ -217,22 +217,3 @@ def estimate(stats: ModelStats, settings: dict[str, tuple[float, int | None]]) -
     return {"compressed_bytes": int(round(total)), "ratio": stats.fp32_bytes / total,
             "fp32_bytes": stats.fp32_bytes, "flops": stats.flops, "sparse_flops": int(round(sparse_flops)),
             "per_layer_bytes": per_layer}
-
-
-def settings_from_plan(plan, layers: list[str], auto_clusters: int = 32) -> dict[str, tuple[float, int | None]]:
-    """Per-layer (sparsity, n_clusters) a plan asks for ("auto" is estimated at `auto_clusters`)."""
-    from compression.plan import resolve
-
-    out = {}
-    for name in layers:
-        sparsity, n_clusters = 0.0, None
-        for step in plan.steps:
-            if step.type == "prune":
-                sparsity = float(resolve(step.sparsity, name) or 0.0)
-            elif step.type == "cluster":
-                value = resolve(step.n_clusters, name)
-                n_clusters = auto_clusters if value == "auto" else value
-        out[name] = (sparsity, n_clusters)
-    return out
-
-

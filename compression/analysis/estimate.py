@@ -25,6 +25,7 @@ from compression.methods.kmeans1d import kmeans_1d
 from compression.models.handle import ModelHandle
 
 HIST_BINS = 2048
+KMEANS_SAMPLE = 512  # kept-bin centres the estimate clusters (the real run clusters every weight)
 CALIBRATION_SPARSITIES = np.array([0.3, 0.6, 0.8, 0.9, 0.95, 0.98])
 SECTION_OVERHEAD = 12  # name length, type, shape, flags (plus the name's own bytes)
 STREAM_OVERHEAD = 6  # per coded stream: counts, table header, ANS tail
@@ -154,7 +155,10 @@ def _positions_and_fillers(density: float, index_shares: np.ndarray | None, kept
     """Bytes of the positions stream and of the index stream (with fillers) at the best field width."""
     q = 1.0 - density
     best = None
-    for bits in GAP_BITS_RANGE:
+    # the best field for geometric gaps holds about the mean gap; try the widths around it
+    centre = int(np.clip(np.round(np.log2(max(1.0, 1.0 / max(density, 1e-9)))) + 1, GAP_BITS_RANGE.start,
+                         GAP_BITS_RANGE.stop - 1))
+    for bits in range(max(GAP_BITS_RANGE.start, centre - 2), min(GAP_BITS_RANGE.stop, centre + 3)):
         field = 1 << bits
         qf = q ** field
         fillers_per_kept = qf / (1.0 - qf) if qf < 1 else 1e9
@@ -192,7 +196,8 @@ def layer_bytes(stats: LayerStats, sparsity: float, n_clusters: int | None) -> f
     sample = stats.centers[stats.abs_centers > threshold]
     if sample.size == 0:
         sample = stats.centers[-1:]
-    _, labels = kmeans_1d(sample, n_clusters)
+    sample = sample[:: max(1, sample.size // KMEANS_SAMPLE)]  # every bin holds the same count: thin evenly
+    _, labels = kmeans_1d(sample, n_clusters, refine_rounds=1)
     shares = np.bincount(labels).astype(np.float64) / labels.size
     codebook = 4 * min(n_clusters, kept)
     used = int((shares > 0).sum())

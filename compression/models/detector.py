@@ -1,0 +1,146 @@
+"""DetectorHandle: an Ultralytics YOLO detector, how to rebuild it, and which layers may be compressed.
+
+Sources: the built-in demo detector (assets/detector.pt, trained by compression.demo.train_detector:
+ours, so trusted), or a user's Ultralytics .pt file (v3, v5u, v8, 11). An Ultralytics checkpoint is a
+pickle of Python objects, so it is loaded only when the user says they trust it (a checkbox in the
+app, --trust on the CLI); otherwise loading is refused with the reason. The compact file records the
+model's yaml (its architecture) and the class names, and rebuilds a DetectionModel from them; no
+pickle is involved in decoding.
+
+Prunable layers: every convolution and linear weight except the Detect head's final 1x1 prediction
+convolutions (box regression `cv2.*.2` and class scores `cv3.*.2`) and its DFL convolution (a fixed,
+non-trained projection of the box distribution): pruning or sharing those distorts every box and
+score directly, with no later layer to absorb the error.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compression.errors import ModelLoadError
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+DEMO_DETECTOR = ASSETS / "detector.pt"
+HEAD_SKIP = re.compile(r".*\.(cv2|cv3)\.\d+\.2$|.*\.dfl\.conv$|.*\.one2one_cv[23]\.\d+\.2$")
+
+
+@dataclass
+class DetectorHandle:
+    model: nn.Module  # ultralytics DetectionModel (fp32, eval)
+    architecture: dict  # {"kind": "ultralytics", "yaml": {...}, "names": {...}}
+    imgsz: int
+    label: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def names(self) -> dict[int, str]:
+        return dict(self.model.names)
+
+    def prunable_layers(self) -> dict[str, torch.Tensor]:
+        layers = {}
+        for name, param in self.model.named_parameters():
+            if name.endswith(".weight") and param.dim() >= 2:
+                layer = name[: -len(".weight")]
+                if not HEAD_SKIP.fullmatch(layer):
+                    layers[layer] = param
+        return layers
+
+    def skipped_layers(self) -> list[str]:
+        return [name[: -len(".weight")] for name, p in self.model.named_parameters()
+                if name.endswith(".weight") and p.dim() >= 2 and HEAD_SKIP.fullmatch(name[: -len(".weight")])]
+
+    def layer_kinds(self) -> dict[str, str]:
+        return {f"{name}.weight": ("conv" if w.dim() > 2 else "fc") for name, w in self.prunable_layers().items()}
+
+    def clone(self) -> DetectorHandle:
+        return DetectorHandle(copy.deepcopy(self.model), copy.deepcopy(self.architecture), self.imgsz, self.label,
+                              dict(self.extra))
+
+
+def load_detector(path: str | Path | None = None, trust: bool = False, imgsz: int | None = None) -> DetectorHandle:
+    """The demo detector (path None) or a user's Ultralytics .pt file, which needs trust=True."""
+    from compression.models.yolo_env import offline_ultralytics
+
+    offline_ultralytics()
+    demo = path is None
+    path = DEMO_DETECTOR if demo else Path(path).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(f"detector file {path} does not exist: check the path"
+                             + (" or run `python -m compression.demo.train_detector`" if demo else ""))
+    if not demo and not trust:
+        raise ModelLoadError(
+            f"{path.name} is an Ultralytics checkpoint, a pickle that can run code when loaded: tick "
+            "'I trust this file' in the app or pass --trust on the command line if you made it or trust its source")
+    from ultralytics.nn.tasks import load_checkpoint
+
+    try:
+        model, _ = load_checkpoint(str(path), device="cpu")
+    except Exception as exc:  # noqa: BLE001 - torch/ultralytics raise many types for a bad file
+        raise ModelLoadError(f"cannot read detector {path.name}: {str(exc).splitlines()[0][:200]}; it must be an "
+                             "Ultralytics .pt checkpoint (YOLOv3u, v5u, v8, 11)") from None
+    model = model.float().eval()
+    if type(model).__name__ != "DetectionModel":
+        raise ModelLoadError(f"{path.name} holds a {type(model).__name__}, not a detection model: use a detect model")
+    size = imgsz or int(getattr(model, "args", {}).get("imgsz", 640) if isinstance(getattr(model, "args", None),
+                                                                                    dict) else 640)
+    if demo and imgsz is None:
+        import json
+
+        size = json.loads((ASSETS / "detector_card.json").read_text())["imgsz"]
+    architecture = {"kind": "ultralytics", "yaml": copy.deepcopy(model.yaml), "names": dict(model.names)}
+    return DetectorHandle(model, architecture, size, "demo:detector" if demo else path.name,
+                          {"source": str(path), "trusted": True})
+
+
+def build_detector(architecture: dict) -> nn.Module:
+    """An untrained DetectionModel of the recorded architecture (used when decoding a compact file)."""
+    from compression.models.yolo_env import offline_ultralytics
+
+    offline_ultralytics()
+    from ultralytics.nn.tasks import DetectionModel
+
+    yaml = copy.deepcopy(architecture.get("yaml"))
+    if not isinstance(yaml, dict):
+        raise ModelLoadError("the file records no detector architecture: it was not written for a detector")
+    names = {int(k): v for k, v in architecture.get("names", {}).items()}
+    model = DetectionModel(yaml, ch=int(yaml.get("channels", 3)), nc=len(names) or yaml.get("nc"), verbose=False)
+    model.names = names
+    return model.float().eval()
+
+
+def save_detector(handle: DetectorHandle, path: str | Path, extra: dict | None = None) -> int:
+    """Write the detector in our compact format (tensors + the yaml that rebuilds it)."""
+    from compression import __version__
+    from compression.storage import write_file
+
+    meta = {"producer": f"compression-lab {__version__}", "task": "detect", "architecture": handle.architecture,
+            "imgsz": handle.imgsz, "label": handle.label, **(extra or {})}
+    state = {k: (v.detach().cpu() + 0.0 if v.is_floating_point() else v.detach().cpu())
+             for k, v in handle.model.state_dict().items()}
+    return write_file(path, state, meta, handle.layer_kinds())
+
+
+def load_detector_file(path: str | Path) -> DetectorHandle:
+    """Decode a compact detector file into a working DetectionModel (nothing is unpickled)."""
+    from compression.errors import FormatError
+    from compression.storage import read_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"compressed file {path} does not exist: check the path")
+    meta, state = read_file(path)
+    if meta.get("task") != "detect":
+        raise FormatError(f"{path.name} holds a {meta.get('task', 'unknown')} model, not a detector")
+    model = build_detector(meta["architecture"])
+    expected = model.state_dict()
+    if set(expected) != set(state) or any(expected[k].shape != state[k].shape for k in expected):
+        raise ModelLoadError(f"{path.name} does not match its recorded detector architecture: the file is damaged")
+    model.load_state_dict(state)
+    return DetectorHandle(model.eval(), meta["architecture"], int(meta.get("imgsz", 640)),
+                          str(meta.get("label", path.name)), {"meta": meta})

@@ -57,3 +57,22 @@ def test_untrusted_checkpoint_is_refused_unread(tmp_path):
     assert not marker.exists()
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_detector(tmp_path / "missing.pt", trust=True)
+
+
+def test_map_of_decoded_file_equals_in_memory(detector, tmp_path):
+    from compression.demo.shapes import write_dataset
+    from compression.models.detector import evaluate_detector
+
+    yaml = write_dataset(tmp_path / "shapes", train=0, val=40)
+    work = detector.clone()
+    with torch.no_grad():
+        for weight in work.prunable_layers().values():
+            weight.copy_(quantized(weight * magnitude_mask(weight, 0.3), 64, "linear", 0))
+    save_detector(work, tmp_path / "det.clab")
+    decoded = load_detector_file(tmp_path / "det.clab")
+    original = evaluate_detector(detector, yaml, workdir=tmp_path)
+    in_memory = evaluate_detector(work, yaml, workdir=tmp_path)
+    from_file = evaluate_detector(decoded, yaml, workdir=tmp_path)
+    assert from_file == in_memory
+    assert original["map50"] > 0.9 and from_file["map50"] > 0.5
+    assert sum(p.numel() for p in work.model.parameters()) == sum(p.numel() for p in detector.model.parameters())

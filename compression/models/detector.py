@@ -144,3 +144,22 @@ def load_detector_file(path: str | Path) -> DetectorHandle:
     model.load_state_dict(state)
     return DetectorHandle(model.eval(), meta["architecture"], int(meta.get("imgsz", 640)),
                           str(meta.get("label", path.name)), {"meta": meta})
+
+
+def evaluate_detector(handle: DetectorHandle, data_yaml: str | Path, batch: int = 32,
+                      workdir: str | Path | None = None) -> dict[str, float]:
+    """mAP50, mAP50-95, precision and recall from Ultralytics' own validator (on a copy: it fuses layers)."""
+    import tempfile
+
+    from compression.models.yolo_env import offline_ultralytics
+
+    offline_ultralytics()
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="val-"))
+    validator = DetectionValidator(args={"data": str(data_yaml), "imgsz": handle.imgsz, "batch": batch,
+                                         "device": "cuda" if torch.cuda.is_available() else "cpu", "plots": False,
+                                         "verbose": False, "project": str(workdir), "name": "val", "exist_ok": True})
+    stats = validator(model=copy.deepcopy(handle.model))
+    return {"map50": float(stats["metrics/mAP50(B)"]), "map50_95": float(stats["metrics/mAP50-95(B)"]),
+            "precision": float(stats["metrics/precision(B)"]), "recall": float(stats["metrics/recall(B)"])}

@@ -32,12 +32,13 @@ def run_list() -> None:
         job = run.get("job", {})
         with st.container(border=True):
             cols = st.columns([3, 2, 4, 1, 1])
-            cols[0].markdown(f"{ICONS.get(run['state'], '')} **{run['id']}**  \n{run['kind']} · {job.get('model', '')}"
-                             f" · {job.get('plan', {}).get('name', '') if run['kind'] == 'compress' else ''}")
+            plan_name = f" · {job.get('plan', {}).get('name', '')}" if run["kind"] == "compress" else ""
+            cols[0].markdown(f"{ICONS.get(run['state'], '')} **{run['id']}**  \n{run['kind']} · "
+                             f"{job.get('model', '')}{plan_name}")
             progress = run.get("progress") or {}
             fraction = 1.0 if run["state"] == "succeeded" else float(progress.get("progress", 0.0))
             cols[2].progress(min(1.0, max(0.0, fraction)),
-                             text=f"{run['state']} · {progress.get('stage', '')} · {elapsed(run)}")
+                             text=f"{run['state']} · {progress.get('stage') or 'starting'} · {elapsed(run)}")
             metrics = run.get("metrics") or {}
             if run["state"] == "succeeded" and "after" in metrics:
                 cols[1].markdown(f"acc {metrics['after']['accuracy']:.2%}  \n"

@@ -197,7 +197,7 @@ def layer_bytes(stats: LayerStats, sparsity: float, n_clusters: int | None) -> f
     if sample.size == 0:
         sample = stats.centers[-1:]
     sample = sample[:: max(1, sample.size // KMEANS_SAMPLE)]  # every bin holds the same count: thin evenly
-    _, labels = kmeans_1d(sample, n_clusters, refine_rounds=1)
+    _, labels = kmeans_1d(sample, n_clusters, refine=False)  # Lloyd only: 20x faster, shares barely move
     shares = np.bincount(labels).astype(np.float64) / labels.size
     codebook = 4 * min(n_clusters, kept)
     used = int((shares > 0).sum())

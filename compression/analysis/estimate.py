@@ -88,34 +88,6 @@ def _entropy_bits(weights: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-def _weighted_kmeans_shares(centers: np.ndarray, counts: np.ndarray, k: int, iters: int = 200) -> np.ndarray:
-    """Cluster shares of a weighted 1-D k-means (linear init as Deep Compression, Lloyd) over sorted bins.
-
-    Prefix sums make each Lloyd step O(k log bins), so it can run to convergence like the real one.
-    """
-    mask = counts > 0
-    centers, counts = centers[mask], counts[mask]
-    if len(centers) <= k:
-        return counts / counts.sum()
-    mass = np.concatenate(([0.0], np.cumsum(counts)))
-    moment = np.concatenate(([0.0], np.cumsum(counts * centers)))
-    centroids = np.linspace(centers[0], centers[-1], k)
-    cuts = None
-    for _ in range(iters):
-        new_cuts = np.searchsorted(centers, (centroids[1:] + centroids[:-1]) / 2)
-        if cuts is not None and np.array_equal(new_cuts, cuts):
-            break
-        cuts = new_cuts
-        lo = np.concatenate(([0], cuts))
-        hi = np.concatenate((cuts, [len(centers)]))
-        weight = mass[hi] - mass[lo]
-        nonempty = weight > 0
-        centroids = ((moment[hi] - moment[lo])[nonempty] / weight[nonempty])
-    cuts = np.searchsorted(centers, (centroids[1:] + centroids[:-1]) / 2)
-    bounds = np.concatenate(([0], cuts, [len(centers)]))
-    return np.diff(mass[bounds]) / mass[-1]
-
-
 def _gap_entropy_ratio(values: np.ndarray, sparsity: float) -> float:
     """Entropy of the real mask's gaps over that of random (geometric) gaps at the same density."""
     n_prune = int(round(sparsity * values.size))

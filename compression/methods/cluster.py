@@ -20,9 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from compression import metrics
 from compression.methods.context import StepContext, get_module
-from compression.methods.finetune import TrainConfig, train
 from compression.methods.kmeans1d import kmeans_1d
 from compression.methods.prune import bake
 from compression.plan import ClusterStep, resolve_all
@@ -109,10 +107,10 @@ def run(model: nn.Module, step: ClusterStep, ctx: StepContext) -> dict:
     auto_layers = [layer for layer, k in requested.items() if k == "auto"]
     originals: dict[str, torch.Tensor] = {}
     if auto_layers:
-        loader = ctx.data.loader("val", size=step.auto_val_size, seed=ctx.seed)
+        score = ctx.make_scorer(step.auto_val_size, ctx.seed)
 
         def evaluate() -> float:
-            return metrics.accuracy(model, loader)
+            return score(model)
 
         base = evaluate() if step.auto_criterion == "accuracy" else 1.0
         for index, layer in enumerate(auto_layers):
@@ -134,10 +132,6 @@ def run(model: nn.Module, step: ClusterStep, ctx: StepContext) -> dict:
         module = get_module(model, layer)
         centroids, labels = cluster_weight(module.weight, chosen[layer], step.init, step.seed)
         parametrize.register_parametrization(module, "weight", SharedValues(labels, centroids), unsafe=True)
-    config = TrainConfig(epochs=step.finetune_epochs, lr=step.lr, seed=ctx.seed + step.seed + 1000,
-                         batch_size=ctx.batch_size, shift_pixels=ctx.shift_pixels)
-    train(model, ctx.data.train, config, loss_fn=ctx.loss_fn,
-          progress=lambda f, loss: ctx.emit("fine-tune shared values", f, loss=loss), should_stop=ctx.should_stop)
-    ctx.check_cancelled()
+    ctx.finetune(model, step.finetune_epochs, step.lr, ctx.seed + step.seed + 1000, "fine-tune shared values")
     bake(model)
     return {"n_clusters": {layer: chosen[layer] for layer in requested}}

@@ -13,7 +13,6 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from compression.methods.context import StepContext, get_module
-from compression.methods.finetune import TrainConfig, train
 from compression.plan import PruneStep, resolve_all
 
 
@@ -74,12 +73,9 @@ def run(model: nn.Module, step: PruneStep, ctx: StepContext) -> dict:
             masks[layer] = magnitude_mask(weight, current)
         bake(model)
         apply_masks(model, masks)
-        ctx.emit(f"prune round {round_index}/{step.iterations}", 0.0)
-        config = TrainConfig(epochs=step.finetune_epochs, lr=step.lr, seed=ctx.seed + step.seed + round_index,
-                             batch_size=ctx.batch_size, shift_pixels=ctx.shift_pixels)
-        train(model, ctx.data.train, config, loss_fn=ctx.loss_fn,
-              progress=lambda f, loss, r=round_index: ctx.emit(f"prune round {r}/{step.iterations}", f, loss=loss),
-              should_stop=ctx.should_stop)
+        stage = f"prune round {round_index}/{step.iterations}"
+        ctx.emit(stage, 0.0)
+        ctx.finetune(model, step.finetune_epochs, step.lr, ctx.seed + step.seed + round_index, stage)
         ctx.check_cancelled()
     bake(model)
     achieved = {}

@@ -59,13 +59,15 @@ def _gap_bits_for(name: str, layer_kinds: dict[str, str] | None, gap_bits: int |
 
 
 def encode_state(state: dict[str, torch.Tensor], meta: dict, layer_kinds: dict[str, str] | None = None, *,
-                 gap_bits: int | str = "auto") -> bytes:
+                 gap_bits: int | str = "auto", structures: dict | None = None) -> bytes:
     """Encode an ordered state dict and a JSON-serialisable meta dict into the compact format.
 
     Each tensor gets the smallest of its possible encodings ("shared", "sparse", "raw"). The
     relative-index field width of shared/sparse tensors is chosen per tensor for the fewest bytes
     (gap_bits="auto"), or is Han et al.'s 8 bits for conv / 5 for fc from layer_kinds
     (gap_bits="paper"), or a fixed int in 2..12. Decoding gives back bit-identical tensors.
+    structures: tensor name -> vq_section.Quantized for vector-quantized weights (stored as codebooks +
+    codes when they decode to exactly the tensor).
     """
     if not isinstance(meta, dict):
         raise FormatError(f"meta must be a dict, got {type(meta).__name__}")
@@ -78,7 +80,8 @@ def encode_state(state: dict[str, torch.Tensor], meta: dict, layer_kinds: dict[s
     for name, tensor in state.items():
         if not isinstance(name, str):
             raise FormatError(f"state dict key {name!r} is not a string")
-        parts.append(encode_section(name, tensor, _gap_bits_for(name, layer_kinds, gap_bits)))
+        parts.append(encode_section(name, tensor, _gap_bits_for(name, layer_kinds, gap_bits),
+                                    (structures or {}).get(name)))
     payload = b"".join(parts)
     return HEADER.pack(MAGIC, FORMAT_VERSION, 0, zlib.crc32(payload), len(payload)) + payload
 
@@ -155,14 +158,15 @@ def inspect_bytes(data: bytes | bytearray | memoryview, *,
 
     Row keys: name, shape, dtype, encoding, numel, nonzeros, n_clusters, gap_bits, bytes_positions,
     bytes_indices, bytes_codebook, bytes_raw, bytes_total, raw_compression, streams (a list of
-    {stream: "positions"|"indices", symbols, bytes (incl. its table), entropy_bytes}).
+    {stream: "positions"|"indices"|"codes", symbols, bytes (incl. its table), entropy_bytes}), quantizer,
+    layout and formula_bits (vq sections, else None) and bits_per_weight (section bits / numel).
     """
     reader, _, count = _open(data)
     budget = [max_decoded_bytes]
     rows = [{"name": "<header>", "shape": None, "dtype": None, "encoding": "header", "numel": 0,
              "nonzeros": None, "n_clusters": None, "gap_bits": None, "bytes_positions": 0, "bytes_indices": 0,
              "bytes_codebook": 0, "bytes_raw": 0, "bytes_total": reader.pos, "raw_compression": None,
-             "streams": []}]
+             "streams": [], "quantizer": None, "layout": None, "formula_bits": None, "bits_per_weight": None}]
     for _ in range(count):
         start = reader.pos
         name, _, described, info = decode_section(reader, want_tensor=False, budget=budget)
@@ -171,17 +175,20 @@ def inspect_bytes(data: bytes | bytearray | memoryview, *,
                      "bytes_positions": info.bytes_positions, "bytes_indices": info.bytes_indices,
                      "bytes_codebook": info.bytes_codebook, "bytes_raw": info.bytes_raw,
                      "bytes_total": reader.pos - start, "raw_compression": info.raw_compression,
-                     "streams": info.streams})
+                     "streams": info.streams, "quantizer": info.quantizer, "layout": info.layout,
+                     "formula_bits": info.formula_bits,
+                     "bits_per_weight": 8 * (reader.pos - start) / described["numel"] if described["numel"] else None})
     if reader.remaining():
         raise damaged(f"{reader.remaining()} bytes follow the last section")
     return rows
 
 
 def write_file(path: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict,
-               layer_kinds: dict[str, str] | None = None, *, gap_bits: int | str = "auto") -> int:
+               layer_kinds: dict[str, str] | None = None, *, gap_bits: int | str = "auto",
+               structures: dict | None = None) -> int:
     """Encode and write atomically (temporary name in the same folder, then os.replace); returns the size."""
     path = Path(path)
-    data = encode_state(state, meta, layer_kinds, gap_bits=gap_bits)
+    data = encode_state(state, meta, layer_kinds, gap_bits=gap_bits, structures=structures)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, "wb") as handle:

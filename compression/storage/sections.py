@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from compression.errors import FormatError
-from compression.storage import _dtypes
+from compression.storage import _dtypes, vq_section
 from compression.storage._bits import ByteReader, damaged, varint
 from compression.storage.entropy import (
     counts_entropy_bits,
@@ -32,7 +32,8 @@ except ImportError:  # pragma: no cover - exercised only where zstandard is miss
 
 # Section type ids are part of the file format: never renumber, only append.
 TYPE_RAW, TYPE_SHARED, TYPE_SPARSE = 1, 2, 3
-ENCODINGS = {TYPE_RAW: "raw", TYPE_SHARED: "shared", TYPE_SPARSE: "sparse"}
+TYPE_VQ = 4  # vector-quantized (Gong et al.): codebooks + codes, compression/storage/vq_section.py
+ENCODINGS = {TYPE_RAW: "raw", TYPE_SHARED: "shared", TYPE_SPARSE: "sparse", TYPE_VQ: "vq"}
 
 MAX_RANK = 8
 MAX_NUMEL = 2**31
@@ -62,6 +63,9 @@ class SectionInfo:
     bytes_raw: int = 0
     raw_compression: str | None = None
     streams: list[dict] = field(default_factory=list)
+    quantizer: str | None = None  # vq: binary, kmeans, pq or rq
+    layout: dict | None = None  # vq: the quantizer's parameters
+    formula_bits: int | None = None  # vq: Gong et al.'s bits for this layer (codes log2 k + 32-bit codebooks)
 
 
 # ----------------------------------------------------------------------------------------------- raw data
@@ -332,8 +336,12 @@ def _encode_coded(bits_flat: np.ndarray, dtype: torch.dtype, size: int,
     return min(candidates, key=lambda candidate: len(candidate[1])) if candidates else None
 
 
-def encode_section(name: str, tensor: torch.Tensor, gap_bits: int | None = None) -> bytes:
-    """type id, varint body length, body = name, dtype, shape, then the encoding's bytes."""
+def encode_section(name: str, tensor: torch.Tensor, gap_bits: int | None = None, structure=None) -> bytes:
+    """type id, varint body length, body = name, dtype, shape, then the encoding's bytes.
+
+    structure: a vq_section.Quantized the tensor was built from (vector quantization); it is stored as
+    a "vq" section when it decodes to exactly this tensor (float32), otherwise it is ignored.
+    """
     if not isinstance(tensor, torch.Tensor):
         raise FormatError(f"state entry '{name}' is a {type(tensor).__name__}, not a tensor: put it in meta")
     if tensor.layout != torch.strided:
@@ -346,7 +354,13 @@ def encode_section(name: str, tensor: torch.Tensor, gap_bits: int | None = None)
     encoded_name = name.encode("utf-8")
     if len(encoded_name) > MAX_NAME_BYTES:
         raise FormatError(f"tensor name '{name[:40]}...' is longer than {MAX_NAME_BYTES} bytes: shorten it")
-    type_id, specific = encode_body(tensor, name, gap_bits)
+    type_id, specific = None, None
+    if structure is not None and tensor.dtype == torch.float32 and tuple(tensor.shape) == tuple(structure.shape):
+        exact = vq_section.reconstruct(structure)
+        if np.array_equal(exact.view(np.int32).ravel(), _dtypes.to_bits(tensor)):
+            type_id, specific = TYPE_VQ, vq_section.encode_vq(structure)
+    if type_id is None:
+        type_id, specific = encode_body(tensor, name, gap_bits)
     dtype_code = _dtypes.code_of(tensor.dtype, name)
     body = (varint(len(encoded_name)) + encoded_name + bytes([dtype_code, tensor.dim()])
             + b"".join(varint(d) for d in tensor.shape) + specific)
@@ -396,7 +410,8 @@ def decode_section(reader: ByteReader, want_tensor: bool = True,
         if budget[0] < 0:
             raise FormatError(f"tensor '{name}' ({numel * size} bytes) takes the file past its decode limit "
                               "(max_decoded_bytes): it is damaged, or pass a larger max_decoded_bytes")
-    decoder = {TYPE_RAW: _decode_raw, TYPE_SHARED: _decode_shared, TYPE_SPARSE: _decode_sparse}[type_id]
+    decoder = {TYPE_RAW: _decode_raw, TYPE_SHARED: _decode_shared, TYPE_SPARSE: _decode_sparse,
+               TYPE_VQ: _decode_vq}[type_id]
     tensor, info = decoder(body, name, dtype, shape, numel, size, want_tensor)
     if body.remaining():
         raise damaged(f"tensor '{name}': {body.remaining()} unexplained bytes at the end of its section")
@@ -487,3 +502,13 @@ def _decode_sparse(body: ByteReader, name, dtype, shape, numel, size, want_tenso
                        bytes_positions=pos_info["bytes"], bytes_raw=len(data),
                        raw_compression="zstd" if flags & FLAG_ZSTD else None, streams=[pos_info])
     return tensor, info
+
+
+def _decode_vq(body: ByteReader, name, dtype, shape, numel, size, want_tensor):
+    if dtype != torch.float32:
+        raise damaged(f"tensor '{name}': a vq section must hold float32, not {dtype}")
+    array, info = vq_section.decode_vq(body, name, shape, numel, want_tensor)
+    tensor = torch.from_numpy(array) if want_tensor else None
+    return tensor, SectionInfo("vq", n_clusters=info["n_clusters"], bytes_indices=info["bytes_indices"],
+                               bytes_codebook=info["bytes_codebook"], streams=info["streams"],
+                               quantizer=info["quantizer"], layout=info["layout"], formula_bits=info["formula_bits"])

@@ -15,6 +15,7 @@ pages = [
     st.Page("pages/plan.py", title="Plan", icon=":material/tune:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/play_circle:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/scatter_plot:"),
+    st.Page("pages/detections.py", title="Detections", icon=":material/center_focus_strong:"),
 ]
 navigation = st.navigation(pages)
 sidebar()

@@ -47,9 +47,19 @@ def spec_key(spec: dict) -> str:
     return json.dumps(spec, sort_keys=True)
 
 
+def is_detector_spec(spec: dict) -> bool:
+    return str(spec.get("model", "")).startswith("detector:")
+
+
 @st.cache_resource(show_spinner="Loading the model and data...", max_entries=8)
 def _load(key: str) -> tuple[ModelHandle, DataBundle]:
     spec = json.loads(key)
+    if is_detector_spec(spec):  # a YOLO detector and its YOLO dataset, checked as a job would check them
+        from compression.engine import jobs
+
+        source = jobs.check_source(spec)
+        handle = jobs.load_job_model(source)
+        return handle, jobs.load_job_data(source, handle)
     handle = load_model(spec["model"], spec.get("weights"), spec.get("input_size"))
     data = load_data(spec["data"], input_size=spec.get("input_size") or handle.input_shape[-1],
                      mean=tuple(spec["mean"]) if spec.get("mean") else handle.mean,
@@ -67,6 +77,10 @@ def baseline(key: str) -> dict:
     from compression.pipeline import measure
 
     handle, data = _load(key)
+    if is_detector_spec(json.loads(key)):
+        from compression.pipeline import measure_detector
+
+        return {**measure_detector(handle, data), "layers": layer_table(handle)}
     return {**measure(handle, data, "test"), "layers": layer_table(handle)}
 
 
@@ -75,6 +89,15 @@ def model_stats(key: str):
     from compression.analysis.estimate import model_stats as compute
 
     handle, _ = _load(key)
+    if is_detector_spec(json.loads(key)):  # runs fold batch norm into the convolutions first: estimate that file
+        from compression import metrics
+        from compression.models.detector import fuse
+
+        work = handle.clone()
+        fuse(work.model)
+        stats = compute(work)
+        stats.fp32_bytes = metrics.fp32_bytes(handle.model)  # ratios stay against the original's fp32 bytes
+        return stats
     return compute(handle)
 
 
@@ -98,6 +121,17 @@ def _same_model(job: dict, spec: dict) -> bool:
     return all(job.get(key) == spec.get(key) for key in ("model", "weights", "data", "input_size"))
 
 
+def run_task(run_id: str) -> str:
+    """'detect' or 'classify', from the run's metrics (or its job)."""
+    from compression import engine
+
+    row = engine.status(run_id, root=home())
+    metrics = row.get("metrics") or {}
+    if metrics.get("task"):
+        return metrics["task"]
+    return "detect" if str(row.get("job", {}).get("model", "")).startswith("detector:") else "classify"
+
+
 def latest_sensitivity(spec: dict, any_state: bool = False):
     """The newest sensitivity run for this model and data: its row (any_state) or its succeeded report."""
     from compression import engine
@@ -116,9 +150,14 @@ def latest_sensitivity(spec: dict, any_state: bool = False):
 
 @st.cache_resource(max_entries=16, show_spinner="Decoding the compact file...")
 def decoded_run(run_id: str) -> ModelHandle:
+    path = home() / "runs" / run_id / "model.clab"
+    if run_task(run_id) == "detect":
+        from compression.models.detector import load_detector_file
+
+        return load_detector_file(path)
     from compression.models.compact import load_compressed
 
-    return load_compressed(home() / "runs" / run_id / "model.clab")
+    return load_compressed(path)
 
 
 @st.cache_data(max_entries=8, show_spinner="Exporting...")
@@ -126,6 +165,10 @@ def run_exports(run_id: str) -> dict:
     from compression.errors import CompressionLabError
     from compression.export import onnx_bytes, torchscript_bytes
 
+    if run_task(run_id) == "detect":
+        message = ("TorchScript / ONNX export of a detector: load the decoded model in Python "
+                   "(compression.models.detector.load_detector_file) and use Ultralytics' exporter")
+        return {"torchscript": None, "onnx": None, "onnx_error": message}
     handle = decoded_run(run_id)
     out = {"torchscript": torchscript_bytes(handle)}
     try:

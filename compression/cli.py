@@ -19,12 +19,17 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
-                        help="demo:NAME (lenet300, lenet5, vgg_small), torchvision:ARCH or torchscript:FILE")
+                        help="demo:NAME (lenet300, lenet5, vgg_small), torchvision:ARCH, torchscript:FILE, "
+                             "detector:demo or detector:FILE.pt (an Ultralytics YOLO checkpoint)")
     parser.add_argument("--weights", help="state dict (.pt/.pth) or .safetensors for torchvision:ARCH")
+    parser.add_argument("--trust", action="store_true",
+                        help="load a detector:FILE.pt checkpoint, a pickle that can run code: only files you trust")
 
 
 def _add_data_args(parser: argparse.ArgumentParser, required: bool) -> None:
-    parser.add_argument("--data", required=required, help="digits, imagefolder:DIR, cifar10:DIR or cifar100:DIR")
+    parser.add_argument("--data", required=required,
+                        help="digits, imagefolder:DIR, cifar10:DIR, cifar100:DIR; for detectors shapes (the demo's) "
+                             "or yolo:PATH/data.yaml")
     parser.add_argument("--input-size", type=int, help="image side in pixels (default: what the model expects)")
     parser.add_argument("--mean", type=_floats, help="per-channel mean, e.g. 0.485,0.456,0.406 (ImageNet's default)")
     parser.add_argument("--std", type=_floats, help="per-channel std, e.g. 0.229,0.224,0.225")
@@ -64,6 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _job_source(args) -> dict:
+    return {"model": args.model, "weights": args.weights, "data": args.data, "input_size": args.input_size,
+            "mean": list(args.mean) if args.mean else None, "std": list(args.std) if args.std else None,
+            **({"trust": True} if args.trust else {})}
+
+
+def _load_source(args):
+    """(handle, data) for --model/--data, classifiers and detectors alike, checked as a job would be."""
+    from compression.engine import jobs
+
+    source = jobs.check_source(_job_source(args))
+    handle = jobs.load_job_model(source)
+    return handle, jobs.load_job_data(source, handle)
+
+
 def _load_data_for(args, handle):
     from compression.data import load_data
 
@@ -75,15 +95,13 @@ def _load_data_for(args, handle):
 def cmd_run(args) -> int:
     from tqdm import tqdm
 
-    from compression.models.handle import load_model
     from compression.pipeline import compress
     from compression.plan import Plan
 
     if not args.recipe.is_file():
         raise PlanError(f"recipe {args.recipe} does not exist: check the path")
     plan = Plan.from_json(args.recipe.read_text())
-    handle = load_model(args.model, args.weights, args.input_size)
-    data = _load_data_for(args, handle)
+    handle, data = _load_source(args)
     bar = tqdm(total=100, unit="%", file=sys.stderr, dynamic_ncols=True)
 
     def progress(stage: str, fraction: float, values: dict) -> None:
@@ -108,6 +126,8 @@ def cmd_eval(args) -> int:
     from compression import metrics
     from compression.models.compact import load_compressed
 
+    if _file_task(args.file) == "detect":
+        return _eval_detector(args)
     handle = load_compressed(args.file, args.base)
     meta = handle.extra["meta"]
     args.data = args.data or meta.get("data")
@@ -117,6 +137,31 @@ def cmd_eval(args) -> int:
     out = {"file": str(args.file), "compressed_bytes": metrics.file_bytes(args.file), "data": args.data,
            "split": args.split, "accuracy": metrics.accuracy(handle.model, data.loader(args.split)),
            **metrics.count_params(handle.model), **metrics.flops(handle.model, handle.input_shape)}
+    print(json.dumps(out))
+    return 0
+
+
+def _file_task(path: Path) -> str:
+    from compression.storage import inspect_header
+
+    if not path.is_file():
+        raise CompressionLabError(f"file {path} does not exist: check the path")
+    return str(inspect_header(path.read_bytes())["meta"].get("task", "classify"))
+
+
+def _eval_detector(args) -> int:
+    from compression import metrics
+    from compression.data.detection import load_detection_data
+    from compression.models.detector import evaluate_model, load_detector_file
+
+    handle = load_detector_file(args.file)
+    ref = args.data or handle.extra["meta"].get("data")
+    if not ref:
+        raise CompressionLabError("the file does not say which dataset it was made on: add --data yolo:PATH.yaml")
+    data = load_detection_data(ref)
+    out = {"file": str(args.file), "compressed_bytes": metrics.file_bytes(args.file), "data": ref,
+           **evaluate_model(handle.model, handle.imgsz, data.yaml_path),
+           **metrics.count_params(handle.model), **metrics.flops(handle.model, (3, handle.imgsz, handle.imgsz))}
     print(json.dumps(out))
     return 0
 
@@ -162,8 +207,7 @@ def cmd_submit(args) -> int:
     if not args.recipe.is_file():
         raise PlanError(f"recipe {args.recipe} does not exist: check the path")
     plan = Plan.from_json(args.recipe.read_text())
-    job = {"kind": "compress", "model": args.model, "weights": args.weights, "data": args.data,
-           "input_size": args.input_size, "mean": args.mean, "std": args.std, "plan": plan.to_dict()}
+    job = {"kind": "compress", **_job_source(args), "plan": plan.to_dict()}
     run_id = engine.submit(job, root=args.home)
     print(run_id)
     if args.wait:

@@ -48,6 +48,41 @@ def measure(handle: ModelHandle, data: DataBundle, split: str, latency: bool = T
     return out
 
 
+def is_detector(handle) -> bool:
+    return type(handle).__name__ == "DetectorHandle"
+
+
+def measure_detector(handle, data, latency: bool = True) -> dict:
+    """mAP50 (reported as `accuracy`, the score every page plots), mAP50-95, P, R, size, FLOPs, latency."""
+    from compression.models.detector import evaluate_model
+
+    scores = evaluate_model(handle.model, handle.imgsz, data.yaml_path)
+    shape = (3, handle.imgsz, handle.imgsz)
+    out = {"accuracy": scores["map50"], **scores, **metrics.model_summary(handle.model, shape)}
+    prunable = handle.prunable_layers()
+    out["prunable_weights"] = sum(w.numel() for w in prunable.values())
+    out["prunable_nonzero"] = sum(int(torch.count_nonzero(w)) for w in prunable.values())
+    if latency:
+        out["latency_ms"] = metrics.cpu_latency_ms(handle.model, shape)
+    return out
+
+
+def _task(handle, data, split: str, latency: bool):
+    """(measure(h) -> dict, save(h, path, extra), load(path) -> handle, score name) for this kind of model."""
+    if is_detector(handle):
+        from compression.models.detector import load_detector_file, save_detector
+
+        if data.num_classes != len(handle.names):
+            from compression.errors import DataLoadError
+
+            raise DataLoadError(f"the detector has {len(handle.names)} classes but {data.ref} has "
+                                f"{data.num_classes}: pick the dataset it was trained on")
+        return (lambda h: measure_detector(h, data, latency), save_detector, load_detector_file, "mAP50")
+    check_data_fits(handle, data.num_classes)
+    return (lambda h: measure(h, data, split, latency), save_compressed,
+            lambda path: load_compressed(path, handle.extra.get("base_file")), "accuracy")
+
+
 def compress(handle: ModelHandle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
              on_progress: Callable[[str, float, dict], None] | None = None,
              on_log: Callable[[str], None] | None = None,
@@ -56,7 +91,7 @@ def compress(handle: ModelHandle, plan: Plan, data: DataBundle, out_dir: str | P
     """Run `plan` on a copy of `handle`, write `out_dir/model.clab` and `metrics.json`, return the Result."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    check_data_fits(handle, data.num_classes)
+    measure_fn, save_fn, load_fn, score_name = _task(handle, data, plan.eval_split, latency)
     layers = list(handle.prunable_layers())
     plan.validate(layers)
     torch.manual_seed(plan.seed)
@@ -65,29 +100,42 @@ def compress(handle: ModelHandle, plan: Plan, data: DataBundle, out_dir: str | P
     started = time.time()
 
     emit("measure original", 0.0, {})
-    before = measure(handle, data, plan.eval_split, latency)
-    log(f"original: accuracy {before['accuracy']:.4f}, {before['fp32_bytes']:,} fp32 bytes")
+    before = measure_fn(handle)
+    log(f"original: {score_name} {before['accuracy']:.4f}, {before['fp32_bytes']:,} fp32 bytes")
     work = handle.clone()
     ctx = StepContext(data=data, layers=layers, seed=plan.seed,
                       shift_pixels=(2 if data.ref == "digits" else 0) if shift_pixels is None else shift_pixels,
                       on_progress=emit, on_log=log, cancel_requested=cancel_requested)
+    if is_detector(handle):
+        from compression.methods.detect_train import detection_hooks
+        from compression.models.detector import fuse
+
+        fuse(work.model)  # batch norm folded into the convolutions first, as for inference (see detector.fuse)
+        detection_hooks(data, handle.imgsz, ctx)
     steps_report = {}
     for step in plan.steps:
         steps_report[step.type] = HANDLERS[step.type](work.model, step, ctx)
         ctx.check_cancelled()
     work.model.eval()
-    in_memory_accuracy = metrics.accuracy(work.model, data.loader(plan.eval_split))
+    if is_detector(handle):
+        from compression.models.detector import evaluate_model
+
+        in_memory_accuracy = evaluate_model(work.model, handle.imgsz, data.yaml_path)["map50"]
+    else:
+        in_memory_accuracy = metrics.accuracy(work.model, data.loader(plan.eval_split))
 
     emit("write compact file", 0.0, {})
     path = out_dir / COMPRESSED_NAME
-    save_compressed(work, path, {"plan": plan.to_dict(), "data": data.ref})
-    decoded = load_compressed(path, handle.extra.get("base_file"))
+    save_fn(work, path, {"plan": plan.to_dict(), "data": data.ref})
+    decoded = load_fn(path)
     emit("measure compressed", 0.0, {})
-    after = measure(decoded, data, plan.eval_split, latency)
+    after = measure_fn(decoded)
     compressed_bytes = metrics.file_bytes(path)
     rows = inspect_bytes(path.read_bytes())
     result = {
         "model": handle.label,
+        "task": "detect" if is_detector(handle) else "classify",
+        "score_name": score_name,
         "data": data.ref,
         "plan_name": plan.name,
         "eval_split": plan.eval_split,
@@ -109,5 +157,5 @@ def compress(handle: ModelHandle, plan: Plan, data: DataBundle, out_dir: str | P
 
 def _layer_row(row: dict) -> dict:
     keep = ("name", "shape", "encoding", "numel", "nonzeros", "n_clusters", "bytes_positions", "bytes_indices",
-            "bytes_codebook", "bytes_raw", "bytes_total")
+            "bytes_codebook", "bytes_raw", "bytes_total", "quantizer", "layout", "formula_bits", "bits_per_weight")
     return {key: row.get(key) for key in keep}

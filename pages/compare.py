@@ -27,7 +27,8 @@ tabs[1].plotly_chart(plots.pareto_figure(table, "sparse_flops", "FLOPs (zero wei
 tabs[2].plotly_chart(plots.pareto_figure(table, "latency_ms", "CPU latency, batch 1 (ms, dense kernels)"),
                      key="pareto_latency")
 st.caption("Dimmed points are dominated (another run is both smaller and at least as accurate); the dashed line "
-           "joins the Pareto front. Accuracy is measured on the model decoded from each file.")
+           "joins the Pareto front. Accuracy is measured on the model decoded from each file"
+           + (" (for a detector: mAP50 on its validation images)." if (table["task"] == "detect").any() else "."))
 st.dataframe(table, hide_index=True, width="stretch", key="compare_table",
              column_config={"ratio": st.column_config.NumberColumn(format="%.1fx"),
                             "accuracy": st.column_config.NumberColumn(format="%.4f")})
@@ -40,7 +41,8 @@ except CompressionLabError as exc:
     st.stop()
 run_dir = home() / "runs" / run_id
 job = json.loads((run_dir / "job.json").read_text())
-original, _ = load_active({k: job.get(k) for k in ("model", "weights", "data", "input_size", "mean", "std")})
+original, _ = load_active({k: job.get(k) for k in ("model", "weights", "data", "input_size", "mean", "std")
+                           | ({"trust": job["trust"]} if "trust" in job else {})})
 layers = list(decoded.prunable_layers())
 layer = st.selectbox("Layer", layers, key="compare_layer")
 before = original.prunable_layers()[layer].detach().flatten().numpy()
@@ -54,7 +56,8 @@ cols[0].download_button("Compact file (.clab)", (run_dir / "model.clab").read_by
 cols[1].download_button("Recipe (JSON)", (run_dir / "plan.json").read_text(), f"{run_id}-recipe.json",
                         "application/json", key="dl_recipe")
 exports = run_exports(run_id)
-cols[2].download_button("TorchScript", exports["torchscript"], f"{run_id}.pt", key="dl_ts")
+if exports.get("torchscript") is not None:
+    cols[2].download_button("TorchScript", exports["torchscript"], f"{run_id}.pt", key="dl_ts")
 if exports.get("onnx") is not None:
     cols[3].download_button("ONNX", exports["onnx"], f"{run_id}.onnx", key="dl_onnx")
 else:

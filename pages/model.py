@@ -18,9 +18,32 @@ from compression.errors import CompressionLabError
 ensure_app_navigation()
 st.title("Model")
 spec = active_spec()
-source = st.radio("Model source", ["Demo model", "Upload a file"], horizontal=True, key="model_source")
+SOURCES = ["Demo model", "Upload a file", "Demo detector (YOLO)", "Upload a YOLO detector"]
+current_model = str(spec["model"])
+source_index = (2 if current_model == "detector:demo" else 3 if current_model.startswith("detector:")
+                else 0 if current_model.startswith("demo:") else 1)  # a revisit shows what is active
+source = st.radio("Model source", SOURCES, index=source_index, horizontal=True, key="model_source")
 new = dict(spec)
-if source == "Demo model":
+new.pop("trust", None)
+if source == "Demo detector (YOLO)":
+    new.update(model="detector:demo", weights=None, input_size=None, mean=None, std=None)
+elif source == "Upload a YOLO detector":
+    st.warning("An Ultralytics .pt file is a pickle: loading it can run any code its author put in it. "
+               "Load only files you made or whose source you trust.")
+    upload = st.file_uploader("Ultralytics checkpoint (.pt: YOLOv3u, v5u, v8, 11)", type=["pt"], key="upload_yolo")
+    trust = st.checkbox("I trust this file", key="upload_yolo_trust")
+    if upload is not None:
+        blob = upload.getvalue()
+        folder = home() / "uploads"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{hashlib.sha256(blob).hexdigest()[:12]}-{upload.name}"
+        if not path.exists():
+            path.write_bytes(blob)  # kept: an upload the user made is never lost
+        if trust:
+            new.update(model=f"detector:{path}", weights=None, input_size=None, mean=None, std=None, trust=True)
+        else:
+            st.info("Tick 'I trust this file' to load it; until then the active model stays as it is.")
+elif source == "Demo model":
     names = list(demo_choices())
     current = spec["model"].removeprefix("demo:") if spec["model"].startswith("demo:") else names[0]
     name = st.selectbox("Demo model", names, index=names.index(current) if current in names else 0,
@@ -45,8 +68,26 @@ else:
             new.update(model=f"torchvision:{arch}", weights=str(path))
         new.update(input_size=int(size))
 
-dataset = st.radio("Data", ["Demo digits", "Local folder"], horizontal=True, key="data_source")
-if dataset == "Demo digits":
+detector = str(new["model"]).startswith("detector:")
+if detector:
+    dataset = st.radio("Data", ["Demo shapes", "YOLO dataset yaml"], horizontal=True, key="det_data_source",
+                       index=1 if str(spec["data"]).startswith("yolo:") else 0)
+    if dataset == "Demo shapes":
+        new["data"] = "shapes"
+    else:
+        yaml_path = st.text_input("Dataset yaml", key="det_data_yaml", placeholder="/path/to/data.yaml",
+                                  help="a YOLO data yaml whose train/val folders are on this machine")
+        new["data"] = f"yolo:{yaml_path}" if yaml_path else (spec["data"] if spec["data"].startswith(
+            ("shapes", "yolo:")) else "shapes")
+    dataset = None
+else:
+    if not str(new["data"]).startswith(("digits", "imagefolder:", "cifar10:", "cifar100:")):
+        new["data"] = "digits"
+    dataset = st.radio("Data", ["Demo digits", "Local folder"], horizontal=True, key="data_source",
+                       index=0 if str(spec["data"]) == "digits" else 1)
+if dataset is None:
+    pass
+elif dataset == "Demo digits":
     new["data"] = "digits"
 else:
     cols = st.columns([1, 3])
@@ -63,6 +104,25 @@ if spec_key(new) != spec_key(spec):
         st.caption(f"Still using {spec['model']} on {spec['data']}.")
 
 handle, data = load_active(spec)
+if str(spec["model"]).startswith("detector:"):
+    measured = baseline(spec_key(spec))
+    cols = st.columns(6)
+    cols[0].metric("mAP50", f"{measured['map50']:.3f}")
+    cols[1].metric("mAP50-95", f"{measured['map50_95']:.3f}")
+    cols[2].metric("Parameters", f"{measured['params']:,}")
+    cols[3].metric("FLOPs", f"{measured['flops']:,}")
+    cols[4].metric("fp32 bytes", f"{measured['fp32_bytes']:,}")
+    cols[5].metric("CPU latency (batch 1)", f"{measured['latency_ms']:.2f} ms")
+    st.caption(f"{handle.label} on {data.ref}: {len(data.val_images())} validation images, input {handle.imgsz} px, "
+               f"classes {', '.join(handle.names.values())}. mAP from Ultralytics' validator, measured here.")
+    st.subheader("Layers")
+    st.caption("Kept out of compression (pruning or sharing them distorts every box and score directly, with no "
+               "later layer to absorb the error): the Detect head's final box and class convolutions and its "
+               f"fixed DFL projection: {', '.join(handle.skipped_layers())}.")
+    st.dataframe(measured["layers"], hide_index=True, width="stretch",
+                 column_config={"flops_share": st.column_config.ProgressColumn("FLOPs share", min_value=0,
+                                                                               max_value=1)})
+    st.stop()
 try:
     from compression.models.handle import check_data_fits
 

@@ -4,10 +4,12 @@ import streamlit as st
 
 from compression import engine
 from compression.analysis import plots
+from compression.analysis.sensitivity import DETECTOR_CONFIG
 from compression.app_state import (
     active_spec,
     ensure_app_navigation,
     home,
+    is_detector_spec,
     latest_sensitivity,
     load_active,
     sensitivity_job,
@@ -20,13 +22,24 @@ spec = active_spec()
 handle, data = load_active(spec)
 st.caption(f"Each prunable layer of {handle.label} alone: accuracy on a validation subset at every sparsity "
            "(magnitude pruning) and every cluster count (k-means weight sharing), without fine-tuning.")
+detector = is_detector_spec(spec)
+if detector:  # ~60 layers, each point an mAP evaluation: a coarser default grid on fewer images
+    st.caption("For a detector the score is mAP50 on validation images held in memory (same matching as "
+               "Ultralytics' validator); the Detect head's prediction convolutions are not analysed (never "
+               "compressed).")
+    defaults = DETECTOR_CONFIG
+    n_val = len(data.val_images())
+else:
+    defaults = {"sparsities": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95],
+                "n_clusters": [2, 4, 8, 16, 32, 64, 128, 256], "val_size": 512}
+    n_val = len(data.val)
 with st.expander("Settings"):
-    val_size = st.number_input("Validation images", 16, 100_000, min(512, len(data.val)), key="sens_val_size")
+    val_size = st.number_input("Validation images", 16, 100_000, min(defaults["val_size"], n_val),
+                               key="sens_val_size")
     sparsities = st.multiselect("Sparsities", [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98],
-                                default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95],
-                                key="sens_sparsities")
+                                default=defaults["sparsities"], key="sens_sparsities")
     clusters = st.multiselect("Cluster counts", [2, 4, 8, 16, 32, 64, 128, 256],
-                              default=[2, 4, 8, 16, 32, 64, 128, 256], key="sens_clusters")
+                              default=defaults["n_clusters"], key="sens_clusters")
 job = sensitivity_job(spec, {"sparsities": sorted(sparsities), "n_clusters": sorted(clusters),
                              "val_size": int(val_size), "seed": 0})
 if st.button("Run sensitivity analysis", type="primary", key="sens_launch"):
@@ -59,7 +72,8 @@ if report is None:
     st.info("No analysis for this model and data yet: press Run.")
     st.stop()
 st.session_state["sensitivity_report"] = report
-st.metric("Validation accuracy (original)", f"{report['base_accuracy']:.2%}")
+st.metric("Validation mAP50 (original)" if detector else "Validation accuracy (original)",
+          f"{report['base_accuracy']:.3f}" if detector else f"{report['base_accuracy']:.2%}")
 left, right = st.columns(2)
 left.plotly_chart(plots.sensitivity_curves(report, "sparsity"), key="sens_curve_sparsity")
 right.plotly_chart(plots.sensitivity_curves(report, "clusters"), key="sens_curve_clusters")

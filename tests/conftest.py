@@ -1,11 +1,16 @@
 """Shared fixtures: the demo models and data load from assets/ (never retrained); torch is seeded."""
 
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("COMPRESSION_LAB_OFFLINE", "1")
+# generated datasets (the detector's synthetic shapes, ~1,000 images) are made once and shared by every test
+os.environ.setdefault("COMPRESSION_LAB_DATA",
+                      str(Path(tempfile.gettempdir()) / f"compression-lab-test-data-{os.getuid()}"))
 torch.set_num_threads(2)
 
 

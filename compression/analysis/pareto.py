@@ -30,6 +30,7 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
         rows.append({
             "run": run["id"],
             "model": m.get("model", run.get("model")),
+            "task": m.get("task", "classify"),
             "plan": m.get("plan_name", ""),
             "method": family,
             "accuracy": after["accuracy"],

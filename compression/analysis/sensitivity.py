@@ -22,6 +22,9 @@ from compression.models.handle import ModelHandle
 
 DEFAULT_SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 DEFAULT_CLUSTERS = (2, 4, 8, 16, 32, 64, 128, 256)
+# A detector has ~60 layers and each point is an mAP evaluation: a coarser grid on fewer images
+DETECTOR_CONFIG = {"sparsities": [0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95], "n_clusters": [4, 8, 16, 32, 64],
+                   "val_size": 64, "seed": 0}
 
 
 @dataclass(frozen=True)
@@ -67,16 +70,24 @@ def analyze(handle: ModelHandle, data: DataBundle, config: SensitivityConfig = S
     """Measure every layer alone at every grid point (the model given is not changed)."""
     work = handle.clone()
     model = work.model.eval()
-    loader = data.loader("val", size=config.val_size, seed=config.seed)
-    # evaluate on tensors held in memory: the grid runs hundreds of evaluations
-    batches = [(x.to(next(model.parameters()).device), y) for x, y in loader]
+    if type(handle).__name__ == "DetectorHandle":  # mAP50 on validation images held in memory
+        from compression.methods.detect_train import FastMap
 
-    def evaluate() -> float:
-        correct = total = 0
-        for x, y in batches:
-            correct += int((model(x).argmax(1).cpu() == y).sum())
-            total += len(y)
-        return correct / max(1, total)
+        fast_map = FastMap(data, handle.imgsz, config.val_size, config.seed)
+
+        def evaluate() -> float:
+            return fast_map(model)["map50"]
+    else:
+        loader = data.loader("val", size=config.val_size, seed=config.seed)
+        # evaluate on tensors held in memory: the grid runs hundreds of evaluations
+        batches = [(x.to(next(model.parameters()).device), y) for x, y in loader]
+
+        def evaluate() -> float:
+            correct = total = 0
+            for x, y in batches:
+                correct += int((model(x).argmax(1).cpu() == y).sum())
+                total += len(y)
+            return correct / max(1, total)
 
     base = evaluate()
     report = SensitivityReport(base, {}, {**asdict(config), "base_accuracy": base})

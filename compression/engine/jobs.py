@@ -21,16 +21,50 @@ from pathlib import Path
 
 from compression.errors import CompressionLabError
 
-MODEL_PREFIXES = ("demo:", "torchvision:", "torchscript:")
+MODEL_PREFIXES = ("demo:", "torchvision:", "torchscript:", "detector:")
 DATA_PREFIXES = ("digits", "imagefolder:", "cifar10:", "cifar100:")
-JOB_KEYS = {"kind", "model", "weights", "data", "input_size", "mean", "std", "plan", "latency", "config", "seconds"}
+DETECTION_DATA_PREFIXES = ("shapes", "yolo:")
+JOB_KEYS = {"kind", "model", "weights", "data", "input_size", "mean", "std", "plan", "latency", "config", "seconds",
+            "trust"}
 
 
-def _check_source(job: dict) -> dict:
+def is_detector_job(job: dict) -> bool:
+    return str(job.get("model", "")).startswith("detector:")
+
+
+def _check_detector_source(job: dict) -> dict:
+    """detector:demo or detector:FILE.pt (an Ultralytics pickle: only with trust=true) on shapes or yolo:FILE."""
+    model = job["model"]
+    source = model[len("detector:"):]
+    trust = bool(job.get("trust", False))
+    if source != "demo":
+        if not Path(source).expanduser().is_file():
+            raise CompressionLabError(f"detector file {source} does not exist: check the path")
+        if not trust:
+            raise CompressionLabError(
+                f"{Path(source).name} is an Ultralytics checkpoint, a pickle that can run code when loaded: tick "
+                "'I trust this file' in the app or pass --trust on the command line if you trust its source")
+    data = job.get("data")
+    if not isinstance(data, str) or not data.startswith(DETECTION_DATA_PREFIXES):
+        raise CompressionLabError(f"job data {data!r} is not a detection dataset: use shapes (the demo) or "
+                                  "yolo:PATH/data.yaml")
+    if data.startswith("yolo:") and not Path(data[5:]).expanduser().is_file():
+        raise CompressionLabError(f"dataset yaml {data[5:]} does not exist: check the path after 'yolo:'")
+    size = job.get("input_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= 4096
+                             or size % 32):
+        raise CompressionLabError(f"input_size {size!r} must be a multiple of 32 from 32 to 4096 for a detector")
+    return {"model": model, "weights": None, "data": data, "input_size": size, "mean": None, "std": None,
+            "trust": trust}
+
+
+def check_source(job: dict) -> dict:
+    if is_detector_job(job):
+        return _check_detector_source(job)
     model = job.get("model")
     if not isinstance(model, str) or not model.startswith(MODEL_PREFIXES):
         raise CompressionLabError(f"job model {model!r} is not a model reference: use demo:NAME, "
-                                  "torchvision:ARCH (with weights) or torchscript:FILE")
+                                  "torchvision:ARCH (with weights), torchscript:FILE or detector:demo|FILE.pt")
     if model.startswith("demo:"):
         from compression.models.zoo import DEMO_MODELS
 
@@ -89,7 +123,7 @@ def validate(job: dict) -> dict:
         raise CompressionLabError(f"job has unknown keys {sorted(unknown)}: remove them")
     if kind.startswith("test-"):
         return {"kind": kind, "seconds": float(job.get("seconds", 0.0))}
-    out = {"kind": kind, **_check_source(job)}
+    out = {"kind": kind, **check_source(job)}
     if kind == "compress":
         from compression.plan import Plan
 
@@ -102,13 +136,23 @@ def validate(job: dict) -> dict:
     return out
 
 
-def _load_model(job: dict):
+def load_job_model(job: dict):
+    if is_detector_job(job):
+        from compression.models.detector import load_detector
+
+        source = job["model"][len("detector:"):]
+        return load_detector(None if source == "demo" else source, trust=bool(job.get("trust")),
+                             imgsz=job.get("input_size"))
     from compression.models.handle import load_model
 
     return load_model(job["model"], job.get("weights"), job.get("input_size"))
 
 
-def _load_data(job: dict, handle):
+def load_job_data(job: dict, handle):
+    if is_detector_job(job):
+        from compression.data.detection import load_detection_data
+
+        return load_detection_data(job["data"])
     from compression.data import load_data
     from compression.models.handle import check_data_fits
 
@@ -123,8 +167,8 @@ def run_compress(job: dict, run_dir: Path, progress: Callable, log: Callable, ca
     from compression.pipeline import compress
     from compression.plan import Plan
 
-    handle = _load_model(job)
-    data = _load_data(job, handle)
+    handle = load_job_model(job)
+    data = load_job_data(job, handle)
     result = compress(handle, Plan.from_dict(job["plan"]), data, run_dir, on_progress=progress, on_log=log,
                       cancel_requested=cancelled, latency=job.get("latency", True))
     return result.metrics
@@ -135,7 +179,7 @@ def sensitivity_cache_path(job: dict, root: str | Path, handle=None) -> Path:
     from compression.analysis.sensitivity import weights_digest
 
     job = validate(job)
-    handle = handle if handle is not None else _load_model(job)
+    handle = handle if handle is not None else load_job_model(job)
     key = sensitivity_config(job["config"]).key(job["model"], job["data"], weights_digest(handle))
     return Path(root) / "cache" / f"sensitivity-{key}.json"
 
@@ -144,7 +188,7 @@ def run_sensitivity(job: dict, run_dir: Path, progress: Callable, log: Callable,
     from compression.analysis.sensitivity import analyze
     from compression.engine.store import write_atomic
 
-    handle = _load_model(job)
+    handle = load_job_model(job)
     cache = sensitivity_cache_path(job, run_dir.parents[1], handle)
     cached = cache.exists()
     if cached:
@@ -154,7 +198,7 @@ def run_sensitivity(job: dict, run_dir: Path, progress: Callable, log: Callable,
         tmp.replace(run_dir / "sensitivity.json")
         report = json.loads(cache.read_text())
     else:
-        data = _load_data(job, handle)
+        data = load_job_data(job, handle)
         report = analyze(handle, data, sensitivity_config(job["config"]), on_progress=progress,
                          cancel_requested=cancelled).to_dict()
         text = json.dumps(report)

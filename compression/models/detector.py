@@ -42,6 +42,18 @@ class DetectorHandle:
     def names(self) -> dict[int, str]:
         return dict(self.model.names)
 
+    # what the classifier-side tools (layer table, FLOPs, size estimate, latency) read from a handle
+    mean = None
+    std = None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (3, self.imgsz, self.imgsz)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
     def prunable_layers(self) -> dict[str, torch.Tensor]:
         layers = {}
         for name, param in self.model.named_parameters():
@@ -114,13 +126,38 @@ def build_detector(architecture: dict) -> nn.Module:
     return model.float().eval()
 
 
+def is_fused(model: nn.Module) -> bool:
+    return not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def fuse(model: nn.Module) -> nn.Module:
+    """Fold every batch norm into its convolution, in place (Ultralytics' own inference-time fusion).
+
+    The compressor works on the fused model: each convolution then carries one bias vector instead
+    of five batch-norm vectors, the weights it prunes and shares are the ones inference uses, and the
+    file need not store running statistics (a third of a small detector's bytes).
+    """
+    from compression.models.yolo_env import offline_ultralytics
+
+    offline_ultralytics()
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    LOGGER.setLevel("WARNING")
+    try:
+        model.fuse(verbose=False)
+    finally:
+        LOGGER.setLevel(level)
+    return model
+
+
 def save_detector(handle: DetectorHandle, path: str | Path, extra: dict | None = None) -> int:
     """Write the detector in our compact format (tensors + the yaml that rebuilds it)."""
     from compression import __version__
     from compression.storage import write_file
 
     meta = {"producer": f"compression-lab {__version__}", "task": "detect", "architecture": handle.architecture,
-            "imgsz": handle.imgsz, "label": handle.label, **(extra or {})}
+            "imgsz": handle.imgsz, "label": handle.label, "fused": is_fused(handle.model), **(extra or {})}
     state = {k: (v.detach().cpu() + 0.0 if v.is_floating_point() else v.detach().cpu())
              for k, v in handle.model.state_dict().items()}
     return write_file(path, state, meta, handle.layer_kinds())
@@ -138,6 +175,8 @@ def load_detector_file(path: str | Path) -> DetectorHandle:
     if meta.get("task") != "detect":
         raise FormatError(f"{path.name} holds a {meta.get('task', 'unknown')} model, not a detector")
     model = build_detector(meta["architecture"])
+    if meta.get("fused"):
+        fuse(model)
     expected = model.state_dict()
     if set(expected) != set(state) or any(expected[k].shape != state[k].shape for k in expected):
         raise ModelLoadError(f"{path.name} does not match its recorded detector architecture: the file is damaged")
@@ -149,17 +188,35 @@ def load_detector_file(path: str | Path) -> DetectorHandle:
 def evaluate_detector(handle: DetectorHandle, data_yaml: str | Path, batch: int = 32,
                       workdir: str | Path | None = None) -> dict[str, float]:
     """mAP50, mAP50-95, precision and recall from Ultralytics' own validator (on a copy: it fuses layers)."""
+    return evaluate_model(handle.model, handle.imgsz, data_yaml, batch, workdir)
+
+
+def evaluate_model(model: nn.Module, imgsz: int, data_yaml: str | Path, batch: int = 32,
+                   workdir: str | Path | None = None) -> dict[str, float]:
+    """Validate a DetectionModel (a deep copy of it: the validator fuses conv and batch norm in place)."""
     import tempfile
 
     from compression.models.yolo_env import offline_ultralytics
 
     offline_ultralytics()
     from ultralytics.models.yolo.detect import DetectionValidator
+    from ultralytics.utils import LOGGER
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="val-"))
-    validator = DetectionValidator(args={"data": str(data_yaml), "imgsz": handle.imgsz, "batch": batch,
+    validator = DetectionValidator(args={"data": str(data_yaml), "imgsz": imgsz, "batch": batch,
                                          "device": "cuda" if torch.cuda.is_available() else "cpu", "plots": False,
                                          "verbose": False, "project": str(workdir), "name": "val", "exist_ok": True})
-    stats = validator(model=copy.deepcopy(handle.model))
+    from compression.methods.prune import bake
+
+    work = copy.deepcopy(model).float().eval()
+    bake(work)  # masks / shared values become plain weights: fusing needs plain conv parameters
+    for p in work.parameters():
+        p.requires_grad_(False)
+    level = LOGGER.level
+    LOGGER.setLevel("WARNING")
+    try:
+        stats = validator(model=work)
+    finally:
+        LOGGER.setLevel(level)
     return {"map50": float(stats["metrics/mAP50(B)"]), "map50_95": float(stats["metrics/mAP50-95(B)"]),
             "precision": float(stats["metrics/precision(B)"]), "recall": float(stats["metrics/recall(B)"])}

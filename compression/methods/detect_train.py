@@ -1,0 +1,215 @@
+"""Fine-tuning and quick scoring of YOLO detectors, as StepContext hooks, with Ultralytics' own data and loss.
+
+Compression methods constrain weights through parametrizations (pruning masks, shared values), so
+they need a training loop that leaves the model object alone: Ultralytics' DetectionTrainer
+rebuilds the model from its yaml, keeps an EMA copy and saves half-precision checkpoints, any of
+which would drop the constraints. This loop takes the trainer's pieces instead: its dataset and
+augmentation (`build_yolo_dataset`, mosaic off as in Ultralytics' final `close_mosaic` epochs, since
+fine-tuning is short), its loss (`DetectionModel.loss`, box + class + DFL with the default gains),
+and trains the parametrized model in place. Scoring is Ultralytics' DetectionValidator (mAP50-95)
+on a seeded subset of the validation images.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from compression.data.detection import DetectionData
+from compression.methods.finetune import default_device
+
+
+def _cfg(imgsz: int, **overrides):
+    from ultralytics.cfg import get_cfg
+    from ultralytics.utils import DEFAULT_CFG
+
+    # mosaic=0: short fine-tuning runs on whole images, like Ultralytics' last (close_mosaic) epochs
+    return get_cfg(DEFAULT_CFG, {"imgsz": imgsz, "mosaic": 0.0, "mixup": 0.0, "copy_paste": 0.0,
+                                 "plots": False, "verbose": False, **overrides})
+
+
+def train_detector(model: nn.Module, data: DetectionData, imgsz: int, *, epochs: int, lr: float, seed: int,
+                   batch: int = 16, progress: Callable[[float, float], None] | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> list[float]:
+    """Fine-tune a (possibly parametrized) DetectionModel in place with the detection loss; mean loss per epoch."""
+    from compression.models.yolo_env import offline_ultralytics
+
+    offline_ultralytics()
+    from ultralytics.data import build_dataloader, build_yolo_dataset
+    from ultralytics.utils import LOGGER
+
+    if epochs <= 0:
+        return []
+    if data.train is None:
+        raise ValueError(f"{data.ref} has no train split to fine-tune on")
+    torch.manual_seed(seed)
+    cfg = _cfg(imgsz)
+    device = default_device()
+    model.to(device)
+    model.args = cfg  # the loss reads its box/cls/dfl gains from here
+    model.criterion = None
+    stride = max(int(model.stride.max()), 32)
+    level = LOGGER.level
+    LOGGER.setLevel("WARNING")
+    try:
+        dataset = build_yolo_dataset(cfg, str(data.train), batch, {"names": data.names, "nc": data.num_classes,
+                                                                   "channels": 3}, mode="train", stride=stride)
+    finally:
+        LOGGER.setLevel(level)
+    loader = build_dataloader(dataset, batch=batch, workers=0, shuffle=True, rank=-1, device=device)
+    # checkpoints come back frozen; Ultralytics trains everything but the fixed DFL projection
+    for name, param in model.named_parameters():
+        param.requires_grad_(".dfl" not in name)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    total = max(1, epochs * len(loader))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
+    losses, step = [], 0
+    model.train()
+    for _ in range(epochs):
+        running, count = 0.0, 0
+        for index, batch_data in enumerate(loader):
+            if index >= len(loader):
+                break
+            batch_data["img"] = batch_data["img"].to(device).float() / 255
+            for key in ("cls", "bboxes", "batch_idx"):
+                batch_data[key] = batch_data[key].to(device)
+            loss, _ = model.loss(batch_data)
+            loss = loss.sum() / batch_data["img"].shape[0]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, max_norm=10.0)  # as Ultralytics' trainer does
+            optimizer.step()
+            scheduler.step()
+            running += float(loss.detach())
+            count += 1
+            step += 1
+            if progress is not None:
+                progress(step / total, float(loss.detach()))
+            if should_stop is not None and should_stop():
+                model.eval()
+                return losses
+        losses.append(running / max(1, count))
+    model.eval()
+    return losses
+
+
+def _match(pred_cls: np.ndarray, true_cls: np.ndarray, iou: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Correct-detection matrix (detections x IoU thresholds): Ultralytics' greedy matching, by confidence."""
+    correct = np.zeros((len(pred_cls), len(thresholds)), dtype=bool)
+    iou = iou * (true_cls[:, None] == pred_cls[None, :])
+    matched = np.zeros((iou.shape[0], len(thresholds)), dtype=bool)
+    for j in np.flatnonzero((iou >= thresholds.min()).any(0)):
+        available = np.where(matched, 0, iou[:, j, None])
+        k = available.argmax(0)
+        correct[j] = available[k, range(len(thresholds))] >= thresholds
+        matched[k, range(len(thresholds))] |= correct[j]
+    return correct
+
+
+class FastMap:
+    """mAP50 / mAP50-95 of a model on validation images held in memory (hundreds of evaluations per analysis).
+
+    The same quantities as Ultralytics' DetectionValidator (NMS at conf 0.001 / IoU 0.7, greedy matching
+    at IoU 0.50:0.95, `ap_per_class`), without its per-call data loading, fusing and logging; a test
+    checks it against the validator.
+    """
+
+    def __init__(self, data: DetectionData, imgsz: int, size: int | None = None, seed: int = 0, batch: int = 32):
+        from compression.models.yolo_env import offline_ultralytics
+
+        offline_ultralytics()
+        from ultralytics.data import build_yolo_dataset
+        from ultralytics.utils import LOGGER
+
+        images = data.val_images()
+        if size is not None and size < len(images):
+            images = sorted(random.Random(seed).sample(images, size))
+        listing = Path(tempfile.mkdtemp(prefix="fastmap-")) / "val.txt"  # Ultralytics reads image-list files
+        listing.write_text("\n".join(str(p.resolve()) for p in images) + "\n")
+        level = LOGGER.level
+        LOGGER.setLevel("WARNING")
+        try:
+            dataset = build_yolo_dataset(_cfg(imgsz, rect=False), str(listing), batch,
+                                         {"names": data.names, "nc": data.num_classes, "channels": 3}, mode="val",
+                                         rect=False, stride=32)
+        finally:
+            LOGGER.setLevel(level)
+        self.items = []  # (images uint8 [n,3,h,w], [per-image (classes, xyxy boxes in pixels)])
+        for start in range(0, len(dataset), batch):
+            samples = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
+            imgs = torch.stack([s["img"] for s in samples])
+            targets = []
+            for sample in samples:
+                h, w = sample["img"].shape[1:]
+                boxes = sample["bboxes"].clone()
+                xyxy = torch.cat([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], 1)
+                xyxy *= torch.tensor([w, h, w, h], dtype=xyxy.dtype)
+                targets.append((sample["cls"].view(-1).numpy(), xyxy))
+            self.items.append((imgs, targets))
+        self.thresholds = np.linspace(0.5, 0.95, 10)
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        from ultralytics.utils.metrics import ap_per_class, box_iou
+        from ultralytics.utils.nms import non_max_suppression
+
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        tps, confs, pred_classes, true_classes = [], [], [], []
+        for imgs, targets in self.items:
+            preds = model(imgs.to(device).float() / 255)
+            outputs = non_max_suppression(preds, 0.001, 0.7, multi_label=True, max_det=300)
+            for out, (cls, boxes) in zip(outputs, targets, strict=True):
+                out = out.cpu()
+                true_classes.append(cls)
+                if not len(out):
+                    continue
+                pcls = out[:, 5].numpy()
+                if len(cls):
+                    tp = _match(pcls, cls, box_iou(boxes, out[:, :4]).numpy(), self.thresholds)
+                else:
+                    tp = np.zeros((len(out), len(self.thresholds)), dtype=bool)
+                tps.append(tp)
+                confs.append(out[:, 4].numpy())
+                pred_classes.append(pcls)
+        model.train(was_training)
+        if not tps:
+            return {"map50": 0.0, "map50_95": 0.0}
+        ap = ap_per_class(np.concatenate(tps), np.concatenate(confs), np.concatenate(pred_classes),
+                          np.concatenate(true_classes))[5]
+        return {"map50": float(ap[:, 0].mean()) if len(ap) else 0.0, "map50_95": float(ap.mean()) if len(ap) else 0.0}
+
+
+def map_scorer(data: DetectionData, imgsz: int, size: int, seed: int,
+               metric: str = "map50_95") -> Callable[[nn.Module], float]:
+    """score(model) -> mAP on a seeded subset of `size` validation images, held in memory."""
+    fast = FastMap(data, imgsz, size, seed)
+    return lambda model: fast(model)[metric]
+
+
+def detection_hooks(data: DetectionData, imgsz: int, ctx, batch: int = 16) -> None:
+    """Point a StepContext's trainer and scorer at this detection dataset."""
+
+    def trainer(model: nn.Module, *, epochs: int, lr: float, seed: int, stage: str) -> None:
+        train_detector(model, data, imgsz, epochs=epochs, lr=lr, seed=seed, batch=batch,
+                       progress=lambda f, loss: ctx.emit(stage, f, loss=loss), should_stop=ctx.should_stop)
+
+    ctx.trainer = trainer
+    ctx.scorer = lambda size, seed: map_scorer(data, imgsz, size, seed)
+    ctx.score_name = "mAP50-95"
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    teacher = copy.deepcopy(model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher

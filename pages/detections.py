@@ -1,0 +1,101 @@
+"""Detections page: the original and a compressed detector on the same image, what vanished and what appeared."""
+
+import io
+
+import streamlit as st
+from PIL import Image, UnidentifiedImageError
+
+from compression import engine
+from compression.analysis import detections
+from compression.app_state import active_spec, decoded_run, ensure_app_navigation, home, is_detector_spec, load_active
+from compression.errors import CompressionLabError
+
+ensure_app_navigation()
+st.title("Detections")
+spec = active_spec()
+if not is_detector_spec(spec):
+    st.info("The active model is a classifier. Pick 'Demo detector (YOLO)' or upload a YOLO detector on the Model "
+            "page, compress it from the Plan page, then compare detections here.")
+    st.stop()
+handle, data = load_active(spec)
+runs = [r for r in engine.list_runs(root=home(), kind="compress")
+        if r["state"] == "succeeded" and r.get("job", {}).get("model") == spec["model"]
+        and (r.get("metrics") or {}).get("task") == "detect"]
+if not runs:
+    st.info(f"No finished compression run of {handle.label} yet: launch one from the Plan page.")
+    st.stop()
+
+
+def describe(run: dict) -> str:
+    m = run["metrics"]
+    return f"{run['id']} · {m.get('plan_name', '')} · {m['compression_ratio']:.1f}x · mAP50 {m['after']['map50']:.3f}"
+
+
+run = st.selectbox("Compressed run", runs, format_func=describe, key="det_run")
+metrics = run["metrics"]
+before, after = metrics["before"], metrics["after"]
+cols = st.columns(6)
+cols[0].metric("mAP50 original", f"{before['map50']:.3f}")
+cols[1].metric("mAP50 compressed", f"{after['map50']:.3f}", f"{after['map50'] - before['map50']:+.3f}")
+cols[2].metric("mAP50-95 original", f"{before['map50_95']:.3f}")
+cols[3].metric("mAP50-95 compressed", f"{after['map50_95']:.3f}", f"{after['map50_95'] - before['map50_95']:+.3f}")
+cols[4].metric("fp32 bytes", f"{before['fp32_bytes']:,}")
+cols[5].metric("Compact file bytes", f"{after['compressed_bytes']:,}", f"{metrics['compression_ratio']:.1f}x smaller",
+               delta_color="off")
+st.caption("mAP from Ultralytics' validator on the validation images; the compressed figures are measured on the "
+           "model decoded from the compact file, which is also the model drawn below.")
+try:
+    compressed = decoded_run(run["id"])
+except CompressionLabError as exc:
+    st.error(str(exc))
+    st.stop()
+
+left, right = st.columns([2, 1])
+source = left.radio("Image", ["Validation image", "Upload an image"], horizontal=True, key="det_source")
+conf = right.slider("Confidence threshold", 0.05, 0.95, 0.25, 0.05, key="det_conf")
+images = data.val_images(limit=48)
+image = None
+if source == "Validation image":
+    index = st.slider("Validation image", 0, len(images) - 1, 0, key="det_index")
+    image = Image.open(images[index])
+    image.load()
+else:
+    upload = st.file_uploader("Image", type=["png", "jpg", "jpeg", "bmp", "webp"], key="det_upload")
+    if upload is not None:
+        try:
+            image = Image.open(io.BytesIO(upload.getvalue()))
+            image.load()
+        except (UnidentifiedImageError, OSError):
+            st.error(f"{upload.name} is not an image Pillow can read: upload a PNG, JPEG, BMP or WebP file")
+if image is None:
+    st.stop()
+
+original_boxes = detections.predict(handle.model, image, handle.imgsz, conf)
+compressed_boxes = detections.predict(compressed.model, image, compressed.imgsz, conf)
+detections.compare(original_boxes, compressed_boxes)
+count = detections.counts(original_boxes, compressed_boxes)
+scale = max(1, round(480 / max(image.size)))
+left, right = st.columns(2)
+left.subheader(f"Original: {count['original']} boxes")
+left.image(detections.draw(image, original_boxes, handle.names, scale))
+right.subheader(f"Compressed: {count['compressed']} boxes")
+right.image(detections.draw(image, compressed_boxes, compressed.names, scale))
+st.markdown(f"**{count['vanished']}** box(es) vanished (red on the original) · **{count['appeared']}** appeared "
+            "(pink on the compressed) · matched when same class and IoU >= 0.5.")
+
+
+@st.cache_data(max_entries=16, show_spinner="Counting boxes on the validation images...")
+def per_image_counts(run_id: str, model_ref: str, threshold: float) -> list[dict]:
+    rows = []
+    for i, path in enumerate(images):
+        img = Image.open(path)
+        a = detections.predict(handle.model, img, handle.imgsz, threshold)
+        b = detections.predict(compressed.model, img, compressed.imgsz, threshold)
+        detections.compare(a, b)
+        rows.append({"image": i, "file": path.name, **detections.counts(a, b)})
+    return rows
+
+
+with st.expander("Per-image counts on the first validation images"):
+    table = per_image_counts(run["id"], spec["model"], conf)
+    st.dataframe(table, hide_index=True, width="stretch", key="det_counts")

@@ -1,0 +1,143 @@
+"""Detectors through the whole pipeline: data refs, fine-tuning with masks, the compact file, mAP, jobs, CLI, boxes."""
+
+import json
+
+import pytest
+import torch
+
+from compression.errors import CompressionLabError, DataLoadError
+
+
+@pytest.fixture(scope="module")
+def small_yaml(tmp_path_factory):
+    """A small shapes dataset (48 train / 24 val images) as a user's YOLO yaml."""
+    from compression.demo.shapes import ShapesConfig, write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("small-shapes"), train=48, val=24, config=ShapesConfig(seed=7))
+
+
+@pytest.fixture(scope="module")
+def detector():
+    from compression.models.detector import load_detector
+
+    return load_detector()
+
+
+@pytest.fixture(scope="module")
+def compressed_run(detector, small_yaml, tmp_path_factory):
+    from compression.data.detection import load_detection_data
+    from compression.pipeline import compress
+    from compression.plan import Plan
+
+    plan = Plan.from_dict({"schema_version": 1, "name": "det-test", "seed": 0, "eval_split": "val", "steps": [
+        {"type": "prune", "sparsity": {"_default": 0.5}, "iterations": 1, "finetune_epochs": 1, "lr": 0.0003},
+        {"type": "cluster", "n_clusters": {"_default": 32}, "finetune_epochs": 1, "lr": 0.0001}]})
+    data = load_detection_data(f"yolo:{small_yaml}")
+    out = tmp_path_factory.mktemp("det-run")
+    events = []
+    result = compress(detector, plan, data, out, on_progress=lambda stage, f, v: events.append(stage), latency=False)
+    return result, data, events
+
+
+def test_detector_run_prunes_shares_and_measures_the_decoded_file(compressed_run, detector):
+    result, data, events = compressed_run
+    m = result.metrics
+    assert m["task"] == "detect" and m["score_name"] == "mAP50"
+    assert any(stage.startswith("prune round") for stage in events)
+    assert "fine-tune shared values" in events
+    # accuracy after = mAP50 of the model decoded from the file, equal to the in-memory compressed model's
+    assert m["after"]["accuracy"] == m["after"]["map50"] == m["after"]["in_memory_accuracy"]
+    assert 0.0 <= m["after"]["map50_95"] <= m["after"]["map50"] <= 1.0
+    assert abs(m["weights_kept"] - 0.5) < 0.01
+    assert m["after"]["compressed_bytes"] == result.path.stat().st_size
+    assert m["compression_ratio"] > 5  # half the weights, 32 shared values, batch norm folded in
+    # the head's prediction convolutions and DFL were never touched
+    fused = result.handle.model
+    for name in detector.skipped_layers():
+        assert torch.count_nonzero(fused.get_submodule(name).weight) > 0
+    for name, weight in result.handle.prunable_layers().items():
+        assert len(torch.unique(weight[weight != 0])) <= 32, name
+
+
+def test_decoded_detector_gives_the_same_boxes_as_the_in_memory_model(compressed_run):
+    from PIL import Image
+
+    from compression.analysis.detections import predict
+    from compression.models.detector import load_detector_file
+
+    result, data, _ = compressed_run
+    again = load_detector_file(result.path)
+    for path in data.val_images(limit=4):
+        image = Image.open(path)
+        a = predict(result.handle.model, image, 160, 0.1)
+        b = predict(again.model, image, 160, 0.1)
+        assert [(x.xyxy, x.cls, x.conf) for x in a] == [(x.xyxy, x.cls, x.conf) for x in b]
+
+
+def test_fast_map_equals_ultralytics_validator(detector, small_yaml):
+    from compression.data.detection import load_detection_data
+    from compression.methods.detect_train import FastMap
+    from compression.models.detector import evaluate_model
+
+    data = load_detection_data(f"yolo:{small_yaml}")
+    fast = FastMap(data, detector.imgsz)(detector.model)
+    full = evaluate_model(detector.model, detector.imgsz, data.yaml_path)
+    assert fast["map50"] == pytest.approx(full["map50"], abs=1e-6)
+    assert fast["map50_95"] == pytest.approx(full["map50_95"], abs=1e-6)
+    assert full["map50"] > 0.9
+
+
+def test_detection_data_refs_fail_clearly(tmp_path, small_yaml):
+    from compression.data.detection import load_detection_data
+
+    with pytest.raises(DataLoadError, match="does not exist"):
+        load_detection_data(f"yolo:{tmp_path}/missing.yaml")
+    bad = tmp_path / "data.yaml"
+    bad.write_text(f"path: {tmp_path}\ntrain: images/train\nval: images/val\nnames: {{0: a}}\n")
+    with pytest.raises(DataLoadError, match="never downloads"):
+        load_detection_data(f"yolo:{bad}")
+    with pytest.raises(DataLoadError, match="unknown detection dataset"):
+        load_detection_data("coco")
+    assert load_detection_data(f"yolo:{small_yaml}").num_classes == 4
+
+
+def test_detector_jobs_check_trust_and_data(tmp_path, small_yaml):
+    from compression.engine.jobs import validate
+
+    plan = {"schema_version": 1, "steps": [{"type": "prune", "sparsity": 0.5}]}
+    assert validate({"kind": "compress", "model": "detector:demo", "data": "shapes", "plan": plan})["trust"] is False
+    weights = tmp_path / "yolo.pt"
+    weights.write_bytes(b"not read")
+    with pytest.raises(CompressionLabError, match="pickle that can run code"):
+        validate({"kind": "compress", "model": f"detector:{weights}", "data": "shapes", "plan": plan})
+    assert validate({"kind": "compress", "model": f"detector:{weights}", "trust": True, "data": f"yolo:{small_yaml}",
+                     "plan": plan})["trust"] is True
+    with pytest.raises(CompressionLabError, match="not a detection dataset"):
+        validate({"kind": "compress", "model": "detector:demo", "data": "digits", "plan": plan})
+
+
+def test_cli_refuses_an_untrusted_detector_and_evaluates_a_file(tmp_path, compressed_run, capsys):
+    from compression.cli import main
+
+    weights = tmp_path / "yolo.pt"
+    weights.write_bytes(b"not read")
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"schema_version": 1, "steps": [{"type": "prune", "sparsity": 0.5}]}))
+    assert main(["run", str(recipe), "--model", f"detector:{weights}", "--data", "shapes", "--out", str(tmp_path)]) == 2
+    assert "--trust" in capsys.readouterr().err
+    result, data, _ = compressed_run
+    assert main(["eval", str(result.path), "--data", data.ref]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["map50"] == result.metrics["after"]["map50"]
+    assert out["compressed_bytes"] == result.path.stat().st_size
+
+
+def test_compare_marks_vanished_and_appeared_boxes():
+    from compression.analysis.detections import Box, compare, counts
+
+    original = [Box((0, 0, 10, 10), 0, 0.9), Box((20, 20, 30, 30), 1, 0.8), Box((40, 40, 50, 50), 2, 0.7)]
+    compressed = [Box((1, 1, 10, 10), 0, 0.85), Box((20, 20, 30, 30), 2, 0.6), Box((60, 60, 70, 70), 1, 0.5)]
+    compare(original, compressed)
+    assert [b.status for b in original] == ["kept", "vanished", "vanished"]  # class 1 box: wrong class in copy
+    assert [b.status for b in compressed] == ["kept", "appeared", "appeared"]
+    assert counts(original, compressed) == {"original": 3, "compressed": 3, "vanished": 2, "appeared": 2}

@@ -1,0 +1,82 @@
+"""Knowledge distillation (Hinton et al. 2015): the original model teaches the compressed one while it fine-tunes.
+
+The loss mixes the hard-label cross-entropy with the KL divergence between the teacher's and the
+student's logits softened by a temperature T (scaled by T^2 so its gradients keep their size as T
+changes): loss = alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y).
+Hu et al. (2018) fine-tune each channel-pruned layer this way. A plan with a distill step uses this
+loss for every fine-tuning in the plan (the pipeline calls `use_teacher` before the first step), so
+it works after any method; the step itself then fine-tunes `epochs` more where it stands, with the
+weights that are exactly zero kept at zero (a pruned model stays pruned).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compression.errors import PlanError
+from compression.methods.context import StepContext
+from compression.methods.finetune import LossFn
+from compression.plan import DistillStep
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+            temperature: float, alpha: float) -> torch.Tensor:
+    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy with the labels."""
+    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1), F.log_softmax(teacher_logits / temperature, 1),
+                    reduction="batchmean", log_target=True)
+    hard = F.cross_entropy(student_logits, labels)
+    return alpha * temperature ** 2 * soft + (1.0 - alpha) * hard
+
+
+def make_kd_loss(teacher: nn.Module, temperature: float, alpha: float) -> LossFn:
+    """A loss_fn for finetune.train: the frozen teacher's logits on the same (augmented) images."""
+    teacher = copy.deepcopy(teacher).eval()
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+
+    def loss_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        device = images.device
+        if next(teacher.parameters()).device != device:
+            teacher.to(device)
+        with torch.no_grad():
+            teacher_logits = teacher(images)
+        return kd_loss(logits, teacher_logits, labels, temperature, alpha)
+
+    return loss_fn
+
+
+def use_teacher(ctx: StepContext, step: DistillStep, teacher: nn.Module) -> None:
+    """Make every later fine-tuning in `ctx` distil from `teacher` (the original model)."""
+    if ctx.trainer is not None:
+        raise PlanError("distill: knowledge distillation is implemented for classifiers; "
+                        "remove the distill step for a detector")
+    ctx.notes["teacher"] = teacher
+    ctx.notes["distilling"] = True
+    ctx.loss_fn = make_kd_loss(teacher, step.temperature, step.alpha)
+
+
+def run(model: nn.Module, step: DistillStep, ctx: StepContext) -> dict:
+    """Fine-tune `model` with the KD loss for `step.epochs`, keeping zero weights at zero."""
+    if "teacher" not in ctx.notes:
+        raise PlanError("distill: no teacher model was given: run the plan through compression.pipeline.compress")
+    if not ctx.notes.get("distilling"):
+        use_teacher(ctx, step, ctx.notes["teacher"])
+    if step.epochs <= 0:
+        return {"temperature": step.temperature, "alpha": step.alpha, "epochs": 0}
+    from compression.methods.prune import apply_masks, bake
+
+    masks = {}
+    for name, param in model.named_parameters():  # keep a pruned model pruned through the extra epochs
+        if name.endswith("weight") and param.dim() >= 2 and bool((param == 0).any()):
+            masks[name[: -len(".weight")]] = (param != 0).to(param.dtype).detach()
+    apply_masks(model, masks)
+    try:
+        ctx.finetune(model, step.epochs, step.lr, ctx.seed + step.seed + 7, "distill")
+    finally:
+        bake(model)
+    return {"temperature": step.temperature, "alpha": step.alpha, "epochs": step.epochs,
+            "masked_layers": len(masks)}

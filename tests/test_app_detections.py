@@ -1,0 +1,73 @@
+"""AppTest of the detector flow: the model page loads the demo detector, the Detections page compares a run."""
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+DETECTOR = {"model": "detector:demo", "weights": None, "data": "shapes", "input_size": None, "mean": None,
+            "std": None}
+QUICK = {"schema_version": 1, "name": "det-quick", "seed": 0, "eval_split": "val", "steps": [
+    {"type": "prune", "sparsity": {"_default": 0.4}, "iterations": 1, "finetune_epochs": 0},
+    {"type": "cluster", "n_clusters": {"_default": 64}, "finetune_epochs": 0}]}
+
+
+@pytest.fixture(scope="module")
+def detector_home(tmp_path_factory):
+    """A data folder with one finished compression run of the demo detector (no fine-tuning: fast)."""
+    from compression import engine
+
+    home = tmp_path_factory.mktemp("det-home")
+    run = engine.submit({"kind": "compress", **DETECTOR, "plan": QUICK, "latency": False}, root=home)
+    row = engine.wait(run, 300, root=home)
+    assert row["state"] == "succeeded", row.get("error")
+    return home, run
+
+
+def start(home, monkeypatch) -> AppTest:
+    monkeypatch.setenv("COMPRESSION_LAB_HOME", str(home))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_model_page_loads_the_demo_detector(detector_home, monkeypatch):
+    at = start(detector_home[0], monkeypatch)
+    at.radio(key="model_source").set_value("Demo detector (YOLO)").run()
+    assert not at.exception, [e.value for e in at.exception]
+    labels = {m.label: m.value for m in at.metric}
+    assert float(labels["mAP50"]) > 0.9
+    assert labels["Parameters"] == "913,028"
+    assert any("DFL" in c.value and "cv3.0.2" in c.value for c in at.caption)
+
+
+def test_detections_page_shows_both_models_and_the_changes(detector_home, monkeypatch):
+    home, run_id = detector_home
+    at = start(home, monkeypatch)
+    at.radio(key="model_source").set_value("Demo detector (YOLO)").run()
+    at.switch_page("pages/detections.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    labels = {m.label: m.value for m in at.metric}
+    metrics = json.loads((home / "runs" / run_id / "metrics.json").read_text())
+    assert labels["Compact file bytes"] == f"{metrics['after']['compressed_bytes']:,}"
+    assert labels["mAP50 compressed"] == f"{metrics['after']['map50']:.3f}"
+    assert len(at.get("image")) == 2
+    headers = [h.value for h in at.subheader]
+    assert any(h.startswith("Original:") for h in headers) and any(h.startswith("Compressed:") for h in headers)
+    assert any("vanished" in m.value and "appeared" in m.value for m in at.markdown)
+    # a higher confidence threshold never shows more boxes
+    count = int(next(h for h in headers if h.startswith("Original:")).split(":")[1].split()[0])
+    at.slider(key="det_conf").set_value(0.9).run()
+    headers = [h.value for h in at.subheader]
+    assert int(next(h for h in headers if h.startswith("Original:")).split(":")[1].split()[0]) <= count
+    at.slider(key="det_index").set_value(5).run()
+    assert not at.exception
+
+
+def test_detections_page_explains_what_to_do_for_a_classifier(tmp_path, monkeypatch):
+    at = start(tmp_path / "home", monkeypatch)
+    at.switch_page("pages/detections.py").run()
+    assert any("classifier" in i.value for i in at.info)

@@ -36,11 +36,37 @@ def demo_choices() -> dict[str, str]:
     return {name: spec.description for name, spec in DEMO_MODELS.items()}
 
 
+SHAREABLE_MODELS = tuple(f"demo:{name}" for name in DEMO_MODELS) + ("detector:demo",)
+SHAREABLE_DATA = ("digits", "shapes")
+
+
 def active_spec() -> dict:
-    """The model + data the pages work on (the sidebar shows it)."""
+    """The model + data the pages work on (the sidebar shows it).
+
+    A built-in model and dataset are also kept in the URL (?model=...&data=...), so a browser reload or
+    a shared link opens on the same model. Uploaded files never go in the URL: a link must not be able
+    to load a pickle.
+    """
     if "active" not in st.session_state:
-        st.session_state["active"] = dict(DEFAULT_SPEC)
-    return st.session_state["active"]
+        spec = dict(DEFAULT_SPEC)
+        model, data = st.query_params.get("model"), st.query_params.get("data")
+        if model in SHAREABLE_MODELS and data in SHAREABLE_DATA \
+                and (data == "shapes") == model.startswith("detector:"):
+            spec.update(model=model, data=data)
+        st.session_state["active"] = spec
+    spec = st.session_state["active"]
+    if spec.get("model") in SHAREABLE_MODELS and spec.get("data") in SHAREABLE_DATA and (
+            st.query_params.get("model") != spec["model"] or st.query_params.get("data") != spec["data"]):
+        st.query_params.update(model=spec["model"], data=spec["data"])  # navigation clears them: put them back
+    return spec
+
+
+def set_active(spec: dict) -> None:
+    st.session_state["active"] = spec
+    if spec.get("model") in SHAREABLE_MODELS and spec.get("data") in SHAREABLE_DATA:
+        st.query_params.update(model=spec["model"], data=spec["data"])
+    else:
+        st.query_params.clear()
 
 
 def spec_key(spec: dict) -> str:

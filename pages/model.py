@@ -11,6 +11,7 @@ from compression.app_state import (
     ensure_app_navigation,
     home,
     load_active,
+    set_active,
     spec_key,
 )
 from compression.errors import CompressionLabError
@@ -98,7 +99,8 @@ else:
 if spec_key(new) != spec_key(spec):
     try:
         load_active(new)
-        st.session_state["active"] = spec = new
+        set_active(new)
+        spec = new
     except CompressionLabError as exc:
         st.error(str(exc))
         st.caption(f"Still using {spec['model']} on {spec['data']}.")

@@ -71,3 +71,19 @@ def test_detections_page_explains_what_to_do_for_a_classifier(tmp_path, monkeypa
     at = start(tmp_path / "home", monkeypatch)
     at.switch_page("pages/detections.py").run()
     assert any("classifier" in i.value for i in at.info)
+
+
+def test_a_link_opens_the_demo_detector_but_never_an_uploaded_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPRESSION_LAB_HOME", str(tmp_path / "home"))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.query_params["model"] = "detector:demo"
+    at.query_params["data"] = "shapes"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "mAP50" in {m.label for m in at.metric}
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.query_params["model"] = f"detector:{tmp_path / 'evil.pt'}"
+    at.query_params["data"] = "shapes"
+    at.run()
+    assert not at.exception
+    assert "Test accuracy" in {m.label for m in at.metric}  # the default classifier, nothing else loaded

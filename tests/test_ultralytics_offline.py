@@ -1,5 +1,6 @@
-"""Ultralytics must never reach for the network: load, predict and validate the demo detector with every
-socket connection outside loopback refused, and fail if anything even tried."""
+"""Ultralytics must never reach for the network: load, predict, validate and fine-tune (our loop on its data
+pipeline and loss) the demo detector with every socket connection outside loopback refused, and fail if
+anything even tried."""
 
 import subprocess
 import sys
@@ -40,6 +41,14 @@ result = model.predict(image, imgsz=160, device="cpu", verbose=False)[0]
 yaml = write_dataset(work / "shapes", train=2, val=4)
 metrics = model.val(data=str(yaml), imgsz=160, batch=4, device="cpu", plots=False, verbose=False,
                     project=str(work / "runs"), name="val", exist_ok=True)
+from compression.data.detection import load_detection_data
+from compression.methods.detect_train import FastMap, train_detector
+from compression.models.detector import fuse, load_detector
+handle = load_detector()
+fuse(handle.model)
+data = load_detection_data(f"yolo:{yaml}")
+train_detector(handle.model, data, 160, epochs=1, lr=1e-5, seed=0, batch=2)  # our fine-tuning loop
+print("FAST", FastMap(data, 160)(handle.model)["map50"])
 print("BOXES", len(result.boxes), "LABELS", len(labels), "MAP50", round(float(metrics.box.map50), 3))
 print("ATTEMPTS", attempts)
 '''

@@ -47,7 +47,7 @@ def faiss_pq(x: np.ndarray) -> np.ndarray:
     return pq.decode(pq.compute_codes(x))
 
 
-def _assign(xs: torch.Tensor, centroids: torch.Tensor, budget: int = 1 << 26) -> torch.Tensor:
+def _assign(xs: torch.Tensor, centroids: torch.Tensor, budget: int = 1 << 20) -> torch.Tensor:
     """(M, N) nearest-codeword index per segment; xs (M, N, s), centroids (M, k, s)."""
     segments, n, _ = xs.shape
     k = centroids.shape[1]

@@ -176,7 +176,7 @@ def cmd_inspect(args) -> int:
         print(json.dumps(rows, default=str))
         return 0
     header = f"{'tensor':32} {'encoding':9} {'shape':>16} {'nonzero':>9} {'k':>4} {'pos bits':>9} " \
-             f"{'idx bits':>9} {'cb bits':>8} {'raw bits':>9} {'bytes':>8}"
+             f"{'idx bits':>9} {'cb bits':>8} {'raw bits':>9} {'bytes':>8} {'bits/w':>7} {'paper bits':>10}"
     print(header)
     total = 0
     for row in rows:
@@ -184,9 +184,13 @@ def cmd_inspect(args) -> int:
         k = row.get("n_clusters") or ""
         shape = "x".join(str(s) for s in row.get("shape") or []) or "-"
         nonzero = row.get("nonzeros")
-        print(f"{row['name'][:32]:32} {row.get('encoding', ''):9} {shape:>16} {'' if nonzero is None else nonzero:>9} "
+        encoding = row.get("encoding", "") + (f":{row['quantizer']}" if row.get("quantizer") else "")
+        per_weight = f"{row['bits_per_weight']:.3f}" if row.get("bits_per_weight") is not None else ""
+        paper = row.get("formula_bits") or ""  # vq layers: Gong et al.'s codes + 32-bit codebooks
+        print(f"{row['name'][:32]:32} {encoding:9} {shape:>16} {'' if nonzero is None else nonzero:>9} "
               f"{k:>4} {8 * (row.get('bytes_positions') or 0):>9} {8 * (row.get('bytes_indices') or 0):>9} "
-              f"{8 * (row.get('bytes_codebook') or 0):>8} {8 * (row.get('bytes_raw') or 0):>9} {row['bytes_total']:>8}")
+              f"{8 * (row.get('bytes_codebook') or 0):>8} {8 * (row.get('bytes_raw') or 0):>9} {row['bytes_total']:>8} "
+              f"{per_weight:>7} {paper:>10}")
     print(f"total {total} bytes (file {args.file.stat().st_size} bytes)")
     return 0
 

@@ -26,8 +26,9 @@ tabs[0].plotly_chart(plots.pareto_figure(table, "compressed_bytes", "compressed 
 tabs[1].plotly_chart(plots.pareto_figure(table, "sparse_flops", "FLOPs (zero weights skipped)"), key="pareto_flops")
 tabs[2].plotly_chart(plots.pareto_figure(table, "latency_ms", "CPU latency, batch 1 (ms, dense kernels)"),
                      key="pareto_latency")
-st.caption("Dimmed points are dominated (another run is both smaller and at least as accurate); the dashed line "
-           "joins the Pareto front. Accuracy is measured on the model decoded from each file"
+st.caption("Each method family (prune+cluster, vq quantizers, channels) is its own series, its thin line that "
+           "family's own front. Dimmed points are dominated (another run is both smaller and at least as accurate); "
+           "the dashed line joins the overall Pareto front. Accuracy is measured on the model decoded from each file"
            + (" (for a detector: mAP50 on its validation images)." if (table["task"] == "detect").any() else "."))
 st.dataframe(table, hide_index=True, width="stretch", key="compare_table",
              column_config={"ratio": st.column_config.NumberColumn(format="%.1fx"),

@@ -46,6 +46,7 @@ class LayerStats:
     fp32_bytes: int
     position_factors: tuple[np.ndarray, np.ndarray]  # (sparsities, real / geometric positions bytes)
     value_bytes: float  # bytes per kept fp32 value as the codec stores unshared values (shuffle + zstd)
+    shape: tuple[int, ...] = ()  # the weight's shape (vector quantization's layouts depend on it)
 
 
 @dataclass
@@ -73,7 +74,7 @@ def model_stats(handle: ModelHandle) -> ModelStats:
         sorted_abs = np.sort(np.abs(values)).astype(np.float32)
         layers[name] = LayerStats(name, values.size, "conv" if weight.dim() > 2 else "fc", sorted_abs,
                                   centers, counts, np.abs(centers), per_module.get(name, 0), values.size * 4,
-                                  _position_factors(values), _value_bytes(values))
+                                  _position_factors(values), _value_bytes(values), tuple(weight.shape))
     weight_keys = {f"{name}.weight" for name in layers}
     rest = {k: v.detach().cpu() for k, v in handle.model.state_dict().items() if k not in weight_keys}
     other = len(encode_state(rest, {"architecture": handle.architecture}))
@@ -180,14 +181,36 @@ def layer_bytes(stats: LayerStats, sparsity: float, n_clusters: int | None) -> f
     return header + codebook + pos + idx + STREAM_OVERHEAD + TABLE_BYTES_PER_SYMBOL * (used + 1)
 
 
-def estimate(stats: ModelStats, settings: dict[str, tuple[float, int | None]]) -> dict:
-    """Estimated compressed bytes, ratio and sparse FLOPs for per-layer (sparsity, n_clusters) settings."""
+def vq_layer_bytes(stats: LayerStats, sparsity: float, quantizer: dict) -> float:
+    """Estimated bytes of a vector-quantized layer (Gong et al.; quantizer: QuantizeStep.layer_settings).
+
+    binary, pq and rq: the paper's formula (codes log2 k bits, 32-bit codebooks; their codes are close to
+    uniform, so the file bit-packs them) plus the section header; kmeans: its indices are entropy coded
+    like a clustered layer's, so the cluster estimate (pruned zeros included) applies.
+    """
+    from compression.storage.vq_section import formula_bits
+
+    method, k = quantizer["quantizer"], int(quantizer["n_codewords"])
+    if method == "kmeans":
+        return layer_bytes(stats, sparsity, k)
+    bits = formula_bits(method, stats.shape or (stats.numel,), k, int(quantizer.get("segment_length") or 0),
+                        int(quantizer.get("stages") or 1), quantizer.get("axis") or "in")
+    return SECTION_OVERHEAD + len(stats.name) + 7 + bits / 8
+
+
+def estimate(stats: ModelStats, settings: dict[str, tuple[float, int | None]],
+             quantizers: dict[str, dict] | None = None) -> dict:
+    """Estimated compressed bytes, ratio and sparse FLOPs for per-layer (sparsity, n_clusters) settings.
+
+    quantizers: layer -> QuantizeStep.layer_settings for vector-quantized layers (they replace clustering).
+    """
     total = float(stats.other_bytes)
     sparse_flops = float(stats.other_flops)
     per_layer = {}
     for name, layer in stats.layers.items():
         sparsity, n_clusters = settings.get(name, (0.0, None))
-        size = layer_bytes(layer, sparsity, n_clusters)
+        quantizer = (quantizers or {}).get(name)
+        size = vq_layer_bytes(layer, sparsity, quantizer) if quantizer else layer_bytes(layer, sparsity, n_clusters)
         per_layer[name] = size
         total += size
         sparse_flops += layer.flops * (1.0 - sparsity)

@@ -17,6 +17,18 @@ def pareto_mask(costs: list[float], accuracies: list[float]) -> list[bool]:
     return mask
 
 
+def method_family(step_types: list[str]) -> str:
+    """The Pareto series a run belongs to, from its plan's steps: vq (Gong et al.'s quantizers, with or
+    without pruning), channels (Hu et al.'s channel pruning), prune+cluster (Deep Compression / seed 1)."""
+    if "quantize" in step_types:
+        return "vq"
+    if "channels" in step_types:
+        return "channels"
+    if "prune" in step_types or "cluster" in step_types:
+        return "prune+cluster"
+    return "+".join(step_types) if step_types else "none"
+
+
 def runs_table(runs: list[dict]) -> pd.DataFrame:
     """One row per succeeded compression run with the measured figures the compare page plots."""
     rows = []
@@ -26,13 +38,14 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
             continue
         after, before = m["after"], m["before"]
         steps = m.get("steps", {})
-        family = "+".join(steps) if steps else "none"
+        family = method_family(list(steps))
         rows.append({
             "run": run["id"],
             "model": m.get("model", run.get("model")),
             "task": m.get("task", "classify"),
             "plan": m.get("plan_name", ""),
             "method": family,
+            "steps": "+".join(steps) if steps else "none",
             "accuracy": after["accuracy"],
             "accuracy_before": before["accuracy"],
             "accuracy_drop_pts": 100 * (before["accuracy"] - after["accuracy"]),

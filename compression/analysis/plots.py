@@ -49,10 +49,17 @@ def pareto_figure(table: pd.DataFrame, cost: str, cost_title: str) -> go.Figure:
                            xref="paper", yref="paper")
         return fig
     data["front"] = pareto_mask(list(data[cost]), list(data["accuracy"]))
-    for method, group in data.groupby("method"):
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    for index, (method, group) in enumerate(data.groupby("method")):
+        color = palette[index % len(palette)]
+        own = group[pareto_mask(list(group[cost]), list(group["accuracy"]))].sort_values(cost)
+        if len(own) > 1:  # each method family's own front: what that family alone can reach
+            fig.add_trace(go.Scatter(x=own[cost], y=100 * own["accuracy"], mode="lines", name=f"{method} front",
+                                     legendgroup=method, showlegend=False, line={"color": color, "width": 1},
+                                     hoverinfo="skip"))
         fig.add_trace(go.Scatter(
-            x=group[cost], y=100 * group["accuracy"], mode="markers", name=method,
-            marker={"size": 11, "opacity": [1.0 if f else 0.3 for f in group["front"]]},
+            x=group[cost], y=100 * group["accuracy"], mode="markers", name=method, legendgroup=method,
+            marker={"size": 11, "color": color, "opacity": [1.0 if f else 0.3 for f in group["front"]]},
             text=group["run"], customdata=group[["plan", "ratio"]],
             hovertemplate="%{text}<br>%{customdata[0]}<br>" + cost_title + " %{x:,}<br>accuracy %{y:.2f}%"
                           "<br>ratio %{customdata[1]:.1f}x<extra></extra>"))

@@ -5,6 +5,7 @@ import time
 import streamlit as st
 
 from compression import engine
+from compression.analysis.ga_progress import ga_figure, ga_rows, has_ga
 from compression.app_state import ensure_app_navigation, home
 from compression.errors import CompressionLabError
 
@@ -55,6 +56,11 @@ def run_list() -> None:
                     st.error(str(exc))
             with cols[4].popover("Log"):
                 st.code(engine.log_tail(run["id"], 40, root=home()) or "(empty)")
+            if run["kind"] == "compress" and has_ga(job):  # channel pruning's GA: fitness per generation
+                ga = ga_rows(engine.events(run["id"], root=home()))
+                if not ga.empty:
+                    with st.expander("GA fitness per generation", expanded=run["state"] == "running"):
+                        st.plotly_chart(ga_figure(ga), key=f"ga_{run['id']}")
 
 
 run_list()

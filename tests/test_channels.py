@@ -1,11 +1,14 @@
 """Channel pruning (GA, L1, random) with physical removal, distillation, and channel-pruned compact files."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
 
 from compression import metrics
+from compression.analysis.ga_progress import ga_figure, ga_rows
 from compression.errors import PlanError
 from compression.methods import channels, distill
 from compression.methods.context import StepContext
@@ -13,6 +16,7 @@ from compression.models.compact import load_compressed, save_compressed
 from compression.models.handle import ModelHandle
 from compression.plan import ChannelStep, ClusterStep, DistillStep, Plan, PruneStep
 
+ROOT = Path(__file__).resolve().parents[1]
 VGG_KEEP = {"features.0": 0.5, "features.3": 0.5, "_default": 0.3}
 
 
@@ -165,8 +169,16 @@ def test_resnet18_coupled_channels_stay_consistent(digits32, tmp_path):
 
 def test_compact_round_trip_of_ga_pruned_vgg_gives_identical_outputs(vgg, digits32, tmp_path):
     work = vgg.clone()
-    channels.run(work.model, small_step(keep_ratio={"features.3": 0.5, "features.21": 0.3}),
-                 context(work, digits32))
+    events = []
+    ctx = context(work, digits32)
+    ctx.on_progress = lambda stage, fraction, values: events.append({"stage": stage, "progress": fraction,
+                                                                     "values": values})
+    channels.run(work.model, small_step(keep_ratio={"features.3": 0.5, "features.21": 0.3}), ctx)
+    # the GA's best and mean fitness per generation reach the run's events (the Runs page plots them)
+    rows = ga_rows(events)
+    assert sorted(set(rows["layer"])) == ["features.21", "features.3"] and len(rows) == 6
+    assert (rows["best_fitness"] >= rows["mean_fitness"]).all()
+    assert len(ga_figure(rows).data) == 4
     path = tmp_path / "vgg.clab"
     save_compressed(work, path, {"plan": "x"})
     decoded = load_compressed(path)
@@ -220,5 +232,38 @@ def test_plan_validation_messages():
         Plan(steps=(ChannelStep(keep_ratio={"nope": 0.5}),)).validate(["features.0"])
     plan = Plan(steps=(ChannelStep(keep_ratio={"_default": 0.5}, selection="random"), PruneStep(sparsity={"a": 0.5}),
                        DistillStep(temperature=3.0)))
+    recipe = Plan.from_json((ROOT / "assets" / "recipes" / "vgg_small_channels.json").read_text())
+    assert [s.type for s in recipe.steps] == ["channels", "distill"]
     again = Plan.from_json(plan.to_json())
     assert again == plan and again.steps[0].selection == "random" and again.steps[2].temperature == 3.0
+
+
+def test_live_estimate_factors_match_the_pruned_model(vgg, digits32):
+    from compression.analysis.channel_estimate import channel_factors, channel_layout
+
+    layout = channel_layout(vgg.model, vgg.input_shape)
+    assert list(layout.groups) == ["features.0", "features.3", "features.7", "features.10", "features.14",
+                                   "features.17", "features.21"]
+    assert layout.in_group["classifier"] == "features.21" and "features.0" not in layout.in_group
+    layers = list(vgg.prunable_layers())
+    factors = channel_factors(layout, VGG_KEEP, layers)
+    predicted = sum(w.numel() * factors[name] for name, w in vgg.prunable_layers().items())
+    work = vgg.clone()
+    channels.run(work.model, small_step(selection="l1"), context(work, digits32))
+    assert round(predicted) == sum(w.numel() for w in work.prunable_layers().values())
+
+
+def test_masking_through_flatten_equals_removal(lenet5):
+    """LeNet-5's conv2 feeds fc1 through a flatten: each channel is 16 inputs of fc1, masked and removed alike."""
+    work = lenet5.clone()
+    group = channels.group_of(channels.channel_groups(work.model, lenet5.input_shape), "conv2")
+    keep = channels.top_mask(channels.l1_scores(group), 20)
+    x = torch.randn(4, *lenet5.input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), channels.MaskedChannels(group, keep):
+        masked = work.model(x)
+    graph = channels.build_graph(work.model, lenet5.input_shape)
+    channels.remove_channels(work.model, graph, channels.group_of(channels.channel_groups(
+        work.model, lenet5.input_shape, graph), "conv2"), keep)
+    assert work.model.fc1.in_features == 20 * 16
+    with torch.no_grad():
+        assert torch.allclose(work.model(x), masked, atol=1e-4)

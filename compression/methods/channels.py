@@ -14,7 +14,9 @@ The method, per the paper:
 - two-step approximate fitness: a cheap screen of every candidate (the relative reconstruction error
   of the consumer layers' outputs on `screen_size` images, as the paper's first step), then the
   task score (top-1) on `fitness_size` validation images for the best `survivors` only;
-- after each group, fine-tuning (with the KD loss when the plan has a distill step).
+- after each group, BatchNorm statistics are re-estimated on `recalibrate_size` training images (no
+  training: the search then scores the next group on a model that is not already broken), then
+  fine-tuning (with the KD loss when the plan has a distill step).
 During the search a candidate is applied by zeroing the masked channels at the inputs of the consumer
 layers (forward pre-hooks), which gives exactly the outputs the physically pruned model gives.
 
@@ -53,7 +55,7 @@ class ChannelGroup:
     name: str  # the first convolution (model order): the plan's key for this group
     members: list[str]  # every convolution whose output channels this group removes
     channels: int  # channels in the group
-    consumers: list[tuple[nn.Module, list[int]]]  # (layer reading the channels, root channel of each input index)
+    consumers: list[tuple[nn.Module, torch.Tensor]]  # (layer reading the channels, group channel of each input)
     out_weights: list[torch.Tensor]  # weights of the member convolutions (for the L1 criterion)
 
 
@@ -99,7 +101,10 @@ def channel_groups(model: nn.Module, input_shape: tuple[int, ...], graph=None) -
                 weights.append(module.weight)
             elif isinstance(module, nn.modules.conv._ConvNd | nn.Linear) and graph.is_in_channel_pruning_fn(
                     dep.handler):
-                consumers.append((module, [int(i) for i in item.root_idxs]))
+                width = module.in_channels if isinstance(module, nn.modules.conv._ConvNd) else module.in_features
+                roots = torch.full((width,), -1, dtype=torch.long)  # -1: an input this group does not feed
+                roots[torch.as_tensor([int(i) for i in item.idxs])] = torch.as_tensor([int(i) for i in item.root_idxs])
+                consumers.append((module, roots))
         if not members:
             continue
         members.sort(key=order.get)
@@ -129,14 +134,21 @@ class MaskedChannels:
 
     def __enter__(self) -> MaskedChannels:
         for module, roots in self.group.consumers:
-            index = torch.as_tensor(roots)
-            scale = self.keep.float()[index]
+            scale = _scale(self.keep, roots)
             self.handles.append(module.register_forward_pre_hook(_input_mask(scale)))
         return self
 
     def __exit__(self, *exc) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+def _scale(keep: torch.Tensor, roots: torch.Tensor) -> torch.Tensor:
+    """Per input of a consumer layer: 1 if kept (or not fed by this group), 0 if its channel is dropped."""
+    scale = torch.ones(len(roots))
+    fed = roots >= 0
+    scale[fed] = keep.float()[roots[fed]]
+    return scale
 
 
 def _input_mask(scale: torch.Tensor) -> Callable:
@@ -192,7 +204,7 @@ class Fitness:
         error = norm = 0.0
         for i, (module, roots) in enumerate(self.group.consumers):
             x = self.inputs[i]
-            scale = keep.float()[torch.as_tensor(roots)].to(x.device, x.dtype)
+            scale = _scale(keep, roots).to(x.device, x.dtype)
             shape = [1] * x.dim()
             shape[1 if x.dim() > 2 else -1] = -1
             y = module(x * scale.view(shape))
@@ -326,6 +338,38 @@ def replay(model: nn.Module, history: list, input_shape: tuple[int, ...]) -> nn.
     return model
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images, batch_size: int = 64) -> None:
+    """Re-estimate BatchNorm running statistics on `images` (a Dataset of (image, label)); weights unchanged.
+
+    Removing channels shifts the statistics the next layers see; a forward pass in training mode over a few
+    hundred images restores most of the accuracy at no training cost (the search then scores the next layer
+    on a model that is not already broken)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or len(images) == 0:
+        return
+    device = next(model.parameters()).device
+    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone()) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+    was_training = model.training
+    model.train()
+    try:
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([images[i][0] for i in range(start, min(len(images), start + batch_size))])
+            model(batch.to(device))
+    except Exception:
+        for m, (momentum, mean, var) in zip(norms, saved, strict=True):
+            m.running_mean.copy_(mean), m.running_var.copy_(var)
+            m.momentum = momentum
+        raise
+    finally:
+        model.train(was_training)
+    for m, (momentum, _, _) in zip(norms, saved, strict=True):
+        m.momentum = momentum
+
+
 def _sensitivity(model: nn.Module, groups: list[ChannelGroup], scorer: Callable[[nn.Module], float]) -> dict:
     """Score with half of each group's channels masked by L1 (the others intact): higher = less sensitive."""
     out = {}
@@ -384,6 +428,7 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> dict:
                     f"({fitness.screens} screened, {fitness.scores} scored)")
         row["kept_channels"] = [int(i) for i in torch.nonzero(mask).flatten()]
         remove_channels(model, graph, group, mask)
+        recalibrate_batchnorm(model, ctx.data.subset("train", step.recalibrate_size, seed + 2))
         report["layers"][name] = row
         ctx.finetune(model, step.finetune_epochs, step.lr, seed + 100 + position, stage + " fine-tune")
     ctx.finetune(model, step.final_epochs, step.lr, seed + 99, "channels fine-tune")

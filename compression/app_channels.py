@@ -1,0 +1,117 @@
+"""The plan page's channel-pruning section: a "channels kept" slider per channel group, GA and KD settings.
+
+Coupled convolutions (outputs added by skip connections) are one group with one slider, and the page
+says why. The section's choice turns into a ChannelStep placed first in the plan (and a DistillStep
+placed before clustering / quantization), and scales the live size and FLOPs estimate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import streamlit as st
+
+from compression.analysis.channel_estimate import ChannelLayout, apply_channels, channel_factors, channel_layout
+from compression.errors import PlanError
+from compression.plan import ChannelStep, DistillStep, Plan
+
+
+@st.cache_resource(max_entries=8, show_spinner="Tracing the channel groups...")
+def cached_layout(key: str, _model, input_shape: tuple[int, ...]) -> ChannelLayout | None:
+    """The model's channel groups (None when it has none or cannot be traced, e.g. a TorchScript file)."""
+    import copy
+
+    try:
+        layout = channel_layout(copy.deepcopy(_model).cpu(), tuple(input_shape))
+    except Exception:  # noqa: BLE001 - a model the tracer cannot follow simply gets no channel section
+        return None
+    return layout if layout.groups else None
+
+
+@dataclass
+class ChannelChoice:
+    keep_ratio: dict[str, float] = field(default_factory=dict)  # group -> kept fraction (< 1 only)
+    options: dict = field(default_factory=dict)  # the ChannelStep's other settings
+    distill: dict | None = None  # the DistillStep's settings, or None
+    layout: ChannelLayout | None = None
+
+    def factors(self, layers: list[str]) -> dict[str, float]:
+        if self.layout is None or not self.keep_ratio:
+            return {}
+        return channel_factors(self.layout, self.keep_ratio, layers)
+
+    def apply(self, est: dict, stats, settings: dict) -> dict:
+        """The live estimate with the removed channels taken out (FLOPs and bytes)."""
+        factors = self.factors(list(stats.layers))
+        if not factors:
+            return est
+        return apply_channels(est, stats, factors, {k: float(v[0]) for k, v in settings.items()})
+
+    def build(self, make_plan: Callable[[], Plan], layers: list[str]) -> Plan:
+        """make_plan()'s steps with the channels step first and the distill step before cluster/quantize."""
+        try:
+            plan = make_plan()
+            steps, name = list(plan.steps), plan.name
+        except PlanError as exc:
+            if not (self.keep_ratio or self.distill) or "has no steps" not in str(exc):
+                raise
+            steps, name = [], st.session_state.get("plan_name", "plan")
+            plan = None
+        if self.keep_ratio:
+            steps.insert(0, ChannelStep(keep_ratio=dict(self.keep_ratio), **self.options))
+        if self.distill is not None:
+            at = next((i for i, s in enumerate(steps) if s.type in ("cluster", "quantize")), len(steps))
+            steps.insert(at, DistillStep(**self.distill))
+        if plan is not None and len(steps) == len(plan.steps):
+            return plan
+        return Plan(steps=tuple(steps), name=name).validate(layers)
+
+
+def channel_section(handle, key: str) -> ChannelChoice:
+    """Draw the section (an expander) and return what it asks for."""
+    if type(handle).__name__ == "DetectorHandle":  # YOLO's C2f needs Torch-Pruning's split-free variant: not yet
+        return ChannelChoice()
+    layout = cached_layout(key, handle.model, tuple(handle.input_shape))
+    if layout is None:
+        return ChannelChoice()
+    prefix = f"chan::{key}::"
+    choice = ChannelChoice(layout=layout)
+    with st.expander("Channels kept (structured pruning: removed channels make the model faster on any CPU)"):
+        st.caption("Hu et al. (2018): per convolution, a genetic algorithm picks which output channels to keep "
+                   "(L1 norm and random are the baselines); the channels are removed for real, so parameters, "
+                   "FLOPs, file bytes and CPU latency all drop. Runs first in the plan; pruning and clustering "
+                   "then work on what remains.")
+        for group, members in layout.groups.items():
+            n = layout.channels[group]
+            cols = st.columns([2, 3, 3])
+            cols[0].markdown(f"`{group}` · {n} channels")
+            kept = cols[1].slider("channels kept", 1, n, n, key=prefix + "keep::" + group,
+                                  label_visibility="collapsed")
+            if len(members) > 1:
+                others = ", ".join(m for m in members if m != group)
+                cols[2].caption(f"moves with {others}: their outputs are added by skip connections, so they "
+                                "must keep the same channels")
+            if kept < n:
+                choice.keep_ratio[group] = round(kept / n, 4)
+        c = st.columns(4)
+        selection = c[0].selectbox("selection", ["ga", "l1", "random"], key=prefix + "selection",
+                                   format_func={"ga": "genetic algorithm", "l1": "L1 norm (Li et al.)",
+                                                "random": "random"}.get)
+        population = c[1].number_input("population", 2, 200, 16, key=prefix + "population")
+        generations = c[2].number_input("generations", 0, 200, 8, key=prefix + "generations")
+        epochs = c[3].number_input("fine-tune epochs per layer", 0, 50, 1, key=prefix + "epochs")
+        c = st.columns(4)
+        use_kd = c[0].toggle("distill from the original", True, key=prefix + "kd",
+                             help="Knowledge distillation (Hinton et al.): every fine-tuning in the plan uses "
+                                  "the original model's softened outputs as well as the labels")
+        temperature = c[1].number_input("temperature", 0.5, 20.0, 4.0, key=prefix + "temperature",
+                                        disabled=not use_kd)
+        alpha = c[2].number_input("KD weight", 0.0, 1.0, 0.7, key=prefix + "alpha", disabled=not use_kd)
+        kd_epochs = c[3].number_input("distill epochs", 0, 100, 4, key=prefix + "kd_epochs", disabled=not use_kd)
+    choice.options = {"selection": selection, "population": int(population), "generations": int(generations),
+                      "elite": min(2, int(population) - 1), "survivors": min(4, int(population)),
+                      "finetune_epochs": int(epochs)}
+    if use_kd and choice.keep_ratio:
+        choice.distill = {"temperature": float(temperature), "alpha": float(alpha), "epochs": int(kd_epochs)}
+    return choice

@@ -262,3 +262,43 @@ def test_compare_page_families_and_inspect_columns(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "m.clab")]) == 0
     out = capsys.readouterr().out
     assert "vq:pq" in out and "bits/w" in out and str(formula_bits("pq", (24, 40), 16, 4)) in out
+
+
+def test_live_estimate_follows_the_file(lenet300, digits28, tmp_path):
+    """The plan page's estimate of a quantized model (paper's formulas) is within 5% of the real file."""
+    from compression.analysis.estimate import estimate, model_stats
+    from compression.pipeline import compress
+
+    layers = list(lenet300.prunable_layers())
+    step = QuantizeStep(quantizer={"_default": "pq", "fc3": "binary"}, n_codewords={"_default": 16},
+                        segment_length={"_default": 16}, axis={"_default": "out"}, finetune_epochs=0)
+    quantizers = {layer: step.layer_settings(layer) for layer in layers}
+    predicted = estimate(model_stats(lenet300), {layer: (0.0, None) for layer in layers}, quantizers)
+    unquantized = estimate(model_stats(lenet300), {layer: (0.0, None) for layer in layers})
+    result = compress(lenet300, Plan(steps=(step,)), digits28, tmp_path, latency=False)
+    real = result.metrics["after"]["compressed_bytes"]
+    assert abs(predicted["compressed_bytes"] - real) <= 0.05 * real
+    assert unquantized["compressed_bytes"] > 10 * predicted["compressed_bytes"]
+
+
+def test_quantizers_run_on_the_demo_detector(tmp_path):
+    """vq works through the handle's `layers` and the generic hooks: the demo YOLO detector's convolutions."""
+    from compression.models.detector import load_detector
+    from compression.storage import read_file, write_file
+
+    work = load_detector().clone()
+    layers = list(work.prunable_layers())
+    quantizer = {"model.1.conv": "pq", "model.2.cv1.conv": "binary", "re:model\\.[5-9]\\..*": "kmeans"}
+    step = QuantizeStep(quantizer=quantizer,
+                        n_codewords={"model.1.conv": 8, "_default": 16}, segment_length={"_default": 9},
+                        finetune_epochs=0)
+    ctx = StepContext(data=None, layers=layers)
+    report = vq.run(work.model, step, ctx)
+    assert "model.1.conv" in report["layers"] and len(report["layers"]) > 3
+    state = {k: v.detach().cpu() + 0.0 for k, v in work.model.state_dict().items() if v.is_floating_point()}
+    write_file(tmp_path / "d.clab", state, {}, structures=work.model.clab_vq_structures)
+    _, decoded = read_file(tmp_path / "d.clab")
+    for key, tensor in state.items():
+        assert torch.equal(tensor, decoded[key]), key
+    rows = {row["name"]: row for row in inspect_bytes((tmp_path / "d.clab").read_bytes())}
+    assert rows["model.1.conv.weight"]["quantizer"] == "pq" and rows["model.2.cv1.conv.weight"]["quantizer"] == "binary"

@@ -16,16 +16,19 @@ from pathlib import Path
 
 import torch
 
+import compression.methods.vq as vq  # issue 6's handler (own line: others edit the import below)
 from compression import metrics
 from compression.data import DataBundle
-from compression.methods import cluster, prune
+from compression.methods import channels, cluster, distill, prune
 from compression.methods.context import StepContext
 from compression.models.compact import load_compressed, save_compressed
 from compression.models.handle import ModelHandle, check_data_fits
 from compression.plan import Plan
 from compression.storage import inspect_bytes
 
-HANDLERS: dict[str, Callable] = {"prune": prune.run, "cluster": cluster.run}
+HANDLERS: dict[str, Callable] = {"prune": prune.run, "cluster": cluster.run, "channels": channels.run,
+                                  "distill": distill.run}
+HANDLERS["quantize"] = vq.run  # issue 6: vector quantization (Gong et al. 2014)
 COMPRESSED_NAME = "model.clab"
 
 
@@ -112,6 +115,10 @@ def compress(handle: ModelHandle, plan: Plan, data: DataBundle, out_dir: str | P
 
         fuse(work.model)  # batch norm folded into the convolutions first, as for inference (see detector.fuse)
         detection_hooks(data, handle.imgsz, ctx)
+    ctx.notes["teacher"] = handle.model  # the original model (methods copy it before use; never changed)
+    for step in plan.steps:
+        if step.type == "distill":  # KD loss for every fine-tuning in the plan, not only the distill step's
+            distill.use_teacher(ctx, step, handle.model)
     steps_report = {}
     for step in plan.steps:
         steps_report[step.type] = HANDLERS[step.type](work.model, step, ctx)

@@ -92,7 +92,148 @@ class ClusterStep:
         _number(where, None, "lr", self.lr, 0.0, 1.0)
 
 
-STEP_TYPES: dict[str, type] = {cls.type: cls for cls in (PruneStep, ClusterStep)}
+@dataclass(frozen=True)
+class ChannelStep:
+    """Channel pruning (Hu et al. 2018): per convolution, keep a fraction of output channels, removed for real.
+
+    Layers are pruned least sensitive first; the kept channels are chosen by a genetic algorithm with the
+    paper's two-step fitness, or by the L1-norm (Li et al. 2017) or random baselines.
+    """
+
+    type: ClassVar[str] = "channels"
+    per_layer: ClassVar[tuple[str, ...]] = ("keep_ratio",)
+    keep_ratio: dict[str, float] = field(default_factory=dict)  # fraction of output channels kept, 0.01 to 1
+    selection: str = "ga"  # "ga" (genetic algorithm), "l1" (largest filter L1 norms) or "random"
+    population: int = 16  # GA: candidate keep masks per generation
+    generations: int = 8  # GA: generations after the initial population
+    crossover: float = 0.8  # GA: probability that a child mixes two parents (uniform crossover)
+    mutation: float = 0.05  # GA: per kept channel, probability of swapping it for a dropped one
+    elite: int = 2  # GA: best masks copied unchanged into the next generation
+    survivors: int = 4  # GA: candidates per generation the accurate fitness scores (0 = all: no screening)
+    screen_size: int = 64  # images for the cheap fitness (reconstruction error of the next layers)
+    fitness_size: int = 256  # validation images for the accurate fitness (top-1)
+    recalibrate_size: int = 256  # training images whose batch statistics re-estimate BatchNorm after each layer
+    finetune_epochs: int = 1  # fine-tuning epochs after each layer (KD loss when the plan distills)
+    final_epochs: int = 0  # fine-tuning epochs after the last layer
+    lr: float = 1e-3  # fine-tuning learning rate (Adam)
+    seed: int = 0
+
+    def check(self, where: str) -> None:
+        for layer, value in self.keep_ratio.items():
+            _number(where, layer, "keep_ratio", value, 0.01, 1.0)
+        if self.selection not in ("ga", "l1", "random"):
+            raise PlanError(f"{where}: selection {self.selection!r} is unknown: use ga, l1 or random")
+        _integer(where, None, "population", self.population, 2, 1000)
+        _integer(where, None, "generations", self.generations, 0, 1000)
+        _number(where, None, "crossover", self.crossover, 0.0, 1.0)
+        _number(where, None, "mutation", self.mutation, 0.0, 1.0)
+        _integer(where, None, "elite", self.elite, 0, self.population - 1)
+        _integer(where, None, "survivors", self.survivors, 0, self.population)
+        _integer(where, None, "screen_size", self.screen_size, 1, 100_000)
+        _integer(where, None, "fitness_size", self.fitness_size, 1, 10_000_000)
+        _integer(where, None, "recalibrate_size", self.recalibrate_size, 0, 10_000_000)
+        _integer(where, None, "finetune_epochs", self.finetune_epochs, 0, 1000)
+        _integer(where, None, "final_epochs", self.final_epochs, 0, 1000)
+        _number(where, None, "lr", self.lr, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class DistillStep:
+    """Knowledge distillation (Hinton et al. 2015): the original model teaches the compressed one.
+
+    With a distill step in the plan, every fine-tuning of the plan (each step's own) uses the KD loss;
+    the step itself then fine-tunes `epochs` more where it stands, keeping pruned weights at zero.
+    """
+
+    type: ClassVar[str] = "distill"
+    per_layer: ClassVar[tuple[str, ...]] = ()
+    temperature: float = 4.0  # softens both models' logits; the KD term is scaled by T^2
+    alpha: float = 0.7  # weight of the KD term; 1 - alpha weighs the hard-label cross-entropy
+    epochs: int = 4  # fine-tuning epochs of this step (0: only switch the other steps' loss to KD)
+    lr: float = 5e-4  # learning rate (Adam)
+    seed: int = 0
+
+    def check(self, where: str) -> None:
+        _number(where, None, "temperature", self.temperature, 0.1, 100.0)
+        _number(where, None, "alpha", self.alpha, 0.0, 1.0)
+        _integer(where, None, "epochs", self.epochs, 0, 1000)
+        _number(where, None, "lr", self.lr, 0.0, 1.0)
+
+
+QUANTIZERS = ("none", "binary", "kmeans", "pq", "rq")
+DEFAULT_CODEWORDS = {"binary": 2, "kmeans": 16, "pq": 256, "rq": 256}  # k when n_codewords does not reach a layer
+DEFAULT_SEGMENT_LENGTH = 4  # PQ sub-vector length s when segment_length does not reach a layer
+DEFAULT_STAGES = 2  # RQ stages t when stages does not reach a layer
+
+
+@dataclass(frozen=True)
+class QuantizeStep:
+    """Vector quantization (Gong et al. 2014) per layer: binarization, scalar k-means, product or residual.
+
+    Codebooks are fine-tuned afterwards (codes fixed), then stored as codebooks + codes ("vq" sections).
+    Applies to linear layers as in the paper and to convolutions through their (out, in*kh*kw) matrix.
+    """
+
+    type: ClassVar[str] = "quantize"
+    per_layer: ClassVar[tuple[str, ...]] = ("quantizer", "n_codewords", "segment_length", "stages", "axis")
+    quantizer: dict[str, str] = field(default_factory=dict)  # "binary", "kmeans", "pq", "rq" or "none"
+    n_codewords: dict[str, int] = field(default_factory=dict)  # k: kmeans 2-256; pq/rq a power of two 2-4096
+    segment_length: dict[str, int] = field(default_factory=dict)  # pq: sub-vector length s, 1-64 (default 4)
+    stages: dict[str, int] = field(default_factory=dict)  # rq: t stages of k codewords, 1-16 (default 2)
+    axis: dict[str, str] = field(default_factory=dict)  # pq/rq vectors: "in" rows of W (paper) or "out" columns
+    kmeans_iterations: int = 25  # pq/rq: k-means iterations per codebook (faiss's default)
+    finetune_epochs: int = 4  # epochs fine-tuning the codebooks (codes fixed; gradients summed per codeword)
+    lr: float = 1e-3  # learning rate for the codebooks (1e-4 left PQ on LeNet-300 a point lower: vq_table.py)
+    seed: int = 0
+
+    def layer_settings(self, layer: str) -> dict | None:
+        """{quantizer, n_codewords, segment_length, stages, axis} for a layer, or None when not quantized."""
+        method = resolve(self.quantizer, layer)
+        if method in (None, "none"):
+            return None
+        k = resolve(self.n_codewords, layer)
+        return {"quantizer": method, "n_codewords": 2 if method == "binary" else DEFAULT_CODEWORDS[method] if k is None
+                else k, "segment_length": resolve(self.segment_length, layer) or DEFAULT_SEGMENT_LENGTH,
+                "stages": resolve(self.stages, layer) or DEFAULT_STAGES, "axis": resolve(self.axis, layer) or "in"}
+
+    def check(self, where: str) -> None:
+        for layer, value in self.quantizer.items():
+            if value not in QUANTIZERS:
+                raise PlanError(f"{where}: layer {layer!r}: quantizer {value!r} is unknown: use one of "
+                                f"{', '.join(QUANTIZERS)}")
+        for layer, value in self.n_codewords.items():
+            _integer(where, layer, "n_codewords", value, 2, 4096)
+        for layer, value in self.segment_length.items():
+            _integer(where, layer, "segment_length", value, 1, 64)
+        for layer, value in self.stages.items():
+            _integer(where, layer, "stages", value, 1, 16)
+        for layer, value in self.axis.items():
+            if value not in ("in", "out"):
+                raise PlanError(f"{where}: layer {layer!r}: axis {value!r} is unknown: use in (sub-vectors along "
+                                "each output unit's inputs, the paper's) or out")
+        names = set(self.quantizer) | set(self.n_codewords)
+        self.check_layers(where, sorted(names))
+        _integer(where, None, "kmeans_iterations", self.kmeans_iterations, 1, 1000)
+        _integer(where, None, "finetune_epochs", self.finetune_epochs, 0, 1000)
+        _number(where, None, "lr", self.lr, 0.0, 1.0)
+
+    def check_layers(self, where: str, layers: list[str]) -> None:
+        """Per-layer combinations: kmeans k at most 256; pq/rq k a power of two (log2 k bits per code)."""
+        for layer in layers:
+            settings = self.layer_settings(layer)
+            if settings is None:
+                continue
+            k, method = settings["n_codewords"], settings["quantizer"]
+            if method == "kmeans" and k > 256:
+                raise PlanError(f"{where}: layer {layer!r}: kmeans n_codewords {k} is out of range: use 2 to 256 "
+                                "(or pq for more codewords)")
+            if method in ("pq", "rq") and k & (k - 1):
+                raise PlanError(f"{where}: layer {layer!r}: {method} n_codewords {k} is not a power of two: "
+                                f"use {1 << (k.bit_length() - 1)} or {1 << k.bit_length()} (codes are log2 k bits)")
+
+
+STEP_TYPES: dict[str, type] = {cls.type: cls for cls in (PruneStep, ClusterStep, ChannelStep, DistillStep)}
+STEP_TYPES[QuantizeStep.type] = QuantizeStep  # issue 6: vector quantization (compression/methods/vq.py)
 
 
 @dataclass(frozen=True)
@@ -117,6 +258,8 @@ class Plan:
                 raise PlanError(f"{where}: a plan may hold each step type once; merge the two {step.type} steps")
             seen.add(step.type)
             step.check(where)
+            if layers is not None and hasattr(step, "check_layers"):
+                step.check_layers(where, layers)
             for name in step.per_layer:
                 values = getattr(step, name)
                 for key in values:
@@ -136,6 +279,15 @@ class Plan:
         if "prune" in order and "cluster" in order and order.index("cluster") < order.index("prune"):
             raise PlanError("prune must come before cluster: "
                             "pruning after weight sharing would break the shared values")
+        if "channels" in order:
+            for later in ("prune", "cluster"):
+                if later in order and order.index(later) < order.index("channels"):
+                    raise PlanError(f"channels must come before {later}: removing channels changes the layers' "
+                                    f"shapes, so {later} must work on what remains; move the channels step first")
+        if "distill" in order and "cluster" in order and order.index("cluster") < order.index("distill"):
+            raise PlanError("distill must come before cluster: its fine-tuning would break the shared values "
+                            "(the cluster step already fine-tunes with the KD loss when the plan distills)")
+        _check_quantize(self, order, layers)
         return self
 
     def to_dict(self) -> dict:
@@ -207,3 +359,35 @@ def _integer(where: str, layer: str | None, name: str, value: Any, low: int, hig
     at = f"layer {layer!r}: " if layer is not None else ""
     if isinstance(value, bool) or not isinstance(value, int) or not (low <= value <= high):
         raise PlanError(f"{where}: {at}{name} {value!r} is out of range: use an integer from {low} to {high}{extra}")
+
+
+def _check_quantize(plan: Plan, order: list[str], layers: list[str] | None) -> None:
+    """Where quantization does not combine: after it nothing may change the weights (the codes would no
+    longer describe them); a clustered layer cannot also be quantized; binary/pq/rq codewords cannot keep
+    pruning's zeros (kmeans keeps them as an extra exact-zero code, so prune + kmeans is fine)."""
+    if "quantize" not in order:
+        return
+    at = order.index("quantize")
+    for earlier in ("prune", "channels", "distill"):
+        if earlier in order and order.index(earlier) > at:
+            raise PlanError(f"{earlier} must come before quantize: it changes the weights, which would no longer "
+                            f"match the quantizer's codes; move the quantize step after {earlier}")
+    steps = {step.type: step for step in plan.steps}
+    quantize = steps["quantize"]
+    if layers is None:  # without the model's layers, check the names the maps spell out
+        layers = sorted({key for step in plan.steps for name in step.per_layer for key in getattr(step, name)
+                         if not key.startswith(PATTERN_PREFIX)})
+    for layer in layers:
+        settings = quantize.layer_settings(layer)
+        if settings is None:
+            continue
+        method = settings["quantizer"]
+        where = "the model's default" if layer == DEFAULT_KEY else f"layer {layer!r}"
+        if "cluster" in steps and resolve(steps["cluster"].n_clusters, layer) is not None:
+            raise PlanError(f"{where} is both clustered (cluster step) and quantized ({method}): they contradict "
+                            "each other; give the layer one of them (quantizer 'kmeans' is the paper's clustering)")
+        sparsity = resolve(steps["prune"].sparsity, layer) if "prune" in steps else None
+        if sparsity and method in ("binary", "pq", "rq"):
+            raise PlanError(f"{where} is pruned (sparsity {sparsity}) and quantized with {method}, whose codewords "
+                            "would overwrite the pruned zeros: use quantizer 'kmeans' on pruned layers (it keeps "
+                            "the zeros exact), or do not prune this layer")

@@ -3,9 +3,10 @@
 import streamlit as st
 
 from compression import engine
-from compression.analysis.estimate import estimate, layer_bytes
+from compression.analysis.estimate import estimate, layer_bytes, vq_layer_bytes
 from compression.analysis.solver import grids_from_report, solve
 from compression.analysis.suggest import suggest
+from compression.app_channels import channel_section
 from compression.app_state import (
     active_spec,
     compress_job,
@@ -17,8 +18,16 @@ from compression.app_state import (
     spec_key,
 )
 from compression.errors import CompressionLabError
+from compression.methods.vq import check_layer
 from compression.plan import Plan
-from compression.plan_builder import CLUSTER_CHOICES, plan_from_settings, settings_from_plan
+from compression.plan_builder import (
+    CLUSTER_CHOICES,
+    CODEWORD_CHOICES,
+    QUANTIZER_CHOICES,
+    plan_from_settings,
+    quantizers_from_plan,
+    settings_from_plan,
+)
 
 ensure_app_navigation()
 st.title("Plan")
@@ -36,9 +45,32 @@ def set_layers(settings: dict) -> None:
         st.session_state[prefix + "k::" + layer] = "off" if k is None else k
 
 
+def set_quantizers(quantizers: dict) -> None:
+    """Per-layer quantizer widgets (Gong et al.): method, k, s (pq) or t (rq), axis."""
+    for layer, q in quantizers.items():
+        q = q or {}
+        method = q.get("quantizer", "none")
+        st.session_state[prefix + "q::" + layer] = method
+        st.session_state[prefix + "qk::" + layer] = int(q.get("n_codewords") or 16)
+        st.session_state[prefix + "qs::" + layer] = int((q.get("stages") if method == "rq" else q.get("segment_length"))
+                                                        or 4)
+        st.session_state[prefix + "qa::" + layer] = q.get("axis") or "in"
+
+
+def quantizer_chosen(layer: str) -> None:
+    """A quantizer replaces clustering on its layer; binary/pq/rq codewords cannot keep pruned zeros."""
+    method = st.session_state[prefix + "q::" + layer]
+    if method != "none":
+        st.session_state[prefix + "k::" + layer] = "off"
+    if method in ("binary", "pq", "rq"):
+        st.session_state[prefix + "sp::" + layer] = 0.0
+
+
 if prefix + "init" not in st.session_state:
     st.session_state[prefix + "init"] = True
     set_layers(suggest(report) if report else {layer: (0.5, 32) for layer in layers})
+if prefix + "q::" + layers[0] not in st.session_state:
+    set_quantizers({layer: None for layer in layers})
 
 
 def apply_target() -> None:
@@ -67,6 +99,7 @@ def load_recipe() -> None:
         return
     st.session_state["plan_load_error"] = None
     set_layers(settings_from_plan(plan, layers))
+    set_quantizers(quantizers_from_plan(plan, layers))
     st.session_state["plan_name"] = plan.name
 
 
@@ -88,26 +121,53 @@ with st.container(border=True):
             st.caption(st.session_state["plan_solver_note"])
 
 settings = {}
-head = st.columns([2, 1, 3, 2, 1])
-for col, title in zip(head, ["layer", "params", "sparsity", "clusters", "est. bytes"], strict=True):
+quantizers = {}
+widths = [2, 1, 3, 1.6, 1.6, 1.3, 1.1, 1.1, 1.2]
+head = st.columns(widths)
+for col, title in zip(head, ["layer", "params", "sparsity", "clusters", "quantizer", "k", "s / t", "axis",
+                             "est. bytes"], strict=True):
     col.caption(title)
 for layer in layers:
-    cols = st.columns([2, 1, 3, 2, 1])
+    cols = st.columns(widths)
     cols[0].markdown(f"`{layer}`")
     cols[1].markdown(f"{stats.layers[layer].numel:,}")
     sparsity = cols[2].slider("sparsity", 0.0, 0.99, step=0.01, key=prefix + "sp::" + layer,
                               label_visibility="collapsed")
     k = cols[3].selectbox("clusters", CLUSTER_CHOICES, key=prefix + "k::" + layer, label_visibility="collapsed")
     settings[layer] = (sparsity, None if k == "off" else k)
-    cols[4].markdown(f"{layer_bytes(stats.layers[layer], sparsity, 32 if k == 'auto' else settings[layer][1]):,.0f}")
+    method = cols[4].selectbox("quantizer", QUANTIZER_CHOICES, key=prefix + "q::" + layer,
+                               label_visibility="collapsed", on_change=quantizer_chosen, args=(layer,),
+                               help="Gong et al.: binary (sign x scale), kmeans (scalar), pq (product: segments of "
+                                    "s values), rq (residual: t stages)")
+    n_codewords = cols[5].selectbox("k", CODEWORD_CHOICES, key=prefix + "qk::" + layer, label_visibility="collapsed",
+                                    disabled=method in ("none", "binary"))
+    s_or_t = cols[6].number_input("s / t", 1, 64, key=prefix + "qs::" + layer, label_visibility="collapsed",
+                                  disabled=method not in ("pq", "rq"), help="pq: segment length s; rq: stages t")
+    axis = cols[7].selectbox("axis", ["in", "out"], key=prefix + "qa::" + layer, label_visibility="collapsed",
+                             disabled=method not in ("pq", "rq"), help="in: vectors are rows of W (one output's "
+                             "inputs, the paper's); out: columns")
+    quantizers[layer] = None if method == "none" else {
+        "quantizer": method, "n_codewords": 2 if method == "binary" else int(n_codewords),
+        "segment_length": int(s_or_t), "stages": int(s_or_t), "axis": axis}
+    if quantizers[layer]:
+        layer_estimate = vq_layer_bytes(stats.layers[layer], sparsity, quantizers[layer])
+    else:
+        layer_estimate = layer_bytes(stats.layers[layer], sparsity, 32 if k == 'auto' else settings[layer][1])
+    cols[8].markdown(f"{layer_estimate:,.0f}")
 
 numeric = {layer: (s, 32 if k == "auto" else k) for layer, (s, k) in settings.items()}
-est = estimate(stats, numeric)
+channel_choice = channel_section(handle, spec_key(spec))  # "channels kept" per group (structured pruning)
+est = estimate(stats, numeric, {layer: q for layer, q in quantizers.items() if q})
+est = channel_choice.apply(est, stats, settings)
 with st.container(border=True):
     cols = st.columns(4)
     cols[0].metric("Estimated file", f"{est['compressed_bytes']:,} B")
     cols[1].metric("Estimated ratio", f"{est['ratio']:.1f}x")
     cols[2].metric("Sparse FLOPs", f"{est['sparse_flops']:,}", f"{est['sparse_flops'] / est['flops'] - 1:.0%}")
+    if "channel_flops" in est:
+        st.caption(f"Channels removed: {est['weights_removed_by_channels']:,} weights, dense FLOPs "
+                   f"{est['flops']:,} -> {est['channel_flops']:,} ({est['flops'] / max(1, est['channel_flops']):.1f}x "
+                   "fewer, on any CPU).")
     cols[3].metric("fp32 size", f"{est['fp32_bytes']:,} B")
     st.caption("Analytic estimate from the weights (no model run); 'auto' clusters are estimated at k=32. "
                "The run measures the real file.")
@@ -117,12 +177,18 @@ with st.expander("Fine-tuning and search settings"):
     iterations = c[0].number_input("prune rounds", 1, 20, 3, key="plan_iterations")
     prune_epochs = c[1].number_input("epochs per round", 0, 200, 4, key="plan_prune_epochs")
     cluster_epochs = c[2].number_input("shared-value epochs", 0, 200, 4, key="plan_cluster_epochs")
+    codebook_epochs = c[2].number_input("codebook epochs (quantizers)", 0, 200, 4, key="plan_codebook_epochs")
     tolerance = c[3].number_input("auto-k tolerance (acc. drop)", 0.0, 0.2, 0.005, step=0.001, format="%.3f",
                                   key="plan_tolerance")
 name = st.text_input("Plan name", "my-plan", key="plan_name")
 try:
-    plan = plan_from_settings(settings, name, {"iterations": int(iterations), "finetune_epochs": int(prune_epochs)},
-                              {"finetune_epochs": int(cluster_epochs), "tolerance": float(tolerance)})
+    plan = channel_choice.build(lambda: plan_from_settings(  # the channels step goes first
+        settings, name, {"iterations": int(iterations), "finetune_epochs": int(prune_epochs)},
+        {"finetune_epochs": int(cluster_epochs), "tolerance": float(tolerance)},
+        quantizers, {"finetune_epochs": int(codebook_epochs)}), layers)
+    for layer, quantizer in quantizers.items():  # shape limits (k <= vectors, s <= vector length)
+        if quantizer:
+            check_layer(layer, stats.layers[layer].shape, quantizer)
 except CompressionLabError as exc:
     st.error(str(exc))
     st.stop()

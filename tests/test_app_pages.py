@@ -119,3 +119,36 @@ def test_runs_and_compare_pages_show_the_run(seeded_home, monkeypatch):
     size = (home / "runs" / run_id / "model.clab").stat().st_size
     assert table.loc[table["run"] == run_id, "compressed_bytes"].item() == size
     assert len(at.get("plotly_chart")) == 4  # three Pareto tabs and the histogram
+
+
+def test_plan_page_quantizer_selector(home):
+    """Gong et al.'s quantizers per layer: the selector moves the live estimate and bad shapes are refused."""
+    at = page("plan")
+    before = {m.label: m.value for m in at.metric}["Estimated file"]
+    key = next(s.key for s in at.selectbox if s.key.endswith("::q::fc1"))
+    at.selectbox(key=key).select("pq").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.selectbox(key=key.replace("::q::", "::k::")).value == "off"  # pq replaces clustering on fc1
+    assert at.slider(key=key.replace("::q::", "::sp::")).value == 0.0  # and cannot keep pruned zeros
+    after = {m.label: m.value for m in at.metric}["Estimated file"]
+    assert after != before
+    at.selectbox(key=key.replace("::q::", "::qk::")).select(1024).run()
+    assert any("needs at least 1024 vectors" in e.value for e in at.error)
+
+
+def test_plan_page_channel_sliders(home):
+    """Channels kept per convolution (demo VGG): the live estimate drops and the plan starts with the channels step."""
+    at = app()
+    at.session_state["active"] = {"model": "demo:vgg_small", "weights": None, "data": "digits", "input_size": None,
+                                  "mean": None, "std": None}
+    at.run()
+    at.switch_page("pages/plan.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    before = {m.label: m.value for m in at.metric}["Estimated file"]
+    key = next(s.key for s in at.slider if s.key.endswith("::keep::features.21"))
+    at.slider(key=key).set_value(64).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    after = {m.label: m.value for m in at.metric}["Estimated file"]
+    assert int(after.split()[0].replace(",", "")) < int(before.split()[0].replace(",", ""))
+    assert any("Channels removed" in c.value for c in at.caption)

@@ -25,11 +25,16 @@ def save_compressed(handle: ModelHandle, path: str | Path, extra: dict | None = 
         "std": list(handle.std) if handle.std else None,
         **(extra or {}),
     }
+    history = getattr(handle.model, "clab_channel_history", None)
+    if history:  # channels were removed: the decoder replays this record on the built architecture
+        meta["channel_pruning"] = history
     # x + 0.0 == x for every x except -0.0, which becomes +0.0: pruned weights (w * 0) keep the sign bit,
     # and the bit-exact codec would otherwise have to store every negative zero as a non-zero
     state = {k: (v.detach().cpu() + 0.0 if v.is_floating_point() else v.detach().cpu())
              for k, v in handle.model.state_dict().items()}
-    return write_file(path, state, meta, handle.layer_kinds())
+    # vector-quantized layers (methods/vq.py) leave their codebooks + codes on the model: stored as "vq" sections
+    structures = getattr(handle.model, "clab_vq_structures", None)
+    return write_file(path, state, meta, handle.layer_kinds(), structures=structures)
 
 
 def handle_from_decoded(meta: dict, state: dict[str, torch.Tensor], base_file: str | Path | None = None,
@@ -39,6 +44,10 @@ def handle_from_decoded(meta: dict, state: dict[str, torch.Tensor], base_file: s
     if not isinstance(architecture, dict):
         raise FormatError(f"{source} records no architecture: it was not written by Compression Lab's compress")
     model = build_architecture(architecture, base_file)
+    if meta.get("channel_pruning"):
+        from compression.methods.channels import replay
+
+        replay(model, meta["channel_pruning"], tuple(meta.get("input_shape", (3, 224, 224))))
     expected = model.state_dict()
     if set(expected) != set(state):
         missing = sorted(set(expected) - set(state))[:3]

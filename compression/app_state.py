@@ -115,15 +115,6 @@ def model_stats(key: str):
     from compression.analysis.estimate import model_stats as compute
 
     handle, _ = _load(key)
-    if is_detector_spec(json.loads(key)):  # runs fold batch norm into the convolutions first: estimate that file
-        from compression import metrics
-        from compression.models.detector import fuse
-
-        work = handle.clone()
-        fuse(work.model)
-        stats = compute(work)
-        stats.fp32_bytes = metrics.fp32_bytes(handle.model)  # ratios stay against the original's fp32 bytes
-        return stats
     return compute(handle)
 
 

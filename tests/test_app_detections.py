@@ -87,3 +87,17 @@ def test_a_link_opens_the_demo_detector_but_never_an_uploaded_file(tmp_path, mon
     at.run()
     assert not at.exception
     assert "Test accuracy" in {m.label for m in at.metric}  # the default classifier, nothing else loaded
+
+
+def test_plan_and_sensitivity_pages_work_for_the_detector(detector_home, monkeypatch):
+    at = start(detector_home[0], monkeypatch)
+    at.radio(key="model_source").set_value("Demo detector (YOLO)").run()
+    at.switch_page("pages/plan.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    sliders = [s.key for s in at.slider if "::sp::" in s.key]
+    assert any(k.endswith("::model.0.conv") for k in sliders)
+    assert not any(".cv3.0.2" in k or ".dfl." in k for k in sliders)  # head predictions are never compressed
+    assert "Estimated file" in {m.label for m in at.metric}
+    at.switch_page("pages/sensitivity.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.number_input(key="sens_val_size").value == 64

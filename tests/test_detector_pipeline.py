@@ -50,7 +50,7 @@ def test_detector_run_prunes_shares_and_measures_the_decoded_file(compressed_run
     assert 0.0 <= m["after"]["map50_95"] <= m["after"]["map50"] <= 1.0
     assert abs(m["weights_kept"] - 0.5) < 0.01
     assert m["after"]["compressed_bytes"] == result.path.stat().st_size
-    assert m["compression_ratio"] > 5  # half the weights, 32 shared values, batch norm folded in
+    assert m["compression_ratio"] > 3  # half the weights, 32 shared values; batch norm vectors stay raw
     # the head's prediction convolutions and DFL were never touched
     fused = result.handle.model
     for name in detector.skipped_layers():

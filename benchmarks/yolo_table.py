@@ -1,0 +1,73 @@
+"""Seed 1's detector table on the demo YOLO detector: pruning + dynamic weight sharing + the compact file.
+
+Runs the shipped recipe assets/recipes/detector.json through `compress` (the same code path as a job):
+magnitude pruning fine-tuned with the detection loss, k-means weight sharing, the compact file, then
+Ultralytics' validator on the model decoded from that file. Reports parameters removed, file bytes
+against the original fp32 weights, mAP50 and mAP50-95 before and after, and CPU latency (dense
+kernels, batch 1). Prints one JSON object as its last line.
+
+    .venv/bin/python benchmarks/yolo_table.py [--recipe FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from compression.data.detection import load_detection_data  # noqa: E402
+from compression.models.detector import load_detector  # noqa: E402
+from compression.pipeline import compress  # noqa: E402
+from compression.plan import Plan  # noqa: E402
+
+TARGETS = {"params_removed_pct": 59.7, "memory_ratio": 110.0, "map50_drop": 1.0}  # seed 1 on YOLOv3
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", type=Path, default=ROOT / "assets" / "recipes" / "detector.json")
+    args = parser.parse_args(argv)
+    handle = load_detector()
+    data = load_detection_data("shapes")
+    plan = Plan.from_json(args.recipe.read_text())
+    start = time.time()
+    with tempfile.TemporaryDirectory() as out:
+        result = compress(handle, plan, data, out, on_log=lambda message: print(message, file=sys.stderr))
+        m = result.metrics
+    before, after = m["before"], m["after"]
+    row = {
+        "recipe": args.recipe.name,
+        "params": before["params"],
+        "nonzero_params_after": after["nonzero_params"],
+        "params_removed_pct": round(100 * (1 - after["nonzero_params"] / before["params"]), 2),
+        "fp32_bytes": before["fp32_bytes"],
+        "compressed_bytes": after["compressed_bytes"],
+        "memory_ratio": round(before["fp32_bytes"] / after["compressed_bytes"], 2),
+        "map50_before": round(before["map50"], 4),
+        "map50_after": round(after["map50"], 4),
+        "map50_drop": round(100 * (before["map50"] - after["map50"]), 2),
+        "map50_95_before": round(before["map50_95"], 4),
+        "map50_95_after": round(after["map50_95"], 4),
+        "map50_95_drop": round(100 * (before["map50_95"] - after["map50_95"]), 2),
+        "latency_ms_before": round(before["latency_ms"], 2),
+        "latency_ms_after": round(after["latency_ms"], 2),
+        "latency_ratio": round(before["latency_ms"] / after["latency_ms"], 3),
+        "n_clusters": m["steps"].get("cluster", {}).get("n_clusters"),
+        "seconds": round(time.time() - start, 1),
+        "targets": TARGETS,
+    }
+    row["targets_met"] = {"params_removed_pct": row["params_removed_pct"] >= TARGETS["params_removed_pct"],
+                          "memory_ratio": row["memory_ratio"] >= TARGETS["memory_ratio"],
+                          "map50_drop": row["map50_drop"] <= TARGETS["map50_drop"]}
+    print(json.dumps(row))
+    return row
+
+
+if __name__ == "__main__":
+    main()

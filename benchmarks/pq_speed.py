@@ -5,18 +5,20 @@ al.: each row is split into segments of s = 4 values (1024 segments) and each se
 k = 256 codewords by k-means over the 4096 rows; every row stores one 8-bit code per segment.
 
 - faiss: ``faiss.ProductQuantizer(4096, 1024, 8)`` with ``cp.niter = 25`` (its default), trained on
-  all rows, then ``compute_codes`` and ``decode``. What compression/methods/vq.py uses.
-- torch: the same k-means written in PyTorch (the loser, kept only here): centroids initialised
-  from random rows (seeded), 25 Lloyd iterations of all 1024 segments at once (distances by bmm,
-  chunked to bound memory; centroid sums by scatter_add; an empty cluster keeps its centroid),
-  then the nearest codeword per segment.
+  all rows, then ``compute_codes`` and ``decode`` (kept only here: it lost).
+- torch: ``compression.methods.vq.product_quantize``, what the quantize step uses: the same k-means
+  in PyTorch, centroids initialised from random rows (seeded), 25 Lloyd iterations of all 1024
+  segments at once (distances by bmm, chunked to stay in cache; centroid sums by scatter_add; an
+  empty cluster keeps its centroid), then the nearest codeword per segment; decoded by the file's
+  ``reconstruct``.
 
 Both run on --threads threads (torch.set_num_threads, faiss.omp_set_num_threads; default 1: faiss
 trains the 1024 small k-means one after another and its OpenMP threads only pay on an idle machine;
 on the shared 2-core machine here 2 threads made faiss 5x slower).
 Reconstruction error is the mean squared error of the decoded matrix. Prints one JSON object as its
-last line: ``speedup`` (torch time / faiss time), ``mse_ratio`` (faiss MSE / torch MSE: <= 1 means
-faiss is at least as accurate), the times and the MSEs.
+last line: ``winner`` (the faster implementation), ``speedup`` (the loser's time / the winner's),
+``mse_ratio`` (the winner's MSE / the loser's: <= 1 means the winner is also at least as accurate),
+the times and the MSEs.
 
     .venv/bin/python benchmarks/pq_speed.py [--rows 4096 --cols 4096]
 """
@@ -26,11 +28,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+from pathlib import Path
 
 import faiss
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from compression.methods.vq import product_quantize  # noqa: E402
+from compression.storage.vq_section import Quantized, reconstruct  # noqa: E402
 
 SEGMENT = 4
 CODEWORDS = 256
@@ -47,36 +56,9 @@ def faiss_pq(x: np.ndarray) -> np.ndarray:
     return pq.decode(pq.compute_codes(x))
 
 
-def _assign(xs: torch.Tensor, centroids: torch.Tensor, budget: int = 1 << 20) -> torch.Tensor:
-    """(M, N) nearest-codeword index per segment; xs (M, N, s), centroids (M, k, s)."""
-    segments, n, _ = xs.shape
-    k = centroids.shape[1]
-    step = max(1, budget // (n * k))
-    out = torch.empty(segments, n, dtype=torch.long)
-    norms = (centroids ** 2).sum(-1)
-    for start in range(0, segments, step):
-        part = slice(start, start + step)
-        distance = norms[part, None, :] - 2 * torch.bmm(xs[part], centroids[part].transpose(1, 2))
-        out[part] = distance.argmin(-1)
-    return out
-
-
 def torch_pq(x: np.ndarray) -> np.ndarray:
-    n, d = x.shape
-    segments = d // SEGMENT
-    xs = torch.from_numpy(x).view(n, segments, SEGMENT).transpose(0, 1).contiguous()  # (M, N, s)
-    generator = torch.Generator().manual_seed(0)
-    rows = torch.stack([torch.randperm(n, generator=generator)[:CODEWORDS] for _ in range(segments)])
-    centroids = xs[torch.arange(segments)[:, None], rows].clone()  # (M, k, s)
-    for _ in range(ITERATIONS):
-        codes = _assign(xs, centroids)
-        sums = torch.zeros_like(centroids).scatter_add_(1, codes[..., None].expand(-1, -1, SEGMENT), xs)
-        counts = torch.zeros(segments, CODEWORDS).scatter_add_(1, codes, torch.ones(segments, n))
-        filled = counts > 0
-        centroids[filled] = sums[filled] / counts[filled][:, None]
-    codes = _assign(xs, centroids)
-    decoded = centroids[torch.arange(segments)[:, None], codes]  # (M, N, s)
-    return decoded.transpose(0, 1).reshape(n, d).numpy()
+    codebook, codes = product_quantize(x, SEGMENT, CODEWORDS, ITERATIONS, seed=0)
+    return reconstruct(Quantized("pq", x.shape, CODEWORDS, codebook, codes, segment_length=SEGMENT))
 
 
 def main() -> None:
@@ -97,8 +79,9 @@ def main() -> None:
         mse = float(((decoded.astype(np.float64) - x) ** 2).mean())
         results[name] = {"seconds": round(seconds, 2), "mse": mse}
         print(f"{name}: {seconds:.1f} s, MSE {mse:.5f}", flush=True)
-    print(json.dumps({"speedup": round(results["torch"]["seconds"] / results["faiss"]["seconds"], 2),
-                      "mse_ratio": round(results["faiss"]["mse"] / results["torch"]["mse"], 4),
+    winner, loser = sorted(results, key=lambda name: results[name]["seconds"])
+    print(json.dumps({"winner": winner, "speedup": round(results[loser]["seconds"] / results[winner]["seconds"], 2),
+                      "mse_ratio": round(results[winner]["mse"] / results[loser]["mse"], 4),
                       "faiss_seconds": results["faiss"]["seconds"], "torch_seconds": results["torch"]["seconds"],
                       "faiss_mse": results["faiss"]["mse"], "torch_mse": results["torch"]["mse"],
                       "rows": args.rows, "cols": args.cols, "segment_length": SEGMENT, "n_codewords": CODEWORDS,

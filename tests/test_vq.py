@@ -302,3 +302,18 @@ def test_quantizers_run_on_the_demo_detector(tmp_path):
         assert torch.equal(tensor, decoded[key]), key
     rows = {row["name"]: row for row in inspect_bytes((tmp_path / "d.clab").read_bytes())}
     assert rows["model.1.conv.weight"]["quantizer"] == "pq" and rows["model.2.cv1.conv.weight"]["quantizer"] == "binary"
+
+
+def test_pareto_figure_draws_one_series_and_front_per_family():
+    import pandas as pd
+
+    from compression.analysis.plots import pareto_figure
+
+    table = pd.DataFrame({"run": list("abcdef"), "plan": "", "ratio": 1.0,
+                          "method": ["vq", "vq", "prune+cluster", "prune+cluster", "channels", "vq"],
+                          "compressed_bytes": [10, 20, 15, 30, 40, 25], "accuracy": [0.9, 0.95, 0.92, 0.97, 0.99, 0.9]})
+    fig = pareto_figure(table, "compressed_bytes", "bytes")
+    names = [trace.name for trace in fig.data]
+    assert {"vq", "prune+cluster", "channels", "vq front", "prune+cluster front", "Pareto front"} <= set(names)
+    vq_front = next(trace for trace in fig.data if trace.name == "vq front")
+    assert list(vq_front.x) == [10, 20]  # run f (25 bytes, 0.90) is dominated within vq

@@ -141,3 +141,24 @@ def test_compare_marks_vanished_and_appeared_boxes():
     assert [b.status for b in original] == ["kept", "vanished", "vanished"]  # class 1 box: wrong class in copy
     assert [b.status for b in compressed] == ["kept", "appeared", "appeared"]
     assert counts(original, compressed) == {"original": 3, "compressed": 3, "vanished": 2, "appeared": 2}
+
+
+def test_detector_distillation_loss_and_plan(detector, small_yaml, tmp_path):
+    from compression.data.detection import load_detection_data
+    from compression.methods.detect_train import _raw, detection_kd_loss
+    from compression.pipeline import compress
+    from compression.plan import Plan
+
+    model = detector.model.eval()
+    with torch.no_grad():
+        x = torch.rand(2, 3, 160, 160)
+        teacher = _raw(model(x))
+        noisy = {k: v + 0.5 * torch.randn_like(v) for k, v in teacher.items() if k in ("boxes", "scores")}
+        same = detection_kd_loss(teacher, teacher, 2.0)
+        assert detection_kd_loss(noisy, teacher, 2.0) > same
+    plan = Plan.from_dict({"schema_version": 1, "name": "det-kd", "eval_split": "val", "steps": [
+        {"type": "prune", "sparsity": {"_default": 0.5}, "iterations": 1, "finetune_epochs": 1},
+        {"type": "distill", "temperature": 2.0, "alpha": 0.5, "epochs": 1}]})
+    result = compress(detector, plan, load_detection_data(f"yolo:{small_yaml}"), tmp_path, latency=False)
+    assert result.metrics["after"]["map50"] == result.metrics["after"]["in_memory_accuracy"]
+    assert abs(result.metrics["weights_kept"] - 0.5) < 0.01  # the distill epochs kept the pruned zeros

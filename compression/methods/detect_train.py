@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from compression.data.detection import DetectionData
@@ -35,10 +36,41 @@ def _cfg(imgsz: int, **overrides):
                                  "plots": False, "verbose": False, **overrides})
 
 
+def _raw(preds):
+    """The head's raw training outputs {boxes [B, 4*reg_max, A], scores [B, nc, A]} from train or eval mode."""
+    preds = preds[1] if isinstance(preds, tuple) else preds
+    return preds["one2many"] if "one2many" in preds else preds
+
+
+def detection_kd_loss(student: dict, teacher: dict, temperature: float) -> torch.Tensor:
+    """Output distillation for a YOLO head (soft targets, Hinton et al. applied per anchor).
+
+    Class scores: binary cross-entropy against the teacher's sigmoid(logit / T). Boxes: KL divergence
+    between the teacher's and the student's softmax over the DFL bins of each box side, weighted by
+    the teacher's best class probability so background anchors do not dominate. Both scaled by T^2.
+    """
+    t_scores = torch.sigmoid(teacher["scores"] / temperature)
+    cls = F.binary_cross_entropy_with_logits(student["scores"] / temperature, t_scores)
+    b, channels, anchors = student["boxes"].shape
+    sides = channels // 4
+    s_box = student["boxes"].view(b, 4, sides, anchors)
+    t_box = teacher["boxes"].view(b, 4, sides, anchors)
+    kl = F.kl_div(F.log_softmax(s_box / temperature, 2), F.log_softmax(t_box / temperature, 2),
+                  reduction="none", log_target=True).sum(2).mean(1)  # [B, A]
+    weight = torch.sigmoid(teacher["scores"]).amax(1)  # [B, A]
+    box = (kl * weight).sum() / weight.sum().clamp(min=1e-6)
+    return temperature ** 2 * (cls + box)
+
+
 def train_detector(model: nn.Module, data: DetectionData, imgsz: int, *, epochs: int, lr: float, seed: int,
                    batch: int = 16, progress: Callable[[float, float], None] | None = None,
-                   should_stop: Callable[[], bool] | None = None) -> list[float]:
-    """Fine-tune a (possibly parametrized) DetectionModel in place with the detection loss; mean loss per epoch."""
+                   should_stop: Callable[[], bool] | None = None, teacher: nn.Module | None = None,
+                   temperature: float = 2.0, alpha: float = 0.5) -> list[float]:
+    """Fine-tune a (possibly parametrized) DetectionModel in place with the detection loss; mean loss per epoch.
+
+    With a teacher (the original detector), the loss is (1 - alpha) * detection loss + alpha * the
+    output-distillation loss above, on the same augmented images.
+    """
     from compression.models.yolo_env import offline_ultralytics
 
     offline_ultralytics()
@@ -73,6 +105,8 @@ def train_detector(model: nn.Module, data: DetectionData, imgsz: int, *, epochs:
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
     losses, step = [], 0
     model.train()
+    if teacher is not None:
+        teacher = frozen_copy(teacher).to(device)
     for _ in range(epochs):
         running, count = 0.0, 0
         for index, batch_data in enumerate(loader):
@@ -81,8 +115,13 @@ def train_detector(model: nn.Module, data: DetectionData, imgsz: int, *, epochs:
             batch_data["img"] = batch_data["img"].to(device).float() / 255
             for key in ("cls", "bboxes", "batch_idx"):
                 batch_data[key] = batch_data[key].to(device)
-            loss, _ = model.loss(batch_data)
+            preds = model(batch_data["img"])
+            loss, _ = model.loss(batch_data, preds)
             loss = loss.sum() / batch_data["img"].shape[0]
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_preds = _raw(teacher(batch_data["img"]))
+                loss = (1 - alpha) * loss + alpha * detection_kd_loss(_raw(preds), teacher_preds, temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, max_norm=10.0)  # as Ultralytics' trainer does
@@ -199,11 +238,19 @@ def map_scorer(data: DetectionData, imgsz: int, size: int, seed: int,
 def detection_hooks(data: DetectionData, imgsz: int, ctx, batch: int = 16) -> None:
     """Point a StepContext's trainer and scorer at this detection dataset."""
 
+    distill: dict = {}
+
     def trainer(model: nn.Module, *, epochs: int, lr: float, seed: int, stage: str) -> None:
         train_detector(model, data, imgsz, epochs=epochs, lr=lr, seed=seed, batch=batch,
-                       progress=lambda f, loss: ctx.emit(stage, f, loss=loss), should_stop=ctx.should_stop)
+                       progress=lambda f, loss: ctx.emit(stage, f, loss=loss), should_stop=ctx.should_stop,
+                       **distill)
+
+    def enable_distillation(teacher: nn.Module, temperature: float, alpha: float) -> None:
+        """Every later fine-tuning distils from `teacher` (a plan's distill step calls this)."""
+        distill.update(teacher=teacher, temperature=temperature, alpha=alpha)
 
     ctx.trainer = trainer
+    ctx.notes["enable_distillation"] = enable_distillation
     ctx.scorer = lambda size, seed: map_scorer(data, imgsz, size, seed)
     ctx.score_name = "mAP50-95"
 

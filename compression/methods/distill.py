@@ -51,9 +51,14 @@ def make_kd_loss(teacher: nn.Module, temperature: float, alpha: float) -> LossFn
 
 def use_teacher(ctx: StepContext, step: DistillStep, teacher: nn.Module) -> None:
     """Make every later fine-tuning in `ctx` distil from `teacher` (the original model)."""
-    if ctx.trainer is not None:
-        raise PlanError("distill: knowledge distillation is implemented for classifiers; "
-                        "remove the distill step for a detector")
+    if ctx.trainer is not None:  # a task with its own training loop (a detector) distils its own way
+        enable = ctx.notes.get("enable_distillation")
+        if enable is None:
+            raise PlanError("distill: this model's training loop has no distillation; remove the distill step")
+        enable(teacher, step.temperature, step.alpha)
+        ctx.notes["teacher"] = teacher
+        ctx.notes["distilling"] = True
+        return
     ctx.notes["teacher"] = teacher
     ctx.notes["distilling"] = True
     ctx.loss_fn = make_kd_loss(teacher, step.temperature, step.alpha)

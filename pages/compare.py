@@ -42,8 +42,8 @@ except CompressionLabError as exc:
     st.stop()
 run_dir = home() / "runs" / run_id
 job = json.loads((run_dir / "job.json").read_text())
-original, _ = load_active({k: job.get(k) for k in ("model", "weights", "data", "input_size", "mean", "std")
-                           | ({"trust": job["trust"]} if "trust" in job else {})})
+original, _ = load_active({k: job.get(k) for k in ("model", "weights", "data", "input_size", "mean", "std")}
+                          | ({"trust": job["trust"]} if "trust" in job else {}))
 layers = list(decoded.prunable_layers())
 layer = st.selectbox("Layer", layers, key="compare_layer")
 before = original.prunable_layers()[layer].detach().flatten().numpy()

@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "detector.yaml").write_text(model_yaml.read_text())
     info = trained.model
     params = sum(p.numel() for p in info.parameters())
+    from compression import metrics as measure
+
+    detector = info.float().eval()
     card = {
         "name": "shapes-yolov8n-w0.125",
         "command": f"python -m compression.demo.train_detector --epochs {args.epochs} --imgsz {args.imgsz}",
@@ -98,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
         "precision": float(metrics.box.mp),
         "recall": float(metrics.box.mr),
         "params": params,
+        "flops": measure.flops(detector, (3, args.imgsz, args.imgsz))["flops"],
+        "fp32_bytes": measure.fp32_bytes(detector),
         "train_seconds": round(seconds, 1),
     }
     (args.out / "detector_card.json").write_text(json.dumps(card, indent=2) + "\n")

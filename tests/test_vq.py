@@ -317,3 +317,13 @@ def test_pareto_figure_draws_one_series_and_front_per_family():
     assert {"vq", "prune+cluster", "channels", "vq front", "prune+cluster front", "Pareto front"} <= set(names)
     vq_front = next(trace for trace in fig.data if trace.name == "vq front")
     assert list(vq_front.x) == [10, 20]  # run f (25 bytes, 0.90) is dominated within vq
+
+
+def test_shipped_pq_recipe_fits_lenet300(lenet300):
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "assets" / "recipes" / "lenet300_pq.json"
+    plan = Plan.from_json(recipe.read_text()).validate(list(lenet300.prunable_layers()))
+    step = plan.steps[0]
+    for layer, weight in lenet300.prunable_layers().items():
+        vq.check_layer(layer, tuple(weight.shape), step.layer_settings(layer))

@@ -42,7 +42,9 @@ def run_list() -> None:
                              text=f"{run['state']} · {progress.get('stage') or 'starting'} · {elapsed(run)}")
             metrics = run.get("metrics") or {}
             if run["state"] == "succeeded" and "after" in metrics:
-                cols[1].markdown(f"acc {metrics['after']['accuracy']:.2%}  \n"
+                score = (f"mAP50 {metrics['after']['accuracy']:.3f}" if metrics.get("task") == "detect"
+                         else f"acc {metrics['after']['accuracy']:.2%}")
+                cols[1].markdown(f"{score}  \n"
                                  f"{metrics['after']['compressed_bytes']:,} B · {metrics['compression_ratio']:.1f}x")
             elif run["state"] == "failed":
                 cols[1].markdown(f":red[{(run.get('error') or 'failed')[:120]}]")

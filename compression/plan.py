@@ -248,7 +248,7 @@ class Plan:
     def validate(self, layers: list[str] | None = None) -> Plan:
         """Raise PlanError naming the step, the layer and the bad value; return self when valid."""
         if not self.steps:
-            raise PlanError("the plan has no steps: add at least one (prune, cluster)")
+            raise PlanError(f"the plan has no steps: add at least one ({', '.join(STEP_TYPES)})")
         if self.eval_split not in ("val", "test"):
             raise PlanError(f"eval_split {self.eval_split!r} is unknown: use val or test")
         seen = set()

@@ -77,8 +77,8 @@ def check_source(job: dict) -> dict:
             raise CompressionLabError(f"model file {path} does not exist: check the path")
     data = job.get("data")
     if not isinstance(data, str) or not data.startswith(DATA_PREFIXES):
-        raise CompressionLabError(f"job data {data!r} is not a dataset reference: use digits, imagefolder:DIR, "
-                                  "cifar10:DIR or cifar100:DIR")
+        raise CompressionLabError(f"unknown dataset {data!r}: use digits, imagefolder:DIR, cifar10:DIR or "
+                                  "cifar100:DIR (for a detector: shapes or yolo:PATH/data.yaml)")
     if ":" in data and not Path(data.split(":", 1)[1]).expanduser().is_dir():
         raise CompressionLabError(f"dataset folder {data.split(':', 1)[1]} does not exist: check the path")
     size = job.get("input_size")

@@ -161,7 +161,9 @@ def save_detector(handle: DetectorHandle, path: str | Path, extra: dict | None =
             "imgsz": handle.imgsz, "label": handle.label, "fused": is_fused(handle.model), **(extra or {})}
     state = {k: (v.detach().cpu() + 0.0 if v.is_floating_point() else v.detach().cpu())
              for k, v in handle.model.state_dict().items()}
-    return write_file(path, state, meta, handle.layer_kinds())
+    # quantized layers (a quantize step) are stored as their codebooks and codes
+    structures = getattr(handle.model, "clab_vq_structures", None)
+    return write_file(path, state, meta, handle.layer_kinds(), structures=structures)
 
 
 def load_detector_file(path: str | Path) -> DetectorHandle:

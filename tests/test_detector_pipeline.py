@@ -162,3 +162,15 @@ def test_detector_distillation_loss_and_plan(detector, small_yaml, tmp_path):
     result = compress(detector, plan, load_detection_data(f"yolo:{small_yaml}"), tmp_path, latency=False)
     assert result.metrics["after"]["map50"] == result.metrics["after"]["in_memory_accuracy"]
     assert abs(result.metrics["weights_kept"] - 0.5) < 0.01  # the distill epochs kept the pruned zeros
+
+
+def test_detector_sensitivity_measures_map_per_layer(detector, small_yaml):
+    from compression.analysis.sensitivity import SensitivityConfig, analyze
+    from compression.data.detection import load_detection_data
+
+    data = load_detection_data(f"yolo:{small_yaml}")
+    report = analyze(detector, data, SensitivityConfig(sparsities=(0.0, 0.95), n_clusters=(), val_size=4))
+    assert set(report.layers) == set(detector.prunable_layers())
+    first = report.layers["model.0.conv"]
+    assert first["sparsity"]["0.0"] == report.base_accuracy > 0.5  # mAP50 of the untouched model
+    assert first["sparsity"]["0.95"] < report.base_accuracy  # the stem cannot lose 95% of its weights

@@ -4,9 +4,11 @@ Runs the shipped recipe assets/recipes/detector.json through `compress` (the sam
 magnitude pruning fine-tuned with the detection loss, k-means weight sharing, the compact file, then
 Ultralytics' validator on the model decoded from that file. Reports parameters removed, file bytes
 against the original fp32 weights, mAP50 and mAP50-95 before and after, and CPU latency (dense
-kernels, batch 1). Prints one JSON object as its last line.
+kernels, batch 1). Then one row per other method family (`--also`, default Gong et al.'s scalar
+k-means quantizer, assets/recipes/detector_vq.json): mAP50 against compression ratio. Prints one JSON
+object as its last line.
 
-    .venv/bin/python benchmarks/yolo_table.py [--recipe FILE]
+    .venv/bin/python benchmarks/yolo_table.py [--recipe FILE] [--also FILE ...]
 """
 
 from __future__ import annotations
@@ -32,14 +34,18 @@ TARGETS = {"params_removed_pct": 59.7, "memory_ratio": 110.0, "map50_drop": 1.0}
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", type=Path, default=ROOT / "assets" / "recipes" / "detector.json")
+    parser.add_argument("--also", type=Path, nargs="*", default=[ROOT / "assets" / "recipes" / "detector_vq.json"])
     args = parser.parse_args(argv)
     handle = load_detector()
     data = load_detection_data("shapes")
-    plan = Plan.from_json(args.recipe.read_text())
     start = time.time()
-    with tempfile.TemporaryDirectory() as out:
-        result = compress(handle, plan, data, out, on_log=lambda message: print(message, file=sys.stderr))
-        m = result.metrics
+
+    def run(recipe: Path) -> dict:
+        plan = Plan.from_json(recipe.read_text())
+        with tempfile.TemporaryDirectory() as out:
+            return compress(handle, plan, data, out, on_log=lambda message: print(message, file=sys.stderr)).metrics
+
+    m = run(args.recipe)
     before, after = m["before"], m["after"]
     row = {
         "recipe": args.recipe.name,
@@ -59,9 +65,17 @@ def main(argv: list[str] | None = None) -> dict:
         "latency_ms_after": round(after["latency_ms"], 2),
         "latency_ratio": round(before["latency_ms"] / after["latency_ms"], 3),
         "n_clusters": m["steps"].get("cluster", {}).get("n_clusters"),
-        "seconds": round(time.time() - start, 1),
         "targets": TARGETS,
     }
+    methods = [{"recipe": args.recipe.name, "method": "+".join(m["steps"]), "ratio": row["memory_ratio"],
+                "map50": row["map50_after"], "map50_95": row["map50_95_after"]}]
+    for recipe in args.also:
+        other = run(recipe)
+        methods.append({"recipe": recipe.name, "method": "+".join(other["steps"]),
+                        "ratio": round(other["compression_ratio"], 2), "map50": round(other["after"]["map50"], 4),
+                        "map50_95": round(other["after"]["map50_95"], 4)})
+    row["methods"] = methods
+    row["seconds"] = round(time.time() - start, 1)
     row["targets_met"] = {"params_removed_pct": row["params_removed_pct"] >= TARGETS["params_removed_pct"],
                           "memory_ratio": row["memory_ratio"] >= TARGETS["memory_ratio"],
                           "map50_drop": row["map50_drop"] <= TARGETS["map50_drop"]}

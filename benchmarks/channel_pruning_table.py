@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -54,21 +55,27 @@ def log(message: str) -> None:
 
 
 @torch.no_grad()
-def interleaved_latency(models: dict[str, torch.nn.Module], shape: tuple[int, ...], batch: int,
-                        repeats: int) -> dict[str, float]:
-    """Median ms per forward pass; the models take turns so background load hits each alike."""
+def paired_latency(original: torch.nn.Module, pruned: torch.nn.Module, shape: tuple[int, ...], batch: int,
+                   repeats: int, threads: int) -> dict[str, float]:
+    """Median ms per forward pass of each model and the median of the per-pair ratios: the two models take
+    turns, so a burst of background load hits both members of a pair alike."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
     x = torch.randn((batch, *shape))
-    for model in models.values():
+    for model in (original, pruned):
         model.eval()
         for _ in range(3):
             model(x)
-    times = {name: [] for name in models}
+    times = {"original": [], "pruned": []}
     for _ in range(repeats):
-        for name, model in models.items():
+        for name, model in (("original", original), ("pruned", pruned)):
             start = time.perf_counter()
             model(x)
             times[name].append((time.perf_counter() - start) * 1000.0)
-    return {name: statistics.median(t) for name, t in times.items()}
+    torch.set_num_threads(previous)
+    ratios = [a / b for a, b in zip(times["original"], times["pruned"], strict=True)]
+    return {"original_ms": round(statistics.median(times["original"]), 3),
+            "pruned_ms": round(statistics.median(times["pruned"]), 3), "ratio": statistics.median(ratios)}
 
 
 def rgb_digits() -> DataBundle:
@@ -143,11 +150,11 @@ def table(handle: ModelHandle, data: DataBundle, keep: dict, ga: dict, epochs: i
     original_file = out_dir / f"{tag}-original.clab"
     save_compressed(handle, original_file)
     latency = {}
-    for batch, repeats in ((1, 40), (32, 12)):
-        ms = interleaved_latency({"original": handle.model, "pruned": decoded.model}, handle.input_shape, batch,
-                                 repeats)
-        latency[f"batch{batch}"] = {"original_ms": round(ms["original"], 3), "pruned_ms": round(ms["pruned"], 3),
-                                    "ratio": ms["original"] / ms["pruned"]}
+    for threads in (2, 1):
+        for batch, repeats in ((1, 60), (32, 15)):
+            suffix = "" if threads == 2 else "_1thread"
+            latency[f"batch{batch}{suffix}"] = paired_latency(handle.model, decoded.model, handle.input_shape,
+                                                              batch, repeats, threads)
     decoded_accuracy = metrics.accuracy(decoded.model, test)
     return {
         "before": before,
@@ -170,7 +177,7 @@ def main() -> None:
                     FINETUNE_EPOCHS, tmp, "vgg")
         data = rgb_digits()
         t0 = time.time()
-        resnet = train_resnet18(data, epochs=6)
+        resnet = train_resnet18(data, epochs=4)
         log(f"resnet18 trained in {time.time() - t0:.0f} s")
         r18 = table(resnet, data, RESNET_KEEP, dict(GA, population=8, generations=3), 2, tmp, "resnet18")
     for name, result in (("vgg", vgg), ("resnet18", r18)):
@@ -184,10 +191,18 @@ def main() -> None:
         "vgg_acc_drop": round(100 * (vgg["before"]["accuracy"] - vgg["decoded_accuracy"]), 3),
         "vgg_latency_ratio": round(vgg["latency"]["batch32"]["ratio"], 2),
         "vgg_latency_ratio_b1": round(vgg["latency"]["batch1"]["ratio"], 2),
+        "vgg_latency_ratio_1thread": round(vgg["latency"]["batch32_1thread"]["ratio"], 2),
+        "vgg_latency_ratio_b1_1thread": round(vgg["latency"]["batch1_1thread"]["ratio"], 2),
         "vgg_file_ratio": round(vgg["file_bytes"]["original"] / vgg["file_bytes"]["pruned"], 2),
         "ga_vs_l1_acc": round(100 * (runs["ga+kd"]["accuracy"] - runs["l1+kd"]["accuracy"]), 3),
         "ga_vs_l1_acc_no_kd": round(100 * (runs["ga"]["accuracy"] - runs["l1"]["accuracy"]), 3),
         "ga_vs_random_acc": round(100 * (runs["ga+kd"]["accuracy"] - runs["random+kd"]["accuracy"]), 3),
+        # before any fine-tuning (BatchNorm re-estimated only): how good the chosen channels are by themselves
+        "ga_vs_l1_acc_before_finetune": round(100 * (runs["ga"]["accuracy_before_finetune"]
+                                                     - runs["l1"]["accuracy_before_finetune"]), 3),
+        "resnet18_ga_vs_l1_acc": round(100 * (r18["runs"]["ga+kd"]["accuracy"] - r18["runs"]["l1+kd"]["accuracy"]), 3),
+        "resnet18_ga_vs_l1_acc_before_finetune": round(100 * (r18["runs"]["ga"]["accuracy_before_finetune"]
+                                                              - r18["runs"]["l1"]["accuracy_before_finetune"]), 3),
         "vgg_accuracy": {k: round(v["accuracy"], 4) for k, v in runs.items()},
         "resnet18_ok": bool(r18["decoded_identical_outputs"]
                             and abs(r18["decoded_accuracy"] - r18["runs"]["ga+kd"]["accuracy"]) < 1e-9),
@@ -195,10 +210,12 @@ def main() -> None:
         "resnet18_flops_ratio": round(r18["runs"]["ga+kd"]["flops_ratio"], 2),
         "resnet18_latency_ratio": round(r18["latency"]["batch32"]["ratio"], 2),
         "resnet18_latency_ratio_b1": round(r18["latency"]["batch1"]["ratio"], 2),
+        "resnet18_latency_ratio_1thread": round(r18["latency"]["batch32_1thread"]["ratio"], 2),
         "resnet18_acc_before": round(r18["before"]["accuracy"], 4),
         "resnet18_accuracy": {k: round(v["accuracy"], 4) for k, v in r18["runs"].items()},
-        "units": "ratios original/pruned; accuracy differences and drops in points; latency median of interleaved "
-                 "runs on 2 threads; vgg_latency_ratio at batch 32, _b1 at batch 1",
+        "units": "ratios original/pruned; accuracy differences and drops in points; latency ratio = median of "
+                 "paired (interleaved) runs, 2 threads unless _1thread; *_latency_ratio at batch 32, _b1 at batch 1",
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "seconds": round(time.time() - started, 1),
         "networks": out,
     }

@@ -207,11 +207,15 @@ def test_distill_after_prune_keeps_zeros_and_plan_uses_kd(vgg, digits32, tmp_pat
 
     plan = Plan(steps=(small_step(keep_ratio={"features.21": 0.5}, selection="l1"),
                        PruneStep(sparsity={"features.17": 0.8}, iterations=1, finetune_epochs=0),
-                       DistillStep(epochs=1)))
+                       DistillStep(epochs=1),
+                       ClusterStep(n_clusters={"features.21": 16}, finetune_epochs=0)))
     result = compress(vgg, plan, digits32, tmp_path, latency=False)
     weight = result.handle.model.features[17].weight
     assert weight.shape[0] == 128 and weight.shape[1] == 128
     assert 1 - float(torch.count_nonzero(weight)) / weight.numel() == pytest.approx(0.8, abs=0.01)
+    # structured and unstructured compose: the channel-pruned layer is then clustered, all in one file
+    assert result.handle.model.features[21].weight.shape == (128, 128, 3, 3)
+    assert len(torch.unique(result.handle.model.features[21].weight)) <= 16
     assert result.handle.model.features[21].out_channels == 128
     assert result.metrics["after"]["params"] < result.metrics["before"]["params"]
     assert result.metrics["steps"]["distill"]["masked_layers"] >= 1

@@ -26,6 +26,7 @@ channel indices), and `replay` re-applies it to a freshly built architecture bef
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -421,8 +422,10 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> dict:
             def progress(generation: int, best: float, mean: float, stage=stage) -> None:
                 ctx.emit(stage, generation / max(1, step.generations), generation=generation,
                          best_fitness=best, mean_fitness=mean)
+            started = time.perf_counter()
             mask, history = genetic_search(fitness, group.channels, keep, step, generator, [l1], progress)
             row.update(generations=history, screened=fitness.screens, scored=fitness.scores,
+                       search_seconds=round(time.perf_counter() - started, 3),
                        l1_fitness=fitness.accurate(l1), ga_fitness=fitness.accurate(mask))
             ctx.log(f"channels {name}: GA fitness {row['ga_fitness']:.4f} vs L1 {row['l1_fitness']:.4f} "
                     f"({fitness.screens} screened, {fitness.scores} scored)")

@@ -271,3 +271,11 @@ def test_masking_through_flatten_equals_removal(lenet5):
     assert work.model.fc1.in_features == 20 * 16
     with torch.no_grad():
         assert torch.allclose(work.model(x), masked, atol=1e-4)
+
+
+def test_channels_on_a_yolo_detector_is_refused_with_a_reason(digits32):
+    from compression.models.detector import load_detector
+
+    detector = load_detector()
+    with pytest.raises(PlanError, match="YOLO detectors is not supported yet"):
+        channels.run(detector.model, ChannelStep(keep_ratio={"_default": 0.5}), context(detector, digits32))

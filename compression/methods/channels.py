@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compression.errors import CompressionLabError, ModelLoadError
+from compression.errors import CompressionLabError, ModelLoadError, PlanError
 from compression.methods.context import StepContext
 from compression.plan import ChannelStep, resolve
 
@@ -382,6 +382,10 @@ def _sensitivity(model: nn.Module, groups: list[ChannelGroup], scorer: Callable[
 
 def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> dict:
     """Prune each targeted channel group to its keep ratio (GA, L1 or random), least sensitive first."""
+    if type(model).__module__.startswith("ultralytics"):
+        raise PlanError("channels: channel pruning of YOLO detectors is not supported yet (Ultralytics' C2f splits "
+                        "its channels by a stored count, which needs Torch-Pruning's split-free C2f variant): "
+                        "remove the channels step, prune and cluster the detector instead")
     input_shape = tuple(ctx.data.input_shape)
     graph = build_graph(model, input_shape)
     groups = channel_groups(model, input_shape, graph)

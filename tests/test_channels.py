@@ -238,6 +238,8 @@ def test_plan_validation_messages():
                        DistillStep(temperature=3.0)))
     recipe = Plan.from_json((ROOT / "assets" / "recipes" / "vgg_small_channels.json").read_text())
     assert [s.type for s in recipe.steps] == ["channels", "distill"]
+    recipe = Plan.from_json((ROOT / "assets" / "recipes" / "vgg_small_channels_prune_cluster.json").read_text())
+    assert [s.type for s in recipe.steps] == ["channels", "prune", "distill", "cluster"]
     again = Plan.from_json(plan.to_json())
     assert again == plan and again.steps[0].selection == "random" and again.steps[2].temperature == 3.0
 

@@ -100,7 +100,7 @@ if spec_key(new) != spec_key(spec):
     try:
         load_active(new)
         set_active(new)
-        spec = new
+        st.rerun()  # the sidebar (drawn before this page) then shows the new model too
     except CompressionLabError as exc:
         st.error(str(exc))
         st.caption(f"Still using {spec['model']} on {spec['data']}.")
@@ -112,7 +112,7 @@ if str(spec["model"]).startswith("detector:"):
     cols[0].metric("mAP50", f"{measured['map50']:.3f}")
     cols[1].metric("mAP50-95", f"{measured['map50_95']:.3f}")
     cols[2].metric("Parameters", f"{measured['params']:,}")
-    cols[3].metric("FLOPs", f"{measured['flops']:,}")
+    cols[3].metric("FLOPs", f"{measured['flops'] / 1e6:,.1f} M", help=f"{measured['flops']:,} (batch 1)")
     cols[4].metric("fp32 bytes", f"{measured['fp32_bytes']:,}")
     cols[5].metric("CPU latency (batch 1)", f"{measured['latency_ms']:.2f} ms")
     st.caption(f"{handle.label} on {data.ref}: {len(data.val_images())} validation images, input {handle.imgsz} px, "

@@ -101,3 +101,15 @@ def test_plan_and_sensitivity_pages_work_for_the_detector(detector_home, monkeyp
     at.switch_page("pages/sensitivity.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.number_input(key="sens_val_size").value == 64
+
+
+def test_compare_page_handles_a_detector_run(detector_home, monkeypatch):
+    home, run_id = detector_home
+    at = start(home, monkeypatch)
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value
+    assert table.loc[table["run"] == run_id, "compressed_bytes"].item() == (home / "runs" / run_id / "model.clab"
+                                                                            ).stat().st_size
+    assert any("mAP50" in c.value for c in at.caption)
+    assert any("Ultralytics' exporter" in c.value for c in at.caption)  # no TorchScript/ONNX button for a detector

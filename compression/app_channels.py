@@ -68,6 +68,32 @@ class ChannelChoice:
         return Plan(steps=tuple(steps), name=name).validate(layers)
 
 
+def load_channels(plan: Plan, handle, key: str) -> None:
+    """Set the section's widgets from a loaded recipe (its channels and distill steps; defaults otherwise)."""
+    layout = cached_layout(key, handle.model, tuple(handle.input_shape))
+    if layout is None:
+        return
+    from compression.methods.channels import keep_count
+    from compression.plan import resolve
+
+    prefix = f"chan::{key}::"
+    steps = {step.type: step for step in plan.steps}
+    channels_step, distill_step = steps.get("channels"), steps.get("distill")
+    for group, n in layout.channels.items():
+        ratio = resolve(channels_step.keep_ratio, group) if channels_step else None
+        st.session_state[prefix + "keep::" + group] = n if ratio is None or ratio >= 1 else keep_count(n, ratio)
+    if channels_step:
+        st.session_state[prefix + "selection"] = channels_step.selection
+        st.session_state[prefix + "population"] = channels_step.population
+        st.session_state[prefix + "generations"] = channels_step.generations
+        st.session_state[prefix + "epochs"] = channels_step.finetune_epochs
+    st.session_state[prefix + "kd"] = distill_step is not None
+    if distill_step:
+        st.session_state[prefix + "temperature"] = float(distill_step.temperature)
+        st.session_state[prefix + "alpha"] = float(distill_step.alpha)
+        st.session_state[prefix + "kd_epochs"] = distill_step.epochs
+
+
 def channel_section(handle, key: str) -> ChannelChoice:
     """Draw the section (an expander) and return what it asks for."""
     if type(handle).__name__ == "DetectorHandle":  # YOLO's C2f needs Torch-Pruning's split-free variant: not yet
@@ -86,8 +112,9 @@ def channel_section(handle, key: str) -> ChannelChoice:
             n = layout.channels[group]
             cols = st.columns([2, 3, 3])
             cols[0].markdown(f"`{group}` · {n} channels")
-            kept = cols[1].slider("channels kept", 1, n, n, key=prefix + "keep::" + group,
-                                  label_visibility="collapsed")
+            # defaults live in the session state (load_channels sets them from a recipe)
+            st.session_state.setdefault(prefix + "keep::" + group, n)
+            kept = cols[1].slider("channels kept", 1, n, key=prefix + "keep::" + group, label_visibility="collapsed")
             if len(members) > 1:
                 others = ", ".join(m for m in members if m != group)
                 cols[2].caption(f"moves with {others}: their outputs are added by skip connections, so they "
@@ -98,17 +125,19 @@ def channel_section(handle, key: str) -> ChannelChoice:
         selection = c[0].selectbox("selection", ["ga", "l1", "random"], key=prefix + "selection",
                                    format_func={"ga": "genetic algorithm", "l1": "L1 norm (Li et al.)",
                                                 "random": "random"}.get)
-        population = c[1].number_input("population", 2, 200, 16, key=prefix + "population")
-        generations = c[2].number_input("generations", 0, 200, 8, key=prefix + "generations")
-        epochs = c[3].number_input("fine-tune epochs per layer", 0, 50, 1, key=prefix + "epochs")
+        for name, value in (("population", 16), ("generations", 8), ("epochs", 1), ("kd", True),
+                            ("temperature", 4.0), ("alpha", 0.7), ("kd_epochs", 4)):
+            st.session_state.setdefault(prefix + name, value)
+        population = c[1].number_input("population", 2, 200, key=prefix + "population")
+        generations = c[2].number_input("generations", 0, 200, key=prefix + "generations")
+        epochs = c[3].number_input("fine-tune epochs per layer", 0, 50, key=prefix + "epochs")
         c = st.columns(4)
-        use_kd = c[0].toggle("distill from the original", True, key=prefix + "kd",
+        use_kd = c[0].toggle("distill from the original", key=prefix + "kd",
                              help="Knowledge distillation (Hinton et al.): every fine-tuning in the plan uses "
                                   "the original model's softened outputs as well as the labels")
-        temperature = c[1].number_input("temperature", 0.5, 20.0, 4.0, key=prefix + "temperature",
-                                        disabled=not use_kd)
-        alpha = c[2].number_input("KD weight", 0.0, 1.0, 0.7, key=prefix + "alpha", disabled=not use_kd)
-        kd_epochs = c[3].number_input("distill epochs", 0, 100, 4, key=prefix + "kd_epochs", disabled=not use_kd)
+        temperature = c[1].number_input("temperature", 0.5, 20.0, key=prefix + "temperature", disabled=not use_kd)
+        alpha = c[2].number_input("KD weight", 0.0, 1.0, key=prefix + "alpha", disabled=not use_kd)
+        kd_epochs = c[3].number_input("distill epochs", 0, 100, key=prefix + "kd_epochs", disabled=not use_kd)
     choice.options = {"selection": selection, "population": int(population), "generations": int(generations),
                       "elite": min(2, int(population) - 1), "survivors": min(4, int(population)),
                       "finetune_epochs": int(epochs)}

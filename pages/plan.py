@@ -6,7 +6,7 @@ from compression import engine
 from compression.analysis.estimate import estimate, layer_bytes, vq_layer_bytes
 from compression.analysis.solver import grids_from_report, solve
 from compression.analysis.suggest import suggest
-from compression.app_channels import channel_section
+from compression.app_channels import channel_section, load_channels
 from compression.app_state import (
     active_spec,
     compress_job,
@@ -100,6 +100,7 @@ def load_recipe() -> None:
     st.session_state["plan_load_error"] = None
     set_layers(settings_from_plan(plan, layers))
     set_quantizers(quantizers_from_plan(plan, layers))
+    load_channels(plan, handle, spec_key(spec))
     st.session_state["plan_name"] = plan.name
 
 

@@ -152,3 +152,33 @@ def test_plan_page_channel_sliders(home):
     after = {m.label: m.value for m in at.metric}["Estimated file"]
     assert int(after.split()[0].replace(",", "")) < int(before.split()[0].replace(",", ""))
     assert any("Channels removed" in c.value for c in at.caption)
+
+
+def test_plan_page_channel_settings_follow_a_loaded_recipe(home):
+    """load_channels (the recipe upload's hook) moves the channel sliders and GA/KD settings to the recipe's."""
+    import compression.app_channels as app_channels
+    from compression.models.handle import load_model
+    from compression.plan import Plan
+
+    at = app()
+    at.session_state["active"] = {"model": "demo:vgg_small", "weights": None, "data": "digits", "input_size": None,
+                                  "mean": None, "std": None}
+    at.run()
+    at.switch_page("pages/plan.py")
+    at.run()
+    key = next(s.key for s in at.slider if s.key.endswith("::keep::features.21"))
+    prefix = key[: -len("keep::features.21")]
+    # outside a running script: capture what load_channels writes into a plain dict
+    state = {}
+    recipe = Plan.from_json((ROOT / "assets" / "recipes" / "vgg_small_channels.json").read_text())
+    with pytest.MonkeyPatch.context() as patch:  # the app runs in this process: patch only this call
+        patch.setattr(app_channels, "st", type("FakeStreamlit", (), {"session_state": state}))
+        patch.setattr(app_channels, "cached_layout", lambda k, m, shape: app_channels.channel_layout(m, shape))
+        app_channels.load_channels(recipe, load_model("demo:vgg_small"), prefix.split("::")[1])
+    assert state[prefix + "keep::features.21"] == 64 and state[prefix + "keep::features.0"] == 19
+    assert state[prefix + "selection"] == "ga" and state[prefix + "kd"] is True and state[prefix + "kd_epochs"] == 4
+    for name, value in state.items():
+        at.session_state[name] = value
+    at.run()
+    assert not at.exception and not at.warning, [w.value for w in at.warning]
+    assert at.slider(key=key).value == 64

@@ -146,7 +146,9 @@ def test_resnet18_coupled_channels_stay_consistent(digits32, tmp_path):
     assert {"conv1", "layer1.0.conv2", "layer1.1.conv2"} <= set(stage1)
     assert any({"layer2.0.downsample.0", "layer2.0.conv2", "layer2.1.conv2"} <= set(g) for g in coupled)
     work = handle.clone()
-    step = small_step(keep_ratio={"conv1": 0.5, "layer2.0.conv2": 0.5, "layer1.0.conv1": 0.25}, selection="random")
+    # a key on any coupled member decides for its group (layer1.1.conv2 is coupled to conv1 by the skips)
+    step = small_step(keep_ratio={"layer1.1.conv2": 0.5, "layer2.0.conv2": 0.5, "layer1.0.conv1": 0.25},
+                      selection="random")
     data = rgb(digits32)
     report = channels.run(work.model, step, StepContext(data=data, layers=list(handle.prunable_layers())))
     model = work.model

@@ -48,6 +48,9 @@ def group_keep(layout: ChannelLayout, keep_ratio: dict[str, float]) -> dict[str,
     out = {}
     for name, n in layout.channels.items():
         ratio = resolve(keep_ratio, name)
+        named = [float(keep_ratio[m]) for m in layout.groups[name][1:] if m in keep_ratio]
+        if name not in keep_ratio and named:  # as the channels step reads a key on another coupled member
+            ratio = min(named)
         out[name] = 1.0 if ratio is None or ratio >= 1.0 else keep_count(n, float(ratio)) / n
     return out
 

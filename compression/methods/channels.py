@@ -161,6 +161,16 @@ def _input_mask(scale: torch.Tensor) -> Callable:
     return hook
 
 
+def group_ratio(keep_ratio: dict, group: ChannelGroup) -> float | None:
+    """The keep ratio a plan gives a group: its first convolution's value, else the smallest value a plan key
+    names for another member exactly (coupled convolutions share one decision)."""
+    ratio = resolve(keep_ratio, group.name)
+    named = [float(keep_ratio[m]) for m in group.members[1:] if m in keep_ratio]
+    if group.name not in keep_ratio and named:
+        return min(named)
+    return ratio
+
+
 def l1_scores(group: ChannelGroup) -> torch.Tensor:
     """Li et al. (2017): the L1 norm of each output filter, summed over the coupled convolutions."""
     return sum(w.detach().abs().flatten(1).sum(1).cpu() for w in group.out_weights)
@@ -391,9 +401,14 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> dict:
     groups = channel_groups(model, input_shape, graph)
     targets = {}
     for group in groups:
-        ratio = resolve(step.keep_ratio, group.name)
+        ratio = group_ratio(step.keep_ratio, group)
         if ratio is not None and float(ratio) < 1.0:
             targets[group.name] = float(ratio)
+    convolutions = {name for group in groups for name in group.members}
+    ignored = [key for key in step.keep_ratio if key in ctx.layers and key not in convolutions]
+    if ignored:
+        ctx.log(f"channels: keep_ratio of {', '.join(ignored)} ignored (only convolutions' output channels are "
+                "removed; a classifier's outputs are its classes)")
     if not targets:
         ctx.log("channels: no convolution has a keep_ratio below 1; nothing to do")
         return {}

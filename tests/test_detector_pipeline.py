@@ -174,3 +174,16 @@ def test_detector_sensitivity_measures_map_per_layer(detector, small_yaml):
     first = report.layers["model.0.conv"]
     assert first["sparsity"]["0.0"] == report.base_accuracy > 0.5  # mAP50 of the untouched model
     assert first["sparsity"]["0.95"] < report.base_accuracy  # the stem cannot lose 95% of its weights
+
+
+@pytest.mark.parametrize("name", ["detector.json", "detector_vq.json"])
+def test_shipped_detector_recipes_fit_the_demo_detector(detector, name):
+    from pathlib import Path
+
+    from compression.plan import Plan, resolve_all
+
+    recipe = Path(__file__).resolve().parents[1] / "assets" / "recipes" / name
+    plan = Plan.from_json(recipe.read_text()).validate(list(detector.prunable_layers()))  # every pattern matches
+    if name == "detector.json":
+        sparsity = resolve_all(plan.steps[0].sparsity, list(detector.prunable_layers()))
+        assert sparsity["model.7.conv"] == 0.9 and sparsity["model.0.conv"] == 0.65

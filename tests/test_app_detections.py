@@ -113,3 +113,15 @@ def test_compare_page_handles_a_detector_run(detector_home, monkeypatch):
                                                                             ).stat().st_size
     assert any("mAP50" in c.value for c in at.caption)
     assert any("Ultralytics' exporter" in c.value for c in at.caption)  # no TorchScript/ONNX button for a detector
+
+
+def test_pareto_axis_says_map_for_detector_runs():
+    import pandas as pd
+
+    from compression.analysis.plots import pareto_figure
+
+    table = pd.DataFrame([{"run": "a", "plan": "p", "method": "prune+cluster", "task": "detect", "accuracy": 0.98,
+                           "compressed_bytes": 1000, "ratio": 10.0}])
+    assert pareto_figure(table, "compressed_bytes", "bytes").layout.yaxis.title.text == "validation mAP50 (%)"
+    table["task"] = "classify"
+    assert pareto_figure(table, "compressed_bytes", "bytes").layout.yaxis.title.text == "test accuracy (%)"

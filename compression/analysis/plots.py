@@ -61,12 +61,16 @@ def pareto_figure(table: pd.DataFrame, cost: str, cost_title: str) -> go.Figure:
             x=group[cost], y=100 * group["accuracy"], mode="markers", name=method, legendgroup=method,
             marker={"size": 11, "color": color, "opacity": [1.0 if f else 0.3 for f in group["front"]]},
             text=group["run"], customdata=group[["plan", "ratio"]],
-            hovertemplate="%{text}<br>%{customdata[0]}<br>" + cost_title + " %{x:,}<br>accuracy %{y:.2f}%"
+            hovertemplate="%{text}<br>%{customdata[0]}<br>" + cost_title + " %{x:,}<br>"
+                          + ("mAP50" if "task" in data and (data["task"] == "detect").all() else "accuracy")
+                          + " %{y:.2f}%"
                           "<br>ratio %{customdata[1]:.1f}x<extra></extra>"))
     front = data[data["front"]].sort_values(cost)
     fig.add_trace(go.Scatter(x=front[cost], y=100 * front["accuracy"], mode="lines", name="Pareto front",
                              line={"dash": "dash", "color": "black"}, hoverinfo="skip"))
-    fig.update_layout(xaxis_title=cost_title, yaxis_title="test accuracy (%)", height=420, margin={"t": 30})
+    detector = "task" in data and (data["task"] == "detect").all()
+    fig.update_layout(xaxis_title=cost_title, yaxis_title="validation mAP50 (%)" if detector else "test accuracy (%)",
+                      height=420, margin={"t": 30})
     if data[cost].max() > 20 * max(1, data[cost].min()):
         fig.update_xaxes(type="log")
     return fig

@@ -92,10 +92,12 @@ def per_image_counts(run_id: str, model_ref: str, threshold: float) -> list[dict
         a = detections.predict(handle.model, img, handle.imgsz, threshold)
         b = detections.predict(compressed.model, img, compressed.imgsz, threshold)
         detections.compare(a, b)
-        rows.append({"image": i, "file": path.name, **detections.counts(a, b)})
-    return rows
+        found = detections.counts(a, b)
+        rows.append({"image": i, "file": path.name, **found, "changes": found["vanished"] + found["appeared"]})
+    return sorted(rows, key=lambda row: (-row["changes"], row["image"]))
 
 
-with st.expander("Per-image counts on the first validation images"):
+with st.expander("Per-image counts on the first validation images (most changed first)"):
     table = per_image_counts(run["id"], spec["model"], conf)
+    st.caption("Set the 'Validation image' slider to an image number to see its boxes.")
     st.dataframe(table, hide_index=True, width="stretch", key="det_counts")

@@ -19,7 +19,7 @@ import torch
 import compression.methods.vq as vq  # issue 6's handler (own line: others edit the import below)
 from compression import metrics
 from compression.data import DataBundle
-from compression.methods import channels, cluster, distill, prune
+from compression.methods import channels, cluster, distill, fold_bn, prune
 from compression.methods.context import StepContext
 from compression.models.compact import load_compressed, save_compressed
 from compression.models.handle import ModelHandle, check_data_fits
@@ -29,6 +29,7 @@ from compression.storage import inspect_bytes
 HANDLERS: dict[str, Callable] = {"prune": prune.run, "cluster": cluster.run, "channels": channels.run,
                                   "distill": distill.run}
 HANDLERS["quantize"] = vq.run  # issue 6: vector quantization (Gong et al. 2014)
+HANDLERS["fold_bn"] = fold_bn.run  # detectors: batch norm folded into the convolutions before sharing
 COMPRESSED_NAME = "model.clab"
 
 

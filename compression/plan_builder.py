@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from compression.plan import ClusterStep, Plan, PruneStep, QuantizeStep, resolve
+from compression.plan import ClusterStep, FoldBNStep, Plan, PruneStep, QuantizeStep, resolve
 
 CLUSTER_CHOICES = ["off", "auto", 2, 4, 8, 16, 32, 64, 128, 256]
 QUANTIZER_CHOICES = ["none", "binary", "kmeans", "pq", "rq"]
@@ -54,3 +54,13 @@ def quantizers_from_plan(plan: Plan, layers: list[str]) -> dict[str, dict | None
     """The per-layer quantizer settings a plan asks for (None where it quantizes nothing)."""
     step = next((step for step in plan.steps if step.type == "quantize"), None)
     return {layer: (step.layer_settings(layer) if step is not None else None) for layer in layers}
+
+
+def with_fold_bn(plan: Plan) -> Plan:
+    """The plan with a fold_bn step right after its prune / channels steps (before any sharing)."""
+    if any(step.type == "fold_bn" for step in plan.steps):
+        return plan
+    steps = list(plan.steps)
+    at = max((i + 1 for i, step in enumerate(steps) if step.type in ("prune", "channels")), default=0)
+    steps.insert(at, FoldBNStep())
+    return Plan(steps=tuple(steps), name=plan.name, seed=plan.seed, eval_split=plan.eval_split).validate()

@@ -12,6 +12,7 @@ from compression.app_state import (
     compress_job,
     ensure_app_navigation,
     home,
+    is_detector_spec,
     latest_sensitivity,
     load_active,
     model_stats,
@@ -27,6 +28,7 @@ from compression.plan_builder import (
     plan_from_settings,
     quantizers_from_plan,
     settings_from_plan,
+    with_fold_bn,
 )
 
 ensure_app_navigation()
@@ -102,6 +104,7 @@ def load_recipe() -> None:
     set_quantizers(quantizers_from_plan(plan, layers))
     load_channels(plan, handle, spec_key(spec))
     st.session_state["plan_name"] = plan.name
+    st.session_state["plan_fold_bn"] = any(step.type == "fold_bn" for step in plan.steps)
 
 
 with st.container(border=True):
@@ -181,12 +184,18 @@ with st.expander("Fine-tuning and search settings"):
     codebook_epochs = c[2].number_input("codebook epochs (quantizers)", 0, 200, 4, key="plan_codebook_epochs")
     tolerance = c[3].number_input("auto-k tolerance (acc. drop)", 0.0, 0.2, 0.005, step=0.001, format="%.3f",
                                   key="plan_tolerance")
+    fold = is_detector_spec(spec) and st.checkbox(
+        "Fold batch norm into the convolutions after pruning", value=True, key="plan_fold_bn",
+        help="One bias per convolution instead of five batch-norm vectors in the file (measured on the demo "
+             "detector: 16% smaller at the same mAP); done after pruning, whose fine-tuning needs batch norm.")
 name = st.text_input("Plan name", "my-plan", key="plan_name")
 try:
     plan = channel_choice.build(lambda: plan_from_settings(  # the channels step goes first
         settings, name, {"iterations": int(iterations), "finetune_epochs": int(prune_epochs)},
         {"finetune_epochs": int(cluster_epochs), "tolerance": float(tolerance)},
         quantizers, {"finetune_epochs": int(codebook_epochs)}), layers)
+    if fold:
+        plan = with_fold_bn(plan)
     for layer, quantizer in quantizers.items():  # shape limits (k <= vectors, s <= vector length)
         if quantizer:
             check_layer(layer, stats.layers[layer].shape, quantizer)

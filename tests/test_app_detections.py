@@ -98,6 +98,7 @@ def test_plan_and_sensitivity_pages_work_for_the_detector(detector_home, monkeyp
     assert any(k.endswith("::model.0.conv") for k in sliders)
     assert not any(".cv3.0.2" in k or ".dfl." in k for k in sliders)  # head predictions are never compressed
     assert "Estimated file" in {m.label for m in at.metric}
+    assert at.checkbox(key="plan_fold_bn").value  # detectors fold batch norm after pruning by default
     at.switch_page("pages/sensitivity.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.number_input(key="sens_val_size").value == 64

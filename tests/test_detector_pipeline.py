@@ -187,3 +187,37 @@ def test_shipped_detector_recipes_fit_the_demo_detector(detector, name):
     if name == "detector.json":
         sparsity = resolve_all(plan.steps[0].sparsity, list(detector.prunable_layers()))
         assert sparsity["model.7.conv"] == 0.9 and sparsity["model.0.conv"] == 0.65
+
+
+def test_fold_bn_step_shrinks_the_file_and_decodes_fused(detector, small_yaml, tmp_path):
+    from compression.data.detection import load_detection_data
+    from compression.errors import PlanError
+    from compression.models.detector import is_fused, load_detector_file
+    from compression.pipeline import compress
+    from compression.plan import Plan
+
+    steps = [{"type": "prune", "sparsity": {"_default": 0.5}, "iterations": 1, "finetune_epochs": 0},
+             {"type": "fold_bn"},
+             {"type": "cluster", "n_clusters": {"_default": 32}, "finetune_epochs": 0}]
+    data = load_detection_data(f"yolo:{small_yaml}")
+    folded = compress(detector, Plan.from_dict({"schema_version": 1, "eval_split": "val", "steps": steps}), data,
+                      tmp_path / "folded", latency=False)
+    plain = compress(detector, Plan.from_dict({"schema_version": 1, "eval_split": "val",
+                                               "steps": [steps[0], steps[2]]}), data, tmp_path / "plain",
+                     latency=False)
+    assert is_fused(load_detector_file(folded.path).model) and not is_fused(detector.model)
+    assert folded.metrics["after"]["map50"] == folded.metrics["after"]["in_memory_accuracy"]
+    assert plain.path.stat().st_size - folded.path.stat().st_size > 20_000  # five BN vectors -> one bias
+    assert abs(folded.metrics["after"]["map50"] - plain.metrics["after"]["map50"]) < 0.1
+    with pytest.raises(PlanError, match="fold_bn must come after prune"):
+        Plan.from_dict({"schema_version": 1, "steps": [steps[1], steps[0]]})
+
+
+def test_fold_bn_is_refused_for_a_classifier(lenet5, digits28, tmp_path):
+    from compression.errors import PlanError
+    from compression.pipeline import compress
+    from compression.plan import Plan
+
+    plan = Plan.from_dict({"schema_version": 1, "steps": [{"type": "fold_bn"}]})
+    with pytest.raises(PlanError, match="implemented for YOLO detectors"):
+        compress(lenet5, plan, digits28, tmp_path, latency=False)

@@ -71,3 +71,12 @@ def test_impossible_plans_rejected():
         Plan.from_dict({"schema_version": 99, "steps": []})
     with pytest.raises(PlanError, match="not valid JSON"):
         Plan.from_json("{nope")
+
+
+def test_with_fold_bn_goes_after_pruning_and_before_sharing():
+    from compression.plan_builder import plan_from_settings, with_fold_bn
+
+    plan = with_fold_bn(plan_from_settings({"a": (0.5, 16), "b": (0.0, 8)}, "p"))
+    assert [step.type for step in plan.steps] == ["prune", "fold_bn", "cluster"]
+    assert with_fold_bn(plan) is plan
+    assert Plan.from_json(plan.to_json()) == plan

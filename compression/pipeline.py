@@ -113,8 +113,8 @@ def compress(handle: ModelHandle, plan: Plan, data: DataBundle, out_dir: str | P
     if is_detector(handle):
         from compression.methods.detect_train import detection_hooks
 
-        # batch norm stays unfused: fine-tuning a fused copy (no normalisation) recovered mAP50 0.17 where the
-        # unfused one reached 0.98 (70% pruned, 2 epochs); the file then keeps the five BN vectors per conv
+        # batch norm stays unfused here: fine-tuning a fused copy (no normalisation) recovered mAP50 0.17 where
+        # the unfused one reached 0.98 (70% pruned, 2 epochs); a fold_bn step folds it after pruning
         detection_hooks(data, handle.imgsz, ctx)
     ctx.notes["teacher"] = handle.model  # the original model (methods copy it before use; never changed)
     for step in plan.steps:

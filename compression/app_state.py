@@ -111,10 +111,19 @@ def baseline(key: str) -> dict:
 
 
 @st.cache_resource(show_spinner="Preparing the size estimate...", max_entries=8)
-def model_stats(key: str):
+def model_stats(key: str, fold_bn: bool = False):
     from compression.analysis.estimate import model_stats as compute
 
     handle, _ = _load(key)
+    if fold_bn and is_detector_spec(json.loads(key)):  # estimate the file a fold_bn step writes
+        from compression import metrics
+        from compression.models.detector import fuse
+
+        work = handle.clone()
+        fuse(work.model)
+        stats = compute(work)
+        stats.fp32_bytes = metrics.fp32_bytes(handle.model)  # ratios stay against the original's fp32 bytes
+        return stats
     return compute(handle)
 
 

@@ -36,7 +36,7 @@ st.title("Plan")
 spec = active_spec()
 handle, data = load_active(spec)
 layers = list(handle.prunable_layers())
-stats = model_stats(spec_key(spec))
+stats = model_stats(spec_key(spec), is_detector_spec(spec) and st.session_state.get("plan_fold_bn", True))
 report = latest_sensitivity(spec)
 prefix = f"plan::{spec_key(spec)}::"
 

@@ -41,20 +41,14 @@ class DetectionData:
     def val_images(self, limit: int | None = None) -> list[Path]:
         return _images(self.val)[:limit]
 
-    def subset_yaml(self, size: int, seed: int, folder: Path) -> Path:
-        """A yaml whose val split is a seeded subset of `size` validation images (an image-list file)."""
+    def val_subset(self, size: int | None, seed: int = 0) -> list[Path]:
+        """A seeded sample of `size` validation images, in file order (all of them when None or larger)."""
         import random
 
         images = self.val_images()
-        if size < len(images):
+        if size is not None and size < len(images):
             images = sorted(random.Random(seed).sample(images, size))
-        folder.mkdir(parents=True, exist_ok=True)
-        listing = folder / f"val_{size}_{seed}.txt"
-        listing.write_text("\n".join(str(p.resolve()) for p in images) + "\n")
-        names = "\n".join(f"  {i}: {name}" for i, name in self.names.items())
-        out = folder / f"data_{size}_{seed}.yaml"
-        out.write_text(f"train: {listing}\nval: {listing}\nnames:\n{names}\n")
-        return out
+        return images
 
 
 def _images(path: Path) -> list[Path]:

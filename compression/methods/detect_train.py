@@ -13,7 +13,6 @@ on a seeded subset of the validation images.
 from __future__ import annotations
 
 import copy
-import random
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -168,9 +167,7 @@ class FastMap:
         from ultralytics.data import build_yolo_dataset
         from ultralytics.utils import LOGGER
 
-        images = data.val_images()
-        if size is not None and size < len(images):
-            images = sorted(random.Random(seed).sample(images, size))
+        images = data.val_subset(size, seed)
         listing = Path(tempfile.mkdtemp(prefix="fastmap-")) / "val.txt"  # Ultralytics reads image-list files
         listing.write_text("\n".join(str(p.resolve()) for p in images) + "\n")
         level = LOGGER.level

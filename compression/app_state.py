@@ -32,6 +32,21 @@ def home() -> Path:
     return Path(platformdirs.user_data_dir("compression-lab"))
 
 
+def save_upload(blob: bytes, name: str) -> Path:
+    """Keep an uploaded file under the data folder (named by its content hash) and return its path.
+
+    Uploads are never deleted or overwritten: what a user gave the app is not lost.
+    """
+    import hashlib
+
+    folder = home() / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(blob).hexdigest()[:12]}-{Path(name).name}"
+    if not path.exists():
+        path.write_bytes(blob)
+    return path
+
+
 def demo_choices() -> dict[str, str]:
     return {name: spec.description for name, spec in DEMO_MODELS.items()}
 

@@ -1,7 +1,5 @@
 """Model page: choose a demo model or upload one, pick the data; layers, size, FLOPs, accuracy, latency."""
 
-import hashlib
-
 import streamlit as st
 
 from compression.app_state import (
@@ -9,8 +7,8 @@ from compression.app_state import (
     baseline,
     demo_choices,
     ensure_app_navigation,
-    home,
     load_active,
+    save_upload,
     set_active,
     spec_key,
 )
@@ -34,12 +32,7 @@ elif source == "Upload a YOLO detector":
     upload = st.file_uploader("Ultralytics checkpoint (.pt: YOLOv3u, v5u, v8, 11)", type=["pt"], key="upload_yolo")
     trust = st.checkbox("I trust this file", key="upload_yolo_trust")
     if upload is not None:
-        blob = upload.getvalue()
-        folder = home() / "uploads"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{hashlib.sha256(blob).hexdigest()[:12]}-{upload.name}"
-        if not path.exists():
-            path.write_bytes(blob)  # kept: an upload the user made is never lost
+        path = save_upload(upload.getvalue(), upload.name)
         if trust:
             new.update(model=f"detector:{path}", weights=None, input_size=None, mean=None, std=None, trust=True)
         else:
@@ -57,12 +50,7 @@ else:
                          disabled=kind == "TorchScript", help="a name from torchvision.models.list_models()")
     size = st.number_input("Input size (pixels)", 8, 1024, 224, key="upload_size")
     if upload is not None:
-        data = upload.getvalue()
-        folder = home() / "uploads"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{hashlib.sha256(data).hexdigest()[:12]}-{upload.name}"
-        if not path.exists():
-            path.write_bytes(data)  # kept: an upload the user made is never lost
+        path = save_upload(upload.getvalue(), upload.name)
         if kind == "TorchScript":
             new.update(model=f"torchscript:{path}", weights=None)
         else:

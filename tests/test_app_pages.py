@@ -182,3 +182,12 @@ def test_plan_page_channel_settings_follow_a_loaded_recipe(home):
     at.run()
     assert not at.exception and not at.warning, [w.value for w in at.warning]
     assert at.slider(key=key).value == 64
+
+
+def test_uploads_are_kept_by_content_and_never_overwritten(home):
+    from compression.app_state import save_upload
+
+    first = save_upload(b"weights", "../model.pt")
+    assert first.parent == home / "uploads" and first.name.endswith("-model.pt") and first.read_bytes() == b"weights"
+    assert save_upload(b"weights", "model.pt") == first
+    assert save_upload(b"other", "model.pt") != first and first.read_bytes() == b"weights"

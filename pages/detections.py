@@ -70,10 +70,8 @@ else:
 if image is None:
     st.stop()
 
-original_boxes = detections.predict(handle.model, image, handle.imgsz, conf)
-compressed_boxes = detections.predict(compressed.model, image, compressed.imgsz, conf)
-detections.compare(original_boxes, compressed_boxes)
-count = detections.counts(original_boxes, compressed_boxes)
+original_boxes, compressed_boxes, count = detections.side_by_side(handle.model, compressed.model, image,
+                                                                  handle.imgsz, conf)
 scale = max(1, round(480 / max(image.size)))
 left, right = st.columns(2)
 left.subheader(f"Original: {count['original']} boxes")
@@ -86,15 +84,7 @@ st.markdown(f"**{count['vanished']}** box(es) vanished (red on the original) · 
 
 @st.cache_data(max_entries=16, show_spinner="Counting boxes on the validation images...")
 def per_image_counts(run_id: str, model_ref: str, threshold: float) -> list[dict]:
-    rows = []
-    for i, path in enumerate(images):
-        img = Image.open(path)
-        a = detections.predict(handle.model, img, handle.imgsz, threshold)
-        b = detections.predict(compressed.model, img, compressed.imgsz, threshold)
-        detections.compare(a, b)
-        found = detections.counts(a, b)
-        rows.append({"image": i, "file": path.name, **found, "changes": found["vanished"] + found["appeared"]})
-    return sorted(rows, key=lambda row: (-row["changes"], row["image"]))
+    return detections.changed_images(handle.model, compressed.model, images, handle.imgsz, threshold)
 
 
 with st.expander("Per-image counts on the first validation images (most changed first)"):

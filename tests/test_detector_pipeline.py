@@ -221,3 +221,21 @@ def test_fold_bn_is_refused_for_a_classifier(lenet5, digits28, tmp_path):
     plan = Plan.from_dict({"schema_version": 1, "steps": [{"type": "fold_bn"}]})
     with pytest.raises(PlanError, match="implemented for YOLO detectors"):
         compress(lenet5, plan, digits28, tmp_path, latency=False)
+
+
+def test_changed_images_lists_the_most_changed_first(detector, small_yaml):
+    from compression.analysis.detections import changed_images
+    from compression.data.detection import load_detection_data
+    from compression.methods.prune import magnitude_mask
+
+    paths = load_detection_data(f"yolo:{small_yaml}").val_images(limit=6)
+    same = changed_images(detector.model, detector.model, paths, 160)
+    assert [row["changes"] for row in same] == [0] * 6 and [row["image"] for row in same] == list(range(6))
+    broken = detector.clone()
+    with torch.no_grad():
+        for weight in broken.prunable_layers().values():
+            weight.mul_(magnitude_mask(weight, 0.7))
+    rows = changed_images(detector.model, broken.model, paths, 160)
+    changes = [row["changes"] for row in rows]
+    assert changes == sorted(changes, reverse=True) and changes[0] > 0
+    assert all(row["changes"] == row["vanished"] + row["appeared"] for row in rows)

@@ -89,6 +89,26 @@ def counts(original: list[Box], compressed: list[Box]) -> dict[str, int]:
             "appeared": sum(b.status == "appeared" for b in compressed)}
 
 
+def side_by_side(original: nn.Module, compressed: nn.Module, image: Image.Image, imgsz: int,
+                 conf: float = 0.25) -> tuple[list[Box], list[Box], dict[str, int]]:
+    """Both models' boxes on one image, marked (vanished / appeared), and their counts."""
+    before = predict(original, image, imgsz, conf)
+    after = predict(compressed, image, imgsz, conf)
+    compare(before, after)
+    return before, after, counts(before, after)
+
+
+def changed_images(original: nn.Module, compressed: nn.Module, paths: list, imgsz: int,
+                   conf: float = 0.25) -> list[dict]:
+    """Per-image counts over `paths` (index = position in `paths`), the most changed images first."""
+    rows = []
+    for index, path in enumerate(paths):
+        with Image.open(path) as image:
+            found = side_by_side(original, compressed, image, imgsz, conf)[2]
+        rows.append({"image": index, "file": path.name, **found, "changes": found["vanished"] + found["appeared"]})
+    return sorted(rows, key=lambda row: (-row["changes"], row["image"]))
+
+
 def draw(image: Image.Image, boxes: list[Box], names: dict[int, str], scale: int = 3) -> Image.Image:
     """The image (enlarged `scale` times, nearest) with its boxes: class colour, red = vanished, pink = appeared."""
     canvas = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)

@@ -41,9 +41,9 @@ def _check_detector_source(job: dict) -> dict:
         if not Path(source).expanduser().is_file():
             raise CompressionLabError(f"detector file {source} does not exist: check the path")
         if not trust:
-            raise CompressionLabError(
-                f"{Path(source).name} is an Ultralytics checkpoint, a pickle that can run code when loaded: tick "
-                "'I trust this file' in the app or pass --trust on the command line if you trust its source")
+            from compression.models.detector import untrusted
+
+            raise untrusted(source)
     data = job.get("data")
     if not isinstance(data, str) or not data.startswith(DETECTION_DATA_PREFIXES):
         raise CompressionLabError(f"job data {data!r} is not a detection dataset: use shapes (the demo) or "

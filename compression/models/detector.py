@@ -75,6 +75,13 @@ class DetectorHandle:
                               dict(self.extra))
 
 
+def untrusted(path: str | Path) -> ModelLoadError:
+    """The refusal for an Ultralytics checkpoint the user has not said they trust (the app and the CLI)."""
+    return ModelLoadError(
+        f"{Path(path).name} is an Ultralytics checkpoint, a pickle that can run code when loaded: tick "
+        "'I trust this file' in the app or pass --trust on the command line if you made it or trust its source")
+
+
 def load_detector(path: str | Path | None = None, trust: bool = False, imgsz: int | None = None) -> DetectorHandle:
     """The demo detector (path None) or a user's Ultralytics .pt file, which needs trust=True."""
     from compression.models.yolo_env import offline_ultralytics
@@ -86,9 +93,7 @@ def load_detector(path: str | Path | None = None, trust: bool = False, imgsz: in
         raise ModelLoadError(f"detector file {path} does not exist: check the path"
                              + (" or run `python -m compression.demo.train_detector`" if demo else ""))
     if not demo and not trust:
-        raise ModelLoadError(
-            f"{path.name} is an Ultralytics checkpoint, a pickle that can run code when loaded: tick "
-            "'I trust this file' in the app or pass --trust on the command line if you made it or trust its source")
+        raise untrusted(path)
     from ultralytics.nn.tasks import load_checkpoint
 
     try:

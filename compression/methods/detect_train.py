@@ -12,7 +12,6 @@ on a seeded subset of the validation images.
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compression.data.detection import DetectionData
-from compression.methods.finetune import default_device
+from compression.methods.finetune import default_device, frozen_copy
 
 
 def _cfg(imgsz: int, **overrides):
@@ -250,10 +249,3 @@ def detection_hooks(data: DetectionData, imgsz: int, ctx, batch: int = 16) -> No
     ctx.notes["enable_distillation"] = enable_distillation
     ctx.scorer = lambda size, seed: map_scorer(data, imgsz, size, seed)
     ctx.score_name = "mAP50-95"
-
-
-def frozen_copy(model: nn.Module) -> nn.Module:
-    teacher = copy.deepcopy(model).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher

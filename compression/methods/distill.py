@@ -11,15 +11,13 @@ weights that are exactly zero kept at zero (a pruned model stays pruned).
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from compression.errors import PlanError
 from compression.methods.context import StepContext
-from compression.methods.finetune import LossFn
+from compression.methods.finetune import LossFn, frozen_copy
 from compression.plan import DistillStep
 
 
@@ -34,9 +32,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
 
 def make_kd_loss(teacher: nn.Module, temperature: float, alpha: float) -> LossFn:
     """A loss_fn for finetune.train: the frozen teacher's logits on the same (augmented) images."""
-    teacher = copy.deepcopy(teacher).eval()
-    for param in teacher.parameters():
-        param.requires_grad_(False)
+    teacher = frozen_copy(teacher)
 
     def loss_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         device = images.device

@@ -7,6 +7,7 @@ weights stay exactly zero and shared values stay shared through fine-tuning.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +33,14 @@ def device_for(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode deep copy whose parameters take no gradient (a teacher for distillation)."""
+    teacher = copy.deepcopy(model).eval()
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher
 
 
 def default_device() -> torch.device:

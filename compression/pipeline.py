@@ -40,16 +40,20 @@ class Result:
     path: Path  # the compact file
 
 
-def measure(handle: ModelHandle, data: DataBundle, split: str, latency: bool = True) -> dict:
-    """Accuracy, parameters, FLOPs, fp32 bytes and CPU latency of a model."""
-    out = {"accuracy": metrics.accuracy(handle.model, data.loader(split)),
-           **metrics.model_summary(handle.model, handle.input_shape)}
+def _sizes(handle, latency: bool) -> dict:
+    """Parameters, FLOPs, fp32 bytes, prunable weights kept and (optionally) CPU latency: any model handle."""
+    out = dict(metrics.model_summary(handle.model, handle.input_shape))
     prunable = handle.prunable_layers()
     out["prunable_weights"] = sum(w.numel() for w in prunable.values())
     out["prunable_nonzero"] = sum(int(torch.count_nonzero(w)) for w in prunable.values())
     if latency:
         out["latency_ms"] = metrics.cpu_latency_ms(handle.model, handle.input_shape)
     return out
+
+
+def measure(handle: ModelHandle, data: DataBundle, split: str, latency: bool = True) -> dict:
+    """Accuracy, parameters, FLOPs, fp32 bytes and CPU latency of a model."""
+    return {"accuracy": metrics.accuracy(handle.model, data.loader(split)), **_sizes(handle, latency)}
 
 
 def is_detector(handle) -> bool:
@@ -61,30 +65,41 @@ def measure_detector(handle, data, latency: bool = True) -> dict:
     from compression.models.detector import evaluate_model
 
     scores = evaluate_model(handle.model, handle.imgsz, data.yaml_path)
-    shape = (3, handle.imgsz, handle.imgsz)
-    out = {"accuracy": scores["map50"], **scores, **metrics.model_summary(handle.model, shape)}
-    prunable = handle.prunable_layers()
-    out["prunable_weights"] = sum(w.numel() for w in prunable.values())
-    out["prunable_nonzero"] = sum(int(torch.count_nonzero(w)) for w in prunable.values())
-    if latency:
-        out["latency_ms"] = metrics.cpu_latency_ms(handle.model, shape)
-    return out
+    return {"accuracy": scores["map50"], **scores, **_sizes(handle, latency)}
 
 
-def _task(handle, data, split: str, latency: bool):
-    """(measure(h) -> dict, save(h, path, extra), load(path) -> handle, score name) for this kind of model."""
+@dataclass
+class _Task:
+    """What differs between a classifier and a detector run; everything else in compress is shared."""
+
+    measure: Callable  # handle -> metrics dict (its "accuracy" is the score every page plots)
+    score: Callable  # model -> that score, for the in-memory model before writing the file
+    save: Callable  # (handle, path, extra meta) -> bytes written
+    load: Callable  # path -> decoded handle
+    score_name: str
+    setup: Callable = lambda ctx: None  # task hooks on the StepContext (a detector's trainer and scorer)
+
+
+def _task(handle, data, split: str, latency: bool) -> _Task:
     if is_detector(handle):
-        from compression.models.detector import load_detector_file, save_detector
+        from compression.methods.detect_train import detection_hooks
+        from compression.models.detector import evaluate_model, load_detector_file, save_detector
 
         if data.num_classes != len(handle.names):
             from compression.errors import DataLoadError
 
             raise DataLoadError(f"the detector has {len(handle.names)} classes but {data.ref} has "
                                 f"{data.num_classes}: pick the dataset it was trained on")
-        return (lambda h: measure_detector(h, data, latency), save_detector, load_detector_file, "mAP50")
+        # batch norm stays unfused here: fine-tuning a fused copy (no normalisation) recovered mAP50 0.17 where
+        # the unfused one reached 0.98 (70% pruned, 2 epochs); a fold_bn step folds it after pruning
+        return _Task(lambda h: measure_detector(h, data, latency),
+                     lambda model: evaluate_model(model, handle.imgsz, data.yaml_path)["map50"],
+                     save_detector, load_detector_file, "mAP50",
+                     lambda ctx: detection_hooks(data, handle.imgsz, ctx))
     check_data_fits(handle, data.num_classes)
-    return (lambda h: measure(h, data, split, latency), save_compressed,
-            lambda path: load_compressed(path, handle.extra.get("base_file")), "accuracy")
+    return _Task(lambda h: measure(h, data, split, latency),
+                 lambda model: metrics.accuracy(model, data.loader(split)),
+                 save_compressed, lambda path: load_compressed(path, handle.extra.get("base_file")), "accuracy")
 
 
 def compress(handle: ModelHandle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
@@ -95,7 +110,7 @@ def compress(handle: ModelHandle, plan: Plan, data: DataBundle, out_dir: str | P
     """Run `plan` on a copy of `handle`, write `out_dir/model.clab` and `metrics.json`, return the Result."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    measure_fn, save_fn, load_fn, score_name = _task(handle, data, plan.eval_split, latency)
+    task = _task(handle, data, plan.eval_split, latency)
     layers = list(handle.prunable_layers())
     plan.validate(layers)
     torch.manual_seed(plan.seed)
@@ -104,18 +119,13 @@ def compress(handle: ModelHandle, plan: Plan, data: DataBundle, out_dir: str | P
     started = time.time()
 
     emit("measure original", 0.0, {})
-    before = measure_fn(handle)
-    log(f"original: {score_name} {before['accuracy']:.4f}, {before['fp32_bytes']:,} fp32 bytes")
+    before = task.measure(handle)
+    log(f"original: {task.score_name} {before['accuracy']:.4f}, {before['fp32_bytes']:,} fp32 bytes")
     work = handle.clone()
     ctx = StepContext(data=data, layers=layers, seed=plan.seed,
                       shift_pixels=(2 if data.ref == "digits" else 0) if shift_pixels is None else shift_pixels,
                       on_progress=emit, on_log=log, cancel_requested=cancel_requested)
-    if is_detector(handle):
-        from compression.methods.detect_train import detection_hooks
-
-        # batch norm stays unfused here: fine-tuning a fused copy (no normalisation) recovered mAP50 0.17 where
-        # the unfused one reached 0.98 (70% pruned, 2 epochs); a fold_bn step folds it after pruning
-        detection_hooks(data, handle.imgsz, ctx)
+    task.setup(ctx)
     ctx.notes["teacher"] = handle.model  # the original model (methods copy it before use; never changed)
     for step in plan.steps:
         if step.type == "distill":  # KD loss for every fine-tuning in the plan, not only the distill step's
@@ -125,25 +135,20 @@ def compress(handle: ModelHandle, plan: Plan, data: DataBundle, out_dir: str | P
         steps_report[step.type] = HANDLERS[step.type](work.model, step, ctx)
         ctx.check_cancelled()
     work.model.eval()
-    if is_detector(handle):
-        from compression.models.detector import evaluate_model
-
-        in_memory_accuracy = evaluate_model(work.model, handle.imgsz, data.yaml_path)["map50"]
-    else:
-        in_memory_accuracy = metrics.accuracy(work.model, data.loader(plan.eval_split))
+    in_memory_accuracy = task.score(work.model)
 
     emit("write compact file", 0.0, {})
     path = out_dir / COMPRESSED_NAME
-    save_fn(work, path, {"plan": plan.to_dict(), "data": data.ref})
-    decoded = load_fn(path)
+    task.save(work, path, {"plan": plan.to_dict(), "data": data.ref})
+    decoded = task.load(path)
     emit("measure compressed", 0.0, {})
-    after = measure_fn(decoded)
+    after = task.measure(decoded)
     compressed_bytes = metrics.file_bytes(path)
     rows = inspect_bytes(path.read_bytes())
     result = {
         "model": handle.label,
         "task": "detect" if is_detector(handle) else "classify",
-        "score_name": score_name,
+        "score_name": task.score_name,
         "data": data.ref,
         "plan_name": plan.name,
         "eval_split": plan.eval_split,

@@ -136,14 +136,20 @@ def test_plan_page_quantizer_selector(home):
     assert any("needs at least 1024 vectors" in e.value for e in at.error)
 
 
-def test_plan_page_channel_sliders(home):
-    """Channels kept per convolution (demo VGG): the live estimate drops and the plan starts with the channels step."""
+def vgg_plan_page() -> AppTest:
+    """The plan page with the demo VGG active (it has convolutions whose channels can be removed)."""
     at = app()
     at.session_state["active"] = {"model": "demo:vgg_small", "weights": None, "data": "digits", "input_size": None,
                                   "mean": None, "std": None}
     at.run()
     at.switch_page("pages/plan.py")
     at.run()
+    return at
+
+
+def test_plan_page_channel_sliders(home):
+    """Channels kept per convolution (demo VGG): the live estimate drops and the plan starts with the channels step."""
+    at = vgg_plan_page()
     assert not at.exception, [e.value for e in at.exception]
     before = {m.label: m.value for m in at.metric}["Estimated file"]
     key = next(s.key for s in at.slider if s.key.endswith("::keep::features.21"))
@@ -160,12 +166,7 @@ def test_plan_page_channel_settings_follow_a_loaded_recipe(home):
     from compression.models.handle import load_model
     from compression.plan import Plan
 
-    at = app()
-    at.session_state["active"] = {"model": "demo:vgg_small", "weights": None, "data": "digits", "input_size": None,
-                                  "mean": None, "std": None}
-    at.run()
-    at.switch_page("pages/plan.py")
-    at.run()
+    at = vgg_plan_page()
     key = next(s.key for s in at.slider if s.key.endswith("::keep::features.21"))
     prefix = key[: -len("keep::features.21")]
     # outside a running script: capture what load_channels writes into a plain dict

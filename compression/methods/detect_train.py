@@ -23,6 +23,7 @@ from torch import nn
 
 from compression.data.detection import DetectionData
 from compression.methods.finetune import default_device, frozen_copy
+from compression.models.yolo_env import offline_ultralytics, quiet_ultralytics
 
 
 def _cfg(imgsz: int, **overrides):
@@ -69,11 +70,8 @@ def train_detector(model: nn.Module, data: DetectionData, imgsz: int, *, epochs:
     With a teacher (the original detector), the loss is (1 - alpha) * detection loss + alpha * the
     output-distillation loss above, on the same augmented images.
     """
-    from compression.models.yolo_env import offline_ultralytics
-
     offline_ultralytics()
     from ultralytics.data import build_dataloader, build_yolo_dataset
-    from ultralytics.utils import LOGGER
 
     if epochs <= 0:
         return []
@@ -86,13 +84,9 @@ def train_detector(model: nn.Module, data: DetectionData, imgsz: int, *, epochs:
     model.args = cfg  # the loss reads its box/cls/dfl gains from here
     model.criterion = None
     stride = max(int(model.stride.max()), 32)
-    level = LOGGER.level
-    LOGGER.setLevel("WARNING")
-    try:
+    with quiet_ultralytics():
         dataset = build_yolo_dataset(cfg, str(data.train), batch, {"names": data.names, "nc": data.num_classes,
                                                                    "channels": 3}, mode="train", stride=stride)
-    finally:
-        LOGGER.setLevel(level)
     loader = build_dataloader(dataset, batch=batch, workers=0, shuffle=True, rank=-1, device=device)
     # checkpoints come back frozen; Ultralytics trains everything but the fixed DFL projection
     for name, param in model.named_parameters():
@@ -160,23 +154,16 @@ class FastMap:
     """
 
     def __init__(self, data: DetectionData, imgsz: int, size: int | None = None, seed: int = 0, batch: int = 32):
-        from compression.models.yolo_env import offline_ultralytics
-
         offline_ultralytics()
         from ultralytics.data import build_yolo_dataset
-        from ultralytics.utils import LOGGER
 
         images = data.val_subset(size, seed)
-        listing = Path(tempfile.mkdtemp(prefix="fastmap-")) / "val.txt"  # Ultralytics reads image-list files
-        listing.write_text("\n".join(str(p.resolve()) for p in images) + "\n")
-        level = LOGGER.level
-        LOGGER.setLevel("WARNING")
-        try:
+        with tempfile.TemporaryDirectory(prefix="fastmap-") as folder, quiet_ultralytics():
+            listing = Path(folder) / "val.txt"  # Ultralytics reads image-list files; the paths inside are absolute
+            listing.write_text("\n".join(str(p.resolve()) for p in images) + "\n")
             dataset = build_yolo_dataset(_cfg(imgsz, rect=False), str(listing), batch,
                                          {"names": data.names, "nc": data.num_classes, "channels": 3}, mode="val",
                                          rect=False, stride=32)
-        finally:
-            LOGGER.setLevel(level)
         self.items = []  # (images uint8 [n,3,h,w], [per-image (classes, xyxy boxes in pixels)])
         for start in range(0, len(dataset), batch):
             samples = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]

@@ -144,17 +144,10 @@ def fuse(model: nn.Module) -> nn.Module:
     detector recovers far less (measured: mAP50 0.17 against 0.98 unfused, 70% pruned, 2 epochs),
     while the shared values' fine-tuning after folding keeps the same mAP.
     """
-    from compression.models.yolo_env import offline_ultralytics
+    from compression.models.yolo_env import quiet_ultralytics
 
-    offline_ultralytics()
-    from ultralytics.utils import LOGGER
-
-    level = LOGGER.level
-    LOGGER.setLevel("WARNING")
-    try:
+    with quiet_ultralytics():
         model.fuse(verbose=False)
-    finally:
-        LOGGER.setLevel(level)
     return model
 
 
@@ -205,11 +198,10 @@ def evaluate_model(model: nn.Module, imgsz: int, data_yaml: str | Path, batch: i
     """Validate a DetectionModel (a deep copy of it: the validator fuses conv and batch norm in place)."""
     import tempfile
 
-    from compression.models.yolo_env import offline_ultralytics
+    from compression.models.yolo_env import offline_ultralytics, quiet_ultralytics
 
     offline_ultralytics()
     from ultralytics.models.yolo.detect import DetectionValidator
-    from ultralytics.utils import LOGGER
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="val-"))
     validator = DetectionValidator(args={"data": str(data_yaml), "imgsz": imgsz, "batch": batch,
@@ -221,11 +213,7 @@ def evaluate_model(model: nn.Module, imgsz: int, data_yaml: str | Path, batch: i
     bake(work)  # masks / shared values become plain weights: fusing needs plain conv parameters
     for p in work.parameters():
         p.requires_grad_(False)
-    level = LOGGER.level
-    LOGGER.setLevel("WARNING")
-    try:
+    with quiet_ultralytics():
         stats = validator(model=work)
-    finally:
-        LOGGER.setLevel(level)
     return {"map50": float(stats["metrics/mAP50(B)"]), "map50_95": float(stats["metrics/mAP50-95(B)"]),
             "precision": float(stats["metrics/precision(B)"]), "recall": float(stats["metrics/recall(B)"])}

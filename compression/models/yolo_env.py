@@ -7,6 +7,7 @@ a local font (matplotlib's DejaVu Sans) where Ultralytics looks for Arial, so pl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -47,3 +48,17 @@ def offline_ultralytics() -> None:
     SETTINGS.update({key: False for key in ("sync", "hub", "wandb", "mlflow", "comet", "clearml", "dvc", "neptune",
                                             "raytune", "tensorboard", "platform") if key in SETTINGS})
     _DONE = True
+
+
+@contextlib.contextmanager
+def quiet_ultralytics():
+    """Ultralytics' logger at WARNING inside the block (its dataset scans and validators print per call)."""
+    offline_ultralytics()
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    LOGGER.setLevel("WARNING")
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(level)

@@ -203,17 +203,18 @@ def evaluate_model(model: nn.Module, imgsz: int, data_yaml: str | Path, batch: i
     offline_ultralytics()
     from ultralytics.models.yolo.detect import DetectionValidator
 
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="val-"))
-    validator = DetectionValidator(args={"data": str(data_yaml), "imgsz": imgsz, "batch": batch,
-                                         "device": "cuda" if torch.cuda.is_available() else "cpu", "plots": False,
-                                         "verbose": False, "project": str(workdir), "name": "val", "exist_ok": True})
     from compression.methods.prune import bake
 
     work = copy.deepcopy(model).float().eval()
     bake(work)  # masks / shared values become plain weights: fusing needs plain conv parameters
     for p in work.parameters():
         p.requires_grad_(False)
-    with quiet_ultralytics():
+    # the validator wants a run folder; without one given, a temporary one that is removed afterwards
+    with tempfile.TemporaryDirectory(prefix="val-") as scratch, quiet_ultralytics():
+        validator = DetectionValidator(args={"data": str(data_yaml), "imgsz": imgsz, "batch": batch,
+                                             "device": "cuda" if torch.cuda.is_available() else "cpu",
+                                             "plots": False, "verbose": False, "project": str(workdir or scratch),
+                                             "name": "val", "exist_ok": True})
         stats = validator(model=work)
     return {"map50": float(stats["metrics/mAP50(B)"]), "map50_95": float(stats["metrics/mAP50-95(B)"]),
             "precision": float(stats["metrics/precision(B)"]), "recall": float(stats["metrics/recall(B)"])}

@@ -19,3 +19,11 @@ class PlanError(CompressionLabError):
 
 class FormatError(CompressionLabError):
     """A compact model file is truncated, corrupt or not ours."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's first non-empty line for a one-line message (some libraries raise with no text at all)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(exc).__name__

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compression.errors import DataLoadError
+from compression.errors import DataLoadError, first_line
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -98,7 +98,7 @@ def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise DataLoadError(f"cannot read dataset yaml {path} ({str(exc).splitlines()[0]}): "
+        raise DataLoadError(f"cannot read dataset yaml {path} ({first_line(exc)}): "
                             "it must be a YOLO data yaml with train, val and names") from None
     if not isinstance(data, dict):
         raise DataLoadError(f"dataset yaml {path} is not a mapping: it must hold train, val and names")

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compression.errors import ModelLoadError
+from compression.errors import ModelLoadError, first_line
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEMO_DETECTOR = ASSETS / "detector.pt"
@@ -99,7 +99,7 @@ def load_detector(path: str | Path | None = None, trust: bool = False, imgsz: in
     try:
         model, _ = load_checkpoint(str(path), device="cpu")
     except Exception as exc:  # noqa: BLE001 - torch/ultralytics raise many types for a bad file
-        raise ModelLoadError(f"cannot read detector {path.name}: {str(exc).splitlines()[0][:200]}; it must be an "
+        raise ModelLoadError(f"cannot read detector {path.name}: {first_line(exc, 200)}; it must be an "
                              "Ultralytics .pt checkpoint (YOLOv3u, v5u, v8, 11)") from None
     model = model.float().eval()
     if type(model).__name__ != "DetectionModel":
@@ -115,20 +115,54 @@ def load_detector(path: str | Path | None = None, trust: bool = False, imgsz: in
                           {"source": str(path), "trusted": True})
 
 
-def build_detector(architecture: dict) -> nn.Module:
-    """An untrained DetectionModel of the recorded architecture (used when decoding a compact file)."""
-    from compression.models.yolo_env import offline_ultralytics
+def build_detector(architecture: dict, max_elements: int | None = None) -> nn.Module:
+    """An untrained DetectionModel of the recorded architecture (used when decoding a compact file).
 
+    The record comes from a file and may be hostile: `yolo_arch.check_yaml` allow-lists it before
+    Ultralytics (which eval()s parts of it) sees it. With `max_elements`, the layers are first built on
+    the meta device and refused when they hold more values than that (what the file's tensors describe).
+    """
+    from compression.models.yolo_arch import check_yaml, count_parameters
+    from compression.models.yolo_env import offline_ultralytics, quiet_ultralytics
+
+    if not isinstance(architecture, dict) or architecture.get("kind", "ultralytics") != "ultralytics":
+        raise ModelLoadError("the file records no Ultralytics detector architecture: it was not written for a detector")
+    yaml = check_yaml(architecture.get("yaml"))
+    names = _check_names(architecture.get("names", {}))
+    channels = int(yaml.get("channels", 3))
+    nc = len(names) or int(yaml.get("nc", 80))
+    if max_elements is not None:
+        needed = count_parameters(yaml, channels, nc)
+        if needed > max_elements:
+            raise ModelLoadError(f"the file's detector architecture needs {needed:,} values but the file holds "
+                                 f"{max_elements:,}: the file is damaged or crafted; re-compress the original model")
     offline_ultralytics()
     from ultralytics.nn.tasks import DetectionModel
 
-    yaml = copy.deepcopy(architecture.get("yaml"))
-    if not isinstance(yaml, dict):
-        raise ModelLoadError("the file records no detector architecture: it was not written for a detector")
-    names = {int(k): v for k, v in architecture.get("names", {}).items()}
-    model = DetectionModel(yaml, ch=int(yaml.get("channels", 3)), nc=len(names) or yaml.get("nc"), verbose=False)
+    try:
+        with quiet_ultralytics():
+            model = DetectionModel(yaml, ch=channels, nc=nc, verbose=False)
+    except Exception as exc:  # noqa: BLE001 - a checked but inconsistent layout fails in many ways in Ultralytics
+        raise ModelLoadError(f"the file's detector architecture cannot be built ({type(exc).__name__}: "
+                             f"{first_line(exc, 120)}): the file is damaged; re-compress the original "
+                             "model") from None
     model.names = names
     return model.float().eval()
+
+
+def _check_names(names) -> dict[int, str]:
+    """Class id -> name from a file's record: at most yolo_arch.MAX_CLASSES short strings keyed by integers."""
+    from compression.models.yolo_arch import MAX_CLASSES
+
+    if not isinstance(names, dict) or len(names) > MAX_CLASSES:
+        raise ModelLoadError("the file's class names are not a mapping of class id to name: the file is damaged")
+    checked = {}
+    for key, value in names.items():
+        if not (isinstance(key, int | str) and str(key).isdigit() and isinstance(value, str) and len(value) <= 256):
+            raise ModelLoadError(f"the file's class name entry {str(key)[:20]!r} is not an id and a short name: "
+                                 "the file is damaged")
+        checked[int(key)] = value
+    return checked
 
 
 def is_fused(model: nn.Module) -> bool:
@@ -176,15 +210,20 @@ def load_detector_file(path: str | Path) -> DetectorHandle:
     meta, state = read_file(path)
     if meta.get("task") != "detect":
         raise FormatError(f"{path.name} holds a {meta.get('task', 'unknown')} model, not a detector")
-    model = build_detector(meta["architecture"])
+    stored = sum(t.numel() for t in state.values())
+    # unfused layers hold at most ~1.5x the values of fused ones (batch norm: 4 vectors for 1 bias)
+    model = build_detector(meta.get("architecture"), max_elements=2 * stored + 100_000)
     if meta.get("fused"):
         fuse(model)
     expected = model.state_dict()
     if set(expected) != set(state) or any(expected[k].shape != state[k].shape for k in expected):
         raise ModelLoadError(f"{path.name} does not match its recorded detector architecture: the file is damaged")
     model.load_state_dict(state)
-    return DetectorHandle(model.eval(), meta["architecture"], int(meta.get("imgsz", 640)),
-                          str(meta.get("label", path.name)), {"meta": meta})
+    imgsz = meta.get("imgsz", 640)
+    if isinstance(imgsz, bool) or not isinstance(imgsz, int) or not 32 <= imgsz <= 8192:
+        raise FormatError(f"{path.name} records an image size of {str(imgsz)[:20]}: the file is damaged")
+    return DetectorHandle(model.eval(), meta["architecture"], imgsz, str(meta.get("label", path.name))[:200],
+                          {"meta": meta})
 
 
 def evaluate_detector(handle: DetectorHandle, data_yaml: str | Path, batch: int = 32,

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compression.errors import ModelLoadError
+from compression.errors import ModelLoadError, first_line
 from compression.metrics import weight_layers
 from compression.models.zoo import DEMO_MODELS
 
@@ -75,7 +75,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every reader error means the same thing to a user
-        reason = str(exc).splitlines()[0][:200]
+        reason = first_line(exc, 200)
         raise ModelLoadError(
             f"cannot read weights file {path.name}: {reason}. It must be a state dict saved with "
             "torch.save(model.state_dict()) or a .safetensors file; a whole pickled model is refused for safety"
@@ -95,20 +95,21 @@ def build_architecture(architecture: dict, base_file: str | Path | None = None) 
     kind = architecture.get("kind")
     if kind == "demo":
         name = architecture.get("name")
-        if name not in DEMO_MODELS:
-            raise ModelLoadError(f"unknown demo model {name!r}: choose one of {', '.join(DEMO_MODELS)}")
-        return DEMO_MODELS[name].build(int(architecture.get("num_classes", 10)))
+        if not isinstance(name, str) or name not in DEMO_MODELS:
+            raise ModelLoadError(f"unknown demo model {str(name)[:40]!r}: choose one of {', '.join(DEMO_MODELS)}")
+        return DEMO_MODELS[name].build(_torchvision_kwargs({"num_classes": architecture.get("num_classes", 10)})
+                                       ["num_classes"])
     if kind == "torchvision":
         import torchvision
 
         arch = architecture.get("arch")
-        if arch not in torchvision.models.list_models():
+        # classifiers only: detection/segmentation builders fetch backbone weights when built with defaults
+        if arch not in torchvision.models.list_models(module=torchvision.models):
             raise ModelLoadError(
-                f"unknown torchvision architecture {arch!r}: use a name from torchvision.models.list_models(), "
-                "e.g. resnet18, mobilenet_v2, vgg16"
+                f"unknown torchvision classifier {str(arch)[:40]!r}: use a name from "
+                "torchvision.models.list_models(module=torchvision.models), e.g. resnet18, mobilenet_v2, vgg16"
             )
-        kwargs = dict(architecture.get("kwargs", {}))
-        return torchvision.models.get_model(arch, weights=None, **kwargs)
+        return torchvision.models.get_model(arch, weights=None, **_torchvision_kwargs(architecture.get("kwargs")))
     if kind == "torchscript":
         if base_file is None:
             raise ModelLoadError(
@@ -123,11 +124,27 @@ def build_architecture(architecture: dict, base_file: str | Path | None = None) 
     raise ModelLoadError(f"unknown architecture kind {kind!r}: expected demo, torchvision or torchscript")
 
 
+MAX_CLASSES = 100_000
+
+
+def _torchvision_kwargs(kwargs) -> dict:
+    """The builder arguments a file may record: only the class count (others, e.g. weights_backbone, download)."""
+    kwargs = {} if kwargs is None else kwargs
+    if not isinstance(kwargs, dict) or set(kwargs) - {"num_classes"}:
+        raise ModelLoadError(f"the file's torchvision architecture has arguments {sorted(map(str, kwargs))[:5]}; "
+                             "only num_classes is read: the file is damaged or was not written by Compression Lab")
+    classes = kwargs.get("num_classes", 1000)
+    if isinstance(classes, bool) or not isinstance(classes, int) or not 1 <= classes <= MAX_CLASSES:
+        raise ModelLoadError(f"the file's class count {str(classes)[:20]} is not an integer from 1 to {MAX_CLASSES:,}: "
+                             "the file is damaged")
+    return dict(kwargs)
+
+
 def _load_torchscript(path: Path) -> nn.Module:
     try:
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"cannot read TorchScript file {path.name}: {str(exc).splitlines()[0][:200]}. "
+        raise ModelLoadError(f"cannot read TorchScript file {path.name}: {first_line(exc, 200)}. "
                              "Export it with torch.jit.script(model).save(path) or torch.jit.trace") from None
 
 
@@ -183,7 +200,7 @@ def load_model(ref: str, weights: str | Path | None = None, input_size: int | No
                 shape = (channels, size, size)
                 break
             except Exception as exc:  # noqa: BLE001
-                error = str(exc).splitlines()[0][:120]
+                error = first_line(exc, 120)
         if out is None:
             raise ModelLoadError(f"TorchScript model {path.name} failed on 3- and 1-channel {size}x{size} inputs: "
                                  f"set --input-size to what it expects ({error})")

@@ -121,7 +121,7 @@ def test_sigkill_leaves_failed_and_next_run_succeeds_store_untouched(tmp_path):
     log = engine.log_tail(victim, root=tmp_path)
     assert "started" in log and "SIGKILL" in log  # the log is kept, with the reason at its end
     assert sorted(p.name for p in (tmp_path / "runs" / victim).iterdir()) == \
-        ["events.jsonl", "job.json", "log.txt", "plan.json"]
+        ["events.jsonl", "job.json", "log.txt", "plan.json", "state.json"]
     assert engine.wait(after, 240, root=tmp_path)["state"] == "succeeded"
     assert snapshot(tmp_path, {victim, after}) == before
 

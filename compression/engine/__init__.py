@@ -5,80 +5,125 @@
 Jobs run in worker processes started by a dispatcher process, never in the caller (the Streamlit
 server). `root` is the data folder (default $COMPRESSION_LAB_HOME, else a per-user data folder).
 Listing and status calls also reap runs whose worker died and restart the dispatcher when runs
-wait, so a crash, a kill or a reboot never leaves a run `running` forever.
+wait, so a crash, a kill or a reboot never leaves a run `running` forever. A read-only data folder
+is listed without writing; a full disk, a read-only folder or a locked index raise StoreError.
+Relative paths in a job are resolved against the caller's working folder when it is submitted.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 from compression.engine.jobs import validate
-from compression.engine.store import FINAL_STATES, STATES, RunStore, default_root
+from compression.engine.store import FINAL_STATES, STATES, RunStore, StoreError, default_root
 from compression.errors import CompressionLabError
 
-__all__ = ["FINAL_STATES", "STATES", "cached_sensitivity", "cancel", "default_root", "events", "list_runs",
-           "log_tail", "rerun", "run_dir", "set_max_workers", "settings", "status", "submit", "wait"]
+__all__ = ["FINAL_STATES", "STATES", "StoreError", "absolute_paths", "cached_sensitivity", "cancel",
+           "default_root", "events", "list_runs", "log_tail", "rerun", "run_dir", "set_max_workers", "settings",
+           "status", "submit", "wait"]
 
 
 def _store(root: str | Path | None) -> RunStore:
     return RunStore(root)
 
 
-def _ensure_dispatcher(store: RunStore) -> None:
-    """Reap dead workers; start a dispatcher when runs are queued and none is running."""
+def _ensure_dispatcher(store: RunStore) -> dict:
+    """Reap dead workers; start a dispatcher when runs are queued and none is running. Returns the dead runs
+    that could not be recorded (a read-only data folder, a full disk) as {run_id: {state, error, finished}}."""
     # imported here, not at the top: `python -m compression.engine.dispatcher` must not find it imported already
     from compression.engine.dispatcher import kick, reap, try_lock
 
-    lock = try_lock(store.root)
-    if lock is None:  # a dispatcher is alive: it starts the queued runs; still reap for a fresh view
-        reap(store)
-        return
+    if store.read_only:
+        return reap(store, lock_held=True, dry_run=True)
     try:
-        reap(store, lock_held=True)
+        lock = try_lock(store.root)
+    except OSError:  # the lock file cannot be created (a full disk): show what is there, start nothing
+        return reap(store, lock_held=True, dry_run=True)
+    if lock is None:  # a dispatcher is alive: it starts the queued runs; still reap for a fresh view
+        return reap(store)
+    try:
+        unrecorded = reap(store, lock_held=True)
     finally:
         lock.close()
-    if store.count("queued"):  # checked after letting go, so a dispatcher turned away meanwhile is replaced
-        kick(store.root)
+    try:
+        if store.count("queued"):  # checked after letting go, so a dispatcher turned away meanwhile is replaced
+            kick(store.root)
+    except (OSError, StoreError):  # a full disk: the runs stay queued and the next call tries again
+        pass
+    return unrecorded
 
 
 def _missing(run_id: str, store: RunStore) -> CompressionLabError:
     return CompressionLabError(f"no run {run_id!r} in {store.root}: list runs with `compression-lab runs`")
 
 
-def _view(store: RunStore, row: dict) -> dict:
+def _view(store: RunStore, row: dict, unrecorded: dict | None = None) -> dict:
+    row.update((unrecorded or {}).get(row["id"], {}))
     row["dir"] = str(store.run_dir(row["id"]))
     row["model"] = row["job"].get("model")
     return row
 
 
+def absolute_paths(job: dict, cwd: str | Path | None = None) -> dict:
+    """The job with every file or folder it names (weights, torchscript:/detector: files, dataset folders and
+    yaml) made absolute against `cwd` (default: the caller's working folder), so that a dispatcher started
+    elsewhere finds them. Built-in names (demo:, digits, shapes) and absolute paths are left as they are."""
+    if not isinstance(job, dict):
+        return job
+    base = Path(cwd) if cwd is not None else Path(os.getcwd())
+
+    def absolute(path: str) -> str:
+        path_obj = Path(path).expanduser()
+        return str(path_obj if path_obj.is_absolute() else base / path_obj)
+
+    out = dict(job)
+    if isinstance(out.get("weights"), str) and out["weights"]:
+        out["weights"] = absolute(out["weights"])
+    model, data = out.get("model"), out.get("data")
+    if isinstance(model, str):
+        for prefix in ("torchscript:", "detector:"):
+            if model.startswith(prefix) and model[len(prefix):] and model != "detector:demo":
+                out["model"] = prefix + absolute(model[len(prefix):])
+    if isinstance(data, str):
+        for prefix in ("imagefolder:", "cifar10:", "cifar100:", "yolo:"):
+            if data.startswith(prefix) and data[len(prefix):]:
+                out["data"] = prefix + absolute(data[len(prefix):])
+    return out
+
+
 def submit(job: dict, root: str | Path | None = None) -> str:
-    """Validate and queue a job; returns its run id. Raises CompressionLabError for a bad job (nothing queued)."""
+    """Validate and queue a job; returns its run id. Raises CompressionLabError for a bad job (nothing queued),
+    StoreError when the data folder is full or read-only. Relative paths are resolved here, where they were typed."""
     from compression.engine.dispatcher import kick
 
-    job = validate(job)
+    job = validate(absolute_paths(job))
     store = _store(root)
     run_id = store.insert(job)
-    kick(store.root)
+    try:
+        kick(store.root)
+    except OSError:  # queued all the same: the next listing or status call starts a dispatcher
+        pass
     return run_id
 
 
 def status(run_id: str, root: str | Path | None = None) -> dict:
     """The run's row: state, times, pid, error, job, metrics (summary), progress (the last event), dir."""
     store = _store(root)
-    _ensure_dispatcher(store)
+    unrecorded = _ensure_dispatcher(store)
     row = store.row(run_id)
     if row is None:
         raise _missing(run_id, store)
-    return _view(store, row)
+    return _view(store, row, unrecorded)
 
 
 def list_runs(root: str | Path | None = None, kind: str | None = None) -> list[dict]:
-    """Every run, newest first (optionally of one kind)."""
+    """Every run, newest first (optionally of one kind); every run folder is listed, even with a lost index."""
     store = _store(root)
-    _ensure_dispatcher(store)
-    return [_view(store, row) for row in store.rows(kind=kind)]
+    unrecorded = _ensure_dispatcher(store)
+    return [_view(store, row, unrecorded) for row in store.rows(kind=kind)]
 
 
 def cancel(run_id: str, root: str | Path | None = None) -> None:

@@ -13,6 +13,7 @@ reaps) re-checks the queue after releasing it and starts a dispatcher if runs wa
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ import time
 import traceback
 from pathlib import Path
 
-from compression.engine.store import RunStore
+from compression.engine.store import EXIT_DISK_FULL, RunStore, StoreError, low_space
 
 POLL = 0.3  # seconds between supervision passes
 # seconds a running job gets to stop by itself after cancel, before SIGTERM ($COMPRESSION_LAB_CANCEL_GRACE for tests)
@@ -29,6 +30,9 @@ CANCEL_GRACE = float(os.environ.get("COMPRESSION_LAB_CANCEL_GRACE", "30"))
 KILL_GRACE = 10.0  # further seconds after SIGTERM before SIGKILL
 DIED = ("the worker process died (killed by SIGKILL?, out of memory, or the machine restarted); "
         "the log is kept; re-run it")
+DISK_FULL = ("disk full: the disk holding the run folder filled up during the run (no space left on device); "
+             "the log is kept; free some space, then re-run it")
+STORE_RETRY_FOR = 120.0  # seconds the dispatcher keeps trying through a full disk or a locked index before leaving
 
 
 def worker_alive(pid: int | None, run_id: str) -> bool:
@@ -46,6 +50,15 @@ def worker_alive(pid: int | None, run_id: str) -> bool:
     return run_id in cmdline and "compression.engine.worker" in cmdline
 
 
+def find_worker(run_id: str) -> int | None:
+    """The pid of a live worker for `run_id`, looked up in /proc (for a row whose pid was never recorded)."""
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return None
+    return next((pid for pid in pids if worker_alive(pid, run_id)), None)
+
+
 def _kill_for_cancel(pid: int, cancel_time: float) -> None:
     waited = time.time() - cancel_time
     if waited > CANCEL_GRACE:
@@ -56,22 +69,59 @@ def _kill_for_cancel(pid: int, cancel_time: float) -> None:
             pass
 
 
-def reap(store: RunStore, own: set[str] = frozenset(), lock_held: bool = False) -> None:
+def dead_outcome(store: RunStore, row: dict, code: int | None = None) -> tuple[str, str | None, dict | None]:
+    """(state, error, metrics) for a running run whose worker is gone: the cancel it was asked for, the final state
+    its folder recorded, a full disk when its log or its disk says so, else how the process ended."""
+    if row["cancel"]:
+        return "cancelled", "cancelled by the user", None
+    record = store.recorded_state(row["id"])
+    if record.get("state") == "succeeded":
+        try:
+            metrics = json.loads((store.run_dir(row["id"]) / "metrics.json").read_text())
+        except (OSError, ValueError):
+            metrics = None
+        if isinstance(metrics, dict):
+            return "succeeded", None, metrics
+    elif record.get("state") in ("failed", "cancelled") and record.get("error"):
+        return record["state"], record["error"], None
+    if code == EXIT_DISK_FULL or store.says_disk_full(row["id"]) or low_space(store.run_dir(row["id"])):
+        return "failed", DISK_FULL, None
+    return "failed", DIED if code is None else _exit_reason(code), None
+
+
+def reap(store: RunStore, own: set[str] = frozenset(), lock_held: bool = False, dry_run: bool = False) -> dict:
     """Mark `failed` every running run whose worker is gone (killed, crashed, machine restarted), and stop
     workers that ignore a cancel. `own` runs are supervised by the caller. With the dispatcher lock held, a
-    running row without a pid was claimed by a dispatcher that died before starting its worker."""
+    running row without a pid was claimed by a dispatcher that died before its worker recorded one.
+    Returns {run_id: {state, error}} for the dead runs it did not record (`dry_run`, for a read-only data
+    folder, or a full disk): the caller shows them so, and a later pass records them."""
+    unrecorded = {}
     for row in store.rows(states=("running",)):
         if row["id"] in own:
             continue
-        if row["pid"] is None and not lock_held:
-            continue  # a dispatcher is starting its worker right now
+        if row["pid"] is None:
+            if not lock_held:
+                continue  # a dispatcher is starting its worker right now
+            row["pid"] = find_worker(row["id"])  # started, but killed before it recorded the pid
+            if row["pid"] is not None and not dry_run:
+                try:
+                    store.update(row["id"], only_if_state=("running",), pid=row["pid"])
+                except StoreError:
+                    pass
         if worker_alive(row["pid"], row["id"]):
-            if row["cancel"]:
+            if row["cancel"] and not dry_run:
                 _kill_for_cancel(row["pid"], row["cancel"])
             continue
-        state, reason = ("cancelled", "cancelled by the user") if row["cancel"] else ("failed", DIED)
-        if store.finish(row["id"], state, reason):
-            store.append_log(row["id"], f"[engine] {reason}")
+        state, reason, metrics = dead_outcome(store, row)
+        if not dry_run:
+            try:
+                if store.finish(row["id"], state, reason, metrics=metrics) and reason:
+                    store.append_log(row["id"], f"[engine] {reason}")
+                continue
+            except StoreError:
+                pass
+        unrecorded[row["id"]] = {"state": state, "error": reason, "finished": time.time()}
+    return unrecorded
 
 
 def try_lock(root: Path):
@@ -88,7 +138,7 @@ def try_lock(root: Path):
 def kick(root: Path) -> None:
     """Start a dispatcher in the background, detached (it exits at once if another one is running)."""
     root = Path(root)
-    with open(root / "dispatcher.log", "a") as log:
+    with open(root / "dispatcher.log", "a") as log:  # creating it can fail on a full disk: the caller says so
         subprocess.Popen([sys.executable, "-m", "compression.engine.dispatcher", str(root)],
                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                          start_new_session=True, close_fds=True)
@@ -105,6 +155,7 @@ def _exit_reason(code: int) -> str:
     return f"the worker process was killed by {name}{extra}; the log is kept; re-run it"
 
 
+
 def _start_worker(store: RunStore, run_id: str) -> subprocess.Popen | None:
     try:
         with open(store.run_dir(run_id) / "log.txt", "ab") as log:
@@ -112,14 +163,16 @@ def _start_worker(store: RunStore, run_id: str) -> subprocess.Popen | None:
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, close_fds=True)
     except OSError as exc:
-        store.finish(run_id, "failed", f"could not start a worker process: {exc}")
+        reason = DISK_FULL if low_space(store.run_dir(run_id)) else f"could not start a worker process: {exc}"
+        store.finish(run_id, "failed", reason)
         return None
     store.update(run_id, pid=proc.pid)
     return proc
 
 
 def _supervise(store: RunStore, children: dict[str, subprocess.Popen]) -> None:
-    """One pass over our workers: enforce cancels, record exits that left the run `running`."""
+    """One pass over our workers: enforce cancels, record exits that left the run `running`. A run whose end
+    cannot be recorded yet (a full disk, a locked index) stays in `children` and is tried again next pass."""
     for run_id, proc in list(children.items()):
         code = proc.poll()
         row = store.row(run_id)
@@ -127,13 +180,11 @@ def _supervise(store: RunStore, children: dict[str, subprocess.Popen]) -> None:
             if row and row["cancel"]:
                 _kill_for_cancel(proc.pid, row["cancel"])
             continue
+        if row and row["state"] == "running":
+            state, reason, metrics = dead_outcome(store, row, code)
+            if store.finish(run_id, state, reason, metrics=metrics) and reason:
+                store.append_log(run_id, f"[engine] {reason}")
         del children[run_id]
-        if row and row["cancel"]:
-            state, reason = "cancelled", "cancelled by the user"
-        else:
-            state, reason = "failed", _exit_reason(code)
-        if store.finish(run_id, state, reason):
-            store.append_log(run_id, f"[engine] {reason}")
 
 
 def serve(root: str | Path) -> None:
@@ -143,15 +194,26 @@ def serve(root: str | Path) -> None:
     lock = try_lock(store.root)
     if lock is None:
         return
+    failing_since = None
     try:
         while True:
-            reap(store, own=set(children), lock_held=True)
-            while (run_id := store.claim_next(store.max_workers())) is not None:
-                proc = _start_worker(store, run_id)
-                if proc is not None:
-                    children[run_id] = proc
-            _supervise(store, children)
-            if not children and store.count("queued") == 0 and store.count("running") == 0:
+            try:
+                reap(store, own=set(children), lock_held=True)
+                while (run_id := store.claim_next(store.max_workers())) is not None:
+                    proc = _start_worker(store, run_id)
+                    if proc is not None:
+                        children[run_id] = proc
+                _supervise(store, children)
+                idle = not children and store.count("queued") == 0 and store.count("running") == 0
+                failing_since = None
+            except StoreError as exc:  # a full disk or a locked index: wait for it, within reason
+                failing_since = failing_since or time.time()
+                print(f"[dispatcher] {exc}", flush=True)
+                if time.time() - failing_since > STORE_RETRY_FOR:
+                    return  # the workers finish on their own; the next listing reaps them and starts a dispatcher
+                time.sleep(2.0)
+                continue
+            if idle:
                 fcntl.flock(lock, fcntl.LOCK_UN)
                 lock.close()
                 lock = None

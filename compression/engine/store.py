@@ -4,25 +4,42 @@
                                    job, metrics, progress) and settings(key, value); WAL mode, every
                                    write one short transaction
     ROOT/runs/<id>/job.json        the whole job (compress runs also get plan.json)
+    ROOT/runs/<id>/state.json      the row's state, times, pid, error and cancel, rewritten with every change
     ROOT/runs/<id>/events.jsonl    append-only progress events (time, stage, progress, values)
     ROOT/runs/<id>/log.txt         the worker's output and log messages
     ROOT/runs/<id>/metrics.json, model.clab, sensitivity.json   results, written to a temporary name
                                    and renamed into place before the row says succeeded
+
+The run folders are the truth; the index is a fast view of them. A folder the index does not know (a lost,
+emptied or corrupt index) is added back from its files, a corrupt index is moved aside (kept, never
+deleted) and rebuilt, and a read-only data folder is listed from the index and the folders without writing.
+A full disk, a read-only folder or a locked index raise StoreError with a message naming the fix.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import secrets
+import shutil
 import sqlite3
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
+
+from compression.errors import CompressionLabError
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 RESULT_FILES = ("model.clab", "metrics.json", "sensitivity.json")
+RECORDED = ("state", "created", "started", "finished", "pid", "error", "cancel")  # the columns state.json keeps
+EXIT_DISK_FULL = 28  # a worker's exit status when its disk filled up (ENOSPC's errno), for the dispatcher
+BUSY_TIMEOUT = 30.0  # seconds a write waits for another process's transaction before giving up
+RESERVE_BYTES = 1 << 20  # ROOT/.space-reserve: freed on a full disk so the index can still record the failure
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, created REAL NOT NULL,
@@ -32,6 +49,21 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_state ON runs(state, created);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+RECOVERED = ("the run index was rebuilt from the run folders and this run's outcome was not recorded there; "
+             "the log is kept; re-run it")
+DISK_FULL_MARKERS = ("No space left on device", "database or disk is full", "[Errno 28]", "Disk quota exceeded",
+                     "disk full")
+# SQLite's primary result codes (https://sqlite.org/rescode.html)
+_BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 6, 8, 10, 11, 13, 14, 26
+
+
+class StoreError(CompressionLabError):
+    """The data folder cannot be used as asked: its disk is full, it is read-only, the index is locked, or it
+    cannot be read. `reason` is one of full, readonly, locked, io."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def default_root() -> Path:
@@ -49,13 +81,18 @@ def new_run_id() -> str:
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write to a temporary name in the same folder, fsync, then rename into place."""
+    """Write to a temporary name in the same folder, fsync, then rename into place (the temporary file is
+    removed when writing fails, e.g. on a full disk)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def summary_metrics(metrics: dict | None) -> dict | None:
@@ -65,74 +102,412 @@ def summary_metrics(metrics: dict | None) -> dict | None:
     return {key: value for key, value in metrics.items() if key != "layers"}
 
 
+def _chain(exc: BaseException | None):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def problem(exc: BaseException) -> str | None:
+    """What an exception says about the disk: full, readonly, locked, corrupt, io, or None (not a store problem)."""
+    for item in _chain(exc):
+        if isinstance(item, StoreError):
+            return item.reason
+        if isinstance(item, sqlite3.Error):
+            code = (getattr(item, "sqlite_errorcode", None) or 0) & 0xFF
+            text = str(item).lower()
+            if code == _FULL or "disk is full" in text:
+                return "full"
+            if code == _READONLY or "readonly" in text:
+                return "readonly"
+            if code in (_BUSY, _LOCKED) or "locked" in text:
+                return "locked"
+            if code in (_CORRUPT, _NOTADB) or "not a database" in text or "malformed" in text:
+                return "corrupt"
+            return "io"
+        if isinstance(item, OSError):
+            if item.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                return "full"
+            if item.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                return "readonly"
+            if item.errno is not None:
+                return "io"
+        if any(marker in str(item) for marker in DISK_FULL_MARKERS[:4]):
+            return "full"
+    return None
+
+
+def low_space(path: Path, margin: int = 4 * RESERVE_BYTES) -> bool:
+    """True when the disk holding `path` has less than `margin` bytes free (how a full disk looks from outside)."""
+    try:
+        return shutil.disk_usage(path).free < margin
+    except OSError:
+        return False
+
+
 class RunStore:
     """Thin, process-safe access to the index and the run folders."""
 
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root).expanduser() if root else default_root()
         self.runs_dir = self.root / "runs"
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
-        (self.root / "cache").mkdir(exist_ok=True)
-        db = sqlite3.connect(self.root / "index.sqlite", timeout=30, isolation_level=None)
+        self.index = self.root / "index.sqlite"
+        self.read_only = False
         try:
-            db.execute("PRAGMA busy_timeout=30000")
-            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                db.execute("PRAGMA journal_mode=WAL")  # persistent: set once per database file
-            if db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name IN ('runs', 'settings')").fetchone()[0] < 2:
-                db.executescript(SCHEMA)  # only on a new file: DDL takes the write lock
-        finally:
-            db.close()
+            if self.root.exists() and not self.root.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(self.root))
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            (self.root / "cache").mkdir(exist_ok=True)
+        except OSError as exc:
+            if isinstance(exc, NotADirectoryError | FileExistsError):
+                raise StoreError(f"the data folder {self.root} is not a folder: point --home / $COMPRESSION_LAB_HOME "
+                                 "at a folder (it is created if missing)", "io") from exc
+            if problem(exc) != "readonly":
+                raise self.error(exc) from exc
+            self.read_only = True
+        if not self.read_only and not os.access(self.root, os.W_OK):
+            self.read_only = True
+        if not self.read_only:
+            try:
+                with self._index_lock():
+                    self._open_index()
+            except (OSError, StoreError) as exc:
+                reason = problem(exc)
+                if reason == "readonly":
+                    self.read_only = True
+                elif reason != "full" and not (reason == "io" and low_space(self.root)):
+                    raise exc if isinstance(exc, StoreError) else self.error(exc) from exc
+                # a full disk: the index is used as it is; reads still work, writes say "disk full"
+            self._keep_reserve()
+
+    # --- errors ----------------------------------------------------------------------------------------------
+
+    def error(self, exc: BaseException | str) -> StoreError:
+        """A StoreError for `exc` (or a reason), its message naming the problem and the fix."""
+        reason = exc if isinstance(exc, str) else (problem(exc) or "io")
+        if reason == "io" and low_space(self.root):
+            reason = "full"  # SQLite reports a shared-memory page it could not allocate as a disk I/O error
+        where = "point --home / $COMPRESSION_LAB_HOME at another folder"
+        if reason == "full":
+            return StoreError(f"disk full: no space left on the disk holding the data folder {self.root}; free some "
+                              f"space there (or {where}) and try again", "full")
+        if reason == "readonly":
+            return StoreError(f"the data folder {self.root} is read-only: runs can be listed but not submitted, "
+                              f"cancelled or re-run; make it writable (or {where})", "readonly")
+        if reason == "locked":
+            return StoreError(f"the run index {self.index} is locked by another process (waited {BUSY_TIMEOUT:.0f} s): "
+                              "close whatever holds it open (an sqlite3 shell, a backup tool) and try again", "locked")
+        first_line = "" if isinstance(exc, str) else (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        detail = f" ({first_line})" if first_line else ""
+        return StoreError(f"the data folder {self.root} could not be read or written{detail}: check the disk "
+                          f"(or {where})", "io")
+
+    # --- the index file ---------------------------------------------------------------------------------------
 
     @contextmanager
-    def connect(self, immediate: bool = False):
-        """One short transaction; `immediate` takes the write lock at once (claims, updates)."""
-        db = sqlite3.connect(self.root / "index.sqlite", timeout=30, isolation_level=None)
+    def _index_lock(self):
+        """ROOT/.index.lock (fcntl): one process at a time checks, moves aside and rebuilds the index."""
+        with open(self.root / ".index.lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.index.exists() and not self.index.is_file():
+            # a directory (or a device) where the index should be: handled as a corrupt index
+            raise sqlite3.DatabaseError(f"file is not a database: {self.index} is not a regular file")
+        db = sqlite3.connect(self.index, timeout=BUSY_TIMEOUT, isolation_level=None)
         db.row_factory = sqlite3.Row
+        db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+        return db
+
+    def _healthy(self) -> bool:
+        """Open the index (creating it when missing) and check it; False when it is corrupt or not a file."""
         try:
-            db.execute("PRAGMA busy_timeout=30000")
-            db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-            yield db
-            if db.in_transaction:
-                db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            db = self._connect()
+        except sqlite3.Error as exc:
+            if problem(exc) == "corrupt":
+                return False
+            raise
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")  # persistent: set once per database file
+            if db.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok":
+                return False
+            if db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name IN ('runs', 'settings')").fetchone()[0] < 2:
+                db.executescript(SCHEMA)  # a new (or emptied) file: DDL takes the write lock
+            return True
+        except sqlite3.Error as exc:
+            if problem(exc) == "corrupt":
+                return False
             raise
         finally:
             db.close()
 
+    def _open_index(self) -> None:
+        """Check the index, moving a corrupt one aside and starting a new one (the folders refill it)."""
+        try:
+            if self._healthy():
+                return
+            self._move_aside()
+            if not self._healthy():
+                raise self.error("io")
+        except sqlite3.Error as exc:
+            raise self.error(exc) from exc
+
+    def _move_aside(self) -> Path:
+        """Rename the index (and its -wal/-shm files) to index.sqlite.corrupt-TIME: kept for the user, never deleted."""
+        aside = self.root / f"index.sqlite.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        os.replace(self.index, aside)
+        for suffix in ("-wal", "-shm"):
+            extra = Path(f"{self.index}{suffix}")
+            if extra.exists():
+                os.replace(extra, Path(f"{aside}{suffix}"))
+        return aside
+
+    def _recover(self) -> None:
+        """A corrupt index found mid-operation: move it aside under the lock unless another process already did."""
+        try:
+            with self._index_lock():
+                self._open_index()
+        except OSError as exc:
+            raise self.error(exc) from exc
+
+    def _keep_reserve(self) -> None:
+        """Keep ROOT/.space-reserve (1 MiB) while the disk has room, so a full disk can be recorded as such."""
+        path = self.root / ".space-reserve"
+        if path.exists() or low_space(self.root, 16 * RESERVE_BYTES):
+            return
+        try:
+            write_atomic(path, bytes(RESERVE_BYTES))
+        except OSError:
+            pass
+
+    def _release_reserve(self) -> bool:
+        try:
+            (self.root / ".space-reserve").unlink()
+            return True
+        except OSError:
+            return False
+
+    # --- transactions -------------------------------------------------------------------------------------------
+
+    def _transaction(self, body: Callable[[sqlite3.Connection], object], write: bool = False):
+        """body(db) in one short transaction (`write` takes the write lock at once). A corrupt index is moved aside
+        and rebuilt, a full disk gets the space reserve back (once each); anything else raises StoreError."""
+        if write and self.read_only:
+            raise self.error("readonly")
+        retried: set[str] = set()
+        while True:
+            try:
+                db = self._connect()
+                try:
+                    db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                    out = body(db)
+                    db.execute("COMMIT")
+                    return out
+                except BaseException:
+                    if db.in_transaction:
+                        try:
+                            db.execute("ROLLBACK")
+                        except sqlite3.Error:
+                            pass
+                    raise
+                finally:
+                    db.close()
+            except sqlite3.Error as exc:
+                reason = problem(exc)
+                if reason == "corrupt" and "corrupt" not in retried:
+                    retried.add("corrupt")
+                    self._recover()
+                    self._import_folders()
+                    continue
+                if (reason == "full" or (reason == "io" and low_space(self.root))) and "full" not in retried:
+                    retried.add("full")
+                    if self._release_reserve():
+                        continue
+                raise self.error(exc) from exc
+
+    def _read_only_rows(self) -> list[dict]:
+        """The index's rows without writing anything (not even a lock or a -shm file), or [] if it cannot be read."""
+        path = quote(str(self.index.resolve()))
+        for params in ("mode=ro", "immutable=1"):
+            try:
+                db = sqlite3.connect(f"file:{path}?{params}", uri=True, timeout=BUSY_TIMEOUT)
+                db.row_factory = sqlite3.Row
+                try:
+                    return [self._as_dict(r) for r in db.execute("SELECT * FROM runs").fetchall()]
+                finally:
+                    db.close()
+            except sqlite3.Error:
+                continue
+        return []
+
+    # --- run folders: the truth --------------------------------------------------------------------------------
+
     def run_dir(self, run_id: str) -> Path:
         return self.runs_dir / run_id
 
-    def insert(self, job: dict) -> str:
-        """Create the run folder (job.json, plan.json, empty events and log), then the queued row."""
-        for _ in range(20):
-            run_id = new_run_id()
-            try:
-                self.run_dir(run_id).mkdir()
-                break
-            except FileExistsError:  # the same second and the same 24 random bits: draw again
-                continue
-        else:
-            raise RuntimeError("could not allocate a run id")
+    def folder_ids(self) -> set[str]:
+        try:
+            return {entry.name for entry in os.scandir(self.runs_dir)
+                    if entry.is_dir() and not entry.name.startswith(".")}
+        except OSError:
+            return set()
+
+    def _write_record(self, run_id: str, record: dict) -> None:
+        """ROOT/runs/<id>/state.json, best effort: the index has it too, and a full disk must not stop a run ending."""
+        try:
+            write_atomic(self.run_dir(run_id) / "state.json", json.dumps({k: record.get(k) for k in RECORDED}))
+        except OSError:
+            pass
+
+    def folder_row(self, run_id: str) -> dict | None:
+        """A row rebuilt from the run folder's files (None for a folder still being created by `insert`)."""
         folder = self.run_dir(run_id)
-        write_atomic(folder / "job.json", json.dumps(job, indent=2))
-        if job.get("kind") == "compress":
-            write_atomic(folder / "plan.json", json.dumps(job["plan"], indent=2))
-        (folder / "events.jsonl").touch()
-        (folder / "log.txt").touch()
-        with self.connect(immediate=True) as db:
-            db.execute("INSERT INTO runs(id, kind, state, created, job) VALUES (?, ?, 'queued', ?, ?)",
-                       (run_id, job["kind"], time.time(), json.dumps(job)))
+
+        def read_json(name: str):
+            try:
+                return json.loads((folder / name).read_text(errors="replace"))
+            except (OSError, ValueError):
+                return None
+
+        try:
+            age = time.time() - folder.stat().st_mtime
+        except OSError:
+            return None
+        job = read_json("job.json")
+        record = read_json("state.json")
+        record = record if isinstance(record, dict) else {}
+        if not isinstance(job, dict):
+            if age < 60:
+                return None  # insert() writes job.json right after making the folder
+            job = {}
+        events = self.events(run_id)
+        metrics = read_json("metrics.json")
+        has_results = isinstance(metrics, dict) and any((folder / name).is_file() for name in ("model.clab",
+                                                                                              "sensitivity.json"))
+        state, error = record.get("state"), record.get("error")
+        if state not in STATES:
+            started = events or (folder / "log.txt").is_file() and (folder / "log.txt").stat().st_size > 0
+            state, error = (("succeeded", None) if has_results else ("failed", RECOVERED) if started
+                            else ("queued", None))
+        if state == "succeeded" and not has_results:
+            state, error = "failed", "the run's result files are missing from its folder; re-run it"
+        if not job.get("kind"):
+            state, error = "failed", "the run folder has no readable job.json (interrupted while it was created)"
+        created = record.get("created")
+        if not isinstance(created, int | float):
+            try:
+                created = time.mktime(time.strptime(run_id[:15], "%Y%m%d-%H%M%S"))
+            except ValueError:
+                created = folder.stat().st_mtime
+        row = {"id": run_id, "kind": job.get("kind") or "unknown", "state": state, "created": created,
+               "started": record.get("started"), "finished": record.get("finished"), "pid": record.get("pid"),
+               "error": error, "cancel": record.get("cancel"), "job": job,
+               "metrics": summary_metrics(metrics) if state == "succeeded" else None,
+               "progress": events[-1] if events else None}
+        if state in FINAL_STATES and not row["finished"]:
+            row["finished"] = max(created, folder.stat().st_mtime)
+        return row
+
+    def _import_folders(self, only: set[str] | None = None) -> None:
+        """Add to the index every run folder it does not list (never hide a run)."""
+        if self.read_only:
+            return
+        on_disk = self.folder_ids() if only is None else only & self.folder_ids()
+        if not on_disk:
+            return
+        known = self._transaction(lambda db: {r[0] for r in db.execute("SELECT id FROM runs")})
+        rows = [row for run_id in sorted(on_disk - known) if (row := self.folder_row(run_id)) is not None]
+        if not rows:
+            return
+
+        def body(db):
+            for row in rows:
+                db.execute("INSERT OR IGNORE INTO runs(id, kind, state, created, started, finished, pid, error, "
+                           "cancel, job, metrics, progress) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           (*(row[k] for k in ("id", "kind", "state", "created", "started", "finished", "pid", "error",
+                                               "cancel")),
+                            json.dumps(row["job"]), json.dumps(row["metrics"]) if row["metrics"] else None,
+                            json.dumps(row["progress"]) if row["progress"] else None))
+
+        self._transaction(body, write=True)
+
+    # --- runs ---------------------------------------------------------------------------------------------------
+
+    def insert(self, job: dict) -> str:
+        """Create the run folder (job.json, plan.json, empty events and log, state.json), then the queued row.
+        If the row cannot be written the folder is removed again, so a refused submit never runs later."""
+        if self.read_only:
+            raise self.error("readonly")
+        try:
+            for _ in range(20):
+                run_id = new_run_id()
+                try:
+                    self.run_dir(run_id).mkdir()
+                    break
+                except FileExistsError:  # the same second and the same 24 random bits: draw again
+                    continue
+            else:
+                raise RuntimeError("could not allocate a run id")
+        except OSError as exc:
+            raise self.error(exc) from exc
+        folder = self.run_dir(run_id)
+        created = time.time()
+        try:
+            write_atomic(folder / "job.json", json.dumps(job, indent=2))
+            if job.get("kind") == "compress":
+                write_atomic(folder / "plan.json", json.dumps(job["plan"], indent=2))
+            (folder / "events.jsonl").touch()
+            (folder / "log.txt").touch()
+            write_atomic(folder / "state.json", json.dumps({"state": "queued", "created": created}))
+            self._transaction(lambda db: db.execute(
+                "INSERT OR IGNORE INTO runs(id, kind, state, created, job) VALUES (?, ?, 'queued', ?, ?)",
+                (run_id, job["kind"], created, json.dumps(job))), write=True)
+        except BaseException as exc:
+            shutil.rmtree(folder, ignore_errors=True)  # our own, just made: nothing of the user's is in it
+            if isinstance(exc, OSError):
+                raise self.error(exc) from exc
+            raise
         return run_id
 
     def row(self, run_id: str) -> dict | None:
-        with self.connect() as db:
-            found = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return self._as_dict(found) if found else None
+        if not self.read_only:
+            try:
+                query = "SELECT * FROM runs WHERE id = ?"
+                found = self._transaction(lambda db: db.execute(query, (run_id,)).fetchone())
+                if found is None and self.run_dir(run_id).is_dir():
+                    self._import_folders({run_id})
+                    found = self._transaction(lambda db: db.execute(query, (run_id,)).fetchone())
+                return self._as_dict(found) if found else None
+            except StoreError:
+                pass  # a full disk, a locked or unreadable index: read what can be read without writing
+        return next((r for r in self._unwritten_rows() if r["id"] == run_id), None)
+
+    def _unwritten_rows(self) -> list[dict]:
+        """Every run from the index (read-only) and the folders it lacks, without writing anything."""
+        found = {r["id"]: r for r in self._read_only_rows()}
+        for run_id in self.folder_ids() - set(found):
+            if (row := self.folder_row(run_id)) is not None:
+                found[run_id] = row
+        return list(found.values())
 
     def rows(self, kind: str | None = None, states: tuple[str, ...] | None = None) -> list[dict]:
-        """Rows, newest first."""
+        """Rows, newest first; every run folder is listed, even one the index had lost. A read-only data folder,
+        a full disk or an unreadable index are listed from what can be read, without writing."""
+        if not self.read_only:
+            try:
+                return self._indexed_rows(kind, states)
+            except StoreError:
+                pass
+        out = [r for r in self._unwritten_rows()
+               if (not kind or r["kind"] == kind) and (not states or r["state"] in states)]
+        return sorted(out, key=lambda r: (r["created"], r["id"]), reverse=True)
+
+    def _indexed_rows(self, kind: str | None, states: tuple[str, ...] | None) -> list[dict]:
+        self._import_folders()
         query, args = "SELECT * FROM runs WHERE 1=1", []
         if kind:
             query += " AND kind = ?"
@@ -140,23 +515,28 @@ class RunStore:
         if states:
             query += f" AND state IN ({','.join('?' * len(states))})"
             args += list(states)
-        with self.connect() as db:
-            found = db.execute(query + " ORDER BY created DESC, id DESC", args).fetchall()
+        found = self._transaction(lambda db: db.execute(query + " ORDER BY created DESC, id DESC", args).fetchall())
         return [self._as_dict(r) for r in found]
 
     def count(self, state: str) -> int:
-        with self.connect() as db:
-            return db.execute("SELECT COUNT(*) FROM runs WHERE state = ?", (state,)).fetchone()[0]
+        if self.read_only:
+            return len(self.rows(states=(state,)))
+        return self._transaction(lambda db: db.execute("SELECT COUNT(*) FROM runs WHERE state = ?",
+                                                       (state,)).fetchone()[0])
 
     @staticmethod
     def _as_dict(row: sqlite3.Row) -> dict:
         out = dict(row)
         for key in ("job", "metrics", "progress"):
-            out[key] = json.loads(out[key]) if out.get(key) else ({} if key == "job" else None)
+            try:
+                out[key] = json.loads(out[key]) if out.get(key) else ({} if key == "job" else None)
+            except ValueError:
+                out[key] = {} if key == "job" else None
         return out
 
     def update(self, run_id: str, only_if_state: tuple[str, ...] | None = None, **values) -> bool:
-        """Set columns; with only_if_state, only when the run is in one of those states. True if changed."""
+        """Set columns; with only_if_state, only when the run is in one of those states. True if changed.
+        A change of state, times, pid, error or cancel is also written to the folder's state.json."""
         for key in ("metrics", "progress"):
             if key in values and not isinstance(values[key], str | None):
                 values[key] = json.dumps(values[key])
@@ -165,8 +545,15 @@ class RunStore:
         if only_if_state:
             query += f" AND state IN ({','.join('?' * len(only_if_state))})"
             args += list(only_if_state)
-        with self.connect(immediate=True) as db:
-            return db.execute(query, args).rowcount > 0
+
+        def body(db):
+            changed = db.execute(query, args).rowcount > 0
+            if changed and set(RECORDED) & set(values):  # written under the write lock: records never go back in time
+                record = db.execute(f"SELECT {', '.join(RECORDED)} FROM runs WHERE id = ?", (run_id,)).fetchone()
+                self._write_record(run_id, dict(record))
+            return changed
+
+        return self._transaction(body, write=True)
 
     def finish(self, run_id: str, state: str, error: str | None = None, metrics: dict | None = None) -> bool:
         """Move a running run to a final state. Failed and cancelled runs keep no results (only whole files
@@ -182,11 +569,22 @@ class RunStore:
     def discard_results(self, run_id: str) -> None:
         folder = self.run_dir(run_id)
         for path in [*(folder / name for name in RESULT_FILES), *folder.glob(".*.tmp")]:
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+    def recorded_state(self, run_id: str) -> dict:
+        """The folder's state.json ({} when missing or unreadable)."""
+        try:
+            record = json.loads((self.run_dir(run_id) / "state.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
 
     def claim_next(self, max_workers: int) -> str | None:
         """Atomically move the oldest queued run to running if fewer than max_workers run."""
-        with self.connect(immediate=True) as db:
+        def body(db):
             running = db.execute("SELECT COUNT(*) FROM runs WHERE state = 'running'").fetchone()[0]
             if running >= max_workers:
                 return None
@@ -195,17 +593,22 @@ class RunStore:
                 return None
             db.execute("UPDATE runs SET state = 'running', started = ?, pid = NULL WHERE id = ?",
                        (time.time(), found["id"]))
+            record = db.execute(f"SELECT {', '.join(RECORDED)} FROM runs WHERE id = ?", (found["id"],)).fetchone()
+            self._write_record(found["id"], dict(record))
             return found["id"]
 
+        return self._transaction(body, write=True)
+
     def get_setting(self, key: str, default: str | None = None) -> str | None:
-        with self.connect() as db:
-            found = db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        if self.read_only:
+            return default
+        found = self._transaction(lambda db: db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone())
         return found["value"] if found else default
 
     def set_setting(self, key: str, value: str) -> None:
-        with self.connect(immediate=True) as db:
-            db.execute("INSERT INTO settings(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = ?",
-                       (key, value, value))
+        self._transaction(lambda db: db.execute(
+            "INSERT INTO settings(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = ?",
+            (key, value, value)), write=True)
 
     def max_workers(self) -> int:
         """$COMPRESSION_LAB_WORKERS, else the stored setting, else 1."""
@@ -220,27 +623,41 @@ class RunStore:
             f.write(json.dumps(event) + "\n")  # one write of one line: appends from one process never interleave
 
     def append_log(self, run_id: str, message: str) -> None:
-        with open(self.run_dir(run_id) / "log.txt", "a") as f:
-            f.write(message.rstrip("\n") + "\n")
+        """Best effort: a full or read-only disk loses the line, never the state change it reports."""
+        try:
+            with open(self.run_dir(run_id) / "log.txt", "a") as f:
+                f.write(message.rstrip("\n") + "\n")
+        except OSError:
+            pass
 
     def events(self, run_id: str) -> list[dict]:
         path = self.run_dir(run_id) / "events.jsonl"
-        if not path.exists():
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
             return []
         out = []
-        for line in path.read_text().splitlines():
+        for line in text.splitlines():
             try:
-                out.append(json.loads(line))
+                event = json.loads(line)
             except json.JSONDecodeError:  # a line cut by a kill: skip it
                 continue
+            if isinstance(event, dict):
+                out.append(event)
         return out
 
     def log_tail(self, run_id: str, n: int = 50) -> str:
         path = self.run_dir(run_id) / "log.txt"
-        if not path.exists():
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 300 * n))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
             return ""
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 300 * n))
-            text = f.read().decode("utf-8", "replace")
         return "\n".join(text.replace("\r", "\n").splitlines()[-n:])
+
+    def says_disk_full(self, run_id: str) -> bool:
+        """True when the run's log shows a full disk (ENOSPC, SQLite's 'database or disk is full')."""
+        tail = self.log_tail(run_id, 80)
+        return any(marker in tail for marker in DISK_FULL_MARKERS)

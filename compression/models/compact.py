@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -37,32 +38,160 @@ def save_compressed(handle: ModelHandle, path: str | Path, extra: dict | None = 
     return write_file(path, state, meta, handle.layer_kinds(), structures=structures)
 
 
-def handle_from_decoded(meta: dict, state: dict[str, torch.Tensor], base_file: str | Path | None = None,
-                        source: str = "file") -> ModelHandle:
-    """Rebuild the recorded architecture and load the decoded tensors into it."""
+# What a file's meta may say (checked before anything is built): an input of at most MAX_INPUT_CHANNELS
+# channels and MAX_INPUT_SIDE pixels a side (the channel-pruning replay traces the model on a zero input
+# of this shape), at most MAX_CHANNEL_RECORDS replayed pruning records.
+MAX_INPUT_CHANNELS = 16
+MAX_INPUT_SIDE = 2048
+MAX_INPUT_ELEMENTS = 3 * 1024 * 1024
+MAX_CHANNEL_RECORDS = 100_000
+MAX_LABEL_CHARS = 1000
+MAX_CLASSES = 100_000
+
+
+def _bad_meta(source: str, key: str, value, expected: str) -> FormatError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return FormatError(f"{source}: its meta {key} is {shown}, not {expected}: the file is damaged or was not "
+                       "written by Compression Lab; re-export it from the run folder")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_meta(meta: dict, source: str = "file") -> dict:
+    """The meta values the decoder uses, type- and range-checked (FormatError naming the key otherwise).
+
+    Returns {architecture, input_shape, num_classes, label, mean, std, channel_pruning} with defaults filled.
+    """
     architecture = meta.get("architecture")
     if not isinstance(architecture, dict):
         raise FormatError(f"{source} records no architecture: it was not written by Compression Lab's compress")
+    kind = architecture.get("kind")
+    if kind not in ("demo", "torchvision", "torchscript"):
+        raise _bad_meta(source, "architecture.kind", kind, "demo, torchvision or torchscript")
+    fields = {"demo": ("name",), "torchvision": ("arch",), "torchscript": ("filename", "sha256")}[kind]
+    for key in fields:
+        if not isinstance(architecture.get(key), str):
+            raise _bad_meta(source, f"architecture.{key}", architecture.get(key), "a string")
+    if kind == "demo" and "num_classes" in architecture and not _is_int(architecture["num_classes"]):
+        raise _bad_meta(source, "architecture.num_classes", architecture["num_classes"], "an integer")
+    if kind == "torchvision" and "kwargs" in architecture:
+        kwargs = architecture["kwargs"]
+        if not isinstance(kwargs, dict):
+            raise _bad_meta(source, "architecture.kwargs", kwargs, "an object")
+        if "num_classes" in kwargs and not _is_int(kwargs["num_classes"]):
+            raise _bad_meta(source, "architecture.kwargs.num_classes", kwargs["num_classes"], "an integer")
+    shape = meta.get("input_shape", [3, 224, 224])
+    if (not isinstance(shape, list) or len(shape) != 3 or not all(_is_int(d) and d >= 1 for d in shape)
+            or shape[0] > MAX_INPUT_CHANNELS or max(shape[1:]) > MAX_INPUT_SIDE
+            or math.prod(shape) > MAX_INPUT_ELEMENTS):
+        raise _bad_meta(source, "input_shape", shape, f"[C, H, W] with C <= {MAX_INPUT_CHANNELS}, H, W <= "
+                        f"{MAX_INPUT_SIDE} and C*H*W <= {MAX_INPUT_ELEMENTS}")
+    num_classes = meta.get("num_classes", 0)
+    if not _is_int(num_classes) or not 0 <= num_classes <= MAX_CLASSES:
+        raise _bad_meta(source, "num_classes", num_classes, f"an integer from 0 to {MAX_CLASSES}")
+    recorded = (architecture.get("num_classes", 10) if kind == "demo" else
+                architecture.get("kwargs", {}).get("num_classes", 1000) if kind == "torchvision" else None)
+    if num_classes and recorded is not None and num_classes != recorded:
+        raise FormatError(f"{source}: its meta num_classes {num_classes} differs from its architecture's {recorded}: "
+                          "the file is damaged; re-export it from the run folder")
+    label = meta.get("label", source)
+    if label is not None and not isinstance(label, str):
+        raise _bad_meta(source, "label", label, "a string")
+    label = source if label is None else label[:MAX_LABEL_CHARS]
+    norms = {}
+    for key in ("mean", "std"):
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, list) or len(value) > MAX_INPUT_CHANNELS
+                                  or not all(_is_number(v) for v in value)
+                                  or (key == "std" and not all(v > 0 for v in value))):
+            raise _bad_meta(source, key, value, f"null or a list of at most {MAX_INPUT_CHANNELS} finite numbers"
+                            + (" above 0" if key == "std" else ""))
+        norms[key] = tuple(value) if value else None
+    history = meta.get("channel_pruning")
+    if history is not None and not (
+            isinstance(history, list) and len(history) <= MAX_CHANNEL_RECORDS
+            and all(isinstance(h, list) and len(h) == 3 and isinstance(h[0], str) and isinstance(h[1], bool | int)
+                    and isinstance(h[2], list) and all(_is_int(i) and 0 <= i < 2**31 for i in h[2]) for h in history)):
+        raise _bad_meta(source, "channel_pruning", history, "a list of [module name, out-channels?, [channel indices]]")
+    return {"architecture": architecture, "input_shape": tuple(shape), "num_classes": num_classes, "label": label,
+            "mean": norms["mean"], "std": norms["std"], "channel_pruning": history}
+
+
+def _check_shapes(state_shapes: dict[str, tuple], expected: dict[str, tuple], source: str) -> None:
+    """The decoded tensors must be exactly the architecture's (names and shapes): ModelLoadError otherwise."""
+    if set(expected) != set(state_shapes):
+        missing = sorted(set(expected) - set(state_shapes))[:3]
+        extra = sorted(set(state_shapes) - set(expected))[:3]
+        raise ModelLoadError(f"{source} does not match its architecture (missing {missing}, unexpected {extra}): "
+                             "the file is damaged or was written for another model")
+    for key, shape in expected.items():
+        if tuple(shape) != tuple(state_shapes[key]):
+            raise ModelLoadError(f"{source}: {key} has shape {tuple(state_shapes[key])}, the architecture "
+                                 f"expects {tuple(shape)}: the file was written for another model")
+
+
+def _dry_run_shapes(architecture: dict, source: str) -> dict[str, tuple] | None:
+    """The state-dict shapes the recorded architecture would have, built on the meta device (no memory).
+
+    None when the architecture cannot be built there (TorchScript archives are loaded from the user's own
+    file; a builder that computes with its tensors): the real build's shapes are checked instead.
+    """
+    if architecture.get("kind") == "torchscript":
+        return None
+    try:
+        with torch.device("meta"):
+            model = build_architecture(architecture)
+    except ModelLoadError:
+        raise
+    except (TypeError, ValueError, AssertionError) as exc:  # a recorded argument the builder refuses
+        raise ModelLoadError(f"{source}: cannot build its recorded architecture ({str(exc)[:120]}): the file is "
+                             "damaged or was written by another version") from None
+    except (RuntimeError, NotImplementedError):  # the builder cannot run on the meta device
+        return None
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def handle_from_decoded(meta: dict, state: dict[str, torch.Tensor], base_file: str | Path | None = None,
+                        source: str = "file") -> ModelHandle:
+    """Rebuild the recorded architecture and load the decoded tensors into it.
+
+    Every meta value is checked first (check_meta), and the architecture's shapes are compared with the
+    decoded tensors on the meta device before the model is built for real, so a file cannot make the
+    decoder allocate more than its own tensors (a class count of 10**7 is refused, not allocated).
+    """
+    checked = check_meta(meta, source)
+    architecture = checked["architecture"]
+    state_shapes = {key: tuple(value.shape) for key, value in state.items()}
+    if not checked["channel_pruning"]:  # a pruned model has smaller tensors than the built architecture
+        dry = _dry_run_shapes(architecture, source)
+        if dry is not None:
+            _check_shapes(state_shapes, dry, source)
+    else:  # each replayed layer only loses channels: the unpruned architecture is at least as big as the file
+        dry = _dry_run_shapes(architecture, source)
+        if dry is not None:
+            if set(dry) != set(state_shapes):
+                _check_shapes(state_shapes, dry, source)
+            for key, shape in dry.items():
+                got = state_shapes[key]
+                if len(shape) != len(got) or any(a > b for a, b in zip(got, shape, strict=True)):
+                    raise ModelLoadError(f"{source}: {key} has shape {state_shapes[key]}, larger than the "
+                                         f"architecture's {shape}: the file was written for another model")
     model = build_architecture(architecture, base_file)
-    if meta.get("channel_pruning"):
+    if checked["channel_pruning"]:
         from compression.methods.channels import replay
 
-        replay(model, meta["channel_pruning"], tuple(meta.get("input_shape", (3, 224, 224))))
-    expected = model.state_dict()
-    if set(expected) != set(state):
-        missing = sorted(set(expected) - set(state))[:3]
-        raise ModelLoadError(f"{source} does not match its architecture (missing {missing}): the file is damaged "
-                             "or was written for another model")
-    for key, tensor in expected.items():
-        if tensor.shape != state[key].shape:
-            raise ModelLoadError(f"{source}: {key} has shape {tuple(state[key].shape)}, the architecture "
-                                 f"expects {tuple(tensor.shape)}: the file was written for another model")
+        replay(model, checked["channel_pruning"], checked["input_shape"])
+    _check_shapes(state_shapes, {key: tuple(value.shape) for key, value in model.state_dict().items()}, source)
     model.load_state_dict(state)
-    shape = tuple(meta.get("input_shape", (3, 224, 224)))
-    mean = tuple(meta["mean"]) if meta.get("mean") else None
-    std = tuple(meta["std"]) if meta.get("std") else None
-    return ModelHandle(model.eval(), architecture, shape, int(meta.get("num_classes", 0)),
-                       str(meta.get("label", source)), mean, std, {"meta": meta})
+    return ModelHandle(model.eval(), architecture, checked["input_shape"], checked["num_classes"],
+                       checked["label"], checked["mean"], checked["std"], {"meta": meta})
 
 
 def load_compressed(path: str | Path, base_file: str | Path | None = None) -> ModelHandle:

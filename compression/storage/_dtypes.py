@@ -94,10 +94,10 @@ def from_bits(bits: np.ndarray, dtype: torch.dtype, shape: tuple[int, ...]) -> t
 
 
 def from_bytes(raw: bytes | bytearray, dtype: torch.dtype, shape: tuple[int, ...], name: str) -> torch.Tensor:
-    """A tensor from its raw little-endian bytes (the caller checked the length)."""
+    """A tensor from its raw little-endian bytes (the caller checked the length); a bytearray is used in place."""
     if len(raw) == 0:
         return torch.empty(shape, dtype=dtype)
-    array = np.frombuffer(bytearray(raw), dtype=np.uint8)
+    array = np.frombuffer(raw if isinstance(raw, bytearray) else bytearray(raw), dtype=np.uint8)
     if dtype == torch.bool and int(array.max()) > 1:
         raise damaged(f"tensor '{name}': a bool tensor holds a byte other than 0 or 1")
     return torch.from_numpy(array).view(dtype).reshape(shape)

@@ -25,6 +25,9 @@ from compression.storage._bits import ByteReader, damaged, varint
 from compression.storage.sections import (
     GAP_BITS_MAX,
     GAP_BITS_MIN,
+    MAX_DECODED_BYTES,
+    MAX_EXPANSION,
+    MIN_DECODE_ALLOWANCE,
     PAPER_GAP_BITS,
     decode_section,
     encode_section,
@@ -36,9 +39,6 @@ HEADER = struct.Struct("<8sHHIQ")  # magic, version, flags, crc32(payload), payl
 HEADER_BYTES = HEADER.size  # 24
 MAX_META_BYTES = 1 << 30
 MIN_SECTION_BYTES = 5  # type, length, name length, dtype, rank
-# A few bytes can legitimately describe a huge tensor (a constant or all-zero one), so decoding
-# refuses files whose tensors add up to more than this unless the caller raises the limit.
-MAX_DECODED_BYTES = 2**31
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "decode_state", "encode_state", "inspect_bytes", "inspect_header",
            "read_file", "write_file"]
@@ -124,15 +124,22 @@ def _open(data: bytes | bytearray | memoryview) -> tuple[ByteReader, dict, int]:
     return reader, meta, count
 
 
+def decode_allowance(file_bytes: int, max_decoded_bytes: int | None = None) -> int:
+    """Most bytes of tensors a file of file_bytes may decode to (see MAX_EXPANSION); an explicit limit wins."""
+    if max_decoded_bytes is not None:
+        return int(max_decoded_bytes)
+    return min(MAX_DECODED_BYTES, MIN_DECODE_ALLOWANCE + MAX_EXPANSION * int(file_bytes))
+
+
 def decode_state(data: bytes | bytearray | memoryview, *,
-                 max_decoded_bytes: int = MAX_DECODED_BYTES) -> tuple[dict, dict[str, torch.Tensor]]:
+                 max_decoded_bytes: int | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """(meta, state) from bytes written by encode_state; tensors come back bit-exactly, in order.
 
-    Raises FormatError for anything wrong with the bytes, and for files whose tensors need more than
-    max_decoded_bytes of memory (default 2 GiB).
+    Raises FormatError for anything wrong with the bytes, and for files whose tensors need more memory
+    than max_decoded_bytes (default: decode_allowance of the file's size, at most 2 GiB).
     """
     reader, meta, count = _open(data)
-    budget = [max_decoded_bytes]
+    budget = [decode_allowance(len(reader.data), max_decoded_bytes)]
     state: dict[str, torch.Tensor] = {}
     for _ in range(count):
         name, tensor, _, _ = decode_section(reader, budget=budget)
@@ -153,7 +160,7 @@ def inspect_header(data: bytes | bytearray | memoryview) -> dict:
 
 
 def inspect_bytes(data: bytes | bytearray | memoryview, *,
-                  max_decoded_bytes: int = MAX_DECODED_BYTES) -> list[dict]:
+                  max_decoded_bytes: int | None = None) -> list[dict]:
     """One row per tensor (after a first row named "<header>"); the rows' bytes_total sum to the file size.
 
     Row keys: name, shape, dtype, encoding, numel, nonzeros, n_clusters, gap_bits, bytes_positions,
@@ -162,7 +169,7 @@ def inspect_bytes(data: bytes | bytearray | memoryview, *,
     layout and formula_bits (vq sections, else None) and bits_per_weight (section bits / numel).
     """
     reader, _, count = _open(data)
-    budget = [max_decoded_bytes]
+    budget = [decode_allowance(len(reader.data), max_decoded_bytes)]
     rows = [{"name": "<header>", "shape": None, "dtype": None, "encoding": "header", "numel": 0,
              "nonzeros": None, "n_clusters": None, "gap_bits": None, "bytes_positions": 0, "bytes_indices": 0,
              "bytes_codebook": 0, "bytes_raw": 0, "bytes_total": reader.pos, "raw_compression": None,
@@ -206,7 +213,7 @@ def write_file(path: str | os.PathLike, state: dict[str, torch.Tensor], meta: di
 
 
 def read_file(path: str | os.PathLike, *,
-              max_decoded_bytes: int = MAX_DECODED_BYTES) -> tuple[dict, dict[str, torch.Tensor]]:
+              max_decoded_bytes: int | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """(meta, state) from a file written by write_file (see decode_state)."""
     try:
         data = Path(path).read_bytes()

@@ -42,9 +42,24 @@ MAX_CLUSTERS = 256  # most distinct non-zero values a "shared" tensor may have (
 MIN_CODED_NUMEL = 64  # smaller tensors are stored raw: a table would cost more than it saves
 GAP_BITS_MIN, GAP_BITS_MAX = 2, 12
 PAPER_GAP_BITS = {"conv": 8, "fc": 5}  # Han et al.: relative-index field width per layer kind
+# A few bytes can describe a huge tensor (a constant or all-zero one: an entropy-coded stream of one
+# symbol costs no payload bits at all), so no per-stream ratio bounds what a file decodes to. Decoding
+# therefore refuses files whose tensors add up to more than an allowance set by the file's own size:
+# MIN_DECODE_ALLOWANCE for any file, plus MAX_EXPANSION bytes of tensors per byte of file, and never more
+# than MAX_DECODED_BYTES. MAX_EXPANSION is what our encoder can honestly reach on a whole model: a float32
+# layer pruned to the plan's largest sparsity (0.999) and shared costs >= ~12.4 bits per non-zero (the
+# gap stream of a geometric gap of mean 1000 has ~11.4 bits of entropy, the index >= 1 bit), i.e. a
+# ratio of ~2,600; 4,096 leaves headroom. A caller that really loads huge constant tensors passes an
+# explicit max_decoded_bytes (which then replaces the allowance).
+MAX_DECODED_BYTES = 2**31
+MIN_DECODE_ALLOWANCE = 64 * 2**20
+MAX_EXPANSION = 4096
 
 FLAG_ZSTD, FLAG_SHUFFLE = 1, 2  # raw data flags (raw and sparse sections)
 FLAG_POSITIONS = 1  # shared: the tensor has zeros, so a positions stream is present
+# A zstd block decodes to at most 128 KiB (Block_Maximum_Size) and costs at least 4 bytes (an RLE block:
+# 3-byte header + the byte), so a frame of c bytes honestly holds at most ZSTD_MAX_RATIO * c bytes.
+ZSTD_MAX_RATIO = (128 << 10) // 4
 ZSTD_SMALL_BYTES = 1 << 16  # up to this size zstd runs at level 19; above, level 3 (19 is ~60x slower there
 # and gains under 0.1% on float data)
 
@@ -76,7 +91,7 @@ def _little_endian(array: np.ndarray) -> bytes:
 
 
 def _from_little_endian(data: bytes | memoryview, bits_type: type) -> np.ndarray:
-    return np.frombuffer(bytes(data), dtype=np.dtype(bits_type).newbyteorder("<")).astype(bits_type)
+    return np.frombuffer(data, dtype=np.dtype(bits_type).newbyteorder("<")).astype(bits_type)
 
 
 def _shuffle(raw: bytes, size: int) -> bytes:
@@ -84,8 +99,11 @@ def _shuffle(raw: bytes, size: int) -> bytes:
     return np.frombuffer(raw, dtype=np.uint8).reshape(-1, size).T.tobytes()
 
 
-def _unshuffle(raw: bytes, size: int) -> bytes:
-    return np.frombuffer(raw, dtype=np.uint8).reshape(size, -1).T.tobytes()
+def _unshuffle(raw: bytes, size: int) -> bytearray:
+    """Inverse of _shuffle into one new writable buffer (no intermediate copy)."""
+    out = bytearray(len(raw))
+    np.frombuffer(out, dtype=np.uint8).reshape(-1, size)[:] = np.frombuffer(raw, dtype=np.uint8).reshape(size, -1).T
+    return out
 
 
 def pack_raw(raw: bytes, size: int) -> tuple[int, bytes]:
@@ -105,14 +123,18 @@ def pack_raw(raw: bytes, size: int) -> tuple[int, bytes]:
     return best
 
 
-def unpack_raw(data: memoryview, flags: int, expected: int, size: int, what: str) -> bytes:
-    """Inverse of pack_raw; checks the declared size before allocating anything."""
+def unpack_raw(data: memoryview, flags: int, expected: int, size: int, what: str) -> bytes | bytearray:
+    """Inverse of pack_raw; checks the declared size before allocating anything.
+
+    The expected size must be what the stored bytes can honestly hold (exactly, without zstd; at most
+    ZSTD_MAX_RATIO times the frame with it), and zstd never writes more than it (max_output_size).
+    """
     if flags & ~(FLAG_ZSTD | FLAG_SHUFFLE) or (flags & FLAG_SHUFFLE and not flags & FLAG_ZSTD):
         raise damaged(f"{what}: unknown raw-data flags {flags:#x}")
     if not flags & FLAG_ZSTD:
         if len(data) != expected:
             raise damaged(f"{what}: raw data is {len(data)} bytes, its shape and dtype need {expected}")
-        return bytes(data)
+        return bytearray(data)
     if zstandard is None:
         raise FormatError(f"{what} is zstd-compressed and the zstandard package is not installed: "
                           "install it (pip install zstandard) to read this file")
@@ -122,6 +144,9 @@ def unpack_raw(data: memoryview, flags: int, expected: int, size: int, what: str
         raise damaged(f"{what}: its zstd frame header is invalid") from None
     if content != expected:
         raise damaged(f"{what}: its zstd frame holds {content} bytes, its shape and dtype need {expected}")
+    if expected > ZSTD_MAX_RATIO * len(data):
+        raise damaged(f"{what}: {len(data)} bytes of zstd data cannot hold {expected} bytes "
+                      f"(zstd compresses at most {ZSTD_MAX_RATIO}:1)")
     try:
         out = zstandard.ZstdDecompressor().decompress(bytes(data), max_output_size=expected,
                                                       allow_extra_data=False)
@@ -214,8 +239,8 @@ def decode_positions(reader: ByteReader, numel: int, bits: int, name: str,
 
 def entry_positions(gap_symbols: np.ndarray) -> np.ndarray:
     """Entry i sits at sum(gaps[:i+1]) + i (checked to lie inside the tensor by decode_positions)."""
-    positions = np.cumsum(gap_symbols, dtype=np.int64)
-    positions += np.arange(gap_symbols.size)
+    positions = np.cumsum(gap_symbols + 1, dtype=np.int64)  # (gap + 1 stays int32: no int64 temporary)
+    positions -= 1
     return positions
 
 
@@ -409,10 +434,15 @@ def decode_section(reader: ByteReader, want_tensor: bool = True,
         budget[0] -= numel * size
         if budget[0] < 0:
             raise FormatError(f"tensor '{name}' ({numel * size} bytes) takes the file past its decode limit "
-                              "(max_decoded_bytes): it is damaged, or pass a larger max_decoded_bytes")
+                              f"({MIN_DECODE_ALLOWANCE >> 20} MiB plus {MAX_EXPANSION} bytes of tensors per byte "
+                              f"of file, at most {MAX_DECODED_BYTES >> 30} GiB): the file is damaged; if it really "
+                              "holds huge constant tensors, pass a larger max_decoded_bytes")
     decoder = {TYPE_RAW: _decode_raw, TYPE_SHARED: _decode_shared, TYPE_SPARSE: _decode_sparse,
                TYPE_VQ: _decode_vq}[type_id]
-    tensor, info = decoder(body, name, dtype, shape, numel, size, want_tensor)
+    if type_id == TYPE_VQ:
+        tensor, info = _decode_vq(body, name, dtype, shape, numel, size, want_tensor, budget)
+    else:
+        tensor, info = decoder(body, name, dtype, shape, numel, size, want_tensor)
     if body.remaining():
         raise damaged(f"tensor '{name}': {body.remaining()} unexplained bytes at the end of its section")
     return name, tensor, described, info
@@ -422,10 +452,15 @@ def _decode_raw(body: ByteReader, name, dtype, shape, numel, size, want_tensor):
     flags = body.u8("raw flags")
     data = body.take(body.remaining(), "raw data")
     raw = unpack_raw(data, flags, numel * size, size, f"tensor '{name}'")
-    tensor = _dtypes.from_bytes(raw, dtype, shape, name)
+    tensor = _dtypes.from_bytes(raw, dtype, shape, name) if want_tensor else None
     nonzeros = None
-    if not want_tensor:  # inspect: count elements with any non-zero byte
-        nonzeros = int(np.frombuffer(raw, dtype=np.uint8).reshape(-1, size).any(axis=1).sum()) if raw else 0
+    if not want_tensor:  # inspect: check bools, count elements with any non-zero byte (in blocks: no big copy)
+        if dtype == torch.bool:
+            _dtypes.from_bytes(raw, dtype, shape, name)
+        nonzeros = 0
+        elements = np.frombuffer(raw, dtype=np.uint8).reshape(-1, size) if raw else np.zeros((0, size), np.uint8)
+        for start in range(0, len(elements), 1 << 20):
+            nonzeros += int(elements[start:start + (1 << 20)].any(axis=1).sum())
     info = SectionInfo("raw", nonzeros=nonzeros,
                        bytes_raw=len(data), raw_compression="zstd" if flags & FLAG_ZSTD else None)
     return (tensor if want_tensor else None), info
@@ -504,10 +539,10 @@ def _decode_sparse(body: ByteReader, name, dtype, shape, numel, size, want_tenso
     return tensor, info
 
 
-def _decode_vq(body: ByteReader, name, dtype, shape, numel, size, want_tensor):
+def _decode_vq(body: ByteReader, name, dtype, shape, numel, size, want_tensor, budget=None):
     if dtype != torch.float32:
         raise damaged(f"tensor '{name}': a vq section must hold float32, not {dtype}")
-    array, info = vq_section.decode_vq(body, name, shape, numel, want_tensor)
+    array, info = vq_section.decode_vq(body, name, shape, numel, want_tensor, budget)
     tensor = torch.from_numpy(array) if want_tensor else None
     return tensor, SectionInfo("vq", n_clusters=info["n_clusters"], bytes_indices=info["bytes_indices"],
                                bytes_codebook=info["bytes_codebook"], streams=info["streams"],

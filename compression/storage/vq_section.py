@@ -133,14 +133,23 @@ def _pack(codes: np.ndarray, nbits: int) -> bytes:
     return np.packbits(bits.astype(np.uint8).ravel(), bitorder="little").tobytes()
 
 
+_UNPACK_BLOCK = 1 << 16  # codes unpacked per block: the bit matrix of a block stays small (<= 8 MiB)
+
+
 def _unpack(data: memoryview, count: int, nbits: int) -> tuple[np.ndarray, bool]:
-    """(codes, padding bits all zero)."""
+    """(codes, padding bits all zero); unpacked 8 codes (nbits whole bytes) at a time, in blocks."""
     if nbits == 0 or count == 0:
         return np.zeros(count, dtype=np.int64), True
-    bits = np.unpackbits(np.frombuffer(bytes(data), dtype=np.uint8), bitorder="little")
-    clean = not bits[count * nbits:].any()
-    fields = bits[:count * nbits].reshape(count, nbits).astype(np.int64)
-    return fields @ (np.int64(1) << np.arange(nbits, dtype=np.int64)), clean
+    raw = np.frombuffer(data, dtype=np.uint8)
+    codes = np.empty(count, dtype=np.int64)
+    weights = np.int64(1) << np.arange(nbits, dtype=np.int64)
+    for start in range(0, count, _UNPACK_BLOCK):  # a block of 2**16 codes starts on a whole byte
+        stop = min(count, start + _UNPACK_BLOCK)
+        first, last = start * nbits // 8, (stop * nbits + 7) // 8
+        bits = np.unpackbits(raw[first:last], bitorder="little")[:(stop - start) * nbits]
+        codes[start:stop] = bits.reshape(stop - start, nbits).astype(np.int64) @ weights
+    tail = np.unpackbits(raw[(count * nbits) // 8:], bitorder="little")[(count * nbits) % 8:]
+    return codes, not tail.any()
 
 
 def encode_vq(q: Quantized, entropy: bool = True) -> bytes:
@@ -168,8 +177,13 @@ def encode_vq(q: Quantized, entropy: bool = True) -> bytes:
 
 
 def decode_vq(body: ByteReader, name: str, shape: tuple[int, ...], numel: int,
-              want_tensor: bool) -> tuple[np.ndarray | None, dict]:
-    """(float32 weight or None, info dict) from a checked type-4 body; every count is checked before use."""
+              want_tensor: bool, budget: list[int] | None = None) -> tuple[np.ndarray | None, dict]:
+    """(float32 weight or None, info dict) from a checked type-4 body; every count is checked before use.
+
+    budget: the file's remaining decode allowance (see sections.decode_section); codes beyond one per
+    element (rq with more stages than the vector length) are charged to it at 12 bytes each (int32 +
+    int64) before they are decoded, so a few bytes cannot ask for 64 codes per element.
+    """
     method_id = body.u8("quantizer")
     if method_id not in METHODS:
         raise damaged(f"tensor '{name}': quantizer id {method_id} is unknown")
@@ -189,7 +203,12 @@ def decode_vq(body: ByteReader, name: str, shape: tuple[int, ...], numel: int,
     if not valid or len(shape) < 1 or (numel == 0) != (vectors * dim == 0):
         raise damaged(f"tensor '{name}': {method} layout k={k}, s={s}, t={t} does not fit shape {list(shape)}")
     floats, count, alphabet = sizes(method, shape, k, s, t, axis, zero_code)
-    codebook = np.frombuffer(bytes(body.take(4 * floats, "codebook")), dtype="<f4").astype(np.float32)
+    if budget is not None and count > numel:
+        budget[0] -= 12 * (count - numel)
+        if budget[0] < 0:
+            raise damaged(f"tensor '{name}': its {count} codes for {numel} elements take the file past its "
+                          "decode limit")
+    codebook = np.frombuffer(body.take(4 * floats, "codebook"), dtype="<f4").astype(np.float32)
     start = body.pos
     if flags & FLAG_ANS:
         codes = decode_from(body, count, alphabet, f"tensor '{name}' codes stream", exact=True).astype(np.int64)

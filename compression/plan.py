@@ -9,9 +9,13 @@ Shape after torchao's FqnToConfig; nothing here is ever unpickled.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import reprlib
 from dataclasses import asdict, dataclass, field, fields
+from re import _constants as sre  # the parse-tree opcodes of Python's own regex parser
+from re import _parser as sre_parse
 from typing import Any, ClassVar
 
 from compression.errors import PlanError
@@ -20,13 +24,202 @@ SCHEMA_VERSION = 1
 DEFAULT_KEY = "_default"
 PATTERN_PREFIX = "re:"
 
+# What a recipe may hold (a recipe is a few KB of settings; these bound what a careless or hostile file costs):
+MAX_RECIPE_BYTES = 1 << 20  # the whole JSON text
+MAX_NAME_CHARS = 200  # the plan's name (it is copied into every compact file's meta)
+MAX_KEY_CHARS = 1000  # a per-layer key (a layer name) and any string setting
+MAX_PATTERN_CHARS = 200  # a re: pattern
+MAX_PATTERN_STATES = 5000  # states of a pattern's automaton (a{1000}{1000} would need 10**6)
+MAX_DEPTH = 8  # nesting of the recipe's JSON (a recipe needs 4: plan, steps, step, per-layer map)
+MAX_ITEMS = 100_000  # keys and list entries in the whole recipe
+MAX_SEED = 2**31 - 1
+
+
+# ----------------------------------------------------------------------------------------------- re: patterns
+#
+# A `re:` key is Python regular-expression syntax, but it is matched by a Thompson automaton built from
+# Python's own parse tree, not by `re`'s backtracking engine: matching costs O(len(layer) x states) for
+# every pattern, so `re:(.*.*)*X` (which `re` needs exponential time for, on ResNet-18's layer names it
+# never returned) answers at once. Single characters (literals, classes, ., flags) are tested with `re`
+# itself, so they mean exactly what they mean in Python. Backreferences, lookarounds, atomic groups and
+# possessive quantifiers need backtracking and are refused with a PlanError.
+
+_UNSUPPORTED = {sre.GROUPREF: "a backreference", sre.GROUPREF_EXISTS: "a conditional group",
+                sre.ASSERT: "a lookahead/lookbehind", sre.ASSERT_NOT: "a negative lookahead/lookbehind",
+                sre.ATOMIC_GROUP: "an atomic group", sre.POSSESSIVE_REPEAT: "a possessive quantifier"}
+_CATEGORIES = {sre.CATEGORY_DIGIT: r"\d", sre.CATEGORY_NOT_DIGIT: r"\D", sre.CATEGORY_SPACE: r"\s",
+               sre.CATEGORY_NOT_SPACE: r"\S", sre.CATEGORY_WORD: r"\w", sre.CATEGORY_NOT_WORD: r"\W"}
+_CHAR_FLAGS = re.IGNORECASE | re.ASCII | re.DOTALL
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 60
+_REPR.maxlevel = 3
+
+
+def _short(value: Any) -> str:
+    """A repr of value cut to ~60 characters and 3 levels (messages stay one short line whatever a recipe holds)."""
+    return _REPR.repr(value)
+
+
+def _char_source(op, arg) -> str:
+    """A one-character regex for a LITERAL / NOT_LITERAL / ANY / IN node of the parse tree."""
+    if op == sre.LITERAL:
+        return re.escape(chr(arg))
+    if op == sre.NOT_LITERAL:
+        return "[^" + re.escape(chr(arg)) + "]"
+    if op == sre.ANY:
+        return "."
+    parts = []
+    for item_op, item in arg:
+        if item_op == sre.NEGATE:
+            parts.insert(0, "^")
+        elif item_op == sre.LITERAL:
+            parts.append(re.escape(chr(item)))
+        elif item_op == sre.RANGE:
+            parts.append(re.escape(chr(item[0])) + "-" + re.escape(chr(item[1])))
+        elif item_op == sre.CATEGORY and item in _CATEGORIES:
+            parts.append(_CATEGORIES[item])
+        else:
+            raise PlanError(f"class item {item_op} is not supported in a layer pattern")
+    return "[" + "".join(parts) + "]"
+
+
+class _Automaton:
+    """The Thompson automaton of a parsed pattern: states are ("char", test, next), ("split", a, b),
+    ("at", code, multiline, ascii, next) and ("match",); `matches` simulates it on all states at once."""
+
+    def __init__(self, pattern: str) -> None:
+        parsed = sre_parse.parse(pattern)
+        self.states: list[tuple] = [("match",)]
+        self.tests: list[re.Pattern] = []
+        self.start = self._sequence(list(parsed), 0, parsed.state.flags)
+
+    def _add(self, state: tuple) -> int:
+        if len(self.states) >= MAX_PATTERN_STATES:
+            raise OverflowError
+        self.states.append(state)
+        return len(self.states) - 1
+
+    def _sequence(self, items: list, follow: int, flags: int) -> int:
+        for op, arg in reversed(items):
+            follow = self._item(op, arg, follow, flags)
+        return follow
+
+    def _item(self, op, arg, follow: int, flags: int) -> int:
+        if op in _UNSUPPORTED:
+            raise PlanError(f"uses {_UNSUPPORTED[op]}")
+        if op in (sre.LITERAL, sre.NOT_LITERAL, sre.ANY, sre.IN):
+            self.tests.append(re.compile(_char_source(op, arg), flags & _CHAR_FLAGS))
+            return self._add(("char", len(self.tests) - 1, follow))
+        if op == sre.AT:
+            return self._add(("at", arg, bool(flags & re.MULTILINE), bool(flags & re.ASCII), follow))
+        if op == sre.SUBPATTERN:
+            _, add_flags, del_flags, body = arg
+            return self._sequence(list(body), follow, (flags | add_flags) & ~del_flags)
+        if op == sre.BRANCH:
+            alternatives = arg[1]
+            start = self._sequence(list(alternatives[-1]), follow, flags)
+            for alternative in reversed(alternatives[:-1]):
+                start = self._add(("split", self._sequence(list(alternative), follow, flags), start))
+            return start
+        if op in (sre.MAX_REPEAT, sre.MIN_REPEAT):  # greedy and lazy match the same strings in full
+            low, high, body = arg
+            body = list(body)
+            if high == sre.MAXREPEAT:
+                loop = self._add(("split", None, follow))
+                self.states[loop] = ("split", self._sequence(body, loop, flags), follow)
+                start = loop
+            else:
+                start = follow
+                for _ in range(high - low):
+                    start = self._add(("split", self._sequence(body, start, flags), follow))
+            for _ in range(low):
+                start = self._sequence(body, start, flags)
+            return start
+        raise PlanError(f"uses {op}, which layer patterns do not support")
+
+    @staticmethod
+    def _word(char: str, ascii_only: bool) -> bool:
+        return char.isascii() and (char.isalnum() or char == "_") if ascii_only else (char.isalnum() or char == "_")
+
+    def _at(self, code, multiline: bool, ascii_only: bool, text: str, pos: int) -> bool:
+        if code in (sre.AT_BEGINNING, sre.AT_BEGINNING_STRING):
+            return pos == 0 or (code == sre.AT_BEGINNING and multiline and text[pos - 1] == "\n")
+        if code == sre.AT_END_STRING:
+            return pos == len(text)
+        if code == sre.AT_END:
+            return (pos == len(text) or (pos == len(text) - 1 and text[pos] == "\n")
+                    or (multiline and text[pos] == "\n"))
+        if code == sre.AT_NON_BOUNDARY and not text:  # Python's \B never matches an empty string
+            return False
+        before = pos > 0 and self._word(text[pos - 1], ascii_only)
+        after = pos < len(text) and self._word(text[pos], ascii_only)
+        return (before != after) == (code == sre.AT_BOUNDARY)
+
+    def _closure(self, starts: list[int], text: str, pos: int) -> set[int]:
+        """The char and match states reachable from `starts` without reading a character."""
+        seen: set[int] = set()
+        out: set[int] = set()
+        stack = list(starts)
+        while stack:
+            index = stack.pop()
+            if index in seen:
+                continue
+            seen.add(index)
+            state = self.states[index]
+            if state[0] == "split":
+                stack.extend((state[1], state[2]))
+            elif state[0] == "at":
+                if self._at(state[1], state[2], state[3], text, pos):
+                    stack.append(state[4])
+            else:
+                out.add(index)
+        return out
+
+    def matches(self, text: str) -> bool:
+        current = self._closure([self.start], text, 0)
+        for pos, char in enumerate(text):
+            moved = [state[2] for state in (self.states[i] for i in current)
+                     if state[0] == "char" and self.tests[state[1]].fullmatch(char)]
+            if not moved:
+                return False
+            current = self._closure(moved, text, pos + 1)
+        return 0 in current
+
+
+@functools.lru_cache(maxsize=512)
+def compile_pattern(key: str) -> _Automaton:
+    """The automaton of a `re:` key; PlanError naming what is wrong and how to fix it."""
+    pattern = key[len(PATTERN_PREFIX):]
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise PlanError(f"layer pattern {_short(key)} is {len(pattern)} characters long, more than "
+                        f"{MAX_PATTERN_CHARS}: shorten it, or list the layers by name")
+    try:
+        return _Automaton(pattern)
+    except re.error as exc:
+        raise PlanError(f"layer pattern {_short(key)} is not a valid regular expression ({exc}): "
+                        "fix its syntax") from None
+    except (OverflowError, RecursionError):
+        raise PlanError(f"layer pattern {_short(key)} is too complex (more than {MAX_PATTERN_STATES} automaton "
+                        "states, e.g. from large nested {m,n} counts): write it with * or + instead") from None
+    except PlanError as exc:
+        raise PlanError(f"layer pattern {_short(key)} {exc}, which layer patterns do not support (they are "
+                        "matched without backtracking): use plain alternatives, classes and quantifiers") from None
+
+
+@functools.lru_cache(maxsize=65536)
+def pattern_matches(key: str, layer: str) -> bool:
+    """Whether a `re:` key matches a layer name in full, in time linear in the name (never hangs)."""
+    return compile_pattern(key).matches(layer)
+
 
 def resolve(values: dict[str, Any], layer: str) -> Any:
     """The value a per-layer map gives `layer`: exact name, then the first matching re: pattern, then _default."""
     if layer in values:
         return values[layer]
     for key, value in values.items():
-        if key.startswith(PATTERN_PREFIX) and re.fullmatch(key[len(PATTERN_PREFIX):], layer):
+        if key.startswith(PATTERN_PREFIX) and pattern_matches(key, layer):
             return value
     return values.get(DEFAULT_KEY)
 
@@ -82,9 +275,9 @@ class ClusterStep:
                 continue
             _integer(where, layer, "n_clusters", value, 2, 256, extra=' or "auto"')
         if self.init not in ("linear", "quantile", "random"):
-            raise PlanError(f"{where}: init {self.init!r} is unknown: use linear, quantile or random")
+            raise PlanError(f"{where}: init {_short(self.init)} is unknown: use linear, quantile or random")
         if self.auto_criterion not in ("accuracy", "reconstruction"):
-            raise PlanError(f"{where}: auto_criterion {self.auto_criterion!r} is unknown: "
+            raise PlanError(f"{where}: auto_criterion {_short(self.auto_criterion)} is unknown: "
                             "use accuracy or reconstruction")
         _number(where, None, "tolerance", self.tolerance, 0.0, 1.0)
         _integer(where, None, "auto_val_size", self.auto_val_size, 1, 10_000_000)
@@ -122,7 +315,7 @@ class ChannelStep:
         for layer, value in self.keep_ratio.items():
             _number(where, layer, "keep_ratio", value, 0.01, 1.0)
         if self.selection not in ("ga", "l1", "random"):
-            raise PlanError(f"{where}: selection {self.selection!r} is unknown: use ga, l1 or random")
+            raise PlanError(f"{where}: selection {_short(self.selection)} is unknown: use ga, l1 or random")
         _integer(where, None, "population", self.population, 2, 1000)
         _integer(where, None, "generations", self.generations, 0, 1000)
         _number(where, None, "crossover", self.crossover, 0.0, 1.0)
@@ -199,7 +392,7 @@ class QuantizeStep:
     def check(self, where: str) -> None:
         for layer, value in self.quantizer.items():
             if value not in QUANTIZERS:
-                raise PlanError(f"{where}: layer {layer!r}: quantizer {value!r} is unknown: use one of "
+                raise PlanError(f"{where}: layer {_short(layer)}: quantizer {_short(value)} is unknown: use one of "
                                 f"{', '.join(QUANTIZERS)}")
         for layer, value in self.n_codewords.items():
             _integer(where, layer, "n_codewords", value, 2, 4096)
@@ -209,8 +402,8 @@ class QuantizeStep:
             _integer(where, layer, "stages", value, 1, 16)
         for layer, value in self.axis.items():
             if value not in ("in", "out"):
-                raise PlanError(f"{where}: layer {layer!r}: axis {value!r} is unknown: use in (sub-vectors along "
-                                "each output unit's inputs, the paper's) or out")
+                raise PlanError(f"{where}: layer {_short(layer)}: axis {_short(value)} is unknown: use in "
+                                "(sub-vectors along each output unit's inputs, the paper's) or out")
         names = set(self.quantizer) | set(self.n_codewords)
         self.check_layers(where, sorted(names))
         _integer(where, None, "kmeans_iterations", self.kmeans_iterations, 1, 1000)
@@ -225,10 +418,10 @@ class QuantizeStep:
                 continue
             k, method = settings["n_codewords"], settings["quantizer"]
             if method == "kmeans" and k > 256:
-                raise PlanError(f"{where}: layer {layer!r}: kmeans n_codewords {k} is out of range: use 2 to 256 "
+                raise PlanError(f"{where}: layer {_short(layer)}: kmeans n_codewords {k} is out of range: use 2 to 256 "
                                 "(or pq for more codewords)")
             if method in ("pq", "rq") and k & (k - 1):
-                raise PlanError(f"{where}: layer {layer!r}: {method} n_codewords {k} is not a power of two: "
+                raise PlanError(f"{where}: layer {_short(layer)}: {method} n_codewords {k} is not a power of two: "
                                 f"use {1 << (k.bit_length() - 1)} or {1 << k.bit_length()} (codes are log2 k bits)")
 
 
@@ -265,17 +458,25 @@ class Plan:
 
     def validate(self, layers: list[str] | None = None) -> Plan:
         """Raise PlanError naming the step, the layer and the bad value; return self when valid."""
-        if not self.steps:
+        if not isinstance(self.name, str) or len(self.name) > MAX_NAME_CHARS:
+            size = f"{len(self.name)} characters" if isinstance(self.name, str) else type(self.name).__name__
+            raise PlanError(f"the plan's name is {size}: use a string of at most {MAX_NAME_CHARS} characters "
+                            "(it is copied into every compressed file)")
+        if not isinstance(self.steps, tuple | list) or not self.steps:
             raise PlanError(f"the plan has no steps: add at least one ({', '.join(STEP_TYPES)})")
         if self.eval_split not in ("val", "test"):
-            raise PlanError(f"eval_split {self.eval_split!r} is unknown: use val or test")
+            raise PlanError(f"eval_split {_short(self.eval_split)} is unknown: use val or test")
+        _integer("the plan", None, "seed", self.seed, 0, MAX_SEED)
         seen = set()
         for index, step in enumerate(self.steps, 1):
             where = f"step {index} ({step.type})"
             if step.type in seen:
                 raise PlanError(f"{where}: a plan may hold each step type once; merge the two {step.type} steps")
             seen.add(step.type)
+            _check_per_layer_keys(where, step)
             step.check(where)
+            if hasattr(step, "seed"):
+                _integer(where, None, "seed", step.seed, 0, MAX_SEED)
             if layers is not None and hasattr(step, "check_layers"):
                 step.check_layers(where, layers)
             for name in step.per_layer:
@@ -283,15 +484,14 @@ class Plan:
                 for key in values:
                     if key.startswith(PATTERN_PREFIX):
                         try:
-                            pattern = re.compile(key[len(PATTERN_PREFIX):])
-                        except re.error as exc:
-                            raise PlanError(
-                                f"{where}: {name} key {key!r} is not a valid regular expression ({exc})") from None
-                        if layers is not None and not any(pattern.fullmatch(layer) for layer in layers):
-                            raise PlanError(f"{where}: {name} pattern {key!r} matches no layer of this model; "
+                            compile_pattern(key)
+                        except PlanError as exc:
+                            raise PlanError(f"{where}: {name}: {exc}") from None
+                        if layers is not None and not any(pattern_matches(key, layer) for layer in layers):
+                            raise PlanError(f"{where}: {name} pattern {_short(key)} matches no layer of this model; "
                                             f"layers are {', '.join(layers[:8])}")
                     elif key != DEFAULT_KEY and layers is not None and key not in layers:
-                        raise PlanError(f"{where}: layer {key!r} in {name} is not a layer of this model; "
+                        raise PlanError(f"{where}: layer {_short(key)} in {name} is not a layer of this model; "
                                         f"layers are {', '.join(layers[:8])}")
         order = [step.type for step in self.steps]
         if "prune" in order and "cluster" in order and order.index("cluster") < order.index("prune"):
@@ -327,61 +527,149 @@ class Plan:
     def from_dict(cls, data: Any) -> Plan:
         if not isinstance(data, dict):
             raise PlanError("a recipe must be a JSON object with 'schema_version' and 'steps'")
+        _check_structure(data)
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise PlanError(f"recipe schema_version {version!r} is not supported: this Compression Lab reads "
+            raise PlanError(f"recipe schema_version {_short(version)} is not supported: this Compression Lab reads "
                             f"version {SCHEMA_VERSION}; re-save the recipe from this version")
         unknown = set(data) - {"schema_version", "name", "seed", "eval_split", "steps"}
         if unknown:
-            raise PlanError(f"recipe has unknown keys {sorted(unknown)}: remove them")
+            raise PlanError(f"recipe has unknown keys {_short(sorted(unknown))}: remove them")
         raw_steps = data.get("steps")
         if not isinstance(raw_steps, list):
             raise PlanError("recipe 'steps' must be a list of step objects")
+        for key, kind in (("name", "a string"), ("eval_split", "val or test")):
+            if key in data and not isinstance(data[key], str):
+                raise PlanError(f"recipe {key} {_short(data[key])} is not a string: use {kind}")
         steps = []
         for index, raw in enumerate(raw_steps, 1):
-            if not isinstance(raw, dict) or raw.get("type") not in STEP_TYPES:
-                kind = raw.get("type") if isinstance(raw, dict) else raw
-                raise PlanError(f"step {index}: type {kind!r} is unknown: use one of {', '.join(STEP_TYPES)}")
+            kind = raw.get("type") if isinstance(raw, dict) else raw
+            if not isinstance(kind, str) or kind not in STEP_TYPES:
+                raise PlanError(f"step {index}: type {_short(kind)} is unknown: use one of {', '.join(STEP_TYPES)}")
             cls_ = STEP_TYPES[raw["type"]]
             allowed = {f.name for f in fields(cls_)}
             extra = set(raw) - allowed - {"type"}
             if extra:
-                raise PlanError(f"step {index} ({raw['type']}): unknown settings {sorted(extra)}; "
+                raise PlanError(f"step {index} ({raw['type']}): unknown settings {_short(sorted(extra))}; "
                                 f"known: {', '.join(sorted(allowed))}")
             kwargs = {k: v for k, v in raw.items() if k != "type"}
             for name in cls_.per_layer:
                 if name in kwargs and not isinstance(kwargs[name], dict):
                     kwargs[name] = {DEFAULT_KEY: kwargs[name]}
             steps.append(cls_(**kwargs))
-        plan = cls(steps=tuple(steps), name=str(data.get("name", "plan")), seed=_as_int(data.get("seed", 0), "seed"),
-                   eval_split=str(data.get("eval_split", "test")))
+        plan = cls(steps=tuple(steps), name=data.get("name", "plan"), seed=_as_int(data.get("seed", 0), "seed"),
+                   eval_split=data.get("eval_split", "test"))
         return plan.validate()
 
     @classmethod
-    def from_json(cls, text: str) -> Plan:
+    def from_json(cls, text: str | bytes | bytearray) -> Plan:
+        """A plan from a recipe's JSON text (or its bytes, which must be UTF-8); PlanError for anything wrong."""
+        if len(text) > MAX_RECIPE_BYTES:
+            raise PlanError(f"recipe is {len(text):,} bytes, more than {MAX_RECIPE_BYTES:,}: a recipe is a few KB of "
+                            "settings; check that this is the right file")
+        if isinstance(text, bytes | bytearray):
+            try:
+                text = bytes(text).decode("utf-8-sig")  # a byte-order mark (Windows editors) is fine
+            except UnicodeDecodeError as exc:
+                raise PlanError(f"recipe is not UTF-8 text (byte {exc.start} is {text[exc.start]:#04x}): "
+                                "save it as UTF-8 JSON") from None
+        if not isinstance(text, str):
+            raise PlanError(f"a recipe is JSON text, got {type(text).__name__}")
         try:
-            data = json.loads(text)
+            data = json.loads(text.removeprefix("\ufeff"))
         except json.JSONDecodeError as exc:
             raise PlanError(f"recipe is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        except RecursionError:
+            raise PlanError(f"recipe nests its JSON too deeply: a recipe needs {MAX_DEPTH} levels at most; "
+                            "check that this is the right file") from None
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            raise PlanError(f"recipe is not valid JSON ({str(exc)[:80]})") from None
         return cls.from_dict(data)
+
+    @classmethod
+    def from_file(cls, path: str | Any) -> Plan:
+        """A plan from a recipe file: size checked before reading, then from_json (PlanError for anything wrong)."""
+        from pathlib import Path
+
+        path = Path(path)
+        try:
+            size = path.stat().st_size
+            if not path.is_file():
+                raise PlanError(f"recipe {path} is not a file: pass a recipe .json file")
+            if size > MAX_RECIPE_BYTES:
+                raise PlanError(f"recipe {path} is {size:,} bytes, more than {MAX_RECIPE_BYTES:,}: a recipe is a few "
+                                "KB of settings; check that this is the right file")
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise PlanError(f"recipe {path} does not exist: check the path") from None
+        except OSError as exc:
+            raise PlanError(f"cannot read recipe {path} ({exc.strerror}): check the path and permissions") from None
+        return cls.from_json(data)
+
+
+def _check_structure(data: Any) -> None:
+    """Bound a recipe's shape before anything reads it: depth, item count, string and key lengths."""
+    items = 0
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise PlanError(f"recipe nests more than {MAX_DEPTH} levels deep: a recipe is a plan object holding a "
+                            "list of step objects and their per-layer maps; check that this is the right file")
+        if isinstance(value, str):
+            if len(value) > MAX_KEY_CHARS:
+                raise PlanError(f"recipe holds a string of {len(value):,} characters ({_short(value)}), more than "
+                                f"{MAX_KEY_CHARS}: shorten it")
+            continue
+        if isinstance(value, dict):
+            for key in value:
+                if not isinstance(key, str):
+                    raise PlanError(f"recipe key {_short(key)} is not a string: JSON object keys are strings")
+                if len(key) > MAX_KEY_CHARS:
+                    raise PlanError(f"recipe key {_short(key)} is {len(key):,} characters long, more than "
+                                    f"{MAX_KEY_CHARS}: use the layer's name or a short re: pattern")
+            children = list(value.values())
+        elif isinstance(value, list | tuple):
+            children = list(value)
+        else:
+            continue
+        items += len(children)
+        if items > MAX_ITEMS:
+            raise PlanError(f"recipe holds more than {MAX_ITEMS:,} settings: use re: patterns or _default instead "
+                            "of listing every layer")
+        stack.extend((child, depth + 1) for child in children)
+
+
+def _check_per_layer_keys(where: str, step: Any) -> None:
+    """Per-layer maps must be objects keyed by strings (a layer name, a re: pattern or _default)."""
+    for name in step.per_layer:
+        values = getattr(step, name)
+        if not isinstance(values, dict):
+            raise PlanError(f"{where}: {name} must be a number or an object of layer -> value, "
+                            f"got {_short(values)}")
+        for key in values:
+            if not isinstance(key, str) or len(key) > MAX_KEY_CHARS:
+                raise PlanError(f"{where}: {name} key {_short(key)} is not a layer name, a re: pattern or "
+                                f"{DEFAULT_KEY}: use a string of at most {MAX_KEY_CHARS} characters")
 
 
 def _as_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise PlanError(f"recipe {name} must be an integer, got {value!r}")
+        raise PlanError(f"recipe {name} must be an integer, got {_short(value)}")
     return value
 
 
 def _number(where: str, layer: str | None, name: str, value: Any, low: float, high: float) -> None:
-    at = f"layer {layer!r}: " if layer is not None else ""
+    at = f"layer {_short(layer)}: " if layer is not None else ""
     if isinstance(value, bool) or not isinstance(value, int | float) or not (low <= value <= high):
-        raise PlanError(f"{where}: {at}{name} {value!r} is out of range: use a number from {low} to {high}")
+        raise PlanError(f"{where}: {at}{name} {_short(value)} is out of range: use a number from {low} to {high}")
 
 
 def _integer(where: str, layer: str | None, name: str, value: Any, low: int, high: int, extra: str = "") -> None:
-    at = f"layer {layer!r}: " if layer is not None else ""
+    at = f"layer {_short(layer)}: " if layer is not None else ""
     if isinstance(value, bool) or not isinstance(value, int) or not (low <= value <= high):
-        raise PlanError(f"{where}: {at}{name} {value!r} is out of range: use an integer from {low} to {high}{extra}")
+        raise PlanError(f"{where}: {at}{name} {_short(value)} is out of range: "
+                        f"use an integer from {low} to {high}{extra}")
 
 
 def _check_quantize(plan: Plan, order: list[str], layers: list[str] | None) -> None:
@@ -405,7 +693,7 @@ def _check_quantize(plan: Plan, order: list[str], layers: list[str] | None) -> N
         if settings is None:
             continue
         method = settings["quantizer"]
-        where = "the model's default" if layer == DEFAULT_KEY else f"layer {layer!r}"
+        where = "the model's default" if layer == DEFAULT_KEY else f"layer {_short(layer)}"
         if "cluster" in steps and resolve(steps["cluster"].n_clusters, layer) is not None:
             raise PlanError(f"{where} is both clustered (cluster step) and quantized ({method}): they contradict "
                             "each other; give the layer one of them (quantizer 'kmeans' is the paper's clustering)")

@@ -1,13 +1,23 @@
-"""The command line: `compression-lab run|eval|inspect` (bad input: exit code 2, one clear line)."""
+"""The command line: `compression-lab run|eval|inspect|export|submit|runs|cancel`.
+
+Bad input (a missing or corrupt file, an impossible plan, a full or read-only disk) exits with code 2
+and one line that names the problem and the fix; nothing the user made earlier is overwritten unless
+they pass --force.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from compression.errors import CompressionLabError, PlanError
+from compression.errors import CompressionLabError, PlanError, first_line
+
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few KB of JSON; anything near this is not one
+RESULT_FILES = ("model.clab", "metrics.json")
+EXPORT_SUFFIXES = (".onnx", ".pt", ".ts")
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -43,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(run)
     _add_data_args(run, required=True)
     run.add_argument("--out", type=Path, required=True, help="output folder")
+    run.add_argument("--force", action="store_true", help="replace the results of an earlier run in --out")
     run.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurement")
     ev = sub.add_parser("eval", help="decode a compact file and measure it")
     ev.add_argument("file", type=Path)
@@ -56,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("file", type=Path)
     exp.add_argument("out", type=Path, help="output file: .onnx for ONNX, .pt/.ts for TorchScript")
     exp.add_argument("--base", type=Path, help="the original TorchScript file (for TorchScript models)")
+    exp.add_argument("--force", action="store_true", help="replace an existing output file")
     sm = sub.add_parser("submit", help="queue a compression run in the background engine")
     sm.add_argument("recipe", type=Path)
     _add_model_args(sm)
@@ -69,10 +81,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _absolute(ref: str | None, prefixes: tuple[str, ...]) -> str | None:
+    """A path in a reference (`imagefolder:DIR`, `detector:FILE.pt`, ...) resolved where the user typed it.
+
+    A submitted job runs in the dispatcher's process, whose working folder is not the user's.
+    """
+    if not ref:
+        return ref
+    for prefix in prefixes:
+        if ref.startswith(prefix) and ref[len(prefix):] not in ("", "demo"):
+            return prefix + str(Path(ref[len(prefix):]).expanduser().absolute())
+    return ref
+
+
 def _job_source(args) -> dict:
-    return {"model": args.model, "weights": args.weights, "data": args.data, "input_size": args.input_size,
+    return {"model": _absolute(args.model, ("torchscript:", "detector:")),
+            "weights": _absolute(args.weights, ("",)),
+            "data": _absolute(args.data, ("imagefolder:", "cifar10:", "cifar100:", "yolo:")),
+            "input_size": args.input_size,
             "mean": list(args.mean) if args.mean else None, "std": list(args.std) if args.std else None,
             **({"trust": True} if args.trust else {})}
+
+
+def _read_recipe(path: Path):
+    """The Plan in a recipe file, with one-line errors for a missing, huge or non-text file."""
+    from compression.plan import Plan
+
+    if not path.is_file():
+        raise PlanError(f"recipe {path} does not exist: check the path" if not path.exists()
+                        else f"recipe {path} is not a file: give the path of a .json recipe")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise PlanError(f"recipe {path.name} is {path.stat().st_size:,} bytes, more than a recipe can be "
+                        f"({MAX_RECIPE_BYTES:,}): check that it is the right file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise PlanError(f"recipe {path.name} is not UTF-8 text: save it as a UTF-8 .json file") from None
+    except OSError as exc:
+        raise PlanError(f"cannot read recipe {path}: {exc.strerror}") from None
+    return Plan.from_json(text)
 
 
 def _load_source(args):
@@ -95,12 +142,11 @@ def _load_data_for(args, handle):
 def cmd_run(args) -> int:
     from tqdm import tqdm
 
+    from compression.paths import prepare_output_dir
     from compression.pipeline import compress
-    from compression.plan import Plan
 
-    if not args.recipe.is_file():
-        raise PlanError(f"recipe {args.recipe} does not exist: check the path")
-    plan = Plan.from_json(args.recipe.read_text())
+    plan = _read_recipe(args.recipe)
+    prepare_output_dir(args.out, RESULT_FILES, args.force)
     handle, data = _load_source(args)
     bar = tqdm(total=100, unit="%", file=sys.stderr, dynamic_ncols=True)
 
@@ -128,12 +174,15 @@ def cmd_eval(args) -> int:
 
     if _file_task(args.file) == "detect":
         return _eval_detector(args)
+    from compression.models.handle import check_data_fits
+
     handle = load_compressed(args.file, args.base)
     meta = handle.extra["meta"]
     args.data = args.data or meta.get("data")
-    if not args.data:
+    if not isinstance(args.data, str) or not args.data:
         raise CompressionLabError("the file does not say which dataset it was made on: add --data")
     data = _load_data_for(args, handle)
+    check_data_fits(handle, data.num_classes)
     out = {"file": str(args.file), "compressed_bytes": metrics.file_bytes(args.file), "data": args.data,
            "split": args.split, "accuracy": metrics.accuracy(handle.model, data.loader(args.split)),
            **metrics.count_params(handle.model), **metrics.flops(handle.model, handle.input_shape)}
@@ -156,7 +205,7 @@ def _eval_detector(args) -> int:
 
     handle = load_detector_file(args.file)
     ref = args.data or handle.extra["meta"].get("data")
-    if not ref:
+    if not isinstance(ref, str) or not ref:
         raise CompressionLabError("the file does not say which dataset it was made on: add --data yolo:PATH.yaml")
     data = load_detection_data(ref)
     out = {"file": str(args.file), "compressed_bytes": metrics.file_bytes(args.file), "data": ref,
@@ -198,7 +247,9 @@ def cmd_inspect(args) -> int:
 def cmd_export(args) -> int:
     from compression.export import export
     from compression.models.compact import load_compressed
+    from compression.paths import check_output_file
 
+    check_output_file(args.out, EXPORT_SUFFIXES, args.force)
     size = export(load_compressed(args.file, args.base), args.out)
     print(json.dumps({"file": str(args.out), "bytes": size}))
     return 0
@@ -206,11 +257,8 @@ def cmd_export(args) -> int:
 
 def cmd_submit(args) -> int:
     from compression import engine
-    from compression.plan import Plan
 
-    if not args.recipe.is_file():
-        raise PlanError(f"recipe {args.recipe} does not exist: check the path")
-    plan = Plan.from_json(args.recipe.read_text())
+    plan = _read_recipe(args.recipe)
     job = {"kind": "compress", **_job_source(args), "plan": plan.to_dict()}
     run_id = engine.submit(job, root=args.home)
     print(run_id)
@@ -259,6 +307,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; nothing was written in place of earlier results", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`compression-lab runs | head -3`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:
+        from compression.paths import describe_os_error
+
+        print(f"error: {describe_os_error(exc, exc.filename or '.')}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: one line for the user, the traceback on request
+        if os.environ.get("COMPRESSION_LAB_DEBUG"):
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {first_line(exc)}. This is a bug in Compression Lab; "
+              "set COMPRESSION_LAB_DEBUG=1 to see the traceback and report it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
-from compression.errors import CompressionLabError
+from compression.errors import CompressionLabError, first_line
 from compression.models.handle import ModelHandle
+from compression.paths import write_bytes_atomic
 
 
 def torchscript_bytes(handle: ModelHandle) -> bytes:
@@ -34,7 +35,7 @@ def onnx_bytes(handle: ModelHandle, opset: int = 17) -> bytes:
             torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset, input_names=["input"],
                               output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     except Exception as exc:  # noqa: BLE001 - exporter errors are many and model-specific
-        raise CompressionLabError(f"ONNX export failed: {str(exc).splitlines()[0][:200]}; "
+        raise CompressionLabError(f"ONNX export failed: {first_line(exc)}; "
                                   "export TorchScript instead") from None
     return buffer.getvalue()
 
@@ -46,7 +47,4 @@ def export(handle: ModelHandle, path: str | Path, fmt: str | None = None) -> int
     if fmt not in ("onnx", "torchscript"):
         raise CompressionLabError(f"unknown export format {fmt!r}: use onnx or torchscript")
     data = onnx_bytes(handle) if fmt == "onnx" else torchscript_bytes(handle)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    return len(data)
+    return write_bytes_atomic(path, data)  # whole or not at all; a full disk leaves no .tmp behind

@@ -17,9 +17,12 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
 from compression.data import DataBundle
-from compression.errors import DataLoadError
+from compression.errors import DataLoadError, first_line
 
 SPLIT_SEED = 0
+# An image larger than this (e.g. a 10,000 x 10,000 scan) is refused by name before anything decodes it:
+# one would take over a gigabyte as float pixels and stall every batch it lands in.
+MAX_IMAGE_PIXELS = 40_000_000
 # A folder of class folders with no train/val split is split 60% train, 20% val, 20% test.
 FLAT_SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 # CIFAR has no validation split: the last 10% of a seeded permutation of the training batches is held out.
@@ -69,6 +72,33 @@ def _class_dirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def load_image(path: str):
+    """An image as RGB, or a DataLoadError naming the file (found while training, it fails the run clearly)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataLoadError(f"image {path} cannot be read ({first_line(exc, 120)}): remove or replace it") from None
+
+
+def _check_images(dataset) -> None:
+    """Read every image's header (not its pixels): unreadable files and huge images are named up front."""
+    from PIL import Image
+
+    for path, _ in dataset.samples:
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise DataLoadError(f"image {path} is not a readable image ({first_line(exc, 120)}): remove or "
+                                "replace it") from None
+        if width * height > MAX_IMAGE_PIXELS:
+            raise DataLoadError(f"image {path} is {width} x {height} pixels, more than the {MAX_IMAGE_PIXELS:,} "
+                                "we read: shrink it or remove it")
+
+
 def _open_imagefolder(folder: Path, transform) -> Dataset:
     from torchvision.datasets import ImageFolder
 
@@ -78,7 +108,7 @@ def _open_imagefolder(folder: Path, transform) -> Dataset:
             f"image folder {folder} has no class folders with images ({contents}): {_LAYOUT_HINT}"
         )
     try:
-        dataset = ImageFolder(str(folder), transform=transform)
+        dataset = ImageFolder(str(folder), transform=transform, loader=load_image)
     except FileNotFoundError as exc:
         # torchvision raises this for a class folder without a single image file.
         raise DataLoadError(
@@ -87,6 +117,7 @@ def _open_imagefolder(folder: Path, transform) -> Dataset:
         ) from exc
     if len(dataset) == 0:
         raise DataLoadError(f"image folder {folder} has no class folders with images: {_LAYOUT_HINT}")
+    _check_images(dataset)
     return dataset
 
 

@@ -12,6 +12,7 @@ engine's own tests: `test-sleep` ({"seconds"}), `test-hang` (ignores cancel) and
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -24,6 +25,8 @@ from compression.errors import CompressionLabError
 MODEL_PREFIXES = ("demo:", "torchvision:", "torchscript:", "detector:")
 DATA_PREFIXES = ("digits", "imagefolder:", "cifar10:", "cifar100:")
 DETECTION_DATA_PREFIXES = ("shapes", "yolo:")
+# a classifier's side in pixels: beyond this one batch of images alone needs gigabytes
+MAX_INPUT_SIZE = 1024
 JOB_KEYS = {"kind", "model", "weights", "data", "input_size", "mean", "std", "plan", "latency", "config", "seconds",
             "trust"}
 
@@ -54,6 +57,9 @@ def _check_detector_source(job: dict) -> dict:
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= 4096
                              or size % 32):
         raise CompressionLabError(f"input_size {size!r} must be a multiple of 32 from 32 to 4096 for a detector")
+    if job.get("mean") or job.get("std"):
+        raise CompressionLabError("a YOLO detector scales pixels to 0..1 itself and takes no mean/std: "
+                                  "drop --mean/--std")
     return {"model": model, "weights": None, "data": data, "input_size": size, "mean": None, "std": None,
             "trust": trust}
 
@@ -65,11 +71,16 @@ def check_source(job: dict) -> dict:
     if not isinstance(model, str) or not model.startswith(MODEL_PREFIXES):
         raise CompressionLabError(f"job model {model!r} is not a model reference: use demo:NAME, "
                                   "torchvision:ARCH (with weights), torchscript:FILE or detector:demo|FILE.pt")
+    size = job.get("input_size")
     if model.startswith("demo:"):
         from compression.models.zoo import DEMO_MODELS
 
         if model[5:] not in DEMO_MODELS:
             raise CompressionLabError(f"unknown demo model {model[5:]!r}: choose one of {', '.join(DEMO_MODELS)}")
+        side = DEMO_MODELS[model[5:]].input_shape[-1]
+        if size is not None and size != side:
+            raise CompressionLabError(f"{model} reads {side}x{side} images and cannot take input_size {size!r}: "
+                                      "drop --input-size")
     if model.startswith("torchvision:") and not job.get("weights"):
         raise CompressionLabError("a torchvision model needs its weights: set 'weights' to a .pt/.pth/.safetensors")
     for path in (job.get("weights"), model[12:] if model.startswith("torchscript:") else None):
@@ -77,18 +88,31 @@ def check_source(job: dict) -> dict:
             raise CompressionLabError(f"model file {path} does not exist: check the path")
     data = job.get("data")
     if not isinstance(data, str) or not data.startswith(DATA_PREFIXES):
-        raise CompressionLabError(f"unknown dataset {data!r}: use digits, imagefolder:DIR, cifar10:DIR or "
+        raise CompressionLabError(f"unknown dataset {str(data)[:80]!r}: use digits, imagefolder:DIR, cifar10:DIR or "
                                   "cifar100:DIR (for a detector: shapes or yolo:PATH/data.yaml)")
-    if ":" in data and not Path(data.split(":", 1)[1]).expanduser().is_dir():
-        raise CompressionLabError(f"dataset folder {data.split(':', 1)[1]} does not exist: check the path")
-    size = job.get("input_size")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096):
-        raise CompressionLabError(f"input_size {size!r} must be an integer number of pixels from 8 to 4096")
+    if ":" in data:
+        folder = Path(data.split(":", 1)[1]).expanduser()
+        if not folder.exists():
+            raise CompressionLabError(f"dataset folder {folder} does not exist: check the path")
+        if not folder.is_dir():
+            raise CompressionLabError(f"dataset path {folder} is a file, not a folder: give the folder that holds "
+                                      "the class folders (or the CIFAR batches)")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= MAX_INPUT_SIZE):
+        raise CompressionLabError(f"input_size {size!r} must be an integer number of pixels from 8 to "
+                                  f"{MAX_INPUT_SIZE} for a classifier")
     for key in ("mean", "std"):
         value = job.get(key)
-        if value is not None and (not isinstance(value, list | tuple) or not value
-                                  or not all(isinstance(v, int | float) for v in value)):
-            raise CompressionLabError(f"{key} {value!r} must be a list of per-channel numbers, e.g. [0.5, 0.5, 0.5]")
+        if value is None:
+            continue
+        if (not isinstance(value, list | tuple) or len(value) not in (1, 3)
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                           for v in value)):
+            raise CompressionLabError(f"{key} {str(value)[:60]} must be 1 or 3 per-channel numbers, e.g. 0.5,0.5,0.5")
+        if key == "std" and min(value) <= 0:
+            raise CompressionLabError(f"std {list(value)} must be positive (images are divided by it)")
+        if data == "digits":
+            raise CompressionLabError("the digits are normalised with their own mean and std (the demo models were "
+                                      "trained so): drop --mean/--std")
     return {"model": model, "weights": job.get("weights"), "data": data, "input_size": size,
             "mean": list(job["mean"]) if job.get("mean") else None,
             "std": list(job["std"]) if job.get("std") else None}
@@ -156,6 +180,11 @@ def load_job_data(job: dict, handle):
     from compression.data import load_data
     from compression.models.handle import check_data_fits
 
+    channels = handle.input_shape[0]
+    for key in ("mean", "std"):
+        if job.get(key) and len(job[key]) not in (1, channels):
+            raise CompressionLabError(f"{key} has {len(job[key])} values but {job['model']} reads {channels}-channel "
+                                      f"images: give {channels} value{'s' if channels > 1 else ''} (or one)")
     data = load_data(job["data"], input_size=job.get("input_size") or handle.input_shape[-1],
                      mean=tuple(job["mean"]) if job.get("mean") else handle.mean,
                      std=tuple(job["std"]) if job.get("std") else handle.std, in_channels=handle.input_shape[0])

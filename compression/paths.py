@@ -1,0 +1,89 @@
+"""Writing the user's output files safely: whole or not at all, and a clear message when the disk says no.
+
+Every file a command writes (a compact model, an export, metrics) goes to a temporary name beside
+its target and is renamed into place, so a crash or a full disk never leaves half a file under the
+real name, and the temporary file is removed when the write fails. An OSError from a full, read-only
+or forbidden place becomes an OutputError that names the path and what to do.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from compression.errors import CompressionLabError
+
+
+class OutputError(CompressionLabError):
+    """An output path cannot be written: missing folder, a folder in the way, full or read-only disk."""
+
+
+def describe_os_error(exc: OSError, path: str | Path) -> str:
+    """One line naming the problem with `path` and the fix, for the errors a user's machine produces."""
+    path = Path(path)
+    code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk holding {path} is full: free some space (or choose another folder) and try again"
+    if code == errno.EROFS:
+        return f"{path} is on a read-only file system: choose a writable folder"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"no permission to write {path}: choose a folder you can write to"
+    if code == errno.ENOENT:
+        return f"the folder {path.parent} does not exist: create it or choose another path"
+    if code == errno.EISDIR:
+        return f"{path} is a folder: give a file name inside it"
+    if code == errno.ENOTDIR:
+        return f"a part of {path} is a file, not a folder: choose another path"
+    if code == errno.ENAMETOOLONG:
+        return f"the path {str(path)[:80]}... is too long: choose a shorter name"
+    return f"cannot write {path}: {exc.strerror or type(exc).__name__}"
+
+
+def check_output_file(path: str | Path, suffixes: tuple[str, ...], force: bool = False) -> Path:
+    """A file path the user asked us to write: right suffix, parent folder exists, nothing overwritten unasked."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder: give a file name inside it, e.g. {path / ('model' + suffixes[0])}")
+    if path.suffix.lower() not in suffixes:
+        raise OutputError(f"{path.name} has an unknown extension: use {' or '.join(suffixes)}")
+    if not path.parent.is_dir():
+        raise OutputError(f"the folder {path.parent} does not exist: create it or choose another path")
+    if path.exists() and not force:
+        raise OutputError(f"{path} already exists: choose another name or pass --force to replace it")
+    return path
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> int:
+    """Write `data` to `path` through a temporary file in the same folder; no partial file is ever left."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(describe_os_error(exc, path)) from None
+    return len(data)
+
+
+def prepare_output_dir(folder: str | Path, results: tuple[str, ...], force: bool = False) -> Path:
+    """An output folder that exists, is writable and holds no earlier `results` (unless `force`)."""
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder} is a file, not a folder: choose a folder for the results")
+    earlier = [name for name in results if (folder / name).exists()]
+    if earlier and not force:
+        raise OutputError(f"{folder} already holds results of an earlier run ({', '.join(earlier)}): choose a new "
+                          "folder or pass --force to replace them")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, folder)) from None
+    return folder

@@ -13,9 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from compression.errors import CompressionLabError, PlanError, first_line
+from compression.errors import CompressionLabError, first_line
 
-MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few KB of JSON; anything near this is not one
 RESULT_FILES = ("model.clab", "metrics.json")
 EXPORT_SUFFIXES = (".onnx", ".pt", ".ts")
 
@@ -104,22 +103,9 @@ def _job_source(args) -> dict:
 
 
 def _read_recipe(path: Path):
-    """The Plan in a recipe file, with one-line errors for a missing, huge or non-text file."""
     from compression.plan import Plan
 
-    if not path.is_file():
-        raise PlanError(f"recipe {path} does not exist: check the path" if not path.exists()
-                        else f"recipe {path} is not a file: give the path of a .json recipe")
-    if path.stat().st_size > MAX_RECIPE_BYTES:
-        raise PlanError(f"recipe {path.name} is {path.stat().st_size:,} bytes, more than a recipe can be "
-                        f"({MAX_RECIPE_BYTES:,}): check that it is the right file")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise PlanError(f"recipe {path.name} is not UTF-8 text: save it as a UTF-8 .json file") from None
-    except OSError as exc:
-        raise PlanError(f"cannot read recipe {path}: {exc.strerror}") from None
-    return Plan.from_json(text)
+    return Plan.from_file(path)  # a missing, huge, non-UTF-8 or malformed recipe is one PlanError
 
 
 def _load_source(args):

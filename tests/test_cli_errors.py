@@ -63,7 +63,7 @@ def test_recipe_files(tmp_path, capsys):
     huge = tmp_path / "huge.json"
     huge.write_bytes(b" " * (2 << 20))
     assert main(run_args(huge, tmp_path / "o")) == 2
-    assert "more than a recipe can be" in error_line(capsys)
+    assert "a recipe is a few" in error_line(capsys)
 
 
 def test_zero_byte_weights(tmp_path, recipe, capsys):

@@ -95,7 +95,7 @@ def load_recipe() -> None:
     if upload is None:
         return
     try:
-        plan = Plan.from_json(upload.getvalue().decode("utf-8", "replace")).validate(layers)
+        plan = Plan.from_json(upload.getvalue()).validate(layers)  # bytes: a non-UTF-8 file is named as such
     except CompressionLabError as exc:
         st.session_state["plan_load_error"] = str(exc)
         return

@@ -12,7 +12,11 @@ from compression.errors import CompressionLabError
 
 ensure_app_navigation()
 st.title("Compare")
-runs = engine.list_runs(root=home(), kind="compress")
+try:
+    runs = engine.list_runs(root=home(), kind="compress")
+except CompressionLabError as exc:  # an unusable data folder (not a folder, unreadable): say so, no traceback
+    st.error(str(exc))
+    st.stop()
 table = runs_table(runs)
 if table.empty:
     st.info("No finished compression runs yet: launch one from the Plan page.")

@@ -25,7 +25,11 @@ def elapsed(run: dict) -> str:
 
 @st.fragment(run_every=1.0)
 def run_list() -> None:
-    runs = engine.list_runs(root=home())
+    try:
+        runs = engine.list_runs(root=home())
+    except CompressionLabError as exc:  # an unusable data folder (not a folder, unreadable): say so, no traceback
+        st.error(str(exc))
+        return
     if not runs:
         st.info("No runs yet: launch one from the Plan or Sensitivity page.")
         return
@@ -50,7 +54,10 @@ def run_list() -> None:
                 cols[1].markdown(f":red[{(run.get('error') or 'failed')[:120]}]")
             if run["state"] not in FINAL:
                 if cols[3].button("Cancel", key=f"cancel_{run['id']}"):
-                    engine.cancel(run["id"], root=home())
+                    try:
+                        engine.cancel(run["id"], root=home())
+                    except CompressionLabError as exc:  # a read-only or full data folder
+                        st.error(str(exc))
             elif cols[3].button("Re-run", key=f"rerun_{run['id']}"):
                 try:
                     engine.rerun(run["id"], root=home())

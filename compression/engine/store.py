@@ -38,7 +38,7 @@ FINAL_STATES = ("succeeded", "failed", "cancelled")
 RESULT_FILES = ("model.clab", "metrics.json", "sensitivity.json")
 RECORDED = ("state", "created", "started", "finished", "pid", "error", "cancel")  # the columns state.json keeps
 EXIT_DISK_FULL = 28  # a worker's exit status when its disk filled up (ENOSPC's errno), for the dispatcher
-BUSY_TIMEOUT = 30.0  # seconds a write waits for another process's transaction before giving up
+BUSY_TIMEOUT = 30.0  # seconds a write waits for another process's transaction ($COMPRESSION_LAB_BUSY_TIMEOUT)
 RESERVE_BYTES = 1 << 20  # ROOT/.space-reserve: freed on a full disk so the index can still record the failure
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -64,6 +64,13 @@ class StoreError(CompressionLabError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def busy_timeout() -> float:
+    try:
+        return float(os.environ.get("COMPRESSION_LAB_BUSY_TIMEOUT") or BUSY_TIMEOUT)
+    except ValueError:
+        return BUSY_TIMEOUT
 
 
 def default_root() -> Path:
@@ -197,8 +204,9 @@ class RunStore:
             return StoreError(f"the data folder {self.root} is read-only: runs can be listed but not submitted, "
                               f"cancelled or re-run; make it writable (or {where})", "readonly")
         if reason == "locked":
-            return StoreError(f"the run index {self.index} is locked by another process (waited {BUSY_TIMEOUT:.0f} s): "
-                              "close whatever holds it open (an sqlite3 shell, a backup tool) and try again", "locked")
+            return StoreError(f"the run index {self.index} is locked by another process (waited "
+                              f"{busy_timeout():.0f} s): close whatever holds it open (an sqlite3 shell, a backup "
+                              "tool) and try again", "locked")
         first_line = "" if isinstance(exc, str) else (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         detail = f" ({first_line})" if first_line else ""
         return StoreError(f"the data folder {self.root} could not be read or written{detail}: check the disk "
@@ -217,9 +225,9 @@ class RunStore:
         if self.index.exists() and not self.index.is_file():
             # a directory (or a device) where the index should be: handled as a corrupt index
             raise sqlite3.DatabaseError(f"file is not a database: {self.index} is not a regular file")
-        db = sqlite3.connect(self.index, timeout=BUSY_TIMEOUT, isolation_level=None)
+        db = sqlite3.connect(self.index, timeout=busy_timeout(), isolation_level=None)
         db.row_factory = sqlite3.Row
-        db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+        db.execute(f"PRAGMA busy_timeout={int(busy_timeout() * 1000)}")
         return db
 
     def _healthy(self) -> bool:
@@ -334,7 +342,7 @@ class RunStore:
         path = quote(str(self.index.resolve()))
         for params in ("mode=ro", "immutable=1"):
             try:
-                db = sqlite3.connect(f"file:{path}?{params}", uri=True, timeout=BUSY_TIMEOUT)
+                db = sqlite3.connect(f"file:{path}?{params}", uri=True, timeout=busy_timeout())
                 db.row_factory = sqlite3.Row
                 try:
                     return [self._as_dict(r) for r in db.execute("SELECT * FROM runs").fetchall()]
@@ -442,6 +450,8 @@ class RunStore:
         If the row cannot be written the folder is removed again, so a refused submit never runs later."""
         if self.read_only:
             raise self.error("readonly")
+        if low_space(self.root, 2 * RESERVE_BYTES):  # a run needs room for its log and results: refuse it now
+            raise self.error("full")
         try:
             for _ in range(20):
                 run_id = new_run_id()

@@ -24,7 +24,8 @@ CANCEL_POLL = 0.5  # seconds between reads of the cancel flag
 
 class Progress:
     """The job's on_progress: at most one event per EVENT_INTERVAL; an event held back is written when the
-    interval is over (by a timer, so a job that goes quiet still shows where it is) and never lost."""
+    interval is over (by a timer, so a job that goes quiet still shows where it is) and never lost. A write that
+    fails in the timer (a full disk) is raised in the job at its next call, so the job stops there."""
 
     def __init__(self, store: RunStore, run_id: str) -> None:
         self.store, self.run_id = store, run_id
@@ -33,8 +34,12 @@ class Progress:
         self.pending: dict | None = None
         self.timer: threading.Timer | None = None
         self.last: dict | None = None
+        self.failed: BaseException | None = None
 
     def __call__(self, stage: str, fraction: float, values: dict | None = None) -> None:
+        if self.failed is not None:
+            failed, self.failed = self.failed, None
+            raise failed
         event = {"time": time.time(), "stage": stage, "progress": min(1.0, max(0.0, float(fraction))),
                  "values": {k: v for k, v in (values or {}).items() if isinstance(v, int | float | str | bool)}}
         with self.lock:
@@ -52,7 +57,10 @@ class Progress:
         with self.lock:
             self.timer = None
             if self.pending is not None:
-                self._write(self.pending)
+                try:
+                    self._write(self.pending)
+                except Exception as exc:  # noqa: BLE001 - handed to the job's thread at its next call
+                    self.failed = exc
 
     def _write(self, event: dict) -> None:
         self.pending, self.last, self.last_written = None, event, time.time()

@@ -39,11 +39,16 @@ def save_upload(blob: bytes, name: str) -> Path:
     """
     import hashlib
 
+    from compression.paths import OutputError, describe_os_error, write_bytes_atomic
+
     folder = home() / "uploads"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{hashlib.sha256(blob).hexdigest()[:12]}-{Path(name).name}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, folder)) from None
+    path = folder / f"{hashlib.sha256(blob).hexdigest()[:12]}-{Path(name).name[-100:]}"
     if not path.exists():
-        path.write_bytes(blob)
+        write_bytes_atomic(path, blob)  # a full or read-only data folder: an OutputError naming it
     return path
 
 

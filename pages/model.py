@@ -15,6 +15,19 @@ from compression.app_state import (
 from compression.errors import CompressionLabError
 
 ensure_app_navigation()
+
+
+def saved(upload):
+    """The uploaded file's path in the data folder, or None (nothing uploaded, or the folder cannot take it)."""
+    if upload is None:
+        return None
+    try:
+        return save_upload(upload.getvalue(), upload.name)
+    except CompressionLabError as exc:  # a full or read-only data folder
+        st.error(str(exc))
+        return None
+
+
 st.title("Model")
 spec = active_spec()
 SOURCES = ["Demo model", "Upload a file", "Demo detector (YOLO)", "Upload a YOLO detector"]
@@ -31,8 +44,8 @@ elif source == "Upload a YOLO detector":
                "Load only files you made or whose source you trust.")
     upload = st.file_uploader("Ultralytics checkpoint (.pt: YOLOv3u, v5u, v8, 11)", type=["pt"], key="upload_yolo")
     trust = st.checkbox("I trust this file", key="upload_yolo_trust")
-    if upload is not None:
-        path = save_upload(upload.getvalue(), upload.name)
+    path = saved(upload)
+    if path is not None:
         if trust:
             new.update(model=f"detector:{path}", weights=None, input_size=None, mean=None, std=None, trust=True)
         else:
@@ -49,8 +62,8 @@ else:
     arch = st.text_input("torchvision architecture", "resnet18", key="upload_arch",
                          disabled=kind == "TorchScript", help="a name from torchvision.models.list_models()")
     size = st.number_input("Input size (pixels)", 8, 1024, 224, key="upload_size")
-    if upload is not None:
-        path = save_upload(upload.getvalue(), upload.name)
+    path = saved(upload)
+    if path is not None:
         if kind == "TorchScript":
             new.update(model=f"torchscript:{path}", weights=None)
         else:

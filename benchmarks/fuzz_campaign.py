@@ -32,6 +32,7 @@ max_rss_mb, executed_code, examples of failures (per family), seconds.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import multiprocessing as mp
 import os
@@ -204,14 +205,19 @@ class DecoderCases:
 
     def _body_op(self, body: bytes, rng: random.Random) -> bytes:
         """Edit a section body: its name/dtype/rank/shape header or its encoding bytes (framing kept valid)."""
-        name_len, pos = _read_varint(body, 0)
-        head_end = pos + name_len + 2
-        rank = body[head_end - 1] if head_end - 1 < len(body) else 0
-        dims = []
-        cursor = head_end
-        for _ in range(min(rank, 8)):
-            value, cursor = _read_varint(body, cursor)
-            dims.append(value)
+        try:  # an earlier edit may have broken the header: then only byte-level edits apply
+            name_len, pos = _read_varint(body, 0)
+            head_end = pos + name_len + 2
+            rank = body[head_end - 1]
+            dims = []
+            cursor = head_end
+            for _ in range(min(rank, 8)):
+                value, cursor = _read_varint(body, cursor)
+                dims.append(value)
+        except IndexError:
+            out = bytearray(body)
+            self._bytes_op(out, rng)
+            return bytes(out)
         choice = rng.randrange(5)
         if choice == 0:  # a new shape: bigger, smaller, overflowing
             dims = [rng.choice(INTERESTING) if rng.random() < 0.3 else max(0, d + rng.randint(-2, 2)) for d in dims]
@@ -436,7 +442,7 @@ def _recipe_case(index: int, seed: int) -> tuple[bytes | str, str]:
             parent[rng.choice(["re:(.*.*)*X", "re:(a|a)*b", "re:[", "re:(?=x)", "nope", "fc", "x" * 2000,
                                "re:" + ".*" * 60, "re:(?:(?:a{100}){100})", "re:" + "x" * 201])] = 0.5
         else:
-            parent[path[-1]] = rng.choice(EVIL_VALUES)
+            parent[path[-1]] = copy.deepcopy(rng.choice(EVIL_VALUES))
     if rng.random() < 0.01:
         recipe["name"] = "n" * rng.choice([201, 10**6, 2 * 10**6])
     try:
@@ -756,10 +762,13 @@ def _worker(conn, progress, work: str) -> None:
             progress[0] = index
             progress[1] = time.monotonic()
             before = _peak_mb()
-            if family == "decoder":
-                outcome, detail, size = decoder.run(index, seed, str(Path(work) / "failures"))
-            else:
-                outcome, detail, size = runners[family](index, seed, str(Path(work) / "failures"))
+            try:
+                if family == "decoder":
+                    outcome, detail, size = decoder.run(index, seed, str(Path(work) / "failures"))
+                else:
+                    outcome, detail, size = runners[family](index, seed, str(Path(work) / "failures"))
+            except Exception as exc:  # noqa: BLE001 - a bug in this script's case generation, not in the target
+                outcome, detail, size = "harness", _classify(exc)[1], 0
             after = _peak_mb()
             growth = after - baseline if after > before else 0.0
             results.append((index, outcome, detail, growth, _bound_mb(family, size)))
@@ -874,7 +883,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="clab-fuzz-"))
     (work / "failures").mkdir()
     (work / "markers").mkdir()
-    stats = {family: {"cases": 0, "ok": 0, "error": 0, "traceback": 0, "hang": 0, "memory": 0}
+    stats = {family: {"cases": 0, "ok": 0, "error": 0, "traceback": 0, "hang": 0, "memory": 0, "harness": 0}
              for family in ("decoder", "recipe", "model", "data")}
     examples: dict[str, list[str]] = {family: [] for family in stats}
     over_bound = {family: 0 for family in stats}
@@ -892,7 +901,7 @@ def main() -> None:
                 outcome, detail = "memory", f"peak RSS grew {growth:.0f} MB > bound {bound:.0f} MB: {detail}"
             if outcome not in ("ok", "error") and len(examples[family]) < MAX_EXAMPLES:
                 examples[family].append(f"case {index}: {outcome}: {detail}")
-            if outcome in ("traceback", "hang", "memory") or (args.list and family in ("model", "data")):
+            if outcome in ("traceback", "hang", "memory", "harness") or (args.list and family in ("model", "data")):
                 print(f"[{family}] case {index}: {outcome}: {detail}", file=sys.stderr, flush=True)
         return on_result
 
@@ -922,6 +931,7 @@ def main() -> None:
         "tracebacks": {"total": total["traceback"], **{f: e["traceback"] for f, e in stats.items()}},
         "hangs": {"total": total["hang"], **{f: e["hang"] for f, e in stats.items()}},
         "memory_blowups": {"total": total["memory"], **{f: e["memory"] for f, e in stats.items()}},
+        "harness_errors": sum(e["harness"] for e in stats.values()),
         "max_rss_mb": round(max(pool.peak_mb, children_peak), 1),
         "worst_case_rss_growth_mb": {f: round(g, 1) for f, g in worst_growth.items()},
         "executed_code": len(executed),

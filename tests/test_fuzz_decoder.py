@@ -165,6 +165,14 @@ def test_legit_files_decode_under_the_default_allowance():
     assert all(torch.equal(decoded[key], state[key]) for key in state)
 
 
+def test_a_complex128_sparse_section_is_a_format_error():
+    """Found by the campaign: a sparse section whose dtype byte says complex128 (no 16-byte bit-pattern int)."""
+    specific = bytes([0, 12]) + varint(1) + varint(0) + varint(0) + b"\0" * 16  # one entry at 0, its value
+    data = crafted({}, [section(3, "w", 12, [1], specific)])
+    with pytest.raises(FormatError, match="sparse section cannot hold complex128"):
+        decode_state(data)
+
+
 # ----------------------------------------------------------------------------------------------- meta
 
 

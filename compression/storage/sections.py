@@ -518,6 +518,8 @@ def _decode_shared(body: ByteReader, name, dtype, shape, numel, size, want_tenso
 
 
 def _decode_sparse(body: ByteReader, name, dtype, shape, numel, size, want_tensor):
+    if dtype.is_complex:  # the encoder never stores complex tensors sparse (complex128 has no bit-pattern int)
+        raise damaged(f"tensor '{name}': a sparse section cannot hold {_dtypes.dtype_name(dtype)}")
     flags = body.u8("sparse flags")
     gap_bits = _read_gap_bits(body, name)
     gap_symbols, pos_info = decode_positions(body, numel, gap_bits, name, not want_tensor)

@@ -123,7 +123,9 @@ def list_runs(root: str | Path | None = None, kind: str | None = None) -> list[d
     """Every run, newest first (optionally of one kind); every run folder is listed, even with a lost index."""
     store = _store(root)
     unrecorded = _ensure_dispatcher(store)
-    return [_view(store, row, unrecorded) for row in store.rows(kind=kind)]
+    rows = store.rows(kind=kind)
+    store.refresh_records(rows)
+    return [_view(store, row, unrecorded) for row in rows]
 
 
 def cancel(run_id: str, root: str | Path | None = None) -> None:

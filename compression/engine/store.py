@@ -592,6 +592,17 @@ class RunStore:
             return {}
         return record if isinstance(record, dict) else {}
 
+    def refresh_records(self, rows: list[dict], within: float = 3600.0) -> None:
+        """Rewrite the state.json of runs that ended in the last `within` seconds when it lags behind the index
+        (its write failed on a full disk): once space returns, the folder tells the truth again."""
+        if self.read_only:
+            return
+        recent = time.time() - within
+        for row in rows:
+            if row["state"] in FINAL_STATES and (row.get("finished") or 0) > recent \
+                    and self.recorded_state(row["id"]).get("state") != row["state"]:
+                self._write_record(row["id"], row)
+
     def claim_next(self, max_workers: int) -> str | None:
         """Atomically move the oldest queued run to running if fewer than max_workers run."""
         def body(db):

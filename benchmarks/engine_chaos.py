@@ -1,0 +1,419 @@
+"""Engine under faults: runs with workers, the dispatcher and app-like clients SIGKILLed at random moments, a run
+folder's disk filled, the SQLite index locked by another process, two clients submitting and cancelling at once.
+
+    .venv/bin/python benchmarks/engine_chaos.py [--runs 14] [--seed 0] [--budget 420]
+
+Everything happens in a temporary data folder with 2 workers. Two client processes (what two app sessions do:
+submit, list, cancel) each submit half of the runs: demo:lenet300 on digits with a small plan (prune 90%, one
+fine-tuning epoch; cluster k=16), a few seconds each. Meanwhile this script, every 1-3 s, picks one fault:
+SIGKILL a running worker, the dispatcher or a client (restarted at once: it goes on with its quota), or hold
+the index with BEGIN EXCLUSIVE from another process for 2-8 s (once for longer than the engine's 30 s busy
+timeout, when the budget allows). One more run has its folder on a 3 MB tmpfs mounted by this script (root
+with CAP_SYS_ADMIN; otherwise this fault is skipped and the JSON says why), filled up while it runs: it must
+end `failed` saying "disk full". No server is started (nothing listens on any port).
+
+Then it waits for every run to end and checks:
+  lost              a submitted run missing from the listing or its folder, or a succeeded run whose
+                    model.clab does not decode (compression.models.compact.load_compressed, as `eval` does)
+                    or whose size differs from its metrics
+  stuck             a run left `running` with no live worker (or `queued` with no dispatcher) after a listing
+  store_consistent  index rows == run folders, state.json == the row, succeeded runs have their results and
+                    others none, PRAGMA integrity_check ok, no traceback in any client or the dispatcher log
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from compression import engine  # noqa: E402
+from compression.engine.dispatcher import try_lock, worker_alive  # noqa: E402
+from compression.engine.store import RunStore  # noqa: E402
+from compression.errors import CompressionLabError  # noqa: E402
+
+PLAN = {"schema_version": 1, "name": "engine-chaos", "seed": 0, "eval_split": "test", "steps": [
+    {"type": "prune", "sparsity": {"_default": 0.9, "re:fc3": 0.5}, "iterations": 1, "finetune_epochs": 1},
+    {"type": "cluster", "n_clusters": {"_default": 16}, "finetune_epochs": 0}]}
+JOB = {"kind": "compress", "model": "demo:lenet300", "data": "digits", "plan": PLAN, "latency": False}
+# the disk-fault run fine-tunes longer, so that its disk fills while it works
+DISK_JOB = {**JOB, "plan": {**PLAN, "steps": [{**PLAN["steps"][0], "finetune_epochs": 4}, PLAN["steps"][1]]}}
+DRAIN = 240.0  # seconds, at most, to let every run end after the faults stop
+LONG_LOCK = 33.0  # seconds: a little past the engine's 30 s busy timeout
+
+
+# --- a client: one app session (its own process, so it can be SIGKILLed) ---------------------------------------
+
+def read_lines(path: Path, key: str) -> list[str]:
+    """The `key` values of a client's JSON lines (a line cut by a SIGKILL is skipped)."""
+    out = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if key in record:
+            out.append(record[key])
+    return out
+
+
+def client(home: Path, ids_file: Path, quota: int, seed: int, deadline: float) -> int:
+    """Submit until `quota` runs are recorded in ids_file (one JSON line each), listing and sometimes cancelling."""
+    rng = random.Random(seed)
+    known = read_lines(ids_file, "submitted")
+    with open(ids_file, "a") as out:
+        out.write("\n")  # after a line cut by a kill, start a fresh one
+        for _ in range(2000):  # bounded in count as well as in time
+            if len(known) >= quota or time.time() > deadline:
+                break
+            action = rng.random()
+            try:
+                if action < 0.45:
+                    run_id = engine.submit(JOB, root=home)
+                    known.append(run_id)
+                    out.write(json.dumps({"submitted": run_id}) + "\n")
+                    out.flush()
+                elif action < 0.9 or not known:
+                    engine.list_runs(root=home)
+                else:
+                    run_id = rng.choice(known)
+                    engine.cancel(run_id, root=home)
+                    out.write(json.dumps({"cancelled": run_id}) + "\n")
+                    out.flush()
+            except CompressionLabError as exc:  # a locked index: the one-line message a user would see
+                out.write(json.dumps({"error": str(exc)}) + "\n")
+                out.flush()
+            time.sleep(rng.uniform(0.2, 1.2))
+    return 0
+
+
+# --- the faults ----------------------------------------------------------------------------------------------
+
+def processes(home: Path, module: str) -> list[int]:
+    """Pids of this data folder's engine processes of one kind (dispatcher or worker), from /proc."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                args = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if f"compression.engine.{module}" in args and str(home) in args:
+            out.append(int(name))
+    return out
+
+
+def kill(pid: int) -> bool:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        return True
+    except OSError:
+        return False
+
+
+def hold_lock(home: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding the index's write lock (BEGIN EXCLUSIVE) for `seconds`."""
+    code = ("import sqlite3, sys, time; db = sqlite3.connect(sys.argv[1], timeout=20, isolation_level=None); "
+            "db.execute('BEGIN EXCLUSIVE'); print('held', flush=True); time.sleep(float(sys.argv[2])); "
+            "db.execute('ROLLBACK')")
+    return subprocess.Popen([sys.executable, "-c", code, str(home / "index.sqlite"), str(seconds)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+class DiskFault:
+    """A run whose folder lives on a small tmpfs, filled up while the run works."""
+
+    def __init__(self, home: Path) -> None:
+        self.home, self.run_id, self.mount, self.skipped = home, None, None, None
+        self.filler: Path | None = None
+
+    def prepare(self) -> None:
+        """Queue the run with no dispatcher able to start (we hold its lock), move its folder onto a tmpfs."""
+        RunStore(self.home)
+        lock = try_lock(self.home)
+        try:
+            self.run_id = engine.submit(DISK_JOB, root=self.home)  # the dispatcher it starts exits: the lock is ours
+            folder = self.home / "runs" / self.run_id
+            keep = Path(tempfile.mkdtemp(prefix="chaos-keep-"))
+            shutil.copytree(folder, keep / "run")
+            out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(folder)],
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                self.skipped = f"could not mount a tmpfs ({out.stderr.strip() or 'not root'}): disk fault skipped"
+                engine.cancel(self.run_id, root=self.home)
+            else:
+                self.mount = folder
+                for path in (keep / "run").iterdir():
+                    shutil.copy2(path, folder / path.name)
+            shutil.rmtree(keep)
+        finally:
+            if lock is not None:
+                lock.close()
+
+    def watch(self, stop: threading.Event) -> None:
+        """A thread: tick every 0.2 s until `stop` (bounded by the count too)."""
+        for _ in range(20000):
+            if stop.wait(0.2):
+                return
+            try:
+                self.tick()
+            except (OSError, CompressionLabError):
+                continue
+
+    def tick(self) -> None:
+        """Once the run works (past its start), fill its disk, and keep it full until the run ends."""
+        if self.mount is None:
+            return
+        row = RunStore(self.home).row(self.run_id)
+        if row is not None and row["state"] in engine.FINAL_STATES and self.filler is not None:
+            self.filler.unlink(missing_ok=True)  # the user frees space: the folder's state.json catches up
+            self.filler = None
+            return
+        if row is None or row["state"] != "running" or not (row["progress"] or {}).get("progress"):
+            return
+        self.filler = self.mount / ".filler"
+        with open(self.filler, "ab", buffering=0) as f:
+            for size in [1 << 20] * 8 + [4096] * 1024:  # bounded: a 3 MB disk
+                try:
+                    if f.write(b"\0" * size) < size:
+                        break
+                except OSError:
+                    break
+
+    def result(self, rows: dict) -> dict:
+        if self.skipped:
+            return {"disk_fault": self.skipped}
+        row = rows.get(self.run_id) or {}
+        return {"disk_fault": "tmpfs of 3 MB on one run folder, filled mid-run", "disk_run_state": row.get("state"),
+                "disk_run_says_disk_full": bool(row.get("error") and "disk full" in row["error"]),
+                "disk_run_error": (row.get("error") or "")[:160]}
+
+    def unmount(self) -> None:
+        if self.mount is None:
+            return
+        for _ in range(20):
+            if subprocess.run(["umount", str(self.mount)], capture_output=True).returncode == 0:
+                return
+            time.sleep(0.5)
+        subprocess.run(["umount", "-l", str(self.mount)], capture_output=True)
+
+
+# --- the checks ----------------------------------------------------------------------------------------------
+
+def decodes(path: Path) -> str | None:
+    """None when the compact file decodes into a working model (as `compression-lab eval` loads it), else why."""
+    try:
+        import torch
+
+        from compression.models.compact import load_compressed
+
+        handle = load_compressed(path)
+        with torch.no_grad():
+            out = handle.model(torch.zeros(1, *handle.input_shape))
+        return None if out.shape[-1] == handle.num_classes else f"output shape {tuple(out.shape)}"
+    except Exception as exc:  # noqa: BLE001 - any failure to decode is a lost result
+        return f"{type(exc).__name__}: {exc}"
+
+
+def check(home: Path, submitted: set[str], problems: list[str]) -> dict:
+    index_ids = {r[0] for r in sqlite3.connect(home / "index.sqlite").execute("SELECT id FROM runs")}
+    folders = {p.name for p in (home / "runs").iterdir() if p.is_dir()}
+    missing_from_index = sorted(folders - index_ids)  # before a listing adds them back
+    rows = {row["id"]: row for row in engine.list_runs(root=home)}
+    store = RunStore(home)
+    lost, stuck, consistent = 0, 0, True
+    for run_id in sorted(submitted):
+        row, folder = rows.get(run_id), home / "runs" / run_id
+        if row is None or not (folder / "job.json").is_file():
+            lost += 1
+            problems.append(f"{run_id}: vanished (row {row is not None}, folder {folder.is_dir()})")
+            continue
+        if row["state"] == "succeeded":
+            model = folder / "model.clab"
+            why = decodes(model) if model.is_file() else "no model.clab"
+            if why is None and row["metrics"]["after"]["compressed_bytes"] != model.stat().st_size:
+                why = "compressed_bytes differs from the file size"
+            if why:
+                lost += 1
+                problems.append(f"{run_id}: succeeded but {why}")
+    for run_id, row in rows.items():
+        if row["state"] == "running" and not worker_alive(row["pid"], run_id):
+            stuck += 1
+            problems.append(f"{run_id}: running with no worker (pid {row['pid']})")
+        if row["state"] == "queued" and not processes(home, "dispatcher"):
+            stuck += 1
+            problems.append(f"{run_id}: queued with no dispatcher")
+        recorded = store.recorded_state(run_id)
+        if recorded.get("state") != row["state"]:
+            consistent = False
+            problems.append(f"{run_id}: state.json says {recorded.get('state')}, the index {row['state']}")
+        results = {name for name in ("model.clab", "metrics.json") if (home / "runs" / run_id / name).is_file()}
+        if row["state"] == "succeeded" and results != {"model.clab", "metrics.json"}:
+            consistent = False
+            problems.append(f"{run_id}: succeeded without {sorted({'model.clab', 'metrics.json'} - results)}")
+        if row["state"] in ("failed", "cancelled") and results:
+            consistent = False
+            problems.append(f"{run_id}: {row['state']} but keeps {sorted(results)}")
+    if set(rows) != folders:
+        consistent = False
+        problems.append(f"rows and folders differ: {sorted(set(rows) ^ folders)}")
+    if missing_from_index:
+        problems.append(f"folders the index lacked before the final listing: {missing_from_index}")
+    integrity = sqlite3.connect(home / "index.sqlite").execute("PRAGMA integrity_check").fetchone()[0]
+    if integrity != "ok":
+        consistent = False
+        problems.append(f"integrity_check: {integrity}")
+    states = {}
+    for row in rows.values():
+        states[row["state"]] = states.get(row["state"], 0) + 1
+    return {"lost": lost, "stuck": stuck, "consistent": consistent, "rows": rows, "states": states,
+            "index_missing_before_listing": len(missing_from_index)}
+
+
+# --- the campaign --------------------------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=14, help="runs the two clients submit between them")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget", type=float, default=420.0, help="seconds for the whole campaign, at most")
+    parser.add_argument("--client", nargs=5, metavar=("HOME", "IDS", "QUOTA", "SEED", "DEADLINE"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        home, ids, quota, seed, deadline = args.client
+        return client(Path(home), Path(ids), int(quota), int(seed), float(deadline))
+
+    started = time.time()
+    rng = random.Random(args.seed)
+    work = Path(tempfile.mkdtemp(prefix="engine-chaos-"))
+    home = work / "home"
+    os.environ["COMPRESSION_LAB_CANCEL_GRACE"] = "5"  # the dispatcher's children inherit it
+    engine.settings(home, max_workers=2)
+    disk = DiskFault(home)
+    disk.prepare()
+    stop_disk = threading.Event()
+    threading.Thread(target=disk.watch, args=(stop_disk,), daemon=True).start()
+    chaos_until = started + max(60.0, args.budget - DRAIN - 60.0)
+    quotas = [args.runs // 2, args.runs - args.runs // 2]
+    clients: list[dict] = []
+    for number, quota in enumerate(quotas):
+        clients.append({"ids": work / f"client{number}.jsonl", "log": work / f"client{number}.log", "quota": quota,
+                        "seed": args.seed * 100 + number, "proc": None, "starts": 0})
+
+    def start(c: dict) -> None:
+        c["starts"] += 1
+        with open(c["log"], "a") as log:
+            c["proc"] = subprocess.Popen(
+                [sys.executable, __file__, "--client", str(home), str(c["ids"]), str(c["quota"]),
+                 str(c["seed"] + 1000 * c["starts"]), str(chaos_until + 60.0)], stdout=log, stderr=subprocess.STDOUT,
+                cwd=str(REPO))
+
+    def submitted_by(c: dict) -> set[str]:
+        return set(read_lines(c["ids"], "submitted"))
+
+    for c in clients:
+        start(c)
+    kills = {"worker": 0, "dispatcher": 0, "client": 0}
+    caps = {"worker": max(2, args.runs // 3), "dispatcher": 6, "client": 6}
+    seen: set[str] = set()  # every run id ever listed: a run whose client was killed before noting its id counts too
+    locks = {"short": 0, "long": 0}
+    holders: list[subprocess.Popen] = []
+    long_lock_done = False
+    problems: list[str] = []
+    try:
+        for _ in range(1000):  # the fault loop: bounded in count and in time
+            now = time.time()
+            for c in clients:  # a client that ended (quota met, or crashed) is restarted while it owes runs
+                if c["proc"].poll() is not None and len(submitted_by(c)) < c["quota"] and now < chaos_until:
+                    start(c)
+            done_submitting = all(len(submitted_by(c)) >= c["quota"] for c in clients)
+            if now > chaos_until or (done_submitting and not RunStore(home).count("running")
+                                     and not RunStore(home).count("queued")):
+                break
+            seen |= {r["id"] for r in RunStore(home).rows()}
+            fault = rng.choice(["worker", "worker", "dispatcher", "client", "lock"])
+            if fault in caps and kills[fault] >= caps[fault]:
+                pass
+            elif fault == "worker":
+                running = [r for r in RunStore(home).rows(states=("running",)) if r["pid"] and r["id"] != disk.run_id]
+                if running and kill(rng.choice(running)["pid"]):
+                    kills["worker"] += 1
+            elif fault == "dispatcher":
+                for pid in processes(home, "dispatcher"):
+                    kills["dispatcher"] += kill(pid)
+            elif fault == "client":
+                live = [c for c in clients if c["proc"].poll() is None]
+                if live:
+                    victim = rng.choice(live)
+                    kills["client"] += kill(victim["proc"].pid)
+                    victim["proc"].wait()
+            elif not any(h.poll() is None for h in holders):
+                long_one = not long_lock_done and now + LONG_LOCK + DRAIN < started + args.budget - 30
+                holders.append(hold_lock(home, LONG_LOCK if long_one else rng.uniform(2.0, 8.0)))
+                locks["long" if long_one else "short"] += 1
+                long_lock_done = long_lock_done or long_one
+            time.sleep(rng.uniform(1.0, 3.0))
+        # the drain: no more faults; a listing now and then (as an open Runs page would) until every run ends
+        for c in clients:
+            if c["proc"].poll() is None:
+                c["proc"].wait(timeout=max(1.0, chaos_until + 90.0 - time.time()))
+        drain_until = min(time.time() + DRAIN, started + args.budget - 20)
+        for _ in range(1000):
+            rows = engine.list_runs(root=home)
+            if all(r["state"] in engine.FINAL_STATES for r in rows) or time.time() > drain_until:
+                break
+            time.sleep(1.0)
+        for h in holders:
+            h.wait(timeout=60)
+        submitted = set().union(seen, *(submitted_by(c) for c in clients)) | ({disk.run_id} if disk.run_id else set())
+        result = check(home, submitted, problems)
+        tracebacks = sum(c["log"].read_text().count("Traceback") for c in clients if c["log"].exists())
+        dispatcher_log = home / "dispatcher.log"
+        dispatcher_tracebacks = dispatcher_log.read_text().count("Traceback") if dispatcher_log.exists() else 0
+        if tracebacks or dispatcher_tracebacks:
+            problems.append(f"tracebacks: clients {tracebacks}, dispatcher log {dispatcher_tracebacks}")
+        refused = sum(len(read_lines(c["ids"], "error")) for c in clients)
+        out = {"runs": len(submitted), "kills": sum(kills.values()), "kills_by_target": kills,
+               "lock_holds": locks, "submits_refused_while_locked": refused, "lost": result["lost"],
+               "stuck": result["stuck"],
+               "store_consistent": result["consistent"] and not tracebacks and not dispatcher_tracebacks,
+               "states": result["states"], "index_missing_before_listing": result["index_missing_before_listing"],
+               **disk.result(result["rows"]), "client_tracebacks": tracebacks,
+               "dispatcher_tracebacks": dispatcher_tracebacks, "problems": problems[:12],
+               "seconds": round(time.time() - started, 1)}
+    finally:
+        stop_disk.set()
+        for c in clients:
+            if c["proc"] is not None and c["proc"].poll() is None:
+                kill(c["proc"].pid)
+        for h in holders:
+            if h.poll() is None:
+                kill(h.pid)
+        for module in ("worker", "dispatcher"):  # this campaign's own engine processes, by pid
+            for pid in processes(home, module):
+                kill(pid)
+        disk.unmount()
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(out))
+    return 0 if out["lost"] == 0 and out["stuck"] == 0 and out["store_consistent"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -24,7 +24,7 @@ Families:
             RSS bound 2 GiB.
 
 Run from the repo root (bounded: under 10 minutes on 2 cores):
-    .venv/bin/python benchmarks/fuzz_campaign.py [--decoder-cases 100000] [--recipe-cases 20000] [--workers 2]
+    .venv/bin/python benchmarks/fuzz_campaign.py [--decoder-cases 100000] [--recipe-cases 50000] [--workers 2]
 The last line printed is one JSON object: cases (total and per family), tracebacks, hangs, memory_blowups,
 max_rss_mb, executed_code, examples of failures (per family), seconds.
 """
@@ -871,7 +871,7 @@ class Pool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decoder-cases", type=int, default=100_000)
-    parser.add_argument("--recipe-cases", type=int, default=20_000)
+    parser.add_argument("--recipe-cases", type=int, default=50_000)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--budget-s", type=float, default=540.0, help="stop starting new cases after this")

@@ -173,6 +173,16 @@ def test_a_complex128_sparse_section_is_a_format_error():
         decode_state(data)
 
 
+@pytest.mark.parametrize("name", ["bool\n\x02\x03", "x" * 60000, "tab\there\r\u2028"])
+def test_messages_naming_a_tensor_stay_one_short_line(name):
+    """Found by the campaign: a mutated name holding a newline made the message two lines."""
+    data = crafted({}, [section(89, name, 1, [1], b"")])
+    with pytest.raises(FormatError, match="encoding type 89") as caught:
+        decode_state(data)
+    assert "\n" not in str(caught.value) and "\u2028" not in str(caught.value) and len(str(caught.value)) < 300
+    assert decode_state(encode_state({name: torch.ones(2)}, {}))[1][name].tolist() == [1.0, 1.0]
+
+
 # ----------------------------------------------------------------------------------------------- meta
 
 

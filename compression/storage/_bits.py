@@ -18,6 +18,13 @@ def damaged(problem: str) -> FormatError:
                        "re-export it from the run folder")
 
 
+def shown(text: str, limit: int = 80) -> str:
+    """text as a message may show it: control and other unprintable characters escaped, cut to `limit`."""
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def varint(value: int) -> bytes:
     """Unsigned LEB128 (7 bits per byte, low bits first, high bit = more bytes follow)."""
     if value < 0:

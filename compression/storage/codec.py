@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from compression.errors import FormatError
-from compression.storage._bits import ByteReader, damaged, varint
+from compression.storage._bits import ByteReader, damaged, shown, varint
 from compression.storage.sections import (
     GAP_BITS_MAX,
     GAP_BITS_MIN,
@@ -144,7 +144,7 @@ def decode_state(data: bytes | bytearray | memoryview, *,
     for _ in range(count):
         name, tensor, _, _ = decode_section(reader, budget=budget)
         if name in state:
-            raise damaged(f"tensor '{name}' appears twice")
+            raise damaged(f"tensor '{shown(name)}' appears twice")
         state[name] = tensor
     if reader.remaining():
         raise damaged(f"{reader.remaining()} bytes follow the last section")
@@ -218,11 +218,11 @@ def read_file(path: str | os.PathLike, *,
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise FormatError(f"model file {path} does not exist: check the path") from None
+        raise FormatError(f"model file {shown(str(path), 200)} does not exist: check the path") from None
     except OSError as exc:
-        raise FormatError(f"cannot read model file {path} ({exc.strerror}): check the path and permissions"
-                          ) from None
+        raise FormatError(f"cannot read model file {shown(str(path), 200)} ({exc.strerror}): check the path and "
+                          "permissions") from None
     try:
         return decode_state(data, max_decoded_bytes=max_decoded_bytes)
     except FormatError as exc:
-        raise FormatError(f"{path}: {exc}") from None
+        raise FormatError(f"{shown(str(path), 200)}: {exc}") from None

@@ -16,7 +16,7 @@ import torch
 
 from compression.errors import FormatError
 from compression.storage import _dtypes, vq_section
-from compression.storage._bits import ByteReader, damaged, varint
+from compression.storage._bits import ByteReader, damaged, shown, varint
 from compression.storage.entropy import (
     counts_entropy_bits,
     decode_from,
@@ -414,6 +414,7 @@ def decode_section(reader: ByteReader, want_tensor: bool = True,
         name = bytes(body.take(name_len, "name")).decode("utf-8")
     except UnicodeDecodeError:
         raise damaged(f"section at byte {section_start}: its tensor name is not UTF-8") from None
+    real_name, name = name, shown(name)  # messages show the name escaped and cut: they stay one short line
     body.context = f"tensor '{name}'"
     if type_id not in ENCODINGS:
         raise FormatError(f"tensor '{name}' uses encoding type {type_id}, which this reader does not know: "
@@ -445,7 +446,7 @@ def decode_section(reader: ByteReader, want_tensor: bool = True,
         tensor, info = decoder(body, name, dtype, shape, numel, size, want_tensor)
     if body.remaining():
         raise damaged(f"tensor '{name}': {body.remaining()} unexplained bytes at the end of its section")
-    return name, tensor, described, info
+    return real_name, tensor, described, info
 
 
 def _decode_raw(body: ByteReader, name, dtype, shape, numel, size, want_tensor):

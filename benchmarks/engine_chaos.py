@@ -279,11 +279,14 @@ def check(home: Path, submitted: set[str], problems: list[str]) -> dict:
     if integrity != "ok":
         consistent = False
         problems.append(f"integrity_check: {integrity}")
-    states = {}
+    states, reasons = {}, {}
     for row in rows.values():
         states[row["state"]] = states.get(row["state"], 0) + 1
-    return {"lost": lost, "stuck": stuck, "consistent": consistent, "rows": rows, "states": states,
-            "index_missing_before_listing": len(missing_from_index)}
+        if row["state"] == "failed":  # each should be a fault this script caused: a kill or the full disk
+            reason = (row["error"] or "")[:48]
+            reasons[reason] = reasons.get(reason, 0) + 1
+    return {"failure_reasons": reasons, "lost": lost, "stuck": stuck, "consistent": consistent, "rows": rows,
+            "states": states, "index_missing_before_listing": len(missing_from_index)}
 
 
 # --- the campaign --------------------------------------------------------------------------------------------
@@ -394,7 +397,8 @@ def main() -> int:
                "lock_holds": locks, "submits_refused_while_locked": refused, "lost": result["lost"],
                "stuck": result["stuck"],
                "store_consistent": result["consistent"] and not tracebacks and not dispatcher_tracebacks,
-               "states": result["states"], "index_missing_before_listing": result["index_missing_before_listing"],
+               "states": result["states"], "failure_reasons": result["failure_reasons"],
+               "index_missing_before_listing": result["index_missing_before_listing"],
                **disk.result(result["rows"]), "client_tracebacks": tracebacks,
                "dispatcher_tracebacks": dispatcher_tracebacks, "problems": problems[:12],
                "seconds": round(time.time() - started, 1)}

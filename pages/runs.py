@@ -27,6 +27,9 @@ def elapsed(run: dict) -> str:
 def run_list() -> None:
     try:
         runs = engine.list_runs(root=home())
+        if engine.settings(home())["read_only"]:
+            st.warning(f"The data folder {home()} is read-only: runs are listed, but nothing can be started, "
+                       "cancelled or re-run until it is writable.")
     except CompressionLabError as exc:  # an unusable data folder (not a folder, unreadable): say so, no traceback
         st.error(str(exc))
         return

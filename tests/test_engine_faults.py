@@ -163,7 +163,7 @@ def small_disk(tmp_path):
     unmount(mount)
 
 
-def test_read_only_home_lists_runs_and_refuses_writes_in_one_line(small_disk, tmp_path, test_jobs):
+def test_read_only_home_lists_runs_and_refuses_writes_in_one_line(small_disk, tmp_path, test_jobs, monkeypatch):
     home = small_disk / "home"
     ids = finished_runs(home)
     stranded = RunStore(home).insert({"kind": "test-sleep", "seconds": 1})
@@ -186,6 +186,11 @@ def test_read_only_home_lists_runs_and_refuses_writes_in_one_line(small_disk, tm
     out = cli("cancel", stranded, home=home)
     assert out.returncode == 2 and out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1
     assert "read-only" in out.stderr
+    monkeypatch.setenv("COMPRESSION_LAB_HOME", str(home))
+    at = app_page("runs")
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("read-only" in w.value for w in at.warning)
+    assert all(run_id in " ".join(m.value for m in at.markdown) for run_id in ids)
     assert sorted(p.name for p in home.rglob("*")) == before  # nothing written
 
 

@@ -161,13 +161,14 @@ def run_dir(run_id: str, root: str | Path | None = None) -> Path:
 
 
 def settings(root: str | Path | None = None, max_workers: int | None = None) -> dict:
-    """The engine settings, after storing `max_workers` when given ($COMPRESSION_LAB_WORKERS overrides it)."""
+    """The engine settings (max_workers, root, read_only), after storing `max_workers` when given
+    ($COMPRESSION_LAB_WORKERS overrides it)."""
     store = _store(root)
     if max_workers is not None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise CompressionLabError(f"max_workers {max_workers!r} must be a whole number of at least 1")
         store.set_setting("max_workers", str(max_workers))
-    return {"max_workers": store.max_workers(), "root": str(store.root)}
+    return {"max_workers": store.max_workers(), "root": str(store.root), "read_only": store.read_only}
 
 
 def set_max_workers(count: int, root: str | Path | None = None) -> None:
@@ -180,7 +181,7 @@ def cached_sensitivity(job: dict, root: str | Path | None = None) -> dict | None
     Loads the model in the calling process to fingerprint its weights."""
     from compression.engine.jobs import sensitivity_cache_path
 
-    path = sensitivity_cache_path(job, _store(root).root)
+    path = sensitivity_cache_path(absolute_paths(job), _store(root).root)  # the key submit() will use
     return json.loads(path.read_text()) if path.is_file() else None
 
 

@@ -208,7 +208,10 @@ def serve(root: str | Path) -> None:
                 failing_since = None
             except StoreError as exc:  # a full disk or a locked index: wait for it, within reason
                 failing_since = failing_since or time.time()
-                print(f"[dispatcher] {exc}", flush=True)
+                try:
+                    print(f"[dispatcher] {exc}", flush=True)
+                except OSError:  # dispatcher.log is on the full disk too
+                    pass
                 if time.time() - failing_since > STORE_RETRY_FOR:
                     return  # the workers finish on their own; the next listing reaps them and starts a dispatcher
                 time.sleep(2.0)

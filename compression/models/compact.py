@@ -43,7 +43,7 @@ def save_compressed(handle: ModelHandle, path: str | Path, extra: dict | None = 
 # of this shape), at most MAX_CHANNEL_RECORDS replayed pruning records.
 MAX_INPUT_CHANNELS = 16
 MAX_INPUT_SIDE = 2048
-MAX_INPUT_ELEMENTS = 3 * 1024 * 1024
+MAX_INPUT_ELEMENTS = 3 * 2048 * 2048
 MAX_CHANNEL_RECORDS = 100_000
 MAX_LABEL_CHARS = 1000
 MAX_CLASSES = 100_000

@@ -10,7 +10,9 @@ SIGKILL a running worker, the dispatcher or a client (restarted at once: it goes
 the index with BEGIN EXCLUSIVE from another process for 2-8 s (once for longer than the engine's 30 s busy
 timeout, when the budget allows). One more run has its folder on a 3 MB tmpfs mounted by this script (root
 with CAP_SYS_ADMIN; otherwise this fault is skipped and the JSON says why), filled up while it runs: it must
-end `failed` saying "disk full". No server is started (nothing listens on any port).
+end `failed` saying "disk full". Last, a second data folder on a 24 MB tmpfs (index included) is filled while
+a run works: the run must end saying disk full, listing must work while full, a submit must be refused in one
+line (the JSON's home_disk_full). No server is started (nothing listens on any port).
 
 Then it waits for every run to end and checks:
   lost              a submitted run missing from the listing or its folder, or a succeeded run whose
@@ -187,14 +189,7 @@ class DiskFault:
             return
         if row is None or row["state"] != "running" or not (row["progress"] or {}).get("progress"):
             return
-        self.filler = self.mount / ".filler"
-        with open(self.filler, "ab", buffering=0) as f:
-            for size in [1 << 20] * 8 + [4096] * 1024:  # bounded: a 3 MB disk
-                try:
-                    if f.write(b"\0" * size) < size:
-                        break
-                except OSError:
-                    break
+        self.filler = fill(self.mount, 8)  # bounded: a 3 MB disk
 
     def result(self, rows: dict) -> dict:
         if self.skipped:
@@ -212,6 +207,73 @@ class DiskFault:
                 return
             time.sleep(0.5)
         subprocess.run(["umount", "-l", str(self.mount)], capture_output=True)
+
+
+def fill(path: Path, megabytes: int) -> Path:
+    """Grow path/.filler until the disk is full (bounded: `megabytes` plus 4 MB in small pieces)."""
+    filler = path / ".filler"
+    with open(filler, "ab", buffering=0) as f:
+        for size in [1 << 20] * megabytes + [4096] * 1024:
+            try:
+                if f.write(b"\0" * size) < size:
+                    break
+            except OSError:
+                break
+    return filler
+
+
+def home_disk_full(work: Path, deadline: float) -> dict:
+    """The whole data folder (index included) on a 24 MB tmpfs that fills while a run works: the run must end
+    `failed` saying disk full (not `running` with no process, not SIGKILL), listing must go on working, a submit
+    must be refused in one line, and once space returns the folder and the index agree."""
+    mount = work / "small-home"
+    mount.mkdir()
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        return {"skipped": f"could not mount a tmpfs ({out.stderr.strip() or 'not root'})"}
+    home = mount / "home"
+    result: dict = {"runs": 1}
+    try:
+        run_id = engine.submit(DISK_JOB, root=home)
+        row = engine.status(run_id, root=home)
+        for _ in range(2000):  # bounded in count and in time
+            if row["state"] in engine.FINAL_STATES or time.time() > deadline:
+                break
+            if row["state"] == "running" and (row["progress"] or {}).get("progress"):
+                fill(mount, 32)  # SQLite frees and takes pages as connections come and go: keep it full
+            time.sleep(0.2)
+            row = engine.status(run_id, root=home)
+        result.update({"state": row["state"], "says_disk_full": bool(row["error"] and "disk full" in row["error"]),
+                       "error": (row["error"] or "")[:120]})
+        try:
+            engine.list_runs(root=home)
+            result["lists_while_full"] = True
+        except CompressionLabError as exc:
+            result["lists_while_full"] = f"no: {exc}"
+        try:
+            engine.submit(JOB, root=home)
+            result["submit_while_full"] = "accepted"
+        except CompressionLabError as exc:
+            result["submit_while_full"] = "refused: " + str(exc)[:80]
+        (mount / ".filler").unlink(missing_ok=True)
+        rows = engine.list_runs(root=home)
+        recorded = RunStore(home).recorded_state(run_id).get("state")
+        result["stuck"] = sum(r["state"] == "running" and not worker_alive(r["pid"], r["id"]) for r in rows)
+        result["lost"] = int(run_id not in {r["id"] for r in rows})
+        result["consistent"] = recorded == rows[0]["state"] and {r["id"] for r in rows} == {
+            p.name for p in (home / "runs").iterdir()}
+    finally:
+        for module in ("worker", "dispatcher"):
+            for pid in processes(home, module):
+                kill(pid)
+        for _ in range(20):
+            if subprocess.run(["umount", str(mount)], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.5)
+        else:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    return result
 
 
 # --- the checks ----------------------------------------------------------------------------------------------
@@ -385,6 +447,7 @@ def main() -> int:
             time.sleep(1.0)
         for h in holders:
             h.wait(timeout=60)
+        home_full = home_disk_full(work, min(time.time() + 120, started + args.budget - 10))
         submitted = set().union(seen, *(submitted_by(c) for c in clients)) | ({disk.run_id} if disk.run_id else set())
         result = check(home, submitted, problems)
         tracebacks = sum(c["log"].read_text().count("Traceback") for c in clients if c["log"].exists())
@@ -393,13 +456,15 @@ def main() -> int:
         if tracebacks or dispatcher_tracebacks:
             problems.append(f"tracebacks: clients {tracebacks}, dispatcher log {dispatcher_tracebacks}")
         refused = sum(len(read_lines(c["ids"], "error")) for c in clients)
-        out = {"runs": len(submitted), "kills": sum(kills.values()), "kills_by_target": kills,
-               "lock_holds": locks, "submits_refused_while_locked": refused, "lost": result["lost"],
-               "stuck": result["stuck"],
-               "store_consistent": result["consistent"] and not tracebacks and not dispatcher_tracebacks,
+        out = {"runs": len(submitted) + home_full.get("runs", 0), "kills": sum(kills.values()),
+               "kills_by_target": kills, "lock_holds": locks, "submits_refused_while_locked": refused,
+               "lost": result["lost"] + home_full.get("lost", 0),
+               "stuck": result["stuck"] + home_full.get("stuck", 0),
+               "store_consistent": (result["consistent"] and home_full.get("consistent", True) and not tracebacks
+                                    and not dispatcher_tracebacks),
                "states": result["states"], "failure_reasons": result["failure_reasons"],
                "index_missing_before_listing": result["index_missing_before_listing"],
-               **disk.result(result["rows"]), "client_tracebacks": tracebacks,
+               **disk.result(result["rows"]), "home_disk_full": home_full, "client_tracebacks": tracebacks,
                "dispatcher_tracebacks": dispatcher_tracebacks, "problems": problems[:12],
                "seconds": round(time.time() - started, 1)}
     finally:

@@ -16,7 +16,8 @@ The method, per the paper:
   task score (top-1) on `fitness_size` validation images for the best `survivors` only;
 - after each group, BatchNorm statistics are re-estimated on `recalibrate_size` training images (no
   training: the search then scores the next group on a model that is not already broken), then
-  fine-tuning (with the KD loss when the plan has a distill step).
+  fine-tuning (with the KD loss when the plan has a distill step), after which ctx.finetune
+  re-estimates them again (methods/bn_stats.py).
 During the search a candidate is applied by zeroing the masked channels at the inputs of the consumer
 layers (forward pre-hooks), which gives exactly the outputs the physically pruned model gives.
 
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from compression.errors import CompressionLabError, ModelLoadError, PlanError
+from compression.methods import bn_stats
 from compression.methods.context import StepContext
 from compression.plan import ChannelStep, resolve
 
@@ -349,38 +351,6 @@ def replay(model: nn.Module, history: list, input_shape: tuple[int, ...]) -> nn.
     return model
 
 
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, images, batch_size: int = 64) -> None:
-    """Re-estimate BatchNorm running statistics on `images` (a Dataset of (image, label)); weights unchanged.
-
-    Removing channels shifts the statistics the next layers see; a forward pass in training mode over a few
-    hundred images restores most of the accuracy at no training cost (the search then scores the next layer
-    on a model that is not already broken)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not norms or len(images) == 0:
-        return
-    device = next(model.parameters()).device
-    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone()) for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches
-    was_training = model.training
-    model.train()
-    try:
-        for start in range(0, len(images), batch_size):
-            batch = torch.stack([images[i][0] for i in range(start, min(len(images), start + batch_size))])
-            model(batch.to(device))
-    except Exception:
-        for m, (momentum, mean, var) in zip(norms, saved, strict=True):
-            m.running_mean.copy_(mean), m.running_var.copy_(var)
-            m.momentum = momentum
-        raise
-    finally:
-        model.train(was_training)
-    for m, (momentum, _, _) in zip(norms, saved, strict=True):
-        m.momentum = momentum
-
-
 def _sensitivity(model: nn.Module, groups: list[ChannelGroup], scorer: Callable[[nn.Module], float]) -> dict:
     """Score with half of each group's channels masked by L1 (the others intact): higher = less sensitive."""
     out = {}
@@ -450,7 +420,9 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> dict:
                     f"({fitness.screens} screened, {fitness.scores} scored)")
         row["kept_channels"] = [int(i) for i in torch.nonzero(mask).flatten()]
         remove_channels(model, graph, group, mask)
-        recalibrate_batchnorm(model, ctx.data.subset("train", step.recalibrate_size, seed + 2))
+        # the next group is scored on a model that is not already broken (no training: statistics only)
+        bn_stats.reestimate_on(model, ctx.data.subset("train", step.recalibrate_size, seed + 2), ctx.batch_size,
+                               None, seed + 2)
         report["layers"][name] = row
         ctx.finetune(model, step.finetune_epochs, step.lr, seed + 100 + position, stage + " fine-tune")
     ctx.finetune(model, step.final_epochs, step.lr, seed + 99, "channels fine-tune")

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from compression.methods.context import StepContext, get_module
+from compression.methods.context import StepContext, layer_weight, weight_ref
 from compression.methods.kmeans1d import kmeans_1d
 from compression.methods.prune import bake
 from compression.plan import ClusterStep, resolve_all
@@ -68,8 +68,8 @@ def quantized(weight: torch.Tensor, n_clusters: int, init: str, seed: int) -> to
 def choose_n_clusters(model: nn.Module, layer: str, step: ClusterStep, ctx: StepContext,
                       evaluate, base_accuracy: float) -> int:
     """Smallest k in [2, 256] whose effect on this layer alone stays within the tolerance."""
-    module = get_module(model, layer)
-    original = module.weight.detach().clone()
+    weight = layer_weight(model, layer)
+    original = weight.detach().clone()
     energy = float((original.double() ** 2).sum()) or 1.0
     results: dict[int, bool] = {}
 
@@ -79,9 +79,9 @@ def choose_n_clusters(model: nn.Module, layer: str, step: ClusterStep, ctx: Step
             if step.auto_criterion == "reconstruction":
                 results[k] = float(((original.double() - q.double()) ** 2).sum()) / energy <= step.tolerance
             else:
-                module.weight.copy_(q)
+                weight.copy_(q)
                 results[k] = base_accuracy - evaluate() <= step.tolerance
-                module.weight.copy_(original)
+                weight.copy_(original)
         return results[k]
 
     k = 2
@@ -117,21 +117,21 @@ def run(model: nn.Module, step: ClusterStep, ctx: StepContext) -> dict:
             ctx.emit("choose clusters", index / len(auto_layers), layer=layer)
             chosen[layer] = choose_n_clusters(model, layer, step, ctx, evaluate, base)
             with torch.no_grad():  # later layers are judged with this one already shared
-                weight = get_module(model, layer).weight
+                weight = layer_weight(model, layer)
                 originals.setdefault(layer, weight.detach().clone())
                 weight.copy_(quantized(weight, chosen[layer], step.init, step.seed))
             ctx.check_cancelled()
         with torch.no_grad():
             for layer, original in originals.items():
-                get_module(model, layer).weight.copy_(original)
+                layer_weight(model, layer).copy_(original)
         model.eval()
     chosen.update({layer: int(k) for layer, k in requested.items() if k != "auto"})
     ctx.log("cluster: k " + ", ".join(f"{layer}={chosen[layer]}" for layer in requested))
     bake(model)
     for layer in requested:
-        module = get_module(model, layer)
-        centroids, labels = cluster_weight(module.weight, chosen[layer], step.init, step.seed)
-        parametrize.register_parametrization(module, "weight", SharedValues(labels, centroids), unsafe=True)
+        module, attribute = weight_ref(model, layer)
+        centroids, labels = cluster_weight(getattr(module, attribute), chosen[layer], step.init, step.seed)
+        parametrize.register_parametrization(module, attribute, SharedValues(labels, centroids), unsafe=True)
     ctx.finetune(model, step.finetune_epochs, step.lr, ctx.seed + step.seed + 1000, "fine-tune shared values")
     bake(model)
     return {"n_clusters": {layer: chosen[layer] for layer in requested}}

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from compression.data import DataBundle
 from compression.errors import CompressionLabError
+from compression.methods import bn_stats
 from compression.methods.finetune import TrainConfig, cross_entropy_loss, train
 
 
@@ -18,6 +20,34 @@ class Cancelled(CompressionLabError):
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
     return model.get_submodule(name) if name else model
+
+
+def weight_ref(model: nn.Module, layer: str) -> tuple[nn.Module, str]:
+    """(module, attribute) holding a prunable layer's weight.
+
+    A layer is named after its weight parameter less `.weight` (metrics.weight_layers); for a weight not
+    called `weight`, such as nn.MultiheadAttention's packed `in_proj_weight` (ViT), the name is
+    `<module>.in_proj`, and the weight is the module's `in_proj_weight` attribute.
+    """
+    module = None
+    try:
+        module = get_module(model, layer)
+    except AttributeError:
+        pass
+    if module is not None and isinstance(getattr(module, "weight", None), torch.Tensor):
+        return module, "weight"
+    parent, _, leaf = layer.rpartition(".")
+    owner = get_module(model, parent)
+    if not isinstance(getattr(owner, f"{leaf}_weight", None), torch.Tensor):
+        raise CompressionLabError(f"layer {layer!r} has no weight ({type(module or owner).__name__}): "
+                                  "use a layer name from the model's prunable layers")
+    return owner, f"{leaf}_weight"
+
+
+def layer_weight(model: nn.Module, layer: str) -> torch.Tensor:
+    """A prunable layer's weight tensor (see weight_ref)."""
+    module, attribute = weight_ref(model, layer)
+    return getattr(module, attribute)
 
 
 @dataclass
@@ -38,19 +68,43 @@ class StepContext:
     trainer: Callable[..., None] | None = None
     scorer: Callable[..., Callable[[nn.Module], float]] | None = None
     score_name: str = "accuracy"
+    # Batch-norm statistics are re-estimated after every fine-tuning on at most this many training batches
+    # (see methods/bn_stats.py). A detector sets `bn_recalibrator(model, seed) -> batches used` to its own data.
+    bn_batches: int = bn_stats.DEFAULT_MAX_BATCHES
+    bn_recalibrator: Callable[[nn.Module, int], int] | None = None
 
     def finetune(self, model: nn.Module, epochs: int, lr: float, seed: int, stage: str) -> None:
-        """Fine-tune `model` in place with the task's loss (constraints stay: they are parametrizations)."""
-        if epochs <= 0:
-            return
-        if self.trainer is not None:
-            self.trainer(model, epochs=epochs, lr=lr, seed=seed, stage=stage)
+        """Fine-tune `model` in place with the task's loss (constraints stay: they are parametrizations), then
+        re-estimate its batch-norm statistics.
+
+        Every method calls this right after it changed weights, so the statistics are re-estimated even with
+        0 epochs: a batch norm's exponential average (momentum 0.01 in MobileNetV3) would not catch up anyway.
+        """
+        if epochs > 0:
+            if self.trainer is not None:
+                self.trainer(model, epochs=epochs, lr=lr, seed=seed, stage=stage)
+            else:
+                config = TrainConfig(epochs=epochs, lr=lr, seed=seed, batch_size=self.batch_size,
+                                     shift_pixels=self.shift_pixels)
+                train(model, self.data.train, config, loss_fn=self.loss_fn,
+                      progress=lambda f, loss: self.emit(stage, f, loss=loss), should_stop=self.should_stop)
+            self.check_cancelled()
+        self.recalibrate_batch_norm(model, seed, stage)
+
+    def recalibrate_batch_norm(self, model: nn.Module, seed: int, stage: str = "") -> int:
+        """Re-estimate `model`'s batch-norm running statistics on training batches; the number of batches used."""
+        if not bn_stats.has_batch_norm(model) or self.bn_batches <= 0:
+            return 0
+        if self.bn_recalibrator is not None:
+            used = self.bn_recalibrator(model, seed)
+        elif self.data is not None and self.data.train is not None and hasattr(self.data.train, "__getitem__"):
+            used = bn_stats.reestimate_on(model, self.data.train, self.batch_size, self.bn_batches, seed)
         else:
-            config = TrainConfig(epochs=epochs, lr=lr, seed=seed, batch_size=self.batch_size,
-                                 shift_pixels=self.shift_pixels)
-            train(model, self.data.train, config, loss_fn=self.loss_fn,
-                  progress=lambda f, loss: self.emit(stage, f, loss=loss), should_stop=self.should_stop)
+            return 0
+        self.notes["bn_reestimations"] = self.notes.get("bn_reestimations", 0) + 1
+        self.log(f"{stage + ': ' if stage else ''}batch-norm statistics re-estimated on {used} training batches")
         self.check_cancelled()
+        return used
 
     def make_scorer(self, size: int, seed: int) -> Callable[[nn.Module], float]:
         """A quick quality score on a validation subset (higher is better): top-1, or mAP50-95 for a detector."""

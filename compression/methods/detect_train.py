@@ -132,6 +132,49 @@ def train_detector(model: nn.Module, data: DetectionData, imgsz: int, *, epochs:
     return losses
 
 
+def detector_batches(data: DetectionData, imgsz: int, size: int | None, seed: int = 0,
+                     batch: int = 16) -> list[torch.Tensor]:
+    """A seeded sample of `size` training images (all when None), letterboxed without augmentation, as float batches.
+
+    For re-estimating batch-norm statistics: the images a detector sees at inference, not the training
+    augmentation's."""
+    offline_ultralytics()
+    import random
+
+    from ultralytics.data import build_yolo_dataset
+
+    from compression.data.detection import _images
+
+    if data.train is None:
+        return []
+    images = _images(data.train)
+    if size is not None and size < len(images):
+        images = sorted(random.Random(seed).sample(images, size))
+    if not images:
+        return []
+    with tempfile.TemporaryDirectory(prefix="bn-images-") as folder, quiet_ultralytics():
+        listing = Path(folder) / "train.txt"  # Ultralytics reads image-list files; the paths inside are absolute
+        listing.write_text("\n".join(str(p.resolve()) for p in images) + "\n")
+        dataset = build_yolo_dataset(_cfg(imgsz, rect=False), str(listing), batch,
+                                     {"names": data.names, "nc": data.num_classes, "channels": 3}, mode="val",
+                                     rect=False, stride=32)
+        return [torch.stack([dataset[i]["img"] for i in range(start, min(start + batch, len(dataset)))]).float() / 255
+                for start in range(0, len(dataset), batch)]
+
+
+DETECTOR_BN_IMAGES = 256  # training images whose statistics re-estimate a detector's batch norms after fine-tuning
+
+
+def recalibrate_detector(model: nn.Module, data: DetectionData, imgsz: int, seed: int = 0,
+                         size: int = DETECTOR_BN_IMAGES) -> int:
+    """Re-estimate a detector's batch-norm statistics on training images (nothing to do once fold_bn folded them)."""
+    from compression.methods import bn_stats
+
+    if not bn_stats.has_batch_norm(model):
+        return 0
+    return bn_stats.reestimate(model, detector_batches(data, imgsz, size, seed))
+
+
 def _match(pred_cls: np.ndarray, true_cls: np.ndarray, iou: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """Correct-detection matrix (detections x IoU thresholds): Ultralytics' greedy matching, by confidence."""
     correct = np.zeros((len(pred_cls), len(thresholds)), dtype=bool)
@@ -233,6 +276,7 @@ def detection_hooks(data: DetectionData, imgsz: int, ctx, batch: int = 16) -> No
         distill.update(teacher=teacher, temperature=temperature, alpha=alpha)
 
     ctx.trainer = trainer
+    ctx.bn_recalibrator = lambda model, seed: recalibrate_detector(model, data, imgsz, seed)
     ctx.notes["enable_distillation"] = enable_distillation
     ctx.scorer = lambda size, seed: map_scorer(data, imgsz, size, seed)
     ctx.score_name = "mAP50-95"

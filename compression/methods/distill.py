@@ -69,11 +69,12 @@ def run(model: nn.Module, step: DistillStep, ctx: StepContext) -> dict:
     if step.epochs <= 0:
         return {"temperature": step.temperature, "alpha": step.alpha, "epochs": 0}
     from compression.methods.prune import apply_masks, bake
+    from compression.metrics import weight_layers
 
     masks = {}
-    for name, param in model.named_parameters():  # keep a pruned model pruned through the extra epochs
-        if name.endswith("weight") and param.dim() >= 2 and bool((param == 0).any()):
-            masks[name[: -len(".weight")]] = (param != 0).to(param.dtype).detach()
+    for layer, param in weight_layers(model).items():  # keep a pruned model pruned through the extra epochs
+        if bool((param == 0).any()):
+            masks[layer] = (param != 0).to(param.dtype).detach()
     apply_masks(model, masks)
     try:
         ctx.finetune(model, step.epochs, step.lr, ctx.seed + step.seed + 7, "distill")

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from compression.methods.context import StepContext, get_module
+from compression.methods.context import StepContext, layer_weight, weight_ref
 from compression.plan import PruneStep, resolve_all
 
 
@@ -41,10 +41,10 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     """Register a Mask parametrization on each layer's weight (replacing an earlier one)."""
     for layer, mask in masks.items():
-        module = get_module(model, layer)
-        if parametrize.is_parametrized(module, "weight"):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-        parametrize.register_parametrization(module, "weight", Mask(mask))
+        module, attribute = weight_ref(model, layer)
+        if parametrize.is_parametrized(module, attribute):
+            parametrize.remove_parametrizations(module, attribute, leave_parametrized=True)
+        parametrize.register_parametrization(module, attribute, Mask(mask))
 
 
 def bake(model: nn.Module) -> None:
@@ -72,7 +72,7 @@ def run(model: nn.Module, step: PruneStep, ctx: StepContext) -> dict:
         fraction = round_index / step.iterations
         masks = {}
         for layer, target in targets.items():
-            weight = get_module(model, layer).weight
+            weight = layer_weight(model, layer)
             current = 1.0 - (1.0 - target) ** fraction
             masks[layer] = magnitude_mask(weight, current)
         bake(model)
@@ -84,7 +84,7 @@ def run(model: nn.Module, step: PruneStep, ctx: StepContext) -> dict:
     bake(model)
     achieved = {}
     for layer in targets:
-        weight = get_module(model, layer).weight
+        weight = layer_weight(model, layer)
         achieved[layer] = 1.0 - float(torch.count_nonzero(weight)) / weight.numel()
     ctx.log("prune: sparsity " + ", ".join(f"{k}={v:.3f}" for k, v in achieved.items()))
     return {"sparsity": achieved}

@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from compression.errors import PlanError
-from compression.methods.context import StepContext, get_module
+from compression.methods.context import StepContext, get_module, weight_ref
 from compression.methods.kmeans1d import kmeans_1d
 from compression.methods.prune import bake
 from compression.plan import QuantizeStep
@@ -203,6 +203,11 @@ def relative_error(weight: np.ndarray, quantized: np.ndarray) -> float:
 def run(model: nn.Module, step: QuantizeStep, ctx: StepContext) -> dict:
     """Quantize every layer the step reaches, fine-tune the codebooks, bake; structures -> ctx.notes["vq"]."""
     chosen = {layer: settings for layer in ctx.layers if (settings := step.layer_settings(layer)) is not None}
+    packed = [layer for layer in chosen if weight_ref(model, layer)[1] != "weight"]
+    if packed:  # the compact file's vq sections are keyed by `<layer>.weight`
+        ctx.log(f"quantize: {', '.join(packed)} left as they are (attention in_proj weights are not vector-quantized; "
+                "prune or cluster them)")
+        chosen = {layer: settings for layer, settings in chosen.items() if layer not in packed}
     if not chosen:
         ctx.log("quantize: no layer has a quantizer; nothing to do")
         return {}

@@ -1,7 +1,7 @@
 """Engine under faults: runs with workers, the dispatcher and app-like clients SIGKILLed at random moments, a run
 folder's disk filled, the SQLite index locked by another process, two clients submitting and cancelling at once.
 
-    .venv/bin/python benchmarks/engine_chaos.py [--runs 14] [--seed 0] [--budget 420]
+    .venv/bin/python benchmarks/engine_chaos.py [--runs 20] [--seed 0] [--budget 420]
 
 Everything happens in a temporary data folder with 2 workers. Two client processes (what two app sessions do:
 submit, list, cancel) each submit half of the runs: demo:lenet300 on digits with a small plan (prune 90%, one
@@ -355,7 +355,7 @@ def check(home: Path, submitted: set[str], problems: list[str]) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=14, help="runs the two clients submit between them")
+    parser.add_argument("--runs", type=int, default=20, help="runs the two clients submit between them")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budget", type=float, default=420.0, help="seconds for the whole campaign, at most")
     parser.add_argument("--client", nargs=5, metavar=("HOME", "IDS", "QUOTA", "SEED", "DEADLINE"),

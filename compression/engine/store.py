@@ -9,6 +9,9 @@
     ROOT/runs/<id>/log.txt         the worker's output and log messages
     ROOT/runs/<id>/metrics.json, model.clab, sensitivity.json   results, written to a temporary name
                                    and renamed into place before the row says succeeded
+    ROOT/.index.lock               held (fcntl) while a process checks, moves aside or rebuilds the index
+    ROOT/.space-reserve            1 MiB, deleted when the disk fills so the index can still record why runs failed
+    ROOT/index.sqlite.corrupt-*    a corrupt index, moved aside (never deleted) before the folders rebuild it
 
 The run folders are the truth; the index is a fast view of them. A folder the index does not know (a lost,
 emptied or corrupt index) is added back from its files, a corrupt index is moved aside (kept, never

@@ -27,6 +27,8 @@ Run from the repo root (bounded: under 10 minutes on 2 cores):
     .venv/bin/python benchmarks/fuzz_campaign.py [--decoder-cases 100000] [--recipe-cases 50000] [--workers 2]
 The last line printed is one JSON object: cases (total and per family), tracebacks, hangs, memory_blowups,
 max_rss_mb, executed_code, examples of failures (per family), seconds.
+`--selftest` runs 8 planted failures instead (an error, a traceback, a two-line message, a 400 MB allocation,
+a marker file, a sleep, a worker exit) to show that the zeros above are measured, not assumed.
 """
 
 from __future__ import annotations
@@ -50,10 +52,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TIMEOUTS = {"decoder": 10.0, "recipe": 10.0, "model": 120.0, "data": 120.0}  # seconds per case
-CHUNKS = {"decoder": 500, "recipe": 500, "model": 1, "data": 1}  # cases per task sent to a worker
+TIMEOUTS = {"decoder": 10.0, "recipe": 10.0, "model": 120.0, "data": 120.0, "selftest": 5.0}  # seconds per case
+CHUNKS = {"decoder": 500, "recipe": 500, "model": 1, "data": 1, "selftest": 6}  # cases per task sent to a worker
 HARD_RSS_MB = 6144  # the parent kills a worker above this (counted as a memory blow-up)
-FAMILY_RSS_BOUND_MB = {"recipe": 256, "model": 2048, "data": 2048}
+FAMILY_RSS_BOUND_MB = {"recipe": 256, "model": 2048, "data": 2048, "selftest": 200}
 MAX_EXAMPLES = 5
 
 
@@ -720,6 +722,39 @@ def run_data(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
     return "ok", description, 0
 
 
+# ----------------------------------------------------------------------------------------------- self-test
+
+
+_HOLD = []
+
+
+def run_selftest(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
+    """--selftest: one case of each failure the campaign must see (ok, error, traceback, multi-line, memory,
+    executed code, hang, worker death), so its zeros are known to mean something."""
+    from compression.errors import FormatError
+
+    if index == 0:
+        return "ok", "nothing", 0
+    try:
+        if index == 1:
+            raise FormatError("one line")
+        if index == 2:
+            raise ValueError("a plain traceback")
+        if index == 3:
+            raise FormatError("two\nlines")
+        if index == 4:
+            _HOLD.append(bytearray(400 << 20))  # 400 MB kept: over the 200 MB bound
+            return "ok", "allocated", 0
+        if index == 5:
+            (Path(out_dir).parent / "markers" / "selftest").touch()
+            return "ok", "marker", 0
+        if index == 6:
+            time.sleep(3600)
+        os._exit(3)
+    except Exception as exc:  # noqa: BLE001
+        return (*_classify(exc), 0)
+
+
 # ----------------------------------------------------------------------------------------------- workers
 
 
@@ -742,7 +777,7 @@ def _worker(conn, progress, work: str) -> None:
     torch.set_num_threads(1)
     global _MODEL_CASES, _DATA_CASES
     decoder = None
-    runners = {"recipe": run_recipe, "model": run_model, "data": run_data}
+    runners = {"recipe": run_recipe, "model": run_model, "data": run_data, "selftest": run_selftest}
     baseline = None
     while True:
         task = conn.recv()
@@ -841,7 +876,7 @@ class Pool:
                               "memory": f"worker RSS {rss:.0f} MB > {HARD_RSS_MB} MB",
                               "traceback": f"worker died (exit code {slot['process'].exitcode})"}[kind]
                     if index in slot["task"]:
-                        on_result(index, kind, detail, rss, HARD_RSS_MB)
+                        on_result(index, kind, detail, 0.0, HARD_RSS_MB)
                         done += 1
                         rest = slot["task"][slot["task"].index(index) + 1:]
                         if rest:
@@ -877,14 +912,18 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=540.0, help="stop starting new cases after this")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (failing inputs) afterwards")
     parser.add_argument("--list", action="store_true", help="print every model and data case's outcome (stderr)")
+    parser.add_argument("--selftest", action="store_true",
+                        help="only check the harness: 8 cases that must count as 1 ok + 1 error, 2 tracebacks, "
+                             "1 memory blow-up, 1 executed code, 1 hang and 1 worker death (a traceback)")
     args = parser.parse_args()
     start = time.monotonic()
     deadline = start + args.budget_s
     work = Path(tempfile.mkdtemp(prefix="clab-fuzz-"))
     (work / "failures").mkdir()
     (work / "markers").mkdir()
+    families = ("selftest",) if args.selftest else ("decoder", "recipe", "model", "data")
     stats = {family: {"cases": 0, "ok": 0, "error": 0, "traceback": 0, "hang": 0, "memory": 0, "harness": 0}
-             for family in ("decoder", "recipe", "model", "data")}
+             for family in families}
     examples: dict[str, list[str]] = {family: [] for family in stats}
     over_bound = {family: 0 for family in stats}
     worst_growth = {family: 0.0 for family in stats}
@@ -892,13 +931,12 @@ def main() -> None:
     def record(family: str):
         def on_result(index, outcome, detail, growth, bound):
             entry = stats[family]
-            entry["cases"] += 1
-            entry[outcome] += 1
             worst_growth[family] = max(worst_growth[family], growth)
             if outcome in ("ok", "error") and growth > bound:
-                entry["memory"] += 1
                 over_bound[family] += 1
                 outcome, detail = "memory", f"peak RSS grew {growth:.0f} MB > bound {bound:.0f} MB: {detail}"
+            entry["cases"] += 1
+            entry[outcome] += 1
             if outcome not in ("ok", "error") and len(examples[family]) < MAX_EXAMPLES:
                 examples[family].append(f"case {index}: {outcome}: {detail}")
             if outcome in ("traceback", "hang", "memory", "harness") or (args.list and family in ("model", "data")):
@@ -912,6 +950,8 @@ def main() -> None:
 
         plan = [("model", 0, None), ("data", 0, None), ("recipe", args.recipe_cases, None),
                 ("decoder", args.decoder_cases, None)]
+        if args.selftest:
+            plan = [("selftest", 8, None)]
         for family, count, _ in plan:
             family_start = time.monotonic()
             if family == "model":

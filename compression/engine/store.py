@@ -187,9 +187,9 @@ class RunStore:
                 reason = problem(exc)
                 if reason == "readonly":
                     self.read_only = True
-                elif reason != "full" and not (reason == "io" and low_space(self.root)):
+                elif reason not in ("full", "locked") and not (reason == "io" and low_space(self.root)):
                     raise exc if isinstance(exc, StoreError) else self.error(exc) from exc
-                # a full disk: the index is used as it is; reads still work, writes say "disk full"
+                # a full disk or a held check: the index is used as it is; reads work, writes say what is wrong
             self._keep_reserve()
 
     # --- errors ----------------------------------------------------------------------------------------------
@@ -219,9 +219,18 @@ class RunStore:
 
     @contextmanager
     def _index_lock(self):
-        """ROOT/.index.lock (fcntl): one process at a time checks, moves aside and rebuilds the index."""
+        """ROOT/.index.lock (fcntl): one process at a time checks, moves aside and rebuilds the index. Waits at
+        most the busy timeout (a stopped process holding it must not hang every listing): then StoreError."""
         with open(self.root / ".index.lock", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            deadline = time.time() + busy_timeout()
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.time() > deadline:
+                        raise self.error("locked") from None
+                    time.sleep(0.02)
             yield
 
     def _connect(self) -> sqlite3.Connection:

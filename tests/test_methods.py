@@ -98,3 +98,33 @@ def test_cancel_stops_a_step(lenet300, digits28):
     ctx = context(work, digits28, cancel_requested=lambda: True)
     with pytest.raises(Cancelled):
         prune.run(work.model, PruneStep(sparsity={"_default": 0.5}, iterations=2, finetune_epochs=3), ctx)
+
+
+def test_attention_in_proj_weight_is_pruned_and_shared():
+    """nn.MultiheadAttention (ViT) keeps its input projection in `in_proj_weight`: layer `attn.in_proj` reaches it."""
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from compression.data import DataBundle
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.fc(self.attn(x, x, x)[0].mean(1))
+
+    torch.manual_seed(0)
+    model = Block()
+    layers = list(metrics.weight_layers(model))
+    assert "attn.in_proj" in layers
+    split = TensorDataset(torch.randn(32, 4, 8), torch.randint(0, 3, (32,)))
+    ctx = StepContext(data=DataBundle("random", split, split, split, 3, (4, 8), (0.0,), (1.0,)), layers=layers)
+    prune.run(model, PruneStep(sparsity={"_default": 0.5}, iterations=1, finetune_epochs=1), ctx)
+    weight = model.attn.in_proj_weight
+    assert float((weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+    cluster.run(model, ClusterStep(n_clusters={"_default": 4}, finetune_epochs=1), ctx)
+    assert len(torch.unique(model.attn.in_proj_weight[model.attn.in_proj_weight != 0])) <= 4
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())

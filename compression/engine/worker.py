@@ -137,7 +137,10 @@ def main(root: str, run_id: str) -> int:
         print(f"[worker] run {run_id} is not running in {root}", file=sys.stderr)
         return 2
     if row["pid"] != os.getpid():  # the dispatcher records it too; this covers one killed right after starting us
-        store.update(run_id, only_if_state=("running",), pid=os.getpid())
+        try:
+            store.update(run_id, only_if_state=("running",), pid=os.getpid())
+        except StoreError:  # the index held by another program: the dispatcher's record stands
+            pass
     job = row["job"]
     run_dir = store.run_dir(run_id)
     progress = Progress(store, run_id)

@@ -84,7 +84,9 @@ def dead_outcome(store: RunStore, row: dict, code: int | None = None) -> tuple[s
             return "succeeded", None, metrics
     elif record.get("state") in ("failed", "cancelled") and record.get("error"):
         return record["state"], record["error"], None
-    if code == EXIT_DISK_FULL or store.says_disk_full(row["id"]) or low_space(store.run_dir(row["id"])):
+    signalled = code is not None and code < 0  # a known signal is reported as such, even on a nearly full disk
+    if code == EXIT_DISK_FULL or store.says_disk_full(row["id"]) or (not signalled
+                                                                     and low_space(store.run_dir(row["id"]))):
         return "failed", DISK_FULL, None
     return "failed", DIED if code is None else _exit_reason(code), None
 

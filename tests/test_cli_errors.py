@@ -182,3 +182,37 @@ def test_unexpected_errors_are_one_line(monkeypatch, capsys, tmp_path):
     monkeypatch.delenv("COMPRESSION_LAB_DEBUG", raising=False)
     assert main(["inspect", str(tmp_path / "x.clab")]) == 1
     assert "COMPRESSION_LAB_DEBUG=1" in error_line(capsys)
+
+
+def test_model_file_mistakes_are_named(tmp_path):
+    from compression.errors import ModelLoadError
+    from compression.models.handle import load_model
+
+    with pytest.raises(ModelLoadError, match="is a folder"):
+        load_model("torchvision:resnet18", weights=tmp_path)
+    with pytest.raises(ModelLoadError, match="from 8 to 2048"):
+        load_model("demo:lenet5", input_size=0)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(ModelLoadError, match="pickled Python objects, not only tensors"):
+        load_model("torchvision:resnet18", weights=tmp_path / "evil.pt")
+    import torchvision
+
+    state = {k: v.to(torch.int64) if v.is_floating_point() else v
+             for k, v in torchvision.models.resnet18(num_classes=3).state_dict().items()}
+    torch.save(state, tmp_path / "ints.pt")
+    with pytest.raises(ModelLoadError, match="torch.int64 values where the architecture has torch.float32"):
+        load_model("torchvision:resnet18", weights=tmp_path / "ints.pt")
+
+
+def test_data_path_that_is_a_file_in_the_library(tmp_path):
+    from compression.data import load_data
+    from compression.errors import DataLoadError
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DataLoadError, match="is a file, not a folder"):
+        load_data(f"imagefolder:{tmp_path / 'f'}")

@@ -77,6 +77,9 @@ def load_data(ref: str, input_size: int | None = None, mean: tuple[float, ...] |
         if not arg:
             raise DataLoadError(f"dataset reference {ref!r} has no folder: write {kind}:PATH")
         folder = Path(arg).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise DataLoadError(f"dataset path {folder} is a file, not a folder: give the folder that holds the "
+                                f"{'class folders' if kind == 'imagefolder' else 'CIFAR batches'}")
         if not folder.is_dir():
             raise DataLoadError(f"dataset folder {folder} does not exist: check the path after '{kind}:'")
         from compression.data import folders

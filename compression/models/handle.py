@@ -65,6 +65,8 @@ def _sha256(path: Path) -> str:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors from a .safetensors file or a .pt/.pth state dict, never unpickling arbitrary objects."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ModelLoadError(f"weights path {path} is a folder: give the .pt, .pth or .safetensors file in it")
     if not path.is_file():
         raise ModelLoadError(f"weights file {path} does not exist: check the path")
     try:
@@ -76,6 +78,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every reader error means the same thing to a user
         reason = first_line(exc, 200)
+        if "Weights only load failed" in reason:  # torch's refusal of pickled code, explained in many lines
+            reason = "it holds pickled Python objects, not only tensors"
         raise ModelLoadError(
             f"cannot read weights file {path.name}: {reason}. It must be a state dict saved with "
             "torch.save(model.state_dict()) or a .safetensors file; a whole pickled model is refused for safety"
@@ -158,6 +162,9 @@ def _last_linear(model: nn.Module) -> str | None:
 
 def load_model(ref: str, weights: str | Path | None = None, input_size: int | None = None) -> ModelHandle:
     """Load a classifier from a reference string (see the module docstring)."""
+    if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int)
+                                   or not 8 <= input_size <= 2048):
+        raise ModelLoadError(f"input size {str(input_size)[:20]} must be a whole number of pixels from 8 to 2048")
     kind, _, arg = ref.partition(":")
     if kind == "demo":
         if arg not in DEMO_MODELS:
@@ -187,6 +194,8 @@ def load_model(ref: str, weights: str | Path | None = None, input_size: int | No
         return ModelHandle(model.eval(), architecture, (3, size, size), num_classes, f"{ref} ({Path(weights).name})")
     if kind == "torchscript":
         path = Path(arg).expanduser()
+        if path.is_dir():
+            raise ModelLoadError(f"TorchScript path {path} is a folder: give the .pt/.ts file in it")
         if not path.is_file():
             raise ModelLoadError(f"TorchScript file {path} does not exist: check the path")
         model = _load_torchscript(path)
@@ -223,6 +232,9 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
                 f"{source}: {key} has shape {tuple(state[key].shape)} but the architecture expects "
                 f"{tuple(tensor.shape)}: check the architecture name and the class count"
             )
+        if tensor.is_floating_point() != state[key].is_floating_point():
+            raise ModelLoadError(f"{source}: {key} holds {state[key].dtype} values where the architecture has "
+                                 f"{tensor.dtype}: save the float weights with torch.save(model.state_dict())")
     model.load_state_dict(state)
 
 

@@ -334,3 +334,18 @@ def test_runs_and_compare_pages_show_store_errors_not_tracebacks(tmp_path, monke
         at = app_page(name)
         assert not at.exception, [e.value for e in at.exception]
         assert any("is not a folder" in e.value for e in at.error), name
+
+
+def test_submit_killed_half_way_leaves_no_half_made_run(tmp_path):
+    """insert() writes the folder under a hidden staging name and renames it whole: a kill mid-write leaves only
+    that hidden folder, never listed and removed after an hour."""
+    ids = finished_runs(tmp_path)
+    staging = tmp_path / "runs" / ".new-20200101-000000-abcdef"
+    staging.mkdir()
+    (staging / "job.json").write_text('{"kind": "comp')  # cut by the kill
+    assert {r["id"] for r in engine.list_runs(root=tmp_path)} == set(ids)
+    assert staging.is_dir()  # young: maybe a submit still writing it
+    os.utime(staging, (time.time() - 7200, time.time() - 7200))
+    assert {r["id"] for r in engine.list_runs(root=tmp_path)} == set(ids)
+    assert not staging.exists()
+    assert not [p for p in (tmp_path / "runs").iterdir() if p.name.startswith(".new-")]  # none from real submits

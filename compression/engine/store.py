@@ -436,6 +436,8 @@ class RunStore:
         """Add to the index every run folder it does not list (never hide a run)."""
         if self.read_only:
             return
+        if only is None:
+            self._remove_stale_staging()
         on_disk = self.folder_ids() if only is None else only & self.folder_ids()
         if not on_disk:
             return
@@ -458,8 +460,10 @@ class RunStore:
     # --- runs ---------------------------------------------------------------------------------------------------
 
     def insert(self, job: dict) -> str:
-        """Create the run folder (job.json, plan.json, empty events and log, state.json), then the queued row.
-        If the row cannot be written the folder is removed again, so a refused submit never runs later."""
+        """Write the run folder whole (job.json, plan.json, empty events and log, state.json) under a hidden
+        staging name, rename it into place, then add the queued row. A submit killed half-way leaves only a hidden
+        .new-* folder (removed after an hour), never a half-made run; if the row cannot be written the folder is
+        removed again, so a refused submit never runs later."""
         if self.read_only:
             raise self.error("readonly")
         if low_space(self.root, 2 * RESERVE_BYTES):  # a run needs room for its log and results: refuse it now
@@ -467,10 +471,13 @@ class RunStore:
         try:
             for _ in range(20):
                 run_id = new_run_id()
+                staging = self.runs_dir / f".new-{run_id}"
+                if self.run_dir(run_id).exists():
+                    continue  # the same second and the same 24 random bits: draw again
                 try:
-                    self.run_dir(run_id).mkdir()
+                    staging.mkdir()
                     break
-                except FileExistsError:  # the same second and the same 24 random bits: draw again
+                except FileExistsError:
                     continue
             else:
                 raise RuntimeError("could not allocate a run id")
@@ -478,22 +485,39 @@ class RunStore:
             raise self.error(exc) from exc
         folder = self.run_dir(run_id)
         created = time.time()
+        made = [staging]  # what to remove if this submit fails: only what it made
         try:
-            write_atomic(folder / "job.json", json.dumps(job, indent=2))
+            write_atomic(staging / "job.json", json.dumps(job, indent=2))
             if job.get("kind") == "compress":
-                write_atomic(folder / "plan.json", json.dumps(job["plan"], indent=2))
-            (folder / "events.jsonl").touch()
-            (folder / "log.txt").touch()
-            write_atomic(folder / "state.json", json.dumps({"state": "queued", "created": created}))
+                write_atomic(staging / "plan.json", json.dumps(job["plan"], indent=2))
+            (staging / "events.jsonl").touch()
+            (staging / "log.txt").touch()
+            write_atomic(staging / "state.json", json.dumps({"state": "queued", "created": created}))
+            os.rename(staging, folder)  # whole, at once: the folder is the run
+            made = [folder]
             self._transaction(lambda db: db.execute(
                 "INSERT OR IGNORE INTO runs(id, kind, state, created, job) VALUES (?, ?, 'queued', ?, ?)",
                 (run_id, job["kind"], created, json.dumps(job))), write=True)
         except BaseException as exc:
-            shutil.rmtree(folder, ignore_errors=True)  # our own, just made: nothing of the user's is in it
+            for path in made:  # our own, just made: nothing of the user's is in it
+                shutil.rmtree(path, ignore_errors=True)
             if isinstance(exc, OSError):
                 raise self.error(exc) from exc
             raise
         return run_id
+
+    def _remove_stale_staging(self) -> None:
+        """Hidden .new-* folders of submits killed half-way, more than an hour old (never a run: never listed)."""
+        try:
+            entries = [e for e in os.scandir(self.runs_dir) if e.name.startswith(".new-") and e.is_dir()]
+        except OSError:
+            return
+        for entry in entries:
+            try:
+                if time.time() - entry.stat().st_mtime > 3600:
+                    shutil.rmtree(entry.path, ignore_errors=True)
+            except OSError:
+                continue
 
     def row(self, run_id: str) -> dict | None:
         if not self.read_only:

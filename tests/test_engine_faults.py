@@ -134,6 +134,9 @@ def test_run_folder_state_survives_a_lost_index(tmp_path, test_jobs):
     store.update(orphan, state="running", started=time.time(), pid=2 ** 22 + 12345)
     for path in tmp_path.glob("index.sqlite*"):
         path.unlink()
+    assert queued not in {r["id"] for r in engine.list_runs(root=tmp_path)}  # a submit may still be adding its row
+    hour_ago = time.time() - 3600
+    os.utime(tmp_path / "runs" / queued, (hour_ago, hour_ago))  # no submit takes that long: it is a run
     assert engine.wait(queued, 90, root=tmp_path)["state"] == "succeeded"
     row = engine.status(orphan, root=tmp_path)
     assert row["state"] == "failed" and "worker process died" in row["error"]

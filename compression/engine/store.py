@@ -400,9 +400,11 @@ class RunStore:
         job = read_json("job.json")
         record = read_json("state.json")
         record = record if isinstance(record, dict) else {}
+        if record.get("state") in (None, "queued") and age < 2 * busy_timeout() + 10:
+            # a submit may still be adding its row, or about to remove the folder because it could not (a locked
+            # index): importing it now could leave a row whose folder is gone. Its row appears, or it goes, by then.
+            return None
         if not isinstance(job, dict):
-            if age < 60:
-                return None  # insert() writes job.json right after making the folder
             job = {}
         events = self.events(run_id)
         metrics = read_json("metrics.json")

@@ -401,6 +401,18 @@ def main() -> int:
     locks = {"short": 0, "long": 0}
     holders: list[subprocess.Popen] = []
     long_lock_done = False
+    locked_submit: dict = {}
+
+    def submit_while_locked() -> None:
+        """During the long hold: a submit must be refused in one line after the busy timeout, leaving nothing."""
+        time.sleep(1.0)
+        try:
+            locked_submit["run"] = engine.submit(JOB, root=home)
+            locked_submit["outcome"] = "accepted (the lock was let go in time)"
+        except CompressionLabError as exc:
+            locked_submit["outcome"] = "refused: " + str(exc)[:100]
+
+    submitter = threading.Thread(target=submit_while_locked, daemon=True)
     problems: list[str] = []
     try:
         for _ in range(1000):  # the fault loop: bounded in count and in time
@@ -432,6 +444,8 @@ def main() -> int:
             elif not any(h.poll() is None for h in holders):
                 long_one = not long_lock_done and now + LONG_LOCK + DRAIN < started + args.budget - 30
                 holders.append(hold_lock(home, LONG_LOCK if long_one else rng.uniform(2.0, 8.0)))
+                if long_one:
+                    submitter.start()
                 locks["long" if long_one else "short"] += 1
                 long_lock_done = long_lock_done or long_one
             time.sleep(rng.uniform(1.0, 3.0))
@@ -447,8 +461,11 @@ def main() -> int:
             time.sleep(1.0)
         for h in holders:
             h.wait(timeout=60)
+        if submitter.is_alive() or submitter.ident is not None:
+            submitter.join(timeout=60)
         home_full = home_disk_full(work, min(time.time() + 120, started + args.budget - 10))
         submitted = set().union(seen, *(submitted_by(c) for c in clients)) | ({disk.run_id} if disk.run_id else set())
+        submitted |= {locked_submit["run"]} if "run" in locked_submit else set()
         result = check(home, submitted, problems)
         tracebacks = sum(c["log"].read_text().count("Traceback") for c in clients if c["log"].exists())
         dispatcher_log = home / "dispatcher.log"
@@ -458,6 +475,7 @@ def main() -> int:
         refused = sum(len(read_lines(c["ids"], "error")) for c in clients)
         out = {"runs": len(submitted) + home_full.get("runs", 0), "kills": sum(kills.values()),
                "kills_by_target": kills, "lock_holds": locks, "submits_refused_while_locked": refused,
+               "submit_during_long_lock": locked_submit.get("outcome", "no long lock"),
                "lost": result["lost"] + home_full.get("lost", 0),
                "stuck": result["stuck"] + home_full.get("stuck", 0),
                "store_consistent": (result["consistent"] and home_full.get("consistent", True) and not tracebacks

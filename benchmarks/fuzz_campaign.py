@@ -19,6 +19,11 @@ Families:
   model     uploaded model files through compression.models.handle.load_model (zero bytes, truncated or
             forged safetensors, pickles whose code would create a marker file, wrong architecture, wrong
             class count, TorchScript refs to non-TorchScript files); RSS bound 2 GiB.
+  detector  recorded Ultralytics architectures (the yaml a detector file stores) mutated with payloads that
+            would create a marker file if anything eval()ed or called them (activation strings, module names
+            from ultralytics.nn.tasks' globals, string arguments, wrong types and sizes), built the way
+            models.detector.load_detector_file builds them (allow-list, then a meta-device size check against
+            the demo file's tensors, then Ultralytics); RSS bound 1 GiB.
   data      image folders through compression.data.load_data("imagefolder:DIR") and a pass over every split
             (empty, one class, corrupt/truncated images, non-images, huge declared image dimensions);
             RSS bound 2 GiB.
@@ -52,10 +57,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TIMEOUTS = {"decoder": 10.0, "recipe": 10.0, "model": 120.0, "data": 120.0, "selftest": 5.0}  # seconds per case
-CHUNKS = {"decoder": 500, "recipe": 500, "model": 1, "data": 1, "selftest": 6}  # cases per task sent to a worker
+TIMEOUTS = {"decoder": 10.0, "recipe": 10.0, "model": 120.0, "data": 120.0, "detector": 30.0,
+            "selftest": 5.0}  # seconds per case
+CHUNKS = {"decoder": 500, "recipe": 500, "model": 1, "data": 1, "detector": 20,
+          "selftest": 6}  # cases per task sent to a worker
 HARD_RSS_MB = 6144  # the parent kills a worker above this (counted as a memory blow-up)
-FAMILY_RSS_BOUND_MB = {"recipe": 256, "model": 2048, "data": 2048, "selftest": 200}
+FAMILY_RSS_BOUND_MB = {"recipe": 256, "model": 2048, "data": 2048, "detector": 1024, "selftest": 200}
 MAX_EXAMPLES = 5
 
 
@@ -755,6 +762,84 @@ def run_selftest(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
         return (*_classify(exc), 0)
 
 
+# ----------------------------------------------------------------------------------------------- detector family
+
+
+_DETECTOR: dict = {}
+
+
+def _detector_case(index: int, seed: int, marker: Path) -> tuple[dict, str]:
+    """The demo detector's recorded architecture with 1-3 hostile or malformed edits."""
+    from compression.models.yolo_arch import MODULES
+
+    if not _DETECTOR:
+        from compression.models.detector import load_detector
+        from compression.models.yolo_env import offline_ultralytics
+
+        offline_ultralytics()
+        import ultralytics.nn.tasks as tasks
+
+        handle = load_detector()
+        _DETECTOR.update(arch=handle.architecture, stored=sum(t.numel() for t in handle.model.state_dict().values()),
+                         globals=sorted(vars(tasks)))
+    rng = random.Random(seed * 1_000_003 + index)
+    arch = copy.deepcopy(_DETECTOR["arch"])
+    evil = f"__import__('os').system('touch {marker}') or __import__('torch').nn.SiLU()"
+    values = [evil, f"exec({evil!r})", "nc", "None", "nearest", -1, 0, 1, 3, 2**31, 2**70, 1e308, float("nan"),
+              float("inf"), [evil], [1, [2, [3]]], {"a": 1}, None, True, "x" * 10_000, 0.5, [], "ch", "d", "__class__"]
+    names = _DETECTOR["globals"] + sorted(MODULES) + ["nn.Module", "nn.functional", "torchvision.ops.nms",
+                                                       "nn.Upsample", "eval", "exec", "__import__", "os.system"]
+    edits = []
+    for _ in range(rng.randint(1, 3)):
+        yaml = arch.get("yaml")
+        if not isinstance(yaml, dict):  # an earlier edit replaced the whole yaml: only the record itself is left
+            yaml = {}
+        rows = [r for part in ("backbone", "head") if isinstance(yaml.get(part), list) for r in yaml[part]]
+        rows = [r for r in rows if isinstance(r, list) and len(r) == 4]
+        op = rng.randrange(10)
+        if op == 0:
+            yaml["activation"] = rng.choice([evil, "nn.SiLU()", "nn.LeakyReLU(0.1)", "nn.ReLU(inplace=True)",
+                                             "nn.SiLU() or 1", "torch.nn.Hardswish()", rng.choice(values)])
+        elif op in (1, 2) and rows:
+            rng.choice(rows)[2] = rng.choice(names)
+        elif op == 3 and rows:
+            row = rng.choice(rows)
+            if isinstance(row[3], list) and row[3]:
+                row[3][rng.randrange(len(row[3]))] = rng.choice(values)
+        elif op == 4 and rows:
+            rng.choice(rows)[rng.randrange(4)] = rng.choice(values)
+        elif op == 5:
+            key = rng.choice(["nc", "scales", "scale", "channels", "reg_max", "depth_multiple", "width_multiple",
+                              "backbone", "head", "end2end", "yaml_file", "__init__", "kpt_shape"])
+            yaml[key] = rng.choice(values + [{"n": [1, 4.0, 65536]}, {"n": [evil, 1, 1]}])
+        elif op == 6:
+            arch["names"] = rng.choice([{0: evil}, {"x": "a"}, [1, 2], {str(i): "c" for i in range(3)}, None,
+                                        {i: "c" for i in range(200_000)}])
+        elif op == 7 and rows:
+            rng.choice(rows)[0] = rng.choice([-100, 10**6, [-1, 99], "-1", [], [-1] * 40, [evil]])
+        elif op == 8 and isinstance(yaml.get("head"), list):
+            yaml["head"] = yaml["head"] * rng.choice([0, 2, 60])
+        elif op == 9:
+            arch[rng.choice(["kind", "yaml"])] = rng.choice(values)
+        edits.append(op)
+    return arch, f"edits {edits}"
+
+
+def run_detector(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
+    from compression.models.detector import build_detector
+
+    marker = Path(out_dir).parent / "markers" / f"detector-{seed}-{index}"
+    arch, what = _detector_case(index, seed, marker)
+    try:
+        build_detector(arch, max_elements=2 * _DETECTOR["stored"] + 100_000)  # what load_detector_file allows
+    except Exception as exc:  # noqa: BLE001
+        outcome, detail = _classify(exc)
+        if outcome != "error":
+            detail = f"{what}: {detail}"
+        return outcome, detail, 0
+    return "ok", what, 0
+
+
 # ----------------------------------------------------------------------------------------------- workers
 
 
@@ -777,7 +862,8 @@ def _worker(conn, progress, work: str) -> None:
     torch.set_num_threads(1)
     global _MODEL_CASES, _DATA_CASES
     decoder = None
-    runners = {"recipe": run_recipe, "model": run_model, "data": run_data, "selftest": run_selftest}
+    runners = {"recipe": run_recipe, "model": run_model, "data": run_data, "detector": run_detector,
+               "selftest": run_selftest}
     baseline = None
     while True:
         task = conn.recv()
@@ -907,6 +993,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decoder-cases", type=int, default=100_000)
     parser.add_argument("--recipe-cases", type=int, default=50_000)
+    parser.add_argument("--detector-cases", type=int, default=1_000)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--budget-s", type=float, default=540.0, help="stop starting new cases after this")
@@ -921,7 +1008,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="clab-fuzz-"))
     (work / "failures").mkdir()
     (work / "markers").mkdir()
-    families = ("selftest",) if args.selftest else ("decoder", "recipe", "model", "data")
+    families = ("selftest",) if args.selftest else ("decoder", "recipe", "model", "data", "detector")
     stats = {family: {"cases": 0, "ok": 0, "error": 0, "traceback": 0, "hang": 0, "memory": 0, "harness": 0}
              for family in families}
     examples: dict[str, list[str]] = {family: [] for family in stats}
@@ -948,8 +1035,8 @@ def main() -> None:
         # the slow families first (few cases), then the recipe parser, then the decoder fills the budget
         from compression.data import folders  # noqa: F401 - fail here, not in a worker, if imports break
 
-        plan = [("model", 0, None), ("data", 0, None), ("recipe", args.recipe_cases, None),
-                ("decoder", args.decoder_cases, None)]
+        plan = [("model", 0, None), ("data", 0, None), ("detector", args.detector_cases, None),
+                ("recipe", args.recipe_cases, None), ("decoder", args.decoder_cases, None)]
         if args.selftest:
             plan = [("selftest", 8, None)]
         for family, count, _ in plan:

@@ -166,8 +166,16 @@ def check_yaml(yaml) -> dict:
     return checked
 
 
+MAX_ACTIVATION_ELEMENTS = 256 * 2**20  # 1 GiB of float32 feature maps in Ultralytics' 256 px stride pass
+
+
 def count_parameters(yaml: dict, channels: int, nc: int) -> int:
-    """Parameter and buffer elements of the layers a checked yaml describes, built on the meta device (no memory)."""
+    """Parameter and buffer elements of the layers a checked yaml describes, built on the meta device (no memory).
+
+    The layers also run once on a meta tensor of the 256 x 256 image Ultralytics feeds them to find the
+    strides: a layout whose feature maps would take more than MAX_ACTIVATION_ELEMENTS (an upsampling
+    factor of 64, say) is refused here, before that real forward pass could allocate them.
+    """
     import torch
 
     from compression.models.yolo_env import offline_ultralytics, quiet_ultralytics
@@ -179,7 +187,23 @@ def count_parameters(yaml: dict, channels: int, nc: int) -> int:
     spec["nc"] = nc
     try:
         with torch.device("meta"), quiet_ultralytics():
-            layers, _ = parse_model(spec, ch=channels, verbose=False)
+            layers, save = parse_model(spec, ch=channels, verbose=False)
+            layers.eval()
+            layers[-1].training = True  # as Ultralytics' stride pass: the head returns its feature maps
+            x, outputs, activations = torch.zeros(1, channels, 256, 256), [], 0
+            for module in layers:
+                if module.f != -1:
+                    x = outputs[module.f] if isinstance(module.f, int) else [x if j == -1 else outputs[j]
+                                                                             for j in module.f]
+                x = module(x)
+                activations += sum(t.numel() for t in (x if isinstance(x, list | tuple) else [x])
+                                   if isinstance(t, torch.Tensor))
+                if activations > MAX_ACTIVATION_ELEMENTS:
+                    raise _refuse(f"its feature maps after layer {module.i} exceed {MAX_ACTIVATION_ELEMENTS:,} values "
+                                  "for a 256 px image")
+                outputs.append(x if module.i in save else None)
+    except ModelLoadError:
+        raise
     except Exception as exc:  # noqa: BLE001 - a malformed layout fails in many ways inside Ultralytics
         raise _refuse(f"Ultralytics cannot build it ({type(exc).__name__}: {first_line(exc, 120)})") from None
     return sum(t.numel() for t in layers.parameters()) + sum(t.numel() for t in layers.buffers())

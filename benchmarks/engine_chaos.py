@@ -453,10 +453,15 @@ def main() -> int:
         for c in clients:
             if c["proc"].poll() is None:
                 c["proc"].wait(timeout=max(1.0, chaos_until + 90.0 - time.time()))
-        drain_until = min(time.time() + DRAIN, started + args.budget - 20)
+        drain_until = min(time.time() + DRAIN, started + args.budget - 90)
         for _ in range(1000):
             rows = engine.list_runs(root=home)
-            if all(r["state"] in engine.FINAL_STATES for r in rows) or time.time() > drain_until:
+            # a client killed between writing a run's folder and its row leaves a queued folder that listings
+            # take in once no submit can still be adding that row (store.py: twice the busy timeout); then it runs
+            every_folder_listed = {p.name for p in (home / "runs").iterdir() if not p.name.startswith(".")} <= {
+                r["id"] for r in rows}
+            if (all(r["state"] in engine.FINAL_STATES for r in rows) and every_folder_listed) \
+                    or time.time() > drain_until:
                 break
             time.sleep(1.0)
         for h in holders:

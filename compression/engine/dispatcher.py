@@ -157,7 +157,6 @@ def _exit_reason(code: int) -> str:
     return f"the worker process was killed by {name}{extra}; the log is kept; re-run it"
 
 
-
 def _start_worker(store: RunStore, run_id: str) -> subprocess.Popen | None:
     try:
         with open(store.run_dir(run_id) / "log.txt", "ab") as log:

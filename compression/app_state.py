@@ -164,6 +164,9 @@ def compress_job(spec: dict, plan: dict) -> dict:
 
 
 def _same_model(job: dict, spec: dict) -> bool:
+    from compression import engine
+
+    spec = engine.absolute_paths(spec)  # submit stores paths made absolute
     return all(job.get(key) == spec.get(key) for key in ("model", "weights", "data", "input_size"))
 
 

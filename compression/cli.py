@@ -80,24 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _absolute(ref: str | None, prefixes: tuple[str, ...]) -> str | None:
-    """A path in a reference (`imagefolder:DIR`, `detector:FILE.pt`, ...) resolved where the user typed it.
-
-    A submitted job runs in the dispatcher's process, whose working folder is not the user's.
-    """
-    if not ref:
-        return ref
-    for prefix in prefixes:
-        if ref.startswith(prefix) and ref[len(prefix):] not in ("", "demo"):
-            return prefix + str(Path(ref[len(prefix):]).expanduser().absolute())
-    return ref
-
-
 def _job_source(args) -> dict:
-    return {"model": _absolute(args.model, ("torchscript:", "detector:")),
-            "weights": _absolute(args.weights, ("",)),
-            "data": _absolute(args.data, ("imagefolder:", "cifar10:", "cifar100:", "yolo:")),
-            "input_size": args.input_size,
+    # paths stay as typed: engine.submit makes them absolute in this (the user's) working folder
+    return {"model": args.model, "weights": args.weights, "data": args.data, "input_size": args.input_size,
             "mean": list(args.mean) if args.mean else None, "std": list(args.std) if args.std else None,
             **({"trust": True} if args.trust else {})}
 

@@ -18,8 +18,13 @@ if not is_detector_spec(spec):
             "page, compress it from the Plan page, then compare detections here.")
     st.stop()
 handle, data = load_active(spec)
-runs = [r for r in engine.list_runs(root=home(), kind="compress")
-        if r["state"] == "succeeded" and r.get("job", {}).get("model") == spec["model"]
+try:
+    finished = engine.list_runs(root=home(), kind="compress")
+except CompressionLabError as exc:  # a damaged, locked or unreadable data folder
+    st.error(str(exc))
+    st.stop()
+model_ref = engine.absolute_paths(spec)["model"]  # submit stores paths made absolute
+runs = [r for r in finished if r["state"] == "succeeded" and r.get("job", {}).get("model") == model_ref
         and (r.get("metrics") or {}).get("task") == "detect"]
 if not runs:
     st.info(f"No finished compression run of {handle.label} yet: launch one from the Plan page.")

@@ -157,21 +157,6 @@ def test_broken_pipe_is_quiet(tmp_path):
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
 
 
-def test_relative_paths_are_resolved_where_typed(tmp_path, monkeypatch):
-    import argparse
-
-    from compression.cli import _job_source
-
-    monkeypatch.chdir(tmp_path)
-    args = argparse.Namespace(model="torchscript:m.pt", weights="w.pt", data="imagefolder:data", input_size=None,
-                              mean=None, std=None, trust=False)
-    job = _job_source(args)
-    assert job["model"] == f"torchscript:{tmp_path / 'm.pt'}" and job["weights"] == str(tmp_path / "w.pt")
-    assert job["data"] == f"imagefolder:{tmp_path / 'data'}"
-    args.model, args.weights, args.data = "detector:demo", None, "shapes"
-    assert _job_source(args)["model"] == "detector:demo" and _job_source(args)["data"] == "shapes"
-
-
 def test_unexpected_errors_are_one_line(monkeypatch, capsys, tmp_path):
     import compression.cli as cli
 

@@ -9,7 +9,7 @@ import torch
 
 from compression import __version__
 from compression.errors import FormatError, ModelLoadError
-from compression.models.handle import ModelHandle, build_architecture
+from compression.models.handle import ModelHandle, build_architecture, load_state
 from compression.storage import read_file, write_file
 
 
@@ -189,7 +189,7 @@ def handle_from_decoded(meta: dict, state: dict[str, torch.Tensor], base_file: s
 
         replay(model, checked["channel_pruning"], checked["input_shape"])
     _check_shapes(state_shapes, {key: tuple(value.shape) for key, value in model.state_dict().items()}, source)
-    model.load_state_dict(state)
+    load_state(model, state)
     return ModelHandle(model.eval(), architecture, checked["input_shape"], checked["num_classes"],
                        checked["label"], checked["mean"], checked["std"], {"meta": meta})
 

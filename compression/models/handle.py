@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,7 +92,24 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelLoadError(f"{path.name} holds no state dict of tensors: save it with torch.save(model.state_dict())")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    out = OrderedDict((k.removeprefix("module."), v) for k, v in state.items())
+    metadata = getattr(state, "_metadata", None)  # per-module versions (MNASNet reads its own)
+    if isinstance(metadata, dict):
+        out._metadata = {k.removeprefix("module."): v for k, v in metadata.items()}
+    return out
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """load_state_dict, lending the model's own per-module versions to a state dict that has none.
+
+    A state dict read from safetensors or from our compact file carries no `_metadata`; modules that
+    check their version when loading (torchvision's MNASNet) then refuse it, although the tensors were
+    made by this very architecture.
+    """
+    if getattr(state, "_metadata", None) is None:
+        state = OrderedDict(state)
+        state._metadata = model.state_dict()._metadata
+    model.load_state_dict(state)
 
 
 def build_architecture(architecture: dict, base_file: str | Path | None = None) -> nn.Module:
@@ -235,7 +253,7 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
         if tensor.is_floating_point() != state[key].is_floating_point():
             raise ModelLoadError(f"{source}: {key} holds {state[key].dtype} values where the architecture has "
                                  f"{tensor.dtype}: save the float weights with torch.save(model.state_dict())")
-    model.load_state_dict(state)
+    load_state(model, state)
 
 
 def check_data_fits(handle: ModelHandle, num_classes: int) -> None:

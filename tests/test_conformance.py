@@ -42,11 +42,8 @@ FULL = os.environ.get("COMPRESSION_LAB_FULL_CONFORMANCE") == "1"
 # architecture -> the layer type its refusal must name (empty: every architecture is supported)
 REFUSED: dict[str, str] = {}
 # Failures that need a change outside the methods (xfail, strict: the test says when they are fixed)
-KNOWN_FAILURES = {
-    # handle.read_state_dict rebuilds the state dict as a plain dict, which drops torch's `_metadata` (module
-    # versions); MNASNet's _load_from_state_dict refuses a state dict without its version 2
-    "mnasnet": "MNASNet needs the state dict's _metadata version (dropped by models/handle.read_state_dict)",
-}
+# (MNASNet was one until models/handle.load_state lent the model's module versions to a loaded state dict)
+KNOWN_FAILURES: dict[str, str] = {}
 # The smallest input each family accepts (ViT and MaxViT fix theirs at 224; AlexNet and VGG pool adaptively to
 # 6x6 and 7x7, which the ONNX exporter supports only from a multiple of that size); everything else runs at 32 px.
 INPUT_SIZE = {"alexnet": 224, "inception_v3": 75, "maxvit_t": 224, "swin": 64, "vgg": 224, "vit": 224}

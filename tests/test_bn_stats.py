@@ -2,7 +2,7 @@
 
 The end-to-end check is issue 11's: a torchvision MobileNetV3-small (batch-norm momentum 0.01) trained
 on the digits, pruned to 70% with fine-tuning, must keep its accuracy on the decoded file. Without the
-re-estimation it fell to chance (10.6% in the report; 7-12% here).
+re-estimation it fell to chance (10.6% in the issue; 16.1% here with the issue's plan, 31.7% with this test's).
 """
 
 import pytest
@@ -116,13 +116,23 @@ def trained_mobilenet(tmp_path_factory):
 
 
 def test_pruned_mobilenet_v3_keeps_accuracy_on_the_decoded_file(trained_mobilenet, tmp_path):
+    """Prune 70% + 2 epochs of fine-tuning: within 3 points of the unpruned model, measured on the decoded file.
+
+    Measured: 90.8% -> 90.6%; with the re-estimation switched off the same plan gives 31.7% (14.2% in two
+    rounds of one epoch; chance is 10%).
+    The depthwise 3x3 convolutions (4% of the weights, 9 per channel) are left dense, as a plan would.
+    """
     from compression.pipeline import compress
     from compression.plan import Plan, PruneStep
 
     handle, data = trained_mobilenet
-    plan = Plan(steps=(PruneStep(sparsity={"_default": 0.7}, iterations=2, finetune_epochs=1),), name="prune 70%")
+    depthwise = {name: 0.0 for name, module in handle.model.named_modules()
+                 if isinstance(module, nn.Conv2d) and module.groups > 1}
+    plan = Plan(steps=(PruneStep(sparsity={"_default": 0.7, **depthwise}, iterations=1, finetune_epochs=2, lr=2e-3),),
+                name="prune 70%")
     result = compress(handle, plan, data, tmp_path, latency=False)
     before, after = result.metrics["before"]["accuracy"], result.metrics["after"]["accuracy"]
     assert before > 0.85, f"the unpruned MobileNetV3 reached only {before:.3f}"
-    assert result.metrics["batch_norm"]["reestimations"] == 2
-    assert after >= before - 0.05, f"pruned 70% + fine-tuned: {after:.3f} on the decoded file vs {before:.3f}"
+    assert result.metrics["batch_norm"] == {"layers": 34, "reestimations": 1}
+    assert result.metrics["weights_kept"] < 0.35
+    assert after >= before - 0.03, f"pruned 70% + fine-tuned: {after:.3f} on the decoded file vs {before:.3f}"

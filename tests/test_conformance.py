@@ -7,7 +7,8 @@ written to a compact file and decoded; the decoded model's outputs must equal th
 compressed model's, and the decoded model must export to ONNX. An architecture the product cannot
 handle must be refused with a CompressionLabError that names the layer type (REFUSED below).
 
-The default run checks one architecture per family (FAST, ~3 minutes on 2 CPU cores); set
+The default run checks one architecture per family (FAST: 6 minutes on 2 shared, busy CPU cores, half of
+it ViT-B/32 and VGG-11-BN with 88M and 129M parameters at 224 px; resnet18 takes 9 s); set
 COMPRESSION_LAB_FULL_CONFORMANCE=1 to check all of them (tens of minutes: ViT-H and RegNet-Y-128GF
 have over 600M parameters). `python tests/test_conformance.py [ARCH...]` prints the support table
 (architecture, parameters, result, seconds), each architecture in its own process.

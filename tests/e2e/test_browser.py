@@ -71,7 +71,7 @@ def test_full_flow(page, app_url, tmp_path):
     shot(page, "4-runs")
 
     goto(page, f"{url}/compare", "Compare")
-    page.locator(".js-plotly-plot").first.wait_for()
+    page.locator(".js-plotly-plot .scatterlayer .point").first.wait_for()  # Plotly draws after the frame appears
     assert page.locator(".js-plotly-plot .scatterlayer .point").count() >= 1
     picker = page.locator('input[aria-label="Run"]')  # the run picker shows the newest run
     picker.wait_for()

@@ -74,6 +74,9 @@ if report is None:
 st.session_state["sensitivity_report"] = report
 st.metric("Validation mAP50 (original)" if detector else "Validation accuracy (original)",
           f"{report['base_accuracy']:.3f}" if detector else f"{report['base_accuracy']:.2%}")
+bn_note = (report.get("config") or {}).get("batch_norm", {}).get("note")
+if bn_note:  # what each point's batch-norm statistics were (compression re-estimates them too)
+    st.caption(f"Each point: {bn_note}.")
 left, right = st.columns(2)
 left.plotly_chart(plots.sensitivity_curves(report, "sparsity"), key="sens_curve_sparsity")
 right.plotly_chart(plots.sensitivity_curves(report, "clusters"), key="sens_curve_clusters")

@@ -132,6 +132,9 @@ def sensitivity_config(config: dict):
         raise CompressionLabError(f"sensitivity n_clusters {list(out.n_clusters)} must be integers from 2 to 256")
     if not isinstance(out.val_size, int) or out.val_size < 1 or not isinstance(out.seed, int):
         raise CompressionLabError("sensitivity val_size must be a positive integer and seed an integer")
+    if isinstance(out.bn_batches, bool) or not isinstance(out.bn_batches, int) or not 0 <= out.bn_batches <= 1000:
+        raise CompressionLabError(f"sensitivity bn_batches {str(out.bn_batches)[:20]} must be an integer from 0 "
+                                  "(keep the original batch-norm statistics) to 1000")
     return out
 
 

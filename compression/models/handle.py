@@ -170,12 +170,15 @@ def _load_torchscript(path: Path) -> nn.Module:
                              "Export it with torch.jit.script(model).save(path) or torch.jit.trace") from None
 
 
-def _last_linear(model: nn.Module) -> str | None:
-    name = None
+def _head(model: nn.Module) -> str | None:
+    """The classifier's output layer: the last Linear, or the last convolution where there is none (SqueezeNet)."""
+    linear = conv = None
     for module_name, module in model.named_modules():
         if isinstance(module, nn.Linear):
-            name = module_name
-    return name
+            linear = module_name
+        elif isinstance(module, nn.Conv2d):
+            conv = module_name
+    return linear or conv
 
 
 def load_model(ref: str, weights: str | Path | None = None, input_size: int | None = None) -> ModelHandle:
@@ -203,7 +206,7 @@ def load_model(ref: str, weights: str | Path | None = None, input_size: int | No
                                  "(.pt, .pth or .safetensors)")
         state = read_state_dict(weights)
         probe = build_architecture({"kind": "torchvision", "arch": arg})
-        head = _last_linear(probe)
+        head = _head(probe)
         num_classes = int(state[f"{head}.weight"].shape[0]) if head and f"{head}.weight" in state else 1000
         architecture = {"kind": "torchvision", "arch": arg, "kwargs": {"num_classes": num_classes}}
         model = build_architecture(architecture)

@@ -136,7 +136,7 @@ def decode_state(data: bytes | bytearray | memoryview, *,
     """(meta, state) from bytes written by encode_state; tensors come back bit-exactly, in order.
 
     Raises FormatError for anything wrong with the bytes, and for files whose tensors need more memory
-    than max_decoded_bytes (default: decode_allowance of the file's size, at most 2 GiB).
+    than max_decoded_bytes (default: decode_allowance of the file's size, at most 8 GiB).
     """
     reader, meta, count = _open(data)
     budget = [decode_allowance(len(reader.data), max_decoded_bytes)]

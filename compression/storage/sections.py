@@ -51,7 +51,7 @@ PAPER_GAP_BITS = {"conv": 8, "fc": 5}  # Han et al.: relative-index field width 
 # gap stream of a geometric gap of mean 1000 has ~11.4 bits of entropy, the index >= 1 bit), i.e. a
 # ratio of ~2,600; 4,096 leaves headroom. A caller that really loads huge constant tensors passes an
 # explicit max_decoded_bytes (which then replaces the allowance).
-MAX_DECODED_BYTES = 2**31
+MAX_DECODED_BYTES = 2**33  # 8 GiB: the largest torchvision classifiers (ViT-H/14, RegNet-Y-128GF) need 2.5 GB
 MIN_DECODE_ALLOWANCE = 64 * 2**20
 MAX_EXPANSION = 4096
 
@@ -436,8 +436,9 @@ def decode_section(reader: ByteReader, want_tensor: bool = True,
         if budget[0] < 0:
             raise FormatError(f"tensor '{name}' ({numel * size} bytes) takes the file past its decode limit "
                               f"({MIN_DECODE_ALLOWANCE >> 20} MiB plus {MAX_EXPANSION} bytes of tensors per byte "
-                              f"of file, at most {MAX_DECODED_BYTES >> 30} GiB): the file is damaged; if it really "
-                              "holds huge constant tensors, pass a larger max_decoded_bytes")
+                              f"of file, at most {MAX_DECODED_BYTES >> 30} GiB): a file this small cannot honestly "
+                              "describe that much, so it is damaged or crafted; a model larger than the cap needs "
+                              "an explicit max_decoded_bytes")
     decoder = {TYPE_RAW: _decode_raw, TYPE_SHARED: _decode_shared, TYPE_SPARSE: _decode_sparse,
                TYPE_VQ: _decode_vq}[type_id]
     if type_id == TYPE_VQ:

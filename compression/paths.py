@@ -54,20 +54,35 @@ def check_output_file(path: str | Path, suffixes: tuple[str, ...], force: bool =
     return path
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> int:
-    """Write `data` to `path` through a temporary file in the same folder; no partial file is ever left."""
+def replace_atomically(path: str | Path, data: bytes | str) -> int:
+    """Write `data` to `path` through a temporary file in the same folder, fsync, rename; OSError as it comes.
+
+    The temporary file is removed when writing fails (a full disk leaves nothing behind); its name holds
+    the process and thread, so concurrent writers never share one.
+    """
+    import threading
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
-    except OSError as exc:
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        raise OutputError(describe_os_error(exc, path)) from None
+        raise
     return len(data)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes | str) -> int:
+    """replace_atomically, with an OSError turned into an OutputError naming the problem (its cause kept)."""
+    try:
+        return replace_atomically(path, data)
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, Path(path))) from exc
 
 
 def prepare_output_dir(folder: str | Path, results: tuple[str, ...], force: bool = False) -> Path:

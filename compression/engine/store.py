@@ -35,6 +35,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from compression.errors import CompressionLabError
+from compression.paths import replace_atomically
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -91,18 +92,8 @@ def new_run_id() -> str:
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write to a temporary name in the same folder, fsync, then rename into place (the temporary file is
-    removed when writing fails, e.g. on a full disk)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """A run file written whole (compression.paths.replace_atomically); OSErrors reach problem() as they are."""
+    replace_atomically(path, data)
 
 
 def summary_metrics(metrics: dict | None) -> dict | None:

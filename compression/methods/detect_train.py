@@ -138,10 +138,7 @@ def detector_batches(data: DetectionData, imgsz: int, size: int | None, seed: in
 
     For re-estimating batch-norm statistics: the images a detector sees at inference, not the training
     augmentation's."""
-    offline_ultralytics()
     import random
-
-    from ultralytics.data import build_yolo_dataset
 
     from compression.data.detection import _images
 
@@ -152,14 +149,23 @@ def detector_batches(data: DetectionData, imgsz: int, size: int | None, seed: in
         images = sorted(random.Random(seed).sample(images, size))
     if not images:
         return []
-    with tempfile.TemporaryDirectory(prefix="bn-images-") as folder, quiet_ultralytics():
-        listing = Path(folder) / "train.txt"  # Ultralytics reads image-list files; the paths inside are absolute
-        listing.write_text("\n".join(str(p.resolve()) for p in images) + "\n")
-        dataset = build_yolo_dataset(_cfg(imgsz, rect=False), str(listing), batch,
-                                     {"names": data.names, "nc": data.num_classes, "channels": 3}, mode="val",
-                                     rect=False, stride=32)
+    dataset = letterboxed(data, images, imgsz, batch)
+    with quiet_ultralytics():
         return [torch.stack([dataset[i]["img"] for i in range(start, min(start + batch, len(dataset)))]).float() / 255
                 for start in range(0, len(dataset), batch)]
+
+
+def letterboxed(data: DetectionData, images: list[Path], imgsz: int, batch: int):
+    """Ultralytics' dataset over `images`, letterboxed to imgsz with no augmentation (its validation mode)."""
+    offline_ultralytics()
+    from ultralytics.data import build_yolo_dataset
+
+    with tempfile.TemporaryDirectory(prefix="images-") as folder, quiet_ultralytics():
+        listing = Path(folder) / "images.txt"  # Ultralytics reads image-list files; the paths inside are absolute
+        listing.write_text("\n".join(str(p.resolve()) for p in images) + "\n")
+        return build_yolo_dataset(_cfg(imgsz, rect=False), str(listing), batch,
+                                  {"names": data.names, "nc": data.num_classes, "channels": 3}, mode="val",
+                                  rect=False, stride=32)
 
 
 DETECTOR_BN_IMAGES = 256  # training images whose statistics re-estimate a detector's batch norms after fine-tuning
@@ -197,16 +203,7 @@ class FastMap:
     """
 
     def __init__(self, data: DetectionData, imgsz: int, size: int | None = None, seed: int = 0, batch: int = 32):
-        offline_ultralytics()
-        from ultralytics.data import build_yolo_dataset
-
-        images = data.val_subset(size, seed)
-        with tempfile.TemporaryDirectory(prefix="fastmap-") as folder, quiet_ultralytics():
-            listing = Path(folder) / "val.txt"  # Ultralytics reads image-list files; the paths inside are absolute
-            listing.write_text("\n".join(str(p.resolve()) for p in images) + "\n")
-            dataset = build_yolo_dataset(_cfg(imgsz, rect=False), str(listing), batch,
-                                         {"names": data.names, "nc": data.num_classes, "channels": 3}, mode="val",
-                                         rect=False, stride=32)
+        dataset = letterboxed(data, data.val_subset(size, seed), imgsz, batch)
         self.items = []  # (images uint8 [n,3,h,w], [per-image (classes, xyxy boxes in pixels)])
         for start in range(0, len(dataset), batch):
             samples = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]

@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-import threading
 import zlib
 from pathlib import Path
 
 import torch
 
 from compression.errors import FormatError
+from compression.paths import write_bytes_atomic
 from compression.storage._bits import ByteReader, damaged, shown, varint
 from compression.storage.sections import (
     GAP_BITS_MAX,
@@ -196,20 +196,7 @@ def write_file(path: str | os.PathLike, state: dict[str, torch.Tensor], meta: di
     """Encode and write atomically (temporary name in the same folder, then os.replace); returns the size."""
     path = Path(path)
     data = encode_state(state, meta, layer_kinds, gap_bits=gap_bits, structures=structures)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise FormatError(f"cannot write model file {path} ({exc.strerror}): check that its folder exists "
-                          "and is writable") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return len(data)
+    return write_bytes_atomic(path, data)  # whole or not at all; a full disk names itself (OutputError)
 
 
 def read_file(path: str | os.PathLike, *,

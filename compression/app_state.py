@@ -13,8 +13,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from compression.data import DataBundle, load_data
-from compression.models.handle import ModelHandle, load_model
+from compression.data import DataBundle
+from compression.models.handle import ModelHandle
 from compression.models.zoo import DEMO_MODELS
 
 DEFAULT_SPEC = {"model": "demo:lenet5", "weights": None, "data": "digits", "input_size": None,
@@ -99,18 +99,9 @@ def is_detector_spec(spec: dict) -> bool:
 
 @st.cache_resource(show_spinner="Loading the model and data...", max_entries=8)
 def _load(key: str) -> tuple[ModelHandle, DataBundle]:
-    spec = json.loads(key)
-    if is_detector_spec(spec):  # a YOLO detector and its YOLO dataset, checked as a job would check them
-        from compression.engine import jobs
+    from compression import sources
 
-        source = jobs.check_source(spec)
-        handle = jobs.load_job_model(source)
-        return handle, jobs.load_job_data(source, handle)
-    handle = load_model(spec["model"], spec.get("weights"), spec.get("input_size"))
-    data = load_data(spec["data"], input_size=spec.get("input_size") or handle.input_shape[-1],
-                     mean=tuple(spec["mean"]) if spec.get("mean") else handle.mean,
-                     std=tuple(spec["std"]) if spec.get("std") else handle.std, in_channels=handle.input_shape[0])
-    return handle, data
+    return sources.load(json.loads(key))
 
 
 def load_active(spec: dict | None = None) -> tuple[ModelHandle, DataBundle]:
@@ -120,14 +111,9 @@ def load_active(spec: dict | None = None) -> tuple[ModelHandle, DataBundle]:
 @st.cache_data(show_spinner="Measuring the model...", max_entries=16)
 def baseline(key: str) -> dict:
     from compression.analysis.layers import layer_table
-    from compression.pipeline import measure
 
     handle, data = _load(key)
-    if is_detector_spec(json.loads(key)):
-        from compression.pipeline import measure_detector
-
-        return {**measure_detector(handle, data), "layers": layer_table(handle)}
-    return {**measure(handle, data, "test"), "layers": layer_table(handle)}
+    return {**handle.measure(data), "layers": layer_table(handle)}
 
 
 @st.cache_resource(show_spinner="Preparing the size estimate...", max_entries=8)
@@ -199,14 +185,9 @@ def latest_sensitivity(spec: dict, any_state: bool = False):
 
 @st.cache_resource(max_entries=16, show_spinner="Decoding the compact file...")
 def decoded_run(run_id: str) -> ModelHandle:
-    path = home() / "runs" / run_id / "model.clab"
-    if run_task(run_id) == "detect":
-        from compression.models.detector import load_detector_file
+    from compression import sources
 
-        return load_detector_file(path)
-    from compression.models.compact import load_compressed
-
-    return load_compressed(path)
+    return sources.load_file(home() / "runs" / run_id / "model.clab")
 
 
 @st.cache_data(max_entries=8, show_spinner="Exporting...")

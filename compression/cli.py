@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from compression import sources
 from compression.errors import CompressionLabError, first_line
 
 RESULT_FILES = ("model.clab", "metrics.json")
@@ -93,23 +94,6 @@ def _read_recipe(path: Path):
     return Plan.from_file(path)  # a missing, huge, non-UTF-8 or malformed recipe is one PlanError
 
 
-def _load_source(args):
-    """(handle, data) for --model/--data, classifiers and detectors alike, checked as a job would be."""
-    from compression.engine import jobs
-
-    source = jobs.check_source(_job_source(args))
-    handle = jobs.load_job_model(source)
-    return handle, jobs.load_job_data(source, handle)
-
-
-def _load_data_for(args, handle):
-    from compression.data import load_data
-
-    size = args.input_size or handle.input_shape[-1]
-    return load_data(args.data, input_size=size, mean=args.mean or handle.mean, std=args.std or handle.std,
-                     in_channels=handle.input_shape[0])
-
-
 def cmd_run(args) -> int:
     from tqdm import tqdm
 
@@ -118,7 +102,7 @@ def cmd_run(args) -> int:
 
     plan = _read_recipe(args.recipe)
     prepare_output_dir(args.out, RESULT_FILES, args.force)
-    handle, data = _load_source(args)
+    handle, data = sources.load(_job_source(args))
     bar = tqdm(total=100, unit="%", file=sys.stderr, dynamic_ncols=True)
 
     def progress(stage: str, fraction: float, values: dict) -> None:
@@ -141,47 +125,12 @@ def cmd_run(args) -> int:
 
 def cmd_eval(args) -> int:
     from compression import metrics
-    from compression.models.compact import load_compressed
 
-    if _file_task(args.file) == "detect":
-        return _eval_detector(args)
-    from compression.models.handle import check_data_fits
-
-    handle = load_compressed(args.file, args.base)
-    meta = handle.extra["meta"]
-    args.data = args.data or meta.get("data")
-    if not isinstance(args.data, str) or not args.data:
-        raise CompressionLabError("the file does not say which dataset it was made on: add --data")
-    data = _load_data_for(args, handle)
-    check_data_fits(handle, data.num_classes)
-    out = {"file": str(args.file), "compressed_bytes": metrics.file_bytes(args.file), "data": args.data,
-           "split": args.split, "accuracy": metrics.accuracy(handle.model, data.loader(args.split)),
-           **metrics.count_params(handle.model), **metrics.flops(handle.model, handle.input_shape)}
-    print(json.dumps(out))
-    return 0
-
-
-def _file_task(path: Path) -> str:
-    from compression.storage import inspect_header
-
-    if not path.is_file():
-        raise CompressionLabError(f"file {path} does not exist: check the path")
-    return str(inspect_header(path.read_bytes())["meta"].get("task", "classify"))
-
-
-def _eval_detector(args) -> int:
-    from compression import metrics
-    from compression.data.detection import load_detection_data
-    from compression.models.detector import evaluate_model, load_detector_file
-
-    handle = load_detector_file(args.file)
-    ref = args.data or handle.extra["meta"].get("data")
-    if not isinstance(ref, str) or not ref:
-        raise CompressionLabError("the file does not say which dataset it was made on: add --data yolo:PATH.yaml")
-    data = load_detection_data(ref)
-    out = {"file": str(args.file), "compressed_bytes": metrics.file_bytes(args.file), "data": ref,
-           **evaluate_model(handle.model, handle.imgsz, data.yaml_path),
-           **metrics.count_params(handle.model), **metrics.flops(handle.model, (3, handle.imgsz, handle.imgsz))}
+    handle = sources.load_file(args.file, args.base)
+    data = sources.data_for_file(handle, args.data, args.input_size, args.mean, args.std)
+    scores = handle.measure(data, args.split, latency=False)
+    out = {"file": str(args.file), "compressed_bytes": metrics.file_bytes(args.file),
+           "data": data.ref, **({"split": args.split} if handle.task == "classify" else {}), **scores}
     print(json.dumps(out))
     return 0
 
@@ -217,11 +166,10 @@ def cmd_inspect(args) -> int:
 
 def cmd_export(args) -> int:
     from compression.export import export
-    from compression.models.compact import load_compressed
     from compression.paths import check_output_file
 
     check_output_file(args.out, EXPORT_SUFFIXES, args.force)
-    size = export(load_compressed(args.file, args.base), args.out)
+    size = export(sources.load_file(args.file, args.base), args.out)
     print(json.dumps({"file": str(args.out), "bytes": size}))
     return 0
 

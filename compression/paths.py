@@ -1,4 +1,8 @@
-"""Writing the user's output files safely: whole or not at all, and a clear message when the disk says no.
+"""Where things live (assets, the data folder, generated data, Ultralytics' settings) and writing files safely.
+
+Folders: `ASSETS` (the shipped demo weights, cards and recipes), `home()` (the data folder: run store,
+uploads, caches; $COMPRESSION_LAB_HOME, else the per-user data folder), `data_home()` (generated
+datasets; $COMPRESSION_LAB_DATA, else home()/data) and `ultralytics_config_dir()` (home()/ultralytics).
 
 Every file a command writes (a compact model, an export, metrics) goes to a temporary name beside
 its target and is renamed into place, so a crash or a full disk never leaves half a file under the
@@ -13,6 +17,29 @@ import os
 from pathlib import Path
 
 from compression.errors import CompressionLabError
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+
+def home() -> Path:
+    """The data folder (run store, uploads, caches): $COMPRESSION_LAB_HOME, else the per-user data folder."""
+    if os.environ.get("COMPRESSION_LAB_HOME"):
+        return Path(os.environ["COMPRESSION_LAB_HOME"]).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("compression-lab"))
+
+
+def data_home() -> Path:
+    """Where generated datasets live: $COMPRESSION_LAB_DATA, else home()/data."""
+    if os.environ.get("COMPRESSION_LAB_DATA"):
+        return Path(os.environ["COMPRESSION_LAB_DATA"]).expanduser()
+    return home() / "data"
+
+
+def ultralytics_config_dir() -> Path:
+    """Ultralytics' settings folder (YOLO_CONFIG_DIR): ours, so it never writes or downloads elsewhere."""
+    return home() / "ultralytics"
 
 
 class OutputError(CompressionLabError):

@@ -1,9 +1,10 @@
 """compress(handle, plan, data) -> Result: run a plan's steps, write the compact file, measure the decoded model.
 
-What a job runs. Steps run in the plan's order through the handler registry (a new method is one
-new file plus one line here). The accuracy after compression is always measured on the model
-decoded from the file on disk, never on the in-memory one, so the size and the accuracy shown
-belong to the same bytes.
+What a job runs. Steps run in the plan's order through the handler registry (methods/registry.py: each
+method file registers its own). Each handler returns what it made (codebooks, channel history, folded
+batch norm) in a StepResult; compress collects them and hands them to the one compact-file writer.
+The accuracy after compression is always measured on the model decoded from the file on disk, never on
+the in-memory one, so the size and the accuracy shown belong to the same bytes.
 """
 
 from __future__ import annotations
@@ -16,94 +17,36 @@ from pathlib import Path
 
 import torch
 
-import compression.methods.vq as vq  # issue 6's handler (own line: others edit the import below)
 from compression import metrics
 from compression.data import DataBundle
-from compression.methods import bn_stats, channels, cluster, distill, fold_bn, prune
+from compression.methods import bn_stats, distill
 from compression.methods.context import StepContext
-from compression.models.compact import load_compressed, save_compressed
-from compression.models.handle import ModelHandle, check_data_fits
+from compression.methods.registry import handler_for
+from compression.models.compact import Products, read_compact, write_compact
 from compression.plan import Plan
 from compression.storage import inspect_bytes
 
-HANDLERS: dict[str, Callable] = {"prune": prune.run, "cluster": cluster.run, "channels": channels.run,
-                                  "distill": distill.run}
-HANDLERS["quantize"] = vq.run  # issue 6: vector quantization (Gong et al. 2014)
-HANDLERS["fold_bn"] = fold_bn.run  # detectors: batch norm folded into the convolutions before sharing
 COMPRESSED_NAME = "model.clab"
+# Fine-tuning augmentation: random shifts of up to this many pixels for the 8x8 demo digits (what the demo
+# models were trained with); none for other data, whose images are already at the model's input size.
+DIGITS_SHIFT_PIXELS = 2
 
 
 @dataclass
 class Result:
-    handle: ModelHandle  # the model decoded from the compact file
+    handle: object  # the model decoded from the compact file (a ModelHandle or DetectorHandle)
     metrics: dict
     path: Path  # the compact file
-    in_memory: ModelHandle | None = None  # the compressed model before writing (only with keep_in_memory=True)
+    in_memory: object | None = None  # the compressed handle before writing (only with keep_in_memory=True)
+    products: Products | None = None  # what the steps made for the file (codebooks, channel history)
 
 
-def _sizes(handle, latency: bool) -> dict:
-    """Parameters, FLOPs, fp32 bytes, prunable weights kept and (optionally) CPU latency: any model handle."""
-    out = dict(metrics.model_summary(handle.model, handle.input_shape))
-    prunable = handle.prunable_layers()
-    out["prunable_weights"] = sum(w.numel() for w in prunable.values())
-    out["prunable_nonzero"] = sum(int(torch.count_nonzero(w)) for w in prunable.values())
-    if latency:
-        out["latency_ms"] = metrics.cpu_latency_ms(handle.model, handle.input_shape)
-    return out
+def measure(handle, data: DataBundle, split: str, latency: bool = True) -> dict:
+    """Accuracy (mAP50 for a detector), parameters, FLOPs, fp32 bytes and CPU latency of a model."""
+    return handle.measure(data, split, latency)
 
 
-def measure(handle: ModelHandle, data: DataBundle, split: str, latency: bool = True) -> dict:
-    """Accuracy, parameters, FLOPs, fp32 bytes and CPU latency of a model."""
-    return {"accuracy": metrics.accuracy(handle.model, data.loader(split)), **_sizes(handle, latency)}
-
-
-def is_detector(handle) -> bool:
-    return type(handle).__name__ == "DetectorHandle"
-
-
-def measure_detector(handle, data, latency: bool = True) -> dict:
-    """mAP50 (reported as `accuracy`, the score every page plots), mAP50-95, P, R, size, FLOPs, latency."""
-    from compression.models.detector import evaluate_model
-
-    scores = evaluate_model(handle.model, handle.imgsz, data.yaml_path)
-    return {"accuracy": scores["map50"], **scores, **_sizes(handle, latency)}
-
-
-@dataclass
-class _Task:
-    """What differs between a classifier and a detector run; everything else in compress is shared."""
-
-    measure: Callable  # handle -> metrics dict (its "accuracy" is the score every page plots)
-    score: Callable  # model -> that score, for the in-memory model before writing the file
-    save: Callable  # (handle, path, extra meta) -> bytes written
-    load: Callable  # path -> decoded handle
-    score_name: str
-    setup: Callable = lambda ctx: None  # task hooks on the StepContext (a detector's trainer and scorer)
-
-
-def _task(handle, data, split: str, latency: bool) -> _Task:
-    if is_detector(handle):
-        from compression.methods.detect_train import detection_hooks
-        from compression.models.detector import evaluate_model, load_detector_file, save_detector
-
-        if data.num_classes != len(handle.names):
-            from compression.errors import DataLoadError
-
-            raise DataLoadError(f"the detector has {len(handle.names)} classes but {data.ref} has "
-                                f"{data.num_classes}: pick the dataset it was trained on")
-        # batch norm stays unfused here: fine-tuning a fused copy (no normalisation) recovered mAP50 0.17 where
-        # the unfused one reached 0.98 (70% pruned, 2 epochs); a fold_bn step folds it after pruning
-        return _Task(lambda h: measure_detector(h, data, latency),
-                     lambda model: evaluate_model(model, handle.imgsz, data.yaml_path)["map50"],
-                     save_detector, load_detector_file, "mAP50",
-                     lambda ctx: detection_hooks(data, handle.imgsz, ctx))
-    check_data_fits(handle, data.num_classes)
-    return _Task(lambda h: measure(h, data, split, latency),
-                 lambda model: metrics.accuracy(model, data.loader(split)),
-                 save_compressed, lambda path: load_compressed(path, handle.extra.get("base_file")), "accuracy")
-
-
-def compress(handle: ModelHandle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
+def compress(handle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
              on_progress: Callable[[str, float, dict], None] | None = None,
              on_log: Callable[[str], None] | None = None,
              cancel_requested: Callable[[], bool] | None = None,
@@ -114,7 +57,12 @@ def compress(handle: ModelHandle, plan: Plan, data: DataBundle, out_dir: str | P
     decoded one)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    task = _task(handle, data, plan.eval_split, latency)
+    if handle.num_classes != data.num_classes:  # sources.load_data checks this; a caller may pass its own data
+        from compression.errors import DataLoadError
+
+        raise DataLoadError(f"the model predicts {handle.num_classes} classes but {data.ref} has "
+                            f"{data.num_classes}: use the dataset the model was trained on")
+    split = plan.eval_split
     layers = list(handle.prunable_layers())
     plan.validate(layers)
     torch.manual_seed(plan.seed)
@@ -123,36 +71,40 @@ def compress(handle: ModelHandle, plan: Plan, data: DataBundle, out_dir: str | P
     started = time.time()
 
     emit("measure original", 0.0, {})
-    before = task.measure(handle)
-    log(f"original: {task.score_name} {before['accuracy']:.4f}, {before['fp32_bytes']:,} fp32 bytes")
+    before = handle.measure(data, split, latency)
+    log(f"original: {handle.score_name} {before['accuracy']:.4f}, {before['fp32_bytes']:,} fp32 bytes")
     work = handle.clone()
-    ctx = StepContext(data=data, layers=layers, seed=plan.seed,
-                      shift_pixels=(2 if data.ref == "digits" else 0) if shift_pixels is None else shift_pixels,
+    if shift_pixels is None:
+        shift_pixels = DIGITS_SHIFT_PIXELS if data.ref == "digits" else 0
+    ctx = StepContext(data=data, layers=layers, seed=plan.seed, shift_pixels=shift_pixels,
                       on_progress=emit, on_log=log, cancel_requested=cancel_requested)
-    task.setup(ctx)
-    ctx.notes["teacher"] = handle.model  # the original model (methods copy it before use; never changed)
+    ctx.use_task(handle)
+    ctx.teacher = handle.model  # the original model (methods copy it before use; never changed)
     for step in plan.steps:
         if step.type == "distill":  # KD loss for every fine-tuning in the plan, not only the distill step's
             distill.use_teacher(ctx, step, handle.model)
     steps_report = {}
+    products = Products()
     for step in plan.steps:
-        steps_report[step.type] = HANDLERS[step.type](work.model, step, ctx)
+        outcome = handler_for(step.type)(work.model, step, ctx)
+        steps_report[step.type] = outcome.report
+        products.merge(outcome.products)
         ctx.check_cancelled()
     work.model.eval()
-    in_memory_accuracy = task.score(work.model)
+    in_memory_accuracy = handle.score(work.model, data, split)
 
     emit("write compact file", 0.0, {})
     path = out_dir / COMPRESSED_NAME
-    task.save(work, path, {"plan": plan.to_dict(), "data": data.ref})
-    decoded = task.load(path)
+    write_compact(work, path, {"plan": plan.to_dict(), "data": data.ref}, products)
+    decoded = read_compact(path, handle.extra.get("base_file"))
     emit("measure compressed", 0.0, {})
-    after = task.measure(decoded)
+    after = decoded.measure(data, split, latency)
     compressed_bytes = metrics.file_bytes(path)
     rows = inspect_bytes(path.read_bytes())
     result = {
         "model": handle.label,
-        "task": "detect" if is_detector(handle) else "classify",
-        "score_name": task.score_name,
+        "task": handle.task,
+        "score_name": handle.score_name,
         "data": data.ref,
         "plan_name": plan.name,
         "eval_split": plan.eval_split,
@@ -164,7 +116,7 @@ def compress(handle: ModelHandle, plan: Plan, data: DataBundle, out_dir: str | P
         "steps": steps_report,
         # every step re-estimates batch-norm statistics after it changes weights (methods/bn_stats.py)
         "batch_norm": {"layers": len(bn_stats.batch_norms(work.model)),
-                       "reestimations": ctx.notes.get("bn_reestimations", 0)},
+                       "reestimations": ctx.bn_reestimations},
         "layers": [_layer_row(row) for row in rows],
         "seconds": round(time.time() - started, 2),
     }
@@ -172,7 +124,7 @@ def compress(handle: ModelHandle, plan: Plan, data: DataBundle, out_dir: str | P
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(out_dir / "metrics.json")
     emit("done", 1.0, {"accuracy": after["accuracy"], "compressed_bytes": compressed_bytes})
-    return Result(decoded, result, path, work if keep_in_memory else None)
+    return Result(decoded, result, path, work if keep_in_memory else None, products)
 
 
 def _layer_row(row: dict) -> dict:

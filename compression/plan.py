@@ -214,6 +214,71 @@ def pattern_matches(key: str, layer: str) -> bool:
     return compile_pattern(key).matches(layer)
 
 
+STEP_TYPES: dict[str, type] = {}  # step type -> its config class; each config registers itself with @step_config
+
+
+def step_config(cls: type) -> type:
+    """Register a step config class under its `type` (its handler registers in its method file)."""
+    if cls.type in STEP_TYPES:
+        raise ValueError(f"step type {cls.type!r} is registered twice")
+    STEP_TYPES[cls.type] = cls
+    return cls
+
+
+# Where step types may go relative to each other: (earlier, later, why). When a plan holds both step types,
+# `earlier` must come first. Plan.validate checks these and the plan page orders the steps it builds with
+# ordered(); nothing else states an ordering.
+ORDER_RULES: tuple[tuple[str, str, str], ...] = (
+    ("prune", "cluster", "pruning after weight sharing would break the shared values"),
+    ("channels", "prune", "removing channels changes the layers' shapes, so prune must work on what remains; "
+                          "move the channels step first"),
+    ("channels", "cluster", "removing channels changes the layers' shapes, so cluster must work on what remains; "
+                            "move the channels step first"),
+    ("distill", "cluster", "its fine-tuning would break the shared values (the cluster step already fine-tunes "
+                           "with the KD loss when the plan distills)"),
+    ("prune", "fold_bn", "fine-tuning without batch norm recovers far less, so prune (and its fine-tuning) runs "
+                         "first; move fold_bn later"),
+    ("channels", "fold_bn", "fine-tuning without batch norm recovers far less, so channels (and its fine-tuning) "
+                            "runs first; move fold_bn later"),
+    ("fold_bn", "cluster", "folding scales each output channel's weights, which would break the shared values"),
+    ("fold_bn", "quantize", "folding scales each output channel's weights, which would no longer match the "
+                            "quantizer's codes"),
+    ("prune", "quantize", "it changes the weights, which would no longer match the quantizer's codes; move the "
+                          "quantize step after prune"),
+    ("channels", "quantize", "it changes the weights, which would no longer match the quantizer's codes; move the "
+                             "quantize step after channels"),
+    ("distill", "quantize", "it changes the weights, which would no longer match the quantizer's codes; move the "
+                            "quantize step after distill"),
+)
+
+
+def order_error(order: list[str]) -> str | None:
+    """The message of the first ORDER_RULES rule that `order` (step types in plan order) breaks, else None."""
+    for earlier, later, why in ORDER_RULES:
+        if earlier in order and later in order and order.index(later) < order.index(earlier):
+            if later == "fold_bn":  # said from the step that moves
+                return f"fold_bn must come after {earlier}: {why}"
+            return f"{earlier} must come before {later}: {why}"
+    return None
+
+
+def ordered(steps) -> tuple:
+    """The steps in an order every ORDER_RULES rule accepts, otherwise as given (a stable topological sort)."""
+    remaining = list(steps)
+    out = []
+    while remaining:
+        types = {step.type for step in remaining}
+        for step in remaining:
+            if not any(later == step.type and earlier in types for earlier, later, _ in ORDER_RULES):
+                out.append(step)
+                remaining.remove(step)
+                break
+        else:  # a cycle cannot happen with the table above; keep the rest as given
+            out.extend(remaining)
+            break
+    return tuple(out)
+
+
 def resolve(values: dict[str, Any], layer: str) -> Any:
     """The value a per-layer map gives `layer`: exact name, then the first matching re: pattern, then _default."""
     if layer in values:
@@ -234,6 +299,7 @@ def resolve_all(values: dict[str, Any], layers: list[str]) -> dict[str, Any]:
     return out
 
 
+@step_config
 @dataclass(frozen=True)
 class PruneStep:
     """Magnitude pruning (Han et al. 2015): per layer, the smallest |w| are set to zero and stay zero."""
@@ -254,6 +320,7 @@ class PruneStep:
         _number(where, None, "lr", self.lr, 0.0, 1.0)
 
 
+@step_config
 @dataclass(frozen=True)
 class ClusterStep:
     """k-means weight sharing per layer (Deep Compression), k fixed or "auto" (seed 1's dynamic choice)."""
@@ -285,6 +352,7 @@ class ClusterStep:
         _number(where, None, "lr", self.lr, 0.0, 1.0)
 
 
+@step_config
 @dataclass(frozen=True)
 class ChannelStep:
     """Channel pruning (Hu et al. 2018): per convolution, keep a fraction of output channels, removed for real.
@@ -330,6 +398,7 @@ class ChannelStep:
         _number(where, None, "lr", self.lr, 0.0, 1.0)
 
 
+@step_config
 @dataclass(frozen=True)
 class DistillStep:
     """Knowledge distillation (Hinton et al. 2015): the original model teaches the compressed one.
@@ -359,6 +428,7 @@ DEFAULT_SEGMENT_LENGTH = 4  # PQ sub-vector length s when segment_length does no
 DEFAULT_STAGES = 2  # RQ stages t when stages does not reach a layer
 
 
+@step_config
 @dataclass(frozen=True)
 class QuantizeStep:
     """Vector quantization (Gong et al. 2014) per layer: binarization, scalar k-means, product or residual.
@@ -425,6 +495,7 @@ class QuantizeStep:
                                 f"use {1 << (k.bit_length() - 1)} or {1 << k.bit_length()} (codes are log2 k bits)")
 
 
+@step_config
 @dataclass(frozen=True)
 class FoldBNStep:
     """Fold each batch norm into its convolution (detectors: Ultralytics' inference-time fusion), exactly.
@@ -440,11 +511,6 @@ class FoldBNStep:
 
     def check(self, where: str) -> None:
         return None
-
-
-STEP_TYPES: dict[str, type] = {cls.type: cls for cls in (PruneStep, ClusterStep, ChannelStep, DistillStep,
-                                                         FoldBNStep)}
-STEP_TYPES[QuantizeStep.type] = QuantizeStep  # issue 6: vector quantization (compression/methods/vq.py)
 
 
 @dataclass(frozen=True)
@@ -494,22 +560,9 @@ class Plan:
                         raise PlanError(f"{where}: layer {_short(key)} in {name} is not a layer of this model; "
                                         f"layers are {', '.join(layers[:8])}")
         order = [step.type for step in self.steps]
-        if "prune" in order and "cluster" in order and order.index("cluster") < order.index("prune"):
-            raise PlanError("prune must come before cluster: "
-                            "pruning after weight sharing would break the shared values")
-        if "channels" in order:
-            for later in ("prune", "cluster"):
-                if later in order and order.index(later) < order.index("channels"):
-                    raise PlanError(f"channels must come before {later}: removing channels changes the layers' "
-                                    f"shapes, so {later} must work on what remains; move the channels step first")
-        if "distill" in order and "cluster" in order and order.index("cluster") < order.index("distill"):
-            raise PlanError("distill must come before cluster: its fine-tuning would break the shared values "
-                            "(the cluster step already fine-tunes with the KD loss when the plan distills)")
-        if "fold_bn" in order:
-            for earlier in ("prune", "channels"):
-                if earlier in order and order.index(earlier) > order.index("fold_bn"):
-                    raise PlanError(f"fold_bn must come after {earlier}: fine-tuning without batch norm recovers "
-                                    f"far less, so {earlier} (and its fine-tuning) runs first; move fold_bn later")
+        broken = order_error(order)
+        if broken:
+            raise PlanError(broken)
         _check_quantize(self, order, layers)
         return self
 
@@ -673,16 +726,11 @@ def _integer(where: str, layer: str | None, name: str, value: Any, low: int, hig
 
 
 def _check_quantize(plan: Plan, order: list[str], layers: list[str] | None) -> None:
-    """Where quantization does not combine: after it nothing may change the weights (the codes would no
-    longer describe them); a clustered layer cannot also be quantized; binary/pq/rq codewords cannot keep
-    pruning's zeros (kmeans keeps them as an extra exact-zero code, so prune + kmeans is fine)."""
-    if "quantize" not in order:
+    """Where quantization does not combine with other steps on a layer: a clustered layer cannot also be
+    quantized; binary/pq/rq codewords cannot keep pruning's zeros (kmeans keeps them as an extra exact-zero
+    code, so prune + kmeans is fine). That nothing may change the weights after it is in ORDER_RULES."""
+    if "quantize" not in order:  # (its place in the plan: ORDER_RULES)
         return
-    at = order.index("quantize")
-    for earlier in ("prune", "channels", "distill"):
-        if earlier in order and order.index(earlier) > at:
-            raise PlanError(f"{earlier} must come before quantize: it changes the weights, which would no longer "
-                            f"match the quantizer's codes; move the quantize step after {earlier}")
     steps = {step.type: step for step in plan.steps}
     quantize = steps["quantize"]
     if layers is None:  # without the model's layers, check the names the maps spell out

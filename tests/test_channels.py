@@ -48,7 +48,7 @@ def small_step(**kwargs):
 
 
 def context(handle, data):
-    return StepContext(data=data, layers=list(handle.prunable_layers()))
+    return StepContext(data=data, layers=list(handle.prunable_layers()), task=handle.task)
 
 
 def resnet18_handle(size=32):
@@ -72,7 +72,7 @@ def rgb(data):
 
 def test_physical_removal_drops_params_flops_and_file_bytes(vgg, digits32, tmp_path):
     work = vgg.clone()
-    report = channels.run(work.model, small_step(selection="l1"), context(work, digits32))
+    report = channels.run(work.model, small_step(selection="l1"), context(work, digits32)).report
     before = metrics.model_summary(vgg.model, vgg.input_shape)
     after = metrics.model_summary(work.model, vgg.input_shape)
     assert after["params"] < before["params"] / 5
@@ -88,7 +88,7 @@ def test_l1_keeps_largest_filters(vgg, digits32):
     work = vgg.clone()
     original = vgg.model.features[0].weight.detach().abs().flatten(1).sum(1)
     report = channels.run(work.model, small_step(keep_ratio={"features.0": 0.25}, selection="l1"),
-                          context(work, digits32))
+                          context(work, digits32)).report
     kept = report["layers"]["features.0"]["kept_channels"]
     assert sorted(kept) == sorted(torch.argsort(original, descending=True)[:8].tolist())
     assert torch.equal(work.model.features[0].weight, vgg.model.features[0].weight[sorted(kept)])
@@ -117,7 +117,7 @@ def test_ga_is_seeded_reproducible_and_respects_keep_ratio(vgg, digits32):
     for _ in range(2):
         work = vgg.clone()
         reports.append(channels.run(work.model, small_step(keep_ratio={"features.10": 0.4, "features.17": 0.25}),
-                                    context(work, digits32)))
+                                    context(work, digits32)).report)
     a, b = reports
     for layer, n in (("features.10", 64), ("features.17", 128)):
         assert a["layers"][layer]["kept_channels"] == b["layers"][layer]["kept_channels"]
@@ -150,7 +150,8 @@ def test_resnet18_coupled_channels_stay_consistent(digits32, tmp_path):
     step = small_step(keep_ratio={"layer1.1.conv2": 0.5, "layer2.0.conv2": 0.5, "layer1.0.conv1": 0.25},
                       selection="random")
     data = rgb(digits32)
-    report = channels.run(work.model, step, StepContext(data=data, layers=list(handle.prunable_layers())))
+    result = channels.run(work.model, step, StepContext(data=data, layers=list(handle.prunable_layers())))
+    report = result.report
     model = work.model
     assert model.conv1.out_channels == model.layer1[0].conv2.out_channels == model.layer1[1].conv2.out_channels == 32
     assert model.layer2[0].downsample[0].out_channels == model.layer2[1].conv2.out_channels == 64
@@ -162,7 +163,7 @@ def test_resnet18_coupled_channels_stay_consistent(digits32, tmp_path):
     assert out.shape == (4, 10)
     # compact-file round trip: the decoder replays the removal, then loads the smaller tensors
     path = tmp_path / "r18.clab"
-    save_compressed(work, path)
+    save_compressed(work, path, products=result.products)
     decoded = load_compressed(path)
     with torch.no_grad():
         assert torch.equal(decoded.model(x), out)
@@ -175,21 +176,26 @@ def test_compact_round_trip_of_ga_pruned_vgg_gives_identical_outputs(vgg, digits
     ctx = context(work, digits32)
     ctx.on_progress = lambda stage, fraction, values: events.append({"stage": stage, "progress": fraction,
                                                                      "values": values})
-    channels.run(work.model, small_step(keep_ratio={"features.3": 0.5, "features.21": 0.3}), ctx)
+    result = channels.run(work.model, small_step(keep_ratio={"features.3": 0.5, "features.21": 0.3}), ctx)
     # the GA's best and mean fitness per generation reach the run's events (the Runs page plots them)
     rows = ga_rows(events)
     assert sorted(set(rows["layer"])) == ["features.21", "features.3"] and len(rows) == 6
     assert (rows["best_fitness"] >= rows["mean_fitness"]).all()
     assert len(ga_figure(rows).data) == 4
     path = tmp_path / "vgg.clab"
-    save_compressed(work, path, {"plan": "x"})
+    save_compressed(work, path, {"plan": "x"}, result.products)
     decoded = load_compressed(path)
     x = digits32.test[:16][0]
     with torch.no_grad():
         assert torch.equal(decoded.model(x), work.model(x))
     assert decoded.model.features[3].out_channels == 16
-    # re-saving the decoded model keeps the record (the attribute travels with the model)
-    assert load_compressed(path).extra["meta"]["channel_pruning"] == getattr(decoded.model, channels.HISTORY_ATTR)
+    # the decoded handle carries the record, so re-saving it (or compressing it again) keeps it
+    assert decoded.channel_history == result.products.channel_history
+    save_compressed(decoded, tmp_path / "again.clab")
+    again = load_compressed(tmp_path / "again.clab")
+    assert again.extra["meta"]["channel_pruning"] == result.products.channel_history
+    with torch.no_grad():
+        assert torch.equal(again.model(x), work.model(x))
 
 
 def test_distillation_loss():

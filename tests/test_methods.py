@@ -24,7 +24,7 @@ def test_magnitude_mask_removes_smallest():
 def test_pruned_weights_stay_zero_through_finetuning(lenet300, digits28):
     work = lenet300.clone()
     step = PruneStep(sparsity={"_default": 0.9, "fc3": 0.5}, iterations=2, finetune_epochs=1)
-    report = prune.run(work.model, step, context(work, digits28))
+    report = prune.run(work.model, step, context(work, digits28)).report
     assert report["sparsity"]["fc1"] == pytest.approx(0.9, abs=1e-4)
     assert report["sparsity"]["fc3"] == pytest.approx(0.5, abs=1e-2)
     assert not any(parametrize.is_parametrized(m) for m in work.model.modules())
@@ -60,7 +60,7 @@ def test_cluster_keeps_zeros_and_at_most_k_values(lenet300, digits28):
               context(work, digits28))
     zeros_before = {name: (w == 0).clone() for name, w in work.prunable_layers().items()}
     report = cluster.run(work.model, ClusterStep(n_clusters={"_default": 8, "fc3": 4}, finetune_epochs=1),
-                         context(work, digits28))
+                         context(work, digits28)).report
     assert report["n_clusters"] == {"fc1": 8, "fc2": 8, "fc3": 4}
     for name, weight in work.prunable_layers().items():
         values = torch.unique(weight[weight != 0])
@@ -75,7 +75,7 @@ def test_auto_k_reconstruction_tolerance_is_monotonic(lenet300, digits28):
         work = lenet300.clone()
         step = ClusterStep(n_clusters={"fc2": "auto"}, auto_criterion="reconstruction", tolerance=tolerance,
                            finetune_epochs=0)
-        chosen.append(cluster.run(work.model, step, context(work, digits28))["n_clusters"]["fc2"])
+        chosen.append(cluster.run(work.model, step, context(work, digits28)).report["n_clusters"]["fc2"])
     assert chosen == sorted(chosen) and chosen[0] < chosen[-1]
     assert all(2 <= k <= 256 for k in chosen)
 
@@ -83,7 +83,7 @@ def test_auto_k_reconstruction_tolerance_is_monotonic(lenet300, digits28):
 def test_auto_k_accuracy_criterion_bounds_layer_drop(lenet300, digits28):
     work = lenet300.clone()
     step = ClusterStep(n_clusters={"fc1": "auto"}, tolerance=0.0, finetune_epochs=0, auto_val_size=200)
-    k = cluster.run(work.model, step, context(work, digits28))["n_clusters"]["fc1"]
+    k = cluster.run(work.model, step, context(work, digits28)).report["n_clusters"]["fc1"]
     loader = digits28.loader("val", size=200)
     assert metrics.accuracy(work.model, loader) >= metrics.accuracy(lenet300.model, loader)
     if k > 2:  # one step below the choice must have cost accuracy

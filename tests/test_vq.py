@@ -59,9 +59,9 @@ def test_quantized_model_decodes_bit_exactly(lenet5, digits28, tmp_path, method)
     step = QuantizeStep(quantizer=LAYOUTS[method], n_codewords={"fc1": 16, "conv2": 32, "fc2": 8},
                         segment_length={"_default": 5}, stages={"_default": 2}, finetune_epochs=0)
     ctx = context(work, digits28)
-    report = vq.run(work.model, step, ctx)
-    assert set(report["layers"]) == set(LAYOUTS[method])
-    save_compressed(work, tmp_path / "m.clab")
+    result = vq.run(work.model, step, ctx)
+    assert set(result.report["layers"]) == set(LAYOUTS[method])
+    save_compressed(work, tmp_path / "m.clab", products=result.products)
     decoded = load_compressed(tmp_path / "m.clab")
     expected, actual = work.model.state_dict(), decoded.model.state_dict()
     for key, tensor in expected.items():
@@ -84,14 +84,14 @@ def test_codebook_finetuning_keeps_codes_and_stays_exact(lenet300, digits28, tmp
                         segment_length={"_default": 4}, stages={"_default": 2}, axis={"_default": "out"},
                         finetune_epochs=1, lr=1e-3)
     ctx = context(work, data)
-    vq.run(work.model, step, ctx)
-    structures = ctx.notes["vq"]
+    result = vq.run(work.model, step, ctx)
+    structures = result.products.vq_structures
     fc1 = structures["fc1.weight"]
     first = vq.quantize_weight(lenet300.model.fc1.weight, step.layer_settings("fc1"), seed=0)
     assert np.array_equal(fc1.codes, first.codes)  # codes fixed, codebook trained
     assert not np.array_equal(fc1.codebook, first.codebook)
     assert torch.equal(work.model.fc1.weight.detach(), torch.from_numpy(reconstruct(fc1)))
-    save_compressed(work, tmp_path / "m.clab")
+    save_compressed(work, tmp_path / "m.clab", products=result.products)
     decoded = load_compressed(tmp_path / "m.clab")
     for key, tensor in work.model.state_dict().items():
         assert torch.equal(tensor, decoded.model.state_dict()[key]), key
@@ -171,10 +171,11 @@ def test_prune_then_kmeans_keeps_zeros_and_patterns_are_checked_against_layers(l
 
     prune.run(work.model, PruneStep(sparsity={"fc2": 0.8}, iterations=1, finetune_epochs=0), ctx)
     zeros = work.model.fc2.weight == 0
-    vq.run(work.model, QuantizeStep(quantizer={"fc2": "kmeans"}, n_codewords={"fc2": 4}, finetune_epochs=0), ctx)
+    result = vq.run(work.model, QuantizeStep(quantizer={"fc2": "kmeans"}, n_codewords={"fc2": 4}, finetune_epochs=0),
+                    ctx)
     weight = work.model.fc2.weight
     assert torch.equal(weight == 0, zeros) and torch.unique(weight[~zeros]).numel() <= 4
-    assert ctx.notes["vq"]["fc2.weight"].zero_code
+    assert result.products.vq_structures["fc2.weight"].zero_code
 
 
 def test_layer_too_small_for_the_codebook_is_refused(lenet300, digits28):
@@ -283,10 +284,10 @@ def test_quantizers_run_on_the_demo_detector(tmp_path):
                         n_codewords={"model.1.conv": 8, "_default": 16}, segment_length={"_default": 9},
                         finetune_epochs=0)
     ctx = StepContext(data=None, layers=layers)
-    report = vq.run(work.model, step, ctx)
-    assert "model.1.conv" in report["layers"] and len(report["layers"]) > 3
+    result = vq.run(work.model, step, ctx)
+    assert "model.1.conv" in result.report["layers"] and len(result.report["layers"]) > 3
     state = {k: v.detach().cpu() + 0.0 for k, v in work.model.state_dict().items() if v.is_floating_point()}
-    write_file(tmp_path / "d.clab", state, {}, structures=work.model.clab_vq_structures)
+    write_file(tmp_path / "d.clab", state, {}, structures=result.products.vq_structures)
     _, decoded = read_file(tmp_path / "d.clab")
     for key, tensor in state.items():
         assert torch.equal(tensor, decoded[key]), key

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from compression.errors import DataLoadError, first_line
+from compression.paths import ASSETS, data_home
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -62,15 +62,6 @@ def _images(path: Path) -> list[Path]:
                 out.append(p if p.is_absolute() else base / p)
         return out
     return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def data_home() -> Path:
-    """Where generated datasets live: $COMPRESSION_LAB_DATA, else the engine's data folder + /data."""
-    if os.environ.get("COMPRESSION_LAB_DATA"):
-        return Path(os.environ["COMPRESSION_LAB_DATA"]).expanduser()
-    from compression.engine.store import default_root
-
-    return Path(default_root()) / "data"
 
 
 def shapes_dataset(folder: Path | None = None) -> Path:

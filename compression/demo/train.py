@@ -22,8 +22,7 @@ from compression import metrics
 from compression.data import load_data
 from compression.methods.finetune import TrainConfig, train
 from compression.models.zoo import DEMO_MODELS
-
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
+from compression.paths import ASSETS
 
 # Per-model recipes: enough epochs to converge on 1,078 training images; shifts of 2 pixels help the
 # upsampled 8x8 digits generalise.

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from compression.demo.shapes import CLASSES, ShapesConfig, write_dataset
 from compression.models.yolo_env import offline_ultralytics
+from compression.paths import ASSETS
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
 TRAIN_IMAGES, VAL_IMAGES = 800, 200
 # YOLOv8n's layout at a quarter of its width (width 0.125 instead of 0.25): the shapes task is easy
 # and CPU training must finish in minutes.

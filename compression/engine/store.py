@@ -78,12 +78,10 @@ def busy_timeout() -> float:
 
 
 def default_root() -> Path:
-    """$COMPRESSION_LAB_HOME, else the per-user data folder."""
-    if os.environ.get("COMPRESSION_LAB_HOME"):
-        return Path(os.environ["COMPRESSION_LAB_HOME"]).expanduser()
-    import platformdirs
+    """$COMPRESSION_LAB_HOME, else the per-user data folder (compression.paths.home)."""
+    from compression.paths import home
 
-    return Path(platformdirs.user_data_dir("compression-lab"))
+    return home()
 
 
 def new_run_id() -> str:

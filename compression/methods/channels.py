@@ -36,10 +36,10 @@ from torch import nn
 
 from compression.errors import CompressionLabError, ModelLoadError, PlanError
 from compression.methods import bn_stats
-from compression.methods.context import StepContext
+from compression.methods.context import StepContext, StepResult
+from compression.methods.registry import handler
+from compression.models.compact import Products
 from compression.plan import ChannelStep, resolve
-
-HISTORY_ATTR = "clab_channel_history"  # attribute on a channel-pruned model: Torch-Pruning's replay record
 
 
 def _tp():
@@ -330,7 +330,6 @@ def remove_channels(model: nn.Module, graph, group: ChannelGroup, keep: torch.Te
         return
     root = model.get_submodule(group.name)
     graph.get_pruning_group(root, tp.prune_conv_out_channels, drop).prune()
-    setattr(model, HISTORY_ATTR, _plain(graph.pruning_history()))
 
 
 def _plain(history) -> list:
@@ -347,7 +346,6 @@ def replay(model: nn.Module, history: list, input_shape: tuple[int, ...]) -> nn.
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"cannot replay the file's channel pruning on its architecture ({exc}): "
                              "the file was written for another model") from None
-    setattr(model, HISTORY_ATTR, _plain(history))
     return model
 
 
@@ -360,9 +358,10 @@ def _sensitivity(model: nn.Module, groups: list[ChannelGroup], scorer: Callable[
     return out
 
 
-def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> dict:
+@handler(ChannelStep)
+def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
     """Prune each targeted channel group to its keep ratio (GA, L1 or random), least sensitive first."""
-    if type(model).__module__.startswith("ultralytics"):
+    if ctx.task == "detect":
         raise PlanError("channels: channel pruning of YOLO detectors is not supported yet (Ultralytics' C2f splits "
                         "its channels by a stored count, which needs Torch-Pruning's split-free C2f variant): "
                         "remove the channels step, prune and cluster the detector instead")
@@ -381,7 +380,7 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> dict:
                 "removed; a classifier's outputs are its classes)")
     if not targets:
         ctx.log("channels: no convolution has a keep_ratio below 1; nothing to do")
-        return {}
+        return StepResult()
     seed = ctx.seed + step.seed
     device = next(model.parameters()).device
     accurate_scorer = ctx.make_scorer(step.fitness_size, seed)
@@ -428,7 +427,8 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> dict:
     ctx.finetune(model, step.final_epochs, step.lr, seed + 99, "channels fine-tune")
     model.eval()
     ctx.log("channels: kept " + ", ".join(f"{k}={v['kept']}/{v['channels']}" for k, v in report["layers"].items()))
-    return report
+    # Torch-Pruning's replay record of this step: the file stores it and the decoder replays it
+    return StepResult(report, Products(channel_history=_plain(graph.pruning_history())))
 
 
 def estimate_keep(channels: int, keep_ratio: float) -> int:

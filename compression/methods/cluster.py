@@ -20,9 +20,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from compression.methods.context import StepContext, layer_weight, weight_ref
+from compression.methods.context import StepContext, StepResult, layer_weight, weight_ref
 from compression.methods.kmeans1d import kmeans_1d
 from compression.methods.prune import bake
+from compression.methods.registry import handler
 from compression.plan import ClusterStep, resolve_all
 
 MAX_CLUSTERS = 256
@@ -97,12 +98,13 @@ def choose_n_clusters(model: nn.Module, layer: str, step: ClusterStep, ctx: Step
     return high
 
 
-def run(model: nn.Module, step: ClusterStep, ctx: StepContext) -> dict:
+@handler(ClusterStep)
+def run(model: nn.Module, step: ClusterStep, ctx: StepContext) -> StepResult:
     """Choose k per layer, cluster every layer, fine-tune the shared values, bake them into the weights."""
     requested = resolve_all(step.n_clusters, ctx.layers)
     if not requested:
         ctx.log("cluster: no layer has n_clusters; nothing to do")
-        return {}
+        return StepResult()
     chosen: dict[str, int] = {}
     auto_layers = [layer for layer, k in requested.items() if k == "auto"]
     originals: dict[str, torch.Tensor] = {}
@@ -134,4 +136,4 @@ def run(model: nn.Module, step: ClusterStep, ctx: StepContext) -> dict:
         parametrize.register_parametrization(module, attribute, SharedValues(labels, centroids), unsafe=True)
     ctx.finetune(model, step.finetune_epochs, step.lr, ctx.seed + step.seed + 1000, "fine-tune shared values")
     bake(model)
-    return {"n_clusters": {layer: chosen[layer] for layer in requested}}
+    return StepResult({"n_clusters": {layer: chosen[layer] for layer in requested}})

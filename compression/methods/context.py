@@ -1,4 +1,4 @@
-"""What every step handler receives: the data, progress and cancellation hooks, and shared settings."""
+"""What every step handler receives (StepContext: data, task hooks, progress, cancellation) and returns (StepResult)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from compression.data import DataBundle
 from compression.errors import CompressionLabError
 from compression.methods import bn_stats
 from compression.methods.finetune import TrainConfig, cross_entropy_loss, train
+from compression.models.compact import Products
 
 
 class Cancelled(CompressionLabError):
@@ -51,9 +52,18 @@ def layer_weight(model: nn.Module, layer: str) -> torch.Tensor:
 
 
 @dataclass
+class StepResult:
+    """What a step handler hands back: its report (for metrics.json) and what it made for the file."""
+
+    report: dict = field(default_factory=dict)
+    products: Products = field(default_factory=Products)
+
+
+@dataclass
 class StepContext:
     data: DataBundle
     layers: list[str]  # prunable layer names, in model order
+    task: str = "classify"  # the handle's task ("classify" or "detect"); use_task sets it with the hooks
     seed: int = 0
     batch_size: int = 64
     shift_pixels: int = 0  # augmentation for fine-tuning (the demo digits use 2)
@@ -61,7 +71,13 @@ class StepContext:
     on_log: Callable[[str], None] | None = None
     cancel_requested: Callable[[], bool] | None = None
     loss_fn: Callable = cross_entropy_loss
-    notes: dict = field(default_factory=dict)
+    # Knowledge distillation (methods/distill.py): the original model, never changed, and whether every
+    # fine-tuning already distils from it. A task with its own training loop (a detector) sets
+    # `enable_distillation(teacher, temperature, alpha)` to make its trainer distil.
+    teacher: nn.Module | None = None
+    distilling: bool = False
+    enable_distillation: Callable[[nn.Module, float, float], None] | None = None
+    bn_reestimations: int = 0  # how many times batch-norm statistics were re-estimated (metrics.json)
     # Task hooks. A classifier uses the defaults below (cross-entropy fine-tuning on data.train, top-1
     # on a validation subset); a detector sets them to Ultralytics' detection loss and mAP, so every
     # method runs unchanged on both. trainer(model, epochs, lr, seed, stage); scorer(size, seed) -> f(model).
@@ -72,6 +88,14 @@ class StepContext:
     # (see methods/bn_stats.py). A detector sets `bn_recalibrator(model, seed) -> batches used` to its own data.
     bn_batches: int = bn_stats.DEFAULT_MAX_BATCHES
     bn_recalibrator: Callable[[nn.Module, int], int] | None = None
+
+    def use_task(self, handle) -> None:
+        """Set the task hooks for `handle`: a detector trains, scores and re-estimates batch norm its own way."""
+        self.task = handle.task
+        if handle.task == "detect":
+            from compression.methods.detect_train import detection_hooks
+
+            detection_hooks(self.data, handle.imgsz, self)
 
     def finetune(self, model: nn.Module, epochs: int, lr: float, seed: int, stage: str) -> None:
         """Fine-tune `model` in place with the task's loss (constraints stay: they are parametrizations), then
@@ -101,7 +125,7 @@ class StepContext:
             used = bn_stats.reestimate_on(model, self.data.train, self.batch_size, self.bn_batches, seed)
         else:
             return 0
-        self.notes["bn_reestimations"] = self.notes.get("bn_reestimations", 0) + 1
+        self.bn_reestimations += 1
         self.log(f"{stage + ': ' if stage else ''}batch-norm statistics re-estimated on {used} training batches")
         self.check_cancelled()
         return used

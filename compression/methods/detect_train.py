@@ -274,6 +274,6 @@ def detection_hooks(data: DetectionData, imgsz: int, ctx, batch: int = 16) -> No
 
     ctx.trainer = trainer
     ctx.bn_recalibrator = lambda model, seed: recalibrate_detector(model, data, imgsz, seed)
-    ctx.notes["enable_distillation"] = enable_distillation
+    ctx.enable_distillation = enable_distillation
     ctx.scorer = lambda size, seed: map_scorer(data, imgsz, size, seed)
     ctx.score_name = "mAP50-95"

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from compression.errors import PlanError
-from compression.methods.context import StepContext
+from compression.methods.context import StepContext, StepResult
 from compression.methods.finetune import LossFn, frozen_copy
+from compression.methods.registry import handler
 from compression.plan import DistillStep
 
 
@@ -48,26 +49,24 @@ def make_kd_loss(teacher: nn.Module, temperature: float, alpha: float) -> LossFn
 def use_teacher(ctx: StepContext, step: DistillStep, teacher: nn.Module) -> None:
     """Make every later fine-tuning in `ctx` distil from `teacher` (the original model)."""
     if ctx.trainer is not None:  # a task with its own training loop (a detector) distils its own way
-        enable = ctx.notes.get("enable_distillation")
-        if enable is None:
+        if ctx.enable_distillation is None:
             raise PlanError("distill: this model's training loop has no distillation; remove the distill step")
-        enable(teacher, step.temperature, step.alpha)
-        ctx.notes["teacher"] = teacher
-        ctx.notes["distilling"] = True
-        return
-    ctx.notes["teacher"] = teacher
-    ctx.notes["distilling"] = True
-    ctx.loss_fn = make_kd_loss(teacher, step.temperature, step.alpha)
+        ctx.enable_distillation(teacher, step.temperature, step.alpha)
+    else:
+        ctx.loss_fn = make_kd_loss(teacher, step.temperature, step.alpha)
+    ctx.teacher = teacher
+    ctx.distilling = True
 
 
-def run(model: nn.Module, step: DistillStep, ctx: StepContext) -> dict:
+@handler(DistillStep)
+def run(model: nn.Module, step: DistillStep, ctx: StepContext) -> StepResult:
     """Fine-tune `model` with the KD loss for `step.epochs`, keeping zero weights at zero."""
-    if "teacher" not in ctx.notes:
+    if ctx.teacher is None:
         raise PlanError("distill: no teacher model was given: run the plan through compression.pipeline.compress")
-    if not ctx.notes.get("distilling"):
-        use_teacher(ctx, step, ctx.notes["teacher"])
+    if not ctx.distilling:
+        use_teacher(ctx, step, ctx.teacher)
     if step.epochs <= 0:
-        return {"temperature": step.temperature, "alpha": step.alpha, "epochs": 0}
+        return StepResult({"temperature": step.temperature, "alpha": step.alpha, "epochs": 0})
     from compression.methods.prune import apply_masks, bake
     from compression.metrics import weight_layers
 
@@ -80,5 +79,5 @@ def run(model: nn.Module, step: DistillStep, ctx: StepContext) -> dict:
         ctx.finetune(model, step.epochs, step.lr, ctx.seed + step.seed + 7, "distill")
     finally:
         bake(model)
-    return {"temperature": step.temperature, "alpha": step.alpha, "epochs": step.epochs,
-            "masked_layers": len(masks)}
+    return StepResult({"temperature": step.temperature, "alpha": step.alpha, "epochs": step.epochs,
+                       "masked_layers": len(masks)})

@@ -11,13 +11,16 @@ from __future__ import annotations
 from torch import nn
 
 from compression.errors import PlanError
-from compression.methods.context import StepContext
+from compression.methods.context import StepContext, StepResult
 from compression.methods.prune import bake
+from compression.methods.registry import handler
+from compression.models.compact import Products
 from compression.plan import FoldBNStep
 
 
-def run(model: nn.Module, step: FoldBNStep, ctx: StepContext) -> dict:
-    if type(model).__name__ != "DetectionModel":
+@handler(FoldBNStep)
+def run(model: nn.Module, step: FoldBNStep, ctx: StepContext) -> StepResult:
+    if ctx.task != "detect":
         raise PlanError("fold_bn: folding batch norm is implemented for YOLO detectors; remove the step for this "
                         "model")
     from compression.models.detector import fuse
@@ -26,4 +29,4 @@ def run(model: nn.Module, step: FoldBNStep, ctx: StepContext) -> dict:
     bake(model)  # plain weights (a pruned model's masks are already baked)
     fuse(model)
     ctx.log(f"fold_bn: {count} batch norms folded into their convolutions")
-    return {"folded": count}
+    return StepResult({"folded": count}, Products(folded_bn=True))

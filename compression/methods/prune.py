@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from compression.methods.context import StepContext, layer_weight, weight_ref
+from compression.methods.context import StepContext, StepResult, layer_weight, weight_ref
+from compression.methods.registry import handler
 from compression.plan import PruneStep, resolve_all
 
 
@@ -69,13 +70,14 @@ def bake(model: nn.Module) -> None:
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
 
 
-def run(model: nn.Module, step: PruneStep, ctx: StepContext) -> dict:
+@handler(PruneStep)
+def run(model: nn.Module, step: PruneStep, ctx: StepContext) -> StepResult:
     """Prune to each layer's target in `step.iterations` rounds, fine-tuning with masks after each."""
     targets = resolve_all(step.sparsity, ctx.layers)
     targets = {layer: float(s) for layer, s in targets.items() if s > 0}
     if not targets:
         ctx.log("prune: no layer has a sparsity above 0; nothing to do")
-        return {}
+        return StepResult()
     for round_index in range(1, step.iterations + 1):
         # Sparsity ramps up geometrically in the kept fraction: each round removes the same share of
         # what is left, which Han et al.'s iterative schedule approximates.
@@ -97,4 +99,4 @@ def run(model: nn.Module, step: PruneStep, ctx: StepContext) -> dict:
         weight = layer_weight(model, layer)
         achieved[layer] = 1.0 - float(torch.count_nonzero(weight)) / weight.numel()
     ctx.log("prune: sparsity " + ", ".join(f"{k}={v:.3f}" for k, v in achieved.items()))
-    return {"sparsity": achieved}
+    return StepResult({"sparsity": achieved})

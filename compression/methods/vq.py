@@ -23,8 +23,8 @@ After quantization the codebooks are fine-tuned with the codes fixed (the weight
 parametrization of the codebook, so autograd sums each codeword's gradient over the weights that
 use it, as Deep Compression does for shared values), through ctx.finetune so it runs on any task.
 The baked weight is built by storage.vq_section.reconstruct, the decoder's own function, so the
-file decodes to exactly the in-memory model; the structures go to the compact file via
-ctx.notes["vq"] (tensor name -> Quantized).
+file decodes to exactly the in-memory model; the structures (weight tensor name -> Quantized) go
+back in the step's result and compress hands them to the compact-file writer.
 """
 
 from __future__ import annotations
@@ -35,9 +35,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from compression.errors import PlanError
-from compression.methods.context import StepContext, get_module, weight_ref
+from compression.methods.context import StepContext, StepResult, get_module, weight_ref
 from compression.methods.kmeans1d import kmeans_1d
 from compression.methods.prune import bake
+from compression.methods.registry import handler
+from compression.models.compact import Products
 from compression.plan import QuantizeStep
 from compression.storage.vq_section import Quantized, formula_bits, matrix_dims, reconstruct
 
@@ -200,8 +202,9 @@ def relative_error(weight: np.ndarray, quantized: np.ndarray) -> float:
     return float(((weight.astype(np.float64) - quantized) ** 2).sum()) / energy
 
 
-def run(model: nn.Module, step: QuantizeStep, ctx: StepContext) -> dict:
-    """Quantize every layer the step reaches, fine-tune the codebooks, bake; structures -> ctx.notes["vq"]."""
+@handler(QuantizeStep)
+def run(model: nn.Module, step: QuantizeStep, ctx: StepContext) -> StepResult:
+    """Quantize every layer the step reaches, fine-tune the codebooks, bake; the structures go in the result."""
     chosen = {layer: settings for layer in ctx.layers if (settings := step.layer_settings(layer)) is not None}
     packed = [layer for layer in chosen if weight_ref(model, layer)[1] != "weight"]
     if packed:  # the compact file's vq sections are keyed by `<layer>.weight`
@@ -210,7 +213,7 @@ def run(model: nn.Module, step: QuantizeStep, ctx: StepContext) -> dict:
         chosen = {layer: settings for layer, settings in chosen.items() if layer not in packed}
     if not chosen:
         ctx.log("quantize: no layer has a quantizer; nothing to do")
-        return {}
+        return StepResult()
     for layer, settings in chosen.items():  # every layer checked before any work starts
         weight = get_module(model, layer).weight
         if weight.dtype != torch.float32:
@@ -230,7 +233,7 @@ def run(model: nn.Module, step: QuantizeStep, ctx: StepContext) -> dict:
         parametrize.register_parametrization(module, "weight", CodebookWeight(q, module.weight.device), unsafe=True)
         ctx.check_cancelled()
     ctx.finetune(model, step.finetune_epochs, step.lr, ctx.seed + step.seed + 2000, "fine-tune codebooks")
-    notes = ctx.notes.setdefault("vq", {})
+    stored: dict[str, Quantized] = {}  # weight tensor name -> codebooks + codes, for the file
     for layer, q in structures.items():
         module = get_module(model, layer)
         trained = module.parametrizations.weight.original.detach().cpu().to(torch.float32).numpy()
@@ -238,11 +241,9 @@ def run(model: nn.Module, step: QuantizeStep, ctx: StepContext) -> dict:
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
         with torch.no_grad():
             module.weight.copy_(torch.from_numpy(reconstruct(q)))  # the decoder's own function: bit-exact
-        notes[f"{layer}.weight"] = q
+        stored[f"{layer}.weight"] = q
         bits = formula_bits(q.method, q.shape, q.n_codewords, q.segment_length, q.stages, q.axis, q.zero_code)
         report[layer].update({"formula_bits": bits, "formula_ratio": 32 * int(np.prod(q.shape)) / bits})
-    # the compact-file writers (compact.save_compressed, the detector's) read the structures from the model
-    model.clab_vq_structures = dict(notes)
     ctx.log("quantize: " + ", ".join(f"{layer}={row['method']}(k={row['n_codewords']}) "
                                      f"{row['formula_ratio']:.1f}x" for layer, row in report.items()))
-    return {"layers": report}
+    return StepResult({"layers": report}, Products(vq_structures=stored))

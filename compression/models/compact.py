@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,29 +14,64 @@ from compression.models.handle import ModelHandle, build_architecture, load_stat
 from compression.storage import read_file, write_file
 
 
-def save_compressed(handle: ModelHandle, path: str | Path, extra: dict | None = None) -> int:
-    """Encode the handle's model into our compact format; returns the bytes written."""
-    meta = {
-        "producer": f"compression-lab {__version__}",
-        "task": "classify",
-        "architecture": handle.architecture,
-        "input_shape": list(handle.input_shape),
-        "num_classes": handle.num_classes,
-        "label": handle.label,
-        "mean": list(handle.mean) if handle.mean else None,
-        "std": list(handle.std) if handle.std else None,
-        **(extra or {}),
-    }
-    history = getattr(handle.model, "clab_channel_history", None)
+@dataclass
+class Products:
+    """What compression made besides the weights that the file must store to rebuild the model.
+
+    Step handlers return these in their StepResult (methods/context.py); compress collects them and hands
+    them to write_compact. Nothing rides on attributes of the model.
+    """
+
+    # Torch-Pruning replay records [module name, out-channels?, [channel indices]], in the order applied
+    channel_history: list = field(default_factory=list)
+    # weight tensor name -> codebooks + codes of a vector-quantized layer (stored as "vq" sections)
+    vq_structures: dict = field(default_factory=dict)
+    folded_bn: bool = False  # a detector's batch norms were folded into its convolutions
+
+    def merge(self, other: Products) -> None:
+        self.channel_history.extend(other.channel_history)
+        self.vq_structures.update(other.vq_structures)
+        self.folded_bn = self.folded_bn or other.folded_bn
+
+
+def write_compact(handle, path: str | Path, extra: dict | None = None, products: Products | None = None) -> int:
+    """Encode a handle's model (classifier or detector) into our compact format; returns the bytes written.
+
+    The meta records the producer, the handle's task and what rebuilds it (`handle.compact_meta()`), the
+    channel-pruning record, then `extra` (the plan, the data reference).
+    """
+    products = products or Products()
+    meta = {"producer": f"compression-lab {__version__}", "task": handle.task, **handle.compact_meta()}
+    history = list(handle.channel_history) + list(products.channel_history)
     if history:  # channels were removed: the decoder replays this record on the built architecture
         meta["channel_pruning"] = history
+    if products.folded_bn:
+        meta["fused"] = True
+    meta.update(extra or {})
     # x + 0.0 == x for every x except -0.0, which becomes +0.0: pruned weights (w * 0) keep the sign bit,
     # and the bit-exact codec would otherwise have to store every negative zero as a non-zero
     state = {k: (v.detach().cpu() + 0.0 if v.is_floating_point() else v.detach().cpu())
              for k, v in handle.model.state_dict().items()}
-    # vector-quantized layers (methods/vq.py) leave their codebooks + codes on the model: stored as "vq" sections
-    structures = getattr(handle.model, "clab_vq_structures", None)
-    return write_file(path, state, meta, handle.layer_kinds(), structures=structures)
+    return write_file(path, state, meta, handle.layer_kinds(), structures=products.vq_structures or None)
+
+
+def save_compressed(handle: ModelHandle, path: str | Path, extra: dict | None = None,
+                    products: Products | None = None) -> int:
+    """Encode a classifier into our compact format (write_compact); returns the bytes written."""
+    return write_compact(handle, path, extra, products)
+
+
+def read_compact(path: str | Path, base_file: str | Path | None = None):
+    """Decode a compact file of either task into a working handle (our own parser; nothing is unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"compressed file {path} does not exist: check the path")
+    meta, state = read_file(path)
+    if meta.get("task") == "detect":
+        from compression.models.detector import handle_from_decoded_detector
+
+        return handle_from_decoded_detector(meta, state, path.name)
+    return handle_from_decoded(meta, state, base_file, path.name)
 
 
 # What a file's meta may say (checked before anything is built): an input of at most MAX_INPUT_CHANNELS
@@ -191,13 +227,17 @@ def handle_from_decoded(meta: dict, state: dict[str, torch.Tensor], base_file: s
     _check_shapes(state_shapes, {key: tuple(value.shape) for key, value in model.state_dict().items()}, source)
     load_state(model, state)
     return ModelHandle(model.eval(), architecture, checked["input_shape"], checked["num_classes"],
-                       checked["label"], checked["mean"], checked["std"], {"meta": meta})
+                       checked["label"], checked["mean"], checked["std"], {"meta": meta},
+                       channel_history=list(checked["channel_pruning"] or []))
 
 
 def load_compressed(path: str | Path, base_file: str | Path | None = None) -> ModelHandle:
-    """Decode a compact file into a working model (our own parser; nothing is unpickled)."""
+    """Decode a compact classifier file into a working model (our own parser; nothing is unpickled)."""
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"compressed file {path} does not exist: check the path")
     meta, state = read_file(path)
+    if meta.get("task") == "detect":
+        raise FormatError(f"{path.name} holds a detector, not a classifier: load it with "
+                          "compression.sources.load_file")
     return handle_from_decoded(meta, state, base_file, path.name)

@@ -19,24 +19,45 @@ import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from compression.errors import ModelLoadError, first_line
+from compression.paths import ASSETS
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEMO_DETECTOR = ASSETS / "detector.pt"
 HEAD_SKIP = re.compile(r".*\.(cv2|cv3)\.\d+\.2$|.*\.dfl\.conv$|.*\.one2one_cv[23]\.\d+\.2$")
 
 
 @dataclass
 class DetectorHandle:
+    task: ClassVar[str] = "detect"
     model: nn.Module  # ultralytics DetectionModel (fp32, eval)
     architecture: dict  # {"kind": "ultralytics", "yaml": {...}, "names": {...}}
     imgsz: int
     label: str
     extra: dict = field(default_factory=dict)
+    channel_history: list = field(default_factory=list)  # (detectors are not channel-pruned yet)
+
+    def compact_meta(self) -> dict:
+        """What the compact file records to rebuild this detector (models/compact.write_compact)."""
+        return {"architecture": self.architecture, "imgsz": self.imgsz, "label": self.label,
+                "fused": is_fused(self.model)}
+
+    score_name: ClassVar[str] = "mAP50"  # reported as "accuracy": the score every page plots
+
+    def score(self, model: nn.Module, data, split: str = "val") -> float:
+        """mAP50 of `model` (this one or a compressed copy of it) on the dataset's validation images."""
+        return evaluate_model(model, self.imgsz, data.yaml_path)["map50"]
+
+    def measure(self, data, split: str = "val", latency: bool = True) -> dict:
+        """mAP50 (as `accuracy`), mAP50-95, P, R, parameters, FLOPs, fp32 bytes and CPU latency."""
+        from compression.models.handle import sizes
+
+        scores = evaluate_model(self.model, self.imgsz, data.yaml_path)
+        return {"accuracy": scores["map50"], **scores, **sizes(self, latency)}
 
     @property
     def names(self) -> dict[int, str]:
@@ -185,18 +206,11 @@ def fuse(model: nn.Module) -> nn.Module:
     return model
 
 
-def save_detector(handle: DetectorHandle, path: str | Path, extra: dict | None = None) -> int:
-    """Write the detector in our compact format (tensors + the yaml that rebuilds it)."""
-    from compression import __version__
-    from compression.storage import write_file
+def save_detector(handle: DetectorHandle, path: str | Path, extra: dict | None = None, products=None) -> int:
+    """Write the detector in our compact format (tensors + the yaml that rebuilds it): write_compact."""
+    from compression.models.compact import write_compact
 
-    meta = {"producer": f"compression-lab {__version__}", "task": "detect", "architecture": handle.architecture,
-            "imgsz": handle.imgsz, "label": handle.label, "fused": is_fused(handle.model), **(extra or {})}
-    state = {k: (v.detach().cpu() + 0.0 if v.is_floating_point() else v.detach().cpu())
-             for k, v in handle.model.state_dict().items()}
-    # quantized layers (a quantize step) are stored as their codebooks and codes
-    structures = getattr(handle.model, "clab_vq_structures", None)
-    return write_file(path, state, meta, handle.layer_kinds(), structures=structures)
+    return write_compact(handle, path, extra, products)
 
 
 def load_detector_file(path: str | Path) -> DetectorHandle:
@@ -208,8 +222,15 @@ def load_detector_file(path: str | Path) -> DetectorHandle:
     if not path.is_file():
         raise FormatError(f"compressed file {path} does not exist: check the path")
     meta, state = read_file(path)
+    return handle_from_decoded_detector(meta, state, path.name)
+
+
+def handle_from_decoded_detector(meta: dict, state: dict, source: str = "file") -> DetectorHandle:
+    """Rebuild the recorded detector and load the decoded tensors into it."""
+    from compression.errors import FormatError
+
     if meta.get("task") != "detect":
-        raise FormatError(f"{path.name} holds a {meta.get('task', 'unknown')} model, not a detector")
+        raise FormatError(f"{source} holds a {meta.get('task', 'unknown')} model, not a detector")
     stored = sum(t.numel() for t in state.values())
     # unfused layers hold at most ~1.5x the values of fused ones (batch norm: 4 vectors for 1 bias)
     model = build_detector(meta.get("architecture"), max_elements=2 * stored + 100_000)
@@ -217,12 +238,12 @@ def load_detector_file(path: str | Path) -> DetectorHandle:
         fuse(model)
     expected = model.state_dict()
     if set(expected) != set(state) or any(expected[k].shape != state[k].shape for k in expected):
-        raise ModelLoadError(f"{path.name} does not match its recorded detector architecture: the file is damaged")
+        raise ModelLoadError(f"{source} does not match its recorded detector architecture: the file is damaged")
     model.load_state_dict(state)
     imgsz = meta.get("imgsz", 640)
     if isinstance(imgsz, bool) or not isinstance(imgsz, int) or not 32 <= imgsz <= 8192:
-        raise FormatError(f"{path.name} records an image size of {str(imgsz)[:20]}: the file is damaged")
-    return DetectorHandle(model.eval(), meta["architecture"], imgsz, str(meta.get("label", path.name))[:200],
+        raise FormatError(f"{source} records an image size of {str(imgsz)[:20]}: the file is damaged")
+    return DetectorHandle(model.eval(), meta["architecture"], imgsz, str(meta.get("label", source))[:200],
                           {"meta": meta})
 
 

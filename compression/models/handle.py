@@ -17,6 +17,7 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -24,14 +25,14 @@ from torch import nn
 from compression.errors import ModelLoadError, first_line
 from compression.metrics import weight_layers
 from compression.models.zoo import DEMO_MODELS
-
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
+from compression.paths import ASSETS
 
 
 @dataclass
 class ModelHandle:
     """A loaded classifier, the record that rebuilds its architecture, and the input it expects."""
 
+    task: ClassVar[str] = "classify"  # what pipeline, sensitivity and pages ask instead of testing types
     model: nn.Module
     architecture: dict
     input_shape: tuple[int, int, int]
@@ -40,6 +41,26 @@ class ModelHandle:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     extra: dict = field(default_factory=dict)
+    # channel-pruning replay records already applied to this model (a decoded channel-pruned file)
+    channel_history: list = field(default_factory=list)
+
+    def compact_meta(self) -> dict:
+        """What the compact file records to rebuild this classifier (models/compact.write_compact)."""
+        return {"architecture": self.architecture, "input_shape": list(self.input_shape),
+                "num_classes": self.num_classes, "label": self.label,
+                "mean": list(self.mean) if self.mean else None, "std": list(self.std) if self.std else None}
+
+    score_name: ClassVar[str] = "accuracy"  # the score every page plots (top-1 on the evaluation split)
+
+    def score(self, model: nn.Module, data, split: str = "test") -> float:
+        """Top-1 accuracy of `model` (this one or a compressed copy of it) on a split of `data`."""
+        from compression import metrics
+
+        return metrics.accuracy(model, data.loader(split))
+
+    def measure(self, data, split: str = "test", latency: bool = True) -> dict:
+        """Accuracy, parameters, FLOPs, fp32 bytes, prunable weights kept and (optionally) CPU latency."""
+        return {"accuracy": self.score(self.model, data, split), **sizes(self, latency)}
 
     def prunable_layers(self) -> dict[str, torch.Tensor]:
         """Layer name -> weight (convolutions and linear layers, in definition order)."""
@@ -52,7 +73,21 @@ class ModelHandle:
     def clone(self) -> ModelHandle:
         """A deep copy: models cached by the app are shared, so never change one in place."""
         return ModelHandle(copy.deepcopy(self.model), copy.deepcopy(self.architecture), self.input_shape,
-                           self.num_classes, self.label, self.mean, self.std, dict(self.extra))
+                           self.num_classes, self.label, self.mean, self.std, dict(self.extra),
+                           list(self.channel_history))
+
+
+def sizes(handle, latency: bool = True) -> dict:
+    """Parameters, FLOPs, fp32 bytes, prunable weights kept and (optionally) CPU latency: any model handle."""
+    from compression import metrics
+
+    out = dict(metrics.model_summary(handle.model, handle.input_shape))
+    prunable = handle.prunable_layers()
+    out["prunable_weights"] = sum(w.numel() for w in prunable.values())
+    out["prunable_nonzero"] = sum(int(torch.count_nonzero(w)) for w in prunable.values())
+    if latency:
+        out["latency_ms"] = metrics.cpu_latency_ms(handle.model, handle.input_shape)
+    return out
 
 
 def _sha256(path: Path) -> str:

@@ -16,12 +16,9 @@ _DONE = False
 
 
 def config_dir() -> Path:
-    base = os.environ.get("COMPRESSION_LAB_HOME")
-    if base:
-        return Path(base).expanduser() / "ultralytics"
-    import platformdirs
+    from compression.paths import ultralytics_config_dir
 
-    return Path(platformdirs.user_data_dir("compression-lab")) / "ultralytics"
+    return ultralytics_config_dir()
 
 
 def offline_ultralytics() -> None:

@@ -323,7 +323,8 @@ class PruneStep:
 @step_config
 @dataclass(frozen=True)
 class ClusterStep:
-    """k-means weight sharing per layer (Deep Compression), k fixed or "auto" (seed 1's dynamic choice)."""
+    """k-means weight sharing per layer (Deep Compression), k fixed or "auto" (the dynamical-clustering
+    paper's dynamic choice, arXiv 1910.02747)."""
 
     type: ClassVar[str] = "cluster"
     per_layer: ClassVar[tuple[str, ...]] = ("n_clusters",)

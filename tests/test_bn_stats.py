@@ -65,7 +65,7 @@ def test_finetune_reestimates_even_without_epochs(digits28):
                       digits28.val, digits28.test, 3, (1, 6, 6), (0.0,), (1.0,))
     ctx = StepContext(data=data, layers=["conv", "fc"])
     ctx.finetune(model, 0, 1e-3, 0, "test")
-    assert ctx.notes["bn_reestimations"] == 1
+    assert ctx.bn_reestimations == 1
     assert float(model.bn.running_mean.abs().sum()) > 0.1  # moved from the initial zeros in one call
     assert model.bn.momentum == 0.01 and model.bn.num_batches_tracked.item() == 1
 

@@ -19,7 +19,8 @@ def pareto_mask(costs: list[float], accuracies: list[float]) -> list[bool]:
 
 def method_family(step_types: list[str]) -> str:
     """The Pareto series a run belongs to, from its plan's steps: vq (Gong et al.'s quantizers, with or
-    without pruning), channels (Hu et al.'s channel pruning), prune+cluster (Deep Compression / seed 1)."""
+    without pruning), channels (Hu et al.'s channel pruning), prune+cluster (Deep Compression / the
+    dynamical-clustering paper)."""
     if "quantize" in step_types:
         return "vq"
     if "channels" in step_types:

@@ -115,7 +115,7 @@ def load_detector(path: str | Path | None = None, trust: bool = False, imgsz: in
                              + (" or run `python -m compression.demo.train_detector`" if demo else ""))
     if not demo and not trust:
         raise untrusted(path)
-    from ultralytics.nn.tasks import load_checkpoint
+    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
     try:
         model, _ = load_checkpoint(str(path), device="cpu")
@@ -123,7 +123,7 @@ def load_detector(path: str | Path | None = None, trust: bool = False, imgsz: in
         raise ModelLoadError(f"cannot read detector {path.name}: {first_line(exc, 200)}; it must be an "
                              "Ultralytics .pt checkpoint (YOLOv3u, v5u, v8, 11)") from None
     model = model.float().eval()
-    if type(model).__name__ != "DetectionModel":
+    if type(model) is not DetectionModel:  # not a subclass either (World, YOLOE, segmentation, pose models)
         raise ModelLoadError(f"{path.name} holds a {type(model).__name__}, not a detection model: use a detect model")
     size = imgsz or int(getattr(model, "args", {}).get("imgsz", 640) if isinstance(getattr(model, "args", None),
                                                                                     dict) else 640)

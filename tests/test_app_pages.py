@@ -162,7 +162,7 @@ def test_plan_page_channel_sliders(home):
 
 def test_plan_page_channel_settings_follow_a_loaded_recipe(home):
     """load_channels (the recipe upload's hook) moves the channel sliders and GA/KD settings to the recipe's."""
-    import compression.app_channels as app_channels
+    import compression.ui.channels as app_channels
     from compression.models.handle import load_model
     from compression.plan import Plan
 
@@ -186,7 +186,7 @@ def test_plan_page_channel_settings_follow_a_loaded_recipe(home):
 
 
 def test_uploads_are_kept_by_content_and_never_overwritten(home):
-    from compression.app_state import save_upload
+    from compression.ui.state import save_upload
 
     first = save_upload(b"weights", "../model.pt")
     assert first.parent == home / "uploads" and first.name.endswith("-model.pt") and first.read_bytes() == b"weights"

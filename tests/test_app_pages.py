@@ -121,6 +121,19 @@ def test_runs_and_compare_pages_show_the_run(seeded_home, monkeypatch):
     assert len(at.get("plotly_chart")) == 4  # three Pareto tabs and the histogram
 
 
+def test_pages_reach_run_files_through_the_engine(seeded_home):
+    """engine.run_file: the path of a file in a run's folder; never outside it, never for an unknown run."""
+    from compression import engine
+    from compression.errors import CompressionLabError
+
+    home, run_id = seeded_home
+    assert engine.run_file(run_id, "model.clab", root=home) == home / "runs" / run_id / "model.clab"
+    for bad_id, name in (("..", "index.sqlite"), ("20200101-000000-abcdef", "model.clab"), (run_id, "../job.json"),
+                         (run_id, ""), (f"{run_id}/..", "model.clab")):
+        with pytest.raises(CompressionLabError):
+            engine.run_file(bad_id, name, root=home)
+
+
 def test_plan_page_quantizer_selector(home):
     """Gong et al.'s quantizers per layer: the selector moves the live estimate and bad shapes are refused."""
     at = page("plan")

@@ -5,7 +5,7 @@
 
 import streamlit as st
 
-from compression.app_state import sidebar
+from compression.ui.state import sidebar
 
 st.set_page_config(page_title="Compression Lab", page_icon=":material/compress:", layout="wide")
 

@@ -5,12 +5,13 @@ import json
 import streamlit as st
 
 from compression import engine
-from compression.analysis import plots
 from compression.analysis.pareto import runs_table
-from compression.app_state import decoded_run, ensure_app_navigation, home, load_active, run_exports
 from compression.errors import CompressionLabError
+from compression.ui import figures
+from compression.ui.navigation import page_setup
+from compression.ui.state import decoded_run, home, load_active, run_exports
 
-ensure_app_navigation()
+page_setup()
 st.title("Compare")
 try:
     runs = engine.list_runs(root=home(), kind="compress")
@@ -25,10 +26,10 @@ models = sorted(table["model"].unique())
 model = st.selectbox("Model", models, key="compare_model") if len(models) > 1 else models[0]
 table = table[table["model"] == model]
 tabs = st.tabs(["Accuracy vs bytes", "Accuracy vs FLOPs", "Accuracy vs CPU latency"])
-tabs[0].plotly_chart(plots.pareto_figure(table, "compressed_bytes", "compressed bytes (file on disk)"),
+tabs[0].plotly_chart(figures.pareto_figure(table, "compressed_bytes", "compressed bytes (file on disk)"),
                      key="pareto_bytes")
-tabs[1].plotly_chart(plots.pareto_figure(table, "sparse_flops", "FLOPs (zero weights skipped)"), key="pareto_flops")
-tabs[2].plotly_chart(plots.pareto_figure(table, "latency_ms", "CPU latency, batch 1 (ms, dense kernels)"),
+tabs[1].plotly_chart(figures.pareto_figure(table, "sparse_flops", "FLOPs (zero weights skipped)"), key="pareto_flops")
+tabs[2].plotly_chart(figures.pareto_figure(table, "latency_ms", "CPU latency, batch 1 (ms, dense kernels)"),
                      key="pareto_latency")
 st.caption("Each method family (prune+cluster, vq quantizers, channels) is its own series, its thin line that "
            "family's own front. Dimmed points are dominated (another run is both smaller and at least as accurate); "
@@ -41,25 +42,24 @@ st.dataframe(table, hide_index=True, width="stretch", key="compare_table",
 run_id = st.selectbox("Run", list(table["run"]), key="compare_run")
 try:
     decoded = decoded_run(run_id)
+    job = json.loads(engine.run_file(run_id, "job.json", root=home()).read_text())
 except CompressionLabError as exc:
     st.error(str(exc))
     st.stop()
-run_dir = home() / "runs" / run_id
-job = json.loads((run_dir / "job.json").read_text())
 original, _ = load_active({k: job.get(k) for k in ("model", "weights", "data", "input_size", "mean", "std")}
                           | ({"trust": job["trust"]} if "trust" in job else {}))
 layers = list(decoded.prunable_layers())
 layer = st.selectbox("Layer", layers, key="compare_layer")
 before = original.prunable_layers()[layer].detach().flatten().numpy()
 after = decoded.prunable_layers()[layer].detach().flatten().numpy()
-st.plotly_chart(plots.weight_histogram(before, after, layer), key="compare_hist")
+st.plotly_chart(figures.weight_histogram(before, after, layer), key="compare_hist")
 
 st.subheader("Downloads")
 cols = st.columns(4)
-cols[0].download_button("Compact file (.clab)", (run_dir / "model.clab").read_bytes(), f"{run_id}.clab",
-                        key="dl_clab")
-cols[1].download_button("Recipe (JSON)", (run_dir / "plan.json").read_text(), f"{run_id}-recipe.json",
-                        "application/json", key="dl_recipe")
+cols[0].download_button("Compact file (.clab)", engine.run_file(run_id, "model.clab", root=home()).read_bytes(),
+                        f"{run_id}.clab", key="dl_clab")
+cols[1].download_button("Recipe (JSON)", engine.run_file(run_id, "plan.json", root=home()).read_text(),
+                        f"{run_id}-recipe.json", "application/json", key="dl_recipe")
 exports = run_exports(run_id)
 if exports.get("torchscript") is not None:
     cols[2].download_button("TorchScript", exports["torchscript"], f"{run_id}.pt", key="dl_ts")

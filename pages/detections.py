@@ -5,15 +5,16 @@ import io
 import streamlit as st
 from PIL import Image, UnidentifiedImageError
 
-from compression import engine
+from compression import engine, sources
 from compression.analysis import detections
-from compression.app_state import active_spec, decoded_run, ensure_app_navigation, home, is_detector_spec, load_active
 from compression.errors import CompressionLabError
+from compression.ui.navigation import page_setup
+from compression.ui.state import active_spec, decoded_run, home, load_active
 
-ensure_app_navigation()
+page_setup()
 st.title("Detections")
 spec = active_spec()
-if not is_detector_spec(spec):
+if sources.task_of(spec) != sources.DETECT:
     st.info("The active model is a classifier. Pick 'Demo detector (YOLO)' or upload a YOLO detector on the Model "
             "page, compress it from the Plan page, then compare detections here.")
     st.stop()

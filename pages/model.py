@@ -2,19 +2,12 @@
 
 import streamlit as st
 
-from compression.app_state import (
-    active_spec,
-    baseline,
-    demo_choices,
-    ensure_app_navigation,
-    load_active,
-    save_upload,
-    set_active,
-    spec_key,
-)
+from compression import sources
 from compression.errors import CompressionLabError
+from compression.ui.navigation import page_setup
+from compression.ui.state import active_spec, baseline, demo_choices, load_active, save_upload, set_active, spec_key
 
-ensure_app_navigation()
+page_setup()
 
 
 def saved(upload):
@@ -31,9 +24,9 @@ def saved(upload):
 st.title("Model")
 spec = active_spec()
 SOURCES = ["Demo model", "Upload a file", "Demo detector (YOLO)", "Upload a YOLO detector"]
-current_model = str(spec["model"])
-source_index = (2 if current_model == "detector:demo" else 3 if current_model.startswith("detector:")
-                else 0 if current_model.startswith("demo:") else 1)  # a revisit shows what is active
+detector_now, demo_now = sources.task_of(spec) == sources.DETECT, spec["model"] in sources.DEMO_SOURCES
+source_index = (2 if detector_now and demo_now else 3 if detector_now
+                else 0 if demo_now else 1)  # a revisit shows what is active
 source = st.radio("Model source", SOURCES, index=source_index, horizontal=True, key="model_source")
 new = dict(spec)
 new.pop("trust", None)
@@ -52,9 +45,9 @@ elif source == "Upload a YOLO detector":
             st.info("Tick 'I trust this file' to load it; until then the active model stays as it is.")
 elif source == "Demo model":
     names = list(demo_choices())
-    current = spec["model"].removeprefix("demo:") if spec["model"].startswith("demo:") else names[0]
-    name = st.selectbox("Demo model", names, index=names.index(current) if current in names else 0,
-                        key="demo_model", format_func=lambda n: f"{n}: {demo_choices()[n]}")
+    current = next((index for index, name in enumerate(names) if f"demo:{name}" == spec["model"]), 0)
+    name = st.selectbox("Demo model", names, index=current, key="demo_model",
+                        format_func=lambda n: f"{n}: {demo_choices()[n]}")
     new.update(model=f"demo:{name}", weights=None, input_size=None, mean=None, std=None)
 else:
     kind = st.selectbox("File type", ["torchvision state dict / safetensors", "TorchScript"], key="upload_kind")
@@ -70,32 +63,33 @@ else:
             new.update(model=f"torchvision:{arch}", weights=str(path))
         new.update(input_size=int(size))
 
-detector = str(new["model"]).startswith("detector:")
-if detector:
+demo_data = sources.default_data(new["model"])  # "digits" for a classifier, "shapes" for a detector
+if not sources.fits(new["model"], new["data"]):  # the model changed task: start on its demo data
+    new["data"] = demo_data
+if sources.task_of(new) == sources.DETECT:
     dataset = st.radio("Data", ["Demo shapes", "YOLO dataset yaml"], horizontal=True, key="det_data_source",
-                       index=1 if str(spec["data"]).startswith("yolo:") else 0)
+                       index=0 if new["data"] == demo_data else 1)
     if dataset == "Demo shapes":
-        new["data"] = "shapes"
+        new["data"] = demo_data
     else:
         yaml_path = st.text_input("Dataset yaml", key="det_data_yaml", placeholder="/path/to/data.yaml",
                                   help="a YOLO data yaml whose train/val folders are on this machine")
-        new["data"] = f"yolo:{yaml_path}" if yaml_path else (spec["data"] if spec["data"].startswith(
-            ("shapes", "yolo:")) else "shapes")
+        if yaml_path:
+            new["data"] = f"yolo:{yaml_path}"
     dataset = None
 else:
-    if not str(new["data"]).startswith(("digits", "imagefolder:", "cifar10:", "cifar100:")):
-        new["data"] = "digits"
     dataset = st.radio("Data", ["Demo digits", "Local folder"], horizontal=True, key="data_source",
-                       index=0 if str(spec["data"]) == "digits" else 1)
+                       index=0 if new["data"] == demo_data else 1)
 if dataset is None:
     pass
 elif dataset == "Demo digits":
-    new["data"] = "digits"
+    new["data"] = demo_data
 else:
     cols = st.columns([1, 3])
     data_kind = cols[0].selectbox("Format", ["imagefolder", "cifar10", "cifar100"], key="data_kind")
     folder = cols[1].text_input("Folder", key="data_folder", placeholder="/path/to/dataset")
-    new["data"] = f"{data_kind}:{folder}" if folder else spec["data"]
+    if folder:
+        new["data"] = f"{data_kind}:{folder}"
 
 if spec_key(new) != spec_key(spec):
     try:
@@ -107,7 +101,7 @@ if spec_key(new) != spec_key(spec):
         st.caption(f"Still using {spec['model']} on {spec['data']}.")
 
 handle, data = load_active(spec)
-if str(spec["model"]).startswith("detector:"):
+if handle.task == "detect":
     measured = baseline(spec_key(spec))
     cols = st.columns(6)
     cols[0].metric("mAP50", f"{measured['map50']:.3f}")

@@ -6,22 +6,20 @@ from compression import engine
 from compression.analysis.estimate import estimate, layer_bytes, vq_layer_bytes
 from compression.analysis.solver import grids_from_report, solve
 from compression.analysis.suggest import suggest
-from compression.app_channels import channel_section, load_channels
-from compression.app_state import (
-    active_spec,
-    compress_job,
-    ensure_app_navigation,
-    home,
-    is_detector_spec,
-    latest_sensitivity,
-    load_active,
-    model_stats,
-    spec_key,
-)
 from compression.errors import CompressionLabError
 from compression.methods.vq import check_layer
-from compression.plan import Plan
-from compression.plan_builder import (
+from compression.plan import (
+    DEFAULT_CODEWORDS,
+    DEFAULT_SEGMENT_LENGTH,
+    DEFAULT_STAGES,
+    ClusterStep,
+    Plan,
+    PruneStep,
+    QuantizeStep,
+)
+from compression.ui.channels import channel_section, load_channels
+from compression.ui.navigation import page_setup
+from compression.ui.plan_form import (
     CLUSTER_CHOICES,
     CODEWORD_CHOICES,
     QUANTIZER_CHOICES,
@@ -30,13 +28,24 @@ from compression.plan_builder import (
     settings_from_plan,
     with_fold_bn,
 )
+from compression.ui.state import (
+    active_spec,
+    compress_job,
+    home,
+    latest_sensitivity,
+    load_active,
+    model_stats,
+    spec_key,
+)
 
-ensure_app_navigation()
+page_setup()
 st.title("Plan")
 spec = active_spec()
 handle, data = load_active(spec)
+detector = handle.task == "detect"
 layers = list(handle.prunable_layers())
-stats = model_stats(spec_key(spec), is_detector_spec(spec) and st.session_state.get("plan_fold_bn", True))
+stats = model_stats(spec_key(spec), detector and st.session_state.get("plan_fold_bn", True))
+PRUNE, CLUSTER, QUANTIZE = PruneStep(), ClusterStep(), QuantizeStep()  # the settings' defaults are the steps' own
 report = latest_sensitivity(spec)
 prefix = f"plan::{spec_key(spec)}::"
 
@@ -53,9 +62,10 @@ def set_quantizers(quantizers: dict) -> None:
         q = q or {}
         method = q.get("quantizer", "none")
         st.session_state[prefix + "q::" + layer] = method
-        st.session_state[prefix + "qk::" + layer] = int(q.get("n_codewords") or 16)
-        st.session_state[prefix + "qs::" + layer] = int((q.get("stages") if method == "rq" else q.get("segment_length"))
-                                                        or 4)
+        st.session_state[prefix + "qk::" + layer] = int(q.get("n_codewords") or DEFAULT_CODEWORDS["kmeans"])
+        st.session_state[prefix + "qs::" + layer] = int(
+            (q.get("stages") if method == "rq" else q.get("segment_length"))
+            or (DEFAULT_STAGES if method == "rq" else DEFAULT_SEGMENT_LENGTH))
         st.session_state[prefix + "qa::" + layer] = q.get("axis") or "in"
 
 
@@ -178,19 +188,21 @@ with st.container(border=True):
 
 with st.expander("Fine-tuning and search settings"):
     c = st.columns(4)
-    iterations = c[0].number_input("prune rounds", 1, 20, 3, key="plan_iterations")
-    prune_epochs = c[1].number_input("epochs per round", 0, 200, 4, key="plan_prune_epochs")
-    cluster_epochs = c[2].number_input("shared-value epochs", 0, 200, 4, key="plan_cluster_epochs")
-    codebook_epochs = c[2].number_input("codebook epochs (quantizers)", 0, 200, 4, key="plan_codebook_epochs")
-    tolerance = c[3].number_input("auto-k tolerance (acc. drop)", 0.0, 0.2, 0.005, step=0.001, format="%.3f",
-                                  key="plan_tolerance")
-    fold = is_detector_spec(spec) and st.checkbox(
+    iterations = c[0].number_input("prune rounds", 1, 20, PRUNE.iterations, key="plan_iterations")
+    prune_epochs = c[1].number_input("epochs per round", 0, 200, PRUNE.finetune_epochs, key="plan_prune_epochs")
+    cluster_epochs = c[2].number_input("shared-value epochs", 0, 200, CLUSTER.finetune_epochs,
+                                       key="plan_cluster_epochs")
+    codebook_epochs = c[2].number_input("codebook epochs (quantizers)", 0, 200, QUANTIZE.finetune_epochs,
+                                        key="plan_codebook_epochs")
+    tolerance = c[3].number_input("auto-k tolerance (acc. drop)", 0.0, 0.2, CLUSTER.tolerance, step=0.001,
+                                  format="%.3f", key="plan_tolerance")
+    fold = detector and st.checkbox(
         "Fold batch norm into the convolutions after pruning", value=True, key="plan_fold_bn",
         help="One bias per convolution instead of five batch-norm vectors in the file (measured on the demo "
              "detector: 16% smaller at the same mAP); done after pruning, whose fine-tuning needs batch norm.")
 name = st.text_input("Plan name", "my-plan", key="plan_name")
 try:
-    plan = channel_choice.build(lambda: plan_from_settings(  # the channels step goes first
+    plan = channel_choice.build(lambda: plan_from_settings(  # adds the channels / distill steps in order
         settings, name, {"iterations": int(iterations), "finetune_epochs": int(prune_epochs)},
         {"finetune_epochs": int(cluster_epochs), "tolerance": float(tolerance)},
         quantizers, {"finetune_epochs": int(codebook_epochs)}), layers)

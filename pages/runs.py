@@ -5,11 +5,13 @@ import time
 import streamlit as st
 
 from compression import engine
-from compression.analysis.ga_progress import ga_figure, ga_rows, has_ga
-from compression.app_state import ensure_app_navigation, home
+from compression.analysis.ga_progress import ga_rows, has_ga
 from compression.errors import CompressionLabError
+from compression.ui.figures import ga_figure
+from compression.ui.navigation import page_setup
+from compression.ui.state import home
 
-ensure_app_navigation()
+page_setup()
 st.title("Runs")
 st.caption("Jobs run in background worker processes; closing or reloading this page loses nothing.")
 FINAL = ("succeeded", "failed", "cancelled")

@@ -3,26 +3,19 @@
 import streamlit as st
 
 from compression import engine
-from compression.analysis import plots
-from compression.analysis.sensitivity import DETECTOR_CONFIG
-from compression.app_state import (
-    active_spec,
-    ensure_app_navigation,
-    home,
-    is_detector_spec,
-    latest_sensitivity,
-    load_active,
-    sensitivity_job,
-)
+from compression.analysis.sensitivity import DETECTOR_CONFIG, SensitivityConfig
 from compression.errors import CompressionLabError
+from compression.ui import figures
+from compression.ui.navigation import page_setup
+from compression.ui.state import active_spec, home, latest_sensitivity, load_active, sensitivity_job
 
-ensure_app_navigation()
+page_setup()
 st.title("Sensitivity")
 spec = active_spec()
 handle, data = load_active(spec)
 st.caption(f"Each prunable layer of {handle.label} alone: accuracy on a validation subset at every sparsity "
            "(magnitude pruning) and every cluster count (k-means weight sharing), without fine-tuning.")
-detector = is_detector_spec(spec)
+detector = handle.task == "detect"
 if detector:  # ~60 layers, each point an mAP evaluation: a coarser default grid on fewer images
     st.caption("For a detector the score is mAP50 on validation images held in memory (same matching as "
                "Ultralytics' validator); the Detect head's prediction convolutions are not analysed (never "
@@ -30,8 +23,9 @@ if detector:  # ~60 layers, each point an mAP evaluation: a coarser default grid
     defaults = DETECTOR_CONFIG
     n_val = len(data.val_images())
 else:
-    defaults = {"sparsities": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95],
-                "n_clusters": [2, 4, 8, 16, 32, 64, 128, 256], "val_size": 512}
+    config = SensitivityConfig()  # the analysis' own defaults
+    defaults = {"sparsities": list(config.sparsities), "n_clusters": list(config.n_clusters),
+                "val_size": config.val_size}
     n_val = len(data.val)
 with st.expander("Settings"):
     val_size = st.number_input("Validation images", 16, 100_000, min(defaults["val_size"], n_val),
@@ -78,7 +72,7 @@ bn_note = (report.get("config") or {}).get("batch_norm", {}).get("note")
 if bn_note:  # what each point's batch-norm statistics were (compression re-estimates them too)
     st.caption(f"Each point: {bn_note}.")
 left, right = st.columns(2)
-left.plotly_chart(plots.sensitivity_curves(report, "sparsity"), key="sens_curve_sparsity")
-right.plotly_chart(plots.sensitivity_curves(report, "clusters"), key="sens_curve_clusters")
+left.plotly_chart(figures.sensitivity_curves(report, "sparsity"), key="sens_curve_sparsity")
+right.plotly_chart(figures.sensitivity_curves(report, "clusters"), key="sens_curve_clusters")
 st.subheader("Accuracy drop, layer x sparsity")
-st.plotly_chart(plots.sensitivity_heatmap(report), key="sens_heatmap")
+st.plotly_chart(figures.sensitivity_heatmap(report), key="sens_heatmap")

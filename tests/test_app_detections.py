@@ -119,7 +119,7 @@ def test_compare_page_handles_a_detector_run(detector_home, monkeypatch):
 def test_pareto_axis_says_map_for_detector_runs():
     import pandas as pd
 
-    from compression.analysis.plots import pareto_figure
+    from compression.ui.figures import pareto_figure
 
     table = pd.DataFrame([{"run": "a", "plan": "p", "method": "prune+cluster", "task": "detect", "accuracy": 0.98,
                            "compressed_bytes": 1000, "ratio": 10.0}])

@@ -121,6 +121,19 @@ def test_runs_and_compare_pages_show_the_run(seeded_home, monkeypatch):
     assert len(at.get("plotly_chart")) == 4  # three Pareto tabs and the histogram
 
 
+def test_pages_reach_run_files_through_the_engine(seeded_home):
+    """engine.run_file: the path of a file in a run's folder; never outside it, never for an unknown run."""
+    from compression import engine
+    from compression.errors import CompressionLabError
+
+    home, run_id = seeded_home
+    assert engine.run_file(run_id, "model.clab", root=home) == home / "runs" / run_id / "model.clab"
+    for bad_id, name in (("..", "index.sqlite"), ("20200101-000000-abcdef", "model.clab"), (run_id, "../job.json"),
+                         (run_id, ""), (f"{run_id}/..", "model.clab")):
+        with pytest.raises(CompressionLabError):
+            engine.run_file(bad_id, name, root=home)
+
+
 def test_plan_page_quantizer_selector(home):
     """Gong et al.'s quantizers per layer: the selector moves the live estimate and bad shapes are refused."""
     at = page("plan")
@@ -162,7 +175,7 @@ def test_plan_page_channel_sliders(home):
 
 def test_plan_page_channel_settings_follow_a_loaded_recipe(home):
     """load_channels (the recipe upload's hook) moves the channel sliders and GA/KD settings to the recipe's."""
-    import compression.app_channels as app_channels
+    import compression.ui.channels as app_channels
     from compression.models.handle import load_model
     from compression.plan import Plan
 
@@ -186,7 +199,7 @@ def test_plan_page_channel_settings_follow_a_loaded_recipe(home):
 
 
 def test_uploads_are_kept_by_content_and_never_overwritten(home):
-    from compression.app_state import save_upload
+    from compression.ui.state import save_upload
 
     first = save_upload(b"weights", "../model.pt")
     assert first.parent == home / "uploads" and first.name.endswith("-model.pt") and first.read_bytes() == b"weights"

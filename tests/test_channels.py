@@ -8,13 +8,14 @@ import torch.nn.functional as F
 import torchvision
 
 from compression import metrics
-from compression.analysis.ga_progress import ga_figure, ga_rows
+from compression.analysis.ga_progress import ga_rows
 from compression.errors import PlanError
 from compression.methods import channels, distill
 from compression.methods.context import StepContext
 from compression.models.compact import load_compressed, save_compressed
 from compression.models.handle import ModelHandle
 from compression.plan import ChannelStep, ClusterStep, DistillStep, Plan, PruneStep
+from compression.ui.figures import ga_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 VGG_KEEP = {"features.0": 0.5, "features.3": 0.5, "_default": 0.3}

@@ -74,7 +74,7 @@ def test_impossible_plans_rejected():
 
 
 def test_with_fold_bn_goes_after_pruning_and_before_sharing():
-    from compression.plan_builder import plan_from_settings, with_fold_bn
+    from compression.ui.plan_form import plan_from_settings, with_fold_bn
 
     plan = with_fold_bn(plan_from_settings({"a": (0.5, 16), "b": (0.0, 8)}, "p"))
     assert [step.type for step in plan.steps] == ["prune", "fold_bn", "cluster"]

@@ -298,7 +298,7 @@ def test_quantizers_run_on_the_demo_detector(tmp_path):
 def test_pareto_figure_draws_one_series_and_front_per_family():
     import pandas as pd
 
-    from compression.analysis.plots import pareto_figure
+    from compression.ui.figures import pareto_figure
 
     table = pd.DataFrame({"run": list("abcdef"), "plan": "", "ratio": 1.0,
                           "method": ["vq", "vq", "prune+cluster", "prune+cluster", "channels", "vq"],

@@ -1,6 +1,7 @@
 """The engine: background jobs (compression runs, sensitivity analyses) that survive crashes and restarts.
 
     run_id = submit(job); status(run_id); cancel(run_id); list_runs(); wait(run_id, timeout)
+    run_file(run_id, "model.clab")   (a file in the run's folder: callers never build runs/<id>/ paths)
 
 Jobs run in worker processes started by a dispatcher process, never in the caller (the Streamlit
 server). `root` is the data folder (default $COMPRESSION_LAB_HOME, else a per-user data folder).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -22,8 +24,12 @@ from compression.engine.store import FINAL_STATES, STATES, RunStore, StoreError,
 from compression.errors import CompressionLabError
 
 __all__ = ["FINAL_STATES", "STATES", "StoreError", "absolute_paths", "cached_sensitivity", "cancel",
-           "default_root", "events", "list_runs", "log_tail", "rerun", "run_dir", "set_max_workers", "settings",
-           "status", "submit", "wait"]
+           "default_root", "events", "list_runs", "log_tail", "rerun", "run_dir", "run_file", "settings", "status",
+           "submit", "wait"]
+
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # a run folder's name (never a path)
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 def _store(root: str | Path | None) -> RunStore:
@@ -160,6 +166,19 @@ def run_dir(run_id: str, root: str | Path | None = None) -> Path:
     return _store(root).run_dir(run_id)
 
 
+def run_file(run_id: str, name: str, root: str | Path | None = None) -> Path:
+    """The path of the file `name` (e.g. "model.clab", "plan.json") in a run's folder; it may not exist yet.
+
+    Raises CompressionLabError for an id that is not a run of this data folder or a name that is not a plain
+    file name, so a caller (a page, a link) can never reach outside the run's folder."""
+    store = _store(root)
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or not store.run_dir(run_id).is_dir():
+        raise _missing(str(run_id)[:80], store)
+    if not isinstance(name, str) or not _FILE_NAME.fullmatch(name):
+        raise CompressionLabError(f"{str(name)[:80]!r} is not a file name in a run's folder: use e.g. model.clab")
+    return store.run_dir(run_id) / name
+
+
 def settings(root: str | Path | None = None, max_workers: int | None = None) -> dict:
     """The engine settings (max_workers, root, read_only), after storing `max_workers` when given
     ($COMPRESSION_LAB_WORKERS overrides it)."""
@@ -169,11 +188,6 @@ def settings(root: str | Path | None = None, max_workers: int | None = None) -> 
             raise CompressionLabError(f"max_workers {max_workers!r} must be a whole number of at least 1")
         store.set_setting("max_workers", str(max_workers))
     return {"max_workers": store.max_workers(), "root": str(store.root), "read_only": store.read_only}
-
-
-def set_max_workers(count: int, root: str | Path | None = None) -> None:
-    """Store how many jobs may run at once (the next dispatcher pass uses it)."""
-    settings(root, max_workers=count)
 
 
 def cached_sensitivity(job: dict, root: str | Path | None = None) -> dict | None:

@@ -30,10 +30,21 @@ def readme_app_command() -> str:
 
 @pytest.fixture(scope="session")
 def app_url(tmp_path_factory):
+    yield from started_app(tmp_path_factory.mktemp("app-home"))
+
+
+@pytest.fixture
+def fresh_app_url(tmp_path):
+    """A server of its own whose first visitor has not been served yet (for first-visit behaviour)."""
+    yield from started_app(tmp_path / "app-home")
+
+
+def started_app(home: Path):
+    """Start the README's app command on a free port with `home` as its data folder; yield its url; stop it."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (bash .ci/setup test installs it)")
     port = free_port()
-    home = tmp_path_factory.mktemp("app-home")
+    home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "COMPRESSION_LAB_HOME": str(home)}
     command = f"{readme_app_command()} --server.port {port} --server.address 127.0.0.1"
     log = open(home / "server.log", "w")

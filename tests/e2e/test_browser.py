@@ -84,3 +84,14 @@ def test_full_flow(page, app_url, tmp_path):
     decoded = load_compressed(path)
     assert decoded.num_classes == 10
     assert path.stat().st_size < 100_000
+
+
+def test_first_visit_straight_to_a_page_runs_through_app_py(page, fresh_app_url):
+    """A fresh server's first visitor opens /plan directly: the page still comes with app.py's navigation and
+    sidebar (compression/ui/navigation.py's page_setup; without it Streamlit's old pages/ mode lists the files)."""
+    goto(page, f"{fresh_app_url['url']}/plan", "Plan")
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text("Active model").wait_for()
+    links = sidebar.locator('[data-testid="stSidebarNav"] a')
+    assert [line.splitlines()[-1] for line in links.all_inner_texts()] == [
+        "Model", "Sensitivity", "Plan", "Runs", "Compare", "Detections"]

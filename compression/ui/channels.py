@@ -1,8 +1,9 @@
 """The plan page's channel-pruning section: a "channels kept" slider per channel group, GA and KD settings.
 
 Coupled convolutions (outputs added by skip connections) are one group with one slider, and the page
-says why. The section's choice turns into a ChannelStep placed first in the plan (and a DistillStep
-placed before clustering / quantization), and scales the live size and FLOPs estimate.
+says why. The section's choice turns into a ChannelStep (and a DistillStep) placed where
+compression.plan.ordered() puts them (channels first, distill before clustering / quantization), and
+scales the live size and FLOPs estimate. Widget defaults are the step configs' own defaults.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import streamlit as st
 
 from compression.analysis.channel_estimate import ChannelLayout, apply_channels, channel_factors, channel_layout
 from compression.errors import PlanError
-from compression.plan import ChannelStep, DistillStep, Plan
+from compression.plan import ChannelStep, DistillStep, Plan, ordered
+
+CHANNEL_DEFAULTS, DISTILL_DEFAULTS = ChannelStep(), DistillStep()  # the widgets start at the configs' defaults
 
 
 @st.cache_resource(max_entries=8, show_spinner="Tracing the channel groups...")
@@ -49,7 +52,7 @@ class ChannelChoice:
         return apply_channels(est, stats, factors, {k: float(v[0]) for k, v in settings.items()})
 
     def build(self, make_plan: Callable[[], Plan], layers: list[str]) -> Plan:
-        """make_plan()'s steps with the channels step first and the distill step before cluster/quantize."""
+        """make_plan()'s steps with the channels and distill steps added, all in ORDER_RULES order."""
         try:
             plan = make_plan()
             steps, name = list(plan.steps), plan.name
@@ -58,14 +61,12 @@ class ChannelChoice:
                 raise
             steps, name = [], st.session_state.get("plan_name", "plan")
             plan = None
-        if self.keep_ratio:
-            steps.insert(0, ChannelStep(keep_ratio=dict(self.keep_ratio), **self.options))
-        if self.distill is not None:
-            at = next((i for i, s in enumerate(steps) if s.type in ("cluster", "quantize")), len(steps))
-            steps.insert(at, DistillStep(**self.distill))
-        if plan is not None and len(steps) == len(plan.steps):
+        channels = [ChannelStep(keep_ratio=dict(self.keep_ratio), **self.options)] if self.keep_ratio else []
+        distill = [DistillStep(**self.distill)] if self.distill is not None else []
+        if plan is not None and not (channels or distill):
             return plan
-        return Plan(steps=tuple(steps), name=name).validate(layers)
+        # given as channels, the plan's steps, distill: ordered() moves only what a rule says must move
+        return Plan(steps=ordered((*channels, *steps, *distill)), name=name).validate(layers)
 
 
 def load_channels(plan: Plan, handle, key: str) -> None:
@@ -96,7 +97,7 @@ def load_channels(plan: Plan, handle, key: str) -> None:
 
 def channel_section(handle, key: str) -> ChannelChoice:
     """Draw the section (an expander) and return what it asks for."""
-    if type(handle).__name__ == "DetectorHandle":  # YOLO's C2f needs Torch-Pruning's split-free variant: not yet
+    if handle.task == "detect":  # YOLO's C2f needs Torch-Pruning's split-free variant: not yet
         return ChannelChoice()
     layout = cached_layout(key, handle.model, tuple(handle.input_shape))
     if layout is None:
@@ -125,8 +126,11 @@ def channel_section(handle, key: str) -> ChannelChoice:
         selection = c[0].selectbox("selection", ["ga", "l1", "random"], key=prefix + "selection",
                                    format_func={"ga": "genetic algorithm", "l1": "L1 norm (Li et al.)",
                                                 "random": "random"}.get)
-        for name, value in (("population", 16), ("generations", 8), ("epochs", 1), ("kd", True),
-                            ("temperature", 4.0), ("alpha", 0.7), ("kd_epochs", 4)):
+        for name, value in (("population", CHANNEL_DEFAULTS.population),
+                            ("generations", CHANNEL_DEFAULTS.generations),
+                            ("epochs", CHANNEL_DEFAULTS.finetune_epochs), ("kd", True),
+                            ("temperature", DISTILL_DEFAULTS.temperature), ("alpha", DISTILL_DEFAULTS.alpha),
+                            ("kd_epochs", DISTILL_DEFAULTS.epochs)):
             st.session_state.setdefault(prefix + name, value)
         population = c[1].number_input("population", 2, 200, key=prefix + "population")
         generations = c[2].number_input("generations", 0, 200, key=prefix + "generations")
@@ -139,7 +143,8 @@ def channel_section(handle, key: str) -> ChannelChoice:
         alpha = c[2].number_input("KD weight", 0.0, 1.0, key=prefix + "alpha", disabled=not use_kd)
         kd_epochs = c[3].number_input("distill epochs", 0, 100, key=prefix + "kd_epochs", disabled=not use_kd)
     choice.options = {"selection": selection, "population": int(population), "generations": int(generations),
-                      "elite": min(2, int(population) - 1), "survivors": min(4, int(population)),
+                      "elite": min(CHANNEL_DEFAULTS.elite, int(population) - 1),
+                      "survivors": min(CHANNEL_DEFAULTS.survivors, int(population)),
                       "finetune_epochs": int(epochs)}
     if use_kd and choice.keep_ratio:
         choice.distill = {"temperature": float(temperature), "alpha": float(alpha), "epochs": int(kd_epochs)}

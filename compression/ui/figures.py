@@ -1,4 +1,4 @@
-"""Plotly figures the pages draw (built here so pages stay thin): sensitivity, Pareto fronts, histograms."""
+"""Plotly figures the pages draw (built here so pages stay thin): sensitivity, Pareto fronts, histograms, GA fitness."""
 
 from __future__ import annotations
 
@@ -89,4 +89,19 @@ def weight_histogram(before: np.ndarray, after: np.ndarray, layer: str) -> go.Fi
     fig.update_layout(barmode="overlay", title=f"{layer}: {len(shared)} distinct non-zero values, "
                       f"{100 * (1 - kept.size / max(1, after.size)):.1f}% zeros", height=340, margin={"t": 40},
                       xaxis_title="weight", yaxis_title="count")
+    return fig
+
+
+def ga_figure(rows: pd.DataFrame) -> go.Figure:
+    """Best (solid) and mean (dotted) fitness against the generation, one colour per layer, in search order."""
+    fig = go.Figure()
+    palette = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880"]
+    for i, (layer, group) in enumerate(rows.groupby("layer", sort=False)):
+        colour = palette[i % len(palette)]
+        fig.add_trace(go.Scatter(x=group["generation"], y=group["best_fitness"], mode="lines+markers",
+                                 name=f"{layer} best", line={"color": colour}))
+        fig.add_trace(go.Scatter(x=group["generation"], y=group["mean_fitness"], mode="lines",
+                                 name=f"{layer} mean", line={"color": colour, "dash": "dot"}))
+    fig.update_layout(xaxis_title="generation", yaxis_title="fitness (top-1 on the fitness subset)", height=320,
+                      margin={"t": 30})
     return fig

@@ -1,8 +1,12 @@
-"""Build a Plan from per-layer UI settings and read per-layer settings back from a Plan (the plan page's glue)."""
+"""The plan page's form <-> Plan: build a Plan from per-layer widget settings and read them back from a Plan.
+
+Step order is never decided here: every builder hands its steps to compression.plan.ordered(), which
+follows the one ordering table (ORDER_RULES) that Plan.validate checks.
+"""
 
 from __future__ import annotations
 
-from compression.plan import ClusterStep, FoldBNStep, Plan, PruneStep, QuantizeStep, resolve
+from compression.plan import ClusterStep, FoldBNStep, Plan, PruneStep, QuantizeStep, ordered, resolve
 
 CLUSTER_CHOICES = ["off", "auto", 2, 4, 8, 16, 32, 64, 128, 256]
 QUANTIZER_CHOICES = ["none", "binary", "kmeans", "pq", "rq"]
@@ -12,7 +16,7 @@ CODEWORD_CHOICES = [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 def plan_from_settings(settings: dict[str, tuple[float, int | str | None]], name: str = "plan",
                        prune_options: dict | None = None, cluster_options: dict | None = None,
                        quantizers: dict[str, dict | None] | None = None, quantize_options: dict | None = None) -> Plan:
-    """settings: {layer: (sparsity, n_clusters or "auto" or None)} -> a validated Plan (prune, then cluster)."""
+    """settings: {layer: (sparsity, n_clusters or "auto" or None)} -> a validated Plan (steps in ORDER_RULES order)."""
     sparsity = {layer: round(float(s), 4) for layer, (s, _) in settings.items() if s > 0}
     clusters = {layer: k for layer, (_, k) in settings.items() if k not in (None, "off")}
     steps = []
@@ -21,9 +25,9 @@ def plan_from_settings(settings: dict[str, tuple[float, int | str | None]], name
     if clusters:
         steps.append(ClusterStep(n_clusters=clusters, **(cluster_options or {})))
     quantize = quantize_step(quantizers or {}, quantize_options)
-    if quantize is not None:  # vector quantization (Gong et al.) runs after pruning, on its own layers
+    if quantize is not None:  # vector quantization (Gong et al.) on its own layers
         steps.append(quantize)
-    return Plan(steps=tuple(steps), name=name).validate(list(settings))
+    return Plan(steps=ordered(steps), name=name).validate(list(settings))
 
 
 def settings_from_plan(plan: Plan, layers: list[str]) -> dict[str, tuple[float, int | str | None]]:
@@ -57,10 +61,8 @@ def quantizers_from_plan(plan: Plan, layers: list[str]) -> dict[str, dict | None
 
 
 def with_fold_bn(plan: Plan) -> Plan:
-    """The plan with a fold_bn step right after its prune / channels steps (before any sharing)."""
+    """The plan with a fold_bn step where ORDER_RULES put it (after prune / channels, before any sharing)."""
     if any(step.type == "fold_bn" for step in plan.steps):
         return plan
-    steps = list(plan.steps)
-    at = max((i + 1 for i, step in enumerate(steps) if step.type in ("prune", "channels")), default=0)
-    steps.insert(at, FoldBNStep())
-    return Plan(steps=tuple(steps), name=plan.name, seed=plan.seed, eval_split=plan.eval_split).validate()
+    return Plan(steps=ordered((*plan.steps, FoldBNStep())), name=plan.name, seed=plan.seed,
+                eval_split=plan.eval_split).validate()

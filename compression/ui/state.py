@@ -1,4 +1,4 @@
-"""What the Streamlit pages share: the active model/data spec, cached loaders and the engine's data folder.
+"""Streamlit session state the pages share: the active model/data spec, cached loaders, sidebar, job builders.
 
 Cached objects (st.cache_resource) are shared by every session: pages must never change them in
 place (use handle.clone()). Only the small spec dict lives in st.session_state.
@@ -13,7 +13,9 @@ from pathlib import Path
 
 import streamlit as st
 
+from compression import engine, sources
 from compression.data import DataBundle
+from compression.errors import CompressionLabError
 from compression.models.handle import ModelHandle
 from compression.models.zoo import DEMO_MODELS
 
@@ -56,8 +58,9 @@ def demo_choices() -> dict[str, str]:
     return {name: spec.description for name, spec in DEMO_MODELS.items()}
 
 
-SHAREABLE_MODELS = tuple(f"demo:{name}" for name in DEMO_MODELS) + ("detector:demo",)
-SHAREABLE_DATA = ("digits", "shapes")
+def shareable(spec: dict) -> bool:
+    """Whether the spec is a built-in model on its built-in data (safe to keep in the URL)."""
+    return spec.get("model") in sources.DEMO_SOURCES and sources.DEMO_SOURCES[spec["model"]] == spec.get("data")
 
 
 def active_spec() -> dict:
@@ -69,13 +72,12 @@ def active_spec() -> dict:
     """
     if "active" not in st.session_state:
         spec = dict(DEFAULT_SPEC)
-        model, data = st.query_params.get("model"), st.query_params.get("data")
-        if model in SHAREABLE_MODELS and data in SHAREABLE_DATA \
-                and (data == "shapes") == model.startswith("detector:"):
-            spec.update(model=model, data=data)
+        linked = {"model": st.query_params.get("model"), "data": st.query_params.get("data")}
+        if shareable(linked):
+            spec.update(linked)
         st.session_state["active"] = spec
     spec = st.session_state["active"]
-    if spec.get("model") in SHAREABLE_MODELS and spec.get("data") in SHAREABLE_DATA and (
+    if shareable(spec) and (
             st.query_params.get("model") != spec["model"] or st.query_params.get("data") != spec["data"]):
         st.query_params.update(model=spec["model"], data=spec["data"])  # navigation clears them: put them back
     return spec
@@ -83,7 +85,7 @@ def active_spec() -> dict:
 
 def set_active(spec: dict) -> None:
     st.session_state["active"] = spec
-    if spec.get("model") in SHAREABLE_MODELS and spec.get("data") in SHAREABLE_DATA:
+    if shareable(spec):
         st.query_params.update(model=spec["model"], data=spec["data"])
     else:
         st.query_params.clear()
@@ -93,14 +95,8 @@ def spec_key(spec: dict) -> str:
     return json.dumps(spec, sort_keys=True)
 
 
-def is_detector_spec(spec: dict) -> bool:
-    return str(spec.get("model", "")).startswith("detector:")
-
-
 @st.cache_resource(show_spinner="Loading the model and data...", max_entries=8)
 def _load(key: str) -> tuple[ModelHandle, DataBundle]:
-    from compression import sources
-
     return sources.load(json.loads(key))
 
 
@@ -121,7 +117,7 @@ def model_stats(key: str, fold_bn: bool = False):
     from compression.analysis.estimate import model_stats as compute
 
     handle, _ = _load(key)
-    if fold_bn and is_detector_spec(json.loads(key)):  # estimate the file a fold_bn step writes
+    if fold_bn and handle.task == sources.DETECT:  # estimate the file a fold_bn step writes
         from compression import metrics
         from compression.models.detector import fuse
 
@@ -150,34 +146,31 @@ def compress_job(spec: dict, plan: dict) -> dict:
 
 
 def _same_model(job: dict, spec: dict) -> bool:
-    from compression import engine
-
     spec = engine.absolute_paths(spec)  # submit stores paths made absolute
     return all(job.get(key) == spec.get(key) for key in ("model", "weights", "data", "input_size"))
 
 
 def run_task(run_id: str) -> str:
     """'detect' or 'classify', from the run's metrics (or its job)."""
-    from compression import engine
-
     row = engine.status(run_id, root=home())
     metrics = row.get("metrics") or {}
     if metrics.get("task"):
         return metrics["task"]
-    return "detect" if str(row.get("job", {}).get("model", "")).startswith("detector:") else "classify"
+    return sources.task_of(row.get("job", {}))
 
 
 def latest_sensitivity(spec: dict, any_state: bool = False):
     """The newest sensitivity run for this model and data: its row (any_state) or its succeeded report."""
-    from compression import engine
-
     for run in engine.list_runs(root=home(), kind="sensitivity"):
         if not _same_model(run.get("job", {}), spec):
             continue
         if any_state:
             return run
         if run["state"] == "succeeded":
-            path = home() / "runs" / run["id"] / "sensitivity.json"
+            try:
+                path = engine.run_file(run["id"], "sensitivity.json", root=home())
+            except CompressionLabError:  # listed from the index but its folder is gone
+                continue
             if path.is_file():
                 return json.loads(path.read_text())
     return None
@@ -185,14 +178,11 @@ def latest_sensitivity(spec: dict, any_state: bool = False):
 
 @st.cache_resource(max_entries=16, show_spinner="Decoding the compact file...")
 def decoded_run(run_id: str) -> ModelHandle:
-    from compression import sources
-
-    return sources.load_file(home() / "runs" / run_id / "model.clab")
+    return sources.load_file(engine.run_file(run_id, "model.clab", root=home()))
 
 
 @st.cache_data(max_entries=8, show_spinner="Exporting...")
 def run_exports(run_id: str) -> dict:
-    from compression.errors import CompressionLabError
     from compression.export import onnx_bytes, torchscript_bytes
 
     if run_task(run_id) == "detect":
@@ -207,17 +197,3 @@ def run_exports(run_id: str) -> dict:
         out["onnx"], out["onnx_error"] = None, str(exc)
     return out
 
-
-def ensure_app_navigation() -> None:
-    """Make a page opened by its own URL on a fresh server still run through app.py's st.navigation.
-
-    Streamlit treats a pages/ folder as its old automatic multipage mode until the main script has
-    called st.navigation once; a first visit straight to /plan would then run pages/plan.py alone
-    (no sidebar, wrong page list). Pages call this first: it switches the server to app.py's
-    navigation and reruns, which lands on the same page through app.py.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()

@@ -7,13 +7,12 @@ place (use handle.clone()). Only the small spec dict lives in st.session_state.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import streamlit as st
 
-from compression import engine, sources
+from compression import engine, paths, sources
 from compression.data import DataBundle
 from compression.errors import CompressionLabError
 from compression.models.handle import ModelHandle
@@ -27,11 +26,7 @@ def home() -> Path:
     """The engine's data folder: `streamlit run app.py -- --home DIR`, else $COMPRESSION_LAB_HOME, else per user."""
     if "--home" in sys.argv[:-1]:
         return Path(sys.argv[sys.argv.index("--home") + 1]).expanduser()
-    if os.environ.get("COMPRESSION_LAB_HOME"):
-        return Path(os.environ["COMPRESSION_LAB_HOME"]).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("compression-lab"))
+    return paths.home()
 
 
 def save_upload(blob: bytes, name: str) -> Path:

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from compression.data.detection import DetectionData
-from compression.methods.finetune import default_device, frozen_copy
+from compression.devices import default_device
+from compression.methods.finetune import frozen_copy
 from compression.models.yolo_env import offline_ultralytics, quiet_ultralytics
 
 

@@ -22,7 +22,8 @@ During the search a candidate is applied by zeroing the masked channels at the i
 layers (forward pre-hooks), which gives exactly the outputs the physically pruned model gives.
 
 The compact file records Torch-Pruning's `pruning_history()` (plain JSON: module name, direction,
-channel indices), and `replay` re-applies it to a freshly built architecture before the weights load.
+channel indices); `models.channel_replay.replay` re-applies it to a freshly built architecture before the
+weights load.
 """
 
 from __future__ import annotations
@@ -34,21 +35,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compression.errors import CompressionLabError, ModelLoadError, PlanError
+from compression.errors import PlanError
 from compression.methods import bn_stats
 from compression.methods.context import StepContext, StepResult
 from compression.methods.registry import handler
+from compression.models.channel_replay import build_graph, plain_history, torch_pruning
 from compression.models.compact import Products
 from compression.plan import ChannelStep, resolve
-
-
-def _tp():
-    try:
-        import torch_pruning
-    except ImportError:  # pragma: no cover - torch-pruning is a dependency of the channels method
-        raise CompressionLabError("channel pruning needs the torch-pruning package: "
-                                  "pip install -c constraints.txt torch-pruning") from None
-    return torch_pruning
 
 
 @dataclass
@@ -60,27 +53,6 @@ class ChannelGroup:
     channels: int  # channels in the group
     consumers: list[tuple[nn.Module, torch.Tensor]]  # (layer reading the channels, group channel of each input)
     out_weights: list[torch.Tensor]  # weights of the member convolutions (for the L1 criterion)
-
-
-def build_graph(model: nn.Module, input_shape: tuple[int, ...]):
-    """Torch-Pruning's dependency graph of `model` traced on one zero input of shape (C, H, W)."""
-    tp = _tp()
-    if isinstance(model, torch.jit.ScriptModule):
-        raise CompressionLabError("channel pruning needs a Python model, not a TorchScript archive: load the "
-                                  "architecture (torchvision:ARCH with its weights) instead")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros((1, *input_shape),
-                                                                                        device=device),
-                                                      verbose=False)
-    except Exception as exc:  # noqa: BLE001 - the tracer's errors mean one thing to a user
-        raise CompressionLabError(f"channel pruning could not trace this model ({str(exc).splitlines()[0][:160]}): "
-                                  "leave the channels step out for it") from None
-    finally:
-        model.train(was_training)
-    return graph
 
 
 def channel_groups(model: nn.Module, input_shape: tuple[int, ...], graph=None) -> list[ChannelGroup]:
@@ -324,29 +296,12 @@ def _mutate(mask: torch.Tensor, rate: float, generator: torch.Generator) -> torc
 
 def remove_channels(model: nn.Module, graph, group: ChannelGroup, keep: torch.Tensor) -> None:
     """Physically remove the group's dropped channels (and every coupled slice) from the model."""
-    tp = _tp()
+    tp = torch_pruning()
     drop = [int(i) for i in torch.nonzero(~keep).flatten()]
     if not drop:
         return
     root = model.get_submodule(group.name)
     graph.get_pruning_group(root, tp.prune_conv_out_channels, drop).prune()
-
-
-def _plain(history) -> list:
-    return [[str(name), bool(out), [int(i) for i in idxs]] for name, out, idxs in history]
-
-
-def replay(model: nn.Module, history: list, input_shape: tuple[int, ...]) -> nn.Module:
-    """Re-apply a recorded channel pruning to a freshly built architecture (before its weights load)."""
-    if not isinstance(history, list) or not all(isinstance(h, list) and len(h) == 3 for h in history):
-        raise ModelLoadError("the file's channel-pruning record is damaged: re-export the model")
-    graph = build_graph(model, input_shape)
-    try:
-        graph.load_pruning_history([[str(n), bool(o), [int(i) for i in idx]] for n, o, idx in history])
-    except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"cannot replay the file's channel pruning on its architecture ({exc}): "
-                             "the file was written for another model") from None
-    return model
 
 
 def _sensitivity(model: nn.Module, groups: list[ChannelGroup], scorer: Callable[[nn.Module], float]) -> dict:
@@ -428,7 +383,7 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
     model.eval()
     ctx.log("channels: kept " + ", ".join(f"{k}={v['kept']}/{v['channels']}" for k, v in report["layers"].items()))
     # Torch-Pruning's replay record of this step: the file stores it and the decoder replays it
-    return StepResult(report, Products(channel_history=_plain(graph.pruning_history())))
+    return StepResult(report, Products(channel_history=plain_history(graph.pruning_history())))
 
 
 def estimate_keep(channels: int, keep_ratio: float) -> int:

@@ -22,8 +22,8 @@ from torch.nn.utils import parametrize
 
 from compression.methods.context import StepContext, StepResult, layer_weight, weight_ref
 from compression.methods.kmeans1d import kmeans_1d
-from compression.methods.prune import bake
 from compression.methods.registry import handler
+from compression.models.params import bake
 from compression.plan import ClusterStep, resolve_all
 
 MAX_CLUSTERS = 256

@@ -67,8 +67,9 @@ def run(model: nn.Module, step: DistillStep, ctx: StepContext) -> StepResult:
         use_teacher(ctx, step, ctx.teacher)
     if step.epochs <= 0:
         return StepResult({"temperature": step.temperature, "alpha": step.alpha, "epochs": 0})
-    from compression.methods.prune import apply_masks, bake
+    from compression.methods.prune import apply_masks
     from compression.metrics import weight_layers
+    from compression.models.params import bake
 
     masks = {}
     for layer, param in weight_layers(model).items():  # keep a pruned model pruned through the extra epochs

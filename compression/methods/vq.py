@@ -37,9 +37,9 @@ from torch.nn.utils import parametrize
 from compression.errors import PlanError
 from compression.methods.context import StepContext, StepResult, get_module, weight_ref
 from compression.methods.kmeans1d import kmeans_1d
-from compression.methods.prune import bake
 from compression.methods.registry import handler
 from compression.models.compact import Products
+from compression.models.params import bake
 from compression.plan import QuantizeStep
 from compression.storage.vq_section import Quantized, formula_bits, matrix_dims, reconstruct
 

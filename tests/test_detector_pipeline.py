@@ -11,7 +11,7 @@ from compression.errors import CompressionLabError, DataLoadError
 @pytest.fixture(scope="module")
 def small_yaml(tmp_path_factory):
     """A small shapes dataset (48 train / 24 val images) as a user's YOLO yaml."""
-    from compression.demo.shapes import ShapesConfig, write_dataset
+    from compression.data.shapes import ShapesConfig, write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("small-shapes"), train=48, val=24, config=ShapesConfig(seed=7))
 

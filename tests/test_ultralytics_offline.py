@@ -32,7 +32,7 @@ from pathlib import Path
 from compression.models.yolo_env import offline_ultralytics
 offline_ultralytics()
 from ultralytics import YOLO
-from compression.demo.shapes import draw_image, write_dataset, ShapesConfig
+from compression.data.shapes import draw_image, write_dataset, ShapesConfig
 
 work = Path(sys.argv[1])
 model = YOLO(str(Path(sys.argv[2]) / "detector.pt"))

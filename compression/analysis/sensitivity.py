@@ -67,10 +67,6 @@ class SensitivityReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> SensitivityReport:
-        return cls(float(data["base_accuracy"]), dict(data["layers"]), dict(data.get("config", {})))
-
 
 @torch.no_grad()
 def analyze(handle: ModelHandle, data: DataBundle, config: SensitivityConfig = SensitivityConfig(), *,

@@ -89,11 +89,6 @@ def channel_groups(model: nn.Module, input_shape: tuple[int, ...], graph=None) -
     return groups
 
 
-def coupled_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[list[str]]:
-    """Lists of convolutions that must keep the same channels (more than one member); for the plan page."""
-    return [g.members for g in channel_groups(model, input_shape) if len(g.members) > 1]
-
-
 def group_of(groups: list[ChannelGroup], layer: str) -> ChannelGroup | None:
     for group in groups:
         if layer in group.members:
@@ -384,25 +379,3 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
     ctx.log("channels: kept " + ", ".join(f"{k}={v['kept']}/{v['channels']}" for k, v in report["layers"].items()))
     # Torch-Pruning's replay record of this step: the file stores it and the decoder replays it
     return StepResult(report, Products(channel_history=plain_history(graph.pruning_history())))
-
-
-def estimate_keep(channels: int, keep_ratio: float) -> int:
-    """The channel count the step will keep (for the plan page's live estimate)."""
-    return keep_count(channels, keep_ratio) if keep_ratio < 1.0 else channels
-
-
-def flops_bytes_after(model: nn.Module, input_shape: tuple[int, ...], keep_ratio: dict[str, float]) -> dict:
-    """Params, FLOPs and fp32 bytes after removing channels (L1 choice; exact counts: same shapes as any choice)."""
-    import copy
-
-    from compression import metrics
-
-    work = copy.deepcopy(model).cpu().eval()
-    graph = build_graph(work, input_shape)
-    for group in channel_groups(work, input_shape, graph):
-        ratio = resolve(keep_ratio, group.name)
-        if ratio is None or float(ratio) >= 1.0:
-            continue
-        group = group_of(channel_groups(work, input_shape, graph), group.name)
-        remove_channels(work, graph, group, top_mask(l1_scores(group), keep_count(group.channels, float(ratio))))
-    return {**metrics.count_params(work), **metrics.flops(work, input_shape), "fp32_bytes": metrics.fp32_bytes(work)}

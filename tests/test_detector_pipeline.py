@@ -76,7 +76,7 @@ def test_decoded_detector_gives_the_same_boxes_as_the_in_memory_model(compressed
 
 def test_fast_map_equals_ultralytics_validator(detector, small_yaml):
     from compression.data.detection import load_detection_data
-    from compression.methods.detect_train import FastMap
+    from compression.models.detection_metric import FastMap
     from compression.models.detector import evaluate_model
 
     data = load_detection_data(f"yolo:{small_yaml}")

@@ -76,7 +76,7 @@ def analyze(handle: ModelHandle, data: DataBundle, config: SensitivityConfig = S
     work = handle.clone()
     model = work.model.eval()
     if type(handle).__name__ == "DetectorHandle":  # mAP50 on validation images held in memory
-        from compression.methods.detect_train import FastMap
+        from compression.models.detection_metric import FastMap
 
         fast_map = FastMap(data, handle.imgsz, config.val_size, config.seed)
 

@@ -27,6 +27,9 @@ from compression.models.params import bake
 from compression.plan import ClusterStep, resolve_all
 
 MAX_CLUSTERS = 256
+# its own random stream (data order) for fine-tuning the shared values: offset past the prune step's
+# rounds (seed + 1, 2, ...) so the two fine-tunings of one plan never replay the same batches
+SHARED_VALUE_FINETUNE_SEED = 1000
 
 
 class SharedValues(nn.Module):
@@ -134,6 +137,7 @@ def run(model: nn.Module, step: ClusterStep, ctx: StepContext) -> StepResult:
         module, attribute = weight_ref(model, layer)
         centroids, labels = cluster_weight(getattr(module, attribute), chosen[layer], step.init, step.seed)
         parametrize.register_parametrization(module, attribute, SharedValues(labels, centroids), unsafe=True)
-    ctx.finetune(model, step.finetune_epochs, step.lr, ctx.seed + step.seed + 1000, "fine-tune shared values")
+    ctx.finetune(model, step.finetune_epochs, step.lr, ctx.seed + step.seed + SHARED_VALUE_FINETUNE_SEED,
+                 "fine-tune shared values")
     bake(model)
     return StepResult({"n_clusters": {layer: chosen[layer] for layer in requested}})

@@ -28,6 +28,15 @@ from compression.models.channel_replay import build_graph, plain_history
 from compression.models.compact import Products
 from compression.plan import ChannelStep
 
+# Each stage of the step draws from its own random stream (offsets from the plan's seed + the step's
+# seed), so one stage's draws never depend on how many another stage took. The values are arbitrary but
+# fixed: changing one changes every result.
+SCREEN_SEED = 1  # the cheap screen's validation images, apart from the fitness subset (drawn at offset 0)
+RECALIBRATE_SEED = 2  # the training images that re-estimate batch norm after each group
+GROUP_SEED_STRIDE = 1000  # group i's GA generator: seed * stride + i (its own stream per group)
+GROUP_FINETUNE_SEED = 100  # + i: the data order of the fine-tuning after group i
+FINAL_FINETUNE_SEED = 99  # the data order of the fine-tuning after the last group
+
 
 def _sensitivity(model: nn.Module, groups: list[ChannelGroup], scorer: Callable[[nn.Module], float]) -> dict:
     """Score with half of each group's channels masked by L1 (the others intact): higher = less sensitive."""
@@ -69,14 +78,14 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
         order = sorted(targets, key=lambda name: -sensitivity[name])
     else:
         sensitivity, order = {}, list(targets)
-    screen = ctx.data.subset("val", step.screen_size, seed + 1)
+    screen = ctx.data.subset("val", step.screen_size, seed + SCREEN_SEED)
     screen_images = torch.stack([screen[i][0] for i in range(len(screen))]).to(device)
     report = {"selection": step.selection, "order": order, "sensitivity": sensitivity, "layers": {}}
     for position, name in enumerate(order):
         ctx.check_cancelled()
         group = group_of(channel_groups(model, input_shape, graph), name)
         keep = keep_count(group.channels, targets[name])
-        generator = torch.Generator().manual_seed(seed * 1000 + position)
+        generator = torch.Generator().manual_seed(seed * GROUP_SEED_STRIDE + position)
         stage = f"channels {name} ({position + 1}/{len(order)})"
         row = {"members": group.members, "channels": group.channels, "kept": keep}
         l1 = top_mask(l1_scores(group), keep)
@@ -100,11 +109,11 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
         row["kept_channels"] = [int(i) for i in torch.nonzero(mask).flatten()]
         remove_channels(model, graph, group, mask)
         # the next group is scored on a model that is not already broken (no training: statistics only)
-        bn_stats.reestimate_on(model, ctx.data.subset("train", step.recalibrate_size, seed + 2), ctx.batch_size,
-                               None, seed + 2)
+        bn_stats.reestimate_on(model, ctx.data.subset("train", step.recalibrate_size, seed + RECALIBRATE_SEED),
+                               ctx.batch_size, None, seed + RECALIBRATE_SEED)
         report["layers"][name] = row
-        ctx.finetune(model, step.finetune_epochs, step.lr, seed + 100 + position, stage + " fine-tune")
-    ctx.finetune(model, step.final_epochs, step.lr, seed + 99, "channels fine-tune")
+        ctx.finetune(model, step.finetune_epochs, step.lr, seed + GROUP_FINETUNE_SEED + position, stage + " fine-tune")
+    ctx.finetune(model, step.final_epochs, step.lr, seed + FINAL_FINETUNE_SEED, "channels fine-tune")
     model.eval()
     ctx.log("channels: kept " + ", ".join(f"{k}={v['kept']}/{v['channels']}" for k, v in report["layers"].items()))
     # Torch-Pruning's replay record of this step: the file stores it and the decoder replays it

@@ -1,11 +1,12 @@
-"""k-means weight sharing per layer (Deep Compression), with seed 1's dynamic per-layer cluster count.
+"""k-means weight sharing per layer (Deep Compression), with the dynamical-clustering paper's per-layer k.
 
 Each layer's non-zero weights are clustered in one dimension into k shared values (pruned weights
 stay exactly zero and are not clustered). The shared values are then fine-tuned: the weight is a
 parametrization `weight = table[labels]` of the k centroids, so autograd sums the gradients of all
 weights in a cluster into that cluster's value, exactly Deep Compression's centroid update.
 
-k = "auto" is our reading of seed 1 (arXiv 1910.02747), whose exact rule is not in the sources:
+k = "auto" is our reading of the dynamical-clustering paper ("Deep Neural Network Compression for Image
+Classification and Object Detection", arXiv 1910.02747), whose exact rule is not in the sources:
 per layer, the smallest k between 2 and 256 (doubling, then bisection) whose effect stays within
 the plan's tolerance: by default the accuracy drop on a validation subset, measured with the layers
 before it (in model order) already shared at their chosen k, so that the drops of the layers do not

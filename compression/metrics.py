@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from compression.methods.finetune import device_for
+from compression.devices import device_for
 
 
 def weight_layers(model: nn.Module) -> dict[str, torch.Tensor]:

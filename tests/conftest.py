@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-os.environ.setdefault("COMPRESSION_LAB_OFFLINE", "1")
 # generated datasets (the detector's synthetic shapes, ~1,000 images) are made once and shared by every test
 os.environ.setdefault("COMPRESSION_LAB_DATA",
                       str(Path(tempfile.gettempdir()) / f"compression-lab-test-data-{os.getuid()}"))

@@ -11,7 +11,9 @@ from compression import metrics
 from compression.analysis.ga_progress import ga_rows
 from compression.errors import PlanError
 from compression.methods import channels, distill
+from compression.methods.channels import ga, graph
 from compression.methods.context import StepContext
+from compression.models.channel_replay import build_graph
 from compression.models.compact import load_compressed, save_compressed
 from compression.models.handle import ModelHandle
 from compression.plan import ChannelStep, ClusterStep, DistillStep, Plan, PruneStep
@@ -98,15 +100,15 @@ def test_l1_keeps_largest_filters(vgg, digits32):
 def test_masked_search_equals_physical_removal(vgg, digits32):
     """The GA scores candidates by zeroing consumer inputs: the same outputs as removing the channels."""
     work = vgg.clone()
-    groups = channels.channel_groups(work.model, vgg.input_shape)
-    group = channels.group_of(groups, "features.10")
-    keep = channels.top_mask(torch.rand(group.channels, generator=torch.Generator().manual_seed(1)), 20)
+    groups = graph.channel_groups(work.model, vgg.input_shape)
+    group = graph.group_of(groups, "features.10")
+    keep = graph.top_mask(torch.rand(group.channels, generator=torch.Generator().manual_seed(1)), 20)
     x = digits32.test[:8][0]
-    with torch.no_grad(), channels.MaskedChannels(group, keep):
+    with torch.no_grad(), graph.MaskedChannels(group, keep):
         masked = work.model(x)
-    graph = channels.build_graph(work.model, vgg.input_shape)
-    channels.remove_channels(work.model, graph, channels.group_of(channels.channel_groups(
-        work.model, vgg.input_shape, graph), "features.10"), keep)
+    dependencies = build_graph(work.model, vgg.input_shape)
+    graph.remove_channels(work.model, dependencies, graph.group_of(graph.channel_groups(
+        work.model, vgg.input_shape, dependencies), "features.10"), keep)
     with torch.no_grad():
         removed = work.model(x)
     assert work.model.features[10].out_channels == 20
@@ -133,16 +135,16 @@ def test_ga_is_seeded_reproducible_and_respects_keep_ratio(vgg, digits32):
 
 def test_ga_operators_keep_exact_counts():
     generator = torch.Generator().manual_seed(0)
-    mask = channels.top_mask(torch.rand(40, generator=generator), 13)
+    mask = graph.top_mask(torch.rand(40, generator=generator), 13)
     for _ in range(20):
-        mask = channels._mutate(mask, 0.3, generator)
+        mask = ga._mutate(mask, 0.3, generator)
         assert int(mask.sum()) == 13
-        assert int(channels._repair(torch.rand(40, generator=generator) < 0.7, 13, generator).sum()) == 13
+        assert int(ga._repair(torch.rand(40, generator=generator) < 0.7, 13, generator).sum()) == 13
 
 
 def test_resnet18_coupled_channels_stay_consistent(digits32, tmp_path):
     handle = resnet18_handle()
-    coupled = channels.coupled_layers(handle.model, handle.input_shape)
+    coupled = [g.members for g in graph.channel_groups(handle.model, handle.input_shape) if len(g.members) > 1]
     stage1 = next(g for g in coupled if "layer1.0.conv2" in g)
     assert {"conv1", "layer1.0.conv2", "layer1.1.conv2"} <= set(stage1)
     assert any({"layer2.0.downsample.0", "layer2.0.conv2", "layer2.1.conv2"} <= set(g) for g in coupled)
@@ -271,14 +273,14 @@ def test_live_estimate_factors_match_the_pruned_model(vgg, digits32):
 def test_masking_through_flatten_equals_removal(lenet5):
     """LeNet-5's conv2 feeds fc1 through a flatten: each channel is 16 inputs of fc1, masked and removed alike."""
     work = lenet5.clone()
-    group = channels.group_of(channels.channel_groups(work.model, lenet5.input_shape), "conv2")
-    keep = channels.top_mask(channels.l1_scores(group), 20)
+    group = graph.group_of(graph.channel_groups(work.model, lenet5.input_shape), "conv2")
+    keep = graph.top_mask(graph.l1_scores(group), 20)
     x = torch.randn(4, *lenet5.input_shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad(), channels.MaskedChannels(group, keep):
+    with torch.no_grad(), graph.MaskedChannels(group, keep):
         masked = work.model(x)
-    graph = channels.build_graph(work.model, lenet5.input_shape)
-    channels.remove_channels(work.model, graph, channels.group_of(channels.channel_groups(
-        work.model, lenet5.input_shape, graph), "conv2"), keep)
+    dependencies = build_graph(work.model, lenet5.input_shape)
+    graph.remove_channels(work.model, dependencies, graph.group_of(graph.channel_groups(
+        work.model, lenet5.input_shape, dependencies), "conv2"), keep)
     assert work.model.fc1.in_features == 20 * 16
     with torch.no_grad():
         assert torch.allclose(work.model(x), masked, atol=1e-4)

@@ -60,7 +60,7 @@ def test_untrusted_checkpoint_is_refused_unread(tmp_path):
 
 
 def test_map_of_decoded_file_equals_in_memory(detector, tmp_path):
-    from compression.demo.shapes import write_dataset
+    from compression.data.shapes import write_dataset
     from compression.models.detector import evaluate_detector
 
     yaml = write_dataset(tmp_path / "shapes", train=0, val=40)

@@ -11,7 +11,7 @@ from compression.errors import CompressionLabError, DataLoadError
 @pytest.fixture(scope="module")
 def small_yaml(tmp_path_factory):
     """A small shapes dataset (48 train / 24 val images) as a user's YOLO yaml."""
-    from compression.demo.shapes import ShapesConfig, write_dataset
+    from compression.data.shapes import ShapesConfig, write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("small-shapes"), train=48, val=24, config=ShapesConfig(seed=7))
 
@@ -76,7 +76,7 @@ def test_decoded_detector_gives_the_same_boxes_as_the_in_memory_model(compressed
 
 def test_fast_map_equals_ultralytics_validator(detector, small_yaml):
     from compression.data.detection import load_detection_data
-    from compression.methods.detect_train import FastMap
+    from compression.models.detection_metric import FastMap
     from compression.models.detector import evaluate_model
 
     data = load_detection_data(f"yolo:{small_yaml}")

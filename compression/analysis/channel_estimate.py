@@ -27,7 +27,7 @@ class ChannelLayout:
 
 def channel_layout(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelLayout:
     """Channel groups of a model and which group feeds / is fed by each weight layer (cache it per model)."""
-    from compression.methods.channels import channel_groups
+    from compression.methods.channels.graph import channel_groups
 
     names = {module: name for name, module in model.named_modules()}
     groups, channels, out_group, in_group = {}, {}, {}, {}
@@ -43,7 +43,7 @@ def channel_layout(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelLay
 
 def group_keep(layout: ChannelLayout, keep_ratio: dict[str, float]) -> dict[str, float]:
     """Group -> kept fraction (the channel count the step will keep, over the group's channels)."""
-    from compression.methods.channels import keep_count
+    from compression.methods.channels.graph import keep_count
 
     out = {}
     for name, n in layout.channels.items():

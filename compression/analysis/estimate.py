@@ -31,6 +31,8 @@ SECTION_OVERHEAD = 12  # name length, type, shape, flags (plus the name's own by
 STREAM_OVERHEAD = 6  # per coded stream: counts, table header, ANS tail
 TABLE_BYTES_PER_SYMBOL = 0.12  # the coder's table costs about this per alphabet symbol (measured on demo runs)
 GAP_BITS_RANGE = range(2, 13)
+# a layer's section is named after its weight tensor, "<layer>.weight": the layer's name plus these bytes
+WEIGHT_SUFFIX_BYTES = len(".weight")
 
 
 @dataclass
@@ -154,7 +156,7 @@ def layer_bytes(stats: LayerStats, sparsity: float, n_clusters: int | None) -> f
     """Estimated bytes of one layer's section for a sparsity and a cluster count (None: not clustered)."""
     n_prune = int(round(sparsity * stats.numel))
     kept = stats.numel - n_prune
-    header = SECTION_OVERHEAD + len(stats.name) + 7
+    header = SECTION_OVERHEAD + len(stats.name) + WEIGHT_SUFFIX_BYTES
     if kept == 0:
         return header + STREAM_OVERHEAD
     threshold = stats.sorted_abs[n_prune - 1] if n_prune > 0 else -1.0
@@ -195,7 +197,7 @@ def vq_layer_bytes(stats: LayerStats, sparsity: float, quantizer: dict) -> float
         return layer_bytes(stats, sparsity, k)
     bits = formula_bits(method, stats.shape or (stats.numel,), k, int(quantizer.get("segment_length") or 0),
                         int(quantizer.get("stages") or 1), quantizer.get("axis") or "in")
-    return SECTION_OVERHEAD + len(stats.name) + 7 + bits / 8
+    return SECTION_OVERHEAD + len(stats.name) + WEIGHT_SUFFIX_BYTES + bits / 8
 
 
 def estimate(stats: ModelStats, settings: dict[str, tuple[float, int | None]],

@@ -67,10 +67,6 @@ class SensitivityReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> SensitivityReport:
-        return cls(float(data["base_accuracy"]), dict(data["layers"]), dict(data.get("config", {})))
-
 
 @torch.no_grad()
 def analyze(handle: ModelHandle, data: DataBundle, config: SensitivityConfig = SensitivityConfig(), *,
@@ -79,8 +75,8 @@ def analyze(handle: ModelHandle, data: DataBundle, config: SensitivityConfig = S
     """Measure every layer alone at every grid point (the model given is not changed)."""
     work = handle.clone()
     model = work.model.eval()
-    if type(handle).__name__ == "DetectorHandle":  # mAP50 on validation images held in memory
-        from compression.methods.detect_train import FastMap
+    if handle.task == "detect":  # mAP50 on validation images held in memory
+        from compression.models.detection_metric import FastMap
 
         fast_map = FastMap(data, handle.imgsz, config.val_size, config.seed)
 
@@ -152,7 +148,7 @@ def _bn_batches(handle: ModelHandle, model: torch.nn.Module, data, config: Sensi
     if config.bn_batches <= 0 or not bn_stats.has_batch_norm(model):
         return []
     device = next(model.parameters()).device
-    if type(handle).__name__ == "DetectorHandle":
+    if handle.task == "detect":
         from compression.methods.detect_train import detector_batches
 
         batches = detector_batches(data, handle.imgsz, config.bn_batches * DETECTOR_BN_BATCH_SIZE, config.seed,

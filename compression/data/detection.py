@@ -1,7 +1,7 @@
 """Detection datasets: the built-in synthetic shapes (generated on first use) or a local YOLO dataset yaml.
 
 `load_detection_data(ref)`:
-  shapes          the demo detector's data: compression.demo.shapes with the settings recorded in
+  shapes          the demo detector's data: compression.data.shapes with the settings recorded in
                   assets/detector_card.json (seeded, so the same images the detector was trained on),
                   written once under the engine's data folder ($COMPRESSION_LAB_HOME/data/shapes, or
                   $COMPRESSION_LAB_DATA/shapes)
@@ -66,7 +66,7 @@ def _images(path: Path) -> list[Path]:
 
 def shapes_dataset(folder: Path | None = None) -> Path:
     """Write (once) the demo detector's synthetic dataset; returns its data.yaml."""
-    from compression.demo.shapes import ShapesConfig, write_dataset
+    from compression.data.shapes import ShapesConfig, write_dataset
 
     card = json.loads((ASSETS / "detector_card.json").read_text())
     generator = dict(card["generator"])

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from compression.demo.shapes import CLASSES, ShapesConfig, write_dataset
+from compression.data.shapes import CLASSES, ShapesConfig, write_dataset
 from compression.models.yolo_env import offline_ultralytics
 from compression.paths import ASSETS
 

@@ -1,11 +1,12 @@
-"""k-means weight sharing per layer (Deep Compression), with seed 1's dynamic per-layer cluster count.
+"""k-means weight sharing per layer (Deep Compression), with the dynamical-clustering paper's per-layer k.
 
 Each layer's non-zero weights are clustered in one dimension into k shared values (pruned weights
 stay exactly zero and are not clustered). The shared values are then fine-tuned: the weight is a
 parametrization `weight = table[labels]` of the k centroids, so autograd sums the gradients of all
 weights in a cluster into that cluster's value, exactly Deep Compression's centroid update.
 
-k = "auto" is our reading of seed 1 (arXiv 1910.02747), whose exact rule is not in the sources:
+k = "auto" is our reading of the dynamical-clustering paper ("Deep Neural Network Compression for Image
+Classification and Object Detection", arXiv 1910.02747), whose exact rule is not in the sources:
 per layer, the smallest k between 2 and 256 (doubling, then bisection) whose effect stays within
 the plan's tolerance: by default the accuracy drop on a validation subset, measured with the layers
 before it (in model order) already shared at their chosen k, so that the drops of the layers do not
@@ -22,11 +23,14 @@ from torch.nn.utils import parametrize
 
 from compression.methods.context import StepContext, StepResult, layer_weight, weight_ref
 from compression.methods.kmeans1d import kmeans_1d
-from compression.methods.prune import bake
 from compression.methods.registry import handler
+from compression.models.params import bake
 from compression.plan import ClusterStep, resolve_all
 
 MAX_CLUSTERS = 256
+# its own random stream (data order) for fine-tuning the shared values: offset past the prune step's
+# rounds (seed + 1, 2, ...) so the two fine-tunings of one plan never replay the same batches
+SHARED_VALUE_FINETUNE_SEED = 1000
 
 
 class SharedValues(nn.Module):
@@ -134,6 +138,7 @@ def run(model: nn.Module, step: ClusterStep, ctx: StepContext) -> StepResult:
         module, attribute = weight_ref(model, layer)
         centroids, labels = cluster_weight(getattr(module, attribute), chosen[layer], step.init, step.seed)
         parametrize.register_parametrization(module, attribute, SharedValues(labels, centroids), unsafe=True)
-    ctx.finetune(model, step.finetune_epochs, step.lr, ctx.seed + step.seed + 1000, "fine-tune shared values")
+    ctx.finetune(model, step.finetune_epochs, step.lr, ctx.seed + step.seed + SHARED_VALUE_FINETUNE_SEED,
+                 "fine-tune shared values")
     bake(model)
     return StepResult({"n_clusters": {layer: chosen[layer] for layer in requested}})

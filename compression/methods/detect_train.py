@@ -6,33 +6,24 @@ rebuilds the model from its yaml, keeps an EMA copy and saves half-precision che
 which would drop the constraints. This loop takes the trainer's pieces instead: its dataset and
 augmentation (`build_yolo_dataset`, mosaic off as in Ultralytics' final `close_mosaic` epochs, since
 fine-tuning is short), its loss (`DetectionModel.loss`, box + class + DFL with the default gains),
-and trains the parametrized model in place. Scoring is Ultralytics' DetectionValidator (mAP50-95)
-on a seeded subset of the validation images.
+and trains the parametrized model in place. Scoring is mAP50-95 on a seeded subset of the validation
+images (models/detection_metric.py, the same quantity as Ultralytics' DetectionValidator).
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from compression.data.detection import DetectionData
-from compression.methods.finetune import default_device, frozen_copy
+from compression.devices import default_device
+from compression.methods.finetune import frozen_copy
+from compression.models.detection_metric import FastMap
+from compression.models.yolo_data import letterboxed, yolo_cfg
 from compression.models.yolo_env import offline_ultralytics, quiet_ultralytics
-
-
-def _cfg(imgsz: int, **overrides):
-    from ultralytics.cfg import get_cfg
-    from ultralytics.utils import DEFAULT_CFG
-
-    # mosaic=0: short fine-tuning runs on whole images, like Ultralytics' last (close_mosaic) epochs
-    return get_cfg(DEFAULT_CFG, {"imgsz": imgsz, "mosaic": 0.0, "mixup": 0.0, "copy_paste": 0.0,
-                                 "plots": False, "verbose": False, **overrides})
 
 
 def _raw(preds):
@@ -78,7 +69,7 @@ def train_detector(model: nn.Module, data: DetectionData, imgsz: int, *, epochs:
     if data.train is None:
         raise ValueError(f"{data.ref} has no train split to fine-tune on")
     torch.manual_seed(seed)
-    cfg = _cfg(imgsz)
+    cfg = yolo_cfg(imgsz)
     device = default_device()
     model.to(device)
     model.args = cfg  # the loss reads its box/cls/dfl gains from here
@@ -155,19 +146,6 @@ def detector_batches(data: DetectionData, imgsz: int, size: int | None, seed: in
                 for start in range(0, len(dataset), batch)]
 
 
-def letterboxed(data: DetectionData, images: list[Path], imgsz: int, batch: int):
-    """Ultralytics' dataset over `images`, letterboxed to imgsz with no augmentation (its validation mode)."""
-    offline_ultralytics()
-    from ultralytics.data import build_yolo_dataset
-
-    with tempfile.TemporaryDirectory(prefix="images-") as folder, quiet_ultralytics():
-        listing = Path(folder) / "images.txt"  # Ultralytics reads image-list files; the paths inside are absolute
-        listing.write_text("\n".join(str(p.resolve()) for p in images) + "\n")
-        return build_yolo_dataset(_cfg(imgsz, rect=False), str(listing), batch,
-                                  {"names": data.names, "nc": data.num_classes, "channels": 3}, mode="val",
-                                  rect=False, stride=32)
-
-
 DETECTOR_BN_IMAGES = 256  # training images whose statistics re-estimate a detector's batch norms after fine-tuning
 
 
@@ -179,76 +157,6 @@ def recalibrate_detector(model: nn.Module, data: DetectionData, imgsz: int, seed
     if not bn_stats.has_batch_norm(model):
         return 0
     return bn_stats.reestimate(model, detector_batches(data, imgsz, size, seed))
-
-
-def _match(pred_cls: np.ndarray, true_cls: np.ndarray, iou: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Correct-detection matrix (detections x IoU thresholds): Ultralytics' greedy matching, by confidence."""
-    correct = np.zeros((len(pred_cls), len(thresholds)), dtype=bool)
-    iou = iou * (true_cls[:, None] == pred_cls[None, :])
-    matched = np.zeros((iou.shape[0], len(thresholds)), dtype=bool)
-    for j in np.flatnonzero((iou >= thresholds.min()).any(0)):
-        available = np.where(matched, 0, iou[:, j, None])
-        k = available.argmax(0)
-        correct[j] = available[k, range(len(thresholds))] >= thresholds
-        matched[k, range(len(thresholds))] |= correct[j]
-    return correct
-
-
-class FastMap:
-    """mAP50 / mAP50-95 of a model on validation images held in memory (hundreds of evaluations per analysis).
-
-    The same quantities as Ultralytics' DetectionValidator (NMS at conf 0.001 / IoU 0.7, greedy matching
-    at IoU 0.50:0.95, `ap_per_class`), without its per-call data loading, fusing and logging; a test
-    checks it against the validator.
-    """
-
-    def __init__(self, data: DetectionData, imgsz: int, size: int | None = None, seed: int = 0, batch: int = 32):
-        dataset = letterboxed(data, data.val_subset(size, seed), imgsz, batch)
-        self.items = []  # (images uint8 [n,3,h,w], [per-image (classes, xyxy boxes in pixels)])
-        for start in range(0, len(dataset), batch):
-            samples = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
-            imgs = torch.stack([s["img"] for s in samples])
-            targets = []
-            for sample in samples:
-                h, w = sample["img"].shape[1:]
-                boxes = sample["bboxes"].clone()
-                xyxy = torch.cat([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], 1)
-                xyxy *= torch.tensor([w, h, w, h], dtype=xyxy.dtype)
-                targets.append((sample["cls"].view(-1).numpy(), xyxy))
-            self.items.append((imgs, targets))
-        self.thresholds = np.linspace(0.5, 0.95, 10)
-
-    @torch.no_grad()
-    def __call__(self, model: nn.Module) -> dict[str, float]:
-        from ultralytics.utils.metrics import ap_per_class, box_iou
-        from ultralytics.utils.nms import non_max_suppression
-
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        tps, confs, pred_classes, true_classes = [], [], [], []
-        for imgs, targets in self.items:
-            preds = model(imgs.to(device).float() / 255)
-            outputs = non_max_suppression(preds, 0.001, 0.7, multi_label=True, max_det=300)
-            for out, (cls, boxes) in zip(outputs, targets, strict=True):
-                out = out.cpu()
-                true_classes.append(cls)
-                if not len(out):
-                    continue
-                pcls = out[:, 5].numpy()
-                if len(cls):
-                    tp = _match(pcls, cls, box_iou(boxes, out[:, :4]).numpy(), self.thresholds)
-                else:
-                    tp = np.zeros((len(out), len(self.thresholds)), dtype=bool)
-                tps.append(tp)
-                confs.append(out[:, 4].numpy())
-                pred_classes.append(pcls)
-        model.train(was_training)
-        if not tps:
-            return {"map50": 0.0, "map50_95": 0.0}
-        ap = ap_per_class(np.concatenate(tps), np.concatenate(confs), np.concatenate(pred_classes),
-                          np.concatenate(true_classes))[5]
-        return {"map50": float(ap[:, 0].mean()) if len(ap) else 0.0, "map50_95": float(ap.mean()) if len(ap) else 0.0}
 
 
 def map_scorer(data: DetectionData, imgsz: int, size: int, seed: int,

@@ -21,6 +21,10 @@ from compression.methods.finetune import LossFn, frozen_copy
 from compression.methods.registry import handler
 from compression.plan import DistillStep
 
+# its own random stream (data order) for the distillation epochs, apart from the plan's base seed that
+# other steps draw from; the value is arbitrary but fixed (changing it changes every distilled result)
+DISTILL_FINETUNE_SEED = 7
+
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
             temperature: float, alpha: float) -> torch.Tensor:
@@ -67,8 +71,9 @@ def run(model: nn.Module, step: DistillStep, ctx: StepContext) -> StepResult:
         use_teacher(ctx, step, ctx.teacher)
     if step.epochs <= 0:
         return StepResult({"temperature": step.temperature, "alpha": step.alpha, "epochs": 0})
-    from compression.methods.prune import apply_masks, bake
+    from compression.methods.prune import apply_masks
     from compression.metrics import weight_layers
+    from compression.models.params import bake
 
     masks = {}
     for layer, param in weight_layers(model).items():  # keep a pruned model pruned through the extra epochs
@@ -76,7 +81,7 @@ def run(model: nn.Module, step: DistillStep, ctx: StepContext) -> StepResult:
             masks[layer] = (param != 0).to(param.dtype).detach()
     apply_masks(model, masks)
     try:
-        ctx.finetune(model, step.epochs, step.lr, ctx.seed + step.seed + 7, "distill")
+        ctx.finetune(model, step.epochs, step.lr, ctx.seed + step.seed + DISTILL_FINETUNE_SEED, "distill")
     finally:
         bake(model)
     return StepResult({"temperature": step.temperature, "alpha": step.alpha, "epochs": step.epochs,

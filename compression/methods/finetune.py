@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from compression.devices import device_for
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -28,24 +30,12 @@ class TrainConfig:
     cosine: bool = True  # cosine learning-rate decay over all steps
 
 
-def device_for(model: nn.Module) -> torch.device:
-    """The device a model's parameters live on (CPU for a parameter-less model)."""
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 def frozen_copy(model: nn.Module) -> nn.Module:
     """An eval-mode deep copy whose parameters take no gradient (a teacher for distillation)."""
     teacher = copy.deepcopy(model).eval()
     for param in teacher.parameters():
         param.requires_grad_(False)
     return teacher
-
-
-def default_device() -> torch.device:
-    """CUDA when present, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def random_shift(images: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Tensor:

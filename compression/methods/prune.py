@@ -14,6 +14,7 @@ from torch.nn.utils import parametrize
 
 from compression.methods.context import StepContext, StepResult, layer_weight, weight_ref
 from compression.methods.registry import handler
+from compression.models.params import bake
 from compression.plan import PruneStep, resolve_all
 
 
@@ -56,18 +57,6 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
         if parametrize.is_parametrized(module, attribute):
             parametrize.remove_parametrizations(module, attribute, leave_parametrized=True)
         parametrize.register_parametrization(module, attribute, Mask(mask))
-
-
-def bake(model: nn.Module) -> None:
-    """Remove every parametrization, leaving the constrained weights as plain parameters."""
-    for module in model.modules():
-        if parametrize.is_parametrized(module):
-            # torch gives a parametrized module its own class and removal deletes the class's properties;
-            # a deep copy shares that class with the original, so give this module a private one first
-            cls = module.__class__
-            module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
-            for name in list(module.parametrizations.keys()):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
 
 
 @handler(PruneStep)

@@ -37,11 +37,16 @@ from torch.nn.utils import parametrize
 from compression.errors import PlanError
 from compression.methods.context import StepContext, StepResult, get_module, weight_ref
 from compression.methods.kmeans1d import kmeans_1d
-from compression.methods.prune import bake
 from compression.methods.registry import handler
 from compression.models.compact import Products
+from compression.models.params import bake
 from compression.plan import QuantizeStep
 from compression.storage.vq_section import Quantized, formula_bits, matrix_dims, reconstruct
+
+# its own random stream (data order) for fine-tuning the codebooks: offset past the prune step's rounds
+# (seed + 1, 2, ...) and the cluster step's SHARED_VALUE_FINETUNE_SEED (1000), so no two fine-tunings
+# of one plan replay the same batches
+CODEBOOK_FINETUNE_SEED = 2000
 
 
 def _vectors(weight: np.ndarray, axis: str) -> np.ndarray:
@@ -232,7 +237,8 @@ def run(model: nn.Module, step: QuantizeStep, ctx: StepContext) -> StepResult:
         report[layer] = {**q.layout(), "error_before_finetune": relative_error(original, reconstruct(q))}
         parametrize.register_parametrization(module, "weight", CodebookWeight(q, module.weight.device), unsafe=True)
         ctx.check_cancelled()
-    ctx.finetune(model, step.finetune_epochs, step.lr, ctx.seed + step.seed + 2000, "fine-tune codebooks")
+    ctx.finetune(model, step.finetune_epochs, step.lr, ctx.seed + step.seed + CODEBOOK_FINETUNE_SEED,
+                 "fine-tune codebooks")
     stored: dict[str, Quantized] = {}  # weight tensor name -> codebooks + codes, for the file
     for layer, q in structures.items():
         module = get_module(model, layer)

@@ -10,6 +10,7 @@ import torch
 
 from compression import __version__
 from compression.errors import FormatError, ModelLoadError
+from compression.models.channel_replay import replay
 from compression.models.handle import ModelHandle, build_architecture, load_state
 from compression.storage import read_file, write_file
 
@@ -221,8 +222,6 @@ def handle_from_decoded(meta: dict, state: dict[str, torch.Tensor], base_file: s
                                          f"architecture's {shape}: the file was written for another model")
     model = build_architecture(architecture, base_file)
     if checked["channel_pruning"]:
-        from compression.methods.channels import replay
-
         replay(model, checked["channel_pruning"], checked["input_shape"])
     _check_shapes(state_shapes, {key: tuple(value.shape) for key, value in model.state_dict().items()}, source)
     load_state(model, state)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from compression.errors import ModelLoadError, first_line
+from compression.models.params import bake
 from compression.paths import ASSETS
 
 DEMO_DETECTOR = ASSETS / "detector.pt"
@@ -262,8 +263,6 @@ def evaluate_model(model: nn.Module, imgsz: int, data_yaml: str | Path, batch: i
 
     offline_ultralytics()
     from ultralytics.models.yolo.detect import DetectionValidator
-
-    from compression.methods.prune import bake
 
     work = copy.deepcopy(model).float().eval()
     bake(work)  # masks / shared values become plain weights: fusing needs plain conv parameters

@@ -86,13 +86,6 @@ def float_values(bits: np.ndarray, dtype: torch.dtype) -> np.ndarray:
     return torch.from_numpy(np.ascontiguousarray(bits)).view(dtype).to(torch.float64).numpy()
 
 
-def from_bits(bits: np.ndarray, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-    """A tensor of `dtype` and `shape` whose elements have the given bit patterns (owned memory)."""
-    if bits.size == 0:
-        return torch.empty(shape, dtype=dtype)
-    return torch.from_numpy(np.ascontiguousarray(bits)).view(dtype).reshape(shape)
-
-
 def from_bytes(raw: bytes | bytearray, dtype: torch.dtype, shape: tuple[int, ...], name: str) -> torch.Tensor:
     """A tensor from its raw little-endian bytes (the caller checked the length); a bytearray is used in place."""
     if len(raw) == 0:

@@ -25,7 +25,10 @@ from compression.storage.entropy import (
     estimate_bits,
 )
 
-try:  # zstandard is optional (a test extra): without it we write raw sections uncompressed
+# zstandard is a hard dependency (pyproject.toml). The guard only matters where the package is missing anyway
+# (a copy of this module used as a standalone reader): raw sections are then written uncompressed and a
+# zstd-compressed section is refused with the install hint, as FORMAT.md section 2.1 describes
+try:
     import zstandard
 except ImportError:  # pragma: no cover - exercised only where zstandard is missing
     zstandard = None

@@ -4,7 +4,7 @@ Seeded and deterministic per image (image i of a split is drawn from seed + spli
 in YOLO format (images/{train,val}/*.png, labels/{train,val}/*.txt, data.yaml). The settings live in
 `ShapesConfig`; assets/detector_card.json records the ones the demo detector was trained with.
 
-    python -m compression.demo.shapes OUT_DIR [--train 800 --val 200]
+    python -m compression.data.shapes OUT_DIR [--train 800 --val 200]
 """
 
 from __future__ import annotations

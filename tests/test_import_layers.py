@@ -1,0 +1,128 @@
+"""Imports in compression/ run one way: a module imports only from its own layer or a lower one.
+
+Every module is parsed with `ast` (nothing is imported); each `import x` and `from x import y`,
+at module level or inside a function, relative ones resolved against the module's package, is
+checked against the layer table below (docs: /DESIGN.md "Imports run one way").
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = "compression"
+ROOT = Path(__file__).resolve().parents[1] / PACKAGE
+
+# Layer of each part of the package, lowest first; a module may import from its own layer or lower.
+# The longest matching prefix wins ("compression.methods.x" -> methods); the bare root package and
+# anything not listed (a new ground-floor module) is layer 0.
+LAYERS: dict[str, int] = {
+    # 0 ground floor: compression/__init__, errors, paths, plan, metrics, devices, data/*, storage/*
+    "compression": 0,
+    "compression.errors": 0,
+    "compression.paths": 0,
+    "compression.plan": 0,
+    "compression.metrics": 0,
+    "compression.devices": 0,
+    "compression.data": 0,
+    "compression.storage": 0,
+    # 1 handles and compact-file adapters
+    "compression.models": 1,
+    # 2 one file (or folder) per method
+    "compression.methods": 2,
+    # 3 what composes methods: the pipeline, analyses, model sources, export, demo trainers
+    "compression.pipeline": 3,
+    "compression.analysis": 3,
+    "compression.sources": 3,
+    "compression.export": 3,
+    "compression.demo": 3,
+    # 4 jobs and the run store
+    "compression.engine": 4,
+    # 5 the front ends
+    "compression.cli": 5,
+    "compression.ui": 5,
+}
+
+
+def layer_of(module: str) -> int | None:
+    """The layer of a dotted module name (None outside the package)."""
+    if module != PACKAGE and not module.startswith(PACKAGE + "."):
+        return None
+    parts = module.split(".")
+    for end in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:end])
+        if prefix in LAYERS:
+            return LAYERS[prefix]
+    return 0
+
+
+def _is_module(name: str) -> bool:
+    """Whether a dotted name under the package is a module or subpackage on disk."""
+    path = ROOT.parent.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def imported_modules(tree: ast.AST, module: str, is_package: bool) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import in `tree`, at any depth, relative ones resolved.
+
+    `from x import y` counts as an import of the submodule x.y when y is one, else of x."""
+    package = module if is_package else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for alias in node.names:
+                name = f"{target}.{alias.name}"
+                entry = (node.lineno, name if alias.name != "*" and _is_module(name) else target)
+                if entry not in found:
+                    found.append(entry)
+    return sorted(found)
+
+
+def upward_imports(tree: ast.AST, module: str, is_package: bool = False) -> list[str]:
+    """'module:line -> target (layer a -> b)' for every import of a higher layer than `module`'s."""
+    own = layer_of(module)
+    offenders = []
+    for line, target in imported_modules(tree, module, is_package):
+        layer = layer_of(target)
+        if layer is not None and own is not None and layer > own:
+            offenders.append(f"{module}:{line} -> {target} (layer {own} -> {layer})")
+    return offenders
+
+
+def _modules():
+    for path in sorted(ROOT.rglob("*.py")):
+        relative = path.relative_to(ROOT.parent).with_suffix("")
+        parts = list(relative.parts)
+        is_package = parts[-1] == "__init__"
+        if is_package:
+            parts = parts[:-1]
+        yield ".".join(parts), is_package, path
+
+
+def test_no_module_imports_a_higher_layer():
+    offenders = []
+    for module, is_package, path in _modules():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        offenders += upward_imports(tree, module, is_package)
+    assert not offenders, "imports that run up the layers:\n" + "\n".join(offenders)
+
+
+def test_the_checker_catches_an_upward_import():
+    snippet = ast.parse("import torch\n"
+                        "from compression import errors\n"
+                        "def f():\n"
+                        "    from ..engine import store\n"
+                        "    from compression.methods.prune import bake\n")
+    offenders = upward_imports(snippet, "compression.models.compact")
+    assert offenders == ["compression.models.compact:4 -> compression.engine.store (layer 1 -> 4)",  # relative
+                         "compression.models.compact:5 -> compression.methods.prune (layer 1 -> 2)"]  # in a function
+    assert upward_imports(snippet, "compression.cli") == []
+    assert layer_of("compression.methods.channels.ga") == 2 and layer_of("compression.devices") == 0

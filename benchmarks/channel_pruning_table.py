@@ -88,7 +88,7 @@ def rgb_digits() -> DataBundle:
         images, labels = data.split(name)[:]
         splits[name] = TensorDataset(images.repeat(1, 3, 1, 1), labels)
     return DataBundle("digits", splits["train"], splits["val"], splits["test"], 10, (3, 32, 32), data.mean * 3,
-                      data.std * 3, data.class_names)
+                      data.std * 3, data.class_names, shift_pixels=data.shift_pixels)
 
 
 def train_resnet18(data: DataBundle, epochs: int) -> ModelHandle:

@@ -27,9 +27,6 @@ from compression.plan import Plan
 from compression.storage import inspect_bytes
 
 COMPRESSED_NAME = "model.clab"
-# Fine-tuning augmentation: random shifts of up to this many pixels for the 8x8 demo digits (what the demo
-# models were trained with); none for other data, whose images are already at the model's input size.
-DIGITS_SHIFT_PIXELS = 2
 
 
 @dataclass
@@ -75,7 +72,7 @@ def compress(handle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
     log(f"original: {handle.score_name} {before['accuracy']:.4f}, {before['fp32_bytes']:,} fp32 bytes")
     work = handle.clone()
     if shift_pixels is None:
-        shift_pixels = DIGITS_SHIFT_PIXELS if data.ref == "digits" else 0
+        shift_pixels = data.shift_pixels  # the dataset's own fine-tuning augmentation
     ctx = StepContext(data=data, layers=layers, seed=plan.seed, shift_pixels=shift_pixels,
                       on_progress=emit, on_log=log, cancel_requested=cancel_requested)
     ctx.use_task(handle)

@@ -96,7 +96,7 @@ def digits_rgb(size: int = 32) -> DataBundle:
         return TensorDataset(images.repeat(1, 3, 1, 1), labels)
 
     return DataBundle("digits", rgb(digits.train), rgb(digits.val), rgb(digits.test), 10, (3, size, size),
-                      digits.mean * 3, digits.std * 3, digits.class_names)
+                      digits.mean * 3, digits.std * 3, digits.class_names, shift_pixels=digits.shift_pixels)
 
 
 @pytest.fixture(scope="module")

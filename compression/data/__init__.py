@@ -35,6 +35,9 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: list[str] = field(default_factory=list)
+    # fine-tuning augmentation: random shifts of up to this many pixels (the digits: 2, what the demo
+    # models were trained with; other data is already at the model's input size and gets none)
+    shift_pixels: int = 0
 
     def split(self, name: str) -> Dataset:
         if name not in ("train", "val", "test"):
@@ -58,7 +61,7 @@ def load_data(ref: str, input_size: int | None = None, mean: tuple[float, ...] |
     """Build a DataBundle from a reference string (see the module docstring)."""
     kind, _, arg = ref.partition(":")
     if kind == "digits":
-        from compression.data.digits import DIGITS_MEAN, DIGITS_STD, load_digits_split
+        from compression.data.digits import DIGITS_MEAN, DIGITS_SHIFT_PIXELS, DIGITS_STD, load_digits_split
 
         size = input_size or 28
         splits = load_digits_split(size)
@@ -72,6 +75,7 @@ def load_data(ref: str, input_size: int | None = None, mean: tuple[float, ...] |
             mean=DIGITS_MEAN,
             std=DIGITS_STD,
             class_names=[str(i) for i in range(10)],
+            shift_pixels=DIGITS_SHIFT_PIXELS,
         )
     if kind in ("imagefolder", "cifar10", "cifar100"):
         if not arg:

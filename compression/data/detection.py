@@ -33,6 +33,7 @@ class DetectionData:
     train: Path | None
     val: Path
     names: dict[int, str] = field(default_factory=dict)
+    shift_pixels: int = 0  # (classifier fine-tuning augmentation; Ultralytics' trainer augments its own way)
 
     @property
     def num_classes(self) -> int:

@@ -15,6 +15,7 @@ SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 # Mean and std of the digits' pixel values scaled to [0, 1] (the 8x8 originals, fixed here).
 DIGITS_MEAN = (0.3053,)
 DIGITS_STD = (0.3760,)
+DIGITS_SHIFT_PIXELS = 2  # random shifts used when training and fine-tuning on the digits (compression.demo.train)
 
 
 def load_digits_split(image_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

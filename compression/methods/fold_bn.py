@@ -12,9 +12,9 @@ from torch import nn
 
 from compression.errors import PlanError
 from compression.methods.context import StepContext, StepResult
-from compression.methods.prune import bake
 from compression.methods.registry import handler
 from compression.models.compact import Products
+from compression.models.params import bake
 from compression.plan import FoldBNStep
 
 

@@ -1,4 +1,4 @@
-"""Fuzzing campaign (issue 11): the compact-file decoder, the recipe parser, uploaded model files and dataset folders.
+"""Fuzzing campaign: the compact-file decoder, the recipe parser, uploaded model files and dataset folders.
 
 Every case must end in a CompressionLabError with a one-line message (or succeed): anything else is a
 traceback; a case running past its family's timeout is a hang (the worker is killed and replaced); a case

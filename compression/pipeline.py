@@ -22,7 +22,7 @@ from compression.data import DataBundle
 from compression.methods import bn_stats, distill
 from compression.methods.context import StepContext
 from compression.methods.registry import handler_for
-from compression.models.compact import Products, read_compact, write_compact
+from compression.models.compact import Products, read_compact
 from compression.plan import Plan
 from compression.storage import inspect_bytes
 
@@ -92,7 +92,7 @@ def compress(handle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
 
     emit("write compact file", 0.0, {})
     path = out_dir / COMPRESSED_NAME
-    write_compact(work, path, {"plan": plan.to_dict(), "data": data.ref}, products)
+    work.save(path, {"plan": plan.to_dict(), "data": data.ref}, products)
     decoded = read_compact(path, handle.extra.get("base_file"))
     emit("measure compressed", 0.0, {})
     after = decoded.measure(data, split, latency)

@@ -42,6 +42,12 @@ class DetectorHandle:
     extra: dict = field(default_factory=dict)
     channel_history: list = field(default_factory=list)  # (detectors are not channel-pruned yet)
 
+    def save(self, path, extra: dict | None = None, products=None) -> int:
+        """Write this model as a compact file (the one writer, models/compact.write_compact); bytes written."""
+        from compression.models.compact import write_compact
+
+        return write_compact(self, path, extra, products)
+
     def compact_meta(self) -> dict:
         """What the compact file records to rebuild this detector (models/compact.write_compact)."""
         return {"architecture": self.architecture, "imgsz": self.imgsz, "label": self.label,

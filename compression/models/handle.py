@@ -44,6 +44,12 @@ class ModelHandle:
     # channel-pruning replay records already applied to this model (a decoded channel-pruned file)
     channel_history: list = field(default_factory=list)
 
+    def save(self, path, extra: dict | None = None, products=None) -> int:
+        """Write this model as a compact file (the one writer, models/compact.write_compact); bytes written."""
+        from compression.models.compact import write_compact
+
+        return write_compact(self, path, extra, products)
+
     def compact_meta(self) -> dict:
         """What the compact file records to rebuild this classifier (models/compact.write_compact)."""
         return {"architecture": self.architecture, "input_shape": list(self.input_shape),

@@ -108,14 +108,15 @@ def table(handle: ModelHandle, data: DataBundle, keep: dict, ga: dict, epochs: i
     before = {"accuracy": metrics.accuracy(handle.model, test), **metrics.model_summary(handle.model,
                                                                                        handle.input_shape)}
     log(f"{tag}: original accuracy {before['accuracy']:.4f}, {before['params']:,} params, {before['flops']:,} FLOPs")
-    rows, pruned_models = {}, {}
+    rows, pruned_models, products = {}, {}, {}
     for selection in ("ga", "l1", "random"):
         work = handle.clone()
         ctx = StepContext(data=data, layers=list(handle.prunable_layers()), shift_pixels=2, on_log=log)
         step = ChannelStep(keep_ratio=keep, selection=selection, finetune_epochs=0, final_epochs=0,
                            **(ga if selection == "ga" else {}))
         started = time.time()
-        report = channels.run(work.model, step, ctx)
+        outcome = channels.run(work.model, step, ctx)
+        report = outcome.report
         search_seconds = time.time() - started
         after = metrics.model_summary(work.model, handle.input_shape)
         no_finetune = metrics.accuracy(work.model, test)
@@ -138,11 +139,11 @@ def table(handle: ModelHandle, data: DataBundle, keep: dict, ga: dict, epochs: i
             if selection == "ga":
                 rows[name]["ga_fitness_vs_l1"] = {k: [round(v["ga_fitness"], 4), round(v["l1_fitness"], 4)]
                                                   for k, v in report["layers"].items()}
-            pruned_models[name] = tuned
+            pruned_models[name], products[name] = tuned, outcome.products  # the file replays its history
             log(f"{tag} {name}: accuracy {rows[name]['accuracy']:.4f} (before fine-tuning {no_finetune:.4f}), "
                 f"search {search_seconds:.0f} s")
     path = out_dir / f"{tag}.clab"
-    save_compressed(pruned_models["ga+kd"], path)
+    save_compressed(pruned_models["ga+kd"], path, products=products["ga+kd"])
     decoded = load_compressed(path)
     x = data.test[:32][0]
     with torch.no_grad():

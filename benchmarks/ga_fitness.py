@@ -45,7 +45,7 @@ def main() -> None:
         work = handle.clone()
         ctx = StepContext(data=data, layers=list(handle.prunable_layers()))
         started = time.time()
-        report = channels.run(work.model, ChannelStep(keep_ratio=KEEP, survivors=survivors, **GA), ctx)
+        report = channels.run(work.model, ChannelStep(keep_ratio=KEEP, survivors=survivors, **GA), ctx).report
         seconds = time.time() - started
         rows[name] = {"seconds": round(seconds, 1), "accuracy": metrics.accuracy(work.model, test),
                       "search_seconds": round(sum(r["search_seconds"] for r in report["layers"].values()), 2),

@@ -23,6 +23,7 @@ from compression.methods import bn_stats, distill
 from compression.methods.context import StepContext
 from compression.methods.registry import handler_for
 from compression.models.compact import Products, read_compact
+from compression.models.handle import check_data_fits
 from compression.plan import Plan
 from compression.storage import inspect_bytes
 
@@ -38,11 +39,6 @@ class Result:
     products: Products | None = None  # what the steps made for the file (codebooks, channel history)
 
 
-def measure(handle, data: DataBundle, split: str, latency: bool = True) -> dict:
-    """Accuracy (mAP50 for a detector), parameters, FLOPs, fp32 bytes and CPU latency of a model."""
-    return handle.measure(data, split, latency)
-
-
 def compress(handle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
              on_progress: Callable[[str, float, dict], None] | None = None,
              on_log: Callable[[str], None] | None = None,
@@ -54,11 +50,7 @@ def compress(handle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
     decoded one)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if handle.num_classes != data.num_classes:  # sources.load_data checks this; a caller may pass its own data
-        from compression.errors import DataLoadError
-
-        raise DataLoadError(f"the model predicts {handle.num_classes} classes but {data.ref} has "
-                            f"{data.num_classes}: use the dataset the model was trained on")
+    check_data_fits(handle, data.num_classes)  # sources.load_data checks it too; a caller may bring its own data
     split = plan.eval_split
     layers = list(handle.prunable_layers())
     plan.validate(layers)

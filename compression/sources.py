@@ -15,6 +15,7 @@ everything else asks a handle for its `task` ("classify" or "detect").
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -23,13 +24,17 @@ from compression.errors import CompressionLabError
 MODEL_PREFIXES = ("demo:", "torchvision:", "torchscript:", "detector:")
 DATA_PREFIXES = ("digits", "imagefolder:", "cifar10:", "cifar100:")
 DETECTION_DATA_PREFIXES = ("shapes", "yolo:")
-SOURCE_KEYS = ("model", "weights", "data", "input_size", "mean", "std", "trust")
 # a classifier's side in pixels: beyond this one batch of images alone needs gigabytes
 MAX_INPUT_SIZE = 1024
 DETECT, CLASSIFY = "detect", "classify"
-# the built-in models and data: safe to put in a shared link (never an uploaded file)
-DEMO_SOURCES = {"demo:lenet300": "digits", "demo:lenet5": "digits", "demo:vgg_small": "digits",
-                "detector:demo": "shapes"}
+
+
+@functools.cache
+def demo_sources() -> dict[str, str]:
+    """The built-in models and their data: safe to put in a shared link (never an uploaded file)."""
+    from compression.models.zoo import DEMO_MODELS  # (imports torch: not at import time, the CLI starts fast)
+
+    return {**{f"demo:{name}": "digits" for name in DEMO_MODELS}, "detector:demo": "shapes"}
 
 
 def task_of(spec: dict) -> str:
@@ -147,18 +152,15 @@ def load_model(spec: dict):
 
 def load_data(spec: dict, handle):
     """The dataset a checked spec names, prepared for `handle` (its input size, channels and normalisation)."""
+    from compression.models.handle import check_data_fits
+
     if handle.task == DETECT:
         from compression.data.detection import load_detection_data
 
         data = load_detection_data(spec["data"])
-        if data.num_classes != handle.num_classes:
-            from compression.errors import DataLoadError
-
-            raise DataLoadError(f"the detector has {handle.num_classes} classes but {data.ref} has "
-                                f"{data.num_classes}: pick the dataset it was trained on")
+        check_data_fits(handle, data.num_classes)
         return data
     from compression.data import load_data as load_classification_data
-    from compression.models.handle import check_data_fits
 
     channels = handle.input_shape[0]
     for key in ("mean", "std"):

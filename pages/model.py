@@ -24,7 +24,7 @@ def saved(upload):
 st.title("Model")
 spec = active_spec()
 SOURCES = ["Demo model", "Upload a file", "Demo detector (YOLO)", "Upload a YOLO detector"]
-detector_now, demo_now = sources.task_of(spec) == sources.DETECT, spec["model"] in sources.DEMO_SOURCES
+detector_now, demo_now = sources.task_of(spec) == sources.DETECT, spec["model"] in sources.demo_sources()
 source_index = (2 if detector_now and demo_now else 3 if detector_now
                 else 0 if demo_now else 1)  # a revisit shows what is active
 source = st.radio("Model source", SOURCES, index=source_index, horizontal=True, key="model_source")

@@ -62,12 +62,17 @@ def save_compressed(handle: ModelHandle, path: str | Path, extra: dict | None = 
     return write_compact(handle, path, extra, products)
 
 
+def read_existing(path: Path) -> tuple[dict, dict]:
+    """(meta, tensors) of a compact file, or a FormatError saying the path does not exist."""
+    if not path.is_file():
+        raise FormatError(f"compressed file {path} does not exist: check the path")
+    return read_file(path)
+
+
 def read_compact(path: str | Path, base_file: str | Path | None = None):
     """Decode a compact file of either task into a working handle (our own parser; nothing is unpickled)."""
     path = Path(path)
-    if not path.is_file():
-        raise FormatError(f"compressed file {path} does not exist: check the path")
-    meta, state = read_file(path)
+    meta, state = read_existing(path)
     if meta.get("task") == "detect":
         from compression.models.detector import handle_from_decoded_detector
 
@@ -233,9 +238,7 @@ def handle_from_decoded(meta: dict, state: dict[str, torch.Tensor], base_file: s
 def load_compressed(path: str | Path, base_file: str | Path | None = None) -> ModelHandle:
     """Decode a compact classifier file into a working model (our own parser; nothing is unpickled)."""
     path = Path(path)
-    if not path.is_file():
-        raise FormatError(f"compressed file {path} does not exist: check the path")
-    meta, state = read_file(path)
+    meta, state = read_existing(path)
     if meta.get("task") == "detect":
         raise FormatError(f"{path.name} holds a detector, not a classifier: load it with "
                           "compression.sources.load_file")

@@ -222,13 +222,10 @@ def save_detector(handle: DetectorHandle, path: str | Path, extra: dict | None =
 
 def load_detector_file(path: str | Path) -> DetectorHandle:
     """Decode a compact detector file into a working DetectionModel (nothing is unpickled)."""
-    from compression.errors import FormatError
-    from compression.storage import read_file
+    from compression.models.compact import read_existing
 
     path = Path(path)
-    if not path.is_file():
-        raise FormatError(f"compressed file {path} does not exist: check the path")
-    meta, state = read_file(path)
+    meta, state = read_existing(path)
     return handle_from_decoded_detector(meta, state, path.name)
 
 

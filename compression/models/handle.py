@@ -300,8 +300,8 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     load_state(model, state)
 
 
-def check_data_fits(handle: ModelHandle, num_classes: int) -> None:
-    """A model whose head has fewer outputs than the dataset has classes cannot be evaluated on it."""
+def check_data_fits(handle, num_classes: int) -> None:
+    """A model (classifier or detector) whose class count differs from the dataset's cannot be evaluated on it."""
     if handle.num_classes != num_classes:
         raise ModelLoadError(
             f"the model predicts {handle.num_classes} classes but the dataset has {num_classes}: "

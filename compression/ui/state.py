@@ -55,7 +55,7 @@ def demo_choices() -> dict[str, str]:
 
 def shareable(spec: dict) -> bool:
     """Whether the spec is a built-in model on its built-in data (safe to keep in the URL)."""
-    return spec.get("model") in sources.DEMO_SOURCES and sources.DEMO_SOURCES[spec["model"]] == spec.get("data")
+    return spec.get("model") in sources.demo_sources() and sources.demo_sources()[spec["model"]] == spec.get("data")
 
 
 def active_spec() -> dict:

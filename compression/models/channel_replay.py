@@ -33,9 +33,10 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...]):
     was_training = model.training
     model.eval()
     try:
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros((1, *input_shape),
-                                                                                        device=device),
-                                                      verbose=False)
+        with torch.enable_grad():  # the tracer follows autograd: decoding inside torch.no_grad() must work too
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros((1, *input_shape),
+                                                                                            device=device),
+                                                          verbose=False)
     except Exception as exc:  # noqa: BLE001 - the tracer's errors mean one thing to a user
         raise CompressionLabError(f"channel pruning could not trace this model ({str(exc).splitlines()[0][:160]}): "
                                   "leave the channels step out for it") from None

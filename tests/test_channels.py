@@ -173,6 +173,30 @@ def test_resnet18_coupled_channels_stay_consistent(digits32, tmp_path):
     assert metrics.count_params(decoded.model)["params"] == metrics.count_params(model)["params"]
 
 
+def test_grouped_convolutions_are_left_alone_and_regnet_y_prunes_and_decodes(digits32, tmp_path):
+    """RegNetY's grouped 3x3 convolutions can only lose whole groups: the groups feeding them are skipped (before,
+    removing single channels there crashed Torch-Pruning on the next layer); the rest prunes and decodes."""
+    torch.manual_seed(0)
+    model = torchvision.models.regnet_y_400mf(num_classes=10).eval()
+    handle = ModelHandle(model, {"kind": "torchvision", "arch": "regnet_y_400mf", "kwargs": {"num_classes": 10}},
+                         (3, 32, 32), 10, "regnet_y_400mf")
+    groups = graph.channel_groups(handle.model, handle.input_shape)
+    names = {g.name for g in groups}
+    assert "trunk_output.block1.block1-0.f.a.0" not in names  # it feeds the grouped f.b.0
+    assert "trunk_output.block1.block1-0.f.se.fc1" in names and "stem.0" in names
+    work = handle.clone()
+    data = rgb(digits32)
+    result = channels.run(work.model, small_step(keep_ratio={"_default": 0.75}, selection="l1"),
+                          StepContext(data=data, layers=list(handle.prunable_layers())))
+    assert len(result.report["layers"]) == len(groups)
+    assert metrics.count_params(work.model)["params"] < metrics.count_params(handle.model)["params"]
+    path = tmp_path / "regnety.clab"
+    save_compressed(work, path, products=result.products)
+    x = data.test[:4][0]
+    with torch.no_grad():
+        assert torch.equal(load_compressed(path).model(x), work.model.eval()(x))
+
+
 def test_compact_round_trip_of_ga_pruned_vgg_gives_identical_outputs(vgg, digits32, tmp_path):
     work = vgg.clone()
     events = []

@@ -50,6 +50,12 @@ def channel_groups(model: nn.Module, input_shape: tuple[int, ...], graph=None) -
                 weights.append(module.weight)
             elif isinstance(module, nn.modules.conv._ConvNd | nn.Linear) and graph.is_in_channel_pruning_fn(
                     dep.handler):
+                if isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups < module.in_channels:
+                    # a grouped convolution (RegNet, ResNeXt) can only lose whole groups of its inputs; removing
+                    # single channels from it left the model inconsistent (Torch-Pruning crashed on RegNetY's
+                    # next layer), so these groups are left alone, like grouped convolutions' own outputs
+                    members = []
+                    break
                 width = module.in_channels if isinstance(module, nn.modules.conv._ConvNd) else module.in_features
                 roots = torch.full((width,), -1, dtype=torch.long)  # -1: an input this group does not feed
                 roots[torch.as_tensor([int(i) for i in item.idxs])] = torch.as_tensor([int(i) for i in item.root_idxs])

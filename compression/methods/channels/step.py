@@ -66,7 +66,8 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
     ignored = [key for key in step.keep_ratio if key in ctx.layers and key not in convolutions]
     if ignored:
         ctx.log(f"channels: keep_ratio of {', '.join(ignored)} ignored (only convolutions' output channels are "
-                "removed; a classifier's outputs are its classes)")
+                "removed, and not those a grouped or depthwise-grouped convolution reads by groups; a classifier's "
+                "outputs are its classes)")
     if not targets:
         ctx.log("channels: no convolution has a keep_ratio below 1; nothing to do")
         return StepResult()

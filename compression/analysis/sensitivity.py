@@ -68,73 +68,97 @@ class SensitivityReport:
         return asdict(self)
 
 
-@torch.no_grad()
+class ExactScorer:
+    """Measures the model's validation score with ONE layer's weight replaced (every other layer untouched).
+
+    The one interface both modes use: the exact mode calls `score` at every grid point, the estimate
+    mode at a few calibration points. `score(layer, weight)` puts `weight` into the layer, re-estimates
+    batch-norm statistics when the model has them (then puts them back), evaluates, and restores the
+    original weight. The handle given is never changed (one clone, made here, is reused for every point).
+    """
+
+    def __init__(self, handle: ModelHandle, data: DataBundle, config: SensitivityConfig):
+        self.work = handle.clone()
+        self.model = self.work.model.eval()
+        self.config = config
+        self.layers = self.work.prunable_layers()  # name -> the clone's weight tensor (changed in place)
+        model = self.model
+        if handle.task == "detect":  # mAP50 on validation images held in memory
+            from compression.models.detection_metric import FastMap
+
+            fast_map = FastMap(data, handle.imgsz, config.val_size, config.seed)
+
+            def evaluate() -> float:
+                return fast_map(model)["map50"]
+        else:
+            loader = data.loader("val", size=config.val_size, seed=config.seed)
+            # evaluate on tensors held in memory: the grid runs hundreds of evaluations
+            batches = [(x.to(next(model.parameters()).device), y) for x, y in loader]
+
+            def evaluate() -> float:
+                correct = total = 0
+                for x, y in batches:
+                    correct += int((model(x).argmax(1).cpu() == y).sum())
+                    total += len(y)
+                return correct / max(1, total)
+
+        self._evaluate = evaluate
+        with torch.no_grad():
+            self.base = evaluate()
+        self.bn_batches = _bn_batches(handle, model, data, config)
+        self._statistics = {key: value.clone() for key, value in model.state_dict().items()
+                            if key.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+        images = sum(len(batch) for batch in self.bn_batches)
+        self.batch_norm = ({"reestimated": True, "images": images, "batches": len(self.bn_batches),
+                            "note": f"batch-norm statistics re-estimated at each point on {images} training images "
+                                    "(cumulative average), as compression leaves them"}
+                           if self.bn_batches else
+                           {"reestimated": False, "images": 0, "batches": 0,
+                            "note": "original batch-norm statistics (none in the model, or bn_batches 0)"})
+
+    @torch.no_grad()
+    def score(self, layer: str, weight: torch.Tensor) -> float:
+        """The validation score with `layer`'s weight replaced by `weight` (batch norm re-estimated for it)."""
+        target = self.layers[layer]
+        original = target.detach().clone()
+        if torch.equal(weight, original):
+            return self.base
+        target.copy_(weight)
+        try:
+            if self.bn_batches:
+                bn_stats.reestimate(self.model, self.bn_batches)
+            return self._evaluate()
+        finally:
+            target.copy_(original)
+            if self.bn_batches:
+                self.model.load_state_dict(self._statistics, strict=False)
+
+
+def grid_weight(original: torch.Tensor, kind: str, value, seed: int = 0) -> torch.Tensor:
+    """A layer's weight at one grid point: kind "sparsity" (magnitude pruning) or "clusters" (k-means sharing)."""
+    if kind == "sparsity":
+        return original * magnitude_mask(original, float(value))
+    return quantized(original, int(value), "linear", seed)
+
+
 def analyze(handle: ModelHandle, data: DataBundle, config: SensitivityConfig = SensitivityConfig(), *,
             on_progress: Callable[[str, float, dict], None] | None = None,
             cancel_requested: Callable[[], bool] | None = None) -> SensitivityReport:
     """Measure every layer alone at every grid point (the model given is not changed)."""
-    work = handle.clone()
-    model = work.model.eval()
-    if handle.task == "detect":  # mAP50 on validation images held in memory
-        from compression.models.detection_metric import FastMap
-
-        fast_map = FastMap(data, handle.imgsz, config.val_size, config.seed)
-
-        def evaluate() -> float:
-            return fast_map(model)["map50"]
-    else:
-        loader = data.loader("val", size=config.val_size, seed=config.seed)
-        # evaluate on tensors held in memory: the grid runs hundreds of evaluations
-        batches = [(x.to(next(model.parameters()).device), y) for x, y in loader]
-
-        def evaluate() -> float:
-            correct = total = 0
-            for x, y in batches:
-                correct += int((model(x).argmax(1).cpu() == y).sum())
-                total += len(y)
-            return correct / max(1, total)
-
-    base = evaluate()
-    bn_batches = _bn_batches(handle, model, data, config)
-    statistics = {key: value.clone() for key, value in model.state_dict().items()
-                  if key.endswith(("running_mean", "running_var", "num_batches_tracked"))}
-
-    def evaluate_changed(weight: torch.Tensor, original: torch.Tensor) -> float:
-        """The score with the changed weight, batch-norm statistics re-estimated for it (then put back)."""
-        if not bn_batches or torch.equal(weight, original):
-            return evaluate()
-        bn_stats.reestimate(model, bn_batches)
-        try:
-            return evaluate()
-        finally:
-            model.load_state_dict(statistics, strict=False)
-
-    images = sum(len(batch) for batch in bn_batches)
-    batch_norm = ({"reestimated": True, "images": images, "batches": len(bn_batches),
-                   "note": f"batch-norm statistics re-estimated at each point on {images} training images "
-                           "(cumulative average), as compression leaves them"}
-                  if bn_batches else {"reestimated": False, "images": 0, "batches": 0,
-                                      "note": "original batch-norm statistics (none in the model, or bn_batches 0)"})
-    report = SensitivityReport(base, {}, {**asdict(config), "base_accuracy": base, "batch_norm": batch_norm})
-    layers = work.prunable_layers()
-    total_points = len(layers) * (len(config.sparsities) + len(config.n_clusters))
+    scorer = ExactScorer(handle, data, config)
+    report = SensitivityReport(scorer.base, {}, {**asdict(config), "base_accuracy": scorer.base,
+                                                 "batch_norm": scorer.batch_norm})
+    total_points = len(scorer.layers) * (len(config.sparsities) + len(config.n_clusters))
     done = 0
-    for name, weight in layers.items():
+    for name, weight in scorer.layers.items():
         original = weight.detach().clone()
         row = {"params": weight.numel(), "kind": "conv" if weight.dim() > 2 else "fc", "sparsity": {}, "clusters": {}}
-        for sparsity in config.sparsities:
-            weight.copy_(original * magnitude_mask(original, sparsity))
-            row["sparsity"][str(sparsity)] = evaluate_changed(weight, original)
-            done += 1
-            if on_progress:
-                on_progress("sensitivity", done / total_points, {"layer": name})
-        for k in config.n_clusters:
-            weight.copy_(quantized(original, k, "linear", config.seed))
-            row["clusters"][str(k)] = evaluate_changed(weight, original)
-            done += 1
-            if on_progress:
-                on_progress("sensitivity", done / total_points, {"layer": name})
-        weight.copy_(original)
+        for kind, grid in (("sparsity", config.sparsities), ("clusters", config.n_clusters)):
+            for value in grid:
+                row[kind][str(value)] = scorer.score(name, grid_weight(original, kind, value, config.seed))
+                done += 1
+                if on_progress:
+                    on_progress("sensitivity", done / total_points, {"layer": name})
         report.layers[name] = row
         if cancel_requested and cancel_requested():
             from compression.methods.context import Cancelled

@@ -1,12 +1,14 @@
 """Target solver: per-layer sparsity and cluster count chosen greedily over a sensitivity table.
 
 Given one target (compressed bytes, sparse FLOPs, or an accuracy-drop budget), start every layer
-untouched and repeatedly take the single cheapest move over all layers, where a move makes one
-layer one grid step more aggressive (higher sparsity, or fewer clusters) and its price is the
-accuracy it costs per byte (or FLOP) it saves. This is the greedy ratio selection that Neural
-Magic's Sparsify (global slider) and AIMET (greedy compression-ratio selection) used; the
-accuracy cost of a layer is read from the sensitivity report (drops of separate layers are assumed
-to add up; the sizes come from the analytic estimate, compression/analysis/estimate.py).
+untouched and repeatedly take the cheapest move over all layers, where a move makes one layer more
+aggressive (higher sparsity, fewer clusters, or both at once) and its price is the accuracy it costs
+per byte (or FLOP) it saves. This is the greedy ratio selection that Neural Magic's Sparsify (global
+slider) and AIMET (greedy compression-ratio selection) used, taken over each layer's lower convex hull
+of (cost, drop) so that a single step that does not pay (pruning a layer already shared at 2 values
+adds a positions stream) cannot trap it. The accuracy cost of a layer is read from the sensitivity
+report (drops of separate layers are assumed to add up; the sizes come from the analytic estimate,
+compression/analysis/estimate.py).
 """
 
 from __future__ import annotations
@@ -55,70 +57,81 @@ def _monotone(drops: list[float]) -> list[float]:
     return out
 
 
+def _hull(options: list[tuple[float, float, tuple[int, int]]]) -> list[tuple[float, float, tuple[int, int]]]:
+    """The lower convex hull of one layer's (cost, drop, setting) options, from the least drop towards the least
+    cost: each next option is the one that saves cost at the lowest price (drop per unit of cost saved)."""
+    start = min(options, key=lambda o: (o[1], o[0]))
+    chain = [start]
+    while True:
+        cost, drop, _ = chain[-1]
+        cheaper = [o for o in options if o[0] < cost]
+        if not cheaper:
+            return chain
+        # lowest price; among equal prices the largest saving (so the chain's prices only rise)
+        chain.append(min(cheaper, key=lambda o: ((max(0.0, o[1] - drop) + EPSILON) / (cost - o[0]), o[0])))
+
+
 def solve(stats: ModelStats, grids: dict[str, LayerGrid], target_kind: str, target: float,
           cluster_first: bool = True) -> dict:
     """Settings {layer: (sparsity, n_clusters)} meeting the target (or as close as the grid allows).
 
     target: compressed bytes (<=), sparse FLOPs (<=), or the largest total accuracy drop (fraction).
-    With cluster_first, every layer starts clustered at the largest k in its grid (weight sharing at
+    Every (sparsity, cluster count) pair of a layer's grid is an option with a cost (its estimated bytes, or
+    its FLOPs) and a drop (pruning's plus sharing's, measured alone). Per layer only the options on the lower
+    convex hull of (cost, drop) can be worth taking; the solver walks all layers' hull segments in order of
+    price (accuracy lost per byte or FLOP saved) until the target is met: the greedy ratio selection of
+    Sparsify and AIMET, done over the hull so that a jump (prune 90% and share 16 values at once) is seen
+    even when no single grid step pays (the multiple-choice knapsack's Lagrangian solution).
+    With cluster_first, every layer is at least shared at the largest k in its grid (weight sharing at
     256 values costs nothing measurable and makes the file 4x smaller), as Deep Compression does.
     """
+    import heapq
+
     if target_kind not in TARGET_KINDS:
         raise ValueError(f"target kind {target_kind!r}: use one of {TARGET_KINDS}")
-    state = {name: [0, 1 if cluster_first and len(grid.clusters) > 1 else 0] for name, grid in grids.items()}
     names = [name for name in grids if name in stats.layers]
-
-    def setting(name: str, s_index: int, k_index: int) -> tuple[float, int | None]:
+    chains = {}
+    for name in names:
         grid = grids[name]
-        return grid.sparsities[s_index], grid.clusters[k_index]
+        first_k = 1 if cluster_first and len(grid.clusters) > 1 else 0
+        k_indices = [first_k] if target_kind == "sparse_flops" else range(first_k, len(grid.clusters))
+        options = []
+        for s_index, sparsity in enumerate(grid.sparsities):
+            for k_index in k_indices:
+                drop = grid.sparsity_drop[s_index] + grid.cluster_drop[k_index]
+                if target_kind == "sparse_flops":
+                    cost = stats.layers[name].flops * (1.0 - sparsity)
+                else:
+                    cost = layer_bytes(stats.layers[name], sparsity, grid.clusters[k_index])
+                options.append((cost, drop, (s_index, k_index)))
+        chains[name] = _hull(options)
 
-    def layer_cost(name: str, s_index: int, k_index: int) -> tuple[float, float, float]:
-        grid = grids[name]
-        sparsity, k = setting(name, s_index, k_index)
-        size = layer_bytes(stats.layers[name], sparsity, k)
-        flops = stats.layers[name].flops * (1.0 - sparsity)
-        return grid.sparsity_drop[s_index] + grid.cluster_drop[k_index], size, flops
+    position = dict.fromkeys(names, 0)
+    drop = sum(chains[name][0][1] for name in names)
+    cost = sum(chains[name][0][0] for name in names)
+    other = stats.other_flops if target_kind == "sparse_flops" else stats.other_bytes
 
-    def totals() -> tuple[float, float, float]:
-        drop = size = flops = 0.0
-        for name in names:
-            d, b, f = layer_cost(name, *state[name])
-            drop, size, flops = drop + d, size + b, flops + f
-        return drop, size + stats.other_bytes, flops + stats.other_flops
+    def price(name: str) -> float:
+        (c0, d0, _), (c1, d1, _) = chains[name][position[name]:position[name] + 2]
+        return (max(0.0, d1 - d0) + EPSILON) / (c0 - c1)
 
-    def met(drop: float, size: float, flops: float) -> bool:
-        if target_kind == "compressed_bytes":
-            return size <= target
-        if target_kind == "sparse_flops":
-            return flops <= target
-        return False  # accuracy budget: keep saving bytes while the budget allows
-
-    drop, size, flops = totals()
-    while not met(drop, size, flops):
-        best = None
-        for name in names:
-            s_index, k_index = state[name]
-            d0, b0, f0 = layer_cost(name, s_index, k_index)
-            moves = []
-            if s_index + 1 < len(grids[name].sparsities):
-                moves.append((s_index + 1, k_index))
-            if target_kind != "sparse_flops" and k_index + 1 < len(grids[name].clusters):
-                moves.append((s_index, k_index + 1))
-            for move in moves:
-                d1, b1, f1 = layer_cost(name, *move)
-                saving = (f0 - f1) if target_kind == "sparse_flops" else (b0 - b1)
-                if saving <= 0:
-                    continue
-                price = (max(0.0, d1 - d0) + EPSILON) / saving
-                if target_kind == "accuracy_drop" and drop + (d1 - d0) > target:
-                    continue
-                if best is None or price < best[0]:
-                    best = (price, name, move)
-        if best is None:
+    heap = [(price(name), index, name) for index, name in enumerate(names) if len(chains[name]) > 1]
+    heapq.heapify(heap)
+    while heap:
+        if target_kind != "accuracy_drop" and cost + other <= target:
             break
-        state[best[1]] = list(best[2])
-        drop, size, flops = totals()
-    settings = {name: setting(name, *state[name]) for name in names}
-    reached = met(drop, size, flops) or target_kind == "accuracy_drop"
+        _, index, name = heapq.heappop(heap)
+        (c0, d0, _), (c1, d1, _) = chains[name][position[name]:position[name] + 2]
+        if target_kind == "accuracy_drop" and drop + (d1 - d0) > target:
+            continue  # this layer stops here; the others may still afford their next segment
+        position[name] += 1
+        drop, cost = drop + (d1 - d0), cost - (c0 - c1)
+        if position[name] + 1 < len(chains[name]):
+            heapq.heappush(heap, (price(name), index, name))
+    settings = {}
+    for name in names:
+        s_index, k_index = chains[name][position[name]][2]
+        settings[name] = (grids[name].sparsities[s_index], grids[name].clusters[k_index])
+    reached = target_kind == "accuracy_drop" or cost + other <= target
     return {"settings": settings, "predicted_drop": drop, "met": reached,
             **{k: v for k, v in estimate(stats, settings).items() if k != "per_layer_bytes"}}

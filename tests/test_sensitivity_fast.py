@@ -185,3 +185,38 @@ def test_model_too_large_for_the_memory_left_is_refused(lenet5, monkeypatch):
     monkeypatch.setattr(sensitivity, "_available_bytes", lambda device: 2_000_000)  # weights fit, images do not
     with pytest.raises(CompressionLabError, match="activations of a batch"):
         analyze(lenet5, data, SensitivityConfig(val_size=512))
+
+
+def test_engine_job_fails_with_the_message_for_a_model_without_layers(tmp_path):
+    from compression import engine
+
+    class Slice(nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :10]
+
+    path = tmp_path / "slice.pt"
+    torch.jit.script(Slice()).save(str(path))
+    run_id = engine.submit({"kind": "sensitivity", "model": f"torchscript:{path}", "data": "digits",
+                            "input_size": 28, "config": {"val_size": 32}}, root=tmp_path)
+    row = engine.wait(run_id, 120, root=tmp_path)
+    assert row["state"] == "failed" and "no convolution or linear layer" in row["error"]
+
+
+@pytest.mark.slow
+def test_engine_cancel_stops_the_analysis_within_seconds(tmp_path):
+    import time
+
+    from compression import engine
+
+    run_id = engine.submit({"kind": "sensitivity", "model": "demo:vgg_small", "data": "digits",
+                            "config": {"val_size": 256}}, root=tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and not [e for e in engine.events(run_id, root=tmp_path)
+                                          if e["stage"] == "sensitivity"]:
+        time.sleep(0.2)
+    events = [e for e in engine.events(run_id, root=tmp_path) if e["stage"] == "sensitivity"]
+    assert events and {"layer", "point", "done", "total", "eta_s"} <= set(events[-1]["values"])
+    asked = time.time()
+    engine.cancel(run_id, root=tmp_path)
+    row = engine.wait(run_id, 60, root=tmp_path)
+    assert row["state"] == "cancelled" and time.time() - asked < 15

@@ -167,7 +167,7 @@ class ExactScorer:
                             for m in self._norms}
         with torch.no_grad():
             self.base = self._evaluate(None)
-        images = sum(len(batch) for batch in self.bn_batches)
+        bn_images = sum(len(batch) for batch in self.bn_batches)
         if self.bn_batches:
             with torch.no_grad():
                 self._reestimate(self._norms, lambda: [model(batch) for batch in self.bn_batches])
@@ -179,10 +179,10 @@ class ExactScorer:
                      "upstream keep their original statistics)" if self._graph is not None else
                      "every batch norm (the model could not be traced to find the ones downstream of the layer)")
             self.batch_norm = {
-                "reestimated": True, "images": images, "batches": len(self.bn_batches),
+                "reestimated": True, "images": bn_images, "batches": len(self.bn_batches),
                 "scope": "downstream" if self._graph is not None else "all",
                 "base_reestimated": base_reestimated,
-                "note": f"batch-norm statistics re-estimated at each point on {images} training images (cumulative "
+                "note": f"batch-norm statistics re-estimated at each point on {bn_images} training images (cumulative "
                         f"average), as compression leaves them: {scope}. The base accuracy and every point whose "
                         "weight is unchanged use the original statistics; base_reestimated is the accuracy at the "
                         "original weights with every batch norm re-estimated on the same images (how much of a "

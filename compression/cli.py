@@ -1,4 +1,4 @@
-"""The command line: `compression-lab run|eval|inspect|export|submit|runs|cancel`.
+"""The command line: `compression-lab analyze|run|eval|inspect|export|submit|runs|cancel`.
 
 Bad input (a missing or corrupt file, an impossible plan, a full or read-only disk) exits with code 2
 and one line that names the problem and the fix; nothing the user made earlier is overwritten unless
@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from compression import sources
@@ -18,6 +19,7 @@ from compression.errors import CompressionLabError, first_line
 
 RESULT_FILES = ("model.clab", "metrics.json")
 EXPORT_SUFFIXES = (".onnx", ".pt", ".ts")
+PROGRESS_EVERY_S = 5.0  # a progress line this often when stderr is not a terminal (a log file, a CI job)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -25,6 +27,13 @@ def _floats(text: str) -> tuple[float, ...]:
         return tuple(float(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of numbers, e.g. 0.5,0.5,0.5") from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of whole numbers, e.g. 2,4,8,16") from None
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +57,19 @@ def _add_data_args(parser: argparse.ArgumentParser, required: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compression-lab", description="Compress neural networks and measure them.")
     sub = parser.add_subparsers(dest="command", required=True)
+    an = sub.add_parser("analyze", help="sensitivity analysis: every layer alone at each sparsity and cluster count; "
+                                        "writes the JSON report the Sensitivity page reads")
+    _add_model_args(an)
+    _add_data_args(an, required=True)
+    an.add_argument("--mode", choices=["exact", "estimate"], default="exact",
+                    help="exact: measure every point; estimate: a second-order estimate calibrated on a few points")
+    an.add_argument("--val-size", type=int, help="validation images used (default 512, a detector's 64)")
+    an.add_argument("--sparsities", type=_floats, help="pruning levels, e.g. 0,0.5,0.9 (default: 12 from 0 to 0.95)")
+    an.add_argument("--clusters", type=_ints, help="cluster counts, e.g. 4,16,64 (default: 2 to 256)")
+    an.add_argument("--bn-batches", type=int, help="training batches re-estimating batch norm at each point (0: off)")
+    an.add_argument("--seed", type=int, help="seed of the validation subset and of k-means (default 0)")
+    an.add_argument("--out", type=Path, required=True, help="the report to write (.json)")
+    an.add_argument("--force", action="store_true", help="replace an existing report")
     run = sub.add_parser("run", help="run a recipe on a model; write the compact file and metrics.json")
     run.add_argument("recipe", type=Path, help="recipe JSON (a Plan)")
     _add_model_args(run)
@@ -92,6 +114,76 @@ def _read_recipe(path: Path):
     from compression.plan import Plan
 
     return Plan.from_file(path)  # a missing, huge, non-UTF-8 or malformed recipe is one PlanError
+
+
+class _ProgressLine:
+    """The analysis's progress on stderr: one line redrawn in place on a terminal, else a line every few seconds."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.last = 0.0
+        self.drawn = False
+
+    def __call__(self, stage: str, fraction: float, values: dict) -> None:
+        eta = values.get("eta_s")
+        eta_text = "" if eta is None else f" ETA {int(eta) // 3600}:{int(eta) % 3600 // 60:02d}:{int(eta) % 60:02d}"
+        line = (f"{stage} {100 * fraction:5.1f}% ({values.get('done', '?')}/{values.get('total', '?')} points) "
+                f"{values.get('layer', '')} {values.get('point', '')}{eta_text}")
+        now = time.monotonic()
+        if self.tty:
+            self.stream.write("\r" + line[:119].ljust(119))
+            self.drawn = True
+        elif now - self.last >= PROGRESS_EVERY_S or fraction >= 1.0:
+            self.stream.write(line + "\n")
+            self.last = now
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _analysis_config(args, task: str):
+    """SensitivityConfig from the flags (a detector's defaults when none given), checked as an engine job's is."""
+    from dataclasses import fields
+
+    from compression.analysis.sensitivity import DETECTOR_CONFIG, SensitivityConfig
+    from compression.engine.jobs import sensitivity_config
+
+    config = dict(DETECTOR_CONFIG) if task == "detect" else {}
+    for key, value in (("val_size", args.val_size), ("sparsities", args.sparsities), ("n_clusters", args.clusters),
+                       ("bn_batches", args.bn_batches), ("seed", args.seed)):
+        if value is not None:
+            config[key] = list(value) if isinstance(value, tuple) else value
+    if "mode" in {f.name for f in fields(SensitivityConfig)}:
+        config["mode"] = args.mode
+    elif args.mode != "exact":
+        raise CompressionLabError(f"--mode {args.mode} is not available in this version of Compression Lab: "
+                                  "use --mode exact")
+    return sensitivity_config(config)
+
+
+def cmd_analyze(args) -> int:
+    from compression.analysis.sensitivity import analyze
+    from compression.paths import check_output_file, replace_atomically
+
+    out = check_output_file(args.out, (".json",), args.force)
+    _analysis_config(args, sources.task_of({"model": args.model}))  # bad flags fail before anything loads
+    handle, data = sources.load(_job_source(args))
+    config = _analysis_config(args, handle.task)
+    progress = _ProgressLine()
+    started = time.monotonic()
+    try:
+        report = analyze(handle, data, config, on_progress=progress).to_dict()
+    finally:
+        progress.close()
+    replace_atomically(out, json.dumps(report))  # written whole: an interrupted analysis leaves nothing
+    print(json.dumps({"file": str(out), "layers": len(report["layers"]), "base_accuracy": report["base_accuracy"],
+                      "seconds": round(time.monotonic() - started, 1),
+                      "prefix_cache": (report["config"].get("prefix_cache") or {}).get("used")}))
+    return 0
 
 
 def cmd_run(args) -> int:
@@ -216,7 +308,7 @@ def cmd_cancel(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": cmd_run, "eval": cmd_eval, "inspect": cmd_inspect, "export": cmd_export,
+    handlers = {"analyze": cmd_analyze, "run": cmd_run, "eval": cmd_eval, "inspect": cmd_inspect, "export": cmd_export,
                 "submit": cmd_submit, "runs": cmd_runs, "cancel": cmd_cancel}
     try:
         return handlers[args.command](args)

@@ -2,7 +2,10 @@
 
     compress     {"kind": "compress", "model", "weights", "data", "input_size", "mean", "std",
                   "plan": Plan.to_dict(), "latency": true}
-    sensitivity  {"kind": "sensitivity", "model", ..., "config": {sparsities, n_clusters, val_size, seed}}
+    sensitivity  {"kind": "sensitivity", "model", ..., "config": {sparsities, n_clusters, val_size, seed, bn_batches}}
+                 progress after every point: values {layer, point, done, total, eta_s}; a cancel stops
+                 within one point; bad input (no layers, too few validation images, too little memory)
+                 fails the run with its one-line message
 
 A runner is `run(job, run_dir, progress, log, cancelled) -> metrics dict`; it writes its result files
 whole (temporary name, then rename). With COMPRESSION_LAB_TEST_JOBS=1 two more kinds exist for the

@@ -5,6 +5,7 @@ import streamlit as st
 from compression import sources
 from compression.errors import CompressionLabError
 from compression.ui.navigation import page_setup
+from compression.ui.numbers import human
 from compression.ui.state import active_spec, baseline, demo_choices, load_active, save_upload, set_active, spec_key
 
 page_setup()
@@ -106,9 +107,9 @@ if handle.task == "detect":
     cols = st.columns(6)
     cols[0].metric("mAP50", f"{measured['map50']:.3f}")
     cols[1].metric("mAP50-95", f"{measured['map50_95']:.3f}")
-    cols[2].metric("Parameters", f"{measured['params']:,}")
-    cols[3].metric("FLOPs", f"{measured['flops'] / 1e6:,.1f} M", help=f"{measured['flops']:,} (batch 1)")
-    cols[4].metric("fp32 bytes", f"{measured['fp32_bytes']:,}")
+    cols[2].metric("Parameters", human(measured["params"]), help=f"{measured['params']:,}")
+    cols[3].metric("FLOPs", human(measured["flops"]), help=f"{measured['flops']:,} (batch 1)")
+    cols[4].metric("fp32 bytes", human(measured["fp32_bytes"], "B"), help=f"{measured['fp32_bytes']:,} bytes")
     cols[5].metric("CPU latency (batch 1)", f"{measured['latency_ms']:.2f} ms")
     st.caption(f"{handle.label} on {data.ref}: {len(data.val_images())} validation images, input {handle.imgsz} px, "
                f"classes {', '.join(handle.names.values())}. mAP from Ultralytics' validator, measured here.")
@@ -130,9 +131,9 @@ except CompressionLabError as exc:
 measured = baseline(spec_key(spec))
 cols = st.columns(5)
 cols[0].metric("Test accuracy", f"{measured['accuracy']:.2%}")
-cols[1].metric("Parameters", f"{measured['params']:,}")
-cols[2].metric("FLOPs", f"{measured['flops']:,}")
-cols[3].metric("fp32 bytes", f"{measured['fp32_bytes']:,}")
+cols[1].metric("Parameters", human(measured["params"]), help=f"{measured['params']:,}")
+cols[2].metric("FLOPs", human(measured["flops"]), help=f"{measured['flops']:,} (batch 1)")
+cols[3].metric("fp32 bytes", human(measured["fp32_bytes"], "B"), help=f"{measured['fp32_bytes']:,} bytes")
 cols[4].metric("CPU latency (batch 1)", f"{measured['latency_ms']:.2f} ms")
 st.caption(f"{handle.label} on {data.ref}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
            f"images, input {'x'.join(map(str, handle.input_shape))}. Every figure is measured on this machine.")

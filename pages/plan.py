@@ -286,7 +286,7 @@ def rows_and_estimate() -> None:
     if report is not None:
         st.caption("Sensitivity: accuracy of the layer alone at each sparsity (filled: measured, hollow: "
                    "estimated; red: the current setting).")
-    channel_choice = channel_section(handle, spec_key(spec))  # "channels kept" per group (structured pruning)
+    channel_choice = channel_section(handle, spec_key(spec), lazy=many)  # "channels kept" per channel group
     est = channel_choice.apply(est, stats, settings)
     prediction = predict(report, settings, quantizers) if report is not None else None
     with st.container(border=True, key="plan_estimate"):

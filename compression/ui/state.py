@@ -88,13 +88,14 @@ def link_params(spec: dict, folder: Path) -> dict[str, str] | None:
     """
     if shareable(spec):
         return {"model": spec["model"], "data": spec["data"]}
-    model, data = str(spec.get("model", "")), str(spec.get("data", ""))
+    kind, _, arch = str(spec.get("model", "")).partition(":")
+    data = str(spec.get("data", ""))
     digest = upload_hash(spec.get("weights"), folder)
-    if not model.startswith("torchvision:") or digest is None or spec.get("mean") or spec.get("std"):
+    if kind != "torchvision" or digest is None or spec.get("mean") or spec.get("std"):
         return None
     if data != "digits" and not data.startswith(LINK_DATA_PREFIXES):
         return None
-    params = {"model": f"upload:{digest}", "arch": model[len("torchvision:"):], "data": data}
+    params = {"model": f"upload:{digest}", "arch": arch, "data": data}
     if spec.get("input_size"):
         params["size"] = str(int(spec["input_size"]))
     return params

@@ -204,7 +204,7 @@ def seeded(field: str, layer: str) -> str:
 def draw_row(layer: str, compact: bool, widths: list[float], per_layer: dict) -> None:
     cols = st.columns(widths, vertical_alignment="center")
     cols[0].markdown(f"`{layer}`")
-    cols[1].markdown(human(stats.layers[layer].numel))
+    cols[1].markdown(human(stats.layers[layer].numel, exact_below=1e4))
     values = store[layer]
     curve = layer_curve(report, layer, "sparsity")
     if curve is not None:
@@ -253,7 +253,7 @@ def rows_and_estimate() -> None:
     chosen = {layer: q for layer, q in quantizers.items() if q}
     est = estimate(stats, numeric, chosen)
     per_layer = est["per_layer_bytes"]
-    widths = [2.2, 0.8, 1.6, 2.6, 1.3] + ([] if compact else [1.4, 1.1, 1.0, 1.0]) + [1.1]
+    widths = ([2.2, 0.8, 1.6, 2.6, 1.3] if compact else [1.6, 0.8, 1.4, 2.2, 1.5, 1.5, 1.1, 1.0, 1.0]) + [1.1]
     head = ["layer", "params", "sensitivity", "sparsity", "clusters"] + (
         [] if compact else ["quantizer", "k", "s / t", "axis"]) + ["est. bytes"]
     shown_set = set(shown)

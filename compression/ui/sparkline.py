@@ -87,7 +87,8 @@ def sparkline(curve: Curve, current: float | None = None, width: int = 120, heig
 
     points = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in zip(curve.xs, curve.accuracies, strict=True))
     title = f"{curve.kind}: accuracy {min(curve.accuracies):.3f} - {max(curve.accuracies):.3f} (base {curve.base:.3f})"
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+    # width 100% (at most `width` px): the picture scales to its column and keeps its proportions
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" style="max-width:{width}px;display:block" '
              f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(curve.kind)} sensitivity">',
              f"<title>{escape(title)}</title>",
              f'<line x1="{pad}" y1="{py(curve.base):.1f}" x2="{width - pad}" y2="{py(curve.base):.1f}" '

@@ -52,7 +52,8 @@ spec = active_spec()
 handle, data = load_active(spec)
 detector = handle.task == "detect"
 layers = list(handle.prunable_layers())
-stats = model_stats(spec_key(spec), detector and st.session_state.get("plan_fold_bn", True))
+stats_fold_bn = detector and st.session_state.get("plan_fold_bn", True)
+stats = model_stats(spec_key(spec), stats_fold_bn)
 PRUNE, CLUSTER, QUANTIZE = PruneStep(), ClusterStep(), QuantizeStep()  # the settings' defaults are the steps' own
 report = latest_sensitivity(spec)
 prefix = f"plan::{spec_key(spec)}::"
@@ -335,6 +336,8 @@ def launch_section(settings: dict, quantizers: dict, channel_choice, prediction:
             "Fold batch norm into the convolutions after pruning", value=True, key="plan_fold_bn",
             help="One bias per convolution instead of five batch-norm vectors in the file (measured on the demo "
                  "detector: 16% smaller at the same mAP); done after pruning, whose fine-tuning needs batch norm.")
+        if fold != stats_fold_bn:  # the estimate's statistics depend on it: rerun the whole page
+            st.rerun()
     name = st.text_input("Plan name", "my-plan", key="plan_name")
     try:
         plan = channel_choice.build(lambda: plan_from_settings(  # adds the channels / distill steps in order

@@ -81,7 +81,10 @@ def test_layer_groups_follow_the_module_names():
     assert list(groups) == ["conv1", "layer1", "layer2", "layer3", "layer4", "fc"]
     assert "layer2.1.conv2" in groups["layer2"] and sum(map(len, groups.values())) == len(resnet) == 54
     mobilenet = layer_groups(list(weight_layers(torchvision.models.mobilenet_v2())))
-    assert "features.3" in mobilenet and max(map(len, mobilenet.values())) <= 24  # one huge "features" splits
+    assert "features.3-4" in mobilenet and max(map(len, mobilenet.values())) <= 24  # one huge "features" splits
+    yolo_like = layer_groups([f"model.{i}.conv" for i in range(30)])  # small children share a group
+    assert list(yolo_like)[:2] == ["model.0-3", "model.4-7"] and min(map(len, yolo_like.values())) >= 4
+    assert sum(map(len, yolo_like.values())) == 30
     assert layer_groups(["conv1", "conv2", "fc1", "fc2"]) == {"all layers": ["conv1", "conv2", "fc1", "fc2"]}
 
 
@@ -263,3 +266,17 @@ def test_a_link_to_a_missing_upload_opens_the_demo_and_says_why(tmp_path, monkey
     at = app_on(query={"model": "upload:0123456789ab", "arch": "resnet18", "size": "32", "data": "digits"})
     assert at.session_state["active"]["model"] == "demo:lenet5"
     assert any("does not have" in w.value for w in at.sidebar.warning)
+
+
+@pytest.mark.timeout(600)
+def test_fold_bn_checkbox_recomputes_the_detector_statistics(tmp_path, monkeypatch):
+    """The estimate follows the fold-BN checkbox (its statistics are computed per choice). AppTest reruns the
+    whole script, so this does not exercise the fragment: in a browser the page's st.rerun() does that."""
+    monkeypatch.setenv("COMPRESSION_LAB_HOME", str(tmp_path / "home"))
+    at = app_on({"model": "detector:demo", "weights": None, "data": "shapes", "input_size": None, "mean": None,
+                 "std": None})
+    folded = {m.label: m.value for m in at.metric}["Estimated file"]
+    at.checkbox(key="plan_fold_bn").uncheck().run()
+    assert not at.exception, [e.value for e in at.exception]
+    unfolded = {m.label: m.value for m in at.metric}["Estimated file"]
+    assert int(unfolded.split()[0].replace(",", "")) > int(folded.split()[0].replace(",", ""))  # BN kept: bigger

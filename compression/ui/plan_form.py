@@ -87,9 +87,29 @@ def layer_groups(layers: list[str]) -> dict[str, list[str]]:
         if len(members) <= SPLIT_GROUP_OVER:
             groups[name] = members
             continue
+        children: dict[str, list[str]] = {}
         for layer in members:
-            groups.setdefault(".".join(layer.split(".")[:2]), []).append(layer)
+            children.setdefault(".".join(layer.split(".")[:2]), []).append(layer)
+        groups.update(_merge_small(children))
     return groups
+
+
+MIN_SPLIT_GROUP = 4  # layers: neighbouring small children (YOLO's model.0, model.1, ...) share a group
+
+
+def _merge_small(children: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Consecutive children joined until each group holds MIN_SPLIT_GROUP layers: `model.0-2` for model.0 to
+    model.2 (a last short run joins the group before it)."""
+    runs: list[list[str]] = []
+    for child in children:
+        if runs and sum(len(children[c]) for c in runs[-1]) < MIN_SPLIT_GROUP:
+            runs[-1].append(child)
+        else:
+            runs.append([child])
+    if len(runs) > 1 and sum(len(children[c]) for c in runs[-1]) < MIN_SPLIT_GROUP:
+        runs[-2].extend(runs.pop())
+    return {(run[0] if len(run) == 1 else f"{run[0]}-{run[-1].split('.')[-1]}"):
+            [layer for child in run for layer in children[child]] for run in runs}
 
 
 def filter_layers(layers: list[str], pattern: str = "", min_params: int = 0,

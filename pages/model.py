@@ -53,9 +53,11 @@ elif source == "Demo model":
 else:
     kind = st.selectbox("File type", ["torchvision state dict / safetensors", "TorchScript"], key="upload_kind")
     upload = st.file_uploader("Model file", type=["pt", "pth", "safetensors", "ts"], key="upload_file")
-    arch = st.text_input("torchvision architecture", "resnet18", key="upload_arch",
+    kind_now, _, arch_now = spec["model"].partition(":")  # a reopened link shows the active model's own values
+    arch = st.text_input("torchvision architecture", arch_now if kind_now == "torchvision" else "resnet18",
+                         key="upload_arch",
                          disabled=kind == "TorchScript", help="a name from torchvision.models.list_models()")
-    size = st.number_input("Input size (pixels)", 8, 1024, 224, key="upload_size")
+    size = st.number_input("Input size (pixels)", 8, 1024, int(spec.get("input_size") or 224), key="upload_size")
     path = saved(upload)
     if path is not None:
         if kind == "TorchScript":

@@ -280,3 +280,20 @@ def test_fold_bn_checkbox_recomputes_the_detector_statistics(tmp_path, monkeypat
     assert not at.exception, [e.value for e in at.exception]
     unfolded = {m.label: m.value for m in at.metric}["Estimated file"]
     assert int(unfolded.split()[0].replace(",", "")) > int(folded.split()[0].replace(",", ""))  # BN kept: bigger
+
+
+def test_layer_bytes_memo_answers_as_a_fresh_computation(lenet5):
+    from compression.analysis.estimate import _layer_bytes, estimate, layer_bytes, model_stats
+
+    stats = model_stats(lenet5)
+    settings = {name: (0.8, 16) for name in stats.layers}
+    first = estimate(stats, settings)
+    assert all(len(layer.memo) == 1 for layer in stats.layers.values())
+    again = estimate(stats, {**settings, "fc1": (0.9, 16)})  # one slider moved: one new answer, the rest reused
+    assert sum(len(layer.memo) for layer in stats.layers.values()) == len(stats.layers) + 1
+    assert again["per_layer_bytes"]["conv1"] == first["per_layer_bytes"]["conv1"]
+    for layer in stats.layers.values():
+        for (sparsity, k), size in layer.memo.items():
+            assert size == _layer_bytes(layer, sparsity, k) == layer_bytes(layer, sparsity, k)
+    fresh = estimate(model_stats(lenet5), {**settings, "fc1": (0.9, 16)})
+    assert again["compressed_bytes"] == fresh["compressed_bytes"]

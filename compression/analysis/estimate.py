@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -51,6 +51,8 @@ class LayerStats:
     position_factors: tuple[np.ndarray, np.ndarray]  # (sparsities, real / geometric positions bytes)
     value_bytes: float  # bytes per kept fp32 value as the codec stores unshared values (shuffle + zstd)
     shape: tuple[int, ...] = ()  # the weight's shape (vector quantization's layouts depend on it)
+    # layer_bytes answers by (sparsity, n_clusters): a slider moves one layer, the other layers' answers are reused
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass
@@ -211,8 +213,21 @@ def _positions_and_fillers(density: float, index_shares: np.ndarray | None, kept
     return best
 
 
+MEMO_ENTRIES = 4096  # per layer: every slider step times every cluster choice fits
+
+
 def layer_bytes(stats: LayerStats, sparsity: float, n_clusters: int | None) -> float:
     """Estimated bytes of one layer's section for a sparsity and a cluster count (None: not clustered)."""
+    key = (float(sparsity), n_clusters)
+    cached = stats.memo.get(key)
+    if cached is None:
+        cached = _layer_bytes(stats, float(sparsity), n_clusters)
+        if len(stats.memo) < MEMO_ENTRIES:
+            stats.memo[key] = cached
+    return cached
+
+
+def _layer_bytes(stats: LayerStats, sparsity: float, n_clusters: int | None) -> float:
     n_prune = int(round(sparsity * stats.numel))
     kept = stats.numel - n_prune
     header = SECTION_OVERHEAD + len(stats.name) + WEIGHT_SUFFIX_BYTES

@@ -5,6 +5,7 @@ import streamlit as st
 from compression import sources
 from compression.errors import CompressionLabError
 from compression.ui.navigation import page_setup
+from compression.ui.numbers import human
 from compression.ui.state import active_spec, baseline, demo_choices, load_active, save_upload, set_active, spec_key
 
 page_setup()
@@ -52,9 +53,11 @@ elif source == "Demo model":
 else:
     kind = st.selectbox("File type", ["torchvision state dict / safetensors", "TorchScript"], key="upload_kind")
     upload = st.file_uploader("Model file", type=["pt", "pth", "safetensors", "ts"], key="upload_file")
-    arch = st.text_input("torchvision architecture", "resnet18", key="upload_arch",
+    kind_now, _, arch_now = spec["model"].partition(":")  # a reopened link shows the active model's own values
+    arch = st.text_input("torchvision architecture", arch_now if kind_now == "torchvision" else "resnet18",
+                         key="upload_arch",
                          disabled=kind == "TorchScript", help="a name from torchvision.models.list_models()")
-    size = st.number_input("Input size (pixels)", 8, 1024, 224, key="upload_size")
+    size = st.number_input("Input size (pixels)", 8, 1024, int(spec.get("input_size") or 224), key="upload_size")
     path = saved(upload)
     if path is not None:
         if kind == "TorchScript":
@@ -106,9 +109,9 @@ if handle.task == "detect":
     cols = st.columns(6)
     cols[0].metric("mAP50", f"{measured['map50']:.3f}")
     cols[1].metric("mAP50-95", f"{measured['map50_95']:.3f}")
-    cols[2].metric("Parameters", f"{measured['params']:,}")
-    cols[3].metric("FLOPs", f"{measured['flops'] / 1e6:,.1f} M", help=f"{measured['flops']:,} (batch 1)")
-    cols[4].metric("fp32 bytes", f"{measured['fp32_bytes']:,}")
+    cols[2].metric("Parameters", human(measured["params"]), help=f"{measured['params']:,}")
+    cols[3].metric("FLOPs", human(measured["flops"]), help=f"{measured['flops']:,} (batch 1)")
+    cols[4].metric("fp32 bytes", human(measured["fp32_bytes"], "B"), help=f"{measured['fp32_bytes']:,} bytes")
     cols[5].metric("CPU latency (batch 1)", f"{measured['latency_ms']:.2f} ms")
     st.caption(f"{handle.label} on {data.ref}: {len(data.val_images())} validation images, input {handle.imgsz} px, "
                f"classes {', '.join(handle.names.values())}. mAP from Ultralytics' validator, measured here.")
@@ -130,9 +133,9 @@ except CompressionLabError as exc:
 measured = baseline(spec_key(spec))
 cols = st.columns(5)
 cols[0].metric("Test accuracy", f"{measured['accuracy']:.2%}")
-cols[1].metric("Parameters", f"{measured['params']:,}")
-cols[2].metric("FLOPs", f"{measured['flops']:,}")
-cols[3].metric("fp32 bytes", f"{measured['fp32_bytes']:,}")
+cols[1].metric("Parameters", human(measured["params"]), help=f"{measured['params']:,}")
+cols[2].metric("FLOPs", human(measured["flops"]), help=f"{measured['flops']:,} (batch 1)")
+cols[3].metric("fp32 bytes", human(measured["fp32_bytes"], "B"), help=f"{measured['fp32_bytes']:,} bytes")
 cols[4].metric("CPU latency (batch 1)", f"{measured['latency_ms']:.2f} ms")
 st.caption(f"{handle.label} on {data.ref}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
            f"images, input {'x'.join(map(str, handle.input_shape))}. Every figure is measured on this machine.")

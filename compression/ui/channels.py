@@ -80,6 +80,7 @@ def load_channels(plan: Plan, handle, key: str) -> None:
     prefix = f"chan::{key}::"
     steps = {step.type: step for step in plan.steps}
     channels_step, distill_step = steps.get("channels"), steps.get("distill")
+    st.session_state[prefix + "show"] = channels_step is not None or st.session_state.get(prefix + "show", False)
     for group, n in layout.channels.items():
         ratio = resolve(channels_step.keep_ratio, group) if channels_step else None
         st.session_state[prefix + "keep::" + group] = n if ratio is None or ratio >= 1 else keep_count(n, ratio)
@@ -95,14 +96,21 @@ def load_channels(plan: Plan, handle, key: str) -> None:
         st.session_state[prefix + "kd_epochs"] = distill_step.epochs
 
 
-def channel_section(handle, key: str) -> ChannelChoice:
-    """Draw the section (an expander) and return what it asks for."""
+def channel_section(handle, key: str, lazy: bool = False) -> ChannelChoice:
+    """Draw the section (an expander) and return what it asks for.
+
+    lazy (a big model): the section starts behind a toggle, since tracing the channel groups takes seconds
+    (4 s for a ResNet-50) and its 37 sliders slow every redraw; switched off, the plan has no channels step."""
     if handle.task == "detect":  # YOLO's C2f needs Torch-Pruning's split-free variant: not yet
+        return ChannelChoice()
+    prefix = f"chan::{key}::"
+    if lazy and not st.toggle("Channel pruning (structured: remove whole channels)", key=prefix + "show",
+                              help="traces the model's channel groups (a few seconds on a large model) and shows "
+                                   "a 'channels kept' slider per group; off: the plan removes no channels"):
         return ChannelChoice()
     layout = cached_layout(key, handle.model, tuple(handle.input_shape))
     if layout is None:
         return ChannelChoice()
-    prefix = f"chan::{key}::"
     choice = ChannelChoice(layout=layout)
     with st.expander("Channels kept (structured pruning: removed channels make the model faster on any CPU)"):
         st.caption("Hu et al. (2018): per convolution, a genetic algorithm picks which output channels to keep "

@@ -7,6 +7,7 @@ place (use handle.clone()). Only the small spec dict lives in st.session_state.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def save_upload(blob: bytes, name: str) -> Path:
 
     from compression.paths import OutputError, describe_os_error, write_bytes_atomic
 
-    folder = home() / "uploads"
+    folder = uploads_folder()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -58,32 +59,124 @@ def shareable(spec: dict) -> bool:
     return spec.get("model") in sources.demo_sources() and sources.demo_sources()[spec["model"]] == spec.get("data")
 
 
+UPLOAD_HASH = re.compile(r"[0-9a-f]{12}")
+LINK_DATA_PREFIXES = ("imagefolder:", "cifar10:", "cifar100:")
+LINK_KEYS = ("model", "data", "arch", "size")
+
+
+def uploads_folder() -> Path:
+    return home() / "uploads"
+
+
+def upload_hash(path: str | Path | None, folder: Path) -> str | None:
+    """The content hash an upload kept by save_upload is named by, or None for a file from anywhere else."""
+    if not path:
+        return None
+    path = Path(path)
+    name = path.name
+    if path.parent.resolve() != folder.resolve() or not UPLOAD_HASH.fullmatch(name[:12]) or name[12:13] != "-":
+        return None
+    return name[:12]
+
+
+def link_params(spec: dict, folder: Path) -> dict[str, str] | None:
+    """The URL query that reopens `spec` on this server, or None when it cannot be linked.
+
+    Linkable: a built-in model on its data, and a torchvision state dict uploaded here (`model=upload:<hash>`,
+    its architecture and input size) on the demo digits or a local dataset folder. A state dict is read with
+    weights_only / safetensors, never unpickled; TorchScript files and Ultralytics pickles stay out of links.
+    """
+    if shareable(spec):
+        return {"model": spec["model"], "data": spec["data"]}
+    kind, _, arch = str(spec.get("model", "")).partition(":")
+    data = str(spec.get("data", ""))
+    digest = upload_hash(spec.get("weights"), folder)
+    if kind != "torchvision" or digest is None or spec.get("mean") or spec.get("std"):
+        return None
+    if data != "digits" and not data.startswith(LINK_DATA_PREFIXES):
+        return None
+    params = {"model": f"upload:{digest}", "arch": arch, "data": data}
+    if spec.get("input_size"):
+        params["size"] = str(int(spec["input_size"]))
+    return params
+
+
+def spec_from_link(params: dict, folder: Path) -> tuple[dict | None, str | None]:
+    """(spec, None) for a URL query link_params made; (None, message) for one naming an upload that is not
+    here or a bad value; (None, None) when the query names no model. Nothing outside `folder` is ever opened."""
+    model, data = params.get("model"), params.get("data")
+    if not model:
+        return None, None
+    if not str(model).startswith("upload:"):
+        linked = {**DEFAULT_SPEC, "model": model, "data": data}
+        if shareable(linked):
+            return linked, None
+        return None, f"The link's model {str(model)[:60]!r} on {str(data)[:60]!r} is not a built-in pair."
+    digest = str(model)[len("upload:"):]
+    if not UPLOAD_HASH.fullmatch(digest):
+        return None, f"The link's upload {digest[:40]!r} is not an upload name (12 hexadecimal digits)."
+    matches = sorted(path for path in folder.glob(f"{digest}-*") if path.is_file()) if folder.is_dir() else []
+    matches = [path for path in matches if upload_hash(path, folder) == digest]
+    if not matches:
+        return None, (f"The link names uploaded model {digest}, which this server does not have (uploads are kept "
+                      f"in {folder}): upload the file again on the Model page.")
+    arch = str(params.get("arch") or "")
+    if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", arch):
+        return None, f"The link's architecture {arch[:40]!r} is not a torchvision model name."
+    size = params.get("size")
+    if size is not None and not str(size).isdigit():
+        return None, f"The link's input size {str(size)[:20]!r} is not a number of pixels."
+    if data != "digits" and not str(data).startswith(LINK_DATA_PREFIXES):
+        return None, f"The link's data {str(data)[:60]!r} is not digits or a dataset folder."
+    return {**DEFAULT_SPEC, "model": f"torchvision:{arch}", "weights": str(matches[0]), "data": data,
+            "input_size": int(size) if size is not None else None}, None
+
+
+def _show_link(spec: dict) -> None:
+    wanted = link_params(spec, uploads_folder())
+    if wanted is None:
+        return
+    if any(st.query_params.get(key) != wanted.get(key) for key in LINK_KEYS):
+        st.query_params.clear()  # navigation clears them: put them back (and drop a previous model's keys)
+        st.query_params.update(wanted)
+
+
 def active_spec() -> dict:
     """The model + data the pages work on (the sidebar shows it).
 
-    A built-in model and dataset are also kept in the URL (?model=...&data=...), so a browser reload or
-    a shared link opens on the same model. Uploaded files never go in the URL: a link must not be able
-    to load a pickle.
+    The URL carries it (link_params): a built-in model and dataset, or a state dict uploaded to this
+    server (?model=upload:<hash>&arch=...&size=...&data=...), so a browser reload, a new tab or a shared
+    link opens on the same model. A link never loads a pickle or a file outside the uploads folder; one
+    that names an upload this server lacks falls back to the demo with a message (link_problem()).
     """
     if "active" not in st.session_state:
         spec = dict(DEFAULT_SPEC)
-        linked = {"model": st.query_params.get("model"), "data": st.query_params.get("data")}
-        if shareable(linked):
-            spec.update(linked)
+        linked, problem = spec_from_link({key: st.query_params.get(key) for key in LINK_KEYS}, uploads_folder())
+        if linked is not None:
+            try:
+                _load(spec_key(linked))  # a bad architecture or dataset: say so and stay on the demo
+                spec = linked
+            except CompressionLabError as exc:
+                problem = f"The link's model could not be opened: {exc}"
+        st.session_state["link_problem"] = problem
         st.session_state["active"] = spec
     spec = st.session_state["active"]
-    if shareable(spec) and (
-            st.query_params.get("model") != spec["model"] or st.query_params.get("data") != spec["data"]):
-        st.query_params.update(model=spec["model"], data=spec["data"])  # navigation clears them: put them back
+    _show_link(spec)
     return spec
+
+
+def link_problem() -> str | None:
+    """Why the URL's model was not opened (the demo was instead), or None."""
+    return st.session_state.get("link_problem")
 
 
 def set_active(spec: dict) -> None:
     st.session_state["active"] = spec
-    if shareable(spec):
-        st.query_params.update(model=spec["model"], data=spec["data"])
-    else:
+    st.session_state["link_problem"] = None
+    if link_params(spec, uploads_folder()) is None:
         st.query_params.clear()
+    else:
+        _show_link(spec)
 
 
 def spec_key(spec: dict) -> str:
@@ -129,6 +222,8 @@ def sidebar() -> None:
     with st.sidebar:
         st.caption("Active model")
         st.markdown(f"**{spec['model']}**  \n{spec['data']}")
+        if link_problem():
+            st.warning(link_problem() + " Opened the demo model instead.")
         st.caption(f"Runs are stored in `{home()}`")
 
 
@@ -136,8 +231,13 @@ def sensitivity_job(spec: dict, config: dict) -> dict:
     return {"kind": "sensitivity", **spec, "config": config}
 
 
-def compress_job(spec: dict, plan: dict) -> dict:
-    return {"kind": "compress", **spec, "plan": plan}
+def compress_job(spec: dict, plan: dict, predicted: dict | None = None) -> dict:
+    """The engine job of a compression run; `predicted` (the plan page's predicted accuracy) rides along once
+    the engine knows the key (compression.engine.jobs.JOB_KEYS), so a run can be checked against it."""
+    job = {"kind": "compress", **spec, "plan": plan}
+    if predicted is not None and "predicted" in engine.jobs.JOB_KEYS:
+        job["predicted"] = predicted
+    return job
 
 
 def _same_model(job: dict, spec: dict) -> bool:

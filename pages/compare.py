@@ -5,7 +5,7 @@ import json
 import streamlit as st
 
 from compression import engine
-from compression.analysis.pareto import runs_table
+from compression.analysis.pareto import prediction_error, runs_table
 from compression.errors import CompressionLabError
 from compression.ui import figures
 from compression.ui.navigation import page_setup
@@ -38,6 +38,16 @@ st.caption("Each method family (prune+cluster, vq quantizers, channels) is its o
 st.dataframe(table, hide_index=True, width="stretch", key="compare_table",
              column_config={"ratio": st.column_config.NumberColumn(format="%.1fx"),
                             "accuracy": st.column_config.NumberColumn(format="%.4f")})
+
+error = prediction_error(table)
+if error is not None:  # how far to trust the plan page's predicted accuracy, learned from these runs
+    st.subheader("Predicted vs measured accuracy")
+    st.plotly_chart(figures.prediction_figure(table), key="compare_prediction")
+    st.caption(f"{error['runs']} run(s) launched with a prediction: mean absolute error {error['mae_pts']:.2f} "
+               f"points (measured minus predicted on average {error['bias_pts']:+.2f}), "
+               f"{error['within_range']:.0%} inside the predicted range. The prediction is made at launch from the "
+               "sensitivity report (validation subset); the measurement is the decoded file on the plan's split. "
+               "The Plan page refits its fine-tuning calibration on this model's runs once it has three.")
 
 run_id = st.selectbox("Run", list(table["run"]), key="compare_run")
 try:

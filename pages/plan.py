@@ -43,6 +43,7 @@ from compression.ui.state import (
     latest_sensitivity,
     load_active,
     model_stats,
+    prediction_history,
     spec_key,
 )
 
@@ -56,6 +57,7 @@ stats_fold_bn = detector and st.session_state.get("plan_fold_bn", True)
 stats = model_stats(spec_key(spec), stats_fold_bn)
 PRUNE, CLUSTER, QUANTIZE = PruneStep(), ClusterStep(), QuantizeStep()  # the settings' defaults are the steps' own
 report = latest_sensitivity(spec)
+history = prediction_history(spec) if report is not None else []  # this model's runs calibrate the prediction
 prefix = f"plan::{spec_key(spec)}::"
 FIELDS = ("sp", "k", "q", "qk", "qs", "qa")  # sparsity, clusters, quantizer, its k, its s / t, its axis
 # every layer's settings: widgets of hidden rows are not drawn (and Streamlit forgets a widget's value when it
@@ -289,7 +291,7 @@ def rows_and_estimate() -> None:
                    "estimated; red: the current setting).")
     channel_choice = channel_section(handle, spec_key(spec), lazy=many)  # "channels kept" per channel group
     est = channel_choice.apply(est, stats, settings)
-    prediction = predict(report, settings, quantizers) if report is not None else None
+    prediction = predict(report, settings, quantizers, history) if report is not None else None
     with st.container(border=True, key="plan_estimate"):
         cols = st.columns(5)
         cols[0].metric("Estimated file", human(est["compressed_bytes"], "B"),

@@ -30,6 +30,24 @@ def method_family(step_types: list[str]) -> str:
     return "+".join(step_types) if step_types else "none"
 
 
+def _points(fraction) -> float | None:
+    return None if fraction is None else 100 * float(fraction)
+
+
+def prediction_error(table: pd.DataFrame) -> dict | None:
+    """How far the predicted accuracy drops were from the measured ones (points), over the runs that carried one."""
+    if table.empty or "predicted_drop_pts" not in table:
+        return None
+    rows = table.dropna(subset=["predicted_drop_pts"])
+    if rows.empty:
+        return None
+    error = rows["accuracy_drop_pts"] - rows["predicted_drop_pts"]
+    inside = ((rows["accuracy_drop_pts"] >= rows["predicted_low_pts"])
+              & (rows["accuracy_drop_pts"] <= rows["predicted_high_pts"]))
+    return {"runs": len(rows), "mae_pts": float(error.abs().mean()), "bias_pts": float(error.mean()),
+            "within_range": float(inside.mean())}
+
+
 def runs_table(runs: list[dict]) -> pd.DataFrame:
     """One row per succeeded compression run with the measured figures the compare page plots."""
     rows = []
@@ -40,6 +58,7 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
         after, before = m["after"], m["before"]
         steps = m.get("steps", {})
         family = method_family(list(steps))
+        predicted = (run.get("job") or {}).get("predicted") or {}
         rows.append({
             "run": run["id"],
             "model": m.get("model", run.get("model")),
@@ -57,5 +76,9 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
             "flops": after.get("flops"),
             "latency_ms": after.get("latency_ms"),
             "weights_kept_pct": 100 * m.get("weights_kept", 1.0),
+            # the plan page's prediction at launch (None for runs launched without one, e.g. from the CLI)
+            "predicted_drop_pts": _points(predicted.get("drop")),
+            "predicted_low_pts": _points(predicted.get("low")),
+            "predicted_high_pts": _points(predicted.get("high")),
         })
     return pd.DataFrame(rows)

@@ -26,7 +26,8 @@ from compression import sources
 from compression.errors import CompressionLabError
 
 JOB_KEYS = {"kind", "model", "weights", "data", "input_size", "mean", "std", "plan", "latency", "config", "seconds",
-            "trust"}
+            "trust", "predicted"}
+PREDICTED_NUMBERS = ("accuracy", "drop", "low", "high", "raw_drop")  # a compress job's predicted accuracy (fractions)
 
 
 def sensitivity_config(config: dict):
@@ -67,10 +68,32 @@ def validate(job: dict) -> dict:
 
         out["plan"] = Plan.from_dict(job.get("plan")).to_dict()  # an impossible plan never queues
         out["latency"] = bool(job.get("latency", True))
+        if job.get("predicted") is not None:
+            out["predicted"] = _predicted(job["predicted"])
     else:
         config = sensitivity_config(job.get("config") or {})
         out["config"] = {f.name: (list(v) if isinstance(v := getattr(config, f.name), tuple) else v)
                          for f in fields(config)}
+    return out
+
+
+def _predicted(predicted) -> dict:
+    """The plan page's predicted accuracy, kept with the run so the Compare page can set it against the measured
+    one: finite numbers and the model's description only."""
+    import math
+
+    if not isinstance(predicted, dict):
+        raise CompressionLabError("a job's 'predicted' must be an object of numbers (predict()'s result)")
+    out = {}
+    for key in PREDICTED_NUMBERS:
+        value = predicted.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise CompressionLabError(f"a job's predicted {key} {str(value)[:20]!r} must be a finite number")
+        out[key] = float(value)
+    if isinstance(predicted.get("model"), str):
+        out["model"] = predicted["model"][:500]
     return out
 
 

@@ -105,3 +105,23 @@ def ga_figure(rows: pd.DataFrame) -> go.Figure:
     fig.update_layout(xaxis_title="generation", yaxis_title="fitness (top-1 on the fitness subset)", height=320,
                       margin={"t": 30})
     return fig
+
+
+def prediction_figure(table: pd.DataFrame) -> go.Figure:
+    """Predicted vs measured accuracy drop (points) per run, the predicted range as an error bar, y = x dashed."""
+    rows = table.dropna(subset=["predicted_drop_pts"])
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=rows["predicted_drop_pts"], y=rows["accuracy_drop_pts"], mode="markers", name="runs",
+        text=rows["run"] + " " + rows["plan"].astype(str),
+        error_x={"type": "data", "symmetric": False,
+                 "array": rows["predicted_high_pts"] - rows["predicted_drop_pts"],
+                 "arrayminus": rows["predicted_drop_pts"] - rows["predicted_low_pts"]},
+        hovertemplate="%{text}<br>predicted %{x:.2f} pts, measured %{y:.2f} pts<extra></extra>"))
+    top = float(max(rows["predicted_high_pts"].max(), rows["accuracy_drop_pts"].max(), 0.5)) if len(rows) else 1.0
+    fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="predicted = measured",
+                             line={"dash": "dash", "color": "grey"}))
+    fig.update_layout(xaxis_title="predicted accuracy drop (points, at launch)",
+                      yaxis_title="measured accuracy drop (points, decoded file)", height=360,
+                      margin={"t": 30, "b": 40})
+    return fig

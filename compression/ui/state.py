@@ -271,6 +271,18 @@ def latest_sensitivity(spec: dict, any_state: bool = False):
     return None
 
 
+def prediction_history(spec: dict) -> list[tuple[float, float]]:
+    """(raw predicted drop, measured drop) in points of this model's finished runs that carried a prediction:
+    the predicted accuracy refits its fine-tuning calibration on them (compression/analysis/predict.py)."""
+    from compression.analysis.predict import history_from_runs
+
+    try:
+        runs = engine.list_runs(root=home(), kind="compress")
+    except CompressionLabError:
+        return []
+    return history_from_runs([run for run in runs if _same_model(run.get("job", {}), spec)])
+
+
 @st.cache_resource(max_entries=16, show_spinner="Decoding the compact file...")
 def decoded_run(run_id: str) -> ModelHandle:
     return sources.load_file(engine.run_file(run_id, "model.clab", root=home()))

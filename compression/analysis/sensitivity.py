@@ -42,6 +42,8 @@ class SensitivityConfig:
     val_size: int = 512  # validation images used (the whole split when larger)
     seed: int = 0
     bn_batches: int = 4  # training batches re-estimating batch-norm statistics at each point (0 = keep the original)
+    mode: str = "exact"  # "exact": measure every point; "estimate": Fisher estimate + a few exact points (fisher.py)
+    calibration_seconds: float = 90.0  # estimate mode: time for its exact calibration points (analysis/fisher.py)
 
     def key(self, model_ref: str, data_ref: str, weights_digest: str) -> str:
         """Cache key: the same model, data and settings give the same report."""
@@ -144,7 +146,13 @@ def grid_weight(original: torch.Tensor, kind: str, value, seed: int = 0) -> torc
 def analyze(handle: ModelHandle, data: DataBundle, config: SensitivityConfig = SensitivityConfig(), *,
             on_progress: Callable[[str, float, dict], None] | None = None,
             cancel_requested: Callable[[], bool] | None = None) -> SensitivityReport:
-    """Measure every layer alone at every grid point (the model given is not changed)."""
+    """Measure every layer alone at every grid point (the model given is not changed).
+
+    With config.mode "estimate" most points are estimated instead (analysis/fisher.py)."""
+    if config.mode == "estimate":
+        from compression.analysis.fisher import analyze_estimate
+
+        return analyze_estimate(handle, data, config, on_progress=on_progress, cancel_requested=cancel_requested)
     scorer = ExactScorer(handle, data, config)
     report = SensitivityReport(scorer.base, {}, {**asdict(config), "base_accuracy": scorer.base,
                                                  "batch_norm": scorer.batch_norm})

@@ -2,7 +2,7 @@
 
     compress     {"kind": "compress", "model", "weights", "data", "input_size", "mean", "std",
                   "plan": Plan.to_dict(), "latency": true}
-    sensitivity  {"kind": "sensitivity", "model", ..., "config": {sparsities, n_clusters, val_size, seed}}
+    sensitivity  {"kind": "sensitivity", "model", ..., "config": {sparsities, n_clusters, val_size, seed, mode}}
 
 A runner is `run(job, run_dir, progress, log, cancelled) -> metrics dict`; it writes its result files
 whole (temporary name, then rename). With COMPRESSION_LAB_TEST_JOBS=1 two more kinds exist for the
@@ -43,6 +43,12 @@ def sensitivity_config(config: dict):
     if isinstance(out.bn_batches, bool) or not isinstance(out.bn_batches, int) or not 0 <= out.bn_batches <= 1000:
         raise CompressionLabError(f"sensitivity bn_batches {str(out.bn_batches)[:20]} must be an integer from 0 "
                                   "(keep the original batch-norm statistics) to 1000")
+    if out.mode not in ("exact", "estimate"):
+        raise CompressionLabError(f"sensitivity mode {str(out.mode)[:20]!r} must be 'exact' or 'estimate'")
+    if isinstance(out.calibration_seconds, bool) or not isinstance(out.calibration_seconds, int | float) \
+            or not 0 <= out.calibration_seconds <= 86_400:
+        raise CompressionLabError(f"sensitivity calibration_seconds {str(out.calibration_seconds)[:20]} must be a "
+                                  "number of seconds from 0 to 86400")
     return out
 
 

@@ -105,9 +105,9 @@ class _Clock:
         self.started = time.monotonic()
         self.last_check = 0.0
 
-    def check(self) -> None:
+    def check(self, force: bool = False) -> None:
         now = time.monotonic()
-        if self.cancel_requested is None or now - self.last_check < CANCEL_EVERY_S:
+        if self.cancel_requested is None or (not force and now - self.last_check < CANCEL_EVERY_S):
             return
         self.last_check = now
         if self.cancel_requested():
@@ -116,7 +116,7 @@ class _Clock:
             raise Cancelled("the sensitivity analysis was cancelled")
 
     def report(self, stage: str, layer: str, done: int, total: int, remaining_s: float) -> None:
-        self.check()
+        self.check(force=True)
         if self.on_progress is None:
             return
         elapsed = time.monotonic() - self.started
@@ -240,8 +240,8 @@ def estimate_weight(original: torch.Tensor, kind: str, value, seed: int = 0) -> 
 
 def loss_increase(original: torch.Tensor, fisher: torch.Tensor, kind: str, value, seed: int) -> float:
     """1/2 sum F (w' - w)^2 over the layer for one grid point."""
-    delta = (estimate_weight(original, kind, value, seed) - original).float().cpu()
-    return float(0.5 * (fisher * delta * delta).sum())
+    delta = (estimate_weight(original, kind, value, seed) - original).double().cpu()
+    return float(0.5 * (fisher.double() * delta * delta).sum())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -455,6 +455,11 @@ def analyze_estimate(handle, data, config: SensitivityConfig, *,
         clock.report("estimate", name, i + 1, len(layers),
                      per_layer * (len(layers) - i - 1) + t_image * cal_images + n_points * per_point_cal)
 
+    # layers no gradient reached (e.g. a detector's coarse-stride box branch when no object in the few
+    # images is assigned there): their estimates show no drop; calibration points still measure them
+    gradient_info["no_gradient_layers"] = [name for name in layers if not any(
+        v > 0 for kind in d_loss[name].values() for v in kind.values())]
+
     # 3. calibration on exact points
     cal_config = replace(config, val_size=cal_images, bn_batches=cal_bn)
     cal_started = time.monotonic()
@@ -514,6 +519,7 @@ def analyze_estimate(handle, data, config: SensitivityConfig, *,
                 done += 1
                 clock.report("calibration", name, done, n_points,
                              float(np.median(seconds_per_point)) * (n_points - done))
+        clock.report("calibration", "", done, done, 0.0)  # every bracket closed: done, possibly under budget
     finally:
         for hook in hooks:
             hook.remove()

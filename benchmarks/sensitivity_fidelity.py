@@ -16,6 +16,7 @@ here for about a minute on digits resized to 32 px (3 channels repeated).
 Prints one JSON object as its last line.
 
     .venv/bin/python benchmarks/sensitivity_fidelity.py [--models lenet300,lenet5,vgg_small,resnet18]
+        [--first-order] [--microbatch 32]   (the variants the estimate mode was chosen against)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from scipy.stats import spearmanr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from compression.analysis import fisher  # noqa: E402
 from compression.analysis.sensitivity import SensitivityConfig, analyze  # noqa: E402
 from compression.data import load_data  # noqa: E402
 from compression.models.handle import load_model  # noqa: E402
@@ -105,8 +107,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="lenet300,lenet5,vgg_small,resnet18")
     parser.add_argument("--train-seconds", type=float, default=60.0)
+    parser.add_argument("--first-order", action="store_true", help="add the first-order term g.(w' - w)")
+    parser.add_argument("--microbatch", type=int, default=1, help="images per gradient (1: per-sample Fisher)")
+    parser.add_argument("--exact-cache", default="", help="folder keeping exact reports between runs (comparisons)")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    fisher.FIRST_ORDER = args.first_order
+    fisher.GRADIENT_MICROBATCH = args.microbatch
     per_model, knees = {}, []
     for name in args.models.split(","):
         if name == "resnet18":
@@ -116,7 +123,14 @@ def main() -> None:
             data = load_data("digits", input_size=handle.input_shape[-1])
         config = SensitivityConfig()
         t0 = time.time()
-        exact = analyze(handle, data, config).to_dict()
+        cached = Path(args.exact_cache) / f"exact-{name}.json" if args.exact_cache and name != "resnet18" else None
+        if cached is not None and cached.exists():
+            exact = json.loads(cached.read_text())
+        else:
+            exact = analyze(handle, data, config).to_dict()
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                cached.write_text(json.dumps(exact))
         t1 = time.time()
         estimate = analyze(handle, data, SensitivityConfig(mode="estimate")).to_dict()
         t2 = time.time()
@@ -134,6 +148,7 @@ def main() -> None:
            "knee_agreement": sum(a for a, _ in knees) / max(1, sum(n for _, n in knees)),
            "rank_correlation_over": "estimated points only, Spearman per model, mean over models",
            "knee_agreement_over": "all layers of all models pooled",
+           "first_order": args.first_order, "microbatch": args.microbatch,
            "per_model": per_model}
     print(json.dumps(out))
 

@@ -177,8 +177,8 @@ def test_detector_estimate_mode_uses_the_detection_loss(small_shapes):
     for name, row in report["layers"].items():
         assert row["sparsity"]["0.0"] == report["base_accuracy"]
         if name not in silent:
-            assert row["loss_increase"]["sparsity"]["0.95"] > row["loss_increase"]["sparsity"]["0.5"] > 0, (name, silent)
+            assert row["loss_increase"]["sparsity"]["0.95"] > row["loss_increase"]["sparsity"]["0.5"] > 0, name
         assert all(0.0 <= v <= 1.0 and math.isfinite(v) for kind in ("sparsity", "clusters")
                    for v in row[kind].values())
         measured += len(row["measured"]["sparsity"]) - 1 + len(row["measured"]["clusters"])
-    assert measured == report["config"]["calibration"]["points"] >= 3
+    assert measured == report["config"]["calibration"]["points"] >= 2

@@ -36,7 +36,9 @@ Budget: the number of calibration points follows `calibration_seconds` (one forw
 is timed first; an exact point costs a forward of the calibration images plus the batch-norm
 re-estimation). When the budget cannot afford two points per layer, the calibration uses one
 batch-norm batch and fewer validation images (down to MIN_CALIBRATION_IMAGES), then fewer points
-(at least MIN_CALIBRATION_POINTS). The report's config records what was used. k-means on a layer
+(at least MIN_CALIBRATION_POINTS); while measuring, it stops once the next point (at the median
+measured cost) would pass `calibration_seconds` counted from the scorer's construction, since the
+first timing is only a guess on a loaded machine. The report's config records what was used. k-means on a layer
 above KMEANS_SAMPLE weights fits its codebook on a seeded sample of that many weights and assigns
 every weight to it, and the estimate's k-means is plain Lloyd without the exact mode's refinement
 (measured points use the exact grid weight). Measured on a loaded 2-core machine: the refined k-means
@@ -73,7 +75,7 @@ MIN_GRADIENT_IMAGES = 4
 SPARSITY_POINTS = 3  # most exact calibration points per layer and kind: a bracket search needs 2-3
 CLUSTER_POINTS = 2
 POINTS_PER_LAYER = SPARSITY_POINTS + CLUSTER_POINTS
-MIN_CALIBRATION_POINTS = 3  # whatever the budget (the shared curve needs a few)
+MIN_CALIBRATION_POINTS = 2  # whatever the budget (the shared curve needs a couple)
 MIN_CALIBRATION_IMAGES = 32  # the calibration's validation images never go below this
 KMEANS_SAMPLE = 1 << 18  # larger layers: codebook fitted on a seeded sample of this many weights
 TARGET_DROP = 0.01  # calibration points go where the predicted drop is nearest to one point
@@ -139,14 +141,22 @@ def _cancel_hooks(model: torch.nn.Module, clock: _Clock) -> list:
 # ---------------------------------------------------------------------------------------------------------------
 # 1. gradients -> diagonal empirical Fisher
 
-def _classifier_batches(data, config: SensitivityConfig, images: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    loader = data.loader("val", batch_size=1, size=config.val_size, seed=config.seed)
-    out = []
-    for x, y in loader:
-        out.append((x, y))
-        if len(out) >= images:
-            break
-    return out
+class _OneImageBatches:
+    """The validation subset's first `images` images as one-image batches, decoded when used (a gradient
+    budget may stop after a few: an ImageFolder at 224 px need not decode them all first)."""
+
+    def __init__(self, data, config: SensitivityConfig, images: int):
+        self.subset = data.subset("val", config.val_size, config.seed)
+        self.count = min(images, len(self.subset))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        x, y = self.subset[index]
+        return x.unsqueeze(0), torch.as_tensor(y).view(1)
 
 
 def _detector_batches(handle, data, config: SensitivityConfig, images: int) -> list[dict]:
@@ -182,15 +192,16 @@ def fisher_diagonal(handle, data, config: SensitivityConfig, clock: _Clock, max_
         model.criterion = None
         samples = _detector_batches(handle, data, config, max_images)
     else:
-        samples = _classifier_batches(data, config, max_images)
-    if not samples:
+        samples = _OneImageBatches(data, config, max_images)
+    if not len(samples):
         from compression.errors import CompressionLabError
 
         raise CompressionLabError("the validation split is empty: the estimate mode needs validation images")
     microbatch = 1 if detector else max(1, GRADIENT_MICROBATCH)
     if microbatch > 1:  # (the fidelity benchmark's comparison with per-batch gradients)
-        samples = [(torch.cat([x for x, _ in samples[i:i + microbatch]]),
-                    torch.cat([y for _, y in samples[i:i + microbatch]])) for i in range(0, len(samples), microbatch)]
+        groups = [[samples[j] for j in range(i, min(i + microbatch, len(samples)))]
+                  for i in range(0, len(samples), microbatch)]
+        samples = [(torch.cat([x for x, _ in group]), torch.cat([y for _, y in group])) for group in groups]
     fisher = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in layers.items()}
     mean_grad = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in layers.items()}
     hooks = _cancel_hooks(model, clock)
@@ -534,8 +545,10 @@ def analyze_estimate(handle, data, config: SensitivityConfig, *,
             if kind == "clusters" and not calibrations["clusters"].fitted:  # start from the pruning curve
                 calibration.log_c, calibration.b = calibrations["sparsity"].log_c, calibrations["sparsity"].b
             for name in order:
-                if done >= n_points:
-                    break
+                spent = time.monotonic() - cal_started
+                if done >= n_points or (done >= MIN_CALIBRATION_POINTS and seconds_per_point
+                                        and spent + float(np.median(seconds_per_point)) > config.calibration_seconds):
+                    break  # the plan's count, or the budget as measured (the plan's timing was a guess)
                 known = {key: base - score for tag, score in measured[name].items()
                          for k, key in [tag.split(":", 1)] if k == kind}
                 if sum(float(k) != 0 for k in known) >= cap[kind]:  # (the original, sparsity 0, costs nothing)

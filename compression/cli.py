@@ -61,8 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                                         "writes the JSON report the Sensitivity page reads")
     _add_model_args(an)
     _add_data_args(an, required=True)
-    an.add_argument("--mode", choices=["exact", "estimate"], default="exact",
-                    help="exact: measure every point; estimate: a second-order estimate calibrated on a few points")
+    an.add_argument("--mode", choices=["auto", "exact", "estimate"], default="auto",
+                    help="exact: measure every point; estimate: a second-order estimate calibrated on a few points; "
+                         "auto (default): estimate for models above the size the Sensitivity page states, else exact")
+    an.add_argument("--calibration-seconds", type=float,
+                    help="estimate mode: time spent measuring the exact calibration points (default 90)")
     an.add_argument("--val-size", type=int, help="validation images used (default 512, a detector's 64)")
     an.add_argument("--sparsities", type=_floats, help="pruning levels, e.g. 0,0.5,0.9 (default: 12 from 0 to 0.95)")
     an.add_argument("--clusters", type=_ints, help="cluster counts, e.g. 4,16,64 (default: 2 to 256)")
@@ -145,23 +148,23 @@ class _ProgressLine:
             self.stream.flush()
 
 
-def _analysis_config(args, task: str):
-    """SensitivityConfig from the flags (a detector's defaults when none given), checked as an engine job's is."""
-    from dataclasses import fields
-
-    from compression.analysis.sensitivity import DETECTOR_CONFIG, SensitivityConfig
+def _analysis_config(args, task: str, handle=None):
+    """SensitivityConfig from the flags (a detector's defaults when none given), checked as an engine job's is.
+    `--mode auto` is decided from the loaded model (`handle`); before it is loaded, auto checks as exact."""
+    from compression.analysis.fisher import default_mode
+    from compression.analysis.sensitivity import DETECTOR_CONFIG
     from compression.engine.jobs import sensitivity_config
 
     config = dict(DETECTOR_CONFIG) if task == "detect" else {}
     for key, value in (("val_size", args.val_size), ("sparsities", args.sparsities), ("n_clusters", args.clusters),
-                       ("bn_batches", args.bn_batches), ("seed", args.seed)):
+                       ("bn_batches", args.bn_batches), ("seed", args.seed),
+                       ("calibration_seconds", args.calibration_seconds)):
         if value is not None:
             config[key] = list(value) if isinstance(value, tuple) else value
-    if "mode" in {f.name for f in fields(SensitivityConfig)}:
-        config["mode"] = args.mode
-    elif args.mode != "exact":
-        raise CompressionLabError(f"--mode {args.mode} is not available in this version of Compression Lab: "
-                                  "use --mode exact")
+    mode = args.mode
+    if mode == "auto":
+        mode = default_mode(handle) if handle is not None else "exact"
+    config["mode"] = mode
     return sensitivity_config(config)
 
 
@@ -172,7 +175,7 @@ def cmd_analyze(args) -> int:
     out = check_output_file(args.out, (".json",), args.force)
     _analysis_config(args, sources.task_of({"model": args.model}))  # bad flags fail before anything loads
     handle, data = sources.load(_job_source(args))
-    config = _analysis_config(args, handle.task)
+    config = _analysis_config(args, handle.task, handle)
     progress = _ProgressLine()
     started = time.monotonic()
     try:
@@ -181,7 +184,7 @@ def cmd_analyze(args) -> int:
         progress.close()
     replace_atomically(out, json.dumps(report))  # written whole: an interrupted analysis leaves nothing
     print(json.dumps({"file": str(out), "layers": len(report["layers"]), "base_accuracy": report["base_accuracy"],
-                      "seconds": round(time.monotonic() - started, 1),
+                      "mode": config.mode, "seconds": round(time.monotonic() - started, 1),
                       "prefix_cache": (report["config"].get("prefix_cache") or {}).get("used")}))
     return 0
 

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from compression import engine
+from compression.analysis.fisher import ESTIMATE_ABOVE_COST, analysis_cost, default_mode
 from compression.analysis.sensitivity import DETECTOR_CONFIG, SensitivityConfig
 from compression.errors import CompressionLabError
 from compression.ui import figures
@@ -27,6 +28,13 @@ else:
     defaults = {"sparsities": list(config.sparsities), "n_clusters": list(config.n_clusters),
                 "val_size": config.val_size}
     n_val = len(data.val)
+modes = ["exact", "estimate"]
+mode = st.radio("Mode", modes, index=modes.index(default_mode(handle)), horizontal=True, key="sens_mode",
+                help="exact: every point measured. estimate: a second-order (Fisher) estimate of the loss at every "
+                     "point, mapped to the score by a few measured points per layer.")
+st.caption(f"Default: estimate when parameters x input pixels is above {ESTIMATE_ABOVE_COST:.0e} "
+           f"(this model: {analysis_cost(handle):.1e}), else exact. Estimate mode measures only a few calibration "
+           "points per layer; the plots draw measured points filled and estimated ones hollow.")
 with st.expander("Settings"):
     val_size = st.number_input("Validation images", 16, 100_000, min(defaults["val_size"], n_val),
                                key="sens_val_size")
@@ -35,7 +43,7 @@ with st.expander("Settings"):
     clusters = st.multiselect("Cluster counts", [2, 4, 8, 16, 32, 64, 128, 256],
                               default=defaults["n_clusters"], key="sens_clusters")
 job = sensitivity_job(spec, {"sparsities": sorted(sparsities), "n_clusters": sorted(clusters),
-                             "val_size": int(val_size), "seed": 0})
+                             "val_size": int(val_size), "seed": 0, "mode": mode})
 if st.button("Run sensitivity analysis", type="primary", key="sens_launch"):
     try:
         st.session_state["sens_run"] = engine.submit(job, root=home())
@@ -53,8 +61,11 @@ def progress() -> None:
         return
     st.session_state["sens_waiting"] = True
     stage = run.get("progress") or {}
-    st.progress(float(stage.get("progress", 0.0)), text=f"{run['state']}: {stage.get('stage', '')} "
-                f"{stage.get('values', {}).get('layer', '')}")
+    values = stage.get("values") or {}
+    eta = values.get("eta_s")
+    left = f" (about {eta:.0f} s left)" if isinstance(eta, int | float) else ""
+    st.progress(float(stage.get("progress", 0.0)),
+                text=f"{run['state']}: {values.get('stage') or stage.get('stage', '')} {values.get('layer', '')}{left}")
 
 
 progress()
@@ -68,6 +79,9 @@ if report is None:
 st.session_state["sensitivity_report"] = report
 st.metric("Validation mAP50 (original)" if detector else "Validation accuracy (original)",
           f"{report['base_accuracy']:.3f}" if detector else f"{report['base_accuracy']:.2%}")
+calibration = (report.get("config") or {}).get("calibration")
+if (report.get("config") or {}).get("mode") == "estimate" and calibration:
+    st.caption(f"Estimate mode: {calibration.get('note', '')}; hollow markers are estimates.")
 bn_note = (report.get("config") or {}).get("batch_norm", {}).get("note")
 if bn_note:  # what each point's batch-norm statistics were (compression re-estimates them too)
     st.caption(f"Each point: {bn_note}.")

@@ -2,7 +2,6 @@
 
 import io
 import json
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -79,12 +78,24 @@ def test_bad_settings_exit_2_with_one_line(tmp_path, capsys, flags, message):
     assert not (tmp_path / "r.json").exists()
 
 
-def test_estimate_mode_needs_the_estimate_analysis(tmp_path, capsys):
-    if "mode" in {f.name for f in fields(SensitivityConfig)}:
-        pytest.skip("the estimate mode exists in this version")
-    assert main(["analyze", "--model", "demo:lenet5", "--data", "digits", "--mode", "estimate", "--out",
-                 str(tmp_path / "r.json")]) == 2
-    assert "--mode estimate is not available" in error_line(capsys)
+def test_estimate_mode_writes_measured_and_estimated_points(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["analyze", "--model", "demo:lenet5", "--data", "digits", "--mode", "estimate", "--val-size", "64",
+                 "--sparsities", "0,0.5,0.9", "--clusters", "4,16", "--calibration-seconds", "3",
+                 "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["mode"] == "estimate"
+    report = json.loads(out.read_text())
+    assert report["config"]["mode"] == "estimate"
+    measured = sum(len(row["measured"][kind]) for row in report["layers"].values() for kind in ("sparsity", "clusters"))
+    points = sum(len(row[kind]) for row in report["layers"].values() for kind in ("sparsity", "clusters"))
+    assert 0 < measured < points  # a few points measured for the calibration, the rest estimated
+
+
+def test_auto_mode_measures_a_small_model_exactly(tmp_path, capsys):
+    assert main(["analyze", "--model", "demo:lenet5", "--data", "digits", "--val-size", "32",
+                 "--sparsities", "0,0.5", "--clusters", "4", "--out", str(tmp_path / "r.json")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mode"] == "exact"
 
 
 def test_model_without_layers_exits_2(tmp_path, capsys):

@@ -67,6 +67,8 @@ class SensitivityConfig:
     val_size: int = 512  # validation images used (the whole split when larger)
     seed: int = 0
     bn_batches: int = 4  # training batches re-estimating batch-norm statistics at each point (0 = keep the original)
+    mode: str = "exact"  # "exact": measure every point; "estimate": Fisher estimate + a few exact points (fisher.py)
+    calibration_seconds: float = 90.0  # estimate mode: time for its exact calibration points (analysis/fisher.py)
 
     def key(self, model_ref: str, data_ref: str, weights_digest: str) -> str:
         """Cache key: the same model, data and settings give the same report."""
@@ -470,9 +472,14 @@ def analyze(handle: ModelHandle, data: DataBundle, config: SensitivityConfig = S
     Progress: after every point, `on_progress("sensitivity", fraction, {"layer", "point", "done", "total",
     "eta_s"})` ("point" reads e.g. "sparsity 0.5" or "clusters 16"; eta_s is the seconds left at the mean
     pace so far), then `cancel_requested()`: a cancel stops within one point.
+    With config.mode "estimate" most points are estimated instead (analysis/fisher.py).
     """
     from compression.methods.context import Cancelled
 
+    if config.mode == "estimate":
+        from compression.analysis.fisher import analyze_estimate
+
+        return analyze_estimate(handle, data, config, on_progress=on_progress, cancel_requested=cancel_requested)
     scorer = ExactScorer(handle, data, config)
     report = SensitivityReport(scorer.base, {}, {**asdict(config), "base_accuracy": scorer.base,
                                                  "val_images": scorer.val_images, "batch_norm": scorer.batch_norm})

@@ -2,7 +2,8 @@
 
     compress     {"kind": "compress", "model", "weights", "data", "input_size", "mean", "std",
                   "plan": Plan.to_dict(), "latency": true}
-    sensitivity  {"kind": "sensitivity", "model", ..., "config": {sparsities, n_clusters, val_size, seed, bn_batches}}
+    sensitivity  {"kind": "sensitivity", "model", ..., "config": {sparsities, n_clusters, val_size, seed, bn_batches,
+                  mode: "exact" | "estimate", calibration_seconds}}
                  progress after every point: values {layer, point, done, total, eta_s}; a cancel stops
                  within one point; bad input (no layers, too few validation images, too little memory)
                  fails the run with its one-line message
@@ -47,6 +48,12 @@ def sensitivity_config(config: dict):
     if isinstance(out.bn_batches, bool) or not isinstance(out.bn_batches, int) or not 0 <= out.bn_batches <= 1000:
         raise CompressionLabError(f"sensitivity bn_batches {str(out.bn_batches)[:20]} must be an integer from 0 "
                                   "(keep the original batch-norm statistics) to 1000")
+    if out.mode not in ("exact", "estimate"):
+        raise CompressionLabError(f"sensitivity mode {str(out.mode)[:20]!r} must be 'exact' or 'estimate'")
+    if isinstance(out.calibration_seconds, bool) or not isinstance(out.calibration_seconds, int | float) \
+            or not 0 <= out.calibration_seconds <= 86_400:
+        raise CompressionLabError(f"sensitivity calibration_seconds {str(out.calibration_seconds)[:20]} must be a "
+                                  "number of seconds from 0 to 86400")
     return out
 
 

@@ -9,13 +9,36 @@ import plotly.graph_objects as go
 from compression.analysis.pareto import pareto_mask
 
 
+def _measured(row: dict, axis: str) -> set[str] | None:
+    """The keys of a row measured exactly; None when the report says nothing (an exact-mode report: all measured)."""
+    marks = row.get("measured")
+    return None if marks is None else {str(k) for k in marks.get(axis, [])}
+
+
 def sensitivity_curves(report: dict, axis: str) -> go.Figure:
-    """Accuracy per layer against sparsity (axis="sparsity") or cluster count (axis="clusters")."""
+    """Score per layer against sparsity (axis="sparsity") or cluster count (axis="clusters").
+
+    In an estimate-mode report, measured points are filled markers and estimated ones hollow (the
+    legend's two grey entries say which is which)."""
     fig = go.Figure()
-    for name, row in report["layers"].items():
-        points = sorted(((float(k), v) for k, v in row[axis].items()))
-        fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[100 * p[1] for p in points], mode="lines+markers",
-                                 name=name))
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f",
+               "#bcbd22", "#17becf"]
+    estimated_any = False
+    for index, (name, row) in enumerate(report["layers"].items()):
+        measured = _measured(row, axis)
+        points = sorted(((float(k), v, measured is None or k in measured) for k, v in row[axis].items()))
+        estimated_any |= not all(p[2] for p in points)
+        color = palette[index % len(palette)]
+        fig.add_trace(go.Scatter(
+            x=[p[0] for p in points], y=[100 * p[1] for p in points], mode="lines+markers", name=name,
+            line={"color": color}, customdata=["measured" if p[2] else "estimated" for p in points],
+            marker={"color": [color if p[2] else "white" for p in points], "line": {"color": color, "width": 1.5},
+                    "size": 8, "symbol": "circle"},
+            hovertemplate=name + ": %{x} -> %{y:.2f}% (%{customdata})<extra></extra>"))
+    if estimated_any:  # legend keys for the two marker styles
+        for label, fill in (("measured (filled)", "grey"), ("estimated (hollow)", "white")):
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=label,
+                                     marker={"color": fill, "line": {"color": "grey", "width": 1.5}, "size": 8}))
     fig.add_hline(y=100 * report["base_accuracy"], line_dash="dot", annotation_text="original")
     fig.update_layout(xaxis_title="sparsity" if axis == "sparsity" else "clusters (k)",
                       yaxis_title="validation accuracy (%)", height=380, margin={"t": 30})
@@ -25,14 +48,25 @@ def sensitivity_curves(report: dict, axis: str) -> go.Figure:
 
 
 def sensitivity_heatmap(report: dict) -> go.Figure:
-    """Layer x sparsity heatmap of the accuracy drop in points."""
+    """Layer x sparsity heatmap of the accuracy drop in points; measured cells of an estimate-mode report marked."""
     layers = list(report["layers"])
     sparsities = sorted({float(s) for row in report["layers"].values() for s in row["sparsity"]})
     base = report["base_accuracy"]
-    z = [[100 * (base - report["layers"][layer]["sparsity"].get(str(s), np.nan)) for s in sparsities]
-         for layer in layers]
+    keys = {layer: {float(k): k for k in report["layers"][layer]["sparsity"]} for layer in layers}
+    z = [[100 * (base - report["layers"][layer]["sparsity"][keys[layer][s]]) if s in keys[layer] else np.nan
+          for s in sparsities] for layer in layers]
+    marks = [[("measured" if (m := _measured(report["layers"][layer], "sparsity")) is None or keys[layer].get(s) in m
+               else "estimated") if s in keys[layer] else "" for s in sparsities] for layer in layers]
     fig = go.Figure(go.Heatmap(z=z, x=[f"{s:.2f}" for s in sparsities], y=layers, colorscale="Reds",
-                               colorbar={"title": "drop (pts)"}, zmin=0))
+                               colorbar={"title": "drop (pts)"}, zmin=0, customdata=marks,
+                               hovertemplate="%{y} at %{x}: %{z:.2f} pts (%{customdata})<extra></extra>"))
+    if any(_measured(row, "sparsity") is not None for row in report["layers"].values()):
+        xs = [f"{s:.2f}" for layer in layers for s, mark in zip(sparsities, marks[layers.index(layer)], strict=True)
+              if mark == "measured"]
+        ys = [layer for layer in layers for mark in marks[layers.index(layer)] if mark == "measured"]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name="measured (others estimated)",
+                                 marker={"symbol": "circle", "size": 7, "color": "black"}, hoverinfo="skip"))
+        fig.update_layout(legend={"orientation": "h", "y": 1.02, "yanchor": "bottom"})
     fig.update_layout(xaxis_title="sparsity", yaxis_title="layer", height=120 + 28 * len(layers), margin={"t": 30})
     fig.update_yaxes(autorange="reversed")
     return fig

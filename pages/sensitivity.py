@@ -8,6 +8,7 @@ from compression.analysis.sensitivity import DETECTOR_CONFIG, SensitivityConfig
 from compression.errors import CompressionLabError
 from compression.ui import figures
 from compression.ui.navigation import page_setup
+from compression.ui.numbers import duration
 from compression.ui.state import active_spec, home, latest_sensitivity, load_active, sensitivity_job
 
 page_setup()
@@ -63,7 +64,7 @@ def progress() -> None:
     stage = run.get("progress") or {}
     values = stage.get("values") or {}
     eta = values.get("eta_s")
-    left = f" (about {eta:.0f} s left)" if isinstance(eta, int | float) else ""
+    left = f" (about {duration(eta)} left)" if isinstance(eta, int | float) else ""
     st.progress(float(stage.get("progress", 0.0)),
                 text=f"{run['state']}: {values.get('stage') or stage.get('stage', '')} {values.get('layer', '')}{left}")
 

@@ -22,3 +22,11 @@ def human(n: float, unit: str = "", exact_below: float = 1e6) -> str:
             text = f"{value:.3g}" if value < 1000 else f"{value:,.0f}"
             return f"{sign}{text} {prefix}{unit}"
     return f"{sign}{size:.3g} {unit}".rstrip()  # exact_below under 1000 and a number under 1000
+
+
+def duration(seconds: float) -> str:
+    """A time left as a clock reads: 3725 -> "1:02:05", 114 -> "1:54", 7 -> "0:07"."""
+    whole = max(0, int(round(seconds)))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -220,3 +220,36 @@ def test_engine_cancel_stops_the_analysis_within_seconds(tmp_path):
     engine.cancel(run_id, root=tmp_path)
     row = engine.wait(run_id, 60, root=tmp_path)
     assert row["state"] == "cancelled" and time.time() - asked < 15
+
+
+def test_an_analysis_split_by_layer_merges_into_the_single_run_report():
+    from compression.analysis.sensitivity import SensitivityConfig, analyze, layer_groups, merge_reports
+    from compression.data import load_data
+    from compression.models.handle import load_model
+
+    handle, data = load_model("demo:lenet5"), load_data("digits")
+    config = SensitivityConfig(sparsities=(0.0, 0.8), n_clusters=(4,), val_size=64, bn_batches=0)
+    whole = analyze(handle, data, config).to_dict()
+    names = list(whole["layers"])
+    groups = layer_groups(names, 3)
+    assert [name for group in groups for name in group] == names and len(groups) == min(3, len(names))
+    parts = [analyze(handle, data, config, layers=group).to_dict() for group in reversed(groups)]
+    merged = merge_reports(parts, names)
+    assert list(merged["layers"]) == names
+    assert {n: (r["sparsity"], r["clusters"]) for n, r in merged["layers"].items()} == \
+        {n: (r["sparsity"], r["clusters"]) for n, r in whole["layers"].items()}
+    assert merged["base_accuracy"] == whole["base_accuracy"] and merged["config"]["parts"] == 3
+    with pytest.raises(CompressionLabError, match="two parts"):
+        merge_reports([parts[0], parts[0]])
+    with pytest.raises(CompressionLabError, match="no layer"):
+        analyze(handle, data, config, layers=["nope"])
+
+
+def test_layer_groups_put_fewer_of_the_dearer_early_layers_in_a_group():
+    from compression.analysis.sensitivity import layer_groups
+
+    names = [f"l{i}" for i in range(20)]
+    groups = layer_groups(names, 4)
+    assert len(groups) == 4 and [n for g in groups for n in g] == names
+    assert len(groups[0]) < len(groups[-1])
+    assert layer_groups(names[:2], 5) == [["l0"], ["l1"]]

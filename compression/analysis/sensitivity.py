@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -466,8 +466,12 @@ def grid_weight(original: torch.Tensor, kind: str, value, seed: int = 0) -> torc
 
 def analyze(handle: ModelHandle, data: DataBundle, config: SensitivityConfig = SensitivityConfig(), *,
             on_progress: Callable[[str, float, dict], None] | None = None,
-            cancel_requested: Callable[[], bool] | None = None) -> SensitivityReport:
+            cancel_requested: Callable[[], bool] | None = None,
+            layers: Sequence[str] | None = None) -> SensitivityReport:
     """Measure every layer alone at every grid point (the model given is not changed).
+
+    `layers` (exact mode): only these layers, in the model's order: one part of an analysis split across
+    workers (`layer_groups` splits, `merge_reports` joins the parts into the report one run would write).
 
     Progress: after every point, `on_progress("sensitivity", fraction, {"layer", "point", "done", "total",
     "eta_s"})` ("point" reads e.g. "sparsity 0.5" or "clusters 16"; eta_s is the seconds left at the mean
@@ -479,14 +483,23 @@ def analyze(handle: ModelHandle, data: DataBundle, config: SensitivityConfig = S
     if config.mode == "estimate":
         from compression.analysis.fisher import analyze_estimate
 
+        if layers is not None:
+            raise CompressionLabError("the estimate mode measures every layer at once: split only exact analyses")
         return analyze_estimate(handle, data, config, on_progress=on_progress, cancel_requested=cancel_requested)
     scorer = ExactScorer(handle, data, config)
+    chosen = scorer.layers
+    if layers is not None:
+        unknown = [name for name in layers if name not in scorer.layers]
+        if unknown or not layers:
+            raise CompressionLabError(f"no layer {unknown[0] if unknown else '(none given)'!r} in {handle.label}: "
+                                      f"its layers are {', '.join(list(scorer.layers)[:5])}...")
+        chosen = {name: weight for name, weight in scorer.layers.items() if name in set(layers)}
     report = SensitivityReport(scorer.base, {}, {**asdict(config), "base_accuracy": scorer.base,
                                                  "val_images": scorer.val_images, "batch_norm": scorer.batch_norm})
-    total_points = len(scorer.layers) * (len(config.sparsities) + len(config.n_clusters))
+    total_points = len(chosen) * (len(config.sparsities) + len(config.n_clusters))
     done = 0
     started = time.monotonic()
-    for name, weight in scorer.layers.items():
+    for name, weight in chosen.items():
         original = weight.detach().clone()
         row = {"params": weight.numel(), "kind": "conv" if weight.dim() > 2 else "fc", "sparsity": {}, "clusters": {}}
         for kind, grid in (("sparsity", config.sparsities), ("clusters", config.n_clusters)):
@@ -503,6 +516,57 @@ def analyze(handle: ModelHandle, data: DataBundle, config: SensitivityConfig = S
         report.layers[name] = row
     report.config["prefix_cache"] = scorer.cache_report()
     return report
+
+
+def layer_groups(layer_names: Sequence[str], parts: int) -> list[list[str]]:
+    """The layers split into at most `parts` runs of consecutive layers for parallel workers. With the prefix
+    cache a layer's points cost about what the network after it costs, so early layers are dearer: the groups are
+    balanced on that (layer i of n weighs n - i + 1), not on the count."""
+    names = list(layer_names)
+    parts = max(1, min(int(parts), len(names)))
+    weights = [len(names) - i + 1 for i in range(len(names))]
+    share, groups, current, acc = sum(weights) / parts, [], [], 0.0
+    for index, (name, weight) in enumerate(zip(names, weights, strict=True)):
+        current.append(name)
+        acc += weight
+        left_names, left_groups = len(names) - index - 1, parts - len(groups) - 1
+        if left_groups and (acc >= share * (len(groups) + 1) or left_names == left_groups):
+            groups.append(current)
+            current = []
+    if current:
+        groups.append(current)
+    return groups
+
+
+def merge_reports(parts: Sequence[dict], layer_order: Sequence[str] | None = None) -> dict:
+    """Join the reports of an analysis split by layer (`analyze(..., layers=...)`) into the one report a single
+    run writes: the same base accuracy (the parts measure the same model on the same subset; checked), every
+    layer once, in `layer_order` (default: the parts' order). The prefix-cache note is the parts' combined."""
+    if not parts:
+        raise CompressionLabError("no sensitivity parts to merge")
+    first = parts[0]
+    bases = {round(float(part["base_accuracy"]), 9) for part in parts}
+    if len(bases) > 1:
+        raise CompressionLabError(f"the parts of the sensitivity analysis disagree on the base accuracy "
+                                  f"({sorted(bases)}): they did not measure the same model and data; re-run it")
+    layers: dict[str, dict] = {}
+    for part in parts:
+        for name, row in part["layers"].items():
+            if name in layers:
+                raise CompressionLabError(f"layer {name!r} was measured by two parts of the analysis")
+            layers[name] = row
+    if layer_order is not None:
+        layers = {name: layers[name] for name in layer_order if name in layers}
+    config = dict(first["config"])
+    caches = [cache for part in parts if isinstance(cache := part["config"].get("prefix_cache"), dict)]
+    if caches:
+        merged = dict(caches[0])
+        merged["used"] = any(cache.get("used") for cache in caches)
+        merged["layers_cached"] = sum(int(cache.get("layers_cached") or 0) for cache in caches)
+        merged["recomputed"] = {name: why for cache in caches for name, why in (cache.get("recomputed") or {}).items()}
+        config["prefix_cache"] = merged
+    config["parts"] = len(parts)
+    return {"base_accuracy": first["base_accuracy"], "layers": layers, "config": config}
 
 
 def _bn_batches(handle: ModelHandle, model: torch.nn.Module, data, config: SensitivityConfig) -> list[torch.Tensor]:

@@ -7,8 +7,8 @@ import streamlit as st
 from compression import engine
 from compression.analysis.estimate import estimate
 from compression.analysis.predict import predict
-from compression.analysis.solver import grids_from_report, solve
 from compression.analysis.suggest import suggest
+from compression.analysis.targets import solve_target
 from compression.errors import CompressionLabError
 from compression.methods.vq import check_layer
 from compression.plan import (
@@ -128,15 +128,7 @@ def current_settings() -> tuple[dict, dict]:
 
 
 def apply_target() -> None:
-    kind = st.session_state["plan_target_kind"]
-    value = st.session_state["plan_target_value"]
-    grids = grids_from_report(report)
-    if kind == "ratio":
-        result = solve(stats, grids, "compressed_bytes", stats.fp32_bytes / value)
-    elif kind == "flops":
-        result = solve(stats, grids, "sparse_flops", stats.flops / value)
-    else:
-        result = solve(stats, grids, "accuracy_drop", value / 100)
+    result = solve_target(stats, report, st.session_state["plan_target_kind"], st.session_state["plan_target_value"])
     set_layers(result["settings"])
     st.session_state["plan_solver_note"] = (
         f"Solver: predicted accuracy drop {100 * result['predicted_drop']:.2f} pts (layers measured alone), "

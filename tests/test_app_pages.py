@@ -205,3 +205,21 @@ def test_uploads_are_kept_by_content_and_never_overwritten(home):
     assert first.parent == home / "uploads" and first.name.endswith("-model.pt") and first.read_bytes() == b"weights"
     assert save_upload(b"weights", "model.pt") == first
     assert save_upload(b"other", "model.pt") != first and first.read_bytes() == b"weights"
+
+
+def test_compare_page_draws_a_sweep_as_one_curve(seeded_home, monkeypatch):
+    """A sweep (here the seeded run's plan again, so its member is the reused run) is one line in the bytes plot,
+    and the table names the sweep of each run."""
+    from compression import engine
+
+    home, run_id = seeded_home
+    job = engine.status(run_id, root=home)["job"]
+    sweep_id = engine.submit_sweep([job], root=home, axis="ratio", targets=["ratio:20"])
+    member = engine.sweep_status(sweep_id, root=home)["members"][0]
+    assert member["run"] == run_id and member["reused"]
+    at = seeded_page("compare", home, monkeypatch)
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    curves = [trace for trace in figure["data"] if trace.get("name", "").startswith(f"sweep {sweep_id[-4:]}")]
+    assert len(curves) == 1 and curves[0]["mode"] == "lines+markers" and curves[0]["text"] == [run_id]
+    table = at.dataframe[0].value
+    assert table.loc[table["run"] == run_id, "sweep"].item() == f"sweep {sweep_id[-4:]} (ratio 20)"

@@ -145,3 +145,28 @@ def test_cli_sweep_of_ratio_targets_runs_reuses_and_decodes(tmp_path, capsys):
     assert main(["sweeps", "--home", str(home)]) == 0
     listing = capsys.readouterr().out
     assert out["sweep"] in listing and again["sweep"] in listing
+
+
+def test_cli_sweep_of_recipes_and_cancel_sweep(tmp_path, capsys):
+    quick = json.loads((ROOT / "assets" / "recipes" / "quick.json").read_text())
+    quick["steps"][0]["finetune_epochs"] = 0
+    quick["steps"][1]["finetune_epochs"] = 0
+    plans = [{**quick, "name": "a"}, {**quick, "name": "b", "seed": 1}]
+    recipes = tmp_path / "plans.json"
+    home = str(tmp_path / "home")
+    base = ["sweep", "--model", "demo:lenet5", "--data", "digits", "--no-latency", "--home", home, "--recipes"]
+    recipes.write_text(json.dumps([plans[0], {"steps": [{"type": "prune", "sparsity": {"_default": 2}}]}]))
+    assert main([*base, str(recipes)]) == 2
+    assert "recipe 2 of" in capsys.readouterr().err
+    assert not engine.list_runs(root=home)
+    recipes.write_text(json.dumps(plans))
+    assert main([*base, str(recipes)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["axis"] == "plans" and [m["target"] for m in out["members"]] == ["a", "b"]
+    assert main(["cancel-sweep", out["sweep"], "--home", home]) == 0
+    assert "cancelled" in capsys.readouterr().out
+    done = engine.wait_sweep(out["sweep"], 120, root=home)
+    first, second = done["members"]
+    assert first["state"] in ("cancelled", "succeeded") and second["state"] == "cancelled"
+    assert engine.status(second["run"], root=home)["started"] is None
+    assert main(["cancel-sweep", "no-such-sweep", "--home", home]) == 2

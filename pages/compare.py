@@ -37,9 +37,11 @@ def fronts(runs: list[dict], sweeps: list[dict]) -> None:
     if live:  # the timer's redraws (which get the first call's arguments) read the store again
         runs = engine.list_runs(root=home(), kind="compress")
         sweeps = engine.list_sweeps(root=home(), runs=runs)
-    shown = [sweep for sweep in sweeps if sweep.get("model") == model]
     rows = runs_table(runs, sweeps)
     rows = rows[rows["model"] == model] if not rows.empty else rows
+    listed = set(rows["run"]) if not rows.empty else set()
+    shown = [sweep for sweep in sweeps  # this model's: a finished member in the table, or (none yet) its job's model
+             if listed & {m["run"] for m in sweep["members"]} or (sweep["active"] and sweep.get("model") == model)]
     for sweep in [s for s in shown if s["active"]]:
         counts = sweep["counts"]
         cols = st.columns([5, 1], vertical_alignment="center")

@@ -1,4 +1,4 @@
-"""The command line: `compression-lab analyze|run|eval|inspect|export|submit|runs|cancel`.
+"""The command line: `compression-lab analyze|run|eval|inspect|export|submit|runs|cancel|sweep|sweeps|cancel-sweep`.
 
 Bad input (a missing or corrupt file, an impossible plan, a full or read-only disk) exits with code 2
 and one line that names the problem and the fix; nothing the user made earlier is overwritten unless
@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     cn.add_argument("run_id")
     for command in (sm, sub.choices["runs"], cn):
         command.add_argument("--home", type=Path, help="data folder of the run store (default $COMPRESSION_LAB_HOME)")
+    _add_sweep_parsers(sub)
     return parser
 
 
@@ -309,10 +310,213 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+# --- sweeps: one axis turned into N plans submitted as one group (compression/engine/sweeps.py) ------------------
+
+SWEEP_WAIT_S = 24 * 3600.0  # --wait's default bound
+
+
+def _add_sweep_parsers(sub) -> None:
+    sw = sub.add_parser("sweep", help="submit one group of runs: a target axis solved into N plans, or a list of "
+                                      "recipes; members identical to finished runs are reused, not rerun")
+    _add_model_args(sw)
+    _add_data_args(sw, required=True)
+    what = sw.add_mutually_exclusive_group(required=True)
+    what.add_argument("--targets", help="AXIS:V1,V2,...: ratio:10,20,40,80 (compression ratio), flops:2,4 (FLOPs "
+                                        "reduction) or accuracy:0.5,1,2 (accuracy budget in points); at most 50")
+    what.add_argument("--recipes", type=Path, help="a JSON file holding a list of plans (recipes), one run each")
+    sw.add_argument("--sensitivity", type=Path,
+                    help="the sensitivity report the targets are solved on (`compression-lab analyze --out`); "
+                         "default: the newest finished analysis of this model and data in the run store")
+    sw.add_argument("--base-recipe", type=Path,
+                    help="take the fine-tuning settings (prune rounds, epochs, learning rates, auto-k tolerance, seed) "
+                         "from this recipe; the solver sets the per-layer values (default: the steps' defaults)")
+    sw.add_argument("--name", default="sweep", help="plan name prefix of the target plans (default sweep)")
+    sw.add_argument("--no-latency", action="store_true", help="skip each run's CPU latency measurement")
+    sw.add_argument("--no-reuse", action="store_true", help="run every member, even one identical to a finished run")
+    sw.add_argument("--wait", action="store_true", help="wait for every member and print its ratio and accuracy")
+    sw.add_argument("--timeout", type=float, default=SWEEP_WAIT_S, help="--wait gives up after this many seconds")
+    sub.add_parser("sweeps", help="list the engine's sweeps and their members' states")
+    cs = sub.add_parser("cancel-sweep", help="cancel a sweep's queued members and stop its running one")
+    cs.add_argument("sweep_id")
+    for name in ("sweep", "sweeps", "cancel-sweep"):
+        sub.choices[name].add_argument("--home", type=Path,
+                                       help="data folder of the run store (default $COMPRESSION_LAB_HOME)")
+
+
+def _read_plans(path: Path) -> list:
+    """A recipes file: a JSON list of plans, each checked as a recipe is (PlanError naming the bad one)."""
+    from compression.analysis.targets import MAX_TARGETS
+    from compression.plan import MAX_RECIPE_BYTES, Plan
+
+    if not path.is_file():
+        raise CompressionLabError(f"recipes file {path} does not exist: check the path")
+    if path.stat().st_size > MAX_TARGETS * MAX_RECIPE_BYTES:
+        raise CompressionLabError(f"recipes file {path} is too large for {MAX_TARGETS} recipes: check the file")
+    try:
+        items = json.loads(path.read_bytes())
+    except ValueError as exc:
+        raise CompressionLabError(f"recipes file {path} is not JSON ({first_line(exc)}): it must hold a list of "
+                                  "plans") from None
+    if not isinstance(items, list) or not items:
+        raise CompressionLabError(f"recipes file {path} must hold a non-empty JSON list of plans")
+    if len(items) > MAX_TARGETS:
+        raise CompressionLabError(f"{len(items)} recipes: a sweep takes at most {MAX_TARGETS}; split it in two")
+    plans = []
+    for index, item in enumerate(items, 1):
+        try:
+            plans.append(Plan.from_json(json.dumps(item)))
+        except CompressionLabError as exc:
+            raise CompressionLabError(f"recipe {index} of {path}: {exc}") from None
+    return plans
+
+
+def _sweep_report(args, source: dict, handle) -> dict:
+    """The sensitivity report the targets are solved on: --sensitivity, else the newest succeeded analysis of this
+    model, weights, data and input size in the run store, else the engine's cache for the default settings."""
+    from compression import engine
+
+    if args.sensitivity is not None:
+        if not args.sensitivity.is_file():
+            raise CompressionLabError(f"sensitivity report {args.sensitivity} does not exist: check the path")
+        try:
+            report = json.loads(args.sensitivity.read_text())
+        except (ValueError, UnicodeDecodeError):
+            report = None
+    else:
+        report = None
+        wanted = engine.absolute_paths(source)
+        for run in engine.list_runs(root=args.home, kind="sensitivity"):
+            if run["state"] == "succeeded" and all(run["job"].get(key) == wanted.get(key)
+                                                   for key in ("model", "weights", "data", "input_size")):
+                path = engine.run_file(run["id"], "sensitivity.json", root=args.home)
+                if path.is_file():
+                    report = json.loads(path.read_text())
+                    break
+        if report is None:
+            report = engine.cached_sensitivity({"kind": "sensitivity", **source, "config": {}}, root=args.home)
+        if report is None:
+            out = "r.json"
+            raise CompressionLabError(
+                f"no sensitivity analysis of {args.model} on {args.data} to solve the targets on: run "
+                f"`compression-lab analyze --model {args.model} --data {args.data} --out {out}` and pass "
+                f"`--sensitivity {out}`")
+    if not isinstance(report, dict) or not isinstance(report.get("layers"), dict) or "base_accuracy" not in report:
+        raise CompressionLabError(f"{args.sensitivity} is not a sensitivity report (as `compression-lab analyze` "
+                                  "writes): pass the .json it wrote")
+    if not set(report["layers"]) & set(handle.prunable_layers()):
+        raise CompressionLabError(f"the sensitivity report names none of {args.model}'s layers: it is for another "
+                                  "model; analyze this one")
+    return report
+
+
+def _target_jobs(args, axis: str, values: list[float], source: dict) -> tuple[list[dict], list[str]]:
+    """One compress job per target: the solver's plan, with the predicted accuracy riding along."""
+    from compression import engine
+    from compression.analysis.estimate import model_stats
+    from compression.analysis.predict import history_from_runs, predict
+    from compression.analysis.targets import step_options, target_plan
+
+    base = _read_recipe(args.base_recipe) if args.base_recipe is not None else None
+    handle = sources.load_model(source)
+    report = _sweep_report(args, source, handle)
+    prune_options, cluster_options = step_options(base) if base is not None else ({}, {})
+    stats = model_stats(handle)
+    model = engine.absolute_paths(source)["model"]
+    history = history_from_runs(engine.list_runs(root=args.home, kind="compress"), model)
+    jobs, labels = [], []
+    for value in values:
+        member = target_plan(stats, report, axis, value, args.name, prune_options, cluster_options,
+                             **({"seed": base.seed, "eval_split": base.eval_split} if base is not None else {}))
+        predicted = predict(report, member.settings, None, history)
+        jobs.append({"kind": "compress", **source, "plan": member.plan.to_dict(), "latency": not args.no_latency,
+                     "predicted": predicted})
+        labels.append(member.label)
+    return jobs, labels
+
+
+def _member_line(member: dict) -> str:
+    metrics = member.get("metrics") or {}
+    after = metrics.get("after") or {}
+    parts = [f"{member['target']:16}", member["run"], f"{member['state']:9}"]
+    if "compression_ratio" in metrics:
+        parts.append(f"ratio {metrics['compression_ratio']:.1f}x")
+    if "accuracy" in after:
+        parts.append(f"accuracy {after['accuracy']:.4f}")
+    if member.get("reused"):
+        parts.append("(reused)")
+    if member.get("error"):
+        parts.append(f"error: {str(member['error']).splitlines()[0][:120]}")
+    return " ".join(parts)
+
+
+def _member_summary(member: dict) -> dict:
+    metrics = member.get("metrics") or {}
+    after = metrics.get("after") or {}
+    return {"target": member["target"], "run": member["run"], "reused": member["reused"], "state": member["state"],
+            "ratio": metrics.get("compression_ratio"), "accuracy": after.get("accuracy"),
+            "compressed_bytes": after.get("compressed_bytes")}
+
+
+def cmd_sweep(args) -> int:
+    from compression import engine
+    from compression.analysis.targets import parse_targets
+
+    source = _job_source(args)
+    if args.targets is not None:
+        axis, values = parse_targets(args.targets)  # bad targets fail before anything loads
+        sources.check(source)
+        jobs, labels = _target_jobs(args, axis, values, source)
+    else:
+        axis = "plans"
+        plans = _read_plans(args.recipes)
+        jobs = [{"kind": "compress", **source, "plan": plan.to_dict(), "latency": not args.no_latency}
+                for plan in plans]
+        labels = [plan.name or f"plan {i + 1}" for i, plan in enumerate(plans)]
+    sweep_id = engine.submit_sweep(jobs, root=args.home, axis=axis, targets=labels, name=args.name,
+                                   reuse=not args.no_reuse)
+    sweep = engine.sweep_status(sweep_id, root=args.home)
+    print(f"{sweep['label']}: {sweep_id}")
+    for member in sweep["members"]:
+        print(_member_line(member))
+    if args.wait:
+        print("waiting for the members...", file=sys.stderr)
+        sweep = engine.wait_sweep(sweep_id, args.timeout, root=args.home,
+                                  on_finish=lambda member: print(_member_line(member), file=sys.stderr, flush=True))
+    print(json.dumps({"sweep": sweep_id, "axis": axis, "members": [_member_summary(m) for m in sweep["members"]]}))
+    if args.wait:
+        return 0 if all(m["state"] == "succeeded" for m in sweep["members"]) else 1
+    return 0
+
+
+def cmd_sweeps(args) -> int:
+    from compression import engine
+
+    print(f"{'sweep':22} {'name':28} {'model':20} {'members':>7} {'done':>5} {'active':>6} {'failed':>6} "
+          f"{'reused':>6}")
+    for sweep in engine.list_sweeps(root=args.home):
+        counts = sweep["counts"]
+        print(f"{sweep['id']:22} {sweep['label'][:28]:28} {str(sweep.get('model') or '')[:20]:20} "
+              f"{len(sweep['members']):>7} {counts['succeeded']:>5} {counts['queued'] + counts['running']:>6} "
+              f"{counts['failed'] + counts['cancelled']:>6} {sum(m['reused'] for m in sweep['members']):>6}")
+    return 0
+
+
+def cmd_cancel_sweep(args) -> int:
+    from compression import engine
+
+    asked = engine.cancel_sweep(args.sweep_id, root=args.home)
+    print(f"sweep {args.sweep_id}: cancelled {len(asked)} member(s)" if asked
+          else f"sweep {args.sweep_id}: nothing queued or running")
+    return 0
+
+
+SWEEP_HANDLERS = {"sweep": cmd_sweep, "sweeps": cmd_sweeps, "cancel-sweep": cmd_cancel_sweep}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"analyze": cmd_analyze, "run": cmd_run, "eval": cmd_eval, "inspect": cmd_inspect, "export": cmd_export,
-                "submit": cmd_submit, "runs": cmd_runs, "cancel": cmd_cancel}
+                "submit": cmd_submit, "runs": cmd_runs, "cancel": cmd_cancel, **SWEEP_HANDLERS}
     try:
         return handlers[args.command](args)
     except CompressionLabError as exc:

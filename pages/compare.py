@@ -1,4 +1,5 @@
-"""Compare page: Pareto fronts (accuracy vs bytes, FLOPs, latency), the run table, histograms, downloads."""
+"""Compare page: Pareto fronts (accuracy vs bytes, FLOPs, latency) with each sweep as one line that fills in live
+while its members run (and can be cancelled), the run table, histograms, downloads."""
 
 import json
 
@@ -11,34 +12,72 @@ from compression.ui import figures
 from compression.ui.navigation import page_setup
 from compression.ui.state import decoded_run, home, load_active, run_exports
 
+LIVE_EVERY_S = 2.0  # seconds between redraws of the fronts while a sweep has members queued or running
+
 page_setup()
 st.title("Compare")
 try:
     runs = engine.list_runs(root=home(), kind="compress")
+    sweeps = engine.list_sweeps(root=home(), runs=runs)
 except CompressionLabError as exc:  # an unusable data folder (not a folder, unreadable): say so, no traceback
     st.error(str(exc))
     st.stop()
-table = runs_table(runs)
-if table.empty:
+table = runs_table(runs, sweeps)
+live = any(sweep["active"] for sweep in sweeps)
+if table.empty and not live:
     st.info("No finished compression runs yet: launch one from the Plan page.")
     st.stop()
-models = sorted(table["model"].unique())
+models = sorted(set(table["model"].unique()) if not table.empty else {s["model"] for s in sweeps if s["active"]})
 model = st.selectbox("Model", models, key="compare_model") if len(models) > 1 else models[0]
-table = table[table["model"] == model]
-tabs = st.tabs(["Accuracy vs bytes", "Accuracy vs FLOPs", "Accuracy vs CPU latency"])
-tabs[0].plotly_chart(figures.pareto_figure(table, "compressed_bytes", "compressed bytes (file on disk)"),
-                     key="pareto_bytes")
-tabs[1].plotly_chart(figures.pareto_figure(table, "sparse_flops", "FLOPs (zero weights skipped)"), key="pareto_flops")
-tabs[2].plotly_chart(figures.pareto_figure(table, "latency_ms", "CPU latency, batch 1 (ms, dense kernels)"),
-                     key="pareto_latency")
-st.caption("Each method family (prune+cluster, vq quantizers, channels) is its own series, its thin line that "
-           "family's own front. Dimmed points are dominated (another run is both smaller and at least as accurate); "
-           "the dashed line joins the overall Pareto front. Accuracy is measured on the model decoded from each file"
-           + (" (for a detector: mAP50 on its validation images)." if (table["task"] == "detect").any() else "."))
-st.dataframe(table, hide_index=True, width="stretch", key="compare_table",
-             column_config={"ratio": st.column_config.NumberColumn(format="%.1fx"),
-                            "accuracy": st.column_config.NumberColumn(format="%.4f")})
 
+
+@st.fragment(run_every=LIVE_EVERY_S if live else None)
+def fronts(runs: list[dict], sweeps: list[dict]) -> None:
+    """The sweeps' progress, the three fronts and the table; redrawn every few seconds while a sweep runs."""
+    if live:  # the timer's redraws (which get the first call's arguments) read the store again
+        runs = engine.list_runs(root=home(), kind="compress")
+        sweeps = engine.list_sweeps(root=home(), runs=runs)
+    rows = runs_table(runs, sweeps)
+    rows = rows[rows["model"] == model] if not rows.empty else rows
+    listed = set(rows["run"]) if not rows.empty else set()
+    shown = [sweep for sweep in sweeps  # this model's: a finished member in the table, or (none yet) its job's model
+             if listed & {m["run"] for m in sweep["members"]} or (sweep["active"] and sweep.get("model") == model)]
+    for sweep in [s for s in shown if s["active"]]:
+        counts = sweep["counts"]
+        cols = st.columns([5, 1], vertical_alignment="center")
+        cols[0].caption(f"{sweep['label']}: {counts['succeeded']} of {len(sweep['members'])} finished, "
+                        f"{counts['running']} running, {counts['queued']} queued"
+                        + (f", {counts['failed'] + counts['cancelled']} failed or cancelled"
+                           if counts["failed"] + counts["cancelled"] else ""))
+        if cols[1].button("Cancel sweep", key=f"cancel_sweep::{sweep['id']}"):
+            engine.cancel_sweep(sweep["id"], root=home())
+            st.rerun()
+    if live and not any(sweep["active"] for sweep in sweeps):
+        st.rerun()  # the last member finished: redraw the whole page once (and stop the timer)
+    if rows.empty:
+        st.info("No member of the sweep has finished yet: its curve appears here as they do.")
+        return
+    tabs = st.tabs(["Accuracy vs bytes", "Accuracy vs FLOPs", "Accuracy vs CPU latency"])
+    tabs[0].plotly_chart(figures.pareto_figure(rows, "compressed_bytes", "compressed bytes (file on disk)", shown),
+                         key="pareto_bytes")
+    tabs[1].plotly_chart(figures.pareto_figure(rows, "sparse_flops", "FLOPs (zero weights skipped)"),
+                         key="pareto_flops")
+    tabs[2].plotly_chart(figures.pareto_figure(rows, "latency_ms", "CPU latency, batch 1 (ms, dense kernels)"),
+                         key="pareto_latency")
+    st.caption("Each method family (prune+cluster, vq quantizers, channels) is its own series, its thin line that "
+               "family's own front. Dimmed points are dominated (another run is both smaller and at least as "
+               "accurate); the dashed line joins the overall Pareto front; a sweep is one line through its "
+               "finished runs. Accuracy is measured on the model decoded from each file"
+               + (" (for a detector: mAP50 on its validation images)." if (rows["task"] == "detect").any() else "."))
+    st.dataframe(rows, hide_index=True, width="stretch", key="compare_table",
+                 column_config={"ratio": st.column_config.NumberColumn(format="%.1fx"),
+                                "accuracy": st.column_config.NumberColumn(format="%.4f")})
+
+
+fronts(runs, sweeps)
+if table.empty:
+    st.stop()
+table = table[table["model"] == model]
 error = prediction_error(table)
 if error is not None:  # how far to trust the plan page's predicted accuracy, learned from these runs
     st.subheader("Predicted vs measured accuracy")

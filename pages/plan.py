@@ -1,14 +1,15 @@
 """Plan page: per-layer sliders in groups (filter, bulk set, sensitivity sparklines), a global target, a live
-size / FLOPs / predicted-accuracy estimate, launch. The rows and the estimate are one st.fragment: a slider
-redraws only them, and rows of closed groups are not drawn at all (their values live in the page's store)."""
+size / FLOPs / predicted-accuracy estimate, launch, and a sweep (N targets as one group of runs). The rows and
+the estimate are one st.fragment: a slider redraws only them, and rows of closed groups are not drawn at all
+(their values live in the page's store)."""
 
 import streamlit as st
 
 from compression import engine
 from compression.analysis.estimate import estimate
 from compression.analysis.predict import predict
-from compression.analysis.solver import grids_from_report, solve
 from compression.analysis.suggest import suggest
+from compression.analysis.targets import solve_target
 from compression.errors import CompressionLabError
 from compression.methods.vq import check_layer
 from compression.plan import (
@@ -46,6 +47,7 @@ from compression.ui.state import (
     prediction_history,
     spec_key,
 )
+from compression.ui.sweep import sweep_button
 
 page_setup()
 st.title("Plan")
@@ -128,15 +130,7 @@ def current_settings() -> tuple[dict, dict]:
 
 
 def apply_target() -> None:
-    kind = st.session_state["plan_target_kind"]
-    value = st.session_state["plan_target_value"]
-    grids = grids_from_report(report)
-    if kind == "ratio":
-        result = solve(stats, grids, "compressed_bytes", stats.fp32_bytes / value)
-    elif kind == "flops":
-        result = solve(stats, grids, "sparse_flops", stats.flops / value)
-    else:
-        result = solve(stats, grids, "accuracy_drop", value / 100)
+    result = solve_target(stats, report, st.session_state["plan_target_kind"], st.session_state["plan_target_value"])
     set_layers(result["settings"])
     st.session_state["plan_solver_note"] = (
         f"Solver: predicted accuracy drop {100 * result['predicted_drop']:.2f} pts (layers measured alone), "
@@ -354,7 +348,7 @@ def launch_section(settings: dict, quantizers: dict, channel_choice, prediction:
     except CompressionLabError as exc:
         st.error(str(exc))
         return
-    cols = st.columns(3)
+    cols = st.columns(4)
     cols[0].download_button("Save recipe (JSON)", plan.to_json(), f"{name}.json", "application/json",
                             key="plan_save")
     cols[1].file_uploader("Load recipe", type=["json"], key="plan_upload", on_change=load_recipe)
@@ -367,6 +361,10 @@ def launch_section(settings: dict, quantizers: dict, channel_choice, prediction:
             st.page_link("pages/runs.py", label="Follow it on the Runs page", icon=":material/play_circle:")
         except CompressionLabError as exc:
             st.error(str(exc))
+    with cols[3]:  # N targets solved into N plans with these fine-tuning settings, submitted as one group
+        sweep_button(spec, stats, report, history, name,
+                     {"iterations": int(iterations), "finetune_epochs": int(prune_epochs)},
+                     {"finetune_epochs": int(cluster_epochs), "tolerance": float(tolerance)}, bool(fold))
 
 
 rows_and_estimate()

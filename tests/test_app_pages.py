@@ -205,3 +205,46 @@ def test_uploads_are_kept_by_content_and_never_overwritten(home):
     assert first.parent == home / "uploads" and first.name.endswith("-model.pt") and first.read_bytes() == b"weights"
     assert save_upload(b"weights", "model.pt") == first
     assert save_upload(b"other", "model.pt") != first and first.read_bytes() == b"weights"
+
+
+def test_compare_page_draws_a_sweep_as_one_curve(seeded_home, monkeypatch):
+    """A sweep (here the seeded run's plan again, so its member is the reused run) is one line in the bytes plot,
+    and the table names the sweep of each run."""
+    from compression import engine
+
+    home, run_id = seeded_home
+    job = engine.status(run_id, root=home)["job"]
+    sweep_id = engine.submit_sweep([job], root=home, axis="ratio", targets=["ratio:20"])
+    member = engine.sweep_status(sweep_id, root=home)["members"][0]
+    assert member["run"] == run_id and member["reused"]
+    at = seeded_page("compare", home, monkeypatch)
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    curves = [trace for trace in figure["data"] if trace.get("name", "").startswith(f"sweep {sweep_id[-4:]}")]
+    assert len(curves) == 1 and curves[0]["mode"] == "lines+markers" and curves[0]["text"] == [run_id]
+    table = at.dataframe[0].value
+    assert table.loc[table["run"] == run_id, "sweep"].item() == f"sweep {sweep_id[-4:]} (ratio 20)"
+
+
+def test_plan_page_sweep_submits_one_group_of_solved_plans(seeded_home, monkeypatch):
+    from compression import engine
+
+    home, _ = seeded_home
+    at = seeded_page("plan", home, monkeypatch)
+    before = {r["id"] for r in engine.list_runs(root=home)}
+    for key in ("plan_prune_epochs", "plan_cluster_epochs"):  # no fine-tuning: the runs take seconds
+        at.number_input(key=key).set_value(0)
+    at.number_input(key="plan_iterations").set_value(1)
+    at.text_input(key="plan_sweep_targets::ratio").input("20, 40").run()
+    at.button(key="plan_sweep_submit").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("queued: 2 runs" in s.value for s in at.success)
+    sweep = engine.list_sweeps(root=home)[0]
+    try:
+        assert sweep["targets"] == ["ratio:20", "ratio:40"] and sweep["axis"] == "ratio"
+        for member in sweep["members"]:
+            job = engine.status(member["run"], root=home)["job"]
+            assert member["run"] not in before and "accuracy" in job["predicted"]
+            assert job["plan"]["steps"][0]["iterations"] == 1 and job["plan"]["name"].startswith("my-plan-ratio-")
+    finally:
+        engine.cancel_sweep(sweep["id"], root=home)
+        engine.wait_sweep(sweep["id"], 60, root=home)

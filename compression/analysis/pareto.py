@@ -48,8 +48,34 @@ def prediction_error(table: pd.DataFrame) -> dict | None:
             "within_range": float(inside.mean())}
 
 
-def runs_table(runs: list[dict]) -> pd.DataFrame:
-    """One row per succeeded compression run with the measured figures the compare page plots."""
+def sweep_labels(sweeps: list[dict] | None) -> dict[str, str]:
+    """{run id: the labels of the sweeps it belongs to, comma-separated} (a reused run can be in several)."""
+    out: dict[str, list[str]] = {}
+    for sweep in sweeps or []:
+        for member in sweep.get("members") or []:
+            labels = out.setdefault(member["run"], [])
+            if sweep["label"] not in labels:
+                labels.append(sweep["label"])
+    return {run: ", ".join(labels) for run, labels in out.items()}
+
+
+def sweep_curve(table: pd.DataFrame, sweep: dict, cost: str = "compressed_bytes") -> pd.DataFrame:
+    """The rows of a sweep's finished members (each run once), sorted by `cost`: the sweep's curve so far."""
+    if table.empty:
+        return table
+    runs = list(dict.fromkeys(member["run"] for member in sweep.get("members") or []))
+    targets = {}
+    for member in sweep.get("members") or []:
+        targets.setdefault(member["run"], member["target"])
+    rows = table[table["run"].isin(runs)].dropna(subset=[cost]).copy()
+    rows["target"] = rows["run"].map(targets)
+    return rows.sort_values(cost)
+
+
+def runs_table(runs: list[dict], sweeps: list[dict] | None = None) -> pd.DataFrame:
+    """One row per succeeded compression run with the measured figures the compare page plots (and the sweeps
+    each belongs to, when `sweeps` (engine.list_sweeps()) is given)."""
+    in_sweeps = sweep_labels(sweeps)
     rows = []
     for run in runs:
         m = run.get("metrics") or {}
@@ -80,5 +106,6 @@ def runs_table(runs: list[dict]) -> pd.DataFrame:
             "predicted_drop_pts": _points(predicted.get("drop")),
             "predicted_low_pts": _points(predicted.get("low")),
             "predicted_high_pts": _points(predicted.get("high")),
+            "sweep": in_sweeps.get(run["id"], ""),
         })
     return pd.DataFrame(rows)

@@ -2,6 +2,7 @@
 
     run_id = submit(job); status(run_id); cancel(run_id); list_runs(); wait(run_id, timeout)
     run_file(run_id, "model.clab")   (a file in the run's folder: callers never build runs/<id>/ paths)
+    submit_sweep(jobs, axis=, targets=); sweep_status(id); list_sweeps(); cancel_sweep(id)   (sweeps.py)
 
 Jobs run in worker processes started by a dispatcher process, never in the caller (the Streamlit
 server). `root` is the data folder (default $COMPRESSION_LAB_HOME, else a per-user data folder).
@@ -21,11 +22,13 @@ from pathlib import Path
 
 from compression.engine.jobs import validate
 from compression.engine.store import FINAL_STATES, STATES, RunStore, StoreError, default_root
+from compression.engine.sweeps import cancel_sweep, content_key, list_sweeps, submit_sweep, sweep_status, wait_sweep
 from compression.errors import CompressionLabError
 
 __all__ = ["FINAL_STATES", "STATES", "StoreError", "absolute_paths", "cached_sensitivity", "cancel",
            "default_root", "events", "list_runs", "log_tail", "rerun", "run_dir", "run_file", "settings", "status",
            "submit", "wait"]
+__all__ += ["cancel_sweep", "content_key", "list_sweeps", "submit_sweep", "sweep_status", "wait_sweep"]
 
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # a run folder's name (never a path)
@@ -151,7 +154,7 @@ def rerun(run_id: str, root: str | Path | None = None) -> str:
     row = store.row(run_id)
     if row is None:
         raise _missing(run_id, store)
-    return submit(row["job"], store.root)
+    return submit({k: v for k, v in row["job"].items() if k != "sweep"}, store.root)  # a new run of no sweep
 
 
 def events(run_id: str, root: str | Path | None = None) -> list[dict]:
@@ -210,3 +213,4 @@ def wait(run_id: str, timeout: float = 600.0, root: str | Path | None = None, po
             raise CompressionLabError(f"run {run_id} is still {row['state']} after {timeout:.0f} s: "
                                       "see `compression-lab runs`")
         time.sleep(poll)
+

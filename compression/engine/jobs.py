@@ -2,6 +2,7 @@
 
     compress     {"kind": "compress", "model", "weights", "data", "input_size", "mean", "std",
                   "plan": Plan.to_dict(), "latency": true}
+                 (any kind may carry "sweep": {"id", "index", "target"}: the group it was submitted in, see sweeps.py)
     sensitivity  {"kind": "sensitivity", "model", ..., "config": {sparsities, n_clusters, val_size, seed, bn_batches,
                   mode: "exact" | "estimate", calibration_seconds}}
                  progress after every point: values {layer, point, done, total, eta_s}; a cancel stops
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -27,7 +29,7 @@ from compression import sources
 from compression.errors import CompressionLabError
 
 JOB_KEYS = {"kind", "model", "weights", "data", "input_size", "mean", "std", "plan", "latency", "config", "seconds",
-            "trust", "predicted"}
+            "trust", "predicted", "sweep"}
 PREDICTED_NUMBERS = ("accuracy", "drop", "low", "high", "raw_drop")  # a compress job's predicted accuracy (fractions)
 
 
@@ -67,9 +69,10 @@ def validate(job: dict) -> dict:
     unknown = set(job) - JOB_KEYS
     if unknown:
         raise CompressionLabError(f"job has unknown keys {sorted(unknown)}: remove them")
+    tag = {"sweep": sweep_tag(job["sweep"])} if job.get("sweep") is not None else {}
     if kind.startswith("test-"):
-        return {"kind": kind, "seconds": float(job.get("seconds", 0.0))}
-    out = {"kind": kind, **sources.check(job)}
+        return {"kind": kind, "seconds": float(job.get("seconds", 0.0)), **tag}
+    out = {"kind": kind, **sources.check(job), **tag}
     if kind == "compress":
         from compression.plan import Plan
 
@@ -82,6 +85,23 @@ def validate(job: dict) -> dict:
         out["config"] = {f.name: (list(v) if isinstance(v := getattr(config, f.name), tuple) else v)
                          for f in fields(config)}
     return out
+
+
+SWEEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def sweep_tag(tag) -> dict:
+    """A job's sweep membership {"id", "index", "target"}: a short id, a whole index and a short label only."""
+    if not isinstance(tag, dict) or set(tag) - {"id", "index", "target"}:
+        raise CompressionLabError("a job's 'sweep' must be an object with id, index and target")
+    sweep_id, index, target = tag.get("id"), tag.get("index"), tag.get("target", "")
+    if not isinstance(sweep_id, str) or not SWEEP_ID.fullmatch(sweep_id):
+        raise CompressionLabError(f"a job's sweep id {str(sweep_id)[:70]!r} must be letters, digits, - and _")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 1000:
+        raise CompressionLabError(f"a job's sweep index {str(index)[:20]!r} must be a whole number from 0 to 999")
+    if not isinstance(target, str | int | float) or isinstance(target, bool) or len(str(target)) > 80:
+        raise CompressionLabError("a job's sweep target must be a short label, e.g. ratio:20")
+    return {"id": sweep_id, "index": index, "target": str(target)}
 
 
 def _predicted(predicted) -> dict:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from compression.analysis.pareto import pareto_mask
+from compression.analysis.pareto import pareto_mask, sweep_curve
 
 
 def _measured(row: dict, axis: str) -> set[str] | None:
@@ -72,8 +72,9 @@ def sensitivity_heatmap(report: dict) -> go.Figure:
     return fig
 
 
-def pareto_figure(table: pd.DataFrame, cost: str, cost_title: str) -> go.Figure:
-    """Accuracy against a cost; each method family its own series, dominated runs dimmed, the front joined."""
+def pareto_figure(table: pd.DataFrame, cost: str, cost_title: str, sweeps: list[dict] | None = None) -> go.Figure:
+    """Accuracy against a cost; each method family its own series, dominated runs dimmed, the front joined;
+    each sweep (engine.list_sweeps()) one line through its finished members, sorted by the cost."""
     fig = go.Figure()
     if table.empty:
         return fig
@@ -102,12 +103,30 @@ def pareto_figure(table: pd.DataFrame, cost: str, cost_title: str) -> go.Figure:
     front = data[data["front"]].sort_values(cost)
     fig.add_trace(go.Scatter(x=front[cost], y=100 * front["accuracy"], mode="lines", name="Pareto front",
                              line={"dash": "dash", "color": "black"}, hoverinfo="skip"))
+    add_sweep_curves(fig, data, sweeps or [], cost, cost_title)
     detector = "task" in data and (data["task"] == "detect").all()
     fig.update_layout(xaxis_title=cost_title, yaxis_title="validation mAP50 (%)" if detector else "test accuracy (%)",
                       height=420, margin={"t": 30})
     if data[cost].max() > 20 * max(1, data[cost].min()):
         fig.update_xaxes(type="log")
     return fig
+
+
+def add_sweep_curves(fig: go.Figure, data: pd.DataFrame, sweeps: list[dict], cost: str, cost_title: str) -> None:
+    """One line with markers per sweep through its finished members (it grows as members finish)."""
+    palette = ["#17becf", "#bcbd22", "#e377c2", "#7f7f7f", "#ff7f0e", "#9467bd"]
+    for index, sweep in enumerate(sweeps):
+        curve = sweep_curve(data, sweep, cost)
+        if curve.empty:
+            continue
+        waiting = sweep["counts"]["queued"] + sweep["counts"]["running"]
+        name = sweep["label"] + (f" - {waiting} to come" if waiting else "")
+        fig.add_trace(go.Scatter(
+            x=curve[cost], y=100 * curve["accuracy"], mode="lines+markers", name=name,
+            line={"color": palette[index % len(palette)], "width": 2}, marker={"size": 7, "symbol": "diamond"},
+            text=curve["run"], customdata=curve[["target", "ratio"]],
+            hovertemplate=sweep["label"] + "<br>%{customdata[0]}: %{text}<br>" + cost_title
+                          + " %{x:,}<br>%{y:.2f}%<br>ratio %{customdata[1]:.1f}x<extra></extra>"))
 
 
 def weight_histogram(before: np.ndarray, after: np.ndarray, layer: str) -> go.Figure:

@@ -6,28 +6,14 @@ follows the one ordering table (ORDER_RULES) that Plan.validate checks.
 
 from __future__ import annotations
 
-from compression.plan import ClusterStep, FoldBNStep, Plan, PruneStep, QuantizeStep, ordered, resolve
+# the settings -> Plan builders live with the target solver (compression/analysis/targets.py): the CLI's sweep
+# uses them too; they are re-exported here for the page
+from compression.analysis.targets import plan_from_settings, quantize_step  # noqa: F401
+from compression.plan import FoldBNStep, Plan, ordered, resolve
 
 CLUSTER_CHOICES = ["off", "auto", 2, 4, 8, 16, 32, 64, 128, 256]
 QUANTIZER_CHOICES = ["none", "binary", "kmeans", "pq", "rq"]
 CODEWORD_CHOICES = [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
-
-
-def plan_from_settings(settings: dict[str, tuple[float, int | str | None]], name: str = "plan",
-                       prune_options: dict | None = None, cluster_options: dict | None = None,
-                       quantizers: dict[str, dict | None] | None = None, quantize_options: dict | None = None) -> Plan:
-    """settings: {layer: (sparsity, n_clusters or "auto" or None)} -> a validated Plan (steps in ORDER_RULES order)."""
-    sparsity = {layer: round(float(s), 4) for layer, (s, _) in settings.items() if s > 0}
-    clusters = {layer: k for layer, (_, k) in settings.items() if k not in (None, "off")}
-    steps = []
-    if sparsity:
-        steps.append(PruneStep(sparsity=sparsity, **(prune_options or {})))
-    if clusters:
-        steps.append(ClusterStep(n_clusters=clusters, **(cluster_options or {})))
-    quantize = quantize_step(quantizers or {}, quantize_options)
-    if quantize is not None:  # vector quantization (Gong et al.) on its own layers
-        steps.append(quantize)
-    return Plan(steps=ordered(steps), name=name).validate(list(settings))
 
 
 def settings_from_plan(plan: Plan, layers: list[str]) -> dict[str, tuple[float, int | str | None]]:
@@ -42,16 +28,6 @@ def settings_from_plan(plan: Plan, layers: list[str]) -> dict[str, tuple[float, 
                 clusters = resolve(step.n_clusters, layer)
         out[layer] = (sparsity, clusters)
     return out
-
-
-def quantize_step(quantizers: dict[str, dict | None], options: dict | None = None) -> QuantizeStep | None:
-    """{layer: {quantizer, n_codewords, segment_length, stages, axis} or None} -> a QuantizeStep (None if empty)."""
-    chosen = {layer: q for layer, q in quantizers.items() if q and q.get("quantizer", "none") != "none"}
-    if not chosen:
-        return None
-    maps = {name: {layer: q[name] for layer, q in chosen.items() if q.get(name) is not None}
-            for name in ("quantizer", "n_codewords", "segment_length", "stages", "axis")}
-    return QuantizeStep(**maps, **(options or {}))
 
 
 def quantizers_from_plan(plan: Plan, layers: list[str]) -> dict[str, dict | None]:

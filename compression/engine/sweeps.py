@@ -1,0 +1,239 @@
+"""Sweeps: N compression plans (one per target of an axis, or a list of recipes) submitted as one group.
+
+    sweep_id = submit_sweep(jobs, root, axis="ratio", targets=["ratio:10", "ratio:20"])
+    sweep_status(sweep_id); list_sweeps(); cancel_sweep(sweep_id); wait_sweep(sweep_id, timeout)
+
+A sweep is a record ROOT/sweeps/<id>.json (written whole: temporary name, then rename) listing its members:
+{index, target, run, reused}. Each member it submitted also carries {"sweep": {id, index, target}} in its
+job, so a lost sweep file is rebuilt from the run folders (as a lost index is). Members are ordinary runs:
+the engine runs them one after another (or max_workers at a time), and a failed member does not stop the
+others. Cancelling a sweep cancels its queued members at once and asks its running ones to stop.
+
+Re-running a sweep reuses work: a member whose content key (content_key: the kind, model, weights file's
+bytes, data, input size, normalisation, plan without its name, latency) matches a `succeeded` run is not
+run again; the sweep lists that run, marked reused. Failed and cancelled runs are never reused. A dataset
+folder is keyed by its path (its files are not hashed): after changing a dataset in place, sweep afresh
+(reuse=False, the CLI's --no-reuse).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+
+from compression.engine.jobs import SWEEP_ID, validate
+from compression.engine.store import FINAL_STATES, RunStore, write_atomic
+from compression.errors import CompressionLabError
+
+MAX_MEMBERS = 50  # one sweep's runs (the targets' own limit, compression.analysis.targets.MAX_TARGETS)
+KEY_FIELDS = ("kind", "model", "data", "input_size", "mean", "std", "plan", "latency", "seconds")
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256 of the file's bytes
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes, cached by (path, size, modification time) so a sweep hashes a big checkpoint
+    once; "missing" for a file that is gone (such a run is never reused)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return "missing"
+    cache_key = (str(path), info.st_size, info.st_mtime_ns)
+    if cache_key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[cache_key] = digest.hexdigest()
+    return _DIGESTS[cache_key]
+
+
+def content_key(job: dict) -> str:
+    """What a run computes, as a sha256: the job's model, data and plan (its name left out: a label), and the
+    bytes of the files it reads (weights, a TorchScript or detector checkpoint). The prediction and the sweep
+    tag are left out: they ride with a run but do not change its result. `job` is a validated job with
+    absolute paths (as the store keeps it)."""
+    fields = {key: job.get(key) for key in KEY_FIELDS}
+    if isinstance(fields["plan"], dict):
+        fields["plan"] = {key: value for key, value in fields["plan"].items() if key != "name"}
+    files = {}
+    if job.get("weights"):
+        files["weights"] = file_digest(job["weights"])
+    model = job.get("model") or ""
+    for prefix in ("torchscript:", "detector:"):
+        if model.startswith(prefix) and model != "detector:demo":
+            files["model"] = file_digest(model[len(prefix):])
+    text = json.dumps({"job": fields, "files": files}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _folder(store: RunStore) -> Path:
+    return store.root / "sweeps"
+
+
+def _new_id(store: RunStore) -> str:
+    while True:
+        sweep_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+        if not (_folder(store) / f"{sweep_id}.json").exists():
+            return sweep_id
+
+
+def short_name(sweep: dict) -> str:
+    """"sweep 3f2a (ratio 5-80)": the id's random tail and the range of its targets."""
+    values = []
+    for target in sweep.get("targets") or []:
+        try:
+            values.append(float(str(target).partition(":")[2]))
+        except ValueError:
+            pass
+    axis = sweep.get("axis") or "plans"
+    if values and len(values) == len(sweep["targets"]):
+        span = f"{min(values):g}" if len(values) == 1 else f"{min(values):g}-{max(values):g}"
+        what = f"{axis} {span}"
+    else:
+        what = f"{len(sweep.get('members') or [])} {axis}"
+    return f"sweep {str(sweep['id'])[-4:]} ({what})"
+
+
+def submit_sweep(jobs: list[dict], root: str | Path | None = None, axis: str = "plans",
+                 targets: list[str] | None = None, name: str | None = None, reuse: bool = True) -> str:
+    """Validate every job (nothing is queued if one is bad), then queue each as a member of a new sweep; returns
+    the sweep id. `targets` label the members (default: their plan names). With `reuse`, a member whose content
+    key matches a succeeded run (or an earlier member of this sweep) is not submitted: the sweep lists that run."""
+    from compression.engine import absolute_paths, list_runs, submit
+
+    if not isinstance(jobs, list) or not jobs:
+        raise CompressionLabError("a sweep needs at least one plan")
+    if len(jobs) > MAX_MEMBERS:
+        raise CompressionLabError(f"{len(jobs)} plans: a sweep takes at most {MAX_MEMBERS}; split it in two")
+    if targets is not None and len(targets) != len(jobs):
+        raise CompressionLabError(f"{len(targets)} target labels for {len(jobs)} plans: give one per plan")
+    checked = [validate(absolute_paths({k: v for k, v in job.items() if k != "sweep"})) for job in jobs]
+    labels = [str(t)[:80] for t in targets] if targets is not None else [
+        str((job.get("plan") or {}).get("name") or f"plan {i + 1}")[:80] for i, job in enumerate(checked)]
+    store = RunStore(root)
+    done: dict[str, str] = {}
+    if reuse:  # newest first: the latest succeeded run with the same key wins
+        for row in reversed(list_runs(root=store.root)):
+            if row["state"] == "succeeded" and row["kind"] == checked[0]["kind"]:
+                done[content_key(row["job"])] = row["id"]
+    sweep_id = _new_id(store)
+    record = {"id": sweep_id, "created": time.time(), "name": name or "", "axis": axis, "targets": labels,
+              "model": checked[0].get("model"), "data": checked[0].get("data"), "members": []}
+    try:
+        for index, (job, label) in enumerate(zip(checked, labels, strict=True)):
+            key = content_key(job)
+            if key in done:
+                record["members"].append({"index": index, "target": label, "run": done[key], "reused": True})
+                continue
+            run_id = submit({**job, "sweep": {"id": sweep_id, "index": index, "target": label}}, store.root)
+            record["members"].append({"index": index, "target": label, "run": run_id, "reused": False})
+            if reuse:
+                done[key] = run_id  # a later member with the same plan shares this run
+    finally:  # even a submit that failed half-way (a full disk) leaves a record of the members it queued
+        if record["members"]:
+            _folder(store).mkdir(exist_ok=True)
+            write_atomic(_folder(store) / f"{sweep_id}.json", json.dumps(record, indent=2))
+    return sweep_id
+
+
+def _records(store: RunStore, rows: list[dict]) -> dict[str, dict]:
+    """Every sweep: its file, or (a lost file) rebuilt from the jobs of the runs it submitted."""
+    out: dict[str, dict] = {}
+    folder = _folder(store)
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("id") == path.stem and isinstance(record.get("members"), list):
+            out[path.stem] = record
+    rebuilt: dict[str, dict] = {}
+    for row in rows:
+        tag = (row.get("job") or {}).get("sweep")
+        if not isinstance(tag, dict) or tag.get("id") in out or not SWEEP_ID.fullmatch(str(tag.get("id"))):
+            continue
+        record = rebuilt.setdefault(tag["id"], {"id": tag["id"], "created": row["created"], "name": "",
+                                                "axis": str(tag.get("target", "")).partition(":")[0] or "plans",
+                                                "model": row["job"].get("model"), "data": row["job"].get("data"),
+                                                "members": [], "rebuilt": True})
+        record["created"] = min(record["created"], row["created"])
+        record["members"].append({"index": tag.get("index", 0), "target": tag.get("target", ""), "run": row["id"],
+                                  "reused": False})
+    for record in rebuilt.values():
+        record["members"].sort(key=lambda m: m["index"])
+        record["targets"] = [m["target"] for m in record["members"]]
+    return {**out, **rebuilt}
+
+
+def _with_states(record: dict, by_id: dict[str, dict]) -> dict:
+    members = []
+    for member in record["members"]:
+        row = by_id.get(member["run"], {})
+        members.append({**member, "state": row.get("state", "missing"), "error": row.get("error"),
+                        "metrics": row.get("metrics"), "progress": row.get("progress")})
+    counts = {state: sum(m["state"] == state for m in members) for state in
+              ("queued", "running", "succeeded", "failed", "cancelled", "missing")}
+    active = counts["queued"] + counts["running"] > 0
+    return {**record, "members": members, "counts": counts, "active": active,
+            "state": "active" if active else "finished", "label": short_name(record)}
+
+
+def list_sweeps(root: str | Path | None = None, runs: list[dict] | None = None) -> list[dict]:
+    """Every sweep with its members' states, newest first. `runs` (list_runs()'s rows) saves a second listing."""
+    from compression.engine import list_runs
+
+    store = RunStore(root)
+    rows = runs if runs is not None else list_runs(root=store.root)
+    by_id = {row["id"]: row for row in rows}
+    records = _records(store, rows)
+    return sorted((_with_states(r, by_id) for r in records.values()), key=lambda s: (s["created"], s["id"]),
+                  reverse=True)
+
+
+def sweep_status(sweep_id: str, root: str | Path | None = None) -> dict:
+    """The sweep's record, each member with its run's state, error, metrics and progress, and counts per state."""
+    for sweep in list_sweeps(root):
+        if sweep["id"] == sweep_id:
+            return sweep
+    raise CompressionLabError(f"no sweep {str(sweep_id)[:80]!r}: list sweeps with `compression-lab sweeps`")
+
+
+def cancel_sweep(sweep_id: str, root: str | Path | None = None) -> list[str]:
+    """Cancel every member still queued (at once, so none starts) then ask the running ones to stop; reused
+    members (runs of earlier work) are left alone. Returns the run ids it cancelled or asked to stop."""
+    from compression.engine import cancel
+
+    sweep = sweep_status(sweep_id, root)
+    active = [m for m in sweep["members"] if not m["reused"] and m["state"] in ("queued", "running")]
+    # queued first, so that stopping a running member never lets the dispatcher start the next one; a member
+    # started between the listing and its cancel() is asked to stop by cancel() itself
+    active.sort(key=lambda m: m["state"] != "queued")
+    for member in active:
+        cancel(member["run"], root)
+    return [m["run"] for m in active]
+
+
+def wait_sweep(sweep_id: str, timeout: float = 3600.0, root: str | Path | None = None, poll: float = 0.5,
+               on_finish=None) -> dict:
+    """Poll until no member is queued or running; calls on_finish(member) once per member as it ends.
+    Raises CompressionLabError after `timeout` seconds."""
+    deadline = time.time() + timeout
+    seen: set[str] = set()
+    while True:
+        sweep = sweep_status(sweep_id, root)
+        for member in sweep["members"]:
+            if member["state"] in FINAL_STATES and member["run"] not in seen:
+                seen.add(member["run"])
+                if on_finish is not None:
+                    on_finish(member)
+        if not sweep["active"]:
+            return sweep
+        if time.time() > deadline:
+            counts = ", ".join(f"{n} {state}" for state, n in sweep["counts"].items() if n)
+            raise CompressionLabError(f"sweep {sweep_id} is still running after {timeout:.0f} s ({counts}): follow "
+                                      "it with `compression-lab sweeps`")
+        time.sleep(poll)

@@ -324,6 +324,11 @@ def _add_sweep_parsers(sub) -> None:
     what.add_argument("--targets", help="AXIS:V1,V2,...: ratio:10,20,40,80 (compression ratio), flops:2,4 (FLOPs "
                                         "reduction) or accuracy:0.5,1,2 (accuracy budget in points); at most 50")
     what.add_argument("--recipes", type=Path, help="a JSON file holding a list of plans (recipes), one run each")
+    what.add_argument("--search", type=int, metavar="N",
+                      help="let NSGA-II (Optuna's multi-objective sampler) propose per-layer plans near the current "
+                           "front, N runs in all (bytes against accuracy, measured); waits for every generation")
+    sw.add_argument("--batch", type=int, default=4, help="--search: runs per generation (default 4)")
+    sw.add_argument("--seed", type=int, default=0, help="--search: the sampler's seed (default 0)")
     sw.add_argument("--sensitivity", type=Path,
                     help="the sensitivity report the targets are solved on (`compression-lab analyze --out`); "
                          "default: the newest finished analysis of this model and data in the run store")
@@ -462,6 +467,8 @@ def cmd_sweep(args) -> int:
     from compression.analysis.targets import parse_targets
 
     source = _job_source(args)
+    if args.search is not None:
+        return _cmd_search(args, source)
     if args.targets is not None:
         axis, values = parse_targets(args.targets)  # bad targets fail before anything loads
         sources.check(source)
@@ -485,6 +492,28 @@ def cmd_sweep(args) -> int:
     print(json.dumps({"sweep": sweep_id, "axis": axis, "members": [_member_summary(m) for m in sweep["members"]]}))
     if args.wait:
         return 0 if all(m["state"] == "succeeded" for m in sweep["members"]) else 1
+    return 0
+
+
+def _cmd_search(args, source: dict) -> int:
+    from compression.analysis.targets import step_options
+    from compression.engine.search import search
+
+    sources.check(source)
+    base = _read_recipe(args.base_recipe) if args.base_recipe is not None else None
+    prune_options, cluster_options = step_options(base) if base is not None else ({}, {})
+    report = _sweep_report(args, source, sources.load_model(source))
+
+    def generation(done: dict) -> None:
+        print(f"generation {done['generation']}: {done['evaluated']} of {args.search} runs measured", file=sys.stderr)
+        for member in done["members"]:
+            print(_member_line(member), file=sys.stderr, flush=True)
+
+    name = args.name if args.name != "sweep" else "search"
+    result = search(source, report, args.search, args.batch, root=args.home, name=name, seed=args.seed,
+                    prune_options=prune_options, cluster_options=cluster_options, latency=not args.no_latency,
+                    timeout=args.timeout, on_generation=generation)
+    print(json.dumps(result))
     return 0
 
 

@@ -99,10 +99,12 @@ def short_name(sweep: dict) -> str:
 
 
 def submit_sweep(jobs: list[dict], root: str | Path | None = None, axis: str = "plans",
-                 targets: list[str] | None = None, name: str | None = None, reuse: bool = True) -> str:
+                 targets: list[str] | None = None, name: str | None = None, reuse: bool = True,
+                 extend: str | None = None) -> str:
     """Validate every job (nothing is queued if one is bad), then queue each as a member of a new sweep; returns
     the sweep id. `targets` label the members (default: their plan names). With `reuse`, a member whose content
-    key matches a succeeded run (or an earlier member of this sweep) is not submitted: the sweep lists that run."""
+    key matches a succeeded run (or an earlier member of this sweep) is not submitted: the sweep lists that run.
+    `extend`: add the members to that existing sweep instead (a search adds one generation at a time)."""
     from compression.engine import absolute_paths, list_runs, submit
 
     if not isinstance(jobs, list) or not jobs:
@@ -120,11 +122,21 @@ def submit_sweep(jobs: list[dict], root: str | Path | None = None, axis: str = "
         for row in reversed(list_runs(root=store.root)):
             if row["state"] == "succeeded" and row["kind"] == checked[0]["kind"]:
                 done[content_key(row["job"])] = row["id"]
-    sweep_id = _new_id(store)
-    record = {"id": sweep_id, "created": time.time(), "name": name or "", "axis": axis, "targets": labels,
-              "model": checked[0].get("model"), "data": checked[0].get("data"), "members": []}
+    if extend is not None:
+        record = {k: v for k, v in sweep_status(extend, store.root).items()
+                  if k in ("id", "created", "name", "axis", "targets", "model", "data", "members")}
+        record["members"] = [{k: m[k] for k in ("index", "target", "run", "reused")} for m in record["members"]]
+        record["targets"] = list(record.get("targets") or []) + labels
+        sweep_id, first = extend, len(record["members"])
+        if first + len(checked) > MAX_MEMBERS * 4:
+            raise CompressionLabError(f"sweep {extend} would have {first + len(checked)} members: at most "
+                                      f"{MAX_MEMBERS * 4}; start another")
+    else:
+        sweep_id, first = _new_id(store), 0
+        record = {"id": sweep_id, "created": time.time(), "name": name or "", "axis": axis, "targets": labels,
+                  "model": checked[0].get("model"), "data": checked[0].get("data"), "members": []}
     try:
-        for index, (job, label) in enumerate(zip(checked, labels, strict=True)):
+        for index, (job, label) in enumerate(zip(checked, labels, strict=True), start=first):
             key = content_key(job)
             if key in done:
                 record["members"].append({"index": index, "target": label, "run": done[key], "reused": True})

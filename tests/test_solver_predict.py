@@ -116,3 +116,21 @@ def test_prediction_rides_with_the_job_and_reaches_the_table(tmp_path):
     assert history_from_runs([run]) == [(pytest.approx(3.0), pytest.approx(1.5))]
     assert history_from_runs([run], model="demo:lenet5") == []
     assert engine.absolute_paths(job)["predicted"] == job["predicted"]
+
+
+def test_a_flat_sensitivity_curve_does_not_make_the_solver_overshoot_its_target():
+    """A layer that loses nothing from 0 to 95% sparsity is one hull segment: without giving back the overshoot,
+    every ratio target from 8x to 30x came back as the same ~32x plan (and a sweep drew one point)."""
+    handle = sources.load_model({"model": "demo:lenet5"})
+    stats = model_stats(handle)
+    flat = {"sparsity": {str(s): 0.99 for s in (0.0, 0.5, 0.8, 0.9, 0.95)}, "clusters": {"4": 0.99, "16": 0.99}}
+    report = {"base_accuracy": 0.99, "layers": {name: flat for name in handle.prunable_layers()}}
+    grids = grids_from_report(report)
+    reached = []
+    for target in (10.0, 20.0, 40.0):  # (below ~8x: every layer is shared at the largest k first, by design)
+        result = solve(stats, grids, "compressed_bytes", stats.fp32_bytes / target)
+        ratio = stats.fp32_bytes / result["compressed_bytes"]
+        assert result["met"] and result["predicted_drop"] == 0.0
+        assert target <= ratio <= 1.6 * target, (target, ratio)
+        reached.append(ratio)
+    assert reached == sorted(reached) and len(set(reached)) == 3

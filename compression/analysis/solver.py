@@ -71,6 +71,27 @@ def _hull(options: list[tuple[float, float, tuple[int, int]]]) -> list[tuple[flo
         chain.append(min(cheaper, key=lambda o: ((max(0.0, o[1] - drop) + EPSILON) / (cost - o[0]), o[0])))
 
 
+def _relax(chosen: dict, options: dict, slack: float) -> dict:
+    """Give back what the walk overshot: a hull segment can jump far past the target (a layer whose drop is flat
+    from 0 to 95% sparsity is one segment), so a 5x target could come back at 32x. Within the slack (target minus
+    the plan's cost), each layer moves to a milder option that loses no more: first the layers that lose the most
+    take a lower drop, then the biggest savings are handed back, so the plan lands near its target."""
+    chosen = dict(chosen)
+    for lower_drop in (True, False):
+        order = sorted(chosen, key=lambda n: (-chosen[n][1], chosen[n][0]) if lower_drop else -chosen[n][0])
+        for name in order:
+            cost, drop, _ = chosen[name]
+            fits = [o for o in options[name] if o[1] <= drop + 1e-12 and o[0] - cost <= slack and o[0] > cost]
+            if lower_drop:
+                fits = [o for o in fits if o[1] < drop - 1e-12]
+            if not fits:
+                continue
+            best = min(fits, key=lambda o: (o[1], -o[0])) if lower_drop else max(fits, key=lambda o: (o[0], -o[1]))
+            slack -= best[0] - cost
+            chosen[name] = best
+    return chosen
+
+
 def solve(stats: ModelStats, grids: dict[str, LayerGrid], target_kind: str, target: float,
           cluster_first: bool = True) -> dict:
     """Settings {layer: (sparsity, n_clusters)} meeting the target (or as close as the grid allows).
@@ -90,7 +111,7 @@ def solve(stats: ModelStats, grids: dict[str, LayerGrid], target_kind: str, targ
     if target_kind not in TARGET_KINDS:
         raise ValueError(f"target kind {target_kind!r}: use one of {TARGET_KINDS}")
     names = [name for name in grids if name in stats.layers]
-    chains = {}
+    chains, all_options = {}, {}
     for name in names:
         grid = grids[name]
         first_k = 1 if cluster_first and len(grid.clusters) > 1 else 0
@@ -105,6 +126,7 @@ def solve(stats: ModelStats, grids: dict[str, LayerGrid], target_kind: str, targ
                     cost = layer_bytes(stats.layers[name], sparsity, grid.clusters[k_index])
                 options.append((cost, drop, (s_index, k_index)))
         chains[name] = _hull(options)
+        all_options[name] = options
 
     position = dict.fromkeys(names, 0)
     drop = sum(chains[name][0][1] for name in names)
@@ -128,9 +150,14 @@ def solve(stats: ModelStats, grids: dict[str, LayerGrid], target_kind: str, targ
         drop, cost = drop + (d1 - d0), cost - (c0 - c1)
         if position[name] + 1 < len(chains[name]):
             heapq.heappush(heap, (price(name), index, name))
+    chosen = {name: chains[name][position[name]] for name in names}
+    if target_kind != "accuracy_drop" and cost + other <= target:
+        chosen = _relax(chosen, all_options, target - cost - other)
+        drop = sum(option[1] for option in chosen.values())
+        cost = sum(option[0] for option in chosen.values())
     settings = {}
     for name in names:
-        s_index, k_index = chains[name][position[name]][2]
+        s_index, k_index = chosen[name][2]
         settings[name] = (grids[name].sparsities[s_index], grids[name].clusters[k_index])
     reached = target_kind == "accuracy_drop" or cost + other <= target
     return {"settings": settings, "predicted_drop": drop, "met": reached,

@@ -60,9 +60,10 @@ def fronts(runs: list[dict], sweeps: list[dict]) -> None:
     tabs = st.tabs(["Accuracy vs bytes", "Accuracy vs FLOPs", "Accuracy vs CPU latency"])
     tabs[0].plotly_chart(figures.pareto_figure(rows, "compressed_bytes", "compressed bytes (file on disk)", shown),
                          key="pareto_bytes")
-    tabs[1].plotly_chart(figures.pareto_figure(rows, "sparse_flops", "FLOPs (zero weights skipped)"),
+    tabs[1].plotly_chart(figures.pareto_figure(rows, "sparse_flops", "FLOPs (zero weights skipped)", shown),
                          key="pareto_flops")
-    tabs[2].plotly_chart(figures.pareto_figure(rows, "latency_ms", "CPU latency, batch 1 (ms, dense kernels)"),
+    tabs[2].plotly_chart(figures.pareto_figure(rows, "latency_ms", "CPU latency, batch 1 (ms, dense kernels)",
+                                                  shown),
                          key="pareto_latency")
     st.caption("Each method family (prune+cluster, vq quantizers, channels) is its own series, its thin line that "
                "family's own front. Dimmed points are dominated (another run is both smaller and at least as "

@@ -248,3 +248,31 @@ def test_plan_page_sweep_submits_one_group_of_solved_plans(seeded_home, monkeypa
     finally:
         engine.cancel_sweep(sweep["id"], root=home)
         engine.wait_sweep(sweep["id"], 60, root=home)
+
+
+def test_plan_page_search_starts_a_background_search(seeded_home, monkeypatch):
+    import json
+    import time
+
+    from compression import engine
+
+    home, _ = seeded_home
+    at = seeded_page("plan", home, monkeypatch)
+    for key in ("plan_prune_epochs", "plan_cluster_epochs"):
+        at.number_input(key=key).set_value(0)
+    at.selectbox(key="plan_sweep_axis").set_value("search").run()
+    at.number_input(key="plan_search_budget").set_value(2)
+    at.number_input(key="plan_search_batch").set_value(2)
+    at.button(key="plan_sweep_submit").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("Search started" in s.value for s in at.success)
+    folder = next((home / "searches").iterdir())
+    settings = json.loads((folder / "search.json").read_text())
+    assert settings["budget"] == 2 and settings["prune_options"]["finetune_epochs"] == 0
+    deadline = time.time() + 120  # the background search queues its first generation as one sweep
+    while time.time() < deadline and not engine.list_sweeps(root=home):
+        time.sleep(1)
+    sweep = engine.list_sweeps(root=home)[0]
+    assert sweep["axis"] == "search"
+    engine.cancel_sweep(sweep["id"], root=home)
+    engine.wait_sweep(sweep["id"], 60, root=home)

@@ -7,6 +7,7 @@ import pytest
 
 from compression import engine
 from compression.cli import main
+from compression.errors import CompressionLabError
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(300)
@@ -54,3 +55,28 @@ def test_bad_search_settings_exit_2(tmp_path, capsys, flags, message):
     assert main(["sweep", "--model", "demo:lenet5", "--data", "digits", *flags, "--sensitivity", str(report),
                  "--home", str(tmp_path / "home")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_background_search_from_the_app_runs_as_one_sweep_and_logs_its_front(tmp_path):
+    """What the Plan page's Sweep > search starts: a detached process; the app only watches the sweep."""
+    import time
+
+    from compression.engine import search
+
+    report = {"base_accuracy": 0.98, "config": {}, "layers": {
+        name: {"sparsity": {"0.0": 0.98, "0.5": 0.98, "0.9": 0.97}, "clusters": {"4": 0.97, "16": 0.98}}
+        for name in ("conv1", "conv2", "fc1", "fc2")}}
+    home = tmp_path / "home"
+    with pytest.raises(CompressionLabError, match="budget"):
+        search.start({"model": "demo:lenet5", "data": "digits"}, report, 1, root=home)
+    folder = search.start({"model": "demo:lenet5", "data": "digits"}, report, 2, 2, root=home, name="bg",
+                          prune_options={"finetune_epochs": 0}, cluster_options={"finetune_epochs": 0},
+                          latency=False)
+    deadline = time.time() + 180
+    while time.time() < deadline and '"front"' not in (folder / "log.txt").read_text():
+        time.sleep(1)
+    log = (folder / "log.txt").read_text()
+    result = json.loads(log.strip().splitlines()[-1])
+    sweep = engine.sweep_status(result["sweep"], root=home)
+    assert sweep["axis"] == "search" and len(sweep["members"]) == 2
+    assert all(m["state"] == "succeeded" for m in sweep["members"]) and result["front"]

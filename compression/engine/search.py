@@ -15,11 +15,17 @@ same seed costs nothing new. The budget counts runs asked for, reused or not.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from compression.errors import CompressionLabError
 
+FOLDER = "searches"  # ROOT/searches/<id>/: a background search's settings (search.json) and its log (log.txt)
 SEED_RATIOS = (5.0, 10.0, 20.0, 40.0, 80.0)  # the solver's plans the first generation starts from
 MAX_BUDGET = 200
 
@@ -39,6 +45,14 @@ def _nearest(value, options: list):
     return min(numbers, key=lambda o: abs(float(o) - float(value)))
 
 
+def check(budget, batch) -> None:
+    """CompressionLabError for a budget or generation size out of range."""
+    if isinstance(budget, bool) or not isinstance(budget, int) or not 2 <= budget <= MAX_BUDGET:
+        raise CompressionLabError(f"search budget {budget!r} must be a whole number of runs from 2 to {MAX_BUDGET}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 2 <= batch <= 50:
+        raise CompressionLabError(f"search batch {batch!r} must be a whole number of runs from 2 to 50")
+
+
 def search(source: dict, report: dict, budget: int, batch: int = 4, root: str | Path | None = None,
            name: str = "search", seed: int = 0, prune_options: dict | None = None,
            cluster_options: dict | None = None, latency: bool = True, timeout: float = 3600.0,
@@ -53,10 +67,7 @@ def search(source: dict, report: dict, budget: int, batch: int = 4, root: str | 
     from compression.analysis.predict import history_from_runs, predict
     from compression.analysis.targets import plan_from_settings, solve_target
 
-    if isinstance(budget, bool) or not isinstance(budget, int) or not 2 <= budget <= MAX_BUDGET:
-        raise CompressionLabError(f"search budget {budget!r} must be a whole number of runs from 2 to {MAX_BUDGET}")
-    if isinstance(batch, bool) or not isinstance(batch, int) or not 2 <= batch <= 50:
-        raise CompressionLabError(f"search batch {batch!r} must be a whole number of runs from 2 to 50")
+    check(budget, batch)
     handle = sources.load_model(source)
     choices = {layer: c for layer, c in _choices(report).items() if layer in handle.prunable_layers()}
     if not choices:
@@ -110,3 +121,50 @@ def search(source: dict, report: dict, budget: int, batch: int = 4, root: str | 
     front.sort(key=lambda point: point["compressed_bytes"])
     return {"sweep": sweep_id, "evaluated": evaluated, "failed": failed, "generations": generations,
             "front": front}
+
+
+def start(source: dict, report: dict, budget: int, batch: int = 4, root: str | Path | None = None,
+          name: str = "search", prune_options: dict | None = None, cluster_options: dict | None = None,
+          latency: bool = True) -> Path:
+    """Run `search` in a detached background process (the app must not wait for generations of runs): its
+    settings go to ROOT/searches/<id>/search.json, its output to log.txt there. The runs appear as one sweep on
+    the Compare page, a generation at a time; cancelling that sweep ends the search. Returns the folder.
+    Bad settings raise here, before anything starts."""
+    from compression.engine.store import RunStore, write_atomic
+
+    check(budget, batch)
+    store = RunStore(root)
+    folder = store.root / FOLDER / (time.strftime("%Y%m%d-%H%M%S-") + os.urandom(3).hex())
+    folder.mkdir(parents=True)
+    settings = {"source": source, "report": report, "budget": budget, "batch": batch, "root": str(store.root),
+                "name": name, "prune_options": prune_options or {}, "cluster_options": cluster_options or {},
+                "latency": latency}
+    write_atomic(folder / "search.json", json.dumps(settings))
+    with open(folder / "log.txt", "ab") as log:
+        subprocess.Popen([sys.executable, "-m", "compression.engine.search", str(folder / "search.json")],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                         close_fds=True)
+    return folder
+
+
+def _main(path: str) -> int:
+    settings = json.loads(Path(path).read_text())
+
+    def generation(done: dict) -> None:
+        print(f"generation {done['generation']}: {done['evaluated']} of {settings['budget']} runs measured",
+              flush=True)
+
+    try:
+        result = search(settings["source"], settings["report"], settings["budget"], settings["batch"],
+                        root=settings["root"], name=settings["name"], prune_options=settings["prune_options"],
+                        cluster_options=settings["cluster_options"], latency=settings["latency"],
+                        on_generation=generation)
+    except CompressionLabError as exc:
+        print(f"search failed: {exc}", flush=True)
+        return 2
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1]))

@@ -9,6 +9,7 @@ import streamlit as st
 from compression import engine
 from compression.analysis.predict import predict
 from compression.analysis.targets import AXES, parse_targets, target_plan
+from compression.engine import search
 from compression.errors import CompressionLabError
 from compression.ui.plan_form import with_fold_bn
 from compression.ui.state import compress_job, home
@@ -24,9 +25,19 @@ def sweep_button(spec: dict, stats, report: dict | None, history: list, name: st
         if report is None:
             st.caption("A sweep solves each target on the sensitivity analysis: run it first (Sensitivity page).")
             return
-        axis = st.selectbox("Axis", list(AXES), key="plan_sweep_axis", format_func=lambda a: AXES[a][0])
-        st.text_input("Targets", DEFAULT_TARGETS[axis], key=f"plan_sweep_targets::{axis}",
-                      help="comma-separated values; one run each (at most 50)")
+        axes = [*AXES, "search"]
+        axis = st.selectbox("Axis", axes, key="plan_sweep_axis",
+                            format_func=lambda a: AXES[a][0] if a in AXES else "search (NSGA-II, per-layer plans)")
+        if axis == "search":
+            st.number_input("Runs in all", 2, search.MAX_BUDGET, 12, key="plan_search_budget")
+            st.number_input("Runs per generation", 2, 50, 4, key="plan_search_batch",
+                            help="Optuna's NSGA-II sampler proposes per-layer sparsities and cluster counts from the "
+                                 "sensitivity grid, starting from the solver's plans at 5-80x; each generation runs, "
+                                 "then the next is proposed from the measured bytes and accuracy. Runs in the "
+                                 "background: the Compare page draws it as one sweep; cancelling it ends the search.")
+        else:
+            st.text_input("Targets", DEFAULT_TARGETS[axis], key=f"plan_sweep_targets::{axis}",
+                          help="comma-separated values; one run each (at most 50)")
         st.button("Submit sweep", key="plan_sweep_submit", type="primary", on_click=_submit,
                   args=(spec, stats, report, history, name, prune_options, cluster_options, fold_bn))
         outcome = st.session_state.pop("plan_sweep_outcome", None)  # shown once, after the click
@@ -34,6 +45,11 @@ def sweep_button(spec: dict, stats, report: dict | None, history: list, name: st
             return
         if "error" in outcome:
             st.error(outcome["error"])
+            return
+        if "search" in outcome:
+            st.success(f"Search started in the background ({outcome['search']} runs); its generations appear as one "
+                       "sweep on the Compare page.")
+            st.page_link("pages/compare.py", label="Watch it on the Compare page", icon=":material/monitoring:")
             return
         sweep = outcome["sweep"]
         reused = sum(member["reused"] for member in sweep["members"])
@@ -47,6 +63,16 @@ def _submit(spec: dict, stats, report: dict, history: list, name: str, prune_opt
             fold_bn: bool) -> None:
     """The button's callback (it runs before the page redraws): solve every target, submit the group."""
     axis = st.session_state["plan_sweep_axis"]
+    if axis == "search":
+        budget = int(st.session_state.get("plan_search_budget", 12))
+        try:
+            search.start(engine.absolute_paths(spec), report, budget, int(st.session_state.get("plan_search_batch", 4)),
+                         root=home(), name=f"{name}-search", prune_options=prune_options,
+                         cluster_options=cluster_options)
+            st.session_state["plan_sweep_outcome"] = {"search": budget}
+        except CompressionLabError as exc:
+            st.session_state["plan_sweep_outcome"] = {"error": str(exc)}
+        return
     values = st.session_state.get(f"plan_sweep_targets::{axis}", DEFAULT_TARGETS[axis])
     try:
         axis, targets = parse_targets(f"{axis}:{values}")

@@ -50,6 +50,22 @@ def worker_alive(pid: int | None, run_id: str) -> bool:
     return run_id in cmdline and "compression.engine.worker" in cmdline
 
 
+def dispatcher_alive(pid: int | None, root: Path) -> bool:
+    """True when `pid` is a live dispatcher of the data folder `root`: the owner of the Ray runs it drives (their
+    tasks end with it, so a run whose dispatcher is gone is reaped as failed)."""
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().decode(errors="replace").split("\0")
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return False
+    except OSError:
+        return False
+    return "compression.engine.dispatcher" in args and str(root) in args
+
+
 def find_worker(run_id: str) -> int | None:
     """The pid of a live worker for `run_id`, looked up in /proc (for a row whose pid was never recorded)."""
     try:
@@ -114,6 +130,8 @@ def reap(store: RunStore, own: set[str] = frozenset(), lock_held: bool = False, 
             if row["cancel"] and not dry_run:
                 _kill_for_cancel(row["pid"], row["cancel"])
             continue
+        if dispatcher_alive(row["pid"], store.root):
+            continue  # a Ray run: the dispatcher that drives it enforces its cancel
         state, reason, metrics = dead_outcome(store, row)
         if not dry_run:
             try:
@@ -188,24 +206,55 @@ def _supervise(store: RunStore, children: dict[str, subprocess.Popen]) -> None:
         del children[run_id]
 
 
+class LocalWorkers:
+    """The embedded default: one worker process per run on this machine, up to max_workers."""
+
+    def __init__(self) -> None:
+        self.children: dict[str, subprocess.Popen] = {}
+
+    def ids(self) -> set[str]:
+        return set(self.children)
+
+    def capacity(self, store: RunStore) -> int:
+        return store.max_workers()
+
+    def start(self, store: RunStore, run_id: str) -> None:
+        proc = _start_worker(store, run_id)
+        if proc is not None:
+            self.children[run_id] = proc
+
+    def supervise(self, store: RunStore) -> None:
+        _supervise(store, self.children)
+
+
+def backend(store: RunStore):
+    """Ray tasks when a Ray address is set (ray_backend.address), else local worker processes."""
+    from compression.engine.ray_backend import address
+
+    addr = address(store)
+    if addr is None:
+        return LocalWorkers()
+    from compression.engine.ray_dispatch import RayRuns  # imports ray: only here
+
+    return RayRuns(addr)
+
+
 def serve(root: str | Path) -> None:
     """The dispatcher loop (see the module docstring); returns when nothing is queued or running."""
     store = RunStore(root)
-    children: dict[str, subprocess.Popen] = {}
     lock = try_lock(store.root)
     if lock is None:
         return
     failing_since = None
     try:
+        workers = backend(store)
         while True:
             try:
-                reap(store, own=set(children), lock_held=True)
-                while (run_id := store.claim_next(store.max_workers())) is not None:
-                    proc = _start_worker(store, run_id)
-                    if proc is not None:
-                        children[run_id] = proc
-                _supervise(store, children)
-                idle = not children and store.count("queued") == 0 and store.count("running") == 0
+                reap(store, own=workers.ids(), lock_held=True)
+                while (run_id := store.claim_next(workers.capacity(store))) is not None:
+                    workers.start(store, run_id)
+                workers.supervise(store)
+                idle = not workers.ids() and store.count("queued") == 0 and store.count("running") == 0
                 failing_since = None
             except StoreError as exc:  # a full disk or a locked index: wait for it, within reason
                 failing_since = failing_since or time.time()

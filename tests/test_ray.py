@@ -1,0 +1,155 @@
+"""The Ray backend on a real two-node Ray cluster (no mocks): runs land on both nodes, cancel, a node dying.
+
+The cluster runs inside a private network and pid namespace (tests/ray_scenario.py under `unshare`), so Ray binds
+to 127.0.0.1 only and everything it started dies with the namespace. Needs root and unshare (CI has both).
+Select with `pytest -m ray`; about a minute on two cores.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from compression import engine
+from compression.engine import ray_backend
+from compression.errors import CompressionLabError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _namespace_problem() -> str | None:
+    if os.geteuid() != 0:
+        return "the Ray cluster test makes a private network namespace with unshare, which needs root"
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return "the Ray cluster test needs unshare and ip (util-linux, iproute2)"
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return "ray is not installed (pip install -e '.[ray]')"
+    return None
+
+
+@pytest.fixture(scope="session")
+def scenario(tmp_path_factory):
+    problem = _namespace_problem()
+    if problem:
+        pytest.skip(problem)
+    out = tmp_path_factory.mktemp("ray")
+    command = (f"ip link set lo up; exec {sys.executable} {ROOT / 'tests' / 'ray_scenario.py'} {out}")
+    done = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc", "bash", "-c", command],
+                          capture_output=True, text=True, timeout=420, cwd=ROOT)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert done.returncode == 0 and lines, f"scenario exited {done.returncode}:\n{done.stderr[-6000:]}"
+    result = json.loads(lines[-1])
+    if result.get("ray_temp"):
+        shutil.rmtree(result["ray_temp"], ignore_errors=True)
+    return result
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(480)
+def test_runs_land_on_both_nodes_and_their_files_decode(scenario):
+    from compression import sources
+
+    runs = scenario["runs"]
+    assert all(run["state"] == "succeeded" for run in runs.values()), runs
+    assert {run["node"] for run in runs.values()} == set(scenario["nodes"]), "runs did not land on both nodes"
+    home = Path(scenario["runs_home"])
+    for run_id, run in runs.items():
+        folder = home / "runs" / run_id
+        assert f"started on Ray node 127.0.0.1 ({run['node'][:12]})" in (folder / "log.txt").read_text()
+        events = engine.events(run_id, root=home)
+        assert events[0]["values"]["node_id"] == run["node"]
+        assert events[-1]["stage"] == "done" and events[-1]["progress"] == 1.0
+        assert not list(folder.glob(".*.tmp"))
+        if run["kind"] == "compress":
+            metrics = json.loads((folder / "metrics.json").read_text())
+            assert metrics["after"]["compressed_bytes"] == (folder / "model.clab").stat().st_size
+            assert metrics["after"]["accuracy"] > 0.5 and run["metrics"]["compression_ratio"] > 5
+            decoded = sources.load_file(folder / "model.clab")  # our decoder reads what came back whole
+            assert decoded.model is not None
+        else:
+            report = json.loads((folder / "sensitivity.json").read_text())
+            assert report["layers"] and run["metrics"]["cached"] is False
+            cached = list((home / "cache").glob("sensitivity-*.json"))  # the cache lands where the app runs
+            assert len(cached) == 1 and json.loads(cached[0].read_text()) == report
+    listed = scenario["runs_listed"]
+    assert all(run_id in listed for run_id in runs) and listed.count("succeeded") == len(runs)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(480)
+def test_cancel_stops_the_running_task_and_queued_runs_never_start(scenario):
+    running, *queued = scenario["cancel_order"]
+    rows = scenario["cancel"]
+    assert rows[running]["state"] == "cancelled" and rows[running]["error"] == "cancelled by the user"
+    assert rows[running]["node"] is not None  # it was on a node when cancelled
+    for run_id in queued:
+        assert rows[run_id]["state"] == "cancelled" and rows[run_id]["started"] is None
+        assert rows[run_id]["events"] == 0 and rows[run_id]["node"] is None
+    assert scenario["cancel_seconds"] < 20
+    assert scenario["cancel_cpus_free_after_s"] is not None, "the cancelled task kept its CPU"
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(480)
+def test_a_dead_node_fails_its_run_only_and_the_store_stays_consistent(scenario):
+    victim, rows = scenario["death_victim"], scenario["death"]
+    assert rows[victim]["state"] == "failed"
+    assert f"Ray node 127.0.0.1 ({scenario['worker_node'][:12]})" in rows[victim]["error"]
+    assert "died" in rows[victim]["error"] and "re-run" in rows[victim]["error"]
+    assert all(row["state"] == "succeeded" for run_id, row in rows.items() if run_id != victim), rows
+    assert scenario["death_noticed_s"] < 30
+    home = Path(scenario["death_home"])
+    assert not (home / "runs" / victim / "metrics.json").exists()  # a failed run keeps no results
+    # a fresh process (the app after a restart, without Ray) lists every run as the folders record it
+    listed = subprocess.run([sys.executable, "-m", "compression.cli", "runs", "--home", str(home)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "COMPRESSION_LAB_RAY": "local"})
+    assert listed.returncode == 0, listed.stderr
+    for run_id, row in rows.items():
+        line = next(line for line in listed.stdout.splitlines() if line.startswith(run_id))
+        assert row["state"] in line
+        assert json.loads((home / "runs" / run_id / "state.json").read_text())["state"] == row["state"]
+
+
+# --- without a cluster ---------------------------------------------------------------------------------------
+
+def test_importing_the_engine_does_not_import_ray():
+    code = "import sys, compression.engine, compression.engine.dispatcher; print('ray' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_the_address_comes_from_the_environment_or_the_data_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv(ray_backend.ENV, raising=False)
+    assert engine.settings(root=tmp_path)["ray_address"] is None
+    assert engine.settings(root=tmp_path, ray_address="10.0.0.5:6379")["ray_address"] == "10.0.0.5:6379"
+    monkeypatch.setenv(ray_backend.ENV, "local")
+    assert engine.settings(root=tmp_path)["ray_address"] is None
+    monkeypatch.delenv(ray_backend.ENV)
+    assert engine.settings(root=tmp_path, ray_address="local")["ray_address"] is None
+    with pytest.raises(CompressionLabError, match="not an address"):
+        engine.settings(root=tmp_path, ray_address="a b; rm")
+    assert engine.engine_info(tmp_path) == {"engine": "local", "workers": 1}
+
+
+def test_small_files_travel_with_the_task_and_others_must_be_on_the_node(tmp_path):
+    data = tmp_path / "data"
+    (data / "cat").mkdir(parents=True)
+    (data / "cat" / "a.png").write_bytes(b"x" * 1000)
+    job = {"kind": "compress", "model": "demo:lenet5", "data": f"imagefolder:{data}"}
+    packed = ray_backend.pack(job)
+    assert list(packed) == [str(data)]
+    moved = ray_backend.localize(job, packed, tmp_path / "task", "10.0.0.7")
+    assert moved["data"].startswith("imagefolder:") and moved["data"] != job["data"]
+    assert (Path(moved["data"].split(":", 1)[1]) / "cat" / "a.png").read_bytes() == b"x" * 1000
+    assert ray_backend.pack(job, limit_mb=0.0005) == {}  # over the limit: referenced by path
+    gone = {**job, "data": f"imagefolder:{tmp_path / 'elsewhere'}"}
+    with pytest.raises(CompressionLabError, match=r"dataset folder .*elsewhere is not readable on Ray node "
+                                                  r"10\.0\.0\.7: put it on storage every node mounts"):
+        ray_backend.localize(gone, {}, tmp_path / "task2", "10.0.0.7")

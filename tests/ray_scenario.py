@@ -190,6 +190,7 @@ def main(out: Path) -> None:
     from compression import engine
 
     scenario_runs(engine, out, result)
+    result["engine_info"] = engine.engine_info(out / "runs-home")  # what the sidebar shows
     scenario_cancel(engine, out, result)
     scenario_node_death(engine, out, result, worker_tmp, worker_node)
     result["total_s"] = time.time() - started

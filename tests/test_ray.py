@@ -77,6 +77,7 @@ def test_runs_land_on_both_nodes_and_their_files_decode(scenario):
             assert report["layers"] and run["metrics"]["cached"] is False
             cached = list((home / "cache").glob("sensitivity-*.json"))  # the cache lands where the app runs
             assert len(cached) == 1 and json.loads(cached[0].read_text()) == report
+    assert scenario["engine_info"] == {"engine": "ray", "address": "127.0.0.1:6380", "nodes": 2, "cpus": 2, "gpus": 0}
     listed = scenario["runs_listed"]
     assert all(run_id in listed for run_id in runs) and listed.count("succeeded") == len(runs)
 
@@ -153,3 +154,30 @@ def test_small_files_travel_with_the_task_and_others_must_be_on_the_node(tmp_pat
     with pytest.raises(CompressionLabError, match=r"dataset folder .*elsewhere is not readable on Ray node "
                                                   r"10\.0\.0\.7: put it on storage every node mounts"):
         ray_backend.localize(gone, {}, tmp_path / "task2", "10.0.0.7")
+
+
+def test_an_unreachable_cluster_fails_queued_runs_at_once_saying_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPRESSION_LAB_TEST_JOBS", "1")
+    monkeypatch.delenv(ray_backend.ENV, raising=False)
+    engine.settings(root=tmp_path, ray_address="127.0.0.1:1")  # nothing listens there: refused at once
+    run_id = engine.submit({"kind": "test-sleep", "seconds": 1}, root=tmp_path)
+    row = engine.wait(run_id, 120, root=tmp_path)
+    assert row["state"] == "failed"
+    assert row["error"].startswith("cannot reach the Ray cluster at 127.0.0.1:1 (Connection refused)")
+    assert "--ray local" in row["error"] and row["error"] in engine.log_tail(run_id, root=tmp_path)
+
+
+def test_the_sidebar_names_the_engine(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("COMPRESSION_LAB_HOME", str(tmp_path))
+    monkeypatch.delenv(ray_backend.ENV, raising=False)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    assert "Engine: local, 1 worker" in [c.value for c in at.sidebar.caption]
+    engine.settings(root=tmp_path, ray_address="127.0.0.1:1")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Engine: Ray at `127.0.0.1:1`" in [c.value for c in at.sidebar.caption]
+    assert any("cannot reach the Ray cluster at 127.0.0.1:1" in w.value for w in at.sidebar.warning)

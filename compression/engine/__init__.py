@@ -215,10 +215,10 @@ def engine_info(root: str | Path | None = None) -> dict:
         return {"engine": "local", "workers": store.max_workers()}
     try:
         done = subprocess.run([sys.executable, "-m", "compression.engine.ray_backend", addr], capture_output=True,
-                              text=True, timeout=60, stdin=subprocess.DEVNULL)
+                              text=True, timeout=30, stdin=subprocess.DEVNULL)
         found = json.loads(done.stdout.strip().splitlines()[-1])
     except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
-        found = {"error": f"cannot reach the Ray cluster at {addr} (no answer within 60 s)"}
+        found = {"error": f"cannot reach the Ray cluster at {addr} (no answer within 30 s)"}
     return {"engine": "ray", "address": addr, **found}
 
 

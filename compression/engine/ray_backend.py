@@ -59,6 +59,7 @@ def connect(addr: str) -> None:
 
     if ray.is_initialized():
         return
+    _probe(addr)
     try:
         ray.init(address=addr, namespace=NAMESPACE, log_to_driver=False, ignore_reinit_error=True,
                  logging_level="WARNING")
@@ -66,6 +67,22 @@ def connect(addr: str) -> None:
         raise CompressionLabError(
             f"cannot reach the Ray cluster at {addr} ({first_line(exc)}): start it (`ray start --head` on the head "
             f"machine, then use HEAD_IP:6379), or use the local workers (unset {ENV}, or pass --ray local)") from exc
+
+
+def _probe(addr: str, timeout: float = 5.0) -> None:
+    """Fail in seconds when nothing listens at HOST:PORT (ray.init would wait minutes for a GCS that is not there)."""
+    import socket
+
+    host, _, port = addr.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and other forms: ray.init resolves them
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise CompressionLabError(
+            f"cannot reach the Ray cluster at {addr} ({exc.strerror or type(exc).__name__}): start it (`ray start "
+            f"--head` on the head machine, then use HEAD_IP:6379), or use the local workers (unset {ENV}, or pass "
+            "--ray local)") from exc
 
 
 def resources() -> dict:

@@ -140,6 +140,37 @@ def scenario_cancel(engine, out: Path, result: dict) -> None:
     say(f"cancel: {[(r['state'], r['events']) for r in result['cancel'].values()]}, CPUs back after {cpus_back}")
 
 
+def scenario_dispatcher_death(engine, out: Path, result: dict) -> None:
+    """SIGKILL the dispatcher driving a Ray run: the next listing reaps the run, Ray ends its task (the owner died),
+    and the next submit starts a new dispatcher that runs it."""
+    import ray
+
+    home = out / "owner-home"
+    engine.settings(root=home, ray_address=ADDRESS)
+    run_id = engine.submit({"kind": "test-sleep", "seconds": 120}, root=home)
+    deadline = time.time() + 90
+    while node_of(engine, run_id, home) is None and time.time() < deadline:
+        time.sleep(0.3)
+    pid = engine.status(run_id, root=home)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.time()
+    row = wait_final(engine, [run_id], home, 30)[run_id]
+    ray.init(address=ADDRESS, log_to_driver=False, logging_level="WARNING")
+    cpus_back = None
+    try:
+        while time.time() < killed_at + 60:
+            if ray.available_resources().get("CPU", 0) >= 2:
+                cpus_back = time.time() - killed_at
+                break
+            time.sleep(0.3)
+    finally:
+        ray.shutdown()
+    after = engine.submit({"kind": "test-sleep", "seconds": 0.5}, root=home)
+    result["owner"] = {"state": row["state"], "error": row["error"], "pid": pid, "cpus_back_s": cpus_back,
+                       "next_run": wait_final(engine, [after], home, 90)[after]["state"]}
+    say(f"dispatcher killed: {result['owner']}")
+
+
 def scenario_node_death(engine, out: Path, result: dict, worker_tmp: Path, worker_node: str) -> None:
     """Kill the second node's raylet while a run is on it: that run fails naming the node, the others succeed."""
     home = out / "death-home"
@@ -192,6 +223,7 @@ def main(out: Path) -> None:
     scenario_runs(engine, out, result)
     result["engine_info"] = engine.engine_info(out / "runs-home")  # what the sidebar shows
     scenario_cancel(engine, out, result)
+    scenario_dispatcher_death(engine, out, result)
     scenario_node_death(engine, out, result, worker_tmp, worker_node)
     result["total_s"] = time.time() - started
     print(json.dumps(result, default=str), flush=True)

@@ -98,6 +98,15 @@ def test_cancel_stops_the_running_task_and_queued_runs_never_start(scenario):
 
 @pytest.mark.ray
 @pytest.mark.timeout(480)
+def test_a_killed_dispatcher_leaves_its_ray_run_failed_and_its_task_ended(scenario):
+    owner = scenario["owner"]
+    assert owner["state"] == "failed" and owner["error"].startswith("the dispatcher driving this Ray run died"), owner
+    assert owner["cpus_back_s"] is not None, "Ray kept running the task of a dead dispatcher"
+    assert owner["next_run"] == "succeeded"  # a new dispatcher took over
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(480)
 def test_a_dead_node_fails_its_run_only_and_the_store_stays_consistent(scenario):
     victim, rows = scenario["death_victim"], scenario["death"]
     assert rows[victim]["state"] == "failed"

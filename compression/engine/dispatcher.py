@@ -30,6 +30,8 @@ CANCEL_GRACE = float(os.environ.get("COMPRESSION_LAB_CANCEL_GRACE", "30"))
 KILL_GRACE = 10.0  # further seconds after SIGTERM before SIGKILL
 DIED = ("the worker process died (killed by SIGKILL?, out of memory, or the machine restarted); "
         "the log is kept; re-run it")
+DIED_RAY = ("the dispatcher driving this Ray run died (killed, or the machine running the app restarted), and Ray "
+            "ended its task with it; the log is kept; re-run it")
 DISK_FULL = ("disk full: the disk holding the run folder filled up during the run (no space left on device); "
              "the log is kept; free some space, then re-run it")
 STORE_RETRY_FOR = 120.0  # seconds the dispatcher keeps trying through a full disk or a locked index before leaving
@@ -104,6 +106,8 @@ def dead_outcome(store: RunStore, row: dict, code: int | None = None) -> tuple[s
     if code == EXIT_DISK_FULL or store.says_disk_full(row["id"]) or (not signalled
                                                                      and low_space(store.run_dir(row["id"]))):
         return "failed", DISK_FULL, None
+    if code is None and "started on Ray node" in store.log_tail(row["id"], 200):
+        return "failed", DIED_RAY, None
     return "failed", DIED if code is None else _exit_reason(code), None
 
 

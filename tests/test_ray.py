@@ -69,7 +69,9 @@ def test_runs_land_on_both_nodes_and_their_files_decode(scenario):
         if run["kind"] == "compress":
             metrics = json.loads((folder / "metrics.json").read_text())
             assert metrics["after"]["compressed_bytes"] == (folder / "model.clab").stat().st_size
-            assert metrics["after"]["accuracy"] > 0.5 and run["metrics"]["compression_ratio"] > 5
+            assert run["metrics"]["compression_ratio"] > 5
+            if run_id != scenario["shipped_run"]:  # the shipped folder holds random pixels: no accuracy to reach
+                assert metrics["after"]["accuracy"] > 0.5
             decoded = sources.load_file(folder / "model.clab")  # our decoder reads what came back whole
             assert decoded.model is not None
         else:
@@ -77,6 +79,8 @@ def test_runs_land_on_both_nodes_and_their_files_decode(scenario):
             assert report["layers"] and run["metrics"]["cached"] is False
             cached = list((home / "cache").glob("sensitivity-*.json"))  # the cache lands where the app runs
             assert len(cached) == 1 and json.loads(cached[0].read_text()) == report
+    shipped = home / "runs" / scenario["shipped_run"] / "log.txt"
+    assert f"shipping {Path(scenario['runs_home']).parent / 'images'} with the task" in shipped.read_text()
     assert scenario["engine_info"] == {"engine": "ray", "address": "127.0.0.1:6380", "nodes": 2, "cpus": 2, "gpus": 0}
     listed = scenario["runs_listed"]
     assert all(run_id in listed for run_id in runs) and listed.count("succeeded") == len(runs)

@@ -129,10 +129,17 @@ def local_paths(job: dict) -> list[tuple[str, str, str]]:
     return out
 
 
-def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+def _over(roots: set[str], limit: float) -> bool:
+    """True once the files under `roots` pass `limit` bytes (stops counting there: a big dataset is not walked)."""
+    total = 0
+    for root in roots:
+        path = Path(root)
+        for item in [path] if path.is_file() else path.rglob("*"):
+            if item.is_file():
+                total += item.stat().st_size
+                if total > limit:
+                    return True
+    return False
 
 
 def _shipped_root(prefix: str, path: str) -> Path:
@@ -146,7 +153,7 @@ def pack(job: dict, limit_mb: float | None = None) -> dict[str, bytes]:
     limit = (limit_mb if limit_mb is not None else _number("COMPRESSION_LAB_RAY_SHIP_MB", SHIP_MB)) * 1e6
     roots = {str(_shipped_root(prefix, path)) for _, prefix, path in local_paths(job)}
     try:
-        if not roots or sum(_size(Path(root)) for root in roots) > limit:
+        if not roots or _over(roots, limit):
             return {}
     except OSError:
         return {}

@@ -88,9 +88,11 @@ def scenario_runs(engine, out: Path, result: dict) -> None:
     (out / "recipe.json").write_text(json.dumps(recipe))
     ids = [cli("--ray", ADDRESS, "submit", str(out / "recipe.json"), "--model", "demo:lenet5", "--data", "digits",
                "--home", str(home)).strip() for _ in range(3)]
-    ids.append(engine.submit({"kind": "sensitivity", "model": "demo:lenet5", "data": "digits",
-                              "config": {"sparsities": [0.0, 0.8], "n_clusters": [4], "val_size": 64,
-                                         "bn_batches": 0, "mode": "exact"}}, root=home))
+    sensitivity = {"kind": "sensitivity", "model": "demo:lenet5", "data": "digits",
+                   "config": {"sparsities": [0.0, 0.8], "n_clusters": [4], "val_size": 64, "bn_batches": 0,
+                              "mode": "exact"}}
+    ids.append(engine.submit(sensitivity, root=home))
+    result["sensitivity_job"] = sensitivity
     images = out / "images"  # a small image folder: it travels with the task (under the 64 MB limit)
     import numpy as np
     from PIL import Image
@@ -110,6 +112,10 @@ def scenario_runs(engine, out: Path, result: dict) -> None:
                                "node": node_of(engine, run_id, home), "metrics": row["metrics"]}
                       for run_id, row in rows.items()}
     result["runs_home"] = str(home)
+    again = engine.submit(sensitivity, root=home)  # the same analysis again: served from the app's cache
+    row = wait_final(engine, [again], home, 120)[again]
+    result["sensitivity_again"] = {"id": again, "state": row["state"], "error": row["error"],
+                                   "metrics": row["metrics"], "log": engine.log_tail(again, 20, root=home)}
     result["runs_listed"] = cli("runs", "--home", str(home))
     say(f"runs: {[(r['state'], (r['node'] or '')[:8]) for r in result['runs'].values()]}")
 

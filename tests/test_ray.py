@@ -79,11 +79,19 @@ def test_runs_land_on_both_nodes_and_their_files_decode(scenario):
             assert report["layers"] and run["metrics"]["cached"] is False
             cached = list((home / "cache").glob("sensitivity-*.json"))  # the cache lands where the app runs
             assert len(cached) == 1 and json.loads(cached[0].read_text()) == report
+    # the report is cached under the key the app computes, and the same analysis again is served from it
+    assert engine.cached_sensitivity(scenario["sensitivity_job"], root=home) is not None
+    again = scenario["sensitivity_again"]
+    assert again["state"] == "succeeded" and again["metrics"]["cached"] is True, again
+    assert "served from the cache (sensitivity-" in again["log"]
+    first = next(run_id for run_id, run in runs.items() if run["kind"] == "sensitivity")
+    assert (home / "runs" / again["id"] / "sensitivity.json").read_bytes() == \
+        (home / "runs" / first / "sensitivity.json").read_bytes()
     shipped = home / "runs" / scenario["shipped_run"] / "log.txt"
     assert f"shipping {Path(scenario['runs_home']).parent / 'images'} with the task" in shipped.read_text()
     assert scenario["engine_info"] == {"engine": "ray", "address": "127.0.0.1:6380", "nodes": 2, "cpus": 2, "gpus": 0}
     listed = scenario["runs_listed"]
-    assert all(run_id in listed for run_id in runs) and listed.count("succeeded") == len(runs)
+    assert all(run_id in listed for run_id in [*runs, again["id"]]) and listed.count("succeeded") == len(runs) + 1
 
 
 @pytest.mark.ray

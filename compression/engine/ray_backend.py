@@ -224,10 +224,15 @@ def run_job(job: dict, run_id: str, shipped: dict, options: dict):
     if options.get("test_jobs"):
         os.environ["COMPRESSION_LAB_TEST_JOBS"] = "1"
     with tempfile.TemporaryDirectory(prefix="clab-") as tmp:
+        as_submitted = job
         try:
             job = localize(job, {root: ray.get(ref) for root, ref in shipped.items()}, Path(tmp), node["ip"])
+            cache_name = _cache_name(as_submitted, job) if job["kind"] == "sensitivity" else None
         except CompressionLabError as exc:
             yield {"type": "error", "message": str(exc)}
+            return
+        if cache_name in options.get("cache_names", ()):
+            yield {"type": "cached", "name": cache_name}  # the app's cache has this report: nothing to compute
             return
         run_dir = Path(tmp) / "runs" / run_id  # the runners find ROOT/cache two folders up, as in a data folder
         run_dir.mkdir(parents=True)
@@ -280,9 +285,23 @@ def run_job(job: dict, run_id: str, shipped: dict, options: dict):
             return
         files = {path.name: path.read_bytes() for path in run_dir.iterdir()
                  if path.is_file() and _FILE_NAME.fullmatch(path.name)}
-        cache = {path.name: path.read_bytes() for path in (Path(tmp) / "cache").iterdir()
-                 if path.is_file() and _FILE_NAME.fullmatch(path.name)}
+        # the report under the key the app computes (from the paths as submitted, not where they were unpacked)
+        made = sorted((Path(tmp) / "cache").glob("sensitivity-*.json"))
+        cache = {cache_name: made[0].read_bytes()} if cache_name and made else {}
         yield {"type": "result", "metrics": outcome.get("metrics"), "files": files, "cache": cache}
+
+
+def _cache_name(as_submitted: dict, here: dict) -> str:
+    """The sensitivity cache file's name for this job as the app names it: the key covers the model and data as
+    submitted (the paths on the app's machine) and the weights, read from the model as loaded here."""
+    from compression import sources
+    from compression.analysis.sensitivity import weights_digest
+    from compression.engine.jobs import sensitivity_config
+
+    # the stored job was validated at submit; validating it again here would look for the app's paths on this node
+    key = sensitivity_config(as_submitted["config"]).key(as_submitted["model"], as_submitted["data"],
+                                                         weights_digest(sources.load_model(here)))
+    return f"sensitivity-{key}.json"  # as jobs.sensitivity_cache_path names it
 
 
 def _disk_full(exc: BaseException, run_dir: Path) -> bool:

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,39 @@ def test_the_sidebar_names_the_engine(tmp_path, monkeypatch):
     assert not at.exception, [e.value for e in at.exception]
     assert "Engine: Ray at `127.0.0.1:1`" in [c.value for c in at.sidebar.caption]
     assert any("cannot reach the Ray cluster at 127.0.0.1:1" in w.value for w in at.sidebar.warning)
+
+
+def test_switching_the_engine_hands_the_queue_to_the_new_one(tmp_path, monkeypatch):
+    """A local dispatcher that sees --ray ADDRESS stored finishes its own run and hands the queue over."""
+    monkeypatch.setenv("COMPRESSION_LAB_TEST_JOBS", "1")
+    monkeypatch.delenv(ray_backend.ENV, raising=False)
+    first = engine.submit({"kind": "test-sleep", "seconds": 4}, root=tmp_path)
+    second = engine.submit({"kind": "test-sleep", "seconds": 1}, root=tmp_path)  # one worker: it waits
+    deadline = time.time() + 60
+    while engine.status(first, root=tmp_path)["state"] != "running" and time.time() < deadline:
+        time.sleep(0.2)
+    engine.settings(root=tmp_path, ray_address="127.0.0.1:1")  # nothing listens there
+    first_row, second_row = engine.wait(first, 120, root=tmp_path), engine.wait(second, 120, root=tmp_path)
+    assert first_row["state"] == "succeeded" and "[worker] succeeded" in engine.log_tail(first, root=tmp_path)
+    assert second_row["state"] == "failed" and "cannot reach the Ray cluster at 127.0.0.1:1" in second_row["error"]
+
+
+def test_the_cli_ray_option_is_kept_in_the_data_folder(tmp_path, monkeypatch, capsys):
+    from compression import cli
+
+    monkeypatch.setenv(ray_backend.ENV, "unset-by-the-test")  # restored after the test: --ray sets it here
+    assert cli.main(["--ray", "10.0.0.5:6379", "runs", "--home", str(tmp_path)]) == 0
+    monkeypatch.delenv(ray_backend.ENV)
+    assert engine.settings(root=tmp_path)["ray_address"] == "10.0.0.5:6379"
+    assert cli.main(["--ray", "local", "runs", "--home", str(tmp_path)]) == 0
+    monkeypatch.delenv(ray_backend.ENV)
+    assert engine.settings(root=tmp_path)["ray_address"] is None
+
+
+def test_a_task_asks_for_a_gpu_only_where_the_cluster_has_one(monkeypatch):
+    monkeypatch.delenv("COMPRESSION_LAB_RAY_GPUS", raising=False)
+    monkeypatch.delenv("COMPRESSION_LAB_RAY_CPUS", raising=False)
+    assert ray_backend.task_gpus(0) == 0 and ray_backend.task_gpus(4) == 1 and ray_backend.task_cpus() == 1
+    monkeypatch.setenv("COMPRESSION_LAB_RAY_GPUS", "0.5")  # two runs share each GPU
+    monkeypatch.setenv("COMPRESSION_LAB_RAY_CPUS", "4")
+    assert ray_backend.task_gpus(0) == 0 and ray_backend.task_gpus(4) == 0.5 and ray_backend.task_cpus() == 4

@@ -213,6 +213,8 @@ def _supervise(store: RunStore, children: dict[str, subprocess.Popen]) -> None:
 class LocalWorkers:
     """The embedded default: one worker process per run on this machine, up to max_workers."""
 
+    address = None  # not a Ray cluster (the backend's address, compared with the setting by serve())
+
     def __init__(self) -> None:
         self.children: dict[str, subprocess.Popen] = {}
 
@@ -235,7 +237,7 @@ def backend(store: RunStore):
     """Ray tasks when a Ray address is set (ray_backend.address), else local worker processes."""
     from compression.engine.ray_backend import address
 
-    addr = address(store)
+    addr = address(store, strict=True)
     if addr is None:
         return LocalWorkers()
     from compression.engine.ray_dispatch import RayRuns  # imports ray: only here
@@ -249,15 +251,26 @@ def serve(root: str | Path) -> None:
     lock = try_lock(store.root)
     if lock is None:
         return
+    from compression.engine.ray_backend import address
+
     failing_since = None
     try:
         workers = backend(store)
         while True:
             try:
                 reap(store, own=workers.ids(), lock_held=True)
-                while (run_id := store.claim_next(workers.capacity(store))) is not None:
+                # the engine was switched (--ray ADDRESS, --ray local): claim nothing more, finish ours, hand over
+                switching = address(store, strict=True) != workers.address
+                while not switching and (run_id := store.claim_next(workers.capacity(store))) is not None:
                     workers.start(store, run_id)
                 workers.supervise(store)
+                if switching and not workers.ids():
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+                    lock.close()
+                    lock = None
+                    if store.count("queued"):
+                        kick(store.root)  # a dispatcher for the engine now chosen
+                    return
                 idle = not workers.ids() and store.count("queued") == 0 and store.count("running") == 0
                 failing_since = None
             except StoreError as exc:  # a full disk or a locked index: wait for it, within reason

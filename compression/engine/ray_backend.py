@@ -41,13 +41,16 @@ _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 # --- which engine -----------------------------------------------------------------------------------------------
 
-def address(store=None) -> str | None:
-    """The Ray address in use: $COMPRESSION_LAB_RAY, else the data folder's stored setting; None for local workers."""
+def address(store=None, strict: bool = False) -> str | None:
+    """The Ray address in use: $COMPRESSION_LAB_RAY, else the data folder's stored setting; None for local workers.
+    An index that cannot be read counts as local, or (`strict`) raises its StoreError."""
     value = os.environ.get(ENV)
     if value is None and store is not None:
         try:
             value = store.get_setting(SETTING)
         except CompressionLabError:
+            if strict:
+                raise
             value = None
     value = (value or "").strip()
     return None if value.lower() in LOCAL else value

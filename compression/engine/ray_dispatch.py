@@ -59,6 +59,8 @@ class RayRun:
         try:
             self._run(progress)
         except BaseException as exc:  # noqa: BLE001 - never leave the run `running`: record why it ended
+            if self.lost:
+                return  # already failed, naming its dead node
             state, reason = self._failure(exc)
             self._log(f"[engine] {reason}")
             _end(self.store, self.run_id, progress, state, reason)
@@ -122,10 +124,13 @@ class RayRun:
         if self.lost:
             return
         # the stream ended without a result: the task was cancelled (ray.cancel ends it quietly)
-        reason = "cancelled by the user"
-        self._log(f"[engine] cancelled on {self._where()}; results discarded")
-        _end(self.store, self.run_id, progress, "cancelled" if self.cancel_sent else "failed",
-             reason if self.cancel_sent else f"the Ray task on {self._where()} ended without a result; re-run it")
+        if self.cancel_sent:
+            self._log(f"[engine] cancelled on {self._where()}; results discarded")
+            _end(self.store, self.run_id, progress, "cancelled", "cancelled by the user")
+        else:
+            reason = f"the Ray task on {self._where()} ended without a result; re-run it"
+            self._log(f"[engine] {reason}")
+            _end(self.store, self.run_id, progress, "failed", reason)
 
     def _finish(self, progress: Progress, item: dict) -> None:
         """Result files whole into the run folder (metrics.json last), the cache files into ROOT/cache, then the row."""
@@ -187,7 +192,7 @@ class RayRuns:
     """The dispatcher's Ray backend (same interface as dispatcher.LocalWorkers)."""
 
     def __init__(self, addr: str) -> None:
-        self.addr = addr
+        self.address = addr
         self.runs: dict[str, RayRun] = {}
         self.error: str | None = None
         self.seen = {"time": 0.0, "capacity": 1, "gpus": 0.0}
@@ -205,18 +210,17 @@ class RayRuns:
 
     def capacity(self, store: RunStore) -> int:
         """$COMPRESSION_LAB_WORKERS, else as many runs as the cluster's CPUs (and GPUs) hold at once."""
-        if os.environ.get("COMPRESSION_LAB_WORKERS"):
-            return store.max_workers()
+        chosen = store.max_workers() if os.environ.get("COMPRESSION_LAB_WORKERS") else None
         if self.error is not None:
-            return 1  # each queued run is claimed and failed with the reason, not left waiting forever
-        if time.time() - self.seen["time"] > RESOURCES_EVERY:
+            return chosen or 1  # each queued run is claimed and failed with the reason, not left waiting forever
+        if time.time() - self.seen["time"] > RESOURCES_EVERY:  # also learns whether tasks ask for a GPU
             found = ray_backend.resources()
             gpus = ray_backend.task_gpus(found["gpus"])
             capacity = int(found["cpus"] // ray_backend.task_cpus())
             if gpus:
                 capacity = min(capacity, int(found["gpus"] // gpus))
             self.seen = {"time": time.time(), "capacity": max(1, capacity), "gpus": gpus}
-        return self.seen["capacity"]
+        return chosen or self.seen["capacity"]
 
     def start(self, store: RunStore, run_id: str) -> None:
         store.update(run_id, only_if_state=("running",), pid=os.getpid())

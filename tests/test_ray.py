@@ -31,6 +31,10 @@ def _namespace_problem() -> str | None:
         import ray  # noqa: F401
     except ImportError:
         return "ray is not installed (pip install -e '.[ray]')"
+    probe = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc", "true"], capture_output=True,
+                           text=True, timeout=30)
+    if probe.returncode:  # root without CAP_SYS_ADMIN (some containers)
+        return f"unshare cannot make a private namespace here: {probe.stderr.strip()[:200]}"
     return None
 
 

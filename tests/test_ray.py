@@ -243,3 +243,23 @@ def test_a_task_asks_for_a_gpu_only_where_the_cluster_has_one(monkeypatch):
     monkeypatch.setenv("COMPRESSION_LAB_RAY_GPUS", "0.5")  # two runs share each GPU
     monkeypatch.setenv("COMPRESSION_LAB_RAY_CPUS", "4")
     assert ray_backend.task_gpus(0) == 0 and ray_backend.task_gpus(4) == 0.5 and ray_backend.task_cpus() == 4
+
+
+def test_the_app_takes_ray_after_a_double_dash(tmp_path, monkeypatch):
+    """`streamlit run app.py -- --ray ADDRESS` stores the address for the dispatcher and the CLI to share."""
+    from streamlit.testing.v1 import AppTest
+
+    from compression.ui import state
+
+    monkeypatch.setenv("COMPRESSION_LAB_HOME", str(tmp_path))
+    monkeypatch.delenv(ray_backend.ENV, raising=False)
+    monkeypatch.setattr(sys, "argv", ["app.py", "--ray", "127.0.0.1:1"])
+    state.use_engine_args.clear()  # once per server process: this test is a new one
+    try:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert engine.settings(root=tmp_path)["ray_address"] == "127.0.0.1:1"
+        assert "Engine: Ray at `127.0.0.1:1`" in [c.value for c in at.sidebar.caption]
+    finally:
+        state.use_engine_args.clear()

@@ -32,12 +32,16 @@ def say(message: str) -> None:
     print(f"[scenario {time.time() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def ray_start(*args: str, temp_dir: Path) -> None:
+def ray_start(*args: str, temp_dir: Path, hide: Path | None = None) -> None:
+    """`ray start` with 1 CPU; `hide`: a folder this node does not see (an empty tmpfs over it, in a mount namespace
+    of its own), as a machine without the storage the app's machine has."""
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_health_check_period_ms="1000",
                RAY_health_check_failure_threshold="3")
-    done = subprocess.run([str(BIN / "ray"), "start", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                           "--temp-dir", str(temp_dir), "--disable-usage-stats", *args],
-                          env=env, capture_output=True, text=True, timeout=120)
+    command = [str(BIN / "ray"), "start", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+               "--temp-dir", str(temp_dir), "--disable-usage-stats", *args]
+    if hide is not None:
+        command = ["unshare", "--mount", "bash", "-c", f'mount -t tmpfs none "{hide}" && exec "$@"', "-", *command]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     if done.returncode:
         raise SystemExit(f"ray start {' '.join(args)} failed: {done.stderr[-2000:]}")
 
@@ -79,6 +83,41 @@ def raylet_pid(temp_dir: Path) -> int:
     raise SystemExit(f"no raylet with {temp_dir} in its command line")
 
 
+def write_images(folder: Path) -> Path:
+    """Ten classes of six random 28x28 grey images (an image folder for demo:lenet5)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in range(10):
+        (folder / f"class{label}").mkdir(parents=True)
+        for number in range(6):
+            pixels = rng.integers(0, 255, (28, 28), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"class{label}" / f"{number}.png")
+    return folder
+
+
+def scenario_unreadable(engine, out: Path, result: dict, recipe: dict) -> None:
+    """A dataset folder too big to ship (limit 0 MB here) that the second node cannot see: the run there fails at
+    once saying so; the one on the head, which sees it, succeeds."""
+    home = out / "unreadable-home"
+    engine.settings(root=home, ray_address=ADDRESS)
+    folder = out / "not-on-the-second-node" / "images"
+    job = {"kind": "compress", "model": "demo:lenet5", "data": f"imagefolder:{folder}", "plan": recipe,
+           "latency": False}
+    os.environ["COMPRESSION_LAB_RAY_SHIP_MB"] = "0"  # the dispatcher this process starts inherits it
+    try:
+        ids = [engine.submit(job, root=home) for _ in range(2)]
+        rows = wait_final(engine, ids, home, 180)
+    finally:
+        del os.environ["COMPRESSION_LAB_RAY_SHIP_MB"]
+    result["unreadable"] = {run_id: {"state": row["state"], "error": row["error"],
+                                     "node": node_of(engine, run_id, home),
+                                     "seconds": (row["finished"] or 0) - (row["started"] or 0)}
+                            for run_id, row in rows.items()}
+    say(f"unreadable: {[(r['state'], (r['node'] or '')[:8]) for r in result['unreadable'].values()]}")
+
+
 def scenario_runs(engine, out: Path, result: dict) -> None:
     """Quick compress runs through the CLI, plus one small sensitivity analysis (its cache lands here too)."""
     home = out / "runs-home"
@@ -93,16 +132,7 @@ def scenario_runs(engine, out: Path, result: dict) -> None:
                               "mode": "exact"}}
     ids.append(engine.submit(sensitivity, root=home))
     result["sensitivity_job"] = sensitivity
-    images = out / "images"  # a small image folder: it travels with the task (under the 64 MB limit)
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for label in range(10):
-        (images / f"class{label}").mkdir(parents=True)
-        for number in range(6):
-            pixels = rng.integers(0, 255, (28, 28), dtype=np.uint8)
-            Image.fromarray(pixels).save(images / f"class{label}" / f"{number}.png")
+    images = write_images(out / "images")  # a small image folder: it travels with the task (under 64 MB)
     ids.append(engine.submit({"kind": "compress", "model": "demo:lenet5", "data": f"imagefolder:{images}",
                               "plan": recipe, "latency": False}, root=home))
     result["shipped_run"] = ids[-1]
@@ -225,7 +255,9 @@ def main(out: Path) -> None:
     head_tmp, worker_tmp = temp / "h", temp / "w"
     result: dict = {"ray_temp": str(temp)}  # the test removes it once every Ray process here has gone
     ray_start("--head", "--port", str(PORT), "--include-dashboard", "false", temp_dir=head_tmp)
-    ray_start("--address", ADDRESS, temp_dir=worker_tmp)
+    hidden = out / "not-on-the-second-node"
+    write_images(hidden / "images")
+    ray_start("--address", ADDRESS, temp_dir=worker_tmp, hide=hidden)
     result["cluster_up_s"] = time.time() - started
     say("cluster up")
     import ray
@@ -241,6 +273,7 @@ def main(out: Path) -> None:
 
     scenario_runs(engine, out, result)
     result["engine_info"] = engine.engine_info(out / "runs-home")  # what the sidebar shows
+    scenario_unreadable(engine, out, result, json.loads((out / "recipe.json").read_text()))
     scenario_cancel(engine, out, result)
     scenario_dispatcher_death(engine, out, result)
     scenario_node_death(engine, out, result, worker_tmp, worker_node)

@@ -101,6 +101,19 @@ def test_runs_land_on_both_nodes_and_their_files_decode(scenario):
 
 @pytest.mark.ray
 @pytest.mark.timeout(480)
+def test_a_dataset_a_node_cannot_read_fails_the_run_there_at_once(scenario):
+    rows = scenario["unreadable"]
+    on_worker = [row for row in rows.values() if row["node"] == scenario["worker_node"]]
+    elsewhere = [row for row in rows.values() if row["node"] != scenario["worker_node"]]
+    assert len(on_worker) == 1 and len(elsewhere) == 1, rows
+    assert on_worker[0]["state"] == "failed" and on_worker[0]["seconds"] < 30
+    assert "not-on-the-second-node/images is not readable on Ray node 127.0.0.1: put it on storage every node " \
+           "mounts at the same path, or keep what the job names under 0 MB" in on_worker[0]["error"]
+    assert elsewhere[0]["state"] == "succeeded", elsewhere  # the head sees the folder: read there, not shipped
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(480)
 def test_cancel_stops_the_running_task_and_queued_runs_never_start(scenario):
     running, *queued = scenario["cancel_order"]
     rows = scenario["cancel"]

@@ -153,7 +153,7 @@ def _shipped_root(prefix: str, path: str) -> Path:
 def pack(job: dict, limit_mb: float | None = None) -> dict[str, bytes]:
     """{path: tar bytes} of the files and folders the job names when they total at most the limit, else {}
     (then each must be readable on the node at the same path)."""
-    limit = (limit_mb if limit_mb is not None else _number("COMPRESSION_LAB_RAY_SHIP_MB", SHIP_MB)) * 1e6
+    limit = (limit_mb if limit_mb is not None else ship_limit_mb()) * 1e6
     roots = {str(_shipped_root(prefix, path)) for _, prefix, path in local_paths(job)}
     try:
         if not roots or _over(roots, limit):
@@ -169,9 +169,13 @@ def pack(job: dict, limit_mb: float | None = None) -> dict[str, bytes]:
     return out
 
 
-def localize(job: dict, shipped: dict[str, bytes], into: Path, node: str) -> dict:
+def ship_limit_mb() -> float:
+    return _number("COMPRESSION_LAB_RAY_SHIP_MB", SHIP_MB)
+
+
+def localize(job: dict, shipped: dict[str, bytes], into: Path, node: str, limit_mb: float | None = None) -> dict:
     """The job with its shipped paths unpacked under `into` and rewritten; a path neither shipped nor readable
-    here raises CompressionLabError saying what to do."""
+    here raises CompressionLabError saying what to do (`limit_mb`: the dispatcher's shipping limit, named there)."""
     out = dict(job)
     unpacked: dict[str, Path] = {}
     for number, (root, blob) in enumerate(sorted(shipped.items())):
@@ -180,7 +184,7 @@ def localize(job: dict, shipped: dict[str, bytes], into: Path, node: str) -> dic
         with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
             tar.extractall(target, filter="data")
         unpacked[root] = target / Path(root).name
-    limit = _number("COMPRESSION_LAB_RAY_SHIP_MB", SHIP_MB)
+    limit = ship_limit_mb() if limit_mb is None else limit_mb
     for key, prefix, path in local_paths(job):
         root = str(_shipped_root(prefix, path))
         if root in unpacked:
@@ -229,7 +233,8 @@ def run_job(job: dict, run_id: str, shipped: dict, options: dict):
     with tempfile.TemporaryDirectory(prefix="clab-") as tmp:
         as_submitted = job
         try:
-            job = localize(job, {root: ray.get(ref) for root, ref in shipped.items()}, Path(tmp), node["ip"])
+            job = localize(job, {root: ray.get(ref) for root, ref in shipped.items()}, Path(tmp), node["ip"],
+                           options.get("ship_mb"))
             cache_name = _cache_name(as_submitted, job) if job["kind"] == "sensitivity" else None
         except CompressionLabError as exc:
             yield {"type": "error", "message": str(exc)}

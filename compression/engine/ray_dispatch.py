@@ -85,7 +85,8 @@ class RayRun:
     def _run(self, progress: Progress) -> None:
         job = self.store.row(self.run_id)["job"]
         shipped = {root: ray.put(blob) for root, blob in ray_backend.pack(job).items()}
-        options = {"cpus": self.cpus, "test_jobs": os.environ.get("COMPRESSION_LAB_TEST_JOBS") == "1"}
+        options = {"cpus": self.cpus, "test_jobs": os.environ.get("COMPRESSION_LAB_TEST_JOBS") == "1",
+                   "ship_mb": ray_backend.ship_limit_mb()}
         if job["kind"] == "sensitivity":  # the task names the report it would make; one already here is served
             options["cache_names"] = sorted(path.name for path in (self.store.root / "cache").glob("sensitivity-*"))
         if shipped:

@@ -4,9 +4,11 @@ namespace, so Ray binds to 127.0.0.1 and everything it starts dies with the name
     unshare --net --pid --fork --mount-proc bash -c 'ip link set lo up; exec python tests/ray_scenario.py OUT_DIR'
 
 Starts a head (`ray start --head`, 1 CPU) and a second node (`ray start --address`, its own temp folder, 1 CPU),
-then: (1) quick compress runs and a small sensitivity analysis through the CLI (`--ray 127.0.0.1:PORT`);
-(2) cancel: queued runs never start, the running one stops and frees its CPU; (3) the second node's raylet is
-killed while a run is on it. Prints one JSON line with what it saw (the test asserts on it and on OUT_DIR).
+then: quick compress runs (one on a shipped image folder) and a small sensitivity analysis, twice (the second
+served from the cache), through the CLI (`--ray 127.0.0.1:PORT`); a folder the second node cannot see; cancel
+(queued runs never start, the running one stops and frees its CPU); a SIGKILLed dispatcher; and the second
+node's raylet killed while a run is on it. Prints one JSON line with what it saw (the test asserts on it and on
+OUT_DIR).
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Compression Lab's Streamlit entry: the navigation over pages/ and the sidebar with the active model.
 
-    streamlit run app.py [-- --home DIR]     (DIR: where runs are stored; default $COMPRESSION_LAB_HOME)
+    streamlit run app.py [-- --home DIR] [--ray ADDRESS]
+        DIR: where runs are stored (default $COMPRESSION_LAB_HOME); ADDRESS: run jobs on the Ray cluster there
+        (HOST:PORT or auto; local: the local workers again; default $COMPRESSION_LAB_RAY, else the stored setting)
 """
 
 import streamlit as st

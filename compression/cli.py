@@ -56,6 +56,9 @@ def _add_data_args(parser: argparse.ArgumentParser, required: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compression-lab", description="Compress neural networks and measure them.")
+    parser.add_argument("--ray", metavar="ADDRESS",
+                        help="run the engine's jobs (submit) as Ray tasks on the cluster at ADDRESS (HOST:PORT or "
+                             "auto; local: the local workers again); kept in the data folder's settings")
     sub = parser.add_subparsers(dest="command", required=True)
     an = sub.add_parser("analyze", help="sensitivity analysis: every layer alone at each sparsity and cluster count; "
                                         "writes the JSON report the Sensitivity page reads")
@@ -542,11 +545,24 @@ def cmd_cancel_sweep(args) -> int:
 SWEEP_HANDLERS = {"sweep": cmd_sweep, "sweeps": cmd_sweeps, "cancel-sweep": cmd_cancel_sweep}
 
 
+def _use_ray(args) -> None:
+    """--ray ADDRESS: this process and the dispatcher it starts use it, and so does every later one (a setting)."""
+    from compression.engine import ray_backend
+
+    os.environ[ray_backend.ENV] = args.ray
+    if hasattr(args, "home"):
+        from compression import engine
+
+        engine.settings(root=args.home, ray_address=args.ray)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"analyze": cmd_analyze, "run": cmd_run, "eval": cmd_eval, "inspect": cmd_inspect, "export": cmd_export,
                 "submit": cmd_submit, "runs": cmd_runs, "cancel": cmd_cancel, **SWEEP_HANDLERS}
     try:
+        if args.ray is not None:
+            _use_ray(args)
         return handlers[args.command](args)
     except CompressionLabError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -26,8 +26,8 @@ from compression.engine.sweeps import cancel_sweep, content_key, list_sweeps, su
 from compression.errors import CompressionLabError
 
 __all__ = ["FINAL_STATES", "STATES", "StoreError", "absolute_paths", "cached_sensitivity", "cancel",
-           "default_root", "events", "list_runs", "log_tail", "rerun", "run_dir", "run_file", "settings", "status",
-           "submit", "wait"]
+           "default_root", "engine_info", "events", "list_runs", "log_tail", "rerun", "run_dir", "run_file", "settings",
+           "status", "submit", "wait"]
 __all__ += ["cancel_sweep", "content_key", "list_sweeps", "submit_sweep", "sweep_status", "wait_sweep"]
 
 
@@ -182,15 +182,47 @@ def run_file(run_id: str, name: str, root: str | Path | None = None) -> Path:
     return store.run_dir(run_id) / name
 
 
-def settings(root: str | Path | None = None, max_workers: int | None = None) -> dict:
-    """The engine settings (max_workers, root, read_only), after storing `max_workers` when given
-    ($COMPRESSION_LAB_WORKERS overrides it)."""
+def settings(root: str | Path | None = None, max_workers: int | None = None, ray_address: str | None = None) -> dict:
+    """The engine settings (max_workers, ray_address, root, read_only), after storing `max_workers` and
+    `ray_address` ("local" for the local workers) when given ($COMPRESSION_LAB_WORKERS and $COMPRESSION_LAB_RAY
+    override them). Every process using this data folder (the app, the CLI, the dispatcher) reads the same ones."""
+    from compression.engine import ray_backend
+
     store = _store(root)
     if max_workers is not None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise CompressionLabError(f"max_workers {max_workers!r} must be a whole number of at least 1")
         store.set_setting("max_workers", str(max_workers))
-    return {"max_workers": store.max_workers(), "root": str(store.root), "read_only": store.read_only}
+    if ray_address is not None:
+        if not isinstance(ray_address, str) or not re.fullmatch(r"[\w.:/\[\]-]{0,300}", ray_address.strip()):
+            raise CompressionLabError(f"Ray address {str(ray_address)[:80]!r} is not an address: use HOST:PORT "
+                                      "(the head's, e.g. 10.0.0.5:6379), auto, or local")
+        if ray_address.strip() != (store.get_setting(ray_backend.SETTING) or ""):
+            store.set_setting(ray_backend.SETTING, ray_address.strip())
+    return {"max_workers": store.max_workers(), "ray_address": ray_backend.address(store), "root": str(store.root),
+            "read_only": store.read_only}
+
+
+def engine_info(root: str | Path | None = None) -> dict:
+    """Which engine runs jobs, for the sidebar: {"engine": "local", "workers"} or {"engine": "ray", "address",
+    "nodes", "cpus", "gpus"} ("error" instead when the cluster cannot be reached). Asks the cluster in a short-lived
+    process, so the caller (the Streamlit server) never becomes a Ray driver; call it at most every ~30 s."""
+    import subprocess
+    import sys
+
+    from compression.engine import ray_backend
+
+    store = _store(root)
+    addr = ray_backend.address(store)
+    if addr is None:
+        return {"engine": "local", "workers": store.max_workers()}
+    try:
+        done = subprocess.run([sys.executable, "-m", "compression.engine.ray_backend", addr], capture_output=True,
+                              text=True, timeout=30, stdin=subprocess.DEVNULL)
+        found = json.loads(done.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        found = {"error": f"cannot reach the Ray cluster at {addr} (no answer within 30 s)"}
+    return {"engine": "ray", "address": addr, **found}
 
 
 def cached_sensitivity(job: dict, root: str | Path | None = None) -> dict | None:

@@ -30,6 +30,8 @@ CANCEL_GRACE = float(os.environ.get("COMPRESSION_LAB_CANCEL_GRACE", "30"))
 KILL_GRACE = 10.0  # further seconds after SIGTERM before SIGKILL
 DIED = ("the worker process died (killed by SIGKILL?, out of memory, or the machine restarted); "
         "the log is kept; re-run it")
+DIED_RAY = ("the dispatcher driving this Ray run died (killed, or the machine running the app restarted), and Ray "
+            "ended its task with it; the log is kept; re-run it")
 DISK_FULL = ("disk full: the disk holding the run folder filled up during the run (no space left on device); "
              "the log is kept; free some space, then re-run it")
 STORE_RETRY_FOR = 120.0  # seconds the dispatcher keeps trying through a full disk or a locked index before leaving
@@ -48,6 +50,22 @@ def worker_alive(pid: int | None, run_id: str) -> bool:
     except OSError:
         return False
     return run_id in cmdline and "compression.engine.worker" in cmdline
+
+
+def dispatcher_alive(pid: int | None, root: Path) -> bool:
+    """True when `pid` is a live dispatcher of the data folder `root`: the owner of the Ray runs it drives (their
+    tasks end with it, so a run whose dispatcher is gone is reaped as failed)."""
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().decode(errors="replace").split("\0")
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return False
+    except OSError:
+        return False
+    return "compression.engine.dispatcher" in args and str(root) in args
 
 
 def find_worker(run_id: str) -> int | None:
@@ -88,6 +106,8 @@ def dead_outcome(store: RunStore, row: dict, code: int | None = None) -> tuple[s
     if code == EXIT_DISK_FULL or store.says_disk_full(row["id"]) or (not signalled
                                                                      and low_space(store.run_dir(row["id"]))):
         return "failed", DISK_FULL, None
+    if code is None and "started on Ray node" in store.log_tail(row["id"], 200):
+        return "failed", DIED_RAY, None
     return "failed", DIED if code is None else _exit_reason(code), None
 
 
@@ -114,6 +134,8 @@ def reap(store: RunStore, own: set[str] = frozenset(), lock_held: bool = False, 
             if row["cancel"] and not dry_run:
                 _kill_for_cancel(row["pid"], row["cancel"])
             continue
+        if dispatcher_alive(row["pid"], store.root):
+            continue  # a Ray run: the dispatcher that drives it enforces its cancel
         state, reason, metrics = dead_outcome(store, row)
         if not dry_run:
             try:
@@ -188,24 +210,68 @@ def _supervise(store: RunStore, children: dict[str, subprocess.Popen]) -> None:
         del children[run_id]
 
 
+class LocalWorkers:
+    """The embedded default: one worker process per run on this machine, up to max_workers."""
+
+    address = None  # not a Ray cluster (the backend's address, compared with the setting by serve())
+
+    def __init__(self) -> None:
+        self.children: dict[str, subprocess.Popen] = {}
+
+    def ids(self) -> set[str]:
+        return set(self.children)
+
+    def capacity(self, store: RunStore) -> int:
+        return store.max_workers()
+
+    def start(self, store: RunStore, run_id: str) -> None:
+        proc = _start_worker(store, run_id)
+        if proc is not None:
+            self.children[run_id] = proc
+
+    def supervise(self, store: RunStore) -> None:
+        _supervise(store, self.children)
+
+
+def backend(store: RunStore):
+    """Ray tasks when a Ray address is set (ray_backend.address), else local worker processes."""
+    from compression.engine.ray_backend import address
+
+    addr = address(store, strict=True)
+    if addr is None:
+        return LocalWorkers()
+    from compression.engine.ray_dispatch import RayRuns  # imports ray: only here
+
+    return RayRuns(addr)
+
+
 def serve(root: str | Path) -> None:
     """The dispatcher loop (see the module docstring); returns when nothing is queued or running."""
     store = RunStore(root)
-    children: dict[str, subprocess.Popen] = {}
     lock = try_lock(store.root)
     if lock is None:
         return
+    from compression.engine.ray_backend import address
+
     failing_since = None
     try:
+        workers = backend(store)
         while True:
             try:
-                reap(store, own=set(children), lock_held=True)
-                while (run_id := store.claim_next(store.max_workers())) is not None:
-                    proc = _start_worker(store, run_id)
-                    if proc is not None:
-                        children[run_id] = proc
-                _supervise(store, children)
-                idle = not children and store.count("queued") == 0 and store.count("running") == 0
+                reap(store, own=workers.ids(), lock_held=True)
+                # the engine was switched (--ray ADDRESS, --ray local): claim nothing more, finish ours, hand over
+                switching = address(store, strict=True) != workers.address
+                while not switching and (run_id := store.claim_next(workers.capacity(store))) is not None:
+                    workers.start(store, run_id)
+                workers.supervise(store)
+                if switching and not workers.ids():
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+                    lock.close()
+                    lock = None
+                    if store.count("queued"):
+                        kick(store.root)  # a dispatcher for the engine now chosen
+                    return
+                idle = not workers.ids() and store.count("queued") == 0 and store.count("running") == 0
                 failing_since = None
             except StoreError as exc:  # a full disk or a locked index: wait for it, within reason
                 failing_since = failing_since or time.time()

@@ -30,6 +30,31 @@ def home() -> Path:
     return paths.home()
 
 
+@st.cache_resource(show_spinner=False)
+def use_engine_args() -> str | None:
+    """`streamlit run app.py -- --ray ADDRESS` (HOST:PORT, auto, or local): stored in the data folder's settings once
+    per server process, so the dispatcher it starts and the CLI use the same engine. Returns the address given."""
+    if "--ray" not in sys.argv[:-1]:
+        return None
+    address = sys.argv[sys.argv.index("--ray") + 1]
+    engine.settings(root=home(), ray_address=address)
+    return address
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def engine_line(root: str, address: str | None) -> tuple[str, str | None]:
+    """(what the sidebar says about the engine, a problem to show or None); the cluster is asked at most every 30 s
+    (keyed by the address, so a changed setting shows at once)."""
+    info = engine.engine_info(root)
+    if info["engine"] == "local":
+        workers = info["workers"]
+        return f"Engine: local, {workers} worker{'s' if workers != 1 else ''}", None
+    if "error" in info:
+        return f"Engine: Ray at `{info['address']}`", info["error"]
+    return (f"Engine: Ray at `{info['address']}`, {info['nodes']} node{'s' if info['nodes'] != 1 else ''}, "
+            f"{info['cpus']:g} CPUs, {info['gpus']:g} GPUs"), None
+
+
 def save_upload(blob: bytes, name: str) -> Path:
     """Keep an uploaded file under the data folder (named by its content hash) and return its path.
 
@@ -225,6 +250,14 @@ def sidebar() -> None:
         if link_problem():
             st.warning(link_problem() + " Opened the demo model instead.")
         st.caption(f"Runs are stored in `{home()}`")
+        try:
+            use_engine_args()
+            line, problem = engine_line(str(home()), engine.settings(root=home())["ray_address"])
+        except CompressionLabError as exc:  # a read-only data folder, a bad --ray value
+            line, problem = "Engine: unknown", str(exc)
+        st.caption(line)
+        if problem:
+            st.warning(problem)
 
 
 def sensitivity_job(spec: dict, config: dict) -> dict:

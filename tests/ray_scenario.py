@@ -152,6 +152,31 @@ def scenario_runs(engine, out: Path, result: dict) -> None:
     say(f"runs: {[(r['state'], (r['node'] or '')[:8]) for r in result['runs'].values()]}")
 
 
+def scenario_split(engine, out: Path, result: dict) -> None:
+    """An exact sensitivity analysis split by layer across the cluster: its report equals one measured whole."""
+    from compression import sources
+    from compression.analysis.sensitivity import analyze
+    from compression.engine.jobs import sensitivity_config
+
+    home = out / "split-home"
+    engine.settings(root=home, ray_address=ADDRESS)
+    config = {"sparsities": [0.0, 0.5, 0.9], "n_clusters": [4], "val_size": 128, "bn_batches": 0, "mode": "exact"}
+    job = {"kind": "sensitivity", "model": "demo:lenet300", "data": "digits", "config": config}
+    run_id = engine.submit(job, root=home)
+    row = wait_final(engine, [run_id], home, 240)[run_id]
+    split = json.loads((home / "runs" / run_id / "sensitivity.json").read_text()) if row["state"] == "succeeded" \
+        else None
+    handle, data = sources.load({"model": "demo:lenet300", "data": "digits"})
+    whole = analyze(handle, data, sensitivity_config(config)).to_dict()
+    result["split"] = {"state": row["state"], "error": row["error"], "log": engine.log_tail(run_id, 20, root=home),
+                       "parts": split and split["config"].get("parts"),
+                       "parts_nodes": split and split["config"].get("parts_nodes"),
+                       "same_as_whole": split is not None and split["layers"] == whole["layers"]
+                       and split["base_accuracy"] == whole["base_accuracy"]}
+    say(f"split sensitivity: {result['split']['state']}, parts {result['split']['parts']} on "
+        f"{result['split']['parts_nodes']}")
+
+
 def scenario_cancel(engine, out: Path, result: dict) -> None:
     """One run at a time: the running one is cancelled mid-way, the queued ones never start."""
     import ray
@@ -275,6 +300,7 @@ def main(out: Path) -> None:
 
     scenario_runs(engine, out, result)
     result["engine_info"] = engine.engine_info(out / "runs-home")  # what the sidebar shows
+    scenario_split(engine, out, result)
     scenario_unreadable(engine, out, result, json.loads((out / "recipe.json").read_text()))
     scenario_cancel(engine, out, result)
     scenario_dispatcher_death(engine, out, result)

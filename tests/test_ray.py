@@ -101,6 +101,14 @@ def test_runs_land_on_both_nodes_and_their_files_decode(scenario):
 
 @pytest.mark.ray
 @pytest.mark.timeout(480)
+def test_an_exact_sensitivity_analysis_is_split_across_the_cluster(scenario):
+    split = scenario["split"]
+    assert split["state"] == "succeeded", split
+    assert split["parts"] == 2 and "sensitivity split into 2 parts" in split["log"], split
+    assert split["same_as_whole"], "the merged report differs from the analysis measured in one piece"
+    assert len(split["parts_nodes"]) == 2, split  # this task measured its group, the other part ran elsewhere
+
+
 def test_a_dataset_a_node_cannot_read_fails_the_run_there_at_once(scenario):
     rows = scenario["unreadable"]
     on_worker = [row for row in rows.values() if row["node"] == scenario["worker_node"]]

@@ -159,9 +159,15 @@ def run_sensitivity(job: dict, run_dir: Path, progress: Callable, log: Callable,
         tmp.replace(run_dir / "sensitivity.json")
         report = json.loads(cache.read_text())
     else:
+        from compression.engine import ray_backend
+
+        config = sensitivity_config(job["config"])
         data = sources.load_data(job, handle)
-        report = analyze(handle, data, sensitivity_config(job["config"]), on_progress=progress,
-                         cancel_requested=cancelled).to_dict()
+        parts = ray_backend.sensitivity_parts(config, len(handle.prunable_layers()))
+        if parts > 1:  # inside a Ray task on a cluster with CPUs to spare: one task per group of layers
+            report = ray_backend.split_sensitivity(handle, data, config, parts, progress, cancelled, log)
+        else:
+            report = analyze(handle, data, config, on_progress=progress, cancel_requested=cancelled).to_dict()
         text = json.dumps(report)
         write_atomic(run_dir / "sensitivity.json", text)
         write_atomic(cache, text)

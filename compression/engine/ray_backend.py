@@ -220,6 +220,102 @@ class _Latest:
         return event
 
 
+# inside a run_job task: the job as submitted, its shipped files and options (for a runner that splits its work
+# into tasks of its own: split_sensitivity); empty elsewhere
+_TASK: dict = {}
+MAX_SENSITIVITY_PARTS = 64
+
+
+def sensitivity_parts(config, n_layers: int) -> int:
+    """How many tasks an exact sensitivity analysis run by this task splits into: one per CPU the cluster has
+    (each part asks for the task's CPUs), at most one per layer; 1 outside a Ray task, in estimate mode (its
+    gradients cover every layer at once) or on a one-CPU cluster."""
+    if not _TASK or config.mode != "exact" or n_layers < 2:
+        return 1
+    cpus = max(1, int(_TASK["options"].get("cpus", 1)))
+    return max(1, min(n_layers, int(resources()["cpus"] // cpus), MAX_SENSITIVITY_PARTS))
+
+
+def sensitivity_part(job: dict, shipped: dict, config: dict, layers: list[str], cpus: int) -> dict:
+    """One part of a split analysis (a Ray task): the job's files unpacked here as run_job does, then the exact
+    analysis of `layers` only. Returns the part's report, with the node it ran on."""
+    import ray
+    import torch
+
+    from compression import sources
+    from compression.analysis.sensitivity import analyze
+    from compression.engine.jobs import sensitivity_config
+
+    torch.set_num_threads(max(1, int(cpus)))
+    ip = ray.util.get_node_ip_address()
+    with tempfile.TemporaryDirectory(prefix="clab-part-") as tmp:
+        job = localize(job, {root: ray.get(ref) for root, ref in shipped.items()}, Path(tmp), ip)
+        handle = sources.load_model(job)
+        data = sources.load_data(job, handle)
+        report = analyze(handle, data, sensitivity_config(config), layers=layers).to_dict()
+    report["node"] = f"{ip} ({ray.get_runtime_context().get_node_id()[:12]})"
+    return report
+
+
+def split_sensitivity(handle, data, config, parts: int, progress, cancelled, log) -> dict:
+    """An exact analysis split by layer across the cluster (called by the sensitivity runner inside a run_job task):
+    `parts` groups of consecutive layers (sensitivity.layer_groups); this task measures the first group itself (on
+    the CPU it holds) while one task per other group runs elsewhere, then the parts are merged into the report one
+    task would write. Progress: per point in this task's group, then per finished part; a cancel cancels every part."""
+    import time
+    from dataclasses import asdict
+
+    import ray
+
+    from compression.analysis.sensitivity import analyze, layer_groups, merge_reports
+    from compression.methods.context import Cancelled
+
+    names = list(handle.prunable_layers())
+    groups = layer_groups(names, parts)
+    cpus = max(1, int(_TASK["options"].get("cpus", 1)))
+    remote = ray.remote(sensitivity_part).options(num_cpus=cpus, max_retries=0)
+    config_dict = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+    pending = {remote.remote(_TASK["job"], _TASK["shipped"], config_dict, group, cpus): group for group in groups[1:]}
+    log(f"sensitivity split into {len(groups)} parts of {', '.join(str(len(g)) for g in groups)} layers "
+        "(the first measured by this task, the others as tasks of their own)")
+    started, done_layers = time.monotonic(), 0
+
+    def step(stage: str, fraction: float, values: dict) -> None:  # this task's own group, scaled to the whole
+        progress(stage, fraction * len(groups[0]) / len(names),
+                 {**values, "done": round(fraction * len(groups[0]), 1), "total": len(names), "parts": len(groups),
+                  "eta_s": None})
+
+    try:
+        own = analyze(handle, data, config, on_progress=step, cancel_requested=cancelled, layers=groups[0]).to_dict()
+        own["node"] = f"{_TASK.get('node')} (this task)"
+        results = [own]
+        done_layers = len(groups[0])
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            if cancelled():
+                raise Cancelled("the sensitivity analysis was cancelled")
+            for ref in ready:
+                group = pending.pop(ref)
+                try:
+                    results.append(ray.get(ref))
+                except ray.exceptions.RayTaskError as exc:  # a part's own message (a bad dataset...), as it is
+                    if isinstance(getattr(exc, "cause", None), CompressionLabError):
+                        raise exc.cause from None
+                    raise
+                done_layers += len(group)
+                elapsed = time.monotonic() - started
+                log(f"part of {len(group)} layers ({group[0]}..{group[-1]}) done on {results[-1]['node']}")
+                progress("sensitivity", done_layers / len(names),
+                         {"layer": group[-1], "done": done_layers, "total": len(names), "parts": len(groups),
+                          "eta_s": round(elapsed / done_layers * (len(names) - done_layers), 1)})
+    finally:
+        for ref in pending:
+            ray.cancel(ref)
+    report = merge_reports(results, names)
+    report["config"]["parts_nodes"] = sorted({part["node"] for part in results})
+    return report
+
+
 def run_job(job: dict, run_id: str, shipped: dict, options: dict):
     """The Ray task (a streaming generator): yields {"type": "node"}, then "progress" and "log" items, and last a
     "result" (metrics and the result files' bytes) or an "error". A cancel (KeyboardInterrupt) stops the job."""
@@ -255,6 +351,7 @@ def run_job(job: dict, run_id: str, shipped: dict, options: dict):
             from compression.methods.context import Cancelled
 
             torch.set_num_threads(int(options.get("cpus", 1)))
+            _TASK.update(job=as_submitted, shipped=shipped, options=options, node=node["ip"])
             try:
                 outcome["metrics"] = runners()[job["kind"]](job, run_dir, progress, lambda line: lines.put(line),
                                                             stop.is_set)
@@ -263,6 +360,8 @@ def run_job(job: dict, run_id: str, shipped: dict, options: dict):
             except BaseException as exc:  # noqa: BLE001 - sent back as the run's error, with the traceback
                 outcome["error"] = exc
                 outcome["traceback"] = traceback.format_exc()
+            finally:
+                _TASK.clear()  # Ray reuses this worker process for other tasks
 
         thread = threading.Thread(target=body, name=f"job-{run_id}", daemon=True)
         thread.start()

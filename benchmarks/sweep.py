@@ -2,7 +2,7 @@
 
 1. the local engine with 1 worker, 2. the local engine with 2 workers, 3. a local 2-node Ray cluster with 2
 CPUs in all (a head and a second node, 1 CPU each, both on 127.0.0.1 inside a private network namespace
-made with `unshare -n`; skipped with the reason when that is not possible here). Each mode gets a fresh data
+made with `unshare`; skipped with the reason when that is not possible here). Each mode gets a fresh data
 folder, so nothing is reused between them; every mode runs the same 8 solved plans through the CLI
 (`compression-lab sweep --targets ratio:... --wait`), with a short fine-tuning recipe.
 
@@ -57,30 +57,32 @@ def sensitivity(folder: Path) -> Path:
 
 
 def run_sweep(home: Path, report: Path, recipe: Path, env: dict, extra: list[str] | None = None) -> dict:
+    """`extra`: the CLI's global options (e.g. --ray ADDRESS), before the verb."""
     started = time.monotonic()
-    done = subprocess.run([*CLI, "sweep", "--model", "demo:lenet5", "--data", "digits", "--targets", TARGETS,
+    done = subprocess.run([*CLI, *(extra or []), "sweep", "--model", "demo:lenet5", "--data", "digits",
+                           "--targets", TARGETS,
                            "--sensitivity", str(report), "--base-recipe", str(recipe), "--no-latency", "--home",
-                           str(home), "--wait", "--timeout", "500", *(extra or [])],
+                           str(home), "--wait", "--timeout", "500"],
                           capture_output=True, text=True, timeout=560, env=env)
     wall = time.monotonic() - started
     if done.returncode not in (0, 1) or not done.stdout.strip():
         raise SystemExit(f"sweep failed ({done.returncode}): {done.stderr[-2000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     runs = {row["id"]: row for row in engine.list_runs(root=home)}
-    overheads = []
+    overheads, nodes = [], set()
     for member in result["members"]:
         row = runs.get(member["run"])
         if not row or row["state"] != "succeeded" or not row.get("started"):
             continue
         events = engine.events(member["run"], root=home)
+        nodes |= {e["values"]["node_id"] for e in events if (e.get("values") or {}).get("node_id")}
         if len(events) >= 2:
             computing = events[-1]["time"] - events[0]["time"]
             overheads.append((row["finished"] - row["started"]) - computing)
     return {"wall_s": round(wall, 1), "members": result["members"],
             "succeeded": sum(m["state"] == "succeeded" for m in result["members"]),
             "overhead_s": round(sum(overheads) / len(overheads), 2) if overheads else None,
-            "nodes": sorted({str((row.get("progress") or {}).get("values", {}).get("node", ""))
-                             for row in runs.values()} - {""})}
+            "nodes": sorted(nodes)}
 
 
 def ray_available() -> str | None:
@@ -96,23 +98,34 @@ def ray_available() -> str | None:
     return None
 
 
+RAY_PORT = 6390
+
+
+def ray_cluster_and_sweep(work: Path, report: Path, recipe: Path) -> None:
+    """Inside the private namespace: a head and a second node (1 CPU each, own temp folders) on 127.0.0.1, then the
+    sweep through the CLI with --ray; prints the mode's JSON. Every Ray process dies with the namespace."""
+    address = f"127.0.0.1:{RAY_PORT}"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+    temp = Path(tempfile.mkdtemp(prefix="clb-", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
+    ray = [str(Path(PYTHON).parent / "ray"), "start", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+           "--disable-usage-stats"]
+    started = time.monotonic()
+    subprocess.run([*ray, "--head", "--port", str(RAY_PORT), "--include-dashboard", "false", "--temp-dir",
+                    str(temp / "h")], check=True, capture_output=True, timeout=180, env=env)
+    subprocess.run([*ray, "--address", address, "--temp-dir", str(temp / "w")], check=True, capture_output=True,
+                   timeout=180, env=env)
+    cluster_s = time.monotonic() - started
+    env.pop("COMPRESSION_LAB_WORKERS", None)  # as many at once as the cluster's CPUs
+    out = run_sweep(work / "home-ray", report, recipe, {**env, "COMPRESSION_LAB_RAY": address}, ["--ray", address])
+    out["cluster_start_s"] = round(cluster_s, 1)
+    print(json.dumps(out), flush=True)
+
+
 def ray_mode(work: Path, report: Path, recipe: Path) -> dict:
-    """The same sweep on a 2-node Ray cluster started on 127.0.0.1 inside `unshare -n` (see tests/ray_cluster.py)."""
-    script = work / "inside.py"
-    script.write_text(f"""
-import json, sys
-sys.path.insert(0, {str(ROOT)!r})
-sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
-from pathlib import Path
-from tests.ray_cluster import two_node_cluster
-import sweep as bench
-with two_node_cluster(Path({str(work)!r}) / "ray") as address:
-    env = {{**__import__("os").environ, "COMPRESSION_LAB_RAY": address}}
-    out = bench.run_sweep(Path({str(work)!r}) / "home-ray", Path({str(report)!r}), Path({str(recipe)!r}), env,
-                          ["--ray", address])
-print(json.dumps(out))
-""")
-    done = subprocess.run(["unshare", "-n", "bash", "-c", f"ip link set lo up && exec {PYTHON} {script}"],
+    """The same sweep on a 2-node Ray cluster on 127.0.0.1 inside `unshare` (network, pid and mount namespaces)."""
+    inner = (f"ip link set lo up && exec {PYTHON} {Path(__file__).resolve()} --inside-namespace {work} {report} "
+             f"{recipe}")
+    done = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc", "bash", "-c", inner],
                           capture_output=True, text=True, timeout=580, cwd=ROOT)
     if done.returncode != 0 or not done.stdout.strip():
         raise SystemExit(f"the Ray sweep failed ({done.returncode}): {done.stderr[-3000:]}")
@@ -146,7 +159,8 @@ def main() -> None:
             "speedup_2_workers": round(one["wall_s"] / two["wall_s"], 2),
             "ray_speedup": round(one["wall_s"] / ray["wall_s"], 2) if ray else None,
             "ray_overhead_s": ray and ray["overhead_s"], "local_overhead_s": two["overhead_s"],
-            "ray_nodes": ray and len(ray["nodes"]), "ray": "measured" if ray else f"skipped: {why_not}",
+            "ray_nodes": ray and len(ray["nodes"]), "ray_cluster_start_s": ray and ray["cluster_start_s"],
+            "ray": "measured" if ray else f"skipped: {why_not}",
             "ratios": [m["ratio"] and round(m["ratio"], 1) for m in members],
             "total_s": round(time.monotonic() - started, 1)}))
     finally:
@@ -154,4 +168,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 5 and sys.argv[1] == "--inside-namespace":
+        ray_cluster_and_sweep(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
+    else:
+        main()

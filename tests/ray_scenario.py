@@ -152,6 +152,28 @@ def scenario_runs(engine, out: Path, result: dict) -> None:
     say(f"runs: {[(r['state'], (r['node'] or '')[:8]) for r in result['runs'].values()]}")
 
 
+def scenario_sweep(engine, out: Path, result: dict) -> None:
+    """A 4-plan sweep of a quick recipe through the CLI on the cluster (`--ray`), waited for."""
+    recipe = json.loads((REPO / "assets" / "recipes" / "quick.json").read_text())
+    recipe["steps"][0]["finetune_epochs"] = 1
+    recipe["steps"][1]["finetune_epochs"] = 0
+    plans = []
+    for sparsity in (0.5, 0.7, 0.8, 0.9):  # four different plans (identical ones would share one run)
+        plan = json.loads(json.dumps(recipe))
+        plan["name"] = f"sweep-{sparsity}"
+        plan["steps"][0]["sparsity"]["_default"] = sparsity
+        plans.append(plan)
+    (out / "plans.json").write_text(json.dumps(plans))
+    home = out / "sweep-home"
+    printed = cli("--ray", ADDRESS, "sweep", "--recipes", str(out / "plans.json"), "--model", "demo:lenet5",
+                  "--data", "digits", "--no-latency", "--wait", "--timeout", "240", "--home", str(home), timeout=300)
+    summary = json.loads(printed.strip().splitlines()[-1])
+    result["sweep"] = {"id": summary["sweep"], "home": str(home),
+                       "members": [{**member, "node": node_of(engine, member["run"], home)}
+                                   for member in summary["members"]]}
+    say(f"sweep: {[(m['state'], (m['node'] or '')[:8]) for m in result['sweep']['members']]}")
+
+
 def scenario_split(engine, out: Path, result: dict) -> None:
     """An exact sensitivity analysis split by layer across the cluster: its report equals one measured whole."""
     from compression import sources
@@ -185,13 +207,14 @@ def scenario_cancel(engine, out: Path, result: dict) -> None:
     os.environ["COMPRESSION_LAB_WORKERS"] = "1"  # the dispatcher this process starts inherits it
     try:
         engine.settings(root=home, ray_address=ADDRESS)
-        ids = [engine.submit({"kind": "test-sleep", "seconds": 120}, root=home) for _ in range(3)]
+        sweep_id = engine.submit_sweep([{"kind": "test-sleep", "seconds": 120 + i} for i in range(3)], root=home,
+                                       axis="seconds", targets=["s:120", "s:121", "s:122"])
+        ids = [member["run"] for member in engine.sweep_status(sweep_id, root=home)["members"]]
         deadline = time.time() + 90
         while node_of(engine, ids[0], home) is None and time.time() < deadline:
             time.sleep(0.3)
         time.sleep(1.0)
-        for run_id in reversed(ids):
-            engine.cancel(run_id, root=home)
+        cli("cancel-sweep", sweep_id, "--home", str(home))  # the whole group: queued ones never start
         cancelled_at = time.time()
         rows = wait_final(engine, ids, home, 60)
     finally:
@@ -301,6 +324,7 @@ def main(out: Path) -> None:
     scenario_runs(engine, out, result)
     result["engine_info"] = engine.engine_info(out / "runs-home")  # what the sidebar shows
     scenario_split(engine, out, result)
+    scenario_sweep(engine, out, result)
     scenario_unreadable(engine, out, result, json.loads((out / "recipe.json").read_text()))
     scenario_cancel(engine, out, result)
     scenario_dispatcher_death(engine, out, result)

@@ -101,6 +101,23 @@ def test_runs_land_on_both_nodes_and_their_files_decode(scenario):
 
 @pytest.mark.ray
 @pytest.mark.timeout(480)
+def test_a_sweep_through_the_cli_lands_on_both_nodes_and_its_files_decode(scenario):
+    from compression import engine, sources
+
+    sweep = scenario["sweep"]
+    home = Path(sweep["home"])
+    members = sweep["members"]
+    assert len(members) == 4 and all(m["state"] == "succeeded" and not m["reused"] for m in members), members
+    assert {m["node"] for m in members} == set(scenario["nodes"]), "the sweep's runs did not land on both nodes"
+    for member in members:
+        path = engine.run_file(member["run"], "model.clab", root=home)
+        assert path.stat().st_size == member["compressed_bytes"]
+        assert sources.load_file(path).prunable_layers()
+    assert [m["run"] for m in engine.sweep_status(sweep["id"], root=home)["members"]] == [m["run"] for m in members]
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(480)
 def test_an_exact_sensitivity_analysis_is_split_across_the_cluster(scenario):
     split = scenario["split"]
     assert split["state"] == "succeeded", split
@@ -109,6 +126,8 @@ def test_an_exact_sensitivity_analysis_is_split_across_the_cluster(scenario):
     assert len(split["parts_nodes"]) == 2, split  # this task measured its group, the other part ran elsewhere
 
 
+@pytest.mark.ray
+@pytest.mark.timeout(480)
 def test_a_dataset_a_node_cannot_read_fails_the_run_there_at_once(scenario):
     rows = scenario["unreadable"]
     on_worker = [row for row in rows.values() if row["node"] == scenario["worker_node"]]

@@ -270,9 +270,8 @@ def test_plan_page_search_starts_a_background_search(seeded_home, monkeypatch):
     settings = json.loads((folder / "search.json").read_text())
     assert settings["budget"] == 2 and settings["prune_options"]["finetune_epochs"] == 0
     deadline = time.time() + 120  # the background search queues its first generation as one sweep
-    while time.time() < deadline and not engine.list_sweeps(root=home):
+    while time.time() < deadline and not [s for s in engine.list_sweeps(root=home) if s["axis"] == "search"]:
         time.sleep(1)
-    sweep = engine.list_sweeps(root=home)[0]
-    assert sweep["axis"] == "search"
+    sweep = next(s for s in engine.list_sweeps(root=home) if s["axis"] == "search")
     engine.cancel_sweep(sweep["id"], root=home)
     engine.wait_sweep(sweep["id"], 60, root=home)

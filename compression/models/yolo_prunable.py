@@ -1,0 +1,89 @@
+"""Ultralytics' C2f made prunable: the channel split replaced by two convolutions, same outputs.
+
+Ultralytics' C2f runs one 1x1 convolution `cv1` to 2c channels and splits the result in two
+(`chunk(2, 1)`) by a stored count; Torch-Pruning's dependency graph cannot follow a split by a fixed
+count, so the channels step could not prune YOLO detectors. `C2fV2` computes the same two halves with
+two 1x1 convolutions `cv0` and `cv1` (+ their batch norms) whose weights are the two halves of the
+original `cv1`: each half is now an ordinary convolution output the graph can shrink. This is
+Torch-Pruning's own YOLOv8 recipe (`C2f_v2` and `transfer_weights` in examples/yolov8/yolov8_pruning.py
+of VainF/Torch-Pruning); here the replacement copies the trained modules instead of rebuilding them,
+so a fused detector (no batch norm) and C2f subclasses that keep C2f's forward (YOLO11's C3k2) work too.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+# the attributes Ultralytics' parse_model puts on each top-level layer and DetectionModel's forward reads
+# (f: where the input comes from, i: the layer's index, type/np: what model.info prints)
+ULTRALYTICS_ATTRIBUTES = ("f", "i", "type", "np")
+
+
+def _half(conv_block: nn.Module, start: int, stop: int) -> nn.Module:
+    """A copy of an Ultralytics Conv block (conv, optional bn, act) keeping output channels start:stop."""
+    block = copy.deepcopy(conv_block)
+    conv = block.conv
+    conv.weight = nn.Parameter(conv.weight.detach()[start:stop].clone())
+    if conv.bias is not None:
+        conv.bias = nn.Parameter(conv.bias.detach()[start:stop].clone())
+    conv.out_channels = stop - start
+    bn = getattr(block, "bn", None)
+    if isinstance(bn, nn.BatchNorm2d):
+        if bn.affine:
+            bn.weight = nn.Parameter(bn.weight.detach()[start:stop].clone())
+            bn.bias = nn.Parameter(bn.bias.detach()[start:stop].clone())
+        if bn.track_running_stats:
+            bn.running_mean = bn.running_mean[start:stop].clone()
+            bn.running_var = bn.running_var[start:stop].clone()
+        bn.num_features = stop - start
+    return block
+
+
+class C2fV2(nn.Module):
+    """C2f with its split replaced by two convolutions: cv0 gives the first half, cv1 the second."""
+
+    def __init__(self, c2f: nn.Module) -> None:
+        super().__init__()
+        self.c = int(c2f.c)  # hidden channels of each half
+        self.cv0 = _half(c2f.cv1, 0, self.c)
+        self.cv1 = _half(c2f.cv1, self.c, 2 * self.c)
+        self.cv2 = c2f.cv2
+        self.m = c2f.m
+        for name in ULTRALYTICS_ATTRIBUTES:
+            if hasattr(c2f, name):
+                setattr(self, name, getattr(c2f, name))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = [self.cv0(x), self.cv1(x)]
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+def _splits_like_c2f(module: nn.Module) -> bool:
+    """A C2f, or a subclass that keeps C2f's forward (and so its split): YOLO11's C3k2."""
+    from ultralytics.nn.modules.block import C2f
+
+    return isinstance(module, C2f) and type(module).forward is C2f.forward
+
+
+def make_prunable(model: nn.Module) -> list[str]:
+    """Replace every C2f (and C2f-forward subclass) of an Ultralytics model by C2fV2, in place.
+
+    Returns the replaced modules' names (e.g. "model.2"), in model order: what a decoder needs to repeat
+    the replacement on a freshly built architecture before a channel-pruning record is replayed.
+    """
+    from compression.models.yolo_env import offline_ultralytics
+
+    offline_ultralytics()
+    replaced = [name for name, module in model.named_modules() if _splits_like_c2f(module)]
+    for name in replaced:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old = parent.get_submodule(child)
+        new = C2fV2(old).to(next(old.parameters()).device)
+        new.train(old.training)
+        setattr(parent, child, new)
+    return replaced

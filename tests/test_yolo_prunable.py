@@ -17,6 +17,23 @@ def _yolov8n(nc: int = 4):
         return DetectionModel("yolov8n.yaml", nc=nc, verbose=False).float().eval()
 
 
+def _shapes(output) -> list:
+    """Every tensor's shape in a (nested) detector output: Ultralytics returns tensors, lists and dicts."""
+    if isinstance(output, torch.Tensor):
+        return [tuple(output.shape)]
+    items = output.values() if isinstance(output, dict) else output
+    return [shape for item in items for shape in _shapes(item)]
+
+
+def _predictions(output) -> list:
+    """A detector output without the intermediate features Ultralytics returns beside the predictions."""
+    if isinstance(output, dict):
+        return [value for key, value in output.items() if key != "feats"]
+    if isinstance(output, tuple | list):
+        return [_predictions(item) for item in output]
+    return output
+
+
 def _first(output):
     return output[0] if isinstance(output, tuple | list) else output
 
@@ -43,3 +60,31 @@ def test_make_prunable_keeps_outputs(source):
     after = _first(model(x))
     assert after.shape == before.shape
     assert torch.allclose(before, after, atol=1e-5)
+
+
+@pytest.mark.parametrize("source", ["demo", "yolov8n"])
+@torch.no_grad()
+def test_detector_channels_pruned_by_l1_run_and_replay(source):
+    from compression.methods.channels.detector import head_outputs, prune_detector
+    from compression.models.channel_replay import replay
+
+    model = load_detector().model if source == "demo" else _yolov8n()
+    x = torch.rand(1, 3, 320, 320)
+    before = model(x)
+    params = sum(p.numel() for p in model.parameters())
+    heads = {name: m.weight.shape[0] for name, m in model.named_modules() if m in head_outputs(model)
+             and hasattr(m, "weight")}
+    result = prune_detector(model, 0.5, (3, 320, 320))
+    after = model(x)
+    # the predictions (decoded boxes + class scores, raw box distributions and scores) keep their shapes;
+    # only the neck features Ultralytics also returns ("feats") are narrower
+    assert _shapes(_predictions(after)) == _shapes(_predictions(before))
+    ratio = sum(p.numel() for p in model.parameters()) / params
+    assert 0.22 < ratio < 0.32, ratio  # both sides of most convolutions halve: about a quarter remains
+    assert all(model.get_submodule(name).weight.shape[0] == width for name, width in heads.items())
+    assert result.layers and all(row["kept"] == round(row["channels"] / 2) for row in result.layers.values())
+    # the record rebuilds the pruned shapes on a fresh copy: the replaced C2f names, then the history
+    fresh = load_detector().model if source == "demo" else _yolov8n()
+    assert make_prunable(fresh) == result.replaced
+    replay(fresh, result.history, (3, 320, 320))
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}

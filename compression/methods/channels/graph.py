@@ -29,13 +29,19 @@ class ChannelGroup:
     out_weights: list[torch.Tensor]  # weights of the member convolutions (for the L1 criterion)
 
 
-def channel_groups(model: nn.Module, input_shape: tuple[int, ...], graph=None) -> list[ChannelGroup]:
-    """The convolution channel groups of a model, in model order (coupled convolutions share a group)."""
+def channel_groups(model: nn.Module, input_shape: tuple[int, ...], graph=None,
+                   ignored: tuple[nn.Module, ...] = ()) -> list[ChannelGroup]:
+    """The convolution channel groups of a model, in model order (coupled convolutions share a group).
+
+    A group that would remove output channels of an `ignored` layer is left out (its inputs may still shrink):
+    a detector's final prediction convolutions, whose outputs are boxes and class scores.
+    """
     graph = graph if graph is not None else build_graph(model, input_shape)
     names = {module: name for name, module in model.named_modules()}
     order = {name: i for i, name in enumerate(names.values())}
     groups = []
-    for group in graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Conv1d, nn.Conv3d)):
+    for group in graph.get_all_groups(ignored_layers=list(ignored),
+                                       root_module_types=(nn.Conv2d, nn.Conv1d, nn.Conv3d)):
         members, consumers, weights = [], [], []
         for item in group:
             dep = item.dep

@@ -88,3 +88,25 @@ def test_detector_channels_pruned_by_l1_run_and_replay(source):
     assert make_prunable(fresh) == result.replaced
     replay(fresh, result.history, (3, 320, 320))
     assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@torch.no_grad()
+def test_channel_pruned_detector_file_decodes_to_the_same_boxes(fused, tmp_path):
+    from compression.methods.channels.detector import prune_detector
+    from compression.models.compact import Products
+    from compression.models.detector import fuse, load_detector_file
+
+    handle = load_detector().clone()
+    result = prune_detector(handle.model, 0.5, (3, handle.imgsz, handle.imgsz))
+    if fused:
+        fuse(handle.model)
+    handle.save(tmp_path / "det.clab", products=Products(channel_history=result.history,
+                                                         c2f_replaced=result.replaced))
+    decoded = load_detector_file(tmp_path / "det.clab")
+    assert decoded.c2f_replaced == result.replaced and decoded.channel_history == result.history
+    x = torch.rand(2, 3, handle.imgsz, handle.imgsz)
+    assert torch.equal(_first(handle.model(x)), _first(decoded.model(x)))
+    # saving the decoded handle again keeps its records, so the file still decodes
+    decoded.save(tmp_path / "again.clab")
+    assert torch.equal(_first(load_detector_file(tmp_path / "again.clab").model(x)), _first(handle.model(x)))

@@ -28,9 +28,13 @@ class Products:
     # weight tensor name -> codebooks + codes of a vector-quantized layer (stored as "vq" sections)
     vq_structures: dict = field(default_factory=dict)
     folded_bn: bool = False  # a detector's batch norms were folded into its convolutions
+    # a detector's C2f modules replaced by split-free C2fV2 before channel pruning (models/yolo_prunable.py):
+    # the decoder repeats the replacement before it replays channel_history
+    c2f_replaced: list = field(default_factory=list)
 
     def merge(self, other: Products) -> None:
         self.channel_history.extend(other.channel_history)
+        self.c2f_replaced.extend(other.c2f_replaced)
         self.vq_structures.update(other.vq_structures)
         self.folded_bn = self.folded_bn or other.folded_bn
 
@@ -46,6 +50,9 @@ def write_compact(handle, path: str | Path, extra: dict | None = None, products:
     history = list(handle.channel_history) + list(products.channel_history)
     if history:  # channels were removed: the decoder replays this record on the built architecture
         meta["channel_pruning"] = history
+    replaced = list(getattr(handle, "c2f_replaced", [])) + list(products.c2f_replaced)  # detectors only
+    if replaced:
+        meta["c2f_replaced"] = replaced
     if products.folded_bn:
         meta["fused"] = True
     meta.update(extra or {})
@@ -156,14 +163,19 @@ def check_meta(meta: dict, source: str = "file") -> dict:
             raise _bad_meta(source, key, value, f"null or a list of at most {MAX_INPUT_CHANNELS} finite numbers"
                             + (" above 0" if key == "std" else ""))
         norms[key] = tuple(value) if value else None
-    history = meta.get("channel_pruning")
+    history = check_channel_history(meta.get("channel_pruning"), source)
+    return {"architecture": architecture, "input_shape": tuple(shape), "num_classes": num_classes, "label": label,
+            "mean": norms["mean"], "std": norms["std"], "channel_pruning": history}
+
+
+def check_channel_history(history, source: str = "file") -> list | None:
+    """A file's channel-pruning record (None when absent), or a FormatError when it is not a list of records."""
     if history is not None and not (
             isinstance(history, list) and len(history) <= MAX_CHANNEL_RECORDS
             and all(isinstance(h, list) and len(h) == 3 and isinstance(h[0], str) and isinstance(h[1], bool | int)
                     and isinstance(h[2], list) and all(_is_int(i) and 0 <= i < 2**31 for i in h[2]) for h in history)):
         raise _bad_meta(source, "channel_pruning", history, "a list of [module name, out-channels?, [channel indices]]")
-    return {"architecture": architecture, "input_shape": tuple(shape), "num_classes": num_classes, "label": label,
-            "mean": norms["mean"], "std": norms["std"], "channel_pruning": history}
+    return history
 
 
 def _check_shapes(state_shapes: dict[str, tuple], expected: dict[str, tuple], source: str) -> None:

@@ -29,6 +29,8 @@ from compression.models.params import bake
 from compression.paths import ASSETS
 
 DEMO_DETECTOR = ASSETS / "detector.pt"
+PRUNED_GROWTH = 64  # a channel-pruned file's architecture may hold this many times its stored values
+REPLAY_SIDE = 128  # the zero image a channel-pruning record is replayed on (the graph does not depend on size)
 HEAD_SKIP = re.compile(r".*\.(cv2|cv3)\.\d+\.2$|.*\.dfl\.conv$|.*\.one2one_cv[23]\.\d+\.2$")
 
 
@@ -40,7 +42,10 @@ class DetectorHandle:
     imgsz: int
     label: str
     extra: dict = field(default_factory=dict)
-    channel_history: list = field(default_factory=list)  # (detectors are not channel-pruned yet)
+    # channel-pruning replay records already applied to this model (a decoded channel-pruned file)
+    channel_history: list = field(default_factory=list)
+    # C2f modules already replaced by C2fV2 (models/yolo_prunable.py) so channels could be pruned
+    c2f_replaced: list = field(default_factory=list)
 
     def save(self, path, extra: dict | None = None, products=None) -> int:
         """Write this model as a compact file (the one writer, models/compact.write_compact); bytes written."""
@@ -100,7 +105,7 @@ class DetectorHandle:
 
     def clone(self) -> DetectorHandle:
         return DetectorHandle(copy.deepcopy(self.model), copy.deepcopy(self.architecture), self.imgsz, self.label,
-                              dict(self.extra))
+                              dict(self.extra), list(self.channel_history), list(self.c2f_replaced))
 
 
 def untrusted(path: str | Path) -> ModelLoadError:
@@ -232,12 +237,30 @@ def load_detector_file(path: str | Path) -> DetectorHandle:
 def handle_from_decoded_detector(meta: dict, state: dict, source: str = "file") -> DetectorHandle:
     """Rebuild the recorded detector and load the decoded tensors into it."""
     from compression.errors import FormatError
+    from compression.models.channel_replay import replay
+    from compression.models.compact import check_channel_history
+    from compression.models.yolo_arch import MAX_ROWS
+    from compression.models.yolo_prunable import make_prunable
 
     if meta.get("task") != "detect":
         raise FormatError(f"{source} holds a {meta.get('task', 'unknown')} model, not a detector")
+    history = check_channel_history(meta.get("channel_pruning"), source)
+    replaced = meta.get("c2f_replaced") or []
+    if not isinstance(replaced, list) or len(replaced) > MAX_ROWS or not all(
+            isinstance(name, str) and len(name) <= 200 for name in replaced):
+        raise FormatError(f"{source}: its record of replaced C2f modules is not a list of module names: the file "
+                          "is damaged")
     stored = sum(t.numel() for t in state.values())
-    # unfused layers hold at most ~1.5x the values of fused ones (batch norm: 4 vectors for 1 bias)
-    model = build_detector(meta.get("architecture"), max_elements=2 * stored + 100_000)
+    # unfused layers hold at most ~1.5x the values of fused ones (batch norm: 4 vectors for 1 bias); a
+    # channel-pruned file is built unpruned first, and keeping 1/8 of the channels on both sides of every
+    # convolution leaves 1/64 of its weights
+    growth = PRUNED_GROWTH if history else 2
+    model = build_detector(meta.get("architecture"), max_elements=growth * stored + 100_000)
+    if replaced and make_prunable(model) != replaced:
+        raise ModelLoadError(f"{source}: its replaced C2f modules do not match its recorded architecture: the file "
+                             "is damaged or was written for another model")
+    if history:
+        replay(model, history, (int(model.yaml.get("channels", 3)), REPLAY_SIDE, REPLAY_SIDE))
     if meta.get("fused"):
         fuse(model)
     expected = model.state_dict()
@@ -248,7 +271,7 @@ def handle_from_decoded_detector(meta: dict, state: dict, source: str = "file") 
     if isinstance(imgsz, bool) or not isinstance(imgsz, int) or not 32 <= imgsz <= 8192:
         raise FormatError(f"{source} records an image size of {str(imgsz)[:20]}: the file is damaged")
     return DetectorHandle(model.eval(), meta["architecture"], imgsz, str(meta.get("label", source))[:200],
-                          {"meta": meta})
+                          {"meta": meta}, list(history or []), list(replaced))
 
 
 def evaluate_detector(handle: DetectorHandle, data_yaml: str | Path, batch: int = 32,

@@ -110,3 +110,41 @@ def test_channel_pruned_detector_file_decodes_to_the_same_boxes(fused, tmp_path)
     # saving the decoded handle again keeps its records, so the file still decodes
     decoded.save(tmp_path / "again.clab")
     assert torch.equal(_first(load_detector_file(tmp_path / "again.clab").model(x)), _first(handle.model(x)))
+
+
+def test_channels_step_prunes_a_detector_and_its_file_gives_the_same_boxes(tmp_path):
+    from PIL import Image
+
+    from compression.analysis.detections import predict
+    from compression.data.detection import load_detection_data
+    from compression.data.shapes import ShapesConfig, write_dataset
+    from compression.errors import PlanError
+    from compression.methods import channels
+    from compression.methods.context import StepContext
+    from compression.models.detector import load_detector_file
+    from compression.pipeline import compress
+    from compression.plan import ChannelStep, Plan
+
+    detector = load_detector()
+    images = write_dataset(tmp_path / "shapes", train=16, val=8, config=ShapesConfig(seed=3))
+    data = load_detection_data(f"yolo:{images}")
+    ctx = StepContext(data=data, layers=list(detector.prunable_layers()))
+    ctx.use_task(detector)
+    with pytest.raises(PlanError, match="use selection l1 or random for a detector"):
+        channels.run(detector.clone().model, ChannelStep(keep_ratio={"_default": 0.5}), ctx)
+    plan = Plan.from_dict({"schema_version": 1, "eval_split": "val", "steps": [
+        {"type": "channels", "selection": "l1", "keep_ratio": {"_default": 0.5}, "fitness_size": 8,
+         "finetune_epochs": 0, "final_epochs": 0}]})
+    result = compress(detector, plan, data, tmp_path / "run", latency=False, keep_in_memory=True)
+    params = sum(p.numel() for p in detector.model.parameters())
+    assert sum(p.numel() for p in result.in_memory.model.parameters()) < 0.35 * params
+    again = load_detector_file(result.path)
+    assert again.c2f_replaced == result.products.c2f_replaced and again.channel_history
+    assert result.metrics["after"]["map50"] == result.metrics["after"]["in_memory_accuracy"]
+    for path in data.val_images(limit=4):  # the file decodes to the model the step made: the same boxes
+        image = Image.open(path)
+        # a threshold low enough that the unfine-tuned pruned model still gives boxes to compare
+        a = predict(result.in_memory.model, image, 160, 0.001)
+        b = predict(again.model, image, 160, 0.001)
+        assert a
+        assert [(x.xyxy, x.cls, x.conf) for x in a] == [(x.xyxy, x.cls, x.conf) for x in b]

@@ -64,6 +64,8 @@ class StepContext:
     data: DataBundle
     layers: list[str]  # prunable layer names, in model order
     task: str = "classify"  # the handle's task ("classify" or "detect"); use_task sets it with the hooks
+    # the model's input (C, H, W) when the data does not say it: a detector's (3, imgsz, imgsz), set by use_task
+    input_shape: tuple[int, ...] | None = None
     seed: int = 0
     batch_size: int = 64
     shift_pixels: int = 0  # augmentation for fine-tuning (the demo digits use 2)
@@ -94,6 +96,8 @@ class StepContext:
         self.task = handle.task
         if handle.task == "detect":
             from compression.methods.detect_train import detection_hooks
+
+            self.input_shape = tuple(handle.input_shape)
 
             detection_hooks(self.data, handle.imgsz, self)
 

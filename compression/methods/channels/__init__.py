@@ -21,8 +21,13 @@ The method, per the paper:
 During the search a candidate is applied by zeroing the masked channels at the inputs of the consumer
 layers (forward pre-hooks), which gives exactly the outputs the physically pruned model gives.
 
+YOLO detectors (L1 and random selection): Ultralytics' C2f is first replaced by the split-free, output-identical
+C2fV2 (models/yolo_prunable.py, recorded in the file so the decoder repeats it), and the Detect head's prediction
+outputs and DFL are never pruned (detector.py).
+
 Files, one job each: graph.py (channel groups from the dependency graph, masking hooks, the L1 criterion,
-physical removal), ga.py (the genetic search and its two-step fitness), step.py (the plan step's handler).
+physical removal), ga.py (the genetic search and its two-step fitness), step.py (the plan step's handler),
+detector.py (a detector pruned to one keep ratio in one call, and the head layers that must stay whole).
 The compact file records Torch-Pruning's `pruning_history()` (plain JSON: module name, direction,
 channel indices); `models.channel_replay.replay` re-applies it to a freshly built architecture before the
 weights load.

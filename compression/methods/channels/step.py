@@ -10,6 +10,7 @@ from torch import nn
 
 from compression.errors import PlanError
 from compression.methods import bn_stats
+from compression.methods.channels.detector import head_outputs
 from compression.methods.channels.ga import Fitness, genetic_search
 from compression.methods.channels.graph import (
     ChannelGroup,
@@ -26,6 +27,7 @@ from compression.methods.context import StepContext, StepResult
 from compression.methods.registry import handler
 from compression.models.channel_replay import build_graph, plain_history
 from compression.models.compact import Products
+from compression.models.yolo_prunable import make_prunable
 from compression.plan import ChannelStep
 
 # Each stage of the step draws from its own random stream (offsets from the plan's seed + the step's
@@ -50,13 +52,21 @@ def _sensitivity(model: nn.Module, groups: list[ChannelGroup], scorer: Callable[
 @handler(ChannelStep)
 def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
     """Prune each targeted channel group to its keep ratio (GA, L1 or random), least sensitive first."""
+    replaced, ignored = [], ()
     if ctx.task == "detect":
-        raise PlanError("channels: channel pruning of YOLO detectors is not supported yet (Ultralytics' C2f splits "
-                        "its channels by a stored count, which needs Torch-Pruning's split-free C2f variant): "
-                        "remove the channels step, prune and cluster the detector instead")
-    input_shape = tuple(ctx.data.input_shape)
+        if step.selection == "ga":
+            raise PlanError("channels: the genetic search is not available for YOLO detectors yet (its cheap fitness "
+                            "screens classifier images): use selection l1 or random for a detector")
+        # Ultralytics' C2f splits its channels by a stored count the dependency graph cannot follow: replace it
+        # by the output-identical split-free C2fV2 (recorded, so the decoder repeats it), and keep the Detect
+        # head's prediction outputs (boxes, class scores, DFL) whole
+        replaced = make_prunable(model)
+        ignored = tuple(head_outputs(model))
+        if replaced:
+            ctx.log(f"channels: {len(replaced)} C2f modules made prunable (split replaced by two convolutions)")
+    input_shape = tuple(ctx.input_shape or ctx.data.input_shape)
     graph = build_graph(model, input_shape)
-    groups = channel_groups(model, input_shape, graph)
+    groups = channel_groups(model, input_shape, graph, ignored)
     targets = {}
     for group in groups:
         ratio = group_ratio(step.keep_ratio, group)
@@ -70,7 +80,8 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
                 "outputs are its classes)")
     if not targets:
         ctx.log("channels: no convolution has a keep_ratio below 1; nothing to do")
-        return StepResult()
+        # a detector's C2f were replaced all the same: the file must record it to decode
+        return StepResult({"c2f_replaced": replaced}, Products(c2f_replaced=replaced))
     seed = ctx.seed + step.seed
     device = next(model.parameters()).device
     accurate_scorer = ctx.make_scorer(step.fitness_size, seed)
@@ -79,12 +90,14 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
         order = sorted(targets, key=lambda name: -sensitivity[name])
     else:
         sensitivity, order = {}, list(targets)
-    screen = ctx.data.subset("val", step.screen_size, seed + SCREEN_SEED)
-    screen_images = torch.stack([screen[i][0] for i in range(len(screen))]).to(device)
+    screen_images = None
+    if step.selection == "ga":  # the cheap fitness's images
+        screen = ctx.data.subset("val", step.screen_size, seed + SCREEN_SEED)
+        screen_images = torch.stack([screen[i][0] for i in range(len(screen))]).to(device)
     report = {"selection": step.selection, "order": order, "sensitivity": sensitivity, "layers": {}}
     for position, name in enumerate(order):
         ctx.check_cancelled()
-        group = group_of(channel_groups(model, input_shape, graph), name)
+        group = group_of(channel_groups(model, input_shape, graph, ignored), name)
         keep = keep_count(group.channels, targets[name])
         generator = torch.Generator().manual_seed(seed * GROUP_SEED_STRIDE + position)
         stage = f"channels {name} ({position + 1}/{len(order)})"
@@ -110,12 +123,17 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
         row["kept_channels"] = [int(i) for i in torch.nonzero(mask).flatten()]
         remove_channels(model, graph, group, mask)
         # the next group is scored on a model that is not already broken (no training: statistics only)
-        bn_stats.reestimate_on(model, ctx.data.subset("train", step.recalibrate_size, seed + RECALIBRATE_SEED),
-                               ctx.batch_size, None, seed + RECALIBRATE_SEED)
+        if ctx.task == "detect":  # a detector's data holds image folders: its own recalibrator reads them
+            ctx.recalibrate_batch_norm(model, seed + RECALIBRATE_SEED, stage)
+        else:
+            bn_stats.reestimate_on(model, ctx.data.subset("train", step.recalibrate_size, seed + RECALIBRATE_SEED),
+                                   ctx.batch_size, None, seed + RECALIBRATE_SEED)
         report["layers"][name] = row
         ctx.finetune(model, step.finetune_epochs, step.lr, seed + GROUP_FINETUNE_SEED + position, stage + " fine-tune")
     ctx.finetune(model, step.final_epochs, step.lr, seed + FINAL_FINETUNE_SEED, "channels fine-tune")
     model.eval()
     ctx.log("channels: kept " + ", ".join(f"{k}={v['kept']}/{v['channels']}" for k, v in report["layers"].items()))
     # Torch-Pruning's replay record of this step: the file stores it and the decoder replays it
-    return StepResult(report, Products(channel_history=plain_history(graph.pruning_history())))
+    report["c2f_replaced"] = replaced
+    return StepResult(report, Products(channel_history=plain_history(graph.pruning_history()),
+                                       c2f_replaced=replaced))

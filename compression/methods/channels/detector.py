@@ -25,6 +25,7 @@ from torch import nn
 from compression.methods.channels.graph import channel_groups, keep_count, l1_scores, remove_channels, top_mask
 from compression.models.channel_replay import build_graph, plain_history
 from compression.models.detector import HEAD_SKIP
+from compression.models.yolo_env import offline_ultralytics
 from compression.models.yolo_prunable import make_prunable
 
 SELECTIONS = ("l1", "random")  # the channels step's one-shot criteria (its GA needs a scorer and data)
@@ -41,8 +42,10 @@ class DetectorPruning:
 
 def head_outputs(model: nn.Module) -> list[nn.Module]:
     """The layers whose output channels must stay: the Detect head's final convolutions and its DFL."""
-    return [module for name, module in model.named_modules()
-            if HEAD_SKIP.fullmatch(name) or type(module).__name__ == "DFL"]
+    offline_ultralytics()
+    from ultralytics.nn.modules.block import DFL
+
+    return [module for name, module in model.named_modules() if HEAD_SKIP.fullmatch(name) or isinstance(module, DFL)]
 
 
 def prune_detector(model: nn.Module, keep_ratio: float, input_shape: tuple[int, int, int],

@@ -114,9 +114,9 @@ def search(source: dict, report: dict, budget: int, batch: int = 4, root: str | 
             on_generation({"generation": generations, "evaluated": evaluated, "members": members})
         if all(m["state"] == "cancelled" for m in members):
             break  # the sweep was cancelled
-    front = []
+    front, members = [], engine.sweep_status(sweep_id, root)["members"]  # member index = trial number
     for trial in study.best_trials:
-        run = engine.sweep_status(sweep_id, root)["members"][trial.number]["run"]
+        run = members[trial.number]["run"]
         front.append({"run": run, "compressed_bytes": int(trial.values[0]), "accuracy": trial.values[1]})
     front.sort(key=lambda point: point["compressed_bytes"])
     return {"sweep": sweep_id, "evaluated": evaluated, "failed": failed, "generations": generations,

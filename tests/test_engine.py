@@ -272,3 +272,17 @@ def test_cli_submit_runs_cancel(tmp_path, capsys):
     assert main(["submit", str(recipe), "--model", "demo:nope", "--data", "digits", "--home", home]) == 2
     assert "unknown demo model" in capsys.readouterr().err
     assert len(engine.list_runs(root=home)) == 1
+
+
+def test_cancel_queued_cancels_a_group_in_one_step(tmp_path):
+    """A sweep's queued members are cancelled together: a claim can come before or after, never between."""
+    store = RunStore(tmp_path)
+    ids = [store.insert(quick_job()) for _ in range(3)]
+    assert store.claim_next(1) == ids[0]  # the dispatcher took the first
+    assert store.cancel_queued(ids) == ids[1:]  # the running one is not cancelled here, the queued ones are
+    assert store.claim_next(5) is None  # nothing left to start
+    for run_id in ids[1:]:
+        row = store.row(run_id)
+        assert row["state"] == "cancelled" and row["started"] is None and "before it started" in row["error"]
+        assert store.recorded_state(run_id)["state"] == "cancelled"
+    assert store.row(ids[0])["state"] == "running" and store.cancel_queued([]) == []

@@ -603,6 +603,21 @@ class RunStore:
             self.discard_results(run_id)
         return changed
 
+    def cancel_queued(self, run_ids: list[str], error: str = "cancelled before it started") -> list[str]:
+        """Cancel every run of `run_ids` that is still queued, in one transaction, so the dispatcher cannot
+        start one of them between two cancels. Returns the ids it cancelled."""
+        def body(db):
+            now, done = time.time(), []
+            for run_id in run_ids:
+                if db.execute("UPDATE runs SET state = 'cancelled', finished = ?, error = ? WHERE id = ? AND "
+                              "state = 'queued'", (now, error, run_id)).rowcount:
+                    record = db.execute(f"SELECT {', '.join(RECORDED)} FROM runs WHERE id = ?", (run_id,)).fetchone()
+                    self._write_record(run_id, dict(record))
+                    done.append(run_id)
+            return done
+
+        return self._transaction(body, write=True) if run_ids else []
+
     def discard_results(self, run_id: str) -> None:
         folder = self.run_dir(run_id)
         for path in [*(folder / name for name in RESULT_FILES), *folder.glob(".*.tmp")]:

@@ -217,16 +217,17 @@ def sweep_status(sweep_id: str, root: str | Path | None = None) -> dict:
 def cancel_sweep(sweep_id: str, root: str | Path | None = None) -> list[str]:
     """Cancel every member still queued (at once, so none starts) then ask the running ones to stop; reused
     members (runs of earlier work) are left alone. Returns the run ids it cancelled or asked to stop."""
-    from compression.engine import cancel
+    from compression.engine import _store, cancel
 
     sweep = sweep_status(sweep_id, root)
-    active = [m for m in sweep["members"] if not m["reused"] and m["state"] in ("queued", "running")]
-    # queued first, so that stopping a running member never lets the dispatcher start the next one; a member
-    # started between the listing and its cancel() is asked to stop by cancel() itself
-    active.sort(key=lambda m: m["state"] != "queued")
-    for member in active:
-        cancel(member["run"], root)
-    return [m["run"] for m in active]
+    active = [m["run"] for m in sweep["members"] if not m["reused"] and m["state"] in ("queued", "running")]
+    # every queued member in one transaction, so that neither stopping a running member nor the dispatcher's next
+    # claim can start one of them; a member started between the listing and that transaction is asked to stop
+    cancelled = set(_store(root).cancel_queued(active))
+    for run_id in active:
+        if run_id not in cancelled:
+            cancel(run_id, root)
+    return active
 
 
 def wait_sweep(sweep_id: str, timeout: float = 3600.0, root: str | Path | None = None, poll: float = 0.5,

@@ -373,7 +373,7 @@ class ChannelStep:
     elite: int = 2  # GA: best masks copied unchanged into the next generation
     survivors: int = 4  # GA: candidates per generation the accurate fitness scores (0 = all: no screening)
     screen_size: int = 64  # images for the cheap fitness (reconstruction error of the next layers)
-    fitness_size: int = 256  # validation images for the accurate fitness (top-1)
+    fitness_size: int = 256  # validation images for the accurate fitness (top-1; mAP50 for a detector)
     recalibrate_size: int = 256  # training images whose batch statistics re-estimate BatchNorm after each layer
     finetune_epochs: int = 1  # fine-tuning epochs after each layer (KD loss when the plan distills)
     final_epochs: int = 0  # fine-tuning epochs after the last layer

@@ -117,7 +117,6 @@ def test_channels_step_prunes_a_detector_and_its_file_gives_the_same_boxes(tmp_p
     from compression.analysis.detections import predict
     from compression.data.detection import load_detection_data
     from compression.data.shapes import ShapesConfig, write_dataset
-    from compression.errors import PlanError
     from compression.methods import channels
     from compression.methods.context import StepContext
     from compression.models.detector import load_detector_file
@@ -129,8 +128,18 @@ def test_channels_step_prunes_a_detector_and_its_file_gives_the_same_boxes(tmp_p
     data = load_detection_data(f"yolo:{images}")
     ctx = StepContext(data=data, layers=list(detector.prunable_layers()))
     ctx.use_task(detector)
-    with pytest.raises(PlanError, match="use selection l1 or random for a detector"):
-        channels.run(detector.clone().model, ChannelStep(keep_ratio={"_default": 0.5}), ctx)
+    # the genetic search with the detection fitness: reconstruction-error screen, then mAP50 on a subset
+    model = detector.clone().model
+    targets = {"model.7.conv": 0.5, "model.22.cv3.0.0.conv": 0.25}
+    report = channels.run(model, ChannelStep(keep_ratio=targets, population=4, generations=1, survivors=2,
+                                             screen_size=4, fitness_size=8, finetune_epochs=0), ctx).report
+    assert report["selection"] == "ga" and report["fitness"] == "mAP50" and set(report["order"]) == set(targets)
+    for name, ratio in targets.items():
+        row = report["layers"][name]
+        assert row["kept"] == round(row["channels"] * ratio) == len(row["kept_channels"])
+        assert row["screened"] > 0 and row["scored"] > 0 and len(row["generations"]) == 2
+        assert 0.0 <= row["l1_fitness"] <= row["ga_fitness"] <= 1.0  # the L1 mask seeds the search; elitism keeps it
+    assert model.get_submodule("model.7.conv").out_channels == report["layers"]["model.7.conv"]["kept"]
     plan = Plan.from_dict({"schema_version": 1, "eval_split": "val", "steps": [
         {"type": "channels", "selection": "l1", "keep_ratio": {"_default": 0.5}, "fitness_size": 8,
          "finetune_epochs": 0, "final_epochs": 0}]})

@@ -82,9 +82,12 @@ class StepContext:
     bn_reestimations: int = 0  # how many times batch-norm statistics were re-estimated (metrics.json)
     # Task hooks. A classifier uses the defaults below (cross-entropy fine-tuning on data.train, top-1
     # on a validation subset); a detector sets them to Ultralytics' detection loss and mAP, so every
-    # method runs unchanged on both. trainer(model, epochs, lr, seed, stage); scorer(size, seed) -> f(model).
+    # method runs unchanged on both. trainer(model, epochs, lr, seed, stage); scorer(size, seed, metric) -> f(model),
+    # metric None for the task's own score or "fitness" for the channel search's accurate step (a detector: mAP50);
+    # screener(size, seed) -> a batch of validation images as the model reads them (the search's cheap screen).
     trainer: Callable[..., None] | None = None
     scorer: Callable[..., Callable[[nn.Module], float]] | None = None
+    screener: Callable[[int, int], torch.Tensor] | None = None
     score_name: str = "accuracy"
     # Batch-norm statistics are re-estimated after every fine-tuning on at most this many training batches
     # (see methods/bn_stats.py). A detector sets `bn_recalibrator(model, seed) -> batches used` to its own data.
@@ -134,14 +137,24 @@ class StepContext:
         self.check_cancelled()
         return used
 
-    def make_scorer(self, size: int, seed: int) -> Callable[[nn.Module], float]:
-        """A quick quality score on a validation subset (higher is better): top-1, or mAP50-95 for a detector."""
+    def make_scorer(self, size: int, seed: int, metric: str | None = None) -> Callable[[nn.Module], float]:
+        """A quick quality score on a validation subset (higher is better): top-1, or mAP50-95 for a detector.
+
+        metric "fitness": the channel search's accurate step, top-1 again, a detector's mAP50 (which boxes
+        survive; their placement is restored by fine-tuning and is what the final mAP50-95 measures)."""
         if self.scorer is not None:
-            return self.scorer(size, seed)
+            return self.scorer(size, seed, metric)
         from compression import metrics
 
         loader = self.data.loader("val", size=size, seed=seed)
         return lambda model: metrics.accuracy(model, loader)
+
+    def screen_images(self, size: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """`size` validation images as one batch, as the model reads them (the channel search's cheap screen)."""
+        if self.screener is not None:
+            return self.screener(size, seed).to(device)
+        screen = self.data.subset("val", size, seed)
+        return torch.stack([screen[i][0] for i in range(len(screen))]).to(device)
 
     def emit(self, stage: str, fraction: float, **values) -> None:
         if self.on_progress is not None:

@@ -146,6 +146,13 @@ def detector_batches(data: DetectionData, imgsz: int, size: int | None, seed: in
                 for start in range(0, len(dataset), batch)]
 
 
+def screen_batch(data: DetectionData, imgsz: int, size: int, seed: int = 0) -> torch.Tensor:
+    """A seeded sample of `size` validation images, letterboxed as the detector reads them, as one float batch."""
+    dataset = letterboxed(data, data.val_subset(size, seed), imgsz, max(1, size))
+    with quiet_ultralytics():
+        return torch.stack([dataset[i]["img"] for i in range(len(dataset))]).float() / 255
+
+
 DETECTOR_BN_IMAGES = 256  # training images whose statistics re-estimate a detector's batch norms after fine-tuning
 
 
@@ -183,5 +190,7 @@ def detection_hooks(data: DetectionData, imgsz: int, ctx, batch: int = 16) -> No
     ctx.trainer = trainer
     ctx.bn_recalibrator = lambda model, seed: recalibrate_detector(model, data, imgsz, seed)
     ctx.enable_distillation = enable_distillation
-    ctx.scorer = lambda size, seed: map_scorer(data, imgsz, size, seed)
+    ctx.scorer = lambda size, seed, metric=None: map_scorer(data, imgsz, size, seed,
+                                                            "map50" if metric == "fitness" else "map50_95")
+    ctx.screener = lambda size, seed: screen_batch(data, imgsz, size, seed)
     ctx.score_name = "mAP50-95"

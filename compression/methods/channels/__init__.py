@@ -13,7 +13,7 @@ The method, per the paper:
   L1 choice plus Bernoulli samples), uniform crossover, swap mutation, tournament selection, elitism;
 - two-step approximate fitness: a cheap screen of every candidate (the relative reconstruction error
   of the consumer layers' outputs on `screen_size` images, as the paper's first step), then the
-  task score (top-1) on `fitness_size` validation images for the best `survivors` only;
+  task score (top-1, a detector's mAP50) on `fitness_size` validation images for the best `survivors` only;
 - after each group, BatchNorm statistics are re-estimated on `recalibrate_size` training images (no
   training: the search then scores the next group on a model that is not already broken), then
   fine-tuning (with the KD loss when the plan has a distill step), after which ctx.finetune
@@ -21,9 +21,12 @@ The method, per the paper:
 During the search a candidate is applied by zeroing the masked channels at the inputs of the consumer
 layers (forward pre-hooks), which gives exactly the outputs the physically pruned model gives.
 
-YOLO detectors (L1 and random selection): Ultralytics' C2f is first replaced by the split-free, output-identical
-C2fV2 (models/yolo_prunable.py, recorded in the file so the decoder repeats it), and the Detect head's prediction
-outputs and DFL are never pruned (detector.py).
+YOLO detectors: Ultralytics' C2f is first replaced by the split-free, output-identical C2fV2
+(models/yolo_prunable.py, recorded in the file so the decoder repeats it), and the Detect head's prediction
+outputs and DFL are never pruned (detector.py). The search's cheap screen reads letterboxed validation images
+(StepContext.screen_images) and its accurate step is mAP50 on `fitness_size` validation images
+(StepContext.make_scorer(..., "fitness")); fine-tuning uses the detection loss, distilled when the plan has a
+distill step (methods/detect_train.py).
 
 Files, one job each: graph.py (channel groups from the dependency graph, masking hooks, the L1 criterion,
 physical removal), ga.py (the genetic search and its two-step fitness), step.py (the plan step's handler),

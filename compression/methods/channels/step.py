@@ -8,7 +8,6 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from compression.errors import PlanError
 from compression.methods import bn_stats
 from compression.methods.channels.detector import head_outputs
 from compression.methods.channels.ga import Fitness, genetic_search
@@ -54,9 +53,6 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
     """Prune each targeted channel group to its keep ratio (GA, L1 or random), least sensitive first."""
     replaced, ignored = [], ()
     if ctx.task == "detect":
-        if step.selection == "ga":
-            raise PlanError("channels: the genetic search is not available for YOLO detectors yet (its cheap fitness "
-                            "screens classifier images): use selection l1 or random for a detector")
         # Ultralytics' C2f splits its channels by a stored count the dependency graph cannot follow: replace it
         # by the output-identical split-free C2fV2 (recorded, so the decoder repeats it), and keep the Detect
         # head's prediction outputs (boxes, class scores, DFL) whole
@@ -84,7 +80,7 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
         return StepResult({"c2f_replaced": replaced}, Products(c2f_replaced=replaced))
     seed = ctx.seed + step.seed
     device = next(model.parameters()).device
-    accurate_scorer = ctx.make_scorer(step.fitness_size, seed)
+    accurate_scorer = ctx.make_scorer(step.fitness_size, seed, "fitness")
     if step.selection == "ga" or len(targets) > 1:
         sensitivity = _sensitivity(model, [g for g in groups if g.name in targets], accurate_scorer)
         order = sorted(targets, key=lambda name: -sensitivity[name])
@@ -92,9 +88,9 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
         sensitivity, order = {}, list(targets)
     screen_images = None
     if step.selection == "ga":  # the cheap fitness's images
-        screen = ctx.data.subset("val", step.screen_size, seed + SCREEN_SEED)
-        screen_images = torch.stack([screen[i][0] for i in range(len(screen))]).to(device)
-    report = {"selection": step.selection, "order": order, "sensitivity": sensitivity, "layers": {}}
+        screen_images = ctx.screen_images(step.screen_size, seed + SCREEN_SEED, device)
+    report = {"selection": step.selection, "order": order, "sensitivity": sensitivity, "layers": {},
+              "fitness": "mAP50" if ctx.task == "detect" else "top-1"}  # the search's accurate step (make_scorer)
     for position, name in enumerate(order):
         ctx.check_cancelled()
         group = group_of(channel_groups(model, input_shape, graph, ignored), name)
@@ -122,10 +118,9 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
                     f"({fitness.screens} screened, {fitness.scores} scored)")
         row["kept_channels"] = [int(i) for i in torch.nonzero(mask).flatten()]
         remove_channels(model, graph, group, mask)
-        # the next group is scored on a model that is not already broken (no training: statistics only)
-        if ctx.task == "detect":  # a detector's data holds image folders: its own recalibrator reads them
-            ctx.recalibrate_batch_norm(model, seed + RECALIBRATE_SEED, stage)
-        else:
+        # the next group is scored on a model that is not already broken (no training: statistics only); a
+        # detector's ctx.finetune below re-estimates them on its own images (even with 0 epochs), so only once
+        if ctx.task != "detect":
             bn_stats.reestimate_on(model, ctx.data.subset("train", step.recalibrate_size, seed + RECALIBRATE_SEED),
                                    ctx.batch_size, None, seed + RECALIBRATE_SEED)
         report["layers"][name] = row

@@ -128,6 +128,7 @@ def test_channels_step_prunes_a_detector_and_its_file_gives_the_same_boxes(tmp_p
     data = load_detection_data(f"yolo:{images}")
     ctx = StepContext(data=data, layers=list(detector.prunable_layers()))
     ctx.use_task(detector)
+    assert ctx.reestimate_after_training is False  # a detector keeps the statistics its fine-tuning kept
     # the genetic search with the detection fitness: reconstruction-error screen, then mAP50 on a subset
     model = detector.clone().model
     targets = {"model.7.conv": 0.5, "model.22.cv3.0.0.conv": 0.25}

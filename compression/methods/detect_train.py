@@ -189,6 +189,7 @@ def detection_hooks(data: DetectionData, imgsz: int, ctx, batch: int = 16) -> No
 
     ctx.trainer = trainer
     ctx.bn_recalibrator = lambda model, seed: recalibrate_detector(model, data, imgsz, seed)
+    ctx.reestimate_after_training = False  # measured on the demo detector: see StepContext
     ctx.enable_distillation = enable_distillation
     ctx.scorer = lambda size, seed, metric=None: map_scorer(data, imgsz, size, seed,
                                                             "map50" if metric == "fitness" else "map50_95")

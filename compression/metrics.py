@@ -94,20 +94,29 @@ def accuracy(model: nn.Module, loader: DataLoader) -> float:
 
 @torch.no_grad()
 def cpu_latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 1,
-                   repeats: int = 30, warmup: int = 5) -> float:
-    """Median milliseconds of one forward pass on the CPU (warm-up runs excluded)."""
+                   repeats: int = 30, warmup: int = 5, threads: int | None = None) -> float:
+    """Median milliseconds of one forward pass on the CPU (warm-up runs excluded).
+
+    threads: torch's intra-op threads while measuring (restored after), so two models measured one after the
+    other are compared on the same footing; None: whatever the process uses."""
     model = model.eval()
     original = device_for(model)
+    before = torch.get_num_threads()
     model.to("cpu")
-    x = torch.randn((batch_size, *input_shape))
-    for _ in range(warmup):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
-        times.append((time.perf_counter() - start) * 1000.0)
-    model.to(original)
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        x = torch.randn((batch_size, *input_shape))
+        for _ in range(warmup):
+            model(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - start) * 1000.0)
+    finally:
+        torch.set_num_threads(before)
+        model.to(original)
     return statistics.median(times)
 
 

@@ -55,7 +55,8 @@ if removed:
     params = (f" · parameters {removed['params_before']:,} -> {removed['params_after']:,}"
               if removed["params_before"] and removed["params_after"] else "")
     st.markdown(f"**Channels removed**: {removed['kept']:,} of {removed['channels']:,} channels kept "
-                f"({removed['kept'] / removed['channels']:.0%}) in {removed['groups']} groups{params}.")
+                f"({removed['kept'] / removed['channels']:.0%}) in the {removed['groups']} convolution groups it pruned"
+                f"{params}.")
 cols = st.columns(3)
 if before.get("latency_ms") and after.get("latency_ms"):
     latency = {"original_ms": before["latency_ms"], "compressed_ms": after["latency_ms"], "threads": None}
@@ -63,9 +64,10 @@ elif st.session_state.get(f"det_latency::{run['id']}"):  # asked for once: the m
     latency = detector_latency(run["id"], spec_key(spec))
 else:
     latency = None
-    cols[2].button("Measure CPU latency here", key="det_measure_latency", on_click=st.session_state.__setitem__,
-                   args=(f"det_latency::{run['id']}", True),
-                   help="the run did not measure latency: time both detectors on this machine (batch 1, one thread)")
+    cols[0].button("Measure CPU latency here", key="det_measure_latency", on_click=st.session_state.__setitem__,
+                   args=(f"det_latency::{run['id']}", True))
+    cols[1].caption("This run did not measure CPU latency: time both detectors on this machine, batch 1, one "
+                    "torch thread, their passes interleaved (a few seconds).")
 if latency:
     speedup = latency["original_ms"] / max(1e-9, latency["compressed_ms"])
     cols[0].metric("CPU latency original", f"{latency['original_ms']:.1f} ms")
@@ -73,8 +75,9 @@ if latency:
                    f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower", delta_color="off")
     where = ("measured by the run" if latency["threads"] is None
              else f"measured here with {latency['threads']} torch thread")
-    cols[2].caption(f"Median of 30 forward passes, batch 1 at {handle.imgsz} px, {where}. Removed channels make "
-                    "the compressed detector faster; pruned and shared weights alone do not.")
+    cols[2].caption(f"Median of 30 forward passes, batch 1 at {handle.imgsz} px, {where}. Removed channels (and "
+                    "batch norm folded into the convolutions) make the compressed detector faster; pruned and "
+                    "shared weights alone do not.")
 try:
     compressed = decoded_run(run["id"])
 except CompressionLabError as exc:

@@ -133,12 +133,11 @@ LATENCY_THREADS = 1  # one torch thread: the figure a busy or shared CPU reprodu
 
 def latency_pair(original: nn.Module, compressed: nn.Module, imgsz: int,
                  threads: int = LATENCY_THREADS) -> dict[str, float]:
-    """CPU milliseconds of one image (batch 1, imgsz x imgsz) through each detector, measured alike."""
-    from compression.metrics import cpu_latency_ms
+    """CPU milliseconds of one image (batch 1, imgsz x imgsz) through each detector, their passes interleaved."""
+    from compression.metrics import cpu_latencies_ms
 
-    shape = (3, imgsz, imgsz)
-    return {"original_ms": cpu_latency_ms(original, shape, threads=threads),
-            "compressed_ms": cpu_latency_ms(compressed, shape, threads=threads), "threads": threads}
+    original_ms, compressed_ms = cpu_latencies_ms([original, compressed], (3, imgsz, imgsz), threads=threads)
+    return {"original_ms": original_ms, "compressed_ms": compressed_ms, "threads": threads}
 
 
 def channels_removed(metrics: dict) -> dict | None:

@@ -168,7 +168,7 @@ def _group_row(choice: ChannelChoice, prefix: str, group: str, members: tuple[st
     n = layout.channels[group]
     parts = layout.parts.get(group, (n,))
     step = len(parts) if len(set(parts)) == 1 else 1
-    cols = st.columns([2, 3, 3])
+    cols = st.columns([5, 6, 6])
     cols[0].markdown(f"`{group}` · {n} channels")
     # defaults live in the session state (load_channels sets them from a recipe)
     st.session_state.setdefault(prefix + "keep::" + group, n)

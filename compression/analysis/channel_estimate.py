@@ -6,6 +6,9 @@ finds, once per model, which channel group each layer's outputs and inputs belon
 dependency graph; coupled convolutions share a group); `channel_factors` then gives each weight layer
 the fraction of its weights (and FLOPs) that remains, which the plan page multiplies into its estimate.
 The run measures the real model; this is exact for weights and FLOPs of convolutions and linear layers.
+
+A YOLO detector is traced as the channels step prunes it: its C2f made prunable (the split becomes two
+convolutions, both named by the C2f's `cv1` in a plan) and the Detect head's prediction outputs left whole.
 """
 
 from __future__ import annotations

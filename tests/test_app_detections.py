@@ -151,7 +151,12 @@ def test_plan_page_prunes_detector_channels_by_yolo_block(detector_home, monkeyp
     assert not any(".cv0." in k or ".dfl." in k or k.endswith((".cv2.0.2", ".cv3.0.2")) for k in keys)
     split = at.slider(key=_key(at, "slider", "::keep::model.4.cv1.conv"))  # the C2f's cv1: both halves, 2 x 16
     assert split.value == 32 and split.step == 2
-    assert at.selectbox(key=_key(at, "selectbox", "::selection")).value == "l1"
+    selection = at.selectbox(key=_key(at, "selectbox", "::selection"))
+    assert selection.value == "l1"
+    selection.set_value("ga").run()  # offered (the step decides at run time whether a detector can use it)
+    assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+    at.selectbox(key=selection.key).set_value("l1").run()
+    split = at.slider(key=split.key)
     split.set_value(16).run()
     removed = next(c.value for c in at.caption if c.value.startswith("Channels removed"))
     estimated = int(removed.split(": ")[1].split()[0].replace(",", ""))
@@ -207,3 +212,23 @@ def test_detections_page_measures_latency_when_the_run_did_not(detector_home, mo
     assert any("measured here with 1 torch thread" in c.value for c in at.caption)
     at.slider(key="det_conf").set_value(0.5).run()  # the measurement stays on the page
     assert "CPU latency compressed" in {m.label for m in at.metric}
+
+
+def test_a_detector_recipe_moves_the_channel_sliders():
+    """load_channels (the recipe upload's hook) on a detector: a C2f's cv1 key sets its one slider (both halves)."""
+    import copy
+
+    import compression.ui.channels as app_channels
+    from compression.models.detector import load_detector
+    from compression.plan import ChannelStep, Plan
+
+    recipe = Plan(steps=(ChannelStep(keep_ratio={"model.4.cv1.conv": 0.5, "model.9.cv2.conv": 0.25},
+                                     selection="random"),))
+    state = {}
+    with pytest.MonkeyPatch.context() as patch:  # outside a running script: capture what it writes
+        patch.setattr(app_channels, "st", type("FakeStreamlit", (), {"session_state": state}))
+        patch.setattr(app_channels, "cached_layout", lambda k, m, shape, task="classify": app_channels.channel_layout(
+            copy.deepcopy(m), shape, task))
+        app_channels.load_channels(recipe, load_detector(), "k")
+    assert state["chan::k::keep::model.4.cv1.conv"] == 16 and state["chan::k::keep::model.9.cv2.conv"] == 32
+    assert state["chan::k::keep::model.0.conv"] == 8 and state["chan::k::selection"] == "random"

@@ -9,7 +9,7 @@ from compression import engine, sources
 from compression.analysis import detections
 from compression.errors import CompressionLabError
 from compression.ui.navigation import page_setup
-from compression.ui.state import active_spec, decoded_run, home, load_active
+from compression.ui.state import active_spec, decoded_run, detector_latency, home, load_active, spec_key
 
 page_setup()
 st.title("Detections")
@@ -50,6 +50,34 @@ cols[5].metric("Compact file bytes", f"{after['compressed_bytes']:,}", f"{metric
                delta_color="off")
 st.caption("mAP from Ultralytics' validator on the validation images; the compressed figures are measured on the "
            "model decoded from the compact file, which is also the model drawn below.")
+removed = detections.channels_removed(metrics)
+if removed:
+    params = (f" · parameters {removed['params_before']:,} -> {removed['params_after']:,}"
+              if removed["params_before"] and removed["params_after"] else "")
+    st.markdown(f"**Channels removed**: {removed['kept']:,} of {removed['channels']:,} channels kept "
+                f"({removed['kept'] / removed['channels']:.0%}) in the {removed['groups']} convolution groups it pruned"
+                f"{params}.")
+cols = st.columns(3)
+if before.get("latency_ms") and after.get("latency_ms"):
+    latency = {"original_ms": before["latency_ms"], "compressed_ms": after["latency_ms"], "threads": None}
+elif st.session_state.get(f"det_latency::{run['id']}"):  # asked for once: the measurement is cached per run
+    latency = detector_latency(run["id"], spec_key(spec))
+else:
+    latency = None
+    cols[0].button("Measure CPU latency here", key="det_measure_latency", on_click=st.session_state.__setitem__,
+                   args=(f"det_latency::{run['id']}", True))
+    cols[1].caption("This run did not measure CPU latency: time both detectors on this machine, batch 1, one "
+                    "torch thread, their passes interleaved (a few seconds).")
+if latency:
+    speedup = latency["original_ms"] / max(1e-9, latency["compressed_ms"])
+    cols[0].metric("CPU latency original", f"{latency['original_ms']:.1f} ms")
+    cols[1].metric("CPU latency compressed", f"{latency['compressed_ms']:.1f} ms",
+                   f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower", delta_color="off")
+    where = ("measured by the run" if latency["threads"] is None
+             else f"measured here with {latency['threads']} torch thread")
+    cols[2].caption(f"Median of 30 forward passes, batch 1 at {handle.imgsz} px, {where}. Removed channels (and "
+                    "batch norm folded into the convolutions) make the compressed detector faster; pruned and "
+                    "shared weights alone do not.")
 try:
     compressed = decoded_run(run["id"])
 except CompressionLabError as exc:

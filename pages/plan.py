@@ -317,6 +317,14 @@ def rows_and_estimate() -> None:
     launch_section(settings, quantizers, channel_choice, prediction)
 
 
+def launch(job: dict) -> None:
+    """The launch button's callback: submit the run, keep (run id, error) for the redraw to show."""
+    try:
+        st.session_state["plan_launched"] = (engine.submit(job, root=home()), None)
+    except CompressionLabError as exc:
+        st.session_state["plan_launched"] = (None, str(exc))
+
+
 def launch_section(settings: dict, quantizers: dict, channel_choice, prediction: dict | None) -> None:
     with st.expander("Fine-tuning and search settings"):
         c = st.columns(4)
@@ -354,13 +362,16 @@ def launch_section(settings: dict, quantizers: dict, channel_choice, prediction:
     cols[1].file_uploader("Load recipe", type=["json"], key="plan_upload", on_change=load_recipe)
     if st.session_state.get("plan_load_error"):
         st.error(st.session_state["plan_load_error"])
-    if cols[2].button("Launch run", type="primary", key="plan_launch"):
-        try:
-            run_id = engine.submit(compress_job(spec, plan.to_dict(), predicted=prediction), root=home())
-            st.success(f"Run {run_id} queued.")
-            st.page_link("pages/runs.py", label="Follow it on the Runs page", icon=":material/play_circle:")
-        except CompressionLabError as exc:
-            st.error(str(exc))
+    # a callback (it runs before the page redraws), as the sweep's: a button inside the fragment read by `if`
+    # was never seen pressed by Streamlit's AppTest, so no test could launch the plan the page built
+    cols[2].button("Launch run", type="primary", key="plan_launch", on_click=launch,
+                   args=(compress_job(spec, plan.to_dict(), predicted=prediction),))
+    launched = st.session_state.pop("plan_launched", None)
+    if launched and launched[0]:
+        st.success(f"Run {launched[0]} queued.")
+        st.page_link("pages/runs.py", label="Follow it on the Runs page", icon=":material/play_circle:")
+    elif launched:
+        st.error(launched[1])
     with cols[3]:  # N targets solved into N plans with these fine-tuning settings, submitted as one group
         sweep_button(spec, stats, report, history, name,
                      {"iterations": int(iterations), "finetune_epochs": int(prune_epochs)},

@@ -126,3 +126,109 @@ def test_pareto_axis_says_map_for_detector_runs():
     assert pareto_figure(table, "compressed_bytes", "bytes").layout.yaxis.title.text == "validation mAP50 (%)"
     table["task"] = "classify"
     assert pareto_figure(table, "compressed_bytes", "bytes").layout.yaxis.title.text == "test accuracy (%)"
+
+
+def _key(at, kind: str, suffix: str) -> str:
+    return next(w.key for w in getattr(at, kind) if w.key and w.key.endswith(suffix))
+
+
+def test_plan_page_prunes_detector_channels_by_yolo_block(detector_home, monkeypatch):
+    """The channels section traces the detector as the step does (C2f made prunable, head outputs whole): its
+    sliders sit under their YOLO block, and a run of the plan it builds removes the channels the estimate said."""
+    from compression import engine
+
+    home, _ = detector_home
+    at = start(home, monkeypatch)
+    at.radio(key="model_source").set_value("Demo detector (YOLO)").run()
+    at.switch_page("pages/plan.py").run()
+    at.toggle(key=_key(at, "toggle", "::show")).set_value(True).run()  # a big model's section starts switched off
+    assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+    blocks = [m.value for m in at.markdown if m.value.startswith("**model.")]
+    for block in ("**model.0 · Conv**", "**model.2 · C2f**", "**model.9 · SPPF**",
+                  "**model.22 · Detect (box branch)**", "**model.22 · Detect (class branch)**"):
+        assert block in blocks
+    keys = [s.key for s in at.slider if "::keep::" in s.key]
+    assert not any(".cv0." in k or ".dfl." in k or k.endswith((".cv2.0.2", ".cv3.0.2")) for k in keys)
+    split = at.slider(key=_key(at, "slider", "::keep::model.4.cv1.conv"))  # the C2f's cv1: both halves, 2 x 16
+    assert split.value == 32 and split.step == 2
+    selection = at.selectbox(key=_key(at, "selectbox", "::selection"))
+    assert selection.value == "l1"
+    selection.set_value("ga").run()  # offered (the step decides at run time whether a detector can use it)
+    assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+    at.selectbox(key=selection.key).set_value("l1").run()
+    split = at.slider(key=split.key)
+    split.set_value(16).run()
+    removed = next(c.value for c in at.caption if c.value.startswith("Channels removed"))
+    estimated = int(removed.split(": ")[1].split()[0].replace(",", ""))
+    # a cheap run: no fine-tuning anywhere, no distillation
+    at.number_input(key=_key(at, "number_input", "::epochs")).set_value(0)
+    at.toggle(key=_key(at, "toggle", "::kd")).set_value(False)
+    for key in ("plan_prune_epochs", "plan_cluster_epochs"):
+        at.number_input(key=key).set_value(0)
+    at.number_input(key="plan_iterations").set_value(1).run()
+    before = {r["id"] for r in engine.list_runs(root=home)}
+    at.button(key="plan_launch").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+    (run_id,) = {r["id"] for r in engine.list_runs(root=home)} - before
+    plan = engine.status(run_id, root=home)["job"]["plan"]
+    channels = next(step for step in plan["steps"] if step["type"] == "channels")
+    assert channels["keep_ratio"] == {"model.4.cv1.conv": 0.5} and channels["selection"] == "l1"
+    row = engine.wait(run_id, 600, root=home)
+    assert row["state"] == "succeeded", row.get("error")
+    metrics = json.loads((home / "runs" / run_id / "metrics.json").read_text())
+    kept = {name: (v["channels"], v["kept"]) for name, v in metrics["steps"]["channels"]["layers"].items()}
+    assert kept == {"model.4.cv0.conv": (16, 8), "model.4.cv1.conv": (16, 8)}  # both halves of the C2f's cv1
+    assert metrics["before"]["prunable_weights"] - metrics["after"]["prunable_weights"] == estimated
+
+    # the Detections page says what the channels step removed and shows the run's measured latencies
+    at.switch_page("pages/detections.py").run()
+    choose_run(at, run_id)
+    assert not at.exception, [e.value for e in at.exception]
+    said = next(m.value for m in at.markdown if "Channels removed" in m.value)
+    assert "16 of 32 channels kept" in said
+    assert f"{metrics['before']['params']:,} -> {metrics['after']['params']:,}" in said
+    labels = {m.label: m.value for m in at.metric}
+    assert labels["CPU latency original"] == f"{metrics['before']['latency_ms']:.1f} ms"
+    assert labels["CPU latency compressed"] == f"{metrics['after']['latency_ms']:.1f} ms"
+
+
+def choose_run(at, run_id: str) -> None:
+    runs = at.selectbox(key="det_run")
+    runs.select_index(next(i for i, label in enumerate(runs.options) if label.startswith(run_id))).run()
+
+
+def test_detections_page_measures_latency_when_the_run_did_not(detector_home, monkeypatch):
+    home, run_id = detector_home  # the fixture's run was submitted with latency off
+    at = start(home, monkeypatch)
+    at.radio(key="model_source").set_value("Demo detector (YOLO)").run()
+    at.switch_page("pages/detections.py").run()
+    choose_run(at, run_id)
+    assert "CPU latency original" not in {m.label for m in at.metric}
+    assert not any("Channels removed" in m.value for m in at.markdown)  # a prune + cluster run removes none
+    at.button(key="det_measure_latency").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    labels = {m.label: m.value for m in at.metric}
+    assert labels["CPU latency original"].endswith(" ms") and labels["CPU latency compressed"].endswith(" ms")
+    assert any("measured here with 1 torch thread" in c.value for c in at.caption)
+    at.slider(key="det_conf").set_value(0.5).run()  # the measurement stays on the page
+    assert "CPU latency compressed" in {m.label for m in at.metric}
+
+
+def test_a_detector_recipe_moves_the_channel_sliders():
+    """load_channels (the recipe upload's hook) on a detector: a C2f's cv1 key sets its one slider (both halves)."""
+    import copy
+
+    import compression.ui.channels as app_channels
+    from compression.models.detector import load_detector
+    from compression.plan import ChannelStep, Plan
+
+    recipe = Plan(steps=(ChannelStep(keep_ratio={"model.4.cv1.conv": 0.5, "model.9.cv2.conv": 0.25},
+                                     selection="random"),))
+    state = {}
+    with pytest.MonkeyPatch.context() as patch:  # outside a running script: capture what it writes
+        patch.setattr(app_channels, "st", type("FakeStreamlit", (), {"session_state": state}))
+        patch.setattr(app_channels, "cached_layout", lambda k, m, shape, task="classify": app_channels.channel_layout(
+            copy.deepcopy(m), shape, task))
+        app_channels.load_channels(recipe, load_detector(), "k")
+    assert state["chan::k::keep::model.4.cv1.conv"] == 16 and state["chan::k::keep::model.9.cv2.conv"] == 32
+    assert state["chan::k::keep::model.0.conv"] == 8 and state["chan::k::selection"] == "random"

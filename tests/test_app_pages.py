@@ -187,7 +187,8 @@ def test_plan_page_channel_settings_follow_a_loaded_recipe(home):
     recipe = Plan.from_json((ROOT / "assets" / "recipes" / "vgg_small_channels.json").read_text())
     with pytest.MonkeyPatch.context() as patch:  # the app runs in this process: patch only this call
         patch.setattr(app_channels, "st", type("FakeStreamlit", (), {"session_state": state}))
-        patch.setattr(app_channels, "cached_layout", lambda k, m, shape: app_channels.channel_layout(m, shape))
+        patch.setattr(app_channels, "cached_layout",
+                      lambda k, m, shape, task="classify": app_channels.channel_layout(m, shape, task))
         app_channels.load_channels(recipe, load_model("demo:vgg_small"), prefix.split("::")[1])
     assert state[prefix + "keep::features.21"] == 64 and state[prefix + "keep::features.0"] == 19
     assert state[prefix + "selection"] == "ga" and state[prefix + "kd"] is True and state[prefix + "kd_epochs"] == 4

@@ -157,3 +157,38 @@ def test_channels_step_prunes_a_detector_and_its_file_gives_the_same_boxes(tmp_p
         b = predict(again.model, image, 160, 0.001)
         assert a
         assert [(x.xyxy, x.cls, x.conf) for x in a] == [(x.xyxy, x.cls, x.conf) for x in b]
+
+
+def test_plan_keys_name_the_loaded_detector_and_the_estimate_is_what_the_step_removes(tmp_path):
+    """The plan page's channel layout of a detector is the channels step's: a C2f's cv1 (two convolutions once
+    prunable) is one plan key for both halves, the head's outputs are no key, the frozen first layers are keys,
+    and the estimate's weights left equal the pruned model's (a concatenation reads several groups)."""
+    import copy
+
+    from compression.analysis.channel_estimate import channel_factors, channel_layout
+    from compression.data.detection import load_detection_data
+    from compression.data.shapes import ShapesConfig, write_dataset
+    from compression.methods import channels
+    from compression.methods.context import StepContext
+    from compression.plan import ChannelStep, Plan
+
+    detector = load_detector()
+    layout = channel_layout(copy.deepcopy(detector.model), tuple(detector.input_shape), "detect")
+    layers = detector.prunable_layers()
+    assert set(layout.groups) <= set(layers) and "model.0.conv" in layout.groups
+    assert layout.parts["model.4.cv1.conv"] == (16, 16) and layout.channels["model.4.cv1.conv"] == 32
+    assert layout.blocks["model.9.cv2.conv"] == "model.9 · SPPF"
+    assert layout.blocks["model.22.cv3.0.1.conv"] == "model.22 · Detect (class branch)"
+    assert layout.in_shares["model.12.cv1.conv"] == {"model.6.cv2.conv": 64, "model.9.cv2.conv": 128}
+    keep = {"model.0.conv": 0.5, "model.4.cv1.conv": 0.5, "model.9.cv2.conv": 0.5, "model.22.cv2.0.1.conv": 0.25}
+    step = ChannelStep(keep_ratio=keep, selection="l1", finetune_epochs=0, final_epochs=0, fitness_size=8)
+    Plan(steps=(step,)).validate(list(layers))  # the page's keys are layers of the loaded model
+    factors = channel_factors(layout, keep, list(layers))
+    images = write_dataset(tmp_path / "shapes", train=8, val=8, config=ShapesConfig(seed=3))
+    ctx = StepContext(data=load_detection_data(f"yolo:{images}"), layers=list(layers))
+    ctx.use_task(detector)
+    work = detector.clone()
+    report = channels.run(work.model, step, ctx).report
+    assert report["layers"]["model.4.cv0.conv"]["kept"] == report["layers"]["model.4.cv1.conv"]["kept"] == 8
+    assert round(sum(w.numel() * factors[name] for name, w in layers.items())) == sum(
+        w.numel() for w in work.prunable_layers().values())

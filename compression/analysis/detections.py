@@ -4,7 +4,8 @@
 model's size, NMS, boxes scaled back to the image). `compare` matches the original's boxes to the
 compressed model's (same class, IoU >= 0.5, greedy by confidence): an original box with no match
 "vanished", a compressed box with no match "appeared". `draw` puts the boxes on the image with PIL's
-built-in font (nothing is downloaded).
+built-in font (nothing is downloaded). `latency_pair` times both detectors on this CPU the same way;
+`channels_removed` reads what a run's channels step took out.
 """
 
 from __future__ import annotations
@@ -125,3 +126,26 @@ def draw(image: Image.Image, boxes: list[Box], names: dict[int, str], scale: int
         pen.rectangle(text_box, fill=colour)
         pen.text((tx, ty), label, fill=(255, 255, 255), font=font)
     return canvas
+
+
+LATENCY_THREADS = 1  # one torch thread: the figure a busy or shared CPU reproduces (more threads vary with load)
+
+
+def latency_pair(original: nn.Module, compressed: nn.Module, imgsz: int,
+                 threads: int = LATENCY_THREADS) -> dict[str, float]:
+    """CPU milliseconds of one image (batch 1, imgsz x imgsz) through each detector, their passes interleaved."""
+    from compression.metrics import cpu_latencies_ms
+
+    original_ms, compressed_ms = cpu_latencies_ms([original, compressed], (3, imgsz, imgsz), threads=threads)
+    return {"original_ms": original_ms, "compressed_ms": compressed_ms, "threads": threads}
+
+
+def channels_removed(metrics: dict) -> dict | None:
+    """What a run's channels step removed (from its metrics): channels kept of all and parameters before/after."""
+    layers = ((metrics.get("steps") or {}).get("channels") or {}).get("layers") or {}
+    if not layers:
+        return None
+    return {"groups": len(layers), "channels": sum(int(row["channels"]) for row in layers.values()),
+            "kept": sum(int(row["kept"]) for row in layers.values()),
+            "params_before": (metrics.get("before") or {}).get("params"),
+            "params_after": (metrics.get("after") or {}).get("params")}

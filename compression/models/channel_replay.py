@@ -31,8 +31,13 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...]):
                                   "architecture (torchvision:ARCH with its weights) instead")
     device = next(model.parameters()).device
     was_training = model.training
+    # the tracer follows autograd from the parameters: a frozen one (Ultralytics loads a detector with
+    # requires_grad off) left the layers before the first trainable one out of the graph, never pruned
+    frozen = [p for p in model.parameters() if not p.requires_grad]
     model.eval()
     try:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
         with torch.enable_grad():  # the tracer follows autograd: decoding inside torch.no_grad() must work too
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros((1, *input_shape),
                                                                                             device=device),
@@ -42,6 +47,8 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...]):
                                   "leave the channels step out for it") from None
     finally:
         model.train(was_training)
+        for parameter in frozen:
+            parameter.requires_grad_(False)
     return graph
 
 

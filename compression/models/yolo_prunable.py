@@ -45,6 +45,9 @@ def _half(conv_block: nn.Module, start: int, stop: int) -> nn.Module:
 class C2fV2(nn.Module):
     """C2f with its split replaced by two convolutions: cv0 gives the first half, cv1 the second."""
 
+    # the C2f's names for these layers (a plan names the loaded model's layers): both halves were its cv1
+    original_names = {"cv0.conv": "cv1.conv"}
+
     def __init__(self, c2f: nn.Module) -> None:
         super().__init__()
         self.c = int(c2f.c)  # hidden channels of each half

@@ -21,12 +21,15 @@ CHANNEL_DEFAULTS, DISTILL_DEFAULTS = ChannelStep(), DistillStep()  # the widgets
 
 
 @st.cache_resource(max_entries=8, show_spinner="Tracing the channel groups...")
-def cached_layout(key: str, _model, input_shape: tuple[int, ...]) -> ChannelLayout | None:
-    """The model's channel groups (None when it has none or cannot be traced, e.g. a TorchScript file)."""
+def cached_layout(key: str, _model, input_shape: tuple[int, ...], task: str = "classify") -> ChannelLayout | None:
+    """The model's channel groups (None when it has none or cannot be traced, e.g. a TorchScript file).
+
+    A detector's copy is made prunable (its C2f split into two convolutions) with the head's outputs left whole,
+    as the channels step does: the sliders are the step's groups, keyed by names the step resolves."""
     import copy
 
     try:
-        layout = channel_layout(copy.deepcopy(_model).cpu(), tuple(input_shape))
+        layout = channel_layout(copy.deepcopy(_model).cpu(), tuple(input_shape), task)
     except Exception:  # noqa: BLE001 - a model the tracer cannot follow simply gets no channel section
         return None
     return layout if layout.groups else None
@@ -71,19 +74,18 @@ class ChannelChoice:
 
 def load_channels(plan: Plan, handle, key: str) -> None:
     """Set the section's widgets from a loaded recipe (its channels and distill steps; defaults otherwise)."""
-    layout = cached_layout(key, handle.model, tuple(handle.input_shape))
+    layout = cached_layout(key, handle.model, tuple(handle.input_shape), handle.task)
     if layout is None:
         return
-    from compression.methods.channels import keep_count
     from compression.plan import resolve
 
     prefix = f"chan::{key}::"
     steps = {step.type: step for step in plan.steps}
     channels_step, distill_step = steps.get("channels"), steps.get("distill")
     st.session_state[prefix + "show"] = channels_step is not None or st.session_state.get(prefix + "show", False)
-    for group, n in layout.channels.items():
+    for group in layout.channels:
         ratio = resolve(channels_step.keep_ratio, group) if channels_step else None
-        st.session_state[prefix + "keep::" + group] = n if ratio is None or ratio >= 1 else keep_count(n, ratio)
+        st.session_state[prefix + "keep::" + group] = layout.kept(group, ratio)
     if channels_step:
         st.session_state[prefix + "selection"] = channels_step.selection
         st.session_state[prefix + "population"] = channels_step.population
@@ -100,40 +102,41 @@ def channel_section(handle, key: str, lazy: bool = False) -> ChannelChoice:
     """Draw the section (an expander) and return what it asks for.
 
     lazy (a big model): the section starts behind a toggle, since tracing the channel groups takes seconds
-    (4 s for a ResNet-50) and its 37 sliders slow every redraw; switched off, the plan has no channels step."""
-    if handle.task == "detect":  # YOLO's C2f needs Torch-Pruning's split-free variant: not yet
-        return ChannelChoice()
+    (4 s for a ResNet-50) and its 37 sliders slow every redraw; switched off, the plan has no channels step.
+    A detector's groups are drawn under the YOLO block they belong to ("model.2 · C2f")."""
+    detector = handle.task == "detect"
     prefix = f"chan::{key}::"
     if lazy and not st.toggle("Channel pruning (structured: remove whole channels)", key=prefix + "show",
                               help="traces the model's channel groups (a few seconds on a large model) and shows "
                                    "a 'channels kept' slider per group; off: the plan removes no channels"):
         return ChannelChoice()
-    layout = cached_layout(key, handle.model, tuple(handle.input_shape))
+    layout = cached_layout(key, handle.model, tuple(handle.input_shape), handle.task)
     if layout is None:
         return ChannelChoice()
     choice = ChannelChoice(layout=layout)
-    with st.expander("Channels kept (structured pruning: removed channels make the model faster on any CPU)"):
+    with st.expander("Channels kept (structured pruning: removed channels make the model faster on any CPU)",
+                     expanded=detector):
         st.caption("Hu et al. (2018): per convolution, a genetic algorithm picks which output channels to keep "
                    "(L1 norm and random are the baselines); the channels are removed for real, so parameters, "
                    "FLOPs, file bytes and CPU latency all drop. Runs first in the plan; pruning and clustering "
                    "then work on what remains.")
+        if detector:
+            st.caption("YOLO: each C2f's split is first replaced by two convolutions (same outputs), so its `cv1` "
+                       "is two halves that keep the same fraction; the Detect head's final box and class "
+                       "convolutions and its DFL keep all their outputs (they are the predictions).")
+        block = None
         for group, members in layout.groups.items():
-            n = layout.channels[group]
-            cols = st.columns([2, 3, 3])
-            cols[0].markdown(f"`{group}` · {n} channels")
-            # defaults live in the session state (load_channels sets them from a recipe)
-            st.session_state.setdefault(prefix + "keep::" + group, n)
-            kept = cols[1].slider("channels kept", 1, n, key=prefix + "keep::" + group, label_visibility="collapsed")
-            if len(members) > 1:
-                others = ", ".join(m for m in members if m != group)
-                cols[2].caption(f"moves with {others}: their outputs are added by skip connections, so they "
-                                "must keep the same channels")
-            if kept < n:
-                choice.keep_ratio[group] = round(kept / n, 4)
+            if detector and layout.blocks.get(group) != block:
+                block = layout.blocks.get(group)
+                st.markdown(f"**{block}**")
+            _group_row(choice, prefix, group, members, layout)
         c = st.columns(4)
+        st.session_state.setdefault(prefix + "selection", "l1" if detector else CHANNEL_DEFAULTS.selection)
         selection = c[0].selectbox("selection", ["ga", "l1", "random"], key=prefix + "selection",
                                    format_func={"ga": "genetic algorithm", "l1": "L1 norm (Li et al.)",
-                                                "random": "random"}.get)
+                                                "random": "random"}.get,
+                                   help="a detector starts at L1: one pass per group, where the genetic search "
+                                        "scores many candidate masks by mAP" if detector else None)
         for name, value in (("population", CHANNEL_DEFAULTS.population),
                             ("generations", CHANNEL_DEFAULTS.generations),
                             ("epochs", CHANNEL_DEFAULTS.finetune_epochs), ("kd", True),
@@ -157,3 +160,28 @@ def channel_section(handle, key: str, lazy: bool = False) -> ChannelChoice:
     if use_kd and choice.keep_ratio:
         choice.distill = {"temperature": float(temperature), "alpha": float(alpha), "epochs": int(kd_epochs)}
     return choice
+
+
+def _group_row(choice: ChannelChoice, prefix: str, group: str, members: tuple[str, ...],
+               layout: ChannelLayout) -> None:
+    """One plan key's slider; a key naming several equal groups (a C2f's two halves) moves in steps of their count."""
+    n = layout.channels[group]
+    parts = layout.parts.get(group, (n,))
+    step = len(parts) if len(set(parts)) == 1 else 1
+    cols = st.columns([5, 6, 6])
+    cols[0].markdown(f"`{group}` · {n} channels")
+    # defaults live in the session state (load_channels sets them from a recipe)
+    st.session_state.setdefault(prefix + "keep::" + group, n)
+    kept = cols[1].slider("channels kept", step, n, step=step, key=prefix + "keep::" + group,
+                          label_visibility="collapsed")
+    notes = []
+    if len(parts) > 1:
+        notes.append(f"{len(parts)} halves of {parts[0]} after the split, each keeps the same fraction")
+    coupled = [m for m in members if m != group]
+    if coupled:
+        notes.append(f"moves with {', '.join(coupled)}: their outputs are added by skip connections, so they "
+                     "must keep the same channels")
+    if notes:
+        cols[2].caption("; ".join(notes))
+    if kept < n:
+        choice.keep_ratio[group] = round(kept / n, 4)

@@ -321,6 +321,15 @@ def decoded_run(run_id: str) -> ModelHandle:
     return sources.load_file(engine.run_file(run_id, "model.clab", root=home()))
 
 
+@st.cache_data(max_entries=16, show_spinner="Measuring the CPU latency of both detectors...")
+def detector_latency(run_id: str, key: str) -> dict:
+    """Both detectors' CPU latency measured here (batch 1 at the detector's size, fixed threads), once per run."""
+    from compression.analysis.detections import latency_pair
+
+    handle, _ = _load(key)
+    return latency_pair(handle.model, decoded_run(run_id).model, handle.imgsz)
+
+
 @st.cache_data(max_entries=8, show_spinner="Exporting...")
 def run_exports(run_id: str) -> dict:
     from compression.export import onnx_bytes, torchscript_bytes

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from compression.models.channel_replay import build_graph, torch_pruning
-from compression.plan import resolve
+from compression.plan import DEFAULT_KEY, resolve
 
 
 @dataclass
@@ -27,6 +27,22 @@ class ChannelGroup:
     channels: int  # channels in the group
     consumers: list[tuple[nn.Module, torch.Tensor]]  # (layer reading the channels, group channel of each input)
     out_weights: list[torch.Tensor]  # weights of the member convolutions (for the L1 criterion)
+    key: str = ""  # the plan's name for it: `name`, or the original model's layer a replacement module split
+
+    def __post_init__(self) -> None:
+        self.key = self.key or self.name
+
+
+def original_names(model: nn.Module) -> dict[str, str]:
+    """Layer -> its name in the model before a module was replaced to make it prunable.
+
+    A plan names layers of the model the user loaded; a replacement module (a detector's C2fV2, whose `cv0`
+    and `cv1` are the two halves of the C2f's `cv1`) lists its layers' original names in `original_names`."""
+    out = {}
+    for name, module in model.named_modules():
+        for child, original in getattr(module, "original_names", {}).items():
+            out[f"{name}.{child}" if name else child] = f"{name}.{original}" if name else original
+    return out
 
 
 def channel_groups(model: nn.Module, input_shape: tuple[int, ...], graph=None,
@@ -39,6 +55,7 @@ def channel_groups(model: nn.Module, input_shape: tuple[int, ...], graph=None,
     graph = graph if graph is not None else build_graph(model, input_shape)
     names = {module: name for name, module in model.named_modules()}
     order = {name: i for i, name in enumerate(names.values())}
+    original = original_names(model)
     groups = []
     for group in graph.get_all_groups(ignored_layers=list(ignored),
                                        root_module_types=(nn.Conv2d, nn.Conv1d, nn.Conv3d)):
@@ -70,7 +87,8 @@ def channel_groups(model: nn.Module, input_shape: tuple[int, ...], graph=None,
             continue
         members.sort(key=order.get)
         channels = int(weights[0].shape[0])
-        groups.append(ChannelGroup(members[0], members, channels, consumers, weights))
+        groups.append(ChannelGroup(members[0], members, channels, consumers, weights,
+                                   original.get(members[0], members[0])))
     groups.sort(key=lambda g: order[g.name])
     return groups
 
@@ -117,13 +135,22 @@ def _input_mask(scale: torch.Tensor) -> Callable:
 
 
 def group_ratio(keep_ratio: dict, group: ChannelGroup) -> float | None:
-    """The keep ratio a plan gives a group: its first convolution's value, else the smallest value a plan key
-    names for another member exactly (coupled convolutions share one decision)."""
-    ratio = resolve(keep_ratio, group.name)
+    """The keep ratio a plan gives a group: its first convolution's value (by that name or by the original model's
+    name for it), else the smallest value a plan key names for another member exactly (coupled convolutions share
+    one decision), else a re: pattern or _default."""
+    names = dict.fromkeys((group.name, group.key))
+    for name in names:
+        if name in keep_ratio:
+            return keep_ratio[name]
     named = [float(keep_ratio[m]) for m in group.members[1:] if m in keep_ratio]
-    if group.name not in keep_ratio and named:
+    if named:
         return min(named)
-    return ratio
+    patterns = {key: value for key, value in keep_ratio.items() if key != DEFAULT_KEY}
+    for name in names:
+        ratio = resolve(patterns, name)
+        if ratio is not None:
+            return ratio
+    return keep_ratio.get(DEFAULT_KEY)
 
 
 def l1_scores(group: ChannelGroup) -> torch.Tensor:

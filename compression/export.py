@@ -25,17 +25,21 @@ DETECT = "detect"  # handle.task of a detector (models/detector.DetectorHandle)
 
 
 class DetectorPredictions(torch.nn.Module):
-    """A copy of a detector whose Detect head returns only its decoded predictions, [batch, 4 + classes, anchors],
-    not the raw head outputs beside them: one tensor, which TorchScript and ONNX can both name and give a dynamic
-    batch (the tracer cannot type the head's usual (tensor, dict of lists) output). The head's `export` flag is
-    Ultralytics' own switch for this and changes nothing else in a Detect head's forward; the copy leaves the
-    handle's model as it was."""
+    """A copy of a detector, batch norm folded, whose Detect head returns only its decoded predictions,
+    [batch, 4 + classes, anchors], not the raw head outputs beside them: one tensor, which TorchScript and ONNX
+    can both name and give a dynamic batch (the tracer cannot type the head's usual (tensor, dict of lists)
+    output). The head's `export` flag is Ultralytics' own switch for this and changes nothing else in a Detect
+    head's forward; the copy leaves the handle's model as it was."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         from ultralytics.nn.modules.head import Detect  # a detector handle has imported ultralytics already
 
-        self.model = copy.deepcopy(model).eval()
+        from compression.models.detector import fuse
+
+        # batch norm folded into the convolutions, as Ultralytics runs and exports a detector (the ONNX exporter
+        # folds it too): a smaller, faster TorchScript archive with the same predictions up to float rounding
+        self.model = fuse(copy.deepcopy(model).eval())
         for module in self.model.modules():
             if isinstance(module, Detect):
                 module.export = True

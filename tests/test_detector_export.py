@@ -88,5 +88,6 @@ def test_pruned_detector_torchscript_gives_the_models_predictions(pruned):
     expected = handle.model(x)[0]
     assert expected.shape == (2, 4 + len(handle.architecture["names"]), expected.shape[2])
     from_cli = torch.jit.load(str(folder / "pruned.pt"))
-    assert torch.allclose(from_cli(x), expected, atol=1e-5)
-    assert torch.allclose(from_cli(x), load_detector_file(folder / "pruned.clab").model(x)[0], atol=1e-5)
+    # batch norm is folded in the export: equal up to float rounding (boxes are in pixels, scores in 0..1)
+    assert torch.allclose(from_cli(x), expected, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(from_cli(x), load_detector_file(folder / "pruned.clab").model(x)[0], rtol=1e-4, atol=1e-4)

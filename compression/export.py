@@ -5,7 +5,7 @@ a tuple (decoded predictions, raw head outputs); it is exported through `Detecto
 only the predictions, [batch, 4 + classes, anchors] (box centre, width, height in pixels, then per-class
 scores), the tensor Ultralytics' own ONNX export gives and its NMS reads: input "images", output
 "predictions". Both are traced here with torch's own exporters on a fixed image size and a dynamic batch;
-Ultralytics' exporter is not used (it checks and installs packages over the network).
+Ultralytics' exporter is not used (its requirement check pip-installs a missing onnxslim or onnxruntime).
 """
 
 from __future__ import annotations

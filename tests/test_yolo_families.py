@@ -99,3 +99,12 @@ def test_make_prunable_replaces_c2f_subclasses_with_the_same_outputs(family, sub
     assert names and set(names) <= set(replaced)
     assert all(isinstance(model.get_submodule(name), C2fV2) for name in names)
     assert torch.allclose(model(x)[0], before, atol=1e-4)
+
+
+def test_plan_page_layout_refuses_an_unsupported_detector_at_once():
+    # the plan page's channel section traces a detector as the step does (its cached_layout shows no section on
+    # an error): YOLO11n's attention must be refused, not traced (that ran for minutes)
+    from compression.analysis.channel_estimate import channel_layout
+
+    with pytest.raises(PlanError, match=r"YOLO block Attention"):
+        channel_layout(_build("yolo11n"), (3, SIZE, SIZE), "detect")

@@ -33,9 +33,11 @@ class DetectorPredictions(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
-        from ultralytics.nn.modules.head import Detect  # a detector handle has imported ultralytics already
-
         from compression.models.detector import fuse
+        from compression.models.yolo_env import offline_ultralytics
+
+        offline_ultralytics()  # before ultralytics is imported: nothing it does may reach the network
+        from ultralytics.nn.modules.head import Detect
 
         # batch norm folded into the convolutions, as Ultralytics runs and exports a detector (the ONNX exporter
         # folds it too): a smaller, faster TorchScript archive with the same predictions up to float rounding

@@ -73,6 +73,12 @@ def test_pruned_detector_onnx_holds_the_pruned_shapes_and_is_smaller(pruned):
     # the stem convolution (the graph's first) has half the filters of the unpruned export's
     first, first_pruned = (_first_conv(g) for g in (onnx.load_from_string(original_onnx).graph, graph))
     assert first_pruned == (first[0] // 2, *first[1:])
+    # onnx's own reference runtime (onnxruntime is not a dependency) gives the model's predictions at batch 2
+    from onnx.reference import ReferenceEvaluator
+
+    x = torch.rand(2, 3, handle.imgsz, handle.imgsz)
+    (ran,) = ReferenceEvaluator(model).run(None, {"images": x.numpy()})
+    assert torch.allclose(torch.from_numpy(ran), handle.model(x)[0], rtol=1e-4, atol=1e-3)
     # the exported file shrinks with the parameters: dense fp32 weights, nothing else of size
     param_ratio = _params(original.model) / _params(handle.model)
     byte_ratio = len(original_onnx) / (folder / "pruned.onnx").stat().st_size

@@ -1,12 +1,13 @@
-"""Channel pruning of YOLO detectors (C2f made prunable, L1, keep ratio 0.5): parameters, FLOPs and CPU latency.
+"""Channel pruning of YOLO detectors (C2f made prunable, L1, keep 0.5 and 0.25): params, FLOPs, ONNX bytes, CPU latency.
 
 For the demo detector (trained, assets/detector.pt) and an untrained YOLOv8n built from Ultralytics' own
-yaml (nothing downloaded), every channel group except the Detect head's prediction outputs keeps half its
-channels by L1 norm (methods/channels/detector.prune_detector). Latency is the median of paired runs
-(original and pruned alternate, so load on the machine hits both alike: channel_pruning_table.paired_latency)
-at 320 px, batch 1, the same thread count for both, on the models as trained (batch norm) and fused (batch
-norm folded, what Ultralytics runs at inference). No fine-tuning: this measures speed, not accuracy.
-Prints one JSON object as its last line.
+yaml (nothing downloaded), every channel group except the Detect head's prediction outputs keeps a share of
+its channels by L1 norm (methods/channels/detector.prune_detector). Latency is the median of paired runs
+(original and pruned alternate, so load on the machine hits both alike: channel_pruning_table.paired_latency),
+batch 1, the same thread count for both, at 320 px on the models as trained (batch norm) and fused (batch norm
+folded, what Ultralytics runs at inference), and at 640 px fused. ONNX bytes are of compression/export.onnx_bytes
+at 640 px. No fine-tuning: this measures size and speed, not accuracy. Prints one JSON object as its last line.
+`yolov8n_ratios` is the YOLOv8n row benchmarks/yolo_table.py reports.
 
     .venv/bin/python benchmarks/detector_channels.py [--repeats 30] [--threads 1]
 """
@@ -29,12 +30,14 @@ sys.path.insert(0, str(ROOT))
 from channel_pruning_table import paired_latency  # noqa: E402
 
 from compression import metrics  # noqa: E402
+from compression.export import onnx_bytes  # noqa: E402
 from compression.methods.channels.detector import prune_detector  # noqa: E402
-from compression.models.detector import fuse, load_detector  # noqa: E402
+from compression.models.detector import DetectorHandle, fuse, load_detector  # noqa: E402
 from compression.models.yolo_env import offline_ultralytics, quiet_ultralytics  # noqa: E402
 
-SHAPE = (3, 320, 320)
-KEEP_RATIO = 0.5
+KEEP_RATIOS = (0.5, 0.25)
+SIZES = (320, 640)  # latency and FLOPs at both; the pruning itself does not depend on the image size
+PRUNE_SHAPE = (3, 320, 320)  # the input the dependency graph is traced on
 
 
 def yolov8n(nc: int = 80) -> torch.nn.Module:
@@ -45,25 +48,70 @@ def yolov8n(nc: int = 80) -> torch.nn.Module:
         return DetectionModel("yolov8n.yaml", nc=nc, verbose=False).float().eval()
 
 
-def measure(name: str, model: torch.nn.Module, repeats: int, threads: int) -> dict:
-    original = model.eval()
-    pruned = copy.deepcopy(original)
-    result = prune_detector(pruned, KEEP_RATIO, SHAPE)
-    row = {"replaced_c2f": len(result.replaced), "groups_pruned": len(result.layers),
-           "params": {"original": sum(p.numel() for p in original.parameters()),
-                      "pruned": sum(p.numel() for p in pruned.parameters())}}
-    try:
-        row["flops"] = {"original": metrics.flops(original, SHAPE)["flops"],
-                        "pruned": metrics.flops(pruned, SHAPE)["flops"]}
-    except Exception as exc:  # noqa: BLE001 - FLOPs are a side figure here; the latency is the point
-        row["flops"] = f"not counted ({type(exc).__name__})"
-    row["params_ratio"] = round(row["params"]["original"] / row["params"]["pruned"], 2)
-    row["latency_bn"] = paired_latency(original, pruned, SHAPE, 1, repeats, threads)
+def params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def onnx_size(model: torch.nn.Module, size: int) -> int:
+    """Bytes of the detector's ONNX export (compression/export.py: one predictions tensor, dynamic batch)."""
+    handle = DetectorHandle(model, {"kind": "ultralytics", "yaml": model.yaml, "names": dict(model.names)}, size,
+                            "benchmark")
+    return len(onnx_bytes(handle))
+
+
+def pruned_copy(model: torch.nn.Module, keep_ratio: float):
+    """A pruned deep copy of `model` (which stays as it was) and what pruning did."""
+    pruned = copy.deepcopy(model).eval()
+    return pruned, prune_detector(pruned, keep_ratio, PRUNE_SHAPE)
+
+
+def flops(model: torch.nn.Module, size: int) -> int:
+    return metrics.flops(model, (3, size, size))["flops"]
+
+
+@torch.no_grad()
+def fused_latency(original: torch.nn.Module, pruned: torch.nn.Module, size: int, repeats: int, threads: int) -> dict:
+    """Paired latency of the two models with batch norm folded (copies: the arguments stay as they were)."""
     with quiet_ultralytics():
         fused_original, fused_pruned = fuse(copy.deepcopy(original)), fuse(copy.deepcopy(pruned))
-    row["latency_fused"] = paired_latency(fused_original, fused_pruned, SHAPE, 1, repeats, threads)
-    print(f"{name}: params x{row['params_ratio']}, latency x{row['latency_bn']['ratio']:.2f} (bn), "
-          f"x{row['latency_fused']['ratio']:.2f} (fused)", file=sys.stderr, flush=True)
+    return paired_latency(fused_original, fused_pruned, (3, size, size), 1, repeats, threads)
+
+
+def yolov8n_ratios(keep_ratio: float = 0.5, size: int = 640, repeats: int = 20, threads: int = 1) -> dict:
+    """YOLOv8n (untrained, from yolov8n.yaml) at one keep ratio: original / pruned FLOPs, fused CPU latency
+    (batch 1, paired runs, `threads` threads for both) and ONNX bytes, at `size` px."""
+    torch.manual_seed(0)
+    original = yolov8n()
+    pruned, _ = pruned_copy(original, keep_ratio)
+    latency = fused_latency(original, pruned, size, repeats, threads)
+    onnx = {"original": onnx_size(original, size), "pruned": onnx_size(pruned, size)}
+    return {"v8n_keep_ratio": keep_ratio, "v8n_input": [1, 3, size, size], "v8n_threads": threads,
+            "v8n_params_ratio": round(params(original) / params(pruned), 3),
+            "v8n_flops_ratio": round(flops(original, size) / flops(pruned, size), 3),
+            "v8n_latency_ms": {"original": latency["original_ms"], "pruned": latency["pruned_ms"]},
+            "v8n_latency_ratio": round(latency["ratio"], 3),
+            "v8n_onnx_bytes": onnx, "v8n_onnx_ratio": round(onnx["original"] / onnx["pruned"], 3)}
+
+
+@torch.no_grad()
+def measure(name: str, model: torch.nn.Module, keep_ratio: float, repeats: int, threads: int) -> dict:
+    original = model.eval()
+    pruned, result = pruned_copy(original, keep_ratio)
+    row = {"replaced_c2f": len(result.replaced), "groups_pruned": len(result.layers),
+           "params": {"original": params(original), "pruned": params(pruned)}}
+    row["params_ratio"] = round(row["params"]["original"] / row["params"]["pruned"], 2)
+    for size in SIZES:
+        counted = {"original": flops(original, size), "pruned": flops(pruned, size)}
+        row[f"flops_{size}"] = {**counted, "ratio": round(counted["original"] / counted["pruned"], 2)}
+    onnx = {"original": onnx_size(original, 640), "pruned": onnx_size(pruned, 640)}
+    row["onnx_bytes"] = {**onnx, "ratio": round(onnx["original"] / onnx["pruned"], 2)}
+    row["latency_320_bn"] = paired_latency(original, pruned, (3, 320, 320), 1, repeats, threads)
+    for size in SIZES:
+        row[f"latency_{size}_fused"] = fused_latency(original, pruned, size, repeats, threads)
+    print(f"{name} keep {keep_ratio}: params x{row['params_ratio']}, FLOPs x{row['flops_640']['ratio']}, latency "
+          + ", ".join(f"x{row[key]['ratio']:.2f} ({key[8:]})" for key in ("latency_320_bn", "latency_320_fused",
+                                                                          "latency_640_fused")),
+          file=sys.stderr, flush=True)
     return row
 
 
@@ -74,9 +122,10 @@ def main() -> None:
     args = parser.parse_args()
     started = time.time()
     torch.manual_seed(0)
-    out = {"demo_detector": measure("demo detector", load_detector().model, args.repeats, args.threads),
-           "yolov8n_untrained": measure("yolov8n", yolov8n(), args.repeats, args.threads)}
-    print(json.dumps({"keep_ratio": KEEP_RATIO, "input": [1, *SHAPE], "threads": args.threads,
+    networks = {"demo_detector": load_detector().model, "yolov8n_untrained": yolov8n()}
+    out = {name: {str(keep): measure(name, model, keep, args.repeats, args.threads) for keep in KEEP_RATIOS}
+           for name, model in networks.items()}
+    print(json.dumps({"keep_ratios": list(KEEP_RATIOS), "sizes": list(SIZES), "batch": 1, "threads": args.threads,
                       "latency": "median of paired (interleaved) runs, batch 1; ratio = original / pruned",
                       "load_average": [round(x, 2) for x in os.getloadavg()],
                       "seconds": round(time.time() - started, 1), "networks": out}))

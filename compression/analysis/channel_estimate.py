@@ -55,8 +55,9 @@ def channel_layout(model: nn.Module, input_shape: tuple[int, ...], task: str = "
     blocks = {}
     if task == "detect":
         from compression.methods.channels.detector import head_outputs
-        from compression.models.yolo_prunable import make_prunable
+        from compression.models.yolo_prunable import check_prunable, make_prunable
 
+        check_prunable(model)  # PlanError on a block the step refuses (YOLO11's attention: the trace ran for minutes)
         labels = block_labels(model)  # before the replacement: the C2f are named as the user knows them
         make_prunable(model)
         ignored = tuple(head_outputs(model))

@@ -17,9 +17,61 @@ import copy
 import torch
 from torch import nn
 
+from compression.errors import PlanError
+
 # the attributes Ultralytics' parse_model puts on each top-level layer and DetectionModel's forward reads
 # (f: where the input comes from, i: the layer's index, type/np: what model.info prints)
 ULTRALYTICS_ATTRIBUTES = ("f", "i", "type", "np")
+
+# the top-level layer types the channels step has pruned end to end (YOLOv8n, YOLOv5nu; YOLO11n and YOLOv10n
+# with their attention block taken out): every other block is refused before anything changes, because
+# Torch-Pruning's graph either cannot follow it (a split by a stored count: the pruned model breaks or the
+# graph search does not end, as on YOLO11n's C2PSA) or has not been checked on it
+SUPPORTED_BLOCKS = ("Conv", "C2f", "C3k2", "C2fCIB", "C3", "SPPF", "SCDown", "Upsample", "Concat", "Detect",
+                    "v10Detect", "C2fV2")
+# why a known block cannot be pruned yet (checked against YOLO11n, YOLOv10n, YOLOv9t, YOLO12n, RT-DETR-l)
+_WHY = {
+    "Attention": "it splits its channels into query, key and value heads by stored counts",
+    "AAttn": "it splits its channels into query, key and value heads by stored counts",
+    "C2PSA": "it splits its channels in two by a stored count",
+    "PSA": "it splits its channels in two by a stored count",
+    "C2fPSA": "it splits its channels in two by a stored count",
+    "A2C2f": "its area attention splits channels into heads by stored counts",
+    "RepNCSPELAN4": "it chunks its channels in two by a stored count",
+    "ELAN1": "it chunks its channels in two by a stored count",
+    "ADown": "it chunks its channels in two by a stored count",
+    "AIFI": "a transformer layer: attention heads split channels by stored counts",
+    "RTDETRDecoder": "the dependency graph cannot trace its query selection",
+}
+
+
+def unsupported_block(model: nn.Module) -> tuple[str, str, str] | None:
+    """The first layer the channels step cannot prune: (block type, module name, why), or None when all can be.
+
+    A block holding an attention layer is named by that layer (e.g. C2PSA by its Attention), the part to fix.
+    """
+    layers = getattr(model, "model", None)
+    if not isinstance(layers, nn.Sequential | nn.ModuleList):
+        return None  # not an Ultralytics model: the graph decides as for any model
+    for index, layer in enumerate(layers):
+        kind = type(layer).__name__
+        if kind in SUPPORTED_BLOCKS:
+            continue
+        inner = [(type(m).__name__, name) for name, m in layer.named_modules() if type(m).__name__ in _WHY and name]
+        kind, name = inner[0] if inner else (kind, "")
+        where = f"model.{index}" + (f".{name}" if name else "")
+        return kind, where, _WHY.get(kind, "the channels step has not been checked on it")
+    return None
+
+
+def check_prunable(model: nn.Module) -> None:
+    """Raise PlanError naming the first block the channels step cannot prune; changes nothing."""
+    found = unsupported_block(model)
+    if found:
+        kind, where, why = found
+        raise PlanError(f"channels: YOLO block {kind} ({where}) cannot be channel-pruned yet ({why}); supported "
+                        f"blocks: {', '.join(SUPPORTED_BLOCKS[:-1])} — use the prune and cluster steps on this "
+                        "detector instead")
 
 
 def _half(conv_block: nn.Module, start: int, stop: int) -> nn.Module:

@@ -26,7 +26,7 @@ from compression.methods.channels.graph import channel_groups, keep_count, l1_sc
 from compression.models.channel_replay import build_graph, plain_history
 from compression.models.detector import HEAD_SKIP
 from compression.models.yolo_env import offline_ultralytics
-from compression.models.yolo_prunable import make_prunable
+from compression.models.yolo_prunable import check_prunable, make_prunable
 
 SELECTIONS = ("l1", "random")  # the channels step's one-shot criteria (its GA needs a scorer and data)
 
@@ -50,11 +50,15 @@ def head_outputs(model: nn.Module) -> list[nn.Module]:
 
 def prune_detector(model: nn.Module, keep_ratio: float, input_shape: tuple[int, int, int],
                    selection: str = "l1", seed: int = 0) -> DetectorPruning:
-    """Make the detector's C2f prunable and remove channels of every prunable group down to `keep_ratio`, in place."""
+    """Make the detector's C2f prunable and remove channels of every prunable group down to `keep_ratio`, in place.
+
+    Raises PlanError, with the model untouched, on a block the channels step cannot prune yet (yolo_prunable.
+    check_prunable: YOLO11's C2PSA, YOLOv10's PSA, YOLOv9's ELAN blocks, RT-DETR's decoder)."""
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, not {selection!r}")
     if not 0.0 < keep_ratio <= 1.0:
         raise ValueError(f"keep_ratio must be in (0, 1], not {keep_ratio}")
+    check_prunable(model)  # a block the graph cannot follow is refused before anything changes
     replaced = make_prunable(model)
     graph = build_graph(model, tuple(input_shape))
     groups = channel_groups(model, tuple(input_shape), graph, ignored=tuple(head_outputs(model)))

@@ -26,7 +26,7 @@ from compression.methods.context import StepContext, StepResult
 from compression.methods.registry import handler
 from compression.models.channel_replay import build_graph, plain_history
 from compression.models.compact import Products
-from compression.models.yolo_prunable import make_prunable
+from compression.models.yolo_prunable import check_prunable, make_prunable
 from compression.plan import ChannelStep
 
 # Each stage of the step draws from its own random stream (offsets from the plan's seed + the step's
@@ -56,6 +56,7 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
         # Ultralytics' C2f splits its channels by a stored count the dependency graph cannot follow: replace it
         # by the output-identical split-free C2fV2 (recorded, so the decoder repeats it), and keep the Detect
         # head's prediction outputs (boxes, class scores, DFL) whole
+        check_prunable(model)  # a block the graph cannot follow (attention, ELAN chunks): refused before any change
         replaced = make_prunable(model)
         ignored = tuple(head_outputs(model))
         if replaced:

@@ -176,7 +176,7 @@ def test_detector_sensitivity_measures_map_per_layer(detector, small_yaml):
     assert first["sparsity"]["0.95"] < report.base_accuracy  # the stem cannot lose 95% of its weights
 
 
-@pytest.mark.parametrize("name", ["detector.json", "detector_vq.json"])
+@pytest.mark.parametrize("name", ["detector.json", "detector_vq.json", "detector_channels.json"])
 def test_shipped_detector_recipes_fit_the_demo_detector(detector, name):
     from pathlib import Path
 
@@ -187,6 +187,19 @@ def test_shipped_detector_recipes_fit_the_demo_detector(detector, name):
     if name == "detector.json":
         sparsity = resolve_all(plan.steps[0].sparsity, list(detector.prunable_layers()))
         assert sparsity["model.7.conv"] == 0.9 and sparsity["model.0.conv"] == 0.65
+    if name == "detector_channels.json":  # the GA over every channel group, the head's kept at 0.75
+        from compression.methods.channels.detector import head_outputs
+        from compression.methods.channels.graph import channel_groups, group_ratio
+        from compression.models.yolo_prunable import make_prunable
+
+        model = detector.clone().model
+        make_prunable(model)
+        steps = {step.type: step for step in plan.steps}
+        assert list(steps) == ["channels", "prune", "distill", "fold_bn", "cluster"]
+        assert steps["channels"].selection == "ga"
+        ratios = {g.name: group_ratio(steps["channels"].keep_ratio, g)
+                  for g in channel_groups(model, detector.input_shape, ignored=tuple(head_outputs(model)))}
+        assert ratios["model.0.conv"] == 0.5 and ratios["model.22.cv2.0.0.conv"] == 0.75
 
 
 def test_fold_bn_step_shrinks_the_file_and_decodes_fused(detector, small_yaml, tmp_path):

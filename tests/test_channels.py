@@ -308,12 +308,3 @@ def test_masking_through_flatten_equals_removal(lenet5):
     assert work.model.fc1.in_features == 20 * 16
     with torch.no_grad():
         assert torch.allclose(work.model(x), masked, atol=1e-4)
-
-
-def test_channels_ga_on_a_yolo_detector_is_refused_with_a_reason(digits32):
-    # (L1 and random channel pruning of detectors: tests/test_yolo_prunable.py)
-    from compression.models.detector import load_detector
-
-    detector = load_detector()
-    with pytest.raises(PlanError, match="genetic search is not available for YOLO detectors"):
-        channels.run(detector.model, ChannelStep(keep_ratio={"_default": 0.5}), context(detector, digits32))

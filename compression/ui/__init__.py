@@ -5,4 +5,5 @@ Nothing else in `compression` imports this package; the library below it runs wi
     navigation.py  page_setup(): the one workaround for Streamlit's pages/ folder handling
     plan_form.py   per-layer widget settings <-> Plan;  channels.py  the plan page's channel section
     figures.py     every plotly figure the pages draw
+    report.py      the self-contained HTML report (no Streamlit: the CLI's `report` imports it, the one exception)
 """

@@ -9,7 +9,7 @@ compression ratio divides) is walked to the compact file's size through the part
 file's own sections count them (storage.inspect_bytes): the zero weights pruning took out, the
 positions of the kept ones (Han et al.'s relative indices at a fixed width), the kept values replaced by
 log2(k+1)-bit indices into a codebook of k shared values, the entropy coding of both streams, vector
-quantizers' codes, tensors stored as they are, the sections' own framing and the file header with its
+quantizers' codes, zstd on values kept at full width, the sections' own framing and the file header with its
 JSON metadata. Each part is a difference of byte counts, so the bars add up to the file size exactly.
 """
 
@@ -34,7 +34,8 @@ STEPS = (
     ("codebooks", "codebooks (the k shared values)"),
     ("entropy", "entropy coded (positions and indices)"),
     ("codes", "quantized: weights -> codes"),
-    ("stored", "other tensors as stored (biases, norms; zstd where smaller)"),
+    ("zstd", "zstd on values kept as 32-bit numbers (sparse and raw tensors)"),
+    ("stored", "other tensors stored as they are"),
     ("sections", "section headers (names, shapes, stream tables)"),
     ("header", "file header + metadata (plan, architecture)"),
 )
@@ -88,14 +89,14 @@ def tensor_steps(row: dict) -> dict[str, int]:
             steps["indices"] = fixed_indices - kept * size
             steps["codebooks"] = row["bytes_codebook"]
             entropy += row["bytes_indices"] - fixed_indices
-        else:  # kept values stored raw (zstd when smaller)
-            steps["stored"] = row["bytes_raw"] - kept * size
+        else:  # kept values stored at full width (zstd when smaller)
+            steps["zstd"] = row["bytes_raw"] - kept * size
         steps["entropy"] = entropy
     elif encoding == "vq":
         steps["codes"] = row["bytes_indices"] - dense
         steps["codebooks"] = row["bytes_codebook"]
-    else:  # raw
-        steps["stored"] = row["bytes_raw"] - dense
+    else:  # raw: as they are, or zstd-compressed when smaller
+        steps["zstd" if row.get("raw_compression") else "stored"] = row["bytes_raw"] - dense
     assert sum(steps.values()) == row["bytes_total"] - dense, row["name"]
     return steps
 

@@ -37,7 +37,7 @@ h1{font-size:1.6em;margin-bottom:.2em} h2{margin-top:2em;border-bottom:1px solid
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0} td,th{border:1px solid #ddd;padding:2px 6px;
 text-align:right} th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
 pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.8em}
-.grid{display:grid;grid-template-columns:1fr 1fr;gap:8px;align-items:start} .grid img{max-width:100%}
+.grid{display:grid;grid-template-columns:repeat(4,1fr);gap:8px;align-items:start} .grid img{max-width:100%}
 @media print{.plotly-graph-div{break-inside:avoid}}
 """
 

@@ -301,7 +301,7 @@ def cmd_report(args) -> int:
     import datetime as dt
 
     from compression.paths import check_output_file, write_bytes_atomic
-    from compression.ui.report import print_pdf, report_html
+    from compression.ui.report import print_pdf, report_html, require_chromium
 
     if not args.runs:
         raise CompressionLabError("no runs given: name finished runs by id (`compression-lab runs` lists them) or "
@@ -310,6 +310,7 @@ def cmd_report(args) -> int:
     pdf = out.with_suffix(".pdf")
     if args.pdf:
         check_output_file(pdf, (".pdf",), args.force)
+        require_chromium()  # said before any work, and before the HTML is written
     if not os.access(out.parent, os.W_OK):
         raise CompressionLabError(f"cannot write in {out.parent}: choose a folder you can write to")
     runs = [_report_run(ref, args.home) for ref in args.runs]

@@ -167,6 +167,7 @@ def test_pdf_without_chromium_says_so(classifier_home, tmp_path, capsys, monkeyp
     monkeypatch.setattr(html_report.shutil, "which", lambda name: None)
     assert main(["report", ids[1], "--home", str(home), "--out", str(tmp_path / "r.html"), "--pdf"]) == 2
     assert "--pdf needs Chromium" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()  # refused before anything was written
 
 
 def test_detector_report_has_the_image_grid(tmp_path, capsys):

@@ -189,12 +189,18 @@ def chromium() -> str | None:
     return None
 
 
-def print_pdf(html_path: Path, pdf_path: Path, timeout: float = PDF_TIMEOUT_S) -> None:
-    """Print the HTML file to PDF with headless Chromium (CompressionLabError when there is none or it fails)."""
+def require_chromium() -> str:
+    """The Chromium to print with; CompressionLabError saying what to do when none is installed."""
     browser = chromium()
     if browser is None:
         raise CompressionLabError("--pdf needs Chromium and none is installed (looked for "
                                   f"{', '.join(CHROMIUM)}): open the HTML report in a browser and print it to PDF")
+    return browser
+
+
+def print_pdf(html_path: Path, pdf_path: Path, timeout: float = PDF_TIMEOUT_S) -> None:
+    """Print the HTML file to PDF with headless Chromium (CompressionLabError when there is none or it fails)."""
+    browser = require_chromium()
     command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-pdf-header-footer",
                f"--print-to-pdf={Path(pdf_path).resolve()}", Path(html_path).resolve().as_uri()]
     try:

@@ -51,3 +51,15 @@ def test_report_opens_offline(browser, tmp_path):
     page.screenshot(path=str(SHOTS / "report-offline.png"), full_page=False)
     assert not requested, requested
     context.close()
+
+
+def test_report_prints_to_pdf(tmp_path):
+    plan = json.loads(QUICK.read_text())
+    for step in plan["steps"]:
+        step["finetune_epochs"] = 0
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    run = tmp_path / "run"
+    assert main(["run", str(tmp_path / "plan.json"), "--model", "demo:lenet300", "--data", "digits", "--out",
+                 str(run), "--no-latency"]) == 0
+    assert main(["report", str(run), "--out", str(tmp_path / "report.html"), "--pdf"]) == 0
+    assert (tmp_path / "report.pdf").read_bytes()[:5] == b"%PDF-"

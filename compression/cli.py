@@ -289,6 +289,9 @@ def _report_run(ref: str, home: Path | None):
 
     if Path(ref).is_dir():
         return ReportRun.from_dir(Path(ref))
+    if "/" in ref or os.sep in ref:  # meant as a folder: say that, not "no run id"
+        raise CompressionLabError(f"no run folder {ref}: give a finished run's folder or its id "
+                                  "(`compression-lab runs` lists them)")
     row = engine.status(ref, root=home)  # an unknown id: "no run ... list runs with `compression-lab runs`"
     if row["state"] != "succeeded":
         reason = f" ({first_line(row['error'])})" if row.get("error") else ""

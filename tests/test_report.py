@@ -141,6 +141,8 @@ def test_report_bad_input_exits_2_with_a_message(classifier_home, tmp_path, caps
     assert "no runs given" in capsys.readouterr().err
     assert main(["report", "20990101-000000-abcdef", "--home", str(home), "--out", str(out)]) == 2
     assert "no run '20990101-000000-abcdef'" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nowhere"), "--home", str(home), "--out", str(out)]) == 2
+    assert "no run folder" in capsys.readouterr().err
     assert main(["report", ids[0], "--home", str(home), "--out", str(tmp_path / "missing" / "r.html")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["report", ids[0], "--home", str(home), "--out", str(tmp_path / "r.txt")]) == 2

@@ -31,7 +31,7 @@ STEPS = (
     ("pruned", "pruned: zero weights not stored"),
     ("positions", "positions of the kept weights (fixed-width relative indices)"),
     ("indices", "shared values: 32-bit values -> log2(k+1)-bit indices"),
-    ("codebooks", "codebooks (the k shared values)"),
+    ("codebooks", "codebooks (the shared values or codewords)"),
     ("entropy", "entropy coded (positions and indices)"),
     ("codes", "quantized: weights -> codes"),
     ("zstd", "zstd on values kept as 32-bit numbers (sparse and raw tensors)"),

@@ -179,8 +179,9 @@ def test_detector_report_has_the_image_grid(tmp_path, capsys):
     run_id = engine.submit({"kind": "compress", **DETECTOR, "plan": DETECTOR_PLAN, "latency": False}, root=home)
     row = engine.wait(run_id, 300, root=home)
     assert row["state"] == "succeeded", row.get("error")
+    run = home / "runs" / run_id
     out = tmp_path / "det.html"
-    assert main(["report", str(home / "runs" / run_id), "--out", str(out)]) == 0  # a run folder works too
+    assert main(["report", run_id, "--home", str(home), "--out", str(out)]) == 0
     text, page = parsed(out)
     images = re.findall(r"<img alt='(original|compressed) [^']+' src='data:image/png;base64,", text)
     assert images.count("original") == images.count("compressed") == 4
@@ -188,7 +189,7 @@ def test_detector_report_has_the_image_grid(tmp_path, capsys):
     assert re.search(r"(points (less|more)|the same) mAP50", text)
     for waterfall in page.waterfalls:
         assert waterfall["start"] + sum(waterfall["bars"]) == waterfall["end"]
-    assert page.waterfalls[0]["end"] == (home / "runs" / run_id / "model.clab").stat().st_size
+    assert page.waterfalls[0]["end"] == (run / "model.clab").stat().st_size
 
 
 def test_compare_page_draws_the_waterfall_and_offers_the_report(classifier_home, monkeypatch):

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from compression.errors import CompressionLabError
-from compression.storage import inspect_bytes
+from compression.storage import inspect_bytes, inspect_header
 
 # the waterfall's steps, in the order they are drawn (a step no tensor has is left out)
 STEPS = (
@@ -235,3 +235,8 @@ def file_rows(run_dir: Path) -> list[dict]:
     if not path.is_file():
         raise CompressionLabError(f"run folder {run_dir} has no model.clab: report finished compression runs only")
     return inspect_bytes(path.read_bytes())
+
+
+def file_meta(run_dir: Path) -> dict:
+    """The compact file's JSON metadata (its plan, label, data reference)."""
+    return inspect_header((Path(run_dir) / "model.clab").read_bytes())["meta"]

@@ -50,7 +50,7 @@ class ReportRun:
     dir: Path
     metrics: dict
     plan: dict
-    job: dict
+    job: dict | None  # the engine's job (model source); None for a folder `compression-lab run --out` wrote
     finished: float | None
 
     @classmethod
@@ -73,9 +73,11 @@ class ReportRun:
         if "after" not in metrics:
             raise CompressionLabError(f"run {name} is not a compression run (its metrics have no 'after')")
         plan_file, job_file = run_dir / "plan.json", run_dir / "job.json"
-        plan = json.loads(plan_file.read_text()) if plan_file.is_file() else {}
-        job = json.loads(job_file.read_text()) if job_file.is_file() else {"model": metrics.get("model"),
-                                                                              "data": metrics.get("data")}
+        # a `compression-lab run --out` folder has neither: the plan is in the compact file's metadata, and the
+        # original model's source (for a detector's side-by-side boxes) is not recorded
+        plan = (json.loads(plan_file.read_text()) if plan_file.is_file()
+                else report.file_meta(run_dir).get("plan") or {})
+        job = json.loads(job_file.read_text()) if job_file.is_file() else None
         finished = state.get("finished") or metrics_file.stat().st_mtime
         return cls(name, run_dir, metrics, plan, job, finished)
 
@@ -115,6 +117,10 @@ def _waterfall_block(draw: _Figures, waterfall: report.Waterfall) -> str:
 
 
 def _detections_block(run: ReportRun) -> str:
+    if run.job is None:
+        return ("<h2>Detections on validation images</h2><p class='small' id='no-detections'>This run folder does "
+                "not record the original detector's source (only engine runs keep job.json): report the run by its "
+                "id to see both models' boxes side by side.</p>")
     pairs = report.detection_grid(run.dir, run.job, N_DETECTION_IMAGES)
     cells = []
     for pair in pairs:
@@ -128,6 +134,11 @@ def _detections_block(run: ReportRun) -> str:
             "detector (left) and the model decoded from the compact file (right), confidence >= 0.25. A box is "
             "matched when the class agrees and IoU >= 0.5; red on the left vanished, pink on the right is new.</p>"
             f"<div class='grid detections'>{''.join(cells)}</div>")
+
+
+def _plan_text(plan) -> str:
+    """The recipe as indented JSON (a plan the file's metadata kept as text is shown as it is)."""
+    return plan if isinstance(plan, str) else json.dumps(plan, indent=2)
 
 
 def report_html(runs: list[ReportRun], generated: str = "") -> str:
@@ -148,7 +159,7 @@ def report_html(runs: list[ReportRun], generated: str = "") -> str:
                "sparse_flops_after": m["after"].get("sparse_flops"),
                "latency_ms_before": m["before"].get("latency_ms"), "latency_ms_after": m["after"].get("latency_ms")}
     parts.append(f"<script type='application/json' id='numbers'>{json.dumps(numbers)}</script>")
-    table = runs_table([{"id": r.id, "state": "succeeded", "metrics": r.metrics, "job": r.job} for r in runs])
+    table = runs_table([{"id": r.id, "state": "succeeded", "metrics": r.metrics, "job": r.job or {}} for r in runs])
     parts.append("<h2>Accuracy against cost</h2><p class='small'>Every run given; the chosen run ringed; dimmed "
                  "points are dominated by a run both smaller (cheaper) and at least as accurate.</p>")
     for cost, title in (("compressed_bytes", "compressed bytes (file on disk)"),
@@ -172,7 +183,7 @@ def report_html(runs: list[ReportRun], generated: str = "") -> str:
             for layer in report.layer_waterfalls(rows, LAYER_WATERFALLS):
                 parts.append(_waterfall_block(draw, layer))
             parts.append("<h2>Per-layer table</h2>" + _table(report.layer_table(rows), "layers"))
-    parts.append(f"<h2>The plan (recipe)</h2><pre id='recipe'>{html.escape(json.dumps(chosen.plan, indent=2))}</pre>")
+    parts.append(f"<h2>The plan (recipe)</h2><pre id='recipe'>{html.escape(_plan_text(chosen.plan))}</pre>")
     if m.get("task") == "detect":
         parts.append(_detections_block(chosen))
     title = html.escape(f"Compression report {chosen.id}")

@@ -63,3 +63,4 @@ def test_report_prints_to_pdf(tmp_path):
                  str(run), "--no-latency"]) == 0
     assert main(["report", str(run), "--out", str(tmp_path / "report.html"), "--pdf"]) == 0
     assert (tmp_path / "report.pdf").read_bytes()[:5] == b"%PDF-"
+    assert "&quot;name&quot;: &quot;quick-demo&quot;" in (tmp_path / "report.html").read_text()  # the file's own plan

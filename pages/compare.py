@@ -107,9 +107,10 @@ layer = st.selectbox("Layer", layers, key="compare_layer")
 
 st.subheader("Where the bytes went")
 rows = report.file_rows(engine.run_dir(run_id, root=home()))
-fp32 = int(table.loc[table["run"] == run_id, "fp32_bytes"].iloc[0])
+run_metrics = next(run["metrics"] for run in runs if run["id"] == run_id)
 left, right = st.columns(2)
-left.plotly_chart(figures.bytes_waterfall(report.bytes_waterfall(rows, fp32, f"run {run_id}")),
+left.plotly_chart(figures.bytes_waterfall(report.bytes_waterfall(rows, run_metrics["before"]["fp32_bytes"],
+                                                                 f"run {run_id}", report.params_removed(run_metrics))),
                   key="compare_waterfall")
 own = next((w for w in report.layer_waterfalls(rows) if w.title == layer), None)
 if own is not None:

@@ -130,6 +130,8 @@ def test_waterfall_parts_come_from_the_files_sections(classifier_home):
     assert waterfall.steps["header"] == rows[0]["bytes_total"]
     assert waterfall.steps["codebooks"] == sum(r["bytes_codebook"] for r in rows)
     assert sum(w.end for w in report.layer_waterfalls(rows)) + rows[0]["bytes_total"] == waterfall.end
+    smaller = report.bytes_waterfall(rows, 1_000_000, params_removed=1000)  # a channels or fold_bn run
+    assert smaller.steps["structure"] == -4000 and smaller.end == waterfall.end
 
 
 def test_report_bad_input_exits_2_with_a_message(classifier_home, tmp_path, capsys, monkeypatch):

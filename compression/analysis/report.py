@@ -27,7 +27,8 @@ from compression.storage import inspect_bytes, inspect_header
 
 # the waterfall's steps, in the order they are drawn (a step no tensor has is left out)
 STEPS = (
-    ("framing", "fp32 file -> bare tensors (torch.save's framing)"),
+    ("framing", "fp32 file -> bare tensors (torch.save's framing; buffers no longer kept)"),
+    ("structure", "smaller architecture (channels removed, batch norm folded)"),
     ("pruned", "pruned: zero weights not stored"),
     ("positions", "positions of the kept weights (fixed-width relative indices)"),
     ("indices", "shared values: 32-bit values -> log2(k+1)-bit indices"),
@@ -101,8 +102,13 @@ def tensor_steps(row: dict) -> dict[str, int]:
     return steps
 
 
-def bytes_waterfall(rows: list[dict], fp32_bytes: int, title: str = "whole model") -> Waterfall:
-    """The whole file: fp32 bytes -> the file's size (the sum of the rows' bytes_total)."""
+def bytes_waterfall(rows: list[dict], fp32_bytes: int, title: str = "whole model",
+                    params_removed: int = 0) -> Waterfall:
+    """The whole file: fp32 bytes -> the file's size (the sum of the rows' bytes_total).
+
+    params_removed: parameters the architecture lost (channels removed, batch norm folded: metrics' before.params
+    - after.params); their fp32 bytes are one step, and torch.save's framing (with any buffers that went with
+    them) the rest of the gap between the fp32 file and the file's tensors at full width."""
     steps: dict[str, int] = {}
     dense_total = 0
     for row in rows:
@@ -112,7 +118,8 @@ def bytes_waterfall(rows: list[dict], fp32_bytes: int, title: str = "whole model
         dense_total += _dense_bytes(row)
         for key, value in tensor_steps(row).items():
             steps[key] = steps.get(key, 0) + value
-    steps["framing"] = dense_total - fp32_bytes
+    steps["structure"] = -4 * max(0, params_removed)
+    steps["framing"] = dense_total - fp32_bytes - steps["structure"]
     end = sum(row["bytes_total"] for row in rows)
     waterfall = Waterfall(title, fp32_bytes, steps, end)
     assert waterfall.start + sum(waterfall.steps.values()) == waterfall.end  # the bars add up to the file exactly
@@ -240,3 +247,9 @@ def file_rows(run_dir: Path) -> list[dict]:
 def file_meta(run_dir: Path) -> dict:
     """The compact file's JSON metadata (its plan, label, data reference)."""
     return inspect_header((Path(run_dir) / "model.clab").read_bytes())["meta"]
+
+
+def params_removed(metrics: dict) -> int:
+    """Parameters the compressed architecture no longer has (channels removed, batch norm folded), from metrics."""
+    before, after = metrics["before"].get("params"), metrics["after"].get("params")
+    return max(0, before - after) if before and after else 0

@@ -176,7 +176,8 @@ def report_html(runs: list[ReportRun], generated: str = "") -> str:
                  "file size exactly.</p>")
     for run in runs:
         rows = report.file_rows(run.dir)
-        whole = report.bytes_waterfall(rows, run.metrics["before"]["fp32_bytes"], f"run {run.id}")
+        whole = report.bytes_waterfall(rows, run.metrics["before"]["fp32_bytes"], f"run {run.id}",
+                                       report.params_removed(run.metrics))
         parts.append(_waterfall_block(draw, whole))
         if run is chosen:
             parts.append("<h3>Largest layers</h3>")

@@ -1,4 +1,5 @@
-"""The command line: `compression-lab analyze|run|eval|inspect|export|submit|runs|cancel|sweep|sweeps|cancel-sweep`.
+"""The command line: `compression-lab analyze|run|eval|inspect|export|report|submit|runs|cancel|sweep|sweeps|
+cancel-sweep`.
 
 Bad input (a missing or corrupt file, an impossible plan, a full or read-only disk) exits with code 2
 and one line that names the problem and the fix; nothing the user made earlier is overwritten unless
@@ -96,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("out", type=Path, help="output file: .onnx for ONNX, .pt/.ts for TorchScript")
     exp.add_argument("--base", type=Path, help="the original TorchScript file (for TorchScript models)")
     exp.add_argument("--force", action="store_true", help="replace an existing output file")
+    rp = sub.add_parser("report", help="one self-contained HTML file on finished runs: headline, Pareto plots, "
+                                       "where the bytes went, per-layer table, recipe (and a detector's boxes)")
+    rp.add_argument("runs", nargs="*", metavar="RUN_DIR_OR_ID",
+                    help="finished compression runs: ids in the data folder or run folders; the first is the "
+                         "chosen one")
+    rp.add_argument("--out", type=Path, required=True, help="the report to write (.html)")
+    rp.add_argument("--pdf", action="store_true", help="also print it to PDF (same name, .pdf) with headless Chromium")
+    rp.add_argument("--force", action="store_true", help="replace an existing report")
     sm = sub.add_parser("submit", help="queue a compression run in the background engine")
     sm.add_argument("recipe", type=Path)
     _add_model_args(sm)
@@ -104,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("runs", help="list the engine's runs")
     cn = sub.add_parser("cancel", help="cancel a queued or running run")
     cn.add_argument("run_id")
-    for command in (sm, sub.choices["runs"], cn):
+    for command in (sm, sub.choices["runs"], cn, rp):
         command.add_argument("--home", type=Path, help="data folder of the run store (default $COMPRESSION_LAB_HOME)")
     _add_sweep_parsers(sub)
     return parser
@@ -270,6 +279,51 @@ def cmd_export(args) -> int:
     check_output_file(args.out, EXPORT_SUFFIXES, args.force)
     size = export(sources.load_file(args.file, args.base), args.out)
     print(json.dumps({"file": str(args.out), "bytes": size}))
+    return 0
+
+
+def _report_run(ref: str, home: Path | None):
+    """A run folder (a path that is a folder) or a run id of the data folder, finished; else CompressionLabError."""
+    from compression import engine
+    from compression.ui.report import ReportRun
+
+    if Path(ref).is_dir():
+        return ReportRun.from_dir(Path(ref))
+    if "/" in ref or os.sep in ref:  # meant as a folder: say that, not "no run id"
+        raise CompressionLabError(f"no run folder {ref}: give a finished run's folder or its id "
+                                  "(`compression-lab runs` lists them)")
+    row = engine.status(ref, root=home)  # an unknown id: "no run ... list runs with `compression-lab runs`"
+    if row["state"] != "succeeded":
+        reason = f" ({first_line(row['error'])})" if row.get("error") else ""
+        raise CompressionLabError(f"run {ref} is {row['state']}{reason}: a report needs finished runs; "
+                                  "list them with `compression-lab runs`")
+    return ReportRun.from_dir(Path(row["dir"]), ref)
+
+
+def cmd_report(args) -> int:
+    import datetime as dt
+
+    from compression.paths import check_output_file, write_bytes_atomic
+    from compression.ui.report import print_pdf, report_html, require_chromium
+
+    if not args.runs:
+        raise CompressionLabError("no runs given: name finished runs by id (`compression-lab runs` lists them) or "
+                                  "by folder, e.g. compression-lab report RUN_ID --out report.html")
+    out = check_output_file(args.out, (".html", ".htm"), args.force)
+    pdf = out.with_suffix(".pdf")
+    if args.pdf:
+        check_output_file(pdf, (".pdf",), args.force)
+        require_chromium()  # said before any work, and before the HTML is written
+    if not os.access(out.parent, os.W_OK):
+        raise CompressionLabError(f"cannot write in {out.parent}: choose a folder you can write to")
+    runs = [_report_run(ref, args.home) for ref in args.runs]
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    size = write_bytes_atomic(out, report_html(runs, generated=now))
+    result = {"file": str(out), "bytes": size, "runs": [run.id for run in runs]}
+    if args.pdf:
+        print_pdf(out, pdf)
+        result["pdf"] = str(pdf)
+    print(json.dumps(result))
     return 0
 
 
@@ -559,7 +613,7 @@ def _use_ray(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"analyze": cmd_analyze, "run": cmd_run, "eval": cmd_eval, "inspect": cmd_inspect, "export": cmd_export,
-                "submit": cmd_submit, "runs": cmd_runs, "cancel": cmd_cancel, **SWEEP_HANDLERS}
+                "report": cmd_report, "submit": cmd_submit, "runs": cmd_runs, "cancel": cmd_cancel, **SWEEP_HANDLERS}
     try:
         if args.ray is not None:
             _use_ray(args)

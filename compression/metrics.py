@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -72,6 +73,11 @@ def fp32_bytes(model: nn.Module) -> int:
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     torch.save(state, buffer)
     return buffer.tell()
+
+
+def machine() -> dict:
+    """The machine a measurement ran on, as metrics.json records it (latency and speed-ups depend on it)."""
+    return {"platform": platform.platform(terse=True), "cpus": os.cpu_count(), "torch": torch.__version__}
 
 
 def file_bytes(path: str | os.PathLike) -> int:

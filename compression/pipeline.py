@@ -108,6 +108,7 @@ def compress(handle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
                        "reestimations": ctx.bn_reestimations},
         "layers": [_layer_row(row) for row in rows],
         "seconds": round(time.time() - started, 2),
+        "machine": metrics.machine(),  # what the latency and the report's "on this CPU" refer to
     }
     tmp = out_dir / ".metrics.json.tmp"  # written whole, then renamed: never a half-written result
     tmp.write_text(json.dumps(result, indent=2))

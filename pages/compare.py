@@ -1,15 +1,19 @@
 """Compare page: Pareto fronts (accuracy vs bytes, FLOPs, latency) with each sweep as one line that fills in live
-while its members run (and can be cancelled), the run table, histograms, downloads."""
+while its members run (and can be cancelled), the run table, where the bytes went, histograms, downloads (the
+self-contained HTML report among them)."""
 
+import datetime as dt
 import json
 
 import streamlit as st
 
 from compression import engine
+from compression.analysis import report
 from compression.analysis.pareto import prediction_error, runs_table
 from compression.errors import CompressionLabError
 from compression.ui import figures
 from compression.ui.navigation import page_setup
+from compression.ui.report import ReportRun, report_html
 from compression.ui.state import decoded_run, home, load_active, run_exports
 
 LIVE_EVERY_S = 2.0  # seconds between redraws of the fronts while a sweep has members queued or running
@@ -100,11 +104,32 @@ original, _ = load_active({k: job.get(k) for k in ("model", "weights", "data", "
                           | ({"trust": job["trust"]} if "trust" in job else {}))
 layers = list(decoded.prunable_layers())
 layer = st.selectbox("Layer", layers, key="compare_layer")
+
+st.subheader("Where the bytes went")
+rows = report.file_rows(engine.run_dir(run_id, root=home()))
+run_metrics = next(run["metrics"] for run in runs if run["id"] == run_id)
+left, right = st.columns(2)
+left.plotly_chart(figures.bytes_waterfall(report.bytes_waterfall(rows, run_metrics["before"]["fp32_bytes"],
+                                                                 f"run {run_id}", report.params_removed(run_metrics))),
+                  key="compare_waterfall")
+own = next((w for w in report.layer_waterfalls(rows) if w.title == layer), None)
+if own is not None:
+    right.plotly_chart(figures.bytes_waterfall(own), key="compare_layer_waterfall")
+st.caption("From the fp32 model to the compact file, part by part, as the file's own sections count them "
+           "(`compression-lab inspect`): green saves bytes, red adds them; the bars add up to the file size exactly. "
+           "Right: the layer chosen above.")
 before = original.prunable_layers()[layer].detach().flatten().numpy()
 after = decoded.prunable_layers()[layer].detach().flatten().numpy()
 st.plotly_chart(figures.weight_histogram(before, after, layer), key="compare_hist")
 
 st.subheader("Downloads")
+root = home()
+chosen_first = [run_id] + [other for other in table["run"] if other != run_id]
+st.download_button(  # built when clicked (a detector's report runs both models on a few validation images)
+    f"Download report (HTML, {len(chosen_first)} run(s), this one first)", key="dl_report", mime="text/html",
+    file_name=f"report-{run_id}.html", on_click="ignore",
+    data=lambda: report_html([ReportRun.from_dir(engine.run_dir(r, root=root), r) for r in chosen_first],
+                             generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")))
 cols = st.columns(4)
 cols[0].download_button("Compact file (.clab)", engine.run_file(run_id, "model.clab", root=home()).read_bytes(),
                         f"{run_id}.clab", key="dl_clab")

@@ -113,7 +113,7 @@ def test_compare_page_handles_a_detector_run(detector_home, monkeypatch):
     assert table.loc[table["run"] == run_id, "compressed_bytes"].item() == (home / "runs" / run_id / "model.clab"
                                                                             ).stat().st_size
     assert any("mAP50" in c.value for c in at.caption)
-    assert len(at.get("download_button")) == 4  # .clab, recipe, and a detector's TorchScript and ONNX exports
+    assert len(at.get("download_button")) == 5  # the report, .clab, recipe, a detector's TorchScript and ONNX
 
 
 def test_pareto_axis_says_map_for_detector_runs():

@@ -72,9 +72,11 @@ def sensitivity_heatmap(report: dict) -> go.Figure:
     return fig
 
 
-def pareto_figure(table: pd.DataFrame, cost: str, cost_title: str, sweeps: list[dict] | None = None) -> go.Figure:
+def pareto_figure(table: pd.DataFrame, cost: str, cost_title: str, sweeps: list[dict] | None = None,
+                  highlight: str | None = None) -> go.Figure:
     """Accuracy against a cost; each method family its own series, dominated runs dimmed, the front joined;
-    each sweep (engine.list_sweeps()) one line through its finished members, sorted by the cost."""
+    each sweep (engine.list_sweeps()) one line through its finished members, sorted by the cost; the run
+    `highlight` (an id) ringed."""
     fig = go.Figure()
     if table.empty:
         return fig
@@ -104,6 +106,11 @@ def pareto_figure(table: pd.DataFrame, cost: str, cost_title: str, sweeps: list[
     fig.add_trace(go.Scatter(x=front[cost], y=100 * front["accuracy"], mode="lines", name="Pareto front",
                              line={"dash": "dash", "color": "black"}, hoverinfo="skip"))
     add_sweep_curves(fig, data, sweeps or [], cost, cost_title)
+    chosen = data[data["run"] == highlight]
+    if not chosen.empty:
+        fig.add_trace(go.Scatter(x=chosen[cost], y=100 * chosen["accuracy"], mode="markers", name=f"{highlight}",
+                                 marker={"size": 22, "symbol": "circle-open", "color": "black", "line": {"width": 3}},
+                                 hoverinfo="skip"))
     detector = "task" in data and (data["task"] == "detect").all()
     fig.update_layout(xaxis_title=cost_title, yaxis_title="validation mAP50 (%)" if detector else "test accuracy (%)",
                       height=420, margin={"t": 30})
@@ -127,6 +134,26 @@ def add_sweep_curves(fig: go.Figure, data: pd.DataFrame, sweeps: list[dict], cos
             text=curve["run"], customdata=curve[["target", "ratio"]],
             hovertemplate=sweep["label"] + "<br>%{customdata[0]}: %{text}<br>" + cost_title
                           + " %{x:,}<br>%{y:.2f}%<br>ratio %{customdata[1]:.1f}x<extra></extra>"))
+
+
+def bytes_waterfall(waterfall) -> go.Figure:
+    """Where the bytes went (analysis.report.Waterfall): fp32 bytes, one signed bar per part of the compact file,
+    the file's size; the bars add up to it exactly."""
+    bars = waterfall.bars()
+    labels = ["fp32 model"] + [label for label, _ in bars] + ["compact file"]
+    values = [waterfall.start] + [value for _, value in bars] + [waterfall.end]
+    fig = go.Figure(go.Waterfall(
+        orientation="v", measure=["absolute"] + ["relative"] * len(bars) + ["total"], x=labels, y=values,
+        text=[f"{v:+,}" if 0 < i < len(values) - 1 else f"{v:,}" for i, v in enumerate(values)],
+        textposition="outside", connector={"line": {"color": "#999", "width": 1}},
+        decreasing={"marker": {"color": "#2ca02c"}}, increasing={"marker": {"color": "#d62728"}},
+        totals={"marker": {"color": "#1f77b4"}},
+        hovertemplate="%{x}: %{y:,} bytes<extra></extra>"))
+    fig.update_layout(title=f"{waterfall.title}: {waterfall.start:,} -> {waterfall.end:,} bytes "
+                            f"({waterfall.start / max(1, waterfall.end):.1f}x)",
+                      yaxis_title="bytes", height=420, margin={"t": 50, "b": 10}, showlegend=False)
+    fig.update_xaxes(tickangle=-25, tickfont={"size": 10})
+    return fig
 
 
 def weight_histogram(before: np.ndarray, after: np.ndarray, layer: str) -> go.Figure:

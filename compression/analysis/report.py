@@ -181,7 +181,10 @@ def headline(metrics: dict) -> str:
         clauses.append(f"{flops:.1f}x fewer FLOPs (zero weights skipped)")
     speed = _times(before.get("latency_ms"), after.get("latency_ms"))
     if speed:
-        clauses.append(f"{speed:.1f}x faster on the CPU" if speed >= 1 else f"{1 / speed:.1f}x slower on the CPU")
+        if round(speed, 1) == 1.0 and round(1 / speed, 1) == 1.0:  # "1.0x faster" would claim a gain not measured
+            clauses.append(f"the same CPU latency ({before['latency_ms']:.2f} -> {after['latency_ms']:.2f} ms)")
+        else:
+            clauses.append(f"{speed:.1f}x faster on the CPU" if speed >= 1 else f"{1 / speed:.1f}x slower on the CPU")
     score = "top-1" if metrics.get("task", "classify") == "classify" else metrics.get("score_name", "mAP50")
     drop = 100 * (before["accuracy"] - after["accuracy"])
     clauses.append(f"{abs(drop):.2f} points {'less' if drop > 0 else 'more'} {score}" if round(drop, 2)

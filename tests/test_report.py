@@ -105,7 +105,7 @@ def test_classifier_report_is_self_contained_and_its_numbers_are_the_runs(classi
     assert f"{flops:.1f}x fewer FLOPs" in headline
     speed = metrics["before"]["latency_ms"] / metrics["after"]["latency_ms"]
     if round(speed, 1) == 1.0 and round(1 / speed, 1) == 1.0:
-        assert f"the same CPU latency ({metrics['before']['latency_ms']:.2f} -> " in headline
+        assert f"the same CPU latency ({metrics['before']['latency_ms']:.2f} -&gt; " in headline  # HTML-escaped
     else:
         assert f"{speed:.1f}x faster" in headline or f"{1 / speed:.1f}x slower" in headline
     drop = 100 * (metrics["before"]["accuracy"] - metrics["after"]["accuracy"])

@@ -89,6 +89,7 @@ class StepContext:
     scorer: Callable[..., Callable[[nn.Module], float]] | None = None
     screener: Callable[[int, int], torch.Tensor] | None = None
     score_name: str = "accuracy"
+    fitness_name: str = "top-1"  # what make_scorer(..., "fitness") measures (a detector: mAP50)
     # Batch-norm statistics are re-estimated after every fine-tuning on at most this many training batches
     # (see methods/bn_stats.py). A detector sets `bn_recalibrator(model, seed) -> batches used` to its own data.
     bn_batches: int = bn_stats.DEFAULT_MAX_BATCHES

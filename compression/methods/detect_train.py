@@ -193,5 +193,6 @@ def detection_hooks(data: DetectionData, imgsz: int, ctx, batch: int = 16) -> No
     ctx.enable_distillation = enable_distillation
     ctx.scorer = lambda size, seed, metric=None: map_scorer(data, imgsz, size, seed,
                                                             "map50" if metric == "fitness" else "map50_95")
+    ctx.fitness_name = "mAP50"
     ctx.screener = lambda size, seed: screen_batch(data, imgsz, size, seed)
     ctx.score_name = "mAP50-95"

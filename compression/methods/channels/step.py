@@ -91,7 +91,7 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
     if step.selection == "ga":  # the cheap fitness's images
         screen_images = ctx.screen_images(step.screen_size, seed + SCREEN_SEED, device)
     report = {"selection": step.selection, "order": order, "sensitivity": sensitivity, "layers": {},
-              "fitness": "mAP50" if ctx.task == "detect" else "top-1"}  # the search's accurate step (make_scorer)
+              "fitness": ctx.fitness_name}  # the search's accurate step (make_scorer(..., "fitness"))
     for position, name in enumerate(order):
         ctx.check_cancelled()
         group = group_of(channel_groups(model, input_shape, graph, ignored), name)
@@ -119,9 +119,10 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
                     f"({fitness.screens} screened, {fitness.scores} scored)")
         row["kept_channels"] = [int(i) for i in torch.nonzero(mask).flatten()]
         remove_channels(model, graph, group, mask)
-        # the next group is scored on a model that is not already broken (no training: statistics only); a
-        # detector's ctx.finetune below re-estimates them on its own images (even with 0 epochs), so only once
-        if ctx.task != "detect":
+        # the next group is scored on a model that is not already broken (no training: statistics only); a task
+        # with its own recalibrator (a detector) gets it from ctx.finetune below, so the statistics are only
+        # re-estimated once
+        if ctx.bn_recalibrator is None:
             bn_stats.reestimate_on(model, ctx.data.subset("train", step.recalibrate_size, seed + RECALIBRATE_SEED),
                                    ctx.batch_size, None, seed + RECALIBRATE_SEED)
         report["layers"][name] = row

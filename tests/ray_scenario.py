@@ -201,7 +201,6 @@ def scenario_split(engine, out: Path, result: dict) -> None:
 
 def scenario_cancel(engine, out: Path, result: dict) -> None:
     """One run at a time: the running one is cancelled mid-way, the queued ones never start."""
-    import ray
 
     home = out / "cancel-home"
     os.environ["COMPRESSION_LAB_WORKERS"] = "1"  # the dispatcher this process starts inherits it
@@ -220,17 +219,7 @@ def scenario_cancel(engine, out: Path, result: dict) -> None:
     finally:
         del os.environ["COMPRESSION_LAB_WORKERS"]
     result["cancel_seconds"] = time.time() - cancelled_at
-    cpus_back = None
-    ray.init(address=ADDRESS, log_to_driver=False, logging_level="WARNING")
-    try:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if ray.available_resources().get("CPU", 0) >= 2:
-                cpus_back = time.time() - cancelled_at
-                break
-            time.sleep(0.3)
-    finally:
-        ray.shutdown()
+    cpus_back = seconds_until_cpus_free(cancelled_at, 30)
     result["cancel"] = {run_id: {"state": row["state"], "error": row["error"], "started": row["started"],
                                  "events": len(engine.events(run_id, root=home)), "node": node_of(engine, run_id, home)}
                         for run_id, row in rows.items()}
@@ -239,10 +228,24 @@ def scenario_cancel(engine, out: Path, result: dict) -> None:
     say(f"cancel: {[(r['state'], r['events']) for r in result['cancel'].values()]}, CPUs back after {cpus_back}")
 
 
+def seconds_until_cpus_free(since: float, timeout: float) -> float | None:
+    """Seconds from `since` until the cluster's 2 CPUs are free again (None if not within `since` + `timeout`)."""
+    import ray
+
+    ray.init(address=ADDRESS, log_to_driver=False, logging_level="WARNING")
+    try:
+        while time.time() < since + timeout:
+            if ray.available_resources().get("CPU", 0) >= 2:
+                return time.time() - since
+            time.sleep(0.3)
+    finally:
+        ray.shutdown()
+    return None
+
+
 def scenario_dispatcher_death(engine, out: Path, result: dict) -> None:
     """SIGKILL the dispatcher driving a Ray run: the next listing reaps the run, Ray ends its task (the owner died),
     and the next submit starts a new dispatcher that runs it."""
-    import ray
 
     home = out / "owner-home"
     engine.settings(root=home, ray_address=ADDRESS)
@@ -254,16 +257,7 @@ def scenario_dispatcher_death(engine, out: Path, result: dict) -> None:
     os.kill(pid, signal.SIGKILL)
     killed_at = time.time()
     row = wait_final(engine, [run_id], home, 30)[run_id]
-    ray.init(address=ADDRESS, log_to_driver=False, logging_level="WARNING")
-    cpus_back = None
-    try:
-        while time.time() < killed_at + 60:
-            if ray.available_resources().get("CPU", 0) >= 2:
-                cpus_back = time.time() - killed_at
-                break
-            time.sleep(0.3)
-    finally:
-        ray.shutdown()
+    cpus_back = seconds_until_cpus_free(killed_at, 60)
     after = engine.submit({"kind": "test-sleep", "seconds": 0.5}, root=home)
     result["owner"] = {"state": row["state"], "error": row["error"], "pid": pid, "cpus_back_s": cpus_back,
                        "next_run": wait_final(engine, [after], home, 90)[after]["state"]}

@@ -167,6 +167,8 @@ def load_recipe() -> None:
     set_quantizers(quantizers_from_plan(plan, layers))
     load_channels(plan, handle, spec_key(spec))
     st.session_state["plan_name"] = plan.name
+    cluster = next((step for step in plan.steps if step.type == "cluster"), None)
+    st.session_state["plan_bias_clusters"] = cluster.bias_clusters if cluster is not None else 0
     st.session_state["plan_fold_bn"] = any(step.type == "fold_bn" for step in plan.steps)
 
 
@@ -248,7 +250,8 @@ def rows_and_estimate() -> None:
     settings, quantizers = current_settings()
     numeric = {layer: (s, 32 if k == "auto" else k) for layer, (s, k) in settings.items()}
     chosen = {layer: q for layer, q in quantizers.items() if q}
-    est = estimate(stats, numeric, chosen)
+    # the bias setting's widget sits in the settings expander below, in this fragment: read its last value
+    est = estimate(stats, numeric, chosen, int(st.session_state.get("plan_bias_clusters", CLUSTER.bias_clusters)))
     per_layer = est["per_layer_bytes"]
     widths = ([2.2, 0.8, 1.6, 2.6, 1.3] if compact else [1.6, 0.8, 1.4, 2.2, 1.5, 1.5, 1.1, 1.0, 1.0]) + [1.1]
     head = ["layer", "params", "sensitivity", "sparsity", "clusters"] + (
@@ -336,6 +339,10 @@ def launch_section(settings: dict, quantizers: dict, channel_choice, prediction:
                                             key="plan_codebook_epochs")
         tolerance = c[3].number_input("auto-k tolerance (acc. drop)", 0.0, 0.2, CLUSTER.tolerance, step=0.001,
                                       format="%.3f", key="plan_tolerance")
+        bias_clusters = c[3].number_input(
+            "bias shared values", 0, 256, CLUSTER.bias_clusters, key="plan_bias_clusters",
+            help="0: biases stay fp32; 2-256: each clustered layer's bias is shared among that many values and "
+                 "fine-tuned with the weights (at 100x+ the biases are a fifth of a LeNet's file)")
         fold = detector and st.checkbox(
             "Fold batch norm into the convolutions after pruning", value=True, key="plan_fold_bn",
             help="One bias per convolution instead of five batch-norm vectors in the file (measured on the demo "
@@ -346,7 +353,8 @@ def launch_section(settings: dict, quantizers: dict, channel_choice, prediction:
     try:
         plan = channel_choice.build(lambda: plan_from_settings(  # adds the channels / distill steps in order
             settings, name, {"iterations": int(iterations), "finetune_epochs": int(prune_epochs)},
-            {"finetune_epochs": int(cluster_epochs), "tolerance": float(tolerance)},
+            {"finetune_epochs": int(cluster_epochs), "tolerance": float(tolerance),
+             "bias_clusters": int(bias_clusters)},
             quantizers, {"finetune_epochs": int(codebook_epochs)}), layers)
         if fold:
             plan = with_fold_bn(plan)
@@ -375,7 +383,8 @@ def launch_section(settings: dict, quantizers: dict, channel_choice, prediction:
     with cols[3]:  # N targets solved into N plans with these fine-tuning settings, submitted as one group
         sweep_button(spec, stats, report, history, name,
                      {"iterations": int(iterations), "finetune_epochs": int(prune_epochs)},
-                     {"finetune_epochs": int(cluster_epochs), "tolerance": float(tolerance)}, bool(fold))
+                     {"finetune_epochs": int(cluster_epochs), "tolerance": float(tolerance),
+                      "bias_clusters": int(bias_clusters)}, bool(fold))
 
 
 rows_and_estimate()

@@ -128,3 +128,34 @@ def test_attention_in_proj_weight_is_pruned_and_shared():
     cluster.run(model, ClusterStep(n_clusters={"_default": 4}, finetune_epochs=1), ctx)
     assert len(torch.unique(model.attn.in_proj_weight[model.attn.in_proj_weight != 0])) <= 4
     assert not any(parametrize.is_parametrized(m) for m in model.modules())
+
+
+def test_bias_clusters_share_each_clustered_layers_bias(lenet300, digits28, tmp_path):
+    """bias_clusters: each clustered layer's bias holds at most k values after fine-tuning, the file stores it as a
+    shared section (numel >= 64) and shrinks, and the plan page's estimate follows the real bytes."""
+    from compression.analysis.estimate import estimate, model_stats
+    from compression.pipeline import compress
+    from compression.plan import Plan
+
+    work = lenet300.clone()
+    step = ClusterStep(n_clusters={"fc1": 8, "fc2": 8}, bias_clusters=16, finetune_epochs=1)
+    report = cluster.run(work.model, step, context(work, digits28)).report
+    assert report["bias_clusters"] == {"fc1": 16, "fc2": 16}  # fc3 is not clustered
+    for layer in ("fc1", "fc2"):
+        assert len(torch.unique(getattr(work.model, layer).bias)) <= 16
+    assert len(torch.unique(work.model.fc3.bias)) == 10
+    assert not any(parametrize.is_parametrized(m) for m in work.model.modules())
+    assert metrics.accuracy(work.model, digits28.loader("test")) > 0.9
+
+    sizes, predicted = {}, {}
+    stats = model_stats(lenet300)
+    for k in (0, 16):
+        plan = Plan(steps=(ClusterStep(n_clusters={"_default": 8}, bias_clusters=k, finetune_epochs=0),))
+        result = compress(lenet300, plan, digits28, tmp_path / str(k), latency=False)
+        sizes[k] = result.metrics["after"]["compressed_bytes"]
+        rows = {row["name"]: row for row in result.metrics["layers"]}
+        assert rows["fc1.bias"]["encoding"] == ("shared" if k else "raw")
+        predicted[k] = estimate(stats, {layer: (0.0, 8) for layer in stats.layers}, bias_clusters=k)
+    saved = sizes[0] - sizes[16]
+    assert saved > 1000  # 400 fp32 biases (1.6 KB) -> 4-bit indices
+    assert predicted[0]["compressed_bytes"] - predicted[16]["compressed_bytes"] == pytest.approx(saved, rel=0.15)

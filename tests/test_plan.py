@@ -46,6 +46,10 @@ def test_scalar_per_layer_value_means_default():
     ({"type": "prune", "speed": 3}, "unknown settings ['speed']"),
     ({"type": "quantise"}, "type 'quantise' is unknown"),
     ({"type": "prune", "sparsity": {"re:fc[": 0.5}}, "is not a valid regular expression"),
+    ({"type": "cluster", "n_clusters": 8, "bias_clusters": 1}, "bias_clusters 1 is out of range: use an integer "
+                                                               "from 2 to 256 or 0 (biases stay fp32)"),
+    ({"type": "cluster", "n_clusters": 8, "bias_clusters": 257}, "bias_clusters 257 is out of range"),
+    ({"type": "cluster", "n_clusters": 8, "bias_clusters": "16"}, "bias_clusters '16' is out of range"),
 ])
 def test_validation_names_step_layer_value(bad, message):
     with pytest.raises(PlanError, match=None) as info:

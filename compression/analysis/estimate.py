@@ -62,6 +62,9 @@ class ModelStats:
     fp32_bytes: int
     flops: int
     other_flops: int
+    # layer -> (its bias's values, the bias section's exact bytes as it stands): what the cluster step's
+    # bias_clusters would replace (the biases are part of other_bytes)
+    biases: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)
 
 
 def model_stats(handle: ModelHandle) -> ModelStats:
@@ -93,7 +96,12 @@ def model_stats(handle: ModelHandle) -> ModelStats:
     rest = {k: v.detach().cpu() for k, v in handle.model.state_dict().items() if k not in weight_keys}
     other = len(encode_state(rest, {"architecture": handle.architecture}))
     layer_flops = sum(stats.flops for stats in layers.values())
-    return ModelStats(layers, other, metrics.fp32_bytes(handle.model), total_flops, total_flops - layer_flops)
+    empty = len(encode_state({}, {}))
+    biases = {name: (rest[f"{name}.bias"].flatten().float().numpy(),
+                     len(encode_state({f"{name}.bias": rest[f"{name}.bias"]}, {})) - empty)
+              for name in layers if rest.get(f"{name}.bias") is not None and rest[f"{name}.bias"].is_floating_point()}
+    return ModelStats(layers, other, metrics.fp32_bytes(handle.model), total_flops, total_flops - layer_flops,
+                      biases)
 
 
 def _layer_flops(model, input_shape: tuple[int, ...]) -> tuple[int, dict[str, int]]:
@@ -274,13 +282,34 @@ def vq_layer_bytes(stats: LayerStats, sparsity: float, quantizer: dict) -> float
     return SECTION_OVERHEAD + len(stats.name) + WEIGHT_SUFFIX_BYTES + bits / 8
 
 
+SHARED_MIN_NUMEL = 64  # the encoder tries the shared encoding on tensors of at least this many values (FORMAT.md)
+
+
+def shared_bias_bytes(name: str, values: np.ndarray, n_clusters: int) -> float:
+    """Estimated bytes of a bias shared among n_clusters values (the cluster step's bias_clusters): no zeros, so
+    one index per value, entropy coded, plus the codebook."""
+    _, labels = kmeans_1d(values.astype(np.float64), n_clusters, refine=False)
+    shares = np.bincount(labels).astype(np.float64) / labels.size
+    used = int((shares > 0).sum())
+    return (SECTION_OVERHEAD + len(name) + len(".bias") + 4 * used + values.size * _entropy_bits(shares) / 8
+            + STREAM_OVERHEAD + TABLE_BYTES_PER_SYMBOL * (used + 1))
+
+
 def estimate(stats: ModelStats, settings: dict[str, tuple[float, int | None]],
-             quantizers: dict[str, dict] | None = None) -> dict:
+             quantizers: dict[str, dict] | None = None, bias_clusters: int = 0) -> dict:
     """Estimated compressed bytes, ratio and sparse FLOPs for per-layer (sparsity, n_clusters) settings.
 
     quantizers: layer -> QuantizeStep.layer_settings for vector-quantized layers (they replace clustering).
+    bias_clusters: the cluster step's setting: the biases of clustered layers shared among that many values
+    (a bias too short for the file's shared encoding keeps its bytes).
     """
     total = float(stats.other_bytes)
+    if bias_clusters:
+        for name, (values, exact) in stats.biases.items():
+            if settings.get(name, (0.0, None))[1] is None or values.size <= bias_clusters:
+                continue
+            if values.size >= SHARED_MIN_NUMEL:
+                total += min(exact, shared_bias_bytes(name, values, bias_clusters)) - exact
     sparse_flops = float(stats.other_flops)
     per_layer = {}
     for name, layer in stats.layers.items():

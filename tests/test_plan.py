@@ -84,3 +84,18 @@ def test_with_fold_bn_goes_after_pruning_and_before_sharing():
     assert [step.type for step in plan.steps] == ["prune", "fold_bn", "cluster"]
     assert with_fold_bn(plan) is plan
     assert Plan.from_json(plan.to_json()) == plan
+
+
+@pytest.mark.parametrize("name, layers", [("lenet300", ["fc1", "fc2", "fc3"]),
+                                          ("lenet5", ["conv1", "conv2", "fc1", "fc2"])])
+def test_shipped_lenet_recipes_fit_their_models_and_share_biases(name, layers):
+    """The records recipes (benchmarks/deep_compression_table.py) validate against their demo model's layers and
+    round-trip; they share the biases (bias_clusters), which at 110-160x is a fifth of the file otherwise."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "assets" / "recipes" / f"{name}.json").read_text()
+    plan = Plan.from_json(text).validate(layers)
+    assert Plan.from_json(plan.to_json()) == plan
+    cluster = next(step for step in plan.steps if step.type == "cluster")
+    assert cluster.bias_clusters >= 2
+    assert Plan.from_dict({**plan.to_dict(), "seed": 2}).seed == 2  # the benchmark runs each seed this way

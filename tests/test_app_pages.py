@@ -276,3 +276,23 @@ def test_plan_page_search_starts_a_background_search(seeded_home, monkeypatch):
     sweep = next(s for s in engine.list_sweeps(root=home) if s["axis"] == "search")
     engine.cancel_sweep(sweep["id"], root=home)
     engine.wait_sweep(sweep["id"], 60, root=home)
+
+
+def test_plan_page_bias_clusters_setting(home):
+    """The cluster step's bias_clusters: the setting moves the live estimate, goes into the plan, and a value the
+    schema refuses is shown with the schema's message."""
+    import re
+
+    def estimated_bytes(at) -> int:
+        caption = next(c.value for c in at.caption if c.value.startswith("Estimated file"))
+        return int(re.match(r"Estimated file ([\d,]+) B", caption).group(1).replace(",", ""))
+
+    at = page("plan")
+    for layer in ("fc1", "fc2"):
+        at.selectbox(key=next(s.key for s in at.selectbox if s.key.endswith(f"::k::{layer}"))).select(8).run()
+    before = estimated_bytes(at)
+    at.number_input(key="plan_bias_clusters").set_value(16).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert before - estimated_bytes(at) > 800  # 400 fp32 biases (1.6 KB) -> 16 shared values
+    at.number_input(key="plan_bias_clusters").set_value(1).run()
+    assert any("bias_clusters 1 is out of range" in e.value for e in at.error)

@@ -337,8 +337,8 @@ class ClusterStep:
     lr: float = 2e-4  # learning rate for the shared values
     seed: int = 0
     # shared values for each clustered layer's bias, 2 to 256 (0: biases stay fp32). At 160x a LeNet-5 file
-    # is ~11 KB and its 580 fp32 biases are 2.3 KB of it; shared (and fine-tuned with the weights) at 16
-    # values they cost ~0.4 KB. The file shares a bias of at least 64 values; shorter ones stay raw.
+    # is ~11 KB and its 580 fp32 biases are 2.2 KB of it; shared (and fine-tuned with the weights) at 16
+    # values they cost 0.6 KB. The file shares a bias of at least 64 values; shorter ones stay raw.
     bias_clusters: int = 0
 
     def check(self, where: str) -> None:

@@ -38,6 +38,10 @@ with st.container(border=True):
     steps.next_button("weights")
 
 
+def file_metric(col, label: str, size: int, ratio: float) -> None:
+    col.metric(label, f"{size:,} B", f"{ratio:.1f}x smaller than fp32", delta_color="off", delta_arrow="off")
+
+
 def shown(step: str) -> bool:
     return state["shown"] > lesson.STEPS.index(step)
 
@@ -53,8 +57,7 @@ if shown("prune"):
         cols = st.columns(3)
         cols[0].metric("Accuracy after pruning", lesson.percent(metrics["after"]["accuracy"]))
         cols[1].metric("Weights pruned", lesson.percent(facts["sparsity"]))
-        cols[2].metric("Pruned file", f"{metrics['after']['compressed_bytes']:,} B",
-                       f"{metrics['compression_ratio']:.1f}x smaller", delta_color="off")
+        file_metric(cols[2], "Pruned file", metrics["after"]["compressed_bytes"], metrics["compression_ratio"])
         st.plotly_chart(figures.lesson_histogram(original[layer], weights[layer], layer, "pruned"),
                         key="lesson_hist_prune")
         st.markdown(lesson.prune_text(metrics, facts, plan))
@@ -73,8 +76,7 @@ if shown("share"):
         cols[0].metric("Accuracy after sharing", lesson.percent(metrics["after"]["accuracy"]))
         cols[1].metric("Shared values per layer (k)",
                        ", ".join(map(str, sorted(set(metrics["steps"]["cluster"]["n_clusters"].values())))))
-        cols[2].metric("Shared file", f"{metrics['after']['compressed_bytes']:,} B",
-                       f"{metrics['compression_ratio']:.1f}x smaller", delta_color="off")
+        file_metric(cols[2], "Shared file", metrics["after"]["compressed_bytes"], metrics["compression_ratio"])
         st.plotly_chart(figures.lesson_histogram(original[layer], weights[layer], layer, "pruned and shared"),
                         key="lesson_hist_share")
         st.markdown(lesson.share_text(metrics, facts, plan, pruned_accuracy))
@@ -87,8 +89,7 @@ if shown("code"):
         cols = st.columns(3)
         cols[0].metric("Positions + indices, fixed width", f"{coded.fixed_bytes:,} B")
         cols[1].metric("Entropy coded (ANS)", f"{coded.coded_bytes:,} B")
-        cols[2].metric("Whole file", f"{coded.file_bytes:,} B",
-                       f"{coded.waterfall.start / max(1, coded.file_bytes):.1f}x smaller", delta_color="off")
+        file_metric(cols[2], "Whole file", coded.file_bytes, coded.waterfall.start / max(1, coded.file_bytes))
         st.plotly_chart(figures.bytes_waterfall(coded.waterfall), key="lesson_waterfall")
         st.markdown(lesson.coding_text(coded))
         steps.next_button("code")

@@ -112,6 +112,7 @@ def walk(page, url: str, tag: str) -> dict:
     shown["right"] = metric(page, "Digits right below")
     page.get_by_text("That is Deep Compression").wait_for()
     lap("decode")
+    page.locator('[data-testid="stImage"] img').nth(9).wait_for()  # one digit per class
     shown["images"] = page.locator('[data-testid="stImage"] img').count()
     shown["runs"] = run_ids(page)
     shown["text"] = page.locator('[data-testid="stMarkdownContainer"]').all_inner_texts()

@@ -11,8 +11,9 @@ from compression.ui.state import baseline, home, spec_key
 page_setup()
 st.title("Lesson: Deep Compression")
 st.caption("Han, Mao & Dally, \"Deep Compression\" (ICLR 2016), on LeNet-300-100 and the demo digits, step by step. "
-           "Each step that changes the model is a background run (it appears on the Runs page); a step computed "
-           "before is shown at once. Every number below is measured.")
+           "Each step that changes the model is a background run (it appears on the Runs page); step 3's run is "
+           "queued with step 2's, so it computes while the class reads. A step computed before is shown at once. "
+           "Every number below is measured.")
 if lesson.settings() is lesson.FAST:
     st.warning("Fast test settings ($COMPRESSION_LAB_LESSON_FAST=1): the runs barely fine-tune.")
 state = steps.progress_state()

@@ -104,8 +104,9 @@ def test_lesson_page_walks_the_five_steps_and_reuses_runs(tmp_path, monkeypatch)
     assert "Original accuracy" in [m.label for m in at.metric]
     at.button(key="lesson_next_prune").click().run()
     _run_until(at, lambda: any(m.label == "Accuracy after pruning" for m in at.metric))
-    runs = engine.list_runs(root=tmp_path / "home")
-    prune_metrics = json.loads(Path(runs[0]["dir"], "metrics.json").read_text())
+    runs = at.session_state["lesson"]["runs"]
+    assert set(runs) == {"prune", "share"}  # step 3's run was queued with step 2's, to compute while the class reads
+    prune_metrics = json.loads(engine.run_file(runs["prune"], "metrics.json", root=tmp_path / "home").read_text())
     assert metric(at, "Accuracy after pruning") == lesson.percent(prune_metrics["after"]["accuracy"])
     at.button(key="lesson_next_share").click().run()
     _run_until(at, lambda: any(m.label == "Accuracy after sharing" for m in at.metric))

@@ -40,10 +40,10 @@ class LessonSettings:
     # fraction of each layer's weights removed: Han et al. 2015 (Table 4) kept 8%, 9% and 26% of LeNet-300-100's
     sparsity: tuple[tuple[str, float], ...] = (("fc1", 0.92), ("fc2", 0.91), ("fc3", 0.74))
     prune_iterations: int = 3  # prune-then-fine-tune rounds (iterative pruning recovers more than one cut)
-    prune_epochs: int = 3  # fine-tuning epochs after each round (a small budget: the lesson runs in minutes)
+    prune_epochs: int = 2  # fine-tuning epochs after each round (a small budget: the lesson runs in minutes)
     lr: float = 1e-3  # pruning's fine-tuning learning rate (Adam), the demo recipe's
     n_clusters: int = 16  # shared values per layer: few enough that the histogram's spikes can be counted
-    cluster_epochs: int = 3  # epochs fine-tuning the shared values
+    cluster_epochs: int = 2  # epochs fine-tuning the shared values
     cluster_lr: float = 2e-4  # the demo recipe's learning rate for the shared values
     label: str = ""  # added to the plans' names (the Runs page shows it)
 

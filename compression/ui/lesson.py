@@ -19,6 +19,9 @@ from compression.errors import CompressionLabError
 from compression.ui.state import decoded_run, home, load_active
 
 POLL_EVERY_S = 1.0  # seconds between looks at a running step's run (as the Runs page)
+# started together with a step: the run a later step shows, so it computes while the class reads (step 3's run
+# repeats step 2's pruning, so it cannot start from step 2's result; queued behind it, it is often done when asked for)
+AHEAD = {"prune": "share"}
 ACTIVE = ("queued", "running")
 
 
@@ -36,16 +39,17 @@ def start(step: str) -> None:
     state = progress_state()
     state["shown"] = max(state["shown"], lesson.STEPS.index(step) + 1)
     state.pop("error", None)
-    job = lesson.step_job(step)
-    if job is None or lesson.RUN_OF[step] in state["runs"]:
-        return
-    try:
-        run_id, reused = engine.submit_or_reuse(job, root=home())
-    except CompressionLabError as exc:  # a read-only or full data folder
-        state["error"] = (step, str(exc))
-        return
-    state["runs"][lesson.RUN_OF[step]] = run_id
-    state["reused"][lesson.RUN_OF[step]] = reused
+    for wanted in (step, AHEAD.get(step)):
+        job = lesson.step_job(wanted) if wanted else None
+        if job is None or lesson.RUN_OF[wanted] in state["runs"]:
+            continue
+        try:
+            run_id, reused = engine.submit_or_reuse(job, root=home())
+        except CompressionLabError as exc:  # a read-only or full data folder
+            state["error"] = (step, str(exc))
+            return
+        state["runs"][lesson.RUN_OF[wanted]] = run_id
+        state["reused"][lesson.RUN_OF[wanted]] = reused
 
 
 def retry(step: str) -> None:

@@ -108,5 +108,5 @@ if shown("decode"):
         for col, sample in zip(st.columns(len(check["samples"])), check["samples"], strict=True):
             col.image(sample["image"], width=72, clamp=True)
             colour = "green" if sample["label"] == sample["predicted"] else "red"
-            col.markdown(f":{colour}[**{sample['predicted']}**]  \ntrue {sample['label']}")
+            col.markdown(f"says :{colour}[**{sample['predicted']}**]  \ntrue {sample['label']}")
         st.success("That is Deep Compression: prune, share, code, and the file still works.")

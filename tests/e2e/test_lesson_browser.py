@@ -56,7 +56,9 @@ def shot_step(page, number: int, name: str) -> None:
     """A screenshot of the viewport scrolled to step `number` (Streamlit scrolls inside its own container, so a
     full-page shot would show the top only)."""
     page.get_by_role("heading", name=re.compile(rf"^{number}\. ")).evaluate("el => el.scrollIntoView({block: 'start'})")
-    page.wait_for_timeout(500)  # plotly finishes drawing
+    page.wait_for_function("() => [...document.querySelectorAll('.stPlotlyChart')].every("
+                           "chart => chart.querySelector('.main-svg'))")  # plotly draws after the frame appears
+    page.wait_for_timeout(300)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"))
 

@@ -168,8 +168,9 @@ def index_bits(n_clusters: int) -> int:
 def weights_text(measured: dict, facts: dict, test_images: int) -> str:
     return (f"LeNet-300-100 has {measured['params']:,} parameters in three fully connected layers: "
             f"{measured['fp32_bytes']:,} bytes as 32-bit floats. It classifies {percent(measured['accuracy'])} of "
-            f"{test_images:,} test digits correctly (measured now). Most weights are small: half of them are "
-            f"below {facts['median_abs']:.3f} in size: the peak around zero in the histogram.")
+            f"{test_images:,} test digits correctly (measured now). Most weights are small: half of them lie "
+            f"between -{facts['median_abs']:.3f} and +{facts['median_abs']:.3f}, the peak around zero in the "
+            f"histogram.")
 
 
 def prune_text(metrics: dict, facts: dict, plan: dict) -> str:

@@ -56,8 +56,8 @@ def shot_step(page, number: int, name: str) -> None:
     """A screenshot of the viewport scrolled to step `number` (Streamlit scrolls inside its own container, so a
     full-page shot would show the top only)."""
     page.get_by_role("heading", name=re.compile(rf"^{number}\. ")).evaluate("el => el.scrollIntoView({block: 'start'})")
-    page.wait_for_function("() => [...document.querySelectorAll('.stPlotlyChart')].every("
-                           "chart => chart.querySelector('.main-svg'))")  # plotly draws after the frame appears
+    charts = min(number, 4)  # one figure per step, none in step 5
+    page.locator(".js-plotly-plot .main-svg").nth(charts - 1).wait_for()  # plotly draws after the frame appears
     page.wait_for_timeout(300)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"))
@@ -88,6 +88,7 @@ def walk(page, url: str, tag: str) -> dict:
     page.get_by_role("heading", name="Lesson: Deep Compression").wait_for()
     wait_idle(page)
     shown = {"original": metric(page, "Original accuracy"), "params": metric(page, "Parameters")}
+    page.get_by_role("button", name="Next: 2. Prune").wait_for()
     lap("open")
     shot_step(page, 1, f"lesson-{tag}-1-weights")
     click_next("Next: 2. Prune")

@@ -121,3 +121,19 @@ def test_lesson_page_walks_the_five_steps_and_reuses_runs(tmp_path, monkeypatch)
     assert metric(again, "Decoded accuracy") == metric(at, "Decoded accuracy")
     assert any("computed earlier" in c.value for c in again.caption)
     assert len(engine.list_runs(root=tmp_path / "home")) == 2
+
+
+def test_a_failed_step_says_so_and_runs_again_when_asked(tmp_path, monkeypatch):
+    """A step whose run fails shows the run's error and a button that starts it afresh (failures are never reused)."""
+    monkeypatch.setenv("COMPRESSION_LAB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("COMPRESSION_LAB_TEST_JOBS", "1")  # the engine's test-crash job stands in for the step's run
+    monkeypatch.setattr(lesson, "step_job", lambda step, chosen=None: {"kind": "test-crash"})
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("pages/lesson.py").run()
+    at.button(key="lesson_next_prune").click().run()
+    _run_until(at, lambda: len(at.error) > 0, timeout=120)
+    assert "deliberate failure" in at.error[0].value and "Runs page" in at.error[0].value
+    failed = at.session_state["lesson"]["runs"]["prune"]
+    at.button(key="lesson_retry_prune").click().run()
+    assert at.session_state["lesson"]["runs"]["prune"] != failed

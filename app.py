@@ -18,6 +18,7 @@ pages = [
     st.Page("pages/runs.py", title="Runs", icon=":material/play_circle:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/scatter_plot:"),
     st.Page("pages/detections.py", title="Detections", icon=":material/center_focus_strong:"),
+    st.Page("pages/lesson.py", title="Lesson", icon=":material/school:"),
 ]
 navigation = st.navigation(pages)
 sidebar()

@@ -23,6 +23,8 @@ def saved(upload):
 
 
 st.title("Model")
+st.page_link("pages/lesson.py", label="Teaching? The Lesson page walks a class through Deep Compression, step by step",
+             icon=":material/school:")
 spec = active_spec()
 SOURCES = ["Demo model", "Upload a file", "Demo detector (YOLO)", "Upload a YOLO detector"]
 detector_now, demo_now = sources.task_of(spec) == sources.DETECT, spec["model"] in sources.demo_sources()

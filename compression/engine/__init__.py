@@ -3,6 +3,7 @@
     run_id = submit(job); status(run_id); cancel(run_id); list_runs(); wait(run_id, timeout)
     run_file(run_id, "model.clab")   (a file in the run's folder: callers never build runs/<id>/ paths)
     submit_sweep(jobs, axis=, targets=); sweep_status(id); list_sweeps(); cancel_sweep(id)   (sweeps.py)
+    submit_or_reuse(job) -> (run_id, reused): a succeeded or active run with the same content key, else a new one
 
 Jobs run in worker processes started by a dispatcher process, never in the caller (the Streamlit
 server). `root` is the data folder (default $COMPRESSION_LAB_HOME, else a per-user data folder).
@@ -22,13 +23,22 @@ from pathlib import Path
 
 from compression.engine.jobs import validate
 from compression.engine.store import FINAL_STATES, STATES, RunStore, StoreError, default_root
-from compression.engine.sweeps import cancel_sweep, content_key, list_sweeps, submit_sweep, sweep_status, wait_sweep
+from compression.engine.sweeps import (
+    cancel_sweep,
+    content_key,
+    list_sweeps,
+    submit_or_reuse,
+    submit_sweep,
+    sweep_status,
+    wait_sweep,
+)
 from compression.errors import CompressionLabError
 
 __all__ = ["FINAL_STATES", "STATES", "StoreError", "absolute_paths", "cached_sensitivity", "cancel",
            "default_root", "engine_info", "events", "list_runs", "log_tail", "rerun", "run_dir", "run_file", "settings",
            "status", "submit", "wait"]
-__all__ += ["cancel_sweep", "content_key", "list_sweeps", "submit_sweep", "sweep_status", "wait_sweep"]
+__all__ += ["cancel_sweep", "content_key", "list_sweeps", "submit_or_reuse", "submit_sweep", "sweep_status",
+            "wait_sweep"]
 
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # a run folder's name (never a path)

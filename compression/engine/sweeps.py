@@ -2,6 +2,7 @@
 
     sweep_id = submit_sweep(jobs, root, axis="ratio", targets=["ratio:10", "ratio:20"])
     sweep_status(sweep_id); list_sweeps(); cancel_sweep(sweep_id); wait_sweep(sweep_id, timeout)
+    run_id, reused = submit_or_reuse(job, root)   (one job, the same reuse: the lesson page's steps)
 
 A sweep is a record ROOT/sweeps/<id>.json (written whole: temporary name, then rename) listing its members:
 {index, target, run, reused}. Each member it submitted also carries {"sweep": {id, index, target}} in its
@@ -70,6 +71,31 @@ def content_key(job: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def finished_by_key(rows: list[dict], kind: str) -> dict[str, str]:
+    """Content key -> id of the newest `succeeded` run of `kind` with that key, from list_runs()'s rows."""
+    done: dict[str, str] = {}
+    for row in reversed(rows):  # rows come newest first: the latest succeeded run with the same key wins
+        if row["state"] == "succeeded" and row["kind"] == kind:
+            done[content_key(row["job"])] = row["id"]
+    return done
+
+
+def submit_or_reuse(job: dict, root: str | Path | None = None) -> tuple[str, bool]:
+    """(run id, reused): the newest run computing the same thing as `job` (same content key) that succeeded or is
+    still queued or running, else a new run of `job`. Failed and cancelled runs are never reused, so asking again
+    after a failure runs the job afresh. A lesson step asked for twice (a second class, a reload) runs once."""
+    from compression.engine import absolute_paths, list_runs, submit
+
+    checked = validate(absolute_paths({k: v for k, v in job.items() if k != "sweep"}))
+    key = content_key(checked)
+    rows = [row for row in list_runs(root=root, kind=checked["kind"]) if content_key(row["job"]) == key]
+    for wanted in (("succeeded",), ("running", "queued")):  # a finished run first, then one on its way
+        found = next((row for row in rows if row["state"] in wanted), None)
+        if found is not None:
+            return found["id"], True
+    return submit(checked, root), False
+
+
 def _folder(store: RunStore) -> Path:
     return store.root / "sweeps"
 
@@ -117,11 +143,7 @@ def submit_sweep(jobs: list[dict], root: str | Path | None = None, axis: str = "
     labels = [str(t)[:80] for t in targets] if targets is not None else [
         str((job.get("plan") or {}).get("name") or f"plan {i + 1}")[:80] for i, job in enumerate(checked)]
     store = RunStore(root)
-    done: dict[str, str] = {}
-    if reuse:  # newest first: the latest succeeded run with the same key wins
-        for row in reversed(list_runs(root=store.root)):
-            if row["state"] == "succeeded" and row["kind"] == checked[0]["kind"]:
-                done[content_key(row["job"])] = row["id"]
+    done = finished_by_key(list_runs(root=store.root), checked[0]["kind"]) if reuse else {}
     if extend is not None:
         record = {k: v for k, v in sweep_status(extend, store.root).items()
                   if k in ("id", "created", "name", "axis", "targets", "model", "data", "members")}

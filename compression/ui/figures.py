@@ -205,3 +205,39 @@ def prediction_figure(table: pd.DataFrame) -> go.Figure:
                       yaxis_title="measured accuracy drop (points, decoded file)", height=360,
                       margin={"t": 30, "b": 40})
     return fig
+
+
+def lesson_histogram(before: np.ndarray, after: np.ndarray | None, layer: str, after_name: str = "now") -> go.Figure:
+    """The lesson's histogram of one layer's weights, zeros included (pruning's spike at zero shows), on shared bins;
+    with `after`, the original faint behind it, its shared values marked, and counts on a log scale so the spike at
+    zero and the few weights left beside it are both visible. Binned here: the browser gets 150 bars per series,
+    not a quarter of a million weights."""
+    values = before if after is None else np.concatenate([before, after])
+    edges = np.linspace(float(values.min()), float(values.max()), 151)
+    centres, width = (edges[:-1] + edges[1:]) / 2, float(edges[1] - edges[0])
+
+    def bars(weights: np.ndarray, name: str, colour: str, opacity: float) -> go.Bar:
+        counts, _ = np.histogram(weights, edges)
+        return go.Bar(x=centres, y=counts, width=width, name=name, marker={"color": colour}, opacity=opacity,
+                      hovertemplate="%{x:.4f}: %{y:,} weights<extra>" + name + "</extra>")
+
+    fig = go.Figure()
+    fig.add_trace(bars(before, "original", "#7f7f7f" if after is not None else "#1f77b4",
+                       0.35 if after is not None else 0.9))
+    title = f"{layer}: {before.size:,} weights"
+    if after is not None:
+        fig.add_trace(bars(after, after_name, "#1f77b4", 0.85))
+        kept = after[after != 0]
+        shared = np.unique(kept)
+        if 0 < shared.size <= 64:
+            for value in shared:
+                fig.add_vline(x=float(value), line_width=1, line_color="crimson", opacity=0.5)
+        title += (f", {100 * (1 - kept.size / max(1, after.size)):.2f}% zeros, {shared.size:,} distinct non-zero "
+                  "values" + (" (red lines)" if 0 < shared.size <= 64 else ""))
+        fig.update_yaxes(type="log", title="count (log scale)")
+    else:
+        fig.update_yaxes(title="count")
+    fig.update_layout(barmode="overlay", bargap=0, title=title, height=330, margin={"t": 40, "b": 30},
+                      xaxis_title="weight",
+                      legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 1.0, "xanchor": "right"})
+    return fig

@@ -94,7 +94,7 @@ def test_first_visit_straight_to_a_page_runs_through_app_py(page, fresh_app_url)
     sidebar.get_by_text("Active model").wait_for()
     links = sidebar.locator('[data-testid="stSidebarNav"] a')
     assert [line.splitlines()[-1] for line in links.all_inner_texts()] == [
-        "Model", "Sensitivity", "Plan", "Runs", "Compare", "Detections"]
+        "Model", "Sensitivity", "Plan", "Runs", "Compare", "Detections", "Lesson"]
 
 
 def test_sensitivity_estimate_mode_through_the_page(page, fresh_app_url):

@@ -1,0 +1,112 @@
+"""Lesson page: Deep Compression on LeNet-300-100 in five steps for a class; each step's numbers are measured."""
+
+import streamlit as st
+
+from compression.analysis import lesson
+from compression.ui import figures
+from compression.ui import lesson as steps
+from compression.ui.navigation import page_setup
+from compression.ui.state import baseline, home, spec_key
+
+page_setup()
+st.title("Lesson: Deep Compression")
+st.caption("Han, Mao & Dally, \"Deep Compression\" (ICLR 2016), on LeNet-300-100 and the demo digits, step by step. "
+           "Each step that changes the model is a background run (it appears on the Runs page); step 3's run is "
+           "queued with step 2's, so it computes while the class reads. A step computed before is shown at once. "
+           "Every number below is measured.")
+if lesson.settings() is lesson.FAST:
+    st.warning("Fast test settings ($COMPRESSION_LAB_LESSON_FAST=1): the runs barely fine-tune.")
+state = steps.progress_state()
+root = str(home())
+st.button("Start over", key="lesson_restart", on_click=steps.restart)
+layer = st.radio("Layer in the histograms", ["fc1", "fc2", "fc3"], horizontal=True, key="lesson_layer")
+original, original_facts, test_images = steps.original_weights()
+
+
+def header(step: str) -> None:
+    st.subheader(f"{lesson.STEPS.index(step) + 1}. {lesson.TITLES[step]}")
+
+
+with st.container(border=True):
+    header("weights")
+    measured = baseline(spec_key(lesson.LESSON_SPEC))
+    cols = st.columns(3)
+    cols[0].metric("Original accuracy", lesson.percent(measured["accuracy"]))
+    cols[1].metric("Parameters", f"{measured['params']:,}")
+    cols[2].metric("fp32 bytes", f"{measured['fp32_bytes']:,}")
+    st.plotly_chart(figures.lesson_histogram(original[layer], None, layer), key="lesson_hist_weights")
+    st.markdown(lesson.weights_text(measured, original_facts, test_images))
+    steps.next_button("weights")
+
+
+def file_metric(col, label: str, size: int, ratio: float) -> None:
+    col.metric(label, f"{size:,} B", f"{ratio:.1f}x smaller than fp32", delta_color="off", delta_arrow="off")
+
+
+def shown(step: str) -> bool:
+    return state["shown"] > lesson.STEPS.index(step)
+
+
+if shown("prune"):
+    with st.container(border=True):
+        header("prune")
+        run_id = steps.finished_run("prune")
+        if run_id is None:
+            st.stop()
+        metrics, plan = steps.run_metrics(root, run_id), steps.run_plan(root, run_id)
+        weights, facts = steps.run_weights(root, run_id)
+        cols = st.columns(3)
+        cols[0].metric("Accuracy after pruning", lesson.percent(metrics["after"]["accuracy"]))
+        cols[1].metric("Weights pruned", lesson.percent(facts["sparsity"]))
+        file_metric(cols[2], "Pruned file", metrics["after"]["compressed_bytes"], metrics["compression_ratio"])
+        st.plotly_chart(figures.lesson_histogram(original[layer], weights[layer], layer, "pruned"),
+                        key="lesson_hist_prune")
+        st.markdown(lesson.prune_text(metrics, facts, plan))
+        steps.next_button("prune")
+        pruned_accuracy = metrics["after"]["accuracy"]
+
+if shown("share"):
+    with st.container(border=True):
+        header("share")
+        run_id = steps.finished_run("share")
+        if run_id is None:
+            st.stop()
+        metrics, plan = steps.run_metrics(root, run_id), steps.run_plan(root, run_id)
+        weights, facts = steps.run_weights(root, run_id)
+        cols = st.columns(3)
+        cols[0].metric("Accuracy after sharing", lesson.percent(metrics["after"]["accuracy"]))
+        cols[1].metric("Shared values per layer (k)",
+                       ", ".join(map(str, sorted(set(metrics["steps"]["cluster"]["n_clusters"].values())))))
+        file_metric(cols[2], "Shared file", metrics["after"]["compressed_bytes"], metrics["compression_ratio"])
+        st.plotly_chart(figures.lesson_histogram(original[layer], weights[layer], layer, "pruned and shared"),
+                        key="lesson_hist_share")
+        st.markdown(lesson.share_text(metrics, facts, plan, pruned_accuracy))
+        steps.next_button("share")
+
+if shown("code"):
+    with st.container(border=True):
+        header("code")
+        coded = steps.run_coding(root, run_id)
+        cols = st.columns(3)
+        cols[0].metric("Positions + indices, fixed width", f"{coded.fixed_bytes:,} B")
+        cols[1].metric("Entropy coded (ANS)", f"{coded.coded_bytes:,} B")
+        file_metric(cols[2], "Whole file", coded.file_bytes, coded.waterfall.start / max(1, coded.file_bytes))
+        st.plotly_chart(figures.bytes_waterfall(coded.waterfall), key="lesson_waterfall")
+        st.markdown(lesson.coding_text(coded))
+        steps.next_button("code")
+
+if shown("decode"):
+    with st.container(border=True):
+        header("decode")
+        check = steps.run_decode_check(root, run_id)
+        cols = st.columns(3)
+        cols[0].metric("Decoded accuracy", lesson.percent(check["accuracy"]))
+        cols[1].metric("Decode time", f"{1000 * check['seconds']:.0f} ms")
+        cols[2].metric("Digits right below",
+                       f"{sum(s['label'] == s['predicted'] for s in check['samples'])} of {len(check['samples'])}")
+        st.markdown(lesson.decode_text(check, metrics, coded.file_bytes))
+        for col, sample in zip(st.columns(len(check["samples"])), check["samples"], strict=True):
+            col.image(sample["image"], width=72, clamp=True)
+            colour = "green" if sample["label"] == sample["predicted"] else "red"
+            col.markdown(f"says :{colour}[**{sample['predicted']}**]  \ntrue {sample['label']}")
+        st.success("That is Deep Compression: prune, share, code, and the file still works.")

@@ -1,0 +1,139 @@
+"""The lesson: its step plans and what it says (unit tests), and the page through AppTest with fast settings."""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from compression import engine
+from compression.analysis import lesson
+from compression.engine.jobs import validate
+from compression.engine.sweeps import content_key
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_step_plans_share_one_pruning_and_follow_the_settings(monkeypatch):
+    monkeypatch.delenv(lesson.FAST_ENV, raising=False)
+    assert lesson.settings() is lesson.LESSON
+    assert lesson.step_plan("weights") is None and lesson.step_job("weights") is None
+    prune, share = lesson.step_plan("prune"), lesson.step_plan("share")
+    assert [s.type for s in prune.steps] == ["prune"] and [s.type for s in share.steps] == ["prune", "cluster"]
+    assert share.steps[0] == prune.steps[0]  # step 3 repeats step 2's pruning exactly
+    assert prune.steps[0].sparsity == dict(lesson.LESSON.sparsity)
+    assert share.steps[1].n_clusters == {"_default": lesson.LESSON.n_clusters}
+    # steps 3-5 show one run: the same job, so the same content key
+    assert {content_key(validate(lesson.step_job(s))) for s in ("share", "code", "decode")} == {
+        content_key(validate(lesson.step_job("share")))}
+    monkeypatch.setenv(lesson.FAST_ENV, "1")
+    assert lesson.settings() is lesson.FAST
+    fast = lesson.step_plan("prune")
+    assert fast.steps[0].finetune_epochs <= 1 and fast.steps[0].sparsity == prune.steps[0].sparsity
+    assert content_key(validate(lesson.step_job("prune"))) != content_key(
+        validate(lesson.step_job("prune", lesson.LESSON)))  # test runs are never taken for the real lesson's
+
+
+def test_texts_say_the_measured_numbers():
+    weights = {"fc1": np.array([0.0, 0.0, 0.5, -0.5, 0.0, 0.25]), "fc2": np.array([0.0, 1.0])}
+    facts = lesson.weight_facts(weights)
+    assert facts["zeros"] == 4 and facts["weights"] == 8 and facts["distinct"] == {"fc1": 3, "fc2": 1}
+    assert facts["layer_sparsity"]["fc1"] == 0.5
+    metrics = {"before": {"accuracy": 0.98611, "fp32_bytes": 1_066_000},
+               "after": {"accuracy": 0.975, "compressed_bytes": 23_947}, "compression_ratio": 44.5146,
+               "steps": {"cluster": {"n_clusters": {"fc1": 16, "fc2": 16}}}}
+    plan = lesson.step_plan("share", lesson.LESSON).to_dict()
+    text = lesson.prune_text(metrics, facts, plan)
+    assert "98.61% -> 97.50% (-1.1 points)" in text and "23,947 bytes, 44.5x" in text
+    assert "4 of 8 (50.00%; fc1 50.00%, fc2 50.00%)" in text
+    assert f"{lesson.LESSON.prune_iterations} round(s)" in text
+    text = lesson.share_text(metrics, facts, plan, pruned_accuracy=0.98)
+    assert "k = 16" in text and "5-bit index" in text and "98.00% pruned" in text and "fc1 3, fc2 1" in text
+    assert lesson.index_bits(16) == 5 and lesson.index_bits(15) == 4
+
+
+def test_coding_and_decoding_read_the_file(tmp_path):
+    """Step 4's numbers add up with the file's own sections; step 5 decodes the file and classifies digits."""
+    from compression import sources
+    from compression.analysis import report
+    from compression.pipeline import compress
+
+    handle, data = sources.load(lesson.LESSON_SPEC)
+    result = compress(handle, lesson.step_plan("share", lesson.FAST), data, tmp_path, latency=False)
+    rows = report.file_rows(tmp_path)
+    coded = lesson.coding(rows, result.metrics)
+    assert coded.file_bytes == result.metrics["after"]["compressed_bytes"] == (tmp_path / "model.clab").stat().st_size
+    assert coded.entropy_bytes <= coded.coded_bytes < coded.fixed_bytes
+    text = lesson.coding_text(coded)
+    assert "ANS" in text and "Huffman" in text and f"{coded.coded_bytes:,}" in text
+    check = lesson.decode_check(tmp_path / "model.clab", data)
+    assert check["accuracy"] == pytest.approx(result.metrics["after"]["accuracy"], abs=1e-12)
+    assert [s["label"] for s in check["samples"]] == list(range(10))
+    assert all(s["image"].shape == (28, 28) and 0 <= s["image"].min() <= s["image"].max() <= 1
+               for s in check["samples"])
+    assert "the accuracy the run measured" in lesson.decode_text(check, result.metrics, coded.file_bytes)
+
+
+def _run_until(at: AppTest, done, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not done():
+        assert time.time() < deadline, [m.value for m in at.markdown][-3:]
+        time.sleep(1.0)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+
+
+def test_lesson_page_walks_the_five_steps_and_reuses_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPRESSION_LAB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(lesson.FAST_ENV, "1")
+
+    def open_lesson() -> AppTest:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+        at.run()
+        at.switch_page("pages/lesson.py").run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    def metric(at: AppTest, label: str) -> str:
+        return next(m.value for m in at.metric if m.label == label)
+
+    at = open_lesson()
+    assert "Original accuracy" in [m.label for m in at.metric]
+    at.button(key="lesson_next_prune").click().run()
+    _run_until(at, lambda: any(m.label == "Accuracy after pruning" for m in at.metric))
+    runs = at.session_state["lesson"]["runs"]
+    assert set(runs) == {"prune", "share"}  # step 3's run was queued with step 2's, to compute while the class reads
+    prune_metrics = json.loads(engine.run_file(runs["prune"], "metrics.json", root=tmp_path / "home").read_text())
+    assert metric(at, "Accuracy after pruning") == lesson.percent(prune_metrics["after"]["accuracy"])
+    at.button(key="lesson_next_share").click().run()
+    _run_until(at, lambda: any(m.label == "Accuracy after sharing" for m in at.metric))
+    at.button(key="lesson_next_code").click().run()
+    at.button(key="lesson_next_decode").click().run()
+    assert metric(at, "Decoded accuracy") == metric(at, "Accuracy after sharing")
+    assert len(engine.list_runs(root=tmp_path / "home")) == 2
+    # a second class: the same steps are found in the store and shown at once, nothing is recomputed
+    again = open_lesson()
+    for step in ("prune", "share", "code", "decode"):
+        again.button(key=f"lesson_next_{step}").click().run()
+    assert metric(again, "Decoded accuracy") == metric(at, "Decoded accuracy")
+    assert any("computed earlier" in c.value for c in again.caption)
+    assert len(engine.list_runs(root=tmp_path / "home")) == 2
+
+
+def test_a_failed_step_says_so_and_runs_again_when_asked(tmp_path, monkeypatch):
+    """A step whose run fails shows the run's error and a button that starts it afresh (failures are never reused)."""
+    monkeypatch.setenv("COMPRESSION_LAB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("COMPRESSION_LAB_TEST_JOBS", "1")  # the engine's test-crash job stands in for the step's run
+    monkeypatch.setattr(lesson, "step_job", lambda step, chosen=None: {"kind": "test-crash"})
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("pages/lesson.py").run()
+    at.button(key="lesson_next_prune").click().run()
+    _run_until(at, lambda: len(at.error) > 0, timeout=120)
+    assert "deliberate failure" in at.error[0].value and "Runs page" in at.error[0].value
+    failed = at.session_state["lesson"]["runs"]["prune"]
+    at.button(key="lesson_retry_prune").click().run()
+    assert at.session_state["lesson"]["runs"]["prune"] != failed

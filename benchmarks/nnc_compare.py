@@ -18,11 +18,12 @@ NNCodec: the same tensors as int32 quantization indices (0 = pruned zero, -n..-1
 negative and positive shared values: NNC's own zero-offset codebook order) coded losslessly by
 NNCodec's integer path into one NNC bitstream per network (its own per-tensor unit headers included;
 it picks the smallest of a few of its settings, see nnc_helper.py), plus the float32 values of the
-levels at exactly our codebook's bytes (NNC codebooks hold integer multiples of a QP step, which
-k-means centroids are not, so we charge NNCodec our own codebook cost). Both decoders produce the same
-float32 weights bit for bit (checked); decode time is the median of --repeats runs, one thread, from
-the bytes to float32 arrays (ours: `decode_state` of a file holding just these tensors; NNCodec:
-`nncodec.nnc.decompress` + the level -> value lookup).
+levels, 4 bytes per shared value, exactly what our shared sections store as their codebook (NNC
+codebooks hold integer multiples of a QP step, which k-means centroids are not, so we charge NNCodec
+our own codebook cost; a tensor our encoder stored as "sparse" pays its values inside its section).
+Both decoders produce the same float32 weights bit for bit (checked). Decode time: median of
+--repeats runs, one thread, from the bytes to float32 arrays (ours: `decode_state` of a file holding
+just these tensors; NNCodec: `nncodec.nnc.decompress` + the level -> value lookup).
 
 NNCodec pins numpy<2 and builds a C++ extension, so it lives in its own environment,
 benchmarks/.venv-nnc, which this script creates on first use (python -m venv; pip install with
@@ -204,6 +205,7 @@ def ours(tensors: dict[str, torch.Tensor], repeats: int) -> dict:
     return {"bytes": sum(row["bytes_total"] for row in rows),
             "codebook_bytes": sum(row["bytes_codebook"] or 0 for row in rows),
             "encodings": {row["name"]: row["encoding"] for row in rows},
+            "tensor_bytes": {row["name"]: row["bytes_total"] for row in rows},
             "decode_s": statistics.median(times), "file_bytes": len(blob)}
 
 
@@ -260,12 +262,15 @@ def main() -> None:
         row = rows[result["network"]]
         if not result["identical"]:
             raise BenchmarkError(f"NNCodec did not give back {result['network']}'s levels exactly")
-        codebook = row["ours"]["codebook_bytes"]
+        # the level values as a float32 table: k x 4 bytes per tensor, what our shared sections store
+        # (a tensor our encoder stored as "sparse" pays its values in its section instead)
+        tables = {name: 4 * k for name, k in row["shared_values"].items()}
+        codebook = sum(tables.values())
         row["nnc"] = {"bitstream_bytes": result["bytes"], "codebook_bytes": codebook,
                       "bytes": result["bytes"] + codebook, "decode_s": result["decode_s"],
-                      "setting": result["setting"], "settings": result["settings"]}
+                      "setting": result["setting"], "settings": result["settings"],
+                      "tensor_bytes": {name: size + tables[name] for name, size in result["tensor_bytes"].items()}}
         row["ours_over_nnc_bytes"] = round(row["ours"]["bytes"] / row["nnc"]["bytes"], 4)
-        row["ours_over_nnc_streams"] = round((row["ours"]["bytes"] - codebook) / result["bytes"], 4)
         row["decode_ratio"] = round(row["ours"]["decode_s"] / result["decode_s"], 4)
 
     for name, row in rows.items():
@@ -274,6 +279,9 @@ def main() -> None:
               f"{row['nnc']['codebook_bytes']:,} codebook) | ratio {row['ours_over_nnc_bytes']:.3f} "
               f"| decode ours {1e3 * row['ours']['decode_s']:.1f} ms, NNCodec {1e3 * row['nnc']['decode_s']:.1f} ms",
               file=sys.stderr)
+        for tensor, size in row["ours"]["tensor_bytes"].items():
+            print(f"    {tensor:30} k={row['shared_values'][tensor]:<4} {row['ours']['encodings'][tensor]:7} "
+                  f"ours {size:>9,} B  NNCodec alone {row['nnc']['tensor_bytes'][tensor]:>9,} B", file=sys.stderr)
     ours_bytes = sum(row["ours"]["bytes"] for row in rows.values())
     nnc_bytes = sum(row["nnc"]["bytes"] for row in rows.values())
     summary = {

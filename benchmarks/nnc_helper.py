@@ -87,9 +87,12 @@ def run_network(nnc, path: Path, repeats: int) -> dict:
             sizes.append({**setting, "bytes": len(bitstream), "encode_s": round(seconds, 3)})
             if best is None or len(bitstream) < len(best[1]):
                 best = (setting, bitstream)
-    if best is None:
-        raise SystemExit(f"NNCodec refused every setting for {path.stem}: {sizes}")
-    setting, bitstream = best
+        if best is None:
+            raise SystemExit(f"NNCodec refused every setting for {path.stem}: {sizes}")
+        setting, bitstream = best
+        # each tensor alone with the chosen setting (each such stream repeats NNC's start and model
+        # parameter set units, so these add up to a little more than the network's one bitstream)
+        per_tensor = {name: len(encode(nnc, {name: levels[name]}, setting, folder)) for name in names}
     weights = decode(nnc, bitstream, values, negatives)
     expected = {name: values[name][levels[name].astype(np.int64) + negatives[name]] for name in names}
     identical = all(np.array_equal(weights[name].view(np.uint32), expected[name].view(np.uint32)) for name in names)
@@ -99,6 +102,7 @@ def run_network(nnc, path: Path, repeats: int) -> dict:
         decode(nnc, bitstream, values, negatives)
         times.append(time.perf_counter() - started)
     return {"network": path.stem, "bytes": len(bitstream), "setting": setting, "settings": sizes,
+            "tensor_bytes": per_tensor,
             "decode_s": statistics.median(times), "decode_runs_s": [round(t, 5) for t in times],
             "identical": identical, "tensors": len(names),
             "levels": int(sum(v.size for v in levels.values()))}

@@ -12,7 +12,8 @@ k-means centroids are not); nnc_compare.py charges them to NNCodec at our codebo
 
 For every setting in SETTINGS the bitstream's size is measured; the smallest is kept, and its decode
 (nncodec.nnc.decompress plus the level -> value lookup that gives float32 weights, the same output our
-decoder gives) is timed, median of --repeats, one thread. Prints one JSON object as its last line.
+decoder gives) is timed, median of --repeats, one thread: wall-clock and CPU (process) time.
+Prints one JSON object as its last line.
 
     benchmarks/.venv-nnc/bin/python benchmarks/nnc_helper.py NET.npz [NET.npz ...] [--repeats 7]
 """
@@ -96,14 +97,16 @@ def run_network(nnc, path: Path, repeats: int) -> dict:
     weights = decode(nnc, bitstream, values, negatives)
     expected = {name: values[name][levels[name].astype(np.int64) + negatives[name]] for name in names}
     identical = all(np.array_equal(weights[name].view(np.uint32), expected[name].view(np.uint32)) for name in names)
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         decode(nnc, bitstream, values, negatives)
         times.append(time.perf_counter() - started)
+        cpu_times.append(time.process_time() - cpu_started)
     return {"network": path.stem, "bytes": len(bitstream), "setting": setting, "settings": sizes,
             "tensor_bytes": per_tensor,
             "decode_s": statistics.median(times), "decode_runs_s": [round(t, 5) for t in times],
+            "decode_cpu_s": statistics.median(cpu_times),
             "identical": identical, "tensors": len(names),
             "levels": int(sum(v.size for v in levels.values()))}
 

@@ -1,8 +1,8 @@
 """Our compact format vs NNCodec (MPEG NNC, ISO/IEC 15938-17, DeepCABAC) on identical quantized tensors.
 
 Networks (each weight tensor pruned and k-means shared by our code; biases and batch norm left out):
-- demo:lenet300, demo:lenet5: the shipped Deep Compression recipes (assets/recipes/) through
-  `compression.pipeline.compress` (prune with fine-tuning, per-layer "auto" k, shared-value fine-tuning);
+- demo:lenet300, demo:lenet5: the shipped recipes (assets/recipes/lenet300.json, lenet5.json, as they
+  are on the branch this runs from) through `compression.pipeline.compress`;
 - demo:vgg_small: `compress` with a short recipe (VGG_PLAN: 60% pruned, 30% on the first convolution,
   16 shared values per layer, one fine-tuning epoch after each step);
 - ResNet-18: torchvision resnet18 with seeded random weights (no data, no fine-tuning): every conv and

@@ -108,8 +108,10 @@ def encode_escaped(values: np.ndarray, escape: int | None = None, keep: int | No
             escape, keep = 1, 0
         else:
             unique, counts = np.unique(values, return_counts=True)
-            blobs = [encode_escaped(values, e, k) for _, e, k in _choose(unique, counts)[:1]]
-            return min(blobs, key=len)
+            chosen = {(e, k) for _, e, k in _choose(unique, counts)[:2]}
+            if unique[-1] < MAX_ESCAPE:  # no escape at all: a curve table may describe the whole range cheaply
+                chosen.add((int(unique[-1]) + 1, 0))
+            return min((encode_escaped(values, e, k) for e, k in sorted(chosen)), key=len)  # exact sizes
     if not 1 <= escape <= MAX_ESCAPE or (keep is not None and not 0 <= keep <= MAX_KEEP):
         raise ValueError(f"escape must be in 1..{MAX_ESCAPE} and keep in 0..{MAX_KEEP}")
     keep = keep or 0

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from compression.storage._bits import ByteReader, damaged, varint
-from compression.storage.entropy import decode_from, encode_symbols, estimate_bits
+from compression.storage.entropy import counts_entropy_bits, decode_from, encode_symbols, estimate_bits
 
 MAX_ESCAPE = 4096  # largest escape symbol (the short alphabet is at most 4097 symbols)
 MAX_KEEP = 7  # mantissa bits an escape's class may carry (alphabet 31 << 7 = 3968)
@@ -83,10 +83,19 @@ def _split(values: np.ndarray, counts: np.ndarray, escape: int, keep: int):
 
 
 def _choose(values: np.ndarray, counts: np.ndarray) -> list[tuple[float, int, int]]:
-    """(estimated bits, escape, keep) of the candidates, best first (root-table estimates: fast and close)."""
+    """(estimated bits, escape, keep) of the candidates, best first.
+
+    Every escape is ranked by a quick proxy (the streams' entropy + raw bits + ~6 bits of table per used
+    symbol); the best three get root-table estimates (close to the exact size) for each keep searched.
+    """
     top = int(values[-1]) + 1
-    options = []
+    proxies = []
     for escape in sorted({min(e, top, MAX_ESCAPE) for e in _ESCAPES}):
+        short, classes, raw = _split(values, counts, escape, 2)
+        used = np.count_nonzero(short) + np.count_nonzero(classes)
+        proxies.append((counts_entropy_bits(short) + counts_entropy_bits(classes) + raw + 6 * used, escape))
+    options = []
+    for _, escape in sorted(proxies)[:3]:
         for keep in _SEARCH_KEEPS:
             short, classes, raw = _split(values, counts, escape, keep)
             bits = estimate_bits(short, curves=False)
@@ -108,7 +117,7 @@ def encode_escaped(values: np.ndarray, escape: int | None = None, keep: int | No
             escape, keep = 1, 0
         else:
             unique, counts = np.unique(values, return_counts=True)
-            chosen = {(e, k) for _, e, k in _choose(unique, counts)[:2]}
+            chosen = {(e, k) for _, e, k in _choose(unique, counts)[:1]}
             if unique[-1] < MAX_ESCAPE:  # no escape at all: a curve table may describe the whole range cheaply
                 chosen.add((int(unique[-1]) + 1, 0))
             return min((encode_escaped(values, e, k) for e, k in sorted(chosen)), key=len)  # exact sizes

@@ -313,9 +313,7 @@ def _encode_shared(bits_flat: np.ndarray, nonzero: np.ndarray, dtype: torch.dtyp
     k = codebook.size
     if gap_bits is None:
         v2 = _encode_shared2(bits_flat, nonzero, codebook, clusters)
-        if nonzero.size == bits_flat.size:
-            return TYPE_SHARED2, v2, k
-        v1 = _encode_shared1(bits_flat, nonzero, codebook, clusters, None)
+        v1 = _encode_shared1(bits_flat, nonzero, codebook, clusters, None)  # (dense: v2's context byte is 1 more)
         return (TYPE_SHARED2, v2, k) if len(v2) <= len(v1) else (TYPE_SHARED, v1, k)
     return TYPE_SHARED, _encode_shared1(bits_flat, nonzero, codebook, clusters, gap_bits), k
 

@@ -199,3 +199,11 @@ def test_an_unknown_section_type_names_the_upgrade():
     damaged[start] = 99
     with pytest.raises(FormatError, match="upgrade"):
         decode_section(ByteReader(bytes(damaged), start))
+
+
+def test_raw_escape_bits_with_set_padding_are_refused():
+    blob = bytearray(encode_escaped(np.array([5]), 1, 0))  # u = 5: class 2, two raw bits, one raw byte at the end
+    assert decode_escaped(ByteReader(bytes(blob)), 1, "gaps").tolist() == [5]
+    blob[-1] |= 0x80
+    with pytest.raises(FormatError, match="padding"):
+        decode_escaped(ByteReader(bytes(blob)), 1, "gaps")

@@ -57,18 +57,23 @@ def _pack_fields(values: np.ndarray, widths: np.ndarray) -> bytes:
 
 
 def _unpack_fields(data: bytes | memoryview, widths: np.ndarray, what: str) -> np.ndarray:
+    """Inverse of _pack_fields (widths <= 30): one 64-bit window per field, so memory follows the field count."""
     total = int(widths.sum())
     if len(data) != (total + 7) // 8:
         raise damaged(f"{what}: {len(data)} bytes of raw escape bits, {(total + 7) // 8} expected")
     if total == 0:
         return np.zeros(widths.size, dtype=np.int64)
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
-    if bits[total:].any():
+    buffer = np.zeros(len(data) + 8, dtype=np.uint8)
+    buffer[:len(data)] = np.frombuffer(data, dtype=np.uint8)
+    if total % 8 and int(buffer[len(data) - 1]) >> (total % 8):
         raise damaged(f"{what}: the raw escape bits' padding is not zero")
-    owner = np.repeat(np.arange(widths.size), widths)
-    bit = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(widths) - widths, widths)
-    weights = bits[:total].astype(np.int64) << bit  # each < 2**30, sums < 2**31: exact in float64
-    return np.bincount(owner, weights=weights, minlength=widths.size).astype(np.int64)
+    starts = np.cumsum(widths) - widths
+    first = starts >> 3
+    window = np.zeros(widths.size, dtype=np.uint64)
+    for byte in range(8):
+        window |= buffer[first + byte].astype(np.uint64) << np.uint64(8 * byte)
+    mask = (np.uint64(1) << widths.astype(np.uint64)) - np.uint64(1)
+    return ((window >> (starts & 7).astype(np.uint64)) & mask).astype(np.int64)
 
 
 def _split(values: np.ndarray, counts: np.ndarray, escape: int, keep: int):

@@ -15,7 +15,8 @@ The last line printed is one JSON object:
   the memory the previous one freed (torch.load then runs at memcpy speed; reported, not a target);
 - encode_mb_s: fp32 MB of state dict encoded per second (both models together);
 - max_stream_overhead: worst bytes / (n * H / 8) - 1 over coded streams of >= 10,000 symbols,
-  table and stream header included (target <= 0.005);
+  table and stream header included (target <= 0.005); H is inspect_bytes' entropy_bytes, for an
+  escape-coded positions block the order-0 entropy of the gaps themselves (FORMAT.md section 3);
 - per-model details under "models".
 """
 

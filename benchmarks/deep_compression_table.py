@@ -8,6 +8,14 @@ the ratio and accuracy drop reported are the means over the seeds, with every se
 them. Baselines in the same run: the fp32 state dict (torch.save) and zstd -19 of the same pruned,
 clustered fp32 state dict. Prints one JSON object as its last line.
 
+entropy_overhead: the worst bytes / entropy_bytes - 1 over the coded streams of >= 10,000 symbols, both
+from inspect_bytes. entropy_bytes is n * H / 8 with H the order-0 empirical entropy of the information
+the stream carries: for a version-2 positions block (escape-coded, FORMAT.md 2.3a and 3.2) the entropy
+of the gaps themselves (one per kept weight), not of the escape symbols coded; for an index stream split
+by context, that of the whole index stream. So the escape split cannot flatter the figure, and a context
+that pays shows as a negative overhead. "streams" lists each measured stream (layer, kind, symbols, bytes,
+entropy_bytes, overhead, section version, index contexts).
+
     .venv/bin/python benchmarks/deep_compression_table.py
 """
 
@@ -87,6 +95,11 @@ def run_network(name: str, out_root: Path, seed: int = 0) -> dict:
         "zstd19_bytes": zstd,
         "zstd_over_ours": zstd / m["after"]["compressed_bytes"],
         "stream_overheads": [s["bytes"] / s["entropy_bytes"] - 1 for s in big if s["entropy_bytes"] > 0],
+        "streams": [{"layer": row["name"], "stream": s["stream"], "symbols": s["symbols"], "bytes": s["bytes"],
+                     "entropy_bytes": round(s["entropy_bytes"], 1),
+                     "overhead": round(s["bytes"] / s["entropy_bytes"] - 1, 5) if s["entropy_bytes"] else None,
+                     "section_version": row.get("section_version"), "contexts": s.get("contexts")}
+                    for row in rows for s in row.get("streams", []) if s["symbols"] >= MIN_STREAM_SYMBOLS],
         "seconds": round(time.time() - start, 1),
     }
 

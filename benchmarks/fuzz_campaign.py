@@ -160,8 +160,9 @@ class DecoderCases:
             lenet[key] = value
         self.bases = [encode_state(state, demo_meta, structures=structures),
                       encode_state({"big": torch.arange(4096, dtype=torch.float32) % 3}, {"a": [1, 2]}),
-                      encode_state(lenet, demo_meta)]
-        self.weights = [6, 2, 2]
+                      encode_state(lenet, demo_meta),
+                      (ROOT / "tests" / "fixtures" / "format_v1_sections.clab").read_bytes()]  # the v1 reader path
+        self.weights = [6, 2, 2, 2]
         self.parsed = [self._split(base) for base in self.bases]
 
     @staticmethod

@@ -12,6 +12,7 @@ import time
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -271,8 +272,16 @@ def fuzz_base_files() -> list[bytes]:
     kmeans = Quantized("kmeans", (8, 8), 4, torch.tensor([-1.0, -0.5, 0.5, 1.0]).numpy(), codes)
     state = {"raw": weight[:2], "zeros": torch.zeros(300), "pruned": pruned, "shared": shared, "dense": dense,
              "vq": torch.from_numpy(kmeans.codebook[codes].reshape(8, 8).copy()), "count": torch.tensor(7)}
+    rng = np.random.default_rng(0)  # bursts far apart: v2 sections with escaped gaps (shared and sparse)
+    kept = torch.from_numpy(np.cumsum(np.where(rng.random(400) < 0.1, rng.integers(300, 3000, 400),
+                                               rng.integers(0, 3, 400)) + 1) - 1)
+    bursts, bursts_shared = torch.zeros(int(kept[-1]) + 5), torch.zeros(int(kept[-1]) + 5)
+    bursts[kept] = torch.randn(400, generator=generator)
+    bursts_shared[kept] = torch.from_numpy(np.array([-0.5, 0.5, 1.0], dtype=np.float32)[rng.integers(0, 3, 400)])
+    v1_file = (Path(__file__).parent / "fixtures" / "format_v1_sections.clab").read_bytes()
     return [encode_state(state, DEMO_META, structures={"vq": kmeans}),
-            encode_state({"big": torch.arange(4096, dtype=torch.float32) % 3}, {"a": [1, 2]})]
+            encode_state({"big": torch.arange(4096, dtype=torch.float32) % 3}, {"a": [1, 2]}),
+            encode_state({"bursts": bursts, "bursts_shared": bursts_shared}, {}), v1_file]
 
 
 def test_seeded_crc_valid_mutations_end_in_format_errors():

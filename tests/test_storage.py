@@ -172,16 +172,26 @@ def test_signed_zero_survives_in_a_shared_tensor():
     assert rows_by_name(data)["w"]["encoding"] == "shared"
 
 
-@pytest.mark.parametrize("gap_bits", ["auto", "paper", 2, GAP_BITS_MAX])
+@pytest.mark.parametrize("gap_bits", ["paper", 2, GAP_BITS_MAX])
 def test_huge_gaps_use_fillers(gap_bits):
     weight = torch.zeros(100_000)
     weight[5], weight[99_990], weight[60_000] = 1.5, -2.0, 1.5
     data, _ = round_trip({"w": weight}, gap_bits=gap_bits)
     row = rows_by_name(data)["w"]
-    assert row["encoding"] == "shared" and row["nonzeros"] == 3
+    assert row["encoding"] == "shared" and row["nonzeros"] == 3 and row["section_version"] == 1
     positions, indices = row["streams"]
     fillers = positions["symbols"] - 3
     assert fillers >= 100_000 // 2 ** row["gap_bits"] - 3 and indices["symbols"] == positions["symbols"]
+
+
+def test_huge_gaps_are_escaped_without_fillers():
+    """Version 2 (the default): one gap per kept weight, long gaps escape-coded, nothing for the tail."""
+    weight = torch.zeros(100_000)
+    weight[5], weight[99_990], weight[60_000] = 1.5, -2.0, 1.5
+    data, _ = round_trip({"w": weight})
+    row = rows_by_name(data)["w"]
+    assert row["section_version"] == 2 and row["nonzeros"] == 3 and row["bytes_total"] < 48
+    assert [s["symbols"] for s in row["streams"]][0] == 3
 
 
 def test_all_zero_and_constant_tensors():

@@ -80,8 +80,9 @@ def tensor_steps(row: dict) -> dict[str, int]:
         steps["pruned"] = -(row["numel"] - kept) * size
         positions = _stream(row, "positions")
         fixed_positions = 0
-        if positions is not None:  # fixed-width gaps: what the entropy coder started from
-            fixed_positions = math.ceil(positions["symbols"] * row["gap_bits"] / 8)
+        if positions is not None:  # fixed-width gaps (v2: absolute indices): what the entropy coder started from
+            width = row["gap_bits"] or max(1, (row["numel"] - 1).bit_length())
+            fixed_positions = math.ceil(positions["symbols"] * width / 8)
         steps["positions"] = fixed_positions
         entropy = row["bytes_positions"] - fixed_positions
         if encoding == "shared":

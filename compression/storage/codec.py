@@ -166,14 +166,16 @@ def inspect_bytes(data: bytes | bytearray | memoryview, *,
     Row keys: name, shape, dtype, encoding, numel, nonzeros, n_clusters, gap_bits, bytes_positions,
     bytes_indices, bytes_codebook, bytes_raw, bytes_total, raw_compression, streams (a list of
     {stream: "positions"|"indices"|"codes", symbols, bytes (incl. its table), entropy_bytes}), quantizer,
-    layout and formula_bits (vq sections, else None) and bits_per_weight (section bits / numel).
+    layout and formula_bits (vq sections, else None), section_version (2 for the escape-coded shared and
+    sparse sections, else 1) and bits_per_weight (section bits / numel).
     """
     reader, _, count = _open(data)
     budget = [decode_allowance(len(reader.data), max_decoded_bytes)]
     rows = [{"name": "<header>", "shape": None, "dtype": None, "encoding": "header", "numel": 0,
              "nonzeros": None, "n_clusters": None, "gap_bits": None, "bytes_positions": 0, "bytes_indices": 0,
              "bytes_codebook": 0, "bytes_raw": 0, "bytes_total": reader.pos, "raw_compression": None,
-             "streams": [], "quantizer": None, "layout": None, "formula_bits": None, "bits_per_weight": None}]
+             "streams": [], "quantizer": None, "layout": None, "formula_bits": None, "section_version": None,
+             "bits_per_weight": None}]
     for _ in range(count):
         start = reader.pos
         name, _, described, info = decode_section(reader, want_tensor=False, budget=budget)
@@ -183,7 +185,7 @@ def inspect_bytes(data: bytes | bytearray | memoryview, *,
                      "bytes_codebook": info.bytes_codebook, "bytes_raw": info.bytes_raw,
                      "bytes_total": reader.pos - start, "raw_compression": info.raw_compression,
                      "streams": info.streams, "quantizer": info.quantizer, "layout": info.layout,
-                     "formula_bits": info.formula_bits,
+                     "formula_bits": info.formula_bits, "section_version": info.section_version,
                      "bits_per_weight": 8 * (reader.pos - start) / described["numel"] if described["numel"] else None})
     if reader.remaining():
         raise damaged(f"{reader.remaining()} bytes follow the last section")

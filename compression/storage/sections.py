@@ -5,6 +5,12 @@ form a codebook, the non-zeros' positions are stored as relative indices (gaps) 
 width with filler entries for longer gaps, and both the gaps and the codebook indices are
 entropy coded (ANS here instead of the paper's Huffman). "sparse" keeps the same positions but
 stores the non-zero values raw (a pruned, unclustered layer). "raw" is everything else.
+
+Section types 5 and 6 are version 2 of shared and sparse (what the encoder writes by default): one gap
+per kept weight, escape-coded (escape.py) instead of fixed-width fields with fillers, so the gap
+alphabet stays small and no filler costs a symbol; the indices may be split by the class of the gap
+before each weight (a context known once the positions are decoded), when that is smaller. Types 2
+and 3 stay readable, and are still written for a fixed field width (gap_bits "paper" or an int).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import numpy as np
 import torch
 
 from compression.errors import FormatError
-from compression.storage import _dtypes, vq_section
+from compression.storage import _dtypes, escape, vq_section
 from compression.storage._bits import ByteReader, damaged, shown, varint
 from compression.storage.entropy import (
     counts_entropy_bits,
@@ -36,7 +42,10 @@ except ImportError:  # pragma: no cover - exercised only where zstandard is miss
 # Section type ids are part of the file format: never renumber, only append.
 TYPE_RAW, TYPE_SHARED, TYPE_SPARSE = 1, 2, 3
 TYPE_VQ = 4  # vector-quantized (Gong et al.): codebooks + codes, compression/storage/vq_section.py
-ENCODINGS = {TYPE_RAW: "raw", TYPE_SHARED: "shared", TYPE_SPARSE: "sparse", TYPE_VQ: "vq"}
+TYPE_SHARED2, TYPE_SPARSE2 = 5, 6  # version 2 of shared and sparse: escape-coded gaps, no fillers
+ENCODINGS = {TYPE_RAW: "raw", TYPE_SHARED: "shared", TYPE_SPARSE: "sparse", TYPE_VQ: "vq",
+             TYPE_SHARED2: "shared", TYPE_SPARSE2: "sparse"}
+MAX_INDEX_CONTEXTS = 4  # v2 indices: classes of the gap before a weight, min(floor(log2(gap + 1)), C - 1)
 
 MAX_RANK = 8
 MAX_NUMEL = 2**31
@@ -84,6 +93,7 @@ class SectionInfo:
     quantizer: str | None = None  # vq: binary, kmeans, pq or rq
     layout: dict | None = None  # vq: the quantizer's parameters
     formula_bits: int | None = None  # vq: Gong et al.'s bits for this layer (codes log2 k + 32-bit codebooks)
+    section_version: int = 1  # 2 for the escape-coded shared and sparse sections (types 5 and 6)
 
 
 # ----------------------------------------------------------------------------------------------- raw data
@@ -291,16 +301,31 @@ def _shared_codebook(values: np.ndarray, dtype: torch.dtype) -> tuple[np.ndarray
 
 
 def _encode_shared(bits_flat: np.ndarray, nonzero: np.ndarray, dtype: torch.dtype,
-                   gap_bits: int | None) -> tuple[bytes, int] | None:
-    """(shared-section bytes, number of shared values), or None if there are too many values."""
+                   gap_bits: int | None) -> tuple[int, bytes, int] | None:
+    """(section type, shared-section bytes, number of shared values), or None if there are too many values.
+
+    gap_bits None: the smaller of version 2 and version 1 with the best field width (fillers can beat
+    escapes on small streams); an int: version 1 with that width.
+    """
     codebook, clusters = _shared_codebook(bits_flat[nonzero], dtype) or (None, None)
     if codebook is None:
         return None
     k = codebook.size
+    if gap_bits is None:
+        v2 = _encode_shared2(bits_flat, nonzero, codebook, clusters)
+        v1 = _encode_shared1(bits_flat, nonzero, codebook, clusters, None)  # (dense: v2's context byte is 1 more)
+        return (TYPE_SHARED2, v2, k) if len(v2) <= len(v1) else (TYPE_SHARED, v1, k)
+    return TYPE_SHARED, _encode_shared1(bits_flat, nonzero, codebook, clusters, gap_bits), k
+
+
+def _encode_shared1(bits_flat: np.ndarray, nonzero: np.ndarray, codebook: np.ndarray, clusters: np.ndarray,
+                    gap_bits: int | None) -> bytes:
+    """Version 1 (type 2): fixed-width gap fields with fillers (Han et al.); the width chosen when None."""
+    k = codebook.size
     head = bytearray()
     if nonzero.size == bits_flat.size:  # dense clustered: no positions stream (flag clear)
         head += bytes([0]) + varint(k) + _little_endian(codebook)
-        return bytes(head) + encode_symbols(clusters, k + 1), k
+        return bytes(head) + encode_symbols(clusters, k + 1)
     gaps, trailing = _gaps(nonzero, bits_flat.size)
     if gap_bits is None:
         gap_bits = choose_gap_bits(gaps, trailing, np.bincount(clusters, minlength=k + 1)[1:], 0)
@@ -308,7 +333,56 @@ def _encode_shared(bits_flat: np.ndarray, nonzero: np.ndarray, dtype: torch.dtyp
     indices = np.zeros(total, dtype=np.int64)
     indices[ends] = clusters
     head += bytes([FLAG_POSITIONS, gap_bits]) + varint(k) + _little_endian(codebook)
-    return bytes(head) + encode_symbols(symbols, 1 << gap_bits) + encode_symbols(indices, k + 1), k
+    return bytes(head) + encode_symbols(symbols, 1 << gap_bits) + encode_symbols(indices, k + 1)
+
+
+def gap_classes(gaps: np.ndarray, contexts: int) -> np.ndarray:
+    """The context of each kept weight's index: min(floor(log2(gap + 1)), contexts - 1) of the gap before it."""
+    classes = np.zeros(gaps.size, dtype=np.int64)
+    for c in range(1, contexts):  # gap >= 2**c - 1 <=> floor(log2(gap + 1)) >= c
+        classes += gaps >= (1 << c) - 1
+    return classes
+
+
+def encode_indices(indices: np.ndarray, gaps: np.ndarray | None, k: int) -> bytes:
+    """u8 C, then C streams over alphabet k: the indices split by gap class (C = 1: one stream).
+
+    The encoder keeps the C in 1..MAX_INDEX_CONTEXTS that gives the fewest bytes (exact sizes), so a
+    context is only used where its saving pays for the extra tables.
+    """
+    best = bytes([1]) + encode_symbols(indices, k)
+    if gaps is None or indices.size < 256:
+        return best
+    for contexts in range(2, MAX_INDEX_CONTEXTS + 1):
+        classes = gap_classes(gaps, contexts)
+        estimate = sum(estimate_bits(np.bincount(indices[classes == c], minlength=k), curves=False)
+                       for c in range(contexts)) / 8
+        if estimate >= len(best) + 8:
+            continue  # clearly larger (root-table estimates are close): skip the exact encodes
+        blob = bytes([contexts]) + b"".join(encode_symbols(indices[classes == c], k) for c in range(contexts))
+        if len(blob) < len(best):
+            best = blob
+    return best
+
+
+def _encode_shared2(bits_flat: np.ndarray, nonzero: np.ndarray, codebook: np.ndarray,
+                    clusters: np.ndarray) -> bytes:
+    k = codebook.size
+    dense = nonzero.size == bits_flat.size
+    out = bytes([0 if dense else FLAG_POSITIONS]) + varint(k) + _little_endian(codebook)
+    gaps = None
+    if not dense:
+        gaps, _ = _gaps(nonzero, bits_flat.size)
+        out += varint(nonzero.size) + escape.encode_escaped(gaps)
+    if nonzero.size:
+        out += encode_indices(clusters - 1, gaps, k)
+    return out
+
+
+def _encode_sparse2(bits_flat: np.ndarray, nonzero: np.ndarray, size: int) -> bytes:
+    gaps, _ = _gaps(nonzero, bits_flat.size)
+    flags, data = pack_raw(_little_endian(bits_flat[nonzero]), size)
+    return bytes([flags]) + varint(nonzero.size) + escape.encode_escaped(gaps) + data
 
 
 def _encode_sparse(bits_flat: np.ndarray, nonzero: np.ndarray, size: int, gap_bits: int | None) -> bytes:
@@ -357,10 +431,12 @@ def _encode_coded(bits_flat: np.ndarray, dtype: torch.dtype, size: int,
     candidates = []
     shared = _encode_shared(bits_flat, nonzero, dtype, gap_bits) if maybe_shared else None
     if shared is not None:
-        candidates.append((TYPE_SHARED, shared[0]))
+        candidates.append(shared[:2])
     # sparse can win when the codebook is a large part of a shared section (few non-zeros per value)
-    if maybe_sparse and (shared is None or shared[1] * 8 > nonzero.size):
+    if maybe_sparse and (shared is None or shared[2] * 8 > nonzero.size):
         candidates.append((TYPE_SPARSE, _encode_sparse(bits_flat, nonzero, size, gap_bits)))
+        if gap_bits is None:  # a fixed field width asks for the version-1 (Han et al.) layout only
+            candidates.append((TYPE_SPARSE2, _encode_sparse2(bits_flat, nonzero, size)))
     return min(candidates, key=lambda candidate: len(candidate[1])) if candidates else None
 
 
@@ -443,7 +519,7 @@ def decode_section(reader: ByteReader, want_tensor: bool = True,
                               "describe that much, so it is damaged or crafted; a model larger than the cap needs "
                               "an explicit max_decoded_bytes")
     decoder = {TYPE_RAW: _decode_raw, TYPE_SHARED: _decode_shared, TYPE_SPARSE: _decode_sparse,
-               TYPE_VQ: _decode_vq}[type_id]
+               TYPE_VQ: _decode_vq, TYPE_SHARED2: _decode_shared2, TYPE_SPARSE2: _decode_sparse2}[type_id]
     if type_id == TYPE_VQ:
         tensor, info = _decode_vq(body, name, dtype, shape, numel, size, want_tensor, budget)
     else:
@@ -554,3 +630,102 @@ def _decode_vq(body: ByteReader, name, dtype, shape, numel, size, want_tensor, b
     return tensor, SectionInfo("vq", n_clusters=info["n_clusters"], bytes_indices=info["bytes_indices"],
                                bytes_codebook=info["bytes_codebook"], streams=info["streams"],
                                quantizer=info["quantizer"], layout=info["layout"], formula_bits=info["formula_bits"])
+
+
+# ----------------------------------------------------------------------------------------------- version 2
+
+
+def _decode_gaps(body: ByteReader, numel: int, name: str, measure: bool) -> tuple[np.ndarray, dict]:
+    """(gap before each kept weight, stream info); the kept weights must fit in the tensor.
+
+    The info's entropy_bytes is the order-0 empirical entropy of the gaps themselves (the information the
+    positions carry, whatever the escape split), so bytes / entropy_bytes - 1 stays an honest overhead.
+    """
+    start = body.pos
+    count = body.varint("kept-weight count", numel)
+    gaps = escape.decode_escaped(body, count, f"tensor '{name}' positions stream")
+    if int(gaps.sum()) + count > numel:
+        raise damaged(f"tensor '{name}': its {count} kept weights and their gaps do not fit {numel} elements")
+    info = {"stream": "positions", "symbols": count, "bytes": body.pos - start,
+            "entropy_bytes": empirical_entropy_bytes(gaps) if measure else None}
+    return gaps, info
+
+
+def _decode_indices(body: ByteReader, gaps: np.ndarray | None, count: int, k: int, name: str) -> np.ndarray:
+    contexts = body.u8("index context count")
+    if not 1 <= contexts <= MAX_INDEX_CONTEXTS or (contexts > 1 and gaps is None):
+        raise damaged(f"tensor '{name}': index context count {contexts} is not valid here")
+    what = f"tensor '{name}' indices stream"
+    if contexts == 1:
+        return decode_from(body, count, k, what, exact=True)
+    classes = gap_classes(gaps, contexts)
+    indices = np.empty(count, dtype=np.int32)
+    for c in range(contexts):
+        where = np.flatnonzero(classes == c)
+        indices[where] = decode_from(body, where.size, k, f"{what} (context {c})", exact=True)
+    return indices
+
+
+def _decode_shared2(body: ByteReader, name, dtype, shape, numel, size, want_tensor):
+    if dtype not in _dtypes.FLOATING:
+        raise damaged(f"tensor '{name}': a shared section must hold a floating dtype, not {dtype}")
+    flags = body.u8("shared flags")
+    if flags & ~FLAG_POSITIONS:
+        raise damaged(f"tensor '{name}': unknown shared-section flags {flags:#x}")
+    k = body.varint("codebook size", MAX_CLUSTERS)
+    bits_type = _dtypes.bits_dtype(dtype)
+    codebook = _from_little_endian(body.take(k * size, "codebook"), bits_type)
+    values = _dtypes.float_values(codebook, dtype)
+    if (codebook == 0).any() or not (values[1:] > values[:-1]).all():
+        raise damaged(f"tensor '{name}': its codebook is not a sorted list of distinct non-zero values")
+    streams, gaps = [], None
+    if flags & FLAG_POSITIONS:
+        gaps, pos_info = _decode_gaps(body, numel, name, not want_tensor)
+        streams.append(pos_info)
+        count = gaps.size
+    else:
+        count = numel
+    if count and not k:
+        raise damaged(f"tensor '{name}': {count} kept weights and no shared values")
+    start = body.pos
+    indices = _decode_indices(body, gaps, count, k, name) if count else np.zeros(0, dtype=np.int32)
+    index_info = _stream_info("indices", indices, body.pos - start, not want_tensor)
+    index_info["contexts"] = body.data[start] if count else 0
+    streams.append(index_info)
+    tensor = None
+    if want_tensor:
+        positions = None if gaps is None else entry_positions(gaps)
+        out = torch.empty(numel, dtype=_dtypes.bits_torch_dtype(dtype))
+        view = out.numpy()
+        if positions is None:
+            np.take(codebook, indices, out=view)
+        else:
+            view.fill(0)
+            view[positions] = np.take(codebook, indices)
+        tensor = out.view(dtype).reshape(shape)
+    info = SectionInfo("shared", nonzeros=count, n_clusters=k,
+                       bytes_positions=streams[0]["bytes"] if gaps is not None else 0,
+                       bytes_indices=index_info["bytes"], bytes_codebook=k * size, streams=streams,
+                       section_version=2)
+    return tensor, info
+
+
+def _decode_sparse2(body: ByteReader, name, dtype, shape, numel, size, want_tensor):
+    if dtype.is_complex:
+        raise damaged(f"tensor '{name}': a sparse section cannot hold {_dtypes.dtype_name(dtype)}")
+    flags = body.u8("sparse flags")
+    gaps, pos_info = _decode_gaps(body, numel, name, not want_tensor)
+    data = body.take(body.remaining(), "values")
+    values = _from_little_endian(unpack_raw(data, flags, gaps.size * size, size, f"tensor '{name}' values"),
+                                 _dtypes.bits_dtype(dtype))
+    if (values == 0).any():
+        raise damaged(f"tensor '{name}': a sparse section stores a zero")
+    if dtype == torch.bool and (values.view(np.uint8) > 1).any():
+        raise damaged(f"tensor '{name}': a bool tensor holds a value other than 0 or 1")
+    tensor = None
+    if want_tensor:
+        tensor = _build(numel, dtype, shape, gaps, entries=values)
+    info = SectionInfo("sparse", nonzeros=int(values.size), bytes_positions=pos_info["bytes"], bytes_raw=len(data),
+                       raw_compression="zstd" if flags & FLAG_ZSTD else None, streams=[pos_info],
+                       section_version=2)
+    return tensor, info

@@ -171,6 +171,20 @@ def _times(before: float | None, after: float | None) -> float | None:
     return before / after
 
 
+def headline_numbers(metrics: dict) -> dict:
+    """The headline's numbers (what `headline` says, as values; None where the run did not measure it): the
+    presentation view shows them as big metric boxes above the sentence."""
+    before, after = metrics["before"], metrics["after"]
+    detector = metrics.get("task", "classify") != "classify"
+    return {"ratio": metrics["compression_ratio"], "fp32_bytes": before["fp32_bytes"],
+            "compressed_bytes": after["compressed_bytes"],
+            "flops_times": _times(before.get("sparse_flops") or before.get("flops"), after.get("sparse_flops")),
+            "speed_times": _times(before.get("latency_ms"), after.get("latency_ms")),
+            "score_name": metrics.get("score_name", "mAP50") if detector else "top-1",
+            "score_before": before["accuracy"], "score_after": after["accuracy"],
+            "drop_pts": 100 * (before["accuracy"] - after["accuracy"])}
+
+
 def headline(metrics: dict) -> str:
     """One sentence from the measured numbers; a clause only where the run measured that number."""
     before, after = metrics["before"], metrics["after"]

@@ -317,7 +317,8 @@ def rows_and_estimate() -> None:
                    "measures the real file.")
         # where the estimated bytes go, part by part as the file will count them; the bars add up to the total above
         st.plotly_chart(bytes_waterfall(estimated_waterfall(stats, numeric, chosen, est["compressed_bytes"]),
-                                        estimated=True, height=380), key="plan_waterfall")
+                                        estimated=True, height=380), key="plan_waterfall",
+                        config={"staticPlot": True})  # no hover layers to rebuild: a slider move redraws it quicker
     launch_section(settings, quantizers, channel_choice, prediction)
 
 

@@ -87,7 +87,8 @@ def projector(fig):
     """A plotly figure made for a projector: taller, with larger text."""
     fig.update_layout(height=max(PRESENT_HEIGHT, fig.layout.height or 0), font={"size": 17},
                       title_font={"size": 22}, legend_font={"size": 16})
-    fig.update_xaxes(tickfont={"size": 15})
+    for axes in (fig.update_xaxes, fig.update_yaxes):  # Streamlit's chart theme sets the axes' own fonts
+        axes(tickfont={"size": 16}, title_font={"size": 19})
     return fig
 
 

@@ -1,6 +1,7 @@
 """Compare page: Pareto fronts (accuracy vs bytes, FLOPs, latency) with each sweep as one line that fills in live
 while its members run (and can be cancelled), the run table, where the bytes went, histograms, downloads (the
-self-contained HTML report among them)."""
+self-contained HTML report among them). In presentation mode (?present=1&run=ID): the run's headline numbers,
+two fronts with the run ringed and its waterfall, large, with no widgets."""
 
 import datetime as dt
 import json
@@ -11,7 +12,7 @@ from compression import engine
 from compression.analysis import report
 from compression.analysis.pareto import prediction_error, runs_table
 from compression.errors import CompressionLabError
-from compression.ui import figures
+from compression.ui import figures, present
 from compression.ui.navigation import page_setup
 from compression.ui.report import ReportRun, report_html
 from compression.ui.state import decoded_run, home, load_active, run_exports
@@ -19,7 +20,11 @@ from compression.ui.state import decoded_run, home, load_active, run_exports
 LIVE_EVERY_S = 2.0  # seconds between redraws of the fronts while a sweep has members queued or running
 
 page_setup()
-st.title("Compare")
+presenting = present.presenting()
+if presenting:
+    present.present_css()
+else:
+    st.title("Compare")
 try:
     runs = engine.list_runs(root=home(), kind="compress")
     sweeps = engine.list_sweeps(root=home(), runs=runs)
@@ -30,6 +35,27 @@ table = runs_table(runs, sweeps)
 live = any(sweep["active"] for sweep in sweeps)
 if table.empty and not live:
     st.info("No finished compression runs yet: launch one from the Plan page.")
+    st.stop()
+
+
+def presentation(run_id: str) -> None:
+    """The projector view of one run: headline numbers, accuracy vs bytes and vs FLOPs, where the bytes went."""
+    metrics = next(run["metrics"] for run in runs if run["id"] == run_id)
+    rows = table[table["model"] == table.loc[table["run"] == run_id, "model"].item()]
+    st.title(f"{metrics.get('model', '')} · {metrics.get('plan_name') or run_id}")
+    present.headline_metrics(metrics)
+    left, right = st.columns(2)
+    left.plotly_chart(present.projector(figures.pareto_figure(rows, "compressed_bytes", "compressed bytes (file)",
+                                                              highlight=run_id)), key="present_pareto_bytes")
+    right.plotly_chart(present.projector(figures.pareto_figure(rows, "sparse_flops", "FLOPs (zero weights skipped)",
+                                                               highlight=run_id)), key="present_pareto_flops")
+    waterfall = report.bytes_waterfall(report.file_rows(engine.run_dir(run_id, root=home())),
+                                       metrics["before"]["fp32_bytes"], f"run {run_id}", report.params_removed(metrics))
+    st.plotly_chart(present.projector(figures.bytes_waterfall(waterfall)), key="present_waterfall")
+
+
+if presenting and not table.empty:
+    presentation(present.chosen_run(list(table["run"]), key="compare_run"))
     st.stop()
 models = sorted(set(table["model"].unique()) if not table.empty else {s["model"] for s in sweeps if s["active"]})
 model = st.selectbox("Model", models, key="compare_model") if len(models) > 1 else models[0]
@@ -93,7 +119,9 @@ if error is not None:  # how far to trust the plan page's predicted accuracy, le
                "sensitivity report (validation subset); the measurement is the decoded file on the plan's split. "
                "The Plan page refits its fine-tuning calibration on this model's runs once it has three.")
 
-run_id = st.selectbox("Run", list(table["run"]), key="compare_run")
+run_id = present.chosen_run(list(table["run"]), key="compare_run")  # the URL's run=ID first: a link can be shared
+st.subheader("Headline")
+present.headline_metrics(next(run["metrics"] for run in runs if run["id"] == run_id))
 try:
     decoded = decoded_run(run_id)
     job = json.loads(engine.run_file(run_id, "job.json", root=home()).read_text())

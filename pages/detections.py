@@ -1,4 +1,5 @@
-"""Detections page: the original and a compressed detector on the same image, what vanished and what appeared."""
+"""Detections page: the original and a compressed detector on the same image, what vanished and what appeared.
+In presentation mode (?present=1&run=ID&image=N): the numbers and the two images side by side, large."""
 
 import io
 
@@ -8,10 +9,14 @@ from PIL import Image, UnidentifiedImageError
 from compression import engine, sources
 from compression.analysis import detections
 from compression.errors import CompressionLabError
+from compression.ui import present
 from compression.ui.navigation import page_setup
 from compression.ui.state import active_spec, decoded_run, detector_latency, home, load_active, spec_key
 
 page_setup()
+presenting = present.presenting()
+if presenting:
+    present.present_css()
 st.title("Detections")
 spec = active_spec()
 if sources.task_of(spec) != sources.DETECT:
@@ -37,7 +42,7 @@ def describe(run: dict) -> str:
     return f"{run['id']} · {m.get('plan_name', '')} · {m['compression_ratio']:.1f}x · mAP50 {m['after']['map50']:.3f}"
 
 
-run = st.selectbox("Compressed run", runs, format_func=describe, key="det_run")
+run = present.chosen_run(runs, key="det_run", label="Compressed run", id_of=lambda r: r["id"], format_func=describe)
 metrics = run["metrics"]
 before, after = metrics["before"], metrics["after"]
 cols = st.columns(6)
@@ -62,6 +67,8 @@ if before.get("latency_ms") and after.get("latency_ms"):
     latency = {"original_ms": before["latency_ms"], "compressed_ms": after["latency_ms"], "threads": None}
 elif st.session_state.get(f"det_latency::{run['id']}"):  # asked for once: the measurement is cached per run
     latency = detector_latency(run["id"], spec_key(spec))
+elif presenting:  # no button on a projector: the run's own measurement or nothing
+    latency = None
 else:
     latency = None
     cols[0].button("Measure CPU latency here", key="det_measure_latency", on_click=st.session_state.__setitem__,
@@ -84,13 +91,19 @@ except CompressionLabError as exc:
     st.error(str(exc))
     st.stop()
 
-left, right = st.columns([2, 1])
-source = left.radio("Image", ["Validation image", "Upload an image"], horizontal=True, key="det_source")
-conf = right.slider("Confidence threshold", 0.05, 0.95, 0.25, 0.05, key="det_conf")
 images = data.val_images(limit=48)
+if presenting:  # the URL's image=N (a presenter prepares the link), the default threshold
+    source, conf = "Validation image", 0.25
+    wanted = st.query_params.get("image", "0")
+    index = min(int(wanted), len(images) - 1) if wanted.isdigit() else 0
+else:
+    left, right = st.columns([2, 1])
+    source = left.radio("Image", ["Validation image", "Upload an image"], horizontal=True, key="det_source")
+    conf = right.slider("Confidence threshold", 0.05, 0.95, 0.25, 0.05, key="det_conf")
 image = None
 if source == "Validation image":
-    index = st.slider("Validation image", 0, len(images) - 1, 0, key="det_index")
+    if not presenting:
+        index = st.slider("Validation image", 0, len(images) - 1, 0, key="det_index")
     image = Image.open(images[index])
     image.load()
 else:
@@ -106,14 +119,17 @@ if image is None:
 
 original_boxes, compressed_boxes, count = detections.side_by_side(handle.model, compressed.model, image,
                                                                   handle.imgsz, conf)
-scale = max(1, round(480 / max(image.size)))
+scale = max(1, round((720 if presenting else 480) / max(image.size)))
+width = "stretch" if presenting else "content"  # on a projector each image fills half the screen
 left, right = st.columns(2)
 left.subheader(f"Original: {count['original']} boxes")
-left.image(detections.draw(image, original_boxes, handle.names, scale))
+left.image(detections.draw(image, original_boxes, handle.names, scale), width=width)
 right.subheader(f"Compressed: {count['compressed']} boxes")
-right.image(detections.draw(image, compressed_boxes, compressed.names, scale))
+right.image(detections.draw(image, compressed_boxes, compressed.names, scale), width=width)
 st.markdown(f"**{count['vanished']}** box(es) vanished (red on the original) · **{count['appeared']}** appeared "
             "(pink on the compressed) · matched when same class and IoU >= 0.5.")
+if presenting:
+    st.stop()
 
 
 @st.cache_data(max_entries=16, show_spinner="Counting boxes on the validation images...")

@@ -1,9 +1,11 @@
-"""Model page: choose a demo model or upload one, pick the data; layers, size, FLOPs, accuracy, latency."""
+"""Model page: choose a demo model or upload one, pick the data; layers, size, FLOPs, accuracy, latency.
+In presentation mode (?present=1): the summary numbers only, large."""
 
 import streamlit as st
 
 from compression import sources
 from compression.errors import CompressionLabError
+from compression.ui import present
 from compression.ui.navigation import page_setup
 from compression.ui.numbers import human
 from compression.ui.state import active_spec, baseline, demo_choices, load_active, save_upload, set_active, spec_key
@@ -22,10 +24,49 @@ def saved(upload):
         return None
 
 
+def summary(spec: dict) -> tuple:
+    """The active model's measured numbers as metric boxes with a caption; returns (handle, measured)."""
+    handle, data = load_active(spec)
+    if handle.task == "detect":
+        measured = baseline(spec_key(spec))
+        cols = st.columns(6)
+        cols[0].metric("mAP50", f"{measured['map50']:.3f}")
+        cols[1].metric("mAP50-95", f"{measured['map50_95']:.3f}")
+        cols[2].metric("Parameters", human(measured["params"]), help=f"{measured['params']:,}")
+        cols[3].metric("FLOPs", human(measured["flops"]), help=f"{measured['flops']:,} (batch 1)")
+        cols[4].metric("fp32 bytes", human(measured["fp32_bytes"], "B"), help=f"{measured['fp32_bytes']:,} bytes")
+        cols[5].metric("CPU latency (batch 1)", f"{measured['latency_ms']:.2f} ms")
+        st.caption(f"{handle.label} on {data.ref}: {len(data.val_images())} validation images, input {handle.imgsz} "
+                   f"px, classes {', '.join(handle.names.values())}. mAP from Ultralytics' validator, measured here.")
+        return handle, measured
+    try:
+        from compression.models.handle import check_data_fits
+
+        check_data_fits(handle, data.num_classes)
+    except CompressionLabError as exc:
+        st.error(str(exc))
+        st.stop()
+    measured = baseline(spec_key(spec))
+    cols = st.columns(5)
+    cols[0].metric("Test accuracy", f"{measured['accuracy']:.2%}")
+    cols[1].metric("Parameters", human(measured["params"]), help=f"{measured['params']:,}")
+    cols[2].metric("FLOPs", human(measured["flops"]), help=f"{measured['flops']:,} (batch 1)")
+    cols[3].metric("fp32 bytes", human(measured["fp32_bytes"], "B"), help=f"{measured['fp32_bytes']:,} bytes")
+    cols[4].metric("CPU latency (batch 1)", f"{measured['latency_ms']:.2f} ms")
+    st.caption(f"{handle.label} on {data.ref}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
+               f"images, input {'x'.join(map(str, handle.input_shape))}. Every figure is measured on this machine.")
+    return handle, measured
+
+
+spec = active_spec()
+if present.presenting():  # the projector view: the model's summary numbers, large, nothing to choose
+    present.present_css()
+    st.title(load_active(spec)[0].label)
+    summary(spec)
+    st.stop()
 st.title("Model")
 st.page_link("pages/lesson.py", label="Teaching? The Lesson page walks a class through Deep Compression, step by step",
              icon=":material/school:")
-spec = active_spec()
 SOURCES = ["Demo model", "Upload a file", "Demo detector (YOLO)", "Upload a YOLO detector"]
 detector_now, demo_now = sources.task_of(spec) == sources.DETECT, spec["model"] in sources.demo_sources()
 source_index = (2 if detector_now and demo_now else 3 if detector_now
@@ -105,42 +146,11 @@ if spec_key(new) != spec_key(spec):
         st.error(str(exc))
         st.caption(f"Still using {spec['model']} on {spec['data']}.")
 
-handle, data = load_active(spec)
+handle, measured = summary(spec)
+st.subheader("Layers")
 if handle.task == "detect":
-    measured = baseline(spec_key(spec))
-    cols = st.columns(6)
-    cols[0].metric("mAP50", f"{measured['map50']:.3f}")
-    cols[1].metric("mAP50-95", f"{measured['map50_95']:.3f}")
-    cols[2].metric("Parameters", human(measured["params"]), help=f"{measured['params']:,}")
-    cols[3].metric("FLOPs", human(measured["flops"]), help=f"{measured['flops']:,} (batch 1)")
-    cols[4].metric("fp32 bytes", human(measured["fp32_bytes"], "B"), help=f"{measured['fp32_bytes']:,} bytes")
-    cols[5].metric("CPU latency (batch 1)", f"{measured['latency_ms']:.2f} ms")
-    st.caption(f"{handle.label} on {data.ref}: {len(data.val_images())} validation images, input {handle.imgsz} px, "
-               f"classes {', '.join(handle.names.values())}. mAP from Ultralytics' validator, measured here.")
-    st.subheader("Layers")
     st.caption("Kept out of compression (pruning or sharing them distorts every box and score directly, with no "
                "later layer to absorb the error): the Detect head's final box and class convolutions and its "
                f"fixed DFL projection: {', '.join(handle.skipped_layers())}.")
-    st.dataframe(measured["layers"], hide_index=True, width="stretch",
-                 column_config={"flops_share": st.column_config.ProgressColumn("FLOPs share", min_value=0,
-                                                                               max_value=1)})
-    st.stop()
-try:
-    from compression.models.handle import check_data_fits
-
-    check_data_fits(handle, data.num_classes)
-except CompressionLabError as exc:
-    st.error(str(exc))
-    st.stop()
-measured = baseline(spec_key(spec))
-cols = st.columns(5)
-cols[0].metric("Test accuracy", f"{measured['accuracy']:.2%}")
-cols[1].metric("Parameters", human(measured["params"]), help=f"{measured['params']:,}")
-cols[2].metric("FLOPs", human(measured["flops"]), help=f"{measured['flops']:,} (batch 1)")
-cols[3].metric("fp32 bytes", human(measured["fp32_bytes"], "B"), help=f"{measured['fp32_bytes']:,} bytes")
-cols[4].metric("CPU latency (batch 1)", f"{measured['latency_ms']:.2f} ms")
-st.caption(f"{handle.label} on {data.ref}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
-           f"images, input {'x'.join(map(str, handle.input_shape))}. Every figure is measured on this machine.")
-st.subheader("Layers")
 st.dataframe(measured["layers"], hide_index=True, width="stretch",
              column_config={"flops_share": st.column_config.ProgressColumn("FLOPs share", min_value=0, max_value=1)})

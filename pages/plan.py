@@ -6,7 +6,7 @@ the estimate are one st.fragment: a slider redraws only them, and rows of closed
 import streamlit as st
 
 from compression import engine
-from compression.analysis.estimate import estimate
+from compression.analysis.estimate import estimate, estimated_waterfall
 from compression.analysis.predict import predict
 from compression.analysis.suggest import suggest
 from compression.analysis.targets import solve_target
@@ -22,6 +22,7 @@ from compression.plan import (
     QuantizeStep,
 )
 from compression.ui.channels import channel_section, load_channels
+from compression.ui.figures import bytes_waterfall
 from compression.ui.navigation import page_setup
 from compression.ui.numbers import human
 from compression.ui.plan_form import (
@@ -317,6 +318,12 @@ def rows_and_estimate() -> None:
         st.caption(f"Estimated file {est['compressed_bytes']:,} B of {est['fp32_bytes']:,} B fp32. Analytic "
                    "estimate from the weights (no model run); 'auto' clusters are estimated at k=32. The run "
                    "measures the real file.")
+        # where the estimated bytes go, part by part as the file will count them; the bars add up to the total above
+        st.plotly_chart(bytes_waterfall(estimated_waterfall(
+            stats, numeric, chosen, est["compressed_bytes"],
+            bias_clusters=int(st.session_state.get("plan_bias_clusters", CLUSTER.bias_clusters))),
+                                        estimated=True, height=380), key="plan_waterfall",
+                        config={"staticPlot": True})  # no hover layers to rebuild: a slider move redraws it quicker
     launch_section(settings, quantizers, channel_choice, prediction)
 
 

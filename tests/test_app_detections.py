@@ -232,3 +232,27 @@ def test_a_detector_recipe_moves_the_channel_sliders():
         app_channels.load_channels(recipe, load_detector(), "k")
     assert state["chan::k::keep::model.4.cv1.conv"] == 16 and state["chan::k::keep::model.9.cv2.conv"] == 32
     assert state["chan::k::keep::model.0.conv"] == 8 and state["chan::k::selection"] == "random"
+
+
+def test_detections_and_compare_in_presentation_mode_from_a_link(detector_home, monkeypatch):
+    """A presenter's link (model, present, run, image): both detectors' images large, side by side, nothing to set;
+    the Compare page's headline says mAP50 for a detector run."""
+    home, run_id = detector_home
+    monkeypatch.setenv("COMPRESSION_LAB_HOME", str(home))
+    link = {"model": "detector:demo", "data": "shapes", "present": "1", "run": run_id, "image": "1"}
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.query_params.update(link)
+    at.run()
+    at.switch_page("pages/detections.py")
+    at.query_params.update(link)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(at.get("image")) == 2
+    assert {"mAP50 original", "mAP50 compressed"} <= {m.label for m in at.main.metric}
+    for kind in ("selectbox", "slider", "radio", "expander"):
+        assert not getattr(at.main, kind), kind
+    at.switch_page("pages/compare.py")
+    at.query_params.update(link)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "mAP50 after" in {m.label for m in at.main.metric}

@@ -16,6 +16,7 @@ Speed matters (a slider moves it): everything per layer is precomputed once in `
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,6 +54,29 @@ class LayerStats:
     shape: tuple[int, ...] = ()  # the weight's shape (vector quantization's layouts depend on it)
     # layer_bytes answers by (sparsity, n_clusters): a slider moves one layer, the other layers' answers are reused
     memo: dict = field(default_factory=dict, repr=False, compare=False)
+    parts_memo: dict = field(default_factory=dict, repr=False, compare=False)  # layer_parts' answers, the same way
+
+
+@dataclass(frozen=True)
+class LayerParts:
+    """One layer's estimated section, split as the file's own sections count their bytes (storage.inspect_bytes):
+    what the "where the bytes went" waterfall draws. `total` is the layer's estimated bytes."""
+
+    numel: int
+    kept: int  # weights left after pruning
+    header: float = 0.0  # name, type, shape, flags
+    codebook: float = 0.0  # shared values or codewords (32-bit)
+    positions: float = 0.0  # the positions stream as coded (with its table)
+    fixed_positions: float = 0.0  # the same entries at the fixed gap width, before entropy coding
+    indices: float = 0.0  # the index stream as coded (with its table)
+    fixed_indices: float = 0.0  # the same entries at log2(k+1) bits
+    raw: float = 0.0  # values kept as 32-bit numbers (zstd), or the whole dense tensor
+    codes: float = 0.0  # a vector quantizer's bit-packed codes
+    encoding: str = "raw"  # raw, sparse, shared or vq: as the file would write it
+
+    @property
+    def total(self) -> float:
+        return self.header + self.codebook + self.positions + self.indices + self.raw + self.codes
 
 
 @dataclass
@@ -65,6 +89,10 @@ class ModelStats:
     # layer -> (its bias's values, the bias section's exact bytes as it stands): what the cluster step's
     # bias_clusters would replace (the biases are part of other_bytes)
     biases: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)
+    # the tensors no step touches, as report.tensor_steps counts them in their real encoding (plus the file
+    # header), and their fp32 bytes: the estimated waterfall's exact part
+    other_steps: dict[str, int] = field(default_factory=dict)
+    other_dense_bytes: int = 0
 
 
 def model_stats(handle: ModelHandle) -> ModelStats:
@@ -73,6 +101,7 @@ def model_stats(handle: ModelHandle) -> ModelStats:
     Each layer's weights are sorted twice (signed and by magnitude) and everything else is read off
     those two sorted copies: a ResNet-50 takes a few seconds, not half a minute of argsorts.
     """
+    from compression import __version__
     from compression.storage import encode_state
 
     total_flops, per_module = _layer_flops(handle.model, handle.input_shape)
@@ -94,14 +123,34 @@ def model_stats(handle: ModelHandle) -> ModelStats:
         layers = dict(zip(weights, pool.map(layer_stats, weights, weights.values()), strict=True))
     weight_keys = {f"{name}.weight" for name in layers}
     rest = {k: v.detach().cpu() for k, v in handle.model.state_dict().items() if k not in weight_keys}
-    other = len(encode_state(rest, {"architecture": handle.architecture}))
+    # the file's meta as the writer makes it (models/compact.py), less what a run adds (its plan, the data reference)
+    meta = {"producer": f"compression-lab {__version__}", "task": handle.task, **handle.compact_meta()}
+    encoded = encode_state(rest, meta)
+    other_steps, other_dense = _fixed_steps(encoded)
     layer_flops = sum(stats.flops for stats in layers.values())
     empty = len(encode_state({}, {}))
     biases = {name: (rest[f"{name}.bias"].flatten().float().numpy(),
                      len(encode_state({f"{name}.bias": rest[f"{name}.bias"]}, {})) - empty)
               for name in layers if rest.get(f"{name}.bias") is not None and rest[f"{name}.bias"].is_floating_point()}
-    return ModelStats(layers, other, metrics.fp32_bytes(handle.model), total_flops, total_flops - layer_flops,
-                      biases)
+    return ModelStats(layers, len(encoded), metrics.fp32_bytes(handle.model), total_flops, total_flops - layer_flops,
+                      biases, other_steps, other_dense)
+
+
+def _fixed_steps(encoded: bytes) -> tuple[dict[str, int], int]:
+    """The waterfall steps of the tensors no step touches, read off their real encoding, and their fp32 bytes."""
+    from compression.analysis.report import dense_bytes, tensor_steps
+    from compression.storage import inspect_bytes
+
+    steps: dict[str, int] = {}
+    dense = 0
+    for row in inspect_bytes(encoded):
+        if row["encoding"] == "header":
+            steps["header"] = steps.get("header", 0) + row["bytes_total"]
+            continue
+        dense += dense_bytes(row)
+        for key, value in tensor_steps(row).items():
+            steps[key] = steps.get(key, 0) + value
+    return steps, dense
 
 
 def _layer_flops(model, input_shape: tuple[int, ...]) -> tuple[int, dict[str, int]]:
@@ -195,8 +244,9 @@ def _position_factors(magnitudes: np.ndarray, sorted_abs: np.ndarray) -> tuple[n
 
 
 def _positions_and_fillers(density: float, index_shares: np.ndarray | None, kept: int,
-                           factor: float) -> tuple[float, float]:
-    """Bytes of the positions stream and of the index stream (with fillers) at the best field width."""
+                           factor: float) -> tuple[float, float, int, float]:
+    """Bytes of the positions stream and of the index stream (with fillers) at the best field width, that width
+    in bits and the number of entries (kept weights plus fillers)."""
     q = 1.0 - density
     best = None
     # the best field for geometric gaps holds about the mean gap; try the widths around it
@@ -217,7 +267,7 @@ def _positions_and_fillers(density: float, index_shares: np.ndarray | None, kept
         else:
             idx_bytes = kept * fillers_per_kept * 4  # a sparse fp32 layer stores a zero per filler
         if best is None or pos_bytes + idx_bytes < best[0] + best[1]:
-            best = (pos_bytes, idx_bytes)
+            best = (pos_bytes, idx_bytes, bits, entries)
     return best
 
 
@@ -229,25 +279,43 @@ def layer_bytes(stats: LayerStats, sparsity: float, n_clusters: int | None) -> f
     key = (float(sparsity), n_clusters)
     cached = stats.memo.get(key)
     if cached is None:
-        cached = _layer_bytes(stats, float(sparsity), n_clusters)
+        cached = layer_parts(stats, float(sparsity), n_clusters).total
         if len(stats.memo) < MEMO_ENTRIES:
             stats.memo[key] = cached
     return cached
 
 
+def layer_parts(stats: LayerStats, sparsity: float, n_clusters: int | None) -> LayerParts:
+    """layer_bytes split into the file's parts (memoized the same way). The fixed-width streams are counted at
+    the estimate's own field width: the encoder picks its width from the real gaps (pruned weights cluster, so
+    often a wider one), which moves bytes between the "positions" and "entropy" bars, not their sum."""
+    key = (float(sparsity), n_clusters)
+    cached = stats.parts_memo.get(key)
+    if cached is None:
+        cached = _layer_parts(stats, float(sparsity), n_clusters)
+        if len(stats.parts_memo) < MEMO_ENTRIES:
+            stats.parts_memo[key] = cached
+    return cached
+
+
 def _layer_bytes(stats: LayerStats, sparsity: float, n_clusters: int | None) -> float:
+    return _layer_parts(stats, sparsity, n_clusters).total
+
+
+def _layer_parts(stats: LayerStats, sparsity: float, n_clusters: int | None) -> LayerParts:
     n_prune = int(round(sparsity * stats.numel))
     kept = stats.numel - n_prune
     header = SECTION_OVERHEAD + len(stats.name) + WEIGHT_SUFFIX_BYTES
     if kept == 0:
-        return header + STREAM_OVERHEAD
+        return LayerParts(stats.numel, 0, header=header, positions=STREAM_OVERHEAD, encoding="sparse")
     threshold = stats.sorted_abs[n_prune - 1] if n_prune > 0 else -1.0
     factor = float(np.interp(sparsity, *stats.position_factors))
     if n_clusters is None:
         if n_prune == 0:
-            return header + stats.numel * 4
-        pos, fillers = _positions_and_fillers(kept / stats.numel, None, kept, factor)
-        return header + pos + fillers * stats.value_bytes / 4 + kept * stats.value_bytes
+            return LayerParts(stats.numel, kept, header=header, raw=stats.numel * 4)
+        pos, fillers, bits, entries = _positions_and_fillers(kept / stats.numel, None, kept, factor)
+        return LayerParts(stats.numel, kept, header=header, positions=pos, fixed_positions=entries * bits / 8,
+                          raw=fillers * stats.value_bytes / 4 + kept * stats.value_bytes, encoding="sparse")
     # the bins hold equal counts, so the kept bins' centres are an evenly weighted sample of the kept
     # weights: run the real k-means on them and read off each cluster's share
     sample = stats.centers[stats.abs_centers > threshold]
@@ -258,28 +326,41 @@ def _layer_bytes(stats: LayerStats, sparsity: float, n_clusters: int | None) -> 
     shares = np.bincount(labels).astype(np.float64) / labels.size
     codebook = 4 * min(n_clusters, kept)
     used = int((shares > 0).sum())
+    index_bits = max(1, math.ceil(math.log2(n_clusters + 1)))  # the file's fixed width: k values and the zero
     if n_prune == 0:
         idx = kept * _entropy_bits(shares) / 8 + STREAM_OVERHEAD + TABLE_BYTES_PER_SYMBOL * used
-        return header + codebook + idx
-    pos, idx = _positions_and_fillers(kept / stats.numel, shares * 1.0, kept, factor)
-    return header + codebook + pos + idx + STREAM_OVERHEAD + TABLE_BYTES_PER_SYMBOL * (used + 1)
+        return LayerParts(stats.numel, kept, header=header, codebook=codebook, indices=idx,
+                          fixed_indices=kept * index_bits / 8, encoding="shared")
+    pos, idx, bits, entries = _positions_and_fillers(kept / stats.numel, shares * 1.0, kept, factor)
+    return LayerParts(stats.numel, kept, header=header, codebook=codebook, positions=pos,
+                      fixed_positions=entries * bits / 8,
+                      indices=idx + STREAM_OVERHEAD + TABLE_BYTES_PER_SYMBOL * (used + 1),
+                      fixed_indices=entries * index_bits / 8, encoding="shared")
 
 
 def vq_layer_bytes(stats: LayerStats, sparsity: float, quantizer: dict) -> float:
+    """Estimated bytes of a vector-quantized layer (vq_layer_parts)."""
+    return vq_layer_parts(stats, sparsity, quantizer).total
+
+
+def vq_layer_parts(stats: LayerStats, sparsity: float, quantizer: dict) -> LayerParts:
     """Estimated bytes of a vector-quantized layer (Gong et al.; quantizer: QuantizeStep.layer_settings).
 
     binary, pq and rq: the paper's formula (codes log2 k bits, 32-bit codebooks; their codes are close to
     uniform, so the file bit-packs them) plus the section header; kmeans: its indices are entropy coded
     like a clustered layer's, so the cluster estimate (pruned zeros included) applies.
     """
-    from compression.storage.vq_section import formula_bits
+    from compression.storage.vq_section import code_bits, sizes
 
     method, k = quantizer["quantizer"], int(quantizer["n_codewords"])
     if method == "kmeans":
-        return layer_bytes(stats, sparsity, k)
-    bits = formula_bits(method, stats.shape or (stats.numel,), k, int(quantizer.get("segment_length") or 0),
-                        int(quantizer.get("stages") or 1), quantizer.get("axis") or "in")
-    return SECTION_OVERHEAD + len(stats.name) + WEIGHT_SUFFIX_BYTES + bits / 8
+        return layer_parts(stats, sparsity, k)
+    floats, codes, alphabet = sizes(method, stats.shape or (stats.numel,), k,
+                                    int(quantizer.get("segment_length") or 0), int(quantizer.get("stages") or 1),
+                                    quantizer.get("axis") or "in")
+    # formula_bits = codes * code_bits + 32 * floats: the codes and the codebooks as two parts
+    return LayerParts(stats.numel, stats.numel, header=SECTION_OVERHEAD + len(stats.name) + WEIGHT_SUFFIX_BYTES,
+                      codebook=floats * 4, codes=codes * code_bits(alphabet) / 8, encoding="vq")
 
 
 SHARED_MIN_NUMEL = 64  # the encoder tries the shared encoding on tensors of at least this many values (FORMAT.md)
@@ -295,6 +376,18 @@ def shared_bias_bytes(name: str, values: np.ndarray, n_clusters: int) -> float:
             + STREAM_OVERHEAD + TABLE_BYTES_PER_SYMBOL * (used + 1))
 
 
+def bias_delta(stats: ModelStats, settings: dict[str, tuple[float, int | None]], bias_clusters: int) -> float:
+    """Estimated bytes the cluster step's bias_clusters adds (negative: saves) over the biases stored as they are."""
+    delta = 0.0
+    if bias_clusters:
+        for name, (values, exact) in stats.biases.items():
+            if settings.get(name, (0.0, None))[1] is None or values.size <= bias_clusters:
+                continue
+            if values.size >= SHARED_MIN_NUMEL:
+                delta += min(exact, shared_bias_bytes(name, values, bias_clusters)) - exact
+    return delta
+
+
 def estimate(stats: ModelStats, settings: dict[str, tuple[float, int | None]],
              quantizers: dict[str, dict] | None = None, bias_clusters: int = 0) -> dict:
     """Estimated compressed bytes, ratio and sparse FLOPs for per-layer (sparsity, n_clusters) settings.
@@ -303,13 +396,7 @@ def estimate(stats: ModelStats, settings: dict[str, tuple[float, int | None]],
     bias_clusters: the cluster step's setting: the biases of clustered layers shared among that many values
     (a bias too short for the file's shared encoding keeps its bytes).
     """
-    total = float(stats.other_bytes)
-    if bias_clusters:
-        for name, (values, exact) in stats.biases.items():
-            if settings.get(name, (0.0, None))[1] is None or values.size <= bias_clusters:
-                continue
-            if values.size >= SHARED_MIN_NUMEL:
-                total += min(exact, shared_bias_bytes(name, values, bias_clusters)) - exact
+    total = float(stats.other_bytes) + bias_delta(stats, settings, bias_clusters)
     sparse_flops = float(stats.other_flops)
     per_layer = {}
     for name, layer in stats.layers.items():
@@ -322,3 +409,58 @@ def estimate(stats: ModelStats, settings: dict[str, tuple[float, int | None]],
     return {"compressed_bytes": int(round(total)), "ratio": stats.fp32_bytes / total,
             "fp32_bytes": stats.fp32_bytes, "flops": stats.flops, "sparse_flops": int(round(sparse_flops)),
             "per_layer_bytes": per_layer}
+
+
+def parts_steps(parts: LayerParts) -> dict[str, float]:
+    """One layer's estimated parts as the waterfall's signed steps (report.STEPS keys), as report.tensor_steps
+    counts a real section: they sum to parts.total - 4 * numel."""
+    if parts.encoding == "raw":
+        return {"sections": parts.header, "stored": parts.raw - 4 * parts.numel}
+    if parts.encoding == "vq":
+        return {"sections": parts.header, "codes": parts.codes - 4 * parts.numel, "codebooks": parts.codebook}
+    steps = {"sections": parts.header, "pruned": -4.0 * (parts.numel - parts.kept),
+             "positions": parts.fixed_positions,
+             "entropy": parts.positions - parts.fixed_positions + parts.indices - parts.fixed_indices}
+    if parts.encoding == "shared":
+        steps["indices"] = parts.fixed_indices - 4.0 * parts.kept
+        steps["codebooks"] = parts.codebook
+    else:
+        steps["zstd"] = parts.raw - 4.0 * parts.kept
+    return steps
+
+
+def estimated_waterfall(stats: ModelStats, settings: dict[str, tuple[float, int | None]],
+                        quantizers: dict[str, dict] | None = None, compressed_bytes: int | None = None,
+                        title: str = "whole model", bias_clusters: int = 0):
+    """Where the bytes go, estimated: the report's Waterfall (fp32 size -> each part of the file) from the same
+    per-layer estimate as `estimate` (same settings, same memo: cheap on a slider move), the untouched tensors
+    and the file header from their real encoding.
+
+    compressed_bytes: the total the page shows (e.g. after the channel section took out removed channels); the
+    difference from this estimate's own total is the "structure" step. The bars are rounded to whole bytes with
+    the rounding remainder (a few bytes) in "sections", so they add up to that total exactly.
+    """
+    from compression.analysis.report import Waterfall
+
+    steps: dict[str, float] = {key: float(value) for key, value in stats.other_steps.items()}
+    dense = stats.other_dense_bytes
+    # biases shared by bias_clusters: their 32-bit values become indices and a codebook (counted as indices)
+    shared_biases = bias_delta(stats, settings, bias_clusters)
+    steps["indices"] = steps.get("indices", 0.0) + shared_biases
+    total = float(stats.other_bytes) + shared_biases
+    for name, layer in stats.layers.items():
+        sparsity, n_clusters = settings.get(name, (0.0, None))
+        quantizer = (quantizers or {}).get(name)
+        parts = vq_layer_parts(layer, sparsity, quantizer) if quantizer else layer_parts(layer, sparsity, n_clusters)
+        for key, value in parts_steps(parts).items():
+            steps[key] = steps.get(key, 0.0) + value
+        dense += 4 * layer.numel
+        total += parts.total
+    end = int(round(total)) if compressed_bytes is None else int(compressed_bytes)
+    steps["structure"] = end - total if compressed_bytes is not None and abs(end - total) > 1 else 0.0
+    steps["framing"] = dense - stats.fp32_bytes
+    rounded = {key: int(round(value)) for key, value in steps.items()}
+    rounded["sections"] = rounded.get("sections", 0) + end - stats.fp32_bytes - sum(rounded.values())
+    waterfall = Waterfall(f"Estimated: {title}", stats.fp32_bytes, rounded, end)
+    assert waterfall.start + sum(waterfall.steps.values()) == waterfall.end  # the bars add up to the total shown
+    return waterfall

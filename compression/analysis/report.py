@@ -57,7 +57,7 @@ class Waterfall:
         return [(STEP_LABELS[key], self.steps[key]) for key, _ in STEPS if self.steps.get(key)]
 
 
-def _dense_bytes(row: dict) -> int:
+def dense_bytes(row: dict) -> int:
     """Bytes of the tensor in the fp32 state dict: floats as float32, other dtypes at their own size."""
     dtype = getattr(torch, row["dtype"])
     return row["numel"] * (4 if dtype.is_floating_point else torch.empty((), dtype=dtype).element_size())
@@ -70,7 +70,7 @@ def _stream(row: dict, name: str) -> dict | None:
 def tensor_steps(row: dict) -> dict[str, int]:
     """One section of inspect_bytes as signed steps from its fp32 bytes to its bytes in the file (they sum to
     bytes_total - fp32 bytes exactly)."""
-    dense = _dense_bytes(row)
+    dense = dense_bytes(row)
     encoding = row["encoding"]
     size = dense // max(1, row["numel"])
     steps = {"sections": row["bytes_total"] - row["bytes_positions"] - row["bytes_indices"]
@@ -116,7 +116,7 @@ def bytes_waterfall(rows: list[dict], fp32_bytes: int, title: str = "whole model
         if row["encoding"] == "header":
             steps["header"] = steps.get("header", 0) + row["bytes_total"]
             continue
-        dense_total += _dense_bytes(row)
+        dense_total += dense_bytes(row)
         for key, value in tensor_steps(row).items():
             steps[key] = steps.get(key, 0) + value
     steps["structure"] = -4 * max(0, params_removed)
@@ -140,7 +140,7 @@ def layer_waterfalls(rows: list[dict], limit: int | None = None) -> list[Waterfa
         for row in members:
             for key, value in tensor_steps(row).items():
                 steps[key] = steps.get(key, 0) + value
-        start = sum(_dense_bytes(row) for row in members)
+        start = sum(dense_bytes(row) for row in members)
         waterfall = Waterfall(layer, start, steps, sum(row["bytes_total"] for row in members))
         assert waterfall.start + sum(waterfall.steps.values()) == waterfall.end
         out.append(waterfall)
@@ -160,7 +160,7 @@ def layer_table(rows: list[dict]) -> list[dict]:
             "encoding": row["encoding"], "weights": row["numel"],
             "sparsity": None if nonzeros is None or not row["numel"] else round(1 - nonzeros / row["numel"], 4),
             "k or quantizer": row.get("quantizer") or row.get("n_clusters") or "",
-            "fp32 bytes": _dense_bytes(row), "file bytes": row["bytes_total"],
+            "fp32 bytes": dense_bytes(row), "file bytes": row["bytes_total"],
             "bits per weight": None if row.get("bits_per_weight") is None else round(row["bits_per_weight"], 3)})
     table.sort(key=lambda r: -r["fp32 bytes"])
     return table
@@ -170,6 +170,20 @@ def _times(before: float | None, after: float | None) -> float | None:
     if not before or not after:
         return None
     return before / after
+
+
+def headline_numbers(metrics: dict) -> dict:
+    """The headline's numbers (what `headline` says, as values; None where the run did not measure it): the
+    presentation view shows them as big metric boxes above the sentence."""
+    before, after = metrics["before"], metrics["after"]
+    detector = metrics.get("task", "classify") != "classify"
+    return {"ratio": metrics["compression_ratio"], "fp32_bytes": before["fp32_bytes"],
+            "compressed_bytes": after["compressed_bytes"],
+            "flops_times": _times(before.get("sparse_flops") or before.get("flops"), after.get("sparse_flops")),
+            "speed_times": _times(before.get("latency_ms"), after.get("latency_ms")),
+            "score_name": metrics.get("score_name", "mAP50") if detector else "top-1",
+            "score_before": before["accuracy"], "score_after": after["accuracy"],
+            "drop_pts": 100 * (before["accuracy"] - after["accuracy"])}
 
 
 def headline(metrics: dict) -> str:

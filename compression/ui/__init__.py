@@ -6,5 +6,6 @@ Streamlit); the library below it runs without Streamlit or plotly.
     navigation.py  page_setup(): the one workaround for Streamlit's pages/ folder handling
     plan_form.py   per-layer widget settings <-> Plan;  channels.py  the plan page's channel section
     figures.py     every plotly figure the pages draw
+    present.py     presentation mode (?present=1&run=ID): the projector view's CSS, exit button, run from the URL
     report.py      the self-contained HTML report (no Streamlit: the CLI's `report` imports it, the one exception)
 """

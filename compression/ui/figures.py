@@ -136,22 +136,35 @@ def add_sweep_curves(fig: go.Figure, data: pd.DataFrame, sweeps: list[dict], cos
                           + " %{x:,}<br>%{y:.2f}%<br>ratio %{customdata[1]:.1f}x<extra></extra>"))
 
 
-def bytes_waterfall(waterfall) -> go.Figure:
+def bytes_waterfall(waterfall, estimated: bool = False, height: int = 420) -> go.Figure:
     """Where the bytes went (analysis.report.Waterfall): fp32 bytes, one signed bar per part of the compact file,
-    the file's size; the bars add up to it exactly."""
+    the file's size; the bars add up to it exactly.
+
+    estimated: the plan page's estimate (analysis.estimate.estimated_waterfall), not a file: lighter, outlined
+    bars, dotted connectors, "~" before every number, "estimated file" as the last bar and a note saying so."""
     bars = waterfall.bars()
-    labels = ["fp32 model"] + [label for label, _ in bars] + ["compact file"]
+    labels = ["fp32 model"] + [label for label, _ in bars] + ["estimated file" if estimated else "compact file"]
     values = [waterfall.start] + [value for _, value in bars] + [waterfall.end]
+    approx = "~" if estimated else ""
+    colours = ("#98df8a", "#ff9896", "#aec7e8") if estimated else ("#2ca02c", "#d62728", "#1f77b4")
+    outline = ("#2ca02c", "#d62728", "#1f77b4")
     fig = go.Figure(go.Waterfall(
         orientation="v", measure=["absolute"] + ["relative"] * len(bars) + ["total"], x=labels, y=values,
-        text=[f"{v:+,}" if 0 < i < len(values) - 1 else f"{v:,}" for i, v in enumerate(values)],
-        textposition="outside", connector={"line": {"color": "#999", "width": 1}},
-        decreasing={"marker": {"color": "#2ca02c"}}, increasing={"marker": {"color": "#d62728"}},
-        totals={"marker": {"color": "#1f77b4"}},
-        hovertemplate="%{x}: %{y:,} bytes<extra></extra>"))
-    fig.update_layout(title=f"{waterfall.title}: {waterfall.start:,} -> {waterfall.end:,} bytes "
-                            f"({waterfall.start / max(1, waterfall.end):.1f}x)",
-                      yaxis_title="bytes", height=420, margin={"t": 50, "b": 10}, showlegend=False)
+        text=[f"{approx}{v:+,}" if 0 < i < len(values) - 1 else f"{approx if i else ''}{v:,}"
+              for i, v in enumerate(values)],
+        textposition="outside",
+        connector={"line": {"color": "#999", "width": 1, "dash": "dot" if estimated else "solid"}},
+        decreasing={"marker": {"color": colours[0], "line": {"color": outline[0], "width": 2 if estimated else 0}}},
+        increasing={"marker": {"color": colours[1], "line": {"color": outline[1], "width": 2 if estimated else 0}}},
+        totals={"marker": {"color": colours[2], "line": {"color": outline[2], "width": 2 if estimated else 0}}},
+        hovertemplate="%{x}: " + ("estimated " if estimated else "") + "%{y:,} bytes<extra></extra>"))
+    fig.update_layout(title=f"{waterfall.title}: {waterfall.start:,} -> {approx}{waterfall.end:,} bytes "
+                            f"({approx}{waterfall.start / max(1, waterfall.end):.1f}x)",
+                      yaxis_title="bytes", height=height, margin={"t": 50, "b": 10}, showlegend=False)
+    if estimated:
+        fig.add_annotation(text="ESTIMATED from the weights (no model run): the run measures the real file",
+                           xref="paper", yref="paper", x=1, y=1, xanchor="right", yanchor="bottom",
+                           showarrow=False, font={"color": "#7f7f7f", "size": 12})
     fig.update_xaxes(tickangle=-25, tickfont={"size": 10})
     return fig
 

@@ -18,6 +18,7 @@ from compression.data import DataBundle
 from compression.errors import CompressionLabError
 from compression.models.handle import ModelHandle
 from compression.models.zoo import DEMO_MODELS
+from compression.ui.present import present_toggle
 
 DEFAULT_SPEC = {"model": "demo:lenet5", "weights": None, "data": "digits", "input_size": None,
                 "mean": None, "std": None}
@@ -162,8 +163,15 @@ def _show_link(spec: dict) -> None:
     if wanted is None:
         return
     if any(st.query_params.get(key) != wanted.get(key) for key in LINK_KEYS):
-        st.query_params.clear()  # navigation clears them: put them back (and drop a previous model's keys)
+        _drop_link()  # navigation clears them: put them back (and drop a previous model's keys)
         st.query_params.update(wanted)
+
+
+def _drop_link() -> None:
+    """Take the model's keys out of the URL; the others (present.py's present and run) stay."""
+    for key in LINK_KEYS:
+        if key in st.query_params:
+            del st.query_params[key]
 
 
 def active_spec() -> dict:
@@ -199,7 +207,7 @@ def set_active(spec: dict) -> None:
     st.session_state["active"] = spec
     st.session_state["link_problem"] = None
     if link_params(spec, uploads_folder()) is None:
-        st.query_params.clear()
+        _drop_link()
     else:
         _show_link(spec)
 
@@ -258,6 +266,7 @@ def sidebar() -> None:
         st.caption(line)
         if problem:
             st.warning(problem)
+        present_toggle()
 
 
 def sensitivity_job(spec: dict, config: dict) -> dict:

@@ -138,19 +138,10 @@ def model_stats(handle: ModelHandle) -> ModelStats:
 
 def _fixed_steps(encoded: bytes) -> tuple[dict[str, int], int]:
     """The waterfall steps of the tensors no step touches, read off their real encoding, and their fp32 bytes."""
-    from compression.analysis.report import dense_bytes, tensor_steps
+    from compression.analysis.report import rows_steps
     from compression.storage import inspect_bytes
 
-    steps: dict[str, int] = {}
-    dense = 0
-    for row in inspect_bytes(encoded):
-        if row["encoding"] == "header":
-            steps["header"] = steps.get("header", 0) + row["bytes_total"]
-            continue
-        dense += dense_bytes(row)
-        for key, value in tensor_steps(row).items():
-            steps[key] = steps.get(key, 0) + value
-    return steps, dense
+    return rows_steps(inspect_bytes(encoded))
 
 
 def _layer_flops(model, input_shape: tuple[int, ...]) -> tuple[int, dict[str, int]]:

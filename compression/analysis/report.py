@@ -103,13 +103,8 @@ def tensor_steps(row: dict) -> dict[str, int]:
     return steps
 
 
-def bytes_waterfall(rows: list[dict], fp32_bytes: int, title: str = "whole model",
-                    params_removed: int = 0) -> Waterfall:
-    """The whole file: fp32 bytes -> the file's size (the sum of the rows' bytes_total).
-
-    params_removed: parameters the architecture lost (channels removed, batch norm folded: metrics' before.params
-    - after.params); their fp32 bytes are one step, and torch.save's framing (with any buffers that went with
-    them) the rest of the gap between the fp32 file and the file's tensors at full width."""
+def rows_steps(rows: list[dict]) -> tuple[dict[str, int], int]:
+    """The waterfall steps of inspect rows (the header row as "header"), and their tensors' fp32 bytes."""
     steps: dict[str, int] = {}
     dense_total = 0
     for row in rows:
@@ -119,6 +114,17 @@ def bytes_waterfall(rows: list[dict], fp32_bytes: int, title: str = "whole model
         dense_total += dense_bytes(row)
         for key, value in tensor_steps(row).items():
             steps[key] = steps.get(key, 0) + value
+    return steps, dense_total
+
+
+def bytes_waterfall(rows: list[dict], fp32_bytes: int, title: str = "whole model",
+                    params_removed: int = 0) -> Waterfall:
+    """The whole file: fp32 bytes -> the file's size (the sum of the rows' bytes_total).
+
+    params_removed: parameters the architecture lost (channels removed, batch norm folded: metrics' before.params
+    - after.params); their fp32 bytes are one step, and torch.save's framing (with any buffers that went with
+    them) the rest of the gap between the fp32 file and the file's tensors at full width."""
+    steps, dense_total = rows_steps(rows)
     steps["structure"] = -4 * max(0, params_removed)
     steps["framing"] = dense_total - fp32_bytes - steps["structure"]
     end = sum(row["bytes_total"] for row in rows)

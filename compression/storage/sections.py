@@ -355,8 +355,8 @@ def encode_indices(indices: np.ndarray, gaps: np.ndarray | None, k: int) -> byte
         return best
     for contexts in range(2, MAX_INDEX_CONTEXTS + 1):
         classes = gap_classes(gaps, contexts)
-        estimate = sum(estimate_bits(np.bincount(indices[classes == c], minlength=k), curves=False)
-                       for c in range(contexts)) / 8
+        counts = np.bincount(classes * k + indices, minlength=contexts * k).reshape(contexts, k)  # one pass
+        estimate = sum(estimate_bits(counts[c], curves=False) for c in range(contexts)) / 8
         if estimate >= len(best) + 8:
             continue  # clearly larger (root-table estimates are close): skip the exact encodes
         blob = bytes([contexts]) + b"".join(encode_symbols(indices[classes == c], k) for c in range(contexts))

@@ -191,6 +191,7 @@ with st.container(border=True):
 
 groups = layer_groups(layers)
 many = len(layers) > ONE_GROUP_UP_TO
+WATERFALL_UP_TO = 50  # layers: above this the estimated waterfall waits for its toggle
 first_open = next((g for g, members in groups.items() if len(members) > 1), next(iter(groups), None))
 
 
@@ -318,12 +319,14 @@ def rows_and_estimate() -> None:
         st.caption(f"Estimated file {est['compressed_bytes']:,} B of {est['fp32_bytes']:,} B fp32. Analytic "
                    "estimate from the weights (no model run); 'auto' clusters are estimated at k=32. The run "
                    "measures the real file.")
-        # where the estimated bytes go, part by part as the file will count them; the bars add up to the total above
-        st.plotly_chart(bytes_waterfall(estimated_waterfall(
-            stats, numeric, chosen, est["compressed_bytes"],
-            bias_clusters=int(st.session_state.get("plan_bias_clusters", CLUSTER.bias_clusters))),
-                                        estimated=True, height=380), key="plan_waterfall",
-                        config={"staticPlot": True})  # no hover layers to rebuild: a slider move redraws it quicker
+        # where the estimated bytes go, part by part as the file will count them; the bars add up to the total above.
+        # Off by default on very big models: a fresh server process spends ~4 s on plotly's first figure (measured)
+        if st.toggle("Where the bytes go (estimated)", value=len(layers) <= WATERFALL_UP_TO, key="plan_waterfall_on"):
+            st.plotly_chart(bytes_waterfall(estimated_waterfall(
+                stats, numeric, chosen, est["compressed_bytes"],
+                bias_clusters=int(st.session_state.get("plan_bias_clusters", CLUSTER.bias_clusters))),
+                estimated=True, height=380), key="plan_waterfall",
+                config={"staticPlot": True})  # no hover layers to rebuild: a slider move redraws it quicker
     launch_section(settings, quantizers, channel_choice, prediction)
 
 

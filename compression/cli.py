@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", type=Path, required=True, help="the report to write (.html)")
     rp.add_argument("--pdf", action="store_true", help="also print it to PDF (same name, .pdf) with headless Chromium")
     rp.add_argument("--force", action="store_true", help="replace an existing report")
+    rp.add_argument("--model", help="the original model, for a detector's boxes side by side (a run folder never "
+                                    "names the model to load): the spec it was run with, e.g. detector:demo")
+    rp.add_argument("--weights", help="the original's weights (with --model)")
+    rp.add_argument("--data", help="the data to draw the original's and the compressed boxes on (with --model)")
+    rp.add_argument("--trust", action="store_true", help="--model is a pickle you trust (detector:FILE.pt)")
     sm = sub.add_parser("submit", help="queue a compression run in the background engine")
     sm.add_argument("recipe", type=Path)
     _add_model_args(sm)
@@ -316,10 +321,29 @@ def cmd_report(args) -> int:
         require_chromium()  # said before any work, and before the HTML is written
     if not os.access(out.parent, os.W_OK):
         raise CompressionLabError(f"cannot write in {out.parent}: choose a folder you can write to")
-    runs = [_report_run(ref, args.home) for ref in args.runs]
+    from compression.ui.report import DamagedRun
+
+    runs, left_out = [], []
+    for ref in args.runs:
+        try:
+            runs.append(_report_run(ref, args.home))
+        except DamagedRun as exc:  # the chosen (first) run must be sound; another damaged one is left out, said so
+            if not runs:
+                raise
+            left_out.append(str(exc))
+    original = None
+    if args.model:  # the original the person names here: for a detector's boxes side by side (never from job.json)
+        from compression import sources
+
+        original = sources.load({"model": args.model, "weights": args.weights, "data": args.data,
+                                 **({"trust": True} if args.trust else {})})
+    elif args.data or args.weights or args.trust:
+        raise CompressionLabError("--data, --weights and --trust go with --model (the original detector to draw "
+                                  "beside the compressed one): add --model")
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    size = write_bytes_atomic(out, report_html(runs, generated=now))
-    result = {"file": str(out), "bytes": size, "runs": [run.id for run in runs]}
+    size = write_bytes_atomic(out, report_html(runs, generated=now, original=original, left_out=left_out))
+    result = {"file": str(out), "bytes": size, "runs": [run.id for run in runs],
+              **({"left_out": left_out} if left_out else {})}
     if args.pdf:
         print_pdf(out, pdf)
         result["pdf"] = str(pdf)
@@ -341,20 +365,29 @@ def cmd_submit(args) -> int:
     return 0
 
 
+def _printable(text: str) -> str:
+    """Text from a run folder (a name, a model spec) with control characters replaced: one line, no terminal escapes."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
 def cmd_runs(args) -> int:
     from compression import engine
 
     print(f"{'run':24} {'kind':12} {'state':10} {'model':24} {'progress':>8} {'accuracy':>9} {'bytes':>10} "
           f"{'ratio':>7}")
-    for row in engine.list_runs(root=args.home):
+    for row in engine.list_runs(root=args.home):  # rows checked by compression/runfolder.py: a damaged one says so
         metrics = row.get("metrics") or {}
-        after = metrics.get("after", {})
-        progress = (row.get("progress") or {}).get("progress", 0.0)
-        accuracy = f"{after['accuracy']:.4f}" if "accuracy" in after else ""
-        size = f"{after['compressed_bytes']:,}" if "compressed_bytes" in after else ""
-        ratio = f"{metrics['compression_ratio']:.1f}x" if "compression_ratio" in metrics else ""
-        print(f"{row['id']:24} {row['kind']:12} {row['state']:10} {row['job'].get('model', '')[:24]:24} "
-              f"{100 * progress:7.0f}% {accuracy:>9} {size:>10} {ratio:>7}")
+        after = metrics.get("after") or {}
+        progress = (row.get("progress") or {}).get("progress") or 0.0
+        accuracy = f"{after['accuracy']:.4f}" if after.get("accuracy") is not None else ""
+        size = f"{after['compressed_bytes']:,}" if after.get("compressed_bytes") is not None else ""
+        ratio = f"{metrics['compression_ratio']:.1f}x" if metrics.get("compression_ratio") is not None else ""
+        state = "damaged" if row.get("damaged") and not row["damaged"].startswith("gone") else \
+            "gone" if row.get("damaged") else row["state"]
+        model = _printable(str(row["job"].get("model") or ""))[:24]
+        line = (f"{_printable(row['id']):24} {row['kind']:12} {state:10} {model:24} {100 * progress:7.0f}% "
+                f"{accuracy:>9} {size:>10} {ratio:>7}")
+        print(line + (f"  {_printable(row['damaged'])[:160]}" if row.get("damaged") else ""))
     return 0
 
 

@@ -8,13 +8,13 @@ import json
 
 import streamlit as st
 
-from compression import engine
+from compression import engine, runfolder
 from compression.analysis import report
 from compression.analysis.pareto import prediction_error, runs_table
 from compression.errors import CompressionLabError
 from compression.ui import figures, present
 from compression.ui.navigation import page_setup
-from compression.ui.report import ReportRun, report_html
+from compression.ui.report import load_report_runs, plain_markdown, report_html
 from compression.ui.state import decoded_run, home, load_active, run_exports
 
 LIVE_EVERY_S = 2.0  # seconds between redraws of the fronts while a sweep has members queued or running
@@ -31,8 +31,13 @@ try:
 except CompressionLabError as exc:  # an unusable data folder (not a folder, unreadable): say so, no traceback
     st.error(str(exc))
     st.stop()
-table = runs_table(runs, sweeps)
+table = runs_table(runs, sweeps)  # damaged runs have no metrics (compression/runfolder.py checked them): not drawn
 live = any(sweep["active"] for sweep in sweeps)
+damaged = [run for run in runs if run.get("damaged")]
+if damaged and not presenting:
+    st.warning(f"{len(damaged)} run(s) cannot be compared: "
+               + "; ".join(plain_markdown(f"{run['id']}: {run['damaged']}") for run in damaged[:10])
+               + ("; ..." if len(damaged) > 10 else ""))
 if table.empty and not live:
     st.info("No finished compression runs yet: launch one from the Plan page.")
     st.stop()
@@ -49,8 +54,13 @@ def presentation(run_id: str) -> None:
                                                               highlight=run_id)), key="present_pareto_bytes")
     right.plotly_chart(present.projector(figures.pareto_figure(rows, "sparse_flops", "FLOPs (zero weights skipped)",
                                                                highlight=run_id)), key="present_pareto_flops")
-    waterfall = report.bytes_waterfall(report.file_rows(engine.run_dir(run_id, root=home())),
-                                       metrics["before"]["fp32_bytes"], f"run {run_id}", report.params_removed(metrics))
+    try:
+        rows = report.file_rows(engine.run_dir(run_id, root=home()))
+    except CompressionLabError as exc:  # a damaged compact file: said, no traceback
+        st.error(plain_markdown(str(exc)))
+        return
+    waterfall = report.bytes_waterfall(rows, metrics["before"]["fp32_bytes"], f"run {run_id}",
+                                       report.params_removed(metrics))
     st.plotly_chart(present.projector(figures.bytes_waterfall(waterfall)), key="present_waterfall")
 
 
@@ -122,20 +132,24 @@ if error is not None:  # how far to trust the plan page's predicted accuracy, le
 run_id = present.chosen_run(list(table["run"]), key="compare_run")  # the URL's run=ID first: a link can be shared
 st.subheader("Headline")
 present.headline_metrics(next(run["metrics"] for run in runs if run["id"] == run_id))
-try:
+run_metrics = next(run["metrics"] for run in runs if run["id"] == run_id)
+try:  # only the compact file (our own parser) and the checked metrics: nothing in the folder names a model to load
     decoded = decoded_run(run_id)
-    job = json.loads(engine.run_file(run_id, "job.json", root=home()).read_text())
+    rows = report.file_rows(engine.run_dir(run_id, root=home()))
 except CompressionLabError as exc:
-    st.error(str(exc))
+    st.error(plain_markdown(str(exc)))
     st.stop()
-original, _ = load_active({k: job.get(k) for k in ("model", "weights", "data", "input_size", "mean", "std")}
-                          | ({"trust": job["trust"]} if "trust" in job else {}))
+original = None  # the original's weights come only from the model the person made active in this session
+try:
+    active, active_data = load_active()
+    if report.original_matches(active, run_metrics):
+        original = (active, active_data)
+except CompressionLabError:
+    pass
 layers = list(decoded.prunable_layers())
 layer = st.selectbox("Layer", layers, key="compare_layer")
 
 st.subheader("Where the bytes went")
-rows = report.file_rows(engine.run_dir(run_id, root=home()))
-run_metrics = next(run["metrics"] for run in runs if run["id"] == run_id)
 left, right = st.columns(2)
 left.plotly_chart(figures.bytes_waterfall(report.bytes_waterfall(rows, run_metrics["before"]["fp32_bytes"],
                                                                  f"run {run_id}", report.params_removed(run_metrics))),
@@ -146,23 +160,41 @@ if own is not None:
 st.caption("From the fp32 model to the compact file, part by part, as the file's own sections count them "
            "(`compression-lab inspect`): green saves bytes, red adds them; the bars add up to the file size exactly. "
            "Right: the layer chosen above.")
-before = original.prunable_layers()[layer].detach().flatten().numpy()
 after = decoded.prunable_layers()[layer].detach().flatten().numpy()
+original_layer = original[0].prunable_layers().get(layer) if original is not None else None
+if original_layer is not None and original_layer.numel() == after.size:
+    before = original_layer.detach().flatten().numpy()
+else:
+    before = after[:0]
+    st.caption(f"The original's weights are drawn when {plain_markdown(run_metrics.get('model') or 'its model')} "
+               "is the active model (Model page): a run folder never names a model to load.")
 st.plotly_chart(figures.weight_histogram(before, after, layer), key="compare_hist")
 
 st.subheader("Downloads")
 root = home()
 chosen_first = [run_id] + [other for other in table["run"] if other != run_id]
+
+
+def report_file() -> str:
+    """The HTML report of the chosen run and the others (a damaged one left out, said so); a detector's boxes side
+    by side only with the active model as the original."""
+    chosen_runs, left_out = load_report_runs([(engine.run_dir(r, root=root), r) for r in chosen_first])
+    return report_html(chosen_runs, generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                       original=original, left_out=left_out)
+
+
 st.download_button(  # built when clicked (a detector's report runs both models on a few validation images)
     f"Download report (HTML, {len(chosen_first)} run(s), this one first)", key="dl_report", mime="text/html",
-    file_name=f"report-{run_id}.html", on_click="ignore",
-    data=lambda: report_html([ReportRun.from_dir(engine.run_dir(r, root=root), r) for r in chosen_first],
-                             generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")))
+    file_name=f"report-{run_id}.html", on_click="ignore", data=report_file)
 cols = st.columns(4)
 cols[0].download_button("Compact file (.clab)", engine.run_file(run_id, "model.clab", root=home()).read_bytes(),
                         f"{run_id}.clab", key="dl_clab")
-cols[1].download_button("Recipe (JSON)", engine.run_file(run_id, "plan.json", root=home()).read_text(),
-                        f"{run_id}-recipe.json", "application/json", key="dl_recipe")
+recipe, recipe_problem = runfolder.read_json(engine.run_file(run_id, "plan.json", root=home()))  # bounded
+if recipe_problem is None:
+    cols[1].download_button("Recipe (JSON)", json.dumps(recipe, indent=2), f"{run_id}-recipe.json",
+                            "application/json", key="dl_recipe")
+else:
+    cols[1].caption(plain_markdown(recipe_problem))
 exports = run_exports(run_id)
 if exports.get("torchscript") is not None:
     cols[2].download_button("TorchScript", exports["torchscript"], f"{run_id}.pt", key="dl_ts")

@@ -9,6 +9,7 @@ from compression.analysis.ga_progress import ga_rows, has_ga
 from compression.errors import CompressionLabError
 from compression.ui.figures import ga_figure
 from compression.ui.navigation import page_setup
+from compression.ui.report import plain_markdown
 from compression.ui.state import home
 
 page_setup()
@@ -42,21 +43,25 @@ def run_list() -> None:
         job = run.get("job", {})
         with st.container(border=True):
             cols = st.columns([3, 2, 4, 1, 1])
-            plan_name = f" · {job.get('plan', {}).get('name', '')}" if run["kind"] == "compress" else ""
-            cols[0].markdown(f"{ICONS.get(run['state'], '')} **{run['id']}**  \n{run['kind']} · "
-                             f"{job.get('model', '')}{plan_name}")
+            # every value here was checked by compression/runfolder.py; text from a folder is shown as plain text
+            plan_name = (f" · {plain_markdown((job.get('plan') or {}).get('name') or '')}"
+                         if run["kind"] == "compress" else "")
+            cols[0].markdown(f"{ICONS.get(run['state'], '')} **{plain_markdown(run['id'])}**  \n"
+                             f"{plain_markdown(run['kind'])} · {plain_markdown(job.get('model') or '')}{plan_name}")
             progress = run.get("progress") or {}
-            fraction = 1.0 if run["state"] == "succeeded" else float(progress.get("progress", 0.0))
-            cols[2].progress(min(1.0, max(0.0, fraction)),
-                             text=f"{run['state']} · {progress.get('stage') or 'starting'} · {elapsed(run)}")
+            fraction = 1.0 if run["state"] == "succeeded" else float(progress.get("progress") or 0.0)
+            stage = plain_markdown(progress.get("stage") or "starting")
+            cols[2].progress(min(1.0, max(0.0, fraction)), text=f"{run['state']} · {stage} · {elapsed(run)}")
             metrics = run.get("metrics") or {}
-            if run["state"] == "succeeded" and "after" in metrics:
+            if run.get("damaged"):  # one folder never hides another: this one is shown as damaged (or gone)
+                cols[1].markdown(f":red[{plain_markdown(run['damaged'][:160])}]")
+            elif run["state"] == "succeeded" and "after" in metrics:
                 score = (f"mAP50 {metrics['after']['accuracy']:.3f}" if metrics.get("task") == "detect"
                          else f"acc {metrics['after']['accuracy']:.2%}")
                 cols[1].markdown(f"{score}  \n"
                                  f"{metrics['after']['compressed_bytes']:,} B · {metrics['compression_ratio']:.1f}x")
             elif run["state"] == "failed":
-                cols[1].markdown(f":red[{(run.get('error') or 'failed')[:120]}]")
+                cols[1].markdown(f":red[{plain_markdown((run.get('error') or 'failed')[:120])}]")
             if run["state"] not in FINAL:
                 if cols[3].button("Cancel", key=f"cancel_{run['id']}"):
                     try:

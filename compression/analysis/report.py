@@ -238,42 +238,76 @@ class DetectionPair:
     counts: dict
 
 
-def detection_grid(run_dir: Path, job: dict, n_images: int = 4, conf: float = 0.25) -> list[DetectionPair]:
-    """The first `n_images` validation images with both detectors' boxes (vanished / appeared marked)."""
+def original_matches(original, metrics: dict) -> bool:
+    """Whether `original` (a model handle the person loaded in this command or session) is the model the run
+    compressed: the same label as metrics.json's model. Only such a model is drawn beside the compressed one;
+    a run folder never names the original to load (its job.json is not trusted to build a model)."""
+    return original is not None and isinstance(metrics.get("model"), str) and original.label == metrics["model"]
+
+
+def detection_grid(run_dir: Path, original, data, n_images: int = 4, conf: float = 0.25) -> list[DetectionPair]:
+    """The first `n_images` validation images of `data` with both detectors' boxes (vanished / appeared marked):
+    `original` is the detector the person loaded (never one rebuilt from the run folder), the compressed one is
+    decoded from the folder's model.clab by our own parser."""
     from PIL import Image
 
     from compression import sources
     from compression.analysis import detections
 
-    handle, data = sources.load({k: job.get(k) for k in ("model", "weights", "data", "input_size", "mean", "std",
-                                                         "trust") if k in job})
-    compressed = sources.load_file(run_dir / "model.clab")
+    compressed = sources.load_file(Path(run_dir) / "model.clab")
     pairs = []
     for path in data.val_images(limit=n_images):
         with Image.open(path) as image:
             image.load()
-            boxes_before, boxes_after, count = detections.side_by_side(handle.model, compressed.model, image,
-                                                                       handle.imgsz, conf)
+            boxes_before, boxes_after, count = detections.side_by_side(original.model, compressed.model, image,
+                                                                       original.imgsz, conf)
             scale = max(1, round(240 / max(image.size)))
-            pairs.append(DetectionPair(Path(path).name, detections.draw(image, boxes_before, handle.names, scale),
+            pairs.append(DetectionPair(Path(path).name, detections.draw(image, boxes_before, original.names, scale),
                                        detections.draw(image, boxes_after, compressed.names, scale), count))
     return pairs
 
 
-def file_rows(run_dir: Path) -> list[dict]:
-    """inspect_bytes of the run's compact file (its per-section byte counts)."""
+MAX_FILE_BYTES = 4 << 30  # a model.clab larger than this is not read for a report (the biggest zoo model's is < 1 GB)
+
+
+def _file_bytes(run_dir: Path) -> bytes:
     path = Path(run_dir) / "model.clab"
-    if not path.is_file():
-        raise CompressionLabError(f"run folder {run_dir} has no model.clab: report finished compression runs only")
-    return inspect_bytes(path.read_bytes())
+    try:
+        if not path.is_file():
+            raise CompressionLabError(f"run folder {Path(run_dir).name} has no model.clab: report finished "
+                                      "compression runs only")
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise CompressionLabError(f"damaged: model.clab: {size:,} bytes, more than the {MAX_FILE_BYTES:,} a "
+                                      "report reads: report another run")
+        return path.read_bytes()
+    except OSError as exc:
+        raise CompressionLabError(f"damaged: model.clab: cannot be read ({exc.strerror}): report another run") \
+            from None
+
+
+def file_rows(run_dir: Path) -> list[dict]:
+    """inspect_bytes of the run's compact file (its per-section byte counts), read by our own parser; a file that
+    does not parse is CompressionLabError ("damaged: model.clab: ...")."""
+    try:
+        return inspect_bytes(_file_bytes(run_dir))
+    except CompressionLabError as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CompressionLabError(text if text.startswith(("damaged:", "run folder")) else
+                                  f"damaged: model.clab: {text}") from None
 
 
 def file_meta(run_dir: Path) -> dict:
-    """The compact file's JSON metadata (its plan, label, data reference)."""
-    return inspect_header((Path(run_dir) / "model.clab").read_bytes())["meta"]
+    """The compact file's JSON metadata (its plan, label, data reference); {} when it holds none."""
+    try:
+        meta = inspect_header(_file_bytes(run_dir))["meta"]
+    except CompressionLabError as exc:
+        raise CompressionLabError(f"damaged: model.clab: {str(exc).splitlines()[0] if str(exc) else exc!r}") \
+            from None
+    return meta if isinstance(meta, dict) else {}
 
 
 def params_removed(metrics: dict) -> int:
     """Parameters the compressed architecture no longer has (channels removed, batch norm folded), from metrics."""
     before, after = metrics["before"].get("params"), metrics["after"].get("params")
-    return max(0, before - after) if before and after else 0
+    return int(max(0, before - after)) if before and after else 0

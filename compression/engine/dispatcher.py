@@ -13,7 +13,6 @@ reaps) re-checks the queue after releasing it and starts a dispatcher if runs wa
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import signal
 import subprocess
@@ -94,10 +93,9 @@ def dead_outcome(store: RunStore, row: dict, code: int | None = None) -> tuple[s
         return "cancelled", "cancelled by the user", None
     record = store.recorded_state(row["id"])
     if record.get("state") == "succeeded":
-        try:
-            metrics = json.loads((store.run_dir(row["id"]) / "metrics.json").read_text())
-        except (OSError, ValueError):
-            metrics = None
+        from compression import runfolder
+
+        metrics, _ = runfolder.load(store.run_dir(row["id"]) / "metrics.json", kind=row["kind"])
         if isinstance(metrics, dict):
             return "succeeded", None, metrics
     elif record.get("state") in ("failed", "cancelled") and record.get("error"):

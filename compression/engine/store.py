@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
+from compression import runfolder
 from compression.errors import CompressionLabError
 from compression.paths import replace_atomically
 
@@ -53,6 +54,8 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_state ON runs(state, created);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+GONE = "gone: its run folder was deleted; nothing of it is left to show (dropped from the list at the next listing)"
+_CHECKED: dict[tuple, str | None] = {}  # (path, size, mtime_ns, kind) -> runfolder's verdict on that run file
 RECOVERED = ("the run index was rebuilt from the run folders and this run's outcome was not recorded there; "
              "the log is kept; re-run it")
 DISK_FULL_MARKERS = ("No space left on device", "database or disk is full", "[Errno 28]", "Disk quota exceeded",
@@ -375,30 +378,28 @@ class RunStore:
     def folder_row(self, run_id: str) -> dict | None:
         """A row rebuilt from the run folder's files (None for a folder still being created by `insert`)."""
         folder = self.run_dir(run_id)
-
-        def read_json(name: str):
-            try:
-                return json.loads((folder / name).read_text(errors="replace"))
-            except (OSError, ValueError):
-                return None
-
         try:
             age = time.time() - folder.stat().st_mtime
         except OSError:
             return None
-        job = read_json("job.json")
-        record = read_json("state.json")
-        record = record if isinstance(record, dict) else {}
+        raw_job, damaged = runfolder.read_json(folder / "job.json")
+        job = None
+        if damaged is None:
+            job, damaged = runfolder.check_job(raw_job)  # never with `trust`: it is never read from a file
+        record, _ = runfolder.load(folder / "state.json")
+        record = record or {}
         if record.get("state") in (None, "queued") and age < 2 * busy_timeout() + 10:
             # a submit may still be adding its row, or about to remove the folder because it could not (a locked
             # index): importing it now could leave a row whose folder is gone. Its row appears, or it goes, by then.
             return None
-        if not isinstance(job, dict):
-            job = {}
+        kind = raw_job.get("kind") if isinstance(raw_job, dict) and raw_job.get("kind") in runfolder.JOB_KINDS \
+            else None
+        job = job or ({"kind": kind} if kind else {})
         events = self.events(run_id)
-        metrics = read_json("metrics.json")
-        has_results = isinstance(metrics, dict) and any((folder / name).is_file() for name in ("model.clab",
-                                                                                              "sensitivity.json"))
+        metrics, metrics_damaged = (runfolder.load(folder / "metrics.json", kind=kind)
+                                    if (folder / "metrics.json").is_file() else (None, None))
+        has_results = (isinstance(metrics, dict) or metrics_damaged is not None) \
+            and any((folder / name).is_file() for name in ("model.clab", "sensitivity.json"))
         state, error = record.get("state"), record.get("error")
         if state not in STATES:
             started = events or (folder / "log.txt").is_file() and (folder / "log.txt").stat().st_size > 0
@@ -406,8 +407,12 @@ class RunStore:
                             else ("queued", None))
         if state == "succeeded" and not has_results:
             state, error = "failed", "the run's result files are missing from its folder; re-run it"
-        if not job.get("kind"):
+        if damaged is not None and damaged.endswith(": missing"):
             state, error = "failed", "the run folder has no readable job.json (interrupted while it was created)"
+        elif damaged is not None:  # shown as damaged, never run: its job cannot be read as the engine wrote it
+            state, error = ("failed" if state in ("queued", "running") else state), str(damaged)
+        elif state == "succeeded" and metrics_damaged is not None:
+            error = str(metrics_damaged)
         created = record.get("created")
         if not isinstance(created, int | float):
             try:
@@ -518,10 +523,86 @@ class RunStore:
                 if found is None and self.run_dir(run_id).is_dir():
                     self._import_folders({run_id})
                     found = self._transaction(lambda db: db.execute(query, (run_id,)).fetchone())
-                return self._as_dict(found) if found else None
+                return self._settle([self._as_dict(found)], drop=False)[0] if found else None
             except StoreError:
                 pass  # a full disk, a locked or unreadable index: read what can be read without writing
-        return next((r for r in self._unwritten_rows() if r["id"] == run_id), None)
+        found = next((r for r in self._unwritten_rows() if r["id"] == run_id), None)
+        return self._settle([found], drop=False)[0] if found else None
+
+    def _file_problem(self, path: Path, kind: str | None = None) -> str | None:
+        """runfolder's verdict on one run file (None: sound), read again only when its size or time changed."""
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return runfolder.Damaged(f"damaged: {path.name}: missing")
+        except OSError as exc:
+            return runfolder.Damaged(f"damaged: {path.name}: cannot be read ({exc.strerror})")
+        key = (str(path), info.st_size, info.st_mtime_ns, kind)
+        if key not in _CHECKED:
+            if len(_CHECKED) > 4096:
+                _CHECKED.clear()
+            _CHECKED[key] = runfolder.load(path, kind=kind)[1]
+        return _CHECKED[key]
+
+    def _damage(self, row: dict) -> dict:
+        """Mark `row` damaged ("damaged": "damaged: <file>: <why>") when its folder's job.json, or a finished run's
+        metrics.json or result file, no longer reads as the engine wrote it, or the index holds a malformed job or
+        metrics; a damaged run's metrics are dropped, so nothing plots or reuses them."""
+        folder = self.run_dir(row["id"])
+        kind = row["kind"] if row["kind"] in runfolder.JOB_KINDS else None
+        problem = None
+        if not isinstance(row.get("job"), dict) or runfolder.check_job(row["job"])[1] is not None:
+            problem = (runfolder.check_job(row.get("job"))[1] if isinstance(row.get("job"), dict)
+                       else runfolder.Damaged("damaged: the index's job is not an object"))
+            row["job"] = {"kind": kind} if kind else {}
+        problem = problem or self._file_problem(folder / "job.json")
+        if row.get("progress") is not None and runfolder.check_event(row["progress"])[1] is not None:
+            row["progress"] = None  # advisory: a malformed last event is dropped, not shown
+        if row["state"] == "succeeded" and kind in ("compress", "sensitivity"):
+            result = "model.clab" if kind == "compress" else "sensitivity.json"
+            found = (self._file_problem(folder / "metrics.json", kind)
+                     or (row.get("metrics") is not None and runfolder.check_metrics(row["metrics"], kind)[1])
+                     or (None if (folder / result).is_file() else runfolder.Damaged(f"damaged: {result}: missing")))
+            if found:
+                problem = problem or found
+                row["metrics"] = None
+        if problem:
+            row["damaged"] = str(problem)
+        return row
+
+    def _settle(self, rows: list[dict], drop: bool = True) -> list[dict]:
+        """The rows as they are shown: each checked (_damage), and a row whose folder is gone marked failed with
+        GONE (a running one also asked to cancel, so its worker stops); a row already marked so is dropped from the
+        index (`drop`, a listing). One folder never hides another: every check is per row and never raises."""
+        now, out, marks, drops = time.time(), [], [], []
+        for row in rows:
+            if self.run_dir(row["id"]).is_dir():
+                out.append(self._damage(row))
+                continue
+            if row.get("error") == GONE and row["state"] in FINAL_STATES:
+                if drop:
+                    drops.append(row["id"])
+                    continue
+            else:
+                marks.append(row["id"])
+                row.update(state="failed", error=GONE, finished=row.get("finished") or now,
+                           cancel=row.get("cancel") or (now if row["state"] == "running" else None))
+            row["damaged"] = GONE
+            out.append(row)
+        if (marks or drops) and not self.read_only:
+            def body(db):
+                for run_id in marks:
+                    db.execute("UPDATE runs SET state = 'failed', error = ?, finished = COALESCE(finished, ?), "
+                               "cancel = CASE WHEN state = 'running' THEN COALESCE(cancel, ?) ELSE cancel END "
+                               "WHERE id = ?", (GONE, now, now, run_id))
+                for run_id in drops:
+                    db.execute("DELETE FROM runs WHERE id = ? AND error = ?", (run_id, GONE))
+
+            try:
+                self._transaction(body, write=True)
+            except StoreError:  # a full or locked index: shown as gone all the same, recorded by a later listing
+                pass
+        return out
 
     def _unwritten_rows(self) -> list[dict]:
         """Every run from the index (read-only) and the folders it lacks, without writing anything."""
@@ -536,10 +617,11 @@ class RunStore:
         a full disk or an unreadable index are listed from what can be read, without writing."""
         if not self.read_only:
             try:
-                return self._indexed_rows(kind, states)
+                rows = self._settle(self._indexed_rows(kind, states))
+                return [r for r in rows if not states or r["state"] in states]
             except StoreError:
                 pass
-        out = [r for r in self._unwritten_rows()
+        out = [r for r in self._settle(self._unwritten_rows(), drop=False)
                if (not kind or r["kind"] == kind) and (not states or r["state"] in states)]
         return sorted(out, key=lambda r: (r["created"], r["id"]), reverse=True)
 
@@ -628,11 +710,8 @@ class RunStore:
 
     def recorded_state(self, run_id: str) -> dict:
         """The folder's state.json ({} when missing or unreadable)."""
-        try:
-            record = json.loads((self.run_dir(run_id) / "state.json").read_text())
-        except (OSError, ValueError):
-            return {}
-        return record if isinstance(record, dict) else {}
+        record, _ = runfolder.load(self.run_dir(run_id) / "state.json")
+        return {key: value for key, value in record.items() if value is not None} if record else {}
 
     def refresh_records(self, rows: list[dict], within: float = 3600.0) -> None:
         """Rewrite the state.json of runs that ended in the last `within` seconds when it lags behind the index
@@ -694,20 +773,9 @@ class RunStore:
             pass
 
     def events(self, run_id: str) -> list[dict]:
-        path = self.run_dir(run_id) / "events.jsonl"
-        try:
-            text = path.read_text(errors="replace")
-        except OSError:
-            return []
-        out = []
-        for line in text.splitlines():
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill: skip it
-                continue
-            if isinstance(event, dict):
-                out.append(event)
-        return out
+        """The run's progress events, checked (runfolder.read_events: its tail; a cut, malformed or wrong line is
+        skipped)."""
+        return runfolder.read_events(self.run_dir(run_id) / "events.jsonl")
 
     def log_tail(self, run_id: str, n: int = 50) -> str:
         path = self.run_dir(run_id) / "log.txt"

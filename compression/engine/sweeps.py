@@ -26,6 +26,7 @@ import secrets
 import time
 from pathlib import Path
 
+from compression import runfolder
 from compression.engine.jobs import SWEEP_ID, validate
 from compression.engine.store import FINAL_STATES, RunStore, write_atomic
 from compression.errors import CompressionLabError
@@ -75,7 +76,7 @@ def finished_by_key(rows: list[dict], kind: str) -> dict[str, str]:
     """Content key -> id of the newest `succeeded` run of `kind` with that key, from list_runs()'s rows."""
     done: dict[str, str] = {}
     for row in reversed(rows):  # rows come newest first: the latest succeeded run with the same key wins
-        if row["state"] == "succeeded" and row["kind"] == kind:
+        if row["state"] == "succeeded" and row["kind"] == kind and not row.get("damaged"):  # damaged: never reused
             done[content_key(row["job"])] = row["id"]
     return done
 
@@ -88,7 +89,8 @@ def submit_or_reuse(job: dict, root: str | Path | None = None) -> tuple[str, boo
 
     checked = validate(absolute_paths({k: v for k, v in job.items() if k != "sweep"}))
     key = content_key(checked)
-    rows = [row for row in list_runs(root=root, kind=checked["kind"]) if content_key(row["job"]) == key]
+    rows = [row for row in list_runs(root=root, kind=checked["kind"])
+            if not row.get("damaged") and content_key(row["job"]) == key]
     for wanted in (("succeeded",), ("running", "queued")):  # a finished run first, then one on its way
         found = next((row for row in rows if row["state"] in wanted), None)
         if found is not None:
@@ -179,9 +181,8 @@ def _records(store: RunStore, rows: list[dict]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     folder = _folder(store)
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
+        record, problem = runfolder.read_json(path)  # bounded: a sweep file may have been received too
+        if problem is not None:
             continue
         if isinstance(record, dict) and record.get("id") == path.stem and isinstance(record.get("members"), list):
             out[path.stem] = record

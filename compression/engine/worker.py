@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 
-from compression.engine.store import EXIT_DISK_FULL, RunStore, StoreError, low_space, problem, write_atomic
+from compression.engine.store import EXIT_DISK_FULL, GONE, RunStore, StoreError, low_space, problem, write_atomic
 
 EVENT_INTERVAL = 0.2  # seconds between written progress events: at most ~5 a second
 CANCEL_POLL = 0.5  # seconds between reads of the cancel flag
@@ -185,6 +185,9 @@ def main(root: str, run_id: str) -> int:
             store.discard_results(run_id)  # frees the space a half-written result took, before recording
             _end(store, run_id, progress, "failed", DISK_FULL)
             return EXIT_DISK_FULL
+        if not run_dir.is_dir():  # its folder was deleted under it: say so, not the FileNotFoundError that followed
+            _end(store, run_id, progress, "failed", GONE)
+            return 1
         if isinstance(exc, CompressionLabError):  # a user-facing message: show it as it is
             message = str(exc)
         else:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from compression import runfolder
 from compression.analysis import report
 from compression.analysis.pareto import runs_table
 from compression.errors import CompressionLabError
@@ -42,44 +43,105 @@ pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.8em}
 """
 
 
+def json_for_html(value) -> str:
+    """JSON that is safe inside HTML (a <script> block or an attribute): <, >, & and the line separators U+2028 and
+    U+2029 as \\u escapes, so no string in it can close the element or start markup. JSON.parse reads it back as
+    the same value."""
+    text = json.dumps(value, allow_nan=False)
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
+                         ("\u2029", "\\u2029")):
+        text = text.replace(char, escape)
+    return text
+
+
+def plain_markdown(text: str) -> str:
+    """Text read from a run folder, shown by Streamlit's markdown (st.error, st.warning, st.markdown) as the same
+    characters: markdown's special characters backslash-escaped (no link, image, HTML or emphasis can be made by a
+    file; - . : stay as they are, harmless inside a line), control characters replaced."""
+    text = "".join(ch if ch.isprintable() else " " for ch in str(text))
+    return "".join("\\" + ch if ch in "\\`*_{}[]()<>#!|~$" else ch for ch in text)
+
+
+class DamagedRun(CompressionLabError):
+    """A run folder whose metrics.json, state.json or model.clab cannot be read as the engine wrote them."""
+
+
 @dataclass
 class ReportRun:
-    """What the report reads of one finished compression run (its folder's files)."""
+    """What the report reads of one finished compression run: its metrics.json and plan (checked by
+    compression/runfolder.py) and its compact file, decoded by our own parser. Nothing in the folder names a model
+    to build: job.json is read (checked, without `trust`) only for the plan page's prediction at launch."""
 
     id: str
     dir: Path
     metrics: dict
-    plan: dict
-    job: dict | None  # the engine's job (model source); None for a folder `compression-lab run --out` wrote
+    plan: dict | str
+    job: dict | None  # the checked job (never used to build a model); None for a `compression-lab run --out` folder
     finished: float | None
 
     @classmethod
     def from_dir(cls, run_dir: Path, run_id: str | None = None) -> ReportRun:
         """A run folder (the engine's runs/<id>/ or a `compression-lab run --out` folder) that finished; else
-        CompressionLabError naming what is missing."""
+        CompressionLabError (DamagedRun for a damaged file) naming what is missing or damaged, in one line."""
         run_dir = Path(run_dir)
         name = run_id or run_dir.name
-        state_file = run_dir / "state.json"
-        state = json.loads(state_file.read_text()) if state_file.is_file() else {"state": "succeeded"}
+        if (run_dir / "state.json").is_file():
+            state, problem = runfolder.load(run_dir / "state.json")
+            if problem:
+                raise DamagedRun(f"run {name} cannot be reported: {problem}")
+        else:
+            state = {"state": "succeeded"}
         if state.get("state") != "succeeded":
-            reason = f" ({state['error']})" if state.get("error") else ""
+            reason = f" ({str(state['error']).splitlines()[0][:200]})" if state.get("error") else ""
             raise CompressionLabError(f"run {name} is {state.get('state')}{reason}: a report needs finished runs; "
                                       "list them with `compression-lab runs`")
         metrics_file = run_dir / "metrics.json"
         if not metrics_file.is_file() or not (run_dir / "model.clab").is_file():
             raise CompressionLabError(f"{run_dir} holds no metrics.json and model.clab: give a finished compression "
                                       "run's id or folder")
-        metrics = json.loads(metrics_file.read_text())
-        if "after" not in metrics:
+        raw, problem = runfolder.read_json(metrics_file)
+        if problem is None and not (isinstance(raw, dict) and "after" in raw):
             raise CompressionLabError(f"run {name} is not a compression run (its metrics have no 'after')")
-        plan_file, job_file = run_dir / "plan.json", run_dir / "job.json"
-        # a `compression-lab run --out` folder has neither: the plan is in the compact file's metadata, and the
-        # original model's source (for a detector's side-by-side boxes) is not recorded
-        plan = (json.loads(plan_file.read_text()) if plan_file.is_file()
-                else report.file_meta(run_dir).get("plan") or {})
-        job = json.loads(job_file.read_text()) if job_file.is_file() else None
-        finished = state.get("finished") or metrics_file.stat().st_mtime
+        metrics, problem = (None, problem) if problem else runfolder.check_metrics(raw, "compress")
+        if problem:
+            raise DamagedRun(f"run {name} cannot be reported: {problem}")
+        job = None
+        if (run_dir / "job.json").is_file():
+            job, problem = runfolder.load(run_dir / "job.json")  # for `predicted` only; a damaged one is left out
+            job = job if problem is None else {}
+        plan = None
+        if (run_dir / "plan.json").is_file():
+            plan, problem = runfolder.read_json(run_dir / "plan.json")
+            plan = plan if problem is None and isinstance(plan, dict) else None
+        if plan is None:  # a `compression-lab run --out` folder: the plan is in the compact file's metadata
+            try:
+                plan = report.file_meta(run_dir).get("plan") or {}
+            except CompressionLabError as exc:
+                raise DamagedRun(f"run {name} cannot be reported: {exc}") from None
+        if not isinstance(plan, dict | str):
+            plan = {}
+        finished = state.get("finished")
+        if finished is None:
+            try:
+                finished = metrics_file.stat().st_mtime
+            except OSError:
+                finished = None
         return cls(name, run_dir, metrics, plan, job, finished)
+
+
+def load_report_runs(folders: list[tuple[Path, str | None]]) -> tuple[list[ReportRun], list[str]]:
+    """ReportRun.from_dir of each (folder, run id), the first (the chosen run) required; a later damaged one is
+    left out and named in the second list (report_html's left_out). Headless: what the Compare page's download
+    and `compression-lab report` read of run folders."""
+    runs, left_out = [], []
+    for folder, run_id in folders:
+        try:
+            runs.append(ReportRun.from_dir(folder, run_id))
+        except DamagedRun as exc:
+            if not runs:
+                raise
+            left_out.append(str(exc))
+    return runs, left_out
 
 
 def _png_uri(image) -> str:
@@ -116,12 +178,16 @@ def _waterfall_block(draw: _Figures, waterfall: report.Waterfall) -> str:
               f"<tr><th>compact file</th><th>{waterfall.end:,}</th></tr></table>")
 
 
-def _detections_block(run: ReportRun) -> str:
-    if run.job is None:
-        return ("<h2>Detections on validation images</h2><p class='small' id='no-detections'>This run folder does "
-                "not record the original detector's source (only engine runs keep job.json): report the run by its "
-                "id to see both models' boxes side by side.</p>")
-    pairs = report.detection_grid(run.dir, run.job, N_DETECTION_IMAGES)
+def _detections_block(run: ReportRun, original=None) -> str:
+    """Both detectors' boxes on a few validation images, when the person gave the original detector (and its data)
+    in this command or session; a run folder never names a model to load."""
+    if original is None or not report.original_matches(original[0], run.metrics):
+        model = html.escape(str(run.metrics.get("model") or "the original detector"))
+        return ("<h2>Detections on validation images</h2><p class='small' id='no-detections'>The original detector "
+                f"was not given, so only the numbers are shown: to draw both models' boxes side by side, give it "
+                f"(<code>compression-lab report RUN --model {model} --data DATA</code>, or make it the active model "
+                "on the Model page). A report never loads a model named by the run folder.</p>")
+    pairs = report.detection_grid(run.dir, original[0], original[1], N_DETECTION_IMAGES)
     cells = []
     for pair in pairs:
         c = pair.counts
@@ -141,14 +207,18 @@ def _plan_text(plan) -> str:
     return plan if isinstance(plan, str) else json.dumps(plan, indent=2)
 
 
-def report_html(runs: list[ReportRun], generated: str = "") -> str:
-    """The whole report for `runs` (the first one is the chosen run: its headline, bytes and table)."""
+def report_html(runs: list[ReportRun], generated: str = "", original=None, left_out: list[str] | None = None) -> str:
+    """The whole report for `runs` (the first one is the chosen run: its headline, bytes and table).
+
+    original: (handle, data) of the original model the person gave in this command or session, for a detector's
+    side-by-side boxes (drawn only when its label is the run's model); never built from a run folder.
+    left_out: one line per run left out of the report (damaged), shown under the headline."""
     if not runs:
         raise CompressionLabError("no runs to report on: give at least one finished run id or folder")
     draw = _Figures()
     chosen = runs[0]
     m = chosen.metrics
-    parts = [f"<h1>Compression report: {html.escape(m.get('model', chosen.id))}, run {html.escape(chosen.id)}</h1>",
+    parts = [f"<h1>Compression report: {html.escape(m.get('model') or chosen.id)}, run {html.escape(chosen.id)}</h1>",
              f"<p class='headline' id='headline'>{html.escape(report.headline(m))}</p>",
              f"<p class='small' id='provenance'>{html.escape(report.provenance(m, chosen.finished))}"
              f"{' Report written ' + html.escape(generated) + '.' if generated else ''}</p>"]
@@ -158,7 +228,10 @@ def report_html(runs: list[ReportRun], generated: str = "") -> str:
                "sparse_flops_before": m["before"].get("sparse_flops"),
                "sparse_flops_after": m["after"].get("sparse_flops"),
                "latency_ms_before": m["before"].get("latency_ms"), "latency_ms_after": m["after"].get("latency_ms")}
-    parts.append(f"<script type='application/json' id='numbers'>{json.dumps(numbers)}</script>")
+    parts.append(f"<script type='application/json' id='numbers'>{json_for_html(numbers)}</script>")
+    if left_out:
+        parts.append("<p class='small' id='left-out'>Left out of this report: "
+                     + "; ".join(html.escape(line) for line in left_out) + "</p>")
     table = runs_table([{"id": r.id, "state": "succeeded", "metrics": r.metrics, "job": r.job or {}} for r in runs])
     parts.append("<h2>Accuracy against cost</h2><p class='small'>Every run given; the chosen run ringed; dimmed "
                  "points are dominated by a run both smaller (cheaper) and at least as accurate.</p>")
@@ -175,7 +248,13 @@ def report_html(runs: list[ReportRun], generated: str = "") -> str:
                  "inspect`): green bars are bytes saved, red bars bytes the compact file adds; they add up to the "
                  "file size exactly.</p>")
     for run in runs:
-        rows = report.file_rows(run.dir)
+        try:
+            rows = report.file_rows(run.dir)
+        except CompressionLabError as exc:  # the chosen run damaged: one line; another: noted where its bars were
+            if run is chosen:
+                raise
+            parts.append(f"<p class='small damaged'>run {html.escape(run.id)}: {html.escape(str(exc))}</p>")
+            continue
         whole = report.bytes_waterfall(rows, run.metrics["before"]["fp32_bytes"], f"run {run.id}",
                                        report.params_removed(run.metrics))
         parts.append(_waterfall_block(draw, whole))
@@ -186,7 +265,7 @@ def report_html(runs: list[ReportRun], generated: str = "") -> str:
             parts.append("<h2>Per-layer table</h2>" + _table(report.layer_table(rows), "layers"))
     parts.append(f"<h2>The plan (recipe)</h2><pre id='recipe'>{html.escape(_plan_text(chosen.plan))}</pre>")
     if m.get("task") == "detect":
-        parts.append(_detections_block(chosen))
+        parts.append(_detections_block(chosen, original))
     title = html.escape(f"Compression report {chosen.id}")
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")

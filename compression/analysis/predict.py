@@ -82,13 +82,18 @@ def raw_drop(report: dict, settings: dict, quantizers: dict | None = None) -> tu
 def history_from_runs(runs: list[dict], model: str | None = None) -> list[tuple[float, float]]:
     """(raw drop, measured drop) pairs in points from finished runs whose job carried a prediction (of
     `model` when given); the measured drop is the run's own before/after on the same split."""
+    from compression import runfolder
+
     pairs = []
     for run in runs:
-        predicted = (run.get("job") or {}).get("predicted") or {}
-        metrics = run.get("metrics") or {}
-        if run.get("state") != "succeeded" or "raw_drop" not in predicted or "after" not in metrics:
+        if run.get("state") != "succeeded" or run.get("damaged"):
             continue
-        if model is not None and (run.get("job") or {}).get("model") != model:
+        job, _ = runfolder.check_job(run.get("job") or {})  # the rows' job and metrics, checked once more here
+        metrics, _ = runfolder.check_metrics(run.get("metrics"), "compress")
+        predicted = (job or {}).get("predicted") or {}
+        if metrics is None or "raw_drop" not in predicted:
+            continue
+        if model is not None and job.get("model") != model:
             continue
         measured = 100 * (metrics["before"]["accuracy"] - metrics["after"]["accuracy"])
         pairs.append((100 * float(predicted["raw_drop"]), measured))

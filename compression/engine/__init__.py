@@ -241,7 +241,12 @@ def cached_sensitivity(job: dict, root: str | Path | None = None) -> dict | None
     from compression.engine.jobs import sensitivity_cache_path
 
     path = sensitivity_cache_path(absolute_paths(job), _store(root).root)  # the key submit() will use
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    from compression import runfolder
+
+    report, problem = runfolder.read_json(path)  # bounded in size and depth, like every JSON the store reads
+    return report if problem is None and isinstance(report, dict) else None
 
 
 def wait(run_id: str, timeout: float = 600.0, root: str | Path | None = None, poll: float = 0.5) -> dict:

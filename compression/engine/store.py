@@ -523,11 +523,11 @@ class RunStore:
                 if found is None and self.run_dir(run_id).is_dir():
                     self._import_folders({run_id})
                     found = self._transaction(lambda db: db.execute(query, (run_id,)).fetchone())
-                return self._settle([self._as_dict(found)], drop=False)[0] if found else None
+                return self._settle([self._as_dict(found)])[0] if found else None
             except StoreError:
                 pass  # a full disk, a locked or unreadable index: read what can be read without writing
         found = next((r for r in self._unwritten_rows() if r["id"] == run_id), None)
-        return self._settle([found], drop=False)[0] if found else None
+        return self._settle([found])[0] if found else None
 
     def _file_problem(self, path: Path, kind: str | None = None) -> str | None:
         """runfolder's verdict on one run file (None: sound), read again only when its size or time changed."""
@@ -550,12 +550,11 @@ class RunStore:
         metrics; a damaged run's metrics are dropped, so nothing plots or reuses them."""
         folder = self.run_dir(row["id"])
         kind = row["kind"] if row["kind"] in runfolder.JOB_KINDS else None
-        problem = None
+        problem = self._file_problem(folder / "job.json")  # the folder's own file first: what the user can fix
         if not isinstance(row.get("job"), dict) or runfolder.check_job(row["job"])[1] is not None:
-            problem = (runfolder.check_job(row.get("job"))[1] if isinstance(row.get("job"), dict)
-                       else runfolder.Damaged("damaged: the index's job is not an object"))
+            problem = problem or (runfolder.check_job(row.get("job"))[1] if isinstance(row.get("job"), dict)
+                                  else runfolder.Damaged("damaged: the index's job is not an object"))
             row["job"] = {"kind": kind} if kind else {}
-        problem = problem or self._file_problem(folder / "job.json")
         if row.get("progress") is not None and runfolder.check_event(row["progress"])[1] is not None:
             row["progress"] = None  # advisory: a malformed last event is dropped, not shown
         if row["state"] == "succeeded" and kind in ("compress", "sensitivity"):
@@ -568,23 +567,27 @@ class RunStore:
                 row["metrics"] = None
         if problem:
             row["damaged"] = str(problem)
+            row["metrics"] = None  # nothing plots, reports or reuses a damaged run's numbers
         return row
 
-    def _settle(self, rows: list[dict], drop: bool = True) -> list[dict]:
-        """The rows as they are shown: each checked (_damage), and a row whose folder is gone marked failed with
-        GONE (a running one also asked to cancel, so its worker stops); a row already marked so is dropped from the
-        index (`drop`, a listing). One folder never hides another: every check is per row and never raises."""
+    def _settle(self, rows: list[dict], listing: bool = False) -> list[dict]:
+        """The rows as they are shown: each checked (_damage), and a row whose folder is gone shown failed with GONE
+        (a running one also asked to cancel, so its worker stops). A full listing (`listing`, what `runs` and the
+        Runs page show) records that mark in the index and drops a row it had already marked, so a gone run is
+        shown once, then dropped; a single lookup or the dispatcher's filtered one only shows it. One folder never
+        hides another: every check is per row and never raises."""
         now, out, marks, drops = time.time(), [], [], []
         for row in rows:
             if self.run_dir(row["id"]).is_dir():
                 out.append(self._damage(row))
                 continue
             if row.get("error") == GONE and row["state"] in FINAL_STATES:
-                if drop:
+                if listing:
                     drops.append(row["id"])
                     continue
             else:
-                marks.append(row["id"])
+                if listing:
+                    marks.append(row["id"])
                 row.update(state="failed", error=GONE, finished=row.get("finished") or now,
                            cancel=row.get("cancel") or (now if row["state"] == "running" else None))
             row["damaged"] = GONE
@@ -617,11 +620,11 @@ class RunStore:
         a full disk or an unreadable index are listed from what can be read, without writing."""
         if not self.read_only:
             try:
-                rows = self._settle(self._indexed_rows(kind, states))
+                rows = self._settle(self._indexed_rows(kind, states), listing=states is None)
                 return [r for r in rows if not states or r["state"] in states]
             except StoreError:
                 pass
-        out = [r for r in self._settle(self._unwritten_rows(), drop=False)
+        out = [r for r in self._settle(self._unwritten_rows())
                if (not kind or r["kind"] == kind) and (not states or r["state"] in states)]
         return sorted(out, key=lambda r: (r["created"], r["id"]), reverse=True)
 

@@ -8,12 +8,11 @@ Only how far this session has got lives in st.session_state; the runs live in th
 
 from __future__ import annotations
 
-import json
 import time
 
 import streamlit as st
 
-from compression import engine
+from compression import engine, runfolder
 from compression.analysis import lesson, report
 from compression.errors import CompressionLabError
 from compression.ui.state import decoded_run, home, load_active
@@ -75,20 +74,27 @@ def watch(run_id: str, title: str) -> None:
         st.rerun()
     progress = row.get("progress") or {}
     started = row.get("started") or row.get("created") or time.time()
-    fraction = min(1.0, max(0.0, float(progress.get("progress", 0.0))))
+    fraction = min(1.0, max(0.0, float(progress.get("progress") or 0.0)))
     stage = progress.get("stage") or ("waiting for the engine" if row["state"] == "queued" else "starting")
     st.progress(fraction, text=f"{title}: run {run_id} {row['state']} · {stage} · {time.time() - started:.0f} s")
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def run_metrics(root: str, run_id: str) -> dict:
-    """A finished run's metrics.json (written whole, never changed afterwards)."""
-    return json.loads(engine.run_file(run_id, "metrics.json", root=root).read_text())
+    """A finished run's metrics.json (written whole, never changed afterwards), checked (compression/runfolder.py):
+    a damaged one is CompressionLabError."""
+    metrics, problem = runfolder.load(engine.run_file(run_id, "metrics.json", root=root), kind="compress")
+    if problem:
+        raise CompressionLabError(f"run {run_id} cannot be shown: {problem}")
+    return metrics
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def run_plan(root: str, run_id: str) -> dict:
-    return json.loads(engine.run_file(run_id, "plan.json", root=root).read_text())
+    plan, problem = runfolder.read_json(engine.run_file(run_id, "plan.json", root=root))
+    if problem or not isinstance(plan, dict):
+        raise CompressionLabError(f"run {run_id} cannot be shown: {problem or 'damaged: plan.json: not an object'}")
+    return plan
 
 
 @st.cache_data(max_entries=1, show_spinner=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from compression import engine, paths, sources
+from compression import engine, paths, runfolder, sources
 from compression.data import DataBundle
 from compression.errors import CompressionLabError
 from compression.models.handle import ModelHandle
@@ -309,7 +309,9 @@ def latest_sensitivity(spec: dict, any_state: bool = False):
             except CompressionLabError:  # listed from the index but its folder is gone
                 continue
             if path.is_file():
-                return json.loads(path.read_text())
+                report, problem = runfolder.read_json(path)  # bounded in size and depth; damaged: look further
+                if problem is None and isinstance(report, dict):
+                    return report
     return None
 
 

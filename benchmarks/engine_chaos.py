@@ -12,13 +12,21 @@ timeout, when the budget allows). One more run has its folder on a 3 MB tmpfs mo
 with CAP_SYS_ADMIN; otherwise this fault is skipped and the JSON says why), filled up while it runs: it must
 end `failed` saying "disk full". Last, a second data folder on a 24 MB tmpfs (index included) is filled while
 a run works: the run must end saying disk full, listing must work while full, a submit must be refused in one
-line (the JSON's home_disk_full). No server is started (nothing listens on any port).
+line (the JSON's home_disk_full). Two more faults treat run folders as a user (or a received copy) might: a
+damaged folder (a finished run's metrics.json or job.json overwritten with garbage: wrong types, random bytes, a
+cut file) must be listed as damaged ("damaged: <file>: <why>") with its numbers dropped, and a deleted folder
+(rm -r of a running run's folder, or of a finished one's) must be listed as gone once (failed, never a ghost
+`running` row or a raw FileNotFoundError), then dropped; neither may hide or lose any other run. No server is
+started (nothing listens on any port).
 
 Then it waits for every run to end and checks:
   lost              a submitted run missing from the listing or its folder, or a succeeded run whose
                     model.clab does not decode (compression.models.compact.load_compressed, as `eval` does)
                     or whose size differs from its metrics
   stuck             a run left `running` with no live worker (or `queued` with no dispatcher) after a listing
+  damaged_hidden    a damaged run not listed, or listed without its "damaged: ..." mark (or with its numbers)
+  deleted_shown_wrong  a listing after a folder was deleted that still shows that run not marked gone, or a
+                    final listing that still holds it; the JSON's folder_faults counts both faults
   store_consistent  index rows == run folders, state.json == the row, succeeded runs have their results and
                     others none, PRAGMA integrity_check ok, no traceback in any client or the dispatcher log
 The last line printed is one JSON object.
@@ -56,6 +64,79 @@ JOB = {"kind": "compress", "model": "demo:lenet300", "data": "digits", "plan": P
 DISK_JOB = {**JOB, "plan": {**PLAN, "steps": [{**PLAN["steps"][0], "finetune_epochs": 4}, PLAN["steps"][1]]}}
 DRAIN = 240.0  # seconds, at most, to let every run end after the faults stop
 LONG_LOCK = 33.0  # seconds: a little past the engine's 30 s busy timeout
+
+
+# --- the run-folder faults: a damaged folder, a deleted folder ------------------------------------------------
+
+GARBAGE = (
+    ("metrics.json", lambda text: text.replace('"accuracy": ', '"accuracy": "oops", "was": ', 1)),
+    ("job.json", lambda text: json.dumps({**json.loads(text), "model": 5})),
+    ("metrics.json", lambda text: text[: len(text) // 3]),  # cut short
+    ("job.json", lambda text: os.urandom(200).decode("latin-1")),
+)
+
+
+class FolderFaults:
+    """Damage a finished run's folder, or delete a run's folder (running, else finished); check what listings say."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.damaged: dict[str, str] = {}  # run id -> the file overwritten
+        self.deleted: dict[str, str] = {}  # run id -> the state it was in when deleted
+        self.shown_wrong: list[str] = []
+
+    def damage(self, rng: random.Random, avoid: set[str]) -> bool:
+        done = [r for r in RunStore(self.home).rows(states=("succeeded",))
+                if r["id"] not in self.damaged and r["id"] not in avoid]
+        if not done:
+            return False
+        run_id = rng.choice(done)["id"]
+        name, change = GARBAGE[len(self.damaged) % len(GARBAGE)]
+        path = self.home / "runs" / run_id / name
+        path.write_bytes(change(path.read_text()).encode("utf-8", "surrogateescape"))
+        self.damaged[run_id] = name
+        return True
+
+    def delete(self, rng: random.Random, avoid: set[str]) -> bool:
+        store = RunStore(self.home)
+        running = [r for r in store.rows(states=("running",)) if r["id"] not in avoid]
+        finished = [r for r in store.rows(states=("succeeded",)) if r["id"] not in avoid | set(self.damaged)]
+        pool = running if running and (len(self.deleted) % 2 == 0 or not finished) else finished
+        if not pool:
+            return False
+        row = rng.choice(pool)
+        folder = self.home / "runs" / row["id"]
+        for _ in range(5):  # a worker may add a file while rm -r walks the folder: remove until it is gone
+            shutil.rmtree(folder, ignore_errors=True)
+            if not folder.exists():
+                break
+            time.sleep(0.1)
+        self.deleted[row["id"]] = row["state"]
+        self.look()
+        return True
+
+    def look(self, final: bool = False) -> None:
+        """A listing (what `runs` or the Runs page shows): a deleted run is marked gone, or already dropped."""
+        from compression.engine.store import GONE
+
+        rows = {row["id"]: row for row in engine.list_runs(root=self.home)}
+        for run_id in self.deleted:
+            row = rows.get(run_id)
+            if row is not None and (final or row.get("damaged") != GONE or row["state"] != "failed"
+                                    or "FileNotFoundError" in (row.get("error") or "")):
+                self.shown_wrong.append(f"{run_id}: listed as {row['state']} ({(row.get('error') or '')[:60]})"
+                                        + (" in the final listing" if final else ""))
+
+    def hidden(self, rows: dict) -> list[str]:
+        """Damaged runs the final listing does not show as damaged (with their numbers dropped)."""
+        out = []
+        for run_id, name in self.damaged.items():
+            row = rows.get(run_id)
+            if row is None:
+                out.append(f"{run_id}: damaged ({name}) and not listed")
+            elif not (row.get("damaged") or "").startswith(f"damaged: {name}") or row.get("metrics") is not None:
+                out.append(f"{run_id}: damaged ({name}) but listed as {row['state']}, {row.get('damaged')!r}")
+        return out
 
 
 # --- a client: one app session (its own process, so it can be SIGKILLed) ---------------------------------------
@@ -293,19 +374,23 @@ def decodes(path: Path) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
-def check(home: Path, submitted: set[str], problems: list[str]) -> dict:
+def check(home: Path, submitted: set[str], problems: list[str], folder_faults: FolderFaults | None = None) -> dict:
     index_ids = {r[0] for r in sqlite3.connect(home / "index.sqlite").execute("SELECT id FROM runs")}
     folders = {p.name for p in (home / "runs").iterdir() if p.is_dir()}
     missing_from_index = sorted(folders - index_ids)  # before a listing adds them back
     rows = {row["id"]: row for row in engine.list_runs(root=home)}
     store = RunStore(home)
     lost, stuck, consistent = 0, 0, True
-    for run_id in sorted(submitted):
+    damaged = set(folder_faults.damaged) if folder_faults else set()
+    deleted = set(folder_faults.deleted) if folder_faults else set()
+    for run_id in sorted(submitted - deleted):  # a deleted run is checked by FolderFaults: gone, then dropped
         row, folder = rows.get(run_id), home / "runs" / run_id
         if row is None or not (folder / "job.json").is_file():
             lost += 1
             problems.append(f"{run_id}: vanished (row {row is not None}, folder {folder.is_dir()})")
             continue
+        if row.get("damaged") and run_id in damaged:
+            continue  # listed as damaged (FolderFaults.hidden checks how)
         if row["state"] == "succeeded":
             model = folder / "model.clab"
             why = decodes(model) if model.is_file() else "no model.clab"
@@ -325,6 +410,8 @@ def check(home: Path, submitted: set[str], problems: list[str]) -> dict:
         if recorded.get("state") != row["state"]:
             consistent = False
             problems.append(f"{run_id}: state.json says {recorded.get('state')}, the index {row['state']}")
+        if run_id in damaged:
+            continue  # its files were overwritten on purpose
         results = {name for name in ("model.clab", "metrics.json") if (home / "runs" / run_id / name).is_file()}
         if row["state"] == "succeeded" and results != {"model.clab", "metrics.json"}:
             consistent = False
@@ -395,8 +482,9 @@ def main() -> int:
 
     for c in clients:
         start(c)
-    kills = {"worker": 0, "dispatcher": 0, "client": 0}
-    caps = {"worker": max(2, args.runs // 3), "dispatcher": 6, "client": 6}
+    kills = {"worker": 0, "dispatcher": 0, "client": 0, "damage": 0, "delete": 0}
+    caps = {"worker": max(2, args.runs // 3), "dispatcher": 6, "client": 6, "damage": len(GARBAGE), "delete": 3}
+    folder_faults = FolderFaults(home)
     seen: set[str] = set()  # every run id ever listed: a run whose client was killed before noting its id counts too
     locks = {"short": 0, "long": 0}
     holders: list[subprocess.Popen] = []
@@ -425,7 +513,7 @@ def main() -> int:
                                      and not RunStore(home).count("queued")):
                 break
             seen |= {r["id"] for r in RunStore(home).rows()}
-            fault = rng.choice(["worker", "worker", "dispatcher", "client", "lock"])
+            fault = rng.choice(["worker", "worker", "dispatcher", "client", "lock", "damage", "delete"])
             if fault in caps and kills[fault] >= caps[fault]:
                 pass
             elif fault == "worker":
@@ -435,6 +523,10 @@ def main() -> int:
             elif fault == "dispatcher":
                 for pid in processes(home, "dispatcher"):
                     kills["dispatcher"] += kill(pid)
+            elif fault == "damage":
+                kills["damage"] += folder_faults.damage(rng, {disk.run_id})
+            elif fault == "delete":
+                kills["delete"] += folder_faults.delete(rng, {disk.run_id})
             elif fault == "client":
                 live = [c for c in clients if c["proc"].poll() is None]
                 if live:
@@ -449,6 +541,11 @@ def main() -> int:
                 locks["long" if long_one else "short"] += 1
                 long_lock_done = long_lock_done or long_one
             time.sleep(rng.uniform(1.0, 3.0))
+        # each folder fault at least once, even when the draw never picked it (a finished run is there by now)
+        if not folder_faults.damaged:
+            kills["damage"] += folder_faults.damage(rng, {disk.run_id})
+        if not folder_faults.deleted:
+            kills["delete"] += folder_faults.delete(rng, {disk.run_id})
         # the drain: no more faults; a listing now and then (as an open Runs page would) until every run ends
         for c in clients:
             if c["proc"].poll() is None:
@@ -471,7 +568,10 @@ def main() -> int:
         home_full = home_disk_full(work, min(time.time() + 120, started + args.budget - 10))
         submitted = set().union(seen, *(submitted_by(c) for c in clients)) | ({disk.run_id} if disk.run_id else set())
         submitted |= {locked_submit["run"]} if "run" in locked_submit else set()
-        result = check(home, submitted, problems)
+        result = check(home, submitted, problems, folder_faults)
+        folder_faults.look(final=True)
+        hidden = folder_faults.hidden(result["rows"])
+        problems += hidden + folder_faults.shown_wrong
         tracebacks = sum(c["log"].read_text().count("Traceback") for c in clients if c["log"].exists())
         dispatcher_log = home / "dispatcher.log"
         dispatcher_tracebacks = dispatcher_log.read_text().count("Traceback") if dispatcher_log.exists() else 0
@@ -482,6 +582,9 @@ def main() -> int:
                "kills_by_target": kills, "lock_holds": locks, "submits_refused_while_locked": refused,
                "submit_during_long_lock": locked_submit.get("outcome", "no long lock"),
                "lost": result["lost"] + home_full.get("lost", 0),
+               "folder_faults": {"damaged": len(folder_faults.damaged), "deleted": len(folder_faults.deleted),
+                                 "deleted_while": sorted(folder_faults.deleted.values())},
+               "damaged_hidden": len(hidden), "deleted_shown_wrong": len(folder_faults.shown_wrong),
                "stuck": result["stuck"] + home_full.get("stuck", 0),
                "store_consistent": (result["consistent"] and home_full.get("consistent", True) and not tracebacks
                                     and not dispatcher_tracebacks),
@@ -504,7 +607,8 @@ def main() -> int:
         disk.unmount()
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(out))
-    return 0 if out["lost"] == 0 and out["stuck"] == 0 and out["store_consistent"] else 1
+    return 0 if (out["lost"] == 0 and out["stuck"] == 0 and out["store_consistent"] and out["damaged_hidden"] == 0
+                 and out["deleted_shown_wrong"] == 0) else 1
 
 
 if __name__ == "__main__":

@@ -186,7 +186,12 @@ def test_detector_report_has_the_image_grid(tmp_path, capsys):
     assert row["state"] == "succeeded", row.get("error")
     run = home / "runs" / run_id
     out = tmp_path / "det.html"
+    # the original detector comes from this command (a run folder never names the model to load): without it,
+    # only the numbers; with it, both models' boxes
     assert main(["report", run_id, "--home", str(home), "--out", str(out)]) == 0
+    assert "id='no-detections'" in out.read_text()
+    assert main(["report", run_id, "--home", str(home), "--out", str(out), "--force", "--model", "detector:demo",
+                 "--data", "shapes"]) == 0
     text, page = parsed(out)
     images = re.findall(r"<img alt='(original|compressed) [^']+' src='data:image/png;base64,", text)
     assert images.count("original") == images.count("compressed") == 4

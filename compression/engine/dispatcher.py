@@ -21,7 +21,7 @@ import time
 import traceback
 from pathlib import Path
 
-from compression.engine.store import EXIT_DISK_FULL, RunStore, StoreError, low_space
+from compression.engine.store import EXIT_DISK_FULL, GONE, RunStore, StoreError, low_space
 
 POLL = 0.3  # seconds between supervision passes
 # seconds a running job gets to stop by itself after cancel, before SIGTERM ($COMPRESSION_LAB_CANCEL_GRACE for tests)
@@ -184,7 +184,8 @@ def _start_worker(store: RunStore, run_id: str) -> subprocess.Popen | None:
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, close_fds=True)
     except OSError as exc:
-        reason = DISK_FULL if low_space(store.run_dir(run_id)) else f"could not start a worker process: {exc}"
+        reason = (GONE if not store.run_dir(run_id).is_dir() else DISK_FULL if low_space(store.run_dir(run_id))
+                  else f"could not start a worker process: {exc}")
         store.finish(run_id, "failed", reason)
         return None
     store.update(run_id, pid=proc.pid)

@@ -258,6 +258,10 @@ def _compress_metrics(m: dict) -> dict:
                 raise _Bad(key, f"is {_show(out[key])}, not a short label (letters, digits, - . _ and spaces)")
     if "task" in m:
         out["task"] = _text(m["task"], "task", choices=("classify", "detect"))
+    if out.get("task") == "detect":  # the Detections page shows both mAPs of both models
+        for side in ("before", "after"):
+            for key in ("map50", "map50_95"):
+                out[side][key] = _number(m[side].get(key), f"{side}.{key}", 0, 1)
     for key, low, high in (("accuracy_drop", -1, 1), ("weights_kept", 0, 1), ("seconds", 0, 1e9)):
         if key in m:
             out[key] = _number(m[key], key, low, high)

@@ -40,7 +40,9 @@ def finished_runs(root: Path) -> dict[str, str]:
         folder = store.run_dir(run_id)
         metrics = None
         if state == "succeeded":
-            metrics = {"compression_ratio": 12.5, "after": {"accuracy": 0.9, "compressed_bytes": 4}}
+            # the fields every compression run's metrics.json has (compression/runfolder.py checks them)
+            metrics = {"compression_ratio": 12.5, "before": {"accuracy": 0.95, "fp32_bytes": 50},
+                       "after": {"accuracy": 0.9, "compressed_bytes": 4}}
             (folder / "model.clab").write_bytes(b"CLAB")
             (folder / "metrics.json").write_text(json.dumps(metrics))
         store.append_log(run_id, f"[worker] {state}")

@@ -65,6 +65,9 @@ def armed_folder(source: Path, folder: Path, marker: Path, task: str = "detect")
     (folder / "job.json").write_text(json.dumps(job))
     metrics = json.loads((folder / "metrics.json").read_text())
     metrics.update(task=task, score_name="mAP50" if task == "detect" else "top-1")
+    if task == "detect":  # what a detector's metrics hold besides (Ultralytics' validator)
+        for side in ("before", "after"):
+            metrics[side].update(map50=metrics[side]["accuracy"], map50_95=metrics[side]["accuracy"] / 2)
     (folder / "metrics.json").write_text(json.dumps(metrics))
     return folder
 

@@ -7,6 +7,8 @@ most ~5 a second, so a very fast generation may be missing from the plot, never 
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 
@@ -15,10 +17,16 @@ def ga_rows(events: list[dict]) -> pd.DataFrame:
     rows = []
     for event in events:
         values = event.get("values") or {}
-        if "best_fitness" in values and str(event.get("stage", "")).startswith("channels "):
-            layer = str(event["stage"]).split()[1]
-            rows.append({"layer": layer, "generation": int(values.get("generation", 0)),
-                         "best_fitness": float(values["best_fitness"]), "mean_fitness": float(values["mean_fitness"])})
+        if not isinstance(values, dict) or "best_fitness" not in values \
+                or not str(event.get("stage", "")).startswith("channels "):
+            continue
+        try:  # events come from the run's folder (compression/runfolder.py checked their shape): a bad one is skipped
+            row = {"layer": str(event["stage"]).split()[1], "generation": int(values.get("generation", 0)),
+                   "best_fitness": float(values["best_fitness"]), "mean_fitness": float(values["mean_fitness"])}
+        except (IndexError, KeyError, TypeError, ValueError, OverflowError):
+            continue
+        if math.isfinite(row["best_fitness"]) and math.isfinite(row["mean_fitness"]):
+            rows.append(row)
     return pd.DataFrame(rows, columns=["layer", "generation", "best_fitness", "mean_fitness"])
 
 

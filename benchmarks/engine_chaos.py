@@ -97,9 +97,9 @@ class FolderFaults:
         self.damaged[run_id] = name
         return True
 
-    def delete(self, rng: random.Random, avoid: set[str]) -> bool:
+    def delete(self, rng: random.Random, avoid: set[str], finished_only: bool = False) -> bool:
         store = RunStore(self.home)
-        running = [r for r in store.rows(states=("running",)) if r["id"] not in avoid]
+        running = [] if finished_only else [r for r in store.rows(states=("running",)) if r["id"] not in avoid]
         finished = [r for r in store.rows(states=("succeeded",)) if r["id"] not in avoid | set(self.damaged)]
         pool = running if running and (len(self.deleted) % 2 == 0 or not finished) else finished
         if not pool:
@@ -120,6 +120,14 @@ class FolderFaults:
         from compression.engine.store import GONE
 
         rows = {row["id"]: row for row in engine.list_runs(root=self.home)}
+        if final:  # a deleted running run's worker was asked to cancel: none may still work for it
+            workers = set()
+            for pid in processes(self.home, "worker"):
+                try:
+                    workers |= set(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0"))
+                except OSError:
+                    continue
+            self.shown_wrong += [f"{run_id}: its worker still runs" for run_id in self.deleted if run_id in workers]
         for run_id in self.deleted:
             row = rows.get(run_id)
             if row is not None and (final or row.get("damaged") != GONE or row["state"] != "failed"
@@ -541,11 +549,6 @@ def main() -> int:
                 locks["long" if long_one else "short"] += 1
                 long_lock_done = long_lock_done or long_one
             time.sleep(rng.uniform(1.0, 3.0))
-        # each folder fault at least once, even when the draw never picked it (a finished run is there by now)
-        if not folder_faults.damaged:
-            kills["damage"] += folder_faults.damage(rng, {disk.run_id})
-        if not folder_faults.deleted:
-            kills["delete"] += folder_faults.delete(rng, {disk.run_id})
         # the drain: no more faults; a listing now and then (as an open Runs page would) until every run ends
         for c in clients:
             if c["proc"].poll() is None:
@@ -561,6 +564,11 @@ def main() -> int:
                     or time.time() > drain_until:
                 break
             time.sleep(1.0)
+        # each folder fault at least once on a finished run, even when the draw never picked it (runs have ended)
+        while len(folder_faults.damaged) < 2 and folder_faults.damage(rng, {disk.run_id}):  # metrics.json, job.json
+            kills["damage"] += 1
+        if "succeeded" not in folder_faults.deleted.values():
+            kills["delete"] += folder_faults.delete(rng, {disk.run_id}, finished_only=True)
         for h in holders:
             h.wait(timeout=60)
         if submitter.is_alive() or submitter.ident is not None:

@@ -199,8 +199,10 @@ def _supervise(store: RunStore, children: dict[str, subprocess.Popen]) -> None:
         code = proc.poll()
         row = store.row(run_id)
         if code is None:
-            if row and row["cancel"]:
+            if row and row["cancel"]:  # (a run whose folder was deleted is shown gone with a cancel: store.GONE)
                 _kill_for_cancel(proc.pid, row["cancel"])
+            elif row is None and not store.run_dir(run_id).is_dir():  # gone and dropped: nothing left to work for
+                _kill_for_cancel(proc.pid, 0.0)
             continue
         if row and row["state"] == "running":
             state, reason, metrics = dead_outcome(store, row, code)

@@ -18,10 +18,12 @@ file. Nothing here imports torch or builds a model; it is the ground floor (comp
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import re
+import stat
 from pathlib import Path
 
 MAX_BYTES = {"job.json": 4 << 20, "plan.json": 4 << 20, "metrics.json": 8 << 20, "state.json": 64 << 10,
@@ -94,6 +96,20 @@ def parse_json(data: bytes | str, name: str):
     return value, None
 
 
+class _NotRegular(OSError):
+    pass
+
+
+def open_regular(path: Path):
+    """The file opened for reading only if it is a regular file and not a symbolic link: a pipe would block the
+    reader, a device never end, a link read outside the folder."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _NotRegular(errno.EINVAL, "not a regular file")
+    return os.fdopen(fd, "rb")
+
+
 def read_json(path: str | Path, name: str | None = None, cap: int | None = None):
     """(value, None), or (None, Damaged) for a missing, unreadable, too large, malformed or too deep file. The size
     is checked before a byte is read."""
@@ -101,14 +117,18 @@ def read_json(path: str | Path, name: str | None = None, cap: int | None = None)
     name = name or path.name
     cap = cap if cap is not None else MAX_BYTES.get(path.name, 4 << 20)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
             if size > cap:
                 return None, Damaged(f"damaged: {name}: {size:,} bytes, more than the {cap:,} a run file may hold")
             data = f.read(cap + 1)
     except FileNotFoundError:
         return None, Damaged(f"damaged: {name}: missing")
+    except _NotRegular:
+        return None, Damaged(f"damaged: {name}: not a regular file (a link, a pipe or a device)")
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None, Damaged(f"damaged: {name}: not a regular file (a link, a pipe or a device)")
         return None, Damaged(f"damaged: {name}: cannot be read ({exc.strerror or type(exc).__name__})")
     if len(data) > cap:  # grew while read
         return None, Damaged(f"damaged: {name}: more than the {cap:,} bytes a run file may hold")
@@ -349,7 +369,7 @@ def read_events(path: str | Path) -> list[dict]:
     """events.jsonl's checked events, oldest first: its last EVENTS_TAIL_BYTES only; a line cut by a kill, too long,
     malformed or of the wrong shape is skipped (progress is advisory: a bad line never hides the run)."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(Path(path)) as f:
             size = os.fstat(f.fileno()).st_size
             start = max(0, size - EVENTS_TAIL_BYTES)
             f.seek(start)

@@ -361,3 +361,30 @@ def test_read_run_folder_checks_every_file_and_never_raises(finished, tmp_path):
     assert all(problem.startswith("damaged: ") for problem in checked["damaged"].values())
     assert checked["events"] == [{"progress": 0.5, "stage": "x"}]  # bad lines skipped
     assert runfolder.read_run_folder(tmp_path / "nowhere")["damaged"]["folder"].endswith("the run folder is gone")
+
+
+def test_pipes_and_links_in_a_folder_are_damaged_never_read(finished, tmp_path):
+    """A named pipe would block the reader (the Streamlit server) and a link would read outside the folder."""
+    import subprocess
+    import sys
+
+    from compression import engine
+
+    home, run_id = finished
+    folder = home / "runs" / "20260101-000004-dddddd"
+    shutil.copytree(home / "runs" / run_id, folder)
+    try:
+        (folder / "job.json").unlink()
+        os.mkfifo(folder / "job.json")
+        (folder / "log.txt").unlink()
+        os.mkfifo(folder / "log.txt")
+        (folder / "events.jsonl").unlink()
+        (folder / "events.jsonl").symlink_to("/dev/zero")
+        out = subprocess.run([sys.executable, "-m", "compression.cli", "runs", "--home", str(home)],
+                             capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert out.returncode == 0, out.stderr
+        line = next(line for line in out.stdout.splitlines() if line.startswith(folder.name))
+        assert "damaged: job.json: not a regular file" in line
+        assert engine.log_tail(folder.name, root=home) == "" and engine.events(folder.name, root=home) == []
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

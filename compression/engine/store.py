@@ -783,7 +783,7 @@ class RunStore:
     def log_tail(self, run_id: str, n: int = 50) -> str:
         path = self.run_dir(run_id) / "log.txt"
         try:
-            with open(path, "rb") as f:
+            with runfolder.open_regular(path) as f:  # never a pipe (it would block) or a link out of the folder
                 f.seek(0, os.SEEK_END)
                 f.seek(max(0, f.tell() - 300 * n))
                 text = f.read().decode("utf-8", "replace")

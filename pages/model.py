@@ -115,7 +115,8 @@ if source == "Demo detector (YOLO)":
     new.update(model="detector:demo", weights=None, input_size=None, mean=None, std=None)
 elif source == "Upload a YOLO detector":
     st.warning("An Ultralytics .pt file is a pickle: loading it can run any code its author put in it. "
-               "Load only files you made or whose source you trust.")
+               "Load only files you made or whose source you trust. It is opened in a separate process, never in "
+               "this server, which keeps only its architecture and weights.")
     upload = st.file_uploader("Ultralytics checkpoint (.pt: YOLOv3u, v5u, v8, 11)", type=["pt"], key="upload_yolo")
     trust = st.checkbox("I trust this file", key="upload_yolo_trust")
     path = saved(upload)

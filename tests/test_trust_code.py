@@ -64,6 +64,24 @@ class Evil(nn.Module):
 
     def forward(self, x):
         return self.fc(self.writer(x).flatten(1))
+
+
+class Spin(nn.Module):
+    """Never returns."""
+
+    def forward(self, x):
+        total = x.sum()
+        while bool(total > -1.0):
+            total = total + 1.0
+        return x.flatten(1)[:, :10]
+
+
+class Hog(nn.Module):
+    """Asks for 6 GiB of address space (torch.empty: nothing is touched, so without a cap it simply works)."""
+
+    def forward(self, x):
+        big = torch.empty(6 << 30, dtype=torch.uint8)
+        return x.flatten(1)[:, :10] + big[:1].float() * 0
 '''
 
 
@@ -76,6 +94,8 @@ def evil(tmp_path, monkeypatch):
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "evil_module", module)
     spec.loader.exec_module(module)
+    for name in ("Spin", "Hog"):
+        torch.jit.script(getattr(module, name)()).save(str(tmp_path / f"{name.lower()}.pt"))
     target = tmp_path / "site" / "evil.pth"
     target.parent.mkdir()
     path = tmp_path / "evil.pt"
@@ -303,3 +323,20 @@ def test_the_server_side_loader_never_runs_torchscript(evil, monkeypatch):
     with pytest.raises(ModelLoadError, match="Ultralytics checkpoint, a pickle"):
         sources.load_model({"model": f"detector:{ROOT / 'assets' / 'detector.pt'}", "data": "shapes"}, isolated=True)
     assert written(markers) == []
+
+
+def test_the_child_process_is_stopped_after_its_timeout(evil, tmp_path):
+    from compression.models.codeload import measure_in_child
+
+    spec = {"model": f"torchscript:{tmp_path / 'spin.pt'}", "data": "digits", "input_size": 28, "trust": True}
+    with pytest.raises(ModelLoadError, match="took more than 20 s and was stopped"):
+        measure_in_child(spec, timeout=20)
+
+
+def test_the_child_process_has_a_memory_cap(evil, tmp_path, monkeypatch):
+    from compression.models import codeload
+
+    monkeypatch.setattr(codeload, "MEMORY_LIMIT_BYTES", 5 << 30)
+    spec = {"model": f"torchscript:{tmp_path / 'hog.pt'}", "data": "digits", "input_size": 28, "trust": True}
+    with pytest.raises(ModelLoadError, match="can't allocate memory"):
+        codeload.measure_in_child(spec)

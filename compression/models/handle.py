@@ -235,6 +235,14 @@ def _load_torchscript(path: Path) -> nn.Module:
                              "Export it with torch.jit.script(model).save(path) or torch.jit.trace") from None
 
 
+def _script_error(exc: BaseException) -> str:
+    """One line for an error raised inside TorchScript code: its last line (the first only says where it failed)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("The following operation failed in the TorchScript interpreter"):
+        return lines[-1][:200]
+    return first_line(exc, 120)
+
+
 def _head(model: nn.Module) -> str | None:
     """The classifier's output layer: the last Linear, or the last convolution where there is none (SqueezeNet)."""
     linear = conv = None
@@ -305,7 +313,7 @@ def load_model(ref: str, weights: str | Path | None = None, input_size: int | No
                 shape = (channels, size, size)
                 break
             except Exception as exc:  # noqa: BLE001
-                error = first_line(exc, 120)
+                error = _script_error(exc)
         if out is None:
             raise ModelLoadError(f"TorchScript model {path.name} failed on 3- and 1-channel {size}x{size} inputs: "
                                  f"set --input-size to what it expects ({error})")

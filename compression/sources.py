@@ -9,11 +9,11 @@ A source spec is the JSON-friendly dict a job, the CLI and the app all use:
 
 `check(spec)` validates it without loading anything heavy (the engine calls it at submit time, so a bad
 path never queues; `compress=True` for a compression run or a sensitivity analysis, which change a model's
-weights and so cannot take TorchScript); `load(spec)`
-returns (handle, data), and `load(spec, isolated=True)` (the Streamlit server's) never runs a model file's
-code in this process (compression/models/codeload.py); `load_file(path)` decodes a compact file of
-either task. This module is the only place that tells a classifier from a detector by its reference:
-everything else asks a handle for its `task` ("classify" or "detect").
+weights and so cannot take TorchScript); `load(spec)` returns (handle, data), and `load(spec, isolated=True)`
+(the Streamlit server's) never runs a model file's code in this process (compression/models/codeload.py);
+`load_file(path)` decodes a compact file of either task. This module is the only place that tells a
+classifier from a detector by its reference: everything else asks a handle for its `task` ("classify" or
+"detect").
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def check(spec: dict, compress: bool = False) -> dict:
     for path in (spec.get("weights"), model[12:] if model.startswith("torchscript:") else None):
         if path and not Path(path).expanduser().is_file():
             raise CompressionLabError(f"model file {path} does not exist: check the path")
-    trust = bool(spec.get("trust", False)) and model.startswith("torchscript:")
+    trust = spec.get("trust") is True and model.startswith("torchscript:")  # only --trust / the checkbox set it
     if model.startswith("torchscript:"):
         from compression.models.handle import EVALUATION_ONLY, untrusted_code
 

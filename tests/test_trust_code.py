@@ -8,6 +8,7 @@ process may write (the issue's version wrote a `.pth` file of Python into a site
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -340,3 +341,27 @@ def test_the_child_process_has_a_memory_cap(evil, tmp_path, monkeypatch):
     spec = {"model": f"torchscript:{tmp_path / 'hog.pt'}", "data": "digits", "input_size": 28, "trust": True}
     with pytest.raises(ModelLoadError, match="can't allocate memory"):
         codeload.measure_in_child(spec)
+
+
+class _WritesPid:
+    """A pickle whose loading writes the loading process's id to a file (an Ultralytics .pt is such a pickle)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"import os; open({self.marker!r}, 'w').write(str(os.getpid()))",))
+
+
+def test_the_server_side_loader_unpickles_a_trusted_checkpoint_only_in_a_child(tmp_path):
+    """sources.load_model(isolated=True): without trust nothing is read; with it the pickle runs in another process."""
+    marker = tmp_path / "unpickled-by.txt"
+    path = tmp_path / "crafted.pt"
+    torch.save({"model": _WritesPid(marker)}, path)
+    spec = {"model": f"detector:{path}", "data": "shapes"}
+    with pytest.raises(ModelLoadError, match="pickle that can run code"):
+        sources.load_model(spec, isolated=True)
+    assert not marker.exists()
+    with pytest.raises(ModelLoadError):  # not a detector: refused, after its code ran in the child
+        sources.load_model({**spec, "trust": True}, isolated=True)
+    assert marker.read_text().isdigit() and int(marker.read_text()) != os.getpid()

@@ -123,7 +123,7 @@ def write_checked_yaml(checked: dict) -> Path:
 def _images(path: Path) -> list[Path]:
     """The images of a split entry: an image-list file's lines, or a folder's image files (walked in bounded
     time, a symlink cycle refused: compression.data.walk)."""
-    from compression.data.walk import MAX_FILES, walk_files
+    from compression.data import walk
 
     if path.is_file():  # an image-list file
         if path.stat().st_size > MAX_LIST_BYTES:
@@ -135,12 +135,12 @@ def _images(path: Path) -> list[Path]:
             for line in handle:
                 line = line.strip()
                 if line:
-                    if len(out) >= MAX_FILES:
-                        raise DataLoadError(f"image list {path} names more than {MAX_FILES:,} images: list fewer")
+                    if len(out) >= walk.MAX_FILES:
+                        raise DataLoadError(f"image list {path} names more than {walk.MAX_FILES:,} images: list fewer")
                     p = Path(line)
                     out.append(p if p.is_absolute() else base / p)
         return out
-    return sorted(Path(p) for p in walk_files(path, lambda p: Path(p).suffix.lower() in IMAGE_SUFFIXES))
+    return sorted(Path(p) for p in walk.walk_files(path, lambda p: Path(p).suffix.lower() in IMAGE_SUFFIXES))
 
 
 def shapes_dataset(folder: Path | None = None) -> Path:
@@ -174,7 +174,10 @@ def _read_yaml(path: Path) -> dict:
         data = yaml.safe_load(raw.decode("utf-8"))
     except DataLoadError:
         raise
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError, OverflowError) as exc:
+    except RecursionError:
+        raise DataLoadError(f"cannot read dataset yaml {path} (nested too deeply): it must be a YOLO data yaml with "
+                            "train, val and names") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError, OverflowError) as exc:
         raise DataLoadError(f"cannot read dataset yaml {path} ({first_line(exc)}): "
                             "it must be a YOLO data yaml with train, val and names") from None
     if not isinstance(data, dict):

@@ -19,8 +19,8 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from compression.data import DataBundle
-from compression.data.walk import MAX_FILES, FolderWalk
+from compression.data import DataBundle, walk
+from compression.data.walk import FolderWalk
 from compression.errors import DataLoadError, first_line
 
 SPLIT_SEED = 0
@@ -75,9 +75,9 @@ def _image_transform(input_size: int, mean: tuple[float, ...], std: tuple[float,
 def _class_dirs(folder: Path) -> list[str]:
     names = []
     for count, path in enumerate(folder.iterdir()):
-        if count >= MAX_FILES:
-            raise DataLoadError(f"image folder {folder} holds more than {MAX_FILES:,} entries, more than one dataset "
-                                "walk reads: point at a smaller folder (e.g. one split)")
+        if count >= walk.MAX_FILES:
+            raise DataLoadError(f"image folder {folder} holds more than {walk.MAX_FILES:,} files and folders, more "
+                                "than one dataset walk reads: point at a smaller folder (e.g. one split)")
         if not path.name.startswith(".") and path.is_dir():
             names.append(path.name)
     return sorted(names)

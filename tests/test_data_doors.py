@@ -397,3 +397,21 @@ def test_home_checks_in_process(tmp_path, monkeypatch):
     monkeypatch.setenv("COMPRESSION_LAB_HOME", "/proc/x")
     with pytest.raises(CompressionLabError, match="kernel file system"):
         engine.list_runs()
+
+
+@pytest.mark.timeout(60)
+def test_a_cifar_batch_that_is_a_device_or_huge_is_refused_unread(tmp_path, monkeypatch):
+    from compression.data import folders, load_data
+
+    os.symlink("/dev/zero", tmp_path / "data_batch_1")
+    for name in ("data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"):
+        (tmp_path / name).write_bytes(b"x" * 64)
+    start = time.monotonic()
+    with pytest.raises(DataLoadError, match="missing cifar10 batch files") as caught:  # not a plain file
+        load_data(f"cifar10:{tmp_path}")
+    assert time.monotonic() - start < 10 and one_line(caught)
+    (tmp_path / "data_batch_1").unlink()
+    (tmp_path / "data_batch_1").write_bytes(b"x" * 64)
+    monkeypatch.setattr(folders, "MAX_CIFAR_FILE_BYTES", 32)
+    with pytest.raises(DataLoadError, match="at most 0 MB"):
+        load_data(f"cifar10:{tmp_path}")

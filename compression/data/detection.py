@@ -158,8 +158,11 @@ def shapes_dataset(folder: Path | None = None) -> Path:
     try:
         return write_dataset(folder, train, val, ShapesConfig(**generator))
     except OSError as exc:
-        raise DataLoadError(f"cannot write the demo detection dataset to {folder} ({exc.strerror}): free some disk "
-                            "space or set COMPRESSION_LAB_HOME to a writable folder") from None
+        from compression.paths import describe_os_error
+
+        problem = describe_os_error(exc, exc.filename or folder)
+        raise DataLoadError(f"cannot write the demo detection dataset: {problem} (or set COMPRESSION_LAB_HOME to a "
+                            "writable folder)") from None
 
 
 def _read_yaml(path: Path) -> dict:

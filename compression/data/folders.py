@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ FLAT_SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 CIFAR_VAL_FRACTION = 0.1
 CIFAR_SIDE = 32
 CIFAR_ROW_LENGTH = 3 * CIFAR_SIDE * CIFAR_SIDE  # 1024 red, then 1024 green, then 1024 blue bytes
+MAX_CIFAR_FILE_BYTES = 512 << 20  # the largest real file, CIFAR-100's train, is 155 MB
 
 _LAYOUT_HINT = (
     "expected class sub-folders like DIR/train/cat/*.jpg and DIR/val/cat/*.jpg (DIR/test optional), "
@@ -263,8 +265,13 @@ class _CifarUnpickler(pickle.Unpickler):
 
 
 def _read_pickle(path: Path) -> dict:
-    """Unpickle one CIFAR file safely; the result must be a dict (keys decoded from bytes to str)."""
+    """Unpickle one CIFAR file safely; the result must be a dict (keys decoded from bytes to str). Only a plain
+    file of at most MAX_CIFAR_FILE_BYTES is opened (a link to /dev/zero or a FIFO would never end)."""
     try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_CIFAR_FILE_BYTES:
+            raise DataLoadError(f"{path} is not a CIFAR batch (not a plain file of at most "
+                                f"{MAX_CIFAR_FILE_BYTES >> 20} MB): download the CIFAR 'python version' again")
         with open(path, "rb") as handle:
             obj = _CifarUnpickler(handle, path).load()
     except DataLoadError:

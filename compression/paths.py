@@ -46,13 +46,13 @@ def home_option(value: str | Path) -> Path:
     if isinstance(value, str) and not value.strip():
         raise HomeError("--home is empty: give the data folder, e.g. --home ~/compression-lab (or leave --home out "
                         "for $COMPRESSION_LAB_HOME, else the per-user data folder)")
-    return check_home(Path(value).expanduser())
+    return check_home(Path(os.path.expanduser(value)))
 
 
 def check_home(path: str | Path) -> Path:
     """`path` if it can be a data folder, else a HomeError that says why: a folder on a kernel file system (/proc,
     /sys, /dev: no disk, so "full" or "read-only" would be the wrong story) or on one that reports no size at all."""
-    path = Path(path).expanduser()
+    path = Path(os.path.expanduser(path))
     if not str(path).strip():
         raise HomeError("the data folder is empty: set --home or $COMPRESSION_LAB_HOME to a folder")
     absolute = Path(os.path.abspath(path))

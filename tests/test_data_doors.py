@@ -124,6 +124,9 @@ def bad_yamls(ds: Path):
         ("val: !!python/object/apply:os.system ['touch MARKER']\nnames: [a]\n", "cannot read dataset yaml"),
         (f"{val}names: [a]\n# " + "x" * (1 << 20) + "\n", "larger than 1024 KB"),
         (b"\xff\xfe val".decode("latin1"), "cannot read dataset yaml"),
+        (f'train: images/train\nval: "images/val\\0x"\n{NAMES}', "must be a path or a list"),
+        (f"train: images/train\nval: {'a' * 5000}\n{NAMES}", "must be a path or a list"),
+        (f"path: ~nobody-xyz/ds\n{val}{NAMES}", "are not at"),
     ]
 
 
@@ -268,6 +271,8 @@ def test_a_link_names_only_folders_under_the_data_folder(app_home, tmp_path):
     assert len(refusals) == 1  # the same words whether the folder exists or not: nothing about it is told
     refusal = refusals.pop()
     assert not any(name in refusal for name in os.listdir("/etc") if len(name) > 4)
+    for model in (["upload:x"], {"a": 1}, 5):  # a URL's values are whatever the caller passes
+        assert spec_from_link({"model": model, "data": "digits"}, folder)[0] is None
     for data in ("yolo:/etc/x.yaml", "shapes", 5, None, ["digits"]):
         linked, problem = spec_from_link(link(upload, data), folder)
         assert linked is None and "not digits or a dataset folder" in problem

@@ -36,6 +36,7 @@ MAX_CLASSES = 10_000
 MAX_NAME_CHARS = 256
 MAX_SPLIT_ENTRIES = 64  # paths in one split's list
 MAX_LIST_BYTES = 256 << 20  # an image-list file (a million paths is ~60 MB)
+MAX_PATH_CHARS = 4096
 
 
 @dataclass
@@ -134,7 +135,7 @@ def _images(path: Path) -> list[Path]:
         with open(path, encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 line = line.strip()
-                if line:
+                if line and "\x00" not in line:
                     if len(out) >= walk.MAX_FILES:
                         raise DataLoadError(f"image list {path} names more than {walk.MAX_FILES:,} images: list fewer")
                     p = Path(line)
@@ -213,6 +214,15 @@ def _check_names(data: dict, path: Path) -> dict[int, str]:
     return dict(sorted(out.items()))
 
 
+def _is(path: Path, kind: str) -> bool:
+    """Whether `path` is a file ("file") or exists at all ("any"); False for a name the system refuses (too long,
+    a NUL byte) rather than an exception."""
+    try:
+        return path.is_file() if kind == "file" else path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _inside(path: Path, folders: tuple[Path, ...]) -> bool:
     path = Path(os.path.normpath(path))
     return any(path.is_relative_to(Path(os.path.normpath(folder))) for folder in folders)
@@ -227,15 +237,16 @@ def check_dataset_yaml(path: str | Path) -> dict:
     paths, relative to the yaml's `path:` root, else the yaml's folder) must exist, lie inside that root or the
     yaml's folder, and hold images. Every other key, `download:` included, is dropped: nothing is ever run or
     fetched (Ultralytics runs a `download:` script when a split is missing)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataLoadError(f"dataset yaml {path} does not exist: check the path after 'yolo:'")
+    path = Path(os.path.expanduser(path))
+    if not _is(path, "file"):
+        raise DataLoadError(f"dataset yaml {str(path)[:MAX_PATH_CHARS]} does not exist: check the path after 'yolo:'")
     data = _read_yaml(path)
     names = _check_names(data, path)
     folder = Path(os.path.abspath(path.parent))
     root = data.get("path")
-    if root is not None and not isinstance(root, str):
-        raise DataLoadError(f"dataset yaml {path}: 'path' must be a folder name, not {type(root).__name__}")
+    if root is not None and (not isinstance(root, str) or len(root) > MAX_PATH_CHARS or "\x00" in root):
+        raise DataLoadError(f"dataset yaml {path}: 'path' must be a folder name of at most {MAX_PATH_CHARS} "
+                            "characters")
     base = Path(os.path.expanduser(root)) if root else folder
     base = Path(os.path.abspath(base if base.is_absolute() else folder / base))
 
@@ -246,7 +257,8 @@ def check_dataset_yaml(path: str | Path) -> dict:
                 raise DataLoadError(f"dataset yaml {path} has no '{key}' split: add '{key}: images/{key}'")
             return []
         entries = value if isinstance(value, list) else [value]
-        if len(entries) > MAX_SPLIT_ENTRIES or not all(isinstance(entry, str) and entry for entry in entries):
+        if len(entries) > MAX_SPLIT_ENTRIES or not all(isinstance(entry, str) and 0 < len(entry) <= MAX_PATH_CHARS
+                                                       and "\x00" not in entry for entry in entries):
             raise DataLoadError(f"dataset yaml {path}: '{key}' must be a path or a list of at most "
                                 f"{MAX_SPLIT_ENTRIES} paths (image folders or image-list files)")
         out = []
@@ -256,10 +268,15 @@ def check_dataset_yaml(path: str | Path) -> dict:
             if not _inside(where, (base, folder)):
                 raise DataLoadError(f"the '{key}' entry {entry[:80]!r} of {path.name} lies outside its dataset folder "
                                     f"{base}: put the images under it (or under the yaml's folder)")
-            if not where.exists():
+            if not _is(where, "any"):
                 raise DataLoadError(f"the '{key}' images of {path.name} are not at {where}: Compression Lab never "
                                     "downloads datasets; put the images there or fix the yaml")
-            if not _images(where):
+            try:
+                found = _images(where)
+            except OSError as exc:
+                raise DataLoadError(f"the '{key}' images of {path.name} at {where} cannot be read "
+                                    f"({exc.strerror or type(exc).__name__}): check the folder") from None
+            if not found:
                 raise DataLoadError(f"the '{key}' split of {path.name} ({where}) holds no images")
             out.append(where)
         return out
@@ -279,7 +296,7 @@ def load_detection_data(ref: str) -> DetectionData:
     elif kind == "yolo":
         if not arg:
             raise DataLoadError("dataset reference 'yolo:' has no yaml: write yolo:PATH/data.yaml")
-        yaml_path = Path(arg).expanduser()
+        yaml_path = Path(os.path.expanduser(arg))
     else:
         raise DataLoadError(f"unknown detection dataset {ref!r}: use 'shapes' (the demo) or 'yolo:PATH/data.yaml'")
     checked = check_dataset_yaml(yaml_path)

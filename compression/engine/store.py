@@ -151,7 +151,7 @@ class RunStore:
     """Thin, process-safe access to the index and the run folders."""
 
     def __init__(self, root: str | Path | None = None) -> None:
-        self.root = check_home(Path(root).expanduser() if root else default_root())  # not /proc, /sys, /dev
+        self.root = check_home(root if root else default_root())  # expanded; not /proc, /sys, /dev
         self.runs_dir = self.root / "runs"
         self.index = self.root / "index.sqlite"
         self.read_only = False

@@ -144,6 +144,8 @@ def spec_from_link(params: dict, folder: Path, roots: list[Path] | None = None) 
     model, data = params.get("model"), params.get("data")
     if not model:
         return None, None
+    if not isinstance(model, str):
+        return None, f"The link's model {str(model)[:60]!r} is not a model name."
     if not str(model).startswith("upload:"):
         linked = {**DEFAULT_SPEC, "model": model, "data": data}
         if shareable(linked):

@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     cn = sub.add_parser("cancel", help="cancel a queued or running run")
     cn.add_argument("run_id")
     for command in (sm, sub.choices["runs"], cn, rp):
-        command.add_argument("--home", type=Path, help="data folder of the run store (default $COMPRESSION_LAB_HOME)")
+        command.add_argument("--home", help="data folder of the run store (default $COMPRESSION_LAB_HOME)")
     _add_sweep_parsers(sub)
     return parser
 
@@ -405,8 +405,7 @@ def _add_sweep_parsers(sub) -> None:
     cs = sub.add_parser("cancel-sweep", help="cancel a sweep's queued members and stop its running one")
     cs.add_argument("sweep_id")
     for name in ("sweep", "sweeps", "cancel-sweep"):
-        sub.choices[name].add_argument("--home", type=Path,
-                                       help="data folder of the run store (default $COMPRESSION_LAB_HOME)")
+        sub.choices[name].add_argument("--home", help="data folder of the run store (default $COMPRESSION_LAB_HOME)")
 
 
 def _read_plans(path: Path) -> list:
@@ -620,6 +619,10 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"analyze": cmd_analyze, "run": cmd_run, "eval": cmd_eval, "inspect": cmd_inspect, "export": cmd_export,
                 "report": cmd_report, "submit": cmd_submit, "runs": cmd_runs, "cancel": cmd_cancel, **SWEEP_HANDLERS}
     try:
+        if getattr(args, "home", None) is not None:  # as typed: Path("") would be the current folder
+            from compression.paths import home_option
+
+            args.home = home_option(args.home)
         if args.ray is not None:
             _use_ray(args)
         return handlers[args.command](args)

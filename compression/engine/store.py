@@ -35,7 +35,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from compression.errors import CompressionLabError
-from compression.paths import replace_atomically
+from compression.paths import check_home, replace_atomically
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -141,7 +141,8 @@ def problem(exc: BaseException) -> str | None:
 def low_space(path: Path, margin: int = 4 * RESERVE_BYTES) -> bool:
     """True when the disk holding `path` has less than `margin` bytes free (how a full disk looks from outside)."""
     try:
-        return shutil.disk_usage(path).free < margin
+        usage = shutil.disk_usage(path)
+        return 0 < usage.total and usage.free < margin  # a kernel file system (/proc) has no size: not full
     except OSError:
         return False
 
@@ -150,7 +151,7 @@ class RunStore:
     """Thin, process-safe access to the index and the run folders."""
 
     def __init__(self, root: str | Path | None = None) -> None:
-        self.root = Path(root).expanduser() if root else default_root()
+        self.root = check_home(root if root else default_root())  # expanded; not /proc, /sys, /dev
         self.runs_dir = self.root / "runs"
         self.index = self.root / "index.sqlite"
         self.read_only = False

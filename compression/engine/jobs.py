@@ -29,7 +29,7 @@ from compression import sources
 from compression.errors import CompressionLabError
 
 JOB_KEYS = {"kind", "model", "weights", "data", "input_size", "mean", "std", "plan", "latency", "config", "seconds",
-            "trust", "predicted", "sweep"}
+            "trust", "predicted", "sweep", "content_key"}  # content_key: accepted and dropped (submit computes it)
 PREDICTED_NUMBERS = ("accuracy", "drop", "low", "high", "raw_drop")  # a compress job's predicted accuracy (fractions)
 
 

@@ -248,7 +248,7 @@ def cached_sensitivity(job: dict, root: str | Path | None = None) -> dict | None
     from compression.engine.jobs import sensitivity_cache_path
 
     path = sensitivity_cache_path(absolute_paths(job), _store(root).root)  # the key submit() will use
-    return json.loads(path.read_text()) if path.is_file() else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
 
 def wait(run_id: str, timeout: float = 600.0, root: str | Path | None = None, poll: float = 0.5) -> dict:

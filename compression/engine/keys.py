@@ -98,7 +98,7 @@ def _walk(root: Path, budget: list[int], deadline: float) -> list[tuple[str, int
     while stack:
         folder, rel = stack.pop()
         try:
-            entries = list(os.scandir(folder))
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)  # the same tree walks the same way
         except OSError:
             continue
         for entry in entries:

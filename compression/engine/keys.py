@@ -97,14 +97,17 @@ def _walk(root: Path, budget: list[int], deadline: float) -> list[tuple[str, int
     stack = [(str(root), "")]
     while stack:
         folder, rel = stack.pop()
+        entries = []
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)  # the same tree walks the same way
+            with os.scandir(folder) as listing:
+                for entry in listing:  # counted as read: a folder of millions stops at the bound, not after it
+                    budget[0] -= 1
+                    if budget[0] < 0 or time.monotonic() > deadline:
+                        raise TooBig
+                    entries.append(entry)
         except OSError:
             continue
-        for entry in entries:
-            budget[0] -= 1
-            if budget[0] < 0 or time.monotonic() > deadline:
-                raise TooBig
+        for entry in sorted(entries, key=lambda e: e.name):  # the same tree walks the same way
             name = f"{rel}/{entry.name}" if rel else entry.name
             try:
                 info = os.stat(entry.path)  # follows a link: a linked file counts with its target's size and time

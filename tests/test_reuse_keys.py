@@ -107,6 +107,11 @@ def test_the_key_covers_weights_bytes_and_the_code_version(tmp_path, monkeypatch
     monkeypatch.setattr(keys, "code_version", lambda: "0.0.9+an-older-release")
     assert keys.content_key(job) != key
     assert keys.content_key({**job, "data": "digits"}) != keys.content_key({**job, "data": "shapes"})
+    walked, walk = [], keys.data_fingerprint
+    monkeypatch.setattr(keys, "data_fingerprint", lambda ref: walked.append(ref) or walk(ref))
+    memo: dict = {}
+    assert len({keys.content_key({**job, "plan": {**QUICK, "seed": seed}}, memo) for seed in range(3)}) == 3
+    assert len(walked) == 1  # a sweep's members on one dataset: walked once
 
 
 def test_a_run_of_another_code_version_is_not_reused(tmp_path, monkeypatch, test_jobs):
@@ -248,7 +253,7 @@ def test_identical_submissions_at_once_become_one_run(tmp_path, test_jobs, how):
     """Four processes submit the same sweep (or the same job) at the same instant: one set of runs; the others
     attach to it, marked reused."""
     home = tmp_path / "home"
-    engine.settings(root=home, max_workers=1)
+    engine.settings(root=home, max_workers=3)
     start = time.time() + 3  # every process imported and waiting by then
     env = {**os.environ, "PYTHONPATH": str(REPO), "COMPRESSION_LAB_TEST_JOBS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT, str(start), str(home), how], env=env,

@@ -240,10 +240,11 @@ def data_fingerprint(ref) -> str | None:
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
-def content_key(job: dict) -> str | None:
+def content_key(job: dict, memo: dict | None = None) -> str | None:
     """What a run computes, as a sha256 (see the module docstring), or None when its data is too big to
     fingerprint (never reused). The prediction and the sweep tag are left out: they ride with a run but do
-    not change its result. `job` is a validated job with absolute paths (as the store keeps it)."""
+    not change its result. `job` is a validated job with absolute paths (as the store keeps it). `memo` (a dict
+    the caller keeps for one submission) walks each dataset once for many jobs (a sweep's members)."""
     fields = {key: job.get(key) for key in KEY_FIELDS}
     if isinstance(fields["plan"], dict):
         fields["plan"] = {key: value for key, value in fields["plan"].items() if key != "name"}
@@ -257,7 +258,13 @@ def content_key(job: dict) -> str | None:
                 files["model"] = file_digest(model[len(prefix):])
     data = None
     if job.get("data") is not None:
-        data = data_fingerprint(job["data"])
+        ref = json.dumps(job["data"], default=str)
+        if memo is not None and ref in memo:
+            data = memo[ref]
+        else:
+            data = data_fingerprint(job["data"])
+            if memo is not None:
+                memo[ref] = data
         if data is None:
             return None
     text = json.dumps({"job": fields, "files": files, "data": data, "code": code_version()}, sort_keys=True,

@@ -126,7 +126,8 @@ def submit_sweep(jobs: list[dict], root: str | Path | None = None, axis: str = "
     labels = [str(t)[:80] for t in targets] if targets is not None else [
         str((job.get("plan") or {}).get("name") or f"plan {i + 1}")[:80] for i, job in enumerate(checked)]
     store = RunStore(root)
-    keys = [content_key(job) for job in checked]  # before the lock: hashing files and walking data takes time
+    memo: dict = {}  # each dataset walked once for all the members
+    keys = [content_key(job, memo) for job in checked]  # before the lock: hashing files, walking data take time
     with store.submit_lock():  # two identical sweeps started together: the second finds the first's runs
         return _submit_members(store, checked, keys, labels, axis, name, reuse, extend)
 

@@ -154,6 +154,18 @@ def test_yolo_yaml_key_covers_the_yaml_and_every_split_with_its_labels(tmp_path)
     (root / "images" / "train" / "b.png").write_bytes(b"png")
     assert keys.data_fingerprint(ref) != key
     assert keys.data_fingerprint("digits") == keys.data_fingerprint("digits")  # built in: its name (+ the code)
+    # an image-list split: the files it names and their labels count
+    (root / "val.txt").write_text("images/val/a.png\n")
+    yaml.write_text("path: .\ntrain: images/train\nval: val.txt\nnames: [thing]\n")
+    key = keys.data_fingerprint(ref)
+    (root / "labels" / "val" / "a.txt").write_text("0 0.1 0.5 0.1 0.1\n")
+    assert keys.data_fingerprint(ref) != key
+    # a yaml of nested aliases (a billion laughs) or odd values: keyed by its bytes, quickly, nothing expanded
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
+    yaml.write_text(laughs + "train: *i\nval: {x: 1}\ntest: \"a\\0b\"\nnames: [thing]\n")
+    started = time.monotonic()
+    assert keys.data_fingerprint(ref) is not None and time.monotonic() - started < 2
 
 
 def test_the_walk_is_bounded_and_stays_in_the_folder(tmp_path, monkeypatch):

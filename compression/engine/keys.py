@@ -38,7 +38,8 @@ MAX_WALK_SECONDS = 20.0  # one manifest's walk (a slow network disk): beyond it 
 HASH_MAX_FILES = 2_000  # a set this small (in files and bytes) is keyed by its files' contents too
 HASH_MAX_BYTES = 64 << 20
 MAX_YAML_BYTES = 1 << 20
-MAX_LIST_LINES = 100_000  # image-list (.txt) splits of a YOLO yaml
+MAX_LIST_LINES = 100_000  # image-list (.txt) splits of a YOLO yaml: lines, and bytes read
+MAX_LIST_BYTES = 16 << 20
 _DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256 of the file's bytes
 
 
@@ -51,7 +52,7 @@ def file_digest(path: str | Path) -> str:
     once; "missing" for a file that cannot be read (a run of such a file is never reused)."""
     try:
         info = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path
         return "missing"
     cache_key = (str(path), info.st_size, info.st_mtime_ns)
     if cache_key not in _DIGESTS:
@@ -60,7 +61,7 @@ def file_digest(path: str | Path) -> str:
             with open(path, "rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     digest.update(block)
-        except OSError:
+        except (OSError, ValueError):
             return "missing"
         _DIGESTS[cache_key] = digest.hexdigest()
     return _DIGESTS[cache_key]
@@ -91,7 +92,7 @@ def _walk(root: Path, budget: list[int], deadline: float) -> list[tuple[str, int
     files: list[tuple[str, int, int, str]] = []
     try:
         top = os.stat(root)
-    except OSError:
+    except (OSError, ValueError):
         return files
     seen = {(top.st_dev, top.st_ino)}
     stack = [(str(root), "")]
@@ -168,7 +169,7 @@ def _yaml_fingerprint(yaml_path: Path, budget: list[int], deadline: float) -> di
         if yaml_path.stat().st_size > MAX_YAML_BYTES:
             raise TooBig
         raw = yaml_path.read_bytes()
-    except OSError:
+    except (OSError, ValueError):
         return {"yaml": "missing"}
     out: dict = {"yaml": hashlib.sha256(raw).hexdigest(), "splits": {}}
     try:
@@ -177,19 +178,22 @@ def _yaml_fingerprint(yaml_path: Path, budget: list[int], deadline: float) -> di
         return out  # the run refuses it; its bytes are the key
     if not isinstance(data, dict):
         return out
-    base = Path(os.path.expanduser(str(data.get("path") or yaml_path.parent)))
+    base = data.get("path") if isinstance(data.get("path"), str) and data.get("path") else str(yaml_path.parent)
+    base = Path(os.path.expanduser(base))
     if not base.is_absolute():
         base = yaml_path.parent / base
     for key in ("train", "val", "test"):
         values = data.get(key)
-        values = values if isinstance(values, list) else [values] if values else []
+        values = values if isinstance(values, list) else [values]
         found = []
-        for value in values[:16]:
+        for value in [v for v in values if isinstance(v, str) and v][:16]:  # only strings: never str() a graph
             path = Path(os.path.expanduser(str(value)))
             path = path if path.is_absolute() else base / path
             entry = {"path": str(path), "images": _path_manifest(path, budget, deadline)}
             if path.is_file():  # an image list: the files it names, and their labels
                 try:
+                    if path.stat().st_size > MAX_LIST_BYTES:
+                        raise TooBig
                     lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
                 except OSError:
                     lines = []
@@ -216,7 +220,7 @@ def _yaml_fingerprint(yaml_path: Path, budget: list[int], deadline: float) -> di
 def _stat(path: Path) -> list[int] | None:
     try:
         info = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):
         return None
     return [info.st_size, info.st_mtime_ns]
 

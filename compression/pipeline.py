@@ -19,11 +19,12 @@ import torch
 
 from compression import metrics
 from compression.data import DataBundle
+from compression.errors import ModelLoadError
 from compression.methods import bn_stats, distill
 from compression.methods.context import StepContext
 from compression.methods.registry import handler_for
 from compression.models.compact import Products, read_compact
-from compression.models.handle import check_data_fits
+from compression.models.handle import EVALUATION_ONLY, check_data_fits
 from compression.plan import Plan
 from compression.storage import inspect_bytes
 
@@ -48,6 +49,8 @@ def compress(handle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
 
     `keep_in_memory` also returns the compressed model as it was before writing (tests compare it with the
     decoded one)."""
+    if handle.architecture.get("kind") == "torchscript":  # sources.check(compress=True) says so before a run queues
+        raise ModelLoadError(EVALUATION_ONLY)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_data_fits(handle, data.num_classes)  # sources.load_data checks it too; a caller may bring its own data
@@ -85,7 +88,7 @@ def compress(handle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
     emit("write compact file", 0.0, {})
     path = out_dir / COMPRESSED_NAME
     work.save(path, {"plan": plan.to_dict(), "data": data.ref, **_normalization(handle, data)}, products)
-    decoded = read_compact(path, handle.extra.get("base_file"))
+    decoded = read_compact(path)
     emit("measure compressed", 0.0, {})
     after = decoded.measure(data, split, latency)
     compressed_bytes = metrics.file_bytes(path)

@@ -72,7 +72,7 @@ def validate(job: dict) -> dict:
     tag = {"sweep": sweep_tag(job["sweep"])} if job.get("sweep") is not None else {}
     if kind.startswith("test-"):
         return {"kind": kind, "seconds": float(job.get("seconds", 0.0)), **tag}
-    out = {"kind": kind, **sources.check(job), **tag}
+    out = {"kind": kind, **sources.check(job, compress=True), **tag}  # both kinds change weights: no TorchScript
     if kind == "compress":
         from compression.plan import Plan
 

@@ -218,7 +218,21 @@ def spec_key(spec: dict) -> str:
 
 @st.cache_resource(show_spinner="Loading the model and data...", max_entries=8)
 def _load(key: str) -> tuple[ModelHandle, DataBundle]:
-    return sources.load(json.loads(key))
+    # isolated: no model file's code runs in the server (a trusted Ultralytics pickle is opened in a child
+    # process and rebuilt here from its tensors; TorchScript is refused: measure_code_model measures it)
+    return sources.load(json.loads(key), isolated=True)
+
+
+@st.cache_data(show_spinner="Measuring the TorchScript model in a separate process...", max_entries=8)
+def measure_code_model(key: str) -> dict:
+    """A trusted TorchScript spec's numbers, measured in a one-shot child process (models/codeload.py), or
+    {"error": message}."""
+    from compression.models.codeload import measure_in_child
+
+    try:
+        return measure_in_child(json.loads(key))
+    except CompressionLabError as exc:  # kept, so a rerun of the page does not start the process again
+        return {"error": str(exc)}
 
 
 def load_active(spec: dict | None = None) -> tuple[ModelHandle, DataBundle]:

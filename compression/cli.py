@@ -240,6 +240,9 @@ def cmd_eval(args) -> int:
 
     handle = sources.load_file(args.file, args.base, trust=args.trust)
     data = sources.data_for_file(handle, args.data, args.input_size, args.mean, args.std)
+    note = sources.override_note(handle, args.data, args.input_size, args.mean, args.std)
+    if note:
+        print(note, file=sys.stderr)  # stdout stays one JSON line
     scores = handle.measure(data, args.split, latency=False)
     out = {"file": str(args.file), "compressed_bytes": metrics.file_bytes(args.file),
            "data": data.ref, **({"split": args.split} if handle.task == "classify" else {}), **scores}

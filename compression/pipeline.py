@@ -87,7 +87,7 @@ def compress(handle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
 
     emit("write compact file", 0.0, {})
     path = out_dir / COMPRESSED_NAME
-    work.save(path, {"plan": plan.to_dict(), "data": data.ref}, products)
+    work.save(path, {"plan": plan.to_dict(), "data": data.ref, **_normalization(handle, data)}, products)
     decoded = read_compact(path)
     emit("measure compressed", 0.0, {})
     after = decoded.measure(data, split, latency)
@@ -118,6 +118,15 @@ def compress(handle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
     tmp.replace(out_dir / "metrics.json")
     emit("done", 1.0, {"accuracy": after["accuracy"], "compressed_bytes": compressed_bytes})
     return Result(decoded, result, path, work if keep_in_memory else None, products)
+
+
+def _normalization(handle, data) -> dict:
+    """The mean and std the data was normalised with (a classifier's), for the file's meta: `eval` and anything
+    else measuring the decoded file use them, so it is measured as the run measured it (issue 24, item 11)."""
+    mean, std = getattr(data, "mean", None), getattr(data, "std", None)
+    if handle.task != "classify" or not mean or not std:
+        return {}
+    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
 
 
 def _layer_row(row: dict) -> dict:

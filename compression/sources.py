@@ -239,7 +239,8 @@ def load_file(path: str | Path, base_file: str | Path | None = None, trust: bool
 
 
 def data_for_file(handle, ref: str | None = None, input_size: int | None = None, mean=None, std=None):
-    """The dataset to measure a decoded file on: `ref`, else the one its meta records."""
+    """The dataset to measure a decoded file on: `ref`, else the one its meta records, at the input size and with
+    the normalisation (mean, std) the file records (what its run used) unless given here (see override_note)."""
     ref = ref or handle.extra.get("meta", {}).get("data")
     if not isinstance(ref, str) or not ref:
         hint = "yolo:PATH.yaml" if handle.task == DETECT else "DATASET"
@@ -249,3 +250,29 @@ def data_for_file(handle, ref: str | None = None, input_size: int | None = None,
     spec = {"model": handle.label, "data": ref, "input_size": input_size,
             "mean": list(mean) if mean else None, "std": list(std) if std else None}
     return load_data(spec, handle)
+
+
+def _numbers(values) -> str:
+    return ",".join(f"{float(v):g}" for v in values)
+
+
+def override_note(handle, ref: str | None = None, input_size: int | None = None, mean=None, std=None) -> str | None:
+    """One line saying where the measurement of a decoded classifier differs from what its file records (a flag
+    overriding the recorded input size or normalisation), or that an older file records no normalisation; None
+    when it is measured as its run measured it."""
+    if handle.task != CLASSIFY:
+        return None
+    ref = ref or handle.extra.get("meta", {}).get("data")
+    parts = []
+    side = handle.input_shape[-1]
+    if input_size is not None and input_size != side:
+        parts.append(f"--input-size {input_size} overrides the file's {side}")
+    if ref != "digits":  # the digits have their own normalisation: flags do not reach them
+        for flag, given, recorded in (("mean", mean, handle.mean), ("std", std, handle.std)):
+            if given and (recorded is None or [float(v) for v in given] != [float(v) for v in recorded]):
+                parts.append(f"--{flag} {_numbers(given)} overrides the file's "
+                             + (_numbers(recorded) if recorded else "unrecorded one (ImageNet's by default)"))
+        if not parts and (handle.mean is None or handle.std is None) and not (mean and std):
+            return ("note: the file records no mean/std (written by an older release): measured with ImageNet's "
+                    "(0.485,0.456,0.406 / 0.229,0.224,0.225); give --mean/--std if its run used others")
+    return "note: " + "; ".join(parts) + " (what its run used)" if parts else None

@@ -10,6 +10,7 @@
     ROOT/runs/<id>/metrics.json, model.clab, sensitivity.json   results, written to a temporary name
                                    and renamed into place before the row says succeeded
     ROOT/.index.lock               held (fcntl) while a process checks, moves aside or rebuilds the index
+    ROOT/.submit.lock              held (fcntl) while a submission looks for a run with its content key, then queues
     ROOT/.space-reserve            1 MiB, deleted when the disk fills so the index can still record why runs failed
     ROOT/index.sqlite.corrupt-*    a corrupt index, moved aside (never deleted) before the folders rebuild it
 
@@ -212,6 +213,31 @@ class RunStore:
         """ROOT/.index.lock (fcntl): one process at a time checks, moves aside and rebuilds the index. Waits at
         most the busy timeout (a stopped process holding it must not hang every listing): then StoreError."""
         with open(self.root / ".index.lock", "a+") as handle:
+            deadline = time.time() + busy_timeout()
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.time() > deadline:
+                        raise self.error("locked") from None
+                    time.sleep(0.02)
+            yield
+
+    @contextmanager
+    def submit_lock(self):
+        """ROOT/.submit.lock (fcntl), held while a submission looks for a run with its content key and, finding
+        none, queues its own: two identical submissions at once become one run (sweeps.submit_or_reuse). Waits at
+        most the busy timeout, then StoreError. A data folder where the lock cannot be made (read-only, full) is
+        not locked: the submission itself then says what is wrong."""
+        try:
+            handle = open(self.root / ".submit.lock", "a+")  # noqa: SIM115 - closed below, after the body
+        except OSError:
+            handle = None
+        if handle is None:
+            yield
+            return
+        with handle:
             deadline = time.time() + busy_timeout()
             while True:
                 try:

@@ -76,15 +76,18 @@ def read_existing(path: Path) -> tuple[dict, dict]:
     return read_file(path)
 
 
-def read_compact(path: str | Path, base_file: str | Path | None = None):
-    """Decode a compact file of either task into a working handle (our own parser; nothing is unpickled)."""
+def read_compact(path: str | Path, base_file: str | Path | None = None, trust: bool = False):
+    """Decode a compact file of either task into a working handle (our own parser; nothing is unpickled).
+
+    A TorchScript model's file is rebuilt from `base_file`, code that loads only with `trust` (the person's
+    --trust: the compact file's meta never grants it)."""
     path = Path(path)
     meta, state = read_existing(path)
     if meta.get("task") == "detect":
         from compression.models.detector import handle_from_decoded_detector
 
         return handle_from_decoded_detector(meta, state, path.name)
-    return handle_from_decoded(meta, state, base_file, path.name)
+    return handle_from_decoded(meta, state, base_file, path.name, trust)
 
 
 # What a file's meta may say (checked before anything is built): an input of at most MAX_INPUT_CHANNELS
@@ -213,7 +216,7 @@ def _dry_run_shapes(architecture: dict, source: str) -> dict[str, tuple] | None:
 
 
 def handle_from_decoded(meta: dict, state: dict[str, torch.Tensor], base_file: str | Path | None = None,
-                        source: str = "file") -> ModelHandle:
+                        source: str = "file", trust: bool = False) -> ModelHandle:
     """Rebuild the recorded architecture and load the decoded tensors into it.
 
     Every meta value is checked first (check_meta), and the architecture's shapes are compared with the
@@ -237,7 +240,7 @@ def handle_from_decoded(meta: dict, state: dict[str, torch.Tensor], base_file: s
                 if len(shape) != len(got) or any(a > b for a, b in zip(got, shape, strict=True)):
                     raise ModelLoadError(f"{source}: {key} has shape {state_shapes[key]}, larger than the "
                                          f"architecture's {shape}: the file was written for another model")
-    model = build_architecture(architecture, base_file)
+    model = build_architecture(architecture, base_file, trust)
     if checked["channel_pruning"]:
         replay(model, checked["channel_pruning"], checked["input_shape"])
     _check_shapes(state_shapes, {key: tuple(value.shape) for key, value in model.state_dict().items()}, source)
@@ -247,11 +250,11 @@ def handle_from_decoded(meta: dict, state: dict[str, torch.Tensor], base_file: s
                        channel_history=list(checked["channel_pruning"] or []))
 
 
-def load_compressed(path: str | Path, base_file: str | Path | None = None) -> ModelHandle:
+def load_compressed(path: str | Path, base_file: str | Path | None = None, trust: bool = False) -> ModelHandle:
     """Decode a compact classifier file into a working model (our own parser; nothing is unpickled)."""
     path = Path(path)
     meta, state = read_existing(path)
     if meta.get("task") == "detect":
         raise FormatError(f"{path.name} holds a detector, not a classifier: load it with "
                           "compression.sources.load_file")
-    return handle_from_decoded(meta, state, base_file, path.name)
+    return handle_from_decoded(meta, state, base_file, path.name, trust)

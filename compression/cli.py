@@ -273,11 +273,13 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from compression.export import export
     from compression.paths import check_output_file
 
     check_output_file(args.out, EXPORT_SUFFIXES, args.force)
-    size = export(sources.load_file(args.file, args.base), args.out)
+    handle = sources.load_file(args.file, args.base)  # a foreign file is refused before torch is imported
+    from compression.export import export
+
+    size = export(handle, args.out)
     print(json.dumps({"file": str(args.out), "bytes": size}))
     return 0
 

@@ -193,7 +193,12 @@ def file_task(path: str | Path) -> str:
 
 
 def load_file(path: str | Path, base_file: str | Path | None = None):
-    """Decode a compact file of either task into a working handle (our own parser; nothing is unpickled)."""
+    """Decode a compact file of either task into a working handle (our own parser; nothing is unpickled).
+
+    The header and CRC are checked first, torch-free: a foreign file costs no import of the decoder."""
+    from compression.storage.header import check_file_header
+
+    check_file_header(path)
     from compression.models.compact import read_compact
 
     return read_compact(path, base_file)

@@ -308,8 +308,15 @@ def latest_sensitivity(spec: dict, any_state: bool = False):
                 path = engine.run_file(run["id"], "sensitivity.json", root=home())
             except CompressionLabError:  # listed from the index but its folder is gone
                 continue
-            if path.is_file():
-                return json.loads(path.read_text())
+            if path.is_file():  # untrusted: one checked reader (a damaged report is said, and skipped)
+                from compression.analysis.sensitivity_report import SensitivityReportError, parse_report
+
+                try:
+                    return parse_report(path.read_bytes(), f"the report of analysis run {run['id']}")
+                except (SensitivityReportError, OSError) as exc:
+                    st.warning(f"{exc}" if isinstance(exc, SensitivityReportError) else
+                               f"cannot read the report of analysis run {run['id']} ({exc.strerror})")
+                    continue
     return None
 
 

@@ -775,6 +775,13 @@ class Plan:
         return cls.from_json(data)
 
 
+def validate_recipe(text: str | bytes | bytearray, layers: list[str] | None = None) -> Plan:
+    """A recipe's text parsed and validated against the model's layer names, with every bound a recipe has: its
+    size and shape (from_json), its values, and its `re:` keys' automata and matching (check_patterns). The one
+    entry point the CLI, the Plan page's "Load recipe" and the fuzz campaign use; PlanError otherwise."""
+    return Plan.from_json(text).validate(layers)
+
+
 def _check_structure(data: Any) -> None:
     """Bound a recipe's shape before anything reads it: depth, item count, string and key lengths."""
     items = 0

@@ -21,6 +21,7 @@ from compression.plan import (
     Plan,
     PruneStep,
     QuantizeStep,
+    validate_recipe,
 )
 from compression.ui.channels import channel_section, load_channels
 from compression.ui.figures import bytes_waterfall
@@ -162,7 +163,7 @@ def load_recipe() -> None:
     if upload is None:
         return
     try:
-        plan = Plan.from_json(upload.getvalue()).validate(layers)  # bytes: a non-UTF-8 file is named as such
+        plan = validate_recipe(upload.getvalue(), layers)  # bytes: a non-UTF-8 file is named as such
         if not detector and any(step.type == "fold_bn" for step in plan.steps):
             raise PlanError("this recipe folds batch norm (fold_bn), which is implemented for YOLO detectors: "
                             "remove the step for this classifier")

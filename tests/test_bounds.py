@@ -23,7 +23,7 @@ import torchvision
 from compression.analysis.sensitivity_report import SensitivityReportError, check_report, parse_report
 from compression.errors import CompressionLabError, ModelLoadError, PlanError
 from compression.models.handle import build_architecture, build_on_meta, load_model
-from compression.plan import MAX_MATCH_WORK, Plan
+from compression.plan import MAX_MATCH_WORK, Plan, validate_recipe
 from compression.storage import write_file
 from compression.storage.header import MAGIC, check_file_header
 
@@ -176,6 +176,18 @@ def test_small_model_of_zeros_at_its_input_size_still_decodes(tmp_path):
         assert handle.model(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
 
 
+def test_file_whose_architecture_cannot_take_its_input_is_refused(tmp_path):
+    from compression.models.compact import load_compressed
+    from compression.models.zoo import LeNet300
+
+    path = tmp_path / "lenet.clab"
+    state = {k: torch.zeros(v.shape) for k, v in LeNet300().state_dict().items()}
+    write_file(path, state, {"architecture": {"kind": "demo", "name": "lenet300", "num_classes": 10},
+                             "input_shape": [1, 20, 20], "num_classes": 10})
+    with pytest.raises(ModelLoadError, match="cannot take its recorded 1x20x20 input"):
+        load_compressed(path)
+
+
 @pytest.mark.parametrize("arch", ["regnet_x_400mf", "regnet_y_400mf"])
 def test_regnet_builds_on_meta_with_the_real_shapes(arch):
     """_ParametersOnMeta keeps RegNet's data-made block widths on the CPU: the shapes equal a real build's."""
@@ -232,7 +244,7 @@ def recipe(keys: dict) -> str:
 def refused_in(text: str, layers: list[str], seconds: float) -> str:
     started = time.monotonic()
     with pytest.raises(PlanError) as caught:
-        Plan.from_json(text).validate(layers)
+        validate_recipe(text, layers)
     assert time.monotonic() - started < seconds
     message = str(caught.value)
     assert "\n" not in message

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from compression import __version__
-from compression.errors import FormatError, ModelLoadError
+from compression.errors import FormatError, ModelLoadError, first_line
 from compression.models.channel_replay import replay
-from compression.models.handle import ModelHandle, build_architecture, build_on_meta, check_input_size, load_state
+from compression.models.handle import ModelHandle, build_architecture, build_on_meta, largest_activation, load_state
 from compression.storage import read_file, write_file
 from compression.storage.codec import decode_allowance
 
@@ -251,12 +251,14 @@ def handle_from_decoded(meta: dict, state: dict[str, torch.Tensor], base_file: s
         _check_shapes(state_shapes, _shapes(model), source)
         if file_bytes is None:
             file_bytes = sum(t.numel() * t.element_size() for t in state.values())
-        name = architecture.get("arch") or architecture.get("name")
-        largest = check_input_size(model, checked["input_shape"], f"{source}: its architecture {name}",
-                                   "an input_shape of side")
+        shape = "x".join(map(str, checked["input_shape"]))
+        try:
+            largest = largest_activation(model, checked["input_shape"])
+        except Exception as exc:  # noqa: BLE001 - each architecture refuses an input in its own words
+            raise ModelLoadError(f"{source}: its architecture cannot take its recorded {shape} input "
+                                 f"({first_line(exc, 100)}): the file is damaged or crafted") from None
         allowance = activation_allowance(file_bytes)
         if 3 * largest > allowance:
-            shape = "x".join(map(str, checked["input_shape"]))
             raise ModelLoadError(f"{source}: its model needs {3 * largest / 2**20:,.0f} MiB of activations on a "
                                  f"{shape} input, more than a file of {file_bytes:,} bytes may ask "
                                  f"({allowance / 2**20:,.0f} MiB): the file is damaged or crafted")

@@ -1,8 +1,10 @@
 """Compression Lab's Streamlit entry: the navigation over pages/ and the sidebar with the active model.
 
-    streamlit run app.py [-- --home DIR] [--ray ADDRESS]
+    streamlit run app.py [-- --home DIR] [--ray ADDRESS] [--data-root ROOT ...]
         DIR: where runs are stored (default $COMPRESSION_LAB_HOME); ADDRESS: run jobs on the Ray cluster there
-        (HOST:PORT or auto; local: the local workers again; default $COMPRESSION_LAB_RAY, else the stored setting)
+        (HOST:PORT or auto; local: the local workers again; default $COMPRESSION_LAB_RAY, else the stored setting);
+        ROOT: a folder whose datasets a link (?data=imagefolder:PATH) may name, besides DIR/data (repeatable; also
+        $COMPRESSION_LAB_DATA_ROOTS, separated by ':'). Links name nothing else on the server.
 """
 
 import streamlit as st

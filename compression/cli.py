@@ -20,6 +20,8 @@ from compression.errors import CompressionLabError, first_line
 
 RESULT_FILES = ("model.clab", "metrics.json")
 EXPORT_SUFFIXES = (".onnx", ".pt", ".ts")
+TRUST_HELP = ("load a model file that holds code: a detector:FILE.pt checkpoint (a pickle) or a torchscript:FILE "
+              "(a program); only files you made or whose source you trust (never read from a file or run folder)")
 PROGRESS_EVERY_S = 5.0  # a progress line this often when stderr is not a terminal (a log file, a CI job)
 
 
@@ -42,8 +44,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="demo:NAME (lenet300, lenet5, vgg_small), torchvision:ARCH, torchscript:FILE, "
                              "detector:demo or detector:FILE.pt (an Ultralytics YOLO checkpoint)")
     parser.add_argument("--weights", help="state dict (.pt/.pth) or .safetensors for torchvision:ARCH")
-    parser.add_argument("--trust", action="store_true",
-                        help="load a detector:FILE.pt checkpoint, a pickle that can run code: only files you trust")
+    parser.add_argument("--trust", action="store_true", help=TRUST_HELP)
 
 
 def _add_data_args(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -87,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="decode a compact file and measure it")
     ev.add_argument("file", type=Path)
     _add_data_args(ev, required=False)
-    ev.add_argument("--base", type=Path, help="the original TorchScript file (for TorchScript models)")
+    ev.add_argument("--base", type=Path, help="the original TorchScript file (for TorchScript models; needs --trust)")
+    ev.add_argument("--trust", action="store_true", help=TRUST_HELP)
     ev.add_argument("--split", default="test", choices=["val", "test"])
     ins = sub.add_parser("inspect", help="per-layer bits of a compact file: positions, indices, codebook")
     ins.add_argument("file", type=Path)
@@ -95,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="decode a compact file and export it as TorchScript or ONNX")
     exp.add_argument("file", type=Path)
     exp.add_argument("out", type=Path, help="output file: .onnx for ONNX, .pt/.ts for TorchScript")
-    exp.add_argument("--base", type=Path, help="the original TorchScript file (for TorchScript models)")
+    exp.add_argument("--base", type=Path, help="the original TorchScript file (for TorchScript models; needs --trust)")
+    exp.add_argument("--trust", action="store_true", help=TRUST_HELP)
     exp.add_argument("--force", action="store_true", help="replace an existing output file")
     rp = sub.add_parser("report", help="one self-contained HTML file on finished runs: headline, Pareto plots, "
                                        "where the bytes went, per-layer table, recipe (and a detector's boxes)")
@@ -114,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     cn = sub.add_parser("cancel", help="cancel a queued or running run")
     cn.add_argument("run_id")
     for command in (sm, sub.choices["runs"], cn, rp):
-        command.add_argument("--home", type=Path, help="data folder of the run store (default $COMPRESSION_LAB_HOME)")
+        command.add_argument("--home", help="data folder of the run store (default $COMPRESSION_LAB_HOME)")
     _add_sweep_parsers(sub)
     return parser
 
@@ -187,7 +190,7 @@ def cmd_analyze(args) -> int:
 
     out = check_output_file(args.out, (".json",), args.force)
     _analysis_config(args, sources.task_of({"model": args.model}))  # bad flags fail before anything loads
-    handle, data = sources.load(_job_source(args))
+    handle, data = sources.load(sources.check(_job_source(args), compress=True))  # (no TorchScript: it prunes)
     config = _analysis_config(args, handle.task, handle)
     progress = _ProgressLine()
     started = time.monotonic()
@@ -209,8 +212,9 @@ def cmd_run(args) -> int:
     from compression.pipeline import compress
 
     plan = _read_recipe(args.recipe)
+    source = sources.check(_job_source(args), compress=True)  # untrusted or TorchScript: refused before --out
     prepare_output_dir(args.out, RESULT_FILES, args.force)
-    handle, data = sources.load(_job_source(args))
+    handle, data = sources.load(source)
     bar = tqdm(total=100, unit="%", file=sys.stderr, dynamic_ncols=True)
 
     def progress(stage: str, fraction: float, values: dict) -> None:
@@ -234,8 +238,11 @@ def cmd_run(args) -> int:
 def cmd_eval(args) -> int:
     from compression import metrics
 
-    handle = sources.load_file(args.file, args.base)
+    handle = sources.load_file(args.file, args.base, trust=args.trust)
     data = sources.data_for_file(handle, args.data, args.input_size, args.mean, args.std)
+    note = sources.override_note(handle, args.data, args.input_size, args.mean, args.std)
+    if note:
+        print(note, file=sys.stderr)  # stdout stays one JSON line
     scores = handle.measure(data, args.split, latency=False)
     out = {"file": str(args.file), "compressed_bytes": metrics.file_bytes(args.file),
            "data": data.ref, **({"split": args.split} if handle.task == "classify" else {}), **scores}
@@ -276,7 +283,7 @@ def cmd_export(args) -> int:
     from compression.paths import check_output_file
 
     check_output_file(args.out, EXPORT_SUFFIXES, args.force)
-    handle = sources.load_file(args.file, args.base)  # a foreign file is refused before torch is imported
+    handle = sources.load_file(args.file, args.base, trust=args.trust)  # a foreign file: refused before torch
     from compression.export import export
 
     size = export(handle, args.out)
@@ -403,8 +410,7 @@ def _add_sweep_parsers(sub) -> None:
     cs = sub.add_parser("cancel-sweep", help="cancel a sweep's queued members and stop its running one")
     cs.add_argument("sweep_id")
     for name in ("sweep", "sweeps", "cancel-sweep"):
-        sub.choices[name].add_argument("--home", type=Path,
-                                       help="data folder of the run store (default $COMPRESSION_LAB_HOME)")
+        sub.choices[name].add_argument("--home", help="data folder of the run store (default $COMPRESSION_LAB_HOME)")
 
 
 def _read_plans(path: Path) -> list:
@@ -525,10 +531,11 @@ def cmd_sweep(args) -> int:
         return _cmd_search(args, source)
     if args.targets is not None:
         axis, values = parse_targets(args.targets)  # bad targets fail before anything loads
-        sources.check(source)
+        sources.check(source, compress=True)
         jobs, labels = _target_jobs(args, axis, values, source)
     else:
         axis = "plans"
+        sources.check(source, compress=True)
         plans = _read_plans(args.recipes)
         jobs = [{"kind": "compress", **source, "plan": plan.to_dict(), "latency": not args.no_latency}
                 for plan in plans]
@@ -553,7 +560,7 @@ def _cmd_search(args, source: dict) -> int:
     from compression.analysis.targets import step_options
     from compression.engine.search import search
 
-    sources.check(source)
+    sources.check(source, compress=True)
     base = _read_recipe(args.base_recipe) if args.base_recipe is not None else None
     prune_options, cluster_options = step_options(base) if base is not None else ({}, {})
     report = _sweep_report(args, source, sources.load_model(source))
@@ -612,6 +619,10 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"analyze": cmd_analyze, "run": cmd_run, "eval": cmd_eval, "inspect": cmd_inspect, "export": cmd_export,
                 "report": cmd_report, "submit": cmd_submit, "runs": cmd_runs, "cancel": cmd_cancel, **SWEEP_HANDLERS}
     try:
+        if getattr(args, "home", None) is not None:  # as typed: Path("") would be the current folder
+            from compression.paths import home_option
+
+            args.home = home_option(args.home)
         if args.ray is not None:
             _use_ray(args)
         return handlers[args.command](args)

@@ -30,6 +30,51 @@ def home() -> Path:
     return Path(platformdirs.user_data_dir("compression-lab"))
 
 
+class HomeError(CompressionLabError):
+    """The data folder named by --home or $COMPRESSION_LAB_HOME cannot be one: empty, or not on a disk."""
+
+
+# file systems whose folders are the kernel's views, not storage: a data folder there can never be written
+PSEUDO_FILE_SYSTEMS = ("/proc", "/sys", "/dev")
+
+
+def home_option(value: str | Path) -> Path:
+    """The data folder a user named (`--home DIR`, the app's `-- --home DIR`), checked by check_home.
+
+    The value is taken as typed: an empty one is refused here, before `Path("")` turns it into the current
+    folder (which would then fill with a run store)."""
+    if isinstance(value, str) and not value.strip():
+        raise HomeError("--home is empty: give the data folder, e.g. --home ~/compression-lab (or leave --home out "
+                        "for $COMPRESSION_LAB_HOME, else the per-user data folder)")
+    return check_home(Path(os.path.expanduser(value)))
+
+
+def check_home(path: str | Path) -> Path:
+    """`path` if it can be a data folder, else a HomeError that says why: a folder on a kernel file system (/proc,
+    /sys, /dev: no disk, so "full" or "read-only" would be the wrong story) or on one that reports no size at all."""
+    path = Path(os.path.expanduser(path))
+    if not str(path).strip():
+        raise HomeError("the data folder is empty: set --home or $COMPRESSION_LAB_HOME to a folder")
+    absolute = Path(os.path.abspath(path))
+    for top in PSEUDO_FILE_SYSTEMS:
+        if absolute.is_relative_to(top):
+            raise HomeError(f"the data folder {path} is on {top}, a kernel file system, not a disk: point --home / "
+                            "$COMPRESSION_LAB_HOME at a folder on a disk")
+    probe = absolute
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        import shutil
+
+        total = shutil.disk_usage(probe).total
+    except OSError:
+        return path
+    if total == 0:
+        raise HomeError(f"the data folder {path} is on a file system with no storage (like /proc): point --home / "
+                        "$COMPRESSION_LAB_HOME at a folder on a disk")
+    return path
+
+
 def data_home() -> Path:
     """Where generated datasets live: $COMPRESSION_LAB_DATA, else home()/data."""
     if os.environ.get("COMPRESSION_LAB_DATA"):

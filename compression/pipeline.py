@@ -19,11 +19,12 @@ import torch
 
 from compression import metrics
 from compression.data import DataBundle
+from compression.errors import ModelLoadError
 from compression.methods import bn_stats, distill
 from compression.methods.context import StepContext
 from compression.methods.registry import handler_for
 from compression.models.compact import Products, read_compact
-from compression.models.handle import check_data_fits
+from compression.models.handle import EVALUATION_ONLY, check_data_fits
 from compression.plan import Plan
 from compression.storage import inspect_bytes
 
@@ -48,6 +49,8 @@ def compress(handle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
 
     `keep_in_memory` also returns the compressed model as it was before writing (tests compare it with the
     decoded one)."""
+    if handle.architecture.get("kind") == "torchscript":  # sources.check(compress=True) says so before a run queues
+        raise ModelLoadError(EVALUATION_ONLY)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_data_fits(handle, data.num_classes)  # sources.load_data checks it too; a caller may bring its own data
@@ -84,8 +87,8 @@ def compress(handle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
 
     emit("write compact file", 0.0, {})
     path = out_dir / COMPRESSED_NAME
-    work.save(path, {"plan": plan.to_dict(), "data": data.ref}, products)
-    decoded = read_compact(path, handle.extra.get("base_file"))
+    work.save(path, {"plan": plan.to_dict(), "data": data.ref, **_normalization(handle, data)}, products)
+    decoded = read_compact(path)
     emit("measure compressed", 0.0, {})
     after = decoded.measure(data, split, latency)
     compressed_bytes = metrics.file_bytes(path)
@@ -115,6 +118,15 @@ def compress(handle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
     tmp.replace(out_dir / "metrics.json")
     emit("done", 1.0, {"accuracy": after["accuracy"], "compressed_bytes": compressed_bytes})
     return Result(decoded, result, path, work if keep_in_memory else None, products)
+
+
+def _normalization(handle, data) -> dict:
+    """The mean and std the data was normalised with (a classifier's), for the file's meta: `eval` and anything
+    else measuring the decoded file use them, so it is measured as the run measured it (issue 24, item 11)."""
+    mean, std = getattr(data, "mean", None), getattr(data, "std", None)
+    if handle.task != "classify" or not mean or not std:
+        return {}
+    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
 
 
 def _layer_row(row: dict) -> dict:

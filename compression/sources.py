@@ -5,12 +5,15 @@ A source spec is the JSON-friendly dict a job, the CLI and the app all use:
     {"model": "demo:lenet5" | "torchvision:ARCH" | "torchscript:FILE" | "detector:demo" | "detector:FILE.pt",
      "weights": FILE or None, "data": "digits" | "imagefolder:DIR" | "cifar10:DIR" | "cifar100:DIR"
      | "shapes" | "yolo:FILE.yaml", "input_size": int or None, "mean": [..] or None, "std": [..] or None,
-     "trust": bool (an Ultralytics pickle loads only with trust)}
+     "trust": bool (an Ultralytics pickle or a TorchScript file, both code, loads only with trust)}
 
 `check(spec)` validates it without loading anything heavy (the engine calls it at submit time, so a bad
-path never queues); `load(spec)` returns (handle, data); `load_file(path)` decodes a compact file of
-either task. This module is the only place that tells a classifier from a detector by its reference:
-everything else asks a handle for its `task` ("classify" or "detect").
+path never queues; `compress=True` for a compression run or a sensitivity analysis, which change a model's
+weights and so cannot take TorchScript); `load(spec)` returns (handle, data), and `load(spec, isolated=True)`
+(the Streamlit server's) never runs a model file's code in this process (compression/models/codeload.py);
+`load_file(path)` decodes a compact file of either task. This module is the only place that tells a
+classifier from a detector by its reference: everything else asks a handle for its `task` ("classify" or
+"detect").
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ def demo_sources() -> dict[str, str]:
 def task_of(spec: dict) -> str:
     """"detect" for a detector:... model reference, else "classify"."""
     return DETECT if str(spec.get("model", "")).startswith("detector:") else CLASSIFY
+
+
+def evaluation_only(spec: dict) -> bool:
+    """Whether the spec's model can be measured but not compressed (TorchScript: handle.EVALUATION_ONLY); the app
+    measures such a model in a child process (models/codeload.py) and never makes it the active model."""
+    return str(spec.get("model", "")).startswith("torchscript:")
 
 
 def default_data(model: str) -> str:
@@ -82,8 +91,13 @@ def _check_detector(spec: dict) -> dict:
             "trust": trust}
 
 
-def check(spec: dict) -> dict:
-    """A normalised copy of the source spec, or a CompressionLabError naming the bad value and the fix."""
+def check(spec: dict, compress: bool = False) -> dict:
+    """A normalised copy of the source spec, or a CompressionLabError naming the bad value and the fix.
+
+    Trust is the spec's own `trust` key, which only the person's command or session sets (--trust, the app's
+    checkbox): a TorchScript file or an Ultralytics pickle without it is refused here, before it queues.
+    `compress`: the spec is for a compression run or a sensitivity analysis: both change the model's weights,
+    which TorchScript cannot take (handle.EVALUATION_ONLY)."""
     if task_of(spec) == DETECT:
         return _check_detector(spec)
     model = spec.get("model")
@@ -105,6 +119,14 @@ def check(spec: dict) -> dict:
     for path in (spec.get("weights"), model[12:] if model.startswith("torchscript:") else None):
         if path and not Path(path).expanduser().is_file():
             raise CompressionLabError(f"model file {path} does not exist: check the path")
+    trust = spec.get("trust") is True and model.startswith("torchscript:")  # only --trust / the checkbox set it
+    if model.startswith("torchscript:"):
+        from compression.models.handle import EVALUATION_ONLY, untrusted_code
+
+        if not trust:
+            raise untrusted_code(model[12:])
+        if compress:
+            raise CompressionLabError(EVALUATION_ONLY)
     data = spec.get("data")
     if not isinstance(data, str) or not data.startswith(DATA_PREFIXES):
         raise CompressionLabError(f"unknown dataset {str(data)[:80]!r}: use digits, imagefolder:DIR, cifar10:DIR or "
@@ -134,20 +156,35 @@ def check(spec: dict) -> dict:
                                       "trained so): drop --mean/--std")
     return {"model": model, "weights": spec.get("weights"), "data": data, "input_size": size,
             "mean": list(spec["mean"]) if spec.get("mean") else None,
-            "std": list(spec["std"]) if spec.get("std") else None}
+            "std": list(spec["std"]) if spec.get("std") else None, **({"trust": True} if trust else {})}
 
 
-def load_model(spec: dict):
-    """The model handle of a checked spec (a classifier's ModelHandle or a DetectorHandle)."""
+def load_model(spec: dict, isolated: bool = False):
+    """The model handle of a checked spec (a classifier's ModelHandle or a DetectorHandle).
+
+    `isolated` (the Streamlit server's setting): a model file's code never runs in this process. A trusted
+    Ultralytics pickle is opened in a one-shot child process that hands back its architecture record and
+    tensors (models/codeload.py); TorchScript, whose code is the model, is refused (codeload.IN_SERVER)."""
     if task_of(spec) == DETECT:
         from compression.models.detector import load_detector
 
         source = spec["model"][len("detector:"):]
+        if isolated and source != "demo":
+            from compression.models.codeload import detector_in_child
+            from compression.models.detector import untrusted
+
+            if not spec.get("trust"):
+                raise untrusted(source)
+            return detector_in_child(source, imgsz=spec.get("input_size"))
         return load_detector(None if source == "demo" else source, trust=bool(spec.get("trust")),
                              imgsz=spec.get("input_size"))
     from compression.models.handle import load_model as load_classifier
 
-    return load_classifier(spec["model"], spec.get("weights"), spec.get("input_size"))
+    if isolated and str(spec["model"]).startswith("torchscript:"):
+        from compression.models.codeload import IN_SERVER
+
+        raise CompressionLabError(IN_SERVER)
+    return load_classifier(spec["model"], spec.get("weights"), spec.get("input_size"), trust=bool(spec.get("trust")))
 
 
 def load_data(spec: dict, handle):
@@ -175,10 +212,10 @@ def load_data(spec: dict, handle):
     return data
 
 
-def load(spec: dict):
-    """(handle, data) for a source spec, checked first."""
+def load(spec: dict, isolated: bool = False):
+    """(handle, data) for a source spec, checked first (`isolated`: see load_model)."""
     spec = check(spec)
-    handle = load_model(spec)
+    handle = load_model(spec, isolated)
     return handle, load_data(spec, handle)
 
 
@@ -192,20 +229,22 @@ def file_task(path: str | Path) -> str:
     return str(inspect_header(path.read_bytes())["meta"].get("task", CLASSIFY))
 
 
-def load_file(path: str | Path, base_file: str | Path | None = None):
+def load_file(path: str | Path, base_file: str | Path | None = None, trust: bool = False):
     """Decode a compact file of either task into a working handle (our own parser; nothing is unpickled).
 
+    A TorchScript model's file needs its original `base_file`, code that loads only with `trust` (--trust).
     The header and CRC are checked first, torch-free: a foreign file costs no import of the decoder."""
     from compression.storage.header import check_file_header
 
     check_file_header(path)
     from compression.models.compact import read_compact
 
-    return read_compact(path, base_file)
+    return read_compact(path, base_file, trust)
 
 
 def data_for_file(handle, ref: str | None = None, input_size: int | None = None, mean=None, std=None):
-    """The dataset to measure a decoded file on: `ref`, else the one its meta records."""
+    """The dataset to measure a decoded file on: `ref`, else the one its meta records, at the input size and with
+    the normalisation (mean, std) the file records (what its run used) unless given here (see override_note)."""
     ref = ref or handle.extra.get("meta", {}).get("data")
     if not isinstance(ref, str) or not ref:
         hint = "yolo:PATH.yaml" if handle.task == DETECT else "DATASET"
@@ -215,3 +254,29 @@ def data_for_file(handle, ref: str | None = None, input_size: int | None = None,
     spec = {"model": handle.label, "data": ref, "input_size": input_size,
             "mean": list(mean) if mean else None, "std": list(std) if std else None}
     return load_data(spec, handle)
+
+
+def _numbers(values) -> str:
+    return ",".join(f"{float(v):g}" for v in values)
+
+
+def override_note(handle, ref: str | None = None, input_size: int | None = None, mean=None, std=None) -> str | None:
+    """One line saying where the measurement of a decoded classifier differs from what its file records (a flag
+    overriding the recorded input size or normalisation), or that an older file records no normalisation; None
+    when it is measured as its run measured it."""
+    if handle.task != CLASSIFY:
+        return None
+    ref = ref or handle.extra.get("meta", {}).get("data")
+    parts = []
+    side = handle.input_shape[-1]
+    if input_size is not None and input_size != side:
+        parts.append(f"--input-size {input_size} overrides the file's {side}")
+    if ref != "digits":  # the digits have their own normalisation: flags do not reach them
+        for flag, given, recorded in (("mean", mean, handle.mean), ("std", std, handle.std)):
+            if given and (recorded is None or [float(v) for v in given] != [float(v) for v in recorded]):
+                parts.append(f"--{flag} {_numbers(given)} overrides the file's "
+                             + (_numbers(recorded) if recorded else "unrecorded one (ImageNet's by default)"))
+        if not parts and (handle.mean is None or handle.std is None) and not (mean and std):
+            return ("note: the file records no mean/std (written by an older release): measured with ImageNet's "
+                    "(0.485,0.456,0.406 / 0.229,0.224,0.225); give --mean/--std if its run used others")
+    return "note: " + "; ".join(parts) + " (what its run used)" if parts else None

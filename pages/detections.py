@@ -10,6 +10,7 @@ from compression import engine, sources
 from compression.analysis import detections
 from compression.errors import CompressionLabError
 from compression.ui import present
+from compression.ui.links import link_image_index
 from compression.ui.navigation import page_setup
 from compression.ui.state import active_spec, decoded_run, detector_latency, home, load_active, spec_key
 
@@ -94,8 +95,7 @@ except CompressionLabError as exc:
 images = data.val_images(limit=48)
 if presenting:  # the URL's image=N (a presenter prepares the link), the default threshold
     source, conf = "Validation image", 0.25
-    wanted = st.query_params.get("image", "0")
-    index = min(int(wanted), len(images) - 1) if wanted.isdigit() else 0
+    index = link_image_index(st.query_params.get("image"), len(images))  # ASCII digits only: '²' is image 0
 else:
     left, right = st.columns([2, 1])
     source = left.radio("Image", ["Validation image", "Upload an image"], horizontal=True, key="det_source")

@@ -8,7 +8,16 @@ from compression.errors import CompressionLabError
 from compression.ui import present
 from compression.ui.navigation import page_setup
 from compression.ui.numbers import human
-from compression.ui.state import active_spec, baseline, demo_choices, load_active, save_upload, set_active, spec_key
+from compression.ui.state import (
+    active_spec,
+    baseline,
+    demo_choices,
+    load_active,
+    measure_code_model,
+    save_upload,
+    set_active,
+    spec_key,
+)
 
 page_setup()
 
@@ -58,6 +67,34 @@ def summary(spec: dict) -> tuple:
     return handle, measured
 
 
+def code_model_summary(candidate: dict, active: dict) -> None:
+    """A trusted TorchScript file's numbers, measured in a separate process; it does not become the active model."""
+    result = measure_code_model(spec_key(candidate))
+    if "error" in result:
+        st.error(result["error"])
+        st.caption(f"Still using {active['model']} on {active['data']}.")
+        return
+    measured = result["measured"]
+    cols = st.columns(5)
+    cols[0].metric("Test accuracy", f"{measured['accuracy']:.2%}")
+    cols[1].metric("Parameters", human(measured.get("params", 0)), help=f"{measured.get('params', 0):,}")
+    cols[2].metric("FLOPs", human(measured.get("flops", 0)), help=f"{measured.get('flops', 0):,} (batch 1)")
+    cols[3].metric("fp32 bytes", human(measured.get("fp32_bytes", 0), "B"))
+    cols[4].metric("CPU latency (batch 1)", f"{measured.get('latency_ms', 0):.2f} ms")
+    train, val, test = result["images"]
+    st.caption(f"{result['label']} on {result['data']}: {train} train / {val} val / {test} test images, input "
+               f"{'x'.join(map(str, result['input_shape']))}. Measured in a separate process: TorchScript is code, "
+               "and the app never runs an uploaded model's code in its server.")
+    st.info("TorchScript is for evaluation only: its compiled modules cannot take the pruning masks, shared values "
+            "and channel surgery of the compression steps. To compress this model, save its state dict with "
+            "torch.save(model.state_dict()) and upload it with its torchvision architecture. The active model stays "
+            f"{active['model']} on {active['data']}.")
+    st.subheader("Layers")
+    st.dataframe(measured["layers"], hide_index=True, width="stretch",
+                 column_config={"flops_share": st.column_config.ProgressColumn("FLOPs share", min_value=0,
+                                                                               max_value=1)})
+
+
 spec = active_spec()
 if present.presenting():  # the projector view: the model's summary numbers, large, nothing to choose
     present.present_css()
@@ -78,7 +115,8 @@ if source == "Demo detector (YOLO)":
     new.update(model="detector:demo", weights=None, input_size=None, mean=None, std=None)
 elif source == "Upload a YOLO detector":
     st.warning("An Ultralytics .pt file is a pickle: loading it can run any code its author put in it. "
-               "Load only files you made or whose source you trust.")
+               "Load only files you made or whose source you trust. It is opened in a separate process, never in "
+               "this server, which keeps only its architecture and weights.")
     upload = st.file_uploader("Ultralytics checkpoint (.pt: YOLOv3u, v5u, v8, 11)", type=["pt"], key="upload_yolo")
     trust = st.checkbox("I trust this file", key="upload_yolo_trust")
     path = saved(upload)
@@ -101,13 +139,20 @@ else:
                          key="upload_arch",
                          disabled=kind == "TorchScript", help="a name from torchvision.models.list_models()")
     size = st.number_input("Input size (pixels)", 8, 1024, int(spec.get("input_size") or 224), key="upload_size")
+    trust = False
+    if kind == "TorchScript":
+        st.warning("A TorchScript file is a program: loading it runs whatever code its author compiled into it, "
+                   "which can write files. Load only files you made or whose source you trust. It is measured in a "
+                   "separate process, never in this server, and is for evaluation only.")
+        trust = st.checkbox("I trust this file", key="upload_ts_trust")
     path = saved(upload)
     if path is not None:
-        if kind == "TorchScript":
-            new.update(model=f"torchscript:{path}", weights=None)
+        if kind != "TorchScript":
+            new.update(model=f"torchvision:{arch}", weights=str(path), input_size=int(size))
+        elif trust:
+            new.update(model=f"torchscript:{path}", weights=None, input_size=int(size), trust=True)
         else:
-            new.update(model=f"torchvision:{arch}", weights=str(path))
-        new.update(input_size=int(size))
+            st.info("Tick 'I trust this file' to measure it; until then the active model stays as it is.")
 
 demo_data = sources.default_data(new["model"])  # "digits" for a classifier, "shapes" for a detector
 if not sources.fits(new["model"], new["data"]):  # the model changed task: start on its demo data
@@ -137,6 +182,9 @@ else:
     if folder:
         new["data"] = f"{data_kind}:{folder}"
 
+if sources.evaluation_only(new):  # TorchScript: measured in a child process, never made active
+    code_model_summary(new, spec)
+    st.stop()
 if spec_key(new) != spec_key(spec):
     try:
         load_active(new)

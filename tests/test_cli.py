@@ -75,13 +75,15 @@ def test_torchscript_model_round_trip(tmp_path, lenet300):
 
     scripted = torch.jit.script(lenet300.model)
     scripted.save(str(tmp_path / "lenet.pt"))
-    handle = load_model(f"torchscript:{tmp_path / 'lenet.pt'}", input_size=28)
+    handle = load_model(f"torchscript:{tmp_path / 'lenet.pt'}", input_size=28, trust=True)  # code: needs trust
     assert handle.input_shape == (1, 28, 28)
     assert handle.num_classes == 10
     save_compressed(handle, tmp_path / "ts.clab")
     with pytest.raises(Exception, match="pass the original TorchScript file"):
         load_compressed(tmp_path / "ts.clab")
-    decoded = load_compressed(tmp_path / "ts.clab", tmp_path / "lenet.pt")
+    with pytest.raises(Exception, match="pass --trust"):  # the original file is code: the file cannot grant trust
+        load_compressed(tmp_path / "ts.clab", tmp_path / "lenet.pt")
+    decoded = load_compressed(tmp_path / "ts.clab", tmp_path / "lenet.pt", trust=True)
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(decoded.model(x), lenet300.model(x))
 

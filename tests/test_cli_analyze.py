@@ -99,15 +99,24 @@ def test_auto_mode_measures_a_small_model_exactly(tmp_path, capsys):
 
 
 def test_model_without_layers_exits_2(tmp_path, capsys):
+    """TorchScript, the one reference a layerless model can come from, is not analysed at all (it is code, for
+    evaluation only: tests/test_trust_code.py); analyze() itself refuses a model without layers in one line."""
+    from compression.data import load_data
+    from compression.errors import CompressionLabError
+    from compression.models.handle import load_model
+
     class Slice(nn.Module):
         def forward(self, x):
             return x.flatten(1)[:, :10]
 
     path = tmp_path / "slice.pt"
     torch.jit.script(Slice()).save(str(path))
-    assert main(["analyze", "--model", f"torchscript:{path}", "--data", "digits", "--input-size", "28", "--out",
-                 str(tmp_path / "r.json")]) == 2
-    assert "no convolution or linear layer" in error_line(capsys)
+    assert main(["analyze", "--model", f"torchscript:{path}", "--trust", "--data", "digits", "--input-size", "28",
+                 "--out", str(tmp_path / "r.json")]) == 2
+    assert "TorchScript is for evaluation only" in error_line(capsys)
+    handle = load_model(f"torchscript:{path}", input_size=28, trust=True)
+    with pytest.raises(CompressionLabError, match="no convolution or linear layer"):
+        sensitivity.analyze(handle, load_data("digits", input_size=28, in_channels=1), SensitivityConfig(val_size=32))
 
 
 def test_interrupt_stops_cleanly_and_writes_nothing(tmp_path, capsys, monkeypatch):

@@ -155,11 +155,12 @@ def test_a_link_reopens_an_uploaded_state_dict_and_nothing_else(tmp_path, monkey
 
     folder = uploads_folder()
     path = save_upload(b"state dict bytes", "resnet18.pt")
-    spec = {"model": "torchvision:resnet18", "weights": str(path), "data": "imagefolder:/data/val",
+    data = f"imagefolder:{tmp_path / 'home' / 'data' / 'val'}"  # links name folders under the data folder only
+    spec = {"model": "torchvision:resnet18", "weights": str(path), "data": data,
             "input_size": 224, "mean": None, "std": None}
     params = link_params(spec, folder)
-    assert params == {"model": f"upload:{path.name[:12]}", "arch": "resnet18", "data": "imagefolder:/data/val",
-                      "size": "224"}
+    assert params == {"model": f"upload:{path.name[:12]}", "arch": "resnet18", "data": data, "size": "224"}
+    assert link_params({**spec, "data": "imagefolder:/data/val"}, folder) is None  # not a folder links may name
     assert spec_from_link(params, folder) == (spec, None)
     assert link_params({**spec, "weights": str(tmp_path / "elsewhere.pt")}, folder) is None  # not an upload
     assert link_params({**spec, "model": f"torchscript:{path}", "weights": None}, folder) is None

@@ -187,7 +187,10 @@ def test_model_too_large_for_the_memory_left_is_refused(lenet5, monkeypatch):
         analyze(lenet5, data, SensitivityConfig(val_size=512))
 
 
-def test_engine_job_fails_with_the_message_for_a_model_without_layers(tmp_path):
+def test_engine_refuses_an_analysis_of_torchscript_before_it_queues(tmp_path):
+    """A layerless model can only come from TorchScript, which is code (needs trust) and for evaluation only: the
+    job is refused at submit, nothing queued; analyze() refuses a layerless model itself
+    (test_cli_analyze.test_model_without_layers_exits_2)."""
     from compression import engine
 
     class Slice(nn.Module):
@@ -196,10 +199,13 @@ def test_engine_job_fails_with_the_message_for_a_model_without_layers(tmp_path):
 
     path = tmp_path / "slice.pt"
     torch.jit.script(Slice()).save(str(path))
-    run_id = engine.submit({"kind": "sensitivity", "model": f"torchscript:{path}", "data": "digits",
-                            "input_size": 28, "config": {"val_size": 32}}, root=tmp_path)
-    row = engine.wait(run_id, 120, root=tmp_path)
-    assert row["state"] == "failed" and "no convolution or linear layer" in row["error"]
+    job = {"kind": "sensitivity", "model": f"torchscript:{path}", "data": "digits", "input_size": 28,
+           "config": {"val_size": 32}}
+    with pytest.raises(CompressionLabError, match="pass --trust"):
+        engine.submit(job, root=tmp_path)
+    with pytest.raises(CompressionLabError, match="evaluation only"):
+        engine.submit({**job, "trust": True}, root=tmp_path)
+    assert engine.list_runs(root=tmp_path) == []
 
 
 @pytest.mark.slow

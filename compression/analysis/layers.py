@@ -13,8 +13,9 @@ def layer_table(handle: ModelHandle) -> pd.DataFrame:
     """One row per prunable layer, in model order."""
     total, per_module = metrics.layer_flops(handle.model, handle.input_shape)
     rows = []
+    modules = dict(handle.model.named_modules())  # (get_submodule refuses a TorchScript model)
     for name, weight in handle.prunable_layers().items():
-        module = handle.model.get_submodule(name) if name else handle.model
+        module = modules.get(name, handle.model)
         layer_flops = per_module.get(name, 0)
         rows.append({
             "layer": name,

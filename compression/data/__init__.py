@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def load_data(ref: str, input_size: int | None = None, mean: tuple[float, ...] |
     if kind in ("imagefolder", "cifar10", "cifar100"):
         if not arg:
             raise DataLoadError(f"dataset reference {ref!r} has no folder: write {kind}:PATH")
-        folder = Path(arg).expanduser()
+        folder = Path(os.path.expanduser(arg))  # "~nobody": unchanged, not a RuntimeError
         if folder.exists() and not folder.is_dir():
             raise DataLoadError(f"dataset path {folder} is a file, not a folder: give the folder that holds the "
                                 f"{'class folders' if kind == 'imagefolder' else 'CIFAR batches'}")

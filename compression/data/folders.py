@@ -6,7 +6,9 @@ restricted unpickler that can build numpy arrays and nothing else (see `_CifarUn
 
 from __future__ import annotations
 
+import os
 import pickle
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from compression.data import DataBundle
+from compression.data import DataBundle, walk
+from compression.data.walk import FolderWalk
 from compression.errors import DataLoadError, first_line
 
 SPLIT_SEED = 0
@@ -29,6 +34,7 @@ FLAT_SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 CIFAR_VAL_FRACTION = 0.1
 CIFAR_SIDE = 32
 CIFAR_ROW_LENGTH = 3 * CIFAR_SIDE * CIFAR_SIDE  # 1024 red, then 1024 green, then 1024 blue bytes
+MAX_CIFAR_FILE_BYTES = 512 << 20  # the largest real file, CIFAR-100's train, is 155 MB
 
 _LAYOUT_HINT = (
     "expected class sub-folders like DIR/train/cat/*.jpg and DIR/val/cat/*.jpg (DIR/test optional), "
@@ -69,7 +75,14 @@ def _image_transform(input_size: int, mean: tuple[float, ...], std: tuple[float,
 
 
 def _class_dirs(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    names = []
+    for count, path in enumerate(folder.iterdir()):
+        if count >= walk.MAX_FILES:
+            raise DataLoadError(f"image folder {folder} holds more than {walk.MAX_FILES:,} files and folders, more "
+                                "than one dataset walk reads: point at a smaller folder (e.g. one split)")
+        if not path.name.startswith(".") and path.is_dir():
+            names.append(path.name)
+    return sorted(names)
 
 
 def load_image(path: str):
@@ -99,22 +112,36 @@ def _check_images(dataset) -> None:
                                 "we read: shrink it or remove it")
 
 
-def _open_imagefolder(folder: Path, transform) -> Dataset:
-    from torchvision.datasets import ImageFolder
+def _is_image(path: str) -> bool:
+    return has_file_allowed_extension(path, IMG_EXTENSIONS)
 
+
+class BoundedImageFolder(ImageFolder):
+    """torchvision's ImageFolder with its file walk replaced by compression.data.walk: a symlink cycle or more
+    than walk.MAX_FILES entries is a DataLoadError in bounded time (os.walk(followlinks=True) loops forever)."""
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        walk = FolderWalk(directory)  # one walk over every class folder: each folder is read once
+        instances, empty = [], 0
+        for name in sorted(class_to_idx):
+            target = os.path.join(directory, name)
+            if not os.path.isdir(target):
+                continue
+            found = [(path, class_to_idx[name]) for path in walk.paths(target, _is_image)]
+            empty += not found
+            instances += found
+        if empty and not allow_empty:
+            raise DataLoadError(
+                f"image folder {directory}: {empty} class folder(s) hold no image file: put .jpg/.png images "
+                f"in every class folder (or remove the empty ones); {_LAYOUT_HINT}")
+        return instances
+
+
+def _open_imagefolder(folder: Path, transform) -> Dataset:
     if not _class_dirs(folder):
-        contents = "is empty" if not any(folder.iterdir()) else "has files but no sub-folders"
-        raise DataLoadError(
-            f"image folder {folder} has no class folders with images ({contents}): {_LAYOUT_HINT}"
-        )
-    try:
-        dataset = ImageFolder(str(folder), transform=transform, loader=load_image)
-    except FileNotFoundError as exc:
-        # torchvision raises this for a class folder without a single image file.
-        raise DataLoadError(
-            f"image folder {folder}: {exc} Put .jpg/.png images in every class folder "
-            f"(or remove the empty ones); {_LAYOUT_HINT}"
-        ) from exc
+        raise DataLoadError(f"image folder {folder} has no class folders with images: {_LAYOUT_HINT}")
+    dataset = BoundedImageFolder(str(folder), transform=transform, loader=load_image)
     if len(dataset) == 0:
         raise DataLoadError(f"image folder {folder} has no class folders with images: {_LAYOUT_HINT}")
     _check_images(dataset)
@@ -127,11 +154,12 @@ def _check_same_classes(splits: dict[str, Any], root: Path) -> list[str]:
     for split, classes in names.items():
         if classes == reference:
             continue
-        only_train = sorted(set(reference) - set(classes))
-        only_here = sorted(set(classes) - set(reference))
+        # counted, not named: a message never lists a folder's contents (the folder may come from a link)
+        only_train = len(set(reference) - set(classes))
+        only_here = len(set(classes) - set(reference))
         raise DataLoadError(
             f"class folders differ between {root / 'train'} and {root / split}: "
-            f"only in train: {only_train or 'none'}; only in {split}: {only_here or 'none'}. "
+            f"{only_train} only in train, {only_here} only in {split}; "
             f"every split needs the same class folders (same names), so a label means the same class in each"
         )
     return reference
@@ -237,8 +265,13 @@ class _CifarUnpickler(pickle.Unpickler):
 
 
 def _read_pickle(path: Path) -> dict:
-    """Unpickle one CIFAR file safely; the result must be a dict (keys decoded from bytes to str)."""
+    """Unpickle one CIFAR file safely; the result must be a dict (keys decoded from bytes to str). Only a plain
+    file of at most MAX_CIFAR_FILE_BYTES is opened (a link to /dev/zero or a FIFO would never end)."""
     try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_CIFAR_FILE_BYTES:
+            raise DataLoadError(f"{path} is not a CIFAR batch (not a plain file of at most "
+                                f"{MAX_CIFAR_FILE_BYTES >> 20} MB): download the CIFAR 'python version' again")
         with open(path, "rb") as handle:
             obj = _CifarUnpickler(handle, path).load()
     except DataLoadError:
@@ -261,8 +294,7 @@ def _read_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarra
     batch = _read_pickle(path)
     for key in ("data", label_key):
         if key not in batch:
-            raise DataLoadError(f"{path} has no {key!r} entry (it has {sorted(map(str, batch))}): "
-                                f"is this a CIFAR-{num_classes} batch?")
+            raise DataLoadError(f"{path} has no {key!r} entry: is this a CIFAR-{num_classes} batch?")
     data = batch["data"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
         description = (f"a {data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray)
@@ -359,11 +391,11 @@ def load_cifar(folder: Path, kind: str, input_size: int, mean: tuple[float, ...]
     if not folder.is_dir():
         raise DataLoadError(f"dataset folder {folder} does not exist: check the path after '{kind}:'")
 
-    missing = [p.name for p in [*train_files, test_file] if not p.is_file()]
-    if missing:
+    if not all(p.is_file() for p in [*train_files, test_file]):
+        # which files are there is not said: a message never lists a folder's contents
         expected = ", ".join(p.name for p in [*train_files, test_file])
         raise DataLoadError(
-            f"{root} is missing {', '.join(missing)}: a {kind} folder holds {expected} (the 'python version' "
+            f"{root} is missing {kind} batch files: a {kind} folder holds {expected} (the 'python version' "
             f"download, unpacked; the files may sit in a {subfolder} sub-folder)"
         )
     mean = _channel_stats(mean, 3, "mean")

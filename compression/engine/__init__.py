@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 from compression.engine.jobs import validate
+from compression.engine.keys import content_key
 from compression.engine.store import FINAL_STATES, STATES, RunStore, StoreError, default_root
 from compression.engine.sweeps import (
     cancel_sweep,
-    content_key,
     list_sweeps,
     submit_or_reuse,
     submit_sweep,
@@ -115,12 +115,19 @@ def absolute_paths(job: dict, cwd: str | Path | None = None) -> dict:
 
 def submit(job: dict, root: str | Path | None = None) -> str:
     """Validate and queue a job; returns its run id. Raises CompressionLabError for a bad job (nothing queued),
-    StoreError when the data folder is full or read-only. Relative paths are resolved here, where they were typed."""
+    StoreError when the data folder is full or read-only. Relative paths are resolved here, where they were typed.
+    Always a new run (submit_or_reuse and submit_sweep find an identical one first)."""
+    job = validate(absolute_paths(job))
+    return _insert(job, _store(root), content_key(job))
+
+
+
+def _insert(job: dict, store: RunStore, key) -> str:
+    """Queue a validated job with its content key (kept in its job.json as "content_key": what later submissions
+    compare with, see keys.py; None: never reused) and wake the dispatcher; returns the run id."""
     from compression.engine.dispatcher import kick
 
-    job = validate(absolute_paths(job))
-    store = _store(root)
-    run_id = store.insert(job)
+    run_id = store.insert({**job, "content_key": key} if key else job)
     try:
         kick(store.root)
     except OSError:  # queued all the same: the next listing or status call starts a dispatcher
@@ -241,7 +248,7 @@ def cached_sensitivity(job: dict, root: str | Path | None = None) -> dict | None
     from compression.engine.jobs import sensitivity_cache_path
 
     path = sensitivity_cache_path(absolute_paths(job), _store(root).root)  # the key submit() will use
-    return json.loads(path.read_text()) if path.is_file() else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
 
 def wait(run_id: str, timeout: float = 600.0, root: str | Path | None = None, poll: float = 0.5) -> dict:

@@ -29,7 +29,7 @@ from compression import sources
 from compression.errors import CompressionLabError
 
 JOB_KEYS = {"kind", "model", "weights", "data", "input_size", "mean", "std", "plan", "latency", "config", "seconds",
-            "trust", "predicted", "sweep"}
+            "trust", "predicted", "sweep", "content_key"}  # content_key: accepted and dropped (submit computes it)
 PREDICTED_NUMBERS = ("accuracy", "drop", "low", "high", "raw_drop")  # a compress job's predicted accuracy (fractions)
 
 
@@ -72,7 +72,7 @@ def validate(job: dict) -> dict:
     tag = {"sweep": sweep_tag(job["sweep"])} if job.get("sweep") is not None else {}
     if kind.startswith("test-"):
         return {"kind": kind, "seconds": float(job.get("seconds", 0.0)), **tag}
-    out = {"kind": kind, **sources.check(job), **tag}
+    out = {"kind": kind, **sources.check(job, compress=True), **tag}  # both kinds change weights: no TorchScript
     if kind == "compress":
         from compression.plan import Plan
 
@@ -135,13 +135,28 @@ def run_compress(job: dict, run_dir: Path, progress: Callable, log: Callable, ca
     return result.metrics
 
 
-def sensitivity_cache_path(job: dict, root: str | Path, handle=None) -> Path:
-    """ROOT/cache/sensitivity-<key>.json; the key covers the model, its weights, the data and the settings."""
+def sensitivity_data_ref(job: dict) -> str | None:
+    """What the sensitivity cache key says about the data: the reference and the job's content key (its data's
+    files, model files, settings and the code version: keys.py), so a report of changed data, other weights or
+    another release is never served. `job` is as submitted (its recorded content_key is used when it has one).
+    None: the data is too big to fingerprint, so nothing is cached."""
+    from compression.engine.keys import content_key
+
+    key = job.get("content_key") if isinstance(job.get("content_key"), str) else content_key(validate(job))
+    return None if key is None else f"{job.get('data')}#{key}"
+
+
+def sensitivity_cache_path(job: dict, root: str | Path, handle=None) -> Path | None:
+    """ROOT/cache/sensitivity-<key>.json; the key covers the model, its weights, the data's files and the
+    settings (None when the data is too big to fingerprint: no cache)."""
     from compression.analysis.sensitivity import weights_digest
 
+    data_ref = sensitivity_data_ref(job)
+    if data_ref is None:
+        return None
     job = validate(job)
     handle = handle if handle is not None else sources.load_model(job)
-    key = sensitivity_config(job["config"]).key(job["model"], job["data"], weights_digest(handle))
+    key = sensitivity_config(job["config"]).key(job["model"], data_ref, weights_digest(handle))
     return Path(root) / "cache" / f"sensitivity-{key}.json"
 
 
@@ -151,7 +166,7 @@ def run_sensitivity(job: dict, run_dir: Path, progress: Callable, log: Callable,
 
     handle = sources.load_model(job)
     cache = sensitivity_cache_path(job, run_dir.parents[1], handle)
-    cached = cache.exists()
+    cached = cache is not None and cache.exists()
     if cached:
         log(f"served from the cache ({cache.name})")
         tmp = run_dir / ".sensitivity.json.tmp"
@@ -170,7 +185,8 @@ def run_sensitivity(job: dict, run_dir: Path, progress: Callable, log: Callable,
             report = analyze(handle, data, config, on_progress=progress, cancel_requested=cancelled).to_dict()
         text = json.dumps(report)
         write_atomic(run_dir / "sensitivity.json", text)
-        write_atomic(cache, text)
+        if cache is not None:
+            write_atomic(cache, text)
     return {"base_accuracy": report["base_accuracy"], "layers": len(report["layers"]),
             "cached": cached}
 

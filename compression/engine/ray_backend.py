@@ -398,15 +398,19 @@ def run_job(job: dict, run_id: str, shipped: dict, options: dict):
         yield {"type": "result", "metrics": outcome.get("metrics"), "files": files, "cache": cache}
 
 
-def _cache_name(as_submitted: dict, here: dict) -> str:
+def _cache_name(as_submitted: dict, here: dict) -> str | None:
     """The sensitivity cache file's name for this job as the app names it: the key covers the model and data as
-    submitted (the paths on the app's machine) and the weights, read from the model as loaded here."""
+    submitted (the paths on the app's machine, and the content key recorded there) and the weights, read from the
+    model as loaded here. None for a job with no recorded content key (nothing cached)."""
     from compression import sources
     from compression.analysis.sensitivity import weights_digest
     from compression.engine.jobs import sensitivity_config
 
     # the stored job was validated at submit; validating it again here would look for the app's paths on this node
-    key = sensitivity_config(as_submitted["config"]).key(as_submitted["model"], as_submitted["data"],
+    if not isinstance(as_submitted.get("content_key"), str):
+        return None
+    data_ref = f"{as_submitted['data']}#{as_submitted['content_key']}"  # as jobs.sensitivity_data_ref
+    key = sensitivity_config(as_submitted["config"]).key(as_submitted["model"], data_ref,
                                                          weights_digest(sources.load_model(here)))
     return f"sensitivity-{key}.json"  # as jobs.sensitivity_cache_path names it
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 
@@ -21,6 +22,34 @@ from compression.engine.dispatcher import CANCEL_GRACE, DISK_FULL
 from compression.engine.store import RunStore, StoreError, write_atomic
 from compression.engine.worker import Progress, _end, disk_full
 from compression.errors import CompressionLabError, first_line
+
+# What a Ray node sends back is untrusted (DESIGN.md, "Trust"): the names of result and cache files are checked here,
+# the one place the driver writes them, so a node can never write or read outside the run's folder and ROOT/cache.
+_RESULT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # as the node side names them: no "/", no leading "."
+_CACHE_NAME = re.compile(r"sensitivity-[0-9a-f]{20}\.json")
+MAX_RESULT_FILES = 64
+MAX_RESULT_BYTES = 4 << 30  # all of one run's result files together
+
+
+def checked_files(files, pattern: re.Pattern = _RESULT_NAME, what: str = "result") -> dict[str, bytes]:
+    """{name: bytes} a node sent, with every name a plain file name of `pattern` (no path, no '..'), every value
+    bytes, and bounded count and size; anything else is a CompressionLabError naming what the node sent."""
+    if not isinstance(files, dict) or len(files) > MAX_RESULT_FILES:
+        raise CompressionLabError(f"the Ray node sent a malformed {what} file list; the run is failed (is every node "
+                                  "running this Compression Lab version?)")
+    total = 0
+    for name, blob in files.items():
+        if not isinstance(name, str) or not pattern.fullmatch(name) or name in (".", ".."):
+            raise CompressionLabError(f"the Ray node sent a {what} file named {str(name)[:60]!r}, which is not a plain "
+                                      "file name; nothing was written (is every node running this version?)")
+        if not isinstance(blob, bytes | bytearray):
+            raise CompressionLabError(f"the Ray node sent {what} file {name} as {type(blob).__name__}, not bytes")
+        total += len(blob)
+    if total > MAX_RESULT_BYTES:
+        raise CompressionLabError(f"the Ray node sent {total:,} bytes of {what} files, over the "
+                                  f"{MAX_RESULT_BYTES:,}-byte bound; nothing was written")
+    return {name: bytes(blob) for name, blob in files.items()}
+
 
 RESOURCES_EVERY = 5.0  # seconds between looks at the cluster's size (nodes join and leave)
 NODES_EVERY = 2.0  # seconds between looks for dead nodes under running runs
@@ -138,13 +167,21 @@ class RayRun:
         if self.lost:
             return
         folder = self.store.run_dir(self.run_id)
-        files = dict(item["files"])
-        metrics = item["metrics"]
+        try:
+            files = checked_files(item.get("files"))
+            cache = checked_files(item.get("cache", {}), _CACHE_NAME, "cache")
+        except CompressionLabError as exc:
+            self._log(f"[engine] {exc}")
+            _end(self.store, self.run_id, progress, "failed", str(exc))
+            return
+        metrics = item.get("metrics")
+        if not isinstance(metrics, dict):
+            metrics = {}
         if "metrics.json" not in files:
             files["metrics.json"] = json.dumps(metrics, indent=2).encode()
         for name, blob in sorted(files.items(), key=lambda pair: pair[0] == "metrics.json"):
             write_atomic(folder / name, blob)
-        for name, blob in item.get("cache", {}).items():
+        for name, blob in cache.items():
             write_atomic(self.store.root / "cache" / name, blob)
         self._log(f"[engine] ran on {self._where()}; {len(files)} result file(s) received")
         if _end(self.store, self.run_id, progress, "succeeded", metrics=metrics):
@@ -156,6 +193,11 @@ class RayRun:
         """The report is in the app's cache (ROOT/cache/NAME): the run's result is a copy of it, as a local worker
         serves it."""
         if self.lost:
+            return
+        if not isinstance(name, str) or not _CACHE_NAME.fullmatch(name):
+            reason = f"the Ray node named cache file {str(name)[:60]!r}, which is not a sensitivity cache name"
+            self._log(f"[engine] {reason}")
+            _end(self.store, self.run_id, progress, "failed", reason)
             return
         blob = (self.store.root / "cache" / name).read_bytes()
         report = json.loads(blob)

@@ -10,6 +10,7 @@
     ROOT/runs/<id>/metrics.json, model.clab, sensitivity.json   results, written to a temporary name
                                    and renamed into place before the row says succeeded
     ROOT/.index.lock               held (fcntl) while a process checks, moves aside or rebuilds the index
+    ROOT/.submit.lock              held (fcntl) while a submission looks for a run with its content key, then queues
     ROOT/.space-reserve            1 MiB, deleted when the disk fills so the index can still record why runs failed
     ROOT/index.sqlite.corrupt-*    a corrupt index, moved aside (never deleted) before the folders rebuild it
 
@@ -35,7 +36,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from compression.errors import CompressionLabError
-from compression.paths import replace_atomically
+from compression.paths import check_home, replace_atomically
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -141,7 +142,8 @@ def problem(exc: BaseException) -> str | None:
 def low_space(path: Path, margin: int = 4 * RESERVE_BYTES) -> bool:
     """True when the disk holding `path` has less than `margin` bytes free (how a full disk looks from outside)."""
     try:
-        return shutil.disk_usage(path).free < margin
+        usage = shutil.disk_usage(path)
+        return 0 < usage.total and usage.free < margin  # a kernel file system (/proc) has no size: not full
     except OSError:
         return False
 
@@ -150,7 +152,7 @@ class RunStore:
     """Thin, process-safe access to the index and the run folders."""
 
     def __init__(self, root: str | Path | None = None) -> None:
-        self.root = Path(root).expanduser() if root else default_root()
+        self.root = check_home(root if root else default_root())  # expanded; not /proc, /sys, /dev
         self.runs_dir = self.root / "runs"
         self.index = self.root / "index.sqlite"
         self.read_only = False
@@ -211,6 +213,31 @@ class RunStore:
         """ROOT/.index.lock (fcntl): one process at a time checks, moves aside and rebuilds the index. Waits at
         most the busy timeout (a stopped process holding it must not hang every listing): then StoreError."""
         with open(self.root / ".index.lock", "a+") as handle:
+            deadline = time.time() + busy_timeout()
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.time() > deadline:
+                        raise self.error("locked") from None
+                    time.sleep(0.02)
+            yield
+
+    @contextmanager
+    def submit_lock(self):
+        """ROOT/.submit.lock (fcntl), held while a submission looks for a run with its content key and, finding
+        none, queues its own: two identical submissions at once become one run (sweeps.submit_or_reuse). Waits at
+        most the busy timeout, then StoreError. A data folder where the lock cannot be made (read-only, full) is
+        not locked: the submission itself then says what is wrong."""
+        try:
+            handle = open(self.root / ".submit.lock", "a+")  # noqa: SIM115 - closed below, after the body
+        except OSError:
+            handle = None
+        if handle is None:
+            yield
+            return
+        with handle:
             deadline = time.time() + busy_timeout()
             while True:
                 try:

@@ -10,90 +10,73 @@ job, so a lost sweep file is rebuilt from the run folders (as a lost index is). 
 the engine runs them one after another (or max_workers at a time), and a failed member does not stop the
 others. Cancelling a sweep cancels its queued members at once and asks its running ones to stop.
 
-Re-running a sweep reuses work: a member whose content key (content_key: the kind, model, weights file's
-bytes, data, input size, normalisation, plan without its name, latency) matches a `succeeded` run is not
-run again; the sweep lists that run, marked reused. Failed and cancelled runs are never reused. A dataset
-folder is keyed by its path (its files are not hashed): after changing a dataset in place, sweep afresh
-(reuse=False, the CLI's --no-reuse).
+Re-running a sweep reuses work: a member whose content key (keys.content_key: the kind, model, the bytes of
+its weights or model file, the data's files, input size, normalisation, plan without its name, latency, the
+code version) matches a `succeeded` run, or one still queued or running, is not run again; the sweep lists that
+run, marked reused. Failed and cancelled runs are never reused. A run's key is computed when it is submitted
+and kept in its job.json, so changing a dataset or a weights file in place (or upgrading) makes the next
+sweep run afresh. Looking for a matching run and queueing a new one happen under the store's submit lock, so
+two identical sweeps (or submit_or_reuse calls) started together become one set of runs. To run every member
+regardless: reuse=False (the CLI's --no-reuse).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import secrets
 import time
 from pathlib import Path
 
 from compression.engine.jobs import SWEEP_ID, validate
+from compression.engine.keys import content_key, file_digest  # noqa: F401 - file_digest: kept importable here
 from compression.engine.store import FINAL_STATES, RunStore, write_atomic
 from compression.errors import CompressionLabError
 
 MAX_MEMBERS = 50  # one sweep's runs (the targets' own limit, compression.analysis.targets.MAX_TARGETS)
-KEY_FIELDS = ("kind", "model", "data", "input_size", "mean", "std", "plan", "latency", "seconds")
-_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256 of the file's bytes
+REUSABLE = (("succeeded",), ("running", "queued"))  # a finished run first, then one on its way
 
 
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes, cached by (path, size, modification time) so a sweep hashes a big checkpoint
-    once; "missing" for a file that is gone (such a run is never reused)."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return "missing"
-    cache_key = (str(path), info.st_size, info.st_mtime_ns)
-    if cache_key not in _DIGESTS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _DIGESTS[cache_key] = digest.hexdigest()
-    return _DIGESTS[cache_key]
+def recorded_key(row: dict) -> str | None:
+    """The content key a run recorded when it was submitted (None for a run of an older release: not reused)."""
+    job = row.get("job")
+    key = job.get("content_key") if isinstance(job, dict) else None
+    return key if isinstance(key, str) else None
 
 
-def content_key(job: dict) -> str:
-    """What a run computes, as a sha256: the job's model, data and plan (its name left out: a label), and the
-    bytes of the files it reads (weights, a TorchScript or detector checkpoint). The prediction and the sweep
-    tag are left out: they ride with a run but do not change its result. `job` is a validated job with
-    absolute paths (as the store keeps it)."""
-    fields = {key: job.get(key) for key in KEY_FIELDS}
-    if isinstance(fields["plan"], dict):
-        fields["plan"] = {key: value for key, value in fields["plan"].items() if key != "name"}
-    files = {}
-    if job.get("weights"):
-        files["weights"] = file_digest(job["weights"])
-    model = job.get("model") or ""
-    for prefix in ("torchscript:", "detector:"):
-        if model.startswith(prefix) and model != "detector:demo":
-            files["model"] = file_digest(model[len(prefix):])
-    text = json.dumps({"job": fields, "files": files}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+def reusable_by_key(rows: list[dict], kind: str) -> dict[str, str]:
+    """Content key -> id of the run of `kind` to reuse for it, from list_runs()'s rows (newest first): the newest
+    `succeeded` one, else the newest still queued or running."""
+    found: dict[str, str] = {}
+    for states in REUSABLE:
+        for row in rows:
+            key = recorded_key(row)
+            if row["state"] in states and row["kind"] == kind and key is not None and key not in found:
+                found[key] = row["id"]
+    return found
 
 
 def finished_by_key(rows: list[dict], kind: str) -> dict[str, str]:
     """Content key -> id of the newest `succeeded` run of `kind` with that key, from list_runs()'s rows."""
-    done: dict[str, str] = {}
-    for row in reversed(rows):  # rows come newest first: the latest succeeded run with the same key wins
-        if row["state"] == "succeeded" and row["kind"] == kind:
-            done[content_key(row["job"])] = row["id"]
-    return done
+    return reusable_by_key([row for row in rows if row["state"] == "succeeded"], kind)
 
 
 def submit_or_reuse(job: dict, root: str | Path | None = None) -> tuple[str, bool]:
     """(run id, reused): the newest run computing the same thing as `job` (same content key) that succeeded or is
     still queued or running, else a new run of `job`. Failed and cancelled runs are never reused, so asking again
-    after a failure runs the job afresh. A lesson step asked for twice (a second class, a reload) runs once."""
-    from compression.engine import absolute_paths, list_runs, submit
+    after a failure runs the job afresh. A lesson step asked for twice (a second class, a reload, two sessions at
+    once) runs once: the lookup and the submission hold the store's submit lock together."""
+    from compression.engine import _insert, absolute_paths, list_runs
 
     checked = validate(absolute_paths({k: v for k, v in job.items() if k != "sweep"}))
     key = content_key(checked)
-    rows = [row for row in list_runs(root=root, kind=checked["kind"]) if content_key(row["job"]) == key]
-    for wanted in (("succeeded",), ("running", "queued")):  # a finished run first, then one on its way
-        found = next((row for row in rows if row["state"] in wanted), None)
+    store = RunStore(root)
+    if key is None:  # data too big to fingerprint: never reused
+        return _insert(checked, store, key), False
+    with store.submit_lock():
+        found = reusable_by_key(list_runs(root=store.root, kind=checked["kind"]), checked["kind"]).get(key)
         if found is not None:
-            return found["id"], True
-    return submit(checked, root), False
+            return found, True
+        return _insert(checked, store, key), False
 
 
 def _folder(store: RunStore) -> Path:
@@ -131,7 +114,7 @@ def submit_sweep(jobs: list[dict], root: str | Path | None = None, axis: str = "
     the sweep id. `targets` label the members (default: their plan names). With `reuse`, a member whose content
     key matches a succeeded run (or an earlier member of this sweep) is not submitted: the sweep lists that run.
     `extend`: add the members to that existing sweep instead (a search adds one generation at a time)."""
-    from compression.engine import absolute_paths, list_runs, submit
+    from compression.engine import absolute_paths
 
     if not isinstance(jobs, list) or not jobs:
         raise CompressionLabError("a sweep needs at least one plan")
@@ -143,7 +126,17 @@ def submit_sweep(jobs: list[dict], root: str | Path | None = None, axis: str = "
     labels = [str(t)[:80] for t in targets] if targets is not None else [
         str((job.get("plan") or {}).get("name") or f"plan {i + 1}")[:80] for i, job in enumerate(checked)]
     store = RunStore(root)
-    done = finished_by_key(list_runs(root=store.root), checked[0]["kind"]) if reuse else {}
+    memo: dict = {}  # each dataset walked once for all the members
+    keys = [content_key(job, memo) for job in checked]  # before the lock: hashing files, walking data take time
+    with store.submit_lock():  # two identical sweeps started together: the second finds the first's runs
+        return _submit_members(store, checked, keys, labels, axis, name, reuse, extend)
+
+
+def _submit_members(store: RunStore, checked: list[dict], keys: list[str | None], labels: list[str], axis: str,
+                    name: str | None, reuse: bool, extend: str | None) -> str:
+    from compression.engine import _insert, list_runs
+
+    done = reusable_by_key(list_runs(root=store.root, kind=checked[0]["kind"]), checked[0]["kind"]) if reuse else {}
     if extend is not None:
         record = {k: v for k, v in sweep_status(extend, store.root).items()
                   if k in ("id", "created", "name", "axis", "targets", "model", "data", "members")}
@@ -158,14 +151,13 @@ def submit_sweep(jobs: list[dict], root: str | Path | None = None, axis: str = "
         record = {"id": sweep_id, "created": time.time(), "name": name or "", "axis": axis, "targets": labels,
                   "model": checked[0].get("model"), "data": checked[0].get("data"), "members": []}
     try:
-        for index, (job, label) in enumerate(zip(checked, labels, strict=True), start=first):
-            key = content_key(job)
-            if key in done:
+        for index, (job, key, label) in enumerate(zip(checked, keys, labels, strict=True), start=first):
+            if key is not None and key in done:
                 record["members"].append({"index": index, "target": label, "run": done[key], "reused": True})
                 continue
-            run_id = submit({**job, "sweep": {"id": sweep_id, "index": index, "target": label}}, store.root)
+            run_id = _insert({**job, "sweep": {"id": sweep_id, "index": index, "target": label}}, store, key)
             record["members"].append({"index": index, "target": label, "run": run_id, "reused": False})
-            if reuse:
+            if reuse and key is not None:
                 done[key] = run_id  # a later member with the same plan shares this run
     finally:  # even a submit that failed half-way (a full disk) leaves a record of the members it queued
         if record["members"]:

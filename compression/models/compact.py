@@ -77,15 +77,18 @@ def read_existing(path: Path) -> tuple[dict, dict]:
     return read_file(path)
 
 
-def read_compact(path: str | Path, base_file: str | Path | None = None):
-    """Decode a compact file of either task into a working handle (our own parser; nothing is unpickled)."""
+def read_compact(path: str | Path, base_file: str | Path | None = None, trust: bool = False):
+    """Decode a compact file of either task into a working handle (our own parser; nothing is unpickled).
+
+    A TorchScript model's file is rebuilt from `base_file`, code that loads only with `trust` (the person's
+    --trust: the compact file's meta never grants it)."""
     path = Path(path)
     meta, state = read_existing(path)
     if meta.get("task") == "detect":
         from compression.models.detector import handle_from_decoded_detector
 
         return handle_from_decoded_detector(meta, state, path.name)
-    return handle_from_decoded(meta, state, base_file, path.name, path.stat().st_size)
+    return handle_from_decoded(meta, state, base_file, path.name, trust, path.stat().st_size)
 
 
 # What a file's meta may say (checked before anything is built): an input of at most MAX_INPUT_CHANNELS
@@ -223,7 +226,7 @@ def activation_allowance(file_bytes: int) -> int:
 
 
 def handle_from_decoded(meta: dict, state: dict[str, torch.Tensor], base_file: str | Path | None = None,
-                        source: str = "file", file_bytes: int | None = None) -> ModelHandle:
+                        source: str = "file", trust: bool = False, file_bytes: int | None = None) -> ModelHandle:
     """Rebuild the recorded architecture and load the decoded tensors into it.
 
     Every meta value is checked first (check_meta). The architecture is then built on the meta device
@@ -239,7 +242,7 @@ def handle_from_decoded(meta: dict, state: dict[str, torch.Tensor], base_file: s
     history = checked["channel_pruning"]
     state_shapes = {key: tuple(value.shape) for key, value in state.items()}
     if architecture.get("kind") == "torchscript":  # the user's own archive, matched by its sha256
-        model = build_architecture(architecture, base_file)
+        model = build_architecture(architecture, base_file, trust)
         if history:
             replay(model, history, checked["input_shape"])
         _check_shapes(state_shapes, _shapes(model), source)
@@ -269,11 +272,11 @@ def handle_from_decoded(meta: dict, state: dict[str, torch.Tensor], base_file: s
                        channel_history=list(history or []))
 
 
-def load_compressed(path: str | Path, base_file: str | Path | None = None) -> ModelHandle:
+def load_compressed(path: str | Path, base_file: str | Path | None = None, trust: bool = False) -> ModelHandle:
     """Decode a compact classifier file into a working model (our own parser; nothing is unpickled)."""
     path = Path(path)
     meta, state = read_existing(path)
     if meta.get("task") == "detect":
         raise FormatError(f"{path.name} holds a detector, not a classifier: load it with "
                           "compression.sources.load_file")
-    return handle_from_decoded(meta, state, base_file, path.name, path.stat().st_size)
+    return handle_from_decoded(meta, state, base_file, path.name, trust, path.stat().st_size)

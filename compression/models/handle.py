@@ -5,7 +5,10 @@ A model reference string says where a model comes from:
   torchvision:ARCH + weights   a torchvision architecture and a state dict (.pt/.pth, read with
                                torch.load(weights_only=True)) or a .safetensors file; the class count
                                is read from the weights
-  torchscript:FILE             a TorchScript archive (its own code defines the architecture)
+  torchscript:FILE             a TorchScript archive (its own code defines the architecture): code, loaded only
+                               with trust=True (--trust, the app's checkbox), and never in the Streamlit server
+                               (compression/models/codeload.py measures it in a child process there); for
+                               evaluation only, never compressed or analysed (EVALUATION_ONLY says why)
 
 `architecture` is the JSON-friendly record a compact file stores to rebuild the model.
 """
@@ -13,6 +16,7 @@ A model reference string says where a model comes from:
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -156,8 +160,11 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     model.load_state_dict(state)
 
 
-def build_architecture(architecture: dict, base_file: str | Path | None = None) -> nn.Module:
-    """An untrained model of the recorded architecture (used by load_model and by the compact decoder)."""
+def build_architecture(architecture: dict, base_file: str | Path | None = None, trust: bool = False) -> nn.Module:
+    """An untrained model of the recorded architecture (used by load_model and by the compact decoder).
+
+    A TorchScript architecture is the user's `base_file`, which is code: it loads only with trust=True,
+    which comes from the person (--trust), never from the file that names it."""
     kind = architecture.get("kind")
     if kind == "demo":
         name = architecture.get("name")
@@ -183,6 +190,10 @@ def build_architecture(architecture: dict, base_file: str | Path | None = None) 
                 f"({architecture.get('filename')}) to rebuild it (--base FILE)"
             )
         base = Path(base_file)
+        if not trust:
+            raise untrusted_code(base)
+        if not base.is_file():
+            raise ModelLoadError(f"TorchScript file {base} does not exist: check the --base path")
         if _sha256(base) != architecture.get("sha256"):
             raise ModelLoadError(f"{base.name} is not the TorchScript file this model was compressed from "
                                  "(sha256 differs): pass the original file")
@@ -201,10 +212,11 @@ class _ParametersOnMeta(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _meta_factories() -> set:
+@functools.cache
+def _meta_factories() -> frozenset:
     from torch.utils._device import _device_constructors
 
-    return set(_device_constructors()) - {torch.arange, torch.range, torch.linspace, torch.logspace, torch.tensor,
+    return frozenset(_device_constructors()) - {torch.arange, torch.range, torch.linspace, torch.logspace, torch.tensor,
                                           torch.as_tensor, torch.scalar_tensor, torch.asarray}
 
 
@@ -300,12 +312,34 @@ def _torchvision_kwargs(kwargs) -> dict:
     return dict(kwargs)
 
 
+EVALUATION_ONLY = (
+    "TorchScript is for evaluation only: a scripted model is compiled code whose modules cannot take the pruning "
+    "masks, shared values, hooks and channel surgery that compression and sensitivity analysis add; save its state "
+    "dict with torch.save(model.state_dict()) and use torchvision:ARCH with --weights FILE")
+
+
+def untrusted_code(path: str | Path) -> ModelLoadError:
+    """The refusal for a TorchScript file the user has not said they trust (the app and the CLI)."""
+    return ModelLoadError(
+        f"{Path(path).name} is a TorchScript file, a program that runs when loaded: pass --trust on the command "
+        "line or tick 'I trust this file' in the app if you made it or trust its source")
+
+
 def _load_torchscript(path: Path) -> nn.Module:
+    """torch.jit.load: runs the archive's code (its __setstate__ methods at once). Callers check trust first."""
     try:
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"cannot read TorchScript file {path.name}: {first_line(exc, 200)}. "
                              "Export it with torch.jit.script(model).save(path) or torch.jit.trace") from None
+
+
+def _script_error(exc: BaseException) -> str:
+    """One line for an error raised inside TorchScript code: its last line (the first only says where it failed)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("The following operation failed in the TorchScript interpreter"):
+        return lines[-1][:200]
+    return first_line(exc, 120)
 
 
 def _head(model: nn.Module) -> str | None:
@@ -319,8 +353,12 @@ def _head(model: nn.Module) -> str | None:
     return linear or conv
 
 
-def load_model(ref: str, weights: str | Path | None = None, input_size: int | None = None) -> ModelHandle:
-    """Load a classifier from a reference string (see the module docstring)."""
+def load_model(ref: str, weights: str | Path | None = None, input_size: int | None = None,
+               trust: bool = False) -> ModelHandle:
+    """Load a classifier from a reference string (see the module docstring), in this process.
+
+    `trust` (from the person, never from a file) lets a TorchScript file load: without it the file is refused
+    before a byte of it is read. The fuzz campaign calls this as the CLI would, with trust=False."""
     if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int)
                                    or not 8 <= input_size <= 2048):
         raise ModelLoadError(f"input size {str(input_size)[:20]} must be a whole number of pixels from 8 to 2048")
@@ -360,6 +398,8 @@ def load_model(ref: str, weights: str | Path | None = None, input_size: int | No
             raise ModelLoadError(f"TorchScript path {path} is a folder: give the .pt/.ts file in it")
         if not path.is_file():
             raise ModelLoadError(f"TorchScript file {path} does not exist: check the path")
+        if not trust:
+            raise untrusted_code(path)
         model = _load_torchscript(path)
         architecture = {"kind": "torchscript", "filename": path.name, "sha256": _sha256(path)}
         size = input_size or 224
@@ -371,7 +411,7 @@ def load_model(ref: str, weights: str | Path | None = None, input_size: int | No
                 shape = (channels, size, size)
                 break
             except Exception as exc:  # noqa: BLE001
-                error = first_line(exc, 120)
+                error = _script_error(exc)
         if out is None:
             raise ModelLoadError(f"TorchScript model {path.name} failed on 3- and 1-channel {size}x{size} inputs: "
                                  f"set --input-size to what it expects ({error})")

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import streamlit as st
 
 from compression.analysis.report import headline, headline_numbers
+from compression.ui.links import link_presenting, link_run_id
 from compression.ui.numbers import human
 
 PARAM, RUN_PARAM = "present", "run"
@@ -47,7 +48,7 @@ h2, h3 { font-size: 2.2rem !important; }
 
 def presenting() -> bool:
     """Whether this page is shown in presentation mode (`?present=1`; kept across a page switch)."""
-    if st.query_params.get(PARAM) == "1":
+    if link_presenting(st.query_params.get(PARAM)):
         st.session_state[SESSION_KEY] = True
         return True
     if st.session_state.get(SESSION_KEY):  # a page switch dropped the query: put it back, so the URL says it
@@ -97,10 +98,11 @@ def chosen_run(options: Sequence, key: str, label: str = "Run", id_of: Callable 
     """The run to show: in presentation mode the URL's `run` (the newest, options[0], when it names none of
     them), else a selectbox that starts on the URL's run and writes the choice back, so the URL can be shared."""
     ids = [id_of(option) for option in options]
-    wanted = st.query_params.get(RUN_PARAM)
+    given = st.query_params.get(RUN_PARAM)
+    wanted = link_run_id(given)  # a run folder's name, or None (compression.ui.links)
     if presenting():
-        if wanted is not None and wanted not in ids:
-            st.warning(f"The link's run {wanted[:40]!r} is not among these runs: showing the newest.")
+        if given is not None and wanted not in ids:
+            st.warning(f"The link's run {str(given)[:40]!r} is not among these runs: showing the newest.")
         return options[ids.index(wanted)] if wanted in ids else options[0]
     index = ids.index(wanted) if wanted in ids else 0
     choice = st.selectbox(label, options, index=index, key=key, format_func=format_func)

@@ -18,6 +18,7 @@ from compression.data import DataBundle
 from compression.errors import CompressionLabError
 from compression.models.handle import ModelHandle
 from compression.models.zoo import DEMO_MODELS
+from compression.ui import links
 from compression.ui.present import present_toggle
 
 DEFAULT_SPEC = {"model": "demo:lenet5", "weights": None, "data": "digits", "input_size": None,
@@ -25,10 +26,17 @@ DEFAULT_SPEC = {"model": "demo:lenet5", "weights": None, "data": "digits", "inpu
 
 
 def home() -> Path:
-    """The engine's data folder: `streamlit run app.py -- --home DIR`, else $COMPRESSION_LAB_HOME, else per user."""
+    """The engine's data folder: `streamlit run app.py -- --home DIR`, else $COMPRESSION_LAB_HOME, else per user.
+    An empty DIR is a CompressionLabError (it would make the server's working folder the data folder)."""
     if "--home" in sys.argv[:-1]:
-        return Path(sys.argv[sys.argv.index("--home") + 1]).expanduser()
+        return paths.home_option(sys.argv[sys.argv.index("--home") + 1])
     return paths.home()
+
+
+def link_roots() -> list[Path]:
+    """The folders a link's dataset may lie under: the data folder, `--data-root DIR`, $COMPRESSION_LAB_DATA_ROOTS
+    (compression.ui.links)."""
+    return links.data_roots(home())
 
 
 @st.cache_resource(show_spinner=False)
@@ -86,7 +94,7 @@ def shareable(spec: dict) -> bool:
 
 
 UPLOAD_HASH = re.compile(r"[0-9a-f]{12}")
-LINK_DATA_PREFIXES = ("imagefolder:", "cifar10:", "cifar100:")
+LINK_DATA_PREFIXES = links.FOLDER_PREFIXES
 LINK_KEYS = ("model", "data", "arch", "size")
 
 
@@ -105,12 +113,13 @@ def upload_hash(path: str | Path | None, folder: Path) -> str | None:
     return name[:12]
 
 
-def link_params(spec: dict, folder: Path) -> dict[str, str] | None:
+def link_params(spec: dict, folder: Path, roots: list[Path] | None = None) -> dict[str, str] | None:
     """The URL query that reopens `spec` on this server, or None when it cannot be linked.
 
     Linkable: a built-in model on its data, and a torchvision state dict uploaded here (`model=upload:<hash>`,
-    its architecture and input size) on the demo digits or a local dataset folder. A state dict is read with
-    weights_only / safetensors, never unpickled; TorchScript files and Ultralytics pickles stay out of links.
+    its architecture and input size) on the demo digits or a dataset folder under `roots` (link_roots(): what
+    spec_from_link accepts back). A state dict is read with weights_only / safetensors, never unpickled;
+    TorchScript files and Ultralytics pickles stay out of links.
     """
     if shareable(spec):
         return {"model": spec["model"], "data": spec["data"]}
@@ -119,7 +128,7 @@ def link_params(spec: dict, folder: Path) -> dict[str, str] | None:
     digest = upload_hash(spec.get("weights"), folder)
     if kind != "torchvision" or digest is None or spec.get("mean") or spec.get("std"):
         return None
-    if data != "digits" and not data.startswith(LINK_DATA_PREFIXES):
+    if links.link_data_problem(data, link_roots() if roots is None else roots) is not None:
         return None
     params = {"model": f"upload:{digest}", "arch": arch, "data": data}
     if spec.get("input_size"):
@@ -127,12 +136,16 @@ def link_params(spec: dict, folder: Path) -> dict[str, str] | None:
     return params
 
 
-def spec_from_link(params: dict, folder: Path) -> tuple[dict | None, str | None]:
+def spec_from_link(params: dict, folder: Path, roots: list[Path] | None = None) -> tuple[dict | None, str | None]:
     """(spec, None) for a URL query link_params made; (None, message) for one naming an upload that is not
-    here or a bad value; (None, None) when the query names no model. Nothing outside `folder` is ever opened."""
+    here or a bad value; (None, None) when the query names no model. No model file outside `folder` (the uploads)
+    is ever opened, and no dataset outside `roots` (default link_roots()); numbers are parsed strictly
+    (compression.ui.links). The query's values may be anything (str, None, lists): they come from a URL."""
     model, data = params.get("model"), params.get("data")
     if not model:
         return None, None
+    if not isinstance(model, str):
+        return None, f"The link's model {str(model)[:60]!r} is not a model name."
     if not str(model).startswith("upload:"):
         linked = {**DEFAULT_SPEC, "model": model, "data": data}
         if shareable(linked):
@@ -150,10 +163,12 @@ def spec_from_link(params: dict, folder: Path) -> tuple[dict | None, str | None]
     if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", arch):
         return None, f"The link's architecture {arch[:40]!r} is not a torchvision model name."
     size = params.get("size")
-    if size is not None and not str(size).isdigit():
-        return None, f"The link's input size {str(size)[:20]!r} is not a number of pixels."
-    if data != "digits" and not str(data).startswith(LINK_DATA_PREFIXES):
-        return None, f"The link's data {str(data)[:60]!r} is not digits or a dataset folder."
+    if size is not None and links.link_int(size, 8, sources.MAX_INPUT_SIZE) is None:
+        return None, (f"The link's input size {str(size)[:20]!r} is not a number of pixels from 8 to "
+                      f"{sources.MAX_INPUT_SIZE}.")
+    problem = links.link_data_problem(data, link_roots() if roots is None else roots)
+    if problem is not None:
+        return None, problem
     return {**DEFAULT_SPEC, "model": f"torchvision:{arch}", "weights": str(matches[0]), "data": data,
             "input_size": int(size) if size is not None else None}, None
 
@@ -218,7 +233,21 @@ def spec_key(spec: dict) -> str:
 
 @st.cache_resource(show_spinner="Loading the model and data...", max_entries=8)
 def _load(key: str) -> tuple[ModelHandle, DataBundle]:
-    return sources.load(json.loads(key))
+    # isolated: no model file's code runs in the server (a trusted Ultralytics pickle is opened in a child
+    # process and rebuilt here from its tensors; TorchScript is refused: measure_code_model measures it)
+    return sources.load(json.loads(key), isolated=True)
+
+
+@st.cache_data(show_spinner="Measuring the TorchScript model in a separate process...", max_entries=8)
+def measure_code_model(key: str) -> dict:
+    """A trusted TorchScript spec's numbers, measured in a one-shot child process (models/codeload.py), or
+    {"error": message}."""
+    from compression.models.codeload import measure_in_child
+
+    try:
+        return measure_in_child(json.loads(key))
+    except CompressionLabError as exc:  # kept, so a rerun of the page does not start the process again
+        return {"error": str(exc)}
 
 
 def load_active(spec: dict | None = None) -> tuple[ModelHandle, DataBundle]:
@@ -251,6 +280,11 @@ def model_stats(key: str, fold_bn: bool = False):
 
 
 def sidebar() -> None:
+    try:
+        home()  # `-- --home ""` or a kernel folder: say so instead of a traceback on every page
+    except CompressionLabError as exc:
+        st.error(str(exc))
+        st.stop()
     spec = active_spec()
     with st.sidebar:
         st.caption("Active model")

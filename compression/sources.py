@@ -170,7 +170,7 @@ def load_model(spec: dict, isolated: bool = False):
 
         source = spec["model"][len("detector:"):]
         if isolated and source != "demo":
-            from compression.models.codeload import detector_in_child
+            from compression.codeload import detector_in_child
             from compression.models.detector import untrusted
 
             if not spec.get("trust"):
@@ -181,7 +181,7 @@ def load_model(spec: dict, isolated: bool = False):
     from compression.models.handle import load_model as load_classifier
 
     if isolated and str(spec["model"]).startswith("torchscript:"):
-        from compression.models.codeload import IN_SERVER
+        from compression.codeload import IN_SERVER
 
         raise CompressionLabError(IN_SERVER)
     return load_classifier(spec["model"], spec.get("weights"), spec.get("input_size"), trust=bool(spec.get("trust")))

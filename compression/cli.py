@@ -285,11 +285,13 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from compression.export import export
     from compression.paths import check_output_file
 
     check_output_file(args.out, EXPORT_SUFFIXES, args.force)
-    size = export(sources.load_file(args.file, args.base, trust=args.trust), args.out)
+    handle = sources.load_file(args.file, args.base, trust=args.trust)  # a foreign file: refused before torch
+    from compression.export import export
+
+    size = export(handle, args.out)
     print(json.dumps({"file": str(args.out), "bytes": size}))
     return 0
 
@@ -455,8 +457,9 @@ def _read_plans(path: Path) -> list:
         raise CompressionLabError(f"recipes file {path} is too large for {MAX_TARGETS} recipes: check the file")
     try:
         items = json.loads(path.read_bytes())
-    except ValueError as exc:
-        raise CompressionLabError(f"recipes file {path} is not JSON ({first_line(exc)}): it must hold a list of "
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else first_line(exc)
+        raise CompressionLabError(f"recipes file {path} is not JSON ({reason}): it must hold a list of "
                                   "plans") from None
     if not isinstance(items, list) or not items:
         raise CompressionLabError(f"recipes file {path} must hold a non-empty JSON list of plans")
@@ -475,14 +478,10 @@ def _sweep_report(args, source: dict, handle) -> dict:
     """The sensitivity report the targets are solved on: --sensitivity, else the newest succeeded analysis of this
     model, weights, data and input size in the run store, else the engine's cache for the default settings."""
     from compression import engine
+    from compression.analysis.sensitivity_report import check_report, parse_report, read_report
 
     if args.sensitivity is not None:
-        if not args.sensitivity.is_file():
-            raise CompressionLabError(f"sensitivity report {args.sensitivity} does not exist: check the path")
-        try:
-            report = json.loads(args.sensitivity.read_text())
-        except (ValueError, UnicodeDecodeError):
-            report = None
+        report = read_report(args.sensitivity)  # the one checked reader: schema, finite numbers, ranges
     else:
         report = None
         wanted = engine.absolute_paths(source)
@@ -491,19 +490,17 @@ def _sweep_report(args, source: dict, handle) -> dict:
                                                    for key in ("model", "weights", "data", "input_size")):
                 path = engine.run_file(run["id"], "sensitivity.json", root=args.home)
                 if path.is_file():
-                    report = json.loads(path.read_text())
+                    report = parse_report(path.read_bytes(), f"the report of analysis run {run['id']}")
                     break
         if report is None:
             report = engine.cached_sensitivity({"kind": "sensitivity", **source, "config": {}}, root=args.home)
+            report = None if report is None else check_report(report, "the cached sensitivity report")
         if report is None:
             out = "r.json"
             raise CompressionLabError(
                 f"no sensitivity analysis of {args.model} on {args.data} to solve the targets on: run "
                 f"`compression-lab analyze --model {args.model} --data {args.data} --out {out}` and pass "
                 f"`--sensitivity {out}`")
-    if not isinstance(report, dict) or not isinstance(report.get("layers"), dict) or "base_accuracy" not in report:
-        raise CompressionLabError(f"{args.sensitivity} is not a sensitivity report (as `compression-lab analyze` "
-                                  "writes): pass the .json it wrote")
     if not set(report["layers"]) & set(handle.prunable_layers()):
         raise CompressionLabError(f"the sensitivity report names none of {args.model}'s layers: it is for another "
                                   "model; analyze this one")

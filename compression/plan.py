@@ -9,6 +9,7 @@ Shape after torchao's FqnToConfig; nothing here is ever unpickled.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import re
@@ -30,6 +31,8 @@ MAX_NAME_CHARS = 200  # the plan's name (it is copied into every compact file's 
 MAX_KEY_CHARS = 1000  # a per-layer key (a layer name) and any string setting
 MAX_PATTERN_CHARS = 200  # a re: pattern
 MAX_PATTERN_STATES = 5000  # states of a pattern's automaton (a{1000}{1000} would need 10**6)
+MAX_RECIPE_STATES = 20_000  # states of all the recipe's patterns together (each compiled pattern is kept)
+MAX_MATCH_WORK = 1_500_000  # automaton steps matching all the recipe's patterns against the layer names (~1 s)
 MAX_DEPTH = 8  # nesting of the recipe's JSON (a recipe needs 4: plan, steps, step, per-layer map)
 MAX_ITEMS = 100_000  # keys and list entries in the whole recipe
 MAX_SEED = 2**31 - 1
@@ -85,12 +88,46 @@ def _char_source(op, arg) -> str:
     return "[" + "".join(parts) + "]"
 
 
+def _pattern_cost(items) -> int:
+    """An upper bound on the states (and construction steps) of a parsed pattern's automaton, computed from
+    the parse tree before anything is built: repeat counts multiply their body's cost, so a product of nested
+    {m,n} counts is bounded even where the body builds no state (`(?:(?:){65535}){65535}` looped 4e9 times)."""
+    total = 0
+    for op, arg in items:
+        if op == sre.SUBPATTERN:
+            total += 1 + _pattern_cost(arg[3])
+        elif op == sre.BRANCH:
+            total += 1 + sum(_pattern_cost(alternative) for alternative in arg[1])
+        elif op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT):
+            low, high, body = arg
+            copies = low + 1 if high == sre.MAXREPEAT else max(low, high)
+            total += 1 + max(copies, 1) * max(_pattern_cost(body), 1)
+        elif op == sre.ATOMIC_GROUP:
+            total += 1 + _pattern_cost(arg)
+        else:
+            total += 1
+        if total > MAX_PATTERN_STATES:  # stop early: the bound is all that is asked
+            return total
+    return total
+
+
+class _OverBudget(Exception):
+    """Matching the recipe's patterns took more steps than MAX_MATCH_WORK."""
+
+
+# steps left to the validation in progress (Plan.validate sets it; methods resolving a validated plan do not)
+_MATCH_BUDGET: contextvars.ContextVar[list | None] = contextvars.ContextVar("plan_match_budget", default=None)
+
+
 class _Automaton:
     """The Thompson automaton of a parsed pattern: states are ("char", test, next), ("split", a, b),
     ("at", code, multiline, ascii, next) and ("match",); `matches` simulates it on all states at once."""
 
     def __init__(self, pattern: str) -> None:
         parsed = sre_parse.parse(pattern)
+        self.cost = _pattern_cost(list(parsed))
+        if self.cost > MAX_PATTERN_STATES:
+            raise OverflowError
         self.states: list[tuple] = [("match",)]
         self.tests: list[re.Pattern] = []
         self.start = self._sequence(list(parsed), 0, parsed.state.flags)
@@ -157,7 +194,7 @@ class _Automaton:
         after = pos < len(text) and self._word(text[pos], ascii_only)
         return (before != after) == (code == sre.AT_BOUNDARY)
 
-    def _closure(self, starts: list[int], text: str, pos: int) -> set[int]:
+    def _closure(self, starts: list[int], text: str, pos: int, counter: list | None = None) -> set[int]:
         """The char and match states reachable from `starts` without reading a character."""
         seen: set[int] = set()
         out: set[int] = set()
@@ -175,16 +212,22 @@ class _Automaton:
                     stack.append(state[4])
             else:
                 out.add(index)
+        if counter is not None:
+            counter[0] += len(seen)
+            if counter[1] is not None and counter[0] > counter[1]:
+                raise _OverBudget
         return out
 
-    def matches(self, text: str) -> bool:
-        current = self._closure([self.start], text, 0)
+    def matches(self, text: str, counter: list | None = None) -> bool:
+        """Whether the pattern matches `text` in full; counter [steps, limit or None] counts the states visited
+        (_OverBudget past the limit)."""
+        current = self._closure([self.start], text, 0, counter)
         for pos, char in enumerate(text):
             moved = [state[2] for state in (self.states[i] for i in current)
                      if state[0] == "char" and self.tests[state[1]].fullmatch(char)]
             if not moved:
                 return False
-            current = self._closure(moved, text, pos + 1)
+            current = self._closure(moved, text, pos + 1, counter)
         return 0 in current
 
 
@@ -208,10 +251,72 @@ def compile_pattern(key: str) -> _Automaton:
                         "matched without backtracking): use plain alternatives, classes and quantifiers") from None
 
 
-@functools.lru_cache(maxsize=65536)
+_MATCHED: dict[tuple[str, str], tuple[bool, int]] = {}  # (key, layer) -> (matches, steps it took)
+_MATCHED_MAX = 65536
+
+
+def _over_budget(key: str) -> PlanError:
+    return PlanError(f"layer pattern {_short(key)} with the recipe's other patterns takes more than "
+                     f"{MAX_MATCH_WORK:,} automaton steps to match against the layer names: use fewer or simpler "
+                     "patterns (no large {m,n} counts or long runs of .* and .?)")
+
+
 def pattern_matches(key: str, layer: str) -> bool:
-    """Whether a `re:` key matches a layer name in full, in time linear in the name (never hangs)."""
-    return compile_pattern(key).matches(layer)
+    """Whether a `re:` key matches a layer name in full, in time linear in the name (never hangs).
+
+    Inside Plan.validate the steps count against MAX_MATCH_WORK, a remembered answer as much as a computed
+    one (a recipe is refused or accepted alike however often it is tried): a PlanError names the key."""
+    budget = _MATCH_BUDGET.get()
+    known = _MATCHED.get((key, layer))
+    if known is None:
+        counter = [0, None if budget is None else budget[0]]
+        try:
+            found = compile_pattern(key).matches(layer, counter)
+        except _OverBudget:
+            raise _over_budget(key) from None
+        known = (found, counter[0])
+        if len(_MATCHED) >= _MATCHED_MAX:
+            _MATCHED.clear()
+        _MATCHED[(key, layer)] = known
+    if budget is not None:
+        budget[0] -= known[1]
+        if budget[0] < 0:
+            raise _over_budget(key)
+    return known[0]
+
+
+def check_patterns(plan: Plan, layers: list[str] | None = None) -> None:
+    """The recipe's `re:` keys within their budgets, before any step reads them (PlanError naming the key).
+
+    Each pattern compiles within MAX_PATTERN_STATES and all of them within MAX_RECIPE_STATES; with the
+    model's layer names, every pattern is matched against every name (filling pattern_matches' cache, so
+    resolving the plan later costs no more than this) within the validation's MAX_MATCH_WORK steps."""
+    keys: dict[str, str] = {}
+    for index, step in enumerate(plan.steps, 1):
+        for name in getattr(step, "per_layer", ()):
+            values = getattr(step, name, None)
+            if isinstance(values, dict):
+                for key in values:
+                    if isinstance(key, str) and key.startswith(PATTERN_PREFIX):
+                        keys.setdefault(key, f"step {index} ({step.type}): {name}")
+    total = 0
+    for key, where in keys.items():
+        try:
+            total += compile_pattern(key).cost
+        except PlanError as exc:
+            raise PlanError(f"{where}: {exc}") from None
+        if total > MAX_RECIPE_STATES:
+            raise PlanError(f"{where}: layer pattern {_short(key)} brings the recipe's patterns to more than "
+                            f"{MAX_RECIPE_STATES:,} automaton states: use fewer or simpler patterns")
+    for key, where in keys.items():
+        if layers is not None:
+            try:
+                hits = [layer for layer in layers if pattern_matches(key, layer)]
+            except PlanError as exc:
+                raise PlanError(f"{where}: {exc}") from None
+            if not hits:
+                raise PlanError(f"{where} pattern {_short(key)} matches no layer of this model; "
+                                f"layers are {', '.join(layers[:8])}")
 
 
 STEP_TYPES: dict[str, type] = {}  # step type -> its config class; each config registers itself with @step_config
@@ -540,6 +645,16 @@ class Plan:
         if self.eval_split not in ("val", "test"):
             raise PlanError(f"eval_split {_short(self.eval_split)} is unknown: use val or test")
         _integer("the plan", None, "seed", self.seed, 0, MAX_SEED)
+        budget = _MATCH_BUDGET.set([MAX_MATCH_WORK])
+        try:
+            return self._validate(layers)
+        finally:
+            _MATCH_BUDGET.reset(budget)
+
+    def _validate(self, layers: list[str] | None) -> Plan:
+        for index, step in enumerate(self.steps, 1):
+            _check_per_layer_keys(f"step {index} ({getattr(step, 'type', '?')})", step)
+        check_patterns(self, layers)  # before any step resolves a layer through them
         seen = set()
         for index, step in enumerate(self.steps, 1):
             where = f"step {index} ({step.type})"
@@ -554,16 +669,9 @@ class Plan:
                 step.check_layers(where, layers)
             for name in step.per_layer:
                 values = getattr(step, name)
-                for key in values:
-                    if key.startswith(PATTERN_PREFIX):
-                        try:
-                            compile_pattern(key)
-                        except PlanError as exc:
-                            raise PlanError(f"{where}: {name}: {exc}") from None
-                        if layers is not None and not any(pattern_matches(key, layer) for layer in layers):
-                            raise PlanError(f"{where}: {name} pattern {_short(key)} matches no layer of this model; "
-                                            f"layers are {', '.join(layers[:8])}")
-                    elif key != DEFAULT_KEY and layers is not None and key not in layers:
+                for key in values:  # re: keys: check_patterns
+                    if not key.startswith(PATTERN_PREFIX) and key != DEFAULT_KEY and layers is not None \
+                            and key not in layers:
                         raise PlanError(f"{where}: layer {_short(key)} in {name} is not a layer of this model; "
                                         f"layers are {', '.join(layers[:8])}")
         order = [step.type for step in self.steps]
@@ -665,6 +773,13 @@ class Plan:
         except OSError as exc:
             raise PlanError(f"cannot read recipe {path} ({exc.strerror}): check the path and permissions") from None
         return cls.from_json(data)
+
+
+def validate_recipe(text: str | bytes | bytearray, layers: list[str] | None = None) -> Plan:
+    """A recipe's text parsed and validated against the model's layer names, with every bound a recipe has: its
+    size and shape (from_json), its values, and its `re:` keys' automata and matching (check_patterns). The one
+    entry point the CLI, the Plan page's "Load recipe" and the fuzz campaign use; PlanError otherwise."""
+    return Plan.from_json(text).validate(layers)
 
 
 def _check_structure(data: Any) -> None:

@@ -110,9 +110,9 @@ def open_regular(path: Path):
     return os.fdopen(fd, "rb")
 
 
-def read_json(path: str | Path, name: str | None = None, cap: int | None = None):
-    """(value, None), or (None, Damaged) for a missing, unreadable, too large, malformed or too deep file. The size
-    is checked before a byte is read."""
+def read_bytes(path: str | Path, name: str | None = None, cap: int | None = None):
+    """(bytes, None), or (None, Damaged) for a missing, unreadable, non-regular or too large file (the size checked
+    before a byte is read): a run file handed to another checked parser (a sensitivity report)."""
     path = Path(path)
     name = name or path.name
     cap = cap if cap is not None else MAX_BYTES.get(path.name, 4 << 20)
@@ -124,14 +124,23 @@ def read_json(path: str | Path, name: str | None = None, cap: int | None = None)
             data = f.read(cap + 1)
     except FileNotFoundError:
         return None, Damaged(f"damaged: {name}: missing")
-    except _NotRegular:
-        return None, Damaged(f"damaged: {name}: not a regular file (a link, a pipe or a device)")
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        if isinstance(exc, _NotRegular) or exc.errno == errno.ELOOP:
             return None, Damaged(f"damaged: {name}: not a regular file (a link, a pipe or a device)")
         return None, Damaged(f"damaged: {name}: cannot be read ({exc.strerror or type(exc).__name__})")
-    if len(data) > cap:  # grew while read
+    if len(data) > cap:
         return None, Damaged(f"damaged: {name}: more than the {cap:,} bytes a run file may hold")
+    return data, None
+
+
+def read_json(path: str | Path, name: str | None = None, cap: int | None = None):
+    """(value, None), or (None, Damaged) for a missing, unreadable, too large, malformed or too deep file. The size
+    is checked before a byte is read; a pipe, a device or a link is never opened."""
+    path = Path(path)
+    name = name or path.name
+    data, problem = read_bytes(path, name, cap)
+    if problem is not None:
+        return None, problem
     return parse_json(data, name)
 
 

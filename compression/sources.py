@@ -170,7 +170,7 @@ def load_model(spec: dict, isolated: bool = False):
 
         source = spec["model"][len("detector:"):]
         if isolated and source != "demo":
-            from compression.models.codeload import detector_in_child
+            from compression.codeload import detector_in_child
             from compression.models.detector import untrusted
 
             if not spec.get("trust"):
@@ -181,7 +181,7 @@ def load_model(spec: dict, isolated: bool = False):
     from compression.models.handle import load_model as load_classifier
 
     if isolated and str(spec["model"]).startswith("torchscript:"):
-        from compression.models.codeload import IN_SERVER
+        from compression.codeload import IN_SERVER
 
         raise CompressionLabError(IN_SERVER)
     return load_classifier(spec["model"], spec.get("weights"), spec.get("input_size"), trust=bool(spec.get("trust")))
@@ -232,7 +232,11 @@ def file_task(path: str | Path) -> str:
 def load_file(path: str | Path, base_file: str | Path | None = None, trust: bool = False):
     """Decode a compact file of either task into a working handle (our own parser; nothing is unpickled).
 
-    A TorchScript model's file needs its original `base_file`, code that loads only with `trust` (--trust)."""
+    A TorchScript model's file needs its original `base_file`, code that loads only with `trust` (--trust).
+    The header and CRC are checked first, torch-free: a foreign file costs no import of the decoder."""
+    from compression.storage.header import check_file_header
+
+    check_file_header(path)
     from compression.models.compact import read_compact
 
     return read_compact(path, base_file, trust)

@@ -10,16 +10,18 @@ from compression.analysis.estimate import estimate, estimated_waterfall
 from compression.analysis.predict import predict
 from compression.analysis.suggest import suggest
 from compression.analysis.targets import solve_target
-from compression.errors import CompressionLabError
+from compression.errors import CompressionLabError, PlanError
 from compression.methods.vq import check_layer
 from compression.plan import (
     DEFAULT_CODEWORDS,
     DEFAULT_SEGMENT_LENGTH,
     DEFAULT_STAGES,
     ClusterStep,
+    FoldBNStep,
     Plan,
     PruneStep,
     QuantizeStep,
+    validate_recipe,
 )
 from compression.ui.channels import channel_section, load_channels
 from compression.ui.figures import bytes_waterfall
@@ -30,11 +32,13 @@ from compression.ui.plan_form import (
     CODEWORD_CHOICES,
     ONE_GROUP_UP_TO,
     QUANTIZER_CHOICES,
+    SPARSITY_MAX,
     filter_layers,
     layer_groups,
     plan_from_settings,
     quantizers_from_plan,
     settings_from_plan,
+    with_choice,
     with_fold_bn,
 )
 from compression.ui.sparkline import layer_curve, sparkline
@@ -159,7 +163,10 @@ def load_recipe() -> None:
     if upload is None:
         return
     try:
-        plan = Plan.from_json(upload.getvalue()).validate(layers)  # bytes: a non-UTF-8 file is named as such
+        plan = validate_recipe(upload.getvalue(), layers)  # bytes: a non-UTF-8 file is named as such
+        if not detector and any(step.type == "fold_bn" for step in plan.steps):
+            raise PlanError("this recipe folds batch norm (fold_bn), which is implemented for YOLO detectors: "
+                            "remove the step for this classifier")
     except CompressionLabError as exc:
         st.session_state["plan_load_error"] = str(exc)
         return
@@ -212,9 +219,10 @@ def draw_row(layer: str, compact: bool, widths: list[float], per_layer: dict) ->
         cols[2].markdown(sparkline(curve, float(values["sp"])), unsafe_allow_html=True)
     else:
         cols[2].caption("no analysis")
-    sparsity = cols[3].slider("sparsity", 0.0, 0.99, step=0.01, key=seeded("sp", layer),
+    sparsity = cols[3].slider("sparsity", 0.0, SPARSITY_MAX, step=0.001, format="%.3f", key=seeded("sp", layer),
                               label_visibility="collapsed")
-    k = cols[4].selectbox("clusters", CLUSTER_CHOICES, key=seeded("k", layer), label_visibility="collapsed")
+    k = cols[4].selectbox("clusters", with_choice(CLUSTER_CHOICES, values.get("k")), key=seeded("k", layer),
+                          label_visibility="collapsed")
     values["sp"], values["k"] = sparsity, k
     if not compact:
         method = cols[5].selectbox("quantizer", QUANTIZER_CHOICES, key=seeded("q", layer),
@@ -222,8 +230,8 @@ def draw_row(layer: str, compact: bool, widths: list[float], per_layer: dict) ->
                                    help="Gong et al.: binary (sign x scale), kmeans (scalar), pq (product: segments "
                                         "of s values), rq (residual: t stages)")
         values["q"] = method
-        values["qk"] = cols[6].selectbox("k", CODEWORD_CHOICES, key=seeded("qk", layer), label_visibility="collapsed",
-                                         disabled=method in ("none", "binary"))
+        values["qk"] = cols[6].selectbox("k", with_choice(CODEWORD_CHOICES, values.get("qk")), key=seeded("qk", layer),
+                                         label_visibility="collapsed", disabled=method in ("none", "binary"))
         values["qs"] = cols[7].number_input("s / t", 1, 64, key=seeded("qs", layer), label_visibility="collapsed",
                                             disabled=method not in ("pq", "rq"),
                                             help="pq: segment length s; rq: stages t")
@@ -273,7 +281,7 @@ def rows_and_estimate() -> None:
         with st.container(border=True):
             bulk = st.columns([2.2, 1.6, 1.3, 1.3, 1.2, 3])
             bulk[0].caption(f"set the {len(visible)} layers shown")
-            bulk[1].number_input("sparsity", 0.0, 0.99, 0.5, 0.05, key=prefix + "bulk_sp::" + group)
+            bulk[1].number_input("sparsity", 0.0, SPARSITY_MAX, 0.5, 0.05, key=prefix + "bulk_sp::" + group)
             bulk[2].selectbox("clusters", CLUSTER_CHOICES, index=CLUSTER_CHOICES.index(32),
                               key=prefix + "bulk_k::" + group)
             if not compact:
@@ -360,30 +368,41 @@ def launch_section(settings: dict, quantizers: dict, channel_choice, prediction:
         if fold != stats_fold_bn:  # the estimate's statistics depend on it: rerun the whole page
             st.rerun()
     name = st.text_input("Plan name", "my-plan", key="plan_name")
+
+    def make_plan() -> Plan:
+        try:
+            return plan_from_settings(
+                settings, name, {"iterations": int(iterations), "finetune_epochs": int(prune_epochs)},
+                {"finetune_epochs": int(cluster_epochs), "tolerance": float(tolerance),
+                 "bias_clusters": int(bias_clusters)},
+                quantizers, {"finetune_epochs": int(codebook_epochs)})
+        except PlanError as exc:  # a detector's plan may only fold batch norm
+            if fold and "has no steps" in str(exc):
+                return Plan(steps=(FoldBNStep(),), name=name).validate(layers)
+            raise
+
+    plan = None
     try:
-        plan = channel_choice.build(lambda: plan_from_settings(  # adds the channels / distill steps in order
-            settings, name, {"iterations": int(iterations), "finetune_epochs": int(prune_epochs)},
-            {"finetune_epochs": int(cluster_epochs), "tolerance": float(tolerance),
-             "bias_clusters": int(bias_clusters)},
-            quantizers, {"finetune_epochs": int(codebook_epochs)}), layers)
+        plan = channel_choice.build(make_plan, layers)  # adds the channels / distill steps in order
         if fold:
             plan = with_fold_bn(plan)
         for layer, quantizer in quantizers.items():  # shape limits (k <= vectors, s <= vector length)
             if quantizer:
                 check_layer(layer, stats.layers[layer].shape, quantizer)
-    except CompressionLabError as exc:
+    except CompressionLabError as exc:  # said, and Load stays drawn: another recipe may fix it
         st.error(str(exc))
-        return
+        plan = None
     cols = st.columns(4)
-    cols[0].download_button("Save recipe (JSON)", plan.to_json(), f"{name}.json", "application/json",
-                            key="plan_save")
+    cols[0].download_button("Save recipe (JSON)", plan.to_json() if plan else "", f"{name}.json",
+                            "application/json", key="plan_save", disabled=plan is None)
     cols[1].file_uploader("Load recipe", type=["json"], key="plan_upload", on_change=load_recipe)
     if st.session_state.get("plan_load_error"):
         st.error(st.session_state["plan_load_error"])
     # a callback (it runs before the page redraws), as the sweep's: a button inside the fragment read by `if`
     # was never seen pressed by Streamlit's AppTest, so no test could launch the plan the page built
-    cols[2].button("Launch run", type="primary", key="plan_launch", on_click=launch,
-                   args=(compress_job(spec, plan.to_dict(), predicted=prediction),))
+    cols[2].button("Launch run", type="primary", key="plan_launch", on_click=launch, disabled=plan is None,
+                   help=None if plan else "the settings above make no valid plan: see the message above",
+                   args=(compress_job(spec, plan.to_dict(), predicted=prediction),) if plan else ())
     launched = st.session_state.pop("plan_launched", None)
     if launched and launched[0]:
         st.success(f"Run {launched[0]} queued.")

@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "compression.analysis": 3,
     "compression.sources": 3,
     "compression.export": 3,
+    "compression.codeload": 3,
     "compression.demo": 3,
     # 4 jobs and the run store
     "compression.engine": 4,

@@ -30,7 +30,11 @@ class LayerGrid:
 
 
 def grids_from_report(report: dict) -> dict[str, LayerGrid]:
-    """Per-layer grids from a SensitivityReport dict (drops clipped at zero)."""
+    """Per-layer grids from a SensitivityReport dict (drops clipped at zero); the report is checked first
+    (check_report: a damaged one raises SensitivityReportError naming its key, never a KeyError or a NaN plan)."""
+    from compression.analysis.sensitivity_report import check_report
+
+    report = check_report(report)
     base = float(report["base_accuracy"])
     grids = {}
     for name, row in report["layers"].items():

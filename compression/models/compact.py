@@ -9,10 +9,11 @@ from pathlib import Path
 import torch
 
 from compression import __version__
-from compression.errors import FormatError, ModelLoadError
+from compression.errors import FormatError, ModelLoadError, first_line
 from compression.models.channel_replay import replay
-from compression.models.handle import ModelHandle, build_architecture, load_state
+from compression.models.handle import ModelHandle, build_architecture, build_on_meta, largest_activation, load_state
 from compression.storage import read_file, write_file
+from compression.storage.codec import decode_allowance
 
 
 @dataclass
@@ -87,7 +88,7 @@ def read_compact(path: str | Path, base_file: str | Path | None = None, trust: b
         from compression.models.detector import handle_from_decoded_detector
 
         return handle_from_decoded_detector(meta, state, path.name)
-    return handle_from_decoded(meta, state, base_file, path.name, trust)
+    return handle_from_decoded(meta, state, base_file, path.name, trust, path.stat().st_size)
 
 
 # What a file's meta may say (checked before anything is built): an input of at most MAX_INPUT_CHANNELS
@@ -194,60 +195,81 @@ def _check_shapes(state_shapes: dict[str, tuple], expected: dict[str, tuple], so
                                  f"expects {tuple(shape)}: the file was written for another model")
 
 
-def _dry_run_shapes(architecture: dict, source: str) -> dict[str, tuple] | None:
-    """The state-dict shapes the recorded architecture would have, built on the meta device (no memory).
-
-    None when the architecture cannot be built there (TorchScript archives are loaded from the user's own
-    file; a builder that computes with its tensors): the real build's shapes are checked instead.
-    """
-    if architecture.get("kind") == "torchscript":
-        return None
-    try:
-        with torch.device("meta"):
-            model = build_architecture(architecture)
-    except ModelLoadError:
-        raise
-    except (TypeError, ValueError, AssertionError) as exc:  # a recorded argument the builder refuses
-        raise ModelLoadError(f"{source}: cannot build its recorded architecture ({str(exc)[:120]}): the file is "
-                             "damaged or was written by another version") from None
-    except (RuntimeError, NotImplementedError):  # the builder cannot run on the meta device
-        return None
+def _shapes(model: torch.nn.Module) -> dict[str, tuple]:
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
+def _check_not_larger(state_shapes: dict[str, tuple], unpruned: dict[str, tuple], source: str) -> None:
+    """A channel-pruned file's tensors: the architecture's names, each no larger than the unpruned one's."""
+    if set(unpruned) != set(state_shapes):
+        _check_shapes(state_shapes, unpruned, source)
+    for key, shape in unpruned.items():
+        got = state_shapes[key]
+        if len(shape) != len(got) or any(a > b for a, b in zip(got, shape, strict=True)):
+            raise ModelLoadError(f"{source}: {key} has shape {got}, larger than the architecture's {shape}: "
+                                 "the file was written for another model")
+
+
+def _materialize(model: torch.nn.Module, source: str) -> torch.nn.Module:
+    """A meta-device model given CPU storage (uninitialised: load_state fills every tensor it has)."""
+    named = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+    if named - set(model.state_dict()):  # a tensor the file does not hold would stay uninitialised
+        raise ModelLoadError(f"{source}: its architecture holds tensors a file does not store "
+                             f"({sorted(named - set(model.state_dict()))[:2]}): it cannot be decoded")
+    return model.to_empty(device="cpu")
+
+
+def activation_allowance(file_bytes: int) -> int:
+    """Most bytes one activation of a decoded model may take at its recorded input size (a batch of one):
+    the decoder's own allowance for a file of that size (64 MiB plus 4096 bytes per byte of file)."""
+    return decode_allowance(file_bytes)
+
+
 def handle_from_decoded(meta: dict, state: dict[str, torch.Tensor], base_file: str | Path | None = None,
-                        source: str = "file", trust: bool = False) -> ModelHandle:
+                        source: str = "file", trust: bool = False, file_bytes: int | None = None) -> ModelHandle:
     """Rebuild the recorded architecture and load the decoded tensors into it.
 
-    Every meta value is checked first (check_meta), and the architecture's shapes are compared with the
-    decoded tensors on the meta device before the model is built for real, so a file cannot make the
-    decoder allocate more than its own tensors (a class count of 10**7 is refused, not allocated).
+    Every meta value is checked first (check_meta). The architecture is then built on the meta device
+    (build_on_meta: shapes only, no memory), the channel-pruning record replayed there (its trace at the
+    recorded input size costs nothing), the resulting shapes compared with the decoded tensors, and one
+    forward at the recorded input size run there to measure its largest activation. Only a file that
+    passes all of this gets CPU storage, exactly its own tensors' size: a few bytes of file cannot make the
+    decoder build a RegNet-Y-128GF, trace SqueezeNet at 2048x2048 with gradients or allocate VGG-19
+    unpruned (issue 24). `file_bytes` (default: the tensors' bytes) sets the activation allowance.
     """
     checked = check_meta(meta, source)
     architecture = checked["architecture"]
+    history = checked["channel_pruning"]
     state_shapes = {key: tuple(value.shape) for key, value in state.items()}
-    if not checked["channel_pruning"]:  # a pruned model has smaller tensors than the built architecture
-        dry = _dry_run_shapes(architecture, source)
-        if dry is not None:
-            _check_shapes(state_shapes, dry, source)
-    else:  # each replayed layer only loses channels: the unpruned architecture is at least as big as the file
-        dry = _dry_run_shapes(architecture, source)
-        if dry is not None:
-            if set(dry) != set(state_shapes):
-                _check_shapes(state_shapes, dry, source)
-            for key, shape in dry.items():
-                got = state_shapes[key]
-                if len(shape) != len(got) or any(a > b for a, b in zip(got, shape, strict=True)):
-                    raise ModelLoadError(f"{source}: {key} has shape {state_shapes[key]}, larger than the "
-                                         f"architecture's {shape}: the file was written for another model")
-    model = build_architecture(architecture, base_file, trust)
-    if checked["channel_pruning"]:
-        replay(model, checked["channel_pruning"], checked["input_shape"])
-    _check_shapes(state_shapes, {key: tuple(value.shape) for key, value in model.state_dict().items()}, source)
+    if architecture.get("kind") == "torchscript":  # the user's own archive, matched by its sha256
+        model = build_architecture(architecture, base_file, trust)
+        if history:
+            replay(model, history, checked["input_shape"])
+        _check_shapes(state_shapes, _shapes(model), source)
+    else:
+        model = build_on_meta(architecture)
+        if history:  # each replayed layer only loses channels: the unpruned architecture bounds the file
+            _check_not_larger(state_shapes, _shapes(model), source)
+            replay(model, history, checked["input_shape"])
+        _check_shapes(state_shapes, _shapes(model), source)
+        if file_bytes is None:
+            file_bytes = sum(t.numel() * t.element_size() for t in state.values())
+        shape = "x".join(map(str, checked["input_shape"]))
+        try:
+            largest = largest_activation(model, checked["input_shape"])
+        except Exception as exc:  # noqa: BLE001 - each architecture refuses an input in its own words
+            raise ModelLoadError(f"{source}: its architecture cannot take its recorded {shape} input "
+                                 f"({first_line(exc, 100)}): the file is damaged or crafted") from None
+        allowance = activation_allowance(file_bytes)
+        if 3 * largest > allowance:
+            raise ModelLoadError(f"{source}: its model needs {3 * largest / 2**20:,.0f} MiB of activations on a "
+                                 f"{shape} input, more than a file of {file_bytes:,} bytes may ask "
+                                 f"({allowance / 2**20:,.0f} MiB): the file is damaged or crafted")
+        model = _materialize(model, source)
     load_state(model, state)
     return ModelHandle(model.eval(), architecture, checked["input_shape"], checked["num_classes"],
                        checked["label"], checked["mean"], checked["std"], {"meta": meta},
-                       channel_history=list(checked["channel_pruning"] or []))
+                       channel_history=list(history or []))
 
 
 def load_compressed(path: str | Path, base_file: str | Path | None = None, trust: bool = False) -> ModelHandle:
@@ -257,4 +279,4 @@ def load_compressed(path: str | Path, base_file: str | Path | None = None, trust
     if meta.get("task") == "detect":
         raise FormatError(f"{path.name} holds a detector, not a classifier: load it with "
                           "compression.sources.load_file")
-    return handle_from_decoded(meta, state, base_file, path.name, trust)
+    return handle_from_decoded(meta, state, base_file, path.name, trust, path.stat().st_size)

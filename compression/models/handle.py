@@ -16,6 +16,7 @@ A model reference string says where a model comes from:
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -24,6 +25,9 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from compression.errors import ModelLoadError, first_line
 from compression.metrics import weight_layers
@@ -197,6 +201,101 @@ def build_architecture(architecture: dict, base_file: str | Path | None = None, 
     raise ModelLoadError(f"unknown architecture kind {kind!r}: expected demo, torchvision or torchscript")
 
 
+class _ParametersOnMeta(TorchFunctionMode):
+    """Like `torch.device("meta")`, but only for tensors made empty or filled (parameters and buffers):
+    tensors made from data (arange, tensor) stay on the CPU, where a builder may read them back."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _meta_factories() and kwargs.get("device") is None:
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
+@functools.cache
+def _meta_factories() -> frozenset:
+    from torch.utils._device import _device_constructors
+
+    return frozenset(_device_constructors()) - {torch.arange, torch.range, torch.linspace, torch.logspace, torch.tensor,
+                                          torch.as_tensor, torch.scalar_tensor, torch.asarray}
+
+
+def build_on_meta(architecture: dict) -> nn.Module:
+    """The recorded architecture with its parameters and buffers on the meta device: shapes, no memory, no init.
+
+    RegNet computes its block widths with torch ops and reads them back (`.tolist()`), which the meta device
+    cannot do; those data-made tensors stay on the CPU (`_ParametersOnMeta`), so every torchvision classifier
+    builds here (tests/test_bounds.py). A builder that still fails raises ModelLoadError: building it for
+    real would allocate an architecture a few bytes of file named, before anything could be checked.
+    """
+    if architecture.get("kind") == "torchscript":
+        raise ModelLoadError("a TorchScript archive is loaded from its own file, not built from a record")
+    try:
+        try:
+            with torch.device("meta"):
+                return build_architecture(architecture)
+        except (RuntimeError, NotImplementedError):  # an init that copies data (RegNet's block widths)
+            with _ParametersOnMeta():
+                return build_architecture(architecture)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a recorded argument the builder refuses, or an unsupported builder
+        name = str(architecture.get("arch") or architecture.get("name"))[:40]
+        raise ModelLoadError(f"cannot build architecture {name!r} ({first_line(exc, 120)}): the record is damaged or "
+                             "was written by another version") from None
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the bytes of the largest tensor any operation returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for leaf in pytree.tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self.largest = max(self.largest, leaf.numel() * leaf.element_size())
+        return out
+
+
+def largest_activation(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Bytes of the largest tensor one forward pass of a batch of one makes, run on the meta device.
+
+    `model` must live on the meta device (build_on_meta): nothing is allocated. Raises whatever the forward
+    raises (an input size the architecture cannot take)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _LargestTensor() as probe:
+            model(torch.zeros((1, *input_shape), device="meta"))
+    finally:
+        model.train(was_training)
+    return probe.largest
+
+
+# input sides tried on the meta device to name the sizes an architecture can take when the asked one fails
+TRIED_SIDES = (32, 64, 96, 128, 160, 192, 224, 256, 288, 299, 320, 384, 448, 512)
+
+
+def check_input_size(model: nn.Module, input_shape: tuple[int, ...], name: str, flag: str = "--input-size") -> int:
+    """largest_activation of a meta model, or a ModelLoadError naming the input sizes its architecture can take."""
+    try:
+        return largest_activation(model, input_shape)
+    except Exception as exc:  # noqa: BLE001 - each architecture refuses a size in its own words
+        reason = first_line(exc, 100)
+    works = []
+    for side in TRIED_SIDES:
+        try:
+            largest_activation(model, (input_shape[0], side, side))
+            works.append(str(side))
+        except Exception:  # noqa: BLE001
+            continue
+    sizes = f"use {flag} {' or '.join(works[:6])}" if works else "it takes none of the usual sizes"
+    raise ModelLoadError(f"{name} cannot take {input_shape[1]}x{input_shape[2]} inputs ({reason}): {sizes}")
+
+
 MAX_CLASSES = 100_000
 
 
@@ -282,12 +381,11 @@ def load_model(ref: str, weights: str | Path | None = None, input_size: int | No
             raise ModelLoadError("a torchvision model needs its weights: add --weights FILE "
                                  "(.pt, .pth or .safetensors)")
         state = read_state_dict(weights)
-        try:  # only the head's name is read: no memory, no random init (1.3 s on ResNet-50)
-            with torch.device("meta"):
-                probe = build_architecture({"kind": "torchvision", "arch": arg})
-        except (NotImplementedError, RuntimeError):  # an init that copies data (RegNet): build it for real
-            probe = build_architecture({"kind": "torchvision", "arch": arg})
+        # only the head's name is read: no memory, no random init (1.3 s on ResNet-50)
+        probe = build_on_meta({"kind": "torchvision", "arch": arg})
         head = _head(probe)
+        if input_size is not None:  # every torchvision classifier takes the default 224; some take only that
+            check_input_size(probe, (3, input_size, input_size), arg)
         num_classes = int(state[f"{head}.weight"].shape[0]) if head and f"{head}.weight" in state else 1000
         architecture = {"kind": "torchvision", "arch": arg, "kwargs": {"num_classes": num_classes}}
         model = build_architecture(architecture)

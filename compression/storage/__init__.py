@@ -1,27 +1,24 @@
-"""The compact model file format: pruned, weight-shared, entropy-coded tensors + JSON meta; no unpickling."""
+"""The compact model file format: pruned, weight-shared, entropy-coded tensors + JSON meta; no unpickling.
 
-from compression.storage.codec import (
-    FORMAT_VERSION,
-    MAGIC,
-    decode_state,
-    encode_state,
-    inspect_bytes,
-    inspect_header,
-    read_file,
-    write_file,
-)
-from compression.storage.entropy import decode_symbols, empirical_entropy_bytes, encode_symbols
+The names below are loaded on first use (PEP 562), so `compression.storage.header` (the torch-free header
+check) can be imported without torch: a foreign file is refused before the decoder is imported.
+"""
 
-__all__ = [
-    "FORMAT_VERSION",
-    "MAGIC",
-    "decode_state",
-    "decode_symbols",
-    "empirical_entropy_bytes",
-    "encode_state",
-    "encode_symbols",
-    "inspect_bytes",
-    "inspect_header",
-    "read_file",
-    "write_file",
-]
+from __future__ import annotations
+
+import importlib
+
+_FROM = {
+    "FORMAT_VERSION": "header", "MAGIC": "header", "check_file_header": "header",
+    "decode_state": "codec", "encode_state": "codec", "inspect_bytes": "codec", "inspect_header": "codec",
+    "read_file": "codec", "write_file": "codec",
+    "decode_symbols": "entropy", "empirical_entropy_bytes": "entropy", "encode_symbols": "entropy",
+}
+
+__all__ = sorted(_FROM)
+
+
+def __getattr__(name: str):
+    if name in _FROM:
+        return getattr(importlib.import_module(f"compression.storage.{_FROM[name]}"), name)
+    raise AttributeError(f"module 'compression.storage' has no attribute {name!r}")

@@ -7,22 +7,10 @@ import struct
 import numpy as np
 
 from compression.errors import FormatError
+from compression.storage.header import damaged, shown  # noqa: F401 - re-exported to the section readers
 
 MAX_VARINT_BYTES = 10  # LEB128 of a value < 2**64
 MAX_UNARY = 40  # longest Exp-Golomb prefix we accept (values < 2**40)
-
-
-def damaged(problem: str) -> FormatError:
-    """A FormatError whose message names the problem and the fix."""
-    return FormatError(f"{problem}: the file is damaged or was not written by Compression Lab; "
-                       "re-export it from the run folder")
-
-
-def shown(text: str, limit: int = 80) -> str:
-    """text as a message may show it: control and other unprintable characters escaped, cut to `limit`."""
-    if not text.isprintable():
-        text = text.encode("unicode_escape").decode("ascii")
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def varint(value: int) -> bytes:

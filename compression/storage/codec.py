@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import zlib
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from compression.errors import FormatError
 from compression.paths import write_bytes_atomic
 from compression.storage._bits import ByteReader, damaged, shown, varint
+from compression.storage.header import FORMAT_VERSION, HEADER, HEADER_BYTES, MAGIC, check_header
 from compression.storage.sections import (
     GAP_BITS_MAX,
     GAP_BITS_MIN,
@@ -33,10 +33,6 @@ from compression.storage.sections import (
     encode_section,
 )
 
-MAGIC = b"\x89CLAB\r\n\x1a"  # PNG-style: a high-bit byte, CR LF and ^Z catch text-mode transfers
-FORMAT_VERSION = 1
-HEADER = struct.Struct("<8sHHIQ")  # magic, version, flags, crc32(payload), payload length
-HEADER_BYTES = HEADER.size  # 24
 MAX_META_BYTES = 1 << 30
 MIN_SECTION_BYTES = 5  # type, length, name length, dtype, rank
 
@@ -91,27 +87,7 @@ def _open(data: bytes | bytearray | memoryview) -> tuple[ByteReader, dict, int]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise FormatError(f"expected the file's bytes, got {type(data).__name__}")
     view = memoryview(data).cast("B")
-    if bytes(view[:8]) != MAGIC:
-        if len(view) < 8 and len(view) and MAGIC.startswith(bytes(view)):
-            raise damaged(f"file is truncated at byte {len(view)} (the header needs {HEADER_BYTES} bytes)")
-        raise FormatError("not a Compression Lab model file (its first bytes are not the format's magic): "
-                          "pass a file written by `compression-lab run` or storage.write_file")
-    if len(view) < HEADER_BYTES:
-        raise damaged(f"file is truncated at byte {len(view)} (the header needs {HEADER_BYTES} bytes)")
-    _, version, flags, crc, payload_len = HEADER.unpack_from(view, 0)
-    if version > FORMAT_VERSION:
-        raise FormatError(f"the file uses format version {version}, this reader knows up to {FORMAT_VERSION}"
-                          ": "
-                          "it was written by a newer Compression Lab; upgrade compression-lab to read it")
-    if version == 0 or flags != 0:
-        raise damaged(f"header holds format version {version} and flags {flags:#x}")
-    if payload_len != len(view) - HEADER_BYTES:
-        if payload_len > len(view) - HEADER_BYTES:
-            raise damaged(f"file is truncated at byte {len(view)} "
-                          f"(the header says it has {HEADER_BYTES + payload_len})")
-        raise damaged(f"file has {len(view) - HEADER_BYTES - payload_len} extra bytes after its payload")
-    if zlib.crc32(view[HEADER_BYTES:]) != crc:
-        raise damaged("the file's CRC32 does not match its contents")
+    check_header(view)
     reader = ByteReader(view, HEADER_BYTES, context="header")
     meta_len = reader.varint("meta length", min(MAX_META_BYTES, reader.remaining()))
     try:

@@ -14,6 +14,17 @@ from compression.plan import FoldBNStep, Plan, ordered, resolve
 CLUSTER_CHOICES = ["off", "auto", 2, 4, 8, 16, 32, 64, 128, 256]
 QUANTIZER_CHOICES = ["none", "binary", "kmeans", "pq", "rq"]
 CODEWORD_CHOICES = [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+SPARSITY_MAX = 0.999  # PruneStep's own bound: every sparsity a valid recipe holds fits the page's widgets
+
+
+def with_choice(choices: list, value) -> list:
+    """`choices` plus `value` where a loaded recipe holds one they lack (n_clusters 3, n_codewords 4096): a
+    widget must show every value Plan.validate accepts, or the page fails drawing it."""
+    if value is None or value in choices:
+        return choices
+    numbers = [c for c in choices if isinstance(c, int)]
+    words = [c for c in choices if not isinstance(c, int)]
+    return words + sorted([*numbers, value]) if isinstance(value, int) else [*choices, value]
 
 
 def settings_from_plan(plan: Plan, layers: list[str]) -> dict[str, tuple[float, int | str | None]]:

@@ -242,7 +242,7 @@ def _load(key: str) -> tuple[ModelHandle, DataBundle]:
 def measure_code_model(key: str) -> dict:
     """A trusted TorchScript spec's numbers, measured in a one-shot child process (models/codeload.py), or
     {"error": message}."""
-    from compression.models.codeload import measure_in_child
+    from compression.codeload import measure_in_child
 
     try:
         return measure_in_child(json.loads(key))
@@ -342,10 +342,17 @@ def latest_sensitivity(spec: dict, any_state: bool = False):
                 path = engine.run_file(run["id"], "sensitivity.json", root=home())
             except CompressionLabError:  # listed from the index but its folder is gone
                 continue
-            if path.is_file():
-                report, problem = runfolder.read_json(path)  # bounded in size and depth; damaged: look further
-                if problem is None and isinstance(report, dict):
-                    return report
+            if path.is_file():  # untrusted: one checked reader (a damaged report is said, and skipped)
+                from compression.analysis.sensitivity_report import SensitivityReportError, parse_report
+
+                data, problem = runfolder.read_bytes(path)  # bounded, never a pipe or a link (compression/runfolder.py)
+                try:
+                    if problem is not None:
+                        raise SensitivityReportError(f"the report of analysis run {run['id']} is {problem}")
+                    return parse_report(data, f"the report of analysis run {run['id']}")
+                except SensitivityReportError as exc:
+                    st.warning(f"{exc}")
+                    continue
     return None
 
 

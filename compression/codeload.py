@@ -5,7 +5,7 @@ Loading either runs code its author chose: a pickle's `__reduce__`, a TorchScrip
 `forward` (e.g. `torch.from_file(path, shared=True, ...)` writes any file the process may write). Both load only
 with the person's trust (--trust, the app's checkbox). The CLI and the engine's workers then load the file in
 their own process (the person's command; a worker started for it). The Streamlit server never does: it starts
-`python -m compression.models.codeload REQUEST.json`, a fresh interpreter (exec'd, not forked from the server)
+`python -m compression.codeload REQUEST.json`, a fresh interpreter (exec'd, not forked from the server)
 that caps its own address space and CPU time, loads the file and writes back data only, which the server
 checks as it checks any file it receives:
 
@@ -39,7 +39,7 @@ MEMORY_LIMIT_BYTES = 8 << 30  # the child's address space (torch alone maps ~2 G
 DETECTOR_TIMEOUT_S = 300.0  # load a checkpoint and write its tensors
 MEASURE_TIMEOUT_S = 900.0  # load a TorchScript model and its data, measure accuracy, sizes and latency
 RESULT_LIMIT_BYTES = 16 << 20  # the JSON a child hands back
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 IN_SERVER = (
     "TorchScript is code, and the app never runs an uploaded model's code in its server: it measures a trusted "
@@ -106,7 +106,7 @@ def _run_child(op: str, request: dict, timeout: float, name: str, parse):
                "PYTHONPATH": os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")) if p)}
         with open(out / "stderr.txt", "wb") as err:
             try:
-                command = [sys.executable, "-m", "compression.models.codeload", str(out / "request.json")]
+                command = [sys.executable, "-m", "compression.codeload", str(out / "request.json")]
                 proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=scratch,
                                         env=env, start_new_session=True)
             except OSError as exc:

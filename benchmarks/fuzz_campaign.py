@@ -878,6 +878,7 @@ def run_detector(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
 WORK = Path(".")  # set by the worker: the campaign's work folder (every case's cwd)
 OUTSIDE = Path(".")  # set by the worker: the sentinel folder outside the work folder
 VICTIM_TEXT = b"nothing may change this file\n"
+TAG = "########"  # in a prepared payload's marker name: replaced by the case's number
 XSS = "</script><script>alert(1)</script>"
 SECRET = "secret_"  # class-folder names under OUTSIDE/images: a message naming one has listed a folder outside
 
@@ -1334,11 +1335,11 @@ def _prepare_torchscript(folder: Path, outside: Path) -> dict[str, bytes]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name, obj in (("benign", module.Benign()),
-                          ("forward-abs", module.Writer(str(outside / "markers" / "ts-forward-abs"))),
-                          ("forward-rel", module.Writer("../outside/markers/ts-forward-rel")),
+                          ("forward-abs", module.Writer(str(outside / "markers" / f"ts-forward-abs-{TAG}"))),
+                          ("forward-rel", module.Writer(f"../outside/markers/ts-forward-rel-{TAG}")),
                           ("forward-victim", module.Writer(str(outside / "victim.txt"))),
-                          ("setstate-abs", module.Loader(str(outside / "markers" / "ts-setstate-abs"))),
-                          ("setstate-rel", module.Loader("../outside/markers/ts-setstate-rel"))):
+                          ("setstate-abs", module.Loader(str(outside / "markers" / f"ts-setstate-abs-{TAG}"))),
+                          ("setstate-rel", module.Loader(f"../outside/markers/ts-setstate-rel-{TAG}"))):
             buffer = io.BytesIO()
             torch.jit.save(torch.jit.script(obj), buffer)
             archives[name] = buffer.getvalue()
@@ -1376,9 +1377,11 @@ def _torchscript_case(index: int, seed: int, ctx: dict) -> tuple[bytes, str, boo
     archives = ctx["archives"]
     writers = [name for name in archives if name != "benign"]
     roll = rng.random()
-    if roll < 0.25:
+    if roll < 0.25:  # the marker's name gets the case's number (same length: the pickled strings stay valid)
         name = writers[index % len(writers)]
-        return archives[name], f"scripted {name}", False
+        tag = f"{index:0{len(TAG)}d}"[-len(TAG):].encode()
+        members = [(member, data.replace(TAG.encode(), tag)) for member, data in _zip_members(archives[name])]
+        return _zip_of(members), f"scripted {name}", False
     trust = rng.random() < 0.5
     base = archives["benign"]
     if roll < 0.5:  # bytes of the zip itself
@@ -1457,9 +1460,19 @@ def run_torchscript(index: int, seed: int, out_dir: str) -> tuple[str, str, int 
 RUN_ID = "20261201-101500-ab12"
 
 
+def _evil_pickle(marker: Path) -> bytes:
+    """A checkpoint-looking pickle whose loading runs `touch marker`."""
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    return pickle.dumps({"model": Evil()}, protocol=2)
+
+
 def _prepare_runfolder(folder: Path, outside: Path) -> None:
     """A finished LeNet-5 compression run (the pipeline's own files) with the engine's job/state/events files."""
-    import pickle
 
     from compression import sources
     from compression.pipeline import compress
@@ -1483,11 +1496,7 @@ def _prepare_runfolder(folder: Path, outside: Path) -> None:
                                               + "\n" for i, stage in enumerate(["load", "prune", "cluster", "done"])))
     (run / "log.txt").write_text("started\nfinished\n")
 
-    class Evil:
-        def __reduce__(self):
-            return (os.system, (f"touch {outside / 'markers' / 'runfolder-original'}",))
-
-    (folder / "original.pt").write_bytes(pickle.dumps({"model": Evil()}, protocol=2))
+    (folder / "original.pt").write_bytes(_evil_pickle(outside / "markers" / "runfolder-original"))
 
 
 def _runfolder_setup() -> dict:
@@ -1669,6 +1678,8 @@ def run_runfolder(index: int, seed: int, out_dir: str) -> tuple[str, str, int | 
     run_dir.mkdir(parents=True)
     size = 0
     relative = os.path.relpath(run_dir / "original.pt", WORK).encode()  # a mailed folder, unpacked here
+    if files.get("original.pt") is not None:  # the pickle's marker named for this case
+        files["original.pt"] = _evil_pickle(OUTSIDE / "markers" / f"runfolder-original-{index}")
     for name, data in files.items():
         if data is not None:
             (run_dir / name).write_bytes(data.replace(b"{REL}", relative))
@@ -1948,7 +1959,7 @@ def _folder_case(index: int, seed: int, root: Path) -> tuple[str, str]:
 
         class Evil:
             def __reduce__(self):
-                return (os.system, (f"touch {OUTSIDE / 'markers' / 'cifar-batch'}",))
+                return (os.system, (f"touch {OUTSIDE / 'markers' / f'cifar-batch-{index}'}",))
 
         base = root / "cifar-10-batches-py"
         base.mkdir()
@@ -1965,10 +1976,11 @@ def _folder_case(index: int, seed: int, root: Path) -> tuple[str, str]:
         base = root / "cifar-10-batches-py"
         base.mkdir()
         big = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), (1, 3072), (0, 0))
-        batch = pickle.dumps({"data": big, "labels": list(range(10)) * 10**6}, protocol=4)
-        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
-            (base / name).write_bytes(batch)
-        return "CIFAR batches with 10 million labels for one image"
+        (base / "data_batch_1").write_bytes(pickle.dumps({"data": big, "labels": list(range(10)) * 200_000},
+                                                         protocol=4))
+        for name in [f"data_batch_{i}" for i in range(2, 6)] + ["test_batch", "batches.meta"]:
+            os.link(base / "data_batch_1", base / name)
+        return "CIFAR batches with 2 million labels for one image"
 
     assert len(builders) == FOLDER_CASES
     which = index % len(builders)
@@ -2048,13 +2060,18 @@ def _bound_mb(family: str, size: int) -> float:
     return FAMILY_RSS_BOUND_MB[family]
 
 
+_STATUS_FD: list[int] = []
+
+
 def _status_kb() -> dict[str, int]:
-    """VmRSS and VmHWM (peak) of this process, in kB."""
+    """VmRSS and VmHWM (peak) of this process, in kB (one pread of /proc/self/status: ~15 us, twice per case)."""
+    if not _STATUS_FD:
+        _STATUS_FD.append(os.open("/proc/self/status", os.O_RDONLY))
+    data = os.pread(_STATUS_FD[0], 16384, 0)
     out = {}
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                out[line[:5]] = int(line.split()[1])
+    for key in (b"VmRSS:", b"VmHWM:"):
+        at = data.index(key) + len(key)
+        out[key[:5].decode()] = int(data[at:data.index(b"kB", at)])
     return out
 
 
@@ -2089,8 +2106,9 @@ class OutsideWatch:
                 stamps.append(os.stat(path).st_mtime_ns)
             except OSError:
                 stamps.append(None)
-        try:
-            stamps.append(self.victim.read_bytes())
+        try:  # a write through a shared mapping updates the file's mtime too
+            stat = os.stat(self.victim)
+            stamps.append((stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size))
         except OSError:
             stamps.append(None)
         return tuple(stamps)
@@ -2117,6 +2135,16 @@ class OutsideWatch:
             fcntl.flock(lock, fcntl.LOCK_EX)
             return self._claim(family, index)
 
+    @staticmethod
+    def _others(path: str, index: int) -> bool:
+        """A fresh marker named for another case number: the other worker's case wrote it, and reports it."""
+        found = re.search(r"-(\d+)$", os.path.basename(path))
+        try:
+            fresh = time.time() - os.lstat(path).st_mtime < 60
+        except OSError:
+            return True
+        return bool(found) and int(found.group(1)) != index and fresh and "/markers/" in path
+
     def resync(self) -> None:
         """Take the folder as it is now (before a task: another worker's case is that worker's to report)."""
         self.files = self._walk()
@@ -2132,6 +2160,7 @@ class OutsideWatch:
                 changed = sorted(set(changed) | {str(self.victim)})
         except OSError:
             changed = sorted(set(changed) | {str(self.victim)})
+        changed = [path for path in changed if not self._others(path, index)]
         wrote = [os.path.relpath(path, self.outside) for path in changed]
         markers = str(self.outside / "markers")
         for path in changed:
@@ -2189,11 +2218,16 @@ def _worker(conn, progress, work: str, outside: str) -> None:
         if family == "data" and not _DATA_CASES:
             _DATA_CASES = _data_cases(WORK / f"data-{os.getpid()}")
         if family in _SETUPS and family not in _STATE:
-            _STATE[family] = _SETUPS[family]()
+            try:
+                _STATE[family] = _SETUPS[family]()
+            except Exception as exc:  # noqa: BLE001 - the harness's own setup failed: every case says so
+                for index in indices:
+                    conn.send(("case", (index, "harness", f"setup: {_classify(exc)[1]}", 0.0, 0.0, None, [])))
+                conn.send(("done", _peak_mb()))
+                continue
         watch.resync()
         if baseline is None:
             baseline = _peak_mb()
-        results = []
         for index in indices:
             progress[0] = index
             progress[1] = time.monotonic()
@@ -2213,9 +2247,9 @@ def _worker(conn, progress, work: str, outside: str) -> None:
                 after = _peak_mb()
                 growth = after - baseline if after > before["VmHWM"] / 1024 else 0.0
             wrote = watch.check(family, index)
-            results.append((index, outcome, detail, growth, _bound_mb(family, size or 0), size, wrote))
+            conn.send(("case", (index, outcome, detail, growth, _bound_mb(family, size or 0), size, wrote)))
         progress[1] = 0.0
-        conn.send((results, _peak_mb()))
+        conn.send(("done", _peak_mb()))
 
 
 class Pool:
@@ -2234,7 +2268,8 @@ class Pool:
         process = self.context.Process(target=_worker, args=(child, progress, str(self.work), str(self.outside)),
                                             daemon=True)
         process.start()
-        return {"process": process, "conn": parent, "progress": progress, "task": None, "sent": 0.0}
+        return {"process": process, "conn": parent, "progress": progress, "task": None, "sent": 0.0,
+                "reported": set()}
 
     @staticmethod
     def _rss_mb(pid: int) -> float:
@@ -2257,23 +2292,29 @@ class Pool:
             for number, slot in enumerate(self.slots):
                 if slot["task"] is None and pending and time.monotonic() < deadline:
                     slot["task"] = pending.pop(0)
-                    slot["progress"][1] = 0.0
+                    slot["progress"][0], slot["progress"][1] = -1.0, 0.0
                     slot["conn"].send((family, seed, slot["task"]))
                     slot["sent"] = time.monotonic()
+                    slot["reported"] = set()
                 if slot["task"] is None:
                     continue
-                if slot["conn"].poll(0.02):
+                finished = False
+                while slot["conn"].poll(0.02 if not finished else 0):  # each case is sent as it ends
                     try:
-                        results, peak = slot["conn"].recv()
-                    except EOFError:
-                        results, peak = None, 0.0
-                    if results is not None:
-                        self.peak_mb = max(self.peak_mb, peak)
-                        for result in results:
-                            on_result(*result)
-                        done += len(results)
+                        kind, payload = slot["conn"].recv()
+                    except (EOFError, OSError):
+                        break
+                    if kind == "case":
+                        on_result(*payload)
+                        slot["reported"].add(payload[0])
+                        done += 1
+                    else:
+                        self.peak_mb = max(self.peak_mb, payload)
                         slot["task"] = None
-                        continue
+                        finished = True
+                        break
+                if finished:
+                    continue
                 started = slot["progress"][1]
                 rss = self._rss_mb(slot["process"].pid)
                 self.peak_mb = max(self.peak_mb, rss)
@@ -2285,12 +2326,12 @@ class Pool:
                     detail = {"hang": f"no answer after {TIMEOUTS[family]} s",
                               "memory": f"worker RSS {rss:.0f} MB > {HARD_RSS_MB} MB",
                               "traceback": f"worker died (exit code {slot['process'].exitcode})"}[kind]
-                    if index in slot["task"]:
+                    if index in slot["task"] and index not in slot["reported"]:
                         on_result(index, kind, detail, 0.0, HARD_RSS_MB, None, [])
                         done += 1
-                        rest = slot["task"][slot["task"].index(index) + 1:]
-                        if rest:
-                            pending.insert(0, rest)
+                    rest = [i for i in slot["task"] if i not in slot["reported"] and i != index]
+                    if rest:  # the chunk's cases not run yet go back in the queue
+                        pending.insert(0, rest)
                     slot["process"].kill()
                     slot["process"].join()
                     self.slots[number] = self._start()
@@ -2340,6 +2381,7 @@ def _watched() -> dict[str, tuple]:
     return found
 
 
+CHEAP_FAMILIES = ("sensitivity", "links", "recipe", "decoder")
 PLAN_ORDER = ("model", "data", "detector", "torchscript", "runfolder", "yaml", "folders", "automaton", "sensitivity",
               "links", "recipe", "decoder")
 
@@ -2359,7 +2401,7 @@ def _signature(outcome: str, detail: str) -> str:
     if outcome in ("accepted", "outside"):
         if outcome == "accepted":
             return f"accepted: {detail.rsplit(': ', 1)[-1][:80]}"
-        return "outside: " + ", ".join(sorted({re.sub(r"case-[a-z]+-\d+-", "", name)
+        return "outside: " + ", ".join(sorted({re.sub(r"case-[a-z]+-\d+-|-\d+$", "", name)
                                                 for name in re.findall(r"'([^']+)'", detail.split("]", 1)[0])}))
     return f"{outcome}: {re.sub(r'[0-9]+', 'N', detail)[:60]}"
 
@@ -2381,6 +2423,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--budget-s", type=float, default=540.0, help="stop starting new cases after this")
+    parser.add_argument("--reserve-s", type=float, default=150.0,
+                        help="the slow families stop this long before the budget ends: the cheap ones (sensitivity, "
+                             "links, recipe, decoder) carry the case count")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (failing inputs) afterwards")
     parser.add_argument("--list", action="store_true", help="print every model and data case's outcome (stderr)")
     parser.add_argument("--selftest", action="store_true",
@@ -2452,7 +2497,9 @@ def main() -> None:
         for family in families:
             family_start = time.monotonic()
             count = _count_cases(work, family) if family in ("model", "data") else counts[family]
-            pool.run(family, args.seed, list(range(count)), deadline, record(family))
+            cheap = family in CHEAP_FAMILIES or not set(families) & set(CHEAP_FAMILIES)
+            pool.run(family, args.seed, list(range(count)), deadline if cheap else deadline - args.reserve_s,
+                     record(family))
             print(f"[{family}] {stats[family]['cases']} cases in {time.monotonic() - family_start:.0f} s: "
                   f"{stats[family]}", file=sys.stderr, flush=True)
     finally:

@@ -1,9 +1,15 @@
-"""Fuzzing campaign: the compact-file decoder, the recipe parser, uploaded model files and dataset folders.
+"""Fuzzing campaign: the compact-file decoder, the recipe parser, uploaded model files, dataset folders, and every
+door a received file or link comes through (issue 24): TorchScript, run folders, dataset yamls, image folders, app
+links, sensitivity reports and recipe automata.
 
 Every case must end in a CompressionLabError with a one-line message (or succeed): anything else is a
 traceback; a case running past its family's timeout is a hang (the worker is killed and replaced); a case
-that raises its worker's peak RSS above a bound set from the input's size is a memory blow-up; a marker
-file created by a crafted pickle is executed code.
+that raises its worker's peak RSS above a bound set from the input's size is a memory blow-up. Every case runs
+with its cwd in the campaign's work folder (temporary files and the data home inside it); crafted payloads aim at
+a sentinel folder next to it (OUTSIDE, never inside the work folder): a file created or changed there is a file
+written outside, and a marker under OUTSIDE/markers is executed code. A case that accepts what it must refuse
+(a link opening a folder outside the data home, a report solved from non-finite numbers, a run's text inside the
+report's <script>, a deleted run still listed as present) is an unsafe accept.
 
 Families:
   decoder   mutated compact files whose CRC and length are recomputed so they reach the parser (bit flips,
@@ -27,13 +33,52 @@ Families:
   data      image folders through compression.data.load_data("imagefolder:DIR") and a pass over every split
             (empty, one class, corrupt/truncated images, non-images, huge declared image dimensions);
             RSS bound 2 GiB.
+  The doors (issue 24; 10 s per case; each reaches the library through one adapter, door_<family>, to re-point
+  when a door's entry point changes):
+  torchscript  scripted modules whose forward or __setstate__ writes a file with torch.from_file(shared=True)
+            (absolute and cwd-relative paths, a victim file), loaded without trust; the benign archive and its
+            mutations (zip bytes, code text edited or injected with a writer, members edited, removed,
+            resized, duplicated) with and without trust; through sources.check + sources.load_model
+            (`run --model torchscript:FILE [--trust]`). RSS bound 1 GiB.
+  runfolder a finished engine run folder (real model.clab) received with a pickled original and trust in its
+            job.json (relative and absolute), a script in metrics.json, wrong types in metrics.json/job.json,
+            and mutated job/metrics/state/plan/events files, deleted after a first listing; each through one
+            door: `compression-lab runs`, `compression-lab report FOLDER`, the Compare page's loading
+            functions headless, or the Runs and Compare pages themselves (AppTest, every 10th case and the
+            reproductions). RSS bound 1 GiB.
+  yaml      YOLO data yamls: download: scripts (Python and bash) with a missing split entry, splits as lists,
+            ints, mappings, files, paths outside, 100,000 names, nc disagreeing, 10,000-deep nesting, a billion
+            laughs, python tags, 1 MB, non-UTF-8; through load_detection_data and Ultralytics' validation
+            (`eval FILE --data yolo:data.yaml`). RSS bound 2 GiB.
+  folders   image folders with symlink cycles (parent, self, mutual, deep, the split root), a link outside,
+            /dev/zero and a FIFO as images, tens of thousands of files or class folders, 120-deep folders,
+            missing or mismatched splits, odd names, CIFAR batches that run code or hold 2 million labels;
+            through load_data and a pass over every split. RSS bound 2 GiB.
+  links     URL query dicts (model, data, arch, size, present, image, run) with unicode digits ('²', '٣٢'),
+            huge numbers, paths (/etc, /root, ../.., ~, the sentinel folder), uploads that exist or not;
+            through compression.ui.state.spec_from_link, the presentation mode's image parser and the
+            checks before loading. RSS bound 256 MiB.
+  sensitivity  a LeNet-300-100 sensitivity report mutated (wrong types, non-finite and out-of-range numbers,
+            odd grid keys, missing keys, random JSON/bytes, deep nesting) plus a few huge ones; through the
+            CLI's reader (`sweep --sensitivity`), the solver's plan for ratio 10 and the accuracy prediction.
+            RSS bound 256 MiB.
+  automaton recipes whose re: keys compile to big automata ((.*){900}(.?){300}..., 20 keys, 8 KB and 1 MiB
+            of them, nested counts) and random keys from densenet121's name parts; Plan validation and
+            resolution against densenet121's 121 layer names (the Plan page's Load recipe). RSS bound 256 MiB.
 
 Run from the repo root (bounded: under 10 minutes on 2 cores):
     .venv/bin/python benchmarks/fuzz_campaign.py [--decoder-cases 100000] [--recipe-cases 50000] [--workers 2]
-The last line printed is one JSON object: cases (total and per family), tracebacks, hangs, memory_blowups,
-max_rss_mb, executed_code, examples of failures (per family), seconds.
-`--selftest` runs 8 planted failures instead (an error, a traceback, a two-line message, a 400 MB allocation,
-a marker file, a sleep, a worker exit) to show that the zeros above are measured, not assumed.
+        [--families links,sensitivity,...] [--keep]
+The slow families run first and stop --reserve-s (150 s) before the budget (540 s) ends; the cheap ones
+(sensitivity, links, recipe, decoder) carry the case count. The last line printed is one JSON object: cases
+(total and per family), tracebacks, hangs, memory_blowups, executed_code, files_written_outside (files created or
+changed outside the work folder: OUTSIDE, the repository, new .pth files in site-packages),
+worst_rss_growth_per_kb_mb (the largest per-case peak-RSS growth of an input under 4 KB; Linux's VmHWM is reset
+before each case), small_inputs_over_256mb, unsafe_accepts, max_rss_mb, outcomes and failure_kinds per family,
+examples (one per kind of failure), seconds.
+`--selftest` runs 11 planted failures instead (an error, a traceback, a two-line message, a 400 MB allocation, a
+marker file, a sleep, a worker exit, a file written outside, 300 MB from a 100-byte input, an unsafe accept) to show
+that the zeros above are measured, not assumed.
 """
 
 from __future__ import annotations
@@ -2461,7 +2506,9 @@ def main() -> None:
                     small["worst"], small["case"] = growth, f"{family} case {index} ({size} B): {detail}"[:300]
                 if growth > SMALL_INPUT_BOUND_MB:
                     small["over"][family] += 1
-                    if len(examples[family]) < MAX_EXAMPLES:
+                    key = f"small input over {SMALL_INPUT_BOUND_MB} MB: {re.sub(r'[0-9]+', 'N', detail)[:50]}"
+                    kinds[family][key] = kinds[family].get(key, 0) + 1
+                    if kinds[family][key] == 1 and len(examples[family]) < MAX_EXAMPLES:
                         examples[family].append(f"case {index}: {size} B input, peak RSS +{growth:.0f} MB: {detail}")
             if outcome in ("ok", "error") and growth > bound:
                 outcome, detail = "memory", f"peak RSS grew {growth:.0f} MB > bound {bound:.0f} MB: {detail}"

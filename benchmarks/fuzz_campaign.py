@@ -50,6 +50,11 @@ Families:
             ints, mappings, files, paths outside, 100,000 names, nc disagreeing, 10,000-deep nesting, a billion
             laughs, python tags, 1 MB, non-UTF-8; through load_detection_data and Ultralytics' validation
             (`eval FILE --data yolo:data.yaml`). RSS bound 2 GiB.
+  clab      compact files of a few hundred bytes naming a big architecture (regnet_y_128gf, vgg19, vit_h_14,
+            convnext_large with a million classes) or a big recorded input (squeezenet1_0 with a channel-pruning
+            record at 3x2048x2048, resnet18 at 4096, mobilenet_v3_small at 8192), 300 bytes of garbage, and those
+            metas with one value changed; through sources.load_file and `compression-lab export FILE OUT.onnx`.
+            RSS bound 1 GiB (the parent kills a worker past 3 GiB).
   folders   image folders with symlink cycles (parent, self, mutual, deep, the split root), a link outside,
             /dev/zero and a FIFO as images, tens of thousands of files or class folders, 120-deep folders,
             missing or mismatched splits, odd names, CIFAR batches that run code or hold 2 million labels;
@@ -104,15 +109,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DOORS = ("torchscript", "runfolder", "yaml", "folders", "links", "sensitivity", "automaton")  # issue 24's families
+# issue 24's families
+DOORS = ("torchscript", "runfolder", "yaml", "folders", "clab", "links", "sensitivity", "automaton")
 TIMEOUTS = {"decoder": 10.0, "recipe": 10.0, "model": 120.0, "data": 120.0, "detector": 30.0,
             **{family: 10.0 for family in DOORS}, "selftest": 5.0}  # seconds per case
 CHUNKS = {"decoder": 500, "recipe": 500, "model": 1, "data": 1, "detector": 20, "torchscript": 20, "runfolder": 1,
+          "clab": 1,
           "yaml": 1, "folders": 1, "links": 500, "sensitivity": 200, "automaton": 50,
           "selftest": 6}  # cases per task sent to a worker
 HARD_RSS_MB = 6144  # the parent kills a worker above this (counted as a memory blow-up)
+HARD_RSS_FAMILY_MB = {"clab": 3072}  # these cases may try to build a 2.6 GB model: stop them sooner
 FAMILY_RSS_BOUND_MB = {"recipe": 256, "model": 2048, "data": 2048, "detector": 1024, "torchscript": 1024,
-                       "runfolder": 1024, "yaml": 2048, "folders": 2048, "links": 256, "sensitivity": 256,
+                       "runfolder": 1024, "yaml": 2048, "folders": 2048, "clab": 1024, "links": 256, "sensitivity": 256,
                        "automaton": 256, "selftest": 350}
 SMALL_INPUT_BYTES = 4096  # worst_rss_growth_per_kb_mb: the largest per-case peak growth of inputs under this size
 SMALL_INPUT_BOUND_MB = 256
@@ -1191,6 +1199,7 @@ def run_sensitivity(index: int, seed: int, out_dir: str) -> tuple[str, str, int 
     path = WORK / f"sensitivity-{os.getpid()}.json"
     data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
     path.write_bytes(data)
+    _input_bytes(len(data))
     try:
         predicted = door_sensitivity(path, ctx)
     except Exception as exc:  # noqa: BLE001
@@ -1293,6 +1302,7 @@ def door_automaton(text: str, layers: list[str]) -> None:
 
 def run_automaton(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]:
     text, what = _automaton_case(index, seed)
+    _input_bytes(len(text))
     started = time.monotonic()
     try:
         door_automaton(text, _STATE["automaton"]["layers"])
@@ -1730,13 +1740,14 @@ def run_runfolder(index: int, seed: int, out_dir: str) -> tuple[str, str, int | 
             (run_dir / name).write_bytes(data.replace(b"{REL}", relative))
             size += len(data) if name != "model.clab" else 0  # the received bytes an attacker chose
     report = folder / "report.html"
+    _input_bytes(size)
     try:
         said = door_runfolder(door, home, run_dir, report, deleted)
     except Exception as exc:  # noqa: BLE001
         outcome, detail = _classify(exc)
         return outcome, f"{what}: {detail}", size
     lines = [line for text in said for line in text.splitlines()[-1:]]
-    if any("unexpected" in line or "Traceback" in line for line in said):
+    if any("error: unexpected " in line or "Traceback (most recent" in line for line in said):
         return "traceback", f"{what}: {[s[:200] for s in said]}", size
     if any(line.startswith("GHOST") for line in lines):
         return "accepted", f"{what}: {lines[0]}", size
@@ -1857,6 +1868,7 @@ def run_yaml(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]
     data = text if isinstance(text, bytes) else text.encode()
     path = _case_dir("yaml", index) / "data.yaml"
     path.write_bytes(data)
+    _input_bytes(len(data))
     try:
         door_yaml(path, ctx["model"])
     except Exception as exc:  # noqa: BLE001
@@ -2049,12 +2061,96 @@ def run_folders(index: int, seed: int, out_dir: str) -> tuple[str, str, int | No
     root.mkdir()
     what, ref = _folder_case(index, seed, root)
     size = _tree_bytes(root)
+    _input_bytes(size)
     try:
         door_folders(ref)
     except Exception as exc:  # noqa: BLE001
         outcome, detail = _classify(exc)
         return outcome, f"{what}: {detail}", size
     return "ok", what, size
+
+
+# --- clab: small compact files that name a big architecture or a big input (issue 24's memory reproductions)
+
+
+def _clab_meta(arch: str, input_shape: list, history: list | None = None, classes: int = 1000) -> dict:
+    meta = {"producer": "fuzz", "task": "classify", "label": "fuzz",
+            "architecture": {"kind": "torchvision", "arch": arch, "kwargs": {"num_classes": classes}},
+            "input_shape": input_shape, "num_classes": classes, "mean": None, "std": None}
+    if history is not None:
+        meta["channel_pruning"] = history
+    return meta
+
+
+def _clab_case(index: int, seed: int) -> tuple[bytes, str, str]:
+    """(file bytes, description, door). Cases 0-15: the crafted files, each through both doors; then their metas
+    with one value changed."""
+    import torch
+
+    from compression.storage import encode_state
+
+    rng = random.Random(seed * 1_000_003 + index)
+    one = {"fc.weight": torch.zeros(2, 2)}
+    crafted = [
+        ("300 bytes of garbage", None),
+        ("regnet_y_128gf, one tensor", (one, _clab_meta("regnet_y_128gf", [3, 224, 224]))),
+        ("vgg19, one tensor", (one, _clab_meta("vgg19", [3, 224, 224]))),
+        ("squeezenet1_0, a channel-pruning record, input 3x2048x2048",
+         ({"features.0.weight": torch.zeros(48, 3, 7, 7)},
+          _clab_meta("squeezenet1_0", [3, 2048, 2048], [["features.0", True, list(range(48))]]))),
+        ("vit_h_14, one tensor", (one, _clab_meta("vit_h_14", [3, 224, 224]))),
+        ("resnet18, one tensor, input 3x4096x4096", (one, _clab_meta("resnet18", [3, 4096, 4096]))),
+        ("convnext_large, one tensor, a million classes", (one, _clab_meta("convnext_large", [3, 224, 224],
+                                                                            classes=1_000_000))),
+        ("mobilenet_v3_small, a channel-pruning record, input 3x8192x8192",
+         (one, _clab_meta("mobilenet_v3_small", [3, 8192, 8192], [["features.0.0", True, list(range(8))]]))),
+    ]
+    doors = ("load", "export")
+    what, spec = crafted[(index // len(doors)) % len(crafted)]
+    door = doors[index % len(doors)]
+    if spec is None:
+        return random.Random(index).randbytes(300), what, door
+    state, meta = spec
+    if index >= len(crafted) * len(doors):
+        meta = copy.deepcopy(meta)
+        key = rng.choice(["input_shape", "num_classes", "architecture"])
+        if key == "architecture":
+            meta[key]["arch"] = rng.choice(["regnet_y_32gf", "vit_l_16", "efficientnet_v2_l", "wide_resnet101_2",
+                                            "maxvit_t", "swin_v2_b", "resnet152"])
+        elif key == "input_shape":
+            meta[key] = [3, rng.choice([32, 1024, 2048, 4096, 16384]), rng.choice([32, 1024, 2048, 4096, 16384])]
+        else:
+            meta[key] = meta["architecture"]["kwargs"]["num_classes"] = rng.choice([10**5, 10**6, 10**7])
+        what = f"{what}; {key} {meta[key] if key != 'architecture' else meta[key]['arch']}"
+    return encode_state(state, meta), what, door
+
+
+def door_clab(path: Path, door: str, out: Path) -> None:
+    """`eval`/`inspect`/the app's decode of a compact file (sources.load_file), or `compression-lab export FILE
+    OUT.onnx` (decode, then trace at the recorded input size)."""
+    from compression import sources
+
+    if door == "load":
+        sources.load_file(path)
+        return
+    code, text = _quiet_main(["export", str(path), str(out), "--force"])
+    if code != 0 and not text.strip().splitlines()[-1].startswith("error: "):
+        raise RuntimeError(f"export printed: {text.strip()[-300:]}")
+
+
+def run_clab(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]:
+    data, what, door = _clab_case(index, seed)
+    folder = _case_dir("clab", index)
+    path = folder / "model.clab"
+    path.write_bytes(data)
+    what = f"[{door}] {what} ({len(data)} B)"
+    _input_bytes(len(data))
+    try:
+        door_clab(path, door, folder / "model.onnx")
+    except Exception as exc:  # noqa: BLE001
+        outcome, detail = _classify(exc)
+        return outcome, f"{what}: {detail}", len(data)
+    return "ok", what, len(data)
 
 
 _STATE: dict = {}
@@ -2222,12 +2318,22 @@ class OutsideWatch:
         return wrote
 
 
+_PROGRESS: list = []
+
+
+def _input_bytes(size: int) -> None:
+    """Tell the parent this case's input size before the door runs (a case killed for memory is still charged)."""
+    if _PROGRESS:
+        _PROGRESS[0][2] = float(size)
+
+
 def _worker(conn, progress, work: str, outside: str) -> None:
     """Runs tasks (family, seed, [indices]) and answers [(index, outcome, detail, growth_mb, bound_mb, input_bytes,
     files written outside)]. Every case runs with its cwd in the work folder, temporary files and the data home
     inside it."""
     global WORK, OUTSIDE, _MODEL_CASES, _DATA_CASES
     WORK, OUTSIDE = Path(work), Path(outside)
+    _PROGRESS.append(progress)
     os.chdir(WORK)
     for name, value in (("TMPDIR", WORK / "tmp"), ("COMPRESSION_LAB_HOME", WORK / "home"),
                         ("COMPRESSION_LAB_DATA", WORK / "data")):
@@ -2247,7 +2353,7 @@ def _worker(conn, progress, work: str, outside: str) -> None:
     runners = {"recipe": run_recipe, "model": run_model, "data": run_data, "detector": run_detector,
                "selftest": run_selftest, "links": run_links, "sensitivity": run_sensitivity,
                "automaton": run_automaton, "torchscript": run_torchscript, "runfolder": run_runfolder,
-               "yaml": run_yaml, "folders": run_folders}
+               "yaml": run_yaml, "folders": run_folders, "clab": run_clab}
     watch = OutsideWatch(OUTSIDE)
     per_case_peak = _can_reset_peak()
     baseline = None
@@ -2276,6 +2382,7 @@ def _worker(conn, progress, work: str, outside: str) -> None:
         for index in indices:
             progress[0] = index
             progress[1] = time.monotonic()
+            progress[2] = -1.0
             before = _status_kb()
             if per_case_peak and before["VmHWM"] > before["VmRSS"] + 1024:
                 _can_reset_peak()
@@ -2309,7 +2416,7 @@ class Pool:
 
     def _start(self):
         parent, child = self.context.Pipe()
-        progress = self.context.Array("d", [-1.0, 0.0], lock=False)
+        progress = self.context.Array("d", [-1.0, 0.0, -1.0], lock=False)  # case, its start, its input bytes
         process = self.context.Process(target=_worker, args=(child, progress, str(self.work), str(self.outside)),
                                             daemon=True)
         process.start()
@@ -2365,14 +2472,16 @@ class Pool:
                 self.peak_mb = max(self.peak_mb, rss)
                 stuck = started and time.monotonic() - started > TIMEOUTS[family]
                 dead = not slot["process"].is_alive()
-                if stuck or dead or rss > HARD_RSS_MB:
+                hard = HARD_RSS_FAMILY_MB.get(family, HARD_RSS_MB)
+                if stuck or dead or rss > hard:
                     index = int(slot["progress"][0])
-                    kind = "hang" if stuck else "memory" if rss > HARD_RSS_MB else "traceback"
+                    kind = "hang" if stuck else "memory" if rss > hard else "traceback"
                     detail = {"hang": f"no answer after {TIMEOUTS[family]} s",
-                              "memory": f"worker RSS {rss:.0f} MB > {HARD_RSS_MB} MB",
+                              "memory": f"worker RSS {rss:.0f} MB > {hard} MB",
                               "traceback": f"worker died (exit code {slot['process'].exitcode})"}[kind]
                     if index in slot["task"] and index not in slot["reported"]:
-                        on_result(index, kind, detail, 0.0, HARD_RSS_MB, None, [])
+                        size = int(slot["progress"][2]) if slot["progress"][2] >= 0 else None
+                        on_result(index, kind, detail, rss if kind == "memory" else 0.0, hard, size, [])
                         done += 1
                     rest = [i for i in slot["task"] if i not in slot["reported"] and i != index]
                     if rest:  # the chunk's cases not run yet go back in the queue
@@ -2427,8 +2536,8 @@ def _watched() -> dict[str, tuple]:
 
 
 CHEAP_FAMILIES = ("sensitivity", "links", "recipe", "decoder")
-PLAN_ORDER = ("model", "data", "detector", "torchscript", "runfolder", "yaml", "folders", "automaton", "sensitivity",
-              "links", "recipe", "decoder")
+PLAN_ORDER = ("model", "data", "detector", "torchscript", "runfolder", "yaml", "folders", "clab", "automaton",
+              "sensitivity", "links", "recipe", "decoder")
 
 
 def _signature(outcome: str, detail: str) -> str:
@@ -2460,6 +2569,7 @@ def main() -> None:
     parser.add_argument("--runfolder-cases", type=int, default=100)
     parser.add_argument("--yaml-cases", type=int, default=50)
     parser.add_argument("--folders-cases", type=int, default=FOLDER_CASES)
+    parser.add_argument("--clab-cases", type=int, default=24)
     parser.add_argument("--automaton-cases", type=int, default=1_500)
     parser.add_argument("--sensitivity-cases", type=int, default=10_000)
     parser.add_argument("--links-cases", type=int, default=20_000)
@@ -2530,7 +2640,7 @@ def main() -> None:
 
     counts = {"decoder": args.decoder_cases, "recipe": args.recipe_cases, "detector": args.detector_cases,
               "torchscript": args.torchscript_cases, "runfolder": args.runfolder_cases, "yaml": args.yaml_cases,
-              "folders": args.folders_cases, "automaton": args.automaton_cases,
+              "folders": args.folders_cases, "clab": args.clab_cases, "automaton": args.automaton_cases,
               "sensitivity": args.sensitivity_cases, "links": args.links_cases, "selftest": 11}
     if not args.selftest:
         from compression.data import folders  # noqa: F401 - fail here, not in a worker, if imports break

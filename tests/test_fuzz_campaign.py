@@ -120,3 +120,16 @@ def test_folder_cases_build_each_kind(sandbox):
         names.add(what)
     assert len(names) == fc.FOLDER_CASES - 3
     assert any("cycle" in name for name in names)
+
+
+def test_clab_cases_are_small_files_naming_big_models():
+    """The memory reproductions: a few hundred bytes each, so their peak counts in worst_rss_growth_per_kb_mb."""
+    from compression.storage import inspect_header
+
+    seen = set()
+    for index in range(16):
+        data, what, door = fc._clab_case(index, 11)
+        assert len(data) < fc.SMALL_INPUT_BYTES and door in ("load", "export")
+        if index >= 2:
+            seen.add(inspect_header(data)["meta"]["architecture"]["arch"])
+    assert {"regnet_y_128gf", "vgg19", "squeezenet1_0", "vit_h_14"} <= seen

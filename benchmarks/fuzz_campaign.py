@@ -1199,7 +1199,7 @@ def run_sensitivity(index: int, seed: int, out_dir: str) -> tuple[str, str, int 
     path = WORK / f"sensitivity-{os.getpid()}.json"
     data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
     path.write_bytes(data)
-    _input_bytes(len(data))
+    _input_bytes(len(data), what)
     try:
         predicted = door_sensitivity(path, ctx)
     except Exception as exc:  # noqa: BLE001
@@ -1302,7 +1302,7 @@ def door_automaton(text: str, layers: list[str]) -> None:
 
 def run_automaton(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]:
     text, what = _automaton_case(index, seed)
-    _input_bytes(len(text))
+    _input_bytes(len(text), what)
     started = time.monotonic()
     try:
         door_automaton(text, _STATE["automaton"]["layers"])
@@ -1740,7 +1740,7 @@ def run_runfolder(index: int, seed: int, out_dir: str) -> tuple[str, str, int | 
             (run_dir / name).write_bytes(data.replace(b"{REL}", relative))
             size += len(data) if name != "model.clab" else 0  # the received bytes an attacker chose
     report = folder / "report.html"
-    _input_bytes(size)
+    _input_bytes(size, what)
     try:
         said = door_runfolder(door, home, run_dir, report, deleted)
     except Exception as exc:  # noqa: BLE001
@@ -1868,7 +1868,7 @@ def run_yaml(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]
     data = text if isinstance(text, bytes) else text.encode()
     path = _case_dir("yaml", index) / "data.yaml"
     path.write_bytes(data)
-    _input_bytes(len(data))
+    _input_bytes(len(data), what)
     try:
         door_yaml(path, ctx["model"])
     except Exception as exc:  # noqa: BLE001
@@ -2061,7 +2061,7 @@ def run_folders(index: int, seed: int, out_dir: str) -> tuple[str, str, int | No
     root.mkdir()
     what, ref = _folder_case(index, seed, root)
     size = _tree_bytes(root)
-    _input_bytes(size)
+    _input_bytes(size, what)
     try:
         door_folders(ref)
     except Exception as exc:  # noqa: BLE001
@@ -2144,7 +2144,7 @@ def run_clab(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]
     path = folder / "model.clab"
     path.write_bytes(data)
     what = f"[{door}] {what} ({len(data)} B)"
-    _input_bytes(len(data))
+    _input_bytes(len(data), what)
     try:
         door_clab(path, door, folder / "model.onnx")
     except Exception as exc:  # noqa: BLE001
@@ -2321,10 +2321,12 @@ class OutsideWatch:
 _PROGRESS: list = []
 
 
-def _input_bytes(size: int) -> None:
-    """Tell the parent this case's input size before the door runs (a case killed for memory is still charged)."""
+def _input_bytes(size: int, what: str) -> None:
+    """Tell the parent this case's input size and what it is before the door runs: a case killed for a hang or
+    its memory is still charged to its size and named (the slow families only: a small file write per case)."""
     if _PROGRESS:
         _PROGRESS[0][2] = float(size)
+        (WORK / f"case-{os.getpid()}.txt").write_text(what[:300], errors="replace")
 
 
 def _worker(conn, progress, work: str, outside: str) -> None:
@@ -2479,6 +2481,9 @@ class Pool:
                     detail = {"hang": f"no answer after {TIMEOUTS[family]} s",
                               "memory": f"worker RSS {rss:.0f} MB > {hard} MB",
                               "traceback": f"worker died (exit code {slot['process'].exitcode})"}[kind]
+                    said = self.work / f"case-{slot['process'].pid}.txt"
+                    if slot["progress"][2] >= 0 and said.is_file():  # what the case was (the slow families)
+                        detail += f": {said.read_text(errors='replace')}"
                     if index in slot["task"] and index not in slot["reported"]:
                         size = int(slot["progress"][2]) if slot["progress"][2] >= 0 else None
                         on_result(index, kind, detail, rss if kind == "memory" else 0.0, hard, size, [])

@@ -2046,14 +2046,16 @@ def _folder_case(index: int, seed: int, root: Path) -> tuple[str, str]:
     return what, f"{kind}:{root}"
 
 
-def door_folders(ref: str) -> None:
-    """The dataset loader and one pass over every split (what a run does before it measures)."""
+def door_folders(ref: str) -> int:
+    """The dataset loader and one pass over every split (what a run does before it measures); returns the number
+    of images the splits hold."""
     from compression.data import load_data
 
     data = load_data(ref, input_size=28)
     for split in ("train", "val", "test"):
         for _ in data.loader(split, batch_size=16):
             pass
+    return sum(len(data.split(split)) for split in ("train", "val", "test"))
 
 
 def run_folders(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]:
@@ -2063,10 +2065,14 @@ def run_folders(index: int, seed: int, out_dir: str) -> tuple[str, str, int | No
     size = _tree_bytes(root)
     _input_bytes(size, what)
     try:
-        door_folders(ref)
+        found = door_folders(ref)
     except Exception as exc:  # noqa: BLE001
         outcome, detail = _classify(exc)
         return outcome, f"{what}: {detail}", size
+    real = sum(1 for dirpath, _, names in os.walk(root) for name in names
+               if name.endswith(".png") and not os.path.islink(os.path.join(dirpath, name)))
+    if ("cycle" in what or "<->" in what or "dataset root" in what) and found > real:
+        return "accepted", f"{what}: the loader went round the loop: {found} images from {real} files", size
     return "ok", what, size
 
 

@@ -1,9 +1,15 @@
-"""Fuzzing campaign: the compact-file decoder, the recipe parser, uploaded model files and dataset folders.
+"""Fuzzing campaign: the compact-file decoder, the recipe parser, uploaded model files, dataset folders, and every
+door a received file or link comes through (issue 24): TorchScript, run folders, dataset yamls, image folders, app
+links, sensitivity reports and recipe automata.
 
 Every case must end in a CompressionLabError with a one-line message (or succeed): anything else is a
 traceback; a case running past its family's timeout is a hang (the worker is killed and replaced); a case
-that raises its worker's peak RSS above a bound set from the input's size is a memory blow-up; a marker
-file created by a crafted pickle is executed code.
+that raises its worker's peak RSS above a bound set from the input's size is a memory blow-up. Every case runs
+with its cwd in the campaign's work folder (temporary files and the data home inside it); crafted payloads aim at
+a sentinel folder next to it (OUTSIDE, never inside the work folder): a file created or changed there is a file
+written outside, and a marker under OUTSIDE/markers is executed code. A case that accepts what it must refuse
+(a link opening a folder outside the data home, a report solved from non-finite numbers, a run's text inside the
+report's <script>, a deleted run still listed as present) is an unsafe accept.
 
 Families:
   decoder   mutated compact files whose CRC and length are recomputed so they reach the parser (bit flips,
@@ -27,13 +33,57 @@ Families:
   data      image folders through compression.data.load_data("imagefolder:DIR") and a pass over every split
             (empty, one class, corrupt/truncated images, non-images, huge declared image dimensions);
             RSS bound 2 GiB.
+  The doors (issue 24; 10 s per case; each reaches the library through one adapter, door_<family>, to re-point
+  when a door's entry point changes):
+  torchscript  scripted modules whose forward or __setstate__ writes a file with torch.from_file(shared=True)
+            (absolute and cwd-relative paths, a victim file), loaded without trust; the benign archive and its
+            mutations (zip bytes, code text edited or injected with a writer, members edited, removed,
+            resized, duplicated) with and without trust; through sources.check + sources.load_model
+            (`run --model torchscript:FILE [--trust]`). RSS bound 1 GiB.
+  runfolder a finished engine run folder (real model.clab) received with a pickled original and trust in its
+            job.json (relative and absolute), a script in metrics.json, wrong types in metrics.json/job.json,
+            and mutated job/metrics/state/plan/events files, deleted after a first listing; each through one
+            door: `compression-lab runs`, `compression-lab report FOLDER`, the Compare page's loading
+            functions headless, or the Runs and Compare pages themselves (AppTest, every 10th case and the
+            reproductions). RSS bound 1 GiB.
+  yaml      YOLO data yamls: download: scripts (Python and bash) with a missing split entry, splits as lists,
+            ints, mappings, files, paths outside, 100,000 names, nc disagreeing, 10,000-deep nesting, a billion
+            laughs, python tags, 1 MB, non-UTF-8; through load_detection_data and Ultralytics' validation
+            (`eval FILE --data yolo:data.yaml`). RSS bound 2 GiB.
+  clab      compact files of a few hundred bytes naming a big architecture (regnet_y_128gf, vgg19, vit_h_14,
+            convnext_large with a million classes) or a big recorded input (squeezenet1_0 with a channel-pruning
+            record at 3x2048x2048, resnet18 at 4096, mobilenet_v3_small at 8192), 300 bytes of garbage, and those
+            metas with one value changed; through sources.load_file and `compression-lab export FILE OUT.onnx`.
+            RSS bound 1 GiB (the parent kills a worker past 3 GiB).
+  folders   image folders with symlink cycles (parent, self, mutual, deep, the split root), a link outside,
+            /dev/zero and a FIFO as images, tens of thousands of files or class folders, 120-deep folders,
+            missing or mismatched splits, odd names, CIFAR batches that run code or hold 2 million labels;
+            through load_data and a pass over every split. RSS bound 2 GiB.
+  links     URL query dicts (model, data, arch, size, present, image, run) with unicode digits ('²', '٣٢'),
+            huge numbers, paths (/etc, /root, ../.., ~, the sentinel folder), uploads that exist or not;
+            through compression.ui.state.spec_from_link, the presentation mode's image parser and the
+            checks before loading. RSS bound 256 MiB.
+  sensitivity  a LeNet-300-100 sensitivity report mutated (wrong types, non-finite and out-of-range numbers,
+            odd grid keys, missing keys, random JSON/bytes, deep nesting) plus a few huge ones; through the
+            CLI's reader (`sweep --sensitivity`), the solver's plan for ratio 10 and the accuracy prediction.
+            RSS bound 256 MiB.
+  automaton recipes whose re: keys compile to big automata ((.*){900}(.?){300}..., 20 keys, 8 KB and 1 MiB
+            of them, nested counts) and random keys from densenet121's name parts; Plan validation and
+            resolution against densenet121's 121 layer names (the Plan page's Load recipe). RSS bound 256 MiB.
 
 Run from the repo root (bounded: under 10 minutes on 2 cores):
     .venv/bin/python benchmarks/fuzz_campaign.py [--decoder-cases 100000] [--recipe-cases 50000] [--workers 2]
-The last line printed is one JSON object: cases (total and per family), tracebacks, hangs, memory_blowups,
-max_rss_mb, executed_code, examples of failures (per family), seconds.
-`--selftest` runs 8 planted failures instead (an error, a traceback, a two-line message, a 400 MB allocation,
-a marker file, a sleep, a worker exit) to show that the zeros above are measured, not assumed.
+        [--families links,sensitivity,...] [--keep]
+The slow families run first and stop --reserve-s (150 s) before the budget (540 s) ends; the cheap ones
+(sensitivity, links, recipe, decoder) carry the case count. The last line printed is one JSON object: cases
+(total and per family), tracebacks, hangs, memory_blowups, executed_code, files_written_outside (files created or
+changed outside the work folder: OUTSIDE, the repository, new .pth files in site-packages),
+worst_rss_growth_per_kb_mb (the largest per-case peak-RSS growth of an input under 4 KB; Linux's VmHWM is reset
+before each case), small_inputs_over_256mb, unsafe_accepts, max_rss_mb, outcomes and failure_kinds per family,
+examples (one per kind of failure), seconds.
+`--selftest` runs 11 planted failures instead (an error, a traceback, a two-line message, a 400 MB allocation, a
+marker file, a sleep, a worker exit, a file written outside, 300 MB from a 100-byte input, an unsafe accept) to show
+that the zeros above are measured, not assumed.
 """
 
 from __future__ import annotations
@@ -41,9 +91,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import multiprocessing as mp
 import os
 import random
+import re
 import resource
 import shutil
 import struct
@@ -57,12 +109,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# issue 24's families
+DOORS = ("torchscript", "runfolder", "yaml", "folders", "clab", "links", "sensitivity", "automaton")
 TIMEOUTS = {"decoder": 10.0, "recipe": 10.0, "model": 120.0, "data": 120.0, "detector": 30.0,
-            "selftest": 5.0}  # seconds per case
-CHUNKS = {"decoder": 500, "recipe": 500, "model": 1, "data": 1, "detector": 20,
+            **{family: 10.0 for family in DOORS}, "selftest": 5.0}  # seconds per case
+CHUNKS = {"decoder": 500, "recipe": 500, "model": 1, "data": 1, "detector": 20, "torchscript": 20, "runfolder": 1,
+          "clab": 1,
+          "yaml": 1, "folders": 1, "links": 500, "sensitivity": 200, "automaton": 50,
           "selftest": 6}  # cases per task sent to a worker
 HARD_RSS_MB = 6144  # the parent kills a worker above this (counted as a memory blow-up)
-FAMILY_RSS_BOUND_MB = {"recipe": 256, "model": 2048, "data": 2048, "detector": 1024, "selftest": 200}
+HARD_RSS_FAMILY_MB = {"clab": 3072}  # these cases may try to build a 2.6 GB model: stop them sooner
+FAMILY_RSS_BOUND_MB = {"recipe": 256, "model": 2048, "data": 2048, "detector": 1024, "torchscript": 1024,
+                       "runfolder": 1024, "yaml": 2048, "folders": 2048, "clab": 1024, "links": 256, "sensitivity": 256,
+                       "automaton": 256, "selftest": 350}
+SMALL_INPUT_BYTES = 4096  # worst_rss_growth_per_kb_mb: the largest per-case peak growth of inputs under this size
+SMALL_INPUT_BOUND_MB = 256
 MAX_EXAMPLES = 5
 
 
@@ -374,13 +435,16 @@ def _classify(exc: BaseException) -> tuple[str, str]:
     from compression.errors import CompressionLabError
 
     if isinstance(exc, CompressionLabError):
+        if "\x1b[" in str(exc):  # terminal colour codes in a message: not one plain line
+            return "traceback", f"colour codes in {type(exc).__name__}: {str(exc)[:300]!r}"
         message = str(exc)
         if "\n" in message or not message:
             return "traceback", f"multi-line or empty {type(exc).__name__}: {message[:300]!r}"
         return "error", message[:200]
     frames = traceback.extract_tb(exc.__traceback__)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     where = "; ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames[-3:])
-    return "traceback", f"{type(exc).__name__}: {str(exc)[:200]} at {where}"
+    return "traceback", f"{type(exc).__name__}: {text[:200]} at {where}"
 
 
 # ----------------------------------------------------------------------------------------------- recipe family
@@ -615,7 +679,8 @@ def run_model(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
     from compression.models.handle import load_model
 
     description, ref, weights, input_size = _MODEL_CASES[index]
-    size = Path(weights).stat().st_size if weights and Path(weights).is_file() else 0
+    given = weights or (ref[len("torchscript:"):] if ref.startswith("torchscript:") else None)
+    size = Path(given).stat().st_size if given and Path(given).is_file() else None
     try:
         load_model(ref, weights, input_size=input_size)
     except Exception as exc:  # noqa: BLE001
@@ -719,6 +784,7 @@ def run_data(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
     from compression.data import load_data
 
     description, path = _DATA_CASES[index]
+    size = _tree_bytes(Path(path)) if Path(path).is_dir() else None
     try:
         data = load_data(f"imagefolder:{path}", input_size=28)
         for split in ("train", "val", "test"):
@@ -726,8 +792,8 @@ def run_data(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
                 pass
     except Exception as exc:  # noqa: BLE001
         outcome, detail = _classify(exc)
-        return outcome, f"{description} [load_data('imagefolder:{path}', input_size=28)]: {detail}", 0
-    return "ok", description, 0
+        return outcome, f"{description} [load_data('imagefolder:{path}', input_size=28)]: {detail}", size
+    return "ok", description, size
 
 
 # ----------------------------------------------------------------------------------------------- self-test
@@ -736,9 +802,10 @@ def run_data(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
 _HOLD = []
 
 
-def run_selftest(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
+def run_selftest(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]:
     """--selftest: one case of each failure the campaign must see (ok, error, traceback, multi-line, memory,
-    executed code, hang, worker death), so its zeros are known to mean something."""
+    executed code, hang, worker death, a file written outside, a small input's big peak, an unsafe accept), so its
+    zeros are known to mean something."""
     from compression.errors import FormatError
 
     if index == 0:
@@ -751,13 +818,24 @@ def run_selftest(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
         if index == 3:
             raise FormatError("two\nlines")
         if index == 4:
-            _HOLD.append(bytearray(400 << 20))  # 400 MB kept: over the 200 MB bound
-            return "ok", "allocated", 0
+            _HOLD.append(bytearray(400 << 20))  # 400 MB kept: over the selftest's 350 MB bound
+            _HOLD[-1][::4096] = b"x" * len(range(0, 400 << 20, 4096))
+            return "ok", "allocated", None
         if index == 5:
-            (Path(out_dir).parent / "markers" / "selftest").touch()
+            (OUTSIDE / "markers" / "selftest").touch()
             return "ok", "marker", 0
         if index == 6:
             time.sleep(3600)
+        if index == 8:
+            (OUTSIDE / "planted.txt").write_text("written outside the work folder")
+            return "ok", "wrote outside", 10
+        if index == 9:  # 300 MB touched and freed: under the family bound, over the small-input bound
+            block = bytearray(300 << 20)
+            block[::4096] = b"x" * len(range(0, 300 << 20, 4096))
+            del block
+            return "ok", "transient 300 MB from 100 bytes", 100
+        if index == 10:
+            return "accepted", "a planted unsafe accept", 10
         os._exit(3)
     except Exception as exc:  # noqa: BLE001
         return (*_classify(exc), 0)
@@ -829,16 +907,1289 @@ def _detector_case(index: int, seed: int, marker: Path) -> tuple[dict, str]:
 def run_detector(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
     from compression.models.detector import build_detector
 
-    marker = Path(out_dir).parent / "markers" / f"detector-{seed}-{index}"
+    marker = OUTSIDE / "markers" / f"detector-{seed}-{index}"
     arch, what = _detector_case(index, seed, marker)
+    size = len(json.dumps(arch, default=str))
     try:
         build_detector(arch, max_elements=2 * _DETECTOR["stored"] + 100_000)  # what load_detector_file allows
     except Exception as exc:  # noqa: BLE001
         outcome, detail = _classify(exc)
         if outcome != "error":
             detail = f"{what}: {detail}"
-        return outcome, detail, 0
-    return "ok", what, 0
+        return outcome, detail, size
+    return "ok", what, size
+
+
+# ----------------------------------------------------------------------------------------------- the doors (issue 24)
+#
+# Every family below reaches the library through one small adapter, door_<family>(...): the only function that
+# names a library entry point. When a door is fixed elsewhere (a new trust argument, a schema reader), re-point its
+# adapter and nothing else. Each case runs with its cwd in the campaign's work folder; crafted payloads aim at
+# OUTSIDE (a sentinel folder next to the work folder, never inside it), so a file written there is a file written
+# outside, and a marker under OUTSIDE/markers is executed code.
+
+WORK = Path(".")  # set by the worker: the campaign's work folder (every case's cwd)
+OUTSIDE = Path(".")  # set by the worker: the sentinel folder outside the work folder
+VICTIM_TEXT = b"nothing may change this file\n"
+TAG = "########"  # in a prepared payload's marker name: replaced by the case's number
+XSS = "</script><script>alert(1)</script>"
+SECRET = "secret_"  # class-folder names under OUTSIDE/images: a message naming one has listed a folder outside
+
+
+def _home() -> Path:
+    return Path(os.environ["COMPRESSION_LAB_HOME"])
+
+
+def _case_dir(family: str, index: int) -> Path:
+    """A fresh folder for one case's inputs, under the work folder (removed by the next case of this worker)."""
+    folder = WORK / f"{family}-{os.getpid()}"
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / str(index)).mkdir(parents=True)
+    return folder / str(index)
+
+
+def _tree_bytes(root: Path) -> int:
+    """Bytes of the regular files under root (symlinks not followed): an input folder's size."""
+    total = 0
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            try:
+                stat = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            total += stat.st_size if not os.path.islink(os.path.join(dirpath, name)) else len(name)
+    return total
+
+
+def _nonfinite(value) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_nonfinite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_nonfinite(v) for v in value)
+    return False
+
+
+def _mutate_json(value, rng: random.Random, extra: list) -> tuple[object, str]:
+    """1-3 edits of a JSON document: a value replaced by a hostile one, a key removed, a new key."""
+    value = copy.deepcopy(value)
+    ops = []
+    for _ in range(rng.randint(1, 3)):
+        paths = list(_paths(value))[1:]
+        if not paths:
+            break
+        path = rng.choice(paths)
+        parent = value
+        for key in path[:-1]:
+            parent = parent[key]
+        roll = rng.random()
+        if isinstance(parent, dict) and roll < 0.15:
+            parent.pop(path[-1], None)
+            ops.append(f"del {path[-1]!s:.20}")
+        elif isinstance(parent, dict) and roll < 0.3:
+            parent[rng.choice(["x", "", "²", "nan", "-1", "1e400", "layers", "after", "0.5", "\u0000"])] = \
+                copy.deepcopy(rng.choice(EVIL_VALUES + extra))
+            ops.append("new key")
+        else:
+            parent[path[-1]] = copy.deepcopy(rng.choice(EVIL_VALUES + extra))
+            ops.append(f"set {'/'.join(str(p)[:12] for p in path)}")
+    return value, "+".join(ops)
+
+
+def _json_text(value, rng: random.Random) -> str:
+    try:
+        return json.dumps(value)
+    except (ValueError, TypeError):
+        return "{}"
+
+
+def _hostile_text(rng: random.Random, base: str) -> tuple[str | bytes, str]:
+    """Not a mutation of a document but a whole hostile text: random JSON, bytes, truncation, deep nesting, huge."""
+    roll = rng.randrange(6)
+    if roll == 0:
+        return json.dumps(_random_json(rng)), "random-json"
+    if roll == 1:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(64))), "random-bytes"
+    if roll == 2:
+        return base[:rng.randrange(len(base) + 1)], "truncated"
+    if roll == 3:
+        depth = rng.choice([200, 1000, 100_000])
+        return ("[" * depth + "]" * depth if rng.random() < 0.5 else '{"a":' * depth + "1" + "}" * depth), "deep"
+    if roll == 4:
+        return base.encode() + b"\xff\xfe\x00", "non-utf8"
+    return '{"base_accuracy": 0.9, "layers": {' + ",".join(f'"l{i}": {{}}' for i in range(20_000)) + "}}", "wide"
+
+
+# --- links: URL query dicts through the app's link parsing (compression/ui/state.py, the present-mode parsers)
+
+LINK_NUMBERS = ["28", "32", "0", "-1", "²", "³", "١٢", "٣٢", "𝟐𝟖", "28.0", "1e3", " 28", "28 ", "0x1c", "",
+                "9" * 30, "9" * 5000, "2048", "4096", "65536", "NaN", "inf", "+28", "٠", "߂"]
+
+
+def _links_setup() -> dict:
+    uploads = _home() / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    (uploads / "0123456789ab-model.safetensors").write_bytes(b"not really weights")
+    allowed = _home() / "data" / "imgs"
+    allowed.mkdir(parents=True, exist_ok=True)
+    return {"uploads": uploads, "allowed": allowed}
+
+
+def _links_case(index: int, seed: int, ctx: dict) -> dict:
+    rng = random.Random(seed * 1_000_003 + index)
+    outside = str(OUTSIDE)
+    models = ["demo:lenet5", "demo:lenet300", "demo:vgg_small", "detector:demo", "upload:0123456789ab",
+              "upload:0123456789AB", "upload:../../etc", "upload:" + "0" * 12, "upload:", "torchscript:/etc/passwd",
+              f"torchscript:{outside}/victim.txt", "detector:" + outside + "/evil.pt", "demo:" + "x" * 300,
+              "upload:0123456789ab\u0000", "upload:٠١٢٣٤٥٦٧٨٩ab", None, "", "demo:lenet5\n"]
+    datas = ["digits", "shapes", "imagefolder:/etc", "cifar10:/root", "cifar100:/proc/self", f"imagefolder:{outside}",
+             f"imagefolder:{outside}/images", "imagefolder:../outside/images", "imagefolder:~",
+             f"imagefolder:{ctx['allowed']}", f"imagefolder:{ctx['allowed']}/../../..", "yolo:/etc/hosts",
+             "imagefolder:", "imagefolder:/dev/zero", "digits\u0000", "x" * 5000, None]
+    archs = ["resnet18", "mobilenet_v3_small", "", "../../x", "a" * 65, "resnet18;rm", "ｒｅｓｎｅｔ18", None]
+    params = {}
+    if rng.random() < 0.3:  # random strings for every key
+        alphabet = "abc019²٣:/._-%\u0000 \n" + outside[:5]
+        for key in ("model", "data", "arch", "size", "image", "present", "run"):
+            if rng.random() < 0.7:
+                params[key] = "".join(rng.choice(alphabet) for _ in range(rng.randrange(20)))
+    else:
+        params["model"] = rng.choice(models)
+        params["data"] = rng.choice(datas)
+        if rng.random() < 0.7:
+            params["arch"] = rng.choice(archs)
+        if rng.random() < 0.7:
+            params["size"] = rng.choice(LINK_NUMBERS)
+        if rng.random() < 0.5:
+            params["present"] = rng.choice(["1", "0", "²", "true", ""])
+            params["image"] = rng.choice(LINK_NUMBERS)
+            params["run"] = rng.choice(["20261201-101500-ab12", "../..", "x" * 500, "", "²"])
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _present_image_index(params: dict, count: int) -> int:
+    """The Detections page's presentation mode: which validation image `?image=N` shows.
+    RE-POINT: this is the page's inline parse (pages/detections.py); call the library's parser once it has one."""
+    wanted = params.get("image", "0")
+    return min(int(wanted), count - 1) if wanted.isdigit() else 0
+
+
+def door_links(params: dict, ctx: dict) -> tuple[dict | None, str | None]:
+    """What the app does with a link's query: spec_from_link, then (for a spec) the checks before loading it."""
+    from compression import sources
+    from compression.ui.state import spec_from_link
+
+    spec, problem = spec_from_link(params, ctx["uploads"])
+    _present_image_index(params, 48)
+    if spec is not None:
+        sources.check(spec)
+        data = str(spec.get("data") or "")
+        if ":" in data and Path(data.split(":", 1)[1]).expanduser().resolve() == (OUTSIDE / "images").resolve():
+            from compression.data import load_data  # the app's next step opens the folder: its messages too
+
+            load_data(data, input_size=28)
+    return spec, problem
+
+
+def _allowed_data(data: str) -> bool:
+    """A link may name the demo data or a folder under the data home (the issue's rule)."""
+    if ":" not in data:
+        return True
+    from compression.paths import data_home
+
+    folder = Path(data.split(":", 1)[1]).expanduser().resolve()
+    return any(folder.is_relative_to(root.resolve()) for root in (_home(), data_home()))
+
+
+def run_links(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]:
+    ctx = _STATE["links"]
+    params = _links_case(index, seed, ctx)
+    size = len(json.dumps(params))
+    try:
+        spec, problem = door_links(params, ctx)
+    except Exception as exc:  # noqa: BLE001
+        outcome, detail = _classify(exc)
+        if outcome == "error" and SECRET in str(exc):
+            return "accepted", f"{params}: the message lists a folder outside the data home: {detail}", size
+        return outcome, f"{params}: {detail}", size
+    if problem is not None and ("\n" in problem or SECRET in problem):
+        return "accepted", f"{params}: link message lists a folder or spans lines: {problem[:200]!r}", size
+    if spec is not None and not _allowed_data(str(spec.get("data") or "")):
+        return "accepted", f"{params}: a link opened data outside the data home: {spec.get('data')!r}", size
+    return "ok", "link", size
+
+
+# --- sensitivity: crafted sensitivity reports through the CLI's reader and the solver
+
+
+def _sensitivity_base(layers: list[str]) -> dict:
+    sparsities = [0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95]
+    clusters = [256, 64, 16, 8, 4, 2]
+    return {"base_accuracy": 0.97,
+            "layers": {name: {"params": 1000 * (i + 1),
+                              "sparsity": {str(s): round(0.97 - 0.3 * s ** 3 * (i + 1) / len(layers), 4)
+                                           for s in sparsities},
+                              "clusters": {str(k): round(0.97 - 0.4 / k, 4) for k in clusters}}
+                       for i, name in enumerate(layers)},
+            "config": {"sparsities": sparsities, "clusters": clusters, "mode": "estimate"}}
+
+
+def _sensitivity_setup() -> dict:
+    from compression.analysis.estimate import model_stats
+    from compression.models.handle import load_model
+
+    handle = load_model("demo:lenet300")
+    layers = list(handle.prunable_layers())
+    return {"handle": handle, "stats": model_stats(handle), "base": _sensitivity_base(layers), "layers": layers}
+
+
+def _sensitivity_case(index: int, seed: int, ctx: dict) -> tuple[str | bytes, str, object]:
+    rng = random.Random(seed * 1_000_003 + index)
+    base = ctx["base"]
+    extra = [float("nan"), -0.5, 1.5, "0.9", {"0.5": "x"}, {"nan": 0.5}, {"1e400": 0.5}, {"-3": 0.5}, {"²": 0.5},
+             {"0": float("nan")}, {str(2**70): 0.5}, {"0.5": 1e308}, list(range(5)), {"x" * 300: {}}]
+    if index < SENSITIVITY_HEAVY:  # a few big reports (each may take seconds unbounded): the first cases only
+        value = copy.deepcopy(base)
+        layer = ctx["layers"][0]
+        if index == 0:
+            value["layers"][layer]["sparsity"] = {str(i / 100_000): 0.5 for i in range(10_000)}
+            what = "10,000 sparsity points"
+        elif index == 1:
+            value["layers"][layer]["clusters"] = {str(k): 0.5 for k in range(2, 5_000)}
+            what = "5,000 cluster counts"
+        elif index == 2:
+            value["layers"].update({f"l{i}": value["layers"][layer] for i in range(20_000)})
+            what = "20,000 layers"
+        else:
+            return '{"a":' * 100_000 + "1" + "}" * 100_000, "nested 100,000 deep", None
+        return json.dumps(value), what, value
+    roll = rng.random()
+    if roll < 0.15:
+        text, what = _hostile_text(rng, json.dumps(base))
+        if what != "wide":
+            return text, what, None
+    value, what = _mutate_json(base, rng, extra)
+    if roll < 0.2:
+        value["base_accuracy"] = rng.choice([float("nan"), float("inf"), -1.0, 2.0, "0.9", None])
+        what += "+base"
+    return _json_text(value, rng), what, value
+
+
+def door_sensitivity(path: Path, ctx: dict) -> dict:
+    """`sweep --targets ratio:10 --sensitivity FILE`'s path without submitting: the CLI's reader, then the solver's
+    plan for one target and the accuracy prediction (RE-POINT to the schema reader once the CLI has one)."""
+    from types import SimpleNamespace
+
+    from compression import cli
+    from compression.analysis.predict import predict
+    from compression.analysis.targets import target_plan
+
+    args = SimpleNamespace(sensitivity=path, model="demo:lenet300", data="digits", home=_home())
+    source = {"model": "demo:lenet300", "weights": None, "data": "digits", "input_size": None, "mean": None,
+              "std": None}
+    report = cli._sweep_report(args, source, ctx["handle"])
+    member = target_plan(ctx["stats"], report, "ratio", 10.0)
+    return predict(report, member.settings, None, [])
+
+
+def run_sensitivity(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]:
+    ctx = _STATE["sensitivity"]
+    text, what, value = _sensitivity_case(index, seed, ctx)
+    path = WORK / f"sensitivity-{os.getpid()}.json"
+    data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    path.write_bytes(data)
+    _input_bytes(len(data), what)
+    try:
+        predicted = door_sensitivity(path, ctx)
+    except Exception as exc:  # noqa: BLE001
+        outcome, detail = _classify(exc)
+        if outcome != "error":
+            keep = Path(out_dir) / f"sensitivity-{seed}-{index}.json"
+            keep.write_bytes(data)
+            detail = f"{what} ({keep}): {detail}"
+        return outcome, detail, len(data)
+    if (isinstance(value, dict) and (_nonfinite(value.get("base_accuracy")) or _nonfinite(value.get("layers")))
+            or _nonfinite(predicted)):
+        keep = Path(out_dir) / f"sensitivity-{seed}-{index}.json"
+        keep.write_bytes(data)
+        return "accepted", f"{what} ({keep}): a report with non-finite numbers was solved silently", len(data)
+    return "ok", what, len(data)
+
+
+# --- automaton: recipes whose re: keys compile to big automata, validated against densenet121's layer names
+
+SENSITIVITY_HEAVY = 4  # the first cases of the sensitivity family: big reports
+AUTOMATON_HEAVY = 10  # the first cases of the family: the issue's crafted keys (each may take seconds unbounded)
+
+
+def _automaton_setup() -> dict:
+    import torch
+    import torchvision
+
+    with torch.device("meta"):
+        model = torchvision.models.densenet121(weights=None)
+    layers = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Conv2d | torch.nn.Linear)]
+    return {"layers": layers}
+
+
+def _random_regex(rng: random.Random, depth: int = 0) -> str:
+    """A pattern built from densenet121's name parts, so most match some layer and validation visits every key."""
+    atoms = ["features", "denseblock\\d", "denselayer\\d+", "transition\\d", "conv[012]", "conv", "classifier",
+             "norm", "\\.", ".", "\\d", "[0-9]", "[a-z]+"]
+    parts = []
+    for _ in range(rng.randint(1, 4)):
+        if depth < 2 and rng.random() < 0.3:
+            atom = "(?:" + "|".join(_random_regex(rng, depth + 1) for _ in range(rng.randint(1, 3))) + ")"
+            quant = rng.choice(["", "", "?", "*", "+", "{1,3}", "{2}", "{0,9}"])
+        else:
+            atom = rng.choice(atoms)
+            quant = rng.choice(["", "", "", "?", "*"]) if atom in (".", "\\d", "[0-9]") else ""
+        parts.append(atom + quant)
+    body = "\\.?".join(parts) if rng.random() < 0.5 else "".join(parts)
+    return body if depth else rng.choice(["", ".*"]) + body + rng.choice(["", ".*", ".*\\d"])
+
+
+def _automaton_case(index: int, seed: int) -> tuple[str, str]:
+    rng = random.Random(seed * 1_000_003 + index)
+    if index < AUTOMATON_HEAVY:
+        # each key matches a layer (a key matching none stops validation at once): every automaton is built
+        heavy = [f"re:(.*){{{900 - i}}}(.?){{{300 + i}}}conv0" for i in range(40)]
+        shapes = [(1, "one key"), (5, "5 keys"), (20, "20 keys"), (8 << 10, "8 KB of keys"), (1 << 20, "1 MiB of keys"),
+                  (1, "(.*){2000}"), (3, "nested counts"), (50, "50 small keys"), (2, "alternation blow-up"),
+                  (20, "20 keys, cluster step")]
+        count, what = shapes[index]
+        if count >= 1024:  # a byte budget: as many keys as fit
+            keys, size = [], 0
+            while size < count - 200:
+                keys.append(f"re:(.*){{{900 - len(keys) % 500}}}(.?){{{300 + len(keys) // 500}}}conv0")
+                size += len(keys[-1]) + 8
+        elif what == "(.*){2000}":
+            keys = ["re:(.*){2000}classifier"]
+        elif what == "nested counts":
+            keys = ["re:((.?){30}){30}conv0", "re:(((.*){10}){10}){10}classifier", "re:((a|.){50}){20}"]
+        elif what == "alternation blow-up":
+            keys = ["re:(.|..|...){300}conv0", "re:(" + "|".join(f"(.?){{{i}}}0" for i in range(1, 60)) + ")"]
+        elif what == "50 small keys":
+            keys = [f"re:(.*){{{60 + i}}}conv0" for i in range(50)]
+        else:
+            keys = heavy[:count]
+        per_layer = {key: 0.5 for key in keys}
+        step = {"type": "prune", "sparsity": per_layer} if "cluster" not in what else \
+            {"type": "cluster", "n_clusters": {key: 16 for key in keys}}
+        return json.dumps({"schema_version": 1, "name": "automaton", "steps": [step]}), what
+    keys = {"re:" + _random_regex(rng): rng.choice([0.1, 0.5, 0.9]) for _ in range(rng.randint(1, 4))}
+    if rng.random() < 0.3:
+        keys["_default"] = 0.5
+    kind = rng.randrange(3)
+    step = ({"type": "prune", "sparsity": keys} if kind == 0 else
+            {"type": "cluster", "n_clusters": {k: 16 for k in keys}} if kind == 1 else
+            {"type": "quantize", "quantizer": {k: "kmeans" for k in keys}})
+    return json.dumps({"schema_version": 1, "name": "automaton", "steps": [step]}), "random keys"
+
+
+def door_automaton(text: str, layers: list[str]) -> None:
+    """The recipe loader (CLI --recipe, the Plan page's Load recipe): parse, validate against the model's layers,
+    resolve every per-layer map."""
+    from compression.plan import Plan, resolve_all
+
+    plan = Plan.from_json(text)
+    plan.validate(layers)
+    for step in plan.steps:
+        for name in step.per_layer:
+            resolve_all(getattr(step, name), layers)
+
+
+def run_automaton(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]:
+    text, what = _automaton_case(index, seed)
+    _input_bytes(len(text), what)
+    started = time.monotonic()
+    try:
+        door_automaton(text, _STATE["automaton"]["layers"])
+    except Exception as exc:  # noqa: BLE001
+        outcome, detail = _classify(exc)
+        return outcome, f"{what} ({len(text)} B, {time.monotonic() - started:.1f} s): {detail}", len(text)
+    return "ok", f"{what} ({time.monotonic() - started:.2f} s)", len(text)
+
+
+# --- torchscript: scripted modules that write files (forward, __setstate__), with and without trust; mutated zips
+
+
+def _torchscript_sources() -> str:
+    """The module definitions the fixtures script (torch.jit.script reads their source from a file)."""
+    return '''
+from typing import Tuple
+
+import torch
+
+
+class Benign(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(784, 10)
+
+    def forward(self, x):
+        return self.fc(torch.nn.functional.adaptive_avg_pool2d(x.mean(1, keepdim=True), 28).flatten(1))
+
+
+class Writer(torch.nn.Module):
+    """forward maps `path` with torch.from_file(shared=True) and writes into it: creates or overwrites any file."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.fc = torch.nn.Linear(784, 10)
+
+    def forward(self, x):
+        t = torch.from_file(self.path, True, 16, dtype=torch.uint8)
+        t.fill_(65)
+        out = self.fc(torch.nn.functional.adaptive_avg_pool2d(x.mean(1, keepdim=True), 28).flatten(1))
+        return out + t[0].float() * 0
+
+
+class Loader(torch.nn.Module):
+    """__setstate__ runs when the archive is loaded: the write happens before any forward."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.weight = torch.zeros(10, 784)
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[str, bool, torch.Tensor]:
+        return (self.path, self.training, self.weight)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[str, bool, torch.Tensor]) -> None:
+        self.path = state[0]
+        self.training = state[1]
+        t = torch.from_file(self.path, True, 16, dtype=torch.uint8)
+        t.fill_(66)
+        self.weight = state[2] + t[0].float() * 0
+
+    def forward(self, x):
+        return torch.nn.functional.adaptive_avg_pool2d(x.mean(1, keepdim=True), 28).flatten(1) @ self.weight.t()
+'''
+
+
+def _prepare_torchscript(folder: Path, outside: Path) -> dict[str, bytes]:
+    """Scripted archives (built once by the parent): benign, and writers aimed outside the work folder."""
+    import importlib.util
+    import io
+    import warnings
+
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / "ts_modules.py"
+    source.write_text(_torchscript_sources())
+    spec = importlib.util.spec_from_file_location("ts_modules", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    archives = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, obj in (("benign", module.Benign()),
+                          ("forward-abs", module.Writer(str(outside / "markers" / f"ts-forward-abs-{TAG}"))),
+                          ("forward-rel", module.Writer(f"../outside/markers/ts-forward-rel-{TAG}")),
+                          ("forward-victim", module.Writer(str(outside / "victim.txt"))),
+                          ("setstate-abs", module.Loader(str(outside / "markers" / f"ts-setstate-abs-{TAG}"))),
+                          ("setstate-rel", module.Loader(f"../outside/markers/ts-setstate-rel-{TAG}"))):
+            buffer = io.BytesIO()
+            torch.jit.save(torch.jit.script(obj), buffer)
+            archives[name] = buffer.getvalue()
+    return archives
+
+
+def _zip_members(data: bytes) -> list[tuple[str, bytes]]:
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return [(name, archive.read(name)) for name in archive.namelist()]
+
+
+def _zip_of(members: list[tuple[str, bytes]]) -> bytes:
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in members:
+            archive.writestr(name, data)
+    return out.getvalue()
+
+
+def _torchscript_setup() -> dict:
+    folder = WORK / "fixtures" / "torchscript"
+    return {"archives": {path.stem: path.read_bytes() for path in folder.glob("*.pt")}}
+
+
+def _torchscript_case(index: int, seed: int, ctx: dict) -> tuple[bytes, str, bool]:
+    """(archive bytes, description, trust). Archives that carry a writer run only without trust: with trust a
+    person has accepted that the file's code runs, so trusted cases are the benign archive and its mutations."""
+    rng = random.Random(seed * 1_000_003 + index)
+    archives = ctx["archives"]
+    writers = [name for name in archives if name != "benign"]
+    roll = rng.random()
+    if roll < 0.25:  # the marker's name gets the case's number (same length: the pickled strings stay valid)
+        name = writers[index % len(writers)]
+        tag = f"{index:0{len(TAG)}d}"[-len(TAG):].encode()
+        members = [(member, data.replace(TAG.encode(), tag)) for member, data in _zip_members(archives[name])]
+        return _zip_of(members), f"scripted {name}", False
+    trust = rng.random() < 0.5
+    base = archives["benign"]
+    if roll < 0.5:  # bytes of the zip itself
+        out = bytearray(base)
+        ops = []
+        for _ in range(rng.randint(1, 4)):
+            ops.append(DecoderCases._bytes_op(None, out, rng))
+        return bytes(out), f"benign zip bytes {'+'.join(ops)}", trust
+    members = _zip_members(base)
+    at = rng.randrange(len(members))
+    name, data = members[at]
+    choice = rng.randrange(6)
+    if choice == 0 and name.endswith(".py"):  # code text: a call that writes outside injected into forward
+        text = data.decode()
+        target = str(OUTSIDE / "markers" / f"ts-injected-{index}")
+        injected = text.replace("    x: Tensor) -> Tensor:\n",
+                                "    x: Tensor) -> Tensor:\n"
+                                f"    _w = torch.fill_(torch.from_file(\"{target}\", True, 8, dtype=0), 65)\n", 1)
+        if injected != text:
+            members[at] = (name, injected.encode())
+            return _zip_of(members), f"code injected into {name}", False
+        choice = 1
+    if choice == 1 and name.endswith(".py"):
+        text = data.decode()
+        edits = [("784", rng.choice(["7840000000", "-1", "0", "784.5"])), ("10", "100000000"),
+                 ("forward", "forwarded"), ("Tensor", "int"), ("\n", "\n" * 2), ("(", "((")]
+        old, new = rng.choice(edits)
+        members[at] = (name, text.replace(old, new, rng.randint(1, 3)).encode())
+        return _zip_of(members), f"code edit {old!r}->{new!r} in {name}", trust
+    if choice == 2:  # a member's bytes
+        out = bytearray(data)
+        ops = [DecoderCases._bytes_op(None, out, rng) for _ in range(rng.randint(1, 3))]
+        members[at] = (name, bytes(out))
+        return _zip_of(members), f"{name} bytes {'+'.join(ops)}", trust
+    if choice == 3:
+        del members[at]
+        return _zip_of(members), f"{name} removed", trust
+    if choice == 4 and "data/" in name:  # a storage shorter or longer than its tensor says
+        members[at] = (name, data[:rng.randrange(len(data) + 1)] if rng.random() < 0.5 else data * 1000)
+        return _zip_of(members), f"{name} resized", trust
+    members.insert(rng.randrange(len(members) + 1), (name, data))
+    return _zip_of(members), f"{name} duplicated", trust
+
+
+def door_torchscript(path: Path, trust: bool):
+    """`run --model torchscript:FILE [--trust]` up to the model: the source check, then the loader.
+    RE-POINT: the trust flag goes in the spec (as for detector pickles); check() keeps it once TorchScript needs it."""
+    from compression import sources
+
+    spec = {"model": f"torchscript:{path}", "weights": None, "data": "digits", "input_size": 28, "mean": None,
+            "std": None, "trust": trust}
+    checked = sources.check(spec)
+    return sources.load_model({**checked, "trust": trust})
+
+
+def run_torchscript(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]:
+    data, what, trust = _torchscript_case(index, seed, _STATE["torchscript"])
+    path = _case_dir("torchscript", index) / "model.pt"
+    path.write_bytes(data)
+    what = f"{what}, trust={trust}"
+    try:
+        door_torchscript(path, trust)
+    except Exception as exc:  # noqa: BLE001
+        outcome, detail = _classify(exc)
+        if outcome != "error":
+            keep = Path(out_dir) / f"torchscript-{seed}-{index}.pt"
+            keep.write_bytes(data)
+            detail = f"{what} ({keep}): {detail}"
+        return outcome, f"{what}: {detail}" if outcome == "error" else detail, len(data)
+    return "ok", what, len(data)
+
+
+# --- runfolder: received run folders (mutated job.json, metrics.json, events.jsonl, state.json) through `runs`,
+#     `report` and the Runs and Compare pages
+
+RUN_ID = "20261201-101500-ab12"
+
+
+def _evil_pickle(marker: Path) -> bytes:
+    """A checkpoint-looking pickle whose loading runs `touch marker`."""
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    return pickle.dumps({"model": Evil()}, protocol=2)
+
+
+def _prepare_runfolder(folder: Path, outside: Path) -> None:
+    """A finished LeNet-5 compression run (the pipeline's own files) with the engine's job/state/events files."""
+
+    from compression import sources
+    from compression.pipeline import compress
+    from compression.plan import Plan
+
+    plan = json.loads((ROOT / "assets" / "recipes" / "quick.json").read_text())
+    for step in plan["steps"]:
+        step["finetune_epochs"] = 0
+    source = {"model": "demo:lenet5", "weights": None, "data": "digits", "input_size": None, "mean": None,
+              "std": None}
+    handle, data = sources.load(source)
+    run = folder / "run"
+    compress(handle, Plan.from_json(json.dumps(plan)), data, run, latency=False)
+    now = time.time()
+    (run / "job.json").write_text(json.dumps({"kind": "compress", **source, "plan": plan, "latency": False},
+                                             indent=2))
+    (run / "plan.json").write_text(json.dumps(plan, indent=2))
+    (run / "state.json").write_text(json.dumps({"state": "succeeded", "created": now - 60, "started": now - 50,
+                                                "finished": now - 5, "pid": 1, "error": None, "cancel": None}))
+    (run / "events.jsonl").write_text("".join(json.dumps({"time": now - 50 + i, "stage": stage, "progress": i / 3})
+                                              + "\n" for i, stage in enumerate(["load", "prune", "cluster", "done"])))
+    (run / "log.txt").write_text("started\nfinished\n")
+
+    (folder / "original.pt").write_bytes(_evil_pickle(outside / "markers" / "runfolder-original"))
+
+
+def _runfolder_setup() -> dict:
+    fixtures = WORK / "fixtures" / "runfolder"
+    base = fixtures / "run"
+    return {"files": {p.name: p.read_bytes() for p in base.iterdir()}, "original": (fixtures / "original.pt")}
+
+
+def _runfolder_case(index: int, seed: int, ctx: dict) -> tuple[dict[str, bytes | None], str, bool]:
+    """(files of the run folder: name -> bytes, None = absent; description; whether the folder is deleted after a
+    first listing). Index 0-5 are the issue's reproductions; the rest mutate one or two files."""
+    rng = random.Random(seed * 1_000_003 + index)
+    files: dict[str, bytes | None] = dict(ctx["files"])
+    job = json.loads(files["job.json"])
+    metrics = json.loads(files["metrics.json"])
+    original = ctx["original"].read_bytes()
+    detect = {**metrics, "task": "detect"}  # the report rebuilds a detector's original for its image grid
+    crafted = [
+        ("a pickled original with trust in job.json (path relative to the cwd)",
+         {"job.json": {**job, "model": "detector:{REL}", "trust": True, "data": "shapes"}, "original.pt": original,
+          "metrics.json": detect}),
+        ("a pickled original with trust in job.json (absolute path)",
+         {"job.json": {**job, "model": f"detector:{OUTSIDE / 'evil.pt'}", "trust": True, "data": "shapes"},
+          "metrics.json": detect}),
+        ("a torchvision original whose weights are a code pickle",
+         {"job.json": {**job, "model": "torchvision:resnet18", "weights": "{REL}"}, "original.pt": original}),
+        ("script in metrics.json (before.latency_ms, plan_name, model)",
+         {"metrics.json": {**metrics, "plan_name": XSS, "model": XSS,
+                           "before": {**metrics["before"], "latency_ms": XSS}}}),
+        ("after.accuracy: 'oops'", {"metrics.json": {**metrics, "after": {**metrics["after"], "accuracy": "oops"}}}),
+        ("job.json model: 5", {"job.json": {**job, "model": 5}}),
+    ]
+    deleted = False
+    if index < len(crafted):
+        what, edits = crafted[index]
+    else:
+        edits, ops = {}, []
+        for _ in range(rng.randint(1, 2)):
+            target = rng.choice(["metrics.json", "metrics.json", "job.json", "state.json", "events.jsonl", "plan.json",
+                                 "model.clab", "delete"])
+            if target == "delete":
+                name = rng.choice(["metrics.json", "job.json", "state.json", "model.clab", "plan.json",
+                                   "events.jsonl"])
+                edits[name] = None
+                ops.append(f"no {name}")
+            elif target == "events.jsonl":
+                lines = [json.dumps(rng.choice([{"stage": 5, "progress": "x"}, {"progress": float("nan")},
+                                                {"stage": XSS, "progress": 2.0}, [1, 2], {"progress": 1e308},
+                                                {"stage": "x" * 100_000}])) for _ in range(rng.randint(1, 5))]
+                edits[target] = ("\n".join(lines) + rng.choice(["\n", "", "\n\xff\xfe"])).encode("utf-8",
+                                                                                              "surrogateescape")
+                ops.append("events")
+            elif target == "model.clab":
+                out = bytearray(files["model.clab"])
+                DecoderCases._bytes_op(None, out, rng)
+                edits[target] = bytes(out)
+                ops.append("clab bytes")
+            elif rng.random() < 0.15:
+                edits[target], what = _hostile_text(rng, files[target].decode())
+                ops.append(f"{target} {what}")
+            else:
+                doc = json.loads(files[target]) if target != "metrics.json" else metrics
+                extra = [XSS, "oops", {"accuracy": "x"}, 5, {"state": "succeeded"}, "succeeded", "running",
+                         "detector:original.pt", "../../outside", -1e308]
+                edits[target], what = _mutate_json(doc, rng, extra)
+                ops.append(f"{target} {what}")
+        deleted = rng.random() < 0.05
+        what = "+".join(ops) + (" then deleted" if deleted else "")
+    for name, value in edits.items():
+        if value is None or isinstance(value, bytes):
+            files[name] = value
+        elif isinstance(value, str):
+            files[name] = value.encode("utf-8", "surrogatepass")
+        else:
+            files[name] = _json_text(value, rng).encode()
+    return files, what, deleted
+
+
+def _quiet_main(argv: list[str]) -> tuple[int, str]:
+    """compression.cli.main with its output captured; a bug raises (COMPRESSION_LAB_DEBUG is set in the workers)."""
+    import contextlib
+    import io
+
+    from compression import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    return code, out.getvalue() + err.getvalue()
+
+
+RUNFOLDER_DOORS = ("runs", "report", "compare", "pages")
+
+
+def door_runfolder(door: str, home: Path, run_dir: Path, report: Path, deleted: bool) -> list[str]:
+    """One door a received run folder goes through: `compression-lab runs` (twice, the folder deleted in between
+    when `deleted`), `compression-lab report FOLDER`, the Compare page's loading functions headless (the list,
+    sweeps, table, headline, decoded file, waterfalls), or the Runs and Compare pages themselves (door_pages).
+    Returns the one-line errors the door printed or showed; raises on a bug."""
+    from compression import engine
+    from compression.analysis import report as analysis
+    from compression.analysis.pareto import prediction_error, runs_table
+    from compression.analysis.report import headline_numbers
+    from compression.sources import load_file
+
+    said = []
+    if door == "runs":
+        code, text = _quiet_main(["runs", "--home", str(home)])
+        if code != 0:
+            said.append(text.strip())
+        if deleted:
+            shutil.rmtree(run_dir)
+            code, text = _quiet_main(["runs", "--home", str(home)])
+            if RUN_ID in text and not any(word in text for word in ("missing", "gone", "deleted", "damaged")):
+                said.append(f"GHOST: a deleted run is still listed as if present: {text.strip().splitlines()[-1]}")
+    elif door == "report":
+        code, text = _quiet_main(["report", str(run_dir), "--out", str(report), "--force"])
+        if code != 0:
+            said.append(text.strip())
+    elif door == "compare":
+        runs = engine.list_runs(root=home, kind="compress")
+        sweeps = engine.list_sweeps(root=home, runs=runs)
+        table = runs_table(runs, sweeps)
+        if not table.empty:
+            prediction_error(table)
+            for run in runs:
+                if run["state"] == "succeeded" and run.get("metrics"):
+                    headline_numbers(run["metrics"])
+                    load_file(engine.run_dir(run["id"], root=home) / "model.clab")
+                    rows = analysis.file_rows(engine.run_dir(run["id"], root=home))
+                    analysis.bytes_waterfall(rows, run["metrics"]["before"]["fp32_bytes"], f"run {run['id']}",
+                                             analysis.params_removed(run["metrics"]))
+                    analysis.layer_waterfalls(rows)
+    else:
+        said += door_pages(home)
+    return said
+
+
+class PageError(Exception):
+    """A page ended in an exception (Streamlit draws it with its traceback)."""
+
+
+def door_pages(home: Path) -> list[str]:
+    """The Runs and Compare pages themselves (Streamlit's AppTest, no browser) on the data folder: their
+    exceptions, and the errors they show."""
+    from streamlit.testing.v1 import AppTest
+
+    shown = []
+    old = os.environ["COMPRESSION_LAB_HOME"]
+    os.environ["COMPRESSION_LAB_HOME"] = str(home)
+    try:
+        for page in ("pages/runs.py", "pages/compare.py"):
+            at = AppTest.from_file(str(ROOT / page), default_timeout=8)
+            at.run()
+            if at.exception:
+                raise PageError(f"{page} raised: {at.exception[0].value}"[:300])
+            shown += [f"{page}: {e.value}" for e in at.error]
+    finally:
+        os.environ["COMPRESSION_LAB_HOME"] = old
+    return shown
+
+
+def run_runfolder(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]:
+    """Cases 0-23: the six reproductions, each through the four doors; then mutated folders, one door each (the
+    pages every 10th case: an AppTest run costs seconds)."""
+    ctx = _STATE["runfolder"]
+    crafted = 6 * len(RUNFOLDER_DOORS)
+    if index < crafted:
+        files, what, deleted = _runfolder_case(index // len(RUNFOLDER_DOORS), seed, ctx)
+        door = RUNFOLDER_DOORS[index % len(RUNFOLDER_DOORS)]
+    else:
+        files, what, deleted = _runfolder_case(index - crafted + 6, seed, ctx)
+        door = "pages" if index % 10 == 0 else RUNFOLDER_DOORS[index % 3]
+    deleted = deleted and door == "runs"
+    what = f"[{door}] {what}"
+    folder = _case_dir("runfolder", index)
+    home = folder / "home"
+    run_dir = home / "runs" / RUN_ID
+    run_dir.mkdir(parents=True)
+    size = 0
+    relative = os.path.relpath(run_dir / "original.pt", WORK).encode()  # a mailed folder, unpacked here
+    if files.get("original.pt") is not None:  # the pickle's marker named for this case
+        files["original.pt"] = _evil_pickle(OUTSIDE / "markers" / f"runfolder-original-{index}")
+    for name, data in files.items():
+        if data is not None:
+            (run_dir / name).write_bytes(data.replace(b"{REL}", relative))
+            size += len(data) if name != "model.clab" else 0  # the received bytes an attacker chose
+    report = folder / "report.html"
+    _input_bytes(size, what)
+    try:
+        said = door_runfolder(door, home, run_dir, report, deleted)
+    except Exception as exc:  # noqa: BLE001
+        outcome, detail = _classify(exc)
+        return outcome, f"{what}: {detail}", size
+    lines = [line for text in said for line in text.splitlines()[-1:]]
+    if any("error: unexpected " in line or "Traceback (most recent" in line for line in said):
+        return "traceback", f"{what}: {[s[:200] for s in said]}", size
+    if any(line.startswith("GHOST") for line in lines):
+        return "accepted", f"{what}: {lines[0]}", size
+    if report.is_file() and "<script>alert(1)</script>" in report.read_text(errors="replace"):
+        return "accepted", f"{what}: the report embeds the run's text unescaped inside <script>", size
+    return ("error" if said else "ok"), f"{what}: {said[:1]}" if said else what, size
+
+
+# --- yaml: YOLO dataset yamls (download: scripts, split lists with a missing entry, huge/deep yaml, paths outside)
+
+
+def _prepare_yolo(folder: Path) -> None:
+    """A two-image YOLO dataset (images/{train,val}, labels) the yamls point at."""
+    import io
+
+    from PIL import Image
+
+    for split in ("train", "val"):
+        (folder / "images" / split).mkdir(parents=True, exist_ok=True)
+        (folder / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(2):
+            image = Image.new("RGB", (64, 64), (40 * i, 90, 200))
+            out = io.BytesIO()
+            image.save(out, format="PNG")
+            (folder / "images" / split / f"{i}.png").write_bytes(out.getvalue())
+            (folder / "labels" / split / f"{i}.txt").write_text("0 0.5 0.5 0.3 0.3\n")
+
+
+def _yaml_setup() -> dict:
+    from compression.models.detector import load_detector
+
+    return {"model": load_detector().model, "dataset": WORK / "fixtures" / "yolo"}
+
+
+def _yaml_case(index: int, seed: int, ctx: dict) -> tuple[str | bytes, str]:
+    rng = random.Random(seed * 1_000_003 + index)
+    root = ctx["dataset"]
+    marker = OUTSIDE / "markers" / f"yaml-download-{index}"
+    script = f"import pathlib; pathlib.Path({str(marker)!r}).touch()"
+    shell = WORK / f"yaml-{os.getpid()}-download.sh"
+    shell.write_text(f"touch {marker}\n")
+    names = "names: {0: shape}\n"
+    base = f"path: {root}\ntrain: images/train\n"
+    crafted = [
+        ("download: with a missing second val entry (the issue's reproduction)",
+         base + f"val: [images/val, images/val_missing]\n{names}download: {json.dumps(script)}\n"),
+        ("download: with val missing", base + f"val: images/nope\n{names}download: {json.dumps(script)}\n"),
+        ("download: bash with a missing val entry",
+         base + f"val: [images/val, images/gone]\n{names}download: {json.dumps('bash ' + str(shell))}\n"),
+        ("download: with every split present", base + f"val: images/val\n{names}download: {json.dumps(script)}\n"),
+        ("test: split missing with download:",
+         base + f"val: images/val\ntest: images/test_missing\n{names}download: {json.dumps(script)}\n"),
+        ("train list with a missing entry", f"path: {root}\ntrain: [images/train, gone]\nval: images/val\n{names}"),
+        ("val as a list of lists", base + f"val: [[images/val]]\n{names}"),
+        ("val an int", base + f"val: 5\n{names}"),
+        ("val a mapping", base + f"val: {{a: 1}}\n{names}"),
+        ("val empty list", base + f"val: []\n{names}"),
+        ("path outside (/etc)", f"path: /etc\ntrain: .\nval: .\n{names}"),
+        ("val escaping the root", base + f"val: ../../../../../../{OUTSIDE.relative_to('/')}/images\n{names}"),
+        ("val a file (/etc/passwd)", base + f"val: /etc/passwd\n{names}"),
+        ("val a txt list naming files outside", base + f"val: list.txt\n{names}"),
+        ("names missing", base + "val: images/val\n"),
+        ("names a string", base + "val: images/val\nnames: shape\n"),
+        ("names 100,000 classes", base + "val: images/val\nnames: [" + ",".join(["c"] * 100_000) + "]\n"),
+        ("nc disagrees with names", base + f"val: images/val\nnc: 1000000\n{names}"),
+        ("deep yaml (10,000 nested lists)", base + "val: " + "[" * 10_000 + "]" * 10_000 + f"\n{names}"),
+        ("billion laughs",
+         "a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+         "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n"
+         "g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\nh: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]\n" + base + "val: images/val\n"
+         "names: *h\n"),
+        ("python tag", base + f"val: !!python/object/apply:os.system ['touch {marker}']\n{names}"),
+        ("huge yaml (1 MB of keys)",
+         base + f"val: images/val\n{names}" + "".join(f"k{i}: {i}\n" for i in range(80_000))),
+        ("not UTF-8", (base + f"val: images/val\n{names}").encode() + b"\xff\xfe: \x00\n"),
+        ("empty", ""),
+        ("a list at the top", "- a\n- b\n"),
+    ]
+    if index < len(crafted):
+        what, text = crafted[index]
+    else:
+        what, text = crafted[rng.randrange(len(crafted))]
+        if isinstance(text, str) and rng.random() < 0.7:
+            lines = text.splitlines()
+            at = rng.randrange(len(lines)) if lines else 0
+            edit = rng.choice(["dup", "del", "swap", "indent", "char"])
+            if lines and edit == "dup":
+                lines.insert(at, lines[at])
+            elif lines and edit == "del":
+                del lines[at]
+            elif len(lines) > 1 and edit == "swap":
+                lines[0], lines[at] = lines[at], lines[0]
+            elif lines and edit == "indent":
+                lines[at] = "  " + lines[at]
+            elif lines:
+                pos = rng.randrange(len(lines[at]) + 1)
+                char = rng.choice([":", "[", "{", "&", "*", "!", "'", "\t", "#"])
+                lines[at] = lines[at][:pos] + char + lines[at][pos:]
+            text = "\n".join(lines) + "\n"
+            what = f"{what} + line {edit}"
+    if what == "val a txt list naming files outside":
+        (root / "list.txt").write_text(f"{OUTSIDE}/images/{SECRET}a/0.png\n/etc/passwd\n")
+    return text, what
+
+
+def door_yaml(path: Path, model) -> None:
+    """`eval FILE --data yolo:data.yaml` for a detector: our reader, then Ultralytics' validation on it."""
+    from compression.data.detection import load_detection_data
+    from compression.models.detector import evaluate_model
+
+    data = load_detection_data(f"yolo:{path}")
+    evaluate_model(model, 64, data.yaml_path, batch=2)
+
+
+def run_yaml(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]:
+    ctx = _STATE["yaml"]
+    text, what = _yaml_case(index, seed, ctx)
+    data = text if isinstance(text, bytes) else text.encode()
+    path = _case_dir("yaml", index) / "data.yaml"
+    path.write_bytes(data)
+    _input_bytes(len(data), what)
+    try:
+        door_yaml(path, ctx["model"])
+    except Exception as exc:  # noqa: BLE001
+        outcome, detail = _classify(exc)
+        return outcome, f"{what}: {detail}", len(data)
+    return "ok", what, len(data)
+
+
+# --- folders: image folders (symlink cycles, missing splits, many files, special files) and CIFAR folders
+
+
+def _folder_case(index: int, seed: int, root: Path) -> tuple[str, str]:
+    """Build case `index`'s folder under root; (description, data reference)."""
+    rng = random.Random(seed * 1_000_003 + index)
+    png = _png(12, 12, rng)
+
+    def images(folder: Path, classes=("a", "b"), per_class=3) -> None:
+        for c in classes:
+            (folder / c).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                (folder / c / f"{i}.png").write_bytes(png)
+
+    builders = []
+
+    def case(fn):
+        builders.append(fn)
+        return fn
+
+    @case
+    def cycle_parent():
+        images(root)
+        (root / "a" / "loop").symlink_to("..")
+        return "symlink cycle a/loop -> .. (the issue's reproduction)"
+
+    @case
+    def cycle_self():
+        images(root)
+        (root / "a" / "self").symlink_to(".")
+        return "symlink cycle a/self -> ."
+
+    @case
+    def cycle_mutual():
+        images(root)
+        (root / "a" / "to_b").symlink_to("../b")
+        (root / "b" / "to_a").symlink_to("../a")
+        return "mutual symlinks a/to_b <-> b/to_a"
+
+    @case
+    def cycle_deep():
+        images(root)
+        deep = root / "a" / "x" / "y" / "z"
+        deep.mkdir(parents=True)
+        (deep / "up").symlink_to("../../../..")
+        return "symlink cycle three levels down"
+
+    @case
+    def cycle_split():
+        images(root / "train")
+        images(root / "val")
+        (root / "train" / "a" / "root").symlink_to("../../..")
+        return "train/a/root -> the dataset root"
+
+    @case
+    def link_outside():
+        images(root)
+        (root / "c").symlink_to(OUTSIDE / "images")
+        return "a class folder linked to a folder outside"
+
+    @case
+    def dev_zero():
+        images(root)
+        (root / "a" / "zero.png").symlink_to("/dev/zero")
+        return "an image that is /dev/zero"
+
+    @case
+    def fifo():
+        images(root)
+        os.mkfifo(root / "b" / "pipe.png")
+        return "an image that is a FIFO"
+
+    @case
+    def many_files():
+        images(root)
+        for i in range(rng.choice([20_000, 60_000])):
+            (root / "a" / f"e{i}.png").touch()
+        return "tens of thousands of empty .png files"
+
+    @case
+    def many_dirs():
+        images(root)
+        for i in range(5_000):
+            (root / f"c{i}").mkdir()
+        return "5,000 empty class folders"
+
+    @case
+    def deep_dirs():
+        images(root)
+        path = root / "a"
+        for _ in range(120):
+            path = path / "d"
+        path.mkdir(parents=True)
+        (path / "0.png").write_bytes(png)
+        return "an image 120 folders deep"
+
+    @case
+    def train_only():
+        images(root / "train")
+        return "train/ without val/"
+
+    @case
+    def val_only():
+        images(root / "val")
+        return "val/ without train/"
+
+    @case
+    def splits_differ():
+        images(root / "train", ("a", "b"))
+        images(root / "val", ("a", "c", "d"))
+        return "train/ and val/ with different classes"
+
+    @case
+    def test_empty():
+        images(root / "train")
+        images(root / "val")
+        (root / "test").mkdir()
+        return "an empty test/"
+
+    @case
+    def split_is_file():
+        images(root / "train")
+        (root / "val").write_bytes(b"x")
+        return "val is a file"
+
+    @case
+    def odd_names():
+        images(root)
+        (root / "a" / "new\nline.png").write_bytes(png)
+        (root / os.fsdecode(b"\xff\xfe")).mkdir()
+        (root / os.fsdecode(b"\xff\xfe") / "0.png").write_bytes(png)
+        return "names with a newline and non-UTF-8 bytes"
+
+    @case
+    def cifar_pickle():
+        import pickle
+
+        class Evil:
+            def __reduce__(self):
+                return (os.system, (f"touch {OUTSIDE / 'markers' / f'cifar-batch-{index}'}",))
+
+        base = root / "cifar-10-batches-py"
+        base.mkdir()
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+            (base / name).write_bytes(pickle.dumps({"data": Evil(), "labels": [0]}, protocol=2))
+        return "CIFAR batches whose pickles run code"
+
+    @case
+    def cifar_huge():
+        import pickle
+
+        import numpy as np
+
+        base = root / "cifar-10-batches-py"
+        base.mkdir()
+        big = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), (1, 3072), (0, 0))
+        (base / "data_batch_1").write_bytes(pickle.dumps({"data": big, "labels": list(range(10)) * 200_000},
+                                                         protocol=4))
+        for name in [f"data_batch_{i}" for i in range(2, 6)] + ["test_batch", "batches.meta"]:
+            os.link(base / "data_batch_1", base / name)
+        return "CIFAR batches with 2 million labels for one image"
+
+    assert len(builders) == FOLDER_CASES
+    which = index % len(builders)
+    what = builders[which]()
+    kind = "cifar10" if builders[which].__name__.startswith("cifar") else "imagefolder"
+    return what, f"{kind}:{root}"
+
+
+def door_folders(ref: str) -> int:
+    """The dataset loader and one pass over every split (what a run does before it measures); returns the number
+    of images the splits hold."""
+    from compression.data import load_data
+
+    data = load_data(ref, input_size=28)
+    for split in ("train", "val", "test"):
+        for _ in data.loader(split, batch_size=16):
+            pass
+    return sum(len(data.split(split)) for split in ("train", "val", "test"))
+
+
+def run_folders(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]:
+    root = _case_dir("folders", index) / "data"
+    root.mkdir()
+    what, ref = _folder_case(index, seed, root)
+    size = _tree_bytes(root)
+    _input_bytes(size, what)
+    try:
+        found = door_folders(ref)
+    except Exception as exc:  # noqa: BLE001
+        outcome, detail = _classify(exc)
+        return outcome, f"{what}: {detail}", size
+    real = sum(1 for dirpath, _, names in os.walk(root) for name in names
+               if name.endswith(".png") and not os.path.islink(os.path.join(dirpath, name)))
+    if ("cycle" in what or "<->" in what or "dataset root" in what) and found > real:
+        return "accepted", f"{what}: the loader went round the loop: {found} images from {real} files", size
+    return "ok", what, size
+
+
+# --- clab: small compact files that name a big architecture or a big input (issue 24's memory reproductions)
+
+
+def _clab_meta(arch: str, input_shape: list, history: list | None = None, classes: int = 1000) -> dict:
+    meta = {"producer": "fuzz", "task": "classify", "label": "fuzz",
+            "architecture": {"kind": "torchvision", "arch": arch, "kwargs": {"num_classes": classes}},
+            "input_shape": input_shape, "num_classes": classes, "mean": None, "std": None}
+    if history is not None:
+        meta["channel_pruning"] = history
+    return meta
+
+
+def _clab_case(index: int, seed: int) -> tuple[bytes, str, str]:
+    """(file bytes, description, door). Cases 0-15: the crafted files, each through both doors; then their metas
+    with one value changed."""
+    import torch
+
+    from compression.storage import encode_state
+
+    rng = random.Random(seed * 1_000_003 + index)
+    one = {"fc.weight": torch.zeros(2, 2)}
+    crafted = [
+        ("300 bytes of garbage", None),
+        ("regnet_y_128gf, one tensor", (one, _clab_meta("regnet_y_128gf", [3, 224, 224]))),
+        ("vgg19, one tensor", (one, _clab_meta("vgg19", [3, 224, 224]))),
+        ("squeezenet1_0, a channel-pruning record, input 3x2048x2048",
+         ({"features.0.weight": torch.zeros(48, 3, 7, 7)},
+          _clab_meta("squeezenet1_0", [3, 2048, 2048], [["features.0", True, list(range(48))]]))),
+        ("vit_h_14, one tensor", (one, _clab_meta("vit_h_14", [3, 224, 224]))),
+        ("resnet18, one tensor, input 3x4096x4096", (one, _clab_meta("resnet18", [3, 4096, 4096]))),
+        ("convnext_large, one tensor, a million classes", (one, _clab_meta("convnext_large", [3, 224, 224],
+                                                                            classes=1_000_000))),
+        ("mobilenet_v3_small, a channel-pruning record, input 3x8192x8192",
+         (one, _clab_meta("mobilenet_v3_small", [3, 8192, 8192], [["features.0.0", True, list(range(8))]]))),
+    ]
+    doors = ("load", "export")
+    what, spec = crafted[(index // len(doors)) % len(crafted)]
+    door = doors[index % len(doors)]
+    if spec is None:
+        return random.Random(index).randbytes(300), what, door
+    state, meta = spec
+    if index >= len(crafted) * len(doors):
+        meta = copy.deepcopy(meta)
+        key = rng.choice(["input_shape", "num_classes", "architecture"])
+        if key == "architecture":
+            meta[key]["arch"] = rng.choice(["regnet_y_32gf", "vit_l_16", "efficientnet_v2_l", "wide_resnet101_2",
+                                            "maxvit_t", "swin_v2_b", "resnet152"])
+        elif key == "input_shape":
+            meta[key] = [3, rng.choice([32, 1024, 2048, 4096, 16384]), rng.choice([32, 1024, 2048, 4096, 16384])]
+        else:
+            meta[key] = meta["architecture"]["kwargs"]["num_classes"] = rng.choice([10**5, 10**6, 10**7])
+        what = f"{what}; {key} {meta[key] if key != 'architecture' else meta[key]['arch']}"
+    return encode_state(state, meta), what, door
+
+
+def door_clab(path: Path, door: str, out: Path) -> None:
+    """`eval`/`inspect`/the app's decode of a compact file (sources.load_file), or `compression-lab export FILE
+    OUT.onnx` (decode, then trace at the recorded input size)."""
+    from compression import sources
+
+    if door == "load":
+        sources.load_file(path)
+        return
+    code, text = _quiet_main(["export", str(path), str(out), "--force"])
+    if code != 0 and not text.strip().splitlines()[-1].startswith("error: "):
+        raise RuntimeError(f"export printed: {text.strip()[-300:]}")
+
+
+def run_clab(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]:
+    data, what, door = _clab_case(index, seed)
+    folder = _case_dir("clab", index)
+    path = folder / "model.clab"
+    path.write_bytes(data)
+    what = f"[{door}] {what} ({len(data)} B)"
+    _input_bytes(len(data), what)
+    try:
+        door_clab(path, door, folder / "model.onnx")
+    except Exception as exc:  # noqa: BLE001
+        outcome, detail = _classify(exc)
+        return outcome, f"{what}: {detail}", len(data)
+    return "ok", what, len(data)
+
+
+_STATE: dict = {}
+_SETUPS = {"links": _links_setup, "sensitivity": _sensitivity_setup, "automaton": _automaton_setup,
+           "torchscript": _torchscript_setup, "runfolder": _runfolder_setup, "yaml": _yaml_setup}
+FOLDER_CASES = 19  # builders in _folder_case
+
+
+def prepare_bait(outside: Path) -> None:
+    """OUTSIDE's bait: the markers folder, a victim file no case may change, image folders whose class names say
+    they were listed."""
+    (outside / "markers").mkdir(parents=True, exist_ok=True)
+    (outside / "victim.txt").write_bytes(VICTIM_TEXT)
+    (outside / ".lock").touch()
+    for c in ("a", "b"):
+        (outside / "images" / f"{SECRET}{c}").mkdir(parents=True, exist_ok=True)
+        (outside / "images" / f"{SECRET}{c}" / "0.png").write_bytes(_png(12, 12, random.Random(0)))
+
+
+def prepare_fixtures(work: Path, outside: Path) -> None:
+    """What the workers read (built once here): TorchScript archives, a finished run folder, a YOLO dataset."""
+    fixtures = work / "fixtures"
+    os.environ["COMPRESSION_LAB_DATA"] = str(work / "data")  # the workers' too: the demo detection data, made once
+    from compression.data.detection import shapes_dataset
+
+    shapes_dataset()
+    for name, data in _prepare_torchscript(work / "scratch-ts", outside).items():
+        (fixtures / "torchscript").mkdir(parents=True, exist_ok=True)
+        (fixtures / "torchscript" / f"{name}.pt").write_bytes(data)
+    shutil.rmtree(work / "scratch-ts", ignore_errors=True)
+    _prepare_runfolder(fixtures / "runfolder", outside)
+    shutil.copy(fixtures / "runfolder" / "original.pt", outside / "evil.pt")
+    _prepare_yolo(fixtures / "yolo")
 
 
 # ----------------------------------------------------------------------------------------------- workers
@@ -856,15 +2207,163 @@ def _bound_mb(family: str, size: int) -> float:
     return FAMILY_RSS_BOUND_MB[family]
 
 
-def _worker(conn, progress, work: str) -> None:
-    """Runs tasks (family, seed, [indices]) and answers [(index, outcome, detail, rss_growth_mb, bound_mb)]."""
+_STATUS_FD: list[int] = []
+
+
+def _status_kb() -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of this process, in kB (one pread of /proc/self/status: ~15 us, twice per case)."""
+    if not _STATUS_FD:
+        _STATUS_FD.append(os.open("/proc/self/status", os.O_RDONLY))
+    data = os.pread(_STATUS_FD[0], 16384, 0)
+    out = {}
+    for key in (b"VmRSS:", b"VmHWM:"):
+        at = data.index(key) + len(key)
+        out[key[:5].decode()] = int(data[at:data.index(b"kB", at)])
+    return out
+
+
+def _can_reset_peak() -> bool:
+    """Linux resets a process's VmHWM when "5" is written to /proc/self/clear_refs: a per-case peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class OutsideWatch:
+    """Files created or changed in OUTSIDE (the sentinel folder next to the work folder) since the last look.
+
+    A cheap stamp (the folders' mtimes and the victim file's bytes) is taken after every case; only when it moves is
+    the folder walked. A new marker is renamed to case-<family>-<index>-<name>, so the next case that runs the same
+    payload is seen again, and the victim file is restored."""
+
+    def __init__(self, outside: Path) -> None:
+        self.outside = outside
+        self.victim = outside / "victim.txt"
+        self.victim_text = VICTIM_TEXT
+        self.files = self._walk()
+        self.stamp = self._stamp()
+
+    def _stamp(self) -> tuple:
+        stamps = []
+        for path in (self.outside, self.outside / "markers", self.outside / "images"):
+            try:
+                stamps.append(os.stat(path).st_mtime_ns)
+            except OSError:
+                stamps.append(None)
+        try:  # a write through a shared mapping updates the file's mtime too
+            stat = os.stat(self.victim)
+            stamps.append((stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size))
+        except OSError:
+            stamps.append(None)
+        return tuple(stamps)
+
+    def _walk(self) -> dict[str, tuple]:
+        found = {}
+        for dirpath, dirnames, filenames in os.walk(self.outside):
+            for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                path = os.path.join(dirpath, name)
+                try:
+                    stat = os.lstat(path)
+                except OSError:
+                    continue
+                found[path] = (stat.st_mtime_ns, stat.st_size)
+        return found
+
+    def check(self, family: str, index: int) -> list[str]:
+        stamp = self._stamp()
+        if stamp == self.stamp:
+            return []
+        import fcntl
+
+        with open(self.outside / ".lock", "a") as lock:  # the workers look one at a time: nothing counted twice
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._claim(family, index)
+
+    @staticmethod
+    def _others(path: str, index: int) -> bool:
+        """A fresh marker named for another case number: the other worker's case wrote it, and reports it."""
+        found = re.search(r"-(\d+)$", os.path.basename(path))
+        try:
+            fresh = time.time() - os.lstat(path).st_mtime < 60
+        except OSError:
+            return True
+        return bool(found) and int(found.group(1)) != index and fresh and "/markers/" in path
+
+    def resync(self) -> None:
+        """Take the folder as it is now (before a task: another worker's case is that worker's to report)."""
+        self.files = self._walk()
+        self.stamp = self._stamp()
+
+    def _claim(self, family: str, index: int) -> list[str]:
+        now = self._walk()
+        changed = sorted(path for path, value in now.items()  # case-*: found (and counted) by another worker
+                         if self.files.get(path) != value and not os.path.basename(path).startswith("case-")
+                         and path != str(self.victim))
+        try:
+            if self.victim.read_bytes() != self.victim_text:
+                changed = sorted(set(changed) | {str(self.victim)})
+        except OSError:
+            changed = sorted(set(changed) | {str(self.victim)})
+        changed = [path for path in changed if not self._others(path, index)]
+        wrote = [os.path.relpath(path, self.outside) for path in changed]
+        markers = str(self.outside / "markers")
+        for path in changed:
+            name = os.path.basename(path)
+            if os.path.dirname(path) == markers:
+                try:
+                    os.replace(path, os.path.join(markers, f"case-{family}-{index}-{name}"))
+                except OSError:  # the other worker renamed it first
+                    pass
+        if str(self.victim) in changed:
+            self.victim.write_bytes(self.victim_text)
+        self.files = self._walk()
+        self.stamp = self._stamp()
+        return wrote
+
+
+_PROGRESS: list = []
+
+
+def _input_bytes(size: int, what: str) -> None:
+    """Tell the parent this case's input size and what it is before the door runs: a case killed for a hang or
+    its memory is still charged to its size and named (the slow families only: a small file write per case)."""
+    if _PROGRESS:
+        _PROGRESS[0][2] = float(size)
+        (WORK / f"case-{os.getpid()}.txt").write_text(what[:300], errors="replace")
+
+
+def _worker(conn, progress, work: str, outside: str) -> None:
+    """Runs tasks (family, seed, [indices]) and answers [(index, outcome, detail, growth_mb, bound_mb, input_bytes,
+    files written outside)]. Every case runs with its cwd in the work folder, temporary files and the data home
+    inside it."""
+    global WORK, OUTSIDE, _MODEL_CASES, _DATA_CASES
+    WORK, OUTSIDE = Path(work), Path(outside)
+    _PROGRESS.append(progress)
+    os.chdir(WORK)
+    for name, value in (("TMPDIR", WORK / "tmp"), ("COMPRESSION_LAB_HOME", WORK / "home"),
+                        ("COMPRESSION_LAB_DATA", WORK / "data")):
+        value.mkdir(parents=True, exist_ok=True)
+        os.environ[name] = str(value)
+    os.environ["COMPRESSION_LAB_DEBUG"] = "1"  # cli.main raises a bug instead of printing "unexpected ..."
+    tempfile.tempdir = None
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")  # numpy's and torch's warnings on hostile values: the outcome says enough
+    logging.getLogger("streamlit").setLevel(logging.ERROR)
     import torch
 
     torch.set_num_threads(1)
-    global _MODEL_CASES, _DATA_CASES
     decoder = None
     runners = {"recipe": run_recipe, "model": run_model, "data": run_data, "detector": run_detector,
-               "selftest": run_selftest}
+               "selftest": run_selftest, "links": run_links, "sensitivity": run_sensitivity,
+               "automaton": run_automaton, "torchscript": run_torchscript, "runfolder": run_runfolder,
+               "yaml": run_yaml, "folders": run_folders, "clab": run_clab}
+    watch = OutsideWatch(OUTSIDE)
+    per_case_peak = _can_reset_peak()
     baseline = None
     while True:
         task = conn.recv()
@@ -874,45 +2373,63 @@ def _worker(conn, progress, work: str) -> None:
         if family == "decoder" and decoder is None:
             decoder = DecoderCases()
         if family == "model" and not _MODEL_CASES:  # each worker writes its own copy of the inputs
-            _MODEL_CASES = _model_cases(Path(work) / f"models-{os.getpid()}", Path(work) / "markers")
+            _MODEL_CASES = _model_cases(WORK / f"models-{os.getpid()}", OUTSIDE / "markers")
         if family == "data" and not _DATA_CASES:
-            _DATA_CASES = _data_cases(Path(work) / f"data-{os.getpid()}")
+            _DATA_CASES = _data_cases(WORK / f"data-{os.getpid()}")
+        if family in _SETUPS and family not in _STATE:
+            try:
+                _STATE[family] = _SETUPS[family]()
+            except Exception as exc:  # noqa: BLE001 - the harness's own setup failed: every case says so
+                for index in indices:
+                    conn.send(("case", (index, "harness", f"setup: {_classify(exc)[1]}", 0.0, 0.0, None, [])))
+                conn.send(("done", _peak_mb()))
+                continue
+        watch.resync()
         if baseline is None:
             baseline = _peak_mb()
-        results = []
         for index in indices:
             progress[0] = index
             progress[1] = time.monotonic()
-            before = _peak_mb()
+            progress[2] = -1.0
+            before = _status_kb()
+            if per_case_peak and before["VmHWM"] > before["VmRSS"] + 1024:
+                _can_reset_peak()
             try:
                 if family == "decoder":
-                    outcome, detail, size = decoder.run(index, seed, str(Path(work) / "failures"))
+                    outcome, detail, size = decoder.run(index, seed, str(WORK / "failures"))
                 else:
-                    outcome, detail, size = runners[family](index, seed, str(Path(work) / "failures"))
+                    outcome, detail, size = runners[family](index, seed, str(WORK / "failures"))
             except Exception as exc:  # noqa: BLE001 - a bug in this script's case generation, not in the target
-                outcome, detail, size = "harness", _classify(exc)[1], 0
-            after = _peak_mb()
-            growth = after - baseline if after > before else 0.0
-            results.append((index, outcome, detail, growth, _bound_mb(family, size)))
+                outcome, detail, size = "harness", _classify(exc)[1], None
+            if per_case_peak:
+                growth = max(0.0, (_status_kb()["VmHWM"] - before["VmRSS"]) / 1024)
+            else:  # ru_maxrss only rises: a case is charged when it raised the worker's peak
+                after = _peak_mb()
+                growth = after - baseline if after > before["VmHWM"] / 1024 else 0.0
+            wrote = watch.check(family, index)
+            conn.send(("case", (index, outcome, detail, growth, _bound_mb(family, size or 0), size, wrote)))
         progress[1] = 0.0
-        conn.send((results, _peak_mb()))
+        conn.send(("done", _peak_mb()))
 
 
 class Pool:
     """Worker processes with a per-case watchdog: a case past its timeout is a hang, its worker is replaced."""
 
-    def __init__(self, workers: int, work: Path) -> None:
+    def __init__(self, workers: int, work: Path, outside: Path) -> None:
         self.context = mp.get_context("spawn")
         self.work = work
+        self.outside = outside
         self.slots = [self._start() for _ in range(workers)]
         self.peak_mb = 0.0
 
     def _start(self):
         parent, child = self.context.Pipe()
-        progress = self.context.Array("d", [-1.0, 0.0], lock=False)
-        process = self.context.Process(target=_worker, args=(child, progress, str(self.work)), daemon=True)
+        progress = self.context.Array("d", [-1.0, 0.0, -1.0], lock=False)  # case, its start, its input bytes
+        process = self.context.Process(target=_worker, args=(child, progress, str(self.work), str(self.outside)),
+                                            daemon=True)
         process.start()
-        return {"process": process, "conn": parent, "progress": progress, "task": None, "sent": 0.0}
+        return {"process": process, "conn": parent, "progress": progress, "task": None, "sent": 0.0,
+                "reported": set()}
 
     @staticmethod
     def _rss_mb(pid: int) -> float:
@@ -925,7 +2442,8 @@ class Pool:
         return 0.0
 
     def run(self, family: str, seed: int, indices: list[int], deadline: float, on_result) -> int:
-        """Run the cases (chunked); calls on_result(index, outcome, detail, growth, bound) for each; returns done."""
+        """Run the cases (chunked); calls on_result(index, outcome, detail, growth, bound, size, wrote) for each;
+        returns the number done."""
         pending = [indices[i:i + CHUNKS[family]] for i in range(0, len(indices), CHUNKS[family])]
         done = 0
         while pending or any(slot["task"] for slot in self.slots):
@@ -934,40 +2452,51 @@ class Pool:
             for number, slot in enumerate(self.slots):
                 if slot["task"] is None and pending and time.monotonic() < deadline:
                     slot["task"] = pending.pop(0)
-                    slot["progress"][1] = 0.0
+                    slot["progress"][0], slot["progress"][1] = -1.0, 0.0
                     slot["conn"].send((family, seed, slot["task"]))
                     slot["sent"] = time.monotonic()
+                    slot["reported"] = set()
                 if slot["task"] is None:
                     continue
-                if slot["conn"].poll(0.02):
+                finished = False
+                while slot["conn"].poll(0.02 if not finished else 0):  # each case is sent as it ends
                     try:
-                        results, peak = slot["conn"].recv()
-                    except EOFError:
-                        results, peak = None, 0.0
-                    if results is not None:
-                        self.peak_mb = max(self.peak_mb, peak)
-                        for result in results:
-                            on_result(*result)
-                        done += len(results)
+                        kind, payload = slot["conn"].recv()
+                    except (EOFError, OSError):
+                        break
+                    if kind == "case":
+                        on_result(*payload)
+                        slot["reported"].add(payload[0])
+                        done += 1
+                    else:
+                        self.peak_mb = max(self.peak_mb, payload)
                         slot["task"] = None
-                        continue
+                        finished = True
+                        break
+                if finished:
+                    continue
                 started = slot["progress"][1]
                 rss = self._rss_mb(slot["process"].pid)
                 self.peak_mb = max(self.peak_mb, rss)
                 stuck = started and time.monotonic() - started > TIMEOUTS[family]
                 dead = not slot["process"].is_alive()
-                if stuck or dead or rss > HARD_RSS_MB:
+                hard = HARD_RSS_FAMILY_MB.get(family, HARD_RSS_MB)
+                if stuck or dead or rss > hard:
                     index = int(slot["progress"][0])
-                    kind = "hang" if stuck else "memory" if rss > HARD_RSS_MB else "traceback"
+                    kind = "hang" if stuck else "memory" if rss > hard else "traceback"
                     detail = {"hang": f"no answer after {TIMEOUTS[family]} s",
-                              "memory": f"worker RSS {rss:.0f} MB > {HARD_RSS_MB} MB",
+                              "memory": f"worker RSS {rss:.0f} MB > {hard} MB",
                               "traceback": f"worker died (exit code {slot['process'].exitcode})"}[kind]
-                    if index in slot["task"]:
-                        on_result(index, kind, detail, 0.0, HARD_RSS_MB)
+                    said = self.work / f"case-{slot['process'].pid}.txt"
+                    if slot["progress"][2] >= 0 and said.is_file():  # what the case was (the slow families)
+                        detail += f": {said.read_text(errors='replace')}"
+                    if index in slot["task"] and index not in slot["reported"]:
+                        size = int(slot["progress"][2]) if slot["progress"][2] >= 0 else None
+                        on_result(index, kind, detail, rss if kind == "memory" else 0.0, hard, size, [])
                         done += 1
-                        rest = slot["task"][slot["task"].index(index) + 1:]
-                        if rest:
-                            pending.insert(0, rest)
+                    rest = [i for i in slot["task"] if i not in slot["reported"] and i != index]
+                    if rest:  # the chunk's cases not run yet go back in the queue
+                        pending.insert(0, rest)
                     slot["process"].kill()
                     slot["process"].join()
                     self.slots[number] = self._start()
@@ -990,95 +2519,205 @@ class Pool:
 # ----------------------------------------------------------------------------------------------- main
 
 
+WATCH_SKIP = {".git", ".venv", "__pycache__", ".ruff_cache", ".pytest_cache", "node_modules"}
+
+
+def _watched() -> dict[str, tuple]:
+    """The places outside the work folder a case could write to and this script can watch cheaply: the repository
+    (every file) and the interpreter's site-packages (a new .pth runs at every Python start-up)."""
+    import site
+    import sysconfig
+
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        dirnames[:] = [d for d in dirnames if d not in WATCH_SKIP]
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                stat = os.lstat(path)
+            except OSError:
+                continue
+            found[path] = (stat.st_mtime_ns, stat.st_size)
+    for folder in {sysconfig.get_paths()["purelib"], *site.getsitepackages()}:
+        try:
+            found.update({os.path.join(folder, name): ("pth",) for name in os.listdir(folder) if name.endswith(".pth")})
+        except OSError:
+            pass
+    return found
+
+
+CHEAP_FAMILIES = ("sensitivity", "links", "recipe", "decoder")
+PLAN_ORDER = ("model", "data", "detector", "torchscript", "runfolder", "yaml", "folders", "clab", "automaton",
+              "sensitivity", "links", "recipe", "decoder")
+
+
+def _signature(outcome: str, detail: str) -> str:
+    """A failure's kind, for counting and for one example per kind: the exception type and where it was raised
+    (a traceback), the reason (an unsafe accept), else the outcome and the detail's start."""
+    import re
+
+    found = re.search(r"([A-Za-z_]+(?:Error|Exception|Interrupt|Exit))\b.*? at (\S+:\d+ \S+(?:; \S+:\d+ \S+)*)$",
+                      detail)
+    page = re.search(r"PageError: (pages/\S+ raised: .{0,50})", detail)
+    if outcome == "traceback" and page:
+        return f"traceback: {re.sub(r'[0-9]+', 'N', page.group(1))}"
+    if outcome == "traceback" and found:  # where it was raised: the innermost frame
+        return f"traceback: {found.group(1)} at {found.group(2).split('; ')[-1]}"
+    if outcome in ("accepted", "outside"):
+        if outcome == "accepted":
+            return f"accepted: {detail.rsplit(': ', 1)[-1][:80]}"
+        return "outside: " + ", ".join(sorted({re.sub(r"case-[a-z]+-\d+-|-\d+$", "", name)
+                                                for name in re.findall(r"'([^']+)'", detail.split("]", 1)[0])}))
+    return f"{outcome}: {re.sub(r'[0-9]+', 'N', detail)[:60]}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decoder-cases", type=int, default=100_000)
     parser.add_argument("--recipe-cases", type=int, default=50_000)
     parser.add_argument("--detector-cases", type=int, default=1_000)
+    parser.add_argument("--torchscript-cases", type=int, default=400)
+    parser.add_argument("--runfolder-cases", type=int, default=100)
+    parser.add_argument("--yaml-cases", type=int, default=50)
+    parser.add_argument("--folders-cases", type=int, default=FOLDER_CASES)
+    parser.add_argument("--clab-cases", type=int, default=24)
+    parser.add_argument("--automaton-cases", type=int, default=1_500)
+    parser.add_argument("--sensitivity-cases", type=int, default=10_000)
+    parser.add_argument("--links-cases", type=int, default=20_000)
+    parser.add_argument("--families", default=",".join(PLAN_ORDER),
+                        help=f"comma-separated subset of {','.join(PLAN_ORDER)} (default all)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--budget-s", type=float, default=540.0, help="stop starting new cases after this")
+    parser.add_argument("--reserve-s", type=float, default=150.0,
+                        help="the slow families stop this long before the budget ends: the cheap ones (sensitivity, "
+                             "links, recipe, decoder) carry the case count")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (failing inputs) afterwards")
     parser.add_argument("--list", action="store_true", help="print every model and data case's outcome (stderr)")
     parser.add_argument("--selftest", action="store_true",
-                        help="only check the harness: 8 cases that must count as 1 ok + 1 error, 2 tracebacks, "
-                             "1 memory blow-up, 1 executed code, 1 hang and 1 worker death (a traceback)")
+                        help="only check the harness: 11 planted cases that must count as 1 ok + 1 error, "
+                             "3 tracebacks (one a worker death), 1 memory blow-up, 1 executed code, 2 files written "
+                             "outside, 1 hang, 1 unsafe accept and a small input's growth over 256 MB")
     args = parser.parse_args()
     start = time.monotonic()
     deadline = start + args.budget_s
-    work = Path(tempfile.mkdtemp(prefix="clab-fuzz-"))
-    (work / "failures").mkdir()
-    (work / "markers").mkdir()
-    families = ("selftest",) if args.selftest else ("decoder", "recipe", "model", "data", "detector")
-    stats = {family: {"cases": 0, "ok": 0, "error": 0, "traceback": 0, "hang": 0, "memory": 0, "harness": 0}
-             for family in families}
+    base = Path(tempfile.mkdtemp(prefix="clab-fuzz-"))
+    work, outside = base / "work", base / "outside"  # cases run in work/; outside/ is bait no case may write to
+    (work / "failures").mkdir(parents=True)
+    prepare_bait(outside)
+    chosen = [f for f in args.families.split(",") if f]
+    unknown = set(chosen) - set(PLAN_ORDER)
+    if unknown:
+        parser.error(f"unknown families {sorted(unknown)}: choose from {','.join(PLAN_ORDER)}")
+    families = ("selftest",) if args.selftest else tuple(f for f in PLAN_ORDER if f in chosen)
+    stats = {family: {"cases": 0, "ok": 0, "error": 0, "traceback": 0, "hang": 0, "memory": 0, "accepted": 0,
+                      "harness": 0} for family in families}
     examples: dict[str, list[str]] = {family: [] for family in stats}
-    over_bound = {family: 0 for family in stats}
+    kinds: dict[str, dict[str, int]] = {family: {} for family in stats}  # failure signature -> cases
     worst_growth = {family: 0.0 for family in stats}
+    small = {"worst": 0.0, "case": None, "over": {family: 0 for family in stats}}
+    outside_files = {family: [] for family in stats}
 
     def record(family: str):
-        def on_result(index, outcome, detail, growth, bound):
+        def on_result(index, outcome, detail, growth, bound, size, wrote):
             entry = stats[family]
             worst_growth[family] = max(worst_growth[family], growth)
+            if size is not None and size < SMALL_INPUT_BYTES:
+                if growth > small["worst"]:
+                    small["worst"], small["case"] = growth, f"{family} case {index} ({size} B): {detail}"[:300]
+                if growth > SMALL_INPUT_BOUND_MB:
+                    small["over"][family] += 1
+                    key = f"small input over {SMALL_INPUT_BOUND_MB} MB: {re.sub(r'[0-9]+', 'N', detail)[:50]}"
+                    kinds[family][key] = kinds[family].get(key, 0) + 1
+                    if kinds[family][key] == 1 and len(examples[family]) < MAX_EXAMPLES:
+                        examples[family].append(f"case {index}: {size} B input, peak RSS +{growth:.0f} MB: {detail}")
             if outcome in ("ok", "error") and growth > bound:
-                over_bound[family] += 1
                 outcome, detail = "memory", f"peak RSS grew {growth:.0f} MB > bound {bound:.0f} MB: {detail}"
             entry["cases"] += 1
             entry[outcome] += 1
-            if outcome not in ("ok", "error") and len(examples[family]) < MAX_EXAMPLES:
-                examples[family].append(f"case {index}: {outcome}: {detail}")
-            if outcome in ("traceback", "hang", "memory", "harness") or (args.list and family in ("model", "data")):
-                print(f"[{family}] case {index}: {outcome}: {detail}", file=sys.stderr, flush=True)
+            if wrote:
+                outside_files[family] += wrote
+                detail = f"wrote outside the work folder {wrote}: {detail}"
+                print(f"[{family}] case {index}: {detail}", file=sys.stderr, flush=True)
+            if outcome not in ("ok", "error") or wrote:
+                key = _signature("outside" if wrote else outcome, detail)
+                kinds[family][key] = kinds[family].get(key, 0) + 1
+                if kinds[family][key] == 1 and len(examples[family]) < MAX_EXAMPLES:  # one example per kind
+                    examples[family].append(f"case {index}: {outcome}: {detail}"[:600])
+            if outcome in ("traceback", "hang", "memory", "harness", "accepted") or (
+                    args.list and family in ("model", "data", "yaml", "folders", "runfolder")):
+                print(f"[{family}] case {index}: {outcome}: {detail}"[:1000], file=sys.stderr, flush=True)
         return on_result
 
-    pool = Pool(args.workers, work)
-    try:
-        # the slow families first (few cases), then the recipe parser, then the decoder fills the budget
+    counts = {"decoder": args.decoder_cases, "recipe": args.recipe_cases, "detector": args.detector_cases,
+              "torchscript": args.torchscript_cases, "runfolder": args.runfolder_cases, "yaml": args.yaml_cases,
+              "folders": args.folders_cases, "clab": args.clab_cases, "automaton": args.automaton_cases,
+              "sensitivity": args.sensitivity_cases, "links": args.links_cases, "selftest": 11}
+    if not args.selftest:
         from compression.data import folders  # noqa: F401 - fail here, not in a worker, if imports break
 
-        plan = [("model", 0, None), ("data", 0, None), ("detector", args.detector_cases, None),
-                ("recipe", args.recipe_cases, None), ("decoder", args.decoder_cases, None)]
-        if args.selftest:
-            plan = [("selftest", 8, None)]
-        for family, count, _ in plan:
+        prepare_fixtures(work, outside)
+    before = _watched()
+    initial_outside = OutsideWatch(outside).files
+    pool = Pool(args.workers, work, outside)
+    try:
+        # the slow families first (few cases), then the cheap ones; the decoder fills the budget
+        for family in families:
             family_start = time.monotonic()
-            if family == "model":
-                count = _count_cases(work, "model")
-            elif family == "data":
-                count = _count_cases(work, "data")
-            pool.run(family, args.seed, list(range(count)), deadline, record(family))
+            count = _count_cases(work, family) if family in ("model", "data") else counts[family]
+            cheap = family in CHEAP_FAMILIES or not set(families) & set(CHEAP_FAMILIES)
+            pool.run(family, args.seed, list(range(count)), deadline if cheap else deadline - args.reserve_s,
+                     record(family))
             print(f"[{family}] {stats[family]['cases']} cases in {time.monotonic() - family_start:.0f} s: "
                   f"{stats[family]}", file=sys.stderr, flush=True)
     finally:
         pool.close()
-    executed = sorted(p.name for p in (work / "markers").iterdir())
+    after = _watched()
+    changed = sorted(path for path, value in after.items() if before.get(path) != value)
+    reported = {path for paths in outside_files.values() for path in paths}
+    final = OutsideWatch(outside).files
+    unattributed = sorted(os.path.relpath(path, outside) for path, value in final.items()
+                          if initial_outside.get(path) != value and "/case-" not in path
+                          and os.path.relpath(path, outside) not in reported)
+    markers = sorted(p.name for p in (outside / "markers").iterdir())
     children_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    total = {key: sum(entry[key] for entry in stats.values()) for key in ("cases", "traceback", "hang", "memory")}
+    total = {key: sum(entry[key] for entry in stats.values())
+             for key in ("cases", "traceback", "hang", "memory", "accepted")}
+    written = sum(len(paths) for paths in outside_files.values()) + len(unattributed) + len(changed)
     result = {
         "cases": {"total": total["cases"], **{family: entry["cases"] for family, entry in stats.items()}},
         "tracebacks": {"total": total["traceback"], **{f: e["traceback"] for f, e in stats.items()}},
         "hangs": {"total": total["hang"], **{f: e["hang"] for f, e in stats.items()}},
         "memory_blowups": {"total": total["memory"], **{f: e["memory"] for f, e in stats.items()}},
+        "executed_code": len(markers),
+        "executed_markers": markers[:50],
+        "files_written_outside": written,
+        "files_written_outside_by_family": {f: len(p) for f, p in outside_files.items() if p},
+        "files_written_outside_paths": sorted(set(reported))[:30] + unattributed[:10] + changed[:10],
+        "worst_rss_growth_per_kb_mb": round(small["worst"], 1),
+        "worst_small_input_case": small["case"],
+        "small_inputs_over_256mb": {"total": sum(small["over"].values()), **small["over"]},
+        "unsafe_accepts": {"total": total["accepted"], **{f: e["accepted"] for f, e in stats.items()}},
         "harness_errors": sum(e["harness"] for e in stats.values()),
         "max_rss_mb": round(max(pool.peak_mb, children_peak), 1),
         "worst_case_rss_growth_mb": {f: round(g, 1) for f, g in worst_growth.items()},
-        "executed_code": len(executed),
-        "executed_markers": executed,
         "outcomes": stats,
         "examples": {family: items for family, items in examples.items() if items},
-        "timeouts_s": TIMEOUTS,
+        "failure_kinds": {family: dict(sorted(found.items(), key=lambda item: -item[1])[:12])
+                          for family, found in kinds.items() if found},
+        "timeouts_s": {f: TIMEOUTS[f] for f in families},
         "seconds": round(time.monotonic() - start, 1),
-        "work_folder": str(work) if args.keep else None,
+        "work_folder": str(base) if args.keep else None,
     }
     if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
     print(json.dumps(result))
 
 
 def _count_cases(work: Path, family: str) -> int:
     """Number of model / data cases (the lists are built in the workers; this builds them once here to count)."""
     scratch = work / f"count-{family}"
-    if family == "model":
+    if family == "model":  # (the pickles are written, never loaded, here)
         return len(_model_cases(scratch, scratch / "markers"))
     return len(_data_cases(scratch))
 

@@ -1,0 +1,135 @@
+"""The fuzz campaign's harness (benchmarks/fuzz_campaign.py) measures what it says: every counter fires on a planted
+failure, a file written outside the work folder is seen, and each door family builds its cases and runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from compression.errors import CompressionLabError
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import fuzz_campaign as fc  # noqa: E402
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    """A work folder (the cases' cwd, data home inside it) and the OUTSIDE bait next to it."""
+    work, outside = tmp_path / "work", tmp_path / "outside"
+    (work / "failures").mkdir(parents=True)
+    fc.prepare_bait(outside)
+    monkeypatch.setattr(fc, "WORK", work)
+    monkeypatch.setattr(fc, "OUTSIDE", outside)
+    monkeypatch.setenv("COMPRESSION_LAB_HOME", str(work / "home"))
+    monkeypatch.chdir(work)
+    return work, outside
+
+
+def test_selftest_fires_every_counter():
+    """11 planted cases: each counter the issue's "done when" reads is nonzero exactly where a failure was planted."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fuzz_campaign.py"), "--selftest"], env=env,
+                          capture_output=True, text=True, timeout=300, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    outcomes = result["outcomes"]["selftest"]
+    assert result["cases"]["total"] == 11
+    assert (outcomes["ok"], outcomes["error"]) == (4, 1)
+    assert result["tracebacks"]["total"] == 3  # a plain exception, a two-line message, a worker that died
+    assert result["hangs"]["total"] == 1
+    assert result["memory_blowups"]["total"] == 1  # 400 MB held over the 350 MB bound
+    assert result["executed_code"] == 1
+    assert result["files_written_outside"] == 2  # the marker and a planted file, nothing else
+    assert sorted(result["files_written_outside_paths"]) == ["markers/selftest", "planted.txt"]
+    assert result["unsafe_accepts"]["total"] == 1
+    assert 256 < result["worst_rss_growth_per_kb_mb"] < 350  # the 300 MB of a 100-byte input, freed at once
+    assert result["small_inputs_over_256mb"]["total"] == 1
+    assert result["harness_errors"] == 0
+
+
+def test_outside_watch_sees_new_changed_and_victim_files(sandbox):
+    _, outside = sandbox
+    watch = fc.OutsideWatch(outside)
+    assert watch.check("t", 0) == []
+    (outside / "markers" / "payload").touch()
+    assert watch.check("t", 1) == ["markers/payload"]
+    assert (outside / "markers" / "case-t-1-payload").is_file()  # renamed: the same payload is seen again
+    (outside / "markers" / "payload").touch()
+    assert watch.check("t", 2) == ["markers/payload"]
+    (outside / "victim.txt").write_bytes(b"changed!")
+    (outside / "new.pth").write_text("import os")
+    assert watch.check("t", 3) == ["new.pth", "victim.txt"]
+    assert (outside / "victim.txt").read_bytes() == fc.VICTIM_TEXT  # restored for the next case
+    assert watch.check("t", 4) == []
+
+
+def test_signatures_group_failures_by_kind():
+    one = fc._signature("traceback", "x: ValueError: invalid literal '²' at a.py:1 f; state.py:7 spec_from_link")
+    two = fc._signature("traceback", "y: ValueError: invalid literal '³' at b.py:2 g; state.py:7 spec_from_link")
+    assert one == two == "traceback: ValueError at state.py:7 spec_from_link"
+    wrote = "wrote outside the work folder ['markers/case-yaml-3-x']: d"
+    assert fc._signature("outside", wrote) == "outside: markers/x"
+
+
+def test_link_cases_run_through_the_link_parser(sandbox):
+    fc._STATE["links"] = fc._links_setup()
+    outcomes = {fc.run_links(index, 11, "failures")[0] for index in range(300)}
+    assert outcomes <= {"ok", "error", "traceback", "accepted"} and "ok" in outcomes
+
+
+def test_sensitivity_cases_reach_the_solver(sandbox):
+    fc._STATE["sensitivity"] = fc._sensitivity_setup()
+    path = sandbox[0] / "report.json"
+    path.write_text(json.dumps(fc._STATE["sensitivity"]["base"]))
+    predicted = fc.door_sensitivity(path, fc._STATE["sensitivity"])  # the unmutated report solves
+    assert 0 < predicted["accuracy"] <= 1
+    outcomes = [fc.run_sensitivity(index, 11, str(sandbox[0] / "failures"))[0]
+                for index in range(fc.SENSITIVITY_HEAVY, fc.SENSITIVITY_HEAVY + 100)]
+    assert set(outcomes) <= {"ok", "error", "traceback", "accepted"} and "ok" in outcomes
+
+
+def test_automaton_cases_are_deterministic_and_the_heavy_ones_match_a_layer():
+    layers = fc._automaton_setup()["layers"]
+    assert len(layers) == 121 and "features.conv0" in layers
+    assert fc._automaton_case(3, 11) == fc._automaton_case(3, 11)
+    text, what = fc._automaton_case(2, 11)
+    keys = json.loads(text)["steps"][0]["sparsity"]
+    assert what == "20 keys" and len(keys) == 20 and all(key.endswith("conv0") for key in keys)
+    for index in range(fc.AUTOMATON_HEAVY, fc.AUTOMATON_HEAVY + 30):  # random keys: refused or accepted, quickly
+        try:
+            fc.door_automaton(fc._automaton_case(index, 11)[0], layers)
+        except CompressionLabError as exc:
+            assert "\n" not in str(exc)
+
+
+def test_folder_cases_build_each_kind(sandbox):
+    names = set()
+    for index in range(fc.FOLDER_CASES):
+        root = fc._case_dir("folders", index) / "data"
+        root.mkdir()
+        if index in (8, 9, 18):  # tens of thousands of files or folders, megabytes of labels: the campaign's
+            continue
+        what, ref = fc._folder_case(index, 11, root)
+        assert ref.split(":", 1)[1] == str(root)
+        names.add(what)
+    assert len(names) == fc.FOLDER_CASES - 3
+    assert any("cycle" in name for name in names)
+
+
+def test_clab_cases_are_small_files_naming_big_models():
+    """The memory reproductions: a few hundred bytes each, so their peak counts in worst_rss_growth_per_kb_mb."""
+    from compression.storage import inspect_header
+
+    seen = set()
+    for index in range(16):
+        data, what, door = fc._clab_case(index, 11)
+        assert len(data) < fc.SMALL_INPUT_BYTES and door in ("load", "export")
+        if index >= 2:
+            seen.add(inspect_header(data)["meta"]["architecture"]["arch"])
+    assert {"regnet_y_128gf", "vgg19", "squeezenet1_0", "vit_h_14"} <= seen

@@ -16,7 +16,7 @@ Families:
   recipe    random JSON, random bytes, non-UTF-8, truncated and deeply nested recipes, and schema-shaped
             recipes with one value replaced by a wrong type or value; Plan.from_json, then validate against
             ResNet-18's layer names and resolve every per-layer map (patterns included); RSS bound 256 MiB.
-  model     uploaded model files through compression.models.handle.load_model (zero bytes, truncated or
+  model     uploaded model files through complab.models.handle.load_model (zero bytes, truncated or
             forged safetensors, pickles whose code would create a marker file, wrong architecture, wrong
             class count, TorchScript refs to non-TorchScript files); RSS bound 2 GiB.
   detector  recorded Ultralytics architectures (the yaml a detector file stores) mutated with payloads that
@@ -24,7 +24,7 @@ Families:
             from ultralytics.nn.tasks' globals, string arguments, wrong types and sizes), built the way
             models.detector.load_detector_file builds them (allow-list, then a meta-device size check against
             the demo file's tensors, then Ultralytics); RSS bound 1 GiB.
-  data      image folders through compression.data.load_data("imagefolder:DIR") and a pass over every split
+  data      image folders through complab.data.load_data("imagefolder:DIR") and a pass over every split
             (empty, one class, corrupt/truncated images, non-images, huge declared image dimensions);
             RSS bound 2 GiB.
 
@@ -55,7 +55,7 @@ import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "compression"))
 
 TIMEOUTS = {"decoder": 10.0, "recipe": 10.0, "model": 120.0, "data": 120.0, "detector": 30.0,
             "selftest": 5.0}  # seconds per case
@@ -91,7 +91,7 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def _seal(payload: bytes) -> bytes:
-    from compression.storage.codec import HEADER, MAGIC
+    from complab.storage.codec import HEADER, MAGIC
 
     return HEADER.pack(MAGIC, 1, 0, zlib.crc32(payload), len(payload)) + payload
 
@@ -120,10 +120,9 @@ class DecoderCases:
     def __init__(self) -> None:
         import numpy as np
         import torch
-
-        from compression.models.handle import load_model
-        from compression.storage import encode_state
-        from compression.storage.vq_section import Quantized
+        from complab.models.handle import load_model
+        from complab.storage import encode_state
+        from complab.storage.vq_section import Quantized
 
         generator = torch.Generator().manual_seed(0)
         weight = torch.randn(16, 12, generator=generator)
@@ -135,7 +134,7 @@ class DecoderCases:
         rq = Quantized("rq", (4, 3), 2, torch.randn(2, 2, 3, generator=generator).numpy(), rq_codes, stages=2)
         binary = Quantized("binary", (5, 7), 2, np.array([0.25], dtype=np.float32),
                            torch.randint(0, 2, (35,), generator=generator).numpy())
-        from compression.storage.vq_section import reconstruct
+        from complab.storage.vq_section import reconstruct
 
         structures = {"kmeans": kmeans, "pq": pq, "rq": rq, "binary": binary}
         demo_meta = {"producer": "fuzz", "task": "classify",
@@ -351,8 +350,8 @@ class DecoderCases:
 
     def run(self, index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
         """(outcome, detail, input bytes); outcome ok | error | traceback."""
-        from compression.models.compact import handle_from_decoded
-        from compression.storage import decode_state, inspect_bytes
+        from complab.models.compact import handle_from_decoded
+        from complab.storage import decode_state, inspect_bytes
 
         data, what = self.case(index, seed)
         try:
@@ -371,7 +370,7 @@ class DecoderCases:
 
 
 def _classify(exc: BaseException) -> tuple[str, str]:
-    from compression.errors import CompressionLabError
+    from complab.errors import CompressionLabError
 
     if isinstance(exc, CompressionLabError):
         message = str(exc)
@@ -462,7 +461,7 @@ def _recipe_case(index: int, seed: int) -> tuple[bytes | str, str]:
 
 
 def run_recipe(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
-    from compression.plan import Plan, resolve_all
+    from complab.plan import Plan, resolve_all
 
     text, what = _recipe_case(index, seed)
     try:
@@ -612,7 +611,7 @@ def _zip_bytes() -> bytes:
 
 
 def run_model(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
-    from compression.models.handle import load_model
+    from complab.models.handle import load_model
 
     description, ref, weights, input_size = _MODEL_CASES[index]
     size = Path(weights).stat().st_size if weights and Path(weights).is_file() else 0
@@ -716,7 +715,7 @@ def _data_cases(work: Path) -> list[tuple[str, str]]:
 
 
 def run_data(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
-    from compression.data import load_data
+    from complab.data import load_data
 
     description, path = _DATA_CASES[index]
     try:
@@ -739,7 +738,7 @@ _HOLD = []
 def run_selftest(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
     """--selftest: one case of each failure the campaign must see (ok, error, traceback, multi-line, memory,
     executed code, hang, worker death), so its zeros are known to mean something."""
-    from compression.errors import FormatError
+    from complab.errors import FormatError
 
     if index == 0:
         return "ok", "nothing", 0
@@ -771,11 +770,11 @@ _DETECTOR: dict = {}
 
 def _detector_case(index: int, seed: int, marker: Path) -> tuple[dict, str]:
     """The demo detector's recorded architecture with 1-3 hostile or malformed edits."""
-    from compression.models.yolo_arch import MODULES
+    from complab.models.yolo_arch import MODULES
 
     if not _DETECTOR:
-        from compression.models.detector import load_detector
-        from compression.models.yolo_env import offline_ultralytics
+        from complab.models.detector import load_detector
+        from complab.models.yolo_env import offline_ultralytics
 
         offline_ultralytics()
         import ultralytics.nn.tasks as tasks
@@ -827,7 +826,7 @@ def _detector_case(index: int, seed: int, marker: Path) -> tuple[dict, str]:
 
 
 def run_detector(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
-    from compression.models.detector import build_detector
+    from complab.models.detector import build_detector
 
     marker = Path(out_dir).parent / "markers" / f"detector-{seed}-{index}"
     arch, what = _detector_case(index, seed, marker)
@@ -850,7 +849,7 @@ _DATA_CASES: list = []
 
 def _bound_mb(family: str, size: int) -> float:
     if family == "decoder":
-        from compression.storage.codec import decode_allowance
+        from complab.storage.codec import decode_allowance
 
         return 64 + 8 * decode_allowance(size) / 2**20
     return FAMILY_RSS_BOUND_MB[family]
@@ -1034,7 +1033,7 @@ def main() -> None:
     pool = Pool(args.workers, work)
     try:
         # the slow families first (few cases), then the recipe parser, then the decoder fills the budget
-        from compression.data import folders  # noqa: F401 - fail here, not in a worker, if imports break
+        from complab.data import folders  # noqa: F401 - fail here, not in a worker, if imports break
 
         plan = [("model", 0, None), ("data", 0, None), ("detector", args.detector_cases, None),
                 ("recipe", args.recipe_cases, None), ("decoder", args.decoder_cases, None)]

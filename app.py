@@ -7,9 +7,15 @@
         $COMPRESSION_LAB_DATA_ROOTS, separated by ':'). Links name nothing else on the server.
 """
 
+import sys
+from pathlib import Path
+
 import streamlit as st
 
-from compression.ui.state import sidebar
+# the package lives in the source folder compression/ (src layout): a checkout runs without an install too
+sys.path.insert(0, str(Path(__file__).resolve().parent / "compression"))
+
+from complab.ui.state import sidebar  # noqa: E402
 
 st.set_page_config(page_title="Compression Lab", page_icon=":material/compress:", layout="wide")
 

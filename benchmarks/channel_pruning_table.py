@@ -28,16 +28,16 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "compression"))
 
-from compression import metrics  # noqa: E402
-from compression.data import DataBundle, load_data  # noqa: E402
-from compression.methods import channels, distill  # noqa: E402
-from compression.methods.context import StepContext  # noqa: E402
-from compression.methods.finetune import TrainConfig, train  # noqa: E402
-from compression.models.compact import load_compressed, save_compressed  # noqa: E402
-from compression.models.handle import ModelHandle, load_model  # noqa: E402
-from compression.plan import ChannelStep, DistillStep  # noqa: E402
+from complab import metrics  # noqa: E402
+from complab.data import DataBundle, load_data  # noqa: E402
+from complab.methods import channels, distill  # noqa: E402
+from complab.methods.context import StepContext  # noqa: E402
+from complab.methods.finetune import TrainConfig, train  # noqa: E402
+from complab.models.compact import load_compressed, save_compressed  # noqa: E402
+from complab.models.handle import ModelHandle, load_model  # noqa: E402
+from complab.plan import ChannelStep, DistillStep  # noqa: E402
 
 # Later layers hold most parameters, early ones most FLOPs per parameter: keep more of the early
 # layers (the paper's VGG result is 8x fewer parameters for 3x fewer FLOPs).

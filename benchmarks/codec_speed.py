@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compression"))
 
-from compression.storage import decode_state, encode_state, inspect_bytes  # noqa: E402
+from complab.storage import decode_state, encode_state, inspect_bytes  # noqa: E402
 
 SPARSITY = 0.92
 N_CLUSTERS = 32

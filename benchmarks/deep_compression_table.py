@@ -37,13 +37,13 @@ import torch
 import zstandard
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "compression"))
 
-from compression.data import load_data  # noqa: E402
-from compression.models.handle import load_model  # noqa: E402
-from compression.pipeline import compress  # noqa: E402
-from compression.plan import Plan  # noqa: E402
-from compression.storage import inspect_bytes  # noqa: E402
+from complab.data import load_data  # noqa: E402
+from complab.models.handle import load_model  # noqa: E402
+from complab.pipeline import compress  # noqa: E402
+from complab.plan import Plan  # noqa: E402
+from complab.storage import inspect_bytes  # noqa: E402
 
 MIN_STREAM_SYMBOLS = 10_000
 SMALL_STREAM_SYMBOLS = 1_000  # entropy_overhead_1k: the records' files have no stream of 10,000 symbols

@@ -5,7 +5,7 @@ yaml (nothing downloaded), every channel group except the Detect head's predicti
 its channels by L1 norm (methods/channels/detector.prune_detector). Latency is the median of paired runs
 (original and pruned alternate, so load on the machine hits both alike: channel_pruning_table.paired_latency),
 batch 1, the same thread count for both, at 320 px on the models as trained (batch norm) and fused (batch norm
-folded, what Ultralytics runs at inference), and at 640 px fused. ONNX bytes are of compression/export.onnx_bytes
+folded, what Ultralytics runs at inference), and at 640 px fused. ONNX bytes are of complab/export.onnx_bytes
 at 640 px. No fine-tuning: this measures size and speed, not accuracy. Prints one JSON object as its last line.
 `yolov8n_ratios` is the YOLOv8n row benchmarks/yolo_table.py reports.
 
@@ -25,15 +25,14 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "compression"))
 
 from channel_pruning_table import paired_latency  # noqa: E402
-
-from compression import metrics  # noqa: E402
-from compression.export import onnx_bytes  # noqa: E402
-from compression.methods.channels.detector import prune_detector  # noqa: E402
-from compression.models.detector import DetectorHandle, fuse, load_detector  # noqa: E402
-from compression.models.yolo_env import offline_ultralytics, quiet_ultralytics  # noqa: E402
+from complab import metrics  # noqa: E402
+from complab.export import onnx_bytes  # noqa: E402
+from complab.methods.channels.detector import prune_detector  # noqa: E402
+from complab.models.detector import DetectorHandle, fuse, load_detector  # noqa: E402
+from complab.models.yolo_env import offline_ultralytics, quiet_ultralytics  # noqa: E402
 
 KEEP_RATIOS = (0.5, 0.25)
 SIZES = (320, 640)  # latency and FLOPs at both; the pruning itself does not depend on the image size
@@ -53,7 +52,7 @@ def params(model: torch.nn.Module) -> int:
 
 
 def onnx_size(model: torch.nn.Module, size: int) -> int:
-    """Bytes of the detector's ONNX export (compression/export.py: one predictions tensor, dynamic batch)."""
+    """Bytes of the detector's ONNX export (compression/complab/export.py: one predictions tensor, dynamic batch)."""
     handle = DetectorHandle(model, {"kind": "ultralytics", "yaml": model.yaml, "names": dict(model.names)}, size,
                             "benchmark")
     return len(onnx_bytes(handle))

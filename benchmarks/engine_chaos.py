@@ -21,7 +21,7 @@ started (nothing listens on any port).
 
 Then it waits for every run to end and checks:
   lost              a submitted run missing from the listing or its folder, or a succeeded run whose
-                    model.clab does not decode (compression.models.compact.load_compressed, as `eval` does)
+                    model.clab does not decode (complab.models.compact.load_compressed, as `eval` does)
                     or whose size differs from its metrics
   stuck             a run left `running` with no live worker (or `queued` with no dispatcher) after a listing
   damaged_hidden    a damaged run not listed, or listed without its "damaged: ..." mark (or with its numbers)
@@ -49,12 +49,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "compression"))
 
-from compression import engine  # noqa: E402
-from compression.engine.dispatcher import try_lock, worker_alive  # noqa: E402
-from compression.engine.store import RunStore  # noqa: E402
-from compression.errors import CompressionLabError  # noqa: E402
+from complab import engine  # noqa: E402
+from complab.engine.dispatcher import try_lock, worker_alive  # noqa: E402
+from complab.engine.store import RunStore  # noqa: E402
+from complab.errors import CompressionLabError  # noqa: E402
 
 PLAN = {"schema_version": 1, "name": "engine-chaos", "seed": 0, "eval_split": "test", "steps": [
     {"type": "prune", "sparsity": {"_default": 0.9, "re:fc3": 0.5}, "iterations": 1, "finetune_epochs": 1},
@@ -117,7 +117,7 @@ class FolderFaults:
 
     def look(self, final: bool = False) -> None:
         """A listing (what `runs` or the Runs page shows): a deleted run is marked gone, or already dropped."""
-        from compression.engine.store import GONE
+        from complab.engine.store import GONE
 
         rows = {row["id"]: row for row in engine.list_runs(root=self.home)}
         if final:  # a deleted running run's worker was asked to cancel: none may still work for it
@@ -205,7 +205,7 @@ def processes(home: Path, module: str) -> list[int]:
                 args = f.read().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if f"compression.engine.{module}" in args and str(home) in args:
+        if f"complab.engine.{module}" in args and str(home) in args:
             out.append(int(name))
     return out
 
@@ -368,11 +368,10 @@ def home_disk_full(work: Path, deadline: float) -> dict:
 # --- the checks ----------------------------------------------------------------------------------------------
 
 def decodes(path: Path) -> str | None:
-    """None when the compact file decodes into a working model (as `compression-lab eval` loads it), else why."""
+    """None when the compact file decodes into a working model (as `complab eval` loads it), else why."""
     try:
         import torch
-
-        from compression.models.compact import load_compressed
+        from complab.models.compact import load_compressed
 
         handle = load_compressed(path)
         with torch.no_grad():

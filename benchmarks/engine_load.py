@@ -19,9 +19,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from compression import engine
-from compression.engine.dispatcher import try_lock
-from compression.engine.store import summary_metrics
+from complab import engine
+from complab.engine.dispatcher import try_lock
+from complab.engine.store import summary_metrics
 
 PLAN = {"schema_version": 1, "name": "engine-load", "seed": 0, "eval_split": "test", "steps": [
     {"type": "prune", "sparsity": {"_default": 0.9, "re:fc3": 0.5}, "iterations": 1, "finetune_epochs": 1},

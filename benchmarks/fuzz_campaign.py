@@ -22,7 +22,7 @@ Families:
   recipe    random JSON, random bytes, non-UTF-8, truncated and deeply nested recipes, and schema-shaped
             recipes with one value replaced by a wrong type or value; Plan.from_json, then validate against
             ResNet-18's layer names and resolve every per-layer map (patterns included); RSS bound 256 MiB.
-  model     uploaded model files through compression.models.handle.load_model (zero bytes, truncated or
+  model     uploaded model files through complab.models.handle.load_model (zero bytes, truncated or
             forged safetensors, pickles whose code would create a marker file, wrong architecture, wrong
             class count, TorchScript refs to non-TorchScript files); RSS bound 2 GiB.
   detector  recorded Ultralytics architectures (the yaml a detector file stores) mutated with payloads that
@@ -30,7 +30,7 @@ Families:
             from ultralytics.nn.tasks' globals, string arguments, wrong types and sizes), built the way
             models.detector.load_detector_file builds them (allow-list, then a meta-device size check against
             the demo file's tensors, then Ultralytics); RSS bound 1 GiB.
-  data      image folders through compression.data.load_data("imagefolder:DIR") and a pass over every split
+  data      image folders through complab.data.load_data("imagefolder:DIR") and a pass over every split
             (empty, one class, corrupt/truncated images, non-images, huge declared image dimensions);
             RSS bound 2 GiB.
   The doors (issue 24; 10 s per case; each reaches the library through one adapter, door_<family>, to re-point
@@ -43,7 +43,7 @@ Families:
   runfolder a finished engine run folder (real model.clab) received with a pickled original and trust in its
             job.json (relative and absolute), a script in metrics.json, wrong types in metrics.json/job.json,
             and mutated job/metrics/state/plan/events files, deleted after a first listing; each through one
-            door: `compression-lab runs`, `compression-lab report FOLDER`, the Compare page's loading
+            door: `complab runs`, `complab report FOLDER`, the Compare page's loading
             functions headless, or the Runs and Compare pages themselves (AppTest, every 10th case and the
             reproductions). RSS bound 1 GiB.
   yaml      YOLO data yamls: download: scripts (Python and bash) with a missing split entry, splits as lists,
@@ -53,7 +53,7 @@ Families:
   clab      compact files of a few hundred bytes naming a big architecture (regnet_y_128gf, vgg19, vit_h_14,
             convnext_large with a million classes) or a big recorded input (squeezenet1_0 with a channel-pruning
             record at 3x2048x2048, resnet18 at 4096, mobilenet_v3_small at 8192), 300 bytes of garbage, and those
-            metas with one value changed; through sources.load_file and `compression-lab export FILE OUT.onnx`.
+            metas with one value changed; through sources.load_file and `complab export FILE OUT.onnx`.
             RSS bound 1 GiB (the parent kills a worker past 3 GiB).
   folders   image folders with symlink cycles (parent, self, mutual, deep, the split root), a link outside,
             /dev/zero and a FIFO as images, tens of thousands of files or class folders, 120-deep folders,
@@ -61,7 +61,7 @@ Families:
             through load_data and a pass over every split. RSS bound 2 GiB.
   links     URL query dicts (model, data, arch, size, present, image, run) with unicode digits ('²', '٣٢'),
             huge numbers, paths (/etc, /root, ../.., ~, the sentinel folder), uploads that exist or not;
-            through compression.ui.state.spec_from_link, the presentation mode's image parser and the
+            through complab.ui.state.spec_from_link, the presentation mode's image parser and the
             checks before loading. RSS bound 256 MiB.
   sensitivity  a LeNet-300-100 sensitivity report mutated (wrong types, non-finite and out-of-range numbers,
             odd grid keys, missing keys, random JSON/bytes, deep nesting) plus a few huge ones; through the
@@ -107,7 +107,7 @@ import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "compression"))
 
 # issue 24's families
 DOORS = ("torchscript", "runfolder", "yaml", "folders", "clab", "links", "sensitivity", "automaton")
@@ -152,7 +152,7 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def _seal(payload: bytes) -> bytes:
-    from compression.storage.codec import HEADER, MAGIC
+    from complab.storage.codec import HEADER, MAGIC
 
     return HEADER.pack(MAGIC, 1, 0, zlib.crc32(payload), len(payload)) + payload
 
@@ -182,9 +182,9 @@ class DecoderCases:
         import numpy as np
         import torch
 
-        from compression.models.handle import load_model
-        from compression.storage import encode_state
-        from compression.storage.vq_section import Quantized
+        from complab.models.handle import load_model
+        from complab.storage import encode_state
+        from complab.storage.vq_section import Quantized
 
         generator = torch.Generator().manual_seed(0)
         weight = torch.randn(16, 12, generator=generator)
@@ -196,7 +196,7 @@ class DecoderCases:
         rq = Quantized("rq", (4, 3), 2, torch.randn(2, 2, 3, generator=generator).numpy(), rq_codes, stages=2)
         binary = Quantized("binary", (5, 7), 2, np.array([0.25], dtype=np.float32),
                            torch.randint(0, 2, (35,), generator=generator).numpy())
-        from compression.storage.vq_section import reconstruct
+        from complab.storage.vq_section import reconstruct
 
         structures = {"kmeans": kmeans, "pq": pq, "rq": rq, "binary": binary}
         demo_meta = {"producer": "fuzz", "task": "classify",
@@ -412,8 +412,8 @@ class DecoderCases:
 
     def run(self, index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
         """(outcome, detail, input bytes); outcome ok | error | traceback."""
-        from compression.models.compact import handle_from_decoded
-        from compression.storage import decode_state, inspect_bytes
+        from complab.models.compact import handle_from_decoded
+        from complab.storage import decode_state, inspect_bytes
 
         data, what = self.case(index, seed)
         try:
@@ -432,7 +432,7 @@ class DecoderCases:
 
 
 def _classify(exc: BaseException) -> tuple[str, str]:
-    from compression.errors import CompressionLabError
+    from complab.errors import CompressionLabError
 
     if isinstance(exc, CompressionLabError):
         if "\x1b[" in str(exc):  # terminal colour codes in a message: not one plain line
@@ -526,7 +526,7 @@ def _recipe_case(index: int, seed: int) -> tuple[bytes | str, str]:
 
 
 def run_recipe(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
-    from compression.plan import Plan, resolve_all
+    from complab.plan import Plan, resolve_all
 
     text, what = _recipe_case(index, seed)
     try:
@@ -676,7 +676,7 @@ def _zip_bytes() -> bytes:
 
 
 def run_model(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
-    from compression.models.handle import load_model
+    from complab.models.handle import load_model
 
     description, ref, weights, input_size = _MODEL_CASES[index]
     given = weights or (ref[len("torchscript:"):] if ref.startswith("torchscript:") else None)
@@ -781,7 +781,7 @@ def _data_cases(work: Path) -> list[tuple[str, str]]:
 
 
 def run_data(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
-    from compression.data import load_data
+    from complab.data import load_data
 
     description, path = _DATA_CASES[index]
     size = _tree_bytes(Path(path)) if Path(path).is_dir() else None
@@ -806,7 +806,7 @@ def run_selftest(index: int, seed: int, out_dir: str) -> tuple[str, str, int | N
     """--selftest: one case of each failure the campaign must see (ok, error, traceback, multi-line, memory,
     executed code, hang, worker death, a file written outside, a small input's big peak, an unsafe accept), so its
     zeros are known to mean something."""
-    from compression.errors import FormatError
+    from complab.errors import FormatError
 
     if index == 0:
         return "ok", "nothing", 0
@@ -849,11 +849,11 @@ _DETECTOR: dict = {}
 
 def _detector_case(index: int, seed: int, marker: Path) -> tuple[dict, str]:
     """The demo detector's recorded architecture with 1-3 hostile or malformed edits."""
-    from compression.models.yolo_arch import MODULES
+    from complab.models.yolo_arch import MODULES
 
     if not _DETECTOR:
-        from compression.models.detector import load_detector
-        from compression.models.yolo_env import offline_ultralytics
+        from complab.models.detector import load_detector
+        from complab.models.yolo_env import offline_ultralytics
 
         offline_ultralytics()
         import ultralytics.nn.tasks as tasks
@@ -905,7 +905,7 @@ def _detector_case(index: int, seed: int, marker: Path) -> tuple[dict, str]:
 
 
 def run_detector(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
-    from compression.models.detector import build_detector
+    from complab.models.detector import build_detector
 
     marker = OUTSIDE / "markers" / f"detector-{seed}-{index}"
     arch, what = _detector_case(index, seed, marker)
@@ -1021,7 +1021,7 @@ def _hostile_text(rng: random.Random, base: str) -> tuple[str | bytes, str]:
     return '{"base_accuracy": 0.9, "layers": {' + ",".join(f'"l{i}": {{}}' for i in range(20_000)) + "}}", "wide"
 
 
-# --- links: URL query dicts through the app's link parsing (compression/ui/state.py, the present-mode parsers)
+# --- links: URL query dicts through the app's link parsing (compression/complab/ui/state.py, the present-mode parsers)
 
 LINK_NUMBERS = ["28", "32", "0", "-1", "²", "³", "١٢", "٣٢", "𝟐𝟖", "28.0", "1e3", " 28", "28 ", "0x1c", "",
                 "9" * 30, "9" * 5000, "2048", "4096", "65536", "NaN", "inf", "+28", "٠", "߂"]
@@ -1077,8 +1077,8 @@ def _present_image_index(params: dict, count: int) -> int:
 
 def door_links(params: dict, ctx: dict) -> tuple[dict | None, str | None]:
     """What the app does with a link's query: spec_from_link, then (for a spec) the checks before loading it."""
-    from compression import sources
-    from compression.ui.state import spec_from_link
+    from complab import sources
+    from complab.ui.state import spec_from_link
 
     spec, problem = spec_from_link(params, ctx["uploads"])
     _present_image_index(params, 48)
@@ -1086,7 +1086,7 @@ def door_links(params: dict, ctx: dict) -> tuple[dict | None, str | None]:
         sources.check(spec)
         data = str(spec.get("data") or "")
         if ":" in data and Path(data.split(":", 1)[1]).expanduser().resolve() == (OUTSIDE / "images").resolve():
-            from compression.data import load_data  # the app's next step opens the folder: its messages too
+            from complab.data import load_data  # the app's next step opens the folder: its messages too
 
             load_data(data, input_size=28)
     return spec, problem
@@ -1096,7 +1096,7 @@ def _allowed_data(data: str) -> bool:
     """A link may name the demo data or a folder under the data home (the issue's rule)."""
     if ":" not in data:
         return True
-    from compression.paths import data_home
+    from complab.paths import data_home
 
     folder = Path(data.split(":", 1)[1]).expanduser().resolve()
     return any(folder.is_relative_to(root.resolve()) for root in (_home(), data_home()))
@@ -1136,8 +1136,8 @@ def _sensitivity_base(layers: list[str]) -> dict:
 
 
 def _sensitivity_setup() -> dict:
-    from compression.analysis.estimate import model_stats
-    from compression.models.handle import load_model
+    from complab.analysis.estimate import model_stats
+    from complab.models.handle import load_model
 
     handle = load_model("demo:lenet300")
     layers = list(handle.prunable_layers())
@@ -1181,9 +1181,9 @@ def door_sensitivity(path: Path, ctx: dict) -> dict:
     plan for one target and the accuracy prediction (RE-POINT to the schema reader once the CLI has one)."""
     from types import SimpleNamespace
 
-    from compression import cli
-    from compression.analysis.predict import predict
-    from compression.analysis.targets import target_plan
+    from complab import cli
+    from complab.analysis.predict import predict
+    from complab.analysis.targets import target_plan
 
     args = SimpleNamespace(sensitivity=path, model="demo:lenet300", data="digits", home=_home())
     source = {"model": "demo:lenet300", "weights": None, "data": "digits", "input_size": None, "mean": None,
@@ -1291,7 +1291,7 @@ def _automaton_case(index: int, seed: int) -> tuple[str, str]:
 def door_automaton(text: str, layers: list[str]) -> None:
     """The recipe loader (CLI --recipe, the Plan page's Load recipe): parse, validate against the model's layers,
     resolve every per-layer map."""
-    from compression.plan import Plan, resolve_all
+    from complab.plan import Plan, resolve_all
 
     plan = Plan.from_json(text)
     plan.validate(layers)
@@ -1484,7 +1484,7 @@ def _torchscript_case(index: int, seed: int, ctx: dict) -> tuple[bytes, str, boo
 def door_torchscript(path: Path, trust: bool):
     """`run --model torchscript:FILE [--trust]` up to the model: the source check, then the loader.
     RE-POINT: the trust flag goes in the spec (as for detector pickles); check() keeps it once TorchScript needs it."""
-    from compression import sources
+    from complab import sources
 
     spec = {"model": f"torchscript:{path}", "weights": None, "data": "digits", "input_size": 28, "mean": None,
             "std": None, "trust": trust}
@@ -1529,9 +1529,9 @@ def _evil_pickle(marker: Path) -> bytes:
 def _prepare_runfolder(folder: Path, outside: Path) -> None:
     """A finished LeNet-5 compression run (the pipeline's own files) with the engine's job/state/events files."""
 
-    from compression import sources
-    from compression.pipeline import compress
-    from compression.plan import Plan
+    from complab import sources
+    from complab.pipeline import compress
+    from complab.plan import Plan
 
     plan = json.loads((ROOT / "assets" / "recipes" / "quick.json").read_text())
     for step in plan["steps"]:
@@ -1631,11 +1631,11 @@ def _runfolder_case(index: int, seed: int, ctx: dict) -> tuple[dict[str, bytes |
 
 
 def _quiet_main(argv: list[str]) -> tuple[int, str]:
-    """compression.cli.main with its output captured; a bug raises (COMPRESSION_LAB_DEBUG is set in the workers)."""
+    """complab.cli.main with its output captured; a bug raises (COMPRESSION_LAB_DEBUG is set in the workers)."""
     import contextlib
     import io
 
-    from compression import cli
+    from complab import cli
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -1647,15 +1647,15 @@ RUNFOLDER_DOORS = ("runs", "report", "compare", "pages")
 
 
 def door_runfolder(door: str, home: Path, run_dir: Path, report: Path, deleted: bool) -> list[str]:
-    """One door a received run folder goes through: `compression-lab runs` (twice, the folder deleted in between
-    when `deleted`), `compression-lab report FOLDER`, the Compare page's loading functions headless (the list,
+    """One door a received run folder goes through: `complab runs` (twice, the folder deleted in between
+    when `deleted`), `complab report FOLDER`, the Compare page's loading functions headless (the list,
     sweeps, table, headline, decoded file, waterfalls), or the Runs and Compare pages themselves (door_pages).
     Returns the one-line errors the door printed or showed; raises on a bug."""
-    from compression import engine
-    from compression.analysis import report as analysis
-    from compression.analysis.pareto import prediction_error, runs_table
-    from compression.analysis.report import headline_numbers
-    from compression.sources import load_file
+    from complab import engine
+    from complab.analysis import report as analysis
+    from complab.analysis.pareto import prediction_error, runs_table
+    from complab.analysis.report import headline_numbers
+    from complab.sources import load_file
 
     said = []
     if door == "runs":
@@ -1777,7 +1777,7 @@ def _prepare_yolo(folder: Path) -> None:
 
 
 def _yaml_setup() -> dict:
-    from compression.models.detector import load_detector
+    from complab.models.detector import load_detector
 
     return {"model": load_detector().model, "dataset": WORK / "fixtures" / "yolo"}
 
@@ -1855,8 +1855,8 @@ def _yaml_case(index: int, seed: int, ctx: dict) -> tuple[str | bytes, str]:
 
 def door_yaml(path: Path, model) -> None:
     """`eval FILE --data yolo:data.yaml` for a detector: our reader, then Ultralytics' validation on it."""
-    from compression.data.detection import load_detection_data
-    from compression.models.detector import evaluate_model
+    from complab.data.detection import load_detection_data
+    from complab.models.detector import evaluate_model
 
     data = load_detection_data(f"yolo:{path}")
     evaluate_model(model, 64, data.yaml_path, batch=2)
@@ -2049,7 +2049,7 @@ def _folder_case(index: int, seed: int, root: Path) -> tuple[str, str]:
 def door_folders(ref: str) -> int:
     """The dataset loader and one pass over every split (what a run does before it measures); returns the number
     of images the splits hold."""
-    from compression.data import load_data
+    from complab.data import load_data
 
     data = load_data(ref, input_size=28)
     for split in ("train", "val", "test"):
@@ -2093,7 +2093,7 @@ def _clab_case(index: int, seed: int) -> tuple[bytes, str, str]:
     with one value changed."""
     import torch
 
-    from compression.storage import encode_state
+    from complab.storage import encode_state
 
     rng = random.Random(seed * 1_000_003 + index)
     one = {"fc.weight": torch.zeros(2, 2)}
@@ -2132,9 +2132,9 @@ def _clab_case(index: int, seed: int) -> tuple[bytes, str, str]:
 
 
 def door_clab(path: Path, door: str, out: Path) -> None:
-    """`eval`/`inspect`/the app's decode of a compact file (sources.load_file), or `compression-lab export FILE
+    """`eval`/`inspect`/the app's decode of a compact file (sources.load_file), or `complab export FILE
     OUT.onnx` (decode, then trace at the recorded input size)."""
-    from compression import sources
+    from complab import sources
 
     if door == "load":
         sources.load_file(path)
@@ -2180,7 +2180,7 @@ def prepare_fixtures(work: Path, outside: Path) -> None:
     """What the workers read (built once here): TorchScript archives, a finished run folder, a YOLO dataset."""
     fixtures = work / "fixtures"
     os.environ["COMPRESSION_LAB_DATA"] = str(work / "data")  # the workers' too: the demo detection data, made once
-    from compression.data.detection import shapes_dataset
+    from complab.data.detection import shapes_dataset
 
     shapes_dataset()
     for name, data in _prepare_torchscript(work / "scratch-ts", outside).items():
@@ -2201,7 +2201,7 @@ _DATA_CASES: list = []
 
 def _bound_mb(family: str, size: int) -> float:
     if family == "decoder":
-        from compression.storage.codec import decode_allowance
+        from complab.storage.codec import decode_allowance
 
         return 64 + 8 * decode_allowance(size) / 2**20
     return FAMILY_RSS_BOUND_MB[family]
@@ -2654,7 +2654,7 @@ def main() -> None:
               "folders": args.folders_cases, "clab": args.clab_cases, "automaton": args.automaton_cases,
               "sensitivity": args.sensitivity_cases, "links": args.links_cases, "selftest": 11}
     if not args.selftest:
-        from compression.data import folders  # noqa: F401 - fail here, not in a worker, if imports break
+        from complab.data import folders  # noqa: F401 - fail here, not in a worker, if imports break
 
         prepare_fixtures(work, outside)
     before = _watched()

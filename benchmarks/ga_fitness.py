@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "compression"))
 
-from compression import metrics  # noqa: E402
-from compression.data import load_data  # noqa: E402
-from compression.methods import channels  # noqa: E402
-from compression.methods.context import StepContext  # noqa: E402
-from compression.models.handle import load_model  # noqa: E402
-from compression.plan import ChannelStep  # noqa: E402
+from complab import metrics  # noqa: E402
+from complab.data import load_data  # noqa: E402
+from complab.methods import channels  # noqa: E402
+from complab.methods.context import StepContext  # noqa: E402
+from complab.models.handle import load_model  # noqa: E402
+from complab.plan import ChannelStep  # noqa: E402
 
 KEEP = {"features.0": 0.6, "features.3": 0.5, "features.7": 0.5, "features.10": 0.45, "features.14": 0.35,
         "features.17": 0.3, "features.21": 0.25}

@@ -35,9 +35,9 @@ import numpy as np
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_info
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compression"))
 
-from compression.methods.kmeans1d import kmeans_1d, sse  # noqa: E402
+from complab.methods.kmeans1d import kmeans_1d, sse  # noqa: E402
 
 K = 32
 N = 1_000_000

@@ -2,7 +2,7 @@
 
 Networks (each weight tensor pruned and k-means shared by our code; biases and batch norm left out):
 - demo:lenet300, demo:lenet5: the shipped recipes (assets/recipes/lenet300.json, lenet5.json, as they
-  are on the branch this runs from) through `compression.pipeline.compress`;
+  are on the branch this runs from) through `complab.pipeline.compress`;
 - demo:vgg_small: `compress` with a short recipe (VGG_PLAN: 60% pruned, 30% on the first convolution,
   16 shared values per layer, one fine-tuning epoch after each step);
 - ResNet-18: torchvision resnet18 with seeded random weights (no data, no fine-tuning): every conv and
@@ -10,7 +10,7 @@ Networks (each weight tensor pruned and k-means shared by our code; biases and b
   functions the prune and cluster steps use (`magnitude_mask`, `cluster_weight`).
 
 Identical information: for each network the pruned, shared weights are taken from the model decoded
-from our file. Ours: those tensors encoded by our public encoder (`compression.storage.encode_state`,
+from our file. Ours: those tensors encoded by our public encoder (`complab.storage.encode_state`,
 so the coder on the branch this runs from is what gets measured); bytes = the sum of their sections'
 `bytes_total` from `inspect_bytes` (type, length, name, dtype, shape, flags, k, the float32 codebook
 and the entropy-coded position and index streams; the file's 24-byte header and meta left out).
@@ -53,15 +53,15 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "compression"))
 
-from compression.data import load_data  # noqa: E402
-from compression.methods.cluster import cluster_weight  # noqa: E402
-from compression.methods.prune import magnitude_mask  # noqa: E402
-from compression.models.handle import load_model  # noqa: E402
-from compression.pipeline import compress  # noqa: E402
-from compression.plan import Plan  # noqa: E402
-from compression.storage import decode_state, encode_state, inspect_bytes, read_file  # noqa: E402
+from complab.data import load_data  # noqa: E402
+from complab.methods.cluster import cluster_weight  # noqa: E402
+from complab.methods.prune import magnitude_mask  # noqa: E402
+from complab.models.handle import load_model  # noqa: E402
+from complab.pipeline import compress  # noqa: E402
+from complab.plan import Plan  # noqa: E402
+from complab.storage import decode_state, encode_state, inspect_bytes, read_file  # noqa: E402
 
 NNCODEC = "nncodec==2.1.3"
 VENV = ROOT / "benchmarks" / ".venv-nnc"

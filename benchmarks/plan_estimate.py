@@ -24,13 +24,13 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "compression"))
 
-from compression.analysis.estimate import estimate, model_stats  # noqa: E402
-from compression.data import load_data  # noqa: E402
-from compression.models.handle import ModelHandle, load_model  # noqa: E402
-from compression.pipeline import compress  # noqa: E402
-from compression.plan import ClusterStep, Plan, PruneStep  # noqa: E402
+from complab.analysis.estimate import estimate, model_stats  # noqa: E402
+from complab.data import load_data  # noqa: E402
+from complab.models.handle import ModelHandle, load_model  # noqa: E402
+from complab.pipeline import compress  # noqa: E402
+from complab.plan import ClusterStep, Plan, PruneStep  # noqa: E402
 
 # (model, sparsity, clusters or None) — a spread of the settings a user drags to
 DEMO_RUNS = [

@@ -6,7 +6,7 @@ k = 256 codewords by k-means over the 4096 rows; every row stores one 8-bit code
 
 - faiss: ``faiss.ProductQuantizer(4096, 1024, 8)`` with ``cp.niter = 25`` (its default), trained on
   all rows, then ``compute_codes`` and ``decode`` (kept only here: it lost).
-- torch: ``compression.methods.vq.product_quantize``, what the quantize step uses: the same k-means
+- torch: ``complab.methods.vq.product_quantize``, what the quantize step uses: the same k-means
   in PyTorch, centroids initialised from random rows (seeded), 25 Lloyd iterations of all 1024
   segments at once (distances by bmm, chunked to stay in cache; centroid sums by scatter_add; an
   empty cluster keeps its centroid), then the nearest codeword per segment; decoded by the file's
@@ -36,10 +36,10 @@ import faiss
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compression"))
 
-from compression.methods.vq import product_quantize  # noqa: E402
-from compression.storage.vq_section import Quantized, reconstruct  # noqa: E402
+from complab.methods.vq import product_quantize  # noqa: E402
+from complab.storage.vq_section import Quantized, reconstruct  # noqa: E402
 
 SEGMENT = 4
 CODEWORDS = 256

@@ -3,7 +3,7 @@
 For LeNet-300-100 and LeNet-5 on the digits: the sensitivity analysis (exact mode, default grid), then
 three plans from the target solver (30x and 50x file ratio, a 5-point accuracy budget: targets the
 prediction's prior was NOT fitted on; that used 20/40/60x and 1/3/10 points), each run through the
-pipeline with the plan page's default fine-tuning. Per run: the predicted drop (compression/analysis/predict.py,
+pipeline with the plan page's default fine-tuning. Per run: the predicted drop (compression/complab/analysis/predict.py,
 the prior calibration, as a first-time user sees it), the raw additive drop (no fine-tuning), and the
 drop predicted with the calibration refitted on the other five runs (leave-one-out: what a user with a
 history of runs on these models sees). Measured: accuracy before and after on the test split, the
@@ -24,15 +24,15 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "compression"))
 
-from compression import sources  # noqa: E402
-from compression.analysis.estimate import model_stats  # noqa: E402
-from compression.analysis.predict import predict  # noqa: E402
-from compression.analysis.sensitivity import SensitivityConfig, analyze  # noqa: E402
-from compression.analysis.solver import grids_from_report, solve  # noqa: E402
-from compression.pipeline import compress  # noqa: E402
-from compression.ui.plan_form import plan_from_settings  # noqa: E402
+from complab import sources  # noqa: E402
+from complab.analysis.estimate import model_stats  # noqa: E402
+from complab.analysis.predict import predict  # noqa: E402
+from complab.analysis.sensitivity import SensitivityConfig, analyze  # noqa: E402
+from complab.analysis.solver import grids_from_report, solve  # noqa: E402
+from complab.pipeline import compress  # noqa: E402
+from complab.ui.plan_form import plan_from_settings  # noqa: E402
 
 TARGETS = (("compressed_bytes", 30.0), ("compressed_bytes", 50.0), ("accuracy_drop", 0.05))
 

@@ -34,12 +34,12 @@ import torch
 from scipy.stats import spearmanr
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "compression"))
 
-from compression.analysis import fisher  # noqa: E402
-from compression.analysis.sensitivity import SensitivityConfig, analyze  # noqa: E402
-from compression.data import load_data  # noqa: E402
-from compression.models.handle import load_model  # noqa: E402
+from complab.analysis import fisher  # noqa: E402
+from complab.analysis.sensitivity import SensitivityConfig, analyze  # noqa: E402
+from complab.data import load_data  # noqa: E402
+from complab.models.handle import load_model  # noqa: E402
 
 ONE_POINT = 0.01
 # The estimate at its full calibration (every bracket search run, 128 gradient images), not starved by
@@ -86,8 +86,7 @@ def compare(exact: dict, estimate: dict) -> dict:
 def resnet18_digits(seconds: float = 60.0):
     """A torchvision ResNet-18 (10 classes) trained for about `seconds` on digits at 32 px, as a ModelHandle."""
     import torchvision
-
-    from compression.models.handle import ModelHandle
+    from complab.models.handle import ModelHandle
 
     data = load_data("digits", input_size=32)
     torch.manual_seed(0)
@@ -108,7 +107,7 @@ def resnet18_digits(seconds: float = 60.0):
     # a minute of training leaves the batch-norm running statistics behind the weights (momentum 0.1); the
     # exact mode re-estimates them at every point but not for the original, so every point would look ~7
     # points better than the base: bring them up to date first, as a finished training run would have them
-    from compression.methods import bn_stats
+    from complab.methods import bn_stats
 
     bn_stats.reestimate(model, list(bn_stats.training_images(data.train, 64, 16, 0)))
     model.eval()

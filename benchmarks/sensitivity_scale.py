@@ -41,12 +41,12 @@ import torchvision
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "compression"))
 
-from compression.analysis import sensitivity  # noqa: E402
-from compression.analysis.sensitivity import ExactScorer, SensitivityConfig, grid_weight  # noqa: E402
-from compression.data import IMAGENET_MEAN, IMAGENET_STD, load_data  # noqa: E402
-from compression.models.handle import ModelHandle  # noqa: E402
+from complab.analysis import sensitivity  # noqa: E402
+from complab.analysis.sensitivity import ExactScorer, SensitivityConfig, grid_weight  # noqa: E402
+from complab.data import IMAGENET_MEAN, IMAGENET_STD, load_data  # noqa: E402
+from complab.models.handle import ModelHandle  # noqa: E402
 
 SIZE = 224
 CLASSES = 10
@@ -127,9 +127,9 @@ def main() -> None:
         new_point_s = sum(r["new_point_s"] for r in rows.values()) / len(rows)
         old_hours = old_point_s * DEFAULT_IMAGES / images_per_point * DEFAULT_LAYERS * DEFAULT_POINTS / 3600
         estimate_s, estimate = None, "not available"
-        if importlib.util.find_spec("compression.analysis.fisher") and "mode" in {
+        if importlib.util.find_spec("complab.analysis.fisher") and "mode" in {
                 f.name for f in fields(SensitivityConfig)}:
-            from compression.analysis.sensitivity import analyze
+            from complab.analysis.sensitivity import analyze
 
             sensitivity.BN_BATCH_SIZE = 64
             _, estimate_s = timed(lambda: analyze(handle, data, SensitivityConfig(mode="estimate")))

@@ -4,7 +4,7 @@
 CPUs in all (a head and a second node, 1 CPU each, both on 127.0.0.1 inside a private network namespace
 made with `unshare`; skipped with the reason when that is not possible here). Each mode gets a fresh data
 folder, so nothing is reused between them; every mode runs the same 8 solved plans through the CLI
-(`compression-lab sweep --targets ratio:... --wait`), with a short fine-tuning recipe.
+(`complab sweep --targets ratio:... --wait`), with a short fine-tuning recipe.
 
 Printed (last line, JSON): `runs` (members per mode), `succeeded` and `lost` (runs that did not succeed, over
 all modes), `front_points` (runs on the accuracy-vs-bytes Pareto front of the 1-worker sweep), the wall
@@ -29,14 +29,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "compression"))
 
-from compression import engine  # noqa: E402
-from compression.analysis.pareto import pareto_mask  # noqa: E402
+from complab import engine  # noqa: E402
+from complab.analysis.pareto import pareto_mask  # noqa: E402
 
 TARGETS = "ratio:5,8,12,18,27,40,60,80"
 PYTHON = sys.executable
-CLI = [PYTHON, "-m", "compression.cli"]
+CLI = [PYTHON, "-m", "complab.cli"]
 
 
 def quick_recipe(folder: Path) -> Path:
@@ -105,7 +105,7 @@ def ray_cluster_and_sweep(work: Path, report: Path, recipe: Path) -> None:
     """Inside the private namespace: a head and a second node (1 CPU each, own temp folders) on 127.0.0.1, then the
     sweep through the CLI with --ray; prints the mode's JSON. Every Ray process dies with the namespace."""
     address = f"127.0.0.1:{RAY_PORT}"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT / "compression")}
     temp = Path(tempfile.mkdtemp(prefix="clb-", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
     ray = [str(Path(PYTHON).parent / "ray"), "start", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
            "--disable-usage-stats"]

@@ -1,7 +1,7 @@
 """Gong et al.'s comparison, reproduced in shape on the demo LeNet-300-100: ratio vs accuracy per quantizer.
 
 For each of the paper's quantizers and a sweep of its parameters, one real compression run
-(`compression.pipeline.compress`: quantize every layer, fine-tune the codebooks, write the compact
+(`complab.pipeline.compress`: quantize every layer, fine-tune the codebooks, write the compact
 file, decode it, measure test accuracy on the decoded model) of demo:lenet300 on the built-in
 digits data (28x28). The ratio is the whole model's fp32 bytes over the compact file's bytes (biases,
 meta and headers included); `formula_ratio` is the same with each quantized layer counted by the
@@ -43,12 +43,12 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compression"))
 
-from compression.data import load_data  # noqa: E402
-from compression.models.handle import load_model  # noqa: E402
-from compression.pipeline import compress  # noqa: E402
-from compression.plan import Plan  # noqa: E402
+from complab.data import load_data  # noqa: E402
+from complab.models.handle import load_model  # noqa: E402
+from complab.pipeline import compress  # noqa: E402
+from complab.plan import Plan  # noqa: E402
 
 
 def sweep() -> list[tuple[str, dict]]:

@@ -27,16 +27,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "compression"))
 
 from channel_pruning_table import paired_latency  # noqa: E402
+from complab.data.detection import load_detection_data  # noqa: E402
+from complab.models.detector import fuse, load_detector  # noqa: E402
+from complab.models.yolo_env import quiet_ultralytics  # noqa: E402
+from complab.pipeline import compress  # noqa: E402
+from complab.plan import Plan  # noqa: E402
 from detector_channels import yolov8n_ratios  # noqa: E402  (benchmarks/ is this script's folder)
-
-from compression.data.detection import load_detection_data  # noqa: E402
-from compression.models.detector import fuse, load_detector  # noqa: E402
-from compression.models.yolo_env import quiet_ultralytics  # noqa: E402
-from compression.pipeline import compress  # noqa: E402
-from compression.plan import Plan  # noqa: E402
 
 TARGETS = {"params_removed_pct": 59.7, "memory_ratio": 110.0, "map50_drop": 1.0,  # seed 1 on YOLOv3
            "map50_95_drop": 3.0, "chan_params_removed_pct": 60.0, "chan_map50_drop": 1.0, "chan_map50_95_drop": 3.0,

@@ -7,15 +7,14 @@ import datetime as dt
 import json
 
 import streamlit as st
-
-from compression import engine, runfolder
-from compression.analysis import report
-from compression.analysis.pareto import prediction_error, runs_table
-from compression.errors import CompressionLabError
-from compression.ui import figures, present
-from compression.ui.navigation import page_setup
-from compression.ui.report import load_report_runs, plain_markdown, report_html
-from compression.ui.state import decoded_run, home, load_active, run_exports
+from complab import engine, runfolder
+from complab.analysis import report
+from complab.analysis.pareto import prediction_error, runs_table
+from complab.errors import CompressionLabError
+from complab.ui import figures, present
+from complab.ui.navigation import page_setup
+from complab.ui.report import load_report_runs, plain_markdown, report_html
+from complab.ui.state import decoded_run, home, load_active, run_exports
 
 LIVE_EVERY_S = 2.0  # seconds between redraws of the fronts while a sweep has members queued or running
 
@@ -31,7 +30,7 @@ try:
 except CompressionLabError as exc:  # an unusable data folder (not a folder, unreadable): say so, no traceback
     st.error(str(exc))
     st.stop()
-table = runs_table(runs, sweeps)  # damaged runs have no metrics (compression/runfolder.py checked them): not drawn
+table = runs_table(runs, sweeps)  # damaged runs have no metrics (complab/runfolder.py checked them): not drawn
 live = any(sweep["active"] for sweep in sweeps)
 damaged = [run for run in runs if run.get("damaged")]
 if damaged and not presenting:
@@ -158,7 +157,7 @@ own = next((w for w in report.layer_waterfalls(rows) if w.title == layer), None)
 if own is not None:
     right.plotly_chart(figures.bytes_waterfall(own), key="compare_layer_waterfall")
 st.caption("From the fp32 model to the compact file, part by part, as the file's own sections count them "
-           "(`compression-lab inspect`): green saves bytes, red adds them; the bars add up to the file size exactly. "
+           "(`complab inspect`): green saves bytes, red adds them; the bars add up to the file size exactly. "
            "Right: the layer chosen above.")
 after = decoded.prunable_layers()[layer].detach().flatten().numpy()
 original_layer = original[0].prunable_layers().get(layer) if original is not None else None

@@ -4,15 +4,14 @@ In presentation mode (?present=1&run=ID&image=N): the numbers and the two images
 import io
 
 import streamlit as st
+from complab import engine, sources
+from complab.analysis import detections
+from complab.errors import CompressionLabError
+from complab.ui import present
+from complab.ui.links import link_image_index
+from complab.ui.navigation import page_setup
+from complab.ui.state import active_spec, decoded_run, detector_latency, home, load_active, spec_key
 from PIL import Image, UnidentifiedImageError
-
-from compression import engine, sources
-from compression.analysis import detections
-from compression.errors import CompressionLabError
-from compression.ui import present
-from compression.ui.links import link_image_index
-from compression.ui.navigation import page_setup
-from compression.ui.state import active_spec, decoded_run, detector_latency, home, load_active, spec_key
 
 page_setup()
 presenting = present.presenting()

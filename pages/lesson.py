@@ -1,12 +1,11 @@
 """Lesson page: Deep Compression on LeNet-300-100 in five steps for a class; each step's numbers are measured."""
 
 import streamlit as st
-
-from compression.analysis import lesson
-from compression.ui import figures
-from compression.ui import lesson as steps
-from compression.ui.navigation import page_setup
-from compression.ui.state import baseline, home, spec_key
+from complab.analysis import lesson
+from complab.ui import figures
+from complab.ui import lesson as steps
+from complab.ui.navigation import page_setup
+from complab.ui.state import baseline, home, spec_key
 
 page_setup()
 st.title("Lesson: Deep Compression")

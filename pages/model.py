@@ -2,13 +2,12 @@
 In presentation mode (?present=1): the summary numbers only, large."""
 
 import streamlit as st
-
-from compression import sources
-from compression.errors import CompressionLabError
-from compression.ui import present
-from compression.ui.navigation import page_setup
-from compression.ui.numbers import human
-from compression.ui.state import (
+from complab import sources
+from complab.errors import CompressionLabError
+from complab.ui import present
+from complab.ui.navigation import page_setup
+from complab.ui.numbers import human
+from complab.ui.state import (
     active_spec,
     baseline,
     demo_choices,
@@ -49,7 +48,7 @@ def summary(spec: dict) -> tuple:
                    f"px, classes {', '.join(handle.names.values())}. mAP from Ultralytics' validator, measured here.")
         return handle, measured
     try:
-        from compression.models.handle import check_data_fits
+        from complab.models.handle import check_data_fits
 
         check_data_fits(handle, data.num_classes)
     except CompressionLabError as exc:

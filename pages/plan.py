@@ -4,15 +4,14 @@ the estimate are one st.fragment: a slider redraws only them, and rows of closed
 (their values live in the page's store)."""
 
 import streamlit as st
-
-from compression import engine
-from compression.analysis.estimate import estimate, estimated_waterfall
-from compression.analysis.predict import predict
-from compression.analysis.suggest import suggest
-from compression.analysis.targets import solve_target
-from compression.errors import CompressionLabError, PlanError
-from compression.methods.vq import check_layer
-from compression.plan import (
+from complab import engine
+from complab.analysis.estimate import estimate, estimated_waterfall
+from complab.analysis.predict import predict
+from complab.analysis.suggest import suggest
+from complab.analysis.targets import solve_target
+from complab.errors import CompressionLabError, PlanError
+from complab.methods.vq import check_layer
+from complab.plan import (
     DEFAULT_CODEWORDS,
     DEFAULT_SEGMENT_LENGTH,
     DEFAULT_STAGES,
@@ -23,11 +22,11 @@ from compression.plan import (
     QuantizeStep,
     validate_recipe,
 )
-from compression.ui.channels import channel_section, load_channels
-from compression.ui.figures import bytes_waterfall
-from compression.ui.navigation import page_setup
-from compression.ui.numbers import human
-from compression.ui.plan_form import (
+from complab.ui.channels import channel_section, load_channels
+from complab.ui.figures import bytes_waterfall
+from complab.ui.navigation import page_setup
+from complab.ui.numbers import human
+from complab.ui.plan_form import (
     CLUSTER_CHOICES,
     CODEWORD_CHOICES,
     ONE_GROUP_UP_TO,
@@ -41,8 +40,8 @@ from compression.ui.plan_form import (
     with_choice,
     with_fold_bn,
 )
-from compression.ui.sparkline import layer_curve, sparkline
-from compression.ui.state import (
+from complab.ui.sparkline import layer_curve, sparkline
+from complab.ui.state import (
     active_spec,
     compress_job,
     home,
@@ -52,7 +51,7 @@ from compression.ui.state import (
     prediction_history,
     spec_key,
 )
-from compression.ui.sweep import sweep_button
+from complab.ui.sweep import sweep_button
 
 page_setup()
 st.title("Plan")

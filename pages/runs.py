@@ -3,14 +3,13 @@
 import time
 
 import streamlit as st
-
-from compression import engine
-from compression.analysis.ga_progress import ga_rows, has_ga
-from compression.errors import CompressionLabError
-from compression.ui.figures import ga_figure
-from compression.ui.navigation import page_setup
-from compression.ui.report import plain_markdown
-from compression.ui.state import home
+from complab import engine
+from complab.analysis.ga_progress import ga_rows, has_ga
+from complab.errors import CompressionLabError
+from complab.ui.figures import ga_figure
+from complab.ui.navigation import page_setup
+from complab.ui.report import plain_markdown
+from complab.ui.state import home
 
 page_setup()
 st.title("Runs")
@@ -43,7 +42,7 @@ def run_list() -> None:
         job = run.get("job", {})
         with st.container(border=True):
             cols = st.columns([3, 2, 4, 1, 1])
-            # every value here was checked by compression/runfolder.py; text from a folder is shown as plain text
+            # every value here was checked by complab/runfolder.py; text from a folder is shown as plain text
             plan_name = (f" · {plain_markdown((job.get('plan') or {}).get('name') or '')}"
                          if run["kind"] == "compress" else "")
             cols[0].markdown(f"{ICONS.get(run['state'], '')} **{plain_markdown(run['id'])}**  \n"

@@ -1,15 +1,14 @@
 """Sensitivity page: run the per-layer analysis as an engine job; live progress; curves and heatmap."""
 
 import streamlit as st
-
-from compression import engine
-from compression.analysis.fisher import ESTIMATE_ABOVE_COST, analysis_cost, default_mode
-from compression.analysis.sensitivity import DETECTOR_CONFIG, SensitivityConfig
-from compression.errors import CompressionLabError
-from compression.ui import figures
-from compression.ui.navigation import page_setup
-from compression.ui.numbers import duration
-from compression.ui.state import active_spec, home, latest_sensitivity, load_active, sensitivity_job
+from complab import engine
+from complab.analysis.fisher import ESTIMATE_ABOVE_COST, analysis_cost, default_mode
+from complab.analysis.sensitivity import DETECTOR_CONFIG, SensitivityConfig
+from complab.errors import CompressionLabError
+from complab.ui import figures
+from complab.ui.navigation import page_setup
+from complab.ui.numbers import duration
+from complab.ui.state import active_spec, home, latest_sensitivity, load_active, sensitivity_job
 
 page_setup()
 st.title("Sensitivity")

@@ -9,26 +9,26 @@ import torch
 
 # generated datasets (the detector's synthetic shapes, ~1,000 images) are made once and shared by every test
 os.environ.setdefault("COMPRESSION_LAB_DATA",
-                      str(Path(tempfile.gettempdir()) / f"compression-lab-test-data-{os.getuid()}"))
+                      str(Path(tempfile.gettempdir()) / f"complab-test-data-{os.getuid()}"))
 torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")
 def lenet300():
-    from compression.models.handle import load_model
+    from complab.models.handle import load_model
 
     return load_model("demo:lenet300")
 
 
 @pytest.fixture(scope="session")
 def lenet5():
-    from compression.models.handle import load_model
+    from complab.models.handle import load_model
 
     return load_model("demo:lenet5")
 
 
 @pytest.fixture(scope="session")
 def digits28():
-    from compression.data import load_data
+    from complab.data import load_data
 
     return load_data("digits", input_size=28)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # this checkout's compression, not another one installed in the environment
+sys.path.insert(0, str(REPO / "compression"))  # this checkout's package, not another one installed
 BIN = Path(sys.executable).parent
 PORT = 6380
 ADDRESS = f"127.0.0.1:{PORT}"
@@ -49,10 +49,10 @@ def ray_start(*args: str, temp_dir: Path, hide: Path | None = None) -> None:
 
 
 def cli(*args: str, timeout: float = 120) -> str:
-    done = subprocess.run([str(BIN / "compression-lab"), *args], capture_output=True, text=True, timeout=timeout,
+    done = subprocess.run([str(BIN / "complab"), *args], capture_output=True, text=True, timeout=timeout,
                           cwd=REPO)
     if done.returncode:
-        raise SystemExit(f"compression-lab {' '.join(args)} exited {done.returncode}: {done.stderr[-2000:]}")
+        raise SystemExit(f"complab {' '.join(args)} exited {done.returncode}: {done.stderr[-2000:]}")
     return done.stdout
 
 
@@ -176,9 +176,9 @@ def scenario_sweep(engine, out: Path, result: dict) -> None:
 
 def scenario_split(engine, out: Path, result: dict) -> None:
     """An exact sensitivity analysis split by layer across the cluster: its report equals one measured whole."""
-    from compression import sources
-    from compression.analysis.sensitivity import analyze
-    from compression.engine.jobs import sensitivity_config
+    from complab import sources
+    from complab.analysis.sensitivity import analyze
+    from complab.engine.jobs import sensitivity_config
 
     home = out / "split-home"
     engine.settings(root=home, ray_address=ADDRESS)
@@ -294,7 +294,7 @@ def main(out: Path) -> None:
     os.environ["COMPRESSION_LAB_CANCEL_GRACE"] = "5"
     os.environ.pop("COMPRESSION_LAB_RAY", None)
     # this checkout, for the CLI, the dispatchers and the Ray workers the raylets start (another one may be installed)
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "compression"), os.environ.get("PYTHONPATH")]))
     temp = Path(tempfile.mkdtemp(prefix="clr-", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
     head_tmp, worker_tmp = temp / "h", temp / "w"
     result: dict = {"ray_temp": str(temp)}  # the test removes it once every Ray process here has gone
@@ -313,7 +313,7 @@ def main(out: Path) -> None:
                        or not node["Resources"].get("node:__internal_head__"))
     result["worker_node"] = worker_node
     ray.shutdown()
-    from compression import engine
+    from complab import engine
 
     scenario_runs(engine, out, result)
     result["engine_info"] = engine.engine_info(out / "runs-home")  # what the sidebar shows

@@ -17,7 +17,7 @@ QUICK = {"schema_version": 1, "name": "det-quick", "seed": 0, "eval_split": "val
 @pytest.fixture(scope="module")
 def detector_home(tmp_path_factory):
     """A data folder with one finished compression run of the demo detector (no fine-tuning: fast)."""
-    from compression import engine
+    from complab import engine
 
     home = tmp_path_factory.mktemp("det-home")
     run = engine.submit({"kind": "compress", **DETECTOR, "plan": QUICK, "latency": False}, root=home)
@@ -118,8 +118,7 @@ def test_compare_page_handles_a_detector_run(detector_home, monkeypatch):
 
 def test_pareto_axis_says_map_for_detector_runs():
     import pandas as pd
-
-    from compression.ui.figures import pareto_figure
+    from complab.ui.figures import pareto_figure
 
     table = pd.DataFrame([{"run": "a", "plan": "p", "method": "prune+cluster", "task": "detect", "accuracy": 0.98,
                            "compressed_bytes": 1000, "ratio": 10.0}])
@@ -135,7 +134,7 @@ def _key(at, kind: str, suffix: str) -> str:
 def test_plan_page_prunes_detector_channels_by_yolo_block(detector_home, monkeypatch):
     """The channels section traces the detector as the step does (C2f made prunable, head outputs whole): its
     sliders sit under their YOLO block, and a run of the plan it builds removes the channels the estimate said."""
-    from compression import engine
+    from complab import engine
 
     home, _ = detector_home
     at = start(home, monkeypatch)
@@ -218,9 +217,9 @@ def test_a_detector_recipe_moves_the_channel_sliders():
     """load_channels (the recipe upload's hook) on a detector: a C2f's cv1 key sets its one slider (both halves)."""
     import copy
 
-    import compression.ui.channels as app_channels
-    from compression.models.detector import load_detector
-    from compression.plan import ChannelStep, Plan
+    import complab.ui.channels as app_channels
+    from complab.models.detector import load_detector
+    from complab.plan import ChannelStep, Plan
 
     recipe = Plan(steps=(ChannelStep(keep_ratio={"model.4.cv1.conv": 0.5, "model.9.cv2.conv": 0.25},
                                      selection="random"),))

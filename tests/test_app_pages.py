@@ -68,7 +68,7 @@ def test_sensitivity_and_runs_and_compare_pages_empty_state(home):
 @pytest.fixture(scope="module")
 def seeded_home(tmp_path_factory):
     """A data folder holding one finished sensitivity analysis and one finished run on demo:lenet5."""
-    from compression import engine
+    from complab import engine
 
     home = tmp_path_factory.mktemp("seeded")
     quick = json.loads((ROOT / "assets" / "recipes" / "quick.json").read_text())
@@ -123,8 +123,8 @@ def test_runs_and_compare_pages_show_the_run(seeded_home, monkeypatch):
 
 def test_pages_reach_run_files_through_the_engine(seeded_home):
     """engine.run_file: the path of a file in a run's folder; never outside it, never for an unknown run."""
-    from compression import engine
-    from compression.errors import CompressionLabError
+    from complab import engine
+    from complab.errors import CompressionLabError
 
     home, run_id = seeded_home
     assert engine.run_file(run_id, "model.clab", root=home) == home / "runs" / run_id / "model.clab"
@@ -175,9 +175,9 @@ def test_plan_page_channel_sliders(home):
 
 def test_plan_page_channel_settings_follow_a_loaded_recipe(home):
     """load_channels (the recipe upload's hook) moves the channel sliders and GA/KD settings to the recipe's."""
-    import compression.ui.channels as app_channels
-    from compression.models.handle import load_model
-    from compression.plan import Plan
+    import complab.ui.channels as app_channels
+    from complab.models.handle import load_model
+    from complab.plan import Plan
 
     at = vgg_plan_page()
     key = next(s.key for s in at.slider if s.key.endswith("::keep::features.21"))
@@ -200,7 +200,7 @@ def test_plan_page_channel_settings_follow_a_loaded_recipe(home):
 
 
 def test_uploads_are_kept_by_content_and_never_overwritten(home):
-    from compression.ui.state import save_upload
+    from complab.ui.state import save_upload
 
     first = save_upload(b"weights", "../model.pt")
     assert first.parent == home / "uploads" and first.name.endswith("-model.pt") and first.read_bytes() == b"weights"
@@ -211,7 +211,7 @@ def test_uploads_are_kept_by_content_and_never_overwritten(home):
 def test_compare_page_draws_a_sweep_as_one_curve(seeded_home, monkeypatch):
     """A sweep (here the seeded run's plan again, so its member is the reused run) is one line in the bytes plot,
     and the table names the sweep of each run."""
-    from compression import engine
+    from complab import engine
 
     home, run_id = seeded_home
     job = engine.status(run_id, root=home)["job"]
@@ -227,7 +227,7 @@ def test_compare_page_draws_a_sweep_as_one_curve(seeded_home, monkeypatch):
 
 
 def test_plan_page_sweep_submits_one_group_of_solved_plans(seeded_home, monkeypatch):
-    from compression import engine
+    from complab import engine
 
     home, _ = seeded_home
     at = seeded_page("plan", home, monkeypatch)
@@ -255,7 +255,7 @@ def test_plan_page_search_starts_a_background_search(seeded_home, monkeypatch):
     import json
     import time
 
-    from compression import engine
+    from complab import engine
 
     home, _ = seeded_home
     at = seeded_page("plan", home, monkeypatch)

@@ -8,13 +8,12 @@ fell to chance (16.1% with a 70%-pruning plan, 31.7% with this test's).
 import pytest
 import torch
 import torchvision
+from complab.data import DataBundle, load_data
+from complab.methods import bn_stats, prune
+from complab.methods.context import StepContext
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.data import TensorDataset
-
-from compression.data import DataBundle, load_data
-from compression.methods import bn_stats, prune
-from compression.methods.context import StepContext
 
 
 class ConvBN(nn.Module):
@@ -90,8 +89,8 @@ def test_a_task_that_keeps_its_training_statistics_is_reestimated_only_without_t
 
 
 def test_sensitivity_report_says_batch_norm_was_reestimated(lenet5):
-    from compression.analysis.sensitivity import SensitivityConfig, analyze
-    from compression.models.handle import load_model
+    from complab.analysis.sensitivity import SensitivityConfig, analyze
+    from complab.models.handle import load_model
 
     vgg = load_model("demo:vgg_small")
     data = load_data("digits", input_size=32)
@@ -121,8 +120,8 @@ def digits_rgb(size: int = 32) -> DataBundle:
 @pytest.fixture(scope="module")
 def trained_mobilenet(tmp_path_factory):
     """A torchvision MobileNetV3-small trained on the 32-px digits in the test (~25 s on 2 cores), as a handle."""
-    from compression.methods.finetune import TrainConfig, train
-    from compression.models.handle import load_model
+    from complab.methods.finetune import TrainConfig, train
+    from complab.models.handle import load_model
 
     data = digits_rgb()
     torch.manual_seed(0)
@@ -141,8 +140,8 @@ def test_pruned_mobilenet_v3_keeps_accuracy_on_the_decoded_file(trained_mobilene
     rounds of one epoch; chance is 10%).
     The depthwise 3x3 convolutions (4% of the weights, 9 per channel) are left dense, as a plan would.
     """
-    from compression.pipeline import compress
-    from compression.plan import Plan, PruneStep
+    from complab.pipeline import compress
+    from complab.plan import Plan, PruneStep
 
     handle, data = trained_mobilenet
     depthwise = {name: 0.0 for name, module in handle.model.named_modules()

@@ -19,13 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-
-from compression.analysis.sensitivity_report import SensitivityReportError, check_report, parse_report
-from compression.errors import CompressionLabError, ModelLoadError, PlanError
-from compression.models.handle import build_architecture, build_on_meta, load_model
-from compression.plan import MAX_MATCH_WORK, Plan, validate_recipe
-from compression.storage import write_file
-from compression.storage.header import MAGIC, check_file_header
+from complab.analysis.sensitivity_report import SensitivityReportError, check_report, parse_report
+from complab.errors import CompressionLabError, ModelLoadError, PlanError
+from complab.models.handle import build_architecture, build_on_meta, load_model
+from complab.plan import MAX_MATCH_WORK, Plan, validate_recipe
+from complab.storage import write_file
+from complab.storage.header import MAGIC, check_file_header
 
 ROOT = Path(__file__).resolve().parents[1]
 GROWTH_MB = 256  # the issue's bound for any input under 4 KB
@@ -39,20 +38,20 @@ def peak():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 base = peak()
-from compression import cli
+from complab import cli
 err = io.StringIO()
 with contextlib.redirect_stderr(err):
     rc = cli.main(sys.argv[1:])
 print(json.dumps({{"rc": rc, "stderr": err.getvalue(), "growth_mb": peak() - base, "peak_mb": peak(),
                   "torch": "torch" in sys.modules}}))
 """
-WORKER_IMPORTS = "import torch, torchvision, torch_pruning, compression.models.compact, compression.export"
+WORKER_IMPORTS = "import torch, torchvision, torch_pruning, complab.models.compact, complab.export"
 
 
 def run_cli(args: list[str], imports: str = WORKER_IMPORTS) -> dict:
     """The CLI run in a fresh process after `imports`: rc, stderr, peak RSS growth over the post-import baseline."""
     proc = subprocess.run([sys.executable, "-c", WARM.format(imports=imports), *map(str, args)], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT / "compression")})
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -75,7 +74,7 @@ def meta_state(arch: str, history: list | None = None, input_shape=(3, 224, 224)
     """All-zero tensors of the architecture's shapes (after replaying `history` on the meta device)."""
     model = build_on_meta({"kind": "torchvision", "arch": arch})
     if history:
-        from compression.models.channel_replay import replay
+        from complab.models.channel_replay import replay
 
         replay(model, history, tuple(input_shape))
     return {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()}
@@ -95,10 +94,10 @@ def test_export_of_garbage_fails_at_the_header_without_importing_torch(tmp_path)
 
 def test_header_check_is_torch_free_and_names_each_problem(tmp_path):
     path = tmp_path / "f.clab"
-    code = ("import sys; from compression.storage.header import check_file_header; "
+    code = ("import sys; from complab.storage.header import check_file_header; "
             "print('torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "compression")})
     assert proc.stdout.strip() == "False", proc.stderr
     for data, words in ((MAGIC[:5], "truncated"), (MAGIC + b"\x00" * 30, "header holds format version 0"),
                         (b"PK\x03\x04" + b"\x00" * 40, "not a Compression Lab model file")):
@@ -165,7 +164,7 @@ def test_whole_vgg19_of_zeros_is_refused_by_the_decode_allowance(tmp_path):
 def test_small_model_of_zeros_at_its_input_size_still_decodes(tmp_path):
     """The bounds refuse what a few bytes cannot honestly ask for, not small files: SqueezeNet (1.2 M weights, all
     zero, 2 KB) at 224x224 decodes and exports."""
-    from compression.models.compact import load_compressed
+    from complab.models.compact import load_compressed
 
     path = tmp_path / "squeeze.clab"
     write_file(path, meta_state("squeezenet1_0"), meta("squeezenet1_0"))
@@ -177,8 +176,8 @@ def test_small_model_of_zeros_at_its_input_size_still_decodes(tmp_path):
 
 
 def test_file_whose_architecture_cannot_take_its_input_is_refused(tmp_path):
-    from compression.models.compact import load_compressed
-    from compression.models.zoo import LeNet300
+    from complab.models.compact import load_compressed
+    from complab.models.zoo import LeNet300
 
     path = tmp_path / "lenet.clab"
     state = {k: torch.zeros(v.shape) for k, v in LeNet300().state_dict().items()}
@@ -232,7 +231,7 @@ def test_impossible_input_size_in_the_cli_is_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def densenet_layers() -> list[str]:
-    from compression.metrics import weight_layers
+    from complab.metrics import weight_layers
 
     return list(weight_layers(build_on_meta({"kind": "torchvision", "arch": "densenet121"})))
 
@@ -334,11 +333,11 @@ def crafted_reports() -> list[tuple[str, object]]:
 
 
 def test_every_crafted_sensitivity_report_is_refused_in_one_line_or_solved(lenet5):
-    from compression.analysis.estimate import model_stats
-    from compression.analysis.predict import predict
-    from compression.analysis.suggest import suggest
-    from compression.analysis.targets import target_plan
-    from compression.ui.sparkline import layer_curve
+    from complab.analysis.estimate import model_stats
+    from complab.analysis.predict import predict
+    from complab.analysis.suggest import suggest
+    from complab.analysis.targets import target_plan
+    from complab.ui.sparkline import layer_curve
 
     stats = model_stats(lenet5)
     refused = 0
@@ -363,8 +362,8 @@ def test_every_crafted_sensitivity_report_is_refused_in_one_line_or_solved(lenet
 
 def test_the_solver_checks_what_it_is_given(lenet5):
     """A NaN base_accuracy was solved silently."""
-    from compression.analysis.estimate import model_stats
-    from compression.analysis.targets import solve_target
+    from complab.analysis.estimate import model_stats
+    from complab.analysis.targets import solve_target
 
     report = valid_report()
     report["base_accuracy"] = float("nan")
@@ -382,7 +381,7 @@ def test_report_keys_are_normalized_to_the_solvers_spelling():
 
 
 def test_deep_json_is_one_line_for_sweep(tmp_path, capsys):
-    from compression import cli
+    from complab import cli
 
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)
@@ -397,7 +396,7 @@ def test_deep_json_is_one_line_for_sweep(tmp_path, capsys):
 
 
 def test_crafted_report_through_sweep_is_one_line(tmp_path, capsys):
-    from compression import cli
+    from complab import cli
 
     path = tmp_path / "r.json"
     report = valid_report()

@@ -6,18 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-
-from compression import metrics
-from compression.analysis.ga_progress import ga_rows
-from compression.errors import PlanError
-from compression.methods import channels, distill
-from compression.methods.channels import ga, graph
-from compression.methods.context import StepContext
-from compression.models.channel_replay import build_graph
-from compression.models.compact import load_compressed, save_compressed
-from compression.models.handle import ModelHandle
-from compression.plan import ChannelStep, ClusterStep, DistillStep, Plan, PruneStep
-from compression.ui.figures import ga_figure
+from complab import metrics
+from complab.analysis.ga_progress import ga_rows
+from complab.errors import PlanError
+from complab.methods import channels, distill
+from complab.methods.channels import ga, graph
+from complab.methods.context import StepContext
+from complab.models.channel_replay import build_graph
+from complab.models.compact import load_compressed, save_compressed
+from complab.models.handle import ModelHandle
+from complab.plan import ChannelStep, ClusterStep, DistillStep, Plan, PruneStep
+from complab.ui.figures import ga_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 VGG_KEEP = {"features.0": 0.5, "features.3": 0.5, "_default": 0.3}
@@ -25,7 +24,7 @@ VGG_KEEP = {"features.0": 0.5, "features.3": 0.5, "_default": 0.3}
 
 @pytest.fixture(scope="module")
 def vgg():
-    from compression.models.handle import load_model
+    from complab.models.handle import load_model
 
     return load_model("demo:vgg_small")
 
@@ -33,9 +32,8 @@ def vgg():
 @pytest.fixture(scope="module")
 def digits32():
     """The digits at 32x32, cut to 192 training and 64 validation/test images (keeps these tests fast)."""
+    from complab.data import load_data
     from torch.utils.data import TensorDataset
-
-    from compression.data import load_data
 
     data = load_data("digits", input_size=32)
     for name, size in (("train", 192), ("val", 64), ("test", 64)):
@@ -63,9 +61,8 @@ def resnet18_handle(size=32):
 
 def rgb(data):
     """The digits repeated to 3 channels (torchvision's ResNet-18 reads RGB)."""
+    from complab.data import DataBundle
     from torch.utils.data import TensorDataset
-
-    from compression.data import DataBundle
 
     splits = {name: TensorDataset(data.split(name)[:][0].repeat(1, 3, 1, 1), data.split(name)[:][1])
               for name in ("train", "val", "test")}
@@ -238,7 +235,7 @@ def test_distillation_loss():
 
 
 def test_distill_after_prune_keeps_zeros_and_plan_uses_kd(vgg, digits32, tmp_path):
-    from compression.pipeline import compress
+    from complab.pipeline import compress
 
     plan = Plan(steps=(small_step(keep_ratio={"features.21": 0.5}, selection="l1"),
                        PruneStep(sparsity={"features.17": 0.8}, iterations=1, finetune_epochs=0),
@@ -280,7 +277,7 @@ def test_plan_validation_messages():
 
 
 def test_live_estimate_factors_match_the_pruned_model(vgg, digits32):
-    from compression.analysis.channel_estimate import channel_factors, channel_layout
+    from complab.analysis.channel_estimate import channel_factors, channel_layout
 
     layout = channel_layout(vgg.model, vgg.input_shape)
     assert list(layout.groups) == ["features.0", "features.3", "features.7", "features.10", "features.14",

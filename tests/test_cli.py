@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from compression.cli import main
+from complab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "assets" / "recipes" / "quick.json"
@@ -56,9 +55,8 @@ def test_inspect_breaks_bits_down(run_dir, capsys):
 
 def test_torchvision_state_dict_and_safetensors(tmp_path, capsys):
     import torchvision
+    from complab.models.handle import load_model
     from safetensors.torch import save_file
-
-    from compression.models.handle import load_model
 
     model = torchvision.models.get_model("resnet18", weights=None, num_classes=7)
     torch.save(model.state_dict(), tmp_path / "r18.pth")
@@ -70,8 +68,8 @@ def test_torchvision_state_dict_and_safetensors(tmp_path, capsys):
 
 
 def test_torchscript_model_round_trip(tmp_path, lenet300):
-    from compression.models.compact import load_compressed, save_compressed
-    from compression.models.handle import load_model
+    from complab.models.compact import load_compressed, save_compressed
+    from complab.models.handle import load_model
 
     scripted = torch.jit.script(lenet300.model)
     scripted.save(str(tmp_path / "lenet.pt"))
@@ -141,7 +139,7 @@ def test_untrusted_pickle_refused(tmp_path, capsys):
 
 
 def test_console_script_no_traceback(tmp_path):
-    exe = Path(sys.executable).with_name("compression-lab")
+    exe = Path(sys.executable).with_name("complab")
     proc = subprocess.run([str(exe), "eval", str(tmp_path / "none.clab")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("error:")
@@ -149,8 +147,7 @@ def test_console_script_no_traceback(tmp_path):
 
 def test_export_torchscript_and_onnx(run_dir, tmp_path, capsys):
     import onnx
-
-    from compression.models.compact import load_compressed
+    from complab.models.compact import load_compressed
 
     assert main(["export", str(run_dir / "model.clab"), str(tmp_path / "m.pt")]) == 0
     assert main(["export", str(run_dir / "model.clab"), str(tmp_path / "m.onnx")]) == 0

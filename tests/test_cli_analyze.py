@@ -1,4 +1,4 @@
-"""`compression-lab analyze`: the Sensitivity page's JSON report from the command line, progress, bad input."""
+"""`complab analyze`: the Sensitivity page's JSON report from the command line, progress, bad input."""
 
 import io
 import json
@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from complab.analysis import sensitivity
+from complab.analysis.sensitivity import SensitivityConfig
+from complab.cli import _ProgressLine, main
 from torch import nn
-
-from compression.analysis import sensitivity
-from compression.analysis.sensitivity import SensitivityConfig
-from compression.cli import _ProgressLine, main
 
 SMALL = ["--sparsities", "0,0.5,0.9", "--clusters", "2,16", "--val-size", "64"]
 
@@ -22,9 +21,9 @@ def error_line(capsys) -> str:
 
 
 def test_analyze_writes_the_report_the_page_reads(tmp_path, capsys):
-    from compression.analysis.sensitivity import analyze
-    from compression.data import load_data
-    from compression.models.handle import load_model
+    from complab.analysis.sensitivity import analyze
+    from complab.data import load_data
+    from complab.models.handle import load_model
 
     out = tmp_path / "report.json"
     assert main(["analyze", "--model", "demo:lenet5", "--data", "digits", *SMALL, "--out", str(out)]) == 0
@@ -101,9 +100,9 @@ def test_auto_mode_measures_a_small_model_exactly(tmp_path, capsys):
 def test_model_without_layers_exits_2(tmp_path, capsys):
     """TorchScript, the one reference a layerless model can come from, is not analysed at all (it is code, for
     evaluation only: tests/test_trust_code.py); analyze() itself refuses a model without layers in one line."""
-    from compression.data import load_data
-    from compression.errors import CompressionLabError
-    from compression.models.handle import load_model
+    from complab.data import load_data
+    from complab.errors import CompressionLabError
+    from complab.models.handle import load_model
 
     class Slice(nn.Module):
         def forward(self, x):

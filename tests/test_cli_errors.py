@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from compression.cli import main
+from complab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "assets" / "recipes" / "quick.json"
@@ -105,10 +104,9 @@ def test_eval_on_a_dataset_with_other_classes(tmp_path, made, capsys):
 
 
 def test_corrupt_image_is_named(tmp_path):
+    from complab.data import load_data
+    from complab.errors import DataLoadError
     from PIL import Image
-
-    from compression.data import load_data
-    from compression.errors import DataLoadError
 
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
@@ -150,7 +148,7 @@ def test_export_does_not_overwrite_and_full_disk_leaves_nothing(tmp_path, made, 
 
 def test_broken_pipe_is_quiet(tmp_path):
     home = tmp_path / "home"
-    script = ("import sys; from compression.cli import main; sys.argv=['x']; "
+    script = ("import sys; from complab.cli import main; sys.argv=['x']; "
               f"[main(['runs', '--home', {str(home)!r}]) for _ in range(200)]")
     proc = subprocess.run(f"{sys.executable} -c \"{script}\" | head -1", shell=True, capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
@@ -158,7 +156,7 @@ def test_broken_pipe_is_quiet(tmp_path):
 
 
 def test_unexpected_errors_are_one_line(monkeypatch, capsys, tmp_path):
-    import compression.cli as cli
+    import complab.cli as cli
 
     def boom(args):
         raise torch.cuda.OutOfMemoryError("")
@@ -170,8 +168,8 @@ def test_unexpected_errors_are_one_line(monkeypatch, capsys, tmp_path):
 
 
 def test_model_file_mistakes_are_named(tmp_path):
-    from compression.errors import ModelLoadError
-    from compression.models.handle import load_model
+    from complab.errors import ModelLoadError
+    from complab.models.handle import load_model
 
     with pytest.raises(ModelLoadError, match="is a folder"):
         load_model("torchvision:resnet18", weights=tmp_path)
@@ -195,8 +193,8 @@ def test_model_file_mistakes_are_named(tmp_path):
 
 
 def test_data_path_that_is_a_file_in_the_library(tmp_path):
-    from compression.data import load_data
-    from compression.errors import DataLoadError
+    from complab.data import load_data
+    from complab.errors import DataLoadError
 
     (tmp_path / "f").write_text("x")
     with pytest.raises(DataLoadError, match="is a file, not a folder"):

@@ -25,14 +25,13 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from complab.data import DataBundle
+from complab.errors import CompressionLabError
+from complab.export import onnx_bytes
+from complab.models.handle import load_model
+from complab.pipeline import compress
+from complab.plan import ClusterStep, Plan, PruneStep
 from torch.utils.data import TensorDataset
-
-from compression.data import DataBundle
-from compression.errors import CompressionLabError
-from compression.export import onnx_bytes
-from compression.models.handle import load_model
-from compression.pipeline import compress
-from compression.plan import ClusterStep, Plan, PruneStep
 
 ARCHITECTURES = torchvision.models.list_models(module=torchvision.models)
 # one per family (torchvision module), its smallest member: the default CI run

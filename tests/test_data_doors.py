@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from complab.errors import CompressionLabError, DataLoadError
 from PIL import Image
-
-from compression.errors import CompressionLabError, DataLoadError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,8 +35,8 @@ def write_images(folder: Path, classes=("cat", "dog"), per_class=3, side=8):
 @pytest.fixture(scope="module")
 def shapes_dir(tmp_path_factory):
     """A small YOLO dataset (4 train / 6 val shapes images) and the demo detector as a compact file."""
-    from compression.data.shapes import ShapesConfig, write_dataset
-    from compression.models.detector import load_detector, save_detector
+    from complab.data.shapes import ShapesConfig, write_dataset
+    from complab.models.detector import load_detector, save_detector
 
     folder = tmp_path_factory.mktemp("shapes")
     write_dataset(folder / "ds", train=4, val=6, config=ShapesConfig(seed=7))
@@ -57,8 +56,8 @@ def write_yaml(folder: Path, name: str, body: str, marker: Path, script: str = P
 
 
 def cli(*args, cwd=None, env=None):
-    environ = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "compression.cli", *args], capture_output=True, text=True,
+    environ = {**os.environ, "PYTHONPATH": str(ROOT / "compression"), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "complab.cli", *args], capture_output=True, text=True,
                           cwd=cwd, env=environ, timeout=600)
 
 
@@ -83,7 +82,7 @@ def test_eval_never_runs_a_yaml_download_script(shapes_dir, tmp_path, script):
 def test_a_complete_yaml_with_a_download_key_evaluates_and_runs_nothing(shapes_dir, tmp_path):
     """A real dataset's yaml often keeps its `download:` entry: the data is used, the script never seen by
     Ultralytics (it reads our checked copy, not the user's file)."""
-    from compression.data.detection import load_detection_data
+    from complab.data.detection import load_detection_data
 
     marker = tmp_path / "MARKER"
     ds = shapes_dir / "ds"
@@ -132,7 +131,7 @@ def bad_yamls(ds: Path):
 
 @pytest.mark.parametrize("case", range(len(bad_yamls(Path("/x")))))
 def test_dataset_yamls_are_checked_entry_by_entry(shapes_dir, tmp_path, case):
-    from compression.data.detection import check_dataset_yaml, load_detection_data
+    from complab.data.detection import check_dataset_yaml, load_detection_data
 
     ds = shapes_dir / "ds"
     text, message = bad_yamls(ds)[case]
@@ -157,7 +156,7 @@ def test_dataset_yamls_are_checked_entry_by_entry(shapes_dir, tmp_path, case):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("layout", ["flat", "splits", "nested"])
 def test_a_symlink_cycle_in_an_image_folder_is_refused_quickly(tmp_path, layout):
-    from compression.data import load_data
+    from complab.data import load_data
 
     root = tmp_path / "data"
     if layout == "splits":
@@ -181,7 +180,7 @@ def test_a_symlink_cycle_in_an_image_folder_is_refused_quickly(tmp_path, layout)
 
 @pytest.mark.timeout(60)
 def test_a_symlink_cycle_in_a_detection_folder_is_refused_quickly(shapes_dir, tmp_path):
-    from compression.data.detection import load_detection_data
+    from complab.data.detection import load_detection_data
 
     ds = tmp_path / "ds"
     (ds / "images").mkdir(parents=True)
@@ -201,9 +200,8 @@ def test_a_symlink_cycle_in_a_detection_folder_is_refused_quickly(shapes_dir, tm
 def test_the_walk_reads_what_torchvision_read_and_follows_plain_links(tmp_path):
     """Without a cycle, the bounded walk gives torchvision's ImageFolder samples in the same order (nested folders,
     a class folder that is a link to images elsewhere), so splits and seeds are unchanged."""
+    from complab.data.folders import BoundedImageFolder
     from torchvision.datasets import ImageFolder
-
-    from compression.data.folders import BoundedImageFolder
 
     root = tmp_path / "data"
     write_images(root, classes=("b", "a"))
@@ -217,7 +215,7 @@ def test_the_walk_reads_what_torchvision_read_and_follows_plain_links(tmp_path):
 
 
 def test_a_folder_with_too_many_files_is_refused(tmp_path, monkeypatch):
-    from compression.data import load_data, walk
+    from complab.data import load_data, walk
 
     write_images(tmp_path / "data", per_class=6)
     monkeypatch.setattr(walk, "MAX_FILES", 5)
@@ -236,7 +234,7 @@ def app_home(tmp_path, monkeypatch):
     """A data folder with one uploaded state dict (so a link gets as far as its dataset) and one dataset."""
     monkeypatch.setenv("COMPRESSION_LAB_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("COMPRESSION_LAB_DATA_ROOTS", raising=False)
-    from compression.ui.state import save_upload
+    from complab.ui.state import save_upload
 
     upload = save_upload(b"state dict bytes", "resnet18.pt")
     write_images(tmp_path / "home" / "data" / "pets")
@@ -248,7 +246,7 @@ def link(upload, data, **extra):
 
 
 def test_a_link_names_only_folders_under_the_data_folder(app_home, tmp_path):
-    from compression.ui.state import link_params, spec_from_link, uploads_folder
+    from complab.ui.state import link_params, spec_from_link, uploads_folder
 
     home, upload = app_home
     folder = uploads_folder()
@@ -279,7 +277,7 @@ def test_a_link_names_only_folders_under_the_data_folder(app_home, tmp_path):
 
 
 def test_the_owner_shares_more_roots_by_flag_or_environment(tmp_path):
-    from compression.ui.links import data_roots, link_data_problem
+    from complab.ui.links import data_roots, link_data_problem
 
     shared, other = tmp_path / "shared", tmp_path / "other"
     write_images(shared / "set")
@@ -299,7 +297,7 @@ def test_the_owner_shares_more_roots_by_flag_or_environment(tmp_path):
 
 
 def test_dataset_messages_list_no_folder_contents(tmp_path):
-    from compression.data import load_data
+    from complab.data import load_data
 
     (tmp_path / "a" / "train" / "secret_one").mkdir(parents=True)
     (tmp_path / "a" / "val" / "secret_two").mkdir(parents=True)
@@ -324,8 +322,8 @@ def test_dataset_messages_list_no_folder_contents(tmp_path):
 # --- item 14: link numbers, --home ------------------------------------------------------------------------------
 
 def test_link_numbers_are_ascii_digits_in_range(app_home):
-    from compression.ui.links import link_image_index, link_int, link_presenting, link_run_id
-    from compression.ui.state import spec_from_link, uploads_folder
+    from complab.ui.links import link_image_index, link_int, link_presenting, link_run_id
+    from complab.ui.state import spec_from_link, uploads_folder
 
     home, upload = app_home
     pets = f"imagefolder:{home / 'data' / 'pets'}"
@@ -389,8 +387,8 @@ def test_cli_home_is_refused_as_what_it_is(tmp_path, home, message):
 
 
 def test_home_checks_in_process(tmp_path, monkeypatch):
-    from compression import engine
-    from compression.paths import HomeError, check_home, home_option
+    from complab import engine
+    from complab.paths import HomeError, check_home, home_option
 
     with pytest.raises(HomeError, match="--home is empty"):
         home_option("")
@@ -406,7 +404,7 @@ def test_home_checks_in_process(tmp_path, monkeypatch):
 
 @pytest.mark.timeout(60)
 def test_a_cifar_batch_that_is_a_device_or_huge_is_refused_unread(tmp_path, monkeypatch):
-    from compression.data import folders, load_data
+    from complab.data import folders, load_data
 
     os.symlink("/dev/zero", tmp_path / "data_batch_1")
     for name in ("data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"):

@@ -8,10 +8,9 @@ import struct
 import numpy as np
 import pytest
 import torch
+from complab.data import load_data
+from complab.errors import DataLoadError
 from PIL import Image
-
-from compression.data import load_data
-from compression.errors import DataLoadError
 
 
 def write_images(folder, classes=("cat", "dog", "fox"), per_class=4, size=20):
@@ -172,7 +171,7 @@ def test_imagefolder_errors_name_the_folder(tmp_path, setup, message):
 
 
 def test_imagefolder_missing_folder_calls_into_loader_directly(tmp_path):
-    from compression.data.folders import load_imagefolder
+    from complab.data.folders import load_imagefolder
 
     with pytest.raises(DataLoadError, match="does not exist"):
         load_data(f"imagefolder:{tmp_path / 'nope'}")

@@ -1,7 +1,7 @@
 """Decoding a compact detector file never runs code: the recorded Ultralytics architecture is allow-listed.
 
 Ultralytics' parse_model eval()s the yaml's activation and calls whatever its globals hold under a
-module's name; `compression.models.yolo_arch` stands between a file and it. These tests use the
+module's name; `complab.models.yolo_arch` stands between a file and it. These tests use the
 crafted file from issue 11, every global name of ultralytics.nn.tasks, and seeded random mutations of
 the demo detector's architecture, each carrying a payload that would create a marker file.
 """
@@ -14,11 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from compression.errors import ModelLoadError
-from compression.models.detector import build_detector, load_detector
-from compression.models.yolo_arch import MODULES, canonical_activation, check_yaml
-from compression.storage import write_file
+from complab.errors import ModelLoadError
+from complab.models.detector import build_detector, load_detector
+from complab.models.yolo_arch import MODULES, canonical_activation, check_yaml
+from complab.storage import write_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,9 +36,9 @@ def test_crafted_file_does_not_run_code_in_cli_eval(tmp_path, demo_architecture)
     arch = copy.deepcopy(demo_architecture)
     arch["yaml"]["activation"] = payload(marker)
     write_file(tmp_path / "evil.clab", {}, {"task": "detect", "architecture": arch, "imgsz": 160}, {})
-    proc = subprocess.run([sys.executable, "-m", "compression.cli", "eval", str(tmp_path / "evil.clab")],
+    proc = subprocess.run([sys.executable, "-m", "complab.cli", "eval", str(tmp_path / "evil.clab")],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "compression")})
     assert not marker.exists(), "decoding the file ran its code"
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -47,7 +46,7 @@ def test_crafted_file_does_not_run_code_in_cli_eval(tmp_path, demo_architecture)
 
 
 def test_every_ultralytics_global_but_the_layers_is_refused(tmp_path, demo_architecture):
-    from compression.models.yolo_env import offline_ultralytics
+    from complab.models.yolo_env import offline_ultralytics
 
     offline_ultralytics()
     import ultralytics.nn.tasks as tasks

@@ -4,11 +4,10 @@ import pickle
 
 import pytest
 import torch
-
-from compression.errors import ModelLoadError
-from compression.methods.cluster import quantized
-from compression.methods.prune import magnitude_mask
-from compression.models.detector import load_detector, load_detector_file, save_detector
+from complab.errors import ModelLoadError
+from complab.methods.cluster import quantized
+from complab.methods.prune import magnitude_mask
+from complab.models.detector import load_detector, load_detector_file, save_detector
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +59,8 @@ def test_untrusted_checkpoint_is_refused_unread(tmp_path):
 
 
 def test_map_of_decoded_file_equals_in_memory(detector, tmp_path):
-    from compression.data.shapes import write_dataset
-    from compression.models.detector import evaluate_detector
+    from complab.data.shapes import write_dataset
+    from complab.models.detector import evaluate_detector
 
     yaml = write_dataset(tmp_path / "shapes", train=0, val=40)
     work = detector.clone()

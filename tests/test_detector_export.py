@@ -6,10 +6,9 @@ import json
 
 import pytest
 import torch
-
-from compression.cli import main
-from compression.export import onnx_bytes
-from compression.models.detector import load_detector
+from complab.cli import main
+from complab.export import onnx_bytes
+from complab.models.detector import load_detector
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -33,8 +32,8 @@ def _onnx_conv_shapes(graph) -> list[tuple[int, ...]]:
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory):
     """The demo detector channel-pruned at keep 0.5, its compact file, and the CLI's exports of that file."""
-    from compression.methods.channels.detector import prune_detector
-    from compression.models.compact import Products
+    from complab.methods.channels.detector import prune_detector
+    from complab.models.compact import Products
 
     folder = tmp_path_factory.mktemp("det-export")
     handle = load_detector().clone()
@@ -87,7 +86,7 @@ def test_pruned_detector_onnx_holds_the_pruned_shapes_and_is_smaller(pruned):
 
 @torch.no_grad()
 def test_pruned_detector_torchscript_gives_the_models_predictions(pruned):
-    from compression.models.detector import load_detector_file
+    from complab.models.detector import load_detector_file
 
     handle, folder, _ = pruned
     x = torch.rand(2, 3, handle.imgsz, handle.imgsz)  # traced at batch 1: the batch stays dynamic

@@ -4,30 +4,29 @@ import json
 
 import pytest
 import torch
-
-from compression.errors import CompressionLabError, DataLoadError
+from complab.errors import CompressionLabError, DataLoadError
 
 
 @pytest.fixture(scope="module")
 def small_yaml(tmp_path_factory):
     """A small shapes dataset (48 train / 24 val images) as a user's YOLO yaml."""
-    from compression.data.shapes import ShapesConfig, write_dataset
+    from complab.data.shapes import ShapesConfig, write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("small-shapes"), train=48, val=24, config=ShapesConfig(seed=7))
 
 
 @pytest.fixture(scope="module")
 def detector():
-    from compression.models.detector import load_detector
+    from complab.models.detector import load_detector
 
     return load_detector()
 
 
 @pytest.fixture(scope="module")
 def compressed_run(detector, small_yaml, tmp_path_factory):
-    from compression.data.detection import load_detection_data
-    from compression.pipeline import compress
-    from compression.plan import Plan
+    from complab.data.detection import load_detection_data
+    from complab.pipeline import compress
+    from complab.plan import Plan
 
     plan = Plan.from_dict({"schema_version": 1, "name": "det-test", "seed": 0, "eval_split": "val", "steps": [
         {"type": "prune", "sparsity": {"_default": 0.5}, "iterations": 1, "finetune_epochs": 1, "lr": 0.0003},
@@ -60,10 +59,9 @@ def test_detector_run_prunes_shares_and_measures_the_decoded_file(compressed_run
 
 
 def test_decoded_detector_gives_the_same_boxes_as_the_in_memory_model(compressed_run):
+    from complab.analysis.detections import predict
+    from complab.models.detector import load_detector_file
     from PIL import Image
-
-    from compression.analysis.detections import predict
-    from compression.models.detector import load_detector_file
 
     result, data, _ = compressed_run
     again = load_detector_file(result.path)
@@ -75,9 +73,9 @@ def test_decoded_detector_gives_the_same_boxes_as_the_in_memory_model(compressed
 
 
 def test_fast_map_equals_ultralytics_validator(detector, small_yaml):
-    from compression.data.detection import load_detection_data
-    from compression.models.detection_metric import FastMap
-    from compression.models.detector import evaluate_model
+    from complab.data.detection import load_detection_data
+    from complab.models.detection_metric import FastMap
+    from complab.models.detector import evaluate_model
 
     data = load_detection_data(f"yolo:{small_yaml}")
     fast = FastMap(data, detector.imgsz)(detector.model)
@@ -88,7 +86,7 @@ def test_fast_map_equals_ultralytics_validator(detector, small_yaml):
 
 
 def test_detection_data_refs_fail_clearly(tmp_path, small_yaml):
-    from compression.data.detection import load_detection_data
+    from complab.data.detection import load_detection_data
 
     with pytest.raises(DataLoadError, match="does not exist"):
         load_detection_data(f"yolo:{tmp_path}/missing.yaml")
@@ -102,7 +100,7 @@ def test_detection_data_refs_fail_clearly(tmp_path, small_yaml):
 
 
 def test_detector_jobs_check_trust_and_data(tmp_path, small_yaml):
-    from compression.engine.jobs import validate
+    from complab.engine.jobs import validate
 
     plan = {"schema_version": 1, "steps": [{"type": "prune", "sparsity": 0.5}]}
     assert validate({"kind": "compress", "model": "detector:demo", "data": "shapes", "plan": plan})["trust"] is False
@@ -117,7 +115,7 @@ def test_detector_jobs_check_trust_and_data(tmp_path, small_yaml):
 
 
 def test_cli_refuses_an_untrusted_detector_and_evaluates_a_file(tmp_path, compressed_run, capsys):
-    from compression.cli import main
+    from complab.cli import main
 
     weights = tmp_path / "yolo.pt"
     weights.write_bytes(b"not read")
@@ -133,7 +131,7 @@ def test_cli_refuses_an_untrusted_detector_and_evaluates_a_file(tmp_path, compre
 
 
 def test_compare_marks_vanished_and_appeared_boxes():
-    from compression.analysis.detections import Box, compare, counts
+    from complab.analysis.detections import Box, compare, counts
 
     original = [Box((0, 0, 10, 10), 0, 0.9), Box((20, 20, 30, 30), 1, 0.8), Box((40, 40, 50, 50), 2, 0.7)]
     compressed = [Box((1, 1, 10, 10), 0, 0.85), Box((20, 20, 30, 30), 2, 0.6), Box((60, 60, 70, 70), 1, 0.5)]
@@ -144,10 +142,10 @@ def test_compare_marks_vanished_and_appeared_boxes():
 
 
 def test_detector_distillation_loss_and_plan(detector, small_yaml, tmp_path):
-    from compression.data.detection import load_detection_data
-    from compression.methods.detect_train import _raw, detection_kd_loss
-    from compression.pipeline import compress
-    from compression.plan import Plan
+    from complab.data.detection import load_detection_data
+    from complab.methods.detect_train import _raw, detection_kd_loss
+    from complab.pipeline import compress
+    from complab.plan import Plan
 
     model = detector.model.eval()
     with torch.no_grad():
@@ -165,8 +163,8 @@ def test_detector_distillation_loss_and_plan(detector, small_yaml, tmp_path):
 
 
 def test_detector_sensitivity_measures_map_per_layer(detector, small_yaml):
-    from compression.analysis.sensitivity import SensitivityConfig, analyze
-    from compression.data.detection import load_detection_data
+    from complab.analysis.sensitivity import SensitivityConfig, analyze
+    from complab.data.detection import load_detection_data
 
     data = load_detection_data(f"yolo:{small_yaml}")
     report = analyze(detector, data, SensitivityConfig(sparsities=(0.0, 0.95), n_clusters=(), val_size=4))
@@ -180,7 +178,7 @@ def test_detector_sensitivity_measures_map_per_layer(detector, small_yaml):
 def test_shipped_detector_recipes_fit_the_demo_detector(detector, name):
     from pathlib import Path
 
-    from compression.plan import Plan, resolve_all
+    from complab.plan import Plan, resolve_all
 
     recipe = Path(__file__).resolve().parents[1] / "assets" / "recipes" / name
     plan = Plan.from_json(recipe.read_text()).validate(list(detector.prunable_layers()))  # every pattern matches
@@ -188,9 +186,9 @@ def test_shipped_detector_recipes_fit_the_demo_detector(detector, name):
         sparsity = resolve_all(plan.steps[0].sparsity, list(detector.prunable_layers()))
         assert sparsity["model.7.conv"] == 0.9 and sparsity["model.0.conv"] == 0.65
     if name == "detector_channels.json":  # the GA over every channel group, the head's kept at 0.75
-        from compression.methods.channels.detector import head_outputs
-        from compression.methods.channels.graph import channel_groups, group_ratio
-        from compression.models.yolo_prunable import make_prunable
+        from complab.methods.channels.detector import head_outputs
+        from complab.methods.channels.graph import channel_groups, group_ratio
+        from complab.models.yolo_prunable import make_prunable
 
         model = detector.clone().model
         make_prunable(model)
@@ -203,11 +201,11 @@ def test_shipped_detector_recipes_fit_the_demo_detector(detector, name):
 
 
 def test_fold_bn_step_shrinks_the_file_and_decodes_fused(detector, small_yaml, tmp_path):
-    from compression.data.detection import load_detection_data
-    from compression.errors import PlanError
-    from compression.models.detector import is_fused, load_detector_file
-    from compression.pipeline import compress
-    from compression.plan import Plan
+    from complab.data.detection import load_detection_data
+    from complab.errors import PlanError
+    from complab.models.detector import is_fused, load_detector_file
+    from complab.pipeline import compress
+    from complab.plan import Plan
 
     steps = [{"type": "prune", "sparsity": {"_default": 0.5}, "iterations": 1, "finetune_epochs": 0},
              {"type": "fold_bn"},
@@ -227,9 +225,9 @@ def test_fold_bn_step_shrinks_the_file_and_decodes_fused(detector, small_yaml, t
 
 
 def test_fold_bn_is_refused_for_a_classifier(lenet5, digits28, tmp_path):
-    from compression.errors import PlanError
-    from compression.pipeline import compress
-    from compression.plan import Plan
+    from complab.errors import PlanError
+    from complab.pipeline import compress
+    from complab.plan import Plan
 
     plan = Plan.from_dict({"schema_version": 1, "steps": [{"type": "fold_bn"}]})
     with pytest.raises(PlanError, match="implemented for YOLO detectors"):
@@ -237,9 +235,9 @@ def test_fold_bn_is_refused_for_a_classifier(lenet5, digits28, tmp_path):
 
 
 def test_changed_images_lists_the_most_changed_first(detector, small_yaml):
-    from compression.analysis.detections import changed_images
-    from compression.data.detection import load_detection_data
-    from compression.methods.prune import magnitude_mask
+    from complab.analysis.detections import changed_images
+    from complab.data.detection import load_detection_data
+    from complab.methods.prune import magnitude_mask
 
     paths = load_detection_data(f"yolo:{small_yaml}").val_images(limit=6)
     same = changed_images(detector.model, detector.model, paths, 160)

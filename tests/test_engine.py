@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from compression import engine
-from compression.engine.dispatcher import try_lock
-from compression.engine.store import RunStore
-from compression.errors import CompressionLabError
+from complab import engine
+from complab.engine.dispatcher import try_lock
+from complab.engine.store import RunStore
+from complab.errors import CompressionLabError
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = json.loads((ROOT / "assets" / "recipes" / "quick.json").read_text())
@@ -79,7 +78,7 @@ def test_submit_runs_to_success_and_survives_restart(tmp_path):
     assert [r["id"] for r in engine.list_runs(root=tmp_path, kind="compress")] == [run_id]
     assert engine.list_runs(root=tmp_path, kind="sensitivity") == []
     # a new process (the app restarted) sees the run and its results
-    code = ("import json, sys; from compression import engine; "
+    code = ("import json, sys; from complab import engine; "
             "print(json.dumps([(r['id'], r['state'], r['metrics']['compression_ratio']) "
             "for r in engine.list_runs(root=sys.argv[1])]))")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
@@ -162,7 +161,7 @@ def test_concurrent_clients_get_distinct_ids_and_all_finish(tmp_path, test_jobs)
         ids.append(engine.submit(quick_job(finetune_epochs=0), root=tmp_path))
         ids.append(engine.submit({"kind": "test-sleep", "seconds": 0.5}, root=tmp_path))
 
-    code = ("import sys; from compression import engine; "
+    code = ("import sys; from complab import engine; "
             "print(*[engine.submit({'kind': 'test-sleep', 'seconds': 0.5}, root=sys.argv[1]) for _ in range(2)])")
     other = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     threads = [threading.Thread(target=client) for _ in range(2)]
@@ -253,7 +252,7 @@ def test_invalid_jobs_rejected_nothing_queued(tmp_path, job, message):
 
 
 def test_cli_submit_runs_cancel(tmp_path, capsys):
-    from compression.cli import main
+    from complab.cli import main
 
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps(quick_job()["plan"]))

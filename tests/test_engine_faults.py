@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from compression import engine
-from compression.engine.store import RunStore, StoreError
+from complab import engine
+from complab.engine.store import RunStore, StoreError
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(120)
@@ -40,7 +39,7 @@ def finished_runs(root: Path) -> dict[str, str]:
         folder = store.run_dir(run_id)
         metrics = None
         if state == "succeeded":
-            # the fields every compression run's metrics.json has (compression/runfolder.py checks them)
+            # the fields every compression run's metrics.json has (compression/complab/runfolder.py checks them)
             metrics = {"compression_ratio": 12.5, "before": {"accuracy": 0.95, "fp32_bytes": 50},
                        "after": {"accuracy": 0.9, "compressed_bytes": 4}}
             (folder / "model.clab").write_bytes(b"CLAB")
@@ -79,8 +78,8 @@ def corrupt(root: Path, how: str) -> bytes:
 
 
 def cli(*args: str, home: Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "compression.cli", *args, "--home", str(home)], capture_output=True,
-                          text=True, timeout=90, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.run([sys.executable, "-m", "complab.cli", *args, "--home", str(home)], capture_output=True,
+                          text=True, timeout=90, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT / "compression")})
 
 
 @pytest.mark.parametrize("how", ["random", "truncated", "directory", "empty"])

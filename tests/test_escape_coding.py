@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from compression.errors import FormatError
-from compression.storage import decode_state, encode_state, inspect_bytes
-from compression.storage._bits import ByteReader, varint
-from compression.storage.escape import MAX_ESCAPE, MAX_KEEP, MAX_VALUE, decode_escaped, encode_escaped
-from compression.storage.sections import MAX_INDEX_CONTEXTS, decode_section, encode_indices, gap_classes
+from complab.errors import FormatError
+from complab.storage import decode_state, encode_state, inspect_bytes
+from complab.storage._bits import ByteReader, varint
+from complab.storage.escape import MAX_ESCAPE, MAX_KEEP, MAX_VALUE, decode_escaped, encode_escaped
+from complab.storage.sections import MAX_INDEX_CONTEXTS, decode_section, encode_indices, gap_classes
 
 FIXTURE = Path(__file__).parent / "fixtures" / "format_v1_sections.clab"
 
@@ -119,7 +118,7 @@ def test_a_tensor_whose_indices_follow_its_gaps_uses_a_context_and_round_trips()
 
 def test_the_positions_overhead_is_measured_against_the_gaps_own_entropy():
     """entropy_bytes of a v2 positions stream is n * H(gaps) / 8 of the gaps (not of the escape symbols)."""
-    from compression.storage.entropy import empirical_entropy_bytes
+    from complab.storage.entropy import empirical_entropy_bytes
 
     rng = np.random.default_rng(3)
     weight = torch.zeros(300_000)

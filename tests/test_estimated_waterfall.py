@@ -20,15 +20,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def quick_plan():
-    from compression.plan import Plan
+    from complab.plan import Plan
 
     return Plan.from_json((ROOT / "assets" / "recipes" / "quick.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def estimated(lenet5, quick_plan):
-    from compression.analysis.estimate import estimate, estimated_waterfall, model_stats
-    from compression.ui.plan_form import settings_from_plan
+    from complab.analysis.estimate import estimate, estimated_waterfall, model_stats
+    from complab.ui.plan_form import settings_from_plan
 
     stats = model_stats(lenet5)
     settings = settings_from_plan(quick_plan, list(lenet5.prunable_layers()))
@@ -45,7 +45,7 @@ def test_estimated_bars_add_up_to_the_estimated_total(estimated):
 
 
 def test_estimated_bars_add_up_to_a_total_the_channel_section_changed(lenet5):
-    from compression.analysis.estimate import estimate, estimated_waterfall, model_stats
+    from complab.analysis.estimate import estimate, estimated_waterfall, model_stats
 
     stats = model_stats(lenet5)
     settings = {name: (0.7, None) for name in stats.layers}  # sparse fp32 values: the zstd bar
@@ -59,7 +59,7 @@ def test_estimated_bars_add_up_to_a_total_the_channel_section_changed(lenet5):
 def test_shared_biases_are_a_bar_of_their_own_not_structure(lenet5):
     """bias_clusters changes the estimate's total through the biases: the waterfall counts that saving under the
     indices (values become indices and a codebook), with no 'structure' bar, and still adds up."""
-    from compression.analysis.estimate import estimate, estimated_waterfall, model_stats
+    from complab.analysis.estimate import estimate, estimated_waterfall, model_stats
 
     stats = model_stats(lenet5)
     settings = {name: (0.9, 8) for name in stats.layers}
@@ -74,8 +74,8 @@ def test_shared_biases_are_a_bar_of_their_own_not_structure(lenet5):
 
 
 def test_estimated_parts_are_close_to_the_real_file(estimated, lenet5, digits28, quick_plan, tmp_path):
-    from compression.analysis import report
-    from compression.pipeline import compress
+    from complab.analysis import report
+    from complab.pipeline import compress
 
     est, waterfall = estimated
     result = compress(lenet5, quick_plan, digits28, tmp_path, latency=False)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from compression.errors import CompressionLabError
+from complab.errors import CompressionLabError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -34,7 +34,7 @@ def sandbox(tmp_path, monkeypatch):
 
 def test_selftest_fires_every_counter():
     """11 planted cases: each counter the issue's "done when" reads is nonzero exactly where a failure was planted."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "compression")}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fuzz_campaign.py"), "--selftest"], env=env,
                           capture_output=True, text=True, timeout=300, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -124,7 +124,7 @@ def test_folder_cases_build_each_kind(sandbox):
 
 def test_clab_cases_are_small_files_naming_big_models():
     """The memory reproductions: a few hundred bytes each, so their peak counts in worst_rss_growth_per_kb_mb."""
-    from compression.storage import inspect_header
+    from complab.storage import inspect_header
 
     seen = set()
     for index in range(16):

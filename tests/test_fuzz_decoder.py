@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from compression.errors import CompressionLabError, FormatError
-from compression.models.compact import handle_from_decoded, load_compressed, save_compressed
-from compression.models.handle import load_model
-from compression.storage import decode_state, encode_state, inspect_bytes
-from compression.storage._bits import varint
-from compression.storage.codec import HEADER, HEADER_BYTES, MAGIC
+from complab.errors import CompressionLabError, FormatError
+from complab.models.compact import handle_from_decoded, load_compressed, save_compressed
+from complab.models.handle import load_model
+from complab.storage import decode_state, encode_state, inspect_bytes
+from complab.storage._bits import varint
+from complab.storage.codec import HEADER, HEADER_BYTES, MAGIC
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_META = {"producer": "test", "task": "classify",
@@ -88,9 +87,9 @@ BOMBS = {"shared 2**29": shared_bomb, "zstd 512 MiB": zstd_bomb, "rq codes": rq_
 _CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
-from compression.errors import CompressionLabError
-from compression.models.compact import load_compressed
-from compression.storage import decode_state, inspect_bytes
+from complab.errors import CompressionLabError
+from complab.models.compact import load_compressed
+from complab.storage import decode_state, inspect_bytes
 
 def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -261,7 +260,7 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
 
 def fuzz_base_files() -> list[bytes]:
     """Small files with every section type: raw (plain and zstd), shared (dense and with positions), sparse, vq."""
-    from compression.storage.vq_section import Quantized
+    from complab.storage.vq_section import Quantized
 
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(16, 12, generator=generator)

@@ -10,38 +10,38 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = "compression"
-ROOT = Path(__file__).resolve().parents[1] / PACKAGE
+PACKAGE = "complab"
+ROOT = Path(__file__).resolve().parents[1] / "compression" / PACKAGE  # the source folder holds the package
 
 # Layer of each part of the package, lowest first; a module may import from its own layer or lower.
-# The longest matching prefix wins ("compression.methods.x" -> methods); the bare root package and
+# The longest matching prefix wins ("complab.methods.x" -> methods); the bare root package and
 # anything not listed (a new ground-floor module) is layer 0.
 LAYERS: dict[str, int] = {
     # 0 ground floor: compression/__init__, errors, paths, plan, metrics, devices, data/*, storage/*
-    "compression": 0,
-    "compression.errors": 0,
-    "compression.paths": 0,
-    "compression.plan": 0,
-    "compression.metrics": 0,
-    "compression.devices": 0,
-    "compression.data": 0,
-    "compression.storage": 0,
+    "complab": 0,
+    "complab.errors": 0,
+    "complab.paths": 0,
+    "complab.plan": 0,
+    "complab.metrics": 0,
+    "complab.devices": 0,
+    "complab.data": 0,
+    "complab.storage": 0,
     # 1 handles and compact-file adapters
-    "compression.models": 1,
+    "complab.models": 1,
     # 2 one file (or folder) per method
-    "compression.methods": 2,
+    "complab.methods": 2,
     # 3 what composes methods: the pipeline, analyses, model sources, export, demo trainers
-    "compression.pipeline": 3,
-    "compression.analysis": 3,
-    "compression.sources": 3,
-    "compression.export": 3,
-    "compression.codeload": 3,
-    "compression.demo": 3,
+    "complab.pipeline": 3,
+    "complab.analysis": 3,
+    "complab.sources": 3,
+    "complab.export": 3,
+    "complab.codeload": 3,
+    "complab.demo": 3,
     # 4 jobs and the run store
-    "compression.engine": 4,
+    "complab.engine": 4,
     # 5 the front ends
-    "compression.cli": 5,
-    "compression.ui": 5,
+    "complab.cli": 5,
+    "complab.ui": 5,
 }
 
 
@@ -118,12 +118,12 @@ def test_no_module_imports_a_higher_layer():
 
 def test_the_checker_catches_an_upward_import():
     snippet = ast.parse("import torch\n"
-                        "from compression import errors\n"
+                        "from complab import errors\n"
                         "def f():\n"
                         "    from ..engine import store\n"
-                        "    from compression.methods.prune import bake\n")
-    offenders = upward_imports(snippet, "compression.models.compact")
-    assert offenders == ["compression.models.compact:4 -> compression.engine.store (layer 1 -> 4)",  # relative
-                         "compression.models.compact:5 -> compression.methods.prune (layer 1 -> 2)"]  # in a function
-    assert upward_imports(snippet, "compression.cli") == []
-    assert layer_of("compression.methods.channels.ga") == 2 and layer_of("compression.devices") == 0
+                        "    from complab.methods.prune import bake\n")
+    offenders = upward_imports(snippet, "complab.models.compact")
+    assert offenders == ["complab.models.compact:4 -> complab.engine.store (layer 1 -> 4)",  # relative
+                         "complab.models.compact:5 -> complab.methods.prune (layer 1 -> 2)"]  # in a function
+    assert upward_imports(snippet, "complab.cli") == []
+    assert layer_of("complab.methods.channels.ga") == 2 and layer_of("complab.devices") == 0

@@ -3,9 +3,8 @@
 import kmeans1d
 import numpy as np
 import pytest
-
-from compression.methods import kmeans1d as module
-from compression.methods.kmeans1d import kmeans_1d, quantize_to_centroids, sse
+from complab.methods import kmeans1d as module
+from complab.methods.kmeans1d import kmeans_1d, quantize_to_centroids, sse
 
 
 def optimal_sse(values: np.ndarray, k: int) -> float:

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = sorted((ROOT / "compression").rglob("*.py"))
+SOURCES = sorted((ROOT / "compression" / "complab").rglob("*.py"))
 
 
 def _offenders(pattern: str, allowed: set[str] = frozenset(), paths: list[Path] = SOURCES) -> list[str]:
@@ -28,7 +28,7 @@ def test_nothing_rides_on_attributes_of_the_model():
 
 
 def test_only_the_source_loader_reads_a_detector_prefix():
-    assert _offenders(r"""startswith\(\s*["']detector:""", {"compression/sources.py"}) == []
+    assert _offenders(r"""startswith\(\s*["']detector:""", {"compression/complab/sources.py"}) == []
     assert _offenders(r"""startswith\(\s*["']ultralytics""") == []
 
 

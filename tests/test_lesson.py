@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from complab import engine
+from complab.analysis import lesson
+from complab.engine.jobs import validate
+from complab.engine.sweeps import content_key
 from streamlit.testing.v1 import AppTest
-
-from compression import engine
-from compression.analysis import lesson
-from compression.engine.jobs import validate
-from compression.engine.sweeps import content_key
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(600)
@@ -57,9 +56,9 @@ def test_texts_say_the_measured_numbers():
 
 def test_coding_and_decoding_read_the_file(tmp_path):
     """Step 4's numbers add up with the file's own sections; step 5 decodes the file and classifies digits."""
-    from compression import sources
-    from compression.analysis import report
-    from compression.pipeline import compress
+    from complab import sources
+    from complab.analysis import report
+    from complab.pipeline import compress
 
     handle, data = sources.load(lesson.LESSON_SPEC)
     result = compress(handle, lesson.step_plan("share", lesson.FAST), data, tmp_path, latency=False)

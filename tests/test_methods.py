@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+from complab import metrics
+from complab.methods import cluster, prune
+from complab.methods.context import Cancelled, StepContext
+from complab.plan import ClusterStep, PruneStep
 from torch.nn.utils import parametrize
-
-from compression import metrics
-from compression.methods import cluster, prune
-from compression.methods.context import Cancelled, StepContext
-from compression.plan import ClusterStep, PruneStep
 
 
 def context(handle, data, **kwargs):
@@ -32,7 +31,7 @@ def test_pruned_weights_stay_zero_through_finetuning(lenet300, digits28):
     zeros = fc1 == 0
     # fine-tune again under the same masks: zeros must stay exactly zero, the rest must move
     prune.apply_masks(work.model, {"fc1": (~zeros).float()})
-    from compression.methods.finetune import TrainConfig, train
+    from complab.methods.finetune import TrainConfig, train
 
     train(work.model, digits28.train, TrainConfig(epochs=1, lr=1e-3))
     prune.bake(work.model)
@@ -102,10 +101,9 @@ def test_cancel_stops_a_step(lenet300, digits28):
 
 def test_attention_in_proj_weight_is_pruned_and_shared():
     """nn.MultiheadAttention (ViT) keeps its input projection in `in_proj_weight`: layer `attn.in_proj` reaches it."""
+    from complab.data import DataBundle
     from torch import nn
     from torch.utils.data import TensorDataset
-
-    from compression.data import DataBundle
 
     class Block(nn.Module):
         def __init__(self) -> None:
@@ -133,9 +131,9 @@ def test_attention_in_proj_weight_is_pruned_and_shared():
 def test_bias_clusters_share_each_clustered_layers_bias(lenet300, digits28, tmp_path):
     """bias_clusters: each clustered layer's bias holds at most k values after fine-tuning, the file stores it as a
     shared section (numel >= 64) and shrinks, and the plan page's estimate follows the real bytes."""
-    from compression.analysis.estimate import estimate, model_stats
-    from compression.pipeline import compress
-    from compression.plan import Plan
+    from complab.analysis.estimate import estimate, model_stats
+    from complab.pipeline import compress
+    from complab.plan import Plan
 
     work = lenet300.clone()
     step = ClusterStep(n_clusters={"fc1": 8, "fc2": 8}, bias_clusters=16, finetune_epochs=1)

@@ -3,9 +3,8 @@
 import json
 
 import pytest
-
-from compression.errors import PlanError
-from compression.plan import ClusterStep, Plan, PruneStep, resolve, resolve_all
+from complab.errors import PlanError
+from complab.plan import ClusterStep, Plan, PruneStep, resolve, resolve_all
 
 LAYERS = ["fc1", "fc2", "fc3"]
 
@@ -78,7 +77,7 @@ def test_impossible_plans_rejected():
 
 
 def test_with_fold_bn_goes_after_pruning_and_before_sharing():
-    from compression.ui.plan_form import plan_from_settings, with_fold_bn
+    from complab.ui.plan_form import plan_from_settings, with_fold_bn
 
     plan = with_fold_bn(plan_from_settings({"a": (0.5, 16), "b": (0.0, 8)}, "p"))
     assert [step.type for step in plan.steps] == ["prune", "fold_bn", "cluster"]

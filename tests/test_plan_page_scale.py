@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # --- human(): big numbers a metric box can show ---------------------------------------------------------------
 
 def test_human_keeps_small_numbers_exact_and_prefixes_big_ones():
-    from compression.ui.numbers import human
+    from complab.ui.numbers import human
 
     assert human(431_080) == "431,080"  # six digits fit: exact
     assert human(8_174_317_568) == "8.17 G"
@@ -38,7 +38,7 @@ REPORT = {"base_accuracy": 0.9, "layers": {
 
 
 def test_layer_curve_reads_points_in_order_and_which_were_measured():
-    from compression.ui.sparkline import layer_curve
+    from complab.ui.sparkline import layer_curve
 
     curve = layer_curve(REPORT, "conv1")
     assert curve.xs == (0.1, 0.5, 0.9) and curve.accuracies == (0.9, 0.89, 0.4)
@@ -51,7 +51,7 @@ def test_layer_curve_reads_points_in_order_and_which_were_measured():
 
 
 def test_sparkline_marks_the_setting_and_hollow_estimated_points():
-    from compression.ui.sparkline import accuracy_at, layer_curve, sparkline
+    from complab.ui.sparkline import accuracy_at, layer_curve, sparkline
 
     curve = layer_curve(REPORT, "conv1")
     svg = sparkline(curve, 0.7, width=100, height=20)
@@ -72,9 +72,8 @@ def test_sparkline_marks_the_setting_and_hollow_estimated_points():
 
 def test_layer_groups_follow_the_module_names():
     import torchvision
-
-    from compression.metrics import weight_layers
-    from compression.ui.plan_form import layer_groups
+    from complab.metrics import weight_layers
+    from complab.ui.plan_form import layer_groups
 
     resnet = list(weight_layers(torchvision.models.resnet50()))
     groups = layer_groups(resnet)
@@ -89,7 +88,7 @@ def test_layer_groups_follow_the_module_names():
 
 
 def test_filter_layers_by_pattern_and_size():
-    from compression.ui.plan_form import filter_layers
+    from complab.ui.plan_form import filter_layers
 
     layers = ["layer1.0.conv1", "layer3.1.conv2", "fc"]
     numel = {"layer1.0.conv1": 4096, "layer3.1.conv2": 589_824, "fc": 2_048_000}
@@ -102,7 +101,7 @@ def test_filter_layers_by_pattern_and_size():
 # --- the faster layer statistics give the same numbers ----------------------------------------------------------
 
 def test_kept_mask_equals_a_stable_argsort_with_ties():
-    from compression.analysis.estimate import _kept_mask
+    from complab.analysis.estimate import _kept_mask
 
     rng = np.random.default_rng(0)
     values = rng.integers(-5, 6, 5000).astype(np.float32)  # many ties, exact zeros
@@ -115,7 +114,7 @@ def test_kept_mask_equals_a_stable_argsort_with_ties():
 
 
 def test_sorted_magnitudes_from_the_signed_sort():
-    from compression.analysis.estimate import _sorted_magnitudes
+    from complab.analysis.estimate import _sorted_magnitudes
 
     values = np.concatenate((np.random.default_rng(2).standard_normal(3001), [0.0, -0.0, 0.0, -1.5, 1.5]))
     values = values.astype(np.float32)
@@ -124,7 +123,7 @@ def test_sorted_magnitudes_from_the_signed_sort():
 
 
 def test_equal_count_bins_equal_array_split():
-    from compression.analysis.estimate import _equal_count_bins
+    from complab.analysis.estimate import _equal_count_bins
 
     values = np.sort(np.random.default_rng(1).standard_normal(10_007).astype(np.float32))
     centers, counts = _equal_count_bins(values, 2048)
@@ -135,9 +134,8 @@ def test_equal_count_bins_equal_array_split():
 
 def test_flops_from_a_weightless_copy_match_the_real_forward():
     import torchvision
-
-    from compression import metrics
-    from compression.analysis.estimate import _layer_flops
+    from complab import metrics
+    from complab.analysis.estimate import _layer_flops
 
     model = torchvision.models.resnet18(num_classes=10).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -151,7 +149,7 @@ def test_flops_from_a_weightless_copy_match_the_real_forward():
 
 def test_a_link_reopens_an_uploaded_state_dict_and_nothing_else(tmp_path, monkeypatch):
     monkeypatch.setenv("COMPRESSION_LAB_HOME", str(tmp_path / "home"))
-    from compression.ui.state import link_params, save_upload, spec_from_link, uploads_folder
+    from complab.ui.state import link_params, save_upload, spec_from_link, uploads_folder
 
     folder = uploads_folder()
     path = save_upload(b"state dict bytes", "resnet18.pt")
@@ -182,8 +180,8 @@ def test_a_link_reopens_an_uploaded_state_dict_and_nothing_else(tmp_path, monkey
 
 
 def test_compress_job_carries_the_prediction_once_the_engine_knows_it(monkeypatch):
-    from compression.engine import jobs
-    from compression.ui.state import compress_job
+    from complab.engine import jobs
+    from complab.ui.state import compress_job
 
     spec = {"model": "demo:lenet5", "data": "digits"}
     predicted = {"accuracy": 0.97, "drop": 0.01, "low": 0.0, "high": 0.01, "model": "additive"}
@@ -202,7 +200,7 @@ def resnet18_upload(tmp_path, monkeypatch):
     import torchvision
 
     monkeypatch.setenv("COMPRESSION_LAB_HOME", str(tmp_path / "home"))
-    from compression.ui.state import save_upload
+    from complab.ui.state import save_upload
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10)
@@ -284,7 +282,7 @@ def test_fold_bn_checkbox_recomputes_the_detector_statistics(tmp_path, monkeypat
 
 
 def test_layer_bytes_memo_answers_as_a_fresh_computation(lenet5):
-    from compression.analysis.estimate import _layer_bytes, estimate, layer_bytes, model_stats
+    from complab.analysis.estimate import _layer_bytes, estimate, layer_bytes, model_stats
 
     stats = model_stats(lenet5)
     settings = {name: (0.8, 16) for name in stats.layers}

@@ -13,7 +13,7 @@ TIMEOUT = 120
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     """A data folder with two finished quick runs on demo:lenet5 (the second one listed first: newest)."""
-    from compression import engine
+    from complab import engine
 
     home = tmp_path_factory.mktemp("present")
     quick = json.loads((ROOT / "assets" / "recipes" / "quick.json").read_text())

@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from compression import engine
-from compression.engine import ray_backend
-from compression.errors import CompressionLabError
+from complab import engine
+from complab.engine import ray_backend
+from complab.errors import CompressionLabError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +57,7 @@ def scenario(tmp_path_factory):
 @pytest.mark.ray
 @pytest.mark.timeout(480)
 def test_runs_land_on_both_nodes_and_their_files_decode(scenario):
-    from compression import sources
+    from complab import sources
 
     runs = scenario["runs"]
     assert all(run["state"] == "succeeded" for run in runs.values()), runs
@@ -102,7 +101,7 @@ def test_runs_land_on_both_nodes_and_their_files_decode(scenario):
 @pytest.mark.ray
 @pytest.mark.timeout(480)
 def test_a_sweep_through_the_cli_lands_on_both_nodes_and_its_files_decode(scenario):
-    from compression import engine, sources
+    from complab import engine, sources
 
     sweep = scenario["sweep"]
     home = Path(sweep["home"])
@@ -174,7 +173,7 @@ def test_a_dead_node_fails_its_run_only_and_the_store_stays_consistent(scenario)
     home = Path(scenario["death_home"])
     assert not (home / "runs" / victim / "metrics.json").exists()  # a failed run keeps no results
     # a fresh process (the app after a restart, without Ray) lists every run as the folders record it
-    listed = subprocess.run([sys.executable, "-m", "compression.cli", "runs", "--home", str(home)], cwd=ROOT,
+    listed = subprocess.run([sys.executable, "-m", "complab.cli", "runs", "--home", str(home)], cwd=ROOT,
                             capture_output=True, text=True, timeout=120,
                             env={**os.environ, "COMPRESSION_LAB_RAY": "local"})
     assert listed.returncode == 0, listed.stderr
@@ -187,7 +186,7 @@ def test_a_dead_node_fails_its_run_only_and_the_store_stays_consistent(scenario)
 # --- without a cluster ---------------------------------------------------------------------------------------
 
 def test_importing_the_engine_does_not_import_ray():
-    code = "import sys, compression.engine, compression.engine.dispatcher; print('ray' in sys.modules)"
+    code = "import sys, complab.engine, complab.engine.dispatcher; print('ray' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.stdout.strip() == "False", done.stderr
 
@@ -265,7 +264,7 @@ def test_switching_the_engine_hands_the_queue_to_the_new_one(tmp_path, monkeypat
 
 
 def test_the_cli_ray_option_is_kept_in_the_data_folder(tmp_path, monkeypatch, capsys):
-    from compression import cli
+    from complab import cli
 
     monkeypatch.setenv(ray_backend.ENV, "unset-by-the-test")  # restored after the test: --ray sets it here
     assert cli.main(["--ray", "10.0.0.5:6379", "runs", "--home", str(tmp_path)]) == 0
@@ -287,9 +286,8 @@ def test_a_task_asks_for_a_gpu_only_where_the_cluster_has_one(monkeypatch):
 
 def test_the_app_takes_ray_after_a_double_dash(tmp_path, monkeypatch):
     """`streamlit run app.py -- --ray ADDRESS` stores the address for the dispatcher and the CLI to share."""
+    from complab.ui import state
     from streamlit.testing.v1 import AppTest
-
-    from compression.ui import state
 
     monkeypatch.setenv("COMPRESSION_LAB_HOME", str(tmp_path))
     monkeypatch.delenv(ray_backend.ENV, raising=False)

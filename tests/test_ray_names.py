@@ -4,8 +4,8 @@ import pytest
 
 pytest.importorskip("ray")
 
-from compression.engine.ray_dispatch import _CACHE_NAME, checked_files  # noqa: E402
-from compression.errors import CompressionLabError  # noqa: E402
+from complab.engine.ray_dispatch import _CACHE_NAME, checked_files  # noqa: E402
+from complab.errors import CompressionLabError  # noqa: E402
 
 
 def test_plain_result_names_pass():

@@ -9,9 +9,8 @@ import re
 import time
 
 import pytest
-
-from compression.errors import PlanError
-from compression.plan import MAX_NAME_CHARS, MAX_RECIPE_BYTES, Plan, compile_pattern, pattern_matches, resolve
+from complab.errors import PlanError
+from complab.plan import MAX_NAME_CHARS, MAX_RECIPE_BYTES, Plan, compile_pattern, pattern_matches, resolve
 
 RESNET18_LAYERS = ["conv1", "bn1"] + [f"layer{i}.{j}.{part}" for i in range(1, 5) for j in range(2)
                                       for part in ("conv1", "bn1", "conv2", "bn2")] + [

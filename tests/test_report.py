@@ -1,4 +1,4 @@
-"""The HTML report (`compression-lab report`): self-contained, its numbers the runs' own, its bytes adding up."""
+"""The HTML report (`complab report`): self-contained, its numbers the runs' own, its bytes adding up."""
 
 import json
 import re
@@ -6,8 +6,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-
-from compression.cli import main
+from complab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = {"model": "demo:lenet5", "weights": None, "data": "digits", "input_size": None, "mean": None, "std": None}
@@ -30,7 +29,7 @@ def quick_plan(n_clusters: int) -> dict:
 @pytest.fixture(scope="module")
 def classifier_home(tmp_path_factory):
     """Two finished LeNet-5 runs on digits (the first with CPU latency measured)."""
-    from compression import engine
+    from complab import engine
 
     home = tmp_path_factory.mktemp("report-home")
     ids = [engine.submit({"kind": "compress", **DIGITS, "plan": quick_plan(16), "latency": True}, root=home),
@@ -125,7 +124,7 @@ def test_classifier_report_is_self_contained_and_its_numbers_are_the_runs(classi
 
 
 def test_waterfall_parts_come_from_the_files_sections(classifier_home):
-    from compression.analysis import report
+    from complab.analysis import report
 
     home, ids = classifier_home
     rows = report.file_rows(home / "runs" / ids[1])
@@ -138,7 +137,7 @@ def test_waterfall_parts_come_from_the_files_sections(classifier_home):
 
 
 def test_report_bad_input_exits_2_with_a_message(classifier_home, tmp_path, capsys, monkeypatch):
-    from compression import engine
+    from complab import engine
 
     home, ids = classifier_home
     out = tmp_path / "r.html"
@@ -168,7 +167,7 @@ def test_report_bad_input_exits_2_with_a_message(classifier_home, tmp_path, caps
 
 
 def test_pdf_without_chromium_says_so(classifier_home, tmp_path, capsys, monkeypatch):
-    from compression.ui import report as html_report
+    from complab.ui import report as html_report
 
     home, ids = classifier_home
     monkeypatch.setattr(html_report.shutil, "which", lambda name: None)
@@ -178,7 +177,7 @@ def test_pdf_without_chromium_says_so(classifier_home, tmp_path, capsys, monkeyp
 
 
 def test_detector_report_has_the_image_grid(tmp_path, capsys):
-    from compression import engine
+    from complab import engine
 
     home = tmp_path / "home"
     run_id = engine.submit({"kind": "compress", **DETECTOR, "plan": DETECTOR_PLAN, "latency": False}, root=home)

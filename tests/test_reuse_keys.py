@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from complab import engine, sources
+from complab.cli import main
+from complab.engine import keys
 from PIL import Image
-
-from compression import engine, sources
-from compression.cli import main
-from compression.engine import keys
 
 pytestmark = pytest.mark.timeout(300)
 REPO = Path(__file__).resolve().parents[1]
@@ -217,7 +216,7 @@ def test_eval_measures_with_the_runs_normalisation(tmp_path, capsys):
     captured = capsys.readouterr()
     assert json.loads(captured.out)["accuracy"] == run["accuracy_after"] == 0.75
     assert "note" not in captured.err
-    from compression.data.digits import DIGITS_MEAN, DIGITS_STD
+    from complab.data.digits import DIGITS_MEAN, DIGITS_STD
 
     assert main(["eval", str(out / "model.clab"), "--mean", str(DIGITS_MEAN[0]), "--std", str(DIGITS_STD[0])]) == 0
     captured = capsys.readouterr()
@@ -230,7 +229,7 @@ def test_eval_measures_with_the_runs_normalisation(tmp_path, capsys):
 def test_a_file_without_recorded_normalisation_still_evaluates_with_a_note(tmp_path, capsys):
     import dataclasses
 
-    from compression.models.handle import load_model
+    from complab.models.handle import load_model
 
     images = write_digit_folders(tmp_path / "images", per_class=2)
     old = dataclasses.replace(load_model("demo:lenet5"), mean=None, std=None)  # as an older release wrote it
@@ -247,7 +246,7 @@ def test_a_file_without_recorded_normalisation_still_evaluates_with_a_note(tmp_p
 
 CONCURRENT = """
 import json, sys, time
-from compression import engine
+from complab import engine
 start, home, how = float(sys.argv[1]), sys.argv[2], sys.argv[3]
 jobs = [{"kind": "test-sleep", "seconds": 0.2 + i / 10} for i in range(3)]
 while time.time() < start:
@@ -267,7 +266,7 @@ def test_identical_submissions_at_once_become_one_run(tmp_path, test_jobs, how):
     home = tmp_path / "home"
     engine.settings(root=home, max_workers=3)
     start = time.time() + 3  # every process imported and waiting by then
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COMPRESSION_LAB_TEST_JOBS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "compression"), "COMPRESSION_LAB_TEST_JOBS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT, str(start), str(home), how], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
     answers = []

@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from compression import runfolder
-from compression.cli import main
+from complab import runfolder
+from complab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = {"model": "demo:lenet5", "weights": None, "data": "digits", "input_size": None, "mean": None, "std": None}
@@ -33,7 +32,7 @@ def quick_plan() -> dict:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A data folder with one finished LeNet-5 compression run: (home, run id)."""
-    from compression import engine
+    from complab import engine
 
     home = tmp_path_factory.mktemp("runfolders-home")
     run_id = engine.submit({"kind": "compress", **DIGITS, "plan": quick_plan(), "latency": False}, root=home)
@@ -128,7 +127,7 @@ def test_compare_page_over_a_received_folder_runs_nothing(finished, tmp_path, mo
 
 def test_compare_report_loaders_headless_never_load_the_original(finished, tmp_path):
     """What the Compare page's download calls (load_report_runs + report_html), without Streamlit."""
-    from compression.ui.report import load_report_runs, report_html
+    from complab.ui.report import load_report_runs, report_html
 
     home, run_id = finished
     marker = tmp_path / "executed"
@@ -174,7 +173,7 @@ def test_report_escapes_json_and_text_from_the_folder(finished, tmp_path):
 
 
 def test_json_for_html_escapes_what_closes_a_script():
-    from compression.ui.report import json_for_html
+    from complab.ui.report import json_for_html
 
     value = {"a": MARKUP + "&\u2028\u2029", "b": [1, 2.5]}
     text = json_for_html(value)
@@ -220,8 +219,8 @@ def test_runs_lists_every_run_and_shows_damaged_ones(finished, tmp_path, capsys,
             if name == "compare":  # the sound run is still compared
                 assert at.dataframe[0].value["run"].tolist() == [run_id]
         # a damaged run is never reused for an identical job
-        from compression.engine import list_runs
-        from compression.engine.sweeps import finished_by_key
+        from complab.engine import list_runs
+        from complab.engine.sweeps import finished_by_key
 
         rows = list_runs(root=home, kind="compress")
         assert set(finished_by_key(rows, "compress").values()) == {run_id}
@@ -231,7 +230,7 @@ def test_runs_lists_every_run_and_shows_damaged_ones(finished, tmp_path, capsys,
 
 
 def test_a_deleted_folder_is_shown_gone_then_dropped(finished, tmp_path, capsys):
-    from compression import engine
+    from complab import engine
 
     home, run_id = finished
     copy = home / "runs" / "20260101-000003-cccccc"
@@ -247,8 +246,8 @@ def test_a_deleted_folder_is_shown_gone_then_dropped(finished, tmp_path, capsys)
 
 
 def test_a_running_run_whose_folder_is_deleted_is_gone_not_a_ghost(tmp_path, monkeypatch):
-    from compression import engine
-    from compression.engine.store import GONE
+    from complab import engine
+    from complab.engine.store import GONE
 
     monkeypatch.setenv("COMPRESSION_LAB_TEST_JOBS", "1")
     home = tmp_path / "home"
@@ -374,7 +373,7 @@ def test_pipes_and_links_in_a_folder_are_damaged_never_read(finished, tmp_path):
     import subprocess
     import sys
 
-    from compression import engine
+    from complab import engine
 
     home, run_id = finished
     folder = home / "runs" / "20260101-000004-dddddd"
@@ -386,8 +385,9 @@ def test_pipes_and_links_in_a_folder_are_damaged_never_read(finished, tmp_path):
         os.mkfifo(folder / "log.txt")
         (folder / "events.jsonl").unlink()
         (folder / "events.jsonl").symlink_to("/dev/zero")
-        out = subprocess.run([sys.executable, "-m", "compression.cli", "runs", "--home", str(home)],
-                             capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        out = subprocess.run([sys.executable, "-m", "complab.cli", "runs", "--home", str(home)],
+                             capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(ROOT / "compression")})
         assert out.returncode == 0, out.stderr
         line = next(line for line in out.stdout.splitlines() if line.startswith(folder.name))
         assert "damaged: job.json: not a regular file" in line

@@ -5,10 +5,9 @@ import math
 
 import pytest
 import torch
+from complab.analysis.sensitivity import ExactScorer, SensitivityConfig, analyze
+from complab.errors import CompressionLabError
 from scipy.stats import spearmanr
-
-from compression.analysis.sensitivity import ExactScorer, SensitivityConfig, analyze
-from compression.errors import CompressionLabError
 
 GRID = {"sparsities": (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95), "n_clusters": (2, 4, 8, 16, 64)}
 
@@ -51,7 +50,7 @@ def test_report_shape_and_measured_points_are_exact_scores(lenet300, digits28, l
     scorer = ExactScorer(lenet300, digits28, SensitivityConfig(**GRID, val_size=calibration["images"],
                                                                bn_batches=calibration["bn_batches"]))
     assert scorer.base == estimate["base_accuracy"]
-    from compression.analysis.sensitivity import grid_weight
+    from complab.analysis.sensitivity import grid_weight
 
     checked = 0
     for layer, row in estimate["layers"].items():
@@ -70,7 +69,7 @@ def test_report_shape_and_measured_points_are_exact_scores(lenet300, digits28, l
 
 
 def test_estimate_mode_progress_has_eta_and_cancel_stops_it(lenet300, digits28):
-    from compression.methods.context import Cancelled
+    from complab.methods.context import Cancelled
 
     events = []
 
@@ -100,7 +99,7 @@ def test_estimate_mode_progress_has_eta_and_cancel_stops_it(lenet300, digits28):
 
 
 def test_calibration_budget_shrinks_images_then_points():
-    from compression.analysis.fisher import MIN_CALIBRATION_IMAGES, MIN_CALIBRATION_POINTS, _calibration_plan
+    from complab.analysis.fisher import MIN_CALIBRATION_IMAGES, MIN_CALIBRATION_POINTS, _calibration_plan
 
     # plenty of time: all images, all batch-norm batches, POINTS_PER_LAYER per layer
     images, batches, points = _calibration_plan(0.001, 512, 4, True, 10, 90.0)
@@ -114,8 +113,8 @@ def test_calibration_budget_shrinks_images_then_points():
 
 
 def test_large_layer_clustering_is_fitted_on_a_sample():
-    from compression.analysis.fisher import KMEANS_SAMPLE, estimate_weight
-    from compression.analysis.sensitivity import grid_weight
+    from complab.analysis.fisher import KMEANS_SAMPLE, estimate_weight
+    from complab.analysis.sensitivity import grid_weight
 
     torch.manual_seed(0)
     weight = torch.randn(KMEANS_SAMPLE * 2)
@@ -129,9 +128,8 @@ def test_large_layer_clustering_is_fitted_on_a_sample():
 
 def test_default_mode_rule(lenet5):
     import torchvision
-
-    from compression.analysis.fisher import ESTIMATE_ABOVE_COST, analysis_cost, default_mode
-    from compression.models.handle import ModelHandle
+    from complab.analysis.fisher import ESTIMATE_ABOVE_COST, analysis_cost, default_mode
+    from complab.models.handle import ModelHandle
 
     assert default_mode(lenet5) == "exact" and analysis_cost(lenet5) < ESTIMATE_ABOVE_COST
     resnet = ModelHandle(torchvision.models.resnet18(), {"kind": "test"}, (3, 224, 224), 1000, "resnet18")
@@ -144,7 +142,7 @@ def test_default_mode_rule(lenet5):
     ({"calibration_seconds": "a lot"}, "calibration_seconds"),
 ])
 def test_bad_mode_settings_are_rejected(config, message):
-    from compression.engine.jobs import validate
+    from complab.engine.jobs import validate
 
     with pytest.raises(CompressionLabError, match=message):
         validate({"kind": "sensitivity", "model": "demo:lenet300", "data": "digits", "config": config})
@@ -154,15 +152,15 @@ def test_bad_mode_settings_are_rejected(config, message):
 
 @pytest.fixture(scope="module")
 def small_shapes(tmp_path_factory):
-    from compression.data.shapes import ShapesConfig, write_dataset
+    from complab.data.shapes import ShapesConfig, write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("shapes-estimate"), train=32, val=16, config=ShapesConfig(seed=7))
 
 
 @pytest.mark.slow  # ~40 s on two loaded cores: per-image detection-loss gradients and mAP points
 def test_detector_estimate_mode_uses_the_detection_loss(small_shapes):
-    from compression.data.detection import load_detection_data
-    from compression.models.detector import load_detector
+    from complab.data.detection import load_detection_data
+    from complab.models.detector import load_detector
 
     detector = load_detector()
     data = load_detection_data(f"yolo:{small_shapes}")

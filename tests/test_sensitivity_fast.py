@@ -3,15 +3,14 @@
 import pytest
 import torch
 import torchvision
+from complab.analysis import sensitivity
+from complab.analysis.sensitivity import ExactScorer, SensitivityConfig, analyze, grid_weight
+from complab.data import DataBundle, load_data
+from complab.errors import CompressionLabError
+from complab.methods.context import Cancelled
+from complab.models.handle import ModelHandle
 from torch import nn
 from torch.utils.data import TensorDataset
-
-from compression.analysis import sensitivity
-from compression.analysis.sensitivity import ExactScorer, SensitivityConfig, analyze, grid_weight
-from compression.data import DataBundle, load_data
-from compression.errors import CompressionLabError
-from compression.methods.context import Cancelled
-from compression.models.handle import ModelHandle
 
 
 def random_data(n_val: int = 32, n_train: int = 64, size: int = 32, classes: int = 10) -> DataBundle:
@@ -87,7 +86,7 @@ def test_suffix_logits_match_the_whole_model():
 
 
 def test_base_is_the_model_as_given_and_batch_norm_scope_is_reported():
-    from compression.models.handle import load_model
+    from complab.models.handle import load_model
 
     handle = load_model("demo:vgg_small")
     data = load_data("digits", input_size=32)
@@ -191,7 +190,7 @@ def test_engine_refuses_an_analysis_of_torchscript_before_it_queues(tmp_path):
     """A layerless model can only come from TorchScript, which is code (needs trust) and for evaluation only: the
     job is refused at submit, nothing queued; analyze() refuses a layerless model itself
     (test_cli_analyze.test_model_without_layers_exits_2)."""
-    from compression import engine
+    from complab import engine
 
     class Slice(nn.Module):
         def forward(self, x):
@@ -212,7 +211,7 @@ def test_engine_refuses_an_analysis_of_torchscript_before_it_queues(tmp_path):
 def test_engine_cancel_stops_the_analysis_within_seconds(tmp_path):
     import time
 
-    from compression import engine
+    from complab import engine
 
     run_id = engine.submit({"kind": "sensitivity", "model": "demo:vgg_small", "data": "digits",
                             "config": {"val_size": 256}}, root=tmp_path)
@@ -229,9 +228,9 @@ def test_engine_cancel_stops_the_analysis_within_seconds(tmp_path):
 
 
 def test_an_analysis_split_by_layer_merges_into_the_single_run_report():
-    from compression.analysis.sensitivity import SensitivityConfig, analyze, layer_groups, merge_reports
-    from compression.data import load_data
-    from compression.models.handle import load_model
+    from complab.analysis.sensitivity import SensitivityConfig, analyze, layer_groups, merge_reports
+    from complab.data import load_data
+    from complab.models.handle import load_model
 
     handle, data = load_model("demo:lenet5"), load_data("digits")
     config = SensitivityConfig(sparsities=(0.0, 0.8), n_clusters=(4,), val_size=64, bn_batches=0)
@@ -252,7 +251,7 @@ def test_an_analysis_split_by_layer_merges_into_the_single_run_report():
 
 
 def test_layer_groups_put_fewer_of_the_dearer_early_layers_in_a_group():
-    from compression.analysis.sensitivity import layer_groups
+    from complab.analysis.sensitivity import layer_groups
 
     names = [f"l{i}" for i in range(20)]
     groups = layer_groups(names, 4)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from compression import engine, sources
-from compression.analysis.estimate import estimate, model_stats
-from compression.analysis.pareto import prediction_error, runs_table
-from compression.analysis.predict import (
+from complab import engine, sources
+from complab.analysis.estimate import estimate, model_stats
+from complab.analysis.pareto import prediction_error, runs_table
+from complab.analysis.predict import (
     CALIBRATE_MIN_RUNS,
     PRIOR_C,
     calibration,
@@ -17,10 +16,10 @@ from compression.analysis.predict import (
     layer_drop,
     predict,
 )
-from compression.analysis.sensitivity import SensitivityConfig, analyze
-from compression.analysis.solver import grids_from_report, solve
-from compression.engine.jobs import validate
-from compression.errors import CompressionLabError
+from complab.analysis.sensitivity import SensitivityConfig, analyze
+from complab.analysis.solver import grids_from_report, solve
+from complab.engine.jobs import validate
+from complab.errors import CompressionLabError
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests of the compact model format (compression.storage): round trips, sizes, corruption, entropy coder."""
+"""Tests of the compact model format (complab.storage): round trips, sizes, corruption, entropy coder."""
 
 from __future__ import annotations
 
@@ -11,12 +11,8 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from torch import nn
-
-from compression.errors import FormatError
-from compression.storage import (
+from complab.errors import FormatError
+from complab.storage import (
     MAGIC,
     decode_state,
     decode_symbols,
@@ -28,8 +24,11 @@ from compression.storage import (
     read_file,
     write_file,
 )
-from compression.storage.codec import HEADER, HEADER_BYTES
-from compression.storage.sections import GAP_BITS_MAX
+from complab.storage.codec import HEADER, HEADER_BYTES
+from complab.storage.sections import GAP_BITS_MAX
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

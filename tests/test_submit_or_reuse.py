@@ -1,8 +1,7 @@
 """engine.submit_or_reuse: one job asked for twice runs once (the lesson page's steps); failures run afresh."""
 
 import pytest
-
-from compression import engine
+from complab import engine
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -5,11 +5,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from compression import engine
-from compression.analysis.targets import parse_targets
-from compression.cli import main
-from compression.errors import CompressionLabError
+from complab import engine
+from complab.analysis.targets import parse_targets
+from complab.cli import main
+from complab.errors import CompressionLabError
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(240)
@@ -104,7 +103,7 @@ def test_parse_targets():
 
 
 def test_cli_sweep_of_ratio_targets_runs_reuses_and_decodes(tmp_path, capsys):
-    from compression import sources
+    from complab import sources
 
     report = tmp_path / "r.json"
     # a grid fine enough that the three targets solve to three plans (LeNet-5 loses nothing to most points)
@@ -121,7 +120,7 @@ def test_cli_sweep_of_ratio_targets_runs_reuses_and_decodes(tmp_path, capsys):
     capsys.readouterr()
     # without a report there is nothing to solve the targets on: one line saying how to make one
     assert main(args[:7] + args[9:]) == 2
-    assert "compression-lab analyze" in capsys.readouterr().err
+    assert "complab analyze" in capsys.readouterr().err
     assert main([*args, "--wait", "--timeout", "200"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     members = out["members"]

@@ -4,10 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
-
-from compression import engine
-from compression.cli import main
-from compression.errors import CompressionLabError
+from complab import engine
+from complab.cli import main
+from complab.errors import CompressionLabError
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(300)
@@ -61,7 +60,7 @@ def test_a_background_search_from_the_app_runs_as_one_sweep_and_logs_its_front(t
     """What the Plan page's Sweep > search starts: a detached process; the app only watches the sweep."""
     import time
 
-    from compression.engine import search
+    from complab.engine import search
 
     report = {"base_accuracy": 0.98, "config": {}, "layers": {
         name: {"sparsity": {"0.0": 0.98, "0.5": 0.98, "0.9": 0.97}, "clusters": {"4": 0.97, "16": 0.98}}

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from complab import engine, sources
+from complab.cli import main
+from complab.errors import CompressionLabError, ModelLoadError
+from complab.models.handle import load_model
 from streamlit.testing.v1 import AppTest
-
-from compression import engine, sources
-from compression.cli import main
-from compression.errors import CompressionLabError, ModelLoadError
-from compression.models.handle import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "assets" / "recipes" / "quick.json"
@@ -187,9 +186,9 @@ def test_trusted_torchscript_is_for_evaluation_only(evil, tmp_path, capsys, monk
 
 
 def test_the_library_refuses_to_compress_a_torchscript_handle(tmp_path):
-    from compression.data import load_data
-    from compression.pipeline import compress
-    from compression.plan import Plan
+    from complab.data import load_data
+    from complab.pipeline import compress
+    from complab.plan import Plan
 
     scripted = torch.jit.script(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)))
     scripted.save(str(tmp_path / "m.pt"))
@@ -327,7 +326,7 @@ def test_the_server_side_loader_never_runs_torchscript(evil, monkeypatch):
 
 
 def test_the_child_process_is_stopped_after_its_timeout(evil, tmp_path):
-    from compression.codeload import measure_in_child
+    from complab.codeload import measure_in_child
 
     spec = {"model": f"torchscript:{tmp_path / 'spin.pt'}", "data": "digits", "input_size": 28, "trust": True}
     with pytest.raises(ModelLoadError, match="took more than 20 s and was stopped"):
@@ -335,7 +334,7 @@ def test_the_child_process_is_stopped_after_its_timeout(evil, tmp_path):
 
 
 def test_the_child_process_has_a_memory_cap(evil, tmp_path, monkeypatch):
-    from compression import codeload
+    from complab import codeload
 
     monkeypatch.setattr(codeload, "MEMORY_LIMIT_BYTES", 5 << 30)
     spec = {"model": f"torchscript:{tmp_path / 'hog.pt'}", "data": "digits", "input_size": 28, "trust": True}

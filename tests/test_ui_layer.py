@@ -1,16 +1,16 @@
-"""The UI is its own layer: only compression/ui/ imports streamlit or plotly; nothing else in the package imports it."""
+"""The UI is its own layer: only complab/ui/ imports streamlit or plotly; nothing else in the package imports it."""
 
 import ast
 import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "compression"
+PACKAGE = ROOT / "compression" / "complab"
 UI = PACKAGE / "ui"
 UI_ONLY = ("streamlit", "plotly")
-# The one UI module the command line may import: the HTML report (`compression-lab report`) draws with plotly
+# The one UI module the command line may import: the HTML report (`complab report`) draws with plotly
 # but never imports Streamlit (checked below), so the CLI stays a Streamlit-free front end beside the app.
-CLI_MAY_IMPORT = {PACKAGE / "cli.py": {"compression.ui.report"}}
+CLI_MAY_IMPORT = {PACKAGE / "cli.py": {"complab.ui.report"}}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -28,7 +28,7 @@ def imported_modules(path: Path) -> set[str]:
             else:
                 module = node.module or ""
             out.add(module)
-            out.update(f"{module}.{alias.name}" for alias in node.names)  # `from compression import ui`
+            out.update(f"{module}.{alias.name}" for alias in node.names)  # `from complab import ui`
     return out
 
 
@@ -51,7 +51,7 @@ def test_only_the_ui_package_imports_streamlit_or_plotly():
 
 def test_nothing_outside_the_ui_package_imports_it():
     offenders = {str(path.relative_to(ROOT)): sorted(m for m in imported_modules(path)
-                                                     if is_under(m, "compression.ui")
+                                                     if is_under(m, "complab.ui")
                                                      and not any(is_under(m, allowed)
                                                                  for allowed in CLI_MAY_IMPORT.get(path, ())))
                  for path in library_files()}
@@ -59,8 +59,8 @@ def test_nothing_outside_the_ui_package_imports_it():
 
 
 def test_the_report_module_the_cli_imports_never_reaches_streamlit():
-    """compression.ui.report and the UI modules it imports (figures; the package __init__) import no Streamlit."""
-    seen, todo = set(), ["compression.ui.report"]
+    """complab.ui.report and the UI modules it imports (figures; the package __init__) import no Streamlit."""
+    seen, todo = set(), ["complab.ui.report"]
     while todo:
         module = todo.pop()
         if module in seen:
@@ -72,8 +72,8 @@ def test_the_report_module_the_cli_imports_never_reaches_streamlit():
             continue
         imports = imported_modules(path)
         assert not any(is_under(m, "streamlit") for m in imports), module
-        todo += [m for m in imports if is_under(m, "compression.ui")]
-    assert "compression.ui.figures" in seen
+        todo += [m for m in imports if is_under(m, "complab.ui")]
+    assert "complab.ui.figures" in seen
 
 
 def test_ui_and_pages_ask_sources_and_the_engine_not_references_or_folders():

@@ -29,10 +29,10 @@ def guarded_getaddrinfo(host, *args, **kwargs):
 socket.getaddrinfo = guarded_getaddrinfo
 
 from pathlib import Path
-from compression.models.yolo_env import offline_ultralytics
+from complab.models.yolo_env import offline_ultralytics
 offline_ultralytics()
 from ultralytics import YOLO
-from compression.data.shapes import draw_image, write_dataset, ShapesConfig
+from complab.data.shapes import draw_image, write_dataset, ShapesConfig
 
 work = Path(sys.argv[1])
 model = YOLO(str(Path(sys.argv[2]) / "detector.pt"))
@@ -41,10 +41,10 @@ result = model.predict(image, imgsz=160, device="cpu", verbose=False)[0]
 yaml = write_dataset(work / "shapes", train=2, val=4)
 metrics = model.val(data=str(yaml), imgsz=160, batch=4, device="cpu", plots=False, verbose=False,
                     project=str(work / "runs"), name="val", exist_ok=True)
-from compression.data.detection import load_detection_data
-from compression.methods.detect_train import train_detector
-from compression.models.detection_metric import FastMap
-from compression.models.detector import fuse, load_detector
+from complab.data.detection import load_detection_data
+from complab.methods.detect_train import train_detector
+from complab.models.detection_metric import FastMap
+from complab.models.detector import fuse, load_detector
 handle = load_detector()
 fuse(handle.model)
 data = load_detection_data(f"yolo:{yaml}")

@@ -8,18 +8,17 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from complab.errors import FormatError, PlanError
+from complab.methods import vq
+from complab.methods.context import StepContext
+from complab.models.compact import load_compressed, save_compressed
+from complab.plan import Plan, PruneStep, QuantizeStep
+from complab.storage import MAGIC, decode_state, encode_state, inspect_bytes
+from complab.storage.codec import HEADER, HEADER_BYTES
+from complab.storage.vq_section import Quantized, encode_vq, formula_bits, reconstruct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_storage import decode_or_format_error  # the storage fuzz tests' own check
-
-from compression.errors import FormatError, PlanError
-from compression.methods import vq
-from compression.methods.context import StepContext
-from compression.models.compact import load_compressed, save_compressed
-from compression.plan import Plan, PruneStep, QuantizeStep
-from compression.storage import MAGIC, decode_state, encode_state, inspect_bytes
-from compression.storage.codec import HEADER, HEADER_BYTES
-from compression.storage.vq_section import Quantized, encode_vq, formula_bits, reconstruct
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LAYOUTS = {  # lenet5: conv1 (20,1,5,5), conv2 (50,20,5,5), fc1 (500,800), fc2 (10,500)
@@ -38,7 +37,7 @@ def random_layout(method: str, shape=(24, 40), k=16, s=4, t=2, axis="in", seed=0
     rng = np.random.default_rng(seed)
     q = Quantized(method, shape, 2 if method == "binary" else k, np.zeros(1, np.float32), np.zeros(1, np.int64),
                   segment_length=s if method == "pq" else 0, stages=t if method == "rq" else 1, axis=axis)
-    from compression.storage.vq_section import matrix_dims, sizes
+    from complab.storage.vq_section import matrix_dims, sizes
 
     floats, count, alphabet = sizes(method, shape, q.n_codewords, q.segment_length, q.stages, axis)
     q.codebook = rng.standard_normal(floats).astype(np.float32)
@@ -167,7 +166,7 @@ def test_prune_then_kmeans_keeps_zeros_and_patterns_are_checked_against_layers(l
         plan.validate(["fc1", "fc2", "fc3"])
     work = lenet300.clone()
     ctx = context(work, digits28)
-    from compression.methods import prune
+    from complab.methods import prune
 
     prune.run(work.model, PruneStep(sparsity={"fc2": 0.8}, iterations=1, finetune_epochs=0), ctx)
     zeros = work.model.fc2.weight == 0
@@ -239,14 +238,14 @@ def test_random_vq_section_bytes(blob):
 
 
 def test_compare_page_families_and_inspect_columns(tmp_path, capsys):
-    from compression.analysis.pareto import method_family
-    from compression.cli import main
+    from complab.analysis.pareto import method_family
+    from complab.cli import main
 
     assert method_family(["prune", "cluster"]) == "prune+cluster"
     assert method_family(["prune", "quantize"]) == "vq"
     assert method_family(["channels", "distill"]) == "channels"
     q = random_layout("pq", (24, 40), s=4)
-    from compression.storage import write_file
+    from complab.storage import write_file
 
     weight = torch.from_numpy(reconstruct(q))
     write_file(tmp_path / "m.clab", {"layer.weight": weight}, {}, structures={"layer.weight": q})
@@ -257,8 +256,8 @@ def test_compare_page_families_and_inspect_columns(tmp_path, capsys):
 
 def test_live_estimate_follows_the_file(lenet300, digits28, tmp_path):
     """The plan page's estimate of a quantized model (paper's formulas) is within 5% of the real file."""
-    from compression.analysis.estimate import estimate, model_stats
-    from compression.pipeline import compress
+    from complab.analysis.estimate import estimate, model_stats
+    from complab.pipeline import compress
 
     layers = list(lenet300.prunable_layers())
     step = QuantizeStep(quantizer={"_default": "pq", "fc3": "binary"}, n_codewords={"_default": 16},
@@ -274,8 +273,8 @@ def test_live_estimate_follows_the_file(lenet300, digits28, tmp_path):
 
 def test_quantizers_run_on_the_demo_detector(tmp_path):
     """vq works through the handle's `layers` and the generic hooks: the demo YOLO detector's convolutions."""
-    from compression.models.detector import load_detector
-    from compression.storage import read_file, write_file
+    from complab.models.detector import load_detector
+    from complab.storage import read_file, write_file
 
     work = load_detector().clone()
     layers = list(work.prunable_layers())
@@ -297,8 +296,7 @@ def test_quantizers_run_on_the_demo_detector(tmp_path):
 
 def test_pareto_figure_draws_one_series_and_front_per_family():
     import pandas as pd
-
-    from compression.ui.figures import pareto_figure
+    from complab.ui.figures import pareto_figure
 
     table = pd.DataFrame({"run": list("abcdef"), "plan": "", "ratio": 1.0,
                           "method": ["vq", "vq", "prune+cluster", "prune+cluster", "channels", "vq"],

@@ -7,14 +7,13 @@ or an ELAN chunk split by stored counts) is refused before anything changes, wit
 
 import pytest
 import torch
-
-from compression.errors import PlanError
+from complab.errors import PlanError
 
 SIZE = 160  # the graph and the outputs do not need a full-size image
 
 
 def _build(name: str, nc: int = 4) -> torch.nn.Module:
-    from compression.models.yolo_env import offline_ultralytics, quiet_ultralytics
+    from complab.models.yolo_env import offline_ultralytics, quiet_ultralytics
 
     offline_ultralytics()
     from ultralytics.nn.tasks import DetectionModel, RTDETRDetectionModel
@@ -27,9 +26,9 @@ def _build(name: str, nc: int = 4) -> torch.nn.Module:
 @pytest.mark.parametrize("family", ["yolov8n", "yolov5nu"])
 @torch.no_grad()
 def test_supported_family_prunes_and_its_file_decodes_to_the_same_outputs(family, tmp_path):
-    from compression.methods.channels.detector import prune_detector
-    from compression.models.compact import Products
-    from compression.models.detector import DetectorHandle, load_detector_file
+    from complab.methods.channels.detector import prune_detector
+    from complab.models.compact import Products
+    from complab.models.detector import DetectorHandle, load_detector_file
 
     torch.manual_seed(0)
     model = _build(family)
@@ -56,7 +55,7 @@ def test_supported_family_prunes_and_its_file_decodes_to_the_same_outputs(family
     ("rtdetr-l", "HGStem", "model.0"),
 ])
 def test_unsupported_family_is_refused_naming_the_block_before_any_change(family, block, where):
-    from compression.methods.channels.detector import prune_detector
+    from complab.methods.channels.detector import prune_detector
 
     model = _build(family)
     state = {key: value.clone() for key, value in model.state_dict().items()}
@@ -68,10 +67,10 @@ def test_unsupported_family_is_refused_naming_the_block_before_any_change(family
 
 
 def test_channels_step_refuses_an_unsupported_detector_by_name():
-    from compression.methods import channels
-    from compression.methods.context import StepContext
-    from compression.models.detector import DetectorHandle
-    from compression.plan import ChannelStep
+    from complab.methods import channels
+    from complab.methods.context import StepContext
+    from complab.models.detector import DetectorHandle
+    from complab.plan import ChannelStep
 
     model = _build("yolo11n")
     handle = DetectorHandle(model, {"kind": "ultralytics", "yaml": model.yaml, "names": dict(model.names)}, SIZE,
@@ -85,7 +84,7 @@ def test_channels_step_refuses_an_unsupported_detector_by_name():
 @pytest.mark.parametrize(("family", "subclass"), [("yolo11n", "C3k2"), ("yolov10n", "C2fCIB")])
 @torch.no_grad()
 def test_make_prunable_replaces_c2f_subclasses_with_the_same_outputs(family, subclass):
-    from compression.models.yolo_prunable import C2fV2, make_prunable
+    from complab.models.yolo_prunable import C2fV2, make_prunable
 
     torch.manual_seed(0)
     model = _build(family)
@@ -104,7 +103,7 @@ def test_make_prunable_replaces_c2f_subclasses_with_the_same_outputs(family, sub
 def test_plan_page_layout_refuses_an_unsupported_detector_at_once():
     # the plan page's channel section traces a detector as the step does (its cached_layout shows no section on
     # an error): YOLO11n's attention must be refused, not traced (that ran for minutes)
-    from compression.analysis.channel_estimate import channel_layout
+    from complab.analysis.channel_estimate import channel_layout
 
     with pytest.raises(PlanError, match=r"YOLO block Attention"):
         channel_layout(_build("yolo11n"), (3, SIZE, SIZE), "detect")

@@ -2,13 +2,12 @@
 
 import pytest
 import torch
-
-from compression.models.detector import load_detector
-from compression.models.yolo_prunable import C2fV2, make_prunable
+from complab.models.detector import load_detector
+from complab.models.yolo_prunable import C2fV2, make_prunable
 
 
 def _yolov8n(nc: int = 4):
-    from compression.models.yolo_env import offline_ultralytics, quiet_ultralytics
+    from complab.models.yolo_env import offline_ultralytics, quiet_ultralytics
 
     offline_ultralytics()
     from ultralytics.nn.tasks import DetectionModel
@@ -65,8 +64,8 @@ def test_make_prunable_keeps_outputs(source):
 @pytest.mark.parametrize("source", ["demo", "yolov8n"])
 @torch.no_grad()
 def test_detector_channels_pruned_by_l1_run_and_replay(source):
-    from compression.methods.channels.detector import head_outputs, prune_detector
-    from compression.models.channel_replay import replay
+    from complab.methods.channels.detector import head_outputs, prune_detector
+    from complab.models.channel_replay import replay
 
     model = load_detector().model if source == "demo" else _yolov8n()
     x = torch.rand(1, 3, 320, 320)
@@ -93,9 +92,9 @@ def test_detector_channels_pruned_by_l1_run_and_replay(source):
 @torch.no_grad()
 def test_channel_pruned_fused_detector_file_decodes_to_the_same_outputs(tmp_path):
     # fused: the channels step's usual successor is fold_bn (an unfused file: the step test below)
-    from compression.methods.channels.detector import prune_detector
-    from compression.models.compact import Products
-    from compression.models.detector import fuse, load_detector_file
+    from complab.methods.channels.detector import prune_detector
+    from complab.models.compact import Products
+    from complab.models.detector import fuse, load_detector_file
 
     handle = load_detector().clone()
     result = prune_detector(handle.model, 0.5, (3, handle.imgsz, handle.imgsz))
@@ -112,16 +111,15 @@ def test_channel_pruned_fused_detector_file_decodes_to_the_same_outputs(tmp_path
 
 
 def test_channels_step_prunes_a_detector_and_its_file_gives_the_same_boxes(tmp_path):
+    from complab.analysis.detections import predict
+    from complab.data.detection import load_detection_data
+    from complab.data.shapes import ShapesConfig, write_dataset
+    from complab.methods import channels
+    from complab.methods.context import StepContext
+    from complab.models.detector import load_detector_file
+    from complab.pipeline import compress
+    from complab.plan import ChannelStep, Plan
     from PIL import Image
-
-    from compression.analysis.detections import predict
-    from compression.data.detection import load_detection_data
-    from compression.data.shapes import ShapesConfig, write_dataset
-    from compression.methods import channels
-    from compression.methods.context import StepContext
-    from compression.models.detector import load_detector_file
-    from compression.pipeline import compress
-    from compression.plan import ChannelStep, Plan
 
     detector = load_detector()
     images = write_dataset(tmp_path / "shapes", train=16, val=8, config=ShapesConfig(seed=3))
@@ -165,12 +163,12 @@ def test_plan_keys_name_the_loaded_detector_and_the_estimate_is_what_the_step_re
     and the estimate's weights left equal the pruned model's (a concatenation reads several groups)."""
     import copy
 
-    from compression.analysis.channel_estimate import channel_factors, channel_layout
-    from compression.data.detection import load_detection_data
-    from compression.data.shapes import ShapesConfig, write_dataset
-    from compression.methods import channels
-    from compression.methods.context import StepContext
-    from compression.plan import ChannelStep, Plan
+    from complab.analysis.channel_estimate import channel_factors, channel_layout
+    from complab.data.detection import load_detection_data
+    from complab.data.shapes import ShapesConfig, write_dataset
+    from complab.methods import channels
+    from complab.methods.context import StepContext
+    from complab.plan import ChannelStep, Plan
 
     detector = load_detector()
     layout = channel_layout(copy.deepcopy(detector.model), tuple(detector.input_shape), "detect")

@@ -4,8 +4,7 @@ compare (the run on the Pareto plot) -> download the compact file and decode it.
 import re
 
 import pytest
-
-from compression.models.compact import load_compressed
+from complab.models.compact import load_compressed
 
 from .conftest import shot
 
@@ -88,7 +87,7 @@ def test_full_flow(page, app_url, tmp_path):
 
 def test_first_visit_straight_to_a_page_runs_through_app_py(page, fresh_app_url):
     """A fresh server's first visitor opens /plan directly: the page still comes with app.py's navigation and
-    sidebar (compression/ui/navigation.py's page_setup; without it Streamlit's old pages/ mode lists the files)."""
+    sidebar (complab/ui/navigation.py's page_setup; without it Streamlit's old pages/ mode lists the files)."""
     goto(page, f"{fresh_app_url['url']}/plan", "Plan")
     sidebar = page.locator('[data-testid="stSidebar"]')
     sidebar.get_by_text("Active model").wait_for()

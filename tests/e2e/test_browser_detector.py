@@ -13,7 +13,7 @@ QUICK = {"schema_version": 1, "name": "det-browser", "seed": 0, "eval_split": "v
 
 
 def test_detections_side_by_side(page, app_url):
-    from compression import engine
+    from complab import engine
 
     url = app_url["url"]
     job = {"kind": "compress", "model": "detector:demo", "weights": None, "data": "shapes", "input_size": None,

@@ -11,9 +11,8 @@ import re
 import time
 
 import pytest
-
-from compression import engine
-from compression.analysis import lesson, report
+from complab import engine
+from complab.analysis import lesson, report
 
 from .conftest import SHOTS, started_app
 

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 @pytest.fixture(scope="module")
 def seeded_app(tmp_path_factory):
     """The app on a data folder holding one finished quick run on demo:lenet5."""
-    from compression import engine
+    from complab import engine
 
     home = tmp_path_factory.mktemp("present-home")
     quick = json.loads((ROOT / "assets" / "recipes" / "quick.json").read_text())

@@ -4,8 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from compression.cli import main
+from complab.cli import main
 
 from .conftest import SHOTS
 

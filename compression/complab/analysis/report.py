@@ -1,0 +1,313 @@
+"""What a report on finished runs says, as data: the headline, where the bytes went, the per-layer table, detections.
+
+Everything here is read from what a run left on disk (metrics.json, plan.json, the compact file itself);
+nothing is re-measured except the detector's boxes on a few validation images. The HTML is drawn by
+compression/complab/ui/report.py.
+
+Where the bytes went (`bytes_waterfall`): the fp32 size (`torch.save` of the fp32 state dict, what the
+compression ratio divides) is walked to the compact file's size through the parts of that file as the
+file's own sections count them (storage.inspect_bytes): the zero weights pruning took out, the
+positions of the kept ones (Han et al.'s relative indices at a fixed width), the kept values replaced by
+log2(k+1)-bit indices into a codebook of k shared values, the entropy coding of both streams, vector
+quantizers' codes, zstd on values kept at full width, the sections' own framing and the file header with its
+JSON metadata. Each part is a difference of byte counts, so the bars add up to the file size exactly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from complab.errors import CompressionLabError
+from complab.storage import inspect_bytes, inspect_header
+
+# the waterfall's steps, in the order they are drawn (a step no tensor has is left out)
+STEPS = (
+    ("framing", "fp32 file -> bare tensors (torch.save's framing; buffers no longer kept)"),
+    ("structure", "smaller architecture (channels removed, batch norm folded)"),
+    ("pruned", "pruned: zero weights not stored"),
+    ("positions", "positions of the kept weights (fixed-width relative indices)"),
+    ("indices", "shared values: 32-bit values -> log2(k+1)-bit indices"),
+    ("codebooks", "codebooks (the shared values or codewords)"),
+    ("entropy", "entropy coded (positions and indices)"),
+    ("codes", "quantized: weights -> codes"),
+    ("zstd", "zstd on values kept as 32-bit numbers (sparse and raw tensors)"),
+    ("stored", "other tensors stored as they are"),
+    ("sections", "section headers (names, shapes, stream tables)"),
+    ("header", "file header + metadata (plan, architecture)"),
+)
+STEP_LABELS = dict(STEPS)
+
+
+@dataclass
+class Waterfall:
+    """Start (fp32 bytes), signed steps (key -> bytes), end (the file's size): start + sum(steps) == end."""
+
+    title: str
+    start: int
+    steps: dict[str, int] = field(default_factory=dict)
+    end: int = 0
+
+    def bars(self) -> list[tuple[str, int]]:
+        """(label, signed bytes) of the steps in drawing order, zero steps left out."""
+        return [(STEP_LABELS[key], self.steps[key]) for key, _ in STEPS if self.steps.get(key)]
+
+
+def dense_bytes(row: dict) -> int:
+    """Bytes of the tensor in the fp32 state dict: floats as float32, other dtypes at their own size."""
+    dtype = getattr(torch, row["dtype"])
+    return row["numel"] * (4 if dtype.is_floating_point else torch.empty((), dtype=dtype).element_size())
+
+
+def _stream(row: dict, name: str) -> dict | None:
+    return next((s for s in row.get("streams") or [] if s["stream"] == name), None)
+
+
+def tensor_steps(row: dict) -> dict[str, int]:
+    """One section of inspect_bytes as signed steps from its fp32 bytes to its bytes in the file (they sum to
+    bytes_total - fp32 bytes exactly)."""
+    dense = dense_bytes(row)
+    encoding = row["encoding"]
+    size = dense // max(1, row["numel"])
+    steps = {"sections": row["bytes_total"] - row["bytes_positions"] - row["bytes_indices"]
+             - row["bytes_codebook"] - row["bytes_raw"]}
+    if encoding in ("shared", "sparse"):
+        kept = row["nonzeros"]
+        steps["pruned"] = -(row["numel"] - kept) * size
+        positions = _stream(row, "positions")
+        fixed_positions = 0
+        if positions is not None:  # fixed-width gaps (v2: absolute indices): what the entropy coder started from
+            width = row["gap_bits"] or max(1, (row["numel"] - 1).bit_length())
+            fixed_positions = math.ceil(positions["symbols"] * width / 8)
+        steps["positions"] = fixed_positions
+        entropy = row["bytes_positions"] - fixed_positions
+        if encoding == "shared":
+            indices = _stream(row, "indices")
+            fixed_indices = math.ceil(indices["symbols"] * max(1, math.ceil(math.log2(row["n_clusters"] + 1))) / 8)
+            steps["indices"] = fixed_indices - kept * size
+            steps["codebooks"] = row["bytes_codebook"]
+            entropy += row["bytes_indices"] - fixed_indices
+        else:  # kept values stored at full width (zstd when smaller)
+            steps["zstd"] = row["bytes_raw"] - kept * size
+        steps["entropy"] = entropy
+    elif encoding == "vq":
+        steps["codes"] = row["bytes_indices"] - dense
+        steps["codebooks"] = row["bytes_codebook"]
+    else:  # raw: as they are, or zstd-compressed when smaller
+        steps["zstd" if row.get("raw_compression") else "stored"] = row["bytes_raw"] - dense
+    assert sum(steps.values()) == row["bytes_total"] - dense, row["name"]
+    return steps
+
+
+def rows_steps(rows: list[dict]) -> tuple[dict[str, int], int]:
+    """The waterfall steps of inspect rows (the header row as "header"), and their tensors' fp32 bytes."""
+    steps: dict[str, int] = {}
+    dense_total = 0
+    for row in rows:
+        if row["encoding"] == "header":
+            steps["header"] = steps.get("header", 0) + row["bytes_total"]
+            continue
+        dense_total += dense_bytes(row)
+        for key, value in tensor_steps(row).items():
+            steps[key] = steps.get(key, 0) + value
+    return steps, dense_total
+
+
+def bytes_waterfall(rows: list[dict], fp32_bytes: int, title: str = "whole model",
+                    params_removed: int = 0) -> Waterfall:
+    """The whole file: fp32 bytes -> the file's size (the sum of the rows' bytes_total).
+
+    params_removed: parameters the architecture lost (channels removed, batch norm folded: metrics' before.params
+    - after.params); their fp32 bytes are one step, and torch.save's framing (with any buffers that went with
+    them) the rest of the gap between the fp32 file and the file's tensors at full width."""
+    steps, dense_total = rows_steps(rows)
+    steps["structure"] = -4 * max(0, params_removed)
+    steps["framing"] = dense_total - fp32_bytes - steps["structure"]
+    end = sum(row["bytes_total"] for row in rows)
+    waterfall = Waterfall(title, fp32_bytes, steps, end)
+    assert waterfall.start + sum(waterfall.steps.values()) == waterfall.end  # the bars add up to the file exactly
+    return waterfall
+
+
+def layer_waterfalls(rows: list[dict], limit: int | None = None) -> list[Waterfall]:
+    """Each weight layer's tensors (weight and bias, by module name), fp32 bytes -> its bytes in the file,
+    largest layer (by fp32 bytes) first."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["encoding"] != "header":
+            groups.setdefault(row["name"].rsplit(".", 1)[0], []).append(row)
+    out = []
+    for layer, members in groups.items():
+        steps: dict[str, int] = {}
+        for row in members:
+            for key, value in tensor_steps(row).items():
+                steps[key] = steps.get(key, 0) + value
+        start = sum(dense_bytes(row) for row in members)
+        waterfall = Waterfall(layer, start, steps, sum(row["bytes_total"] for row in members))
+        assert waterfall.start + sum(waterfall.steps.values()) == waterfall.end
+        out.append(waterfall)
+    out.sort(key=lambda w: -w.start)
+    return out[:limit] if limit else out
+
+
+def layer_table(rows: list[dict]) -> list[dict]:
+    """Per tensor of the file, largest first: encoding, sparsity, k or quantizer, bytes and bits per weight."""
+    table = []
+    for row in rows:
+        if row["encoding"] == "header":
+            continue
+        nonzeros = row.get("nonzeros")
+        table.append({
+            "tensor": row["name"], "shape": "x".join(str(s) for s in row.get("shape") or []) or "-",
+            "encoding": row["encoding"], "weights": row["numel"],
+            "sparsity": None if nonzeros is None or not row["numel"] else round(1 - nonzeros / row["numel"], 4),
+            "k or quantizer": row.get("quantizer") or row.get("n_clusters") or "",
+            "fp32 bytes": dense_bytes(row), "file bytes": row["bytes_total"],
+            "bits per weight": None if row.get("bits_per_weight") is None else round(row["bits_per_weight"], 3)})
+    table.sort(key=lambda r: -r["fp32 bytes"])
+    return table
+
+
+def _times(before: float | None, after: float | None) -> float | None:
+    if not before or not after:
+        return None
+    return before / after
+
+
+def headline_numbers(metrics: dict) -> dict:
+    """The headline's numbers (what `headline` says, as values; None where the run did not measure it): the
+    presentation view shows them as big metric boxes above the sentence."""
+    before, after = metrics["before"], metrics["after"]
+    detector = metrics.get("task", "classify") != "classify"
+    return {"ratio": metrics["compression_ratio"], "fp32_bytes": before["fp32_bytes"],
+            "compressed_bytes": after["compressed_bytes"],
+            "flops_times": _times(before.get("sparse_flops") or before.get("flops"), after.get("sparse_flops")),
+            "speed_times": _times(before.get("latency_ms"), after.get("latency_ms")),
+            "score_name": metrics.get("score_name", "mAP50") if detector else "top-1",
+            "score_before": before["accuracy"], "score_after": after["accuracy"],
+            "drop_pts": 100 * (before["accuracy"] - after["accuracy"])}
+
+
+def headline(metrics: dict) -> str:
+    """One sentence from the measured numbers; a clause only where the run measured that number."""
+    before, after = metrics["before"], metrics["after"]
+    clauses = [f"{metrics['compression_ratio']:.1f}x smaller file "
+               f"({before['fp32_bytes']:,} -> {after['compressed_bytes']:,} bytes)"]
+    flops = _times(before.get("sparse_flops") or before.get("flops"), after.get("sparse_flops"))
+    if flops:
+        clauses.append(f"{flops:.1f}x fewer FLOPs (zero weights skipped)")
+    speed = _times(before.get("latency_ms"), after.get("latency_ms"))
+    if speed:
+        if round(speed, 1) == 1.0 and round(1 / speed, 1) == 1.0:  # "1.0x faster" would claim a gain not measured
+            clauses.append(f"the same CPU latency ({before['latency_ms']:.2f} -> {after['latency_ms']:.2f} ms)")
+        else:
+            clauses.append(f"{speed:.1f}x faster on the CPU" if speed >= 1 else f"{1 / speed:.1f}x slower on the CPU")
+    score = "top-1" if metrics.get("task", "classify") == "classify" else metrics.get("score_name", "mAP50")
+    drop = 100 * (before["accuracy"] - after["accuracy"])
+    clauses.append(f"{abs(drop):.2f} points {'less' if drop > 0 else 'more'} {score}" if round(drop, 2)
+                   else f"the same {score}")
+    return f"{metrics.get('model', 'model')} on {metrics.get('data', 'its data')}: " + ", ".join(clauses)
+
+
+def provenance(metrics: dict, finished: float | None) -> str:
+    """Where the numbers come from: the split, the machine that measured them and when."""
+    split = metrics.get("eval_split", "test") if metrics.get("task", "classify") == "classify" else "validation"
+    score = "top-1 accuracy" if metrics.get("task", "classify") == "classify" else metrics.get("score_name", "mAP50")
+    machine = metrics.get("machine")
+    where = (f"{machine['platform']}, {machine['cpus']} CPUs, torch {machine['torch']}" if machine
+             else "a machine the run did not record")
+    when = (dt.datetime.fromtimestamp(finished, dt.UTC).strftime("%Y-%m-%d %H:%M UTC") if finished
+            else "an unrecorded date")
+    latency = ("; latency: batch 1, median of repeated forward passes" if metrics["after"].get("latency_ms")
+               else "; latency not measured")
+    return (f"{score} on the {split} split of {metrics.get('data', 'the data')}, measured on the model decoded "
+            f"from the compact file; run on {where}, finished {when}{latency}.")
+
+
+@dataclass
+class DetectionPair:
+    """One validation image: the original's and the compressed model's boxes drawn, and their counts."""
+
+    file: str
+    original: object  # PIL images
+    compressed: object
+    counts: dict
+
+
+def original_matches(original, metrics: dict) -> bool:
+    """Whether `original` (a model handle the person loaded in this command or session) is the model the run
+    compressed: the same label as metrics.json's model. Only such a model is drawn beside the compressed one;
+    a run folder never names the original to load (its job.json is not trusted to build a model)."""
+    return original is not None and isinstance(metrics.get("model"), str) and original.label == metrics["model"]
+
+
+def detection_grid(run_dir: Path, original, data, n_images: int = 4, conf: float = 0.25) -> list[DetectionPair]:
+    """The first `n_images` validation images of `data` with both detectors' boxes (vanished / appeared marked):
+    `original` is the detector the person loaded (never one rebuilt from the run folder), the compressed one is
+    decoded from the folder's model.clab by our own parser."""
+    from PIL import Image
+
+    from complab import sources
+    from complab.analysis import detections
+
+    compressed = sources.load_file(Path(run_dir) / "model.clab")
+    pairs = []
+    for path in data.val_images(limit=n_images):
+        with Image.open(path) as image:
+            image.load()
+            boxes_before, boxes_after, count = detections.side_by_side(original.model, compressed.model, image,
+                                                                       original.imgsz, conf)
+            scale = max(1, round(240 / max(image.size)))
+            pairs.append(DetectionPair(Path(path).name, detections.draw(image, boxes_before, original.names, scale),
+                                       detections.draw(image, boxes_after, compressed.names, scale), count))
+    return pairs
+
+
+MAX_FILE_BYTES = 4 << 30  # a model.clab larger than this is not read for a report (the biggest zoo model's is < 1 GB)
+
+
+def _file_bytes(run_dir: Path) -> bytes:
+    path = Path(run_dir) / "model.clab"
+    try:
+        if not path.is_file():
+            raise CompressionLabError(f"run folder {Path(run_dir).name} has no model.clab: report finished "
+                                      "compression runs only")
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise CompressionLabError(f"damaged: model.clab: {size:,} bytes, more than the {MAX_FILE_BYTES:,} a "
+                                      "report reads: report another run")
+        return path.read_bytes()
+    except OSError as exc:
+        raise CompressionLabError(f"damaged: model.clab: cannot be read ({exc.strerror}): report another run") \
+            from None
+
+
+def file_rows(run_dir: Path) -> list[dict]:
+    """inspect_bytes of the run's compact file (its per-section byte counts), read by our own parser; a file that
+    does not parse is CompressionLabError ("damaged: model.clab: ...")."""
+    try:
+        return inspect_bytes(_file_bytes(run_dir))
+    except CompressionLabError as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CompressionLabError(text if text.startswith(("damaged:", "run folder")) else
+                                  f"damaged: model.clab: {text}") from None
+
+
+def file_meta(run_dir: Path) -> dict:
+    """The compact file's JSON metadata (its plan, label, data reference); {} when it holds none."""
+    try:
+        meta = inspect_header(_file_bytes(run_dir))["meta"]
+    except CompressionLabError as exc:
+        raise CompressionLabError(f"damaged: model.clab: {str(exc).splitlines()[0] if str(exc) else exc!r}") \
+            from None
+    return meta if isinstance(meta, dict) else {}
+
+
+def params_removed(metrics: dict) -> int:
+    """Parameters the compressed architecture no longer has (channels removed, batch norm folded), from metrics."""
+    before, after = metrics["before"].get("params"), metrics["after"].get("params")
+    return int(max(0, before - after)) if before and after else 0

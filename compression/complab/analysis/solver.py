@@ -1,0 +1,168 @@
+"""Target solver: per-layer sparsity and cluster count chosen greedily over a sensitivity table.
+
+Given one target (compressed bytes, sparse FLOPs, or an accuracy-drop budget), start every layer
+untouched and repeatedly take the cheapest move over all layers, where a move makes one layer more
+aggressive (higher sparsity, fewer clusters, or both at once) and its price is the accuracy it costs
+per byte (or FLOP) it saves. This is the greedy ratio selection that Neural Magic's Sparsify (global
+slider) and AIMET (greedy compression-ratio selection) used, taken over each layer's lower convex hull
+of (cost, drop) so that a single step that does not pay (pruning a layer already shared at 2 values
+adds a positions stream) cannot trap it. The accuracy cost of a layer is read from the sensitivity
+report (drops of separate layers are assumed to add up; the sizes come from the analytic estimate,
+compression/complab/analysis/estimate.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from complab.analysis.estimate import ModelStats, estimate, layer_bytes
+
+TARGET_KINDS = ("compressed_bytes", "sparse_flops", "accuracy_drop")
+EPSILON = 1e-6  # a free move (no measured drop) still prefers the larger saving
+
+
+@dataclass
+class LayerGrid:
+    sparsities: list[float]  # ascending, starting at 0
+    sparsity_drop: list[float]  # accuracy drop (fraction) at each sparsity
+    clusters: list[int | None]  # descending aggressiveness order: None (not clustered), 256, ..., 2
+    cluster_drop: list[float]
+
+
+def grids_from_report(report: dict) -> dict[str, LayerGrid]:
+    """Per-layer grids from a SensitivityReport dict (drops clipped at zero); the report is checked first
+    (check_report: a damaged one raises SensitivityReportError naming its key, never a KeyError or a NaN plan)."""
+    from complab.analysis.sensitivity_report import check_report
+
+    report = check_report(report)
+    base = float(report["base_accuracy"])
+    grids = {}
+    for name, row in report["layers"].items():
+        sparsities = sorted(float(s) for s in row["sparsity"])
+        if 0.0 not in sparsities:
+            sparsities.insert(0, 0.0)
+        s_drop = [max(0.0, base - row["sparsity"].get(_key(s), base)) for s in sparsities]
+        ks = sorted((int(k) for k in row["clusters"]), reverse=True)
+        k_drop = [0.0] + [max(0.0, base - row["clusters"][str(k)]) for k in ks]
+        grids[name] = LayerGrid(sparsities, _monotone(s_drop), [None, *ks], _monotone(k_drop))
+    return grids
+
+
+def _key(value: float) -> str:
+    return str(value)
+
+
+def _monotone(drops: list[float]) -> list[float]:
+    """A more aggressive setting never costs less than a milder one (smooths evaluation noise)."""
+    out, worst = [], 0.0
+    for drop in drops:
+        worst = max(worst, drop)
+        out.append(worst)
+    return out
+
+
+def _hull(options: list[tuple[float, float, tuple[int, int]]]) -> list[tuple[float, float, tuple[int, int]]]:
+    """The lower convex hull of one layer's (cost, drop, setting) options, from the least drop towards the least
+    cost: each next option is the one that saves cost at the lowest price (drop per unit of cost saved)."""
+    start = min(options, key=lambda o: (o[1], o[0]))
+    chain = [start]
+    while True:
+        cost, drop, _ = chain[-1]
+        cheaper = [o for o in options if o[0] < cost]
+        if not cheaper:
+            return chain
+        # lowest price; among equal prices the largest saving (so the chain's prices only rise)
+        chain.append(min(cheaper, key=lambda o: ((max(0.0, o[1] - drop) + EPSILON) / (cost - o[0]), o[0])))
+
+
+def _relax(chosen: dict, options: dict, slack: float) -> dict:
+    """Give back what the walk overshot: a hull segment can jump far past the target (a layer whose drop is flat
+    from 0 to 95% sparsity is one segment), so a 5x target could come back at 32x. Within the slack (target minus
+    the plan's cost), each layer moves to a milder option that loses no more: first the layers that lose the most
+    take a lower drop, then the biggest savings are handed back, so the plan lands near its target."""
+    chosen = dict(chosen)
+    for lower_drop in (True, False):
+        order = sorted(chosen, key=lambda n: (-chosen[n][1], chosen[n][0]) if lower_drop else -chosen[n][0])
+        for name in order:
+            cost, drop, _ = chosen[name]
+            fits = [o for o in options[name] if o[1] <= drop + 1e-12 and o[0] - cost <= slack and o[0] > cost]
+            if lower_drop:
+                fits = [o for o in fits if o[1] < drop - 1e-12]
+            if not fits:
+                continue
+            best = min(fits, key=lambda o: (o[1], -o[0])) if lower_drop else max(fits, key=lambda o: (o[0], -o[1]))
+            slack -= best[0] - cost
+            chosen[name] = best
+    return chosen
+
+
+def solve(stats: ModelStats, grids: dict[str, LayerGrid], target_kind: str, target: float,
+          cluster_first: bool = True) -> dict:
+    """Settings {layer: (sparsity, n_clusters)} meeting the target (or as close as the grid allows).
+
+    target: compressed bytes (<=), sparse FLOPs (<=), or the largest total accuracy drop (fraction).
+    Every (sparsity, cluster count) pair of a layer's grid is an option with a cost (its estimated bytes, or
+    its FLOPs) and a drop (pruning's plus sharing's, measured alone). Per layer only the options on the lower
+    convex hull of (cost, drop) can be worth taking; the solver walks all layers' hull segments in order of
+    price (accuracy lost per byte or FLOP saved) until the target is met: the greedy ratio selection of
+    Sparsify and AIMET, done over the hull so that a jump (prune 90% and share 16 values at once) is seen
+    even when no single grid step pays (the multiple-choice knapsack's Lagrangian solution).
+    With cluster_first, every layer is at least shared at the largest k in its grid (weight sharing at
+    256 values costs nothing measurable and makes the file 4x smaller), as Deep Compression does.
+    """
+    import heapq
+
+    if target_kind not in TARGET_KINDS:
+        raise ValueError(f"target kind {target_kind!r}: use one of {TARGET_KINDS}")
+    names = [name for name in grids if name in stats.layers]
+    chains, all_options = {}, {}
+    for name in names:
+        grid = grids[name]
+        first_k = 1 if cluster_first and len(grid.clusters) > 1 else 0
+        k_indices = [first_k] if target_kind == "sparse_flops" else range(first_k, len(grid.clusters))
+        options = []
+        for s_index, sparsity in enumerate(grid.sparsities):
+            for k_index in k_indices:
+                drop = grid.sparsity_drop[s_index] + grid.cluster_drop[k_index]
+                if target_kind == "sparse_flops":
+                    cost = stats.layers[name].flops * (1.0 - sparsity)
+                else:
+                    cost = layer_bytes(stats.layers[name], sparsity, grid.clusters[k_index])
+                options.append((cost, drop, (s_index, k_index)))
+        chains[name] = _hull(options)
+        all_options[name] = options
+
+    position = dict.fromkeys(names, 0)
+    drop = sum(chains[name][0][1] for name in names)
+    cost = sum(chains[name][0][0] for name in names)
+    other = stats.other_flops if target_kind == "sparse_flops" else stats.other_bytes
+
+    def price(name: str) -> float:
+        (c0, d0, _), (c1, d1, _) = chains[name][position[name]:position[name] + 2]
+        return (max(0.0, d1 - d0) + EPSILON) / (c0 - c1)
+
+    heap = [(price(name), index, name) for index, name in enumerate(names) if len(chains[name]) > 1]
+    heapq.heapify(heap)
+    while heap:
+        if target_kind != "accuracy_drop" and cost + other <= target:
+            break
+        _, index, name = heapq.heappop(heap)
+        (c0, d0, _), (c1, d1, _) = chains[name][position[name]:position[name] + 2]
+        if target_kind == "accuracy_drop" and drop + (d1 - d0) > target:
+            continue  # this layer stops here; the others may still afford their next segment
+        position[name] += 1
+        drop, cost = drop + (d1 - d0), cost - (c0 - c1)
+        if position[name] + 1 < len(chains[name]):
+            heapq.heappush(heap, (price(name), index, name))
+    chosen = {name: chains[name][position[name]] for name in names}
+    if target_kind != "accuracy_drop" and cost + other <= target:
+        chosen = _relax(chosen, all_options, target - cost - other)
+        drop = sum(option[1] for option in chosen.values())
+        cost = sum(option[0] for option in chosen.values())
+    settings = {}
+    for name in names:
+        s_index, k_index = chosen[name][2]
+        settings[name] = (grids[name].sparsities[s_index], grids[name].clusters[k_index])
+    reached = target_kind == "accuracy_drop" or cost + other <= target
+    return {"settings": settings, "predicted_drop": drop, "met": reached,
+            **{k: v for k, v in estimate(stats, settings).items() if k != "per_layer_bytes"}}

@@ -1,0 +1,1 @@
+"""Scripts that train the built-in demo models reproducibly (`python -m complab.demo.train`)."""

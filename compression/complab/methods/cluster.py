@@ -1,0 +1,167 @@
+"""k-means weight sharing per layer (Deep Compression), with the dynamical-clustering paper's per-layer k.
+
+Each layer's non-zero weights are clustered in one dimension into k shared values (pruned weights
+stay exactly zero and are not clustered). The shared values are then fine-tuned: the weight is a
+parametrization `weight = table[labels]` of the k centroids, so autograd sums the gradients of all
+weights in a cluster into that cluster's value, exactly Deep Compression's centroid update.
+
+k = "auto" is our reading of the dynamical-clustering paper ("Deep Neural Network Compression for Image
+Classification and Object Detection", arXiv 1910.02747), whose exact rule is not in the sources:
+per layer, the smallest k between 2 and 256 (doubling, then bisection) whose effect stays within
+the plan's tolerance: by default the accuracy drop on a validation subset, measured with the layers
+before it (in model order) already shared at their chosen k, so that the drops of the layers do not
+add up unseen and the whole model before fine-tuning stays within the tolerance of the original;
+or the layer's relative reconstruction error sum((w - q)^2) / sum(w^2) (fast option).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from complab.methods.context import StepContext, StepResult, layer_weight, weight_ref
+from complab.methods.kmeans1d import kmeans_1d
+from complab.methods.registry import handler
+from complab.models.params import bake
+from complab.plan import ClusterStep, resolve_all
+
+MAX_CLUSTERS = 256
+# its own random stream (data order) for fine-tuning the shared values: offset past the prune step's
+# rounds (seed + 1, 2, ...) so the two fine-tunings of one plan never replay the same batches
+SHARED_VALUE_FINETUNE_SEED = 1000
+
+
+class SharedValues(nn.Module):
+    """centroids [k] -> weight: each position takes its cluster's value; label k means a pruned zero."""
+
+    def __init__(self, labels: torch.Tensor, centroids: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("labels", labels)
+        self.register_buffer("initial", centroids.clone())
+
+    def forward(self, centroids: torch.Tensor) -> torch.Tensor:
+        table = torch.cat([centroids, centroids.new_zeros(1)])
+        return table[self.labels]
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.initial.clone()
+
+
+def cluster_weight(weight: torch.Tensor, n_clusters: int, init: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centroids [k'] float, labels same shape as weight with k' marking zeros) for a layer's non-zero weights."""
+    flat = weight.detach().flatten().cpu().double().numpy()
+    nonzero = flat != 0
+    labels = np.full(flat.shape, -1, dtype=np.int64)
+    if not nonzero.any():
+        return torch.zeros(0, dtype=weight.dtype), torch.zeros_like(weight, dtype=torch.long)
+    centroids, nz_labels = kmeans_1d(flat[nonzero], n_clusters, init=init, seed=seed)
+    labels[nonzero] = nz_labels
+    labels[~nonzero] = len(centroids)
+    return (torch.from_numpy(centroids).to(weight.dtype),
+            torch.from_numpy(labels).view(weight.shape).to(weight.device))
+
+
+def quantized(weight: torch.Tensor, n_clusters: int, init: str, seed: int) -> torch.Tensor:
+    centroids, labels = cluster_weight(weight, n_clusters, init, seed)
+    table = torch.cat([centroids.to(weight.device), weight.new_zeros(1)])
+    return table[labels]
+
+
+@torch.no_grad()
+def choose_n_clusters(model: nn.Module, layer: str, step: ClusterStep, ctx: StepContext,
+                      evaluate, base_accuracy: float) -> int:
+    """Smallest k in [2, 256] whose effect on this layer alone stays within the tolerance."""
+    weight = layer_weight(model, layer)
+    original = weight.detach().clone()
+    energy = float((original.double() ** 2).sum()) or 1.0
+    results: dict[int, bool] = {}
+
+    def within(k: int) -> bool:
+        if k not in results:
+            q = quantized(original, k, step.init, step.seed)
+            if step.auto_criterion == "reconstruction":
+                results[k] = float(((original.double() - q.double()) ** 2).sum()) / energy <= step.tolerance
+            else:
+                weight.copy_(q)
+                results[k] = base_accuracy - evaluate() <= step.tolerance
+                weight.copy_(original)
+        return results[k]
+
+    k = 2
+    while k < MAX_CLUSTERS and not within(k):
+        k *= 2
+    k = min(k, MAX_CLUSTERS)
+    if k == 2 or k == MAX_CLUSTERS and not within(k):
+        return k
+    low, high = k // 2, k  # low fails, high passes
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if within(mid) else (mid, high)
+    return high
+
+
+@handler(ClusterStep)
+def run(model: nn.Module, step: ClusterStep, ctx: StepContext) -> StepResult:
+    """Choose k per layer, cluster every layer, fine-tune the shared values, bake them into the weights."""
+    requested = resolve_all(step.n_clusters, ctx.layers)
+    if not requested:
+        ctx.log("cluster: no layer has n_clusters; nothing to do")
+        return StepResult()
+    chosen: dict[str, int] = {}
+    auto_layers = [layer for layer, k in requested.items() if k == "auto"]
+    originals: dict[str, torch.Tensor] = {}
+    if auto_layers:
+        score = ctx.make_scorer(step.auto_val_size, ctx.seed)
+
+        def evaluate() -> float:
+            return score(model)
+
+        base = evaluate() if step.auto_criterion == "accuracy" else 1.0
+        for index, layer in enumerate(auto_layers):
+            ctx.emit("choose clusters", index / len(auto_layers), layer=layer)
+            chosen[layer] = choose_n_clusters(model, layer, step, ctx, evaluate, base)
+            with torch.no_grad():  # later layers are judged with this one already shared
+                weight = layer_weight(model, layer)
+                originals.setdefault(layer, weight.detach().clone())
+                weight.copy_(quantized(weight, chosen[layer], step.init, step.seed))
+            ctx.check_cancelled()
+        with torch.no_grad():
+            for layer, original in originals.items():
+                layer_weight(model, layer).copy_(original)
+        model.eval()
+    chosen.update({layer: int(k) for layer, k in requested.items() if k != "auto"})
+    ctx.log("cluster: k " + ", ".join(f"{layer}={chosen[layer]}" for layer in requested))
+    bake(model)
+    for layer in requested:
+        module, attribute = weight_ref(model, layer)
+        centroids, labels = cluster_weight(getattr(module, attribute), chosen[layer], step.init, step.seed)
+        parametrize.register_parametrization(module, attribute, SharedValues(labels, centroids), unsafe=True)
+    bias_clusters = share_biases(model, list(requested), step) if step.bias_clusters else {}
+    ctx.finetune(model, step.finetune_epochs, step.lr, ctx.seed + step.seed + SHARED_VALUE_FINETUNE_SEED,
+                 "fine-tune shared values")
+    bake(model)
+    report = {"n_clusters": {layer: chosen[layer] for layer in requested}}
+    if bias_clusters:
+        ctx.log("cluster: bias k " + ", ".join(f"{layer}={k}" for layer, k in bias_clusters.items()))
+        report["bias_clusters"] = bias_clusters
+    return StepResult(report)
+
+
+def share_biases(model: nn.Module, layers: list[str], step: ClusterStep) -> dict[str, int]:
+    """Cluster each layer's bias into at most `step.bias_clusters` shared values, fine-tuned with the weights.
+
+    Ours, not the paper's (Deep Compression leaves biases alone: beside AlexNet's weights they are nothing; beside
+    a LeNet-5 pruned to 1% they are a fifth of the file). A bias of k values or fewer is left as it is."""
+    shared = {}
+    for layer in layers:
+        module, attribute = weight_ref(model, layer)
+        bias = getattr(module, "bias", None) if attribute == "weight" else None
+        if not isinstance(bias, torch.Tensor) or bias.numel() <= step.bias_clusters:
+            continue
+        k = step.bias_clusters
+        centroids, labels = cluster_weight(bias, k, step.init, step.seed)
+        parametrize.register_parametrization(module, "bias", SharedValues(labels, centroids), unsafe=True)
+        shared[layer] = len(centroids)
+    return shared

@@ -1,0 +1,256 @@
+"""Plotly figures the pages draw (built here so pages stay thin): sensitivity, Pareto fronts, histograms, GA fitness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from complab.analysis.pareto import pareto_mask, sweep_curve
+
+
+def _measured(row: dict, axis: str) -> set[str] | None:
+    """The keys of a row measured exactly; None when the report says nothing (an exact-mode report: all measured)."""
+    marks = row.get("measured")
+    return None if marks is None else {str(k) for k in marks.get(axis, [])}
+
+
+def sensitivity_curves(report: dict, axis: str) -> go.Figure:
+    """Score per layer against sparsity (axis="sparsity") or cluster count (axis="clusters").
+
+    In an estimate-mode report, measured points are filled markers and estimated ones hollow (the
+    legend's two grey entries say which is which)."""
+    fig = go.Figure()
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f",
+               "#bcbd22", "#17becf"]
+    estimated_any = False
+    for index, (name, row) in enumerate(report["layers"].items()):
+        measured = _measured(row, axis)
+        points = sorted(((float(k), v, measured is None or k in measured) for k, v in row[axis].items()))
+        estimated_any |= not all(p[2] for p in points)
+        color = palette[index % len(palette)]
+        fig.add_trace(go.Scatter(
+            x=[p[0] for p in points], y=[100 * p[1] for p in points], mode="lines+markers", name=name,
+            line={"color": color}, customdata=["measured" if p[2] else "estimated" for p in points],
+            marker={"color": [color if p[2] else "white" for p in points], "line": {"color": color, "width": 1.5},
+                    "size": 8, "symbol": "circle"},
+            hovertemplate=name + ": %{x} -> %{y:.2f}% (%{customdata})<extra></extra>"))
+    if estimated_any:  # legend keys for the two marker styles
+        for label, fill in (("measured (filled)", "grey"), ("estimated (hollow)", "white")):
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=label,
+                                     marker={"color": fill, "line": {"color": "grey", "width": 1.5}, "size": 8}))
+    fig.add_hline(y=100 * report["base_accuracy"], line_dash="dot", annotation_text="original")
+    fig.update_layout(xaxis_title="sparsity" if axis == "sparsity" else "clusters (k)",
+                      yaxis_title="validation accuracy (%)", height=380, margin={"t": 30})
+    if axis == "clusters":
+        fig.update_xaxes(type="log", tickvals=[2, 4, 8, 16, 32, 64, 128, 256])
+    return fig
+
+
+def sensitivity_heatmap(report: dict) -> go.Figure:
+    """Layer x sparsity heatmap of the accuracy drop in points; measured cells of an estimate-mode report marked."""
+    layers = list(report["layers"])
+    sparsities = sorted({float(s) for row in report["layers"].values() for s in row["sparsity"]})
+    base = report["base_accuracy"]
+    keys = {layer: {float(k): k for k in report["layers"][layer]["sparsity"]} for layer in layers}
+    z = [[100 * (base - report["layers"][layer]["sparsity"][keys[layer][s]]) if s in keys[layer] else np.nan
+          for s in sparsities] for layer in layers]
+    marks = [[("measured" if (m := _measured(report["layers"][layer], "sparsity")) is None or keys[layer].get(s) in m
+               else "estimated") if s in keys[layer] else "" for s in sparsities] for layer in layers]
+    fig = go.Figure(go.Heatmap(z=z, x=[f"{s:.2f}" for s in sparsities], y=layers, colorscale="Reds",
+                               colorbar={"title": "drop (pts)"}, zmin=0, customdata=marks,
+                               hovertemplate="%{y} at %{x}: %{z:.2f} pts (%{customdata})<extra></extra>"))
+    if any(_measured(row, "sparsity") is not None for row in report["layers"].values()):
+        xs = [f"{s:.2f}" for layer in layers for s, mark in zip(sparsities, marks[layers.index(layer)], strict=True)
+              if mark == "measured"]
+        ys = [layer for layer in layers for mark in marks[layers.index(layer)] if mark == "measured"]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name="measured (others estimated)",
+                                 marker={"symbol": "circle", "size": 7, "color": "black"}, hoverinfo="skip"))
+        fig.update_layout(legend={"orientation": "h", "y": 1.02, "yanchor": "bottom"})
+    fig.update_layout(xaxis_title="sparsity", yaxis_title="layer", height=120 + 28 * len(layers), margin={"t": 30})
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def pareto_figure(table: pd.DataFrame, cost: str, cost_title: str, sweeps: list[dict] | None = None,
+                  highlight: str | None = None) -> go.Figure:
+    """Accuracy against a cost; each method family its own series, dominated runs dimmed, the front joined;
+    each sweep (engine.list_sweeps()) one line through its finished members, sorted by the cost; the run
+    `highlight` (an id) ringed."""
+    fig = go.Figure()
+    if table.empty:
+        return fig
+    data = table.dropna(subset=[cost]).copy()
+    if data.empty:
+        fig.add_annotation(text=f"no run measured {cost_title}", showarrow=False, x=0.5, y=0.5,
+                           xref="paper", yref="paper")
+        return fig
+    data["front"] = pareto_mask(list(data[cost]), list(data["accuracy"]))
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    for index, (method, group) in enumerate(data.groupby("method")):
+        color = palette[index % len(palette)]
+        own = group[pareto_mask(list(group[cost]), list(group["accuracy"]))].sort_values(cost)
+        if len(own) > 1:  # each method family's own front: what that family alone can reach
+            fig.add_trace(go.Scatter(x=own[cost], y=100 * own["accuracy"], mode="lines", name=f"{method} front",
+                                     legendgroup=method, showlegend=False, line={"color": color, "width": 1},
+                                     hoverinfo="skip"))
+        fig.add_trace(go.Scatter(
+            x=group[cost], y=100 * group["accuracy"], mode="markers", name=method, legendgroup=method,
+            marker={"size": 11, "color": color, "opacity": [1.0 if f else 0.3 for f in group["front"]]},
+            text=group["run"], customdata=group[["plan", "ratio"]],
+            hovertemplate="%{text}<br>%{customdata[0]}<br>" + cost_title + " %{x:,}<br>"
+                          + ("mAP50" if "task" in data and (data["task"] == "detect").all() else "accuracy")
+                          + " %{y:.2f}%"
+                          "<br>ratio %{customdata[1]:.1f}x<extra></extra>"))
+    front = data[data["front"]].sort_values(cost)
+    fig.add_trace(go.Scatter(x=front[cost], y=100 * front["accuracy"], mode="lines", name="Pareto front",
+                             line={"dash": "dash", "color": "black"}, hoverinfo="skip"))
+    add_sweep_curves(fig, data, sweeps or [], cost, cost_title)
+    chosen = data[data["run"] == highlight]
+    if not chosen.empty:
+        fig.add_trace(go.Scatter(x=chosen[cost], y=100 * chosen["accuracy"], mode="markers", name=f"{highlight}",
+                                 marker={"size": 22, "symbol": "circle-open", "color": "black", "line": {"width": 3}},
+                                 hoverinfo="skip"))
+    detector = "task" in data and (data["task"] == "detect").all()
+    fig.update_layout(xaxis_title=cost_title, yaxis_title="validation mAP50 (%)" if detector else "test accuracy (%)",
+                      height=420, margin={"t": 30})
+    if data[cost].max() > 20 * max(1, data[cost].min()):
+        fig.update_xaxes(type="log")
+    return fig
+
+
+def add_sweep_curves(fig: go.Figure, data: pd.DataFrame, sweeps: list[dict], cost: str, cost_title: str) -> None:
+    """One line with markers per sweep through its finished members (it grows as members finish)."""
+    palette = ["#17becf", "#bcbd22", "#e377c2", "#7f7f7f", "#ff7f0e", "#9467bd"]
+    for index, sweep in enumerate(sweeps):
+        curve = sweep_curve(data, sweep, cost)
+        if curve.empty:
+            continue
+        waiting = sweep["counts"]["queued"] + sweep["counts"]["running"]
+        name = sweep["label"] + (f" - {waiting} to come" if waiting else "")
+        fig.add_trace(go.Scatter(
+            x=curve[cost], y=100 * curve["accuracy"], mode="lines+markers", name=name,
+            line={"color": palette[index % len(palette)], "width": 2}, marker={"size": 7, "symbol": "diamond"},
+            text=curve["run"], customdata=curve[["target", "ratio"]],
+            hovertemplate=sweep["label"] + "<br>%{customdata[0]}: %{text}<br>" + cost_title
+                          + " %{x:,}<br>%{y:.2f}%<br>ratio %{customdata[1]:.1f}x<extra></extra>"))
+
+
+def bytes_waterfall(waterfall, estimated: bool = False, height: int = 420) -> go.Figure:
+    """Where the bytes went (analysis.report.Waterfall): fp32 bytes, one signed bar per part of the compact file,
+    the file's size; the bars add up to it exactly.
+
+    estimated: the plan page's estimate (analysis.estimate.estimated_waterfall), not a file: lighter, outlined
+    bars, dotted connectors, "~" before every number, "estimated file" as the last bar and a note saying so."""
+    bars = waterfall.bars()
+    labels = ["fp32 model"] + [label for label, _ in bars] + ["estimated file" if estimated else "compact file"]
+    values = [waterfall.start] + [value for _, value in bars] + [waterfall.end]
+    approx = "~" if estimated else ""
+    colours = ("#98df8a", "#ff9896", "#aec7e8") if estimated else ("#2ca02c", "#d62728", "#1f77b4")
+    outline = ("#2ca02c", "#d62728", "#1f77b4")
+    fig = go.Figure(go.Waterfall(
+        orientation="v", measure=["absolute"] + ["relative"] * len(bars) + ["total"], x=labels, y=values,
+        text=[f"{approx}{v:+,}" if 0 < i < len(values) - 1 else f"{approx if i else ''}{v:,}"
+              for i, v in enumerate(values)],
+        textposition="outside",
+        connector={"line": {"color": "#999", "width": 1, "dash": "dot" if estimated else "solid"}},
+        decreasing={"marker": {"color": colours[0], "line": {"color": outline[0], "width": 2 if estimated else 0}}},
+        increasing={"marker": {"color": colours[1], "line": {"color": outline[1], "width": 2 if estimated else 0}}},
+        totals={"marker": {"color": colours[2], "line": {"color": outline[2], "width": 2 if estimated else 0}}},
+        hovertemplate="%{x}: " + ("estimated " if estimated else "") + "%{y:,} bytes<extra></extra>"))
+    fig.update_layout(title=f"{waterfall.title}: {waterfall.start:,} -> {approx}{waterfall.end:,} bytes "
+                            f"({approx}{waterfall.start / max(1, waterfall.end):.1f}x)",
+                      yaxis_title="bytes", height=height, margin={"t": 50, "b": 10}, showlegend=False)
+    if estimated:
+        fig.add_annotation(text="ESTIMATED from the weights (no model run): the run measures the real file",
+                           xref="paper", yref="paper", x=1, y=1, xanchor="right", yanchor="bottom",
+                           showarrow=False, font={"color": "#7f7f7f", "size": 12})
+    fig.update_xaxes(tickangle=-25, tickfont={"size": 10})
+    return fig
+
+
+def weight_histogram(before: np.ndarray, after: np.ndarray, layer: str) -> go.Figure:
+    """Histogram of a layer's weights before and after, with the shared values marked."""
+    fig = go.Figure()
+    fig.add_trace(go.Histogram(x=before, name="original", nbinsx=120, opacity=0.55))
+    kept = after[after != 0]
+    fig.add_trace(go.Histogram(x=kept, name="compressed (non-zero)", nbinsx=120, opacity=0.55))
+    shared = np.unique(kept)
+    if 0 < len(shared) <= 64:
+        for value in shared:
+            fig.add_vline(x=float(value), line_width=1, line_color="crimson", opacity=0.6)
+    fig.update_layout(barmode="overlay", title=f"{layer}: {len(shared)} distinct non-zero values, "
+                      f"{100 * (1 - kept.size / max(1, after.size)):.1f}% zeros", height=340, margin={"t": 40},
+                      xaxis_title="weight", yaxis_title="count")
+    return fig
+
+
+def ga_figure(rows: pd.DataFrame) -> go.Figure:
+    """Best (solid) and mean (dotted) fitness against the generation, one colour per layer, in search order."""
+    fig = go.Figure()
+    palette = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880"]
+    for i, (layer, group) in enumerate(rows.groupby("layer", sort=False)):
+        colour = palette[i % len(palette)]
+        fig.add_trace(go.Scatter(x=group["generation"], y=group["best_fitness"], mode="lines+markers",
+                                 name=f"{layer} best", line={"color": colour}))
+        fig.add_trace(go.Scatter(x=group["generation"], y=group["mean_fitness"], mode="lines",
+                                 name=f"{layer} mean", line={"color": colour, "dash": "dot"}))
+    fig.update_layout(xaxis_title="generation", yaxis_title="fitness (top-1 on the fitness subset)", height=320,
+                      margin={"t": 30})
+    return fig
+
+
+def prediction_figure(table: pd.DataFrame) -> go.Figure:
+    """Predicted vs measured accuracy drop (points) per run, the predicted range as an error bar, y = x dashed."""
+    rows = table.dropna(subset=["predicted_drop_pts"])
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=rows["predicted_drop_pts"], y=rows["accuracy_drop_pts"], mode="markers", name="runs",
+        text=rows["run"] + " " + rows["plan"].astype(str),
+        error_x={"type": "data", "symmetric": False,
+                 "array": rows["predicted_high_pts"] - rows["predicted_drop_pts"],
+                 "arrayminus": rows["predicted_drop_pts"] - rows["predicted_low_pts"]},
+        hovertemplate="%{text}<br>predicted %{x:.2f} pts, measured %{y:.2f} pts<extra></extra>"))
+    top = float(max(rows["predicted_high_pts"].max(), rows["accuracy_drop_pts"].max(), 0.5)) if len(rows) else 1.0
+    fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="predicted = measured",
+                             line={"dash": "dash", "color": "grey"}))
+    fig.update_layout(xaxis_title="predicted accuracy drop (points, at launch)",
+                      yaxis_title="measured accuracy drop (points, decoded file)", height=360,
+                      margin={"t": 30, "b": 40})
+    return fig
+
+
+def lesson_histogram(before: np.ndarray, after: np.ndarray | None, layer: str, after_name: str = "now") -> go.Figure:
+    """The lesson's histogram of one layer's weights, zeros included (pruning's spike at zero shows), on shared bins;
+    with `after`, the original faint behind it, its shared values marked, and counts on a log scale so the spike at
+    zero and the few weights left beside it are both visible. Binned here: the browser gets 150 bars per series,
+    not a quarter of a million weights."""
+    values = before if after is None else np.concatenate([before, after])
+    edges = np.linspace(float(values.min()), float(values.max()), 151)
+    centres, width = (edges[:-1] + edges[1:]) / 2, float(edges[1] - edges[0])
+
+    def bars(weights: np.ndarray, name: str, colour: str, opacity: float) -> go.Bar:
+        counts, _ = np.histogram(weights, edges)
+        return go.Bar(x=centres, y=counts, width=width, name=name, marker={"color": colour}, opacity=opacity,
+                      hovertemplate="%{x:.4f}: %{y:,} weights<extra>" + name + "</extra>")
+
+    fig = go.Figure()
+    fig.add_trace(bars(before, "original", "#7f7f7f" if after is not None else "#1f77b4",
+                       0.35 if after is not None else 0.9))
+    title = f"{layer}: {before.size:,} weights"
+    if after is not None:
+        fig.add_trace(bars(after, after_name, "#1f77b4", 0.85))
+        kept = after[after != 0]
+        shared = np.unique(kept)
+        if 0 < shared.size <= 64:
+            for value in shared:
+                fig.add_vline(x=float(value), line_width=1, line_color="crimson", opacity=0.5)
+        title += (f", {100 * (1 - kept.size / max(1, after.size)):.2f}% zeros, {shared.size:,} distinct non-zero "
+                  "values" + (" (red lines)" if 0 < shared.size <= 64 else ""))
+        fig.update_yaxes(type="log", title="count (log scale)")
+    else:
+        fig.update_yaxes(title="count")
+    fig.update_layout(barmode="overlay", bargap=0, title=title, height=330, margin={"t": 40, "b": 30},
+                      xaxis_title="weight",
+                      legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 1.0, "xanchor": "right"})
+    return fig

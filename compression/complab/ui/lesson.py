@@ -1,0 +1,163 @@
+"""The lesson page's Streamlit parts: how far the class has got, each step's run found or started, its progress.
+
+A step that changes the model is an engine run (complab.analysis.lesson.step_job), started with
+engine.submit_or_reuse: a run of the same plan, model and data that succeeded (or is still on its way) is shown
+instead of starting another, so a second class, a reload or a reopened lesson finds every finished step at once.
+Only how far this session has got lives in st.session_state; the runs live in the engine's store.
+"""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from complab import engine, runfolder
+from complab.analysis import lesson, report
+from complab.errors import CompressionLabError
+from complab.ui.state import decoded_run, home, load_active
+
+POLL_EVERY_S = 1.0  # seconds between looks at a running step's run (as the Runs page)
+# started together with a step: the run a later step shows, so it computes while the class reads (step 3's run
+# repeats step 2's pruning, so it cannot start from step 2's result; queued behind it, it is often done when asked for)
+AHEAD = {"prune": "share"}
+ACTIVE = ("queued", "running")
+
+
+def progress_state() -> dict:
+    """{"shown": steps shown so far (1-5), "runs": {run name: run id}, "reused": {run name: bool}}."""
+    return st.session_state.setdefault("lesson", {"shown": 1, "runs": {}, "reused": {}})
+
+
+def restart() -> None:
+    st.session_state["lesson"] = {"shown": 1, "runs": {}, "reused": {}}
+
+
+def start(step: str) -> None:
+    """The Next button's callback: show `step`, finding or starting its run (errors kept for the redraw)."""
+    state = progress_state()
+    state["shown"] = max(state["shown"], lesson.STEPS.index(step) + 1)
+    state.pop("error", None)
+    for wanted in (step, AHEAD.get(step)):
+        job = lesson.step_job(wanted) if wanted else None
+        if job is None or lesson.RUN_OF[wanted] in state["runs"]:
+            continue
+        try:
+            run_id, reused = engine.submit_or_reuse(job, root=home())
+        except CompressionLabError as exc:  # a read-only or full data folder
+            state["error"] = (step, str(exc))
+            return
+        state["runs"][lesson.RUN_OF[wanted]] = run_id
+        state["reused"][lesson.RUN_OF[wanted]] = reused
+
+
+def retry(step: str) -> None:
+    """Start a failed or cancelled step again (submit_or_reuse never reuses those: a new run)."""
+    state = progress_state()
+    state["runs"].pop(lesson.RUN_OF[step], None)
+    start(step)
+
+
+def run_of(step: str) -> str | None:
+    return progress_state()["runs"].get(lesson.RUN_OF.get(step, ""))
+
+
+def status(run_id: str) -> dict:
+    return engine.status(run_id, root=home())
+
+
+@st.fragment(run_every=POLL_EVERY_S)
+def watch(run_id: str, title: str) -> None:
+    """A running step's progress, redrawn every second; once its run ends the whole page redraws with the result."""
+    row = status(run_id)
+    if row["state"] not in ACTIVE:
+        st.rerun()
+    progress = row.get("progress") or {}
+    started = row.get("started") or row.get("created") or time.time()
+    fraction = min(1.0, max(0.0, float(progress.get("progress") or 0.0)))
+    stage = progress.get("stage") or ("waiting for the engine" if row["state"] == "queued" else "starting")
+    st.progress(fraction, text=f"{title}: run {run_id} {row['state']} · {stage} · {time.time() - started:.0f} s")
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def run_metrics(root: str, run_id: str) -> dict:
+    """A finished run's metrics.json (written whole, never changed afterwards), checked (complab/runfolder.py):
+    a damaged one is CompressionLabError."""
+    metrics, problem = runfolder.load(engine.run_file(run_id, "metrics.json", root=root), kind="compress")
+    if problem:
+        raise CompressionLabError(f"run {run_id} cannot be shown: {problem}")
+    return metrics
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def run_plan(root: str, run_id: str) -> dict:
+    plan, problem = runfolder.read_json(engine.run_file(run_id, "plan.json", root=root))
+    if problem or not isinstance(plan, dict):
+        raise CompressionLabError(f"run {run_id} cannot be shown: {problem or 'damaged: plan.json: not an object'}")
+    return plan
+
+
+@st.cache_data(max_entries=1, show_spinner=False)
+def original_weights():
+    """The demo LeNet-300-100's own weights per layer and their counts (step 1)."""
+    handle, data = load_active(lesson.LESSON_SPEC)
+    weights = lesson.layer_weights(handle.model)
+    return weights, lesson.weight_facts(weights), len(data.test)
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading the compact file...")
+def run_weights(root: str, run_id: str):
+    """The decoded file's weights per layer (the histograms draw them) and their counts (the text says them)."""
+    weights = lesson.layer_weights(decoded_run(run_id).model)
+    return weights, lesson.weight_facts(weights)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def run_coding(root: str, run_id: str) -> lesson.Coding:
+    return lesson.coding(report.file_rows(engine.run_dir(run_id, root=root)), run_metrics(root, run_id))
+
+
+@st.cache_data(max_entries=16, show_spinner="Decoding the file and classifying the test digits...")
+def run_decode_check(root: str, run_id: str) -> dict:
+    _, data = load_active(lesson.LESSON_SPEC)
+    return lesson.decode_check(engine.run_file(run_id, "model.clab", root=root), data)
+
+
+def finished_run(step: str) -> str | None:
+    """The succeeded run a step shows, or None after drawing why not: its progress (polled), its failure (with a
+    button to try again) or a problem starting it."""
+    state = progress_state()
+    title = f"Step {lesson.STEPS.index(step) + 1}"
+    if state.get("error") and state["error"][0] == step:
+        st.error(f"{title} could not start: {state['error'][1]}")
+        return None
+    run_id = run_of(step)
+    if run_id is None:
+        return None
+    try:
+        row = status(run_id)
+    except CompressionLabError as exc:  # the run's folder is gone (a cleared data folder)
+        st.error(f"{title}'s run {run_id} cannot be read: {exc}")
+        st.button("Run this step again", key=f"lesson_retry_{step}", on_click=retry, args=(step,))
+        return None
+    if row["state"] in ACTIVE:
+        watch(run_id, title)
+        return None
+    if row["state"] != "succeeded":
+        st.error(f"{title}'s run {run_id} {row['state']}: {(row.get('error') or 'no message')[:300]}. Its log is on "
+                 "the Runs page.")
+        st.button("Run this step again", key=f"lesson_retry_{step}", on_click=retry, args=(step,))
+        return None
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.get("finished") or time.time()))
+    again = " (computed earlier: shown without recomputing)" if state["reused"].get(lesson.RUN_OF[step]) else ""
+    st.caption(f"Run {run_id}, finished {when}{again}: `{lesson.step_plan(step).name}`.")
+    return run_id
+
+
+def next_button(step: str) -> None:
+    """The button that shows the step after `step` (none after the last)."""
+    index = lesson.STEPS.index(step)
+    if index + 1 < len(lesson.STEPS) and progress_state()["shown"] == index + 1:
+        following = lesson.STEPS[index + 1]
+        st.button(f"Next: {index + 2}. {lesson.TITLES[following]}", key=f"lesson_next_{following}", type="primary",
+                  on_click=start, args=(following,))

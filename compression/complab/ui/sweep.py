@@ -1,0 +1,88 @@
+"""The Plan page's Sweep: one axis (ratio, FLOPs, accuracy budget) and N targets, each solved into a plan, submitted
+as one group (complab.engine.sweeps). The solver runs only when the button is clicked: nothing is added to
+the page's reruns but three small widgets."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from complab import engine
+from complab.analysis.predict import predict
+from complab.analysis.targets import AXES, parse_targets, target_plan
+from complab.engine import search
+from complab.errors import CompressionLabError
+from complab.ui.plan_form import with_fold_bn
+from complab.ui.state import compress_job, home
+
+DEFAULT_TARGETS = {"ratio": "5,10,20,40,80", "flops": "1.5,2,3,5", "accuracy": "0.5,1,2,4"}
+
+
+def sweep_button(spec: dict, stats, report: dict | None, history: list, name: str, prune_options: dict,
+                 cluster_options: dict, fold_bn: bool) -> None:
+    """A "Sweep" popover: axis, targets, submit. The plans take this page's fine-tuning settings; the solver
+    sets each one's per-layer values (the sliders are left as they are)."""
+    with st.popover("Sweep", icon=":material/timeline:", use_container_width=True):
+        if report is None:
+            st.caption("A sweep solves each target on the sensitivity analysis: run it first (Sensitivity page).")
+            return
+        axes = [*AXES, "search"]
+        axis = st.selectbox("Axis", axes, key="plan_sweep_axis",
+                            format_func=lambda a: AXES[a][0] if a in AXES else "search (NSGA-II, per-layer plans)")
+        if axis == "search":
+            st.number_input("Runs in all", 2, search.MAX_BUDGET, 12, key="plan_search_budget")
+            st.number_input("Runs per generation", 2, 50, 4, key="plan_search_batch",
+                            help="Optuna's NSGA-II sampler proposes per-layer sparsities and cluster counts from the "
+                                 "sensitivity grid, starting from the solver's plans at 5-80x; each generation runs, "
+                                 "then the next is proposed from the measured bytes and accuracy. Runs in the "
+                                 "background: the Compare page draws it as one sweep; cancelling it ends the search.")
+        else:
+            st.text_input("Targets", DEFAULT_TARGETS[axis], key=f"plan_sweep_targets::{axis}",
+                          help="comma-separated values; one run each (at most 50)")
+        st.button("Submit sweep", key="plan_sweep_submit", type="primary", on_click=_submit,
+                  args=(spec, stats, report, history, name, prune_options, cluster_options, fold_bn))
+        outcome = st.session_state.pop("plan_sweep_outcome", None)  # shown once, after the click
+        if outcome is None:
+            return
+        if "error" in outcome:
+            st.error(outcome["error"])
+            return
+        if "search" in outcome:
+            st.success(f"Search started in the background ({outcome['search']} runs); its generations appear as one "
+                       "sweep on the Compare page.")
+            st.page_link("pages/compare.py", label="Watch it on the Compare page", icon=":material/monitoring:")
+            return
+        sweep = outcome["sweep"]
+        reused = sum(member["reused"] for member in sweep["members"])
+        st.success(f"{sweep['label']} queued: {len(sweep['members'])} runs"
+                   + (f" ({reused} reused from earlier runs with the same plan)" if reused else "") + ".")
+        st.page_link("pages/compare.py", label="Watch its curve fill in on the Compare page",
+                     icon=":material/monitoring:")
+
+
+def _submit(spec: dict, stats, report: dict, history: list, name: str, prune_options: dict, cluster_options: dict,
+            fold_bn: bool) -> None:
+    """The button's callback (it runs before the page redraws): solve every target, submit the group."""
+    axis = st.session_state["plan_sweep_axis"]
+    if axis == "search":
+        budget = int(st.session_state.get("plan_search_budget", 12))
+        try:
+            search.start(engine.absolute_paths(spec), report, budget, int(st.session_state.get("plan_search_batch", 4)),
+                         root=home(), name=f"{name}-search", prune_options=prune_options,
+                         cluster_options=cluster_options)
+            st.session_state["plan_sweep_outcome"] = {"search": budget}
+        except CompressionLabError as exc:
+            st.session_state["plan_sweep_outcome"] = {"error": str(exc)}
+        return
+    values = st.session_state.get(f"plan_sweep_targets::{axis}", DEFAULT_TARGETS[axis])
+    try:
+        axis, targets = parse_targets(f"{axis}:{values}")
+        jobs, labels = [], []
+        for value in targets:
+            member = target_plan(stats, report, axis, value, name, prune_options, cluster_options)
+            plan = with_fold_bn(member.plan) if fold_bn else member.plan
+            jobs.append(compress_job(spec, plan.to_dict(), predicted=predict(report, member.settings, None, history)))
+            labels.append(member.label)
+        sweep_id = engine.submit_sweep(jobs, root=home(), axis=axis, targets=labels, name=name)
+        st.session_state["plan_sweep_outcome"] = {"sweep": engine.sweep_status(sweep_id, root=home())}
+    except CompressionLabError as exc:
+        st.session_state["plan_sweep_outcome"] = {"error": str(exc)}

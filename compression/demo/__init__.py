@@ -1,1 +1,0 @@
-"""Scripts that train the built-in demo models reproducibly (`python -m compression.demo.train`)."""

@@ -181,7 +181,6 @@ class DecoderCases:
     def __init__(self) -> None:
         import numpy as np
         import torch
-
         from complab.models.handle import load_model
         from complab.storage import encode_state
         from complab.storage.vq_section import Quantized
@@ -2092,7 +2091,6 @@ def _clab_case(index: int, seed: int) -> tuple[bytes, str, str]:
     """(file bytes, description, door). Cases 0-15: the crafted files, each through both doors; then their metas
     with one value changed."""
     import torch
-
     from complab.storage import encode_state
 
     rng = random.Random(seed * 1_000_003 + index)

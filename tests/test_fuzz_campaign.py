@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from complab.errors import CompressionLabError
 
 ROOT = Path(__file__).resolve().parents[1]

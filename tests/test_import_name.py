@@ -48,5 +48,7 @@ def test_no_top_level_compression_package_remains():
     """The source folder holds only the complab package: nothing shadows the standard library's `compression`."""
     assert not (SOURCE / "__init__.py").exists()
     assert (SOURCE / "complab" / "__init__.py").is_file()
-    names = {path.name for path in SOURCE.iterdir() if path.name != "__pycache__"}
-    assert names == {"complab"}, names
+    packages = {path.name for path in SOURCE.iterdir()
+                if path.is_dir() and any(path.rglob("*.py")) and not path.name.endswith(".egg-info")}
+    assert packages == {"complab"}, packages
+    assert not list(SOURCE.glob("*.py")), "no module at the source folder's top level"

@@ -66,7 +66,7 @@ def test_the_report_module_the_cli_imports_never_reaches_streamlit():
         if module in seen:
             continue
         seen.add(module)
-        path = ROOT.joinpath(*module.split("."))
+        path = PACKAGE.parent.joinpath(*module.split("."))
         path = path.with_suffix(".py") if path.with_suffix(".py").is_file() else path / "__init__.py"
         if not path.is_file():
             continue

@@ -180,3 +180,23 @@ def test_detector_estimate_mode_uses_the_detection_loss(small_shapes):
                    for v in row[kind].values())
         measured += len(row["measured"]["sparsity"]) - 1 + len(row["measured"]["clusters"])
     assert measured == report["config"]["calibration"]["points"] >= 2
+
+
+def test_both_modes_reports_pass_the_checked_reader(lenet300_reports):
+    """The one reader the pages, the CLI and the solver use accepts what analyze writes in either mode (an estimate
+    report's per-point loss_increase object included) and still refuses a non-finite loss increase."""
+    import json
+
+    from complab.analysis.sensitivity_report import SensitivityReportError, check_report, parse_report
+
+    for report in lenet300_reports:
+        checked = check_report(json.loads(json.dumps(report)))
+        assert set(checked["layers"]) == set(report["layers"])
+    _, estimate = lenet300_reports
+    layer = next(iter(estimate["layers"]))
+    bad = json.loads(json.dumps(estimate))
+    bad["layers"][layer]["loss_increase"]["sparsity"]["0.5"] = "NaN"
+    with pytest.raises(SensitivityReportError, match="loss_increase"):
+        check_report(bad)
+    with pytest.raises(SensitivityReportError):
+        parse_report(json.dumps(bad).replace('"NaN"', "NaN").encode())

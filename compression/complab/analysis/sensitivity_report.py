@@ -98,8 +98,8 @@ def _row(source: str, name: str, row: Any) -> dict:
         raise _bad(source, f"{where} params", row["params"], "a count of weights")
     if "kind" in row and not (isinstance(row["kind"], str) and len(row["kind"]) <= 40):
         raise _bad(source, f"{where} kind", row["kind"], "a layer kind (conv or fc)")
-    if "loss_increase" in row and row["loss_increase"] is not None and not _number(row["loss_increase"]):
-        raise _bad(source, f"{where} loss_increase", row["loss_increase"], "a finite number")
+    if "loss_increase" in row and row["loss_increase"] is not None:
+        _loss_increase(source, where, row["loss_increase"])
     if "measured" in row and row["measured"] is not None:
         measured = row["measured"]
         if not isinstance(measured, dict) or set(measured) - set(KINDS):
@@ -116,6 +116,21 @@ def _row(source: str, name: str, row: Any) -> dict:
             listed[kind] = canonical
         out["measured"] = listed
     return out
+
+
+def _loss_increase(source: str, where: str, value: Any) -> None:
+    """Estimate mode records the Fisher loss increase per grid point: {kind: {grid point: finite number}}."""
+    if _number(value):
+        return
+    if not isinstance(value, dict) or set(value) - set(KINDS):
+        raise _bad(source, f"{where} loss_increase", value, "an object of sparsity and clusters loss increases")
+    for kind, points in value.items():
+        if not isinstance(points, dict) or len(points) > MAX_POINTS:
+            raise _bad(source, f"{where} loss_increase {kind}", points, f"an object of at most {MAX_POINTS} points")
+        for key, increase in points.items():
+            _grid_key(source, f"{where} loss_increase {kind} key", kind, key)
+            if not _number(increase):
+                raise _bad(source, f"{where} loss_increase {kind} {_shown(key)}", increase, "a finite number")
 
 
 def _config(source: str, config: Any) -> dict:

@@ -44,15 +44,20 @@ def compress(handle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
              on_progress: Callable[[str, float, dict], None] | None = None,
              on_log: Callable[[str], None] | None = None,
              cancel_requested: Callable[[], bool] | None = None,
-             shift_pixels: int | None = None, latency: bool = True, keep_in_memory: bool = False) -> Result:
+             shift_pixels: int | None = None, latency: bool = True, keep_in_memory: bool = False,
+             make_out_dir: bool = True) -> Result:
     """Run `plan` on a copy of `handle`, write `out_dir/model.clab` and `metrics.json`, return the Result.
 
     `keep_in_memory` also returns the compressed model as it was before writing (tests compare it with the
-    decoded one)."""
+    decoded one). `make_out_dir=False` (the engine: the run's folder exists) never creates it: a folder the user
+    deleted is not brought back half-empty under the run's id."""
     if handle.architecture.get("kind") == "torchscript":  # sources.check(compress=True) says so before a run queues
         raise ModelLoadError(EVALUATION_ONLY)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if make_out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    elif not out_dir.is_dir():
+        raise FileNotFoundError(f"the output folder {out_dir} was deleted")
     check_data_fits(handle, data.num_classes)  # sources.load_data checks it too; a caller may bring its own data
     split = plan.eval_split
     layers = list(handle.prunable_layers())

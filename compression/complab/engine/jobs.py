@@ -131,7 +131,7 @@ def run_compress(job: dict, run_dir: Path, progress: Callable, log: Callable, ca
     handle = sources.load_model(job)
     data = sources.load_data(job, handle)
     result = compress(handle, Plan.from_dict(job["plan"]), data, run_dir, on_progress=progress, on_log=log,
-                      cancel_requested=cancelled, latency=job.get("latency", True))
+                      cancel_requested=cancelled, latency=job.get("latency", True), make_out_dir=False)
     return result.metrics
 
 

@@ -463,3 +463,31 @@ def test_plan_page_with_no_settings_says_so_and_keeps_load(home):
     at = plan_page_with(report)
     assert any("has no steps" in e.value for e in at.error), [e.value for e in at.error]
     assert next(b for b in at.button if b.key == "plan_launch").disabled
+
+
+DECODE_PEAK = """
+import sys, torch
+from complab.storage import decode_state, encode_state, inspect_bytes
+data = encode_state({"w": torch.ones(2**24)}, {})  # 64 MB of one shared value: a file of ~50 bytes
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key)) / 1024
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+base = status("VmRSS:")
+meta, state = decode_state(data)
+assert bool((state["w"] == 1).all())
+del state
+inspect_bytes(data)
+print(len(data), status("VmHWM:") - base)
+"""
+
+
+def test_a_one_value_tensor_decodes_in_little_more_than_its_size():
+    """The fuzz campaign's decoder bombs: a 121-byte file of 16M copies of one shared value peaked at +320 MB for
+    its 64 MB tensor (np.take copied the indices to int64 and buffered its output; bincount copied the stream)."""
+    proc = subprocess.run([sys.executable, "-c", DECODE_PEAK], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "compression")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    size, growth = map(float, proc.stdout.split())
+    assert size < 200 and growth < 180, (size, growth)

@@ -491,3 +491,31 @@ def test_a_one_value_tensor_decodes_in_little_more_than_its_size():
     assert proc.returncode == 0, proc.stderr[-2000:]
     size, growth = map(float, proc.stdout.split())
     assert size < 200 and growth < 180, (size, growth)
+
+
+def shipped_layout(name: str, scale: str = "n") -> dict:
+    import yaml
+    from complab.models.yolo_arch import check_yaml
+    from complab.models.yolo_env import offline_ultralytics
+
+    offline_ultralytics()
+    import ultralytics
+
+    folder = Path(ultralytics.__file__).parent / "cfg" / "models"
+    spec = yaml.safe_load(next(folder.glob(f"*/{name}.yaml")).read_text())
+    return check_yaml({**spec, "scale": scale})
+
+
+def test_a_detector_layout_with_attention_at_high_resolution_is_refused_on_meta():
+    """The fuzz campaign's detector family: a 957-byte record with C3TR (a transformer) at stride 4 passed the meta
+    check, whose bound counted feature maps only (up to 1 GiB of them), and Ultralytics' stride pass then held
+    +557 MB of 4,096 x 4,096 attention matrices. Attention is counted now, within 128 MB in all."""
+    from complab.models.yolo_arch import count_parameters
+
+    for name in ("yolov8", "yolo11", "yolo12"):  # shipped layouts, attention included, still build
+        assert count_parameters(shipped_layout(name, "x"), 3, 80) > 0
+    crafted = shipped_layout("yolov8")
+    crafted["backbone"][3] = [-1, 1, "C3TR", [256, 3, 2]]
+    with pytest.raises(ModelLoadError, match="attention matrices after layer 3") as caught:
+        count_parameters(crafted, 3, 80)
+    assert "\n" not in str(caught.value)

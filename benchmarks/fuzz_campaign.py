@@ -39,7 +39,10 @@ Families:
             (absolute and cwd-relative paths, a victim file), loaded without trust; the benign archive and its
             mutations (zip bytes, code text edited or injected with a writer, members edited, removed,
             resized, duplicated) with and without trust; through sources.check + sources.load_model
-            (`run --model torchscript:FILE [--trust]`). RSS bound 1 GiB.
+            (`run --model torchscript:FILE [--trust]`). Untrusted files must be refused before loading; with
+            trust a file's code running is what trust means, so the archives that write files are only ever
+            given without trust (a marker or file written by them is counted); the app's worker-process loading
+            (complab.codeload) is not fuzzed. RSS bound 1 GiB.
   runfolder a finished engine run folder (real model.clab) received with a pickled original and trust in its
             job.json (relative and absolute), a script in metrics.json, wrong types in metrics.json/job.json,
             and mutated job/metrics/state/plan/events files, deleted after a first listing; each through one
@@ -60,13 +63,19 @@ Families:
             missing or mismatched splits, odd names, CIFAR batches that run code or hold 2 million labels;
             through load_data and a pass over every split. RSS bound 2 GiB.
   links     URL query dicts (model, data, arch, size, present, image, run) with unicode digits ('²', '٣٢'),
-            huge numbers, paths (/etc, /root, ../.., ~, the sentinel folder), uploads that exist or not;
-            through complab.ui.state.spec_from_link, the presentation mode's image parser and the
-            checks before loading. RSS bound 256 MiB.
+            huge numbers, paths (/etc, /root, ../.., ~, the sentinel folder, a root the owner shares with
+            --data-root), uploads that exist or not; through complab.ui.links (link_int, link_image_index,
+            link_run_id, link_presenting, data_roots, link_data_problem), complab.ui.state.spec_from_link and the
+            checks before loading. A spec whose data lies outside the data home and the owner's roots is an unsafe
+            accept. RSS bound 256 MiB.
   sensitivity  a LeNet-300-100 sensitivity report mutated (wrong types, non-finite and out-of-range numbers,
             odd grid keys, missing keys, random JSON/bytes, deep nesting) plus a few huge ones; through the
-            CLI's reader (`sweep --sensitivity`), the solver's plan for ratio 10 and the accuracy prediction.
-            RSS bound 256 MiB.
+            schema reader (complab.analysis.sensitivity_report.read_report, check_report), the solver's plan for
+            ratio 10 and the accuracy prediction. RSS bound 256 MiB.
+  keys      complab.engine.keys.data_fingerprint (the reuse key's data part) on crafted folders and yamls: link
+            cycles, links out, a FIFO and /dev/zero as image, yaml and split, billion-laugh and nested aliases,
+            20,000-deep nesting, NUL bytes, ~nosuchuser, 120,000-line image lists, non-string references, and
+            random mixes of them; it must return a sha256 hex string or None, never raise. RSS bound 256 MiB.
   automaton recipes whose re: keys compile to big automata ((.*){900}(.?){300}..., 20 keys, 8 KB and 1 MiB
             of them, nested counts) and random keys from densenet121's name parts; Plan validation and
             resolution against densenet121's 121 layer names (the Plan page's Load recipe). RSS bound 256 MiB.
@@ -81,6 +90,8 @@ changed outside the work folder: OUTSIDE, the repository, new .pth files in site
 worst_rss_growth_per_kb_mb (the largest per-case peak-RSS growth of an input under 4 KB; Linux's VmHWM is reset
 before each case), small_inputs_over_256mb, unsafe_accepts, max_rss_mb, outcomes and failure_kinds per family,
 examples (one per kind of failure), seconds.
+Each worker imports the heavy modules a family's door uses (WARM_MODULES: torch, torchvision, torch_pruning,
+Ultralytics, Streamlit...) before the family's first case, so a case's RSS growth is what its input costs.
 `--selftest` runs 11 planted failures instead (an error, a traceback, a two-line message, a 400 MB allocation, a
 marker file, a sleep, a worker exit, a file written outside, 300 MB from a 100-byte input, an unsafe accept) to show
 that the zeros above are measured, not assumed.
@@ -110,18 +121,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "compression"))
 
 # issue 24's families
-DOORS = ("torchscript", "runfolder", "yaml", "folders", "clab", "links", "sensitivity", "automaton")
+DOORS = ("torchscript", "runfolder", "yaml", "folders", "clab", "links", "sensitivity", "automaton", "keys")
 TIMEOUTS = {"decoder": 10.0, "recipe": 10.0, "model": 120.0, "data": 120.0, "detector": 30.0,
             **{family: 10.0 for family in DOORS}, "selftest": 5.0}  # seconds per case
 CHUNKS = {"decoder": 500, "recipe": 500, "model": 1, "data": 1, "detector": 20, "torchscript": 20, "runfolder": 1,
           "clab": 1,
-          "yaml": 1, "folders": 1, "links": 500, "sensitivity": 200, "automaton": 50,
+          "yaml": 1, "folders": 1, "links": 500, "sensitivity": 200, "automaton": 50, "keys": 20,
           "selftest": 6}  # cases per task sent to a worker
 HARD_RSS_MB = 6144  # the parent kills a worker above this (counted as a memory blow-up)
 HARD_RSS_FAMILY_MB = {"clab": 3072}  # these cases may try to build a 2.6 GB model: stop them sooner
 FAMILY_RSS_BOUND_MB = {"recipe": 256, "model": 2048, "data": 2048, "detector": 1024, "torchscript": 1024,
                        "runfolder": 1024, "yaml": 2048, "folders": 2048, "clab": 1024, "links": 256, "sensitivity": 256,
-                       "automaton": 256, "selftest": 350}
+                       "automaton": 256, "keys": 256, "selftest": 350}
 SMALL_INPUT_BYTES = 4096  # worst_rss_growth_per_kb_mb: the largest per-case peak growth of inputs under this size
 SMALL_INPUT_BOUND_MB = 256
 MAX_EXAMPLES = 5
@@ -1032,7 +1043,10 @@ def _links_setup() -> dict:
     (uploads / "0123456789ab-model.safetensors").write_bytes(b"not really weights")
     allowed = _home() / "data" / "imgs"
     allowed.mkdir(parents=True, exist_ok=True)
-    return {"uploads": uploads, "allowed": allowed}
+    shared = WORK / "shared-data" / "imgs"  # a root the owner allowed with `--data-root DIR`
+    shared.mkdir(parents=True, exist_ok=True)
+    return {"uploads": uploads, "allowed": allowed, "shared": shared,
+            "argv": ["app.py", "--data-root", str(shared.parent)]}
 
 
 def _links_case(index: int, seed: int, ctx: dict) -> dict:
@@ -1045,6 +1059,7 @@ def _links_case(index: int, seed: int, ctx: dict) -> dict:
     datas = ["digits", "shapes", "imagefolder:/etc", "cifar10:/root", "cifar100:/proc/self", f"imagefolder:{outside}",
              f"imagefolder:{outside}/images", "imagefolder:../outside/images", "imagefolder:~",
              f"imagefolder:{ctx['allowed']}", f"imagefolder:{ctx['allowed']}/../../..", "yolo:/etc/hosts",
+             f"imagefolder:{ctx['shared']}", f"imagefolder:{ctx['shared']}/../..", f"cifar10:{ctx['shared']}/../../..",
              "imagefolder:", "imagefolder:/dev/zero", "digits\u0000", "x" * 5000, None]
     archs = ["resnet18", "mobilenet_v3_small", "", "../../x", "a" * 65, "resnet18;rm", "ｒｅｓｎｅｔ18", None]
     params = {}
@@ -1067,20 +1082,24 @@ def _links_case(index: int, seed: int, ctx: dict) -> dict:
     return {k: v for k, v in params.items() if v is not None}
 
 
-def _present_image_index(params: dict, count: int) -> int:
-    """The Detections page's presentation mode: which validation image `?image=N` shows.
-    RE-POINT: this is the page's inline parse (pages/detections.py); call the library's parser once it has one."""
-    wanted = params.get("image", "0")
-    return min(int(wanted), count - 1) if wanted.isdigit() else 0
-
-
 def door_links(params: dict, ctx: dict) -> tuple[dict | None, str | None]:
-    """What the app does with a link's query: spec_from_link, then (for a spec) the checks before loading it."""
+    """What the app does with a link's query: the library's link parsers (complab.ui.links: the presentation mode's
+    image index, run id and switch, the numbers), spec_from_link with the data roots this server shares, then (for a
+    spec) the checks before loading it."""
     from complab import sources
+    from complab.ui import links
     from complab.ui.state import spec_from_link
 
-    spec, problem = spec_from_link(params, ctx["uploads"])
-    _present_image_index(params, 48)
+    for key in ("image", "size", "run", "present"):
+        links.link_int(params.get(key), 0, 99_999)
+    links.link_image_index(params.get("image"), 48)
+    links.link_image_index(params.get("image"), 0)
+    links.link_run_id(params.get("run"))
+    links.link_presenting(params.get("present"))
+    roots = links.data_roots(_home(), argv=ctx["argv"], env=os.environ)
+    if "data" in params:
+        links.link_data_problem(params["data"], roots)
+    spec, problem = spec_from_link(params, ctx["uploads"], roots)
     if spec is not None:
         sources.check(spec)
         data = str(spec.get("data") or "")
@@ -1091,14 +1110,18 @@ def door_links(params: dict, ctx: dict) -> tuple[dict | None, str | None]:
     return spec, problem
 
 
-def _allowed_data(data: str) -> bool:
-    """A link may name the demo data or a folder under the data home (the issue's rule)."""
+def _allowed_data(data: str, ctx: dict) -> bool:
+    """A link may name the demo data or a folder under the data home (COMPRESSION_LAB_HOME, COMPRESSION_LAB_DATA) or
+    a root the server's owner allowed (`--data-root DIR`, $COMPRESSION_LAB_DATA_ROOTS; complab.ui.links.data_roots):
+    the issue's rule."""
     if ":" not in data:
         return True
     from complab.paths import data_home
+    from complab.ui.links import data_roots
 
     folder = Path(data.split(":", 1)[1]).expanduser().resolve()
-    return any(folder.is_relative_to(root.resolve()) for root in (_home(), data_home()))
+    roots = [_home(), data_home(), *data_roots(_home(), argv=ctx["argv"], env=os.environ)]
+    return any(folder.is_relative_to(root.resolve()) for root in roots)
 
 
 def run_links(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]:
@@ -1114,7 +1137,7 @@ def run_links(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None
         return outcome, f"{params}: {detail}", size
     if problem is not None and ("\n" in problem or SECRET in problem):
         return "accepted", f"{params}: link message lists a folder or spans lines: {problem[:200]!r}", size
-    if spec is not None and not _allowed_data(str(spec.get("data") or "")):
+    if spec is not None and not _allowed_data(str(spec.get("data") or ""), ctx):
         return "accepted", f"{params}: a link opened data outside the data home: {spec.get('data')!r}", size
     return "ok", "link", size
 
@@ -1176,18 +1199,15 @@ def _sensitivity_case(index: int, seed: int, ctx: dict) -> tuple[str | bytes, st
 
 
 def door_sensitivity(path: Path, ctx: dict) -> dict:
-    """`sweep --targets ratio:10 --sensitivity FILE`'s path without submitting: the CLI's reader, then the solver's
-    plan for one target and the accuracy prediction (RE-POINT to the schema reader once the CLI has one)."""
-    from types import SimpleNamespace
-
-    from complab import cli
+    """`sweep --targets ratio:10 --sensitivity FILE`'s path without submitting: the schema reader
+    (complab.analysis.sensitivity_report: read_report = the file's bound + parse_report + check_report), then the
+    solver's plan for one target and the accuracy prediction."""
     from complab.analysis.predict import predict
+    from complab.analysis.sensitivity_report import check_report, read_report
     from complab.analysis.targets import target_plan
 
-    args = SimpleNamespace(sensitivity=path, model="demo:lenet300", data="digits", home=_home())
-    source = {"model": "demo:lenet300", "weights": None, "data": "digits", "input_size": None, "mean": None,
-              "std": None}
-    report = cli._sweep_report(args, source, ctx["handle"])
+    report = read_report(path)
+    check_report(report)  # a checked report passes its own check again (normalized keys stay canonical)
     member = target_plan(ctx["stats"], report, "ratio", 10.0)
     return predict(report, member.settings, None, [])
 
@@ -1481,8 +1501,8 @@ def _torchscript_case(index: int, seed: int, ctx: dict) -> tuple[bytes, str, boo
 
 
 def door_torchscript(path: Path, trust: bool):
-    """`run --model torchscript:FILE [--trust]` up to the model: the source check, then the loader.
-    RE-POINT: the trust flag goes in the spec (as for detector pickles); check() keeps it once TorchScript needs it."""
+    """`run --model torchscript:FILE [--trust]` up to the model: the source check (which keeps the spec's trust
+    only when it is True), then the loader. Without trust both refuse before a byte of the file is read."""
     from complab import sources
 
     spec = {"model": f"torchscript:{path}", "weights": None, "data": "digits", "input_size": 28, "mean": None,
@@ -1505,6 +1525,8 @@ def run_torchscript(index: int, seed: int, out_dir: str) -> tuple[str, str, int 
             keep.write_bytes(data)
             detail = f"{what} ({keep}): {detail}"
         return outcome, f"{what}: {detail}" if outcome == "error" else detail, len(data)
+    if not trust:
+        return "accepted", f"{what}: a TorchScript file was loaded without trust", len(data)
     return "ok", what, len(data)
 
 
@@ -2157,9 +2179,195 @@ def run_clab(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]
     return "ok", what, len(data)
 
 
+# The heavy modules each family's door imports, imported before the family's first case is measured: a case's RSS
+# growth is then what the input costs, not the first import of torchvision, Ultralytics or Streamlit.
+_BASE_MODULES = ("torch", "torchvision", "numpy", "PIL.Image", "complab.errors", "complab.storage",
+                 "complab.storage.codec", "complab.models.handle", "complab.models.compact", "complab.sources")
+WARM_MODULES = {
+    "decoder": ("torch_pruning", "complab.storage.vq_section"),
+    "recipe": ("complab.plan",),
+    "model": ("safetensors.torch",),
+    "detector": ("ultralytics", "ultralytics.nn.tasks", "complab.models.yolo_arch", "complab.models.yolo_env",
+                 "complab.models.detector"),
+    "data": ("complab.data", "complab.data.folders", "complab.data.walk"),
+    "torchscript": ("torch.jit", "complab.codeload"),
+    "runfolder": ("complab.cli", "complab.engine", "complab.runfolder", "complab.analysis.report",
+                  "complab.analysis.pareto", "complab.ui.report", "streamlit", "streamlit.testing.v1"),
+    "yaml": ("yaml", "ultralytics", "ultralytics.nn.tasks", "ultralytics.data.utils", "complab.data.detection",
+             "complab.models.detector"),
+    "folders": ("complab.data", "complab.data.folders", "complab.data.walk"),
+    "clab": ("onnx", "complab.export", "complab.cli", "torch_pruning"),
+    "links": ("streamlit", "complab.ui.links", "complab.ui.state", "complab.data"),
+    "sensitivity": ("complab.analysis.sensitivity_report", "complab.analysis.targets", "complab.analysis.predict",
+                    "complab.analysis.estimate"),
+    "automaton": ("complab.plan",),
+    "keys": ("complab.engine.keys", "complab.data.detection", "yaml"),
+}
+
+
+def _warm(family: str) -> None:
+    """Import the family's heavy modules (a module that is missing here is the door's problem, not the warm-up's)."""
+    import importlib
+
+    if family == "selftest":
+        return
+    if any(name.startswith("ultralytics") for name in WARM_MODULES.get(family, ())):
+        from complab.models.yolo_env import offline_ultralytics
+
+        offline_ultralytics()  # as the library does before its first import of ultralytics
+    for name in (*_BASE_MODULES, *WARM_MODULES.get(family, ())):
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001, S112
+            continue
+
+
+# --- keys: data_fingerprint (the reuse key's data part) on crafted folders, yamls and references
+
+
+KEYS_HEAVY = 2  # the first cases: 120,000-line image lists (one walk each)
+
+
+def _keys_setup() -> dict:
+    """Crafted datasets (built once per worker): folders with link cycles and links out, a FIFO and /dev/zero as
+    images and as the yaml, yamls with billion-laugh aliases, deep nesting, NUL bytes, splits outside, a huge image
+    list; and their references."""
+    root = WORK / f"keys-{os.getpid()}"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    png = _png(8, 8, random.Random(0))
+    for c in ("a", "b"):
+        (root / "good" / c).mkdir(parents=True)
+        for i in range(3):
+            (root / "good" / c / f"{i}.png").write_bytes(png)
+    shutil.copytree(root / "good", root / "cycles", symlinks=True)
+    (root / "cycles" / "a" / "up").symlink_to("..")
+    (root / "cycles" / "b" / "self").symlink_to(".")
+    (root / "cycles" / "a" / "mutual").symlink_to("../b")
+    (root / "cycles" / "b" / "mutual").symlink_to("../a")
+    (root / "cycles" / "root").symlink_to(root / "cycles")
+    (root / "cycles" / "out").symlink_to(OUTSIDE / "images")
+    (root / "cycles" / "etc").symlink_to("/etc")
+    (root / "cycles" / "a" / "zero.png").symlink_to("/dev/zero")
+    os.mkfifo(root / "cycles" / "b" / "pipe.png")
+    (root / "cycles" / "dangling").symlink_to(root / "nothing")
+    deep = root / "deep"
+    for _ in range(60):
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    (deep / "top").symlink_to(root / "deep")
+    os.mkfifo(root / "fifo.yaml")
+    (root / "zero.yaml").symlink_to("/dev/zero")
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "images" / "val").symlink_to(root / "images")  # a split linked to its parent
+    (root / "images" / "train" / "0.png").write_bytes(png)
+    lines = [f"{root}/images/train/{i}.png" for i in range(120_000)]
+    (root / "huge.txt").write_text("\n".join(lines))
+    (root / "nul.txt").write_bytes(b"a\x00b.png\n\x00\n" * 1000)
+    (root / "bytes.txt").write_bytes(random.Random(1).randbytes(50_000))
+    laughs = "a: &a [\"x\", \"x\", \"x\", \"x\", \"x\", \"x\", \"x\", \"x\", \"x\"]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+        f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n" for i in range(9))
+    yamls = {
+        "good": f"path: {root}\ntrain: images/train\nval: images/val\nnames: [a]\n",
+        "laughs": laughs + "train: *j\nval: *j\ntest: *j\n",
+        "aliases": "x: &x images/train\ntrain: [*x, *x, *x]\nval: &v [*x]\ntest: [*v, *v]\n",
+        "deep": "train: " + "[" * 20_000 + "]" * 20_000 + "\n",
+        "nul": "train: \"a\\0b\"\nval: [\"\\0\", \"\\0/x\"]\n",
+        "outside": f"train: {OUTSIDE}/images\nval: ../../../../../../..\ntest: /etc\n",
+        "fifo_splits": f"train: {root}/fifo.yaml\nval: {root}/cycles/b/pipe.png\ntest: /dev/zero\n",
+        "huge_list": f"train: {root}/huge.txt\nval: {root}/huge.txt\n",
+        "nul_list": f"train: {root}/nul.txt\nval: {root}/bytes.txt\n",
+        "cycles": f"path: {root}/cycles\ntrain: .\nval: a/up\ntest: root/root/root\n",
+        "home": "path: ~nosuchuser-fuzz\ntrain: ~nosuchuser-fuzz/x\nval: ~\n",
+        "python": "train: !!python/object/apply:os.system [\"touch " + str(OUTSIDE / "markers" / "keys") + "\"]\n",
+        "types": "train: 7\nval: {a: b}\ntest: [1, null, true, [x]]\npath: [1]\n",
+        "many": "train: [" + ", ".join(f"images/{i}" for i in range(5000)) + "]\n",
+        "nonutf8": b"train: \xff\xfe\x00images\n",
+    }
+    refs = []
+    for name, text in yamls.items():
+        path = root / f"{name}.yaml"
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        refs.append((f"yaml {name}", f"yolo:{path}"))
+    for name in ("good", "cycles", "deep", "images"):
+        for kind in ("imagefolder", "cifar10", "cifar100"):
+            refs.append((f"{kind} {name}", f"{kind}:{root / name}"))
+    refs += [("a yaml that is a FIFO", f"yolo:{root}/fifo.yaml"),
+             ("a yaml linked to /dev/zero", f"yolo:{root}/zero.yaml"),
+             ("yolo:/dev/zero", "yolo:/dev/zero"), ("imagefolder:/dev/zero", "imagefolder:/dev/zero"),
+             ("a FIFO folder", f"imagefolder:{root}/cycles/b/pipe.png"),
+             ("~nosuchuser", "imagefolder:~nosuchuser-x/a"), ("yolo ~nosuchuser", "yolo:~nosuchuser-x/d.yaml"),
+             ("NUL", "imagefolder:a\x00b"), ("yolo NUL", "yolo:\x00"),
+             ("the outside folder", f"imagefolder:{OUTSIDE}/images"), ("/proc", "cifar10:/proc/self/fd"),
+             ("a folder as yaml", f"yolo:{root}/good"), ("builtin", "digits"), ("empty", "imagefolder:"),
+             ("non-string", None), ("a list", ["imagefolder:/etc", {"a": [1.5, float("nan")]}]), ("bytes", b"yolo:x")]
+    return {"root": root, "refs": refs, "good": (root / "good.yaml").read_text()}
+
+
+def _keys_case(index: int, seed: int, ctx: dict) -> tuple[object, str, int]:
+    """(reference, description, input bytes)."""
+    rng = random.Random(seed * 1_000_003 + index)
+    root = ctx["root"]
+    if index < KEYS_HEAVY:
+        return f"yolo:{root}/huge_list.yaml", "120,000-line image lists", 3_000_000
+    refs = ctx["refs"]
+    if index < KEYS_HEAVY + len(refs):
+        what, ref = refs[index - KEYS_HEAVY]
+        return ref, what, len(str(ref))
+    roll = rng.random()
+    if roll < 0.5:  # a yaml mixing the crafted splits, mutated
+        keys = ("train", "val", "test", "path", "names", "nc")
+        values = [f"{root}/cycles", "cycles/a/up", f"{OUTSIDE}/images", "/dev/zero", f"{root}/fifo.yaml",
+                  f"{root}/nul.txt", "~nosuchuser-x", "\0", ".", "..", "/", "images", "images/val/val/val", 7, None,
+                  [f"{root}/good", f"{root}/deep"], {"a": "b"}, "x" * 5000, f"{root}/cycles/b/pipe.png"]
+        doc = {key: rng.choice(values) for key in rng.sample(keys, rng.randint(1, len(keys)))}
+        text = json.dumps(doc)
+        if rng.random() < 0.3:
+            text, _ = _hostile_text(rng, text)
+        path = _case_dir("keys", index) / "data.yaml"
+        data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+        path.write_bytes(data)
+        return f"yolo:{path}", "mixed yaml", len(data)
+    if roll < 0.8:  # a crafted reference with a prefix, suffix or unicode changed
+        _, ref = rng.choice(refs)
+        ref = str(ref)
+        edit = rng.choice([lambda r: r + "/", lambda r: r + "/..", lambda r: r.replace(":", "::", 1),
+                           lambda r: r + "\x00", lambda r: r.upper(), lambda r: r + "/a/up/up/up",
+                           lambda r: "yolo:" + r.split(":", 1)[-1], lambda r: "imagefolder:" + r.split(":", 1)[-1],
+                           lambda r: r.replace("/", "//"), lambda r: r + "/" + "x" * 300])
+        ref = edit(ref)
+        return ref, "edited reference", len(ref)
+    ref = rng.choice(["yolo:", "imagefolder:", "cifar10:", "cifar100:", "", "shapes:", "digits:"]) + "".join(
+        rng.choice("abc/.~:\x00²٣ \n*?") for _ in range(rng.randrange(30)))
+    return ref, "random reference", len(ref)
+
+
+def door_keys(ref) -> object:
+    """complab.engine.keys.data_fingerprint: what a submission's content key reads of its data."""
+    from complab.engine.keys import data_fingerprint
+
+    return data_fingerprint(ref)
+
+
+def run_keys(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]:
+    ref, what, size = _keys_case(index, seed, _STATE["keys"])
+    _input_bytes(size, what)
+    started = time.monotonic()
+    try:
+        key = door_keys(ref)
+    except Exception as exc:  # noqa: BLE001 - data_fingerprint must never raise, not even a CompressionLabError
+        outcome, detail = _classify(exc)
+        return "traceback", f"{what} {str(ref)[:120]!r}: data_fingerprint raised: {detail}", size
+    took = time.monotonic() - started
+    if not (key is None or (isinstance(key, str) and re.fullmatch(r"[0-9a-f]{64}", key))):
+        return "traceback", f"{what} {str(ref)[:120]!r}: data_fingerprint returned {key!r:.80}", size
+    return "ok", f"{what}: {'no key' if key is None else 'key'} ({took:.2f} s)", size
+
+
 _STATE: dict = {}
 _SETUPS = {"links": _links_setup, "sensitivity": _sensitivity_setup, "automaton": _automaton_setup,
-           "torchscript": _torchscript_setup, "runfolder": _runfolder_setup, "yaml": _yaml_setup}
+           "torchscript": _torchscript_setup, "runfolder": _runfolder_setup, "yaml": _yaml_setup, "keys": _keys_setup}
 FOLDER_CASES = 19  # builders in _folder_case
 
 
@@ -2194,6 +2402,7 @@ def prepare_fixtures(work: Path, outside: Path) -> None:
 
 
 _MODEL_CASES: list = []
+_WARMED: set = set()
 _DATA_CASES: list = []
 
 
@@ -2359,7 +2568,7 @@ def _worker(conn, progress, work: str, outside: str) -> None:
     runners = {"recipe": run_recipe, "model": run_model, "data": run_data, "detector": run_detector,
                "selftest": run_selftest, "links": run_links, "sensitivity": run_sensitivity,
                "automaton": run_automaton, "torchscript": run_torchscript, "runfolder": run_runfolder,
-               "yaml": run_yaml, "folders": run_folders, "clab": run_clab}
+               "yaml": run_yaml, "folders": run_folders, "clab": run_clab, "keys": run_keys}
     watch = OutsideWatch(OUTSIDE)
     per_case_peak = _can_reset_peak()
     baseline = None
@@ -2374,6 +2583,9 @@ def _worker(conn, progress, work: str, outside: str) -> None:
             _MODEL_CASES = _model_cases(WORK / f"models-{os.getpid()}", OUTSIDE / "markers")
         if family == "data" and not _DATA_CASES:
             _DATA_CASES = _data_cases(WORK / f"data-{os.getpid()}")
+        if family not in _WARMED:
+            _warm(family)
+            _WARMED.add(family)
         if family in _SETUPS and family not in _STATE:
             try:
                 _STATE[family] = _SETUPS[family]()
@@ -2545,7 +2757,7 @@ def _watched() -> dict[str, tuple]:
 
 
 CHEAP_FAMILIES = ("sensitivity", "links", "recipe", "decoder")
-PLAN_ORDER = ("model", "data", "detector", "torchscript", "runfolder", "yaml", "folders", "clab", "automaton",
+PLAN_ORDER = ("model", "data", "detector", "torchscript", "runfolder", "yaml", "folders", "clab", "keys", "automaton",
               "sensitivity", "links", "recipe", "decoder")
 
 
@@ -2580,6 +2792,7 @@ def main() -> None:
     parser.add_argument("--folders-cases", type=int, default=FOLDER_CASES)
     parser.add_argument("--clab-cases", type=int, default=24)
     parser.add_argument("--automaton-cases", type=int, default=1_500)
+    parser.add_argument("--keys-cases", type=int, default=600)
     parser.add_argument("--sensitivity-cases", type=int, default=10_000)
     parser.add_argument("--links-cases", type=int, default=20_000)
     parser.add_argument("--families", default=",".join(PLAN_ORDER),
@@ -2650,7 +2863,8 @@ def main() -> None:
     counts = {"decoder": args.decoder_cases, "recipe": args.recipe_cases, "detector": args.detector_cases,
               "torchscript": args.torchscript_cases, "runfolder": args.runfolder_cases, "yaml": args.yaml_cases,
               "folders": args.folders_cases, "clab": args.clab_cases, "automaton": args.automaton_cases,
-              "sensitivity": args.sensitivity_cases, "links": args.links_cases, "selftest": 11}
+              "sensitivity": args.sensitivity_cases, "links": args.links_cases, "keys": args.keys_cases,
+              "selftest": 11}
     if not args.selftest:
         from complab.data import folders  # noqa: F401 - fail here, not in a worker, if imports break
 

@@ -418,3 +418,38 @@ def test_a_cifar_batch_that_is_a_device_or_huge_is_refused_unread(tmp_path, monk
     monkeypatch.setattr(folders, "MAX_CIFAR_FILE_BYTES", 32)
     with pytest.raises(DataLoadError, match="at most 0 MB"):
         load_data(f"cifar10:{tmp_path}")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_an_image_that_is_a_fifo_or_a_device_is_refused_unopened(tmp_path, kind):
+    """The fuzz campaign's folders family: a FIFO named pipe.png blocked Image.open forever (a hang)."""
+    from complab.data import load_data
+
+    write_images(tmp_path)
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "dog" / "pipe.png")
+    else:
+        os.symlink("/dev/zero", tmp_path / "cat" / "zero.png")
+    start = time.monotonic()
+    with pytest.raises(DataLoadError, match="not a regular file") as caught:
+        load_data(f"imagefolder:{tmp_path}", input_size=8)
+    assert time.monotonic() - start < 10 and one_line(caught)
+
+
+def test_an_unreadable_image_after_ultralytics_is_a_one_line_error(tmp_path):
+    """Ultralytics replaced PIL.Image.open process-wide with one that answers an unidentified file by installing
+    pi-heif: an image folder loaded after a detector raised ModuleNotFoundError (the fuzz campaign's folders
+    family). offline_ultralytics gives Pillow's open back."""
+    from complab.data import load_data
+    from complab.models.yolo_env import offline_ultralytics
+
+    offline_ultralytics()
+    import ultralytics.utils.patches  # noqa: F401 - what patched Image.open on import
+    from PIL import Image as PILImage
+
+    assert PILImage.open is ultralytics.utils.patches._image_open
+    write_images(tmp_path)
+    (tmp_path / "cat" / "bad.png").write_bytes(b"\x89PNG not an image" * 10)
+    with pytest.raises(DataLoadError, match="not a readable image") as caught:
+        load_data(f"imagefolder:{tmp_path}", input_size=8)
+    one_line(caught)

@@ -82,6 +82,23 @@ def test_link_cases_run_through_the_link_parser(sandbox):
     assert outcomes <= {"ok", "error", "traceback", "accepted"} and "ok" in outcomes
 
 
+def test_links_follow_the_owners_roots(sandbox):
+    """A folder under a root the owner shares (--data-root) is allowed; one outside every root is not."""
+    ctx = fc._links_setup()
+    assert fc._allowed_data(f"imagefolder:{ctx['shared']}", ctx)
+    assert not fc._allowed_data(f"imagefolder:{sandbox[1]}/images", ctx)
+    spec, problem = fc.door_links({"model": "upload:0123456789ab", "arch": "resnet18",
+                                   "data": f"imagefolder:{sandbox[1]}/images"}, ctx)
+    assert spec is None and problem and fc.SECRET not in problem
+
+
+def test_key_cases_build_and_return_a_key_or_none(sandbox):
+    fc._STATE["keys"] = fc._keys_setup()
+    outcomes = [fc.run_keys(index, 11, "failures") for index in range(fc.KEYS_HEAVY + 60)]
+    assert {outcome for outcome, _, _ in outcomes} == {"ok"}
+    assert any("no key" in detail for _, detail, _ in outcomes) and any(": key" in detail for _, detail, _ in outcomes)
+
+
 def test_sensitivity_cases_reach_the_solver(sandbox):
     fc._STATE["sensitivity"] = fc._sensitivity_setup()
     path = sandbox[0] / "report.json"

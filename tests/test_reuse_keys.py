@@ -287,3 +287,21 @@ def test_identical_submissions_at_once_become_one_run(tmp_path, test_jobs, how):
     for run in runs:
         assert engine.wait(run["id"], 60, root=home)["state"] == "succeeded"
     shutil.rmtree(home, ignore_errors=True)
+
+
+def test_data_fingerprint_never_raises_blocks_or_reads_endless_files(tmp_path):
+    """The fuzz campaign's keys family: a yaml that is a FIFO hung the key (open blocked), yolo:/dev/zero read
+    until memory ran out, `~nosuchuser` raised RuntimeError, a reference nested past JSON's depth raised
+    RecursionError. Each now gets a key or None (never reused), at once."""
+    os.mkfifo(tmp_path / "fifo.yaml")
+    (tmp_path / "list.yaml").write_text(f"train: {tmp_path / 'fifo.yaml'}\nval: /dev/zero\n")
+    nested: list = []
+    for _ in range(100_000):
+        nested = [nested]
+    started = time.monotonic()
+    for ref in (f"yolo:{tmp_path / 'fifo.yaml'}", "yolo:/dev/zero", "imagefolder:~nosuchuser-x/a",
+                "yolo:~nosuchuser-x/d.yaml", "imagefolder:a\x00b", f"yolo:{tmp_path / 'list.yaml'}", nested):
+        key = keys.data_fingerprint(ref)
+        assert key is None or (isinstance(key, str) and len(key) == 64), ref
+    assert time.monotonic() - started < 5
+    assert keys.file_digest(tmp_path / "fifo.yaml") == keys.file_digest("/dev/zero") == "missing"

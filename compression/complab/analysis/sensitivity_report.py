@@ -25,6 +25,7 @@ MAX_POINTS = 1000  # grid points of one kind in one layer
 MAX_NAME_CHARS = 1000
 MAX_CLUSTERS = 256  # the analysis' and ClusterStep's bound
 KINDS = ("sparsity", "clusters")
+ROW_KEYS = ("params", "kind", "sparsity", "clusters", "measured", "loss_increase")  # what the analyses write
 
 
 class SensitivityReportError(CompressionLabError):
@@ -77,6 +78,9 @@ def _row(source: str, name: str, row: Any) -> dict:
     where = f"layer {_shown(name)}"
     if not isinstance(row, dict):
         raise _bad(source, where, row, "an object of sparsity and clusters curves")
+    unknown = [key for key in row if key not in ROW_KEYS]
+    if unknown:  # nothing reads it, so nothing would check it: a NaN there was carried into the solved report
+        raise _bad(source, f"{where} key", unknown[0], f"one of {', '.join(ROW_KEYS)}")
     out = dict(row)
     for kind in KINDS:
         points = row.get(kind)

@@ -89,6 +89,7 @@ def load_image(path: str):
     """An image as RGB, or a DataLoadError naming the file (found while training, it fails the run clearly)."""
     from PIL import Image
 
+    _check_regular(path)
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
@@ -96,11 +97,23 @@ def load_image(path: str):
         raise DataLoadError(f"image {path} cannot be read ({first_line(exc, 120)}): remove or replace it") from None
 
 
+def _check_regular(path: str) -> None:
+    """A FIFO named x.png blocked Image.open forever (a hang), /dev/zero linked as one read zeros: only a regular
+    file (a link to one included) is opened as an image."""
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        regular = True  # gone or unreadable: Image.open says so in its own words
+    if not regular:
+        raise DataLoadError(f"image {path} is not a regular file (a device, a FIFO or a socket): remove it")
+
+
 def _check_images(dataset) -> None:
     """Read every image's header (not its pixels): unreadable files and huge images are named up front."""
     from PIL import Image
 
     for path, _ in dataset.samples:
+        _check_regular(path)
         try:
             with Image.open(path) as image:
                 width, height = image.size

@@ -47,18 +47,56 @@ class TooBig(Exception):
     """The dataset exceeds the manifest's bounds."""
 
 
+def _open_regular(path: str | Path):
+    """A regular file opened for reading, else None: a FIFO would block the open, /dev/zero never ends."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except OSError:
+        os.close(fd)
+        return None
+
+
+def _read_bounded(path: str | Path, limit: int) -> bytes | None:
+    """A regular file's bytes (None when it is not one or cannot be read); TooBig past `limit` bytes."""
+    handle = _open_regular(path)
+    if handle is None:
+        return None
+    try:
+        with handle:
+            data = handle.read(limit + 1)
+    except OSError:
+        return None
+    if len(data) > limit:
+        raise TooBig
+    return data
+
+
 def file_digest(path: str | Path) -> str:
     """sha256 of a file's bytes, cached by (path, size, modification time) so a sweep hashes a big checkpoint
-    once; "missing" for a file that cannot be read (a run of such a file is never reused)."""
+    once; "missing" for a file that cannot be read or is not a regular file (a FIFO, a device): a run of such a
+    file is never reused."""
     try:
         info = os.stat(path)
     except (OSError, ValueError):  # ValueError: a NUL byte in the path
         return "missing"
+    if not stat.S_ISREG(info.st_mode):
+        return "missing"
     cache_key = (str(path), info.st_size, info.st_mtime_ns)
     if cache_key not in _DIGESTS:
         digest = hashlib.sha256()
+        handle = _open_regular(path)
+        if handle is None:
+            return "missing"
         try:
-            with open(path, "rb") as f:
+            with handle as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     digest.update(block)
         except (OSError, ValueError):
@@ -165,11 +203,8 @@ def _yaml_fingerprint(yaml_path: Path, budget: list[int], deadline: float) -> di
     """The yaml's bytes and the manifest of each split it names (folder, image list and its files, labels)."""
     import yaml
 
-    try:
-        if yaml_path.stat().st_size > MAX_YAML_BYTES:
-            raise TooBig
-        raw = yaml_path.read_bytes()
-    except (OSError, ValueError):
+    raw = _read_bounded(yaml_path, MAX_YAML_BYTES)  # never a FIFO's open or /dev/zero's endless bytes
+    if raw is None:
         return {"yaml": "missing"}
     out: dict = {"yaml": hashlib.sha256(raw).hexdigest(), "splits": {}}
     try:
@@ -189,14 +224,12 @@ def _yaml_fingerprint(yaml_path: Path, budget: list[int], deadline: float) -> di
         for value in [v for v in values if isinstance(v, str) and v][:16]:  # only strings: never str() a graph
             path = Path(os.path.expanduser(str(value)))
             path = path if path.is_absolute() else base / path
+            if path.is_file() and path.stat().st_size > MAX_LIST_BYTES:  # before hashing it: a 100 GB "list"
+                raise TooBig
             entry = {"path": str(path), "images": _path_manifest(path, budget, deadline)}
             if path.is_file():  # an image list: the files it names, and their labels
-                try:
-                    if path.stat().st_size > MAX_LIST_BYTES:
-                        raise TooBig
-                    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-                except OSError:
-                    lines = []
+                text = _read_bounded(path, MAX_LIST_BYTES) or b""
+                lines = [line.strip() for line in text.decode(errors="replace").splitlines() if line.strip()]
                 if len(lines) > MAX_LIST_LINES:
                     raise TooBig
                 listed = []
@@ -227,21 +260,23 @@ def _stat(path: Path) -> list[int] | None:
 
 def data_fingerprint(ref) -> str | None:
     """sha256 of what the dataset reference `ref` reads (module docstring); None when it is too big to walk
-    within the bounds (MAX_ENTRIES, MAX_WALK_SECONDS)."""
-    if not isinstance(ref, str):
-        return hashlib.sha256(json.dumps(ref, default=str).encode()).hexdigest()
-    kind, _, arg = ref.partition(":")
-    budget, deadline = [MAX_ENTRIES], time.monotonic() + MAX_WALK_SECONDS
+    within the bounds (MAX_ENTRIES, MAX_WALK_SECONDS) or cannot be read as a reference at all (a `~user` that
+    does not exist, a NUL byte, a reference nested past JSON's depth): such data is never reused. Never raises:
+    the reference comes from a job, a link or a received run folder."""
     try:
+        if not isinstance(ref, str):
+            return hashlib.sha256(json.dumps(ref, default=str).encode()).hexdigest()
+        kind, _, arg = ref.partition(":")
+        budget, deadline = [MAX_ENTRIES], time.monotonic() + MAX_WALK_SECONDS
         if kind in ("imagefolder", "cifar10", "cifar100") and arg:
-            what = {"folder": _path_manifest(Path(arg).expanduser(), budget, deadline)}
+            what = {"folder": _path_manifest(Path(os.path.expanduser(arg)), budget, deadline)}
         elif kind == "yolo" and arg:
-            what = _yaml_fingerprint(Path(arg).expanduser(), budget, deadline)
+            what = _yaml_fingerprint(Path(os.path.expanduser(arg)), budget, deadline)
         else:
             what = {"builtin": ref}  # digits, shapes: generated by this code, covered by its version
-    except (TooBig, RecursionError):
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+    except (TooBig, RecursionError, OSError, ValueError, RuntimeError, UnicodeError):
         return None
-    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
 def content_key(job: dict, memo: dict | None = None) -> str | None:

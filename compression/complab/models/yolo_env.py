@@ -40,8 +40,14 @@ def offline_ultralytics() -> None:
             if not place.exists() and font.exists():
                 place.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(font, place)
-    from ultralytics.utils import SETTINGS
+    # Ultralytics replaces PIL.Image.open, process-wide, with one that answers a file Pillow cannot identify by
+    # installing pi-heif (pip, over the network) and raising ModuleNotFoundError: every image folder loaded after a
+    # detector (a corrupt .png, /dev/zero) got a traceback instead of "not a readable image". Pillow's own back.
+    from PIL import Image
+    from ultralytics.utils import SETTINGS, patches
 
+    if getattr(Image.open, "__module__", "") == patches.__name__:
+        Image.open = patches._image_open
     SETTINGS.update({key: False for key in ("sync", "hub", "wandb", "mlflow", "comet", "clearml", "dvc", "neptune",
                                             "raytune", "tensorboard", "platform") if key in SETTINGS})
     _DONE = True

@@ -62,12 +62,23 @@ __all__ = [
 ]
 
 
+_CHUNK = 1 << 20  # symbols per numpy call where numpy would copy a whole stream to int64 (8 bytes a symbol)
+
+
 def empirical_entropy_bytes(symbols: np.ndarray) -> float:
     """n * H(empirical distribution) / 8: the order-0 limit for coding this stream, in bytes."""
     symbols = np.asarray(symbols).ravel()
     if symbols.size == 0:
         return 0.0
-    return counts_entropy_bits(np.bincount(symbols.astype(np.int64))) / 8.0
+    counts = np.zeros(0, dtype=np.int64)
+    for start in range(0, symbols.size, _CHUNK):  # bincount copies its input to int64: a chunk at a time
+        part = np.bincount(symbols[start:start + _CHUNK])
+        if part.size > counts.size:
+            part[:counts.size] += counts
+            counts = part
+        else:
+            counts[:part.size] += part
+    return counts_entropy_bits(counts) / 8.0
 
 
 def counts_entropy_bits(counts: np.ndarray) -> float:

@@ -270,7 +270,11 @@ def _build(numel: int, dtype: torch.dtype, shape: tuple[int, ...], gap_symbols: 
     out = torch.empty(numel, dtype=_dtypes.bits_torch_dtype(dtype))
     view = out.numpy()
     if gap_symbols is None:
-        np.take(book, indices, out=view)
+        # in chunks: np.take copies its indices to int64 and buffers `out` (mode='raise'), so a one-symbol stream
+        # of 16M indices in a 121-byte file peaked at 5x its 64 MB tensor; the decoder has checked every index
+        step = 1 << 20
+        for start in range(0, numel, step):
+            np.take(book, indices[start:start + step], out=view[start:start + step], mode="clip")
     else:
         view.fill(0)
         view[entry_positions(gap_symbols)] = entries if entries is not None else np.take(book, indices)

@@ -211,20 +211,24 @@ class RunStore:
 
     # --- the index file ---------------------------------------------------------------------------------------
 
+    def _flock(self, handle) -> None:
+        """An exclusive fcntl lock on the open file, waiting at most the busy timeout, then StoreError."""
+        deadline = time.time() + busy_timeout()
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.time() > deadline:
+                    raise self.error("locked") from None
+                time.sleep(0.02)
+
     @contextmanager
     def _index_lock(self):
         """ROOT/.index.lock (fcntl): one process at a time checks, moves aside and rebuilds the index. Waits at
         most the busy timeout (a stopped process holding it must not hang every listing): then StoreError."""
         with open(self.root / ".index.lock", "a+") as handle:
-            deadline = time.time() + busy_timeout()
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.time() > deadline:
-                        raise self.error("locked") from None
-                    time.sleep(0.02)
+            self._flock(handle)
             yield
 
     @contextmanager
@@ -241,15 +245,7 @@ class RunStore:
             yield
             return
         with handle:
-            deadline = time.time() + busy_timeout()
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.time() > deadline:
-                        raise self.error("locked") from None
-                    time.sleep(0.02)
+            self._flock(handle)
             yield
 
     def _connect(self) -> sqlite3.Connection:

@@ -39,9 +39,11 @@ LAYERS: dict[str, int] = {
     "complab.demo": 3,
     # 4 jobs and the run store
     "complab.engine": 4,
-    # 5 the front ends
-    "complab.cli": 5,
-    "complab.ui": 5,
+    # 5 the application layer: what a user asks (plan a sweep, find an analysis, submit a job), for both front ends
+    "complab.service": 5,
+    # 6 the front ends
+    "complab.cli": 6,
+    "complab.ui": 6,
 }
 
 

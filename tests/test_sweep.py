@@ -118,9 +118,6 @@ def test_cli_sweep_of_ratio_targets_runs_reuses_and_decodes(tmp_path, capsys):
             "--sensitivity", str(report), "--base-recipe", str(tmp_path / "base.json"), "--no-latency",
             "--home", str(home)]
     capsys.readouterr()
-    # without a report there is nothing to solve the targets on: one line saying how to make one
-    assert main(args[:7] + args[9:]) == 2
-    assert "complab analyze" in capsys.readouterr().err
     assert main([*args, "--wait", "--timeout", "200"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     members = out["members"]
@@ -172,3 +169,35 @@ def test_cli_sweep_of_recipes_and_cancel_sweep(tmp_path, capsys):
     if first["state"] == "cancelled":  # the cancel came while the first ran: the queued second never started
         assert engine.status(second["run"], root=home)["started"] is None
     assert main(["cancel-sweep", "no-such-sweep", "--home", home]) == 2
+
+
+def test_cli_sweep_of_targets_runs_the_analysis_itself_then_reuses_it(tmp_path, capsys):
+    """No report and none in the store: the sweep runs the default analysis as an engine run (one line on stderr
+    says so), solves the targets on it and queues them; a second sweep finds that analysis and runs none."""
+    from complab import service
+
+    home = tmp_path / "home"
+    args = ["sweep", "--model", "demo:lenet300", "--data", "digits", "--targets", "ratio:5,10", "--no-latency",
+            "--home", str(home)]
+    assert main(args) == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    said = [line for line in captured.err.splitlines() if "no sensitivity analysis" in line]
+    assert len(said) == 1 and "running one" in said[0], captured.err
+    analyses = engine.list_runs(root=home, kind="sensitivity")
+    assert len(analyses) == 1 and analyses[0]["state"] == "succeeded" and analyses[0]["id"] in said[0]
+    first = json.loads(captured.out.strip().splitlines()[-1])
+    assert [m["target"] for m in first["members"]] == ["ratio:5", "ratio:10"]
+    # the analysis the sweep ran is the model's latest, for the app as for the CLI
+    spec = service.source_spec("demo:lenet300", data="digits")
+    assert service.latest_analysis_run(spec, home)["id"] == analyses[0]["id"]
+    assert set(service.latest_analysis(spec, home)["layers"]) == {"fc1", "fc2", "fc3"}
+    # again: the analysis is found, not run (no message, no new run); the members are the same plans, reused
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "no sensitivity analysis" not in captured.err
+    assert [r["id"] for r in engine.list_runs(root=home, kind="sensitivity")] == [analyses[0]["id"]]
+    again = json.loads(captured.out.strip().splitlines()[-1])
+    assert [m["run"] for m in again["members"]] == [m["run"] for m in first["members"]]
+    assert all(m["reused"] for m in again["members"])
+    engine.cancel_sweep(first["sweep"], root=home)
+    engine.wait_sweep(first["sweep"], 120, root=home)

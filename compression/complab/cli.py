@@ -9,14 +9,28 @@ they pass --force.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from complab import sources
+from tqdm import tqdm
+
+from complab import engine, service, sources
+from complab.engine import ray_backend
+from complab.engine.search import search
 from complab.errors import CompressionLabError, first_line
+from complab.paths import (
+    check_output_file,
+    describe_os_error,
+    home_option,
+    prepare_output_dir,
+    replace_atomically,
+    write_bytes_atomic,
+)
+from complab.plan import MAX_RECIPE_BYTES, Plan
 
 RESULT_FILES = ("model.clab", "metrics.json")
 EXPORT_SUFFIXES = (".onnx", ".pt", ".ts")
@@ -128,15 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _job_source(args) -> dict:
-    # paths stay as typed: engine.submit makes them absolute in this (the user's) working folder
-    return {"model": args.model, "weights": args.weights, "data": args.data, "input_size": args.input_size,
-            "mean": list(args.mean) if args.mean else None, "std": list(args.std) if args.std else None,
-            **({"trust": True} if args.trust else {})}
+    return service.source_spec(args.model, args.weights, args.data, args.input_size, args.mean, args.std, args.trust)
 
 
-def _read_recipe(path: Path):
-    from complab.plan import Plan
-
+def _read_recipe(path: Path) -> Plan:
     return Plan.from_file(path)  # a missing, huge, non-UTF-8 or malformed recipe is one PlanError
 
 
@@ -172,26 +181,13 @@ class _ProgressLine:
 def _analysis_config(args, task: str, handle=None):
     """SensitivityConfig from the flags (a detector's defaults when none given), checked as an engine job's is.
     `--mode auto` is decided from the loaded model (`handle`); before it is loaded, auto checks as exact."""
-    from complab.analysis.fisher import default_mode
-    from complab.analysis.sensitivity import DETECTOR_CONFIG
-    from complab.engine.jobs import sensitivity_config
-
-    config = dict(DETECTOR_CONFIG) if task == "detect" else {}
-    for key, value in (("val_size", args.val_size), ("sparsities", args.sparsities), ("n_clusters", args.clusters),
-                       ("bn_batches", args.bn_batches), ("seed", args.seed),
-                       ("calibration_seconds", args.calibration_seconds)):
-        if value is not None:
-            config[key] = list(value) if isinstance(value, tuple) else value
-    mode = args.mode
-    if mode == "auto":
-        mode = default_mode(handle) if handle is not None else "exact"
-    config["mode"] = mode
-    return sensitivity_config(config)
+    return service.analysis_config(task, handle, args.mode, val_size=args.val_size, sparsities=args.sparsities,
+                                   n_clusters=args.clusters, bn_batches=args.bn_batches, seed=args.seed,
+                                   calibration_seconds=args.calibration_seconds)
 
 
 def cmd_analyze(args) -> int:
-    from complab.analysis.sensitivity import analyze
-    from complab.paths import check_output_file, replace_atomically
+    from complab.analysis.sensitivity import analyze  # imports torch: not at start-up (`complab runs` stays quick)
 
     out = check_output_file(args.out, (".json",), args.force)
     _analysis_config(args, sources.task_of({"model": args.model}))  # bad flags fail before anything loads
@@ -211,10 +207,7 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from tqdm import tqdm
-
-    from complab.paths import prepare_output_dir
-    from complab.pipeline import compress
+    from complab.pipeline import compress  # imports torch
 
     plan = _read_recipe(args.recipe)
     source = sources.check(_job_source(args), compress=True)  # untrusted or TorchScript: refused before --out
@@ -241,7 +234,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from complab import metrics
+    from complab import metrics  # imports torch
 
     handle = sources.load_file(args.file, args.base, trust=args.trust)
     data = sources.data_for_file(handle, args.data, args.input_size, args.mean, args.std)
@@ -256,7 +249,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from complab.storage import inspect_bytes
+    from complab.storage import inspect_bytes  # the codec imports torch
 
     if not args.file.is_file():
         raise CompressionLabError(f"file {args.file} does not exist: check the path")
@@ -285,11 +278,9 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from complab.paths import check_output_file
-
     check_output_file(args.out, EXPORT_SUFFIXES, args.force)
     handle = sources.load_file(args.file, args.base, trust=args.trust)  # a foreign file: refused before torch
-    from complab.export import export
+    from complab.export import export  # imports torch
 
     size = export(handle, args.out)
     print(json.dumps({"file": str(args.out), "bytes": size}))
@@ -298,8 +289,7 @@ def cmd_export(args) -> int:
 
 def _report_run(ref: str, home: Path | None):
     """A run folder (a path that is a folder) or a run id of the data folder, finished; else CompressionLabError."""
-    from complab import engine
-    from complab.ui.report import ReportRun
+    from complab.ui.report import ReportRun  # plotly and torch
 
     if Path(ref).is_dir():
         return ReportRun.from_dir(Path(ref))
@@ -315,10 +305,7 @@ def _report_run(ref: str, home: Path | None):
 
 
 def cmd_report(args) -> int:
-    import datetime as dt
-
-    from complab.paths import check_output_file, write_bytes_atomic
-    from complab.ui.report import print_pdf, report_html, require_chromium
+    from complab.ui.report import DamagedRun, print_pdf, report_html, require_chromium  # plotly and torch
 
     if not args.runs:
         raise CompressionLabError("no runs given: name finished runs by id (`complab runs` lists them) or "
@@ -330,8 +317,6 @@ def cmd_report(args) -> int:
         require_chromium()  # said before any work, and before the HTML is written
     if not os.access(out.parent, os.W_OK):
         raise CompressionLabError(f"cannot write in {out.parent}: choose a folder you can write to")
-    from complab.ui.report import DamagedRun
-
     runs, left_out = [], []
     for ref in args.runs:
         try:
@@ -342,8 +327,6 @@ def cmd_report(args) -> int:
             left_out.append(str(exc))
     original = None
     if args.model:  # the original the person names here: for a detector's boxes side by side (never from job.json)
-        from complab import sources
-
         original = sources.load({"model": args.model, "weights": args.weights, "data": args.data,
                                  **({"trust": True} if args.trust else {})})
     elif args.data or args.weights or args.trust:
@@ -361,11 +344,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from complab import engine
-
     plan = _read_recipe(args.recipe)
-    job = {"kind": "compress", **_job_source(args), "plan": plan.to_dict()}
-    run_id = engine.submit(job, root=args.home)
+    run_id, _ = service.submit_run(service.compress_job(_job_source(args), plan), root=args.home)
     print(run_id)
     if args.wait:
         row = engine.wait(run_id, 24 * 3600, root=args.home)
@@ -380,8 +360,6 @@ def _printable(text: str) -> str:
 
 
 def cmd_runs(args) -> int:
-    from complab import engine
-
     print(f"{'run':24} {'kind':12} {'state':10} {'model':24} {'progress':>8} {'accuracy':>9} {'bytes':>10} "
           f"{'ratio':>7}")
     for row in engine.list_runs(root=args.home):  # rows checked by complab/runfolder.py: a damaged one says so
@@ -401,8 +379,6 @@ def cmd_runs(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    from complab import engine
-
     engine.cancel(args.run_id, root=args.home)
     state = engine.status(args.run_id, root=args.home)["state"]
     print(f"{args.run_id}: {state}" + (" (cancel requested: it stops at its next check)" if state == "running" else ""))
@@ -430,7 +406,8 @@ def _add_sweep_parsers(sub) -> None:
     sw.add_argument("--seed", type=int, default=0, help="--search: the sampler's seed (default 0)")
     sw.add_argument("--sensitivity", type=Path,
                     help="the sensitivity report the targets are solved on (`complab analyze --out`); "
-                         "default: the newest finished analysis of this model and data in the run store")
+                         "default: the newest finished analysis of this model and data in the run store, else "
+                         "one run now in the engine with the settings `complab analyze` uses when given no flags")
     sw.add_argument("--base-recipe", type=Path,
                     help="take the fine-tuning settings (prune rounds, epochs, learning rates, auto-k tolerance, seed) "
                          "from this recipe; the solver sets the per-layer values (default: the steps' defaults)")
@@ -448,8 +425,7 @@ def _add_sweep_parsers(sub) -> None:
 
 def _read_plans(path: Path) -> list:
     """A recipes file: a JSON list of plans, each checked as a recipe is (PlanError naming the bad one)."""
-    from complab.analysis.targets import MAX_TARGETS
-    from complab.plan import MAX_RECIPE_BYTES, Plan
+    from complab.analysis.targets import MAX_TARGETS  # imports torch
 
     if not path.is_file():
         raise CompressionLabError(f"recipes file {path} does not exist: check the path")
@@ -476,60 +452,45 @@ def _read_plans(path: Path) -> list:
 
 def _sweep_report(args, source: dict, handle) -> dict:
     """The sensitivity report the targets are solved on: --sensitivity, else the newest succeeded analysis of this
-    model, weights, data and input size in the run store, else the engine's cache for the default settings."""
-    from complab import engine
-    from complab.analysis.sensitivity_report import check_report, parse_report, read_report
+    model, weights, data and input size in the run store, else one run now in the engine (a run computing the same
+    analysis is reused by its content key), its progress on stderr."""
+    progress = _ProgressLine()
 
-    if args.sensitivity is not None:
-        report = read_report(args.sensitivity)  # the one checked reader: schema, finite numbers, ranges
-    else:
-        report = None
-        wanted = engine.absolute_paths(source)
-        for run in engine.list_runs(root=args.home, kind="sensitivity"):
-            if run["state"] == "succeeded" and all(run["job"].get(key) == wanted.get(key)
-                                                   for key in ("model", "weights", "data", "input_size")):
-                path = engine.run_file(run["id"], "sensitivity.json", root=args.home)
-                if path.is_file():
-                    report = parse_report(path.read_bytes(), f"the report of analysis run {run['id']}")
-                    break
-        if report is None:
-            report = engine.cached_sensitivity({"kind": "sensitivity", **source, "config": {}}, root=args.home)
-            report = None if report is None else check_report(report, "the cached sensitivity report")
-        if report is None:
-            out = "r.json"
-            raise CompressionLabError(
-                f"no sensitivity analysis of {args.model} on {args.data} to solve the targets on: run "
-                f"`complab analyze --model {args.model} --data {args.data} --out {out}` and pass "
-                f"`--sensitivity {out}`")
-    if not set(report["layers"]) & set(handle.prunable_layers()):
-        raise CompressionLabError(f"the sensitivity report names none of {args.model}'s layers: it is for another "
-                                  "model; analyze this one")
-    return report
+    def started(run_id: str, reused: bool) -> None:
+        doing = f"reusing run {run_id}, which computes the same one" if reused else f"running one (run {run_id})"
+        print(f"no sensitivity analysis of {args.model} on {args.data} in the run store: {doing} to solve the "
+              "targets on", file=sys.stderr, flush=True)
+
+    def analysing(stage: str, fraction: float, values: dict) -> None:
+        if values:  # the engine's own start and done events carry none: no line for them
+            progress(stage, fraction, values)
+
+    try:
+        return service.sweep_analysis(source, args.home, handle, args.sensitivity, on_start=started,
+                                      on_progress=analysing, timeout=args.timeout,
+                                      on_problem=lambda message: print(f"warning: {message}", file=sys.stderr))
+    finally:
+        progress.close()
+
+
+def _step_options(args) -> tuple[Plan | None, dict, dict]:
+    """(--base-recipe's plan or None, its prune options, its cluster options): the fine-tuning settings it gives."""
+    from complab.analysis.targets import step_options  # imports torch
+
+    base = _read_recipe(args.base_recipe) if args.base_recipe is not None else None
+    return (base, *step_options(base)) if base is not None else (None, {}, {})
 
 
 def _target_jobs(args, axis: str, values: list[float], source: dict) -> tuple[list[dict], list[str]]:
     """One compress job per target: the solver's plan, with the predicted accuracy riding along."""
-    from complab import engine
-    from complab.analysis.estimate import model_stats
-    from complab.analysis.predict import history_from_runs, predict
-    from complab.analysis.targets import step_options, target_plan
+    from complab.analysis.estimate import model_stats  # imports torch
 
-    base = _read_recipe(args.base_recipe) if args.base_recipe is not None else None
+    base, prune_options, cluster_options = _step_options(args)
     handle = sources.load_model(source)
     report = _sweep_report(args, source, handle)
-    prune_options, cluster_options = step_options(base) if base is not None else ({}, {})
-    stats = model_stats(handle)
-    model = engine.absolute_paths(source)["model"]
-    history = history_from_runs(engine.list_runs(root=args.home, kind="compress"), model)
-    jobs, labels = [], []
-    for value in values:
-        member = target_plan(stats, report, axis, value, args.name, prune_options, cluster_options,
-                             **({"seed": base.seed, "eval_split": base.eval_split} if base is not None else {}))
-        predicted = predict(report, member.settings, None, history)
-        jobs.append({"kind": "compress", **source, "plan": member.plan.to_dict(), "latency": not args.no_latency,
-                     "predicted": predicted})
-        labels.append(member.label)
-    return jobs, labels
+    return service.plan_sweep(source, model_stats(handle), report, axis, values, args.name,
+                              service.prediction_history(source, args.home), prune_options, cluster_options,
+                              base=base, latency=not args.no_latency)
 
 
 def _member_line(member: dict) -> str:
@@ -556,8 +517,7 @@ def _member_summary(member: dict) -> dict:
 
 
 def cmd_sweep(args) -> int:
-    from complab import engine
-    from complab.analysis.targets import parse_targets
+    from complab.analysis.targets import parse_targets  # imports torch
 
     source = _job_source(args)
     if args.search is not None:
@@ -570,12 +530,10 @@ def cmd_sweep(args) -> int:
         axis = "plans"
         sources.check(source, compress=True)
         plans = _read_plans(args.recipes)
-        jobs = [{"kind": "compress", **source, "plan": plan.to_dict(), "latency": not args.no_latency}
-                for plan in plans]
+        jobs = [service.compress_job(source, plan, latency=not args.no_latency) for plan in plans]
         labels = [plan.name or f"plan {i + 1}" for i, plan in enumerate(plans)]
-    sweep_id = engine.submit_sweep(jobs, root=args.home, axis=axis, targets=labels, name=args.name,
-                                   reuse=not args.no_reuse)
-    sweep = engine.sweep_status(sweep_id, root=args.home)
+    sweep = service.submit_sweep(jobs, labels, root=args.home, axis=axis, name=args.name, reuse=not args.no_reuse)
+    sweep_id = sweep["id"]
     print(f"{sweep['label']}: {sweep_id}")
     for member in sweep["members"]:
         print(_member_line(member))
@@ -590,12 +548,8 @@ def cmd_sweep(args) -> int:
 
 
 def _cmd_search(args, source: dict) -> int:
-    from complab.analysis.targets import step_options
-    from complab.engine.search import search
-
     sources.check(source, compress=True)
-    base = _read_recipe(args.base_recipe) if args.base_recipe is not None else None
-    prune_options, cluster_options = step_options(base) if base is not None else ({}, {})
+    _, prune_options, cluster_options = _step_options(args)
     report = _sweep_report(args, source, sources.load_model(source))
 
     def generation(done: dict) -> None:
@@ -612,8 +566,6 @@ def _cmd_search(args, source: dict) -> int:
 
 
 def cmd_sweeps(args) -> int:
-    from complab import engine
-
     print(f"{'sweep':22} {'name':28} {'model':20} {'members':>7} {'done':>5} {'active':>6} {'failed':>6} "
           f"{'reused':>6}")
     for sweep in engine.list_sweeps(root=args.home):
@@ -625,8 +577,6 @@ def cmd_sweeps(args) -> int:
 
 
 def cmd_cancel_sweep(args) -> int:
-    from complab import engine
-
     asked = engine.cancel_sweep(args.sweep_id, root=args.home)
     print(f"sweep {args.sweep_id}: cancelled {len(asked)} member(s)" if asked
           else f"sweep {args.sweep_id}: nothing queued or running")
@@ -638,12 +588,8 @@ SWEEP_HANDLERS = {"sweep": cmd_sweep, "sweeps": cmd_sweeps, "cancel-sweep": cmd_
 
 def _use_ray(args) -> None:
     """--ray ADDRESS: this process and the dispatcher it starts use it, and so does every later one (a setting)."""
-    from complab.engine import ray_backend
-
     os.environ[ray_backend.ENV] = args.ray
     if hasattr(args, "home"):
-        from complab import engine
-
         engine.settings(root=args.home, ray_address=args.ray)
 
 
@@ -653,8 +599,6 @@ def main(argv: list[str] | None = None) -> int:
                 "report": cmd_report, "submit": cmd_submit, "runs": cmd_runs, "cancel": cmd_cancel, **SWEEP_HANDLERS}
     try:
         if getattr(args, "home", None) is not None:  # as typed: Path("") would be the current folder
-            from complab.paths import home_option
-
             args.home = home_option(args.home)
         if args.ray is not None:
             _use_ray(args)
@@ -670,8 +614,6 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as exc:
-        from complab.paths import describe_os_error
-
         print(f"error: {describe_os_error(exc, exc.filename or '.')}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - a bug of ours: one line for the user, the traceback on request

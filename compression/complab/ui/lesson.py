@@ -1,8 +1,9 @@
 """The lesson page's Streamlit parts: how far the class has got, each step's run found or started, its progress.
 
 A step that changes the model is an engine run (complab.analysis.lesson.step_job), started with
-engine.submit_or_reuse: a run of the same plan, model and data that succeeded (or is still on its way) is shown
-instead of starting another, so a second class, a reload or a reopened lesson finds every finished step at once.
+complab.service.submit_run(reuse=True): a run of the same plan, model and data that succeeded (or is still on its
+way) is shown instead of starting another, so a second class, a reload or a reopened lesson finds every finished
+step at once.
 Only how far this session has got lives in st.session_state; the runs live in the engine's store.
 """
 
@@ -12,7 +13,7 @@ import time
 
 import streamlit as st
 
-from complab import engine, runfolder
+from complab import engine, runfolder, service
 from complab.analysis import lesson, report
 from complab.errors import CompressionLabError
 from complab.ui.state import decoded_run, home, load_active
@@ -43,7 +44,7 @@ def start(step: str) -> None:
         if job is None or lesson.RUN_OF[wanted] in state["runs"]:
             continue
         try:
-            run_id, reused = engine.submit_or_reuse(job, root=home())
+            run_id, reused = service.submit_run(job, home(), reuse=True)
         except CompressionLabError as exc:  # a read-only or full data folder
             state["error"] = (step, str(exc))
             return
@@ -52,7 +53,7 @@ def start(step: str) -> None:
 
 
 def retry(step: str) -> None:
-    """Start a failed or cancelled step again (submit_or_reuse never reuses those: a new run)."""
+    """Start a failed or cancelled step again (a reusing submit never reuses those: a new run)."""
     state = progress_state()
     state["runs"].pop(lesson.RUN_OF[step], None)
     start(step)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from complab import engine, paths, runfolder, sources
+from complab import engine, paths, service, sources
 from complab.data import DataBundle
 from complab.errors import CompressionLabError
 from complab.models.handle import ModelHandle
@@ -304,21 +304,12 @@ def sidebar() -> None:
 
 
 def sensitivity_job(spec: dict, config: dict) -> dict:
-    return {"kind": "sensitivity", **spec, "config": config}
+    return service.sensitivity_job(spec, config)
 
 
 def compress_job(spec: dict, plan: dict, predicted: dict | None = None) -> dict:
-    """The engine job of a compression run; `predicted` (the plan page's predicted accuracy) rides along once
-    the engine knows the key (complab.engine.jobs.JOB_KEYS), so a run can be checked against it."""
-    job = {"kind": "compress", **spec, "plan": plan}
-    if predicted is not None and "predicted" in engine.jobs.JOB_KEYS:
-        job["predicted"] = predicted
-    return job
-
-
-def _same_model(job: dict, spec: dict) -> bool:
-    spec = engine.absolute_paths(spec)  # submit stores paths made absolute
-    return all(job.get(key) == spec.get(key) for key in ("model", "weights", "data", "input_size"))
+    """The engine job of a compression run (complab.service.compress_job: `predicted` rides along)."""
+    return service.compress_job(spec, plan, predicted=predicted)
 
 
 def run_task(run_id: str) -> str:
@@ -331,41 +322,17 @@ def run_task(run_id: str) -> str:
 
 
 def latest_sensitivity(spec: dict, any_state: bool = False):
-    """The newest sensitivity run for this model and data: its row (any_state) or its succeeded report."""
-    for run in engine.list_runs(root=home(), kind="sensitivity"):
-        if not _same_model(run.get("job", {}), spec):
-            continue
-        if any_state:
-            return run
-        if run["state"] == "succeeded":
-            try:
-                path = engine.run_file(run["id"], "sensitivity.json", root=home())
-            except CompressionLabError:  # listed from the index but its folder is gone
-                continue
-            if path.is_file():  # untrusted: one checked reader (a damaged report is said, and skipped)
-                from complab.analysis.sensitivity_report import SensitivityReportError, parse_report
-
-                data, problem = runfolder.read_bytes(path)  # bounded, never a pipe or a link (complab/runfolder.py)
-                try:
-                    if problem is not None:
-                        raise SensitivityReportError(f"the report of analysis run {run['id']} is {problem}")
-                    return parse_report(data, f"the report of analysis run {run['id']}")
-                except SensitivityReportError as exc:
-                    st.warning(f"{exc}")
-                    continue
-    return None
+    """The newest sensitivity run for this model and data: its row (any_state) or its succeeded report (a damaged
+    report is said with st.warning and skipped)."""
+    if any_state:
+        return service.latest_analysis_run(spec, home())
+    return service.latest_analysis(spec, home(), on_problem=st.warning)
 
 
 def prediction_history(spec: dict) -> list[tuple[float, float]]:
-    """(raw predicted drop, measured drop) in points of this model's finished runs that carried a prediction:
-    the predicted accuracy refits its fine-tuning calibration on them (compression/complab/analysis/predict.py)."""
-    from complab.analysis.predict import history_from_runs
-
-    try:
-        runs = engine.list_runs(root=home(), kind="compress")
-    except CompressionLabError:
-        return []
-    return history_from_runs([run for run in runs if _same_model(run.get("job", {}), spec)])
+    """(raw predicted drop, measured drop) in points of this model's finished runs that carried a prediction
+    (complab.service.prediction_history)."""
+    return service.prediction_history(spec, home())
 
 
 @st.cache_resource(max_entries=16, show_spinner="Decoding the compact file...")

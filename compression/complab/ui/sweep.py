@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from complab import engine
-from complab.analysis.predict import predict
-from complab.analysis.targets import AXES, parse_targets, target_plan
+from complab import engine, service
+from complab.analysis.targets import AXES, parse_targets
 from complab.engine import search
 from complab.errors import CompressionLabError
 from complab.ui.plan_form import with_fold_bn
-from complab.ui.state import compress_job, home
+from complab.ui.state import home
 
 DEFAULT_TARGETS = {"ratio": "5,10,20,40,80", "flops": "1.5,2,3,5", "accuracy": "0.5,1,2,4"}
 
@@ -61,7 +60,8 @@ def sweep_button(spec: dict, stats, report: dict | None, history: list, name: st
 
 def _submit(spec: dict, stats, report: dict, history: list, name: str, prune_options: dict, cluster_options: dict,
             fold_bn: bool) -> None:
-    """The button's callback (it runs before the page redraws): solve every target, submit the group."""
+    """The button's callback (it runs before the page redraws): solve every target, submit the group
+    (complab.service: the CLI's `complab sweep --targets` plans and submits it the same way)."""
     axis = st.session_state["plan_sweep_axis"]
     if axis == "search":
         budget = int(st.session_state.get("plan_search_budget", 12))
@@ -76,13 +76,9 @@ def _submit(spec: dict, stats, report: dict, history: list, name: str, prune_opt
     values = st.session_state.get(f"plan_sweep_targets::{axis}", DEFAULT_TARGETS[axis])
     try:
         axis, targets = parse_targets(f"{axis}:{values}")
-        jobs, labels = [], []
-        for value in targets:
-            member = target_plan(stats, report, axis, value, name, prune_options, cluster_options)
-            plan = with_fold_bn(member.plan) if fold_bn else member.plan
-            jobs.append(compress_job(spec, plan.to_dict(), predicted=predict(report, member.settings, None, history)))
-            labels.append(member.label)
-        sweep_id = engine.submit_sweep(jobs, root=home(), axis=axis, targets=labels, name=name)
-        st.session_state["plan_sweep_outcome"] = {"sweep": engine.sweep_status(sweep_id, root=home())}
+        jobs, labels = service.plan_sweep(spec, stats, report, axis, targets, name, history, prune_options,
+                                          cluster_options, adjust=with_fold_bn if fold_bn else None)
+        st.session_state["plan_sweep_outcome"] = {"sweep": service.submit_sweep(jobs, labels, root=home(), axis=axis,
+                                                                                name=name)}
     except CompressionLabError as exc:
         st.session_state["plan_sweep_outcome"] = {"error": str(exc)}

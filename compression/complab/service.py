@@ -24,7 +24,7 @@ from pathlib import Path
 
 from complab import engine, runfolder, sources
 from complab.analysis.sensitivity_report import SensitivityReportError, parse_report, read_report
-from complab.engine.jobs import JOB_KEYS, sensitivity_config
+from complab.engine import jobs as job_kinds
 from complab.errors import CompressionLabError, first_line
 from complab.plan import Plan
 
@@ -52,7 +52,7 @@ def compress_job(spec: dict, plan: dict | Plan, predicted: dict | None = None, l
     job = {"kind": "compress", **spec, "plan": plan.to_dict() if isinstance(plan, Plan) else plan}
     if latency is not None:
         job["latency"] = bool(latency)
-    if predicted is not None and "predicted" in JOB_KEYS:
+    if predicted is not None and "predicted" in job_kinds.JOB_KEYS:  # read at call time
         job["predicted"] = predicted
     return job
 
@@ -152,7 +152,7 @@ def analysis_settings(task: str, handle=None, mode: str = "auto", **flags) -> di
 def analysis_config(task: str, handle=None, mode: str = "auto", **flags):
     """SensitivityConfig of analysis_settings(), checked as an engine job's is (CompressionLabError naming the bad
     value)."""
-    return sensitivity_config(analysis_settings(task, handle, mode, **flags))
+    return job_kinds.sensitivity_config(analysis_settings(task, handle, mode, **flags))
 
 
 def wait_run(run_id: str, root: Root = None, timeout: float = ANALYSIS_WAIT_S,

@@ -32,6 +32,7 @@ import stat
 import time
 from pathlib import Path
 
+import complab
 from complab import sources
 
 KEY_FIELDS = ("kind", "model", "data", "input_size", "mean", "std", "plan", "latency", "config", "seconds")
@@ -111,8 +112,6 @@ def file_digest(path: str | Path) -> str:
 def code_version() -> str:
     """"VERSION+HASH": the package version and a sha256 (16 hex digits) of every .py file of the compression
     package (its relative path and bytes), computed once per process."""
-    import complab
-
     package = Path(complab.__file__).resolve().parent
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
@@ -203,7 +202,7 @@ def _labels_of(path: Path) -> Path | None:
 
 def _yaml_fingerprint(yaml_path: Path, budget: list[int], deadline: float) -> dict:
     """The yaml's bytes and the manifest of each split it names (folder, image list and its files, labels)."""
-    import yaml
+    import yaml  # (only for a yolo: dataset; ultralytics' dependency, not the CLI's)
 
     raw = _read_bounded(yaml_path, MAX_YAML_BYTES)  # never a FIFO's open or /dev/zero's endless bytes
     if raw is None:

@@ -280,3 +280,55 @@ def override_note(handle, ref: str | None = None, input_size: int | None = None,
             return ("note: the file records no mean/std (written by an older release): measured with ImageNet's "
                     "(0.485,0.456,0.406 / 0.229,0.224,0.225); give --mean/--std if its run used others")
     return "note: " + "; ".join(parts) + " (what its run used)" if parts else None
+
+
+# --- the files and folders a spec names (the engine resolves, ships and fingerprints them by these) ---------------
+MODEL_FILE_PREFIXES = ("torchscript:", "detector:")  # a model reference whose rest is a file (detector:demo is not)
+DATA_PATH_PREFIXES = ("imagefolder:", "cifar10:", "cifar100:", "yolo:")  # a dataset reference whose rest is a path
+DATA_FOLDER_PREFIXES = ("imagefolder:", "cifar10:", "cifar100:")  # ... a folder (yolo:'s is a yaml file)
+
+
+def named_files(spec: dict) -> list[tuple[str, str, str]]:
+    """(key, prefix, path) for each file or folder on disk a spec names: ("weights", "", FILE), ("model",
+    "torchscript:" | "detector:", FILE), ("data", "imagefolder:" | "cifar10:" | "cifar100:" | "yolo:", DIR or yaml).
+    Built-in names (demo:NAME, detector:demo, digits, shapes) name none. Never raises: any dict may be given."""
+    if not isinstance(spec, dict):
+        return []
+    out = []
+    if isinstance(spec.get("weights"), str) and spec["weights"]:
+        out.append(("weights", "", spec["weights"]))
+    model, data = spec.get("model"), spec.get("data")
+    if isinstance(model, str) and model != "detector:demo":
+        out += [("model", prefix, model[len(prefix):]) for prefix in MODEL_FILE_PREFIXES
+                if model.startswith(prefix) and model[len(prefix):]]
+    if isinstance(data, str):
+        out += [("data", prefix, data[len(prefix):]) for prefix in DATA_PATH_PREFIXES
+                if data.startswith(prefix) and data[len(prefix):]]
+    return out
+
+
+def with_files(spec: dict, new_path) -> dict:
+    """A copy of `spec` with each file or folder it names (named_files) at `new_path(key, prefix, path)`, its
+    prefix kept (e.g. made absolute, or where a Ray node unpacked it)."""
+    if not isinstance(spec, dict):
+        return spec
+    out = dict(spec)
+    for key, prefix, path in named_files(spec):
+        out[key] = prefix + str(new_path(key, prefix, path))
+    return out
+
+
+def file_root(prefix: str, path: str) -> Path:
+    """What has to travel with a named path for it to be read on another machine: a yolo yaml's whole folder (it
+    names its images relative to itself), else the file or folder itself."""
+    return Path(path).parent if prefix == "yolo:" else Path(path)
+
+
+def data_files(ref) -> tuple[str, str] | None:
+    """What a dataset reference reads on disk: ("folder", DIR) for imagefolder:, cifar10: and cifar100:, ("yaml",
+    FILE) for yolo:FILE, None for a built-in dataset (digits, shapes) or anything else. Never raises."""
+    if isinstance(ref, str):
+        for prefix in DATA_PATH_PREFIXES:
+            if ref.startswith(prefix) and ref[len(prefix):]:
+                return ("folder" if prefix in DATA_FOLDER_PREFIXES else "yaml"), ref[len(prefix):]
+    return None

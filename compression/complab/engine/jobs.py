@@ -9,14 +9,18 @@
                  within one point; bad input (no layers, too few validation images, too little memory)
                  fails the run with its one-line message
 
-A runner is `run(job, run_dir, progress, log, cancelled) -> metrics dict`; it writes its result files
-whole (temporary name, then rename). With COMPRESSION_LAB_TEST_JOBS=1 two more kinds exist for the
-engine's own tests: `test-sleep` ({"seconds"}), `test-hang` (ignores cancel) and `test-crash` (raises).
+A runner is `run(job, run_dir, progress, log, cancelled, split=None) -> metrics dict`; it writes its result
+files whole (temporary name, then rename). `split` is what a Ray task passes (ray_backend.split_here): a way to
+spread an exact sensitivity analysis over the cluster, `split(handle, data, config, progress, cancelled, log)`
+-> the report, or None to measure it here; nothing in this module imports a backend. With
+COMPRESSION_LAB_TEST_JOBS=1 more kinds exist for the engine's own tests: `test-sleep` ({"seconds"}),
+`test-hang` (ignores cancel) and `test-crash` (raises).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -26,7 +30,10 @@ from dataclasses import fields
 from pathlib import Path
 
 from complab import sources
+from complab.engine.keys import content_key
+from complab.engine.store import write_atomic
 from complab.errors import CompressionLabError
+from complab.plan import Plan
 
 JOB_KEYS = {"kind", "model", "weights", "data", "input_size", "mean", "std", "plan", "latency", "config", "seconds",
             "trust", "predicted", "sweep", "content_key"}  # content_key: accepted and dropped (submit computes it)
@@ -35,7 +42,7 @@ PREDICTED_NUMBERS = ("accuracy", "drop", "low", "high", "raw_drop")  # a compres
 
 def sensitivity_config(config: dict):
     """SensitivityConfig from a job's config dict, or a CompressionLabError naming the bad value."""
-    from complab.analysis.sensitivity import SensitivityConfig
+    from complab.analysis.sensitivity import SensitivityConfig  # (imports torch: validating a job must not)
 
     known = {f.name for f in fields(SensitivityConfig)}
     if not isinstance(config, dict) or set(config) - known:
@@ -74,8 +81,6 @@ def validate(job: dict) -> dict:
         return {"kind": kind, "seconds": float(job.get("seconds", 0.0)), **tag}
     out = {"kind": kind, **sources.check(job, compress=True), **tag}  # both kinds change weights: no TorchScript
     if kind == "compress":
-        from complab.plan import Plan
-
         out["plan"] = Plan.from_dict(job.get("plan")).to_dict()  # an impossible plan never queues
         out["latency"] = bool(job.get("latency", True))
         if job.get("predicted") is not None:
@@ -107,8 +112,6 @@ def sweep_tag(tag) -> dict:
 def _predicted(predicted) -> dict:
     """The plan page's predicted accuracy, kept with the run so the Compare page can set it against the measured
     one: finite numbers and the model's description only."""
-    import math
-
     if not isinstance(predicted, dict):
         raise CompressionLabError("a job's 'predicted' must be an object of numbers (predict()'s result)")
     out = {}
@@ -124,9 +127,9 @@ def _predicted(predicted) -> dict:
     return out
 
 
-def run_compress(job: dict, run_dir: Path, progress: Callable, log: Callable, cancelled: Callable) -> dict:
-    from complab.pipeline import compress
-    from complab.plan import Plan
+def run_compress(job: dict, run_dir: Path, progress: Callable, log: Callable, cancelled: Callable,
+                 split: Callable | None = None) -> dict:
+    from complab.pipeline import compress  # (imports torch: only in a worker)
 
     handle = sources.load_model(job)
     data = sources.load_data(job, handle)
@@ -140,8 +143,6 @@ def sensitivity_data_ref(job: dict) -> str | None:
     files, model files, settings and the code version: keys.py), so a report of changed data, other weights or
     another release is never served. `job` is as submitted (its recorded content_key is used when it has one).
     None: the data is too big to fingerprint, so nothing is cached."""
-    from complab.engine.keys import content_key
-
     key = job.get("content_key") if isinstance(job.get("content_key"), str) else content_key(validate(job))
     return None if key is None else f"{job.get('data')}#{key}"
 
@@ -149,7 +150,7 @@ def sensitivity_data_ref(job: dict) -> str | None:
 def sensitivity_cache_path(job: dict, root: str | Path, handle=None) -> Path | None:
     """ROOT/cache/sensitivity-<key>.json; the key covers the model, its weights, the data's files and the
     settings (None when the data is too big to fingerprint: no cache)."""
-    from complab.analysis.sensitivity import weights_digest
+    from complab.analysis.sensitivity import weights_digest  # (imports torch)
 
     data_ref = sensitivity_data_ref(job)
     if data_ref is None:
@@ -160,9 +161,9 @@ def sensitivity_cache_path(job: dict, root: str | Path, handle=None) -> Path | N
     return Path(root) / "cache" / f"sensitivity-{key}.json"
 
 
-def run_sensitivity(job: dict, run_dir: Path, progress: Callable, log: Callable, cancelled: Callable) -> dict:
-    from complab.analysis.sensitivity import analyze
-    from complab.engine.store import write_atomic
+def run_sensitivity(job: dict, run_dir: Path, progress: Callable, log: Callable, cancelled: Callable,
+                    split: Callable | None = None) -> dict:
+    from complab.analysis.sensitivity import analyze  # (imports torch: only in a worker)
 
     handle = sources.load_model(job)
     cache = sensitivity_cache_path(job, run_dir.parents[1], handle)
@@ -174,14 +175,11 @@ def run_sensitivity(job: dict, run_dir: Path, progress: Callable, log: Callable,
         tmp.replace(run_dir / "sensitivity.json")
         report = json.loads(cache.read_text())
     else:
-        from complab.engine import ray_backend
-
         config = sensitivity_config(job["config"])
         data = sources.load_data(job, handle)
-        parts = ray_backend.sensitivity_parts(config, len(handle.prunable_layers()))
-        if parts > 1:  # inside a Ray task on a cluster with CPUs to spare: one task per group of layers
-            report = ray_backend.split_sensitivity(handle, data, config, parts, progress, cancelled, log)
-        else:
+        # inside a Ray task on a cluster with CPUs to spare, `split` measures groups of layers as tasks of their own
+        report = split(handle, data, config, progress, cancelled, log) if split is not None else None
+        if report is None:
             report = analyze(handle, data, config, on_progress=progress, cancel_requested=cancelled).to_dict()
         text = json.dumps(report)
         write_atomic(run_dir / "sensitivity.json", text)
@@ -191,8 +189,9 @@ def run_sensitivity(job: dict, run_dir: Path, progress: Callable, log: Callable,
             "cached": cached}
 
 
-def _test_sleep(job: dict, run_dir: Path, progress: Callable, log: Callable, cancelled: Callable) -> dict:
-    from complab.methods.context import Cancelled
+def _test_sleep(job: dict, run_dir: Path, progress: Callable, log: Callable, cancelled: Callable,
+                split: Callable | None = None) -> dict:
+    from complab.methods.context import Cancelled  # (imports torch)
 
     started = time.time()
     while (elapsed := time.time() - started) < job["seconds"]:
@@ -203,13 +202,15 @@ def _test_sleep(job: dict, run_dir: Path, progress: Callable, log: Callable, can
     return {"slept": job["seconds"]}
 
 
-def _test_hang(job: dict, run_dir: Path, progress: Callable, log: Callable, cancelled: Callable) -> dict:
+def _test_hang(job: dict, run_dir: Path, progress: Callable, log: Callable, cancelled: Callable,
+               split: Callable | None = None) -> dict:
     progress("hang", 0.5, {})
     time.sleep(job["seconds"])  # never looks at the cancel flag: the dispatcher has to stop it
     return {"slept": job["seconds"]}
 
 
-def _test_crash(job: dict, run_dir: Path, progress: Callable, log: Callable, cancelled: Callable) -> dict:
+def _test_crash(job: dict, run_dir: Path, progress: Callable, log: Callable, cancelled: Callable,
+                split: Callable | None = None) -> dict:
     progress("crash", 0.5, {})
     raise RuntimeError("test-crash: a deliberate failure\nsecond line")
 

@@ -6,31 +6,52 @@
 The dispatcher stays where the app runs and keeps the store: it claims queued runs up to what the cluster can run
 at once and drives each as one Ray task (a streaming generator, `run_job`). The task names its node first, then
 sends progress events and log lines while it runs and its result files (bytes) when it ends; the dispatcher
-writes them into the run folder exactly as a local worker would (worker.Progress, worker._end). Files and folders
-the job names (weights, model files, dataset folders) travel with the task when they are small
+writes them into the run folder exactly as a local worker would (recording.Progress, recording.end_run). Files and
+folders the job names (weights, model files, dataset folders) travel with the task when they are small
 (COMPRESSION_LAB_RAY_SHIP_MB, default 64 MB in all); bigger ones must be readable on the node at the same path,
 else the run fails at once saying so. Each task asks for COMPRESSION_LAB_RAY_CPUS CPUs (default 1, also torch's
 thread count there) and, when the cluster has GPUs, COMPRESSION_LAB_RAY_GPUS GPUs (default 1: a job uses CUDA
-whenever it sees it). A cancel reaches the task (ray.cancel; forced after the grace); a node that dies leaves its
-run `failed` naming the node, and nothing else changes. Importing this module does not import ray.
+whenever it sees it). A cancel reaches the task (ray.cancel; forced after the grace); a run whose node dies is run
+once more on another node (its log in log.attempt2.txt), and fails naming both attempts if that node dies too;
+nothing else changes. Importing this module does not import ray.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import queue
 import re
+import socket
+import sys
 import tarfile
 import tempfile
 import threading
+import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 
+from complab import sources
+from complab.engine.jobs import runners, sensitivity_config
+from complab.engine.protocol import (
+    ITEM_CACHED,
+    ITEM_CANCELLED,
+    ITEM_ERROR,
+    ITEM_LOG,
+    ITEM_NODE,
+    ITEM_PROGRESS,
+    ITEM_RESULT,
+    RAY_ENV,
+    RAY_LOCAL,
+    RAY_SETTING,
+)
+from complab.engine.protocol import event as progress_event
+from complab.engine.recording import disk_full
 from complab.errors import CompressionLabError, first_line
 
-ENV = "COMPRESSION_LAB_RAY"
-SETTING = "ray_address"
+ENV, SETTING, LOCAL = RAY_ENV, RAY_SETTING, RAY_LOCAL  # (protocol's: which backend runs the jobs)
 NAMESPACE = "compression-lab"
 LOCAL = ("", "local", "none", "off")  # values that mean: the local workers
 SHIP_MB = 64.0  # files the job names travel with the task up to this many MB in all ($COMPRESSION_LAB_RAY_SHIP_MB)
@@ -42,23 +63,16 @@ _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 # --- which engine -----------------------------------------------------------------------------------------------
 
 def address(store=None, strict: bool = False) -> str | None:
-    """The Ray address in use: $COMPRESSION_LAB_RAY, else the data folder's stored setting; None for local workers.
-    An index that cannot be read counts as local, or (`strict`) raises its StoreError."""
-    value = os.environ.get(ENV)
-    if value is None and store is not None:
-        try:
-            value = store.get_setting(SETTING)
-        except CompressionLabError:
-            if strict:
-                raise
-            value = None
-    value = (value or "").strip()
-    return None if value.lower() in LOCAL else value
+    """The Ray address in use (RunStore.ray_address; without a store, $COMPRESSION_LAB_RAY only)."""
+    if store is not None:
+        return store.ray_address(strict)
+    value = (os.environ.get(RAY_ENV) or "").strip()
+    return None if value.lower() in RAY_LOCAL else value
 
 
 def connect(addr: str) -> None:
     """Join the cluster at `addr` as a driver (once per process); CompressionLabError naming the address and the fix."""
-    import ray
+    import ray  # (here: importing this module never imports ray, an optional dependency slow to import)
 
     if ray.is_initialized():
         return
@@ -74,8 +88,6 @@ def connect(addr: str) -> None:
 
 def _probe(addr: str, timeout: float = 5.0) -> None:
     """Fail in seconds when nothing listens at HOST:PORT (ray.init would wait minutes for a GCS that is not there)."""
-    import socket
-
     host, _, port = addr.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         return  # "auto" and other forms: ray.init resolves them
@@ -90,7 +102,7 @@ def _probe(addr: str, timeout: float = 5.0) -> None:
 
 def resources() -> dict:
     """What the connected cluster has: {"nodes", "cpus", "gpus"} over the live nodes."""
-    import ray
+    import ray  # (as in connect)
 
     alive = [node for node in ray.nodes() if node.get("Alive")]
     return {"nodes": len(alive), "cpus": sum(node["Resources"].get("CPU", 0) for node in alive),
@@ -116,20 +128,8 @@ def task_gpus(cluster_gpus: float) -> float:
 # --- files the job names ------------------------------------------------------------------------------------------
 
 def local_paths(job: dict) -> list[tuple[str, str, str]]:
-    """(key, prefix, path) for each file or folder the job names on disk (a yolo yaml: its folder travels)."""
-    out = []
-    if isinstance(job.get("weights"), str) and job["weights"]:
-        out.append(("weights", "", job["weights"]))
-    model, data = job.get("model"), job.get("data")
-    if isinstance(model, str):
-        for prefix in ("torchscript:", "detector:"):
-            if model.startswith(prefix) and model[len(prefix):] and model != "detector:demo":
-                out.append(("model", prefix, model[len(prefix):]))
-    if isinstance(data, str):
-        for prefix in ("imagefolder:", "cifar10:", "cifar100:", "yolo:"):
-            if data.startswith(prefix) and data[len(prefix):]:
-                out.append(("data", prefix, data[len(prefix):]))
-    return out
+    """(key, prefix, path) for each file or folder the job names on disk (sources.named_files)."""
+    return sources.named_files(job)
 
 
 def _over(roots: set[str], limit: float) -> bool:
@@ -145,16 +145,11 @@ def _over(roots: set[str], limit: float) -> bool:
     return False
 
 
-def _shipped_root(prefix: str, path: str) -> Path:
-    """What travels for a path: the file or folder itself; a yolo yaml's whole folder (it names its images)."""
-    return Path(path).parent if prefix == "yolo:" else Path(path)
-
-
 def pack(job: dict, limit_mb: float | None = None) -> dict[str, bytes]:
     """{path: tar bytes} of the files and folders the job names when they total at most the limit, else {}
     (then each must be readable on the node at the same path)."""
     limit = (limit_mb if limit_mb is not None else ship_limit_mb()) * 1e6
-    roots = {str(_shipped_root(prefix, path)) for _, prefix, path in local_paths(job)}
+    roots = {str(sources.file_root(prefix, path)) for _, prefix, path in local_paths(job)}
     try:
         if not roots or _over(roots, limit):
             return {}
@@ -186,10 +181,9 @@ def localize(job: dict, shipped: dict[str, bytes], into: Path, node: str, limit_
         unpacked[root] = target / Path(root).name
     limit = ship_limit_mb() if limit_mb is None else limit_mb
     for key, prefix, path in local_paths(job):
-        root = str(_shipped_root(prefix, path))
-        if root in unpacked:
-            new = unpacked[root] / Path(path).name if prefix == "yolo:" else unpacked[root]
-            out[key] = prefix + str(new)
+        root = sources.file_root(prefix, path)
+        if str(root) in unpacked:  # the path as unpacked here (a yolo yaml inside its unpacked folder)
+            out[key] = prefix + str(unpacked[str(root)] / Path(path).relative_to(root))
         elif not os.access(path, os.R_OK):
             what = "dataset folder" if key == "data" else "model file"
             raise CompressionLabError(
@@ -209,10 +203,9 @@ class _Latest:
         self.event: dict | None = None
 
     def __call__(self, stage: str, fraction: float, values: dict | None = None) -> None:
-        event = {"stage": stage, "progress": min(1.0, max(0.0, float(fraction))),
-                 "values": {k: v for k, v in (values or {}).items() if isinstance(v, int | float | str | bool)}}
+        sent = {k: v for k, v in progress_event(stage, fraction, values).items() if k != "time"}  # the driver's time
         with self.lock:
-            self.event = event
+            self.event = sent
 
     def take(self) -> dict | None:
         with self.lock:
@@ -239,12 +232,10 @@ def sensitivity_parts(config, n_layers: int) -> int:
 def sensitivity_part(job: dict, shipped: dict, config: dict, layers: list[str], cpus: int) -> dict:
     """One part of a split analysis (a Ray task): the job's files unpacked here as run_job does, then the exact
     analysis of `layers` only. Returns the part's report, with the node it ran on."""
-    import ray
+    import ray  # (in a function: importing this module never imports ray, nor torch and the analysis)
     import torch
 
-    from complab import sources
     from complab.analysis.sensitivity import analyze
-    from complab.engine.jobs import sensitivity_config
 
     torch.set_num_threads(max(1, int(cpus)))
     ip = ray.util.get_node_ip_address()
@@ -262,10 +253,7 @@ def split_sensitivity(handle, data, config, parts: int, progress, cancelled, log
     `parts` groups of consecutive layers (sensitivity.layer_groups); this task measures the first group itself (on
     the CPU it holds) while one task per other group runs elsewhere, then the parts are merged into the report one
     task would write. Progress: per point in this task's group, then per finished part; a cancel cancels every part."""
-    import time
-    from dataclasses import asdict
-
-    import ray
+    import ray  # (ray, torch and the analysis only in a task: see sensitivity_part)
 
     from complab.analysis.sensitivity import analyze, layer_groups, merge_reports
     from complab.methods.context import Cancelled
@@ -316,12 +304,21 @@ def split_sensitivity(handle, data, config, parts: int, progress, cancelled, log
     return report
 
 
+def split_here(handle, data, config, progress, cancelled, log) -> dict | None:
+    """The sensitivity runner's `split` inside a run_job task (jobs.run_sensitivity): the report of an analysis
+    split across the cluster, or None when it is not worth splitting (sensitivity_parts) and runs in this task."""
+    parts = sensitivity_parts(config, len(handle.prunable_layers()))
+    if parts <= 1:
+        return None
+    return split_sensitivity(handle, data, config, parts, progress, cancelled, log)
+
+
 def run_job(job: dict, run_id: str, shipped: dict, options: dict):
     """The Ray task (a streaming generator): yields {"type": "node"}, then "progress" and "log" items, and last a
     "result" (metrics and the result files' bytes) or an "error". A cancel (KeyboardInterrupt) stops the job."""
-    import ray
+    import ray  # (runs in a Ray task: ray is imported there already)
 
-    node = {"type": "node", "node_id": ray.get_runtime_context().get_node_id(),
+    node = {"type": ITEM_NODE, "node_id": ray.get_runtime_context().get_node_id(),
             "ip": ray.util.get_node_ip_address(), "pid": os.getpid()}
     yield node
     if options.get("test_jobs"):
@@ -333,10 +330,10 @@ def run_job(job: dict, run_id: str, shipped: dict, options: dict):
                            options.get("ship_mb"))
             cache_name = _cache_name(as_submitted, job) if job["kind"] == "sensitivity" else None
         except CompressionLabError as exc:
-            yield {"type": "error", "message": str(exc)}
+            yield {"type": ITEM_ERROR, "message": str(exc)}
             return
         if cache_name in options.get("cache_names", ()):
-            yield {"type": "cached", "name": cache_name}  # the app's cache has this report: nothing to compute
+            yield {"type": ITEM_CACHED, "name": cache_name}  # the app's cache has this report: nothing to compute
             return
         run_dir = Path(tmp) / "runs" / run_id  # the runners find ROOT/cache two folders up, as in a data folder
         run_dir.mkdir(parents=True)
@@ -345,16 +342,15 @@ def run_job(job: dict, run_id: str, shipped: dict, options: dict):
         progress, stop, outcome = _Latest(), threading.Event(), {}
 
         def body() -> None:
-            import torch
+            import torch  # (in the task only: see split_sensitivity)
 
-            from complab.engine.jobs import runners
-            from complab.methods.context import Cancelled
+            from complab.methods.context import Cancelled  # (imports torch)
 
             torch.set_num_threads(int(options.get("cpus", 1)))
             _TASK.update(job=as_submitted, shipped=shipped, options=options, node=node["ip"])
             try:
                 outcome["metrics"] = runners()[job["kind"]](job, run_dir, progress, lambda line: lines.put(line),
-                                                            stop.is_set)
+                                                            stop.is_set, split=split_here)
             except Cancelled:
                 outcome["cancelled"] = True
             except BaseException as exc:  # noqa: BLE001 - sent back as the run's error, with the traceback
@@ -370,41 +366,39 @@ def run_job(job: dict, run_id: str, shipped: dict, options: dict):
             while thread.is_alive():
                 thread.join(EVENT_INTERVAL)
                 while not lines.empty():
-                    yield {"type": "log", "line": lines.get()}
+                    yield {"type": ITEM_LOG, "line": lines.get()}
                 if (event := progress.take()) is not None:
-                    yield {"type": "progress", **event}
+                    yield {"type": ITEM_PROGRESS, **event}
         finally:  # a cancel (KeyboardInterrupt) or the driver going away: stop the job before the folder goes
             stop.set()
             thread.join(TASK_CANCEL_JOIN)
         while not lines.empty():
-            yield {"type": "log", "line": lines.get()}
+            yield {"type": ITEM_LOG, "line": lines.get()}
         if (event := progress.take()) is not None:
-            yield {"type": "progress", **event}
+            yield {"type": ITEM_PROGRESS, **event}
         if outcome.get("cancelled"):
-            yield {"type": "cancelled"}
+            yield {"type": ITEM_CANCELLED}
             return
         if "error" in outcome:
             exc = outcome["error"]
             message = str(exc) if isinstance(exc, CompressionLabError) else \
                 f"{type(exc).__name__}: {first_line(exc, 300)} (see the log)"
-            yield {"type": "error", "message": message, "traceback": outcome["traceback"],
-                   "disk_full": _disk_full(exc, run_dir)}
+            yield {"type": ITEM_ERROR, "message": message, "traceback": outcome["traceback"],
+                   "disk_full": disk_full(exc, run_dir)}
             return
         files = {path.name: path.read_bytes() for path in run_dir.iterdir()
                  if path.is_file() and _FILE_NAME.fullmatch(path.name)}
         # the report under the key the app computes (from the paths as submitted, not where they were unpacked)
         made = sorted((Path(tmp) / "cache").glob("sensitivity-*.json"))
         cache = {cache_name: made[0].read_bytes()} if cache_name and made else {}
-        yield {"type": "result", "metrics": outcome.get("metrics"), "files": files, "cache": cache}
+        yield {"type": ITEM_RESULT, "metrics": outcome.get("metrics"), "files": files, "cache": cache}
 
 
 def _cache_name(as_submitted: dict, here: dict) -> str | None:
     """The sensitivity cache file's name for this job as the app names it: the key covers the model and data as
     submitted (the paths on the app's machine, and the content key recorded there) and the weights, read from the
     model as loaded here. None for a job with no recorded content key (nothing cached)."""
-    from complab import sources
-    from complab.analysis.sensitivity import weights_digest
-    from complab.engine.jobs import sensitivity_config
+    from complab.analysis.sensitivity import weights_digest  # (imports torch: only in a task)
 
     # the stored job was validated at submit; validating it again here would look for the app's paths on this node
     if not isinstance(as_submitted.get("content_key"), str):
@@ -415,16 +409,7 @@ def _cache_name(as_submitted: dict, here: dict) -> str | None:
     return f"sensitivity-{key}.json"  # as jobs.sensitivity_cache_path names it
 
 
-def _disk_full(exc: BaseException, run_dir: Path) -> bool:
-    from complab.engine.worker import disk_full
-
-    return disk_full(exc, run_dir)
-
-
 if __name__ == "__main__":  # `python -m complab.engine.ray_backend ADDRESS`: the cluster's resources as JSON
-    import json
-    import sys
-
     try:
         connect(sys.argv[1])
         print(json.dumps(resources()))

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from complab import engine, sources
+from complab.engine.store import RunStore, write_atomic
 from complab.errors import CompressionLabError
 
 FOLDER = "searches"  # ROOT/searches/<id>/: a background search's settings (search.json) and its log (log.txt)
@@ -31,7 +33,7 @@ MAX_BUDGET = 200
 
 
 def _choices(report: dict) -> dict[str, tuple[list[float], list[int | None]]]:
-    from complab.analysis.solver import grids_from_report
+    from complab.analysis.solver import grids_from_report  # (imports torch: the CLI and the app start without)
 
     return {layer: (list(grid.sparsities), list(grid.clusters)) for layer, grid in grids_from_report(report).items()}
 
@@ -59,11 +61,10 @@ def search(source: dict, report: dict, budget: int, batch: int = 4, root: str | 
            on_generation: Callable[[dict], None] | None = None) -> dict:
     """Run `budget` plans in generations of `batch` (see the module docstring); returns {"sweep", "evaluated",
     "failed", "front": [{"run", "compressed_bytes", "accuracy"}], "generations"}."""
-    import optuna
+    import optuna  # an optional dependency, slow to import: only when a search runs
     from optuna.samplers import NSGAIISampler
 
-    from complab import engine, sources
-    from complab.analysis.estimate import model_stats
+    from complab.analysis.estimate import model_stats  # (these import torch, as above)
     from complab.analysis.predict import history_from_runs, predict
     from complab.analysis.targets import plan_from_settings, solve_target
 
@@ -130,8 +131,6 @@ def start(source: dict, report: dict, budget: int, batch: int = 4, root: str | P
     settings go to ROOT/searches/<id>/search.json, its output to log.txt there. The runs appear as one sweep on
     the Compare page, a generation at a time; cancelling that sweep ends the search. Returns the folder.
     Bad settings raise here, before anything starts."""
-    from complab.engine.store import RunStore, write_atomic
-
     check(budget, batch)
     store = RunStore(root)
     folder = store.root / FOLDER / (time.strftime("%Y%m%d-%H%M%S-") + os.urandom(3).hex())

@@ -6,7 +6,8 @@
     ROOT/runs/<id>/job.json        the whole job (compress runs also get plan.json)
     ROOT/runs/<id>/state.json      the row's state, times, pid, error and cancel, rewritten with every change
     ROOT/runs/<id>/events.jsonl    append-only progress events (time, stage, progress, values)
-    ROOT/runs/<id>/log.txt         the worker's output and log messages
+    ROOT/runs/<id>/log.txt         the worker's output and log messages (log.attempt2.txt: a Ray run's retry after its
+                                   node died, protocol.log_name)
     ROOT/runs/<id>/metrics.json, model.clab, sensitivity.json   results, written to a temporary name
                                    and renamed into place before the row says succeeded
     ROOT/.index.lock               held (fcntl) while a process checks, moves aside or rebuilds the index
@@ -36,14 +37,23 @@ from pathlib import Path
 from urllib.parse import quote
 
 from complab import runfolder
+from complab.engine.protocol import (
+    EXIT_DISK_FULL,  # noqa: F401 - protocol's, still importable from here
+    FINAL_STATES,
+    GONE,
+    RAY_ENV,
+    RAY_LOCAL,
+    RAY_SETTING,
+    RECOVERED,
+    STATES,
+    log_name,
+    log_names,
+)
 from complab.errors import CompressionLabError
-from complab.paths import check_home, replace_atomically
+from complab.paths import check_home, home, replace_atomically
 
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINAL_STATES = ("succeeded", "failed", "cancelled")
 RESULT_FILES = ("model.clab", "metrics.json", "sensitivity.json")
 RECORDED = ("state", "created", "started", "finished", "pid", "error", "cancel")  # the columns state.json keeps
-EXIT_DISK_FULL = 28  # a worker's exit status when its disk filled up (ENOSPC's errno), for the dispatcher
 BUSY_TIMEOUT = 30.0  # seconds a write waits for another process's transaction ($COMPRESSION_LAB_BUSY_TIMEOUT)
 RESERVE_BYTES = 1 << 20  # ROOT/.space-reserve: freed on a full disk so the index can still record the failure
 SCHEMA = """
@@ -55,10 +65,7 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_state ON runs(state, created);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-GONE = "gone: its run folder was deleted; nothing of it is left to show (dropped from the list at the next listing)"
 _CHECKED: dict[tuple, str | None] = {}  # (path, size, mtime_ns, kind) -> runfolder's verdict on that run file
-RECOVERED = ("the run index was rebuilt from the run folders and this run's outcome was not recorded there; "
-             "the log is kept; re-run it")
 DISK_FULL_MARKERS = ("No space left on device", "database or disk is full", "[Errno 28]", "Disk quota exceeded",
                      "disk full")
 # SQLite's primary result codes (https://sqlite.org/rescode.html)
@@ -83,8 +90,6 @@ def busy_timeout() -> float:
 
 def default_root() -> Path:
     """$COMPRESSION_LAB_HOME, else the per-user data folder (complab.paths.home)."""
-    from complab.paths import home
-
     return home()
 
 
@@ -786,14 +791,29 @@ class RunStore:
         except ValueError:
             return 1
 
+    def ray_address(self, strict: bool = False) -> str | None:
+        """The Ray address runs go to: $COMPRESSION_LAB_RAY, else the stored setting; None for the local workers.
+        An index that cannot be read counts as local, or (`strict`, the dispatcher's) raises its StoreError."""
+        value = os.environ.get(RAY_ENV)
+        if value is None:
+            try:
+                value = self.get_setting(RAY_SETTING)
+            except CompressionLabError:
+                if strict:
+                    raise
+                value = None
+        value = (value or "").strip()
+        return None if value.lower() in RAY_LOCAL else value
+
     def append_event(self, run_id: str, event: dict) -> None:
         with open(self.run_dir(run_id) / "events.jsonl", "a") as f:
             f.write(json.dumps(event) + "\n")  # one write of one line: appends from one process never interleave
 
-    def append_log(self, run_id: str, message: str) -> None:
-        """Best effort: a full or read-only disk loses the line, never the state change it reports."""
+    def append_log(self, run_id: str, message: str, attempt: int = 1) -> None:
+        """Best effort: a full or read-only disk loses the line, never the state change it reports. `attempt`: the
+        log of that attempt of the run (protocol.log_name: a Ray run retried after its node died)."""
         try:
-            with open(self.run_dir(run_id) / "log.txt", "a") as f:
+            with open(self.run_dir(run_id) / log_name(attempt), "a") as f:
                 f.write(message.rstrip("\n") + "\n")
         except OSError:
             pass
@@ -803,16 +823,28 @@ class RunStore:
         skipped)."""
         return runfolder.read_events(self.run_dir(run_id) / "events.jsonl")
 
-    def log_tail(self, run_id: str, n: int = 50) -> str:
-        path = self.run_dir(run_id) / "log.txt"
+    def _file_tail(self, path: Path, n: int) -> list[str] | None:
         try:
             with runfolder.open_regular(path) as f:  # never a pipe (it would block) or a link out of the folder
                 f.seek(0, os.SEEK_END)
                 f.seek(max(0, f.tell() - 300 * n))
                 text = f.read().decode("utf-8", "replace")
         except OSError:
-            return ""
-        return "\n".join(text.replace("\r", "\n").splitlines()[-n:])
+            return None
+        return text.replace("\r", "\n").splitlines()[-n:]
+
+    def log_tail(self, run_id: str, n: int = 50) -> str:
+        """The last `n` lines of the run's log; a run retried after its Ray node died shows its attempts' logs in
+        order, each retry's under a line naming its attempt and file (each attempt's log stays in its own file)."""
+        lines: list[str] = []
+        for attempt, name in enumerate(log_names(), start=1):
+            tail = self._file_tail(self.run_dir(run_id) / name, n)
+            if tail is None:
+                continue
+            if attempt > 1:
+                tail = [f"--- attempt {attempt} ({name}) ---", *tail]
+            lines += tail
+        return "\n".join(lines[-n:])
 
     def says_disk_full(self, run_id: str) -> bool:
         """True when the run's log shows a full disk (ENOSPC, SQLite's 'database or disk is full')."""

@@ -30,6 +30,7 @@ from pathlib import Path
 from complab import runfolder
 from complab.engine.jobs import SWEEP_ID, validate
 from complab.engine.keys import content_key, file_digest  # noqa: F401 - file_digest: kept importable here
+from complab.engine.runs import absolute_paths, cancel, insert, list_runs
 from complab.engine.store import FINAL_STATES, RunStore, write_atomic
 from complab.errors import CompressionLabError
 
@@ -67,18 +68,16 @@ def submit_or_reuse(job: dict, root: str | Path | None = None) -> tuple[str, boo
     still queued or running, else a new run of `job`. Failed and cancelled runs are never reused, so asking again
     after a failure runs the job afresh. A lesson step asked for twice (a second class, a reload, two sessions at
     once) runs once: the lookup and the submission hold the store's submit lock together."""
-    from complab.engine import _insert, absolute_paths, list_runs
-
     checked = validate(absolute_paths({k: v for k, v in job.items() if k != "sweep"}))
     key = content_key(checked)
     store = RunStore(root)
     if key is None:  # data too big to fingerprint: never reused
-        return _insert(checked, store, key), False
+        return insert(checked, store, key), False
     with store.submit_lock():
         found = reusable_by_key(list_runs(root=store.root, kind=checked["kind"]), checked["kind"]).get(key)
         if found is not None:
             return found, True
-        return _insert(checked, store, key), False
+        return insert(checked, store, key), False
 
 
 def _folder(store: RunStore) -> Path:
@@ -116,8 +115,6 @@ def submit_sweep(jobs: list[dict], root: str | Path | None = None, axis: str = "
     the sweep id. `targets` label the members (default: their plan names). With `reuse`, a member whose content
     key matches a succeeded run (or an earlier member of this sweep) is not submitted: the sweep lists that run.
     `extend`: add the members to that existing sweep instead (a search adds one generation at a time)."""
-    from complab.engine import absolute_paths
-
     if not isinstance(jobs, list) or not jobs:
         raise CompressionLabError("a sweep needs at least one plan")
     if len(jobs) > MAX_MEMBERS:
@@ -136,8 +133,6 @@ def submit_sweep(jobs: list[dict], root: str | Path | None = None, axis: str = "
 
 def _submit_members(store: RunStore, checked: list[dict], keys: list[str | None], labels: list[str], axis: str,
                     name: str | None, reuse: bool, extend: str | None) -> str:
-    from complab.engine import _insert, list_runs
-
     done = reusable_by_key(list_runs(root=store.root, kind=checked[0]["kind"]), checked[0]["kind"]) if reuse else {}
     if extend is not None:
         record = {k: v for k, v in sweep_status(extend, store.root).items()
@@ -157,7 +152,7 @@ def _submit_members(store: RunStore, checked: list[dict], keys: list[str | None]
             if key is not None and key in done:
                 record["members"].append({"index": index, "target": label, "run": done[key], "reused": True})
                 continue
-            run_id = _insert({**job, "sweep": {"id": sweep_id, "index": index, "target": label}}, store, key)
+            run_id = insert({**job, "sweep": {"id": sweep_id, "index": index, "target": label}}, store, key)
             record["members"].append({"index": index, "target": label, "run": run_id, "reused": False})
             if reuse and key is not None:
                 done[key] = run_id  # a later member with the same plan shares this run
@@ -211,8 +206,6 @@ def _with_states(record: dict, by_id: dict[str, dict]) -> dict:
 
 def list_sweeps(root: str | Path | None = None, runs: list[dict] | None = None) -> list[dict]:
     """Every sweep with its members' states, newest first. `runs` (list_runs()'s rows) saves a second listing."""
-    from complab.engine import list_runs
-
     store = RunStore(root)
     rows = runs if runs is not None else list_runs(root=store.root)
     by_id = {row["id"]: row for row in rows}
@@ -232,13 +225,11 @@ def sweep_status(sweep_id: str, root: str | Path | None = None) -> dict:
 def cancel_sweep(sweep_id: str, root: str | Path | None = None) -> list[str]:
     """Cancel every member still queued (at once, so none starts) then ask the running ones to stop; reused
     members (runs of earlier work) are left alone. Returns the run ids it cancelled or asked to stop."""
-    from complab.engine import _store, cancel
-
     sweep = sweep_status(sweep_id, root)
     active = [m["run"] for m in sweep["members"] if not m["reused"] and m["state"] in ("queued", "running")]
     # every queued member in one transaction, so that neither stopping a running member nor the dispatcher's next
     # claim can start one of them; a member started between the listing and that transaction is asked to stop
-    cancelled = set(_store(root).cancel_queued(active))
+    cancelled = set(RunStore(root).cancel_queued(active))
     for run_id in active:
         if run_id not in cancelled:
             cancel(run_id, root)

@@ -392,3 +392,19 @@ class LayerField:
     setting: str | None = None  # the solver's per-layer setting this field holds ("sparsity", "n_clusters")
     bulk_step: float | None = None  # the group's bulk setter has a widget for it (a number's step)
     on_change: Callable[[Any], dict[str, Any]] | None = None  # value -> the row's other fields it resets
+
+
+@dataclass(frozen=True)
+class OptionField:
+    """One of a step's plan-wide settings (not per layer) as the Plan page's settings expander draws it: name is
+    the config's field, key the widget's session key, low / high / step / fmt its number input's range; its default
+    and type are the config's own default."""
+
+    name: str
+    key: str
+    label: str
+    low: float
+    high: float
+    step: float | None = None
+    fmt: str | None = None
+    help: str | None = None

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from complab.errors import PlanError
-from complab.layermap import LayerField, _integer, _number, _short, resolve, step_config
+from complab.layermap import LayerField, OptionField, _integer, _number, _short, resolve, step_config
 
 CLUSTER_CHOICES = ("off", "auto", 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -31,6 +31,13 @@ class ClusterStep:
     layer_fields: ClassVar[tuple[LayerField, ...]] = (
         LayerField("k", "clusters", "select", 32, choices=CLUSTER_CHOICES, off="off", setting="n_clusters",
                    bulk_step=1, width=1.5),)
+    option_fields: ClassVar[tuple[OptionField, ...]] = (
+        OptionField("finetune_epochs", "plan_cluster_epochs", "shared-value epochs", 0, 200),
+        OptionField("tolerance", "plan_tolerance", "auto-k tolerance (acc. drop)", 0.0, 0.2, step=0.001, fmt="%.3f"),
+        OptionField("bias_clusters", "plan_bias_clusters", "bias shared values", 0, 256,
+                    help="0: biases stay fp32; 2-256: each clustered layer's bias is shared among that many values "
+                         "and fine-tuned with the weights (at 100x+ the biases are a fifth of a LeNet's file)"),
+    )
     n_clusters: dict[str, int | str] = field(default_factory=dict)  # 2 to 256 shared values, or "auto"
     init: str = "linear"  # centroid initialisation; Han et al. found linear best (large weights matter)
     auto_criterion: str = "accuracy"  # "accuracy": drop on a validation subset; "reconstruction": rel. SSE

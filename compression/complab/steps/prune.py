@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from complab.layermap import LayerField, _integer, _number, resolve, step_config
+from complab.layermap import LayerField, OptionField, _integer, _number, resolve, step_config
 
 SPARSITY_MAX = 0.999  # every sparsity a valid recipe holds fits the Plan page's slider
 
@@ -24,6 +24,10 @@ class PruneStep:
     layer_fields: ClassVar[tuple[LayerField, ...]] = (
         LayerField("sp", "sparsity", "slider", 0.5, low=0.0, high=SPARSITY_MAX, step=0.001, fmt="%.3f", off=0.0,
                    setting="sparsity", bulk_step=0.05, width=2.2),)
+    option_fields: ClassVar[tuple[OptionField, ...]] = (
+        OptionField("iterations", "plan_iterations", "prune rounds", 1, 20),
+        OptionField("finetune_epochs", "plan_prune_epochs", "epochs per round", 0, 200),
+    )
     sparsity: dict[str, float] = field(default_factory=dict)  # fraction of weights removed, 0 to 0.999
     iterations: int = 3  # prune-then-fine-tune rounds; sparsity rises to its target over them
     finetune_epochs: int = 4  # epochs of masked fine-tuning after each round

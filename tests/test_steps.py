@@ -131,3 +131,18 @@ def test_a_new_step_module_reaches_the_recipe_the_ordering_the_rows_and_the_esti
     assert "rb" in names and names.index("sp") < names.index("rb")
     assert ("round_toy", "plan_toy_epochs") in {(config.type, f.key) for config, f in option_fields()}
     assert plan_settings(plan.steps, ["fc1"])[0] == {"fc1": (0.5, 256)}
+
+
+def test_the_settings_widgets_take_every_value_a_recipe_may_hold():
+    """A loaded recipe sets the settings expander's widgets: each widget's range is its config's own bounds, so a
+    valid recipe never holds a value the widget would refuse (a number input above its max stops the page)."""
+    from complab.ui.plan_page import option_fields
+
+    assert len(option_fields()) == 6
+    for config, f in option_fields():
+        default = getattr(config(), f.name)
+        for value in (f.low, f.high):
+            config(**{f.name: type(default)(value)}).check("step")  # the widget's ends are valid settings
+        beyond = f.high + (f.step or 1)
+        with pytest.raises(PlanError, match=f.name):  # and nothing valid lies beyond them
+            config(**{f.name: type(default)(beyond)}).check("step")

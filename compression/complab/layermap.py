@@ -397,8 +397,8 @@ class LayerField:
 @dataclass(frozen=True)
 class OptionField:
     """One of a step's plan-wide settings (not per layer) as the Plan page's settings expander draws it: name is
-    the config's field, key the widget's session key, low / high / step / fmt its number input's range; its default
-    and type are the config's own default."""
+    the config's field, key the widget's session key, low / high / step / fmt its number input's range (the config's
+    own bounds: a loaded recipe's every valid value must fit the widget); its default and type are the config's."""
 
     name: str
     key: str

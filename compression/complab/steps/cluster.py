@@ -32,8 +32,8 @@ class ClusterStep:
         LayerField("k", "clusters", "select", 32, choices=CLUSTER_CHOICES, off="off", setting="n_clusters",
                    bulk_step=1, width=1.5),)
     option_fields: ClassVar[tuple[OptionField, ...]] = (
-        OptionField("finetune_epochs", "plan_cluster_epochs", "shared-value epochs", 0, 200),
-        OptionField("tolerance", "plan_tolerance", "auto-k tolerance (acc. drop)", 0.0, 0.2, step=0.001, fmt="%.3f"),
+        OptionField("finetune_epochs", "plan_cluster_epochs", "shared-value epochs", 0, 1000),
+        OptionField("tolerance", "plan_tolerance", "auto-k tolerance (acc. drop)", 0.0, 1.0, step=0.001, fmt="%.3f"),
         OptionField("bias_clusters", "plan_bias_clusters", "bias shared values", 0, 256,
                     help="0: biases stay fp32; 2-256: each clustered layer's bias is shared among that many values "
                          "and fine-tuned with the weights (at 100x+ the biases are a fifth of a LeNet's file)"),

@@ -25,8 +25,8 @@ class PruneStep:
         LayerField("sp", "sparsity", "slider", 0.5, low=0.0, high=SPARSITY_MAX, step=0.001, fmt="%.3f", off=0.0,
                    setting="sparsity", bulk_step=0.05, width=2.2),)
     option_fields: ClassVar[tuple[OptionField, ...]] = (
-        OptionField("iterations", "plan_iterations", "prune rounds", 1, 20),
-        OptionField("finetune_epochs", "plan_prune_epochs", "epochs per round", 0, 200),
+        OptionField("iterations", "plan_iterations", "prune rounds", 1, 100),
+        OptionField("finetune_epochs", "plan_prune_epochs", "epochs per round", 0, 1000),
     )
     sparsity: dict[str, float] = field(default_factory=dict)  # fraction of weights removed, 0 to 0.999
     iterations: int = 3  # prune-then-fine-tune rounds; sparsity rises to its target over them

@@ -90,7 +90,7 @@ class QuantizeStep:
                    help="in: vectors are rows of W (one output's inputs, the paper's); out: columns"),
     )
     option_fields: ClassVar[tuple[OptionField, ...]] = (
-        OptionField("finetune_epochs", "plan_codebook_epochs", "codebook epochs (quantizers)", 0, 200),)
+        OptionField("finetune_epochs", "plan_codebook_epochs", "codebook epochs (quantizers)", 0, 1000),)
     quantizer: dict[str, str] = field(default_factory=dict)  # "binary", "kmeans", "pq", "rq" or "none"
     n_codewords: dict[str, int] = field(default_factory=dict)  # k: kmeans 2-256; pq/rq a power of two 2-4096
     segment_length: dict[str, int] = field(default_factory=dict)  # pq: sub-vector length s, 1-64 (default 4)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from complab import metrics
+from complab.layermap import STEP_TYPES
 from complab.methods.kmeans1d import kmeans_1d
 from complab.models.handle import ModelHandle
 
@@ -72,7 +73,7 @@ class LayerParts:
     fixed_indices: float = 0.0  # the same entries at log2(k+1) bits
     raw: float = 0.0  # values kept as 32-bit numbers (zstd), or the whole dense tensor
     codes: float = 0.0  # a vector quantizer's bit-packed codes
-    encoding: str = "raw"  # raw, sparse, shared or vq: as the file would write it
+    encoding: str = "raw"  # raw, sparse, shared or a step's own (its estimate_layer hook): as the file writes it
 
     @property
     def total(self) -> float:
@@ -262,11 +263,13 @@ def _positions_and_fillers(density: float, index_shares: np.ndarray | None, kept
     return best
 
 
+AUTO_CLUSTERS = 32  # a cluster count of "auto" (the run picks k per layer) is estimated at this k
 MEMO_ENTRIES = 4096  # per layer: every slider step times every cluster choice fits
 
 
 def layer_bytes(stats: LayerStats, sparsity: float, n_clusters: int | None) -> float:
     """Estimated bytes of one layer's section for a sparsity and a cluster count (None: not clustered)."""
+    n_clusters = AUTO_CLUSTERS if n_clusters == "auto" else n_clusters
     key = (float(sparsity), n_clusters)
     cached = stats.memo.get(key)
     if cached is None:
@@ -280,6 +283,7 @@ def layer_parts(stats: LayerStats, sparsity: float, n_clusters: int | None) -> L
     """layer_bytes split into the file's parts (memoized the same way). The fixed-width streams are counted at
     the estimate's own field width: the encoder picks its width from the real gaps (pruned weights cluster, so
     often a wider one), which moves bytes between the "positions" and "entropy" bars, not their sum."""
+    n_clusters = AUTO_CLUSTERS if n_clusters == "auto" else n_clusters
     key = (float(sparsity), n_clusters)
     cached = stats.parts_memo.get(key)
     if cached is None:
@@ -329,29 +333,38 @@ def _layer_parts(stats: LayerStats, sparsity: float, n_clusters: int | None) -> 
                       fixed_indices=entries * index_bits / 8, encoding="shared")
 
 
-def vq_layer_bytes(stats: LayerStats, sparsity: float, quantizer: dict) -> float:
-    """Estimated bytes of a vector-quantized layer (vq_layer_parts)."""
-    return vq_layer_parts(stats, sparsity, quantizer).total
+def replaced_layer_parts(stats: LayerStats, sparsity: float, quantizer: dict) -> LayerParts:
+    """Estimated bytes of a layer a step stores its own way (quantizer: the step's per-layer settings, e.g.
+    QuantizeStep.layer_settings): the registered step that knows these settings estimates them (its
+    `estimate_layer` hook), handed the clustered-layer estimate and LayerParts to build on."""
+    header = SECTION_OVERHEAD + len(stats.name) + WEIGHT_SUFFIX_BYTES
+    for config in STEP_TYPES.values():
+        hook = getattr(config, "estimate_layer", None)
+        if hook is not None:
+            parts = hook(stats, sparsity, quantizer, layer_parts, LayerParts, header)
+            if parts is not None:
+                return parts
+    raise ValueError(f"no step estimates a layer stored as {quantizer!r}")
 
 
-def vq_layer_parts(stats: LayerStats, sparsity: float, quantizer: dict) -> LayerParts:
-    """Estimated bytes of a vector-quantized layer (Gong et al.; quantizer: QuantizeStep.layer_settings).
-
-    binary, pq and rq: the paper's formula (codes log2 k bits, 32-bit codebooks; their codes are close to
-    uniform, so the file bit-packs them) plus the section header; kmeans: its indices are entropy coded
-    like a clustered layer's, so the cluster estimate (pruned zeros included) applies.
-    """
-    from complab.storage.vq_section import code_bits, sizes
-
-    method, k = quantizer["quantizer"], int(quantizer["n_codewords"])
-    if method == "kmeans":
-        return layer_parts(stats, sparsity, k)
-    floats, codes, alphabet = sizes(method, stats.shape or (stats.numel,), k,
-                                    int(quantizer.get("segment_length") or 0), int(quantizer.get("stages") or 1),
-                                    quantizer.get("axis") or "in")
-    # formula_bits = codes * code_bits + 32 * floats: the codes and the codebooks as two parts
-    return LayerParts(stats.numel, stats.numel, header=SECTION_OVERHEAD + len(stats.name) + WEIGHT_SUFFIX_BYTES,
-                      codebook=floats * 4, codes=codes * code_bits(alphabet) / 8, encoding="vq")
+def plan_settings(steps, layers: list[str]) -> tuple[dict[str, tuple[float, int | str | None]], dict[str, dict],
+                                                        dict]:
+    """(settings {layer: (sparsity, n_clusters)}, quantizers {layer: settings}, options such as bias_clusters) of
+    a plan's steps, read from each step's estimate hook (`encoding(layer)`, `estimate_options()`): the arguments
+    of `estimate` and `estimated_waterfall`, whatever steps the plan holds."""
+    settings, quantizers, options = {}, {}, {}
+    for step in steps:
+        if hasattr(step, "estimate_options"):
+            options.update(step.estimate_options())
+    for layer in layers:
+        merged: dict = {}
+        for step in steps:
+            if hasattr(step, "encoding"):
+                merged.update(step.encoding(layer))
+        settings[layer] = (float(merged.get("sparsity", 0.0)), merged.get("n_clusters"))
+        if merged.get("quantizer"):
+            quantizers[layer] = merged["quantizer"]
+    return settings, quantizers, options
 
 
 SHARED_MIN_NUMEL = 64  # the encoder tries the shared encoding on tensors of at least this many values (FORMAT.md)
@@ -383,7 +396,7 @@ def estimate(stats: ModelStats, settings: dict[str, tuple[float, int | None]],
              quantizers: dict[str, dict] | None = None, bias_clusters: int = 0) -> dict:
     """Estimated compressed bytes, ratio and sparse FLOPs for per-layer (sparsity, n_clusters) settings.
 
-    quantizers: layer -> QuantizeStep.layer_settings for vector-quantized layers (they replace clustering).
+    quantizers: layer -> a step's own storage settings (QuantizeStep.layer_settings: they replace clustering).
     bias_clusters: the cluster step's setting: the biases of clustered layers shared among that many values
     (a bias too short for the file's shared encoding keeps its bytes).
     """
@@ -393,7 +406,8 @@ def estimate(stats: ModelStats, settings: dict[str, tuple[float, int | None]],
     for name, layer in stats.layers.items():
         sparsity, n_clusters = settings.get(name, (0.0, None))
         quantizer = (quantizers or {}).get(name)
-        size = vq_layer_bytes(layer, sparsity, quantizer) if quantizer else layer_bytes(layer, sparsity, n_clusters)
+        size = (replaced_layer_parts(layer, sparsity, quantizer).total if quantizer
+                else layer_bytes(layer, sparsity, n_clusters))
         per_layer[name] = size
         total += size
         sparse_flops += layer.flops * (1.0 - sparsity)
@@ -407,7 +421,7 @@ def parts_steps(parts: LayerParts) -> dict[str, float]:
     counts a real section: they sum to parts.total - 4 * numel."""
     if parts.encoding == "raw":
         return {"sections": parts.header, "stored": parts.raw - 4 * parts.numel}
-    if parts.encoding == "vq":
+    if parts.codes:  # a layer stored as codebooks + bit-packed codes (a vector quantizer's)
         return {"sections": parts.header, "codes": parts.codes - 4 * parts.numel, "codebooks": parts.codebook}
     steps = {"sections": parts.header, "pruned": -4.0 * (parts.numel - parts.kept),
              "positions": parts.fixed_positions,
@@ -442,7 +456,8 @@ def estimated_waterfall(stats: ModelStats, settings: dict[str, tuple[float, int 
     for name, layer in stats.layers.items():
         sparsity, n_clusters = settings.get(name, (0.0, None))
         quantizer = (quantizers or {}).get(name)
-        parts = vq_layer_parts(layer, sparsity, quantizer) if quantizer else layer_parts(layer, sparsity, n_clusters)
+        parts = (replaced_layer_parts(layer, sparsity, quantizer) if quantizer
+                 else layer_parts(layer, sparsity, n_clusters))
         for key, value in parts_steps(parts).items():
             steps[key] = steps.get(key, 0.0) + value
         dense += 4 * layer.numel

@@ -21,11 +21,12 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from complab.layermap import resolve_all
 from complab.methods.context import StepContext, StepResult, layer_weight, weight_ref
 from complab.methods.kmeans1d import kmeans_1d
 from complab.methods.registry import handler
 from complab.models.params import bake
-from complab.plan import ClusterStep, resolve_all
+from complab.steps.cluster import ClusterStep
 
 MAX_CLUSTERS = 256
 # its own random stream (data order) for fine-tuning the shared values: offset past the prune step's

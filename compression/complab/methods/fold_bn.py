@@ -15,7 +15,7 @@ from complab.methods.context import StepContext, StepResult
 from complab.methods.registry import handler
 from complab.models.compact import Products
 from complab.models.params import bake
-from complab.plan import FoldBNStep
+from complab.steps.fold_bn import FoldBNStep
 
 
 @handler(FoldBNStep)

@@ -12,10 +12,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from complab.layermap import resolve_all
 from complab.methods.context import StepContext, StepResult, layer_weight, weight_ref
 from complab.methods.registry import handler
 from complab.models.params import bake
-from complab.plan import PruneStep, resolve_all
+from complab.steps.prune import PruneStep
 
 
 class Mask(nn.Module):

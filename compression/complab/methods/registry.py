@@ -1,9 +1,10 @@
 """Step type -> handler. Each method file registers its own handler next to it with @handler(StepConfig).
 
 A handler is `run(model, step, ctx) -> StepResult`: it changes `model` in place and returns its report
-and what it made for the file (methods/context.py). A new method is one new file in this package: a
-config class in plan.py (@step_config) and a handler here; `handler_for` imports every module of the
-package once, so registration needs no central list.
+and what it made for the file (methods/context.py). A new method is its step module (complab/steps/: the
+config, its checks, ordering, Plan-page fields and estimate hook, torch-free so a recipe parses without
+torch) and its handler, one file in this package; `handler_for` imports every module of the package once,
+so registration needs no central list.
 """
 
 from __future__ import annotations

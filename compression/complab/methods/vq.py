@@ -40,7 +40,7 @@ from complab.methods.kmeans1d import kmeans_1d
 from complab.methods.registry import handler
 from complab.models.compact import Products
 from complab.models.params import bake
-from complab.plan import QuantizeStep
+from complab.steps.quantize import QuantizeStep, check_layer
 from complab.storage.vq_section import Quantized, formula_bits, matrix_dims, reconstruct
 
 # its own random stream (data order) for fine-tuning the codebooks: offset past the prune step's rounds
@@ -53,21 +53,6 @@ def _vectors(weight: np.ndarray, axis: str) -> np.ndarray:
     """The weight's matrix view (vectors as rows), float32 contiguous."""
     matrix = weight.reshape(weight.shape[0], -1)
     return np.ascontiguousarray(matrix if axis == "in" else matrix.T, dtype=np.float32)
-
-
-def check_layer(layer: str, shape: tuple[int, ...], settings: dict) -> None:
-    """Raise PlanError when a quantizer's parameters do not fit the layer's shape (names the fix)."""
-    method, k = settings["quantizer"], settings["n_codewords"]
-    if method in ("pq", "rq"):
-        vectors, dim = matrix_dims(tuple(shape), settings["axis"])
-        if k > vectors:
-            other = "out" if settings["axis"] == "in" else "in"
-            raise PlanError(f"layer {layer!r}: {method} with {k} codewords needs at least {k} vectors, the layer has "
-                            f"{vectors} along axis {settings['axis']!r} (shape {list(shape)}): use n_codewords <= "
-                            f"{1 << (vectors.bit_length() - 1)}, axis {other!r}, or kmeans")
-        if method == "pq" and settings["segment_length"] > dim:
-            raise PlanError(f"layer {layer!r}: pq segment_length {settings['segment_length']} is longer than its "
-                            f"vectors ({dim}): use segment_length <= {dim}")
 
 
 def _nearest(x: torch.Tensor, codebook: torch.Tensor, chunk: int = 1 << 20) -> torch.Tensor:

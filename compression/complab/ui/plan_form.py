@@ -1,4 +1,5 @@
-"""The plan page's form <-> Plan: build a Plan from per-layer widget settings and read them back from a Plan.
+"""The plan page's form <-> Plan: build a Plan from per-layer settings and read them back from a Plan; the page's
+layer groups and filter. (The per-layer widgets themselves are the steps' declared fields: ui/plan_rows.py.)
 
 Step order is never decided here: every builder hands its steps to complab.plan.ordered(), which
 follows the one ordering table (ORDER_RULES) that Plan.validate checks.
@@ -6,45 +7,24 @@ follows the one ordering table (ORDER_RULES) that Plan.validate checks.
 
 from __future__ import annotations
 
+from complab.analysis.estimate import plan_settings
+
 # the settings -> Plan builders live with the target solver (compression/complab/analysis/targets.py): the CLI's sweep
 # uses them too; they are re-exported here for the page
 from complab.analysis.targets import plan_from_settings, quantize_step  # noqa: F401
-from complab.plan import FoldBNStep, Plan, ordered, resolve
-
-CLUSTER_CHOICES = ["off", "auto", 2, 4, 8, 16, 32, 64, 128, 256]
-QUANTIZER_CHOICES = ["none", "binary", "kmeans", "pq", "rq"]
-CODEWORD_CHOICES = [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
-SPARSITY_MAX = 0.999  # PruneStep's own bound: every sparsity a valid recipe holds fits the page's widgets
-
-
-def with_choice(choices: list, value) -> list:
-    """`choices` plus `value` where a loaded recipe holds one they lack (n_clusters 3, n_codewords 4096): a
-    widget must show every value Plan.validate accepts, or the page fails drawing it."""
-    if value is None or value in choices:
-        return choices
-    numbers = [c for c in choices if isinstance(c, int)]
-    words = [c for c in choices if not isinstance(c, int)]
-    return words + sorted([*numbers, value]) if isinstance(value, int) else [*choices, value]
+from complab.plan import FoldBNStep, Plan, ordered
 
 
 def settings_from_plan(plan: Plan, layers: list[str]) -> dict[str, tuple[float, int | str | None]]:
-    """The per-layer (sparsity, n_clusters) a plan asks for; layers it does not reach get (0, None)."""
-    out = {}
-    for layer in layers:
-        sparsity, clusters = 0.0, None
-        for step in plan.steps:
-            if step.type == "prune":
-                sparsity = float(resolve(step.sparsity, layer) or 0.0)
-            elif step.type == "cluster":
-                clusters = resolve(step.n_clusters, layer)
-        out[layer] = (sparsity, clusters)
-    return out
+    """The per-layer (sparsity, n_clusters) a plan asks for (its steps' estimate hooks); layers it does not reach
+    get (0, None)."""
+    return plan_settings(plan.steps, layers)[0]
 
 
 def quantizers_from_plan(plan: Plan, layers: list[str]) -> dict[str, dict | None]:
     """The per-layer quantizer settings a plan asks for (None where it quantizes nothing)."""
-    step = next((step for step in plan.steps if step.type == "quantize"), None)
-    return {layer: (step.layer_settings(layer) if step is not None else None) for layer in layers}
+    chosen = plan_settings(plan.steps, layers)[1]
+    return {layer: chosen.get(layer) for layer in layers}
 
 
 def with_fold_bn(plan: Plan) -> Plan:

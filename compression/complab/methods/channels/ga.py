@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from complab.methods.channels.graph import ChannelGroup, MaskedChannels, input_scale
-from complab.plan import ChannelStep
+from complab.steps.channels import ChannelStep
 
 
 class Fitness:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from complab.layermap import DEFAULT_KEY, resolve
 from complab.models.channel_replay import build_graph, torch_pruning
-from complab.plan import DEFAULT_KEY, resolve
 
 
 @dataclass

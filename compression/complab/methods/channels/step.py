@@ -27,7 +27,7 @@ from complab.methods.registry import handler
 from complab.models.channel_replay import build_graph, plain_history
 from complab.models.compact import Products
 from complab.models.yolo_prunable import check_prunable, make_prunable
-from complab.plan import ChannelStep
+from complab.steps.channels import ChannelStep
 
 # Each stage of the step draws from its own random stream (offsets from the plan's seed + the step's
 # seed), so one stage's draws never depend on how many another stage took. The values are arbitrary but

@@ -1,0 +1,87 @@
+"""k-means weight sharing (Deep Compression; k "auto": the dynamical-clustering paper): the config, its ordering,
+its Plan-page field and its estimate hook. The handler is methods/cluster.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from complab.errors import PlanError
+from complab.layermap import LayerField, OptionField, _integer, _number, _short, resolve, step_config
+
+CLUSTER_CHOICES = ("off", "auto", 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@step_config
+@dataclass(frozen=True)
+class ClusterStep:
+    """k-means weight sharing per layer (Deep Compression), k fixed or "auto" (the dynamical-clustering
+    paper's dynamic choice, arXiv 1910.02747)."""
+
+    type: ClassVar[str] = "cluster"
+    per_layer: ClassVar[tuple[str, ...]] = ("n_clusters",)
+    after: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("prune", "pruning after weight sharing would break the shared values"),
+        ("channels", "removing channels changes the layers' shapes, so cluster must work on what remains; "
+                     "move the channels step first"),
+        ("distill", "its fine-tuning would break the shared values (the cluster step already fine-tunes "
+                    "with the KD loss when the plan distills)"),
+        ("fold_bn", "folding scales each output channel's weights, which would break the shared values"),
+    )
+    layer_fields: ClassVar[tuple[LayerField, ...]] = (
+        LayerField("k", "clusters", "select", 32, choices=CLUSTER_CHOICES, off="off", setting="n_clusters",
+                   bulk_step=1, width=1.5),)
+    option_fields: ClassVar[tuple[OptionField, ...]] = (
+        OptionField("finetune_epochs", "plan_cluster_epochs", "shared-value epochs", 0, 1000),
+        OptionField("tolerance", "plan_tolerance", "auto-k tolerance (acc. drop)", 0.0, 1.0, step=0.001, fmt="%.3f"),
+        OptionField("bias_clusters", "plan_bias_clusters", "bias shared values", 0, 256,
+                    help="0: biases stay fp32; 2-256: each clustered layer's bias is shared among that many values "
+                         "and fine-tuned with the weights (at 100x+ the biases are a fifth of a LeNet's file)"),
+    )
+    n_clusters: dict[str, int | str] = field(default_factory=dict)  # 2 to 256 shared values, or "auto"
+    init: str = "linear"  # centroid initialisation; Han et al. found linear best (large weights matter)
+    auto_criterion: str = "accuracy"  # "accuracy": drop on a validation subset; "reconstruction": rel. SSE
+    tolerance: float = 0.005  # auto: largest accuracy drop (fraction) or relative SSE a layer may cost
+    auto_val_size: int = 512  # validation images used by the auto search
+    finetune_epochs: int = 4  # epochs fine-tuning the shared values (gradients summed per cluster)
+    lr: float = 2e-4  # learning rate for the shared values
+    seed: int = 0
+    # shared values for each clustered layer's bias, 2 to 256 (0: biases stay fp32). At 160x a LeNet-5 file
+    # is ~11 KB and its 580 fp32 biases are 2.2 KB of it; shared (and fine-tuned with the weights) at 16
+    # values they cost 0.6 KB. The file shares a bias of at least 64 values; shorter ones stay raw.
+    bias_clusters: int = 0
+
+    def check(self, where: str) -> None:
+        for layer, value in self.n_clusters.items():
+            if value == "auto":
+                continue
+            _integer(where, layer, "n_clusters", value, 2, 256, extra=' or "auto"')
+        if self.bias_clusters != 0:
+            _integer(where, None, "bias_clusters", self.bias_clusters, 2, 256, extra=" or 0 (biases stay fp32)")
+        if self.init not in ("linear", "quantile", "random"):
+            raise PlanError(f"{where}: init {_short(self.init)} is unknown: use linear, quantile or random")
+        if self.auto_criterion not in ("accuracy", "reconstruction"):
+            raise PlanError(f"{where}: auto_criterion {_short(self.auto_criterion)} is unknown: "
+                            "use accuracy or reconstruction")
+        _number(where, None, "tolerance", self.tolerance, 0.0, 1.0)
+        _integer(where, None, "auto_val_size", self.auto_val_size, 1, 10_000_000)
+        _integer(where, None, "finetune_epochs", self.finetune_epochs, 0, 1000)
+        _number(where, None, "lr", self.lr, 0.0, 1.0)
+
+    @classmethod
+    def from_rows(cls, rows: dict[str, dict], options: dict | None = None) -> ClusterStep | None:
+        """The step the Plan page's rows ask for (None when no layer is clustered)."""
+        clusters = {layer: row["k"] for layer, row in rows.items() if row["k"] not in (None, "off")}
+        return cls(n_clusters=clusters, **(options or {})) if clusters else None
+
+    def to_rows(self, layers: list[str]) -> dict[str, dict]:
+        return {layer: {"k": "off" if (k := resolve(self.n_clusters, layer)) is None else k} for layer in layers}
+
+    def encoding(self, layer: str) -> dict:
+        """The estimate hook: the layer's shared values ("auto": the estimate uses its AUTO_CLUSTERS)."""
+        k = resolve(self.n_clusters, layer)
+        return {} if k is None else {"n_clusters": k}
+
+    def estimate_options(self) -> dict:
+        """The plan-wide settings the estimate reads: biases shared among bias_clusters values."""
+        return {"bias_clusters": self.bias_clusters}

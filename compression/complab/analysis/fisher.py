@@ -61,13 +61,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from complab.analysis.sensitivity import (
-    BN_BATCH_SIZE,
-    ExactScorer,
-    SensitivityConfig,
-    SensitivityReport,
-    grid_weight,
-)
+from complab.analysis.grid import BN_BATCH_SIZE, SensitivityConfig, SensitivityReport, grid_weight
 from complab.methods import bn_stats
 from complab.methods.kmeans1d import kmeans_1d, quantize_to_centroids
 
@@ -471,10 +465,13 @@ def _spread(names: list[str]) -> list[str]:
     return [names[i] for i in sorted(range(len(names)), key=lambda i: (radical_inverse(i), i))]
 
 
-def analyze_estimate(handle, data, config: SensitivityConfig, *,
+def analyze_estimate(handle, data, config: SensitivityConfig, exact_scorer: Callable, *,
                      on_progress: Callable[[str, float, dict], None] | None = None,
                      cancel_requested: Callable[[], bool] | None = None) -> SensitivityReport:
-    """The estimate mode (module docstring): same report shape as the exact mode, plus what was measured."""
+    """The estimate mode (module docstring): same report shape as the exact mode, plus what was measured.
+
+    `exact_scorer(handle, data, config)`: the exact mode's scorer (sensitivity.ExactScorer), which measures the
+    calibration points; the exact mode passes it in (it calls this module, not the other way round)."""
     clock = _Clock(on_progress, cancel_requested)
     detector = handle.task == "detect"
     layers = handle.prunable_layers()
@@ -517,7 +514,7 @@ def analyze_estimate(handle, data, config: SensitivityConfig, *,
     # 3. calibration on exact points
     cal_config = replace(config, val_size=cal_images, bn_batches=cal_bn)
     cal_started = time.monotonic()
-    scorer = ExactScorer(handle, data, cal_config)
+    scorer = exact_scorer(handle, data, cal_config)
     base = scorer.base
     if detector:
         max_drop, floor = base, DETECTOR_NOISE_FLOOR

@@ -25,27 +25,31 @@ models that cannot be traced (Ultralytics detectors), every point runs the whole
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import fx, nn
 
+from complab.analysis.fisher import analyze_estimate
+from complab.analysis.grid import (  # noqa: F401 - re-exported: the analysis' settings and report
+    BN_BATCH_SIZE,
+    DEFAULT_CLUSTERS,
+    DEFAULT_SPARSITIES,
+    SensitivityConfig,
+    SensitivityReport,
+    grid_weight,
+)
 from complab.data import DataBundle
 from complab.errors import CompressionLabError
 from complab.methods import bn_stats
-from complab.methods.cluster import quantized
-from complab.methods.prune import magnitude_mask
 from complab.models.handle import ModelHandle
 
-DEFAULT_SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
-DEFAULT_CLUSTERS = (2, 4, 8, 16, 32, 64, 128, 256)
+DEFAULT_CONFIG = SensitivityConfig()
 # A detector has ~60 layers and each point is an mAP evaluation: a coarser grid on fewer images
 DETECTOR_CONFIG = {"sparsities": [0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95], "n_clusters": [4, 8, 16, 32, 64],
                    "val_size": 64, "seed": 0, "bn_batches": 2}
-BN_BATCH_SIZE = 64  # images per batch-norm re-estimation batch (a detector's: DETECTOR_BN_BATCH_SIZE)
 DETECTOR_BN_BATCH_SIZE = 16
 # The prefix cache holds one layer's frontier (validation + batch-norm images) within this budget
 PREFIX_CACHE_FRACTION = 0.4  # of the memory available when the analysis starts (MemAvailable, or free GPU memory)
@@ -60,39 +64,12 @@ MIN_VAL_IMAGES = 10
 PEAK_ACTIVATION_FACTOR = 3
 
 
-@dataclass(frozen=True)
-class SensitivityConfig:
-    sparsities: tuple[float, ...] = DEFAULT_SPARSITIES  # pruning levels tried per layer
-    n_clusters: tuple[int, ...] = DEFAULT_CLUSTERS  # weight-sharing cluster counts tried per layer
-    val_size: int = 512  # validation images used (the whole split when larger)
-    seed: int = 0
-    bn_batches: int = 4  # training batches re-estimating batch-norm statistics at each point (0 = keep the original)
-    mode: str = "exact"  # "exact": measure every point; "estimate": Fisher estimate + a few exact points (fisher.py)
-    calibration_seconds: float = 90.0  # estimate mode: time for its exact calibration points (analysis/fisher.py)
-
-    def key(self, model_ref: str, data_ref: str, weights_digest: str) -> str:
-        """Cache key: the same model, data and settings give the same report."""
-        text = json.dumps({"model": model_ref, "data": data_ref, "weights": weights_digest, **asdict(self)},
-                          sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
 def weights_digest(handle: ModelHandle) -> str:
     digest = hashlib.sha256()
     for name, tensor in handle.model.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:20]
-
-
-@dataclass
-class SensitivityReport:
-    base_accuracy: float
-    layers: dict[str, dict] = field(default_factory=dict)  # layer -> {params, sparsity: {s: acc}, clusters: {k: acc}}
-    config: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -457,14 +434,7 @@ def _check_memory(handle, data, config: SensitivityConfig, available: int) -> No
                    f"validation and batch-norm images {_gb(images)}"))
 
 
-def grid_weight(original: torch.Tensor, kind: str, value, seed: int = 0) -> torch.Tensor:
-    """A layer's weight at one grid point: kind "sparsity" (magnitude pruning) or "clusters" (k-means sharing)."""
-    if kind == "sparsity":
-        return original * magnitude_mask(original, float(value))
-    return quantized(original, int(value), "linear", seed)
-
-
-def analyze(handle: ModelHandle, data: DataBundle, config: SensitivityConfig = SensitivityConfig(), *,
+def analyze(handle: ModelHandle, data: DataBundle, config: SensitivityConfig = DEFAULT_CONFIG, *,
             on_progress: Callable[[str, float, dict], None] | None = None,
             cancel_requested: Callable[[], bool] | None = None,
             layers: Sequence[str] | None = None) -> SensitivityReport:
@@ -481,11 +451,10 @@ def analyze(handle: ModelHandle, data: DataBundle, config: SensitivityConfig = S
     from complab.methods.context import Cancelled
 
     if config.mode == "estimate":
-        from complab.analysis.fisher import analyze_estimate
-
         if layers is not None:
             raise CompressionLabError("the estimate mode measures every layer at once: split only exact analyses")
-        return analyze_estimate(handle, data, config, on_progress=on_progress, cancel_requested=cancel_requested)
+        return analyze_estimate(handle, data, config, ExactScorer, on_progress=on_progress,
+                                cancel_requested=cancel_requested)
     scorer = ExactScorer(handle, data, config)
     chosen = scorer.layers
     if layers is not None:

@@ -242,7 +242,7 @@ def _load(key: str) -> tuple[ModelHandle, DataBundle]:
 def measure_code_model(key: str) -> dict:
     """A trusted TorchScript spec's numbers, measured in a one-shot child process (models/codeload.py), or
     {"error": message}."""
-    from complab.codeload import measure_in_child
+    from complab.measure_child import measure_in_child
 
     try:
         return measure_in_child(json.loads(key))

@@ -31,9 +31,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
+from safetensors.torch import load_file, save_file
+
 from complab.errors import CompressionLabError, ModelLoadError, first_line
+from complab.models.detector import handle_from_decoded_detector, load_detector
 
 MEMORY_LIMIT_BYTES = 8 << 30  # the child's address space (torch alone maps ~2 GiB of it)
 DETECTOR_TIMEOUT_S = 300.0  # load a checkpoint and write its tensors
@@ -49,10 +53,6 @@ IN_SERVER = (
 
 def detector_in_child(path: str | Path, imgsz: int | None = None, timeout: float = DETECTOR_TIMEOUT_S):
     """A trusted Ultralytics checkpoint as a DetectorHandle, unpickled in a child process, rebuilt here from data."""
-    from safetensors.torch import load_file
-
-    from complab.models.detector import handle_from_decoded_detector
-
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise ModelLoadError(f"detector file {path} does not exist: check the path")
@@ -67,9 +67,8 @@ def detector_in_child(path: str | Path, imgsz: int | None = None, timeout: float
         except Exception as exc:  # noqa: BLE001 - a missing or damaged tensor file, whatever the reader says
             raise ModelLoadError(f"opening {path.name} in a separate process gave no readable tensors "
                                  f"({first_line(exc, 120)}): check the file") from None
-        handle = handle_from_decoded_detector(meta, state, path.name)
-        handle.extra = {"source": str(path), "trusted": True, "opened_in": "child process"}
-        return handle
+        # opened from the user's checkpoint (in a child process), not decoded from a compact file
+        return replace(handle_from_decoded_detector(meta, state, path.name), file_meta=None, source_file=str(path))
 
     return run_child("detector", {"path": str(path), "imgsz": imgsz}, timeout, path.name, rebuild)
 
@@ -154,15 +153,10 @@ def _limit(memory_bytes: int, cpu_seconds: int) -> None:
 
 
 def _detector(request: dict, out: Path) -> dict:
-    from safetensors.torch import save_file
-
-    from complab.models.detector import is_fused, load_detector
-
     handle = load_detector(request["path"], trust=True, imgsz=request.get("imgsz"))
     state = {key: value.detach().cpu().contiguous().clone() for key, value in handle.model.state_dict().items()}
     save_file(state, str(out / "state.safetensors"))
-    return {"meta": {"task": "detect", "architecture": handle.architecture, "imgsz": handle.imgsz,
-                     "label": handle.label, "fused": is_fused(handle.model)}}
+    return {"meta": {"task": handle.task, **handle.compact_meta()}}  # architecture, image size, label, fused
 
 
 OPS = {"detector": _detector}

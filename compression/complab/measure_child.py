@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from complab import codeload, sources
+from complab.analysis.layers import layer_table
 from complab.errors import ModelLoadError
 from complab.models.handle import untrusted_code
 
@@ -78,8 +79,6 @@ def _checked_measure(payload: dict) -> dict:
 # --- the child's side ------------------------------------------------------------------------------------------
 
 def _measure(request: dict, out: Path) -> dict:
-    from complab.analysis.layers import layer_table
-
     handle, data = sources.load({**request["spec"], "trust": True})  # the server checked the person's trust
     measured = handle.measure(data)
     layers = json.loads(layer_table(handle).to_json(orient="records"))  # numpy numbers as plain JSON

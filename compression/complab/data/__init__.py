@@ -16,6 +16,7 @@ from pathlib import Path
 from torch.utils.data import TensorDataset
 
 from complab.data.bundle import DataBundle
+from complab.data.digits import DIGITS_MEAN, DIGITS_SHIFT_PIXELS, DIGITS_STD, load_digits_split
 from complab.errors import DataLoadError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -27,8 +28,6 @@ def load_data(ref: str, input_size: int | None = None, mean: tuple[float, ...] |
     """Build a DataBundle from a reference string (see the module docstring)."""
     kind, _, arg = ref.partition(":")
     if kind == "digits":
-        from complab.data.digits import DIGITS_MEAN, DIGITS_SHIFT_PIXELS, DIGITS_STD, load_digits_split
-
         size = input_size or 28
         splits = load_digits_split(size)
         return DataBundle(

@@ -57,7 +57,7 @@ page_setup()
 st.title("Plan")
 spec = active_spec()
 handle, data = load_active(spec)
-detector = handle.task == "detect"
+detector = handle.kind.folds_batch_norm
 layers = list(handle.prunable_layers())
 stats_fold_bn = detector and st.session_state.get("plan_fold_bn", True)
 stats = model_stats(spec_key(spec), stats_fold_bn)

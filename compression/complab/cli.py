@@ -173,10 +173,10 @@ def _analysis_config(args, task: str, handle=None):
     """SensitivityConfig from the flags (a detector's defaults when none given), checked as an engine job's is.
     `--mode auto` is decided from the loaded model (`handle`); before it is loaded, auto checks as exact."""
     from complab.analysis.fisher import default_mode
-    from complab.analysis.sensitivity import DETECTOR_CONFIG
     from complab.engine.jobs import sensitivity_config
+    from complab.models.tasks import task_kind
 
-    config = dict(DETECTOR_CONFIG) if task == "detect" else {}
+    config = dict(task_kind(task).analysis_defaults)
     for key, value in (("val_size", args.val_size), ("sparsities", args.sparsities), ("n_clusters", args.clusters),
                        ("bn_batches", args.bn_batches), ("seed", args.seed),
                        ("calibration_seconds", args.calibration_seconds)):
@@ -250,7 +250,7 @@ def cmd_eval(args) -> int:
         print(note, file=sys.stderr)  # stdout stays one JSON line
     scores = handle.measure(data, args.split, latency=False)
     out = {"file": str(args.file), "compressed_bytes": metrics.file_bytes(args.file),
-           "data": data.ref, **({"split": args.split} if handle.task == "classify" else {}), **scores}
+           "data": data.ref, **({"split": args.split} if handle.kind.chooses_split else {}), **scores}
     print(json.dumps(out))
     return 0
 

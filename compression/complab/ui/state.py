@@ -267,7 +267,7 @@ def model_stats(key: str, fold_bn: bool = False):
     from complab.analysis.estimate import model_stats as compute
 
     handle, _ = _load(key)
-    if fold_bn and handle.task == sources.DETECT:  # estimate the file a fold_bn step writes
+    if fold_bn and handle.kind.folds_batch_norm:  # estimate the file a fold_bn step writes
         from complab import metrics
         from complab.models.detector import fuse
 

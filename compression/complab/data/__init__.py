@@ -51,7 +51,7 @@ def load_data(ref: str, input_size: int | None = None, mean: tuple[float, ...] |
                                 f"{'class folders' if kind == 'imagefolder' else 'CIFAR batches'}")
         if not folder.is_dir():
             raise DataLoadError(f"dataset folder {folder} does not exist: check the path after '{kind}:'")
-        from complab.data import folders
+        from complab.data import folders  # (torchvision: imported when a folder of images is opened)
 
         if kind == "imagefolder":
             return folders.load_imagefolder(folder, input_size or 224, mean or IMAGENET_MEAN,

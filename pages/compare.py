@@ -11,6 +11,7 @@ from complab import engine, runfolder
 from complab.analysis import report
 from complab.analysis.pareto import prediction_error, runs_table
 from complab.errors import CompressionLabError
+from complab.models.tasks import finds_boxes
 from complab.ui import figures, present
 from complab.ui.navigation import page_setup
 from complab.ui.report import load_report_runs, plain_markdown, report_html
@@ -108,7 +109,7 @@ def fronts(runs: list[dict], sweeps: list[dict]) -> None:
                "family's own front. Dimmed points are dominated (another run is both smaller and at least as "
                "accurate); the dashed line joins the overall Pareto front; a sweep is one line through its "
                "finished runs. Accuracy is measured on the model decoded from each file"
-               + (" (for a detector: mAP50 on its validation images)." if (rows["task"] == "detect").any() else "."))
+               + (" (for a detector: mAP50 on its validation images)." if rows["task"].map(finds_boxes).any() else "."))
     st.dataframe(rows, hide_index=True, width="stretch", key="compare_table",
                  column_config={"ratio": st.column_config.NumberColumn(format="%.1fx"),
                                 "accuracy": st.column_config.NumberColumn(format="%.4f")})

@@ -7,6 +7,7 @@ import streamlit as st
 from complab import engine, sources
 from complab.analysis import detections
 from complab.errors import CompressionLabError
+from complab.models.tasks import finds_boxes
 from complab.ui import present
 from complab.ui.links import link_image_index
 from complab.ui.navigation import page_setup
@@ -19,7 +20,7 @@ if presenting:
     present.present_css()
 st.title("Detections")
 spec = active_spec()
-if sources.task_of(spec) != sources.DETECT:
+if not finds_boxes(sources.task_of(spec)):
     st.info("The active model is a classifier. Pick 'Demo detector (YOLO)' or upload a YOLO detector on the Model "
             "page, compress it from the Plan page, then compare detections here.")
     st.stop()
@@ -31,7 +32,7 @@ except CompressionLabError as exc:  # a damaged, locked or unreadable data folde
     st.stop()
 model_ref = engine.absolute_paths(spec)["model"]  # submit stores paths made absolute
 runs = [r for r in finished if r["state"] == "succeeded" and r.get("job", {}).get("model") == model_ref
-        and (r.get("metrics") or {}).get("task") == "detect"]
+        and finds_boxes((r.get("metrics") or {}).get("task"))]
 if not runs:
     st.info(f"No finished compression run of {handle.label} yet: launch one from the Plan page.")
     st.stop()

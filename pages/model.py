@@ -4,6 +4,7 @@ In presentation mode (?present=1): the summary numbers only, large."""
 import streamlit as st
 from complab import sources
 from complab.errors import CompressionLabError
+from complab.models.tasks import finds_boxes
 from complab.ui import present
 from complab.ui.navigation import page_setup
 from complab.ui.numbers import human
@@ -35,7 +36,7 @@ def saved(upload):
 def summary(spec: dict) -> tuple:
     """The active model's measured numbers as metric boxes with a caption; returns (handle, measured)."""
     handle, data = load_active(spec)
-    if handle.task == "detect":
+    if handle.kind.finds_boxes:
         measured = baseline(spec_key(spec))
         cols = st.columns(6)
         cols[0].metric("mAP50", f"{measured['map50']:.3f}")
@@ -104,7 +105,7 @@ st.title("Model")
 st.page_link("pages/lesson.py", label="Teaching? The Lesson page walks a class through Deep Compression, step by step",
              icon=":material/school:")
 SOURCES = ["Demo model", "Upload a file", "Demo detector (YOLO)", "Upload a YOLO detector"]
-detector_now, demo_now = sources.task_of(spec) == sources.DETECT, spec["model"] in sources.demo_sources()
+detector_now, demo_now = finds_boxes(sources.task_of(spec)), spec["model"] in sources.demo_sources()
 source_index = (2 if detector_now and demo_now else 3 if detector_now
                 else 0 if demo_now else 1)  # a revisit shows what is active
 source = st.radio("Model source", SOURCES, index=source_index, horizontal=True, key="model_source")
@@ -156,7 +157,7 @@ else:
 demo_data = sources.default_data(new["model"])  # "digits" for a classifier, "shapes" for a detector
 if not sources.fits(new["model"], new["data"]):  # the model changed task: start on its demo data
     new["data"] = demo_data
-if sources.task_of(new) == sources.DETECT:
+if finds_boxes(sources.task_of(new)):
     dataset = st.radio("Data", ["Demo shapes", "YOLO dataset yaml"], horizontal=True, key="det_data_source",
                        index=0 if new["data"] == demo_data else 1)
     if dataset == "Demo shapes":
@@ -195,7 +196,7 @@ if spec_key(new) != spec_key(spec):
 
 handle, measured = summary(spec)
 st.subheader("Layers")
-if handle.task == "detect":
+if handle.skipped_layers():
     st.caption("Kept out of compression (pruning or sharing them distorts every box and score directly, with no "
                "later layer to absorb the error): the Detect head's final box and class convolutions and its "
                f"fixed DFL projection: {', '.join(handle.skipped_layers())}.")

@@ -33,7 +33,7 @@ st.title("Plan")
 spec = active_spec()
 handle, data = load_active(spec)
 layers = list(handle.prunable_layers())
-stats_fold_bn = handle.task == "detect" and st.session_state.get("plan_fold_bn", True)
+stats_fold_bn = handle.kind.folds_batch_norm and st.session_state.get("plan_fold_bn", True)
 stats = model_stats(spec_key(spec), stats_fold_bn)
 report = latest_sensitivity(spec)
 history = prediction_history(spec) if report is not None else []  # this model's runs calibrate the prediction

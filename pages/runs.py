@@ -6,6 +6,7 @@ import streamlit as st
 from complab import engine
 from complab.analysis.ga_progress import ga_rows, has_ga
 from complab.errors import CompressionLabError
+from complab.models.tasks import finds_boxes
 from complab.ui.figures import ga_figure
 from complab.ui.navigation import page_setup
 from complab.ui.report import plain_markdown
@@ -55,7 +56,7 @@ def run_list() -> None:
             if run.get("damaged"):  # one folder never hides another: this one is shown as damaged (or gone)
                 cols[1].markdown(f":red[{plain_markdown(run['damaged'][:160])}]")
             elif run["state"] == "succeeded" and "after" in metrics:
-                score = (f"mAP50 {metrics['after']['accuracy']:.3f}" if metrics.get("task") == "detect"
+                score = (f"mAP50 {metrics['after']['accuracy']:.3f}" if finds_boxes(metrics.get("task"))
                          else f"acc {metrics['after']['accuracy']:.2%}")
                 cols[1].markdown(f"{score}  \n"
                                  f"{metrics['after']['compressed_bytes']:,} B · {metrics['compression_ratio']:.1f}x")

@@ -3,7 +3,7 @@
 import streamlit as st
 from complab import engine
 from complab.analysis.fisher import ESTIMATE_ABOVE_COST, analysis_cost, default_mode
-from complab.analysis.sensitivity import DETECTOR_CONFIG, SensitivityConfig
+from complab.analysis.sensitivity import SensitivityConfig
 from complab.errors import CompressionLabError
 from complab.ui import figures
 from complab.ui.navigation import page_setup
@@ -16,12 +16,12 @@ spec = active_spec()
 handle, data = load_active(spec)
 st.caption(f"Each prunable layer of {handle.label} alone: accuracy on a validation subset at every sparsity "
            "(magnitude pruning) and every cluster count (k-means weight sharing), without fine-tuning.")
-detector = handle.task == "detect"
+detector = handle.kind.finds_boxes
 if detector:  # ~60 layers, each point an mAP evaluation: a coarser default grid on fewer images
     st.caption("For a detector the score is mAP50 on validation images held in memory (same matching as "
                "Ultralytics' validator); the Detect head's prediction convolutions are not analysed (never "
                "compressed).")
-    defaults = DETECTOR_CONFIG
+    defaults = handle.kind.analysis_defaults
     n_val = len(data.val_images())
 else:
     config = SensitivityConfig()  # the analysis' own defaults

@@ -11,6 +11,7 @@ import torchvision
 from complab.data import DataBundle, load_data
 from complab.methods import bn_stats, prune
 from complab.methods.context import StepContext
+from complab.methods.task import ClassifierTask
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.data import TensorDataset
@@ -77,11 +78,14 @@ def test_a_task_that_keeps_its_training_statistics_is_reestimated_only_without_t
                       digits28.val, digits28.test, 3, (1, 6, 6), (0.0,), (1.0,))
     trained = []
 
-    def trainer(model, *, epochs, lr, seed, stage):
-        trained.append(epochs)
-        model.bn.running_mean.fill_(7.0)  # what a training loop leaves in the running statistics
+    class KeepsItsStatistics(ClassifierTask):
+        reestimate_after_training = False
 
-    ctx = StepContext(data=data, layers=["conv", "fc"], trainer=trainer, reestimate_after_training=False)
+        def train(self, model, *, epochs, lr, seed, progress=None, should_stop=None):
+            trained.append(epochs)
+            model.bn.running_mean.fill_(7.0)  # what a training loop leaves in the running statistics
+
+    ctx = StepContext(data=data, layers=["conv", "fc"], task=KeepsItsStatistics(data))
     ctx.finetune(model, 2, 1e-3, 0, "test")
     assert trained == [2] and ctx.bn_reestimations == 0 and torch.all(model.bn.running_mean == 7.0)
     ctx.finetune(model, 0, 1e-3, 0, "test")

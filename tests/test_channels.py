@@ -12,6 +12,7 @@ from complab.errors import PlanError
 from complab.methods import channels, distill
 from complab.methods.channels import ga, graph
 from complab.methods.context import StepContext
+from complab.methods.tasks import task_for
 from complab.models.channel_replay import build_graph
 from complab.models.compact import load_compressed, save_compressed
 from complab.models.handle import ModelHandle
@@ -49,7 +50,7 @@ def small_step(**kwargs):
 
 
 def context(handle, data):
-    return StepContext(data=data, layers=list(handle.prunable_layers()), task=handle.task)
+    return StepContext(data=data, layers=list(handle.prunable_layers()), task=task_for(handle, data))
 
 
 def resnet18_handle(size=32):
@@ -217,7 +218,7 @@ def test_compact_round_trip_of_ga_pruned_vgg_gives_identical_outputs(vgg, digits
     assert decoded.channel_history == result.products.channel_history
     save_compressed(decoded, tmp_path / "again.clab")
     again = load_compressed(tmp_path / "again.clab")
-    assert again.extra["meta"]["channel_pruning"] == result.products.channel_history
+    assert again.file_meta["channel_pruning"] == result.products.channel_history
     with torch.no_grad():
         assert torch.equal(again.model(x), work.model(x))
 

@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "complab.sources": 3,
     "complab.export": 3,
     "complab.codeload": 3,
+    "complab.measure_child": 3,
     "complab.demo": 3,
     # 4 jobs and the run store
     "complab.engine": 4,

@@ -28,11 +28,11 @@ def test_jobs_carry_what_was_asked():
 
 
 def test_analysis_settings_take_a_detectors_defaults_and_the_flags():
-    from complab.analysis.sensitivity import DETECTOR_CONFIG
+    from complab.models.detector import DETECT
 
     assert service.analysis_settings(sources.CLASSIFY) == {"mode": "exact"}  # auto before a model is loaded
     detector = service.analysis_settings(sources.DETECT, mode="estimate", seed=3, sparsities=(0.0, 0.5))
-    assert detector == {**DETECTOR_CONFIG, "seed": 3, "sparsities": [0.0, 0.5], "mode": "estimate"}
+    assert DETECT.analysis_defaults and detector == {**DETECT.analysis_defaults, "seed": 3, "sparsities": [0.0, 0.5], "mode": "estimate"}
     assert service.analysis_config(sources.CLASSIFY, val_size=7).val_size == 7
     with pytest.raises(CompressionLabError, match="val_size"):
         service.analysis_config(sources.CLASSIFY, val_size=0)

@@ -326,7 +326,7 @@ def test_the_server_side_loader_never_runs_torchscript(evil, monkeypatch):
 
 
 def test_the_child_process_is_stopped_after_its_timeout(evil, tmp_path):
-    from complab.codeload import measure_in_child
+    from complab.measure_child import measure_in_child
 
     spec = {"model": f"torchscript:{tmp_path / 'spin.pt'}", "data": "digits", "input_size": 28, "trust": True}
     with pytest.raises(ModelLoadError, match="took more than 20 s and was stopped"):
@@ -334,12 +334,12 @@ def test_the_child_process_is_stopped_after_its_timeout(evil, tmp_path):
 
 
 def test_the_child_process_has_a_memory_cap(evil, tmp_path, monkeypatch):
-    from complab import codeload
+    from complab import codeload, measure_child
 
     monkeypatch.setattr(codeload, "MEMORY_LIMIT_BYTES", 5 << 30)
     spec = {"model": f"torchscript:{tmp_path / 'hog.pt'}", "data": "digits", "input_size": 28, "trust": True}
     with pytest.raises(ModelLoadError, match="can't allocate memory"):
-        codeload.measure_in_child(spec)
+        measure_child.measure_in_child(spec)
 
 
 class _WritesPid:

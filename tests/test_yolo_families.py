@@ -69,14 +69,14 @@ def test_unsupported_family_is_refused_naming_the_block_before_any_change(family
 def test_channels_step_refuses_an_unsupported_detector_by_name():
     from complab.methods import channels
     from complab.methods.context import StepContext
+    from complab.methods.tasks import task_for
     from complab.models.detector import DetectorHandle
     from complab.plan import ChannelStep
 
     model = _build("yolo11n")
     handle = DetectorHandle(model, {"kind": "ultralytics", "yaml": model.yaml, "names": dict(model.names)}, SIZE,
                             "yolo11n")
-    ctx = StepContext(data=None, layers=list(handle.prunable_layers()))
-    ctx.use_task(handle)
+    ctx = StepContext(data=None, layers=list(handle.prunable_layers()), task=task_for(handle, None))
     with pytest.raises(PlanError, match=r"YOLO block Attention \(model\.10\.m\.0\.attn\)"):
         channels.run(model, ChannelStep(keep_ratio={"_default": 0.5}, selection="l1"), ctx)
 

@@ -116,6 +116,7 @@ def test_channels_step_prunes_a_detector_and_its_file_gives_the_same_boxes(tmp_p
     from complab.data.shapes import ShapesConfig, write_dataset
     from complab.methods import channels
     from complab.methods.context import StepContext
+    from complab.methods.tasks import task_for
     from complab.models.detector import load_detector_file
     from complab.pipeline import compress
     from complab.plan import ChannelStep, Plan
@@ -124,9 +125,8 @@ def test_channels_step_prunes_a_detector_and_its_file_gives_the_same_boxes(tmp_p
     detector = load_detector()
     images = write_dataset(tmp_path / "shapes", train=16, val=8, config=ShapesConfig(seed=3))
     data = load_detection_data(f"yolo:{images}")
-    ctx = StepContext(data=data, layers=list(detector.prunable_layers()))
-    ctx.use_task(detector)
-    assert ctx.reestimate_after_training is False  # a detector keeps the statistics its fine-tuning kept
+    ctx = StepContext(data=data, layers=list(detector.prunable_layers()), task=task_for(detector, data))
+    assert ctx.task.reestimate_after_training is False  # a detector keeps the statistics its fine-tuning kept
     # the genetic search with the detection fitness: reconstruction-error screen, then mAP50 on a subset
     model = detector.clone().model
     targets = {"model.7.conv": 0.5, "model.22.cv3.0.0.conv": 0.25}
@@ -168,6 +168,7 @@ def test_plan_keys_name_the_loaded_detector_and_the_estimate_is_what_the_step_re
     from complab.data.shapes import ShapesConfig, write_dataset
     from complab.methods import channels
     from complab.methods.context import StepContext
+    from complab.methods.tasks import task_for
     from complab.plan import ChannelStep, Plan
 
     detector = load_detector()
@@ -183,8 +184,8 @@ def test_plan_keys_name_the_loaded_detector_and_the_estimate_is_what_the_step_re
     Plan(steps=(step,)).validate(list(layers))  # the page's keys are layers of the loaded model
     factors = channel_factors(layout, keep, list(layers))
     images = write_dataset(tmp_path / "shapes", train=8, val=8, config=ShapesConfig(seed=3))
-    ctx = StepContext(data=load_detection_data(f"yolo:{images}"), layers=list(layers))
-    ctx.use_task(detector)
+    data = load_detection_data(f"yolo:{images}")
+    ctx = StepContext(data=data, layers=list(layers), task=task_for(detector, data))
     work = detector.clone()
     report = channels.run(work.model, step, ctx).report
     assert report["layers"]["model.4.cv0.conv"]["kept"] == report["layers"]["model.4.cv1.conv"]["kept"] == 8

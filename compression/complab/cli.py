@@ -243,7 +243,7 @@ def cmd_eval(args) -> int:
         print(note, file=sys.stderr)  # stdout stays one JSON line
     scores = handle.measure(data, args.split, latency=False)
     out = {"file": str(args.file), "compressed_bytes": metrics.file_bytes(args.file),
-           "data": data.ref, **({"split": args.split} if handle.task == "classify" else {}), **scores}
+           "data": data.ref, **({"split": args.split} if handle.kind.chooses_split else {}), **scores}
     print(json.dumps(out))
     return 0
 

@@ -12,8 +12,9 @@ checks as it checks any file it receives:
 - an Ultralytics detector: its architecture record (yaml, class names, image size) as JSON and its tensors as
   safetensors; the server rebuilds it with detector.handle_from_decoded_detector, the allow-listed path a
   compact file takes (nothing unpickled, the yaml checked before Ultralytics sees it);
-- a TorchScript classifier: its measured numbers (accuracy, sizes, latency, layer table) as JSON. Its code is
-  the model, so the server cannot rebuild it without running that code: the app measures a trusted
+- a TorchScript classifier: its measured numbers (accuracy, sizes, latency, layer table) as JSON
+  (complab/measure_child.py, which runs its child through this module's runner). Its code is the model, so
+  the server cannot rebuild it without running that code: the app measures a trusted
   TorchScript file this way and does not make it the active model (TorchScript is for evaluation only,
   handle.EVALUATION_ONLY; IN_SERVER says what to do instead).
 
@@ -24,20 +25,22 @@ is reported in one line.
 from __future__ import annotations
 
 import json
-import math
 import os
 import resource
 import signal
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
+from safetensors.torch import load_file, save_file
+
 from complab.errors import CompressionLabError, ModelLoadError, first_line
+from complab.models.detector import handle_from_decoded_detector, load_detector
 
 MEMORY_LIMIT_BYTES = 8 << 30  # the child's address space (torch alone maps ~2 GiB of it)
 DETECTOR_TIMEOUT_S = 300.0  # load a checkpoint and write its tensors
-MEASURE_TIMEOUT_S = 900.0  # load a TorchScript model and its data, measure accuracy, sizes and latency
 RESULT_LIMIT_BYTES = 16 << 20  # the JSON a child hands back
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,10 +53,6 @@ IN_SERVER = (
 
 def detector_in_child(path: str | Path, imgsz: int | None = None, timeout: float = DETECTOR_TIMEOUT_S):
     """A trusted Ultralytics checkpoint as a DetectorHandle, unpickled in a child process, rebuilt here from data."""
-    from safetensors.torch import load_file
-
-    from complab.models.detector import handle_from_decoded_detector
-
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise ModelLoadError(f"detector file {path} does not exist: check the path")
@@ -68,35 +67,16 @@ def detector_in_child(path: str | Path, imgsz: int | None = None, timeout: float
         except Exception as exc:  # noqa: BLE001 - a missing or damaged tensor file, whatever the reader says
             raise ModelLoadError(f"opening {path.name} in a separate process gave no readable tensors "
                                  f"({first_line(exc, 120)}): check the file") from None
-        handle = handle_from_decoded_detector(meta, state, path.name)
-        handle.extra = {"source": str(path), "trusted": True, "opened_in": "child process"}
-        return handle
+        # opened from the user's checkpoint (in a child process), not decoded from a compact file
+        return replace(handle_from_decoded_detector(meta, state, path.name), file_meta=None, source_file=str(path))
 
-    return _run_child("detector", {"path": str(path), "imgsz": imgsz}, timeout, path.name, rebuild)
-
-
-def measure_in_child(spec: dict, timeout: float = MEASURE_TIMEOUT_S) -> dict:
-    """The Model page's numbers for a trusted TorchScript spec, measured in a child process.
-
-    Returns {"measured": {accuracy, params, flops, fp32_bytes, latency_ms, ..., "layers": [rows]}, "label",
-    "input_shape", "num_classes", "data", "images": [train, val, test]}, every value checked here."""
-    from complab import sources
-    from complab.models.handle import untrusted_code
-
-    model = str(spec.get("model", ""))
-    if not model.startswith("torchscript:"):
-        raise ModelLoadError(f"{model[:80]!r} is not a TorchScript model reference (torchscript:FILE)")
-    if not spec.get("trust"):
-        raise untrusted_code(model[len("torchscript:"):])
-    spec = sources.check(spec)  # paths, data and sizes checked here, before a process starts
-    path = Path(spec["model"][len("torchscript:"):]).expanduser().resolve()
-    spec = {**spec, "model": f"torchscript:{path}"}
-    return _run_child("measure", {"spec": spec}, timeout, path.name, lambda payload, out: _checked_measure(payload))
+    return run_child("detector", {"path": str(path), "imgsz": imgsz}, timeout, path.name, rebuild)
 
 
 # --- the parent's side -----------------------------------------------------------------------------------------
 
-def _run_child(op: str, request: dict, timeout: float, name: str, parse):
+def run_child(op: str, request: dict, timeout: float, name: str, parse, module: str = "complab.codeload"):
+    """Run `python -m MODULE REQUEST.json` (its `main` does `op`) under the limits; `parse(payload, out)`."""
     with tempfile.TemporaryDirectory(prefix="codeload-") as scratch:
         out = Path(scratch)
         request = {**request, "op": op, "out": str(out), "memory_bytes": MEMORY_LIMIT_BYTES,
@@ -106,7 +86,7 @@ def _run_child(op: str, request: dict, timeout: float, name: str, parse):
                "PYTHONPATH": os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")) if p)}
         with open(out / "stderr.txt", "wb") as err:
             try:
-                command = [sys.executable, "-m", "complab.codeload", str(out / "request.json")]
+                command = [sys.executable, "-m", module, str(out / "request.json")]
                 proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=scratch,
                                         env=env, start_new_session=True)
             except OSError as exc:
@@ -165,45 +145,6 @@ def _tail(path: Path) -> str:
     return lines[-1][:200] if lines else ""
 
 
-MEASURED_NUMBERS = ("accuracy", "params", "nonzero_params", "flops", "fp32_bytes", "prunable_weights",
-                    "prunable_nonzero", "latency_ms")
-LAYER_KEYS = ("layer", "type", "shape", "params", "nonzero", "flops", "flops_share")
-MAX_LAYERS = 100_000
-
-
-def _number(value, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise ModelLoadError(f"the measurement of the model gave {key} = {str(value)[:20]}, not a number: "
-                             "check the file")
-    return value
-
-
-def _checked_measure(payload: dict) -> dict:
-    """The measurement a child reported, with only the expected keys and value types."""
-    measured = payload.get("measured")
-    layers = measured.get("layers") if isinstance(measured, dict) else None
-    if not isinstance(layers, list) or len(layers) > MAX_LAYERS:
-        raise ModelLoadError("the measurement of the model gave no layer table: check the file")
-    out = {key: _number(measured.get(key), key) for key in MEASURED_NUMBERS if key in measured}
-    if "accuracy" not in out:
-        raise ModelLoadError("the measurement of the model gave no accuracy: check the file")
-    rows = []
-    for row in layers:
-        if not isinstance(row, dict):
-            raise ModelLoadError("the measurement's layer table holds a row that is not a record: check the file")
-        rows.append({key: (str(row.get(key))[:200] if key in ("layer", "type", "shape")
-                           else _number(row.get(key), key)) for key in LAYER_KEYS})
-    shape = payload.get("input_shape")
-    if not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise ModelLoadError("the measurement of the model gave no input shape: check the file")
-    images = payload.get("images")
-    if not isinstance(images, list) or len(images) != 3 or not all(isinstance(n, int) and n >= 0 for n in images):
-        raise ModelLoadError("the measurement of the model gave no image counts: check the file")
-    return {"measured": {**out, "layers": rows}, "label": str(payload.get("label"))[:200],
-            "input_shape": shape, "num_classes": int(_number(payload.get("num_classes"), "num_classes")),
-            "data": str(payload.get("data"))[:500], "images": images}
-
-
 # --- the child's side ------------------------------------------------------------------------------------------
 
 def _limit(memory_bytes: int, cpu_seconds: int) -> None:
@@ -212,38 +153,22 @@ def _limit(memory_bytes: int, cpu_seconds: int) -> None:
 
 
 def _detector(request: dict, out: Path) -> dict:
-    from safetensors.torch import save_file
-
-    from complab.models.detector import is_fused, load_detector
-
     handle = load_detector(request["path"], trust=True, imgsz=request.get("imgsz"))
     state = {key: value.detach().cpu().contiguous().clone() for key, value in handle.model.state_dict().items()}
     save_file(state, str(out / "state.safetensors"))
-    return {"meta": {"task": "detect", "architecture": handle.architecture, "imgsz": handle.imgsz,
-                     "label": handle.label, "fused": is_fused(handle.model)}}
+    return {"meta": {"task": handle.task, **handle.compact_meta()}}  # architecture, image size, label, fused
 
 
-def _measure(request: dict, out: Path) -> dict:
-    from complab import sources
-    from complab.analysis.layers import layer_table
-
-    handle, data = sources.load({**request["spec"], "trust": True})  # the server checked the person's trust
-    measured = handle.measure(data)
-    layers = json.loads(layer_table(handle).to_json(orient="records"))  # numpy numbers as plain JSON
-    return {"measured": {**measured, "layers": layers}, "label": handle.label, "input_shape": list(handle.input_shape),
-            "num_classes": handle.num_classes, "data": data.ref,
-            "images": [len(data.train), len(data.val), len(data.test)]}
+OPS = {"detector": _detector}
 
 
-OPS = {"detector": _detector, "measure": _measure}
-
-
-def main(argv: list[str]) -> int:
+def main(argv: list[str], ops: dict | None = None) -> int:
+    """The child's side: do the request's op (from `ops`, default OPS) and write result.json."""
     request = json.loads(Path(argv[0]).read_text())
     out = Path(request["out"])
     _limit(int(request["memory_bytes"]), int(request["cpu_seconds"]))
     try:
-        payload = {"ok": OPS[request["op"]](request, out)}
+        payload = {"ok": (ops or OPS)[request["op"]](request, out)}
     except CompressionLabError as exc:
         payload = {"error": first_line(exc, 500)}
     except MemoryError:

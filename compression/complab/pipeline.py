@@ -23,8 +23,10 @@ from complab.errors import ModelLoadError
 from complab.methods import bn_stats, distill
 from complab.methods.context import StepContext
 from complab.methods.registry import handler_for
-from complab.models.compact import Products, read_compact
+from complab.methods.tasks import task_for
+from complab.models.compact import Products
 from complab.models.handle import EVALUATION_ONLY, check_data_fits
+from complab.models.tasks import read_compact
 from complab.plan import Plan
 from complab.storage import inspect_bytes
 
@@ -73,10 +75,10 @@ def compress(handle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
     work = handle.clone()
     if shift_pixels is None:
         shift_pixels = data.shift_pixels  # the dataset's own fine-tuning augmentation
-    ctx = StepContext(data=data, layers=layers, seed=plan.seed, shift_pixels=shift_pixels,
-                      on_progress=emit, on_log=log, cancel_requested=cancel_requested)
-    ctx.use_task(handle)
-    ctx.teacher = handle.model  # the original model (methods copy it before use; never changed)
+    # the original model is the teacher (methods copy it before use; never changed)
+    ctx = StepContext(data=data, layers=layers, task=task_for(handle, data, shift_pixels=shift_pixels),
+                      seed=plan.seed, on_progress=emit, on_log=log, cancel_requested=cancel_requested,
+                      teacher=handle.model)
     for step in plan.steps:
         if step.type == "distill":  # KD loss for every fine-tuning in the plan, not only the distill step's
             distill.use_teacher(ctx, step, handle.model)
@@ -129,7 +131,7 @@ def _normalization(handle, data) -> dict:
     """The mean and std the data was normalised with (a classifier's), for the file's meta: `eval` and anything
     else measuring the decoded file use them, so it is measured as the run measured it (issue 24, item 11)."""
     mean, std = getattr(data, "mean", None), getattr(data, "std", None)
-    if handle.task != "classify" or not mean or not std:
+    if not handle.kind.normalizes_input or not mean or not std:
         return {}
     return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from complab import engine, runfolder, sources
+from complab import engine, runfolder
 from complab.analysis.sensitivity_report import SensitivityReportError, parse_report, read_report
 from complab.engine import jobs as job_kinds
 from complab.errors import CompressionLabError, first_line
@@ -132,12 +132,12 @@ def prediction_history(spec: dict, root: Root = None) -> list[tuple[float, float
 def analysis_settings(task: str, handle=None, mode: str = "auto", **flags) -> dict:
     """An analysis's config dict: a detector's defaults (a coarser grid on fewer images) unless `flags` say
     otherwise; `mode` "auto" is decided from the loaded model (`handle`), and checks as exact before it is loaded."""
-    from complab.analysis.sensitivity import DETECTOR_CONFIG  # imports torch: not at CLI start-up
+    from complab.models.tasks import task_kind  # imports torch: not at CLI start-up
 
     unknown = set(flags) - set(ANALYSIS_FLAGS)
     if unknown:
         raise TypeError(f"unknown analysis settings {sorted(unknown)}")
-    config = dict(DETECTOR_CONFIG) if task == sources.DETECT else {}
+    config = dict(task_kind(task).analysis_defaults)
     for key, value in flags.items():
         if value is not None:
             config[key] = list(value) if isinstance(value, tuple) else value

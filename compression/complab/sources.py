@@ -237,7 +237,7 @@ def load_file(path: str | Path, base_file: str | Path | None = None, trust: bool
     from complab.storage.header import check_file_header
 
     check_file_header(path)
-    from complab.models.compact import read_compact
+    from complab.models.tasks import read_compact
 
     return read_compact(path, base_file, trust)
 
@@ -245,7 +245,7 @@ def load_file(path: str | Path, base_file: str | Path | None = None, trust: bool
 def data_for_file(handle, ref: str | None = None, input_size: int | None = None, mean=None, std=None):
     """The dataset to measure a decoded file on: `ref`, else the one its meta records, at the input size and with
     the normalisation (mean, std) the file records (what its run used) unless given here (see override_note)."""
-    ref = ref or handle.extra.get("meta", {}).get("data")
+    ref = ref or (handle.file_meta or {}).get("data")
     if not isinstance(ref, str) or not ref:
         hint = "yolo:PATH.yaml" if handle.task == DETECT else "DATASET"
         raise CompressionLabError(f"the file does not say which dataset it was made on: add --data {hint}")
@@ -266,7 +266,7 @@ def override_note(handle, ref: str | None = None, input_size: int | None = None,
     when it is measured as its run measured it."""
     if handle.task != CLASSIFY:
         return None
-    ref = ref or handle.extra.get("meta", {}).get("data")
+    ref = ref or (handle.file_meta or {}).get("data")
     parts = []
     side = handle.input_shape[-1]
     if input_size is not None and input_size != side:

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from complab.methods.channels.graph import channel_groups, keep_count, original_names
+from complab.methods.tasks import task_class
+from complab.models.tasks import task_kind
 from complab.plan import resolve
 
 
@@ -37,8 +40,6 @@ class ChannelLayout:
 
     def kept(self, key: str, ratio: float | None) -> int:
         """Channels the step keeps of the group(s) a plan key names at `ratio` (None: all)."""
-        from complab.methods.channels.graph import keep_count
-
         if ratio is None or ratio >= 1.0:
             return self.channels[key]
         return sum(keep_count(n, float(ratio)) for n in self.parts.get(key, (self.channels[key],)))
@@ -47,20 +48,13 @@ class ChannelLayout:
 def channel_layout(model: nn.Module, input_shape: tuple[int, ...], task: str = "classify") -> ChannelLayout:
     """Channel groups of a model and which group feeds / is fed by each weight layer (cache it per model).
 
-    task "detect": the model (a copy: it is changed) is made prunable and its head's outputs are left whole,
-    exactly as the channels step does, so the groups and the estimate are the step's."""
-    from complab.methods.channels.graph import channel_groups, original_names
-
-    ignored = ()
+    The model (a copy: it may be changed) is prepared by its task as the channels step prepares it (a detector:
+    made prunable, its head's outputs left whole), so the groups and the estimate are the step's; a YOLO block
+    refused by the step raises PlanError here too (YOLO11's attention: the trace ran for minutes)."""
+    by_block = task_kind(task).groups_channels_by_block
+    labels = block_labels(model) if by_block else {}  # before the preparation: blocks named as the user knows them
+    _, ignored = task_class(task).prepare_channel_pruning(model)
     blocks = {}
-    if task == "detect":
-        from complab.methods.channels.detector import head_outputs
-        from complab.models.yolo_prunable import check_prunable, make_prunable
-
-        check_prunable(model)  # PlanError on a block the step refuses (YOLO11's attention: the trace ran for minutes)
-        labels = block_labels(model)  # before the replacement: the C2f are named as the user knows them
-        make_prunable(model)
-        ignored = tuple(head_outputs(model))
     original = original_names(model)
     names = {module: name for name, module in model.named_modules()}
     groups, channels, parts, out_group = {}, {}, {}, {}
@@ -84,7 +78,7 @@ def channel_layout(model: nn.Module, input_shape: tuple[int, ...], task: str = "
         in_shares[layer] = {key: int(mask.sum()) for key, mask in masks.items()}
         in_width[layer] = len(next(iter(masks.values())))
         in_group[layer] = max(in_shares[layer], key=in_shares[layer].get)
-    if task == "detect":
+    if by_block:
         blocks = {key: block_label(labels, key) for key in groups}
     return ChannelLayout(groups, channels, out_group, in_group, in_shares, in_width, parts, blocks)
 

@@ -17,6 +17,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
+from complab.metrics import cpu_latencies_ms
+from complab.models.yolo_env import offline_ultralytics
+
 PALETTE = [(31, 119, 180), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75), (23, 190, 207),
            (188, 189, 34), (127, 127, 127)]
 VANISHED = (214, 39, 40)
@@ -34,8 +37,6 @@ class Box:
 @torch.no_grad()
 def predict(model: nn.Module, image: Image.Image, imgsz: int, conf: float = 0.25, iou: float = 0.7) -> list[Box]:
     """Boxes (in the image's pixels) with confidence >= conf, after NMS."""
-    from complab.models.yolo_env import offline_ultralytics
-
     offline_ultralytics()
     from ultralytics.data.augment import LetterBox
     from ultralytics.utils import ops
@@ -134,8 +135,6 @@ LATENCY_THREADS = 1  # one torch thread: the figure a busy or shared CPU reprodu
 def latency_pair(original: nn.Module, compressed: nn.Module, imgsz: int,
                  threads: int = LATENCY_THREADS) -> dict[str, float]:
     """CPU milliseconds of one image (batch 1, imgsz x imgsz) through each detector, their passes interleaved."""
-    from complab.metrics import cpu_latencies_ms
-
     original_ms, compressed_ms = cpu_latencies_ms([original, compressed], (3, imgsz, imgsz), threads=threads)
     return {"original_ms": original_ms, "compressed_ms": compressed_ms, "threads": threads}
 

@@ -59,17 +59,13 @@ from dataclasses import asdict, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from complab.analysis.sensitivity import (
-    BN_BATCH_SIZE,
-    ExactScorer,
-    SensitivityConfig,
-    SensitivityReport,
-    grid_weight,
-)
+from complab.analysis.grid import BN_BATCH_SIZE, SensitivityConfig, SensitivityReport, grid_weight
+from complab.errors import CompressionLabError
 from complab.methods import bn_stats
+from complab.methods.context import Cancelled
 from complab.methods.kmeans1d import kmeans_1d, quantize_to_centroids
+from complab.methods.tasks import task_for
 
 GRADIENT_IMAGES = 128  # most validation images whose per-sample gradients form the Fisher
 GRADIENT_MICROBATCH = 1  # images per gradient (1: per-sample; the benchmark compares larger batches)
@@ -121,8 +117,6 @@ class _Clock:
             return
         self.last_check = now
         if self.cancel_requested():
-            from complab.methods.context import Cancelled
-
             raise Cancelled("the sensitivity analysis was cancelled")
 
     def report(self, stage: str, layer: str, done: int, total: int, remaining_s: float) -> None:
@@ -145,37 +139,6 @@ def _cancel_hooks(model: torch.nn.Module, clock: _Clock) -> list:
 # ---------------------------------------------------------------------------------------------------------------
 # 1. gradients -> diagonal empirical Fisher
 
-class _OneImageBatches:
-    """The validation subset's first `images` images as one-image batches, decoded when used (a gradient
-    budget may stop after a few: an ImageFolder at 224 px need not decode them all first)."""
-
-    def __init__(self, data, config: SensitivityConfig, images: int):
-        self.subset = data.subset("val", config.val_size, config.seed)
-        self.count = min(images, len(self.subset))
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not 0 <= index < self.count:
-            raise IndexError(index)
-        x, y = self.subset[index]
-        return x.unsqueeze(0), torch.as_tensor(y).view(1)
-
-
-def _detector_batches(handle, data, config: SensitivityConfig, images: int) -> list[dict]:
-    """One-image batches {img, cls, bboxes, batch_idx} from the validation subset, letterboxed (no augmentation)."""
-    from complab.models.yolo_data import letterboxed
-
-    dataset = letterboxed(data, data.val_subset(min(images, config.val_size), config.seed), handle.imgsz, 1)
-    out = []
-    for index in range(min(images, len(dataset))):
-        batch = dataset.collate_fn([dataset[index]])
-        out.append({"img": batch["img"].float() / 255, "cls": batch["cls"], "bboxes": batch["bboxes"],
-                    "batch_idx": batch["batch_idx"]})
-    return out
-
-
 def fisher_diagonal(handle, data, config: SensitivityConfig, clock: _Clock, max_images: int = GRADIENT_IMAGES,
                     seconds: float = GRADIENT_SECONDS, later_s: float = 0.0) -> tuple[dict, dict, dict]:
     """(layer -> diagonal empirical Fisher, layer -> mean gradient, info) from per-sample gradients on the
@@ -188,24 +151,12 @@ def fisher_diagonal(handle, data, config: SensitivityConfig, clock: _Clock, max_
         param.requires_grad_(False)
     for weight in layers.values():
         weight.requires_grad_(True)
-    detector = handle.task == "detect"
-    if detector:
-        from complab.models.yolo_data import yolo_cfg
-
-        model.args = yolo_cfg(handle.imgsz)  # the loss reads its box / class / DFL gains from here
-        model.criterion = None
-        samples = _detector_batches(handle, data, config, max_images)
-    else:
-        samples = _OneImageBatches(data, config, max_images)
+    task = task_for(handle, data)
+    task.prepare_gradients(model)
+    # microbatch > 1: the fidelity benchmark's comparison with per-batch gradients (where the task can batch)
+    samples, microbatch = task.gradient_samples(max_images, config.val_size, config.seed, max(1, GRADIENT_MICROBATCH))
     if not len(samples):
-        from complab.errors import CompressionLabError
-
         raise CompressionLabError("the validation split is empty: the estimate mode needs validation images")
-    microbatch = 1 if detector else max(1, GRADIENT_MICROBATCH)
-    if microbatch > 1:  # (the fidelity benchmark's comparison with per-batch gradients)
-        groups = [[samples[j] for j in range(i, min(i + microbatch, len(samples)))]
-                  for i in range(0, len(samples), microbatch)]
-        samples = [(torch.cat([x for x, _ in group]), torch.cat([y for _, y in group])) for group in groups]
     fisher = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in layers.items()}
     mean_grad = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in layers.items()}
     hooks = _cancel_hooks(model, clock)
@@ -216,13 +167,7 @@ def fisher_diagonal(handle, data, config: SensitivityConfig, clock: _Clock, max_
         for sample in samples:
             if used >= MIN_GRADIENT_IMAGES and time.monotonic() - started > seconds:
                 break
-            if detector:
-                batch = {key: value.to(device) for key, value in sample.items()}
-                loss, _ = model.loss(batch, model(batch["img"]))
-                loss = loss.sum()
-            else:
-                x, y = sample
-                loss = F.cross_entropy(model(x.to(device)), y.to(device))
+            loss = task.sample_loss(model, sample, device)
             grads = torch.autograd.grad(loss, list(layers.values()), allow_unused=True)
             for (name, _), grad in zip(layers.items(), grads, strict=True):
                 if grad is not None:  # a batch mean's square underestimates by the batch size: scale it back
@@ -242,7 +187,7 @@ def fisher_diagonal(handle, data, config: SensitivityConfig, clock: _Clock, max_
     info = {"images": used * microbatch, "batches": used, "seconds": round(time.monotonic() - started, 2),
             "per_sample": microbatch == 1, "first_order": FIRST_ORDER,
             "mean_loss": float(np.mean(losses)),
-            "loss": "detection (box + class + DFL)" if detector else "cross-entropy"}
+            "loss": task.gradient_loss_name}
     return fisher, mean_grad, info
 
 
@@ -391,19 +336,14 @@ def _calibration_plan(t_image: float, n_val: int, bn_batches: int, has_bn: bool,
     return images, batches, max(MIN_CALIBRATION_POINTS, min(wanted, points(images, batches)))
 
 
-def _time_forward(handle, data, config: SensitivityConfig) -> float:
+def _time_forward(handle, task, config: SensitivityConfig) -> float:
     """Seconds per image of one no-grad forward on a few validation images (after a warm-up)."""
     model = handle.model
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            if handle.task == "detect":
-                size = handle.imgsz
-                x = torch.rand(4, 3, size, size)
-            else:
-                x = next(iter(data.loader("val", batch_size=8, size=config.val_size, seed=config.seed)))[0]
-            x = x.to(next(model.parameters()).device)
+            x = task.example_batch(config.val_size, config.seed).to(next(model.parameters()).device)
             model(x[:1])
             started = time.monotonic()
             model(x)
@@ -471,17 +411,20 @@ def _spread(names: list[str]) -> list[str]:
     return [names[i] for i in sorted(range(len(names)), key=lambda i: (radical_inverse(i), i))]
 
 
-def analyze_estimate(handle, data, config: SensitivityConfig, *,
+def analyze_estimate(handle, data, config: SensitivityConfig, exact_scorer: Callable, *,
                      on_progress: Callable[[str, float, dict], None] | None = None,
                      cancel_requested: Callable[[], bool] | None = None) -> SensitivityReport:
-    """The estimate mode (module docstring): same report shape as the exact mode, plus what was measured."""
+    """The estimate mode (module docstring): same report shape as the exact mode, plus what was measured.
+
+    `exact_scorer(handle, data, config)`: the exact mode's scorer (sensitivity.ExactScorer), which measures the
+    calibration points; the exact mode passes it in (it calls this module, not the other way round)."""
     clock = _Clock(on_progress, cancel_requested)
-    detector = handle.task == "detect"
+    task = task_for(handle, data)
     layers = handle.prunable_layers()
     grid = [("sparsity", v) for v in config.sparsities] + [("clusters", v) for v in config.n_clusters]
-    t_image = _time_forward(handle, data, config)
+    t_image = _time_forward(handle, task, config)
     has_bn = config.bn_batches > 0 and bn_stats.has_batch_norm(handle.model)
-    n_val = len(data.val_subset(config.val_size, config.seed)) if detector else min(config.val_size, len(data.val))
+    n_val = task.validation_images(config.val_size, config.seed)
     cal_images, cal_bn, n_points = _calibration_plan(t_image, n_val, config.bn_batches, has_bn, len(layers),
                                                      config.calibration_seconds)
 
@@ -517,13 +460,13 @@ def analyze_estimate(handle, data, config: SensitivityConfig, *,
     # 3. calibration on exact points
     cal_config = replace(config, val_size=cal_images, bn_batches=cal_bn)
     cal_started = time.monotonic()
-    scorer = ExactScorer(handle, data, cal_config)
+    scorer = exact_scorer(handle, data, cal_config)
     base = scorer.base
-    if detector:
-        max_drop, floor = base, DETECTOR_NOISE_FLOOR
-    else:
+    if handle.kind.score_counts_images:  # a share of images: above chance, in steps of one image
         chance = 1.0 / max(1, handle.num_classes)
         max_drop, floor = max(base - chance, 0.01), 1.5 / max(1, cal_images)
+    else:
+        max_drop, floor = base, DETECTOR_NOISE_FLOOR
     positive = [v for row in d_loss.values() for kind in row.values() for v in kind.values() if v > 0]
     # first guess: a one-point drop at a loss increase of 1% of the mean loss (0.02 nats for a typical
     # classifier); the first measured points move it
@@ -592,7 +535,7 @@ def analyze_estimate(handle, data, config: SensitivityConfig, *,
                     keys.add(key)
                     continue
                 score = base - calibrations[kind].drop(name, value)
-                if not detector:  # accuracy on n images is a whole number of images
+                if handle.kind.score_counts_images:  # accuracy on n images is a whole number of images
                     score = round(score * cal_images) / cal_images
                 row[kind][key] = score
             _clamp_monotone(row[kind], keys, kind, base)

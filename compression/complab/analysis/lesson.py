@@ -25,7 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from complab import metrics
 from complab.analysis.report import Waterfall, bytes_waterfall, params_removed
+from complab.metrics import weight_layers
+from complab.models.tasks import read_compact
 from complab.plan import ClusterStep, Plan, PruneStep
 
 LESSON_SPEC = {"model": "demo:lenet300", "weights": None, "data": "digits", "input_size": None, "mean": None,
@@ -88,8 +91,6 @@ def step_job(step: str, chosen: LessonSettings | None = None) -> dict | None:
 
 def layer_weights(model: torch.nn.Module) -> dict[str, np.ndarray]:
     """Each weight layer's weights, flattened (what the histograms draw)."""
-    from complab.metrics import weight_layers
-
     return {name: weight.detach().flatten().cpu().numpy() for name, weight in weight_layers(model).items()}
 
 
@@ -127,9 +128,6 @@ def coding(rows: list[dict], metrics: dict) -> Coding:
 def decode_check(path: str | Path, data, per_class: int = 1) -> dict:
     """Decode the compact file (our own reader, nothing unpickled) and classify the test digits with it:
     seconds to decode, test accuracy, and `per_class` test images of each class with the decoded model's answer."""
-    from complab import metrics
-    from complab.models.compact import read_compact
-
     started = time.perf_counter()
     handle = read_compact(path)
     seconds = time.perf_counter() - started

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from complab import runfolder
 from complab.analysis.solver import _monotone
 
 PRIOR_C, PRIOR_P = 1.16, 0.5  # fitted on the 12 demo runs described above
@@ -82,8 +83,6 @@ def raw_drop(report: dict, settings: dict, quantizers: dict | None = None) -> tu
 def history_from_runs(runs: list[dict], model: str | None = None) -> list[tuple[float, float]]:
     """(raw drop, measured drop) pairs in points from finished runs whose job carried a prediction (of
     `model` when given); the measured drop is the run's own before/after on the same split."""
-    from complab import runfolder
-
     pairs = []
     for run in runs:
         if run.get("state") != "succeeded" or run.get("damaged"):

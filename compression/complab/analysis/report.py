@@ -22,7 +22,10 @@ from pathlib import Path
 
 import torch
 
+from complab import sources
+from complab.analysis import detections
 from complab.errors import CompressionLabError
+from complab.models.tasks import task_kind
 from complab.storage import inspect_bytes, inspect_header
 
 # the waterfall's steps, in the order they are drawn (a step no tensor has is left out)
@@ -182,12 +185,12 @@ def headline_numbers(metrics: dict) -> dict:
     """The headline's numbers (what `headline` says, as values; None where the run did not measure it): the
     presentation view shows them as big metric boxes above the sentence."""
     before, after = metrics["before"], metrics["after"]
-    detector = metrics.get("task", "classify") != "classify"
+    kind = task_kind(metrics.get("task"))
     return {"ratio": metrics["compression_ratio"], "fp32_bytes": before["fp32_bytes"],
             "compressed_bytes": after["compressed_bytes"],
             "flops_times": _times(before.get("sparse_flops") or before.get("flops"), after.get("sparse_flops")),
             "speed_times": _times(before.get("latency_ms"), after.get("latency_ms")),
-            "score_name": metrics.get("score_name", "mAP50") if detector else "top-1",
+            "score_name": kind.score_short,
             "score_before": before["accuracy"], "score_after": after["accuracy"],
             "drop_pts": 100 * (before["accuracy"] - after["accuracy"])}
 
@@ -206,7 +209,7 @@ def headline(metrics: dict) -> str:
             clauses.append(f"the same CPU latency ({before['latency_ms']:.2f} -> {after['latency_ms']:.2f} ms)")
         else:
             clauses.append(f"{speed:.1f}x faster on the CPU" if speed >= 1 else f"{1 / speed:.1f}x slower on the CPU")
-    score = "top-1" if metrics.get("task", "classify") == "classify" else metrics.get("score_name", "mAP50")
+    score = task_kind(metrics.get("task")).score_short
     drop = 100 * (before["accuracy"] - after["accuracy"])
     clauses.append(f"{abs(drop):.2f} points {'less' if drop > 0 else 'more'} {score}" if round(drop, 2)
                    else f"the same {score}")
@@ -215,8 +218,9 @@ def headline(metrics: dict) -> str:
 
 def provenance(metrics: dict, finished: float | None) -> str:
     """Where the numbers come from: the split, the machine that measured them and when."""
-    split = metrics.get("eval_split", "test") if metrics.get("task", "classify") == "classify" else "validation"
-    score = "top-1 accuracy" if metrics.get("task", "classify") == "classify" else metrics.get("score_name", "mAP50")
+    kind = task_kind(metrics.get("task"))
+    split = metrics.get("eval_split", "test") if kind.chooses_split else "validation"
+    score = kind.score_label
     machine = metrics.get("machine")
     where = (f"{machine['platform']}, {machine['cpus']} CPUs, torch {machine['torch']}" if machine
              else "a machine the run did not record")
@@ -250,9 +254,6 @@ def detection_grid(run_dir: Path, original, data, n_images: int = 4, conf: float
     `original` is the detector the person loaded (never one rebuilt from the run folder), the compressed one is
     decoded from the folder's model.clab by our own parser."""
     from PIL import Image
-
-    from complab import sources
-    from complab.analysis import detections
 
     compressed = sources.load_file(Path(run_dir) / "model.clab")
     pairs = []

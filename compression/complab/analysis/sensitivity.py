@@ -25,28 +25,30 @@ models that cannot be traced (Ultralytics detectors), every point runs the whole
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import fx, nn
 
+from complab.analysis.fisher import analyze_estimate
+from complab.analysis.grid import (  # noqa: F401 - re-exported: the analysis' settings and report
+    BN_BATCH_SIZE,
+    DEFAULT_CLUSTERS,
+    DEFAULT_SPARSITIES,
+    SensitivityConfig,
+    SensitivityReport,
+    grid_weight,
+)
 from complab.data import DataBundle
 from complab.errors import CompressionLabError
 from complab.methods import bn_stats
-from complab.methods.cluster import quantized
-from complab.methods.prune import magnitude_mask
+from complab.methods.context import Cancelled
+from complab.methods.tasks import task_for
 from complab.models.handle import ModelHandle
 
-DEFAULT_SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
-DEFAULT_CLUSTERS = (2, 4, 8, 16, 32, 64, 128, 256)
-# A detector has ~60 layers and each point is an mAP evaluation: a coarser grid on fewer images
-DETECTOR_CONFIG = {"sparsities": [0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95], "n_clusters": [4, 8, 16, 32, 64],
-                   "val_size": 64, "seed": 0, "bn_batches": 2}
-BN_BATCH_SIZE = 64  # images per batch-norm re-estimation batch (a detector's: DETECTOR_BN_BATCH_SIZE)
-DETECTOR_BN_BATCH_SIZE = 16
+DEFAULT_CONFIG = SensitivityConfig()
 # The prefix cache holds one layer's frontier (validation + batch-norm images) within this budget
 PREFIX_CACHE_FRACTION = 0.4  # of the memory available when the analysis starts (MemAvailable, or free GPU memory)
 PREFIX_CACHE_MAX_BYTES = 16 * 2**30
@@ -60,39 +62,12 @@ MIN_VAL_IMAGES = 10
 PEAK_ACTIVATION_FACTOR = 3
 
 
-@dataclass(frozen=True)
-class SensitivityConfig:
-    sparsities: tuple[float, ...] = DEFAULT_SPARSITIES  # pruning levels tried per layer
-    n_clusters: tuple[int, ...] = DEFAULT_CLUSTERS  # weight-sharing cluster counts tried per layer
-    val_size: int = 512  # validation images used (the whole split when larger)
-    seed: int = 0
-    bn_batches: int = 4  # training batches re-estimating batch-norm statistics at each point (0 = keep the original)
-    mode: str = "exact"  # "exact": measure every point; "estimate": Fisher estimate + a few exact points (fisher.py)
-    calibration_seconds: float = 90.0  # estimate mode: time for its exact calibration points (analysis/fisher.py)
-
-    def key(self, model_ref: str, data_ref: str, weights_digest: str) -> str:
-        """Cache key: the same model, data and settings give the same report."""
-        text = json.dumps({"model": model_ref, "data": data_ref, "weights": weights_digest, **asdict(self)},
-                          sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
 def weights_digest(handle: ModelHandle) -> str:
     digest = hashlib.sha256()
     for name, tensor in handle.model.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:20]
-
-
-@dataclass
-class SensitivityReport:
-    base_accuracy: float
-    layers: dict[str, dict] = field(default_factory=dict)  # layer -> {params, sparsity: {s: acc}, clusters: {k: acc}}
-    config: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -129,8 +104,9 @@ class ExactScorer:
             raise CompressionLabError(
                 f"{handle.label} has no layer a sensitivity analysis can measure (no convolution or linear "
                 "layer weights were found): load a model with Conv or Linear layers, or check the architecture")
+        task = task_for(handle, data)
         available = _available_bytes(next(handle.model.parameters()).device)
-        _check_memory(handle, data, config, available)
+        _check_memory(handle, task, data, config, available)
         self.work = handle.clone()
         self.model = self.work.model.eval()
         self.config = config
@@ -141,14 +117,11 @@ class ExactScorer:
         self._graph: fx.GraphModule | None = None
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._plan: _LayerPlan | None = None
-        self._fast_map = None
-        if handle.task == "detect":  # mAP50 on validation images held in memory
-            from complab.models.detection_metric import FastMap
-
-            self._fast_map = FastMap(data, handle.imgsz, config.val_size, config.seed)
-            self.val_images = sum(len(images) for images, _ in self._fast_map.items)
+        self._whole_score = None
+        if task.scores_whole_model:  # e.g. a detector's mAP50 on validation images its task holds in memory
+            self._whole_score, self.val_images = task.whole_model_score(config.val_size, config.seed)
             self.eval_batch = None
-            self._trace_reason = "a detector's mAP evaluation runs the Ultralytics model whole"
+            self._trace_reason = f"the {handle.kind.score_name} evaluation runs the model whole"
         else:
             loader = data.loader("val", size=config.val_size, seed=config.seed)
             images = [(x, y) for x, y in loader]
@@ -162,7 +135,7 @@ class ExactScorer:
             self._graph, self._trace_reason = _trace(model, self._val[0][0][:2])
         self.prefix_cache = prefix_cache and self._graph is not None
         self._layer_paths: dict[str, str] = {}  # layer -> "" (prefix cache) or why the whole model ran
-        self.bn_batches = _bn_batches(handle, model, data, config)
+        self.bn_batches = _bn_batches(task, model, config)
         self._norms = bn_stats.batch_norms(model) if self.bn_batches else []
         self._statistics = {m: (m.running_mean.clone(), m.running_var.clone(),
                                 None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
@@ -235,8 +208,8 @@ class ExactScorer:
     # -- evaluation and batch norm -----------------------------------------------------------------
 
     def _evaluate(self, plan: _LayerPlan | None) -> float:
-        if self._fast_map is not None:
-            return self._fast_map(self.model)["map50"]
+        if self._whole_score is not None:
+            return self._whole_score(self.model)
         correct = total = 0
         for index, (x, y) in enumerate(self._val):
             if plan is not None and plan.val_inputs is not None:
@@ -433,7 +406,7 @@ def _check_val_images(found: int, num_classes: int, asked: int) -> None:
             "anything; add images to the validation folder (DIR/val) or choose a larger data set")
 
 
-def _check_memory(handle, data, config: SensitivityConfig, available: int) -> None:
+def _check_memory(handle, task, data, config: SensitivityConfig, available: int) -> None:
     """Refuse, before starting, a model whose copy and one batch of activations would not fit the memory left."""
     weights = sum(t.numel() * t.element_size() for t in (*handle.model.parameters(), *handle.model.buffers()))
     message = ("{model} needs about {need} for a sensitivity analysis ({detail}) but only {free} of memory is "
@@ -442,7 +415,7 @@ def _check_memory(handle, data, config: SensitivityConfig, available: int) -> No
     if weights > available:
         raise CompressionLabError(message.format(model=handle.label, need=_gb(weights), free=_gb(available),
                                                  detail=f"a working copy of its weights: {_gb(weights)}"))
-    if handle.task == "detect":
+    if task.scores_whole_model:  # no validation tensors held here: its task holds its own images
         return
     shape = tuple(data.input_shape)
     device = next(handle.model.parameters()).device
@@ -457,14 +430,7 @@ def _check_memory(handle, data, config: SensitivityConfig, available: int) -> No
                    f"validation and batch-norm images {_gb(images)}"))
 
 
-def grid_weight(original: torch.Tensor, kind: str, value, seed: int = 0) -> torch.Tensor:
-    """A layer's weight at one grid point: kind "sparsity" (magnitude pruning) or "clusters" (k-means sharing)."""
-    if kind == "sparsity":
-        return original * magnitude_mask(original, float(value))
-    return quantized(original, int(value), "linear", seed)
-
-
-def analyze(handle: ModelHandle, data: DataBundle, config: SensitivityConfig = SensitivityConfig(), *,
+def analyze(handle: ModelHandle, data: DataBundle, config: SensitivityConfig = DEFAULT_CONFIG, *,
             on_progress: Callable[[str, float, dict], None] | None = None,
             cancel_requested: Callable[[], bool] | None = None,
             layers: Sequence[str] | None = None) -> SensitivityReport:
@@ -478,14 +444,11 @@ def analyze(handle: ModelHandle, data: DataBundle, config: SensitivityConfig = S
     pace so far), then `cancel_requested()`: a cancel stops within one point.
     With config.mode "estimate" most points are estimated instead (analysis/fisher.py).
     """
-    from complab.methods.context import Cancelled
-
     if config.mode == "estimate":
-        from complab.analysis.fisher import analyze_estimate
-
         if layers is not None:
             raise CompressionLabError("the estimate mode measures every layer at once: split only exact analyses")
-        return analyze_estimate(handle, data, config, on_progress=on_progress, cancel_requested=cancel_requested)
+        return analyze_estimate(handle, data, config, ExactScorer, on_progress=on_progress,
+                                cancel_requested=cancel_requested)
     scorer = ExactScorer(handle, data, config)
     chosen = scorer.layers
     if layers is not None:
@@ -569,16 +532,10 @@ def merge_reports(parts: Sequence[dict], layer_order: Sequence[str] | None = Non
     return {"base_accuracy": first["base_accuracy"], "layers": layers, "config": config}
 
 
-def _bn_batches(handle: ModelHandle, model: torch.nn.Module, data, config: SensitivityConfig) -> list[torch.Tensor]:
+def _bn_batches(task, model: torch.nn.Module, config: SensitivityConfig) -> list[torch.Tensor]:
     """The training batches (held in memory, on the model's device) that re-estimate batch norm at each point."""
     if config.bn_batches <= 0 or not bn_stats.has_batch_norm(model):
         return []
     device = next(model.parameters()).device
-    if handle.task == "detect":
-        from complab.methods.detect_train import detector_batches
-
-        batches = detector_batches(data, handle.imgsz, config.bn_batches * DETECTOR_BN_BATCH_SIZE, config.seed,
-                                   DETECTOR_BN_BATCH_SIZE)
-    else:
-        batches = list(bn_stats.training_images(data.train, BN_BATCH_SIZE, config.bn_batches, config.seed))
+    batches = task.statistics_batches(config.bn_batches, config.seed, BN_BATCH_SIZE)
     return [batch.to(device) for batch in batches if len(batch) >= 2]

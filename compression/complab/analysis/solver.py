@@ -13,9 +13,11 @@ compression/complab/analysis/estimate.py).
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 from complab.analysis.estimate import ModelStats, estimate, layer_bytes
+from complab.analysis.sensitivity_report import check_report
 
 TARGET_KINDS = ("compressed_bytes", "sparse_flops", "accuracy_drop")
 EPSILON = 1e-6  # a free move (no measured drop) still prefers the larger saving
@@ -32,8 +34,6 @@ class LayerGrid:
 def grids_from_report(report: dict) -> dict[str, LayerGrid]:
     """Per-layer grids from a SensitivityReport dict (drops clipped at zero); the report is checked first
     (check_report: a damaged one raises SensitivityReportError naming its key, never a KeyError or a NaN plan)."""
-    from complab.analysis.sensitivity_report import check_report
-
     report = check_report(report)
     base = float(report["base_accuracy"])
     grids = {}
@@ -110,8 +110,6 @@ def solve(stats: ModelStats, grids: dict[str, LayerGrid], target_kind: str, targ
     With cluster_first, every layer is at least shared at the largest k in its grid (weight sharing at
     256 values costs nothing measurable and makes the file 4x smaller), as Deep Compression does.
     """
-    import heapq
-
     if target_kind not in TARGET_KINDS:
         raise ValueError(f"target kind {target_kind!r}: use one of {TARGET_KINDS}")
     names = [name for name in grids if name in stats.layers]

@@ -11,50 +11,16 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import TensorDataset
 
+from complab.data.bundle import DataBundle
+from complab.data.digits import DIGITS_MEAN, DIGITS_SHIFT_PIXELS, DIGITS_STD, load_digits_split
 from complab.errors import DataLoadError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class DataBundle:
-    """Train/validation/test splits plus what a model needs to read them."""
-
-    ref: str
-    train: Dataset
-    val: Dataset
-    test: Dataset
-    num_classes: int
-    input_shape: tuple[int, int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    class_names: list[str] = field(default_factory=list)
-    # fine-tuning augmentation: random shifts of up to this many pixels (the digits: 2, what the demo
-    # models were trained with; other data is already at the model's input size and gets none)
-    shift_pixels: int = 0
-
-    def split(self, name: str) -> Dataset:
-        if name not in ("train", "val", "test"):
-            raise DataLoadError(f"unknown split {name!r}: use train, val or test")
-        return getattr(self, name)
-
-    def subset(self, name: str, size: int | None, seed: int = 0) -> Dataset:
-        """The first `size` items of a seeded permutation of a split (the whole split when None)."""
-        data = self.split(name)
-        if size is None or size >= len(data):
-            return data
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:size]
-        return Subset(data, order.tolist())
-
-    def loader(self, name: str, batch_size: int = 256, size: int | None = None, seed: int = 0) -> DataLoader:
-        return DataLoader(self.subset(name, size, seed), batch_size=batch_size, shuffle=False)
 
 
 def load_data(ref: str, input_size: int | None = None, mean: tuple[float, ...] | None = None,
@@ -62,8 +28,6 @@ def load_data(ref: str, input_size: int | None = None, mean: tuple[float, ...] |
     """Build a DataBundle from a reference string (see the module docstring)."""
     kind, _, arg = ref.partition(":")
     if kind == "digits":
-        from complab.data.digits import DIGITS_MEAN, DIGITS_SHIFT_PIXELS, DIGITS_STD, load_digits_split
-
         size = input_size or 28
         splits = load_digits_split(size)
         return DataBundle(
@@ -87,7 +51,7 @@ def load_data(ref: str, input_size: int | None = None, mean: tuple[float, ...] |
                                 f"{'class folders' if kind == 'imagefolder' else 'CIFAR batches'}")
         if not folder.is_dir():
             raise DataLoadError(f"dataset folder {folder} does not exist: check the path after '{kind}:'")
-        from complab.data import folders
+        from complab.data import folders  # (torchvision: imported when a folder of images is opened)
 
         if kind == "imagefolder":
             return folders.load_imagefolder(folder, input_size or 224, mean or IMAGENET_MEAN,

@@ -21,13 +21,18 @@ import atexit
 import hashlib
 import json
 import os
+import random
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
+from complab.data import walk
+from complab.data.shapes import ShapesConfig, write_dataset
 from complab.errors import DataLoadError, first_line
-from complab.paths import ASSETS, data_home
+from complab.paths import ASSETS, data_home, describe_os_error
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
@@ -81,15 +86,13 @@ class DetectionData:
     def val_images(self, limit: int | None = None) -> list[Path]:
         images = []
         for path in self.val_paths:
-            images += _images(path)
+            images += image_files(path)
             if limit is not None and len(images) >= limit:
                 break
         return images[:limit]
 
     def val_subset(self, size: int | None, seed: int = 0) -> list[Path]:
         """A seeded sample of `size` validation images, in file order (all of them when None or larger)."""
-        import random
-
         images = self.val_images()
         if size is not None and size < len(images):
             images = sorted(random.Random(seed).sample(images, size))
@@ -110,8 +113,6 @@ def _checked_dir() -> Path:
 
 def write_checked_yaml(checked: dict) -> Path:
     """Write the checked values (check_dataset_yaml's) as the yaml Ultralytics reads; returns its path."""
-    import yaml
-
     text = yaml.safe_dump(checked, sort_keys=False, allow_unicode=True)
     path = _checked_dir() / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
     if not path.is_file():
@@ -121,11 +122,9 @@ def write_checked_yaml(checked: dict) -> Path:
     return path
 
 
-def _images(path: Path) -> list[Path]:
+def image_files(path: Path) -> list[Path]:
     """The images of a split entry: an image-list file's lines, or a folder's image files (walked in bounded
     time, a symlink cycle refused: complab.data.walk)."""
-    from complab.data import walk
-
     if path.is_file():  # an image-list file
         if path.stat().st_size > MAX_LIST_BYTES:
             raise DataLoadError(f"image list {path} is larger than {MAX_LIST_BYTES >> 20} MB: split it or list fewer "
@@ -146,8 +145,6 @@ def _images(path: Path) -> list[Path]:
 
 def shapes_dataset(folder: Path | None = None) -> Path:
     """Write (once) the demo detector's synthetic dataset; returns its data.yaml."""
-    from complab.data.shapes import ShapesConfig, write_dataset
-
     card = json.loads((ASSETS / "detector_card.json").read_text())
     generator = dict(card["generator"])
     train, val = generator.pop("train"), generator.pop("val")
@@ -159,16 +156,12 @@ def shapes_dataset(folder: Path | None = None) -> Path:
     try:
         return write_dataset(folder, train, val, ShapesConfig(**generator))
     except OSError as exc:
-        from complab.paths import describe_os_error
-
         problem = describe_os_error(exc, exc.filename or folder)
         raise DataLoadError(f"cannot write the demo detection dataset: {problem} (or set COMPRESSION_LAB_HOME to a "
                             "writable folder)") from None
 
 
 def _read_yaml(path: Path) -> dict:
-    import yaml
-
     try:
         if path.stat().st_size > MAX_YAML_BYTES:
             raise DataLoadError(f"dataset yaml {path} is larger than {MAX_YAML_BYTES >> 10} KB, more than a dataset "
@@ -272,7 +265,7 @@ def check_dataset_yaml(path: str | Path) -> dict:
                 raise DataLoadError(f"the '{key}' images of {path.name} are not at {where}: Compression Lab never "
                                     "downloads datasets; put the images there or fix the yaml")
             try:
-                found = _images(where)
+                found = image_files(where)
             except OSError as exc:
                 raise DataLoadError(f"the '{key}' images of {path.name} at {where} cannot be read "
                                     f"({exc.strerror or type(exc).__name__}): check the folder") from None

@@ -20,7 +20,8 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from complab.data import DataBundle, walk
+from complab.data import walk
+from complab.data.bundle import DataBundle
 from complab.data.walk import FolderWalk
 from complab.errors import DataLoadError, first_line
 

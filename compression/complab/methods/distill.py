@@ -11,14 +11,15 @@ weights that are exactly zero kept at zero (a pruned model stays pruned).
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from complab.errors import PlanError
 from complab.methods.context import StepContext, StepResult
-from complab.methods.finetune import LossFn, frozen_copy
+from complab.methods.finetune import kd_loss, make_kd_loss  # noqa: F401 - the loss (in finetune.py), named here too
+from complab.methods.prune import apply_masks
 from complab.methods.registry import handler
+from complab.metrics import weight_layers
+from complab.models.params import bake
 from complab.plan import DistillStep
 
 # its own random stream (data order) for the distillation epochs, apart from the plan's base seed that
@@ -26,40 +27,10 @@ from complab.plan import DistillStep
 DISTILL_FINETUNE_SEED = 7
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-            temperature: float, alpha: float) -> torch.Tensor:
-    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy with the labels."""
-    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1), F.log_softmax(teacher_logits / temperature, 1),
-                    reduction="batchmean", log_target=True)
-    hard = F.cross_entropy(student_logits, labels)
-    return alpha * temperature ** 2 * soft + (1.0 - alpha) * hard
-
-
-def make_kd_loss(teacher: nn.Module, temperature: float, alpha: float) -> LossFn:
-    """A loss_fn for finetune.train: the frozen teacher's logits on the same (augmented) images."""
-    teacher = frozen_copy(teacher)
-
-    def loss_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        device = images.device
-        if next(teacher.parameters()).device != device:
-            teacher.to(device)
-        with torch.no_grad():
-            teacher_logits = teacher(images)
-        return kd_loss(logits, teacher_logits, labels, temperature, alpha)
-
-    return loss_fn
-
-
 def use_teacher(ctx: StepContext, step: DistillStep, teacher: nn.Module) -> None:
-    """Make every later fine-tuning in `ctx` distil from `teacher` (the original model)."""
-    if ctx.trainer is not None:  # a task with its own training loop (a detector) distils its own way
-        if ctx.enable_distillation is None:
-            raise PlanError("distill: this model's training loop has no distillation; remove the distill step")
-        ctx.enable_distillation(teacher, step.temperature, step.alpha)
-    else:
-        ctx.loss_fn = make_kd_loss(teacher, step.temperature, step.alpha)
-    ctx.teacher = teacher
-    ctx.distilling = True
+    """Make every later fine-tuning in `ctx` distil from `teacher` (the original model): the task's training
+    loop distils its own way (a classifier: the loss above; a detector: methods/detect_train.py)."""
+    ctx.task.distil_from(teacher, step.temperature, step.alpha)
 
 
 @handler(DistillStep)
@@ -67,13 +38,10 @@ def run(model: nn.Module, step: DistillStep, ctx: StepContext) -> StepResult:
     """Fine-tune `model` with the KD loss for `step.epochs`, keeping zero weights at zero."""
     if ctx.teacher is None:
         raise PlanError("distill: no teacher model was given: run the plan through complab.pipeline.compress")
-    if not ctx.distilling:
+    if not ctx.task.distilling:
         use_teacher(ctx, step, ctx.teacher)
     if step.epochs <= 0:
         return StepResult({"temperature": step.temperature, "alpha": step.alpha, "epochs": 0})
-    from complab.methods.prune import apply_masks
-    from complab.metrics import weight_layers
-    from complab.models.params import bake
 
     masks = {}
     for layer, param in weight_layers(model).items():  # keep a pruned model pruned through the extra epochs

@@ -114,3 +114,27 @@ def train(
         losses.append(running / max(1, count))
     model.eval()
     return losses
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+            temperature: float, alpha: float) -> torch.Tensor:
+    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy with the labels."""
+    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1), F.log_softmax(teacher_logits / temperature, 1),
+                    reduction="batchmean", log_target=True)
+    hard = F.cross_entropy(student_logits, labels)
+    return alpha * temperature ** 2 * soft + (1.0 - alpha) * hard
+
+
+def make_kd_loss(teacher: nn.Module, temperature: float, alpha: float) -> LossFn:
+    """A loss_fn for finetune.train: the frozen teacher's logits on the same (augmented) images."""
+    teacher = frozen_copy(teacher)
+
+    def loss_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        device = images.device
+        if next(teacher.parameters()).device != device:
+            teacher.to(device)
+        with torch.no_grad():
+            teacher_logits = teacher(images)
+        return kd_loss(logits, teacher_logits, labels, temperature, alpha)
+
+    return loss_fn

@@ -20,7 +20,7 @@ from complab.steps.fold_bn import FoldBNStep
 
 @handler(FoldBNStep)
 def run(model: nn.Module, step: FoldBNStep, ctx: StepContext) -> StepResult:
-    if ctx.task != "detect":
+    if not ctx.task.kind.folds_batch_norm:
         raise PlanError("fold_bn: folding batch norm is implemented for YOLO detectors; remove the step for this "
                         "model")
     from complab.models.detector import fuse

@@ -1,67 +1,26 @@
-"""Save a compressed classifier as a compact file and load it back into a working model (no unpickling)."""
+"""A classifier's compact file decoded back into a working model (no unpickling), and the meta checks the decoders
+share; the writer is models/compact_writer.py, models/tasks.py opens a file of any task, detector.py a detector's."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from complab import __version__
 from complab.errors import FormatError, ModelLoadError, first_line
 from complab.models.channel_replay import replay
-from complab.models.handle import ModelHandle, build_architecture, build_on_meta, largest_activation, load_state
-from complab.storage import read_file, write_file
+from complab.models.compact_writer import Products, write_compact  # noqa: F401 - the writer, named here too
+from complab.models.handle import (
+    CLASSIFY,
+    ModelHandle,
+    build_architecture,
+    build_on_meta,
+    largest_activation,
+    load_state,
+)
+from complab.storage import read_file
 from complab.storage.codec import decode_allowance
-
-
-@dataclass
-class Products:
-    """What compression made besides the weights that the file must store to rebuild the model.
-
-    Step handlers return these in their StepResult (methods/context.py); compress collects them and hands
-    them to write_compact. Nothing rides on attributes of the model.
-    """
-
-    # Torch-Pruning replay records [module name, out-channels?, [channel indices]], in the order applied
-    channel_history: list = field(default_factory=list)
-    # weight tensor name -> codebooks + codes of a vector-quantized layer (stored as "vq" sections)
-    vq_structures: dict = field(default_factory=dict)
-    folded_bn: bool = False  # a detector's batch norms were folded into its convolutions
-    # a detector's C2f modules replaced by split-free C2fV2 before channel pruning (models/yolo_prunable.py):
-    # the decoder repeats the replacement before it replays channel_history
-    c2f_replaced: list = field(default_factory=list)
-
-    def merge(self, other: Products) -> None:
-        self.channel_history.extend(other.channel_history)
-        self.c2f_replaced.extend(other.c2f_replaced)
-        self.vq_structures.update(other.vq_structures)
-        self.folded_bn = self.folded_bn or other.folded_bn
-
-
-def write_compact(handle, path: str | Path, extra: dict | None = None, products: Products | None = None) -> int:
-    """Encode a handle's model (classifier or detector) into our compact format; returns the bytes written.
-
-    The meta records the producer, the handle's task and what rebuilds it (`handle.compact_meta()`), the
-    channel-pruning record, then `extra` (the plan, the data reference).
-    """
-    products = products or Products()
-    meta = {"producer": f"complab {__version__}", "task": handle.task, **handle.compact_meta()}
-    history = list(handle.channel_history) + list(products.channel_history)
-    if history:  # channels were removed: the decoder replays this record on the built architecture
-        meta["channel_pruning"] = history
-    replaced = list(getattr(handle, "c2f_replaced", [])) + list(products.c2f_replaced)  # detectors only
-    if replaced:
-        meta["c2f_replaced"] = replaced
-    if products.folded_bn:
-        meta["fused"] = True
-    meta.update(extra or {})
-    # x + 0.0 == x for every x except -0.0, which becomes +0.0: pruned weights (w * 0) keep the sign bit,
-    # and the bit-exact codec would otherwise have to store every negative zero as a non-zero
-    state = {k: (v.detach().cpu() + 0.0 if v.is_floating_point() else v.detach().cpu())
-             for k, v in handle.model.state_dict().items()}
-    return write_file(path, state, meta, handle.layer_kinds(), structures=products.vq_structures or None)
 
 
 def save_compressed(handle: ModelHandle, path: str | Path, extra: dict | None = None,
@@ -75,20 +34,6 @@ def read_existing(path: Path) -> tuple[dict, dict]:
     if not path.is_file():
         raise FormatError(f"compressed file {path} does not exist: check the path")
     return read_file(path)
-
-
-def read_compact(path: str | Path, base_file: str | Path | None = None, trust: bool = False):
-    """Decode a compact file of either task into a working handle (our own parser; nothing is unpickled).
-
-    A TorchScript model's file is rebuilt from `base_file`, code that loads only with `trust` (the person's
-    --trust: the compact file's meta never grants it)."""
-    path = Path(path)
-    meta, state = read_existing(path)
-    if meta.get("task") == "detect":
-        from complab.models.detector import handle_from_decoded_detector
-
-        return handle_from_decoded_detector(meta, state, path.name)
-    return handle_from_decoded(meta, state, base_file, path.name, trust, path.stat().st_size)
 
 
 # What a file's meta may say (checked before anything is built): an input of at most MAX_INPUT_CHANNELS
@@ -268,7 +213,7 @@ def handle_from_decoded(meta: dict, state: dict[str, torch.Tensor], base_file: s
         model = _materialize(model, source)
     load_state(model, state)
     return ModelHandle(model.eval(), architecture, checked["input_shape"], checked["num_classes"],
-                       checked["label"], checked["mean"], checked["std"], {"meta": meta},
+                       checked["label"], checked["mean"], checked["std"], meta,
                        channel_history=list(history or []))
 
 
@@ -276,7 +221,7 @@ def load_compressed(path: str | Path, base_file: str | Path | None = None, trust
     """Decode a compact classifier file into a working model (our own parser; nothing is unpickled)."""
     path = Path(path)
     meta, state = read_existing(path)
-    if meta.get("task") == "detect":
-        raise FormatError(f"{path.name} holds a detector, not a classifier: load it with "
+    if meta.get("task", CLASSIFY.name) != CLASSIFY.name:
+        raise FormatError(f"{path.name} holds a {str(meta.get('task'))[:20]} model, not a classifier: load it with "
                           "complab.sources.load_file")
     return handle_from_decoded(meta, state, base_file, path.name, trust, path.stat().st_size)

@@ -16,7 +16,9 @@ score directly, with no later layer to absorb the error.
 from __future__ import annotations
 
 import copy
+import json
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -24,8 +26,16 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from complab.errors import ModelLoadError, first_line
+from complab.errors import FormatError, ModelLoadError, first_line
+from complab.models.channel_replay import replay
+from complab.models.compact import check_channel_history, read_existing
+from complab.models.compact_writer import write_compact
+from complab.models.handle import sizes
 from complab.models.params import bake
+from complab.models.protocol import TaskKind
+from complab.models.yolo_arch import MAX_CLASSES, MAX_ROWS, check_yaml, count_parameters
+from complab.models.yolo_env import offline_ultralytics, quiet_ultralytics
+from complab.models.yolo_prunable import make_prunable
 from complab.paths import ASSETS
 
 DEMO_DETECTOR = ASSETS / "detector.pt"
@@ -34,23 +44,35 @@ REPLAY_SIDE = 128  # the zero image a channel-pruning record is replayed on (the
 HEAD_SKIP = re.compile(r".*\.(cv2|cv3)\.\d+\.2$|.*\.dfl\.conv$|.*\.one2one_cv[23]\.\d+\.2$")
 
 
+# A detector has ~60 layers and each point is an mAP evaluation: a coarser sensitivity grid on fewer images
+ANALYSIS_DEFAULTS = {"sparsities": [0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95], "n_clusters": [4, 8, 16, 32, 64],
+                     "val_size": 64, "seed": 0, "bn_batches": 2}
+DETECT = TaskKind(name="detect", score_name="mAP50", score_label="mAP50", score_short="mAP50",
+                  score_counts_images=False,
+                  finds_boxes=True, chooses_split=False, normalizes_input=False, folds_batch_norm=True,
+                  groups_channels_by_block=True, analysis_defaults=ANALYSIS_DEFAULTS)
+
+
 @dataclass
 class DetectorHandle:
-    task: ClassVar[str] = "detect"
+    """A loaded YOLO detector, the record that rebuilds it and its image size (models/protocol.Handle)."""
+
+    kind: ClassVar[TaskKind] = DETECT
+    task: ClassVar[str] = DETECT.name
+    score_name: ClassVar[str] = DETECT.score_name  # reported as "accuracy": the score every page plots
     model: nn.Module  # ultralytics DetectionModel (fp32, eval)
     architecture: dict  # {"kind": "ultralytics", "yaml": {...}, "names": {...}}
     imgsz: int
     label: str
-    extra: dict = field(default_factory=dict)
+    file_meta: dict | None = None  # the compact file's meta this model was decoded from (None: loaded from source)
     # channel-pruning replay records already applied to this model (a decoded channel-pruned file)
     channel_history: list = field(default_factory=list)
     # C2f modules already replaced by C2fV2 (models/yolo_prunable.py) so channels could be pruned
     c2f_replaced: list = field(default_factory=list)
+    source_file: str | None = None  # the Ultralytics checkpoint it was read from
 
     def save(self, path, extra: dict | None = None, products=None) -> int:
-        """Write this model as a compact file (the one writer, models/compact.write_compact); bytes written."""
-        from complab.models.compact import write_compact
-
+        """Write this model as a compact file (the one writer, models/compact_writer.write_compact); bytes written."""
         return write_compact(self, path, extra, products)
 
     def compact_meta(self) -> dict:
@@ -58,16 +80,12 @@ class DetectorHandle:
         return {"architecture": self.architecture, "imgsz": self.imgsz, "label": self.label,
                 "fused": is_fused(self.model)}
 
-    score_name: ClassVar[str] = "mAP50"  # reported as "accuracy": the score every page plots
-
     def score(self, model: nn.Module, data, split: str = "val") -> float:
         """mAP50 of `model` (this one or a compressed copy of it) on the dataset's validation images."""
         return evaluate_model(model, self.imgsz, data.yaml_path)["map50"]
 
     def measure(self, data, split: str = "val", latency: bool = True) -> dict:
         """mAP50 (as `accuracy`), mAP50-95, P, R, parameters, FLOPs, fp32 bytes and CPU latency."""
-        from complab.models.handle import sizes
-
         scores = evaluate_model(self.model, self.imgsz, data.yaml_path)
         return {"accuracy": scores["map50"], **scores, **sizes(self, latency)}
 
@@ -97,6 +115,7 @@ class DetectorHandle:
         return layers
 
     def skipped_layers(self) -> list[str]:
+        """The Detect head's prediction and DFL convolutions (HEAD_SKIP): kept out of compression."""
         return [name[: -len(".weight")] for name, p in self.model.named_parameters()
                 if name.endswith(".weight") and p.dim() >= 2 and HEAD_SKIP.fullmatch(name[: -len(".weight")])]
 
@@ -105,7 +124,16 @@ class DetectorHandle:
 
     def clone(self) -> DetectorHandle:
         return DetectorHandle(copy.deepcopy(self.model), copy.deepcopy(self.architecture), self.imgsz, self.label,
-                              dict(self.extra), list(self.channel_history), list(self.c2f_replaced))
+                              self.file_meta, list(self.channel_history), list(self.c2f_replaced), self.source_file)
+
+    def export_graph(self) -> tuple[nn.Module, torch.Tensor, str, str]:
+        """The model behind `DetectorPredictions` (its predictions tensor only): input "images", output
+        "predictions"."""
+        example = torch.zeros((1, *self.input_shape))
+        module = DetectorPredictions(self.model.eval().cpu())
+        with torch.no_grad():  # a dry run, as Ultralytics' exporter does: the head caches its anchor grid for this
+            module(example)  # image size, so the trace holds it as a constant instead of tracing make_anchors
+        return module, example, "images", "predictions"
 
 
 def untrusted(path: str | Path) -> ModelLoadError:
@@ -117,8 +145,6 @@ def untrusted(path: str | Path) -> ModelLoadError:
 
 def load_detector(path: str | Path | None = None, trust: bool = False, imgsz: int | None = None) -> DetectorHandle:
     """The demo detector (path None) or a user's Ultralytics .pt file, which needs trust=True."""
-    from complab.models.yolo_env import offline_ultralytics
-
     offline_ultralytics()
     demo = path is None
     path = DEMO_DETECTOR if demo else Path(path).expanduser()
@@ -127,7 +153,7 @@ def load_detector(path: str | Path | None = None, trust: bool = False, imgsz: in
                              + (" or run `python -m complab.demo.train_detector`" if demo else ""))
     if not demo and not trust:
         raise untrusted(path)
-    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+    from ultralytics.nn.tasks import DetectionModel, load_checkpoint  # (optional, heavy: when a detector loads)
 
     try:
         model, _ = load_checkpoint(str(path), device="cpu")
@@ -140,12 +166,10 @@ def load_detector(path: str | Path | None = None, trust: bool = False, imgsz: in
     size = imgsz or int(getattr(model, "args", {}).get("imgsz", 640) if isinstance(getattr(model, "args", None),
                                                                                     dict) else 640)
     if demo and imgsz is None:
-        import json
-
         size = json.loads((ASSETS / "detector_card.json").read_text())["imgsz"]
     architecture = {"kind": "ultralytics", "yaml": copy.deepcopy(model.yaml), "names": dict(model.names)}
     return DetectorHandle(model, architecture, size, "demo:detector" if demo else path.name,
-                          {"source": str(path), "trusted": True})
+                          source_file=str(path))
 
 
 def build_detector(architecture: dict, max_elements: int | None = None) -> nn.Module:
@@ -155,9 +179,6 @@ def build_detector(architecture: dict, max_elements: int | None = None) -> nn.Mo
     Ultralytics (which eval()s parts of it) sees it. With `max_elements`, the layers are first built on
     the meta device and refused when they hold more values than that (what the file's tensors describe).
     """
-    from complab.models.yolo_arch import check_yaml, count_parameters
-    from complab.models.yolo_env import offline_ultralytics, quiet_ultralytics
-
     if not isinstance(architecture, dict) or architecture.get("kind", "ultralytics") != "ultralytics":
         raise ModelLoadError("the file records no Ultralytics detector architecture: it was not written for a detector")
     yaml = check_yaml(architecture.get("yaml"))
@@ -170,7 +191,7 @@ def build_detector(architecture: dict, max_elements: int | None = None) -> nn.Mo
             raise ModelLoadError(f"the file's detector architecture needs {needed:,} values but the file holds "
                                  f"{max_elements:,}: the file is damaged or crafted; re-compress the original model")
     offline_ultralytics()
-    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.nn.tasks import DetectionModel  # (optional, heavy: when a detector is built)
 
     try:
         with quiet_ultralytics():
@@ -185,8 +206,6 @@ def build_detector(architecture: dict, max_elements: int | None = None) -> nn.Mo
 
 def _check_names(names) -> dict[int, str]:
     """Class id -> name from a file's record: at most yolo_arch.MAX_CLASSES short strings keyed by integers."""
-    from complab.models.yolo_arch import MAX_CLASSES
-
     if not isinstance(names, dict) or len(names) > MAX_CLASSES:
         raise ModelLoadError("the file's class names are not a mapping of class id to name: the file is damaged")
     checked = {}
@@ -211,8 +230,6 @@ def fuse(model: nn.Module) -> nn.Module:
     detector recovers far less (measured: mAP50 0.17 against 0.98 unfused, 70% pruned, 2 epochs),
     while the shared values' fine-tuning after folding keeps the same mAP.
     """
-    from complab.models.yolo_env import quiet_ultralytics
-
     with quiet_ultralytics():
         model.fuse(verbose=False)
     return model
@@ -220,15 +237,11 @@ def fuse(model: nn.Module) -> nn.Module:
 
 def save_detector(handle: DetectorHandle, path: str | Path, extra: dict | None = None, products=None) -> int:
     """Write the detector in our compact format (tensors + the yaml that rebuilds it): write_compact."""
-    from complab.models.compact import write_compact
-
     return write_compact(handle, path, extra, products)
 
 
 def load_detector_file(path: str | Path) -> DetectorHandle:
     """Decode a compact detector file into a working DetectionModel (nothing is unpickled)."""
-    from complab.models.compact import read_existing
-
     path = Path(path)
     meta, state = read_existing(path)
     return handle_from_decoded_detector(meta, state, path.name)
@@ -236,13 +249,7 @@ def load_detector_file(path: str | Path) -> DetectorHandle:
 
 def handle_from_decoded_detector(meta: dict, state: dict, source: str = "file") -> DetectorHandle:
     """Rebuild the recorded detector and load the decoded tensors into it."""
-    from complab.errors import FormatError
-    from complab.models.channel_replay import replay
-    from complab.models.compact import check_channel_history
-    from complab.models.yolo_arch import MAX_ROWS
-    from complab.models.yolo_prunable import make_prunable
-
-    if meta.get("task") != "detect":
+    if meta.get("task") != DETECT.name:
         raise FormatError(f"{source} holds a {meta.get('task', 'unknown')} model, not a detector")
     history = check_channel_history(meta.get("channel_pruning"), source)
     replaced = meta.get("c2f_replaced") or []
@@ -271,7 +278,7 @@ def handle_from_decoded_detector(meta: dict, state: dict, source: str = "file") 
     if isinstance(imgsz, bool) or not isinstance(imgsz, int) or not 32 <= imgsz <= 8192:
         raise FormatError(f"{source} records an image size of {str(imgsz)[:20]}: the file is damaged")
     return DetectorHandle(model.eval(), meta["architecture"], imgsz, str(meta.get("label", source))[:200],
-                          {"meta": meta}, list(history or []), list(replaced))
+                          meta, list(history or []), list(replaced))
 
 
 def evaluate_detector(handle: DetectorHandle, data_yaml: str | Path, batch: int = 32,
@@ -283,12 +290,8 @@ def evaluate_detector(handle: DetectorHandle, data_yaml: str | Path, batch: int 
 def evaluate_model(model: nn.Module, imgsz: int, data_yaml: str | Path, batch: int = 32,
                    workdir: str | Path | None = None) -> dict[str, float]:
     """Validate a DetectionModel (a deep copy of it: the validator fuses conv and batch norm in place)."""
-    import tempfile
-
-    from complab.models.yolo_env import offline_ultralytics, quiet_ultralytics
-
     offline_ultralytics()
-    from ultralytics.models.yolo.detect import DetectionValidator
+    from ultralytics.models.yolo.detect import DetectionValidator  # (optional, heavy)
 
     work = copy.deepcopy(model).float().eval()
     bake(work)  # masks / shared values become plain weights: fusing needs plain conv parameters
@@ -303,3 +306,26 @@ def evaluate_model(model: nn.Module, imgsz: int, data_yaml: str | Path, batch: i
         stats = validator(model=work)
     return {"map50": float(stats["metrics/mAP50(B)"]), "map50_95": float(stats["metrics/mAP50-95(B)"]),
             "precision": float(stats["metrics/precision(B)"]), "recall": float(stats["metrics/recall(B)"])}
+
+
+class DetectorPredictions(torch.nn.Module):
+    """A copy of a detector, batch norm folded, whose Detect head returns only its decoded predictions,
+    [batch, 4 + classes, anchors], not the raw head outputs beside them: one tensor, which TorchScript and ONNX
+    can both name and give a dynamic batch (the tracer cannot type the head's usual (tensor, dict of lists)
+    output). The head's `export` flag is Ultralytics' own switch for this and changes nothing else in a Detect
+    head's forward; the copy leaves the handle's model as it was."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        offline_ultralytics()  # before ultralytics is imported: nothing it does may reach the network
+        from ultralytics.nn.modules.head import Detect  # (optional, heavy: imported when a detector is exported)
+
+        # batch norm folded into the convolutions, as Ultralytics runs and exports a detector (the ONNX exporter
+        # folds it too): a smaller, faster TorchScript archive with the same predictions up to float rounding
+        self.model = fuse(copy.deepcopy(model).eval())
+        for module in self.model.modules():
+            if isinstance(module, Detect):
+                module.export = True
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)

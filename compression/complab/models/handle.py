@@ -29,17 +29,28 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from complab import metrics
+from complab.data.digits import DIGITS_MEAN, DIGITS_STD
 from complab.errors import ModelLoadError, first_line
 from complab.metrics import weight_layers
+from complab.models.compact_writer import write_compact
+from complab.models.protocol import TaskKind
 from complab.models.zoo import DEMO_MODELS
 from complab.paths import ASSETS
+
+CLASSIFY = TaskKind(name="classify", score_name="accuracy", score_label="top-1 accuracy", score_short="top-1",
+                    score_counts_images=True,
+                    finds_boxes=False, chooses_split=True, normalizes_input=True, folds_batch_norm=False,
+                    groups_channels_by_block=False)
 
 
 @dataclass
 class ModelHandle:
-    """A loaded classifier, the record that rebuilds its architecture, and the input it expects."""
+    """A loaded classifier, the record that rebuilds its architecture and the input it expects (protocol.Handle)."""
 
-    task: ClassVar[str] = "classify"  # what pipeline, sensitivity and pages ask instead of testing types
+    kind: ClassVar[TaskKind] = CLASSIFY  # what pipeline, sensitivity and pages ask instead of testing types
+    task: ClassVar[str] = CLASSIFY.name
+    score_name: ClassVar[str] = CLASSIFY.score_name  # the score every page plots (top-1 on the evaluation split)
     model: nn.Module
     architecture: dict
     input_shape: tuple[int, int, int]
@@ -47,14 +58,14 @@ class ModelHandle:
     label: str
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    extra: dict = field(default_factory=dict)
+    file_meta: dict | None = None  # the compact file's meta this model was decoded from (None: loaded from source)
     # channel-pruning replay records already applied to this model (a decoded channel-pruned file)
     channel_history: list = field(default_factory=list)
+    c2f_replaced: list = field(default_factory=list)  # (a detector's; a classifier replaces no module)
+    source_file: str | None = None  # the TorchScript archive it was read from
 
     def save(self, path, extra: dict | None = None, products=None) -> int:
-        """Write this model as a compact file (the one writer, models/compact.write_compact); bytes written."""
-        from complab.models.compact import write_compact
-
+        """Write this model as a compact file (the one writer, models/compact_writer.write_compact); bytes written."""
         return write_compact(self, path, extra, products)
 
     def compact_meta(self) -> dict:
@@ -63,12 +74,8 @@ class ModelHandle:
                 "num_classes": self.num_classes, "label": self.label,
                 "mean": list(self.mean) if self.mean else None, "std": list(self.std) if self.std else None}
 
-    score_name: ClassVar[str] = "accuracy"  # the score every page plots (top-1 on the evaluation split)
-
     def score(self, model: nn.Module, data, split: str = "test") -> float:
         """Top-1 accuracy of `model` (this one or a compressed copy of it) on a split of `data`."""
-        from complab import metrics
-
         return metrics.accuracy(model, data.loader(split))
 
     def measure(self, data, split: str = "test", latency: bool = True) -> dict:
@@ -79,6 +86,10 @@ class ModelHandle:
         """Layer name -> weight (convolutions and linear layers, in definition order)."""
         return weight_layers(self.model)
 
+    def skipped_layers(self) -> list[str]:
+        """A classifier keeps no weight layer out of compression."""
+        return []
+
     def layer_kinds(self) -> dict[str, str]:
         """Weight tensor name -> "conv" or "fc" (the compact file's position field width depends on it)."""
         return {f"{name}.weight": ("conv" if w.dim() > 2 else "fc") for name, w in self.prunable_layers().items()}
@@ -86,14 +97,16 @@ class ModelHandle:
     def clone(self) -> ModelHandle:
         """A deep copy: models cached by the app are shared, so never change one in place."""
         return ModelHandle(copy.deepcopy(self.model), copy.deepcopy(self.architecture), self.input_shape,
-                           self.num_classes, self.label, self.mean, self.std, dict(self.extra),
-                           list(self.channel_history))
+                           self.num_classes, self.label, self.mean, self.std, self.file_meta,
+                           list(self.channel_history), list(self.c2f_replaced), self.source_file)
+
+    def export_graph(self) -> tuple[nn.Module, torch.Tensor, str, str]:
+        """The model as it is, a zero example at its input shape: input "input", output "logits"."""
+        return self.model.eval().cpu(), torch.zeros((1, *self.input_shape)), "input", "logits"
 
 
 def sizes(handle, latency: bool = True) -> dict:
     """Parameters, FLOPs, fp32 bytes, prunable weights kept and (optionally) CPU latency: any model handle."""
-    from complab import metrics
-
     out = dict(metrics.model_summary(handle.model, handle.input_shape))
     prunable = handle.prunable_layers()
     out["prunable_weights"] = sum(w.numel() for w in prunable.values())
@@ -373,8 +386,6 @@ def load_model(ref: str, weights: str | Path | None = None, input_size: int | No
         if not path.is_file():
             raise ModelLoadError(f"demo weights {path} are missing: run `python -m complab.demo.train`")
         _load_into(model, read_state_dict(path), path.name)
-        from complab.data.digits import DIGITS_MEAN, DIGITS_STD
-
         return ModelHandle(model.eval(), architecture, spec.input_shape, 10, ref, DIGITS_MEAN, DIGITS_STD)
     if kind == "torchvision":
         if weights is None:
@@ -415,7 +426,7 @@ def load_model(ref: str, weights: str | Path | None = None, input_size: int | No
         if out is None:
             raise ModelLoadError(f"TorchScript model {path.name} failed on 3- and 1-channel {size}x{size} inputs: "
                                  f"set --input-size to what it expects ({error})")
-        return ModelHandle(model.eval(), architecture, shape, int(out.shape[-1]), ref, extra={"base_file": str(path)})
+        return ModelHandle(model.eval(), architecture, shape, int(out.shape[-1]), ref, source_file=str(path))
     raise ModelLoadError(f"unknown model reference {ref!r}: use demo:NAME, torchvision:ARCH or torchscript:FILE")
 
 

@@ -19,6 +19,7 @@ import math
 import re
 
 from complab.errors import ModelLoadError, first_line
+from complab.models.yolo_env import offline_ultralytics, quiet_ultralytics
 
 # The module names the supported detection families use (collected from Ultralytics' own model yamls).
 # Deliberately absent: TorchVision (builds torchvision models and may download weights), the
@@ -203,8 +204,6 @@ def count_parameters(yaml: dict, channels: int, nc: int) -> int:
     factor of 64, say) is refused here, before that real forward pass could allocate them.
     """
     import torch
-
-    from complab.models.yolo_env import offline_ultralytics, quiet_ultralytics
 
     offline_ultralytics()
     from ultralytics.nn.tasks import parse_model

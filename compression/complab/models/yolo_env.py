@@ -12,12 +12,12 @@ import os
 import shutil
 from pathlib import Path
 
+from complab.paths import ultralytics_config_dir
+
 _DONE = False
 
 
 def config_dir() -> Path:
-    from complab.paths import ultralytics_config_dir
-
     return ultralytics_config_dir()
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from complab.errors import PlanError
+from complab.models.yolo_env import offline_ultralytics
 
 # the attributes Ultralytics' parse_model puts on each top-level layer and DetectionModel's forward reads
 # (f: where the input comes from, i: the layer's index, type/np: what model.info prints)
@@ -130,8 +131,6 @@ def make_prunable(model: nn.Module) -> list[str]:
     Returns the replaced modules' names (e.g. "model.2"), in model order: what a decoder needs to repeat
     the replacement on a freshly built architecture before a channel-pruning record is replayed.
     """
-    from complab.models.yolo_env import offline_ultralytics
-
     offline_ultralytics()
     replaced = [name for name, module in model.named_modules() if _splits_like_c2f(module)]
     for name in replaced:

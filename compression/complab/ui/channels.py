@@ -104,7 +104,7 @@ def channel_section(handle, key: str, lazy: bool = False) -> ChannelChoice:
     lazy (a big model): the section starts behind a toggle, since tracing the channel groups takes seconds
     (4 s for a ResNet-50) and its 37 sliders slow every redraw; switched off, the plan has no channels step.
     A detector's groups are drawn under the YOLO block they belong to ("model.2 · C2f")."""
-    detector = handle.task == "detect"
+    detector = handle.kind.groups_channels_by_block
     prefix = f"chan::{key}::"
     if lazy and not st.toggle("Channel pruning (structured: remove whole channels)", key=prefix + "show",
                               help="traces the model's channel groups (a few seconds on a large model) and shows "

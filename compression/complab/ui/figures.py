@@ -7,6 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from complab.analysis.pareto import pareto_mask, sweep_curve
+from complab.models.tasks import finds_boxes
 
 
 def _measured(row: dict, axis: str) -> set[str] | None:
@@ -99,7 +100,7 @@ def pareto_figure(table: pd.DataFrame, cost: str, cost_title: str, sweeps: list[
             marker={"size": 11, "color": color, "opacity": [1.0 if f else 0.3 for f in group["front"]]},
             text=group["run"], customdata=group[["plan", "ratio"]],
             hovertemplate="%{text}<br>%{customdata[0]}<br>" + cost_title + " %{x:,}<br>"
-                          + ("mAP50" if "task" in data and (data["task"] == "detect").all() else "accuracy")
+                          + ("mAP50" if "task" in data and data["task"].map(finds_boxes).all() else "accuracy")
                           + " %{y:.2f}%"
                           "<br>ratio %{customdata[1]:.1f}x<extra></extra>"))
     front = data[data["front"]].sort_values(cost)
@@ -111,7 +112,7 @@ def pareto_figure(table: pd.DataFrame, cost: str, cost_title: str, sweeps: list[
         fig.add_trace(go.Scatter(x=chosen[cost], y=100 * chosen["accuracy"], mode="markers", name=f"{highlight}",
                                  marker={"size": 22, "symbol": "circle-open", "color": "black", "line": {"width": 3}},
                                  hoverinfo="skip"))
-    detector = "task" in data and (data["task"] == "detect").all()
+    detector = "task" in data and data["task"].map(finds_boxes).all()
     fig.update_layout(xaxis_title=cost_title, yaxis_title="validation mAP50 (%)" if detector else "test accuracy (%)",
                       height=420, margin={"t": 30})
     if data[cost].max() > 20 * max(1, data[cost].min()):

@@ -47,7 +47,7 @@ class PlanPage:
 
     @property
     def detector(self) -> bool:
-        return self.handle.task == "detect"
+        return self.handle.kind.folds_batch_norm
 
 
 def option_fields() -> list[tuple[type, OptionField]]:

@@ -23,6 +23,7 @@ from complab import runfolder
 from complab.analysis import report
 from complab.analysis.pareto import runs_table
 from complab.errors import CompressionLabError
+from complab.models.tasks import task_kind
 from complab.ui import figures
 
 PDF_TIMEOUT_S = 120
@@ -264,7 +265,7 @@ def report_html(runs: list[ReportRun], generated: str = "", original=None, left_
                 parts.append(_waterfall_block(draw, layer))
             parts.append("<h2>Per-layer table</h2>" + _table(report.layer_table(rows), "layers"))
     parts.append(f"<h2>The plan (recipe)</h2><pre id='recipe'>{html.escape(_plan_text(chosen.plan))}</pre>")
-    if m.get("task") == "detect":
+    if task_kind(m.get("task")).finds_boxes:
         parts.append(_detections_block(chosen, original))
     title = html.escape(f"Compression report {chosen.id}")
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"

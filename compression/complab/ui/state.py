@@ -242,7 +242,7 @@ def _load(key: str) -> tuple[ModelHandle, DataBundle]:
 def measure_code_model(key: str) -> dict:
     """A trusted TorchScript spec's numbers, measured in a one-shot child process (models/codeload.py), or
     {"error": message}."""
-    from complab.codeload import measure_in_child
+    from complab.measure_child import measure_in_child
 
     try:
         return measure_in_child(json.loads(key))
@@ -267,7 +267,7 @@ def model_stats(key: str, fold_bn: bool = False):
     from complab.analysis.estimate import model_stats as compute
 
     handle, _ = _load(key)
-    if fold_bn and handle.task == sources.DETECT:  # estimate the file a fold_bn step writes
+    if fold_bn and handle.kind.folds_batch_norm:  # estimate the file a fold_bn step writes
         from complab import metrics
         from complab.models.detector import fuse
 

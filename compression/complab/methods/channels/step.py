@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from complab.methods import bn_stats
-from complab.methods.channels.detector import head_outputs
 from complab.methods.channels.ga import Fitness, genetic_search
 from complab.methods.channels.graph import (
     ChannelGroup,
@@ -26,7 +25,6 @@ from complab.methods.context import StepContext, StepResult
 from complab.methods.registry import handler
 from complab.models.channel_replay import build_graph, plain_history
 from complab.models.compact import Products
-from complab.models.yolo_prunable import check_prunable, make_prunable
 from complab.steps.channels import ChannelStep
 
 # Each stage of the step draws from its own random stream (offsets from the plan's seed + the step's
@@ -51,17 +49,10 @@ def _sensitivity(model: nn.Module, groups: list[ChannelGroup], scorer: Callable[
 @handler(ChannelStep)
 def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
     """Prune each targeted channel group to its keep ratio (GA, L1 or random), least sensitive first."""
-    replaced, ignored = [], ()
-    if ctx.task == "detect":
-        # Ultralytics' C2f splits its channels by a stored count the dependency graph cannot follow: replace it
-        # by the output-identical split-free C2fV2 (recorded, so the decoder repeats it), and keep the Detect
-        # head's prediction outputs (boxes, class scores, DFL) whole
-        check_prunable(model)  # a block the graph cannot follow (attention, ELAN chunks): refused before any change
-        replaced = make_prunable(model)
-        ignored = tuple(head_outputs(model))
-        if replaced:
-            ctx.log(f"channels: {len(replaced)} C2f modules made prunable (split replaced by two convolutions)")
-    input_shape = tuple(ctx.input_shape or ctx.data.input_shape)
+    replaced, ignored = ctx.task.prepare_channel_pruning(model)  # (a detector's C2f made prunable, head kept)
+    if replaced:
+        ctx.log(f"channels: {len(replaced)} C2f modules made prunable (split replaced by two convolutions)")
+    input_shape = tuple(ctx.task.input_shape)
     graph = build_graph(model, input_shape)
     groups = channel_groups(model, input_shape, graph, ignored)
     targets = {}
@@ -91,7 +82,7 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
     if step.selection == "ga":  # the cheap fitness's images
         screen_images = ctx.screen_images(step.screen_size, seed + SCREEN_SEED, device)
     report = {"selection": step.selection, "order": order, "sensitivity": sensitivity, "layers": {},
-              "fitness": ctx.fitness_name}  # the search's accurate step (make_scorer(..., "fitness"))
+              "fitness": ctx.task.fitness_name}  # the search's accurate step (make_scorer(..., "fitness"))
     for position, name in enumerate(order):
         ctx.check_cancelled()
         group = group_of(channel_groups(model, input_shape, graph, ignored), name)
@@ -122,7 +113,7 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
         # the next group is scored on a model that is not already broken (no training: statistics only); a task
         # with its own recalibrator (a detector) gets it from ctx.finetune below, so the statistics are only
         # re-estimated once
-        if ctx.bn_recalibrator is None:
+        if ctx.task.statistics_between_groups:
             bn_stats.reestimate_on(model, ctx.data.subset("train", step.recalibrate_size, seed + RECALIBRATE_SEED),
                                    ctx.batch_size, None, seed + RECALIBRATE_SEED)
         report["layers"][name] = row

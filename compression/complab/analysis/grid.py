@@ -1,0 +1,50 @@
+"""A sensitivity analysis' settings, its report and its grid points: what the exact mode (sensitivity.py) and the
+estimate mode (fisher.py) share."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from complab.methods.cluster import quantized
+from complab.methods.prune import magnitude_mask
+
+DEFAULT_SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+DEFAULT_CLUSTERS = (2, 4, 8, 16, 32, 64, 128, 256)
+BN_BATCH_SIZE = 64  # images per batch-norm re-estimation batch (a detector's task sets its own)
+
+@dataclass(frozen=True)
+class SensitivityConfig:
+    sparsities: tuple[float, ...] = DEFAULT_SPARSITIES  # pruning levels tried per layer
+    n_clusters: tuple[int, ...] = DEFAULT_CLUSTERS  # weight-sharing cluster counts tried per layer
+    val_size: int = 512  # validation images used (the whole split when larger)
+    seed: int = 0
+    bn_batches: int = 4  # training batches re-estimating batch-norm statistics at each point (0 = keep the original)
+    mode: str = "exact"  # "exact": measure every point; "estimate": Fisher estimate + a few exact points (fisher.py)
+    calibration_seconds: float = 90.0  # estimate mode: time for its exact calibration points (analysis/fisher.py)
+
+    def key(self, model_ref: str, data_ref: str, weights_digest: str) -> str:
+        """Cache key: the same model, data and settings give the same report."""
+        text = json.dumps({"model": model_ref, "data": data_ref, "weights": weights_digest, **asdict(self)},
+                          sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+@dataclass
+class SensitivityReport:
+    base_accuracy: float
+    layers: dict[str, dict] = field(default_factory=dict)  # layer -> {params, sparsity: {s: acc}, clusters: {k: acc}}
+    config: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def grid_weight(original: torch.Tensor, kind: str, value, seed: int = 0) -> torch.Tensor:
+    """A layer's weight at one grid point: kind "sparsity" (magnitude pruning) or "clusters" (k-means sharing)."""
+    if kind == "sparsity":
+        return original * magnitude_mask(original, float(value))
+    return quantized(original, int(value), "linear", seed)

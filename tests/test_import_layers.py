@@ -1,4 +1,5 @@
-"""Imports in compression/ run one way: a module imports only from its own layer or a lower one.
+"""Imports in compression/ run one way: a module imports only from its own layer or a lower one, and no
+modules import each other in a circle (imports inside functions count).
 
 Every module is parsed with `ast` (nothing is imported); each `import x` and `from x import y`,
 at module level or inside a function, relative ones resolved against the module's package, is
@@ -130,3 +131,67 @@ def test_the_checker_catches_an_upward_import():
                          "complab.models.compact:5 -> complab.methods.prune (layer 1 -> 2)"]  # in a function
     assert upward_imports(snippet, "complab.cli") == []
     assert layer_of("complab.methods.channels.ga") == 2 and layer_of("complab.devices") == 0
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports, at module level or inside a function."""
+    trees = {module: (ast.parse(path.read_text(encoding="utf-8"), filename=str(path)), is_package)
+             for module, is_package, path in _modules()}
+
+    def resolve(name: str) -> str:
+        while name and name not in trees:  # `from pkg.mod import attribute` -> pkg.mod
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {}
+    for module, (tree, is_package) in trees.items():
+        targets = {resolve(target) for _, target in imported_modules(tree, module, is_package)}
+        graph[module] = {target for target in targets if target and target != module}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(found)
+
+
+def test_no_import_cycles_counting_imports_inside_functions():
+    found = cycles(import_graph())
+    assert not found, "import cycles (a function-level import counts too):\n" + "\n".join(
+        " <-> ".join(component) for component in found)
+
+
+def test_the_cycle_check_finds_a_cycle_through_a_function_level_import():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []

@@ -32,7 +32,8 @@ def test_analysis_settings_take_a_detectors_defaults_and_the_flags():
 
     assert service.analysis_settings(sources.CLASSIFY) == {"mode": "exact"}  # auto before a model is loaded
     detector = service.analysis_settings(sources.DETECT, mode="estimate", seed=3, sparsities=(0.0, 0.5))
-    assert DETECT.analysis_defaults and detector == {**DETECT.analysis_defaults, "seed": 3, "sparsities": [0.0, 0.5], "mode": "estimate"}
+    assert DETECT.analysis_defaults
+    assert detector == {**DETECT.analysis_defaults, "seed": 3, "sparsities": [0.0, 0.5], "mode": "estimate"}
     assert service.analysis_config(sources.CLASSIFY, val_size=7).val_size == 7
     with pytest.raises(CompressionLabError, match="val_size"):
         service.analysis_config(sources.CLASSIFY, val_size=0)

@@ -76,6 +76,16 @@ def _unpack_fields(data: bytes | memoryview, widths: np.ndarray, what: str) -> n
     return ((window >> (starts & 7).astype(np.uint64)) & mask).astype(np.int64)
 
 
+def value_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(values, return_counts=True) of non-negative integers; by counting (no sort) when the largest is
+    small enough for a table of that size (gaps nearly always are)."""
+    if values.size == 0 or int(values.max()) > 4 * values.size + 4096:
+        return np.unique(values, return_counts=True)
+    table = np.bincount(values)
+    unique = np.flatnonzero(table)
+    return unique, table[unique]
+
+
 def _split(values: np.ndarray, counts: np.ndarray, escape: int, keep: int):
     """(short histogram, class histogram, raw bits) of coding a histogram with this escape and keep."""
     below = values < escape
@@ -130,7 +140,7 @@ def code_escaped(values: np.ndarray, escape: int | None = None, keep: int | None
         if values.size == 0:
             escape, keep = 1, 0
         else:
-            unique, counts = np.unique(values, return_counts=True)
+            unique, counts = value_counts(values)
             chosen = {(e, k) for _, e, k in _choose(unique, counts, cache)[:1]}
             if unique[-1] < MAX_ESCAPE:  # no escape at all: a curve table may describe the whole range cheaply
                 chosen.add((int(unique[-1]) + 1, 0))

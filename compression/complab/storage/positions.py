@@ -40,10 +40,11 @@ def choose_gap_bits(gaps: np.ndarray, trailing: int, cluster_counts: np.ndarray 
     estimate (tables included) is computed only while the bound can still beat the best so far.
     """
     options = []
+    values, counts = escape.value_counts(gaps)  # each width's histogram from the distinct gaps, not every gap
     for bits in range(GAP_BITS_MIN, GAP_BITS_MAX + 1):
         field = 1 << bits
-        fillers = int((gaps >> bits).sum()) + (trailing >> bits)
-        histogram = np.bincount(gaps & (field - 1), minlength=field)
+        fillers = int((values >> bits) @ counts) + (trailing >> bits)
+        histogram = np.bincount(values & (field - 1), weights=counts, minlength=field).astype(np.int64)  # exact
         histogram[field - 1] += fillers
         if cluster_counts is None:
             index_counts, extra = None, float(fillers * value_bits)

@@ -124,10 +124,12 @@ def _codebook(values: np.ndarray, dtype: torch.dtype) -> tuple[np.ndarray, np.nd
         return None
     inverse = np.searchsorted(patterns, values)  # the sample usually holds every value: no full sort
     inverse = np.minimum(inverse, max(patterns.size - 1, 0))
-    if values.size and not np.array_equal(patterns[inverse], values):
-        patterns, inverse = np.unique(values, return_inverse=True)
+    if values.size and not np.array_equal(patterns[inverse], values):  # values the sample missed: add them
+        missing = np.unique(values[patterns[inverse] != values])
+        patterns = np.union1d(patterns, missing)
         if patterns.size > MAX_CLUSTERS:
             return None
+        inverse = np.searchsorted(patterns, values)
     floats = _dtypes.float_values(patterns, dtype)
     if np.isnan(floats).any():
         return None

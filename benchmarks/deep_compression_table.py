@@ -10,7 +10,7 @@ clustered fp32 state dict. Prints one JSON object as its last line.
 
 entropy_overhead: the worst bytes / entropy_bytes - 1 over the coded streams of >= 10,000 symbols, both
 from inspect_bytes. entropy_bytes is n * H / 8 with H the order-0 empirical entropy of the information
-the stream carries: for a version-2 positions block (escape-coded, FORMAT.md 2.3a and 3.2) the entropy
+the stream carries: for a version-2 positions block (escape-coded, FORMAT.md 2.5 and 3.2) the entropy
 of the gaps themselves (one per kept weight), not of the escape symbols coded; for an index stream split
 by context, that of the whole index stream. So the escape split cannot flatter the figure, and a context
 that pays shows as a negative overhead. "streams" lists each measured stream (layer, kind, symbols, bytes,

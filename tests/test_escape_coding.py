@@ -11,7 +11,8 @@ from complab.errors import FormatError
 from complab.storage import decode_state, encode_state, inspect_bytes
 from complab.storage._bits import ByteReader, varint
 from complab.storage.escape import MAX_ESCAPE, MAX_KEEP, MAX_VALUE, decode_escaped, encode_escaped
-from complab.storage.sections import MAX_INDEX_CONTEXTS, decode_section, encode_indices, gap_classes
+from complab.storage.sections import decode_section
+from complab.storage.shared_section import MAX_INDEX_CONTEXTS, encode_indices, gap_classes
 
 FIXTURE = Path(__file__).parent / "fixtures" / "format_v1_sections.clab"
 

@@ -25,7 +25,7 @@ from complab.storage import (
     write_file,
 )
 from complab.storage.codec import HEADER, HEADER_BYTES
-from complab.storage.sections import GAP_BITS_MAX
+from complab.storage.positions import GAP_BITS_MAX
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn

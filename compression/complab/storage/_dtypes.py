@@ -94,3 +94,13 @@ def from_bytes(raw: bytes | bytearray, dtype: torch.dtype, shape: tuple[int, ...
     if dtype == torch.bool and int(array.max()) > 1:
         raise damaged(f"tensor '{name}': a bool tensor holds a byte other than 0 or 1")
     return torch.from_numpy(array).view(dtype).reshape(shape)
+
+
+def little_endian(array: np.ndarray) -> bytes:
+    """An array's elements as little-endian bytes (codebooks and values of the coded sections)."""
+    return array.astype(array.dtype.newbyteorder("<")).tobytes()
+
+
+def from_little_endian(data: bytes | memoryview, bits_type: type) -> np.ndarray:
+    """Inverse of little_endian into a native array of bits_type."""
+    return np.frombuffer(data, dtype=np.dtype(bits_type).newbyteorder("<")).astype(bits_type)

@@ -21,14 +21,12 @@ import torch
 from complab.errors import FormatError
 from complab.paths import write_bytes_atomic
 from complab.storage._bits import ByteReader, damaged, shown, varint
-from complab.storage.header import FORMAT_VERSION, HEADER, HEADER_BYTES, MAGIC, check_header
+from complab.storage.header import FORMAT_VERSION, HEADER, HEADER_BYTES, MAGIC, check_header, naming, read_model_file
+from complab.storage.positions import GAP_BITS_MAX, GAP_BITS_MIN, PAPER_GAP_BITS
 from complab.storage.sections import (
-    GAP_BITS_MAX,
-    GAP_BITS_MIN,
     MAX_DECODED_BYTES,
     MAX_EXPANSION,
     MIN_DECODE_ALLOWANCE,
-    PAPER_GAP_BITS,
     decode_section,
     encode_section,
 )
@@ -58,7 +56,7 @@ def encode_state(state: dict[str, torch.Tensor], meta: dict, layer_kinds: dict[s
                  gap_bits: int | str = "auto", structures: dict | None = None) -> bytes:
     """Encode an ordered state dict and a JSON-serialisable meta dict into the compact format.
 
-    Each tensor gets the smallest of its possible encodings ("shared", "sparse", "raw"). The
+    Each tensor gets the smallest of the encodings its section types offer ("shared", "sparse", "raw"). The
     relative-index field width of shared/sparse tensors is chosen per tensor for the fewest bytes
     (gap_bits="auto"), or is Han et al.'s 8 bits for conv / 5 for fc from layer_kinds
     (gap_bits="paper"), or a fixed int in 2..12. Decoding gives back bit-identical tensors.
@@ -180,14 +178,8 @@ def write_file(path: str | os.PathLike, state: dict[str, torch.Tensor], meta: di
 def read_file(path: str | os.PathLike, *,
               max_decoded_bytes: int | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """(meta, state) from a file written by write_file (see decode_state)."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise FormatError(f"model file {shown(str(path), 200)} does not exist: check the path") from None
-    except OSError as exc:
-        raise FormatError(f"cannot read model file {shown(str(path), 200)} ({exc.strerror}): check the path and "
-                          "permissions") from None
+    data = read_model_file(path)
     try:
         return decode_state(data, max_decoded_bytes=max_decoded_bytes)
     except FormatError as exc:
-        raise FormatError(f"{shown(str(path), 200)}: {exc}") from None
+        raise naming(path, exc) from None

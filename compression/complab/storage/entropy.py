@@ -58,7 +58,8 @@ _STEPS = 2.0 ** (np.arange(-8, 28) / 4)  # table resolutions the encoder tries
 _FLUSH_BITS = 24  # about what the ANS coder adds when it flushes its state (for size estimates)
 
 __all__ = [
-    "counts_entropy_bits", "decode_symbols", "empirical_entropy_bytes", "encode_symbols", "estimate_bits",
+    "CodedStream", "Joined", "PlanCache", "code_symbols", "counts_entropy_bits", "decode_symbols",
+    "empirical_entropy_bytes", "encode_symbols", "estimate_bits",
 ]
 
 
@@ -263,13 +264,32 @@ def _used_set_bits(used: np.ndarray) -> tuple[int, int]:
     return (MODE_BITMAP, bitmap_bits) if bitmap_bits <= gap_bits else (MODE_GAPS, gap_bits)
 
 
-def _plan(counts: np.ndarray, curves: bool = True) -> tuple[np.ndarray, int, _Table | _Curve | None, float]:
-    """(used symbols, table mode, table, table + coding bits) of the cheapest table for these counts.
+class PlanCache:
+    """Tables planned per histogram, kept for the encoding of one tensor.
 
-    `curves=False` skips the (slower) curve fit.
+    A table depends only on the counts over the used range (not on where that range starts), so the
+    section versions an encoder compares share it: version 1's index stream and version 2's (the same
+    symbols less one), a positions stream without fillers and the escape block that needs no escape, and
+    every estimate that precedes an exact encode. Lookups return the very objects _plan computed.
     """
-    used = np.flatnonzero(counts)
-    ranged_counts = counts[used[0]:used[-1] + 1]
+
+    def __init__(self) -> None:
+        self._tables: dict[bytes, tuple] = {}
+        self._curves: dict[bytes, _Curve | None] = {}
+
+    def tables(self, key: bytes, compute) -> tuple:
+        if key not in self._tables:
+            self._tables[key] = compute()
+        return self._tables[key]
+
+    def curve(self, key: bytes, compute) -> _Curve | None:
+        if key not in self._curves:
+            self._curves[key] = compute()
+        return self._curves[key]
+
+
+def _plan_tables(counts: np.ndarray, used: np.ndarray, ranged_counts: np.ndarray) -> tuple[int, _Table | None, float]:
+    """(mode, table, bits) of the cheapest table that is not a curve (uniform, roots, a used set, range)."""
     n = float(counts.sum())
     options: list[tuple[int, _Table | _Curve | None, float]] = [
         (MODE_UNIFORM, None, n * float(np.log2(len(ranged_counts))))]
@@ -282,14 +302,30 @@ def _plan(counts: np.ndarray, curves: bool = True) -> tuple[np.ndarray, int, _Ta
         options.append((mode, table, table.bits + set_bits))
         table = _plan_table(ranged_counts, 0)
         options.append((MODE_RANGE, table, table.bits))
-    curve = _plan_curve(ranged_counts) if curves else None
-    if curve is not None:
-        options.append((MODE_CURVE, curve, curve.bits))
-    mode, table, bits = min(options, key=lambda option: option[2])
+    return min(options, key=lambda option: option[2])
+
+
+def _plan(counts: np.ndarray, curves: bool = True,
+          cache: PlanCache | None = None) -> tuple[np.ndarray, int, _Table | _Curve | None, float]:
+    """(used symbols, table mode, table, table + coding bits) of the cheapest table for these counts.
+
+    `curves=False` skips the (slower) curve fit. A curve is kept only when strictly cheaper than the others.
+    """
+    used = np.flatnonzero(counts)
+    ranged_counts = counts[used[0]:used[-1] + 1]
+    if cache is None:
+        mode, table, bits = _plan_tables(counts, used, ranged_counts)
+        curve = _plan_curve(ranged_counts) if curves else None
+    else:
+        key = np.ascontiguousarray(ranged_counts, dtype=np.int64).tobytes()
+        mode, table, bits = cache.tables(key, lambda: _plan_tables(counts, used, ranged_counts))
+        curve = cache.curve(key, lambda: _plan_curve(ranged_counts)) if curves else None
+    if curve is not None and curve.bits < bits:
+        mode, table, bits = MODE_CURVE, curve, curve.bits
     return used, mode, table, bits + _MODE_BITS
 
 
-def estimate_bits(counts: np.ndarray, curves: bool = True) -> float:
+def estimate_bits(counts: np.ndarray, curves: bool = True, cache: PlanCache | None = None) -> float:
     """Close estimate of 8 * len(encode_symbols(...)) for a stream with these symbol counts."""
     counts = np.asarray(counts, dtype=np.int64)
     n = int(counts.sum())
@@ -300,13 +336,103 @@ def estimate_bits(counts: np.ndarray, curves: bool = True) -> float:
     head += 8 * (len(varint(len(used) - 1)) + len(varint(int(used[0]))))
     if len(used) == 1:
         return float(head)
-    _, _, _, bits = _plan(counts, curves)
+    _, _, _, bits = _plan(counts, curves, cache)
     head += 8 * len(varint(int(used[-1] - used[0])))
     return head + bits + _FLUSH_BITS + 8 * len(varint(int(bits / 8)))
 
 
+def _table_bits(mode: int, table: _Table | _Curve | None, used: np.ndarray) -> int:
+    """Bits of the table encode_symbols writes (mode included), counted from the plan without writing it."""
+    bits = _MODE_BITS
+    span = int(used[-1] - used[0])
+    if mode == MODE_BITMAP:
+        bits += span - 1
+    elif mode == MODE_GAPS:
+        bits += int(eg_lengths(np.diff(used)[:-1] - 1).sum())
+    if mode == MODE_UNIFORM:
+        return bits
+    if mode == MODE_CURVE:
+        bits += int(eg_lengths(np.array([table.spacing - 1])).sum()) + 4
+        return bits + int(eg_lengths(_curve_codes(table.knots), table.eg_order).sum())
+    floor = 0 if mode == MODE_RANGE else 1
+    bits += 4 + int(eg_lengths(np.array([int(table.roots[0]) - 1])).sum())
+    return bits + int(eg_lengths(_residual_codes(table.roots, table.order, floor), table.eg_order).sum())
+
+
+@dataclass
+class CodedStream:
+    """A stream planned and coded, whose bytes are assembled only when asked (`size` is exactly their count)."""
+
+    head: bytes
+    size: int
+    mode: int = MODE_UNIFORM
+    table: _Table | _Curve | None = None
+    used: np.ndarray | None = None  # None: a stream of at most one distinct symbol (the head is all of it)
+    payload: bytes = b""
+
+    def to_bytes(self) -> bytes:
+        if self.used is None:
+            return self.head
+        return self.head + _write_table(self.mode, self.table, self.used) + varint(len(self.payload)) + self.payload
+
+
+class Joined:
+    """Bytes and coded streams (anything with `size` and `to_bytes()`) in order: the exact size now, bytes on demand."""
+
+    def __init__(self, *parts) -> None:
+        self.parts = list(parts)
+        self.size = sum(_size(part) for part in self.parts)
+
+    def add(self, *parts) -> Joined:
+        self.parts.extend(parts)
+        self.size += sum(_size(part) for part in parts)
+        return self
+
+    def to_bytes(self) -> bytes:
+        return b"".join(part if isinstance(part, (bytes, bytearray)) else part.to_bytes() for part in self.parts)
+
+
+def _size(part) -> int:
+    return len(part) if isinstance(part, (bytes, bytearray)) else part.size
+
+
+def _write_table(mode: int, table: _Table | _Curve | None, used: np.ndarray) -> bytes:
+    lo, span = int(used[0]), int(used[-1] - used[0])
+    bits = BitWriter()
+    bits.write(mode, _MODE_BITS)
+    if mode == MODE_BITMAP:
+        interior = np.zeros(span - 1, dtype=np.int64)
+        interior[used[1:-1] - lo - 1] = 1
+        bits.write_array(interior, 1)
+    elif mode == MODE_GAPS:
+        for gap in (np.diff(used)[:-1] - 1).tolist():
+            bits.write_eg(gap)
+    if mode == MODE_CURVE:
+        bits.write_eg(table.spacing - 1)
+        bits.write(_CURVE_RESOLUTIONS.index(table.resolution), 2)
+        bits.write(table.eg_order, 2)
+        for code in _curve_codes(table.knots).tolist():
+            bits.write_eg(code, table.eg_order)
+    elif mode != MODE_UNIFORM:
+        floor = 0 if mode == MODE_RANGE else 1
+        bits.write(table.order, 2)
+        bits.write(table.eg_order, 2)
+        bits.write_eg(int(table.roots[0]) - 1)
+        for code in _residual_codes(table.roots, table.order, floor).tolist():
+            bits.write_eg(code, table.eg_order)
+    return bits.to_bytes()
+
+
 def encode_symbols(symbols: np.ndarray, alphabet_size: int) -> bytes:
     """Entropy-code a stream of integers in [0, alphabet_size); the blob holds its own table and length."""
+    return code_symbols(symbols, alphabet_size).to_bytes()
+
+
+def code_symbols(symbols: np.ndarray, alphabet_size: int, cache: PlanCache | None = None) -> CodedStream:
+    """encode_symbols' stream, planned and coded, with its exact size; the bytes are assembled by to_bytes().
+
+    cache: tables already planned for the same histogram (shared by the section versions an encoder compares).
+    """
     symbols = np.asarray(symbols).ravel()
     if not 1 <= alphabet_size <= MAX_ALPHABET:
         raise ValueError(f"alphabet_size must be in 1..{MAX_ALPHABET}, got {alphabet_size}")
@@ -314,7 +440,7 @@ def encode_symbols(symbols: np.ndarray, alphabet_size: int) -> bytes:
     if n > MAX_SYMBOLS:
         raise ValueError(f"a stream holds at most {MAX_SYMBOLS} symbols, got {n}")
     if n == 0:
-        return varint(0)
+        return CodedStream(varint(0), 1)
     if not np.issubdtype(symbols.dtype, np.integer):
         raise ValueError(f"symbols must be integers, got {symbols.dtype}")
     symbols = symbols.astype(np.int64, copy=False)
@@ -326,36 +452,16 @@ def encode_symbols(symbols: np.ndarray, alphabet_size: int) -> bytes:
     lo = int(used[0])
     head = varint(n) + varint(m - 1) + varint(lo)
     if m == 1:
-        return head
+        return CodedStream(head, len(head))
     head += varint(int(used[-1]) - lo)
-    used, mode, table, _ = _plan(counts)
+    used, mode, table, _ = _plan(counts, cache=cache)
     span = int(used[-1]) - lo
-    bits = BitWriter()
-    bits.write(mode, _MODE_BITS)
-    if mode == MODE_BITMAP:
-        interior = np.zeros(span - 1, dtype=np.int64)
-        interior[used[1:-1] - lo - 1] = 1
-        bits.write_array(interior, 1)
-    elif mode == MODE_GAPS:
-        for gap in (np.diff(used)[:-1] - 1).tolist():
-            bits.write_eg(gap)
     if mode == MODE_UNIFORM:
         model = constriction.stream.model.Uniform(span + 1)
     elif mode == MODE_CURVE:
-        bits.write_eg(table.spacing - 1)
-        bits.write(_CURVE_RESOLUTIONS.index(table.resolution), 2)
-        bits.write(table.eg_order, 2)
-        for code in _curve_codes(table.knots).tolist():
-            bits.write_eg(code, table.eg_order)
         weights = _curve_weights(span, table.spacing, table.resolution, table.knots)
         model = constriction.stream.model.Categorical(_probabilities(weights), perfect=False)
     else:
-        floor = 0 if mode == MODE_RANGE else 1
-        bits.write(table.order, 2)
-        bits.write(table.eg_order, 2)
-        bits.write_eg(int(table.roots[0]) - 1)
-        for code in _residual_codes(table.roots, table.order, floor).tolist():
-            bits.write_eg(code, table.eg_order)
         model = constriction.stream.model.Categorical(_probabilities(table.roots ** 2), perfect=False)
     if mode in (MODE_BITMAP, MODE_GAPS):
         dense_index = np.zeros(alphabet_size, dtype=np.int64)
@@ -366,7 +472,8 @@ def encode_symbols(symbols: np.ndarray, alphabet_size: int) -> bytes:
     coder = constriction.stream.stack.AnsCoder()
     coder.encode_reverse(model_symbols.astype(np.int32), model)
     payload = coder.get_compressed().astype("<u4").tobytes().rstrip(b"\0")  # the last word is never 0
-    return head + bits.to_bytes() + varint(len(payload)) + payload
+    size = len(head) + (_table_bits(mode, table, used) + 7) // 8 + len(varint(len(payload))) + len(payload)
+    return CodedStream(head, size, mode, table, used, payload)
 
 
 def decode_symbols(blob: bytes | memoryview, expected_count_cap: int,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from complab.storage._bits import ByteReader, damaged, varint
-from complab.storage.entropy import counts_entropy_bits, decode_from, encode_symbols, estimate_bits
+from complab.storage.entropy import Joined, PlanCache, code_symbols, counts_entropy_bits, decode_from, estimate_bits
 
 MAX_ESCAPE = 4096  # largest escape symbol (the short alphabet is at most 4097 symbols)
 MAX_KEEP = 7  # mantissa bits an escape's class may carry (alphabet 31 << 7 = 3968)
@@ -31,7 +31,7 @@ _CLASS_BITS = 31  # u = v - E + 1 < 2**31, so its bit length - 1 is at most 30
 _ESCAPES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)  # what the encoder tries
 _SEARCH_KEEPS = (0, 2)  # class bits the encoder tries (more only pay on huge streams)
 
-__all__ = ["MAX_VALUE", "decode_escaped", "encode_escaped"]
+__all__ = ["MAX_VALUE", "code_escaped", "decode_escaped", "encode_escaped"]
 
 
 def _classes(u: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -76,6 +76,16 @@ def _unpack_fields(data: bytes | memoryview, widths: np.ndarray, what: str) -> n
     return ((window >> (starts & 7).astype(np.uint64)) & mask).astype(np.int64)
 
 
+def value_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(values, return_counts=True) of non-negative integers; by counting (no sort) when the largest is
+    small enough for a table of that size (gaps nearly always are)."""
+    if values.size == 0 or int(values.max()) > 4 * values.size + 4096:
+        return np.unique(values, return_counts=True)
+    table = np.bincount(values)
+    unique = np.flatnonzero(table)
+    return unique, table[unique]
+
+
 def _split(values: np.ndarray, counts: np.ndarray, escape: int, keep: int):
     """(short histogram, class histogram, raw bits) of coding a histogram with this escape and keep."""
     below = values < escape
@@ -87,7 +97,7 @@ def _split(values: np.ndarray, counts: np.ndarray, escape: int, keep: int):
     return short, classes, float(raw @ counts[~below])
 
 
-def _choose(values: np.ndarray, counts: np.ndarray) -> list[tuple[float, int, int]]:
+def _choose(values: np.ndarray, counts: np.ndarray, cache: PlanCache | None = None) -> list[tuple[float, int, int]]:
     """(estimated bits, escape, keep) of the candidates, best first.
 
     Every escape is ranked by a quick proxy (the streams' entropy + raw bits + ~6 bits of table per used
@@ -103,9 +113,9 @@ def _choose(values: np.ndarray, counts: np.ndarray) -> list[tuple[float, int, in
     for _, escape in sorted(proxies)[:3]:
         for keep in _SEARCH_KEEPS:
             short, classes, raw = _split(values, counts, escape, keep)
-            bits = estimate_bits(short, curves=False)
+            bits = estimate_bits(short, curves=False, cache=cache)
             if short[escape]:
-                bits += 8 + estimate_bits(classes, curves=False) + raw + 8
+                bits += 8 + estimate_bits(classes, curves=False, cache=cache) + raw + 8
             options.append((bits, escape, keep))
             if not short[escape]:
                 break
@@ -114,6 +124,15 @@ def _choose(values: np.ndarray, counts: np.ndarray) -> list[tuple[float, int, in
 
 def encode_escaped(values: np.ndarray, escape: int | None = None, keep: int | None = None) -> bytes:
     """The block for these non-negative integers (each <= MAX_VALUE); E and keep chosen when None."""
+    return code_escaped(values, escape, keep).to_bytes()
+
+
+def code_escaped(values: np.ndarray, escape: int | None = None, keep: int | None = None,
+                 cache: PlanCache | None = None) -> Joined:
+    """encode_escaped's block with its exact size (`.size`); bytes assembled by `.to_bytes()`.
+
+    With E and keep chosen here, the candidates are compared by exact size and the first smallest is kept.
+    """
     values = np.asarray(values, dtype=np.int64).ravel()
     if values.size and (int(values.min()) < 0 or int(values.max()) > MAX_VALUE):
         raise ValueError(f"escape-coded values must lie in 0..{MAX_VALUE}")
@@ -121,21 +140,22 @@ def encode_escaped(values: np.ndarray, escape: int | None = None, keep: int | No
         if values.size == 0:
             escape, keep = 1, 0
         else:
-            unique, counts = np.unique(values, return_counts=True)
-            chosen = {(e, k) for _, e, k in _choose(unique, counts)[:1]}
+            unique, counts = value_counts(values)
+            chosen = {(e, k) for _, e, k in _choose(unique, counts, cache)[:1]}
             if unique[-1] < MAX_ESCAPE:  # no escape at all: a curve table may describe the whole range cheaply
                 chosen.add((int(unique[-1]) + 1, 0))
-            return min((encode_escaped(values, e, k) for e, k in sorted(chosen)), key=len)  # exact sizes
+            return min((code_escaped(values, e, k, cache) for e, k in sorted(chosen)),
+                       key=lambda block: block.size)  # exact sizes
     if not 1 <= escape <= MAX_ESCAPE or (keep is not None and not 0 <= keep <= MAX_KEEP):
         raise ValueError(f"escape must be in 1..{MAX_ESCAPE} and keep in 0..{MAX_KEEP}")
     keep = keep or 0
-    out = varint(escape) + encode_symbols(np.minimum(values, escape), escape + 1)
+    block = Joined(varint(escape), code_symbols(np.minimum(values, escape), escape + 1, cache))
     escaped = values[values >= escape]
     if escaped.size:
         symbols, raw, low = _classes(escaped - escape + 1, keep)
         packed = _pack_fields(low, raw)
-        out += bytes([keep]) + encode_symbols(symbols, _CLASS_BITS << keep) + varint(len(packed)) + packed
-    return out
+        block.add(bytes([keep]), code_symbols(symbols, _CLASS_BITS << keep, cache), varint(len(packed)), packed)
+    return block
 
 
 def decode_escaped(reader: ByteReader, count: int, what: str) -> np.ndarray:

@@ -55,13 +55,13 @@ def check_header(view: memoryview) -> None:
         raise damaged("the file's CRC32 does not match its contents")
 
 
-def check_file_header(path: str | os.PathLike) -> None:
-    """A compact file's header and CRC checked from disk, torch-free (FormatError naming the path otherwise).
+def read_model_file(path: str | os.PathLike) -> bytes:
+    """A model file's bytes; FormatError naming the path and the fix when it cannot be read.
 
-    Front ends call it before importing the decoder, so a foreign file costs no more than reading it."""
+    The one place these messages live: check_file_header (torch-free) and codec.read_file both read here."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
         raise FormatError(f"model file {shown(str(path), 200)} does not exist: check the path") from None
     except IsADirectoryError:
@@ -69,7 +69,19 @@ def check_file_header(path: str | os.PathLike) -> None:
     except OSError as exc:
         raise FormatError(f"cannot read model file {shown(str(path), 200)} ({exc.strerror}): check the path and "
                           "permissions") from None
+
+
+def naming(path: str | os.PathLike, exc: FormatError) -> FormatError:
+    """exc's message prefixed with the file it is about."""
+    return FormatError(f"{shown(str(path), 200)}: {exc}")
+
+
+def check_file_header(path: str | os.PathLike) -> None:
+    """A compact file's header and CRC checked from disk, torch-free (FormatError naming the path otherwise).
+
+    Front ends call it before importing the decoder, so a foreign file costs no more than reading it."""
+    data = read_model_file(path)
     try:
         check_header(memoryview(data))
     except FormatError as exc:
-        raise FormatError(f"{shown(str(path), 200)}: {exc}") from None
+        raise naming(path, exc) from None

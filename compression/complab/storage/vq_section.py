@@ -16,16 +16,21 @@ are the columns (one input's fan-out). PQ pads the vector length with zero colum
 of s; the padding is cropped after decoding.
 """
 
+# ruff: noqa: E501  (FORMAT.md table rows stay one line each)
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from complab.storage._bits import ByteReader, damaged, varint
 from complab.storage.entropy import MAX_ALPHABET, decode_from, empirical_entropy_bytes, encode_symbols
+from complab.storage.registry import Frame, Offer, SectionInfo, SectionType, Subject, register
 
+TYPE_VQ = 4
 METHODS = {1: "binary", 2: "kmeans", 3: "pq", 4: "rq"}
 METHOD_IDS = {name: code for code, name in METHODS.items()}
 FLAG_ANS, FLAG_ZERO_CODE, FLAG_AXIS_OUT = 1, 2, 4
@@ -231,3 +236,80 @@ def decode_vq(body: ByteReader, name: str, shape: tuple[int, ...], numel: int,
             "streams": [{"stream": "codes", "symbols": count, "bytes": bytes_codes,
                          "entropy_bytes": None if want_tensor else empirical_entropy_bytes(codes)}]}
     return (reconstruct(q) if want_tensor else None), info
+
+
+# ----------------------------------------------------------------------------------------------- registration
+
+FORMAT = """\
+For a float32 weight that a quantizer (`compression/complab/methods/vq.py`) built from codebooks and codes:
+binarization, scalar k-means, product quantization (PQ) or residual quantization (RQ) (Gong et al.,
+arXiv 1412.6115). The per-element values cannot reveal that structure, so the encoder is handed it
+(`encode_state(..., structures={name: Quantized})`) and uses this section only when the layout
+decodes to exactly the tensor's bits (then without trying the other types); otherwise the tensor gets
+the other encodings. The decoder builds the weight with `complab.storage.vq_section.reconstruct`, the
+function the quantizer bakes its weights with, so the decoded weight equals the in-memory one bit for bit.
+
+| field | |
+|---|---|
+| u8 `method` | 1 binary, 2 kmeans, 3 pq, 4 rq |
+| u8 `flags` | bit 0: codes ANS-coded (else bit-packed); bit 1: zero code (kmeans only); bit 2: axis "out" (pq/rq only); other bits 0 |
+| varint `k` | codewords per codebook (binary: 2; ≤ 65535) |
+| varint `s` | pq: segment length, 1 ≤ s ≤ vector length; other methods: 0 |
+| varint `t` | rq: stages, 1..64; other methods: 1 |
+| F × 4 bytes | codebook, float32 little-endian (F below) |
+| codes | C codes over an alphabet of A symbols: bit-packed, or one entropy-coded stream (section 3) |
+
+**Matrix view.** With shape (d0, d1, …), the weight's matrix is M = weight.reshape(d0, d1·d2·…)
+(a Linear layer's (out, in); a convolution's (out, in·kh·kw) im2col filter matrix). Axis "in": the
+vectors are M's V = d0 rows of length D = d1·d2·…; axis "out": M's columns (V = d1·d2·…, D = d0).
+
+| method | F (codebook floats) | C (codes), in order | A | element |
+|---|---|---|---|---|
+| binary | 1: the scale α | one per element, row-major | 2 | code 0 → −α, 1 → α |
+| kmeans | k | one per element, row-major | k (+1 with the zero code) | codebook[code]; code k → +0.0 (a pruned weight) |
+| pq | ⌈D / s⌉ · k · s, codebook[j][c] = the s floats of codeword c of segment j | V × ⌈D / s⌉, vector-major | k | vector i = concat_j codebook[j][code(i, j)], cropped to D (PQ pads D with zero columns to a multiple of s) |
+| rq | t · k · D, codebook[j][c] = codeword c of stage j | V × t, vector-major | k | vector i = ((codebook[0][code(i,0)] + codebook[1][code(i,1)]) + …) in float32, stages in order |
+
+The vectors are then put back: rows of M (axis "in") or its columns (axis "out"), reshaped to the
+tensor's shape.
+
+**Bit-packed codes** take ⌈log2 A⌉ bits each (0 bits when A = 1), LSB-first as in section 3's bit
+fields, in ⌈C · bits / 8⌉ bytes whose padding bits are zero. The encoder writes the ANS stream instead
+when it is smaller (k-means codes of a pruned layer, skewed code histograms).
+
+**Compression rate.** Gong et al. count a layer of m × n 32-bit floats as 32mn bits and its quantized
+form as codes + codebooks: binary mn (+ 32 for α, our scale), kmeans mn·log2 k + 32k, pq m·(n/s)·log2 k +
+32kn, rq m·t·log2 k + 32tkn (m = V vectors, n = D). `formula_bits` computes exactly these with
+⌈log2 A⌉ bits per code; with bit-packed codes the section's bytes are ⌈formula_bits / 8⌉ plus the
+section header (type, length, name, dtype, shape, method, flags, k, s, t: about 10 bytes + the name),
+and with ANS-coded codes they are less. `inspect_bytes` reports `formula_bits` next to the bytes.
+
+**Checks.** method and flags known; k, s, t as above and consistent with the method (binary k = 2,
+no zero code, axis "in"); the codebook and code lengths computed from the shape are checked against
+the bytes that remain before anything is read; bit-packed codes < A with zero padding; the stream
+holds exactly C symbols below A; dtype float32; codes beyond one per element (rq with more stages
+than the vector length) are charged to the decode allowance at 12 bytes each."""
+
+
+def _offer(subject: Subject, best: Offer | None) -> Offer | None:
+    q = subject.structure
+    if q is None or subject.dtype != torch.float32 or tuple(subject.tensor.shape) != tuple(q.shape):
+        return None
+    if not np.array_equal(reconstruct(q).view(np.int32).ravel(), subject.bits):
+        return None  # the layout does not decode to exactly this tensor: the other types store it
+    data = encode_vq(q)
+    return Offer(TYPE_VQ, len(data), lambda: data, final=True)
+
+
+def _decode(body: ByteReader, frame: Frame) -> tuple[torch.Tensor | None, SectionInfo]:
+    if frame.dtype != torch.float32:
+        raise damaged(f"tensor '{frame.name}': a vq section must hold float32, not {frame.dtype}")
+    array, info = decode_vq(body, frame.name, frame.shape, frame.numel, frame.want_tensor, frame.budget)
+    tensor = torch.from_numpy(array) if frame.want_tensor else None
+    return tensor, SectionInfo(n_clusters=info["n_clusters"], bytes_indices=info["bytes_indices"],
+                               bytes_codebook=info["bytes_codebook"], streams=info["streams"],
+                               quantizer=info["quantizer"], layout=info["layout"], formula_bits=info["formula_bits"])
+
+
+register(SectionType(TYPE_VQ, "vq", "Type 4, vq (Gong et al.'s vector-quantized layer)", FORMAT, _decode, _offer,
+                     rank=0))

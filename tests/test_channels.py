@@ -170,6 +170,7 @@ def test_resnet18_coupled_channels_stay_consistent(digits32, tmp_path):
     assert metrics.count_params(decoded.model)["params"] == metrics.count_params(model)["params"]
 
 
+@pytest.mark.slow  # the whole RegNetY-400MF pruned and decoded: the longest test of the baseline (300 s at load 11)
 def test_grouped_convolutions_are_left_alone_and_regnet_y_prunes_and_decodes(digits32, tmp_path):
     """RegNetY's grouped 3x3 convolutions can only lose whole groups: the groups feeding them are skipped (before,
     removing single channels there crashed Torch-Pruning on the next layer); the rest prunes and decodes."""

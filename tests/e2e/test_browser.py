@@ -54,6 +54,14 @@ def test_full_flow(page, app_url, tmp_path):
     after = metric(page, "Estimated file")
     assert after != before
     shot(page, "3-plan")
+    # no fine-tuning: the journey (launch -> runs -> compare -> download) is what is tested, not the epochs
+    page.get_by_text("Fine-tuning and search settings").click()
+    for label in ("epochs per round", "shared-value epochs"):
+        box = page.locator(f'input[aria-label="{label}"]')
+        box.fill("0")
+        box.press("Enter")
+        wait_idle(page)
+        assert box.input_value() == "0"
     page.get_by_role("button", name="Launch run").click()
     page.get_by_text(re.compile(r"Run \d{8}-\d{6}-\w+ queued")).wait_for()
     run_id = re.search(r"Run (\S+) queued", page.get_by_text(re.compile("queued")).first.inner_text()).group(1)

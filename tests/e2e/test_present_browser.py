@@ -4,29 +4,32 @@ again with the run in the URL. Screenshots land in test-output/screenshots/prese
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, shot
+from .conftest import ROOT, shot, started_app
 from .test_browser import wait_idle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
-def seeded_app(app_url):
-    """The session's app server, its data folder holding one more finished quick run on demo:lenet5 (no
-    fine-tuning: the view shows what the run measured, whatever it is)."""
+def seeded_app(tmp_path_factory):
+    """The app on a data folder holding one finished quick run on demo:lenet5 (no fine-tuning: the view shows what
+    the run measured, whatever it is). A server of its own: after the exit button the run picker shows this run,
+    the only one (on the shared server, holding other runs, it showed another one)."""
     from complab import engine
 
+    home = tmp_path_factory.mktemp("present-home")
     quick = json.loads((ROOT / "assets" / "recipes" / "quick.json").read_text())
     for step in quick["steps"]:
         step["finetune_epochs"] = 0
     run_id = engine.submit({"kind": "compress", "model": "demo:lenet5", "weights": None, "data": "digits",
-                            "input_size": None, "mean": None, "std": None, "plan": quick, "latency": False},
-                           root=app_url["home"])
-    assert engine.wait(run_id, 300, root=app_url["home"])["state"] == "succeeded"
-    return {**app_url, "run": run_id}
+                            "input_size": None, "mean": None, "std": None, "plan": quick, "latency": False}, root=home)
+    assert engine.wait(run_id, 300, root=home)["state"] == "succeeded"
+    for app in started_app(Path(home)):
+        yield {**app, "run": run_id}
 
 
 @pytest.fixture

@@ -235,6 +235,7 @@ def test_distillation_loss():
     assert distill.kd_loss(student, teacher, labels, t, 1.0).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+@pytest.mark.slow  # pruning + distillation epochs (47 s at load 11)
 def test_distill_after_prune_keeps_zeros_and_plan_uses_kd(vgg, digits32, tmp_path):
     from complab.pipeline import compress
 
@@ -277,6 +278,7 @@ def test_plan_validation_messages():
     assert again == plan and again.steps[0].selection == "random" and again.steps[2].temperature == 3.0
 
 
+@pytest.mark.slow  # 52 s at load 11; the quick loop keeps physical removal
 def test_live_estimate_factors_match_the_pruned_model(vgg, digits32):
     from complab.analysis.channel_estimate import channel_factors, channel_layout
 

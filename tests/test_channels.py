@@ -112,6 +112,7 @@ def test_masked_search_equals_physical_removal(vgg, digits32):
     assert torch.allclose(masked, removed, atol=1e-4)
 
 
+@pytest.mark.slow  # two GA runs (37 s at load 11); the quick loop keeps the GA-pruned VGG round trip
 def test_ga_is_seeded_reproducible_and_respects_keep_ratio(vgg, digits32):
     reports = []
     for _ in range(2):

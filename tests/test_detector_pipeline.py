@@ -141,6 +141,7 @@ def test_compare_marks_vanished_and_appeared_boxes():
     assert counts(original, compressed) == {"original": 3, "compressed": 3, "vanished": 2, "appeared": 2}
 
 
+@pytest.mark.slow  # detector distillation epochs (21 s at load 10)
 def test_detector_distillation_loss_and_plan(detector, small_yaml, tmp_path):
     from complab.data.detection import load_detection_data
     from complab.methods.detect_train import _raw, detection_kd_loss

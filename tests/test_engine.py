@@ -254,6 +254,7 @@ def test_invalid_jobs_rejected_nothing_queued(tmp_path, job, message):
     assert list((tmp_path / "runs").iterdir()) == []
 
 
+@pytest.mark.slow  # the CLI's submit, wait and cancel in processes (27 s at load 10)
 def test_cli_submit_runs_cancel(tmp_path, capsys):
     from complab.cli import main
 

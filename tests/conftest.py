@@ -32,3 +32,11 @@ def digits28():
     from complab.data import load_data
 
     return load_data("digits", input_size=28)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Browser walks and the Ray cluster are slow by nature: `pytest -m "not slow"` (the quick loop) leaves them
+    out; the whole suite (CI, the README's command) runs them."""
+    for item in items:
+        if item.get_closest_marker("e2e") or item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.slow)

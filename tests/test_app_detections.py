@@ -131,6 +131,7 @@ def _key(at, kind: str, suffix: str) -> str:
     return next(w.key for w in getattr(at, kind) if w.key and w.key.endswith(suffix))
 
 
+@pytest.mark.slow  # a detector channel-pruned through the page (41 s at load 3)
 def test_plan_page_prunes_detector_channels_by_yolo_block(detector_home, monkeypatch):
     """The channels section traces the detector as the step does (C2f made prunable, head outputs whole): its
     sliders sit under their YOLO block, and a run of the plan it builds removes the channels the estimate said."""

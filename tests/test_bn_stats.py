@@ -137,6 +137,7 @@ def trained_mobilenet(tmp_path_factory):
     return load_model("torchvision:mobilenet_v3_small", weights=path, input_size=32), data
 
 
+@pytest.mark.slow  # trains a MobileNetV3 (3 epochs) and fine-tunes it: the accuracy needs the epochs
 def test_pruned_mobilenet_v3_keeps_accuracy_on_the_decoded_file(trained_mobilenet, tmp_path):
     """Prune 70% + 2 epochs of fine-tuning: within 3 points of the unpruned model, measured on the decoded file.
 

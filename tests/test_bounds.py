@@ -138,6 +138,7 @@ def test_squeezenet_with_channel_record_and_huge_input_is_refused_on_meta(tmp_pa
     assert result["growth_mb"] < GROWTH_MB, result
 
 
+@pytest.mark.slow  # 25 s at load 11
 def test_tiny_tensors_with_a_channel_record_are_refused_on_meta(tmp_path):
     """Tensors of shape (1, 1, ...) pass the 'no larger than the architecture' test; the replay on the meta device
     shows they are not the pruned shapes, so VGG-19 (548 MB) is never built (before: 1.9 GB)."""
@@ -197,6 +198,7 @@ def test_regnet_builds_on_meta_with_the_real_shapes(arch):
     assert {k: v.shape for k, v in meta_model.state_dict().items()} == shapes
 
 
+@pytest.mark.slow  # all 80 builders (21 s at load 11)
 def test_every_torchvision_classifier_builds_on_meta():
     """No architecture falls back to a real build (which a few bytes of file could make cost gigabytes)."""
     started = time.monotonic()

@@ -113,6 +113,7 @@ def test_masked_search_equals_physical_removal(vgg, digits32):
     assert torch.allclose(masked, removed, atol=1e-4)
 
 
+@pytest.mark.slow  # two GA runs (37 s at load 11); the quick loop keeps the GA-pruned VGG round trip
 def test_ga_is_seeded_reproducible_and_respects_keep_ratio(vgg, digits32):
     reports = []
     for _ in range(2):
@@ -171,6 +172,7 @@ def test_resnet18_coupled_channels_stay_consistent(digits32, tmp_path):
     assert metrics.count_params(decoded.model)["params"] == metrics.count_params(model)["params"]
 
 
+@pytest.mark.slow  # the whole RegNetY-400MF pruned and decoded: the longest test of the baseline (300 s at load 11)
 def test_grouped_convolutions_are_left_alone_and_regnet_y_prunes_and_decodes(digits32, tmp_path):
     """RegNetY's grouped 3x3 convolutions can only lose whole groups: the groups feeding them are skipped (before,
     removing single channels there crashed Torch-Pruning on the next layer); the rest prunes and decodes."""
@@ -235,6 +237,7 @@ def test_distillation_loss():
     assert distill.kd_loss(student, teacher, labels, t, 1.0).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+@pytest.mark.slow  # pruning + distillation epochs (47 s at load 11)
 def test_distill_after_prune_keeps_zeros_and_plan_uses_kd(vgg, digits32, tmp_path):
     from complab.pipeline import compress
 
@@ -277,6 +280,7 @@ def test_plan_validation_messages():
     assert again == plan and again.steps[0].selection == "random" and again.steps[2].temperature == 3.0
 
 
+@pytest.mark.slow  # 52 s at load 11; the quick loop keeps physical removal
 def test_live_estimate_factors_match_the_pruned_model(vgg, digits32):
     from complab.analysis.channel_estimate import channel_factors, channel_layout
 

@@ -61,6 +61,7 @@ def cli(*args, cwd=None, env=None):
                           cwd=cwd, env=environ, timeout=600)
 
 
+@pytest.mark.slow  # a detector evaluation per script (46-49 s each at load 10)
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("script", [PYTHON_SCRIPT, SHELL_SCRIPT])
 def test_eval_never_runs_a_yaml_download_script(shapes_dir, tmp_path, script):
@@ -78,6 +79,7 @@ def test_eval_never_runs_a_yaml_download_script(shapes_dir, tmp_path, script):
     assert not marker.exists()
 
 
+@pytest.mark.slow  # a detector evaluated and run (62 s at load 10)
 @pytest.mark.timeout(600)
 def test_a_complete_yaml_with_a_download_key_evaluates_and_runs_nothing(shapes_dir, tmp_path):
     """A real dataset's yaml often keeps its `download:` entry: the data is used, the script never seen by

@@ -127,6 +127,7 @@ def _mutate(arch: dict, rng: random.Random, marker: Path) -> dict:
     return arch
 
 
+@pytest.mark.slow  # a fuzz loop (72 s at load 10)
 def test_fuzzed_architectures_build_or_refuse_never_run_code(tmp_path, demo_architecture):
     rng = random.Random(11)
     marker = tmp_path / "ran"

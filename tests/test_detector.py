@@ -58,6 +58,7 @@ def test_untrusted_checkpoint_is_refused_unread(tmp_path):
         load_detector(tmp_path / "missing.pt", trust=True)
 
 
+@pytest.mark.slow  # mAP twice (36 s at load 10); the quick loop keeps the round trip's identical outputs
 def test_map_of_decoded_file_equals_in_memory(detector, tmp_path):
     from complab.data.shapes import write_dataset
     from complab.models.detector import evaluate_detector

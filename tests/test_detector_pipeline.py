@@ -141,6 +141,7 @@ def test_compare_marks_vanished_and_appeared_boxes():
     assert counts(original, compressed) == {"original": 3, "compressed": 3, "vanished": 2, "appeared": 2}
 
 
+@pytest.mark.slow  # detector distillation epochs (21 s at load 10)
 def test_detector_distillation_loss_and_plan(detector, small_yaml, tmp_path):
     from complab.data.detection import load_detection_data
     from complab.methods.detect_train import _raw, detection_kd_loss
@@ -162,6 +163,7 @@ def test_detector_distillation_loss_and_plan(detector, small_yaml, tmp_path):
     assert abs(result.metrics["weights_kept"] - 0.5) < 0.01  # the distill epochs kept the pruned zeros
 
 
+@pytest.mark.slow  # mAP per layer and point (64 s at load 10)
 def test_detector_sensitivity_measures_map_per_layer(detector, small_yaml):
     from complab.analysis.sensitivity import SensitivityConfig, analyze
     from complab.data.detection import load_detection_data
@@ -200,6 +202,7 @@ def test_shipped_detector_recipes_fit_the_demo_detector(detector, name):
         assert ratios["model.0.conv"] == 0.5 and ratios["model.22.cv2.0.0.conv"] == 0.75
 
 
+@pytest.mark.slow  # a detector run with and without folding (45 s at load 10)
 def test_fold_bn_step_shrinks_the_file_and_decodes_fused(detector, small_yaml, tmp_path):
     from complab.data.detection import load_detection_data
     from complab.errors import PlanError

@@ -85,6 +85,7 @@ def test_submit_runs_to_success_and_survives_restart(tmp_path):
     assert json.loads(out.stdout) == [[run_id, "succeeded", metrics["compression_ratio"]]]
 
 
+@pytest.mark.slow  # crashing jobs and a real run after them (55 s at load 10)
 def test_failures_keep_message_and_log_and_next_run_succeeds(tmp_path, test_jobs):
     bad_plan = quick_job(sparsity={"fc9": 0.5})  # valid at submit: layers are checked against the model at run time
     bad_id = engine.submit(bad_plan, root=tmp_path)
@@ -104,6 +105,7 @@ def test_failures_keep_message_and_log_and_next_run_succeeds(tmp_path, test_jobs
     assert engine.wait(again, 240, root=tmp_path)["error"] == crash["error"]
 
 
+@pytest.mark.slow  # a killed worker and a real run after it (70 s at load 10)
 def test_sigkill_leaves_failed_and_next_run_succeeds_store_untouched(tmp_path):
     done = engine.submit(quick_job(), root=tmp_path)
     assert engine.wait(done, 240, root=tmp_path)["state"] == "succeeded"
@@ -152,6 +154,7 @@ def test_job_ignoring_cancel_is_stopped_by_the_dispatcher(tmp_path, test_jobs, m
     assert row["state"] == "cancelled" and row["finished"] - row["cancel"] < 20
 
 
+@pytest.mark.slow  # concurrent client processes (42 s at load 10)
 def test_concurrent_clients_get_distinct_ids_and_all_finish(tmp_path, test_jobs):
     engine.settings(tmp_path, max_workers=2)
     assert engine.settings(tmp_path)["max_workers"] == 2
@@ -251,6 +254,7 @@ def test_invalid_jobs_rejected_nothing_queued(tmp_path, job, message):
     assert list((tmp_path / "runs").iterdir()) == []
 
 
+@pytest.mark.slow  # the CLI's submit, wait and cancel in processes (27 s at load 10)
 def test_cli_submit_runs_cancel(tmp_path, capsys):
     from complab.cli import main
 

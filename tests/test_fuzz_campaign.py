@@ -31,6 +31,7 @@ def sandbox(tmp_path, monkeypatch):
     return work, outside
 
 
+@pytest.mark.slow  # the fuzz harness's planted cases (32 s at load 10)
 def test_selftest_fires_every_counter():
     """11 planted cases: each counter the issue's "done when" reads is nonzero exactly where a failure was planted."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "compression")}

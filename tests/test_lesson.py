@@ -113,11 +113,19 @@ def test_lesson_page_walks_the_five_steps_and_reuses_runs(tmp_path, monkeypatch)
     at.button(key="lesson_next_decode").click().run()
     assert metric(at, "Decoded accuracy") == metric(at, "Accuracy after sharing")
     assert len(engine.list_runs(root=tmp_path / "home")) == 2
-    # a second class: the same steps are found in the store and shown at once, nothing is recomputed
+    # a second class: the same steps are found in the store and shown at once (no waiting between the clicks),
+    # nothing is recomputed, and every number on the page is the first class's
     again = open_lesson()
     for step in ("prune", "share", "code", "decode"):
         again.button(key=f"lesson_next_{step}").click().run()
+        assert not again.exception, [e.value for e in again.exception]
     assert metric(again, "Decoded accuracy") == metric(at, "Decoded accuracy")
+
+    def numbers(page: AppTest) -> dict:
+        return {m.label: (m.value, m.delta) for m in page.metric if m.label != "Decode time"}  # a clock, not a result
+
+    assert len(numbers(at)) == 14 and numbers(again) == numbers(at)
+    assert again.session_state["lesson"]["runs"] == runs
     assert any("computed earlier" in c.value for c in again.caption)
     assert len(engine.list_runs(root=tmp_path / "home")) == 2
 

@@ -176,6 +176,7 @@ def test_pdf_without_chromium_says_so(classifier_home, tmp_path, capsys, monkeyp
     assert not (tmp_path / "r.html").exists()  # refused before anything was written
 
 
+@pytest.mark.slow  # a detector run and its report (40 s at load 10)
 def test_detector_report_has_the_image_grid(tmp_path, capsys):
     from complab import engine
 

@@ -55,6 +55,7 @@ def _job(folder: Path) -> dict:
 # ------------------------------------------------------------------------------------------------ item 10
 
 
+@pytest.mark.slow  # two sweeps of runs (20 s at load 10)
 def test_a_sweep_over_changed_data_runs_again(tmp_path):
     """The reproduction: the same sweep, then two class folders swapped and 10 images deleted: a new run, on the
     new data (its accuracy is the changed data's), where it used to say reused with the old accuracy."""

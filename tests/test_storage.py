@@ -450,6 +450,7 @@ def test_entropy_coder_overhead_is_below_half_a_percent(make):
     assert used == len(blob) and np.array_equal(decoded, symbols)
 
 
+@pytest.mark.slow  # a property fuzz of 40 streams up to 65,536 symbols (28 s at load 3)
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 65536), st.integers(0, 3000), st.floats(0.05, 5.0), st.integers(0, 2**32 - 1))
 def test_entropy_coder_round_trips_skewed_streams(alphabet_size, n, skew, seed):

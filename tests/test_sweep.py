@@ -102,6 +102,7 @@ def test_parse_targets():
     assert parse_targets("accuracy:0") == ("accuracy", [0.0])
 
 
+@pytest.mark.slow  # four engine runs and their reuse (76 s at load 10)
 def test_cli_sweep_of_ratio_targets_runs_reuses_and_decodes(tmp_path, capsys):
     from complab import sources
 

@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(300)
 
 
+@pytest.mark.slow  # an analysis and two generations of runs (35 s at load 10)
 def test_search_runs_generations_as_one_sweep_and_returns_its_measured_front(tmp_path, capsys):
     report = tmp_path / "r.json"
     assert main(["analyze", "--model", "demo:lenet5", "--data", "digits", "--sparsities", "0,0.5,0.8,0.95",

@@ -329,8 +329,8 @@ def test_the_child_process_is_stopped_after_its_timeout(evil, tmp_path):
     from complab.measure_child import measure_in_child
 
     spec = {"model": f"torchscript:{tmp_path / 'spin.pt'}", "data": "digits", "input_size": 28, "trust": True}
-    with pytest.raises(ModelLoadError, match="took more than 20 s and was stopped"):
-        measure_in_child(spec, timeout=20)
+    with pytest.raises(ModelLoadError, match="took more than 10 s and was stopped"):
+        measure_in_child(spec, timeout=10)  # the spin never ends: any limit past the child's start shows the stop
 
 
 def test_the_child_process_has_a_memory_cap(evil, tmp_path, monkeypatch):

@@ -110,6 +110,7 @@ def test_channel_pruned_fused_detector_file_decodes_to_the_same_outputs(tmp_path
     assert torch.equal(_first(load_detector_file(tmp_path / "again.clab").model(x)), _first(handle.model(x)))
 
 
+@pytest.mark.slow  # a detector channel-pruned through compress (54 s at load 10)
 def test_channels_step_prunes_a_detector_and_its_file_gives_the_same_boxes(tmp_path):
     from complab.analysis.detections import predict
     from complab.data.detection import load_detection_data

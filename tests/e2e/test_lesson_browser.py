@@ -1,8 +1,9 @@
 """The lesson in a real browser, with fast settings: from the Model page's link through all five steps; every number
-the page shows is the one the runs measured; a second class finds the finished runs and starts at once.
+the page shows is the one the runs measured. (A second class finding the finished runs, every number the same, is
+tests/test_lesson.py's AppTest walk: one browser walk per user journey.)
 
-With LESSON_E2E_REAL=1 the same walk uses the real lesson's settings and prints how long a class waits, cold and
-with every step cached (the README's measurement):
+With LESSON_E2E_REAL=1 the same walk uses the real lesson's settings, walks a second class in the browser too, and
+prints how long a class waits, cold and with every step cached (the README's measurement):
     LESSON_E2E_REAL=1 .venv/bin/python -m pytest tests/e2e/test_lesson_browser.py -s
 """
 
@@ -134,6 +135,7 @@ def test_lesson_end_to_end(browser, lesson_app):
     context.close()
 
     prune_id, share_id = first["runs"]
+    assert len(engine.list_runs(root=home)) == 2  # step 3-5 show one run: two in all
     prune = _metrics(prune_id, home)
     share = _metrics(share_id, home)
     assert prune["plan_name"].startswith("lesson: prune") and ("fast" in prune["plan_name"]) != REAL
@@ -156,7 +158,10 @@ def test_lesson_end_to_end(browser, lesson_app):
                    f"{share['after']['compressed_bytes']:,} bytes", "ANS", "Huffman"):
         assert number in text, number
 
-    # a second class: every step was computed before, so the lesson goes through without a new run
+    if not REAL:
+        print(f"\nlesson in the browser (fast settings): {cold:.1f} s {first['seconds']}")
+        return
+    # the measurement: a second class, every step computed before, goes through without a new run
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(60_000)
@@ -167,8 +172,7 @@ def test_lesson_end_to_end(browser, lesson_app):
     assert second["runs"] == first["runs"] and len(engine.list_runs(root=home)) == 2
     same = {k: v for k, v in first.items() if k not in ("text", "seconds")}
     assert {k: v for k, v in second.items() if k in same} == same
-    settings = "real" if REAL else "fast"
-    print(f"\nlesson in the browser ({settings} settings): cold {cold:.1f} s {first['seconds']}, cached {cached:.1f} s "
+    print(f"\nlesson in the browser (real settings): cold {cold:.1f} s {first['seconds']}, cached {cached:.1f} s "
           f"{second['seconds']} (screenshots included in the totals)")
     assert sum(second["seconds"].values()) < sum(first["seconds"].values())
 

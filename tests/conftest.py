@@ -10,7 +10,8 @@ import torch
 # generated datasets (the detector's synthetic shapes, ~1,000 images) are made once and shared by every test
 os.environ.setdefault("COMPRESSION_LAB_DATA",
                       str(Path(tempfile.gettempdir()) / f"complab-test-data-{os.getuid()}"))
-torch.set_num_threads(2)
+# the suite runs on two xdist workers (pyproject's addopts): one torch thread each keeps them off each other's core
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(scope="session")
@@ -34,9 +35,13 @@ def digits28():
     return load_data("digits", input_size=28)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """Browser walks and the Ray cluster are slow by nature: `pytest -m "not slow"` (the quick loop) leaves them
-    out; the whole suite (CI, the README's command) runs them."""
+    out; the whole suite (CI, the README's command) runs them. Each of the two shares one server (the app, the
+    cluster) across its files, so each runs on one xdist worker (`--dist loadgroup`); other tests spread."""
     for item in items:
-        if item.get_closest_marker("e2e") or item.get_closest_marker("ray"):
-            item.add_marker(pytest.mark.slow)
+        for marker in ("e2e", "ray"):
+            if item.get_closest_marker(marker):
+                item.add_marker(pytest.mark.slow)
+                item.add_marker(pytest.mark.xdist_group(marker))

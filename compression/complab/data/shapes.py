@@ -10,8 +10,10 @@ in YOLO format (images/{train,val}/*.png, labels/{train,val}/*.txt, data.yaml). 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -103,14 +105,26 @@ def write_dataset(out: Path, train: int = 800, val: int = 200, config: ShapesCon
             if image_path.exists():
                 continue
             image, labels = draw_image(index, split, config)
-            image.save(image_path)
             lines = [f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}" for c, x, y, w, h in labels]
-            (out / "labels" / split / f"{index:05d}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+            # label first, each file whole under its name (two processes may generate the same set at once): an
+            # image that exists is complete and has its label
+            _write_whole(out / "labels" / split / f"{index:05d}.txt",
+                         ("\n".join(lines) + ("\n" if lines else "")).encode())
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            _write_whole(image_path, buffer.getvalue())
     yaml = out / "data.yaml"
     names = "\n".join(f"  {i}: {name}" for i, name in enumerate(CLASSES))
-    yaml.write_text(f"path: {out.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
-    (out / "generator.json").write_text(json.dumps({"train": train, "val": val, **asdict(config)}, indent=2))
+    _write_whole(out / "generator.json", json.dumps({"train": train, "val": val, **asdict(config)}, indent=2).encode())
+    _write_whole(yaml, f"path: {out.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n".encode())
     return yaml
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """Write `data` under a temporary name, then rename: a reader sees the whole file or none."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -211,6 +211,7 @@ def test_orphaned_runs_are_failed_on_listing(tmp_path):
     assert engine.log_tail(ids[0], root=tmp_path).startswith("partial output")
 
 
+@pytest.mark.slow  # 7 s: a real analysis job, twice
 def test_sensitivity_job_and_cache(tmp_path):
     job = {"kind": "sensitivity", "model": "demo:lenet300", "data": "digits",
            "config": {"val_size": 100, "sparsities": [0.0, 0.5, 0.9], "n_clusters": [2, 16]}}

@@ -217,6 +217,7 @@ def fill(path: Path) -> Path:
     return filler
 
 
+@pytest.mark.slow  # 13 s: a run on a filled tmpfs
 def test_disk_full_mid_run_fails_saying_disk_full_never_stuck(small_disk, test_jobs):
     home = small_disk / "home"
     run_id = engine.submit({"kind": "test-sleep", "seconds": 40}, root=home)

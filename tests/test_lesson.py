@@ -85,6 +85,7 @@ def _run_until(at: AppTest, done, timeout: float = 300) -> None:
         assert not at.exception, [e.value for e in at.exception]
 
 
+@pytest.mark.slow  # 20 s: three engine runs; the quick loop keeps the lesson's step and failure tests
 def test_lesson_page_walks_the_five_steps_and_reuses_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("COMPRESSION_LAB_HOME", str(tmp_path / "home"))
     monkeypatch.setenv(lesson.FAST_ENV, "1")

@@ -250,6 +250,7 @@ def test_the_sidebar_names_the_engine(tmp_path, monkeypatch):
     assert any("cannot reach the Ray cluster at 127.0.0.1:1" in w.value for w in at.sidebar.warning)
 
 
+@pytest.mark.slow  # 8 s: two dispatchers in turn
 def test_switching_the_engine_hands_the_queue_to_the_new_one(tmp_path, monkeypatch):
     """A local dispatcher that sees --ray ADDRESS stored finishes its own run and hands the queue over."""
     monkeypatch.setenv("COMPRESSION_LAB_TEST_JOBS", "1")

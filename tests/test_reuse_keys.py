@@ -114,6 +114,7 @@ def test_the_key_covers_weights_bytes_and_the_code_version(tmp_path, monkeypatch
     assert len(walked) == 1  # a sweep's members on one dataset: walked once
 
 
+@pytest.mark.slow  # 8 s: two real runs
 def test_a_run_of_another_code_version_is_not_reused(tmp_path, monkeypatch, test_jobs):
     job = {"kind": "test-sleep", "seconds": 0.1}
     monkeypatch.setattr(keys, "code_version", lambda: "0.0.9+an-older-release")
@@ -260,6 +261,7 @@ else:
 """
 
 
+@pytest.mark.slow  # 9 s a case: concurrent submitters
 @pytest.mark.parametrize("how", ["sweep", "one"])
 def test_identical_submissions_at_once_become_one_run(tmp_path, test_jobs, how):
     """Four processes submit the same sweep (or the same job) at the same instant: one set of runs; the others

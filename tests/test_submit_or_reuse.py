@@ -12,6 +12,7 @@ def test_jobs(monkeypatch):
     monkeypatch.setenv("COMPRESSION_LAB_TEST_JOBS", "1")
 
 
+@pytest.mark.slow  # 12 s: three engine runs; test_reuse_keys keeps what a key covers
 def test_an_active_or_finished_run_is_reused_and_a_failed_one_is_not(tmp_path, test_jobs):
     job = {"kind": "test-sleep", "seconds": 1.0}
     first, reused = engine.submit_or_reuse(job, root=tmp_path)

@@ -47,6 +47,7 @@ def test_cancel_sweep_stops_the_running_member_and_no_queued_one_starts(tmp_path
     assert rebuilt["targets"] == ["seconds:60", "seconds:61", "seconds:62"]
 
 
+@pytest.mark.slow  # 9 s: a sweep of real runs
 def test_a_failed_member_does_not_stop_the_others_and_reuse_skips_finished_work(tmp_path, test_jobs):
     jobs = [sleep(0.1), {"kind": "test-crash"}, sleep(0.2)]
     sweep_id = engine.submit_sweep(jobs, root=tmp_path)

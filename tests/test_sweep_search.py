@@ -57,6 +57,7 @@ def test_bad_search_settings_exit_2(tmp_path, capsys, flags, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 16 s: a search of real runs; the quick loop keeps the CLI search tests
 def test_a_background_search_from_the_app_runs_as_one_sweep_and_logs_its_front(tmp_path):
     """What the Plan page's Sweep > search starts: a detached process; the app only watches the sweep."""
     import time

@@ -325,6 +325,7 @@ def test_the_server_side_loader_never_runs_torchscript(evil, monkeypatch):
     assert written(markers) == []
 
 
+@pytest.mark.slow  # 10 s: waits out the child's timeout
 def test_the_child_process_is_stopped_after_its_timeout(evil, tmp_path):
     from complab.measure_child import measure_in_child
 

@@ -35,13 +35,10 @@ def digits28():
     return load_data("digits", input_size=28)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """Browser walks and the Ray cluster are slow by nature: `pytest -m "not slow"` (the quick loop) leaves them
-    out; the whole suite (CI, the README's command) runs them. Each of the two shares one server (the app, the
-    cluster) across its files, so each runs on one xdist worker (`--dist loadgroup`); other tests spread."""
+    out; the whole suite (CI, the README's command) runs them. The suite runs on two xdist workers, a file's
+    tests on one (`--dist loadfile`), so a file's module and session fixtures (the Ray cluster) start once."""
     for item in items:
-        for marker in ("e2e", "ray"):
-            if item.get_closest_marker(marker):
-                item.add_marker(pytest.mark.slow)
-                item.add_marker(pytest.mark.xdist_group(marker))
+        if item.get_closest_marker("e2e") or item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.slow)

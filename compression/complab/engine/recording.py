@@ -71,13 +71,17 @@ class Progress:
         except StoreError:  # the index locked by another program for long, or full: the next event catches up
             pass
 
+    def _cancel_timer(self) -> None:
+        """Stop the timer that would write the held-back event (the caller holds the lock)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
     def mark(self, stage: str, fraction: float, values: dict | None = None) -> None:
         """Write an event that must not be replaced by a later one (an attempt's start, a retry): at once, after
         the one held back."""
         with self.lock:
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
+            self._cancel_timer()
             if self.pending is not None:
                 self._write(self.pending)
             self._write(event(stage, fraction, values))
@@ -85,17 +89,13 @@ class Progress:
     def drop(self) -> None:
         """Forget a held-back event without writing it (an attempt given up: what it said is out of date)."""
         with self.lock:
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
+            self._cancel_timer()
             self.pending = None
 
     def flush(self, final_stage: str | None = None) -> None:
         """Write the held-back event, then (for a success) a final event at 1.0 unless that was the last one."""
         with self.lock:
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
+            self._cancel_timer()
             if self.pending is not None:
                 self._write(self.pending)
             last = self.last

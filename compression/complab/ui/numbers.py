@@ -1,6 +1,6 @@
 """The one number formatter of the app and the report: large numbers ("8.17 G"), counts with separators, scores
 with their 95% interval, changes in points ("no change" near zero), speed ratios in words, and which way a change
-is good (green means better). The exact value of a shortened number goes in a help.
+is good (green means better). The exact value of a shortened number goes in a help."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
-"""Compare page: Pareto fronts (accuracy vs bytes, FLOPs, latency) with each sweep as one line that fills in live
-while its members run (and can be cancelled), the run table, where the bytes went, histograms, downloads (the
-self-contained HTML report among them). In presentation mode (?present=1&run=ID): the run's headline numbers,
-two fronts with the run ringed and its waterfall, large, with no widgets."""
+"""Compare page: the active model's runs (another model's on request), opened on its best run on the
+accuracy-vs-bytes front (complab.analysis.pareto.best_run, said why); Pareto fronts (accuracy vs bytes, FLOPs,
+latency) with each sweep as one line that fills in live while its members run (and can be cancelled), the run
+table, where the bytes went, histograms, downloads (the self-contained HTML report among them, of the run shown).
+In presentation mode (?present=1, optionally &run=ID): that run's headline numbers, two fronts with the run
+ringed and its waterfall, large, with no widgets."""
 
 import datetime as dt
 import json
@@ -9,13 +11,15 @@ import json
 import streamlit as st
 from complab import engine, runfolder
 from complab.analysis import report
-from complab.analysis.pareto import prediction_error, runs_table
+from complab.analysis.pareto import best_run, prediction_error, runs_table
 from complab.errors import CompressionLabError
 from complab.models.tasks import finds_boxes
-from complab.ui import figures, present
+from complab.ui import compare, figures, present
+from complab.ui.links import link_run_id
 from complab.ui.navigation import page_setup
+from complab.ui.numbers import points
 from complab.ui.report import load_report_runs, plain_markdown, report_html
-from complab.ui.state import decoded_run, home, load_active, run_exports
+from complab.ui.state import active_spec, decoded_run, home, load_active, run_exports
 
 LIVE_EVERY_S = 2.0  # seconds between redraws of the fronts while a sweep has members queued or running
 
@@ -43,36 +47,67 @@ if table.empty and not live:
     st.stop()
 
 
-def presentation(run_id: str) -> None:
-    """The projector view of one run: headline numbers, accuracy vs bytes and vs FLOPs, where the bytes went."""
+spec = active_spec()
+active_name = compare.active_model_name(runs, table, spec)  # None: the active model has no finished run
+models = sorted(set(table["model"].unique()) if not table.empty else {s["model"] for s in sweeps if s["active"]})
+models, model_index = compare.model_options(models, active_name)
+if active_name is None and not presenting:
+    st.info(f"The active model, {plain_markdown(spec['model'])} on {plain_markdown(spec['data'])}, has no finished "
+            "compression run yet: launch one from the Plan page. Below: the runs of another model.")
+
+
+def presentation(rows, best: dict | None, run_id: str) -> None:
+    """The projector view of one run: headline numbers, which run and why, accuracy vs bytes and vs FLOPs,
+    where the bytes went."""
     metrics = next(run["metrics"] for run in runs if run["id"] == run_id)
-    rows = table[table["model"] == table.loc[table["run"] == run_id, "model"].item()]
     st.title(f"{metrics.get('model', '')} · {metrics.get('plan_name') or run_id}")
     present.headline_metrics(metrics)
+    st.markdown(compare.choice_text(rows, best, run_id, hint=False))
     left, right = st.columns(2)
-    left.plotly_chart(present.projector(figures.pareto_figure(rows, "compressed_bytes", "compressed bytes (file)",
-                                                              highlight=run_id)), key="present_pareto_bytes")
-    right.plotly_chart(present.projector(figures.pareto_figure(rows, "sparse_flops", "FLOPs (zero weights skipped)",
-                                                               highlight=run_id)), key="present_pareto_flops")
+    left.plotly_chart(present.projector(compare.pareto(rows, "compressed_bytes", "compressed bytes (file)", run_id)),
+                      key="present_pareto_bytes")
+    right.plotly_chart(present.projector(compare.pareto(rows, "sparse_flops", "FLOPs (zero weights skipped)",
+                                                        run_id)), key="present_pareto_flops")
     try:
-        rows = report.file_rows(engine.run_dir(run_id, root=home()))
+        file_rows = report.file_rows(engine.run_dir(run_id, root=home()))
     except CompressionLabError as exc:  # a damaged compact file: said, no traceback
         st.error(plain_markdown(str(exc)))
         return
-    waterfall = report.bytes_waterfall(rows, metrics["before"]["fp32_bytes"], f"run {run_id}",
+    waterfall = report.bytes_waterfall(file_rows, metrics["before"]["fp32_bytes"], f"run {run_id}",
                                        report.params_removed(metrics))
     st.plotly_chart(present.projector(figures.bytes_waterfall(waterfall)), key="present_waterfall")
 
 
 if presenting and not table.empty:
-    presentation(present.chosen_run(list(table["run"]), key="compare_run"))
+    linked = link_run_id(st.query_params.get(present.RUN_PARAM))  # a prepared link may name any model's run
+    if linked in set(table["run"]):
+        model = table.loc[table["run"] == linked, "model"].item()
+    else:
+        model = models[model_index]
+        if active_name is None:
+            st.warning(f"The active model, {plain_markdown(spec['model'])}, has no finished compression run: "
+                       f"showing {plain_markdown(model)}'s.")
+    rows = table[table["model"] == model]
+    best = best_run(rows)
+    presentation(rows, best, present.chosen_run(compare.run_options(rows, best), key="compare_run",
+                                                default_name="the best run on the front"))
     st.stop()
-models = sorted(set(table["model"].unique()) if not table.empty else {s["model"] for s in sweeps if s["active"]})
-model = st.selectbox("Model", models, key="compare_model") if len(models) > 1 else models[0]
+model = (st.selectbox("Model", models, index=model_index, key="compare_model",
+                      format_func=lambda name: name + (" (the active model)" if name == active_name else ""))
+         if len(models) > 1 else models[0])
+if not table.empty and model in set(table["model"]):
+    model_rows = table[table["model"] == model]
+    best = best_run(model_rows)
+    run_id = present.chosen_run(compare.run_options(model_rows, best), key="compare_run",  # the URL's run=ID first
+                                format_func=compare.run_label(model_rows, best),
+                                default_name="the best run on the front")
+    st.markdown(compare.choice_text(model_rows, best, run_id))
+else:
+    run_id = None
 
 
 @st.fragment(run_every=LIVE_EVERY_S if live else None)
-def fronts(runs: list[dict], sweeps: list[dict]) -> None:
+def fronts(runs: list[dict], sweeps: list[dict], shown_run: str | None) -> None:
     """The sweeps' progress, the three fronts and the table; redrawn every few seconds while a sweep runs."""
     if live:  # the timer's redraws (which get the first call's arguments) read the store again
         runs = engine.list_runs(root=home(), kind="compress")
@@ -98,38 +133,35 @@ def fronts(runs: list[dict], sweeps: list[dict]) -> None:
         st.info("No member of the sweep has finished yet: its curve appears here as they do.")
         return
     tabs = st.tabs(["Accuracy vs bytes", "Accuracy vs FLOPs", "Accuracy vs CPU latency"])
-    tabs[0].plotly_chart(figures.pareto_figure(rows, "compressed_bytes", "compressed bytes (file on disk)", shown),
-                         key="pareto_bytes")
-    tabs[1].plotly_chart(figures.pareto_figure(rows, "sparse_flops", "FLOPs (zero weights skipped)", shown),
+    tabs[0].plotly_chart(compare.pareto(rows, "compressed_bytes", "compressed bytes (file on disk)", shown_run,
+                                        shown), key="pareto_bytes")
+    tabs[1].plotly_chart(compare.pareto(rows, "sparse_flops", "FLOPs (zero weights skipped)", shown_run, shown),
                          key="pareto_flops")
-    tabs[2].plotly_chart(figures.pareto_figure(rows, "latency_ms", "CPU latency, batch 1 (ms, dense kernels)",
-                                                  shown),
-                         key="pareto_latency")
+    tabs[2].plotly_chart(compare.pareto(rows, "latency_ms", "CPU latency, batch 1 (ms, dense kernels)", shown_run,
+                                        shown), key="pareto_latency")
     st.caption("Each method family (prune+cluster, vq quantizers, channels) is its own series, its thin line that "
                "family's own front. Dimmed points are dominated (another run is both smaller and at least as "
                "accurate); the dashed line joins the overall Pareto front; a sweep is one line through its "
-               "finished runs. Accuracy is measured on the model decoded from each file"
+               "finished runs; the ringed point is the run chosen above. Accuracy is measured on the model decoded "
+               "from each file"
                + (" (for a detector: mAP50 on its validation images)." if rows["task"].map(finds_boxes).any() else "."))
-    st.dataframe(rows, hide_index=True, width="stretch", key="compare_table",
-                 column_config={"ratio": st.column_config.NumberColumn(format="%.1fx"),
-                                "accuracy": st.column_config.NumberColumn(format="%.4f")})
+    st.dataframe(compare.display_table(rows), hide_index=True, width="stretch", key="compare_table")
 
 
-fronts(runs, sweeps)
-if table.empty:
+fronts(runs, sweeps, run_id)
+if run_id is None:
     st.stop()
-table = table[table["model"] == model]
+table = model_rows
 error = prediction_error(table)
 if error is not None:  # how far to trust the plan page's predicted accuracy, learned from these runs
     st.subheader("Predicted vs measured accuracy")
     st.plotly_chart(figures.prediction_figure(table), key="compare_prediction")
-    st.caption(f"{error['runs']} run(s) launched with a prediction: mean absolute error {error['mae_pts']:.2f} "
-               f"points (measured minus predicted on average {error['bias_pts']:+.2f}), "
+    st.caption(f"{error['runs']} run(s) launched with a prediction: mean absolute error {error['mae_pts']:.1f} "
+               f"points (measured minus predicted drop on average {points(error['bias_pts'] / 100)}), "
                f"{error['within_range']:.0%} inside the predicted range. The prediction is made at launch from the "
                "sensitivity report (validation subset); the measurement is the decoded file on the plan's split. "
                "The Plan page refits its fine-tuning calibration on this model's runs once it has three.")
 
-run_id = present.chosen_run(list(table["run"]), key="compare_run")  # the URL's run=ID first: a link can be shared
 st.subheader("Headline")
 present.headline_metrics(next(run["metrics"] for run in runs if run["id"] == run_id))
 run_metrics = next(run["metrics"] for run in runs if run["id"] == run_id)
@@ -184,8 +216,10 @@ def report_file() -> str:
 
 
 st.download_button(  # built when clicked (a detector's report runs both models on a few validation images)
-    f"Download report (HTML, {len(chosen_first)} run(s), this one first)", key="dl_report", mime="text/html",
-    file_name=f"report-{run_id}.html", on_click="ignore", data=report_file)
+    f"Download report (HTML, {len(chosen_first)} run(s), {table.loc[table['run'] == run_id, 'plan'].item() or run_id} "
+    "first)", key="dl_report", mime="text/html", file_name=f"report-{run_id}.html", on_click="ignore",
+    data=report_file, help=f"report-{run_id}.html: its headline is the run shown above (run {run_id}); the other runs "
+                           "of this model follow.")
 cols = st.columns(4)
 cols[0].download_button("Compact file (.clab)", engine.run_file(run_id, "model.clab", root=home()).read_bytes(),
                         f"{run_id}.clab", key="dl_clab")

@@ -96,10 +96,11 @@ def code_model_summary(candidate: dict, active: dict) -> None:
 
 
 spec = active_spec()
-if present.presenting():  # the projector view: the model's summary numbers, large, nothing to choose
+if present.presenting():  # the projector view of the active model (the lesson's, during the lesson): numbers, layers
     present.present_css()
-    st.title(load_active(spec)[0].label)
-    summary(spec)
+    st.title(f"{load_active(spec)[0].label} on {spec['data']}")
+    _, shown = summary(spec)
+    st.plotly_chart(present.projector(present.layer_chart(shown["layers"])), key="present_layers")
     st.stop()
 st.title("Model")
 st.page_link("pages/lesson.py", label="Teaching? The Lesson page walks a class through Deep Compression, step by step",

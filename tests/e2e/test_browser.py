@@ -80,9 +80,9 @@ def test_full_flow(page, app_url, tmp_path):
     goto(page, f"{url}/compare", "Compare")
     page.locator(".js-plotly-plot .scatterlayer .point").first.wait_for()  # Plotly draws after the frame appears
     assert page.locator(".js-plotly-plot .scatterlayer .point").count() >= 1
-    picker = page.locator('input[aria-label="Run"]')  # the run picker shows the newest run
+    picker = page.locator('input[aria-label="Run"]')  # the run picker shows the best run (here the only one)
     picker.wait_for()
-    assert picker.input_value() == run_id
+    assert run_id in picker.input_value()  # "plan: score, ratio (best on the front) · run id"
     shot(page, "5-compare")
     with page.expect_download() as download_info:
         page.get_by_role("button", name="Compact file (.clab)").click()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from complab.intervals import noise_floor
+
 
 def pareto_mask(costs: list[float], accuracies: list[float]) -> list[bool]:
     """True for each point not dominated (another point with cost <= and accuracy >=, one strictly)."""
@@ -94,6 +96,9 @@ def runs_table(runs: list[dict], sweeps: list[dict] | None = None) -> pd.DataFra
             "steps": "+".join(steps) if steps else "none",
             "accuracy": after["accuracy"],
             "accuracy_before": before["accuracy"],
+            # images of the split each score was measured on (None for runs from before it was recorded)
+            "images": after.get("images"),
+            "images_before": before.get("images"),
             "accuracy_drop_pts": 100 * (before["accuracy"] - after["accuracy"]),
             "compressed_bytes": after["compressed_bytes"],
             "fp32_bytes": before["fp32_bytes"],
@@ -109,3 +114,45 @@ def runs_table(runs: list[dict], sweeps: list[dict] | None = None) -> pd.DataFra
             "sweep": in_sweeps.get(run["id"], ""),
         })
     return pd.DataFrame(rows)
+
+
+def best_run(table: pd.DataFrame, cost: str = "compressed_bytes") -> dict | None:
+    """The run Compare opens on (its headline, downloads, report button and presentation view): a run on the
+    accuracy-vs-`cost` Pareto front, never a dominated one, and of the front the smallest file whose accuracy is
+    within noise of the most accurate front run's.
+
+    Why not simply the most accurate run: on a sweep it is usually the least compressed, and a bigger file that
+    scores higher by less than the split can resolve has bought nothing measurable. Runs of one model are scored
+    on the same split, so the tolerance is the noise floor of the best accuracy on that split's n images
+    (complab.intervals.noise_floor: the half width of its 95% interval, never under one image). Where n is not
+    recorded (runs from before metrics.json carried it) or the score is not an accuracy (a detector's mAP has no
+    Wilson interval), nothing can be called within noise: the most accurate front run is chosen (the smaller file
+    on a tie).
+
+    `table` holds one model's rows (runs_table). Returns None for an empty table, else {"run", "accuracy",
+    "best_run", "best_accuracy", "tolerance" (fraction, 0 when not judged), "images" (n or None), "front" (the
+    front's run ids, smallest file first), "runs" (how many rows were weighed)}."""
+    if table.empty:
+        return None
+    rows = table.dropna(subset=[cost, "accuracy"])
+    if rows.empty:
+        return None
+    rows = rows[pareto_mask(list(rows[cost]), list(rows["accuracy"]))].sort_values([cost, "accuracy"],
+                                                                                  ascending=[True, False])
+    top = rows.sort_values(["accuracy", cost], ascending=[False, True]).iloc[0]
+    images = _count(top.get("images"))
+    scored_as_accuracy = str(top.get("task", "classify")) == "classify"
+    tolerance = noise_floor(float(top["accuracy"]), images) if images and scored_as_accuracy else 0.0
+    chosen = rows[rows["accuracy"] >= float(top["accuracy"]) - tolerance - 1e-12].iloc[0]
+    return {"run": str(chosen["run"]), "accuracy": float(chosen["accuracy"]), "best_run": str(top["run"]),
+            "best_accuracy": float(top["accuracy"]), "tolerance": float(tolerance),
+            "images": images if tolerance else None, "front": [str(run) for run in rows["run"]], "runs": len(table)}
+
+
+def _count(value) -> int | None:
+    """A recorded image count, or None (absent, NaN in a table of old and new runs, or not a positive number)."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None

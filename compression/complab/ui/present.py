@@ -1,7 +1,7 @@
 """Presentation mode for the classroom and the meeting room: `?present=1` in the URL (and `run=ID` for the run).
 
-When it is on, a page that supports it (Model, Compare, Detections) calls present_css(): the sidebar, Streamlit's
-header and toolbar, input widgets and captions are hidden, metrics and headings are drawn large for a projector,
+When it is on, a page that supports it (Model, Compare, Detections, Lesson) calls present_css(): the sidebar,
+Streamlit's header and toolbar, input widgets and captions are hidden, metrics and headings are drawn large,
 and an "Exit presentation" button stays pinned in the corner. Pages pass figures through projector() (taller,
 larger text) and ask chosen_run() for the run to show, which in presentation mode is read from the URL (never a
 widget), so a presenter can open a prepared link such as /compare?present=1&run=20261201-101500-ab12.
@@ -13,13 +13,18 @@ query on a page switch (see state._show_link), so moving between pages stays in 
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Callable, Sequence
 
+import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from complab.analysis.report import headline, headline_numbers
+from complab.intervals import difference
+from complab.models.tasks import finds_boxes
 from complab.ui.links import link_presenting, link_run_id
-from complab.ui.numbers import human
+from complab.ui.numbers import count, delta_color, human, percent, points, score, speed
 
 PARAM, RUN_PARAM = "present", "run"
 SESSION_KEY = "presenting"
@@ -77,9 +82,13 @@ def present_toggle() -> None:
                    "widgets. The URL (?present=1&run=...) opens it again, e.g. on the meeting-room machine.")
 
 
-def present_css() -> None:
-    """Hide everything but the numbers, plots and detections, draw them large, and pin the exit button."""
-    st.markdown(CSS.replace("HIDDEN", ",\n".join(HIDDEN), 1), unsafe_allow_html=True)
+def present_css(keep: Sequence[str] = ()) -> None:
+    """Hide everything but the numbers, plots and detections, draw them large, and pin the exit button. `keep`:
+    the key prefixes of buttons the presenter still needs (the Lesson's Next buttons)."""
+    shown = "".join(f'[class*="st-key-{prefix}"], [class*="st-key-{prefix}"] [data-testid="stButton"] '
+                    "{ display: block !important; }\n" for prefix in keep)
+    st.markdown(CSS.replace("HIDDEN", ",\n".join(HIDDEN), 1).replace("</style>", shown + "</style>"),
+                unsafe_allow_html=True)
     st.button("Exit presentation", key="present_exit", icon=":material/close_fullscreen:",
               on_click=set_presenting, args=(False,))
 
@@ -90,21 +99,59 @@ def projector(fig):
                       title_font={"size": 22}, legend_font={"size": 16})
     for axes in (fig.update_xaxes, fig.update_yaxes):  # Streamlit's chart theme sets the axes' own fonts
         axes(tickfont={"size": 16}, title_font={"size": 19})
+    _honest_x_range(fig)
+    return fig
+
+
+NARROW = 0.01  # a cost axis whose points lie within 1% of each other gets a range of +-10% around them
+
+
+def _honest_x_range(fig) -> None:
+    """Two runs at (nearly) the same cost make plotly zoom to a few units ("43.551k-43.553k"), inventing a
+    precision no one measured: such an axis is widened to +-10% around the points (log axes in decades)."""
+    values = [float(x) for trace in fig.data if getattr(trace, "x", None) is not None for x in trace.x
+              if isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(float(x))]
+    if not values or min(values) <= 0:
+        return
+    low, high = min(values), max(values)
+    if high - low > NARROW * high:
+        return
+    middle = (low + high) / 2
+    if fig.layout.xaxis.type == "log":
+        fig.update_xaxes(range=[math.log10(middle * 0.9), math.log10(middle * 1.1)])
+    else:
+        fig.update_xaxes(range=[middle * 0.9, middle * 1.1])
+
+
+def layer_chart(layers: pd.DataFrame) -> go.Figure:
+    """The model's size at a glance: weights per prunable layer (layer_table rows), each bar labelled with its
+    exact count, in model order from the top."""
+    fig = go.Figure(go.Bar(
+        x=[int(n) for n in layers["params"]], y=list(layers["layer"]), orientation="h",
+        text=[count(n) for n in layers["params"]], textposition="auto", marker={"color": "#1f77b4"},
+        customdata=layers[["shape", "flops"]], hovertemplate="%{y}: %{x:,} weights, shape %{customdata[0]}, "
+                                                            "%{customdata[1]:,} FLOPs<extra></extra>"))
+    fig.update_layout(title="Weights per layer", xaxis_title="weights",
+                      height=max(PRESENT_HEIGHT, 90 + 30 * len(layers)), margin={"t": 50, "l": 10, "r": 10})
+    fig.update_yaxes(autorange="reversed", type="category")
+    if len(layers) and layers["params"].max() > 50 * max(1, layers["params"].min()):
+        fig.update_xaxes(type="log")
     return fig
 
 
 def chosen_run(options: Sequence, key: str, label: str = "Run", id_of: Callable = str,
-               format_func: Callable = str):
-    """The run to show: in presentation mode the URL's `run` (the newest, options[0], when it names none of
-    them), else a selectbox that starts on the URL's run and writes the choice back, so the URL can be shared."""
+               format_func: Callable = str, default: int = 0, default_name: str = "the newest"):
+    """The run to show: in presentation mode the URL's `run` (options[default] when it names none of them),
+    else a selectbox that starts on the URL's run (else on options[default]) and writes the choice back, so the
+    URL can be shared. `default_name` says in a warning which run a link that names none is shown instead."""
     ids = [id_of(option) for option in options]
     given = st.query_params.get(RUN_PARAM)
     wanted = link_run_id(given)  # a run folder's name, or None (complab.ui.links)
     if presenting():
         if given is not None and wanted not in ids:
-            st.warning(f"The link's run {str(given)[:40]!r} is not among these runs: showing the newest.")
-        return options[ids.index(wanted)] if wanted in ids else options[0]
-    index = ids.index(wanted) if wanted in ids else 0
+            st.warning(f"The link's run {str(given)[:40]!r} is not among these runs: showing {default_name}.")
+        return options[ids.index(wanted)] if wanted in ids else options[default]
+    index = ids.index(wanted) if wanted in ids else default
     choice = st.selectbox(label, options, index=index, key=key, format_func=format_func)
     if st.query_params.get(RUN_PARAM) != id_of(choice):
         st.query_params[RUN_PARAM] = id_of(choice)
@@ -112,21 +159,49 @@ def chosen_run(options: Sequence, key: str, label: str = "Run", id_of: Callable 
 
 
 def headline_metrics(metrics: dict) -> None:
-    """A run's headline as big metric boxes (ratio, file, FLOPs, latency where measured, score) and its sentence."""
+    """A run's headline as big metric boxes (ratio, file, FLOPs, latency where measured, score) and its sentence,
+    written by the formatter (complab.ui.numbers): green means better (fewer bytes or FLOPs too), a score's change
+    grey when its 95% interval includes zero, "same speed" for a latency ratio within noise of 1."""
     numbers = headline_numbers(metrics)
-    boxes = [("Smaller file", f"{numbers['ratio']:.1f}x", None),
+    before, after = metrics["before"], metrics["after"]
+    file_change = numbers["compressed_bytes"] / numbers["fp32_bytes"] - 1 if numbers["fp32_bytes"] else 0.0
+    boxes = [("Smaller file", f"{numbers['ratio']:.1f}x", None, "off"),
              ("Compact file", human(numbers["compressed_bytes"], "B"),
-              f"from {human(numbers['fp32_bytes'], 'B')} fp32")]
-    if numbers["flops_times"]:
-        boxes.append(("Fewer FLOPs", f"{numbers['flops_times']:.1f}x", "zero weights skipped"))
+              f"{file_change:+.0%} from {human(numbers['fp32_bytes'], 'B')} fp32",
+              delta_color("compressed_bytes", file_change))]
+    flops_before = before.get("sparse_flops") or before.get("flops")
+    if numbers["flops_times"] and flops_before:
+        change = after["sparse_flops"] / flops_before - 1
+        boxes.append(("FLOPs", human(after["sparse_flops"]), f"{change:+.0%}, zero weights skipped",
+                      delta_color("sparse_flops", change)))
     if numbers["speed_times"]:
-        speed = numbers["speed_times"]
-        boxes.append(("CPU latency", f"{speed:.1f}x faster" if speed >= 1 else f"{1 / speed:.1f}x slower", None))
-    score = numbers["score_name"]
-    after = f"{numbers['score_after']:.2%}" if score == "top-1" else f"{numbers['score_after']:.3f}"
-    boxes.append((f"{score} after", after, f"{-numbers['drop_pts']:+.2f} pts"))
-    for col, (label, value, delta) in zip(st.columns(len(boxes)), boxes, strict=True):
-        scored = bool(delta) and "pts" in delta  # the score's change is good or bad; the other notes are facts
-        col.metric(label, value, delta, delta_color="normal" if scored else "off",
-                   delta_arrow="auto" if scored else "off")
-    st.markdown(f'<div class="present-headline">{html.escape(headline(metrics))}</div>', unsafe_allow_html=True)
+        boxes.append(("CPU latency", speed(numbers["speed_times"]),
+                      f"{after['latency_ms']:.2f} ms, was {before['latency_ms']:.2f} ms", "off"))
+    detector = finds_boxes(metrics.get("task") or "classify")
+    name = numbers["score_name"]
+    change = numbers["score_after"] - numbers["score_before"]
+    n_before, n_after = _images(before), _images(after)
+    within_noise = False
+    if n_before and n_after and not detector:
+        low, high = difference(numbers["score_before"], n_before, numbers["score_after"], n_after)
+        within_noise = low <= 0 <= high
+    value = f"{numbers['score_after']:.3f}" if detector else percent(numbers["score_after"])
+    boxes.append((f"{name} after", value, points(change),
+                  "off" if within_noise or points(change) == "no change" else delta_color("accuracy", change)))
+    for col, (label, value, delta, colour) in zip(st.columns(len(boxes)), boxes, strict=True):
+        col.metric(label, value, delta, delta_color=colour, delta_arrow="off" if colour == "off" else "auto")
+    lines = [html.escape(headline(metrics))]
+    if n_after and not detector:  # the score with its interval: the sentence a decision can lean on
+        lines.insert(0, html.escape(f"{name}: {score(numbers['score_before'], n_before)} before, "
+                                    f"{score(numbers['score_after'], n_after)} after"
+                                    + (" (the change is within noise)" if within_noise else "")))
+    st.markdown(f'<div class="present-headline">{"<br>".join(lines)}</div>', unsafe_allow_html=True)
+
+
+def _images(side: dict) -> int | None:
+    """The images a score was measured on (metrics.json's before/after "images"), None where not recorded."""
+    try:
+        n = int(side.get("images") or 0)
+    except (TypeError, ValueError):
+        return None
+    return n if n > 0 else None

@@ -29,5 +29,5 @@ pages = [
     st.Page("pages/lesson.py", title="Lesson", icon=":material/school:"),
 ]
 navigation = st.navigation(pages)
-sidebar()
+sidebar(lesson=navigation.url_path == "lesson")  # the Lesson page's model becomes the active one: all pages follow
 navigation.run()

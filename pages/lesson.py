@@ -1,13 +1,24 @@
-"""Lesson page: Deep Compression on LeNet-300-100 in five steps for a class; each step's numbers are measured."""
+"""Lesson page: Deep Compression on LeNet-300-100 in five steps for a class; each step's numbers are measured.
+While it is open its model is the active one (app.py: state.sidebar). In presentation mode (the sidebar's switch,
+?present=1) the steps are drawn large for a projector, with only the Next buttons left to press."""
 
 import streamlit as st
 from complab.analysis import lesson
-from complab.ui import figures
+from complab.ui import figures, present
 from complab.ui import lesson as steps
 from complab.ui.navigation import page_setup
 from complab.ui.state import baseline, home, spec_key
 
 page_setup()
+presenting = present.presenting()
+if presenting:
+    present.present_css(keep=("lesson_next_", "lesson_retry_"))
+
+
+def chart(fig, key: str) -> None:
+    st.plotly_chart(present.projector(fig) if presenting else fig, key=key)
+
+
 st.title("Lesson: Deep Compression")
 st.caption("Han, Mao & Dally, \"Deep Compression\" (ICLR 2016), on LeNet-300-100 and the demo digits, step by step. "
            "Each step that changes the model is a background run (it appears on the Runs page); step 3's run is "
@@ -31,9 +42,11 @@ with st.container(border=True):
     measured = baseline(spec_key(lesson.LESSON_SPEC))
     cols = st.columns(3)
     cols[0].metric("Original accuracy", lesson.percent(measured["accuracy"]))
-    cols[1].metric("Parameters", f"{measured['params']:,}")
+    cols[1].metric("Parameters", f"{measured['params']:,}",
+                   help=f"{original_facts['weights']:,} weights and {measured['params'] - original_facts['weights']:,} "
+                        "biases")
     cols[2].metric("fp32 bytes", f"{measured['fp32_bytes']:,}")
-    st.plotly_chart(figures.lesson_histogram(original[layer], None, layer), key="lesson_hist_weights")
+    chart(figures.lesson_histogram(original[layer], None, layer), "lesson_hist_weights")
     st.markdown(lesson.weights_text(measured, original_facts, test_images))
     steps.next_button("weights")
 
@@ -58,8 +71,8 @@ if shown("prune"):
         cols[0].metric("Accuracy after pruning", lesson.percent(metrics["after"]["accuracy"]))
         cols[1].metric("Weights pruned", lesson.percent(facts["sparsity"]))
         file_metric(cols[2], "Pruned file", metrics["after"]["compressed_bytes"], metrics["compression_ratio"])
-        st.plotly_chart(figures.lesson_histogram(original[layer], weights[layer], layer, "pruned"),
-                        key="lesson_hist_prune")
+        chart(figures.lesson_histogram(original[layer], weights[layer], layer, "pruned"),
+              "lesson_hist_prune")
         st.markdown(lesson.prune_text(metrics, facts, plan))
         steps.next_button("prune")
         pruned_accuracy = metrics["after"]["accuracy"]
@@ -77,8 +90,8 @@ if shown("share"):
         cols[1].metric("Shared values per layer (k)",
                        ", ".join(map(str, sorted(set(metrics["steps"]["cluster"]["n_clusters"].values())))))
         file_metric(cols[2], "Shared file", metrics["after"]["compressed_bytes"], metrics["compression_ratio"])
-        st.plotly_chart(figures.lesson_histogram(original[layer], weights[layer], layer, "pruned and shared"),
-                        key="lesson_hist_share")
+        chart(figures.lesson_histogram(original[layer], weights[layer], layer, "pruned and shared"),
+              "lesson_hist_share")
         st.markdown(lesson.share_text(metrics, facts, plan, pruned_accuracy))
         steps.next_button("share")
 
@@ -90,7 +103,7 @@ if shown("code"):
         cols[0].metric("Positions + indices, fixed width", f"{coded.fixed_bytes:,} B")
         cols[1].metric("Entropy coded (ANS)", f"{coded.coded_bytes:,} B")
         file_metric(cols[2], "Whole file", coded.file_bytes, coded.waterfall.start / max(1, coded.file_bytes))
-        st.plotly_chart(figures.bytes_waterfall(coded.waterfall), key="lesson_waterfall")
+        chart(figures.bytes_waterfall(coded.waterfall), "lesson_waterfall")
         st.markdown(lesson.coding_text(coded))
         steps.next_button("code")
 

@@ -47,7 +47,10 @@ def test_texts_say_the_measured_numbers():
     plan = lesson.step_plan("share", lesson.LESSON).to_dict()
     text = lesson.prune_text(metrics, facts, plan)
     assert "98.61% -> 97.50% (-1.1 points)" in text and "23,947 bytes, 44.5x" in text
-    assert "4 of 8 (50.00%; fc1 50.00%, fc2 50.00%)" in text
+    assert "4 of the 8 weights (50.00%; fc1 50.00%, fc2 50.00%; the biases are kept)" in text
+    measured = {"params": 10, "fp32_bytes": 40, "accuracy": 0.5}  # 8 weights (facts) and 2 biases
+    said = lesson.weights_text(measured, facts, test_images=20)
+    assert "10 parameters" in said and "8 weights" in said and "2 biases" in said
     assert f"{lesson.LESSON.prune_iterations} round(s)" in text
     text = lesson.share_text(metrics, facts, plan, pruned_accuracy=0.98)
     assert "k = 16" in text and "5-bit index" in text and "98.00% pruned" in text and "fc1 3, fc2 1" in text

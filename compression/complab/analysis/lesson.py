@@ -164,8 +164,14 @@ def index_bits(n_clusters: int) -> int:
 
 
 def weights_text(measured: dict, facts: dict, test_images: int) -> str:
+    """Step 1's text. Parameters are the weights and the biases; compression works on the weights (the biases
+    stay 32-bit numbers in these runs), so the later steps count weights: the text says both counts."""
+    biases = measured["params"] - facts["weights"]
     return (f"LeNet-300-100 has {measured['params']:,} parameters in three fully connected layers: "
-            f"{measured['fp32_bytes']:,} bytes as 32-bit floats. It classifies {percent(measured['accuracy'])} of "
+            f"{facts['weights']:,} weights (one per connection between two neurons) and {biases:,} biases (one "
+            f"per neuron), {measured['fp32_bytes']:,} bytes as 32-bit floats. Pruning and sharing below work on "
+            f"the {facts['weights']:,} weights; the {biases:,} biases stay as they are, 32-bit numbers. It "
+            f"classifies {percent(measured['accuracy'])} of "
             f"{test_images:,} test digits correctly (measured now). Most weights are small: half of them lie "
             f"between -{facts['median_abs']:.3f} and +{facts['median_abs']:.3f}, the peak around zero in the "
             f"histogram.")
@@ -174,8 +180,9 @@ def weights_text(measured: dict, facts: dict, test_images: int) -> str:
 def prune_text(metrics: dict, facts: dict, plan: dict) -> str:
     prune = next(step for step in plan["steps"] if step["type"] == "prune")
     before, after = metrics["before"]["accuracy"], metrics["after"]["accuracy"]
-    return (f"Pruning (Han et al. 2015) set the smallest weights to zero: {facts['zeros']:,} of "
-            f"{facts['weights']:,} ({percent(facts['sparsity'])}; {_layers(facts['layer_sparsity'])}), in "
+    return (f"Pruning (Han et al. 2015) set the smallest weights to zero: {facts['zeros']:,} of the "
+            f"{facts['weights']:,} weights ({percent(facts['sparsity'])}; {_layers(facts['layer_sparsity'])}; the "
+            f"biases are kept), in "
             f"{prune['iterations']} round(s), each followed by {prune['finetune_epochs']} epoch(s) of fine-tuning "
             f"with the zeros held at zero. Accuracy: {percent(before)} -> {percent(after)} "
             f"({_points(after, before)}), measured on the model decoded from the file. The histogram now has a "

@@ -77,7 +77,7 @@ def watch(run_id: str, title: str) -> None:
     started = row.get("started") or row.get("created") or time.time()
     fraction = min(1.0, max(0.0, float(progress.get("progress") or 0.0)))
     stage = progress.get("stage") or ("waiting for the engine" if row["state"] == "queued" else "starting")
-    st.progress(fraction, text=f"{title}: run {run_id} {row['state']} · {stage} · {time.time() - started:.0f} s")
+    st.progress(fraction, text=f"{title}: {row['state']} · {stage} · {time.time() - started:.0f} s")
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -86,7 +86,7 @@ def run_metrics(root: str, run_id: str) -> dict:
     a damaged one is CompressionLabError."""
     metrics, problem = runfolder.load(engine.run_file(run_id, "metrics.json", root=root), kind="compress")
     if problem:
-        raise CompressionLabError(f"run {run_id} cannot be shown: {problem}")
+        raise CompressionLabError(f"a lesson run cannot be shown: {problem}")
     return metrics
 
 
@@ -94,7 +94,7 @@ def run_metrics(root: str, run_id: str) -> dict:
 def run_plan(root: str, run_id: str) -> dict:
     plan, problem = runfolder.read_json(engine.run_file(run_id, "plan.json", root=root))
     if problem or not isinstance(plan, dict):
-        raise CompressionLabError(f"run {run_id} cannot be shown: {problem or 'damaged: plan.json: not an object'}")
+        raise CompressionLabError(f"a lesson run cannot be shown: {problem or 'damaged: plan.json: not an object'}")
     return plan
 
 
@@ -126,9 +126,11 @@ def run_decode_check(root: str, run_id: str) -> dict:
 
 def finished_run(step: str) -> str | None:
     """The succeeded run a step shows, or None after drawing why not: its progress (polled), its failure (with a
-    button to try again) or a problem starting it."""
+    button to try again) or a problem starting it. A class sees the step's name and its plan's, never a run id
+    (the Runs page lists the run under the plan's name)."""
     state = progress_state()
-    title = f"Step {lesson.STEPS.index(step) + 1}"
+    title = f"Step {lesson.STEPS.index(step) + 1} ({lesson.TITLES[step].lower()})"
+    plan_name = lesson.step_plan(step).name
     if state.get("error") and state["error"][0] == step:
         st.error(f"{title} could not start: {state['error'][1]}")
         return None
@@ -137,21 +139,21 @@ def finished_run(step: str) -> str | None:
         return None
     try:
         row = status(run_id)
-    except CompressionLabError as exc:  # the run's folder is gone (a cleared data folder)
-        st.error(f"{title}'s run {run_id} cannot be read: {exc}")
+    except CompressionLabError:  # the run's folder is gone (a cleared data folder)
+        st.error(f"{title}'s run cannot be read: its folder is gone from the data folder. Run the step again.")
         st.button("Run this step again", key=f"lesson_retry_{step}", on_click=retry, args=(step,))
         return None
     if row["state"] in ACTIVE:
         watch(run_id, title)
         return None
     if row["state"] != "succeeded":
-        st.error(f"{title}'s run {run_id} {row['state']}: {(row.get('error') or 'no message')[:300]}. Its log is on "
-                 "the Runs page.")
+        st.error(f"{title}'s run {row['state']}: {(row.get('error') or 'no message')[:300]}. Its log is on the Runs "
+                 f"page, under the plan `{plan_name}`.")
         st.button("Run this step again", key=f"lesson_retry_{step}", on_click=retry, args=(step,))
         return None
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.get("finished") or time.time()))
     again = " (computed earlier: shown without recomputing)" if state["reused"].get(lesson.RUN_OF[step]) else ""
-    st.caption(f"Run {run_id}, finished {when}{again}: `{lesson.step_plan(step).name}`.")
+    st.caption(f"{title}: the run of the plan `{plan_name}`, finished {when}{again}.")
     return run_id
 
 

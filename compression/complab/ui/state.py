@@ -279,16 +279,60 @@ def model_stats(key: str, fold_bn: bool = False):
     return compute(handle)
 
 
-def sidebar() -> None:
+BEFORE_LESSON = "before_lesson"  # session key: the model that was active when the Lesson page made its own active
+
+
+def use_lesson_model() -> None:
+    """The Lesson page's model (LeNet-300-100 on the digits) becomes the active model while the lesson is open, so
+    the sidebar, the Model page and Compare (presentation mode included) show the model the class is looking at.
+    The model active before is kept for the sidebar's way back (shown on the other pages)."""
+    from complab.analysis.lesson import LESSON_SPEC
+
+    spec = active_spec()
+    if spec_key(spec) != spec_key(LESSON_SPEC):
+        st.session_state[BEFORE_LESSON] = spec
+        set_active(dict(LESSON_SPEC))
+
+
+MODEL_PAGE_CHOICES = ("model_source", "demo_model", "data_source", "det_data_source")  # pages/model.py's widgets
+
+
+def _back_from_lesson() -> None:
+    """The sidebar's way back: the model from before the lesson becomes active again. The Model page's choices,
+    if it is open, still say the lesson's model and would make it active again: they are dropped, so the page
+    draws them afresh from the active model."""
+    set_active(st.session_state.pop(BEFORE_LESSON))
+    for key in MODEL_PAGE_CHOICES:
+        st.session_state.pop(key, None)
+
+
+def sidebar(lesson: bool = False) -> None:
+    """The active model (the one the page shows), the data folder, the engine and the presentation switch.
+    `lesson`: the Lesson page is open, whose model becomes the active one first (use_lesson_model)."""
     try:
         home()  # `-- --home ""` or a kernel folder: say so instead of a traceback on every page
     except CompressionLabError as exc:
         st.error(str(exc))
         st.stop()
+    if lesson:
+        use_lesson_model()
     spec = active_spec()
     with st.sidebar:
         st.caption("Active model")
         st.markdown(f"**{spec['model']}**  \n{spec['data']}")
+        before = st.session_state.get(BEFORE_LESSON)
+        if before is not None and spec_key(before) != spec_key(spec):
+            if lesson:
+                st.caption("The lesson's model, made active for the lesson.")
+            else:
+                from complab.analysis.lesson import LESSON_SPEC
+
+                if spec_key(spec) == spec_key(LESSON_SPEC):
+                    st.button(f"Back to {before['model']}", key="back_from_lesson", on_click=_back_from_lesson,
+                              help="The Lesson page made its model active; this makes the model you had "
+                                   f"before active again ({before['model']} on {before['data']}).")
+                else:  # another model was chosen since: nothing to go back to
+                    st.session_state.pop(BEFORE_LESSON, None)
         if link_problem():
             st.warning(link_problem() + " Opened the demo model instead.")
         st.caption(f"Runs are stored in `{home()}`")

@@ -177,12 +177,12 @@ def test_headline_metrics_use_the_formatter(runs_home, monkeypatch):
     at = go(app(home, monkeypatch), "compare", {"present": "1", "run": ids["small-good"]})
     metrics = {m.label: m for m in at.main.metric}
     good = rows.set_index("run").loc[ids["small-good"]]
-    flops = metrics["FLOPs"]
+    flops = metrics["FLOPs (zeros skipped)"]
     green = MetricProto.MetricColor.GREEN
     assert flops.delta.startswith("-") and flops.proto.color == green  # fewer FLOPs is better: green
     assert metrics["Compact file"].delta.startswith("-") and metrics["Compact file"].proto.color == green
     assert metrics["top-1 after"].value == f"{100 * good['accuracy']:.1f}%"
-    assert "x faster" not in " ".join(m.value for m in at.main.metric if m.label == "CPU latency")
+    assert "CPU latency" not in metrics  # these runs did not measure latency: no box claims a speed
 
 
 def test_the_presentation_toggle_works_on_the_lesson_page(tmp_path, monkeypatch):
@@ -221,3 +221,61 @@ def test_the_lesson_explains_weights_and_parameters_and_shows_no_run_id(tmp_path
     assert any("Step 2 (prune): the run of the plan `lesson: prune" in c.value for c in at.caption)
     prune = next(m.value for m in at.markdown if m.value.startswith("Pruning"))
     assert "of the 266,200 weights" in prune and "the biases are kept" in prune
+
+
+# ---- the projector's numbers and axes ------------------------------------------------------------------------
+
+def _headline_script(metrics_json: str) -> None:
+    import json as json_
+
+    from complab.ui import present as present_
+
+    present_.headline_metrics(json_.loads(metrics_json))
+
+
+def headline_boxes(metrics: dict) -> tuple[dict, str]:
+    at = AppTest.from_function(_headline_script, args=(json.dumps(metrics),), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return {m.label: m for m in at.metric}, " ".join(m.value for m in at.markdown)
+
+
+def measured(latency_after: float, images: int | None = None, after_accuracy: float = 0.975) -> dict:
+    side = {"images": images} if images else {}
+    return {"model": "demo:lenet5", "data": "digits", "compression_ratio": 20.0,
+            "before": {"accuracy": 0.98, "fp32_bytes": 1_000_000, "sparse_flops": 1_000_000, "latency_ms": 0.44,
+                       **side},
+            "after": {"accuracy": after_accuracy, "compressed_bytes": 50_000, "sparse_flops": 150_000,
+                      "latency_ms": latency_after, **side}}
+
+
+def test_headline_says_same_speed_colours_the_right_way_and_gives_the_interval():
+    boxes, text = headline_boxes(measured(latency_after=0.45))  # 2% slower: noise
+    green, grey = MetricProto.MetricColor.GREEN, MetricProto.MetricColor.GRAY
+    assert boxes["CPU latency"].delta == "same speed" and boxes["CPU latency"].proto.color == grey
+    assert boxes["FLOPs (zeros skipped)"].delta == "-85%" and boxes["FLOPs (zeros skipped)"].proto.color == green
+    assert boxes["Compact file"].delta.startswith("-95%") and boxes["Compact file"].proto.color == green
+    assert boxes["top-1 after"].value == "97.5%" and boxes["top-1 after"].delta == "-0.5 pts"
+    assert "95% CI" not in text  # no split size recorded: no interval invented
+    boxes, _ = headline_boxes(measured(latency_after=0.22))
+    assert boxes["CPU latency"].delta == "2.0x faster" and boxes["CPU latency"].proto.color == green
+    # with the split size: the interval is said, and a drop inside it is grey, not red
+    boxes, text = headline_boxes(measured(latency_after=0.44, images=360))
+    assert "97.5% (95% CI" in text and "360 images" in text and "within noise" in text
+    assert boxes["top-1 after"].proto.color == grey
+    boxes, text = headline_boxes(measured(latency_after=0.44, images=360, after_accuracy=0.80))
+    assert boxes["top-1 after"].proto.color == MetricProto.MetricColor.RED and "within noise" not in text
+
+
+def test_a_cost_axis_of_near_equal_runs_is_not_zoomed_into_invented_precision():
+    from complab.ui import present
+    from complab.ui.compare import pareto
+
+    rows = table(("a", 43_551, 0.97, None), ("b", 43_553, 0.96, None)).assign(
+        method="prune+cluster", ratio=40.0, steps="prune+cluster", sweep="")
+    fig = present.projector(pareto(rows, "compressed_bytes", "bytes", "a"))
+    low, high = fig.layout.xaxis.range
+    assert high - low >= 0.15 * 43_552  # +-10%, not 43.551k-43.553k
+    wide = table(("a", 10_000, 0.97, None), ("b", 40_000, 0.96, None)).assign(
+        method="prune+cluster", ratio=40.0, steps="prune+cluster", sweep="")
+    assert pareto(wide, "compressed_bytes", "bytes", "a").layout.xaxis.range is None  # plotly's own range

@@ -12,6 +12,7 @@ from complab.analysis.pareto import pareto_mask
 from complab.models.tasks import finds_boxes
 from complab.ui import figures
 from complab.ui.numbers import count, interval, percent, points
+from complab.ui.present import honest_x_range
 from complab.ui.report import plain_markdown
 
 
@@ -93,8 +94,8 @@ def _choice_text(rows: pd.DataFrame, best: dict | None, run_id: str) -> str:
     if best["run"] == best["best_run"]:
         why = (f"no smaller front run is within noise of it (on {count(best['images'])} test images a difference "
                f"under {100 * best['tolerance']:.1f} points cannot be told from zero)" if best["tolerance"] else
-               "without the size of the test split (older runs) a smaller file's lower score cannot be judged "
-               "within noise")
+               "these runs do not record the size of their test split, so a smaller file's lower score cannot "
+               "be judged within noise")
         return f"Showing {name}: the most accurate ({accuracy}) of the {of}; {why}."
     return (f"Showing {name}: the smallest file of the {of} whose accuracy ({accuracy}) is within noise of the "
             f"most accurate one's ({_score(best['best_accuracy'], detector)}): on {count(best['images'])} test "
@@ -103,8 +104,10 @@ def _choice_text(rows: pd.DataFrame, best: dict | None, run_id: str) -> str:
 
 
 def pareto(rows: pd.DataFrame, cost: str, title: str, run_id: str, sweeps: list[dict] | None = None):
-    """A front (figures.pareto_figure) with the shown run ringed and named by its plan in the legend."""
+    """A front (figures.pareto_figure) with the shown run ringed and named by its plan in the legend, and a cost
+    axis that does not zoom into a few units when the runs cost (nearly) the same (present.honest_x_range)."""
     fig = figures.pareto_figure(rows, cost, title, sweeps, highlight=run_id)
+    honest_x_range(fig)
     for trace in fig.data:
         if trace.name == run_id:
             trace.name = f"shown: {rows.loc[rows['run'] == run_id, 'plan'].iloc[0] or run_id}"

@@ -99,18 +99,18 @@ def projector(fig):
                       title_font={"size": 22}, legend_font={"size": 16})
     for axes in (fig.update_xaxes, fig.update_yaxes):  # Streamlit's chart theme sets the axes' own fonts
         axes(tickfont={"size": 16}, title_font={"size": 19})
-    _honest_x_range(fig)
+    honest_x_range(fig)
     return fig
 
 
 NARROW = 0.01  # a cost axis whose points lie within 1% of each other gets a range of +-10% around them
 
 
-def _honest_x_range(fig) -> None:
+def honest_x_range(fig) -> None:
     """Two runs at (nearly) the same cost make plotly zoom to a few units ("43.551k-43.553k"), inventing a
     precision no one measured: such an axis is widened to +-10% around the points (log axes in decades)."""
-    values = [float(x) for trace in fig.data if getattr(trace, "x", None) is not None for x in trace.x
-              if isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(float(x))]
+    values = [value for trace in fig.data if getattr(trace, "x", None) is not None for value in map(_number, trace.x)
+              if value is not None]
     if not values or min(values) <= 0:
         return
     low, high = min(values), max(values)
@@ -123,19 +123,31 @@ def _honest_x_range(fig) -> None:
         fig.update_xaxes(range=[middle * 0.9, middle * 1.1])
 
 
+def _number(value) -> float | None:
+    """A finite number (numpy's too), or None (a category, a bool, NaN)."""
+    if isinstance(value, bool | str):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def layer_chart(layers: pd.DataFrame) -> go.Figure:
     """The model's size at a glance: weights per prunable layer (layer_table rows), each bar labelled with its
     exact count, in model order from the top."""
     fig = go.Figure(go.Bar(
         x=[int(n) for n in layers["params"]], y=list(layers["layer"]), orientation="h",
-        text=[count(n) for n in layers["params"]], textposition="auto", marker={"color": "#1f77b4"},
+        text=[count(n) for n in layers["params"]], textposition="outside", cliponaxis=False,
+        marker={"color": "#1f77b4"},
         customdata=layers[["shape", "flops"]], hovertemplate="%{y}: %{x:,} weights, shape %{customdata[0]}, "
                                                             "%{customdata[1]:,} FLOPs<extra></extra>"))
     fig.update_layout(title="Weights per layer", xaxis_title="weights",
                       height=max(PRESENT_HEIGHT, 90 + 30 * len(layers)), margin={"t": 50, "l": 10, "r": 10})
     fig.update_yaxes(autorange="reversed", type="category")
-    if len(layers) and layers["params"].max() > 50 * max(1, layers["params"].min()):
-        fig.update_xaxes(type="log")
+    if len(layers):  # room for the largest bar's label
+        fig.update_xaxes(range=[0, 1.15 * float(layers["params"].max())])
     return fig
 
 
@@ -172,11 +184,12 @@ def headline_metrics(metrics: dict) -> None:
     flops_before = before.get("sparse_flops") or before.get("flops")
     if numbers["flops_times"] and flops_before:
         change = after["sparse_flops"] / flops_before - 1
-        boxes.append(("FLOPs", human(after["sparse_flops"]), f"{change:+.0%}, zero weights skipped",
+        boxes.append(("FLOPs (zeros skipped)", human(after["sparse_flops"]), f"{change:+.0%}",
                       delta_color("sparse_flops", change)))
-    if numbers["speed_times"]:
-        boxes.append(("CPU latency", speed(numbers["speed_times"]),
-                      f"{after['latency_ms']:.2f} ms, was {before['latency_ms']:.2f} ms", "off"))
+    if numbers["speed_times"]:  # "same speed" (grey) within noise of 1; faster green, slower red (no arrow)
+        said = speed(numbers["speed_times"])
+        boxes.append(("CPU latency", f"{after['latency_ms']:.2f} ms", said,
+                      "off" if said == speed(1.0) else "normal" if numbers["speed_times"] > 1 else "inverse"))
     detector = finds_boxes(metrics.get("task") or "classify")
     name = numbers["score_name"]
     change = numbers["score_after"] - numbers["score_before"]
@@ -189,7 +202,9 @@ def headline_metrics(metrics: dict) -> None:
     boxes.append((f"{name} after", value, points(change),
                   "off" if within_noise or points(change) == "no change" else delta_color("accuracy", change)))
     for col, (label, value, delta, colour) in zip(st.columns(len(boxes)), boxes, strict=True):
-        col.metric(label, value, delta, delta_color=colour, delta_arrow="off" if colour == "off" else "auto")
+        words = bool(delta) and delta[0] not in "+-"  # "1.4x faster": a colour says which way, an arrow would not
+        col.metric(label, value, delta, delta_color=colour,
+                   delta_arrow="off" if colour == "off" or words else "auto")
     lines = [html.escape(headline(metrics))]
     if n_after and not detector:  # the score with its interval: the sentence a decision can lean on
         lines.insert(0, html.escape(f"{name}: {score(numbers['score_before'], n_before)} before, "

@@ -48,6 +48,7 @@ h2, h3 { font-size: 2.2rem !important; }
 [data-testid="stMetricValue"] { font-size: 3.8rem !important; line-height: 1.15 !important; }
 [data-testid="stMetricDelta"] { font-size: 1.5rem !important; }
 .present-headline { font-size: 1.9rem; line-height: 1.35; margin: 0.6rem 0 1rem 0; }
+[data-testid="stMarkdown"] p { font-size: 1.35rem; line-height: 1.45; }
 </style>"""
 
 
@@ -97,6 +98,8 @@ def projector(fig):
     """A plotly figure made for a projector: taller, with larger text."""
     fig.update_layout(height=max(PRESENT_HEIGHT, fig.layout.height or 0), font={"size": 17},
                       title_font={"size": 22}, legend_font={"size": 16})
+    if not fig.layout.title.text:  # the legend above the plot (where a title would be): the plot keeps the width
+        fig.update_layout(legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0})
     for axes in (fig.update_xaxes, fig.update_yaxes):  # Streamlit's chart theme sets the axes' own fonts
         axes(tickfont={"size": 16}, title_font={"size": 19})
     honest_x_range(fig)
@@ -139,7 +142,7 @@ def layer_chart(layers: pd.DataFrame) -> go.Figure:
     exact count, in model order from the top."""
     fig = go.Figure(go.Bar(
         x=[int(n) for n in layers["params"]], y=list(layers["layer"]), orientation="h",
-        text=[count(n) for n in layers["params"]], textposition="outside", cliponaxis=False,
+        text=[count(n) for n in layers["params"]], textposition="outside", cliponaxis=False, textfont={"size": 18},
         marker={"color": "#1f77b4"},
         customdata=layers[["shape", "flops"]], hovertemplate="%{y}: %{x:,} weights, shape %{customdata[0]}, "
                                                             "%{customdata[1]:,} FLOPs<extra></extra>"))

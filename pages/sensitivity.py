@@ -36,7 +36,7 @@ st.caption(f"Default: estimate when parameters x input pixels is above {ESTIMATE
            f"(this model: {analysis_cost(handle):.1e}), else exact. Estimate mode measures only a few calibration "
            "points per layer; the plots draw measured points filled and estimated ones hollow.")
 with st.expander("Settings"):
-    val_size = st.number_input("Validation images", 16, 100_000, min(defaults["val_size"], n_val),
+    val_size = st.number_input("Validation images", max(1, min(16, n_val)), 100_000, min(defaults["val_size"], n_val),
                                key="sens_val_size")
     sparsities = st.multiselect("Sparsities", [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98],
                                 default=defaults["sparsities"], key="sens_sparsities")

@@ -152,18 +152,19 @@ def _pts(fraction: float) -> str:
     return f"{value:.2f}" if value < 0.1 else f"{value:.1f}"
 
 
-def verdict(before: float, n_before: int | None, after: float, n_after: int | None, split: str = "test") -> str:
+def verdict(before: float, n_before: int | None, after: float, n_after: int | None, split: str = "test",
+            unknown: str = "test-set size not recorded, so its noise is unknown") -> str:
     """One sentence on a score's change from `before` to `after` (fractions) measured on n_before and n_after images
     of the `split`: "within noise (±1.1 pts on 1,000 test images)" when the 95% interval of the difference
     (intervals.difference) holds zero, else "costs 1.4 points (95% CI 0.3-2.5 pts, ...)" or "gains 0.8 points
-    (...)". Without the split's size (an old run) the change is said with "noise unknown"."""
+    (...)". Without the split's size (an old run) the change is said with `unknown` in brackets."""
     from complab.intervals import difference
 
     drop = float(before) - float(after)
     said = ("no change" if abs(100 * drop) < NO_CHANGE_PTS else
             f"costs {_pts(drop)} points" if drop > 0 else f"gains {_pts(drop)} points")
     if not n_before or not n_after:
-        return f"{said} (test-set size not recorded, so its noise is unknown)"
+        return f"{said} ({unknown})"
     images = (f"{count(n_after)} {split} images" if int(n_before) == int(n_after)
               else f"{count(n_before)} and {count(n_after)} {split} images")
     low, high = difference(before, int(n_before), after, int(n_after))

@@ -99,8 +99,8 @@ left, right = st.columns(2)
 left.plotly_chart(figures.sensitivity_curves(report, "sparsity", band=not detector), key="sens_curve_sparsity")
 right.plotly_chart(figures.sensitivity_curves(report, "clusters", band=not detector), key="sens_curve_clusters")
 if n_images and not detector:
-    st.caption(f"Shaded: each point's 95% interval on {count(n_images)} validation images (Wilson); one image is "
-               f"{100 / n_images:.2g} points.")
+    st.caption(f"Shaded: each point's 95% interval on {count(n_images)} validation images (Wilson); grey: the "
+               f"original's, where a point is not distinguishable from it. One image is {100 / n_images:.2g} points.")
 st.subheader("Accuracy drop, layer x sparsity")
 st.caption("White is no drop; red a loss; grey a \"gain\", which on a validation subset is noise.")
 st.plotly_chart(figures.sensitivity_heatmap(report), key="sens_heatmap")

@@ -115,8 +115,7 @@ def test_sensitivity_page_warns_when_the_subset_cannot_resolve_its_drops(seeded_
     path.write_text(json.dumps(report))
     at = seeded_page("sensitivity", home, monkeypatch)
     assert [w.value for w in at.warning] == [plain_markdown(message)]  # the same characters, no markup
-    curves = json.loads(at.get("plotly_chart")[0].proto.spec)
-    assert any("40 images" in (a.get("text") or "") for a in curves["layout"]["annotations"])
+    assert any("95% interval on 40 validation images" in c.value for c in at.caption)  # the noise's count
 
 
 def test_plan_page_target_solver_moves_the_sliders(seeded_home, monkeypatch):

@@ -84,10 +84,13 @@ def test_waterfall_labels_are_short_and_horizontal_numbers_not_clipped():
     trace = fig.data[0]
     assert trace.cliponaxis is False and trace.textposition == "outside"
     assert fig.layout.xaxis.tickangle == 0
-    assert all(len(line) <= 10 for label in trace.x for line in label.split("<br>")), trace.x
-    assert "-73,493" in trace.text
+    assert all(len(line) <= 8 for label in trace.x for line in label.split("<br>")), trace.x
+    assert "-73.5k" in trace.text and "-7,349" in trace.text and trace.text[0] == "1.72M"  # short enough to fit
+    assert all(len(text) <= 7 for text in trace.text), trace.text
+    assert trace.constraintext == "none"  # drawn at its size, not shrunk to the bar's width
     assert "entropy coded (positions and indices)" in trace.customdata  # the long label in the hover
     title_lines = re.sub(r"</?sup>", "", fig.layout.title.text).split("<br>")
     assert len(title_lines) == 2 and all(len(line) <= 40 for line in title_lines), title_lines
     assert fig.layout.margin.t >= 70
-    assert fig.layout.yaxis.range[1] >= 1.1 * start  # room above the tallest bar for its number
+    low, high = fig.layout.yaxis.range
+    assert high >= 1.1 * start and low < 0  # room above the tallest bar, and below a saving that ends near zero

@@ -46,7 +46,7 @@ STEPS = (
 )
 STEP_LABELS = dict(STEPS)
 # the same steps as a figure's axis labels: a word or two, a line each (the long label is the bar's hover)
-STEP_SHORT = {"framing": "framing", "structure": "smaller<br>arch.", "pruned": "pruned", "positions": "positions",
+STEP_SHORT = {"framing": "framing", "structure": "smaller<br>arch.", "pruned": "pruned", "positions": "posi-<br>tions",
               "indices": "shared<br>values", "codebooks": "code-<br>books", "entropy": "entropy<br>coding",
               "codes": "VQ<br>codes", "zstd": "zstd", "stored": "stored<br>as is", "sections": "section<br>headers",
               "header": "file<br>header"}

@@ -44,7 +44,7 @@ def sensitivity_curves(report: dict, axis: str, band: bool = True) -> go.Figure:
     base = float(report["base_accuracy"])
     if n:  # the original's own band, behind everything
         low, high = wilson(base, n)
-        fig.add_hrect(y0=100 * low, y1=100 * high, fillcolor="#7f7f7f", opacity=0.12, line_width=0, layer="below")
+        fig.add_hrect(y0=100 * low, y1=100 * high, fillcolor="#7f7f7f", opacity=0.10, line_width=0, layer="below")
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f",
                "#bcbd22", "#17becf"]
     estimated_any = False
@@ -58,7 +58,7 @@ def sensitivity_curves(report: dict, axis: str, band: bool = True) -> go.Figure:
             fig.add_trace(go.Scatter(
                 x=[p[0] for p in points] + [p[0] for p in reversed(points)],
                 y=[100 * b[1] for b in bounds] + [100 * b[0] for b in reversed(bounds)],
-                fill="toself", fillcolor=_hex_rgba(color, 0.12), line={"width": 0}, mode="lines",
+                fill="toself", fillcolor=_hex_rgba(color, 0.06), line={"width": 0}, mode="lines",
                 name=f"{name} 95% band", legendgroup=name, showlegend=False, hoverinfo="skip"))
         fig.add_trace(go.Scatter(
             x=[p[0] for p in points], y=[100 * p[1] for p in points], mode="lines+markers", name=name,
@@ -71,8 +71,7 @@ def sensitivity_curves(report: dict, axis: str, band: bool = True) -> go.Figure:
         for label, fill in (("measured (filled)", "grey"), ("estimated (hollow)", "white")):
             fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=label,
                                      marker={"color": fill, "line": {"color": "grey", "width": 1.5}, "size": 8}))
-    fig.add_hline(y=100 * base, line_dash="dot",
-                  annotation_text="original" + (f" (grey: its 95% band, {numbers.count(n)} images)" if n else ""))
+    fig.add_hline(y=100 * base, line_dash="dot", annotation_text="original")
     fig.update_layout(xaxis_title="sparsity" if axis == "sparsity" else "clusters (k)",
                       yaxis_title="validation accuracy (%)", height=380, margin={"t": 30})
     if axis == "clusters":
@@ -100,6 +99,7 @@ def sensitivity_heatmap(report: dict) -> go.Figure:
                else "estimated") if s in keys[layer] else "" for s in sparsities] for layer in layers]
     fig = go.Figure(go.Heatmap(z=z, x=[f"{s:.2f}" for s in sparsities], y=layers, colorscale=DROP_SCALE,
                                colorbar={"title": "drop (pts)"}, zmin=-reach, zmax=reach, zmid=0, customdata=marks,
+                               xgap=1, ygap=1,
                                hovertemplate="%{y} at %{x}: %{z:.2f} pts drop (%{customdata})<extra></extra>"))
     if any(_measured(row, "sparsity") is not None for row in report["layers"].values()):
         xs = [f"{s:.2f}" for layer in layers for s, mark in zip(sparsities, marks[layers.index(layer)], strict=True)
@@ -108,7 +108,10 @@ def sensitivity_heatmap(report: dict) -> go.Figure:
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name="measured (others estimated)",
                                  marker={"symbol": "circle", "size": 7, "color": "black"}, hoverinfo="skip"))
         fig.update_layout(legend={"orientation": "h", "y": 1.02, "yanchor": "bottom"})
-    fig.update_layout(xaxis_title="sparsity", yaxis_title="layer", height=120 + 28 * len(layers), margin={"t": 30})
+    # a grey ground between the cells: a white (no drop) cell stays visible on a white page
+    fig.update_layout(xaxis_title="sparsity", yaxis_title="layer", height=120 + 28 * len(layers), margin={"t": 30},
+                      plot_bgcolor="#d9d9d9")
+    fig.update_xaxes(type="category")  # one column per sparsity measured, evenly spaced, labelled as measured
     fig.update_yaxes(autorange="reversed")
     return fig
 
@@ -211,6 +214,14 @@ def short_name(name: str, limit: int = WRAP) -> str:
     return name[: keep // 2] + "..." + name[len(name) - (keep - keep // 2):]
 
 
+def bar_number(value: float, signed: bool = False) -> str:
+    """A waterfall bar's number, at most seven characters so it fits above its bar at half a page: exact below
+    10,000 ("-220", "+9,412"), else three digits ("-73.5k", "1.73M"); the exact bytes are in the hover and the
+    report's table."""
+    text = numbers.human(value, exact_below=1e4).replace(" ", "")
+    return ("+" + text if value > 0 else text) if signed else text
+
+
 def bytes_waterfall(waterfall, estimated: bool = False, height: int = 420) -> go.Figure:
     """Where the bytes went (analysis.report.Waterfall): fp32 bytes, one signed bar per part of the compact file,
     the file's size; the bars add up to it exactly. Short horizontal labels on the axis (the long one in the hover),
@@ -229,9 +240,9 @@ def bytes_waterfall(waterfall, estimated: bool = False, height: int = 420) -> go
     outline = ("#2ca02c", "#d62728", "#1f77b4")
     fig = go.Figure(go.Waterfall(
         orientation="v", measure=["absolute"] + ["relative"] * len(bars) + ["total"], x=labels, y=values,
-        text=[f"{approx}{numbers.signed(v)}" if 0 < i < len(values) - 1 else f"{approx if i else ''}{v:,}"
-              for i, v in enumerate(values)],
-        textposition="outside", cliponaxis=False, textfont={"size": 10}, customdata=long_labels,
+        text=[approx + bar_number(v, signed=0 < i < len(values) - 1) for i, v in enumerate(values)],
+        textposition="outside", cliponaxis=False, constraintext="none", textfont={"size": 10},
+        customdata=long_labels,
         connector={"line": {"color": "#999", "width": 1, "dash": "dot" if estimated else "solid"}},
         decreasing={"marker": {"color": colours[0], "line": {"color": outline[0], "width": 2 if estimated else 0}}},
         increasing={"marker": {"color": colours[1], "line": {"color": outline[1], "width": 2 if estimated else 0}}},
@@ -243,13 +254,15 @@ def bytes_waterfall(waterfall, estimated: bool = False, height: int = 420) -> go
                                      "smaller)</sup>", "font": {"size": 15}, "x": 0, "xanchor": "left"},
                       yaxis_title="bytes", height=height, margin={"t": 80, "b": 10, "l": 60, "r": 20},
                       showlegend=False)
-    tops = np.cumsum(values[:-1])  # the running total after each bar: the tallest one's number needs room above it
-    fig.update_yaxes(range=[0, 1.18 * max(float(tops.max()), waterfall.end, 1)])
+    # room above the tallest bar for its number, and below zero for the number under a saving that ends near zero
+    # (drawn under the bar: at zero it would sit on the axis labels)
+    top = max(float(np.cumsum(values[:-1]).max()), waterfall.end, 1)
+    fig.update_yaxes(range=[-0.1 * top, 1.18 * top], zeroline=True, zerolinecolor="#999")
     if estimated:
         fig.add_annotation(text="ESTIMATED from the weights (no model run): the run measures the real file",
                            xref="paper", yref="paper", x=1, y=1, xanchor="right", yanchor="bottom",
                            showarrow=False, font={"color": "#7f7f7f", "size": 12})
-    fig.update_xaxes(tickangle=0, tickfont={"size": 10}, automargin=True)
+    fig.update_xaxes(tickangle=0, tickfont={"size": 9}, automargin=True)
     return fig
 
 

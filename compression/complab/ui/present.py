@@ -17,9 +17,10 @@ from collections.abc import Callable, Sequence
 
 import streamlit as st
 
-from complab.analysis.report import headline, headline_numbers
+from complab.analysis.report import headline_numbers
 from complab.ui.links import link_presenting, link_run_id
 from complab.ui.numbers import human
+from complab.ui.report import headline
 
 PARAM, RUN_PARAM = "present", "run"
 SESSION_KEY = "presenting"

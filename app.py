@@ -15,6 +15,7 @@ import streamlit as st
 # the package lives in the source folder compression/ (src layout): a checkout runs without an install too
 sys.path.insert(0, str(Path(__file__).resolve().parent / "compression"))
 
+from complab.errors import CompressionLabError  # noqa: E402
 from complab.ui.state import sidebar  # noqa: E402
 
 st.set_page_config(page_title="Compression Lab", page_icon=":material/compress:", layout="wide")
@@ -30,4 +31,7 @@ pages = [
 ]
 navigation = st.navigation(pages)
 sidebar(lesson=navigation.url_path == "lesson")  # the Lesson page's model becomes the active one: all pages follow
-navigation.run()
+try:
+    navigation.run()
+except CompressionLabError as exc:  # one a page did not catch (the active data folder gone): one line, no traceback
+    st.error(str(exc))

@@ -24,10 +24,10 @@ if not finds_boxes(sources.task_of(spec)):
     st.info("The active model is a classifier. Pick 'Demo detector (YOLO)' or upload a YOLO detector on the Model "
             "page, compress it from the Plan page, then compare detections here.")
     st.stop()
-handle, data = load_active(spec)
 try:
+    handle, data = load_active(spec)
     finished = engine.list_runs(root=home(), kind="compress")
-except CompressionLabError as exc:  # a damaged, locked or unreadable data folder
+except CompressionLabError as exc:  # a model that does not fit its data; a damaged, locked or unreadable data folder
     st.error(str(exc))
     st.stop()
 model_ref = engine.absolute_paths(spec)["model"]  # submit stores paths made absolute

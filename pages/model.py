@@ -48,14 +48,7 @@ def summary(spec: dict) -> tuple:
         st.caption(f"{handle.label} on {data.ref}: {len(data.val_images())} validation images, input {handle.imgsz} "
                    f"px, classes {', '.join(handle.names.values())}. mAP from Ultralytics' validator, measured here.")
         return handle, measured
-    try:
-        from complab.models.handle import check_data_fits
-
-        check_data_fits(handle, data.num_classes)
-    except CompressionLabError as exc:
-        st.error(str(exc))
-        st.stop()
-    measured = baseline(spec_key(spec))
+    measured = baseline(spec_key(spec))  # the load checked that the model fits the data (sources.load_data)
     cols = st.columns(5)
     cols[0].metric("Test accuracy", f"{measured['accuracy']:.2%}")
     cols[1].metric("Parameters", human(measured["params"]), help=f"{measured['params']:,}")

@@ -7,7 +7,8 @@ from complab.analysis.sensitivity import SensitivityConfig
 from complab.errors import CompressionLabError
 from complab.ui import figures
 from complab.ui.navigation import page_setup
-from complab.ui.numbers import duration
+from complab.ui.numbers import count, duration, interval, percent
+from complab.ui.report import plain_markdown
 from complab.ui.state import active_spec, home, latest_sensitivity, load_active, sensitivity_job
 
 page_setup()
@@ -36,7 +37,7 @@ st.caption(f"Default: estimate when parameters x input pixels is above {ESTIMATE
            f"(this model: {analysis_cost(handle):.1e}), else exact. Estimate mode measures only a few calibration "
            "points per layer; the plots draw measured points filled and estimated ones hollow.")
 with st.expander("Settings"):
-    val_size = st.number_input("Validation images", 16, 100_000, min(defaults["val_size"], n_val),
+    val_size = st.number_input("Validation images", max(1, min(16, n_val)), 100_000, min(defaults["val_size"], n_val),
                                key="sens_val_size")
     sparsities = st.multiselect("Sparsities", [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98],
                                 default=defaults["sparsities"], key="sens_sparsities")
@@ -77,8 +78,17 @@ if report is None:
     st.info("No analysis for this model and data yet: press Run.")
     st.stop()
 st.session_state["sensitivity_report"] = report
-st.metric("Validation mAP50 (original)" if detector else "Validation accuracy (original)",
-          f"{report['base_accuracy']:.3f}" if detector else f"{report['base_accuracy']:.2%}")
+n_images = figures.val_images(report)
+if detector:
+    st.metric("Validation mAP50 (original)", f"{report['base_accuracy']:.3f}")
+else:
+    st.metric("Validation accuracy (original)", percent(report["base_accuracy"]),
+              help=(f"95% CI {interval(report['base_accuracy'], n_images)} on {count(n_images)} validation images: "
+                    "a layer's point inside the grey band is not distinguishable from the original")
+              if n_images else None)
+noise_message = (report.get("noise") or {}).get("message")
+if noise_message:  # the subset cannot resolve the drops it reports: say so before the curves
+    st.warning(plain_markdown(noise_message))
 calibration = (report.get("config") or {}).get("calibration")
 if (report.get("config") or {}).get("mode") == "estimate" and calibration:
     st.caption(f"Estimate mode: {calibration.get('note', '')}; hollow markers are estimates.")
@@ -86,7 +96,11 @@ bn_note = (report.get("config") or {}).get("batch_norm", {}).get("note")
 if bn_note:  # what each point's batch-norm statistics were (compression re-estimates them too)
     st.caption(f"Each point: {bn_note}.")
 left, right = st.columns(2)
-left.plotly_chart(figures.sensitivity_curves(report, "sparsity"), key="sens_curve_sparsity")
-right.plotly_chart(figures.sensitivity_curves(report, "clusters"), key="sens_curve_clusters")
+left.plotly_chart(figures.sensitivity_curves(report, "sparsity", band=not detector), key="sens_curve_sparsity")
+right.plotly_chart(figures.sensitivity_curves(report, "clusters", band=not detector), key="sens_curve_clusters")
+if n_images and not detector:
+    st.caption(f"Shaded: each point's 95% interval on {count(n_images)} validation images (Wilson); grey: the "
+               f"original's, where a point is not distinguishable from it. One image is {100 / n_images:.2g} points.")
 st.subheader("Accuracy drop, layer x sparsity")
+st.caption("White is no drop; red a loss; grey a \"gain\", which on a validation subset is noise.")
 st.plotly_chart(figures.sensitivity_heatmap(report), key="sens_heatmap")

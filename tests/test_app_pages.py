@@ -90,7 +90,32 @@ def test_sensitivity_page_draws_the_report(seeded_home, monkeypatch):
     at = seeded_page("sensitivity", seeded_home[0], monkeypatch)
     assert not at.info
     assert any("Accuracy drop" in h.value for h in at.subheader)
-    assert len(at.get("plotly_chart")) == 3
+    charts = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+    assert len(charts) == 3
+    for curves in charts[:2]:  # each layer's curve with its 95% band
+        bands = [t for t in curves["data"] if t.get("fill") == "toself"]
+        assert {t["name"] for t in bands} == {f"{layer} 95% band" for layer in ("conv1", "conv2", "fc1", "fc2")}
+    heatmap = charts[2]["data"][0]
+    assert heatmap["type"] == "heatmap" and heatmap["zmin"] == -heatmap["zmax"] and heatmap["zmid"] == 0
+    assert not at.warning  # no noise message in this report
+    assert "%" in at.metric[0].value and at.metric[0].value.count(".") == 1  # the formatter's 99.2%, not 0.9917
+
+
+def test_sensitivity_page_warns_when_the_subset_cannot_resolve_its_drops(seeded_home, monkeypatch, tmp_path):
+    import shutil
+
+    from complab.ui.report import plain_markdown
+
+    home = tmp_path / "home"
+    shutil.copytree(seeded_home[0], home)
+    path = next(home.glob("runs/*/sensitivity.json"))
+    report = json.loads(path.read_text())
+    message = "40 validation images resolve drops of 2.5 points or more: the drops shown are smaller (noise)"
+    report["noise"] = {"val_images": 40, "step": 0.025, "floor": 0.05, "resolves": False, "message": message}
+    path.write_text(json.dumps(report))
+    at = seeded_page("sensitivity", home, monkeypatch)
+    assert [w.value for w in at.warning] == [plain_markdown(message)]  # the same characters, no markup
+    assert any("95% interval on 40 validation images" in c.value for c in at.caption)  # the noise's count
 
 
 def test_plan_page_target_solver_moves_the_sliders(seeded_home, monkeypatch):

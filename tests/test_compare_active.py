@@ -275,7 +275,7 @@ def test_a_cost_axis_of_near_equal_runs_is_not_zoomed_into_invented_precision():
         method="prune+cluster", ratio=40.0, steps="prune+cluster", sweep="")
     fig = present.projector(pareto(rows, "compressed_bytes", "bytes", "a"))
     low, high = fig.layout.xaxis.range
-    assert high - low >= 0.15 * 43_552  # +-10%, not 43.551k-43.553k
+    assert high - low >= 0.05 * 43_552  # padded around the value (figures.pad_flat_axis), not 43.551k-43.553k
     wide = table(("a", 10_000, 0.97, None), ("b", 40_000, 0.96, None)).assign(
         method="prune+cluster", ratio=40.0, steps="prune+cluster", sweep="")
     assert pareto(wide, "compressed_bytes", "bytes", "a").layout.xaxis.range is None  # plotly's own range

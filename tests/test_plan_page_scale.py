@@ -196,8 +196,16 @@ def test_compress_job_carries_the_prediction_once_the_engine_knows_it(monkeypatc
 
 @pytest.fixture
 def resnet18_upload(tmp_path, monkeypatch):
-    """A random-init ResNet-18 (10 classes) state dict kept as an upload in a fresh data folder."""
+    """A random-init ResNet-18 (10 classes) state dict kept as an upload in a fresh data folder, whose data/rgb
+    holds an RGB image folder of 10 classes for it (the digits are grey: an RGB model does not fit them)."""
     import torchvision
+    from PIL import Image
+
+    for index in range(10):
+        (tmp_path / "home" / "data" / "rgb" / f"c{index}").mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (32, 32), (20 * index, 100 * i, 50)).save(tmp_path / "home" / "data" / "rgb" /
+                                                                        f"c{index}" / f"{i}.png")
 
     monkeypatch.setenv("COMPRESSION_LAB_HOME", str(tmp_path / "home"))
     from complab.ui.state import save_upload
@@ -230,8 +238,9 @@ def sparsity_sliders(at) -> dict[str, float]:
 
 @pytest.mark.timeout(600)
 def test_plan_page_groups_bulk_setter_and_hidden_rows(resnet18_upload):
+    rgb = f"imagefolder:{resnet18_upload.parents[1] / 'data' / 'rgb'}"
     at = app_on(query={"model": f"upload:{resnet18_upload.name[:12]}", "arch": "resnet18", "size": "32",
-                       "data": "digits"})
+                       "data": rgb})
     assert at.session_state["active"]["weights"] == str(resnet18_upload)  # opened from the link
     shown = sparsity_sliders(at)
     assert set(shown) == {"layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1", "layer1.1.conv2"}  # one group open

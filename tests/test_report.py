@@ -1,5 +1,6 @@
 """The HTML report (`complab report`): self-contained, its numbers the runs' own, its bytes adding up."""
 
+import html
 import json
 import re
 from html.parser import HTMLParser
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from complab.cli import main
+from complab.ui import numbers as fmt
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = {"model": "demo:lenet5", "weights": None, "data": "digits", "input_size": None, "mean": None, "std": None}
@@ -98,17 +100,35 @@ def test_classifier_report_is_self_contained_and_its_numbers_are_the_runs(classi
     assert numbers["compressed_bytes"] == metrics["after"]["compressed_bytes"]
     assert numbers["accuracy_after"] == metrics["after"]["accuracy"]
     headline = re.search(r"<p class='headline' id='headline'>(.*?)</p>", text).group(1)
+    assert headline.startswith("LeNet-5 (demo) on digits: top-1 accuracy ")
     assert f"{metrics['compression_ratio']:.1f}x smaller file" in headline
     assert f"{metrics['after']['compressed_bytes']:,} bytes" in headline
     flops = metrics["before"]["sparse_flops"] / metrics["after"]["sparse_flops"]
     assert f"{flops:.1f}x fewer FLOPs" in headline
-    speed = metrics["before"]["latency_ms"] / metrics["after"]["latency_ms"]
-    if round(speed, 1) == 1.0 and round(1 / speed, 1) == 1.0:
-        assert f"the same CPU latency ({metrics['before']['latency_ms']:.2f} -&gt; " in headline  # HTML-escaped
-    else:
-        assert f"{speed:.1f}x faster" in headline or f"{1 / speed:.1f}x slower" in headline
-    drop = 100 * (metrics["before"]["accuracy"] - metrics["after"]["accuracy"])
-    assert f"{abs(drop):.2f} points" in headline or (round(drop, 2) == 0 and "the same top-1" in headline)
+    assert f"{fmt.speed(metrics['before']['latency_ms'] / metrics['after']['latency_ms'])} on the CPU" in headline
+    before, after = metrics["before"], metrics["after"]
+    assert f"{fmt.percent(before['accuracy'])} " in headline
+    assert f"{fmt.percent(after['accuracy'])} " in headline
+    if after.get("images"):  # the split's size recorded: both intervals and the size
+        assert f"(95% CI {fmt.interval(after['accuracy'], after['images'])})" in headline
+        assert f"on {after['images']:,} test images" in headline
+    else:  # an older run: no interval invented
+        assert "size was not recorded" in headline and "95% CI" not in headline
+    assert metrics["machine"]["platform"] not in headline and "torch" not in headline
+    verdict = re.search(r"<p class='verdict' id='verdict'>(.*?)</p>", text).group(1)
+    assert verdict.startswith("Verdict: ")
+    said = fmt.verdict(before["accuracy"], before.get("images"), after["accuracy"], after.get("images"))
+    assert said.split(" (")[0].split(" points")[0] in html.unescape(verdict)
+    # the title names the model, never a digest or a local path; the platform strings are in the details
+    for title in (re.search(r"<h1 id='title'>(.*?)</h1>", text).group(1), re.search(r"<title>(.*?)</title>",
+                                                                                    text).group(1)):
+        assert "LeNet-5 (demo)" in title and not re.search(r"[0-9a-f]{64}", title) and "/" not in title
+    details = re.search(r"<details id='details'>(.*?)</details>", text).group(1)
+    assert metrics["machine"]["platform"] in html.unescape(details) and metrics["machine"]["torch"] in details
+    # the tables use the formatter: accuracy as a percent, counts with separators
+    runs = re.search(r"<table[^>]*class=\"[^\"]*runs[^\"]*\"[^>]*>(.*?)</table>", text, re.S).group(1)
+    assert f"<td>{fmt.percent(after['accuracy'])}</td>" in runs
+    assert f"<td>{after['compressed_bytes']:,}</td>" in runs
     assert "test split of digits" in text and f"{metrics['machine']['cpus']} CPUs" in text
     # where the bytes went: every waterfall's bars add up to its end; each run's ends at its file's size
     assert len(page.waterfalls) >= 3
@@ -196,7 +216,7 @@ def test_detector_report_has_the_image_grid(tmp_path, capsys):
     images = re.findall(r"<img alt='(original|compressed) [^']+' src='data:image/png;base64,", text)
     assert images.count("original") == images.count("compressed") == 4
     assert "Detections on validation images" in text
-    assert re.search(r"(points (less|more)|the same) mAP50", text)
+    assert re.search(r"mAP50 [0-9.]+ -&gt; [0-9.]+ on ", text) and "Verdict: " in text
     for waterfall in page.waterfalls:
         assert waterfall["start"] + sum(waterfall["bars"]) == waterfall["end"]
     assert page.waterfalls[0]["end"] == (run / "model.clab").stat().st_size
@@ -219,3 +239,49 @@ def test_compare_page_draws_the_waterfall_and_offers_the_report(classifier_home,
     assert whole["y"][-1] == (home / "runs" / run_id / "model.clab").stat().st_size
     assert sum(whole["y"][:-1]) == whole["y"][-1]  # fp32 bytes + every part = the file
     assert any(button.proto.label.startswith("Download report") for button in at.get("download_button"))
+
+
+UPLOADED = {"model": "torchvision:resnet18 (3fa9b1c2d4e5-pets.safetensors)", "data": "imagefolder:/home/ann/pets",
+            "task": "classify", "eval_split": "test", "compression_ratio": 39.1,
+            "before": {"accuracy": 0.925, "fp32_bytes": 44_786_000, "sparse_flops": 1.82e9, "latency_ms": 5.0,
+                       "images": 40},
+            "after": {"accuracy": 0.475, "compressed_bytes": 1_145_000, "sparse_flops": 2.7e8, "latency_ms": 4.9,
+                      "images": 40},
+            "machine": {"platform": "Linux-6.8.0-x86_64-with-glibc2.39", "cpus": 2, "torch": "2.5.1"}}
+
+
+def test_headline_names_the_model_and_gives_scores_with_interval_size_and_verdict():
+    from complab.analysis.report import model_name, provenance
+    from complab.intervals import wilson
+    from complab.ui.report import headline, verdict_sentence
+
+    text = headline(UPLOADED)
+    assert text.startswith("resnet18 (pets.safetensors) on image folder pets: ")
+    assert "3fa9b1c2d4e5" not in text and "/home/ann" not in text
+    low, high = wilson(0.475, 40)
+    assert f"92.5% (95% CI 80.1-97.4%) -> 47.5% (95% CI {100 * low:.1f}-{100 * high:.1f}%) on 40 test images" in text
+    assert "39.1x smaller file (44,786,000 -> 1,145,000 bytes)" in text
+    assert "(-85%, zero weights skipped)" in text
+    assert "same speed on the CPU (5.00 -> 4.90 ms)" in text  # 2% apart: not "1.0x faster"
+    assert verdict_sentence(UPLOADED).startswith("Verdict: compression costs 45.0 points of top-1 accuracy (95% CI ")
+    # one image of 40 is noise: said so
+    within = {**UPLOADED, "after": {**UPLOADED["after"], "accuracy": 0.9}}
+    assert verdict_sentence(within).startswith("Verdict: top-1 accuracy within noise (±")
+    assert "on 40 test images" in verdict_sentence(within)
+    # the platform in plain words, its exact strings left to the details
+    where = provenance(UPLOADED, None)
+    assert "a Linux computer (x86_64) with 2 CPUs" in where and "glibc" not in where
+    uploaded = "torchscript:/home/ann/.local/share/complab/uploads/0123456789ab-net.pt"
+    assert model_name(uploaded) == "net.pt (TorchScript)"
+    assert model_name("demo:lenet300") == "LeNet-300-100 (demo)"
+
+
+def test_headline_of_an_old_run_without_split_size_invents_no_interval():
+    from complab.ui.report import headline, verdict_sentence
+
+    old = {**UPLOADED, "before": {k: v for k, v in UPLOADED["before"].items() if k != "images"},
+           "after": {k: v for k, v in UPLOADED["after"].items() if k != "images"}}
+    text = headline(old)
+    assert "95% CI" not in text and "92.5% -> 47.5% on the test split (its size was not recorded" in text
+    assert verdict_sentence(old) == ("Verdict: compression costs 45.0 points of top-1 accuracy (test-set size not "
+                                     "recorded, so its noise is unknown).")

@@ -9,6 +9,10 @@ class ModelLoadError(CompressionLabError):
     """A model file is missing, corrupt, untrusted or does not match its architecture."""
 
 
+class MismatchError(ModelLoadError):
+    """A model and a dataset do not fit each other: input channels, class count or input size."""
+
+
 class DataLoadError(CompressionLabError):
     """A dataset folder is missing or not in a format we read."""
 

@@ -189,7 +189,7 @@ def load_model(spec: dict, isolated: bool = False):
 
 def load_data(spec: dict, handle):
     """The dataset a checked spec names, prepared for `handle` (its input size, channels and normalisation)."""
-    from complab.models.handle import check_data_fits
+    from complab.models.handle import check_data_fits, check_model_fits
 
     if handle.task == DETECT:
         from complab.data.detection import load_detection_data
@@ -208,7 +208,7 @@ def load_data(spec: dict, handle):
                                     mean=tuple(spec["mean"]) if spec.get("mean") else handle.mean,
                                     std=tuple(spec["std"]) if spec.get("std") else handle.std,
                                     in_channels=handle.input_shape[0])
-    check_data_fits(handle, data.num_classes)
+    check_model_fits(handle, data)  # channels, classes, input size: one line with the fix, before any measurement
     return data
 
 

@@ -1,4 +1,5 @@
-"""A real model survives a reload: upload a torchvision state dict on the Model page, then open the Plan page's
+"""A real model survives a reload: upload a torchvision state dict on the Model page (the grey digits refused for
+it in one line, then an RGB image folder), then open the Plan page's
 URL in a new browser context (a new session, as a reload, a new tab or a shared link gets): the same model is
 active, its layers are on the page, and a slider still moves the estimate."""
 
@@ -22,6 +23,14 @@ def test_uploaded_model_survives_a_reload(page, browser, app_url, tmp_path):
     file = tmp_path / "squeezenet.pt"
     torch.save(torchvision.models.squeezenet1_1(num_classes=10).state_dict(), file)  # 2.9 MB, 26 layers
 
+    from PIL import Image
+
+    rgb = app_url["home"] / "data" / "rgb"  # under the data folder: a link may name it
+    for index in range(10):
+        (rgb / f"c{index}").mkdir(parents=True, exist_ok=True)
+        for i in range(2):
+            Image.new("RGB", (64, 64), (20 * index, 100 * i, 50)).save(rgb / f"c{index}" / f"{i}.png")
+
     url = app_url["url"]
     goto(page, url, "Model")
     page.get_by_text("Upload a file").first.click()
@@ -34,6 +43,14 @@ def test_uploaded_model_survives_a_reload(page, browser, app_url, tmp_path):
     size.press("Enter")
     wait_idle(page)
     page.locator('[data-testid="stFileUploaderDropzone"] input[type="file"]').set_input_files(str(file))
+    # an RGB model on the grey digits: one line saying so and what to do, the demo stays active
+    page.get_by_text("expects 3-channel (RGB) images but the digits are 1-channel").first.wait_for(timeout=120_000)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.get_by_text("Local folder").first.click()
+    wait_idle(page)
+    folder = page.locator('input[aria-label="Folder"]')
+    folder.fill(str(rgb))
+    folder.press("Enter")
     page.get_by_text("torchvision:squeezenet1_1").first.wait_for(timeout=120_000)
     wait_idle(page)
     assert "model=upload%3A" in page.url or "model=upload:" in page.url

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,11 @@ STEPS = (
     ("header", "file header + metadata (plan, architecture)"),
 )
 STEP_LABELS = dict(STEPS)
+# the same steps as a figure's axis labels: a word or two, a line each (the long label is the bar's hover)
+STEP_SHORT = {"framing": "framing", "structure": "smaller<br>arch.", "pruned": "pruned", "positions": "posi-<br>tions",
+              "indices": "shared<br>values", "codebooks": "code-<br>books", "entropy": "entropy<br>coding",
+              "codes": "VQ<br>codes", "zstd": "zstd", "stored": "stored<br>as is", "sections": "section<br>headers",
+              "header": "file<br>header"}
 
 
 @dataclass
@@ -58,6 +64,10 @@ class Waterfall:
     def bars(self) -> list[tuple[str, int]]:
         """(label, signed bytes) of the steps in drawing order, zero steps left out."""
         return [(STEP_LABELS[key], self.steps[key]) for key, _ in STEPS if self.steps.get(key)]
+
+    def short_bars(self) -> list[tuple[str, str, int]]:
+        """(short label, long label, signed bytes) of the steps in drawing order, zero steps left out."""
+        return [(STEP_SHORT[key], STEP_LABELS[key], self.steps[key]) for key, _ in STEPS if self.steps.get(key)]
 
 
 def dense_bytes(row: dict) -> int:
@@ -181,55 +191,112 @@ def _times(before: float | None, after: float | None) -> float | None:
     return before / after
 
 
+UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{12}-")  # the app's uploads: "<12 hex of the file's sha256>-<its name>"
+HEX_RUN = re.compile(r"\b[0-9a-f]{16,}\b")  # a digest in a label (a file's sha256): never in a title
+
+
+def _file_name(text: str) -> str:
+    """The last part of a path ("/home/x/uploads/3fa9b1c2d4e5-resnet.pt" -> "resnet.pt"), upload prefix removed."""
+    name = text.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return UPLOAD_PREFIX.sub("", name) or name
+
+
+def model_name(label: str | None) -> str:
+    """A model's label as a person names it: "demo:lenet5" -> "LeNet-5 (demo)", "torchvision:resnet18
+    (3fa9b1c2d4e5-weights.safetensors)" -> "resnet18 (weights.safetensors)", "torchscript:/home/x/net.pt" ->
+    "net.pt (TorchScript)"; never a local path or a file's digest."""
+    if not isinstance(label, str) or not label.strip():
+        return "the model"
+    kind, _, arg = label.strip().partition(":")
+    if kind == "demo":
+        from complab.models.zoo import DEMO_MODELS  # (the zoo's descriptions name the architectures)
+
+        spec = DEMO_MODELS.get(arg)
+        name = re.sub(r"\s*\(.*?\)", "", spec.description.split(":")[0]).strip() if spec else arg
+        return f"{name} (demo)"
+    if kind == "detector" and arg == "demo":
+        return "demo detector"
+    if kind == "torchvision":
+        arch, _, weights = arg.partition(" (")
+        return f"{arch} ({_file_name(weights.rstrip(')'))})" if weights else arch
+    if kind == "torchscript":
+        return f"{_file_name(arg)} (TorchScript)"
+    name = _file_name(label.strip())
+    return HEX_RUN.sub("", name).strip(" -_") or "the model"
+
+
+def data_name(ref: str | None) -> str:
+    """A data reference as a person names it: "digits", "imagefolder:/home/x/pets" -> "image folder pets"."""
+    if not isinstance(ref, str) or not ref.strip():
+        return "its data"
+    kind, _, arg = ref.partition(":")
+    if not arg:
+        return ref
+    return f"{'image folder' if kind == 'imagefolder' else kind} {_file_name(arg)}"
+
+
+def split_images(metrics: dict) -> tuple[int | None, int | None]:
+    """The number of images the score before and after was measured on (metrics["before"]["images"]); None for
+    a run that did not record it (older runs)."""
+    def images(side: dict) -> int | None:
+        value = side.get("images")
+        return int(value) if isinstance(value, int | float) and value > 0 else None
+
+    return images(metrics["before"]), images(metrics["after"])
+
+
+def score_split(metrics: dict) -> str:
+    """The split the run's score was measured on ("test" or "validation")."""
+    kind = task_kind(metrics.get("task"))
+    return metrics.get("eval_split", "test") if kind.chooses_split else "validation"
+
+
 def headline_numbers(metrics: dict) -> dict:
-    """The headline's numbers (what `headline` says, as values; None where the run did not measure it): the
+    """The headline's numbers (the values the headline says; None where the run did not measure it): the
     presentation view shows them as big metric boxes above the sentence."""
     before, after = metrics["before"], metrics["after"]
     kind = task_kind(metrics.get("task"))
-    return {"ratio": metrics["compression_ratio"], "fp32_bytes": before["fp32_bytes"],
+    images_before, images_after = split_images(metrics)
+    return {"model": model_name(metrics.get("model")), "data": data_name(metrics.get("data")),
+            "ratio": metrics["compression_ratio"], "fp32_bytes": before["fp32_bytes"],
             "compressed_bytes": after["compressed_bytes"],
+            "flops_before": before.get("sparse_flops") or before.get("flops"),
+            "flops_after": after.get("sparse_flops"),
             "flops_times": _times(before.get("sparse_flops") or before.get("flops"), after.get("sparse_flops")),
+            "latency_before": before.get("latency_ms"), "latency_after": after.get("latency_ms"),
             "speed_times": _times(before.get("latency_ms"), after.get("latency_ms")),
-            "score_name": kind.score_short,
+            "score_name": kind.score_short, "score_label": kind.score_label,
+            # Wilson intervals hold for an accuracy; a detector's mAP would need its bootstrap (not in metrics)
+            "has_interval": not kind.finds_boxes and images_before is not None and images_after is not None,
             "score_before": before["accuracy"], "score_after": after["accuracy"],
+            "images_before": images_before, "images_after": images_after, "split": score_split(metrics),
             "drop_pts": 100 * (before["accuracy"] - after["accuracy"])}
 
 
-def headline(metrics: dict) -> str:
-    """One sentence from the measured numbers; a clause only where the run measured that number."""
-    before, after = metrics["before"], metrics["after"]
-    clauses = [f"{metrics['compression_ratio']:.1f}x smaller file "
-               f"({before['fp32_bytes']:,} -> {after['compressed_bytes']:,} bytes)"]
-    flops = _times(before.get("sparse_flops") or before.get("flops"), after.get("sparse_flops"))
-    if flops:
-        clauses.append(f"{flops:.1f}x fewer FLOPs (zero weights skipped)")
-    speed = _times(before.get("latency_ms"), after.get("latency_ms"))
-    if speed:
-        if round(speed, 1) == 1.0 and round(1 / speed, 1) == 1.0:  # "1.0x faster" would claim a gain not measured
-            clauses.append(f"the same CPU latency ({before['latency_ms']:.2f} -> {after['latency_ms']:.2f} ms)")
-        else:
-            clauses.append(f"{speed:.1f}x faster on the CPU" if speed >= 1 else f"{1 / speed:.1f}x slower on the CPU")
-    score = task_kind(metrics.get("task")).score_short
-    drop = 100 * (before["accuracy"] - after["accuracy"])
-    clauses.append(f"{abs(drop):.2f} points {'less' if drop > 0 else 'more'} {score}" if round(drop, 2)
-                   else f"the same {score}")
-    return f"{metrics.get('model', 'model')} on {metrics.get('data', 'its data')}: " + ", ".join(clauses)
+def machine_words(machine: dict | None) -> str:
+    """The machine in plain words: "a Linux computer (x86_64) with 2 CPUs"; its exact platform and torch version
+    go to the report's details."""
+    if not machine:
+        return "a machine the run did not record"
+    platform = str(machine.get("platform") or "")
+    system = platform.split("-", 1)[0] or "an unknown system"
+    system = {"Darwin": "macOS", "macOS": "macOS"}.get(system, system)
+    arch = next((a for a in ("x86_64", "AMD64", "arm64", "aarch64") if a in platform), "")
+    return f"a {system} computer{f' ({arch})' if arch else ''} with {machine['cpus']} CPUs"
 
 
 def provenance(metrics: dict, finished: float | None) -> str:
     """Where the numbers come from: the split, the machine that measured them and when."""
     kind = task_kind(metrics.get("task"))
-    split = metrics.get("eval_split", "test") if kind.chooses_split else "validation"
+    split = score_split(metrics)
     score = kind.score_label
-    machine = metrics.get("machine")
-    where = (f"{machine['platform']}, {machine['cpus']} CPUs, torch {machine['torch']}" if machine
-             else "a machine the run did not record")
+    where = machine_words(metrics.get("machine"))
     when = (dt.datetime.fromtimestamp(finished, dt.UTC).strftime("%Y-%m-%d %H:%M UTC") if finished
             else "an unrecorded date")
     latency = ("; latency: batch 1, median of repeated forward passes" if metrics["after"].get("latency_ms")
                else "; latency not measured")
-    return (f"{score} on the {split} split of {metrics.get('data', 'the data')}, measured on the model decoded "
-            f"from the compact file; run on {where}, finished {when}{latency}.")
+    return (f"{score} on the {split} split of {data_name(metrics.get('data'))}, measured on the model decoded "
+            f"from the compact file by {where}; finished {when}{latency}.")
 
 
 @dataclass

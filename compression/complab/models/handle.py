@@ -18,6 +18,8 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import math
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from complab import metrics
 from complab.data.digits import DIGITS_MEAN, DIGITS_STD
-from complab.errors import ModelLoadError, first_line
+from complab.errors import MismatchError, ModelLoadError, first_line
 from complab.metrics import weight_layers
 from complab.models.compact_writer import write_compact
 from complab.models.protocol import TaskKind
@@ -454,7 +456,93 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
 def check_data_fits(handle, num_classes: int) -> None:
     """A model (classifier or detector) whose class count differs from the dataset's cannot be evaluated on it."""
     if handle.num_classes != num_classes:
-        raise ModelLoadError(
+        raise MismatchError(
             f"the model predicts {handle.num_classes} classes but the dataset has {num_classes}: "
             "use the dataset the model was trained on, or weights with a matching head"
         )
+
+
+def check_model_fits(handle, data) -> None:
+    """A MismatchError naming the problem and the fix when a classifier cannot read `data` (a DataBundle).
+
+    Checked before anything is measured, in this order: the class count (check_data_fits), then one forward
+    pass of one zero image of the data's shape, whose failure is explained: the input channels (an RGB
+    model on the grey digits), a fully connected first layer that takes one image size only, or another size the
+    architecture cannot take; a model whose output has another width than the data's classes is refused too.
+    Adaptive pooling models take any size: only a forward that fails is called a mismatch."""
+    check_data_fits(handle, data.num_classes)
+    shape = tuple(int(v) for v in data.input_shape)
+    model = handle.model
+    first = next(model.parameters(), None)
+    was_training = getattr(model, "training", False)
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(torch.zeros((1, *shape), device=first.device if first is not None else "cpu"))
+    except Exception as exc:  # noqa: BLE001 - each layer refuses a shape in its own words: explained below
+        raise _mismatch(handle, data, shape, exc) from None
+    finally:
+        model.train(was_training)
+    width = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() >= 1 else None
+    if width is not None and width != data.num_classes:
+        raise MismatchError(f"{_model_name(handle)} outputs {width} scores per image but {_data_name(data)} have "
+                            f"{data.num_classes} classes: use the dataset the model was trained on, or weights with "
+                            "a matching head")
+
+
+def _model_name(handle) -> str:
+    architecture = handle.architecture if isinstance(handle.architecture, dict) else {}
+    name = architecture.get("arch") or architecture.get("name") or architecture.get("filename") or handle.label
+    return f"This model ({str(name)[:60]})"
+
+
+def _data_name(data) -> str:
+    """How a message names the data: "the digits", "the images of pets" (the folder's name)."""
+    ref = str(getattr(data, "ref", "") or "")
+    if ref == "digits":
+        return "the digits"
+    folder = Path(ref.partition(":")[2]).name
+    return f"the images of {folder}" if folder else "the dataset's images"
+
+
+def _colours(channels: int) -> str:
+    return {1: " (grey)", 3: " (RGB)"}.get(channels, "")
+
+
+def _first_weight_layer(model: nn.Module) -> nn.Module | None:
+    for module in model.modules():
+        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear):
+            return module
+    return None
+
+
+def _mismatch(handle, data, shape: tuple[int, ...], exc: BaseException) -> MismatchError:
+    """What a failed forward of one zero image of the data's `shape` means, as one line with the fix."""
+    reason = first_line(exc, 160)
+    name, images = _model_name(handle), _data_name(data)
+    first = _first_weight_layer(handle.model)
+    channels = re.search(r"to have (\d+) channels, but got (\d+)", reason)
+    wanted = int(channels.group(1)) if channels else None
+    if wanted is None and isinstance(first, nn.Conv2d) and first.in_channels != shape[0]:
+        wanted = first.in_channels
+    if wanted is not None and wanted != shape[0]:
+        got = shape[0]
+        if wanted == 3:
+            data_fix = ("choose an RGB image folder as the data (Data: Local folder on the Model page, --data "
+                        "imagefolder:DIR)")
+        elif wanted == 1:
+            data_fix = "choose grey data (the digits, or an image folder: it is read as grey for such a model)"
+        else:
+            data_fix = f"choose data with {wanted}-channel images"
+        return MismatchError(f"{name} expects {wanted}-channel{_colours(wanted)} images but {images} are "
+                             f"{got}-channel{_colours(got)}: {data_fix}, or a model made for {got}-channel input.")
+    side = "x".join(map(str, shape[1:]))
+    if isinstance(first, nn.Linear) and first.in_features != math.prod(shape):
+        return MismatchError(
+            f"{name} reads {first.in_features:,} values per image (its first layer is fully connected, so it takes "
+            f"one image size only) but {images} are {'x'.join(map(str, shape))} = {math.prod(shape):,}: set the "
+            "input size it was made for (Input size on the Model page, --input-size), or choose a model with a "
+            "convolutional stem")
+    return MismatchError(f"{name} cannot take {side} images of {shape[0]} channel{'s' if shape[0] != 1 else ''} "
+                         f"({reason}): set the input size it was made for (Input size on the Model page, "
+                         "--input-size), or choose a model made for this data")

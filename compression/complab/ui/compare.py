@@ -12,7 +12,6 @@ from complab.analysis.pareto import pareto_mask
 from complab.models.tasks import finds_boxes
 from complab.ui import figures
 from complab.ui.numbers import count, interval, percent, points
-from complab.ui.present import honest_x_range
 from complab.ui.report import plain_markdown
 
 
@@ -104,10 +103,8 @@ def _choice_text(rows: pd.DataFrame, best: dict | None, run_id: str) -> str:
 
 
 def pareto(rows: pd.DataFrame, cost: str, title: str, run_id: str, sweeps: list[dict] | None = None):
-    """A front (figures.pareto_figure) with the shown run ringed and named by its plan in the legend, and a cost
-    axis that does not zoom into a few units when the runs cost (nearly) the same (present.honest_x_range)."""
+    """A front (figures.pareto_figure) with the shown run ringed and named by its plan in the legend."""
     fig = figures.pareto_figure(rows, cost, title, sweeps, highlight=run_id)
-    honest_x_range(fig)
     for trace in fig.data:
         if trace.name == run_id:
             trace.name = f"shown: {rows.loc[rows['run'] == run_id, 'plan'].iloc[0] or run_id}"

@@ -7,7 +7,9 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from complab.analysis.pareto import pareto_mask, sweep_curve
+from complab.intervals import wilson
 from complab.models.tasks import finds_boxes
+from complab.ui import numbers
 
 
 def _measured(row: dict, axis: str) -> set[str] | None:
@@ -16,12 +18,33 @@ def _measured(row: dict, axis: str) -> set[str] | None:
     return None if marks is None else {str(k) for k in marks.get(axis, [])}
 
 
-def sensitivity_curves(report: dict, axis: str) -> go.Figure:
-    """Score per layer against sparsity (axis="sparsity") or cluster count (axis="clusters").
+def val_images(report: dict) -> int | None:
+    """The number of validation images a sensitivity report's scores were measured on: report["noise"]'s, else the
+    config's val_images (what the analysis found) or val_size (what it asked for, in older reports)."""
+    config = report.get("config") or {}
+    for value in ((report.get("noise") or {}).get("val_images"), config.get("val_images"), config.get("val_size")):
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return int(value)
+    return None
+
+
+def _hex_rgba(colour: str, alpha: float) -> str:
+    return f"rgba({int(colour[1:3], 16)},{int(colour[3:5], 16)},{int(colour[5:7], 16)},{alpha})"
+
+
+def sensitivity_curves(report: dict, axis: str, band: bool = True) -> go.Figure:
+    """Score per layer against sparsity (axis="sparsity") or cluster count (axis="clusters"), each curve with its
+    95% band (Wilson, on the report's validation images; band=False for a detector's mAP, which has none here),
+    and the original's band around its dotted line: a point inside it is not distinguishable from the original.
 
     In an estimate-mode report, measured points are filled markers and estimated ones hollow (the
     legend's two grey entries say which is which)."""
     fig = go.Figure()
+    n = val_images(report) if band else None
+    base = float(report["base_accuracy"])
+    if n:  # the original's own band, behind everything
+        low, high = wilson(base, n)
+        fig.add_hrect(y0=100 * low, y1=100 * high, fillcolor="#7f7f7f", opacity=0.10, line_width=0, layer="below")
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f",
                "#bcbd22", "#17becf"]
     estimated_any = False
@@ -30,8 +53,16 @@ def sensitivity_curves(report: dict, axis: str) -> go.Figure:
         points = sorted(((float(k), v, measured is None or k in measured) for k, v in row[axis].items()))
         estimated_any |= not all(p[2] for p in points)
         color = palette[index % len(palette)]
+        if n and points:  # the 95% band of each point, as a filled polygon (low edge forward, high edge back)
+            bounds = [wilson(p[1], n) for p in points]
+            fig.add_trace(go.Scatter(
+                x=[p[0] for p in points] + [p[0] for p in reversed(points)],
+                y=[100 * b[1] for b in bounds] + [100 * b[0] for b in reversed(bounds)],
+                fill="toself", fillcolor=_hex_rgba(color, 0.06), line={"width": 0}, mode="lines",
+                name=f"{name} 95% band", legendgroup=name, showlegend=False, hoverinfo="skip"))
         fig.add_trace(go.Scatter(
             x=[p[0] for p in points], y=[100 * p[1] for p in points], mode="lines+markers", name=name,
+            legendgroup=name,
             line={"color": color}, customdata=["measured" if p[2] else "estimated" for p in points],
             marker={"color": [color if p[2] else "white" for p in points], "line": {"color": color, "width": 1.5},
                     "size": 8, "symbol": "circle"},
@@ -40,7 +71,7 @@ def sensitivity_curves(report: dict, axis: str) -> go.Figure:
         for label, fill in (("measured (filled)", "grey"), ("estimated (hollow)", "white")):
             fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=label,
                                      marker={"color": fill, "line": {"color": "grey", "width": 1.5}, "size": 8}))
-    fig.add_hline(y=100 * report["base_accuracy"], line_dash="dot", annotation_text="original")
+    fig.add_hline(y=100 * base, line_dash="dot", annotation_text="original")
     fig.update_layout(xaxis_title="sparsity" if axis == "sparsity" else "clusters (k)",
                       yaxis_title="validation accuracy (%)", height=380, margin={"t": 30})
     if axis == "clusters":
@@ -48,19 +79,28 @@ def sensitivity_curves(report: dict, axis: str) -> go.Figure:
     return fig
 
 
+# the heatmap's diverging scale: zero drop is white (the middle), losses red, "gains" grey (on a validation subset a
+# gain is noise, never a colour that reads as good)
+DROP_SCALE = [[0.0, "#969696"], [0.5, "#ffffff"], [1.0, "#b2182b"]]
+
+
 def sensitivity_heatmap(report: dict) -> go.Figure:
-    """Layer x sparsity heatmap of the accuracy drop in points; measured cells of an estimate-mode report marked."""
+    """Layer x sparsity heatmap of the accuracy drop in points, on a scale centred at zero drop (white); measured
+    cells of an estimate-mode report marked."""
     layers = list(report["layers"])
     sparsities = sorted({float(s) for row in report["layers"].values() for s in row["sparsity"]})
     base = report["base_accuracy"]
     keys = {layer: {float(k): k for k in report["layers"][layer]["sparsity"]} for layer in layers}
     z = [[100 * (base - report["layers"][layer]["sparsity"][keys[layer][s]]) if s in keys[layer] else np.nan
           for s in sparsities] for layer in layers]
+    finite = [abs(v) for row in z for v in row if v == v]
+    reach = max([1.0, *finite])  # symmetric around zero: no drop is the middle (white) whatever the data
     marks = [[("measured" if (m := _measured(report["layers"][layer], "sparsity")) is None or keys[layer].get(s) in m
                else "estimated") if s in keys[layer] else "" for s in sparsities] for layer in layers]
-    fig = go.Figure(go.Heatmap(z=z, x=[f"{s:.2f}" for s in sparsities], y=layers, colorscale="Reds",
-                               colorbar={"title": "drop (pts)"}, zmin=0, customdata=marks,
-                               hovertemplate="%{y} at %{x}: %{z:.2f} pts (%{customdata})<extra></extra>"))
+    fig = go.Figure(go.Heatmap(z=z, x=[f"{s:.2f}" for s in sparsities], y=layers, colorscale=DROP_SCALE,
+                               colorbar={"title": "drop (pts)"}, zmin=-reach, zmax=reach, zmid=0, customdata=marks,
+                               xgap=1, ygap=1,
+                               hovertemplate="%{y} at %{x}: %{z:.2f} pts drop (%{customdata})<extra></extra>"))
     if any(_measured(row, "sparsity") is not None for row in report["layers"].values()):
         xs = [f"{s:.2f}" for layer in layers for s, mark in zip(sparsities, marks[layers.index(layer)], strict=True)
               if mark == "measured"]
@@ -68,7 +108,10 @@ def sensitivity_heatmap(report: dict) -> go.Figure:
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name="measured (others estimated)",
                                  marker={"symbol": "circle", "size": 7, "color": "black"}, hoverinfo="skip"))
         fig.update_layout(legend={"orientation": "h", "y": 1.02, "yanchor": "bottom"})
-    fig.update_layout(xaxis_title="sparsity", yaxis_title="layer", height=120 + 28 * len(layers), margin={"t": 30})
+    # a grey ground between the cells: a white (no drop) cell stays visible on a white page
+    fig.update_layout(xaxis_title="sparsity", yaxis_title="layer", height=120 + 28 * len(layers), margin={"t": 30},
+                      plot_bgcolor="#d9d9d9")
+    fig.update_xaxes(type="category")  # one column per sparsity measured, evenly spaced, labelled as measured
     fig.update_yaxes(autorange="reversed")
     return fig
 
@@ -117,7 +160,29 @@ def pareto_figure(table: pd.DataFrame, cost: str, cost_title: str, sweeps: list[
                       height=420, margin={"t": 30})
     if data[cost].max() > 20 * max(1, data[cost].min()):
         fig.update_xaxes(type="log")
+    else:
+        pad_flat_axis(fig, "x", data[cost], relative=0.05, least=1.0)
+    pad_flat_axis(fig, "y", 100 * data["accuracy"], relative=0.0, least=1.0)
     return fig
+
+
+def pad_flat_axis(fig: go.Figure, axis: str, values, relative: float, least: float) -> bool:
+    """When every value on an axis is (nearly) the same, plotly zooms into the rounding noise (two runs at equal
+    FLOPs gave a 43.551k-43.553k axis): give that axis a range padded around the value (`relative` of it, at least
+    `least` either side) and ticks without invented digits. True when it padded."""
+    vals = [float(v) for v in values if v is not None and np.isfinite(float(v))]
+    if not vals:
+        return False
+    low, high = min(vals), max(vals)
+    centre = (low + high) / 2
+    if high - low > 0.01 * max(abs(centre), least):
+        return False
+    pad = max(relative * abs(centre), least, high - low)
+    update = {"range": [centre - pad, centre + pad]}
+    if abs(centre) >= 1000:
+        update["tickformat"] = "~s"  # 43k, 44k: never 43.551k
+    (fig.update_xaxes if axis == "x" else fig.update_yaxes)(**update)
+    return True
 
 
 def add_sweep_curves(fig: go.Figure, data: pd.DataFrame, sweeps: list[dict], cost: str, cost_title: str) -> None:
@@ -137,36 +202,67 @@ def add_sweep_curves(fig: go.Figure, data: pd.DataFrame, sweeps: list[dict], cos
                           + " %{x:,}<br>%{y:.2f}%<br>ratio %{customdata[1]:.1f}x<extra></extra>"))
 
 
+WRAP = 28  # a waterfall title's line, in characters (a half-width column fits about this at 16 px)
+
+
+def short_name(name: str, limit: int = WRAP) -> str:
+    """A long layer or run name cut in the middle to `limit` characters ("backbone.lay...4.1.conv2"): the end of a
+    layer's name says which one it is."""
+    if len(name) <= limit:
+        return name
+    keep = limit - 3
+    return name[: keep // 2] + "..." + name[len(name) - (keep - keep // 2):]
+
+
+def bar_number(value: float, signed: bool = False) -> str:
+    """A waterfall bar's number, at most seven characters so it fits above its bar at half a page: exact below
+    10,000 ("-220", "+9,412"), else three digits ("-73.5k", "1.73M"); the exact bytes are in the hover and the
+    report's table."""
+    text = numbers.human(value, exact_below=1e4).replace(" ", "")
+    return ("+" + text if value > 0 else text) if signed else text
+
+
 def bytes_waterfall(waterfall, estimated: bool = False, height: int = 420) -> go.Figure:
     """Where the bytes went (analysis.report.Waterfall): fp32 bytes, one signed bar per part of the compact file,
-    the file's size; the bars add up to it exactly.
+    the file's size; the bars add up to it exactly. Short horizontal labels on the axis (the long one in the hover),
+    numbers drawn outside the plot area when they need to (never clipped), a two-line title that fits half a page.
 
     estimated: the plan page's estimate (analysis.estimate.estimated_waterfall), not a file: lighter, outlined
     bars, dotted connectors, "~" before every number, "estimated file" as the last bar and a note saying so."""
-    bars = waterfall.bars()
-    labels = ["fp32 model"] + [label for label, _ in bars] + ["estimated file" if estimated else "compact file"]
-    values = [waterfall.start] + [value for _, value in bars] + [waterfall.end]
+    bars = waterfall.short_bars()
+    end_label = "estimated<br>file" if estimated else "compact<br>file"
+    labels = ["fp32<br>model"] + [short for short, _, _ in bars] + [end_label]
+    long_labels = (["fp32 model"] + [label for _, label, _ in bars]
+                   + ["estimated file" if estimated else "compact file"])
+    values = [waterfall.start] + [value for _, _, value in bars] + [waterfall.end]
     approx = "~" if estimated else ""
     colours = ("#98df8a", "#ff9896", "#aec7e8") if estimated else ("#2ca02c", "#d62728", "#1f77b4")
     outline = ("#2ca02c", "#d62728", "#1f77b4")
     fig = go.Figure(go.Waterfall(
         orientation="v", measure=["absolute"] + ["relative"] * len(bars) + ["total"], x=labels, y=values,
-        text=[f"{approx}{v:+,}" if 0 < i < len(values) - 1 else f"{approx if i else ''}{v:,}"
-              for i, v in enumerate(values)],
-        textposition="outside",
+        text=[approx + bar_number(v, signed=0 < i < len(values) - 1) for i, v in enumerate(values)],
+        textposition="outside", cliponaxis=False, constraintext="none", textfont={"size": 10},
+        customdata=long_labels,
         connector={"line": {"color": "#999", "width": 1, "dash": "dot" if estimated else "solid"}},
         decreasing={"marker": {"color": colours[0], "line": {"color": outline[0], "width": 2 if estimated else 0}}},
         increasing={"marker": {"color": colours[1], "line": {"color": outline[1], "width": 2 if estimated else 0}}},
         totals={"marker": {"color": colours[2], "line": {"color": outline[2], "width": 2 if estimated else 0}}},
-        hovertemplate="%{x}: " + ("estimated " if estimated else "") + "%{y:,} bytes<extra></extra>"))
-    fig.update_layout(title=f"{waterfall.title}: {waterfall.start:,} -> {approx}{waterfall.end:,} bytes "
-                            f"({approx}{waterfall.start / max(1, waterfall.end):.1f}x)",
-                      yaxis_title="bytes", height=height, margin={"t": 50, "b": 10}, showlegend=False)
+        hovertemplate="%{customdata}: " + ("estimated " if estimated else "") + "%{y:,} bytes<extra></extra>"))
+    ratio = waterfall.start / max(1, waterfall.end)
+    fig.update_layout(title={"text": f"{short_name(waterfall.title)}<br><sup>{numbers.human(waterfall.start, 'B')} -> "
+                                     f"{approx}{numbers.human(waterfall.end, 'B')} ({approx}{numbers.times(ratio)} "
+                                     "smaller)</sup>", "font": {"size": 15}, "x": 0, "xanchor": "left"},
+                      yaxis_title="bytes", height=height, margin={"t": 80, "b": 10, "l": 60, "r": 20},
+                      showlegend=False)
+    # room above the tallest bar for its number, and below zero for the number under a saving that ends near zero
+    # (drawn under the bar: at zero it would sit on the axis labels)
+    top = max(float(np.cumsum(values[:-1]).max()), waterfall.end, 1)
+    fig.update_yaxes(range=[-0.1 * top, 1.18 * top], zeroline=True, zerolinecolor="#999")
     if estimated:
         fig.add_annotation(text="ESTIMATED from the weights (no model run): the run measures the real file",
                            xref="paper", yref="paper", x=1, y=1, xanchor="right", yanchor="bottom",
                            showarrow=False, font={"color": "#7f7f7f", "size": 12})
-    fig.update_xaxes(tickangle=-25, tickfont={"size": 10})
+    fig.update_xaxes(tickangle=0, tickfont={"size": 9}, automargin=True)
     return fig
 
 

@@ -97,3 +97,78 @@ def delta_color(metric: str, delta: float, threshold: float = 0.0) -> str:
     if abs(float(delta)) <= threshold:
         return "off"
     return "normal" if HIGHER_IS_BETTER.get(metric, True) else "inverse"
+
+
+# ---- relative changes, their colour, and the verdict on a score's change --------------------------------------
+
+NO_CHANGE_PERCENT = 0.5  # a relative change that rounds to 0% is "no change"
+TONE_COLOURS = {"better": "#1a7f37", "worse": "#cf222e", "same": "#6e7781"}  # green, red, grey (HTML)
+
+
+def times(ratio: float, digits: int = 1) -> str:
+    """A ratio as "39.1x"; "-" when it was not measured (None, zero or not finite)."""
+    if ratio is None or not math.isfinite(float(ratio)) or float(ratio) <= 0:
+        return "-"
+    return f"{float(ratio):,.{digits}f}x"
+
+
+def signed(n: float) -> str:
+    """A signed count with separators, for a step of bytes or parameters: -73493 -> "-73,493", 12 -> "+12"."""
+    return f"{round(float(n)):+,}"
+
+
+def change(before: float, after: float, digits: int = 0) -> str:
+    """The relative change from `before` to `after`, signed: 1000 -> 150 reads "-85%"; "no change" when it rounds to
+    zero; "-" when `before` is zero or unknown (no base to divide by)."""
+    if before is None or after is None or not float(before):
+        return "-"
+    pct = 100 * (float(after) - float(before)) / abs(float(before))
+    if abs(pct) < NO_CHANGE_PERCENT * 10 ** -digits:
+        return "no change"
+    return f"{pct:+,.{digits}f}%"
+
+
+def tone(metric: str, delta: float, threshold: float = 0.0) -> str:
+    """Whether a change (after - before) of `metric` is "better", "worse" or the "same" (within `threshold`):
+    fewer bytes, FLOPs or milliseconds are better, more accuracy is better."""
+    delta = float(delta)
+    if abs(delta) <= threshold or not math.isfinite(delta):
+        return "same"
+    return "better" if (delta > 0) == HIGHER_IS_BETTER.get(metric, True) else "worse"
+
+
+def change_colour(metric: str, before: float, after: float) -> str:
+    """The HTML colour of a change of `metric` from `before` to `after`: green better, red worse, grey no change
+    ("-85%" FLOPs is green, "-1.4 pts" accuracy red, "no change" grey)."""
+    if before is None or after is None:
+        return TONE_COLOURS["same"]
+    shown = change(before, after)
+    return TONE_COLOURS["same" if shown in ("no change", "-") else tone(metric, float(after) - float(before))]
+
+
+def _pts(fraction: float) -> str:
+    """Points without sign, one decimal (two below a tenth of a point, so a real change never reads 0.0)."""
+    value = abs(100 * float(fraction))
+    return f"{value:.2f}" if value < 0.1 else f"{value:.1f}"
+
+
+def verdict(before: float, n_before: int | None, after: float, n_after: int | None, split: str = "test",
+            unknown: str = "test-set size not recorded, so its noise is unknown") -> str:
+    """One sentence on a score's change from `before` to `after` (fractions) measured on n_before and n_after images
+    of the `split`: "within noise (±1.1 pts on 1,000 test images)" when the 95% interval of the difference
+    (intervals.difference) holds zero, else "costs 1.4 points (95% CI 0.3-2.5 pts, ...)" or "gains 0.8 points
+    (...)". Without the split's size (an old run) the change is said with `unknown` in brackets."""
+    from complab.intervals import difference
+
+    drop = float(before) - float(after)
+    said = ("no change" if abs(100 * drop) < NO_CHANGE_PTS else
+            f"costs {_pts(drop)} points" if drop > 0 else f"gains {_pts(drop)} points")
+    if not n_before or not n_after:
+        return f"{said} ({unknown})"
+    images = (f"{count(n_after)} {split} images" if int(n_before) == int(n_after)
+              else f"{count(n_before)} and {count(n_after)} {split} images")
+    low, high = difference(before, int(n_before), after, int(n_after))
+    if low <= 0 <= high:
+        return f"within noise (±{_pts((high - low) / 2)} pts on {images})"
+    return f"{said} (95% CI {_pts(low)}-{_pts(high)} pts on {images})" if drop > 0 else \
+        f"{said} (95% CI {_pts(-high)}-{_pts(-low)} pts on {images})"

@@ -13,18 +13,17 @@ query on a page switch (see state._show_link), so moving between pages stays in 
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Callable, Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from complab.analysis.report import headline, headline_numbers
+from complab.analysis.report import headline_numbers
 from complab.intervals import difference
-from complab.models.tasks import finds_boxes
 from complab.ui.links import link_presenting, link_run_id
-from complab.ui.numbers import count, delta_color, human, percent, points, score, speed
+from complab.ui.numbers import change, count, delta_color, human, percent, points, speed, times
+from complab.ui.report import headline, verdict_sentence
 
 PARAM, RUN_PARAM = "present", "run"
 SESSION_KEY = "presenting"
@@ -102,39 +101,7 @@ def projector(fig):
         fig.update_layout(legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0})
     for axes in (fig.update_xaxes, fig.update_yaxes):  # Streamlit's chart theme sets the axes' own fonts
         axes(tickfont={"size": 16}, title_font={"size": 19})
-    honest_x_range(fig)
     return fig
-
-
-NARROW = 0.01  # a cost axis whose points lie within 1% of each other gets a range of +-10% around them
-
-
-def honest_x_range(fig) -> None:
-    """Two runs at (nearly) the same cost make plotly zoom to a few units ("43.551k-43.553k"), inventing a
-    precision no one measured: such an axis is widened to +-10% around the points (log axes in decades)."""
-    values = [value for trace in fig.data if getattr(trace, "x", None) is not None for value in map(_number, trace.x)
-              if value is not None]
-    if not values or min(values) <= 0:
-        return
-    low, high = min(values), max(values)
-    if high - low > NARROW * high:
-        return
-    middle = (low + high) / 2
-    if fig.layout.xaxis.type == "log":
-        fig.update_xaxes(range=[math.log10(middle * 0.9), math.log10(middle * 1.1)])
-    else:
-        fig.update_xaxes(range=[middle * 0.9, middle * 1.1])
-
-
-def _number(value) -> float | None:
-    """A finite number (numpy's too), or None (a category, a bool, NaN)."""
-    if isinstance(value, bool | str):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def layer_chart(layers: pd.DataFrame) -> go.Figure:
@@ -174,52 +141,40 @@ def chosen_run(options: Sequence, key: str, label: str = "Run", id_of: Callable 
 
 
 def headline_metrics(metrics: dict) -> None:
-    """A run's headline as big metric boxes (ratio, file, FLOPs, latency where measured, score) and its sentence,
-    written by the formatter (complab.ui.numbers): green means better (fewer bytes or FLOPs too), a score's change
-    grey when its 95% interval includes zero, "same speed" for a latency ratio within noise of 1."""
-    numbers = headline_numbers(metrics)
-    before, after = metrics["before"], metrics["after"]
-    file_change = numbers["compressed_bytes"] / numbers["fp32_bytes"] - 1 if numbers["fp32_bytes"] else 0.0
-    boxes = [("Smaller file", f"{numbers['ratio']:.1f}x", None, "off"),
-             ("Compact file", human(numbers["compressed_bytes"], "B"),
-              f"{file_change:+.0%} from {human(numbers['fp32_bytes'], 'B')} fp32",
-              delta_color("compressed_bytes", file_change))]
-    flops_before = before.get("sparse_flops") or before.get("flops")
-    if numbers["flops_times"] and flops_before:
-        change = after["sparse_flops"] / flops_before - 1
-        boxes.append(("FLOPs (zeros skipped)", human(after["sparse_flops"]), f"{change:+.0%}",
-                      delta_color("sparse_flops", change)))
-    if numbers["speed_times"]:  # "same speed" (grey) within noise of 1; faster green, slower red (no arrow)
-        said = speed(numbers["speed_times"])
-        boxes.append(("CPU latency", f"{after['latency_ms']:.2f} ms", said,
-                      "off" if said == speed(1.0) else "normal" if numbers["speed_times"] > 1 else "inverse"))
-    detector = finds_boxes(metrics.get("task") or "classify")
-    name = numbers["score_name"]
-    change = numbers["score_after"] - numbers["score_before"]
-    n_before, n_after = _images(before), _images(after)
+    """A run's headline as big metric boxes (ratio, file, FLOPs, latency where measured, score) and its sentences
+    (the report's headline and verdict), written by the formatter (complab.ui.numbers): green means better (fewer
+    bytes or FLOPs too), a score's change grey when its 95% interval includes zero, "same speed" for a latency
+    ratio within noise of 1."""
+    n = headline_numbers(metrics)
+    boxes = [("Smaller file", times(n["ratio"]), None, "off"),
+             ("Compact file", human(n["compressed_bytes"], "B"),
+              f"{change(n['fp32_bytes'], n['compressed_bytes'])} from {human(n['fp32_bytes'], 'B')} fp32",
+              _colour("compressed_bytes", n["fp32_bytes"], n["compressed_bytes"]))]
+    if n["flops_times"]:
+        boxes.append(("FLOPs (zeros skipped)", human(n["flops_after"]), change(n["flops_before"], n["flops_after"]),
+                      _colour("sparse_flops", n["flops_before"], n["flops_after"])))
+    if n["speed_times"]:  # "same speed" (grey) within noise of 1; faster green, slower red (no arrow)
+        said = speed(n["speed_times"])
+        boxes.append(("CPU latency", f"{n['latency_after']:.2f} ms", said,
+                      "off" if said == speed(1.0) else "normal" if n["speed_times"] > 1 else "inverse"))
+    moved = n["score_after"] - n["score_before"]
     within_noise = False
-    if n_before and n_after and not detector:
-        low, high = difference(numbers["score_before"], n_before, numbers["score_after"], n_after)
+    if n["has_interval"]:
+        low, high = difference(n["score_before"], n["images_before"], n["score_after"], n["images_after"])
         within_noise = low <= 0 <= high
-    value = f"{numbers['score_after']:.3f}" if detector else percent(numbers["score_after"])
-    boxes.append((f"{name} after", value, points(change),
-                  "off" if within_noise or points(change) == "no change" else delta_color("accuracy", change)))
-    for col, (label, value, delta, colour) in zip(st.columns(len(boxes)), boxes, strict=True):
+    value = percent(n["score_after"]) if n["score_name"] == "top-1" else f"{n['score_after']:.3f}"
+    boxes.append((f"{n['score_name']} after", value, points(moved),
+                  "off" if within_noise or points(moved) == "no change" else delta_color("accuracy", moved)))
+    for col, (label, shown, delta, colour) in zip(st.columns(len(boxes)), boxes, strict=True):
         words = bool(delta) and delta[0] not in "+-"  # "1.4x faster": a colour says which way, an arrow would not
-        col.metric(label, value, delta, delta_color=colour,
+        col.metric(label, shown, delta, delta_color=colour,
                    delta_arrow="off" if colour == "off" or words else "auto")
-    lines = [html.escape(headline(metrics))]
-    if n_after and not detector:  # the score with its interval: the sentence a decision can lean on
-        lines.insert(0, html.escape(f"{name}: {score(numbers['score_before'], n_before)} before, "
-                                    f"{score(numbers['score_after'], n_after)} after"
-                                    + (" (the change is within noise)" if within_noise else "")))
-    st.markdown(f'<div class="present-headline">{"<br>".join(lines)}</div>', unsafe_allow_html=True)
+    said = f"{headline(metrics)} {verdict_sentence(metrics)}"
+    st.markdown(f'<div class="present-headline">{html.escape(said)}</div>', unsafe_allow_html=True)
 
 
-def _images(side: dict) -> int | None:
-    """The images a score was measured on (metrics.json's before/after "images"), None where not recorded."""
-    try:
-        n = int(side.get("images") or 0)
-    except (TypeError, ValueError):
-        return None
-    return n if n > 0 else None
+def _colour(metric: str, before: float, after: float) -> str:
+    """st.metric's delta_color for a change of `metric` (green better), grey where the formatter says no change."""
+    if change(before, after) in ("no change", "-"):
+        return "off"
+    return delta_color(metric, float(after) - float(before))

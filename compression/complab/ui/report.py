@@ -24,7 +24,7 @@ from complab.analysis import report
 from complab.analysis.pareto import runs_table
 from complab.errors import CompressionLabError
 from complab.models.tasks import task_kind
-from complab.ui import figures
+from complab.ui import figures, numbers
 
 PDF_TIMEOUT_S = 120
 CHROMIUM = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
@@ -36,6 +36,7 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-
 padding:0 1em;color:#222;line-height:1.4}
 h1{font-size:1.6em;margin-bottom:.2em} h2{margin-top:2em;border-bottom:1px solid #ddd}
 .headline{font-size:1.35em;font-weight:600;margin:.6em 0} .small{color:#555;font-size:.9em}
+.verdict{font-size:1.2em;margin:.4em 0 .8em 0} details{margin:.5em 0} details td{text-align:left}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0} td,th{border:1px solid #ddd;padding:2px 6px;
 text-align:right} th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
 pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.8em}
@@ -145,6 +146,97 @@ def load_report_runs(folders: list[tuple[Path, str | None]]) -> tuple[list[Repor
     return runs, left_out
 
 
+def _scores(n: dict) -> str:
+    """"top-1 accuracy 99.1% (95% CI 98.9-99.3%) -> 98.9% (95% CI 98.6-99.1%) on 10,000 test images"; a detector's
+    mAP or a run without its split's size: the two numbers alone, the size said when known."""
+    before, after = n["score_before"], n["score_after"]
+    images = n["images_after"] or n["images_before"]
+    if n["has_interval"]:
+        same = n["images_before"] == n["images_after"]
+        where = (f"on {numbers.count(images)} {n['split']} images" if same else
+                 f"on {numbers.count(n['images_before'])} and {numbers.count(n['images_after'])} {n['split']} images")
+        return (f"{n['score_label']} {numbers.percent(before)} (95% CI {numbers.interval(before, n['images_before'])})"
+                f" -> {numbers.percent(after)} (95% CI {numbers.interval(after, n['images_after'])}) {where}")
+    size = (f"on {numbers.count(images)} {n['split']} images" if images else
+            f"on the {n['split']} split (its size was not recorded, so no interval)")
+    if n["score_name"] == "top-1":
+        return f"{n['score_label']} {numbers.percent(before)} -> {numbers.percent(after)} {size}"
+    return f"{n['score_label']} {before:.3f} -> {after:.3f} {size}"
+
+
+def headline(metrics: dict) -> str:
+    """The report's headline, one sentence from the measured numbers (a clause only where the run measured it):
+    the model and data by name, the score before -> after with its 95% interval and the split's size, the file's
+    size, FLOPs and speed. Its verdict is `verdict_sentence`."""
+    n = report.headline_numbers(metrics)
+    clauses = [_scores(n),
+               f"{numbers.times(n['ratio'])} smaller file ({numbers.count(n['fp32_bytes'])} -> "
+               f"{numbers.count(n['compressed_bytes'])} bytes)"]
+    if n["flops_times"]:
+        clauses.append(f"{numbers.times(n['flops_times'])} fewer FLOPs "
+                       f"({numbers.change(n['flops_before'], n['flops_after'])}, zero weights skipped)")
+    if n["speed_times"]:
+        said = numbers.speed(n["speed_times"])
+        clauses.append(f"{said} on the CPU ({n['latency_before']:.2f} -> {n['latency_after']:.2f} ms)"
+                       if said == "same speed" else f"{said} on the CPU")
+    return f"{n['model']} on {n['data']}: " + "; ".join(clauses) + "."
+
+
+def verdict_sentence(metrics: dict) -> str:
+    """One sentence of verdict on the score's change: "Verdict: top-1 accuracy within noise (±0.4 pts on 10,000
+    test images).", "Verdict: compression costs 1.4 points of top-1 accuracy (95% CI ...)."."""
+    n = report.headline_numbers(metrics)
+    unknown = ("no interval: a detector's mAP carries none here" if n["score_name"] != "top-1"
+               else "test-set size not recorded, so its noise is unknown")
+    said = numbers.verdict(n["score_before"], n["images_before"] if n["has_interval"] else None,
+                           n["score_after"], n["images_after"] if n["has_interval"] else None, n["split"], unknown)
+    score = n["score_label"]
+    if said.startswith(("costs", "gains")):
+        word, rest = said.split(" ", 1)
+        points, _, tail = rest.partition(" points")
+        return f"Verdict: compression {word} {points} points of {score}{tail}."
+    if said.startswith("no change"):
+        return f"Verdict: no change in {score}{said[len('no change'):]}."
+    return f"Verdict: {score} {said}."
+
+
+def machine_details(metrics: dict, run: ReportRun) -> str:
+    """The machine's exact strings (platform, torch) and the run's id, in a details section: the headline says the
+    machine in plain words."""
+    machine = metrics.get("machine") or {}
+    rows = [("run", run.id), ("platform", machine.get("platform")), ("CPUs", machine.get("cpus")),
+            ("torch", machine.get("torch")), ("seconds", metrics.get("seconds"))]
+    cells = "".join(f"<tr><th>{html.escape(key)}</th><td>{html.escape(str(value))}</td></tr>"
+                    for key, value in rows if value is not None)
+    return f"<details id='details'><summary>Measured on (details)</summary><table>{cells}</table></details>"
+
+
+def runs_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The runs table as the report shows it: the formatter's accuracy, points, counts, ratios and milliseconds."""
+    out = pd.DataFrame({"run": table["run"], "plan": table["plan"], "steps": table["steps"]})
+    out["accuracy"] = [numbers.percent(v) for v in table["accuracy"]]
+    out["change"] = [numbers.points(-v / 100) for v in table["accuracy_drop_pts"]]
+    out["compressed bytes"] = [numbers.count(v) for v in table["compressed_bytes"]]
+    out["ratio"] = [numbers.times(v) for v in table["ratio"]]
+    if "sparse_flops" in table and table["sparse_flops"].notna().any():
+        out["FLOPs"] = ["" if pd.isna(v) else numbers.human(v) for v in table["sparse_flops"]]
+    if "latency_ms" in table and table["latency_ms"].notna().any():
+        out["latency"] = ["" if pd.isna(v) else f"{v:.2f} ms" for v in table["latency_ms"]]
+    return out
+
+
+def layer_rows(rows: list[dict]) -> pd.DataFrame:
+    """The per-layer table with counts separated and sparsity as a percent."""
+    frame = pd.DataFrame(report.layer_table(rows))
+    if frame.empty:
+        return frame
+    for column in ("weights", "fp32 bytes", "file bytes"):
+        frame[column] = [numbers.count(v) for v in frame[column]]
+    frame["sparsity"] = ["" if v is None or pd.isna(v) else numbers.percent(v) for v in frame["sparsity"]]
+    frame["bits per weight"] = ["" if v is None or pd.isna(v) else f"{v:.2f}" for v in frame["bits per weight"]]
+    return frame
+
+
 def _png_uri(image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -170,7 +262,7 @@ class _Figures:
 
 def _waterfall_block(draw: _Figures, waterfall: report.Waterfall) -> str:
     """The waterfall figure and its numbers (a table the reader, and the tests, can add up)."""
-    rows = "".join(f"<tr><td>{html.escape(label)}</td><td data-bytes='{value}'>{value:+,}</td></tr>"
+    rows = "".join(f"<tr><td>{html.escape(label)}</td><td data-bytes='{value}'>{numbers.signed(value)}</td></tr>"
                    for label, value in waterfall.bars())
     return (draw(figures.bytes_waterfall(waterfall))
             + f"<table class='waterfall' data-title='{html.escape(waterfall.title)}' data-start='{waterfall.start}'"
@@ -219,10 +311,14 @@ def report_html(runs: list[ReportRun], generated: str = "", original=None, left_
     draw = _Figures()
     chosen = runs[0]
     m = chosen.metrics
-    parts = [f"<h1>Compression report: {html.escape(m.get('model') or chosen.id)}, run {html.escape(chosen.id)}</h1>",
-             f"<p class='headline' id='headline'>{html.escape(report.headline(m))}</p>",
+    name = report.model_name(m.get("model"))
+    parts = [f"<h1 id='title'>Compression report: {html.escape(name)}</h1>",
+             f"<p class='small'>run {html.escape(chosen.id)}</p>",
+             f"<p class='headline' id='headline'>{html.escape(headline(m))}</p>",
+             f"<p class='verdict' id='verdict'>{html.escape(verdict_sentence(m))}</p>",
              f"<p class='small' id='provenance'>{html.escape(report.provenance(m, chosen.finished))}"
-             f"{' Report written ' + html.escape(generated) + '.' if generated else ''}</p>"]
+             f"{' Report written ' + html.escape(generated) + '.' if generated else ''}</p>",
+             machine_details(m, chosen)]
     numbers = {"run": chosen.id, "compression_ratio": m["compression_ratio"],
                "fp32_bytes": m["before"]["fp32_bytes"], "compressed_bytes": m["after"]["compressed_bytes"],
                "accuracy_before": m["before"]["accuracy"], "accuracy_after": m["after"]["accuracy"],
@@ -241,9 +337,7 @@ def report_html(runs: list[ReportRun], generated: str = "", original=None, left_
                         ("latency_ms", "CPU latency, batch 1 (ms)")):
         if table[cost].notna().any():
             parts.append(draw(figures.pareto_figure(table, cost, title, highlight=chosen.id)))
-    columns = ["run", "plan", "steps", "accuracy", "accuracy_drop_pts", "compressed_bytes", "ratio", "sparse_flops",
-               "latency_ms"]
-    parts.append(_table(table[[c for c in columns if c in table]].round(4), "runs"))
+    parts.append(_table(runs_rows(table), "runs"))
     parts.append("<h2>Where the bytes went</h2><p class='small'>From the fp32 model (torch.save of its fp32 state "
                  "dict) to the compact file, part by part, as the file's own sections count them (`complab "
                  "inspect`): green bars are bytes saved, red bars bytes the compact file adds; they add up to the "
@@ -263,11 +357,11 @@ def report_html(runs: list[ReportRun], generated: str = "", original=None, left_
             parts.append("<h3>Largest layers</h3>")
             for layer in report.layer_waterfalls(rows, LAYER_WATERFALLS):
                 parts.append(_waterfall_block(draw, layer))
-            parts.append("<h2>Per-layer table</h2>" + _table(report.layer_table(rows), "layers"))
+            parts.append("<h2>Per-layer table</h2>" + _table(layer_rows(rows), "layers"))
     parts.append(f"<h2>The plan (recipe)</h2><pre id='recipe'>{html.escape(_plan_text(chosen.plan))}</pre>")
     if task_kind(m.get("task")).finds_boxes:
         parts.append(_detections_block(chosen, original))
-    title = html.escape(f"Compression report {chosen.id}")
+    title = html.escape(f"Compression report: {name}, run {chosen.id}")
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
 

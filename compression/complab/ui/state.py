@@ -15,7 +15,7 @@ import streamlit as st
 
 from complab import engine, paths, service, sources
 from complab.data import DataBundle
-from complab.errors import CompressionLabError
+from complab.errors import CompressionLabError, MismatchError
 from complab.models.handle import ModelHandle
 from complab.models.zoo import DEMO_MODELS
 from complab.ui import links
@@ -232,10 +232,24 @@ def spec_key(spec: dict) -> str:
 
 
 @st.cache_resource(show_spinner="Loading the model and data...", max_entries=8)
-def _load(key: str) -> tuple[ModelHandle, DataBundle]:
+def _loaded(key: str) -> tuple[ModelHandle, DataBundle] | str:
+    """(handle, data), or the message of a model that does not fit its data (kept: the Model page's widgets
+    still name that pair on the next rerun, which then says it again without loading both again)."""
     # isolated: no model file's code runs in the server (a trusted Ultralytics pickle is opened in a child
     # process and rebuilt here from its tensors; TorchScript is refused: measure_code_model measures it)
-    return sources.load(json.loads(key), isolated=True)
+    try:
+        return sources.load(json.loads(key), isolated=True)
+    except MismatchError as exc:  # the text only: the exception's frames would keep the model and data alive
+        return str(exc)
+
+
+def _load(key: str) -> tuple[ModelHandle, DataBundle]:
+    """The spec's (handle, data); a CompressionLabError (a MismatchError: the model does not fit the data) when
+    it cannot be loaded, checked before anything is measured (sources.load_data)."""
+    loaded = _loaded(key)
+    if isinstance(loaded, str):
+        raise MismatchError(loaded)
+    return loaded
 
 
 @st.cache_data(show_spinner="Measuring the TorchScript model in a separate process...", max_entries=8)

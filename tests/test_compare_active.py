@@ -261,7 +261,7 @@ def test_headline_says_same_speed_colours_the_right_way_and_gives_the_interval()
     assert boxes["CPU latency"].delta == "2.0x faster" and boxes["CPU latency"].proto.color == green
     # with the split size: the interval is said, and a drop inside it is grey, not red
     boxes, text = headline_boxes(measured(latency_after=0.44, images=360))
-    assert "97.5% (95% CI" in text and "360 images" in text and "within noise" in text
+    assert "97.5% (95% CI" in text and "360 test images" in text and "within noise" in text
     assert boxes["top-1 after"].proto.color == grey
     boxes, text = headline_boxes(measured(latency_after=0.44, images=360, after_accuracy=0.80))
     assert boxes["top-1 after"].proto.color == MetricProto.MetricColor.RED and "within noise" not in text

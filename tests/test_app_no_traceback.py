@@ -143,11 +143,20 @@ def no_exception(at: AppTest, where: str) -> None:
 
 
 def every_page(at: AppTest, model: str) -> None:
-    """Open each page of the navigation with the active model `model`; none shows an exception element."""
+    """Open each page of the navigation with the active model `model`; none shows an exception element. The Lesson
+    page makes its own model active while it is open; the sidebar's way back then makes `model` active again."""
+    from complab.analysis.lesson import LESSON_SPEC
+
     for page in PAGES:
         at.switch_page(page).run()
         no_exception(at, f"{page} with {model}")
-        assert at.session_state["active"]["model"] == model, page
+        expected = LESSON_SPEC["model"] if page == "pages/lesson.py" else model
+        assert at.session_state["active"]["model"] == expected, page
+    if "pages/lesson.py" in PAGES and model != LESSON_SPEC["model"]:
+        at.switch_page("pages/model.py").run()
+        at.sidebar.button(key="back_from_lesson").click().run()
+        no_exception(at, f"back from the lesson to {model}")
+        assert at.session_state["active"]["model"] == model
 
 
 def test_every_page_with_the_default_demo_model(home):

@@ -52,15 +52,16 @@ active_name = compare.active_model_name(runs, table, spec)  # None: the active m
 models = sorted(set(table["model"].unique()) if not table.empty else {s["model"] for s in sweeps if s["active"]})
 models, model_index = compare.model_options(models, active_name)
 if active_name is None and not presenting:
-    st.info(f"The active model, {plain_markdown(spec['model'])} on {plain_markdown(spec['data'])}, has no finished "
-            "compression run yet: launch one from the Plan page. Below: the runs of another model.")
+    st.info(f"The active model, {plain_markdown(report.model_name(spec['model']))} on "
+            f"{plain_markdown(report.data_name(spec['data']))}, has no finished compression run yet: launch one from "
+            "the Plan page. Below: the runs of another model.")
 
 
 def presentation(rows, best: dict | None, run_id: str) -> None:
     """The projector view of one run: headline numbers, which run and why, accuracy vs bytes and vs FLOPs,
     where the bytes went."""
     metrics = next(run["metrics"] for run in runs if run["id"] == run_id)
-    st.title(f"{metrics.get('model', '')} · {metrics.get('plan_name') or run_id}")
+    st.title(f"{report.model_name(metrics.get('model'))} · {metrics.get('plan_name') or run_id}")
     present.headline_metrics(metrics)
     st.markdown(compare.choice_text(rows, best, run_id, hint=False))
     left, right = st.columns(2)
@@ -85,15 +86,16 @@ if presenting and not table.empty:
     else:
         model = models[model_index]
         if active_name is None:
-            st.warning(f"The active model, {plain_markdown(spec['model'])}, has no finished compression run: "
-                       f"showing {plain_markdown(model)}'s.")
+            st.warning(f"The active model, {plain_markdown(report.model_name(spec['model']))}, has no finished "
+                       f"compression run: showing {plain_markdown(report.model_name(model))}'s.")
     rows = table[table["model"] == model]
     best = best_run(rows)
     presentation(rows, best, present.chosen_run(compare.run_options(rows, best), key="compare_run",
                                                 default_name="the best run on the front"))
     st.stop()
 model = (st.selectbox("Model", models, index=model_index, key="compare_model",
-                      format_func=lambda name: name + (" (the active model)" if name == active_name else ""))
+                      format_func=lambda name: report.model_name(name) + (" · the active model" if name == active_name
+                                                                            else ""))
          if len(models) > 1 else models[0])
 if not table.empty and model in set(table["model"]):
     model_rows = table[table["model"] == model]

@@ -91,7 +91,9 @@ def code_model_summary(candidate: dict, active: dict) -> None:
 spec = active_spec()
 if present.presenting():  # the projector view of the active model (the lesson's, during the lesson): numbers, layers
     present.present_css()
-    st.title(f"{load_active(spec)[0].label} on {spec['data']}")
+    from complab.analysis.report import data_name, model_name
+
+    st.title(f"{model_name(load_active(spec)[0].label)} on {data_name(spec['data'])}")
     _, shown = summary(spec)
     st.plotly_chart(present.projector(present.layer_chart(shown["layers"])), key="present_layers")
     st.stop()

@@ -141,8 +141,9 @@ def test_compare_says_when_the_active_model_has_no_runs(runs_home, monkeypatch):
     at = app(home, monkeypatch)
     at.selectbox(key="demo_model").select("vgg_small").run()
     go(at, "compare")
-    assert any("has no finished compression run" in i.value and "demo:vgg\\_small" in i.value for i in at.info)
-    assert set(at.selectbox(key="compare_model").options) == {"demo:lenet5", "demo:lenet300"}
+    assert any("has no finished compression run" in i.value and "VGG-style CNN \\(demo\\)" in i.value
+               for i in at.info), [i.value for i in at.info]
+    assert set(at.selectbox(key="compare_model").options) == {"LeNet-5 (demo)", "LeNet-300-100 (demo)"}
     at.selectbox(key="compare_model").set_value("demo:lenet5").run()
     assert at.selectbox(key="compare_run").value == ids["small-good"]
 
@@ -150,20 +151,20 @@ def test_compare_says_when_the_active_model_has_no_runs(runs_home, monkeypatch):
 def test_presentation_follows_the_active_model_through_the_lesson(runs_home, monkeypatch):
     home, ids, rows = runs_home
     at = go(app(home, monkeypatch), "compare", {"present": "1"})
-    assert "small-good" in at.title[0].value and "demo:lenet5" in at.title[0].value  # the active model's best run
+    assert at.title[0].value == "LeNet-5 (demo) · small-good"  # the active model's best run
     assert any("Showing **small-good**" in m.value for m in at.main.markdown)  # says which run and why
     at.button(key="present_exit").click().run()
     # the lesson makes LeNet-300-100 the active model: the sidebar says so, Model and Compare present it
     go(at, "lesson")
-    assert "demo:lenet300" in at.sidebar.markdown[0].value
+    assert at.sidebar.markdown[0].value.startswith("**LeNet-300-100 (demo)**")
     go(at, "model", {"present": "1"})
-    assert "demo:lenet300" in at.title[0].value
+    assert at.title[0].value == "LeNet-300-100 (demo) on digits"
     labels = {m.label: m.value for m in at.main.metric}
     assert labels["Parameters"] == "266,610"
     layers = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert layers["data"][0]["y"] == ["fc1", "fc2", "fc3"] and layers["data"][0]["x"] == [235200, 30000, 1000]
     go(at, "compare", {"present": "1"})
-    assert "demo:lenet300" in at.title[0].value and "lenet300-run" in at.title[0].value
+    assert at.title[0].value == "LeNet-300-100 (demo) · lenet300-run"
     at.button(key="present_exit").click().run()
     # leaving the lesson: the sidebar offers the model from before, and takes it back
     go(at, "model")

@@ -333,7 +333,9 @@ def sidebar(lesson: bool = False) -> None:
     spec = active_spec()
     with st.sidebar:
         st.caption("Active model")
-        st.markdown(f"**{spec['model']}**  \n{spec['data']}")
+        from complab.analysis.report import model_name
+
+        st.markdown(f"**{model_name(spec['model'])}**  \n{spec['model']} on {spec['data']}")
         before = st.session_state.get(BEFORE_LESSON)
         if before is not None and spec_key(before) != spec_key(spec):
             if lesson:

@@ -262,7 +262,7 @@ def plan_epochs(plan: dict | Plan | None) -> int:
     channel step's per layer times its layers plus its final ones, every other step's `finetune_epochs`."""
     if not isinstance(plan, Plan):
         try:  # the steps' defaults filled in (a recipe may leave finetune_epochs out)
-            plan = Plan.from_dict(plan)
+            plan = Plan.from_dict({"schema_version": 1, **plan} if isinstance(plan, dict) else plan)
         except (CompressionLabError, TypeError, ValueError, AttributeError):
             pass
     if isinstance(plan, Plan):

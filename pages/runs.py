@@ -51,7 +51,7 @@ def draw_run(run: dict, where: str) -> None:
     """One run's row (`where` keeps its widgets' keys apart when a reused run is in two sweeps)."""
     job = run.get("job", {})
     with st.container(border=True):
-        cols = st.columns([3, 3, 4, 1, 1])
+        cols = st.columns([3, 3, 3, 1.2, 1])
         # every value here was checked by complab/runfolder.py; text from a folder is shown as plain text
         plan_name = (f" · {plain_markdown((job.get('plan') or {}).get('name') or '')}"
                      if run["kind"] == "compress" else "")
@@ -79,8 +79,8 @@ def draw_run(run: dict, where: str) -> None:
         else:
             cols[3].button("Re-run", key=f"rerun_{where}_{run['id']}", on_click=act, args=("rerun", run["id"]))
         with cols[4].popover("Log"):  # whole lines, wrapped: nothing cut at the popover's edge
-            st.code(engine.log_tail(run["id"], LOG_LINES, root=home()) or "(empty)", language=None,
-                    wrap_lines=True, height=400)
+            log = engine.log_tail(run["id"], LOG_LINES, root=home()) or "(empty)"
+            st.code(log, language=None, wrap_lines=True, height=400 if log.count("\n") > 16 else "content")
         if run["kind"] == "compress" and has_ga(job):  # channel pruning's GA: fitness per generation
             ga = ga_rows(engine.events(run["id"], root=home()))
             if not ga.empty:

@@ -132,10 +132,10 @@ def _draft_fields() -> tuple[list, list]:
 
 def current_draft(page: PlanPage) -> dict:
     """What the page shows now: its target, every layer's settings (shown or not) and the fine-tuning settings."""
-    target = {"kind": st.session_state.get("plan_target_kind", "ratio"),
-              "value": st.session_state.get("plan_target_value")}
-    _, options = _draft_fields()
-    kept = {f.key: st.session_state[f.key] for f in options if f.key in st.session_state}
+    kind = st.session_state.get("plan_target_kind")
+    kind = kind if kind in TARGETS else "ratio"
+    target = {"kind": kind, "value": st.session_state.get("plan_target_value", TARGETS[kind][2])}
+    kept = {f.key: st.session_state.get(f.key, getattr(config(), f.name)) for config, f in option_fields()}
     return plan_draft.make_draft(page.key, page.report_key, target,
                                  {layer: page.rows.store.get(layer, {}) for layer in page.layers}, kept)
 
@@ -170,13 +170,25 @@ def restore_draft(page: PlanPage, fresh: bool) -> None:
         st.session_state["plan_draft_note"] = note
     if draft is None:
         return
+    before = plan_draft.dumps(current_draft(page))
     page.rows.set_rows(draft["rows"])
     _seed_widgets(draft, force=True)
+    if plan_draft.dumps(current_draft(page)) == before:  # the draft is the suggestion itself: nothing to say
+        return
     when = draft.get("saved")
-    ago = f", saved {duration(time.time() - when)} ago" if when and when <= time.time() else ""
+    ago = f", saved {_ago(time.time() - when)} ago" if when and when <= time.time() else ""
     st.session_state["plan_draft_restored"] = (
         f"Your draft of this plan is back (target and per-layer settings{ago}). "
         "'Reset to the suggestion' starts again from the sensitivity analysis.")
+
+
+def _ago(seconds: float) -> str:
+    """A time since, in words: "12 s", "5 min", "3 h", "2 days"."""
+    for size, unit in ((86400, " days"), (3600, " h"), (60, " min")):
+        if seconds >= size:
+            value = int(seconds // size)
+            return f"{value}{unit if value != 1 or unit != ' days' else ' day'}"
+    return f"{int(seconds)} s"
 
 
 def save_draft(page: PlanPage) -> None:
@@ -387,6 +399,12 @@ def model_timings(root: str, key: str) -> list[dict]:
     return service.run_timings(json.loads(key), root)
 
 
+@st.cache_data(ttl=5, show_spinner=False, max_entries=4)
+def runs_ahead(root: str) -> int:
+    """Runs queued or running in the engine now (read at most every 5 s)."""
+    return sum(run["state"] in ("queued", "running") for run in engine.list_runs(root=root))
+
+
 def time_text(estimate: dict, runs: int = 1, workers: int = 1) -> str:
     """One line for the estimate (service.time_estimate): "about 0:28 (7 s to load, measure and write + 4 epochs x
     5.1 s, timed on 1 earlier run of this model)", or why there is none."""
@@ -417,7 +435,15 @@ def plan_time(page: PlanPage, plan: Plan | None, runs: int = 1) -> str:
     steps = tuple(step.type for step in plan.steps)
     epochs = service.plan_epochs(plan)
     estimate = service.time_estimate(timings, epochs, runs, workers, steps)
-    return time_text({**estimate, "epochs": epochs}, runs, workers)
+    text = time_text({**estimate, "epochs": epochs}, runs, workers)
+    try:
+        ahead = runs_ahead(str(home()))
+    except CompressionLabError:
+        ahead = 0
+    if ahead:
+        text += (f"; {ahead} run{'s' if ahead != 1 else ''} already queued or running"
+                 + ("" if settings.get("ray_address") else f" on {workers} worker{'s' if workers != 1 else ''}"))
+    return text
 
 
 def settings_expander(page: PlanPage, stats_fold_bn: bool) -> bool:

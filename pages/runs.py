@@ -25,7 +25,8 @@ ICONS = {"queued": ":material/schedule:", "running": ":material/autorenew:", "su
 notice = st.session_state.pop("runs_notice", None)  # what a Cancel or Re-run did: said at the top, and as a toast
 if notice:
     (st.success if notice["kind"] == "success" else st.error)(notice["text"])
-    st.toast(notice["text"], icon=":material/check_circle:" if notice["kind"] == "success" else ":material/error:")
+    st.toast(notice.get("toast") or notice["text"],
+             icon=":material/check_circle:" if notice["kind"] == "success" else ":material/error:")
 
 
 def elapsed(run: dict) -> str:
@@ -39,7 +40,8 @@ def act(what: str, run_id: str) -> None:
     try:
         if what == "rerun":
             new = engine.rerun(run_id, root=home())
-            st.session_state["runs_notice"] = {"kind": "success", "text": f"Run {new} queued (a re-run of {run_id})."}
+            st.session_state["runs_notice"] = {"kind": "success", "text": f"Run {new} queued (a re-run of {run_id}).",
+                                               "toast": f"Queued: run {new}"}
         else:
             engine.cancel(run_id, root=home())
             st.session_state["runs_notice"] = {"kind": "success", "text": f"Run {run_id}: cancel requested."}

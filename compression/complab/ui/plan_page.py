@@ -241,8 +241,8 @@ def top_notice() -> None:
         return
     show = {"success": st.success, "error": st.error, "info": st.info}[notice["kind"]]
     show(notice["text"])
-    st.toast(notice["text"], icon={"success": ":material/check_circle:", "error": ":material/error:"}.get(
-        notice["kind"], ":material/info:"))
+    icon = {"success": ":material/check_circle:", "error": ":material/error:"}.get(notice["kind"], ":material/info:")
+    st.toast(notice.get("toast") or notice["text"], icon=icon)
     if notice.get("link") == "runs":
         st.page_link("pages/runs.py", label="Follow it on the Runs page", icon=":material/play_circle:")
     elif notice.get("link") == "compare":
@@ -385,9 +385,11 @@ def launch(job: dict) -> None:
     """The launch button's callback: submit the run; what happened is said at the top of the page (top_notice)."""
     try:
         run_id = engine.submit(job, root=home())
-        st.session_state["plan_notice"] = {"kind": "success", "text": f"Run {run_id} queued.", "link": "runs"}
+        st.session_state["plan_notice"] = {"kind": "success", "text": f"Run {run_id} queued.", "link": "runs",
+                                           "toast": f"Queued: run {run_id}"}
     except CompressionLabError as exc:
-        st.session_state["plan_notice"] = {"kind": "error", "text": str(exc)}
+        st.session_state["plan_notice"] = {"kind": "error", "text": str(exc), "toast": "Not launched: see the top of "
+                                                                                       "the page"}
 
 
 @st.cache_data(ttl=20, show_spinner=False, max_entries=16)

@@ -60,9 +60,9 @@ def _submit(spec: dict, stats, report: dict, history: list, name: str, prune_opt
                          root=home(), name=f"{name}-search", prune_options=prune_options,
                          cluster_options=cluster_options)
             _said("success", f"Search started in the background ({budget} runs); its generations appear as one sweep "
-                             "on the Compare page.")
+                             "on the Compare page.", f"Search started: {budget} runs")
         except CompressionLabError as exc:
-            _said("error", str(exc))
+            _said("error", str(exc), "Not started: see the top of the page")
         return
     values = st.session_state.get(f"plan_sweep_targets::{axis}", DEFAULT_TARGETS[axis])
     try:
@@ -71,13 +71,15 @@ def _submit(spec: dict, stats, report: dict, history: list, name: str, prune_opt
                                           cluster_options, adjust=with_fold_bn if fold_bn else None)
         sweep = service.submit_sweep(jobs, labels, root=home(), axis=axis, name=name)
     except CompressionLabError as exc:
-        _said("error", str(exc))
+        _said("error", str(exc), "Not queued: see the top of the page")
         return
     reused = sum(member["reused"] for member in sweep["members"])
     _said("success", f"{sweep['label']} queued: {len(sweep['members'])} runs"
-          + (f" ({reused} reused from earlier runs with the same plan)" if reused else "") + ".")
+          + (f" ({reused} reused from earlier runs with the same plan)" if reused else "") + ".",
+          f"Sweep queued: {len(sweep['members'])} runs")
 
 
-def _said(kind: str, text: str) -> None:
-    """The outcome, for the top of the page (and a toast): ui/plan_page.py's top_notice shows it."""
-    st.session_state["plan_notice"] = {"kind": kind, "text": text, **({"link": "compare"} if kind == "success" else {})}
+def _said(kind: str, text: str, toast: str) -> None:
+    """The outcome, for the top of the page and a toast (ui/plan_page.py's top_notice shows them)."""
+    st.session_state["plan_notice"] = {"kind": kind, "text": text, "toast": toast,
+                                       **({"link": "compare"} if kind == "success" else {})}

@@ -368,12 +368,18 @@ def test_plan_page_target_is_typed_with_steps_per_kind(home):
 
 
 def test_plan_page_shows_the_predicted_range_and_the_time_estimate(home):
+    from complab import engine
+
     at = plan_page()
     metric = next(m for m in at.metric if m.label == "Predicted accuracy")
     assert "%" in metric.value
     assert any(c.value.startswith("Predicted accuracy") and "range" in c.value for c in at.caption)
     estimate = next(c.value for c in at.caption if c.value.startswith("Estimated time of a run"))
     assert "about " in estimate and "timed on 1 earlier run of this model" in estimate
+    at.text_input(key="plan_sweep_targets::ratio").input("10, 20, 40").run()
+    sweep = next(c.value for c in at.caption if c.value.startswith("Estimated time: about"))
+    workers = engine.settings(home)["max_workers"]
+    assert "for 3 runs (" in sweep and f"each, {workers} at a time)" in sweep  # the sweep's members, by the workers
 
 
 def test_plan_page_time_estimate_without_runs(tmp_path, monkeypatch):

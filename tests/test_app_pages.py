@@ -122,7 +122,7 @@ def test_plan_page_target_solver_moves_the_sliders(seeded_home, monkeypatch):
     at = seeded_page("plan", seeded_home[0], monkeypatch)
     sliders = {s.key: s.value for s in at.slider if "::sp::" in s.key}
     assert set(k.rsplit("::", 1)[1] for k in sliders) == {"conv1", "conv2", "fc1", "fc2"}
-    at.slider(key="plan_target_value").set_value(80.0).run()
+    at.number_input(key="plan_target_value").set_value(80.0).run()
     at.button(key="plan_apply").click().run()
     assert not at.exception
     after = {s.key: s.value for s in at.slider if "::sp::" in s.key}

@@ -244,3 +244,120 @@ def submit_sweep(jobs: list[dict], labels: list[str], root: Root = None, axis: s
     sweep's status (engine.sweep_status: id, label, members)."""
     sweep_id = engine.submit_sweep(jobs, root=root, axis=axis, targets=labels, name=name, reuse=reuse)
     return engine.sweep_status(sweep_id, root=root)
+
+
+# --- how long a run takes, from this model's measured runs --------------------------------------------------------
+
+FIXED_STAGES = ("start", "measure original", "write compact file", "measure compressed", "done")
+TIMED_RUNS = 10  # the newest succeeded runs of this model a time estimate reads
+
+
+def _whole(step: dict, name: str) -> int:
+    value = step.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def plan_epochs(plan: dict | Plan | None) -> int:
+    """The fine-tuning epochs a plan asks for, all steps together: a pruning step's per round times its rounds, a
+    channel step's per layer times its layers plus its final ones, every other step's `finetune_epochs`."""
+    if not isinstance(plan, Plan):
+        try:  # the steps' defaults filled in (a recipe may leave finetune_epochs out)
+            plan = Plan.from_dict({"schema_version": 1, **plan} if isinstance(plan, dict) else plan)
+        except (CompressionLabError, TypeError, ValueError, AttributeError):
+            pass
+    if isinstance(plan, Plan):
+        plan = plan.to_dict()
+    if not isinstance(plan, dict):
+        return 0
+    total = 0
+    for step in plan.get("steps") or []:
+        if not isinstance(step, dict):
+            continue
+        epochs = _whole(step, "finetune_epochs")
+        if step.get("type") == "prune":
+            epochs *= max(1, _whole(step, "iterations"))
+        elif step.get("type") == "channels":
+            layers = step.get("keep_ratio")
+            epochs = epochs * (len(layers) if isinstance(layers, dict) else 1) + _whole(step, "final_epochs")
+        total += epochs
+    return total
+
+
+def run_timing(row: dict, events: list[dict]) -> dict | None:
+    """What one finished run measured: {"seconds" (started -> finished), "epochs" (its plan's), "overhead" (the
+    seconds outside its steps: loading, measuring the original, writing and measuring the file; None when its
+    events do not say), "steps" (its step types)}; None for a run without both times."""
+    started, finished = row.get("started"), row.get("finished")
+    if not all(isinstance(t, int | float) and not isinstance(t, bool) for t in (started, finished)):
+        return None
+    if finished <= started:
+        return None
+    plan = (row.get("job") or {}).get("plan") or {}
+    steps = tuple(sorted(str(s.get("type")) for s in plan.get("steps") or [] if isinstance(s, dict)))
+    first_step = next((e["time"] for e in events if e.get("stage") not in FIXED_STAGES), None)
+    write = next((e["time"] for e in events if e.get("stage") == "write compact file"), None)
+    overhead = None
+    if write is not None and started <= write <= finished:
+        step_start = first_step if first_step is not None and started <= first_step <= write else write
+        overhead = (step_start - started) + (finished - write)
+    return {"seconds": float(finished - started), "epochs": plan_epochs(plan), "overhead": overhead,
+            "steps": steps}
+
+
+def run_timings(spec: dict, root: Root = None, limit: int = TIMED_RUNS) -> list[dict]:
+    """run_timing of this model's newest succeeded compression runs (at most `limit`), newest first."""
+    try:
+        runs = engine.list_runs(root=root, kind="compress")
+    except CompressionLabError:
+        return []
+    out = []
+    for row in runs:
+        if row.get("state") != "succeeded" or row.get("damaged") or not same_model(row.get("job") or {}, spec):
+            continue
+        try:
+            events = engine.events(row["id"], root=root)
+        except CompressionLabError:
+            events = []
+        timing = run_timing(row, events)
+        if timing is not None:
+            out.append(timing)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _median(values: list[float]) -> float:
+    ordered_values = sorted(values)
+    middle = len(ordered_values) // 2
+    return ordered_values[middle] if len(ordered_values) % 2 else (ordered_values[middle - 1] +
+                                                                   ordered_values[middle]) / 2
+
+
+def time_estimate(timings: list[dict], epochs: int, runs: int = 1, workers: int = 1,
+                  steps: tuple[str, ...] | None = None) -> dict:
+    """How long `runs` runs of a plan with `epochs` fine-tuning epochs take on `workers` workers, from measured
+    runs of the same model (run_timings): seconds = overhead + epochs x seconds per epoch (medians over the runs;
+    runs with the same step types preferred when `steps` is given), times the waves of `workers` runs at once.
+
+    Returns {"seconds", "per_run", "per_epoch", "overhead", "basis" (runs it read), "same_steps"}, or
+    {"seconds": None, "why": ...} when nothing measured supports one."""
+    if not timings:
+        return {"seconds": None, "why": "no estimate yet: first run of this model"}
+    alike = [t for t in timings if steps is not None and t["steps"] == tuple(sorted(steps))]
+    chosen = alike or timings
+    overheads = [t["overhead"] for t in chosen if t["overhead"] is not None]
+    overhead = _median(overheads) if overheads else 0.0
+    per_epoch = [(t["seconds"] - (t["overhead"] if t["overhead"] is not None else overhead)) / t["epochs"]
+                 for t in chosen if t["epochs"] > 0]
+    if epochs > 0 and not per_epoch:
+        return {"seconds": None, "why": "no estimate yet: no earlier run of this model fine-tuned"}
+    if epochs > 0:
+        epoch = max(0.0, _median(per_epoch))
+        per_run = overhead + epochs * epoch
+    else:
+        epoch = _median(per_epoch) if per_epoch else None
+        quick = [t["seconds"] for t in chosen if t["epochs"] == 0]
+        per_run = _median(quick) if quick else overhead
+    waves = -(-max(1, runs) // max(1, workers))
+    return {"seconds": per_run * waves, "per_run": per_run, "per_epoch": epoch, "overhead": overhead,
+            "basis": len(chosen), "same_steps": bool(alike)}

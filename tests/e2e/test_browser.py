@@ -42,8 +42,8 @@ def test_full_flow(page, app_url, tmp_path):
 
     goto(page, f"{url}/plan", "Plan")
     before = metric(page, "Estimated file")
-    # the first layer's sparsity (slider 0 is the global target); Streamlit's slider is an <input type=range>
-    slider = page.locator('[data-testid="stSlider"] input[type="range"]').nth(1)
+    # the first layer's sparsity (the global target is a number box); Streamlit's slider is an <input type=range>
+    slider = page.locator('[data-testid="stSlider"] input[type="range"]').first
     slider.focus()
     for _ in range(5):
         page.keyboard.press("ArrowLeft")

@@ -827,11 +827,15 @@ class RunStore:
         try:
             with runfolder.open_regular(path) as f:  # never a pipe (it would block) or a link out of the folder
                 f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 300 * n))
+                start = max(0, f.tell() - 300 * n)
+                f.seek(start)
                 text = f.read().decode("utf-8", "replace")
         except OSError:
             return None
-        return text.replace("\r", "\n").splitlines()[-n:]
+        lines = text.replace("\r", "\n").splitlines()
+        if start and len(lines) > 1:  # the read began inside a line: show whole lines only
+            lines = lines[1:]
+        return lines[-n:]
 
     def log_tail(self, run_id: str, n: int = 50) -> str:
         """The last `n` lines of the run's log; a run retried after its Ray node died shows its attempts' logs in

@@ -57,9 +57,15 @@ class LayerRows:
         self.store: dict[str, dict] = st.session_state.setdefault(prefix + "values", {layer: {} for layer in layers})
         if prefix + "init" not in st.session_state:
             st.session_state[prefix + "init"] = True
-            for layer in layers:
-                for f in self.by_name.values():
-                    self.set_value(layer, f.name, f.default)
+            self.reset()
+
+    def reset(self, settings: dict[str, tuple] | None = None) -> None:
+        """Every field of every layer back to its default, then the solver's (or the suggestion's) settings."""
+        for layer in self.layers:
+            for f in self.by_name.values():
+                self.set_value(layer, f.name, f.default)
+        if settings:
+            self.set_settings(settings)
 
     def key(self, name: str, layer: str) -> str:
         return self.prefix + name + "::" + layer

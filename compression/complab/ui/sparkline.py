@@ -60,7 +60,8 @@ def accuracy_at(curve: Curve, x: float) -> float:
     xs, ys = curve.xs, curve.accuracies
     if x <= xs[0]:
         return ys[0]
-    for (x0, y0), (x1, y1) in zip(zip(xs, ys, strict=True), zip(xs[1:], ys[1:], strict=True), strict=True):
+    points = list(zip(xs, ys, strict=True))
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):  # neighbours: one pair fewer than points
         if x <= x1:
             return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y1
     return ys[-1]

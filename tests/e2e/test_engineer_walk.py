@@ -1,0 +1,154 @@
+"""The ML engineer's walk in a real browser, as issue 26 found it: their own RGB ResNet-18 (10 classes, 32 px,
+safetensors) uploaded while the digits are still the data, then their small image folder (80 train / 40 validation /
+40 test images); sensitivity; a plan with a typed target that survives a page change; a run; a sweep; Compare; the
+HTML report. No page shows an exception element on the way; the mismatch is one line with its fix; the sensitivity
+page says its 40 validation images cannot resolve small drops; Compare opens on the uploaded model, not a demo."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from .conftest import shot
+from .test_browser import goto, wait_idle
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+EXCEPTION = '[data-testid="stException"]'
+
+
+def no_exception(page, where: str) -> None:
+    wait_idle(page)
+    count = page.locator(EXCEPTION).count()
+    assert count == 0, f"{where}: {page.locator(EXCEPTION).first.inner_text()[:600]}"
+
+
+def image_folder(root) -> None:
+    """10 classes of 32 px RGB images, each class its own colour under noise: 8 train, 4 val, 4 test per class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    colours = rng.integers(40, 215, (10, 3))
+    for split, per_class in (("train", 8), ("val", 4), ("test", 4)):
+        for label in range(10):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(per_class):
+                pixels = np.clip(colours[label] + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+
+
+def go(page, url: str, path: str, title: str) -> None:
+    goto(page, f"{url}/{path}" if path else url, title)
+    no_exception(page, title)
+
+
+def test_engineer_walk(page, app_url, tmp_path):
+    import torchvision
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet18-pets.safetensors"
+    save_file(torchvision.models.resnet18(num_classes=10).state_dict(), str(weights))
+    data = app_url["home"] / "data" / "pets"  # under the data folder, as a shared link would need it
+    image_folder(data)
+    url = app_url["url"]
+
+    # 1. the upload while the digits are still selected: one line naming the problem and the fix, no traceback
+    go(page, url, "", "Model")
+    page.get_by_text("Upload a file").first.click()
+    wait_idle(page)
+    architecture = page.locator('input[aria-label="torchvision architecture"]')
+    architecture.fill("resnet18")
+    architecture.press("Enter")
+    size = page.locator('input[aria-label="Input size (pixels)"]')
+    size.fill("32")
+    size.press("Enter")
+    wait_idle(page)
+    page.locator('[data-testid="stFileUploaderDropzone"] input[type="file"]').set_input_files(str(weights))
+    page.get_by_text("expects 3-channel (RGB) images but the digits are 1-channel").first.wait_for(timeout=120_000)
+    no_exception(page, "Model, RGB upload on the digits")
+    shot(page, "engineer-1-mismatch")
+    page.get_by_text("Local folder").first.click()
+    wait_idle(page)
+    folder = page.locator('input[aria-label="Folder"]')
+    folder.fill(str(data))
+    folder.press("Enter")
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text("torchvision:resnet18").first.wait_for(timeout=120_000)
+    page.get_by_text("40 test images").first.wait_for()
+    no_exception(page, "Model, the folder")
+    shot(page, "engineer-2-model")
+
+    # 2. sensitivity on 40 validation images: the page says what they cannot resolve
+    go(page, url, "sensitivity", "Sensitivity")
+    page.get_by_role("button", name="Run sensitivity analysis").click()
+    page.get_by_text("Accuracy drop, layer x sparsity").wait_for(timeout=300_000)
+    page.get_by_text(re.compile(r"40 validation images")).first.wait_for()
+    no_exception(page, "Sensitivity")
+    shot(page, "engineer-3-sensitivity")
+
+    # 3. the plan: a typed target that a page change keeps; no fine-tuning (the journey is tested, not the epochs)
+    go(page, url, "plan", "Plan")
+    target = page.locator('input[aria-label^="Target value"]')
+    target.fill("20")
+    target.press("Enter")
+    wait_idle(page)
+    page.get_by_role("button", name="Apply").click()
+    wait_idle(page)
+    page.get_by_text("Fine-tuning and search settings").click()
+    for label in ("epochs per round", "shared-value epochs"):
+        box = page.locator(f'input[aria-label="{label}"]')
+        box.fill("0")
+        box.press("Enter")
+        wait_idle(page)
+    sidebar.get_by_role("link", name="Runs").click()
+    page.get_by_role("heading", name="Runs").first.wait_for()
+    sidebar.get_by_role("link", name="Plan").click()
+    page.get_by_role("heading", name="Plan").first.wait_for()
+    wait_idle(page)
+    assert float(page.locator('input[aria-label^="Target value"]').input_value()) == 20.0
+    no_exception(page, "Plan, after a page change")
+    shot(page, "engineer-4-plan")
+    page.get_by_role("button", name="Launch run").click()
+    page.get_by_text(re.compile(r"Run \d{8}-\d{6}-\w+ queued")).first.wait_for()
+    no_exception(page, "Plan, launched")
+
+    # 4. a sweep of two ratio targets
+    page.get_by_role("button", name="Sweep").click()
+    targets = page.locator('input[aria-label="Targets"]')
+    targets.fill("10,40")
+    targets.press("Enter")
+    wait_idle(page)
+    page.get_by_role("button", name="Submit sweep").click()
+    page.get_by_text(re.compile(r"queued: 2 runs")).first.wait_for(timeout=120_000)
+    no_exception(page, "Plan, sweep")
+    shot(page, "engineer-5-sweep")
+
+    # 5. the runs finish
+    go(page, url, "runs", "Runs")
+    page.wait_for_function(
+        "() => document.body.innerText.split('succeeded').length - 1 >= 3", timeout=600_000)
+    no_exception(page, "Runs")
+    shot(page, "engineer-6-runs")
+
+    # 6. Compare opens on the uploaded model (not a demo) and names the run it chose
+    go(page, url, "compare", "Compare")
+    model_box = page.locator('[data-testid="stSelectbox"]', has_text="Model").first
+    if model_box.count():  # one model only: no picker, the page's runs are its runs
+        assert "resnet18" in model_box.inner_text()
+    page.locator(".js-plotly-plot .scatterlayer .point").first.wait_for()
+    assert "demo:lenet" not in page.locator('[data-testid="stMain"]').inner_text()
+    no_exception(page, "Compare")
+    shot(page, "engineer-7-compare")
+
+    # 7. the report names the model and gives before -> after on the 40 test images
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name=re.compile("report", re.I)).first.click()
+    html = tmp_path / "report.html"
+    download_info.value.save_as(html)
+    text = html.read_text()
+    title = re.search(r"<h1[^>]*>(.*?)</h1>", text, re.S).group(1)
+    assert "resnet18" in title and "/" not in title and not re.search(r"[0-9a-f]{16}", title), title
+    assert "40 test images" in text
+    no_exception(page, "Compare, report")

@@ -256,7 +256,9 @@ def check_job(value):
 
 MEASURED = {"params": (0, BIG, True), "flops": (0, BIG, False), "sparse_flops": (0, BIG, False),
             "prunable_weights": (0, BIG, True), "prunable_nonzero": (0, BIG, True), "latency_ms": (0, 1e9, False),
-            "in_memory_accuracy": (0, 1, False), "fp32_bytes": (0, BIG, True)}
+            "in_memory_accuracy": (0, 1, False), "fp32_bytes": (0, BIG, True),
+            # the images of the split the score was measured on (older runs lack it: readers use .get())
+            "images": (0, 10**9, True)}
 
 
 def _side(value, where: str, required: dict[str, tuple]) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from complab import engine, sources
+from complab import engine, runfolder, sources
 from complab.analysis.estimate import estimate, model_stats
 from complab.analysis.pareto import prediction_error, runs_table
 from complab.analysis.predict import (
@@ -103,7 +103,13 @@ def test_prediction_rides_with_the_job_and_reaches_the_table(tmp_path):
     out = validate(job)
     assert out["predicted"] == {"accuracy": 0.97, "drop": 0.012, "low": 0.004, "high": 0.02, "raw_drop": 0.03,
                                 "model": "additive"}
-    for bad in ({"drop": float("nan")}, {"drop": "x"}, [1, 2], {"high": True}):
+    noisy = {**job["predicted"], "accuracy_low": 0.95, "accuracy_high": 0.99, "basis": "demo runs",
+             "warning": "40 validation images: ..."}
+    kept = validate({**job, "predicted": noisy})["predicted"]
+    assert {k: kept[k] for k in ("accuracy_low", "accuracy_high", "basis", "warning")} == \
+        {"accuracy_low": 0.95, "accuracy_high": 0.99, "basis": "demo runs", "warning": "40 validation images: ..."}
+    assert runfolder.check_job({**out, "predicted": kept})[0]["predicted"] == kept  # and the run folder's reader
+    for bad in ({"drop": float("nan")}, {"drop": "x"}, [1, 2], {"high": True}, {"accuracy_low": float("inf")}):
         with pytest.raises(CompressionLabError, match="predicted"):
             validate({**job, "predicted": bad})
     run = {"id": "r1", "state": "succeeded", "job": out, "model": "demo:lenet300",

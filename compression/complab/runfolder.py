@@ -232,10 +232,11 @@ def _job(value) -> dict:
     if job.get("predicted") is not None:
         predicted = _object(job["predicted"], "predicted")
         out["predicted"] = {key: _number(predicted[key], f"predicted.{key}", -1e6, 1e6)
-                            for key in ("accuracy", "drop", "low", "high", "raw_drop")
+                            for key in ("accuracy", "drop", "low", "high", "raw_drop", "accuracy_low", "accuracy_high")
                             if predicted.get(key) is not None}
-        if predicted.get("model") is not None:
-            out["predicted"]["model"] = _text(predicted["model"], "predicted.model")
+        for key in ("model", "basis", "warning"):
+            if predicted.get(key) is not None:
+                out["predicted"][key] = _text(predicted[key], f"predicted.{key}")
     if job.get("sweep") is not None:
         sweep = _object(job["sweep"], "sweep")
         target = sweep.get("target", "")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from complab import intervals, runfolder
 from complab.analysis.estimate import model_stats
-from complab.analysis.predict import calibration, predict
+from complab.analysis.predict import PRIOR_C, calibration, predict
 from complab.analysis.sensitivity import SensitivityConfig, analyze, merge_reports
 from complab.analysis.sensitivity_report import (
     SensitivityReportError,
@@ -195,7 +195,7 @@ def test_the_refit_refuses_a_degenerate_history():
     recovered = [(r, 0.0) for r in (1.0, 4.0, 9.0, 16.0)]  # c = 0, the edge of its grid
     for history, why in ((issue, "distinct"), (recovered, "edge")):
         cal = calibration(history)
-        assert cal["source"] == "demo runs" and cal["c"] == pytest.approx(1.16)
+        assert cal["source"] == "demo runs" and cal["c"] == pytest.approx(PRIOR_C)
         assert "do not support a fit" in cal["warning"] and why in cal["warning"]
     report = {"base_accuracy": 0.98, "config": {"val_images": 1000},
               "layers": {"fc": {"sparsity": {"0.0": 0.98, "0.5": 0.97, "0.9": 0.9}, "clusters": {}}}}

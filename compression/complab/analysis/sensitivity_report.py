@@ -199,7 +199,7 @@ def report_noise(report: dict) -> dict:
     noise = report.get("noise")
     if isinstance(noise, dict) and noise:
         return noise
-    config = report.get("config") or {}
+    config = report.get("config") if isinstance(report.get("config"), dict) else {}
     count = config.get("val_images")
     if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
         count = config.get("val_size")

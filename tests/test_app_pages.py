@@ -267,10 +267,13 @@ def test_plan_page_sweep_submits_one_group_of_solved_plans(seeded_home, monkeypa
     sweep = engine.list_sweeps(root=home)[0]
     try:
         assert sweep["targets"] == ["ratio:20", "ratio:40"] and sweep["axis"] == "ratio"
+        prunes = []  # (20x may be reached by weight sharing alone: the 40x plan prunes)
         for member in sweep["members"]:
             job = engine.status(member["run"], root=home)["job"]
             assert member["run"] not in before and "accuracy" in job["predicted"]
-            assert job["plan"]["steps"][0]["iterations"] == 1 and job["plan"]["name"].startswith("my-plan-ratio-")
+            assert job["plan"]["name"].startswith("my-plan-ratio-")
+            prunes += [step for step in job["plan"]["steps"] if step["type"] == "prune"]
+        assert prunes and all(step["iterations"] == 1 for step in prunes)
     finally:
         engine.cancel_sweep(sweep["id"], root=home)
         engine.wait_sweep(sweep["id"], 60, root=home)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from complab import engine, sources
+from complab import engine, runfolder, sources
 from complab.analysis.estimate import estimate, model_stats
 from complab.analysis.pareto import prediction_error, runs_table
 from complab.analysis.predict import (
@@ -38,7 +38,8 @@ def test_solver_meets_a_ratio_the_single_step_greedy_could_not(lenet300, ratio):
     assert result["met"]
     assert result["ratio"] >= ratio
     assert estimate(stats, result["settings"])["compressed_bytes"] <= stats.fp32_bytes / ratio
-    assert any(sparsity > 0 for sparsity, _ in result["settings"].values())
+    if ratio >= 50:  # past what sharing at 2 values gives (31x): pruning too (20x may be reached by sharing alone)
+        assert any(sparsity > 0 for sparsity, _ in result["settings"].values())
 
 
 def test_solver_accuracy_budget_is_kept_and_grows_with_the_budget(lenet300):
@@ -81,11 +82,12 @@ def test_prediction_prior_and_calibration_from_history(lenet300):
     assert prior["low"] <= prior["drop"] <= prior["high"]
     assert prior["accuracy"] == pytest.approx(report["base_accuracy"] - prior["drop"])
     assert predict(report, settings, finetuned=False)["drop"] == pytest.approx(prior["raw_drop"])
-    # a history where fine-tuning recovered everything: the refitted prediction follows it
-    history = [(r, 0.0) for r in (1.0, 4.0, 9.0, 16.0)]
-    assert calibration(history)["c"] == 0.0
+    # a history of this model's runs that follows drop = 0.5 sqrt(raw): the refitted prediction follows it
+    history = [(r, 0.5 * math.sqrt(r) + e) for r, e in ((1.0, 0.05), (4.0, -0.05), (9.0, 0.1), (16.0, 0.0))]
+    assert calibration(history)["c"] == pytest.approx(0.5, abs=0.03)
     refit = predict(report, settings, history=history)
-    assert refit["drop"] == 0.0 and refit["calibration"]["runs"] == 4
+    assert refit["basis"] == "this model's runs" and refit["calibration"]["runs"] == 4 and refit["warning"] == ""
+    assert 100 * refit["drop"] == pytest.approx(refit["calibration"]["c"] * math.sqrt(raw_pts))
     assert calibration(history[:CALIBRATE_MIN_RUNS - 1])["source"] == "demo runs"  # too few: the prior
     # a quantizer the analysis never measured is named, not guessed
     layer = next(iter(settings))
@@ -101,7 +103,13 @@ def test_prediction_rides_with_the_job_and_reaches_the_table(tmp_path):
     out = validate(job)
     assert out["predicted"] == {"accuracy": 0.97, "drop": 0.012, "low": 0.004, "high": 0.02, "raw_drop": 0.03,
                                 "model": "additive"}
-    for bad in ({"drop": float("nan")}, {"drop": "x"}, [1, 2], {"high": True}):
+    noisy = {**job["predicted"], "accuracy_low": 0.95, "accuracy_high": 0.99, "basis": "demo runs",
+             "warning": "40 validation images: ..."}
+    kept = validate({**job, "predicted": noisy})["predicted"]
+    assert {k: kept[k] for k in ("accuracy_low", "accuracy_high", "basis", "warning")} == \
+        {"accuracy_low": 0.95, "accuracy_high": 0.99, "basis": "demo runs", "warning": "40 validation images: ..."}
+    assert runfolder.check_job({**out, "predicted": kept})[0]["predicted"] == kept  # and the run folder's reader
+    for bad in ({"drop": float("nan")}, {"drop": "x"}, [1, 2], {"high": True}, {"accuracy_low": float("inf")}):
         with pytest.raises(CompressionLabError, match="predicted"):
             validate({**job, "predicted": bad})
     run = {"id": "r1", "state": "succeeded", "job": out, "model": "demo:lenet300",

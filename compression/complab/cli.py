@@ -200,6 +200,8 @@ def cmd_analyze(args) -> int:
     finally:
         progress.close()
     replace_atomically(out, json.dumps(report))  # written whole: an interrupted analysis leaves nothing
+    if (report.get("noise") or {}).get("message"):  # a validation subset too small to resolve a plan's drops
+        print(report["noise"]["message"], file=sys.stderr)
     print(json.dumps({"file": str(out), "layers": len(report["layers"]), "base_accuracy": report["base_accuracy"],
                       "mode": config.mode, "seconds": round(time.monotonic() - started, 1),
                       "prefix_cache": (report["config"].get("prefix_cache") or {}).get("used")}))

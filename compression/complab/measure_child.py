@@ -38,7 +38,7 @@ def measure_in_child(spec: dict, timeout: float = MEASURE_TIMEOUT_S) -> dict:
 
 
 MEASURED_NUMBERS = ("accuracy", "params", "nonzero_params", "flops", "fp32_bytes", "prunable_weights",
-                    "prunable_nonzero", "latency_ms")
+                    "prunable_nonzero", "latency_ms", "images")
 LAYER_KEYS = ("layer", "type", "shape", "params", "nonzero", "flops", "flops_share")
 MAX_LAYERS = 100_000
 

@@ -232,10 +232,11 @@ def _job(value) -> dict:
     if job.get("predicted") is not None:
         predicted = _object(job["predicted"], "predicted")
         out["predicted"] = {key: _number(predicted[key], f"predicted.{key}", -1e6, 1e6)
-                            for key in ("accuracy", "drop", "low", "high", "raw_drop")
+                            for key in ("accuracy", "drop", "low", "high", "raw_drop", "accuracy_low", "accuracy_high")
                             if predicted.get(key) is not None}
-        if predicted.get("model") is not None:
-            out["predicted"]["model"] = _text(predicted["model"], "predicted.model")
+        for key in ("model", "basis", "warning"):
+            if predicted.get(key) is not None:
+                out["predicted"][key] = _text(predicted[key], f"predicted.{key}")
     if job.get("sweep") is not None:
         sweep = _object(job["sweep"], "sweep")
         target = sweep.get("target", "")
@@ -256,7 +257,9 @@ def check_job(value):
 
 MEASURED = {"params": (0, BIG, True), "flops": (0, BIG, False), "sparse_flops": (0, BIG, False),
             "prunable_weights": (0, BIG, True), "prunable_nonzero": (0, BIG, True), "latency_ms": (0, 1e9, False),
-            "in_memory_accuracy": (0, 1, False), "fp32_bytes": (0, BIG, True)}
+            "in_memory_accuracy": (0, 1, False), "fp32_bytes": (0, BIG, True),
+            # the images of the split the score was measured on (older runs lack it: readers use .get())
+            "images": (0, 10**9, True)}
 
 
 def _side(value, where: str, required: dict[str, tuple]) -> dict:

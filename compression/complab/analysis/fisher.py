@@ -542,6 +542,7 @@ def analyze_estimate(handle, data, config: SensitivityConfig, exact_scorer: Call
             row["measured"][kind] = sorted(keys, key=float)
         report.layers[name] = row
     report.config = {**asdict(config), "base_accuracy": base, "batch_norm": scorer.batch_norm,
+                     "val_images": scorer.val_images,  # what the measured points (and the rounding) used
                      "mode": "estimate",
                      "gradients": {**gradient_info,
                                    "note": f"gradients of {gradient_info['batches']} batches of "
@@ -558,4 +559,4 @@ def analyze_estimate(handle, data, config: SensitivityConfig, exact_scorer: Call
                                      "note": (f"{sum(map(len, points.values()))} exact points on {cal_images} "
                                               "validation images (plus the original); every other point estimated")},
                      "seconds": round(time.monotonic() - clock.started, 2)}
-    return report
+    return report.finish()

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from complab.analysis.sensitivity_report import noise_of
 from complab.methods.cluster import quantized
 from complab.methods.prune import magnitude_mask
 
@@ -38,9 +39,16 @@ class SensitivityReport:
     base_accuracy: float
     layers: dict[str, dict] = field(default_factory=dict)  # layer -> {params, sparsity: {s: acc}, clusters: {k: acc}}
     config: dict = field(default_factory=dict)
+    # what the validation subset can resolve (sensitivity_report.noise_of); set when the analysis finishes
+    noise: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def finish(self) -> SensitivityReport:
+        """Set `noise` from the base score, the validation images measured (config val_images) and the curves."""
+        self.noise = noise_of(self.base_accuracy, self.config.get("val_images"), self.layers)
+        return self
 
 
 def grid_weight(original: torch.Tensor, kind: str, value, seed: int = 0) -> torch.Tensor:

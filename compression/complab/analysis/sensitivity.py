@@ -41,6 +41,7 @@ from complab.analysis.grid import (  # noqa: F401 - re-exported: the analysis' s
     SensitivityReport,
     grid_weight,
 )
+from complab.analysis.sensitivity_report import noise_of
 from complab.data import DataBundle
 from complab.errors import CompressionLabError
 from complab.methods import bn_stats
@@ -478,7 +479,7 @@ def analyze(handle: ModelHandle, data: DataBundle, config: SensitivityConfig = D
                     raise Cancelled("the sensitivity analysis was cancelled")
         report.layers[name] = row
     report.config["prefix_cache"] = scorer.cache_report()
-    return report
+    return report.finish()
 
 
 def layer_groups(layer_names: Sequence[str], parts: int) -> list[list[str]]:
@@ -529,7 +530,8 @@ def merge_reports(parts: Sequence[dict], layer_order: Sequence[str] | None = Non
         merged["recomputed"] = {name: why for cache in caches for name, why in (cache.get("recomputed") or {}).items()}
         config["prefix_cache"] = merged
     config["parts"] = len(parts)
-    return {"base_accuracy": first["base_accuracy"], "layers": layers, "config": config}
+    return {"base_accuracy": first["base_accuracy"], "layers": layers, "config": config,
+            "noise": noise_of(first["base_accuracy"], config.get("val_images"), layers)}
 
 
 def _bn_batches(task, model: torch.nn.Module, config: SensitivityConfig) -> list[torch.Tensor]:

@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from complab import intervals
 from complab.errors import CompressionLabError
 
 MAX_REPORT_BYTES = 64 << 20  # a report of 10,000 layers x 30 points is ~5 MB
@@ -26,6 +27,10 @@ MAX_NAME_CHARS = 1000
 MAX_CLUSTERS = 256  # the analysis' and ClusterStep's bound
 KINDS = ("sparsity", "clusters")
 ROW_KEYS = ("params", "kind", "sparsity", "clusters", "measured", "loss_increase")  # what the analyses write
+# A noise floor above this (fraction) hides the drops a plan budgets (the plan page's budgets of 1 to a few points):
+# the report's noise message then warns even when its largest drops are resolved
+NOISE_WARN_FLOOR = 0.02
+MAX_VAL_IMAGES = 10**9
 
 
 class SensitivityReportError(CompressionLabError):
@@ -155,6 +160,73 @@ def _config(source: str, config: Any) -> dict:
     return config
 
 
+def _points(fraction: float) -> str:
+    return f"{100 * fraction:.2g}" if 100 * fraction < 1 else f"{100 * fraction:.1f}"
+
+
+def noise_of(base: float, val_images: int | None, layers: dict) -> dict:
+    """What a sensitivity report on `val_images` validation images can resolve (report["noise"]):
+
+    val_images; step, one image as a fraction of the score (intervals.resolution); floor, the smallest drop
+    distinguishable from zero at the base score (intervals.noise_floor: the Wilson half-width, at least one
+    image); resolves, whether the largest drop the report shows is above the floor; message, one line for the
+    pages, "" when the subset resolves the drops a plan works with. It warns when the floor is above every drop
+    the report shows (nothing it shows is signal) or above NOISE_WARN_FLOOR (the one- to few-point drops a plan
+    budgets are within noise). A detector's mAP is treated like a share of images (an approximation: the
+    analysis keeps no per-image predictions to bootstrap). {} when the size is unknown."""
+    if isinstance(val_images, bool) or not isinstance(val_images, int) or val_images <= 0:
+        return {}
+    base = float(base)
+    step, floor = intervals.resolution(val_images), intervals.noise_floor(base, val_images)
+    drops = [base - float(accuracy) for row in layers.values() for kind in KINDS
+             for accuracy in (row.get(kind) or {}).values()]
+    largest = max(drops, default=0.0)
+    resolves = largest > floor
+    message = ""
+    if not resolves or floor > NOISE_WARN_FLOOR:
+        beyond = (f", more than the largest drop it measured ({_points(max(0.0, largest))} points)"
+                  if not resolves else "")
+        message = (f"{val_images:,} validation images: one image is {_points(step)} points and drops under "
+                   f"{_points(floor)} points are within noise{beyond}; use a larger validation split (--val-size / "
+                   "the data's val folder) for a plan you can trust.")
+    return {"val_images": val_images, "step": step, "floor": floor, "resolves": resolves, "message": message}
+
+
+def report_noise(report: dict) -> dict:
+    """report["noise"], or for a report written before it existed the same fields computed from its config's
+    val_images (or val_size: an older report's subset may have been smaller than asked); {} when neither is known.
+    Every reader of a report's noise goes through here (old reports have no "noise")."""
+    noise = report.get("noise")
+    if isinstance(noise, dict) and noise:
+        return noise
+    config = report.get("config") if isinstance(report.get("config"), dict) else {}
+    count = config.get("val_images")
+    if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
+        count = config.get("val_size")
+    return noise_of(report["base_accuracy"], count if isinstance(count, int) else None, report.get("layers") or {})
+
+
+def _noise(source: str, noise: Any) -> dict:
+    """The report's noise (noise_of): types and ranges checked, the message bounded (pages show it)."""
+    if not isinstance(noise, dict):
+        raise _bad(source, "noise", noise, "an object of val_images, step, floor, resolves and message")
+    if not noise:
+        return {}
+    count = noise.get("val_images")
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 < count <= MAX_VAL_IMAGES:
+        raise _bad(source, "noise val_images", count, "a count of images")
+    for key in ("step", "floor"):
+        if not _number(noise.get(key)) or not 0.0 <= noise[key] <= 1.0:
+            raise _bad(source, f"noise {key}", noise.get(key), "a finite number from 0 to 1")
+    if not isinstance(noise.get("resolves"), bool):
+        raise _bad(source, "noise resolves", noise.get("resolves"), "true or false")
+    message = noise.get("message")
+    if not isinstance(message, str) or len(message) > 1000:
+        raise _bad(source, "noise message", message, "a line of text")
+    return {"val_images": count, "step": float(noise["step"]), "floor": float(noise["floor"]),
+            "resolves": noise["resolves"], "message": message}
+
+
 def check_report(report: Any, source: str = "the sensitivity report") -> dict:
     """A sensitivity report checked against its schema and normalized (see the module docstring), or a
     SensitivityReportError naming the key: the one gate for the CLI, the solver and the pages."""
@@ -177,7 +249,10 @@ def check_report(report: Any, source: str = "the sensitivity report") -> dict:
         if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
             raise _bad(source, "a layer name", name, f"a name of 1 to {MAX_NAME_CHARS} characters")
         rows[name] = _row(source, name, row)
-    return {**report, "base_accuracy": base, "layers": rows, "config": _config(source, report.get("config"))}
+    out = {**report, "base_accuracy": base, "layers": rows, "config": _config(source, report.get("config"))}
+    if "noise" in report:  # (older reports have none: report_noise computes it)
+        out["noise"] = _noise(source, report["noise"])
+    return out
 
 
 def parse_report(data: bytes | str, source: str = "the sensitivity report") -> dict:

@@ -8,7 +8,8 @@ slider) and AIMET (greedy compression-ratio selection) used, taken over each lay
 of (cost, drop) so that a single step that does not pay (pruning a layer already shared at 2 values
 adds a positions stream) cannot trap it. The accuracy cost of a layer is read from the sensitivity
 report (drops of separate layers are assumed to add up; the sizes come from the analytic estimate,
-compression/complab/analysis/estimate.py).
+compression/complab/analysis/estimate.py). The drops are noise-aware (noise_aware_drops): a gain within noise
+counts as zero, and a drop the validation subset cannot resolve is never taken as a measured zero.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import heapq
 from dataclasses import dataclass
 
 from complab.analysis.estimate import ModelStats, estimate, layer_bytes
-from complab.analysis.sensitivity_report import check_report
+from complab.analysis.sensitivity_report import check_report, report_noise
 
 TARGET_KINDS = ("compressed_bytes", "sparse_flops", "accuracy_drop")
 EPSILON = 1e-6  # a free move (no measured drop) still prefers the larger saving
@@ -26,25 +27,64 @@ EPSILON = 1e-6  # a free move (no measured drop) still prefers the larger saving
 @dataclass
 class LayerGrid:
     sparsities: list[float]  # ascending, starting at 0
-    sparsity_drop: list[float]  # accuracy drop (fraction) at each sparsity
+    sparsity_drop: list[float]  # accuracy drop (fraction) at each sparsity, noise-aware (noise_aware_drops)
     clusters: list[int | None]  # descending aggressiveness order: None (not clustered), 256, ..., 2
     cluster_drop: list[float]
 
 
+# An unresolved point (its drop within the noise floor) is charged this share of the floor at the far end of its
+# ramp (noise_aware_drops): the middle of the [0, floor] its true drop lies in, the expected drop of a point known
+# only to be within noise
+NOISE_CHARGE = 0.5
+
+
+def noise_aware_drops(drops: list[float], floor: float) -> list[float]:
+    """The drops (fractions) of one layer's curve, mildest first (drops[0]: untouched, 0), as the solver and the
+    predictor plan on them when each is measured with noise of `floor` (the report's noise floor, report_noise).
+
+    1. A gain is noise: an accuracy above the base counts as the base (drop 0), never as a reason to prefer a
+       setting (on 40 validation images, pruning a layer 80% "gained" up to 7.5 points).
+    2. A more aggressive setting never costs less than a milder one (running maximum), so a noisy good point can
+       never make a harsher one look free.
+    3. Within noise is not measured zero: a point whose drop is still within the floor, before the curve's first
+       resolved point (its drop above the floor) or anywhere on a curve that never resolves, lies somewhere in
+       [0, floor]. It is charged a ramp rising linearly with its place in the grid from 0 at the mildest grid point
+       (sharing at 256 values, 10% sparsity: nothing measurable, what the solver starts from) to NOISE_CHARGE x
+       floor at that first resolved point (or at the harshest setting of a curve that never resolves): the expected
+       drop of an unresolved point, growing with how far it is from the untouched layer. Without it, a curve that
+       is flat within noise (all a 40-image subset can show) made k = 2 and 95% sparsity free, and the solver
+       planned them with a promise of no loss; with it, an unresolved harsh point costs about half the floor and
+       the solver prefers the settings the data does resolve. The rest of the uncertainty, up to the floor, is the
+       predictor's range (analysis/predict.py). On a large subset the floor (one image, or the Wilson half-width)
+       is a fraction of a point and the curves are what was measured."""
+    out = _monotone([max(0.0, float(d)) for d in drops])
+    last = len(out) - 1
+    if floor <= 0 or last < 1:
+        return out
+    first = next((i for i in range(1, last + 1) if out[i] > floor), None)
+    span = first if first is not None else last  # where the ramp reaches NOISE_CHARGE x floor
+    for i in range(2, span if first is not None else last + 1):  # the mildest point (k = 256, 10%) stays as measured
+        out[i] = max(out[i], NOISE_CHARGE * floor * (i - 1) / (span - 1))
+    return _monotone(out)
+
+
 def grids_from_report(report: dict) -> dict[str, LayerGrid]:
-    """Per-layer grids from a SensitivityReport dict (drops clipped at zero); the report is checked first
+    """Per-layer grids from a SensitivityReport dict (noise-aware drops: noise_aware_drops, with the report's noise
+    floor, report_noise; 0 for a report whose validation size is unknown); the report is checked first
     (check_report: a damaged one raises SensitivityReportError naming its key, never a KeyError or a NaN plan)."""
     report = check_report(report)
     base = float(report["base_accuracy"])
+    floor = float(report_noise(report).get("floor") or 0.0)
     grids = {}
     for name, row in report["layers"].items():
         sparsities = sorted(float(s) for s in row["sparsity"])
         if 0.0 not in sparsities:
             sparsities.insert(0, 0.0)
-        s_drop = [max(0.0, base - row["sparsity"].get(_key(s), base)) for s in sparsities]
+        s_drop = [0.0 if s == 0.0 else base - row["sparsity"].get(_key(s), base) for s in sparsities]
         ks = sorted((int(k) for k in row["clusters"]), reverse=True)
-        k_drop = [0.0] + [max(0.0, base - row["clusters"][str(k)]) for k in ks]
-        grids[name] = LayerGrid(sparsities, _monotone(s_drop), [None, *ks], _monotone(k_drop))
+        k_drop = [0.0] + [base - row["clusters"][str(k)] for k in ks]
+        grids[name] = LayerGrid(sparsities, noise_aware_drops(s_drop, floor), [None, *ks],
+                                noise_aware_drops(k_drop, floor))
     return grids
 
 

@@ -37,7 +37,9 @@ from complab.plan import Plan
 
 JOB_KEYS = {"kind", "model", "weights", "data", "input_size", "mean", "std", "plan", "latency", "config", "seconds",
             "trust", "predicted", "sweep", "content_key"}  # content_key: accepted and dropped (submit computes it)
-PREDICTED_NUMBERS = ("accuracy", "drop", "low", "high", "raw_drop")  # a compress job's predicted accuracy (fractions)
+# a compress job's predicted accuracy (fractions; accuracy_low/high: its range, issue 26's, absent in older jobs)
+PREDICTED_NUMBERS = ("accuracy", "drop", "low", "high", "raw_drop", "accuracy_low", "accuracy_high")
+PREDICTED_TEXTS = ("model", "basis", "warning")
 
 
 def sensitivity_config(config: dict):
@@ -122,8 +124,9 @@ def _predicted(predicted) -> dict:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise CompressionLabError(f"a job's predicted {key} {str(value)[:20]!r} must be a finite number")
         out[key] = float(value)
-    if isinstance(predicted.get("model"), str):
-        out["model"] = predicted["model"][:500]
+    for key in PREDICTED_TEXTS:
+        if isinstance(predicted.get(key), str):
+            out[key] = predicted[key][:500]
     return out
 
 

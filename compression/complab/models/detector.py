@@ -85,7 +85,8 @@ class DetectorHandle:
         return evaluate_model(model, self.imgsz, data.yaml_path)["map50"]
 
     def measure(self, data, split: str = "val", latency: bool = True) -> dict:
-        """mAP50 (as `accuracy`), mAP50-95, P, R, parameters, FLOPs, fp32 bytes and CPU latency."""
+        """mAP50 (as `accuracy`), mAP50-95, P, R, the validation images they were measured on (`images`),
+        parameters, FLOPs, fp32 bytes and CPU latency."""
         scores = evaluate_model(self.model, self.imgsz, data.yaml_path)
         return {"accuracy": scores["map50"], **scores, **sizes(self, latency)}
 
@@ -304,8 +305,12 @@ def evaluate_model(model: nn.Module, imgsz: int, data_yaml: str | Path, batch: i
                                              "plots": False, "verbose": False, "project": str(workdir or scratch),
                                              "name": "val", "exist_ok": True})
         stats = validator(model=work)
-    return {"map50": float(stats["metrics/mAP50(B)"]), "map50_95": float(stats["metrics/mAP50-95(B)"]),
-            "precision": float(stats["metrics/precision(B)"]), "recall": float(stats["metrics/recall(B)"])}
+    out = {"map50": float(stats["metrics/mAP50(B)"]), "map50_95": float(stats["metrics/mAP50-95(B)"]),
+           "precision": float(stats["metrics/precision(B)"]), "recall": float(stats["metrics/recall(B)"])}
+    seen = getattr(validator, "seen", None)  # the images the validator scored (the split size its interval needs)
+    if isinstance(seen, int) and not isinstance(seen, bool) and seen >= 0:
+        out["images"] = seen
+    return out
 
 
 class DetectorPredictions(torch.nn.Module):

@@ -81,8 +81,10 @@ class ModelHandle:
         return metrics.accuracy(model, data.loader(split))
 
     def measure(self, data, split: str = "test", latency: bool = True) -> dict:
-        """Accuracy, parameters, FLOPs, fp32 bytes, prunable weights kept and (optionally) CPU latency."""
-        return {"accuracy": self.score(self.model, data, split), **sizes(self, latency)}
+        """Accuracy, the number of images it was measured on (`images`: what its interval needs, intervals.wilson),
+        parameters, FLOPs, fp32 bytes, prunable weights kept and (optionally) CPU latency."""
+        return {"accuracy": self.score(self.model, data, split), "images": len(data.split(split)),
+                **sizes(self, latency)}
 
     def prunable_layers(self) -> dict[str, torch.Tensor]:
         """Layer name -> weight (convolutions and linear layers, in definition order)."""

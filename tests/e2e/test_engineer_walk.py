@@ -4,11 +4,14 @@ safetensors) uploaded while the digits are still the data, then their small imag
 HTML report. No page shows an exception element on the way; the mismatch is one line with its fix; the sensitivity
 page says its 40 validation images cannot resolve small drops; Compare opens on the uploaded model, not a demo."""
 
+import json
 import re
+import time
 
 import numpy as np
 import pytest
 import torch
+from complab import engine
 
 from .conftest import shot
 from .test_browser import goto, wait_idle
@@ -38,8 +41,10 @@ def image_folder(root) -> None:
                 Image.fromarray(pixels).save(folder / f"{index}.png")
 
 
-def go(page, url: str, path: str, title: str) -> None:
-    goto(page, f"{url}/{path}" if path else url, title)
+def go(page, title: str) -> None:
+    """Open a page from the sidebar, as a person does (the URL keeps the active model's link)."""
+    page.locator('[data-testid="stSidebar"]').get_by_role("link", name=title).click()
+    page.get_by_role("heading", name=title).first.wait_for()
     no_exception(page, title)
 
 
@@ -55,7 +60,7 @@ def test_engineer_walk(page, app_url, tmp_path):
     url = app_url["url"]
 
     # 1. the upload while the digits are still selected: one line naming the problem and the fix, no traceback
-    go(page, url, "", "Model")
+    goto(page, url, "Model")
     page.get_by_text("Upload a file").first.click()
     wait_idle(page)
     architecture = page.locator('input[aria-label="torchvision architecture"]')
@@ -81,7 +86,7 @@ def test_engineer_walk(page, app_url, tmp_path):
     shot(page, "engineer-2-model")
 
     # 2. sensitivity on 40 validation images: the page says what they cannot resolve
-    go(page, url, "sensitivity", "Sensitivity")
+    go(page, "Sensitivity")
     page.get_by_role("button", name="Run sensitivity analysis").click()
     page.get_by_text("Accuracy drop, layer x sparsity").wait_for(timeout=300_000)
     page.get_by_text(re.compile(r"40 validation images")).first.wait_for()
@@ -89,7 +94,7 @@ def test_engineer_walk(page, app_url, tmp_path):
     shot(page, "engineer-3-sensitivity")
 
     # 3. the plan: a typed target that a page change keeps; no fine-tuning (the journey is tested, not the epochs)
-    go(page, url, "plan", "Plan")
+    go(page, "Plan")
     target = page.locator('input[aria-label^="Target value"]')
     target.fill("20")
     target.press("Enter")
@@ -97,17 +102,26 @@ def test_engineer_walk(page, app_url, tmp_path):
     page.get_by_role("button", name="Apply").click()
     wait_idle(page)
     page.get_by_text("Fine-tuning and search settings").click()
-    for label in ("epochs per round", "shared-value epochs"):
+    epochs = ("epochs per round", "shared-value epochs")
+    for label in epochs:
         box = page.locator(f'input[aria-label="{label}"]')
         box.fill("0")
         box.press("Enter")
         wait_idle(page)
-    sidebar.get_by_role("link", name="Runs").click()
-    page.get_by_role("heading", name="Runs").first.wait_for()
-    sidebar.get_by_role("link", name="Plan").click()
-    page.get_by_role("heading", name="Plan").first.wait_for()
-    wait_idle(page)
+        assert box.input_value() == "0"
+    # the server has the edits once the page's draft has them (a click elsewhere before the rerun they started
+    # reaches the server supersedes it: Streamlit merges the two requests and the old page's widgets are dropped)
+    drafts = app_url["home"] / "drafts"
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(
+            json.loads(path.read_text())["options"].get("plan_prune_epochs") == 0 for path in drafts.glob("*.json")):
+        time.sleep(0.5)
+    go(page, "Runs")
+    go(page, "Plan")
     assert float(page.locator('input[aria-label^="Target value"]').input_value()) == 20.0
+    page.get_by_text("Fine-tuning and search settings").click()
+    wait_idle(page)
+    assert [page.locator(f'input[aria-label="{label}"]').input_value() for label in epochs] == ["0", "0"]
     no_exception(page, "Plan, after a page change")
     shot(page, "engineer-4-plan")
     page.get_by_role("button", name="Launch run").click()
@@ -126,14 +140,22 @@ def test_engineer_walk(page, app_url, tmp_path):
     shot(page, "engineer-5-sweep")
 
     # 5. the runs finish
-    go(page, url, "runs", "Runs")
-    page.wait_for_function(
-        "() => document.body.innerText.split('succeeded').length - 1 >= 3", timeout=600_000)
+    go(page, "Runs")
+    deadline = time.time() + 600
+    while time.time() < deadline:  # the engine's store, read as the page reads it
+        runs = engine.list_runs(root=app_url["home"], kind="compress")
+        if len(runs) >= 3 and all(run["state"] in ("succeeded", "failed", "cancelled") for run in runs):
+            break
+        time.sleep(2)
+    assert [run["state"] for run in runs] == ["succeeded"] * 3, [(r["id"], r["state"], r.get("error")) for r in runs]
+    page.reload()
+    page.get_by_role("heading", name="Runs").first.wait_for()
+    page.get_by_text(re.compile(r"pts|no change")).first.wait_for()  # the drop from the original
     no_exception(page, "Runs")
     shot(page, "engineer-6-runs")
 
     # 6. Compare opens on the uploaded model (not a demo) and names the run it chose
-    go(page, url, "compare", "Compare")
+    go(page, "Compare")
     model_box = page.locator('[data-testid="stSelectbox"]', has_text="Model").first
     if model_box.count():  # one model only: no picker, the page's runs are its runs
         assert "resnet18" in model_box.inner_text()

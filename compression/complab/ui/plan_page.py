@@ -77,9 +77,10 @@ TARGET_LABELS = {"ratio": "compression ratio (x)", "flops": "FLOPs reduction (x)
 TARGET_KEYS = ("plan_target_kind", "plan_target_value")
 
 
-def _target_kind_changed() -> None:
+def _target_kind_changed(page: PlanPage) -> None:
     """A new kind of target starts at that kind's default (a ratio of 40 is no accuracy budget)."""
     st.session_state["plan_target_value"] = TARGETS[st.session_state["plan_target_kind"]][2]
+    save_draft(page)
 
 
 def target_section(page: PlanPage) -> None:
@@ -115,9 +116,9 @@ def target_section(page: PlanPage) -> None:
             st.session_state["plan_target_value"] = default
         cols = st.columns([2, 3, 1], vertical_alignment="bottom")
         cols[0].selectbox("Target", list(TARGETS), key="plan_target_kind", format_func=TARGET_LABELS.get,
-                          on_change=_target_kind_changed)
+                          on_change=_target_kind_changed, args=(page,))
         cols[1].number_input(f"Target value: {TARGET_LABELS[kind]}", low, high, step=step, format="%.1f",
-                             key="plan_target_value",
+                             key="plan_target_value", on_change=save_draft, args=(page,),
                              help=f"type a value from {low:g} to {high:g}, or step by {step:g}")
         cols[2].button("Apply", on_click=apply_target, key="plan_apply", type="primary")
         if st.session_state.get("plan_solver_note"):
@@ -192,8 +193,10 @@ def _ago(seconds: float) -> str:
 
 
 def save_draft(page: PlanPage) -> None:
-    """After the rows are drawn: the draft written when it changed (a read-only data folder: kept in the session
-    only, said once)."""
+    """After the rows are drawn, and in the target's and settings' change callbacks: the draft written when it
+    changed (a read-only data folder: kept in the session only, said once). The callbacks matter: a change reruns
+    the page (or its fragment), and a click on another page while that rerun is still drawing a big model's rows
+    stops it before its end, where the draft is written; a callback runs first, so the change is never lost."""
     draft = current_draft(page)
     key = page.rows.prefix + "draft"
     if st.session_state.get(key) is not None and plan_draft.dumps(st.session_state[key]) == plan_draft.dumps(draft):
@@ -454,7 +457,8 @@ def settings_expander(page: PlanPage, stats_fold_bn: bool) -> bool:
         c = st.columns(4)
         for index, (config, f) in enumerate(option_fields()):  # defaults live in the session state (load_recipe)
             st.session_state.setdefault(f.key, getattr(config(), f.name))
-            c[index % len(c)].number_input(f.label, f.low, f.high, step=f.step, format=f.fmt, key=f.key, help=f.help)
+            c[index % len(c)].number_input(f.label, f.low, f.high, step=f.step, format=f.fmt, key=f.key, help=f.help,
+                                           on_change=save_draft, args=(page,))
         fold = page.detector and st.checkbox(
             "Fold batch norm into the convolutions after pruning", value=True, key="plan_fold_bn",
             help="One bias per convolution instead of five batch-norm vectors in the file (measured on the demo "

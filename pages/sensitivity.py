@@ -4,6 +4,7 @@ import streamlit as st
 from complab import engine
 from complab.analysis.fisher import ESTIMATE_ABOVE_COST, analysis_cost, default_mode
 from complab.analysis.sensitivity import SensitivityConfig
+from complab.analysis.sensitivity_report import report_noise
 from complab.errors import CompressionLabError
 from complab.ui import figures
 from complab.ui.navigation import page_setup
@@ -84,9 +85,11 @@ if detector:
 else:
     st.metric("Validation accuracy (original)", percent(report["base_accuracy"]),
               help=(f"95% CI {interval(report['base_accuracy'], n_images)} on {count(n_images)} validation images: "
-                    "a layer's point inside the grey band is not distinguishable from the original")
+                    "a layer's point inside the grey band is not distinguishable from the original"
+                    + (f" (above {figures.BAND_LAYERS_UP_TO} layers only this band is drawn)"
+                       if len(report["layers"]) > figures.BAND_LAYERS_UP_TO else ""))
               if n_images else None)
-noise_message = (report.get("noise") or {}).get("message")
+noise_message = report_noise(report).get("message")  # an older report's noise computed from its config
 if noise_message:  # the subset cannot resolve the drops it reports: say so before the curves
     st.warning(plain_markdown(noise_message))
 calibration = (report.get("config") or {}).get("calibration")

@@ -56,6 +56,10 @@ def test_sensitivity_curves_carry_their_95_percent_band():
     assert wide.y[2] == pytest.approx(100 * wilson(0.5, 40)[1])
     assert not [t for t in figures.sensitivity_curves({**REPORT, "config": {}}, "sparsity").data if t.fill]
     assert not [t for t in figures.sensitivity_curves(REPORT, "clusters", band=False).data if t.fill]
+    # a ResNet-18's 21 layers: their bands would stack into one grey block; only the original's band is drawn
+    many = {**REPORT, "layers": {f"layer{i}": REPORT["layers"]["conv1"] for i in range(figures.BAND_LAYERS_UP_TO + 1)}}
+    crowded = figures.sensitivity_curves(many, "sparsity")
+    assert not [t for t in crowded.data if t.fill] and len([s for s in crowded.layout.shapes if s.type == "rect"]) == 1
 
 
 def runs(costs: list[float], accuracies: list[float]) -> pd.DataFrame:

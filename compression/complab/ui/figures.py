@@ -32,10 +32,15 @@ def _hex_rgba(colour: str, alpha: float) -> str:
     return f"rgba({int(colour[1:3], 16)},{int(colour[3:5], 16)},{int(colour[5:7], 16)},{alpha})"
 
 
+BAND_LAYERS_UP_TO = 6  # layers whose curves each get their own 95% band
+
+
 def sensitivity_curves(report: dict, axis: str, band: bool = True) -> go.Figure:
     """Score per layer against sparsity (axis="sparsity") or cluster count (axis="clusters"), each curve with its
     95% band (Wilson, on the report's validation images; band=False for a detector's mAP, which has none here),
     and the original's band around its dotted line: a point inside it is not distinguishable from the original.
+    Above BAND_LAYERS_UP_TO layers only the original's band is drawn: twenty overlapping bands stack into one grey
+    block (seen on a ResNet-18) that hides the curves, and every point has about the original's band width anyway.
 
     In an estimate-mode report, measured points are filled markers and estimated ones hollow (the
     legend's two grey entries say which is which)."""
@@ -53,7 +58,8 @@ def sensitivity_curves(report: dict, axis: str, band: bool = True) -> go.Figure:
         points = sorted(((float(k), v, measured is None or k in measured) for k, v in row[axis].items()))
         estimated_any |= not all(p[2] for p in points)
         color = palette[index % len(palette)]
-        if n and points:  # the 95% band of each point, as a filled polygon (low edge forward, high edge back)
+        if n and points and len(report["layers"]) <= BAND_LAYERS_UP_TO:
+            # the 95% band of each point, as a filled polygon (low edge forward, high edge back)
             bounds = [wilson(p[1], n) for p in points]
             fig.add_trace(go.Scatter(
                 x=[p[0] for p in points] + [p[0] for p in reversed(points)],

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -304,12 +305,84 @@ def evaluate_model(model: nn.Module, imgsz: int, data_yaml: str | Path, batch: i
                                              "device": "cuda" if torch.cuda.is_available() else "cpu",
                                              "plots": False, "verbose": False, "project": str(workdir or scratch),
                                              "name": "val", "exist_ok": True})
+        per_image = _capture_per_image(validator)
         stats = validator(model=work)
     out = {"map50": float(stats["metrics/mAP50(B)"]), "map50_95": float(stats["metrics/mAP50-95(B)"]),
            "precision": float(stats["metrics/precision(B)"]), "recall": float(stats["metrics/recall(B)"])}
     seen = getattr(validator, "seen", None)  # the images the validator scored (the split size its interval needs)
     if isinstance(seen, int) and not isinstance(seen, bool) and seen >= 0:
         out["images"] = seen
+    out.update(map_intervals(per_image, out["map50"], out["map50_95"]))
+    return out
+
+
+STAT_KEYS = ("tp", "conf", "pred_cls", "target_cls")  # what ap_per_class needs of each image
+
+
+def _capture_per_image(validator) -> list[dict] | None:
+    """Keep a copy of each image's matches (tp per IoU threshold, confidences, classes) as the validator records
+    them: its metrics clear their own lists once mAP is computed. None when this Ultralytics has no such hook."""
+    metrics = getattr(validator, "metrics", None)
+    original = getattr(metrics, "update_stats", None)
+    if not callable(original):
+        return None
+    per_image: list[dict] = []
+
+    def update_stats(stat):
+        try:
+            per_image.append({key: np.array(stat[key], copy=True) for key in STAT_KEYS})
+        except (KeyError, TypeError, ValueError):
+            pass  # another layout: the point check in map_intervals then leaves the intervals out
+        return original(stat)
+
+    metrics.update_stats = update_stats  # on this instance only
+    return per_image
+
+
+def detection_map(images: list[dict]) -> tuple[float, float]:
+    """(mAP50, mAP50-95) of a list of per-image stats, computed as Ultralytics' validator does (ap_per_class over
+    the concatenated images; classes with labels only); (0, 0) when no image holds a labelled object."""
+    from ultralytics.utils.metrics import ap_per_class  # (optional, heavy: imported with the validator)
+
+    if not images:
+        return 0.0, 0.0
+    stats = {key: np.concatenate([image[key] for image in images], 0) for key in STAT_KEYS}
+    ap = ap_per_class(stats["tp"], stats["conf"], stats["pred_cls"], stats["target_cls"])[5]
+    if not len(ap):
+        return 0.0, 0.0
+    return float(ap[:, 0].mean()), float(ap.mean())
+
+
+def map_intervals(per_image: list[dict] | None, map50: float, map50_95: float, rounds: int = 200,
+                  seed: int = 0) -> dict[str, list[float]]:
+    """95% percentile-bootstrap intervals of mAP50 and mAP50-95 over the validation images
+    (`map50_interval`, `map50_95_interval`: [low, high] fractions). Empty when the per-image stats were not
+    captured or do not reproduce the validator's own mAP (another Ultralytics version): no interval beats a
+    wrong one. Both intervals come from the same resamples (one ap_per_class per round)."""
+    from complab.intervals import bootstrap
+
+    if not per_image:
+        return {}
+    try:
+        point = detection_map(per_image)
+    except Exception:  # noqa: BLE001 - another layout of the stats: leave the intervals out, never fail the score
+        return {}
+    if abs(point[0] - map50) > 1e-6 or abs(point[1] - map50_95) > 1e-6:
+        return {}
+    cache: dict[tuple, tuple[float, float]] = {}
+
+    def statistic(which: int):
+        def score(sample: list[dict]) -> float:
+            key = tuple(id(image) for image in sample)
+            if key not in cache:
+                cache[key] = detection_map(sample)
+            return cache[key][which]
+        return score
+
+    out = {}
+    for which, name in enumerate(("map50_interval", "map50_95_interval")):  # the same seed: the same resamples
+        low, high = bootstrap(per_image, statistic(which), rounds=rounds, seed=seed)
+        out[name] = [round(max(0.0, low), 4), round(min(1.0, high), 4)]
     return out
 
 

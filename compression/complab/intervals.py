@@ -68,3 +68,14 @@ def bootstrap(per_image: Sequence, statistic: Callable[[Sequence], float], round
         values.append(float(statistic([items[i] for i in picks])))
     tail = (1.0 - level) / 2
     return float(np.quantile(values, tail)), float(np.quantile(values, 1.0 - tail))
+
+
+def recorded(value) -> tuple[float, float] | None:
+    """A recorded interval ([low, high] fractions, e.g. a detector's metrics["after"]["map50_interval"]) as a
+    pair, or None when it is absent or not two numbers with 0 <= low <= high <= 1 (an older or damaged run)."""
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        return None
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        return None
+    low, high = float(value[0]), float(value[1])
+    return (low, high) if 0.0 <= low <= high <= 1.0 else None

@@ -270,7 +270,23 @@ def _side(value, where: str, required: dict[str, tuple]) -> dict:
             out[key] = _number(side[key], f"{where}.{key}", low, high, integer=integer, optional=True)
     for key, (low, high, integer) in required.items():
         out[key] = _number(side.get(key), f"{where}.{key}", low, high, integer=integer)
+    for key in INTERVALS:
+        if side.get(key) is not None:
+            out[key] = _interval(side[key], f"{where}.{key}")
     return out
+
+
+# a detector's 95% bootstrap intervals of its mAPs, [low, high] fractions (older runs lack them: readers use .get())
+INTERVALS = ("map50_interval", "map50_95_interval")
+
+
+def _interval(value, where: str) -> list[float]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise _Bad(where, f"is {_show(value)}, not a list of two numbers [low, high]")
+    low, high = (_number(v, f"{where}[{i}]", 0, 1) for i, v in enumerate(value))
+    if low > high:
+        raise _Bad(where, f"is {_show(value)}: its low end is above its high end")
+    return [low, high]
 
 
 def _compress_metrics(m: dict) -> dict:

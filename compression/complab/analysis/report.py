@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from complab import sources
+from complab import intervals, sources
 from complab.analysis import detections
 from complab.errors import CompressionLabError
 from complab.models.tasks import task_kind
@@ -245,6 +245,13 @@ def split_images(metrics: dict) -> tuple[int | None, int | None]:
     return images(metrics["before"]), images(metrics["after"])
 
 
+def map_intervals(metrics: dict) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    """A detector run's 95% bootstrap intervals of mAP50 before and after (metrics[side]["map50_interval"], [low,
+    high] fractions); None for a side that did not record one (older runs, a classifier)."""
+    return (intervals.recorded(metrics["before"].get("map50_interval")),
+            intervals.recorded(metrics["after"].get("map50_interval")))
+
+
 def score_split(metrics: dict) -> str:
     """The split the run's score was measured on ("test" or "validation")."""
     kind = task_kind(metrics.get("task"))
@@ -266,8 +273,9 @@ def headline_numbers(metrics: dict) -> dict:
             "latency_before": before.get("latency_ms"), "latency_after": after.get("latency_ms"),
             "speed_times": _times(before.get("latency_ms"), after.get("latency_ms")),
             "score_name": kind.score_short, "score_label": kind.score_label,
-            # Wilson intervals hold for an accuracy; a detector's mAP would need its bootstrap (not in metrics)
+            # Wilson intervals hold for an accuracy; a detector's mAP carries its bootstrap interval (map_spans)
             "has_interval": not kind.finds_boxes and images_before is not None and images_after is not None,
+            "map_spans": map_intervals(metrics) if kind.finds_boxes else (None, None),
             "score_before": before["accuracy"], "score_after": after["accuracy"],
             "images_before": images_before, "images_after": images_after, "split": score_split(metrics),
             "drop_pts": 100 * (before["accuracy"] - after["accuracy"])}

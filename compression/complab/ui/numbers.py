@@ -172,3 +172,33 @@ def verdict(before: float, n_before: int | None, after: float, n_after: int | No
         return f"within noise (±{_pts((high - low) / 2)} pts on {images})"
     return f"{said} (95% CI {_pts(low)}-{_pts(high)} pts on {images})" if drop > 0 else \
         f"{said} (95% CI {_pts(-high)}-{_pts(-low)} pts on {images})"
+
+
+# ---- a detector's mAP and its 95% bootstrap interval (models/detector.map_intervals) ----------------------------
+
+
+def map_score(value: float, span: list[float] | None = None, n: int | None = None) -> str:
+    """An mAP with its bootstrap interval when the run recorded one: "0.812 (95% CI 0.770-0.850, bootstrap over 40
+    images)"; the number alone without it."""
+    text = f"{float(value):.3f}"
+    if not span:
+        return text
+    over = f", bootstrap over {count(n)} images" if n else ", bootstrap over the images"
+    return f"{text} (95% CI {float(span[0]):.3f}-{float(span[1]):.3f}{over})"
+
+
+def map_verdict(before: float, span_before: list[float], after: float, span_after: list[float],
+                n: int | None, split: str = "validation") -> str:
+    """One phrase on an mAP's change from the two 95% bootstrap intervals, shaped as `verdict`'s: "within noise
+    (the 95% intervals 0.90-0.95 and 0.88-0.94 overlap, 40 validation images)" when they overlap, else "costs 4.1
+    points (...)" / "gains ...". Overlap is a conservative test: two 95% intervals can overlap a little while the
+    difference is still real, so a change said to be beyond noise is one, and a small real one may read as noise."""
+    where = f"{count(n)} {split} images" if n else f"the {split} images"
+    spans = (f"{float(span_before[0]):.3f}-{float(span_before[1]):.3f} and "
+             f"{float(span_after[0]):.3f}-{float(span_after[1]):.3f}")
+    drop = float(before) - float(after)
+    if max(span_before[0], span_after[0]) <= min(span_before[1], span_after[1]):
+        said = "no change" if abs(100 * drop) < NO_CHANGE_PTS else "within noise"
+        return f"{said} (the 95% bootstrap intervals {spans} overlap, {where})"
+    said = f"costs {_pts(drop)} points" if drop > 0 else f"gains {_pts(drop)} points"
+    return f"{said} (the 95% bootstrap intervals {spans} do not overlap, {where})"

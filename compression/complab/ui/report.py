@@ -157,6 +157,10 @@ def _scores(n: dict) -> str:
                  f"on {numbers.count(n['images_before'])} and {numbers.count(n['images_after'])} {n['split']} images")
         return (f"{n['score_label']} {numbers.percent(before)} (95% CI {numbers.interval(before, n['images_before'])})"
                 f" -> {numbers.percent(after)} (95% CI {numbers.interval(after, n['images_after'])}) {where}")
+    span_before, span_after = n.get("map_spans") or (None, None)
+    if span_before and span_after:  # a detector run that recorded its mAP's bootstrap intervals
+        return (f"{n['score_label']} {numbers.map_score(before, span_before, n['images_before'])} -> "
+                f"{numbers.map_score(after, span_after, n['images_after'])}")
     size = (f"on {numbers.count(images)} {n['split']} images" if images else
             f"on the {n['split']} split (its size was not recorded, so no interval)")
     if n["score_name"] == "top-1":
@@ -186,10 +190,16 @@ def verdict_sentence(metrics: dict) -> str:
     """One sentence of verdict on the score's change: "Verdict: top-1 accuracy within noise (±0.4 pts on 10,000
     test images).", "Verdict: compression costs 1.4 points of top-1 accuracy (95% CI ...)."."""
     n = report.headline_numbers(metrics)
-    unknown = ("no interval: a detector's mAP carries none here" if n["score_name"] != "top-1"
+    unknown = ("no interval: this run did not record its mAP's bootstrap interval" if n["score_name"] != "top-1"
                else "test-set size not recorded, so its noise is unknown")
-    said = numbers.verdict(n["score_before"], n["images_before"] if n["has_interval"] else None,
-                           n["score_after"], n["images_after"] if n["has_interval"] else None, n["split"], unknown)
+    span_before, span_after = n.get("map_spans") or (None, None)
+    if span_before and span_after:  # a detector: its two bootstrap intervals overlap or not (conservative)
+        said = numbers.map_verdict(n["score_before"], span_before, n["score_after"], span_after,
+                                   n["images_after"] or n["images_before"], n["split"])
+    else:
+        said = numbers.verdict(n["score_before"], n["images_before"] if n["has_interval"] else None,
+                               n["score_after"], n["images_after"] if n["has_interval"] else None, n["split"],
+                               unknown)
     score = n["score_label"]
     if said.startswith(("costs", "gains")):
         word, rest = said.split(" ", 1)

@@ -3,8 +3,8 @@ its change from the original, a sweep's heading with its counts. No Streamlit he
 
 from __future__ import annotations
 
-from complab.intervals import difference
-from complab.ui.numbers import count, interval, percent, points
+from complab.intervals import difference, recorded
+from complab.ui.numbers import count, interval, map_score, percent, points
 
 SHOWN = 30  # entries (a run, or a whole sweep) the page draws
 COUNTED = ("succeeded", "running", "queued", "failed", "cancelled", "missing")
@@ -42,8 +42,9 @@ def sweep_heading(sweep: dict) -> str:
 def change_from_original(metrics: dict, boxes: bool = False) -> dict | None:
     """A finished run's score before and after, in words and colour: {"text": "acc 98.6% -> 97.1%", "change":
     "-1.5 pts", "colour": "red" (worse) | "green" (better) | "gray" (no change, or within the noise of the two
-    measurements when their split sizes are known), "noise": "within noise" or "", "interval": the after score's
-    95% interval on its split ("" when its size is unknown)}. None without both scores."""
+    measurements when their split sizes are known; for a detector, when its two 95% bootstrap intervals of mAP50
+    overlap), "noise": "within noise" or "", "interval": the after score's 95% interval on its split ("" when its
+    size, or a detector's bootstrap interval, is unknown)}. None without both scores."""
     before, after = (metrics.get("before") or {}), (metrics.get("after") or {})
     try:
         old, new = float(before["accuracy"]), float(after["accuracy"])
@@ -58,9 +59,14 @@ def change_from_original(metrics: dict, boxes: bool = False) -> dict | None:
     if known and not boxes:
         low, high = difference(old, n_before, new, n_after)  # of before - after
         within = low <= 0.0 <= high
+    spans = tuple(recorded(side.get("map50_interval")) if boxes else None for side in (before, after))
+    if spans[0] and spans[1]:  # a detector's two 95% bootstrap intervals: overlapping is noise (conservative)
+        within = max(spans[0][0], spans[1][0]) <= min(spans[0][1], spans[1][1])
     colour = "gray" if change == "no change" or within else ("green" if new > old else "red")
     span = ""
     if known and not boxes:
         span = f"95% CI {interval(new, n_after)} on {count(n_after)} images"
+    elif spans[1]:
+        span = f"mAP50 {map_score(new, spans[1], n_after if known else None)}"
     return {"text": f"{name} {shown(old)} -> {shown(new)}", "change": change, "colour": colour,
             "noise": "within noise" if within and change != "no change" else "", "interval": span}

@@ -216,7 +216,10 @@ def test_detector_report_has_the_image_grid(tmp_path, capsys):
     images = re.findall(r"<img alt='(original|compressed) [^']+' src='data:image/png;base64,", text)
     assert images.count("original") == images.count("compressed") == 4
     assert "Detections on validation images" in text
-    assert re.search(r"mAP50 [0-9.]+ -&gt; [0-9.]+ on ", text) and "Verdict: " in text
+    # a fresh run records its mAP's bootstrap intervals (models/detector.map_intervals): the headline says them
+    assert re.search(r"mAP50 [0-9.]+ \(95% CI [0-9.]+-[0-9.]+, bootstrap over [0-9,]+ images\) -&gt; [0-9.]+ "
+                     r"\(95% CI [0-9.]+-[0-9.]+, bootstrap over [0-9,]+ images\)", text), text[:3000]
+    assert re.search(r"Verdict: [^<]*95% bootstrap intervals", text)
     for waterfall in page.waterfalls:
         assert waterfall["start"] + sum(waterfall["bars"]) == waterfall["end"]
     assert page.waterfalls[0]["end"] == (run / "model.clab").stat().st_size

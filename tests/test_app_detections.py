@@ -1,6 +1,7 @@
 """AppTest of the detector flow: the model page loads the demo detector, the Detections page compares a run."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,9 @@ def test_model_page_loads_the_demo_detector(detector_home, monkeypatch):
     assert not at.exception, [e.value for e in at.exception]
     labels = {m.label: m.value for m in at.metric}
     assert float(labels["mAP50"]) > 0.9
+    helps = {m.label: m.proto.help for m in at.metric}  # each mAP's 95% bootstrap interval over the val images
+    assert re.fullmatch(r"0\.\d{3} \(95% CI 0\.\d{3}-[01]\.\d{3}, bootstrap over [0-9,]+ images\)", helps["mAP50"])
+    assert helps["mAP50"].startswith(labels["mAP50"]) and helps["mAP50-95"].startswith(labels["mAP50-95"])
     assert labels["Parameters"] == "913,028"
     assert any("DFL" in c.value and "cv3.0.2" in c.value for c in at.caption)
 

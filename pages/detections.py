@@ -11,6 +11,7 @@ from complab.models.tasks import finds_boxes
 from complab.ui import present
 from complab.ui.links import link_image_index
 from complab.ui.navigation import page_setup
+from complab.ui.numbers import map_help
 from complab.ui.state import active_spec, decoded_run, detector_latency, home, load_active, spec_key
 from PIL import Image, UnidentifiedImageError
 
@@ -47,10 +48,13 @@ run = present.chosen_run(runs, key="det_run", label="Compressed run", id_of=lamb
 metrics = run["metrics"]
 before, after = metrics["before"], metrics["after"]
 cols = st.columns(6)
-cols[0].metric("mAP50 original", f"{before['map50']:.3f}")
-cols[1].metric("mAP50 compressed", f"{after['map50']:.3f}", f"{after['map50'] - before['map50']:+.3f}")
-cols[2].metric("mAP50-95 original", f"{before['map50_95']:.3f}")
-cols[3].metric("mAP50-95 compressed", f"{after['map50_95']:.3f}", f"{after['map50_95'] - before['map50_95']:+.3f}")
+
+cols[0].metric("mAP50 original", f"{before['map50']:.3f}", help=map_help(before, "map50"))
+cols[1].metric("mAP50 compressed", f"{after['map50']:.3f}", f"{after['map50'] - before['map50']:+.3f}",
+               help=map_help(after, "map50"))
+cols[2].metric("mAP50-95 original", f"{before['map50_95']:.3f}", help=map_help(before, "map50_95"))
+cols[3].metric("mAP50-95 compressed", f"{after['map50_95']:.3f}", f"{after['map50_95'] - before['map50_95']:+.3f}",
+               help=map_help(after, "map50_95"))
 cols[4].metric("fp32 bytes", f"{before['fp32_bytes']:,}")
 cols[5].metric("Compact file bytes", f"{after['compressed_bytes']:,}", f"{metrics['compression_ratio']:.1f}x smaller",
                delta_color="off")

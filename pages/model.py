@@ -7,7 +7,7 @@ from complab.errors import CompressionLabError
 from complab.models.tasks import finds_boxes
 from complab.ui import present
 from complab.ui.navigation import page_setup
-from complab.ui.numbers import human, map_score
+from complab.ui.numbers import human, map_help
 from complab.ui.state import (
     active_spec,
     baseline,
@@ -40,9 +40,8 @@ def summary(spec: dict) -> tuple:
         measured = baseline(spec_key(spec))
         cols = st.columns(6)
         for col, (label, key) in zip(cols[:2], (("mAP50", "map50"), ("mAP50-95", "map50_95")), strict=True):
-            span = measured.get(f"{key}_interval")  # its 95% bootstrap interval over the validation images
-            col.metric(label, f"{measured[key]:.3f}",
-                       help=map_score(measured[key], span, measured.get("images")) if span else None)
+            # the help: its 95% bootstrap interval over the validation images
+            col.metric(label, f"{measured[key]:.3f}", help=map_help(measured, key))
         cols[2].metric("Parameters", human(measured["params"]), help=f"{measured['params']:,}")
         cols[3].metric("FLOPs", human(measured["flops"]), help=f"{measured['flops']:,} (batch 1)")
         cols[4].metric("fp32 bytes", human(measured["fp32_bytes"], "B"), help=f"{measured['fp32_bytes']:,} bytes")

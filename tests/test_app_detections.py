@@ -58,6 +58,10 @@ def test_detections_page_shows_both_models_and_the_changes(detector_home, monkey
     metrics = json.loads((home / "runs" / run_id / "metrics.json").read_text())
     assert labels["Compact file bytes"] == f"{metrics['after']['compressed_bytes']:,}"
     assert labels["mAP50 compressed"] == f"{metrics['after']['map50']:.3f}"
+    low, high = metrics["after"]["map50_interval"]  # the run recorded it: the box's help says it
+    helps = {m.label: m.proto.help for m in at.metric}
+    assert f"(95% CI {low:.3f}-{high:.3f}, bootstrap over {metrics['after']['images']} images)" in helps[
+        "mAP50 compressed"]
     assert len(at.get("image")) == 2
     headers = [h.value for h in at.subheader]
     assert any(h.startswith("Original:") for h in headers) and any(h.startswith("Compressed:") for h in headers)

@@ -101,3 +101,13 @@ def test_runs_page_greys_a_detector_change_inside_its_intervals():
     assert apart["colour"] == "red" and apart["noise"] == ""
     old = change_from_original(metrics_with(None, None), boxes=True)
     assert old["colour"] == "red" and old["interval"] == ""
+
+
+def test_map_help_says_the_recorded_interval_or_nothing():
+    from complab.ui.numbers import map_help
+
+    side = metrics_with([0.85, 0.94], [0.72, 0.84])["after"]
+    assert map_help(side) == "0.800 (95% CI 0.720-0.840, bootstrap over 40 images)"
+    assert map_help(side, "map50_95") == "0.400 (95% CI 0.360-0.420, bootstrap over 40 images)"
+    assert map_help({**side, "map50_interval": [0.9, 0.1]}) is None  # damaged: no interval rather than a wrong one
+    assert map_help(metrics_with(None, None)["after"]) is None

@@ -187,6 +187,18 @@ def map_score(value: float, span: list[float] | None = None, n: int | None = Non
     return f"{text} (95% CI {float(span[0]):.3f}-{float(span[1]):.3f}{over})"
 
 
+def map_help(measured: dict, key: str = "map50") -> str | None:
+    """A metric box's help for a detector's mAP (`key` "map50" or "map50_95" of a measured dict or a run's side):
+    the number with its recorded 95% bootstrap interval; None when none was recorded (an older run)."""
+    from complab.intervals import recorded
+
+    span = recorded(measured.get(f"{key}_interval"))
+    value = measured.get(key)
+    if span is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return map_score(value, list(span), measured.get("images"))
+
+
 def map_verdict(before: float, span_before: list[float], after: float, span_after: list[float],
                 n: int | None, split: str = "validation") -> str:
     """One phrase on an mAP's change from the two 95% bootstrap intervals, shaped as `verdict`'s: "within noise

@@ -162,6 +162,9 @@ def headline_metrics(metrics: dict) -> None:
     if n["has_interval"]:
         low, high = difference(n["score_before"], n["images_before"], n["score_after"], n["images_after"])
         within_noise = low <= 0 <= high
+    span_before, span_after = n.get("map_spans") or (None, None)
+    if span_before and span_after:  # a detector's two 95% bootstrap intervals overlap: noise (conservative)
+        within_noise = max(span_before[0], span_after[0]) <= min(span_before[1], span_after[1])
     value = percent(n["score_after"]) if n["score_name"] == "top-1" else f"{n['score_after']:.3f}"
     boxes.append((f"{n['score_name']} after", value, points(moved),
                   "off" if within_noise or points(moved) == "no change" else delta_color("accuracy", moved)))

@@ -91,7 +91,7 @@ def test_the_plan_page_draws_the_estimated_waterfall_to_the_estimated_total(proj
     total = re.search(r"Estimated file ([\d,]+) B", shown).group(1)
     chart = page.locator(".js-plotly-plot").filter(has=page.locator(".gtitle")).first
     title = chart.locator(".gtitle").text_content()
-    assert title.startswith("Estimated") and f"~{total} bytes" in title  # the bars end at the total shown
+    assert title.startswith("Estimated") and f"~{total} B" in title  # the bars end at the total shown
     assert "estimated file" in chart.locator(".xtick text").all_text_contents()
     chart.scroll_into_view_if_needed()
     page.wait_for_timeout(500)

@@ -3,6 +3,7 @@
 import streamlit as st
 from complab import engine
 from complab.analysis.fisher import ESTIMATE_ABOVE_COST, analysis_cost, default_mode
+from complab.analysis.report import model_name
 from complab.analysis.sensitivity import SensitivityConfig
 from complab.analysis.sensitivity_report import report_noise
 from complab.errors import CompressionLabError
@@ -16,8 +17,9 @@ page_setup()
 st.title("Sensitivity")
 spec = active_spec()
 handle, data = load_active(spec)
-st.caption(f"Each prunable layer of {handle.label} alone: accuracy on a validation subset at every sparsity "
-           "(magnitude pruning) and every cluster count (k-means weight sharing), without fine-tuning.")
+st.caption(f"Each prunable layer of {plain_markdown(model_name(handle.label))} alone: accuracy on a validation "
+           "subset at every sparsity (magnitude pruning) and every cluster count (k-means weight sharing), without "
+           "fine-tuning.")
 detector = handle.kind.finds_boxes
 if detector:  # ~60 layers, each point an mAP evaluation: a coarser default grid on fewer images
     st.caption("For a detector the score is mAP50 on validation images held in memory (same matching as "

@@ -70,6 +70,14 @@ def test_draft_drops_unknown_layers_fields_and_values_out_of_range_one_by_one():
     assert draft["dropped"] == 10
 
 
+@pytest.mark.parametrize("kind", [{"a": 1}, ["ratio"], None, 3])
+def test_draft_target_of_another_type_is_dropped_not_raised(kind):
+    """The fuzz campaign's drafts family found it: a dict as the target's kind raised TypeError (unhashable) on the
+    Plan page."""
+    draft, problem = parse(a_draft(target={"kind": kind, "value": 10}))
+    assert problem is None and draft["target"] is None and draft["dropped"] == 1
+
+
 @pytest.mark.parametrize("value, why", [
     ([1, 2], "not a JSON object"),
     ({"schema": 2}, "schema"),

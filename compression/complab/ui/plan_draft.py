@@ -103,7 +103,7 @@ def field_value(field, value: Any) -> Any:
 
 def check_target(target: Any) -> dict | None:
     """{kind, value} when it is a target the page offers, its value in that kind's range; else None."""
-    if not isinstance(target, dict) or target.get("kind") not in TARGETS:
+    if not isinstance(target, dict) or not isinstance(target.get("kind"), str) or target["kind"] not in TARGETS:
         return None
     low, high, _, _ = TARGETS[target["kind"]]
     value = _number(target.get("value"))

@@ -121,18 +121,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "compression"))
 
 # issue 24's families
-DOORS = ("torchscript", "runfolder", "yaml", "folders", "clab", "links", "sensitivity", "automaton", "keys")
+DOORS = ("torchscript", "runfolder", "yaml", "folders", "clab", "links", "sensitivity", "automaton", "keys",
+         "drafts")
 TIMEOUTS = {"decoder": 10.0, "recipe": 10.0, "model": 120.0, "data": 120.0, "detector": 30.0,
             **{family: 10.0 for family in DOORS}, "selftest": 5.0}  # seconds per case
 CHUNKS = {"decoder": 500, "recipe": 500, "model": 1, "data": 1, "detector": 20, "torchscript": 20, "runfolder": 1,
           "clab": 1,
           "yaml": 1, "folders": 1, "links": 500, "sensitivity": 200, "automaton": 50, "keys": 20,
-          "selftest": 6}  # cases per task sent to a worker
+          "drafts": 200, "selftest": 6}  # cases per task sent to a worker
 HARD_RSS_MB = 6144  # the parent kills a worker above this (counted as a memory blow-up)
 HARD_RSS_FAMILY_MB = {"clab": 3072}  # these cases may try to build a 2.6 GB model: stop them sooner
 FAMILY_RSS_BOUND_MB = {"recipe": 256, "model": 2048, "data": 2048, "detector": 1024, "torchscript": 1024,
                        "runfolder": 1024, "yaml": 2048, "folders": 2048, "clab": 1024, "links": 256, "sensitivity": 256,
-                       "automaton": 256, "keys": 256, "selftest": 350}
+                       "automaton": 256, "keys": 256, "drafts": 256, "selftest": 350}
 SMALL_INPUT_BYTES = 4096  # worst_rss_growth_per_kb_mb: the largest per-case peak growth of inputs under this size
 SMALL_INPUT_BOUND_MB = 256
 MAX_EXAMPLES = 5
@@ -1236,6 +1237,83 @@ def run_sensitivity(index: int, seed: int, out_dir: str) -> tuple[str, str, int 
     return "ok", what, len(data)
 
 
+# --- drafts: crafted Plan-page drafts (<data folder>/drafts/*.json) through the page's one reader
+
+
+def _drafts_setup() -> dict:
+    from complab.models.handle import load_model
+    from complab.ui.plan_draft import make_draft
+    from complab.ui.plan_page import option_fields
+    from complab.ui.plan_rows import step_fields
+
+    layers = list(load_model("demo:lenet300").prunable_layers())
+    fields, options = [f for _, f in step_fields()], [f for _, f in option_fields()]
+    rows = {layer: {"sp": 0.5, "k": 16, "q": "none", "qa": "in", "qk": 16, "qs": 4} for layer in layers}
+    base = make_draft("spec", "report", {"kind": "ratio", "value": 40.0}, rows,
+                      {f.key: f.low for f in options})
+    return {"layers": layers, "fields": fields, "options": options, "base": base}
+
+
+def _drafts_case(index: int, seed: int, ctx: dict) -> tuple[str | bytes, str]:
+    rng = random.Random(seed * 1_000_003 + index)
+    extra = [float("nan"), float("inf"), -1.0, 1e308, "0.5", None, True, [0.5], {"sp": 2.0}, "x" * 300,
+             {"kind": "ratio", "value": float("nan")}, 2**70]
+    if index == 0:
+        return '{"a":' * 100_000 + "1" + "}" * 100_000, "nested 100,000 deep"
+    if index == 1:
+        value = copy.deepcopy(ctx["base"])
+        value["rows"].update({f"l{i}": value["rows"][ctx["layers"][0]] for i in range(50_000)})
+        return json.dumps(value), "50,000 unknown layers"
+    if rng.random() < 0.15:
+        text, what = _hostile_text(rng, json.dumps(ctx["base"]))
+        if what != "wide":
+            return text, what
+    value, what = _mutate_json(ctx["base"], rng, extra)
+    return _json_text(value, rng), what
+
+
+def door_drafts(path: Path, ctx: dict) -> tuple[dict | None, str | None]:
+    """What the Plan page does with a draft file: complab.ui.plan_draft.read_draft (size bound, runfolder's checked
+    JSON reader, the schema and every value checked against the widget that shows it)."""
+    from complab.ui.plan_draft import read_draft
+
+    return read_draft(path, "spec", "report", ctx["layers"], ctx["fields"], ctx["options"])
+
+
+def run_drafts(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]:
+    from complab.ui.plan_draft import check_target, field_value
+
+    ctx = _STATE["drafts"]
+    text, what = _drafts_case(index, seed, ctx)
+    path = WORK / f"draft-{os.getpid()}.json"
+    data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    path.write_bytes(data)
+    _input_bytes(len(data), what)
+
+    def keep() -> str:
+        kept = Path(out_dir) / f"drafts-{seed}-{index}.json"
+        kept.write_bytes(data)
+        return str(kept)
+
+    try:
+        draft, note = door_drafts(path, ctx)
+    except Exception as exc:  # noqa: BLE001 - read_draft never raises: any exception is a finding
+        outcome, detail = _classify(exc)
+        return ("traceback" if outcome == "error" else outcome), f"{what} ({keep()}): {detail}", len(data)
+    if draft is None:
+        return "ok", f"{what}: ignored ({(note or 'none')[:60]})", len(data)
+    by_name, by_key = {f.name: f for f in ctx["fields"]}, {f.key: f for f in ctx["options"]}
+    unsafe = (set(draft["rows"]) - set(ctx["layers"])
+              or any(field_value(by_name[name], item) != item for row in draft["rows"].values()
+                     for name, item in row.items())
+              or any(not by_key[key].low <= item <= by_key[key].high for key, item in draft["options"].items())
+              or (draft["target"] is not None and check_target(draft["target"]) != draft["target"])
+              or _nonfinite(draft.get("saved")))
+    if unsafe:
+        return "accepted", f"{what} ({keep()}): a value no widget can show was kept", len(data)
+    return "ok", f"{what}: kept", len(data)
+
+
 # --- automaton: recipes whose re: keys compile to big automata, validated against densenet121's layer names
 
 SENSITIVITY_HEAVY = 4  # the first cases of the sensitivity family: big reports
@@ -2201,6 +2279,7 @@ WARM_MODULES = {
     "sensitivity": ("complab.analysis.sensitivity_report", "complab.analysis.targets", "complab.analysis.predict",
                     "complab.analysis.estimate"),
     "automaton": ("complab.plan",),
+    "drafts": ("streamlit", "complab.ui.plan_draft", "complab.ui.plan_page"),
     "keys": ("complab.engine.keys", "complab.data.detection", "yaml"),
 }
 
@@ -2367,7 +2446,8 @@ def run_keys(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]
 
 _STATE: dict = {}
 _SETUPS = {"links": _links_setup, "sensitivity": _sensitivity_setup, "automaton": _automaton_setup,
-           "torchscript": _torchscript_setup, "runfolder": _runfolder_setup, "yaml": _yaml_setup, "keys": _keys_setup}
+           "torchscript": _torchscript_setup, "runfolder": _runfolder_setup, "yaml": _yaml_setup, "keys": _keys_setup,
+           "drafts": _drafts_setup}
 FOLDER_CASES = 19  # builders in _folder_case
 
 
@@ -2568,7 +2648,8 @@ def _worker(conn, progress, work: str, outside: str) -> None:
     runners = {"recipe": run_recipe, "model": run_model, "data": run_data, "detector": run_detector,
                "selftest": run_selftest, "links": run_links, "sensitivity": run_sensitivity,
                "automaton": run_automaton, "torchscript": run_torchscript, "runfolder": run_runfolder,
-               "yaml": run_yaml, "folders": run_folders, "clab": run_clab, "keys": run_keys}
+               "yaml": run_yaml, "folders": run_folders, "clab": run_clab, "keys": run_keys,
+               "drafts": run_drafts}
     watch = OutsideWatch(OUTSIDE)
     per_case_peak = _can_reset_peak()
     baseline = None
@@ -2756,9 +2837,9 @@ def _watched() -> dict[str, tuple]:
     return found
 
 
-CHEAP_FAMILIES = ("sensitivity", "links", "recipe", "decoder")
+CHEAP_FAMILIES = ("sensitivity", "drafts", "links", "recipe", "decoder")
 PLAN_ORDER = ("model", "data", "detector", "torchscript", "runfolder", "yaml", "folders", "clab", "keys", "automaton",
-              "sensitivity", "links", "recipe", "decoder")
+              "sensitivity", "drafts", "links", "recipe", "decoder")
 
 
 def _signature(outcome: str, detail: str) -> str:
@@ -2794,6 +2875,7 @@ def main() -> None:
     parser.add_argument("--automaton-cases", type=int, default=1_500)
     parser.add_argument("--keys-cases", type=int, default=600)
     parser.add_argument("--sensitivity-cases", type=int, default=10_000)
+    parser.add_argument("--drafts-cases", type=int, default=5_000)
     parser.add_argument("--links-cases", type=int, default=20_000)
     parser.add_argument("--families", default=",".join(PLAN_ORDER),
                         help=f"comma-separated subset of {','.join(PLAN_ORDER)} (default all)")
@@ -2864,6 +2946,7 @@ def main() -> None:
               "torchscript": args.torchscript_cases, "runfolder": args.runfolder_cases, "yaml": args.yaml_cases,
               "folders": args.folders_cases, "clab": args.clab_cases, "automaton": args.automaton_cases,
               "sensitivity": args.sensitivity_cases, "links": args.links_cases, "keys": args.keys_cases,
+              "drafts": args.drafts_cases,
               "selftest": 11}
     if not args.selftest:
         from complab.data import folders  # noqa: F401 - fail here, not in a worker, if imports break

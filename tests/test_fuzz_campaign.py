@@ -111,6 +111,17 @@ def test_sensitivity_cases_reach_the_solver(sandbox):
     assert set(outcomes) <= {"ok", "error", "traceback", "accepted"} and "ok" in outcomes
 
 
+def test_draft_cases_reach_the_plan_pages_reader(sandbox):
+    fc._STATE["drafts"] = fc._drafts_setup()
+    path = sandbox[0] / "draft.json"
+    path.write_text(json.dumps(fc._STATE["drafts"]["base"]))
+    draft, note = fc.door_drafts(path, fc._STATE["drafts"])  # the unmutated draft is read back whole
+    assert note is None and draft["dropped"] == 0 and draft["target"] == {"kind": "ratio", "value": 40.0}
+    outcomes = [fc.run_drafts(index, 11, str(sandbox[0] / "failures")) for index in range(150)]
+    assert {outcome for outcome, _, _ in outcomes} == {"ok"}, [d for o, d, _ in outcomes if o != "ok"][:3]
+    assert any("ignored" in detail for _, detail, _ in outcomes) and any("kept" in detail for _, detail, _ in outcomes)
+
+
 def test_automaton_cases_are_deterministic_and_the_heavy_ones_match_a_layer():
     layers = fc._automaton_setup()["layers"]
     assert len(layers) == 121 and "features.conv0" in layers

@@ -328,3 +328,15 @@ def test_int_weights_in_a_file_are_smaller_than_int8_bytes():
     assert section_bytes < weights  # under 8 bits a weight, scales and headers included
     assert all(row["bits_per_weight"] < 8 for row in rows if row["numel"] >= 9216)
     assert json.dumps([row["layout"] for row in rows])  # inspect rows stay JSON (the CLI and report print them)
+
+
+def test_the_waterfall_counts_int_sections_as_levels_and_scales():
+    from complab.analysis.report import STEP_SHORT, tensor_steps
+
+    weight, structure = int_layer((64, 32, 3, 3), 8, zeros=0.5)
+    row = sections_of(encode_state({"w": weight}, {}, structures={"w": structure}))["w"]
+    steps = tensor_steps(row)  # (it asserts the steps add up to the section's bytes minus fp32)
+    assert set(steps) == {"sections", "levels", "codebooks"} and "levels" in STEP_SHORT
+    assert steps["codebooks"] == 4 * 64
+    assert steps["levels"] == row["bytes_positions"] + row["bytes_indices"] - 4 * weight.numel()
+    assert 0 < steps["sections"] < 100  # only the section's own header, not its levels

@@ -298,6 +298,29 @@ def test_pipeline_prune_then_int4_keeps_zeros_in_the_file(lenet5, digits28, tmp_
     assert metrics["accuracy_drop"] < 0.02
 
 
+def test_pipeline_distill_then_int_fine_tunes_with_the_teacher(lenet5, digits28, tmp_path, monkeypatch):
+    """A plan that distils fine-tunes quantization-aware with the KD loss (ctx.finetune), and still decodes exactly."""
+    from complab.methods import finetune
+
+    losses = []
+    real_kd = finetune.kd_loss
+    monkeypatch.setattr(finetune, "kd_loss", lambda *a, **k: losses.append(1) or real_kd(*a, **k))
+    recipe = {"schema_version": 1, "name": "kd-int", "seed": 0, "eval_split": "test", "steps": [
+        {"type": "distill", "epochs": 0, "temperature": 2.0, "alpha": 0.5},
+        {"type": "int", "bits": {"_default": 3}, "rounding": "gptq", "calibration_images": 64,
+         "activation_bits": 8, "finetune_epochs": 1, "lr": 0.0001}]}
+    result = run_recipe(lenet5, recipe, digits28, tmp_path)
+    assert losses  # the quantization-aware epoch distilled
+    metrics = result.metrics
+    assert metrics["steps"]["int"]["finetune_epochs"] == 1
+    assert metrics["after"]["accuracy"] == metrics["after"]["in_memory_accuracy"]
+    for layer in lenet5.prunable_layers():
+        structure = result.handle.int_weights[f"{layer}.weight"]
+        assert int(structure.levels.abs().max()) <= 3
+        assert torch.equal(result.handle.model.get_submodule(layer).weight, structure.weight())
+    assert metrics["accuracy_drop"] < 0.02
+
+
 def test_detector_w8a8_fuses_quantizes_and_decodes_to_the_measured_model(tmp_path):
     """A detector plan needs no fold_bn step: the int step fuses as fold_bn does (the file records `fused`)."""
     from complab.data.detection import load_detection_data

@@ -222,15 +222,15 @@ def gptq_levels(weight: torch.Tensor, H: torch.Tensor, scales: torch.Tensor, bit
     rows, cols = W.shape
     keep_mask = (torch.ones_like(W, dtype=torch.bool) if keep is None else keep.reshape(rows, cols).bool())
     W = W * keep_mask
-    H = H.double().clone()
+    H = H.double().to(W.device).clone()
     dead = torch.diagonal(H) == 0
     H[dead, dead] = 1.0
-    perm = torch.argsort(torch.diagonal(H), descending=True) if act_order else torch.arange(cols)
+    perm = torch.argsort(torch.diagonal(H), descending=True) if act_order else torch.arange(cols, device=W.device)
     W, keep_mask, H = W[:, perm], keep_mask[:, perm], H[perm][:, perm]
-    s = scales.double().reshape(-1, 1).expand(rows, 1)
+    s = scales.double().to(W.device).reshape(-1, 1).expand(rows, 1)
     mean_diag = float(torch.diagonal(H).mean())
     for attempt in range(6):  # an ill-conditioned H (few images, dead inputs) gets more dampening
-        damped = H + (damp * 10 ** attempt) * mean_diag * torch.eye(cols, dtype=H.dtype)
+        damped = H + (damp * 10 ** attempt) * mean_diag * torch.eye(cols, dtype=H.dtype, device=H.device)
         factor, info = torch.linalg.cholesky_ex(damped)
         if int(info) == 0:
             inverse = torch.cholesky_inverse(factor)
@@ -262,8 +262,8 @@ def output_error(weight: torch.Tensor, quantized: torch.Tensor, H: torch.Tensor)
     """The layer's output error on its calibration inputs relative to its output: tr(D H D^T) / tr(W H W^T),
     D = quantized - weight (H = sum x x^T, undamped)."""
     W = weight.detach().reshape(weight.shape[0], -1).double()
-    D = quantized.detach().reshape(W.shape).double() - W
-    H = H.double()
+    D = quantized.detach().reshape(W.shape).double().to(W.device) - W
+    H = H.double().to(W.device)
     total = float(((W @ H) * W).sum())
     return float(((D @ H) * D).sum()) / total if total > 0 else 0.0
 
@@ -381,7 +381,7 @@ def fold_batch_norms(model: nn.Module, convs: set[str], check: torch.Tensor | No
 def _outputs(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
     """The model's output tensors on `images` (a detector returns a tuple of them)."""
     model.eval()
-    out = model(images)
+    out = model(images.to(next((p.device for p in model.parameters()), torch.device("cpu"))))
     stack = [out]
     tensors = []
     while stack:

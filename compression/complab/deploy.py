@@ -37,15 +37,14 @@ import torch
 
 from complab.errors import CompressionLabError
 from complab.export import onnx_bytes
+from complab.metrics import int8_isa
 from complab.models import actquant
+
+__all__ = ["int8_isa", "is_int8", "onnx_model_bytes", "ort_available", "ort_latency_pair", "ort_metrics"]
 
 ORT_MISSING = "onnxruntime is not installed: pip install onnxruntime"
 QUANTIZED_OPS = ("Conv", "Gemm")
 OUTPUT_QUANTIZED_OPS = ("Conv", "Gemm", "Add", "GlobalAveragePool", "AveragePool")
-CPU_FLAGS = Path("/proc/cpuinfo")
-# the int8 instruction sets in the order ORT's MLAS prefers them: (cpuinfo flag, name)
-ISA_FLAGS = (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"),
-             ("avx512bw", "AVX512BW"), ("avx2", "AVX2"), ("asimddp", "NEON-DOTPROD"), ("asimd", "NEON"))
 
 
 def ort_available() -> bool:
@@ -55,25 +54,6 @@ def ort_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def int8_isa(cpuinfo: str | None = None) -> str:
-    """The CPU's best int8 instruction set in words (e.g. "AVX512-VNNI"), from /proc/cpuinfo's flags; "unknown"
-    where there is no /proc/cpuinfo (not Linux)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = CPU_FLAGS.read_text(errors="replace")
-        except OSError:
-            return "unknown"
-    flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags.update(value.split())
-    for flag, name in ISA_FLAGS:
-        if flag in flags:
-            return name
-    return "none (no int8 dot-product instructions)"
 
 
 # ----------------------------------------------------------------------------------------------------- export

@@ -21,8 +21,9 @@ from complab.models.tasks import read_compact
 from complab.plan import Plan
 from complab.storage.int_section import IntWeights
 
-ROOT = Path(__file__).resolve().parents[1]
-QUICK = ROOT / "assets" / "recipes" / "quick.json"
+# pruning without fine-tuning: the cheapest plan that makes a compressed file (these tests time runtimes, not methods)
+PRUNE = {"schema_version": 1, "name": "prune", "seed": 0, "eval_split": "test",
+         "steps": [{"type": "prune", "sparsity": {"_default": 0.5}, "iterations": 1, "finetune_epochs": 0}]}
 
 
 def _int_file(tmp_path, demo: str, bits: int = 8, activations: bool = True) -> tuple[Path, object]:
@@ -83,7 +84,7 @@ def test_int8_isa_names_the_best_int8_instruction_set():
     assert metrics.machine()["int8_isa"] == metrics.int8_isa()
 
 
-@pytest.mark.parametrize("demo", ["lenet5", "vgg_small"])
+@pytest.mark.parametrize("demo", ["lenet5", pytest.param("vgg_small", marks=pytest.mark.slow)])  # BN folded: slow
 def test_an_int8_model_exports_as_qdq_integers_that_ort_runs_and_agrees_with(tmp_path, demo):
     path, data = _int_file(tmp_path, demo)
     decoded = read_compact(path)
@@ -174,7 +175,7 @@ def test_ort_latency_pair_alternates_and_bounds_its_rounds():
 def test_a_run_records_ort_latency_of_both_models_paired(tmp_path):
     handle = load_model("demo:lenet300")
     data = load_data("digits")
-    result = pipeline.compress(handle, Plan.from_file(QUICK), data, tmp_path / "run")
+    result = pipeline.compress(handle, Plan.from_dict(PRUNE), data, tmp_path / "run")
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert written == result.metrics
     assert written["before"]["ort_latency_ms"] > 0 and written["after"]["ort_latency_ms"] > 0
@@ -187,7 +188,7 @@ def test_a_run_records_ort_latency_of_both_models_paired(tmp_path):
 def test_without_onnxruntime_runs_still_work_and_say_why(tmp_path, monkeypatch):
     monkeypatch.setattr(deploy, "ort_available", lambda: False)
     handle = load_model("demo:lenet300")
-    result = pipeline.compress(handle, Plan.from_file(QUICK), load_data("digits"), tmp_path / "run")
+    result = pipeline.compress(handle, Plan.from_dict(PRUNE), load_data("digits"), tmp_path / "run")
     assert result.metrics["ort"]["error"] == deploy.ORT_MISSING == \
         "onnxruntime is not installed: pip install onnxruntime"
     assert "ort_latency_ms" not in result.metrics["before"] and "ort_latency_ms" not in result.metrics["after"]
@@ -197,7 +198,7 @@ def test_without_onnxruntime_runs_still_work_and_say_why(tmp_path, monkeypatch):
 
 
 def test_no_latency_no_ort_block(tmp_path):
-    result = pipeline.compress(load_model("demo:lenet300"), Plan.from_file(QUICK), load_data("digits"), tmp_path / "r",
+    result = pipeline.compress(load_model("demo:lenet300"), Plan.from_dict(PRUNE), load_data("digits"), tmp_path / "r",
                                latency=False)
     assert "ort" not in result.metrics and "ort_latency_ms" not in result.metrics["after"]
 

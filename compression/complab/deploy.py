@@ -44,7 +44,6 @@ __all__ = ["int8_isa", "is_int8", "onnx_model_bytes", "ort_available", "ort_late
 
 ORT_MISSING = "onnxruntime is not installed: pip install onnxruntime"
 QUANTIZED_OPS = ("Conv", "Gemm")
-OUTPUT_QUANTIZED_OPS = ("Conv", "Gemm", "Add", "GlobalAveragePool", "AveragePool")
 
 
 def ort_available() -> bool:
@@ -104,7 +103,7 @@ class _QDQ:
             if node.op_type == "Constant" and node.attribute:
                 self.consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
         self.counter = 0
-        self.weights_done = 0
+        self.int_nodes: set[str] = set()  # the outputs of the Conv/Gemm nodes whose weights are our int8 levels
 
     # -- helpers
     def value(self, name: str) -> np.ndarray | None:
@@ -181,7 +180,7 @@ class _QDQ:
                         new_nodes.append(helper.make_node("DequantizeLinear", [q, s, z], [out],
                                                           name=self.fresh("DequantizeLinear"), **attrs))
                         node.input[1] = out
-                        self.weights_done += 1
+                        self.int_nodes.add(node.output[0])  # (nodes are copied when the list is rebuilt)
             new_nodes.append(node)
         self._replace_nodes(new_nodes)
 
@@ -208,31 +207,47 @@ class _QDQ:
                {n.output[0] for n in self.graph.node if n.op_type == "DequantizeLinear"}
 
     def output_targets(self) -> list[str]:
-        """Float tensors to quantize: outputs of convolutions, Gemms, Adds and average pools (after a ReLU that alone
-        reads them), and Add inputs, not yet quantized and not graph outputs."""
+        """Float tensors to quantize: outputs of int convolutions and Gemms (after a ReLU that alone reads them) and
+        of the Adds, average pools and SiLUs (x * sigmoid(x)) that read only such integer-path tensors, not yet
+        quantized and not graph outputs. Arithmetic outside the integer path (a detector head's box decoding) stays
+        float: quantizing pixel coordinates to 256 steps would move boxes."""
         import onnx
 
         consumers = self.consumers()
+        producers = self.producers()
         outputs = {o.name for o in self.graph.output}
         done = self.quantized_tensors()
         inferred = onnx.shape_inference.infer_shapes(self.proto).graph  # only float tensors (not shape arithmetic)
         floats = {v.name for v in list(inferred.value_info) + list(inferred.input)
                   if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+        path: set[str] = set()  # tensors on the integer path (quantized, or to be)
         targets: list[str] = []
-        for node in self.graph.node:
-            names = []
-            if node.op_type in OUTPUT_QUANTIZED_OPS:
-                tensor = node.output[0]
-                readers = consumers.get(tensor, [])
-                if len(readers) == 1 and readers[0].op_type == "Relu":
-                    tensor = readers[0].output[0]
-                names.append(tensor)
-            if node.op_type == "Add":
-                names.extend(node.input)
-            for name in names:
-                if name in outputs or name in done or name in targets or name not in floats:
-                    continue
-                targets.append(name)
+
+        def target(tensor: str) -> None:
+            readers = consumers.get(tensor, [])
+            if len(readers) == 1 and readers[0].op_type == "Relu":
+                tensor = readers[0].output[0]
+            path.add(tensor)
+            if tensor not in outputs and tensor not in done and tensor not in targets and tensor in floats:
+                targets.append(tensor)
+
+        for node in self.graph.node:  # graph order is topological
+            float_inputs = [name for name in node.input if name in floats]
+            on_path = bool(float_inputs) and all(name in path or name in done for name in float_inputs)
+            if node.op_type == "DequantizeLinear" or (node.op_type in ("Relu", "MaxPool", "Flatten") and on_path):
+                path.update(node.output)
+            elif node.output[0] in self.int_nodes:
+                target(node.output[0])
+            elif node.op_type in ("Add", "GlobalAveragePool", "AveragePool") and on_path:
+                target(node.output[0])
+            elif node.op_type == "Mul" and on_path and len(node.input) == 2:
+                sigmoids = [p for p in (producers.get(name) for name in node.input)
+                            if p is not None and p.op_type == "Sigmoid" and p.input[0] in node.input]
+                if sigmoids:  # SiLU: x * sigmoid(x)
+                    target(sigmoids[0].output[0])
+                    target(node.output[0])
+            elif node.op_type == "Sigmoid" and on_path:
+                path.update(node.output)
         return targets
 
     def quantize_outputs(self, calibration: list[torch.Tensor]) -> None:

@@ -18,8 +18,9 @@ A weight-only int model (no activation table) exports float weights: ORT has no 
 activation times an int8 weight, and DequantizeLinear on the weights would run on every inference.
 
 `ort_latency_pair` times two ONNX models in ONNX Runtime on the CPU, alternating, batch 1, fixed threads;
-`int8_isa` names the CPU's int8 instruction set from /proc/cpuinfo (ORT's MLAS picks its int8 GEMM kernels by
-cpuid: AMX, AVX512-VNNI, AVX-VNNI, AVX512BW or AVX2, in that order of preference).
+`int8_isa` (metrics.int8_isa, on the ground floor so machine() can name it) names the CPU's int8 instruction set
+from /proc/cpuinfo (ORT's MLAS picks its int8 GEMM kernels by cpuid: AMX, AVX512-VNNI, AVX-VNNI, AVX512BW or AVX2,
+in that order of preference).
 onnxruntime is optional at import: `ort_available()` says whether it is installed, and without it no ORT figure
 is measured (ORT_MISSING says why).
 """

@@ -340,3 +340,29 @@ def test_the_waterfall_counts_int_sections_as_levels_and_scales():
     assert steps["codebooks"] == 4 * 64
     assert steps["levels"] == row["bytes_positions"] + row["bytes_indices"] - 4 * weight.numel()
     assert 0 < steps["sections"] < 100  # only the section's own header, not its levels
+
+
+def test_the_fuzz_family_reaches_the_int_decoder_and_its_unsafe_check_fires(tmp_path, monkeypatch):
+    """benchmarks/fuzz_campaign.py's int family: the unmutated base decodes into a handle with every int layer and
+    hook, mutated cases end in one-line errors or valid models, and a planted broken structure is an unsafe accept."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import fuzz_campaign as fc
+
+    monkeypatch.setattr(fc, "WORK", tmp_path)
+    fc._STATE["int"] = fc._int_setup()
+    meta, state, structures, handle = fc.door_int(fc._STATE["int"]["bases"][0])
+    assert set(handle.int_weights) == set(structures) == {"conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"}
+    assert len(actquant.table_of(handle.model)) == 4 and fc._int_unsafe(state, structures, handle) is None
+    outcomes = [fc.run_int(index, 11, str(tmp_path)) for index in range(120)]
+    assert {outcome for outcome, _, _ in outcomes} <= {"ok", "error"}, [d for o, d, _ in outcomes if o not in
+                                                                         ("ok", "error")][:3]
+    assert sum(outcome == "error" for outcome, _, _ in outcomes) > 60
+    broken = dict(structures)
+    levels = broken["fc2.weight"].levels.clone()
+    levels[0, 0] = 0 if levels[0, 0] else 1  # still 2 bits, no longer what the tensor holds
+    broken["fc2.weight"] = IntWeights(levels, broken["fc2.weight"].scales, 2)
+    assert "not its levels times its scales" in fc._int_unsafe(state, broken, None)
+    actquant.install(handle.model, {"conv1": (float("nan"), 3)})
+    assert "activation hook" in fc._int_unsafe(state, structures, handle)

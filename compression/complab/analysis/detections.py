@@ -4,8 +4,8 @@
 model's size, NMS, boxes scaled back to the image). `compare` matches the original's boxes to the
 compressed model's (same class, IoU >= 0.5, greedy by confidence): an original box with no match
 "vanished", a compressed box with no match "appeared". `draw` puts the boxes on the image with PIL's
-built-in font (nothing is downloaded). `latency_pair` times both detectors on this CPU the same way;
-`channels_removed` reads what a run's channels step took out.
+built-in font (nothing is downloaded). `latency_pair` times both detectors on this CPU the same way in PyTorch,
+`ort_latency_pair` in ONNX Runtime; `channels_removed` reads what a run's channels step took out.
 """
 
 from __future__ import annotations
@@ -137,6 +137,35 @@ def latency_pair(original: nn.Module, compressed: nn.Module, imgsz: int,
     """CPU milliseconds of one image (batch 1, imgsz x imgsz) through each detector, their passes interleaved."""
     original_ms, compressed_ms = cpu_latencies_ms([original, compressed], (3, imgsz, imgsz), threads=threads)
     return {"original_ms": original_ms, "compressed_ms": compressed_ms, "threads": threads}
+
+
+ORT_THREADS = 2  # ONNX Runtime's intra-op threads: the setting every run's metrics use (complab/deploy.py)
+
+
+def ort_latency_pair(original, compressed, imgsz: int, threads: int = ORT_THREADS) -> dict:
+    """ONNX Runtime milliseconds of one image (batch 1, imgsz x imgsz) through each detector (model handles: the
+    original exported in float32, the compressed one as QDQ integers where it holds integer weights), their runs
+    paired and alternating (complab.deploy.ort_latency_pair): {"original_ms", "compressed_ms", "version",
+    "threads", "isa", "int8", "error": None}; where ONNX Runtime cannot run them, {"error": why, in one line}."""
+    from complab.errors import CompressionLabError
+
+    try:
+        from complab import deploy
+    except ImportError:  # an installation without the deployment module
+        return {"error": "this installation has no ONNX Runtime export (complab.deploy)"}
+    if not deploy.ort_available():
+        return {"error": "onnxruntime is not installed: pip install onnxruntime to measure it"}
+    try:
+        original_bytes = deploy.onnx_model_bytes(original, int8=False)
+        compressed_bytes = deploy.onnx_model_bytes(compressed, int8=True)
+        original_ms, compressed_ms, info = deploy.ort_latency_pair(original_bytes, compressed_bytes, (3, imgsz, imgsz),
+                                                                   threads=threads)
+    except CompressionLabError as exc:  # a model the exporter or the runtime refuses: said in one line
+        return {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+    info = info if isinstance(info, dict) else {}
+    return {"version": info.get("version"), "threads": info.get("threads", threads), "isa": info.get("isa"),
+            "int8": bool(info.get("int8")), "provider": info.get("provider"), "error": None,
+            "original_ms": float(original_ms), "compressed_ms": float(compressed_ms)}
 
 
 def channels_removed(metrics: dict) -> dict | None:

@@ -219,6 +219,10 @@ def test_detections_page_measures_latency_when_the_run_did_not(detector_home, mo
     labels = {m.label: m.value for m in at.metric}
     assert labels["PyTorch latency original"].endswith(" ms") and labels["PyTorch latency compressed"].endswith(" ms")
     assert any("measured here with 1 torch thread" in c.value for c in at.caption)
+    # and in ONNX Runtime, the runtime a detector ships in: both exported, timed paired (complab.deploy)
+    assert labels["ONNX Runtime original"].endswith(" ms") and labels["ONNX Runtime compressed"].endswith(" ms")
+    assert any(c.value.startswith("ONNX Runtime 1.") and "2 threads" in c.value and "measured here" in c.value
+               for c in at.caption)
     at.slider(key="det_conf").set_value(0.5).run()  # the measurement stays on the page
     assert "PyTorch latency compressed" in {m.label for m in at.metric}
 

@@ -142,30 +142,24 @@ def latency_pair(original: nn.Module, compressed: nn.Module, imgsz: int,
 ORT_THREADS = 2  # ONNX Runtime's intra-op threads: the setting every run's metrics use (complab/deploy.py)
 
 
-def ort_latency_pair(original, compressed, imgsz: int, threads: int = ORT_THREADS) -> dict:
-    """ONNX Runtime milliseconds of one image (batch 1, imgsz x imgsz) through each detector (model handles: the
-    original exported in float32, the compressed one as QDQ integers where it holds integer weights), their runs
-    paired and alternating (complab.deploy.ort_latency_pair): {"original_ms", "compressed_ms", "version",
-    "threads", "isa", "int8", "error": None}; where ONNX Runtime cannot run them, {"error": why, in one line}."""
-    from complab.errors import CompressionLabError
+def ort_latency_pair(original, compressed, data=None, threads: int = ORT_THREADS) -> dict:
+    """ONNX Runtime milliseconds of one image (batch 1 at the detector's size) through each detector (model
+    handles: the original exported in float32, the compressed one as QDQ integers where it is an int8 model,
+    calibrated on `data`'s training images), their runs paired and alternating (complab.deploy.ort_metrics, as a
+    run measures them): {"original_ms", "compressed_ms", "version", "threads", "isa", "provider", "int8",
+    "error": None}; where ONNX Runtime cannot run them, the same with "error": why, in one line (never raises)."""
+    from complab import deploy
+    from complab.pipeline import calibration_batches
 
-    try:
-        from complab import deploy
-    except ImportError:  # an installation without the deployment module
-        return {"error": "this installation has no ONNX Runtime export (complab.deploy)"}
-    if not deploy.ort_available():
-        return {"error": "onnxruntime is not installed: pip install onnxruntime to measure it"}
-    try:
-        original_bytes = deploy.onnx_model_bytes(original, int8=False)
-        compressed_bytes = deploy.onnx_model_bytes(compressed, int8=True)
-        original_ms, compressed_ms, info = deploy.ort_latency_pair(original_bytes, compressed_bytes, (3, imgsz, imgsz),
-                                                                   threads=threads)
-    except CompressionLabError as exc:  # a model the exporter or the runtime refuses: said in one line
-        return {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
-    info = info if isinstance(info, dict) else {}
-    return {"version": info.get("version"), "threads": info.get("threads", threads), "isa": info.get("isa"),
-            "int8": bool(info.get("int8")), "provider": info.get("provider"), "error": None,
-            "original_ms": float(original_ms), "compressed_ms": float(compressed_ms)}
+    calibration = None
+    if data is not None and deploy.is_int8(compressed):
+        try:
+            calibration = calibration_batches(compressed, data)
+        except Exception:  # noqa: BLE001 - without calibration the export quantizes fewer tensors, still valid
+            calibration = None
+    original_ms, compressed_ms, info = deploy.ort_metrics(original, compressed, tuple(original.input_shape),
+                                                          calibration=calibration, threads=threads)
+    return {**info, "original_ms": original_ms, "compressed_ms": compressed_ms}
 
 
 def channels_removed(metrics: dict) -> dict | None:

@@ -407,10 +407,10 @@ def detector_latency(run_id: str, key: str) -> dict:
     the CPU's int8 instruction set, or the one-line "error" why it could not run them)."""
     from complab.analysis.detections import latency_pair, ort_latency_pair
 
-    handle, _ = _load(key)
+    handle, data = _load(key)
     compressed = decoded_run(run_id)
     return {**latency_pair(handle.model, compressed.model, handle.imgsz),
-            "ort": ort_latency_pair(handle, compressed, handle.imgsz)}
+            "ort": ort_latency_pair(handle, compressed, data)}
 
 
 @st.cache_data(max_entries=8, show_spinner="Exporting...")

@@ -1,9 +1,9 @@
 """Compare page: the active model's runs (another model's on request), opened on its best run on the
 accuracy-vs-bytes front (complab.analysis.pareto.best_run, said why); Pareto fronts (accuracy vs bytes, FLOPs,
-latency) with each sweep as one line that fills in live while its members run (and can be cancelled), the run
-table, where the bytes went, histograms, downloads (the self-contained HTML report among them, of the run shown).
-In presentation mode (?present=1, optionally &run=ID): that run's headline numbers, two fronts with the run
-ringed and its waterfall, large, with no widgets."""
+PyTorch and ONNX Runtime latency; int runs by their bits) with each sweep as one line that fills in live while its
+members run (and can be cancelled), the run table (both latencies), where the bytes went, histograms, downloads
+(the self-contained HTML report among them, of the run shown). In presentation mode (?present=1, optionally
+&run=ID): that run's headline numbers, two fronts with the run ringed and its waterfall, large, with no widgets."""
 
 import datetime as dt
 import json
@@ -134,14 +134,22 @@ def fronts(runs: list[dict], sweeps: list[dict], shown_run: str | None) -> None:
     if rows.empty:
         st.info("No member of the sweep has finished yet: its curve appears here as they do.")
         return
-    tabs = st.tabs(["Accuracy vs bytes", "Accuracy vs FLOPs", "Accuracy vs CPU latency"])
+    tabs = st.tabs(["Accuracy vs bytes", "Accuracy vs FLOPs", "Accuracy vs PyTorch latency",
+                    "Accuracy vs ONNX Runtime latency"])
     tabs[0].plotly_chart(compare.pareto(rows, "compressed_bytes", "compressed bytes (file on disk)", shown_run,
                                         shown), key="pareto_bytes")
     tabs[1].plotly_chart(compare.pareto(rows, "sparse_flops", "FLOPs (zero weights skipped)", shown_run, shown),
                          key="pareto_flops")
-    tabs[2].plotly_chart(compare.pareto(rows, "latency_ms", "CPU latency, batch 1 (ms, dense kernels)", shown_run,
-                                        shown), key="pareto_latency")
-    st.caption("Each method family (prune+cluster, vq quantizers, channels) is its own series, its thin line that "
+    tabs[2].plotly_chart(compare.pareto(rows, "latency_ms", "PyTorch CPU latency, batch 1 (ms, eager, dense kernels)",
+                                        shown_run, shown), key="pareto_latency")
+    tabs[3].plotly_chart(compare.pareto(rows, "ort_latency_ms", "ONNX Runtime CPU latency, batch 1 (ms)", shown_run,
+                                        shown), key="pareto_ort_latency")
+    settings = sorted({setting for setting in rows.get("ort_setting", []) if isinstance(setting, str)})
+    if settings:
+        tabs[3].caption("Measured in " + "; ".join(plain_markdown(setting) for setting in settings) + " (batch 1, "
+                        "median of passes alternating between the original and the compressed model).")
+    st.caption("Each method family (prune+cluster, vq quantizers, channels, int by its bits) is its own series, "
+               "its thin line that "
                "family's own front. Dimmed points are dominated (another run is both smaller and at least as "
                "accurate); the dashed line joins the overall Pareto front; a sweep is one line through its "
                "finished runs; the ringed point is the run chosen above. Accuracy is measured on the model decoded "
@@ -165,8 +173,12 @@ if error is not None:  # how far to trust the plan page's predicted accuracy, le
                "The Plan page refits its fine-tuning calibration on this model's runs once it has three.")
 
 st.subheader("Headline")
-present.headline_metrics(next(run["metrics"] for run in runs if run["id"] == run_id))
 run_metrics = next(run["metrics"] for run in runs if run["id"] == run_id)
+present.headline_metrics(run_metrics)
+latency_lines, latency_caption = compare.latency_lines(run_metrics)
+st.markdown("  \n".join(latency_lines))
+if latency_caption:
+    st.caption(latency_caption)
 try:  # only the compact file (our own parser) and the checked metrics: nothing in the folder names a model to load
     decoded = decoded_run(run_id)
     rows = report.file_rows(engine.run_dir(run_id, root=home()))

@@ -1,17 +1,19 @@
-"""Detections page: the original and a compressed detector on the same image, what vanished and what appeared.
+"""Detections page: the original and a compressed detector on the same image, what vanished and what appeared;
+both detectors' CPU latency in PyTorch and in ONNX Runtime (the run's, or measured here on request).
 In presentation mode (?present=1&run=ID&image=N): the numbers and the two images side by side, large."""
 
 import io
 
 import streamlit as st
 from complab import engine, sources
-from complab.analysis import detections
+from complab.analysis import detections, latency
 from complab.errors import CompressionLabError
 from complab.models.tasks import finds_boxes
 from complab.ui import present
 from complab.ui.links import link_image_index
 from complab.ui.navigation import page_setup
-from complab.ui.numbers import map_help
+from complab.ui.numbers import map_help, ms, speed
+from complab.ui.report import plain_markdown
 from complab.ui.state import active_spec, decoded_run, detector_latency, home, load_active, spec_key
 from PIL import Image, UnidentifiedImageError
 
@@ -67,29 +69,58 @@ if removed:
     st.markdown(f"**Channels removed**: {removed['kept']:,} of {removed['channels']:,} channels kept "
                 f"({removed['kept'] / removed['channels']:.0%}) in the {removed['groups']} convolution groups it pruned"
                 f"{params}.")
-cols = st.columns(3)
-if before.get("latency_ms") and after.get("latency_ms"):
-    latency = {"original_ms": before["latency_ms"], "compressed_ms": after["latency_ms"], "threads": None}
-elif st.session_state.get(f"det_latency::{run['id']}"):  # asked for once: the measurement is cached per run
-    latency = detector_latency(run["id"], spec_key(spec))
-elif presenting:  # no button on a projector: the run's own measurement or nothing
-    latency = None
+recorded = latency.figures(metrics)  # what the run measured: PyTorch eager and ONNX Runtime (older runs: PyTorch)
+run_torch = bool(recorded["torch_before"] and recorded["torch_after"])
+run_ort = recorded["reason"] is None
+measured = None
+if not (run_torch and run_ort) and st.session_state.get(f"det_latency::{run['id']}"):  # asked for: cached per run
+    measured = detector_latency(run["id"], spec_key(spec))
+torch_pair = ({"original_ms": recorded["torch_before"], "compressed_ms": recorded["torch_after"], "threads": None}
+              if run_torch else measured)
+ort_measured = (measured or {}).get("ort") or {}
+if run_ort:
+    ort_pair = {"original_ms": recorded["ort_before"], "compressed_ms": recorded["ort_after"],
+                "setting": latency.ort_setting(recorded["ort"]), "where": "measured by the run"}
+elif ort_measured.get("error") is None and ort_measured.get("compressed_ms"):
+    ort_pair = {**ort_measured, "setting": latency.ort_setting(latency.ort_info({"ort": ort_measured})),
+                "where": "measured here"}
 else:
-    latency = None
+    ort_pair = None
+ort_reason = None if ort_pair else (f"no ONNX Runtime latency: {ort_measured['error']}" if ort_measured.get("error")
+                                    else recorded["reason"])
+
+
+def latency_row(label: str, pair: dict, note: str) -> None:
+    """One runtime's two latencies (original, compressed with the speed-up in words) and how they were measured."""
+    cols = st.columns(3)
+    ratio = pair["original_ms"] / max(1e-9, pair["compressed_ms"])
+    cols[0].metric(f"{label} original", ms(pair["original_ms"]))
+    cols[1].metric(f"{label} compressed", ms(pair["compressed_ms"]), speed(ratio), delta_color="off",
+                   delta_arrow="off")
+    cols[2].caption(note)
+
+
+if torch_pair:
+    where = ("measured by the run" if torch_pair["threads"] is None
+             else f"measured here with {torch_pair['threads']} torch thread")
+    latency_row("PyTorch latency", torch_pair,
+                f"PyTorch eager: median of 30 forward passes, batch 1 at {handle.imgsz} px, {where}. Removed channels "
+                "(and batch norm folded into the convolutions) make the compressed detector faster; pruned and "
+                "shared weights alone do not.")
+if ort_pair:
+    latency_row("ONNX Runtime", ort_pair,
+                f"{plain_markdown(ort_pair['setting'])}: median, batch 1 at {handle.imgsz} px, the two models' runs "
+                f"alternating, {ort_pair['where']}. The runtime a detector is deployed with; integer weights run on "
+                "its int8 kernels.")
+if not (torch_pair and ort_pair) and not presenting and measured is None:  # no button on a projector
+    cols = st.columns(3)
     cols[0].button("Measure CPU latency here", key="det_measure_latency", on_click=st.session_state.__setitem__,
                    args=(f"det_latency::{run['id']}", True))
-    cols[1].caption("This run did not measure CPU latency: time both detectors on this machine, batch 1, one "
-                    "torch thread, their passes interleaved (a few seconds).")
-if latency:
-    speedup = latency["original_ms"] / max(1e-9, latency["compressed_ms"])
-    cols[0].metric("CPU latency original", f"{latency['original_ms']:.1f} ms")
-    cols[1].metric("CPU latency compressed", f"{latency['compressed_ms']:.1f} ms",
-                   f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower", delta_color="off")
-    where = ("measured by the run" if latency["threads"] is None
-             else f"measured here with {latency['threads']} torch thread")
-    cols[2].caption(f"Median of 30 forward passes, batch 1 at {handle.imgsz} px, {where}. Removed channels (and "
-                    "batch norm folded into the convolutions) make the compressed detector faster; pruned and "
-                    "shared weights alone do not.")
+    cols[1].caption("This run did not measure " + ("its ONNX Runtime latency" if torch_pair else "CPU latency")
+                    + ": time both detectors on this machine, batch 1, in PyTorch (one torch thread) and ONNX "
+                    "Runtime, their passes interleaved (a few seconds).")
+if ort_reason and (torch_pair or measured is not None):
+    st.caption(plain_markdown(ort_reason) + ".")
 try:
     compressed = decoded_run(run["id"])
 except CompressionLabError as exc:

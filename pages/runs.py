@@ -1,5 +1,6 @@
-"""Runs page: the engine's queue with live progress, stage, elapsed time, the change from the original, full log
-lines, cancel and re-run; the members of a sweep grouped under their sweep (complab/ui/runs.py words it)."""
+"""Runs page: the engine's queue with live progress, stage, elapsed time, the change from the original (and the ONNX
+Runtime latency before -> after), full log lines, cancel and re-run; the members of a sweep grouped under their
+sweep (complab/ui/runs.py words it)."""
 
 import time
 
@@ -11,7 +12,7 @@ from complab.models.tasks import finds_boxes
 from complab.ui.figures import ga_figure
 from complab.ui.navigation import page_setup
 from complab.ui.report import plain_markdown
-from complab.ui.runs import change_from_original, grouped, sweep_heading
+from complab.ui.runs import change_from_original, grouped, latency_help, latency_summary, sweep_heading
 from complab.ui.state import home
 
 page_setup()
@@ -73,7 +74,12 @@ def draw_run(run: dict, where: str) -> None:
                 noise = f" ({change['noise']})" if change["noise"] else ""
                 lines.append(f"{change['text']} · :{change['colour']}[{change['change']}{noise}]")
             lines.append(f"{metrics['after']['compressed_bytes']:,} B · {metrics['compression_ratio']:.1f}x")
-            cols[1].markdown("  \n".join(lines), help=change["interval"] if change and change["interval"] else None)
+            runtime = latency_summary(metrics)
+            if runtime:  # the deployment runtime's latency before -> after, or why it has none (text escaped)
+                lines.append(plain_markdown(runtime))
+            timing = latency_help(metrics)
+            helps = [text for text in ((change or {}).get("interval"), timing and plain_markdown(timing)) if text]
+            cols[1].markdown("  \n".join(lines), help="  \n".join(helps) or None)
         elif run["state"] == "failed":
             cols[1].markdown(f":red[{plain_markdown((run.get('error') or 'failed')[:120])}]")
         if run["state"] not in FINAL:

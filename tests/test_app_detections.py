@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+from complab.ui.numbers import ms
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,8 +197,8 @@ def test_plan_page_prunes_detector_channels_by_yolo_block(detector_home, monkeyp
     assert "16 of 32 channels kept" in said
     assert f"{metrics['before']['params']:,} -> {metrics['after']['params']:,}" in said
     labels = {m.label: m.value for m in at.metric}
-    assert labels["CPU latency original"] == f"{metrics['before']['latency_ms']:.1f} ms"
-    assert labels["CPU latency compressed"] == f"{metrics['after']['latency_ms']:.1f} ms"
+    assert labels["PyTorch latency original"] == ms(metrics["before"]["latency_ms"])
+    assert labels["PyTorch latency compressed"] == ms(metrics["after"]["latency_ms"])
 
 
 def choose_run(at, run_id: str) -> None:
@@ -211,15 +212,19 @@ def test_detections_page_measures_latency_when_the_run_did_not(detector_home, mo
     at.radio(key="model_source").set_value("Demo detector (YOLO)").run()
     at.switch_page("pages/detections.py").run()
     choose_run(at, run_id)
-    assert "CPU latency original" not in {m.label for m in at.metric}
+    assert not {"PyTorch latency original", "ONNX Runtime original"} & {m.label for m in at.metric}
     assert not any("Channels removed" in m.value for m in at.markdown)  # a prune + cluster run removes none
     at.button(key="det_measure_latency").click().run()
     assert not at.exception, [e.value for e in at.exception]
     labels = {m.label: m.value for m in at.metric}
-    assert labels["CPU latency original"].endswith(" ms") and labels["CPU latency compressed"].endswith(" ms")
+    assert labels["PyTorch latency original"].endswith(" ms") and labels["PyTorch latency compressed"].endswith(" ms")
     assert any("measured here with 1 torch thread" in c.value for c in at.caption)
+    # and in ONNX Runtime, the runtime a detector ships in: both exported, timed paired (complab.deploy)
+    assert labels["ONNX Runtime original"].endswith(" ms") and labels["ONNX Runtime compressed"].endswith(" ms")
+    assert any(c.value.startswith("ONNX Runtime 1.") and "2 threads" in c.value and "measured here" in c.value
+               for c in at.caption)
     at.slider(key="det_conf").set_value(0.5).run()  # the measurement stays on the page
-    assert "CPU latency compressed" in {m.label for m in at.metric}
+    assert "PyTorch latency compressed" in {m.label for m in at.metric}
 
 
 def test_a_detector_recipe_moves_the_channel_sliders():

@@ -183,7 +183,8 @@ def test_headline_metrics_use_the_formatter(runs_home, monkeypatch):
     assert flops.delta.startswith("-") and flops.proto.color == green  # fewer FLOPs is better: green
     assert metrics["Compact file"].delta.startswith("-") and metrics["Compact file"].proto.color == green
     assert metrics["top-1 after"].value == f"{100 * good['accuracy']:.1f}%"
-    assert "CPU latency" not in metrics  # these runs did not measure latency: no box claims a speed
+    # these runs did not measure latency: no box claims a speed
+    assert not {"PyTorch latency", "ONNX Runtime latency"} & set(metrics)
 
 
 def test_the_presentation_toggle_works_on_the_lesson_page(tmp_path, monkeypatch):
@@ -253,13 +254,13 @@ def measured(latency_after: float, images: int | None = None, after_accuracy: fl
 def test_headline_says_same_speed_colours_the_right_way_and_gives_the_interval():
     boxes, text = headline_boxes(measured(latency_after=0.45))  # 2% slower: noise
     green, grey = MetricProto.MetricColor.GREEN, MetricProto.MetricColor.GRAY
-    assert boxes["CPU latency"].delta == "same speed" and boxes["CPU latency"].proto.color == grey
+    assert boxes["PyTorch latency"].delta == "same speed" and boxes["PyTorch latency"].proto.color == grey
     assert boxes["FLOPs (zeros skipped)"].delta == "-85%" and boxes["FLOPs (zeros skipped)"].proto.color == green
     assert boxes["Compact file"].delta.startswith("-95%") and boxes["Compact file"].proto.color == green
     assert boxes["top-1 after"].value == "97.5%" and boxes["top-1 after"].delta == "-0.5 pts"
     assert "95% CI" not in text  # no split size recorded: no interval invented
     boxes, _ = headline_boxes(measured(latency_after=0.22))
-    assert boxes["CPU latency"].delta == "2.0x faster" and boxes["CPU latency"].proto.color == green
+    assert boxes["PyTorch latency"].delta == "2.0x faster" and boxes["PyTorch latency"].proto.color == green
     # with the split size: the interval is said, and a drop inside it is grey, not red
     boxes, text = headline_boxes(measured(latency_after=0.44, images=360))
     assert "97.5% (95% CI" in text and "360 test images" in text and "within noise" in text

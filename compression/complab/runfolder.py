@@ -259,7 +259,9 @@ MEASURED = {"params": (0, BIG, True), "flops": (0, BIG, False), "sparse_flops": 
             "prunable_weights": (0, BIG, True), "prunable_nonzero": (0, BIG, True), "latency_ms": (0, 1e9, False),
             "in_memory_accuracy": (0, 1, False), "fp32_bytes": (0, BIG, True),
             # the images of the split the score was measured on (older runs lack it: readers use .get())
-            "images": (0, 10**9, True)}
+            "images": (0, 10**9, True),
+            # median ms in ONNX Runtime (complab/deploy.py; older runs lack it: readers use .get())
+            "ort_latency_ms": (0, 1e9, False)}
 
 
 def _side(value, where: str, required: dict[str, tuple]) -> dict:
@@ -324,12 +326,26 @@ def _compress_metrics(m: dict) -> dict:
         out["machine"] = {"platform": _text(machine.get("platform"), "machine.platform", limit=200),
                           "cpus": _number(machine.get("cpus"), "machine.cpus", 1, 1 << 20, integer=True),
                           "torch": _text(machine.get("torch"), "machine.torch", limit=100)}
+    if m.get("ort") is not None:  # how ONNX Runtime ran (or why it did not): shown as text on the pages
+        out["ort"] = _ort(m["ort"])
     if "layers" in m:
         layers = m["layers"]
         if not isinstance(layers, list) or not all(isinstance(row, dict) for row in layers):
             raise _Bad("layers", "is not a list of objects")
     if "batch_norm" in m:
         _object(m["batch_norm"], "batch_norm", optional=True)
+    return out
+
+
+def _ort(value) -> dict:
+    ort = _object(value, "ort")
+    out = {key: _text(ort.get(key), f"ort.{key}", optional=True, limit=limit)
+           for key, limit in (("version", 40), ("isa", 80), ("provider", 80), ("error", 500))}
+    out["threads"] = _number(ort.get("threads"), "ort.threads", 1, 4096, integer=True, optional=True)
+    out["rounds"] = _number(ort.get("rounds"), "ort.rounds", 0, 1e9, integer=True, optional=True)
+    if ort.get("int8") is not None and not isinstance(ort["int8"], bool):
+        raise _Bad("ort.int8", f"is {_show(ort['int8'])}, not true or false")
+    out["int8"] = ort.get("int8")
     return out
 
 

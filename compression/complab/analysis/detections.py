@@ -4,8 +4,8 @@
 model's size, NMS, boxes scaled back to the image). `compare` matches the original's boxes to the
 compressed model's (same class, IoU >= 0.5, greedy by confidence): an original box with no match
 "vanished", a compressed box with no match "appeared". `draw` puts the boxes on the image with PIL's
-built-in font (nothing is downloaded). `latency_pair` times both detectors on this CPU the same way;
-`channels_removed` reads what a run's channels step took out.
+built-in font (nothing is downloaded). `latency_pair` times both detectors on this CPU the same way in PyTorch,
+`ort_latency_pair` in ONNX Runtime; `channels_removed` reads what a run's channels step took out.
 """
 
 from __future__ import annotations
@@ -137,6 +137,29 @@ def latency_pair(original: nn.Module, compressed: nn.Module, imgsz: int,
     """CPU milliseconds of one image (batch 1, imgsz x imgsz) through each detector, their passes interleaved."""
     original_ms, compressed_ms = cpu_latencies_ms([original, compressed], (3, imgsz, imgsz), threads=threads)
     return {"original_ms": original_ms, "compressed_ms": compressed_ms, "threads": threads}
+
+
+ORT_THREADS = 2  # ONNX Runtime's intra-op threads: the setting every run's metrics use (complab/deploy.py)
+
+
+def ort_latency_pair(original, compressed, data=None, threads: int = ORT_THREADS) -> dict:
+    """ONNX Runtime milliseconds of one image (batch 1 at the detector's size) through each detector (model
+    handles: the original exported in float32, the compressed one as QDQ integers where it is an int8 model,
+    calibrated on `data`'s training images), their runs paired and alternating (complab.deploy.ort_metrics, as a
+    run measures them): {"original_ms", "compressed_ms", "version", "threads", "isa", "provider", "int8",
+    "error": None}; where ONNX Runtime cannot run them, the same with "error": why, in one line (never raises)."""
+    from complab import deploy
+    from complab.pipeline import calibration_batches
+
+    calibration = None
+    if data is not None and deploy.is_int8(compressed):
+        try:
+            calibration = calibration_batches(compressed, data)
+        except Exception:  # noqa: BLE001 - without calibration the export quantizes fewer tensors, still valid
+            calibration = None
+    original_ms, compressed_ms, info = deploy.ort_metrics(original, compressed, tuple(original.input_shape),
+                                                          calibration=calibration, threads=threads)
+    return {**info, "original_ms": original_ms, "compressed_ms": compressed_ms}
 
 
 def channels_removed(metrics: dict) -> dict | None:

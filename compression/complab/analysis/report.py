@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from complab import intervals, sources
-from complab.analysis import detections
+from complab.analysis import detections, latency
 from complab.errors import CompressionLabError
 from complab.models.tasks import task_kind
 from complab.storage import inspect_bytes, inspect_header
@@ -268,6 +268,7 @@ def headline_numbers(metrics: dict) -> dict:
     before, after = metrics["before"], metrics["after"]
     kind = task_kind(metrics.get("task"))
     images_before, images_after = split_images(metrics)
+    runtime = latency.figures(metrics)
     return {"model": model_name(metrics.get("model")), "data": data_name(metrics.get("data")),
             "ratio": metrics["compression_ratio"], "fp32_bytes": before["fp32_bytes"],
             "compressed_bytes": after["compressed_bytes"],
@@ -276,6 +277,9 @@ def headline_numbers(metrics: dict) -> dict:
             "flops_times": _times(before.get("sparse_flops") or before.get("flops"), after.get("sparse_flops")),
             "latency_before": before.get("latency_ms"), "latency_after": after.get("latency_ms"),
             "speed_times": _times(before.get("latency_ms"), after.get("latency_ms")),
+            # ONNX Runtime's (None for older runs, or where it could not run: ort_reason says why, one line)
+            "ort_before": runtime["ort_before"], "ort_after": runtime["ort_after"], "ort_times": runtime["ort_times"],
+            "ort": runtime["ort"], "ort_reason": runtime["reason"],
             "score_name": kind.score_short, "score_label": kind.score_label,
             # Wilson intervals hold for an accuracy; a detector's mAP carries its bootstrap interval (map_spans)
             "has_interval": not kind.finds_boxes and images_before is not None and images_after is not None,
@@ -305,10 +309,17 @@ def provenance(metrics: dict, finished: float | None) -> str:
     where = machine_words(metrics.get("machine"))
     when = (dt.datetime.fromtimestamp(finished, dt.UTC).strftime("%Y-%m-%d %H:%M UTC") if finished
             else "an unrecorded date")
-    latency = ("; latency: batch 1, median of repeated forward passes" if metrics["after"].get("latency_ms")
-               else "; latency not measured")
+    runtime = latency.figures(metrics)
+    torch_measured = bool(metrics["after"].get("latency_ms"))
+    if runtime["reason"] is None:  # both runtimes: PyTorch eager (when measured) and ONNX Runtime
+        latency_said = ("; latency: batch 1, median of repeated forward passes"
+                        + (" in PyTorch eager and" if torch_measured else "")
+                        + f" in {latency.ort_setting(runtime['ort'])}, alternating between the two models")
+    else:
+        latency_said = ("; latency: batch 1, median of repeated forward passes" if torch_measured
+                        else "; latency not measured")
     return (f"{score} on the {split} split of {data_name(metrics.get('data'))}, measured on the model decoded "
-            f"from the compact file by {where}; finished {when}{latency}.")
+            f"from the compact file by {where}; finished {when}{latency_said}.")
 
 
 @dataclass

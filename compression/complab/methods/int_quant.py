@@ -499,8 +499,8 @@ def run(model: nn.Module, step: IntStep, ctx: StepContext) -> StepResult:
         with torch.no_grad():
             weight.copy_(quantized.to(weight.dtype))
         scales_of[layer] = scales
-        row = {"bits": bits, "granularity": granularity, "rounding": rounding, "observer": step.observer,
-               "weight_error": round(_relative(quantized, original) ** 2, 8)}
+        row = {"bits": bits, "weights": weight.numel(), "granularity": granularity, "rounding": rounding,
+               "observer": step.observer, "weight_error": round(_relative(quantized, original) ** 2, 8)}
         if seen is not None and seen.H is not None:
             row["output_error"] = round(output_error(original, quantized, seen.H), 8)
         if layer in table:

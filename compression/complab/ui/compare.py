@@ -8,10 +8,11 @@ import math
 import pandas as pd
 
 from complab import service
+from complab.analysis import latency
 from complab.analysis.pareto import pareto_mask
 from complab.models.tasks import finds_boxes
 from complab.ui import figures
-from complab.ui.numbers import count, interval, percent, points
+from complab.ui.numbers import count, interval, latency_change, percent, points
 from complab.ui.report import plain_markdown
 
 
@@ -57,7 +58,10 @@ def run_label(rows: pd.DataFrame, best: dict | None):
                 else "dominated")
         ratio = row.get("ratio")
         ratio_text = f", {ratio:.1f}x smaller" if isinstance(ratio, float) and math.isfinite(ratio) else ""
-        return f"{row['plan'] or run_id}: {_score(float(row['accuracy']), detector)}{ratio_text} ({note}) · {run_id}"
+        method = (f" · {row['method_label']}" if "int" in str(row.get("steps", "")).split("+")
+                  and row.get("method_label") else "")
+        return (f"{row['plan'] or run_id}{method}: {_score(float(row['accuracy']), detector)}{ratio_text} ({note}) · "
+                f"{run_id}")
 
     return label
 
@@ -132,7 +136,7 @@ def display_table(rows: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "run": rows["run"],
         "plan": rows["plan"],
-        "method": rows["method"],
+        "method": rows["method_label"] if "method_label" in rows else rows["method"],
         "sweep": rows["sweep"],
         "score": [_score(acc, det) for acc, det in zip(rows["accuracy"], detector, strict=True)],
         "95% interval": [interval(acc, images(n)) if not det else ""
@@ -143,7 +147,14 @@ def display_table(rows: pd.DataFrame) -> pd.DataFrame:
         "file bytes": [count(value) for value in rows["compressed_bytes"]],
         "ratio": [optional(value, lambda r: f"{r:.1f}x") for value in rows["ratio"]],
         "FLOPs (zeros skipped)": [optional(value, count) for value in rows["sparse_flops"]],
-        "CPU latency": [optional(value, lambda ms: f"{ms:.2f} ms") for value in rows["latency_ms"]],
+        "PyTorch latency": [latency_change(_number(before), _number(after))
+                            for before, after in zip(rows.get("latency_before_ms", [None] * len(rows)),
+                                                     rows["latency_ms"], strict=True)],
+        "ONNX Runtime latency": [latency_change(_number(before), _number(after)) or _short_reason(reason)
+                                 for before, after, reason in zip(
+                                     rows.get("ort_latency_before_ms", [None] * len(rows)),
+                                     rows.get("ort_latency_ms", [None] * len(rows)),
+                                     rows.get("ort_reason", [None] * len(rows)), strict=True)],
         "weights kept": [f"{value:.1f}%" for value in rows["weights_kept_pct"]],
         "on the front": ["yes" if on else "" for on in front],
     })
@@ -151,3 +162,43 @@ def display_table(rows: pd.DataFrame) -> pd.DataFrame:
         out["predicted change"] = [optional(value, lambda pts: points(-pts / 100))
                                    for value in rows["predicted_drop_pts"]]
     return out
+
+
+def _number(value) -> float | None:
+    """A table cell's number, or None (absent, NaN where old and new runs share a column)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _short_reason(reason) -> str:
+    """A table cell's why-not: "not measured (old run)", "not measured (onnxruntime is not installed)"."""
+    if not isinstance(reason, str) or not reason:
+        return ""
+    if reason == latency.NOT_RECORDED:
+        return "not measured (an older run)"
+    if reason == latency.LATENCY_OFF:
+        return "not measured (latency off)"
+    why = reason.removeprefix("no ONNX Runtime latency: ")
+    return "not measured" if why == reason else f"not measured ({why[:80]})"
+
+
+def latency_lines(metrics: dict) -> tuple[list[str], str]:
+    """The shown run's two latencies, one markdown line each ("**PyTorch** (eager): 12.3 -> 10.1 ms (1.2x faster)",
+    "**ONNX Runtime**: 8.00 -> 4.20 ms (1.9x faster)" or why it has none, one line), and the caption naming how each
+    was measured (ONNX Runtime's version, threads and the CPU's int8 instruction set). Text from the run folder is
+    escaped."""
+    said = latency.figures(metrics)
+    lines = []
+    if said["torch_after"]:
+        lines.append(f"**PyTorch** (eager, CPU): {latency_change(said['torch_before'], said['torch_after'])}")
+    if said["reason"] is None:
+        lines.append(f"**ONNX Runtime** (CPU): {latency_change(said['ort_before'], said['ort_after'])}")
+        caption = (f"{plain_markdown(latency.ort_setting(said['ort']))}; batch 1, median of runs alternating "
+                   "between the original and the compressed model (PyTorch eager measured the same way).")
+    else:
+        lines.append(f"**ONNX Runtime**: {plain_markdown(said['reason'])}.")
+        caption = "Batch 1, the median of repeated passes on this run's CPU." if said["torch_after"] else ""
+    return lines, caption

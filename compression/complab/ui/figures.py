@@ -147,8 +147,9 @@ def pareto_figure(table: pd.DataFrame, cost: str, cost_title: str, sweeps: list[
         fig.add_trace(go.Scatter(
             x=group[cost], y=100 * group["accuracy"], mode="markers", name=method, legendgroup=method,
             marker={"size": 11, "color": color, "opacity": [1.0 if f else 0.3 for f in group["front"]]},
-            text=group["run"], customdata=group[["plan", "ratio"]],
-            hovertemplate="%{text}<br>%{customdata[0]}<br>" + cost_title + " %{x:,}<br>"
+            text=group["run"], customdata=group[["plan", "ratio", "method_label"]] if "method_label" in group
+            else group[["plan", "ratio"]].assign(method_label=method),
+            hovertemplate="%{text}<br>%{customdata[0]} · %{customdata[2]}<br>" + cost_title + " %{x:,}<br>"
                           + ("mAP50" if "task" in data and data["task"].map(finds_boxes).all() else "accuracy")
                           + " %{y:.2f}%"
                           "<br>ratio %{customdata[1]:.1f}x<extra></extra>"))

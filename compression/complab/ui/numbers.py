@@ -86,9 +86,24 @@ def speed(ratio: float, noise: float = SPEED_NOISE) -> str:
     return f"{ratio:.1f}x faster" if ratio > 1 else f"{1 / ratio:.1f}x slower"
 
 
+def ms(value: float) -> str:
+    """Milliseconds as a latency is read: "0.44 ms", "12.3 ms", "1,204 ms"."""
+    value = float(value)
+    return f"{value:.2f} ms" if value < 10 else f"{value:.1f} ms" if value < 1000 else f"{value:,.0f} ms"
+
+
+def latency_change(before: float | None, after: float | None) -> str:
+    """A latency before and after with the speed-up in words: "12.3 -> 6.40 ms (1.9x faster)"; the one side
+    measured alone when the other was not ("6.40 ms"); "" when neither was."""
+    if before and after:
+        return f"{ms(before).removesuffix(' ms')} -> {ms(after)} ({speed(float(before) / float(after))})"
+    return ms(after or before) if (after or before) else ""
+
+
 HIGHER_IS_BETTER = {"accuracy": True, "map50": True, "map50_95": True, "compression_ratio": True,
                     "speedup": True, "bytes": False, "compressed_bytes": False, "flops": False,
-                    "sparse_flops": False, "params": False, "latency_ms": False}
+                    "sparse_flops": False, "params": False, "latency_ms": False,
+                    "ort_latency_ms": False}
 
 
 def delta_color(metric: str, delta: float, threshold: float = 0.0) -> str:

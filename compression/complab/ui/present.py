@@ -22,7 +22,7 @@ import streamlit as st
 from complab.analysis.report import headline_numbers
 from complab.intervals import difference
 from complab.ui.links import link_presenting, link_run_id
-from complab.ui.numbers import change, count, delta_color, human, percent, points, speed, times
+from complab.ui.numbers import change, count, delta_color, human, ms, percent, points, speed, times
 from complab.ui.report import headline, verdict_sentence
 
 PARAM, RUN_PARAM = "present", "run"
@@ -141,10 +141,10 @@ def chosen_run(options: Sequence, key: str, label: str = "Run", id_of: Callable 
 
 
 def headline_metrics(metrics: dict) -> None:
-    """A run's headline as big metric boxes (ratio, file, FLOPs, latency where measured, score) and its sentences
-    (the report's headline and verdict), written by the formatter (complab.ui.numbers): green means better (fewer
-    bytes or FLOPs too), a score's change grey when its 95% interval includes zero, "same speed" for a latency
-    ratio within noise of 1."""
+    """A run's headline as big metric boxes (ratio, file, FLOPs, PyTorch and ONNX Runtime latency where measured,
+    score) and its sentences (the report's headline and verdict), written by the formatter (complab.ui.numbers):
+    green means better (fewer bytes or FLOPs too), a score's change grey when its 95% interval includes zero, "same
+    speed" for a latency ratio within noise of 1."""
     n = headline_numbers(metrics)
     boxes = [("Smaller file", times(n["ratio"]), None, "off"),
              ("Compact file", human(n["compressed_bytes"], "B"),
@@ -153,10 +153,12 @@ def headline_metrics(metrics: dict) -> None:
     if n["flops_times"]:
         boxes.append(("FLOPs (zeros skipped)", human(n["flops_after"]), change(n["flops_before"], n["flops_after"]),
                       _colour("sparse_flops", n["flops_before"], n["flops_after"])))
-    if n["speed_times"]:  # "same speed" (grey) within noise of 1; faster green, slower red (no arrow)
-        said = speed(n["speed_times"])
-        boxes.append(("CPU latency", f"{n['latency_after']:.2f} ms", said,
-                      "off" if said == speed(1.0) else "normal" if n["speed_times"] > 1 else "inverse"))
+    for label, after, ratio in (("PyTorch latency", n["latency_after"], n["speed_times"]),
+                                ("ONNX Runtime latency", n["ort_after"], n["ort_times"])):
+        if ratio:  # "same speed" (grey) within noise of 1; faster green, slower red (no arrow)
+            said = speed(ratio)
+            boxes.append((label, ms(after), said, "off" if said == speed(1.0) else "normal" if ratio > 1
+                          else "inverse"))
     moved = n["score_after"] - n["score_before"]
     within_noise = False
     if n["has_interval"]:

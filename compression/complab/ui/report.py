@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from complab import runfolder
-from complab.analysis import report
+from complab.analysis import latency, report
 from complab.analysis.pareto import runs_table
 from complab.errors import CompressionLabError
 from complab.models.tasks import task_kind
@@ -181,8 +181,13 @@ def headline(metrics: dict) -> str:
                        f"({numbers.change(n['flops_before'], n['flops_after'])}, zero weights skipped)")
     if n["speed_times"]:
         said = numbers.speed(n["speed_times"])
-        clauses.append(f"{said} on the CPU ({n['latency_before']:.2f} -> {n['latency_after']:.2f} ms)"
-                       if said == "same speed" else f"{said} on the CPU")
+        where = "on the CPU in PyTorch" if n["ort_times"] else "on the CPU"
+        clauses.append(f"{said} {where} ({n['latency_before']:.2f} -> {n['latency_after']:.2f} ms)"
+                       if said == "same speed" else f"{said} {where}")
+    if n["ort_times"]:  # the runtime a model is deployed with: "1.9x faster in ONNX Runtime (int8, 2 threads, ...)"
+        said = numbers.speed(n["ort_times"])
+        clauses.append(f"{said} in ONNX Runtime ({latency.headline_words(n['ort'])}"
+                       + (f"; {n['ort_before']:.2f} -> {n['ort_after']:.2f} ms)" if said == "same speed" else ")"))
     return f"{n['model']} on {n['data']}: " + "; ".join(clauses) + "."
 
 
@@ -214,8 +219,14 @@ def machine_details(metrics: dict, run: ReportRun) -> str:
     """The machine's exact strings (platform, torch) and the run's id, in a details section: the headline says the
     machine in plain words."""
     machine = metrics.get("machine") or {}
+    said = latency.figures(metrics)
+    torch_row = (numbers.latency_change(said["torch_before"], said["torch_after"]) + ", batch 1, eager"
+                 if said["torch_after"] else "not measured")
+    ort_row = (f"{numbers.latency_change(said['ort_before'], said['ort_after'])}, batch 1; "
+               f"{latency.ort_setting(said['ort'])}" if said["reason"] is None else said["reason"])
     rows = [("run", run.id), ("platform", machine.get("platform")), ("CPUs", machine.get("cpus")),
-            ("torch", machine.get("torch")), ("seconds", metrics.get("seconds"))]
+            ("torch", machine.get("torch")), ("PyTorch latency", torch_row), ("ONNX Runtime latency", ort_row),
+            ("seconds", metrics.get("seconds"))]
     cells = "".join(f"<tr><th>{html.escape(key)}</th><td>{html.escape(str(value))}</td></tr>"
                     for key, value in rows if value is not None)
     return f"<details id='details'><summary>Measured on (details)</summary><table>{cells}</table></details>"
@@ -231,7 +242,11 @@ def runs_rows(table: pd.DataFrame) -> pd.DataFrame:
     if "sparse_flops" in table and table["sparse_flops"].notna().any():
         out["FLOPs"] = ["" if pd.isna(v) else numbers.human(v) for v in table["sparse_flops"]]
     if "latency_ms" in table and table["latency_ms"].notna().any():
-        out["latency"] = ["" if pd.isna(v) else f"{v:.2f} ms" for v in table["latency_ms"]]
+        out["PyTorch latency"] = ["" if pd.isna(v) else numbers.ms(v) for v in table["latency_ms"]]
+    if "ort_latency_ms" in table and table["ort_latency_ms"].notna().any():
+        out["ONNX Runtime latency"] = ["" if pd.isna(v) else numbers.ms(v) for v in table["ort_latency_ms"]]
+    if "method_label" in table:
+        out.insert(2, "method", table["method_label"])
     return out
 
 
@@ -334,17 +349,21 @@ def report_html(runs: list[ReportRun], generated: str = "", original=None, left_
                "accuracy_before": m["before"]["accuracy"], "accuracy_after": m["after"]["accuracy"],
                "sparse_flops_before": m["before"].get("sparse_flops"),
                "sparse_flops_after": m["after"].get("sparse_flops"),
-               "latency_ms_before": m["before"].get("latency_ms"), "latency_ms_after": m["after"].get("latency_ms")}
+               "latency_ms_before": m["before"].get("latency_ms"), "latency_ms_after": m["after"].get("latency_ms"),
+               "ort_latency_ms_before": m["before"].get("ort_latency_ms"),
+               "ort_latency_ms_after": m["after"].get("ort_latency_ms")}
     parts.append(f"<script type='application/json' id='numbers'>{json_for_html(numbers)}</script>")
     if left_out:
         parts.append("<p class='small' id='left-out'>Left out of this report: "
                      + "; ".join(html.escape(line) for line in left_out) + "</p>")
-    table = runs_table([{"id": r.id, "state": "succeeded", "metrics": r.metrics, "job": r.job or {}} for r in runs])
+    table = runs_table([{"id": r.id, "state": "succeeded", "metrics": r.metrics,
+                         "job": {"plan": r.plan if isinstance(r.plan, dict) else None, **(r.job or {})}} for r in runs])
     parts.append("<h2>Accuracy against cost</h2><p class='small'>Every run given; the chosen run ringed; dimmed "
                  "points are dominated by a run both smaller (cheaper) and at least as accurate.</p>")
     for cost, title in (("compressed_bytes", "compressed bytes (file on disk)"),
                         ("sparse_flops", "FLOPs (zero weights skipped)"),
-                        ("latency_ms", "CPU latency, batch 1 (ms)")):
+                        ("latency_ms", "PyTorch CPU latency, batch 1 (ms)"),
+                        ("ort_latency_ms", "ONNX Runtime CPU latency, batch 1 (ms)")):
         if table[cost].notna().any():
             parts.append(draw(figures.pareto_figure(table, cost, title, highlight=chosen.id)))
     parts.append(_table(runs_rows(table), "runs"))

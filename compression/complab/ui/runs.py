@@ -3,8 +3,9 @@ its change from the original, a sweep's heading with its counts. No Streamlit he
 
 from __future__ import annotations
 
+from complab.analysis import latency
 from complab.intervals import difference, recorded
-from complab.ui.numbers import count, interval, map_score, percent, points
+from complab.ui.numbers import count, interval, latency_change, map_score, percent, points
 
 SHOWN = 30  # entries (a run, or a whole sweep) the page draws
 COUNTED = ("succeeded", "running", "queued", "failed", "cancelled", "missing")
@@ -70,3 +71,27 @@ def change_from_original(metrics: dict, boxes: bool = False) -> dict | None:
         span = f"mAP50 {map_score(new, spans[1], n_after if known else None)}"
     return {"text": f"{name} {shown(old)} -> {shown(new)}", "change": change, "colour": colour,
             "noise": "within noise" if within and change != "no change" else "", "interval": span}
+
+
+def latency_summary(metrics: dict) -> str | None:
+    """A finished run's ONNX Runtime latency before -> after for its summary: "ONNX Runtime 8.00 -> 4.20 ms (1.9x
+    faster)"; why there is none when the run tried and could not ("ONNX Runtime: not measured (onnxruntime is not
+    installed)"); None for a run from before it was measured (the Compare page says so) or with latency off."""
+    said = latency.figures(metrics)
+    if said["reason"] is None:
+        return f"ONNX Runtime {latency_change(said['ort_before'], said['ort_after'])}"
+    if said["ort"]["error"]:
+        return f"ONNX Runtime: not measured ({said['ort']['error'][:120]})"
+    return None
+
+
+def latency_help(metrics: dict) -> str | None:
+    """How the run's latencies were measured, for the summary's help: PyTorch's and ONNX Runtime's with its version,
+    threads and the CPU's int8 instruction set; None when neither was measured."""
+    said = latency.figures(metrics)
+    parts = []
+    if said["torch_after"]:
+        parts.append(f"PyTorch eager {latency_change(said['torch_before'], said['torch_after'])}")
+    if said["reason"] is None:
+        parts.append(f"{latency.ort_setting(said['ort'])}, batch 1, paired alternating runs")
+    return "; ".join(parts) or None

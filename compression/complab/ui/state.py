@@ -400,13 +400,17 @@ def decoded_run(run_id: str) -> ModelHandle:
     return sources.load_file(engine.run_file(run_id, "model.clab", root=home()))
 
 
-@st.cache_data(max_entries=16, show_spinner="Measuring the CPU latency of both detectors...")
+@st.cache_data(max_entries=16, show_spinner="Measuring the CPU latency of both detectors (PyTorch, ONNX Runtime)...")
 def detector_latency(run_id: str, key: str) -> dict:
-    """Both detectors' CPU latency measured here (batch 1 at the detector's size, fixed threads), once per run."""
-    from complab.analysis.detections import latency_pair
+    """Both detectors' CPU latency measured here (batch 1 at the detector's size, fixed threads), once per run: in
+    PyTorch ({"original_ms", "compressed_ms", "threads"}) and in ONNX Runtime ("ort": the same, with its version,
+    the CPU's int8 instruction set, or the one-line "error" why it could not run them)."""
+    from complab.analysis.detections import latency_pair, ort_latency_pair
 
-    handle, _ = _load(key)
-    return latency_pair(handle.model, decoded_run(run_id).model, handle.imgsz)
+    handle, data = _load(key)
+    compressed = decoded_run(run_id)
+    return {**latency_pair(handle.model, compressed.model, handle.imgsz),
+            "ort": ort_latency_pair(handle, compressed, data)}
 
 
 @st.cache_data(max_entries=8, show_spinner="Exporting...")

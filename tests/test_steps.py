@@ -18,7 +18,8 @@ OLD_ORDER = {("prune", "cluster"), ("channels", "prune"), ("channels", "cluster"
              ("prune", "fold_bn"), ("channels", "fold_bn"), ("fold_bn", "cluster"), ("fold_bn", "quantize"),
              ("prune", "quantize"), ("channels", "quantize"), ("distill", "quantize"),
              # issue 27's int step: after everything that changes the weights
-             ("prune", "int"), ("channels", "int"), ("distill", "int"), ("fold_bn", "int")}
+             ("prune", "int"), ("channels", "int"), ("distill", "int"), ("fold_bn", "int"),
+             ("cluster", "int"), ("quantize", "int")}
 
 
 def test_every_step_is_declared_in_its_own_module_and_has_a_handler():

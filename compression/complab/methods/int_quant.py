@@ -541,10 +541,22 @@ def _quantization_aware(model: nn.Module, step: IntStep, ctx: StepContext, refs:
         parametrize.register_parametrization(
             module, attribute, FakeQuant(scales_of[layer], settings["bits"], keep[layer].to(weight.dtype),
                                          weight.dim()))
+    # the other layers' weights stay as earlier steps left them: a clustered or vector-quantized layer's shared
+    # values would leave their codebook if these epochs trained them (the file would store them as floats)
+    frozen = []
+    for layer in ctx.layers:
+        if layer not in chosen:
+            module, attribute = weight_ref(model, layer)
+            weight = getattr(module, attribute)
+            if isinstance(weight, nn.Parameter) and weight.requires_grad:
+                weight.requires_grad_(False)
+                frozen.append(weight)
     try:
         ctx.finetune(model, step.finetune_epochs, step.lr, ctx.seed + step.seed + QAT_SEED,
                      "quantization-aware fine-tuning")
     finally:
+        for weight in frozen:
+            weight.requires_grad_(True)
         for layer in chosen:
             module, attribute = refs[layer]
             if parametrize.is_parametrized(module, attribute):

@@ -53,6 +53,12 @@ class IntStep:
         ("distill", "its fine-tuning would break the integer levels (the int step already fine-tunes with the KD "
                     "loss when the plan distills)"),
         ("fold_bn", "folding scales each output channel's weights, which would break the integer levels"),
+        # the shared-value and codebook fine-tunings train every weight of the model, int layers included: they
+        # would move the integer levels off their grid (the file would then quietly store those layers as floats)
+        ("cluster", "its fine-tuning of the shared values trains every weight and would move the integer levels; "
+                    "move the int step after cluster"),
+        ("quantize", "its codebook fine-tuning trains every weight and would move the integer levels; move the int "
+                     "step after quantize"),
     )
     layer_fields: ClassVar[tuple[LayerField, ...]] = (
         LayerField("b", "int bits", "select", 8, choices=BITS_CHOICES, off="off", setting="bits", bulk_step=1,

@@ -527,4 +527,5 @@ def launch_section(page: PlanPage, channel_choice: ChannelChoice, prediction: di
     options = step_options()
     with cols[3]:  # N targets solved into N plans with these fine-tuning settings, submitted as one group
         sweep_button(page.spec, page.stats, page.report, page.history, name, options.get("prune", {}),
-                     options.get("cluster", {}), fold, timing=lambda runs: plan_time(page, plan, runs))
+                     options.get("cluster", {}), fold, timing=lambda runs: plan_time(page, plan, runs),
+                     int_options=options.get("int", {}))

@@ -52,6 +52,9 @@ class Handle(Protocol):
     c2f_replaced: list
     file_meta: dict | None  # the compact file's meta this model was decoded from (its data reference, plan)
     source_file: str | None  # the user's file it was read from (a TorchScript archive, an Ultralytics checkpoint)
+    # weight tensor name -> storage.int_section.IntWeights: the layers its compact file stored as integer levels and
+    # scales ({} for a float model); a decoded model also carries the file's 8-bit activation hooks (models/actquant)
+    int_weights: dict
 
     @property
     def input_shape(self) -> tuple[int, int, int]: ...

@@ -76,7 +76,7 @@ MIN_GRADIENT_IMAGES = 4
 SPARSITY_POINTS = 3  # most exact calibration points per layer and kind: a bracket search needs 2-3
 CLUSTER_POINTS = 2
 BITS_POINTS = 2  # integer widths: a bracket of two, like cluster counts
-POINTS_PER_LAYER = SPARSITY_POINTS + CLUSTER_POINTS + BITS_POINTS
+POINTS_PER_LAYER = SPARSITY_POINTS + CLUSTER_POINTS  # ...plus BITS_POINTS where the grid has integer widths
 GENTLEST_LAST = ("clusters", "bits")  # kinds whose larger grid values are the gentler settings
 MIN_CALIBRATION_POINTS = 2  # whatever the budget (the shared curve needs a couple)
 MIN_CALIBRATION_IMAGES = 32  # the calibration's validation images never go below this
@@ -321,9 +321,10 @@ class Calibration:
 
 
 def _calibration_plan(t_image: float, n_val: int, bn_batches: int, has_bn: bool, n_layers: int,
-                      seconds: float) -> tuple[int, int, int]:
-    """(validation images, batch-norm batches, points) the calibration budget affords (module docstring)."""
-    wanted = POINTS_PER_LAYER * n_layers
+                      seconds: float, per_layer: int = POINTS_PER_LAYER) -> tuple[int, int, int]:
+    """(validation images, batch-norm batches, points) the calibration budget affords (module docstring);
+    `per_layer`: the points a layer wants (POINTS_PER_LAYER, plus BITS_POINTS with a bits grid)."""
+    wanted = per_layer * n_layers
 
     def points(images: int, batches: int) -> int:
         per_point = t_image * (images + (batches * BN_BATCH_SIZE if has_bn else 0))
@@ -431,7 +432,8 @@ def analyze_estimate(handle, data, config: SensitivityConfig, exact_scorer: Call
     has_bn = config.bn_batches > 0 and bn_stats.has_batch_norm(handle.model)
     n_val = task.validation_images(config.val_size, config.seed)
     cal_images, cal_bn, n_points = _calibration_plan(t_image, n_val, config.bn_batches, has_bn, len(layers),
-                                                     config.calibration_seconds)
+                                                     config.calibration_seconds,
+                                                     POINTS_PER_LAYER + (BITS_POINTS if config.bits else 0))
 
     # 1. Fisher
     per_point_cal = t_image * (cal_images + (cal_bn * BN_BATCH_SIZE if has_bn else 0))

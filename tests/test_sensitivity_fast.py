@@ -138,7 +138,7 @@ def test_frontier_over_the_budget_recomputes_with_the_same_scores(lenet5, monkey
 
 def test_progress_after_every_point_and_cancel_within_one_point(lenet5):
     data = load_data("digits", input_size=28)
-    config = SensitivityConfig(sparsities=(0.3, 0.6), n_clusters=(4,), val_size=64)
+    config = SensitivityConfig(sparsities=(0.3, 0.6), n_clusters=(4,), bits=(), val_size=64)
     seen = []
     analyze(lenet5, data, config, on_progress=lambda stage, fraction, values: seen.append((stage, fraction, values)))
     assert len(seen) == 4 * 3 and seen[-1][1] == 1.0

@@ -34,6 +34,7 @@ def _quantizer_chosen(method: str) -> dict[str, Any]:
     updates: dict[str, Any] = {}
     if method != "none":
         updates["k"] = "off"
+        updates["b"] = "off"  # the int step's width: one set of levels per layer
     if method in NO_ZEROS:
         updates["sp"] = 0.0
     return updates
@@ -214,6 +215,8 @@ class QuantizeStep:
         a clustered layer's, so the cluster estimate (pruned zeros included) applies."""
         from complab.storage.vq_section import code_bits, sizes
 
+        if "quantizer" not in quantizer:  # another step's storage (the int step's integer levels)
+            return None
         method, k = quantizer["quantizer"], int(quantizer["n_codewords"])
         if method == "kmeans":
             return shared_parts(stats, sparsity, k)

@@ -46,8 +46,9 @@ HEAD_SKIP = re.compile(r".*\.(cv2|cv3)\.\d+\.2$|.*\.dfl\.conv$|.*\.one2one_cv[23
 
 
 # A detector has ~60 layers and each point is an mAP evaluation: a coarser sensitivity grid on fewer images
+# bits: three integer widths (not the classifiers' five): each point of a detector costs a validation pass
 ANALYSIS_DEFAULTS = {"sparsities": [0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95], "n_clusters": [4, 8, 16, 32, 64],
-                     "val_size": 64, "seed": 0, "bn_batches": 2}
+                     "bits": [8, 4, 3], "val_size": 64, "seed": 0, "bn_batches": 2}
 DETECT = TaskKind(name="detect", score_name="mAP50", score_label="mAP50", score_short="mAP50",
                   score_counts_images=False,
                   finds_boxes=True, chooses_split=False, normalizes_input=False, folds_batch_norm=True,

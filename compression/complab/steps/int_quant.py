@@ -74,7 +74,7 @@ class IntStep:
     )
     layer_fields: ClassVar[tuple[LayerField, ...]] = (
         LayerField("b", "int bits", "select", "off", choices=BITS_CHOICES, off="off", setting="bits", bulk_step=1,
-                   width=1.2, on_change=_bits_chosen,
+                   width=1.5, on_change=_bits_chosen,
                    help="uniform integer weights: 2-8 bits, symmetric (off: not integer-quantized; a width replaces "
                         "the layer's clusters or quantizer)"),
         LayerField("bg", "scale per", "select", "channel", choices=GRANULARITIES, wide=True,

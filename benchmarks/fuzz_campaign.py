@@ -12,6 +12,16 @@ written outside, and a marker under OUTSIDE/markers is executed code. A case tha
 report's <script>, a deleted run still listed as present) is an unsafe accept.
 
 Families:
+  int       compact files with integer sections (type 7): LeNet-5 with every layer on 2-8-bit levels (per channel
+            and per tensor, a pruned layer in the positions layout) and its 8-bit activation table in the meta, and
+            small synthetic int sections, mutated where the int encoding lives (bits out of range, unknown flags,
+            scale counts, NaN / infinite / zero / negative scales, truncated and bit-flipped levels, one-symbol
+            streams claiming 2**31 levels, positions blocks past the tensor, dtype and shape) and in the activation
+            table (wrong types, NaN, zero points past 255, names that are no module, 100,001 entries), plus crafted
+            files declaring a huge int tensor in a few bytes; through decode_state (structures handed back),
+            inspect_bytes and models.compact.handle_from_decoded (hooks installed). An accepted file whose levels
+            are out of range, whose tensor is not scales x levels, or whose hooks hold a bad (scale, zero point) is
+            an unsafe accept. RSS bound as for decoder.
   decoder   mutated compact files whose CRC and length are recomputed so they reach the parser (bit flips,
             interesting bytes, insertions, deletions, overflowing varints, truncations, field-targeted
             values, section-body edits with the framing kept valid, section splices, meta values of the
@@ -84,7 +94,7 @@ Run from the repo root (bounded: under 10 minutes on 2 cores):
     .venv/bin/python benchmarks/fuzz_campaign.py [--decoder-cases 100000] [--recipe-cases 50000] [--workers 2]
         [--families links,sensitivity,...] [--keep]
 The slow families run first and stop --reserve-s (150 s) before the budget (540 s) ends; the cheap ones
-(sensitivity, links, recipe, decoder) carry the case count. The last line printed is one JSON object: cases
+(sensitivity, drafts, links, recipe, int, decoder) carry the case count. The last line printed is one JSON object: cases
 (total and per family), tracebacks, hangs, memory_blowups, executed_code, files_written_outside (files created or
 changed outside the work folder: OUTSIDE, the repository, new .pth files in site-packages),
 worst_rss_growth_per_kb_mb (the largest per-case peak-RSS growth of an input under 4 KB; Linux's VmHWM is reset
@@ -123,10 +133,10 @@ sys.path.insert(0, str(ROOT / "compression"))
 # issue 24's families
 DOORS = ("torchscript", "runfolder", "yaml", "folders", "clab", "links", "sensitivity", "automaton", "keys",
          "drafts")
-TIMEOUTS = {"decoder": 10.0, "recipe": 10.0, "model": 120.0, "data": 120.0, "detector": 30.0,
+TIMEOUTS = {"decoder": 10.0, "int": 10.0, "recipe": 10.0, "model": 120.0, "data": 120.0, "detector": 30.0,
             **{family: 10.0 for family in DOORS}, "selftest": 5.0}  # seconds per case
-CHUNKS = {"decoder": 500, "recipe": 500, "model": 1, "data": 1, "detector": 20, "torchscript": 20, "runfolder": 1,
-          "clab": 1,
+CHUNKS = {"decoder": 500, "int": 200, "recipe": 500, "model": 1, "data": 1, "detector": 20, "torchscript": 20,
+          "runfolder": 1, "clab": 1,
           "yaml": 1, "folders": 1, "links": 500, "sensitivity": 200, "automaton": 50, "keys": 20,
           "drafts": 200, "selftest": 6}  # cases per task sent to a worker
 HARD_RSS_MB = 6144  # the parent kills a worker above this (counted as a memory blow-up)
@@ -1314,6 +1324,228 @@ def run_drafts(index: int, seed: int, out_dir: str) -> tuple[str, str, int | Non
     return "ok", f"{what}: kept", len(data)
 
 
+# --- int: compact files with integer sections (type 7) and 8-bit activation tables, mutated and crafted
+
+
+def _int_setup() -> dict:
+    """Two base files: LeNet-5 with every layer on integer levels (2, 4 and 8 bits, per channel and per tensor, one
+    pruned layer in the positions layout) and an activation table in its meta; and small synthetic int sections."""
+    import torch
+    from complab.methods.int_quant import dequantize, quantize_weight
+    from complab.models import actquant
+    from complab.models.handle import load_model
+    from complab.storage import encode_state
+    from complab.storage.int_section import IntWeights
+
+    handle = load_model("demo:lenet5").clone()
+    structures = {}
+    choices = {"conv1": (8, "channel", 0.0), "conv2": (4, "tensor", 0.0), "fc1": (8, "channel", 0.9),
+               "fc2": (2, "channel", 0.0)}
+    with torch.no_grad():
+        for layer, weight in handle.prunable_layers().items():
+            bits, granularity, zeros = choices[layer]
+            if zeros:
+                weight.copy_(torch.where(weight.abs() <= weight.abs().flatten().quantile(zeros), 0.0, weight))
+            levels, scales = quantize_weight(weight, bits, granularity)
+            weight.copy_(dequantize(levels, scales))
+            structures[f"{layer}.weight"] = IntWeights(levels, scales, bits)
+    table = {layer: (0.05 * (i + 1), 10 * i) for i, layer in enumerate(handle.prunable_layers())}
+    actquant.install(handle.model, table)
+    meta = {"producer": "fuzz", "task": "classify", **handle.compact_meta(), "int_quant": actquant.to_meta(table)}
+    state = {k: v.detach() + 0.0 for k, v in handle.model.state_dict().items()}
+    generator = torch.Generator().manual_seed(5)
+    small = {}
+    small_structures = {}
+    for i, (shape, bits, granularity) in enumerate([((6, 4), 3, "channel"), ((1, 70), 8, "tensor"),
+                                                   ((8, 2, 3, 3), 5, "channel")]):
+        levels, scales = quantize_weight(torch.randn(shape, generator=generator), bits, granularity)
+        small[f"s{i}"], small_structures[f"s{i}"] = dequantize(levels, scales), IntWeights(levels, scales, bits)
+    bases = [encode_state(state, meta, structures=structures),
+             encode_state(small, {"a": 1}, structures=small_structures)]
+    parsed = [DecoderCases._split(base) for base in bases]
+    return {"bases": bases, "parsed": parsed, "meta": meta}
+
+
+def _int_body_parts(body: bytes) -> tuple[int, int] | None:
+    """(offset of the int encoding's first byte (bits), offset of its levels/positions data) in a section body."""
+    try:
+        name_len, pos = _read_varint(body, 0)
+        head_end = pos + name_len + 2
+        cursor = head_end
+        for _ in range(body[head_end - 1]):
+            _, cursor = _read_varint(body, cursor)
+        count, data = _read_varint(body, cursor + 2)
+        return cursor, data + 4 * count
+    except IndexError:
+        return None
+
+
+def _int_body_op(body: bytes, rng: random.Random) -> tuple[bytes, str]:
+    parts = _int_body_parts(body)
+    if parts is None:
+        out = bytearray(body)
+        del out[rng.randrange(len(out) + 1):]
+        return bytes(out), "cut"
+    start, data = parts
+    out = bytearray(body)
+    kind = rng.randrange(10)
+    if kind == 0:  # bits
+        out[start] = rng.choice([0, 1, 9, 16, 255, rng.randrange(2, 9)])
+        return bytes(out), "bits"
+    if kind == 1:  # flags
+        out[start + 1] = rng.choice([1, 2, 3, 128, 255, out[start + 1] ^ 1])
+        return bytes(out), "flags"
+    if kind == 2:  # scale count
+        _, after = _read_varint(body, start + 2)
+        return bytes(out[:start + 2]) + _varint(rng.choice(INTERESTING)) + bytes(out[after:]), "scale count"
+    if kind == 3 and data > start + 3:  # a scale: NaN, infinities, zero, negative, denormal, huge
+        _, first = _read_varint(body, start + 2)
+        at = first + 4 * rng.randrange(max(1, (data - first) // 4))
+        value = rng.choice([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, -1.0, 1e-45, 3.4e38])
+        out[at:at + 4] = struct.pack("<f", value)
+        return bytes(out), "scale value"
+    if kind == 4:  # the levels or positions data cut short
+        del out[rng.randrange(min(data, len(out)), len(out) + 1):]
+        return bytes(out), "truncated"
+    if kind == 5:  # a stream claiming a huge count of one symbol (costs no payload)
+        count = rng.choice([2**20, 2**24, 2**31 - 1, 2**31, rng.randrange(1, 2**31)])
+        return bytes(out[:data]) + _varint(count) + _varint(0) + _varint(rng.randrange(300)), "huge stream"
+    if kind == 6:  # positions block: a kept count past the tensor, gaps past its end
+        out[start + 1] = 1
+        return bytes(out[:data]) + _varint(rng.choice(INTERESTING)) + _varint(rng.choice([0, 1, 6, 4096, 4097])) + \
+            bytes(rng.randrange(256) for _ in range(rng.randint(0, 12))), "positions"
+    if kind == 7:  # dtype or shape
+        name_len, pos = _read_varint(body, 0)
+        if rng.random() < 0.5:
+            out[pos + name_len] = rng.choice([2, 3, 4, 5, 9, 40])
+            return bytes(out), "dtype"
+        dims = [rng.choice(INTERESTING) for _ in range(rng.randrange(4))]
+        return (bytes(out[:pos + name_len + 1]) + bytes([len(dims)]) + b"".join(_varint(d) for d in dims)
+                + bytes(out[start:])), "shape"
+    for _ in range(rng.randint(1, 4)):  # bit flips in the levels
+        if len(out) > data:
+            out[rng.randrange(data, len(out))] ^= 1 << rng.randrange(8)
+    return bytes(out), "flip"
+
+
+def _int_meta_op(meta: dict, rng: random.Random) -> tuple[dict, str]:
+    meta = copy.deepcopy(meta)
+    record = meta["int_quant"]
+    activations = record["activations"]
+    name = rng.choice(list(activations))
+    kind = rng.randrange(6)
+    if kind == 0:
+        activations[name] = rng.choice(EVIL_VALUES + [[float("nan"), 3], [0.1, 256], [0.1, -1], [-0.1, 3], [0, 0],
+                                                       [0.1, 3.5], [0.1], [0.1, 3, 4], [True, 3], [1e308, 0]])
+    elif kind == 1:
+        activations[rng.choice(["", "nope", "conv1.weight", "features", "x" * 2000, "fc1.0", "0"])] = [0.1, 3]
+    elif kind == 2:
+        meta["int_quant"] = rng.choice(EVIL_VALUES)
+    elif kind == 3:
+        record["activations"] = {("conv1" if i == 0 else f"n{i}"): [0.1, 3] for i in range(100_001)}
+    elif kind == 4:
+        record["activations"] = rng.choice(EVIL_VALUES)
+    else:
+        record["activation_bits"] = rng.choice(EVIL_VALUES)
+    return meta, f"meta{kind}"
+
+
+def _int_case(index: int, seed: int, ctx: dict) -> tuple[bytes, str]:
+    rng = random.Random(seed * 1_000_003 + index)
+    if rng.random() < 0.03:  # a crafted file: one int section declaring a huge tensor in a few bytes
+        numel = rng.choice([2**20, 2**26, 2**29, 2**31, rng.randrange(1, 2**31)])
+        specific = (bytes([8, 0]) + _varint(1) + struct.pack("<f", 0.5) + _varint(numel) + _varint(0)
+                    + _varint(127))
+        body = _varint(1) + b"w" + bytes([1, 1]) + _varint(numel) + specific
+        meta = json.dumps({"a": 1}).encode()
+        return _seal(DecoderCases._join(meta, [(7, body)])), f"bomb:{numel}"
+    which = 0 if rng.random() < 0.6 else 1
+    meta, sections = ctx["parsed"][which]
+    sections = list(sections)
+    ops = []
+    if which == 0 and rng.random() < 0.2:
+        value, op = _int_meta_op(ctx["meta"], rng)
+        try:
+            meta = json.dumps(value, allow_nan=True).encode()
+        except ValueError:
+            pass
+        ops.append(op)
+    targets = [i for i, (type_id, _) in enumerate(sections) if type_id == 7]
+    for _ in range(rng.choice([0, 1, 1, 1, 2]) if ops else rng.randint(1, 2)):
+        at = rng.choice(targets)
+        body, op = _int_body_op(sections[at][1], rng)
+        sections[at] = (7, body)
+        ops.append(f"{op}@{at}")
+    if rng.random() < 0.05:  # an int section relabelled as another type, or another section as int
+        at = rng.randrange(len(sections))
+        sections[at] = (rng.choice([4, 5, 7]), sections[at][1])
+        ops.append(f"retype@{at}")
+    return _seal(DecoderCases._join(meta, sections)), f"{which}:{'+'.join(ops)}"
+
+
+def door_int(data: bytes) -> tuple[dict, dict, dict, object]:
+    """What reading a compact file does (models.tasks.read_compact without the path): decode with the structures
+    handed back, inspect, and rebuild the model (activation hooks from the meta, int_weights from the sections)."""
+    from complab.models.compact import handle_from_decoded
+    from complab.storage import decode_state, inspect_bytes
+
+    structures: dict = {}
+    meta, state = decode_state(data, structures=structures)
+    inspect_bytes(data)
+    handle = None
+    if isinstance(meta.get("architecture"), dict):
+        handle = handle_from_decoded(meta, state, source="fuzz.clab", structures=structures)
+    return meta, state, structures, handle
+
+
+def _int_unsafe(state: dict, structures: dict, handle) -> str | None:
+    """Why an accepted file breaks what a decoded integer model promises, or None."""
+    import math
+
+    import torch
+    from complab.models import actquant
+    from complab.storage.int_section import IntWeights, dequantize, level_range
+
+    for name, structure in structures.items():
+        if not isinstance(structure, IntWeights) or name not in state:
+            return f"structure for {name[:40]!r} is not an IntWeights of a decoded tensor"
+        levels, scales, bits = structure.levels, structure.scales, structure.bits
+        if not 2 <= bits <= 8 or levels.dtype != torch.int8 or int(levels.abs().max()) > level_range(bits):
+            return f"{name[:40]}: levels outside {bits} bits"
+        if not (torch.isfinite(scales).all() and (scales > 0).all()) or scales.numel() not in (1, levels.shape[0]):
+            return f"{name[:40]}: scales not finite and positive, or not one per channel"
+        if not torch.equal(dequantize(levels, scales).view(torch.int32), state[name].view(torch.int32)):
+            return f"{name[:40]}: the tensor is not its levels times its scales"
+    if handle is not None:
+        if set(handle.int_weights) != set(structures):
+            return "the handle's int_weights differ from the file's int sections"
+        for scale, zero_point in actquant.table_of(handle.model).values():
+            if not (math.isfinite(scale) and scale > 0 and 0 <= zero_point <= 255):
+                return f"an activation hook with scale {scale!r} and zero point {zero_point!r}"
+    return None
+
+
+def run_int(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
+    data, what = _int_case(index, seed, _STATE["int"])
+
+    def keep() -> str:
+        path = Path(out_dir) / f"int-{seed}-{index}.clab"
+        path.write_bytes(data)
+        return str(path)
+
+    try:
+        meta, state, structures, handle = door_int(data)
+    except Exception as exc:  # noqa: BLE001 - classifying every outcome is the point
+        outcome, detail = _classify(exc)
+        if outcome != "error":
+            detail = f"{what} ({keep()}): {detail}"
+        return outcome, detail, len(data)
+    reason = _int_unsafe(state, structures, handle)
+    if reason:
+        return "accepted", f"{what} ({keep()}): {reason}", len(data)
+    return "ok", f"{what}: decoded ({len(structures)} int sections)", len(data)
+
+
 # --- automaton: recipes whose re: keys compile to big automata, validated against densenet121's layer names
 
 SENSITIVITY_HEAVY = 4  # the first cases of the sensitivity family: big reports
@@ -2263,6 +2495,7 @@ _BASE_MODULES = ("torch", "torchvision", "numpy", "PIL.Image", "complab.errors",
                  "complab.storage.codec", "complab.models.handle", "complab.models.compact", "complab.sources")
 WARM_MODULES = {
     "decoder": ("torch_pruning", "complab.storage.vq_section"),
+    "int": ("torch_pruning", "complab.storage.int_section", "complab.models.actquant", "complab.methods.int_quant"),
     "recipe": ("complab.plan",),
     "model": ("safetensors.torch",),
     "detector": ("ultralytics", "ultralytics.nn.tasks", "complab.models.yolo_arch", "complab.models.yolo_env",
@@ -2447,7 +2680,7 @@ def run_keys(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]
 _STATE: dict = {}
 _SETUPS = {"links": _links_setup, "sensitivity": _sensitivity_setup, "automaton": _automaton_setup,
            "torchscript": _torchscript_setup, "runfolder": _runfolder_setup, "yaml": _yaml_setup, "keys": _keys_setup,
-           "drafts": _drafts_setup}
+           "drafts": _drafts_setup, "int": _int_setup}
 FOLDER_CASES = 19  # builders in _folder_case
 
 
@@ -2487,7 +2720,7 @@ _DATA_CASES: list = []
 
 
 def _bound_mb(family: str, size: int) -> float:
-    if family == "decoder":
+    if family in ("decoder", "int"):
         from complab.storage.codec import decode_allowance
 
         return 64 + 8 * decode_allowance(size) / 2**20
@@ -2649,7 +2882,7 @@ def _worker(conn, progress, work: str, outside: str) -> None:
                "selftest": run_selftest, "links": run_links, "sensitivity": run_sensitivity,
                "automaton": run_automaton, "torchscript": run_torchscript, "runfolder": run_runfolder,
                "yaml": run_yaml, "folders": run_folders, "clab": run_clab, "keys": run_keys,
-               "drafts": run_drafts}
+               "drafts": run_drafts, "int": run_int}
     watch = OutsideWatch(OUTSIDE)
     per_case_peak = _can_reset_peak()
     baseline = None
@@ -2837,9 +3070,9 @@ def _watched() -> dict[str, tuple]:
     return found
 
 
-CHEAP_FAMILIES = ("sensitivity", "drafts", "links", "recipe", "decoder")
+CHEAP_FAMILIES = ("sensitivity", "drafts", "links", "recipe", "int", "decoder")
 PLAN_ORDER = ("model", "data", "detector", "torchscript", "runfolder", "yaml", "folders", "clab", "keys", "automaton",
-              "sensitivity", "drafts", "links", "recipe", "decoder")
+              "sensitivity", "drafts", "links", "recipe", "int", "decoder")
 
 
 def _signature(outcome: str, detail: str) -> str:
@@ -2877,6 +3110,7 @@ def main() -> None:
     parser.add_argument("--sensitivity-cases", type=int, default=10_000)
     parser.add_argument("--drafts-cases", type=int, default=5_000)
     parser.add_argument("--links-cases", type=int, default=20_000)
+    parser.add_argument("--int-cases", type=int, default=5_000)
     parser.add_argument("--families", default=",".join(PLAN_ORDER),
                         help=f"comma-separated subset of {','.join(PLAN_ORDER)} (default all)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
@@ -2884,7 +3118,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=540.0, help="stop starting new cases after this")
     parser.add_argument("--reserve-s", type=float, default=150.0,
                         help="the slow families stop this long before the budget ends: the cheap ones (sensitivity, "
-                             "links, recipe, decoder) carry the case count")
+                             "links, recipe, int, decoder) carry the case count")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (failing inputs) afterwards")
     parser.add_argument("--list", action="store_true", help="print every model and data case's outcome (stderr)")
     parser.add_argument("--selftest", action="store_true",
@@ -2946,7 +3180,7 @@ def main() -> None:
               "torchscript": args.torchscript_cases, "runfolder": args.runfolder_cases, "yaml": args.yaml_cases,
               "folders": args.folders_cases, "clab": args.clab_cases, "automaton": args.automaton_cases,
               "sensitivity": args.sensitivity_cases, "links": args.links_cases, "keys": args.keys_cases,
-              "drafts": args.drafts_cases,
+              "drafts": args.drafts_cases, "int": args.int_cases,
               "selftest": 11}
     if not args.selftest:
         from complab.data import folders  # noqa: F401 - fail here, not in a worker, if imports break

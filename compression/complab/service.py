@@ -30,7 +30,7 @@ from complab.plan import Plan
 
 Root = str | Path | None
 SAME_MODEL_KEYS = ("model", "weights", "data", "input_size")  # what makes two runs "of this model and data"
-ANALYSIS_FLAGS = ("val_size", "sparsities", "n_clusters", "bn_batches", "seed", "calibration_seconds")
+ANALYSIS_FLAGS = ("val_size", "sparsities", "n_clusters", "bits", "bn_batches", "seed", "calibration_seconds")
 ANALYSIS_WAIT_S = 24 * 3600.0  # a sweep waits this long for the analysis it started (the CLI's --timeout)
 POLL_S = 0.5
 

@@ -13,7 +13,7 @@ CPU cores that is tens of hours. This mode instead:
    curvature of a model at a minimum where the per-sample gradients cancel (measured on the fidelity
    benchmark, LeNet-300 + LeNet-5: rank correlation 0.87 per-sample against 0.72 with batches of 32).
 2. **Loss increase** (stage "estimate"): for each layer and grid point, w' = the grid weight
-   (magnitude-pruned or k-means-shared, as the exact mode builds it) and
+   (magnitude-pruned, k-means-shared or integer-quantized, as the exact mode builds it) and
    dL ~= 1/2 sum F (w' - w)^2 over the layer. The first-order term g.(w' - w) is left out: it is
    ~0 at a trained minimum, and with it the fidelity benchmark's rank correlation fell from 0.87 to
    0.75 and the knee agreement from 1.0 to 0.86 (LeNet-300 + LeNet-5; presumably the mean gradient of 128
@@ -23,8 +23,9 @@ CPU cores that is tens of hours. This mode instead:
    and kind, a bracket search for the one-point crossing (the knee the plan page and solver use):
    first the point whose predicted drop is nearest to one point, then (pruning) the harshest
    sparsity, which pins the curve's steepness, then the grid midpoint between the last setting
-   within one point and the first beyond it; two for cluster counts. Refitted after each point.
-   One curve per kind (pruning, sharing), fitted by least squares in z = log(-log(1 - drop/D)):
+   within one point and the first beyond it; two for cluster counts and two for integer widths. Refitted after
+   each point. One curve per kind (pruning, sharing, integers: the last starts from sharing's), fitted by least
+   squares in z = log(-log(1 - drop/D)):
 
        drop = D (1 - exp(-z)),  z = b (log dL - log c) + offset_l + slope_l (log dL - centre_l)
 
@@ -74,7 +75,9 @@ GRADIENT_SECONDS = 20.0  # ...and at most this long (at least MIN_GRADIENT_IMAGE
 MIN_GRADIENT_IMAGES = 4
 SPARSITY_POINTS = 3  # most exact calibration points per layer and kind: a bracket search needs 2-3
 CLUSTER_POINTS = 2
-POINTS_PER_LAYER = SPARSITY_POINTS + CLUSTER_POINTS
+BITS_POINTS = 2  # integer widths: a bracket of two, like cluster counts
+POINTS_PER_LAYER = SPARSITY_POINTS + CLUSTER_POINTS + BITS_POINTS
+GENTLEST_LAST = ("clusters", "bits")  # kinds whose larger grid values are the gentler settings
 MIN_CALIBRATION_POINTS = 2  # whatever the budget (the shared curve needs a couple)
 MIN_CALIBRATION_IMAGES = 32  # the calibration's validation images never go below this
 KMEANS_SAMPLE = 1 << 18  # larger layers: codebook fitted on a seeded sample of this many weights
@@ -197,7 +200,7 @@ def fisher_diagonal(handle, data, config: SensitivityConfig, clock: _Clock, max_
 def estimate_weight(original: torch.Tensor, kind: str, value, seed: int = 0) -> torch.Tensor:
     """The grid weight for the estimate: exact for pruning; for sharing, plain Lloyd k-means (no refinement)
     fitted to at most KMEANS_SAMPLE of the layer's weights (see the module docstring)."""
-    if kind == "sparsity":
+    if kind in ("sparsity", "bits"):  # integer quantization is cheap: the exact grid weight
         return grid_weight(original, kind, value, seed)
     flat = original.detach().flatten().cpu().double().numpy()
     nonzero = flat != 0
@@ -357,7 +360,7 @@ def _clamp_monotone(scores: dict[str, float], measured: set[str], kind: str, bas
 
     A measured score above the base (noise: a pruned layer rarely helps) bounds as the base would."""
     keys = sorted(scores, key=float)
-    if kind == "clusters":  # harsher first, as for sparsity read backwards
+    if kind in GENTLEST_LAST:  # harsher first, as for sparsity read backwards
         keys = keys[::-1]
     for i, key in enumerate(keys):
         if key in measured:
@@ -377,7 +380,7 @@ def _next_point(kind: str, d_loss: dict[str, float], known: dict[str, float], ca
     are neighbours (the crossing is known: the knee the plan page and solver care about). Once both
     ends are measured it bisects the grid between them instead: the curve's steepness between a
     point without a measurable drop and one with a large drop is what the prediction knows least."""
-    order = sorted(d_loss, key=float, reverse=kind == "clusters")  # gentlest first
+    order = sorted(d_loss, key=float, reverse=kind in GENTLEST_LAST)  # gentlest first
     low, high = -1, len(order)
     for i, key in enumerate(order):
         if key in known:
@@ -421,7 +424,9 @@ def analyze_estimate(handle, data, config: SensitivityConfig, exact_scorer: Call
     clock = _Clock(on_progress, cancel_requested)
     task = task_for(handle, data)
     layers = handle.prunable_layers()
-    grid = [("sparsity", v) for v in config.sparsities] + [("clusters", v) for v in config.n_clusters]
+    grid = ([("sparsity", v) for v in config.sparsities] + [("clusters", v) for v in config.n_clusters]
+            + [("bits", v) for v in config.bits])
+    kinds = ("sparsity", "clusters", "bits") if config.bits else ("sparsity", "clusters")
     t_image = _time_forward(handle, task, config)
     has_bn = config.bn_batches > 0 and bn_stats.has_batch_norm(handle.model)
     n_val = task.validation_images(config.val_size, config.seed)
@@ -439,7 +444,7 @@ def analyze_estimate(handle, data, config: SensitivityConfig, exact_scorer: Call
     started = time.monotonic()
     for i, (name, weight) in enumerate(layers.items()):
         original = weight.detach()
-        d_loss[name] = {"sparsity": {}, "clusters": {}}
+        d_loss[name] = {kind: {} for kind in kinds}
         gradient = mean_grad[name] if FIRST_ORDER else None
         for value, increase in zip(config.sparsities, pruning_loss_increases(original, fisher[name],
                                                                              config.sparsities, gradient), strict=True):
@@ -447,6 +452,10 @@ def analyze_estimate(handle, data, config: SensitivityConfig, exact_scorer: Call
         for value in config.n_clusters:
             d_loss[name]["clusters"][str(value)] = loss_increase(original, fisher[name], "clusters", value,
                                                                  config.seed, gradient)
+            clock.check()
+        for value in config.bits:
+            d_loss[name]["bits"][str(value)] = loss_increase(original, fisher[name], "bits", value, config.seed,
+                                                             gradient)
             clock.check()
         per_layer = (time.monotonic() - started) / (i + 1)
         clock.report("estimate", name, i + 1, len(layers),
@@ -472,11 +481,11 @@ def analyze_estimate(handle, data, config: SensitivityConfig, exact_scorer: Call
     # classifier); the first measured points move it
     initial_c = max(gradient_info["mean_loss"], 0.05) * 0.01 / (-math.log(1 - min(0.5, TARGET_DROP / max_drop)))
     calibrations = {kind: Calibration(max_drop, floor, initial_c if positive else 1.0)
-                    for kind in ("sparsity", "clusters")}
+                    for kind in kinds}
     measured: dict[str, dict[str, float]] = {name: {} for name in layers}  # "kind:key" -> score
     seconds_per_point = []
     hooks = _cancel_hooks(scorer.model, clock)
-    points: dict[str, list[tuple[str, float, float]]] = {"sparsity": [], "clusters": []}
+    points: dict[str, list[tuple[str, float, float]]] = {kind: [] for kind in kinds}
     try:
         for name in layers:  # the original (sparsity 0) scores the base exactly (the scorer does no work)
             for key in d_loss[name]["sparsity"]:
@@ -484,13 +493,17 @@ def analyze_estimate(handle, data, config: SensitivityConfig, exact_scorer: Call
                     measured[name][f"sparsity:{key}"] = base
         order = _spread(list(layers))  # when the budget is short of a point per layer: spread over the depth
         done = 0
-        cap = {"sparsity": SPARSITY_POINTS, "clusters": CLUSTER_POINTS}
-        rounds = ["sparsity", "anchor", "sparsity"] + ["clusters"] * CLUSTER_POINTS
+        cap = {"sparsity": SPARSITY_POINTS, "clusters": CLUSTER_POINTS, "bits": BITS_POINTS}
+        rounds = (["sparsity", "anchor", "sparsity"] + ["clusters"] * CLUSTER_POINTS
+                  + (["bits"] * BITS_POINTS if "bits" in kinds else []))
         for step in rounds:
             kind = "sparsity" if step == "anchor" else step
             calibration = calibrations[kind]
             if kind == "clusters" and not calibrations["clusters"].fitted:  # start from the pruning curve
                 calibration.log_c, calibration.b = calibrations["sparsity"].log_c, calibrations["sparsity"].b
+            if kind == "bits" and not calibrations["bits"].fitted:  # integers perturb values as sharing does
+                source = calibrations["clusters"] if calibrations["clusters"].fitted else calibrations["sparsity"]
+                calibration.log_c, calibration.b = source.log_c, source.b
             for name in order:
                 spent = time.monotonic() - cal_started
                 if done >= n_points or (done >= MIN_CALIBRATION_POINTS and seconds_per_point
@@ -507,7 +520,7 @@ def analyze_estimate(handle, data, config: SensitivityConfig, exact_scorer: Call
                     key = _next_point(kind, d_loss[name][kind], known, calibration, name)
                 if key is None:
                     continue
-                value = float(key) if kind == "sparsity" else int(key)
+                value = float(key) if kind == "sparsity" else int(key)  # clusters and bits are integers
                 t0 = time.monotonic()
                 score = scorer.score(name, grid_weight(scorer.layers[name].detach().clone(), kind, value,
                                                        config.seed))
@@ -526,8 +539,10 @@ def analyze_estimate(handle, data, config: SensitivityConfig, exact_scorer: Call
     report = SensitivityReport(base, {}, {})
     for name, weight in layers.items():
         row = {"params": weight.numel(), "kind": "conv" if weight.dim() > 2 else "fc", "sparsity": {},
-               "clusters": {}, "measured": {"sparsity": [], "clusters": []}, "loss_increase": d_loss[name]}
-        for kind in ("sparsity", "clusters"):
+               "clusters": {}, "measured": {kind: [] for kind in kinds}, "loss_increase": d_loss[name]}
+        if "bits" in kinds:
+            row["bits"] = {}
+        for kind in kinds:
             keys = set()
             for key, value in d_loss[name][kind].items():
                 if f"{kind}:{key}" in measured[name]:
@@ -550,6 +565,7 @@ def analyze_estimate(handle, data, config: SensitivityConfig, exact_scorer: Call
                                            "validation image(s)"},
                      "calibration": {"sparsity": calibrations["sparsity"].describe(),
                                      "clusters": calibrations["clusters"].describe(),
+                                     **({"bits": calibrations["bits"].describe()} if "bits" in kinds else {}),
                                      "points": sum(map(len, points.values())),
                                      "images": cal_images, "bn_batches": cal_bn,
                                      "seconds": round(time.monotonic() - cal_started, 2),

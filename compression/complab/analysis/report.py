@@ -39,6 +39,7 @@ STEPS = (
     ("codebooks", "codebooks (the shared values or codewords)"),
     ("entropy", "entropy coded (positions and indices)"),
     ("codes", "quantized: weights -> codes"),
+    ("levels", "integer-quantized: 32-bit weights -> entropy-coded integer levels"),
     ("zstd", "zstd on values kept as 32-bit numbers (sparse and raw tensors)"),
     ("stored", "other tensors stored as they are"),
     ("sections", "section headers (names, shapes, stream tables)"),
@@ -48,8 +49,8 @@ STEP_LABELS = dict(STEPS)
 # the same steps as a figure's axis labels: a word or two, a line each (the long label is the bar's hover)
 STEP_SHORT = {"framing": "framing", "structure": "smaller<br>arch.", "pruned": "pruned", "positions": "posi-<br>tions",
               "indices": "shared<br>values", "codebooks": "code-<br>books", "entropy": "entropy<br>coding",
-              "codes": "VQ<br>codes", "zstd": "zstd", "stored": "stored<br>as is", "sections": "section<br>headers",
-              "header": "file<br>header"}
+              "codes": "VQ<br>codes", "levels": "int<br>levels", "zstd": "zstd", "stored": "stored<br>as is",
+              "sections": "section<br>headers", "header": "file<br>header"}
 
 
 @dataclass
@@ -109,6 +110,9 @@ def tensor_steps(row: dict) -> dict[str, int]:
         steps["entropy"] = entropy
     elif encoding == "vq":
         steps["codes"] = row["bytes_indices"] - dense
+        steps["codebooks"] = row["bytes_codebook"]
+    elif encoding == "int":  # the levels (after the non-zero ones' positions in a pruned layer) and the scales
+        steps["levels"] = row["bytes_positions"] + row["bytes_indices"] - dense
         steps["codebooks"] = row["bytes_codebook"]
     else:  # raw: as they are, or zstd-compressed when smaller
         steps["zstd" if row.get("raw_compression") else "stored"] = row["bytes_raw"] - dense

@@ -1,8 +1,10 @@
-"""Sensitivity analysis: how much accuracy each prunable layer loses, alone, to pruning and to weight sharing.
+"""Sensitivity analysis: how much accuracy each prunable layer loses, alone, to pruning, to weight sharing and to
+integer quantization.
 
 For every layer, with all other layers untouched: accuracy on a validation subset at each sparsity
-of a grid (magnitude pruning, no fine-tuning) and at each cluster count of a grid (k-means weight
-sharing of the layer's weights, no fine-tuning). The report is plain JSON; the plan page turns it
+of a grid (magnitude pruning, no fine-tuning), at each cluster count of a grid (k-means weight
+sharing of the layer's weights, no fine-tuning) and at each integer width of a grid (uniform per-channel
+integers, analysis/grid.py's "bits" axis). The report is plain JSON; the plan page turns it
 into suggestions and the target solver (compression/complab/analysis/solver.py) works over it.
 
 A model with batch norm is measured at each point (where the weights changed) with its batch-norm
@@ -441,7 +443,7 @@ def analyze(handle: ModelHandle, data: DataBundle, config: SensitivityConfig = D
     workers (`layer_groups` splits, `merge_reports` joins the parts into the report one run would write).
 
     Progress: after every point, `on_progress("sensitivity", fraction, {"layer", "point", "done", "total",
-    "eta_s"})` ("point" reads e.g. "sparsity 0.5" or "clusters 16"; eta_s is the seconds left at the mean
+    "eta_s"})` ("point" reads e.g. "sparsity 0.5", "clusters 16" or "bits 4"; eta_s is the seconds left at the mean
     pace so far), then `cancel_requested()`: a cancel stops within one point.
     With config.mode "estimate" most points are estimated instead (analysis/fisher.py).
     """
@@ -460,13 +462,15 @@ def analyze(handle: ModelHandle, data: DataBundle, config: SensitivityConfig = D
         chosen = {name: weight for name, weight in scorer.layers.items() if name in set(layers)}
     report = SensitivityReport(scorer.base, {}, {**asdict(config), "base_accuracy": scorer.base,
                                                  "val_images": scorer.val_images, "batch_norm": scorer.batch_norm})
-    total_points = len(chosen) * (len(config.sparsities) + len(config.n_clusters))
+    total_points = len(chosen) * (len(config.sparsities) + len(config.n_clusters) + len(config.bits))
     done = 0
     started = time.monotonic()
     for name, weight in chosen.items():
         original = weight.detach().clone()
         row = {"params": weight.numel(), "kind": "conv" if weight.dim() > 2 else "fc", "sparsity": {}, "clusters": {}}
-        for kind, grid in (("sparsity", config.sparsities), ("clusters", config.n_clusters)):
+        if config.bits:
+            row["bits"] = {}
+        for kind, grid in (("sparsity", config.sparsities), ("clusters", config.n_clusters), ("bits", config.bits)):
             for value in grid:
                 row[kind][str(value)] = scorer.score(name, grid_weight(original, kind, value, config.seed))
                 done += 1

@@ -25,8 +25,11 @@ MAX_LAYERS = 100_000
 MAX_POINTS = 1000  # grid points of one kind in one layer
 MAX_NAME_CHARS = 1000
 MAX_CLUSTERS = 256  # the analysis' and ClusterStep's bound
-KINDS = ("sparsity", "clusters")
-ROW_KEYS = ("params", "kind", "sparsity", "clusters", "measured", "loss_increase")  # what the analyses write
+KINDS = ("sparsity", "clusters")  # the curves every report has
+OPTIONAL_KINDS = ("bits",)  # ...and those newer reports add (integer widths, analysis/grid.py): absent in older ones
+ALL_KINDS = KINDS + OPTIONAL_KINDS
+MIN_BITS, MAX_BITS = 2, 8  # the int step's widths
+ROW_KEYS = ("params", "kind", "sparsity", "clusters", "bits", "measured", "loss_increase")  # what the analyses write
 # A noise floor above this (fraction) hides the drops a plan budgets (the plan page's budgets of 1 to a few points):
 # the report's noise message then warns even when its largest drops are resolved
 NOISE_WARN_FLOOR = 0.02
@@ -71,11 +74,13 @@ def _grid_key(source: str, where: str, kind: str, key: Any) -> str:
                 raise ValueError
             return str(value)
         count = int(text)
-        if not 2 <= count <= MAX_CLUSTERS:
+        low, high = (MIN_BITS, MAX_BITS) if kind == "bits" else (2, MAX_CLUSTERS)
+        if not low <= count <= high:
             raise ValueError
         return str(count)
     except ValueError:
-        expected = "a sparsity from 0 below 1" if kind == "sparsity" else f"a cluster count from 2 to {MAX_CLUSTERS}"
+        expected = ("a sparsity from 0 below 1" if kind == "sparsity" else f"a cluster count from 2 to {MAX_CLUSTERS}"
+                    if kind == "clusters" else f"an integer width from {MIN_BITS} to {MAX_BITS} bits")
         raise _bad(source, where, key, expected) from None
 
 
@@ -87,7 +92,9 @@ def _row(source: str, name: str, row: Any) -> dict:
     if unknown:  # nothing reads it, so nothing would check it: a NaN there was carried into the solved report
         raise _bad(source, f"{where} key", unknown[0], f"one of {', '.join(ROW_KEYS)}")
     out = dict(row)
-    for kind in KINDS:
+    for kind in ALL_KINDS:
+        if kind in OPTIONAL_KINDS and kind not in row:
+            continue
         points = row.get(kind)
         if not isinstance(points, dict):
             raise _bad(source, f"{where} {kind}", points, "an object of grid point -> accuracy")
@@ -111,7 +118,7 @@ def _row(source: str, name: str, row: Any) -> dict:
         _loss_increase(source, where, row["loss_increase"])
     if "measured" in row and row["measured"] is not None:
         measured = row["measured"]
-        if not isinstance(measured, dict) or set(measured) - set(KINDS):
+        if not isinstance(measured, dict) or set(measured) - set(k for k in ALL_KINDS if k in out):
             raise _bad(source, f"{where} measured", measured, "an object of sparsity and clusters lists")
         listed = {}
         for kind, keys in measured.items():
@@ -131,7 +138,7 @@ def _loss_increase(source: str, where: str, value: Any) -> None:
     """Estimate mode records the Fisher loss increase per grid point: {kind: {grid point: finite number}}."""
     if _number(value):
         return
-    if not isinstance(value, dict) or set(value) - set(KINDS):
+    if not isinstance(value, dict) or set(value) - set(ALL_KINDS):
         raise _bad(source, f"{where} loss_increase", value, "an object of sparsity and clusters loss increases")
     for kind, points in value.items():
         if not isinstance(points, dict) or len(points) > MAX_POINTS:
@@ -178,7 +185,7 @@ def noise_of(base: float, val_images: int | None, layers: dict) -> dict:
         return {}
     base = float(base)
     step, floor = intervals.resolution(val_images), intervals.noise_floor(base, val_images)
-    drops = [base - float(accuracy) for row in layers.values() for kind in KINDS
+    drops = [base - float(accuracy) for row in layers.values() for kind in ALL_KINDS
              for accuracy in (row.get(kind) or {}).values()]
     largest = max(drops, default=0.0)
     resolves = largest > floor

@@ -54,6 +54,8 @@ def sensitivity_config(config: dict):
         raise CompressionLabError(f"sensitivity sparsities {list(out.sparsities)} must be numbers from 0 to 0.999")
     if not out.n_clusters or not all(isinstance(k, int) and 2 <= k <= 256 for k in out.n_clusters):
         raise CompressionLabError(f"sensitivity n_clusters {list(out.n_clusters)} must be integers from 2 to 256")
+    if not all(isinstance(b, int) and not isinstance(b, bool) and 2 <= b <= 8 for b in out.bits):
+        raise CompressionLabError(f"sensitivity bits {list(out.bits)[:10]} must be integers from 2 to 8")
     if not isinstance(out.val_size, int) or out.val_size < 1 or not isinstance(out.seed, int):
         raise CompressionLabError("sensitivity val_size must be a positive integer and seed an integer")
     if isinstance(out.bn_batches, bool) or not isinstance(out.bn_batches, int) or not 0 <= out.bn_batches <= 1000:

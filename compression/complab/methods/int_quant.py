@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import torch
 
+# the one formula of the step, the decoder and the export lives on the ground floor (storage may not import methods)
+from complab.storage.int_section import dequantize, level_range  # noqa: F401 - this module's names too
+
 OBSERVER_GRID = 100  # the mse observer tries this many clipping ratios of the channel's max |w|
-
-
-def level_range(bits: int) -> int:
-    """The largest level magnitude of a symmetric b-bit quantizer (127 at 8 bits, 7 at 4, 1 at 2)."""
-    return (1 << (bits - 1)) - 1
 
 
 def _rows(weight: torch.Tensor, granularity: str) -> torch.Tensor:
@@ -58,13 +56,6 @@ def quantize_levels(weight: torch.Tensor, scales: torch.Tensor, bits: int) -> to
     rows = _rows(weight, granularity)
     levels = (rows / scales.reshape(-1, 1).to(rows.device)).round().clamp(-qmax, qmax)
     return levels.reshape(weight.shape).to(torch.int8)
-
-
-def dequantize(levels: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """float32 weights `scales[c] * levels` (per output channel, or one scale): the step's, the decoder's and the
-    export's one formula, so all three give bit-identical weights."""
-    shape = (-1,) + (1,) * (levels.dim() - 1) if scales.numel() > 1 or levels.shape[0] == 1 else (1,) * levels.dim()
-    return scales.to(torch.float32).reshape(shape) * levels.to(torch.float32)
 
 
 def quantize_weight(weight: torch.Tensor, bits: int, granularity: str = "channel", observer: str = "mse",

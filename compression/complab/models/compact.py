@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from complab.errors import FormatError, ModelLoadError, first_line
+from complab.models import actquant
 from complab.models.channel_replay import replay
 from complab.models.compact_writer import Products, write_compact  # noqa: F401 - the writer, named here too
 from complab.models.handle import (
@@ -21,6 +22,7 @@ from complab.models.handle import (
 )
 from complab.storage import read_file
 from complab.storage.codec import decode_allowance
+from complab.storage.int_section import IntWeights
 
 
 def save_compressed(handle: ModelHandle, path: str | Path, extra: dict | None = None,
@@ -29,11 +31,22 @@ def save_compressed(handle: ModelHandle, path: str | Path, extra: dict | None = 
     return write_compact(handle, path, extra, products)
 
 
-def read_existing(path: Path) -> tuple[dict, dict]:
-    """(meta, tensors) of a compact file, or a FormatError saying the path does not exist."""
+def read_existing(path: Path, structures: dict | None = None) -> tuple[dict, dict]:
+    """(meta, tensors) of a compact file, or a FormatError saying the path does not exist; `structures` is filled
+    with what the file's sections were stored from (storage.read_file: the int sections' IntWeights)."""
     if not path.is_file():
         raise FormatError(f"compressed file {path} does not exist: check the path")
-    return read_file(path)
+    return read_file(path, structures=structures)
+
+
+def install_int(model: torch.nn.Module, meta: dict, structures: dict | None, source: str = "file") -> dict:
+    """A decoded model's integer side: the 8-bit activation hooks its meta records installed on it (checked by
+    actquant.table_from_meta: a bad table is a FormatError), and its int sections' levels and scales, returned as
+    the handle's `int_weights` ({} when the file has none)."""
+    table = actquant.table_from_meta(meta, model, source)
+    if table:
+        actquant.install(model, table)
+    return {name: value for name, value in (structures or {}).items() if isinstance(value, IntWeights)}
 
 
 # What a file's meta may say (checked before anything is built): an input of at most MAX_INPUT_CHANNELS
@@ -171,7 +184,8 @@ def activation_allowance(file_bytes: int) -> int:
 
 
 def handle_from_decoded(meta: dict, state: dict[str, torch.Tensor], base_file: str | Path | None = None,
-                        source: str = "file", trust: bool = False, file_bytes: int | None = None) -> ModelHandle:
+                        source: str = "file", trust: bool = False, file_bytes: int | None = None,
+                        structures: dict | None = None) -> ModelHandle:
     """Rebuild the recorded architecture and load the decoded tensors into it.
 
     Every meta value is checked first (check_meta). The architecture is then built on the meta device
@@ -180,7 +194,9 @@ def handle_from_decoded(meta: dict, state: dict[str, torch.Tensor], base_file: s
     forward at the recorded input size run there to measure its largest activation. Only a file that
     passes all of this gets CPU storage, exactly its own tensors' size: a few bytes of file cannot make the
     decoder build a RegNet-Y-128GF, trace SqueezeNet at 2048x2048 with gradients or allocate VGG-19
-    unpruned (issue 24). `file_bytes` (default: the tensors' bytes) sets the activation allowance.
+    unpruned (issue 24). `file_bytes` (default: the tensors' bytes) sets the activation allowance. The model gets
+    the 8-bit activation hooks its meta records, and the handle the int sections' levels (`structures`,
+    install_int).
     """
     checked = check_meta(meta, source)
     architecture = checked["architecture"]
@@ -212,16 +228,18 @@ def handle_from_decoded(meta: dict, state: dict[str, torch.Tensor], base_file: s
                                  f"({allowance / 2**20:,.0f} MiB): the file is damaged or crafted")
         model = _materialize(model, source)
     load_state(model, state)
+    int_weights = install_int(model, meta, structures, source)
     return ModelHandle(model.eval(), architecture, checked["input_shape"], checked["num_classes"],
                        checked["label"], checked["mean"], checked["std"], meta,
-                       channel_history=list(history or []))
+                       channel_history=list(history or []), int_weights=int_weights)
 
 
 def load_compressed(path: str | Path, base_file: str | Path | None = None, trust: bool = False) -> ModelHandle:
     """Decode a compact classifier file into a working model (our own parser; nothing is unpickled)."""
     path = Path(path)
-    meta, state = read_existing(path)
+    structures: dict = {}
+    meta, state = read_existing(path, structures)
     if meta.get("task", CLASSIFY.name) != CLASSIFY.name:
         raise FormatError(f"{path.name} holds a {str(meta.get('task'))[:20]} model, not a classifier: load it with "
                           "complab.sources.load_file")
-    return handle_from_decoded(meta, state, base_file, path.name, trust, path.stat().st_size)
+    return handle_from_decoded(meta, state, base_file, path.name, trust, path.stat().st_size, structures)

@@ -29,7 +29,7 @@ from torch import nn
 
 from complab.errors import FormatError, ModelLoadError, first_line
 from complab.models.channel_replay import replay
-from complab.models.compact import check_channel_history, read_existing
+from complab.models.compact import check_channel_history, install_int, read_existing
 from complab.models.compact_writer import write_compact
 from complab.models.handle import sizes
 from complab.models.params import bake
@@ -71,6 +71,9 @@ class DetectorHandle:
     # C2f modules already replaced by C2fV2 (models/yolo_prunable.py) so channels could be pruned
     c2f_replaced: list = field(default_factory=list)
     source_file: str | None = None  # the Ultralytics checkpoint it was read from
+    # weight tensor name -> storage.int_section.IntWeights (integer levels + scales) of the layers a compact file
+    # stored as integers ({} for a float model); the export writes these layers as integers
+    int_weights: dict = field(default_factory=dict)
 
     def save(self, path, extra: dict | None = None, products=None) -> int:
         """Write this model as a compact file (the one writer, models/compact_writer.write_compact); bytes written."""
@@ -126,7 +129,8 @@ class DetectorHandle:
 
     def clone(self) -> DetectorHandle:
         return DetectorHandle(copy.deepcopy(self.model), copy.deepcopy(self.architecture), self.imgsz, self.label,
-                              self.file_meta, list(self.channel_history), list(self.c2f_replaced), self.source_file)
+                              self.file_meta, list(self.channel_history), list(self.c2f_replaced), self.source_file,
+                              dict(self.int_weights))
 
     def export_graph(self) -> tuple[nn.Module, torch.Tensor, str, str]:
         """The model behind `DetectorPredictions` (its predictions tensor only): input "images", output
@@ -245,12 +249,15 @@ def save_detector(handle: DetectorHandle, path: str | Path, extra: dict | None =
 def load_detector_file(path: str | Path) -> DetectorHandle:
     """Decode a compact detector file into a working DetectionModel (nothing is unpickled)."""
     path = Path(path)
-    meta, state = read_existing(path)
-    return handle_from_decoded_detector(meta, state, path.name)
+    structures: dict = {}
+    meta, state = read_existing(path, structures)
+    return handle_from_decoded_detector(meta, state, path.name, structures)
 
 
-def handle_from_decoded_detector(meta: dict, state: dict, source: str = "file") -> DetectorHandle:
-    """Rebuild the recorded detector and load the decoded tensors into it."""
+def handle_from_decoded_detector(meta: dict, state: dict, source: str = "file",
+                                 structures: dict | None = None) -> DetectorHandle:
+    """Rebuild the recorded detector and load the decoded tensors into it; the model gets the 8-bit activation
+    hooks its meta records, the handle the int sections' levels (`structures`, models.compact.install_int)."""
     if meta.get("task") != DETECT.name:
         raise FormatError(f"{source} holds a {meta.get('task', 'unknown')} model, not a detector")
     history = check_channel_history(meta.get("channel_pruning"), source)
@@ -279,8 +286,9 @@ def handle_from_decoded_detector(meta: dict, state: dict, source: str = "file") 
     imgsz = meta.get("imgsz", 640)
     if isinstance(imgsz, bool) or not isinstance(imgsz, int) or not 32 <= imgsz <= 8192:
         raise FormatError(f"{source} records an image size of {str(imgsz)[:20]}: the file is damaged")
+    int_weights = install_int(model, meta, structures, source)
     return DetectorHandle(model.eval(), meta["architecture"], imgsz, str(meta.get("label", source))[:200],
-                          meta, list(history or []), list(replaced))
+                          meta, list(history or []), list(replaced), int_weights=int_weights)
 
 
 def evaluate_detector(handle: DetectorHandle, data_yaml: str | Path, batch: int = 32,

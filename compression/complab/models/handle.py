@@ -65,6 +65,9 @@ class ModelHandle:
     channel_history: list = field(default_factory=list)
     c2f_replaced: list = field(default_factory=list)  # (a detector's; a classifier replaces no module)
     source_file: str | None = None  # the TorchScript archive it was read from
+    # weight tensor name -> storage.int_section.IntWeights (integer levels + scales) of the layers a compact file
+    # stored as integers ({} for a float model); the export writes these layers as integers
+    int_weights: dict = field(default_factory=dict)
 
     def save(self, path, extra: dict | None = None, products=None) -> int:
         """Write this model as a compact file (the one writer, models/compact_writer.write_compact); bytes written."""
@@ -102,7 +105,8 @@ class ModelHandle:
         """A deep copy: models cached by the app are shared, so never change one in place."""
         return ModelHandle(copy.deepcopy(self.model), copy.deepcopy(self.architecture), self.input_shape,
                            self.num_classes, self.label, self.mean, self.std, self.file_meta,
-                           list(self.channel_history), list(self.c2f_replaced), self.source_file)
+                           list(self.channel_history), list(self.c2f_replaced), self.source_file,
+                           dict(self.int_weights))
 
     def export_graph(self) -> tuple[nn.Module, torch.Tensor, str, str]:
         """The model as it is, a zero example at its input shape: input "input", output "logits"."""

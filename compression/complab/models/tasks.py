@@ -17,15 +17,16 @@ from complab.models.handle import CLASSIFY
 from complab.models.protocol import Handle, TaskKind
 
 
-def _classifier(meta: dict, state: dict, path: Path, base_file, trust: bool) -> Handle:
-    return handle_from_decoded(meta, state, base_file, path.name, trust, path.stat().st_size)
+def _classifier(meta: dict, state: dict, path: Path, base_file, trust: bool, structures: dict) -> Handle:
+    return handle_from_decoded(meta, state, base_file, path.name, trust, path.stat().st_size, structures)
 
 
-def _detector(meta: dict, state: dict, path: Path, base_file, trust: bool) -> Handle:
-    return handle_from_decoded_detector(meta, state, path.name)
+def _detector(meta: dict, state: dict, path: Path, base_file, trust: bool, structures: dict) -> Handle:
+    return handle_from_decoded_detector(meta, state, path.name, structures)
 
 
-# task name -> (what the task answers, decoder(meta, state, path, base_file, trust) -> handle)
+# task name -> (what the task answers, decoder(meta, state, path, base_file, trust, structures) -> handle); the
+# structures are the file's int sections' levels and scales (the handle's int_weights)
 TASKS: dict[str, tuple[TaskKind, Callable[..., Handle]]] = {
     CLASSIFY.name: (CLASSIFY, _classifier),
     DETECT.name: (DETECT, _detector),
@@ -50,8 +51,10 @@ def read_compact(path: str | Path, base_file: str | Path | None = None, trust: b
     """Decode a compact file of any task into a working handle (our own parser; nothing is unpickled).
 
     A TorchScript model's file is rebuilt from `base_file`, code that loads only with `trust` (the person's
-    --trust: the compact file's meta never grants it)."""
+    --trust: the compact file's meta never grants it). The handle's `int_weights` holds the file's integer layers
+    and its model the 8-bit activation hooks the file records."""
     path = Path(path)
-    meta, state = read_existing(path)
+    structures: dict = {}
+    meta, state = read_existing(path, structures)
     kind = task_kind(meta.get("task"))
-    return TASKS[kind.name][1](meta, state, path, base_file, trust)
+    return TASKS[kind.name][1](meta, state, path, base_file, trust, structures)

@@ -61,7 +61,8 @@ def encode_state(state: dict[str, torch.Tensor], meta: dict, layer_kinds: dict[s
     (gap_bits="auto"), or is Han et al.'s 8 bits for conv / 5 for fc from layer_kinds
     (gap_bits="paper"), or a fixed int in 2..12. Decoding gives back bit-identical tensors.
     structures: tensor name -> vq_section.Quantized for vector-quantized weights (stored as codebooks +
-    codes when they decode to exactly the tensor).
+    codes) or int_section.IntWeights for integer-quantized ones (levels + scales), each used only when it
+    decodes to exactly the tensor.
     """
     if not isinstance(meta, dict):
         raise FormatError(f"meta must be a dict, got {type(meta).__name__}")
@@ -105,21 +106,25 @@ def decode_allowance(file_bytes: int, max_decoded_bytes: int | None = None) -> i
     return min(MAX_DECODED_BYTES, MIN_DECODE_ALLOWANCE + MAX_EXPANSION * int(file_bytes))
 
 
-def decode_state(data: bytes | bytearray | memoryview, *,
-                 max_decoded_bytes: int | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+def decode_state(data: bytes | bytearray | memoryview, *, max_decoded_bytes: int | None = None,
+                 structures: dict | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """(meta, state) from bytes written by encode_state; tensors come back bit-exactly, in order.
 
     Raises FormatError for anything wrong with the bytes, and for files whose tensors need more memory
     than max_decoded_bytes (default: decode_allowance of the file's size, at most 8 GiB).
+    structures: a dict to fill with tensor name -> the structure a section stored (int sections:
+    int_section.IntWeights, the levels and scales); left alone for the other sections.
     """
     reader, meta, count = _open(data)
     budget = [decode_allowance(len(reader.data), max_decoded_bytes)]
     state: dict[str, torch.Tensor] = {}
     for _ in range(count):
-        name, tensor, _, _ = decode_section(reader, budget=budget)
+        name, tensor, _, info = decode_section(reader, budget=budget)
         if name in state:
             raise damaged(f"tensor '{shown(name)}' appears twice")
         state[name] = tensor
+        if structures is not None and info.structure is not None:
+            structures[name] = info.structure
     if reader.remaining():
         raise damaged(f"{reader.remaining()} bytes follow the last section")
     return meta, state
@@ -140,7 +145,7 @@ def inspect_bytes(data: bytes | bytearray | memoryview, *,
     Row keys: name, shape, dtype, encoding, numel, nonzeros, n_clusters, gap_bits, bytes_positions,
     bytes_indices, bytes_codebook, bytes_raw, bytes_total, raw_compression, streams (a list of
     {stream: "positions"|"indices"|"codes", symbols, bytes (incl. its table), entropy_bytes}), quantizer,
-    layout and formula_bits (vq sections, else None), section_version (2 for the escape-coded shared and
+    layout and formula_bits (vq and int sections, else None), section_version (2 for the escape-coded shared and
     sparse sections, else 1) and bits_per_weight (section bits / numel).
     """
     reader, _, count = _open(data)
@@ -175,11 +180,11 @@ def write_file(path: str | os.PathLike, state: dict[str, torch.Tensor], meta: di
     return write_bytes_atomic(path, data)  # whole or not at all; a full disk names itself (OutputError)
 
 
-def read_file(path: str | os.PathLike, *,
-              max_decoded_bytes: int | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(meta, state) from a file written by write_file (see decode_state)."""
+def read_file(path: str | os.PathLike, *, max_decoded_bytes: int | None = None,
+              structures: dict | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(meta, state) from a file written by write_file (see decode_state; `structures` is filled as there)."""
     data = read_model_file(path)
     try:
-        return decode_state(data, max_decoded_bytes=max_decoded_bytes)
+        return decode_state(data, max_decoded_bytes=max_decoded_bytes, structures=structures)
     except FormatError as exc:
         raise naming(path, exc) from None

@@ -12,7 +12,7 @@ so adding the module is all a new type needs): it calls `register(SectionType(..
 
 The encoder asks the registered types in `rank` order and keeps the smallest offer (on a tie, the lower
 `tie_rank`: raw, the plainest, wins a tie; otherwise the type asked first);
-an offer marked `final` ends the search (a vq layout that decodes to exactly the tensor). Only the
+an offer marked `final` ends the search (a vq layout or integer levels that decode to exactly the tensor). Only the
 winner's bytes are built.
 """
 
@@ -45,10 +45,13 @@ class SectionInfo:
     bytes_raw: int = 0
     raw_compression: str | None = None
     streams: list[dict] = field(default_factory=list)
-    quantizer: str | None = None  # vq: binary, kmeans, pq or rq
-    layout: dict | None = None  # vq: the quantizer's parameters
-    formula_bits: int | None = None  # vq: Gong et al.'s bits for this layer (codes log2 k + 32-bit codebooks)
+    quantizer: str | None = None  # vq: binary, kmeans, pq or rq; int: "int"
+    layout: dict | None = None  # vq: the quantizer's parameters; int: {"bits", "scales"}
+    # vq: Gong et al.'s bits for this layer (codes log2 k + 32-bit codebooks); int: numel * bits + 32 * scales
+    formula_bits: int | None = None
     section_version: int = 1  # the registration's version (2: escape-coded shared and sparse, types 5 and 6)
+    # what the tensor was decoded from when the caller wants it back (int: an IntWeights); not an inspect row key
+    structure: Any = None
 
 
 @dataclass
@@ -78,7 +81,8 @@ class Subject:
     """The tensor being encoded, with what several section types need computed once (lazily).
 
     gap_bits: None (each type picks its layout by size) or the fixed relative-index width the caller asked
-    for (version-1 shared and sparse only). structure: the vq layout the tensor was built from, if any.
+    for (version-1 shared and sparse only). structure: what the tensor was built from, if anything (a vq layout,
+    integer levels and scales), handed over by the caller.
     """
 
     def __init__(self, name: str, tensor: torch.Tensor, gap_bits: int | None = None, structure: Any = None) -> None:

@@ -84,8 +84,9 @@ def encode_section(name: str, tensor: torch.Tensor, gap_bits: int | None = None,
     """type id, varint body length, body = name, dtype, shape, then the encoding's bytes.
 
     gap_bits: None (each coded type picks its layout) or a fixed relative-index width (version 1 only).
-    structure: a vq_section.Quantized the tensor was built from (vector quantization); it is stored as
-    a "vq" section when it decodes to exactly this tensor (float32), otherwise it is ignored.
+    structure: a vq_section.Quantized (vector quantization) or int_section.IntWeights (integer levels and
+    scales) the tensor was built from; it is stored as a "vq" or "int" section when it decodes to exactly
+    this tensor (float32), otherwise it is ignored.
     """
     if not isinstance(tensor, torch.Tensor):
         raise FormatError(f"state entry '{name}' is a {type(tensor).__name__}, not a tensor: put it in meta")

@@ -293,7 +293,7 @@ than the vector length) are charged to the decode allowance at 12 bytes each."""
 
 def _offer(subject: Subject, best: Offer | None) -> Offer | None:
     q = subject.structure
-    if q is None or subject.dtype != torch.float32 or tuple(subject.tensor.shape) != tuple(q.shape):
+    if not isinstance(q, Quantized) or subject.dtype != torch.float32 or tuple(subject.tensor.shape) != tuple(q.shape):
         return None
     if not np.array_equal(reconstruct(q).view(np.int32).ravel(), subject.bits):
         return None  # the layout does not decode to exactly this tensor: the other types store it

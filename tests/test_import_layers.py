@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "complab.analysis": 3,
     "complab.sources": 3,
     "complab.export": 3,
+    "complab.deploy": 3,
     "complab.codeload": 3,
     "complab.measure_child": 3,
     "complab.demo": 3,

@@ -16,13 +16,15 @@ from complab.plan import ORDER_RULES, ClusterStep, Plan, PruneStep, QuantizeStep
 # the ordering table as plan.py spelled it out before the steps declared it (earlier, later)
 OLD_ORDER = {("prune", "cluster"), ("channels", "prune"), ("channels", "cluster"), ("distill", "cluster"),
              ("prune", "fold_bn"), ("channels", "fold_bn"), ("fold_bn", "cluster"), ("fold_bn", "quantize"),
-             ("prune", "quantize"), ("channels", "quantize"), ("distill", "quantize")}
+             ("prune", "quantize"), ("channels", "quantize"), ("distill", "quantize"),
+             # issue 27's int step: after everything that changes the weights
+             ("prune", "int"), ("channels", "int"), ("distill", "int"), ("fold_bn", "int")}
 
 
 def test_every_step_is_declared_in_its_own_module_and_has_a_handler():
     from complab.methods.registry import handler_for
 
-    assert set(STEP_TYPES) == {"prune", "cluster", "quantize", "channels", "distill", "fold_bn"}
+    assert set(STEP_TYPES) == {"prune", "cluster", "quantize", "channels", "distill", "fold_bn", "int"}
     for step_type, config in STEP_TYPES.items():
         assert config.__module__.startswith("complab.steps."), (step_type, config.__module__)
         assert callable(handler_for(step_type))  # its torch side, registered by the method file
@@ -138,7 +140,7 @@ def test_the_settings_widgets_take_every_value_a_recipe_may_hold():
     valid recipe never holds a value the widget would refuse (a number input above its max stops the page)."""
     from complab.ui.plan_page import option_fields
 
-    assert len(option_fields()) == 6
+    assert len(option_fields()) == 9  # issue 27: the int step adds activation bits, calibration images, QAT epochs
     for config, f in option_fields():
         default = getattr(config(), f.name)
         for value in (f.low, f.high):

@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--base", type=Path, help="the original TorchScript file (for TorchScript models; needs --trust)")
     exp.add_argument("--trust", action="store_true", help=TRUST_HELP)
     exp.add_argument("--force", action="store_true", help="replace an existing output file")
+    exp.add_argument("--fp32", action="store_true",
+                     help="ONNX of an int8 model with float weights and activations instead of QDQ integers")
+    exp.add_argument("--data", help="calibration images for an int8 model's QDQ output quantizers (default: the "
+                                    "dataset the file records)")
     rp = sub.add_parser("report", help="one self-contained HTML file on finished runs: headline, Pareto plots, "
                                        "where the bytes went, per-layer table, recipe (and a detector's boxes)")
     rp.add_argument("runs", nargs="*", metavar="RUN_DIR_OR_ID",
@@ -284,9 +288,32 @@ def cmd_export(args) -> int:
     handle = sources.load_file(args.file, args.base, trust=args.trust)  # a foreign file: refused before torch
     from complab.export import export  # imports torch
 
-    size = export(handle, args.out)
-    print(json.dumps({"file": str(args.out), "bytes": size}))
+    if args.out.suffix != ".onnx":
+        size = export(handle, args.out)
+        print(json.dumps({"file": str(args.out), "bytes": size}))
+        return 0
+    from complab import deploy
+
+    calibration, note = None, None
+    if deploy.is_int8(handle) and not args.fp32:
+        calibration, note = _export_calibration(handle, args.data)
+    size, int8 = deploy.export_onnx(handle, args.out, int8=not args.fp32, calibration=calibration)
+    form = "QDQ int8 (int8 weights, uint8 activations)" if int8 else "fp32"
+    print(json.dumps({"file": str(args.out), "bytes": size, "form": form, "int8": int8,
+                      **({"note": note} if note else {})}))
     return 0
+
+
+def _export_calibration(handle, ref: str | None):
+    """A few training images for an int8 export's output quantizers, and a note where there are none."""
+    from complab.pipeline import CALIBRATION_IMAGES, calibration_batches
+
+    try:
+        data = sources.data_for_file(handle, ref)
+        return calibration_batches(handle, data), None
+    except CompressionLabError as exc:
+        return None, (f"no calibration images ({exc}): only the layers' inputs are quantized, so ONNX Runtime "
+                      f"fuses fewer int8 kernels; pass --data to calibrate on {CALIBRATION_IMAGES} images")
 
 
 def _report_run(ref: str, home: Path | None):

@@ -5,7 +5,8 @@
   prunable layer's FLOPs scaled by its weight density (zero weights skipped, as a sparse kernel would)
 - bytes: fp32 = the saved state dict (`torch.save`); compressed = the size of the file on disk
 - accuracy: top-1 on a split
-- latency: median wall time of repeated batches on the CPU, warm-up runs excluded
+- latency: median wall time of repeated batches on the CPU, warm-up runs excluded (PyTorch eager here; ONNX
+  Runtime's in complab/deploy.py)
 """
 
 from __future__ import annotations
@@ -77,7 +78,34 @@ def fp32_bytes(model: nn.Module) -> int:
 
 def machine() -> dict:
     """The machine a measurement ran on, as metrics.json records it (latency and speed-ups depend on it)."""
-    return {"platform": platform.platform(terse=True), "cpus": os.cpu_count(), "torch": torch.__version__}
+    return {"platform": platform.platform(terse=True), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "int8_isa": int8_isa()}
+
+
+CPU_FLAGS = Path("/proc/cpuinfo")
+# the int8 instruction sets in the order ONNX Runtime's MLAS prefers them (it picks kernels by cpuid): (flag, name)
+ISA_FLAGS = (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"),
+             ("avx512bw", "AVX512BW"), ("avx2", "AVX2"), ("asimddp", "NEON-DOTPROD"), ("asimd", "NEON"))
+
+
+def int8_isa(cpuinfo: str | None = None) -> str:
+    """The CPU's best int8 instruction set in words (e.g. "AVX512-VNNI"), from /proc/cpuinfo's flags; "unknown"
+    where there is no /proc/cpuinfo (not Linux)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = CPU_FLAGS.read_text(errors="replace")
+        except OSError:
+            return "unknown"
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+            break  # every core lists the same flags
+    for flag, name in ISA_FLAGS:
+        if flag in flags:
+            return name
+    return "none (no int8 dot-product instructions)"
 
 
 def file_bytes(path: str | os.PathLike) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from complab import metrics
+from complab import deploy, metrics
 from complab.data import DataBundle
 from complab.errors import ModelLoadError
 from complab.methods import bn_stats, distill
@@ -98,6 +98,13 @@ def compress(handle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
     decoded = read_compact(path)
     emit("measure compressed", 0.0, {})
     after = decoded.measure(data, split, latency)
+    ort_info = None
+    if latency:  # the runtime a model ships in: ONNX Runtime, the original's fp32 and the compressed (QDQ if int8)
+        emit("measure ONNX Runtime latency", 0.0, {})
+        before["ort_latency_ms"], after["ort_latency_ms"], ort_info = deploy.ort_metrics(
+            handle, decoded, handle.input_shape, calibration=_calibration(decoded, data, log))
+        if ort_info["error"]:
+            log(f"no ONNX Runtime latency: {ort_info['error']}")
     compressed_bytes = metrics.file_bytes(path)
     rows = inspect_bytes(path.read_bytes())
     result = {
@@ -120,11 +127,37 @@ def compress(handle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
         "seconds": round(time.time() - started, 2),
         "machine": metrics.machine(),  # what the latency and the report's "on this CPU" refer to
     }
+    if ort_info is not None:
+        result["ort"] = ort_info
     tmp = out_dir / ".metrics.json.tmp"  # written whole, then renamed: never a half-written result
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(out_dir / "metrics.json")
     emit("done", 1.0, {"accuracy": after["accuracy"], "compressed_bytes": compressed_bytes})
     return Result(decoded, result, path, work if keep_in_memory else None, products)
+
+
+CALIBRATION_IMAGES = 64  # training images that calibrate the QDQ export's output quantizers (deploy.py)
+
+
+def calibration_batches(handle, data) -> list[torch.Tensor]:
+    """CALIBRATION_IMAGES training images as the model reads them (float NCHW batches): what calibrates an int8
+    model's ONNX export (deploy.onnx_model_bytes)."""
+    if handle.kind.finds_boxes:
+        from complab.methods.detect_train import detector_batches
+
+        return detector_batches(data, handle.input_shape[-1], CALIBRATION_IMAGES)
+    return [images for images, _ in data.loader("train", batch_size=32, size=CALIBRATION_IMAGES)]
+
+
+def _calibration(decoded, data, log) -> list[torch.Tensor] | None:
+    """calibration_batches for an int8 model (None otherwise, or where the images cannot be read)."""
+    if not deploy.is_int8(decoded):
+        return None
+    try:
+        return calibration_batches(decoded, data)
+    except Exception as exc:  # noqa: BLE001 - without calibration the export quantizes fewer tensors, still valid
+        log(f"ONNX export calibration skipped: {exc}")
+        return None
 
 
 def _normalization(handle, data) -> dict:

@@ -232,7 +232,8 @@ def plan_sweep(spec: dict, stats, report: dict, axis: str, values: list[float], 
     for value in values:
         member = target_plan(stats, report, axis, value, name, prune_options or {}, cluster_options or {}, **fixed)
         plan = adjust(member.plan) if adjust is not None else member.plan
-        jobs.append(compress_job(spec, plan, predicted=predict(report, member.settings, None, history),
+        jobs.append(compress_job(spec, plan, predicted=predict(report, member.settings, member.quantizers or None,
+                                                               history),
                                  latency=latency))
         labels.append(member.label)
     return jobs, labels

@@ -53,6 +53,9 @@ class LayerStats:
     position_factors: tuple[np.ndarray, np.ndarray]  # (sparsities, real / geometric positions bytes)
     value_bytes: float  # bytes per kept fp32 value as the codec stores unshared values (shuffle + zstd)
     shape: tuple[int, ...] = ()  # the weight's shape (vector quantization's layouts depend on it)
+    # a seeded sample of whole output-channel rows ([rows, values per row], float32): what the int step's estimate
+    # quantizes to count its levels (per-channel scales need whole rows); None: estimated from sorted_abs alone
+    rows: np.ndarray | None = None
     # layer_bytes answers by (sparsity, n_clusters): a slider moves one layer, the other layers' answers are reused
     memo: dict = field(default_factory=dict, repr=False, compare=False)
     parts_memo: dict = field(default_factory=dict, repr=False, compare=False)  # layer_parts' answers, the same way
@@ -109,13 +112,14 @@ def model_stats(handle: ModelHandle) -> ModelStats:
 
     def layer_stats(name: str, weight) -> LayerStats:
         values = weight.detach().cpu().flatten().float().numpy()  # float32: every comparison below is exact
+        rows = _row_sample(values, tuple(weight.shape))
         sorted_values = np.sort(values)
         sorted_abs = _sorted_magnitudes(sorted_values)
         centers, counts = _equal_count_bins(sorted_values, min(HIST_BINS, values.size))
         return LayerStats(name, values.size, "conv" if weight.dim() > 2 else "fc", sorted_abs,
                           centers, counts, np.abs(centers), per_module.get(name, 0), values.size * 4,
                           _position_factors(np.abs(values), sorted_abs),
-                          _value_bytes(values, sorted_abs=sorted_abs), tuple(weight.shape))
+                          _value_bytes(values, sorted_abs=sorted_abs), tuple(weight.shape), rows)
 
     # numpy's sorts and reductions release the GIL: layers in parallel threads use the machine's cores
     workers = max(1, min(4, os.cpu_count() or 1))
@@ -143,6 +147,19 @@ def _fixed_steps(encoded: bytes) -> tuple[dict[str, int], int]:
     from complab.storage import inspect_bytes
 
     return rows_steps(inspect_bytes(encoded))
+
+
+ROW_SAMPLE = 1 << 16  # weights of whole output-channel rows an int layer's estimate quantizes (at least MIN_ROWS rows)
+MIN_ROWS = 16
+
+
+def _row_sample(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Evenly spaced whole rows (output channels) of a weight, about ROW_SAMPLE values (at least MIN_ROWS rows)."""
+    out = shape[0] if shape else 1
+    matrix = values.reshape(out, -1)
+    take = min(out, max(MIN_ROWS, ROW_SAMPLE // max(1, matrix.shape[1])))
+    chosen = np.unique(np.linspace(0, out - 1, take).round().astype(np.int64))
+    return np.ascontiguousarray(matrix[chosen])
 
 
 def _layer_flops(model, input_shape: tuple[int, ...]) -> tuple[int, dict[str, int]]:
@@ -347,6 +364,12 @@ def replaced_layer_parts(stats: LayerStats, sparsity: float, quantizer: dict) ->
     raise ValueError(f"no step estimates a layer stored as {quantizer!r}")
 
 
+def int_quantizer(bits: int, granularity: str | None = "channel") -> dict:
+    """The per-layer storage settings of an integer-quantized layer, as `estimate`'s quantizers take them (the int
+    step's estimate_layer hook turns them into bytes; predict reads its bits curve)."""
+    return {"int_bits": int(bits), "granularity": granularity or "channel"}
+
+
 def plan_settings(steps, layers: list[str]) -> tuple[dict[str, tuple[float, int | str | None]], dict[str, dict],
                                                         dict]:
     """(settings {layer: (sparsity, n_clusters)}, quantizers {layer: settings}, options such as bias_clusters) of
@@ -364,6 +387,8 @@ def plan_settings(steps, layers: list[str]) -> tuple[dict[str, tuple[float, int 
         settings[layer] = (float(merged.get("sparsity", 0.0)), merged.get("n_clusters"))
         if merged.get("quantizer"):
             quantizers[layer] = merged["quantizer"]
+        elif merged.get("int_bits"):  # the int step's {bits, granularity}: IntStep.estimate_layer's settings
+            quantizers[layer] = int_quantizer(merged["int_bits"]["bits"], merged["int_bits"].get("granularity"))
     return settings, quantizers, options
 
 
@@ -421,6 +446,9 @@ def parts_steps(parts: LayerParts) -> dict[str, float]:
     counts a real section: they sum to parts.total - 4 * numel."""
     if parts.encoding == "raw":
         return {"sections": parts.header, "stored": parts.raw - 4 * parts.numel}
+    if parts.encoding == "int":  # integer levels (entropy coded) and their scales (report.tensor_steps' int rows)
+        return {"sections": parts.header, "levels": parts.positions + parts.indices - 4 * parts.numel,
+                "codebooks": parts.codebook}
     if parts.codes:  # a layer stored as codebooks + bit-packed codes (a vector quantizer's)
         return {"sections": parts.header, "codes": parts.codes - 4 * parts.numel, "codebooks": parts.codebook}
     steps = {"sections": parts.header, "pruned": -4.0 * (parts.numel - parts.kept),

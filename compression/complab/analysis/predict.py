@@ -3,9 +3,10 @@
 Two stages, both named in the result's "model" text:
 
 1. **Raw drop** (no fine-tuning): each layer's drop at its setting, read from the report's curves
-   (interpolated between grid points: linear in sparsity, linear in log2 k for cluster counts; a
-   layer both pruned and shared costs the sum of its two drops), and the layers' drops added up
-   (each was measured with every other layer untouched; the additive model the solver also uses).
+   (interpolated between grid points: linear in sparsity, linear in log2 k for cluster counts, linear in
+   bits for integer widths; a layer both pruned and shared, or pruned and integer, costs the sum of its
+   two drops), and the layers' drops added up (each was measured with every other layer untouched; the
+   additive model the solver also uses).
 2. **After fine-tuning**: a run fine-tunes after every step, which recovers most of that. Measured on
    the demo classifiers (12 plans from the solver on LeNet-300-100 and LeNet-5, targets 20/40/60x and
    1/3/10-point budgets, `benchmarks/predicted_accuracy.py --fit-prior`), the measured drop follows
@@ -42,7 +43,7 @@ import numpy as np
 
 from complab import intervals, runfolder
 from complab.analysis.sensitivity_report import report_noise
-from complab.analysis.solver import LayerGrid, grids_from_report
+from complab.analysis.solver import LayerGrid, bits_drop, grids_from_report
 
 PRIOR_C, PRIOR_P = 0.24, 0.5  # fitted on the 12 demo runs described above
 PRIOR_SPREAD = 0.6  # their 80th percentile of |residual| / (1 + predicted)
@@ -80,6 +81,15 @@ def _raw(grids: dict[str, LayerGrid], settings: dict, quantizers: dict | None) -
     total, unknown, changed = 0.0, [], 0
     for layer, (sparsity, k) in settings.items():
         quantizer = (quantizers or {}).get(layer)
+        if quantizer and "int_bits" in quantizer:  # integer levels: the layer's bits curve (with its pruning's)
+            grid = grids.get(layer)
+            integer = None if grid is None else bits_drop(grid, int(quantizer["int_bits"]))
+            if integer is None:
+                unknown.append(layer)  # a report without the bits axis measured no such point
+                continue
+            changed += 1
+            total += _grid_drop(grid, float(sparsity), None) + integer
+            continue
         if quantizer:
             if quantizer.get("quantizer") != "kmeans":
                 unknown.append(layer)  # binary / pq / rq: the analysis measures no such point

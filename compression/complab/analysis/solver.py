@@ -1,8 +1,9 @@
-"""Target solver: per-layer sparsity and cluster count chosen greedily over a sensitivity table.
+"""Target solver: per-layer sparsity, cluster count and integer width chosen greedily over a sensitivity table.
 
 Given one target (compressed bytes, sparse FLOPs, or an accuracy-drop budget), start every layer
 untouched and repeatedly take the cheapest move over all layers, where a move makes one layer more
-aggressive (higher sparsity, fewer clusters, or both at once) and its price is the accuracy it costs
+aggressive (higher sparsity, fewer clusters or fewer integer bits, or several at once) and its price is the
+accuracy it costs
 per byte (or FLOP) it saves. This is the greedy ratio selection that Neural Magic's Sparsify (global
 slider) and AIMET (greedy compression-ratio selection) used, taken over each layer's lower convex hull
 of (cost, drop) so that a single step that does not pay (pruning a layer already shared at 2 values
@@ -10,17 +11,24 @@ adds a positions stream) cannot trap it. The accuracy cost of a layer is read fr
 report (drops of separate layers are assumed to add up; the sizes come from the analytic estimate,
 compression/complab/analysis/estimate.py). The drops are noise-aware (noise_aware_drops): a gain within noise
 counts as zero, and a drop the validation subset cannot resolve is never taken as a measured zero.
+
+Mixed precision: where the report has the "bits" axis (analysis/grid.py), a layer's values are either shared
+(clusters) or uniform integers at one of the measured widths (the int step; one set of levels per layer), so the
+walk chooses bits per layer as it chooses cluster counts, each width's bytes from the int estimate
+(steps/int_quant.IntStep.estimate_layer). `axes` narrows the choice, e.g. ("bits",): integers only, no pruning,
+what "b bits on average" means (a size target equal to uniform b-bit's bytes, `uniform_bits_bytes`).
 """
 
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from complab.analysis.estimate import ModelStats, estimate, layer_bytes
+from complab.analysis.estimate import ModelStats, estimate, int_quantizer, layer_bytes, replaced_layer_parts
 from complab.analysis.sensitivity_report import check_report, report_noise
 
 TARGET_KINDS = ("compressed_bytes", "sparse_flops", "accuracy_drop")
+SOLVER_AXES = ("sparsity", "clusters", "bits")  # what the solver may change per layer (solve's `axes`)
 EPSILON = 1e-6  # a free move (no measured drop) still prefers the larger saving
 
 
@@ -30,6 +38,8 @@ class LayerGrid:
     sparsity_drop: list[float]  # accuracy drop (fraction) at each sparsity, noise-aware (noise_aware_drops)
     clusters: list[int | None]  # descending aggressiveness order: None (not clustered), 256, ..., 2
     cluster_drop: list[float]
+    bits: list[int] = field(default_factory=list)  # integer widths, gentlest first (8, 6, 4, 3, 2); [] without the axis
+    bits_drop: list[float] = field(default_factory=list)  # the drop at each width, noise-aware like the others
 
 
 # An unresolved point (its drop within the noise floor) is charged this share of the floor at the far end of its
@@ -83,9 +93,41 @@ def grids_from_report(report: dict) -> dict[str, LayerGrid]:
         s_drop = [0.0 if s == 0.0 else base - row["sparsity"].get(_key(s), base) for s in sparsities]
         ks = sorted((int(k) for k in row["clusters"]), reverse=True)
         k_drop = [0.0] + [base - row["clusters"][str(k)] for k in ks]
+        bs = sorted((int(b) for b in row.get("bits") or {}), reverse=True)
+        b_drop = noise_aware_drops([0.0] + [base - row["bits"][str(b)] for b in bs], floor)[1:] if bs else []
         grids[name] = LayerGrid(sparsities, noise_aware_drops(s_drop, floor), [None, *ks],
-                                noise_aware_drops(k_drop, floor))
+                                noise_aware_drops(k_drop, floor), bs, b_drop)
     return grids
+
+
+def uniform_bits_bytes(stats: ModelStats, bits: int, layers=None) -> int:
+    """Estimated file bytes with every layer (of `layers`, default all) at `bits` uniform integers, unpruned: the
+    size target of "`bits` bits on average"."""
+    names = [name for name in (layers or stats.layers) if name in stats.layers]
+    return estimate(stats, {name: (0.0, None) for name in names},
+                    {name: int_quantizer(bits) for name in names})["compressed_bytes"]
+
+
+def bits_drop(grid: LayerGrid, bits: int) -> float | None:
+    """One layer's drop (fraction, noise-aware) at an integer width from its bits curve (linear between measured
+    widths, the harshest's below them, 0 above 8 bits); None when the report has no bits axis."""
+    if not grid.bits:
+        return None
+    import numpy as np
+
+    widths = np.array(grid.bits[::-1], dtype=float)  # ascending
+    drops = np.array(grid.bits_drop[::-1], dtype=float)
+    return float(np.interp(float(bits), widths, drops, left=drops[0], right=drops[-1] if widths[-1] < 8 else 0.0))
+
+
+def _values(grid: LayerGrid, axes) -> list[tuple[str, int, float]]:
+    """A layer's value settings (kind, index, drop): untouched ("none"), each cluster count, each integer width."""
+    out = [("none", 0, 0.0)]
+    if "clusters" in axes:
+        out += [("k", i, grid.cluster_drop[i]) for i in range(1, len(grid.clusters))]
+    if "bits" in axes:
+        out += [("b", i, drop) for i, drop in enumerate(grid.bits_drop)]
+    return out
 
 
 def _key(value: float) -> str:
@@ -101,7 +143,7 @@ def _monotone(drops: list[float]) -> list[float]:
     return out
 
 
-def _hull(options: list[tuple[float, float, tuple[int, int]]]) -> list[tuple[float, float, tuple[int, int]]]:
+def _hull(options: list[tuple[float, float, tuple]]) -> list[tuple[float, float, tuple]]:
     """The lower convex hull of one layer's (cost, drop, setting) options, from the least drop towards the least
     cost: each next option is the one that saves cost at the lowest price (drop per unit of cost saved)."""
     start = min(options, key=lambda o: (o[1], o[0]))
@@ -137,8 +179,9 @@ def _relax(chosen: dict, options: dict, slack: float) -> dict:
 
 
 def solve(stats: ModelStats, grids: dict[str, LayerGrid], target_kind: str, target: float,
-          cluster_first: bool = True) -> dict:
-    """Settings {layer: (sparsity, n_clusters)} meeting the target (or as close as the grid allows).
+          cluster_first: bool = True, axes=SOLVER_AXES) -> dict:
+    """Settings {layer: (sparsity, n_clusters)} meeting the target (or as close as the grid allows), and `bits`
+    {layer: integer width} for the layers it stores as integers (their n_clusters is None).
 
     target: compressed bytes (<=), sparse FLOPs (<=), or the largest total accuracy drop (fraction).
     Every (sparsity, cluster count) pair of a layer's grid is an option with a cost (its estimated bytes, or
@@ -147,26 +190,36 @@ def solve(stats: ModelStats, grids: dict[str, LayerGrid], target_kind: str, targ
     price (accuracy lost per byte or FLOP saved) until the target is met: the greedy ratio selection of
     Sparsify and AIMET, done over the hull so that a jump (prune 90% and share 16 values at once) is seen
     even when no single grid step pays (the multiple-choice knapsack's Lagrangian solution).
-    With cluster_first, every layer is at least shared at the largest k in its grid (weight sharing at
-    256 values costs nothing measurable and makes the file 4x smaller), as Deep Compression does.
+    With cluster_first, every layer is at least shared at the largest k in its grid or stored as integers at its
+    widest measured width (either costs nothing measurable and makes the file about 4x smaller), as Deep
+    Compression does. `axes` (of SOLVER_AXES): what may change; a report without the bits axis offers no widths.
     """
     if target_kind not in TARGET_KINDS:
         raise ValueError(f"target kind {target_kind!r}: use one of {TARGET_KINDS}")
+    unknown_axes = set(axes) - set(SOLVER_AXES)
+    if unknown_axes or not axes:
+        raise ValueError(f"solver axes {sorted(unknown_axes) or '(none)'}: use some of {SOLVER_AXES}")
     names = [name for name in grids if name in stats.layers]
     chains, all_options = {}, {}
     for name in names:
         grid = grids[name]
-        first_k = 1 if cluster_first and len(grid.clusters) > 1 else 0
-        k_indices = [first_k] if target_kind == "sparse_flops" else range(first_k, len(grid.clusters))
+        values = _values(grid, axes)
+        if cluster_first and len(values) > 1:
+            values = values[1:]  # at least the mildest sharing or integer width
+        if target_kind == "sparse_flops":  # FLOPs do not depend on how values are stored: the mildest one
+            values = values[:1]
+        sparsities = list(enumerate(grid.sparsities)) if "sparsity" in axes else [(0, grid.sparsities[0])]
         options = []
-        for s_index, sparsity in enumerate(grid.sparsities):
-            for k_index in k_indices:
-                drop = grid.sparsity_drop[s_index] + grid.cluster_drop[k_index]
+        for s_index, sparsity in sparsities:
+            for kind, index, value_drop in values:
+                drop = grid.sparsity_drop[s_index] + value_drop
                 if target_kind == "sparse_flops":
                     cost = stats.layers[name].flops * (1.0 - sparsity)
+                elif kind == "b":
+                    cost = replaced_layer_parts(stats.layers[name], sparsity, int_quantizer(grid.bits[index])).total
                 else:
-                    cost = layer_bytes(stats.layers[name], sparsity, grid.clusters[k_index])
-                options.append((cost, drop, (s_index, k_index)))
+                    cost = layer_bytes(stats.layers[name], sparsity, grid.clusters[index] if kind == "k" else None)
+                options.append((cost, drop, (s_index, kind, index)))
         chains[name] = _hull(options)
         all_options[name] = options
 
@@ -197,10 +250,13 @@ def solve(stats: ModelStats, grids: dict[str, LayerGrid], target_kind: str, targ
         chosen = _relax(chosen, all_options, target - cost - other)
         drop = sum(option[1] for option in chosen.values())
         cost = sum(option[0] for option in chosen.values())
-    settings = {}
+    settings, bits = {}, {}
     for name in names:
-        s_index, k_index = chosen[name][2]
-        settings[name] = (grids[name].sparsities[s_index], grids[name].clusters[k_index])
+        s_index, kind, index = chosen[name][2]
+        settings[name] = (grids[name].sparsities[s_index], grids[name].clusters[index] if kind == "k" else None)
+        if kind == "b":
+            bits[name] = grids[name].bits[index]
     reached = target_kind == "accuracy_drop" or cost + other <= target
-    return {"settings": settings, "predicted_drop": drop, "met": reached,
-            **{k: v for k, v in estimate(stats, settings).items() if k != "per_layer_bytes"}}
+    quantizers = {name: int_quantizer(b) for name, b in bits.items()}
+    return {"settings": settings, "bits": bits, "predicted_drop": drop, "met": reached,
+            **{k: v for k, v in estimate(stats, settings, quantizers).items() if k != "per_layer_bytes"}}

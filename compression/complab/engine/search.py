@@ -78,7 +78,8 @@ def search(source: dict, report: dict, budget: int, batch: int = 4, root: str | 
     study = optuna.create_study(directions=["minimize", "maximize"],
                                 sampler=NSGAIISampler(population_size=batch, seed=seed))
     for ratio in SEED_RATIOS[:batch]:  # the first generation: the solver's front
-        solved = solve_target(stats, report, "ratio", ratio)["settings"]
+        # the search's trials choose sparsity and clusters: its seeds are the solver's front on those two
+        solved = solve_target(stats, report, "ratio", ratio, axes=("sparsity", "clusters"))["settings"]
         params = {}
         for layer, (sparsities, clusters) in choices.items():
             s, k = solved.get(layer, (0.0, None))

@@ -10,8 +10,11 @@ pruning (zeros stay level 0), channels, distillation and with k-means sharing on
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
+
+import numpy as np
 
 from complab.errors import PlanError
 from complab.layermap import (
@@ -35,6 +38,9 @@ OBSERVERS = ("minmax", "percentile", "mse")  # how each scale's range is chosen 
 ROUNDINGS = ("auto", "nearest", "gptq")
 ACTIVATION_BITS = (0, 8)  # 0: weights only; 8: static 8-bit activations at each quantized layer's input
 AUTO_ROUNDING_BITS = 4  # rounding "auto" uses gptq at this many bits or fewer
+ESTIMATE_RATIOS = 40  # the estimate's mse observer tries this many clipping ratios (the step's tries 100)
+# per section: bits and flags bytes, then the levels stream's counts and table (analysis/estimate.py's constants)
+INT_SECTION_FIXED = 2
 
 
 @step_config
@@ -153,3 +159,87 @@ class IntStep:
         """The estimate hook: the layer's bits and granularity (estimate_layer turns them into bytes)."""
         settings = self.layer_settings(layer)
         return {} if settings is None else {"int_bits": settings}
+
+    @staticmethod
+    def estimate_layer(stats, sparsity: float, quantizer: dict, shared_parts, make_parts, header: float):
+        """Estimated bytes of an integer-quantized layer (analysis/estimate.py's hook; None for other storage).
+
+        The int section (storage/int_section.py) stores 4 bytes per scale and the levels entropy coded: about
+        n H(levels) / 8 bytes, H the levels' empirical entropy. The levels are counted on the layer's own weights
+        where LayerStats holds a sample of whole rows (magnitude-pruned at `sparsity`, then quantized per row or per
+        tensor with an mse observer, as the step's default); otherwise from a Laplacian of the layer's mean |w| at
+        the min-max step size. Pruned zeros are level 0 (the file's positions layout costs within a few bytes of
+        the dense stream's zero symbols). Memoized per (sparsity, bits, granularity)."""
+        if "int_bits" not in quantizer:
+            return None
+        bits = int(quantizer["int_bits"])
+        granularity = quantizer.get("granularity") or "channel"
+        key = ("int", float(sparsity), bits, granularity)
+        cached = stats.parts_memo.get(key)
+        if cached is not None:
+            return cached
+        qmax = (1 << (bits - 1)) - 1
+        n_prune = int(round(float(sparsity) * stats.numel))
+        threshold = float(stats.sorted_abs[n_prune - 1]) if n_prune > 0 else -1.0
+        rows = getattr(stats, "rows", None)
+        if rows is not None and rows.size:
+            shares = _level_shares(np.where(np.abs(rows) > threshold, rows, 0.0), qmax, granularity)
+        else:
+            shares = _laplace_shares(stats.sorted_abs, n_prune, qmax)
+        scales = (stats.shape[0] if stats.shape else 1) if granularity == "channel" else 1
+        used = int((shares > 0).sum())
+        entropy = float(-(shares[shares > 0] * np.log2(shares[shares > 0])).sum())
+        levels = stats.numel * entropy / 8 + _STREAM_OVERHEAD + _TABLE_BYTES_PER_SYMBOL * used
+        kept = stats.numel - int(round(shares[qmax] * stats.numel))  # level 0: pruned, or rounded to zero
+        parts = make_parts(stats.numel, kept, header=header + INT_SECTION_FIXED + _varint_bytes(scales),
+                           codebook=4.0 * scales, indices=levels, fixed_indices=stats.numel * bits / 8,
+                           encoding="int")
+        stats.parts_memo[key] = parts
+        return parts
+
+
+_STREAM_OVERHEAD = 6  # analysis/estimate.py's STREAM_OVERHEAD (a coded stream's counts, table header, ANS tail)
+_TABLE_BYTES_PER_SYMBOL = 0.12  # ...and TABLE_BYTES_PER_SYMBOL
+
+
+def _varint_bytes(value: int) -> int:
+    return max(1, math.ceil(max(1, int(value)).bit_length() / 7))
+
+
+def _level_shares(rows: np.ndarray, qmax: int, granularity: str) -> np.ndarray:
+    """Each level's share (index level + qmax) of the rows quantized with an mse-chosen scale per row (or one)."""
+    matrix = rows.reshape(1, -1) if granularity == "tensor" else rows.reshape(rows.shape[0], -1)
+    matrix = matrix.astype(np.float64)
+    top = np.abs(matrix).max(axis=1)
+    best, best_error = top.copy(), np.full(top.shape, np.inf)
+    for step in range(ESTIMATE_RATIOS, 0, -1):
+        clip = top * step / ESTIMATE_RATIOS
+        scale = np.where(clip > 0, clip / qmax, 1.0)[:, None]
+        error = ((np.clip(np.round(matrix / scale), -qmax, qmax) * scale - matrix) ** 2).sum(axis=1)
+        better = error < best_error
+        best_error, best = np.where(better, error, best_error), np.where(better, clip, best)
+    scale = np.where(best > 0, best / qmax, 1.0)[:, None]
+    levels = np.clip(np.round(matrix / scale), -qmax, qmax).astype(np.int64) + qmax
+    counts = np.bincount(levels.ravel(), minlength=2 * qmax + 1).astype(np.float64)
+    return counts / counts.sum()
+
+
+def _laplace_shares(sorted_abs: np.ndarray, n_prune: int, qmax: int) -> np.ndarray:
+    """Level shares of a Laplacian of the kept weights' mean |w| at the min-max step size, plus the pruned zeros."""
+    kept = sorted_abs[n_prune:].astype(np.float64)
+    shares = np.zeros(2 * qmax + 1)
+    if kept.size == 0 or kept[-1] <= 0:
+        shares[qmax] = 1.0
+        return shares
+    b, step = max(kept.mean(), 1e-12), kept[-1] / qmax
+    edges = (np.arange(qmax + 1) + 0.5) * step  # |level| = k covers [(k - 1/2) step, (k + 1/2) step)
+    below = 1.0 - np.exp(-edges / b)  # P(|w| < edge)
+    magnitude = np.diff(np.concatenate(([0.0], below)))
+    magnitude[-1] += 1.0 - below[-1]  # the clipped tail lands on the top level
+    shares[qmax] = magnitude[0]
+    shares[qmax + 1:] = magnitude[1:] / 2
+    shares[:qmax] = magnitude[1:][::-1] / 2
+    density = kept.size / (kept.size + n_prune)
+    shares *= density
+    shares[qmax] += 1.0 - density
+    return shares

@@ -214,6 +214,8 @@ class QuantizeStep:
         a clustered layer's, so the cluster estimate (pruned zeros included) applies."""
         from complab.storage.vq_section import code_bits, sizes
 
+        if "quantizer" not in quantizer:  # another step's storage (the int step's integer levels)
+            return None
         method, k = quantizer["quantizer"], int(quantizer["n_codewords"])
         if method == "kmeans":
             return shared_parts(stats, sparsity, k)

@@ -93,7 +93,6 @@ def int_plan(name: str, eval_split: str, **step) -> Plan:
 
 W8A8 = dict(bits={"_default": 8}, activation_bits=8, rounding="nearest")
 W4 = dict(bits={"_default": 4}, rounding="gptq")
-W3 = dict(bits={"_default": 3}, rounding="gptq")
 
 
 def run(handle, plan: Plan, data, out: Path):
@@ -205,14 +204,15 @@ def classifier(name: str, handle, data, out: Path, args) -> dict:
     row["w4_accuracy"] = round(w4.metrics["after"]["accuracy"], 4)
     row["w4_drop_pts"] = drop_pts(w4.metrics)
     log(f"{name}: W4 gptq {row['w4_accuracy']}")
+    images = calibration_images(data, w8)
+    batches = [torch.from_numpy(images[i:i + 32]) for i in range(0, len(images), 32)]
     fp32_onnx = deploy.onnx_model_bytes(handle, int8=False)
-    ours_onnx = deploy.onnx_model_bytes(w8.handle, int8=True)
+    ours_onnx = deploy.onnx_model_bytes(w8.handle, int8=True, calibration=batches)
     row["onnx_fp32_bytes"], row["onnx_int8_bytes"] = len(fp32_onnx), len(ours_onnx)
     row["int_file_vs_onnx"] = round(w8.metrics["after"]["compressed_bytes"] / len(ours_onnx), 4)
     row["ours_ort_accuracy"] = round(ort_accuracy(ours_onnx, data), 4)
     row["fp32_ort_accuracy"] = round(ort_accuracy(fp32_onnx, data), 4)
     if not args.skip_nncf:
-        images = calibration_images(data, w8)
         nncf_onnx, info = nncf_quantize(fp32_onnx, images, out / name)
         row["nncf"] = info
         row["nncf_ort_accuracy"] = round(ort_accuracy(nncf_onnx, data), 4)
@@ -226,30 +226,35 @@ def classifier(name: str, handle, data, out: Path, args) -> dict:
     except BenchmarkError as exc:
         row["mixed_error"] = str(exc)
         log(f"{name}: no mixed-precision figure: {exc}")
-    row["w8a8"] = w8
+    row["w8a8"], row["batches"] = w8, batches
     return row
 
 
 def mixed_vs_uniform(name: str, handle, data, out: Path) -> dict:
-    """Uniform 3-bit GPTQ weights, then the solver's bits per layer for the same file bytes."""
-    uniform = run(handle, int_plan(f"{name}-w3", "test", **W3), data, out)
-    target = uniform.metrics["after"]["compressed_bytes"]
-    bits = solver_bits(handle, data, target)
-    mixed = run(handle, int_plan(f"{name}-mixed", "test", bits=bits, rounding="gptq"), data, out)
-    return {"uniform3_accuracy": round(uniform.metrics["after"]["accuracy"], 4), "uniform3_file_bytes": target,
-            "mixed_accuracy": round(mixed.metrics["after"]["accuracy"], 4),
-            "mixed_file_bytes": mixed.metrics["after"]["compressed_bytes"], "mixed_bits": bits,
-            "mixed_vs_uniform_pts": round(100 * (mixed.metrics["after"]["accuracy"]
-                                                 - uniform.metrics["after"]["accuracy"]), 3)}
+    """The solver's bits per layer at 3 bits on average (analysis.targets "bits:3": integers only, for the estimated
+    bytes of every layer at 3 bits) against every layer at 3 bits ("uniform:3"), both GPTQ-rounded (the int step's
+    auto rounding at <= 4 bits), from one exact sensitivity analysis with only the bits axis."""
+    from complab.analysis.estimate import model_stats
+    from complab.analysis.grid import SensitivityConfig
+    from complab.analysis.sensitivity import analyze
+    from complab.analysis.targets import target_plan
 
-
-def solver_bits(handle, data, target_bytes: int) -> dict:
-    """Bits per layer from the sensitivity analysis's bits axis and the solver, for a file-bytes target."""
-    from complab.analysis import solver
-
-    if not hasattr(solver, "solve_bits"):
-        raise BenchmarkError("the solver has no bits setting on this branch (analysis/solver.py: no solve_bits)")
-    return solver.solve_bits(handle, data, target_bytes)
+    started = time.time()
+    report = analyze(handle, data, SensitivityConfig(sparsities=(0.0,), n_clusters=(), bits=(8, 6, 4, 3, 2),
+                                                     val_size=512)).to_dict()
+    seconds = time.time() - started
+    stats = model_stats(handle)
+    runs = {}
+    for axis in ("uniform", "bits"):
+        member = target_plan(stats, report, axis, 3.0, name=name, int_options={"calibration_images": CALIBRATION})
+        runs[axis] = (member, run(handle, member.plan, data, out))
+    uniform, mixed = runs["uniform"][1].metrics["after"], runs["bits"][1].metrics["after"]
+    log(f"{name}: uniform 3 bits {uniform['accuracy']:.4f} ({uniform['compressed_bytes']} B), mixed "
+        f"{mixed['accuracy']:.4f} ({mixed['compressed_bytes']} B)")
+    return {"uniform3_accuracy": round(uniform["accuracy"], 4), "uniform3_file_bytes": uniform["compressed_bytes"],
+            "mixed_accuracy": round(mixed["accuracy"], 4), "mixed_file_bytes": mixed["compressed_bytes"],
+            "mixed_bits": runs["bits"][0].solved.get("bits"), "sensitivity_s": round(seconds, 1),
+            "mixed_vs_uniform_pts": round(100 * (mixed["accuracy"] - uniform["accuracy"]), 3)}
 
 
 def detector(out: Path) -> dict:
@@ -265,12 +270,14 @@ def detector(out: Path) -> dict:
             "file_bytes": after["compressed_bytes"], "fp32_bytes": before["fp32_bytes"]}
 
 
-def int8_speedup(w8, original, rounds: int) -> dict:
+def int8_speedup(w8, original, batches: list[torch.Tensor], rounds: int) -> dict:
     """ResNet-18 at 224 px: fp32 ONNX vs our int8 QDQ ONNX in ONNX Runtime, paired."""
     from complab import deploy
 
     fp32 = deploy.onnx_model_bytes(at_shape(original, DEPLOY_SHAPE), int8=False)
-    int8 = deploy.onnx_model_bytes(at_shape(w8.handle, DEPLOY_SHAPE), int8=True)
+    # the activation ranges were calibrated at 32 px; the output quantizers see the same images upsampled to 224
+    big = [torch.nn.functional.interpolate(b[:8], size=DEPLOY_SHAPE[1:], mode="bilinear") for b in batches[:1]]
+    int8 = deploy.onnx_model_bytes(at_shape(w8.handle, DEPLOY_SHAPE), int8=True, calibration=big)
     fp32_ms, int8_ms, info = deploy.ort_latency_pair(fp32, int8, DEPLOY_SHAPE, threads=THREADS, rounds=rounds)
     return {"ort_int8_speedup": round(fp32_ms / int8_ms, 3), "ort_fp32_ms_224": round(fp32_ms, 3),
             "ort_int8_ms_224": round(int8_ms, 3), "ort_info": info}
@@ -303,21 +310,28 @@ def channels_latency(rounds: int) -> dict:
     base_flops = metrics.flops(original, DEPLOY_SHAPE)["flops"]
     base_params = sum(p.numel() for p in original.parameters())
     base_bytes = export(original)
-    rows = {}
+    rows: dict = {}
     for keep in (0.5, 0.3):
         for round_to in (1, 8):
             model = pruned_resnet18(keep, round_to)
+            widths = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+            same = next((row for row in rows.values() if row["keep"] == keep and row["all_widths"] == widths), None)
+            if same is not None:  # rounding changed nothing (every width already a multiple): the same model
+                rows[f"keep{keep}_round{round_to}"] = {**same, "round_to": round_to, "same_model_as_round1": True}
+                continue
             flops = metrics.flops(model, DEPLOY_SHAPE)["flops"]
             base_ms, ms, _ = deploy.ort_latency_pair(base_bytes, export(model), DEPLOY_SHAPE, threads=THREADS,
-                                                     rounds=rounds)
+                                                     rounds=rounds, seconds=15.0)
             reduction, speedup = base_flops / flops, base_ms / ms
             rows[f"keep{keep}_round{round_to}"] = {
-                "flops_reduction": round(reduction, 3), "ort_speedup": round(speedup, 3),
-                "latency_over_flops": round(speedup / reduction, 3), "ms": round(ms, 3),
-                "original_ms": round(base_ms, 3),
+                "keep": keep, "round_to": round_to, "flops_reduction": round(reduction, 3),
+                "ort_speedup": round(speedup, 3), "latency_over_flops": round(speedup / reduction, 3),
+                "ms": round(ms, 3), "original_ms": round(base_ms, 3),
                 "params_kept": round(sum(p.numel() for p in model.parameters()) / base_params, 4),
-                "widths": sorted({m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)})}
+                "widths": sorted(set(widths)), "all_widths": widths}
             log(f"channels keep {keep} round_to {round_to}: {rows[f'keep{keep}_round{round_to}']}")
+    for row in rows.values():
+        row.pop("all_widths", None)
     return {"ort_channels_latency_over_flops": rows["keep0.5_round8"]["latency_over_flops"], "channels": rows}
 
 
@@ -358,8 +372,8 @@ def main() -> None:
         rgb = rgb_digits()
         r18_handle = resnet18(rgb)
         r18 = classifier("resnet18", r18_handle, rgb, folder, args)
-        speed = int8_speedup(r18.pop("w8a8"), r18_handle, args.rounds)
-        vgg.pop("w8a8")
+        speed = int8_speedup(r18.pop("w8a8"), r18_handle, r18.pop("batches"), args.rounds)
+        vgg.pop("w8a8"), vgg.pop("batches")
         chans = channels_latency(args.rounds)
         det = None if args.skip_detector else detector(folder)
     rows = {"vgg_small": vgg, "resnet18": r18}

@@ -98,3 +98,32 @@ def test_l1_step_rounds_and_adds_back_the_next_largest_filters(vgg, digits32):
         predicted = sum(w.numel() * factors[name] for name, w in vgg.prunable_layers().items())
         assert (round(predicted) == actual) is equal
     assert layout.kept("features.7", 0.3, 8) == 16 and layout.kept("features.7", 0.3) == 19
+
+
+def test_plan_page_round_to_moves_the_live_estimate(tmp_path, monkeypatch):
+    """The Plan page's "round kept channels" select: 60 of 256 channels kept, rounded to 8 keeps 64 (a bigger file)."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("COMPRESSION_LAB_HOME", str(tmp_path / "home"))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
+    at.session_state["active"] = {"model": "demo:vgg_small", "weights": None, "data": "digits", "input_size": None,
+                                  "mean": None, "std": None}
+    at.run()
+    at.switch_page("pages/plan.py")
+    at.run()
+    key = next(s.key for s in at.slider if s.key.endswith("::keep::features.21"))
+    at.slider(key=key).set_value(60).run()
+
+    def estimated() -> int:
+        return int({m.label: m.value for m in at.metric}["Estimated file"].split()[0].replace(",", ""))
+
+    plain = estimated()
+    select = next(s for s in at.selectbox if s.key and s.key.endswith("::round_to"))
+    assert select.value == 1  # off unless asked for
+    select.set_value(8).run()
+    assert not at.exception and not [e.value for e in at.error if "channel" in e.value or "round" in e.value]
+    assert estimated() > plain  # 64 channels kept instead of 60: the next layer's inputs too
+    select.set_value(1).run()
+    assert estimated() == plain

@@ -335,6 +335,49 @@ def channels_latency(rounds: int) -> dict:
     return {"ort_channels_latency_over_flops": rows["keep0.5_round8"]["latency_over_flops"], "channels": rows}
 
 
+def detector_channels(rounds: int) -> dict:
+    """The demo detector at its 160 px, channels kept 0.5 and 0.4 by L1 (prune_detector), rounded to 8 or not: ORT fp32
+    speed-up over FLOPs reduction (supporting figures for the round_to default)."""
+    from complab import deploy
+    from complab.methods.channels.detector import prune_detector
+    from complab.models.detector import DetectorHandle, load_detector
+
+    original = load_detector()
+    shape = tuple(original.input_shape)
+
+    def export(model):
+        handle = DetectorHandle(model, {"kind": "ultralytics", "yaml": model.yaml, "names": dict(model.names)},
+                                shape[1], "benchmark")
+        return deploy.onnx_model_bytes(handle, int8=False)
+
+    base_bytes, base_flops = export(original.model), metrics.flops(original.model, shape)["flops"]
+    base_params = sum(p.numel() for p in original.model.parameters())
+    rows: dict = {}
+    for keep in (0.5, 0.4):
+        for round_to in (1, 8):
+            model = copy.deepcopy(original.model).eval()
+            prune_detector(model, keep, shape, "l1", 0, round_to)
+            widths = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+            same = next((row for row in rows.values() if row["keep"] == keep and row["all_widths"] == widths), None)
+            if same is not None:
+                rows[f"keep{keep}_round{round_to}"] = {**same, "round_to": round_to, "same_model_as_round1": True}
+                continue
+            flops = metrics.flops(model, shape)["flops"]
+            base_ms, ms, _ = deploy.ort_latency_pair(base_bytes, export(model), shape, threads=THREADS,
+                                                     rounds=max(rounds, 60), seconds=10.0)
+            rows[f"keep{keep}_round{round_to}"] = {
+                "keep": keep, "round_to": round_to, "flops_reduction": round(base_flops / flops, 3),
+                "ort_speedup": round(base_ms / ms, 3),
+                "latency_over_flops": round(base_ms / ms * flops / base_flops, 3),
+                "ms": round(ms, 3), "original_ms": round(base_ms, 3),
+                "params_kept": round(sum(p.numel() for p in model.parameters()) / base_params, 4),
+                "widths": sorted(set(widths)), "all_widths": widths}
+            log(f"detector channels keep {keep} round_to {round_to}: {rows[f'keep{keep}_round{round_to}']}")
+    for row in rows.values():
+        row.pop("all_widths", None)
+    return rows
+
+
 def resnet18(data):
     """The digits-trained ResNet-18, from the cache when it is there."""
     path = CACHE / f"resnet18_digits_e{RESNET_EPOCHS}.pt"
@@ -376,6 +419,7 @@ def main() -> None:
         vgg.pop("w8a8"), vgg.pop("batches")
         chans = channels_latency(args.rounds)
         det = None if args.skip_detector else detector(folder)
+        det_channels = None if args.skip_detector else detector_channels(args.rounds)
     rows = {"vgg_small": vgg, "resnet18": r18}
 
     def worst(key: str, pick=max):
@@ -396,6 +440,7 @@ def main() -> None:
         "ort_fp32_ms_224": speed["ort_fp32_ms_224"], "ort_int8_ms_224": speed["ort_int8_ms_224"],
         "ort_info": speed["ort_info"],
         "classifiers": rows, "detector": det, "channels": chans["channels"],
+        "detector_channels": det_channels,
         "targets": {"w8a8_drop_pts": "<= 0.5", "det_w8a8_map50_95_drop": "<= 1.0", "w4_drop_pts": "<= 1.5",
                     "ours_minus_nncf_pts": ">= -0.1", "mixed_vs_uniform_pts": ">= 0.5", "ort_int8_speedup": ">= 2.0",
                     "ort_channels_latency_over_flops": ">= 0.8", "int_file_vs_onnx": "<= 0.8"},

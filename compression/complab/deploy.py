@@ -210,9 +210,14 @@ class _QDQ:
     def output_targets(self) -> list[str]:
         """Float tensors to quantize: outputs of convolutions, Gemms, Adds and average pools (after a ReLU that alone
         reads them), and Add inputs, not yet quantized and not graph outputs."""
+        import onnx
+
         consumers = self.consumers()
         outputs = {o.name for o in self.graph.output}
         done = self.quantized_tensors()
+        inferred = onnx.shape_inference.infer_shapes(self.proto).graph  # only float tensors (not shape arithmetic)
+        floats = {v.name for v in list(inferred.value_info) + list(inferred.input)
+                  if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
         targets: list[str] = []
         for node in self.graph.node:
             names = []
@@ -225,7 +230,7 @@ class _QDQ:
             if node.op_type == "Add":
                 names.extend(node.input)
             for name in names:
-                if name in outputs or name in done or name in targets or name in self.inits or name in self.consts:
+                if name in outputs or name in done or name in targets or name not in floats:
                     continue
                 targets.append(name)
         return targets

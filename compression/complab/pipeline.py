@@ -101,10 +101,12 @@ def compress(handle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
     ort_info = None
     if latency:  # the runtime a model ships in: ONNX Runtime, the original's fp32 and the compressed (QDQ if int8)
         emit("measure ONNX Runtime latency", 0.0, {})
-        before["ort_latency_ms"], after["ort_latency_ms"], ort_info = deploy.ort_metrics(
-            handle, decoded, handle.input_shape, calibration=_calibration(decoded, data, log))
-        if ort_info["error"]:
+        ort_before, ort_after, ort_info = deploy.ort_metrics(handle, decoded, handle.input_shape,
+                                                             calibration=_calibration(decoded, data, log))
+        if ort_info["error"]:  # no figure rather than a made-up one: the pages read these keys with .get()
             log(f"no ONNX Runtime latency: {ort_info['error']}")
+        else:
+            before["ort_latency_ms"], after["ort_latency_ms"] = ort_before, ort_after
     compressed_bytes = metrics.file_bytes(path)
     rows = inspect_bytes(path.read_bytes())
     result = {

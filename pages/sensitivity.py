@@ -4,7 +4,7 @@ import streamlit as st
 from complab import engine
 from complab.analysis.fisher import ESTIMATE_ABOVE_COST, analysis_cost, default_mode
 from complab.analysis.report import model_name
-from complab.analysis.sensitivity import SensitivityConfig
+from complab.analysis.sensitivity import DEFAULT_BITS, SensitivityConfig
 from complab.analysis.sensitivity_report import report_noise
 from complab.errors import CompressionLabError
 from complab.ui import figures
@@ -18,8 +18,8 @@ st.title("Sensitivity")
 spec = active_spec()
 handle, data = load_active(spec)
 st.caption(f"Each prunable layer of {plain_markdown(model_name(handle.label))} alone: accuracy on a validation "
-           "subset at every sparsity (magnitude pruning) and every cluster count (k-means weight sharing), without "
-           "fine-tuning.")
+           "subset at every sparsity (magnitude pruning), every cluster count (k-means weight sharing) and every "
+           "integer width (uniform per-channel integers), without fine-tuning.")
 detector = handle.kind.finds_boxes
 if detector:  # ~60 layers, each point an mAP evaluation: a coarser default grid on fewer images
     st.caption("For a detector the score is mAP50 on validation images held in memory (same matching as "
@@ -46,7 +46,11 @@ with st.expander("Settings"):
                                 default=defaults["sparsities"], key="sens_sparsities")
     clusters = st.multiselect("Cluster counts", [2, 4, 8, 16, 32, 64, 128, 256],
                               default=defaults["n_clusters"], key="sens_clusters")
+    bits = st.multiselect("Integer bits", [8, 7, 6, 5, 4, 3, 2], default=list(defaults.get("bits", DEFAULT_BITS)),
+                          key="sens_bits", help="uniform integer weights per output channel (the int step); none: "
+                                                "no bits curves")
 job = sensitivity_job(spec, {"sparsities": sorted(sparsities), "n_clusters": sorted(clusters),
+                             "bits": sorted(bits, reverse=True),
                              "val_size": int(val_size), "seed": 0, "mode": mode})
 if st.button("Run sensitivity analysis", type="primary", key="sens_launch"):
     try:
@@ -103,6 +107,8 @@ if bn_note:  # what each point's batch-norm statistics were (compression re-esti
 left, right = st.columns(2)
 left.plotly_chart(figures.sensitivity_curves(report, "sparsity", band=not detector), key="sens_curve_sparsity")
 right.plotly_chart(figures.sensitivity_curves(report, "clusters", band=not detector), key="sens_curve_clusters")
+if any(row.get("bits") for row in report["layers"].values()):  # reports made before the bits axis have none
+    st.plotly_chart(figures.sensitivity_curves(report, "bits", band=not detector), key="sens_curve_bits")
 if n_images and not detector:
     st.caption(f"Shaded: each point's 95% interval on {count(n_images)} validation images (Wilson); grey: the "
                f"original's, where a point is not distinguishable from it. One image is {100 / n_images:.2g} points.")

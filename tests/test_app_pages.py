@@ -91,11 +91,12 @@ def test_sensitivity_page_draws_the_report(seeded_home, monkeypatch):
     assert not at.info
     assert any("Accuracy drop" in h.value for h in at.subheader)
     charts = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
-    assert len(charts) == 3
-    for curves in charts[:2]:  # each layer's curve with its 95% band
+    assert len(charts) == 4  # sparsity, clusters, bits (issue 27), the heatmap
+    assert charts[2]["layout"]["xaxis"]["title"]["text"] == "integer bits"
+    for curves in charts[:3]:  # each layer's curve with its 95% band
         bands = [t for t in curves["data"] if t.get("fill") == "toself"]
         assert {t["name"] for t in bands} == {f"{layer} 95% band" for layer in ("conv1", "conv2", "fc1", "fc2")}
-    heatmap = charts[2]["data"][0]
+    heatmap = charts[3]["data"][0]
     assert heatmap["type"] == "heatmap" and heatmap["zmin"] == -heatmap["zmax"] and heatmap["zmid"] == 0
     # 120 validation images: one image is 0.8 points and the report says what that cannot resolve
     assert [w.value for w in at.warning if "validation images" in w.value] and all(

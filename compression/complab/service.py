@@ -219,7 +219,7 @@ def sweep_analysis(spec: dict, root: Root, handle, report_path: str | Path | Non
 def plan_sweep(spec: dict, stats, report: dict, axis: str, values: list[float], name: str = "sweep",
                history: list | None = None, prune_options: dict | None = None, cluster_options: dict | None = None,
                base: Plan | None = None, adjust: Callable[[Plan], Plan] | None = None,
-               latency: bool | None = None) -> tuple[list[dict], list[str]]:
+               latency: bool | None = None, int_options: dict | None = None) -> tuple[list[dict], list[str]]:
     """(jobs, labels): one compress job per target value, its plan solved on `report` for the model `stats`
     describe (analysis.estimate.model_stats), with its predicted accuracy riding along. `base` gives the seed
     and evaluation split (its fine-tuning settings come in as `prune_options` / `cluster_options`:
@@ -230,7 +230,8 @@ def plan_sweep(spec: dict, stats, report: dict, axis: str, values: list[float], 
     fixed = {"seed": base.seed, "eval_split": base.eval_split} if base is not None else {}
     jobs, labels = [], []
     for value in values:
-        member = target_plan(stats, report, axis, value, name, prune_options or {}, cluster_options or {}, **fixed)
+        member = target_plan(stats, report, axis, value, name, prune_options or {}, cluster_options or {}, **fixed,
+                             int_options=int_options)
         plan = adjust(member.plan) if adjust is not None else member.plan
         jobs.append(compress_job(spec, plan, predicted=predict(report, member.settings, member.quantizers or None,
                                                                history),

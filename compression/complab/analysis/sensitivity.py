@@ -37,6 +37,7 @@ from torch import fx, nn
 from complab.analysis.fisher import analyze_estimate
 from complab.analysis.grid import (  # noqa: F401 - re-exported: the analysis' settings and report
     BN_BATCH_SIZE,
+    DEFAULT_BITS,
     DEFAULT_CLUSTERS,
     DEFAULT_SPARSITIES,
     SensitivityConfig,

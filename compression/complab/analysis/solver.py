@@ -16,7 +16,8 @@ Mixed precision: where the report has the "bits" axis (analysis/grid.py), a laye
 (clusters) or uniform integers at one of the measured widths (the int step; one set of levels per layer), so the
 walk chooses bits per layer as it chooses cluster counts, each width's bytes from the int estimate
 (steps/int_quant.IntStep.estimate_layer). `axes` narrows the choice, e.g. ("bits",): integers only, no pruning,
-what "b bits on average" means (a size target equal to uniform b-bit's bytes, `uniform_bits_bytes`).
+what "b bits on average" means (a size target equal to uniform b-bit's bytes, `uniform_bits_bytes`);
+SOLVER_AXES all three. By default (DEFAULT_AXES) sparsity and clusters, as before the axis existed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from complab.analysis.sensitivity_report import check_report, report_noise
 
 TARGET_KINDS = ("compressed_bytes", "sparse_flops", "accuracy_drop")
 SOLVER_AXES = ("sparsity", "clusters", "bits")  # what the solver may change per layer (solve's `axes`)
+# ...by default: a plan of prune and cluster steps, as before the bits axis (its callers read `settings` alone);
+# integer widths join where asked (the Plan page's "integer bits" choice, the bits targets)
+DEFAULT_AXES = ("sparsity", "clusters")
 EPSILON = 1e-6  # a free move (no measured drop) still prefers the larger saving
 
 
@@ -179,7 +183,7 @@ def _relax(chosen: dict, options: dict, slack: float) -> dict:
 
 
 def solve(stats: ModelStats, grids: dict[str, LayerGrid], target_kind: str, target: float,
-          cluster_first: bool = True, axes=SOLVER_AXES) -> dict:
+          cluster_first: bool = True, axes=DEFAULT_AXES) -> dict:
     """Settings {layer: (sparsity, n_clusters)} meeting the target (or as close as the grid allows), and `bits`
     {layer: integer width} for the layers it stores as integers (their n_clusters is None).
 

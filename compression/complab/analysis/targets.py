@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, fields
 
 from complab.analysis.estimate import ModelStats, estimate, int_quantizer
-from complab.analysis.solver import SOLVER_AXES, bits_drop, grids_from_report, solve, uniform_bits_bytes
+from complab.analysis.solver import DEFAULT_AXES, bits_drop, grids_from_report, solve, uniform_bits_bytes
 from complab.errors import CompressionLabError
 from complab.plan import ClusterStep, Plan, PruneStep, QuantizeStep, ordered
 from complab.steps.int_quant import IntStep
@@ -114,7 +114,7 @@ def uniform_solution(stats: ModelStats, report: dict, bits: int) -> dict:
             "met": True, **{k: v for k, v in result.items() if k != "per_layer_bytes"}}
 
 
-def solve_target(stats: ModelStats, report: dict, axis: str, value: float, axes=SOLVER_AXES) -> dict:
+def solve_target(stats: ModelStats, report: dict, axis: str, value: float, axes=DEFAULT_AXES) -> dict:
     """The solver's result for one target: settings {layer: (sparsity, n_clusters)}, bits {layer: width} of the
     layers stored as integers, predicted_drop, met, ratio... `axes`: what the solver may change (solver.solve)."""
     grids = grids_from_report(report)
@@ -137,9 +137,11 @@ def solve_target(stats: ModelStats, report: dict, axis: str, value: float, axes=
 
 def target_plan(stats: ModelStats, report: dict, axis: str, value: float, name: str = "plan",
                 prune_options: dict | None = None, cluster_options: dict | None = None,
-                seed: int = 0, eval_split: str = "test", int_options: dict | None = None) -> TargetPlan:
-    """Solve one target and build its Plan (named `name`-`axis`-`value`) with the given fine-tuning options."""
-    solved = solve_target(stats, report, axis, value)
+                seed: int = 0, eval_split: str = "test", int_options: dict | None = None,
+                axes=DEFAULT_AXES) -> TargetPlan:
+    """Solve one target and build its Plan (named `name`-`axis`-`value`) with the given fine-tuning options
+    (`axes`: what the solver may change, solver.solve's)."""
+    solved = solve_target(stats, report, axis, value, axes)
     label = f"{axis}:{_value_text(value)}"
     plan = plan_from_settings(solved["settings"], f"{name}-{axis}-{_value_text(value)}", prune_options,
                               cluster_options, bits=solved.get("bits"), int_options=int_options)

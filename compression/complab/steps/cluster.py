@@ -30,7 +30,7 @@ class ClusterStep:
     )
     layer_fields: ClassVar[tuple[LayerField, ...]] = (
         LayerField("k", "clusters", "select", 32, choices=CLUSTER_CHOICES, off="off", setting="n_clusters",
-                   bulk_step=1, width=1.5),)
+                   bulk_step=1, width=1.5, on_change=lambda k: {} if k in (None, "off") else {"b": "off"}),)
     option_fields: ClassVar[tuple[OptionField, ...]] = (
         OptionField("finetune_epochs", "plan_cluster_epochs", "shared-value epochs", 0, 1000),
         OptionField("tolerance", "plan_tolerance", "auto-k tolerance (acc. drop)", 0.0, 1.0, step=0.001, fmt="%.3f"),

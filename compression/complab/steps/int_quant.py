@@ -43,6 +43,12 @@ ESTIMATE_RATIOS = 40  # the estimate's mse observer tries this many clipping rat
 INT_SECTION_FIXED = 2
 
 
+def _bits_chosen(bits) -> dict:
+    """The Plan page's row after a width is chosen: integers replace the layer's shared values and quantizer (one
+    set of levels per layer, check_plan). A new row starts off, so the defaults never ask for both."""
+    return {} if bits in (None, "off") else {"k": "off", "q": "none"}
+
+
 @step_config
 @dataclass(frozen=True)
 class IntStep:
@@ -61,8 +67,10 @@ class IntStep:
         ("fold_bn", "folding scales each output channel's weights, which would break the integer levels"),
     )
     layer_fields: ClassVar[tuple[LayerField, ...]] = (
-        LayerField("b", "int bits", "select", 8, choices=BITS_CHOICES, off="off", setting="bits", bulk_step=1,
-                   width=1.2, help="uniform integer weights: 2-8 bits, symmetric (off: not integer-quantized)"),
+        LayerField("b", "int bits", "select", "off", choices=BITS_CHOICES, off="off", setting="bits", bulk_step=1,
+                   width=1.2, on_change=_bits_chosen,
+                   help="uniform integer weights: 2-8 bits, symmetric (off: not integer-quantized; a width replaces "
+                        "the layer's clusters or quantizer)"),
         LayerField("bg", "scale per", "select", "channel", choices=GRANULARITIES, wide=True,
                    enabled_when=("b", BITS_CHOICES[1:]),
                    help="channel: one scale per output channel (the default of every runtime); tensor: one scale"),

@@ -34,6 +34,7 @@ def _quantizer_chosen(method: str) -> dict[str, Any]:
     updates: dict[str, Any] = {}
     if method != "none":
         updates["k"] = "off"
+        updates["b"] = "off"  # the int step's width: one set of levels per layer
     if method in NO_ZEROS:
         updates["sp"] = 0.0
     return updates

@@ -36,7 +36,8 @@ BAND_LAYERS_UP_TO = 6  # layers whose curves each get their own 95% band
 
 
 def sensitivity_curves(report: dict, axis: str, band: bool = True) -> go.Figure:
-    """Score per layer against sparsity (axis="sparsity") or cluster count (axis="clusters"), each curve with its
+    """Score per layer against sparsity (axis="sparsity"), cluster count (axis="clusters") or integer width
+    (axis="bits"; a layer of a report without that axis draws no curve), each curve with its
     95% band (Wilson, on the report's validation images; band=False for a detector's mAP, which has none here),
     and the original's band around its dotted line: a point inside it is not distinguishable from the original.
     Above BAND_LAYERS_UP_TO layers only the original's band is drawn: twenty overlapping bands stack into one grey
@@ -55,7 +56,9 @@ def sensitivity_curves(report: dict, axis: str, band: bool = True) -> go.Figure:
     estimated_any = False
     for index, (name, row) in enumerate(report["layers"].items()):
         measured = _measured(row, axis)
-        points = sorted(((float(k), v, measured is None or k in measured) for k, v in row[axis].items()))
+        points = sorted(((float(k), v, measured is None or k in measured) for k, v in (row.get(axis) or {}).items()))
+        if not points:
+            continue
         estimated_any |= not all(p[2] for p in points)
         color = palette[index % len(palette)]
         if n and points and len(report["layers"]) <= BAND_LAYERS_UP_TO:
@@ -78,10 +81,12 @@ def sensitivity_curves(report: dict, axis: str, band: bool = True) -> go.Figure:
             fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=label,
                                      marker={"color": fill, "line": {"color": "grey", "width": 1.5}, "size": 8}))
     fig.add_hline(y=100 * base, line_dash="dot", annotation_text="original")
-    fig.update_layout(xaxis_title="sparsity" if axis == "sparsity" else "clusters (k)",
+    fig.update_layout(xaxis_title={"sparsity": "sparsity", "clusters": "clusters (k)"}.get(axis, "integer bits"),
                       yaxis_title="validation accuracy (%)", height=380, margin={"t": 30})
     if axis == "clusters":
         fig.update_xaxes(type="log", tickvals=[2, 4, 8, 16, 32, 64, 128, 256])
+    if axis == "bits":  # fewer bits to the left, as harsher settings lie right on the other two
+        fig.update_xaxes(tickvals=list(range(2, 9)), autorange="reversed")
     return fig
 
 

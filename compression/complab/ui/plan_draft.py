@@ -31,6 +31,7 @@ TARGETS: dict[str, tuple[float, float, float, float]] = {
     "ratio": (2.0, 100.0, 40.0, 1.0),  # compression ratio (x)
     "flops": (1.0, 20.0, 3.0, 0.5),  # FLOPs reduction (x)
     "accuracy": (0.0, 10.0, 1.0, 0.1),  # accuracy budget in points
+    "bits": (2.0, 8.0, 4.0, 0.5),  # average integer width: mixed precision at uniform b-bit's bytes
 }
 
 

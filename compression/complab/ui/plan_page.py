@@ -16,6 +16,7 @@ import streamlit as st
 from complab import engine, service
 from complab.analysis.estimate import estimate, estimated_waterfall
 from complab.analysis.predict import predict
+from complab.analysis.solver import DEFAULT_AXES, SOLVER_AXES
 from complab.analysis.suggest import suggest
 from complab.analysis.targets import solve_target
 from complab.errors import CompressionLabError, PlanError
@@ -73,7 +74,7 @@ def step_options() -> dict[str, dict]:
 
 
 TARGET_LABELS = {"ratio": "compression ratio (x)", "flops": "FLOPs reduction (x)",
-                 "accuracy": "accuracy budget (points)"}
+                 "accuracy": "accuracy budget (points)", "bits": "average bits (mixed-precision integers)"}
 TARGET_KEYS = ("plan_target_kind", "plan_target_value")
 
 
@@ -88,9 +89,14 @@ def target_section(page: PlanPage) -> None:
     (or stepped: 1x for ratios, 0.5x for FLOPs, 0.1 point for a budget); both are kept in the draft."""
 
     def apply_target() -> None:
-        result = solve_target(page.stats, page.report, st.session_state["plan_target_kind"],
-                              st.session_state["plan_target_value"])
-        page.rows.set_settings(result["settings"])
+        try:
+            result = solve_target(page.stats, page.report, st.session_state["plan_target_kind"],
+                                  st.session_state["plan_target_value"],
+                                  SOLVER_AXES if st.session_state.get("plan_solver_int") else DEFAULT_AXES)
+        except CompressionLabError as exc:  # e.g. a bits target on a report made before the bits axis
+            st.session_state["plan_solver_note"] = f"Solver: {exc}"
+            return
+        page.rows.set_settings(result["settings"], result.get("bits"))
         drop = points(-result["predicted_drop"])
         st.session_state["plan_solver_note"] = (
             f"Solver: predicted accuracy drop {drop} (layers measured alone), "
@@ -121,6 +127,12 @@ def target_section(page: PlanPage) -> None:
                              key="plan_target_value", on_change=save_draft, args=(page,),
                              help=f"type a value from {low:g} to {high:g}, or step by {step:g}")
         cols[2].button("Apply", on_click=apply_target, key="plan_apply", type="primary")
+        has_bits = any((row or {}).get("bits") for row in (page.report.get("layers") or {}).values())
+        st.checkbox("The solver may store layers as integers (mixed-precision bits per layer)", key="plan_solver_int",
+                    disabled=not has_bits or kind == "bits",
+                    help="integer widths from the sensitivity's bits curves, beside sparsity and shared values (the "
+                         "average-bits target uses integers only)" if has_bits else
+                         "the sensitivity analysis has no bits curves: run it again to measure integer widths")
         if st.session_state.get("plan_solver_note"):
             st.caption(st.session_state["plan_solver_note"])
 
@@ -280,8 +292,8 @@ def layer_groups_section(page: PlanPage, groups: dict[str, list[str]], shown: li
             for layer in visible:
                 page.rows.draw_row(layer, page.stats.layers[layer].numel, page.report, compact, per_layer[layer])
     if page.report is not None:
-        st.caption("Sensitivity: accuracy of the layer alone at each sparsity (filled: measured, hollow: "
-                   "estimated; red: the current setting).")
+        st.caption("Sensitivity: accuracy of the layer alone at each sparsity, or at each integer width for a layer "
+                   "with int bits (filled: measured, hollow: estimated; red: the current setting).")
 
 
 NO_BASIS = ("no measured basis for this prediction yet (the predictor says so): read it as a rough range until "
@@ -515,4 +527,5 @@ def launch_section(page: PlanPage, channel_choice: ChannelChoice, prediction: di
     options = step_options()
     with cols[3]:  # N targets solved into N plans with these fine-tuning settings, submitted as one group
         sweep_button(page.spec, page.stats, page.report, page.history, name, options.get("prune", {}),
-                     options.get("cluster", {}), fold, timing=lambda runs: plan_time(page, plan, runs))
+                     options.get("cluster", {}), fold, timing=lambda runs: plan_time(page, plan, runs),
+                     int_options=options.get("int", {}))

@@ -79,10 +79,12 @@ class LayerRows:
             for name, value in values.items():
                 self.set_value(layer, name, value)
 
-    def set_settings(self, settings: dict[str, tuple]) -> None:
-        """The solver's per-layer (sparsity, n_clusters) into the fields that hold them (None: the field's off)."""
+    def set_settings(self, settings: dict[str, tuple], bits: dict[str, int] | None = None) -> None:
+        """The solver's per-layer (sparsity, n_clusters) and integer widths (`bits`, the layers it stores as
+        integers) into the fields that hold them (None, or a layer without a width: the field's off)."""
         for layer, values in settings.items():
-            for setting, value in zip(("sparsity", "n_clusters"), values, strict=True):
+            chosen = {"sparsity": values[0], "n_clusters": values[1], "bits": (bits or {}).get(layer)}
+            for setting, value in chosen.items():
                 for f in self.by_name.values():
                     if f.setting == setting:
                         self.set_value(layer, f.name, f.off if value is None else
@@ -152,9 +154,14 @@ class LayerRows:
         cols[1].markdown(human(numel, exact_below=1e4))
         values = self.store[layer]
         sparsity = next((f for f in self.by_name.values() if f.setting == "sparsity"), None)
-        curve = layer_curve(report, layer, "sparsity") if sparsity is not None else None
+        width = next((f for f in self.by_name.values() if f.setting == "bits"), None)
+        curve, current = None, None
+        if width is not None and values.get(width.name, width.off) != width.off:  # an int layer: its bits curve
+            curve, current = layer_curve(report, layer, "bits"), float(values[width.name])
+        if curve is None and sparsity is not None:
+            curve, current = layer_curve(report, layer, "sparsity"), float(values[sparsity.name])
         if curve is not None:
-            cols[2].markdown(sparkline(curve, float(values[sparsity.name])), unsafe_allow_html=True)
+            cols[2].markdown(sparkline(curve, current), unsafe_allow_html=True)
         else:
             cols[2].caption("no analysis")
         for col, f in zip(cols[3:-1], self.shown(compact), strict=True):

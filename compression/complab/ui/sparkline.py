@@ -21,7 +21,7 @@ class Curve:
     accuracies: tuple[float, ...]
     measured: tuple[bool, ...]  # False: the point was estimated (e.g. from gradients), not measured
     base: float  # the unchanged model's accuracy
-    kind: str  # "sparsity" or "clusters"
+    kind: str  # "sparsity", "clusters" or "bits" (integer widths, on a linear axis)
 
 
 def layer_curve(report: dict | None, layer: str, kind: str = "sparsity") -> Curve | None:

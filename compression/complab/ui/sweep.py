@@ -1,6 +1,6 @@
-"""The Plan page's Sweep: one axis (ratio, FLOPs, accuracy budget) and N targets, each solved into a plan, submitted
-as one group (complab.engine.sweeps). The solver runs only when the button is clicked: nothing is added to
-the page's reruns but three small widgets."""
+"""The Plan page's Sweep: one axis (ratio, FLOPs, accuracy budget, average or uniform integer bits) and N
+targets, each solved into a plan, submitted as one group (complab.engine.sweeps). The solver runs only when the
+button is clicked: nothing is added to the page's reruns but three small widgets."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ from complab.errors import CompressionLabError
 from complab.ui.plan_form import with_fold_bn
 from complab.ui.state import home
 
-DEFAULT_TARGETS = {"ratio": "5,10,20,40,80", "flops": "1.5,2,3,5", "accuracy": "0.5,1,2,4"}
+DEFAULT_TARGETS = {"ratio": "5,10,20,40,80", "flops": "1.5,2,3,5", "accuracy": "0.5,1,2,4", "bits": "8,6,4,3",
+                   "uniform": "8,6,4,3"}
 
 
 def sweep_button(spec: dict, stats, report: dict | None, history: list, name: str, prune_options: dict,
-                 cluster_options: dict, fold_bn: bool, timing: Callable[[int], str] | None = None) -> None:
+                 cluster_options: dict, fold_bn: bool, timing: Callable[[int], str] | None = None,
+                 int_options: dict | None = None) -> None:
     """A "Sweep" popover: axis, targets, its estimated time (`timing(runs)`: words), submit. The plans take this
     page's fine-tuning settings; the solver sets each one's per-layer values (the sliders are left as they are).
     What the submit did is said at the top of the page (ui/plan_page.py's top_notice)."""
@@ -45,11 +47,11 @@ def sweep_button(spec: dict, stats, report: dict | None, history: list, name: st
         if timing is not None and runs:
             st.caption(f"Estimated time: {timing(runs)}.")
         st.button("Submit sweep", key="plan_sweep_submit", type="primary", on_click=_submit,
-                  args=(spec, stats, report, history, name, prune_options, cluster_options, fold_bn))
+                  args=(spec, stats, report, history, name, prune_options, cluster_options, fold_bn, int_options))
 
 
 def _submit(spec: dict, stats, report: dict, history: list, name: str, prune_options: dict, cluster_options: dict,
-            fold_bn: bool) -> None:
+            fold_bn: bool, int_options: dict | None = None) -> None:
     """The button's callback (it runs before the page redraws): solve every target, submit the group
     (complab.service: the CLI's `complab sweep --targets` plans and submits it the same way)."""
     axis = st.session_state["plan_sweep_axis"]
@@ -68,7 +70,8 @@ def _submit(spec: dict, stats, report: dict, history: list, name: str, prune_opt
     try:
         axis, targets = parse_targets(f"{axis}:{values}")
         jobs, labels = service.plan_sweep(spec, stats, report, axis, targets, name, history, prune_options,
-                                          cluster_options, adjust=with_fold_bn if fold_bn else None)
+                                          cluster_options, adjust=with_fold_bn if fold_bn else None,
+                                          int_options=int_options)
         sweep = service.submit_sweep(jobs, labels, root=home(), axis=axis, name=name)
     except CompressionLabError as exc:
         _said("error", str(exc), "Not queued: see the top of the page")

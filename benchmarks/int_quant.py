@@ -131,15 +131,16 @@ def ort_accuracy(model_bytes: bytes, data, split: str = "test") -> float:
     return correct / len(labels)
 
 
-def calibration_images(data, result) -> np.ndarray:
-    """The training images our int step calibrated on: the indices its report names, else its documented draw."""
-    report = result.metrics["steps"].get("int", {})
-    images = data.split("train")[:][0]
-    indices = report.get("calibration_indices")
-    if indices is not None:
-        return images[torch.as_tensor(indices)].numpy().astype(np.float32)
-    subset = data.subset("train", CALIBRATION, result.metrics.get("seed", 0))
-    return torch.stack([subset[i][0] for i in range(len(subset))]).numpy().astype(np.float32)
+def calibration_images(handle, data) -> np.ndarray:
+    """The training images our int step calibrates on (methods.int_quant.calibration_batches with the pipeline's
+    context at plan seed 0 and step seed 0: the same draw), as one float32 array."""
+    from complab.methods.context import StepContext
+    from complab.methods.int_quant import calibration_batches
+    from complab.methods.tasks import task_for
+
+    ctx = StepContext(data=data, layers=list(handle.prunable_layers()),
+                      task=task_for(handle, data, shift_pixels=data.shift_pixels), seed=0)
+    return torch.cat(calibration_batches(ctx, CALIBRATION, 0)).numpy().astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -204,7 +205,7 @@ def classifier(name: str, handle, data, out: Path, args) -> dict:
     row["w4_accuracy"] = round(w4.metrics["after"]["accuracy"], 4)
     row["w4_drop_pts"] = drop_pts(w4.metrics)
     log(f"{name}: W4 gptq {row['w4_accuracy']}")
-    images = calibration_images(data, w8)
+    images = calibration_images(handle, data)
     batches = [torch.from_numpy(images[i:i + 32]) for i in range(0, len(images), 32)]
     fp32_onnx = deploy.onnx_model_bytes(handle, int8=False)
     ours_onnx = deploy.onnx_model_bytes(w8.handle, int8=True, calibration=batches)
@@ -213,6 +214,7 @@ def classifier(name: str, handle, data, out: Path, args) -> dict:
     row["ours_ort_accuracy"] = round(ort_accuracy(ours_onnx, data), 4)
     row["fp32_ort_accuracy"] = round(ort_accuracy(fp32_onnx, data), 4)
     if not args.skip_nncf:
+        (out / name).mkdir(parents=True, exist_ok=True)
         nncf_onnx, info = nncf_quantize(fp32_onnx, images, out / name)
         row["nncf"] = info
         row["nncf_ort_accuracy"] = round(ort_accuracy(nncf_onnx, data), 4)

@@ -35,7 +35,10 @@ Keys (drops in points, i.e. percent of accuracy or of mAP, before minus after):
 - `int_file_vs_onnx`: our compact file of the W8A8 ResNet-18 over the bytes of its int8 QDQ ONNX export
   (target <= 0.8).
 Latencies are medians on a shared machine: noisy; the ratios come from paired runs, which keeps load off them.
-Prints one JSON object as its last line.
+Run time: the first run also trains the ResNet-18 (574 s here) and builds the NNCF environment (~20 s from the
+local wheels); with both cached the two sensitivity analyses (bits axis, exact) dominate. On this 2-core machine
+at a load average of 12 (five other sessions) the VGG part alone took 13.5 minutes; on an idle machine expect a
+fraction of that. Prints one JSON object as its last line.
 
     .venv/bin/python benchmarks/int_quant.py [--rounds 30] [--skip-nncf] [--skip-detector]
 """

@@ -38,11 +38,12 @@ class ChannelLayout:
     parts: dict[str, tuple[int, ...]] = field(default_factory=dict)
     blocks: dict[str, str] = field(default_factory=dict)  # plan key -> the block it belongs to (detectors)
 
-    def kept(self, key: str, ratio: float | None) -> int:
-        """Channels the step keeps of the group(s) a plan key names at `ratio` (None: all)."""
+    def kept(self, key: str, ratio: float | None, round_to: int = 1) -> int:
+        """Channels the step keeps of the group(s) a plan key names at `ratio` (None: all), each part's count rounded
+        to a multiple of `round_to` as the step rounds it (1: not rounded)."""
         if ratio is None or ratio >= 1.0:
             return self.channels[key]
-        return sum(keep_count(n, float(ratio)) for n in self.parts.get(key, (self.channels[key],)))
+        return sum(keep_count(n, float(ratio), round_to) for n in self.parts.get(key, (self.channels[key],)))
 
 
 def channel_layout(model: nn.Module, input_shape: tuple[int, ...], task: str = "classify") -> ChannelLayout:
@@ -101,21 +102,24 @@ def block_label(labels: dict[str, tuple[str, bool]], layer: str) -> str:
     return f"{block} · {kind}" + (f" ({branch})" if detect and branch else "")
 
 
-def group_keep(layout: ChannelLayout, keep_ratio: dict[str, float]) -> dict[str, float]:
-    """Plan key -> kept fraction (the channels the step will keep, over the group's channels)."""
+def group_keep(layout: ChannelLayout, keep_ratio: dict[str, float], round_to: int = 1) -> dict[str, float]:
+    """Plan key -> kept fraction (the channels the step will keep, rounded as its round_to says, over the group's
+    channels)."""
     out = {}
     for name, n in layout.channels.items():
         ratio = resolve(keep_ratio, name)
         named = [float(keep_ratio[m]) for m in layout.groups[name][1:] if m in keep_ratio]
         if name not in keep_ratio and named:  # as the channels step reads a key on another coupled member
             ratio = min(named)
-        out[name] = layout.kept(name, ratio) / n
+        out[name] = layout.kept(name, ratio, round_to) / n
     return out
 
 
-def channel_factors(layout: ChannelLayout, keep_ratio: dict[str, float], layers: list[str]) -> dict[str, float]:
-    """Weight layer -> fraction of its weights left after channel pruning (output kept x input kept)."""
-    kept = group_keep(layout, keep_ratio)
+def channel_factors(layout: ChannelLayout, keep_ratio: dict[str, float], layers: list[str],
+                    round_to: int = 1) -> dict[str, float]:
+    """Weight layer -> fraction of its weights left after channel pruning (output kept x input kept); round_to: the
+    channels step's option (kept counts rounded to its multiples)."""
+    kept = group_keep(layout, keep_ratio, round_to)
     out = {}
     for layer in layers:
         shares = layout.in_shares.get(layer)

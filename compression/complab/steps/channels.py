@@ -9,6 +9,8 @@ from typing import ClassVar
 from complab.errors import PlanError
 from complab.layermap import _integer, _number, _short, step_config
 
+ROUND_TO = (1, 8, 16)  # round_to's choices (methods/channels/graph.keep_count applies it)
+
 
 @step_config
 @dataclass(frozen=True)
@@ -37,6 +39,9 @@ class ChannelStep:
     final_epochs: int = 0  # fine-tuning epochs after the last layer
     lr: float = 1e-3  # fine-tuning learning rate (Adam)
     seed: int = 0
+    # kept channels per group rounded to the nearest multiple of this (1 = off, 8, 16): ONNX Runtime's and other
+    # runtimes' convolution kernels vectorize over 8 or 16 channels, so an odd width wastes the remainder's lanes
+    round_to: int = 1
 
     def check(self, where: str) -> None:
         for layer, value in self.keep_ratio.items():
@@ -55,3 +60,5 @@ class ChannelStep:
         _integer(where, None, "finetune_epochs", self.finetune_epochs, 0, 1000)
         _integer(where, None, "final_epochs", self.final_epochs, 0, 1000)
         _number(where, None, "lr", self.lr, 0.0, 1.0)
+        if isinstance(self.round_to, bool) or self.round_to not in ROUND_TO:
+            raise PlanError(f"{where}: round_to {_short(self.round_to)} is unknown: use 1 (off), 8 or 16")

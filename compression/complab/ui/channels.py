@@ -16,6 +16,7 @@ import streamlit as st
 from complab.analysis.channel_estimate import ChannelLayout, apply_channels, channel_factors, channel_layout
 from complab.errors import PlanError
 from complab.plan import ChannelStep, DistillStep, Plan, ordered
+from complab.steps.channels import ROUND_TO
 
 CHANNEL_DEFAULTS, DISTILL_DEFAULTS = ChannelStep(), DistillStep()  # the widgets start at the configs' defaults
 
@@ -45,7 +46,7 @@ class ChannelChoice:
     def factors(self, layers: list[str]) -> dict[str, float]:
         if self.layout is None or not self.keep_ratio:
             return {}
-        return channel_factors(self.layout, self.keep_ratio, layers)
+        return channel_factors(self.layout, self.keep_ratio, layers, int(self.options.get("round_to", 1)))
 
     def apply(self, est: dict, stats, settings: dict) -> dict:
         """The live estimate with the removed channels taken out (FLOPs and bytes)."""
@@ -91,6 +92,7 @@ def load_channels(plan: Plan, handle, key: str) -> None:
         st.session_state[prefix + "population"] = channels_step.population
         st.session_state[prefix + "generations"] = channels_step.generations
         st.session_state[prefix + "epochs"] = channels_step.finetune_epochs
+        st.session_state[prefix + "round_to"] = channels_step.round_to
     st.session_state[prefix + "kd"] = distill_step is not None
     if distill_step:
         st.session_state[prefix + "temperature"] = float(distill_step.temperature)
@@ -139,13 +141,19 @@ def channel_section(handle, key: str, lazy: bool = False) -> ChannelChoice:
                                         "scores many candidate masks by mAP" if detector else None)
         for name, value in (("population", CHANNEL_DEFAULTS.population),
                             ("generations", CHANNEL_DEFAULTS.generations),
-                            ("epochs", CHANNEL_DEFAULTS.finetune_epochs), ("kd", True),
+                            ("epochs", CHANNEL_DEFAULTS.finetune_epochs), ("round_to", CHANNEL_DEFAULTS.round_to),
+                            ("kd", True),
                             ("temperature", DISTILL_DEFAULTS.temperature), ("alpha", DISTILL_DEFAULTS.alpha),
                             ("kd_epochs", DISTILL_DEFAULTS.epochs)):
             st.session_state.setdefault(prefix + name, value)
         population = c[1].number_input("population", 2, 200, key=prefix + "population")
         generations = c[2].number_input("generations", 0, 200, key=prefix + "generations")
         epochs = c[3].number_input("fine-tune epochs per layer", 0, 50, key=prefix + "epochs")
+        round_to = st.selectbox("round kept channels to a multiple of", list(ROUND_TO), key=prefix + "round_to",
+                                format_func=lambda n: "off" if n == 1 else str(n),
+                                help="each group's kept count rounded to the nearest multiple (never 0, never above "
+                                     "its width; the extra channels chosen by the same criterion): ONNX Runtime's "
+                                     "convolution kernels work on 8 or 16 channels at a time")
         c = st.columns(4)
         use_kd = c[0].toggle("distill from the original", key=prefix + "kd",
                              help="Knowledge distillation (Hinton et al.): every fine-tuning in the plan uses "
@@ -156,7 +164,7 @@ def channel_section(handle, key: str, lazy: bool = False) -> ChannelChoice:
     choice.options = {"selection": selection, "population": int(population), "generations": int(generations),
                       "elite": min(CHANNEL_DEFAULTS.elite, int(population) - 1),
                       "survivors": min(CHANNEL_DEFAULTS.survivors, int(population)),
-                      "finetune_epochs": int(epochs)}
+                      "finetune_epochs": int(epochs), "round_to": int(round_to)}
     if use_kd and choice.keep_ratio:
         choice.distill = {"temperature": float(temperature), "alpha": float(alpha), "epochs": int(kd_epochs)}
     return choice

@@ -49,8 +49,10 @@ def head_outputs(model: nn.Module) -> list[nn.Module]:
 
 
 def prune_detector(model: nn.Module, keep_ratio: float, input_shape: tuple[int, int, int],
-                   selection: str = "l1", seed: int = 0) -> DetectorPruning:
+                   selection: str = "l1", seed: int = 0, round_to: int = 1) -> DetectorPruning:
     """Make the detector's C2f prunable and remove channels of every prunable group down to `keep_ratio`, in place.
+
+    round_to: each group's kept count rounded to a multiple of it (graph.keep_count; 1 = off).
 
     Raises PlanError, with the model untouched, on a block the channels step cannot prune yet (yolo_prunable.
     check_prunable: YOLO11's C2PSA, YOLOv10's PSA, YOLOv9's ELAN blocks, RT-DETR's decoder)."""
@@ -65,7 +67,7 @@ def prune_detector(model: nn.Module, keep_ratio: float, input_shape: tuple[int, 
     generator = torch.Generator().manual_seed(seed)
     masks, layers = [], {}
     for group in groups:
-        keep = keep_count(group.channels, keep_ratio)
+        keep = keep_count(group.channels, keep_ratio, round_to)
         scores = l1_scores(group) if selection == "l1" else torch.rand(group.channels, generator=generator)
         masks.append((group, top_mask(scores, keep)))
         layers[group.name] = {"members": group.members, "channels": group.channels, "kept": keep}

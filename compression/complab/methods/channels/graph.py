@@ -164,9 +164,16 @@ def top_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return mask
 
 
-def keep_count(channels: int, keep_ratio: float) -> int:
-    """The channels a group keeps at a keep ratio: round(keep_ratio * channels), at least one."""
-    return max(1, min(channels, int(round(keep_ratio * channels))))
+def keep_count(channels: int, keep_ratio: float, round_to: int = 1) -> int:
+    """The channels a group keeps at a keep ratio: round(keep_ratio * channels), at least one.
+
+    round_to > 1 (8, 16: runtimes' convolution kernels vectorize over 8 or 16 channels): that count rounded to the
+    nearest multiple of round_to (halves up), never 0 and never above the group's width; a group no wider than
+    round_to, or kept whole, is left as it is."""
+    kept = max(1, min(channels, int(round(keep_ratio * channels))))
+    if round_to <= 1 or channels <= round_to or kept >= channels:
+        return kept
+    return min(channels, max(round_to, (kept + round_to // 2) // round_to * round_to))
 
 
 def remove_channels(model: nn.Module, graph, group: ChannelGroup, keep: torch.Tensor) -> None:

@@ -81,15 +81,19 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
     screen_images = None
     if step.selection == "ga":  # the cheap fitness's images
         screen_images = ctx.screen_images(step.screen_size, seed + SCREEN_SEED, device)
-    report = {"selection": step.selection, "order": order, "sensitivity": sensitivity, "layers": {},
-              "fitness": ctx.task.fitness_name}  # the search's accurate step (make_scorer(..., "fitness"))
+    report = {"selection": step.selection, "round_to": step.round_to, "order": order, "sensitivity": sensitivity,
+              "layers": {}, "fitness": ctx.task.fitness_name}  # the accurate step: make_scorer(..., "fitness")
     for position, name in enumerate(order):
         ctx.check_cancelled()
         group = group_of(channel_groups(model, input_shape, graph, ignored), name)
-        keep = keep_count(group.channels, targets[name])
+        # the count is rounded before the choice, so every criterion fills the rounded count by its own importance
+        # (L1: the largest filters; GA: masks with exactly that many ones)
+        keep = keep_count(group.channels, targets[name], step.round_to)
         generator = torch.Generator().manual_seed(seed * GROUP_SEED_STRIDE + position)
         stage = f"channels {name} ({position + 1}/{len(order)})"
         row = {"members": group.members, "channels": group.channels, "kept": keep}
+        if step.round_to > 1:
+            row["kept_unrounded"] = keep_count(group.channels, targets[name])
         l1 = top_mask(l1_scores(group), keep)
         if step.selection == "l1":
             mask = l1

@@ -11,7 +11,7 @@ from complab.analysis.sensitivity import SensitivityConfig
 from complab.cli import _ProgressLine, main
 from torch import nn
 
-SMALL = ["--sparsities", "0,0.5,0.9", "--clusters", "2,16", "--val-size", "64"]
+SMALL = ["--sparsities", "0,0.5,0.9", "--clusters", "2,16", "--bits", "4", "--val-size", "64"]
 
 
 def error_line(capsys) -> str:
@@ -33,12 +33,13 @@ def test_analyze_writes_the_report_the_page_reads(tmp_path, capsys):
     assert summary["file"] == str(out) and summary["layers"] == 4 and summary["prefix_cache"] is True
     # the same report the engine's job writes: analyze(...).to_dict() with the same settings
     expected = analyze(load_model("demo:lenet5"), load_data("digits"),
-                       SensitivityConfig(sparsities=(0.0, 0.5, 0.9), n_clusters=(2, 16), val_size=64)).to_dict()
+                       SensitivityConfig(sparsities=(0.0, 0.5, 0.9), n_clusters=(2, 16), bits=(4,),
+                                         val_size=64)).to_dict()
     assert report["layers"] == expected["layers"] and report["base_accuracy"] == expected["base_accuracy"]
     assert report["config"]["sparsities"] == [0.0, 0.5, 0.9] and report["config"]["n_clusters"] == [2, 16]
     # stderr is not a terminal here: a line every few seconds and the last one at 100%
     lines = [line for line in captured.err.splitlines() if line.startswith("sensitivity")]
-    assert lines and "100.0% (20/20 points)" in lines[-1] and "ETA 0:00:00" in lines[-1]
+    assert lines and "100.0% (24/24 points)" in lines[-1] and "ETA 0:00:00" in lines[-1]
     # an existing report is not replaced without --force
     assert main(["analyze", "--model", "demo:lenet5", "--data", "digits", *SMALL, "--out", str(out)]) == 2
     assert "already exists" in error_line(capsys)

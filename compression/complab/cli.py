@@ -53,6 +53,11 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of whole numbers, e.g. 2,4,8,16") from None
 
 
+def _bits(text: str) -> tuple[int, ...]:
+    """--bits: integer widths of the analysis' bits axis, or none (no bits axis)."""
+    return () if text.strip().lower() == "none" else _ints(text)
+
+
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="demo:NAME (lenet300, lenet5, vgg_small), torchvision:ARCH, torchscript:FILE, "
@@ -88,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--val-size", type=int, help="validation images used (default 512, a detector's 64)")
     an.add_argument("--sparsities", type=_floats, help="pruning levels, e.g. 0,0.5,0.9 (default: 12 from 0 to 0.95)")
     an.add_argument("--clusters", type=_ints, help="cluster counts, e.g. 4,16,64 (default: 2 to 256)")
+    an.add_argument("--bits", type=_bits, help="integer widths, e.g. 8,4,3, or none (default: 8,6,4,3,2; a detector's "
+                                               "8,4,3)")
     an.add_argument("--bn-batches", type=int, help="training batches re-estimating batch norm at each point (0: off)")
     an.add_argument("--seed", type=int, help="seed of the validation subset and of k-means (default 0)")
     an.add_argument("--out", type=Path, required=True, help="the report to write (.json)")
@@ -186,7 +193,7 @@ def _analysis_config(args, task: str, handle=None):
     """SensitivityConfig from the flags (a detector's defaults when none given), checked as an engine job's is.
     `--mode auto` is decided from the loaded model (`handle`); before it is loaded, auto checks as exact."""
     return service.analysis_config(task, handle, args.mode, val_size=args.val_size, sparsities=args.sparsities,
-                                   n_clusters=args.clusters, bn_batches=args.bn_batches, seed=args.seed,
+                                   n_clusters=args.clusters, bits=args.bits, bn_batches=args.bn_batches, seed=args.seed,
                                    calibration_seconds=args.calibration_seconds)
 
 

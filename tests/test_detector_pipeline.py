@@ -169,11 +169,12 @@ def test_detector_sensitivity_measures_map_per_layer(detector, small_yaml):
     from complab.data.detection import load_detection_data
 
     data = load_detection_data(f"yolo:{small_yaml}")
-    report = analyze(detector, data, SensitivityConfig(sparsities=(0.0, 0.95), n_clusters=(), val_size=4))
+    report = analyze(detector, data, SensitivityConfig(sparsities=(0.0, 0.95), n_clusters=(), bits=(4,), val_size=4))
     assert set(report.layers) == set(detector.prunable_layers())
     first = report.layers["model.0.conv"]
     assert first["sparsity"]["0.0"] == report.base_accuracy > 0.5  # mAP50 of the untouched model
     assert first["sparsity"]["0.95"] < report.base_accuracy  # the stem cannot lose 95% of its weights
+    assert all(0.0 <= row["bits"]["4"] <= 1.0 for row in report.layers.values())  # the bits axis on a detector
 
 
 @pytest.mark.parametrize("name", ["detector.json", "detector_vq.json", "detector_channels.json"])

@@ -105,8 +105,8 @@ def test_sensitivity_report_says_batch_norm_was_reestimated(lenet5):
     first = next(iter(report.layers.values()))
     assert first["sparsity"]["0.0"] == report.base_accuracy  # an unchanged weight keeps the original statistics
     assert all(torch.equal(v, before[k]) for k, v in vgg.model.state_dict().items())
-    lenet = analyze(lenet5, load_data("digits", input_size=28), SensitivityConfig(sparsities=(0.5,), n_clusters=(4,), bits=(),
-                                                                                  val_size=32))
+    lenet = analyze(lenet5, load_data("digits", input_size=28),
+                    SensitivityConfig(sparsities=(0.5,), n_clusters=(4,), bits=(), val_size=32))
     assert not lenet.config["batch_norm"]["reestimated"]
 
 

@@ -164,8 +164,8 @@ def test_detector_estimate_mode_uses_the_detection_loss(small_shapes):
 
     detector = load_detector()
     data = load_detection_data(f"yolo:{small_shapes}")
-    report = analyze(detector, data, SensitivityConfig(sparsities=(0.0, 0.5, 0.95), n_clusters=(4,), bits=(), val_size=8,
-                                                       mode="estimate", calibration_seconds=5)).to_dict()
+    report = analyze(detector, data, SensitivityConfig(sparsities=(0.0, 0.5, 0.95), n_clusters=(4,), bits=(),
+                                                       val_size=8, mode="estimate", calibration_seconds=5)).to_dict()
     assert set(report["layers"]) == set(detector.prunable_layers())
     assert report["config"]["gradients"]["loss"].startswith("detection")
     assert 0.0 < report["base_accuracy"] <= 1.0

@@ -135,3 +135,26 @@ def test_diff_files_refuses_another_model(lenet300, planted_file):
         behaviour.diff_files(planted_file, None, original=lenet300)
     with pytest.raises(CompressionLabError, match="no original"):
         behaviour.diff_files(planted_file)
+
+
+def test_detector_diff_finds_a_planted_class():
+    """The demo detector with one class's score bias pushed down: that class's AP collapses, its boxes vanish."""
+    from complab import sources
+
+    original, shapes = sources.load({"model": "detector:demo", "data": "shapes"})
+    planted = original.clone()
+    head = planted.model.model[-1]
+    with torch.no_grad():
+        for branch in head.cv3:  # each scale's class-score convolution: one output per class
+            branch[-1].bias[1] -= 50.0
+    diff = behaviour.detector_diff(original, planted, shapes, n_images=4, ap_images=24)
+    rows = {row["class"]: row for row in diff["per_class"]}
+    assert rows[1]["ap50_a"] > 0.5 and rows[1]["ap50_b"] < 0.05
+    assert all(rows[c]["ap50_b"] == pytest.approx(rows[c]["ap50_a"], abs=0.02) for c in rows if c != 1)
+    assert len(diff["images"]) == 4 and all(row["new"] == 0 for row in diff["images"])
+    changes = [row["change"] for row in diff["images"]]
+    assert changes == sorted(changes, reverse=True)
+    planted_boxes = sum(box[4] == 1 for row in diff["images"] for box in row["boxes_a"])
+    assert planted_boxes > 0 and sum(row["vanished"] for row in diff["images"]) == planted_boxes
+    assert not any(box[4] == 1 for row in diff["images"] for box in row["boxes_b"])
+    assert check_diff(json.loads(json.dumps(diff))) is not None

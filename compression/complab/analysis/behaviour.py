@@ -27,11 +27,18 @@ import numpy as np
 import torch
 
 from complab import intervals
-from complab.analysis.behaviour_cache import cache_key, read_cached, write_cached  # noqa: F401 - the API's names
+from complab.analysis.behaviour_cache import (  # noqa: F401 - the API's names
+    SCHEMA,
+    cache_key,
+    file_side,
+    handle_side,
+    read_cached,
+    state_sha256,
+    write_cached,
+)
 from complab.analysis.behaviour_trace import trace_flips
 from complab.errors import CompressionLabError
 
-SCHEMA = "behaviour/1"
 ECE_BINS = 15  # Guo et al. 2017's equal-width confidence bins
 GALLERY = 48  # flipped images shown at most
 THUMBNAIL_SIDE = 64  # pixels: an 8x8 digit drawn 8 times larger (nearest), a 32x32 image twice
@@ -162,21 +169,6 @@ def _gallery(dataset, data, probs_a, probs_b, labels, kinds: np.ndarray, limit: 
     return items
 
 
-def state_sha256(model: torch.nn.Module) -> str:
-    """A sha256 of a model's tensors (names, shapes, dtypes and bytes): the identity of a model without a file."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        value = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(value.shape)}:{value.dtype}\0".encode())
-        digest.update(value.numpy().tobytes() if value.dtype != torch.bfloat16 else value.float().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def handle_side(handle) -> dict:
-    """The "a" / "b" entry of a model without a file (the caller's original): its label and its tensors' sha256."""
-    return {"label": str(handle.label), "file": None, "bytes": None, "sha256": state_sha256(handle.model)}
-
-
 def classifier_diff(before, after, data, split: str = "test", sensitivity: dict | None = None,
                     gallery: int = GALLERY) -> dict:
     """The behaviour diff (schema "behaviour/1") of two classifier handles on a split of `data` (a DataBundle);
@@ -226,18 +218,11 @@ def classifier_diff(before, after, data, split: str = "test", sensitivity: dict 
     return result
 
 
-def file_side(path: str | Path) -> dict:
-    """The "a" / "b" entry of a compact file: its label (set by the caller), name, size and sha256."""
-    path = Path(path)
-    data = path.read_bytes()
-    return {"label": path.name, "file": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
-def detector_diff(before, after, data, n_images: int = 32) -> dict:
+def detector_diff(before, after, data, n_images: int = 32, ap_images: int | None = None) -> dict:
     """The behaviour diff of two detector handles (analysis/behaviour_detect.py)."""
     from complab.analysis.behaviour_detect import detector_diff as diff
 
-    return diff(before, after, data, n_images)
+    return diff(before, after, data, n_images, ap_images)
 
 
 def _same_family(before, after, what_a: str, what_b: str) -> None:
@@ -264,8 +249,8 @@ def diff_files(path_a: str | Path, path_b: str | Path | None = None, original=No
     """The behaviour diff of two compact files (a = before, b = after), or of file `path_a` against `original`
     (a handle the caller loaded: the app's active model or the person's --model; never named by a run folder)
     when `path_b` is None. Both are decoded here through our parser (never an in-memory model). `data`: the
-    dataset to measure on (default: the one the compressed file records). With `cache_dir` a diff is read from
-    and written to cache_dir/KEY.json (behaviour_cache)."""
+    dataset to measure on, loaded or a reference (default: the one the compressed file records). With `cache_dir`
+    a diff is read from and written to cache_dir/KEY.json (behaviour_cache)."""
     from complab import sources
 
     started = time.perf_counter()
@@ -281,8 +266,8 @@ def diff_files(path_a: str | Path, path_b: str | Path | None = None, original=No
         before, after = sources.load_file(path_a), sources.load_file(path_b)
         _same_family(before, after, Path(path_a).name, Path(path_b).name)
         side_a, side_b = file_side(path_a), file_side(path_b)
-    if data is None:
-        data = sources.data_for_file(after)
+    if data is None or isinstance(data, str):
+        data = sources.data_for_file(after, data)
     task = after.task
     split = "test" if task == "classify" else "val"
     options = ({"gallery": int(gallery), "sensitivity": hashlib.sha256(

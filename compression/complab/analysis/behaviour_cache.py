@@ -7,7 +7,8 @@ hash of its .py files, as engine/keys.code_version computes it: analysis may not
 is untrusted like every file on disk (DESIGN.md "Trust"): `read_cached` refuses it by size before reading, parses
 it without NaN or Infinity within bounded depth and values (runfolder.parse_json), and checks every key of the
 schema ("behaviour/1": types, finite numbers, ranges, list lengths). A damaged file reads as None and the diff is
-recomputed; nothing here raises on a bad file. Writes are atomic (temporary file + rename).
+recomputed; nothing here raises on a bad file. Writes are atomic (temporary file + rename). The identities of
+the two sides (`file_side`, `handle_side`: the "a" and "b" entries of a diff) are made here too.
 """
 
 from __future__ import annotations
@@ -56,6 +57,30 @@ def cache_key(identity_a: str, identity_b: str, split_identity: dict, options: d
     record = {"a": identity_a, "b": identity_b, "split": split_identity, "options": options or {},
               "code": code_version(), "schema": SCHEMA}
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def state_sha256(model) -> str:
+    """A sha256 of a model's tensors (names, shapes, dtypes and bytes): the identity of a model without a file."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(value.shape)}:{value.dtype}\0".encode())
+        digest.update(value.numpy().tobytes() if value.dtype != torch.bfloat16 else value.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def handle_side(handle) -> dict:
+    """The "a" / "b" entry of a model without a file (the caller's original): its label and its tensors' sha256."""
+    return {"label": str(handle.label), "file": None, "bytes": None, "sha256": state_sha256(handle.model)}
+
+
+def file_side(path: str | Path) -> dict:
+    """The "a" / "b" entry of a compact file: its label (set by the caller), name, size and sha256."""
+    path = Path(path)
+    data = path.read_bytes()
+    return {"label": path.name, "file": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def write_cached(cache_dir: str | Path, key: str, diff: dict) -> Path:

@@ -43,8 +43,9 @@ class Graph:
     """Nodes (runs, sweeps, one original model per model) with their layout, and parent -> child edges.
 
     node: {"id", "kind": "run"|"sweep"|"original", "model", "label", "run" (a run's id, else None), "plan", "state",
-           "accuracy" (fraction or None), "bytes" (compressed, or the original's fp32), "created", "generation",
-           "x", "y", "parent" (node id or None), "edge" (the kind of the edge from its parent, or None)}
+           "accuracy" (fraction or None: a detector's mAP50), "bytes" (compressed, or the original's fp32), "created",
+           "generation", "x", "y", "parent" (node id or None), "edge" (the kind of the edge from its parent, or None);
+           a run's also "damaged" and "task"}
     edge: {"source", "target", "kind"} with kind in EDGE_KINDS."""
 
     nodes: list[dict] = field(default_factory=list)
@@ -127,7 +128,8 @@ def _run_facts(run: Any) -> dict | None:
             "state": run["state"] if run.get("state") in STATES else "unknown",
             "accuracy": _fraction(after.get("accuracy")), "bytes": _count(after.get("compressed_bytes")),
             "accuracy_before": _fraction(before.get("accuracy")), "fp32_bytes": _count(before.get("fp32_bytes")),
-            "created": created, "damaged": bool(run.get("damaged"))}
+            "created": created, "damaged": bool(run.get("damaged")),
+            "task": metrics["task"] if metrics.get("task") in ("classify", "detect") else "classify"}
 
 
 def _sweep_members(sweeps: Any) -> tuple[dict[str, str], dict[str, str]]:
@@ -221,7 +223,7 @@ def experiment_graph(runs: Any, sweeps: Any = None) -> Graph:
             last_lesson_prune[model] = fact["id"]
         add(_run_node(fact["id"]), "run", model, fact["plan"] or fact["id"], parent, edge, run=fact["id"],
             plan=fact["plan"], state=fact["state"], accuracy=fact["accuracy"], bytes=fact["bytes"],
-            created=fact["created"], damaged=fact["damaged"])
+            created=fact["created"], damaged=fact["damaged"], task=fact["task"])
     _layout(nodes)
     return Graph(nodes=list(nodes.values()), edges=edges, note=note)
 
@@ -274,7 +276,8 @@ def _layer_names(layers: Any) -> list[str] | None:
     return [name for name in layers if isinstance(name, str) and 0 < len(name) <= 1000]
 
 
-def _show(value: Any) -> str:
+def setting_text(value: Any) -> str:
+    """A recipe value as the diff says it: as the recipe writes it (JSON), "(not set)" for none, at most 60 chars."""
     if value is None:
         return "(not set)"
     text = json.dumps(value, sort_keys=True, default=str) if not isinstance(value, str) else value
@@ -285,7 +288,7 @@ def _row(step: str, change: str, layer: str | None, setting: str | None, a: Any,
     if change in ("added", "removed"):
         text = f"step {step} {change}"
     else:
-        text = f"{layer + ': ' if layer else ''}{setting} {_show(a)} -> {_show(b)}"
+        text = f"{layer + ': ' if layer else ''}{setting} {setting_text(a)} -> {setting_text(b)}"
     return {"step": step, "change": change, "layer": layer, "setting": setting, "a": a, "b": b, "text": text}
 
 

@@ -364,10 +364,12 @@ def _diff_rows(a: Plan, b: Plan, names: list[str] | None) -> list[dict]:
 
 
 def layer_names(metrics: Any) -> list[str] | None:
-    """The model's layer names as a run's metrics.json lists them (its "layers" rows), or None when it has none."""
+    """The weight layers' names as a run's metrics.json lists its file's tensors ("conv1.weight" -> "conv1"), or
+    None when it lists none."""
     rows = metrics.get("layers") if isinstance(metrics, dict) else None
     if not isinstance(rows, list):
         return None
-    names = [row["name"] for row in rows[:MAX_LAYERS] if isinstance(row, dict) and isinstance(row.get("name"), str)
-             and 0 < len(row["name"]) <= 1000]
-    return names or None
+    names = [row["name"][: -len(".weight")] for row in rows[:MAX_LAYERS]
+             if isinstance(row, dict) and isinstance(row.get("name"), str) and row["name"].endswith(".weight")
+             and len(row["name"]) <= 1000]
+    return [name for name in dict.fromkeys(names) if name] or None

@@ -19,10 +19,11 @@ from complab.errors import CompressionLabError
 from complab.ui.numbers import human, percent
 from complab.ui.present import RUN_PARAM
 from complab.ui.report import plain_markdown
-from complab.ui.state import active_spec, home, spec_key
+from complab.ui.state import active_spec, decoded_run, home, spec_key
 
 MAP_KEY = "lineage_map"  # the chart's selection lives under this key
 RUN_SELECT_KEY = "compare_run"  # the Compare page's run select (present.chosen_run)
+STAGED_KEY = "lineage_staged"  # what the button's callback did: "staged", or why it could not
 PENDING_KEY = "plan_from_run"  # a recipe waiting for the Plan page: {"run", "plan", "spec"}
 SMALLEST_PX, LARGEST_PX = 9, 34  # marker diameters: the smallest and the largest file on the map
 EDGE_STYLE = {  # kind -> (legend name, colour, dash, width)
@@ -154,6 +155,20 @@ def _plan_of(run: dict) -> dict | None:
     return job_plan if isinstance(job_plan, dict) else None
 
 
+def _layers_of(run_id: str) -> list[str] | None:
+    """The model's layer names: the run's decoded file's (our parser, cached for the page), else its metrics.json's
+    tensors (the checked reader); None when neither can be read."""
+    try:
+        return list(decoded_run(run_id).prunable_layers())
+    except CompressionLabError:
+        pass
+    try:
+        metrics, problem = runfolder.load(engine.run_file(run_id, "metrics.json", root=home()), kind="compress")
+    except CompressionLabError:
+        return None
+    return layer_names(metrics) if problem is None else None
+
+
 def diff_table(rows: list[dict], first: str, second: str) -> pd.DataFrame:
     """The recipe diff as the page's table: step, layer, setting, and the value in each run (as the recipe wrote
     it); an added or removed step is one row."""
@@ -178,6 +193,11 @@ def stage_recipe(run: dict) -> str | None:
         return "this run's recipe cannot be read"
     st.session_state[PENDING_KEY] = {"run": run["id"], "plan": plan, "spec": spec_key(spec)}
     return None
+
+
+def _start_plan(run: dict) -> None:
+    """The "Start a plan from this recipe" button's callback: stage the recipe (or say why not) for the page."""
+    st.session_state[STAGED_KEY] = stage_recipe(run) or "staged"
 
 
 def map_section(runs: list[dict], sweeps: list[dict], model: str, run_id: str | None,
@@ -218,7 +238,7 @@ def map_section(runs: list[dict], sweeps: list[dict], model: str, run_id: str | 
                                  + (" (its parent on the map)" if r == parent else ""))
             by_id = {run["id"]: run for run in mine}
             plan_a, plan_b = _plan_of(by_id[other]), _plan_of(by_id[run_id])
-            names = layer_names(by_id[run_id].get("metrics")) or layer_names(by_id[other].get("metrics"))
+            names = _layers_of(run_id) or _layers_of(other)
             try:
                 rows = recipe_diff(plan_a, plan_b, names)
             except CompressionLabError as exc:
@@ -232,11 +252,13 @@ def map_section(runs: list[dict], sweeps: list[dict], model: str, run_id: str | 
                 st.caption(f"What changed from run {other}'s recipe to run {run_id}'s"
                            + (", per layer (patterns and _default resolved against the model's layers)." if names
                               else " (per-layer keys as the recipes wrote them)."))
-        if st.button("Start a plan from this recipe", key="lineage_edit_in_plan",
-                     help="Loads this run's recipe into the Plan page, where you can change it; the run you launch "
-                          "from there is drawn under this one on the map."):
-            problem = stage_recipe(next(run for run in mine if run["id"] == run_id))
-            if problem:
-                st.error(problem)
-            else:
-                st.switch_page("pages/plan.py")
+        # a callback (as the Plan page's launch): it runs before the page is drawn again, so the switch below sees it
+        st.button("Start a plan from this recipe", key="lineage_edit_in_plan", on_click=_start_plan,
+                  args=(next(run for run in mine if run["id"] == run_id),),
+                  help="Loads this run's recipe into the Plan page, where you can change it; the run you launch "
+                       "from there is drawn under this one on the map.")
+        outcome = st.session_state.pop(STAGED_KEY, None)
+        if outcome == "staged":
+            st.switch_page("pages/plan.py")
+        elif outcome:
+            st.error(outcome)

@@ -108,6 +108,8 @@ def test_graph_links_reruns_recipes_sweeps_lesson_steps_and_same_recipes():
     assert min(rows["demo:lenet300"]) > max(rows["demo:lenet5"]) + 1 or \
         max(rows["demo:lenet300"]) < min(rows["demo:lenet5"]) - 1  # each model's tree in its own band, a row apart
     assert experiment_graph(runs, sweeps) == graph  # deterministic, whatever order the rows come in
+    untold = parents(experiment_graph(runs, None))  # without the sweeps' listing: the jobs' own sweep tags
+    assert untold["d"] == untold["e"] == ("sweep:demo:lenet5:sw1", "sweep")
     assert graph.parent_run("c") == "b" and graph.parent_run("e") == "d" and graph.parent_run("a") is None
 
 

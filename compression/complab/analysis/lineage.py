@@ -127,7 +127,7 @@ def _run_facts(run: Any) -> dict | None:
     return {"id": run["id"], "model": _text(job.get("model"), _text(run.get("model"), "?")) or "?",
             "plan": _text(plan.get("name")) or _text(metrics.get("plan_name")),
             "steps_key": _steps_key(plan), "origin": check_origin(job.get("origin")),
-            "sweep": sweep.get("id") if isinstance(sweep.get("id"), str) else None,
+            "sweep": sweep["id"][:MAX_TEXT] if isinstance(sweep.get("id"), str) and sweep["id"] else None,
             "state": run["state"] if run.get("state") in STATES else "unknown",
             "accuracy": _fraction(after.get("accuracy")), "bytes": _count(after.get("compressed_bytes")),
             "accuracy_before": _fraction(before.get("accuracy")), "fp32_bytes": _count(before.get("fp32_bytes")),
@@ -211,11 +211,10 @@ def experiment_graph(runs: Any, sweeps: Any = None) -> Graph:
             parent, edge = _run_node(last_lesson_prune[model]), "lesson"
         elif role == "prune":
             edge = "lesson"
-        elif fact["id"] in member_of:
-            sweep_id = member_of[fact["id"]]
+        elif (sweep_id := member_of.get(fact["id"]) or fact["sweep"]) is not None:  # the listing's, else the tag's
             sweep_node = f"sweep:{model}:{sweep_id}"
             if sweep_node not in nodes:
-                add(sweep_node, "sweep", model, sweep_labels.get(sweep_id, sweep_id), origin, "sweep",
+                add(sweep_node, "sweep", model, sweep_labels.get(sweep_id, f"sweep {sweep_id[-4:]}"), origin, "sweep",
                     created=fact["created"])
             parent, edge = sweep_node, "sweep"
         elif fact["steps_key"] is not None and (model, fact["steps_key"]) in first_with_steps:

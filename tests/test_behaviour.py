@@ -158,3 +158,20 @@ def test_detector_diff_finds_a_planted_class():
     assert planted_boxes > 0 and sum(row["vanished"] for row in diff["images"]) == planted_boxes
     assert not any(box[4] == 1 for row in diff["images"] for box in row["boxes_b"])
     assert check_diff(json.loads(json.dumps(diff))) is not None
+
+
+def test_fuzz_family_reads_damaged_caches_without_raising(tmp_path, monkeypatch):
+    """The fuzz campaign's behaviour family: mutated cache files are ignored or read back sound, never raised."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import fuzz_campaign as fc
+
+    (tmp_path / "failures").mkdir()
+    monkeypatch.setattr(fc, "WORK", tmp_path)
+    fc._STATE["behaviour"] = fc._behaviour_setup()
+    results = [fc.run_behaviour(index, 11, str(tmp_path / "failures")) for index in range(1, 301)]
+    assert {outcome for outcome, _, _ in results} == {"ok"}
+    details = [detail for _, detail, _ in results]
+    assert any("read back" in d for d in details) and any("ignored" in d for d in details)

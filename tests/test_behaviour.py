@@ -175,3 +175,34 @@ def test_fuzz_family_reads_damaged_caches_without_raising(tmp_path, monkeypatch)
     assert {outcome for outcome, _, _ in results} == {"ok"}
     details = [detail for _, detail, _ in results]
     assert any("read back" in d for d in details) and any("ignored" in d for d in details)
+
+
+def test_trace_ranks_layers_by_the_sensitivity_report_when_architectures_differ(lenet5, digits):
+    """Channel pruning changes the shapes: no ablation is possible, the report's predicted drops rank the layers."""
+    from pathlib import Path
+
+    from complab.analysis.behaviour_trace import trace_flips
+    from complab.analysis.predict import layer_drop
+    from complab.analysis.sensitivity_report import check_report
+
+    layers = list(lenet5.prunable_layers())
+    sparsities, clusters = [0.0, 0.5, 0.9], [256, 16, 4]
+    report = check_report({"base_accuracy": 0.98, "config": {"sparsities": sparsities, "clusters": clusters},
+                           "layers": {name: {"params": 1000, "sparsity": {str(s): round(0.98 - s * (i + 1) / 20, 4)
+                                                                           for s in sparsities},
+                                             "clusters": {str(k): 0.98 for k in clusters}}
+                                      for i, name in enumerate(layers)}})
+    after = lenet5.clone()
+    after.model.fc2 = torch.nn.Linear(500, 10, bias=False)  # another architecture (a bias gone)
+    plan = json.loads((Path(__file__).resolve().parents[1] / "assets" / "recipes" / "quick.json").read_text())
+    after.file_meta = {"plan": plan}
+    trace = trace_flips(lenet5, after, digits.test, np.array([0]), np.zeros(1, dtype=int), report)
+    assert trace["method"] == "sensitivity"
+    drops = [row["predicted_drop"] for row in trace["layers"]]
+    assert drops == sorted(drops, reverse=True) and len(drops) == len(layers)
+    settings = {"conv1": 0.9, "conv2": 0.9, "fc1": 0.9, "fc2": 0.5}  # quick.json: fc2 50%, the rest 90%
+    for row in trace["layers"]:
+        assert row["predicted_drop"] == pytest.approx(layer_drop(report, row["layer"], settings[row["layer"]], 16))
+    assert trace["layers"][0]["layer"] == "fc1"  # the steepest curve at 90%
+    no_report = trace_flips(lenet5, after, digits.test, np.array([0]), np.zeros(1, dtype=int), None)
+    assert no_report["method"] is None and "sensitivity report" in no_report["note"]

@@ -157,6 +157,16 @@ def test_detector_diff_finds_a_planted_class():
     planted_boxes = sum(box[4] == 1 for row in diff["images"] for box in row["boxes_a"])
     assert planted_boxes > 0 and sum(row["vanished"] for row in diff["images"]) == planted_boxes
     assert not any(box[4] == 1 for row in diff["images"] for box in row["boxes_b"])
+    # the boxes are those the Detections page finds on that image (detections.predict), in the image's pixels
+    from complab.analysis.detections import predict
+    from PIL import Image
+
+    top = diff["images"][0]
+    with Image.open(next(p for p in shapes.val_images() if p.name == top["path"])) as image:
+        found = predict(original.model, image, original.imgsz)
+    assert len(found) == len(top["boxes_a"])
+    for box, row in zip(sorted(found, key=lambda b: b.xyxy), sorted(top["boxes_a"]), strict=True):
+        assert np.allclose(box.xyxy, row[:4], atol=0.5) and box.cls == row[4]
     assert check_diff(json.loads(json.dumps(diff))) is not None
 
 

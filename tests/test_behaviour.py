@@ -216,3 +216,17 @@ def test_trace_ranks_layers_by_the_sensitivity_report_when_architectures_differ(
     assert trace["layers"][0]["layer"] == "fc1"  # the steepest curve at 90%
     no_report = trace_flips(lenet5, after, digits.test, np.array([0]), np.zeros(1, dtype=int), None)
     assert no_report["method"] is None and "sensitivity report" in no_report["note"]
+
+
+def test_thumbnails_are_the_unnormalised_pixels_at_a_small_size():
+    import base64
+    import io
+
+    from PIL import Image
+
+    grey = torch.full((1, 8, 8), 0.0)
+    grey[0, 0, 0] = 2.0  # (2.0 * 0.25 + 0.5) = 1.0: white; the rest 0.5: mid grey
+    picture = Image.open(io.BytesIO(base64.b64decode(behaviour.thumbnail_png(grey, [0.5], [0.25]))))
+    assert picture.size == (64, 64) and picture.getpixel((0, 0)) == 255 and picture.getpixel((63, 63)) == 128
+    big = Image.open(io.BytesIO(base64.b64decode(behaviour.thumbnail_png(torch.rand(3, 224, 224), None, None))))
+    assert big.size == (128, 128) and big.mode == "RGB"

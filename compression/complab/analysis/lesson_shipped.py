@@ -56,6 +56,14 @@ def plan_text(run: str, chosen: lesson.LessonSettings | None = None) -> str:
     return json.dumps(plan.to_dict(), indent=2)
 
 
+def is_lesson_job(job: dict, run: str) -> bool:
+    """Whether `job` is the real lesson's job of `run` (LESSON settings): the only job a shipped result stands for."""
+    plan = lesson.step_plan(run, lesson.LESSON)
+    return (isinstance(job, dict) and job.get("kind") == "compress" and plan is not None
+            and job.get("plan") == plan.to_dict() and job.get("latency") is False
+            and all(job.get(key) == value for key, value in lesson.LESSON_SPEC.items()))
+
+
 def check_shipped(run: str, data, original_accuracy: float | None = None, folder: str | Path | None = None,
                   chosen: lesson.LessonSettings | None = None) -> ShippedRun:
     """Read and check the shipped run `run` (from `folder`, default assets/lesson/<run>) against the lesson's

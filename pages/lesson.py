@@ -7,7 +7,7 @@ from complab.analysis import lesson
 from complab.ui import figures, present
 from complab.ui import lesson as steps
 from complab.ui.navigation import page_setup
-from complab.ui.state import baseline, home, spec_key
+from complab.ui.state import home
 
 page_setup()
 presenting = present.presenting()
@@ -39,7 +39,7 @@ def header(step: str) -> None:
 
 with st.container(border=True):
     header("weights")
-    measured = baseline(spec_key(lesson.LESSON_SPEC))
+    measured = steps.original_measured()
     cols = st.columns(3)
     cols[0].metric("Original accuracy", lesson.percent(measured["accuracy"]))
     cols[1].metric("Parameters", f"{measured['params']:,}",

@@ -295,3 +295,11 @@ def test_only_the_real_lessons_jobs_stand_for_shipped_runs():
         assert not lesson_shipped.is_lesson_job({**lesson.step_job(run, lesson.LESSON), "model": "demo:lenet5"}, run)
     assert not lesson_shipped.is_lesson_job(lesson.step_job("share", lesson.LESSON), "prune")
     assert not lesson_shipped.is_lesson_job({"kind": "test-crash"}, "prune")
+
+
+def test_step_one_measures_what_handle_measure_does(lenet300, digits28):
+    """The lesson's own measurement of the original (no FLOP count or latency: a faster first render) gives
+    handle.measure's numbers."""
+    full = lenet300.measure(digits28, latency=False)
+    assert lesson.original_measured(lenet300, digits28) == {key: full[key] for key in ("accuracy", "params",
+                                                                                         "fp32_bytes")}

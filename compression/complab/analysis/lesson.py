@@ -89,6 +89,14 @@ def step_job(step: str, chosen: LessonSettings | None = None) -> dict | None:
 # ------------------------------------------------------------------------------------------------- measuring
 
 
+def original_measured(handle, data) -> dict:
+    """Step 1's numbers of the original model, measured: test accuracy, parameters, fp32 bytes (as handle.measure
+    gives them, without the FLOP count and latency it adds: the lesson shows neither, and they cost the first
+    render seconds)."""
+    return {"accuracy": metrics.accuracy(handle.model, data.loader("test")),
+            "params": metrics.count_params(handle.model)["params"], "fp32_bytes": metrics.fp32_bytes(handle.model)}
+
+
 def layer_weights(model: torch.nn.Module) -> dict[str, np.ndarray]:
     """Each weight layer's weights, flattened (what the histograms draw)."""
     return {name: weight.detach().flatten().cpu().numpy() for name, weight in weight_layers(model).items()}

@@ -21,7 +21,7 @@ import streamlit as st
 from complab import engine, runfolder, service
 from complab.analysis import lesson, lesson_shipped, report
 from complab.errors import CompressionLabError
-from complab.ui.state import baseline, decoded_run, home, load_active, spec_key
+from complab.ui.state import decoded_run, home, load_active
 
 POLL_EVERY_S = 1.0  # seconds between looks at a running step's run (as the Runs page)
 # started together with a step: the run a later step shows, so it computes while the class reads (step 3's run
@@ -56,7 +56,7 @@ def find_or_import(job: dict, run: str) -> tuple[str, bool] | None:
     if found is not None:
         return found, True
     _, data = load_active(lesson.LESSON_SPEC)
-    original = baseline(spec_key(lesson.LESSON_SPEC))["accuracy"]
+    original = original_measured()["accuracy"]
     shipped = lesson_shipped.check_shipped(run, data, original_accuracy=original)
     if not shipped.ok:
         progress_state()["not_shipped"][run] = shipped.problem
@@ -143,6 +143,13 @@ def run_plan(root: str, run_id: str) -> dict:
     if problem or not isinstance(plan, dict):
         raise CompressionLabError(f"a lesson run cannot be shown: {problem or 'damaged: plan.json: not an object'}")
     return plan
+
+
+@st.cache_data(max_entries=1, show_spinner=False)
+def original_measured() -> dict:
+    """The demo LeNet-300-100's test accuracy, parameters and fp32 bytes, measured (step 1)."""
+    handle, data = load_active(lesson.LESSON_SPEC)
+    return lesson.original_measured(handle, data)
 
 
 @st.cache_data(max_entries=1, show_spinner=False)

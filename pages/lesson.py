@@ -74,6 +74,7 @@ if shown("prune"):
         chart(figures.lesson_histogram(original[layer], weights[layer], layer, "pruned"),
               "lesson_hist_prune")
         st.markdown(lesson.prune_text(metrics, facts, plan))
+        steps.flips(root, run_id, "pruned", "pruned", presenting)
         steps.next_button("prune")
         pruned_accuracy = metrics["after"]["accuracy"]
 
@@ -93,6 +94,7 @@ if shown("share"):
         chart(figures.lesson_histogram(original[layer], weights[layer], layer, "pruned and shared"),
               "lesson_hist_share")
         st.markdown(lesson.share_text(metrics, facts, plan, pruned_accuracy))
+        steps.flips(root, run_id, "pruned and shared", "shared", presenting)
         steps.next_button("share")
 
 if shown("code"):

@@ -1,5 +1,6 @@
 """The lesson: its step plans and what it says (unit tests), and the page through AppTest with fast settings."""
 
+import base64
 import json
 import shutil
 import time
@@ -250,6 +251,9 @@ def test_the_real_lesson_imports_its_shipped_runs_without_running_them(tmp_path,
     assert "precomputed with this recipe and checked on this machine" in caption
     assert lesson.percent(rows[runs["prune"]]["metrics"]["after"]["accuracy"]) in caption
     assert at.button(key="lesson_recompute_prune") is not None
+    said = next(m.value for m in at.markdown if m.value.startswith("Did its answers change?"))
+    assert "the pruned model gives the original's answer on" in said
+    assert len(at.get("image")) > 0  # the flipped digits drawn
     at.button(key="lesson_next_share").click().run()
     assert any(m.label == "Accuracy after sharing" for m in at.metric)
     again = _open_lesson()  # a second class: found by key, nothing imported twice
@@ -303,3 +307,50 @@ def test_step_one_measures_what_handle_measure_does(lenet300, digits28):
     full = lenet300.measure(digits28, latency=False)
     assert lesson.original_measured(lenet300, digits28) == {key: full[key] for key in ("accuracy", "params",
                                                                                          "fp32_bytes")}
+
+
+def test_the_flips_text_says_what_the_pruned_and_shared_models_answer_differently(lenet300, digits28):
+    """On the real lesson runs (the shipped files, decoded): the counts the text says are the answers of the
+    original and of the decoded model compared image by image here, independently of the diff."""
+    from complab.analysis.behaviour import diff_files
+    from complab.sources import load_file
+
+    images, labels = digits28.test.tensors
+    with torch.no_grad():
+        original = lenet300.model.eval()(images).argmax(1)
+    for run, model in (("prune", "pruned"), ("share", "pruned and shared")):
+        path = lesson_shipped.SHIPPED / run / "model.clab"
+        diff = diff_files(path, None, original=lenet300, data=digits28)
+        with torch.no_grad():
+            compressed = load_file(path).model.eval()(images).argmax(1)
+        worse = int(((original == labels) & (compressed != labels)).sum())
+        better = int(((original != labels) & (compressed == labels)).sum())
+        changed = int((original != compressed).sum())
+        assert (diff["flips"]["right_to_wrong"], diff["flips"]["wrong_to_right"]) == (worse, better)
+        text = lesson.flips_text(diff, model)
+        assert f"a different one on {changed:,}:" in text and f"the {model} model" in text
+        assert f"{worse} digits the original got right are now wrong" in text or worse == 1
+        assert f"{len(labels) - changed:,} ({lesson.percent((len(labels) - changed) / len(labels))})" in text
+        low, high = diff["flips"]["net_ci"]
+        assert ("within noise" in text) == (low <= 0 <= high)
+        examples = lesson.flip_examples(diff, limit=6)
+        assert 0 < len(examples) <= 6 and all(e["png"].startswith(b"\x89PNG") for e in examples)
+        for example in examples:  # each drawn digit is one whose answer changed, with both models' answers
+            index = next(item["index"] for item in diff["gallery"] if item["image_png_b64"]
+                         and example["png"] == base64.b64decode(item["image_png_b64"]))
+            assert (int(original[index]), int(compressed[index]), int(labels[index])) == (
+                example["original"], example["compressed"], example["label"])
+            assert example["original"] != example["compressed"]
+        kinds = [e["kind"] for e in examples]
+        assert kinds == sorted(kinds, key=["right_to_wrong", "wrong_to_right", "wrong_to_other_wrong"].index)
+
+
+def test_the_flips_text_of_identical_answers_and_of_one_flip():
+    diff = {"n": 360, "accuracy_a": 0.9, "accuracy_b": 0.9, "trace": {"method": None, "layers": []},
+            "flips": {"right_to_wrong": 0, "wrong_to_right": 0, "wrong_to_other_wrong": 0, "net_ci": [-0.01, 0.01]}}
+    assert "all 360 of them" in lesson.flips_text(diff, "pruned")
+    diff["flips"].update(right_to_wrong=1, net_ci=[-0.016, 0.008])
+    diff["accuracy_b"] = 0.9 - 1 / 360
+    text = lesson.flips_text(diff, "pruned")
+    assert "1 digit the original got right is now wrong" in text and "cannot be seen" not in text
+    assert "-0.3 points" in text and "within noise" in text and "0.28 points" in text

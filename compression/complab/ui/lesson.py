@@ -172,6 +172,29 @@ def run_coding(root: str, run_id: str) -> lesson.Coding:
     return lesson.coding(report.file_rows(engine.run_dir(run_id, root=root)), run_metrics(root, run_id))
 
 
+@st.cache_data(max_entries=16, show_spinner="Comparing the answers of both models on the test digits...")
+def run_flips(root: str, run_id: str) -> dict:
+    """The behaviour diff of the original LeNet-300-100 (the lesson's own demo model) against a step's decoded
+    file (complab.service.behaviour_diff: analysis/behaviour.py, cached in the data folder per pair of files)."""
+    handle, data = load_active(lesson.LESSON_SPEC)
+    return service.behaviour_diff(run_id, None, root=root, original=handle, data=data)
+
+
+def flips(root: str, run_id: str, model: str, short: str, presenting: bool = False) -> None:
+    """A step's flips against the original: the sentences, then a few flipped digits with both models' answers
+    (red: right -> wrong, green: wrong -> right, orange: one wrong answer -> another)."""
+    diff = run_flips(root, run_id)
+    st.markdown(lesson.flips_text(diff, model))
+    examples = lesson.flip_examples(diff, limit=6)
+    if not examples:
+        return
+    colours = {"right_to_wrong": "red", "wrong_to_right": "green", "wrong_to_other_wrong": "orange"}
+    for col, example in zip(st.columns(len(examples)), examples, strict=True):
+        col.image(example["png"], width=96 if presenting else 64)
+        col.markdown(f"true {example['label']}  \noriginal {example['original']}  \n{short} "
+                     f":{colours[example['kind']]}[**{example['compressed']}**]")
+
+
 @st.cache_data(max_entries=16, show_spinner="Decoding the file and classifying the test digits...")
 def run_decode_check(root: str, run_id: str) -> dict:
     _, data = load_active(lesson.LESSON_SPEC)

@@ -259,9 +259,15 @@ def test_the_real_lesson_imports_its_shipped_runs_without_running_them(tmp_path,
     again = _open_lesson()  # a second class: found by key, nothing imported twice
     again.button(key="lesson_next_prune").click().run()
     assert again.session_state["lesson"]["runs"] == runs and len(engine.list_runs(root=home)) == 2
-    rerun = engine.rerun(runs["prune"], root=home)  # a re-run of an imported run is a real run, not marked
-    assert "precomputed" not in engine.status(rerun, root=home)["job"]
-    engine.cancel(rerun, root=home)
+    again.button(key="lesson_recompute_prune").click().run()  # "Recompute here": a re-run, a real one, not marked
+    rerun = again.session_state["lesson"]["runs"]["prune"]
+    try:
+        assert rerun != runs["prune"]
+        job = engine.status(rerun, root=home)["job"]
+        assert "precomputed" not in job and job["plan"] == lesson.step_plan("prune", lesson.LESSON).to_dict()
+        assert job["origin"] == {"kind": "rerun", "run": runs["prune"]}
+    finally:
+        engine.cancel(rerun, root=home)
 
 
 def test_a_tampered_shipped_run_is_not_imported_and_the_step_runs(tmp_path, monkeypatch):

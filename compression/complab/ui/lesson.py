@@ -94,12 +94,13 @@ def retry(step: str) -> None:
 
 
 def recompute(step: str) -> None:
-    """"Recompute here": a new run of the step's job on this machine (never reused), shown instead of the
-    precomputed one; once it succeeds, later lookups by content key find it (the newest)."""
+    """"Recompute here": a re-run of the precomputed run on this machine (engine.rerun: the same job, unmarked, its
+    origin the precomputed run, as the Compare page's map draws it), shown instead; once it succeeds, later lookups
+    by content key find it (the newest)."""
     state = progress_state()
     run = lesson.RUN_OF[step]
     try:
-        state["runs"][run], _ = service.submit_run(lesson.step_job(step), home(), reuse=False)
+        state["runs"][run] = engine.rerun(state["runs"][run], root=home())
     except CompressionLabError as exc:
         state["error"] = (step, str(exc))
         return

@@ -360,3 +360,24 @@ def test_the_flips_text_of_identical_answers_and_of_one_flip():
     text = lesson.flips_text(diff, "pruned")
     assert "1 digit the original got right is now wrong" in text and "cannot be seen" not in text
     assert "-0.3 points" in text and "within noise" in text and "0.28 points" in text
+
+
+def test_an_imported_run_is_a_sound_finished_run_even_after_the_index_is_lost(tmp_path, digits28):
+    """engine.import_or_reuse: a succeeded run whose folder reads as the engine writes one (runfolder finds nothing
+    damaged), found instead of importing twice, and still marked precomputed when the index is rebuilt from the
+    folders."""
+    from complab import runfolder
+
+    home = tmp_path / "home"
+    shipped = lesson_shipped.check_shipped("share", digits28, chosen=lesson.LESSON)
+    job = lesson.step_job("share", lesson.LESSON)
+    run_id, reused = engine.import_or_reuse(job, shipped.files, shipped.metrics, "checked", root=home)
+    assert not reused and engine.import_or_reuse(job, shipped.files, shipped.metrics, "checked", root=home) == (
+        run_id, True)
+    folder = runfolder.read_run_folder(engine.run_dir(run_id, root=home))
+    assert folder["damaged"] == {} and folder["state"]["state"] == "succeeded"
+    assert folder["job"]["precomputed"] is True and folder["metrics"]["precomputed"] is True
+    assert engine.log_tail(run_id, root=home).strip() == "checked"
+    (home / "index.sqlite").unlink()  # the folders are the truth: the index is rebuilt from them
+    row = engine.status(run_id, root=home)
+    assert row["state"] == "succeeded" and row["job"]["precomputed"] is True and not row.get("damaged")

@@ -184,7 +184,11 @@ def run_flips(root: str, run_id: str) -> dict:
 def flips(root: str, run_id: str, model: str, short: str, presenting: bool = False) -> None:
     """A step's flips against the original: the sentences, then a few flipped digits with both models' answers
     (red: right -> wrong, green: wrong -> right, orange: one wrong answer -> another)."""
-    diff = run_flips(root, run_id)
+    try:
+        diff = run_flips(root, run_id)
+    except CompressionLabError as exc:  # the run's file damaged or gone since: said, the step still shown
+        st.error(f"The answers of the {model} model cannot be compared with the original's: {exc}")
+        return
     st.markdown(lesson.flips_text(diff, model))
     examples = lesson.flip_examples(diff, limit=6)
     if not examples:
@@ -239,7 +243,8 @@ def finished_run(step: str) -> str | None:
                    f"machine: the file decodes and scores {scored} on the test digits, as shipped (imported {when}).")
         if step in lesson_shipped.RUNS:
             st.button("Recompute here", key=f"lesson_recompute_{step}", on_click=recompute, args=(step,),
-                      help="Run this step on this machine (about a minute); the page then shows that run.")
+                      help="Run this step on this machine (seconds on an idle laptop, a minute on a busy one); the "
+                                   "page then shows that run.")
         return run_id
     again = " (computed earlier: shown without recomputing)" if state["reused"].get(lesson.RUN_OF[step]) else ""
     here = f" Run on this machine: its shipped result was not used ({why_not})." if why_not else ""

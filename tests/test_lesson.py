@@ -178,11 +178,12 @@ def test_shipped_plans_are_the_lessons_plans_byte_for_byte():
 def test_generator_reproduces_the_shipped_share_run(tmp_path):
     """`python -m complab.demo.lesson_assets` recomputes the shipped share run: the same plan, accuracy and bytes.
     (When the pipeline or the format changes on purpose, run that command and commit assets/lesson.)"""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the generator runs
     try:
         lesson_assets.generate("share", tmp_path / "share")
     finally:
-        torch.set_num_threads(2)
+        torch.set_num_threads(threads)
     assert lesson_assets.compare(lesson_shipped.SHIPPED / "share", tmp_path / "share") == []
 
 

@@ -7,7 +7,7 @@ from complab.analysis import lesson
 from complab.ui import figures, present
 from complab.ui import lesson as steps
 from complab.ui.navigation import page_setup
-from complab.ui.state import baseline, home, spec_key
+from complab.ui.state import home
 
 page_setup()
 presenting = present.presenting()
@@ -39,7 +39,7 @@ def header(step: str) -> None:
 
 with st.container(border=True):
     header("weights")
-    measured = baseline(spec_key(lesson.LESSON_SPEC))
+    measured = steps.original_measured()
     cols = st.columns(3)
     cols[0].metric("Original accuracy", lesson.percent(measured["accuracy"]))
     cols[1].metric("Parameters", f"{measured['params']:,}",
@@ -74,6 +74,7 @@ if shown("prune"):
         chart(figures.lesson_histogram(original[layer], weights[layer], layer, "pruned"),
               "lesson_hist_prune")
         st.markdown(lesson.prune_text(metrics, facts, plan))
+        steps.flips(root, run_id, "pruned", "pruned", presenting)
         steps.next_button("prune")
         pruned_accuracy = metrics["after"]["accuracy"]
 
@@ -93,6 +94,7 @@ if shown("share"):
         chart(figures.lesson_histogram(original[layer], weights[layer], layer, "pruned and shared"),
               "lesson_hist_share")
         st.markdown(lesson.share_text(metrics, facts, plan, pruned_accuracy))
+        steps.flips(root, run_id, "pruned and shared", "shared", presenting)
         steps.next_button("share")
 
 if shown("code"):

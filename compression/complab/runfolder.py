@@ -229,6 +229,10 @@ def _job(value) -> dict:
         out["latency"] = job["latency"]
     if job.get("config") is not None:
         out["config"] = _object(job["config"], "config")
+    if "precomputed" in job:  # a result computed elsewhere and checked here (the lesson's shipped runs)
+        if not isinstance(job["precomputed"], bool):
+            raise _Bad("precomputed", f"is {_show(job['precomputed'])}, not true or false")
+        out["precomputed"] = job["precomputed"]
     if "seconds" in job:
         out["seconds"] = _number(job["seconds"], "seconds", 0, 86_400 * 365)
     if job.get("predicted") is not None:

@@ -16,6 +16,7 @@ the runs fine-tune almost nothing (FAST: for tests); the real lesson uses LESSON
 
 from __future__ import annotations
 
+import base64
 import math
 import os
 import time
@@ -87,6 +88,14 @@ def step_job(step: str, chosen: LessonSettings | None = None) -> dict | None:
 
 
 # ------------------------------------------------------------------------------------------------- measuring
+
+
+def original_measured(handle, data) -> dict:
+    """Step 1's numbers of the original model, measured: test accuracy, parameters, fp32 bytes (as handle.measure
+    gives them, without the FLOP count and latency it adds: the lesson shows neither, and they cost the first
+    render seconds)."""
+    return {"accuracy": metrics.accuracy(handle.model, data.loader("test")),
+            "params": metrics.count_params(handle.model)["params"], "fp32_bytes": metrics.fp32_bytes(handle.model)}
 
 
 def layer_weights(model: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -218,6 +227,60 @@ def coding_text(coded: Coding) -> str:
             f"{coded.entropy_bytes:,.0f} bytes (the difference: each stream's table of symbol counts, and the "
             f"rounding of those counts). The chart follows every byte from the {coded.waterfall.start:,}-byte fp32 "
             f"model to the {coded.file_bytes:,}-byte file ({ratio:.1f}x).")
+
+
+def _many(count: int, thing: str) -> str:
+    return f"{count:,} {thing}" + ("" if count == 1 else "s")
+
+
+def flips_text(diff: dict, model: str) -> str:
+    """What the compressed model answers differently from the original on the test digits, in plain sentences for
+    a class, from a behaviour diff (complab.analysis.behaviour.classifier_diff's dict, schema "behaviour/1", the
+    original as side a). `model`: "pruned" or "pruned and shared"."""
+    n, flips = diff["n"], diff["flips"]
+    worse, better, other = flips["right_to_wrong"], flips["wrong_to_right"], flips["wrong_to_other_wrong"]
+    changed = worse + better + other
+    low, high = flips["net_ci"]
+    if not changed:
+        return (f"Did its answers change? Not on the test digits: the {model} model gives the original's answer "
+                f"on all {n:,} of them.")
+    text = (f"Did its answers change? Of the {n:,} test digits, the {model} model gives the original's answer on "
+            f"{n - changed:,} ({percent((n - changed) / n)}) and a different one on {changed:,}: "
+            f"{_many(worse, 'digit')} the original got right {'is' if worse == 1 else 'are'} now wrong, "
+            f"{better:,} it got wrong {'is' if better == 1 else 'are'} now right"
+            + (f", and {_many(other, 'wrong answer')} became another wrong answer" if other else "") + ". "
+            f"Accuracy went {percent(diff['accuracy_a'])} -> {percent(diff['accuracy_b'])} "
+            f"({_points(diff['accuracy_b'], diff['accuracy_a'])}): it counts {worse:,} lost minus {better:,} gained")
+    hidden = changed - abs(worse - better)
+    if hidden:
+        text += (f", so {_many(hidden, 'changed answer')} of the {changed:,} cannot be seen in it (flips both ways "
+                 f"cancel out; a wrong answer that changes stays wrong)")
+    text += (f". One digit is {100 / n:.2f} points here; the 95% interval of the change is {100 * low:+.1f} to "
+             f"{100 * high:+.1f} points, ")
+    text += ("so it is within noise: on other test digits the change could be nothing." if low <= 0 <= high
+             else "so it is beyond noise: not chance.")
+    trace = diff.get("trace") or {}
+    if trace.get("method") == "ablation" and trace.get("layers"):
+        top = trace["layers"][0]
+        text += (f" Where do the changed answers come from? Putting only {top['layer']}'s {model} weights into the "
+                 f"original reproduces {top['flips_reproduced']:,} of the {changed:,}.")
+    return text
+
+
+def flip_examples(diff: dict, limit: int = 6, right_to_wrong: int = 4) -> list[dict]:
+    """Up to `limit` flipped test digits to draw: up to `right_to_wrong` that the compressed model now gets wrong
+    (its most confident wrong answers first, as the diff orders them), then those it now gets right, then the rest,
+    filling up to `limit`; each {"png": bytes, "label", "original", "compressed", "kind"} (each model's answer is
+    its top class)."""
+    gallery = list(diff.get("gallery") or [])
+    kinds = ("right_to_wrong", "wrong_to_right", "wrong_to_other_wrong")
+    by_kind = {kind: [item for item in gallery if item["kind"] == kind] for kind in kinds}
+    chosen = by_kind["right_to_wrong"][:right_to_wrong] + by_kind["wrong_to_right"] + by_kind["wrong_to_other_wrong"]
+    chosen = chosen[:limit]
+    chosen += [item for item in by_kind["right_to_wrong"][right_to_wrong:]][:max(0, limit - len(chosen))]
+    return [{"png": base64.b64decode(item["image_png_b64"]), "label": int(item["label"]),
+             "original": int(item["top3_a"][0][0]), "compressed": int(item["top3_b"][0][0]), "kind": item["kind"]}
+            for item in chosen]
 
 
 def decode_text(check: dict, metrics: dict, file_bytes: int) -> str:

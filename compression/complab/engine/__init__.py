@@ -4,6 +4,8 @@
     run_file(run_id, "model.clab")   (a file in the run's folder: callers never build runs/<id>/ paths)
     submit_sweep(jobs, axis=, targets=); sweep_status(id); list_sweeps(); cancel_sweep(id)   (sweeps.py)
     submit_or_reuse(job) -> (run_id, reused): a succeeded or active run with the same content key, else a new one
+    import_or_reuse(job, files, metrics, note) -> (run_id, reused): the same, else a finished run made of results
+        computed elsewhere and checked by the caller (marked "precomputed"; the lesson's shipped runs)
 
 Jobs run in worker processes started by a dispatcher process, never in the caller (the Streamlit
 server). `root` is the data folder (default $COMPRESSION_LAB_HOME, else a per-user data folder).
@@ -34,6 +36,8 @@ from complab.engine.runs import (
 from complab.engine.store import StoreError, default_root
 from complab.engine.sweeps import (
     cancel_sweep,
+    find_reusable,
+    import_or_reuse,
     list_sweeps,
     submit_or_reuse,
     submit_sweep,
@@ -44,5 +48,6 @@ from complab.engine.sweeps import (
 __all__ = ["FINAL_STATES", "STATES", "StoreError", "absolute_paths", "cached_sensitivity", "cancel",
            "default_root", "engine_info", "events", "list_runs", "log_tail", "rerun", "run_dir", "run_file", "settings",
            "status", "submit", "wait"]
+__all__ += ["find_reusable", "import_or_reuse"]
 __all__ += ["cancel_sweep", "content_key", "list_sweeps", "submit_or_reuse", "submit_sweep", "sweep_status",
             "wait_sweep"]

@@ -38,8 +38,9 @@ from complab.errors import CompressionLabError
 from complab.plan import Plan
 
 JOB_KEYS = {"kind", "model", "weights", "data", "input_size", "mean", "std", "plan", "latency", "config", "seconds",
-            "trust", "predicted", "sweep", "content_key",  # content_key: accepted and dropped (submit computes it)
-            "origin"}
+            "trust", "predicted", "sweep", "content_key", "origin", "precomputed"}
+# content_key: accepted and dropped (submit computes it); precomputed (an imported result's mark): accepted and
+# dropped, so re-running such a run runs it for real
 # a compress job's predicted accuracy (fractions; accuracy_low/high: its range, issue 26's, absent in older jobs)
 PREDICTED_NUMBERS = ("accuracy", "drop", "low", "high", "raw_drop", "accuracy_low", "accuracy_high")
 PREDICTED_TEXTS = ("model", "basis", "warning")

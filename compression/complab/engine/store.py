@@ -488,25 +488,7 @@ class RunStore:
         staging name, rename it into place, then add the queued row. A submit killed half-way leaves only a hidden
         .new-* folder (removed after an hour), never a half-made run; if the row cannot be written the folder is
         removed again, so a refused submit never runs later."""
-        if self.read_only:
-            raise self.error("readonly")
-        if low_space(self.root, 2 * RESERVE_BYTES):  # a run needs room for its log and results: refuse it now
-            raise self.error("full")
-        try:
-            for _ in range(20):
-                run_id = new_run_id()
-                staging = self.runs_dir / f".new-{run_id}"
-                if self.run_dir(run_id).exists():
-                    continue  # the same second and the same 24 random bits: draw again
-                try:
-                    staging.mkdir()
-                    break
-                except FileExistsError:
-                    continue
-            else:
-                raise RuntimeError("could not allocate a run id")
-        except OSError as exc:
-            raise self.error(exc) from exc
+        run_id, staging = self._new_staging()
         folder = self.run_dir(run_id)
         created = time.time()
         made = [staging]  # what to remove if this submit fails: only what it made
@@ -524,6 +506,60 @@ class RunStore:
                 (run_id, job["kind"], created, json.dumps(job))), write=True)
         except BaseException as exc:
             for path in made:  # our own, just made: nothing of the user's is in it
+                shutil.rmtree(path, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise self.error(exc) from exc
+            raise
+        return run_id
+
+    def _new_staging(self) -> tuple[str, Path]:
+        """A fresh run id and its hidden staging folder (made empty), after refusing a read-only or full store."""
+        if self.read_only:
+            raise self.error("readonly")
+        if low_space(self.root, 2 * RESERVE_BYTES):  # a run needs room for its log and results: refuse it now
+            raise self.error("full")
+        try:
+            for _ in range(20):
+                run_id = new_run_id()
+                staging = self.runs_dir / f".new-{run_id}"
+                if self.run_dir(run_id).exists():
+                    continue  # the same second and the same 24 random bits: draw again
+                try:
+                    staging.mkdir()
+                    return run_id, staging
+                except FileExistsError:
+                    continue
+            raise RuntimeError("could not allocate a run id")
+        except OSError as exc:
+            raise self.error(exc) from exc
+
+    def insert_finished(self, job: dict, files: dict[str, bytes], metrics: dict, note: str) -> str:
+        """Add a run that already succeeded elsewhere (the lesson's shipped results, checked by the caller): its
+        folder written whole like insert's (job.json, `files` such as plan.json and model.clab, metrics.json,
+        state.json "succeeded", `note` as its log), renamed into place, then its succeeded row. Never queued."""
+        run_id, staging = self._new_staging()
+        folder = self.run_dir(run_id)
+        now = time.time()
+        made = [staging]
+        try:
+            write_atomic(staging / "job.json", json.dumps(job, indent=2))
+            for name, data in files.items():
+                write_atomic(staging / name, data)
+            write_atomic(staging / "metrics.json", json.dumps(metrics, indent=2))
+            (staging / "events.jsonl").write_text(json.dumps({"time": now, "stage": "precomputed",
+                                                              "progress": 1.0}) + "\n")
+            (staging / "log.txt").write_text(note.rstrip() + "\n")
+            write_atomic(staging / "state.json", json.dumps({"state": "succeeded", "created": now, "started": now,
+                                                             "finished": now}))
+            os.rename(staging, folder)
+            made = [folder]
+            self._transaction(lambda db: db.execute(
+                "INSERT OR IGNORE INTO runs(id, kind, state, created, started, finished, job, metrics) "
+                "VALUES (?, ?, 'succeeded', ?, ?, ?, ?, ?)",
+                (run_id, job["kind"], now, now, now, json.dumps(job), json.dumps(summary_metrics(metrics)))),
+                write=True)
+        except BaseException as exc:
+            for path in made:  # our own, just made
                 shutil.rmtree(path, ignore_errors=True)
             if isinstance(exc, OSError):
                 raise self.error(exc) from exc

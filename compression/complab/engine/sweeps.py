@@ -80,6 +80,34 @@ def submit_or_reuse(job: dict, root: str | Path | None = None) -> tuple[str, boo
         return insert(checked, store, key), False
 
 
+def import_or_reuse(job: dict, files: dict[str, bytes], metrics: dict, note: str,
+                    root: str | Path | None = None) -> tuple[str, bool]:
+    """(run id, reused): the run submit_or_reuse(job) would find, else a finished run of `job` made from results
+    computed elsewhere and checked by the caller (the lesson's shipped runs): `files` (model.clab, plan.json) and
+    `metrics`, both marked "precomputed": true, with the job's content key, so later lookups find it like a run
+    that ran here. `note` (what was checked) is its log. Nothing is queued: no worker starts."""
+    checked = validate(absolute_paths({k: v for k, v in job.items() if k != "sweep"}))
+    key = content_key(checked)
+    if key is None:
+        raise CompressionLabError("a precomputed result needs data that can be fingerprinted (a content key)")
+    store = RunStore(root)
+    with store.submit_lock():
+        found = reusable_by_key(list_runs(root=store.root, kind=checked["kind"]), checked["kind"]).get(key)
+        if found is not None:
+            return found, True
+        marked = {**checked, "content_key": key, "precomputed": True}
+        return store.insert_finished(marked, files, {**metrics, "precomputed": True}, note), False
+
+
+def find_reusable(job: dict, root: str | Path | None = None) -> str | None:
+    """The id of the run submit_or_reuse(job) would reuse (same content key, succeeded or on its way), or None."""
+    checked = validate(absolute_paths({k: v for k, v in job.items() if k != "sweep"}))
+    key = content_key(checked)
+    if key is None:
+        return None
+    return reusable_by_key(list_runs(root=root, kind=checked["kind"]), checked["kind"]).get(key)
+
+
 def _folder(store: RunStore) -> Path:
     return store.root / "sweeps"
 

@@ -4,6 +4,11 @@ A step that changes the model is an engine run (complab.analysis.lesson.step_job
 complab.service.submit_run(reuse=True): a run of the same plan, model and data that succeeded (or is still on its
 way) is shown instead of starting another, so a second class, a reload or a reopened lesson finds every finished
 step at once.
+A run not in the store yet is first looked for in the repository's shipped results (assets/lesson, made by
+`python -m complab.demo.lesson_assets`): when its plan is the one this lesson runs, checked on this machine
+(complab/analysis/lesson_shipped.py: the file decodes and scores what its metrics say) and imported into the store as
+a finished, "precomputed" run, so a first class does not wait for it; "Recompute here" runs it for real. A shipped
+result that fails a check is not used: the step runs, and the page says why.
 Only how far this session has got lives in st.session_state; the runs live in the engine's store.
 """
 
@@ -14,7 +19,7 @@ import time
 import streamlit as st
 
 from complab import engine, runfolder, service
-from complab.analysis import lesson, report
+from complab.analysis import lesson, lesson_shipped, report
 from complab.errors import CompressionLabError
 from complab.ui.state import decoded_run, home, load_active
 
@@ -25,13 +30,41 @@ AHEAD = {"prune": "share"}
 ACTIVE = ("queued", "running")
 
 
+def _fresh() -> dict:
+    return {"shown": 1, "runs": {}, "reused": {}, "not_shipped": {}}
+
+
 def progress_state() -> dict:
-    """{"shown": steps shown so far (1-5), "runs": {run name: run id}, "reused": {run name: bool}}."""
-    return st.session_state.setdefault("lesson", {"shown": 1, "runs": {}, "reused": {}})
+    """{"shown": steps shown so far (1-5), "runs": {run name: run id}, "reused": {run name: bool},
+    "not_shipped": {run name: why its shipped result was not used}}."""
+    return st.session_state.setdefault("lesson", _fresh())
 
 
 def restart() -> None:
-    st.session_state["lesson"] = {"shown": 1, "runs": {}, "reused": {}}
+    st.session_state["lesson"] = _fresh()
+
+
+def find_or_import(job: dict, run: str) -> tuple[str, bool] | None:
+    """(run id, reused) of the lesson run `run`: one in the store computing the same thing, else the shipped result
+    checked here and imported as a finished run; None when neither (the caller submits the job; the reason a shipped
+    result was refused is kept in the session's "not_shipped"). Only for the real lesson's settings: the shipped
+    plans are LESSON's, so the tests' FAST runs always run, and only for the lesson's own job of that run."""
+    if lesson.settings() is not lesson.LESSON or run not in lesson_shipped.RUNS or not lesson_shipped.is_lesson_job(
+            job, run):
+        return None
+    found = engine.find_reusable(job, root=home())
+    if found is not None:
+        return found, True
+    _, data = load_active(lesson.LESSON_SPEC)
+    original = original_measured()["accuracy"]
+    shipped = lesson_shipped.check_shipped(run, data, original_accuracy=original)
+    if not shipped.ok:
+        progress_state()["not_shipped"][run] = shipped.problem
+        return None
+    note = (f"precomputed: {lesson_shipped.SHIPPED / run} imported, checked on this machine: plan.json is the "
+            f"lesson's plan, model.clab ({len(shipped.files['model.clab']):,} bytes) decodes and scores "
+            f"{shipped.accuracy:.6f} on the {len(data.test)} test digits, as its metrics.json says")
+    return engine.import_or_reuse(job, shipped.files, shipped.metrics, note, root=home())
 
 
 def start(step: str) -> None:
@@ -44,7 +77,8 @@ def start(step: str) -> None:
         if job is None or lesson.RUN_OF[wanted] in state["runs"]:
             continue
         try:
-            run_id, reused = service.submit_run(job, home(), reuse=True)
+            found = find_or_import(job, lesson.RUN_OF[wanted])
+            run_id, reused = found if found is not None else service.submit_run(job, home(), reuse=True)
         except CompressionLabError as exc:  # a read-only or full data folder
             state["error"] = (step, str(exc))
             return
@@ -57,6 +91,20 @@ def retry(step: str) -> None:
     state = progress_state()
     state["runs"].pop(lesson.RUN_OF[step], None)
     start(step)
+
+
+def recompute(step: str) -> None:
+    """"Recompute here": a re-run of the precomputed run on this machine (engine.rerun: the same job, unmarked, its
+    origin the precomputed run, as the Compare page's map draws it), shown instead; once it succeeds, later lookups
+    by content key find it (the newest)."""
+    state = progress_state()
+    run = lesson.RUN_OF[step]
+    try:
+        state["runs"][run] = engine.rerun(state["runs"][run], root=home())
+    except CompressionLabError as exc:
+        state["error"] = (step, str(exc))
+        return
+    state["reused"][run] = False
 
 
 def run_of(step: str) -> str | None:
@@ -99,6 +147,13 @@ def run_plan(root: str, run_id: str) -> dict:
 
 
 @st.cache_data(max_entries=1, show_spinner=False)
+def original_measured() -> dict:
+    """The demo LeNet-300-100's test accuracy, parameters and fp32 bytes, measured (step 1)."""
+    handle, data = load_active(lesson.LESSON_SPEC)
+    return lesson.original_measured(handle, data)
+
+
+@st.cache_data(max_entries=1, show_spinner=False)
 def original_weights():
     """The demo LeNet-300-100's own weights per layer and their counts (step 1)."""
     handle, data = load_active(lesson.LESSON_SPEC)
@@ -116,6 +171,33 @@ def run_weights(root: str, run_id: str):
 @st.cache_data(max_entries=16, show_spinner=False)
 def run_coding(root: str, run_id: str) -> lesson.Coding:
     return lesson.coding(report.file_rows(engine.run_dir(run_id, root=root)), run_metrics(root, run_id))
+
+
+@st.cache_data(max_entries=16, show_spinner="Comparing the answers of both models on the test digits...")
+def run_flips(root: str, run_id: str) -> dict:
+    """The behaviour diff of the original LeNet-300-100 (the lesson's own demo model) against a step's decoded
+    file (complab.service.behaviour_diff: analysis/behaviour.py, cached in the data folder per pair of files)."""
+    handle, data = load_active(lesson.LESSON_SPEC)
+    return service.behaviour_diff(run_id, None, root=root, original=handle, data=data)
+
+
+def flips(root: str, run_id: str, model: str, short: str, presenting: bool = False) -> None:
+    """A step's flips against the original: the sentences, then a few flipped digits with both models' answers
+    (red: right -> wrong, green: wrong -> right, orange: one wrong answer -> another)."""
+    try:
+        diff = run_flips(root, run_id)
+    except CompressionLabError as exc:  # the run's file damaged or gone since: said, the step still shown
+        st.error(f"The answers of the {model} model cannot be compared with the original's: {exc}")
+        return
+    st.markdown(lesson.flips_text(diff, model))
+    examples = lesson.flip_examples(diff, limit=6)
+    if not examples:
+        return
+    colours = {"right_to_wrong": "red", "wrong_to_right": "green", "wrong_to_other_wrong": "orange"}
+    for col, example in zip(st.columns(len(examples)), examples, strict=True):
+        col.image(example["png"], width=96 if presenting else 64)
+        col.markdown(f"true {example['label']}  \noriginal {example['original']}  \n{short} "
+                     f":{colours[example['kind']]}[**{example['compressed']}**]")
 
 
 @st.cache_data(max_entries=16, show_spinner="Decoding the file and classifying the test digits...")
@@ -143,7 +225,10 @@ def finished_run(step: str) -> str | None:
         st.error(f"{title}'s run cannot be read: its folder is gone from the data folder. Run the step again.")
         st.button("Run this step again", key=f"lesson_retry_{step}", on_click=retry, args=(step,))
         return None
+    why_not = state.get("not_shipped", {}).get(lesson.RUN_OF[step])
     if row["state"] in ACTIVE:
+        if why_not:
+            st.warning(f"{title} is running here: its shipped result was not used ({why_not}).")
         watch(run_id, title)
         return None
     if row["state"] != "succeeded":
@@ -152,8 +237,18 @@ def finished_run(step: str) -> str | None:
         st.button("Run this step again", key=f"lesson_retry_{step}", on_click=retry, args=(step,))
         return None
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.get("finished") or time.time()))
+    if (row.get("job") or {}).get("precomputed"):
+        scored = lesson.percent(float((row.get("metrics") or {}).get("after", {}).get("accuracy", 0.0)))
+        st.caption(f"{title}: the run of the plan `{plan_name}`, precomputed with this recipe and checked on this "
+                   f"machine: the file decodes and scores {scored} on the test digits, as shipped (imported {when}).")
+        if step in lesson_shipped.RUNS:
+            st.button("Recompute here", key=f"lesson_recompute_{step}", on_click=recompute, args=(step,),
+                      help="Run this step on this machine (seconds on an idle laptop, a minute on a busy one); the "
+                                   "page then shows that run.")
+        return run_id
     again = " (computed earlier: shown without recomputing)" if state["reused"].get(lesson.RUN_OF[step]) else ""
-    st.caption(f"{title}: the run of the plan `{plan_name}`, finished {when}{again}.")
+    here = f" Run on this machine: its shipped result was not used ({why_not})." if why_not else ""
+    st.caption(f"{title}: the run of the plan `{plan_name}`, finished {when}{again}.{here}")
     return run_id
 
 

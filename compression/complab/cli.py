@@ -422,6 +422,11 @@ def _interval_text(pair) -> str:
     return f"[{100 * pair[0]:.1f}, {100 * pair[1]:.1f}]"
 
 
+def _flip_text(count: int, n: int, interval) -> str:
+    """A flip count with its share of the split and that share's 95% interval (a rate of images, not points)."""
+    return f"{count} ({_pct(count / max(1, n))} of images, 95% {_pct(interval[0])}-{_pct(interval[1])})"
+
+
 def _diff_summary(diff: dict) -> list[str]:
     """A few lines a person reads: agreement, flips, accuracies, calibration, the classes that changed, the trace."""
     lines = [f"{diff['a']['label']} -> {diff['b']['label']} on {diff['n']} {diff['split']} images"]
@@ -437,8 +442,8 @@ def _diff_summary(diff: dict) -> list[str]:
     lines += [f"accuracy {_pct(diff['accuracy_a'])} -> {_pct(diff['accuracy_b'])} (change, 95% paired interval: "
               f"{_interval_text(flips['net_ci'])} points)",
               f"agreement {_pct(diff['agreement'])} {_interval_text(diff['agreement_ci'])}",
-              f"flips right->wrong {flips['right_to_wrong']} {_interval_text(flips['right_to_wrong_ci'])}, "
-              f"wrong->right {flips['wrong_to_right']} {_interval_text(flips['wrong_to_right_ci'])}, "
+              f"flips right->wrong {_flip_text(flips['right_to_wrong'], diff['n'], flips['right_to_wrong_ci'])}, "
+              f"wrong->right {_flip_text(flips['wrong_to_right'], diff['n'], flips['wrong_to_right_ci'])}, "
               f"wrong->other wrong {flips['wrong_to_other_wrong']}",
               f"ECE {_pct(diff['calibration']['ece_a'])} -> {_pct(diff['calibration']['ece_b'])}"]
     changed = [row for row in diff["per_class"] if not row["within_noise"]]

@@ -113,3 +113,35 @@ def test_gallery_filters_by_kind_keeps_the_order_and_refuses_a_damaged_thumbnail
         assert bf.thumbnail(bad) is None
     caption = bf.gallery_caption(diff["gallery"][0], bf.class_names(diff), diff)
     assert caption.startswith("true 3 · right -> wrong") and "8 (90%)" in caption and "3 (97%)" in caption
+
+
+def hand_made_detector_diff(names: list[str]) -> dict:
+    return {"schema": "behaviour/1", "task": "detect", "split": "val", "n": 32, "seconds": 3.0,
+            "a": {"label": "original"}, "b": {"label": "run x"}, "map50_a": 0.9, "map50_b": 0.8,
+            "map50_95_a": 0.7, "map50_95_b": 0.6,
+            "per_class": [{"class": i, "name": name, "ap50_a": 0.9, "ap50_b": 0.8 - i / 10, "ap50_95_a": 0.7,
+                           "ap50_95_b": 0.6, "n_boxes": 10} for i, name in enumerate(["circle", "square"])],
+            "images": [{"path": name, "vanished": 1, "new": 0, "moved": 0, "kept": 1, "change": 1.0,
+                        "boxes_a": [[10, 10, 50, 50, 0, 0.9], [60, 60, 100, 100, 1, 0.8]],
+                        "boxes_b": [[11, 10, 50, 51, 0, 0.85]]} for name in names]}
+
+
+def test_detector_ap_bars_are_the_diffs_numbers():
+    fig = bf.detector_ap_figure(hand_made_detector_diff([]))
+    assert [trace.name.split(" ")[0] for trace in fig.data] == ["AP50", "AP50-95", "AP50", "AP50-95"]
+    assert list(fig.data[2].y) == pytest.approx([0.8, 0.7])
+
+
+def test_detector_images_are_drawn_only_when_the_active_data_holds_that_name():
+    from complab.data.detection import load_detection_data
+    from complab.ui.behaviour import detector_pairs
+
+    data = load_detection_data("shapes")
+    real = data.val_images()[3]
+    diff = hand_made_detector_diff(["../../../etc/passwd", str(real), "nothere.png", real.name])
+    drawn = detector_pairs(diff, data, 4)
+    assert [name for name, *_ in drawn] == [real.name]  # a path or an unknown name from a cache file is skipped
+    _, before, after, counts = drawn[0]
+    assert counts == {"original": 2, "compressed": 1, "vanished": 1, "appeared": 0}
+    assert before.size == after.size and before.size[0] >= 160
+    assert detector_pairs(diff, None, 4) == []

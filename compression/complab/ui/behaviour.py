@@ -191,10 +191,10 @@ def detector_pairs(diff: dict, data, limit: int) -> list[tuple]:
         path = by_name.get(str(row.get("path")))
         if path is None or not row.get("boxes_a") and not row.get("boxes_b"):
             continue
-        before = [detections.Box(tuple(float(v) for v in box[:4]), int(box[4]), float(box[5]))
-                  for box in row.get("boxes_a") or []]
-        after = [detections.Box(tuple(float(v) for v in box[:4]), int(box[4]), float(box[5]))
-                 for box in row.get("boxes_b") or []]
+        try:  # the cache reader checked the boxes; a row that is still not six numbers a box is skipped
+            before, after = _boxes(row.get("boxes_a")), _boxes(row.get("boxes_b"))
+        except (TypeError, ValueError, IndexError):
+            continue
         detections.compare(before, after)
         with Image.open(path) as image:
             image.load()
@@ -204,6 +204,12 @@ def detector_pairs(diff: dict, data, limit: int) -> list[tuple]:
         if len(out) >= limit:
             break
     return out
+
+
+def _boxes(rows) -> list:
+    """[x1, y1, x2, y2, class, confidence] rows as detections.Box."""
+    return [detections.Box((float(r[0]), float(r[1]), float(r[2]), float(r[3])), int(r[4]), float(r[5]))
+            for r in rows or []]
 
 
 def presented(run_id: str, original) -> None:

@@ -72,7 +72,8 @@ def _gallery(diff: dict) -> str:
         return "<p class='small'>No image changed its prediction.</p>"
     return ("<h3>Flipped images</h3><p class='small'>The second model's most confident wrong answers first; under "
             "each its true class and both models' three most likely classes.</p>"
-            f"<div class='grid gallery' id='behaviour-gallery'>{''.join(cells)}</div>")
+            "<div class='grid gallery' id='behaviour-gallery' style='grid-template-columns:repeat(6,1fr)'>"
+            f"{''.join(cells)}</div>")
 
 
 def behaviour_block(diff: dict | str, draw, json_for_html) -> str:

@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 from complab import engine, service
 from complab.cli import main
+from complab.ui.behaviour_figures import summary
+from complab.ui.behaviour_report import labelled
+from complab.ui.report import plain_markdown
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,32 +75,31 @@ def test_compare_computes_behaviour_on_the_button_and_shows_the_cached_pair_at_o
     handle, data = original(home)
     diff = service.behaviour_diff(coarse, None, root=home, original=handle, data=data)  # the cached pair
     said = behaviour_text(at)
-    flips = diff["flips"]
-    assert f"{flips['right_to_wrong']} image(s) flipped right -&gt; wrong" in said or \
-        f"{flips['right_to_wrong']} image\\(s\\) flipped right -> wrong" in said
-    assert f"{100 * diff['agreement']:.1f}% of the 360 test images" in said
+    shown = labelled(diff, "the original", f"run {coarse}")
+    for line in summary(shown):  # agreement, flips each way with the net change's interval, accuracies and ECE
+        assert plain_markdown(line) in said
+    assert f"agree on {100 * diff['agreement']:.1f}% of the 360 test images" in summary(shown)[0]
+    assert f"{diff['flips']['right_to_wrong']} image(s) flipped right -> wrong" in summary(shown)[1]
     keys = {chart.key for chart in at.get("plotly_chart")}
     assert {"behaviour_per_class", "behaviour_confusion", "behaviour_reliability"} <= keys
     per_class = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if c.key == "behaviour_per_class")
     measured = [100 * row["accuracy_b"] for row in diff["per_class"]]
     assert per_class["data"][1]["y"] == pytest.approx(measured)
-    assert len(at.get("imgs")) >= min(1, len(diff["gallery"]))
+    assert len(at.get("image")) == len(diff["gallery"]) > 0  # every flipped image, as a thumbnail
 
     again = compare_page(home, monkeypatch, {"run": coarse})  # a new session: the disk cache, no button
     assert not [b for b in again.main.button if b.key == "behaviour_go"]
-    assert f"{100 * diff['agreement']:.1f}% of the 360 test images" in behaviour_text(again)
+    assert plain_markdown(summary(shown)[0]) in behaviour_text(again)
 
 
 def test_another_run_of_the_same_model_is_offered_as_b_and_errors_are_one_line(two_runs, monkeypatch):
     home, (coarse, fine) = two_runs
     at = compare_page(home, monkeypatch, {"run": coarse})
-    assert at.selectbox(key="behaviour_other").options == ["original", fine] or \
-        list(at.selectbox(key="behaviour_other").options) == ["the original (the active model)", f"run {fine}"]
+    assert list(at.selectbox(key="behaviour_other").options) == ["the original (the active model)", f"run {fine}"]
     at.selectbox(key="behaviour_other").set_value(fine).run()
     at.button(key="behaviour_go").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    said = behaviour_text(at)
-    assert f"run {fine} and run {coarse} agree on" in said
+    assert plain_markdown(f"run {fine} and run {coarse} agree on") in behaviour_text(at)
 
     def broken(*args, **kwargs):
         from complab.errors import CompressionLabError
@@ -120,7 +122,7 @@ def test_presentation_mode_shows_the_behaviour_large(two_runs, monkeypatch):
     chart = next(c for c in at.get("plotly_chart") if c.key == "present_behaviour")
     spec = json.loads(chart.proto.spec)
     assert spec["layout"]["height"] >= 560  # drawn for a projector
-    assert "agree on" in behaviour_text(at)
+    assert plain_markdown("the original and run") in behaviour_text(at)
     assert [b.key for b in at.main.button] == ["present_exit"]  # still nothing to press but the way out
 
 
@@ -133,10 +135,12 @@ def test_report_holds_the_behaviour_section_with_the_diffs_numbers(two_runs, tmp
     numbers = json.loads(re.search(r"id='behaviour-numbers'>(.*?)</script>", text).group(1))
     handle, data = original(home)
     diff = service.behaviour_diff(coarse, None, root=home, original=handle, data=data)
-    assert numbers["a"] == "original" and numbers["b"] == f"run {coarse}"  # a built-in demo: the CLI loads it
+    assert numbers["a"] == "the original" and numbers["b"] == f"run {coarse}"  # a built-in demo: the CLI loads it
     assert numbers["agreement"] == pytest.approx(diff["agreement"])
     assert numbers["right_to_wrong"] == diff["flips"]["right_to_wrong"]
     assert numbers["ece_b"] == pytest.approx(diff["calibration"]["ece_b"])
     thumbnails = re.findall(r"<img alt='flipped image \d+' src='data:image/png;base64,", text)
     assert len(thumbnails) == min(24, len(diff["gallery"]))
-    assert "cdn.plot.ly" not in text and "https://" not in text.split("<h2 id='behaviour'>", 1)[1][:20000]
+    section = text.split("<h2 id='behaviour'>", 1)[1].split("<h2", 1)[0]
+    assert "<script src" not in section and not re.search(r"src=['\"](https?:)?//", section)  # offline
+    assert section.count("class=\"plotly-graph-div\"") >= 3  # per-class, confusion difference, reliability

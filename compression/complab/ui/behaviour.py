@@ -16,6 +16,7 @@ from complab import service
 from complab.analysis import detections, report
 from complab.errors import CompressionLabError
 from complab.ui import behaviour_figures as bf
+from complab.ui.behaviour_report import labelled
 from complab.ui.numbers import count, percent
 from complab.ui.present import presenting, projector
 from complab.ui.report import plain_markdown
@@ -50,21 +51,30 @@ def _pair_key(run_id: str, other: str) -> str:
     return f"behaviour::{run_id}::{other}"
 
 
+def _diff(run_id: str, other: str, original, compute: bool) -> dict | None:
+    """The pair's diff (a: the original or the other run, b: the shown run) from the service, its sides named as
+    the page names them; compute=False: only from the disk cache (None when not there or damaged)."""
+    handle, data = original if original and other == ORIGINAL else (None, None)
+    diff = service.behaviour_diff(run_id if other == ORIGINAL else other, None if other == ORIGINAL else run_id,
+                                  root=home(), original=handle, data=data, compute=compute)
+    return None if diff is None else labelled(diff, "the original" if other == ORIGINAL else f"run {other}",
+                                              f"run {run_id}")
+
+
 def cached(run_id: str, other: str, original) -> dict | None:
-    """The pair's diff from the disk cache (no model is run), or None when it was never computed or its cache file
-    is damaged (then the button computes it again)."""
+    """The pair's diff from the disk cache (no model is run), or None when it was never computed, its cache file
+    is damaged (the button computes it again) or the files cannot be read (the button says why)."""
+    if other == ORIGINAL and original is None:
+        return None
     try:
-        return service.behaviour_cached(run_id, None if other == ORIGINAL else other, root=home(),
-                                        original=original[0] if original else None)
+        return _diff(run_id, other, original, compute=False)
     except CompressionLabError:
         return None
 
 
 def compute(run_id: str, other: str, original) -> dict:
-    """The pair's diff, computed from the decoded files (and cached on disk by the service)."""
-    handle, data = original if original else (None, None)
-    return service.behaviour_diff(run_id, None if other == ORIGINAL else other, root=home(), original=handle,
-                                  data=data)
+    """The pair's diff, computed from the decoded files (and kept on disk by the service for next time)."""
+    return _diff(run_id, other, original, compute=True)
 
 
 def section(run_id: str, runs: list[dict], original=None, key: str = "behaviour") -> None:
@@ -80,11 +90,15 @@ def section(run_id: str, runs: list[dict], original=None, key: str = "behaviour"
                          format_func=lambda o: "the original (the active model)" if o == ORIGINAL else f"run {o}")
     diff = st.session_state.get(_pair_key(run_id, other)) or cached(run_id, other, original)
     if diff is None:
-        if not st.button("Compare behaviour", key=f"{key}_go", help="Runs both models on the split (decoded from "
-                         "their compact files) and keeps the result on disk for next time: a few seconds."):
+        wanted = f"{key}_wanted::{run_id}::{other}"  # set by the button's callback: it outlives page_setup's rerun
+        if not st.session_state.get(wanted):
+            st.button("Compare behaviour", key=f"{key}_go", on_click=st.session_state.__setitem__, args=(wanted, True),
+                      help="Runs both models on the split (decoded from their compact files) and keeps the result "
+                           "on disk for next time: a few seconds.")
             st.caption("Agreement, flipped images, per-class accuracy, calibration and the layers the flips come "
                        "from, on the run's split.")
             return
+        st.session_state[wanted] = False
         try:
             with st.spinner("Running both models on the split..."):
                 diff = compute(run_id, other, original)

@@ -126,7 +126,7 @@ def reliability_figure(diff: dict, height: int = 400) -> go.Figure:
         fig.add_trace(go.Scatter(
             x=[100 * float(b[f"confidence_{side}"]) for b in bins],
             y=[100 * float(b[f"accuracy_{side}"]) for b in bins],
-            mode="lines+markers", line={"color": colour},
+            mode="lines+markers", line={"color": colour, "width": 1},
             name=f"{side_label(diff, side, 40)} (ECE {float(calibration[f'ece_{side}']):.3f})",
             marker={"color": colour, "size": [6 + 14 * math.sqrt(b[f"count_{side}"] / most) for b in bins]},
             customdata=[[numbers.count(b[f"count_{side}"]), numbers.percent(b["lo"], 0), numbers.percent(b["hi"], 0)]
@@ -199,8 +199,8 @@ def gallery_caption(item: dict, names: dict[int, str], diff: dict) -> str:
     """One flipped image's caption: its true class, the kind of flip and both models' top-3."""
     label = names.get(int(item["label"]), str(int(item["label"])))
     return (f"true {label} · {KIND_WORDS.get(item['kind'], item['kind'])}\n"
-            f"{side_label(diff, 'a', 24)}: {top3_text(item['top3_a'], names)}\n"
-            f"{side_label(diff, 'b', 24)}: {top3_text(item['top3_b'], names)}")
+            f"{side_label(diff, 'a', 32)}: {top3_text(item['top3_a'], names)}\n"
+            f"{side_label(diff, 'b', 32)}: {top3_text(item['top3_b'], names)}")
 
 
 def gallery_items(diff: dict, kinds: tuple[str, ...] | None = None) -> list[dict]:

@@ -29,7 +29,7 @@ def report_diff(runs: list, original=None, cache_dir: str | Path | None = None) 
         if original is not None and report.original_matches(original[0], chosen.metrics):
             diff = diff_files(chosen.dir / "model.clab", None, original=original[0], data=original[1],
                               cache_dir=cache_dir)
-            return labelled(diff, "original", f"run {chosen.id}")
+            return labelled(diff, "the original", f"run {chosen.id}")
         if len(runs) > 1:
             other = runs[1]
             diff = diff_files(other.dir / "model.clab", chosen.dir / "model.clab", cache_dir=cache_dir)

@@ -1,4 +1,4 @@
-"""The command line: `complab analyze|run|eval|inspect|export|report|submit|runs|cancel|sweep|sweeps|
+"""The command line: `complab analyze|run|eval|inspect|export|report|diff|submit|runs|cancel|sweep|sweeps|
 cancel-sweep`.
 
 Bad input (a missing or corrupt file, an impossible plan, a full or read-only disk) exits with code 2
@@ -146,7 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("runs", help="list the engine's runs")
     cn = sub.add_parser("cancel", help="cancel a queued or running run")
     cn.add_argument("run_id")
-    for command in (sm, sub.choices["runs"], cn, rp):
+    df = sub.add_parser("diff", help="what compression changed in a model's answers: agreement, flips, per-class "
+                                     "accuracy, calibration (two finished runs, or one against the original)")
+    df.add_argument("run_a", metavar="RUN_A", help="a finished run's id or folder (the 'before' with RUN_B)")
+    df.add_argument("run_b", metavar="RUN_B", nargs="?", help="a second finished run (the 'after'); without it, "
+                                                                   "RUN_A is compared with the original model")
+    df.add_argument("--json", action="store_true", help="print the diff as one JSON object (without images)")
+    df.add_argument("--images", action="store_true", help="with --json: keep the flipped images (base64 PNG)")
+    df.add_argument("--model", help="the original model to compare RUN_A with (default: the built-in demo model "
+                                    "its file names; a run folder never names a model to load)")
+    df.add_argument("--weights", help="the original's weights (with --model)")
+    df.add_argument("--data", help="the dataset to compare on (default: the one the run's file records)")
+    df.add_argument("--trust", action="store_true", help=TRUST_HELP)
+    for command in (sm, sub.choices["runs"], cn, rp, df):
         command.add_argument("--home", help="data folder of the run store (default $COMPRESSION_LAB_HOME)")
     _add_sweep_parsers(sub)
     return parser
@@ -390,6 +402,85 @@ def cmd_report(args) -> int:
         print_pdf(out, pdf)
         result["pdf"] = str(pdf)
     print(json.dumps(result))
+    return 0
+
+
+BUILT_IN_ORIGINALS = {"demo:detector": "detector:demo"}  # a file's label -> the reference that loads it
+
+
+def _diff_original(args):
+    """The original model for `diff RUN_A`: --model as the person gives it, else the built-in demo model the file's
+    label names (ours, safe to load by name); a CompressionLabError when neither applies."""
+    if args.model:
+        spec = {"model": args.model, "weights": args.weights, "data": args.data or sources.default_data(args.model),
+                **({"trust": True} if args.trust else {})}
+        return sources.load_model(sources.check(spec))
+    if args.weights or args.trust:
+        raise CompressionLabError("--weights and --trust go with --model (the original to compare with): add --model")
+    from complab.storage import inspect_header
+
+    path = service.finished_model_file(args.run_a, args.home)
+    label = str(inspect_header(path.read_bytes()).get("meta", {}).get("label", ""))
+    reference = BUILT_IN_ORIGINALS.get(label, label)
+    if reference not in sources.demo_sources():
+        raise CompressionLabError(f"run {args.run_a} is not of a built-in demo model: name its original with --model "
+                                  "(and --weights), or compare two runs: complab diff RUN_A RUN_B")
+    return sources.load_model(sources.check({"model": reference, "data": sources.demo_sources()[reference]}))
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _interval_text(pair) -> str:
+    return f"[{100 * pair[0]:.1f}, {100 * pair[1]:.1f}]"
+
+
+def _diff_summary(diff: dict) -> list[str]:
+    """A few lines a person reads: agreement, flips, accuracies, calibration, the classes that changed, the trace."""
+    lines = [f"{diff['a']['label']} -> {diff['b']['label']} on {diff['n']} {diff['split']} images"]
+    if diff["task"] == "detect":
+        lines.append(f"mAP50 {_pct(diff['map50_a'])} -> {_pct(diff['map50_b'])}; mAP50-95 "
+                     f"{_pct(diff['map50_95_a'])} -> {_pct(diff['map50_95_b'])}")
+        lines += [f"  {row['name']}: AP50 {_pct(row['ap50_a'] or 0)} -> {_pct(row['ap50_b'] or 0)} "
+                  f"({row['n_boxes']} boxes)" for row in diff["per_class"]]
+        lines += [f"  {row['path']}: {row['vanished']} vanished, {row['new']} new, {row['moved']} moved"
+                  for row in diff["images"][:5] if row["change"] > 0]
+        return lines
+    flips = diff["flips"]
+    lines += [f"accuracy {_pct(diff['accuracy_a'])} -> {_pct(diff['accuracy_b'])} (change, 95% paired interval: "
+              f"{_interval_text(flips['net_ci'])} points)",
+              f"agreement {_pct(diff['agreement'])} {_interval_text(diff['agreement_ci'])}",
+              f"flips right->wrong {flips['right_to_wrong']} {_interval_text(flips['right_to_wrong_ci'])}, "
+              f"wrong->right {flips['wrong_to_right']} {_interval_text(flips['wrong_to_right_ci'])}, "
+              f"wrong->other wrong {flips['wrong_to_other_wrong']}",
+              f"ECE {_pct(diff['calibration']['ece_a'])} -> {_pct(diff['calibration']['ece_b'])}"]
+    changed = [row for row in diff["per_class"] if not row["within_noise"]]
+    lines.append("classes beyond noise: " + ("none (every class's change is within its interval)" if not changed
+                                             else ""))
+    lines += [f"  {row['name']}: {_pct(row['accuracy_a'])} -> {_pct(row['accuracy_b'])} of {row['n']} "
+              f"(change {_interval_text(row['diff_ci'])} points)" for row in changed]
+    trace = diff["trace"]
+    lines.append(f"trace ({trace['method'] or 'none'}): {trace['note']}")
+    for row in trace["layers"][:3]:
+        what = (f"reproduces {row['flips_reproduced']} flips" if "flips_reproduced" in row
+                else f"predicted drop {_pct(row['predicted_drop'])}")
+        lines.append(f"  {row['layer']}: {what} ({_pct(row['share'])})")
+    return lines
+
+
+def cmd_diff(args) -> int:
+    original = _diff_original(args) if args.run_b is None else None
+    if args.run_b is not None and (args.model or args.weights or args.trust):
+        raise CompressionLabError("--model compares RUN_A with an original: drop it, or drop RUN_B")
+    diff = service.behaviour_diff(args.run_a, args.run_b, root=args.home, original=original, data=args.data)
+    if args.json:
+        if not args.images:
+            diff = {**diff, "gallery": [{k: v for k, v in item.items() if k != "image_png_b64"}
+                                        for item in diff.get("gallery", [])]}
+        print(json.dumps(diff))
+    else:
+        print("\n".join(_printable(line) for line in _diff_summary(diff)))
     return 0
 
 
@@ -646,7 +737,8 @@ def _use_ray(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"analyze": cmd_analyze, "run": cmd_run, "eval": cmd_eval, "inspect": cmd_inspect, "export": cmd_export,
-                "report": cmd_report, "submit": cmd_submit, "runs": cmd_runs, "cancel": cmd_cancel, **SWEEP_HANDLERS}
+                "report": cmd_report, "diff": cmd_diff, "submit": cmd_submit, "runs": cmd_runs, "cancel": cmd_cancel,
+                **SWEEP_HANDLERS}
     try:
         if getattr(args, "home", None) is not None:  # as typed: Path("") would be the current folder
             args.home = home_option(args.home)

@@ -363,3 +363,54 @@ def time_estimate(timings: list[dict], epochs: int, runs: int = 1, workers: int 
     waves = -(-max(1, runs) // max(1, workers))
     return {"seconds": per_run * waves, "per_run": per_run, "per_epoch": epoch, "overhead": overhead,
             "basis": len(chosen), "same_steps": bool(alike)}
+
+
+# --- behaviour diff (issue 28) -------------------------------------------------------------------------------------
+
+BEHAVIOUR_DIR = "behaviour"  # <root>/behaviour/KEY.json: the behaviour diffs, one per pair of files
+
+
+def finished_model_file(ref: str | Path, root: Root = None) -> Path:
+    """The model.clab of a finished run: `ref` is a run folder (a path that is a folder) or a run id of the data
+    folder; a CompressionLabError naming the problem otherwise (unknown id, a run not finished, no model file)."""
+    folder = Path(ref)
+    if folder.is_dir():
+        metrics, problem = runfolder.load(folder / "metrics.json")
+        if problem is not None or not isinstance(metrics, dict):
+            raise CompressionLabError(f"run folder {folder} holds no finished run ({problem or 'no metrics.json'}): "
+                                      "give a finished run's folder or id (`complab runs` lists them)")
+    elif "/" in str(ref) or "\\" in str(ref):
+        raise CompressionLabError(f"no run folder {ref}: give a finished run's folder or its id "
+                                  "(`complab runs` lists them)")
+    else:
+        row = engine.status(str(ref), root=root)  # an unknown id: "no run ... list runs with `complab runs`"
+        if row["state"] != "succeeded":
+            reason = f" ({first_line(row['error'])})" if row.get("error") else ""
+            raise CompressionLabError(f"run {ref} is {row['state']}{reason}: a behaviour diff needs finished "
+                                      "runs; list them with `complab runs`")
+        folder = Path(row["dir"])
+    model = folder / "model.clab"
+    if model.is_symlink() or not model.is_file():
+        raise CompressionLabError(f"run {ref} has no model.clab (it was a sensitivity analysis, or its folder is "
+                                  "damaged): compare compression runs")
+    return model
+
+
+def behaviour_diff(run_a: str, run_b: str | None = None, root: Root = None, original=None, data=None,
+                   sensitivity: dict | None = None, gallery: int = 48) -> dict:
+    """The behaviour diff (analysis/behaviour.py, schema "behaviour/1") of two finished runs' model files, or of
+    run_a's file against `original` (a handle the caller loaded: the app's active model or the person's --model,
+    never one a run folder names) when run_b is None; cached in <root>/behaviour/."""
+    from complab.analysis.behaviour import diff_files
+
+    file_a = finished_model_file(run_a, root)
+    file_b = finished_model_file(run_b, root) if run_b is not None else None
+    cache = Path(root) if root is not None else engine.default_root()
+    diff = diff_files(file_a, file_b, original=original, data=data, cache_dir=cache / BEHAVIOUR_DIR,
+                      sensitivity=sensitivity, gallery=gallery)
+    # each side named as the person named it (a run id or folder); the cached dict is keyed by the files alone
+    diff = {**diff, "a": dict(diff["a"]), "b": dict(diff["b"])}
+    diff["b" if run_b is None else "a"]["label"] = Path(str(run_a)).name
+    if run_b is not None:
+        diff["b"]["label"] = Path(str(run_b)).name
+    return diff

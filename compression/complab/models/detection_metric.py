@@ -53,8 +53,10 @@ class FastMap:
         self.thresholds = np.linspace(0.5, 0.95, 10)
 
     @torch.no_grad()
-    def __call__(self, model: nn.Module) -> dict[str, float]:
-        from ultralytics.utils.metrics import ap_per_class, box_iou
+    def stats(self, model: nn.Module) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """(tp [detections x IoU thresholds], confidences, predicted classes, true classes of every labelled box):
+        what `ap_per_class` takes; None when the model finds nothing."""
+        from ultralytics.utils.metrics import box_iou
         from ultralytics.utils.nms import non_max_suppression
 
         was_training = model.training
@@ -79,7 +81,14 @@ class FastMap:
                 pred_classes.append(pcls)
         model.train(was_training)
         if not tps:
+            return None
+        return np.concatenate(tps), np.concatenate(confs), np.concatenate(pred_classes), np.concatenate(true_classes)
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        from ultralytics.utils.metrics import ap_per_class
+
+        stats = self.stats(model)
+        if stats is None:
             return {"map50": 0.0, "map50_95": 0.0}
-        ap = ap_per_class(np.concatenate(tps), np.concatenate(confs), np.concatenate(pred_classes),
-                          np.concatenate(true_classes))[5]
+        ap = ap_per_class(*stats)[5]
         return {"map50": float(ap[:, 0].mean()) if len(ap) else 0.0, "map50_95": float(ap.mean()) if len(ap) else 0.0}

@@ -1,0 +1,127 @@
+"""Did compression change what a detector finds? Per-class AP before/after and the images whose boxes changed most.
+
+`detector_diff(before, after, data, n_images)` scores both detectors on the validation images held in memory
+(models/detection_metric.FastMap: Ultralytics' mAP quantities) and splits their AP50 and AP50-95 by class
+(`ap_per_class`), then runs both on `n_images` validation images (a seeded sample) as the Detections page does
+(analysis/detections.predict at confidence 0.25) and matches their boxes as `detections.compare` does (same class,
+IoU >= 0.5, greedy by confidence): an original box without a match *vanished*, a compressed one without a match
+is *new*, a matched pair with IoU < 0.9 *moved* (`moved_shift`: their mean 1 - IoU), the rest are *kept*.
+
+    change = vanished + new + sum over matched pairs of (1 - IoU)
+
+(each box lost or added counts one, a matched box by how far it moved), images ranked by it, highest first; the
+top `DRAWN` carry both models' boxes `[x1, y1, x2, y2, class, confidence]` for the UI to redraw with
+`detections.draw`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from complab.analysis.detections import Box, _iou, compare, predict
+
+MATCH_IOU = 0.5  # detections.compare's
+MOVED_IOU = 0.9  # a matched pair overlapping less than this has moved
+CONFIDENCE = 0.25  # the Detections page's
+DRAWN = 8  # images that carry their boxes
+
+
+def _pairs(original: list[Box], compressed: list[Box]) -> list[float]:
+    """The IoU of each matched (original, compressed) pair, matched as detections.compare matches them."""
+    taken: set[int] = set()
+    overlaps = []
+    for box in sorted(original, key=lambda b: -b.conf):
+        best, best_iou = None, MATCH_IOU
+        for j, other in enumerate(compressed):
+            if j in taken or other.cls != box.cls:
+                continue
+            overlap = _iou(box.xyxy, other.xyxy)
+            if overlap >= best_iou:
+                best, best_iou = j, overlap
+        if best is not None:
+            taken.add(best)
+            overlaps.append(best_iou)
+    return overlaps
+
+
+def _boxes(boxes: list[Box]) -> list[list[float]]:
+    return [[*(round(float(v), 2) for v in box.xyxy), int(box.cls), round(float(box.conf), 4)] for box in boxes]
+
+
+def image_change(before: list[Box], after: list[Box]) -> dict:
+    """Vanished, new, moved and kept boxes of one image and its change score (module docstring)."""
+    overlaps = _pairs(before, after)
+    compare(before, after)  # marks the statuses the UI draws
+    vanished = sum(box.status == "vanished" for box in before)
+    new = sum(box.status == "appeared" for box in after)
+    shifts = [1.0 - overlap for overlap in overlaps if overlap < MOVED_IOU]
+    return {"vanished": vanished, "new": new, "moved": len(shifts), "kept": len(overlaps) - len(shifts),
+            "moved_shift": float(np.mean(shifts)) if shifts else 0.0,
+            "change": float(vanished + new + sum(1.0 - overlap for overlap in overlaps))}
+
+
+def changed_images(before, after, data, n_images: int) -> list[dict]:
+    """The rows of `n_images` seeded validation images, the most changed first (ties: file order)."""
+    from PIL import Image
+
+    rows = []
+    for index, path in enumerate(data.val_subset(max(0, int(n_images)), seed=0)):
+        with Image.open(path) as image:
+            boxes_a = predict(before.model, image, before.imgsz, CONFIDENCE)
+            boxes_b = predict(after.model, image, after.imgsz, CONFIDENCE)
+        row = {"path": path.name, **image_change(boxes_a, boxes_b), "order": index}
+        row["boxes_a"], row["boxes_b"] = _boxes(boxes_a), _boxes(boxes_b)
+        rows.append(row)
+    rows.sort(key=lambda row: (-row["change"], row["order"]))
+    for rank, row in enumerate(rows):
+        del row["order"]
+        if rank >= DRAWN:
+            del row["boxes_a"], row["boxes_b"]
+    return rows
+
+
+def _per_class_ap(stats, classes: int) -> tuple[dict[int, tuple[float, float]], float, float]:
+    """{class: (AP50, AP50-95)} of the classes with labelled boxes, and the mAPs (their means)."""
+    from ultralytics.utils.metrics import ap_per_class
+
+    if stats is None:
+        return {}, 0.0, 0.0
+    result = ap_per_class(*stats)
+    ap, present = result[5], result[6]
+    table = {int(cls): (float(ap[i, 0]), float(ap[i].mean())) for i, cls in enumerate(present) if cls < classes}
+    return table, (float(ap[:, 0].mean()) if len(ap) else 0.0), (float(ap.mean()) if len(ap) else 0.0)
+
+
+def detector_diff(before, after, data, n_images: int = 32, ap_images: int | None = None) -> dict:
+    """The behaviour diff (schema "behaviour/1", task "detect") of two detector handles on `data`'s validation
+    images (a DetectionData; `ap_images`: a seeded sample of them, None: all); `n_images` of them are ranked by
+    how much their boxes changed."""
+    from complab.analysis.behaviour_cache import SCHEMA, handle_side
+    from complab.errors import CompressionLabError
+    from complab.models.detection_metric import FastMap
+
+    if before.task != "detect" or after.task != "detect":
+        raise CompressionLabError("detector_diff compares two detectors: use classifier_diff for classifiers")
+    if before.imgsz != after.imgsz:
+        raise CompressionLabError(f"the detectors read {before.imgsz} and {after.imgsz} pixel images: compare two "
+                                  "runs of the same model")
+    started = time.perf_counter()
+    fast = FastMap(data, before.imgsz, ap_images)
+    stats_a, stats_b = fast.stats(before.model), fast.stats(after.model)
+    names = dict(before.names)
+    table_a, map50_a, map50_95_a = _per_class_ap(stats_a, len(names))
+    table_b, map50_b, map50_95_b = _per_class_ap(stats_b, len(names))
+    true_classes = np.concatenate([cls for _, targets in fast.items for cls, _ in targets]) if fast.items else []
+    counts = np.bincount(np.asarray(true_classes, dtype=np.int64), minlength=len(names))
+    per_class = []
+    for cls in sorted(names):
+        a, b = table_a.get(cls), table_b.get(cls)
+        per_class.append({"class": int(cls), "name": str(names[cls]), "n_boxes": int(counts[cls]),
+                          "ap50_a": a[0] if a else None, "ap50_b": b[0] if b else None,
+                          "ap50_95_a": a[1] if a else None, "ap50_95_b": b[1] if b else None})
+    return {"schema": SCHEMA, "task": "detect", "a": handle_side(before), "b": handle_side(after), "split": "val",
+            "n": sum(len(targets) for _, targets in fast.items), "map50_a": map50_a, "map50_b": map50_b,
+            "map50_95_a": map50_95_a, "map50_95_b": map50_95_b, "per_class": per_class,
+            "images": changed_images(before, after, data, n_images), "seconds": time.perf_counter() - started}

@@ -357,9 +357,10 @@ def _demo_original(label) -> tuple | None:
     own data), for the report's behaviour section; None for any other label (a run folder never names a model to
     load: the person gives it with --model)."""
     demos = sources.demo_sources()
-    if not isinstance(label, str) or label not in demos:
+    reference = BUILT_IN_ORIGINALS.get(label, label) if isinstance(label, str) else None
+    if reference not in demos:
         return None
-    return sources.load({"model": label, "data": demos[label]})
+    return sources.load({"model": reference, "data": demos[reference]})
 
 
 def cmd_report(args) -> int:

@@ -364,8 +364,7 @@ def _demo_original(label) -> tuple | None:
 
 
 def cmd_report(args) -> int:
-    from complab.ui.behaviour_report import report_diff
-    from complab.ui.report import DamagedRun, print_pdf, report_html, require_chromium  # plotly and torch
+    from complab.ui.report import DamagedRun, print_pdf, report_diff, report_html, require_chromium  # plotly, torch
 
     if not args.runs:
         raise CompressionLabError("no runs given: name finished runs by id (`complab runs` lists them) or "

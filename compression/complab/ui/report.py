@@ -25,7 +25,7 @@ from complab.analysis.pareto import runs_table
 from complab.errors import CompressionLabError
 from complab.models.tasks import task_kind
 from complab.ui import figures, numbers
-from complab.ui.behaviour_report import behaviour_block
+from complab.ui.behaviour_report import behaviour_block, report_diff  # noqa: F401 - report_diff: for the CLI
 
 PDF_TIMEOUT_S = 120
 CHROMIUM = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")

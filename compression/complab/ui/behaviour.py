@@ -221,9 +221,13 @@ def detector_pairs(diff: dict, data, limit: int) -> list[tuple]:
 
 
 def _boxes(rows) -> list:
-    """[x1, y1, x2, y2, class, confidence] rows as detections.Box."""
-    return [detections.Box((float(r[0]), float(r[1]), float(r[2]), float(r[3])), int(r[4]), float(r[5]))
-            for r in rows or []]
+    """[x1, y1, x2, y2, class, confidence] rows as detections.Box, corners put in order (a cache file may swap
+    them; PIL refuses a rectangle drawn backwards)."""
+    boxes = []
+    for r in rows or []:
+        x1, y1, x2, y2 = (float(v) for v in r[:4])
+        boxes.append(detections.Box((min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)), int(r[4]), float(r[5])))
+    return boxes
 
 
 def presented(run_id: str, original) -> None:

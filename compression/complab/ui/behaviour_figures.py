@@ -121,7 +121,8 @@ def reliability_figure(diff: dict, height: int = 400) -> go.Figure:
     fig = go.Figure(go.Scatter(x=[0, 100], y=[0, 100], mode="lines", name="perfectly calibrated",
                                line={"color": "#7f7f7f", "dash": "dot"}, hoverinfo="skip"))
     for side, colour in (("a", COLOUR_A), ("b", COLOUR_B)):
-        bins = [b for b in calibration["bins"] if b.get(f"count_{side}")]
+        bins = [b for b in calibration["bins"] if b.get(f"count_{side}") and b.get(f"confidence_{side}") is not None
+                and b.get(f"accuracy_{side}") is not None]  # an empty bin has no point
         most = max((b[f"count_{side}"] for b in bins), default=1)
         fig.add_trace(go.Scatter(
             x=[100 * float(b[f"confidence_{side}"]) for b in bins],
@@ -171,7 +172,7 @@ def detector_ap_figure(diff: dict, height: int = 380) -> go.Figure:
     fig = go.Figure()
     for side, colour in (("a", COLOUR_A), ("b", COLOUR_B)):
         for metric, opacity in (("ap50", 1.0), ("ap50_95", 0.55)):
-            fig.add_trace(go.Bar(x=names, y=[float(row[f"{metric}_{side}"]) for row in rows],
+            fig.add_trace(go.Bar(x=names, y=[_optional(row.get(f"{metric}_{side}")) for row in rows],
                                  name=f"{'AP50' if metric == 'ap50' else 'AP50-95'} {side_label(diff, side, 30)}",
                                  marker={"color": colour, "opacity": opacity},
                                  texttemplate="%{y:.3f}", textposition="outside"))
@@ -180,6 +181,11 @@ def detector_ap_figure(diff: dict, height: int = 380) -> go.Figure:
     fig.update_yaxes(range=[0, 1.1])
     fig.update_xaxes(type="category")
     return fig
+
+
+def _optional(value) -> float | None:
+    """A number the diff may leave out (a class with no boxes has no AP): None stays a gap in the bars."""
+    return None if value is None else float(value)
 
 
 # ---- the gallery ---------------------------------------------------------------------------------------------

@@ -89,6 +89,12 @@ Families:
   automaton recipes whose re: keys compile to big automata ((.*){900}(.?){300}..., 20 keys, 8 KB and 1 MiB
             of them, nested counts) and random keys from densenet121's name parts; Plan validation and
             resolution against densenet121's 121 layer names (the Plan page's Load recipe). RSS bound 256 MiB.
+  lineage   the Compare page's map (issue 28): listed runs whose job origins loop, name themselves, unknown or later
+            runs, huge strings or wrong types, rows and sweeps of the wrong shape, 5,000-run chains and a 3,000-run
+            cycle, through analysis.lineage.experiment_graph; two recipes of assets/recipes mutated (or hostile JSON)
+            through recipe_diff with LeNet-5's, ResNet-18's or hostile layer names. A graph that loops, leaves
+            itself, or follows an origin that is not an earlier listed run of the model is an unsafe accept.
+            RSS bound 256 MiB.
 
 Run from the repo root (bounded: under 10 minutes on 2 cores):
     .venv/bin/python benchmarks/fuzz_campaign.py [--decoder-cases 100000] [--recipe-cases 50000] [--workers 2]
@@ -132,18 +138,21 @@ sys.path.insert(0, str(ROOT / "compression"))
 
 # issue 24's families
 DOORS = ("torchscript", "runfolder", "yaml", "folders", "clab", "links", "sensitivity", "automaton", "keys",
-         "drafts")
+         "drafts",
+         "lineage")  # issue 28's map of the experiments
 TIMEOUTS = {"decoder": 10.0, "int": 10.0, "recipe": 10.0, "model": 120.0, "data": 120.0, "detector": 30.0,
             **{family: 10.0 for family in DOORS}, "selftest": 5.0}  # seconds per case
 CHUNKS = {"decoder": 500, "int": 200, "recipe": 500, "model": 1, "data": 1, "detector": 20, "torchscript": 20,
           "runfolder": 1, "clab": 1,
           "yaml": 1, "folders": 1, "links": 500, "sensitivity": 200, "automaton": 50, "keys": 20,
-          "drafts": 200, "selftest": 6}  # cases per task sent to a worker
+          "drafts": 200, "selftest": 6,
+          "lineage": 50}  # cases per task sent to a worker
 HARD_RSS_MB = 6144  # the parent kills a worker above this (counted as a memory blow-up)
 HARD_RSS_FAMILY_MB = {"clab": 3072}  # these cases may try to build a 2.6 GB model: stop them sooner
 FAMILY_RSS_BOUND_MB = {"recipe": 256, "model": 2048, "data": 2048, "detector": 1024, "torchscript": 1024,
                        "runfolder": 1024, "yaml": 2048, "folders": 2048, "clab": 1024, "links": 256, "sensitivity": 256,
-                       "automaton": 256, "keys": 256, "drafts": 256, "selftest": 350}
+                       "automaton": 256, "keys": 256, "drafts": 256, "selftest": 350,
+                       "lineage": 256}
 SMALL_INPUT_BYTES = 4096  # worst_rss_growth_per_kb_mb: the largest per-case peak growth of inputs under this size
 SMALL_INPUT_BOUND_MB = 256
 MAX_EXAMPLES = 5
@@ -2513,6 +2522,7 @@ WARM_MODULES = {
                     "complab.analysis.estimate"),
     "automaton": ("complab.plan",),
     "drafts": ("streamlit", "complab.ui.plan_draft", "complab.ui.plan_page"),
+    "lineage": ("complab.analysis.lineage", "complab.plan"),
     "keys": ("complab.engine.keys", "complab.data.detection", "yaml"),
 }
 
@@ -2677,10 +2687,168 @@ def run_keys(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]
     return "ok", f"{what}: {'no key' if key is None else 'key'} ({took:.2f} s)", size
 
 
+# === lineage family (issue 28, the map of the experiments) ===========================================================
+# Run rows as engine.list_runs gives them (job.json's origin, sweep tag and plan; metrics; created) and sweeps as
+# engine.list_sweeps gives them, mutated (origins that loop, name themselves, unknown or later runs, huge strings,
+# wrong types; rows and sweeps of the wrong shape; 5,000-run chains and cycles) into analysis.lineage.experiment_graph,
+# and two recipes from assets/recipes mutated (or hostile JSON) into recipe_diff with LeNet-5's or ResNet-18's layer
+# names (or hostile ones). A graph whose edges leave it, loop, or reach a run through an origin that is not an earlier
+# listed run of the same model, more runs than MAX_RUNS, or a diff longer than MAX_DIFF_ROWS + 1 is an unsafe accept.
+
+
+def _lineage_setup() -> dict:
+    recipes = [json.loads(path.read_text()) for path in sorted((ROOT / "assets" / "recipes").glob("*.json"))]
+    plans = [recipe for recipe in recipes if isinstance(recipe, dict)]
+    runs, sweeps = [], [{"id": "sw1", "label": "sweep sw1 (ratio)", "members": []}]
+    for i in range(24):
+        plan = copy.deepcopy(plans[i % len(plans)])
+        plan["name"] = ("lesson: prune" if i == 5 else "lesson: prune + share" if i == 6 else plan["name"])
+        job = {"kind": "compress", "model": "demo:lenet5" if i % 5 else "demo:vgg_small", "plan": plan}
+        if i % 4 == 1:
+            job["origin"] = {"kind": "rerun" if i % 8 == 1 else "recipe", "run": f"r{i - 1}"}
+        if i % 6 == 3:
+            job["sweep"] = {"id": "sw1", "index": i, "target": "ratio:10"}
+            sweeps[0]["members"].append({"run": f"r{i}", "reused": False})
+        runs.append({"id": f"r{i}", "state": "succeeded", "created": 1000.0 + i, "job": job, "model": job["model"],
+                     "metrics": {"after": {"accuracy": 0.9 - i / 100, "compressed_bytes": 1000 + i},
+                                 "before": {"accuracy": 0.99, "fp32_bytes": 100_000}, "task": "classify"}})
+    return {"runs": runs, "sweeps": sweeps, "plans": plans,
+            "layers": [["conv1", "conv2", "fc1", "fc2"], RESNET18_LAYERS]}
+
+
+def _lineage_case(index: int, seed: int, ctx: dict) -> tuple[dict, str]:
+    """(the door's arguments, what they are): runs, sweeps, plan_a, plan_b, layers."""
+    rng = random.Random(seed * 1_000_003 + index)
+    runs, sweeps = copy.deepcopy(ctx["runs"]), copy.deepcopy(ctx["sweeps"])
+    ids = [run["id"] for run in runs]
+    origin_values = [{"kind": "rerun", "run": "x" * 100_000}, {"kind": "rerun", "run": "nosuchrun"},
+                     {"kind": "recipe", "run": None}, ["rerun", "r1"], "r1", 7, {"kind": "rerun", "run": "r1", "x": 1},
+                     {"kind": {"a": 1}, "run": "r1"}, {"kind": "rerun", "run": "../../etc/passwd"}]
+    what = []
+    if index == 0:  # a 5,000-run chain, each a re-run of the one before
+        runs = [{"id": f"c{i}", "state": "succeeded", "created": float(i),
+                 "job": {"model": "m", "origin": {"kind": "rerun", "run": f"c{i - 1}"}}} for i in range(5000)]
+        what.append("5,000-run chain")
+    elif index == 1:  # 3,000 runs in one cycle, created at the same second
+        runs = [{"id": f"c{i}", "state": "succeeded", "created": 0.0,
+                 "job": {"model": "m", "origin": {"kind": "rerun", "run": f"c{(i + 1) % 3000}"}}} for i in range(3000)]
+        what.append("3,000-run cycle")
+    else:
+        for _ in range(rng.randint(1, 6)):
+            run = rng.choice(runs)
+            if not isinstance(run, dict) or not isinstance(run.get("job"), dict):
+                continue
+            roll = rng.random()
+            if roll < 0.35:
+                run["job"]["origin"] = {"kind": rng.choice(["rerun", "recipe"]), "run": rng.choice(ids)}  # loops too
+                what.append("origin to any run")
+            elif roll < 0.45:
+                run["job"]["origin"] = {"kind": "rerun", "run": run.get("id")}
+                what.append("self-loop")
+            elif roll < 0.65:
+                run["job"]["origin"] = copy.deepcopy(rng.choice(origin_values))
+                what.append("bad origin")
+            elif roll < 0.85:
+                runs[runs.index(run)], op = _mutate_json(run, rng, origin_values)
+                what.append(f"row {op}")
+            else:
+                sweeps, op = _mutate_json(sweeps, rng, [{"run": rng.choice(ids)}, [{"run": "r1"}] * 3])
+                what.append(f"sweeps {op}")
+    plan_a, plan_b = (copy.deepcopy(rng.choice(ctx["plans"])) for _ in range(2))
+    roll = rng.random()
+    if roll < 0.5:
+        plan_b, op = _mutate_json(plan_b, rng, [{"_default": 0.5, "re:(a|a)*b": 0.1}, {"re:" + ".*" * 90: 1}])
+        what.append(f"plan {op}")
+    elif roll < 0.6:
+        text, kind = _hostile_text(rng, json.dumps(plan_a))
+        try:
+            plan_a = json.loads(text)
+        except (ValueError, RecursionError, TypeError):
+            plan_a = text if isinstance(text, str) else text.decode("latin-1")
+        what.append(f"plan {kind}")
+    layers = rng.choice(ctx["layers"] + [None])
+    if rng.random() < 0.1:
+        layers = rng.choice([[f"l{i}" for i in range(200_000)], ["conv1", 3, None, "x" * 5000], "conv1", {"a": 1}])
+        what.append("hostile layers")
+    return {"runs": runs, "sweeps": sweeps, "plan_a": plan_a, "plan_b": plan_b, "layers": layers}, \
+        "+".join(what) or "unchanged"
+
+
+def door_lineage(case: dict) -> tuple[object, list | None, str | None]:
+    """What the Compare page's map does with the listed runs (analysis.lineage.experiment_graph) and with two runs'
+    recipes (recipe_diff): (graph, diff rows or None, the diff's one-line refusal or None)."""
+    from complab.analysis.lineage import experiment_graph, recipe_diff
+    from complab.errors import CompressionLabError
+
+    graph = experiment_graph(case["runs"], case["sweeps"])
+    try:
+        return graph, recipe_diff(case["plan_a"], case["plan_b"], case["layers"]), None
+    except CompressionLabError as exc:
+        return graph, None, str(exc)
+
+
+def _lineage_unsafe(graph, rows, case: dict) -> str | None:
+    """Why an accepted graph or diff breaks what the map promises, or None."""
+    from complab.analysis.lineage import MAX_DEPTH, MAX_DIFF_ROWS, MAX_RUNS
+    from complab.runfolder import RUN_ID
+
+    nodes = {node["id"]: node for node in graph.nodes}
+    if len(graph.runs()) > MAX_RUNS:
+        return f"{len(graph.runs())} runs drawn, more than {MAX_RUNS}"
+    listed = {run["id"]: run for run in case["runs"] if isinstance(run, dict) and isinstance(run.get("id"), str)}
+    for edge in graph.edges:
+        if edge["source"] not in nodes or edge["target"] not in nodes:
+            return "an edge leaves the graph"
+    for node in graph.nodes:
+        if node["kind"] == "run" and (not RUN_ID.fullmatch(node["run"]) or node["run"] not in listed):
+            return "a node is no listed run"
+        if node["generation"] > MAX_DEPTH:
+            return "a generation past MAX_DEPTH"
+        seen, at = set(), node
+        while at["parent"] is not None:  # every chain ends at an original model
+            if at["id"] in seen:
+                return "the parents loop"
+            seen.add(at["id"])
+            at = nodes[at["parent"]]
+        if node["edge"] in ("rerun", "recipe"):
+            parent = nodes[node["parent"]]
+            origin = listed[node["run"]]["job"].get("origin") if isinstance(listed[node["run"]].get("job"), dict) \
+                else None
+            if not isinstance(origin, dict) or origin.get("run") != parent["run"] or \
+                    (parent["created"], parent["run"]) >= (node["created"], node["run"]) or \
+                    parent["model"] != node["model"]:
+                return "an origin edge that is not an earlier listed run of the same model"
+    if rows is not None and len(rows) > MAX_DIFF_ROWS + 1:
+        return f"a diff of {len(rows)} rows"
+    return None
+
+
+def run_lineage(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]:
+    case, what = _lineage_case(index, seed, _STATE["lineage"])
+    size = len(_json_text(case, random.Random(0)))
+    started = time.monotonic()
+    try:
+        graph, rows, refusal = door_lineage(case)
+    except Exception as exc:  # noqa: BLE001 - experiment_graph never raises; recipe_diff only CompressionLabError
+        return "traceback", f"{what}: {_classify(exc)[1]}", size
+    took = time.monotonic() - started
+    unsafe = _lineage_unsafe(graph, rows, case)
+    if unsafe:
+        return "accepted", f"{what}: {unsafe}", size
+    if refusal is not None:  # recipe_diff's CompressionLabError: one plain line
+        if "\n" in refusal or not refusal:
+            return "traceback", f"{what}: multi-line or empty refusal {refusal[:300]!r}", size
+        return "error", f"{what} ({took:.2f} s): {refusal[:200]}", size
+    return "ok", f"{what}: {len(graph.nodes)} nodes, {len(rows)} diff rows ({took:.2f} s)", size
+
+# === end of the lineage family =======================================================================================
+
+
 _STATE: dict = {}
 _SETUPS = {"links": _links_setup, "sensitivity": _sensitivity_setup, "automaton": _automaton_setup,
            "torchscript": _torchscript_setup, "runfolder": _runfolder_setup, "yaml": _yaml_setup, "keys": _keys_setup,
-           "drafts": _drafts_setup, "int": _int_setup}
+           "drafts": _drafts_setup, "int": _int_setup,
+           "lineage": _lineage_setup}
 FOLDER_CASES = 19  # builders in _folder_case
 
 
@@ -2882,7 +3050,8 @@ def _worker(conn, progress, work: str, outside: str) -> None:
                "selftest": run_selftest, "links": run_links, "sensitivity": run_sensitivity,
                "automaton": run_automaton, "torchscript": run_torchscript, "runfolder": run_runfolder,
                "yaml": run_yaml, "folders": run_folders, "clab": run_clab, "keys": run_keys,
-               "drafts": run_drafts, "int": run_int}
+               "drafts": run_drafts, "int": run_int,
+               "lineage": run_lineage}
     watch = OutsideWatch(OUTSIDE)
     per_case_peak = _can_reset_peak()
     baseline = None
@@ -3070,8 +3239,9 @@ def _watched() -> dict[str, tuple]:
     return found
 
 
-CHEAP_FAMILIES = ("sensitivity", "drafts", "links", "recipe", "int", "decoder")
+CHEAP_FAMILIES = ("lineage", "sensitivity", "drafts", "links", "recipe", "int", "decoder")
 PLAN_ORDER = ("model", "data", "detector", "torchscript", "runfolder", "yaml", "folders", "clab", "keys", "automaton",
+              "lineage",
               "sensitivity", "drafts", "links", "recipe", "int", "decoder")
 
 
@@ -3109,6 +3279,7 @@ def main() -> None:
     parser.add_argument("--keys-cases", type=int, default=600)
     parser.add_argument("--sensitivity-cases", type=int, default=10_000)
     parser.add_argument("--drafts-cases", type=int, default=5_000)
+    parser.add_argument("--lineage-cases", type=int, default=1_000)
     parser.add_argument("--links-cases", type=int, default=20_000)
     parser.add_argument("--int-cases", type=int, default=5_000)
     parser.add_argument("--families", default=",".join(PLAN_ORDER),
@@ -3181,6 +3352,7 @@ def main() -> None:
               "folders": args.folders_cases, "clab": args.clab_cases, "automaton": args.automaton_cases,
               "sensitivity": args.sensitivity_cases, "links": args.links_cases, "keys": args.keys_cases,
               "drafts": args.drafts_cases, "int": args.int_cases,
+              "lineage": args.lineage_cases,
               "selftest": 11}
     if not args.selftest:
         from complab.data import folders  # noqa: F401 - fail here, not in a worker, if imports break

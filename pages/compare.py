@@ -1,7 +1,8 @@
 """Compare page: the active model's runs (another model's on request), opened on its best run on the
 accuracy-vs-bytes front (complab.analysis.pareto.best_run, said why); Pareto fronts (accuracy vs bytes, FLOPs,
 PyTorch and ONNX Runtime latency; int runs by their bits) with each sweep as one line that fills in live while its
-members run (and can be cancelled), the run table (both latencies), where the bytes went, histograms, downloads
+members run (and can be cancelled), the run table (both latencies), the map of the experiments (where each run came
+from; a click selects a run) with the recipe diff of two runs, where the bytes went, histograms, downloads
 (the self-contained HTML report among them, of the run shown). In presentation mode (?present=1, optionally
 &run=ID): that run's headline numbers, two fronts with the run ringed and its waterfall, large, with no widgets."""
 
@@ -14,7 +15,7 @@ from complab.analysis import report
 from complab.analysis.pareto import best_run, prediction_error, runs_table
 from complab.errors import CompressionLabError
 from complab.models.tasks import finds_boxes
-from complab.ui import behaviour, compare, figures, present
+from complab.ui import behaviour, compare, figures, lineage, present
 from complab.ui.behaviour_report import report_diff
 from complab.ui.links import link_run_id
 from complab.ui.navigation import page_setup
@@ -161,6 +162,7 @@ def fronts(runs: list[dict], sweeps: list[dict], shown_run: str | None) -> None:
 
 
 fronts(runs, sweeps, run_id)
+lineage.map_section(runs, sweeps, model, run_id, set() if table.empty else set(table["run"][table["model"] == model]))
 if run_id is None:
     st.stop()
 table = model_rows

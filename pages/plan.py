@@ -13,6 +13,7 @@ from complab.ui.plan_draft import draft_path, report_id
 from complab.ui.plan_form import ONE_GROUP_UP_TO, filter_layers, layer_groups
 from complab.ui.plan_page import (
     PlanPage,
+    apply_recipe_from_run,
     draft_notes,
     estimate_panel,
     launch_section,
@@ -54,6 +55,7 @@ reported = report_id(report)  # the draft is kept per model + data and the analy
 page = PlanPage(spec, spec_key(spec), handle, stats, report, history, rows,
                 draft_path(home(), spec_key(spec), reported), reported)
 restore_draft(page, fresh)  # a reload or a page change finds the target and the settings as they were left
+apply_recipe_from_run(page)  # the Compare page's "Start a plan from this recipe": its run's recipe over the draft
 top_notice()  # what a launch, a sweep or a reset did: at the top, where it is seen
 draft_notes()
 target_section(page)

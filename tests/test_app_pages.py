@@ -146,7 +146,7 @@ def test_runs_and_compare_pages_show_the_run(seeded_home, monkeypatch):
     assert run_id in table["run"].tolist()
     size = (home / "runs" / run_id / "model.clab").stat().st_size
     assert table.loc[table["run"] == run_id, "file bytes"].item() == f"{size:,}"  # separators: the formatter's
-    assert len(at.get("plotly_chart")) == 7  # four Pareto tabs, two waterfalls (the file, the layer), the histogram
+    assert len(at.get("plotly_chart")) == 8  # four Pareto tabs, the map, two waterfalls (file, layer), the histogram
 
 
 def test_pages_reach_run_files_through_the_engine(seeded_home):

@@ -101,7 +101,9 @@ def test_failures_keep_message_and_log_and_next_run_succeeds(tmp_path, test_jobs
     assert "second line" in engine.log_tail(crash_id, root=tmp_path)
     assert engine.wait(good_id, 240, root=tmp_path)["state"] == "succeeded"
     again = engine.rerun(crash_id, root=tmp_path)  # the same job again, under a new id
-    assert again != crash_id and engine.status(again, root=tmp_path)["job"] == crash["job"]
+    rerun_job = engine.status(again, root=tmp_path)["job"]  # the same job, recording where it came from (issue 28)
+    assert again != crash_id and rerun_job.pop("origin") == {"kind": "rerun", "run": crash_id}
+    assert rerun_job == crash["job"]
     assert engine.wait(again, 240, root=tmp_path)["error"] == crash["error"]
 
 

@@ -161,3 +161,18 @@ def test_clab_cases_are_small_files_naming_big_models():
         if index >= 2:
             seen.add(inspect_header(data)["meta"]["architecture"]["arch"])
     assert {"regnet_y_128gf", "vgg19", "squeezenet1_0", "vit_h_14"} <= seen
+
+
+def test_lineage_cases_reach_the_map_and_the_recipe_diff():
+    """Issue 28's family: mutated origins and sweeps into experiment_graph, mutated recipes into recipe_diff; the
+    5,000-run chain and the 3,000-run cycle end quickly; an unmutated case draws and diffs."""
+    ctx = fc._STATE["lineage"] = fc._lineage_setup()
+    case = {"runs": ctx["runs"], "sweeps": ctx["sweeps"], "plan_a": ctx["plans"][0], "plan_b": ctx["plans"][0],
+            "layers": None}
+    graph, rows, refusal = fc.door_lineage(case)
+    assert refusal is None and rows == [] and {e["kind"] for e in graph.edges} >= {"rerun", "recipe", "sweep", "lesson"}
+    assert fc._lineage_unsafe(graph, rows, case) is None
+    outcomes = [fc.run_lineage(index, 11, "") for index in range(120)]
+    assert {outcome for outcome, _, _ in outcomes} <= {"ok", "error"}, [d for o, d, _ in outcomes if o not in
+                                                                       ("ok", "error")][:3]
+    assert [o for o, _, _ in outcomes].count("ok") >= 20 and "5,000-run chain" in outcomes[0][1]

@@ -39,6 +39,8 @@ RESULT_FILES = ("model.clab", "metrics.json", "sensitivity.json", "plan.json")
 
 
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._@%-]{0,39}")
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # a run folder's name (engine/runs.py's), never a path
+ORIGIN_KINDS = ("rerun", "recipe")  # a job's origin: a re-run of a run, or a plan started from a run's recipe
 
 
 class Damaged(str):
@@ -245,7 +247,21 @@ def _job(value) -> dict:
         out["sweep"] = {"id": _text(sweep.get("id"), "sweep.id", limit=64),
                         "index": _number(sweep.get("index"), "sweep.index", 0, 999, integer=True),
                         "target": _text(target, "sweep.target", limit=80)}
+    if (origin := check_origin(job.get("origin"))) is not None:  # where the run came from (a malformed one: dropped)
+        out["origin"] = origin
     return out  # `trust` is never taken from a file; unknown keys are left out
+
+
+def check_origin(value) -> dict | None:
+    """A job's provenance {"kind": "rerun" | "recipe", "run": RUN_ID} (the run it came from), or None for anything
+    else. Advisory (the Compare page's map draws it): a malformed origin is dropped, never a reason to refuse the run;
+    the id it names may be any run, or none in this store, so readers look it up (analysis/lineage.py)."""
+    if not isinstance(value, dict) or set(value) != {"kind", "run"}:
+        return None
+    kind, run = value.get("kind"), value.get("run")
+    if kind not in ORIGIN_KINDS or not isinstance(run, str) or not RUN_ID.fullmatch(run):
+        return None
+    return {"kind": kind, "run": run}
 
 
 def check_job(value):

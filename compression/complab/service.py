@@ -45,15 +45,19 @@ def source_spec(model: str, weights: str | None = None, data: str | None = None,
             **({"trust": True} if trust else {})}
 
 
-def compress_job(spec: dict, plan: dict | Plan, predicted: dict | None = None, latency: bool | None = None) -> dict:
+def compress_job(spec: dict, plan: dict | Plan, predicted: dict | None = None, latency: bool | None = None,
+                 origin: dict | None = None) -> dict:
     """The engine job of a compression run. `predicted` (the plan's predicted accuracy) rides along once the engine
     knows the key (complab.engine.jobs.JOB_KEYS), so a run can be checked against it; `latency` None: the
-    engine's default (measured)."""
+    engine's default (measured); `origin` ({"kind": "recipe", "run": RUN_ID}: the run whose recipe the plan started
+    from) is recorded with the run for the Compare page's map (the engine checks it at submit)."""
     job = {"kind": "compress", **spec, "plan": plan.to_dict() if isinstance(plan, Plan) else plan}
     if latency is not None:
         job["latency"] = bool(latency)
     if predicted is not None and "predicted" in job_kinds.JOB_KEYS:  # read at call time
         job["predicted"] = predicted
+    if origin is not None:
+        job["origin"] = origin
     return job
 
 

@@ -2,7 +2,9 @@
 
     compress     {"kind": "compress", "model", "weights", "data", "input_size", "mean", "std",
                   "plan": Plan.to_dict(), "latency": true}
-                 (any kind may carry "sweep": {"id", "index", "target"}: the group it was submitted in, see sweeps.py)
+                 (any kind may carry "sweep": {"id", "index", "target"}: the group it was submitted in, see sweeps.py;
+                  and "origin": {"kind": "rerun" | "recipe", "run"}: the run it was re-run from or whose recipe its
+                  plan started from, drawn by the Compare page's map, analysis/lineage.py)
     sensitivity  {"kind": "sensitivity", "model", ..., "config": {sparsities, n_clusters, val_size, seed, bn_batches,
                   mode: "exact" | "estimate", calibration_seconds}}
                  progress after every point: values {layer, point, done, total, eta_s}; a cancel stops
@@ -29,14 +31,15 @@ from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
-from complab import sources
+from complab import runfolder, sources
 from complab.engine.keys import content_key
 from complab.engine.store import write_atomic
 from complab.errors import CompressionLabError
 from complab.plan import Plan
 
 JOB_KEYS = {"kind", "model", "weights", "data", "input_size", "mean", "std", "plan", "latency", "config", "seconds",
-            "trust", "predicted", "sweep", "content_key"}  # content_key: accepted and dropped (submit computes it)
+            "trust", "predicted", "sweep", "content_key",  # content_key: accepted and dropped (submit computes it)
+            "origin"}
 # a compress job's predicted accuracy (fractions; accuracy_low/high: its range, issue 26's, absent in older jobs)
 PREDICTED_NUMBERS = ("accuracy", "drop", "low", "high", "raw_drop", "accuracy_low", "accuracy_high")
 PREDICTED_TEXTS = ("model", "basis", "warning")
@@ -81,6 +84,8 @@ def validate(job: dict) -> dict:
     if unknown:
         raise CompressionLabError(f"job has unknown keys {sorted(unknown)}: remove them")
     tag = {"sweep": sweep_tag(job["sweep"])} if job.get("sweep") is not None else {}
+    if job.get("origin") is not None:
+        tag["origin"] = origin_tag(job["origin"])
     if kind.startswith("test-"):
         return {"kind": kind, "seconds": float(job.get("seconds", 0.0)), **tag}
     out = {"kind": kind, **sources.check(job, compress=True), **tag}  # both kinds change weights: no TorchScript
@@ -111,6 +116,16 @@ def sweep_tag(tag) -> dict:
     if not isinstance(target, str | int | float) or isinstance(target, bool) or len(str(target)) > 80:
         raise CompressionLabError("a job's sweep target must be a short label, e.g. ratio:20")
     return {"id": sweep_id, "index": index, "target": str(target)}
+
+
+def origin_tag(origin) -> dict:
+    """A job's provenance {"kind": "rerun" | "recipe", "run": RUN_ID}: checked like the folder's (runfolder), refused
+    here at submit time with what to fix. It never changes what the run computes (keys.py leaves it out)."""
+    checked = runfolder.check_origin(origin)
+    if checked is None:
+        raise CompressionLabError(f"a job's origin {str(origin)[:80]!r} must be {{'kind': 'rerun' or 'recipe', "
+                                  "'run': a run id (letters, digits, - and _)}")
+    return checked
 
 
 def _predicted(predicted) -> dict:

@@ -127,12 +127,14 @@ def cancel(run_id: str, root: str | Path | None = None) -> None:
 
 
 def rerun(run_id: str, root: str | Path | None = None) -> str:
-    """Submit the same job again; returns the new run id."""
+    """Submit the same job again; returns the new run id. The new run records where it came from
+    (job "origin": {"kind": "rerun", "run": run_id}), which the Compare page's map draws."""
     store = _store(root)
     row = store.row(run_id)
     if row is None:
         raise _missing(run_id, store)
-    return submit({k: v for k, v in row["job"].items() if k != "sweep"}, store.root)  # a new run of no sweep
+    job = {k: v for k, v in row["job"].items() if k not in ("sweep", "origin")}  # a new run of no sweep
+    return submit({**job, "origin": {"kind": "rerun", "run": run_id}}, store.root)
 
 
 def events(run_id: str, root: str | Path | None = None) -> list[dict]:

@@ -7,6 +7,7 @@ steps plus the channel section's (ui/channels.py), in the order complab.plan.ord
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,7 +231,7 @@ def reset_to_suggestion(page: PlanPage) -> None:
     page.rows.reset(suggest(page.report) if page.report is not None else None)
     kind = st.session_state.get("plan_target_kind") if st.session_state.get("plan_target_kind") in TARGETS else "ratio"
     st.session_state["plan_target_kind"], st.session_state["plan_target_value"] = kind, TARGETS[kind][2]
-    for name in ("plan_solver_note", "plan_draft_restored", "plan_draft_note"):
+    for name in ("plan_solver_note", "plan_draft_restored", "plan_draft_note", ORIGIN_KEY):
         st.session_state.pop(name, None)
     st.session_state["plan_notice"] = {"kind": "info", "text": "Back to the suggestion of the sensitivity analysis."
                                        if page.report is not None else "Back to the default settings."}
@@ -387,6 +388,12 @@ def load_recipe(page: PlanPage) -> None:
         st.session_state["plan_load_error"] = str(exc)
         return
     st.session_state["plan_load_error"] = None
+    st.session_state.pop(ORIGIN_KEY, None)  # an uploaded recipe is no run's: the next launch records no origin
+    _apply_plan(page, plan)
+
+
+def _apply_plan(page: PlanPage, plan: Plan) -> None:
+    """Every widget from a validated recipe."""
     page.rows.load_plan(plan)
     load_channels(plan, page.handle, page.key)
     st.session_state["plan_name"] = plan.name
@@ -394,6 +401,42 @@ def load_recipe(page: PlanPage) -> None:
     for config, f in option_fields():  # the recipe's own settings; its steps' defaults where it has no such step
         st.session_state[f.key] = getattr(steps.get(config.type) or config(), f.name)
     st.session_state["plan_fold_bn"] = any(step.type == "fold_bn" for step in plan.steps)
+
+
+ORIGIN_KEY = "plan_origin"  # {"kind": "recipe", "run", "spec"}: the run whose recipe this draft started from
+PENDING_KEY = "plan_from_run"  # set by the Compare page's "Start a plan from this recipe" (ui/lineage.stage_recipe)
+
+
+def apply_recipe_from_run(page: PlanPage) -> None:
+    """A recipe the Compare page handed over (its run's plan.json, untrusted): validated against this model's layers
+    like an uploaded one, loaded into every widget, and its run remembered, so the run launched from this draft
+    records {"kind": "recipe", "run"} (the Compare page's map draws it under that run). Called before any widget."""
+    pending = st.session_state.pop(PENDING_KEY, None)
+    if not isinstance(pending, dict):
+        return
+    run_id = pending.get("run")
+    try:
+        if pending.get("spec") != page.key:
+            raise PlanError("it is of another model or data than the active one")
+        plan = validate_recipe(json.dumps(pending.get("plan")), page.layers)
+        if not page.detector and any(step.type == "fold_bn" for step in plan.steps):
+            raise PlanError("it folds batch norm (fold_bn), which is implemented for YOLO detectors")
+        _apply_plan(page, plan)
+    except (CompressionLabError, TypeError, ValueError) as exc:
+        st.session_state["plan_notice"] = {"kind": "error", "text": f"Run {str(run_id)[:100]}'s recipe was not "
+                                           f"loaded: {exc}", "toast": "Recipe not loaded: see the top of the page"}
+        return
+    st.session_state[ORIGIN_KEY] = {"kind": "recipe", "run": run_id, "spec": page.key}
+    st.session_state["plan_notice"] = {"kind": "success", "text": f"Loaded run {run_id}'s recipe: change what you "
+                                       "like and launch; the new run is drawn under it on the Compare page's map."}
+
+
+def launch_origin(page: PlanPage) -> dict | None:
+    """The origin the launched run records: the run whose recipe this model's draft started from, or None."""
+    origin = st.session_state.get(ORIGIN_KEY)
+    if isinstance(origin, dict) and origin.get("spec") == page.key:
+        return {"kind": "recipe", "run": origin["run"]}
+    return None
 
 
 def launch(job: dict) -> None:
@@ -519,9 +562,13 @@ def launch_section(page: PlanPage, channel_choice: ChannelChoice, prediction: di
         st.error(st.session_state["plan_load_error"])
     # a callback (it runs before the page redraws), as the sweep's: a button inside the fragment read by `if`
     # was never seen pressed by Streamlit's AppTest, so no test could launch the plan the page built
+    origin = launch_origin(page)
     cols[2].button("Launch run", type="primary", key="plan_launch", on_click=launch, disabled=plan is None,
                    help=None if plan else "the settings above make no valid plan: see the message above",
-                   args=(compress_job(page.spec, plan.to_dict(), predicted=prediction),) if plan else ())
+                   args=(compress_job(page.spec, plan.to_dict(), predicted=prediction, origin=origin),)
+                   if plan else ())
+    if origin is not None:
+        st.caption(f"This plan started from run {origin['run']}'s recipe: the run launched records it.")
     if plan is not None:
         st.caption(f"Estimated time of a run: {plan_time(page, plan)}.")
     options = step_options()

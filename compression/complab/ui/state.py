@@ -367,9 +367,9 @@ def sensitivity_job(spec: dict, config: dict) -> dict:
     return service.sensitivity_job(spec, config)
 
 
-def compress_job(spec: dict, plan: dict, predicted: dict | None = None) -> dict:
-    """The engine job of a compression run (complab.service.compress_job: `predicted` rides along)."""
-    return service.compress_job(spec, plan, predicted=predicted)
+def compress_job(spec: dict, plan: dict, predicted: dict | None = None, origin: dict | None = None) -> dict:
+    """The engine job of a compression run (complab.service.compress_job: `predicted` and `origin` ride along)."""
+    return service.compress_job(spec, plan, predicted=predicted, origin=origin)
 
 
 def run_task(run_id: str) -> str:

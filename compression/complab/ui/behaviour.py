@@ -47,8 +47,9 @@ def partners(run_id: str, runs: list[dict], original_ok: bool) -> list[str]:
     return ([ORIGINAL] if original_ok else []) + others
 
 
-def _pair_key(run_id: str, other: str) -> str:
-    return f"behaviour::{run_id}::{other}"
+def _pair_key(run_id: str, other: str, original) -> str:
+    """The session's memo of a pair's diff (run files never change; the original is the active model's label)."""
+    return f"behaviour::{run_id}::{other}::{original[0].label if original and other == ORIGINAL else ''}"
 
 
 def _diff(run_id: str, other: str, original, compute: bool) -> dict | None:
@@ -88,7 +89,8 @@ def section(run_id: str, runs: list[dict], original=None, key: str = "behaviour"
         return
     other = st.selectbox("Compare with", options, key=f"{key}_other",
                          format_func=lambda o: "the original (the active model)" if o == ORIGINAL else f"run {o}")
-    diff = st.session_state.get(_pair_key(run_id, other)) or cached(run_id, other, original)
+    memo = _pair_key(run_id, other, original)
+    diff = st.session_state.get(memo) or cached(run_id, other, original)
     if diff is None:
         wanted = f"{key}_wanted::{run_id}::{other}"  # set by the button's callback: it outlives page_setup's rerun
         if not st.session_state.get(wanted):
@@ -105,7 +107,7 @@ def section(run_id: str, runs: list[dict], original=None, key: str = "behaviour"
         except CompressionLabError as exc:
             st.error(plain_markdown(str(exc)))
             return
-        st.session_state[_pair_key(run_id, other)] = diff
+    st.session_state[memo] = diff  # redrawn at once when a widget below (the gallery's filter) reruns the page
     draw(diff, original[1] if original else None, key=key)
 
 

@@ -144,3 +144,34 @@ def test_report_holds_the_behaviour_section_with_the_diffs_numbers(two_runs, tmp
     section = text.split("<h2 id='behaviour'>", 1)[1].split("<h2", 1)[0]
     assert "<script src" not in section and not re.search(r"src=['\"](https?:)?//", section)  # offline
     assert section.count("class=\"plotly-graph-div\"") >= 3  # per-class, confusion difference, reliability
+
+
+DETECTOR = {"model": "detector:demo", "weights": None, "data": "shapes", "input_size": None, "mean": None, "std": None}
+DETECTOR_PLAN = {"schema_version": 1, "name": "det-behaviour", "seed": 0, "eval_split": "val", "steps": [
+    {"type": "prune", "sparsity": {"_default": 0.4}, "iterations": 1, "finetune_epochs": 0}]}
+
+
+@pytest.mark.slow  # a detector run (40 s) and its diff on 32 validation images (35 s) on a shared 2-core machine
+def test_a_detector_runs_behaviour_is_its_ap_per_class_and_its_most_changed_images_drawn(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    run_id = engine.submit({"kind": "compress", **DETECTOR, "plan": DETECTOR_PLAN, "latency": False}, root=home)
+    assert engine.wait(run_id, 600, root=home)["state"] == "succeeded"
+    monkeypatch.setenv("COMPRESSION_LAB_HOME", str(home))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
+    at.run()
+    at.radio(key="model_source").set_value("Demo detector (YOLO)").run()  # the original: the active model
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="behaviour_other").value == "original"
+    at.button(key="behaviour_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    from complab import sources
+
+    handle, data = sources.load(DETECTOR)
+    diff = service.behaviour_diff(run_id, None, root=home, original=handle, data=data, compute=False)
+    assert diff is not None and diff["task"] == "detect"  # the page's click left it in the cache
+    chart = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if c.key == "behaviour_ap")
+    assert chart["data"][2]["y"] == pytest.approx([row["ap50_b"] for row in diff["per_class"]])
+    assert plain_markdown(f"mAP50 {diff['map50_a']:.3f} -> {diff['map50_b']:.3f}") in behaviour_text(at)
+    drawn = [row for row in diff["images"] if row.get("boxes_a") or row.get("boxes_b")][:4]
+    assert len(at.get("image")) == 2 * len(drawn) > 0  # both models' boxes side by side, most changed first

@@ -99,7 +99,7 @@ def test_another_run_of_the_same_model_is_offered_as_b_and_errors_are_one_line(t
     at.selectbox(key="behaviour_other").set_value(fine).run()
     at.button(key="behaviour_go").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert plain_markdown(f"run {fine} and run {coarse} agree on") in behaviour_text(at)
+    assert plain_markdown(f"Run {fine} and run {coarse} agree on") in behaviour_text(at)
 
     def broken(*args, **kwargs):
         from complab.errors import CompressionLabError
@@ -122,7 +122,7 @@ def test_presentation_mode_shows_the_behaviour_large(two_runs, monkeypatch):
     chart = next(c for c in at.get("plotly_chart") if c.key == "present_behaviour")
     spec = json.loads(chart.proto.spec)
     assert spec["layout"]["height"] >= 560  # drawn for a projector
-    assert plain_markdown("the original and run") in behaviour_text(at)
+    assert plain_markdown("The original and run") in behaviour_text(at)
     assert [b.key for b in at.main.button] == ["present_exit"]  # still nothing to press but the way out
 
 

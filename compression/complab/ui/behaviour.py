@@ -158,17 +158,19 @@ def gallery(diff: dict, key: str) -> None:
                       format_func=lambda kind: bf.KIND_WORDS[kind])
     shown = bf.gallery_items(diff, tuple(chosen or kinds))
     st.caption(f"{count(len(shown))} flipped image(s), the second model's most confident wrong answers first; under "
-               "each: its true class and both models' three most likely classes.")
+               "each: its true class and both models' three most likely classes ("
+               + plain_markdown(bf.gallery_legend(diff)) + ").")
     names = bf.class_names(diff)
     columns = st.columns(GALLERY_COLUMNS)
     for index, item in enumerate(shown):
         picture = bf.thumbnail(item.get("image_png_b64"))
         column = columns[index % GALLERY_COLUMNS]
-        caption = bf.gallery_caption(item, names, diff)
+        caption = "  \n".join(plain_markdown(line) for line in bf.gallery_caption(item, names, diff).splitlines())
         if picture is None:
-            column.caption("(picture damaged) " + plain_markdown(caption))
+            column.caption("(picture damaged)")
         else:
-            column.image(picture, caption=caption, width="stretch")
+            column.image(picture, width="stretch")
+        column.caption(caption)
 
 
 def draw_detector(diff: dict, data, key: str) -> None:

@@ -46,8 +46,8 @@ def summary(diff: dict) -> list[str]:
     n, flips = diff["n"], diff["flips"]
     split = diff.get("split") or "test"
     a, b = side_label(diff, "a"), side_label(diff, "b")
-    lines = [f"{a} and {b} agree on {numbers.percent(diff['agreement'])} of the {numbers.count(n)} {split} images "
-             f"(95% CI {numbers.percent_span(*diff['agreement_ci'])})."]
+    lines = [f"{a[:1].upper()}{a[1:]} and {b} agree on {numbers.percent(diff['agreement'])} of the "
+             f"{numbers.count(n)} {split} images (95% CI {numbers.percent_span(*diff['agreement_ci'])})."]
     net = net_change(diff)
     noise = _within(flips.get("net_ci"))
     verdict = "within noise" if noise else "beyond noise"
@@ -107,7 +107,7 @@ def confusion_figure(diff: dict, height: int = 420) -> go.Figure:
         text=[[("" if v == 0 else f"{v:+d}") for v in row] for row in matrix], texttemplate="%{text}",
         hovertemplate="true %{y}, predicted %{x}: %{z:+d} image(s)<extra></extra>",
         colorbar={"title": {"text": "B - A"}}))
-    fig.update_layout(title=f"Confusion matrix: {side_label(diff, 'b', 30)} minus {side_label(diff, 'a', 30)}",
+    fig.update_layout(title="Confusion matrix change (after minus before)",
                       height=height, xaxis_title="predicted class", yaxis_title="true class", margin={"t": 60})
     fig.update_xaxes(type="category", side="bottom")
     fig.update_yaxes(type="category", autorange="reversed")
@@ -152,7 +152,7 @@ def trace_figure(diff: dict, height: int = 320) -> go.Figure | None:
     ablation = trace["method"] == "ablation"
     rows = sorted(layers, key=lambda row: -float(row.get("share") or 0))
     values = [100 * float(row.get("share") or 0) for row in rows]
-    said = ([f"{numbers.count(row.get('flips_reproduced') or 0)} flips ({numbers.percent(row.get('share') or 0, 0)})"
+    said = ([f"{_flips(row.get('flips_reproduced') or 0)} ({numbers.percent(row.get('share') or 0, 0)})"
              for row in rows] if ablation else [numbers.points(float(row.get("predicted_drop") or 0)) for row in rows])
     fig = go.Figure(go.Bar(x=values, y=[str(row["layer"]) for row in rows], orientation="h", text=said,
                            textposition="outside", cliponaxis=False, marker={"color": COLOUR_B}))
@@ -163,6 +163,10 @@ def trace_figure(diff: dict, height: int = 320) -> go.Figure | None:
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(range=[0, max(values + [1.0]) * 1.25])
     return fig
+
+
+def _flips(n: int) -> str:
+    return f"{numbers.count(n)} flip{'' if n == 1 else 's'}"
 
 
 def detector_ap_figure(diff: dict, height: int = 380) -> go.Figure:
@@ -202,11 +206,17 @@ def top3_text(top3, names: dict[int, str]) -> str:
 
 
 def gallery_caption(item: dict, names: dict[int, str], diff: dict) -> str:
-    """One flipped image's caption: its true class, the kind of flip and both models' top-3."""
+    """One flipped image's caption, three lines: its true class and the kind of flip, then model A's and model B's
+    three most likely classes (gallery_legend says who A and B are)."""
     label = names.get(int(item["label"]), str(int(item["label"])))
     return (f"true {label} · {KIND_WORDS.get(item['kind'], item['kind'])}\n"
-            f"{side_label(diff, 'a', 32)}: {top3_text(item['top3_a'], names)}\n"
-            f"{side_label(diff, 'b', 32)}: {top3_text(item['top3_b'], names)}")
+            f"A: {top3_text(item['top3_a'], names)}\n"
+            f"B: {top3_text(item['top3_b'], names)}")
+
+
+def gallery_legend(diff: dict) -> str:
+    """Who A and B are in the gallery's captions."""
+    return f"A: {side_label(diff, 'a')}; B: {side_label(diff, 'b')}"
 
 
 def gallery_items(diff: dict, kinds: tuple[str, ...] | None = None) -> list[dict]:

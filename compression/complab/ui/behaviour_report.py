@@ -71,7 +71,8 @@ def _gallery(diff: dict) -> str:
     if not cells:
         return "<p class='small'>No image changed its prediction.</p>"
     return ("<h3>Flipped images</h3><p class='small'>The second model's most confident wrong answers first; under "
-            "each its true class and both models' three most likely classes.</p>"
+            "each its true class and both models' three most likely classes ("
+            f"{html.escape(bf.gallery_legend(diff))}).</p>"
             "<div class='grid gallery' id='behaviour-gallery' style='grid-template-columns:repeat(6,1fr)'>"
             f"{''.join(cells)}</div>")
 

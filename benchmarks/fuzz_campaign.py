@@ -95,6 +95,11 @@ Families:
             through recipe_diff with LeNet-5's, ResNet-18's or hostile layer names. A graph that loops, leaves
             itself, or follows an origin that is not an earlier listed run of the model is an unsafe accept.
             RSS bound 256 MiB.
+  behaviour cached behaviour diffs (issue 28; <data folder>/behaviour/KEY.json): a real classifier diff and a
+            detector diff mutated (wrong types, non-finite and out-of-range numbers, counts past the split, missing
+            keys, random JSON/bytes, deep nesting) plus a 40 MB file and 1,000-class matrices; through the cache's
+            one reader (complab.analysis.behaviour_cache.read_cached) and `complab diff`'s summary of a dict it
+            returns. A damaged file must read as None (recomputed), never raise. RSS bound 512 MiB.
 
 Run from the repo root (bounded: under 10 minutes on 2 cores):
     .venv/bin/python benchmarks/fuzz_campaign.py [--decoder-cases 100000] [--recipe-cases 50000] [--workers 2]
@@ -2524,6 +2529,7 @@ WARM_MODULES = {
     "drafts": ("streamlit", "complab.ui.plan_draft", "complab.ui.plan_page"),
     "lineage": ("complab.analysis.lineage", "complab.plan"),
     "keys": ("complab.engine.keys", "complab.data.detection", "yaml"),
+    "behaviour": ("complab.analysis.behaviour", "complab.analysis.behaviour_cache", "complab.cli"),
 }
 
 
@@ -2852,6 +2858,114 @@ _SETUPS = {"links": _links_setup, "sensitivity": _sensitivity_setup, "automaton"
 FOLDER_CASES = 19  # builders in _folder_case
 
 
+# ==================================================================================================================
+# --- behaviour (issue 28): cached behaviour diffs (<data folder>/behaviour/KEY.json) through their one reader ------
+# A cache file is untrusted: complab.analysis.behaviour_cache.read_cached bounds its size, parses it without NaN,
+# Infinity or deep nesting, and checks the "behaviour/1" schema; a damaged file reads as None (the diff is
+# recomputed). Each case writes a mutated diff (of a real classifier diff of the demo LeNet-5 against a planted copy,
+# or a detector diff's shape) and reads it back; a dict it returns goes through `complab diff`'s summary printer. A
+# returned dict with a non-finite number, a count past its split or a class past its table is an unsafe accept.
+BEHAVIOUR_HEAVY = 3  # the first cases: a 40 MB file, 100,000-deep nesting, 1,000 classes of confusion matrices
+BEHAVIOUR_KEY = "b" * 64
+
+
+def _behaviour_setup() -> dict:
+    import torch
+    from complab import sources
+    from complab.analysis.behaviour import classifier_diff
+
+    original, digits = sources.load({"model": "demo:lenet5", "data": "digits"})
+    planted = original.clone()
+    with torch.no_grad():
+        planted.model.fc2.bias[3] -= 100.0
+    classify = json.loads(json.dumps(classifier_diff(original, planted, digits, gallery=4)))
+    side = {"label": "run", "file": "model.clab", "bytes": 1000, "sha256": "0" * 64}
+    detect = {"schema": "behaviour/1", "task": "detect", "a": side, "b": side, "split": "val", "n": 200,
+              "seconds": 3.0, "map50_a": 0.99, "map50_b": 0.9, "map50_95_a": 0.9, "map50_95_b": 0.8,
+              "per_class": [{"class": c, "name": f"c{c}", "ap50_a": 0.99, "ap50_b": 0.9, "ap50_95_a": 0.9,
+                             "ap50_95_b": 0.8, "n_boxes": 100} for c in range(4)],
+              "images": [{"path": f"{i:05d}.png", "vanished": 1, "new": 0, "moved": 1, "kept": 2, "moved_shift": 0.2,
+                          "change": 1.2, "boxes_a": [[1.0, 2.0, 30.0, 40.0, 1, 0.9]], "boxes_b": []}
+                         for i in range(3)]}
+    return {"bases": [classify, detect]}
+
+
+def _behaviour_case(index: int, seed: int, ctx: dict) -> tuple[str | bytes, str]:
+    rng = random.Random(seed * 1_000_003 + index)
+    base = ctx["bases"][index % 2]
+    extra = [float("nan"), float("inf"), -1, 10**9, 2**70, "0.5", None, [0.5, 0.1], [[1, 2]], {"x": 1}, "x" * 5000,
+             [[0, 0.5]] * 4, -0.0]
+    if index == 0:
+        return "[" + "0," * 20_000_000 + "0]", "40 MB list"
+    if index == 1:
+        return '{"a":' * 100_000 + "1" + "}" * 100_000, "nested 100,000 deep"
+    if index == 2:
+        value = copy.deepcopy(ctx["bases"][0])
+        value["confusion_a"] = [[0] * 1000 for _ in range(1000)]
+        return json.dumps(value), "1,000 x 1,000 confusion with 10 classes"
+    if rng.random() < 0.15:
+        text, what = _hostile_text(rng, json.dumps(base))
+        return text, what
+    value, what = _mutate_json(base, rng, extra)
+    return _json_text(value, rng), f"{base['task']}: {what}"
+
+
+def _behaviour_unsafe(diff: dict) -> str | None:
+    """Why a diff the reader returned may not be shown (None: it is sound)."""
+    if _nonfinite(diff):
+        return "a diff with non-finite numbers was read back"
+    n = diff["n"]
+    if diff["task"] == "classify":
+        if any(count > n for key, count in diff["flips"].items() if not key.endswith("_ci")):
+            return "a flip count past the split was read back"
+        if any(item["label"] >= len(diff["per_class"]) for item in diff["gallery"]):
+            return "a gallery label past the class table was read back"
+    return None
+
+
+def door_behaviour(folder: Path) -> dict | None:
+    """The cache's one reader (complab.analysis.behaviour_cache.read_cached) and, for a dict it returns, the CLI's
+    summary of it (complab.cli._diff_summary: what `complab diff` prints)."""
+    from complab.analysis.behaviour_cache import read_cached
+    from complab.cli import _diff_summary
+
+    diff = read_cached(folder, BEHAVIOUR_KEY)
+    if diff is not None:
+        _diff_summary(diff)
+    return diff
+
+
+def run_behaviour(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]:
+    text, what = _behaviour_case(index, seed, _STATE["behaviour"])
+    folder = WORK / f"behaviour-{os.getpid()}"
+    folder.mkdir(exist_ok=True)
+    data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    (folder / f"{BEHAVIOUR_KEY}.json").write_bytes(data)
+    _input_bytes(len(data), what)
+    try:
+        diff = door_behaviour(folder)
+    except Exception as exc:  # noqa: BLE001 - the reader never raises: even a CompressionLabError is a bug here
+        outcome, detail = _classify(exc)
+        keep = Path(out_dir) / f"behaviour-{seed}-{index}.json"
+        keep.write_bytes(data)
+        return "traceback", f"{what} ({keep}): {detail}", len(data)
+    problem = _behaviour_unsafe(diff) if diff is not None else None
+    if problem:
+        keep = Path(out_dir) / f"behaviour-{seed}-{index}.json"
+        keep.write_bytes(data)
+        return "accepted", f"{what} ({keep}): {problem}", len(data)
+    return "ok", f"{what}: {'read back' if diff is not None else 'ignored (recomputed)'}", len(data)
+
+
+DOORS += ("behaviour",)
+TIMEOUTS["behaviour"] = 10.0
+CHUNKS["behaviour"] = 200
+FAMILY_RSS_BOUND_MB["behaviour"] = 512  # the 40 MB case is refused by size before it is read
+_SETUPS["behaviour"] = _behaviour_setup
+# --- end of the behaviour family -----------------------------------------------------------------------------------
+# ==================================================================================================================
+
+
 def prepare_bait(outside: Path) -> None:
     """OUTSIDE's bait: the markers folder, a victim file no case may change, image folders whose class names say
     they were listed."""
@@ -3051,7 +3165,7 @@ def _worker(conn, progress, work: str, outside: str) -> None:
                "automaton": run_automaton, "torchscript": run_torchscript, "runfolder": run_runfolder,
                "yaml": run_yaml, "folders": run_folders, "clab": run_clab, "keys": run_keys,
                "drafts": run_drafts, "int": run_int,
-               "lineage": run_lineage}
+               "lineage": run_lineage, "behaviour": run_behaviour}
     watch = OutsideWatch(OUTSIDE)
     per_case_peak = _can_reset_peak()
     baseline = None
@@ -3239,10 +3353,9 @@ def _watched() -> dict[str, tuple]:
     return found
 
 
-CHEAP_FAMILIES = ("lineage", "sensitivity", "drafts", "links", "recipe", "int", "decoder")
+CHEAP_FAMILIES = ("lineage", "behaviour", "sensitivity", "drafts", "links", "recipe", "int", "decoder")
 PLAN_ORDER = ("model", "data", "detector", "torchscript", "runfolder", "yaml", "folders", "clab", "keys", "automaton",
-              "lineage",
-              "sensitivity", "drafts", "links", "recipe", "int", "decoder")
+              "lineage", "behaviour", "sensitivity", "drafts", "links", "recipe", "int", "decoder")
 
 
 def _signature(outcome: str, detail: str) -> str:
@@ -3282,6 +3395,7 @@ def main() -> None:
     parser.add_argument("--lineage-cases", type=int, default=1_000)
     parser.add_argument("--links-cases", type=int, default=20_000)
     parser.add_argument("--int-cases", type=int, default=5_000)
+    parser.add_argument("--behaviour-cases", type=int, default=3_000)
     parser.add_argument("--families", default=",".join(PLAN_ORDER),
                         help=f"comma-separated subset of {','.join(PLAN_ORDER)} (default all)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
@@ -3352,7 +3466,7 @@ def main() -> None:
               "folders": args.folders_cases, "clab": args.clab_cases, "automaton": args.automaton_cases,
               "sensitivity": args.sensitivity_cases, "links": args.links_cases, "keys": args.keys_cases,
               "drafts": args.drafts_cases, "int": args.int_cases,
-              "lineage": args.lineage_cases,
+              "lineage": args.lineage_cases, "behaviour": args.behaviour_cases,
               "selftest": 11}
     if not args.selftest:
         from complab.data import folders  # noqa: F401 - fail here, not in a worker, if imports break

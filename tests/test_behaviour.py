@@ -157,4 +157,76 @@ def test_detector_diff_finds_a_planted_class():
     planted_boxes = sum(box[4] == 1 for row in diff["images"] for box in row["boxes_a"])
     assert planted_boxes > 0 and sum(row["vanished"] for row in diff["images"]) == planted_boxes
     assert not any(box[4] == 1 for row in diff["images"] for box in row["boxes_b"])
+    # the boxes are those the Detections page finds on that image (detections.predict), in the image's pixels
+    from complab.analysis.detections import predict
+    from PIL import Image
+
+    top = diff["images"][0]
+    with Image.open(next(p for p in shapes.val_images() if p.name == top["path"])) as image:
+        found = predict(original.model, image, original.imgsz)
+    assert len(found) == len(top["boxes_a"])
+    for box, row in zip(sorted(found, key=lambda b: b.xyxy), sorted(top["boxes_a"]), strict=True):
+        assert np.allclose(box.xyxy, row[:4], atol=0.5) and box.cls == row[4]
     assert check_diff(json.loads(json.dumps(diff))) is not None
+
+
+def test_fuzz_family_reads_damaged_caches_without_raising(tmp_path, monkeypatch):
+    """The fuzz campaign's behaviour family: mutated cache files are ignored or read back sound, never raised."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import fuzz_campaign as fc
+
+    (tmp_path / "failures").mkdir()
+    monkeypatch.setattr(fc, "WORK", tmp_path)
+    fc._STATE["behaviour"] = fc._behaviour_setup()
+    results = [fc.run_behaviour(index, 11, str(tmp_path / "failures")) for index in range(1, 301)]
+    assert {outcome for outcome, _, _ in results} == {"ok"}
+    details = [detail for _, detail, _ in results]
+    assert any("read back" in d for d in details) and any("ignored" in d for d in details)
+
+
+def test_trace_ranks_layers_by_the_sensitivity_report_when_architectures_differ(lenet5, digits):
+    """Channel pruning changes the shapes: no ablation is possible, the report's predicted drops rank the layers."""
+    from pathlib import Path
+
+    from complab.analysis.behaviour_trace import trace_flips
+    from complab.analysis.predict import layer_drop
+    from complab.analysis.sensitivity_report import check_report
+
+    layers = list(lenet5.prunable_layers())
+    sparsities, clusters = [0.0, 0.5, 0.9], [256, 16, 4]
+    report = check_report({"base_accuracy": 0.98, "config": {"sparsities": sparsities, "clusters": clusters},
+                           "layers": {name: {"params": 1000, "sparsity": {str(s): round(0.98 - s * (i + 1) / 20, 4)
+                                                                           for s in sparsities},
+                                             "clusters": {str(k): 0.98 for k in clusters}}
+                                      for i, name in enumerate(layers)}})
+    after = lenet5.clone()
+    after.model.fc2 = torch.nn.Linear(500, 10, bias=False)  # another architecture (a bias gone)
+    plan = json.loads((Path(__file__).resolve().parents[1] / "assets" / "recipes" / "quick.json").read_text())
+    after.file_meta = {"plan": plan}
+    trace = trace_flips(lenet5, after, digits.test, np.array([0]), np.zeros(1, dtype=int), report)
+    assert trace["method"] == "sensitivity"
+    drops = [row["predicted_drop"] for row in trace["layers"]]
+    assert drops == sorted(drops, reverse=True) and len(drops) == len(layers)
+    settings = {"conv1": 0.9, "conv2": 0.9, "fc1": 0.9, "fc2": 0.5}  # quick.json: fc2 50%, the rest 90%
+    for row in trace["layers"]:
+        assert row["predicted_drop"] == pytest.approx(layer_drop(report, row["layer"], settings[row["layer"]], 16))
+    assert trace["layers"][0]["layer"] == "fc1"  # the steepest curve at 90%
+    no_report = trace_flips(lenet5, after, digits.test, np.array([0]), np.zeros(1, dtype=int), None)
+    assert no_report["method"] is None and "sensitivity report" in no_report["note"]
+
+
+def test_thumbnails_are_the_unnormalised_pixels_at_a_small_size():
+    import base64
+    import io
+
+    from PIL import Image
+
+    grey = torch.full((1, 8, 8), 0.0)
+    grey[0, 0, 0] = 2.0  # (2.0 * 0.25 + 0.5) = 1.0: white; the rest 0.5: mid grey
+    picture = Image.open(io.BytesIO(base64.b64decode(behaviour.thumbnail_png(grey, [0.5], [0.25]))))
+    assert picture.size == (64, 64) and picture.getpixel((0, 0)) == 255 and picture.getpixel((63, 63)) == 128
+    big = Image.open(io.BytesIO(base64.b64decode(behaviour.thumbnail_png(torch.rand(3, 224, 224), None, None))))
+    assert big.size == (128, 128) and big.mode == "RGB"

@@ -78,3 +78,21 @@ def test_diff_errors_exit_2(run_dir, home, tmp_path, capsys):
     assert "drop" in capsys.readouterr().err
     assert main(["diff", str(run_dir), "--model", "demo:lenet300", "--home", str(home)]) == 2
     assert "same model" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a real engine run in a worker process (40 s on the busy machine)
+@pytest.mark.timeout(300)
+def test_diff_by_run_id_of_the_engine(home, capsys):
+    from complab import engine, service
+    from complab.errors import CompressionLabError
+    from complab.plan import Plan
+
+    spec = service.source_spec("demo:lenet5", data="digits")
+    run_id = engine.submit(service.compress_job(spec, Plan.from_dict(RECIPE), latency=False), root=home)
+    assert engine.wait(run_id, 240, root=home)["state"] == "succeeded"
+    assert main(["diff", run_id, "--json", "--home", str(home)]) == 0
+    diff = _json(capsys)
+    assert diff["b"]["label"] == run_id and diff["n"] == 360
+    assert service.finished_model_file(run_id, home) == engine.run_file(run_id, "model.clab", root=home)
+    with pytest.raises(CompressionLabError, match="no run"):
+        service.finished_model_file("20990101-000000-abcdef", home)

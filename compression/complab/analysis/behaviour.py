@@ -130,7 +130,8 @@ def _per_class(labels, right_a, right_b, classes: int, names: list[str]) -> list
 
 
 def thumbnail_png(image: torch.Tensor, mean, std, side: int = THUMBNAIL_SIDE) -> str:
-    """A normalised CHW image, un-normalised to pixels and enlarged (nearest) to about `side`, as base64 PNG."""
+    """A normalised CHW image, un-normalised to pixels, enlarged (nearest) to about `side` or, past 2 x side,
+    shrunk to fit it, as base64 PNG."""
     from PIL import Image
 
     array = image.detach().cpu().float().numpy()
@@ -139,8 +140,12 @@ def thumbnail_png(image: torch.Tensor, mean, std, side: int = THUMBNAIL_SIDE) ->
     std = np.asarray(std if std is not None else [1.0] * channels, dtype=np.float32).reshape(-1, 1, 1)
     pixels = np.clip((array * std + mean) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     picture = Image.fromarray(pixels[0], "L") if channels == 1 else Image.fromarray(pixels[:3].transpose(1, 2, 0))
-    scale = max(1, side // max(picture.width, picture.height))
-    picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    largest = max(picture.width, picture.height)
+    if largest > 2 * side:  # a big image (224 px) shrinks to 2 x side: 48 of them stay small in the cache
+        picture.thumbnail((2 * side, 2 * side), Image.BILINEAR)
+    else:  # a small one (8 or 32 px) is enlarged, pixels kept square
+        scale = max(1, side // largest)
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -2,10 +2,12 @@
 
 `detector_diff(before, after, data, n_images)` scores both detectors on the validation images held in memory
 (models/detection_metric.FastMap: Ultralytics' mAP quantities) and splits their AP50 and AP50-95 by class
-(`ap_per_class`), then runs both on `n_images` validation images (a seeded sample) as the Detections page does
-(analysis/detections.predict at confidence 0.25) and matches their boxes as `detections.compare` does (same class,
-IoU >= 0.5, greedy by confidence): an original box without a match *vanished*, a compressed one without a match
-is *new*, a matched pair with IoU < 0.9 *moved* (`moved_shift`: their mean 1 - IoU), the rest are *kept*.
+(`ap_per_class`). From the same forward passes it takes each image's boxes as the Detections page shows them
+(confidence >= 0.25 after NMS at IoU 0.7, as analysis/detections.predict finds them, scaled back to the image's
+pixels) and matches the two models' boxes as `detections.compare` does (same class, IoU >= 0.5, greedy by
+confidence): an original box without a match *vanished*, a compressed one without a match is *new*, a matched pair
+with IoU < 0.9 *moved* (`moved_shift`: their mean 1 - IoU), the rest are *kept*. Every scored image is ranked; the
+`n_images` most changed are returned.
 
     change = vanished + new + sum over matched pairs of (1 - IoU)
 
@@ -20,7 +22,7 @@ import time
 
 import numpy as np
 
-from complab.analysis.detections import Box, _iou, compare, predict
+from complab.analysis.detections import Box, _iou, compare
 
 MATCH_IOU = 0.5  # detections.compare's
 MOVED_IOU = 0.9  # a matched pair overlapping less than this has moved
@@ -62,19 +64,34 @@ def image_change(before: list[Box], after: list[Box]) -> dict:
             "change": float(vanished + new + sum(1.0 - overlap for overlap in overlaps))}
 
 
-def changed_images(before, after, data, n_images: int) -> list[dict]:
-    """The rows of `n_images` seeded validation images, the most changed first (ties: file order)."""
-    from PIL import Image
+def _boxes_at(confidence: float, files: list, boxes: dict[int, list[Box]]):
+    """An FastMap.stats `on_batch` callback: each image's boxes at `confidence` after NMS (as detections.predict
+    finds them: IoU 0.7, one class per box), scaled back to the image's own pixels, into `boxes` by image index."""
+    from ultralytics.utils import ops
+    from ultralytics.utils.nms import non_max_suppression
+
+    def on_batch(start: int, images, predictions) -> None:
+        for offset, out in enumerate(non_max_suppression(predictions, confidence, 0.7, max_det=300)):
+            out = out.cpu()
+            _, shape, ratio_pad = files[start + offset]
+            xyxy = ops.scale_boxes(images.shape[2:], out[:, :4].clone(), shape, ratio_pad=ratio_pad)
+            boxes[start + offset] = [Box(tuple(float(v) for v in b), int(c), float(s))
+                                     for b, c, s in zip(xyxy, out[:, 5], out[:, 4], strict=True)]
+    return on_batch
+
+
+def ranked_images(files: list, boxes_a: dict[int, list[Box]], boxes_b: dict[int, list[Box]],
+                  n_images: int) -> list[dict]:
+    """The `n_images` most changed images (ties: file order), the first DRAWN with both models' boxes."""
+    from pathlib import Path
 
     rows = []
-    for index, path in enumerate(data.val_subset(max(0, int(n_images)), seed=0)):
-        with Image.open(path) as image:
-            boxes_a = predict(before.model, image, before.imgsz, CONFIDENCE)
-            boxes_b = predict(after.model, image, after.imgsz, CONFIDENCE)
-        row = {"path": path.name, **image_change(boxes_a, boxes_b), "order": index}
-        row["boxes_a"], row["boxes_b"] = _boxes(boxes_a), _boxes(boxes_b)
-        rows.append(row)
+    for index, (file, _, _) in enumerate(files):
+        before, after = boxes_a.get(index, []), boxes_b.get(index, [])
+        rows.append({"path": Path(file).name, **image_change(before, after), "order": index,
+                     "boxes_a": _boxes(before), "boxes_b": _boxes(after)})
     rows.sort(key=lambda row: (-row["change"], row["order"]))
+    rows = rows[:max(0, int(n_images))]
     for rank, row in enumerate(rows):
         del row["order"]
         if rank >= DRAWN:
@@ -109,7 +126,10 @@ def detector_diff(before, after, data, n_images: int = 32, ap_images: int | None
                                   "runs of the same model")
     started = time.perf_counter()
     fast = FastMap(data, before.imgsz, ap_images)
-    stats_a, stats_b = fast.stats(before.model), fast.stats(after.model)
+    boxes_a: dict[int, list[Box]] = {}
+    boxes_b: dict[int, list[Box]] = {}
+    stats_a = fast.stats(before.model, _boxes_at(CONFIDENCE, fast.files, boxes_a))
+    stats_b = fast.stats(after.model, _boxes_at(CONFIDENCE, fast.files, boxes_b))
     names = dict(before.names)
     table_a, map50_a, map50_95_a = _per_class_ap(stats_a, len(names))
     table_b, map50_b, map50_95_b = _per_class_ap(stats_b, len(names))
@@ -124,4 +144,4 @@ def detector_diff(before, after, data, n_images: int = 32, ap_images: int | None
     return {"schema": SCHEMA, "task": "detect", "a": handle_side(before), "b": handle_side(after), "split": "val",
             "n": sum(len(targets) for _, targets in fast.items), "map50_a": map50_a, "map50_b": map50_b,
             "map50_95_a": map50_95_a, "map50_95_b": map50_95_b, "per_class": per_class,
-            "images": changed_images(before, after, data, n_images), "seconds": time.perf_counter() - started}
+            "images": ranked_images(fast.files, boxes_a, boxes_b, n_images), "seconds": time.perf_counter() - started}

@@ -39,8 +39,10 @@ class FastMap:
     def __init__(self, data: DetectionData, imgsz: int, size: int | None = None, seed: int = 0, batch: int = 32):
         dataset = letterboxed(data, data.val_subset(size, seed), imgsz, batch)
         self.items = []  # (images uint8 [n,3,h,w], [per-image (classes, xyxy boxes in pixels)])
+        self.files = []  # per image, in order: (its file, its original (h, w), letterbox ratio_pad)
         for start in range(0, len(dataset), batch):
             samples = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
+            self.files += [(str(s["im_file"]), tuple(s["ori_shape"]), s["ratio_pad"]) for s in samples]
             imgs = torch.stack([s["img"] for s in samples])
             targets = []
             for sample in samples:
@@ -53,9 +55,10 @@ class FastMap:
         self.thresholds = np.linspace(0.5, 0.95, 10)
 
     @torch.no_grad()
-    def stats(self, model: nn.Module) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    def stats(self, model: nn.Module, on_batch=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
         """(tp [detections x IoU thresholds], confidences, predicted classes, true classes of every labelled box):
-        what `ap_per_class` takes; None when the model finds nothing."""
+        what `ap_per_class` takes; None when the model finds nothing. `on_batch(start, images, predictions)` is
+        called with each batch's raw predictions (start: the index of its first image in `files`)."""
         from ultralytics.utils.metrics import box_iou
         from ultralytics.utils.nms import non_max_suppression
 
@@ -63,8 +66,12 @@ class FastMap:
         model.eval()
         device = next(model.parameters()).device
         tps, confs, pred_classes, true_classes = [], [], [], []
+        start = 0
         for imgs, targets in self.items:
             preds = model(imgs.to(device).float() / 255)
+            if on_batch is not None:
+                on_batch(start, imgs, preds)
+            start += len(imgs)
             outputs = non_max_suppression(preds, 0.001, 0.7, multi_label=True, max_det=300)
             for out, (cls, boxes) in zip(outputs, targets, strict=True):
                 out = out.cpu()

@@ -70,9 +70,10 @@ def test_compare_computes_behaviour_on_the_button_and_shows_the_cached_pair_at_o
     at = compare_page(home, monkeypatch, {"run": coarse})
     assert at.selectbox(key="behaviour_other").value == "original"  # the active model is the run's model
     assert "agree on" not in behaviour_text(at)  # nothing computed before the button
+    handle, data = original(home)
+    assert service.behaviour_diff(coarse, None, root=home, original=handle, data=data, compute=False) is None
     at.button(key="behaviour_go").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    handle, data = original(home)
     diff = service.behaviour_diff(coarse, None, root=home, original=handle, data=data)  # the cached pair
     said = behaviour_text(at)
     shown = labelled(diff, "the original", f"run {coarse}")

@@ -145,3 +145,16 @@ def test_detector_images_are_drawn_only_when_the_active_data_holds_that_name():
     assert counts == {"original": 2, "compressed": 1, "vanished": 1, "appeared": 0}
     assert before.size == after.size and before.size[0] >= 160
     assert detector_pairs(diff, None, 4) == []
+
+
+def test_b_is_the_original_then_finished_runs_of_the_same_model_only():
+    from complab.ui.behaviour import ORIGINAL, partners
+
+    def run(run_id, model="demo:lenet5", **extra):
+        return {"id": run_id, "state": "succeeded", "metrics": {"model": model}, **extra}
+
+    runs = [run("shown"), run("same"), run("other-model", "demo:vgg_small"), run("damaged", damaged="bad json"),
+            run("running", state="running"), {"id": "no-metrics", "state": "succeeded", "metrics": None}]
+    assert partners("shown", runs, original_ok=True) == [ORIGINAL, "same"]
+    assert partners("shown", runs, original_ok=False) == ["same"]
+    assert partners("other-model", runs, original_ok=False) == []

@@ -43,6 +43,7 @@ def partners(run_id: str, runs: list[dict], original_ok: bool) -> list[str]:
     mine = next((run for run in runs if run["id"] == run_id), None)
     model = (mine or {}).get("metrics", {}).get("model") if mine else None
     others = [run["id"] for run in runs if run["id"] != run_id and not run.get("damaged")
+              and run.get("state", "succeeded") == "succeeded"
               and isinstance(run.get("metrics"), dict) and run["metrics"].get("model") == model]
     return ([ORIGINAL] if original_ok else []) + others
 

@@ -2,7 +2,8 @@
 accuracy-vs-bytes front (complab.analysis.pareto.best_run, said why); Pareto fronts (accuracy vs bytes, FLOPs,
 PyTorch and ONNX Runtime latency; int runs by their bits) with each sweep as one line that fills in live while its
 members run (and can be cancelled), the run table (both latencies), the map of the experiments (where each run came
-from; a click selects a run) with the recipe diff of two runs, where the bytes went, histograms, downloads
+from; a click selects a run) with the recipe diff of two runs, the run's behaviour against the original or another
+run (complab/ui/behaviour.py: flips, per-class accuracy, calibration), where the bytes went, histograms, downloads
 (the self-contained HTML report among them, of the run shown). In presentation mode (?present=1, optionally
 &run=ID): that run's headline numbers, two fronts with the run ringed and its waterfall, large, with no widgets."""
 

@@ -5,7 +5,8 @@ members run (and can be cancelled), the run table (both latencies), the map of t
 from; a click selects a run) with the recipe diff of two runs, the run's behaviour against the original or another
 run (complab/ui/behaviour.py: flips, per-class accuracy, calibration), where the bytes went, histograms, downloads
 (the self-contained HTML report among them, of the run shown). In presentation mode (?present=1, optionally
-&run=ID): that run's headline numbers, two fronts with the run ringed and its waterfall, large, with no widgets."""
+&run=ID): that run's headline numbers, two fronts with the run ringed, its waterfall and its per-class behaviour
+against the original (cached or computable), large, with no widgets."""
 
 import datetime as dt
 import json

@@ -2,9 +2,11 @@
 accuracy-vs-bytes front (complab.analysis.pareto.best_run, said why); Pareto fronts (accuracy vs bytes, FLOPs,
 PyTorch and ONNX Runtime latency; int runs by their bits) with each sweep as one line that fills in live while its
 members run (and can be cancelled), the run table (both latencies), the map of the experiments (where each run came
-from; a click selects a run) with the recipe diff of two runs, where the bytes went, histograms, downloads
+from; a click selects a run) with the recipe diff of two runs, the run's behaviour against the original or another
+run (complab/ui/behaviour.py: flips, per-class accuracy, calibration), where the bytes went, histograms, downloads
 (the self-contained HTML report among them, of the run shown). In presentation mode (?present=1, optionally
-&run=ID): that run's headline numbers, two fronts with the run ringed and its waterfall, large, with no widgets."""
+&run=ID): that run's headline numbers, two fronts with the run ringed, its waterfall and its per-class behaviour
+against the original (cached or computable), large, with no widgets."""
 
 import datetime as dt
 import json
@@ -15,7 +17,8 @@ from complab.analysis import report
 from complab.analysis.pareto import best_run, prediction_error, runs_table
 from complab.errors import CompressionLabError
 from complab.models.tasks import finds_boxes
-from complab.ui import compare, figures, lineage, present
+from complab.ui import behaviour, compare, figures, lineage, present
+from complab.ui.behaviour_report import report_diff
 from complab.ui.links import link_run_id
 from complab.ui.navigation import page_setup
 from complab.ui.numbers import points
@@ -78,6 +81,7 @@ def presentation(rows, best: dict | None, run_id: str) -> None:
     waterfall = report.bytes_waterfall(file_rows, metrics["before"]["fp32_bytes"], f"run {run_id}",
                                        report.params_removed(metrics))
     st.plotly_chart(present.projector(figures.bytes_waterfall(waterfall)), key="present_waterfall")
+    behaviour.presented(run_id, behaviour.active_original(metrics))
 
 
 if presenting and not table.empty:
@@ -194,6 +198,9 @@ try:
         original = (active, active_data)
 except CompressionLabError:
     pass
+st.subheader("Behaviour")  # did compression change what the model does (complab/ui/behaviour.py)
+behaviour.section(run_id, runs, original)
+
 layers = list(decoded.prunable_layers())
 layer = st.selectbox("Layer", layers, key="compare_layer")
 
@@ -228,7 +235,8 @@ def report_file() -> str:
     by side only with the active model as the original."""
     chosen_runs, left_out = load_report_runs([(engine.run_dir(r, root=root), r) for r in chosen_first])
     return report_html(chosen_runs, generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                       original=original, left_out=left_out)
+                       original=original, left_out=left_out,
+                       behaviour=report_diff(chosen_runs, original, cache_dir=root / "behaviour"))
 
 
 st.download_button(  # built when clicked (a detector's report runs both models on a few validation images)

@@ -46,7 +46,10 @@ def test_compare_in_presentation_mode_shows_the_linked_run_large(two_runs, monke
     assert {"Smaller file", "Compact file", "top-1 after"} <= set(labels)
     size = (home / "runs" / first / "model.clab").stat().st_size
     assert float(labels["Smaller file"].rstrip("x")) == pytest.approx(1727501 / size, abs=0.051)
-    assert len(at.get("plotly_chart")) == 3  # accuracy vs bytes, vs FLOPs, where the bytes went
+    # accuracy vs bytes, vs FLOPs, where the bytes went, and per-class accuracy against the original (the active
+    # model is the run's: its behaviour diff is computed, tests/test_behaviour_ui.py checks its numbers)
+    assert [chart.key for chart in at.get("plotly_chart")] == ["present_pareto_bytes", "present_pareto_flops",
+                                                               "present_waterfall", "present_behaviour"]
     # nothing to set on a projector: no picker, slider or text field in the page; one button, the way out
     for kind in ("selectbox", "slider", "text_input", "number_input", "radio", "multiselect", "checkbox"):
         assert not getattr(at.main, kind), kind

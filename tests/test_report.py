@@ -216,6 +216,8 @@ def test_detector_report_has_the_image_grid(tmp_path, capsys):
     images = re.findall(r"<img alt='(original|compressed) [^']+' src='data:image/png;base64,", text)
     assert images.count("original") == images.count("compressed") == 4
     assert "Detections on validation images" in text
+    numbers = json.loads(re.search(r"id='behaviour-numbers'>(.*?)</script>", text).group(1))  # the behaviour section
+    assert numbers["task"] == "detect" and 0 <= numbers["map50_b"] <= 1 and "id='behaviour-images'" in text
     # a fresh run records its mAP's bootstrap intervals (models/detector.map_intervals): the headline says them
     assert re.search(r"mAP50 [0-9.]+ \(95% CI [0-9.]+-[0-9.]+, bootstrap over [0-9,]+ images\) -&gt; [0-9.]+ "
                      r"\(95% CI [0-9.]+-[0-9.]+, bootstrap over [0-9,]+ images\)", text), text[:3000]

@@ -352,8 +352,19 @@ def _report_run(ref: str, home: Path | None):
     return ReportRun.from_dir(Path(row["dir"]), ref)
 
 
+def _demo_original(label) -> tuple | None:
+    """(handle, data) of a built-in demo model named by `label` (ours, so it may be loaded by its name, with its
+    own data), for the report's behaviour section; None for any other label (a run folder never names a model to
+    load: the person gives it with --model)."""
+    demos = sources.demo_sources()
+    reference = BUILT_IN_ORIGINALS.get(label, label) if isinstance(label, str) else None
+    if reference not in demos:
+        return None
+    return sources.load({"model": reference, "data": demos[reference]})
+
+
 def cmd_report(args) -> int:
-    from complab.ui.report import DamagedRun, print_pdf, report_html, require_chromium  # plotly and torch
+    from complab.ui.report import DamagedRun, print_pdf, report_diff, report_html, require_chromium  # plotly, torch
 
     if not args.runs:
         raise CompressionLabError("no runs given: name finished runs by id (`complab runs` lists them) or "
@@ -381,7 +392,10 @@ def cmd_report(args) -> int:
         raise CompressionLabError("--data, --weights and --trust go with --model (the original detector to draw "
                                   "beside the compressed one): add --model")
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    size = write_bytes_atomic(out, report_html(runs, generated=now, original=original, left_out=left_out))
+    behaviour = report_diff(runs, original or _demo_original(runs[0].metrics.get("model")),
+                            cache_dir=(args.home or engine.default_root()) / "behaviour")
+    size = write_bytes_atomic(out, report_html(runs, generated=now, original=original, left_out=left_out,
+                                               behaviour=behaviour))
     result = {"file": str(out), "bytes": size, "runs": [run.id for run in runs],
               **({"left_out": left_out} if left_out else {})}
     if args.pdf:

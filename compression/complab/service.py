@@ -401,17 +401,20 @@ def finished_model_file(ref: str | Path, root: Root = None) -> Path:
 
 
 def behaviour_diff(run_a: str, run_b: str | None = None, root: Root = None, original=None, data=None,
-                   sensitivity: dict | None = None, gallery: int = 48) -> dict:
+                   sensitivity: dict | None = None, gallery: int = 48, compute: bool = True) -> dict | None:
     """The behaviour diff (analysis/behaviour.py, schema "behaviour/1") of two finished runs' model files, or of
     run_a's file against `original` (a handle the caller loaded: the app's active model or the person's --model,
-    never one a run folder names) when run_b is None; cached in <root>/behaviour/."""
+    never one a run folder names) when run_b is None; cached in <root>/behaviour/. compute=False: the cached diff
+    or None, no model run (what the Compare page shows on opening)."""
     from complab.analysis.behaviour import diff_files
 
     file_a = finished_model_file(run_a, root)
     file_b = finished_model_file(run_b, root) if run_b is not None else None
     cache = Path(root) if root is not None else engine.default_root()
     diff = diff_files(file_a, file_b, original=original, data=data, cache_dir=cache / BEHAVIOUR_DIR,
-                      sensitivity=sensitivity, gallery=gallery)
+                      sensitivity=sensitivity, gallery=gallery, compute=compute)
+    if diff is None:
+        return None
     # each side named as the person named it (a run id or folder); the cached dict is keyed by the files alone
     diff = {**diff, "a": dict(diff["a"]), "b": dict(diff["b"])}
     diff["b" if run_b is None else "a"]["label"] = Path(str(run_a)).name

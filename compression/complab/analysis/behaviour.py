@@ -250,12 +250,13 @@ def split_identity(data, split: str) -> dict:
 
 def diff_files(path_a: str | Path, path_b: str | Path | None = None, original=None, data=None,
                cache_dir: str | Path | None = None, sensitivity: dict | None = None, gallery: int = GALLERY,
-               n_images: int = 32) -> dict:
+               n_images: int = 32, compute: bool = True) -> dict | None:
     """The behaviour diff of two compact files (a = before, b = after), or of file `path_a` against `original`
     (a handle the caller loaded: the app's active model or the person's --model; never named by a run folder)
     when `path_b` is None. Both are decoded here through our parser (never an in-memory model). `data`: the
     dataset to measure on, loaded or a reference (default: the one the compressed file records). With `cache_dir`
-    a diff is read from and written to cache_dir/KEY.json (behaviour_cache)."""
+    a diff is read from and written to cache_dir/KEY.json (behaviour_cache). `compute=False`: only the cached diff
+    (None when there is none), no model is run: the Compare page shows a cached pair at once, computes on a click."""
     from complab import sources
 
     started = time.perf_counter()
@@ -281,7 +282,7 @@ def diff_files(path_a: str | Path, path_b: str | Path | None = None, original=No
     key = cache_key(side_a["sha256"], side_b["sha256"], split_identity(data, split) if task == "classify"
                     else {"ref": str(getattr(data, "ref", "")), "n_images": int(n_images)}, options)
     cached = read_cached(cache_dir, key) if cache_dir is not None else None
-    if cached is not None:
+    if cached is not None or not compute:
         return cached
     if task == "classify":
         result = classifier_diff(before, after, data, split, sensitivity, gallery)

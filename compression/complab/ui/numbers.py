@@ -229,3 +229,16 @@ def map_verdict(before: float, span_before: list[float], after: float, span_afte
         return f"{said} (the 95% bootstrap intervals {spans} overlap, {where})"
     said = f"costs {_pts(drop)} points" if drop > 0 else f"gains {_pts(drop)} points"
     return f"{said} (the 95% bootstrap intervals {spans} do not overlap, {where})"
+
+
+# ---- intervals given as [low, high] (a behaviour diff's agreement, flips and per-class changes) -----------------
+
+
+def percent_span(low: float, high: float, digits: int = 1) -> str:
+    """A 95% interval of a fraction already computed: (0.962, 0.987) -> "96.2-98.7%"."""
+    return f"{100 * float(low):.{digits}f}-{100 * float(high):.{digits}f}%"
+
+
+def points_span(low: float, high: float, digits: int = 1) -> str:
+    """A 95% interval of a change of score (fractions), signed: (-0.021, 0.004) -> "-2.1 to +0.4 pts"."""
+    return f"{100 * float(low):+.{digits}f} to {100 * float(high):+.{digits}f} pts"

@@ -25,6 +25,7 @@ from complab.analysis.pareto import runs_table
 from complab.errors import CompressionLabError
 from complab.models.tasks import task_kind
 from complab.ui import figures, numbers
+from complab.ui.behaviour_report import behaviour_block, report_diff  # noqa: F401 - report_diff: for the CLI
 
 PDF_TIMEOUT_S = 120
 CHROMIUM = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
@@ -325,12 +326,15 @@ def _plan_text(plan) -> str:
     return plan if isinstance(plan, str) else json.dumps(plan, indent=2)
 
 
-def report_html(runs: list[ReportRun], generated: str = "", original=None, left_out: list[str] | None = None) -> str:
+def report_html(runs: list[ReportRun], generated: str = "", original=None, left_out: list[str] | None = None,
+                behaviour: dict | str | None = None) -> str:
     """The whole report for `runs` (the first one is the chosen run: its headline, bytes and table).
 
     original: (handle, data) of the original model the person gave in this command or session, for a detector's
     side-by-side boxes (drawn only when its label is the run's model); never built from a run folder.
-    left_out: one line per run left out of the report (damaged), shown under the headline."""
+    left_out: one line per run left out of the report (damaged), shown under the headline.
+    behaviour: the chosen run's behaviour diff (complab.ui.behaviour_report.report_diff: a diff dict, or the one
+    line why there is none) for the "Behaviour" section; None leaves the section out."""
     if not runs:
         raise CompressionLabError("no runs to report on: give at least one finished run id or folder")
     draw = _Figures()
@@ -367,6 +371,8 @@ def report_html(runs: list[ReportRun], generated: str = "", original=None, left_
         if table[cost].notna().any():
             parts.append(draw(figures.pareto_figure(table, cost, title, highlight=chosen.id)))
     parts.append(_table(runs_rows(table), "runs"))
+    if behaviour is not None:
+        parts.append(behaviour_block(behaviour, draw, json_for_html))
     parts.append("<h2>Where the bytes went</h2><p class='small'>From the fp32 model (torch.save of its fp32 state "
                  "dict) to the compact file, part by part, as the file's own sections count them (`complab "
                  "inspect`): green bars are bytes saved, red bars bytes the compact file adds; they add up to the "

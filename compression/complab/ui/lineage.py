@@ -107,8 +107,10 @@ def map_figure(graph: Graph, selected: str | None = None) -> go.Figure:
                                  marker={"symbol": "circle-open", "size": _size_px(chosen["bytes"], largest) + 12,
                                          "color": "crimson", "line": {"width": 3}}))
     rows = len({round(n["y"], 3) for n in graph.nodes})
-    fig.update_layout(height=max(320, min(900, 60 + 34 * rows)), margin={"l": 10, "r": 10, "t": 30, "b": 40},
-                      legend={"orientation": "h", "y": -0.12}, clickmode="event+select", dragmode="pan")
+    # the legend above the plot: below it, its wrapped rows ran over the axis title
+    fig.update_layout(height=max(380, min(960, 120 + 34 * rows)), margin={"l": 10, "r": 10, "t": 90, "b": 40},
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
+                      clickmode="event+select", dragmode="pan")
     fig.update_xaxes(title_text="generation (0: the original model; each edge one step from where a run came from)",
                      dtick=1, zeroline=False)
     fig.update_yaxes(visible=False)
@@ -127,20 +129,25 @@ def clicked_run(selection, known: set[str]) -> str | None:
     return None
 
 
-def pick_run(run_id: str) -> None:
-    """Show `run_id` on the Compare page: the URL's run (what present.chosen_run starts the run select on) and the
-    select's own state dropped, so the select is drawn on it at the next rerun. Called from a callback: before the
-    select is drawn again (a widget's state cannot be set after it is drawn)."""
+def pick_run(run_id: str, selectable: set[str] | None = None) -> None:
+    """Show `run_id` on the Compare page: the URL's run and the run select's value. Called from a callback, before
+    the select is drawn again (a widget's state cannot be set after it is drawn). The select's state is set, not
+    dropped: a keyed select keeps its identity when its index changes, so the browser would send its old value back
+    on the next rerun (any button) and the page would jump back to the run shown before the click. A run the select
+    does not offer (`selectable`: its options; failed or damaged runs are on the map too) only moves the URL."""
     st.query_params[RUN_PARAM] = run_id
-    st.session_state.pop(RUN_SELECT_KEY, None)
+    if selectable is None or run_id in selectable:
+        st.session_state[RUN_SELECT_KEY] = run_id
+    else:
+        st.session_state.pop(RUN_SELECT_KEY, None)
 
 
-def _on_map_select(known: set[str]) -> None:
+def _on_map_select(known: set[str], selectable: set[str] | None = None) -> None:
     event = st.session_state.get(MAP_KEY)
     selection = event.get("selection") if isinstance(event, dict) else getattr(event, "selection", None)
     run_id = clicked_run(selection, known)
     if run_id is not None:
-        pick_run(run_id)
+        pick_run(run_id, selectable)
 
 
 def _plan_of(run: dict) -> dict | None:
@@ -213,8 +220,8 @@ def map_section(runs: list[dict], sweeps: list[dict], model: str, run_id: str | 
         return
     left, right = st.columns([3, 2])
     with left:
-        st.plotly_chart(map_figure(graph, run_id), on_select=lambda: _on_map_select(known), selection_mode="points",
-                        key=MAP_KEY)
+        st.plotly_chart(map_figure(graph, run_id), on_select=lambda: _on_map_select(known, shown_runs),
+                        selection_mode="points", key=MAP_KEY)
         runs_bytes = [n["bytes"] for n in graph.nodes if n["kind"] == "run" and n["bytes"]]
         st.caption("Each run hangs under where it came from: a sweep, the run it re-ran, the run whose recipe its plan "
                    "started from, the lesson's prune step (under its share step), or an earlier run with the same "

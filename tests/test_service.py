@@ -11,6 +11,7 @@ from complab.plan import Plan
 pytestmark = pytest.mark.timeout(300)
 
 LENET300 = service.source_spec("demo:lenet300", data="digits")
+LENET5 = service.source_spec("demo:lenet5", data="digits")
 TINY = {"val_size": 32, "sparsities": [0.0, 0.5, 0.9], "n_clusters": [4, 16], "bn_batches": 0, "mode": "exact"}
 
 
@@ -95,3 +96,25 @@ def test_a_sweeps_own_analysis_that_fails_is_one_line(tmp_path, monkeypatch, cap
     assert code == 2 and len(err) == 1 and failed["id"] in err[0] and "failed" in err[0], err
     assert "deliberate failure" in err[0] and "complab runs" in err[0]
     assert not engine.list_sweeps(root=home)
+
+
+@pytest.mark.slow  # an analysis and a channels run in worker processes
+def test_a_channel_pruned_runs_flips_trace_to_the_models_analysis(tmp_path):
+    """Channels removed: no layer can be swapped into the original, so the behaviour diff's trace ranks the layers
+    by the newest analysis of the run's model in the store (found by the service, not named by the run folder)."""
+    plan = {"schema_version": 1, "name": "channels l1", "steps": [
+        {"type": "channels", "selection": "l1", "keep_ratio": {"_default": 0.4}, "finetune_epochs": 0,
+         "final_epochs": 0}]}
+    run_id = engine.submit(service.compress_job(LENET5, plan, latency=False), root=tmp_path)
+    assert engine.wait(run_id, 200, root=tmp_path)["state"] == "succeeded"
+    assert service.analysis_of_run(run_id, tmp_path) is None  # no analysis yet
+    original = sources.load(LENET5)
+    without = service.behaviour_diff(run_id, root=tmp_path, original=original[0], data=original[1])
+    assert without["trace"]["method"] is None and "sensitivity report" in without["trace"]["note"]
+    analysis = engine.submit(service.sensitivity_job(LENET5, TINY), root=tmp_path)
+    assert engine.wait(analysis, 200, root=tmp_path)["state"] == "succeeded"
+    assert service.analysis_of_run(run_id, tmp_path) == service.latest_analysis(LENET5, tmp_path)
+    assert service.analysis_of_run(str(engine.run_dir(run_id, root=tmp_path)), tmp_path) is None  # a folder: none
+    diff = service.behaviour_diff(run_id, root=tmp_path, original=original[0], data=original[1])
+    assert diff["trace"]["method"] == "sensitivity"
+    assert {row["layer"] for row in diff["trace"]["layers"]} <= set(original[0].prunable_layers())

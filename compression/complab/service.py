@@ -400,6 +400,18 @@ def finished_model_file(ref: str | Path, root: Root = None) -> Path:
     return model
 
 
+def analysis_of_run(ref: str | Path, root: Root = None) -> dict | None:
+    """The newest sensitivity report of the model and data a run (by id) compressed, or None (a run folder given by
+    path, no analysis, or a damaged one). The run's job only matches analysis runs in the store: it builds nothing."""
+    if Path(ref).is_dir() or "/" in str(ref):
+        return None
+    try:
+        job = engine.status(str(ref), root=root).get("job") or {}
+        return latest_analysis(job, root) if job.get("model") else None
+    except CompressionLabError:
+        return None
+
+
 def behaviour_diff(run_a: str, run_b: str | None = None, root: Root = None, original=None, data=None,
                    sensitivity: dict | None = None, gallery: int = 48, compute: bool = True) -> dict | None:
     """The behaviour diff (analysis/behaviour.py, schema "behaviour/1") of two finished runs' model files, or of
@@ -410,6 +422,8 @@ def behaviour_diff(run_a: str, run_b: str | None = None, root: Root = None, orig
 
     file_a = finished_model_file(run_a, root)
     file_b = finished_model_file(run_b, root) if run_b is not None else None
+    if sensitivity is None:  # what the trace falls back on when the architectures differ (channels removed)
+        sensitivity = analysis_of_run(run_b if run_b is not None else run_a, root)
     cache = Path(root) if root is not None else engine.default_root()
     diff = diff_files(file_a, file_b, original=original, data=data, cache_dir=cache / BEHAVIOUR_DIR,
                       sensitivity=sensitivity, gallery=gallery, compute=compute)

@@ -444,7 +444,9 @@ def _flip_text(count: int, n: int, interval) -> str:
 def _diff_summary(diff: dict) -> list[str]:
     """A few lines a person reads: agreement, flips, accuracies, calibration, the classes that changed, the trace."""
     lines = [f"{diff['a']['label']} -> {diff['b']['label']} on {diff['n']} {diff['split']} images"]
-    if diff["task"] == "detect":
+    from complab.models.tasks import finds_boxes  # imports torch: not at CLI start-up
+
+    if finds_boxes(diff["task"]):
         lines.append(f"mAP50 {_pct(diff['map50_a'])} -> {_pct(diff['map50_b'])}; mAP50-95 "
                      f"{_pct(diff['map50_95_a'])} -> {_pct(diff['map50_95_b'])}")
         lines += [f"  {row['name']}: AP50 {_pct(row['ap50_a'] or 0)} -> {_pct(row['ap50_b'] or 0)} "

@@ -178,7 +178,7 @@ def classifier_diff(before, after, data, split: str = "test", sensitivity: dict 
                     gallery: int = GALLERY) -> dict:
     """The behaviour diff (schema "behaviour/1") of two classifier handles on a split of `data` (a DataBundle);
     `sensitivity`: a checked sensitivity report of `before` (used by the trace when the architectures differ)."""
-    if before.task != "classify" or after.task != "classify":
+    if before.kind.finds_boxes or after.kind.finds_boxes:
         raise CompressionLabError("classifier_diff compares two classifiers: use detector_diff for detectors")
     if before.num_classes != after.num_classes:
         raise CompressionLabError(f"the models have {before.num_classes} and {after.num_classes} classes: compare "
@@ -232,7 +232,7 @@ def detector_diff(before, after, data, n_images: int = 32, ap_images: int | None
 
 def _same_family(before, after, what_a: str, what_b: str) -> None:
     """A CompressionLabError unless both models are of one task, model and class count."""
-    if before.task != after.task:
+    if before.kind != after.kind:
         raise CompressionLabError(f"{what_a} is a {before.task} model and {what_b} a {after.task} model: compare "
                                   "two runs of the same model")
     if before.label != after.label or before.num_classes != after.num_classes:
@@ -274,17 +274,17 @@ def diff_files(path_a: str | Path, path_b: str | Path | None = None, original=No
         side_a, side_b = file_side(path_a), file_side(path_b)
     if data is None or isinstance(data, str):
         data = sources.data_for_file(after, data)
-    task = after.task
-    split = "test" if task == "classify" else "val"
+    boxes = after.kind.finds_boxes
+    split = "val" if boxes else "test"
     options = ({"gallery": int(gallery), "sensitivity": hashlib.sha256(
         repr(sorted(sensitivity.items())).encode()).hexdigest() if sensitivity else None}
-        if task == "classify" else {"n_images": int(n_images)})
-    key = cache_key(side_a["sha256"], side_b["sha256"], split_identity(data, split) if task == "classify"
+        if not boxes else {"n_images": int(n_images)})
+    key = cache_key(side_a["sha256"], side_b["sha256"], split_identity(data, split) if not boxes
                     else {"ref": str(getattr(data, "ref", "")), "n_images": int(n_images)}, options)
     cached = read_cached(cache_dir, key) if cache_dir is not None else None
     if cached is not None or not compute:
         return cached
-    if task == "classify":
+    if not boxes:
         result = classifier_diff(before, after, data, split, sensitivity, gallery)
     else:
         result = detector_diff(before, after, data, n_images)

@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 
 from complab import runfolder
+from complab.models.tasks import finds_boxes
 from complab.paths import replace_atomically
 
 SCHEMA = "behaviour/1"
@@ -278,9 +279,10 @@ def _diff(value) -> None:
     _side(diff["a"])
     _side(diff["b"])
     _text(diff["split"], 40)
-    _integer(diff["n"], 1 if diff["task"] == "classify" else 0)
+    boxes = finds_boxes(diff["task"])
+    _integer(diff["n"], 0 if boxes else 1)
     _number(diff["seconds"], 0.0, 1e9)
-    if diff["task"] == "classify":
+    if not boxes:
         _classifier(diff, diff["n"])
     else:
         _detector(diff)

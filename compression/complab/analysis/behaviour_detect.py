@@ -119,7 +119,7 @@ def detector_diff(before, after, data, n_images: int = 32, ap_images: int | None
     from complab.errors import CompressionLabError
     from complab.models.detection_metric import FastMap
 
-    if before.task != "detect" or after.task != "detect":
+    if not (before.kind.finds_boxes and after.kind.finds_boxes):
         raise CompressionLabError("detector_diff compares two detectors: use classifier_diff for classifiers")
     if before.imgsz != after.imgsz:
         raise CompressionLabError(f"the detectors read {before.imgsz} and {after.imgsz} pixel images: compare two "

@@ -15,6 +15,7 @@ import streamlit as st
 from complab import service
 from complab.analysis import detections, report
 from complab.errors import CompressionLabError
+from complab.models.tasks import finds_boxes
 from complab.ui import behaviour_figures as bf
 from complab.ui.behaviour_report import labelled
 from complab.ui.numbers import count, percent
@@ -114,7 +115,7 @@ def section(run_id: str, runs: list[dict], original=None, key: str = "behaviour"
 
 def draw(diff: dict, data=None, key: str = "behaviour") -> None:
     """A diff dict drawn: a classifier's or a detector's (data: the active data, for a detector's images)."""
-    if diff.get("task") == "detect":
+    if finds_boxes(diff.get("task")):
         draw_detector(diff, data, key)
     else:
         draw_classifier(diff, key)
@@ -251,7 +252,7 @@ def presented(run_id: str, original) -> None:
     if diff is None:
         return
     st.subheader("Behaviour")
-    st.markdown("  \n".join(plain_markdown(line) for line in bf.summary(diff)[:2]) if diff.get("task") != "detect"
+    st.markdown("  \n".join(plain_markdown(line) for line in bf.summary(diff)[:2]) if not finds_boxes(diff.get("task"))
                 else plain_markdown(f"mAP50 {diff['map50_a']:.3f} -> {diff['map50_b']:.3f}"))
-    figure = bf.detector_ap_figure(diff) if diff.get("task") == "detect" else bf.per_class_figure(diff)
+    figure = bf.detector_ap_figure(diff) if finds_boxes(diff.get("task")) else bf.per_class_figure(diff)
     st.plotly_chart(projector(figure), key="present_behaviour")

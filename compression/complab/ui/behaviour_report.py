@@ -12,6 +12,7 @@ from pathlib import Path
 
 from complab.analysis import report
 from complab.errors import CompressionLabError
+from complab.models.tasks import finds_boxes
 from complab.ui import behaviour_figures as bf
 from complab.ui import numbers
 
@@ -48,7 +49,7 @@ def labelled(diff: dict, label_a: str, label_b: str) -> dict:
 
 def _numbers(diff: dict) -> dict:
     """The section's numbers as data (a <script type=application/json>), for a reader's tools and the tests."""
-    if diff.get("task") == "detect":
+    if finds_boxes(diff.get("task")):
         return {key: diff.get(key) for key in ("task", "n", "map50_a", "map50_b", "map50_95_a", "map50_95_b")}
     flips = diff["flips"]
     return {"task": "classify", "n": diff["n"], "agreement": diff["agreement"],
@@ -85,7 +86,7 @@ def behaviour_block(diff: dict | str, draw, json_for_html) -> str:
         return head + f"<p class='small' id='no-behaviour'>{html.escape(diff)}</p>"
     parts = [head, f"<script type='application/json' id='behaviour-numbers'>{json_for_html(_numbers(diff))}</script>"]
     a, b = bf.side_label(diff, "a"), bf.side_label(diff, "b")
-    if diff.get("task") == "detect":
+    if finds_boxes(diff.get("task")):
         parts.append(f"<p class='headline'>{html.escape(a)} -> {html.escape(b)}: mAP50 {diff['map50_a']:.3f} -> "
                      f"{diff['map50_b']:.3f}, mAP50-95 {diff['map50_95_a']:.3f} -> {diff['map50_95_b']:.3f} on "
                      f"{numbers.count(diff['n'])} validation images.</p>")

@@ -16,6 +16,7 @@ import streamlit as st
 from complab import engine, runfolder, service
 from complab.analysis.lineage import Graph, experiment_graph, layer_names, recipe_diff, setting_text
 from complab.errors import CompressionLabError
+from complab.models.tasks import finds_boxes
 from complab.ui.numbers import human, percent
 from complab.ui.present import RUN_PARAM
 from complab.ui.report import plain_markdown
@@ -73,7 +74,7 @@ def map_figure(graph: Graph, selected: str | None = None) -> go.Figure:
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=name, hoverinfo="skip",
                                      line={"color": colour, "dash": dash, "width": width}))
     runs = [n for n in graph.nodes if n["kind"] == "run"]
-    detector = bool(runs) and all(n.get("task") == "detect" for n in runs)
+    detector = bool(runs) and all(finds_boxes(n.get("task")) for n in runs)
     score = "mAP50" if detector else "accuracy"
     largest = max((n["bytes"] or 0 for n in runs), default=0)
     measured = [n for n in runs if n["accuracy"] is not None]

@@ -158,3 +158,18 @@ def test_b_is_the_original_then_finished_runs_of_the_same_model_only():
     assert partners("shown", runs, original_ok=True) == [ORIGINAL, "same"]
     assert partners("shown", runs, original_ok=False) == ["same"]
     assert partners("other-model", runs, original_ok=False) == []
+
+
+def test_summary_says_which_way_the_calibration_errs():
+    """An ECE says how far confidence is from accuracy, not which way: the summary says it from the bins."""
+    diff = hand_made_diff()  # b: 300 images at 0.97 and 60 at 0.70: mean confidence 0.925 against 338/360 = 0.939
+    assert bf.summary(diff)[2].endswith("under-confident).")  # 1.4 points apart: said
+    assert "mean confidence 92.5% against its accuracy 93.9%" in bf.summary(diff)[2]
+    diff["accuracy_b"] = 0.80
+    assert bf.summary(diff)[2].endswith("over-confident).")
+    diff["accuracy_b"] = 0.99
+    assert bf.summary(diff)[2].endswith("under-confident).")
+    diff["accuracy_b"] = 0.925
+    assert "confident" not in bf.summary(diff)[2]  # within half a point: nothing to say
+    diff["calibration"]["bins"] = []
+    assert bf.summary(diff)[2].endswith(".")

@@ -58,8 +58,25 @@ def summary(diff: dict) -> list[str]:
                  + f" (net {numbers.points(net)}, 95% CI {numbers.points_span(*flips['net_ci'])}): {verdict}.")
     lines.append(f"Top-1 accuracy {numbers.percent(diff['accuracy_a'])} -> {numbers.percent(diff['accuracy_b'])}; "
                  f"expected calibration error {diff['calibration']['ece_a']:.3f} -> "
-                 f"{diff['calibration']['ece_b']:.3f}.")
+                 f"{diff['calibration']['ece_b']:.3f}" + _confidence_clause(diff) + ".")
     return lines
+
+
+def _confidence_clause(diff: dict) -> str:
+    """Which way the second model's calibration errs: its mean top-1 confidence against its accuracy, from the
+    reliability bins (an ECE says how far, not which way); empty when the bins hold nothing usable."""
+    bins = diff.get("calibration", {}).get("bins") or []
+    count = sum(b.get("count_b") or 0 for b in bins)
+    if not count:
+        return ""
+    confidence = sum((b.get("count_b") or 0) * (b.get("confidence_b") or 0.0) for b in bins) / count
+    accuracy = diff["accuracy_b"]
+    if abs(confidence - accuracy) < 0.005:
+        return ""
+    way = "under-confident" if confidence < accuracy else "over-confident"
+    return (f" ({side_label(diff, 'b')}'s mean confidence {numbers.percent(confidence)} against its accuracy "
+            f"{numbers.percent(accuracy)}: {way})")
+
 
 
 def noisy_classes(diff: dict) -> list[str]:

@@ -8,6 +8,7 @@ import torch
 
 from .conftest import shot
 from .test_browser import goto, metric, wait_idle
+from .test_engineer_walk import upload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -42,9 +43,8 @@ def test_uploaded_model_survives_a_reload(page, browser, app_url, tmp_path):
     size.fill("64")
     size.press("Enter")
     wait_idle(page)
-    page.locator('[data-testid="stFileUploaderDropzone"] input[type="file"]').set_input_files(str(file))
     # an RGB model on the grey digits: one line saying so and what to do, the demo stays active
-    page.get_by_text("expects 3-channel (RGB) images but the digits are 1-channel").first.wait_for(timeout=120_000)
+    upload(page, file, "expects 3-channel (RGB) images but the digits are 1-channel")
     assert page.locator('[data-testid="stException"]').count() == 0
     page.get_by_text("Local folder").first.click()
     wait_idle(page)

@@ -3,7 +3,7 @@
 The key (`cache_key`) is a sha256 of both models' identities (a compact file's sha256, or the original's tensors'
 sha256), the split's identity (dataset reference, split, images, input shape, normalisation), the options that
 change the result (gallery size, the sensitivity report's hash) and the code version (the package version and a
-hash of its .py files, as engine/keys.code_version computes it: analysis may not import the engine). A cache file
+hash of its .py files, complab.code_version, the one content keys use). A cache file
 is untrusted like every file on disk (DESIGN.md "Trust"): `read_cached` refuses it by size before reading, parses
 it without NaN or Infinity within bounded depth and values (runfolder.parse_json), and checks every key of the
 schema ("behaviour/1": types, finite numbers, ranges, list lengths). A damaged file reads as None and the diff is
@@ -13,13 +13,12 @@ the two sides (`file_side`, `handle_side`: the "a" and "b" entries of a diff) ar
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
 from pathlib import Path
 
-from complab import runfolder
+from complab import code_version, runfolder
 from complab.models.tasks import finds_boxes
 from complab.paths import replace_atomically
 
@@ -34,23 +33,6 @@ MAX_BOXES = 3000
 
 class _Bad(Exception):
     pass
-
-
-@functools.cache
-def code_version() -> str:
-    """"VERSION+HASH" of the package: its version and a sha256 (16 hex digits) of every .py file in it."""
-    import complab
-
-    package = Path(complab.__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(str(path.relative_to(package)).encode() + b"\0")
-        try:
-            digest.update(path.read_bytes())
-        except OSError:
-            digest.update(b"unreadable")
-        digest.update(b"\0")
-    return f"{complab.__version__}+{digest.hexdigest()[:16]}"
 
 
 def cache_key(identity_a: str, identity_b: str, split_identity: dict, options: dict | None = None) -> str:

@@ -24,7 +24,6 @@ A dataset too big to walk within the bounds gets no key: its runs always run afr
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -32,8 +31,7 @@ import stat
 import time
 from pathlib import Path
 
-import complab
-from complab import sources
+from complab import code_version, sources
 
 KEY_FIELDS = ("kind", "model", "data", "input_size", "mean", "std", "plan", "latency", "config", "seconds")
 MAX_ENTRIES = 200_000  # files and folders one dataset manifest may list; beyond it the data gets no key
@@ -106,22 +104,6 @@ def file_digest(path: str | Path) -> str:
             return "missing"
         _DIGESTS[cache_key] = digest.hexdigest()
     return _DIGESTS[cache_key]
-
-
-@functools.cache
-def code_version() -> str:
-    """"VERSION+HASH": the package version and a sha256 (16 hex digits) of every .py file of the compression
-    package (its relative path and bytes), computed once per process."""
-    package = Path(complab.__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(str(path.relative_to(package)).encode() + b"\0")
-        try:
-            digest.update(path.read_bytes())
-        except OSError:
-            digest.update(b"unreadable")
-        digest.update(b"\0")
-    return f"{complab.__version__}+{digest.hexdigest()[:16]}"
 
 
 def _walk(root: Path, budget: list[int], deadline: float) -> list[tuple[str, int, int, str]]:

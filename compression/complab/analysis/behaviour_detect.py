@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from complab.analysis.detections import Box, _iou, compare
+from complab.analysis.detections import Box, compare, match
 
 MATCH_IOU = 0.5  # detections.compare's
 MOVED_IOU = 0.9  # a matched pair overlapping less than this has moved
@@ -32,20 +32,7 @@ DRAWN = 8  # images that carry their boxes
 
 def _pairs(original: list[Box], compressed: list[Box]) -> list[float]:
     """The IoU of each matched (original, compressed) pair, matched as detections.compare matches them."""
-    taken: set[int] = set()
-    overlaps = []
-    for box in sorted(original, key=lambda b: -b.conf):
-        best, best_iou = None, MATCH_IOU
-        for j, other in enumerate(compressed):
-            if j in taken or other.cls != box.cls:
-                continue
-            overlap = _iou(box.xyxy, other.xyxy)
-            if overlap >= best_iou:
-                best, best_iou = j, overlap
-        if best is not None:
-            taken.add(best)
-            overlaps.append(best_iou)
-    return overlaps
+    return [overlap for _, j, overlap in match(original, compressed, MATCH_IOU) if j is not None]
 
 
 def _boxes(boxes: list[Box]) -> list[list[float]]:

@@ -64,9 +64,11 @@ def _iou(a: tuple, b: tuple) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def compare(original: list[Box], compressed: list[Box], iou: float = 0.5) -> tuple[list[Box], list[Box]]:
-    """Mark original boxes without a same-class match (IoU >= iou) as vanished, compressed ones as appeared."""
+def match(original: list[Box], compressed: list[Box], iou: float = 0.5) -> list[tuple[Box, int | None, float]]:
+    """Greedy same-class matching, the most confident original box first: (original box, the index of its compressed
+    match or None, their IoU) for each original box; a compressed box matches at most once, at IoU >= iou."""
     taken: set[int] = set()
+    pairs = []
     for box in sorted(original, key=lambda b: -b.conf):
         best, best_iou = None, iou
         for j, other in enumerate(compressed):
@@ -75,11 +77,19 @@ def compare(original: list[Box], compressed: list[Box], iou: float = 0.5) -> tup
             overlap = _iou(box.xyxy, other.xyxy)
             if overlap >= best_iou:
                 best, best_iou = j, overlap
-        if best is None:
-            box.status = "vanished"
-        else:
-            box.status = "kept"
+        if best is not None:
             taken.add(best)
+        pairs.append((box, best, best_iou if best is not None else 0.0))
+    return pairs
+
+
+def compare(original: list[Box], compressed: list[Box], iou: float = 0.5) -> tuple[list[Box], list[Box]]:
+    """Mark original boxes without a same-class match (IoU >= iou) as vanished, compressed ones as appeared."""
+    taken = set()
+    for box, j, _ in match(original, compressed, iou):
+        box.status = "vanished" if j is None else "kept"
+        if j is not None:
+            taken.add(j)
     for j, box in enumerate(compressed):
         box.status = "kept" if j in taken else "appeared"
     return original, compressed

@@ -117,7 +117,8 @@ def test_compare_page_maps_the_runs_and_diffs_their_behaviour(browser, seeded):
     assert page.get_by_text(re.compile(r"flipped right\s*(->|→)\s*wrong", re.I)).count()
     for key in ("per_class", "confusion", "reliability"):  # each figure in its keyed element
         page.locator(f".st-key-behaviour_{key} .js-plotly-plot").first.wait_for()
-    assert page.locator('[data-testid="stImage"] img').count() >= 1  # the flipped images (the plans flip some)
+    # the flipped images (the plans flip some): the gallery comes after the figures, so wait for it to arrive
+    page.locator('[data-testid="stImage"] img').first.wait_for(timeout=90_000)
     page.get_by_role("heading", name="Behaviour").first.evaluate("el => el.scrollIntoView({block: 'start'})")
     page.wait_for_timeout(800)
     page.screenshot(path=str(SHOTS / "behaviour-section.png"))

@@ -295,8 +295,9 @@ class RayRun:
                 self._log(f"[engine] attempt {self.attempt} of run {self.run_id}: the {where} running attempt "
                           f"{attempt} died ({detail}); its log is {log_name(attempt)}", self.attempt)
                 self.progress.mark("retry", 0.0, {"attempt": self.attempt, "dead_node": where})
-                self.thread = self._thread()
-                self.thread.start()
+                thread = self._thread()
+                thread.start()  # started before it is the run's thread: supervise never sees a thread not yet alive
+                self.thread = thread
             else:
                 self.lost = True
                 state, reason = ("cancelled", CANCELLED) if cancel_asked else \
@@ -386,9 +387,12 @@ class RayRuns:
                 except (StoreError, ray.exceptions.RayError) as exc:
                     print(f"[dispatcher] cancelling {run_id}: {exc}", flush=True)
                 continue
-            row = store.row(run_id)
-            if row and row["state"] == "running":  # the thread could not record the end: say so
-                reason = f"the Ray backend lost track of this run on {run._where()}; re-run it"
-                if store.finish(run_id, "failed", reason):
-                    store.append_log(run_id, f"[engine] {reason}")
+            with run.lock:  # a retry that is replacing the thread finishes doing so first
+                if run.thread.is_alive():
+                    continue
+                row = store.row(run_id)
+                if row and row["state"] == "running":  # the thread could not record the end: say so
+                    reason = f"the Ray backend lost track of this run on {run._where()}; re-run it"
+                    if store.finish(run_id, "failed", reason):
+                        store.append_log(run_id, f"[engine] {reason}")
             del self.runs[run_id]

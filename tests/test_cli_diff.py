@@ -47,6 +47,12 @@ def test_diff_against_the_demo_original(run_dir, home, capsys):
     assert main(["diff", str(run_dir), "--home", str(home)]) == 0
     text = capsys.readouterr().out
     assert "agreement" in text and "right->wrong" in text and "ECE" in text and "trace (" in text
+    from complab.analysis.behaviour import calibration_direction
+
+    found = calibration_direction(diff)  # which way the run's confidence errs, said beside its ECE when it errs
+    assert (found is None) == ("confident" not in text)
+    if found:
+        assert found[2] in text and (found[0] < found[1]) == (found[2] == "under-confident")
 
 
 def test_diff_eval_agree(run_dir, home, capsys):

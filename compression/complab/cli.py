@@ -441,6 +441,15 @@ def _flip_text(count: int, n: int, interval) -> str:
     return f"{count} ({_pct(count / max(1, n))} of images, 95% {_pct(interval[0])}-{_pct(interval[1])})"
 
 
+def _direction_text(diff: dict) -> str:
+    """'; mean confidence C against accuracy A: under-/over-confident' for the second model, or ''."""
+    from complab.analysis.behaviour import calibration_direction
+
+    found = calibration_direction(diff)
+    return "" if found is None else (f"; {diff['b']['label']}'s mean confidence {_pct(found[0])} against its "
+                                     f"accuracy {_pct(found[1])}: {found[2]}")
+
+
 def _diff_summary(diff: dict) -> list[str]:
     """A few lines a person reads: agreement, flips, accuracies, calibration, the classes that changed, the trace."""
     lines = [f"{diff['a']['label']} -> {diff['b']['label']} on {diff['n']} {diff['split']} images"]
@@ -461,7 +470,8 @@ def _diff_summary(diff: dict) -> list[str]:
               f"flips right->wrong {_flip_text(flips['right_to_wrong'], diff['n'], flips['right_to_wrong_ci'])}, "
               f"wrong->right {_flip_text(flips['wrong_to_right'], diff['n'], flips['wrong_to_right_ci'])}, "
               f"wrong->other wrong {flips['wrong_to_other_wrong']}",
-              f"ECE {_pct(diff['calibration']['ece_a'])} -> {_pct(diff['calibration']['ece_b'])}"]
+              f"ECE {_pct(diff['calibration']['ece_a'])} -> {_pct(diff['calibration']['ece_b'])}"
+              + _direction_text(diff)]
     changed = [row for row in diff["per_class"] if not row["within_noise"]]
     lines.append("classes beyond noise: " + ("none (every class's change is within its interval)" if not changed
                                              else ""))

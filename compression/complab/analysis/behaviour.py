@@ -106,6 +106,21 @@ def calibration(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -
     return float(ece), bins
 
 
+def calibration_direction(diff: dict) -> tuple[float, float, str] | None:
+    """Which way the second model's calibration errs: (its mean top-1 confidence from the reliability bins, its
+    accuracy, "under-confident" | "over-confident"); None when the bins hold nothing or the two are within half a
+    point. An ECE says how far a model's confidence is from its accuracy, not which way."""
+    bins = diff.get("calibration", {}).get("bins") or []
+    count = sum(b.get("count_b") or 0 for b in bins)
+    if not count:
+        return None
+    confidence = sum((b.get("count_b") or 0) * (b.get("confidence_b") or 0.0) for b in bins) / count
+    accuracy = diff["accuracy_b"]
+    if abs(confidence - accuracy) < 0.005:
+        return None
+    return confidence, accuracy, "under-confident" if confidence < accuracy else "over-confident"
+
+
 def _confusion(labels: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
     """Rows: the true class; columns: the predicted class."""
     return np.bincount(labels * classes + predicted, minlength=classes * classes).reshape(classes, classes)

@@ -15,6 +15,7 @@ import math
 
 import plotly.graph_objects as go
 
+from complab.analysis.behaviour import calibration_direction
 from complab.ui import numbers
 
 COLOUR_A, COLOUR_B = "#1f77b4", "#ff7f0e"  # the same two colours in every behaviour figure: A before, B after
@@ -63,20 +64,13 @@ def summary(diff: dict) -> list[str]:
 
 
 def _confidence_clause(diff: dict) -> str:
-    """Which way the second model's calibration errs: its mean top-1 confidence against its accuracy, from the
-    reliability bins (an ECE says how far, not which way); empty when the bins hold nothing usable."""
-    bins = diff.get("calibration", {}).get("bins") or []
-    count = sum(b.get("count_b") or 0 for b in bins)
-    if not count:
+    """Which way the second model's calibration errs (analysis.behaviour.calibration_direction), as a clause."""
+    found = calibration_direction(diff)
+    if found is None:
         return ""
-    confidence = sum((b.get("count_b") or 0) * (b.get("confidence_b") or 0.0) for b in bins) / count
-    accuracy = diff["accuracy_b"]
-    if abs(confidence - accuracy) < 0.005:
-        return ""
-    way = "under-confident" if confidence < accuracy else "over-confident"
+    confidence, accuracy, way = found
     return (f" ({side_label(diff, 'b')}'s mean confidence {numbers.percent(confidence)} against its accuracy "
             f"{numbers.percent(accuracy)}: {way})")
-
 
 
 def noisy_classes(diff: dict) -> list[str]:

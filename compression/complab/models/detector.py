@@ -208,7 +208,28 @@ def build_detector(architecture: dict, max_elements: int | None = None) -> nn.Mo
                              f"{first_line(exc, 120)}): the file is damaged; re-compress the original "
                              "model") from None
     model.names = names
+    own_activations(model)
     return model.float().eval()
+
+
+def own_activations(model: nn.Module) -> nn.Module:
+    """Give every activation of a yaml-built detector its own in-place module, as Ultralytics' loader has them.
+
+    Ultralytics' Conv layers built from a yaml all share one activation module (Conv.default_act): a hook put on
+    one (8-bit activations, a meta-device count) would run in every Conv of every detector built in the process.
+    A model Ultralytics loads from a .pt file has its activations in place (attempt_load_weights sets `inplace`),
+    which the demo detector's original has; the decoded one had not (its SiLU allocated a new tensor per layer:
+    in-place measured 0.5-2% faster at 160-320 px, benchmarks/yolo_table.py's decoded model, one thread).
+    Values are unchanged; in-place activations train as well (Ultralytics fine-tunes loaded models so)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child).__module__ == nn.SiLU.__module__ and isinstance(getattr(child, "inplace", None), bool):
+                own = copy.deepcopy(child)
+                own._forward_pre_hooks.clear()
+                own._forward_hooks.clear()
+                own.inplace = True
+                setattr(parent, name, own)
+    return model
 
 
 def _check_names(names) -> dict[int, str]:

@@ -18,6 +18,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT / "compression"))
 from channel_pruning_table import paired_latency  # noqa: E402
 from complab import metrics  # noqa: E402
 from complab.export import onnx_bytes  # noqa: E402
-from complab.methods.channels.detector import prune_detector  # noqa: E402
+from complab.methods.channels.detector import DETECTOR_ROUND_TO, prune_detector  # noqa: E402
 from complab.models.detector import DetectorHandle, fuse, load_detector  # noqa: E402
 from complab.models.yolo_env import offline_ultralytics, quiet_ultralytics  # noqa: E402
 
@@ -58,10 +59,10 @@ def onnx_size(model: torch.nn.Module, size: int) -> int:
     return len(onnx_bytes(handle))
 
 
-def pruned_copy(model: torch.nn.Module, keep_ratio: float):
+def pruned_copy(model: torch.nn.Module, keep_ratio: float, round_to: int = DETECTOR_ROUND_TO):
     """A pruned deep copy of `model` (which stays as it was) and what pruning did."""
     pruned = copy.deepcopy(model).eval()
-    return pruned, prune_detector(pruned, keep_ratio, PRUNE_SHAPE)
+    return pruned, prune_detector(pruned, keep_ratio, PRUNE_SHAPE, round_to=round_to)
 
 
 def flops(model: torch.nn.Module, size: int) -> int:
@@ -76,19 +77,39 @@ def fused_latency(original: torch.nn.Module, pruned: torch.nn.Module, size: int,
     return paired_latency(fused_original, fused_pruned, (3, size, size), 1, repeats, threads)
 
 
-def yolov8n_ratios(keep_ratio: float = 0.5, size: int = 640, repeats: int = 20, threads: int = 1) -> dict:
+@torch.no_grad()
+def paired_rounds(original: torch.nn.Module, compressed: torch.nn.Module, shape: tuple[int, ...], repeats: int,
+                  threads: int, rounds: int) -> dict:
+    """`rounds` runs of paired_latency (batch 1, `threads` threads for both, no autograd) on two models as they are:
+    the median of the rounds' ratios (each a median of `repeats` paired ratios) and their spread (min, max)."""
+    runs = [paired_latency(original, compressed, shape, 1, repeats, threads) for _ in range(rounds)]
+    ratios = sorted(run["ratio"] for run in runs)
+    return {"original_ms": statistics.median(run["original_ms"] for run in runs),
+            "pruned_ms": statistics.median(run["pruned_ms"] for run in runs),
+            "ratio": statistics.median(ratios), "ratio_spread": [round(ratios[0], 3), round(ratios[-1], 3)]}
+
+
+def yolov8n_ratios(keep_ratio: float = 0.5, size: int = 640, repeats: int = 20, threads: int = 1, rounds: int = 3,
+                   round_to: int = DETECTOR_ROUND_TO) -> dict:
     """YOLOv8n (untrained, from yolov8n.yaml) at one keep ratio: original / pruned FLOPs, fused CPU latency
-    (batch 1, paired runs, `threads` threads for both) and ONNX bytes, at `size` px."""
+    (batch 1, `rounds` rounds of `repeats` paired runs, `threads` threads for both) and ONNX bytes, at `size` px.
+    round_to: kept channels rounded to a multiple of it (prune_detector's default for detectors)."""
     torch.manual_seed(0)
     original = yolov8n()
-    pruned, _ = pruned_copy(original, keep_ratio)
-    latency = fused_latency(original, pruned, size, repeats, threads)
+    pruned, _ = pruned_copy(original, keep_ratio, round_to)
+    with quiet_ultralytics():
+        fused_original, fused_pruned = fuse(copy.deepcopy(original)), fuse(copy.deepcopy(pruned))
+    latency = paired_rounds(fused_original, fused_pruned, (3, size, size), repeats, threads, rounds)
     onnx = {"original": onnx_size(original, size), "pruned": onnx_size(pruned, size)}
-    return {"v8n_keep_ratio": keep_ratio, "v8n_input": [1, 3, size, size], "v8n_threads": threads,
-            "v8n_params_ratio": round(params(original) / params(pruned), 3),
-            "v8n_flops_ratio": round(flops(original, size) / flops(pruned, size), 3),
+    flops_ratio = flops(original, size) / flops(pruned, size)
+    return {"v8n_keep_ratio": keep_ratio, "v8n_round_to": round_to, "v8n_input": [1, 3, size, size],
+            "v8n_threads": threads, "v8n_params_ratio": round(params(original) / params(pruned), 3),
+            "v8n_flops_ratio": round(flops_ratio, 3),
             "v8n_latency_ms": {"original": latency["original_ms"], "pruned": latency["pruned_ms"]},
-            "v8n_latency_ratio": round(latency["ratio"], 3),
+            "v8n_latency_ratio": round(latency["ratio"], 3), "v8n_latency_ratio_spread": latency["ratio_spread"],
+            "v8n_latency_share": round(latency["ratio"] / flops_ratio, 3),
+            "v8n_latency": f"median of {rounds} rounds of {repeats} paired runs (each round's ratio the median of its "
+                           f"pairs), no autograd, batch norm folded on both",
             "v8n_onnx_bytes": onnx, "v8n_onnx_ratio": round(onnx["original"] / onnx["pruned"], 3)}
 
 

@@ -67,3 +67,32 @@ def test_channel_removal_leaves_contiguous_weights(detector):
     tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     assert tensors and all(t.is_contiguous() for t in tensors.values()), [
         n for n, t in tensors.items() if not t.is_contiguous()]
+
+
+def test_detectors_round_kept_channels_to_8_by_default(detector):
+    """prune_detector and the Plan page (handle.kind.channel_round_to) round a detector's kept channels to a multiple
+    of 8 (benchmarks/detector_channels.py round_to_effect: 8 pays on this CPU); a classifier's page starts off."""
+    from complab.methods.channels.detector import prune_detector
+    from complab.models.handle import CLASSIFY
+
+    assert detector.kind.channel_round_to == 8 and CLASSIFY.channel_round_to == 1
+    rounded = prune_detector(detector.clone().model, 0.3, (3, 64, 64))
+    plain = prune_detector(detector.clone().model, 0.3, (3, 64, 64), round_to=1)
+    wide = {name: row for name, row in rounded.layers.items() if row["channels"] > 8}
+    assert wide and all(row["kept"] % 8 == 0 for row in wide.values())
+    assert any(plain.layers[name]["kept"] % 8 for name in wide)  # unrounded, 0.3 of 16, 32, 64... are not
+
+
+@torch.no_grad()
+def test_a_detector_is_timed_as_deployed(detector):
+    """handle.measure times the fused copy (batch norm folded, no gradients) at the model's own image size, for the
+    original as for the compressed file, which the fold_bn step already fused."""
+    from complab.models.detector import deployed
+
+    timed = deployed(detector.model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in timed.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in detector.model.modules())  # the handle's model is untouched
+    assert not any(p.requires_grad for p in timed.parameters())
+    x = torch.rand(1, *detector.input_shape)
+    assert detector.input_shape == (3, detector.imgsz, detector.imgsz) == (3, 160, 160)
+    assert torch.allclose(detector.model.eval()(x)[0], timed(x)[0], atol=1e-3)

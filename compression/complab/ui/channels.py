@@ -141,7 +141,7 @@ def channel_section(handle, key: str, lazy: bool = False) -> ChannelChoice:
                                         "scores many candidate masks by mAP" if detector else None)
         for name, value in (("population", CHANNEL_DEFAULTS.population),
                             ("generations", CHANNEL_DEFAULTS.generations),
-                            ("epochs", CHANNEL_DEFAULTS.finetune_epochs), ("round_to", CHANNEL_DEFAULTS.round_to),
+                            ("epochs", CHANNEL_DEFAULTS.finetune_epochs), ("round_to", handle.kind.channel_round_to),
                             ("kd", True),
                             ("temperature", DISTILL_DEFAULTS.temperature), ("alpha", DISTILL_DEFAULTS.alpha),
                             ("kd_epochs", DISTILL_DEFAULTS.epochs)):

@@ -9,7 +9,11 @@ folded, what Ultralytics runs at inference), and at 640 px fused. ONNX bytes are
 at 640 px. No fine-tuning: this measures size and speed, not accuracy. Prints one JSON object as its last line.
 `yolov8n_ratios` is the YOLOv8n row benchmarks/yolo_table.py reports.
 
-    .venv/bin/python benchmarks/detector_channels.py [--repeats 30] [--threads 1]
+Kept channels are rounded to a multiple of 8 (prune_detector's default for detectors); `--round-to-effect` measures
+instead whether that pays on this CPU (round_to_effect: YOLOv8n at keep 0.3 and 0.6, rounded to 8 and 16 against
+unrounded, latency per FLOP).
+
+    .venv/bin/python benchmarks/detector_channels.py [--repeats 30] [--threads 1] [--round-to-effect]
 """
 
 from __future__ import annotations
@@ -113,6 +117,37 @@ def yolov8n_ratios(keep_ratio: float = 0.5, size: int = 640, repeats: int = 20, 
             "v8n_onnx_bytes": onnx, "v8n_onnx_ratio": round(onnx["original"] / onnx["pruned"], 3)}
 
 
+def round_to_effect(keep_ratios: tuple[float, ...] = (0.3, 0.6), size: int = 640, repeats: int = 15, threads: int = 1,
+                    rounds: int = 3) -> dict:
+    """Whether rounding kept channels to a multiple of 8 or 16 pays on this CPU: untrained YOLOv8n pruned by L1 at
+    each keep ratio unrounded and rounded (both fused), timed against each other in paired rounds. `per_flop_gain`:
+    the latency ratio (unrounded / rounded) over the FLOPs ratio (unrounded / rounded); above 1, a rounded model runs
+    more FLOPs per second (the choice of steps/channels.DETECTOR_ROUND_TO)."""
+    torch.manual_seed(0)
+    original = yolov8n()
+    out = {}
+    for keep in keep_ratios:
+        fused = {}
+        for round_to in (1, 8, 16):
+            pruned, _ = pruned_copy(original, keep, round_to)
+            with quiet_ultralytics():
+                fused[round_to] = fuse(pruned)
+        counted = {round_to: flops(model, size) for round_to, model in fused.items()}
+        row = {"flops": counted}
+        for round_to in (8, 16):
+            latency = paired_rounds(fused[1], fused[round_to], (3, size, size), repeats, threads, rounds)
+            flops_ratio = counted[1] / counted[round_to]
+            row[f"round_to_{round_to}"] = {"latency_ratio": round(latency["ratio"], 3),
+                                          "latency_ratio_spread": latency["ratio_spread"],
+                                          "flops_ratio": round(flops_ratio, 3),
+                                          "per_flop_gain": round(latency["ratio"] / flops_ratio, 3)}
+        out[str(keep)] = row
+        print(f"round_to at keep {keep}: " + ", ".join(
+            f"{k}: latency x{v['latency_ratio']} for FLOPs x{v['flops_ratio']}" for k, v in row.items()
+            if k.startswith("round_to")), file=sys.stderr, flush=True)
+    return {"input": [1, 3, size, size], "threads": threads, "versus": "unrounded (round_to 1)", "keep": out}
+
+
 @torch.no_grad()
 def measure(name: str, model: torch.nn.Module, keep_ratio: float, repeats: int, threads: int) -> dict:
     original = model.eval()
@@ -139,7 +174,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--round-to-effect", action="store_true",
+                        help="only measure whether rounding kept channels to 8 or 16 pays (round_to_effect)")
     args = parser.parse_args()
+    if args.round_to_effect:
+        print(json.dumps(round_to_effect(threads=args.threads)))
+        return
     started = time.time()
     torch.manual_seed(0)
     networks = {"demo_detector": load_detector().model, "yolov8n_untrained": yolov8n()}

@@ -36,7 +36,7 @@ from channel_pruning_table import paired_latency  # noqa: E402
 from complab import metrics  # noqa: E402
 from complab.export import onnx_bytes  # noqa: E402
 from complab.methods.channels.detector import DETECTOR_ROUND_TO, prune_detector  # noqa: E402
-from complab.models.detector import DetectorHandle, fuse, load_detector  # noqa: E402
+from complab.models.detector import DetectorHandle, fuse, load_detector, own_activations  # noqa: E402
 from complab.models.yolo_env import offline_ultralytics, quiet_ultralytics  # noqa: E402
 
 KEEP_RATIOS = (0.5, 0.25)
@@ -45,11 +45,13 @@ PRUNE_SHAPE = (3, 320, 320)  # the input the dependency graph is traced on
 
 
 def yolov8n(nc: int = 80) -> torch.nn.Module:
+    """Untrained YOLOv8n from Ultralytics' yaml, with its own in-place activations as Ultralytics' loader deploys a
+    .pt model (models.detector.own_activations; both sides of every comparison here are built by this)."""
     offline_ultralytics()
     from ultralytics.nn.tasks import DetectionModel
 
     with quiet_ultralytics():
-        return DetectionModel("yolov8n.yaml", nc=nc, verbose=False).float().eval()
+        return own_activations(DetectionModel("yolov8n.yaml", nc=nc, verbose=False).float().eval())
 
 
 def params(model: torch.nn.Module) -> int:

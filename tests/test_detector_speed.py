@@ -87,12 +87,34 @@ def test_detectors_round_kept_channels_to_8_by_default(detector):
 def test_a_detector_is_timed_as_deployed(detector):
     """handle.measure times the fused copy (batch norm folded, no gradients) at the model's own image size, for the
     original as for the compressed file, which the fold_bn step already fused."""
-    from complab.models.detector import deployed
-
-    timed = deployed(detector.model)
+    timed = detector.deployed_model()
     assert not any(isinstance(m, nn.BatchNorm2d) for m in timed.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in detector.model.modules())  # the handle's model is untouched
     assert not any(p.requires_grad for p in timed.parameters())
     x = torch.rand(1, *detector.input_shape)
     assert detector.input_shape == (3, detector.imgsz, detector.imgsz) == (3, 160, 160)
     assert torch.allclose(detector.model.eval()(x)[0], timed(x)[0], atol=1e-3)
+
+
+def test_a_run_times_both_models_paired_as_deployed(tmp_path, monkeypatch):
+    """compress re-times the original and the decoded model together (interleaved) on their deployed_model(), at
+    the handle's own input shape: measured minutes apart, the two figures saw different loads."""
+    from complab import metrics, pipeline
+    from complab.data import load_data
+    from complab.models.handle import load_model
+    from complab.plan import Plan
+
+    calls = []
+    timed = metrics.cpu_latencies_ms
+
+    def record(models, input_shape, *args, **kwargs):
+        calls.append((len(models), tuple(input_shape)))
+        return timed(models, input_shape, *args, **kwargs)
+
+    monkeypatch.setattr(metrics, "cpu_latencies_ms", record)
+    handle = load_model("demo:lenet300")
+    plan = Plan.from_dict({"schema_version": 1, "name": "p", "steps": [
+        {"type": "prune", "sparsity": {"_default": 0.5}, "finetune_epochs": 0}]})
+    result = pipeline.compress(handle, plan, load_data("digits"), tmp_path / "run")
+    assert (2, tuple(handle.input_shape)) in calls  # the pair, besides the original's own measurement
+    assert result.metrics["before"]["latency_ms"] > 0 and result.metrics["after"]["latency_ms"] > 0

@@ -82,6 +82,9 @@ class Handle(Protocol):
     def measure(self, data, split: str = ..., latency: bool = True) -> dict:
         """The score (as "accuracy"), sizes, FLOPs and (optionally) CPU latency."""
 
+    def deployed_model(self) -> nn.Module:
+        """The model as it runs at inference, what its CPU latency is timed on (a detector: a fused copy)."""
+
     def prunable_layers(self) -> dict[str, torch.Tensor]:
         """Layer name -> weight of every layer compression may change, in model order."""
 

@@ -95,7 +95,7 @@ def paired_rounds(original: torch.nn.Module, compressed: torch.nn.Module, shape:
             "ratio": statistics.median(ratios), "ratio_spread": [round(ratios[0], 3), round(ratios[-1], 3)]}
 
 
-def yolov8n_ratios(keep_ratio: float = 0.5, size: int = 640, repeats: int = 20, threads: int = 1, rounds: int = 3,
+def yolov8n_ratios(keep_ratio: float = 0.5, size: int = 640, repeats: int = 20, threads: int = 1, rounds: int = 5,
                    round_to: int = DETECTOR_ROUND_TO) -> dict:
     """YOLOv8n (untrained, from yolov8n.yaml) at one keep ratio: original / pruned FLOPs, fused CPU latency
     (batch 1, `rounds` rounds of `repeats` paired runs, `threads` threads for both) and ONNX bytes, at `size` px.

@@ -223,7 +223,7 @@ def count_parameters(yaml: dict, channels: int, nc: int) -> int:
 
             # removed again below: Ultralytics' Conv shares one SiLU (Conv.default_act) with every Conv built in
             # the process, so a hook left on it ran in every later detector's forward pass, one more per decoded
-            # file (4 decodes made a decoded detector 6-11% slower at 160-320 px on this CPU)
+            # file (4 decodes made a decoded detector 6-13% slower at 160-320 px on this CPU)
             hooks = [sub.register_forward_pre_hook(count_attention) for sub in layers.modules()]
             try:
                 for module in layers:

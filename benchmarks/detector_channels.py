@@ -9,7 +9,11 @@ folded, what Ultralytics runs at inference), and at 640 px fused. ONNX bytes are
 at 640 px. No fine-tuning: this measures size and speed, not accuracy. Prints one JSON object as its last line.
 `yolov8n_ratios` is the YOLOv8n row benchmarks/yolo_table.py reports.
 
-    .venv/bin/python benchmarks/detector_channels.py [--repeats 30] [--threads 1]
+Kept channels are rounded to a multiple of 8 (prune_detector's default for detectors); `--round-to-effect` measures
+instead whether that pays on this CPU (round_to_effect: YOLOv8n at keep 0.3 and 0.6, rounded to 8 and 16 against
+unrounded, latency per FLOP).
+
+    .venv/bin/python benchmarks/detector_channels.py [--repeats 30] [--threads 1] [--round-to-effect]
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,8 +35,8 @@ sys.path.insert(0, str(ROOT / "compression"))
 from channel_pruning_table import paired_latency  # noqa: E402
 from complab import metrics  # noqa: E402
 from complab.export import onnx_bytes  # noqa: E402
-from complab.methods.channels.detector import prune_detector  # noqa: E402
-from complab.models.detector import DetectorHandle, fuse, load_detector  # noqa: E402
+from complab.methods.channels.detector import DETECTOR_ROUND_TO, prune_detector  # noqa: E402
+from complab.models.detector import DetectorHandle, fuse, load_detector, own_activations  # noqa: E402
 from complab.models.yolo_env import offline_ultralytics, quiet_ultralytics  # noqa: E402
 
 KEEP_RATIOS = (0.5, 0.25)
@@ -40,11 +45,13 @@ PRUNE_SHAPE = (3, 320, 320)  # the input the dependency graph is traced on
 
 
 def yolov8n(nc: int = 80) -> torch.nn.Module:
+    """Untrained YOLOv8n from Ultralytics' yaml, with its own in-place activations as Ultralytics' loader deploys a
+    .pt model (models.detector.own_activations; both sides of every comparison here are built by this)."""
     offline_ultralytics()
     from ultralytics.nn.tasks import DetectionModel
 
     with quiet_ultralytics():
-        return DetectionModel("yolov8n.yaml", nc=nc, verbose=False).float().eval()
+        return own_activations(DetectionModel("yolov8n.yaml", nc=nc, verbose=False).float().eval())
 
 
 def params(model: torch.nn.Module) -> int:
@@ -58,10 +65,10 @@ def onnx_size(model: torch.nn.Module, size: int) -> int:
     return len(onnx_bytes(handle))
 
 
-def pruned_copy(model: torch.nn.Module, keep_ratio: float):
+def pruned_copy(model: torch.nn.Module, keep_ratio: float, round_to: int = DETECTOR_ROUND_TO):
     """A pruned deep copy of `model` (which stays as it was) and what pruning did."""
     pruned = copy.deepcopy(model).eval()
-    return pruned, prune_detector(pruned, keep_ratio, PRUNE_SHAPE)
+    return pruned, prune_detector(pruned, keep_ratio, PRUNE_SHAPE, round_to=round_to)
 
 
 def flops(model: torch.nn.Module, size: int) -> int:
@@ -76,20 +83,71 @@ def fused_latency(original: torch.nn.Module, pruned: torch.nn.Module, size: int,
     return paired_latency(fused_original, fused_pruned, (3, size, size), 1, repeats, threads)
 
 
-def yolov8n_ratios(keep_ratio: float = 0.5, size: int = 640, repeats: int = 20, threads: int = 1) -> dict:
+@torch.no_grad()
+def paired_rounds(original: torch.nn.Module, compressed: torch.nn.Module, shape: tuple[int, ...], repeats: int,
+                  threads: int, rounds: int) -> dict:
+    """`rounds` runs of paired_latency (batch 1, `threads` threads for both, no autograd) on two models as they are:
+    the median of the rounds' ratios (each a median of `repeats` paired ratios) and their spread (min, max)."""
+    runs = [paired_latency(original, compressed, shape, 1, repeats, threads) for _ in range(rounds)]
+    ratios = sorted(run["ratio"] for run in runs)
+    return {"original_ms": statistics.median(run["original_ms"] for run in runs),
+            "pruned_ms": statistics.median(run["pruned_ms"] for run in runs),
+            "ratio": statistics.median(ratios), "ratio_spread": [round(ratios[0], 3), round(ratios[-1], 3)]}
+
+
+def yolov8n_ratios(keep_ratio: float = 0.5, size: int = 640, repeats: int = 20, threads: int = 1, rounds: int = 5,
+                   round_to: int = DETECTOR_ROUND_TO) -> dict:
     """YOLOv8n (untrained, from yolov8n.yaml) at one keep ratio: original / pruned FLOPs, fused CPU latency
-    (batch 1, paired runs, `threads` threads for both) and ONNX bytes, at `size` px."""
+    (batch 1, `rounds` rounds of `repeats` paired runs, `threads` threads for both) and ONNX bytes, at `size` px.
+    round_to: kept channels rounded to a multiple of it (prune_detector's default for detectors)."""
     torch.manual_seed(0)
     original = yolov8n()
-    pruned, _ = pruned_copy(original, keep_ratio)
-    latency = fused_latency(original, pruned, size, repeats, threads)
+    pruned, _ = pruned_copy(original, keep_ratio, round_to)
+    with quiet_ultralytics():
+        fused_original, fused_pruned = fuse(copy.deepcopy(original)), fuse(copy.deepcopy(pruned))
+    latency = paired_rounds(fused_original, fused_pruned, (3, size, size), repeats, threads, rounds)
     onnx = {"original": onnx_size(original, size), "pruned": onnx_size(pruned, size)}
-    return {"v8n_keep_ratio": keep_ratio, "v8n_input": [1, 3, size, size], "v8n_threads": threads,
-            "v8n_params_ratio": round(params(original) / params(pruned), 3),
-            "v8n_flops_ratio": round(flops(original, size) / flops(pruned, size), 3),
+    flops_ratio = flops(original, size) / flops(pruned, size)
+    return {"v8n_keep_ratio": keep_ratio, "v8n_round_to": round_to, "v8n_input": [1, 3, size, size],
+            "v8n_threads": threads, "v8n_params_ratio": round(params(original) / params(pruned), 3),
+            "v8n_flops_ratio": round(flops_ratio, 3),
             "v8n_latency_ms": {"original": latency["original_ms"], "pruned": latency["pruned_ms"]},
-            "v8n_latency_ratio": round(latency["ratio"], 3),
+            "v8n_latency_ratio": round(latency["ratio"], 3), "v8n_latency_ratio_spread": latency["ratio_spread"],
+            "v8n_latency_share": round(latency["ratio"] / flops_ratio, 3),
+            "v8n_latency": f"median of {rounds} rounds of {repeats} paired runs (each round's ratio the median of its "
+                           f"pairs), no autograd, batch norm folded on both",
             "v8n_onnx_bytes": onnx, "v8n_onnx_ratio": round(onnx["original"] / onnx["pruned"], 3)}
+
+
+def round_to_effect(keep_ratios: tuple[float, ...] = (0.3, 0.6), size: int = 640, repeats: int = 15, threads: int = 1,
+                    rounds: int = 3) -> dict:
+    """Whether rounding kept channels to a multiple of 8 or 16 pays on this CPU: untrained YOLOv8n pruned by L1 at
+    each keep ratio unrounded and rounded (both fused), timed against each other in paired rounds. `per_flop_gain`:
+    the latency ratio (unrounded / rounded) over the FLOPs ratio (unrounded / rounded); above 1, a rounded model runs
+    more FLOPs per second (the choice of steps/channels.DETECTOR_ROUND_TO)."""
+    torch.manual_seed(0)
+    original = yolov8n()
+    out = {}
+    for keep in keep_ratios:
+        fused = {}
+        for round_to in (1, 8, 16):
+            pruned, _ = pruned_copy(original, keep, round_to)
+            with quiet_ultralytics():
+                fused[round_to] = fuse(pruned)
+        counted = {round_to: flops(model, size) for round_to, model in fused.items()}
+        row = {"flops": counted}
+        for round_to in (8, 16):
+            latency = paired_rounds(fused[1], fused[round_to], (3, size, size), repeats, threads, rounds)
+            flops_ratio = counted[1] / counted[round_to]
+            row[f"round_to_{round_to}"] = {"latency_ratio": round(latency["ratio"], 3),
+                                          "latency_ratio_spread": latency["ratio_spread"],
+                                          "flops_ratio": round(flops_ratio, 3),
+                                          "per_flop_gain": round(latency["ratio"] / flops_ratio, 3)}
+        out[str(keep)] = row
+        print(f"round_to at keep {keep}: " + ", ".join(
+            f"{k}: latency x{v['latency_ratio']} for FLOPs x{v['flops_ratio']}" for k, v in row.items()
+            if k.startswith("round_to")), file=sys.stderr, flush=True)
+    return {"input": [1, 3, size, size], "threads": threads, "versus": "unrounded (round_to 1)", "keep": out}
 
 
 @torch.no_grad()
@@ -118,7 +176,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--round-to-effect", action="store_true",
+                        help="only measure whether rounding kept channels to 8 or 16 pays (round_to_effect)")
     args = parser.parse_args()
+    if args.round_to_effect:
+        print(json.dumps(round_to_effect(threads=args.threads)))
+        return
     started = time.time()
     torch.manual_seed(0)
     networks = {"demo_detector": load_detector().model, "yolov8n_untrained": yolov8n()}

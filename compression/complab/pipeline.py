@@ -97,7 +97,10 @@ def compress(handle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
     work.save(path, {"plan": plan.to_dict(), "data": data.ref, **_normalization(handle, data)}, products)
     decoded = read_compact(path)
     emit("measure compressed", 0.0, {})
-    after = decoded.measure(data, split, latency)
+    after = decoded.measure(data, split, latency=False)
+    if latency:  # both again, paired: measured minutes apart on a shared CPU, the two figures saw different loads
+        before["latency_ms"], after["latency_ms"] = metrics.cpu_latencies_ms(
+            [handle.deployed_model(), decoded.deployed_model()], tuple(handle.input_shape))
     ort_info = None
     if latency:  # the runtime a model ships in: ONNX Runtime, the original's fp32 and the compressed (QDQ if int8)
         emit("measure ONNX Runtime latency", 0.0, {})

@@ -38,6 +38,7 @@ from complab.models.yolo_arch import MAX_CLASSES, MAX_ROWS, check_yaml, count_pa
 from complab.models.yolo_env import offline_ultralytics, quiet_ultralytics
 from complab.models.yolo_prunable import make_prunable
 from complab.paths import ASSETS
+from complab.steps.channels import DETECTOR_ROUND_TO
 
 DEMO_DETECTOR = ASSETS / "detector.pt"
 PRUNED_GROWTH = 64  # a channel-pruned file's architecture may hold this many times its stored values
@@ -52,7 +53,8 @@ ANALYSIS_DEFAULTS = {"sparsities": [0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95], "n_clus
 DETECT = TaskKind(name="detect", score_name="mAP50", score_label="mAP50", score_short="mAP50",
                   score_counts_images=False,
                   finds_boxes=True, chooses_split=False, normalizes_input=False, folds_batch_norm=True,
-                  groups_channels_by_block=True, analysis_defaults=ANALYSIS_DEFAULTS)
+                  groups_channels_by_block=True, analysis_defaults=ANALYSIS_DEFAULTS,
+                  channel_round_to=DETECTOR_ROUND_TO)
 
 
 @dataclass
@@ -91,9 +93,14 @@ class DetectorHandle:
 
     def measure(self, data, split: str = "val", latency: bool = True) -> dict:
         """mAP50 (as `accuracy`), mAP50-95, P, R, the validation images they were measured on (`images`),
-        parameters, FLOPs, fp32 bytes and CPU latency."""
+        parameters, FLOPs, fp32 bytes and CPU latency (of the model as deployed, batch norm folded, at its own image
+        size: the original and a compressed detector are timed alike)."""
         scores = evaluate_model(self.model, self.imgsz, data.yaml_path)
         return {"accuracy": scores["map50"], **scores, **sizes(self, latency)}
+
+    def deployed_model(self) -> nn.Module:
+        """The detector as it runs at inference (deployed: a fused copy), what its CPU latency is timed on."""
+        return deployed(self.model)
 
     @property
     def names(self) -> dict[int, str]:
@@ -208,7 +215,28 @@ def build_detector(architecture: dict, max_elements: int | None = None) -> nn.Mo
                              f"{first_line(exc, 120)}): the file is damaged; re-compress the original "
                              "model") from None
     model.names = names
+    own_activations(model)
     return model.float().eval()
+
+
+def own_activations(model: nn.Module) -> nn.Module:
+    """Give every activation of a yaml-built detector its own in-place module, as Ultralytics' loader has them.
+
+    Ultralytics' Conv layers built from a yaml all share one activation module (Conv.default_act): a hook put on
+    one (8-bit activations, a meta-device count) would run in every Conv of every detector built in the process.
+    A model Ultralytics loads from a .pt file has its activations in place (attempt_load_weights sets `inplace`),
+    which the demo detector's original has; the decoded one had not (its SiLU allocated a new tensor per layer:
+    in-place measured 0.5-2% faster at 160-320 px, benchmarks/yolo_table.py's decoded model, one thread).
+    Values are unchanged; in-place activations train as well (Ultralytics fine-tunes loaded models so)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child).__module__ == nn.SiLU.__module__ and isinstance(getattr(child, "inplace", None), bool):
+                own = copy.deepcopy(child)
+                own._forward_pre_hooks.clear()
+                own._forward_hooks.clear()
+                own.inplace = True
+                setattr(parent, name, own)
+    return model
 
 
 def _check_names(names) -> dict[int, str]:
@@ -240,6 +268,27 @@ def fuse(model: nn.Module) -> nn.Module:
     with quiet_ultralytics():
         model.fuse(verbose=False)
     return model
+
+
+def deployed(model: nn.Module) -> nn.Module:
+    """A copy of the detector as it runs at inference, what its CPU latency is timed on: masks and shared values
+    baked into plain weights, batch norm folded (Ultralytics' fuse, as its predictor and validator run a model),
+    eval mode, no gradients. Timing the original with batch norm against a fused compressed file credited the
+    compression with the folding (the demo detector: fused 1.17-1.20x faster at 160 px, 1.11-1.13x at 320 px, one
+    thread, paired). A model whose 8-bit activation hooks sit on a batch norm is timed unfused (folding would drop
+    them)."""
+    from complab.models import actquant
+
+    work = copy.deepcopy(model).float().eval()
+    bake(work)
+    if not is_fused(work):
+        hooked = actquant.table_of(work)
+        folded = fuse(copy.deepcopy(work))
+        if actquant.table_of(folded) == hooked:
+            work = folded
+    for p in work.parameters():
+        p.requires_grad_(False)
+    return work
 
 
 def save_detector(handle: DetectorHandle, path: str | Path, extra: dict | None = None, products=None) -> int:

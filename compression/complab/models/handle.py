@@ -89,6 +89,10 @@ class ModelHandle:
         return {"accuracy": self.score(self.model, data, split), "images": len(data.split(split)),
                 **sizes(self, latency)}
 
+    def deployed_model(self) -> nn.Module:
+        """A classifier runs as it is (its CPU latency is timed on this model)."""
+        return self.model
+
     def prunable_layers(self) -> dict[str, torch.Tensor]:
         """Layer name -> weight (convolutions and linear layers, in definition order)."""
         return weight_layers(self.model)
@@ -114,13 +118,15 @@ class ModelHandle:
 
 
 def sizes(handle, latency: bool = True) -> dict:
-    """Parameters, FLOPs, fp32 bytes, prunable weights kept and (optionally) CPU latency: any model handle."""
+    """Parameters, FLOPs, fp32 bytes, prunable weights kept and (optionally) CPU latency: any model handle.
+
+    Latency is timed on handle.deployed_model() (a detector: its fused copy), at the handle's own input shape."""
     out = dict(metrics.model_summary(handle.model, handle.input_shape))
     prunable = handle.prunable_layers()
     out["prunable_weights"] = sum(w.numel() for w in prunable.values())
     out["prunable_nonzero"] = sum(int(torch.count_nonzero(w)) for w in prunable.values())
     if latency:
-        out["latency_ms"] = metrics.cpu_latency_ms(handle.model, handle.input_shape)
+        out["latency_ms"] = metrics.cpu_latency_ms(handle.deployed_model(), handle.input_shape)
     return out
 
 

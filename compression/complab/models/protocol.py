@@ -33,6 +33,8 @@ class TaskKind:
     groups_channels_by_block: bool  # the channel groups are shown under the model block they belong to
     # a sensitivity analysis' defaults for this task where they differ from SensitivityConfig's
     analysis_defaults: dict = field(default_factory=dict)
+    # the Plan page's "round kept channels to a multiple of" default (the channels step's round_to; 1 = off)
+    channel_round_to: int = 1
 
 
 @runtime_checkable
@@ -79,6 +81,9 @@ class Handle(Protocol):
 
     def measure(self, data, split: str = ..., latency: bool = True) -> dict:
         """The score (as "accuracy"), sizes, FLOPs and (optionally) CPU latency."""
+
+    def deployed_model(self) -> nn.Module:
+        """The model as it runs at inference, what its CPU latency is timed on (a detector: a fused copy)."""
 
     def prunable_layers(self) -> dict[str, torch.Tensor]:
         """Layer name -> weight of every layer compression may change, in model order."""

@@ -10,6 +10,9 @@ from complab.errors import PlanError
 from complab.layermap import _integer, _number, _short, step_config
 
 ROUND_TO = (1, 8, 16)  # round_to's choices (methods/channels/graph.keep_count applies it)
+# round_to's default for a detector (the channels step's plan default for a detector task, the Plan page's,
+# methods/channels/detector.prune_detector's): see benchmarks/detector_channels.py round_to_effect for its measurement
+DETECTOR_ROUND_TO = 8
 
 
 @step_config

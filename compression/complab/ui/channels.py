@@ -141,7 +141,7 @@ def channel_section(handle, key: str, lazy: bool = False) -> ChannelChoice:
                                         "scores many candidate masks by mAP" if detector else None)
         for name, value in (("population", CHANNEL_DEFAULTS.population),
                             ("generations", CHANNEL_DEFAULTS.generations),
-                            ("epochs", CHANNEL_DEFAULTS.finetune_epochs), ("round_to", CHANNEL_DEFAULTS.round_to),
+                            ("epochs", CHANNEL_DEFAULTS.finetune_epochs), ("round_to", handle.kind.channel_round_to),
                             ("kd", True),
                             ("temperature", DISTILL_DEFAULTS.temperature), ("alpha", DISTILL_DEFAULTS.alpha),
                             ("kd_epochs", DISTILL_DEFAULTS.epochs)):
@@ -153,7 +153,9 @@ def channel_section(handle, key: str, lazy: bool = False) -> ChannelChoice:
                                 format_func=lambda n: "off" if n == 1 else str(n),
                                 help="each group's kept count rounded to the nearest multiple (never 0, never above "
                                      "its width; the extra channels chosen by the same criterion): ONNX Runtime's "
-                                     "convolution kernels work on 8 or 16 channels at a time")
+                                     "and PyTorch's (oneDNN) convolution kernels work on 8 or 16 channels at a time; "
+                                     "a detector starts at 8 (YOLOv8n pruned on a CPU: 1.12-1.14x faster per FLOP "
+                                     "than unrounded)")
         c = st.columns(4)
         use_kd = c[0].toggle("distill from the original", key=prefix + "kd",
                              help="Knowledge distillation (Hinton et al.): every fine-tuning in the plan uses "

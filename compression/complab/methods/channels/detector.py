@@ -27,6 +27,7 @@ from complab.models.channel_replay import build_graph, plain_history
 from complab.models.detector import HEAD_SKIP
 from complab.models.yolo_env import offline_ultralytics
 from complab.models.yolo_prunable import check_prunable, make_prunable
+from complab.steps.channels import DETECTOR_ROUND_TO
 
 SELECTIONS = ("l1", "random")  # the channels step's one-shot criteria (its GA needs a scorer and data)
 
@@ -49,10 +50,11 @@ def head_outputs(model: nn.Module) -> list[nn.Module]:
 
 
 def prune_detector(model: nn.Module, keep_ratio: float, input_shape: tuple[int, int, int],
-                   selection: str = "l1", seed: int = 0, round_to: int = 1) -> DetectorPruning:
+                   selection: str = "l1", seed: int = 0, round_to: int = DETECTOR_ROUND_TO) -> DetectorPruning:
     """Make the detector's C2f prunable and remove channels of every prunable group down to `keep_ratio`, in place.
 
-    round_to: each group's kept count rounded to a multiple of it (graph.keep_count; 1 = off).
+    round_to: each group's kept count rounded to a multiple of it (graph.keep_count; 1 = off; 8 by default for
+    detectors: steps/channels.DETECTOR_ROUND_TO).
 
     Raises PlanError, with the model untouched, on a block the channels step cannot prune yet (yolo_prunable.
     check_prunable: YOLO11's C2PSA, YOLOv10's PSA, YOLOv9's ELAN blocks, RT-DETR's decoder)."""

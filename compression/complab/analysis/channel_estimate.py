@@ -37,9 +37,6 @@ class ChannelLayout:
     # is two convolutions once made prunable, each pruned to the key's ratio)
     parts: dict[str, tuple[int, ...]] = field(default_factory=dict)
     blocks: dict[str, str] = field(default_factory=dict)  # plan key -> the block it belongs to (detectors)
-    # depthwise convolutions pruned with their inputs (a detector's): one filter per channel, so their weights shrink
-    # with their outputs only
-    depthwise: frozenset = frozenset()
 
     def kept(self, key: str, ratio: float | None, round_to: int = 1) -> int:
         """Channels the step keeps of the group(s) a plan key names at `ratio` (None: all), each part's count rounded
@@ -63,7 +60,6 @@ def channel_layout(model: nn.Module, input_shape: tuple[int, ...], task: str = "
     names = {module: name for name, module in model.named_modules()}
     groups, channels, parts, out_group = {}, {}, {}, {}
     fed: dict[str, dict[str, torch.Tensor]] = {}  # consumer (this model's name) -> {key: which inputs it feeds}
-    depthwise = set()
     for group in channel_groups(model, input_shape, ignored=ignored):
         key = group.key
         members = tuple(dict.fromkeys(original.get(m, m) for m in group.members))  # as the plan names them
@@ -73,8 +69,6 @@ def channel_layout(model: nn.Module, input_shape: tuple[int, ...], task: str = "
         for member in group.members:
             out_group[original.get(member, member)] = key
         for module, roots in group.consumers:
-            if isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups == module.in_channels:
-                depthwise.add(original.get(names[module], names[module]))
             masks = fed.setdefault(names[module], {})
             masks[key] = masks[key] | (roots >= 0) if key in masks else roots >= 0
     in_group, in_shares, in_width = {}, {}, {}
@@ -87,8 +81,7 @@ def channel_layout(model: nn.Module, input_shape: tuple[int, ...], task: str = "
         in_group[layer] = max(in_shares[layer], key=in_shares[layer].get)
     if by_block:
         blocks = {key: block_label(labels, key) for key in groups}
-    return ChannelLayout(groups, channels, out_group, in_group, in_shares, in_width, parts, blocks,
-                         frozenset(depthwise))
+    return ChannelLayout(groups, channels, out_group, in_group, in_shares, in_width, parts, blocks)
 
 
 def block_labels(model: nn.Module) -> dict[str, tuple[str, bool]]:
@@ -130,9 +123,7 @@ def channel_factors(layout: ChannelLayout, keep_ratio: dict[str, float], layers:
     out = {}
     for layer in layers:
         shares = layout.in_shares.get(layer)
-        if layer in layout.depthwise:  # one filter per channel: it loses the filters of the channels it loses
-            inputs = 1.0
-        elif shares:  # each group's inputs kept at its fraction, inputs no group feeds stay
+        if shares:  # each group's inputs kept at its fraction, inputs no group feeds stay
             width = layout.in_width[layer]
             inputs = (width - sum(shares.values()) + sum(n * kept.get(key, 1.0) for key, n in shares.items())) / width
         else:

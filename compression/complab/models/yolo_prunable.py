@@ -52,7 +52,8 @@ SPLIT_OUTPUTS = {"C2PSA": "cv1", "PSA": "cv1", "ELAN1": "cv1", "RepNCSPELAN4": "
 _WHY = {
     "RTDETRDecoder": "the dependency graph cannot trace its query selection",
     "AIFI": "a transformer encoder layer whose channels reach the decoder: not checked",
-    "ADown": "it chunks its input in two by a stored count: the layer before it would have to stay whole",
+    # (checked on YOLOv9c: the pruned model failed, its two halves no longer of the widths its convolutions read)
+    "ADown": "it chunks its input in two, and the channels the layer before it loses leave the halves uneven",
     "C2fPSA": "not checked",
 }
 # an Ultralytics detector made prunable by make_prunable carries this attribute: its depthwise convolutions (YOLO11's

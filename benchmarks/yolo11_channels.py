@@ -12,7 +12,10 @@ the same raw head outputs (max abs difference <= 1e-4) and the same boxes after 
 per image: an untrained head's class scores are all tiny, its bias initialisation; every image
 gives 300). No fine-tuning: this measures size and speed.
 
-    .venv/bin/python benchmarks/yolo11_channels.py [--repeats 20] [--round-to 1]
+    .venv/bin/python benchmarks/yolo11_channels.py [--repeats 20] [--round-to 1] [--families]
+
+--families adds, for each Ultralytics family checked (untrained, 80 classes, 128 px, keep 0.5), the params ratio, the
+modules kept whole, whether the output shapes are kept and whether the decoded file gives identical outputs.
 
 Prints one JSON object as its last line; `yolo11n_ratios` is what benchmarks/yolo_recovery.py reports.
 """
@@ -136,14 +139,47 @@ def yolo11n_ratios(keep_ratio: float = KEEP, size: int = SIZE, repeats: int = 20
             "y11n_kept_attention": result.kept_whole, "y11n_groups_pruned": len(result.layers)}
 
 
+FAMILIES = ("yolov8n", "yolov5nu", "yolo11n", "yolov10n", "yolo12n", "yolov9t", "yolo26n")
+
+
+@torch.no_grad()
+def families(size: int = 128) -> dict:
+    """Each family of FAMILIES pruned to keep 0.5 around its attention: params ratio, kept modules, shapes, decode."""
+    offline_ultralytics()
+    from ultralytics.nn.tasks import DetectionModel
+
+    out = {}
+    for family in FAMILIES:
+        torch.manual_seed(0)
+        with quiet_ultralytics():
+            model = DetectionModel(f"{family}.yaml", nc=80, verbose=False).float().eval()
+        x = torch.rand(2, 3, size, size)
+        before, count = model(x)[0], params(model)
+        result = prune_detector(model, KEEP, (3, size, size))
+        after = model(x)[0]
+        handle = DetectorHandle(model, {"kind": "ultralytics", "yaml": model.yaml, "names": dict(model.names)}, size,
+                                family)
+        with tempfile.TemporaryDirectory(prefix="family-") as folder:
+            path = Path(folder) / "pruned.clab"
+            handle.save(path, products=Products(channel_history=result.history, c2f_replaced=result.replaced))
+            decoded = load_file(path).model.eval()(x)[0]
+        out[family] = {"params_ratio": round(count / params(model), 3), "kept_whole": result.kept_whole,
+                       "shapes_kept": before.shape == after.shape, "decoded_equal": bool(torch.equal(decoded, after))}
+        print(family, out[family], file=sys.stderr, flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--round-to", type=int, default=1)
+    parser.add_argument("--families", action="store_true")
     args = parser.parse_args()
     started = time.time()
     out = yolo11n_ratios(repeats=args.repeats, threads=args.threads, round_to=args.round_to)
+    if args.families:
+        out["families_128px"] = families()
     out["latency"] = "median of paired (interleaved) runs of the fused models, batch 1; ratio = original / pruned"
     out["load_average"] = [round(x, 2) for x in os.getloadavg()]
     out["seconds"] = round(time.time() - started, 1)

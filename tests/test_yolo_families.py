@@ -246,3 +246,41 @@ def test_plan_page_layout_refuses_an_unsupported_detector_at_once():
 
     with pytest.raises(PlanError, match=r"YOLO block HGStem"):
         channel_layout(_build("rtdetr-l"), (3, SIZE, SIZE), "detect")
+
+
+@pytest.mark.slow  # ~40 s on two busy cores: the step scores each of YOLO11n's 67 groups on 8 images
+def test_pipeline_channels_step_prunes_yolo11n_around_its_attention_and_its_file_gives_the_same_boxes(tmp_path):
+    from complab.analysis.detections import predict
+    from complab.data.detection import load_detection_data
+    from complab.data.shapes import ShapesConfig, write_dataset
+    from complab.models.detector import DetectorHandle
+    from complab.pipeline import compress
+    from complab.plan import Plan
+    from complab.sources import load_file
+    from PIL import Image
+
+    images = write_dataset(tmp_path / "shapes", train=8, val=8, config=ShapesConfig(seed=3))
+    data = load_detection_data(f"yolo:{images}")
+    torch.manual_seed(0)
+    model = _build("yolo11n", nc=len(data.names))
+    model.names = dict(data.names)
+    handle = DetectorHandle(model, {"kind": "ultralytics", "yaml": model.yaml, "names": dict(data.names)}, 160,
+                            "yolo11n")
+    attention = [p.shape for p in model.get_submodule("model.10.m.0.attn").parameters()]
+    plan = Plan.from_dict({"schema_version": 1, "eval_split": "val", "steps": [
+        {"type": "channels", "selection": "l1", "keep_ratio": {"_default": 0.5}, "fitness_size": 8,
+         "finetune_epochs": 0, "final_epochs": 0}]})
+    result = compress(handle, plan, data, tmp_path / "run", latency=False, keep_in_memory=True)
+    pruned = result.in_memory.model
+    assert sum(p.numel() for p in pruned.parameters()) < 0.35 * sum(p.numel() for p in model.parameters())
+    assert [p.shape for p in pruned.get_submodule("model.10.m.0.attn").parameters()] == attention
+    again = load_file(result.path)
+    x = torch.rand(2, 3, 160, 160)
+    with torch.no_grad():
+        assert torch.equal(again.model(x)[0], pruned(x)[0])
+    for path in data.val_images(limit=2):  # an untrained head's scores are ~1e-4: a threshold that still gives boxes
+        image = Image.open(path)
+        a = predict(pruned, image, 160, 1e-6)
+        assert a
+        assert [(b.xyxy, b.cls, b.conf) for b in a] == [(b.xyxy, b.cls, b.conf) for b in predict(again.model, image,
+                                                                                                  160, 1e-6)]

@@ -115,9 +115,15 @@ def decoded_same_boxes(pruned: torch.nn.Module, result, folder: Path) -> dict:
 @torch.no_grad()
 def yolo11n_ratios(keep_ratio: float = KEEP, size: int = SIZE, repeats: int = 20, threads: int = 1,
                    round_to: int = 1) -> dict:
-    """YOLO11n (untrained, from yolo11n.yaml) pruned to `keep_ratio` outside its attention: original / pruned
-    params, FLOPs and fused CPU latency (batch 1, paired, `threads` threads) at `size` px, the attention modules kept
-    whole, and whether the decoded compact file gives the same boxes (benchmarks/yolo11_channels.py prints it)."""
+    """YOLO11n (untrained, from yolo11n.yaml) pruned to `keep_ratio` outside its attention; every key is printed by
+    benchmarks/yolo11_channels.py (and reported by benchmarks/yolo_recovery.py, which calls this function):
+
+    y11n_params_ratio: original / pruned parameters (target >= 3); y11n_flops_ratio: original / pruned FLOPs of the
+    fused models at `size` px; y11n_latency_ratio: median of paired original / pruned times, both fused, batch 1,
+    `threads` threads, `size` px (target >= 2), y11n_latency_ms their medians; y11n_same_boxes: the pruned model
+    written by the compact writer and decoded by complab.sources.load_file gives the same raw head outputs (<= 1e-4)
+    and the same boxes after NMS as the in-memory one (y11n_decoded: the details); y11n_kept_attention: the modules
+    whose channels were kept (C2PSA's attention and its split cv1)."""
     torch.manual_seed(0)
     original = yolo11n()
     pruned = copy.deepcopy(original)

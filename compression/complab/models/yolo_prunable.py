@@ -12,9 +12,10 @@ so a fused detector (no batch norm) and C2f subclasses that keep C2f's forward (
 Attention is pruned around, as Torch-Pruning's users prune YOLO11: its layers (and the convolutions whose output a
 block splits by a stored count, C2PSA's and PSA's `cv1`) are the dependency graph's ignored layers (`kept_whole`),
 so every channel group coupled to them stays whole and every other group is pruned. Replacing C2PSA by a split-free
-equivalent as C2fV2 does for C2f would free only its pass-through half (`a`, 1/2 of cv1's outputs at the deepest
-level) while adding a module the decoder must replay; ignoring is a rule on existing layers that needs nothing new in
-the file, and a block whose split is not listed still fails loudly in the graph rather than silently.
+equivalent as C2fV2 does for C2f would free only its pass-through half (`a`: 128 of YOLO11n's 256 cv1 outputs; the
+other half is the attention's stream, kept anyway) while adding a module the decoder must replay and every Ultralytics
+version's C2PSA/PSA forward to copy; ignoring is a rule on existing layers that needs nothing new in the file and
+follows Ultralytics' own forward. A block not checked is refused by name (unsupported_block).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ the fraction of its weights (and FLOPs) that remains, which the plan page multip
 The run measures the real model; this is exact for weights and FLOPs of convolutions and linear layers.
 
 A YOLO detector is traced as the channels step prunes it: its C2f made prunable (the split becomes two
-convolutions, both named by the C2f's `cv1` in a plan) and the Detect head's prediction outputs left whole.
+convolutions, both named by the C2f's `cv1` in a plan), the Detect head's prediction outputs and the attention
+layers left whole (methods/channels/detector.ignored_layers).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def channel_layout(model: nn.Module, input_shape: tuple[int, ...], task: str = "
 
     The model (a copy: it may be changed) is prepared by its task as the channels step prepares it (a detector:
     made prunable, its head's outputs left whole), so the groups and the estimate are the step's; a YOLO block
-    refused by the step raises PlanError here too (YOLO11's attention: the trace ran for minutes)."""
+    refused by the step raises PlanError here too (RT-DETR's blocks: before any trace)."""
     by_block = task_kind(task).groups_channels_by_block
     labels = block_labels(model) if by_block else {}  # before the preparation: blocks named as the user knows them
     _, ignored = task_class(task).prepare_channel_pruning(model)

@@ -22,7 +22,7 @@ from torch import nn
 from complab.data.detection import DetectionData, image_files
 from complab.devices import default_device
 from complab.methods import bn_stats
-from complab.methods.channels.detector import head_outputs
+from complab.methods.channels.detector import ignored_layers
 from complab.methods.finetune import frozen_copy
 from complab.models.detection_metric import FastMap
 from complab.models.detector import DETECT
@@ -230,9 +230,9 @@ class DetectorTask:
     def prepare_channel_pruning(model: nn.Module) -> tuple[list[str], tuple[nn.Module, ...]]:
         """Ultralytics' C2f splits its channels by a stored count the dependency graph cannot follow: replace it
         by the output-identical split-free C2fV2 (recorded, so the decoder repeats it), and keep the Detect
-        head's prediction outputs (boxes, class scores, DFL) whole."""
-        check_prunable(model)  # a block the graph cannot follow (attention, ELAN chunks): refused before any change
-        return make_prunable(model), tuple(head_outputs(model))
+        head's prediction outputs (boxes, class scores, DFL) and the attention layers whole."""
+        check_prunable(model)  # a block the graph cannot follow (RT-DETR's, ADown): refused before any change
+        return make_prunable(model), ignored_layers(model)
 
     def statistics_batches(self, batches: int, seed: int, batch_size: int) -> list[torch.Tensor]:
         """`batches` batches of DETECTOR_BN_BATCH_SIZE letterboxed training images (its own batch size)."""

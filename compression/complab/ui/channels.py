@@ -125,7 +125,9 @@ def channel_section(handle, key: str, lazy: bool = False) -> ChannelChoice:
         if detector:
             st.caption("YOLO: each C2f's split is first replaced by two convolutions (same outputs), so its `cv1` "
                        "is two halves that keep the same fraction; the Detect head's final box and class "
-                       "convolutions and its DFL keep all their outputs (they are the predictions).")
+                       "convolutions and its DFL keep all their outputs (they are the predictions); attention layers "
+                       "(YOLO11's C2PSA, YOLOv10's PSA, YOLO12's A2C2f) and the convolutions a block splits by a "
+                       "fixed count keep their channels, and everything around them is pruned.")
         block = None
         for group, members in layout.groups.items():
             if detector and layout.blocks.get(group) != block:

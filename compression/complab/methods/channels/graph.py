@@ -16,6 +16,7 @@ from torch import nn
 
 from complab.layermap import DEFAULT_KEY, resolve
 from complab.models.channel_replay import build_graph, torch_pruning
+from complab.models.yolo_prunable import DEPTHWISE_FLAG
 
 
 @dataclass
@@ -46,13 +47,18 @@ def original_names(model: nn.Module) -> dict[str, str]:
 
 
 def channel_groups(model: nn.Module, input_shape: tuple[int, ...], graph=None,
-                   ignored: tuple[nn.Module, ...] = ()) -> list[ChannelGroup]:
+                   ignored: tuple[nn.Module, ...] = (), depthwise: bool | None = None) -> list[ChannelGroup]:
     """The convolution channel groups of a model, in model order (coupled convolutions share a group).
 
     A group that would remove output channels of an `ignored` layer is left out (its inputs may still shrink):
-    a detector's final prediction convolutions, whose outputs are boxes and class scores.
+    a detector's final prediction convolutions, whose outputs are boxes and class scores, and its attention layers.
+    depthwise: whether a group holding a depthwise convolution (one filter per input channel) is pruned, the
+    depthwise convolution losing the same channels as its input; None: when the model says so (a detector made
+    prunable: yolo_prunable.DEPTHWISE_FLAG). Otherwise, as for a classifier, such groups are left alone.
     """
     graph = graph if graph is not None else build_graph(model, input_shape)
+    if depthwise is None:
+        depthwise = bool(getattr(model, DEPTHWISE_FLAG, False))
     names = {module: name for name, module in model.named_modules()}
     order = {name: i for i, name in enumerate(names.values())}
     original = original_names(model)
@@ -66,8 +72,9 @@ def channel_groups(model: nn.Module, input_shape: tuple[int, ...], graph=None,
             if not isinstance(module, nn.Module) or module not in names:
                 continue
             if isinstance(module, nn.modules.conv._ConvNd) and graph.is_out_channel_pruning_fn(dep.handler):
-                if module.groups > 1:
-                    members = []  # grouped / depthwise convolutions are left alone
+                if module.groups > 1 and not (depthwise and module.groups == module.in_channels
+                                              == module.out_channels):
+                    members = []  # grouped (and, unless asked, depthwise) convolutions are left alone
                     break
                 members.append(names[module])
                 weights.append(module.weight)

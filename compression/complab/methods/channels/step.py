@@ -61,9 +61,11 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
         if ratio is not None and float(ratio) < 1.0:
             targets[group.name] = float(ratio)
     convolutions = {name for group in groups for name in group.members}
-    ignored = [key for key in step.keep_ratio if key in ctx.layers and key not in convolutions]
-    if ignored:
-        ctx.log(f"channels: keep_ratio of {', '.join(ignored)} ignored (only convolutions' output channels are "
+    # (its own name: `ignored` above is the layers kept whole, passed to every channel_groups call below; reusing it
+    # for these keys made the later calls trace into YOLO11's attention, which ran for minutes)
+    unused = [key for key in step.keep_ratio if key in ctx.layers and key not in convolutions]
+    if unused:
+        ctx.log(f"channels: keep_ratio of {', '.join(unused)} ignored (only convolutions' output channels are "
                 "removed, and not those a grouped or depthwise-grouped convolution reads by groups; a classifier's "
                 "outputs are its classes)")
     if not targets:

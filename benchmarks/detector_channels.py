@@ -9,7 +9,7 @@ folded, what Ultralytics runs at inference), and at 640 px fused. ONNX bytes are
 at 640 px. No fine-tuning: this measures size and speed, not accuracy. Prints one JSON object as its last line.
 `yolov8n_ratios` is the YOLOv8n row benchmarks/yolo_table.py reports.
 
-Kept channels are rounded to a multiple of 8 (prune_detector's default for detectors); `--round-to-effect` measures
+Kept channels are rounded to a multiple of 16 (prune_detector's default for detectors); `--round-to-effect` measures
 instead whether that pays on this CPU (round_to_effect: YOLOv8n at keep 0.3 and 0.6, rounded to 8 and 16 against
 unrounded, latency per FLOP).
 

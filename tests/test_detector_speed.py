@@ -69,18 +69,18 @@ def test_channel_removal_leaves_contiguous_weights(detector):
         n for n, t in tensors.items() if not t.is_contiguous()]
 
 
-def test_detectors_round_kept_channels_to_8_by_default(detector):
+def test_detectors_round_kept_channels_to_16_by_default(detector):
     """prune_detector and the Plan page (handle.kind.channel_round_to) round a detector's kept channels to a multiple
-    of 8 (benchmarks/detector_channels.py round_to_effect: 8 pays on this CPU); a classifier's page starts off."""
+    of 16 (benchmarks/detector_channels.py round_to_effect: it pays on this CPU); a classifier's page starts off."""
     from complab.methods.channels.detector import prune_detector
     from complab.models.handle import CLASSIFY
 
-    assert detector.kind.channel_round_to == 8 and CLASSIFY.channel_round_to == 1
+    assert detector.kind.channel_round_to == 16 and CLASSIFY.channel_round_to == 1
     rounded = prune_detector(detector.clone().model, 0.3, (3, 64, 64))
     plain = prune_detector(detector.clone().model, 0.3, (3, 64, 64), round_to=1)
-    wide = {name: row for name, row in rounded.layers.items() if row["channels"] > 8}
-    assert wide and all(row["kept"] % 8 == 0 for row in wide.values())
-    assert any(plain.layers[name]["kept"] % 8 for name in wide)  # unrounded, 0.3 of 16, 32, 64... are not
+    wide = {name: row for name, row in rounded.layers.items() if row["channels"] > 16}
+    assert wide and all(row["kept"] % 16 == 0 for row in wide.values())
+    assert any(plain.layers[name]["kept"] % 16 for name in wide)  # unrounded, 0.3 of 32, 64... are not
 
 
 @torch.no_grad()

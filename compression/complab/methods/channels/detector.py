@@ -62,7 +62,7 @@ def prune_detector(model: nn.Module, keep_ratio: float, input_shape: tuple[int, 
                    selection: str = "l1", seed: int = 0, round_to: int = DETECTOR_ROUND_TO) -> DetectorPruning:
     """Make the detector's C2f prunable and remove channels of every prunable group down to `keep_ratio`, in place.
 
-    round_to: each group's kept count rounded to a multiple of it (graph.keep_count; 1 = off; 8 by default for
+    round_to: each group's kept count rounded to a multiple of it (graph.keep_count; 1 = off; 16 by default for
     detectors: steps/channels.DETECTOR_ROUND_TO).
 
     Raises PlanError, with the model untouched, on a block the channels step cannot prune yet (yolo_prunable.

@@ -49,8 +49,9 @@ class Task(Protocol):
         """Whether fine-tuning distils from a teacher (`distil_from` was called)."""
 
     def train(self, model: nn.Module, *, epochs: int, lr: float, seed: int, progress: Progress | None = None,
-              should_stop: Callable[[], bool] | None = None) -> None:
-        """Fine-tune `model` in place with the task's loss (constraints stay: they are parametrizations)."""
+              should_stop: Callable[[], bool] | None = None, ema: float | None = None) -> None:
+        """Fine-tune `model` in place with the task's loss (constraints stay: they are parametrizations); `ema`: the
+        decay of a weight average copied back at the end (None: the task's default; a task may keep none)."""
 
     def recalibrate(self, model: nn.Module, seed: int, max_batches: int) -> int | None:
         """Re-estimate `model`'s batch-norm statistics on training images; batches used (None: no data to use)."""
@@ -114,7 +115,8 @@ class ClassifierTask:
         return self.loss_fn is not cross_entropy_loss
 
     def train(self, model: nn.Module, *, epochs: int, lr: float, seed: int, progress: Progress | None = None,
-              should_stop: Callable[[], bool] | None = None) -> None:
+              should_stop: Callable[[], bool] | None = None, ema: float | None = None) -> None:
+        """(`ema` is a detector's setting: the classifier's loop keeps no weight average.)"""
         config = TrainConfig(epochs=epochs, lr=lr, seed=seed, batch_size=self.batch_size,
                              shift_pixels=self.shift_pixels)
         train(model, self.data.train, config, loss_fn=self.loss_fn, progress=progress, should_stop=should_stop)

@@ -1,0 +1,87 @@
+"""Detector fine-tuning's pieces (methods/detect_train.py): the weight average on parametrized models, the
+optimizer's parameter groups, and the plan options that set them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from complab.errors import PlanError
+from complab.methods.cluster import SharedValues
+from complab.methods.detect_train import ModelEMA, _param_groups
+from complab.methods.prune import apply_masks
+from complab.plan import Plan
+
+
+def tiny() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+
+
+def test_ema_averages_parameters_and_statistics_and_keeps_pruned_zeros():
+    model = tiny()
+    mask = (torch.rand_like(model[0].weight) > 0.5).float()
+    apply_masks(model, {"0": mask})
+    ema = ModelEMA(model, decay=0.75, tau=0.0)
+    original = model[0].parametrizations.weight.original
+    start = original.detach().clone()
+    start_mean = model[1].running_mean.clone()
+    with torch.no_grad():
+        original.add_(1.0)  # a "training step" moves every trained tensor, masked positions included
+        model[1].running_mean.add_(4.0)
+    ema.update()
+    assert torch.allclose(ema.shadow["0.parametrizations.weight.original"], 0.75 * start + 0.25 * (start + 1))
+    assert torch.allclose(ema.shadow["1.running_mean"], start_mean + 1.0)
+    ema.copy_to()
+    assert torch.allclose(original, start + 0.25)
+    assert torch.allclose(model[1].running_mean, start_mean + 1.0)
+    assert torch.equal(model[0].parametrizations.weight[0].mask, mask)  # the mask is not averaged
+    assert bool((model[0].weight[mask == 0] == 0).all())  # pruned weights stay exactly zero
+    assert bool((model[0].weight[mask == 1] != 0).all())
+
+
+def test_ema_ramp_follows_ultralytics_and_shared_values_keep_their_labels():
+    model = tiny()
+    labels = torch.randint(0, 3, model[3].weight.shape)
+    parametrize.register_parametrization(model[3], "weight", SharedValues(labels, torch.tensor([-1.0, 0.5, 2.0])),
+                                         unsafe=True)
+    ema = ModelEMA(model, decay=0.9999, tau=2000.0)
+    assert "3.parametrizations.weight.original" in ema.shadow  # the centroids are what trains
+    assert not any("labels" in name or "mask" in name for name in ema.shadow)
+    with torch.no_grad():
+        model[3].parametrizations.weight.original.mul_(2)
+    ema.update()
+    rate = 0.9999 * (1 - torch.exp(torch.tensor(-1 / 2000.0))).item()
+    expected = torch.tensor([-1.0, 0.5, 2.0]) * (rate + 2 * (1 - rate))
+    assert torch.allclose(ema.shadow["3.parametrizations.weight.original"], expected)
+    ema.copy_to()
+    assert torch.equal(model[3].parametrizations.weight[0].labels, labels)
+    assert set(torch.unique(model[3].weight).tolist()) <= set(expected.tolist())
+
+
+def test_param_groups_decay_conv_weights_only_each_parameter_once():
+    model = tiny()
+    apply_masks(model, {"0": torch.ones_like(model[0].weight)})
+    decay, no_decay = _param_groups(model, 5e-4)
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    ids = [id(p) for p in decay["params"]] + [id(p) for p in no_decay["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    assert {id(p) for p in decay["params"]} == {id(model[0].parametrizations.weight.original),
+                                                 id(model[3].weight)}
+    torch.optim.AdamW([decay, no_decay])  # a valid optimizer
+
+
+@pytest.mark.parametrize("step", [{"type": "prune", "sparsity": 0.5, "ema": 1.0},
+                                  {"type": "prune", "sparsity": 0.5, "ema": -0.1},
+                                  {"type": "channels", "keep_ratio": 0.5, "ema": 2}])
+def test_plan_refuses_an_ema_out_of_range(step):
+    with pytest.raises(PlanError, match="ema"):
+        Plan.from_dict({"schema_version": 1, "steps": [step]})
+
+
+def test_plan_keeps_its_ema():
+    plan = Plan.from_dict({"schema_version": 1, "steps": [{"type": "prune", "sparsity": 0.5, "ema": 0.998}]})
+    assert plan.steps[0].ema == 0.998
+    assert Plan.from_json(plan.to_json()).steps[0].ema == 0.998

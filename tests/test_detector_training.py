@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-from torch.nn.utils import parametrize
-
 from complab.errors import PlanError
 from complab.methods.cluster import SharedValues
 from complab.methods.detect_train import ModelEMA, _param_groups
 from complab.methods.prune import apply_masks
 from complab.plan import Plan
+from torch import nn
+from torch.nn.utils import parametrize
 
 
 def tiny() -> nn.Sequential:
@@ -85,3 +84,61 @@ def test_plan_keeps_its_ema():
     plan = Plan.from_dict({"schema_version": 1, "steps": [{"type": "prune", "sparsity": 0.5, "ema": 0.998}]})
     assert plan.steps[0].ema == 0.998
     assert Plan.from_json(plan.to_json()).steps[0].ema == 0.998
+
+
+def test_cwd_loss_is_zero_for_identical_maps_positive_otherwise_and_trains_the_adapter():
+    from complab.methods.detect_distill import Adapters, cwd_loss
+
+    torch.manual_seed(0)
+    teacher = [torch.randn(2, 8, 5, 5), torch.randn(2, 16, 3, 3)]
+    assert float(cwd_loss(teacher, [t.clone() for t in teacher], 2.0)) == pytest.approx(0.0, abs=1e-6)
+    student = [torch.randn(2, 4, 5, 5, requires_grad=True), torch.randn(2, 16, 3, 3, requires_grad=True)]
+    adapters = Adapters(student, teacher)
+    assert adapters.learned == 1  # 4 -> 8 channels learned; the 16-channel level compared as it is
+    loss = cwd_loss(adapters(student), teacher, 1.0)
+    assert float(loss) > 0
+    loss.backward()
+    assert all(s.grad is not None and float(s.grad.abs().sum()) > 0 for s in student)
+    assert float(adapters.maps[0].weight.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="adapter"):
+        cwd_loss(student, teacher)
+
+
+def test_neck_features_capture_the_detect_inputs():
+    from complab.methods.detect_distill import NeckFeatures
+
+    class Head(nn.Module):
+        def forward(self, maps):
+            return sum(m.mean() for m in maps)
+
+    class Yolo(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = nn.ModuleList([nn.Conv2d(3, 4, 1), Head()])
+
+        def forward(self, x):
+            y = self.model[0](x)
+            return self.model[1]([y, y[:, :, ::2, ::2]])
+
+    model = Yolo()
+    features = NeckFeatures(model)
+    model(torch.rand(1, 3, 8, 8))
+    assert [tuple(m.shape) for m in features.maps] == [(1, 4, 8, 8), (1, 4, 4, 4)]
+    features.remove()
+    features.maps = []
+    model(torch.rand(1, 3, 8, 8))
+    assert features.maps == []
+
+
+@pytest.mark.parametrize("settings", [{"features": -1.0}, {"feature_temperature": 0.0}])
+def test_plan_refuses_bad_feature_distillation(settings):
+    with pytest.raises(PlanError, match="feature"):
+        Plan.from_dict({"schema_version": 1, "steps": [{"type": "prune", "sparsity": 0.5},
+                                                        {"type": "distill", **settings}]})
+
+
+def test_classifier_refuses_feature_distillation():
+    from complab.methods.task import ClassifierTask
+
+    with pytest.raises(PlanError, match="classifier"):
+        ClassifierTask(None).distil_from(tiny(), 2.0, 0.5, features=1.0)

@@ -25,6 +25,7 @@ from complab.data.detection import DetectionData, image_files
 from complab.devices import default_device
 from complab.methods import bn_stats
 from complab.methods.channels.detector import head_outputs
+from complab.methods.detect_distill import Adapters, NeckFeatures, cwd_loss
 from complab.methods.finetune import frozen_copy
 from complab.models.detection_metric import FastMap
 from complab.models.detector import DETECT
@@ -132,7 +133,8 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def train_detector(model: nn.Module, data: DetectionData, imgsz: int, *, epochs: int, lr: float, seed: int,
                    batch: int = 16, progress: Callable[[float, float], None] | None = None,
                    should_stop: Callable[[], bool] | None = None, teacher: nn.Module | None = None,
-                   temperature: float = 2.0, alpha: float = 0.5, ema: float | None = None, ema_tau: float = 0.0,
+                   temperature: float = 2.0, alpha: float = 0.5, features: float = 0.0,
+                   feature_temperature: float = 1.0, ema: float | None = None, ema_tau: float = 0.0,
                    ema_statistics: bool = True, optimizer: str = "adam", weight_decay: float = 0.0,
                    warmup: float = 0.0, freeze_bn: bool = False, accumulate: int = 1) -> list[float]:
     """Fine-tune a (possibly parametrized) DetectionModel in place with the detection loss; mean loss per epoch.
@@ -140,7 +142,9 @@ def train_detector(model: nn.Module, data: DetectionData, imgsz: int, *, epochs:
     Adam at `lr` with a cosine decay to 0 over the run, gradients clipped at norm 10 (as Ultralytics), and a
     weight average (ModelEMA, decay `ema`, None: DETECTOR_EMA_DECAY, 0: none) copied back at the end. With a
     teacher (the original detector), the loss is (1 - alpha) * detection loss + alpha * the output-distillation
-    loss above, on the same augmented images.
+    loss above, on the same augmented images, + `features` * the channel-wise distillation of the neck's maps
+    feeding Detect at `feature_temperature` (methods/detect_distill.py; 1x1 adapters where a channel-pruned
+    student's levels are narrower than the teacher's, trained here and dropped at the end).
 
     The other settings are Ultralytics' trainer's choices, kept for the floor's ablation (benchmarks/
     yolo_recovery.py), none of which kept the demo detector's mAP50-95 on its own: `optimizer` "adamw" with
@@ -175,10 +179,23 @@ def train_detector(model: nn.Module, data: DetectionData, imgsz: int, *, epochs:
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer not in ("adam", "adamw"):
         raise ValueError(f"optimizer {optimizer!r} is unknown: use adam or adamw")
+    if teacher is not None:
+        teacher = frozen_copy(teacher).to(device)
+    neck = None  # (student's, teacher's captured Detect inputs, adapters) for channel-wise distillation
+    if teacher is not None and features > 0:
+        neck = NeckFeatures(model), NeckFeatures(teacher)
+        model.eval()
+        with torch.no_grad():  # one probe image tells each level's channel counts
+            probe = torch.zeros(1, 3, imgsz, imgsz, device=device)
+            model(probe), teacher(probe)
+        neck = (*neck, Adapters(neck[0].maps, neck[1].maps).to(device))
+    adapted = list(neck[2].parameters()) if neck is not None else []
     if optimizer == "adamw":
-        opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999))
+        groups = _param_groups(model, weight_decay) + ([{"params": adapted, "weight_decay": 0.0}] if adapted else [])
+        opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
     else:
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        opt = torch.optim.Adam(params + adapted, lr=lr, weight_decay=weight_decay)
+    params = params + adapted
     total = max(1, epochs * len(loader))
     warm = int(round(warmup * total)) if warmup < 1 else int(warmup)
 
@@ -198,8 +215,6 @@ def train_detector(model: nn.Module, data: DetectionData, imgsz: int, *, epochs:
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
-    if teacher is not None:
-        teacher = frozen_copy(teacher).to(device)
     try:
         for _ in range(epochs):
             running, count = 0.0, 0
@@ -216,6 +231,8 @@ def train_detector(model: nn.Module, data: DetectionData, imgsz: int, *, epochs:
                     with torch.no_grad():
                         teacher_preds = _raw(teacher(batch_data["img"]))
                     loss = (1 - alpha) * loss + alpha * detection_kd_loss(_raw(preds), teacher_preds, temperature)
+                    if neck is not None:
+                        loss = loss + features * cwd_loss(neck[2](neck[0].maps), neck[1].maps, feature_temperature)
                 (loss / accumulate).backward()
                 if (step + 1) % accumulate == 0 or step + 1 == total:
                     torch.nn.utils.clip_grad_norm_(params, max_norm=10.0)  # as Ultralytics' trainer does
@@ -233,6 +250,8 @@ def train_detector(model: nn.Module, data: DetectionData, imgsz: int, *, epochs:
                     return losses
             losses.append(running / max(1, count))
     finally:
+        if neck is not None:
+            neck[0].remove(), neck[1].remove()  # the adapters go with them: never part of the model
         if averager is not None:
             averager.copy_to()
         model.eval()
@@ -328,8 +347,10 @@ class DetectorTask:
     def screen(self, size: int, seed: int) -> torch.Tensor:
         return screen_batch(self.data, self.imgsz, size, seed)
 
-    def distil_from(self, teacher: nn.Module, temperature: float, alpha: float) -> None:
-        self._distill = {"teacher": teacher, "temperature": temperature, "alpha": alpha}
+    def distil_from(self, teacher: nn.Module, temperature: float, alpha: float, features: float = 0.0,
+                    feature_temperature: float = 1.0) -> None:
+        self._distill = {"teacher": teacher, "temperature": temperature, "alpha": alpha, "features": features,
+                         "feature_temperature": feature_temperature}
 
     @classmethod
     def for_handle(cls, handle, data: DetectionData | None, batch_size: int = 64,

@@ -6,8 +6,9 @@ rebuilds the model from its yaml, keeps an EMA copy and saves half-precision che
 which would drop the constraints. This loop takes the trainer's pieces instead: its dataset and
 augmentation (`build_yolo_dataset`, mosaic off as in Ultralytics' final `close_mosaic` epochs, since
 fine-tuning is short), its loss (`DetectionModel.loss`, box + class + DFL with the default gains),
-and trains the parametrized model in place. Scoring is mAP50-95 on a seeded subset of the validation
-images (models/detection_metric.py, the same quantity as Ultralytics' DetectionValidator).
+and trains the parametrized model in place, ending on a weight average (ModelEMA below: Ultralytics' EMA
+made to leave parametrizations alone). Scoring is mAP50-95 on a seeded subset of the validation images
+(models/detection_metric.py, the same quantity as Ultralytics' DetectionValidator).
 """
 
 from __future__ import annotations
@@ -136,7 +137,8 @@ def train_detector(model: nn.Module, data: DetectionData, imgsz: int, *, epochs:
                    temperature: float = 2.0, alpha: float = 0.5, features: float = 0.0,
                    feature_temperature: float = 1.0, ema: float | None = None, ema_tau: float = 0.0,
                    ema_statistics: bool = True, optimizer: str = "adam", weight_decay: float = 0.0,
-                   warmup: float = 0.0, freeze_bn: bool = False, accumulate: int = 1) -> list[float]:
+                   warmup: float = 0.0, freeze_bn: bool = False, accumulate: int = 1,
+                   precise_bn: int = 0) -> list[float]:
     """Fine-tune a (possibly parametrized) DetectionModel in place with the detection loss; mean loss per epoch.
 
     Adam at `lr` with a cosine decay to 0 over the run, gradients clipped at norm 10 (as Ultralytics), and a
@@ -255,6 +257,15 @@ def train_detector(model: nn.Module, data: DetectionData, imgsz: int, *, epochs:
         if averager is not None:
             averager.copy_to()
         model.eval()
+    if precise_bn > 0 and bn_stats.has_batch_norm(model):
+        def augmented():
+            for index, batch_data in enumerate(loader):
+                if index >= precise_bn:
+                    break
+                yield batch_data["img"].float() / 255
+
+        with torch.no_grad():
+            bn_stats.reestimate(model, augmented())
     return losses
 
 

@@ -14,6 +14,7 @@ close_mosaic covering both epochs), all with seed 0:
   freeze_bn_no_ema            batch norms in eval mode (statistics kept), no average
   adamw_wd_no_ema             Ultralytics' AdamW param groups, weight decay 5e-4 on conv weights only
   warmup_no_ema               lr rising linearly over the first epoch
+  precise_bn_no_ema           batch-norm statistics re-estimated after training on 50 augmented training batches
   ultralytics_ema_ramp        Ultralytics' ModelEMA decay 0.9999 * (1 - exp(-updates / 2000)): after 100 updates
                               its decay is 0.05, so it follows the weights
   ultralytics_trainer         YOLO(detector.pt).train(optimizer=AdamW, lr0=1e-3, epochs=2, batch=16); its EMA
@@ -53,6 +54,7 @@ ABLATION = {
     "freeze_bn_no_ema": {"ema": 0.0, "freeze_bn": True},
     "adamw_wd_no_ema": {"ema": 0.0, "optimizer": "adamw", "weight_decay": 5e-4},
     "warmup_no_ema": {"ema": 0.0, "warmup": 0.5},
+    "precise_bn_no_ema": {"ema": 0.0, "precise_bn": 50},
     "ultralytics_ema_ramp": {"ema": 0.9999, "ema_tau": 2000.0},
 }
 

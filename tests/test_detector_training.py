@@ -142,3 +142,42 @@ def test_classifier_refuses_feature_distillation():
 
     with pytest.raises(PlanError, match="classifier"):
         ClassifierTask(None).distil_from(tiny(), 2.0, 0.5, features=1.0)
+
+
+@pytest.mark.slow
+def test_channel_wise_distillation_trains_a_narrower_detector_and_leaves_no_adapter():
+    """One epoch of the demo detector with its neck's last C2f narrowed (so an adapter is needed) distilling from
+    the original: the loss is finite, the model keeps its own modules and state only, and no hook is left."""
+    from complab.data.detection import load_detection_data
+    from complab.methods.channels.detector import head_outputs
+    from complab.methods.channels.graph import build_graph, channel_groups, remove_channels
+    from complab.methods.detect_distill import NeckFeatures
+    from complab.methods.detect_train import train_detector
+    from complab.models.detector import load_detector
+    from complab.models.yolo_prunable import make_prunable
+
+    def neck_widths(model) -> list[int]:
+        features = NeckFeatures(model)
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, handle.imgsz, handle.imgsz))
+        features.remove()
+        return [m.shape[1] for m in features.maps]
+
+    handle = load_detector()
+    student = handle.clone().model
+    make_prunable(student)
+    graph = build_graph(student, handle.input_shape)
+    groups = channel_groups(student, handle.input_shape, graph, ignored=tuple(head_outputs(student)))
+    group = next(g for g in groups if g.name == "model.21.cv2.conv")
+    widths = neck_widths(student)
+    keep = torch.zeros(widths[2], dtype=torch.bool)
+    keep[::2] = True
+    remove_channels(student, graph, group, keep)
+    narrowed = neck_widths(student)
+    assert narrowed[2] == widths[2] // 2 and narrowed[:2] == widths[:2]
+    keys = set(student.state_dict())
+    losses = train_detector(student, load_detection_data("shapes"), handle.imgsz, epochs=1, lr=1e-3, seed=0,
+                            teacher=handle.model, alpha=0.3, features=2.0, ema=0.0)
+    assert len(losses) == 1 and torch.isfinite(torch.tensor(losses[0]))
+    assert set(student.state_dict()) == keys
+    assert not student.model[-1]._forward_pre_hooks

@@ -99,7 +99,8 @@ class StepContext:
         None the task's default); a classifier's loop keeps none.
         """
         if epochs > 0:
-            self.task.train(model, epochs=epochs, lr=lr, seed=seed, ema=ema,
+            options = {} if ema is None else {"ema": ema}  # (a Task written before the option need not take it)
+            self.task.train(model, epochs=epochs, lr=lr, seed=seed, **options,
                             progress=lambda f, loss: self.emit(stage, f, loss=loss), should_stop=self.should_stop)
             self.check_cancelled()
             if not self.task.reestimate_after_training:

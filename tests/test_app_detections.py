@@ -108,6 +108,7 @@ def test_plan_and_sensitivity_pages_work_for_the_detector(detector_home, monkeyp
     assert not any(".cv3.0.2" in k or ".dfl." in k for k in sliders)  # head predictions are never compressed
     assert "Estimated file" in {m.label for m in at.metric}
     assert at.checkbox(key="plan_fold_bn").value  # detectors fold batch norm after pruning by default
+    assert at.number_input(key="plan_prune_ema").value == 0.0  # the prune step's weight average, off by default
     at.switch_page("pages/sensitivity.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.number_input(key="sens_val_size").value == 64
@@ -233,10 +234,10 @@ def test_a_detector_recipe_moves_the_channel_sliders():
 
     import complab.ui.channels as app_channels
     from complab.models.detector import load_detector
-    from complab.plan import ChannelStep, Plan
+    from complab.plan import ChannelStep, DistillStep, Plan
 
     recipe = Plan(steps=(ChannelStep(keep_ratio={"model.4.cv1.conv": 0.5, "model.9.cv2.conv": 0.25},
-                                     selection="random"),))
+                                     selection="random"), DistillStep(features=2.5, feature_temperature=1.5)))
     state = {}
     with pytest.MonkeyPatch.context() as patch:  # outside a running script: capture what it writes
         patch.setattr(app_channels, "st", type("FakeStreamlit", (), {"session_state": state}))
@@ -245,6 +246,7 @@ def test_a_detector_recipe_moves_the_channel_sliders():
         app_channels.load_channels(recipe, load_detector(), "k")
     assert state["chan::k::keep::model.4.cv1.conv"] == 16 and state["chan::k::keep::model.9.cv2.conv"] == 32
     assert state["chan::k::keep::model.0.conv"] == 8 and state["chan::k::selection"] == "random"
+    assert state["chan::k::kd_features"] == 2.5 and state["chan::k::kd_feature_temperature"] == 1.5
 
 
 def test_detections_and_compare_in_presentation_mode_from_a_link(detector_home, monkeypatch):

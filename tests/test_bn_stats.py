@@ -81,7 +81,7 @@ def test_a_task_that_keeps_its_training_statistics_is_reestimated_only_without_t
     class KeepsItsStatistics(ClassifierTask):
         reestimate_after_training = False
 
-        def train(self, model, *, epochs, lr, seed, progress=None, should_stop=None):
+        def train(self, model, *, epochs, lr, seed, progress=None, should_stop=None, ema=None):
             trained.append(epochs)
             model.bn.running_mean.fill_(7.0)  # what a training loop leaves in the running statistics
 

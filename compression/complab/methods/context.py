@@ -87,16 +87,20 @@ class StepContext:
         if self.task is None:
             self.task = ClassifierTask(self.data, self.batch_size, self.shift_pixels)
 
-    def finetune(self, model: nn.Module, epochs: int, lr: float, seed: int, stage: str) -> None:
+    def finetune(self, model: nn.Module, epochs: int, lr: float, seed: int, stage: str,
+                 ema: float | None = None) -> None:
         """Fine-tune `model` in place with the task's loss (constraints stay: they are parametrizations), then
         re-estimate its batch-norm statistics.
 
         Every method calls this right after it changed weights, so the statistics are re-estimated even with
         0 epochs: a batch norm's exponential average (momentum 0.01 in MobileNetV3) would not catch up anyway.
         A task whose `reestimate_after_training` is False keeps its training's statistics when epochs > 0.
+        `ema`: the decay of the weight average a detector's fine-tuning keeps (methods/detect_train.ModelEMA; 0 off,
+        None the task's default); a classifier's loop keeps none.
         """
         if epochs > 0:
-            self.task.train(model, epochs=epochs, lr=lr, seed=seed,
+            options = {} if ema is None else {"ema": ema}  # (a Task written before the option need not take it)
+            self.task.train(model, epochs=epochs, lr=lr, seed=seed, **options,
                             progress=lambda f, loss: self.emit(stage, f, loss=loss), should_stop=self.should_stop)
             self.check_cancelled()
             if not self.task.reestimate_after_training:

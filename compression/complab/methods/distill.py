@@ -30,7 +30,7 @@ DISTILL_FINETUNE_SEED = 7
 def use_teacher(ctx: StepContext, step: DistillStep, teacher: nn.Module) -> None:
     """Make every later fine-tuning in `ctx` distil from `teacher` (the original model): the task's training
     loop distils its own way (a classifier: the loss above; a detector: methods/detect_train.py)."""
-    ctx.task.distil_from(teacher, step.temperature, step.alpha)
+    ctx.task.distil_from(teacher, step.temperature, step.alpha, step.features, step.feature_temperature)
 
 
 @handler(DistillStep)

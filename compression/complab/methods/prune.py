@@ -81,7 +81,7 @@ def run(model: nn.Module, step: PruneStep, ctx: StepContext) -> StepResult:
         apply_masks(model, masks)
         stage = f"prune round {round_index}/{step.iterations}"
         ctx.emit(stage, 0.0)
-        ctx.finetune(model, step.finetune_epochs, step.lr, ctx.seed + step.seed + round_index, stage)
+        ctx.finetune(model, step.finetune_epochs, step.lr, ctx.seed + step.seed + round_index, stage, ema=step.ema)
         ctx.check_cancelled()
     bake(model)
     achieved = {}

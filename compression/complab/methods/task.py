@@ -18,6 +18,7 @@ from torch import nn
 
 from complab import metrics
 from complab.data import DataBundle
+from complab.errors import PlanError
 from complab.methods import bn_stats
 from complab.methods.finetune import LossFn, TrainConfig, cross_entropy_loss, make_kd_loss, train
 from complab.models.handle import CLASSIFY
@@ -49,8 +50,9 @@ class Task(Protocol):
         """Whether fine-tuning distils from a teacher (`distil_from` was called)."""
 
     def train(self, model: nn.Module, *, epochs: int, lr: float, seed: int, progress: Progress | None = None,
-              should_stop: Callable[[], bool] | None = None) -> None:
-        """Fine-tune `model` in place with the task's loss (constraints stay: they are parametrizations)."""
+              should_stop: Callable[[], bool] | None = None, ema: float | None = None) -> None:
+        """Fine-tune `model` in place with the task's loss (constraints stay: they are parametrizations); `ema`: the
+        decay of a weight average copied back at the end (None: the task's default; a task may keep none)."""
 
     def recalibrate(self, model: nn.Module, seed: int, max_batches: int) -> int | None:
         """Re-estimate `model`'s batch-norm statistics on training images; batches used (None: no data to use)."""
@@ -61,8 +63,10 @@ class Task(Protocol):
     def screen(self, size: int, seed: int) -> torch.Tensor:
         """`size` validation images as one batch, as the model reads them (the channel search's cheap screen)."""
 
-    def distil_from(self, teacher: nn.Module, temperature: float, alpha: float) -> None:
-        """Every later fine-tuning distils from `teacher` (a plan's distill step)."""
+    def distil_from(self, teacher: nn.Module, temperature: float, alpha: float, features: float = 0.0,
+                    feature_temperature: float = 1.0) -> None:
+        """Every later fine-tuning distils from `teacher` (a plan's distill step); `features`: the weight of a
+        feature-map distillation term where the task has one (a detector's neck: methods/detect_distill.py)."""
 
     def prepare_channel_pruning(self, model: nn.Module) -> tuple[list[str], tuple[nn.Module, ...]]:
         """Make `model` prunable by the dependency graph, in place: (modules replaced, the file records them;
@@ -114,7 +118,8 @@ class ClassifierTask:
         return self.loss_fn is not cross_entropy_loss
 
     def train(self, model: nn.Module, *, epochs: int, lr: float, seed: int, progress: Progress | None = None,
-              should_stop: Callable[[], bool] | None = None) -> None:
+              should_stop: Callable[[], bool] | None = None, ema: float | None = None) -> None:
+        """(`ema` is a detector's setting: the classifier's loop keeps no weight average.)"""
         config = TrainConfig(epochs=epochs, lr=lr, seed=seed, batch_size=self.batch_size,
                              shift_pixels=self.shift_pixels)
         train(model, self.data.train, config, loss_fn=self.loss_fn, progress=progress, should_stop=should_stop)
@@ -133,7 +138,11 @@ class ClassifierTask:
         screen = self.data.subset("val", size, seed)
         return torch.stack([screen[i][0] for i in range(len(screen))])
 
-    def distil_from(self, teacher: nn.Module, temperature: float, alpha: float) -> None:
+    def distil_from(self, teacher: nn.Module, temperature: float, alpha: float, features: float = 0.0,
+                    feature_temperature: float = 1.0) -> None:
+        if features > 0:
+            raise PlanError("distill: features (channel-wise distillation of a detector's neck) has no classifier "
+                            "counterpart here: set it to 0 for a classifier")
         self.loss_fn = make_kd_loss(teacher, temperature, alpha)
 
     @classmethod

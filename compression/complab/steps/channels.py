@@ -48,6 +48,8 @@ class ChannelStep:
     # kept channels per group rounded to the nearest multiple of this (1 = off, 8, 16): ONNX Runtime's and other
     # runtimes' convolution kernels vectorize over 8 or 16 channels, so an odd width wastes the remainder's lanes
     round_to: int = 1
+    # a detector's fine-tuning: decay of the weight average it ends on (methods/detect_train.ModelEMA; 0 = none)
+    ema: float = 0.0
 
     def check(self, where: str) -> None:
         for layer, value in self.keep_ratio.items():
@@ -66,5 +68,6 @@ class ChannelStep:
         _integer(where, None, "finetune_epochs", self.finetune_epochs, 0, 1000)
         _integer(where, None, "final_epochs", self.final_epochs, 0, 1000)
         _number(where, None, "lr", self.lr, 0.0, 1.0)
+        _number(where, None, "ema", self.ema, 0.0, 0.9999)
         if isinstance(self.round_to, bool) or self.round_to not in ROUND_TO:
             raise PlanError(f"{where}: round_to {_short(self.round_to)} is unknown: use 1 (off), 8 or 16")

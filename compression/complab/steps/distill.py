@@ -26,9 +26,15 @@ class DistillStep:
     epochs: int = 4  # fine-tuning epochs of this step (0: only switch the other steps' loss to KD)
     lr: float = 5e-4  # learning rate (Adam)
     seed: int = 0
+    # a detector: weight of the channel-wise distillation (Shu et al. 2021) of the neck's maps feeding Detect, added
+    # to the loss (0 = off; methods/detect_distill.py), and its softmax temperature
+    features: float = 0.0
+    feature_temperature: float = 1.0
 
     def check(self, where: str) -> None:
         _number(where, None, "temperature", self.temperature, 0.1, 100.0)
         _number(where, None, "alpha", self.alpha, 0.0, 1.0)
         _integer(where, None, "epochs", self.epochs, 0, 1000)
         _number(where, None, "lr", self.lr, 0.0, 1.0)
+        _number(where, None, "features", self.features, 0.0, 1000.0)
+        _number(where, None, "feature_temperature", self.feature_temperature, 0.1, 100.0)

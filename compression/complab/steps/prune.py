@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from complab.layermap import LayerField, OptionField, _integer, _number, resolve, step_config
 
+EMA_MAX = 0.9999  # a weight average's decay: 0 (none) up to 0.9999 (Ultralytics' ModelEMA's)
 SPARSITY_MAX = 0.999  # every sparsity a valid recipe holds fits the Plan page's slider
 
 
@@ -27,12 +28,20 @@ class PruneStep:
     option_fields: ClassVar[tuple[OptionField, ...]] = (
         OptionField("iterations", "plan_iterations", "prune rounds", 1, 100),
         OptionField("finetune_epochs", "plan_prune_epochs", "epochs per round", 0, 1000),
+        OptionField("ema", "plan_prune_ema", "weight average decay (detectors)", 0.0, EMA_MAX, step=0.001,
+                    fmt="%.4f", help="a detector's fine-tuning keeps an exponential average of its weights and "
+                                     "batch-norm statistics with this decay and ends on it (0: off). It holds the "
+                                     "model near where a round started: right for a small step, wrong after a big "
+                                     "one (measured on the demo detector: benchmarks/yolo_recovery.py)"),
     )
     sparsity: dict[str, float] = field(default_factory=dict)  # fraction of weights removed, 0 to 0.999
     iterations: int = 3  # prune-then-fine-tune rounds; sparsity rises to its target over them
     finetune_epochs: int = 4  # epochs of masked fine-tuning after each round
     lr: float = 5e-4  # fine-tuning learning rate (Adam)
     seed: int = 0
+    # a detector's fine-tuning: decay of the weight average it ends on (methods/detect_train.ModelEMA; 0 = none);
+    # a classifier's loop keeps none
+    ema: float = 0.0
 
     def check(self, where: str) -> None:
         for layer, value in self.sparsity.items():
@@ -40,6 +49,7 @@ class PruneStep:
         _integer(where, None, "iterations", self.iterations, 1, 100)
         _integer(where, None, "finetune_epochs", self.finetune_epochs, 0, 1000)
         _number(where, None, "lr", self.lr, 0.0, 1.0)
+        _number(where, None, "ema", self.ema, 0.0, EMA_MAX)
 
     @classmethod
     def from_rows(cls, rows: dict[str, dict], options: dict | None = None) -> PruneStep | None:

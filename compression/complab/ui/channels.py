@@ -98,6 +98,8 @@ def load_channels(plan: Plan, handle, key: str) -> None:
         st.session_state[prefix + "temperature"] = float(distill_step.temperature)
         st.session_state[prefix + "alpha"] = float(distill_step.alpha)
         st.session_state[prefix + "kd_epochs"] = distill_step.epochs
+        st.session_state[prefix + "kd_features"] = float(distill_step.features)
+        st.session_state[prefix + "kd_feature_temperature"] = float(distill_step.feature_temperature)
 
 
 def channel_section(handle, key: str, lazy: bool = False) -> ChannelChoice:
@@ -146,7 +148,9 @@ def channel_section(handle, key: str, lazy: bool = False) -> ChannelChoice:
                             ("epochs", CHANNEL_DEFAULTS.finetune_epochs), ("round_to", handle.kind.channel_round_to),
                             ("kd", True),
                             ("temperature", DISTILL_DEFAULTS.temperature), ("alpha", DISTILL_DEFAULTS.alpha),
-                            ("kd_epochs", DISTILL_DEFAULTS.epochs)):
+                            ("kd_epochs", DISTILL_DEFAULTS.epochs),
+                            ("kd_features", float(DISTILL_DEFAULTS.features)),
+                            ("kd_feature_temperature", float(DISTILL_DEFAULTS.feature_temperature))):
             st.session_state.setdefault(prefix + name, value)
         population = c[1].number_input("population", 2, 200, key=prefix + "population")
         generations = c[2].number_input("generations", 0, 200, key=prefix + "generations")
@@ -165,12 +169,25 @@ def channel_section(handle, key: str, lazy: bool = False) -> ChannelChoice:
         temperature = c[1].number_input("temperature", 0.5, 20.0, key=prefix + "temperature", disabled=not use_kd)
         alpha = c[2].number_input("KD weight", 0.0, 1.0, key=prefix + "alpha", disabled=not use_kd)
         kd_epochs = c[3].number_input("distill epochs", 0, 100, key=prefix + "kd_epochs", disabled=not use_kd)
+        features = feature_temperature = 0.0
+        if detector:
+            c = st.columns(4)
+            features = c[1].number_input(
+                "neck distillation weight", 0.0, 1000.0, key=prefix + "kd_features", disabled=not use_kd,
+                help="channel-wise distillation (Shu et al. 2021) of the maps feeding the Detect head, added to "
+                     "the loss with this weight (0: off); a narrower pruned neck is compared through 1x1 adapters "
+                     "trained with it and dropped after")
+            feature_temperature = c[2].number_input("neck temperature", 0.1, 100.0,
+                                                    key=prefix + "kd_feature_temperature",
+                                                    disabled=not use_kd or not features)
     choice.options = {"selection": selection, "population": int(population), "generations": int(generations),
                       "elite": min(CHANNEL_DEFAULTS.elite, int(population) - 1),
                       "survivors": min(CHANNEL_DEFAULTS.survivors, int(population)),
                       "finetune_epochs": int(epochs), "round_to": int(round_to)}
     if use_kd and choice.keep_ratio:
-        choice.distill = {"temperature": float(temperature), "alpha": float(alpha), "epochs": int(kd_epochs)}
+        choice.distill = {"temperature": float(temperature), "alpha": float(alpha), "epochs": int(kd_epochs),
+                          "features": float(features),
+                          "feature_temperature": float(feature_temperature or DISTILL_DEFAULTS.feature_temperature)}
     return choice
 
 

@@ -123,8 +123,9 @@ def run(model: nn.Module, step: ChannelStep, ctx: StepContext) -> StepResult:
             bn_stats.reestimate_on(model, ctx.data.subset("train", step.recalibrate_size, seed + RECALIBRATE_SEED),
                                    ctx.batch_size, None, seed + RECALIBRATE_SEED)
         report["layers"][name] = row
-        ctx.finetune(model, step.finetune_epochs, step.lr, seed + GROUP_FINETUNE_SEED + position, stage + " fine-tune")
-    ctx.finetune(model, step.final_epochs, step.lr, seed + FINAL_FINETUNE_SEED, "channels fine-tune")
+        ctx.finetune(model, step.finetune_epochs, step.lr, seed + GROUP_FINETUNE_SEED + position, stage + " fine-tune",
+                     ema=step.ema)
+    ctx.finetune(model, step.final_epochs, step.lr, seed + FINAL_FINETUNE_SEED, "channels fine-tune", ema=step.ema)
     model.eval()
     ctx.log("channels: kept " + ", ".join(f"{k}={v['kept']}/{v['channels']}" for k, v in report["layers"].items()))
     # Torch-Pruning's replay record of this step: the file stores it and the decoder replays it

@@ -98,3 +98,17 @@ def test_shipped_lenet_recipes_fit_their_models_and_share_biases(name, layers):
     cluster = next(step for step in plan.steps if step.type == "cluster")
     assert cluster.bias_clusters >= 2
     assert Plan.from_dict({**plan.to_dict(), "seed": 2}).seed == 2  # the benchmark runs each seed this way
+
+
+def test_options_added_later_are_written_only_when_set():
+    """A recipe that does not use an option added after recipes shipped (prune/channels `ema`, distill `features`)
+    serializes as before (same bytes, same content keys); one that sets it keeps it through a round trip."""
+    plain = Plan.from_dict({"schema_version": 1, "steps": [{"type": "prune", "sparsity": {"_default": 0.5}},
+                                                           {"type": "distill"}]})
+    written = plain.to_dict()
+    assert "ema" not in written["steps"][0] and "features" not in written["steps"][1]
+    assert "lr" in written["steps"][0]  # the older options are written as always
+    tuned = Plan.from_dict({"schema_version": 1, "steps": [{"type": "prune", "sparsity": {"_default": 0.5},
+                                                            "ema": 0.998}, {"type": "distill", "features": 2.0}]})
+    again = Plan.from_json(tuned.to_json())
+    assert again.steps[0].ema == 0.998 and again.steps[1].features == 2.0

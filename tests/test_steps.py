@@ -141,7 +141,8 @@ def test_the_settings_widgets_take_every_value_a_recipe_may_hold():
     valid recipe never holds a value the widget would refuse (a number input above its max stops the page)."""
     from complab.ui.plan_page import option_fields
 
-    assert len(option_fields()) == 9  # issue 27: the int step adds activation bits, calibration images, QAT epochs
+    assert len(option_fields()) == 10  # issue 27: the int step's activation bits, calibration images, QAT epochs;
+    # issue 29: the prune step's weight-average decay
     for config, f in option_fields():
         default = getattr(config(), f.name)
         for value in (f.low, f.high):

@@ -157,7 +157,11 @@ class Plan:
     def to_dict(self) -> dict:
         steps = []
         for step in self.steps:
-            steps.append({"type": step.type, **asdict(step)})
+            # options added after recipes shipped and runs were keyed are written only when set: a recipe that does
+            # not use them keeps its bytes (the lesson's shipped plan.json) and its runs' content keys
+            quiet = {f.name: f.default for f in fields(step) if f.name in getattr(step, "quiet_defaults", ())}
+            steps.append({"type": step.type, **{key: value for key, value in asdict(step).items()
+                                                if key not in quiet or value != quiet[key]}})
         return {"schema_version": SCHEMA_VERSION, "name": self.name, "seed": self.seed,
                 "eval_split": self.eval_split, "steps": steps}
 

@@ -50,6 +50,7 @@ class ChannelStep:
     round_to: int = 1
     # a detector's fine-tuning: decay of the weight average it ends on (methods/detect_train.ModelEMA; 0 = none)
     ema: float = 0.0
+    quiet_defaults: ClassVar[tuple[str, ...]] = ("ema",)  # (plan.Plan.to_dict)
 
     def check(self, where: str) -> None:
         for layer, value in self.keep_ratio.items():

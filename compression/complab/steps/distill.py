@@ -30,6 +30,7 @@ class DistillStep:
     # to the loss (0 = off; methods/detect_distill.py), and its softmax temperature
     features: float = 0.0
     feature_temperature: float = 1.0
+    quiet_defaults: ClassVar[tuple[str, ...]] = ("features", "feature_temperature")  # (plan.Plan.to_dict)
 
     def check(self, where: str) -> None:
         _number(where, None, "temperature", self.temperature, 0.1, 100.0)

@@ -42,6 +42,7 @@ class PruneStep:
     # a detector's fine-tuning: decay of the weight average it ends on (methods/detect_train.ModelEMA; 0 = none);
     # a classifier's loop keeps none
     ema: float = 0.0
+    quiet_defaults: ClassVar[tuple[str, ...]] = ("ema",)  # (plan.Plan.to_dict)
 
     def check(self, where: str) -> None:
         for layer, value in self.sparsity.items():

@@ -70,7 +70,7 @@ def compress(handle, plan: Plan, data: DataBundle, out_dir: str | Path, *,
     started = time.time()
 
     emit("measure original", 0.0, {})
-    before = handle.measure(data, split, latency)
+    before = handle.measure(data, split, latency=False)  # its latency is timed at the end, paired with the file's
     log(f"original: {handle.score_name} {before['accuracy']:.4f}, {before['fp32_bytes']:,} fp32 bytes")
     work = handle.clone()
     if shift_pixels is None:

@@ -65,12 +65,26 @@ def _widths(module: torch.nn.Module) -> list[int]:
     return [m.out_channels for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
 
 
+def _handle(model, size: int, family: str):
+    from complab.models.detector import DetectorHandle
+
+    return DetectorHandle(model, {"kind": "ultralytics", "yaml": model.yaml, "names": dict(model.names)}, size, family)
+
+
+def _decoded(handle, result, tmp_path):
+    """The pruned detector written as a compact file and read back."""
+    from complab.models.compact import Products
+    from complab.models.detector import load_detector_file
+
+    handle.save(tmp_path / "pruned.clab", products=Products(channel_history=result.history,
+                                                           c2f_replaced=result.replaced))
+    return load_detector_file(tmp_path / "pruned.clab")
+
+
 def _prunes_around_attention(family: str, tmp_path, size: int = SIZE) -> None:
     import copy
 
     from complab.methods.channels.detector import prune_detector
-    from complab.models.compact import Products
-    from complab.models.detector import DetectorHandle, load_detector_file
     from complab.models.yolo_prunable import kept_whole
 
     torch.manual_seed(0)
@@ -81,8 +95,7 @@ def _prunes_around_attention(family: str, tmp_path, size: int = SIZE) -> None:
     before = model(x)[0]
     params = sum(p.numel() for p in model.parameters())
     kept = {name: _widths(model.get_submodule(name)) for name in kept_whole(model)}
-    handle = DetectorHandle(model, {"kind": "ultralytics", "yaml": model.yaml, "names": dict(model.names)}, size,
-                            family)
+    handle = _handle(model, size, family)
     result = prune_detector(model, 0.5, handle.input_shape)
     after = model(x)[0]
     assert after.shape == before.shape
@@ -95,9 +108,7 @@ def _prunes_around_attention(family: str, tmp_path, size: int = SIZE) -> None:
     silenced = _silenced(original, result.history, handle.input_shape)(x)[0]
     assert float((silenced - after).abs().max()) <= 1e-3 * scale
     assert float((original(x)[0] - after).abs().max()) > 1e-2 * scale  # (the check above can fail)
-    handle.save(tmp_path / "pruned.clab", products=Products(channel_history=result.history,
-                                                           c2f_replaced=result.replaced))
-    decoded = load_detector_file(tmp_path / "pruned.clab")
+    decoded = _decoded(handle, result, tmp_path)
     assert torch.equal(decoded.model(x)[0], after)
 
 
@@ -105,23 +116,18 @@ def _prunes_around_attention(family: str, tmp_path, size: int = SIZE) -> None:
 @torch.no_grad()
 def test_supported_family_prunes_and_its_file_decodes_to_the_same_outputs(family, tmp_path):
     from complab.methods.channels.detector import prune_detector
-    from complab.models.compact import Products
-    from complab.models.detector import DetectorHandle, load_detector_file
 
     torch.manual_seed(0)
     model = _build(family)
     x = torch.rand(2, 3, SIZE, SIZE)
     before = model(x)[0]
     params = sum(p.numel() for p in model.parameters())
-    handle = DetectorHandle(model, {"kind": "ultralytics", "yaml": model.yaml, "names": dict(model.names)}, SIZE,
-                            family)
+    handle = _handle(model, SIZE, family)
     result = prune_detector(model, 0.5, handle.input_shape)
     after = model(x)[0]
     assert after.shape == before.shape
     assert sum(p.numel() for p in model.parameters()) < 0.35 * params
-    handle.save(tmp_path / "pruned.clab", products=Products(channel_history=result.history,
-                                                           c2f_replaced=result.replaced))
-    decoded = load_detector_file(tmp_path / "pruned.clab")
+    decoded = _decoded(handle, result, tmp_path)
     assert torch.allclose(decoded.model(x)[0], after, atol=1e-5)
 
 
@@ -187,12 +193,10 @@ def test_channels_step_refuses_an_unsupported_detector_by_name():
     from complab.methods import channels
     from complab.methods.context import StepContext
     from complab.methods.tasks import task_for
-    from complab.models.detector import DetectorHandle
     from complab.plan import ChannelStep
 
     model = _build("rtdetr-l")
-    handle = DetectorHandle(model, {"kind": "ultralytics", "yaml": model.yaml, "names": dict(model.names)}, SIZE,
-                            "rtdetr-l")
+    handle = _handle(model, SIZE, "rtdetr-l")
     ctx = StepContext(data=None, layers=list(handle.prunable_layers()), task=task_for(handle, None))
     with pytest.raises(PlanError, match=r"YOLO block HGStem \(model\.0\)"):
         channels.run(model, ChannelStep(keep_ratio={"_default": 0.5}, selection="l1"), ctx)
@@ -225,11 +229,9 @@ def test_plan_page_layout_of_yolo11n_is_the_step_s_and_its_estimate_is_what_prun
 
     from complab.analysis.channel_estimate import channel_factors, channel_layout
     from complab.methods.channels.detector import prune_detector
-    from complab.models.detector import DetectorHandle
 
     model = _build("yolo11n")
-    handle = DetectorHandle(model, {"kind": "ultralytics", "yaml": model.yaml, "names": dict(model.names)}, 128,
-                            "yolo11n")
+    handle = _handle(model, 128, "yolo11n")
     layout = channel_layout(copy.deepcopy(model), (3, 128, 128), "detect")
     assert not any(".attn." in key or key.startswith("model.10.cv1") for key in layout.groups)
     assert "model.23.cv3.0.0.0.conv" in layout.out_group  # a depthwise convolution, pruned with its inputs

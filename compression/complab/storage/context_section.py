@@ -1,0 +1,322 @@
+"""Section type 8, shared version 3: version 2's layout with the indices coded in contexts of the previous kept
+weight of the same row (the level that weight has), decoded a round at a time, vectorised over the rows.
+
+A trained layer's rows (output neurons, conv filters) differ in scale, so a kept weight's level tells a lot
+about the next one in its row (DeepCABAC's contexts see the previous level too). Contexts that depend on
+already decoded symbols usually force a per-symbol loop; here every context is an order-0 stream of its own,
+and the symbols are ordered by their rank inside their row ("round" j holds the j-th kept weight of every row
+that has one), so a round's contexts are known once the previous round is decoded: each round is a few numpy
+calls over the rows, whatever the number of symbols. The encoder offers this type only when it is smaller
+than version 2 by its own exact size; the registry then keeps the smallest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from complab.storage import _dtypes
+from complab.storage._bits import BitReader, BitWriter, ByteReader, damaged, varint
+from complab.storage.entropy import Joined, code_symbols, decode_from
+from complab.storage.escape import code_escaped
+from complab.storage.positions import decode_gaps, entry_positions, gaps_of, stream_info
+from complab.storage.registry import Frame, Offer, SectionInfo, SectionType, Subject, register
+from complab.storage.shared_section import (
+    FLAG_POSITIONS,
+    MAX_CLUSTERS,
+    MAX_INDEX_CONTEXTS,
+    _checked_codebook,
+    _read_flags,
+    gap_classes,
+    shared_codebook,
+)
+
+TYPE_SHARED3 = 8
+MAX_LEVEL_CLASSES = 16  # most classes the previous level is mapped to
+_START_BINS = 32  # the encoder's merging starts from at most this many previous-level bins (+1: first in a row)
+_MIN_KEPT = 256  # fewer kept weights: the extra tables never pay (version 2 is offered)
+_TABLE_PROXY_BITS = 40  # the encoder's guess of one stream's fixed cost (header, table head, flush) while merging
+_SYMBOL_PROXY_BITS = 5  # ... and of a used symbol's table entry
+
+FORMAT_V3 = """\
+Version 2 (2.5) with the indices coded in contexts of the *previous kept weight in the same row*. A trained
+layer's rows (output neurons, conv filters) differ in scale, so the level of a row's previous kept weight
+predicts the next one. The encoder writes this type only when it is smaller than version 2 (which stays
+what it writes otherwise); a reader that predates it refuses it naming the tensor (section 2).
+
+| field | |
+|---|---|
+| u8 `flags` | bit 0: positions block present (the tensor has zeros); other bits 0 |
+| varint `k` | number of shared values, 1..256 |
+| k × itemsize | codebook, as in 2.5 |
+| positions block | only with flag bit 0: as in 2.5 (varint n, escape-coded gaps) |
+| u8 `G` | gap classes, 1..4 (1 without positions) |
+| u8 `C` | level classes, 1..16 |
+| map | (k + 1) fields of ⌈log2 C⌉ bits, LSB-first, zero-padded to a byte: m[0], m[1], …, m[k] |
+| C·G streams | section 3, alphabet k: stream c·G + g holds the indices of context (c, g), in round order |
+
+n = the number of kept weights (numel without positions) is at least 1. **Rows.** With shape (d0, d1, …)
+and rank ≥ 2 the rows are M = tensor.reshape(d0, numel / d0)'s rows (a Linear layer's output neurons, a
+convolution's filters); a rank-0 or rank-1 tensor is one row. Kept weight i (in row-major order) is in row
+r_i = p_i div (numel / d0) and has rank j_i in its row (0 for the row's first kept weight). Index symbol s_i
+in 0..k − 1 is codebook[s_i].
+
+**Context** of kept weight i: (m[0], g_i) when j_i = 0, else (m[s_{i−1} + 1], g_i) (the previous kept weight
+is then in the same row), where g_i = min(⌊log2(gap_i + 1)⌋, G − 1) is version 2's gap class (0 without
+positions).
+
+**Round order.** The rows are ranked by their number of kept weights, more first, ties by row index. Round
+j holds the j-th kept weight of every row that has more than j, in that rank order; the symbols are taken
+round by round. Stream c·G + g holds, in round order, exactly the symbols of the kept weights whose
+context is (c, g). So a reader decodes every stream, then resolves the rounds in turn: round j's contexts
+depend only on rounds before it (a few vectorised steps per round).
+
+**Choice.** The encoder builds the previous-level classes by merging (from the k + 1 previous levels, or 32
+bins of neighbouring levels and the row start) the pair of classes whose merge saves the most estimated
+bytes, for G = 1..4, and keeps the exact smallest; it offers this type only for n ≥ 256 and when it is smaller
+than version 2.
+
+**Checks.** As for type 5 (flags, codebook, positions block); k ≥ 1; G in 1..4 (1 without positions); C in
+1..16; every map entry below C and the map's padding bits zero; each stream's symbols below k; the streams
+together hold exactly n symbols (each stream's count checked against what remains before decoding it), and
+the rounds use exactly each stream's count."""
+
+
+# ----------------------------------------------------------------------------------------------- layout
+
+
+def _row_length(shape: tuple[int, ...], numel: int) -> int:
+    return numel // shape[0] if len(shape) >= 2 and shape[0] else max(numel, 1)
+
+
+def _rounds(positions: np.ndarray, row_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(first_in_row per kept weight, round order as kept-weight indices, kept weights per round)."""
+    rows = positions // row_length
+    n = positions.size
+    first = np.ones(n, dtype=bool)
+    first[1:] = rows[1:] != rows[:-1]
+    starts = np.flatnonzero(first)
+    counts = np.diff(np.append(starts, n))  # kept weights of each non-empty row, in row order
+    rank_of_row = np.empty(counts.size, dtype=np.int64)
+    rank_of_row[np.argsort(-counts, kind="stable")] = np.arange(counts.size)
+    row_id = np.cumsum(first) - 1  # which non-empty row each kept weight is in
+    within = np.arange(n) - starts[row_id]
+    order = np.lexsort((rank_of_row[row_id], within))  # by round, then by the row's rank
+    per_round = np.bincount(within)
+    return first, order, per_round
+
+
+# ----------------------------------------------------------------------------------------------- encoding
+
+
+def _proxy_bits(counts: np.ndarray) -> np.ndarray:
+    """Guess of the coded bits of each histogram (last axis): entropy + a per-stream and per-symbol table cost."""
+    counts = counts.astype(np.float64)
+    totals = counts.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(counts > 0, counts * np.log2(np.where(counts > 0, counts / np.maximum(totals, 1), 1)), 0.0)
+    used = (counts > 0).sum(axis=-1)
+    return -terms.sum(axis=-1) + np.where(totals[..., 0] > 0, _TABLE_PROXY_BITS + _SYMBOL_PROXY_BITS * used, 8)
+
+
+def _merge_classes(joint: np.ndarray) -> list[np.ndarray]:
+    """Maps of start bins to classes for C = 1..MAX_LEVEL_CLASSES, by greedy merging of the cheapest pair.
+
+    joint: counts [bins, G, k]. Returns maps[C - 1] = class of each bin (classes numbered 0..C-1).
+    """
+    bins = joint.shape[0]
+    members = [[b] for b in range(bins)]
+    hist = [joint[b] for b in range(bins)]
+    maps: dict[int, np.ndarray] = {}
+
+    def record() -> None:
+        mapping = np.zeros(bins, dtype=np.int64)
+        for c, group in enumerate(members):
+            mapping[group] = c
+        maps[len(members)] = mapping
+
+    if bins <= MAX_LEVEL_CLASSES:
+        record()
+    while len(members) > 1:
+        stack = np.stack(hist)  # [C, G, k]
+        alone = _proxy_bits(stack).sum(axis=-1)  # [C]
+        merged = _proxy_bits(stack[:, None] + stack[None, :]).sum(axis=-1)  # [C, C]
+        saving = alone[:, None] + alone[None, :] - merged
+        np.fill_diagonal(saving, -np.inf)
+        a, b = np.unravel_index(int(np.argmax(saving)), saving.shape)
+        a, b = min(a, b), max(a, b)
+        members[a] = members[a] + members[b]
+        hist[a] = hist[a] + hist[b]
+        del members[b], hist[b]
+        if len(members) <= MAX_LEVEL_CLASSES:
+            record()
+    return [maps[c] for c in sorted(maps)]
+
+
+def _map_bytes(level_map: np.ndarray, classes: int) -> bytes:
+    writer = BitWriter()
+    writer.write_array(level_map, max(classes - 1, 0).bit_length())
+    return writer.to_bytes()
+
+
+def _context_streams(symbols_rm: np.ndarray, contexts_rm: np.ndarray, count: int, k: int, cache) -> list:
+    return [code_symbols(symbols_rm[contexts_rm == c], k, cache) for c in range(count)]
+
+
+def _offer(subject: Subject, best: Offer | None) -> Offer | None:
+    if subject.gap_bits is not None:
+        return None
+    found = shared_codebook(subject)
+    if found is None:
+        return None
+    codebook, clusters = found
+    bits, nonzero, cache = subject.bits, subject.nonzero, subject.plans
+    n, k = nonzero.size, codebook.size
+    if n < _MIN_KEPT or k < 2:
+        return None
+    dense = n == bits.size
+    symbols = (clusters - 1).astype(np.int64)
+    row_length = _row_length(tuple(subject.tensor.shape), bits.size)
+    first, order, _ = _rounds(nonzero, row_length)
+    # previous-level bin of each kept weight: 0 = first in its row, else 1 + a bin of the previous level
+    bins = min(k, _START_BINS)
+    level_bin = 1 + (np.arange(k) * bins) // k
+    previous = np.empty(n, dtype=np.int64)
+    previous[0] = 0
+    previous[1:] = level_bin[symbols[:-1]]
+    previous[first] = 0
+    gaps = None if dense else gaps_of(nonzero, bits.size)[0]
+    head = Joined(bytes([0 if dense else FLAG_POSITIONS]) + varint(k) + _dtypes.little_endian(codebook))
+    if not dense:
+        head.add(varint(n), code_escaped(gaps, cache=cache))
+    limit = best.size - head.size if best is not None else None  # what the indices must beat
+    candidates = []
+    for g_count in range(1, (1 if dense else MAX_INDEX_CONTEXTS) + 1):
+        gclass = np.zeros(n, dtype=np.int64) if g_count == 1 else gap_classes(gaps, g_count)
+        joint = np.bincount((previous * g_count + gclass) * k + symbols,
+                            minlength=(bins + 1) * g_count * k).reshape(bins + 1, g_count, k)
+        for bin_map in _merge_classes(joint):
+            classes = int(bin_map.max()) + 1
+            folded = np.zeros((classes, g_count, k), dtype=np.int64)
+            np.add.at(folded, bin_map, joint)
+            proxy = float(_proxy_bits(folded).sum()) / 8 + 2 + (k + 1) * max(classes - 1, 0).bit_length() / 8
+            candidates.append((proxy, g_count, bin_map))
+    candidates.sort(key=lambda c: c[0])
+    best_parts = None
+    for proxy, g_count, bin_map in candidates[:3]:
+        if limit is not None and proxy > 1.02 * limit + 16:
+            break
+        classes = int(bin_map.max()) + 1
+        level_map = np.concatenate(([bin_map[0]], bin_map[level_bin]))  # m[0]: row start, m[s + 1]: level s
+        gclass = np.zeros(n, dtype=np.int64) if g_count == 1 else gap_classes(gaps, g_count)
+        contexts = bin_map[previous] * g_count + gclass
+        streams = _context_streams(symbols[order], contexts[order], classes * g_count, k, cache)
+        parts = Joined(bytes([g_count, classes]), _map_bytes(level_map, classes), *streams)
+        if best_parts is None or parts.size < best_parts.size:
+            best_parts = parts
+    if best_parts is None or (limit is not None and best_parts.size >= limit):
+        return None
+    parts = head.add(best_parts)
+    return Offer(TYPE_SHARED3, parts.size, parts.to_bytes)
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+
+
+def _decode_indices(body: ByteReader, positions: np.ndarray, gaps: np.ndarray | None, k: int, row_length: int,
+                    name: str) -> tuple[np.ndarray, dict]:
+    n = positions.size
+    g_count = body.u8("gap class count")
+    classes = body.u8("level class count")
+    if not 1 <= g_count <= MAX_INDEX_CONTEXTS or (g_count > 1 and gaps is None):
+        raise damaged(f"tensor '{name}': gap class count {g_count} is not valid here")
+    if not 1 <= classes <= MAX_LEVEL_CLASSES:
+        raise damaged(f"tensor '{name}': level class count {classes} is outside 1..{MAX_LEVEL_CLASSES}")
+    width = max(classes - 1, 0).bit_length()
+    reader = BitReader(body.data, body.pos, body.end, f"tensor '{name}' level map")
+    level_map = reader.read_array(k + 1, width)
+    end = reader.byte_end()
+    used_bits = (k + 1) * width
+    if used_bits % 8 and int(body.data[end - 1]) >> (used_bits % 8):
+        raise damaged(f"tensor '{name}': the level map's padding bits are not zero")
+    body.pos = end
+    if level_map.size and int(level_map.max()) >= classes:
+        raise damaged(f"tensor '{name}': a level map entry is not below its {classes} classes")
+    streams, remaining = [], n
+    what = f"tensor '{name}' indices stream"
+    for c in range(classes * g_count):
+        stream = decode_from(body, remaining, k, f"{what} (context {c})")
+        remaining -= stream.size
+        streams.append(stream)
+    if remaining:
+        raise damaged(f"tensor '{name}': its index streams hold {n - remaining} symbols for {n} kept weights")
+    sizes = np.array([s.size for s in streams], dtype=np.int64)
+    base = np.cumsum(sizes) - sizes
+    pool = np.concatenate(streams) if streams else np.zeros(0, dtype=np.int32)
+    first, order, per_round = _rounds(positions, row_length)
+    gclass = np.zeros(n, dtype=np.int64) if g_count == 1 else gap_classes(gaps, g_count)
+    gclass_rm = gclass[order]
+    out_rm = np.empty(n, dtype=np.int32)
+    taken = np.zeros(classes * g_count, dtype=np.int64)
+    level_class = np.full(int(per_round[0]) if per_round.size else 0, level_map[0], dtype=np.int64)
+    offset = 0
+    contexts_total = classes * g_count
+    for active in per_round.tolist():
+        context = level_class[:active] * g_count + gclass_rm[offset:offset + active]
+        arranged = np.argsort(context, kind="stable")
+        counts = np.bincount(context, minlength=contexts_total)
+        if (taken + counts > sizes).any():
+            raise damaged(f"tensor '{name}': a context's index stream runs out of symbols")
+        sorted_context = context[arranged]
+        rank = np.arange(active) - (np.cumsum(counts) - counts)[sorted_context]
+        values = np.empty(active, dtype=np.int32)
+        values[arranged] = pool[base[sorted_context] + taken[sorted_context] + rank]
+        taken += counts
+        out_rm[offset:offset + active] = values
+        level_class = level_map[values.astype(np.int64) + 1]
+        offset += active
+    indices = np.empty(n, dtype=np.int32)
+    indices[order] = out_rm
+    info = {"stream": "indices", "symbols": n, "contexts": contexts_total}
+    return indices, info
+
+
+def _decode(body: ByteReader, frame: Frame) -> tuple[torch.Tensor | None, SectionInfo]:
+    name, numel, want_tensor = frame.name, frame.numel, frame.want_tensor
+    flags = _read_flags(body, frame)
+    k = body.varint("codebook size", MAX_CLUSTERS)
+    if k == 0:
+        raise damaged(f"tensor '{name}': a version-3 shared section needs at least one shared value")
+    codebook = _checked_codebook(body, frame, k)
+    streams, gaps = [], None
+    if flags & FLAG_POSITIONS:
+        gaps, pos_info = decode_gaps(body, numel, name, not want_tensor)
+        streams.append(pos_info)
+        positions = entry_positions(gaps)
+    else:
+        positions = np.arange(numel, dtype=np.int64)
+    if positions.size == 0:
+        raise damaged(f"tensor '{name}': a version-3 shared section with no kept weight")
+    start = body.pos
+    indices, index_info = _decode_indices(body, positions, gaps, k, _row_length(frame.shape, numel), name)
+    index_info["bytes"] = body.pos - start
+    index_info["entropy_bytes"] = stream_info("indices", indices, 0, not want_tensor)["entropy_bytes"]
+    streams.append(index_info)
+    tensor = None
+    if want_tensor:
+        out = torch.empty(numel, dtype=_dtypes.bits_torch_dtype(frame.dtype))
+        view = out.numpy()
+        if gaps is None:
+            np.take(codebook, indices, out=view)
+        else:
+            view.fill(0)
+            view[positions] = np.take(codebook, indices)
+        tensor = out.view(frame.dtype).reshape(frame.shape)
+    info = SectionInfo(nonzeros=positions.size, n_clusters=k,
+                       bytes_positions=streams[0]["bytes"] if gaps is not None else 0,
+                       bytes_indices=index_info["bytes"], bytes_codebook=k * frame.itemsize, streams=streams)
+    return tensor, info
+
+
+register(SectionType(TYPE_SHARED3, "shared", "Type 8, shared version 3 (indices in contexts of the row's previous level)",
+                     FORMAT_V3, _decode, _offer, rank=12, version=3))

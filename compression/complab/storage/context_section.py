@@ -7,7 +7,8 @@ already decoded symbols usually force a per-symbol loop; here every context is a
 and the symbols are ordered by their rank inside their row ("round" j holds the j-th kept weight of every row
 that has one), so a round's contexts are known once the previous round is decoded: each round is a few numpy
 calls over the rows, whatever the number of symbols. The encoder offers this type only when it is smaller
-than version 2 by its own exact size; the registry then keeps the smallest.
+than version 2 by its own exact size; the registry then keeps the smallest. A row may hold at most
+MAX_ROUNDS kept weights (the rounds are a loop), so decoding a section takes a bounded number of steps.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from complab.storage.shared_section import (
 
 TYPE_SHARED3 = 8
 MAX_LEVEL_CLASSES = 16  # most classes the previous level is mapped to
+MAX_ROUNDS = 4096  # most kept weights in one row: the rounds are a Python loop (a few numpy calls each)
 _START_BINS = 32  # the encoder's merging starts from at most this many previous-level bins (+1: first in a row)
 _MIN_KEPT = 256  # fewer kept weights: the extra tables never pay (version 2 is offered)
 _TABLE_PROXY_BITS = 40  # the encoder's guess of one stream's fixed cost (header, table head, flush) while merging
@@ -73,10 +75,12 @@ depend only on rounds before it (a few vectorised steps per round).
 
 **Choice.** The encoder builds the previous-level classes by merging (from the k + 1 previous levels, or 32
 bins of neighbouring levels and the row start) the pair of classes whose merge saves the most estimated
-bytes, for G = 1..4, and keeps the exact smallest; it offers this type only for n ≥ 256 and when it is smaller
-than version 2.
+bytes, for G = 1..4, and keeps the exact smallest; it offers this type only for n ≥ 256, k ≥ 2, rows of at
+most 4096 kept weights, and when it is smaller than the best offer so far (version 2).
 
-**Checks.** As for type 5 (flags, codebook, positions block); k ≥ 1; G in 1..4 (1 without positions); C in
+**Checks.** As for type 5 (flags, codebook, positions block); k ≥ 1; no row holds more than 4096 kept
+weights (the encoder then writes version 2: the rounds are a loop; without positions this is checked on the
+shape before anything is decoded); G in 1..4 (1 without positions); C in
 1..16; every map entry below C and the map's padding bits zero; each stream's symbols below k; the streams
 together hold exactly n symbols (each stream's count checked against what remains before decoding it), and
 the rounds use exactly each stream's count."""
@@ -90,20 +94,41 @@ def _row_length(shape: tuple[int, ...], numel: int) -> int:
 
 
 def _rounds(positions: np.ndarray, row_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(first_in_row per kept weight, round order as kept-weight indices, kept weights per round)."""
-    rows = positions // row_length
+    """(first_in_row per kept weight, its place in round order, kept weights per round); int32/bool, no sort of n.
+
+    Rows are ranked by kept count (more first, ties by row index), so the rows that take part in round j are
+    ranks 0..A_j - 1 and a kept weight's place is offset[j] + its row's rank: a counting sort, in O(n).
+    """
     n = positions.size
     first = np.ones(n, dtype=bool)
-    first[1:] = rows[1:] != rows[:-1]
+    if n > 1:
+        rows = positions // row_length
+        np.not_equal(rows[1:], rows[:-1], out=first[1:])
+        del rows
     starts = np.flatnonzero(first)
     counts = np.diff(np.append(starts, n))  # kept weights of each non-empty row, in row order
-    rank_of_row = np.empty(counts.size, dtype=np.int64)
-    rank_of_row[np.argsort(-counts, kind="stable")] = np.arange(counts.size)
-    row_id = np.cumsum(first) - 1  # which non-empty row each kept weight is in
-    within = np.arange(n) - starts[row_id]
-    order = np.lexsort((rank_of_row[row_id], within))  # by round, then by the row's rank
-    per_round = np.bincount(within)
-    return first, order, per_round
+    rank_of_row = np.empty(counts.size, dtype=np.int32)
+    rank_of_row[np.argsort(-counts, kind="stable")] = np.arange(counts.size, dtype=np.int32)
+    row_id = np.cumsum(first, dtype=np.int32)
+    row_id -= 1  # which non-empty row each kept weight is in
+    within = np.arange(n, dtype=np.int32)
+    within -= starts.astype(np.int32)[row_id]  # rank inside the row = the round
+    per_round = np.bincount(within, minlength=1) if n else np.zeros(0, dtype=np.int64)
+    offsets = (np.cumsum(per_round) - per_round).astype(np.int32)
+    place = offsets[within]
+    del within
+    place += rank_of_row[row_id]
+    return first, place, per_round
+
+
+def _dense_rounds(rows: int, row_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(first_in_row, place in round order) of a tensor without zeros: round order is the [rows, row_length]
+    matrix read column by column."""
+    n = rows * row_length
+    place = np.arange(n, dtype=np.int32).reshape(row_length, rows).T.ravel() if n else np.zeros(0, dtype=np.int32)
+    first = np.zeros(n, dtype=bool)
+    first[::max(row_length, 1)] = True
+    return first, place
 
 
 # ----------------------------------------------------------------------------------------------- encoding
@@ -177,7 +202,14 @@ def _offer(subject: Subject, best: Offer | None) -> Offer | None:
     dense = n == bits.size
     symbols = (clusters - 1).astype(np.int64)
     row_length = _row_length(tuple(subject.tensor.shape), bits.size)
-    first, order, _ = _rounds(nonzero, row_length)
+    if dense:
+        if row_length > MAX_ROUNDS:
+            return None
+        first, place = _dense_rounds(bits.size // row_length, row_length)
+    else:
+        first, place, per_round = _rounds(nonzero, row_length)
+        if per_round.size > MAX_ROUNDS:
+            return None
     # previous-level bin of each kept weight: 0 = first in its row, else 1 + a bin of the previous level
     bins = min(k, _START_BINS)
     level_bin = 1 + (np.arange(k) * bins) // k
@@ -210,7 +242,9 @@ def _offer(subject: Subject, best: Offer | None) -> Offer | None:
         level_map = np.concatenate(([bin_map[0]], bin_map[level_bin]))  # m[0]: row start, m[s + 1]: level s
         gclass = np.zeros(n, dtype=np.int64) if g_count == 1 else gap_classes(gaps, g_count)
         contexts = bin_map[previous] * g_count + gclass
-        streams = _context_streams(symbols[order], contexts[order], classes * g_count, k, cache)
+        symbols_rm, contexts_rm = np.empty_like(symbols), np.empty_like(contexts)
+        symbols_rm[place], contexts_rm[place] = symbols, contexts
+        streams = _context_streams(symbols_rm, contexts_rm, classes * g_count, k, cache)
         parts = Joined(bytes([g_count, classes]), _map_bytes(level_map, classes), *streams)
         if best_parts is None or parts.size < best_parts.size:
             best_parts = parts
@@ -223,12 +257,11 @@ def _offer(subject: Subject, best: Offer | None) -> Offer | None:
 # ----------------------------------------------------------------------------------------------- decoding
 
 
-def _decode_indices(body: ByteReader, positions: np.ndarray, gaps: np.ndarray | None, k: int, row_length: int,
-                    name: str) -> tuple[np.ndarray, dict]:
-    n = positions.size
+def _read_head(body: ByteReader, k: int, has_gaps: bool, name: str) -> tuple[int, int, np.ndarray]:
+    """(G, C, level map) after checking them."""
     g_count = body.u8("gap class count")
     classes = body.u8("level class count")
-    if not 1 <= g_count <= MAX_INDEX_CONTEXTS or (g_count > 1 and gaps is None):
+    if not 1 <= g_count <= MAX_INDEX_CONTEXTS or (g_count > 1 and not has_gaps):
         raise damaged(f"tensor '{name}': gap class count {g_count} is not valid here")
     if not 1 <= classes <= MAX_LEVEL_CLASSES:
         raise damaged(f"tensor '{name}': level class count {classes} is outside 1..{MAX_LEVEL_CLASSES}")
@@ -242,43 +275,55 @@ def _decode_indices(body: ByteReader, positions: np.ndarray, gaps: np.ndarray | 
     body.pos = end
     if level_map.size and int(level_map.max()) >= classes:
         raise damaged(f"tensor '{name}': a level map entry is not below its {classes} classes")
+    return g_count, classes, level_map
+
+
+def _read_streams(body: ByteReader, n: int, contexts: int, k: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(every context stream's symbols one after another, each stream's count); together exactly n symbols."""
     streams, remaining = [], n
     what = f"tensor '{name}' indices stream"
-    for c in range(classes * g_count):
+    for c in range(contexts):
         stream = decode_from(body, remaining, k, f"{what} (context {c})")
         remaining -= stream.size
         streams.append(stream)
     if remaining:
         raise damaged(f"tensor '{name}': its index streams hold {n - remaining} symbols for {n} kept weights")
-    sizes = np.array([s.size for s in streams], dtype=np.int64)
+    sizes = np.array([stream.size for stream in streams], dtype=np.int64)
+    pool = np.concatenate(streams) if len(streams) > 1 else streams[0]
+    return pool, sizes
+
+
+def _resolve(pool: np.ndarray, sizes: np.ndarray, per_round: list[int], gclass_rm: np.ndarray | None,
+             g_count: int, level_map: np.ndarray, name: str) -> np.ndarray:
+    """The symbols in round order: round by round, each active row's context from its previous level (and the
+    gap class), each context's next symbols taken from its stream."""
+    contexts_total = sizes.size
     base = np.cumsum(sizes) - sizes
-    pool = np.concatenate(streams) if streams else np.zeros(0, dtype=np.int32)
-    first, order, per_round = _rounds(positions, row_length)
-    gclass = np.zeros(n, dtype=np.int64) if g_count == 1 else gap_classes(gaps, g_count)
-    gclass_rm = gclass[order]
-    out_rm = np.empty(n, dtype=np.int32)
-    taken = np.zeros(classes * g_count, dtype=np.int64)
-    level_class = np.full(int(per_round[0]) if per_round.size else 0, level_map[0], dtype=np.int64)
+    taken = np.zeros(contexts_total, dtype=np.int64)
+    out = np.empty(pool.size, dtype=np.int32)
+    level_class = np.full(per_round[0] if per_round else 0, level_map[0], dtype=np.int64)
     offset = 0
-    contexts_total = classes * g_count
-    for active in per_round.tolist():
-        context = level_class[:active] * g_count + gclass_rm[offset:offset + active]
-        arranged = np.argsort(context, kind="stable")
+    for active in per_round:
+        context = level_class[:active] * g_count
+        if gclass_rm is not None:
+            context += gclass_rm[offset:offset + active]
         counts = np.bincount(context, minlength=contexts_total)
         if (taken + counts > sizes).any():
             raise damaged(f"tensor '{name}': a context's index stream runs out of symbols")
-        sorted_context = context[arranged]
-        rank = np.arange(active) - (np.cumsum(counts) - counts)[sorted_context]
-        values = np.empty(active, dtype=np.int32)
-        values[arranged] = pool[base[sorted_context] + taken[sorted_context] + rank]
+        if contexts_total == 1:
+            values = pool[offset:offset + active]
+        else:
+            arranged = np.argsort(context, kind="stable")
+            sorted_context = context[arranged]
+            source = base[sorted_context] + taken[sorted_context]
+            source += np.arange(active) - (np.cumsum(counts) - counts)[sorted_context]
+            values = np.empty(active, dtype=np.int32)
+            values[arranged] = pool[source]
         taken += counts
-        out_rm[offset:offset + active] = values
+        out[offset:offset + active] = values
         level_class = level_map[values.astype(np.int64) + 1]
         offset += active
-    indices = np.empty(n, dtype=np.int32)
-    indices[order] = out_rm
-    info = {"stream": "indices", "symbols": n, "contexts": contexts_total}
-    return indices, info
+    return out
 
 
 def _decode(body: ByteReader, frame: Frame) -> tuple[torch.Tensor | None, SectionInfo]:
@@ -288,35 +333,59 @@ def _decode(body: ByteReader, frame: Frame) -> tuple[torch.Tensor | None, Sectio
     if k == 0:
         raise damaged(f"tensor '{name}': a version-3 shared section needs at least one shared value")
     codebook = _checked_codebook(body, frame, k)
-    streams, gaps = [], None
-    if flags & FLAG_POSITIONS:
+    has_gaps = bool(flags & FLAG_POSITIONS)
+    streams, gaps, positions = [], None, None
+    if has_gaps:
         gaps, pos_info = decode_gaps(body, numel, name, not want_tensor)
         streams.append(pos_info)
-        positions = entry_positions(gaps)
+        n = gaps.size
     else:
-        positions = np.arange(numel, dtype=np.int64)
-    if positions.size == 0:
+        n = numel
+    if n == 0:
         raise damaged(f"tensor '{name}': a version-3 shared section with no kept weight")
+    row_length = _row_length(frame.shape, numel)
+    if not has_gaps and row_length > MAX_ROUNDS:
+        raise damaged(f"tensor '{name}': rows of {row_length} kept weights, more than {MAX_ROUNDS}")
     start = body.pos
-    indices, index_info = _decode_indices(body, positions, gaps, k, _row_length(frame.shape, numel), name)
-    index_info["bytes"] = body.pos - start
-    index_info["entropy_bytes"] = stream_info("indices", indices, 0, not want_tensor)["entropy_bytes"]
+    g_count, classes, level_map = _read_head(body, k, has_gaps, name)
+    pool, sizes = _read_streams(body, n, classes * g_count, k, name)  # checked before the rounds allocate
+    gclass_rm = None
+    if has_gaps:
+        positions = entry_positions(gaps)
+        first, place, per_round = _rounds(positions, row_length)
+        if per_round.size > MAX_ROUNDS:
+            raise damaged(f"tensor '{name}': a row of {per_round.size} kept weights, more than {MAX_ROUNDS}")
+        if g_count > 1:
+            gclass_rm = np.empty(n, dtype=np.int8)
+            gclass_rm[place] = gap_classes(gaps, g_count)
+        gaps = None
+        per_round = per_round.tolist()
+    else:
+        first, place = _dense_rounds(numel // row_length, row_length)
+        per_round = [numel // row_length] * row_length
+    del first
+    symbols_rm = _resolve(pool, sizes, per_round, gclass_rm, g_count, level_map, name)
+    del pool, gclass_rm
+    indices = symbols_rm[place]
+    del symbols_rm, place
+    index_info = {"stream": "indices", "symbols": n, "contexts": classes * g_count, "bytes": body.pos - start,
+                  "entropy_bytes": stream_info("indices", indices, 0, not want_tensor)["entropy_bytes"]}
     streams.append(index_info)
     tensor = None
     if want_tensor:
         out = torch.empty(numel, dtype=_dtypes.bits_torch_dtype(frame.dtype))
         view = out.numpy()
-        if gaps is None:
+        if positions is None:
             np.take(codebook, indices, out=view)
         else:
             view.fill(0)
             view[positions] = np.take(codebook, indices)
         tensor = out.view(frame.dtype).reshape(frame.shape)
-    info = SectionInfo(nonzeros=positions.size, n_clusters=k,
-                       bytes_positions=streams[0]["bytes"] if gaps is not None else 0,
+    info = SectionInfo(nonzeros=n, n_clusters=k, bytes_positions=streams[0]["bytes"] if has_gaps else 0,
                        bytes_indices=index_info["bytes"], bytes_codebook=k * frame.itemsize, streams=streams)
     return tensor, info
 
 
-register(SectionType(TYPE_SHARED3, "shared", "Type 8, shared version 3 (indices in contexts of the row's previous level)",
+register(SectionType(TYPE_SHARED3, "shared",
+                     "Type 8, shared version 3 (indices in contexts of the row's previous level)",
                      FORMAT_V3, _decode, _offer, rank=12, version=3))

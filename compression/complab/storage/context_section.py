@@ -18,7 +18,7 @@ import torch
 
 from complab.storage import _dtypes
 from complab.storage._bits import BitReader, BitWriter, ByteReader, damaged, varint
-from complab.storage.entropy import Joined, code_symbols, decode_from
+from complab.storage.entropy import Joined, code_symbols, counts_entropy_bits, decode_from
 from complab.storage.escape import code_escaped
 from complab.storage.positions import decode_gaps, entry_positions, gaps_of, stream_info
 from complab.storage.registry import Frame, Offer, SectionInfo, SectionType, Subject, register
@@ -37,6 +37,9 @@ MAX_LEVEL_CLASSES = 16  # most classes the previous level is mapped to
 MAX_ROUNDS = 4096  # most kept weights in one row: the rounds are a Python loop (a few numpy calls each)
 _START_BINS = 32  # the encoder's merging starts from at most this many previous-level bins (+1: first in a row)
 _MIN_KEPT = 256  # fewer kept weights: the extra tables never pay (version 2 is offered)
+# skip the type unless the previous level's ideal saving exceeds this many bits per extra table cell per log2(n):
+# a table cell costs about log2(n) / 2 bits to describe; iid levels "save" about 0.7 bits a cell by overfitting
+_MIN_SAVING_PER_CELL = 0.15
 _TABLE_PROXY_BITS = 40  # the encoder's guess of one stream's fixed cost (header, table head, flush) while merging
 _SYMBOL_PROXY_BITS = 5  # ... and of a used symbol's table entry
 
@@ -202,14 +205,12 @@ def _offer(subject: Subject, best: Offer | None) -> Offer | None:
     dense = n == bits.size
     symbols = (clusters - 1).astype(np.int64)
     row_length = _row_length(tuple(subject.tensor.shape), bits.size)
-    if dense:
-        if row_length > MAX_ROUNDS:
-            return None
-        first, place = _dense_rounds(bits.size // row_length, row_length)
-    else:
-        first, place, per_round = _rounds(nonzero, row_length)
-        if per_round.size > MAX_ROUNDS:
-            return None
+    if dense and row_length > MAX_ROUNDS:
+        return None
+    first = np.ones(n, dtype=bool)
+    rows = nonzero // row_length
+    np.not_equal(rows[1:], rows[:-1], out=first[1:])
+    del rows
     # previous-level bin of each kept weight: 0 = first in its row, else 1 + a bin of the previous level
     bins = min(k, _START_BINS)
     level_bin = 1 + (np.arange(k) * bins) // k
@@ -217,6 +218,18 @@ def _offer(subject: Subject, best: Offer | None) -> Offer | None:
     previous[0] = 0
     previous[1:] = level_bin[symbols[:-1]]
     previous[first] = 0
+    # a quick look first: what the previous level tells about the next (ideal, no tables) must clearly beat what
+    # (bins + 1) tables cost, or nothing below is worth computing (near-iid layers: most of a large model)
+    joint = np.bincount(previous * k + symbols, minlength=(bins + 1) * k).reshape(bins + 1, k)
+    saving = counts_entropy_bits(joint.sum(axis=0)) - sum(counts_entropy_bits(row) for row in joint)
+    if saving < _MIN_SAVING_PER_CELL * bins * (k - 1) * np.log2(n):
+        return None
+    if dense:
+        place = _dense_rounds(bits.size // row_length, row_length)[1]
+    else:
+        _, place, per_round = _rounds(nonzero, row_length)
+        if per_round.size > MAX_ROUNDS:
+            return None
     gaps = None if dense else gaps_of(nonzero, bits.size)[0]
     head = Joined(bytes([0 if dense else FLAG_POSITIONS]) + varint(k) + _dtypes.little_endian(codebook))
     if not dense:

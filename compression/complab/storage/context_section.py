@@ -309,33 +309,37 @@ def _read_streams(body: ByteReader, n: int, contexts: int, k: int, name: str) ->
 def _resolve(pool: np.ndarray, sizes: np.ndarray, per_round: list[int], gclass_rm: np.ndarray | None,
              g_count: int, level_map: np.ndarray, name: str) -> np.ndarray:
     """The symbols in round order: round by round, each active row's context from its previous level (and the
-    gap class), each context's next symbols taken from its stream."""
+    gap class), each context's next symbols taken from its stream (a few numpy calls per round).
+
+    A context that takes more symbols than its stream holds reads its neighbour's (or, past the end, the last
+    symbol): harmless, every symbol is below k, and the counts are compared once at the end.
+    """
     contexts_total = sizes.size
+    if contexts_total == 1:
+        return pool  # one stream: it is the round order
     base = np.cumsum(sizes) - sizes
     taken = np.zeros(contexts_total, dtype=np.int64)
     out = np.empty(pool.size, dtype=np.int32)
-    level_class = np.full(per_round[0] if per_round else 0, level_map[0], dtype=np.int64)
+    after = level_map[1:].astype(np.int64) * g_count  # context (times G) of the weight after one of level s
+    widest = per_round[0] if per_round else 0
+    ramp = np.arange(widest, dtype=np.int64)
+    context = np.full(widest, int(level_map[0]) * g_count, dtype=np.int64)
     offset = 0
     for active in per_round:
-        context = level_class[:active] * g_count
+        current = context[:active]
         if gclass_rm is not None:
-            context += gclass_rm[offset:offset + active]
-        counts = np.bincount(context, minlength=contexts_total)
-        if (taken + counts > sizes).any():
-            raise damaged(f"tensor '{name}': a context's index stream runs out of symbols")
-        if contexts_total == 1:
-            values = pool[offset:offset + active]
-        else:
-            arranged = np.argsort(context, kind="stable")
-            sorted_context = context[arranged]
-            source = base[sorted_context] + taken[sorted_context]
-            source += np.arange(active) - (np.cumsum(counts) - counts)[sorted_context]
-            values = np.empty(active, dtype=np.int32)
-            values[arranged] = pool[source]
+            current = current + gclass_rm[offset:offset + active]
+        counts = np.bincount(current, minlength=contexts_total)
+        arranged = current.argsort(kind="stable")
+        shift = base + taken - (counts.cumsum() - counts)
+        source = shift[current[arranged]] + ramp[:active]
+        chunk = out[offset:offset + active]
+        chunk[arranged] = pool.take(source, mode="clip")
         taken += counts
-        out[offset:offset + active] = values
-        level_class = level_map[values.astype(np.int64) + 1]
+        context = after[chunk]
         offset += active
+    if (taken != sizes).any():
+        raise damaged(f"tensor '{name}': a context's index stream runs out of symbols or has symbols left over")
     return out
 
 

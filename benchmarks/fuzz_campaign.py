@@ -145,10 +145,10 @@ sys.path.insert(0, str(ROOT / "compression"))
 DOORS = ("torchscript", "runfolder", "yaml", "folders", "clab", "links", "sensitivity", "automaton", "keys",
          "drafts",
          "lineage")  # issue 28's map of the experiments
-TIMEOUTS = {"decoder": 10.0, "int": 10.0, "recipe": 10.0, "model": 120.0, "data": 120.0, "detector": 30.0,
-            **{family: 10.0 for family in DOORS}, "selftest": 5.0}  # seconds per case
-CHUNKS = {"decoder": 500, "int": 200, "recipe": 500, "model": 1, "data": 1, "detector": 20, "torchscript": 20,
-          "runfolder": 1, "clab": 1,
+TIMEOUTS = {"decoder": 10.0, "int": 10.0, "ctx": 10.0, "recipe": 10.0, "model": 120.0, "data": 120.0,
+            "detector": 30.0, **{family: 10.0 for family in DOORS}, "selftest": 5.0}  # seconds per case
+CHUNKS = {"decoder": 500, "int": 200, "ctx": 200, "recipe": 500, "model": 1, "data": 1, "detector": 20,
+          "torchscript": 20, "runfolder": 1, "clab": 1,
           "yaml": 1, "folders": 1, "links": 500, "sensitivity": 200, "automaton": 50, "keys": 20,
           "drafts": 200, "selftest": 6,
           "lineage": 50}  # cases per task sent to a worker
@@ -1497,6 +1497,142 @@ def _int_case(index: int, seed: int, ctx: dict) -> tuple[bytes, str]:
     return _seal(DecoderCases._join(meta, sections)), f"{which}:{'+'.join(ops)}"
 
 
+# --- ctx: compact files with shared version 3 sections (type 8: indices in contexts of the row's previous level)
+
+
+def _ctx_setup() -> dict:
+    """Base files whose weights are stored as type 8: rows of different scale (so the previous level pays), pruned
+    and dense, conv-shaped and 1-D, with large and small codebooks; the encoder is checked to have chosen type 8."""
+    import torch
+    from complab.storage import encode_state
+
+    generator = torch.Generator().manual_seed(8)
+    state = {}
+    for name, shape, k, keep in [("fc", (60, 200), 8, 0.15), ("conv", (24, 6, 3, 3), 16, 0.5),
+                                 ("dense", (40, 64), 4, 1.0), ("flat", (4000,), 6, 0.3)]:
+        rows = shape[0] if len(shape) > 1 else 1
+        scale = torch.rand(rows, generator=generator) ** 3 * 10 + 0.1
+        raw = torch.randn(shape, generator=generator).reshape(rows, -1) * scale[:, None]
+        levels = torch.clamp(torch.round(raw), -(k // 2), k // 2 - 1)
+        levels = torch.where(levels >= 0, levels + 1, levels)  # no zero level
+        mask = torch.rand(levels.shape, generator=generator) < keep
+        state[name] = (levels * mask * 0.125).reshape(shape).float()
+    base = encode_state(state, {"a": 1})
+    meta, sections = DecoderCases._split(base)
+    if sum(type_id == 8 for type_id, _ in sections) < 3:
+        raise RuntimeError("the ctx family's base file holds fewer than 3 type-8 sections")
+    return {"state": state, "parsed": (meta, sections)}
+
+
+def _ctx_index_start(body: bytes) -> int | None:
+    """Offset of the u8 G (the index part) in a type-8 section body, or None when the body is not well formed."""
+    try:
+        name_len, pos = _read_varint(body, 0)
+        head_end = pos + name_len + 2
+        cursor = head_end
+        for _ in range(body[head_end - 1]):
+            _, cursor = _read_varint(body, cursor)
+        dtype_size = 4
+        flags = body[cursor]
+        k, cursor = _read_varint(body, cursor + 1)
+        cursor += k * dtype_size
+        if flags & 1:
+            from complab.storage._bits import ByteReader
+            from complab.storage.escape import decode_escaped
+
+            count, cursor = _read_varint(body, cursor)
+            reader = ByteReader(body, cursor)
+            decode_escaped(reader, count, "gaps")
+            cursor = reader.pos
+        return cursor
+    except Exception:  # noqa: BLE001 - a mutated body: no landmarks
+        return None
+
+
+def _ctx_case(index: int, seed: int, ctx: dict) -> tuple[bytes, str]:
+    rng = random.Random(seed * 1_000_033 + index)
+    meta, sections = ctx["parsed"]
+    sections = list(sections)
+    if rng.random() < 0.05:  # crafted: a huge dense tensor claimed in a few bytes (one stream of one symbol)
+        numel = rng.choice([2**20, 2**26, 2**31, rng.randrange(257, 2**31)])
+        specific = bytes([0]) + _varint(2) + struct.pack("<ff", -0.5, 0.5) + bytes([1, 1]) + _varint(numel) + \
+            _varint(0) + _varint(rng.randrange(2))
+        body = _varint(1) + b"w" + bytes([1, 2]) + _varint(numel // 256 or 1) + _varint(256) + specific
+        return _seal(DecoderCases._join(meta, [(8, body)])), f"bomb:{numel}"
+    targets = [i for i, (type_id, _) in enumerate(sections) if type_id == 8]
+    ops = []
+    for _ in range(rng.randint(1, 2)):
+        at = rng.choice(targets)
+        body = bytearray(sections[at][1])
+        start = _ctx_index_start(bytes(body))
+        kind = rng.randrange(8)
+        if start is None or kind == 0:  # bit flips anywhere
+            for _ in range(rng.randint(1, 4)):
+                body[rng.randrange(len(body))] ^= 1 << rng.randrange(8)
+            op = "flip"
+        elif kind == 1:  # G
+            body[start] = rng.choice([0, 2, 3, 4, 5, 255])
+            op = "G"
+        elif kind == 2:  # C
+            body[start + 1] = rng.choice([0, 1, 2, 15, 16, 17, 255])
+            op = "C"
+        elif kind == 3 and len(body) > start + 2:  # the level map
+            body[start + 2 + rng.randrange(min(4, len(body) - start - 2))] = rng.randrange(256)
+            op = "map"
+        elif kind == 4:  # a stream claiming a huge count of one symbol
+            count = rng.choice([2**20, 2**31 - 1, 2**31, rng.randrange(1, 2**31)])
+            cut = start + 2 + rng.randrange(max(1, len(body) - start - 2))
+            body = bytearray(bytes(body[:cut]) + _varint(count) + _varint(0) + _varint(rng.randrange(300)))
+            op = "huge stream"
+        elif kind == 5:  # cut short
+            del body[rng.randrange(start, len(body) + 1):]
+            op = "cut"
+        elif kind == 6:  # shape: the rows change, so the round order changes
+            name_len, pos = _read_varint(bytes(body), 0)
+            dims = [rng.choice([1, 2, 3, 60, 200, 12000, 2**20]) for _ in range(rng.randrange(4))]
+            rank_at = pos + name_len + 1
+            cursor = rank_at + 1
+            for _ in range(body[rank_at]):
+                _, cursor = _read_varint(bytes(body), cursor)
+            body = bytearray(bytes(body[:rank_at]) + bytes([len(dims)]) + b"".join(_varint(d) for d in dims)
+                             + bytes(body[cursor:]))
+            op = "shape"
+        else:  # flips in the index streams
+            for _ in range(rng.randint(1, 4)):
+                if len(body) > start:
+                    body[rng.randrange(start, len(body))] ^= 1 << rng.randrange(8)
+            op = "stream flip"
+        sections[at] = (8, bytes(body))
+        ops.append(f"{op}@{at}")
+    if rng.random() < 0.05:  # a type-8 body relabelled as version 2, or a version-2-like body as type 8
+        at = rng.randrange(len(sections))
+        sections[at] = (rng.choice([5, 8]), sections[at][1])
+        ops.append(f"retype@{at}")
+    return _seal(DecoderCases._join(meta, sections)), "+".join(ops)
+
+
+def run_ctx(index: int, seed: int, out_dir: str) -> tuple[str, str, int]:
+    from complab.storage import decode_state, inspect_bytes
+
+    data, what = _ctx_case(index, seed, _STATE["ctx"])
+    try:
+        _, state = decode_state(data)
+        rows = inspect_bytes(data)
+    except Exception as exc:  # noqa: BLE001 - classifying every outcome is the point
+        outcome, detail = _classify(exc)
+        if outcome != "error":
+            path = Path(out_dir) / f"ctx-{seed}-{index}.clab"
+            path.write_bytes(data)
+            detail = f"{what} ({path}): {detail}"
+        return outcome, detail, len(data)
+    described = {row["name"]: row for row in rows}
+    for name, tensor in state.items():
+        row = described.get(name)
+        if row is None or list(tensor.shape) != row["shape"] or tensor.numel() != row["numel"]:
+            return "accepted", f"{what}: tensor {name[:40]!r} does not match its inspect row", len(data)
+    return "ok", f"{what}: decoded", len(data)
+
+
 def door_int(data: bytes) -> tuple[dict, dict, dict, object]:
     """What reading a compact file does (models.tasks.read_compact without the path): decode with the structures
     handed back, inspect, and rebuild the model (activation hooks from the meta, int_weights from the sections)."""
@@ -2510,6 +2646,7 @@ _BASE_MODULES = ("torch", "torchvision", "numpy", "PIL.Image", "complab.errors",
 WARM_MODULES = {
     "decoder": ("torch_pruning", "complab.storage.vq_section"),
     "int": ("torch_pruning", "complab.storage.int_section", "complab.models.actquant", "complab.methods.int_quant"),
+    "ctx": ("complab.storage.context_section",),
     "recipe": ("complab.plan",),
     "model": ("safetensors.torch",),
     "detector": ("ultralytics", "ultralytics.nn.tasks", "complab.models.yolo_arch", "complab.models.yolo_env",
@@ -2853,7 +2990,7 @@ def run_lineage(index: int, seed: int, out_dir: str) -> tuple[str, str, int | No
 _STATE: dict = {}
 _SETUPS = {"links": _links_setup, "sensitivity": _sensitivity_setup, "automaton": _automaton_setup,
            "torchscript": _torchscript_setup, "runfolder": _runfolder_setup, "yaml": _yaml_setup, "keys": _keys_setup,
-           "drafts": _drafts_setup, "int": _int_setup,
+           "drafts": _drafts_setup, "int": _int_setup, "ctx": _ctx_setup,
            "lineage": _lineage_setup}
 FOLDER_CASES = 19  # builders in _folder_case
 
@@ -3002,7 +3139,7 @@ _DATA_CASES: list = []
 
 
 def _bound_mb(family: str, size: int) -> float:
-    if family in ("decoder", "int"):
+    if family in ("decoder", "int", "ctx"):
         from complab.storage.codec import decode_allowance
 
         return 64 + 8 * decode_allowance(size) / 2**20
@@ -3164,7 +3301,7 @@ def _worker(conn, progress, work: str, outside: str) -> None:
                "selftest": run_selftest, "links": run_links, "sensitivity": run_sensitivity,
                "automaton": run_automaton, "torchscript": run_torchscript, "runfolder": run_runfolder,
                "yaml": run_yaml, "folders": run_folders, "clab": run_clab, "keys": run_keys,
-               "drafts": run_drafts, "int": run_int,
+               "drafts": run_drafts, "int": run_int, "ctx": run_ctx,
                "lineage": run_lineage, "behaviour": run_behaviour}
     watch = OutsideWatch(OUTSIDE)
     per_case_peak = _can_reset_peak()
@@ -3353,9 +3490,9 @@ def _watched() -> dict[str, tuple]:
     return found
 
 
-CHEAP_FAMILIES = ("lineage", "behaviour", "sensitivity", "drafts", "links", "recipe", "int", "decoder")
+CHEAP_FAMILIES = ("lineage", "behaviour", "sensitivity", "drafts", "links", "recipe", "int", "ctx", "decoder")
 PLAN_ORDER = ("model", "data", "detector", "torchscript", "runfolder", "yaml", "folders", "clab", "keys", "automaton",
-              "lineage", "behaviour", "sensitivity", "drafts", "links", "recipe", "int", "decoder")
+              "lineage", "behaviour", "sensitivity", "drafts", "links", "recipe", "int", "ctx", "decoder")
 
 
 def _signature(outcome: str, detail: str) -> str:
@@ -3395,6 +3532,7 @@ def main() -> None:
     parser.add_argument("--lineage-cases", type=int, default=1_000)
     parser.add_argument("--links-cases", type=int, default=20_000)
     parser.add_argument("--int-cases", type=int, default=5_000)
+    parser.add_argument("--ctx-cases", type=int, default=3_000)
     parser.add_argument("--behaviour-cases", type=int, default=3_000)
     parser.add_argument("--families", default=",".join(PLAN_ORDER),
                         help=f"comma-separated subset of {','.join(PLAN_ORDER)} (default all)")
@@ -3465,7 +3603,7 @@ def main() -> None:
               "torchscript": args.torchscript_cases, "runfolder": args.runfolder_cases, "yaml": args.yaml_cases,
               "folders": args.folders_cases, "clab": args.clab_cases, "automaton": args.automaton_cases,
               "sensitivity": args.sensitivity_cases, "links": args.links_cases, "keys": args.keys_cases,
-              "drafts": args.drafts_cases, "int": args.int_cases,
+              "drafts": args.drafts_cases, "int": args.int_cases, "ctx": args.ctx_cases,
               "lineage": args.lineage_cases, "behaviour": args.behaviour_cases,
               "selftest": 11}
     if not args.selftest:

@@ -176,3 +176,17 @@ def test_lineage_cases_reach_the_map_and_the_recipe_diff():
     assert {outcome for outcome, _, _ in outcomes} <= {"ok", "error"}, [d for o, d, _ in outcomes if o not in
                                                                        ("ok", "error")][:3]
     assert [o for o, _, _ in outcomes].count("ok") >= 20 and "5,000-run chain" in outcomes[0][1]
+
+
+def test_ctx_cases_reach_the_type_8_decoder(sandbox):
+    """The storage family for shared version 3: its base file holds type-8 sections that decode, and its mutated
+    cases end in a decoded file or a clear FormatError (no traceback, no accepted tensor that contradicts inspect)."""
+    fc._STATE["ctx"] = fc._ctx_setup()
+    meta, sections = fc._STATE["ctx"]["parsed"]
+    assert sum(type_id == 8 for type_id, _ in sections) >= 3
+    assert all(fc._ctx_index_start(body) is not None for type_id, body in sections if type_id == 8)
+    outcomes = [fc.run_ctx(index, 11, str(sandbox[0] / "failures")) for index in range(120)]
+    kinds = {outcome for outcome, _, _ in outcomes}
+    assert kinds <= {"ok", "error"}, [detail for outcome, detail, _ in outcomes if outcome not in ("ok", "error")]
+    assert "error" in kinds
+    assert any("level" in detail or "context" in detail or "gap class" in detail for _, detail, _ in outcomes)

@@ -154,17 +154,18 @@ def test_stream_sizes_are_exact_and_a_shared_plan_changes_no_byte():
 def test_format_md_holds_exactly_the_registered_sections():
     text = (STORAGE / "FORMAT.md").read_text(encoding="utf-8")
     assert sections.render_format(text) == text, "FORMAT.md is stale: run python -m complab.storage.sections"
-    assert sorted(registry.TYPES) == [1, 2, 3, 4, 5, 6, 7]
+    assert sorted(registry.TYPES) == [1, 2, 3, 4, 5, 6, 7, 8]
     for type_id, section in registry.TYPES.items():
         assert f"### 2.{type_id} {section.title}\n\n{section.doc.strip()}\n" in text
-    row = ("| u8 `type` | 1 raw, 2 shared, 3 sparse, 4 vq, 5 shared (version 2), 6 sparse (version 2), 7 int "
-           "(8+ reserved) |")
+    row = ("| u8 `type` | 1 raw, 2 shared, 3 sparse, 4 vq, 5 shared (version 2), 6 sparse (version 2), 7 int, "
+           "8 shared (version 3) (9+ reserved) |")
     assert row in text
 
 
 def test_every_section_module_registers_and_every_type_lives_in_one():
     modules = {found.name for found in pkgutil.iter_modules([str(STORAGE)]) if found.name.endswith("_section")}
-    assert modules == {"raw_section", "shared_section", "sparse_section", "vq_section", "int_section"}
+    assert modules == {"raw_section", "shared_section", "sparse_section", "vq_section", "int_section",
+                       "context_section"}
     homes = {section.decode.__module__.rsplit(".", 1)[1] for section in registry.TYPES.values()}
     assert homes == modules
     for section in registry.TYPES.values():  # encoder and decoder side by side

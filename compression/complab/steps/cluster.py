@@ -39,6 +39,21 @@ class ClusterStep:
         OptionField("bias_clusters", "plan_bias_clusters", "bias shared values", 0, 256,
                     help="0: biases stay fp32; 2-256: each clustered layer's bias is shared among that many values "
                          "and fine-tuned with the weights (at 100x+ the biases are a fifth of a LeNet's file)"),
+        OptionField("objective", "plan_cluster_objective", "sharing objective", 0, 0, choices=("mse", "rate"),
+                    help="mse: k-means with the layer's k values; rate: entropy-constrained k-means (distortion + "
+                         "lambda x index bits), k the most values a layer may use"),
+        OptionField("lambda_all", "plan_rate_lambda", "rate lambda (objective rate)", 0.0, 1000.0, step=0.001,
+                    fmt="%.4f", help="share of a layer's mean square weight one saved bit per weight is worth "
+                                     "(0.01: 1%); larger: fewer bytes, more error. A recipe may set it per layer"),
+        OptionField("target_bytes_or_0", "plan_target_bytes", "weight bytes target (0: off)", 0, 1 << 40,
+                    help="objective rate: one lambda for the whole model, found to code the clustered weights in "
+                         "about this many bytes (replaces the lambda)"),
+        OptionField("importance", "plan_cluster_importance", "sharing importance", 0, 0, choices=("none", "fisher"),
+                    help="fisher: squared errors weighted by the diagonal Fisher on validation images, so the "
+                         "shared values sit nearer the weights the loss is sensitive to"),
+        OptionField("joint_prune", "plan_joint_prune", "prune while sharing", 0, 0, choices=(False, True),
+                    help="objective rate: zero is a free shared value; a weight goes to zero where the position and "
+                         "index bits it saves outweigh the error it adds (zeros stay zero in fine-tuning)"),
     )
     n_clusters: dict[str, int | str] = field(default_factory=dict)  # 2 to 256 shared values, or "auto"
     init: str = "linear"  # centroid initialisation; Han et al. found linear best (large weights matter)
@@ -108,7 +123,22 @@ class ClusterStep:
     def from_rows(cls, rows: dict[str, dict], options: dict | None = None) -> ClusterStep | None:
         """The step the Plan page's rows ask for (None when no layer is clustered)."""
         clusters = {layer: row["k"] for layer, row in rows.items() if row["k"] not in (None, "off")}
-        return cls(n_clusters=clusters, **(options or {})) if clusters else None
+        options = dict(options or {})
+        if "lambda_all" in options:  # the page's one lambda and its byte target (0: none) as the config holds them
+            lam = options.pop("lambda_all")
+            options["rate_lambda"] = {"_default": lam} if lam else {}
+        if "target_bytes_or_0" in options:
+            options["target_bytes"] = int(options.pop("target_bytes_or_0")) or None
+        return cls(n_clusters=clusters, **options) if clusters else None
+
+    @property
+    def lambda_all(self) -> float:
+        """The Plan page's lambda: the recipe's _default (a per-layer value stays the recipe's own)."""
+        return float(self.rate_lambda.get("_default", 0.0))
+
+    @property
+    def target_bytes_or_0(self) -> int:
+        return int(self.target_bytes or 0)
 
     def to_rows(self, layers: list[str]) -> dict[str, dict]:
         return {layer: {"k": "off" if (k := resolve(self.n_clusters, layer)) is None else k} for layer in layers}

@@ -512,8 +512,12 @@ def settings_expander(page: PlanPage, stats_fold_bn: bool) -> bool:
         c = st.columns(4)
         for index, (config, f) in enumerate(option_fields()):  # defaults live in the session state (load_recipe)
             st.session_state.setdefault(f.key, getattr(config(), f.name))
-            c[index % len(c)].number_input(f.label, f.low, f.high, step=f.step, format=f.fmt, key=f.key, help=f.help,
-                                           on_change=save_draft, args=(page,))
+            if f.choices:
+                c[index % len(c)].selectbox(f.label, list(f.choices), key=f.key, help=f.help, on_change=save_draft,
+                                            args=(page,))
+            else:
+                c[index % len(c)].number_input(f.label, f.low, f.high, step=f.step, format=f.fmt, key=f.key,
+                                               help=f.help, on_change=save_draft, args=(page,))
         fold = page.detector and st.checkbox(
             "Fold batch norm into the convolutions after pruning", value=True, key="plan_fold_bn",
             help="One bias per convolution instead of five batch-norm vectors in the file (measured on the demo "

@@ -23,7 +23,7 @@ from torch.nn.utils import parametrize
 
 from complab.layermap import resolve, resolve_all
 from complab.methods.context import StepContext, StepResult, layer_weight, weight_ref
-from complab.methods.ecsq import coded_bytes_estimate, ecsq_1d
+from complab.methods.ecsq import LAMBDA_RANGE, LAMBDA_STEPS, coded_bytes_estimate, ecsq_1d
 from complab.methods.kmeans1d import kmeans_1d
 from complab.methods.registry import handler
 from complab.models.params import bake
@@ -34,8 +34,6 @@ MAX_CLUSTERS = 256
 # rounds (seed + 1, 2, ...) so the two fine-tunings of one plan never replay the same batches
 SHARED_VALUE_FINETUNE_SEED = 1000
 FISHER_IMAGES = 256  # validation images whose per-sample gradients weight the distortion (importance "fisher")
-LAMBDA_RANGE = (1e-5, 10.0)  # target_bytes: the bisection's range of lambda (log scale)
-LAMBDA_STEPS = 16
 
 
 class SharedValues(nn.Module):

@@ -31,6 +31,8 @@ import numpy as np
 from complab.methods.kmeans1d import kmeans_1d
 
 MAX_ITER = 60
+LAMBDA_RANGE = (1e-5, 10.0)  # target_bytes: the lambdas the bisection searches (log scale; the run and the estimate)
+LAMBDA_STEPS = 16
 CHUNK = 1 << 16  # assignment rows at once (k up to 256: 16 M floats)
 IMPORTANCE_FLOOR = 0.05  # a weight's importance is at least this share of the layer's mean Fisher (a zero Fisher
 # on the validation images does not make a weight free to move anywhere)

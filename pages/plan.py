@@ -80,11 +80,11 @@ def rows_and_estimate() -> None:
         st.warning(problem)
     settings, quantizers, options = rows.settings(step_options())
     bias_clusters = int(options.get("bias_clusters", 0))
-    est = live_estimate(page, settings, quantizers, bias_clusters)
+    est = live_estimate(page, settings, quantizers, bias_clusters, options.get("rate"))
     layer_groups_section(page, groups, shown, compact, many, est["per_layer_bytes"])
     channel_choice = channel_section(handle, spec_key(spec), lazy=many)  # "channels kept" per channel group
     est = channel_choice.apply(est, stats, settings)
-    prediction = estimate_panel(page, est, settings, quantizers, bias_clusters)
+    prediction = estimate_panel(page, est, settings, quantizers, bias_clusters, options.get("rate"))
     launch_section(page, channel_choice, prediction, stats_fold_bn)
     save_draft(page)  # the target and every layer's settings, for the next visit or a reload
 

@@ -147,10 +147,10 @@ def test_recipe_diff_resolves_each_layer_on_real_recipes():
     records, quick = recipe("lenet5.json"), recipe("quick.json")
     rows = recipe_diff(records, quick, LENET5_LAYERS)
     said = {(r["step"], r["layer"], r["setting"]): (r["a"], r["b"]) for r in rows}
-    # records: _default 0.99, conv1 0.5, conv2 0.93, fc2 0.85; quick: _default 0.9, re:fc3|classifier|fc2 0.5
+    # records: _default 0.994, conv1 0.5, conv2 0.95, fc2 0.85; quick: _default 0.9, re:fc3|classifier|fc2 0.5
     assert said[("prune", "conv1", "sparsity")] == (0.5, 0.9)
-    assert said[("prune", "fc2", "sparsity")] == (0.85, 0.5) and said[("prune", "fc1", "sparsity")] == (0.99, 0.9)
-    assert said[("prune", None, "iterations")] == (6, 1) and said[("cluster", None, "bias_clusters")] == (16, 0)
+    assert said[("prune", "fc2", "sparsity")] == (0.85, 0.5) and said[("prune", "fc1", "sparsity")] == (0.994, 0.9)
+    assert said[("prune", None, "iterations")] == (6, 1) and said[("cluster", None, "bias_clusters")] == (8, 0)
     assert said[("cluster", "conv1", "n_clusters")] == (4, 16)
     assert next(r["text"] for r in rows if r["layer"] == "conv1" and r["setting"] == "sparsity") == \
         "conv1: sparsity 0.5 -> 0.9"

@@ -139,14 +139,30 @@ def test_a_new_step_module_reaches_the_recipe_the_ordering_the_rows_and_the_esti
 def test_the_settings_widgets_take_every_value_a_recipe_may_hold():
     """A loaded recipe sets the settings expander's widgets: each widget's range is its config's own bounds, so a
     valid recipe never holds a value the widget would refuse (a number input above its max stops the page)."""
+    from complab.steps.cluster import ClusterStep
     from complab.ui.plan_page import option_fields
 
-    assert len(option_fields()) == 10  # issue 27: the int step's activation bits, calibration images, QAT epochs;
-    # issue 29: the prune step's weight-average decay
+    assert len(option_fields()) == 15  # issue 27: the int step's activation bits, calibration images, QAT epochs;
+    # issue 29: the prune step's weight-average decay; issue 30: the cluster step's objective, lambda, byte target,
+    # importance and joint pruning
+
+    def made(config, name, value):
+        base = {"objective": "rate"} if config is ClusterStep else {}  # the rate options need objective rate
+        if isinstance(getattr(config, name, None), property):  # a page value the config holds its own way
+            return config.from_rows({"fc1": {"k": 8}}, {**base, name: value})
+        return config(**{**base, name: value})
+
     for config, f in option_fields():
         default = getattr(config(), f.name)
+        if f.choices:  # a select box: every choice is valid, and a value of another kind is not
+            for value in f.choices:
+                made(config, f.name, value).check("step")
+            with pytest.raises(PlanError, match=f.name):
+                made(config, f.name, 1 if isinstance(default, bool) else "bogus").check("step")
+            continue
         for value in (f.low, f.high):
-            config(**{f.name: type(default)(value)}).check("step")  # the widget's ends are valid settings
+            made(config, f.name, type(default)(value)).check("step")  # the widget's ends are valid settings
         beyond = f.high + (f.step or 1)
-        with pytest.raises(PlanError, match=f.name):  # and nothing valid lies beyond them
-            config(**{f.name: type(default)(beyond)}).check("step")
+        named = {"lambda_all": "rate_lambda", "target_bytes_or_0": "target_bytes"}.get(f.name, f.name)
+        with pytest.raises(PlanError, match=named):  # and nothing valid lies beyond them
+            made(config, f.name, type(default)(beyond)).check("step")

@@ -398,7 +398,8 @@ class LayerField:
 class OptionField:
     """One of a step's plan-wide settings (not per layer) as the Plan page's settings expander draws it: name is
     the config's field, key the widget's session key, low / high / step / fmt its number input's range (the config's
-    own bounds: a loaded recipe's every valid value must fit the widget); its default and type are the config's."""
+    own bounds: a loaded recipe's every valid value must fit the widget); its default and type are the config's.
+    With `choices` it is a select box (low / high unused)."""
 
     name: str
     key: str
@@ -408,3 +409,4 @@ class OptionField:
     step: float | None = None
     fmt: str | None = None
     help: str | None = None
+    choices: tuple = ()  # a select box of these values (strings or True/False) instead of a number input

@@ -10,7 +10,7 @@ from its plan.json, model and seed. Shape after torchao's FqnToConfig; nothing h
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 import complab.steps  # noqa: F401 - every step module registers its config in STEP_TYPES
@@ -159,7 +159,8 @@ class Plan:
         for step in self.steps:
             # options added after recipes shipped and runs were keyed are written only when set: a recipe that does
             # not use them keeps its bytes (the lesson's shipped plan.json) and its runs' content keys
-            quiet = {f.name: f.default for f in fields(step) if f.name in getattr(step, "quiet_defaults", ())}
+            quiet = {f.name: f.default if f.default is not MISSING else f.default_factory()
+                     for f in fields(step) if f.name in getattr(step, "quiet_defaults", ())}
             steps.append({"type": step.type, **{key: value for key, value in asdict(step).items()
                                                 if key not in quiet or value != quiet[key]}})
         return {"schema_version": SCHEMA_VERSION, "name": self.name, "seed": self.seed,

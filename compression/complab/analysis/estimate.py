@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from complab import metrics
-from complab.layermap import STEP_TYPES
+from complab.layermap import STEP_TYPES, resolve
+from complab.methods.ecsq import LAMBDA_RANGE, LAMBDA_STEPS, ecsq_1d
 from complab.methods.kmeans1d import kmeans_1d
 from complab.models.handle import ModelHandle
 
@@ -284,27 +285,30 @@ AUTO_CLUSTERS = 32  # a cluster count of "auto" (the run picks k per layer) is e
 MEMO_ENTRIES = 4096  # per layer: every slider step times every cluster choice fits
 
 
-def layer_bytes(stats: LayerStats, sparsity: float, n_clusters: int | None) -> float:
-    """Estimated bytes of one layer's section for a sparsity and a cluster count (None: not clustered)."""
+def layer_bytes(stats: LayerStats, sparsity: float, n_clusters: int | None,
+                rate: tuple[float, bool] | None = None) -> float:
+    """Estimated bytes of one layer's section for a sparsity and a cluster count (None: not clustered); `rate`:
+    (lambda, joint_prune) of the cluster step's objective "rate" (n_clusters is then the most values it may use)."""
     n_clusters = AUTO_CLUSTERS if n_clusters == "auto" else n_clusters
-    key = (float(sparsity), n_clusters)
+    key = (float(sparsity), n_clusters) if rate is None else (float(sparsity), n_clusters, rate)
     cached = stats.memo.get(key)
     if cached is None:
-        cached = layer_parts(stats, float(sparsity), n_clusters).total
+        cached = layer_parts(stats, float(sparsity), n_clusters, rate).total
         if len(stats.memo) < MEMO_ENTRIES:
             stats.memo[key] = cached
     return cached
 
 
-def layer_parts(stats: LayerStats, sparsity: float, n_clusters: int | None) -> LayerParts:
+def layer_parts(stats: LayerStats, sparsity: float, n_clusters: int | None,
+                rate: tuple[float, bool] | None = None) -> LayerParts:
     """layer_bytes split into the file's parts (memoized the same way). The fixed-width streams are counted at
     the estimate's own field width: the encoder picks its width from the real gaps (pruned weights cluster, so
     often a wider one), which moves bytes between the "positions" and "entropy" bars, not their sum."""
     n_clusters = AUTO_CLUSTERS if n_clusters == "auto" else n_clusters
-    key = (float(sparsity), n_clusters)
+    key = (float(sparsity), n_clusters) if rate is None else (float(sparsity), n_clusters, rate)
     cached = stats.parts_memo.get(key)
     if cached is None:
-        cached = _layer_parts(stats, float(sparsity), n_clusters)
+        cached = _layer_parts(stats, float(sparsity), n_clusters, rate)
         if len(stats.parts_memo) < MEMO_ENTRIES:
             stats.parts_memo[key] = cached
     return cached
@@ -314,7 +318,8 @@ def _layer_bytes(stats: LayerStats, sparsity: float, n_clusters: int | None) -> 
     return _layer_parts(stats, sparsity, n_clusters).total
 
 
-def _layer_parts(stats: LayerStats, sparsity: float, n_clusters: int | None) -> LayerParts:
+def _layer_parts(stats: LayerStats, sparsity: float, n_clusters: int | None,
+                 rate: tuple[float, bool] | None = None) -> LayerParts:
     n_prune = int(round(sparsity * stats.numel))
     kept = stats.numel - n_prune
     header = SECTION_OVERHEAD + len(stats.name) + WEIGHT_SUFFIX_BYTES
@@ -334,8 +339,24 @@ def _layer_parts(stats: LayerStats, sparsity: float, n_clusters: int | None) -> 
     if sample.size == 0:
         sample = stats.centers[-1:]
     sample = sample[:: max(1, sample.size // KMEANS_SAMPLE)]  # every bin holds the same count: thin evenly
-    _, labels = kmeans_1d(sample, n_clusters, refine=False)  # Lloyd only: 20x faster, shares barely move
-    shares = np.bincount(labels).astype(np.float64) / labels.size
+    if rate is None or n_clusters is None:
+        _, labels = kmeans_1d(sample, n_clusters, refine=False)  # Lloyd only: 20x faster, shares barely move
+        shares = np.bincount(labels).astype(np.float64) / labels.size
+    else:  # objective "rate": the same entropy-constrained k-means the run does, on the sample
+        lam, joint_prune = rate
+        centroids, labels = ecsq_1d(sample, n_clusters, lam, None, joint_prune,
+                                    total=max(sample.size, int(round(sample.size * stats.numel / kept))))
+        zeroed = float((labels == len(centroids)).mean())
+        if joint_prune and zeroed > 0 and kept > 1:  # the weights it sends to zero: a higher sparsity
+            sparsity = min(1.0, sparsity + (1.0 - sparsity) * zeroed)
+            n_prune = int(round(sparsity * stats.numel))
+            kept = stats.numel - n_prune
+            if kept == 0:
+                return LayerParts(stats.numel, 0, header=header, positions=STREAM_OVERHEAD, encoding="sparse")
+            factor = float(np.interp(sparsity, *stats.position_factors))
+        labels = labels[labels < len(centroids)]
+        shares = np.bincount(labels, minlength=len(centroids)).astype(np.float64) / max(1, labels.size)
+        n_clusters = max(1, int((shares > 0).sum()))
     codebook = 4 * min(n_clusters, kept)
     used = int((shares > 0).sum())
     index_bits = max(1, math.ceil(math.log2(n_clusters + 1)))  # the file's fixed width: k values and the zero
@@ -417,22 +438,54 @@ def bias_delta(stats: ModelStats, settings: dict[str, tuple[float, int | None]],
     return delta
 
 
+def rate_settings(stats: ModelStats, settings: dict[str, tuple[float, int | None]], rate: dict | None,
+                  quantizers: dict[str, dict] | None = None) -> dict[str, tuple[float, bool] | None]:
+    """layer -> (lambda, joint_prune) for the clustered layers of a plan whose cluster step has objective "rate"
+    (`rate`: ClusterStep.estimate_options()["rate"]), else None. With target_bytes, the one lambda whose estimated
+    clustered-weight bytes come closest to the target from below (bisection on log lambda, as the run does)."""
+    clustered = [name for name in stats.layers if settings.get(name, (0.0, None))[1] is not None
+                 and not (quantizers or {}).get(name)]
+    if not rate or not clustered:
+        return {}
+    joint = bool(rate.get("joint_prune"))
+    if rate.get("target_bytes") is None:
+        lambdas = rate.get("rate_lambda") or {}
+        return {name: (float(resolve(lambdas, name) or 0.0), joint) for name in clustered}
+
+    def weight_bytes(lam: float) -> float:
+        return sum(layer_bytes(stats.layers[name], *settings[name], (lam, joint)) for name in clustered)
+
+    target = float(rate["target_bytes"])
+    low, high = math.log(LAMBDA_RANGE[0]), math.log(LAMBDA_RANGE[1])
+    if weight_bytes(round(math.exp(low), 6)) > target:
+        for _ in range(LAMBDA_STEPS):
+            mid = (low + high) / 2
+            low, high = (low, mid) if weight_bytes(float(f"{math.exp(mid):.4g}")) <= target else (mid, high)
+        lam = float(f"{math.exp(high):.4g}")
+    else:
+        lam = round(math.exp(low), 6)
+    return {name: (lam, joint) for name in clustered}
+
+
 def estimate(stats: ModelStats, settings: dict[str, tuple[float, int | None]],
-             quantizers: dict[str, dict] | None = None, bias_clusters: int = 0) -> dict:
+             quantizers: dict[str, dict] | None = None, bias_clusters: int = 0, rate: dict | None = None) -> dict:
     """Estimated compressed bytes, ratio and sparse FLOPs for per-layer (sparsity, n_clusters) settings.
 
     quantizers: layer -> a step's own storage settings (QuantizeStep.layer_settings: they replace clustering).
     bias_clusters: the cluster step's setting: the biases of clustered layers shared among that many values
-    (a bias too short for the file's shared encoding keeps its bytes).
+    (a bias too short for the file's shared encoding keeps its bytes). rate: the cluster step's rate-aware
+    options (ClusterStep.estimate_options()["rate"]; importance "fisher" is estimated as without importance: the
+    estimate runs no model).
     """
     total = float(stats.other_bytes) + bias_delta(stats, settings, bias_clusters)
     sparse_flops = float(stats.other_flops)
     per_layer = {}
+    rates = rate_settings(stats, settings, rate, quantizers)
     for name, layer in stats.layers.items():
         sparsity, n_clusters = settings.get(name, (0.0, None))
         quantizer = (quantizers or {}).get(name)
         size = (replaced_layer_parts(layer, sparsity, quantizer).total if quantizer
-                else layer_bytes(layer, sparsity, n_clusters))
+                else layer_bytes(layer, sparsity, n_clusters, rates.get(name)))
         per_layer[name] = size
         total += size
         sparse_flops += layer.flops * (1.0 - sparsity)
@@ -464,7 +517,7 @@ def parts_steps(parts: LayerParts) -> dict[str, float]:
 
 def estimated_waterfall(stats: ModelStats, settings: dict[str, tuple[float, int | None]],
                         quantizers: dict[str, dict] | None = None, compressed_bytes: int | None = None,
-                        title: str = "whole model", bias_clusters: int = 0):
+                        title: str = "whole model", bias_clusters: int = 0, rate: dict | None = None):
     """Where the bytes go, estimated: the report's Waterfall (fp32 size -> each part of the file) from the same
     per-layer estimate as `estimate` (same settings, same memo: cheap on a slider move), the untouched tensors
     and the file header from their real encoding.
@@ -481,11 +534,12 @@ def estimated_waterfall(stats: ModelStats, settings: dict[str, tuple[float, int 
     shared_biases = bias_delta(stats, settings, bias_clusters)
     steps["indices"] = steps.get("indices", 0.0) + shared_biases
     total = float(stats.other_bytes) + shared_biases
+    rates = rate_settings(stats, settings, rate, quantizers)
     for name, layer in stats.layers.items():
         sparsity, n_clusters = settings.get(name, (0.0, None))
         quantizer = (quantizers or {}).get(name)
         parts = (replaced_layer_parts(layer, sparsity, quantizer) if quantizer
-                 else layer_parts(layer, sparsity, n_clusters))
+                 else layer_parts(layer, sparsity, n_clusters, rates.get(name)))
         for key, value in parts_steps(parts).items():
             steps[key] = steps.get(key, 0.0) + value
         dense += 4 * layer.numel

@@ -53,6 +53,7 @@ takes ~0.45 s per layer at k = 256 whatever the layer's size (its dynamic progra
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -64,7 +65,7 @@ import torch
 from complab.analysis.grid import BN_BATCH_SIZE, SensitivityConfig, SensitivityReport, grid_weight
 from complab.errors import CompressionLabError
 from complab.methods import bn_stats
-from complab.methods.context import Cancelled
+from complab.methods.context import Cancelled, layer_weight
 from complab.methods.kmeans1d import kmeans_1d, quantize_to_centroids
 from complab.methods.tasks import task_for
 
@@ -148,7 +149,6 @@ def fisher_diagonal(handle, data, config: SensitivityConfig, clock: _Clock, max_
     validation subset; `later_s`: the seconds the later stages are expected to take (for the ETA)."""
     work = handle.clone()
     model = work.model.eval()
-    device = next(model.parameters()).device
     layers = work.prunable_layers()
     for param in model.parameters():
         param.requires_grad_(False)
@@ -160,6 +160,22 @@ def fisher_diagonal(handle, data, config: SensitivityConfig, clock: _Clock, max_
     samples, microbatch = task.gradient_samples(max_images, config.val_size, config.seed, max(1, GRADIENT_MICROBATCH))
     if not len(samples):
         raise CompressionLabError("the validation split is empty: the estimate mode needs validation images")
+    started = time.monotonic()
+    fisher, mean_grad, used, losses = accumulate_fisher(model, layers, task, samples, microbatch, clock, seconds,
+                                                        later_s)
+    info = {"images": used * microbatch, "batches": used, "seconds": round(time.monotonic() - started, 2),
+            "per_sample": microbatch == 1, "first_order": FIRST_ORDER,
+            "mean_loss": float(np.mean(losses)),
+            "loss": task.gradient_loss_name}
+    return fisher, mean_grad, info
+
+
+def accumulate_fisher(model: torch.nn.Module, layers: dict[str, torch.Tensor], task, samples, microbatch: int,
+                      clock: _Clock, seconds: float = GRADIENT_SECONDS, later_s: float = 0.0):
+    """(layer -> diagonal empirical Fisher, layer -> mean gradient, samples used, losses) of `layers` (tensors of
+    `model` that require gradients) from the task's per-sample losses on `samples`, for at most `seconds` (and at
+    least MIN_GRADIENT_IMAGES samples)."""
+    device = next(model.parameters()).device
     fisher = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in layers.items()}
     mean_grad = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in layers.items()}
     hooks = _cancel_hooks(model, clock)
@@ -187,11 +203,25 @@ def fisher_diagonal(handle, data, config: SensitivityConfig, clock: _Clock, max_
     for name in fisher:
         fisher[name] = (fisher[name] / used).cpu()
         mean_grad[name] = (mean_grad[name] / used).cpu()
-    info = {"images": used * microbatch, "batches": used, "seconds": round(time.monotonic() - started, 2),
-            "per_sample": microbatch == 1, "first_order": FIRST_ORDER,
-            "mean_loss": float(np.mean(losses)),
-            "loss": task.gradient_loss_name}
-    return fisher, mean_grad, info
+    return fisher, mean_grad, used, losses
+
+
+def model_fisher(model: torch.nn.Module, names: list[str], task, images: int = GRADIENT_IMAGES, seed: int = 0,
+                 seconds: float = GRADIENT_SECONDS) -> dict[str, torch.Tensor]:
+    """The diagonal empirical Fisher of `model`'s layers `names` (a step's model, not a handle: the cluster step's
+    importance "fisher") on at most `images` validation images of the task, on a copy of the model."""
+    work = copy.deepcopy(model).eval()
+    for param in work.parameters():
+        param.requires_grad_(False)
+    layers = {name: layer_weight(work, name) for name in names}
+    for weight in layers.values():
+        weight.requires_grad_(True)
+    task.prepare_gradients(work)
+    samples, microbatch = task.gradient_samples(images, max(images, 1), seed, max(1, GRADIENT_MICROBATCH))
+    if not len(samples):
+        raise CompressionLabError("the validation split is empty: importance fisher needs validation images")
+    fisher, _, _, _ = accumulate_fisher(work, layers, task, samples, microbatch, _Clock(None, None), seconds)
+    return fisher
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from complab.analysis.estimate import ModelStats, estimate, int_quantizer, layer_bytes, replaced_layer_parts
 from complab.analysis.sensitivity_report import check_report, report_noise
+from complab.layermap import resolve
 
 TARGET_KINDS = ("compressed_bytes", "sparse_flops", "accuracy_drop")
 SOLVER_AXES = ("sparsity", "clusters", "bits")  # what the solver may change per layer (solve's `axes`)
@@ -183,7 +184,7 @@ def _relax(chosen: dict, options: dict, slack: float) -> dict:
 
 
 def solve(stats: ModelStats, grids: dict[str, LayerGrid], target_kind: str, target: float,
-          cluster_first: bool = True, axes=DEFAULT_AXES) -> dict:
+          cluster_first: bool = True, axes=DEFAULT_AXES, rate: dict | None = None) -> dict:
     """Settings {layer: (sparsity, n_clusters)} meeting the target (or as close as the grid allows), and `bits`
     {layer: integer width} for the layers it stores as integers (their n_clusters is None).
 
@@ -197,7 +198,13 @@ def solve(stats: ModelStats, grids: dict[str, LayerGrid], target_kind: str, targ
     With cluster_first, every layer is at least shared at the largest k in its grid or stored as integers at its
     widest measured width (either costs nothing measurable and makes the file about 4x smaller), as Deep
     Compression does. `axes` (of SOLVER_AXES): what may change; a report without the bits axis offers no widths.
+    `rate`: the cluster step's rate-aware options (ClusterStep.estimate_options()["rate"]): a shared layer is
+    priced at the bytes of entropy-constrained sharing with its rate_lambda (k the most values it may use); its
+    drop is still the grid's, measured with plain k-means at that k. A target_bytes plan is priced at lambda 0
+    (the run chooses its lambda after the solver chose the settings).
     """
+    lambdas = (rate or {}).get("rate_lambda") or {}
+    joint = bool((rate or {}).get("joint_prune"))
     if target_kind not in TARGET_KINDS:
         raise ValueError(f"target kind {target_kind!r}: use one of {TARGET_KINDS}")
     unknown_axes = set(axes) - set(SOLVER_AXES)
@@ -222,7 +229,9 @@ def solve(stats: ModelStats, grids: dict[str, LayerGrid], target_kind: str, targ
                 elif kind == "b":
                     cost = replaced_layer_parts(stats.layers[name], sparsity, int_quantizer(grid.bits[index])).total
                 else:
-                    cost = layer_bytes(stats.layers[name], sparsity, grid.clusters[index] if kind == "k" else None)
+                    layer_rate = (float(resolve(lambdas, name) or 0.0), joint) if rate and kind == "k" else None
+                    cost = layer_bytes(stats.layers[name], sparsity, grid.clusters[index] if kind == "k" else None,
+                                       layer_rate)
                 options.append((cost, drop, (s_index, kind, index)))
         chains[name] = _hull(options)
         all_options[name] = options
@@ -263,4 +272,4 @@ def solve(stats: ModelStats, grids: dict[str, LayerGrid], target_kind: str, targ
     reached = target_kind == "accuracy_drop" or cost + other <= target
     quantizers = {name: int_quantizer(b) for name, b in bits.items()}
     return {"settings": settings, "bits": bits, "predicted_drop": drop, "met": reached,
-            **{k: v for k, v in estimate(stats, settings, quantizers).items() if k != "per_layer_bytes"}}
+            **{k: v for k, v in estimate(stats, settings, quantizers, rate=rate).items() if k != "per_layer_bytes"}}

@@ -114,19 +114,21 @@ def uniform_solution(stats: ModelStats, report: dict, bits: int) -> dict:
             "met": True, **{k: v for k, v in result.items() if k != "per_layer_bytes"}}
 
 
-def solve_target(stats: ModelStats, report: dict, axis: str, value: float, axes=DEFAULT_AXES) -> dict:
+def solve_target(stats: ModelStats, report: dict, axis: str, value: float, axes=DEFAULT_AXES,
+                 rate: dict | None = None) -> dict:
     """The solver's result for one target: settings {layer: (sparsity, n_clusters)}, bits {layer: width} of the
-    layers stored as integers, predicted_drop, met, ratio... `axes`: what the solver may change (solver.solve)."""
+    layers stored as integers, predicted_drop, met, ratio... `axes`: what the solver may change (solver.solve);
+    `rate`: the cluster step's rate-aware options (shared layers priced as entropy-constrained sharing)."""
     grids = grids_from_report(report)
     if axis in BITS_AXES and not any(grid.bits for grid in grids.values()):
         raise CompressionLabError(f"the sensitivity report has no bits curves, so a {axis} target cannot be solved: "
                                   "run the sensitivity analysis again (it measures integer widths now)")
     if axis == "ratio":
-        return solve(stats, grids, "compressed_bytes", stats.fp32_bytes / value, axes=axes)
+        return solve(stats, grids, "compressed_bytes", stats.fp32_bytes / value, axes=axes, rate=rate)
     if axis == "flops":
         return solve(stats, grids, "sparse_flops", stats.flops / value, axes=axes)
     if axis == "accuracy":
-        return solve(stats, grids, "accuracy_drop", value / 100, axes=axes)
+        return solve(stats, grids, "accuracy_drop", value / 100, axes=axes, rate=rate)
     if axis == "bits":  # mixed precision: integers only, at the bytes of every layer at `value` bits
         layers = [name for name in grids if name in stats.layers]
         return solve(stats, grids, "compressed_bytes", average_bits_bytes(stats, value, layers), axes=("bits",))

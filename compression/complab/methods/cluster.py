@@ -21,8 +21,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from complab.layermap import resolve_all
+from complab.layermap import resolve, resolve_all
 from complab.methods.context import StepContext, StepResult, layer_weight, weight_ref
+from complab.methods.ecsq import LAMBDA_RANGE, LAMBDA_STEPS, coded_bytes_estimate, ecsq_1d
 from complab.methods.kmeans1d import kmeans_1d
 from complab.methods.registry import handler
 from complab.models.params import bake
@@ -32,6 +33,7 @@ MAX_CLUSTERS = 256
 # its own random stream (data order) for fine-tuning the shared values: offset past the prune step's
 # rounds (seed + 1, 2, ...) so the two fine-tunings of one plan never replay the same batches
 SHARED_VALUE_FINETUNE_SEED = 1000
+FISHER_IMAGES = 256  # validation images whose per-sample gradients weight the distortion (importance "fisher")
 
 
 class SharedValues(nn.Module):
@@ -62,6 +64,48 @@ def cluster_weight(weight: torch.Tensor, n_clusters: int, init: str, seed: int) 
     labels[~nonzero] = len(centroids)
     return (torch.from_numpy(centroids).to(weight.dtype),
             torch.from_numpy(labels).view(weight.shape).to(weight.device))
+
+
+def rate_cluster(weight: torch.Tensor, n_clusters: int, rate_lambda: float, importance: torch.Tensor | None,
+                 joint_prune: bool, init: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cluster_weight's (centroids, labels) by entropy-constrained (importance-weighted) k-means (methods/ecsq.py);
+    with joint_prune the zero level may take non-zero weights (label k' marks every zero, as in cluster_weight)."""
+    flat = weight.detach().flatten().cpu().double().numpy()
+    nonzero = flat != 0
+    if not nonzero.any():
+        return torch.zeros(0, dtype=weight.dtype), torch.zeros_like(weight, dtype=torch.long)
+    imp = None if importance is None else importance.detach().flatten().cpu().double().numpy()[nonzero]
+    centroids, nz_labels = ecsq_1d(flat[nonzero], n_clusters, rate_lambda, imp, joint_prune, total=flat.size,
+                                   init=init, seed=seed)
+    labels = np.full(flat.shape, len(centroids), dtype=np.int64)
+    labels[nonzero] = nz_labels
+    return (torch.from_numpy(centroids).to(weight.dtype),
+            torch.from_numpy(labels).view(weight.shape).to(weight.device))
+
+
+def choose_lambda(weights: dict[str, torch.Tensor], chosen: dict[str, int], importance: dict, step: ClusterStep,
+                  ctx: StepContext) -> float:
+    """target_bytes: the lambda (one for every layer) whose estimated coded weight bytes (order-0 index entropy,
+    n * H2(density) positions, fp32 codebook: methods/ecsq.coded_bytes_estimate) come closest to the target from
+    below, by bisection on log lambda (the bytes fall as lambda grows)."""
+
+    def coded(lam: float) -> float:
+        total = 0.0
+        for layer, weight in weights.items():
+            centroids, labels = rate_cluster(weight, chosen[layer], lam, importance.get(layer), step.joint_prune,
+                                             step.init, step.seed)
+            total += coded_bytes_estimate(labels.flatten().numpy(), len(centroids), labels.numel())
+        return total
+
+    low, high = np.log(LAMBDA_RANGE[0]), np.log(LAMBDA_RANGE[1])
+    if coded(float(np.exp(low))) <= step.target_bytes:
+        return float(np.exp(low))
+    for index in range(LAMBDA_STEPS):
+        ctx.emit("choose lambda", index / LAMBDA_STEPS)
+        mid = (low + high) / 2
+        low, high = (low, mid) if coded(float(np.exp(mid))) <= step.target_bytes else (mid, high)
+        ctx.check_cancelled()
+    return float(np.exp(high))
 
 
 def quantized(weight: torch.Tensor, n_clusters: int, init: str, seed: int) -> torch.Tensor:
@@ -135,15 +179,48 @@ def run(model: nn.Module, step: ClusterStep, ctx: StepContext) -> StepResult:
     chosen.update({layer: int(k) for layer, k in requested.items() if k != "auto"})
     ctx.log("cluster: k " + ", ".join(f"{layer}={chosen[layer]}" for layer in requested))
     bake(model)
+    rate_aware = step.objective == "rate" or step.importance != "none"
+    importance: dict[str, torch.Tensor] = {}
+    if step.importance == "fisher":
+        from complab.analysis.fisher import model_fisher  # (analysis.grid imports this module)
+
+        ctx.emit("fisher", 0.0)
+        importance = model_fisher(model, list(requested), ctx.task, FISHER_IMAGES, ctx.seed + step.seed)
+    lambdas = {layer: float(resolve(step.rate_lambda, layer) or 0.0) for layer in requested}
+    if step.objective == "rate" and step.target_bytes is not None:
+        lam = choose_lambda({layer: layer_weight(model, layer).detach().cpu() for layer in requested}, chosen,
+                            importance, step, ctx)
+        lambdas = dict.fromkeys(requested, lam)
+        ctx.log(f"cluster: lambda {lam:.4g} for about {step.target_bytes:,} coded weight bytes")
+    pruned = {}
     for layer in requested:
         module, attribute = weight_ref(model, layer)
-        centroids, labels = cluster_weight(getattr(module, attribute), chosen[layer], step.init, step.seed)
+        weight = getattr(module, attribute)
+        if rate_aware:
+            centroids, labels = rate_cluster(weight, chosen[layer], lambdas[layer], importance.get(layer),
+                                             step.joint_prune and step.objective == "rate", step.init, step.seed)
+            zeros = int((labels == len(centroids)).sum()) - int((weight == 0).sum())
+            if zeros:
+                pruned[layer] = zeros
+            chosen[layer] = len(centroids)
+        else:
+            centroids, labels = cluster_weight(weight, chosen[layer], step.init, step.seed)
         parametrize.register_parametrization(module, attribute, SharedValues(labels, centroids), unsafe=True)
+    if rate_aware:
+        ctx.log("cluster: shared values used " + ", ".join(f"{layer}={chosen[layer]}" for layer in requested))
+    if pruned:
+        ctx.log("cluster: joint pruning zeroed " + ", ".join(f"{layer}={n}" for layer, n in pruned.items()))
     bias_clusters = share_biases(model, list(requested), step) if step.bias_clusters else {}
     ctx.finetune(model, step.finetune_epochs, step.lr, ctx.seed + step.seed + SHARED_VALUE_FINETUNE_SEED,
                  "fine-tune shared values")
     bake(model)
     report = {"n_clusters": {layer: chosen[layer] for layer in requested}}
+    if rate_aware:
+        report["objective"] = step.objective
+        if step.objective == "rate":
+            report["rate_lambda"] = lambdas
+        if pruned:
+            report["joint_pruned"] = pruned
     if bias_clusters:
         ctx.log("cluster: bias k " + ", ".join(f"{layer}={k}" for layer, k in bias_clusters.items()))
         report["bias_clusters"] = bias_clusters

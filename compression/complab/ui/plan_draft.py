@@ -147,6 +147,12 @@ def parse_draft(value: Any, spec_key: str, report: str, layers: list[str], field
     kept_options: dict[str, Any] = {}
     for key, item in options_in.items():
         f = by_key.get(key)
+        if f is not None and f.choices:  # a select box's value (a string or true/false) as the widget holds it
+            if any(item == choice and type(item) is type(choice) for choice in f.choices):
+                kept_options[key] = item
+            else:
+                dropped += 1
+            continue
         number = _number(item)
         if f is None or number is None or not f.low <= number <= f.high:
             dropped += 1

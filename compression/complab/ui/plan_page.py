@@ -24,6 +24,7 @@ from complab.errors import CompressionLabError, PlanError
 from complab.layermap import OptionField
 from complab.paths import OutputError
 from complab.plan import FoldBNStep, Plan, ordered, validate_recipe
+from complab.steps.cluster import ClusterStep
 from complab.ui import plan_draft
 from complab.ui.channels import ChannelChoice, load_channels
 from complab.ui.figures import bytes_waterfall
@@ -91,9 +92,11 @@ def target_section(page: PlanPage) -> None:
 
     def apply_target() -> None:
         try:
+            cluster = ClusterStep.from_rows({"_": {"k": 2}}, step_options().get("cluster"))  # its rate options
             result = solve_target(page.stats, page.report, st.session_state["plan_target_kind"],
                                   st.session_state["plan_target_value"],
-                                  SOLVER_AXES if st.session_state.get("plan_solver_int") else DEFAULT_AXES)
+                                  SOLVER_AXES if st.session_state.get("plan_solver_int") else DEFAULT_AXES,
+                                  rate=cluster.estimate_options().get("rate"))
         except CompressionLabError as exc:  # e.g. a bits target on a report made before the bits axis
             st.session_state["plan_solver_note"] = f"Solver: {exc}"
             return
@@ -321,7 +324,8 @@ def shown_prediction(prediction: dict) -> dict:
             "basis": basis or "demo runs", "warning": warning, "confident": not warning}
 
 
-def estimate_panel(page: PlanPage, est: dict, settings: dict, quantizers: dict, bias_clusters: int) -> dict | None:
+def estimate_panel(page: PlanPage, est: dict, settings: dict, quantizers: dict, bias_clusters: int,
+                   rate: dict | None = None) -> dict | None:
     """The live estimate (file, ratio, FLOPs, predicted accuracy) and where the bytes go; returns the prediction."""
     prediction = predict(page.report, settings, quantizers, page.history) if page.report is not None else None
     with st.container(border=True, key="plan_estimate"):
@@ -365,13 +369,14 @@ def estimate_panel(page: PlanPage, est: dict, settings: dict, quantizers: dict, 
                      key="plan_waterfall_on"):
             st.plotly_chart(bytes_waterfall(estimated_waterfall(
                 page.stats, settings, {k: q for k, q in quantizers.items() if q}, est["compressed_bytes"],
-                bias_clusters=bias_clusters), estimated=True, height=380), key="plan_waterfall",
+                bias_clusters=bias_clusters, rate=rate), estimated=True, height=380), key="plan_waterfall",
                 config={"staticPlot": True})  # no hover layers to rebuild: a slider move redraws it quicker
     return prediction
 
 
-def live_estimate(page: PlanPage, settings: dict, quantizers: dict, bias_clusters: int) -> dict:
-    return estimate(page.stats, settings, {k: q for k, q in quantizers.items() if q}, bias_clusters)
+def live_estimate(page: PlanPage, settings: dict, quantizers: dict, bias_clusters: int,
+                  rate: dict | None = None) -> dict:
+    return estimate(page.stats, settings, {k: q for k, q in quantizers.items() if q}, bias_clusters, rate)
 
 
 def load_recipe(page: PlanPage) -> None:
@@ -512,8 +517,12 @@ def settings_expander(page: PlanPage, stats_fold_bn: bool) -> bool:
         c = st.columns(4)
         for index, (config, f) in enumerate(option_fields()):  # defaults live in the session state (load_recipe)
             st.session_state.setdefault(f.key, getattr(config(), f.name))
-            c[index % len(c)].number_input(f.label, f.low, f.high, step=f.step, format=f.fmt, key=f.key, help=f.help,
-                                           on_change=save_draft, args=(page,))
+            if f.choices:
+                c[index % len(c)].selectbox(f.label, list(f.choices), key=f.key, help=f.help, on_change=save_draft,
+                                            args=(page,))
+            else:
+                c[index % len(c)].number_input(f.label, f.low, f.high, step=f.step, format=f.fmt, key=f.key,
+                                               help=f.help, on_change=save_draft, args=(page,))
         fold = page.detector and st.checkbox(
             "Fold batch norm into the convolutions after pruning", value=True, key="plan_fold_bn",
             help="One bias per convolution instead of five batch-norm vectors in the file (measured on the demo "

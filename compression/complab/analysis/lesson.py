@@ -223,10 +223,20 @@ def coding_text(coded: Coding) -> str:
     return (f"Two streams fill most of the file: the positions of the kept weights (the gaps between them) and "
             f"their cluster indices. Deep Compression Huffman-coded them; we use an ANS coder, which gets closer "
             f"to the entropy. At fixed width they would take {coded.fixed_bytes:,} bytes; coded they take "
-            f"{coded.coded_bytes:,} ({percent(saved)} less), {percent(above)} above their entropy of "
-            f"{coded.entropy_bytes:,.0f} bytes (the difference: each stream's table of symbol counts, and the "
-            f"rounding of those counts). The chart follows every byte from the {coded.waterfall.start:,}-byte fp32 "
+            f"{coded.coded_bytes:,} ({percent(saved)} less), " + _against_entropy(above, coded.entropy_bytes)
+            + f" The chart follows every byte from the {coded.waterfall.start:,}-byte fp32 "
             f"model to the {coded.file_bytes:,}-byte file ({ratio:.1f}x).")
+
+
+def _against_entropy(above: float, entropy_bytes: float) -> str:
+    """The coded streams against their order-0 entropy: above it by the tables' cost, or below it where the coder
+    codes an index in the context of its row's previous index (a bound on symbol counts alone does not see that)."""
+    if above >= 0:
+        return (f"{percent(above)} above their order-0 entropy of {entropy_bytes:,.0f} bytes (the difference: each "
+                f"stream's table of symbol counts, and the rounding of those counts).")
+    return (f"{percent(-above)} below their order-0 entropy of {entropy_bytes:,.0f} bytes, the limit for a coder "
+            f"that sees only how often each symbol occurs: ours codes an index in the context of the previous "
+            f"index in the same row, and neighbouring weights are alike.")
 
 
 def _many(count: int, thing: str) -> str:

@@ -175,7 +175,7 @@ def plan_from_settings(settings: dict[str, tuple[float, int | str | None]], name
     if sparsity:
         steps.append(PruneStep(sparsity=sparsity, **(prune_options or {})))
     if clusters:
-        steps.append(ClusterStep(n_clusters=clusters, **(cluster_options or {})))
+        steps.append(ClusterStep(n_clusters=clusters, **ClusterStep.config_options(cluster_options)))
     quantize = quantize_step(quantizers or {}, quantize_options)
     if quantize is not None:  # vector quantization (Gong et al.) on its own layers
         steps.append(quantize)

@@ -123,13 +123,20 @@ class ClusterStep:
     def from_rows(cls, rows: dict[str, dict], options: dict | None = None) -> ClusterStep | None:
         """The step the Plan page's rows ask for (None when no layer is clustered)."""
         clusters = {layer: row["k"] for layer, row in rows.items() if row["k"] not in (None, "off")}
+        return cls(n_clusters=clusters, **cls.config_options(options)) if clusters else None
+
+    @staticmethod
+    def config_options(options: dict | None) -> dict:
+        """The Plan page's option values as the config holds them: its one lambda (lambda_all) becomes the
+        rate_lambda's _default and its byte target (target_bytes_or_0, 0: none) target_bytes. Every caller that
+        builds the step from the page's options (rows, sweeps, searches) goes through here."""
         options = dict(options or {})
-        if "lambda_all" in options:  # the page's one lambda and its byte target (0: none) as the config holds them
+        if "lambda_all" in options:
             lam = options.pop("lambda_all")
             options["rate_lambda"] = {"_default": lam} if lam else {}
         if "target_bytes_or_0" in options:
             options["target_bytes"] = int(options.pop("target_bytes_or_0")) or None
-        return cls(n_clusters=clusters, **options) if clusters else None
+        return options
 
     @property
     def lambda_all(self) -> float:

@@ -1565,7 +1565,7 @@ def _ctx_case(index: int, seed: int, ctx: dict) -> tuple[bytes, str]:
         at = rng.choice(targets)
         body = bytearray(sections[at][1])
         start = _ctx_index_start(bytes(body))
-        kind = rng.randrange(8)
+        kind = rng.randrange(9)
         if start is None or kind == 0:  # bit flips anywhere
             for _ in range(rng.randint(1, 4)):
                 body[rng.randrange(len(body))] ^= 1 << rng.randrange(8)
@@ -1597,6 +1597,16 @@ def _ctx_case(index: int, seed: int, ctx: dict) -> tuple[bytes, str]:
             body = bytearray(bytes(body[:rank_at]) + bytes([len(dims)]) + b"".join(_varint(d) for d in dims)
                              + bytes(body[cursor:]))
             op = "shape"
+        elif kind == 7:  # a table-free adaptive stream (table mode 6) with a hostile count, range or payload
+            count = rng.choice([2, 5, 300, 2**20, 2**31 - 1, rng.randrange(1, 5000)])
+            span = rng.choice([1, 3, 15, 255, 4095, 65535, rng.randrange(1, 70000)])
+            table = 6 | rng.randrange(4) << 3 | rng.randrange(4) << 5
+            payload = bytes(rng.randrange(256) for _ in range(rng.choice([1, 4, 9, 64])))
+            stream = (_varint(count) + _varint(rng.randrange(min(span, count) + 2)) + _varint(rng.randrange(4))
+                      + _varint(span) + bytes([table]) + _varint(len(payload) + rng.choice([0, 0, 1])) + payload)
+            cut = start + 2 + rng.randrange(max(1, len(body) - start - 2))
+            body = bytearray(bytes(body[:cut]) + stream + bytes(body[cut:]) * rng.randrange(2))
+            op = "adaptive stream"
         else:  # flips in the index streams
             for _ in range(rng.randint(1, 4)):
                 if len(body) > start:

@@ -190,3 +190,5 @@ def test_ctx_cases_reach_the_type_8_decoder(sandbox):
     assert kinds <= {"ok", "error"}, [detail for outcome, detail, _ in outcomes if outcome not in ("ok", "error")]
     assert "error" in kinds
     assert any("level" in detail or "context" in detail or "gap class" in detail for _, detail, _ in outcomes)
+    cases = [fc._ctx_case(index, 11, fc._STATE["ctx"])[1] for index in range(120)]
+    assert any("adaptive stream" in what for what in cases)  # table mode 6 streams with hostile headers

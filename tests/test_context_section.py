@@ -190,3 +190,65 @@ def test_every_shape_and_context_choice_round_trips(monkeypatch):
         assert torch.equal(decoded.view(torch.int32), tensor.view(torch.int32)), (trial, shape, k)
         seen.add(info.streams[-1]["contexts"])
     assert len(seen) >= 3  # several context counts were exercised
+
+
+# ----------------------------------------------------------------------------------------------- per-tap positions
+
+
+def _centre_tap_conv(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """A conv weight whose kept weights sit mostly on the centre tap (a late layer that sees 1x1 feature maps)."""
+    levels = rng.integers(0, 8, shape)
+    taps = shape[2] * shape[3]
+    keep = np.where(np.arange(taps) == taps // 2, 0.85, 0.006).reshape(1, 1, shape[2], shape[3])
+    return np.where(rng.random(shape) < keep, BOOK[levels], 0).astype(np.float32)
+
+
+def test_centre_tap_convolution_stores_its_positions_per_tap(monkeypatch):
+    from complab.storage import context_section
+
+    tensor = torch.from_numpy(_centre_tap_conv(np.random.default_rng(7), (64, 64, 3, 3)))
+    section = encode_section("w", tensor)
+    _, decoded, _, info = decode_section(ByteReader(section))
+    assert torch.equal(decoded.view(torch.int32), tensor.view(torch.int32))
+    assert section[0] == TYPE_SHARED3 and info.streams[0].get("taps") == 9
+    monkeypatch.setattr(context_section, "MAX_TAPS", 1)  # the encoder without the per-tap layout
+    without = encode_section("w", tensor)
+    assert len(section) < len(without)
+    _, _, _, info_without = decode_section(ByteReader(without))
+    # one density per tap (the centre's 85%, the rest's 0.6%) instead of one gap distribution for all
+    assert info.bytes_positions < 0.95 * info_without.bytes_positions
+
+
+def test_uniform_taps_keep_one_positions_stream():
+    rng = np.random.default_rng(8)
+    shape = (32, 16, 3, 3)
+    tensor = torch.from_numpy(np.where(rng.random(shape) < 0.2, BOOK[rng.integers(0, 8, shape)], 0).astype(np.float32))
+    section = encode_section("w", tensor)
+    _, decoded, _, info = decode_section(ByteReader(section))
+    assert torch.equal(decoded.view(torch.int32), tensor.view(torch.int32))
+    assert all("taps" not in stream for stream in info.streams)
+
+
+def _tap_body(flags: int, tap_blocks: bytes, tail: bytes = b"") -> bytes:
+    return bytes([flags]) + varint(2) + struct.pack("<2f", 1.0, 2.0) + tap_blocks + tail
+
+
+@pytest.mark.parametrize("shape,flags,blocks,message", [
+    ((4, 8), 3, varint(0), "need positions and 2..256 kernel taps"),  # not a convolution
+    ((2, 2, 3, 3), 2, varint(0), "need positions"),  # per tap without the positions bit
+    ((2, 2, 1, 300), 3, varint(0), "2..256 kernel taps"),
+    ((2, 2, 3, 3), 7, varint(0), "unknown shared-section flags"),
+    ((2, 2, 3, 3), 3, varint(5), "kept-weight count of a kernel tap"),  # 5 > the 4 elements of a tap's plane
+    ((2, 2, 3, 3), 3, varint(0) * 9, "no kept weight"),
+])
+def test_hostile_per_tap_positions_are_refused(shape, flags, blocks, message):
+    with pytest.raises(FormatError, match=message):
+        decode_section(ByteReader(_section(shape, _tap_body(flags, blocks))))
+
+
+def test_per_tap_gaps_must_fit_their_tap_plane():
+    from complab.storage.escape import code_escaped
+
+    blocks = varint(2) + code_escaped(np.array([1, 2])).to_bytes() + varint(0) * 8  # positions 1 and 4: plane has 4
+    with pytest.raises(FormatError, match="tap 0's 2 kept weights"):
+        decode_section(ByteReader(_section((2, 2, 3, 3), _tap_body(3, blocks))))

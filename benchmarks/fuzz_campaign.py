@@ -1517,11 +1517,26 @@ def _ctx_setup() -> dict:
         levels = torch.where(levels >= 0, levels + 1, levels)  # no zero level
         mask = torch.rand(levels.shape, generator=generator) < keep
         state[name] = (levels * mask * 0.125).reshape(shape).float()
+    # a convolution whose kept weights sit on the centre tap: its positions are stored per tap (flag bit 1)
+    centre = torch.where(torch.arange(9) == 4, 0.85, 0.006).reshape(1, 1, 3, 3)
+    levels = torch.randint(1, 9, (48, 48, 3, 3), generator=generator).float()
+    state["taps"] = levels * (torch.rand(levels.shape, generator=generator) < centre) * 0.125
     base = encode_state(state, {"a": 1})
     meta, sections = DecoderCases._split(base)
     if sum(type_id == 8 for type_id, _ in sections) < 3:
         raise RuntimeError("the ctx family's base file holds fewer than 3 type-8 sections")
+    if not any(type_id == 8 and _ctx_flags(body) & 2 for type_id, body in sections):
+        raise RuntimeError("the ctx family's base file holds no type-8 section with per-tap positions")
     return {"state": state, "parsed": (meta, sections)}
+
+
+def _ctx_flags(body: bytes) -> int:
+    """The flags byte of a well-formed type-8 section body."""
+    name_len, pos = _read_varint(body, 0)
+    cursor = pos + name_len + 2
+    for _ in range(body[cursor - 1]):
+        _, cursor = _read_varint(body, cursor)
+    return body[cursor]
 
 
 def _ctx_index_start(body: bytes) -> int | None:
@@ -1530,8 +1545,10 @@ def _ctx_index_start(body: bytes) -> int | None:
         name_len, pos = _read_varint(body, 0)
         head_end = pos + name_len + 2
         cursor = head_end
+        dims = []
         for _ in range(body[head_end - 1]):
-            _, cursor = _read_varint(body, cursor)
+            dim, cursor = _read_varint(body, cursor)
+            dims.append(dim)
         dtype_size = 4
         flags = body[cursor]
         k, cursor = _read_varint(body, cursor + 1)
@@ -1540,10 +1557,13 @@ def _ctx_index_start(body: bytes) -> int | None:
             from complab.storage._bits import ByteReader
             from complab.storage.escape import decode_escaped
 
-            count, cursor = _read_varint(body, cursor)
-            reader = ByteReader(body, cursor)
-            decode_escaped(reader, count, "gaps")
-            cursor = reader.pos
+            taps = math.prod(dims[2:]) if flags & 2 else 1  # per-tap positions: one gap block per kernel tap
+            for _ in range(taps):
+                count, cursor = _read_varint(body, cursor)
+                if count or not flags & 2:
+                    reader = ByteReader(body, cursor)
+                    decode_escaped(reader, count, "gaps")
+                    cursor = reader.pos
         return cursor
     except Exception:  # noqa: BLE001 - a mutated body: no landmarks
         return None

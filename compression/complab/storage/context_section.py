@@ -376,6 +376,17 @@ def _resolve(pool: np.ndarray, sizes: np.ndarray, per_round: list[int], gclass_r
     contexts_total = sizes.size
     if contexts_total == 1:
         return pool  # one stream: it is the round order
+    if not level_map.any() and gclass_rm is not None:  # one level class: a symbol's context is its gap class
+        out = np.empty(pool.size, dtype=np.int32)
+        start = 0
+        for c in range(contexts_total):
+            at = np.flatnonzero(gclass_rm == c)
+            if at.size != sizes[c]:
+                raise damaged(f"tensor '{name}': a context's index stream runs out of symbols or has symbols left "
+                              "over")
+            out[at] = pool[start:start + at.size]
+            start += at.size
+        return out
     base = np.cumsum(sizes) - sizes
     taken = np.zeros(contexts_total, dtype=np.int64)
     out = np.empty(pool.size, dtype=np.int32)
@@ -436,7 +447,7 @@ def _decode_tap_positions(body: ByteReader, frame: Frame, measure: bool) -> tupl
         total += count
     if not parts:
         raise damaged(f"tensor '{name}': a version-3 shared section with no kept weight")
-    positions = np.sort(np.concatenate(parts)) if len(parts) > 1 else parts[0]
+    positions = np.sort(np.concatenate(parts), kind="stable") if len(parts) > 1 else parts[0]  # merges the runs
     gaps = gaps_of(positions, numel)[0]
     info = {"stream": "positions", "symbols": total, "bytes": body.pos - start, "taps": taps,
             "entropy_bytes": empirical_entropy_bytes(gaps) if measure else None}

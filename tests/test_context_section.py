@@ -252,3 +252,26 @@ def test_per_tap_gaps_must_fit_their_tap_plane():
     blocks = varint(2) + code_escaped(np.array([1, 2])).to_bytes() + varint(0) * 8  # positions 1 and 4: plane has 4
     with pytest.raises(FormatError, match="tap 0's 2 kept weights"):
         decode_section(ByteReader(_section((2, 2, 3, 3), _tap_body(3, blocks))))
+
+
+def test_one_level_class_shortcut_matches_the_round_loop():
+    """With every level in one class a symbol's context is its gap class: the vectorised path gives what the
+    round loop gives (run here by putting that one class second, so the loop is taken), and refuses bad counts."""
+    from complab.storage.context_section import _resolve
+
+    rng = np.random.default_rng(11)
+    per_round = [9, 9, 7, 4, 4, 1]
+    n, g_count, k = sum(per_round), 3, 5
+    gclass_rm = rng.integers(0, g_count, n).astype(np.int8)
+    sizes = np.bincount(gclass_rm, minlength=g_count)
+    pool = rng.integers(0, k, n).astype(np.int32)
+    fast = _resolve(pool, sizes, per_round, gclass_rm, g_count, np.zeros(k + 1, dtype=np.int64), "w")
+    looped = _resolve(pool, np.concatenate([np.zeros(g_count, dtype=np.int64), sizes]), per_round, gclass_rm,
+                      g_count, np.ones(k + 1, dtype=np.int64), "w")
+    assert np.array_equal(fast, looped)
+    assert sorted(fast.tolist()) == sorted(pool.tolist())
+    wrong = sizes.copy()
+    wrong[0] += 1
+    wrong[1] -= 1
+    with pytest.raises(FormatError, match="runs out of symbols"):
+        _resolve(pool, wrong, per_round, gclass_rm, g_count, np.zeros(k + 1, dtype=np.int64), "w")

@@ -1518,15 +1518,17 @@ def _ctx_setup() -> dict:
         mask = torch.rand(levels.shape, generator=generator) < keep
         state[name] = (levels * mask * 0.125).reshape(shape).float()
     # a convolution whose kept weights sit on the centre tap: its positions are stored per tap (flag bit 1)
-    centre = torch.where(torch.arange(9) == 4, 0.85, 0.006).reshape(1, 1, 3, 3)
-    levels = torch.randint(1, 9, (48, 48, 3, 3), generator=generator).float()
+    centre = torch.where(torch.arange(9) == 4, 0.85, 0.05).reshape(1, 1, 3, 3)
+    middle = torch.randint(3, 7, (48, 48, 3, 3), generator=generator).float()
+    outer = torch.tensor([1.0, 2.0, 7.0, 8.0])[torch.randint(0, 4, (48, 48, 3, 3), generator=generator)]
+    levels = torch.where(centre > 0.5, middle, outer)  # the taps differ in levels too: tap classes (flag bit 2)
     state["taps"] = levels * (torch.rand(levels.shape, generator=generator) < centre) * 0.125
     base = encode_state(state, {"a": 1})
     meta, sections = DecoderCases._split(base)
     if sum(type_id == 8 for type_id, _ in sections) < 3:
         raise RuntimeError("the ctx family's base file holds fewer than 3 type-8 sections")
-    if not any(type_id == 8 and _ctx_flags(body) & 2 for type_id, body in sections):
-        raise RuntimeError("the ctx family's base file holds no type-8 section with per-tap positions")
+    if not any(type_id == 8 and _ctx_flags(body) & 6 == 6 for type_id, body in sections):
+        raise RuntimeError("the ctx family's base file holds no type-8 section with per-tap positions and classes")
     return {"state": state, "parsed": (meta, sections)}
 
 

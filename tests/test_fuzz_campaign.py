@@ -185,7 +185,7 @@ def test_ctx_cases_reach_the_type_8_decoder(sandbox):
     meta, sections = fc._STATE["ctx"]["parsed"]
     assert sum(type_id == 8 for type_id, _ in sections) >= 3
     assert all(fc._ctx_index_start(body) is not None for type_id, body in sections if type_id == 8)
-    assert any(fc._ctx_flags(body) & 2 for type_id, body in sections if type_id == 8)  # per-tap positions
+    assert any(fc._ctx_flags(body) & 6 == 6 for type_id, body in sections if type_id == 8)  # per-tap layout
     outcomes = [fc.run_ctx(index, 11, str(sandbox[0] / "failures")) for index in range(120)]
     kinds = {outcome for outcome, _, _ in outcomes}
     assert kinds <= {"ok", "error"}, [detail for outcome, detail, _ in outcomes if outcome not in ("ok", "error")]

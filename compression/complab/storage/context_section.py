@@ -42,6 +42,7 @@ _MIN_SAVING_PER_CELL = 0.15
 _TABLE_PROXY_BITS = 40  # the encoder's guess of one stream's fixed cost (header, table head, flush) while merging
 _SYMBOL_PROXY_BITS = 5  # ... and of a used symbol's table entry
 FLAG_TAPS = 2  # the positions are stored per kernel tap (a convolution's kernel position), one block per tap
+FLAG_TAP_CLASSES = 4  # (with FLAG_TAPS) the index contexts' second part is a class of the kernel tap, not of the gap
 MAX_TAPS = 256  # most kernel taps (numel / (d0 * d1)) a per-tap positions layout may have
 # per-tap positions are tried when per-tap densities ideally save this many bits per tap over one density
 _MIN_TAP_SAVING_BITS = 256
@@ -54,13 +55,14 @@ what it writes otherwise); a reader that predates it refuses it naming the tenso
 
 | field | |
 |---|---|
-| u8 `flags` | bit 0: positions block present (the tensor has zeros); bit 1: per-tap positions (needs bit 0) |
+| u8 `flags` | bit 0: positions (the tensor has zeros); bit 1: per-tap positions (needs 0); bit 2: tap classes |
 | varint `k` | number of shared values, 1..256 |
 | k × itemsize | codebook, as in 2.5 |
 | positions block | only with flag bit 0: as in 2.5 (varint n, escape-coded gaps); with bit 1: per tap (below) |
 | u8 `G` | gap classes, 1..4 (1 without positions) |
 | u8 `C` | level classes, 1..16 |
 | map | (k + 1) fields of ⌈log2 C⌉ bits, LSB-first, zero-padded to a byte: m[0], m[1], …, m[k] |
+| tap map | only with flag bit 2 (G ≥ 2): T fields of ⌈log2 G⌉ bits, LSB-first, zero-padded: each tap's class < G |
 | C·G streams | section 3, alphabet k: stream c·G + g holds the indices of context (c, g), in round order |
 
 **Per-tap positions** (flag bit 1): for a convolution weight (d0, d1, k1, …) with T = k1·… kernel taps,
@@ -71,7 +73,9 @@ tensor. n = Σ n_t. A trained network's late layers often see feature maps of 1�
 carry weights (in the digits ResNet-18's layer4.0.conv2, 512×512×3×3 pruned to 10%, the centre tap is kept
 in 85% of the kernels, every other tap in under 1%); one gap stream per tap codes each tap's own density.
 The encoder tries it when per-tap densities ideally save at least 256 bits per tap and keeps it when its
-exact size is smaller.
+exact size is smaller. **Tap classes** (flag bit 2): g_i (below) is then the tap map's class of kept weight i's
+tap (p_i mod T) instead of its gap class, so the indices are coded in contexts of the tap too (the encoder
+offers two classes: taps with at least half the densest tap's kept weights, and the others).
 
 n = the number of kept weights (numel without positions) is at least 1. **Rows.** With shape (d0, d1, …)
 and rank ≥ 2 the rows are M = tensor.reshape(d0, numel / d0)'s rows (a Linear layer's output neurons, a
@@ -290,13 +294,30 @@ def _offer(subject: Subject, best: Offer | None) -> Offer | None:
                 flags, positions_block = FLAG_POSITIONS | FLAG_TAPS, per_tap
         if not levels_pay and not flags & FLAG_TAPS:
             return None
-    head = Joined(bytes([flags]) + varint(k) + _dtypes.little_endian(codebook))
+    head = Joined(varint(k) + _dtypes.little_endian(codebook))  # the flags byte goes in front at the end
     if positions_block is not None:
         head.add(positions_block)
+    head.size += 1
+    # with per-tap positions the kept weights' taps are known before the indices: dense taps vs sparse ones
+    tap_map = None
+    if flags & FLAG_TAPS:
+        per_tap = np.bincount(nonzero % taps, minlength=taps)
+        tap_map = (per_tap * 2 < per_tap.max()).astype(np.int64)  # class 1: under half the densest tap's count
+        if not tap_map.any():
+            tap_map = None
     limit = best.size - head.size if best is not None else None  # what the indices must beat
     candidates = []
-    for g_count in range(1, (1 if dense else MAX_INDEX_CONTEXTS) + 1):
-        gclass = np.zeros(n, dtype=np.int64) if g_count == 1 else gap_classes(gaps, g_count)
+    variants = [(g_count, False) for g_count in range(1, (1 if dense else MAX_INDEX_CONTEXTS) + 1)]
+    if tap_map is not None:
+        variants.append((2, True))
+
+    def classes_of(g_count: int, by_tap: bool) -> np.ndarray:
+        if by_tap:
+            return tap_map[nonzero % taps]
+        return np.zeros(n, dtype=np.int64) if g_count == 1 else gap_classes(gaps, g_count)
+
+    for g_count, by_tap in variants:
+        gclass = classes_of(g_count, by_tap)
         joint = np.bincount((previous * g_count + gclass) * k + symbols,
                             minlength=(bins + 1) * g_count * k).reshape(bins + 1, g_count, k)
         for bin_map in (_merge_classes(joint) if levels_pay else [np.zeros(bins + 1, dtype=np.int64)]):
@@ -304,25 +325,31 @@ def _offer(subject: Subject, best: Offer | None) -> Offer | None:
             folded = np.zeros((classes, g_count, k), dtype=np.int64)
             np.add.at(folded, bin_map, joint)
             proxy = float(_proxy_bits(folded).sum()) / 8 + 2 + (k + 1) * max(classes - 1, 0).bit_length() / 8
-            candidates.append((proxy, g_count, bin_map))
+            if by_tap:
+                proxy += taps / 8
+            candidates.append((proxy, g_count, by_tap, bin_map))
     candidates.sort(key=lambda c: c[0])
-    best_parts = None
-    for proxy, g_count, bin_map in candidates[:3]:
+    best_parts, best_flags = None, flags
+    for proxy, g_count, by_tap, bin_map in candidates[:3]:
         if limit is not None and proxy > 1.02 * limit + 16:
             break
         classes = int(bin_map.max()) + 1
         level_map = np.concatenate(([bin_map[0]], bin_map[level_bin]))  # m[0]: row start, m[s + 1]: level s
-        gclass = np.zeros(n, dtype=np.int64) if g_count == 1 else gap_classes(gaps, g_count)
+        gclass = classes_of(g_count, by_tap)
         contexts = bin_map[previous] * g_count + gclass
         symbols_rm, contexts_rm = np.empty_like(symbols), np.empty_like(contexts)
         symbols_rm[place], contexts_rm[place] = symbols, contexts
         streams = _context_streams(symbols_rm, contexts_rm, classes * g_count, k, cache)
-        parts = Joined(bytes([g_count, classes]), _map_bytes(level_map, classes), *streams)
+        parts = Joined(bytes([g_count, classes]), _map_bytes(level_map, classes))
+        if by_tap:
+            parts.add(_map_bytes(tap_map, g_count))
+        parts.add(*streams)
         if best_parts is None or parts.size < best_parts.size:
-            best_parts = parts
+            best_parts, best_flags = parts, flags | (FLAG_TAP_CLASSES if by_tap else 0)
     if best_parts is None or (limit is not None and best_parts.size >= limit):
         return None
-    parts = head.add(best_parts)
+    head.size -= 1
+    parts = Joined(bytes([best_flags]), head, best_parts)
     return Offer(TYPE_SHARED3, parts.size, parts.to_bytes)
 
 
@@ -348,6 +375,23 @@ def _read_head(body: ByteReader, k: int, has_gaps: bool, name: str) -> tuple[int
     if level_map.size and int(level_map.max()) >= classes:
         raise damaged(f"tensor '{name}': a level map entry is not below its {classes} classes")
     return g_count, classes, level_map
+
+
+def _read_tap_map(body: ByteReader, taps: int, g_count: int, name: str) -> np.ndarray:
+    """The class (0..G-1) of each kernel tap, after checking it: ⌈log2 G⌉ bits a tap, zero-padded to a byte."""
+    if g_count < 2:
+        raise damaged(f"tensor '{name}': tap classes need at least 2 classes, G is {g_count}")
+    width = (g_count - 1).bit_length()
+    reader = BitReader(body.data, body.pos, body.end, f"tensor '{name}' tap map")
+    tap_map = reader.read_array(taps, width)
+    end = reader.byte_end()
+    used_bits = taps * width
+    if used_bits % 8 and int(body.data[end - 1]) >> (used_bits % 8):
+        raise damaged(f"tensor '{name}': the tap map's padding bits are not zero")
+    body.pos = end
+    if int(tap_map.max()) >= g_count:
+        raise damaged(f"tensor '{name}': a tap map entry is not below its {g_count} classes")
+    return tap_map.astype(np.int64)
 
 
 def _read_streams(body: ByteReader, n: int, contexts: int, k: int, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -419,8 +463,10 @@ def _read_flags3(body: ByteReader, frame: Frame) -> int:
     if dtype not in _dtypes.FLOATING:
         raise damaged(f"tensor '{name}': a shared section must hold a floating dtype, not {dtype}")
     flags = body.u8("shared flags")
-    if flags & ~(FLAG_POSITIONS | FLAG_TAPS):
+    if flags & ~(FLAG_POSITIONS | FLAG_TAPS | FLAG_TAP_CLASSES):
         raise damaged(f"tensor '{name}': unknown shared-section flags {flags:#x}")
+    if flags & FLAG_TAP_CLASSES and not flags & FLAG_TAPS:
+        raise damaged(f"tensor '{name}': tap classes (flag bit 2) need per-tap positions (flag bit 1)")
     if flags & FLAG_TAPS:
         taps = _taps(tuple(frame.shape), frame.numel)
         if not flags & FLAG_POSITIONS or not 2 <= taps <= MAX_TAPS:
@@ -480,6 +526,9 @@ def _decode(body: ByteReader, frame: Frame) -> tuple[torch.Tensor | None, Sectio
         raise damaged(f"tensor '{name}': rows of {row_length} kept weights, more than {MAX_ROUNDS}")
     start = body.pos
     g_count, classes, level_map = _read_head(body, k, has_gaps, name)
+    tap_map = None
+    if flags & FLAG_TAP_CLASSES:
+        tap_map = _read_tap_map(body, _taps(tuple(frame.shape), numel), g_count, name)
     pool, sizes = _read_streams(body, n, classes * g_count, k, name)  # checked before the rounds allocate
     gclass_rm = None
     if has_gaps:
@@ -489,7 +538,8 @@ def _decode(body: ByteReader, frame: Frame) -> tuple[torch.Tensor | None, Sectio
             raise damaged(f"tensor '{name}': a row of {per_round.size} kept weights, more than {MAX_ROUNDS}")
         if g_count > 1:
             gclass_rm = np.empty(n, dtype=np.int8)
-            gclass_rm[place] = gap_classes(gaps, g_count)
+            gclass_rm[place] = (gap_classes(gaps, g_count) if tap_map is None
+                                else tap_map[positions % _taps(tuple(frame.shape), numel)])
         gaps = None
         per_round = per_round.tolist()
     else:

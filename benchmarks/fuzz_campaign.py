@@ -1517,11 +1517,28 @@ def _ctx_setup() -> dict:
         levels = torch.where(levels >= 0, levels + 1, levels)  # no zero level
         mask = torch.rand(levels.shape, generator=generator) < keep
         state[name] = (levels * mask * 0.125).reshape(shape).float()
+    # a convolution whose kept weights sit on the centre tap: its positions are stored per tap (flag bit 1)
+    centre = torch.where(torch.arange(9) == 4, 0.85, 0.05).reshape(1, 1, 3, 3)
+    middle = torch.randint(3, 7, (48, 48, 3, 3), generator=generator).float()
+    outer = torch.tensor([1.0, 2.0, 7.0, 8.0])[torch.randint(0, 4, (48, 48, 3, 3), generator=generator)]
+    levels = torch.where(centre > 0.5, middle, outer)  # the taps differ in levels too: tap classes (flag bit 2)
+    state["taps"] = levels * (torch.rand(levels.shape, generator=generator) < centre) * 0.125
     base = encode_state(state, {"a": 1})
     meta, sections = DecoderCases._split(base)
     if sum(type_id == 8 for type_id, _ in sections) < 3:
         raise RuntimeError("the ctx family's base file holds fewer than 3 type-8 sections")
+    if not any(type_id == 8 and _ctx_flags(body) & 6 == 6 for type_id, body in sections):
+        raise RuntimeError("the ctx family's base file holds no type-8 section with per-tap positions and classes")
     return {"state": state, "parsed": (meta, sections)}
+
+
+def _ctx_flags(body: bytes) -> int:
+    """The flags byte of a well-formed type-8 section body."""
+    name_len, pos = _read_varint(body, 0)
+    cursor = pos + name_len + 2
+    for _ in range(body[cursor - 1]):
+        _, cursor = _read_varint(body, cursor)
+    return body[cursor]
 
 
 def _ctx_index_start(body: bytes) -> int | None:
@@ -1530,8 +1547,10 @@ def _ctx_index_start(body: bytes) -> int | None:
         name_len, pos = _read_varint(body, 0)
         head_end = pos + name_len + 2
         cursor = head_end
+        dims = []
         for _ in range(body[head_end - 1]):
-            _, cursor = _read_varint(body, cursor)
+            dim, cursor = _read_varint(body, cursor)
+            dims.append(dim)
         dtype_size = 4
         flags = body[cursor]
         k, cursor = _read_varint(body, cursor + 1)
@@ -1540,10 +1559,13 @@ def _ctx_index_start(body: bytes) -> int | None:
             from complab.storage._bits import ByteReader
             from complab.storage.escape import decode_escaped
 
-            count, cursor = _read_varint(body, cursor)
-            reader = ByteReader(body, cursor)
-            decode_escaped(reader, count, "gaps")
-            cursor = reader.pos
+            taps = math.prod(dims[2:]) if flags & 2 else 1  # per-tap positions: one gap block per kernel tap
+            for _ in range(taps):
+                count, cursor = _read_varint(body, cursor)
+                if count or not flags & 2:
+                    reader = ByteReader(body, cursor)
+                    decode_escaped(reader, count, "gaps")
+                    cursor = reader.pos
         return cursor
     except Exception:  # noqa: BLE001 - a mutated body: no landmarks
         return None
@@ -1565,7 +1587,7 @@ def _ctx_case(index: int, seed: int, ctx: dict) -> tuple[bytes, str]:
         at = rng.choice(targets)
         body = bytearray(sections[at][1])
         start = _ctx_index_start(bytes(body))
-        kind = rng.randrange(8)
+        kind = rng.randrange(9)
         if start is None or kind == 0:  # bit flips anywhere
             for _ in range(rng.randint(1, 4)):
                 body[rng.randrange(len(body))] ^= 1 << rng.randrange(8)
@@ -1597,6 +1619,16 @@ def _ctx_case(index: int, seed: int, ctx: dict) -> tuple[bytes, str]:
             body = bytearray(bytes(body[:rank_at]) + bytes([len(dims)]) + b"".join(_varint(d) for d in dims)
                              + bytes(body[cursor:]))
             op = "shape"
+        elif kind == 7:  # a table-free adaptive stream (table mode 6) with a hostile count, range or payload
+            count = rng.choice([2, 5, 300, 2**20, 2**31 - 1, rng.randrange(1, 5000)])
+            span = rng.choice([1, 3, 15, 255, 4095, 65535, rng.randrange(1, 70000)])
+            table = 6 | rng.randrange(4) << 3 | rng.randrange(4) << 5
+            payload = bytes(rng.randrange(256) for _ in range(rng.choice([1, 4, 9, 64])))
+            stream = (_varint(count) + _varint(rng.randrange(min(span, count) + 2)) + _varint(rng.randrange(4))
+                      + _varint(span) + bytes([table]) + _varint(len(payload) + rng.choice([0, 0, 1])) + payload)
+            cut = start + 2 + rng.randrange(max(1, len(body) - start - 2))
+            body = bytearray(bytes(body[:cut]) + stream + bytes(body[cut:]) * rng.randrange(2))
+            op = "adaptive stream"
         else:  # flips in the index streams
             for _ in range(rng.randint(1, 4)):
                 if len(body) > start:

@@ -190,3 +190,118 @@ def test_every_shape_and_context_choice_round_trips(monkeypatch):
         assert torch.equal(decoded.view(torch.int32), tensor.view(torch.int32)), (trial, shape, k)
         seen.add(info.streams[-1]["contexts"])
     assert len(seen) >= 3  # several context counts were exercised
+
+
+# ----------------------------------------------------------------------------------------------- per-tap positions
+
+
+def _centre_tap_conv(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """A conv weight whose kept weights sit mostly on the centre tap (a late layer that sees 1x1 feature maps), with
+    middle levels there and outer ones elsewhere."""
+    taps = shape[2] * shape[3]
+    centre_tap = (np.arange(taps) == taps // 2).reshape(1, 1, shape[2], shape[3])
+    levels = np.where(centre_tap, rng.integers(2, 6, shape), rng.choice([0, 1, 6, 7], shape))
+    keep = np.where(np.arange(taps) == taps // 2, 0.85, 0.006).reshape(1, 1, shape[2], shape[3])
+    return np.where(rng.random(shape) < keep, BOOK[levels], 0).astype(np.float32)
+
+
+def test_centre_tap_convolution_stores_its_positions_per_tap(monkeypatch):
+    from complab.storage import context_section
+
+    tensor = torch.from_numpy(_centre_tap_conv(np.random.default_rng(7), (64, 64, 3, 3)))
+    section = encode_section("w", tensor)
+    _, decoded, _, info = decode_section(ByteReader(section))
+    assert torch.equal(decoded.view(torch.int32), tensor.view(torch.int32))
+    assert section[0] == TYPE_SHARED3 and info.streams[0].get("taps") == 9
+    reader = ByteReader(section)
+    reader.u8("type"), reader.varint("length", 1 << 30)
+    flags = section[reader.pos + 4 + sum(len(varint(d)) for d in tensor.shape)]  # after name, dtype, rank, shape
+    assert flags == 7 and info.streams[1]["contexts"] == 2  # indices in contexts of the tap class (dense/sparse)
+    monkeypatch.setattr(context_section, "MAX_TAPS", 1)  # the encoder without the per-tap layout
+    without = encode_section("w", tensor)
+    assert len(section) < len(without)
+    _, _, _, info_without = decode_section(ByteReader(without))
+    # one density per tap (the centre's 85%, the rest's 0.6%) instead of one gap distribution for all
+    assert info.bytes_positions < 0.95 * info_without.bytes_positions
+
+
+def test_uniform_taps_keep_one_positions_stream():
+    rng = np.random.default_rng(8)
+    shape = (32, 16, 3, 3)
+    tensor = torch.from_numpy(np.where(rng.random(shape) < 0.2, BOOK[rng.integers(0, 8, shape)], 0).astype(np.float32))
+    section = encode_section("w", tensor)
+    _, decoded, _, info = decode_section(ByteReader(section))
+    assert torch.equal(decoded.view(torch.int32), tensor.view(torch.int32))
+    assert all("taps" not in stream for stream in info.streams)
+
+
+def _tap_body(flags: int, tap_blocks: bytes, tail: bytes = b"") -> bytes:
+    return bytes([flags]) + varint(2) + struct.pack("<2f", 1.0, 2.0) + tap_blocks + tail
+
+
+@pytest.mark.parametrize("shape,flags,blocks,message", [
+    ((4, 8), 3, varint(0), "need positions and 2..256 kernel taps"),  # not a convolution
+    ((2, 2, 3, 3), 2, varint(0), "need positions"),  # per tap without the positions bit
+    ((2, 2, 1, 300), 3, varint(0), "2..256 kernel taps"),
+    ((2, 2, 3, 3), 11, varint(0), "unknown shared-section flags"),
+    ((2, 2, 3, 3), 5, varint(0), "tap classes \\(flag bit 2\\) need per-tap positions"),
+    ((2, 2, 3, 3), 3, varint(5), "kept-weight count of a kernel tap"),  # 5 > the 4 elements of a tap's plane
+    ((2, 2, 3, 3), 3, varint(0) * 9, "no kept weight"),
+])
+def test_hostile_per_tap_positions_are_refused(shape, flags, blocks, message):
+    with pytest.raises(FormatError, match=message):
+        decode_section(ByteReader(_section(shape, _tap_body(flags, blocks))))
+
+
+def test_per_tap_gaps_must_fit_their_tap_plane():
+    from complab.storage.escape import code_escaped
+
+    blocks = varint(2) + code_escaped(np.array([1, 2])).to_bytes() + varint(0) * 8  # positions 1 and 4: plane has 4
+    with pytest.raises(FormatError, match="tap 0's 2 kept weights"):
+        decode_section(ByteReader(_section((2, 2, 3, 3), _tap_body(3, blocks))))
+
+
+def test_one_level_class_shortcut_matches_the_round_loop():
+    """With every level in one class a symbol's context is its gap class: the vectorised path gives what the
+    round loop gives (run here by putting that one class second, so the loop is taken), and refuses bad counts."""
+    from complab.storage.context_section import _resolve
+
+    rng = np.random.default_rng(11)
+    per_round = [9, 9, 7, 4, 4, 1]
+    n, g_count, k = sum(per_round), 3, 5
+    gclass_rm = rng.integers(0, g_count, n).astype(np.int8)
+    sizes = np.bincount(gclass_rm, minlength=g_count)
+    pool = rng.integers(0, k, n).astype(np.int32)
+    fast = _resolve(pool, sizes, per_round, gclass_rm, g_count, np.zeros(k + 1, dtype=np.int64), "w")
+    looped = _resolve(pool, np.concatenate([np.zeros(g_count, dtype=np.int64), sizes]), per_round, gclass_rm,
+                      g_count, np.ones(k + 1, dtype=np.int64), "w")
+    assert np.array_equal(fast, looped)
+    assert sorted(fast.tolist()) == sorted(pool.tolist())
+    wrong = sizes.copy()
+    wrong[0] += 1
+    wrong[1] -= 1
+    with pytest.raises(FormatError, match="runs out of symbols"):
+        _resolve(pool, wrong, per_round, gclass_rm, g_count, np.zeros(k + 1, dtype=np.int64), "w")
+
+
+def _tap_class_section(tap_map_bytes: bytes, g: int = 2) -> bytes:
+    """A 2x2x3x3 tensor, k = 2, kept weights at tap 4 of all four kernels, indices in tap-class contexts."""
+    from complab.storage.escape import code_escaped
+
+    blocks = b"".join(varint(0) for _ in range(4)) + varint(4) + code_escaped(np.zeros(4, int)).to_bytes() + \
+        b"".join(varint(0) for _ in range(4))
+    streams = [np.array([0, 1, 1, 0])] + [np.zeros(0, int)] * (g - 1)
+    index_part = bytes([g, 1]) + tap_map_bytes + b"".join(encode_symbols(stream, 2) for stream in streams)
+    return _section((2, 2, 3, 3), _tap_body(7, blocks, index_part))
+
+
+def test_tap_class_contexts_decode_and_hostile_tap_maps_are_refused():
+    _, tensor, _, info = decode_section(ByteReader(_tap_class_section(bytes([0xEF, 0x01]))))
+    assert np.count_nonzero(tensor.numpy()) == 4 and info.section_version == 3
+    assert np.array_equal(tensor.numpy()[:, :, 1, 1].ravel(), np.array([1.0, 2.0, 2.0, 1.0], dtype=np.float32))
+    with pytest.raises(FormatError, match="padding bits"):
+        decode_section(ByteReader(_tap_class_section(bytes([0xEF, 0x03]))))
+    with pytest.raises(FormatError, match="at least 2 classes"):
+        decode_section(ByteReader(_tap_class_section(b"", g=1)))
+    with pytest.raises(FormatError, match="not below its 3 classes"):
+        decode_section(ByteReader(_tap_class_section(bytes([0xFF, 0xFF, 0x03]), g=3)))

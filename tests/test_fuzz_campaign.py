@@ -185,8 +185,11 @@ def test_ctx_cases_reach_the_type_8_decoder(sandbox):
     meta, sections = fc._STATE["ctx"]["parsed"]
     assert sum(type_id == 8 for type_id, _ in sections) >= 3
     assert all(fc._ctx_index_start(body) is not None for type_id, body in sections if type_id == 8)
+    assert any(fc._ctx_flags(body) & 6 == 6 for type_id, body in sections if type_id == 8)  # per-tap layout
     outcomes = [fc.run_ctx(index, 11, str(sandbox[0] / "failures")) for index in range(120)]
     kinds = {outcome for outcome, _, _ in outcomes}
     assert kinds <= {"ok", "error"}, [detail for outcome, detail, _ in outcomes if outcome not in ("ok", "error")]
     assert "error" in kinds
     assert any("level" in detail or "context" in detail or "gap class" in detail for _, detail, _ in outcomes)
+    cases = [fc._ctx_case(index, 11, fc._STATE["ctx"])[1] for index in range(120)]
+    assert any("adaptive stream" in what for what in cases)  # table mode 6 streams with hostile headers

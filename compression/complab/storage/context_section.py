@@ -18,8 +18,8 @@ import torch
 
 from complab.storage import _dtypes
 from complab.storage._bits import BitReader, BitWriter, ByteReader, damaged, varint
-from complab.storage.entropy import Joined, code_symbols, counts_entropy_bits, decode_from
-from complab.storage.escape import code_escaped
+from complab.storage.entropy import Joined, code_symbols, counts_entropy_bits, decode_from, empirical_entropy_bytes
+from complab.storage.escape import code_escaped, decode_escaped
 from complab.storage.positions import decode_gaps, entry_positions, gaps_of, stream_info
 from complab.storage.registry import Frame, Offer, SectionInfo, SectionType, Subject, register
 from complab.storage.shared_section import (
@@ -27,7 +27,6 @@ from complab.storage.shared_section import (
     MAX_CLUSTERS,
     MAX_INDEX_CONTEXTS,
     _checked_codebook,
-    _read_flags,
     gap_classes,
     shared_codebook,
 )
@@ -42,6 +41,11 @@ _MIN_KEPT = 256  # fewer kept weights: the extra tables never pay (version 2 is 
 _MIN_SAVING_PER_CELL = 0.15
 _TABLE_PROXY_BITS = 40  # the encoder's guess of one stream's fixed cost (header, table head, flush) while merging
 _SYMBOL_PROXY_BITS = 5  # ... and of a used symbol's table entry
+FLAG_TAPS = 2  # the positions are stored per kernel tap (a convolution's kernel position), one block per tap
+FLAG_TAP_CLASSES = 4  # (with FLAG_TAPS) the index contexts' second part is a class of the kernel tap, not of the gap
+MAX_TAPS = 256  # most kernel taps (numel / (d0 * d1)) a per-tap positions layout may have
+# per-tap positions are tried when per-tap densities ideally save this many bits per tap over one density
+_MIN_TAP_SAVING_BITS = 256
 
 FORMAT_V3 = """\
 Version 2 (2.5) with the indices coded in contexts of the *previous kept weight in the same row*. A trained
@@ -51,14 +55,27 @@ what it writes otherwise); a reader that predates it refuses it naming the tenso
 
 | field | |
 |---|---|
-| u8 `flags` | bit 0: positions block present (the tensor has zeros); other bits 0 |
+| u8 `flags` | bit 0: positions (the tensor has zeros); bit 1: per-tap positions (needs 0); bit 2: tap classes |
 | varint `k` | number of shared values, 1..256 |
 | k × itemsize | codebook, as in 2.5 |
-| positions block | only with flag bit 0: as in 2.5 (varint n, escape-coded gaps) |
+| positions block | only with flag bit 0: as in 2.5 (varint n, escape-coded gaps); with bit 1: per tap (below) |
 | u8 `G` | gap classes, 1..4 (1 without positions) |
 | u8 `C` | level classes, 1..16 |
 | map | (k + 1) fields of ⌈log2 C⌉ bits, LSB-first, zero-padded to a byte: m[0], m[1], …, m[k] |
+| tap map | only with flag bit 2 (G ≥ 2): T fields of ⌈log2 G⌉ bits, LSB-first, zero-padded: each tap's class < G |
 | C·G streams | section 3, alphabet k: stream c·G + g holds the indices of context (c, g), in round order |
+
+**Per-tap positions** (flag bit 1): for a convolution weight (d0, d1, k1, …) with T = k1·… kernel taps,
+2 ≤ T ≤ 256: for each tap t = 0..T − 1 in turn, varint n_t (kept weights at tap t) and, when n_t > 0, the
+escape-coded gaps (section 3.2, n_t values) of those weights in the plane of tap t, the numel / T
+elements (i0, i1) in row-major order; a kept weight at plane position q of tap t is element q·T + t of the
+tensor. n = Σ n_t. A trained network's late layers often see feature maps of 1×1 or 2×2, so only some taps
+carry weights (in the digits ResNet-18's layer4.0.conv2, 512×512×3×3 pruned to 10%, the centre tap is kept
+in 85% of the kernels, every other tap in under 1%); one gap stream per tap codes each tap's own density.
+The encoder tries it when per-tap densities ideally save at least 256 bits per tap and keeps it when its
+exact size is smaller. **Tap classes** (flag bit 2): g_i (below) is then the tap map's class of kept weight i's
+tap (p_i mod T) instead of its gap class, so the indices are coded in contexts of the tap too (the encoder
+offers two classes: taps with at least half the densest tap's kept weights, and the others).
 
 n = the number of kept weights (numel without positions) is at least 1. **Rows.** With shape (d0, d1, …)
 and rank ≥ 2 the rows are M = tensor.reshape(d0, numel / d0)'s rows (a Linear layer's output neurons, a
@@ -191,6 +208,39 @@ def _context_streams(symbols_rm: np.ndarray, contexts_rm: np.ndarray, count: int
     return [code_symbols(symbols_rm[contexts_rm == c], k, cache) for c in range(count)]
 
 
+def _taps(shape: tuple[int, ...], numel: int) -> int:
+    """Kernel taps of a convolution weight (d0, d1, k1, ...): k1 * ...; 1 for other shapes."""
+    if len(shape) < 3 or numel == 0:
+        return 1
+    return numel // (shape[0] * shape[1])
+
+
+def _tap_positions(nonzero: np.ndarray, taps: int, numel: int, cache) -> Joined:
+    """The per-tap positions layout: for each tap t, varint n_t then (n_t > 0) the escape-coded gaps of the
+    kept weights at tap t in the plane of that tap's numel / taps elements (row-major (d0, d1))."""
+    plane = numel // taps
+    tap_of, in_plane = nonzero % taps, nonzero // taps
+    block = Joined()
+    for t in range(taps):
+        kept = in_plane[tap_of == t]
+        block.add(varint(kept.size))
+        if kept.size:
+            block.add(code_escaped(gaps_of(kept, plane)[0], cache=cache))
+    return block
+
+
+def _tap_saving_bits(nonzero: np.ndarray, taps: int, numel: int) -> float:
+    """Ideal bits saved by a Bernoulli density per tap over one density for the whole mask (no table costs)."""
+    def bernoulli(kept: np.ndarray, cells: float) -> float:
+        kept = kept.astype(np.float64)
+        p = np.clip(kept / cells, 1e-300, 1.0)
+        q = np.clip(1.0 - p, 1e-300, 1.0)
+        return float(-(kept * np.log2(p) + (cells - kept) * np.log2(q)).sum())
+
+    per_tap = np.bincount(nonzero % taps, minlength=taps)
+    return bernoulli(np.array([nonzero.size]), float(numel)) - bernoulli(per_tap, float(numel // taps))
+
+
 def _offer(subject: Subject, best: Offer | None) -> Offer | None:
     if subject.gap_bits is not None:
         return None
@@ -222,7 +272,11 @@ def _offer(subject: Subject, best: Offer | None) -> Offer | None:
     # (bins + 1) tables cost, or nothing below is worth computing (near-iid layers: most of a large model)
     joint = np.bincount(previous * k + symbols, minlength=(bins + 1) * k).reshape(bins + 1, k)
     saving = counts_entropy_bits(joint.sum(axis=0)) - sum(counts_entropy_bits(row) for row in joint)
-    if saving < _MIN_SAVING_PER_CELL * bins * (k - 1) * np.log2(n):
+    levels_pay = saving >= _MIN_SAVING_PER_CELL * bins * (k - 1) * np.log2(n)
+    taps = _taps(tuple(subject.tensor.shape), bits.size)
+    try_taps = (not dense and 2 <= taps <= MAX_TAPS
+                and _tap_saving_bits(nonzero, taps, bits.size) >= _MIN_TAP_SAVING_BITS * taps)
+    if not levels_pay and not try_taps:
         return None
     if dense:
         place = _dense_rounds(bits.size // row_length, row_length)[1]
@@ -231,39 +285,71 @@ def _offer(subject: Subject, best: Offer | None) -> Offer | None:
         if per_round.size > MAX_ROUNDS:
             return None
     gaps = None if dense else gaps_of(nonzero, bits.size)[0]
-    head = Joined(bytes([0 if dense else FLAG_POSITIONS]) + varint(k) + _dtypes.little_endian(codebook))
+    flags, positions_block = 0, None
     if not dense:
-        head.add(varint(n), code_escaped(gaps, cache=cache))
+        flags, positions_block = FLAG_POSITIONS, Joined(varint(n), code_escaped(gaps, cache=cache))
+        if try_taps:
+            per_tap = _tap_positions(nonzero, taps, bits.size, cache)
+            if per_tap.size < positions_block.size:
+                flags, positions_block = FLAG_POSITIONS | FLAG_TAPS, per_tap
+        if not levels_pay and not flags & FLAG_TAPS:
+            return None
+    head = Joined(varint(k) + _dtypes.little_endian(codebook))  # the flags byte goes in front at the end
+    if positions_block is not None:
+        head.add(positions_block)
+    head.size += 1
+    # with per-tap positions the kept weights' taps are known before the indices: dense taps vs sparse ones
+    tap_map = None
+    if flags & FLAG_TAPS:
+        per_tap = np.bincount(nonzero % taps, minlength=taps)
+        tap_map = (per_tap * 2 < per_tap.max()).astype(np.int64)  # class 1: under half the densest tap's count
+        if not tap_map.any():
+            tap_map = None
     limit = best.size - head.size if best is not None else None  # what the indices must beat
     candidates = []
-    for g_count in range(1, (1 if dense else MAX_INDEX_CONTEXTS) + 1):
-        gclass = np.zeros(n, dtype=np.int64) if g_count == 1 else gap_classes(gaps, g_count)
+    variants = [(g_count, False) for g_count in range(1, (1 if dense else MAX_INDEX_CONTEXTS) + 1)]
+    if tap_map is not None:
+        variants.append((2, True))
+
+    def classes_of(g_count: int, by_tap: bool) -> np.ndarray:
+        if by_tap:
+            return tap_map[nonzero % taps]
+        return np.zeros(n, dtype=np.int64) if g_count == 1 else gap_classes(gaps, g_count)
+
+    for g_count, by_tap in variants:
+        gclass = classes_of(g_count, by_tap)
         joint = np.bincount((previous * g_count + gclass) * k + symbols,
                             minlength=(bins + 1) * g_count * k).reshape(bins + 1, g_count, k)
-        for bin_map in _merge_classes(joint):
+        for bin_map in (_merge_classes(joint) if levels_pay else [np.zeros(bins + 1, dtype=np.int64)]):
             classes = int(bin_map.max()) + 1
             folded = np.zeros((classes, g_count, k), dtype=np.int64)
             np.add.at(folded, bin_map, joint)
             proxy = float(_proxy_bits(folded).sum()) / 8 + 2 + (k + 1) * max(classes - 1, 0).bit_length() / 8
-            candidates.append((proxy, g_count, bin_map))
+            if by_tap:
+                proxy += taps / 8
+            candidates.append((proxy, g_count, by_tap, bin_map))
     candidates.sort(key=lambda c: c[0])
-    best_parts = None
-    for proxy, g_count, bin_map in candidates[:3]:
+    best_parts, best_flags = None, flags
+    for proxy, g_count, by_tap, bin_map in candidates[:3]:
         if limit is not None and proxy > 1.02 * limit + 16:
             break
         classes = int(bin_map.max()) + 1
         level_map = np.concatenate(([bin_map[0]], bin_map[level_bin]))  # m[0]: row start, m[s + 1]: level s
-        gclass = np.zeros(n, dtype=np.int64) if g_count == 1 else gap_classes(gaps, g_count)
+        gclass = classes_of(g_count, by_tap)
         contexts = bin_map[previous] * g_count + gclass
         symbols_rm, contexts_rm = np.empty_like(symbols), np.empty_like(contexts)
         symbols_rm[place], contexts_rm[place] = symbols, contexts
         streams = _context_streams(symbols_rm, contexts_rm, classes * g_count, k, cache)
-        parts = Joined(bytes([g_count, classes]), _map_bytes(level_map, classes), *streams)
+        parts = Joined(bytes([g_count, classes]), _map_bytes(level_map, classes))
+        if by_tap:
+            parts.add(_map_bytes(tap_map, g_count))
+        parts.add(*streams)
         if best_parts is None or parts.size < best_parts.size:
-            best_parts = parts
+            best_parts, best_flags = parts, flags | (FLAG_TAP_CLASSES if by_tap else 0)
     if best_parts is None or (limit is not None and best_parts.size >= limit):
         return None
-    parts = head.add(best_parts)
+    head.size -= 1
+    parts = Joined(bytes([best_flags]), head, best_parts)
     return Offer(TYPE_SHARED3, parts.size, parts.to_bytes)
 
 
@@ -289,6 +375,23 @@ def _read_head(body: ByteReader, k: int, has_gaps: bool, name: str) -> tuple[int
     if level_map.size and int(level_map.max()) >= classes:
         raise damaged(f"tensor '{name}': a level map entry is not below its {classes} classes")
     return g_count, classes, level_map
+
+
+def _read_tap_map(body: ByteReader, taps: int, g_count: int, name: str) -> np.ndarray:
+    """The class (0..G-1) of each kernel tap, after checking it: ⌈log2 G⌉ bits a tap, zero-padded to a byte."""
+    if g_count < 2:
+        raise damaged(f"tensor '{name}': tap classes need at least 2 classes, G is {g_count}")
+    width = (g_count - 1).bit_length()
+    reader = BitReader(body.data, body.pos, body.end, f"tensor '{name}' tap map")
+    tap_map = reader.read_array(taps, width)
+    end = reader.byte_end()
+    used_bits = taps * width
+    if used_bits % 8 and int(body.data[end - 1]) >> (used_bits % 8):
+        raise damaged(f"tensor '{name}': the tap map's padding bits are not zero")
+    body.pos = end
+    if int(tap_map.max()) >= g_count:
+        raise damaged(f"tensor '{name}': a tap map entry is not below its {g_count} classes")
+    return tap_map.astype(np.int64)
 
 
 def _read_streams(body: ByteReader, n: int, contexts: int, k: int, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -317,6 +420,17 @@ def _resolve(pool: np.ndarray, sizes: np.ndarray, per_round: list[int], gclass_r
     contexts_total = sizes.size
     if contexts_total == 1:
         return pool  # one stream: it is the round order
+    if not level_map.any() and gclass_rm is not None:  # one level class: a symbol's context is its gap class
+        out = np.empty(pool.size, dtype=np.int32)
+        start = 0
+        for c in range(contexts_total):
+            at = np.flatnonzero(gclass_rm == c)
+            if at.size != sizes[c]:
+                raise damaged(f"tensor '{name}': a context's index stream runs out of symbols or has symbols left "
+                              "over")
+            out[at] = pool[start:start + at.size]
+            start += at.size
+        return out
     base = np.cumsum(sizes) - sizes
     taken = np.zeros(contexts_total, dtype=np.int64)
     out = np.empty(pool.size, dtype=np.int32)
@@ -343,16 +457,63 @@ def _resolve(pool: np.ndarray, sizes: np.ndarray, per_round: list[int], gclass_r
     return out
 
 
+def _read_flags3(body: ByteReader, frame: Frame) -> int:
+    """Type 8's flags: the shared flags plus FLAG_TAPS (which needs positions and a convolution's shape)."""
+    name, dtype = frame.name, frame.dtype
+    if dtype not in _dtypes.FLOATING:
+        raise damaged(f"tensor '{name}': a shared section must hold a floating dtype, not {dtype}")
+    flags = body.u8("shared flags")
+    if flags & ~(FLAG_POSITIONS | FLAG_TAPS | FLAG_TAP_CLASSES):
+        raise damaged(f"tensor '{name}': unknown shared-section flags {flags:#x}")
+    if flags & FLAG_TAP_CLASSES and not flags & FLAG_TAPS:
+        raise damaged(f"tensor '{name}': tap classes (flag bit 2) need per-tap positions (flag bit 1)")
+    if flags & FLAG_TAPS:
+        taps = _taps(tuple(frame.shape), frame.numel)
+        if not flags & FLAG_POSITIONS or not 2 <= taps <= MAX_TAPS:
+            raise damaged(f"tensor '{name}': per-tap positions need positions and 2..{MAX_TAPS} kernel taps "
+                          f"(shape {list(frame.shape)} has {taps})")
+    return flags
+
+
+def _decode_tap_positions(body: ByteReader, frame: Frame, measure: bool) -> tuple[np.ndarray, dict]:
+    """(gaps of the kept weights in row-major order, stream info) from the per-tap positions layout."""
+    name, numel = frame.name, frame.numel
+    taps = _taps(tuple(frame.shape), numel)
+    plane = numel // taps
+    start, parts, total = body.pos, [], 0
+    for t in range(taps):
+        count = body.varint("kept-weight count of a kernel tap", plane)
+        if not count:
+            continue
+        gaps = decode_escaped(body, count, f"tensor '{name}' positions stream (tap {t})")
+        if int(gaps.sum()) + count > plane:
+            raise damaged(f"tensor '{name}': tap {t}'s {count} kept weights and their gaps do not fit {plane} "
+                          "elements")
+        parts.append(entry_positions(gaps) * taps + t)
+        total += count
+    if not parts:
+        raise damaged(f"tensor '{name}': a version-3 shared section with no kept weight")
+    positions = np.sort(np.concatenate(parts), kind="stable") if len(parts) > 1 else parts[0]  # merges the runs
+    gaps = gaps_of(positions, numel)[0]
+    info = {"stream": "positions", "symbols": total, "bytes": body.pos - start, "taps": taps,
+            "entropy_bytes": empirical_entropy_bytes(gaps) if measure else None}
+    return gaps, info
+
+
 def _decode(body: ByteReader, frame: Frame) -> tuple[torch.Tensor | None, SectionInfo]:
     name, numel, want_tensor = frame.name, frame.numel, frame.want_tensor
-    flags = _read_flags(body, frame)
+    flags = _read_flags3(body, frame)
     k = body.varint("codebook size", MAX_CLUSTERS)
     if k == 0:
         raise damaged(f"tensor '{name}': a version-3 shared section needs at least one shared value")
     codebook = _checked_codebook(body, frame, k)
     has_gaps = bool(flags & FLAG_POSITIONS)
     streams, gaps, positions = [], None, None
-    if has_gaps:
+    if flags & FLAG_TAPS:
+        gaps, pos_info = _decode_tap_positions(body, frame, not want_tensor)
+        streams.append(pos_info)
+        n = gaps.size
+    elif has_gaps:
         gaps, pos_info = decode_gaps(body, numel, name, not want_tensor)
         streams.append(pos_info)
         n = gaps.size
@@ -365,6 +526,9 @@ def _decode(body: ByteReader, frame: Frame) -> tuple[torch.Tensor | None, Sectio
         raise damaged(f"tensor '{name}': rows of {row_length} kept weights, more than {MAX_ROUNDS}")
     start = body.pos
     g_count, classes, level_map = _read_head(body, k, has_gaps, name)
+    tap_map = None
+    if flags & FLAG_TAP_CLASSES:
+        tap_map = _read_tap_map(body, _taps(tuple(frame.shape), numel), g_count, name)
     pool, sizes = _read_streams(body, n, classes * g_count, k, name)  # checked before the rounds allocate
     gclass_rm = None
     if has_gaps:
@@ -374,7 +538,8 @@ def _decode(body: ByteReader, frame: Frame) -> tuple[torch.Tensor | None, Sectio
             raise damaged(f"tensor '{name}': a row of {per_round.size} kept weights, more than {MAX_ROUNDS}")
         if g_count > 1:
             gclass_rm = np.empty(n, dtype=np.int8)
-            gclass_rm[place] = gap_classes(gaps, g_count)
+            gclass_rm[place] = (gap_classes(gaps, g_count) if tap_map is None
+                                else tap_map[positions % _taps(tuple(frame.shape), numel)])
         gaps = None
         per_round = per_round.tolist()
     else:

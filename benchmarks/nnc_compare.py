@@ -130,12 +130,12 @@ RESNET_SEED = 0
 TRAINED = ("lenet300", "lenet5", "vgg_small", "resnet18_digits")
 # the equal-accuracy sweeps
 EQUAL_POINTS = 0.003  # "equal accuracy": within 0.3 accuracy points of the starting model's
-KS = (2, 3, 4, 6, 8, 16, 32)  # plain k-means: shared values per layer
-# NNCodec: step sizes 2^(qp/4) from 4.9e-4 to 0.25, every fourth QP (a factor 2 in step size), then every QP
+KS = (2, 3, 4, 6, 8, 16)  # plain k-means: shared values per layer
+# NNCodec: step sizes 2^(qp/4) from 9.8e-4 to 0.25, every fourth QP (a factor 2 in step size), then every QP
 # between the coarsest one within EQUAL_POINTS and the next (`refine`)
-QPS = tuple(range(-44, -7, 4))
+QPS = tuple(range(-40, -7, 4))
 RATE_MAX_K = 64  # rate-aware sharing: the most shared values a layer may use
-RATE_FRACTIONS = (0.35, 0.5, 0.65, 0.8, 1.0)  # rate-aware target_bytes: these fractions of NNCodec's bytes
+RATE_FRACTIONS = (0.5, 0.7, 0.9)  # rate-aware target_bytes: these fractions of NNCodec's bytes at equal accuracy
 
 
 class BenchmarkError(Exception):
@@ -419,22 +419,29 @@ def rate_aware_available() -> bool:
     return "objective" in {f.name for f in dataclasses.fields(ClusterStep)}
 
 
-def nnc_curve(net: Network, qps: list[int], tmp: Path) -> tuple[list[dict], dict]:
-    """NNCodec's own quantization of the starting model at each QP; the decoded model's test accuracy."""
+def start_nnc_sweep(net: Network, qps: list[int], tmp: Path, tag: str) -> tuple[subprocess.Popen, Path]:
+    """Start NNCodec's own quantization of the starting model at each QP (nnc_helper.py --sweep, its own
+    process, one thread: it runs beside our side's sweep on the second core)."""
     state = net.start.model.state_dict()
     arrays = {"names": np.array(net.weight_names)}
     for i, name in enumerate(net.weight_names):
         arrays[f"weights_{i}"] = state[name].detach().cpu().numpy().astype(np.float32)
-    source, out = tmp / f"{net.name}-float.npz", tmp / f"{net.name}-nnc"
+    source, out = tmp / f"{net.name}-float.npz", tmp / f"{net.name}-nnc-{tag}"
     np.savez(source, **arrays)
     command = [str(venv_python()), str(HELPER), "--sweep", str(source), "--out", str(out),
                "--qps=" + ",".join(str(q) for q in qps)]
-    done = subprocess.run(command, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        tail = "\n  ".join((done.stderr or done.stdout).strip().splitlines()[-12:])
-        raise BenchmarkError(f"the NNCodec helper's sweep failed on {net.name} (exit {done.returncode}):\n  {tail}")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    return process, out
+
+
+def finish_nnc_sweep(net: Network, process: subprocess.Popen, out: Path) -> tuple[list[dict], dict]:
+    """NNCodec's points: bitstream bytes and the test accuracy of the model holding its decoded weights."""
+    stdout, stderr = process.communicate()
+    lines = stdout.strip().splitlines()
+    if process.returncode != 0 or not lines:
+        tail = "\n  ".join((stderr or stdout).strip().splitlines()[-12:])
+        raise BenchmarkError(f"the NNCodec helper's sweep failed on {net.name} (exit {process.returncode}):\n  {tail}")
     answer = json.loads(lines[-1])
     points = []
     layers = list(net.start.prunable_layers())
@@ -486,25 +493,34 @@ def equal_accuracy(net: Network, ks: list[int], qps: list[int], fast: bool, tmp:
     """Both sides' curves from the starting model; each side's fewest bytes at equal accuracy."""
     reference = net.info["accuracy_start"]
     started = time.time()
-    log(f"{net.name}: NNCodec's QP sweep ({len(qps)} points)")
-    nnc_points, nnc_info = nnc_curve(net, qps, tmp)
+    log(f"{net.name}: NNCodec's QP sweep ({len(qps)} points), beside our k-means sweep")
+    nnc_run = start_nnc_sweep(net, qps, tmp, "grid")
+    epochs = 0 if fast else int(net.cluster.get("finetune_epochs", ClusterStep.finetune_epochs))
+    lr = net.cluster.get("lr", ClusterStep.lr)
+    curves: dict[str, list[dict]] = {}
+    try:
+        for finetune, tag in ((epochs, "finetune"), (0, "no_finetune")):
+            curves[f"plain_{tag}"] = []
+            for k in ks:
+                step = {"type": "cluster", "n_clusters": {"_default": k}, "finetune_epochs": finetune, "lr": lr}
+                key = json.dumps(step, sort_keys=True)
+                if key not in reuse:
+                    log(f"{net.name}: ours, k-means k={k}, {finetune} fine-tuning epochs")
+                    reuse[key] = share(net, step, tmp / f"{net.name}-ours-{len(reuse)}")
+                curves[f"plain_{tag}"].append(reuse[key][0])
+    except BaseException:
+        nnc_run[0].kill()  # ours failed or was interrupted: NNCodec's sweep is not left running
+        nnc_run[0].wait()
+        raise
+    ours_seconds = time.time() - started
+    nnc_points, nnc_info = finish_nnc_sweep(net, *nnc_run)
     finer = refine(nnc_points, reference)
     if finer:
         log(f"{net.name}: NNCodec's QP sweep refined near equal accuracy: QP {', '.join(map(str, finer))}")
-        nnc_points = sorted(nnc_points + nnc_curve(net, finer, tmp)[0], key=lambda p: p["qp"])
-    nnc_seconds = time.time() - started
-    epochs = 0 if fast else int(net.cluster.get("finetune_epochs", ClusterStep.finetune_epochs))
-    lr = net.cluster.get("lr", ClusterStep.lr)
-    curves: dict[str, list[dict]] = {"nnc": nnc_points}
-    for finetune, tag in ((epochs, "finetune"), (0, "no_finetune")):
-        curves[f"plain_{tag}"] = []
-        for k in ks:
-            step = {"type": "cluster", "n_clusters": {"_default": k}, "finetune_epochs": finetune, "lr": lr}
-            key = json.dumps(step, sort_keys=True)
-            if key not in reuse:
-                log(f"{net.name}: ours, k-means k={k}, {finetune} fine-tuning epochs")
-                reuse[key] = share(net, step, tmp / f"{net.name}-ours-{len(reuse)}")
-            curves[f"plain_{tag}"].append(reuse[key][0])
+        nnc_points = sorted(nnc_points + finish_nnc_sweep(net, *start_nnc_sweep(net, finer, tmp, "fine"))[0],
+                            key=lambda p: p["qp"])
+    curves = {"nnc": nnc_points, **curves}
+    nnc_seconds = time.time() - started - ours_seconds
     nnc_best = fewest_at(nnc_points, reference)
     if rate_aware_available():
         anchor = (nnc_best or max(nnc_points, key=lambda p: p["bytes"]))["bytes"]
@@ -518,6 +534,7 @@ def equal_accuracy(net: Network, ks: list[int], qps: list[int], fast: bool, tmp:
                 point, _ = share(net, step, tmp / f"{net.name}-rate-{len(reuse)}-{fraction}")
                 curves[f"rate_{tag}"].append(point)
     ours_seconds = time.time() - started - nnc_seconds
+    # (nnc_seconds: NNCodec's waiting time after our plain sweep, its refinement and our evaluation of its points)
     best = {side: fewest_at(points, reference) for side, points in curves.items()}
     ours_ft = fewest_at(curves["plain_finetune"] + curves.get("rate_finetune", []), reference)
     ours_no = fewest_at(curves["plain_no_finetune"] + curves.get("rate_no_finetune", []), reference)
@@ -685,7 +702,7 @@ def main() -> None:
                         help="quick check: no fine-tuning at all, 3 k and 5 QP values before refining")
     parser.add_argument("--networks", help=f"comma-separated subset of {','.join(TRAINED)} (default: all four)")
     parser.add_argument("--ks", help=f"plain k-means sweep (default {','.join(map(str, KS))})")
-    parser.add_argument("--qps", help="NNCodec's QP sweep before refining (default every fourth QP, -44 to -8)")
+    parser.add_argument("--qps", help="NNCodec's QP sweep before refining (default every fourth QP, -40 to -8)")
     parser.add_argument("--html", type=Path, default=CURVES_HTML, help="where the curves go")
     args = parser.parse_args()
     torch.set_num_threads(1)

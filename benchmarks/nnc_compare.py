@@ -135,7 +135,7 @@ KS = (2, 3, 4, 6, 8, 16)  # plain k-means: shared values per layer
 # between the coarsest one within EQUAL_POINTS and the next (`refine`)
 QPS = tuple(range(-40, -7, 4))
 RATE_MAX_K = 64  # rate-aware sharing: the most shared values a layer may use
-RATE_FRACTIONS = (0.5, 0.7, 0.9)  # rate-aware target_bytes: these fractions of NNCodec's bytes at equal accuracy
+RATE_FRACTIONS = (0.6, 0.8, 1.0)  # rate-aware target_bytes: these fractions of NNCodec's bytes at equal accuracy
 
 
 class BenchmarkError(Exception):

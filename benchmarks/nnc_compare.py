@@ -45,8 +45,8 @@ are loaded into the starting model, whose batch-norm statistics are then re-esti
 step does after sharing (the step's `ctx.finetune` with 0 epochs, same seed; no bytes, no-op without batch
 norm), and scored on the test split by our side. Ours: the cluster step alone on the starting model through
 `compress`: plain k-means for each k in KS (and, where ClusterStep has the field `objective`, rate-aware
-sharing: objective "rate", importance "fisher", joint_prune, at most RATE_MAX_K values, target_bytes swept
-over RATE_FRACTIONS of NNCodec's bytes at equal accuracy), each once with the shared values fine-tuned (the
+sharing: objective "rate", importance "fisher", joint_prune, at most RATE_MAX_K values, rate_lambda swept
+over RATE_LAMBDAS), each once with the shared values fine-tuned (the
 network's cluster-step finetune_epochs) and once with finetune_epochs 0; bytes = the weight sections'
 `bytes_total` of the written file (as mode 1), accuracy = the decoded file's on the test split. Both
 sides count the prunable layers' weights only. Biases (and batch norm) are excluded from both sides'
@@ -135,7 +135,9 @@ KS = (3, 4, 6, 8, 16)  # plain k-means: shared values per layer (k=2 was 72-92% 
 # between the coarsest one within EQUAL_POINTS and the next (`refine`)
 QPS = tuple(range(-40, -7, 4))
 RATE_MAX_K = 64  # rate-aware sharing: the most shared values a layer may use
-RATE_FRACTIONS = (0.6, 0.8, 1.0)  # rate-aware target_bytes: these fractions of NNCodec's bytes at equal accuracy
+# rate-aware rate_lambda (scale-free: the share of a layer's mean square weight one saved bit is worth); a sweep
+# of lambdas, not of target_bytes (a byte target bisects on lambda, rerunning the sharing for every trial)
+RATE_LAMBDAS = (0.003, 0.01, 0.03)
 
 
 class BenchmarkError(Exception):
@@ -488,7 +490,7 @@ def ratio(ours_point: dict | None, nnc_point: dict | None) -> float | None:
     return round(ours_point["bytes"] / nnc_point["bytes"], 4)
 
 
-def equal_accuracy(net: Network, ks: list[int], qps: list[int], fast: bool, tmp: Path,
+def equal_accuracy(net: Network, ks: list[int], qps: list[int], rate_lambdas: list[float], fast: bool, tmp: Path,
                    reuse: dict[str, tuple[dict, Path]]) -> dict:
     """Both sides' curves from the starting model; each side's fewest bytes at equal accuracy."""
     reference = net.info["accuracy_start"]
@@ -523,15 +525,14 @@ def equal_accuracy(net: Network, ks: list[int], qps: list[int], fast: bool, tmp:
     nnc_seconds = time.time() - started - ours_seconds
     nnc_best = fewest_at(nnc_points, reference)
     if rate_aware_available():
-        anchor = (nnc_best or max(nnc_points, key=lambda p: p["bytes"]))["bytes"]
         for finetune, tag in ((epochs, "finetune"), (0, "no_finetune")):
             curves[f"rate_{tag}"] = []
-            for fraction in RATE_FRACTIONS:
+            for lam in rate_lambdas:
                 step = {"type": "cluster", "n_clusters": {"_default": RATE_MAX_K}, "objective": "rate",
-                        "target_bytes": int(round(fraction * anchor)), "importance": "fisher", "joint_prune": True,
+                        "rate_lambda": {"_default": lam}, "importance": "fisher", "joint_prune": True,
                         "finetune_epochs": finetune, "lr": lr}
-                log(f"{net.name}: ours, rate-aware, target {step['target_bytes']:,} bytes, {finetune} epochs")
-                point, _ = share(net, step, tmp / f"{net.name}-rate-{len(reuse)}-{fraction}")
+                log(f"{net.name}: ours, rate-aware, lambda {lam}, {finetune} fine-tuning epochs")
+                point, _ = share(net, step, tmp / f"{net.name}-rate-{len(reuse)}-{lam}")
                 curves[f"rate_{tag}"].append(point)
     ours_seconds = time.time() - started - nnc_seconds
     # (nnc_seconds: NNCodec's waiting time after our plain sweep, its refinement and our evaluation of its points)
@@ -703,6 +704,8 @@ def main() -> None:
     parser.add_argument("--networks", help=f"comma-separated subset of {','.join(TRAINED)} (default: all four)")
     parser.add_argument("--ks", help=f"plain k-means sweep (default {','.join(map(str, KS))})")
     parser.add_argument("--qps", help="NNCodec's QP sweep before refining (default every fourth QP, -40 to -8)")
+    parser.add_argument("--rate-lambdas", help="rate-aware rate_lambda sweep (default "
+                        f"{','.join(map(str, RATE_LAMBDAS))}; run only where ClusterStep has `objective`)")
     parser.add_argument("--html", type=Path, default=CURVES_HTML, help="where the curves go")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -713,6 +716,10 @@ def main() -> None:
         raise BenchmarkError(f"unknown network(s) {unknown}: choose from {', '.join(TRAINED)}")
     ks = int_list(args.ks, (4, 8, 16) if args.fast else KS)
     qps = int_list(args.qps, QPS[::2] if args.fast else QPS)
+    try:
+        rate_lambdas = [float(v) for v in (args.rate_lambdas or ",".join(map(str, RATE_LAMBDAS))).split(",") if v]
+    except ValueError:
+        raise BenchmarkError(f"--rate-lambdas {args.rate_lambdas!r} is not a comma-separated list of numbers") from None
     venv_seconds = ensure_venv()
     summary: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -739,7 +746,8 @@ def main() -> None:
             tensors["resnet18_random"] = resnet_tensors()
             summary.update(same_levels(tensors, args.repeats, tmp))
         if args.mode in ("both", "equal-accuracy"):
-            results = {name: equal_accuracy(net, ks, qps, args.fast, tmp, reuse[name]) for name, net in nets.items()}
+            results = {name: equal_accuracy(net, ks, qps, rate_lambdas, args.fast, tmp, reuse[name])
+                       for name, net in nets.items()}
             missing = [f"{name}: {side}" for name, result in results.items()
                        for side, key in (("NNCodec", "nnc_at_equal_accuracy"), ("ours", "ours_at_equal_accuracy"),
                                          ("ours without fine-tuning", "ours_at_equal_accuracy_no_finetune"))

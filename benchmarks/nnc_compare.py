@@ -38,16 +38,19 @@ thread, from the bytes to float32 arrays (ours: `decode_state` of a file holding
 `decode_cpu_ratio` the same in CPU time (steadier on a busy machine).
 
 Mode 2, equal accuracy (`ours_over_nnc_at_equal_accuracy`), curves not points: both sides start from the
-same starting model. NNCodec quantizes it itself: a QP sweep (QPS, step size 2^(qp/4)) with dependent
-quantization (trellis-coded, use_dq), its default row skipping and CABAC parameter optimisation, one
-bitstream per network (nnc_helper.py --sweep); its bytes are the bitstream's; the decoded float32 weights
+same starting model. NNCodec quantizes it itself: a QP sweep (QPS, step size 2^(qp/4), one QP for every
+tensor, as its opt_qp and lambda_scale defaults leave it), refined to every QP between the coarsest one within
+0.3 points and the next, with dependent quantization (trellis-coded, use_dq: it may give a pruned zero a
+nonzero level where that codes cheaper, and a coarse step zeroes small weights), its default row skipping and
+CABAC parameter optimisation, one bitstream per network (nnc_helper.py --sweep, in its own process beside our
+sweep); its bytes are the bitstream's (its step sizes are in it: no codebook to add); the decoded float32 weights
 are loaded into the starting model, whose batch-norm statistics are then re-estimated exactly as our cluster
 step does after sharing (the step's `ctx.finetune` with 0 epochs, same seed; no bytes, no-op without batch
 norm), and scored on the test split by our side. Ours: the cluster step alone on the starting model through
 `compress`: plain k-means for each k in KS (and, where ClusterStep has the field `objective`, rate-aware
 sharing: objective "rate", importance "fisher", joint_prune, at most RATE_MAX_K values, rate_lambda swept
-over RATE_LAMBDAS), each once with the shared values fine-tuned (the
-network's cluster-step finetune_epochs) and once with finetune_epochs 0; bytes = the weight sections'
+over RATE_LAMBDAS), each once with the shared values fine-tuned (the network's cluster-step finetune_epochs)
+and once with finetune_epochs 0; bytes = the weight sections'
 `bytes_total` of the written file (as mode 1), accuracy = the decoded file's on the test split. Both
 sides count the prunable layers' weights only. Biases (and batch norm) are excluded from both sides'
 bytes: NNCodec's model keeps the starting model's float biases; ours keeps them as float too
@@ -65,7 +68,7 @@ constraints.txt, torch from this machine's files) and runs nnc_helper.py in. Pri
 as its last line.
 
     .venv/bin/python benchmarks/nnc_compare.py [--mode both|same-levels|equal-accuracy] [--repeats 7]
-        [--fast] [--networks lenet300,...] [--ks 4,8,16] [--qps -40,-36]
+        [--fast] [--networks lenet300,...] [--ks 4,8,16] [--qps=-40,-36] [--rate-lambdas 0.01,0.03]
 """
 
 from __future__ import annotations

@@ -74,10 +74,12 @@ as its last line.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import copy
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -493,52 +495,65 @@ def ratio(ours_point: dict | None, nnc_point: dict | None) -> float | None:
     return round(ours_point["bytes"] / nnc_point["bytes"], 4)
 
 
+_WORKER_NET: Network | None = None  # the network the sharing workers work on (set before they fork)
+
+
+def _share_job(step: dict, out_dir: str) -> dict:
+    """One of our points, in a worker process (one thread, like the main process)."""
+    torch.set_num_threads(1)
+    log(f"{_WORKER_NET.name}: ours, {json.dumps({k: v for k, v in step.items() if k not in ('type', 'lr')})}")
+    return share(_WORKER_NET, step, Path(out_dir))[0]
+
+
 def equal_accuracy(net: Network, ks: list[int], qps: list[int], rate_lambdas: list[float], fast: bool, tmp: Path,
-                   reuse: dict[str, tuple[dict, Path]]) -> dict:
+                   reuse: dict[str, tuple[dict, Path]], workers: int) -> dict:
     """Both sides' curves from the starting model; each side's fewest bytes at equal accuracy."""
     reference = net.info["accuracy_start"]
     started = time.time()
-    log(f"{net.name}: NNCodec's QP sweep ({len(qps)} points), beside our k-means sweep")
-    nnc_run = start_nnc_sweep(net, qps, tmp, "grid")
     epochs = 0 if fast else int(net.cluster.get("finetune_epochs", ClusterStep.finetune_epochs))
     lr = net.cluster.get("lr", ClusterStep.lr)
-    curves: dict[str, list[dict]] = {}
+    steps: dict[str, list[dict]] = {}
+    for finetune, tag in ((epochs, "finetune"), (0, "no_finetune")):
+        steps[f"plain_{tag}"] = [{"type": "cluster", "n_clusters": {"_default": k}, "finetune_epochs": finetune,
+                                  "lr": lr} for k in ks]
+        if rate_aware_available():
+            steps[f"rate_{tag}"] = [{"type": "cluster", "n_clusters": {"_default": RATE_MAX_K}, "objective": "rate",
+                                     "rate_lambda": {"_default": lam}, "importance": "fisher", "joint_prune": True,
+                                     "finetune_epochs": finetune, "lr": lr} for lam in rate_lambdas]
+    todo = {json.dumps(step, sort_keys=True): step for curve in steps.values() for step in curve}
+    todo = {key: step for key, step in todo.items() if key not in reuse}
+    log(f"{net.name}: NNCodec's QP sweep ({len(qps)} points) beside our {len(todo)} sharing runs "
+        f"({workers} worker{'s' if workers != 1 else ''})")
+    nnc_run = start_nnc_sweep(net, qps, tmp, "grid")
+    global _WORKER_NET
+    _WORKER_NET = net  # (the forked workers inherit it: the model is not pickled once per run)
+    context = multiprocessing.get_context("fork")
     try:
-        for finetune, tag in ((epochs, "finetune"), (0, "no_finetune")):
-            curves[f"plain_{tag}"] = []
-            for k in ks:
-                step = {"type": "cluster", "n_clusters": {"_default": k}, "finetune_epochs": finetune, "lr": lr}
-                key = json.dumps(step, sort_keys=True)
-                if key not in reuse:
-                    log(f"{net.name}: ours, k-means k={k}, {finetune} fine-tuning epochs")
-                    reuse[key] = share(net, step, tmp / f"{net.name}-ours-{len(reuse)}")
-                curves[f"plain_{tag}"].append(reuse[key][0])
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            jobs = {key: pool.submit(_share_job, step, str(tmp / f"{net.name}-ours-{i}"))
+                    for i, (key, step) in enumerate(todo.items())}
+            # meanwhile, here: NNCodec's sweep, its evaluation and its refinement
+            nnc_points, nnc_info = finish_nnc_sweep(net, *nnc_run)
+            finer = refine(nnc_points, reference)
+            if finer:
+                log(f"{net.name}: NNCodec's QP sweep refined near equal accuracy: QP {', '.join(map(str, finer))}")
+                nnc_points = sorted(nnc_points + finish_nnc_sweep(net, *start_nnc_sweep(net, finer, tmp, "fine"))[0],
+                                    key=lambda p: p["qp"])
+            nnc_seconds = time.time() - started
+            for key, job in jobs.items():
+                reuse[key] = (job.result(), Path())
     except BaseException:
-        nnc_run[0].kill()  # ours failed or was interrupted: NNCodec's sweep is not left running
-        nnc_run[0].wait()
+        if nnc_run[0].poll() is None:
+            nnc_run[0].kill()  # ours failed or was interrupted: NNCodec's sweep is not left running
+            nnc_run[0].wait()
         raise
-    ours_seconds = time.time() - started
-    nnc_points, nnc_info = finish_nnc_sweep(net, *nnc_run)
-    finer = refine(nnc_points, reference)
-    if finer:
-        log(f"{net.name}: NNCodec's QP sweep refined near equal accuracy: QP {', '.join(map(str, finer))}")
-        nnc_points = sorted(nnc_points + finish_nnc_sweep(net, *start_nnc_sweep(net, finer, tmp, "fine"))[0],
-                            key=lambda p: p["qp"])
-    curves = {"nnc": nnc_points, **curves}
-    nnc_seconds = time.time() - started - ours_seconds
+    finally:
+        _WORKER_NET = None
+    curves: dict[str, list[dict]] = {"nnc": nnc_points}
+    for curve, curve_steps in steps.items():
+        curves[curve] = [reuse[json.dumps(step, sort_keys=True)][0] for step in curve_steps]
+    ours_seconds = time.time() - started  # (NNCodec's side ran meanwhile: nnc_seconds is its part of it)
     nnc_best = fewest_at(nnc_points, reference)
-    if rate_aware_available():
-        for finetune, tag in ((epochs, "finetune"), (0, "no_finetune")):
-            curves[f"rate_{tag}"] = []
-            for lam in rate_lambdas:
-                step = {"type": "cluster", "n_clusters": {"_default": RATE_MAX_K}, "objective": "rate",
-                        "rate_lambda": {"_default": lam}, "importance": "fisher", "joint_prune": True,
-                        "finetune_epochs": finetune, "lr": lr}
-                log(f"{net.name}: ours, rate-aware, lambda {lam}, {finetune} fine-tuning epochs")
-                point, _ = share(net, step, tmp / f"{net.name}-rate-{len(reuse)}-{lam}")
-                curves[f"rate_{tag}"].append(point)
-    ours_seconds = time.time() - started - nnc_seconds
-    # (nnc_seconds: NNCodec's waiting time after our plain sweep, its refinement and our evaluation of its points)
     best = {side: fewest_at(points, reference) for side, points in curves.items()}
     ours_ft = fewest_at(curves["plain_finetune"] + curves.get("rate_finetune", []), reference)
     ours_no = fewest_at(curves["plain_no_finetune"] + curves.get("rate_no_finetune", []), reference)
@@ -709,6 +724,8 @@ def main() -> None:
     parser.add_argument("--qps", help="NNCodec's QP sweep before refining (default every fourth QP, -40 to -8)")
     parser.add_argument("--rate-lambdas", help="rate-aware rate_lambda sweep (default "
                         f"{','.join(map(str, RATE_LAMBDAS))}; run only where ClusterStep has `objective`)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="processes sharing our points at once (one thread each; default 2, the machine's cores)")
     parser.add_argument("--html", type=Path, default=CURVES_HTML, help="where the curves go")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -749,7 +766,7 @@ def main() -> None:
             tensors["resnet18_random"] = resnet_tensors()
             summary.update(same_levels(tensors, args.repeats, tmp))
         if args.mode in ("both", "equal-accuracy"):
-            results = {name: equal_accuracy(net, ks, qps, rate_lambdas, args.fast, tmp, reuse[name])
+            results = {name: equal_accuracy(net, ks, qps, rate_lambdas, args.fast, tmp, reuse[name], args.workers)
                        for name, net in nets.items()}
             missing = [f"{name}: {side}" for name, result in results.items()
                        for side, key in (("NNCodec", "nnc_at_equal_accuracy"), ("ours", "ours_at_equal_accuracy"),

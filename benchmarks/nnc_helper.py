@@ -16,6 +16,16 @@ decoder gives) is timed, median of --repeats, one thread: wall-clock and CPU (pr
 Prints one JSON object as its last line.
 
     benchmarks/.venv-nnc/bin/python benchmarks/nnc_helper.py NET.npz [NET.npz ...] [--repeats 7]
+
+Sweep mode (nnc_compare.py's equal-accuracy mode): `--sweep FLOAT.npz --out DIR --qps -40,-36,...` takes
+one network's float32 weights (`names`, `weights_i`: the pruned, fine-tuned model, zeros as they are) and
+lets NNCodec quantize them itself: for each QP, `nnc.compress` with uniform quantization at that QP
+(qp_density 2: step size 2^(qp/4)), dependent quantization (use_dq, NNC's trellis-coded quantization with
+two quantizers) and its default row skipping / CABAC parameter optimisation, one bitstream for all the
+network's weight tensors; then `nnc.decompress` of that bitstream. The decoded float32 weights go to
+DIR/qp<QP>.npz (same names) for nnc_compare.py to evaluate; the JSON line lists each QP's bitstream bytes.
+
+    benchmarks/.venv-nnc/bin/python benchmarks/nnc_helper.py --sweep NET.npz --out DIR --qps -40,-36
 """
 
 from __future__ import annotations
@@ -111,10 +121,44 @@ def run_network(nnc, path: Path, repeats: int) -> dict:
             "levels": int(sum(v.size for v in levels.values()))}
 
 
+# NNCodec's own quantization in the sweep: uniform reconstruction levels (codebook_mode 0), dependent
+# quantization on, row skipping and CABAC parameter optimisation on (its recommended encoder settings)
+SWEEP_SETTING = {"use_dq": True, "row_skipping": True, "param_opt": True, "scan_order": 0, "codebook_mode": 0}
+
+
+def sweep(nnc, path: Path, out: Path, qps: list[int]) -> list[dict]:
+    """NNCodec quantizes and codes the float weights at each QP; the decoded weights go to out/qp<QP>.npz."""
+    with np.load(path) as npz:
+        names = [str(n) for n in npz["names"]]
+        weights = {name: np.ascontiguousarray(npz[f"weights_{i}"], dtype=np.float32) for i, name in enumerate(names)}
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for qp in qps:
+            started = time.perf_counter()
+            quiet = io.StringIO()
+            with contextlib.redirect_stdout(quiet):
+                bitstream = nnc.compress({k: v.copy() for k, v in weights.items()},
+                                         bitstream_path=os.path.join(folder, "net.nnc"), return_bitstream=True,
+                                         verbose=False, qp=int(qp), **SWEEP_SETTING)
+                encode_s = time.perf_counter() - started
+                decoded = nnc.decompress(bytearray(bitstream))
+            arrays = {"names": np.array(names)}
+            for i, name in enumerate(names):
+                arrays[f"weights_{i}"] = np.asarray(decoded[name], dtype=np.float32).reshape(weights[name].shape)
+            np.savez(out / f"qp{qp}.npz", **arrays)
+            rows.append({"qp": int(qp), "bytes": len(bitstream), "encode_s": round(encode_s, 3),
+                         "nonzeros": int(sum(np.count_nonzero(arrays[f"weights_{i}"]) for i in range(len(names))))})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("npz", nargs="+", type=Path)
+    parser.add_argument("npz", nargs="*", type=Path)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--sweep", type=Path, help="a float-weights .npz: NNCodec's own quantization, a QP sweep")
+    parser.add_argument("--out", type=Path, help="(--sweep) folder for the decoded weights")
+    parser.add_argument("--qps", default="-38", help="(--sweep) comma-separated QPs")
     args = parser.parse_args()
     import torch  # nncodec imports it; one thread like our side
 
@@ -122,6 +166,14 @@ def main() -> None:
     from importlib.metadata import version
 
     from nncodec import nnc
+    if args.sweep is not None:
+        if args.out is None:
+            raise SystemExit("--sweep needs --out DIR")
+        points = sweep(nnc, args.sweep, args.out, [int(q) for q in args.qps.split(",") if q.strip()])
+        print(json.dumps({"nncodec": version("nncodec"), "setting": SWEEP_SETTING, "points": points}))
+        return
+    if not args.npz:
+        raise SystemExit("give NET.npz files, or --sweep FLOAT.npz --out DIR")
     rows = [run_network(nnc, path, args.repeats) for path in args.npz]
     print(json.dumps({"nncodec": version("nncodec"), "numpy": np.__version__,
                       "networks": rows}))

@@ -1274,7 +1274,7 @@ def _drafts_setup() -> dict:
     fields, options = [f for _, f in step_fields()], [f for _, f in option_fields()]
     rows = {layer: {"sp": 0.5, "k": 16, "q": "none", "qa": "in", "qk": 16, "qs": 4} for layer in layers}
     base = make_draft("spec", "report", {"kind": "ratio", "value": 40.0}, rows,
-                      {f.key: f.low for f in options})
+                      {f.key: f.choices[0] if f.choices else f.low for f in options})  # a select box: a choice
     return {"layers": layers, "fields": fields, "options": options, "base": base}
 
 
@@ -1304,6 +1304,13 @@ def door_drafts(path: Path, ctx: dict) -> tuple[dict | None, str | None]:
     return read_draft(path, "spec", "report", ctx["layers"], ctx["fields"], ctx["options"])
 
 
+def _option_shown(field, item) -> bool:
+    """A kept option is one its widget can show: one of a select box's choices (same type), else a number in range."""
+    if field.choices:
+        return any(item == choice and type(item) is type(choice) for choice in field.choices)
+    return not isinstance(item, (bool, str)) and field.low <= item <= field.high
+
+
 def run_drafts(index: int, seed: int, out_dir: str) -> tuple[str, str, int | None]:
     from complab.ui.plan_draft import check_target, field_value
 
@@ -1330,7 +1337,7 @@ def run_drafts(index: int, seed: int, out_dir: str) -> tuple[str, str, int | Non
     unsafe = (set(draft["rows"]) - set(ctx["layers"])
               or any(field_value(by_name[name], item) != item for row in draft["rows"].values()
                      for name, item in row.items())
-              or any(not by_key[key].low <= item <= by_key[key].high for key, item in draft["options"].items())
+              or any(not _option_shown(by_key[key], item) for key, item in draft["options"].items())
               or (draft["target"] is not None and check_target(draft["target"]) != draft["target"])
               or _nonfinite(draft.get("saved")))
     if unsafe:

@@ -80,6 +80,10 @@ def ecsq_1d(values: np.ndarray, n_clusters: int, rate_lambda: float = 0.0, impor
     w = imp / s2  # distortion in units of the layer's mean square weight
     total = max(total or n, n)
     lam = float(rate_lambda)
+    # a kept weight's position cost at the layer's density before sharing, held fixed: re-reading it from the
+    # shrinking density each round is a feedback (fewer kept -> dearer positions -> fewer kept) that emptied the
+    # demo VGG's layers between lambda 0.15 (199,044 of 233,469 kept, -0.56 pts) and 0.3 (45,045 kept, 8%)
+    start_position_bits = position_bits(n / total)
     for _ in range(max_iter):
         counts = np.bincount(labels, minlength=len(centroids)).astype(np.float64)
         if joint_prune:  # the kept counts are clusters 0..k'-1; the zero level is last
@@ -91,7 +95,7 @@ def ecsq_1d(values: np.ndarray, n_clusters: int, rate_lambda: float = 0.0, impor
         penalty = lam * bits
         table = centroids
         if joint_prune:
-            penalty = penalty + lam * position_bits(kept / total)
+            penalty = penalty + lam * start_position_bits
             table = np.append(centroids, 0.0)
             penalty = np.append(penalty, 0.0)
         new = _assign(x, w, table, penalty)

@@ -48,8 +48,8 @@ are loaded into the starting model, whose batch-norm statistics are then re-esti
 step does after sharing (the step's `ctx.finetune` with 0 epochs, same seed; no bytes, no-op without batch
 norm), and scored on the test split by our side. Ours: the cluster step alone on the starting model through
 `compress`: plain k-means for each k in KS (and, where ClusterStep has the field `objective`, rate-aware
-sharing: objective "rate", joint_prune, at most RATE_MAX_K values, one model-wide lambda swept over
-RATE_LAMBDAS and given to each layer scaled by its mean square weight: `model_lambdas`), each once with
+sharing: objective "rate", joint_prune, at most RATE_MAX_K values, RATE_LAMBDAS: scale-free per-layer lambdas
+with Fisher importance, and one model-wide lambda scaled per layer: `rate_step`), each once with
 the shared values fine-tuned (the network's cluster-step finetune_epochs) and once with finetune_epochs 0;
 bytes = the weight sections'
 `bytes_total` of the written file (as mode 1), accuracy = the decoded file's on the test split. Both
@@ -147,7 +147,11 @@ RATE_MAX_K = 64  # rate-aware sharing: the most shared values a layer may use
 # scale-free lambdas with Fisher importance (the first sweep, 0.003-0.03) never beat plain k=3 on the demo VGG
 # (0.1 left 64% accuracy); the model-scaled ones without Fisher reach 76,960 B at 99.17% there (lambda 0.3, one
 # epoch). A sweep of lambdas, not of target_bytes (a byte target bisects on lambda, rerunning the sharing each trial)
-RATE_LAMBDAS = (0.1, 0.2, 0.3)
+# "fisher:L": the scale-free lambda L on every layer with Fisher importance (the first sweep's kind: it made the
+# digits ResNet-18's and LeNet-5's best points, 0.74 and 0.79 of NNCodec's bytes, in the helper's preview run);
+# a plain number: the model-wide lambda (`model_lambdas`), which made the VGG's best point. Both kinds, few points
+# each: the ResNet-18's Fisher points take 40-180 s each and the run must stay under 10 minutes.
+RATE_LAMBDAS = ("fisher:0.01", "fisher:0.03", "0.3")
 
 
 class BenchmarkError(Exception):
@@ -522,7 +526,15 @@ def _share_job(step: dict, out_dir: str) -> dict:
     return share(_WORKER_NET, step, Path(out_dir))[0]
 
 
-def equal_accuracy(net: Network, ks: list[int], qps: list[int], rate_lambdas: list[float], fast: bool, tmp: Path,
+def rate_step(net: Network, point: str) -> dict:
+    """The rate-aware settings of one sweep point: "fisher:L" (scale-free L per layer, Fisher importance) or "L"
+    (one model-wide lambda, `model_lambdas`)."""
+    if point.startswith("fisher:"):
+        return {"rate_lambda": {"_default": float(point.split(":", 1)[1])}, "importance": "fisher"}
+    return {"rate_lambda": model_lambdas(net, float(point))}
+
+
+def equal_accuracy(net: Network, ks: list[int], qps: list[int], rate_lambdas: list[str], fast: bool, tmp: Path,
                    reuse: dict[str, tuple[dict, Path]], workers: int) -> dict:
     """Both sides' curves from the starting model; each side's fewest bytes at equal accuracy."""
     reference = net.info["accuracy_start"]
@@ -535,8 +547,8 @@ def equal_accuracy(net: Network, ks: list[int], qps: list[int], rate_lambdas: li
                                   "lr": lr} for k in ks]
         if rate_aware_available():
             steps[f"rate_{tag}"] = [{"type": "cluster", "n_clusters": {"_default": RATE_MAX_K}, "objective": "rate",
-                                     "rate_lambda": model_lambdas(net, lam), "joint_prune": True,
-                                     "finetune_epochs": finetune, "lr": lr} for lam in rate_lambdas]
+                                     **rate_step(net, point), "joint_prune": True,
+                                     "finetune_epochs": finetune, "lr": lr} for point in rate_lambdas]
     todo = {json.dumps(step, sort_keys=True): step for curve in steps.values() for step in curve}
     todo = {key: step for key, step in todo.items() if key not in reuse}
     log(f"{net.name}: NNCodec's QP sweep ({len(qps)} points) beside our {len(todo)} sharing runs "
@@ -740,7 +752,8 @@ def main() -> None:
     parser.add_argument("--ks", help=f"plain k-means sweep (default {','.join(map(str, KS))})")
     parser.add_argument("--qps", help="NNCodec's QP sweep before refining (default every fourth QP, -40 to -8)")
     parser.add_argument("--rate-lambdas", help="rate-aware rate_lambda sweep (default "
-                        f"{','.join(map(str, RATE_LAMBDAS))}; run only where ClusterStep has `objective`)")
+                        f"{','.join(RATE_LAMBDAS)}: fisher:L per layer with Fisher importance, L one model-wide "
+                        "lambda; run only where ClusterStep has `objective`)")
     parser.add_argument("--workers", type=int, default=2,
                         help="processes sharing our points at once (one thread each; default 2, the machine's cores)")
     parser.add_argument("--html", type=Path, default=CURVES_HTML, help="where the curves go")
@@ -754,7 +767,8 @@ def main() -> None:
     ks = int_list(args.ks, (4, 8, 16) if args.fast else KS)
     qps = int_list(args.qps, QPS[::2] if args.fast else QPS)
     try:
-        rate_lambdas = [float(v) for v in (args.rate_lambdas or ",".join(map(str, RATE_LAMBDAS))).split(",") if v]
+        rate_lambdas = [v for v in (args.rate_lambdas or ",".join(RATE_LAMBDAS)).split(",") if v]
+        [float(v.removeprefix("fisher:")) for v in rate_lambdas]  # each a number, or fisher: and a number
     except ValueError:
         raise BenchmarkError(f"--rate-lambdas {args.rate_lambdas!r} is not a comma-separated list of numbers") from None
     venv_seconds = ensure_venv()

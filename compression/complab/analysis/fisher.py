@@ -53,7 +53,6 @@ takes ~0.45 s per layer at k = 256 whatever the layer's size (its dynamic progra
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
@@ -65,7 +64,8 @@ import torch
 from complab.analysis.grid import BN_BATCH_SIZE, SensitivityConfig, SensitivityReport, grid_weight
 from complab.errors import CompressionLabError
 from complab.methods import bn_stats
-from complab.methods.context import Cancelled, layer_weight
+from complab.methods.context import Cancelled
+from complab.methods.importance import MIN_GRADIENT_IMAGES, accumulate_fisher, cancel_hooks, model_fisher  # noqa: F401
 from complab.methods.kmeans1d import kmeans_1d, quantize_to_centroids
 from complab.methods.tasks import task_for
 
@@ -73,7 +73,6 @@ GRADIENT_IMAGES = 128  # most validation images whose per-sample gradients form 
 GRADIENT_MICROBATCH = 1  # images per gradient (1: per-sample; the benchmark compares larger batches)
 FIRST_ORDER = False  # add the first-order term g.(w' - w) (the benchmark compares; see the module docstring)
 GRADIENT_SECONDS = 20.0  # ...and at most this long (at least MIN_GRADIENT_IMAGES whatever it costs)
-MIN_GRADIENT_IMAGES = 4
 SPARSITY_POINTS = 3  # most exact calibration points per layer and kind: a bracket search needs 2-3
 CLUSTER_POINTS = 2
 BITS_POINTS = 2  # integer widths: a bracket of two, like cluster counts
@@ -134,12 +133,6 @@ class _Clock:
                                                               "eta_s": round(remaining_s, 1), "stage": stage})
 
 
-def _cancel_hooks(model: torch.nn.Module, clock: _Clock) -> list:
-    """Poll cancel before every top-level block's forward (a ResNet-50 point takes tens of seconds)."""
-    modules = [m for m in model.modules() if len(list(m.children())) == 0]
-    return [m.register_forward_pre_hook(lambda *_: clock.check()) for m in modules]
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # 1. gradients -> diagonal empirical Fisher
 
@@ -168,60 +161,6 @@ def fisher_diagonal(handle, data, config: SensitivityConfig, clock: _Clock, max_
             "mean_loss": float(np.mean(losses)),
             "loss": task.gradient_loss_name}
     return fisher, mean_grad, info
-
-
-def accumulate_fisher(model: torch.nn.Module, layers: dict[str, torch.Tensor], task, samples, microbatch: int,
-                      clock: _Clock, seconds: float = GRADIENT_SECONDS, later_s: float = 0.0):
-    """(layer -> diagonal empirical Fisher, layer -> mean gradient, samples used, losses) of `layers` (tensors of
-    `model` that require gradients) from the task's per-sample losses on `samples`, for at most `seconds` (and at
-    least MIN_GRADIENT_IMAGES samples)."""
-    device = next(model.parameters()).device
-    fisher = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in layers.items()}
-    mean_grad = {name: torch.zeros_like(w, dtype=torch.float32) for name, w in layers.items()}
-    hooks = _cancel_hooks(model, clock)
-    started = time.monotonic()
-    used = 0
-    losses = []
-    try:
-        for sample in samples:
-            if used >= MIN_GRADIENT_IMAGES and time.monotonic() - started > seconds:
-                break
-            loss = task.sample_loss(model, sample, device)
-            grads = torch.autograd.grad(loss, list(layers.values()), allow_unused=True)
-            for (name, _), grad in zip(layers.items(), grads, strict=True):
-                if grad is not None:  # a batch mean's square underestimates by the batch size: scale it back
-                    fisher[name] += microbatch * grad.detach().float() ** 2
-                    mean_grad[name] += grad.detach().float()
-            used += 1
-            losses.append(float(loss.detach()))
-            per_image = (time.monotonic() - started) / used
-            left = min(len(samples) - used, max(0, int((seconds - (time.monotonic() - started)) / per_image)))
-            clock.report("gradients", "", used, used + left, left * per_image + later_s)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    for name in fisher:
-        fisher[name] = (fisher[name] / used).cpu()
-        mean_grad[name] = (mean_grad[name] / used).cpu()
-    return fisher, mean_grad, used, losses
-
-
-def model_fisher(model: torch.nn.Module, names: list[str], task, images: int = GRADIENT_IMAGES, seed: int = 0,
-                 seconds: float = GRADIENT_SECONDS) -> dict[str, torch.Tensor]:
-    """The diagonal empirical Fisher of `model`'s layers `names` (a step's model, not a handle: the cluster step's
-    importance "fisher") on at most `images` validation images of the task, on a copy of the model."""
-    work = copy.deepcopy(model).eval()
-    for param in work.parameters():
-        param.requires_grad_(False)
-    layers = {name: layer_weight(work, name) for name in names}
-    for weight in layers.values():
-        weight.requires_grad_(True)
-    task.prepare_gradients(work)
-    samples, microbatch = task.gradient_samples(images, max(images, 1), seed, max(1, GRADIENT_MICROBATCH))
-    if not len(samples):
-        raise CompressionLabError("the validation split is empty: importance fisher needs validation images")
-    fisher, _, _, _ = accumulate_fisher(work, layers, task, samples, microbatch, _Clock(None, None), seconds)
-    return fisher
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -516,7 +455,7 @@ def analyze_estimate(handle, data, config: SensitivityConfig, exact_scorer: Call
                     for kind in kinds}
     measured: dict[str, dict[str, float]] = {name: {} for name in layers}  # "kind:key" -> score
     seconds_per_point = []
-    hooks = _cancel_hooks(scorer.model, clock)
+    hooks = cancel_hooks(scorer.model, clock)
     points: dict[str, list[tuple[str, float, float]]] = {kind: [] for kind in kinds}
     try:
         for name in layers:  # the original (sparsity 0) scores the base exactly (the scorer does no work)

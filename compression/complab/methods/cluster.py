@@ -24,6 +24,7 @@ from torch.nn.utils import parametrize
 from complab.layermap import resolve, resolve_all
 from complab.methods.context import StepContext, StepResult, layer_weight, weight_ref
 from complab.methods.ecsq import LAMBDA_RANGE, LAMBDA_STEPS, coded_bytes_estimate, ecsq_1d
+from complab.methods.importance import model_fisher
 from complab.methods.kmeans1d import kmeans_1d
 from complab.methods.registry import handler
 from complab.models.params import bake
@@ -182,8 +183,6 @@ def run(model: nn.Module, step: ClusterStep, ctx: StepContext) -> StepResult:
     rate_aware = step.objective == "rate" or step.importance != "none"
     importance: dict[str, torch.Tensor] = {}
     if step.importance == "fisher":
-        from complab.analysis.fisher import model_fisher  # (analysis.grid imports this module)
-
         ctx.emit("fisher", 0.0)
         importance = model_fisher(model, list(requested), ctx.task, FISHER_IMAGES, ctx.seed + step.seed)
     lambdas = {layer: float(resolve(step.rate_lambda, layer) or 0.0) for layer in requested}

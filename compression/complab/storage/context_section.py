@@ -29,6 +29,7 @@ from complab.storage.shared_section import (
     _checked_codebook,
     gap_classes,
     shared_codebook,
+    shared_tensor,
 )
 
 TYPE_SHARED3 = 8
@@ -553,16 +554,7 @@ def _decode(body: ByteReader, frame: Frame) -> tuple[torch.Tensor | None, Sectio
     index_info = {"stream": "indices", "symbols": n, "contexts": classes * g_count, "bytes": body.pos - start,
                   "entropy_bytes": stream_info("indices", indices, 0, not want_tensor)["entropy_bytes"]}
     streams.append(index_info)
-    tensor = None
-    if want_tensor:
-        out = torch.empty(numel, dtype=_dtypes.bits_torch_dtype(frame.dtype))
-        view = out.numpy()
-        if positions is None:
-            np.take(codebook, indices, out=view)
-        else:
-            view.fill(0)
-            view[positions] = np.take(codebook, indices)
-        tensor = out.view(frame.dtype).reshape(frame.shape)
+    tensor = shared_tensor(frame, numel, codebook, indices, positions) if want_tensor else None
     info = SectionInfo(nonzeros=n, n_clusters=k, bytes_positions=streams[0]["bytes"] if has_gaps else 0,
                        bytes_indices=index_info["bytes"], bytes_codebook=k * frame.itemsize, streams=streams)
     return tensor, info

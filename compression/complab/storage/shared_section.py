@@ -304,6 +304,20 @@ def _decode_indices(body: ByteReader, gaps: np.ndarray | None, count: int, k: in
     return indices
 
 
+def shared_tensor(frame: Frame, numel: int, codebook: np.ndarray, indices: np.ndarray,
+                  positions: np.ndarray | None) -> torch.Tensor:
+    """The decoded tensor of a shared section (types 5 and 8): each kept weight its codebook value (`codebook` holds
+    the values' bit patterns), zeros elsewhere; `positions` None: every element is kept."""
+    out = torch.empty(numel, dtype=_dtypes.bits_torch_dtype(frame.dtype))
+    view = out.numpy()
+    if positions is None:
+        np.take(codebook, indices, out=view)
+    else:
+        view.fill(0)
+        view[positions] = np.take(codebook, indices)
+    return out.view(frame.dtype).reshape(frame.shape)
+
+
 def _decode_v2(body: ByteReader, frame: Frame) -> tuple[torch.Tensor | None, SectionInfo]:
     name, numel, want_tensor = frame.name, frame.numel, frame.want_tensor
     flags = _read_flags(body, frame)
@@ -325,15 +339,7 @@ def _decode_v2(body: ByteReader, frame: Frame) -> tuple[torch.Tensor | None, Sec
     streams.append(index_info)
     tensor = None
     if want_tensor:
-        positions = None if gaps is None else entry_positions(gaps)
-        out = torch.empty(numel, dtype=_dtypes.bits_torch_dtype(frame.dtype))
-        view = out.numpy()
-        if positions is None:
-            np.take(codebook, indices, out=view)
-        else:
-            view.fill(0)
-            view[positions] = np.take(codebook, indices)
-        tensor = out.view(frame.dtype).reshape(frame.shape)
+        tensor = shared_tensor(frame, numel, codebook, indices, None if gaps is None else entry_positions(gaps))
     info = SectionInfo(nonzeros=count, n_clusters=k, bytes_positions=streams[0]["bytes"] if gaps is not None else 0,
                        bytes_indices=index_info["bytes"], bytes_codebook=k * frame.itemsize, streams=streams)
     return tensor, info
